@@ -1,0 +1,217 @@
+"""Typed configuration, parsed once at the edge.
+
+A trial is described by a frozen :class:`TrialConfig` with four sections that mirror
+``best_config.yaml`` and the search-space YAML: ``training``, ``lora``, ``data`` and ``model``.
+Everything inside moopt takes these objects, never raw dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """Bad user input. The CLI prints ``str(err)`` on one line and exits with code 2."""
+
+
+# Module-name groups accepted for lora.target_modules, besides explicit lists.
+TARGET_ALIASES: dict[str, tuple[str, ...]] = {
+    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "qv": ("q_proj", "v_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+    "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+}
+LLAMA_LINEARS = TARGET_ALIASES["all-linear"]
+SCHEDULERS = ("linear", "cosine", "constant")
+SAMPLING_STRATEGIES = ("random", "sequential", "length_grouped")
+QUANTIZATIONS = ("none", "8bit", "4bit")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def normalize_targets(value: Any) -> tuple[str, ...]:
+    """``"attention"`` / ``"q_proj,v_proj"`` / ``["q_proj", "v_proj"]`` -> sorted canonical tuple."""
+    if isinstance(value, str):
+        value = TARGET_ALIASES.get(value.replace("_", "-"), None) or [v.strip() for v in value.split(",")]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"lora.target_modules: expected a non-empty list of module names, got {value!r}")
+    names = tuple(str(v) for v in value)
+    unknown = [n for n in names if n not in LLAMA_LINEARS]
+    if unknown:
+        raise ConfigError(
+            f"lora.target_modules: unknown module(s) {unknown}; choose from {list(LLAMA_LINEARS)} "
+            f"or one of {list(TARGET_ALIASES)}"
+        )
+    return tuple(n for n in LLAMA_LINEARS if n in names)  # canonical order, no duplicates
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    learning_rate: float = 2e-4  # peak LR after warmup
+    batch_size: int = 8  # sequences per micro-batch
+    num_train_epochs: float = 1.0  # passes over the training set (fractions allowed)
+    warmup_ratio: float = 0.03  # fraction of optimizer steps spent warming up linearly
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (LoRA matrices only)
+    lr_scheduler_type: str = "cosine"  # linear | cosine | constant (after warmup)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    max_grad_norm: float = 1.0  # global gradient clipping; 0 disables
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 16  # adapter rank
+    alpha: float = 32.0  # scaling = alpha / r
+    dropout: float = 0.05  # dropout on the adapter input
+    target_modules: tuple[str, ...] = TARGET_ALIASES["attention"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    max_seq_length: int = 512  # tokens; longer examples are truncated (and counted)
+    sampling_strategy: str = "random"  # random | sequential | length_grouped
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    quantization: str = "none"  # none | 8bit | 4bit (bitsandbytes, CUDA only)
+    gradient_checkpointing: bool = False
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+
+
+SECTIONS: dict[str, type] = {
+    "training": TrainingConfig,
+    "lora": LoraConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    # -- flat views used by the engine and the results table --------------------------------
+    def flat(self) -> dict[str, Any]:
+        """``{"training.learning_rate": 2e-4, ...}``; target_modules as a comma-joined string."""
+        out: dict[str, Any] = {}
+        for name in SECTIONS:
+            for f in dataclasses.fields(getattr(self, name)):
+                v = getattr(getattr(self, name), f.name)
+                out[f"{name}.{f.name}"] = ",".join(v) if isinstance(v, tuple) else v
+        return out
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        d = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        d["lora"]["target_modules"] = list(self.lora.target_modules)
+        return d
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any], base: "TrialConfig | None" = None) -> "TrialConfig":
+        base = base or cls()
+        per: dict[str, dict[str, Any]] = {n: {} for n in SECTIONS}
+        for key, v in values.items():
+            section, name = key.split(".", 1)
+            per[section][name] = v
+        return cls.from_dict(per, base=base, source="<search>")
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], base: "TrialConfig | None" = None, source: str = "<config>"
+    ) -> "TrialConfig":
+        """Build from ``{"training": {...}, "lora": {...}, ...}``; unknown keys are errors."""
+        base = base or cls()
+        errors: list[str] = []
+        sections = {}
+        for name, klass in SECTIONS.items():
+            given = data.get(name) or {}
+            if not isinstance(given, dict):
+                errors.append(f"{source}: {name}: expected a mapping, got {type(given).__name__}")
+                given = {}
+            known = {f.name: f for f in dataclasses.fields(klass)}
+            kwargs = {}
+            for key, value in given.items():
+                if key not in known:
+                    errors.append(f"{source}: {name}.{key}: unknown key; known keys: {sorted(known)}")
+                    continue
+                try:
+                    kwargs[key] = coerce(name, key, value, known[key].type)
+                except ConfigError as e:
+                    errors.append(f"{source}: {e}")
+            sections[name] = dataclasses.replace(getattr(base, name), **kwargs)
+        for key in data:
+            if key not in SECTIONS:
+                errors.append(f"{source}: {key}: unknown section; known sections: {list(SECTIONS)}")
+        if errors:
+            raise ConfigError("; ".join(errors))
+        cfg = cls(**sections)
+        check_trial(cfg, source)
+        return cfg
+
+
+def coerce(section: str, key: str, value: Any, typ: Any) -> Any:
+    """Coerce one YAML value to the field's type (``"1e-6"`` -> 1e-6, as PyYAML leaves it a str)."""
+    typ = str(typ)
+    where = f"{section}.{key}"
+    if key == "target_modules":
+        return normalize_targets(value)
+    if typ == "bool":
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "yes", "1"):
+            return True
+        if str(value).lower() in ("false", "no", "0"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if typ in ("int", "float"):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            num = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if typ == "int":
+            if num != int(num):
+                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            return int(num)
+        return num
+    return str(value)
+
+
+def check_trial(cfg: TrialConfig, source: str = "<config>") -> None:
+    """Range checks that hold for every trial, reported together."""
+    t, lo, d, m = cfg.training, cfg.lora, cfg.data, cfg.model
+    rules = [
+        (t.learning_rate > 0, "training.learning_rate", "must be > 0", t.learning_rate),
+        (t.batch_size >= 1, "training.batch_size", "must be >= 1", t.batch_size),
+        (t.num_train_epochs > 0, "training.num_train_epochs", "must be > 0", t.num_train_epochs),
+        (0 <= t.warmup_ratio < 1, "training.warmup_ratio", "must be in [0, 1)", t.warmup_ratio),
+        (t.weight_decay >= 0, "training.weight_decay", "must be >= 0", t.weight_decay),
+        (t.lr_scheduler_type in SCHEDULERS, "training.lr_scheduler_type", f"must be one of {list(SCHEDULERS)}", t.lr_scheduler_type),
+        (t.gradient_accumulation_steps >= 1, "training.gradient_accumulation_steps", "must be >= 1", t.gradient_accumulation_steps),
+        (t.max_grad_norm >= 0, "training.max_grad_norm", "must be >= 0", t.max_grad_norm),
+        (lo.r >= 1, "lora.r", "must be >= 1", lo.r),
+        (lo.alpha > 0, "lora.alpha", "must be > 0", lo.alpha),
+        (0 <= lo.dropout < 1, "lora.dropout", "must be in [0, 1)", lo.dropout),
+        (d.max_seq_length >= 8, "data.max_seq_length", "must be >= 8", d.max_seq_length),
+        (d.sampling_strategy in SAMPLING_STRATEGIES, "data.sampling_strategy", f"must be one of {list(SAMPLING_STRATEGIES)}", d.sampling_strategy),
+        (m.quantization in QUANTIZATIONS, "model.quantization", f"must be one of {list(QUANTIZATIONS)}", m.quantization),
+        (m.dtype in DTYPES, "model.dtype", f"must be one of {list(DTYPES)}", m.dtype),
+    ]
+    errors = [f"{source}: {key}: {rule}, got {value!r}" for ok, key, rule, value in rules if not ok]
+    if errors:
+        raise ConfigError("; ".join(errors))
+
+
+def load_trial_config(path: str | Path) -> TrialConfig:
+    """Read a ``best_config.yaml``-style file (sections training/lora/data[/model])."""
+    from moopt.yamlio import read_yaml_mapping
+
+    return TrialConfig.from_dict(read_yaml_mapping(path), source=str(path))
