@@ -1,0 +1,127 @@
+"""The ``moopt`` command line. Heavy imports happen inside commands so ``moopt --help`` is instant.
+
+Every user error becomes one line on stderr and exit code 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from moopt.config import ConfigError
+
+
+def opt(name: str, *args, **kwargs):
+    """An option accepted with both spellings: ``--base_model`` and ``--base-model``."""
+    dashed = name.replace("_", "-")
+    names = [f"--{name}"] + ([f"--{dashed}"] if dashed != name else [])
+    return click.option(*names, name, *args, **kwargs)
+
+
+def fail(msg: str) -> None:
+    click.echo(f"Error: {msg}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="moopt")
+def main() -> None:
+    """moopt: multi-objective, memory-aware hyperparameter search for LoRA fine-tuning of Llama models."""
+
+
+@main.command()
+@opt("base_model", default="smollm2-135m", show_default=True,
+     help="Local HF folder, hub id already in the local HF cache, a .gguf file, or the alias smollm2-135m.")
+@opt("train_file", required=True, type=click.Path(), help="Training data, JSONL (text | prompt+completion | instruction+input+output | messages).")
+@opt("validation_file", required=True, type=click.Path(), help="Validation data, JSONL; the objectives are measured on it.")
+@opt("output_dir", required=True, type=click.Path(), help="Where the study, its trials and its results are written.")
+@opt("num_trials", default=10, show_default=True, type=click.IntRange(min=1), help="Trials to run (exactly this many, unless the time budget ends first).")
+@opt("optimization_objective", default="eval_loss", show_default=True,
+     help="eval_loss | eval_accuracy | eval_perplexity | peak_memory_gb, or multi:a,b[,c].")
+@opt("optimization_weights", default=None,
+     help="Comma-separated weights (>= 0) for multi objectives; they pick the single best trial from the Pareto front. Default: equal.")
+@opt("search_space", default=None, type=click.Path(), help="Search space YAML (sections training/lora/data/model). Default: a built-in space.")
+@opt("time_budget_hours", default=None, type=click.FloatRange(min=0, min_open=True), help="Wall-clock budget in hours; no trial starts that cannot finish in it. Default: none.")
+@opt("pruning_factor", default=None, type=click.FloatRange(min=1, min_open=True),
+     help="Successive-halving factor eta (e.g. 2): at 1/eta^2 and 1/eta of its steps a trial goes on only if in the top 1/eta by Pareto rank. Default: no pruning.")
+@opt("parallel_trials", default=1, show_default=True, type=click.IntRange(min=1), help="Trials run at once (one process each; CPU cores or GPUs split between them).")
+@opt("memory_constraint", default=None, type=click.FloatRange(min=0, min_open=True), help="Memory budget per trial, GiB (GPU memory on CUDA, peak RSS on CPU). Default: none.")
+@opt("kernels", default="auto", show_default=True, type=click.Choice(["auto", "triton", "torch"]),
+     help="LoRA kernel path: triton (fused, CUDA), torch (plain PyTorch), auto (triton on CUDA, torch on CPU).")
+@opt("executor", default="local", show_default=True, type=click.Choice(["local", "ray"]), help="local: embedded executor; ray: Ray tasks.")
+@opt("ray_address", default=None, help="Ray cluster address (auto | host:port), with --executor ray.")
+@opt("seed", default=42, show_default=True, type=int, help="Seed of the search, LoRA initialisation and data order.")
+@opt("resume", is_flag=True, help="Continue the study in output_dir up to --num_trials, without rerunning finished trials.")
+@opt("overwrite", is_flag=True, help="Replace a study already in output_dir.")
+@click.option("--baseline/--no-baseline", "baseline", default=True, show_default=True, help="Evaluate the base model first, for comparison.")
+def optimize(**kw) -> None:
+    """Search LoRA hyperparameters for a base model on your data; write results to --output_dir."""
+    try:
+        cfg = build_study_config(kw)
+    except ConfigError as e:
+        fail(str(e))
+    from moopt.study import Study
+
+    try:
+        Study(cfg).run()
+    except ConfigError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        click.echo(f"\nInterrupted. Continue with --resume; results so far: moopt report {cfg.output_dir}", err=True)
+        sys.exit(130)
+
+
+def build_study_config(kw: dict):
+    """Validate every flag and input file before anything is written."""
+    from moopt.data import read_jsonl
+    from moopt.models import resolve_model
+    from moopt.objectives import parse_objectives
+    from moopt.space import default_space, load_space
+    from moopt.study import StudyConfig, check_output_dir
+
+    if kw["executor"] == "ray" or kw["ray_address"]:
+        raise ConfigError("--executor ray / --ray_address: not supported yet (use the local executor)")
+    objectives = parse_objectives(kw["optimization_objective"], kw["optimization_weights"])
+    space = load_space(kw["search_space"]) if kw["search_space"] else default_space()
+    if space.fixed.model.quantization != "none" or any(p.name == "model.quantization" for p in space.params):
+        raise ConfigError(f"{space.source}: model.quantization: 8bit/4bit training is not supported yet")
+    read_jsonl(kw["train_file"])
+    read_jsonl(kw["validation_file"])
+    cfg = StudyConfig(
+        base_model=kw["base_model"], model_path="", train_file=kw["train_file"], validation_file=kw["validation_file"],
+        output_dir=kw["output_dir"], num_trials=kw["num_trials"], objectives=objectives, space=space, seed=kw["seed"],
+        parallel_trials=kw["parallel_trials"], pruning_factor=kw["pruning_factor"], time_budget_hours=kw["time_budget_hours"],
+        memory_constraint_gb=kw["memory_constraint"], kernels=kw["kernels"], resume=kw["resume"],
+        overwrite=kw["overwrite"], baseline=kw["baseline"],
+    )
+    check_output_dir(cfg)
+    from dataclasses import replace
+
+    return replace(cfg, model_path=resolve_model(kw["base_model"]))
+
+
+@main.command()
+@click.argument("output_dir", type=click.Path())
+def report(output_dir: str) -> None:
+    """Rebuild every result file of a study from its journal (no GPU or model needed)."""
+    from moopt.results import write_results
+
+    try:
+        write_results(output_dir)
+    except FileNotFoundError as e:
+        fail(str(e))
+
+
+def _register_optional() -> None:
+    try:
+        from moopt.memory_cli import estimate_memory
+    except ImportError:
+        return
+    main.add_command(estimate_memory)
+
+
+_register_optional()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Instruction data: JSONL reading/validation, tokenisation with completion-only labels, batching.
+
+Record formats (TRL's conventions), detected per line:
+- ``{"text": ...}``: language modelling, loss on every token;
+- ``{"prompt": ..., "completion": ...}``: the two strings concatenated as is, loss on the completion;
+- ``{"instruction": ..., "input": ..., "output": ...}`` (``input`` optional): rendered with the
+  tokenizer's chat template (user = instruction + input, assistant = output) when it has one, else
+  with the Alpaca template; loss on the output;
+- ``{"messages": [{"role": ..., "content": ...}, ...]}``: chat template, loss on assistant turns.
+An EOS token is appended after each completion so the model learns to stop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from moopt.config import ConfigError
+
+IGNORE = -100
+ALPACA = "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
+ROLES = ("system", "user", "assistant")
+MAX_REPORTED = 5  # errors listed before "... and N more"
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read and validate every line; raise one ConfigError listing the first problems (file:line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    rows, errors = [], []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                errors.append(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})")
+                continue
+            problem = record_problem(rec)
+            if problem:
+                errors.append(f"{path}:{lineno}: {problem}")
+            else:
+                rows.append(rec)
+    if not rows and not errors:
+        errors.append(f"{path}: no records (empty file)")
+    if errors:
+        more = f"; ... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
+        raise ConfigError("; ".join(errors[:MAX_REPORTED]) + more)
+    return rows
+
+
+def record_format(rec: dict[str, Any]) -> str | None:
+    if "messages" in rec:
+        return "messages"
+    if "prompt" in rec and "completion" in rec:
+        return "prompt_completion"
+    if "instruction" in rec and "output" in rec:
+        return "instruction"
+    if "text" in rec:
+        return "text"
+    return None
+
+
+def record_problem(rec: Any) -> str | None:
+    if not isinstance(rec, dict):
+        return f"expected a JSON object, got {type(rec).__name__}"
+    fmt = record_format(rec)
+    if fmt is None:
+        return (
+            f"unknown record format with keys {sorted(rec)}; expected text | prompt+completion | "
+            "instruction+input+output | messages"
+        )
+    if fmt == "messages":
+        msgs = rec["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            return "`messages` must be a non-empty list"
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                return f"messages[{i}] must be {{'role': one of {list(ROLES)}, 'content': str}}"
+        if not any(m["role"] == "assistant" for m in msgs):
+            return "`messages` has no assistant turn to learn from"
+        return None
+    keys = {"text": ["text"], "prompt_completion": ["prompt", "completion"], "instruction": ["instruction", "output"]}[fmt]
+    for k in keys + (["input"] if fmt == "instruction" and "input" in rec else []):
+        if not isinstance(rec[k], str):
+            return f"`{k}` must be a string, got {type(rec[k]).__name__}"
+    if not rec[keys[-1]].strip():
+        return f"`{keys[-1]}` is empty"
+    return None
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE where no loss is taken
+
+
+@dataclass
+class TokenizedSet:
+    examples: list[Example]
+    n_truncated: int  # examples longer than max_seq_length (cut on the right)
+    n_tokens: int  # tokens after truncation
+    n_label_tokens: int  # tokens that carry loss
+
+
+def _chat(tokenizer, messages, generation_prompt: bool) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
+    if isinstance(out, dict) or hasattr(out, "keys"):  # BatchEncoding in newer transformers
+        out = out["input_ids"]
+    return list(out)
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
+    fmt = record_format(rec)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None else []
+    if fmt == "text":
+        ids = bos + _ids(tokenizer, rec["text"]) + eos
+        return Example(ids, list(ids))
+    if fmt == "prompt_completion":
+        p, c = bos + _ids(tokenizer, rec["prompt"]), _ids(tokenizer, rec["completion"]) + eos
+        return Example(p + c, [IGNORE] * len(p) + c)
+    if fmt == "instruction":
+        user = rec["instruction"] + (("\n\n" + rec["input"]) if rec.get("input") else "")
+        if getattr(tokenizer, "chat_template", None):
+            rec = {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": rec["output"]}]}
+        else:
+            block = f"### Input:\n{rec['input']}\n\n" if rec.get("input") else ""
+            prompt = ALPACA.format(instruction=rec["instruction"], input_block=block)
+            return tokenize_record({"prompt": prompt, "completion": rec["output"]}, tokenizer)
+    # messages: loss on the tokens each assistant turn adds to the rendered conversation
+    msgs = rec["messages"]
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("records with `messages` need a tokenizer with a chat template")
+    ids = _chat(tokenizer, msgs, generation_prompt=False)
+    labels = [IGNORE] * len(ids)
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant":
+            continue
+        start = len(_chat(tokenizer, msgs[:i], generation_prompt=True)) if i else 0
+        end = len(_chat(tokenizer, msgs[: i + 1], generation_prompt=False))
+        labels[start:end] = ids[start:end]
+    return Example(ids, labels)
+
+
+def tokenize_file(path: str | Path, tokenizer, max_seq_length: int) -> TokenizedSet:
+    examples, n_trunc = [], 0
+    for rec in read_jsonl(path):
+        ex = tokenize_record(rec, tokenizer)
+        if len(ex.input_ids) > max_seq_length:
+            n_trunc += 1
+            ex = Example(ex.input_ids[:max_seq_length], ex.labels[:max_seq_length])
+        examples.append(ex)
+    return TokenizedSet(
+        examples,
+        n_truncated=n_trunc,
+        n_tokens=sum(len(e.input_ids) for e in examples),
+        n_label_tokens=sum(sum(1 for x in e.labels[1:] if x != IGNORE) for e in examples),
+    )
+
+
+def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence in the batch; labels are IGNORE on padding."""
+    T = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), T), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), T), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def batch_order(lengths: list[int], batch_size: int, strategy: str, generator: torch.Generator) -> list[list[int]]:
+    """Indices of each micro-batch for one epoch.
+
+    random: a fresh seeded shuffle; sequential: file order; length_grouped: shuffle, then sort by
+    length inside windows of 50 batches (less padding), then shuffle the batches.
+    """
+    n = len(lengths)
+    if strategy == "sequential":
+        order = list(range(n))
+    else:
+        order = torch.randperm(n, generator=generator).tolist()
+    if strategy == "length_grouped":
+        window = batch_size * 50
+        order = [i for s in range(0, n, window) for i in sorted(order[s : s + window], key=lambda i: -lengths[i])]
+    batches = [order[s : s + batch_size] for s in range(0, n, batch_size)]
+    if strategy == "length_grouped":
+        perm = torch.randperm(len(batches), generator=generator).tolist()
+        batches = [batches[i] for i in perm]
+    return batches
+
+
+def micro_batches(
+    data: TokenizedSet, batch_size: int, epochs: float, strategy: str, seed: int, pad_id: int
+) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:
+    """Yield (epoch position, batch) for ``epochs`` passes (a fractional last pass is cut short)."""
+    lengths = [len(e.input_ids) for e in data.examples]
+    per_epoch = math.ceil(len(lengths) / batch_size)
+    total = max(1, math.ceil(per_epoch * epochs))
+    done, epoch = 0, 0
+    while done < total:
+        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        for idx in batch_order(lengths, batch_size, strategy, g):
+            if done >= total:
+                return
+            done += 1
+            yield done / per_epoch, collate([data.examples[i] for i in idx], pad_id)
+        epoch += 1
+
+
+def n_micro_batches(n_examples: int, batch_size: int, epochs: float) -> int:
+    return max(1, math.ceil(math.ceil(n_examples / batch_size) * epochs))

@@ -1,0 +1,152 @@
+"""Executors run trial specs and hand back results.
+
+Contract: ``submit(spec, slot)`` starts a trial in a fresh process; ``next_result(timeout)``
+returns the next :class:`TrialResult` to finish (any order), or None on timeout. A worker that
+dies without reporting (crash, ``kill -9``, the OOM killer) yields a FAIL result with its exit
+status. Hooks ``on_progress(number, step, total, loss)`` and ``on_rung(number, step, metrics) ->
+bool`` are called from executor threads; the study serialises them with its own lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from moopt.trial import TrialResult, TrialSpec
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a trial runs: a CUDA device id (None on CPU) and how many CPU threads it may use."""
+
+    device: str  # "cpu" or "cuda:<id>"
+    threads: int
+
+
+def plan_slots(parallel: int) -> list[Slot]:
+    """N slots: round-robin over visible GPUs, or the CPU cores split N ways."""
+    cores = os.cpu_count() or 1
+    gpus = _visible_gpus()
+    if gpus:
+        return [Slot(f"cuda:{gpus[i % len(gpus)]}", max(1, cores // parallel)) for i in range(parallel)]
+    return [Slot("cpu", max(1, cores // parallel)) for _ in range(parallel)]
+
+
+def _visible_gpus() -> list[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        from moopt.nvml import gpu_inventory
+
+        return [str(g.index) for g in gpu_inventory()]
+    except Exception:
+        return []
+
+
+class LocalExecutor:
+    """The embedded executor: one subprocess (``python -m moopt.worker``) per trial."""
+
+    def __init__(self, on_progress: Callable | None = None, on_rung: Callable | None = None, hard_deadline: float | None = None):
+        self.on_progress = on_progress or (lambda *a: None)
+        self.on_rung = on_rung or (lambda *a: True)
+        self.hard_deadline = hard_deadline  # unix time: workers still alive then are killed
+        self.results: queue.Queue[TrialResult] = queue.Queue()
+        self.procs: dict[int, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, spec: TrialSpec, slot: Slot) -> None:
+        env = dict(os.environ)
+        if slot.device.startswith("cuda:"):
+            env["CUDA_VISIBLE_DEVICES"] = slot.device.split(":", 1)[1]
+            spec.device = "cuda"
+        else:
+            spec.device = "cpu"
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        spec.threads = slot.threads
+        env["OMP_NUM_THREADS"] = str(slot.threads)
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
+        log = open(Path(spec.output_dir) / "log.txt", "w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moopt.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=log, env=env, text=True, bufsize=1, start_new_session=True,
+        )
+        with self._lock:
+            self.procs[spec.number] = proc
+        proc.stdin.write(json.dumps(spec.to_json()) + "\n")
+        proc.stdin.flush()
+        threading.Thread(target=self._watch, args=(spec, proc, log), daemon=True).start()
+
+    def _watch(self, spec: TrialSpec, proc: subprocess.Popen, log) -> None:
+        result = None
+        try:
+            for line in proc.stdout:
+                try:
+                    msg = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                ev = msg.get("event")
+                if ev == "progress":
+                    self.on_progress(spec.number, msg["step"], msg["total"], msg["loss"])
+                elif ev == "rung":
+                    go = bool(self.on_rung(spec.number, msg["step"], msg["metrics"]))
+                    try:
+                        proc.stdin.write(json.dumps({"continue": go}) + "\n")
+                        proc.stdin.flush()
+                    except (BrokenPipeError, OSError):
+                        pass
+                elif ev == "result":
+                    result = TrialResult(**msg["result"])
+        except (OSError, ValueError):
+            pass
+        code = proc.wait()
+        log.close()
+        with self._lock:
+            self.procs.pop(spec.number, None)
+        if result is None:
+            if code < 0:
+                name = signal.Signals(-code).name
+                why = f"worker killed by {name}" + (" (likely out of memory)" if code == -signal.SIGKILL else "")
+            else:
+                why = f"worker exited with code {code} without a result; see {spec.output_dir}/log.txt"
+            result = TrialResult(number=spec.number, state="FAIL", error=why)
+        self.results.put(result)
+
+    def next_result(self, timeout: float | None = None) -> TrialResult | None:
+        try:
+            return self.results.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def running(self) -> int:
+        with self._lock:
+            return len(self.procs)
+
+    def kill_all(self) -> None:
+        with self._lock:
+            procs = list(self.procs.values())
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def wait_for_any(executor: LocalExecutor, poll: float = 0.5, deadline: float | None = None) -> TrialResult:
+    """Block until a result arrives; past ``deadline`` (+60 s grace) kill workers that ignore it."""
+    while True:
+        r = executor.next_result(timeout=poll)
+        if r is not None:
+            return r
+        if deadline is not None and time.time() > deadline + 60 and executor.running():
+            executor.kill_all()

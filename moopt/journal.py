@@ -1,0 +1,75 @@
+"""An append-only JSONL journal of study events: the study's source of truth.
+
+Guarantees: each event is one line, written with a single ``write`` then flushed and fsynced
+before ``append`` returns, so after ``kill -9`` at any moment the file holds every event that
+counted, plus at most one torn last line, which ``replay`` ignores. One writer (the optimizer
+process); readers (``moopt report``) may read while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+JOURNAL = "journal.jsonl"
+
+
+class Journal:
+    def __init__(self, output_dir: str | Path):
+        self.path = Path(output_dir) / JOURNAL
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def append(self, event: dict[str, Any]) -> None:
+        self._f.write(json.dumps(event, default=float) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+@dataclass
+class StudyRecord:
+    """What a replay recovers: the study header and each trial's latest start/end events."""
+
+    header: dict[str, Any] = field(default_factory=dict)
+    starts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    ends: dict[int, dict[str, Any]] = field(default_factory=dict)
+    rungs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> dict[int, dict[str, Any]]:
+        return {n: e for n, e in self.ends.items() if n in self.starts}
+
+    @property
+    def running(self) -> list[int]:
+        return sorted(n for n in self.starts if n not in self.ends)
+
+
+def replay(output_dir: str | Path) -> StudyRecord:
+    rec = StudyRecord()
+    path = Path(output_dir) / JOURNAL
+    if not path.is_file():
+        return rec
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a crash mid-write
+            kind = ev.get("type")
+            if kind == "study":
+                rec.header = ev
+            elif kind == "trial_start":
+                rec.starts[ev["number"]] = ev
+                rec.ends.pop(ev["number"], None)  # a re-queued trial starts afresh
+                rec.rungs = [r for r in rec.rungs if r["number"] != ev["number"]]
+            elif kind == "trial_end":
+                rec.ends[ev["number"]] = ev
+            elif kind == "rung":
+                rec.rungs.append(ev)
+    return rec

@@ -1,0 +1,80 @@
+"""Objectives: parsing ``--optimization_objective``/``--optimization_weights`` and scoring trials."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moopt.config import ConfigError
+
+# name -> (direction, description). pymoo minimises: maximised objectives are negated.
+KNOWN: dict[str, tuple[str, str]] = {
+    "eval_loss": ("minimize", "mean cross-entropy per completion token over the validation set"),
+    "eval_accuracy": ("maximize", "next-token accuracy on completion tokens of the validation set"),
+    "eval_perplexity": ("minimize", "exp(eval_loss)"),
+    "peak_memory_gb": ("minimize", "peak training memory of the trial, GiB"),
+}
+
+
+@dataclass(frozen=True)
+class Objectives:
+    names: tuple[str, ...]
+    weights: tuple[float, ...]  # normalised to sum to 1
+
+    @property
+    def multi(self) -> bool:
+        return len(self.names) > 1
+
+    def directions(self) -> list[str]:
+        return [KNOWN[n][0] for n in self.names]
+
+    def to_minimize(self, metrics: dict[str, float]) -> np.ndarray:
+        """Objective vector in pymoo's minimisation convention."""
+        out = []
+        for n in self.names:
+            v = float(metrics[n])
+            out.append(-v if KNOWN[n][0] == "maximize" else v)
+        return np.asarray(out, dtype=float)
+
+    def scores(self, F: np.ndarray) -> np.ndarray:
+        """Weighted score in [0, 1] (higher is better) of each row of F (minimisation form).
+
+        Each objective is normalised over the given rows: 1 = the best value, 0 = the worst;
+        an objective on which every row ties scores 1.
+        """
+        F = np.atleast_2d(np.asarray(F, dtype=float))
+        lo, hi = F.min(axis=0), F.max(axis=0)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        norm = np.where(hi > lo, (hi - F) / span, 1.0)
+        return norm @ np.asarray(self.weights)
+
+
+def parse_objectives(objective: str, weights: str | None) -> Objectives:
+    spec = objective.strip()
+    if spec.startswith("multi:"):
+        names = tuple(n.strip() for n in spec[len("multi:"):].split(",") if n.strip())
+        if len(names) < 2:
+            raise ConfigError(f"--optimization_objective: `multi:` needs at least two objectives, got {objective!r}")
+    else:
+        names = (spec,)
+    unknown = [n for n in names if n not in KNOWN]
+    if unknown:
+        raise ConfigError(f"--optimization_objective: unknown objective(s) {unknown}; known: {list(KNOWN)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--optimization_objective: objectives repeat in {objective!r}")
+    if weights is None or not str(weights).strip():
+        w = [1.0] * len(names)
+    else:
+        try:
+            w = [float(x) for x in str(weights).split(",")]
+        except ValueError:
+            raise ConfigError(f"--optimization_weights: expected comma-separated numbers, got {weights!r}") from None
+        if len(w) != len(names):
+            raise ConfigError(
+                f"--optimization_weights: {len(w)} weight(s) for {len(names)} objective(s) {list(names)}; counts must match"
+            )
+        if any(x < 0 or not np.isfinite(x) for x in w) or sum(w) <= 0:
+            raise ConfigError(f"--optimization_weights: weights must be finite, >= 0 and not all 0, got {weights!r}")
+    total = sum(w)
+    return Objectives(names=names, weights=tuple(x / total for x in w))

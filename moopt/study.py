@@ -1,0 +1,422 @@
+"""A study: NSGA-II proposes, the executor trains, the journal remembers, the report explains.
+
+Order of events for each trial (what makes ``--resume`` after ``kill -9`` exact):
+1. the engine assigns an individual a trial number and is checkpointed (engine.pkl);
+2. ``trial_start`` is journaled, then the worker process starts;
+3. on return, ``trial_end`` is journaled (fsynced), then the result is told to the engine.
+A replay therefore knows every finished trial; trials started but not ended are re-queued under
+the same number; the engine checkpoint says which individual each number belongs to.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moopt.config import ConfigError, TrialConfig
+from moopt.engine import Engine
+from moopt.journal import JOURNAL, Journal, replay
+from moopt.objectives import Objectives
+from moopt.space import SearchSpace
+from moopt.trial import TrialResult, TrialSpec
+
+ENGINE_FILE = "engine.pkl"
+OUR_FILES = (JOURNAL, ENGINE_FILE, "best_config.yaml", "trials_summary.csv", "optimization_plot.png",
+             "pareto_front.png", "search_space.yaml", "baseline.json", "study.json")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    base_model: str  # as given on the command line (alias, folder, .gguf, hub id)
+    model_path: str  # resolved local folder
+    train_file: str
+    validation_file: str
+    output_dir: str
+    num_trials: int
+    objectives: Objectives
+    space: SearchSpace
+    seed: int = 42
+    parallel_trials: int = 1
+    pruning_factor: float | None = None  # eta of successive halving; None disables pruning
+    time_budget_hours: float | None = None
+    memory_constraint_gb: float | None = None  # GiB
+    kernels: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    baseline: bool = True  # evaluate the base model first, for comparison
+
+
+def check_output_dir(cfg: StudyConfig) -> None:
+    """Refuse to clobber an existing study unless --resume or --overwrite (writes nothing)."""
+    out = Path(cfg.output_dir)
+    holds_study = (out / JOURNAL).is_file()
+    if holds_study and not (cfg.resume or cfg.overwrite):
+        raise ConfigError(f"{out}: holds a study already; pass --resume to continue it or --overwrite to replace it")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    if cfg.resume and holds_study:
+        header = replay(out).header
+        mine = study_fingerprint(cfg)
+        theirs = header.get("fingerprint", {})
+        changed = [k for k in mine if theirs.get(k) != mine[k]]
+        if changed:
+            raise ConfigError(f"{out}: --resume needs the same study; these differ from the stored one: {changed}")
+
+
+def prepare_output_dir(cfg: StudyConfig) -> None:
+    check_output_dir(cfg)
+    out = Path(cfg.output_dir)
+    if cfg.overwrite and (out / JOURNAL).is_file():
+        for name in OUR_FILES:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "trial_results", ignore_errors=True)
+
+
+def study_fingerprint(cfg: StudyConfig) -> dict[str, Any]:
+    return {
+        "objectives": list(cfg.objectives.names),
+        "space": [(p.name, p.type, p.low, p.high, p.step, [list(v) if isinstance(v, tuple) else v for v in p.values]) for p in cfg.space.params],
+        "fixed": cfg.space.fixed.to_dict(),
+        "train_file": os.path.abspath(cfg.train_file),
+        "validation_file": os.path.abspath(cfg.validation_file),
+        "base_model": cfg.base_model,
+        "seed": cfg.seed,
+    }
+
+
+class Study:
+    def __init__(self, cfg: StudyConfig, console=None):
+        from rich.console import Console
+
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.console = console or Console(highlight=False)
+        self.lock = threading.Lock()
+        self.rungs: dict[int, dict[int, np.ndarray]] = {}  # rung index -> {trial number: F}
+        self.progress_view = None
+
+    # -- helpers -------------------------------------------------------------------------------
+    def trial_dir(self, number: int) -> Path:
+        return self.out / "trial_results" / f"trial_{number}"
+
+    def rung_fractions(self) -> tuple[float, ...]:
+        eta = self.cfg.pruning_factor
+        if not eta or eta <= 1:
+            return ()
+        return (1 / eta**2, 1 / eta)  # two rungs; the first 1/eta^2 of training is the warm-up
+
+    def decide_rung(self, number: int, step: int, metrics: dict[str, float]) -> bool:
+        """Successive halving by Pareto rank, then crowding: go on iff in the top 1/eta."""
+        from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
+        from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+        with self.lock:
+            k = len([r for r in self.journal_rungs if r["number"] == number])
+            F = self.cfg.objectives.to_minimize(metrics)
+            pool = self.rungs.setdefault(k, {})
+            pool[number] = F
+            self.journal_rungs.append({"number": number, "rung": k, "step": step})
+            eta = self.cfg.pruning_factor
+            if len(pool) <= eta:  # the first eta arrivals at a rung always go on
+                go = True
+            else:
+                nums = list(pool)
+                arr = np.array([pool[n] for n in nums])
+                fronts = NonDominatedSorting().do(arr)
+                order: list[int] = []
+                for front in fronts:
+                    cd = calc_crowding_distance(arr[front]) if len(front) > 2 else np.full(len(front), np.inf)
+                    order += [nums[front[i]] for i in np.argsort(-cd, kind="stable")]
+                go = number in order[: math.ceil(len(nums) / eta)]
+            self.journal.append({"type": "rung", "number": number, "rung": k, "step": step, "metrics": metrics,
+                                 "decision": "continue" if go else "prune"})
+            return go
+
+    def on_progress(self, number: int, step: int, total: int, loss: float) -> None:
+        if self.progress_view is not None:
+            self.progress_view(number, step, total, loss)
+
+    # -- the main loop ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from moopt.executor import LocalExecutor, plan_slots, wait_for_any
+        from moopt.results import write_results
+
+        cfg = self.cfg
+        prepare_output_dir(cfg)
+        self.out.mkdir(parents=True, exist_ok=True)
+        record = replay(self.out) if cfg.resume else None
+        self.journal = Journal(self.out)
+        self.journal_rungs = [] if record is None else [r for r in record.rungs if r["number"] in record.finished]
+        if record is None or not record.header:
+            from moopt.yamlio import write_yaml
+
+            self.journal.append({"type": "study", "created": _now(), "fingerprint": study_fingerprint(cfg),
+                                 "num_trials": cfg.num_trials, "objectives": list(cfg.objectives.names),
+                                 "weights": list(cfg.objectives.weights), "base_model": cfg.base_model,
+                                 "memory_constraint_gb": cfg.memory_constraint_gb,
+                                 "pruning_factor": cfg.pruning_factor})
+            write_yaml(self.out / "search_space.yaml", space_to_yaml(cfg.space))
+        for r in self.journal_rungs:
+            ev_metrics = r.get("metrics")
+            if ev_metrics:
+                self.rungs.setdefault(r["rung"], {})[r["number"]] = cfg.objectives.to_minimize(ev_metrics)
+
+        deadline = time.time() + cfg.time_budget_hours * 3600 if cfg.time_budget_hours else None
+        slots = plan_slots(cfg.parallel_trials)
+        free_slots = list(slots)
+        executor = LocalExecutor(on_progress=self.on_progress, on_rung=self.decide_rung)
+        engine_path = self.out / ENGINE_FILE
+
+        # -- engine: fresh, or restored from its checkpoint --------------------------------------
+        finished: dict[int, dict[str, Any]] = dict(record.finished) if record else {}
+        if cfg.resume and engine_path.is_file():
+            engine = Engine.load(engine_path)
+            assigned: dict[int, int] = getattr(engine, "assigned", {})
+        else:
+            engine = Engine(cfg.space, len(cfg.objectives.names), cfg.num_trials, cfg.seed, cfg.parallel_trials)
+            assigned = {}
+        engine.assigned = assigned  # trial number -> index in the pending generation
+        queue: list[tuple[int, int]] = []  # (index in pending, trial number or -1 for new)
+        if engine.pending is not None:
+            for idx in range(len(engine.pending)):
+                num = next((n for n, i in assigned.items() if i == idx), None)
+                if num is not None and num in finished:
+                    F, G = self.told_values(finished[num])
+                    engine.tell_one(idx, F, G)
+                elif idx not in engine.results:
+                    queue.append((idx, -1 if num is None else num))
+        evaluated = {self.config_key(TrialConfig.from_dict(e["config"])): e for e in finished.values() if "config" in e}
+
+        if cfg.baseline and not (self.out / "baseline.json").is_file():
+            self.run_baseline()
+
+        n_started = len(finished)
+        next_number = max([*finished, *assigned, -1]) + 1
+        running: dict[int, dict[str, Any]] = {}
+        stop_note = None
+        durations: list[tuple[float, float, float]] = []  # (train tokens per epoch, tokens/s, overhead s)
+        for e in finished.values():
+            durations += self.duration_sample(e)
+
+        with self.progress() as view:
+            self.progress_view = view
+            while True:
+                # fill free slots
+                while free_slots and n_started < cfg.num_trials and stop_note is None:
+                    if not queue:
+                        if engine.pending is not None and not engine.generation_done:
+                            break  # wait for the generation to finish
+                        if engine.pending is not None:
+                            engine.tell()
+                            engine.assigned = {}
+                            engine.save(engine_path)
+                        X = engine.ask()
+                        if not X:
+                            stop_note = "the search space has no new configurations left to propose"
+                            break
+                        queue = [(i, -1) for i in range(len(X))]
+                        engine.save(engine_path)
+                    idx, number = queue.pop(0)
+                    x = dict(engine.pending[idx].X)
+                    tcfg = cfg.space.decode(x)
+                    key = self.config_key(tcfg)
+                    if key in evaluated:  # same configuration as a finished trial: reuse, no new trial
+                        engine.tell_one(idx, *self.told_values(evaluated[key]))
+                        continue
+                    if deadline is not None and not self.fits_time(tcfg, durations, deadline):
+                        stop_note = "time budget: the next trial could not finish before the deadline"
+                        break
+                    if number < 0:
+                        number, next_number = next_number, next_number + 1
+                    engine.assigned[number] = idx
+                    engine.save(engine_path)
+                    slot = free_slots.pop(0)
+                    running[number] = {"slot": slot, "idx": idx, "config": tcfg, "start": _now(), "t0": time.time(), "key": key}
+                    self.start_trial(executor, number, tcfg, x, slot, deadline)
+                    n_started += 1
+                if not running:
+                    break
+                res = wait_for_any(executor, deadline=deadline)
+                info = running.pop(res.number)
+                free_slots.append(info["slot"])
+                end = self.end_trial(res, info)
+                finished[res.number] = end
+                evaluated[info["key"]] = end
+                durations += self.duration_sample(end)
+                engine.tell_one(info["idx"], *self.told_values(end))
+                if engine.generation_done:
+                    engine.tell()
+                    engine.assigned = {}
+                engine.save(engine_path)
+                write_results(self.out, quiet=True)
+        self.progress_view = None
+        if stop_note:
+            self.console.print(f"[yellow]Study stopped early:[/] {stop_note} ({len(finished)} of {cfg.num_trials} trials)")
+        self.journal.close()
+        return write_results(self.out)
+
+    # -- per-trial steps -----------------------------------------------------------------------
+    def start_trial(self, executor, number: int, tcfg: TrialConfig, x: dict, slot, deadline) -> None:
+        cfg = self.cfg
+        params = {p.short: _plain(p.decode(x[p.name])) for p in cfg.space.params}
+        self.journal.append({"type": "trial_start", "number": number, "datetime_start": _now(),
+                             "params": params, "config": tcfg.to_dict(), "device": slot.device})
+        from moopt.yamlio import write_yaml
+
+        d = self.trial_dir(number)
+        shutil.rmtree(d, ignore_errors=True)  # a re-queued trial starts clean
+        write_yaml(d / "config.yaml", tcfg.to_dict())
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+        self.console.print(f"Trial {number} started on {slot.device}: {shown}")
+        spec = TrialSpec(number=number, config=tcfg, base_model=cfg.model_path, train_file=os.path.abspath(cfg.train_file),
+                         validation_file=os.path.abspath(cfg.validation_file), output_dir=str(d), seed=cfg.seed,
+                         kernels=cfg.kernels, rung_fractions=self.rung_fractions(), deadline=deadline)
+        executor.submit(spec, slot)
+
+    def end_trial(self, res: TrialResult, info: dict) -> dict[str, Any]:
+        cfg = self.cfg
+        m = res.metrics
+        if res.state == "COMPLETE" and cfg.memory_constraint_gb and m.get("peak_memory_gb", 0) > cfg.memory_constraint_gb:
+            res.state = "INFEASIBLE"
+            res.error = f"peak {m['peak_memory_gb']:.2f} GiB > --memory_constraint {cfg.memory_constraint_gb:g} GiB"
+        metrics_file = self.trial_dir(res.number) / "metrics.json"
+        tokens_per_s = None
+        if metrics_file.is_file():
+            tokens_per_s = json.loads(metrics_file.read_text()).get("tokens_per_s")
+        end = {"type": "trial_end", "number": res.number, "datetime_complete": _now(),
+               "datetime_start": info["start"], "duration_s": time.time() - info["t0"], "state": res.state,
+               "metrics": m, "error": res.error, "steps": res.steps, "total_steps": res.total_steps,
+               "train_tokens": res.train_tokens, "train_seconds": res.train_seconds, "tokens_per_s": tokens_per_s,
+               "backend": res.backend, "config": info["config"].to_dict(),
+               "epochs": info["config"].training.num_train_epochs}
+        self.journal.append(end)
+        vals = "  ".join(f"{k}={m[k]:.4f}" for k in cfg.objectives.names if k in m)
+        colour = {"COMPLETE": "green", "PRUNED": "yellow"}.get(res.state, "red")
+        extra = f" ({res.error})" if res.error else ""
+        self.console.print(f"Trial {res.number} [{colour}]{res.state}[/] in {end['duration_s']:.0f}s: {vals}{extra}")
+        return end
+
+    def told_values(self, end: dict[str, Any]) -> tuple[np.ndarray, float]:
+        """(F, G) for NSGA-II. Failures: G = 1 (infeasible, ranked behind every feasible trial)."""
+        objs, m, c = self.cfg.objectives, end.get("metrics") or {}, self.cfg.memory_constraint_gb
+        have = all(k in m for k in objs.names)
+        F = objs.to_minimize(m) if have else np.full(len(objs.names), 1e9)
+        if end["state"] in ("COMPLETE", "PRUNED") and have:
+            G = (m.get("peak_memory_gb", 0.0) - c) if c else -1.0
+        elif end["state"] == "INFEASIBLE" and c and "peak_memory_gb" in m:
+            G = max(m["peak_memory_gb"] - c, 1e-3)
+        else:
+            G = 1.0
+        return F, float(G)
+
+    @staticmethod
+    def config_key(cfg: TrialConfig) -> str:
+        return json.dumps(cfg.to_dict(), sort_keys=True)
+
+    @staticmethod
+    def duration_sample(end: dict[str, Any]) -> list[tuple[float, float, float]]:
+        tps, tokens, secs = end.get("tokens_per_s"), end.get("train_tokens"), end.get("train_seconds")
+        if not tps or not tokens or not end.get("total_steps"):
+            return []
+        frac_done = end["steps"] / end["total_steps"]
+        per_epoch = tokens / max(frac_done * end["epochs"], 1e-9)
+        return [(per_epoch, tps, max(0.0, end["duration_s"] - secs))]
+
+    @staticmethod
+    def fits_time(tcfg: TrialConfig, durations, deadline: float) -> bool:
+        """Predicted duration from measured tokens/s: can this trial end before the deadline?"""
+        if not durations:
+            return time.time() < deadline
+        per_epoch = float(np.median([d[0] for d in durations]))
+        tps = float(np.median([d[1] for d in durations]))
+        overhead = float(np.median([d[2] for d in durations]))
+        predicted = per_epoch * tcfg.training.num_train_epochs / tps + overhead
+        return time.time() + predicted <= deadline
+
+    def run_baseline(self) -> None:
+        """Evaluate the base model (no training) so the report can say how much tuning helped."""
+        from moopt.executor import LocalExecutor, plan_slots, wait_for_any
+
+        self.console.print("Evaluating the base model on the validation set ...")
+        tcfg = self.cfg.space.default_in_space()
+        tcfg = TrialConfig.from_dict({"training": {"num_train_epochs": 1e-9}}, base=tcfg)
+        d = self.out / "trial_results" / "baseline"
+        spec = TrialSpec(number=-1, config=tcfg, base_model=self.cfg.model_path, train_file=os.path.abspath(self.cfg.train_file),
+                         validation_file=os.path.abspath(self.cfg.validation_file), output_dir=str(d), seed=self.cfg.seed,
+                         kernels=self.cfg.kernels, save_adapter=False, baseline=True)
+        ex = LocalExecutor()
+        slot = plan_slots(1)[0]
+        ex.submit(spec, slot)
+        res = wait_for_any(ex)
+        from moopt.yamlio import write_json
+
+        write_json(self.out / "baseline.json", {"state": res.state, "metrics": res.metrics, "error": res.error})
+        if res.state == "COMPLETE":
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in res.metrics.items() if k.startswith("eval_"))
+            self.console.print(f"Base model (no fine-tuning): {shown}")
+        else:
+            self.console.print(f"[red]Base model evaluation failed:[/] {res.error}")
+
+    def progress(self):
+        """A live progress view (rich): one bar for the study, one per running trial."""
+        from contextlib import contextmanager
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        @contextmanager
+        def view():
+            prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
+                            transient=True, disable=not self.console.is_terminal)
+            tasks: dict[int, Any] = {}
+
+            def update(number, step, total, loss):
+                with self.lock:
+                    if number not in tasks:
+                        tasks[number] = prog.add_task(f"trial {number}", total=total, info="")
+                    prog.update(tasks[number], completed=step, total=total, info=f"loss {loss:.4f}")
+                    if step >= total:
+                        prog.remove_task(tasks.pop(number))
+
+            with prog:
+                yield update
+
+        return view()
+
+
+def space_to_yaml(space: SearchSpace) -> dict[str, Any]:
+    out: dict[str, dict[str, Any]] = {}
+    for p in space.params:
+        section, key = p.name.split(".", 1)
+        if p.type == "categorical":
+            spec = {"type": p.type, "values": [list(v) if isinstance(v, tuple) else v for v in p.values]}
+        else:
+            spec = {"type": p.type, "min": p.low, "max": p.high} | ({"step": p.step} if p.type == "int" and p.step != 1 else {})
+        out.setdefault(section, {})[key] = spec
+    return out
+
+
+def _now() -> str:
+    return datetime.now().isoformat(timespec="milliseconds")
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return ",".join(v)
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,307 @@
+"""One trial, top to bottom: load model -> attach LoRA -> load data -> train -> evaluate -> save.
+
+``run_trial(spec, reporter)`` is the whole recipe. It runs inside a worker process (see
+``moopt/worker.py``) so that a crash or an out-of-memory kills only this trial; the ``reporter``
+carries progress, rung evaluations (for pruning) and the result back to the study.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from moopt.config import TrialConfig
+from moopt.data import IGNORE, TokenizedSet, collate, micro_batches, n_micro_batches, tokenize_file
+
+STATES = ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE")
+
+
+@dataclass
+class TrialSpec:
+    number: int
+    config: TrialConfig
+    base_model: str  # a local folder (already resolved by moopt.models.resolve_model)
+    train_file: str
+    validation_file: str
+    output_dir: str  # this trial's folder: trial_results/trial_N
+    seed: int = 42
+    kernels: str = "auto"  # auto | triton | torch
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    rung_fractions: tuple[float, ...] = ()  # fractions of the optimizer steps where pruning may stop us
+    deadline: float | None = None  # unix time; past it the trial stops and reports what it has
+    save_adapter: bool = True
+    baseline: bool = False  # evaluate the base model only (no LoRA, no training)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["config"] = self.config.to_dict()
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "TrialSpec":
+        d = dict(d)
+        d["config"] = TrialConfig.from_dict(d["config"])
+        d["rung_fractions"] = tuple(d.get("rung_fractions") or ())
+        return cls(**d)
+
+
+@dataclass
+class TrialResult:
+    number: int
+    state: str  # COMPLETE | PRUNED | FAIL | INFEASIBLE
+    metrics: dict[str, float] = field(default_factory=dict)  # eval_loss, eval_accuracy, ...
+    error: str | None = None
+    steps: int = 0  # optimizer steps done
+    total_steps: int = 0  # optimizer steps planned
+    train_tokens: int = 0  # real (non-pad) tokens seen in training
+    train_seconds: float = 0.0
+    backend: str | None = None  # which LoRA kernel path ran
+
+
+class Reporter(Protocol):
+    def progress(self, step: int, total: int, loss: float) -> None: ...
+
+    def rung(self, step: int, metrics: dict[str, float]) -> bool:
+        """Intermediate evaluation; return False to stop (pruned)."""
+        ...
+
+
+class NullReporter:
+    def progress(self, step, total, loss):
+        pass
+
+    def rung(self, step, metrics):
+        return True
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def load_model_and_tokenizer(path: str, cfg: TrialConfig, device: torch.device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32}.get(cfg.model.dtype) or getattr(
+        torch, cfg.model.dtype
+    )
+    if cfg.model.quantization != "none":
+        # QLoRA/8-bit need bitsandbytes on CUDA; refused at study set-up on machines without them.
+        raise RuntimeError(f"model.quantization={cfg.model.quantization} is not supported yet")
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, local_files_only=True, use_safetensors=True, trust_remote_code=False,
+        attn_implementation="sdpa",
+    ).to(device)
+    model.config.use_cache = False
+    return model, tok
+
+
+def causal_lm_loss(model, batch: dict[str, torch.Tensor], backend: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(summed CE over completion tokens, correct next-token predictions, number of such tokens).
+
+    Only rows that carry a label go through the LM head, chunked, so full fp32 logits
+    (T x vocab x 4 bytes: 100 MB for 512 tokens of a 49k vocabulary) are never built.
+    """
+    from moopt_kernels import linear_cross_entropy
+
+    out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    hidden = out.last_hidden_state[:, :-1]
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE
+    n = int(keep.sum())
+    loss_sum, n_correct = linear_cross_entropy(hidden[keep], model.lm_head.weight, labels[keep], backend=backend)
+    return loss_sum, n_correct, n
+
+
+@torch.no_grad()
+def evaluate(model, data: TokenizedSet, batch_size: int, pad_id: int, device, backend: str) -> dict[str, float]:
+    """Mean CE per completion token over the whole set, next-token accuracy, perplexity."""
+    was_training = model.training
+    model.eval()
+    total, correct, count = 0.0, 0, 0
+    order = sorted(range(len(data.examples)), key=lambda i: len(data.examples[i].input_ids))  # less padding
+    for s in range(0, len(order), batch_size):
+        batch = collate([data.examples[i] for i in order[s : s + batch_size]], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss_sum, n_correct, n = causal_lm_loss(model, batch, backend)
+        total, correct, count = total + float(loss_sum), correct + int(n_correct), count + n
+    model.train(was_training)
+    loss = total / max(count, 1)
+    return {"eval_loss": loss, "eval_accuracy": correct / max(count, 1), "eval_perplexity": math.exp(min(loss, 50.0))}
+
+
+def lr_lambda(kind: str, warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))  # cosine
+
+    return f
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """CUDA: allocator peak + CUDA context (NVML); CPU: peak resident set of this process."""
+    if device.type == "cuda":
+        ctx = 0
+        try:
+            from moopt.nvml import process_used_bytes
+
+            used = process_used_bytes(os.getpid())
+            if used:
+                ctx = max(0, used - torch.cuda.memory_reserved())
+        except Exception:
+            pass
+        return (torch.cuda.max_memory_reserved() + ctx) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # ru_maxrss is KiB on Linux
+
+
+def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
+    reporter = reporter or NullReporter()
+    cfg, tc = spec.config, spec.config.training
+    result = TrialResult(number=spec.number, state="FAIL")
+    out_dir = Path(spec.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    device = pick_device(spec.device)
+    torch.manual_seed(spec.seed)
+    curve: list[dict[str, float]] = []
+    evals: list[dict[str, float]] = []
+    try:
+        # -- load model ---------------------------------------------------------------------------
+        model, tok = load_model_and_tokenizer(spec.base_model, cfg, device)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+        if spec.baseline:
+            val = tokenize_file(spec.validation_file, tok, cfg.data.max_seq_length)
+            result.metrics = evaluate(model, val, tc.batch_size, pad_id, device, "torch")
+            result.metrics["peak_memory_gb"] = peak_memory_gb(device)
+            result.state = "COMPLETE"
+            return result
+
+        # -- attach LoRA (moopt's own modules; PEFT is only used to read the saved adapter) -------
+        from moopt.lora import attach_lora, lora_parameters
+
+        info = attach_lora(
+            model, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules, backend=spec.kernels,
+        )
+        result.backend = info["backend"]
+        params = lora_parameters(model)
+
+        # -- load data ----------------------------------------------------------------------------
+        train = tokenize_file(spec.train_file, tok, cfg.data.max_seq_length)
+        val = tokenize_file(spec.validation_file, tok, cfg.data.max_seq_length)
+        n_micro = n_micro_batches(len(train.examples), tc.batch_size, tc.num_train_epochs)
+        total_steps = math.ceil(n_micro / tc.gradient_accumulation_steps)
+        result.total_steps = total_steps
+        rung_steps = sorted({max(1, int(total_steps * f)) for f in spec.rung_fractions if int(total_steps * f) < total_steps})
+
+        # -- train --------------------------------------------------------------------------------
+        # AdamW keeps 2 fp32 states: 8 bytes per trainable (LoRA) parameter.
+        opt = torch.optim.AdamW(
+            params, lr=tc.learning_rate, weight_decay=tc.weight_decay,
+            betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_epsilon,
+        )
+        warmup = math.ceil(tc.warmup_ratio * total_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.lr_scheduler_type, warmup, total_steps))
+        model.train()
+        t0 = time.time()
+        step, micro, acc_loss, acc_tokens = 0, 0, 0.0, 0
+        stop_reason = None
+        batches = micro_batches(train, tc.batch_size, tc.num_train_epochs, cfg.data.sampling_strategy, spec.seed, pad_id)
+        pending: list[dict[str, torch.Tensor]] = []
+        for epoch_pos, batch in batches:
+            pending.append(batch)
+            micro += 1
+            if len(pending) < tc.gradient_accumulation_steps and micro < n_micro:
+                continue
+            # one optimizer step over the accumulated micro-batches, loss averaged per label token
+            n_labels = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in pending)
+            step_loss = 0.0
+            for b in pending:
+                b = {k: v.to(device) for k, v in b.items()}
+                loss_sum, _, _ = causal_lm_loss(model, b, result.backend)
+                (loss_sum / max(n_labels, 1)).backward()
+                step_loss += float(loss_sum)
+                result.train_tokens += int(b["attention_mask"].sum())
+            pending = []
+            step_loss /= max(n_labels, 1)
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(f"non-finite training loss ({step_loss}) at step {step + 1}")
+            if tc.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            result.steps = step
+            curve.append({"step": step, "epoch": round(epoch_pos, 4), "train_loss": step_loss, "lr": sched.get_last_lr()[0]})
+            reporter.progress(step, total_steps, step_loss)
+            if step in rung_steps:
+                m = evaluate(model, val, tc.batch_size, pad_id, device, result.backend)
+                evals.append({"step": step, **m})
+                if not reporter.rung(step, m):
+                    stop_reason = "pruned"
+                    break
+            if spec.deadline is not None and time.time() > spec.deadline:
+                stop_reason = "time budget reached"
+                break
+        result.train_seconds = time.time() - t0
+
+        # -- evaluate -----------------------------------------------------------------------------
+        if stop_reason == "pruned":
+            metrics = dict(evals[-1])
+            metrics.pop("step")
+            result.state, result.error = "PRUNED", f"pruned at step {step}"
+        else:
+            metrics = evaluate(model, val, tc.batch_size, pad_id, device, result.backend)
+            evals.append({"step": step, **metrics})
+            result.state = "COMPLETE" if stop_reason is None else "PRUNED"
+            result.error = None if stop_reason is None else f"{stop_reason} at step {step}"
+        metrics["peak_memory_gb"] = peak_memory_gb(device)
+        result.metrics = metrics
+
+        # -- save ---------------------------------------------------------------------------------
+        if spec.save_adapter:
+            from moopt.lora import save_peft_adapter
+
+            save_peft_adapter(
+                model, out_dir / "adapter", base_model_name_or_path=spec.base_model, r=cfg.lora.r,
+                alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules,
+            )
+        extra = {"truncated_train": train.n_truncated, "truncated_val": val.n_truncated,
+                 "train_label_tokens": train.n_label_tokens, "val_label_tokens": val.n_label_tokens}
+    except Exception as e:  # recorded as a failed trial; the study goes on
+        is_oom = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+        result.state = "INFEASIBLE" if is_oom else "FAIL"
+        result.error = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        result.metrics = result.metrics or ({"peak_memory_gb": peak_memory_gb(device)} if is_oom else {})
+        traceback.print_exc(file=sys.stderr)
+        extra = {}
+    from moopt.yamlio import write_json
+
+    write_json(out_dir / "metrics.json", {
+        **asdict(result), "curve": curve, "evals": evals, **extra,
+        "tokens_per_s": result.train_tokens / result.train_seconds if result.train_seconds else None,
+    })
+    return result

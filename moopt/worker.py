@@ -1,0 +1,50 @@
+"""The trial process: ``python -m moopt.worker``.
+
+Protocol (JSON lines): the parent writes the TrialSpec on stdin's first line. The worker writes
+``{"event": "progress" | "rung" | "result", ...}`` lines on its original stdout; after a ``rung``
+line it reads one line ``{"continue": true|false}`` from stdin. Everything else the libraries print
+goes to stderr, which the parent sends to the trial's ``log.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+class PipeReporter:
+    def __init__(self, out, inp):
+        self.out, self.inp = out, inp
+
+    def send(self, msg: dict) -> None:
+        self.out.write(json.dumps(msg, default=float) + "\n")
+        self.out.flush()
+
+    def progress(self, step: int, total: int, loss: float) -> None:
+        self.send({"event": "progress", "step": step, "total": total, "loss": loss})
+
+    def rung(self, step: int, metrics: dict) -> bool:
+        self.send({"event": "rung", "step": step, "metrics": metrics})
+        line = self.inp.readline()
+        return bool(json.loads(line).get("continue", True)) if line else False
+
+
+def main() -> int:
+    # Keep the protocol channel private: stray prints from libraries go to stderr.
+    proto = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    spec_line = sys.stdin.readline()
+    from moopt.trial import TrialSpec, run_trial
+
+    spec = TrialSpec.from_json(json.loads(spec_line))
+    reporter = PipeReporter(proto, sys.stdin)
+    result = run_trial(spec, reporter)
+    from dataclasses import asdict
+
+    reporter.send({"event": "result", "result": asdict(result)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

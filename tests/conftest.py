@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny random Llama with a word-level tokenizer, and small JSONL data sets.
+
+Everything is built in the test session from a LlamaConfig: no downloads, seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+COLORS = ["red", "green", "blue", "yellow", "black", "white"]
+THINGS = ["apple", "leaf", "sky", "sun", "coal", "snow", "cherry", "grass", "sea", "banana", "ink", "milk"]
+RULE = {t: COLORS[i % len(COLORS)] for i, t in enumerate(THINGS)}
+WORDS = ["the", "color", "of", "is", "what", "answer", ":", "?"] + COLORS + THINGS
+
+
+def build_tiny_llama(path: Path, seed: int = 0) -> Path:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<pad>", "<s>", "</s>"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, pad_token_id=1, bos_token_id=2, eos_token_id=3,
+                      tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(path, safe_serialization=True)
+    fast.save_pretrained(path)
+    return path
+
+
+def write_color_data(path: Path, n: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            t = rng.choice(THINGS)
+            f.write(json.dumps({"prompt": f"what is the color of {t} ? answer :", "completion": f" {RULE[t]}"}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("data")
+    return {"train": write_color_data(d / "train.jsonl", 48, 0), "val": write_color_data(d / "val.jsonl", 16, 1)}
