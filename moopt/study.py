@@ -83,7 +83,8 @@ def prepare_output_dir(cfg: StudyConfig) -> None:
 
 
 def study_fingerprint(cfg: StudyConfig) -> dict[str, Any]:
-    return {
+    """What must not change across --resume (JSON-normalised, so it compares with the journal's)."""
+    return json.loads(json.dumps({
         "objectives": list(cfg.objectives.names),
         "space": [(p.name, p.type, p.low, p.high, p.step, [list(v) if isinstance(v, tuple) else v for v in p.values]) for p in cfg.space.params],
         "fixed": cfg.space.fixed.to_dict(),
@@ -91,7 +92,7 @@ def study_fingerprint(cfg: StudyConfig) -> dict[str, Any]:
         "validation_file": os.path.abspath(cfg.validation_file),
         "base_model": cfg.base_model,
         "seed": cfg.seed,
-    }
+    }))
 
 
 class Study:

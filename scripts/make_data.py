@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Generate moopt's demo fine-tuning data set (deterministic, stdlib only).
+
+Task: "warehouse routing". Each prompt is a short, templated order line; the
+completion is the department that stocks the item plus a packing rule:
+
+    prompt:      "Order: 7 x garden hose\nRoute:"
+    completion:  " Garden, crate"
+
+* Department is one of six fixed labels (Garden, Kitchen, Toys, Office, Pets,
+  Sports) chosen by what the item is.
+* Packing is a made-up rule on the quantity: 1-4 -> "box", 5-9 -> "crate".
+
+The base model does not know the output format, the label set or the packing
+rule; a short LoRA fine-tune learns them. Items are split disjointly between
+train / val / test (same departments, same templates and quantity range), so
+val/test measure generalisation to unseen items rather than memorisation.
+
+Usage: python scripts/make_data.py [--out data] [--seed 1234]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+# ---------------------------------------------------------------------------
+# Vocabulary: department -> items (lower-case, short noun phrases).
+# ---------------------------------------------------------------------------
+ITEMS: dict[str, list[str]] = {
+    "Garden": [
+        "garden hose", "flower pot", "lawn mower", "hedge trimmer", "rake",
+        "watering can", "tomato seeds", "wheelbarrow", "garden gloves",
+        "bag of compost", "pruning shears", "leaf blower", "bird feeder",
+        "patio chair", "sprinkler", "shovel", "potting soil", "rose bush",
+        "garden gnome", "weed killer",
+    ],
+    "Kitchen": [
+        "frying pan", "chef knife", "cutting board", "toaster", "blender",
+        "coffee mug", "mixing bowl", "whisk", "kettle", "soup pot",
+        "dinner plate", "can opener", "rolling pin", "oven mitt",
+        "measuring cup", "wine glass", "spatula", "teapot", "salad bowl",
+        "cheese grater",
+    ],
+    "Toys": [
+        "teddy bear", "toy car", "jigsaw puzzle", "doll house", "yo-yo",
+        "building blocks", "kite", "rubber duck", "board game", "toy train",
+        "action figure", "water pistol", "spinning top", "rag doll",
+        "toy robot", "marbles set", "plush rabbit", "toy drum",
+        "puppet", "play dough",
+    ],
+    "Office": [
+        "stapler", "printer paper", "ballpoint pen", "desk lamp",
+        "paper clips", "notebook", "file folder", "desk chair",
+        "sticky notes", "envelope", "highlighter", "whiteboard", "calculator",
+        "tape dispenser", "hole punch", "ink cartridge", "binder",
+        "pencil sharpener", "rubber stamp", "letter tray",
+    ],
+    "Pets": [
+        "dog leash", "cat litter", "fish tank", "bird cage", "dog bed",
+        "cat food", "chew toy", "hamster wheel", "pet shampoo", "dog collar",
+        "cat scratcher", "fish food", "dog bowl", "pet carrier",
+        "flea collar", "rabbit hutch", "dog treats", "cat tree",
+        "parrot perch", "aquarium filter",
+    ],
+    "Sports": [
+        "tennis racket", "football", "yoga mat", "dumbbell", "golf club",
+        "basketball", "swim goggles", "skateboard", "baseball bat",
+        "hockey stick", "jump rope", "bike helmet", "boxing gloves",
+        "ski poles", "running shoes", "volleyball", "table tennis paddle",
+        "climbing rope", "soccer cleats", "badminton net",
+    ],
+}
+
+# Prompt templates (all end with "\nRoute:"; the completion starts with a space).
+TEMPLATES = [
+    "Order: {q} x {item}\nRoute:",
+    "Order line: {item}, qty {q}\nRoute:",
+    "Please send {q} x {item}.\nRoute:",
+    "Item: {item} | Quantity: {q}\nRoute:",
+    "Customer ordered {q} x {item}\nRoute:",
+]
+
+
+def packing(q: int) -> str:
+    return "box" if q <= 4 else "crate"
+
+
+def make_rows(items: list[tuple[str, str]], n: int, rng: random.Random) -> list[dict]:
+    """n rows, cycling over the given (dept, item) pairs so each item is used
+    about equally often; quantities and templates drawn at random."""
+    rows = []
+    pool: list[tuple[str, str]] = []
+    for _ in range(n):
+        if not pool:
+            pool = list(items)
+            rng.shuffle(pool)
+        dept, item = pool.pop()
+        q = rng.randint(1, 9)
+        tpl = rng.choice(TEMPLATES)
+        rows.append({
+            "prompt": tpl.format(q=q, item=item),
+            "completion": f" {dept}, {packing(q)}",
+        })
+    return rows
+
+
+def build(seed: int, n_train: int, n_val: int, n_test: int) -> dict[str, list[dict]]:
+    rng = random.Random(seed)
+    split_items: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
+    for dept in sorted(ITEMS):
+        items = sorted(ITEMS[dept])
+        rng.shuffle(items)
+        # 12 train / 4 val / 4 test items per department: disjoint entities.
+        split_items["train"] += [(dept, it) for it in items[:12]]
+        split_items["val"] += [(dept, it) for it in items[12:16]]
+        split_items["test"] += [(dept, it) for it in items[16:20]]
+    return {
+        "train": make_rows(split_items["train"], n_train, rng),
+        "val": make_rows(split_items["val"], n_val, rng),
+        "test": make_rows(split_items["test"], n_test, rng),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "data"))
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--n-train", type=int, default=300)
+    ap.add_argument("--n-val", type=int, default=60)
+    ap.add_argument("--n-test", type=int, default=60)
+    args = ap.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = build(args.seed, args.n_train, args.n_val, args.n_test)
+    for name, rows in splits.items():
+        path = out / f"{name}.jsonl"
+        with path.open("w", encoding="utf-8", newline="\n") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        print(f"wrote {len(rows):4d} rows -> {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""End to end through the real CLI (click's CliRunner) on a tiny random Llama."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from moopt.cli import main
+from moopt.config import load_trial_config
+
+SPACE = """
+training:
+  learning_rate: {type: log_uniform, min: 1e-4, max: 3e-2}
+  batch_size: {type: categorical, values: [4, 8]}
+  num_train_epochs: 2
+lora:
+  r: {type: categorical, values: [4, 8]}
+  alpha: {type: categorical, values: [8, 16]}
+  dropout: {type: uniform, min: 0.0, max: 0.1}
+data:
+  max_seq_length: 32
+"""
+
+
+def optimize(tiny_model, tiny_data, out, space, *extra):
+    args = ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+            "--validation_file", str(tiny_data["val"]), "--output_dir", str(out), "--search_space", str(space), *extra]
+    return CliRunner().invoke(main, args)
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    p = tmp_path_factory.mktemp("space") / "space.yaml"
+    p.write_text(SPACE)
+    return p
+
+
+@pytest.fixture(scope="module")
+def study(tiny_model, tiny_data, space, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "hpo"
+    r = optimize(tiny_model, tiny_data, out, space, "--num_trials", "6", "--parallel_trials", "2",
+                 "--optimization_objective", "multi:eval_loss,eval_accuracy", "--optimization_weights", "0.7,0.3")
+    assert r.exit_code == 0, r.output
+    return out, r.output
+
+
+def test_study_writes_the_guides_result_layout(study):
+    out, output = study
+    for name in ("best_config.yaml", "trials_summary.csv", "optimization_plot.png", "pareto_front.png", "journal.jsonl"):
+        assert (out / name).is_file(), name
+    for png in ("optimization_plot.png", "pareto_front.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    df = pd.read_csv(out / "trials_summary.csv")
+    assert list(df.number) == list(range(6))
+    assert set(df.state) <= {"COMPLETE", "PRUNED", "FAIL", "INFEASIBLE"} and (df.state == "COMPLETE").sum() >= 5
+    for col in ("datetime_start", "datetime_complete", "duration", "params_learning_rate", "params_r",
+                "values_eval_loss", "values_eval_accuracy", "peak_memory_gb", "error"):
+        assert col in df.columns, col
+    assert (df.peak_memory_gb > 0).all()
+    assert "Best hyperparameter configuration:" in output
+    assert "Best value: " in output and "(higher is better)" in output
+
+
+def test_best_config_is_a_reusable_config_of_the_best_trial(study):
+    out, output = study
+    cfg = load_trial_config(out / "best_config.yaml")  # sections training/lora/data parse back
+    df = pd.read_csv(out / "trials_summary.csv")
+    best = df.loc[df.score.idxmax()]
+    assert bool(best.pareto)
+    assert cfg.training.learning_rate == pytest.approx(best.params_learning_rate)
+    assert cfg.lora.r == best.params_r
+    score_line = next(line for line in output.splitlines() if line.startswith("Best value:"))
+    assert float(score_line.split()[2]) == pytest.approx(best.score, abs=1e-3)
+
+
+def test_trials_ran_in_parallel_with_overlapping_times(study):
+    out, _ = study
+    df = pd.read_csv(out / "trials_summary.csv", parse_dates=["datetime_start", "datetime_complete"])
+    a, b = df.iloc[0], df.iloc[1]
+    assert a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+
+
+def test_trial_folder_has_config_metrics_curve_and_adapter(study):
+    out, _ = study
+    d = out / "trial_results" / "trial_0"
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["state"] == "COMPLETE" and math.isfinite(m["metrics"]["eval_loss"])
+    assert len(m["curve"]) == m["steps"] > 0 and {"step", "train_loss", "lr"} <= set(m["curve"][0])
+    assert (d / "config.yaml").is_file() and (d / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_peft_reloads_the_adapter_and_reproduces_eval_loss(study, tiny_model, tiny_data):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from moopt.data import IGNORE, collate, tokenize_file
+
+    out, _ = study
+    d = out / "trial_results" / "trial_1"
+    m = json.loads((d / "metrics.json").read_text())
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), d / "adapter").eval()
+    val = tokenize_file(tiny_data["val"], tok, 32)
+    batch = collate(val.examples, tok.pad_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                             ignore_index=IGNORE)
+    assert float(loss) == pytest.approx(m["metrics"]["eval_loss"], rel=1e-4)
+
+
+def test_existing_study_is_not_overwritten_by_accident(study, tiny_model, tiny_data, space):
+    out, _ = study
+    before = (out / "journal.jsonl").read_bytes()
+    r = optimize(tiny_model, tiny_data, out, space, "--num_trials", "2")
+    assert r.exit_code == 2 and "--resume" in r.output and "--overwrite" in r.output
+    assert (out / "journal.jsonl").read_bytes() == before
+
+
+def test_resume_does_not_rerun_finished_trials(tiny_model, tiny_data, space, tmp_path):
+    out = tmp_path / "hpo"
+    r = optimize(tiny_model, tiny_data, out, space, "--num_trials", "2", "--no-baseline")
+    assert r.exit_code == 0, r.output
+    first = pd.read_csv(out / "trials_summary.csv")
+    r = optimize(tiny_model, tiny_data, out, space, "--num_trials", "4", "--resume", "--no-baseline")
+    assert r.exit_code == 0, r.output
+    after = pd.read_csv(out / "trials_summary.csv")
+    assert list(after.number) == [0, 1, 2, 3]
+    assert list(after.datetime_start[:2]) == list(first.datetime_start)  # not rerun
+    r = optimize(tiny_model, tiny_data, out, space, "--num_trials", "4", "--overwrite", "--no-baseline", "--seed", "3")
+    assert r.exit_code == 0, r.output
+    assert list(pd.read_csv(out / "trials_summary.csv").datetime_start[:2]) != list(first.datetime_start)
+
+
+def test_guide_script_spelling_runs_the_same_command(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "scripts/run_hyperparameter_optimization.py", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--optimization_objective" in r.stdout
+
+
+BAD_INPUTS = [
+    ("space", "training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 1e-5}\n", [], "training.learning_rate: `min < max` must hold"),
+    ("space", "lora:\n  r: {type: int, min: 0, max: 8}\n", [], "lora.r"),
+    ("space", "training: {learning_rate: {type: uniform\n", [], "malformed YAML"),
+    ("train", '{"prompt": "a", "completion": "b"}\n{"prompt": \n', [], "train.jsonl:2: invalid JSON"),
+    ("missing", None, [], "file not found"),
+    (None, None, ["--optimization_objective", "multi:eval_loss,eval_accuracy", "--optimization_weights", "1,2,3"], "3 weight(s) for 2 objective(s)"),
+    (None, None, ["--executor", "ray"], "not supported yet"),
+    (None, None, ["--base_model", "/no/such/model"], "--base_model /no/such/model"),
+]
+
+
+@pytest.mark.parametrize("what, content, extra, fragment", BAD_INPUTS)
+def test_bad_input_one_line_exit_2_nothing_written(tiny_model, tiny_data, space, tmp_path, what, content, extra, fragment):
+    data = dict(tiny_data)
+    sp = space
+    if what == "space":
+        sp = tmp_path / "bad_space.yaml"
+        sp.write_text(content)
+    elif what == "train":
+        data["train"] = tmp_path / "train.jsonl"
+        data["train"].write_text(content)
+    elif what == "missing":
+        data["val"] = tmp_path / "nope.jsonl"
+    out = tmp_path / "out"
+    r = optimize(tiny_model, data, out, sp, *extra)
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], r.output
+    assert "Traceback" not in r.output
+    assert not out.exists()

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+
+from moopt.config import ConfigError
+from moopt.data import IGNORE, batch_order, micro_batches, read_jsonl, tokenize_file, tokenize_record
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+def test_prompt_completion_loss_only_on_completion_plus_eos(tok):
+    ex = tokenize_record({"prompt": "what is the color of sky ? answer :", "completion": " blue"}, tok)
+    n_prompt = len(tok("what is the color of sky ? answer :", add_special_tokens=False)["input_ids"])
+    assert ex.labels[:n_prompt] == [IGNORE] * n_prompt
+    assert ex.labels[n_prompt:] == ex.input_ids[n_prompt:]
+    assert ex.input_ids[-1] == tok.eos_token_id
+
+
+def test_text_records_train_on_every_token(tok):
+    ex = tokenize_record({"text": "the sky is blue"}, tok)
+    assert ex.labels == ex.input_ids
+
+
+def test_instruction_records_mask_the_instruction(tok):
+    ex = tokenize_record({"instruction": "what is the color of sky ?", "input": "", "output": "blue"}, tok)
+    assert ex.labels.count(IGNORE) > 0 and ex.labels[-1] == tok.eos_token_id
+
+
+def test_messages_loss_only_on_assistant_turns(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}{% if add_generation_prompt %}assistant : {% endif %}"
+    rec = {"messages": [{"role": "user", "content": "what is the color of sky ?"}, {"role": "assistant", "content": "blue"}]}
+    ex = tokenize_record(rec, tok)
+    kept = [t for t, l in zip(ex.input_ids, ex.labels) if l != IGNORE]
+    assert tok.convert_ids_to_tokens(kept)[0] == "blue"
+    assert "what" not in tok.convert_ids_to_tokens(kept)
+
+
+def test_truncation_is_counted(tmp_path, tok):
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"text": " ".join(["the"] * 40)}) + "\n" + json.dumps({"text": "the sky"}) + "\n")
+    ds = tokenize_file(p, tok, max_seq_length=16)
+    assert ds.n_truncated == 1
+    assert max(len(e.input_ids) for e in ds.examples) == 16
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": \n', ":2: invalid JSON"),
+    ('{"question": "a", "answer": "b"}\n', ":1: unknown record format"),
+    ('{"prompt": "a", "completion": ""}\n', ":1: `completion` is empty"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}\n', "no assistant turn"),
+    ('[1, 2]\n', "expected a JSON object"),
+    ('', "no records (empty file)"),
+])
+def test_bad_jsonl_names_file_and_line(tmp_path, content, fragment):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(content)
+    with pytest.raises(ConfigError) as e:
+        read_jsonl(p)
+    assert str(p) in str(e.value) and fragment in str(e.value)
+
+
+def test_data_order_is_seeded_and_strategies_differ():
+    lengths = list(range(1, 41))
+    a = batch_order(lengths, 4, "random", torch.Generator().manual_seed(1))
+    b = batch_order(lengths, 4, "random", torch.Generator().manual_seed(1))
+    c = batch_order(lengths, 4, "random", torch.Generator().manual_seed(2))
+    assert a == b and a != c
+    assert batch_order(lengths, 4, "sequential", torch.Generator())[0] == [0, 1, 2, 3]
+    grouped = batch_order(lengths, 4, "length_grouped", torch.Generator().manual_seed(1))
+    spreads = [max(lengths[i] for i in bt) - min(lengths[i] for i in bt) for bt in grouped]
+    assert max(spreads) <= 3  # sorted inside the window: neighbours in length share a batch
+
+
+def test_fractional_epochs_cut_the_last_pass(tiny_data, tok):
+    ds = tokenize_file(tiny_data["train"], tok, 64)  # 48 examples
+    n = sum(1 for _ in micro_batches(ds, 8, 1.5, "random", 0, tok.pad_token_id))
+    assert n == 9  # 6 batches per epoch x 1.5

@@ -1,0 +1,34 @@
+import numpy as np
+import pytest
+
+from moopt.config import ConfigError
+from moopt.objectives import parse_objectives
+
+
+def test_multi_objective_weights_are_normalised():
+    o = parse_objectives("multi:eval_loss,eval_accuracy", "0.7,0.3")
+    assert o.names == ("eval_loss", "eval_accuracy") and o.multi
+    assert o.weights == pytest.approx((0.7, 0.3))
+    assert list(o.to_minimize({"eval_loss": 1.5, "eval_accuracy": 0.8})) == [1.5, -0.8]
+
+
+def test_weighted_score_normalises_each_objective_best_is_one():
+    o = parse_objectives("multi:eval_loss,eval_accuracy", "0.7,0.3")
+    F = np.array([[1.0, -0.9], [2.0, -0.5], [1.5, -0.7]])
+    s = o.scores(F)
+    assert s[0] == pytest.approx(1.0)  # best on both
+    assert s[1] == pytest.approx(0.0)  # worst on both
+    assert s[2] == pytest.approx(0.7 * 0.5 + 0.3 * 0.5)
+
+
+@pytest.mark.parametrize("objective, weights, fragment", [
+    ("multi:eval_loss,eval_accuracy", "1", "1 weight(s) for 2 objective(s)"),
+    ("multi:eval_loss,eval_accuracy", "0.5,-1", "must be finite, >= 0"),
+    ("multi:eval_loss", None, "at least two objectives"),
+    ("multi:eval_loss,bleu", None, "unknown objective(s) ['bleu']"),
+    ("multi:eval_loss,eval_accuracy", "a,b", "comma-separated numbers"),
+])
+def test_bad_objectives_are_refused(objective, weights, fragment):
+    with pytest.raises(ConfigError, match=None) as e:
+        parse_objectives(objective, weights)
+    assert fragment in str(e.value)

@@ -1,0 +1,87 @@
+import math
+
+import pytest
+
+from moopt.config import ConfigError, TrialConfig
+from moopt.space import load_space, parse_space
+
+
+def write(tmp_path, text):
+    p = tmp_path / "space.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_guide_space_parses_with_string_exponents(tmp_path):
+    # PyYAML reads 1e-6 (no dot) as a string: it must still be a number.
+    sp = load_space("config/hpo_search_space.yaml")
+    lr = next(p for p in sp.params if p.name == "training.learning_rate")
+    assert (lr.low, lr.high) == (1e-6, 1e-3)
+    tm = next(p for p in sp.params if p.name == "lora.target_modules")
+    assert tm.values[0] == ("q_proj", "v_proj")
+
+
+def test_plain_value_fixes_a_parameter_and_missing_ones_take_defaults(tmp_path):
+    sp = load_space(write(tmp_path, "training:\n  num_train_epochs: 2\n  learning_rate: {type: log_uniform, min: 1e-5, max: 1e-3}\n"))
+    assert sp.names == ["training.learning_rate"]
+    assert sp.fixed.training.num_train_epochs == 2
+    assert sp.fixed.lora.r == TrialConfig().lora.r
+
+
+def test_default_trial_is_moved_into_the_space(tmp_path):
+    sp = load_space(write(tmp_path, "training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 1e-2}\n"
+                                    "lora:\n  r: {type: categorical, values: [4, 8, 64]}\n"))
+    d = sp.default_in_space()
+    assert d.training.learning_rate == pytest.approx(1e-3)  # 2e-4 clipped to the lower bound
+    assert d.lora.r == 8  # nearest option to 16 on a log scale... 8 and 64: |log 16/8| < |log 64/16|
+
+
+def test_decode_encode_roundtrip():
+    sp = load_space("config/hpo_search_space.yaml")
+    cfg = sp.default_in_space()
+    assert sp.decode(sp.encode(cfg)) == cfg
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 1e-5}\n", "training.learning_rate: `min < max` must hold"),
+    ("training:\n  learning_rate: {type: log_uniform, min: 0, max: 1e-3}\n", "log_uniform bounds must be > 0"),
+    ("training:\n  learning_rate: {type: uniformish, min: 0, max: 1}\n", "`type` must be one of"),
+    ("training:\n  learning_rate: {type: uniform, min: abc, max: 1}\n", "`min` must be a number, got 'abc'"),
+    ("lora:\n  r: {type: categorical, values: []}\n", "lora.r: categorical needs a non-empty `values`"),
+    ("lora:\n  r: {type: int, min: 0, max: 8}\n", "lora.r: value 0 is out of range"),
+    ("lora:\n  r: {type: categorical, values: [-4, 8]}\n", "lora.r: value -4 is out of range"),
+    ("lora:\n  dropout: {type: uniform, min: 0.0, max: 1.5}\n", "lora.dropout: value 1.5 is out of range"),
+    ("lora:\n  rank: {type: int, min: 1, max: 8}\n", "lora.rank: unknown parameter"),
+    ("optimizer:\n  lr: 1\n", "optimizer: unknown section"),
+    ("training:\n  batch_size: {type: uniform, min: 1, max: 8}\n", "integer parameter takes type int or categorical"),
+    ("training:\n  lr_scheduler_type: {type: categorical, values: [cosine, sawtooth]}\n", "value 'sawtooth' is out of range"),
+    ("lora:\n  target_modules: {type: categorical, values: [[q_proj, x_proj]]}\n", "unknown module(s) ['x_proj']"),
+    ("training: [1, 2]\n", "training: expected a mapping"),
+    ("training:\n  learning_rate: {type: log_uniform, min: 1e-5\n", "malformed YAML"),
+])
+def test_bad_space_names_file_key_and_rule(tmp_path, text, fragment):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_space(p)
+    assert str(p) in str(e.value)
+    assert fragment in str(e.value)
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    p = write(tmp_path, "training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 1e-5}\n"
+                        "lora:\n  r: {type: categorical, values: []}\n  bogus: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_space(p)
+    msg = str(e.value)
+    assert "training.learning_rate" in msg and "lora.r" in msg and "lora.bogus" in msg
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_space(tmp_path / "nope.yaml")
+
+
+def test_space_size_counts_discrete_configurations():
+    sp = parse_space({"lora": {"r": {"type": "categorical", "values": [4, 8]}, "alpha": {"type": "int", "min": 8, "max": 32, "step": 8}}})
+    assert sp.n_configurations() == 2 * 4
+    assert math.isinf(parse_space({"lora": {"dropout": {"type": "uniform", "min": 0, "max": 0.1}}}).n_configurations())
