@@ -172,6 +172,17 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # ru_maxrss is KiB on Linux
 
 
+def injected_fault(number: int, step: int) -> str | None:
+    """Test hook: ``MOOPT_INJECT_FAULT="<trial>:<kind>[@step],..."`` with kind in exception | nan |
+    oom | kill makes that trial fail that way at that optimizer step (default 1)."""
+    for item in filter(None, os.environ.get("MOOPT_INJECT_FAULT", "").split(",")):
+        num, _, kind = item.partition(":")
+        kind, _, at = kind.partition("@")
+        if int(num) == number and step == int(at or 1):
+            return kind
+    return None
+
+
 def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
     reporter = reporter or NullReporter()
     cfg, tc = spec.config, spec.config.training
@@ -242,10 +253,19 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
                 b = {k: v.to(device) for k, v in b.items()}
                 loss_sum, _, _ = causal_lm_loss(model, b, result.backend)
                 (loss_sum / max(n_labels, 1)).backward()
-                step_loss += float(loss_sum)
+                step_loss += float(loss_sum.detach())
                 result.train_tokens += int(b["attention_mask"].sum())
             pending = []
             step_loss /= max(n_labels, 1)
+            fault = injected_fault(spec.number, step + 1)
+            if fault == "exception":
+                raise RuntimeError("injected fault")
+            if fault == "nan":
+                step_loss = float("nan")
+            if fault == "oom":
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            if fault == "kill":
+                os.kill(os.getpid(), 9)
             if not math.isfinite(step_loss):
                 raise FloatingPointError(f"non-finite training loss ({step_loss}) at step {step + 1}")
             if tc.max_grad_norm > 0:

@@ -30,7 +30,19 @@ class PipeReporter:
         return bool(json.loads(line).get("continue", True)) if line else False
 
 
+def die_with_parent() -> None:
+    """Linux: get SIGKILL when the optimizer dies, so an orphan never writes into a resumed study."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except Exception:
+        pass
+
+
 def main() -> int:
+    die_with_parent()
     # Keep the protocol channel private: stray prints from libraries go to stderr.
     proto = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

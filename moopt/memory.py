@@ -1,0 +1,391 @@
+"""Analytic peak-memory estimate of one moopt training step, from ``config.json`` alone.
+
+The model follows /work/shared/reference/memory-model.md (notation: T = batch × seq padded tokens,
+L layers, h hidden, I intermediate, V vocab, r rank, a_b bytes per activation element):
+
+    peak = runtime + weights + lora + max over phases(activations + logits + transients) + slack
+
+``runtime`` is the CUDA context on ``cuda`` and the Python/torch process on ``cpu``. Weights are never
+loaded. What the figure means:
+
+- ``device="cuda"``: the GPU memory the training process holds at its peak, as NVML reports it
+  (CUDA context + caching-allocator reserve). Compare with ``max_memory_reserved() + context``.
+- ``device="cpu"``: the peak resident set size (``ru_maxrss``) of a training process: ``runtime``
+  (Python + torch + transformers imported and the first kernels run, measured 2026-06 on this
+  project's CPU venv) plus everything the step allocates. ``total_bytes - breakdown["runtime"]`` is
+  the step's own extra memory, what ``peak RSS - RSS after imports`` measures.
+
+moopt's own step is modelled (moopt/trial.py): moopt LoRA modules that save only X and the fp32
+S = X·Aᵀ (kernels/lora_linear.py, both backends), AdamW on fp32 adapters, the chunked linear+CE
+(kernels/cross_entropy.py). ``kernels="peft"`` and ``loss="hf"`` model the usual HF/PEFT peer setup
+(PEFT LoRA under bf16 autocast, ``prepare_model_for_kbit_training`` upcasting non-quantised params to
+fp32, HF ``ForCausalLMLoss``) so published peer numbers can be compared.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from moopt.config import ConfigError, TrialConfig
+
+GIB = 1024**3
+MIB = 1024**2
+
+DEVICES = ("cuda", "cpu")
+KERNELS = ("torch", "triton", "peft")  # torch/triton: moopt's LoRA (same saved tensors); peft: peers
+LOSSES = ("chunked", "hf")
+BREAKDOWN_KEYS = (
+    "runtime",  # CUDA context (cuda) or the Python+torch process (cpu)
+    "cuda_context",
+    "weights",
+    "lora_params_grads_optimizer",
+    "activations",
+    "logits",
+    "transients",
+    "allocator_slack",
+    "calibration",
+)
+
+# CUDA context: 287 MB with lazy module loading (CUDA >= 11.7 default), 667 MB without; kernels
+# loaded on first use (cuBLAS, SDPA, Triton) add to it. 512 MiB sits between; calibrate per machine.
+CUDA_CONTEXT_BYTES = 512 * MIB
+# CPU runtime: RSS after `import torch, transformers, peft` (538 MiB measured on this project's venv,
+# torch 2.13 CPU, 2 threads) plus ~70 MiB the first forward/backward adds (oneDNN, OpenMP and
+# autograd threads); tests/test_memory.py measures it.
+CPU_RUNTIME_BYTES = 620 * MIB
+# Caching-allocator slack on the dynamic part (activations, logits, transients): 0.03-0.15 measured
+# by others; 0.10 keeps the estimate on the safe side. glibc on CPU returns big blocks (mmap) at once.
+CUDA_SLACK = 0.10
+CPU_SLACK = 0.10
+# NF4 with double quantisation: 4 bits + 0.127 bit of quantisation constants per parameter.
+NF4_BYTES_PER_PARAM = 0.5 + 0.127 / 8
+# AdamW on fp32 adapters: 4 (param) + 4 (grad) + 8 (two fp32 states) bytes per trainable param.
+LORA_BYTES_PER_PARAM = 16
+# foreach AdamW temporaries (sqrt(v) and friends) during optimizer.step(): ~4 bytes per param; 8 to
+# cover grad clipping's foreach norms too.
+OPTIMIZER_TMP_BYTES_PER_PARAM = 8
+DEFAULT_CE_CHUNK = 1024  # rows, kernels/cross_entropy.DEFAULT_CHUNK_SIZE
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The shapes that matter for memory, read from a LlamaConfig."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    name: str = ""
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ModelDims":
+        heads = int(cfg.num_attention_heads)
+        kv = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        return cls(
+            layers=int(cfg.num_hidden_layers), hidden=int(cfg.hidden_size),
+            intermediate=int(cfg.intermediate_size), heads=heads, kv_heads=int(kv),
+            head_dim=int(head_dim), vocab=int(cfg.vocab_size),
+            tied=bool(getattr(cfg, "tie_word_embeddings", False)),
+            name=str(getattr(cfg, "_name_or_path", "") or ""),
+        )
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(d_in, d_out) of each Llama linear in one layer."""
+        h, i, q, kv = self.hidden, self.intermediate, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {
+            "q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
+        }
+
+    @property
+    def linear_params(self) -> int:  # P_lin
+        return self.layers * sum(a * b for a, b in self.linear_shapes().values())
+
+    @property
+    def embedding_params(self) -> int:  # P_emb: embed_tokens, plus lm_head when untied
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    @property
+    def norm_params(self) -> int:  # two RMSNorms per layer + the final one
+        return (2 * self.layers + 1) * self.hidden
+
+    def lora_params(self, r: int, targets: Iterable[str]) -> int:
+        """P_lora = L · r · Σ_{m∈S} (d_in + d_out)."""
+        shapes = self.linear_shapes()
+        return self.layers * r * sum(sum(shapes[m]) for m in targets)
+
+    def signature(self) -> str:
+        return f"llama-L{self.layers}-h{self.hidden}-i{self.intermediate}-kv{self.kv_heads}-v{self.vocab}"
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak bytes and the terms that make it up (the terms of the peak phase; they sum to the total)."""
+
+    total_bytes: int
+    breakdown: dict[str, int]
+    phase: str = ""  # which phase of the step holds the peak: loss, layer_backward, optimizer
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def total_gib(self) -> float:
+        return self.total_bytes / GIB
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "total_gib": round(self.total_gib, 4),
+            "breakdown": {k: round(v / GIB, 4) for k, v in self.breakdown.items()},
+            "phase": self.phase,
+        }
+
+    def render(self) -> str:
+        """Aligned plain-text table, one term per line, then the total."""
+        rows = [(k, v) for k, v in self.breakdown.items() if v]
+        width = max([len(k) for k, _ in rows] + [len("total")])
+        lines = [f"{'term':<{width}}  {'GiB':>9}"]
+        lines += [f"{k:<{width}}  {v / GIB:>9.3f}" for k, v in rows]
+        lines.append(f"{'-' * width}  {'-' * 9}")
+        lines.append(f"{'total':<{width}}  {self.total_gib:>9.3f}")
+        if self.phase:
+            lines.append(f"(peak phase: {self.phase})")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def load_model_config(path_or_folder: str | Path):
+    """A ``transformers.PretrainedConfig`` from ``config.json`` (or a folder holding it); no weights."""
+    from transformers import AutoConfig, LlamaConfig
+
+    path = Path(path_or_folder).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: config.json not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size") if k not in data]
+    if missing:
+        raise ConfigError(f"{path}: missing {missing}; only Llama-family configs are supported")
+    model_type = data.get("model_type", "llama")
+    try:
+        cfg = AutoConfig.for_model(model_type, **{k: v for k, v in data.items() if k != "model_type"})
+    except (ValueError, KeyError, TypeError):
+        cfg = LlamaConfig(**{k: v for k, v in data.items() if k != "model_type"})
+    cfg._name_or_path = str(path.parent)
+    return cfg
+
+
+def _act_bytes(trial: TrialConfig, device: str) -> int:
+    dtype = trial.model.dtype
+    if dtype == "auto":
+        return 2 if device == "cuda" else 4  # bf16 on CUDA, fp32 on CPU (moopt/trial.py)
+    return 4 if dtype == "float32" else 2
+
+
+def estimate_peak(
+    model_config: Any,
+    trial: TrialConfig,
+    device: str = "cuda",
+    kernels: str = "torch",
+    loss: str = "chunked",
+    calibration: dict | None = None,
+    *,
+    ce_chunk_size: int = DEFAULT_CE_CHUNK,
+    cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
+    cpu_runtime_bytes: int = CPU_RUNTIME_BYTES,
+) -> MemoryEstimate:
+    """Peak memory of one training step of ``trial`` on ``model_config`` (a LlamaConfig).
+
+    Worst case batch: ``batch_size × max_seq_length`` tokens, all labelled; with batch_size > 1 padding
+    is assumed possible, so HF builds a 4D bool mask (b·s² bytes) and SDPA then gets repeated K/V
+    (transformers 5.24 passes GQA natively via ``enable_gqa`` only when there is no mask).
+    ``calibration``: see :func:`fit_calibration`; either one ``{"factor", "offset_bytes"}`` or a
+    mapping from :func:`calibration_key` to such dicts.
+    """
+    errors = []
+    if device not in DEVICES:
+        errors.append(f"device: must be one of {list(DEVICES)}, got {device!r}")
+    if kernels not in KERNELS:
+        errors.append(f"kernels: must be one of {list(KERNELS)}, got {kernels!r}")
+    if loss not in LOSSES:
+        errors.append(f"loss: must be one of {list(LOSSES)}, got {loss!r}")
+    quant = trial.model.quantization
+    if device == "cpu" and quant != "none":
+        errors.append(f"model.quantization: {quant} needs CUDA (bitsandbytes), got device=cpu")
+    if errors:
+        raise ConfigError("; ".join(errors))
+
+    m = ModelDims.from_config(model_config)
+    a_b = _act_bytes(trial, device)
+    w_b = a_b  # base weights load in the compute dtype
+    b, s = trial.training.batch_size, trial.data.max_seq_length
+    T = b * s
+    h, I, L, V = m.hidden, m.intermediate, m.layers, m.vocab
+    shapes = m.linear_shapes()
+    targets = trial.lora.target_modules
+    r = trial.lora.r
+    peft = kernels == "peft"
+    notes: list[str] = []
+
+    # -- weights --------------------------------------------------------------------------------
+    # PEFT's prepare_model_for_kbit_training upcasts every non-quantised param (embeddings, head,
+    # norms) to fp32: +2.1 GB on Llama-3-8B. moopt keeps them in the compute dtype.
+    other_b = 4 if (peft and quant != "none") else w_b
+    small = m.embedding_params + m.norm_params
+    if quant == "none":
+        weights = w_b * (m.linear_params + small)
+    elif quant == "4bit":
+        weights = m.linear_params * NF4_BYTES_PER_PARAM + other_b * small
+    else:  # 8bit: int8 weights + one fp32 scale per output row
+        row_scales = 4 * L * sum(d_out for _, d_out in shapes.values())
+        weights = m.linear_params + row_scales + other_b * small
+    head_b = other_b  # dtype of the lm_head, hence of HF's logits
+
+    # -- LoRA adapters: fp32 params + fp32 grads + AdamW's two fp32 states ---------------------
+    p_lora = m.lora_params(r, targets)
+    lora = LORA_BYTES_PER_PARAM * p_lora
+
+    # -- saved activations, bytes per token per layer -------------------------------------------
+    q_out, kv_out = m.heads * m.head_dim, m.kv_heads * m.head_dim
+    masked = b > 1  # padding possible: 4D mask, K/V repeated to all heads before SDPA
+    kv_saved = q_out if masked else kv_out
+    keeps_input = set(targets) | (set(shapes) if quant != "none" else set())  # bnb keeps every input
+    act = 2 * 4 * h  # two RMSNorms: the fp32 copy (bf16 input) or the fp32 input itself, 4h each
+    act += a_b * (q_out + 2 * kv_saved + q_out) + 4 * m.heads  # SDPA saves q, k, v, out + fp32 lse
+    act += a_b * 3 * I  # SwiGLU: gate (silu input), silu output, up
+    if keeps_input & {"q_proj", "k_proj", "v_proj"}:
+        act += a_b * h  # normed input shared by q/k/v
+    if "o_proj" in keeps_input:
+        act += a_b * q_out
+    if keeps_input & {"gate_proj", "up_proj"}:
+        act += a_b * h
+    if "down_proj" in keeps_input:
+        act += a_b * I
+    if peft:
+        act += sum(a_b * r for _ in targets)  # S in bf16 under autocast
+        if trial.lora.dropout > 0:  # PEFT keeps the dropped copy and a bool mask per module
+            act += sum((a_b + 1) * shapes[t][0] for t in targets)
+    else:
+        act += sum(4 * r for _ in targets)  # moopt: fp32 S; the dropout mask is regenerated
+    per_token_layer = act
+
+    # outside the layers: final RMSNorm (4h), RoPE cos/sin, the hidden rows the chunked CE keeps
+    outer = 4 * h + 2 * a_b * m.head_dim + (a_b * h if loss == "chunked" else 0)
+    mask_bytes = b * s * s if masked else 0
+
+    # -- logits ---------------------------------------------------------------------------------
+    if loss == "chunked":
+        # forward per chunk: fp32 logits + logsumexp's (x - max) and exp(): 12 bytes; backward: 8
+        logits = 12 * min(ce_chunk_size, T) * V + 4 * T  # + fp32 lse per row
+    else:
+        # HF ForCausalLMLoss, measured with a live-tensor tracker (torch 2.13): backward holds the
+        # saved fp32 log-softmax, its incoming grad and its output grad: 12·T·V, plus the logits
+        # the model output still holds (2 bytes bf16 / 4 fp32): 14 / 16 bytes per logit.
+        logits = (12 + head_b) * T * V
+
+    # -- activations and transients per phase ---------------------------------------------------
+    grad_hidden = 2 * a_b * h * T  # the gradient flowing down the residual stream (+ its sum)
+    layer_tmp = (3 * a_b * I + 2 * a_b * h) * T  # MLP backward: grads of gate/up/act alive at once
+    dequant = 0
+    if quant != "none":  # bnb dequantises one weight to the compute dtype per matmul
+        dequant = 2 * max(a * c for a, c in shapes.values())
+    if trial.model.gradient_checkpointing:
+        kept = a_b * h * T * L  # HF per-layer checkpointing keeps each layer's input
+        loss_acts = kept + outer * T + mask_bytes
+        bwd_acts = loss_acts + per_token_layer * T  # one layer recomputed
+    else:
+        loss_acts = per_token_layer * T * L + outer * T + mask_bytes
+        bwd_acts = loss_acts
+    phases = {
+        "loss": (loss_acts, logits, grad_hidden // 2),
+        "layer_backward": (bwd_acts, 0, grad_hidden + layer_tmp + dequant),
+        "optimizer": (0, 0, OPTIMIZER_TMP_BYTES_PER_PARAM * p_lora),
+    }
+    phase = max(phases, key=lambda k: sum(phases[k]))
+    activations, logit_bytes, transients = phases[phase]
+
+    dynamic = activations + logit_bytes + transients
+    slack = (CUDA_SLACK if device == "cuda" else CPU_SLACK) * dynamic
+    breakdown = {k: 0 for k in BREAKDOWN_KEYS}
+    if device == "cuda":
+        breakdown["cuda_context"] = cuda_context_bytes
+    else:
+        breakdown["runtime"] = cpu_runtime_bytes
+    breakdown.update(
+        weights=int(weights), lora_params_grads_optimizer=int(lora), activations=int(activations),
+        logits=int(logit_bytes), transients=int(transients), allocator_slack=int(slack),
+    )
+    total = sum(breakdown.values())
+    if calibration:
+        cal = calibration.get(calibration_key(model_config, trial, device, kernels), None) if "factor" not in calibration else calibration
+        if cal:
+            calibrated = apply_calibration(total, cal)
+            breakdown["calibration"] = calibrated - total
+            total = calibrated
+            notes.append(f"calibrated: factor {cal['factor']:.3f}, offset {cal.get('offset_bytes', 0) / MIB:.0f} MiB")
+    breakdown = {k: v for k, v in breakdown.items() if k not in ("runtime", "cuda_context", "calibration") or v}
+    return MemoryEstimate(total_bytes=int(total), breakdown=breakdown, phase=phase, notes=tuple(notes))
+
+
+# -- calibration -------------------------------------------------------------------------------
+
+
+def calibration_key(model_config: Any, trial: TrialConfig, device: str, kernels: str) -> str:
+    """One factor/offset per (model, quantization, kernels, device)."""
+    return f"{ModelDims.from_config(model_config).signature()}|{trial.model.quantization}|{kernels}|{device}"
+
+
+def apply_calibration(total_bytes: int, cal: dict) -> int:
+    return int(math.ceil(float(cal["factor"]) * total_bytes + float(cal.get("offset_bytes", 0))))
+
+
+def fit_calibration(pairs: list[tuple[int | MemoryEstimate, int]]) -> dict[str, float]:
+    """Fit ``measured ≈ factor · estimate + offset`` from probe runs, then raise the offset so the fit
+    lies on or above every measurement (moopt must never under-estimate a configuration it probed).
+
+    One pair: factor = measured / estimate, offset 0. Two or more with distinct estimates: least
+    squares, factor clamped to [0.5, 2]. Returns ``{"factor", "offset_bytes", "n"}``.
+    """
+    if not pairs:
+        raise ValueError("fit_calibration needs at least one (estimate, measured) pair")
+    xs = [float(e.total_bytes if isinstance(e, MemoryEstimate) else e) for e, _ in pairs]
+    ys = [float(y) for _, y in pairs]
+    if any(x <= 0 for x in xs):
+        raise ValueError(f"estimates must be > 0, got {xs}")
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    if n == 1 or var == 0:
+        factor, offset = my / mx, 0.0
+    else:
+        factor = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
+        factor = min(max(factor, 0.5), 2.0)
+        offset = my - factor * mx
+    offset += max(0.0, max(y - (factor * x + offset) for x, y in zip(xs, ys)))
+    return {"factor": factor, "offset_bytes": offset, "n": n}
+
+
+def probe_peak(model_path: str, trial: TrialConfig, device: str = "cuda", kernels: str = "torch",
+               loss: str = "chunked", steps: int = 3) -> int:
+    """Measured peak bytes of ``steps`` real training steps of ``trial`` in a fresh subprocess.
+
+    Out of scope here (written separately): the child loads exactly the trial's setup, trains on a
+    worst-case batch (batch_size × max_seq_length labelled tokens) including ``optimizer.step()``,
+    reports ``max_memory_reserved`` and ``num_alloc_retries``; the parent adds the NVML context
+    (moopt.nvml.process_used_bytes - memory_reserved) and feeds (estimate, measured) to
+    :func:`fit_calibration`.
+    """
+    raise NotImplementedError("probe_peak is not implemented yet; see its docstring for the contract")

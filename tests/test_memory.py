@@ -1,0 +1,409 @@
+"""The analytic memory model: each term by hand, published peaks, the CLI, one real CPU measurement."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import types
+
+import pytest
+from click.testing import CliRunner
+from transformers import LlamaConfig
+
+from moopt import nvml
+from moopt.config import ConfigError, TrialConfig
+from moopt.memory import (
+    CUDA_CONTEXT_BYTES,
+    GIB,
+    LORA_BYTES_PER_PARAM,
+    NF4_BYTES_PER_PARAM,
+    ModelDims,
+    apply_calibration,
+    estimate_peak,
+    fit_calibration,
+    load_model_config,
+)
+from moopt.memory_cli import estimate_memory
+
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def small_config(**kw) -> LlamaConfig:
+    base = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=False)
+    base.update(kw)
+    return LlamaConfig(**base)
+
+
+def trial(b=1, s=128, r=8, targets=ALL, quant="none", ckpt=False, dropout=0.0, dtype="auto") -> TrialConfig:
+    return TrialConfig.from_dict({
+        "training": {"batch_size": b}, "data": {"max_seq_length": s},
+        "lora": {"r": r, "dropout": dropout, "target_modules": list(targets)},
+        "model": {"quantization": quant, "gradient_checkpointing": ckpt, "dtype": dtype},
+    })
+
+
+# -- terms, by hand ---------------------------------------------------------------------------
+
+
+def test_dims_read_gqa_head_dim_and_tied_head():
+    m = ModelDims.from_config(small_config(head_dim=32, tie_word_embeddings=True))
+    assert (m.heads, m.kv_heads, m.head_dim) == (4, 2, 32)
+    assert m.linear_shapes()["q_proj"] == (64, 128) and m.linear_shapes()["k_proj"] == (64, 64)
+    assert m.embedding_params == 1000 * 64  # tied: one matrix
+    assert ModelDims.from_config(small_config()).embedding_params == 2 * 1000 * 64
+
+
+def test_lora_params_are_L_r_sum_of_din_plus_dout():
+    m = ModelDims.from_config(small_config())
+    # q 64+64, k 64+32, v 64+32, o 64+64, gate/up 64+176 each, down 176+64
+    per_layer = 128 + 96 + 96 + 128 + 240 + 240 + 240
+    assert m.lora_params(8, ALL) == 2 * 8 * per_layer
+    est = estimate_peak(small_config(), trial(r=8), device="cpu")
+    assert est.breakdown["lora_params_grads_optimizer"] == LORA_BYTES_PER_PARAM * 2 * 8 * per_layer
+
+
+def test_llama3_8b_lora_param_count_matches_reference():
+    m = ModelDims.from_config(llama31_8b())
+    assert m.linear_params == pytest.approx(6.98e9, rel=0.005)
+    assert m.lora_params(16, ALL) == pytest.approx(41.9e6, rel=0.005)
+
+
+def test_weights_by_dtype_and_quantisation():
+    cfg = small_config()
+    m = ModelDims.from_config(cfg)
+    small = m.embedding_params + m.norm_params
+    assert estimate_peak(cfg, trial(), device="cpu").breakdown["weights"] == 4 * (m.linear_params + small)
+    assert estimate_peak(cfg, trial(), device="cuda").breakdown["weights"] == 2 * (m.linear_params + small)
+    nf4 = estimate_peak(cfg, trial(quant="4bit"), device="cuda").breakdown["weights"]
+    assert nf4 == int(m.linear_params * NF4_BYTES_PER_PARAM + 2 * small)
+    # PEFT's prepare_model_for_kbit_training upcasts embeddings, head and norms to fp32
+    peft = estimate_peak(cfg, trial(quant="4bit"), device="cuda", kernels="peft").breakdown["weights"]
+    assert peft == int(m.linear_params * NF4_BYTES_PER_PARAM + 4 * small)
+    int8 = estimate_peak(cfg, trial(quant="8bit"), device="cuda").breakdown["weights"]
+    row_scales = 4 * 2 * (64 + 32 + 32 + 64 + 176 + 176 + 64)  # one fp32 scale per output row
+    assert int8 == m.linear_params + row_scales + 2 * small
+
+
+def test_activations_per_token_per_layer_bf16_all_linear():
+    cfg = small_config()
+    h, i, q, kv, n_h, r, T, L = 64, 176, 64, 32, 4, 8, 128, 2
+    per_layer = (
+        8 * h  # two RMSNorms keep an fp32 copy
+        + 2 * (q + 2 * kv + q) + 4 * n_h  # SDPA: q, k, v (GQA native, batch 1), out, fp32 lse
+        + 2 * 3 * i  # SwiGLU
+        + 2 * (h + q + h + i)  # inputs of q/k/v (shared), o, gate/up (shared), down
+        + 7 * 4 * r  # fp32 S per module
+    )
+    outer = 4 * h + 2 * 2 * 16 + 2 * h  # final norm, RoPE cos/sin, hidden kept by the chunked CE
+    est = estimate_peak(cfg, trial(s=T), device="cuda")
+    assert est.phase == "loss"
+    assert est.breakdown["activations"] == per_layer * T * L + outer * T
+
+
+def test_padding_adds_mask_and_repeated_kv():
+    cfg = small_config()
+    one = estimate_peak(cfg, trial(b=1, s=128), device="cuda").breakdown["activations"]
+    two = estimate_peak(cfg, trial(b=2, s=64), device="cuda").breakdown["activations"]
+    # same T; batch 2 adds the b·s² bool mask and K/V repeated from 2 to 4 heads (2·2·32 bytes/token/layer)
+    assert two - one == 2 * 64 * 64 + 2 * 2 * 32 * 128 * 2
+
+
+def test_checkpointing_keeps_layer_inputs_plus_one_recomputed_layer():
+    cfg = small_config(num_hidden_layers=8)
+    full = estimate_peak(cfg, trial(s=256), device="cuda").breakdown["activations"]
+    ck = estimate_peak(cfg, trial(s=256, ckpt=True), device="cuda")
+    assert ck.breakdown["activations"] < full / 2
+    assert ck.breakdown["activations"] >= 2 * 64 * 256 * 8  # bf16 layer inputs
+
+
+def test_logits_hf_against_chunked():
+    cfg = small_config(vocab_size=32000)
+    T = 2048
+    hf = estimate_peak(cfg, trial(s=T), device="cuda", loss="hf").breakdown["logits"]
+    assert hf == 14 * T * 32000  # bf16: saved fp32 log-softmax, its grad, grad in, held bf16 logits
+    hf32 = estimate_peak(cfg, trial(s=T), device="cpu", loss="hf").breakdown["logits"]
+    assert hf32 == 16 * T * 32000
+    ch = estimate_peak(cfg, trial(s=T), device="cuda", loss="chunked").breakdown["logits"]
+    assert ch == 12 * 1024 * 32000 + 4 * T  # one 1024-row chunk, independent of T beyond it
+
+
+def test_breakdown_sums_and_json_and_table():
+    est = estimate_peak(small_config(), trial(), device="cuda")
+    assert sum(est.breakdown.values()) == est.total_bytes
+    assert est.breakdown["cuda_context"] == CUDA_CONTEXT_BYTES
+    js = est.to_json()
+    assert js["total_gib"] == pytest.approx(est.total_gib, abs=1e-4)
+    assert set(js["breakdown"]) == set(est.breakdown)
+    assert "total" in est.render()
+    assert "runtime" in estimate_peak(small_config(), trial(), device="cpu").breakdown
+
+
+def test_bad_arguments_raise_config_error():
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        estimate_peak(small_config(), trial(quant="4bit"), device="cpu")
+    with pytest.raises(ConfigError, match="loss"):
+        estimate_peak(small_config(), trial(), loss="fused")
+
+
+def test_calibration_fit_covers_every_probe():
+    pairs = [(10 * GIB, 11 * GIB), (20 * GIB, 21.5 * GIB), (30 * GIB, 31.8 * GIB)]
+    cal = fit_calibration(pairs)
+    assert all(apply_calibration(int(e), cal) >= m for e, m in pairs)
+    assert cal["factor"] == pytest.approx(1.04, abs=0.02)
+    one = fit_calibration([(10 * GIB, 12 * GIB)])
+    assert one["factor"] == pytest.approx(1.2) and one["offset_bytes"] == 0
+    est = estimate_peak(small_config(), trial(), device="cuda", calibration=one)
+    raw = estimate_peak(small_config(), trial(), device="cuda")
+    assert est.total_bytes == apply_calibration(raw.total_bytes, one)
+    assert sum(est.breakdown.values()) == est.total_bytes
+
+
+def test_load_model_config_from_a_folder_with_only_config_json(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(small_config().to_dict()))
+    cfg = load_model_config(tmp_path)
+    got, want = ModelDims.from_config(cfg), ModelDims.from_config(small_config())
+    assert got.signature() == want.signature() and got.tied == want.tied
+    assert cfg.hidden_size == 64 and cfg.num_key_value_heads == 2
+
+
+# -- published peaks --------------------------------------------------------------------------
+
+
+def llama31_8b() -> LlamaConfig:
+    return LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False)
+
+
+def llama2_7b() -> LlamaConfig:
+    return LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False)
+
+
+QVO_MLP = ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def allocator_gib(est) -> float:
+    """torchtune logs torch.cuda peak memory: the CUDA context is not in it."""
+    return (est.total_bytes - est.breakdown.get("cuda_context", 0)) / GIB
+
+
+@pytest.mark.parametrize("quant, published_gib", [("4bit", 7.4), ("none", 16.2)])
+def test_torchtune_llama31_8b_readme_peaks(quant, published_gib):
+    # torchtune README: batch 2, packed 2048, compile, checkpointing, r=8 on q,v,o + MLP.
+    # Band: estimate in [published, published × 1.20]. We over-predict (measured 1.14 / 1.12) because
+    # torchtune differs from our model: its NF4 linear (torchao) keeps no inputs where bnb keeps all,
+    # k_proj stays bf16 (only LoRA'd linears are quantised: +0.2 GiB for us the other way), compile
+    # fuses the chunked-output CE (all bf16 logit chunks, 2·T·V = 0.98 GiB, modelled here by our
+    # chunk transient of the same size at T = 4096), and its layer inputs may be offloaded.
+    est = estimate_peak(llama31_8b(), trial(b=2, s=2048, r=8, targets=QVO_MLP, quant=quant, ckpt=True), loss="chunked")
+    assert published_gib <= allocator_gib(est) <= 1.20 * published_gib
+
+
+def test_torchtune_llama2_7b_lora_tutorial_peak():
+    # QLoRA tutorial: LoRA 15.57 GB reserved. Config of the time: r=8 on q,v, batch 2, checkpointing,
+    # alpaca (sequence lengths unpublished: we assume the longest batch pads to 1024), fp32 logits +
+    # plain CE (our loss="hf"). Band ±10%; measured ratio 0.98.
+    est = estimate_peak(llama2_7b(), trial(b=2, s=1024, r=8, targets=["q_proj", "v_proj"], ckpt=True), loss="hf")
+    assert allocator_gib(est) == pytest.approx(15.57e9 / GIB, rel=0.10)
+
+
+def test_torchtune_llama2_7b_qlora_reserved_peak_is_an_upper_bound():
+    # QLoRA 9.29 GB reserved during training, but 9.13 GB already at model init: the caching
+    # allocator kept the init transient (bf16 weights quantised on GPU). The training step itself
+    # needs less, so the band is one-sided: 0.5 × published <= estimate <= published (ratio 0.63).
+    est = estimate_peak(llama2_7b(), trial(b=2, s=1024, r=8, targets=ALL, quant="4bit", ckpt=True), loss="hf")
+    assert 0.5 * 9.29e9 / GIB <= allocator_gib(est) <= 9.29e9 / GIB
+
+
+@pytest.mark.parametrize("gpu_gib, tokens", [(12, 932), (16, 2551), (24, 5789), (40, 12264), (48, 15502), (80, 28454)])
+def test_unsloth_longest_sequence_fits_its_gpu(gpu_gib, tokens):
+    # Unsloth Llama 3.3 blog, HF + FA2 QLoRA r=32 all linear, batch 1: the longest sequence that fits.
+    # Peer setup: kernels="peft" (PEFT LoRA, prepare_model_for_kbit_training's fp32 head and
+    # embeddings), loss="hf" (fp32 logits since the head is fp32), checkpointing, CUDA context incl.
+    # FA2 saves the same q, k, v, out, lse as SDPA. Band: the estimate at that length is within
+    # [-10%, +5%] of the GPU's size (measured 0.94-0.97: the peer's peak is just under capacity).
+    est = estimate_peak(llama31_8b(), trial(b=1, s=tokens, r=32, targets=ALL, quant="4bit", ckpt=True),
+                        kernels="peft", loss="hf")
+    assert 0.90 * gpu_gib <= est.total_gib <= 1.05 * gpu_gib
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+
+
+def write_model(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(small_config().to_dict()))
+    return folder
+
+
+def test_cli_prints_table_and_json(tmp_path):
+    folder = write_model(tmp_path)
+    cfg = tmp_path / "trial.yaml"
+    cfg.write_text("training:\n  batch_size: 2\nlora:\n  r: 4\ndata:\n  max_seq_length: 64\nmodel:\n  gradient_checkpointing: true\n")
+    r = CliRunner().invoke(estimate_memory, ["--base-model", str(folder), "--config", str(cfg), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "total" in r.output and "weights" in r.output
+    r = CliRunner().invoke(estimate_memory, ["--base_model", str(folder), "--config", str(cfg), "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["total_gib"] > 0 and "cuda_context" in data["breakdown"]
+
+
+@pytest.mark.parametrize("content, needle", [
+    (None, "file not found"),
+    ("training: [1, 2\n", "malformed YAML"),
+    ("training:\n  batch_size: 0\n", "batch_size"),
+])
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, content, needle):
+    folder = write_model(tmp_path)
+    cfg = tmp_path / "trial.yaml"
+    if content is not None:
+        cfg.write_text(content)
+    r = CliRunner().invoke(estimate_memory, ["--base-model", str(folder), "--config", str(cfg)])
+    assert r.exit_code == 2
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.output
+
+
+def test_cli_4bit_on_cpu_is_a_usage_error(tmp_path):
+    folder = write_model(tmp_path)
+    cfg = tmp_path / "trial.yaml"
+    cfg.write_text("model:\n  quantization: 4bit\n")
+    r = CliRunner().invoke(estimate_memory, ["--base-model", str(folder), "--config", str(cfg), "--device", "cpu"])
+    assert r.exit_code == 2 and "needs CUDA" in r.output
+
+
+# -- NVML, with a fake pynvml -------------------------------------------------------------------
+
+
+class FakeNVMLError(Exception):
+    pass
+
+
+def fake_pynvml(v2=True, procs=(), mig=False, fail_init=None):
+    mod = types.SimpleNamespace()
+    mod.NVMLError = FakeNVMLError
+    mod.NVML_DEVICE_MIG_ENABLE = 1
+    mod.NVML_VALUE_NOT_AVAILABLE = 2**64 - 1
+    mod.used = 10 * GIB
+
+    def init():
+        if fail_init:
+            raise FakeNVMLError(fail_init)
+
+    mod.nvmlInit = init
+    mod.nvmlDeviceGetCount = lambda: 1
+    mod.nvmlDeviceGetHandleByIndex = lambda i: ("gpu", i)
+    mod.nvmlDeviceGetName = lambda h: b"Fake H200" if h[0] == "gpu" else "MIG 1g.18gb"
+    if v2:
+        mod.nvmlMemory_v2 = object()
+
+    def mem(handle, version=None):
+        reserved = 0 if version is not None else 300 * 1024**2  # v1 "used" includes driver reserve
+        total = 140 * GIB if handle[0] == "gpu" else 18 * GIB
+        used = mod.used + reserved
+        return types.SimpleNamespace(total=total, free=total - used, used=used)
+
+    mod.nvmlDeviceGetMemoryInfo = mem
+    mod.nvmlDeviceGetMigMode = lambda h: (1, 1) if mig else (0, 0)
+    mod.nvmlDeviceGetMaxMigDeviceCount = lambda h: 2
+    mod.nvmlDeviceGetMigDeviceHandleByIndex = lambda h, i: ("mig", i)
+    mod.nvmlDeviceGetComputeRunningProcesses = lambda h: list(procs)
+    mod.nvmlDeviceGetGraphicsRunningProcesses = lambda h: []
+    return mod
+
+
+def test_has_nvidia_explains_missing_driver(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(fail_init="Driver Not Loaded"))
+    ok, why = nvml.has_nvidia()
+    assert not ok and why == "NVML unavailable: Driver Not Loaded; memory is accounted on CPU (peak RSS)"
+    assert nvml.gpu_inventory() == []
+
+
+def test_inventory_uses_v2_memory_info_when_available(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(v2=True))
+    (g,) = nvml.gpu_inventory()
+    assert g.name == "Fake H200" and g.used_bytes == 10 * GIB and g.total_bytes == 140 * GIB
+
+
+def test_inventory_falls_back_to_v1(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(v2=False))
+    (g,) = nvml.gpu_inventory()
+    assert g.used_bytes == 10 * GIB + 300 * 1024**2
+
+
+def test_inventory_lists_mig_instances(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(mig=True))
+    gpus = nvml.gpu_inventory()
+    assert len(gpus) == 2 and all(g.mig and g.total_bytes == 18 * GIB for g in gpus)
+
+
+def test_process_used_bytes_per_process_then_device_delta(monkeypatch):
+    proc = types.SimpleNamespace(pid=1234, usedGpuMemory=3 * GIB)
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(procs=[proc]))
+    assert nvml.process_used_bytes(1234) == 3 * GIB
+    # usedGpuMemory missing (None) or a host PID that does not match: device-level delta
+    missing = types.SimpleNamespace(pid=1234, usedGpuMemory=None)
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(procs=[missing]))
+    assert nvml.process_used_bytes(1234, baseline_used_bytes=8 * GIB) == 2 * GIB
+    host = types.SimpleNamespace(pid=98765, usedGpuMemory=5 * GIB)
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(procs=[host]))
+    assert nvml.process_used_bytes(1234, baseline_used_bytes=7 * GIB) == 3 * GIB
+    assert nvml.process_used_bytes(1234) is None
+
+
+# -- one real CPU measurement ---------------------------------------------------------------------
+
+CHILD = textwrap.dedent("""
+    import json, resource, sys
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from peft import LoraConfig, get_peft_model
+    from moopt_kernels import linear_cross_entropy
+    torch.set_num_threads(2)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    cfg = LlamaConfig(**json.loads(sys.argv[1]))
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids = torch.randint(0, cfg.vocab_size, (1, int(sys.argv[2])))
+    inner = model.base_model.model
+    for _ in range(2):  # moopt's step: chunked linear + CE over the hidden states
+        hidden = inner.model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[:, :-1]
+        loss, _ = linear_cross_entropy(hidden.reshape(-1, cfg.hidden_size), inner.lm_head.weight, ids[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"baseline": base, "peak": peak}))
+""")
+
+
+@pytest.mark.slow
+def test_cpu_estimate_matches_peak_rss_of_two_real_steps():
+    """Peak RSS of a child training 2 steps vs the CPU estimate (runtime term included).
+
+    Band: estimate / peak RSS in [0.95, 1.30]. Measured 2026-06 (2 cores, torch 2.13): RSS after imports
+    538 MiB, peak 1363 MiB; the step's extra (825 MiB) includes ~70 MiB of runtime growth on the first
+    forward/backward (oneDNN, OpenMP and autograd threads), which CPU_RUNTIME_BYTES carries.
+    """
+    cfg = small_config(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
+                       num_key_value_heads=2, vocab_size=32000)
+    seq = 1024
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg.to_diff_dict() | {
+        k: getattr(cfg, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                     "num_key_value_heads", "vocab_size", "tie_word_embeddings")}), str(seq)],
+        capture_output=True, text=True, timeout=300, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    measured = got["peak"] - got["baseline"]
+    est = estimate_peak(cfg, trial(b=1, s=seq, r=8, targets=ALL), device="cpu", kernels="torch", loss="chunked")
+    ratio = est.total_bytes / got["peak"]
+    print(f"peak RSS {got['peak'] / 2**20:.0f} MiB (extra {measured / 2**20:.0f} over {got['baseline'] / 2**20:.0f} "
+          f"after imports), estimate {est.total_bytes / 2**20:.0f} MiB, ratio {ratio:.3f}")
+    assert 0.95 <= ratio <= 1.30
