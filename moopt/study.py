@@ -27,6 +27,7 @@ from moopt.config import ConfigError, TrialConfig
 from moopt.engine import Engine
 from moopt.journal import JOURNAL, Journal, replay
 from moopt.objectives import Objectives
+from moopt.pruning import RungPruner, rung_fractions
 from moopt.space import SearchSpace
 from moopt.trial import TrialResult, TrialSpec
 
@@ -103,43 +104,21 @@ class Study:
         self.out = Path(cfg.output_dir)
         self.console = console or Console(highlight=False)
         self.lock = threading.Lock()
-        self.rungs: dict[int, dict[int, np.ndarray]] = {}  # rung index -> {trial number: F}
+        self.pruner = RungPruner(cfg.pruning_factor or 0)
+        self.rungs_reached: dict[int, int] = {}  # trial number -> rungs passed so far
         self.progress_view = None
 
     # -- helpers -------------------------------------------------------------------------------
     def trial_dir(self, number: int) -> Path:
         return self.out / "trial_results" / f"trial_{number}"
 
-    def rung_fractions(self) -> tuple[float, ...]:
-        eta = self.cfg.pruning_factor
-        if not eta or eta <= 1:
-            return ()
-        return (1 / eta**2, 1 / eta)  # two rungs; the first 1/eta^2 of training is the warm-up
-
     def decide_rung(self, number: int, step: int, metrics: dict[str, float]) -> bool:
-        """Successive halving by Pareto rank, then crowding: go on iff in the top 1/eta."""
-        from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
-        from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
-
+        """Called by the executor at each rung of a trial; journaled before the answer counts."""
         with self.lock:
-            k = len([r for r in self.journal_rungs if r["number"] == number])
-            F = self.cfg.objectives.to_minimize(metrics)
-            pool = self.rungs.setdefault(k, {})
-            pool[number] = F
-            self.journal_rungs.append({"number": number, "rung": k, "step": step})
-            eta = self.cfg.pruning_factor
-            if len(pool) <= eta:  # the first eta arrivals at a rung always go on
-                go = True
-            else:
-                nums = list(pool)
-                arr = np.array([pool[n] for n in nums])
-                fronts = NonDominatedSorting().do(arr)
-                order: list[int] = []
-                for front in fronts:
-                    cd = calc_crowding_distance(arr[front]) if len(front) > 2 else np.full(len(front), np.inf)
-                    order += [nums[front[i]] for i in np.argsort(-cd, kind="stable")]
-                go = number in order[: math.ceil(len(nums) / eta)]
-            self.journal.append({"type": "rung", "number": number, "rung": k, "step": step, "metrics": metrics,
+            rung = self.rungs_reached.get(number, 0)
+            self.rungs_reached[number] = rung + 1
+            go = self.pruner.decide(rung, number, self.cfg.objectives.to_minimize(metrics))
+            self.journal.append({"type": "rung", "number": number, "rung": rung, "step": step, "metrics": metrics,
                                  "decision": "continue" if go else "prune"})
             return go
 
@@ -157,7 +136,6 @@ class Study:
         self.out.mkdir(parents=True, exist_ok=True)
         record = replay(self.out) if cfg.resume else None
         self.journal = Journal(self.out)
-        self.journal_rungs = [] if record is None else [r for r in record.rungs if r["number"] in record.finished]
         if record is None or not record.header:
             from moopt.yamlio import write_yaml
 
@@ -167,10 +145,9 @@ class Study:
                                  "memory_constraint_gb": cfg.memory_constraint_gb,
                                  "pruning_factor": cfg.pruning_factor})
             write_yaml(self.out / "search_space.yaml", space_to_yaml(cfg.space))
-        for r in self.journal_rungs:
-            ev_metrics = r.get("metrics")
-            if ev_metrics:
-                self.rungs.setdefault(r["rung"], {})[r["number"]] = cfg.objectives.to_minimize(ev_metrics)
+        for r in record.rungs if record else []:  # what finished trials showed at each rung
+            if r["number"] in record.finished:
+                self.pruner.record(r["rung"], r["number"], cfg.objectives.to_minimize(r["metrics"]))
 
         deadline = time.time() + cfg.time_budget_hours * 3600 if cfg.time_budget_hours else None
         slots = plan_slots(cfg.parallel_trials)
@@ -276,12 +253,14 @@ class Study:
 
         d = self.trial_dir(number)
         shutil.rmtree(d, ignore_errors=True)  # a re-queued trial starts clean
+        self.pruner.forget(number)
+        self.rungs_reached.pop(number, None)
         write_yaml(d / "config.yaml", tcfg.to_dict())
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
         self.console.print(f"Trial {number} started on {slot.device}: {shown}")
         spec = TrialSpec(number=number, config=tcfg, base_model=cfg.model_path, train_file=os.path.abspath(cfg.train_file),
                          validation_file=os.path.abspath(cfg.validation_file), output_dir=str(d), seed=cfg.seed,
-                         kernels=cfg.kernels, rung_fractions=self.rung_fractions(), deadline=deadline)
+                         kernels=cfg.kernels, rung_fractions=rung_fractions(cfg.pruning_factor), deadline=deadline)
         executor.submit(spec, slot)
 
     def end_trial(self, res: TrialResult, info: dict) -> dict[str, Any]:

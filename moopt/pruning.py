@@ -1,0 +1,57 @@
+"""Multi-objective successive halving (asynchronous, like ASHA; ranked like MOASHA).
+
+A trial reaching rung k goes on only if it is in the top ceil(n / eta) of the n trials that have
+reached rung k so far, ranked by Pareto rank (non-dominated sorting), then by crowding distance
+(larger first) inside a front. The first ``eta`` arrivals at a rung always go on (there is nothing
+to compare them with yet). Objectives are in pymoo's minimisation form.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def rung_fractions(eta: float | None, n_rungs: int = 2) -> tuple[float, ...]:
+    """Rungs at 1/eta^n_rungs ... 1/eta of a trial's steps; before the first is the warm-up."""
+    if not eta or eta <= 1:
+        return ()
+    return tuple(1 / eta**k for k in range(n_rungs, 0, -1))
+
+
+def pareto_order(F: np.ndarray) -> list[int]:
+    """Row indices best first: by front, then by crowding distance within the front."""
+    from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    order: list[int] = []
+    for front in NonDominatedSorting().do(F):
+        cd = calc_crowding_distance(F[front]) if len(front) > 2 else np.full(len(front), np.inf)
+        order += [int(front[i]) for i in np.argsort(-cd, kind="stable")]
+    return order
+
+
+class RungPruner:
+    def __init__(self, eta: float):
+        self.eta = eta
+        self.pools: dict[int, dict[int, np.ndarray]] = {}  # rung -> {trial number: F}
+
+    def record(self, rung: int, number: int, F: np.ndarray) -> None:
+        self.pools.setdefault(rung, {})[number] = np.asarray(F, dtype=float)
+
+    def forget(self, number: int) -> None:
+        """A re-queued trial starts over: drop what it reported."""
+        for pool in self.pools.values():
+            pool.pop(number, None)
+
+    def decide(self, rung: int, number: int, F: np.ndarray) -> bool:
+        """Record the arrival and say whether the trial goes on."""
+        self.record(rung, number, F)
+        pool = self.pools[rung]
+        if len(pool) <= self.eta:
+            return True
+        nums = list(pool)
+        order = pareto_order(np.array([pool[n] for n in nums]))
+        keep = {nums[i] for i in order[: math.ceil(len(nums) / self.eta)]}
+        return number in keep

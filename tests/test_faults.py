@@ -1,0 +1,91 @@
+"""Faults in trials are recorded with their reason; the study goes on and ends with num_trials."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from moopt.cli import main
+from moopt.journal import replay
+
+SPACE = """
+training:
+  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}
+  num_train_epochs: 2
+  batch_size: 8
+lora:
+  r: {type: categorical, values: [4, 8]}
+data:
+  max_seq_length: 32
+"""
+
+
+def args(model, data, out, space, n):
+    return ["optimize", "--base_model", str(model), "--train_file", str(data["train"]), "--validation_file",
+            str(data["val"]), "--output_dir", str(out), "--search_space", str(space), "--num_trials", str(n),
+            "--no-baseline", "--optimization_objective", "multi:eval_loss,eval_accuracy"]
+
+
+@pytest.fixture
+def space(tmp_path):
+    p = tmp_path / "space.yaml"
+    p.write_text(SPACE)
+    return p
+
+
+def test_each_fault_type_is_recorded_and_the_study_goes_on(tiny_model, tiny_data, space, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOOPT_INJECT_FAULT", "0:exception@2,1:nan@2,2:oom@1,3:kill@1")
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(main, args(tiny_model, tiny_data, out, space, 5))
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out / "trials_summary.csv").set_index("number")
+    assert df.loc[0, "state"] == "FAIL" and "injected fault" in df.loc[0, "error"]
+    assert df.loc[1, "state"] == "FAIL" and "non-finite training loss" in df.loc[1, "error"]
+    assert df.loc[1, "steps"] == 1  # a NaN loss stops the trial early
+    assert df.loc[2, "state"] == "INFEASIBLE" and "out of memory" in df.loc[2, "error"]
+    assert df.loc[3, "state"] == "FAIL" and "SIGKILL" in df.loc[3, "error"]
+    assert df.loc[4, "state"] == "COMPLETE"
+    assert (out / "best_config.yaml").is_file()
+
+
+def test_kill_9_of_the_optimizer_then_resume_loses_and_reruns_nothing(tiny_model, tiny_data, space, tmp_path):
+    out = tmp_path / "hpo"
+    cmd = [sys.executable, "-m", "moopt.cli", *args(tiny_model, tiny_data, out, space, 5)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill while trial 2 runs: 2 finished, 1 running
+        rec = replay(out)
+        if len(rec.finished) >= 2 and rec.running:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = replay(out)
+    assert before.running, "the kill should catch a trial mid-run"
+    finished_before = {n: e["datetime_complete"] for n, e in before.finished.items()}
+    r = CliRunner().invoke(main, [*args(tiny_model, tiny_data, out, space, 5), "--resume"])
+    assert r.exit_code == 0, r.output
+    after = replay(out)
+    assert sorted(after.finished) == [0, 1, 2, 3, 4] and not after.running
+    for n, t in finished_before.items():
+        assert after.finished[n]["datetime_complete"] == t  # not rerun
+    starts = [json.loads(line)["number"] for line in (out / "journal.jsonl").read_text().splitlines()
+              if json.loads(line)["type"] == "trial_start"]
+    assert sorted(set(starts)) == [0, 1, 2, 3, 4]
+    assert all(starts.count(n) == 1 for n in finished_before)
+
+
+def test_time_budget_stops_new_trials_and_still_writes_the_report(tiny_model, tiny_data, space, tmp_path):
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(main, [*args(tiny_model, tiny_data, out, space, 50), "--time_budget_hours", str(12 / 3600)])
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out / "trials_summary.csv")
+    assert 1 <= len(df) < 50
+    assert "time budget" in r.output
+    assert (out / "optimization_plot.png").is_file()

@@ -1,0 +1,52 @@
+import numpy as np
+
+from moopt.pruning import RungPruner, pareto_order, rung_fractions
+
+
+def test_rungs_are_fractions_of_the_budget():
+    assert rung_fractions(2) == (0.25, 0.5)
+    assert rung_fractions(3) == (1 / 9, 1 / 3)
+    assert rung_fractions(None) == () and rung_fractions(1) == ()
+
+
+def test_pareto_order_ranks_fronts_then_crowding():
+    F = np.array([[1.0, 1.0], [2.0, 2.0], [0.5, 3.0], [3.0, 0.5], [2.5, 2.5]])
+    order = pareto_order(F)
+    assert set(order[:3]) == {0, 2, 3}  # the non-dominated front first
+    assert order[3:] == [1, 4]
+
+
+def test_first_eta_arrivals_go_on_then_top_fraction():
+    p = RungPruner(eta=2)
+    assert p.decide(0, 0, [1.0, -0.5])
+    assert p.decide(0, 1, [2.0, -0.1])  # worse, but only 2 seen: warm-up
+    assert not p.decide(0, 2, [3.0, -0.05])  # dominated by both: not in top ceil(3/2)=2
+    assert p.decide(0, 3, [0.5, -0.9])  # dominates everything
+    assert not p.decide(0, 4, [2.5, -0.2])
+
+
+def test_synthetic_learning_curves_prune_the_bad_ones():
+    """Curves loss(t) = final + gap*(1-t): rung ranks agree with final ranks, so the worst stop."""
+    rng = np.random.default_rng(0)
+    finals = rng.uniform(0.5, 2.0, size=16)
+    p = RungPruner(eta=2)
+    survivors = []
+    for n, final in enumerate(finals):
+        alive = True
+        for rung, t in enumerate(rung_fractions(2)):
+            if alive:
+                loss = final + 1.0 * (1 - t)
+                alive = p.decide(rung, n, np.array([loss, -1.0 / loss]))
+        if alive:
+            survivors.append(n)
+    kept = finals[survivors]
+    assert len(survivors) < len(finals) * 0.6
+    assert np.median(kept) < np.median(finals)
+    assert int(np.argmin(finals)) in survivors  # the best trial is never pruned
+
+
+def test_forget_drops_a_requeued_trial():
+    p = RungPruner(eta=2)
+    p.decide(0, 0, [1.0])
+    p.forget(0)
+    assert p.pools[0] == {}
