@@ -6,6 +6,7 @@ Every user error becomes one line on stderr and exit code 2, with nothing writte
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -54,6 +55,7 @@ def main() -> None:
 @opt("seed", default=42, show_default=True, type=int, help="Seed of the search, LoRA initialisation and data order.")
 @opt("resume", is_flag=True, help="Continue the study in output_dir up to --num_trials, without rerunning finished trials.")
 @opt("overwrite", is_flag=True, help="Replace a study already in output_dir.")
+@opt("warm_start", default=None, type=click.Path(), help="An earlier study's output_dir: its best trials seed the first population.")
 @click.option("--baseline/--no-baseline", "baseline", default=True, show_default=True, help="Evaluate the base model first, for comparison.")
 def optimize(**kw) -> None:
     """Search LoRA hyperparameters for a base model on your data; write results to --output_dir."""
@@ -93,8 +95,13 @@ def build_study_config(kw: dict):
         output_dir=kw["output_dir"], num_trials=kw["num_trials"], objectives=objectives, space=space, seed=kw["seed"],
         parallel_trials=kw["parallel_trials"], pruning_factor=kw["pruning_factor"], time_budget_hours=kw["time_budget_hours"],
         memory_constraint_gb=kw["memory_constraint"], kernels=kw["kernels"], resume=kw["resume"],
-        overwrite=kw["overwrite"], baseline=kw["baseline"],
+        overwrite=kw["overwrite"], baseline=kw["baseline"], warm_start=kw["warm_start"],
     )
+    if kw["warm_start"]:
+        from moopt.journal import JOURNAL
+
+        if not (Path(kw["warm_start"]) / JOURNAL).is_file():
+            raise ConfigError(f"--warm_start {kw['warm_start']}: no study found there (no {JOURNAL})")
     check_output_dir(cfg)
     from dataclasses import replace
 
@@ -111,6 +118,37 @@ def report(output_dir: str) -> None:
         write_results(output_dir)
     except FileNotFoundError as e:
         fail(str(e))
+
+
+@main.command()
+@opt("config", required=True, type=click.Path(), help="A best_config.yaml (sections training/lora/data[/model]).")
+@opt("base_model", default="smollm2-135m", show_default=True, help="As for optimize.")
+@opt("train_file", required=True, type=click.Path(), help="Training data, JSONL.")
+@opt("validation_file", required=True, type=click.Path(), help="Validation data, JSONL.")
+@opt("test_file", required=True, type=click.Path(), help="Held-out test data, JSONL (never seen by the search).")
+@opt("output_dir", required=True, type=click.Path(), help="Where the final adapter and metrics go.")
+@opt("kernels", default="auto", show_default=True, type=click.Choice(["auto", "triton", "torch"]), help="LoRA kernel path.")
+@opt("seed", default=42, show_default=True, type=int, help="Seed of LoRA initialisation and data order.")
+@opt("overwrite", is_flag=True, help="Replace a final model already in output_dir.")
+def train(**kw) -> None:
+    """Train the final adapter with a chosen configuration (full budget, no pruning) and test it."""
+    from moopt.config import load_trial_config
+    from moopt.data import read_jsonl
+    from moopt.final import train_final
+    from moopt.models import resolve_model
+
+    try:
+        cfg = load_trial_config(kw["config"])
+        for f in ("train_file", "validation_file", "test_file"):
+            read_jsonl(kw[f])
+        out = Path(kw["output_dir"])
+        if (out / "final_metrics.json").is_file() and not kw["overwrite"]:
+            raise ConfigError(f"{out}: holds a trained model already; pass --overwrite to replace it")
+        model_path = resolve_model(kw["base_model"])
+    except ConfigError as e:
+        fail(str(e))
+    ok = train_final(cfg, kw["config"], model_path, kw)
+    sys.exit(0 if ok else 1)
 
 
 def _register_optional() -> None:

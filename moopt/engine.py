@@ -29,7 +29,10 @@ def population_size(num_trials: int, parallel: int = 1) -> int:
 
 
 class Engine:
-    def __init__(self, space: SearchSpace, n_obj: int, num_trials: int, seed: int, parallel: int = 1):
+    def __init__(self, space: SearchSpace, n_obj: int, num_trials: int, seed: int, parallel: int = 1,
+                 warm_start: list | None = None):
+        """``warm_start``: TrialConfigs (e.g. an earlier study's best) placed in the first
+        population right after the default, moved into this space."""
         from pymoo.algorithms.moo.nsga2 import NSGA2
         from pymoo.core.mixed import MixedVariableDuplicateElimination, MixedVariableMating, MixedVariableSampling
         from pymoo.core.problem import Problem
@@ -44,11 +47,15 @@ class Engine:
         self.problem = Problem(vars={p.name: p.pymoo_var() for p in space.params}, n_obj=n_obj, n_ieq_constr=1)
         # The first individual is the well-known good default moved into the space.
         rng_sampling = MixedVariableSampling()
-        first = space.encode(space.default_in_space())
-        initial = [first] if space.params else []
-        if space.params and self.pop_size > 1:
-            others = rng_sampling.do(self.problem, self.pop_size - 1, random_state=np.random.default_rng(seed))
-            initial += [dict(ind.X) for ind in others]
+        initial: list[dict[str, Any]] = []
+        if space.params:
+            for cfg in [space.default_in_space(), *(warm_start or [])]:
+                x = space.encode(cfg)
+                if x not in initial and len(initial) < self.pop_size:
+                    initial.append(x)
+            if len(initial) < self.pop_size:
+                others = rng_sampling.do(self.problem, self.pop_size - len(initial), random_state=np.random.default_rng(seed))
+                initial += [dict(ind.X) for ind in others]
         sampling = Population.new(X=np.array(initial, dtype=object)) if initial else rng_sampling
         self.algorithm = NSGA2(
             pop_size=self.pop_size,

@@ -55,6 +55,7 @@ class StudyConfig:
     resume: bool = False
     overwrite: bool = False
     baseline: bool = True  # evaluate the base model first, for comparison
+    warm_start: str | None = None  # an earlier study's output_dir whose best trials seed generation 1
 
 
 def check_output_dir(cfg: StudyConfig) -> None:
@@ -161,7 +162,8 @@ class Study:
             engine = Engine.load(engine_path)
             assigned: dict[int, int] = getattr(engine, "assigned", {})
         else:
-            engine = Engine(cfg.space, len(cfg.objectives.names), cfg.num_trials, cfg.seed, cfg.parallel_trials)
+            engine = Engine(cfg.space, len(cfg.objectives.names), cfg.num_trials, cfg.seed, cfg.parallel_trials,
+                            warm_start=warm_start_configs(cfg.warm_start) if cfg.warm_start else None)
             assigned = {}
         engine.assigned = assigned  # trial number -> index in the pending generation
         queue: list[tuple[int, int]] = []  # (index in pending, trial number or -1 for new)
@@ -372,6 +374,21 @@ class Study:
                 yield update
 
         return view()
+
+
+def warm_start_configs(output_dir: str, limit: int = 24) -> list[TrialConfig]:
+    """An earlier study's best trials, best first: its Pareto front by weighted score, then the
+    other COMPLETE trials by score."""
+    from moopt.config import load_trial_config
+    from moopt.results import load_study
+
+    data = load_study(output_dir)
+    t = data.table
+    if not len(t) or "score" not in t:
+        return []
+    done = t[t.state == "COMPLETE"].sort_values(["pareto", "score"], ascending=[False, False])
+    out = Path(output_dir) / "trial_results"
+    return [load_trial_config(out / f"trial_{n}" / "config.yaml") for n in done.number[:limit]]
 
 
 def space_to_yaml(space: SearchSpace) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class TrialSpec:
     deadline: float | None = None  # unix time; past it the trial stops and reports what it has
     save_adapter: bool = True
     baseline: bool = False  # evaluate the base model only (no LoRA, no training)
+    test_file: str | None = None  # held-out set evaluated after training (moopt train), as test_* metrics
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -296,6 +297,10 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
         else:
             metrics = evaluate(model, val, tc.batch_size, pad_id, device, result.backend)
             evals.append({"step": step, **metrics})
+            if spec.test_file:
+                test = tokenize_file(spec.test_file, tok, cfg.data.max_seq_length)
+                tm = evaluate(model, test, tc.batch_size, pad_id, device, result.backend)
+                metrics.update({k.replace("eval_", "test_"): v for k, v in tm.items()})
             result.state = "COMPLETE" if stop_reason is None else "PRUNED"
             result.error = None if stop_reason is None else f"{stop_reason} at step {step}"
         metrics["peak_memory_gb"] = peak_memory_gb(device)

@@ -1,0 +1,83 @@
+"""``moopt train``: the final adapter with the chosen configuration, tested on held-out data."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from moopt.config import TrialConfig
+
+GAP_WARN = 0.10  # relative test-vs-validation loss gap that is flagged as possible overfitting to validation
+
+
+class ConsoleReporter:
+    def __init__(self, console):
+        self.console, self.last = console, -1
+
+    def progress(self, step: int, total: int, loss: float) -> None:
+        pct = int(100 * step / total)
+        if pct // 10 != self.last // 10 or step == total:
+            self.console.print(f"  step {step}/{total}  train_loss {loss:.4f}")
+            self.last = pct
+
+    def rung(self, step, metrics):
+        return True
+
+
+def study_validation_metrics(config_path: str | Path) -> dict[str, float] | None:
+    """If the config is a study's best_config.yaml, the best trial's validation metrics."""
+    out = Path(config_path).parent
+    if not (out / "journal.jsonl").is_file():
+        return None
+    from moopt.results import load_study
+
+    data = load_study(out)
+    if data.best is None:
+        return None
+    row = data.table[data.table.number == data.best].iloc[0]
+    keys = ("eval_loss", "eval_accuracy", "eval_perplexity")
+    return {k: float(row.get(f"values_{k}", row.get(k))) for k in keys if f"values_{k}" in row or k in row}
+
+
+def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[str, Any]) -> bool:
+    from rich.console import Console
+
+    from moopt.trial import TrialSpec, run_trial
+    from moopt.yamlio import write_json, write_yaml
+
+    console = Console(highlight=False)
+    out = Path(kw["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    write_yaml(out / "config.yaml", cfg.to_dict())
+    spec = TrialSpec(number=0, config=cfg, base_model=model_path, train_file=os.path.abspath(kw["train_file"]),
+                     validation_file=os.path.abspath(kw["validation_file"]), output_dir=str(out), seed=kw["seed"],
+                     kernels=kw["kernels"], test_file=os.path.abspath(kw["test_file"]))
+    console.print(f"Training the final adapter ({cfg.training.num_train_epochs:g} epoch(s)) ...")
+    res = run_trial(spec, ConsoleReporter(console))
+    if res.state != "COMPLETE":
+        console.print(f"[red]Training failed:[/] {res.error}  (see {out}/metrics.json)")
+        return False
+    m = res.metrics
+    study_val = study_validation_metrics(config_path)
+    rows = [("loss", "eval_loss", "test_loss"), ("accuracy", "eval_accuracy", "test_accuracy"),
+            ("perplexity", "eval_perplexity", "test_perplexity")]
+    console.print(f"\n{'metric':<12}{'validation':>12}{'test':>12}" + (f"{'study val':>12}" if study_val else ""))
+    for name, v, t in rows:
+        line = f"{name:<12}{m[v]:>12.4f}{m[t]:>12.4f}"
+        if study_val and v in study_val:
+            line += f"{study_val[v]:>12.4f}"
+        console.print(line)
+    gap = (m["test_loss"] - m["eval_loss"]) / max(abs(m["eval_loss"]), 1e-12)
+    warning = None
+    if gap > GAP_WARN:
+        warning = (f"test loss is {gap:.0%} above validation loss: the search may have overfit the validation "
+                   "set; consider a larger validation set or fewer trials")
+        console.print(f"[yellow]Warning:[/] {warning}")
+    write_json(out / "final_metrics.json", {"validation": {k: m[k] for _, k, _ in rows},
+                                            "test": {k: m[k] for _, _, k in rows}, "study_validation": study_val,
+                                            "relative_gap": gap, "warning": warning,
+                                            "peak_memory_gb": m.get("peak_memory_gb"), "adapter": str(out / "adapter")})
+    console.print(f"Adapter (PEFT format): {out / 'adapter'}")
+    return True

@@ -1,0 +1,51 @@
+import json
+
+import pandas as pd
+from click.testing import CliRunner
+
+from moopt.cli import main
+from moopt.config import TrialConfig
+from moopt.engine import Engine
+from moopt.space import default_space
+
+
+def test_warm_start_puts_earlier_best_configs_in_the_first_population():
+    space = default_space()
+    earlier = TrialConfig.from_dict({"training": {"learning_rate": 7e-4, "batch_size": 16}, "lora": {"r": 32, "alpha": 64}})
+    eng = Engine(space, 2, 12, 0, warm_start=[earlier])
+    first = [space.decode(x) for x in eng.ask()]
+    assert first[0].training.learning_rate == 2e-4  # the default still comes first
+    assert first[1].training.learning_rate == 7e-4 and first[1].lora.r == 32 and first[1].training.batch_size == 16
+
+
+def test_train_final_model_reports_validation_and_test(tiny_model, tiny_data, tmp_path):
+    cfg = tmp_path / "best_config.yaml"
+    cfg.write_text("training: {learning_rate: 0.01, batch_size: 8, num_train_epochs: 1}\nlora: {r: 4, alpha: 8}\ndata: {max_seq_length: 32}\n")
+    out = tmp_path / "final"
+    args = ["train", "--config", str(cfg), "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+            "--validation_file", str(tiny_data["val"]), "--test_file", str(tiny_data["val"]), "--output_dir", str(out)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "final_metrics.json").read_text())
+    assert m["test"]["test_loss"] == m["validation"]["eval_loss"]  # same file as val and test: same figure
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert "test" in r.output and "validation" in r.output
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and "--overwrite" in r.output
+
+
+def test_warm_started_study_runs_the_earlier_best_first(tiny_model, tiny_data, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}\n  num_train_epochs: 1\n"
+                     "lora:\n  r: {type: categorical, values: [4, 8]}\ndata:\n  max_seq_length: 32\n")
+    base = ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]), "--validation_file",
+            str(tiny_data["val"]), "--search_space", str(space), "--num_trials", "3", "--no-baseline"]
+    r = CliRunner().invoke(main, [*base, "--output_dir", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    best = pd.read_csv(tmp_path / "a" / "trials_summary.csv").sort_values("score").iloc[-1]
+    r = CliRunner().invoke(main, [*base, "--output_dir", str(tmp_path / "b"), "--warm_start", str(tmp_path / "a"), "--seed", "5"])
+    assert r.exit_code == 0, r.output
+    second = pd.read_csv(tmp_path / "b" / "trials_summary.csv")
+    assert any(abs(second.params_learning_rate - best.params_learning_rate) < 1e-9)
+    r = CliRunner().invoke(main, [*base, "--output_dir", str(tmp_path / "c"), "--warm_start", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "no study found" in r.output
