@@ -1,0 +1,347 @@
+"""Fused LoRA linear: y = x·Wᵀ (+bias) + s·(D⊙x)·Aᵀ·Bᵀ with W frozen.
+
+Shapes follow PEFT: W is N×K, A (``lora_A.weight``) is r×K, B (``lora_B.weight``) is N×r, s = alpha/r,
+D the dropout mask scaled by 1/(1-p). With X the M×K input (leading dims flattened):
+
+    forward   S = (D⊙X)Aᵀ (M×r)            Y = XWᵀ + s·SBᵀ
+    backward  dS = s·GB   dB = s·GᵀS   dA = dSᵀ(D⊙X)   dX = GW + (dS·A)⊙D      (no dW)
+
+Saved for backward: X, S and the dropout seed. The mask is regenerated from the seed, never stored:
+at M=2048, K=4096, bf16, p=0.05 PEFT keeps X̂ and the mask (32.3 MiB), this keeps X + S (16.1 MiB).
+Products always contract through r; B·A (N×K) is never formed.
+
+Two backends compute the same math (STYLE.md point 5):
+- ``torch``: plain PyTorch, the reference and the CPU path. Mask = torch.rand with a Generator seeded
+  per call, so (seed, shape) fixes it.
+- ``triton``: kernel 1 reads X once for dropout + S (mask from ``tl.rand(seed, m*K + k)``); the base
+  GEMM stays on cuBLAS with s·SBᵀ added by addmm; kernel 2 reads G once for both dS and dB; kernel 3
+  reads X once more for dA and adds (dS·A)⊙D into dX = GW in place.
+The two backends draw different masks for the same seed; ``dropout_mask`` returns the one each uses.
+
+The step functions (``lora_down``, ``lora_grad_out``, ``lora_grad_in``) are shared with
+``lora_multi.py``, whose projections share one X and one mask.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from moopt_kernels._backend import interpreting, next_pow2, resolve_backend
+
+# tl.rand offsets are int32 (m*K + k): one call covers at most 2**31 elements of X,
+# e.g. M = 149_796 tokens at K = 14336.
+MAX_MASK_ELEMENTS = 2**31 - 1
+
+# Block sizes are untuned (no GPU was available when this was written); M- and K-tiles of 64 keep a
+# bf16 X tile at 8 KiB and the r-tile (<= 256 after padding) in registers.
+BLOCK_M = 64
+BLOCK_K = 64
+BLOCK_N = 64
+
+
+@functools.cache
+def _kernels() -> SimpleNamespace:
+    """Import triton and define the kernels on first use of the triton backend.
+
+    Triton reads TRITON_INTERPRET when it is imported and when ``@triton.jit`` decorates (its own
+    ``tl.rand`` included), so deferring both to here lets the tests switch the CPU interpreter on after
+    ``moopt_kernels`` was imported, and keeps ``import moopt_kernels`` free of triton (~1 s).
+    """
+    global triton, tl  # the kernels below resolve ``tl`` as a module global, as Triton requires
+    import triton
+    import triton.language as tl
+
+    @triton.jit(do_not_specialize=["seed"])  # one compiled variant for every seed
+    def _lora_down_kernel(
+        x_ptr, a_ptr, s_ptr,
+        M, K, R,
+        stride_xm, stride_xk, stride_ar, stride_ak, stride_sm, stride_sr,
+        seed, p, inv_keep,
+        HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):
+        """S[m-block] = (D⊙X)Aᵀ, fp32, one pass over the X rows of this block."""
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_r = tl.arange(0, BLOCK_R)
+        acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            in_x = (offs_m[:, None] < M) & (offs_k[None, :] < K)
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=in_x, other=0.0)
+            if UPCAST:  # the interpreter holds bf16 as uint16: its bf16 tl.dot and arithmetic are wrong
+                x = x.to(tl.float32)
+            if HAS_DROPOUT:
+                keep = tl.rand(seed, offs_m[:, None] * K + offs_k[None, :]) >= p
+                x = tl.where(keep, x * inv_keep, 0.0).to(x.dtype)
+            a_t = tl.load(  # Aᵀ tile, BLOCK_K × BLOCK_R
+                a_ptr + offs_k[:, None] * stride_ak + offs_r[None, :] * stride_ar,
+                mask=(offs_k[:, None] < K) & (offs_r[None, :] < R), other=0.0,
+            )
+            acc += tl.dot(x, a_t.to(x.dtype), input_precision="ieee")
+        tl.store(
+            s_ptr + offs_m[:, None] * stride_sm + offs_r[None, :] * stride_sr, acc,
+            mask=(offs_m[:, None] < M) & (offs_r[None, :] < R),
+        )
+
+    @triton.jit
+    def _lora_grad_out_kernel(
+        g_ptr, b_ptr, s_ptr, ds_ptr, db_ptr,
+        M, N, R, scaling,
+        stride_gm, stride_gn, stride_bn, stride_br, stride_sm, stride_sr,
+        stride_dsm, stride_dsr, stride_dbn, stride_dbr,
+        UPCAST: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):
+        """One read of G for both dS = s·GB (this m-block) and dB += s·Gᵀ S (fp32 atomics over m-blocks)."""
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_r = tl.arange(0, BLOCK_R)
+        in_s = (offs_m[:, None] < M) & (offs_r[None, :] < R)
+        s = tl.load(s_ptr + offs_m[:, None] * stride_sm + offs_r[None, :] * stride_sr, mask=in_s, other=0.0)
+        ds = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            g = tl.load(
+                g_ptr + offs_m[:, None] * stride_gm + offs_n[None, :] * stride_gn,
+                mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0.0,
+            )
+            in_b = (offs_n[:, None] < N) & (offs_r[None, :] < R)
+            b = tl.load(b_ptr + offs_n[:, None] * stride_bn + offs_r[None, :] * stride_br, mask=in_b, other=0.0)
+            if UPCAST:
+                g = g.to(tl.float32)
+            ds += tl.dot(g, b.to(g.dtype), input_precision="ieee")
+            db = tl.dot(tl.trans(g), s.to(g.dtype), input_precision="ieee")
+            tl.atomic_add(
+                db_ptr + offs_n[:, None] * stride_dbn + offs_r[None, :] * stride_dbr, db * scaling, mask=in_b
+            )
+        tl.store(ds_ptr + offs_m[:, None] * stride_dsm + offs_r[None, :] * stride_dsr, ds * scaling, mask=in_s)
+
+    @triton.jit(do_not_specialize=["seed"])
+    def _lora_grad_in_kernel(
+        x_ptr, a_ptr, ds_ptr, dx_ptr, da_ptr,
+        M, K, R,
+        stride_xm, stride_xk, stride_ar, stride_ak, stride_dsm, stride_dsr,
+        stride_dxm, stride_dxk, stride_dar, stride_dak,
+        seed, p, inv_keep,
+        HAS_DROPOUT: tl.constexpr, HAS_DX: tl.constexpr, UPCAST: tl.constexpr,
+        ROWS_PER_PROG: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):
+        """For a K-block and a run of rows: dA += dSᵀ(D⊙X) and dX += (dS·A)⊙D, mask regenerated once."""
+        offs_k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+        row0 = tl.program_id(1) * ROWS_PER_PROG
+        offs_r = tl.arange(0, BLOCK_R)
+        in_a = (offs_r[:, None] < R) & (offs_k[None, :] < K)
+        a = tl.load(a_ptr + offs_r[:, None] * stride_ar + offs_k[None, :] * stride_ak, mask=in_a, other=0.0)
+        da = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+        for m0 in range(0, ROWS_PER_PROG, BLOCK_M):
+            offs_m = row0 + m0 + tl.arange(0, BLOCK_M)
+            in_x = (offs_m[:, None] < M) & (offs_k[None, :] < K)
+            ds = tl.load(
+                ds_ptr + offs_m[:, None] * stride_dsm + offs_r[None, :] * stride_dsr,
+                mask=(offs_m[:, None] < M) & (offs_r[None, :] < R), other=0.0,
+            )
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=in_x, other=0.0)
+            if UPCAST:
+                x = x.to(tl.float32)
+            if HAS_DROPOUT:
+                keep = tl.rand(seed, offs_m[:, None] * K + offs_k[None, :]) >= p
+                x = tl.where(keep, x * inv_keep, 0.0).to(x.dtype)
+            da += tl.dot(tl.trans(ds.to(x.dtype)), x, input_precision="ieee")
+            if HAS_DX:
+                lora_dx = tl.dot(ds.to(x.dtype), a.to(x.dtype), input_precision="ieee")
+                if HAS_DROPOUT:
+                    lora_dx = tl.where(keep, lora_dx * inv_keep, 0.0)
+                dx_ptrs = dx_ptr + offs_m[:, None] * stride_dxm + offs_k[None, :] * stride_dxk
+                dx = tl.load(dx_ptrs, mask=in_x, other=0.0).to(tl.float32) + lora_dx
+                tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=in_x)
+        tl.atomic_add(da_ptr + offs_r[:, None] * stride_dar + offs_k[None, :] * stride_dak, da, mask=in_a)
+
+    @triton.jit(do_not_specialize=["seed"])
+    def _dropout_mask_kernel(out_ptr, M, K, seed, p, inv_keep, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+        """D itself (tests only): the same keep rule as the kernels above."""
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        keep = tl.rand(seed, offs_m[:, None] * K + offs_k[None, :]) >= p
+        tl.store(
+            out_ptr + offs_m[:, None] * K + offs_k[None, :], tl.where(keep, inv_keep, 0.0),
+            mask=(offs_m[:, None] < M) & (offs_k[None, :] < K),
+        )
+
+    return SimpleNamespace(
+        down=_lora_down_kernel, grad_out=_lora_grad_out_kernel, grad_in=_lora_grad_in_kernel,
+        mask=_dropout_mask_kernel,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Step functions, one per backend. x2 is the 2-D M×K input; a is r×K; b is N×r; g2 is M×N.
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _upcast(t: torch.Tensor) -> bool:
+    return interpreting() and t.dtype == torch.bfloat16
+
+
+def _check_mask_size(m: int, k: int) -> None:
+    if m * k > MAX_MASK_ELEMENTS:
+        raise ValueError(f"dropout offsets are int32: M*K must be <= {MAX_MASK_ELEMENTS}, got {m}*{k}")
+
+
+def dropout_mask(seed: int, shape: tuple[int, int], p: float, device, backend: str = "torch") -> torch.Tensor:
+    """The scaled mask D (fp32, M×K) that ``backend`` applies for this seed: 0 or 1/(1-p)."""
+    m, k = shape
+    if backend == "torch":
+        gen = torch.Generator(device=device).manual_seed(seed)
+        keep = torch.rand((m, k), generator=gen, device=device) >= p
+        return keep.float() / (1.0 - p)
+    _check_mask_size(m, k)
+    out = torch.empty((m, k), device=device, dtype=torch.float32)
+    grid = (_cdiv(m, BLOCK_M), _cdiv(k, BLOCK_K))
+    _kernels().mask[grid](out, m, k, seed, p, 1.0 / (1.0 - p), BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K)
+    return out
+
+
+def _torch_dropped(x2: torch.Tensor, seed: int, p: float) -> torch.Tensor:
+    if p == 0.0:
+        return x2
+    return x2 * dropout_mask(seed, x2.shape, p, x2.device).to(x2.dtype)
+
+
+def lora_down(x2: torch.Tensor, a: torch.Tensor, seed: int, p: float, backend: str) -> torch.Tensor:
+    """S = (D⊙X)Aᵀ, M×r. fp32 on the triton path (r columns: 64 KiB per 1k tokens at r=16)."""
+    if backend == "torch":
+        return _torch_dropped(x2, seed, p) @ a.t()
+    m, k = x2.shape
+    _check_mask_size(m, k)
+    r = a.shape[0]
+    s = torch.empty((m, r), device=x2.device, dtype=torch.float32)
+    _kernels().down[(_cdiv(m, BLOCK_M),)](
+        x2, a, s, m, k, r,
+        x2.stride(0), x2.stride(1), a.stride(0), a.stride(1), s.stride(0), s.stride(1),
+        seed, p, 1.0 / (1.0 - p),
+        HAS_DROPOUT=p > 0.0, UPCAST=_upcast(x2),
+        BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_R=next_pow2(r),
+    )
+    return s
+
+
+def lora_grad_out(
+    g2: torch.Tensor, b: torch.Tensor, s: torch.Tensor, scaling: float, backend: str,
+    ds_out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """dS = s·GB (written into ``ds_out`` when given: a column slice of the multi-projection dS) and
+    dB = s·GᵀS. Returns (dS, dB); dB is fp32 on the triton path."""
+    if backend == "torch":
+        ds = (g2 @ b) * scaling
+        if ds_out is not None:
+            ds_out.copy_(ds)
+            ds = ds_out
+        return ds, (g2.t() @ s.to(g2.dtype)) * scaling
+    m, n = g2.shape
+    r = b.shape[1]
+    ds = ds_out if ds_out is not None else torch.empty((m, r), device=g2.device, dtype=torch.float32)
+    db = torch.zeros((n, r), device=g2.device, dtype=torch.float32)
+    _kernels().grad_out[(_cdiv(m, BLOCK_M),)](
+        g2, b, s, ds, db, m, n, r, scaling,
+        g2.stride(0), g2.stride(1), b.stride(0), b.stride(1), s.stride(0), s.stride(1),
+        ds.stride(0), ds.stride(1), db.stride(0), db.stride(1),
+        UPCAST=_upcast(g2), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_R=next_pow2(r),
+    )
+    return ds, db
+
+
+def lora_grad_in(
+    x2: torch.Tensor, a: torch.Tensor, ds: torch.Tensor, dx: torch.Tensor | None, seed: int, p: float,
+    backend: str,
+) -> torch.Tensor:
+    """dA = dSᵀ(D⊙X), returned; when ``dx`` (= GW, M×K) is given, (dS·A)⊙D is added to it in place."""
+    if backend == "torch":
+        mask = dropout_mask(seed, x2.shape, p, x2.device).to(x2.dtype) if p > 0.0 else None
+        x_hat = x2 if mask is None else x2 * mask
+        da = ds.to(x2.dtype).t() @ x_hat
+        if dx is not None:
+            lora_dx = ds.to(x2.dtype) @ a
+            dx += lora_dx if mask is None else lora_dx * mask
+        return da
+    m, k = x2.shape
+    r = a.shape[0]
+    da = torch.zeros((r, k), device=x2.device, dtype=torch.float32)
+    k_blocks = _cdiv(k, BLOCK_K)
+    # Enough programs to fill the GPU (~4 per SM on a 132-SM H200) while each keeps a long run of rows,
+    # so the fp32 dA atomics stay a small fraction of the X traffic. One program per K-block on CPU.
+    if x2.is_cuda:
+        splits = max(1, min(_cdiv(m, BLOCK_M), 4 * 132 // k_blocks))
+    else:
+        splits = 1
+    rows = _cdiv(_cdiv(m, splits), BLOCK_M) * BLOCK_M
+    dx_arg = dx if dx is not None else x2  # never written when HAS_DX is False
+    _kernels().grad_in[(k_blocks, _cdiv(m, rows))](
+        x2, a, ds, dx_arg, da, m, k, r,
+        x2.stride(0), x2.stride(1), a.stride(0), a.stride(1), ds.stride(0), ds.stride(1),
+        dx_arg.stride(0), dx_arg.stride(1), da.stride(0), da.stride(1),
+        seed, p, 1.0 / (1.0 - p),
+        HAS_DROPOUT=p > 0.0, HAS_DX=dx is not None, UPCAST=_upcast(x2), ROWS_PER_PROG=rows,
+        BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_R=next_pow2(r),
+    )
+    return da
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class LoRALinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, dropout_p, seed, backend):
+        k = x.shape[-1]
+        x2 = x.reshape(-1, k)  # a view when possible; a non-contiguous x is copied once here
+        a = lora_a.to(x.dtype)
+        b = lora_b.to(x.dtype)
+        s = lora_down(x2, a, seed, dropout_p, backend)
+        y = F.linear(x2, weight, bias)  # base GEMM on cuBLAS/MKL
+        y.addmm_(s.to(x.dtype), b.t(), alpha=scaling)
+        ctx.save_for_backward(x2, s, weight, lora_a, lora_b)  # weight, A, B are parameters: no copy
+        ctx.scaling, ctx.dropout_p, ctx.seed, ctx.backend = scaling, dropout_p, seed, backend
+        ctx.x_shape = x.shape
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x2, s, weight, lora_a, lora_b = ctx.saved_tensors
+        g2 = grad_y.reshape(-1, weight.shape[0])
+        a = lora_a.to(x2.dtype)
+        b = lora_b.to(x2.dtype)
+        ds, db = lora_grad_out(g2, b, s, ctx.scaling, ctx.backend)
+        dx = g2 @ weight if ctx.needs_input_grad[0] else None  # M×K, the frozen base's share
+        da = lora_grad_in(x2, a, ds, dx, ctx.seed, ctx.dropout_p, ctx.backend)
+        grad_x = dx.view(ctx.x_shape) if dx is not None else None
+        return grad_x, None, None, da.to(lora_a.dtype), db.to(lora_b.dtype), None, None, None, None
+
+
+def lora_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+    dropout_p: float = 0.0,
+    seed: int = 0,
+    backend: str = "auto",
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y = x·Wᵀ (+bias) + scaling·(D⊙x)·Aᵀ·Bᵀ; gradients for x, A, B only (W and bias are frozen).
+
+    ``seed`` fixes the dropout mask (the same one is regenerated in backward); pass a fresh seed per
+    call in training. A and B may be fp32 master weights: they are cast to x's dtype for the products
+    and their gradients come back in their own dtype.
+    """
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    which = resolve_backend(backend, x.device)
+    return LoRALinearFunction.apply(x, weight, bias, lora_a, lora_b, float(scaling), float(dropout_p), int(seed), which)

@@ -1,0 +1,51 @@
+"""linear_cross_entropy against F.cross_entropy on materialised logits."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moopt_kernels import linear_cross_entropy
+
+
+@pytest.mark.parametrize("chunk_size", [7, 64, 1024])  # 7: chunks that do not divide M = 45
+@pytest.mark.parametrize("weight_trainable", [True, False])
+def test_matches_torch_cross_entropy(chunk_size, weight_trainable):
+    gen = torch.Generator().manual_seed(0)
+    m, h, v = 45, 32, 97
+    hidden = torch.randn(m, h, generator=gen, dtype=torch.float64).float().requires_grad_()
+    weight = (torch.randn(v, h, generator=gen) / h**0.5).requires_grad_(weight_trainable)
+    labels = torch.randint(0, v, (m,), generator=gen)
+    labels[::5] = -100  # every fifth row ignored
+    labels[1] = (hidden[1] @ weight.t()).argmax()  # at least one correct prediction
+
+    loss, n_correct = linear_cross_entropy(hidden, weight, labels, chunk_size=chunk_size)
+    (loss * 0.7).backward()
+
+    h_ref = hidden.detach().clone().requires_grad_()
+    w_ref = weight.detach().clone().requires_grad_(weight_trainable)
+    logits = h_ref @ w_ref.t()
+    ref = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+    (ref * 0.7).backward()
+    valid = labels != -100
+    torch.testing.assert_close(loss, ref.detach(), rtol=1e-5, atol=1e-5)
+    assert n_correct.dtype == torch.long
+    assert n_correct.item() == ((logits.argmax(-1) == labels) & valid).sum().item() >= 1
+    torch.testing.assert_close(hidden.grad, h_ref.grad, rtol=1e-5, atol=1e-6)
+    assert torch.count_nonzero(hidden.grad[~valid]) == 0
+    if weight_trainable:
+        torch.testing.assert_close(weight.grad, w_ref.grad, rtol=1e-5, atol=1e-6)
+    else:
+        assert weight.grad is None
+
+
+def test_all_rows_ignored_gives_zero_loss_and_gradient():
+    hidden = torch.randn(6, 8, requires_grad=True)
+    loss, n_correct = linear_cross_entropy(hidden, torch.randn(11, 8), torch.full((6,), -100), chunk_size=4)
+    loss.backward()
+    assert loss.item() == 0.0 and n_correct.item() == 0
+    assert torch.count_nonzero(hidden.grad) == 0
+
+
+def test_rejects_mismatched_labels():
+    with pytest.raises(ValueError, match="labels"):
+        linear_cross_entropy(torch.randn(4, 8), torch.randn(5, 8), torch.zeros(3, dtype=torch.long))
