@@ -82,8 +82,13 @@ def build_study_config(kw: dict):
     from moopt.space import default_space, load_space
     from moopt.study import StudyConfig, check_output_dir
 
-    if kw["executor"] == "ray" or kw["ray_address"]:
-        raise ConfigError("--executor ray / --ray_address: not supported yet (use the local executor)")
+    if kw["ray_address"] and kw["executor"] != "ray":
+        raise ConfigError("--ray_address needs --executor ray")
+    if kw["executor"] == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError("--executor ray needs Ray: pip install 'moopt[ray]'") from None
     objectives = parse_objectives(kw["optimization_objective"], kw["optimization_weights"])
     space = load_space(kw["search_space"]) if kw["search_space"] else default_space()
     if space.fixed.model.quantization != "none" or any(p.name == "model.quantization" for p in space.params):
@@ -96,6 +101,7 @@ def build_study_config(kw: dict):
         parallel_trials=kw["parallel_trials"], pruning_factor=kw["pruning_factor"], time_budget_hours=kw["time_budget_hours"],
         memory_constraint_gb=kw["memory_constraint"], kernels=kw["kernels"], resume=kw["resume"],
         overwrite=kw["overwrite"], baseline=kw["baseline"], warm_start=kw["warm_start"],
+        executor=kw["executor"], ray_address=kw["ray_address"],
     )
     if kw["warm_start"]:
         from moopt.journal import JOURNAL

@@ -56,6 +56,8 @@ class StudyConfig:
     overwrite: bool = False
     baseline: bool = True  # evaluate the base model first, for comparison
     warm_start: str | None = None  # an earlier study's output_dir whose best trials seed generation 1
+    executor: str = "local"  # local | ray
+    ray_address: str | None = None  # with executor=ray: auto | host:port | None (start a local instance)
 
 
 def check_output_dir(cfg: StudyConfig) -> None:
@@ -153,7 +155,12 @@ class Study:
         deadline = time.time() + cfg.time_budget_hours * 3600 if cfg.time_budget_hours else None
         slots = plan_slots(cfg.parallel_trials)
         free_slots = list(slots)
-        executor = LocalExecutor(on_progress=self.on_progress, on_rung=self.decide_rung)
+        if cfg.executor == "ray":
+            from moopt.ray_executor import RayExecutor
+
+            executor = RayExecutor(on_progress=self.on_progress, on_rung=self.decide_rung, address=cfg.ray_address)
+        else:
+            executor = LocalExecutor(on_progress=self.on_progress, on_rung=self.decide_rung)
         engine_path = self.out / ENGINE_FILE
 
         # -- engine: fresh, or restored from its checkpoint --------------------------------------

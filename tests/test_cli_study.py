@@ -152,7 +152,7 @@ BAD_INPUTS = [
     ("train", '{"prompt": "a", "completion": "b"}\n{"prompt": \n', [], "train.jsonl:2: invalid JSON"),
     ("missing", None, [], "file not found"),
     (None, None, ["--optimization_objective", "multi:eval_loss,eval_accuracy", "--optimization_weights", "1,2,3"], "3 weight(s) for 2 objective(s)"),
-    (None, None, ["--executor", "ray"], "not supported yet"),
+    (None, None, ["--ray_address", "auto"], "--ray_address needs --executor ray"),
     (None, None, ["--base_model", "/no/such/model"], "--base_model /no/such/model"),
 ]
 

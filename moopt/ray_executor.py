@@ -1,0 +1,152 @@
+"""Ray executor: trials as Ray tasks, on a local Ray instance or a multi-node cluster.
+
+Same contract as :class:`moopt.executor.LocalExecutor` (``submit``, ``next_result``, ``running``,
+``kill_all``). Each trial is a Ray task with ``max_calls=1``, so it gets a fresh worker process
+(a crash or OOM kills only that trial) and asks Ray for ``num_cpus`` = the slot's threads and, on
+GPUs, ``num_gpus`` = the fraction of a device its memory estimate needs, so Ray packs trials onto
+GPUs by memory. Progress and rung decisions travel through one small actor (``_Channel``): the task
+pushes events, a driver thread drains them and answers rungs. Paths in the trial spec (model, data,
+output_dir) must be visible on every node (a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Callable
+
+from moopt.trial import TrialResult, TrialSpec
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        from moopt.config import ConfigError
+
+        raise ConfigError("--executor ray needs Ray: pip install 'moopt[ray]'") from None
+    return ray
+
+
+class RayExecutor:
+    def __init__(self, on_progress: Callable | None = None, on_rung: Callable | None = None,
+                 address: str | None = None, gpu_fraction: Callable[[TrialSpec], float] | None = None):
+        ray = _ray()
+        self.ray = ray
+        if not ray.is_initialized():
+            kwargs = {"address": address} if address else {}
+            ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, **kwargs)
+        self.on_progress = on_progress or (lambda *a: None)
+        self.on_rung = on_rung or (lambda *a: True)
+        self.gpu_fraction = gpu_fraction or (lambda spec: 1.0)
+        self.channel = ray.remote(_Channel).options(num_cpus=0).remote()
+        self.results: queue.Queue[TrialResult] = queue.Queue()
+        self.refs: dict[int, object] = {}
+        self._lock = threading.Lock()
+        self._stop = False
+        self._task = None
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def submit(self, spec: TrialSpec, slot) -> None:
+        on_gpu = slot.device.startswith("cuda")
+        spec.device = "cuda" if on_gpu else "cpu"
+        spec.threads = slot.threads
+        if self._task is None:
+            self._task = self.ray.remote(max_calls=1, max_retries=0)(_run_trial_task)
+        task = self._task.options(num_cpus=slot.threads, num_gpus=self.gpu_fraction(spec) if on_gpu else 0)
+        ref = task.remote(spec.to_json(), self.channel)
+        with self._lock:
+            self.refs[spec.number] = ref
+        threading.Thread(target=self._wait, args=(spec, ref), daemon=True).start()
+
+    def _wait(self, spec: TrialSpec, ref) -> None:
+        try:
+            result = TrialResult(**self.ray.get(ref))
+        except Exception as e:  # worker crash, OOM kill, cancelled
+            result = TrialResult(number=spec.number, state="FAIL", error=f"ray task failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        with self._lock:
+            self.refs.pop(spec.number, None)
+        self.results.put(result)
+
+    def _pump(self) -> None:
+        """Drain the channel: progress to the hook, rung questions answered by the study."""
+        while not self._stop:
+            try:
+                events = self.ray.get(self.channel.pop_events.remote())
+            except Exception:
+                return
+            for ev in events:
+                if ev["event"] == "progress":
+                    self.on_progress(ev["number"], ev["step"], ev["total"], ev["loss"])
+                elif ev["event"] == "rung":
+                    go = bool(self.on_rung(ev["number"], ev["step"], ev["metrics"]))
+                    self.channel.set_reply.remote(f"{ev['number']}:{ev['step']}", go)
+            time.sleep(0.1)
+
+    def next_result(self, timeout: float | None = None) -> TrialResult | None:
+        try:
+            return self.results.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def running(self) -> int:
+        with self._lock:
+            return len(self.refs)
+
+    def kill_all(self) -> None:
+        with self._lock:
+            refs = list(self.refs.values())
+        for ref in refs:
+            self.ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        self._stop = True
+
+
+class _Channel:
+    """A Ray actor: events from tasks, replies to their rung questions."""
+
+    def __init__(self):
+        self.events, self.replies = [], {}
+
+    def push_event(self, ev: dict) -> None:
+        self.events.append(ev)
+
+    def pop_events(self) -> list[dict]:
+        out, self.events = self.events, []
+        return out
+
+    def set_reply(self, key: str, go: bool) -> None:
+        self.replies[key] = go
+
+    def get_reply(self, key: str):
+        return self.replies.pop(key, None)
+
+
+class _ChannelReporter:
+    def __init__(self, channel, number: int):
+        import ray
+
+        self.ray, self.channel, self.number = ray, channel, number
+
+    def progress(self, step, total, loss):
+        self.channel.push_event.remote({"event": "progress", "number": self.number, "step": step, "total": total, "loss": loss})
+
+    def rung(self, step, metrics):
+        self.channel.push_event.remote({"event": "rung", "number": self.number, "step": step, "metrics": metrics})
+        key = f"{self.number}:{step}"
+        while True:
+            go = self.ray.get(self.channel.get_reply.remote(key))
+            if go is not None:
+                return go
+            time.sleep(0.1)
+
+
+def _run_trial_task(spec_json: dict, channel) -> dict:
+    from dataclasses import asdict
+
+    from moopt.trial import TrialSpec, run_trial
+
+    spec = TrialSpec.from_json(spec_json)
+    return asdict(run_trial(spec, _ChannelReporter(channel, spec.number)))

@@ -1,0 +1,31 @@
+"""A study on a local Ray instance: same results layout as the local executor."""
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from moopt.cli import main
+
+ray = pytest.importorskip("ray")
+
+
+def test_ray_study_on_a_local_instance(tiny_model, tiny_data, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}\n  num_train_epochs: 2\n"
+                     "lora:\n  r: {type: categorical, values: [4, 8]}\ndata:\n  max_seq_length: 32\n")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        out = tmp_path / "hpo"
+        r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+                                      "--validation_file", str(tiny_data["val"]), "--output_dir", str(out),
+                                      "--search_space", str(space), "--num_trials", "4", "--parallel_trials", "2",
+                                      "--executor", "ray", "--no-baseline", "--pruning_factor", "2",
+                                      "--optimization_objective", "multi:eval_loss,eval_accuracy"])
+        assert r.exit_code == 0, r.output
+        df = pd.read_csv(out / "trials_summary.csv")
+        assert list(df.number) == [0, 1, 2, 3]
+        assert set(df.state) <= {"COMPLETE", "PRUNED"} and (df.state == "COMPLETE").sum() >= 2
+        assert (out / "trial_results" / "trial_0" / "adapter" / "adapter_model.safetensors").is_file()
+        assert (out / "best_config.yaml").is_file()
+    finally:
+        ray.shutdown()
