@@ -147,8 +147,20 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> 
     plot_optimization(data, out / "optimization_plot.png")
     if data.objectives.multi:
         plot_pareto(data, out / "pareto_front.png")
-    if not quiet:
-        print_summary(data, summary, console)
+    if quiet:  # after each trial: the table and the two plots; the full analysis at the end
+        return summary
+    from moopt.analysis import format_importance, write_analysis
+    from moopt.html_report import write_html_report
+
+    analysis = write_analysis(out, data)
+    write_html_report(out, data, analysis)
+    summary["param_importance"] = {t: dict(imp) for t, imp in analysis.importance.items()}
+    print_summary(data, summary, console)
+    if data.best is not None:
+        from rich.console import Console
+
+        imp = analysis.importance["score" if data.objectives.multi else data.objectives.names[0]]
+        (console or Console(highlight=False)).print(format_importance(imp), markup=False)
     return summary
 
 

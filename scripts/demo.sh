@@ -3,7 +3,7 @@
 # bundled data in data/, 8 trials, two objectives. About 12 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+MOOPT_SKIP_BROWSER=1 bash scripts/setup.sh
 exec .venv/bin/moopt optimize \
   --base_model smollm2-135m \
   --train_file data/train.jsonl --validation_file data/val.jsonl \

@@ -1,0 +1,386 @@
+"""What drove the results: parameter importance, correlations, learning curves, Pareto points.
+
+Data first (plain dicts and DataFrames the tests assert on), drawing second (PNG renderers at the
+end of the file, matplotlib Agg). Everything comes from the output directory alone, like
+:mod:`moopt.results`, so ``moopt report`` rebuilds it for a running or interrupted study.
+
+Importance uses Optuna's fANOVA evaluator (functional ANOVA over a random forest; Hutter et al.
+2014), fed by an in-memory Optuna study rebuilt from the trials table. Optuna and scikit-learn are
+the optional extra ``analysis``; without them importance is empty with a reason, the rest works.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from moopt.objectives import KNOWN
+from moopt.results import STATE_STYLE, StudyData, _plt, _save
+
+MIN_TRIALS = 3  # fANOVA on fewer COMPLETE trials says nothing
+SCORE = "score"  # the weighted score column of StudyData.table (higher is better)
+MISSING_DEPS = "parameter importance needs optuna and scikit-learn: pip install 'moopt[analysis]'"
+
+
+class Importance(dict):
+    """``{param: share}``, highest first, shares summing to 1; empty with ``reason`` when it could
+    not be computed (too few trials, a constant target, optional dependencies missing)."""
+
+    def __init__(self, shares: dict[str, float] | None = None, *, target: str, n_trials: int = 0,
+                 method: str = "fanova", reason: str | None = None):
+        super().__init__(shares or {})
+        self.target, self.n_trials, self.method, self.reason = target, n_trials, method, reason
+
+
+@dataclass
+class Analysis:
+    """Everything :func:`analyze` computes; what the PNG/CSV/HTML renderers take."""
+
+    importance: dict[str, Importance]  # target (each objective, then "score") -> shares
+    correlations: pd.DataFrame  # index: param (one-hot "name=value" for text categoricals), columns: targets
+    correlation_notes: list[str]
+    curves: pd.DataFrame  # long format, see learning_curves()
+    points: pd.DataFrame  # see pareto_points()
+    notes: list[str] = field(default_factory=list)
+
+
+# -- search space -> Optuna distributions -------------------------------------------------------------
+def _choice_key(v: Any) -> Any:
+    """Categorical options as the params_ columns show them: lists comma-joined (target_modules)."""
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+
+
+def load_space_spec(output_dir: str | Path | None) -> dict[str, dict[str, Any]]:
+    """``search_space.yaml`` written by the study, keyed by the params_ name (``learning_rate``)."""
+    if output_dir is None or not (Path(output_dir) / "search_space.yaml").is_file():
+        return {}
+    import yaml
+
+    raw = yaml.safe_load((Path(output_dir) / "search_space.yaml").read_text()) or {}
+    return {key: spec for body in raw.values() if isinstance(body, dict)
+            for key, spec in body.items() if isinstance(spec, dict) and "type" in spec}
+
+
+def _param_names(table: pd.DataFrame) -> list[str]:
+    return [c[len("params_"):] for c in table.columns if c.startswith("params_")]
+
+
+def _distributions(table: pd.DataFrame, spec: dict[str, dict[str, Any]]):
+    """Optuna distributions mirroring the search space; parameters missing from the spec (a study
+    without search_space.yaml) are inferred from the table: numbers -> float range, else choices."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out = {}
+    for name in _param_names(table):
+        col = table[f"params_{name}"].dropna()
+        s = spec.get(name)
+        if s is not None and s["type"] in ("log_uniform", "uniform"):
+            out[name] = FloatDistribution(float(s["min"]), float(s["max"]), log=s["type"] == "log_uniform")
+        elif s is not None and s["type"] == "int":
+            step = int(s.get("step", 1))
+            low = int(s["min"])
+            out[name] = IntDistribution(low, low + step * ((int(s["max"]) - low) // step), step=step)
+        elif s is not None and s["type"] == "categorical":
+            out[name] = CategoricalDistribution([_choice_key(v) for v in s["values"]])
+        elif len(col) and pd.api.types.is_numeric_dtype(col):
+            out[name] = FloatDistribution(float(col.min()), float(col.max()) if col.max() > col.min() else float(col.min()) + 1.0)
+        elif len(col):
+            out[name] = CategoricalDistribution(sorted(set(map(str, col))))
+    return out
+
+
+def _to_param(value: Any, dist) -> Any:
+    """A table value as a valid point of ``dist`` (4.0 -> 4, clipped to the bounds 6-digit
+    rounding may cross), or None when it is not one (then the trial is left out)."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(dist, CategoricalDistribution):
+        for c in dist.choices:
+            if c == value or str(c) == str(value):
+                return c
+        return None
+    if isinstance(dist, IntDistribution):
+        return int(min(max(round(float(value)), dist.low), dist.high))
+    return float(min(max(float(value), dist.low), dist.high))
+
+
+def _target_column(data: StudyData, target: str) -> str:
+    if target == SCORE:
+        return SCORE
+    if target not in data.objectives.names:
+        raise ValueError(f"importance target must be one of {[*data.objectives.names, SCORE]}, got {target!r}")
+    return f"values_{target}"
+
+
+def _complete(data: StudyData, col: str) -> pd.DataFrame:
+    """COMPLETE trials with a finite value in ``col``: pruned trials stopped at a rung, so their
+    metrics are not comparable with finished ones."""
+    t = data.table
+    if not len(t) or col not in t.columns:
+        return t.iloc[0:0]
+    t = t[t.state == "COMPLETE"]
+    return t[np.isfinite(pd.to_numeric(t[col], errors="coerce"))]
+
+
+# -- importance ------------------------------------------------------------------------------------
+def param_importance(data: StudyData, target: str, seed: int = 0, output_dir: str | Path | None = None) -> Importance:
+    """fANOVA share of the variance of ``target`` (an objective name or ``"score"``) explained by
+    each parameter, over COMPLETE trials. Same data and seed -> same shares. ``output_dir``
+    supplies ``search_space.yaml`` for the distributions (without it they are inferred)."""
+    col = _target_column(data, target)
+    done = _complete(data, col)
+    n = len(done)
+    if n < MIN_TRIALS:
+        return Importance(target=target, n_trials=n, reason=f"{n} COMPLETE trial(s); importance needs at least {MIN_TRIALS}")
+    y = done[col].astype(float).to_numpy()
+    if np.ptp(y) == 0:
+        return Importance(target=target, n_trials=n, reason=f"{target} is the same in every COMPLETE trial")
+    try:
+        import optuna
+        from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+        import sklearn  # noqa: F401  (fANOVA's random forest)
+    except ImportError:
+        return Importance(target=target, n_trials=n, reason=MISSING_DEPS)
+
+    dists = _distributions(done, load_space_spec(output_dir))
+    # a parameter that took one value in these trials explains nothing (fANOVA would give it 0)
+    dists = {k: d for k, d in dists.items() if not d.single() and done[f"params_{k}"].nunique(dropna=True) > 1}
+    if not dists:
+        return Importance(target=target, n_trials=n, reason="no parameter varies across the COMPLETE trials")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize")  # direction does not matter for variance shares
+    for (_, row), value in zip(done.iterrows(), y):
+        params = {k: _to_param(row[f"params_{k}"], d) for k, d in dists.items()}
+        if any(v is None for v in params.values()):
+            continue
+        study.add_trial(optuna.trial.create_trial(value=float(value), params=params, distributions=dists))
+    if len(study.trials) < MIN_TRIALS:
+        return Importance(target=target, n_trials=len(study.trials),
+                          reason=f"{len(study.trials)} trial(s) with every parameter inside the search space")
+    shares = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed), normalize=True)
+    total = sum(shares.values())
+    if not total or not np.isfinite(total):
+        return Importance(target=target, n_trials=len(study.trials), reason="fANOVA found no explained variance")
+    shares = {k: float(v) / total for k, v in sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))}
+    return Importance(shares, target=target, n_trials=len(study.trials))
+
+
+def importance_targets(data: StudyData) -> list[str]:
+    """Each objective, then the weighted score (only when there are several objectives)."""
+    return [*data.objectives.names, *([SCORE] if data.objectives.multi else [])]
+
+
+def format_importance(imp: Importance, top: int | None = None) -> str:
+    """``1. learning_rate (47.3%)`` lines under a title naming the target."""
+    what = "weighted score" if imp.target == SCORE else imp.target
+    head = f"Parameter importance for {what} (fANOVA, {imp.n_trials} COMPLETE trials):"
+    if not imp:
+        return f"Parameter importance for {what}: not computed ({imp.reason})"
+    items = list(imp.items())[:top] if top else list(imp.items())
+    return "\n".join([head, *(f"{i}. {k} ({v * 100:.1f}%)" for i, (k, v) in enumerate(items, 1))])
+
+
+# -- correlations ----------------------------------------------------------------------------------
+def correlations(data: StudyData) -> pd.DataFrame:
+    """Spearman rank correlation of each parameter with each objective (and the score), over
+    COMPLETE trials. Numeric parameters (floats, ints, numeric categoricals such as batch_size)
+    enter as they are: Spearman only uses their order. Text categoricals (target_modules) enter
+    one-hot, one row ``name=value`` per option. What was left out and why: ``.attrs["notes"]``."""
+    targets = [*data.objectives.names, *([SCORE] if data.objectives.multi else [])]
+    cols = {t: _target_column(data, t) for t in targets}
+    t = data.table
+    done = t[t.state == "COMPLETE"] if len(t) else t
+    notes: list[str] = []
+    if len(done) < MIN_TRIALS:
+        notes.append(f"{len(done)} COMPLETE trial(s); correlations need at least {MIN_TRIALS}")
+        out = pd.DataFrame(columns=targets, dtype=float)
+        out.attrs["notes"] = notes
+        return out
+    X: dict[str, pd.Series] = {}
+    for name in _param_names(done):
+        col = done[f"params_{name}"]
+        if col.nunique(dropna=True) < 2:
+            notes.append(f"{name}: the same in every COMPLETE trial, left out")
+        elif pd.api.types.is_numeric_dtype(col):
+            X[name] = col.astype(float)
+        else:
+            for v in sorted(col.dropna().astype(str).unique()):
+                X[f"{name}={v}"] = (col.astype(str) == v).astype(float)
+    rows = {}
+    for pname, x in X.items():
+        rows[pname] = {tgt: _spearman(x, pd.to_numeric(done[c], errors="coerce")) if c in done else np.nan
+                       for tgt, c in cols.items()}
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=targets).astype(float)
+    out.attrs["notes"] = notes
+    return out
+
+
+def _spearman(x: pd.Series, y: pd.Series) -> float:
+    ok = x.notna() & y.notna() & np.isfinite(y)
+    if ok.sum() < MIN_TRIALS or x[ok].nunique() < 2 or y[ok].nunique() < 2:
+        return float("nan")
+    return float(x[ok].rank().corr(y[ok].rank()))  # Pearson of ranks (ties averaged) = Spearman
+
+
+# -- learning curves ------------------------------------------------------------------------------
+CURVE_COLUMNS = ["trial", "state", "step", "kind", "loss"]
+
+
+def learning_curves(output_dir: str | Path) -> pd.DataFrame:
+    """Long format, one row per point: trial, state, step, kind ("train" per optimizer step,
+    "eval" at each rung and at the end), loss. Pruned and failed trials included: a pruned
+    trial's last eval row is where it was stopped. State comes from the journal (which also
+    knows INFEASIBLE), else from metrics.json."""
+    from moopt.journal import replay
+
+    out = Path(output_dir)
+    ends = replay(out).ends
+    rows = []
+    for f in sorted((out / "trial_results").glob("trial_*/metrics.json")):
+        try:
+            number = int(f.parent.name.split("_", 1)[1])
+            m = json.loads(f.read_text())
+        except (ValueError, json.JSONDecodeError):
+            continue  # a baseline folder or a file being written
+        state = (ends.get(number) or {}).get("state") or m.get("state", "RUNNING")
+        for p in m.get("curve") or []:
+            rows.append((number, state, int(p["step"]), "train", float(p["train_loss"])))
+        for p in m.get("evals") or []:
+            if "eval_loss" in p:
+                rows.append((number, state, int(p["step"]), "eval", float(p["eval_loss"])))
+    df = pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    return df.sort_values(["trial", "kind", "step"], kind="stable").reset_index(drop=True)
+
+
+# -- Pareto points ---------------------------------------------------------------------------------
+def pareto_points(data: StudyData) -> pd.DataFrame:
+    """One row per finished trial: number, state, the objective values, ``plotted`` (has every
+    objective value), ``pareto`` (on the feasible front of COMPLETE trials), ``best`` (the chosen
+    trial), score, peak_memory_gb, error and the params. Infeasible, pruned and failed trials keep
+    their state; a pruned trial's values are those of its last rung."""
+    t = data.table
+    obj = [f"values_{n}" for n in data.objectives.names]
+    keep = ["number", "state", *obj, "score", "peak_memory_gb", "error",
+            *[c for c in t.columns if c.startswith("params_")]]
+    if not len(t):
+        return pd.DataFrame(columns=[*keep, "plotted", "pareto", "best"])
+    pts = t[t.state != "RUNNING"].reindex(columns=keep).copy()
+    pts["plotted"] = pts[obj].notna().all(axis=1) & np.isfinite(pts[obj].astype(float)).all(axis=1)
+    pts["pareto"] = pts.number.isin(data.pareto)
+    pts["best"] = pts.number == data.best if data.best is not None else False
+    return pts.sort_values("number").reset_index(drop=True)
+
+
+# -- all at once ----------------------------------------------------------------------------------
+def analyze(output_dir: str | Path, data: StudyData, seed: int = 0) -> Analysis:
+    imp = {tg: param_importance(data, tg, seed=seed, output_dir=output_dir) for tg in importance_targets(data)}
+    corr = correlations(data)
+    return Analysis(imp, corr, corr.attrs.get("notes", []), learning_curves(output_dir), pareto_points(data))
+
+
+def write_analysis(output_dir: str | Path, data: StudyData, seed: int = 0) -> Analysis:
+    """Compute, then write param_importance.csv, correlations.csv and the three PNGs."""
+    from moopt.yamlio import atomic_write_text
+
+    out = Path(output_dir)
+    a = analyze(out, data, seed=seed)
+    rows = [{"target": tg, "rank": i, "param": k, "share": v, "n_trials": imp.n_trials}
+            for tg, imp in a.importance.items() for i, (k, v) in enumerate(imp.items(), 1)]
+    atomic_write_text(out / "param_importance.csv",
+                      pd.DataFrame(rows, columns=["target", "rank", "param", "share", "n_trials"]).to_csv(index=False))
+    atomic_write_text(out / "correlations.csv", a.correlations.rename_axis("param").to_csv())
+    plot_importance(a.importance, out / "param_importance.png")
+    plot_correlations(a.correlations, out / "correlations.png")
+    plot_learning_curves(a.curves, out / "learning_curves.png")
+    return a
+
+
+# -- renderers (matplotlib, Agg) ------------------------------------------------------------------
+def plot_importance(importance: dict[str, Importance], path: Path) -> None:
+    """One horizontal bar chart per target, largest share on top."""
+    plt = _plt()
+    targets = list(importance) or ["(none)"]
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.5), squeeze=False)
+    for ax, tg in zip(axes[0], targets):
+        imp = importance.get(tg)
+        ax.set_title("weighted score" if tg == SCORE else tg, fontsize=10)
+        if not imp:
+            ax.text(0.5, 0.5, (imp.reason if imp is not None else "no data"), ha="center", va="center",
+                    wrap=True, fontsize=8, transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        names, shares = list(imp)[::-1], [imp[k] * 100 for k in list(imp)[::-1]]
+        ax.barh(names, shares, color="tab:blue")
+        for i, s in enumerate(shares):
+            ax.text(s, i, f" {s:.1f}%", va="center", fontsize=8)
+        ax.set_xlim(0, max(shares) * 1.25)
+        ax.set_xlabel("share of variance explained (%)")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("Parameter importance (fANOVA over COMPLETE trials)")
+    fig.tight_layout()
+    _save(fig, path, plt)
+
+
+def plot_correlations(corr: pd.DataFrame, path: Path) -> None:
+    """Heatmap of Spearman correlations, -1 (blue) .. +1 (red), values written in the cells."""
+    plt = _plt()
+    n_rows, n_cols = max(len(corr.index), 1), max(len(corr.columns), 1)
+    longest = max([len(str(i)) for i in corr.index] + [10])  # one-hot labels run long: ~0.07 in per char
+    fig, ax = plt.subplots(figsize=(2.5 + 0.07 * longest + 1.4 * n_cols, 1.6 + 0.4 * n_rows))
+    if corr.empty:
+        ax.text(0.5, 0.5, "too few COMPLETE trials", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    else:
+        im = ax.imshow(corr.to_numpy(dtype=float), cmap="coolwarm", vmin=-1, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(corr.columns)), [("weighted score" if c == SCORE else c) for c in corr.columns])
+        ax.set_yticks(range(len(corr.index)), corr.index)
+        for i in range(len(corr.index)):
+            for j in range(len(corr.columns)):
+                v = corr.iat[i, j]
+                ax.text(j, i, "–" if pd.isna(v) else f"{v:+.2f}", ha="center", va="center", fontsize=8)
+        fig.colorbar(im, ax=ax, label="Spearman ρ")
+    ax.set_title("Parameter vs objective (Spearman, COMPLETE trials)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path, plt)
+
+
+def plot_learning_curves(curves: pd.DataFrame, path: Path) -> None:
+    """Train loss (left) and eval loss (right) against step, one line per trial coloured by state;
+    pruned trials dashed with an ``x`` where they were stopped."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, kind in zip(axes, ("train", "eval")):
+        sub = curves[curves.kind == kind] if len(curves) else curves
+        seen: set[str] = set()
+        for (trial, state), g in sub.groupby(["trial", "state"], sort=True) if len(sub) else []:
+            c, _ = STATE_STYLE.get(state, ("tab:gray", "o"))
+            pruned = state == "PRUNED"
+            ax.plot(g.step, g.loss, c=c, ls="--" if pruned else "-", lw=1, alpha=0.8,
+                    marker="." if kind == "eval" else None, label=state if state not in seen else None)
+            seen.add(state)
+            if pruned:
+                ax.plot(g.step.iloc[-1], g.loss.iloc[-1], "x", c=c, ms=8, mew=2)
+        if not len(sub):
+            ax.text(0.5, 0.5, "no curves recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(f"{kind} loss")
+        ax.set_title(f"{kind} loss (pruned: dashed, x = stopped)", fontsize=10)
+        ax.grid(alpha=0.3)
+        if seen:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path, plt)
+
+
+def direction_label(name: str) -> str:
+    if name == SCORE:
+        return "weighted score (higher is better)"
+    return f"{name} ({'lower' if KNOWN[name][0] == 'minimize' else 'higher'} is better)"

@@ -1,0 +1,430 @@
+"""``report.html``: one self-contained page that opens offline (no CDN, no network).
+
+It renders data computed elsewhere (:mod:`moopt.results`, :mod:`moopt.analysis`): the PNGs are
+embedded as base64 data URIs, the Pareto scatter is inline SVG drawn by a little vanilla JS from
+an embedded JSON block (hover a point for its configuration and metrics), and the trials table
+sorts on a header click. The page records its own health in the DOM, which the headless-browser
+test reads: ``#report-ready`` once the scripts ran, ``#js-errors > .js-error`` for any error.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from moopt.analysis import SCORE, Analysis, analyze, direction_label, format_importance
+from moopt.results import StudyData
+
+REPORT = "report.html"
+# title -> file in the output dir, embedded when present (written by results.py and analysis.py).
+# pareto_front.png and param_importance.png are left out: the page draws the same data itself.
+IMAGES = {
+    "Optimisation history": "optimization_plot.png",
+    "Learning curves": "learning_curves.png",
+    "Correlations (Spearman)": "correlations.png",
+}
+STATE_COLOURS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "INFEASIBLE": "#d62728", "FAIL": "#7f7f7f"}
+
+
+def write_html_report(output_dir: str | Path, data: StudyData, analysis: Analysis | None = None) -> Path:
+    """Write ``report.html`` into ``output_dir`` (atomic) and return its path. ``analysis``
+    defaults to :func:`moopt.analysis.analyze` of the same directory."""
+    from moopt.yamlio import atomic_write_text
+
+    out = Path(output_dir)
+    analysis = analysis if analysis is not None else analyze(out, data)
+    images = {title: (out / name).read_bytes() for title, name in IMAGES.items() if (out / name).is_file()}
+    path = out / REPORT
+    atomic_write_text(path, build_html(data, analysis, images))
+    return path
+
+
+def build_html(data: StudyData, analysis: Analysis, images: dict[str, bytes]) -> str:
+    e = html.escape
+    h = data.header
+    counts = data.table.state.value_counts().to_dict() if len(data.table) else {}
+    objectives = ", ".join(f"{n} ×{w:.2f}" for n, w in zip(data.objectives.names, data.objectives.weights))
+    facts = [
+        ("Base model", h.get("base_model", "?")),
+        ("Objectives (weight)", objectives),
+        ("Trials", f"{len(data.table)} (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"),
+        ("Memory constraint", f"{h['memory_constraint_gb']:g} GiB" if h.get("memory_constraint_gb") else "none"),
+        ("Started", h.get("created", "?")),
+    ]
+    body = [f"<h1>moopt study report</h1>",
+            "<dl class='facts'>" + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in facts) + "</dl>",
+            _best_section(data),
+            _pareto_section(data, analysis),
+            _importance_section(analysis),
+            _images_section(images),
+            _table_section(data),
+            _notes_section(analysis)]
+    payload = json.dumps(_payload(data, analysis), default=str, allow_nan=False).replace("</", "<\\/")
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>moopt report: {e(str(h.get('base_model', '')))}</title>"
+            f"<script>{ERROR_JS}</script><style>{CSS}</style></head><body>\n<main>\n"
+            + "\n".join(body)
+            + f"\n</main>\n<div id='tooltip' role='tooltip' hidden></div>"
+            f"<script type='application/json' id='report-data'>{payload}</script>\n<script>{MAIN_JS}</script>\n"
+            "</body></html>\n")
+
+
+# -- sections ------------------------------------------------------------------------------------------
+def _best_section(data: StudyData) -> str:
+    e = html.escape
+    if data.best is None:
+        if data.least_infeasible is not None:
+            return (f"<section><h2>Best configuration</h2><p class='warn'>No configuration fits. Least infeasible: "
+                    f"trial {data.least_infeasible}.</p></section>")
+        return "<section><h2>Best configuration</h2><p class='warn'>No trial completed; nothing to recommend.</p></section>"
+    row = data.table[data.table.number == data.best].iloc[0]
+    metrics = [(n, row[f"values_{n}"]) for n in data.objectives.names]
+    base = (data.baseline or {}).get("metrics") if (data.baseline or {}).get("state") == "COMPLETE" else None
+    cells = "".join(
+        f"<tr><th>{e(n)}</th><td>{_fmt(v)}</td><td class='muted'>{'' if not base or n not in base else 'base model ' + _fmt(base[n])}</td></tr>"
+        for n, v in metrics)
+    if data.objectives.multi:
+        cells += f"<tr><th>weighted score</th><td>{_fmt(data.best_score)}</td><td class='muted'>1 = best on every objective</td></tr>"
+    params = "".join(f"<tr><th>{e(c[len('params_'):])}</th><td colspan='2'>{e(_fmt(row[c]))}</td></tr>"
+                     for c in data.table.columns if c.startswith("params_"))
+    return (f"<section><h2>Best configuration: trial {data.best}</h2>"
+            f"<p class='muted'>Chosen by the weighted score among the Pareto front; full configuration in "
+            f"<code>best_config.yaml</code>, adapter in <code>trial_results/trial_{data.best}/adapter</code>.</p>"
+            f"<table class='kv'>{cells}{params}</table></section>")
+
+
+def _pareto_section(data: StudyData, analysis: Analysis) -> str:
+    pts = analysis.points
+    left = pts[~pts.plotted] if len(pts) else pts
+    missing = "".join(f"<li>trial {int(r.number)} {html.escape(r.state)}: {html.escape(str(r.error or 'no metrics'))}</li>"
+                      for r in left.itertuples())
+    legend = "".join(f"<span><i style='background:{c}'></i>{s}</span>" for s, c in STATE_COLOURS.items())
+    legend += "<span><i class='front'></i>Pareto front</span><span><i class='ring'></i>best (gold ring)</span>"
+    title = "Pareto front" if data.objectives.multi else "Objective by trial"
+    return (f"<section><h2>{title}</h2><p class='muted'>Hover a point for its configuration and metrics. "
+            f"Pruned trials show their values at the rung where they stopped.</p>"
+            f"<div class='axes'>x <select id='x-axis'></select> y <select id='y-axis'></select></div>"
+            f"<div id='pareto'></div><div class='legend'>{legend}</div>"
+            + (f"<details><summary>{len(left)} trial(s) not plotted (no metrics)</summary><ul>{missing}</ul></details>" if len(left) else "")
+            + "</section>")
+
+
+def _importance_section(analysis: Analysis) -> str:
+    e = html.escape
+    blocks = []
+    for tg, imp in analysis.importance.items():
+        name = "weighted score" if tg == SCORE else tg
+        if not imp:
+            blocks.append(f"<div class='imp'><h3>{e(name)}</h3><p class='muted'>Not computed: {e(imp.reason or '')}</p></div>")
+            continue
+        bars = "".join(f"<div class='bar'><span class='label'>{i}. {e(k)}</span><span class='track'>"
+                       f"<span style='width:{v * 100:.1f}%'></span></span><span class='pct'>{v * 100:.1f}%</span></div>"
+                       for i, (k, v) in enumerate(imp.items(), 1))
+        blocks.append(f"<div class='imp'><h3>{e(name)}</h3>{bars}</div>")
+    text = "\n\n".join(format_importance(imp) for imp in analysis.importance.values())
+    return (f"<section><h2>Parameter importance</h2><p class='muted'>Share of each target's variance explained "
+            f"by each parameter (fANOVA over a random forest, COMPLETE trials).</p>"
+            f"<div class='imps'>{''.join(blocks)}</div><details><summary>as text</summary><pre>{e(text)}</pre></details></section>")
+
+
+def _images_section(images: dict[str, bytes]) -> str:
+    figs = "".join(f"<figure><figcaption>{html.escape(t)}</figcaption>"
+                   f"<img alt='{html.escape(t)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'></figure>"
+                   for t, b in images.items())
+    return f"<section><h2>Plots</h2>{figs or '<p class=muted>No plots yet.</p>'}</section>"
+
+
+def _table_section(data: StudyData) -> str:
+    t = data.table
+    if not len(t):
+        return "<section><h2>Trials</h2><p class='muted'>No trials yet.</p></section>"
+    cols = ["number", "state", *[f"values_{n}" for n in data.objectives.names]]
+    cols += [c for c in ("score", "pareto", "peak_memory_gb", "duration") if c in t.columns]
+    cols += [c for c in t.columns if c.startswith("params_")] + ["error"]
+    head = "".join(f"<th data-col='{i}' tabindex='0'>{html.escape(_header(c))}</th>" for i, c in enumerate(cols))
+    rows = []
+    for _, r in t.sort_values("number").iterrows():
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            if c == "duration":
+                v = v.total_seconds() if isinstance(v, pd.Timedelta) else None
+            key = "" if _missing(v) else (float(v) if _is_num(v) else str(v))
+            cells.append(f"<td data-v='{html.escape(json.dumps(key))}'>{html.escape(_fmt(v))}</td>")
+        cls = " class='best'" if r.number == data.best else ""
+        rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    return (f"<section><h2>Trials</h2><p class='muted'>Click a header to sort. Also in <code>trials_summary.csv</code>.</p>"
+            f"<div class='scroll'><table id='trials'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div></section>")
+
+
+def _notes_section(analysis: Analysis) -> str:
+    notes = [*analysis.correlation_notes, *analysis.notes]
+    if not notes:
+        return ""
+    return "<section><h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul></section>"
+
+
+# -- data for the scatter ----------------------------------------------------------------------------
+def _payload(data: StudyData, analysis: Analysis) -> dict[str, Any]:
+    names = list(data.objectives.names)
+    axes = [{"key": f"values_{n}", "label": direction_label(n)} for n in names]
+    pts = analysis.points
+    if data.objectives.multi:
+        axes.append({"key": "score", "label": direction_label(SCORE)})
+    if "peak_memory_gb" in pts and pts.peak_memory_gb.notna().any():
+        axes.append({"key": "peak_memory_gb", "label": "peak_memory_gb (GiB)"})
+    axes.append({"key": "number", "label": "trial number"})
+    default = [axes[0]["key"], axes[1]["key"]] if data.objectives.multi else ["number", axes[0]["key"]]
+    points = []
+    for _, r in pts[pts.plotted].iterrows() if len(pts) else []:
+        points.append({
+            "number": int(r.number), "state": r.state, "pareto": bool(r.pareto), "best": bool(r.best),
+            "error": None if _missing(r.error) else str(r.error),
+            "values": {a["key"]: _num(r.get(a["key"])) for a in axes},
+            "params": {c[len("params_"):]: _plain(r[c]) for c in pts.columns if c.startswith("params_")},
+        })
+    return {"axes": axes, "default": default, "colours": STATE_COLOURS, "points": points}
+
+
+def _header(col: str) -> str:
+    for prefix in ("values_", "params_"):
+        if col.startswith(prefix):
+            return col[len(prefix):]
+    return {"number": "trial", "duration": "duration (s)", "peak_memory_gb": "peak GiB"}.get(col, col)
+
+
+def _missing(v: Any) -> bool:
+    if v is None or v is pd.NaT:
+        return True
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) or hasattr(v, "dtype") and v.dtype.kind in "iuf"
+
+
+def _num(v: Any) -> float | None:
+    return None if _missing(v) or not _is_num(v) or not math.isfinite(float(v)) else float(v)
+
+
+def _plain(v: Any) -> Any:
+    if _missing(v):
+        return None
+    if hasattr(v, "item"):
+        v = v.item()
+    return v if isinstance(v, (int, float, str, bool)) else str(v)
+
+
+def _fmt(v: Any) -> str:
+    if _missing(v):
+        return ""
+    if isinstance(v, (bool,)) or (hasattr(v, "dtype") and v.dtype.kind == "b"):
+        return "yes" if v else ""
+    if _is_num(v):
+        v = float(v)
+        return str(int(v)) if v.is_integer() and abs(v) < 1e6 else f"{v:.4g}"
+    return str(v)
+
+
+ERROR_JS = r"""
+window.addEventListener('error', function (ev) {
+  var box = document.getElementById('js-errors');
+  if (!box) { box = document.createElement('div'); box.id = 'js-errors';
+    (document.body || document.documentElement).appendChild(box); }
+  var p = document.createElement('p'); p.className = 'js-error';
+  p.textContent = 'JavaScript error: ' + ev.message + ' (line ' + ev.lineno + ')';
+  box.appendChild(p);
+});
+"""
+
+MAIN_JS = r"""
+(function () {
+  'use strict';
+  var D = JSON.parse(document.getElementById('report-data').textContent);
+  var SVG = 'http://www.w3.org/2000/svg';
+  var W = 680, H = 420, M = {l: 70, r: 20, t: 15, b: 50};
+  var tip = document.getElementById('tooltip');
+
+  function el(name, attrs, parent) {
+    var n = document.createElementNS(SVG, name);
+    for (var k in attrs) n.setAttribute(k, attrs[k]);
+    if (parent) parent.appendChild(n);
+    return n;
+  }
+  function niceTicks(lo, hi, n) {
+    var span = hi - lo, step = Math.pow(10, Math.floor(Math.log10(span / n)));
+    var err = span / n / step;
+    step *= err >= 7.5 ? 10 : err >= 3.5 ? 5 : err >= 1.5 ? 2 : 1;
+    var out = [], digits = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+    for (var v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push({v: v, s: v.toFixed(digits)});
+    return out;
+  }
+  function extent(vals) {
+    var lo = Math.min.apply(null, vals), hi = Math.max.apply(null, vals);
+    if (hi === lo) { var d = Math.abs(lo) * 0.1 || 1; lo -= d; hi += d; }
+    var pad = (hi - lo) * 0.06;
+    return [lo - pad, hi + pad];
+  }
+  function fmt(v) {
+    if (v === null || v === undefined) return '–';
+    if (typeof v !== 'number') return String(v);
+    return Number.isInteger(v) ? String(v) : v.toPrecision(4);
+  }
+  function label(key) {
+    for (var i = 0; i < D.axes.length; i++) if (D.axes[i].key === key) return D.axes[i].label;
+    return key;
+  }
+
+  function showTip(p, ev) {
+    var rows = ['<b>trial ' + p.number + '</b> <span style="color:' + esc(D.colours[p.state] || '#999') + '">' + esc(p.state) + '</span>'
+      + (p.best ? ' · best' : '') + (p.pareto ? ' · Pareto' : '')];
+    D.axes.forEach(function (a) { if (a.key !== 'number') rows.push(esc(a.key.replace('values_', '')) + ': ' + esc(fmt(p.values[a.key]))); });
+    rows.push('<hr>');
+    Object.keys(p.params).forEach(function (k) { rows.push(esc(k) + ': ' + esc(fmt(p.params[k]))); });
+    if (p.error) rows.push('<hr>' + esc(p.error));
+    tip.innerHTML = '';
+    rows.forEach(function (r) { var d = document.createElement('div'); d.innerHTML = r; tip.appendChild(d); });  // escaped above
+    tip.hidden = false;
+    tip.style.left = (ev.pageX + 14) + 'px';
+    tip.style.top = (ev.pageY + 14) + 'px';
+  }
+  function esc(s) { return String(s).replace(/[&<>"]/g, function (c) { return {'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;'}[c]; }); }
+
+  function draw(xk, yk) {
+    var box = document.getElementById('pareto');
+    box.innerHTML = '';
+    var svg = el('svg', {viewBox: '0 0 ' + W + ' ' + H, width: '100%', role: 'img', 'aria-label': 'trials scatter'}, box);
+    var pts = D.points.filter(function (p) { return p.values[xk] !== null && p.values[yk] !== null; });
+    if (!pts.length) { var t = el('text', {x: W / 2, y: H / 2, 'text-anchor': 'middle'}, svg); t.textContent = 'no trial has these values yet'; return 0; }
+    var ex = extent(pts.map(function (p) { return p.values[xk]; })), ey = extent(pts.map(function (p) { return p.values[yk]; }));
+    function sx(v) { return M.l + (v - ex[0]) / (ex[1] - ex[0]) * (W - M.l - M.r); }
+    function sy(v) { return H - M.b - (v - ey[0]) / (ey[1] - ey[0]) * (H - M.t - M.b); }
+    var g = el('g', {'class': 'grid'}, svg);
+    niceTicks(ex[0], ex[1], 6).forEach(function (t) {
+      el('line', {x1: sx(t.v), x2: sx(t.v), y1: M.t, y2: H - M.b}, g);
+      el('text', {x: sx(t.v), y: H - M.b + 16, 'text-anchor': 'middle'}, g).textContent = t.s;
+    });
+    niceTicks(ey[0], ey[1], 6).forEach(function (t) {
+      el('line', {x1: M.l, x2: W - M.r, y1: sy(t.v), y2: sy(t.v)}, g);
+      el('text', {x: M.l - 6, y: sy(t.v) + 4, 'text-anchor': 'end'}, g).textContent = t.s;
+    });
+    el('rect', {x: M.l, y: M.t, width: W - M.l - M.r, height: H - M.t - M.b, 'class': 'frame'}, svg);
+    el('text', {x: (M.l + W - M.r) / 2, y: H - 10, 'text-anchor': 'middle', 'class': 'axis'}, svg).textContent = label(xk);
+    el('text', {x: 16, y: (M.t + H - M.b) / 2, 'text-anchor': 'middle', 'class': 'axis',
+                transform: 'rotate(-90 16 ' + (M.t + H - M.b) / 2 + ')'}, svg).textContent = label(yk);
+    var front = pts.filter(function (p) { return p.pareto; }).sort(function (a, b) { return a.values[xk] - b.values[xk]; });
+    if (front.length > 1)
+      el('polyline', {'class': 'front', points: front.map(function (p) { return sx(p.values[xk]) + ',' + sy(p.values[yk]); }).join(' ')}, svg);
+    pts.forEach(function (p) {
+      var x = sx(p.values[xk]), y = sy(p.values[yk]);
+      if (p.best) el('circle', {cx: x, cy: y, r: 11, 'class': 'best-ring'}, svg);
+      var c = el('circle', {cx: x, cy: y, r: p.pareto ? 6.5 : 5, fill: D.colours[p.state] || '#999',
+                            'class': 'pt' + (p.pareto ? ' pareto' : '') + (p.best ? ' best' : ''),
+                            'data-trial': p.number, 'data-state': p.state, tabindex: 0}, svg);
+      c.addEventListener('mouseenter', function (ev) { showTip(p, ev); });
+      c.addEventListener('mousemove', function (ev) { tip.style.left = (ev.pageX + 14) + 'px'; tip.style.top = (ev.pageY + 14) + 'px'; });
+      c.addEventListener('mouseleave', function () { tip.hidden = true; });
+      c.addEventListener('focus', function () { var r = c.getBoundingClientRect();
+        showTip(p, {pageX: r.right + window.scrollX, pageY: r.bottom + window.scrollY}); });
+      c.addEventListener('blur', function () { tip.hidden = true; });
+    });
+    return pts.length;
+  }
+
+  var xs = document.getElementById('x-axis'), ys = document.getElementById('y-axis');
+  D.axes.forEach(function (a) {
+    [xs, ys].forEach(function (s) {
+      var o = document.createElement('option'); o.value = a.key; o.textContent = a.key.replace('values_', ''); s.appendChild(o);
+    });
+  });
+  xs.value = D['default'][0]; ys.value = D['default'][1];
+  function redraw() { return draw(xs.value, ys.value); }
+  xs.addEventListener('change', redraw); ys.addEventListener('change', redraw);
+  var drawn = redraw();
+
+  // sortable trials table: numbers numerically, empty cells last, click again to reverse
+  var table = document.getElementById('trials');
+  if (table) {
+    var ths = table.querySelectorAll('th');
+    ths.forEach(function (th) {
+      function sort() {
+        var col = +th.getAttribute('data-col'), asc = th.getAttribute('aria-sort') !== 'ascending';
+        ths.forEach(function (o) { o.removeAttribute('aria-sort'); });
+        th.setAttribute('aria-sort', asc ? 'ascending' : 'descending');
+        var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+        rows.sort(function (a, b) {
+          var va = JSON.parse(a.cells[col].getAttribute('data-v')), vb = JSON.parse(b.cells[col].getAttribute('data-v'));
+          if (va === '' || vb === '') return va === vb ? 0 : va === '' ? 1 : -1;
+          var r = (typeof va === 'number' && typeof vb === 'number') ? va - vb : String(va).localeCompare(String(vb));
+          return asc ? r : -r;
+        });
+        rows.forEach(function (r) { body.appendChild(r); });
+      }
+      th.addEventListener('click', sort);
+      th.addEventListener('keydown', function (ev) { if (ev.key === 'Enter') sort(); });
+    });
+  }
+
+  var ok = document.createElement('div');
+  ok.id = 'report-ready'; ok.hidden = true; ok.setAttribute('data-points', drawn);
+  document.body.appendChild(ok);
+})();
+"""
+
+CSS = """
+:root { --fg: #1d2330; --muted: #667085; --line: #e3e6ec; --accent: #1f77b4; }
+body { margin: 0; font: 14px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); background: #f6f7f9; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px; }
+h1 { font-size: 24px; margin: 0 0 12px; }
+h2 { font-size: 18px; margin: 0 0 8px; }
+h3 { font-size: 14px; margin: 0 0 6px; }
+section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px 20px; margin: 16px 0; }
+.muted { color: var(--muted); }
+.warn { color: #b42318; font-weight: 600; }
+code { background: #f0f2f5; padding: 1px 4px; border-radius: 3px; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 0; }
+dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+table.kv th { text-align: left; font-weight: 500; color: var(--muted); padding: 2px 16px 2px 0; }
+table.kv td { padding: 2px 12px 2px 0; }
+.scroll { overflow-x: auto; }
+#trials th, #trials td { padding: 4px 8px; border-bottom: 1px solid var(--line); white-space: nowrap; text-align: right; }
+#trials th { position: sticky; top: 0; background: #fafbfc; cursor: pointer; user-select: none; }
+#trials th[aria-sort=ascending]::after { content: " ▲"; } #trials th[aria-sort=descending]::after { content: " ▼"; }
+#trials tr.best td { background: #fff8db; font-weight: 600; }
+#trials tbody tr:hover td { background: #f0f5fb; }
+#pareto svg { max-width: 680px; display: block; }
+.grid line { stroke: #eceef2; } .grid text { font-size: 11px; fill: var(--muted); }
+.frame { fill: none; stroke: #c9ced6; } .axis { font-size: 12px; fill: var(--fg); }
+.front { fill: none; stroke: #222; stroke-width: 1.2; stroke-dasharray: 4 3; }
+.pt { stroke: #fff; stroke-width: 1; cursor: pointer; opacity: .9; } .pt.pareto { stroke: #222; stroke-width: 1.5; }
+.pt:hover, .pt:focus { stroke: #000; stroke-width: 2; outline: none; }
+.best-ring { fill: #ffd700; stroke: #222; stroke-width: 1; opacity: .85; }
+.legend { display: flex; flex-wrap: wrap; gap: 14px; color: var(--muted); font-size: 12px; margin-top: 6px; }
+.legend i { display: inline-block; width: 10px; height: 10px; border-radius: 50%; margin-right: 5px; vertical-align: middle; }
+.legend i.front { border-radius: 0; height: 0; width: 16px; border-top: 1.5px dashed #222; }
+.legend i.ring { background: #ffd700; border: 1px solid #222; }
+.axes { font-size: 12px; color: var(--muted); margin-bottom: 4px; } .axes select { margin: 0 10px 0 2px; }
+#tooltip { position: absolute; z-index: 10; background: #fff; border: 1px solid #c9ced6; border-radius: 6px; padding: 8px 10px;
+  box-shadow: 0 4px 14px rgba(0,0,0,.12); font-size: 12px; max-width: 340px; pointer-events: none; }
+#tooltip hr { border: 0; border-top: 1px solid var(--line); margin: 4px 0; }
+.imps { display: flex; flex-wrap: wrap; gap: 24px; }
+.imp { flex: 1 1 300px; }
+.bar { display: grid; grid-template-columns: 150px 1fr 52px; align-items: center; gap: 8px; font-size: 12px; }
+.bar .track { background: #eef1f5; border-radius: 3px; height: 10px; }
+.bar .track span { display: block; height: 100%; background: var(--accent); border-radius: 3px; }
+.bar .pct { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 12px 0; } figcaption { font-weight: 600; margin-bottom: 4px; }
+figure img { max-width: 100%; border: 1px solid var(--line); border-radius: 4px; }
+#js-errors { background: #fee4e2; color: #b42318; padding: 8px 24px; }
+"""

@@ -1,0 +1,210 @@
+"""Analysis data on synthetic studies: a fake output dir (journal + search_space.yaml + metrics.json)
+where learning_rate alone drives the objectives, so the right answers are known."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+from moopt.analysis import (MISSING_DEPS, SCORE, correlations, format_importance, learning_curves, param_importance,
+                            pareto_points, write_analysis)
+from moopt.journal import Journal
+from moopt.results import load_study
+
+SPACE = """\
+training:
+  learning_rate: {type: log_uniform, min: 1.0e-05, max: 0.01}
+  batch_size: {type: categorical, values: [4, 8, 16]}
+  warmup_ratio: {type: uniform, min: 0.0, max: 0.1}
+lora:
+  r: {type: int, min: 4, max: 32, step: 4}
+  target_modules: {type: categorical, values: [[q_proj, v_proj], [q_proj, k_proj, v_proj, o_proj]]}
+"""
+TARGETS = ["q_proj,v_proj", "q_proj,k_proj,v_proj,o_proj"]
+
+
+def synthetic_trials(n: int, seed: int = 0) -> list[dict]:
+    """eval_loss rises and eval_accuracy falls with log(learning_rate); the rest is noise-free
+    filler with a 1% noise floor. Trial 3 is PRUNED at step 5, trial 5 FAILs, trial 7 is INFEASIBLE."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        lr = 10 ** rng.uniform(-5, -2)
+        params = {"learning_rate": float(f"{lr:.6g}"), "batch_size": rng.choice([4, 8, 16]),
+                  "warmup_ratio": round(rng.uniform(0, 0.1), 4), "r": rng.choice(range(4, 33, 4)),
+                  "target_modules": rng.choice(TARGETS)}
+        x = math.log10(lr) + 5  # 0 .. 3
+        metrics = {"eval_loss": 1.0 + 0.5 * x + rng.gauss(0, 0.01),
+                   "eval_accuracy": 0.9 - 0.2 * x + rng.gauss(0, 0.002), "peak_memory_gb": 1.0 + params["r"] / 100}
+        state, error = "COMPLETE", None
+        if i == 3:
+            state, error = "PRUNED", "pruned at step 5"
+        elif i == 5:
+            state, error, metrics = "FAIL", "RuntimeError: injected fault", {}
+        elif i == 7:
+            state, error = "INFEASIBLE", "peak 9.00 GiB > --memory_constraint 8 GiB"
+        out.append({"params": params, "state": state, "error": error, "metrics": metrics})
+    return out
+
+
+def write_fake_study(out: Path, trials: list[dict], objectives=("eval_loss", "eval_accuracy"),
+                     weights=(0.7, 0.3), space: str | None = SPACE) -> Path:
+    """What a study leaves behind, minus models: journal.jsonl, search_space.yaml, metrics.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    if space is not None:
+        (out / "search_space.yaml").write_text(space)
+    j = Journal(out)
+    j.append({"type": "study", "created": "2026-01-01T00:00:00", "objectives": list(objectives),
+              "weights": list(weights), "base_model": "tiny", "memory_constraint_gb": None, "num_trials": len(trials)})
+    for n, t in enumerate(trials):
+        start, end = f"2026-01-01T00:{n:02d}:00", f"2026-01-01T00:{n:02d}:30"
+        j.append({"type": "trial_start", "number": n, "datetime_start": start, "params": t["params"]})
+        total = 10
+        steps = {"PRUNED": 5, "FAIL": 2}.get(t["state"], total)
+        j.append({"type": "trial_end", "number": n, "datetime_start": start, "datetime_complete": end,
+                  "state": t["state"], "metrics": t["metrics"], "error": t["error"], "steps": steps, "total_steps": total})
+        curve = [{"step": s, "epoch": s / total, "train_loss": 3.0 - 0.1 * s, "lr": 1e-4} for s in range(1, steps + 1)]
+        evals = [] if t["state"] == "FAIL" else [{"step": 5, "eval_loss": 2.5, "eval_accuracy": 0.3}]
+        if t["state"] in ("COMPLETE", "INFEASIBLE"):
+            evals.append({"step": total, **{k: v for k, v in t["metrics"].items() if k.startswith("eval_")}})
+        d = out / "trial_results" / f"trial_{n}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "metrics.json").write_text(json.dumps({"number": n, "state": t["state"], "curve": curve, "evals": evals}))
+    j.close()
+    return out
+
+
+@pytest.fixture
+def study_dir(tmp_path) -> Path:
+    return write_fake_study(tmp_path / "study", synthetic_trials(24))
+
+
+# -- importance -------------------------------------------------------------------------------------
+def test_importance_shares_sum_to_one_and_are_stable_for_a_seed(study_dir):
+    pytest.importorskip("optuna")
+    pytest.importorskip("sklearn")
+    data = load_study(study_dir)
+    for target in (*data.objectives.names, SCORE):
+        a = param_importance(data, target, seed=0, output_dir=study_dir)
+        b = param_importance(data, target, seed=0, output_dir=study_dir)
+        assert a.reason is None and len(a) >= 4
+        assert sum(a.values()) == pytest.approx(1.0)
+        assert dict(a) == dict(b)
+        assert list(a.values()) == sorted(a.values(), reverse=True)
+
+
+def test_the_parameter_that_drives_the_objective_gets_the_top_share(study_dir):
+    pytest.importorskip("optuna")
+    pytest.importorskip("sklearn")
+    data = load_study(study_dir)
+    for target in ("eval_loss", "eval_accuracy", SCORE):
+        imp = param_importance(data, target, seed=0, output_dir=study_dir)
+        assert next(iter(imp)) == "learning_rate"
+        assert imp["learning_rate"] > 0.5, dict(imp)
+    # the same without search_space.yaml: distributions inferred from the table
+    (study_dir / "search_space.yaml").unlink()
+    imp = param_importance(load_study(study_dir), "eval_loss", seed=0, output_dir=study_dir)
+    assert next(iter(imp)) == "learning_rate"
+
+
+def test_importance_only_uses_complete_trials_and_explains_why_when_too_few(tmp_path):
+    trials = synthetic_trials(8)
+    for t in trials[2:]:
+        t["state"], t["error"] = "PRUNED", "pruned at step 5"
+    data = load_study(write_fake_study(tmp_path / "few", trials))
+    imp = param_importance(data, "eval_loss", output_dir=tmp_path / "few")
+    assert dict(imp) == {} and imp.n_trials == 2
+    assert "2 COMPLETE trial(s)" in imp.reason and "at least 3" in imp.reason
+    assert "not computed" in format_importance(imp)
+
+
+def test_importance_without_optuna_degrades_with_an_install_hint(study_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna -> ImportError
+    imp = param_importance(load_study(study_dir), "eval_loss", output_dir=study_dir)
+    assert dict(imp) == {} and imp.reason == MISSING_DEPS
+
+
+def test_importance_rejects_an_unknown_target(study_dir):
+    with pytest.raises(ValueError, match="eval_perplexity"):
+        param_importance(load_study(study_dir), "eval_perplexity")
+
+
+def test_format_importance_prints_ranked_percentages(study_dir):
+    pytest.importorskip("optuna")
+    pytest.importorskip("sklearn")
+    text = format_importance(param_importance(load_study(study_dir), "eval_loss", output_dir=study_dir))
+    lines = text.splitlines()
+    assert lines[0].startswith("Parameter importance for eval_loss (fANOVA, 21 COMPLETE trials)")
+    assert lines[1].startswith("1. learning_rate (") and lines[1].endswith("%)")
+    assert sum(float(line.rsplit("(", 1)[1][:-2]) for line in lines[1:]) == pytest.approx(100, abs=0.3)
+
+
+# -- correlations ----------------------------------------------------------------------------------
+def test_correlation_signs_follow_a_monotone_relation(study_dir):
+    corr = correlations(load_study(study_dir))
+    assert list(corr.columns) == ["eval_loss", "eval_accuracy", SCORE]
+    assert corr.loc["learning_rate", "eval_loss"] > 0.95  # loss rises with lr
+    assert corr.loc["learning_rate", "eval_accuracy"] < -0.95
+    assert corr.loc["learning_rate", SCORE] < -0.9  # higher score = better, lower lr is better here
+    assert abs(corr.loc["warmup_ratio", "eval_loss"]) < 0.6  # noise
+    # text categoricals enter one-hot, numeric categoricals (batch_size) as ordinal
+    assert {f"target_modules={v}" for v in TARGETS} <= set(corr.index)
+    assert "batch_size" in corr.index
+
+
+def test_correlations_note_parameters_that_never_varied(tmp_path):
+    trials = synthetic_trials(10)
+    for t in trials:
+        t["params"]["batch_size"] = 8
+    corr = correlations(load_study(write_fake_study(tmp_path / "s", trials)))
+    assert "batch_size" not in corr.index
+    assert any(n.startswith("batch_size:") for n in corr.attrs["notes"])
+
+
+# -- learning curves, Pareto points -----------------------------------------------------------------
+def test_learning_curves_include_pruned_and_failed_trials(study_dir):
+    c = learning_curves(study_dir)
+    assert list(c.columns) == ["trial", "state", "step", "kind", "loss"]
+    pruned = c[c.trial == 3]
+    assert set(pruned.state) == {"PRUNED"}
+    assert pruned[pruned.kind == "train"].step.tolist() == [1, 2, 3, 4, 5]
+    assert pruned[pruned.kind == "eval"].step.tolist() == [5]  # the rung where it was stopped
+    assert c[c.trial == 0].query("kind == 'eval'").step.tolist() == [5, 10]
+    assert set(c[c.trial == 5].kind) == {"train"}  # FAIL: curve up to the crash, no evals
+    assert set(c[c.trial == 7].state) == {"INFEASIBLE"}  # state from the journal, not metrics.json
+    assert c.trial.nunique() == 24
+
+
+def test_pareto_points_distinguish_states_and_mark_the_best(study_dir):
+    data = load_study(study_dir)
+    pts = pareto_points(data).set_index("number")
+    assert pts.loc[3, "state"] == "PRUNED" and pts.loc[7, "state"] == "INFEASIBLE"
+    assert pts.loc[5, "state"] == "FAIL" and not pts.loc[5, "plotted"]  # no metrics, cannot be placed
+    assert pts.best.sum() == 1 and pts.loc[data.best, "best"] and pts.loc[data.best, "pareto"]
+    assert set(pts.index[pts.pareto]) == set(data.pareto)
+    assert not pts.loc[[3, 5, 7], "pareto"].any()  # the front holds COMPLETE trials only
+
+
+def test_write_analysis_writes_csvs_and_valid_pngs(study_dir):
+    a = write_analysis(study_dir, load_study(study_dir))
+    for name in ("param_importance.png", "correlations.png", "learning_curves.png"):
+        assert (study_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import pandas as pd
+
+    corr = pd.read_csv(study_dir / "correlations.csv", index_col="param")
+    assert corr.loc["learning_rate", "eval_loss"] == pytest.approx(a.correlations.loc["learning_rate", "eval_loss"])
+    imp = pd.read_csv(study_dir / "param_importance.csv")
+    if len(imp):  # empty without the optional deps
+        assert imp.groupby("target").share.sum().to_dict() == pytest.approx({t: 1.0 for t in a.importance})
+
+
+def test_single_objective_study(tmp_path):
+    out = write_fake_study(tmp_path / "one", synthetic_trials(12), objectives=("eval_loss",), weights=(1.0,))
+    a = write_analysis(out, load_study(out))
+    assert list(a.importance) == ["eval_loss"]
+    assert list(a.correlations.columns) == ["eval_loss"]

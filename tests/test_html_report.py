@@ -1,0 +1,122 @@
+"""report.html: written, self-contained, and working in a real headless browser (Debian's chromium).
+
+The page records its own health in the DOM (``#report-ready`` after init, ``#js-errors > .js-error``
+for any error), so ``chromium --dump-dom`` proves that its scripts ran without errors.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_analysis import synthetic_trials, write_fake_study
+
+from moopt.analysis import write_analysis
+from moopt.html_report import REPORT, write_html_report
+from moopt.results import load_study, plot_optimization, plot_pareto
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    out = write_fake_study(tmp_path_factory.mktemp("report") / "study", synthetic_trials(24))
+    data = load_study(out)
+    plot_optimization(data, out / "optimization_plot.png")
+    plot_pareto(data, out / "pareto_front.png")
+    return write_html_report(out, data, write_analysis(out, data))
+
+
+def plotted_trials(report: Path) -> set[int]:
+    pts = load_study(report.parent).table.dropna(subset=["values_eval_loss", "values_eval_accuracy"])
+    return set(pts.number.astype(int))
+
+
+def test_report_is_one_self_contained_file(report):
+    text = report.read_text()
+    assert report.name == REPORT
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)  # nothing fetched
+    assert "<link" not in text and "@import" not in text and "url(http" not in text
+    assert text.count("data:image/png;base64,") == 3  # history, learning curves, correlations
+    assert "1. learning_rate (" in text  # importance as the guide prints it
+    data = json.loads(re.search(r"<script type='application/json' id='report-data'>(.*?)</script>", text, re.S).group(1))
+    assert {p["number"] for p in data["points"]} == plotted_trials(report)
+    assert sum(p["best"] for p in data["points"]) == 1
+
+
+# -- in a real browser ------------------------------------------------------------------------------
+def browser() -> str:
+    for name in BROWSERS:
+        if path := shutil.which(name):
+            return path
+    pytest.skip("no headless browser: install Debian's chromium (`apt-get install -y chromium`)")
+
+
+def dump_dom(page: Path, tmp_path: Path) -> tuple[str, list[str]]:
+    """Load ``page`` headless with no network, return (DOM after the scripts ran, console lines)."""
+    cmd = [browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+           "--enable-logging=stderr", "--v=0", "--dump-dom", page.resolve().as_uri()]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=25)
+    except subprocess.TimeoutExpired:
+        pytest.fail("chromium did not finish loading the report within 25 s")
+    assert res.returncode == 0, res.stderr[-2000:]
+    console = [line for line in res.stderr.splitlines() if ":CONSOLE" in line]
+    return res.stdout, console
+
+
+def with_script(report: Path, dest: Path, js: str) -> Path:
+    """A copy of the report with ``js`` run after the page's own scripts."""
+    dest.write_text(report.read_text().replace("</body>", f"<script>{js}</script></body>"))
+    return dest
+
+
+def test_report_loads_in_chromium_without_errors_and_draws_every_point(report, tmp_path):
+    dom, console = dump_dom(report, tmp_path)
+    assert console == []  # no console message at all, errors included
+    assert 'class="js-error"' not in dom
+    ready = re.search(r'<div id="report-ready"[^>]*data-points="(\d+)"', dom)
+    assert ready, "the page's init did not finish"
+    trials = {int(n) for n in re.findall(r'<circle [^>]*data-trial="(\d+)"', dom)}
+    assert trials == plotted_trials(report) and int(ready.group(1)) == len(trials)
+    assert len(re.findall(r'<circle [^>]*class="pt[^"]*\bbest\b', dom)) == 1
+    states = set(re.findall(r'<circle [^>]*data-state="(\w+)"', dom))
+    assert {"COMPLETE", "PRUNED", "INFEASIBLE"} <= states  # FAIL has no metrics, so no point
+
+
+def test_hover_shows_the_configuration_and_headers_sort_the_table(report, tmp_path):
+    probe = """
+      var r = {}, c = document.querySelector('circle[data-trial="3"]');
+      c.dispatchEvent(new MouseEvent('mouseenter', {clientX: 20, clientY: 20}));
+      var tip = document.getElementById('tooltip');
+      r.tipVisible = !tip.hidden; r.tip = tip.textContent;
+      c.dispatchEvent(new MouseEvent('mouseleave')); r.tipHidden = tip.hidden;
+      var th = document.querySelector('#trials th[data-col="0"]');
+      th.click(); th.click();  // trial number, descending
+      r.desc = Array.from(document.querySelectorAll('#trials tbody tr')).map(function (tr) { return tr.cells[0].textContent; });
+      var loss = document.querySelector('#trials th[data-col="2"]'); loss.click();
+      r.loss = Array.from(document.querySelectorAll('#trials tbody tr')).map(function (tr) { return tr.cells[2].textContent; });
+      var out = document.createElement('pre'); out.id = 'probe'; out.textContent = JSON.stringify(r); document.body.appendChild(out);
+    """
+    dom, console = dump_dom(with_script(report, tmp_path / "probe.html", probe), tmp_path)
+    assert console == [] and 'class="js-error"' not in dom
+    r = json.loads(html.unescape(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1)))
+    assert r["tipVisible"] and r["tipHidden"]
+    assert "trial 3" in r["tip"] and "PRUNED" in r["tip"] and "learning_rate:" in r["tip"] and "eval_loss:" in r["tip"]
+    assert r["desc"] == [str(n) for n in range(23, -1, -1)]
+    losses = [float(v) for v in r["loss"] if v]
+    assert losses == sorted(losses) and r["loss"][-1] == ""  # ascending, the failed trial (no value) last
+
+
+def test_a_script_error_would_be_caught(report, tmp_path):
+    """The checks above can fail: an error thrown on the page lands in #js-errors."""
+    dom, console = dump_dom(with_script(report, tmp_path / "broken.html", "undefinedFunction();"), tmp_path)
+    assert 'class="js-error"' in dom and "undefinedFunction" in dom
+    assert any("undefinedFunction" in line for line in console)
