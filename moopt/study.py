@@ -131,7 +131,7 @@ class Study:
 
     # -- the main loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from moopt.executor import LocalExecutor, plan_slots, wait_for_any
+        from moopt.executor import DevicePlacer, LocalExecutor, wait_for_any
         from moopt.results import write_results
 
         cfg = self.cfg
@@ -153,8 +153,7 @@ class Study:
                 self.pruner.record(r["rung"], r["number"], cfg.objectives.to_minimize(r["metrics"]))
 
         deadline = time.time() + cfg.time_budget_hours * 3600 if cfg.time_budget_hours else None
-        slots = plan_slots(cfg.parallel_trials)
-        free_slots = list(slots)
+        placer = DevicePlacer(cfg.parallel_trials)
         if cfg.executor == "ray":
             from moopt.ray_executor import RayExecutor
 
@@ -199,7 +198,7 @@ class Study:
             self.progress_view = view
             while True:
                 # fill free slots
-                while free_slots and n_started < cfg.num_trials and stop_note is None:
+                while placer.free() > 0 and n_started < cfg.num_trials and stop_note is None:
                     if not queue:
                         if engine.pending is not None and not engine.generation_done:
                             break  # wait for the generation to finish
@@ -223,11 +222,15 @@ class Study:
                     if deadline is not None and not self.fits_time(tcfg, durations, deadline):
                         stop_note = "time budget: the next trial could not finish before the deadline"
                         break
+                    candidate = number if number >= 0 else next_number
+                    slot = placer.place(candidate, self.estimate_gb(tcfg) if placer.on_gpu else None)
+                    if slot is None:  # no GPU has room for it now: wait for a running trial to end
+                        queue.insert(0, (idx, number))
+                        break
                     if number < 0:
                         number, next_number = next_number, next_number + 1
                     engine.assigned[number] = idx
                     engine.save(engine_path)
-                    slot = free_slots.pop(0)
                     running[number] = {"slot": slot, "idx": idx, "config": tcfg, "start": _now(), "t0": time.time(), "key": key}
                     self.start_trial(executor, number, tcfg, x, slot, deadline)
                     n_started += 1
@@ -235,7 +238,7 @@ class Study:
                     break
                 res = wait_for_any(executor, deadline=deadline)
                 info = running.pop(res.number)
-                free_slots.append(info["slot"])
+                placer.release(res.number)
                 end = self.end_trial(res, info)
                 finished[res.number] = end
                 evaluated[info["key"]] = end
@@ -253,6 +256,15 @@ class Study:
         return write_results(self.out)
 
     # -- per-trial steps -----------------------------------------------------------------------
+    def estimate_gb(self, tcfg: TrialConfig, device: str = "cuda") -> float:
+        """Analytic peak-memory estimate of a trial, GiB (moopt.memory), from the model's config only."""
+        from moopt.memory import estimate_peak, load_model_config
+
+        if not hasattr(self, "_model_config"):
+            self._model_config = load_model_config(self.cfg.model_path)
+        kernels = "torch" if self.cfg.kernels == "auto" and device == "cpu" else ("triton" if self.cfg.kernels == "auto" else self.cfg.kernels)
+        return estimate_peak(self._model_config, tcfg, device=device, kernels=kernels).total_gib
+
     def start_trial(self, executor, number: int, tcfg: TrialConfig, x: dict, slot, deadline) -> None:
         cfg = self.cfg
         params = {p.short: _plain(p.decode(x[p.name])) for p in cfg.space.params}

@@ -1,0 +1,26 @@
+from moopt.executor import DevicePlacer
+
+
+def test_gpu_placement_shares_a_gpu_only_when_estimates_fit():
+    p = DevicePlacer(parallel=4, gpus=[("0", 80.0), ("1", 40.0)])
+    a = p.place(0, 60.0)
+    assert a.device == "cuda:0"  # only GPU 0 holds 60 GiB
+    b = p.place(1, 30.0)
+    assert b.device == "cuda:1"  # GPU 0 has 16 GiB left, GPU 1 has 38
+    assert p.place(2, 20.0) is None  # neither has 20 GiB left now: wait
+    c = p.place(3, 10.0)
+    assert c.device in ("cuda:0", "cuda:1")
+    p.release(0)
+    assert p.place(2, 20.0).device == "cuda:0"
+
+
+def test_cpu_slots_split_the_cores():
+    p = DevicePlacer(parallel=2, gpus=[])
+    s0, s1 = p.place(0), p.place(1)
+    assert s0.device == s1.device == "cpu" and s0.threads == max(1, p.cores // 2)
+    assert p.place(2) is None and p.free() == 0
+
+
+def test_a_trial_too_big_for_every_gpu_runs_alone_on_the_largest():
+    p = DevicePlacer(parallel=2, gpus=[("0", 24.0), ("1", 48.0)])
+    assert p.place(0, 100.0).device == "cuda:1"
