@@ -154,6 +154,12 @@ class Study:
 
         deadline = time.time() + cfg.time_budget_hours * 3600 if cfg.time_budget_hours else None
         placer = DevicePlacer(cfg.parallel_trials)
+        gate = None
+        if cfg.memory_constraint_gb:
+            from moopt.probe import MemoryGate
+
+            gate = MemoryGate(cfg.model_path, device="cuda" if placer.on_gpu else "cpu",
+                              kernels=self.kernel_path("cuda" if placer.on_gpu else "cpu"), constraint_gb=cfg.memory_constraint_gb)
         if cfg.executor == "ray":
             from moopt.ray_executor import RayExecutor
 
@@ -222,6 +228,16 @@ class Study:
                     if deadline is not None and not self.fits_time(tcfg, durations, deadline):
                         stop_note = "time budget: the next trial could not finish before the deadline"
                         break
+                    if gate is not None:  # --memory_constraint: never train what cannot fit
+                        decision = gate.decide(tcfg)
+                        if decision.verdict == "infeasible":
+                            if number < 0:
+                                number, next_number = next_number, next_number + 1
+                            end = self.record_infeasible(number, tcfg, x, decision)
+                            finished[number], evaluated[key] = end, end
+                            engine.tell_one(idx, *self.told_values(end))
+                            n_started += 1
+                            continue
                     candidate = number if number >= 0 else next_number
                     slot = placer.place(candidate, self.estimate_gb(tcfg) if placer.on_gpu else None)
                     if slot is None:  # no GPU has room for it now: wait for a running trial to end
@@ -256,14 +272,38 @@ class Study:
         return write_results(self.out)
 
     # -- per-trial steps -----------------------------------------------------------------------
+    def kernel_path(self, device: str) -> str:
+        if self.cfg.kernels != "auto":
+            return self.cfg.kernels
+        return "triton" if device == "cuda" else "torch"
+
+    def record_infeasible(self, number: int, tcfg: TrialConfig, x: dict, decision) -> dict[str, Any]:
+        """A configuration the memory gate rules out: journaled as INFEASIBLE, never trained."""
+        params = {p.short: _plain(p.decode(x[p.name])) for p in self.cfg.space.params}
+        now = _now()
+        peak = decision.measured_gb if decision.measured_gb is not None else decision.predicted_gb
+        self.journal.append({"type": "trial_start", "number": number, "datetime_start": now, "params": params,
+                             "config": tcfg.to_dict(), "device": "none"})
+        d = self.trial_dir(number)
+        from moopt.yamlio import write_yaml
+
+        write_yaml(d / "config.yaml", tcfg.to_dict())
+        end = {"type": "trial_end", "number": number, "datetime_complete": _now(), "datetime_start": now,
+               "duration_s": 0.0, "state": "INFEASIBLE", "metrics": {"peak_memory_gb": peak},
+               "error": f"not trained: {decision.reason}", "steps": 0, "total_steps": 0, "train_tokens": 0,
+               "train_seconds": 0.0, "tokens_per_s": None, "backend": None, "config": tcfg.to_dict(),
+               "epochs": tcfg.training.num_train_epochs}
+        self.journal.append(end)
+        self.console.print(f"Trial {number} [red]INFEASIBLE[/] (not trained): {decision.reason}")
+        return end
+
     def estimate_gb(self, tcfg: TrialConfig, device: str = "cuda") -> float:
         """Analytic peak-memory estimate of a trial, GiB (moopt.memory), from the model's config only."""
         from moopt.memory import estimate_peak, load_model_config
 
         if not hasattr(self, "_model_config"):
             self._model_config = load_model_config(self.cfg.model_path)
-        kernels = "torch" if self.cfg.kernels == "auto" and device == "cpu" else ("triton" if self.cfg.kernels == "auto" else self.cfg.kernels)
-        return estimate_peak(self._model_config, tcfg, device=device, kernels=kernels).total_gib
+        return estimate_peak(self._model_config, tcfg, device=device, kernels=self.kernel_path(device)).total_gib
 
     def start_trial(self, executor, number: int, tcfg: TrialConfig, x: dict, slot, deadline) -> None:
         cfg = self.cfg

@@ -1,0 +1,287 @@
+"""Predicted (analytic) vs measured (probe) peak memory of LoRA training on SmolLM2-135M.
+
+    python benchmarks/bench_memory.py                 # GPU if present (NVML), else CPU (peak RSS)
+    python benchmarks/bench_memory.py --n 8 --steps 2 # fewer configurations
+
+Grid: batch {1,4,8,16} × seq {64,128,256} × r {8,64} × targets {q,v; all-linear} × checkpointing
+{off,on}; ``--n`` configurations sampled from it (seeded, every (batch, seq) cell with at most
+``--max-tokens`` tokens drawn before any repeats). Each is measured with ``moopt.probe.probe_peak``
+(a fresh subprocess: peak RSS on CPU, max_reserved + NVML context on CUDA).
+
+Writes ``benchmarks/results/memory_<device>.csv``, one row per (config, provider) with provider in
+analytic (uncalibrated estimate) | calibrated (leave-one-out: calibration fitted on every other
+config's probe) | measured, then summary rows; and ``memory_<device>.png`` (predicted vs measured).
+Prints median / p90 |error|, the error after calibration, and the fit/no-fit decision accuracy for
+budgets at measured × {0.9, 0.95, 1.05, 1.1}: the analytic estimate alone vs the gate
+(``moopt.probe.MemoryGate``'s rule: estimate outside ±margin decides, otherwise the probe does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+COLUMNS = ["what", "config", "provider", "device", "value", "unit"]
+MODEL = "smollm2-135m"
+BUDGET_FACTORS = (0.9, 0.95, 1.05, 1.1)
+TARGETS = {"qv": ("q_proj", "v_proj"), "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
+GIB = 1024**3
+MIB = 1024**2
+
+
+def grid() -> list[dict]:
+    return [dict(b=b, s=s, r=r, targets=t, ckpt=c) for b, s, r, t, c in itertools.product(
+        (1, 4, 8, 16), (64, 128, 256), (8, 64), tuple(TARGETS), (False, True))]
+
+
+def sample(n: int, max_tokens: int, seed: int = 0) -> list[dict]:
+    """``n`` configurations: first one per (batch, seq) cell under ``max_tokens`` (random other
+    fields), then random ones from the rest of the allowed grid."""
+    rng = random.Random(seed)
+    allowed = [c for c in grid() if c["b"] * c["s"] <= max_tokens]
+    cells: dict[tuple[int, int], list[dict]] = {}
+    for c in allowed:
+        cells.setdefault((c["b"], c["s"]), []).append(c)
+    picked = [rng.choice(v) for v in cells.values()]
+    rest = [c for c in allowed if c not in picked]
+    rng.shuffle(rest)
+    picked += rest[: max(0, n - len(picked))]
+    return sorted(picked[:n], key=lambda c: (c["b"] * c["s"], c["ckpt"]))
+
+
+def label(c: dict) -> str:
+    return f"b{c['b']}_s{c['s']}_r{c['r']}_{c['targets']}_{'ckpt' if c['ckpt'] else 'nockpt'}"
+
+
+def read_measured(path: Path) -> dict[str, int]:
+    """``{config label: measured bytes}`` from an earlier run's CSV (``--reuse``)."""
+    if not path.is_file():
+        return {}
+    with path.open() as f:
+        return {r["config"]: int(float(r["value"]) * MIB) for r in csv.DictReader(f)
+                if r["what"] == "peak_memory" and r["provider"] == "measured"}
+
+
+def trial_config(c: dict):
+    from moopt.config import TrialConfig
+
+    return TrialConfig.from_dict({
+        "training": {"batch_size": c["b"]}, "data": {"max_seq_length": c["s"]},
+        "lora": {"r": c["r"], "alpha": 2 * c["r"], "target_modules": list(TARGETS[c["targets"]])},
+        "model": {"gradient_checkpointing": c["ckpt"]},
+    })
+
+
+# -- analysis: plain data ---------------------------------------------------------------------------
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def leave_one_out(pred: list[int], meas: list[int]) -> list[int]:
+    """Calibrated prediction of each config from the (estimate, measured) pairs of all the others."""
+    from moopt.memory import apply_calibration, fit_calibration
+
+    out = []
+    for i in range(len(pred)):
+        others = [(p, m) for j, (p, m) in enumerate(zip(pred, meas)) if j != i]
+        out.append(apply_calibration(pred[i], fit_calibration(others)) if others else pred[i])
+    return out
+
+
+def decisions(pred: list[int], meas: list[int], margin: float = 0.10) -> dict[str, dict[str, float]]:
+    """Fit / no-fit accuracy for budgets at measured × BUDGET_FACTORS. Truth: measured ≤ budget.
+
+    analytic: estimate ≤ budget. gate: estimate > budget·(1+margin) → no; < budget·(1−margin) → fit;
+    else the probe decides (its measurement is the truth here: the probe *is* the trial's step on the
+    worst-case batch), counted in ``probed``.
+    """
+    out = {}
+    for name in ("analytic", "gate"):
+        right = wrong_fit = probed = n = 0
+        for p, m in zip(pred, meas):
+            for f in BUDGET_FACTORS:
+                budget, fits = m * f, m <= m * f
+                if name == "analytic":
+                    said = p <= budget
+                elif p > budget * (1 + margin):
+                    said = False
+                elif p < budget * (1 - margin):
+                    said = True
+                else:
+                    said, probed = fits, probed + 1
+                n += 1
+                right += said == fits
+                wrong_fit += said and not fits
+        out[name] = {"right_pct": 100 * right / n, "wrong_fit_pct": 100 * wrong_fit / n,
+                     "probed_pct": 100 * probed / n, "n": n}
+    return out
+
+
+def summarize(rows: list[dict]) -> dict[str, float]:
+    pred = [r["analytic"] for r in rows]
+    meas = [r["measured"] for r in rows]
+    cal = leave_one_out(pred, meas)
+    err = [abs(p - m) / m * 100 for p, m in zip(pred, meas)]
+    signed = [(p - m) / m * 100 for p, m in zip(pred, meas)]
+    cal_err = [abs(c - m) / m * 100 for c, m in zip(cal, meas)]
+    cal_abs = [abs(c - m) / MIB for c, m in zip(cal, meas)]
+    for r, c in zip(rows, cal):
+        r["calibrated"] = c
+    dec = decisions(pred, meas)
+    return {
+        "n": len(rows),
+        "analytic_median_abs_err_pct": statistics.median(err), "analytic_p90_abs_err_pct": pct(err, 0.9),
+        "analytic_max_abs_err_pct": max(err), "analytic_mean_signed_err_pct": statistics.mean(signed),
+        "calibrated_median_abs_err_pct": statistics.median(cal_err), "calibrated_max_abs_err_pct": max(cal_err),
+        "calibrated_max_abs_err_mib": max(cal_abs),
+        "analytic_right_pct": dec["analytic"]["right_pct"], "analytic_wrong_fit_pct": dec["analytic"]["wrong_fit_pct"],
+        "gate_right_pct": dec["gate"]["right_pct"], "gate_wrong_fit_pct": dec["gate"]["wrong_fit_pct"],
+        "gate_probed_pct": dec["gate"]["probed_pct"],
+    }
+
+
+# -- measurement ------------------------------------------------------------------------------------
+
+
+def measure(configs: list[dict], device: str, kernels: str, steps: int, threads: int, csv_path: Path, dev_name: str,
+            reuse: dict[str, int] | None = None):
+    from moopt.memory import estimate_peak, load_model_config
+    from moopt.models import resolve_model
+    from moopt.probe import ProbeResult, probe_peak
+
+    model_path = resolve_model(MODEL)
+    mcfg = load_model_config(model_path)
+    est_kernels = "triton" if (device == "cuda" and kernels != "torch") else "torch"
+    rows = []
+    for i, c in enumerate(configs):
+        t = trial_config(c)
+        est = estimate_peak(mcfg, t, device=device, kernels=est_kernels)
+        if reuse and label(c) in reuse:  # measured earlier: re-estimate only (after a model change)
+            res = ProbeResult(reuse[label(c)], 0, 0, 0, 0, oom=False, error=None, seconds=0.0)
+        else:
+            res = probe_peak(model_path, t, device=device, kernels=kernels, steps=steps, threads=threads)
+        ok = res.ok
+        print(f"[{i + 1}/{len(configs)}] {label(c):36s} est {est.total_bytes / MIB:7.0f} MiB  "
+              f"measured {res.peak_bytes / MIB:7.0f} MiB  {'' if ok else 'FAILED ' + str(res.error)}  "
+              f"({res.seconds:.0f} s)", flush=True)
+        if ok:
+            rows.append({"config": label(c), "analytic": est.total_bytes, "measured": res.peak_bytes,
+                         "retries": res.num_alloc_retries, "seconds": res.seconds})
+            write_csv(rows, None, device, dev_name, csv_path)  # partial results survive an interruption
+    return rows
+
+
+def write_csv(rows: list[dict], summary: dict | None, device: str, dev_name: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            for provider in ("analytic", "calibrated", "measured"):
+                if provider in r:
+                    w.writerow({"what": "peak_memory", "config": r["config"], "provider": provider,
+                                "device": dev_name, "value": round(r[provider] / MIB, 1), "unit": "MiB"})
+        for k, v in (summary or {}).items():
+            unit = "pct" if k.endswith("_pct") else "MiB" if k.endswith("_mib") else "count"
+            w.writerow({"what": "summary", "config": k, "provider": "gate" if k.startswith("gate") else k.split("_")[0],
+                        "device": dev_name, "value": round(v, 3), "unit": unit})
+
+
+def plot(rows: list[dict], dev_name: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meas = [r["measured"] / GIB for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.scatter(meas, [r["analytic"] / GIB for r in rows], label="analytic", marker="o")
+    ax.scatter(meas, [r["calibrated"] / GIB for r in rows], label="calibrated (leave-one-out)", marker="x")
+    lo, hi = min(meas) * 0.9, max(meas) * 1.1
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="y = x")
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15, label="±10%")
+    ax.set_xlabel("measured peak (GiB)")
+    ax.set_ylabel("predicted peak (GiB)")
+    ax.set_title(f"SmolLM2-135M LoRA step, {dev_name}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name()
+    name = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{name} ({os.cpu_count()} cores)"
+
+
+def main() -> int:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--kernels", default="auto", choices=["auto", "torch", "triton"])
+    parser.add_argument("--n", type=int, default=16, help="configurations sampled from the grid")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="largest batch×seq sampled (default: 1024 on CPU, where steps are slow; all on CUDA)")
+    parser.add_argument("--steps", type=int, default=2, help="training steps per probe (>= 2: Adam allocates in step 1)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in each probe (CPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse", action="store_true",
+                        help="take measured peaks from the existing CSV, probe only the configs it lacks")
+    parser.add_argument("--offline", action="store_true",
+                        help="with --reuse: summarise only the configs the CSV holds, probe nothing")
+    args = parser.parse_args()
+    max_tokens = args.max_tokens or (1024 if args.device == "cpu" else 16 * 256)
+    configs = sample(args.n, max_tokens, args.seed)
+    dev_name = device_name(args.device)
+    csv_path = RESULTS / f"memory_{args.device}.csv"
+    reuse = read_measured(csv_path) if args.reuse else None
+    if args.reuse and args.offline:
+        configs = [c for c in configs if label(c) in reuse]
+    t0 = time.time()
+    rows = measure(configs, args.device, args.kernels, args.steps, args.threads, csv_path, dev_name, reuse)
+    if len(rows) < 2:
+        print("fewer than 2 successful probes: nothing to summarise", file=sys.stderr)
+        return 1
+    s = summarize(rows)
+    write_csv(rows, s, args.device, dev_name, csv_path)
+    plot(rows, dev_name, RESULTS / f"memory_{args.device}.png")
+    print(f"\n{s['n']} configs on {dev_name}, {time.time() - t0:.0f} s, {args.steps} steps per probe")
+    print(f"analytic  |error|: median {s['analytic_median_abs_err_pct']:.1f}%, p90 {s['analytic_p90_abs_err_pct']:.1f}%, "
+          f"max {s['analytic_max_abs_err_pct']:.1f}% (mean signed {s['analytic_mean_signed_err_pct']:+.1f}%)")
+    print(f"calibrated (leave-one-out) |error|: median {s['calibrated_median_abs_err_pct']:.1f}%, "
+          f"max {s['calibrated_max_abs_err_pct']:.1f}% / {s['calibrated_max_abs_err_mib']:.0f} MiB")
+    print(f"decisions at budget = measured × {BUDGET_FACTORS}: analytic {s['analytic_right_pct']:.1f}% right, "
+          f"{s['analytic_wrong_fit_pct']:.1f}% wrongly fit; gate {s['gate_right_pct']:.1f}% right, "
+          f"{s['gate_wrong_fit_pct']:.1f}% wrongly fit, {s['gate_probed_pct']:.0f}% probed")
+    print(f"wrote {csv_path} and {csv_path.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
