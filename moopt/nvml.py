@@ -11,6 +11,8 @@ Pitfalls handled (see /work/shared/reference/memory-model.md):
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,3 +144,10 @@ def device_used_bytes(index: int = 0) -> int | None:
     nv = _nvml()
     handle = nv.nvmlDeviceGetHandleByIndex(index)
     return sum(_memory_info(nv, h)[2] for h in (_mig_handles(nv, handle) or [handle]))
+
+
+def nvml_index() -> int:
+    """NVML's index of the GPU this process uses: NVML ignores CUDA_VISIBLE_DEVICES, which the
+    executor sets to one physical index per slot; 0 when unset or not a plain index (UUIDs, MIG)."""
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return int(first) if first.isdigit() else 0

@@ -58,13 +58,6 @@ class ProbeResult:
         return not self.oom and self.error is None
 
 
-def nvml_index() -> int:
-    """NVML's index of the GPU this process uses: NVML ignores CUDA_VISIBLE_DEVICES, which the
-    executor sets to one physical index per slot; 0 when unset or not a plain index (UUIDs, MIG)."""
-    first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-    return int(first) if first.isdigit() else 0
-
-
 def _failed(error: str, oom: bool, seconds: float, peak: int = 0) -> ProbeResult:
     return ProbeResult(peak_bytes=peak, max_allocated=0, max_reserved=0, num_alloc_retries=0,
                        context_bytes=0, oom=oom, error=error, seconds=seconds)
@@ -95,7 +88,7 @@ def probe_peak(
         raise ConfigError(f"probe_peak: steps must be >= 2 (AdamW allocates its states in the first step), got {steps}")
     baseline = None
     if device == "cuda":
-        from moopt.nvml import device_used_bytes
+        from moopt.nvml import device_used_bytes, nvml_index
 
         try:
             baseline = device_used_bytes(nvml_index())  # for the device-level fallback when NVML lacks per-process data
@@ -206,7 +199,7 @@ def _child_run(spec: dict) -> dict:
     # -- measure ------------------------------------------------------------------------------------
     out = {"max_allocated": 0, "max_reserved": 0, "num_alloc_retries": 0, "context_bytes": 0}
     if device.type == "cuda":
-        from moopt.nvml import process_used_bytes
+        from moopt.nvml import nvml_index, process_used_bytes
 
         reserved_now = torch.cuda.memory_reserved()
         used = None

@@ -162,9 +162,9 @@ def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         ctx = 0
         try:
-            from moopt.nvml import process_used_bytes
+            from moopt.nvml import nvml_index, process_used_bytes
 
-            used = process_used_bytes(os.getpid())
+            used = process_used_bytes(os.getpid(), nvml_index())
             if used:
                 ctx = max(0, used - torch.cuda.memory_reserved())
         except Exception:
