@@ -1,17 +1,21 @@
 """Linear + cross entropy over row chunks, so the M×V logits never exist at once.
 
 HF's default loss keeps the logits plus an fp32 copy and an fp32 log-softmax: about 10 bytes × vocab
-per token (1.3 MB/token at Llama 3's 128k vocab, 0.5 MB/token at SmolLM2's 49k). Here forward keeps
-hidden, labels and one fp32 logsumexp per row; backward recomputes each chunk's logits:
+per token (1.3 MB/token at Llama 3's 128k vocab, 0.5 MB/token at SmolLM2's 49k). Here each chunk's
+logits are computed once and turned into their gradient in place, in the forward pass (the loss is a
+scalar, so dL/dlogits is known up to the incoming scale g):
 
     logits_c = H_c Wᵀ (fp32)      loss = Σ_valid lse - logit[label]
-    dlogits_c = (softmax_c - onehot(label)) · g      dH_c = dlogits_c W      dW += dlogits_cᵀ H_c
+    dlogits_c = softmax_c - onehot(label)      dH_c = dlogits_c W      dW += dlogits_cᵀ H_c
 
-Peak extra memory is chunk_size × V × 4 bytes × ~2 (logits and their softmax): 2 × 384 MiB at
-chunk 1024, V = 49152; 1 GiB at V = 128256. The cost is one extra H·Wᵀ GEMM in backward
-(~+33% of the head's FLOPs). Only a torch path exists; the head GEMMs are compute-bound and already
-on cuBLAS, so a Triton kernel would mostly save the softmax passes (Liger measured its fused
-linear+CE ~13% slower than unfused but 4× smaller at 128k vocab).
+and backward only multiplies dH (and dW) by g. Forward keeps dH (M×h, the size of H) instead of H +
+lse, and no logits GEMM is recomputed in backward: 2 head GEMMs per step instead of 3 (the recompute
+was ~5% of a SmolLM2-135M step on CPU, where the 49k head is ~20% of the FLOPs). The softmax is done
+in place (max, subtract, exp, divide on the one chunk buffer), so the peak extra memory is one fp32
+chunk: chunk_size × V × 4 bytes (192 MiB at chunk 1024, V = 49152; 501 MiB at V = 128256). Under
+no_grad (evaluation) no gradient is computed. Only a torch path exists; the head GEMMs are
+compute-bound and already on cuBLAS/MKL (Liger measured its fused linear+CE ~13% slower than unfused
+but 4× smaller at 128k vocab).
 """
 
 from __future__ import annotations
@@ -27,48 +31,49 @@ def _chunk_logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, ignore_index, chunk_size):
+    def forward(ctx, hidden, weight, labels, ignore_index, chunk_size, need_h, need_w):
         m = hidden.shape[0]
-        lse = torch.empty(m, device=hidden.device, dtype=torch.float32)
         loss = torch.zeros((), device=hidden.device, dtype=torch.float32)
         n_correct = torch.zeros((), device=hidden.device, dtype=torch.long)
-        for start in range(0, m, chunk_size):
-            rows = slice(start, start + chunk_size)
-            logits = _chunk_logits(hidden[rows], weight)
-            lab = labels[rows]
-            valid = lab != ignore_index
-            safe = torch.where(valid, lab, 0)
-            lse[rows] = torch.logsumexp(logits, dim=-1)
-            picked = logits.gather(1, safe[:, None]).squeeze(1)
-            loss += torch.where(valid, lse[rows] - picked, 0.0).sum()
-            n_correct += ((logits.argmax(dim=-1) == lab) & valid).sum()
-        ctx.save_for_backward(hidden, weight, labels, lse)
-        ctx.ignore_index, ctx.chunk_size = ignore_index, chunk_size
-        ctx.mark_non_differentiable(n_correct)
-        return loss, n_correct
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_correct):
-        hidden, weight, labels, lse = ctx.saved_tensors
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         d_hidden = torch.empty_like(hidden) if need_h else None
         d_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if need_w else None
-        for start in range(0, hidden.shape[0], ctx.chunk_size):
-            rows = slice(start, start + ctx.chunk_size)
+        for start in range(0, m, chunk_size):
+            rows = slice(start, start + chunk_size)
             h = hidden[rows]
+            logits = _chunk_logits(h, weight)  # the only chunk×V buffer
             lab = labels[rows]
-            valid = lab != ctx.ignore_index
-            d_logits = torch.exp(_chunk_logits(h, weight) - lse[rows, None])  # softmax, in place of logits
-            d_logits.scatter_add_(1, torch.where(valid, lab, 0)[:, None], -valid[:, None].float())
-            d_logits *= valid[:, None] * grad_loss
+            valid = lab != ignore_index
+            safe = torch.where(valid, lab, 0)[:, None]
+            n_correct += ((logits.argmax(dim=-1) == lab) & valid).sum()
+            picked = logits.gather(1, safe).squeeze(1)
+            row_max = logits.amax(dim=-1, keepdim=True)
+            probs = logits.sub_(row_max).exp_()  # in place: exp(logits - max)
+            total = probs.sum(dim=-1, keepdim=True)
+            lse = (total.log() + row_max).squeeze(1)
+            loss += torch.where(valid, lse - picked, 0.0).sum()
+            if not (need_h or need_w):
+                continue
+            d_logits = probs.div_(total)  # softmax, in place
+            d_logits.scatter_add_(1, safe, -valid[:, None].float())
+            d_logits.mul_(valid[:, None])  # ignored rows carry no gradient
             d_logits = d_logits.to(hidden.dtype)
             if need_h:
                 d_hidden[rows] = d_logits @ weight
             if need_w:
                 d_weight += (d_logits.t() @ h).float()
-        if need_w:
-            d_weight = d_weight.to(weight.dtype)
-        return d_hidden, d_weight, None, None, None
+        ctx.save_for_backward(d_hidden, d_weight)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(n_correct)
+        return loss, n_correct
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_correct):
+        d_hidden, d_weight = ctx.saved_tensors
+        if d_hidden is not None:
+            d_hidden = d_hidden * grad_loss.to(d_hidden.dtype)
+        if d_weight is not None:
+            d_weight = (d_weight * grad_loss).to(ctx.weight_dtype)
+        return d_hidden, d_weight, None, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -82,7 +87,9 @@ def linear_cross_entropy(
     """(Σ cross-entropy over rows whose label != ignore_index, number of those rows where argmax ==
     label). hidden is M×h, weight V×h (the LM head), labels (M,) already shifted. The loss is a
     differentiable fp32 0-d tensor (divide by the valid-token count for a mean); n_correct is a 0-d
-    long tensor. d_weight is computed only when weight.requires_grad (a frozen head costs nothing).
+    long tensor. Gradients are computed during this call (when grad mode is on and hidden or weight
+    requires grad) and scaled in backward; d_weight only when weight.requires_grad (a frozen head
+    costs nothing). Not twice differentiable.
     """
     if backend not in ("auto", "torch"):
         raise ValueError(f"linear_cross_entropy has only a torch path: backend must be 'auto' or 'torch', got {backend!r}")
@@ -90,4 +97,6 @@ def linear_cross_entropy(
         raise ValueError(f"expected hidden M×h and labels (M,), got {tuple(hidden.shape)} and {tuple(labels.shape)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return LinearCrossEntropyFunction.apply(hidden, weight, labels, ignore_index, int(chunk_size))
+    grad = torch.is_grad_enabled()
+    need_h, need_w = grad and hidden.requires_grad, grad and weight.requires_grad
+    return LinearCrossEntropyFunction.apply(hidden, weight, labels, ignore_index, int(chunk_size), need_h, need_w)

@@ -57,7 +57,7 @@ def build_html(data: StudyData, analysis: Analysis, images: dict[str, bytes]) ->
         ("Memory constraint", f"{h['memory_constraint_gb']:g} GiB" if h.get("memory_constraint_gb") else "none"),
         ("Started", h.get("created", "?")),
     ]
-    body = [f"<h1>moopt study report</h1>",
+    body = ["<h1>moopt study report</h1>",
             "<dl class='facts'>" + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in facts) + "</dl>",
             _best_section(data),
             _pareto_section(data, analysis),

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moopt.config import ConfigError, TrialConfig
+from moopt.rss import peak_rss_bytes
 
 GIB = 1024**3
 PROBE_VERSION = 1  # bump when the child's recipe changes: cached probes of older versions are ignored
@@ -155,7 +156,6 @@ def worst_case_batch(b: int, s: int, vocab: int, device, seed: int) -> dict:
 
 def _child_run(spec: dict) -> dict:
     """Load the trial's setup and train ``steps`` steps; the measured figures (no exception handling)."""
-    import resource
 
     import torch
 
@@ -168,7 +168,7 @@ def _child_run(spec: dict) -> dict:
         torch.set_num_threads(int(spec["threads"]))
     device = pick_device(spec["device"])
     torch.manual_seed(int(spec.get("seed", 0)))
-    rss_after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    rss_after_imports = peak_rss_bytes()
 
     # -- load model, attach LoRA: the trial's own steps (moopt/trial.py run_trial) -----------------
     model, _tok = load_model_and_tokenizer(spec["model_path"], cfg, device)
@@ -213,7 +213,7 @@ def _child_run(spec: dict) -> dict:
         out["peak_bytes"] = out["max_reserved"] + ctx
     else:
         out["context_bytes"] = rss_after_imports
-        out["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        out["peak_bytes"] = peak_rss_bytes()
     out["backend"] = info["backend"]
     return out
 
@@ -236,7 +236,6 @@ def main() -> int:
     if failure is not None:
         # Outside the except block the traceback (and the tensors its frames hold) is gone; we exit
         # right away anyway, reporting what the allocator saw up to the failure.
-        import resource
 
         peak = 0
         if spec.get("device") == "cuda":
@@ -247,7 +246,7 @@ def main() -> int:
             except Exception:
                 peak = 0
         else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            peak = peak_rss_bytes()
         result = {"peak_bytes": peak, "max_allocated": 0, "max_reserved": 0, "num_alloc_retries": 0,
                   "context_bytes": 0, **failure}
     proto.write(json.dumps(result) + "\n")

@@ -11,12 +11,11 @@ the same number; the engine checkpoint says which individual each number belongs
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import sys
 import time
 import traceback
@@ -21,6 +20,7 @@ import torch
 
 from moopt.config import TrialConfig
 from moopt.data import IGNORE, TokenizedSet, collate, micro_batches, n_micro_batches, tokenize_file
+from moopt.rss import peak_rss_bytes
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE")
 
@@ -170,7 +170,7 @@ def peak_memory_gb(device: torch.device) -> float:
         except Exception:
             pass
         return (torch.cuda.max_memory_reserved() + ctx) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # ru_maxrss is KiB on Linux
+    return peak_rss_bytes() / 2**30
 
 
 def injected_fault(number: int, step: int) -> str | None:
@@ -238,7 +238,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.lr_scheduler_type, warmup, total_steps))
         model.train()
         t0 = time.time()
-        step, micro, acc_loss, acc_tokens = 0, 0, 0.0, 0
+        step, micro = 0, 0
         stop_reason = None
         batches = micro_batches(train, tc.batch_size, tc.num_train_epochs, cfg.data.sampling_strategy, spec.seed, pad_id)
         pending: list[dict[str, torch.Tensor]] = []

@@ -6,7 +6,6 @@ import math
 import pandas as pd
 import pytest
 import torch
-import yaml
 from click.testing import CliRunner
 
 from moopt.cli import main

@@ -68,3 +68,84 @@ def test_checkpoint_restores_the_pending_generation(tmp_path):
     eng.save(tmp_path / "e.pkl")
     back = Engine.load(tmp_path / "e.pkl")
     assert [dict(i.X) for i in back.pending] == X and 0 in back.results
+
+
+def zdt1_like(cfg):
+    """Two conflicting objectives over the default space (x0 = learning rate position)."""
+    x0 = (np.log10(cfg.training.learning_rate) + 5) / 2
+    g = 1 + 9 * np.mean([cfg.training.warmup_ratio * 10, cfg.training.weight_decay * 10, cfg.lora.dropout * 10])
+    return np.array([x0, g * (1 - np.sqrt(x0 / g))])
+
+
+def test_surrogate_offspring_are_new_and_sized_to_half_a_population():
+    eng = Engine(default_space(), 2, 30, 3)
+    X = eng.ask()
+    assert len(X) == eng.pop_size
+    for i, x in enumerate(X):
+        eng.tell_one(i, zdt1_like(default_space().decode(x)), -1.0)
+    eng.tell()
+    seen = {tuple(sorted(x.items())) for x in X}
+    for _ in range(3):
+        Y = eng.ask()
+        assert 0 < len(Y) <= eng.batch < eng.pop_size
+        assert not seen & {tuple(sorted(y.items())) for y in Y}
+        seen |= {tuple(sorted(y.items())) for y in Y}
+        for i, y in enumerate(Y):
+            eng.tell_one(i, zdt1_like(default_space().decode(y)), -1.0)
+        eng.tell()
+    assert len(eng.arch_X) == len(seen)
+
+
+def test_checkpoint_mid_run_continues_the_same_sequence(tmp_path):
+    eng = Engine(default_space(), 2, 30, 5)
+    for _ in range(2):
+        X = eng.ask()
+        for i, x in enumerate(X):
+            eng.tell_one(i, zdt1_like(default_space().decode(x)), -1.0)
+        eng.tell()
+    eng.save(tmp_path / "e.pkl")
+    back = Engine.load(tmp_path / "e.pkl")
+    assert eng.ask() == back.ask()
+
+
+def test_infeasible_only_history_still_proposes_new_individuals():
+    eng = Engine(default_space(), 2, 30, 0)
+    for _ in range(3):
+        X = eng.ask()
+        assert X
+        for i, x in enumerate(X):
+            lr = default_space().decode(x).training.learning_rate
+            eng.tell_one(i, np.array([1.0, 1.0]), float(abs(np.log10(lr) + 4)) + 0.5)  # never feasible
+        eng.tell()
+    assert eng.ask()
+
+
+def test_without_scikit_learn_the_engine_is_plain_nsga2(monkeypatch):
+    import sys
+    import warnings
+
+    monkeypatch.setitem(sys.modules, "sklearn.ensemble", None)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        eng = Engine(default_space(), 2, 12, 0)
+    assert not eng.surrogate and any("scikit-learn" in str(m.message) for m in w)
+    seen = run_engine(default_space(), 2, 12, 0, objective)
+    assert len(seen) == 12
+
+
+def test_surrogate_beats_plain_nsga2_on_a_small_budget():
+    def front_quality(surrogate, seed):
+        eng = Engine(default_space(), 2, 30, seed, surrogate=surrogate)
+        F = []
+        while len(F) < 30:
+            X = eng.ask()
+            for i, x in enumerate(X[: 30 - len(F)]):
+                F.append(zdt1_like(default_space().decode(x)))
+                eng.tell_one(i, F[-1], -1.0)
+            eng.tell()
+        F = np.array(F)
+        grid = np.linspace(0, 1, 21)  # mean best f2 achievable at each f1 budget (lower is better)
+        return np.mean([F[F[:, 0] <= t, 1].min() if np.any(F[:, 0] <= t) else 10.0 for t in grid])
+
+    seeds = range(6)
+    assert np.median([front_quality(True, s) for s in seeds]) < np.median([front_quality(False, s) for s in seeds])

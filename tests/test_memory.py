@@ -360,12 +360,13 @@ def test_process_used_bytes_per_process_then_device_delta(monkeypatch):
 
 CHILD = textwrap.dedent("""
     import json, resource, sys
+    from moopt.rss import peak_rss_bytes
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     from peft import LoraConfig, get_peft_model
     from moopt_kernels import linear_cross_entropy
     torch.set_num_threads(2)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = peak_rss_bytes()
     cfg = LlamaConfig(**json.loads(sys.argv[1]))
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
@@ -380,7 +381,7 @@ CHILD = textwrap.dedent("""
         loss.backward()
         opt.step()
         opt.zero_grad()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     print(json.dumps({"baseline": base, "peak": peak}))
 """)
 
