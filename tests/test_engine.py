@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from moopt.engine import Engine, population_size
 from moopt.space import default_space, parse_space
@@ -129,7 +130,8 @@ def test_without_scikit_learn_the_engine_is_plain_nsga2(monkeypatch):
         warnings.simplefilter("always")
         eng = Engine(default_space(), 2, 12, 0)
     assert not eng.surrogate and any("scikit-learn" in str(m.message) for m in w)
-    seen = run_engine(default_space(), 2, 12, 0, objective)
+    with pytest.warns(UserWarning, match="scikit-learn"):
+        seen = run_engine(default_space(), 2, 12, 0, objective)
     assert len(seen) == 12
 
 
