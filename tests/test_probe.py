@@ -120,7 +120,8 @@ def test_gate_borderline_probes_once_writes_calibration_and_reuses_it(tiny_model
     other = trial(b=4, s=32)
     raw = again.estimate_bytes(other, calibrated=False)
     assert again.estimate_bytes(other) == apply_calibration(raw, cal)
-    assert again.decide(other).predicted_gb == pytest.approx(apply_calibration(raw, cal) / GIB)
+    roomy = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=10 * predicted, cache_path=cache)  # clearly fits
+    assert roomy.decide(other).predicted_gb == pytest.approx(apply_calibration(raw, cal) / GIB)
 
 
 def test_gate_oom_probe_is_infeasible_and_cached(tiny_model, tmp_path, monkeypatch):
