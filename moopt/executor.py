@@ -193,6 +193,9 @@ class LocalExecutor:
         with self._lock:
             return len(self.procs)
 
+    def close(self) -> None:
+        """Nothing to release: each worker process ends with its trial."""
+
     def kill_all(self) -> None:
         with self._lock:
             procs = list(self.procs.values())

@@ -46,7 +46,8 @@ class RayExecutor:
         self._lock = threading.Lock()
         self._stop = False
         self._task = None
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
 
     def submit(self, spec: TrialSpec, slot) -> None:
         on_gpu = slot.device.startswith("cuda")
@@ -71,7 +72,7 @@ class RayExecutor:
 
     def _pump(self) -> None:
         """Drain the channel: progress to the hook, rung questions answered by the study."""
-        while not self._stop:
+        while not self._stop and self.ray.is_initialized():
             try:
                 events = self.ray.get(self.channel.pop_events.remote())
             except Exception:
@@ -101,7 +102,11 @@ class RayExecutor:
             self.ray.cancel(ref, force=True)
 
     def close(self) -> None:
+        """Stop the event pump before Ray may be shut down (a call after shutdown makes Ray's core
+        worker wait for its GCS and then abort the process)."""
         self._stop = True
+        if self._pump_thread.is_alive():
+            self._pump_thread.join(timeout=5)
 
 
 class _Channel:

@@ -199,72 +199,75 @@ class Study:
         for e in finished.values():
             durations += self.duration_sample(e)
 
-        with self.progress() as view:
-            self.progress_view = view
-            while True:
-                # fill free slots
-                while placer.free() > 0 and n_started < cfg.num_trials and stop_note is None:
-                    if not queue:
-                        if engine.pending is not None and not engine.generation_done:
-                            break  # wait for the generation to finish
-                        if engine.pending is not None:
-                            engine.tell()
-                            engine.assigned = {}
+        try:
+            with self.progress() as view:
+                self.progress_view = view
+                while True:
+                    # fill free slots
+                    while placer.free() > 0 and n_started < cfg.num_trials and stop_note is None:
+                        if not queue:
+                            if engine.pending is not None and not engine.generation_done:
+                                break  # wait for the generation to finish
+                            if engine.pending is not None:
+                                engine.tell()
+                                engine.assigned = {}
+                                engine.save(engine_path)
+                            X = engine.ask()
+                            if not X:
+                                stop_note = "the search space has no new configurations left to propose"
+                                break
+                            queue = [(i, -1) for i in range(len(X))]
                             engine.save(engine_path)
-                        X = engine.ask()
-                        if not X:
-                            stop_note = "the search space has no new configurations left to propose"
-                            break
-                        queue = [(i, -1) for i in range(len(X))]
-                        engine.save(engine_path)
-                    idx, number = queue.pop(0)
-                    x = dict(engine.pending[idx].X)
-                    tcfg = cfg.space.decode(x)
-                    key = self.config_key(tcfg)
-                    if key in evaluated:  # same configuration as a finished trial: reuse, no new trial
-                        engine.tell_one(idx, *self.told_values(evaluated[key]))
-                        continue
-                    if deadline is not None and not self.fits_time(tcfg, durations, deadline):
-                        stop_note = "time budget: the next trial could not finish before the deadline"
-                        break
-                    if gate is not None:  # --memory_constraint: never train what cannot fit
-                        decision = gate.decide(tcfg)
-                        if decision.verdict == "infeasible":
-                            if number < 0:
-                                number, next_number = next_number, next_number + 1
-                            end = self.record_infeasible(number, tcfg, x, decision)
-                            finished[number], evaluated[key] = end, end
-                            engine.tell_one(idx, *self.told_values(end))
-                            n_started += 1
+                        idx, number = queue.pop(0)
+                        x = dict(engine.pending[idx].X)
+                        tcfg = cfg.space.decode(x)
+                        key = self.config_key(tcfg)
+                        if key in evaluated:  # same configuration as a finished trial: reuse, no new trial
+                            engine.tell_one(idx, *self.told_values(evaluated[key]))
                             continue
-                    candidate = number if number >= 0 else next_number
-                    slot = placer.place(candidate, self.estimate_gb(tcfg) if placer.on_gpu else None)
-                    if slot is None:  # no GPU has room for it now: wait for a running trial to end
-                        queue.insert(0, (idx, number))
+                        if deadline is not None and not self.fits_time(tcfg, durations, deadline):
+                            stop_note = "time budget: the next trial could not finish before the deadline"
+                            break
+                        if gate is not None:  # --memory_constraint: never train what cannot fit
+                            decision = gate.decide(tcfg)
+                            if decision.verdict == "infeasible":
+                                if number < 0:
+                                    number, next_number = next_number, next_number + 1
+                                end = self.record_infeasible(number, tcfg, x, decision)
+                                finished[number], evaluated[key] = end, end
+                                engine.tell_one(idx, *self.told_values(end))
+                                n_started += 1
+                                continue
+                        candidate = number if number >= 0 else next_number
+                        slot = placer.place(candidate, self.estimate_gb(tcfg) if placer.on_gpu else None)
+                        if slot is None:  # no GPU has room for it now: wait for a running trial to end
+                            queue.insert(0, (idx, number))
+                            break
+                        if number < 0:
+                            number, next_number = next_number, next_number + 1
+                        engine.assigned[number] = idx
+                        engine.save(engine_path)
+                        running[number] = {"slot": slot, "idx": idx, "config": tcfg, "start": _now(), "t0": time.time(), "key": key}
+                        self.start_trial(executor, number, tcfg, x, slot, deadline)
+                        n_started += 1
+                    if not running:
                         break
-                    if number < 0:
-                        number, next_number = next_number, next_number + 1
-                    engine.assigned[number] = idx
+                    res = wait_for_any(executor, deadline=deadline)
+                    info = running.pop(res.number)
+                    placer.release(res.number)
+                    end = self.end_trial(res, info)
+                    finished[res.number] = end
+                    evaluated[info["key"]] = end
+                    durations += self.duration_sample(end)
+                    engine.tell_one(info["idx"], *self.told_values(end))
+                    if engine.generation_done:
+                        engine.tell()
+                        engine.assigned = {}
                     engine.save(engine_path)
-                    running[number] = {"slot": slot, "idx": idx, "config": tcfg, "start": _now(), "t0": time.time(), "key": key}
-                    self.start_trial(executor, number, tcfg, x, slot, deadline)
-                    n_started += 1
-                if not running:
-                    break
-                res = wait_for_any(executor, deadline=deadline)
-                info = running.pop(res.number)
-                placer.release(res.number)
-                end = self.end_trial(res, info)
-                finished[res.number] = end
-                evaluated[info["key"]] = end
-                durations += self.duration_sample(end)
-                engine.tell_one(info["idx"], *self.told_values(end))
-                if engine.generation_done:
-                    engine.tell()
-                    engine.assigned = {}
-                engine.save(engine_path)
-                write_results(self.out, quiet=True)
-        self.progress_view = None
+                    write_results(self.out, quiet=True)
+        finally:
+            self.progress_view = None
+            executor.close()
         if stop_note:
             self.console.print(f"[yellow]Study stopped early:[/] {stop_note} ({len(finished)} of {cfg.num_trials} trials)")
         self.journal.close()
