@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from moopt.trial import TrialResult, TrialSpec
 
@@ -114,16 +114,32 @@ def _visible_gpus() -> list[str]:
         return []
 
 
-class LocalExecutor:
-    """The embedded executor: one subprocess (``python -m moopt.worker``) per trial."""
+class ExecutorBase:
+    """What every executor shares: the queue of finished results and the trials still active."""
 
-    def __init__(self, on_progress: Callable | None = None, on_rung: Callable | None = None, hard_deadline: float | None = None):
+    def __init__(self, on_progress: Callable | None = None, on_rung: Callable | None = None):
         self.on_progress = on_progress or (lambda *a: None)
         self.on_rung = on_rung or (lambda *a: True)
-        self.hard_deadline = hard_deadline  # unix time: workers still alive then are killed
         self.results: queue.Queue[TrialResult] = queue.Queue()
-        self.procs: dict[int, subprocess.Popen] = {}
+        self.active: dict[int, Any] = {}  # trial number -> process / task handle
         self._lock = threading.Lock()
+
+    def next_result(self, timeout: float | None = None) -> TrialResult | None:
+        try:
+            return self.results.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def running(self) -> int:
+        with self._lock:
+            return len(self.active)
+
+    def close(self) -> None:
+        """Release what the executor holds (nothing, unless overridden)."""
+
+
+class LocalExecutor(ExecutorBase):
+    """The embedded executor: one subprocess (``python -m moopt.worker``) per trial."""
 
     def submit(self, spec: TrialSpec, slot: Slot) -> None:
         env = dict(os.environ)
@@ -143,7 +159,7 @@ class LocalExecutor:
             stderr=log, env=env, text=True, bufsize=1, start_new_session=True,
         )
         with self._lock:
-            self.procs[spec.number] = proc
+            self.active[spec.number] = proc
         proc.stdin.write(json.dumps(spec.to_json()) + "\n")
         proc.stdin.flush()
         threading.Thread(target=self._watch, args=(spec, proc, log), daemon=True).start()
@@ -173,7 +189,7 @@ class LocalExecutor:
         code = proc.wait()
         log.close()
         with self._lock:
-            self.procs.pop(spec.number, None)
+            self.active.pop(spec.number, None)
         if result is None:
             if code < 0:
                 name = signal.Signals(-code).name
@@ -183,22 +199,9 @@ class LocalExecutor:
             result = TrialResult(number=spec.number, state="FAIL", error=why)
         self.results.put(result)
 
-    def next_result(self, timeout: float | None = None) -> TrialResult | None:
-        try:
-            return self.results.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def running(self) -> int:
-        with self._lock:
-            return len(self.procs)
-
-    def close(self) -> None:
-        """Nothing to release: each worker process ends with its trial."""
-
     def kill_all(self) -> None:
         with self._lock:
-            procs = list(self.procs.values())
+            procs = list(self.active.values())
         for p in procs:
             try:
                 os.killpg(p.pid, signal.SIGKILL)

@@ -11,11 +11,11 @@ output_dir) must be visible on every node (a shared filesystem).
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from typing import Callable
 
+from moopt.executor import ExecutorBase
 from moopt.trial import TrialResult, TrialSpec
 
 
@@ -29,21 +29,17 @@ def _ray():
     return ray
 
 
-class RayExecutor:
+class RayExecutor(ExecutorBase):
     def __init__(self, on_progress: Callable | None = None, on_rung: Callable | None = None,
                  address: str | None = None, gpu_fraction: Callable[[TrialSpec], float] | None = None):
+        super().__init__(on_progress, on_rung)
         ray = _ray()
         self.ray = ray
         if not ray.is_initialized():
             kwargs = {"address": address} if address else {}
             ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, **kwargs)
-        self.on_progress = on_progress or (lambda *a: None)
-        self.on_rung = on_rung or (lambda *a: True)
         self.gpu_fraction = gpu_fraction or (lambda spec: 1.0)
         self.channel = ray.remote(_Channel).options(num_cpus=0).remote()
-        self.results: queue.Queue[TrialResult] = queue.Queue()
-        self.refs: dict[int, object] = {}
-        self._lock = threading.Lock()
         self._stop = False
         self._task = None
         self._pump_thread = threading.Thread(target=self._pump, daemon=True)
@@ -58,7 +54,7 @@ class RayExecutor:
         task = self._task.options(num_cpus=slot.threads, num_gpus=self.gpu_fraction(spec) if on_gpu else 0)
         ref = task.remote(spec.to_json(), self.channel)
         with self._lock:
-            self.refs[spec.number] = ref
+            self.active[spec.number] = ref
         threading.Thread(target=self._wait, args=(spec, ref), daemon=True).start()
 
     def _wait(self, spec: TrialSpec, ref) -> None:
@@ -67,7 +63,7 @@ class RayExecutor:
         except Exception as e:  # worker crash, OOM kill, cancelled
             result = TrialResult(number=spec.number, state="FAIL", error=f"ray task failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
         with self._lock:
-            self.refs.pop(spec.number, None)
+            self.active.pop(spec.number, None)
         self.results.put(result)
 
     def _pump(self) -> None:
@@ -85,19 +81,9 @@ class RayExecutor:
                     self.channel.set_reply.remote(f"{ev['number']}:{ev['step']}", go)
             time.sleep(0.1)
 
-    def next_result(self, timeout: float | None = None) -> TrialResult | None:
-        try:
-            return self.results.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def running(self) -> int:
-        with self._lock:
-            return len(self.refs)
-
     def kill_all(self) -> None:
         with self._lock:
-            refs = list(self.refs.values())
+            refs = list(self.active.values())
         for ref in refs:
             self.ray.cancel(ref, force=True)
 
