@@ -184,6 +184,17 @@ def injected_fault(number: int, step: int) -> str | None:
     return None
 
 
+def inject_fault(number: int, step: int, loss: float) -> float:
+    fault = injected_fault(number, step)
+    if fault == "exception":
+        raise RuntimeError("injected fault")
+    if fault == "oom":
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+    if fault == "kill":
+        os.kill(os.getpid(), 9)
+    return float("nan") if fault == "nan" else loss
+
+
 def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
     reporter = reporter or NullReporter()
     cfg, tc = spec.config, spec.config.training
@@ -258,15 +269,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
                 result.train_tokens += int(b["attention_mask"].sum())
             pending = []
             step_loss /= max(n_labels, 1)
-            fault = injected_fault(spec.number, step + 1)
-            if fault == "exception":
-                raise RuntimeError("injected fault")
-            if fault == "nan":
-                step_loss = float("nan")
-            if fault == "oom":
-                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-            if fault == "kill":
-                os.kill(os.getpid(), 9)
+            step_loss = inject_fault(spec.number, step + 1, step_loss)  # tests only; a no-op otherwise
             if not math.isfinite(step_loss):
                 raise FloatingPointError(f"non-finite training loss ({step_loss}) at step {step + 1}")
             if tc.max_grad_norm > 0:
