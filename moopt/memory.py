@@ -53,11 +53,12 @@ BREAKDOWN_KEYS = (
 # CUDA context: 287 MB with lazy module loading (CUDA >= 11.7 default), 667 MB without; kernels
 # loaded on first use (cuBLAS, SDPA, Triton) add to it. 512 MiB sits between; calibrate per machine.
 CUDA_CONTEXT_BYTES = 512 * MIB
-# CPU runtime: a trial worker's RSS after its imports (453 MiB, VmHWM of a fresh process: torch 2.13
-# CPU, transformers 5.24, moopt) plus ~70 MiB the first forward/backward adds (oneDNN, OpenMP and
-# autograd threads); tests/test_memory.py measures it. (An earlier 538 MiB came from ru_maxrss,
-# which carries the parent's peak across exec.)
-CPU_RUNTIME_BYTES = 530 * MIB
+# CPU runtime: a trial worker's resident memory before its first step plus what the first
+# forward/backward adds (oneDNN, OpenMP and autograd threads). Measured peaks of a tiny-model probe,
+# where this term is nearly everything: 481 MiB in the dev venv, 591 MiB in a fresh CI clone (more
+# import-time memory there); 560 MiB sits between. (An earlier 620 MiB came from ru_maxrss, which
+# carries the parent's peak across exec.)
+CPU_RUNTIME_BYTES = 560 * MIB
 # Caching-allocator slack on the dynamic part (activations, logits, transients): 0.03-0.15 measured
 # by others; 0.10 keeps the estimate on the safe side. glibc on CPU returns big blocks (mmap) at once.
 CUDA_SLACK = 0.10
