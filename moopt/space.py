@@ -68,9 +68,9 @@ class Param:
         for i, v in enumerate(self.values):
             if v == value:
                 return i
-        numeric = [i for i, v in enumerate(self.values) if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if numeric and isinstance(value, (int, float)):
-            return min(numeric, key=lambda i: abs(math.log(max(self.values[i], 1e-12)) - math.log(max(value, 1e-12))) if value > 0 and self.values[i] > 0 else abs(self.values[i] - value))
+        numeric = [i for i, v in enumerate(self.values) if _is_number(v)]
+        if numeric and _is_number(value):
+            return min(numeric, key=lambda i: _distance(self.values[i], value))
         return 0
 
     def pymoo_var(self):
@@ -89,6 +89,17 @@ class Param:
             shown = [",".join(v) if isinstance(v, tuple) else v for v in self.values]
             return f"categorical {shown}"
         return f"{self.type} [{self.low:g}, {self.high:g}]"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _distance(a: float, b: float) -> float:
+    """How far apart two options are: on a log scale when both are positive (r 16 is nearer 8 than 64)."""
+    if a > 0 and b > 0:
+        return abs(math.log(a) - math.log(b))
+    return abs(a - b)
 
 
 @dataclass(frozen=True)
