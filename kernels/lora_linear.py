@@ -304,21 +304,26 @@ class LoRALinearFunction(torch.autograd.Function):
         a = lora_a.to(x.dtype)
         b = lora_b.to(x.dtype)
         s = lora_down(x2, a, seed, dropout_p, backend)
-        y = F.linear(x2, weight, bias)  # base GEMM on cuBLAS/MKL
-        y.addmm_(s.to(x.dtype), b.t(), alpha=scaling)
+        if weight is None:  # the update alone: a quantized base computes its own x·Wᵀ
+            y = torch.mm(s.to(x.dtype), b.t()).mul_(scaling)
+        else:
+            y = F.linear(x2, weight, bias)  # base GEMM on cuBLAS/MKL
+            y.addmm_(s.to(x.dtype), b.t(), alpha=scaling)
         ctx.save_for_backward(x2, s, weight, lora_a, lora_b)  # weight, A, B are parameters: no copy
         ctx.scaling, ctx.dropout_p, ctx.seed, ctx.backend = scaling, dropout_p, seed, backend
         ctx.x_shape = x.shape
-        return y.view(*x.shape[:-1], weight.shape[0])
+        return y.view(*x.shape[:-1], lora_b.shape[0])
 
     @staticmethod
     def backward(ctx, grad_y):
         x2, s, weight, lora_a, lora_b = ctx.saved_tensors
-        g2 = grad_y.reshape(-1, weight.shape[0])
+        g2 = grad_y.reshape(-1, lora_b.shape[0])
         a = lora_a.to(x2.dtype)
         b = lora_b.to(x2.dtype)
         ds, db = lora_grad_out(g2, b, s, ctx.scaling, ctx.backend)
-        dx = g2 @ weight if ctx.needs_input_grad[0] else None  # M×K, the frozen base's share
+        dx = None
+        if ctx.needs_input_grad[0]:  # M×K: the frozen base's share (zero when the base is not ours)
+            dx = g2 @ weight if weight is not None else torch.zeros_like(x2)
         da = lora_grad_in(x2, a, ds, dx, ctx.seed, ctx.dropout_p, ctx.backend)
         grad_x = dx.view(ctx.x_shape) if dx is not None else None
         return grad_x, None, None, da.to(lora_a.dtype), db.to(lora_b.dtype), None, None, None, None
@@ -326,7 +331,7 @@ class LoRALinearFunction(torch.autograd.Function):
 
 def lora_linear(
     x: torch.Tensor,
-    weight: torch.Tensor,
+    weight: torch.Tensor | None,
     lora_a: torch.Tensor,
     lora_b: torch.Tensor,
     scaling: float,
@@ -340,7 +345,12 @@ def lora_linear(
     ``seed`` fixes the dropout mask (the same one is regenerated in backward); pass a fresh seed per
     call in training. A and B may be fp32 master weights: they are cast to x's dtype for the products
     and their gradients come back in their own dtype.
+
+    ``weight=None`` computes the update alone, y = scaling·(D⊙x)·Aᵀ·Bᵀ (``bias`` must be None): the base
+    of a quantized model (bitsandbytes 4/8-bit) adds its own x·Wᵀ and its own share of dX.
     """
+    if weight is None and bias is not None:
+        raise ValueError("lora_linear: bias needs weight (weight=None computes the LoRA update alone)")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     which = resolve_backend(backend, x.device)

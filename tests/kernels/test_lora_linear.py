@@ -141,3 +141,18 @@ def test_bf16_triton_on_gpu_matches_rule_at_llama_width(matches_reference):
     refs_lp = reference(x, w, a, b, 2.0, mask, g)
     for out, ref64, ref_lp, name in zip(outs, refs64, refs_lp, NAMES):
         matches_reference(out, ref64, ref_lp, name)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_update_alone_for_a_quantized_base(backend, matches_reference, p):
+    """weight=None: y = s·(D⊙x)·Aᵀ·Bᵀ and dX is the update's share only (the bitsandbytes base adds its own)."""
+    m, k, n, r, scaling = 45, 72, 40, 8, 2.0
+    x, _, a, b, g = make_case(m, k, n, r, seed=5)
+    zero = torch.zeros(n, k)
+    mask = dropout_mask(11, (m, k), p, "cpu", backend) if p > 0 else None
+    outs = run(x, None, a, b, scaling, p, 11, backend, g)
+    refs = reference(*(t.double() for t in (x, zero, a, b)), scaling, None if mask is None else mask.double(), g.double())
+    for out, ref, name in zip(outs, refs, NAMES):
+        matches_reference(out, ref, None, name)
+    with pytest.raises(ValueError, match="bias needs weight"):
+        lora_linear(x, None, a, b, scaling, bias=torch.zeros(n))
