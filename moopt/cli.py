@@ -74,6 +74,14 @@ def optimize(**kw) -> None:
         sys.exit(130)
 
 
+def require_bitsandbytes(source) -> None:
+    """8bit/4bit training loads the model through bitsandbytes (its CPU and CUDA builds both work)."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"{source}: model.quantization: 8bit/4bit needs bitsandbytes: pip install bitsandbytes")
+
+
 def build_study_config(kw: dict):
     """Validate every flag and input file before anything is written."""
     from moopt.data import read_jsonl
@@ -92,7 +100,7 @@ def build_study_config(kw: dict):
     objectives = parse_objectives(kw["optimization_objective"], kw["optimization_weights"])
     space = load_space(kw["search_space"]) if kw["search_space"] else default_space()
     if space.fixed.model.quantization != "none" or any(p.name == "model.quantization" for p in space.params):
-        raise ConfigError(f"{space.source}: model.quantization: 8bit/4bit training is not supported yet")
+        require_bitsandbytes(space.source)
     read_jsonl(kw["train_file"])
     read_jsonl(kw["validation_file"])
     cfg = StudyConfig(

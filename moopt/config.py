@@ -78,7 +78,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    quantization: str = "none"  # none | 8bit | 4bit (bitsandbytes, CUDA only)
+    quantization: str = "none"  # none | 8bit | 4bit (bitsandbytes: NF4 + double quant / LLM.int8)
     gradient_checkpointing: bool = False
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
 

@@ -23,6 +23,12 @@ LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 SHARED_INPUT_SETS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
+def is_quantized(linear: nn.Module) -> bool:
+    """A bitsandbytes 4-bit/8-bit layer (``Linear4bit``/``Linear8bitLt``, both ``nn.Linear`` subclasses
+    whose weight is packed): its own forward must compute x·Wᵀ."""
+    return type(linear).__module__.startswith("bitsandbytes")
+
+
 def _draw_seed() -> int:
     """A dropout seed from torch's global CPU generator: torch.manual_seed makes runs repeatable, and
     activation checkpointing (which restores the RNG state) redraws the same seed on recompute."""
@@ -34,6 +40,7 @@ class LoRALinear(nn.Module):
 
     ``lora_A`` (r×in, Kaiming-uniform as PEFT) and ``lora_B`` (out×r, zeros) are fp32 master weights;
     the kernels cast them to x's dtype. A fresh dropout seed is drawn per call in training; eval uses p=0.
+    A bitsandbytes base (QLoRA) runs its own dequantizing forward and the kernel adds the update alone.
     """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout_p: float = 0.0, backend: str = "auto"):
@@ -49,6 +56,7 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=device, dtype=torch.float32))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # PEFT's init for lora_A
         self.group: SharedInputGroup | None = None
+        self.quantized = is_quantized(base)
 
     @property
     def active_dropout(self) -> float:
@@ -58,6 +66,10 @@ class LoRALinear(nn.Module):
         if self.group is not None:
             return self.group.output(self, x)
         p = self.active_dropout
+        if self.quantized:
+            update = lora_linear(x, None, self.lora_A, self.lora_B, self.scaling, dropout_p=p,
+                                 seed=_draw_seed() if p > 0 else 0, backend=self.backend)
+            return self.base(x) + update.to(x.dtype)
         return lora_linear(
             x, self.base.weight, self.lora_A, self.lora_B, self.scaling,
             dropout_p=p, seed=_draw_seed() if p > 0 else 0, backend=self.backend, bias=self.base.bias,
@@ -152,6 +164,7 @@ def attach_lora(
         for parent in parents.values():
             for names in SHARED_INPUT_SETS:
                 members = [getattr(parent, n) for n in names if isinstance(getattr(parent, n, None), LoRALinear)]
+                members = [m for m in members if not m.quantized]  # a packed weight can't join the fused GEMM
                 if len(members) >= 2:
                     group = SharedInputGroup(members)
                     for member in members:

@@ -72,8 +72,8 @@ class TrialResult:
 class Reporter(Protocol):
     def progress(self, step: int, total: int, loss: float) -> None: ...
 
-    def rung(self, step: int, metrics: dict[str, float]) -> bool:
-        """Intermediate evaluation; return False to stop (pruned)."""
+    def rung(self, step: int, metrics: dict[str, float], rung: int | None = None) -> bool:
+        """Intermediate evaluation at rung number ``rung``; return False to stop (pruned)."""
         ...
 
 
@@ -81,8 +81,19 @@ class NullReporter:
     def progress(self, step, total, loss):
         pass
 
-    def rung(self, step, metrics):
+    def rung(self, step, metrics, rung=None):
         return True
+
+
+def rung_steps(total_steps: int, fractions: tuple[float, ...]) -> dict[int, int]:
+    """{optimizer step: rung index} for rungs at ``fractions`` of ``total_steps`` (none at the end: the
+    final evaluation decides). Two fractions that round to the same step keep the later rung."""
+    at = {}
+    for i, f in enumerate(fractions):
+        step = max(1, int(total_steps * f))
+        if step < total_steps:
+            at[step] = i
+    return at
 
 
 def pick_device(device: str) -> torch.device:
@@ -91,20 +102,45 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def bnb_config(quantization: str, compute_dtype: torch.dtype):
+    """4bit: NF4 with double quantisation (QLoRA); 8bit: LLM.int8 with int8-only weights."""
+    import logging
+
+    from transformers import BitsAndBytesConfig
+
+    # bitsandbytes' 8-bit matmul logs on every call that fp32 inputs are cast to fp16 for quantisation,
+    # and its CPU backend logs at import that Hugging Face's optional hub kernel is absent (it would be
+    # downloaded; moopt never downloads at run time).
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
 def load_model_and_tokenizer(path: str, cfg: TrialConfig, device: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32}.get(cfg.model.dtype) or getattr(
         torch, cfg.model.dtype
     )
-    if cfg.model.quantization != "none":
-        # QLoRA/8-bit need bitsandbytes on CUDA; refused at study set-up on machines without them.
-        raise RuntimeError(f"model.quantization={cfg.model.quantization} is not supported yet")
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, local_files_only=True, use_safetensors=True, trust_remote_code=False,
-        attn_implementation="sdpa",
-    ).to(device)
+    kwargs = dict(dtype=dtype, local_files_only=True, use_safetensors=True, trust_remote_code=False,
+                  attn_implementation="sdpa")
+    if cfg.model.quantization == "none":
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+    else:  # QLoRA: bitsandbytes packs the decoder's linears as they load (CPU or CUDA)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=bnb_config(cfg.model.quantization, dtype),
+            device_map={"": device.index or 0} if device.type == "cuda" else "cpu", **kwargs,
+        )
+        for module in model.modules():
+            # bitsandbytes repacks 4-bit weights for its AVX512-bf16 CPU kernel the first time a layer
+            # runs in eval mode (rows must be whole quantisation blocks, and the weight changes layout
+            # between training and evaluation). Keep one dequantising path for both.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     model.config.use_cache = False
     return model, tok
 
@@ -237,7 +273,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
         n_micro = n_micro_batches(len(train.examples), tc.batch_size, tc.num_train_epochs)
         total_steps = math.ceil(n_micro / tc.gradient_accumulation_steps)
         result.total_steps = total_steps
-        rung_steps = sorted({max(1, int(total_steps * f)) for f in spec.rung_fractions if int(total_steps * f) < total_steps})
+        rung_at = rung_steps(total_steps, spec.rung_fractions)
 
         # -- train --------------------------------------------------------------------------------
         # AdamW keeps 2 fp32 states: 8 bytes per trainable (LoRA) parameter.
@@ -281,10 +317,10 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
             result.steps = step
             curve.append({"step": step, "epoch": round(epoch_pos, 4), "train_loss": step_loss, "lr": sched.get_last_lr()[0]})
             reporter.progress(step, total_steps, step_loss)
-            if step in rung_steps:
+            if step in rung_at:
                 m = evaluate(model, val, tc.batch_size, pad_id, device, result.backend)
                 evals.append({"step": step, **m})
-                if not reporter.rung(step, m):
+                if not reporter.rung(step, m, rung_at[step]):
                     stop_reason = "pruned"
                     break
             if spec.deadline is not None and time.time() > spec.deadline:

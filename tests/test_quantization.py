@@ -1,0 +1,147 @@
+"""8bit / 4bit (QLoRA) training through bitsandbytes, on its CPU backend: moopt's LoRA on a packed base
+matches PEFT's, a quantised study trains and its adapter reloads in PEFT, and the probe agrees with
+the estimate."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from moopt.cli import main
+from moopt.config import TrialConfig
+from moopt.lora import LoRALinear, attach_lora
+from moopt.trial import load_model_and_tokenizer
+
+pytest.importorskip("bitsandbytes")
+
+ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def quantised(q: str) -> TrialConfig:
+    base = TrialConfig()
+    return dataclasses.replace(base, model=dataclasses.replace(base.model, quantization=q))
+
+
+@pytest.mark.parametrize("q, layer", [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
+def test_moopt_lora_on_a_packed_base_matches_peft(tiny_model, q, layer):
+    from peft import LoraConfig, get_peft_model
+
+    def load():
+        return load_model_and_tokenizer(str(tiny_model), quantised(q), torch.device("cpu"))[0]
+
+    ours, theirs = load(), load()
+    attach_lora(ours, r=8, alpha=16, dropout=0.0, target_modules=ALL, backend="torch")
+    peft = get_peft_model(theirs, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=list(ALL)))
+    torch.manual_seed(0)
+    pairs = []
+    for name, mod in ours.named_modules():
+        if isinstance(mod, LoRALinear):
+            assert type(mod.base).__name__ == layer and mod.quantized and mod.group is None
+            mod.lora_B.data.normal_(0, 0.1)  # B != 0, or dA would be zero
+            other = peft.base_model.model.get_submodule(name)
+            other.lora_A["default"].weight.data.copy_(mod.lora_A.data)
+            other.lora_B["default"].weight.data.copy_(mod.lora_B.data)
+            pairs.append((mod, other))
+    assert len(pairs) == 2 * len(ALL)
+    ids = torch.randint(4, 60, (2, 12))
+    ours(input_ids=ids, labels=ids).loss.backward()
+    peft(input_ids=ids, labels=ids).loss.backward()
+    with torch.no_grad():
+        assert ours(input_ids=ids).logits.allclose(peft(input_ids=ids).logits, atol=1e-5)
+    for mine, other in pairs:
+        torch.testing.assert_close(mine.lora_A.grad, other.lora_A["default"].weight.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(mine.lora_B.grad, other.lora_B["default"].weight.grad, rtol=1e-4, atol=1e-6)
+
+
+SPACE = """
+training:
+  learning_rate: {type: log_uniform, min: 3e-3, max: 3e-2}
+  batch_size: 8
+  num_train_epochs: 2
+lora:
+  r: 8
+  alpha: 16
+  dropout: 0.05
+  target_modules: all-linear
+model:
+  quantization: {type: categorical, values: [4bit, 8bit]}
+data:
+  max_seq_length: 32
+"""
+
+
+@pytest.fixture(scope="module")
+def qstudy(tiny_model, tiny_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("qstudy")
+    (d / "space.yaml").write_text(SPACE)
+    out = d / "hpo"
+    r = CliRunner().invoke(main, [
+        "optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+        "--validation_file", str(tiny_data["val"]), "--output_dir", str(out), "--search_space", str(d / "space.yaml"),
+        "--num_trials", "3", "--seed", "1", "--memory_constraint", "8"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_quantised_study_trains_below_the_base_model(qstudy):
+    df = pd.read_csv(qstudy / "trials_summary.csv")
+    assert (df.state == "COMPLETE").all(), df.error.tolist()
+    assert set(df.params_quantization) <= {"4bit", "8bit"} and len(set(df.params_quantization)) == 2
+    base = json.loads((qstudy / "baseline.json").read_text())["metrics"]["eval_loss"]
+    assert df.values_eval_loss.min() < base - 0.1
+
+
+def test_quantised_adapter_reloads_in_peft_on_the_same_packed_base(qstudy, tiny_model, tiny_data):
+    from peft import PeftModel
+
+    from moopt.config import load_trial_config
+    from moopt.data import tokenize_file
+    from moopt.trial import evaluate
+
+    df = pd.read_csv(qstudy / "trials_summary.csv")
+    row = df.loc[df.values_eval_loss.idxmin()]
+    d = qstudy / "trial_results" / f"trial_{int(row.number)}"
+    cfg = load_trial_config(d / "config.yaml")
+    base, tok = load_model_and_tokenizer(str(tiny_model), cfg, torch.device("cpu"))
+    model = PeftModel.from_pretrained(base, d / "adapter").eval()
+
+    class Wrapped(torch.nn.Module):  # evaluate() takes model.model and model.lm_head, as moopt's trial
+        def __init__(self, m):
+            super().__init__()
+            self.model, self.lm_head = m.base_model.model.model, m.base_model.model.lm_head
+
+    val = tokenize_file(str(tiny_data["val"]), tok, cfg.data.max_seq_length)
+    m = evaluate(Wrapped(model), val, cfg.training.batch_size, tok.pad_token_id, torch.device("cpu"), "torch")
+    assert math.isclose(m["eval_loss"], row.values_eval_loss, rel_tol=1e-4)
+
+
+def test_tiny_4bit_probe_within_band_of_the_estimate(tiny_model):
+    from moopt.memory import estimate_peak, load_model_config
+    from moopt.probe import probe_peak
+
+    t = dataclasses.replace(quantised("4bit"), training=dataclasses.replace(TrialConfig().training, batch_size=2),
+                            data=dataclasses.replace(TrialConfig().data, max_seq_length=32))
+    res = probe_peak(str(tiny_model), t, device="cpu", kernels="torch", steps=2, threads=1)
+    assert res.ok, res.error
+    est = estimate_peak(load_model_config(tiny_model), t, device="cpu", kernels="torch")
+    assert 0.90 <= est.total_bytes / res.peak_bytes <= 1.35  # the runtime term's band (tests/test_probe.py)
+
+
+def test_quantisation_without_bitsandbytes_is_one_clear_line(tiny_model, tiny_data, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    (tmp_path / "space.yaml").write_text("model:\n  quantization: 4bit\n")
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(main, [
+        "optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+        "--validation_file", str(tiny_data["val"]), "--output_dir", str(out), "--search_space", str(tmp_path / "space.yaml")])
+    assert r.exit_code == 2 and "needs bitsandbytes" in r.output and "space.yaml" in r.output
+    assert not out.exists()
