@@ -4,13 +4,15 @@
     python benchmarks/bench_memory.py --n 8 --steps 2 # fewer configurations
 
 Grid: batch {1,4,8,16} × seq {64,128,256} × r {8,64} × targets {q,v; all-linear} × checkpointing
-{off,on}; ``--n`` configurations sampled from it (seeded, every (batch, seq) cell with at most
-``--max-tokens`` tokens drawn before any repeats). Each is measured with ``moopt.probe.probe_peak``
+{off,on} × quantisation {none, 4bit (NF4 + double quant), 8bit}; ``--n`` unquantised configurations
+sampled from it (seeded, every (batch, seq) cell with at most ``--max-tokens`` tokens drawn before
+any repeats), then ``--n-quant`` quantised ones (bitsandbytes; its CPU backend on CPU). Each is measured with ``moopt.probe.probe_peak``
 (a fresh subprocess: peak RSS on CPU, max_reserved + NVML context on CUDA).
 
 Writes ``benchmarks/results/memory_<device>.csv``, one row per (config, provider) with provider in
 analytic (uncalibrated estimate) | calibrated (leave-one-out: calibration fitted on every other
-config's probe) | measured, then summary rows; and ``memory_<device>.png`` (predicted vs measured).
+config's probe with the same quantisation, as the study calibrates per (model, quantisation,
+kernels)) | measured, then summary rows; and ``memory_<device>.png`` (predicted vs measured).
 Prints median / p90 |error|, the error after calibration, and the fit/no-fit decision accuracy for
 budgets at measured × {0.9, 0.95, 1.05, 1.1}: the analytic estimate alone vs the gate
 (``moopt.probe.MemoryGate``'s rule: estimate outside ±margin decides, otherwise the probe does).
@@ -37,9 +39,22 @@ GIB = 1024**3
 MIB = 1024**2
 
 
-def grid() -> list[dict]:
-    return [dict(b=b, s=s, r=r, targets=t, ckpt=c) for b, s, r, t, c in itertools.product(
+QUANTS = ("4bit", "8bit")
+
+
+def grid(quant: str = "none") -> list[dict]:
+    return [dict(b=b, s=s, r=r, targets=t, ckpt=c, quant=quant) for b, s, r, t, c in itertools.product(
         (1, 4, 8, 16), (64, 128, 256), (8, 64), tuple(TARGETS), (False, True))]
+
+
+def sample_quantized(n: int, max_tokens: int, seed: int = 0) -> list[dict]:
+    """``n`` configurations drawn from the 4bit and 8bit grids, alternating."""
+    rng = random.Random(seed + 1)
+    pools = {q: [c for c in grid(q) if c["b"] * c["s"] <= max_tokens] for q in QUANTS}
+    for pool in pools.values():
+        rng.shuffle(pool)
+    picked = [pools[QUANTS[i % len(QUANTS)]][i // len(QUANTS)] for i in range(n)]
+    return sorted(picked, key=lambda c: (c["quant"], c["b"] * c["s"], c["ckpt"]))
 
 
 def sample(n: int, max_tokens: int, seed: int = 0) -> list[dict]:
@@ -58,7 +73,8 @@ def sample(n: int, max_tokens: int, seed: int = 0) -> list[dict]:
 
 
 def label(c: dict) -> str:
-    return f"b{c['b']}_s{c['s']}_r{c['r']}_{c['targets']}_{'ckpt' if c['ckpt'] else 'nockpt'}"
+    q = "" if c.get("quant", "none") == "none" else f"_{c['quant']}"
+    return f"b{c['b']}_s{c['s']}_r{c['r']}_{c['targets']}_{'ckpt' if c['ckpt'] else 'nockpt'}{q}"
 
 
 def read_measured(path: Path) -> dict[str, int]:
@@ -76,7 +92,7 @@ def trial_config(c: dict):
     return TrialConfig.from_dict({
         "training": {"batch_size": c["b"]}, "data": {"max_seq_length": c["s"]},
         "lora": {"r": c["r"], "alpha": 2 * c["r"], "target_modules": list(TARGETS[c["targets"]])},
-        "model": {"gradient_checkpointing": c["ckpt"]},
+        "model": {"gradient_checkpointing": c["ckpt"], "quantization": c.get("quant", "none")},
     })
 
 
@@ -90,13 +106,15 @@ def pct(xs: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def leave_one_out(pred: list[int], meas: list[int]) -> list[int]:
-    """Calibrated prediction of each config from the (estimate, measured) pairs of all the others."""
+def leave_one_out(pred: list[int], meas: list[int], groups: list[str] | None = None) -> list[int]:
+    """Calibrated prediction of each config from the (estimate, measured) pairs of all the others in
+    its group (the study keeps one calibration per quantisation)."""
     from moopt.memory import apply_calibration, fit_calibration
 
+    groups = groups or [""] * len(pred)
     out = []
     for i in range(len(pred)):
-        others = [(p, m) for j, (p, m) in enumerate(zip(pred, meas)) if j != i]
+        others = [(p, m) for j, (p, m) in enumerate(zip(pred, meas)) if j != i and groups[j] == groups[i]]
         out.append(apply_calibration(pred[i], fit_calibration(others)) if others else pred[i])
     return out
 
@@ -133,7 +151,7 @@ def decisions(pred: list[int], meas: list[int], margin: float = 0.10) -> dict[st
 def summarize(rows: list[dict]) -> dict[str, float]:
     pred = [r["analytic"] for r in rows]
     meas = [r["measured"] for r in rows]
-    cal = leave_one_out(pred, meas)
+    cal = leave_one_out(pred, meas, [r.get("quant", "none") for r in rows])
     err = [abs(p - m) / m * 100 for p, m in zip(pred, meas)]
     signed = [(p - m) / m * 100 for p, m in zip(pred, meas)]
     cal_err = [abs(c - m) / m * 100 for c, m in zip(cal, meas)]
@@ -178,7 +196,7 @@ def measure(configs: list[dict], device: str, kernels: str, steps: int, threads:
               f"measured {res.peak_bytes / MIB:7.0f} MiB  {'' if ok else 'FAILED ' + str(res.error)}  "
               f"({res.seconds:.0f} s)", flush=True)
         if ok:
-            rows.append({"config": label(c), "analytic": est.total_bytes, "measured": res.peak_bytes,
+            rows.append({"config": label(c), "quant": c.get("quant", "none"), "analytic": est.total_bytes, "measured": res.peak_bytes,
                          "retries": res.num_alloc_retries, "seconds": res.seconds})
             write_csv(rows, None, device, dev_name, csv_path)  # partial results survive an interruption
     return rows
@@ -208,7 +226,11 @@ def plot(rows: list[dict], dev_name: str, path: Path) -> None:
 
     meas = [r["measured"] / GIB for r in rows]
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.scatter(meas, [r["analytic"] / GIB for r in rows], label="analytic", marker="o")
+    for q, colour in (("none", "C0"), ("4bit", "C2"), ("8bit", "C3")):
+        sel = [r for r in rows if r.get("quant", "none") == q]
+        if sel:
+            ax.scatter([r["measured"] / GIB for r in sel], [r["analytic"] / GIB for r in sel], color=colour,
+                       marker="o", label="analytic" + ("" if q == "none" else f" ({q})"))
     ax.scatter(meas, [r["calibrated"] / GIB for r in rows], label="calibrated (leave-one-out)", marker="x")
     lo, hi = min(meas) * 0.9, max(meas) * 1.1
     ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="y = x")
@@ -246,6 +268,7 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--kernels", default="auto", choices=["auto", "torch", "triton"])
     parser.add_argument("--n", type=int, default=16, help="configurations sampled from the grid")
+    parser.add_argument("--n-quant", type=int, default=16, help="quantised (4bit/8bit) configurations added")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="largest batch×seq sampled (default: 1024 on CPU, where steps are slow; all on CUDA)")
     parser.add_argument("--steps", type=int, default=2, help="training steps per probe (>= 2: Adam allocates in step 1)")
@@ -257,7 +280,7 @@ def main() -> int:
                         help="with --reuse: summarise only the configs the CSV holds, probe nothing")
     args = parser.parse_args()
     max_tokens = args.max_tokens or (1024 if args.device == "cpu" else 16 * 256)
-    configs = sample(args.n, max_tokens, args.seed)
+    configs = sample(args.n, max_tokens, args.seed) + sample_quantized(args.n_quant, max_tokens, args.seed)
     dev_name = device_name(args.device)
     csv_path = RESULTS / f"memory_{args.device}.csv"
     reuse = read_measured(csv_path) if args.reuse else None

@@ -42,6 +42,7 @@ BREAKDOWN_KEYS = (
     "runtime",  # CUDA context (cuda) or the Python+torch process (cpu)
     "cuda_context",
     "weights",
+    "checkpoint_pages",  # cpu + 8bit/4bit: the memory-mapped checkpoint, read whole while quantising
     "lora_params_grads_optimizer",
     "activations",
     "logits",
@@ -63,6 +64,14 @@ CPU_RUNTIME_BYTES = 560 * MIB
 # by others; 0.10 keeps the estimate on the safe side. glibc on CPU returns big blocks (mmap) at once.
 CUDA_SLACK = 0.10
 CPU_SLACK = 0.10
+# CPU + bitsandbytes (8bit/4bit), measured with benchmarks/bench_memory.py (8 quantised SmolLM2 probes):
+# - transformers memory-maps the checkpoint and bitsandbytes reads every weight to quantise it, so the
+#   whole file stays resident (page cache mapped into the process: counted in RSS) while the
+#   unquantised embeddings and norms still point into it: + file bytes.
+# - the quantising pass frees hundreds of weight-sized buffers, which raises glibc's dynamic mmap
+#   threshold; later activations then come from the heap, which keeps what it frees: about 15% more
+#   on the dynamic part than the unquantised path (fitted: 0.13; 0.15 errs on the safe side).
+CPU_QUANT_HEAP_RETENTION = 0.15
 # NF4 with double quantisation: 4 bits + 0.127 bit of quantisation constants per parameter.
 NF4_BYTES_PER_PARAM = 0.5 + 0.127 / 8
 # AdamW on fp32 adapters: 4 (param) + 4 (grad) + 8 (two fp32 states) bytes per trainable param.
@@ -74,6 +83,7 @@ LORA_BYTES_PER_PARAM = 16
 # r=64 all-linear (19.5 M adapter params): peak RSS 1474 MiB where foreach temporaries would give 1595.
 OPTIMIZER_TMP_BYTES_PER_PARAM = 8
 CPU_OPTIMIZER_TMP_BYTES_PER_ELEMENT = 8
+CALIBRATION_FACTOR_RANGE = (0.9, 1.1)
 DEFAULT_CE_CHUNK = 1024  # rows, kernels/cross_entropy.DEFAULT_CHUNK_SIZE
 
 
@@ -194,6 +204,14 @@ def load_model_config(path_or_folder: str | Path):
     return cfg
 
 
+def checkpoint_bytes(model_config: Any, dims: "ModelDims") -> int:
+    """Bytes of the weights on disk: every parameter in the checkpoint's dtype (config ``dtype``; bf16
+    when the config does not say)."""
+    dtype = str(getattr(model_config, "dtype", None) or "bfloat16")
+    per = 4 if "float32" in dtype else 1 if "int8" in dtype else 2
+    return per * (dims.linear_params + dims.embedding_params + dims.norm_params)
+
+
 def _act_bytes(trial: TrialConfig, device: str) -> int:
     dtype = trial.model.dtype
     if dtype == "auto":
@@ -229,8 +247,6 @@ def estimate_peak(
     if loss not in LOSSES:
         errors.append(f"loss: must be one of {list(LOSSES)}, got {loss!r}")
     quant = trial.model.quantization
-    if device == "cpu" and quant != "none":
-        errors.append(f"model.quantization: {quant} needs CUDA (bitsandbytes), got device=cpu")
     if errors:
         raise ConfigError("; ".join(errors))
 
@@ -268,7 +284,9 @@ def estimate_peak(
     q_out, kv_out = m.heads * m.head_dim, m.kv_heads * m.head_dim
     masked = b > 1  # padding possible: 4D mask, K/V repeated to all heads before SDPA
     kv_saved = q_out if masked else kv_out
-    keeps_input = set(targets) | (set(shapes) if quant != "none" else set())  # bnb keeps every input
+    # bitsandbytes 0.50: MatMul8bitLt saves its input for backward (every linear), MatMul4Bit saves only
+    # the packed weight (bitsandbytes/autograd/_functions.py), so 4bit keeps just what the LoRA keeps.
+    keeps_input = set(targets) | (set(shapes) if quant == "8bit" else set())
     act = 2 * 4 * h  # two RMSNorms: the fp32 copy (bf16 input) or the fp32 input itself, 4h each
     act += a_b * (q_out + 2 * kv_saved + q_out) + 4 * m.heads  # SDPA saves q, k, v, out + fp32 lse
     act += a_b * 3 * I  # SwiGLU: gate (silu input), silu output, up
@@ -333,13 +351,18 @@ def estimate_peak(
 
     dynamic = activations + logit_bytes + transients
     slack = (CUDA_SLACK if device == "cuda" else CPU_SLACK) * dynamic
+    checkpoint_pages = 0
+    if device == "cpu" and quant != "none":
+        slack += CPU_QUANT_HEAP_RETENTION * dynamic
+        checkpoint_pages = checkpoint_bytes(model_config, m)
+        notes.append("cpu + bitsandbytes: the checkpoint file stays mapped and resident (it is read whole to quantise)")
     breakdown = {k: 0 for k in BREAKDOWN_KEYS}
     if device == "cuda":
         breakdown["cuda_context"] = cuda_context_bytes
     else:
         breakdown["runtime"] = cpu_runtime_bytes
     breakdown.update(
-        weights=int(weights), lora_params_grads_optimizer=int(lora), activations=int(activations),
+        weights=int(weights), checkpoint_pages=int(checkpoint_pages), lora_params_grads_optimizer=int(lora), activations=int(activations),
         logits=int(logit_bytes), transients=int(transients), allocator_slack=int(slack),
     )
     total = sum(breakdown.values())
@@ -350,7 +373,8 @@ def estimate_peak(
             breakdown["calibration"] = calibrated - total
             total = calibrated
             notes.append(f"calibrated: factor {cal['factor']:.3f}, offset {cal.get('offset_bytes', 0) / MIB:.0f} MiB")
-    breakdown = {k: v for k, v in breakdown.items() if k not in ("runtime", "cuda_context", "calibration") or v}
+    breakdown = {k: v for k, v in breakdown.items()
+                 if k not in ("runtime", "cuda_context", "checkpoint_pages", "calibration") or v}
     return MemoryEstimate(total_bytes=int(total), breakdown=breakdown, phase=phase, notes=tuple(notes))
 
 
@@ -367,39 +391,28 @@ def apply_calibration(total_bytes: int, cal: dict) -> int:
 
 
 def fit_calibration(pairs: list[tuple[int | MemoryEstimate, int]]) -> dict[str, float]:
-    """Fit ``measured ≈ factor · estimate + offset`` from probe runs, then raise the offset so the fit
-    lies on or above every measurement (moopt must never under-estimate a configuration it probed).
+    """Fit ``measured ≈ factor · estimate + offset`` from probe runs, robustly (Theil-Sen): factor =
+    median of the pairwise slopes, clamped to [0.9, 1.1] so a few small probes cannot extrapolate a
+    steep line to big configurations; offset = median residual. One pair (or equal estimates):
+    factor = measured / estimate, offset 0. Probed configurations themselves are answered from their
+    measurement (moopt.probe.MemoryGate), so the fit need not cover them.
 
-    One pair: factor = measured / estimate, offset 0. Two or more with distinct estimates: least
-    squares, factor clamped to [0.5, 2]. Returns ``{"factor", "offset_bytes", "n"}``.
+    Leave-one-out on benchmarks/bench_memory.py's 32 CPU probes (16 unquantised, 16 4bit/8bit):
+    median |error| 2.3%, max 315 MiB; a least-squares line raised to cover every probe reached 985.
+    Returns ``{"factor", "offset_bytes", "n"}``.
     """
+    import itertools
+    import statistics
+
     if not pairs:
         raise ValueError("fit_calibration needs at least one (estimate, measured) pair")
     xs = [float(e.total_bytes if isinstance(e, MemoryEstimate) else e) for e, _ in pairs]
     ys = [float(y) for _, y in pairs]
     if any(x <= 0 for x in xs):
         raise ValueError(f"estimates must be > 0, got {xs}")
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    var = sum((x - mx) ** 2 for x in xs)
-    if n == 1 or var == 0:
-        factor, offset = my / mx, 0.0
-    else:
-        factor = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
-        factor = min(max(factor, 0.5), 2.0)
-        offset = my - factor * mx
-    offset += max(0.0, max(y - (factor * x + offset) for x, y in zip(xs, ys)))
-    return {"factor": factor, "offset_bytes": offset, "n": n}
-
-
-def probe_peak(model_path: str, trial: TrialConfig, device: str = "cuda", kernels: str = "torch",
-               loss: str = "chunked", steps: int = 3) -> int:
-    """Measured peak bytes of ``steps`` real training steps of ``trial`` in a fresh subprocess.
-
-    Out of scope here (written separately): the child loads exactly the trial's setup, trains on a
-    worst-case batch (batch_size × max_seq_length labelled tokens) including ``optimizer.step()``,
-    reports ``max_memory_reserved`` and ``num_alloc_retries``; the parent adds the NVML context
-    (moopt.nvml.process_used_bytes - memory_reserved) and feeds (estimate, measured) to
-    :func:`fit_calibration`.
-    """
-    raise NotImplementedError("probe_peak is not implemented yet; see its docstring for the contract")
+    slopes = [(y2 - y1) / (x2 - x1) for (x1, y1), (x2, y2) in itertools.combinations(zip(xs, ys), 2) if x2 != x1]
+    if not slopes:
+        return {"factor": statistics.median(y / x for x, y in zip(xs, ys)), "offset_bytes": 0.0, "n": len(xs)}
+    factor = min(max(statistics.median(slopes), CALIBRATION_FACTOR_RANGE[0]), CALIBRATION_FACTOR_RANGE[1])
+    offset = statistics.median(y - factor * x for x, y in zip(xs, ys))
+    return {"factor": factor, "offset_bytes": offset, "n": len(xs)}
