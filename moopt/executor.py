@@ -176,7 +176,7 @@ class LocalExecutor(ExecutorBase):
                 if ev == "progress":
                     self.on_progress(spec.number, msg["step"], msg["total"], msg["loss"])
                 elif ev == "rung":
-                    go = bool(self.on_rung(spec.number, msg["step"], msg["metrics"]))
+                    go = bool(self.on_rung(spec.number, msg["step"], msg["metrics"], msg.get("rung")))
                     try:
                         proc.stdin.write(json.dumps({"continue": go}) + "\n")
                         proc.stdin.flush()

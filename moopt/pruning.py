@@ -13,11 +13,19 @@ import math
 import numpy as np
 
 
-def rung_fractions(eta: float | None, n_rungs: int = 2) -> tuple[float, ...]:
-    """Rungs at 1/eta^n_rungs ... 1/eta of a trial's steps; before the first is the warm-up."""
+# The earliest rung sits at >= 1/10 of a trial's steps: earlier evaluations of a fine-tuning run are
+# mostly warm-up noise. eta=2 gives rungs at 1/8, 1/4, 1/2 (a trial stopped at the first rung costs
+# 1/8 of a full one); eta=3 at 1/9, 1/3; eta=4 at 1/4.
+MIN_RUNG_FRACTION = 0.1
+
+
+def rung_fractions(eta: float | None, min_fraction: float = MIN_RUNG_FRACTION) -> tuple[float, ...]:
+    """Rungs at 1/eta^K ... 1/eta of a trial's steps, K the most with 1/eta^K >= ``min_fraction``
+    (at least one); before the first rung is the warm-up, where nothing is pruned."""
     if not eta or eta <= 1:
         return ()
-    return tuple(1 / eta**k for k in range(n_rungs, 0, -1))
+    k = max(1, int(math.floor(math.log(1 / min_fraction) / math.log(eta) + 1e-9)))
+    return tuple(1 / eta**i for i in range(k, 0, -1))
 
 
 def pareto_order(F: np.ndarray) -> list[int]:

@@ -114,10 +114,11 @@ class Study:
     def trial_dir(self, number: int) -> Path:
         return self.out / "trial_results" / f"trial_{number}"
 
-    def decide_rung(self, number: int, step: int, metrics: dict[str, float]) -> bool:
+    def decide_rung(self, number: int, step: int, metrics: dict[str, float], rung: int | None = None) -> bool:
         """Called by the executor at each rung of a trial; journaled before the answer counts."""
         with self.lock:
-            rung = self.rungs_reached.get(number, 0)
+            if rung is None:  # a worker that does not say which rung: count arrivals
+                rung = self.rungs_reached.get(number, 0)
             self.rungs_reached[number] = rung + 1
             go = self.pruner.decide(rung, number, self.cfg.objectives.to_minimize(metrics))
             self.journal.append({"type": "rung", "number": number, "rung": rung, "step": step, "metrics": metrics,

@@ -4,7 +4,7 @@ from moopt.pruning import RungPruner, pareto_order, rung_fractions
 
 
 def test_rungs_are_fractions_of_the_budget():
-    assert rung_fractions(2) == (0.25, 0.5)
+    assert rung_fractions(2) == (0.125, 0.25, 0.5)
     assert rung_fractions(3) == (1 / 9, 1 / 3)
     assert rung_fractions(None) == () and rung_fractions(1) == ()
 
