@@ -1,8 +1,8 @@
 """Multi-objective successive halving (asynchronous, like ASHA; ranked like MOASHA).
 
-A trial reaching rung k goes on only if it is in the top ceil(n / eta) of the n trials that have
-reached rung k so far, ranked by Pareto rank (non-dominated sorting), then by crowding distance
-(larger first) inside a front. The first ``eta`` arrivals at a rung always go on (there is nothing
+A trial reaching rung k goes on only if it is in the top n / eta of the n trials that have reached
+rung k so far (its rank <= n / eta, as ASHA promotes the top floor(n / eta)), ranked by Pareto rank
+(non-dominated sorting), then by crowding distance (larger first) inside a front. The first ``eta`` arrivals at a rung always go on (there is nothing
 to compare them with yet). Objectives are in pymoo's minimisation form.
 """
 
@@ -61,5 +61,5 @@ class RungPruner:
             return True
         nums = list(pool)
         order = pareto_order(np.array([pool[n] for n in nums]))
-        keep = {nums[i] for i in order[: math.ceil(len(nums) / self.eta)]}
+        keep = {nums[i] for i in order[: max(1, math.floor(len(nums) / self.eta))]}  # rank <= n / eta
         return number in keep

@@ -25,6 +25,15 @@ def test_first_eta_arrivals_go_on_then_top_fraction():
     assert not p.decide(0, 4, [2.5, -0.2])
 
 
+def test_the_median_arrival_is_not_in_the_top_half():
+    """Rank <= n / eta: of 5 trials at a rung with eta = 2, ranks 1 and 2 go on, rank 3 does not."""
+    p = RungPruner(eta=2)
+    for n, loss in enumerate([1.0, 2.0, 4.0, 5.0]):
+        p.decide(0, n, [loss])
+    assert not p.decide(0, 4, [3.0])  # rank 3 of 5
+    assert p.decide(0, 5, [1.5])  # rank 2 of 6
+
+
 def test_synthetic_learning_curves_prune_the_bad_ones():
     """Curves loss(t) = final + gap*(1-t): rung ranks agree with final ranks, so the worst stop."""
     rng = np.random.default_rng(0)
