@@ -1,23 +1,31 @@
 """What --pruning_factor saves: the same study with and without pruning, side by side.
 
 For each seed, two real studies (same model, data, space, seed, trial count) run through the CLI:
-one without pruning, one with ``--pruning_factor ETA``. Compute is the optimizer steps (and
-training seconds) all trials spent; quality is the hypervolume of each study's feasible front,
-both normalised over the union of the two studies' COMPLETE trials (reference point 1.1).
+one without pruning, one with ``--pruning_factor ETA``. Compute is the optimizer steps all trials
+took (and their training seconds, which include the rung evaluations). Quality is the hypervolume of
+each study's COMPLETE front:
 
-Default: the tiny random Llama of the tests on its colour task (CPU, ~5 s a trial). With
-``--base_model smollm2-135m --train_file data/train.jsonl --validation_file data/val.jsonl`` it
-runs on the real model (minutes a trial on CPU).
+- ``hv_base``: reference point = the base model's own (eval_loss, eval_accuracy), i.e. the region of
+  improvement over not fine-tuning at all (the headline figure);
+- ``hv_union``: both fronts normalised to [0, 1] over the union of the two studies' COMPLETE trials,
+  reference 1.1 (strict: a slightly worse best point can cost tens of percent).
+
+Default: the tiny random Llama of the tests on its colour task (CPU, seconds a trial). ``--real`` runs
+SmolLM2-135M-Instruct on the first ``--train-rows`` rows of data/train.jsonl with data/val.jsonl and
+config/demo_search_space.yaml (~20-40 s a trial on 2 cores).
 
     python benchmarks/bench_pruning.py --seeds 3 --trials 12
+    python benchmarks/bench_pruning.py --real --seeds 4 --trials 12
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +45,17 @@ data:
 """
 
 
-def run_study(model, train, val, out: Path, space: Path, trials: int, seed: int, eta: float | None) -> None:
+def run_study(model, train, val, out: Path, space: Path, trials: int, seed: int, eta: float | None,
+              baseline: bool = False) -> None:
     from click.testing import CliRunner
 
     from moopt.cli import main
 
     args = ["optimize", "--base_model", str(model), "--train_file", str(train), "--validation_file", str(val),
             "--output_dir", str(out), "--search_space", str(space), "--num_trials", str(trials), "--seed", str(seed),
-            "--optimization_objective", "multi:eval_loss,eval_accuracy", "--no-baseline", "--overwrite"]
+            "--optimization_objective", "multi:eval_loss,eval_accuracy", "--overwrite"]
+    if not baseline:
+        args.append("--no-baseline")
     if eta:
         args += ["--pruning_factor", str(eta)]
     r = CliRunner().invoke(main, args)
@@ -53,6 +64,7 @@ def run_study(model, train, val, out: Path, space: Path, trials: int, seed: int,
 
 
 def study_front(out: Path):
+    """(F of COMPLETE trials in minimisation form, objectives, table, base model's F or None)."""
     from moopt.results import load_study
 
     d = load_study(out)
@@ -60,71 +72,135 @@ def study_front(out: Path):
     cols = [f"values_{n}" for n in d.objectives.names]
     ok = t[t.state == "COMPLETE"].dropna(subset=cols)
     F = np.array([d.objectives.to_minimize(dict(zip(d.objectives.names, r))) for r in ok[cols].to_numpy()])
-    return F, float(t.steps.fillna(0).sum()), float(t.get("train_seconds", t.steps * 0).fillna(0).sum()), t
+    base = None
+    if d.baseline and d.baseline.get("state") == "COMPLETE":
+        base = np.array(d.objectives.to_minimize(d.baseline["metrics"]), dtype=float)
+    return F, t, base
 
 
-def hv(F: np.ndarray, lo: np.ndarray, span: np.ndarray) -> float:
+def hv(F: np.ndarray, ref: np.ndarray) -> float:
     from pymoo.indicators.hv import HV
 
+    F = F[(F < ref).all(axis=1)] if len(F) else F
     if not len(F):
         return 0.0
-    return float(HV(ref_point=np.full(F.shape[1], 1.1))((F - lo) / span))
+    return float(HV(ref_point=ref)(F))
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = sorted({r["seed"] for r in rows})
+    get = {(r["seed"], r["provider"] == "no_pruning"): r for r in rows}
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    x = np.arange(len(seeds))
+    for off, base, lab in ((-0.2, True, "no pruning"), (0.2, False, "pruning")):
+        a1.bar(x + off, [get[s, base]["train_steps"] for s in seeds], 0.4, label=lab)
+        a2.bar(x + off, [get[s, base]["hv_base"] for s in seeds], 0.4, label=lab)
+    for ax, title in ((a1, "optimizer steps (all trials)"), (a2, "hypervolume vs base model")):
+        ax.set_xticks(x, [f"seed {s}" for s in seeds])
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--append", action="store_true", help="add these seeds' rows to the CSV and summarise all")
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--eta", type=float, default=2.0)
-    ap.add_argument("--base_model", default=None)
-    ap.add_argument("--train_file", default=None)
-    ap.add_argument("--validation_file", default=None)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pruning_cpu.csv"))
+    ap.add_argument("--real", action="store_true", help="SmolLM2-135M on the bundled data (see module doc)")
+    ap.add_argument("--train-rows", type=int, default=120)
+    ap.add_argument("--out", default=None, help="CSV (default benchmarks/results/pruning_{tiny,smollm2}_cpu.csv)")
     a = ap.parse_args()
+    out_csv = Path(a.out or ROOT / "benchmarks" / "results" / f"pruning_{'smollm2' if a.real else 'tiny'}_cpu.csv")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_pruning_"))
-    if a.base_model is None:
+    if a.real:
+        from moopt.models import resolve_model
+
+        model = resolve_model("smollm2-135m")
+        rows_ = (ROOT / "data" / "train.jsonl").read_text().splitlines()[: a.train_rows]
+        train = tmp / "train.jsonl"
+        train.write_text("\n".join(rows_) + "\n")
+        val, space = ROOT / "data" / "val.jsonl", ROOT / "config" / "demo_search_space.yaml"
+    else:
         sys.path.insert(0, str(ROOT / "tests"))
         from conftest import build_tiny_llama, write_color_data
 
         model = build_tiny_llama(tmp / "tiny")
         train, val = write_color_data(tmp / "train.jsonl", 96, 0), write_color_data(tmp / "val.jsonl", 32, 1)
-    else:
-        from moopt.models import resolve_model
-
-        model, train, val = resolve_model(a.base_model), a.train_file, a.validation_file
-    space = tmp / "space.yaml"
-    space.write_text(SPACE)
+        space = tmp / "space.yaml"
+        space.write_text(SPACE)
 
     rows = []
-    for seed in range(a.seeds):
+    t0 = time.time()
+    for seed in range(a.first_seed, a.first_seed + a.seeds):
         outs = {}
         for label, eta in (("no_pruning", None), (f"eta_{a.eta:g}", a.eta)):
             outs[label] = tmp / f"s{seed}_{label}"
-            run_study(model, train, val, outs[label], space, a.trials, seed, eta)
+            run_study(model, train, val, outs[label], space, a.trials, seed, eta, baseline=eta is None)
         fronts = {k: study_front(v) for k, v in outs.items()}
+        base_ref = fronts["no_pruning"][2]
         allF = np.vstack([f[0] for f in fronts.values() if len(f[0])])
         lo, hi = allF.min(axis=0), allF.max(axis=0)
         span = np.where(hi > lo, hi - lo, 1.0)
-        for label, (F, steps, _, t) in fronts.items():
-            rows.append({"what": "pruning", "config": f"trials={a.trials},seed={seed}", "provider": label,
-                         "device": "cpu", "hypervolume": hv(F, lo, span), "train_steps": steps,
-                         "n_pruned": int((t.state == "PRUNED").sum())})
-            print(f"seed {seed} {label:>12}: HV {rows[-1]['hypervolume']:.4f}  steps {steps:.0f}  pruned {rows[-1]['n_pruned']}")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(a.out, "w", newline="") as f:
+        for label, (F, t, _) in fronts.items():
+            steps = float(t.steps.fillna(0).sum())
+            secs = float(pd_seconds(t))
+            rows.append({"what": "pruning", "seed": seed, "trials": a.trials, "provider": label, "device": "cpu",
+                         "model": "smollm2-135m" if a.real else "tiny",
+                         "hv_base": hv(F, base_ref) if base_ref is not None else float("nan"),
+                         "hv_union": hv((F - lo) / span, np.full(F.shape[1] if len(F) else 2, 1.1)),
+                         "best_eval_loss": float(F[:, 0].min()) if len(F) else float("nan"),
+                         "train_steps": steps, "trial_seconds": secs,
+                         "n_pruned": int((t.state == "PRUNED").sum()), "n_complete": int((t.state == "COMPLETE").sum())})
+            r = rows[-1]
+            print(f"seed {seed} {label:>12}: HV(base) {r['hv_base']:.4f}  HV(union) {r['hv_union']:.4f}  best loss "
+                  f"{r['best_eval_loss']:.4f}  steps {steps:.0f}  trial s {secs:.0f}  pruned {r['n_pruned']}", flush=True)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    if a.append and out_csv.is_file():
+        import pandas as pd
+
+        old = pd.read_csv(out_csv)
+        old = old[~old.seed.isin({r["seed"] for r in rows})]
+        rows = sorted(old.to_dict("records") + rows, key=lambda r: r["seed"])  # stable: provider order kept
+    with open(out_csv, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    plot(rows, out_csv.with_suffix(".png"))
     base = [r for r in rows if r["provider"] == "no_pruning"]
     pr = [r for r in rows if r["provider"] != "no_pruning"]
     saved = 1 - sum(r["train_steps"] for r in pr) / sum(r["train_steps"] for r in base)
-    hv_loss = 1 - np.median([p["hypervolume"] / b["hypervolume"] for p, b in zip(pr, base) if b["hypervolume"] > 0])
-    print(f"\ncompute saved by pruning (optimizer steps): {saved:.1%}")
-    print(f"median hypervolume loss: {hv_loss:.1%}  (per seed: "
-          + ", ".join(f"{1 - p['hypervolume'] / b['hypervolume']:.1%}" for p, b in zip(pr, base) if b["hypervolume"] > 0) + ")")
-    print(f"wrote {a.out}")
+    saved_s = 1 - sum(r["trial_seconds"] for r in pr) / sum(r["trial_seconds"] for r in base)
+    per_seed = [1 - p["train_steps"] / b["train_steps"] for p, b in zip(pr, base)]
+    summary = {"seeds": len(base), "steps_saved_pct": 100 * saved, "trial_seconds_saved_pct": 100 * saved_s,
+               "median_steps_saved_pct": 100 * float(np.median(per_seed))}
+    for key in ("hv_base", "hv_union"):
+        losses = [1 - p[key] / b[key] for p, b in zip(pr, base) if b[key] > 0]
+        summary[f"median_{key}_loss_pct"] = 100 * float(np.median(losses)) if losses else float("nan")
+        print(f"{key}: per-seed loss " + ", ".join(f"{100 * x:+.1f}%" for x in losses))
+    print(f"\n{len(base)} seeds x {a.trials} trials, eta {a.eta:g}, {time.time() - t0:.0f} s")
+    print(f"compute saved by pruning: {summary['steps_saved_pct']:.1f}% of optimizer steps, "
+          f"{summary['trial_seconds_saved_pct']:.1f}% of trial seconds")
+    print(f"median hypervolume loss: {summary['median_hv_base_loss_pct']:.1f}% (vs base model), "
+          f"{summary['median_hv_union_loss_pct']:.1f}% (union-normalised)")
+    out_csv.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    print(f"wrote {out_csv} (+ .png, .json)")
     return 0
+
+
+def pd_seconds(t) -> float:
+    import pandas as pd
+
+    return float(pd.to_timedelta(t.duration.astype(str), errors="coerce").dt.total_seconds().fillna(0).sum())
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 A trial reaching rung k goes on only if it is in the top n / eta of the n trials that have reached
 rung k so far (its rank <= n / eta, as ASHA promotes the top floor(n / eta)), ranked by Pareto rank
-(non-dominated sorting), then by crowding distance (larger first) inside a front. The first ``eta`` arrivals at a rung always go on (there is nothing
-to compare them with yet). Objectives are in pymoo's minimisation form.
+(non-dominated sorting), then by crowding distance (larger first) inside a front. At least one goes
+on: the first arrival at a rung always does, the second only if it ranks first (as Optuna's
+SuccessiveHalvingPruner). Objectives are in pymoo's minimisation form.
 """
 
 from __future__ import annotations
@@ -57,8 +58,6 @@ class RungPruner:
         """Record the arrival and say whether the trial goes on."""
         self.record(rung, number, F)
         pool = self.pools[rung]
-        if len(pool) <= self.eta:
-            return True
         nums = list(pool)
         order = pareto_order(np.array([pool[n] for n in nums]))
         keep = {nums[i] for i in order[: max(1, math.floor(len(nums) / self.eta))]}  # rank <= n / eta

@@ -16,11 +16,13 @@ def test_pareto_order_ranks_fronts_then_crowding():
     assert order[3:] == [1, 4]
 
 
-def test_first_eta_arrivals_go_on_then_top_fraction():
+def test_first_arrival_goes_on_then_top_fraction():
     p = RungPruner(eta=2)
-    assert p.decide(0, 0, [1.0, -0.5])
-    assert p.decide(0, 1, [2.0, -0.1])  # worse, but only 2 seen: warm-up
-    assert not p.decide(0, 2, [3.0, -0.05])  # dominated by both: not in top ceil(3/2)=2
+    assert p.decide(0, 0, [1.0, -0.5])  # alone at the rung: the top 1 of 1
+    assert not p.decide(0, 1, [2.0, -0.1])  # dominated by the first: not the top 1 of 2
+    p.forget(1)
+    assert p.decide(0, 1, [0.9, -0.6])  # better than the first: goes on
+    assert not p.decide(0, 2, [3.0, -0.05])  # dominated by both: not in the top floor(3/2) = 1
     assert p.decide(0, 3, [0.5, -0.9])  # dominates everything
     assert not p.decide(0, 4, [2.5, -0.2])
 
