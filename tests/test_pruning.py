@@ -61,3 +61,38 @@ def test_forget_drops_a_requeued_trial():
     p.decide(0, 0, [1.0])
     p.forget(0)
     assert p.pools[0] == {}
+
+
+def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, tiny_data, tmp_path):
+    """End to end: trial 0 (the default, moved to lr 3e-2) learns; lr 1e-7 trials stay at the base
+    model's loss, rank below it at the first rung and stop there, as PRUNED with their step, their
+    learning curve and their rung evaluation told to NSGA-II."""
+    import json
+
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from moopt.cli import main
+
+    space = tmp_path / "space.yaml"
+    space.write_text("training:\n  learning_rate: {type: categorical, values: [3e-2, 1e-7]}\n  num_train_epochs: 2\n"
+                     "  batch_size: 4\nlora:\n  dropout: {type: uniform, min: 0.0, max: 0.1}\ndata:\n  max_seq_length: 32\n")
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+                                  "--validation_file", str(tiny_data["val"]), "--output_dir", str(out),
+                                  "--search_space", str(space), "--num_trials", "5", "--seed", "0", "--no-baseline",
+                                  "--pruning_factor", "2", "--optimization_objective", "multi:eval_loss,eval_accuracy"])
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out / "trials_summary.csv")
+    assert df.loc[0, "params_learning_rate"] == 3e-2 and df.loc[0, "state"] == "COMPLETE"
+    slow = df[df.params_learning_rate == 1e-7]
+    assert len(slow) >= 1 and (slow.state == "PRUNED").all(), df[["number", "params_learning_rate", "state"]]
+    assert (slow.steps < slow.total_steps).all() and slow.error.str.match(r"pruned at step \d+").all()
+    assert slow.values_eval_loss.notna().all()  # its last evaluation is its result
+    rungs = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    rungs = [e for e in rungs if e["type"] == "rung"]
+    assert {e["rung"] for e in rungs if e["number"] == 0} == {0, 1, 2}  # eta 2: 1/8, 1/4, 1/2 of 24 steps
+    for n in slow.number:
+        assert [e["decision"] for e in rungs if e["number"] == n][-1] == "prune"
+        curve = json.loads((out / "trial_results" / f"trial_{n}" / "metrics.json").read_text())
+        assert len(curve["curve"]) == int(df.loc[n, "steps"])
