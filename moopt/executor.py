@@ -152,6 +152,10 @@ class LocalExecutor(ExecutorBase):
         spec.threads = slot.threads
         env["OMP_NUM_THREADS"] = str(slot.threads)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # `python -m` puts the working directory first on sys.path: run from a checkout of moopt, its
+        # top-level kernels/ folder would shadow Hugging Face's `kernels` package (bitsandbytes and
+        # transformers probe for it). Safe path (Python >= 3.11) keeps the cwd out.
+        env["PYTHONSAFEPATH"] = "1"
         Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
         log = open(Path(spec.output_dir) / "log.txt", "w")
         proc = subprocess.Popen(

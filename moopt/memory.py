@@ -64,14 +64,19 @@ CPU_RUNTIME_BYTES = 560 * MIB
 # by others; 0.10 keeps the estimate on the safe side. glibc on CPU returns big blocks (mmap) at once.
 CUDA_SLACK = 0.10
 CPU_SLACK = 0.10
-# CPU + bitsandbytes (8bit/4bit), measured with benchmarks/bench_memory.py (8 quantised SmolLM2 probes):
-# - transformers memory-maps the checkpoint and bitsandbytes reads every weight to quantise it, so the
-#   whole file stays resident (page cache mapped into the process: counted in RSS) while the
-#   unquantised embeddings and norms still point into it: + file bytes.
-# - the quantising pass frees hundreds of weight-sized buffers, which raises glibc's dynamic mmap
-#   threshold; later activations then come from the heap, which keeps what it frees: about 15% more
-#   on the dynamic part than the unquantised path (fitted: 0.13; 0.15 errs on the safe side).
-CPU_QUANT_HEAP_RETENTION = 0.15
+# CPU + bitsandbytes (8bit/4bit), fitted on benchmarks/bench_memory.py's 16 quantised SmolLM2 probes:
+# - bitsandbytes' native library adds ~35 MiB to a trial worker (tiny-model probes, 4bit vs none:
+#   481 -> 513 MiB in the dev venv, 591 -> 625 MiB in a fresh CI clone; a bare interpreter grows
+#   by 187 MiB, mostly torch modules a worker has loaded anyway);
+# - transformers memory-maps the checkpoint and bitsandbytes reads every weight to quantise it; the
+#   unquantised embeddings and norms keep the mapping alive, so the whole file stays resident
+#   (least squares: 0.99 of the file bytes);
+# - the quantising pass frees many weight-sized buffers, which raises glibc's dynamic mmap threshold,
+#   so later activations come from the heap, which keeps what it frees: +2.4% of the dynamic part
+#   (fitted), 5% used.
+CPU_BNB_RUNTIME_BYTES = 35 * MIB
+CPU_QUANT_CHECKPOINT_RESIDENT = 1.0
+CPU_QUANT_HEAP_RETENTION = 0.05
 # NF4 with double quantisation: 4 bits + 0.127 bit of quantisation constants per parameter.
 NF4_BYTES_PER_PARAM = 0.5 + 0.127 / 8
 # AdamW on fp32 adapters: 4 (param) + 4 (grad) + 8 (two fp32 states) bytes per trainable param.
@@ -354,13 +359,13 @@ def estimate_peak(
     checkpoint_pages = 0
     if device == "cpu" and quant != "none":
         slack += CPU_QUANT_HEAP_RETENTION * dynamic
-        checkpoint_pages = checkpoint_bytes(model_config, m)
+        checkpoint_pages = CPU_QUANT_CHECKPOINT_RESIDENT * checkpoint_bytes(model_config, m)
         notes.append("cpu + bitsandbytes: the checkpoint file stays mapped and resident (it is read whole to quantise)")
     breakdown = {k: 0 for k in BREAKDOWN_KEYS}
     if device == "cuda":
         breakdown["cuda_context"] = cuda_context_bytes
     else:
-        breakdown["runtime"] = cpu_runtime_bytes
+        breakdown["runtime"] = cpu_runtime_bytes + (CPU_BNB_RUNTIME_BYTES if quant != "none" else 0)
     breakdown.update(
         weights=int(weights), checkpoint_pages=int(checkpoint_pages), lora_params_grads_optimizer=int(lora), activations=int(activations),
         logits=int(logit_bytes), transients=int(transients), allocator_slack=int(slack),

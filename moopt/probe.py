@@ -99,6 +99,7 @@ def probe_peak(
             "steps": int(steps), "threads": int(threads), "seed": int(seed), "nvml_baseline": baseline}
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONSAFEPATH"] = "1"  # no cwd on sys.path: see LocalExecutor.submit
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     if device == "cpu":

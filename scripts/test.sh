@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q "$@"
+# -P: the repo root stays off sys.path, so its kernels/ folder cannot pose as Hugging Face's `kernels`.
+exec .venv/bin/python -P -m pytest -q "$@"

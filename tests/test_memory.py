@@ -143,14 +143,22 @@ def test_breakdown_sums_and_json_and_table():
 
 def test_cpu_quantised_counts_the_mapped_checkpoint_and_heap_retention():
     """CPU + bitsandbytes: the fp32/bf16 checkpoint stays resident next to the packed weights."""
-    from moopt.memory import CPU_QUANT_HEAP_RETENTION, CPU_SLACK, ModelDims, checkpoint_bytes
+    from moopt.memory import (
+        CPU_BNB_RUNTIME_BYTES,
+        CPU_QUANT_CHECKPOINT_RESIDENT,
+        CPU_QUANT_HEAP_RETENTION,
+        CPU_SLACK,
+        ModelDims,
+        checkpoint_bytes,
+    )
 
     cfg = small_config()
     none = estimate_peak(cfg, trial(), device="cpu").breakdown
     q4 = estimate_peak(cfg, trial(quant="4bit"), device="cpu").breakdown
     dims = ModelDims.from_config(cfg)
     assert "checkpoint_pages" not in none
-    assert q4["checkpoint_pages"] == checkpoint_bytes(cfg, dims) > 0
+    assert q4["checkpoint_pages"] == int(CPU_QUANT_CHECKPOINT_RESIDENT * checkpoint_bytes(cfg, dims)) > 0
+    assert q4["runtime"] == none["runtime"] + CPU_BNB_RUNTIME_BYTES
     dynamic = q4["activations"] + q4["logits"] + q4["transients"]
     assert q4["allocator_slack"] == pytest.approx((CPU_SLACK + CPU_QUANT_HEAP_RETENTION) * dynamic, abs=2)
     assert "checkpoint_pages" not in estimate_peak(cfg, trial(quant="4bit"), device="cuda").breakdown
