@@ -403,7 +403,8 @@ def fit_calibration(pairs: list[tuple[int | MemoryEstimate, int]]) -> dict[str, 
     measurement (moopt.probe.MemoryGate), so the fit need not cover them.
 
     Leave-one-out on benchmarks/bench_memory.py's 32 CPU probes (16 unquantised, 16 4bit/8bit):
-    median |error| 2.2%, max 359 MiB; a least-squares line raised to cover every probe reached 985.
+    median |error| 2.2%, max 359 MiB; a least-squares line raised to cover every probe reached 985 MiB
+    (same probes, earlier CPU constants).
     Returns ``{"factor", "offset_bytes", "n"}``.
     """
     import itertools
