@@ -46,8 +46,8 @@ from typing import Any, Callable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# moopt is installed (pip install -e .): the repo root is not put on sys.path, where its kernels/
+# folder would pose as Hugging Face's `kernels` package.
 
 from moopt.engine import Engine  # noqa: E402
 from moopt.space import SearchSpace, parse_space  # noqa: E402

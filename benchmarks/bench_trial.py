@@ -403,7 +403,6 @@ def main() -> None:
     parser.add_argument("--worker-args", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        sys.path.insert(0, str(ROOT))
         res = (worker_moopt if args.worker == "moopt" else worker_peer)(json.loads(args.worker_args))
         print("RESULT " + json.dumps(res), flush=True)
         return
