@@ -24,7 +24,9 @@ def test_ray_study_on_a_local_instance(tiny_model, tiny_data, tmp_path):
         assert r.exit_code == 0, r.output
         df = pd.read_csv(out / "trials_summary.csv")
         assert list(df.number) == [0, 1, 2, 3]
-        assert set(df.state) <= {"COMPLETE", "PRUNED"} and (df.state == "COMPLETE").sum() >= 2
+        assert set(df.state) <= {"COMPLETE", "PRUNED"} and (df.state == "COMPLETE").sum() >= 1
+        pruned = df[df.state == "PRUNED"]  # rung decisions travel through the Ray actor
+        assert pruned.error.str.match(r"pruned at step \d+").all() and (pruned.steps < pruned.total_steps).all()
         assert (out / "trial_results" / "trial_0" / "adapter" / "adapter_model.safetensors").is_file()
         assert (out / "best_config.yaml").is_file()
     finally:
