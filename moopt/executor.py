@@ -3,8 +3,8 @@
 Contract: ``submit(spec, slot)`` starts a trial in a fresh process; ``next_result(timeout)``
 returns the next :class:`TrialResult` to finish (any order), or None on timeout. A worker that
 dies without reporting (crash, ``kill -9``, the OOM killer) yields a FAIL result with its exit
-status. Hooks ``on_progress(number, step, total, loss)`` and ``on_rung(number, step, metrics) ->
-bool`` are called from executor threads; the study serialises them with its own lock.
+status. Hooks ``on_progress(number, step, total, loss)`` and ``on_rung(number, step, metrics, rung)
+-> bool`` are called from executor threads; the study serialises them with its own lock.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ class LocalExecutor(ExecutorBase):
                 if ev == "progress":
                     self.on_progress(spec.number, msg["step"], msg["total"], msg["loss"])
                 elif ev == "rung":
-                    go = bool(self.on_rung(spec.number, msg["step"], msg["metrics"], msg.get("rung")))
+                    go = bool(self.on_rung(spec.number, msg["step"], msg["metrics"], msg["rung"]))
                     try:
                         proc.stdin.write(json.dumps({"continue": go}) + "\n")
                         proc.stdin.flush()

@@ -66,13 +66,13 @@ class LoRALinear(nn.Module):
         if self.group is not None:
             return self.group.output(self, x)
         p = self.active_dropout
-        if self.quantized:
-            update = lora_linear(x, None, self.lora_A, self.lora_B, self.scaling, dropout_p=p,
-                                 seed=_draw_seed() if p > 0 else 0, backend=self.backend)
-            return self.base(x) + update.to(x.dtype)
+        seed = _draw_seed() if p > 0 else 0
+        if self.quantized:  # bitsandbytes computes x·Wᵀ; the kernel adds the update alone
+            return self.base(x) + lora_linear(x, None, self.lora_A, self.lora_B, self.scaling, dropout_p=p,
+                                              seed=seed, backend=self.backend)
         return lora_linear(
             x, self.base.weight, self.lora_A, self.lora_B, self.scaling,
-            dropout_p=p, seed=_draw_seed() if p > 0 else 0, backend=self.backend, bias=self.base.bias,
+            dropout_p=p, seed=seed, backend=self.backend, bias=self.base.bias,
         )
 
     def extra_repr(self) -> str:

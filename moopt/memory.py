@@ -356,8 +356,9 @@ def estimate_peak(
 
     dynamic = activations + logit_bytes + transients
     slack = (CUDA_SLACK if device == "cuda" else CPU_SLACK) * dynamic
-    checkpoint_pages = 0
+    checkpoint_pages = bnb_runtime = 0
     if device == "cpu" and quant != "none":
+        bnb_runtime = CPU_BNB_RUNTIME_BYTES
         slack += CPU_QUANT_HEAP_RETENTION * dynamic
         checkpoint_pages = CPU_QUANT_CHECKPOINT_RESIDENT * checkpoint_bytes(model_config, m)
         notes.append("cpu + bitsandbytes: the checkpoint file stays mapped and resident (it is read whole to quantise)")
@@ -365,7 +366,7 @@ def estimate_peak(
     if device == "cuda":
         breakdown["cuda_context"] = cuda_context_bytes
     else:
-        breakdown["runtime"] = cpu_runtime_bytes + (CPU_BNB_RUNTIME_BYTES if quant != "none" else 0)
+        breakdown["runtime"] = cpu_runtime_bytes + bnb_runtime
     breakdown.update(
         weights=int(weights), checkpoint_pages=int(checkpoint_pages), lora_params_grads_optimizer=int(lora), activations=int(activations),
         logits=int(logit_bytes), transients=int(transients), allocator_slack=int(slack),

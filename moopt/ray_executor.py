@@ -77,7 +77,7 @@ class RayExecutor(ExecutorBase):
                 if ev["event"] == "progress":
                     self.on_progress(ev["number"], ev["step"], ev["total"], ev["loss"])
                 elif ev["event"] == "rung":
-                    go = bool(self.on_rung(ev["number"], ev["step"], ev["metrics"], ev.get("rung")))
+                    go = bool(self.on_rung(ev["number"], ev["step"], ev["metrics"], ev["rung"]))
                     self.channel.set_reply.remote(f"{ev['number']}:{ev['step']}", go)
             time.sleep(0.1)
 
@@ -124,7 +124,7 @@ class _ChannelReporter:
     def progress(self, step, total, loss):
         self.channel.push_event.remote({"event": "progress", "number": self.number, "step": step, "total": total, "loss": loss})
 
-    def rung(self, step, metrics, rung=None):
+    def rung(self, step, metrics, rung):
         self.channel.push_event.remote({"event": "rung", "number": self.number, "step": step, "metrics": metrics,
                                         "rung": rung})
         key = f"{self.number}:{step}"

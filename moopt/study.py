@@ -107,19 +107,15 @@ class Study:
         self.console = console or Console(highlight=False)
         self.lock = threading.Lock()
         self.pruner = RungPruner(cfg.pruning_factor or 0)
-        self.rungs_reached: dict[int, int] = {}  # trial number -> rungs passed so far
         self.progress_view = None
 
     # -- helpers -------------------------------------------------------------------------------
     def trial_dir(self, number: int) -> Path:
         return self.out / "trial_results" / f"trial_{number}"
 
-    def decide_rung(self, number: int, step: int, metrics: dict[str, float], rung: int | None = None) -> bool:
+    def decide_rung(self, number: int, step: int, metrics: dict[str, float], rung: int) -> bool:
         """Called by the executor at each rung of a trial; journaled before the answer counts."""
         with self.lock:
-            if rung is None:  # a worker that does not say which rung: count arrivals
-                rung = self.rungs_reached.get(number, 0)
-            self.rungs_reached[number] = rung + 1
             go = self.pruner.decide(rung, number, self.cfg.objectives.to_minimize(metrics))
             self.journal.append({"type": "rung", "number": number, "rung": rung, "step": step, "metrics": metrics,
                                  "decision": "continue" if go else "prune"})
@@ -318,7 +314,6 @@ class Study:
         d = self.trial_dir(number)
         shutil.rmtree(d, ignore_errors=True)  # a re-queued trial starts clean
         self.pruner.forget(number)
-        self.rungs_reached.pop(number, None)
         write_yaml(d / "config.yaml", tcfg.to_dict())
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
         self.console.print(f"Trial {number} started on {slot.device}: {shown}")

@@ -72,7 +72,7 @@ class TrialResult:
 class Reporter(Protocol):
     def progress(self, step: int, total: int, loss: float) -> None: ...
 
-    def rung(self, step: int, metrics: dict[str, float], rung: int | None = None) -> bool:
+    def rung(self, step: int, metrics: dict[str, float], rung: int) -> bool:
         """Intermediate evaluation at rung number ``rung``; return False to stop (pruned)."""
         ...
 
@@ -81,7 +81,7 @@ class NullReporter:
     def progress(self, step, total, loss):
         pass
 
-    def rung(self, step, metrics, rung=None):
+    def rung(self, step, metrics, rung):
         return True
 
 

@@ -24,7 +24,7 @@ class PipeReporter:
     def progress(self, step: int, total: int, loss: float) -> None:
         self.send({"event": "progress", "step": step, "total": total, "loss": loss})
 
-    def rung(self, step: int, metrics: dict, rung: int | None = None) -> bool:
+    def rung(self, step: int, metrics: dict, rung: int) -> bool:
         self.send({"event": "rung", "step": step, "metrics": metrics, "rung": rung})
         line = self.inp.readline()
         return bool(json.loads(line).get("continue", True)) if line else False
