@@ -1,9 +1,16 @@
 """What --pruning_factor saves: the same study with and without pruning, side by side.
 
 For each seed, two real studies (same model, data, space, seed, trial count) run through the CLI:
-one without pruning, one with ``--pruning_factor ETA``. Compute is the optimizer steps all trials
-took (and their training seconds, which include the rung evaluations). Quality is the hypervolume of
-each study's COMPLETE front:
+one without pruning, one with ``--pruning_factor ETA``. Compute is counted three ways:
+
+- ``compute_tokens`` (the headline): training tokens + evaluation tokens / 2, i.e. training-token
+  FLOP equivalents. A LoRA step on a frozen base costs ~2 forwards (forward + dX backward, no dW), an
+  evaluation token one forward; so the rung evaluations that pruning adds are charged to it;
+- ``train_steps``: optimizer steps of all trials;
+- ``trial_seconds``: wall time of all trials, including process start, model load and evaluations
+  (on short CPU trials these fixed costs are a large share; on long trials they vanish).
+
+Quality is the hypervolume of each study's COMPLETE front:
 
 - ``hv_base``: reference point = the base model's own (eval_loss, eval_accuracy), i.e. the region of
   improvement over not fine-tuning at all (the headline figure);
@@ -11,8 +18,8 @@ each study's COMPLETE front:
   reference 1.1 (strict: a slightly worse best point can cost tens of percent).
 
 Default: the tiny random Llama of the tests on its colour task (CPU, seconds a trial). ``--real`` runs
-SmolLM2-135M-Instruct on the first ``--train-rows`` rows of data/train.jsonl with data/val.jsonl and
-config/demo_search_space.yaml (~20-40 s a trial on 2 cores).
+the demo's study (scripts/demo.sh): SmolLM2-135M-Instruct on data/train.jsonl (or its first
+``--train-rows`` rows) with data/val.jsonl and config/demo_search_space.yaml (~30-60 s a trial on 2 cores).
 
     python benchmarks/bench_pruning.py --seeds 3 --trials 12
     python benchmarks/bench_pruning.py --real --seeds 4 --trials 12
@@ -98,9 +105,9 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
     x = np.arange(len(seeds))
     for off, base, lab in ((-0.2, True, "no pruning"), (0.2, False, "pruning")):
-        a1.bar(x + off, [get[s, base]["train_steps"] for s in seeds], 0.4, label=lab)
+        a1.bar(x + off, [get[s, base]["compute_tokens"] / 1e3 for s in seeds], 0.4, label=lab)
         a2.bar(x + off, [get[s, base]["hv_base"] for s in seeds], 0.4, label=lab)
-    for ax, title in ((a1, "optimizer steps (all trials)"), (a2, "hypervolume vs base model")):
+    for ax, title in ((a1, "compute, k training-token equivalents (all trials)"), (a2, "hypervolume vs base model")):
         ax.set_xticks(x, [f"seed {s}" for s in seeds])
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=8)
@@ -116,19 +123,22 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--eta", type=float, default=2.0)
     ap.add_argument("--real", action="store_true", help="SmolLM2-135M on the bundled data (see module doc)")
-    ap.add_argument("--train-rows", type=int, default=120)
+    ap.add_argument("--train-rows", type=int, default=None, help="--real: first N rows of data/train.jsonl (default all)")
     ap.add_argument("--out", default=None, help="CSV (default benchmarks/results/pruning_{tiny,smollm2}_cpu.csv)")
     a = ap.parse_args()
-    out_csv = Path(a.out or ROOT / "benchmarks" / "results" / f"pruning_{'smollm2' if a.real else 'tiny'}_cpu.csv")
+    name = ("smollm2" + (f"_{a.train_rows}rows" if a.train_rows else "")) if a.real else "tiny"
+    out_csv = Path(a.out or ROOT / "benchmarks" / "results" / f"pruning_{name}_cpu.csv")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_pruning_"))
     if a.real:
         from moopt.models import resolve_model
 
         model = resolve_model("smollm2-135m")
-        rows_ = (ROOT / "data" / "train.jsonl").read_text().splitlines()[: a.train_rows]
-        train = tmp / "train.jsonl"
-        train.write_text("\n".join(rows_) + "\n")
+        train = ROOT / "data" / "train.jsonl"
+        if a.train_rows:
+            rows_ = train.read_text().splitlines()[: a.train_rows]
+            train = tmp / "train.jsonl"
+            train.write_text("\n".join(rows_) + "\n")
         val, space = ROOT / "data" / "val.jsonl", ROOT / "config" / "demo_search_space.yaml"
     else:
         sys.path.insert(0, str(ROOT / "tests"))
@@ -153,17 +163,20 @@ def main() -> int:
         span = np.where(hi > lo, hi - lo, 1.0)
         for label, (F, t, _) in fronts.items():
             steps = float(t.steps.fillna(0).sum())
+            train_tok, eval_tok = float(t.train_tokens.fillna(0).sum()), float(t.eval_tokens.fillna(0).sum())
             secs = float(pd_seconds(t))
             rows.append({"what": "pruning", "seed": seed, "trials": a.trials, "provider": label, "device": "cpu",
                          "model": "smollm2-135m" if a.real else "tiny",
                          "hv_base": hv(F, base_ref) if base_ref is not None else float("nan"),
                          "hv_union": hv((F - lo) / span, np.full(F.shape[1] if len(F) else 2, 1.1)),
                          "best_eval_loss": float(F[:, 0].min()) if len(F) else float("nan"),
-                         "train_steps": steps, "trial_seconds": secs,
+                         "compute_tokens": train_tok + eval_tok / 2, "train_tokens": train_tok,
+                         "eval_tokens": eval_tok, "train_steps": steps, "trial_seconds": secs,
                          "n_pruned": int((t.state == "PRUNED").sum()), "n_complete": int((t.state == "COMPLETE").sum())})
             r = rows[-1]
             print(f"seed {seed} {label:>12}: HV(base) {r['hv_base']:.4f}  HV(union) {r['hv_union']:.4f}  best loss "
-                  f"{r['best_eval_loss']:.4f}  steps {steps:.0f}  trial s {secs:.0f}  pruned {r['n_pruned']}", flush=True)
+                  f"{r['best_eval_loss']:.4f}  compute {r['compute_tokens']:.0f} tok  steps {steps:.0f}  trial s {secs:.0f}  "
+                  f"pruned {r['n_pruned']}", flush=True)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     if a.append and out_csv.is_file():
         import pandas as pd
@@ -178,18 +191,22 @@ def main() -> int:
     plot(rows, out_csv.with_suffix(".png"))
     base = [r for r in rows if r["provider"] == "no_pruning"]
     pr = [r for r in rows if r["provider"] != "no_pruning"]
-    saved = 1 - sum(r["train_steps"] for r in pr) / sum(r["train_steps"] for r in base)
-    saved_s = 1 - sum(r["trial_seconds"] for r in pr) / sum(r["trial_seconds"] for r in base)
-    per_seed = [1 - p["train_steps"] / b["train_steps"] for p, b in zip(pr, base)]
-    summary = {"seeds": len(base), "steps_saved_pct": 100 * saved, "trial_seconds_saved_pct": 100 * saved_s,
-               "median_steps_saved_pct": 100 * float(np.median(per_seed))}
+    def saved(key):
+        return 100 * (1 - sum(r[key] for r in pr) / sum(r[key] for r in base))
+
+    per_seed = [1 - p["compute_tokens"] / b["compute_tokens"] for p, b in zip(pr, base)]
+    summary = {"seeds": len(base), "trials": a.trials, "eta": a.eta, "compute_saved_pct": saved("compute_tokens"),
+               "median_compute_saved_pct": 100 * float(np.median(per_seed)),
+               "steps_saved_pct": saved("train_steps"), "trial_seconds_saved_pct": saved("trial_seconds")}
     for key in ("hv_base", "hv_union"):
         losses = [1 - p[key] / b[key] for p, b in zip(pr, base) if b[key] > 0]
         summary[f"median_{key}_loss_pct"] = 100 * float(np.median(losses)) if losses else float("nan")
         print(f"{key}: per-seed loss " + ", ".join(f"{100 * x:+.1f}%" for x in losses))
     print(f"\n{len(base)} seeds x {a.trials} trials, eta {a.eta:g}, {time.time() - t0:.0f} s")
-    print(f"compute saved by pruning: {summary['steps_saved_pct']:.1f}% of optimizer steps, "
-          f"{summary['trial_seconds_saved_pct']:.1f}% of trial seconds")
+    print("compute saved by pruning, per seed: " + ", ".join(f"{100 * x:.0f}%" for x in per_seed))
+    print(f"compute saved by pruning: {summary['compute_saved_pct']:.1f}% of training-token equivalents "
+          f"(median per seed {summary['median_compute_saved_pct']:.1f}%), {summary['steps_saved_pct']:.1f}% of "
+          f"optimizer steps, {summary['trial_seconds_saved_pct']:.1f}% of trial seconds")
     print(f"median hypervolume loss: {summary['median_hv_base_loss_pct']:.1f}% (vs base model), "
           f"{summary['median_hv_union_loss_pct']:.1f}% (union-normalised)")
     out_csv.with_suffix(".json").write_text(json.dumps(summary, indent=1))

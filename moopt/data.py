@@ -170,6 +170,22 @@ def tokenize_file(path: str | Path, tokenizer, max_seq_length: int) -> Tokenized
     )
 
 
+def subset(ds: TokenizedSet, n: int, seed: int = 0) -> TokenizedSet:
+    """A fixed random ``n`` of ``ds``'s examples (the same ones for the same n and seed, in file order);
+    ``ds`` itself when n covers it."""
+    if n >= len(ds.examples):
+        return ds
+    import numpy as np
+
+    keep = sorted(np.random.default_rng(seed).permutation(len(ds.examples))[:n].tolist())
+    ex = [ds.examples[i] for i in keep]
+    return TokenizedSet(
+        ex, n_truncated=-1,  # not tracked for a subset
+        n_tokens=sum(len(e.input_ids) for e in ex),
+        n_label_tokens=sum(sum(1 for x in e.labels[1:] if x != IGNORE) for e in ex),
+    )
+
+
 def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad to the longest sequence in the batch; labels are IGNORE on padding."""
     T = max(len(e.input_ids) for e in batch)

@@ -63,6 +63,8 @@ def load_study(output_dir: str | Path) -> StudyData:
         row["peak_memory_gb"] = m.get("peak_memory_gb", np.nan)
         row["steps"] = (e or {}).get("steps")
         row["total_steps"] = (e or {}).get("total_steps")
+        row["train_tokens"] = (e or {}).get("train_tokens")
+        row["eval_tokens"] = (e or {}).get("eval_tokens")  # rung and final evaluations: what pruning adds
         row["tokens_per_s"] = (e or {}).get("tokens_per_s")
         row["backend"] = (e or {}).get("backend")
         row["error"] = (e or {}).get("error")

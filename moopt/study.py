@@ -290,7 +290,7 @@ class Study:
         end = {"type": "trial_end", "number": number, "datetime_complete": _now(), "datetime_start": now,
                "duration_s": 0.0, "state": "INFEASIBLE", "metrics": {"peak_memory_gb": peak},
                "error": f"not trained: {decision.reason}", "steps": 0, "total_steps": 0, "train_tokens": 0,
-               "train_seconds": 0.0, "tokens_per_s": None, "backend": None, "config": tcfg.to_dict(),
+               "eval_tokens": 0, "train_seconds": 0.0, "tokens_per_s": None, "backend": None, "config": tcfg.to_dict(),
                "epochs": tcfg.training.num_train_epochs}
         self.journal.append(end)
         self.console.print(f"Trial {number} [red]INFEASIBLE[/] (not trained): {decision.reason}")
@@ -335,7 +335,8 @@ class Study:
         end = {"type": "trial_end", "number": res.number, "datetime_complete": _now(),
                "datetime_start": info["start"], "duration_s": time.time() - info["t0"], "state": res.state,
                "metrics": m, "error": res.error, "steps": res.steps, "total_steps": res.total_steps,
-               "train_tokens": res.train_tokens, "train_seconds": res.train_seconds, "tokens_per_s": tokens_per_s,
+               "train_tokens": res.train_tokens, "eval_tokens": res.eval_tokens, "train_seconds": res.train_seconds,
+               "tokens_per_s": tokens_per_s,
                "backend": res.backend, "config": info["config"].to_dict(),
                "epochs": info["config"].training.num_train_epochs}
         self.journal.append(end)

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import torch
 
 from moopt.config import TrialConfig
-from moopt.data import IGNORE, TokenizedSet, collate, micro_batches, n_micro_batches, tokenize_file
+from moopt.data import IGNORE, TokenizedSet, collate, micro_batches, n_micro_batches, subset, tokenize_file
+from moopt.pruning import rung_eval_size
 from moopt.rss import peak_rss_bytes
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE")
@@ -65,6 +66,7 @@ class TrialResult:
     steps: int = 0  # optimizer steps done
     total_steps: int = 0  # optimizer steps planned
     train_tokens: int = 0  # real (non-pad) tokens seen in training
+    eval_tokens: int = 0  # tokens run forward in evaluations (rungs and final; test set excluded)
     train_seconds: float = 0.0
     backend: str | None = None  # which LoRA kernel path ran
 
@@ -274,6 +276,8 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
         total_steps = math.ceil(n_micro / tc.gradient_accumulation_steps)
         result.total_steps = total_steps
         rung_at = rung_steps(total_steps, spec.rung_fractions)
+        # study-level sizes only, so every trial of the study is ranked on the same examples
+        rung_val = subset(val, rung_eval_size(len(val.examples), len(train.examples), len(spec.rung_fractions)))
 
         # -- train --------------------------------------------------------------------------------
         # AdamW keeps 2 fp32 states: 8 bytes per trainable (LoRA) parameter.
@@ -318,8 +322,9 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
             curve.append({"step": step, "epoch": round(epoch_pos, 4), "train_loss": step_loss, "lr": sched.get_last_lr()[0]})
             reporter.progress(step, total_steps, step_loss)
             if step in rung_at:
-                m = evaluate(model, val, tc.batch_size, pad_id, device, result.backend)
-                evals.append({"step": step, **m})
+                m = evaluate(model, rung_val, tc.batch_size, pad_id, device, result.backend)
+                result.eval_tokens += rung_val.n_tokens
+                evals.append({"step": step, "examples": len(rung_val.examples), **m})
                 if not reporter.rung(step, m, rung_at[step]):
                     stop_reason = "pruned"
                     break
@@ -330,12 +335,14 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
 
         # -- evaluate -----------------------------------------------------------------------------
         if stop_reason == "pruned":
-            metrics = dict(evals[-1])
-            metrics.pop("step")
+            metrics = {k: v for k, v in evals[-1].items() if k not in ("step", "examples")}
             result.state, result.error = "PRUNED", f"pruned at step {step}"
+            if len(rung_val.examples) < len(val.examples):
+                result.error += f" (metrics on the rungs' {len(rung_val.examples)} of {len(val.examples)} validation examples)"
         else:
             metrics = evaluate(model, val, tc.batch_size, pad_id, device, result.backend)
-            evals.append({"step": step, **metrics})
+            result.eval_tokens += val.n_tokens
+            evals.append({"step": step, "examples": len(val.examples), **metrics})
             if spec.test_file:
                 test = tokenize_file(spec.test_file, tok, cfg.data.max_seq_length)
                 tm = evaluate(model, test, tc.batch_size, pad_id, device, result.backend)

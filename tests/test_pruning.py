@@ -1,12 +1,29 @@
 import numpy as np
 
-from moopt.pruning import RungPruner, pareto_order, rung_fractions
+from moopt.pruning import RUNG_EVAL_MIN, RungPruner, pareto_order, rung_eval_size, rung_fractions
 
 
 def test_rungs_are_fractions_of_the_budget():
     assert rung_fractions(2) == (0.125, 0.25, 0.5)
     assert rung_fractions(3) == (1 / 9, 1 / 3)
     assert rung_fractions(None) == () and rung_fractions(1) == ()
+
+
+def test_rung_evaluations_read_a_bounded_fixed_subset():
+    assert rung_eval_size(60, 300, 3) == RUNG_EVAL_MIN  # bundled data: 32 of 60
+    assert rung_eval_size(2000, 40000, 3) == 1334  # all rungs together forward <= 10% of an epoch
+    assert rung_eval_size(20, 300, 3) == 20  # never more than the set
+    assert rung_eval_size(2000, 40000, 0) == 2000  # no rungs: the whole set
+
+    from moopt.data import Example, TokenizedSet, subset
+
+    ds = TokenizedSet([Example([i] * (i + 1), [i] * (i + 1)) for i in range(50)], 0, 0, 0)
+    a, b = subset(ds, 10), subset(ds, 10)
+    ids = [e.input_ids[0] for e in a.examples]
+    assert ids == [e.input_ids[0] for e in b.examples] and len(set(ids)) == 10  # the same 10, in file order
+    assert ids == sorted(ids) and ids != list(range(10))  # random, not the first 10
+    assert a.n_tokens == sum(i + 1 for i in ids)
+    assert subset(ds, 50) is ds
 
 
 def test_pareto_order_ranks_fronts_then_crowding():
@@ -66,20 +83,24 @@ def test_forget_drops_a_requeued_trial():
 def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, tiny_data, tmp_path):
     """End to end: trial 0 (the default, moved to lr 3e-2) learns; lr 1e-7 trials stay at the base
     model's loss, rank below it at the first rung and stop there, as PRUNED with their step, their
-    learning curve and their rung evaluation told to NSGA-II."""
+    learning curve and their rung evaluation told to NSGA-II. Rungs read the same 32 of the 48
+    validation examples in every trial; the final evaluation reads all 48."""
     import json
 
     import pandas as pd
     from click.testing import CliRunner
+    from conftest import write_color_data
 
     from moopt.cli import main
+
+    val = write_color_data(tmp_path / "val48.jsonl", 48, 1)
 
     space = tmp_path / "space.yaml"
     space.write_text("training:\n  learning_rate: {type: categorical, values: [3e-2, 1e-7]}\n  num_train_epochs: 2\n"
                      "  batch_size: 4\nlora:\n  dropout: {type: uniform, min: 0.0, max: 0.1}\ndata:\n  max_seq_length: 32\n")
     out = tmp_path / "hpo"
     r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
-                                  "--validation_file", str(tiny_data["val"]), "--output_dir", str(out),
+                                  "--validation_file", str(val), "--output_dir", str(out),
                                   "--search_space", str(space), "--num_trials", "5", "--seed", "0", "--no-baseline",
                                   "--pruning_factor", "2", "--optimization_objective", "multi:eval_loss,eval_accuracy"])
     assert r.exit_code == 0, r.output
@@ -88,6 +109,7 @@ def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, ti
     slow = df[df.params_learning_rate == 1e-7]
     assert len(slow) >= 1 and (slow.state == "PRUNED").all(), df[["number", "params_learning_rate", "state"]]
     assert (slow.steps < slow.total_steps).all() and slow.error.str.match(r"pruned at step \d+").all()
+    assert slow.error.str.contains("on the rungs' 32 of 48 validation examples").all()
     assert slow.values_eval_loss.notna().all()  # its last evaluation is its result
     rungs = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
     rungs = [e for e in rungs if e["type"] == "rung"]
@@ -96,3 +118,12 @@ def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, ti
         assert [e["decision"] for e in rungs if e["number"] == n][-1] == "prune"
         curve = json.loads((out / "trial_results" / f"trial_{n}" / "metrics.json").read_text())
         assert len(curve["curve"]) == int(df.loc[n, "steps"])
+        assert [e["examples"] for e in curve["evals"]] == [32]
+    m0 = json.loads((out / "trial_results" / "trial_0" / "metrics.json").read_text())
+    assert [e["examples"] for e in m0["evals"]] == [32, 32, 32, 48]
+    # what evaluation costs is counted: a pruned trial read the subset once (the same tokens in every
+    # trial); trial 0 read it at 3 rungs, then the whole set
+    sub = slow.eval_tokens.unique()
+    assert len(sub) == 1 and sub[0] > 0
+    assert m0["eval_tokens"] - 3 * sub[0] > sub[0] and df.loc[0, "eval_tokens"] == m0["eval_tokens"]
+
