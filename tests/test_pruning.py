@@ -89,11 +89,11 @@ def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, ti
 
     import pandas as pd
     from click.testing import CliRunner
-    from conftest import write_color_data
 
     from moopt.cli import main
 
-    val = write_color_data(tmp_path / "val48.jsonl", 48, 1)
+    val = tmp_path / "val48.jsonl"
+    val.write_text(tiny_data["val"].read_text() * 3)  # 48 rows
 
     space = tmp_path / "space.yaml"
     space.write_text("training:\n  learning_rate: {type: categorical, values: [3e-2, 1e-7]}\n  num_train_epochs: 2\n"
