@@ -124,11 +124,17 @@ def main() -> int:
     ap.add_argument("--eta", type=float, default=2.0)
     ap.add_argument("--real", action="store_true", help="SmolLM2-135M on the bundled data (see module doc)")
     ap.add_argument("--train-rows", type=int, default=None, help="--real: first N rows of data/train.jsonl (default all)")
+    ap.add_argument("--summarize", action="store_true", help="only re-summarise the existing CSV")
     ap.add_argument("--out", default=None, help="CSV (default benchmarks/results/pruning_{tiny,smollm2}_cpu.csv)")
     a = ap.parse_args()
     name = ("smollm2" + (f"_{a.train_rows}rows" if a.train_rows else "")) if a.real else "tiny"
     out_csv = Path(a.out or ROOT / "benchmarks" / "results" / f"pruning_{name}_cpu.csv")
 
+    if a.summarize:
+        import pandas as pd
+
+        summarize(pd.read_csv(out_csv).to_dict("records"), out_csv)
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="bench_pruning_"))
     if a.real:
         from moopt.models import resolve_model
@@ -188,30 +194,43 @@ def main() -> int:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    summarize(rows, out_csv)
+    print(f"{time.time() - t0:.0f} s")
+    print(f"wrote {out_csv} (+ .png, .json)")
+    return 0
+
+
+def summarize(rows: list[dict], out_csv: Path) -> dict:
+    """Print and write (.json, .png) the savings and hypervolume losses over all seeds in ``rows``."""
     plot(rows, out_csv.with_suffix(".png"))
     base = [r for r in rows if r["provider"] == "no_pruning"]
     pr = [r for r in rows if r["provider"] != "no_pruning"]
+
     def saved(key):
         return 100 * (1 - sum(r[key] for r in pr) / sum(r[key] for r in base))
 
     per_seed = [1 - p["compute_tokens"] / b["compute_tokens"] for p, b in zip(pr, base)]
-    summary = {"seeds": len(base), "trials": a.trials, "eta": a.eta, "compute_saved_pct": saved("compute_tokens"),
+    summary = {"seeds": len(base), "trials": int(base[0]["trials"]), "eta": pr[0]["provider"].removeprefix("eta_"),
+               "compute_saved_pct": saved("compute_tokens"),
                "median_compute_saved_pct": 100 * float(np.median(per_seed)),
                "steps_saved_pct": saved("train_steps"), "trial_seconds_saved_pct": saved("trial_seconds")}
     for key in ("hv_base", "hv_union"):
         losses = [1 - p[key] / b[key] for p, b in zip(pr, base) if b[key] > 0]
         summary[f"median_{key}_loss_pct"] = 100 * float(np.median(losses)) if losses else float("nan")
+        summary[f"mean_{key}_loss_pct"] = 100 * float(np.mean(losses)) if losses else float("nan")
+        # the typical study with pruning vs the typical one without (not paired by seed)
+        summary[f"{key}_loss_of_medians_pct"] = 100 * (1 - np.median([p[key] for p in pr]) / np.median([b[key] for b in base]))
         print(f"{key}: per-seed loss " + ", ".join(f"{100 * x:+.1f}%" for x in losses))
-    print(f"\n{len(base)} seeds x {a.trials} trials, eta {a.eta:g}, {time.time() - t0:.0f} s")
+    print(f"\n{len(base)} seeds x {summary['trials']} trials, eta {summary['eta']}")
     print("compute saved by pruning, per seed: " + ", ".join(f"{100 * x:.0f}%" for x in per_seed))
     print(f"compute saved by pruning: {summary['compute_saved_pct']:.1f}% of training-token equivalents "
           f"(median per seed {summary['median_compute_saved_pct']:.1f}%), {summary['steps_saved_pct']:.1f}% of "
           f"optimizer steps, {summary['trial_seconds_saved_pct']:.1f}% of trial seconds")
-    print(f"median hypervolume loss: {summary['median_hv_base_loss_pct']:.1f}% (vs base model), "
-          f"{summary['median_hv_union_loss_pct']:.1f}% (union-normalised)")
+    print(f"hypervolume loss (vs base model): median per seed {summary['median_hv_base_loss_pct']:.1f}%, mean "
+          f"{summary['mean_hv_base_loss_pct']:.1f}%, median study vs median study "
+          f"{summary['hv_base_loss_of_medians_pct']:.1f}%; union-normalised median {summary['median_hv_union_loss_pct']:.1f}%")
     out_csv.with_suffix(".json").write_text(json.dumps(summary, indent=1))
-    print(f"wrote {out_csv} (+ .png, .json)")
-    return 0
+    return summary
 
 
 def pd_seconds(t) -> float:
