@@ -133,6 +133,9 @@ def main() -> int:
     if a.summarize:
         import pandas as pd
 
+        if not out_csv.is_file():
+            print(f"error: {out_csv}: no results to summarise (run the benchmark first)", file=sys.stderr)
+            return 2
         summarize(pd.read_csv(out_csv).to_dict("records"), out_csv)
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="bench_pruning_"))

@@ -162,9 +162,14 @@ def tokenize_file(path: str | Path, tokenizer, max_seq_length: int) -> Tokenized
             n_trunc += 1
             ex = Example(ex.input_ids[:max_seq_length], ex.labels[:max_seq_length])
         examples.append(ex)
+    return tokenized_set(examples, n_trunc)
+
+
+def tokenized_set(examples: list[Example], n_truncated: int) -> TokenizedSet:
+    """A TokenizedSet of ``examples`` with its token counts."""
     return TokenizedSet(
         examples,
-        n_truncated=n_trunc,
+        n_truncated=n_truncated,
         n_tokens=sum(len(e.input_ids) for e in examples),
         n_label_tokens=sum(sum(1 for x in e.labels[1:] if x != IGNORE) for e in examples),
     )
@@ -178,12 +183,7 @@ def subset(ds: TokenizedSet, n: int, seed: int = 0) -> TokenizedSet:
     import numpy as np
 
     keep = sorted(np.random.default_rng(seed).permutation(len(ds.examples))[:n].tolist())
-    ex = [ds.examples[i] for i in keep]
-    return TokenizedSet(
-        ex, n_truncated=-1,  # not tracked for a subset
-        n_tokens=sum(len(e.input_ids) for e in ex),
-        n_label_tokens=sum(sum(1 for x in e.labels[1:] if x != IGNORE) for e in ex),
-    )
+    return tokenized_set([ds.examples[i] for i in keep], n_truncated=-1)  # -1: not tracked for a subset
 
 
 def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
