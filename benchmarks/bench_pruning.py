@@ -23,6 +23,12 @@ the demo's study (scripts/demo.sh): SmolLM2-135M-Instruct on data/train.jsonl (o
 
     python benchmarks/bench_pruning.py --seeds 3 --trials 12
     python benchmarks/bench_pruning.py --real --seeds 4 --trials 12
+    python benchmarks/bench_pruning.py --real --seeds 8 --workdir W --reuse-baselines   # pruned studies only
+
+``--workdir`` keeps the studies; with ``--reuse-baselines`` a finished no-pruning study already there
+(same seed and trial count) is read instead of rerun. Only do that while the no-pruning code path is
+unchanged (a study without pruning is deterministic on CPU: same seed, same trials, same values); the
+CSV marks such rows ``reused``.
 """
 
 from __future__ import annotations
@@ -125,6 +131,9 @@ def main() -> int:
     ap.add_argument("--real", action="store_true", help="SmolLM2-135M on the bundled data (see module doc)")
     ap.add_argument("--train-rows", type=int, default=None, help="--real: first N rows of data/train.jsonl (default all)")
     ap.add_argument("--summarize", action="store_true", help="only re-summarise the existing CSV")
+    ap.add_argument("--workdir", default=None, help="keep the studies here (default: a temporary folder)")
+    ap.add_argument("--reuse-baselines", action="store_true",
+                    help="read a finished no-pruning study already in --workdir instead of rerunning it")
     ap.add_argument("--out", default=None, help="CSV (default benchmarks/results/pruning_{tiny,smollm2}_cpu.csv)")
     a = ap.parse_args()
     name = ("smollm2" + (f"_{a.train_rows}rows" if a.train_rows else "")) if a.real else "tiny"
@@ -138,7 +147,8 @@ def main() -> int:
             return 2
         summarize(pd.read_csv(out_csv).to_dict("records"), out_csv)
         return 0
-    tmp = Path(tempfile.mkdtemp(prefix="bench_pruning_"))
+    tmp = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="bench_pruning_"))
+    tmp.mkdir(parents=True, exist_ok=True)
     if a.real:
         from moopt.models import resolve_model
 
@@ -161,9 +171,12 @@ def main() -> int:
     rows = []
     t0 = time.time()
     for seed in range(a.first_seed, a.first_seed + a.seeds):
-        outs = {}
+        outs, reused = {}, set()
         for label, eta in (("no_pruning", None), (f"eta_{a.eta:g}", a.eta)):
             outs[label] = tmp / f"s{seed}_{label}"
+            if eta is None and a.reuse_baselines and finished(outs[label], a.trials):
+                reused.add(label)
+                continue
             run_study(model, train, val, outs[label], space, a.trials, seed, eta, baseline=eta is None)
         fronts = {k: study_front(v) for k, v in outs.items()}
         base_ref = fronts["no_pruning"][2]
@@ -181,7 +194,8 @@ def main() -> int:
                          "best_eval_loss": float(F[:, 0].min()) if len(F) else float("nan"),
                          "compute_tokens": train_tok + eval_tok / 2, "train_tokens": train_tok,
                          "eval_tokens": eval_tok, "train_steps": steps, "trial_seconds": secs,
-                         "n_pruned": int((t.state == "PRUNED").sum()), "n_complete": int((t.state == "COMPLETE").sum())})
+                         "n_pruned": int((t.state == "PRUNED").sum()), "n_complete": int((t.state == "COMPLETE").sum()),
+                         "reused": label in reused})
             r = rows[-1]
             print(f"seed {seed} {label:>12}: HV(base) {r['hv_base']:.4f}  HV(union) {r['hv_union']:.4f}  best loss "
                   f"{r['best_eval_loss']:.4f}  compute {r['compute_tokens']:.0f} tok  steps {steps:.0f}  trial s {secs:.0f}  "
@@ -234,6 +248,14 @@ def summarize(rows: list[dict], out_csv: Path) -> dict:
           f"{summary['hv_base_loss_of_medians_pct']:.1f}%; union-normalised median {summary['median_hv_union_loss_pct']:.1f}%")
     out_csv.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def finished(out: Path, trials: int) -> bool:
+    """A study of ``trials`` finished trials (and its base-model evaluation) is in ``out``."""
+    import pandas as pd
+
+    f = out / "trials_summary.csv"
+    return f.is_file() and (out / "baseline.json").is_file() and len(pd.read_csv(f)) == trials
 
 
 def pd_seconds(t) -> float:

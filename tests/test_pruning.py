@@ -10,9 +10,9 @@ def test_rungs_are_fractions_of_the_budget():
 
 
 def test_rung_evaluations_read_a_bounded_fixed_subset():
-    assert rung_eval_size(60, 300, 3) == RUNG_EVAL_MIN  # bundled data: 32 of 60
+    assert rung_eval_size(60, 300, 3) == RUNG_EVAL_MIN == 16  # bundled data: 16 of 60
     assert rung_eval_size(2000, 40000, 3) == 1334  # all rungs together forward <= 10% of an epoch
-    assert rung_eval_size(20, 300, 3) == 20  # never more than the set
+    assert rung_eval_size(12, 300, 3) == 12  # never more than the set
     assert rung_eval_size(2000, 40000, 0) == 2000  # no rungs: the whole set
 
     from moopt.data import Example, TokenizedSet, subset
@@ -83,7 +83,7 @@ def test_forget_drops_a_requeued_trial():
 def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, tiny_data, tmp_path):
     """End to end: trial 0 (the default, moved to lr 3e-2) learns; lr 1e-7 trials stay at the base
     model's loss, rank below it at the first rung and stop there, as PRUNED with their step, their
-    learning curve and their rung evaluation told to NSGA-II. Rungs read the same 32 of the 48
+    learning curve and their rung evaluation told to NSGA-II. Rungs read the same 16 of the 48
     validation examples in every trial; the final evaluation reads all 48."""
     import json
 
@@ -109,7 +109,7 @@ def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, ti
     slow = df[df.params_learning_rate == 1e-7]
     assert len(slow) >= 1 and (slow.state == "PRUNED").all(), df[["number", "params_learning_rate", "state"]]
     assert (slow.steps < slow.total_steps).all() and slow.error.str.match(r"pruned at step \d+").all()
-    assert slow.error.str.contains("on the rungs' 32 of 48 validation examples").all()
+    assert slow.error.str.contains("on the rungs' 16 of 48 validation examples").all()
     assert slow.values_eval_loss.notna().all()  # its last evaluation is its result
     rungs = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
     rungs = [e for e in rungs if e["type"] == "rung"]
@@ -118,12 +118,35 @@ def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, ti
         assert [e["decision"] for e in rungs if e["number"] == n][-1] == "prune"
         curve = json.loads((out / "trial_results" / f"trial_{n}" / "metrics.json").read_text())
         assert len(curve["curve"]) == int(df.loc[n, "steps"])
-        assert [e["examples"] for e in curve["evals"]] == [32]
+        assert [e["examples"] for e in curve["evals"]] == [16]
     m0 = json.loads((out / "trial_results" / "trial_0" / "metrics.json").read_text())
-    assert [e["examples"] for e in m0["evals"]] == [32, 32, 32, 48]
+    assert [e["examples"] for e in m0["evals"]] == [16, 16, 16, 48]
     # what evaluation costs is counted: a pruned trial read the subset once (the same tokens in every
     # trial); trial 0 read it at 3 rungs, then the whole set
     sub = slow.eval_tokens.unique()
     assert len(sub) == 1 and sub[0] > 0
     assert m0["eval_tokens"] - 3 * sub[0] > sub[0] and df.loc[0, "eval_tokens"] == m0["eval_tokens"]
+
+
+
+def test_rung_subset_benchmark_agrees_fully_on_the_whole_set_and_less_on_noisy_small_subsets():
+    """bench_rung_subset's agreement measure: a 'subset' as large as the set makes every call of the
+    whole set; with noisy per-example losses and close trials, small subsets make fewer."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_rung_subset.py"
+    spec = importlib.util.spec_from_file_location("bench_rung_subset", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    n_val, trials = 40, {}
+    for t in range(8):  # trial t: mean loss 0.2 + 0.02 t per token, noisy per example
+        tokens = np.full(n_val, 5.0)
+        loss = tokens * np.clip(0.2 + 0.02 * t + rng.normal(0, 0.3, n_val), 0, None)
+        correct = rng.binomial(5, 0.9 - 0.01 * t, n_val).astype(float)
+        trials[f"trial_{t}"] = np.stack([loss, correct, tokens])
+    whole, small = bench.agreement([trials], [n_val, 4], draws=50)
+    assert whole["same_call"] == 1.0 and whole["same_order_good"] == 1.0 and whole["loss_regret"] == 0.0
+    assert small["same_call"] < 1.0 and small["same_order_good"] < 1.0 and small["loss_regret"] > 0.0
 
