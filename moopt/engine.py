@@ -6,7 +6,9 @@ seeded per algorithm; the whole state pickles, so the study checkpoints it after
 
 Every individual carries one inequality constraint G <= 0 (feasible). Failed trials are told with
 the worst objective values seen and G = 1, infeasible ones with their memory violation, so NSGA-II
-learns from them instead of dropping them.
+learns from them instead of dropping them. Pruned trials are told with their last rung's values; the
+surrogate may be given other values for them (``tell_one(..., F_surrogate=)``: their projection to
+the end of training), so a configuration cut early does not read as a bad region.
 
 Sample efficiency at small budgets (tens of trials, where plain NSGA-II is close to random search):
 after the first population, each ask breeds many candidate offspring with NSGA-II's own mating
@@ -135,8 +137,11 @@ class Engine:
                 return [dict(ind.X) for ind in pop]
         return []
 
-    def tell_one(self, index: int, F: np.ndarray, G: float) -> None:
-        self.results[index] = (np.asarray(F, dtype=float), float(G))
+    def tell_one(self, index: int, F: np.ndarray, G: float, F_surrogate: np.ndarray | None = None) -> None:
+        """NSGA-II is told (F, G); the surrogate learns ``F_surrogate`` when given (a pruned trial's
+        projected final values), else F."""
+        F = np.asarray(F, dtype=float)
+        self.results[index] = (F, float(G), F if F_surrogate is None else np.asarray(F_surrogate, dtype=float))
 
     @property
     def generation_done(self) -> bool:
@@ -152,10 +157,11 @@ class Engine:
         G = np.array([[self.results[i][1]] for i in idx])
         self.algorithm.evaluator.eval(StaticProblem(self.problem, F=F, G=G), pop)
         self.algorithm.tell(infills=pop)
-        self.pending, self.results = None, {}
+        results, self.pending, self.results = self.results, None, {}
         if hasattr(self, "arch_X") and len(idx):
+            FS = np.array([results[i][2] if len(results[i]) > 2 else results[i][0] for i in idx])
             self.arch_X = np.vstack([self.arch_X, np.array([self._vec(ind.X) for ind in pop])])
-            self.arch_F = np.vstack([self.arch_F, F.reshape(len(idx), self.n_obj)])
+            self.arch_F = np.vstack([self.arch_F, FS.reshape(len(idx), self.n_obj)])
             self.arch_G = np.concatenate([self.arch_G, G[:, 0]])
 
     def random_individual(self) -> dict[str, Any]:

@@ -16,6 +16,9 @@ KNOWN: dict[str, tuple[str, str]] = {
     "peak_memory_gb": ("minimize", "peak training memory of the trial, GiB"),
 }
 
+# the best value each objective can take (where training would head with no limit)
+IDEAL: dict[str, float] = {"eval_loss": 0.0, "eval_accuracy": 1.0, "eval_perplexity": 1.0, "peak_memory_gb": 0.0}
+
 
 @dataclass(frozen=True)
 class Objectives:
@@ -36,6 +39,10 @@ class Objectives:
             v = float(metrics[n])
             out.append(-v if KNOWN[n][0] == "maximize" else v)
         return np.asarray(out, dtype=float)
+
+    def ideal(self) -> np.ndarray:
+        """The best value of each objective, in minimisation form."""
+        return self.to_minimize(IDEAL)
 
     def scores(self, F: np.ndarray) -> np.ndarray:
         """Weighted score in [0, 1] (higher is better) of each row of F (minimisation form).

@@ -65,6 +65,37 @@ class RungPruner:
     def __init__(self, eta: float):
         self.eta = eta
         self.pools: dict[int, dict[int, np.ndarray]] = {}  # rung -> {trial number: F}
+        self.finals: dict[int, np.ndarray] = {}  # completed trial -> its final F
+
+    def complete(self, number: int, F: np.ndarray) -> None:
+        """A trial ran to its end with final objectives F (its rung values are in the pools)."""
+        self.finals[number] = np.asarray(F, dtype=float)
+
+    def projected(self, number: int, F: np.ndarray, ideal: np.ndarray) -> np.ndarray:
+        """Where a pruned trial was heading: its last rung's F moved toward the ideal point as the
+        completed trials moved from that rung to their end. Per objective, the gap to the ideal
+        (e.g. eval_loss - 0, 1 - eval_accuracy) is scaled by the median ratio final gap / rung gap
+        over the completed trials. F itself when no completed trial is known at that rung.
+
+        NSGA-II is told F (a pruned trial stays dominated, as measured); only the engine's surrogate
+        learns from the projection, so a configuration cut early by a small rung pool does not
+        read as a bad region (a partial loss of 0.7 that would have ended at 0.27)."""
+        F = np.asarray(F, dtype=float)
+        rungs = [k for k, pool in self.pools.items() if number in pool]
+        if not rungs:
+            return F
+        pool = self.pools[max(rungs)]
+        pairs = [(pool[c], f) for c, f in self.finals.items() if c in pool and c != number]
+        if not pairs:
+            return F
+        R, E = np.array([r for r, _ in pairs]), np.array([f for _, f in pairs])
+        gap_r, gap_f = R - ideal, E - ideal
+        out = F.copy()
+        for j in range(len(F)):
+            ok = (gap_r[:, j] > 0) & (gap_f[:, j] >= 0)
+            if ok.any() and F[j] > ideal[j]:
+                out[j] = ideal[j] + float(np.median(gap_f[ok, j] / gap_r[ok, j])) * (F[j] - ideal[j])
+        return out
 
     def record(self, rung: int, number: int, F: np.ndarray) -> None:
         self.pools.setdefault(rung, {})[number] = np.asarray(F, dtype=float)
@@ -73,6 +104,7 @@ class RungPruner:
         """A re-queued trial starts over: drop what it reported."""
         for pool in self.pools.values():
             pool.pop(number, None)
+        self.finals.pop(number, None)
 
     def decide(self, rung: int, number: int, F: np.ndarray) -> bool:
         """Record the arrival and say whether the trial goes on."""

@@ -147,6 +147,8 @@ class Study:
         for r in record.rungs if record else []:  # what finished trials showed at each rung
             if r["number"] in record.finished:
                 self.pruner.record(r["rung"], r["number"], cfg.objectives.to_minimize(r["metrics"]))
+        for e in record.finished.values() if record else []:
+            self.completed(e)
 
         deadline = time.time() + cfg.time_budget_hours * 3600 if cfg.time_budget_hours else None
         placer = DevicePlacer(cfg.parallel_trials)
@@ -179,8 +181,7 @@ class Study:
             for idx in range(len(engine.pending)):
                 num = next((n for n, i in assigned.items() if i == idx), None)
                 if num is not None and num in finished:
-                    F, G = self.told_values(finished[num])
-                    engine.tell_one(idx, F, G)
+                    engine.tell_one(idx, *self.told_values(finished[num]))
                 elif idx not in engine.results:
                     queue.append((idx, -1 if num is None else num))
         evaluated = {self.config_key(TrialConfig.from_dict(e["config"])): e for e in finished.values() if "config" in e}
@@ -253,6 +254,7 @@ class Study:
                     info = running.pop(res.number)
                     placer.release(res.number)
                     end = self.end_trial(res, info)
+                    self.completed(end)
                     finished[res.number] = end
                     evaluated[info["key"]] = end
                     durations += self.duration_sample(end)
@@ -346,8 +348,10 @@ class Study:
         self.console.print(f"Trial {res.number} [{colour}]{res.state}[/] in {end['duration_s']:.0f}s: {vals}{extra}")
         return end
 
-    def told_values(self, end: dict[str, Any]) -> tuple[np.ndarray, float]:
-        """(F, G) for NSGA-II. Failures: G = 1 (infeasible, ranked behind every feasible trial)."""
+    def told_values(self, end: dict[str, Any]) -> tuple[np.ndarray, float, np.ndarray]:
+        """(F, G) for NSGA-II, and F for the engine's surrogate. Failures: G = 1 (infeasible, ranked
+        behind every feasible trial). A pruned trial: NSGA-II gets its last rung's values; the
+        surrogate their projection to the trial's end (RungPruner.projected)."""
         objs, m, c = self.cfg.objectives, end.get("metrics") or {}, self.cfg.memory_constraint_gb
         have = all(k in m for k in objs.names)
         F = objs.to_minimize(m) if have else np.full(len(objs.names), 1e9)
@@ -357,7 +361,14 @@ class Study:
             G = max(m["peak_memory_gb"] - c, 1e-3)
         else:
             G = 1.0
-        return F, float(G)
+        by_rung = end["state"] == "PRUNED" and have and str(end.get("error") or "").startswith("pruned at step")
+        return F, float(G), self.pruner.projected(end["number"], F, objs.ideal()) if by_rung else F
+
+    def completed(self, end: dict[str, Any]) -> None:
+        """A trial that ran to its end teaches the pruner how rung values turn into final ones."""
+        m = end.get("metrics") or {}
+        if end["state"] == "COMPLETE" and all(k in m for k in self.cfg.objectives.names):
+            self.pruner.complete(end["number"], self.cfg.objectives.to_minimize(m))
 
     @staticmethod
     def config_key(cfg: TrialConfig) -> str:

@@ -150,3 +150,38 @@ def test_rung_subset_benchmark_agrees_fully_on_the_whole_set_and_less_on_noisy_s
     assert whole["same_call"] == 1.0 and whole["same_order_good"] == 1.0 and whole["loss_regret"] == 0.0
     assert small["same_call"] < 1.0 and small["same_order_good"] < 1.0 and small["loss_regret"] > 0.0
 
+
+def test_a_pruned_trial_is_projected_as_completed_trials_went_on_from_its_rung():
+    """Per objective, the gap to the ideal (loss - 0, 1 - accuracy) shrinks by the completed trials'
+    median ratio final gap / gap at the pruned trial's last rung."""
+    p = RungPruner(2)
+    p.record(0, 0, np.array([1.0, -0.5]))
+    p.complete(0, np.array([0.5, -0.75]))  # loss gap x0.5, error 0.5 -> 0.25 (x0.5)
+    p.record(0, 1, np.array([2.0, -0.6]))
+    p.complete(1, np.array([1.0, -0.8]))  # loss x0.5, error 0.4 -> 0.2 (x0.5)
+    p.record(1, 0, np.array([0.6, -0.7]))  # a later rung: not the pruned trial's
+    p.record(0, 2, np.array([0.8, -0.9]))
+    ideal = np.array([0.0, -1.0])
+    np.testing.assert_allclose(p.projected(2, np.array([0.8, -0.9]), ideal), [0.4, -0.95])
+    # no completed trial at its rung, or never at a rung: as measured
+    p.record(2, 3, np.array([0.3, -0.9]))
+    np.testing.assert_allclose(p.projected(3, np.array([0.3, -0.9]), ideal), [0.3, -0.9])
+    np.testing.assert_allclose(p.projected(4, np.array([5.0, -0.1]), ideal), [5.0, -0.1])
+    p.forget(0)
+    assert 0 not in p.finals
+
+
+def test_engine_surrogate_learns_the_projection_while_nsga2_gets_the_measured_values():
+    from moopt.engine import Engine
+    from moopt.space import default_space
+
+    eng = Engine(default_space(), n_obj=2, num_trials=12, seed=0)
+    X = eng.ask()
+    for i in range(len(X)):
+        F = np.array([1.0 + i, -0.5])
+        eng.tell_one(i, F, -1.0, F_surrogate=F / 2 if i == 0 else None)
+    eng.tell()
+    np.testing.assert_allclose(eng.arch_F[0], [0.5, -0.25])
+    np.testing.assert_allclose(eng.arch_F[1], [2.0, -0.5])
+    told = np.asarray(eng.algorithm.pop.get("F"), dtype=float)
+    assert any(np.allclose(f, [1.0, -0.5]) for f in told)
