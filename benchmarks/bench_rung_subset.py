@@ -37,7 +37,8 @@ def per_example(study: Path, val_file: Path) -> dict[str, np.ndarray]:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from moopt.data import IGNORE, tokenize_file
+    from moopt.data import collate, tokenize_file
+    from moopt.trial import causal_lm_loss
 
     out: dict[str, np.ndarray] = {}
     trials = sorted(study.glob("trial_results/trial_*/adapter"), key=lambda p: int(p.parent.name.split("_")[1]))
@@ -47,22 +48,15 @@ def per_example(study: Path, val_file: Path) -> dict[str, np.ndarray]:
     model_path = json.loads((study / "journal.jsonl").read_text().splitlines()[0])["base_model"]
     tok = AutoTokenizer.from_pretrained(model_path)
     val = tokenize_file(val_file, tok, cfg["data"]["max_seq_length"])
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     for ad in trials:
-        m = PeftModel.from_pretrained(base, str(ad))
+        m = PeftModel.from_pretrained(base, str(ad))  # LoRA layers go into ``base`` in place
         m.eval()
-        rows = []
-        with torch.no_grad():
-            for ex in val.examples:
-                logits = m(input_ids=torch.tensor([ex.input_ids])).logits[0, :-1]
-                y = torch.tensor(ex.labels[1:])
-                k = y != IGNORE
-                lp = torch.log_softmax(logits[k].float(), -1)
-                rows.append((float(-lp.gather(1, y[k][:, None]).sum()), int((logits[k].argmax(-1) == y[k]).sum()),
-                             int(k.sum())))
-        out[ad.parent.name] = np.array(rows, dtype=float).T
-        print(f"{study.name}/{ad.parent.name}: eval_loss {out[ad.parent.name][0].sum() / out[ad.parent.name][2].sum():.4f}",
-              flush=True)
+        with torch.no_grad():  # the trials' own evaluation (moopt.trial), one example at a time
+            rows = [[float(v) for v in causal_lm_loss(base, collate([ex], pad_id), "torch")] for ex in val.examples]
+        out[ad.parent.name] = a = np.array(rows, dtype=float).T
+        print(f"{study.name}/{ad.parent.name}: eval_loss {a[0].sum() / a[2].sum():.4f}", flush=True)
         base = m.unload()
     return out
 
