@@ -106,7 +106,8 @@ class Study:
         self.out = Path(cfg.output_dir)
         self.console = console or Console(highlight=False)
         self.lock = threading.Lock()
-        self.pruner = RungPruner(cfg.pruning_factor or 0)
+        self.pruner = RungPruner(cfg.pruning_factor or 0, ideal=cfg.objectives.ideal())
+        self.prune_reason: dict[int, str] = {}  # trial -> why its last rung stopped it
         self.progress_view = None
 
     # -- helpers -------------------------------------------------------------------------------
@@ -116,9 +117,11 @@ class Study:
     def decide_rung(self, number: int, step: int, metrics: dict[str, float], rung: int) -> bool:
         """Called by the executor at each rung of a trial; journaled before the answer counts."""
         with self.lock:
-            go = self.pruner.decide(rung, number, self.cfg.objectives.to_minimize(metrics))
+            go, why = self.pruner.judge(rung, number, self.cfg.objectives.to_minimize(metrics))
             self.journal.append({"type": "rung", "number": number, "rung": rung, "step": step, "metrics": metrics,
-                                 "decision": "continue" if go else "prune"})
+                                 "decision": "continue" if go else "prune", "reason": why})
+            if not go:
+                self.prune_reason[number] = why
             return go
 
     def on_progress(self, number: int, step: int, total: int, loss: float) -> None:
@@ -330,6 +333,8 @@ class Study:
         if res.state == "COMPLETE" and cfg.memory_constraint_gb and m.get("peak_memory_gb", 0) > cfg.memory_constraint_gb:
             res.state = "INFEASIBLE"
             res.error = f"peak {m['peak_memory_gb']:.2f} GiB > --memory_constraint {cfg.memory_constraint_gb:g} GiB"
+        if res.state == "PRUNED" and res.number in self.prune_reason and (res.error or "").startswith("pruned at step"):
+            res.error = f"{res.error}; {self.prune_reason.pop(res.number)}"
         metrics_file = self.trial_dir(res.number) / "metrics.json"
         tokens_per_s = None
         if metrics_file.is_file():

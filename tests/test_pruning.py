@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from moopt.pruning import RUNG_EVAL_MIN, RungPruner, pareto_order, rung_eval_size, rung_fractions
 
@@ -73,6 +74,75 @@ def test_synthetic_learning_curves_prune_the_bad_ones():
     assert int(np.argmin(finals)) in survivors  # the best trial is never pruned
 
 
+def test_a_trial_that_cannot_catch_a_completed_one_stops_though_it_ranks_in_the_top_half():
+    """The dominance bound: at its rung, trial 2 ranks 2nd of 5 (the pool still holds two poor early
+    trials), but even moved toward the ideal as far as the best completed trial moved from that rung
+    (loss x0.3, error x0.2), it would end at (0.33, error 0.1), dominated by trial 0's (0.3, 0.1)."""
+    ideal = np.array([0.0, -1.0])  # eval_loss 0, eval_accuracy 1
+    p = RungPruner(2, ideal=ideal)
+    p.record(0, 0, np.array([1.0, -0.5]))
+    p.complete(0, np.array([0.3, -0.9]))  # loss x0.3, error 0.5 -> 0.1 (x0.2)
+    p.record(0, 1, np.array([1.2, -0.5]))
+    p.complete(1, np.array([0.4, -0.85]))  # loss x0.33, error x0.3
+    p.record(0, 3, np.array([5.0, -0.1]))
+    p.record(0, 4, np.array([6.0, -0.1]))
+    go, why = p.judge(0, 2, np.array([1.1, -0.5]))
+    assert not go and why.startswith("cannot catch trial 0") and "[0.33, -0.9]" in why, why
+    go, why = p.judge(0, 5, np.array([0.9, -0.55]))  # best end (0.27, 0.09): could still join the front
+    assert go and why == "rank 1 of 6 at rung 0", why
+
+
+def test_the_bound_needs_two_completed_trials_an_ideal_and_never_assumes_a_trial_improves_more():
+    ideal = np.array([0.0])
+    one = RungPruner(2, ideal=ideal)
+    one.record(0, 0, np.array([1.0]))
+    one.complete(0, np.array([0.3]))
+    one.record(0, 9, np.array([9.0]))
+    assert one.bound(0, 1, np.array([1.1])) is None  # one completed trial: a single curve's ratio
+    # two that got worse after the rung (ratio > 1) teach nothing: the best end is the rung value itself
+    worse = RungPruner(2, ideal=ideal)
+    for n, (r, f) in enumerate([(0.5, 0.6), (0.4, 0.45)]):
+        worse.record(0, n, np.array([r]))
+        worse.complete(n, np.array([f]))
+    assert worse.bound(0, 2, np.array([0.44])) is None  # 0.44 could still beat 0.45
+    end, by = worse.bound(0, 2, np.array([0.7]))
+    assert end[0] == pytest.approx(0.7) and by == 0  # trial 0 ended at 0.6
+    no_ideal = RungPruner(2)
+    no_ideal.record(0, 0, np.array([1.0]))
+    no_ideal.complete(0, np.array([0.3]))
+    no_ideal.record(0, 1, np.array([1.0]))
+    no_ideal.complete(1, np.array([0.3]))
+    assert no_ideal.bound(0, 2, np.array([5.0])) is None
+
+
+def test_the_bound_saves_compute_on_synthetic_curves_and_keeps_the_best_trials():
+    """Curves loss(t) = final + gap*(1-t), arriving in random order: with the bound, fewer steps
+    are trained than with the rank rule alone, and every trial that ends better than all before it
+    still runs to its end (a better final is further from its rung value: the bound holds)."""
+    rng = np.random.default_rng(1)
+    finals = rng.uniform(0.2, 2.0, size=40)
+    gaps = rng.uniform(0.5, 1.5, size=40)
+    cost, kept = {}, {}
+    for label, ideal in (("rank", None), ("bound", np.array([0.0, -1.0]))):
+        p = RungPruner(eta=2, ideal=ideal)
+        cost[label], kept[label] = 0.0, []
+        for n, (final, gap) in enumerate(zip(finals, gaps)):
+            alive, reached = True, 1.0
+            for rung, t in enumerate(rung_fractions(2)):
+                loss = final + gap * (1 - t)
+                if not p.decide(rung, n, np.array([loss, -1.0 / (1.0 + loss)])):
+                    alive, reached = False, t
+                    break
+            cost[label] += reached
+            if alive:
+                p.complete(n, np.array([final, -1.0 / (1.0 + final)]))
+                kept[label].append(n)
+    assert cost["bound"] < 0.9 * cost["rank"], cost
+    assert set(kept["bound"]) < set(kept["rank"])
+    best_so_far = [n for n in range(40) if finals[n] < finals[:n].min(initial=np.inf)]
+    assert set(best_so_far) <= set(kept["bound"])  # every new best trial ran to its end
+
+
 def test_forget_drops_a_requeued_trial():
     p = RungPruner(eta=2)
     p.decide(0, 0, [1.0])
@@ -110,10 +180,12 @@ def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, ti
     assert len(slow) >= 1 and (slow.state == "PRUNED").all(), df[["number", "params_learning_rate", "state"]]
     assert (slow.steps < slow.total_steps).all() and slow.error.str.match(r"pruned at step \d+").all()
     assert slow.error.str.contains("on the rungs' 16 of 48 validation examples").all()
+    assert slow.error.str.contains(r"; rank \d+ of \d+ at rung 0: not in the top \d+").all()  # why, in words
     assert slow.values_eval_loss.notna().all()  # its last evaluation is its result
     rungs = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
     rungs = [e for e in rungs if e["type"] == "rung"]
     assert {e["rung"] for e in rungs if e["number"] == 0} == {0, 1, 2}  # eta 2: 1/8, 1/4, 1/2 of 24 steps
+    assert all(e["reason"] for e in rungs)
     for n in slow.number:
         assert [e["decision"] for e in rungs if e["number"] == n][-1] == "prune"
         curve = json.loads((out / "trial_results" / f"trial_{n}" / "metrics.json").read_text())
