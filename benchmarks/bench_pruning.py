@@ -108,13 +108,19 @@ def plot(rows: list[dict], path: Path) -> None:
 
     seeds = sorted({r["seed"] for r in rows})
     get = {(r["seed"], r["provider"] == "no_pruning"): r for r in rows}
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     x = np.arange(len(seeds))
     for off, base, lab in ((-0.2, True, "no pruning"), (0.2, False, "pruning")):
         a1.bar(x + off, [get[s, base]["compute_tokens"] / 1e3 for s in seeds], 0.4, label=lab)
-        a2.bar(x + off, [get[s, base]["hv_base"] for s in seeds], 0.4, label=lab)
-    for ax, title in ((a1, "compute, k training-token equivalents (all trials)"), (a2, "hypervolume vs base model")):
-        ax.set_xticks(x, [f"seed {s}" for s in seeds])
+    loss = [100 * (1 - get[s, False]["hv_base"] / get[s, True]["hv_base"]) for s in seeds]
+    a2.bar(x, loss, 0.6, color=["tab:red" if v > 2 else "tab:green" for v in loss])
+    a2.axhline(2.0, color="k", ls="--", lw=0.8, label="2% target")
+    a2.axhline(float(np.median(loss)), color="tab:blue", lw=1, label=f"median {np.median(loss):.1f}%")
+    saved = 100 * (1 - sum(get[s, False]["compute_tokens"] for s in seeds) / sum(get[s, True]["compute_tokens"] for s in seeds))
+    for ax, title in ((a1, f"compute, k training-token equivalents (all trials): {saved:.1f}% saved"),
+                      (a2, "hypervolume lost by pruning, % (reference: base model)")):
+        ax.set_xticks(x, [str(s) for s in seeds])
+        ax.set_xlabel("seed")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -145,7 +151,12 @@ def main() -> int:
         if not out_csv.is_file():
             print(f"error: {out_csv}: no results to summarise (run the benchmark first)", file=sys.stderr)
             return 2
-        summarize(pd.read_csv(out_csv).to_dict("records"), out_csv)
+        df = pd.read_csv(out_csv)
+        missing = {"compute_tokens", "train_steps", "hv_base", "hv_union"} - set(df.columns)
+        if missing:
+            print(f"error: {out_csv}: no column {sorted(missing)} (written by an older bench_pruning.py)", file=sys.stderr)
+            return 2
+        summarize(df.to_dict("records"), out_csv)
         return 0
     tmp = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="bench_pruning_"))
     tmp.mkdir(parents=True, exist_ok=True)

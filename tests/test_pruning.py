@@ -1,7 +1,11 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from moopt.pruning import RUNG_EVAL_MIN, RungPruner, pareto_order, rung_eval_size, rung_fractions
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_rungs_are_fractions_of_the_budget():
@@ -199,6 +203,20 @@ def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, ti
     assert len(sub) == 1 and sub[0] > 0
     assert m0["eval_tokens"] - 3 * sub[0] > sub[0] and df.loc[0, "eval_tokens"] == m0["eval_tokens"]
 
+    # bench_prune_calls reruns the pruned trials to their end: the lr 1e-7 ones end dominated by trial 0
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_prune_calls", ROOT / "benchmarks" / "bench_prune_calls.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main([str(out), "--all", "--out", str(tmp_path / "calls.csv")]) == 0
+    calls = pd.read_csv(tmp_path / "calls.csv")
+    assert sorted(calls.trial) == sorted(df[df.state == "PRUNED"].number)
+    calls = calls[calls.trial.isin(slow.number)]
+    assert (calls.reason == "rank").all() and calls.dominated_by_front.all()
+    assert (calls.final_eval_loss > df.loc[0, "values_eval_loss"]).all()
+    assert bench.main([str(tmp_path)]) == 2  # not a study folder: one line, exit 2
+
 
 
 def test_rung_subset_benchmark_agrees_fully_on_the_whole_set_and_less_on_noisy_small_subsets():
@@ -207,7 +225,7 @@ def test_rung_subset_benchmark_agrees_fully_on_the_whole_set_and_less_on_noisy_s
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_rung_subset.py"
+    path = ROOT / "benchmarks" / "bench_rung_subset.py"
     spec = importlib.util.spec_from_file_location("bench_rung_subset", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -1,0 +1,138 @@
+"""Were the pruning calls right? Rerun pruned trials to their end and look.
+
+For each pruned trial of the given studies (by default those stopped by the dominance bound, "cannot
+catch trial N"; ``--all``: every trial pruned at a rung), the same configuration is trained again to
+its end, with the study's model, data and seed, no rungs. The call was right if that final point
+adds nothing to the study's front:
+
+- ``dominated_by_stopper``: the completed trial named in the reason dominates the final point (the
+  bound's own claim);
+- ``dominated_by_front``: some COMPLETE trial of the study dominates it;
+- ``hv_gain_pct``: how much the study's hypervolume (reference: the base model's values, as
+  bench_pruning's ``hv_base``) would have grown had the trial run to its end (0 for a right call).
+
+    python benchmarks/bench_prune_calls.py W/s0_eta_2 W/s1_eta_2 ... [--all] [--baseline W/s0_no_pruning/baseline.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_study(study: Path) -> tuple[dict, dict[int, dict], dict[int, dict]]:
+    """(journal header, trial_start by number, trial_end by number)."""
+    header, starts, ends = {}, {}, {}
+    for line in (study / "journal.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        if e["type"] == "study":
+            header = e
+        elif e["type"] == "trial_start":
+            starts[e["number"]] = e
+        elif e["type"] == "trial_end":
+            ends[e["number"]] = e
+    return header, starts, ends
+
+
+def to_min(metrics: dict, names: list[str]) -> np.ndarray:
+    from moopt.objectives import parse_objectives
+
+    return parse_objectives("multi:" + ",".join(names), None).to_minimize(metrics)
+
+
+def dominates(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool((a <= b).all() and (a < b).any())
+
+
+def hv(F: np.ndarray, ref: np.ndarray) -> float:
+    from pymoo.indicators.hv import HV
+
+    F = F[(F < ref).all(axis=1)]
+    return float(HV(ref_point=ref)(F)) if len(F) else 0.0
+
+
+def rerun(start: dict, header: dict, work: Path) -> dict:
+    """The trial's configuration trained to its end (no rungs): its final metrics."""
+    from moopt.config import TrialConfig
+    from moopt.trial import TrialSpec, run_trial
+
+    fp = header["fingerprint"]
+    spec = TrialSpec(number=start["number"], config=TrialConfig.from_dict(start["config"]), base_model=fp["base_model"],
+                     train_file=fp["train_file"], validation_file=fp["validation_file"],
+                     output_dir=str(work / f"trial_{start['number']}"), seed=fp["seed"], save_adapter=False)
+    res = run_trial(spec)
+    if res.state != "COMPLETE":
+        raise RuntimeError(f"trial {start['number']} rerun ended {res.state}: {res.error}")
+    return res.metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("studies", nargs="+", type=Path, help="output folders of studies run with --pruning_factor")
+    ap.add_argument("--all", action="store_true", help="every trial pruned at a rung, not only the bound's stops")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="baseline.json (the base model's values) for studies run with --no-baseline")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "prune_calls_smollm2_cpu.csv")
+    a = ap.parse_args(argv)
+    for s in a.studies:
+        if not (s / "journal.jsonl").is_file():
+            print(f"error: {s}: no journal.jsonl (not a moopt study folder)", file=sys.stderr)
+            return 2
+    import pandas as pd
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="prune_calls_") as tmp:
+        for study in a.studies:
+            header, starts, ends = read_study(study)
+            names = header["objectives"]
+            complete = {n: to_min(e["metrics"], names) for n, e in ends.items() if e["state"] == "COMPLETE"}
+            bfile = study / "baseline.json" if (study / "baseline.json").is_file() else a.baseline
+            base = json.loads(bfile.read_text()) if bfile else None
+            ref = to_min(base["metrics"], names) if base and base.get("state") == "COMPLETE" else None
+            front = np.array(list(complete.values()))
+            for n, e in sorted(ends.items()):
+                why = str(e.get("error") or "")
+                if e["state"] != "PRUNED" or not why.startswith("pruned at step"):
+                    continue
+                if not a.all and "cannot catch trial" not in why:
+                    continue
+                stopper = int(why.split("cannot catch trial ")[1].split(":")[0]) if "cannot catch trial" in why else None
+                final = to_min(rerun(starts[n], header, Path(tmp) / study.name), names)
+                gain = float("nan")
+                if ref is not None and len(front):
+                    h0 = hv(front, ref)
+                    gain = 100 * (hv(np.vstack([front, final]), ref) / h0 - 1) if h0 > 0 else float("nan")
+                rows.append({"study": study.name, "trial": n, "pruned_step": e.get("steps"), "total_steps": e.get("total_steps"),
+                             "reason": "bound" if stopper is not None else "rank", "stopper": stopper,
+                             **{f"final_{k}": float(v) for k, v in zip(names, final)},
+                             "dominated_by_stopper": dominates(complete[stopper], final) if stopper is not None else None,
+                             "dominated_by_front": any(dominates(f, final) for f in complete.values()),
+                             "hv_gain_pct": gain})
+                r = rows[-1]
+                print(f"{study.name} trial {n} ({r['reason']}, step {r['pruned_step']}/{r['total_steps']}): final "
+                      f"{np.round(final, 4).tolist()}; dominated by its stopper: {r['dominated_by_stopper']}, by the "
+                      f"front: {r['dominated_by_front']}; hypervolume +{gain:.2f}% had it run on", flush=True)
+    if not rows:
+        print("no pruned trials of that kind in these studies")
+        return 0
+    df = pd.DataFrame(rows)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(a.out, index=False)
+    right = df.dominated_by_front.mean()
+    wrong = df[~df.dominated_by_front]
+    print(f"\n{len(df)} calls: {100 * right:.0f}% right (the final point is dominated by the study's front); the "
+          f"{len(wrong)} others would have added {wrong.hv_gain_pct.median():.2f}% hypervolume (median), "
+          f"{wrong.hv_gain_pct.max():.2f}% at most")
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
