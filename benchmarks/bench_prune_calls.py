@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_pruning import hv  # noqa: E402  (the hypervolume bench_pruning reports)
 
 
 def read_study(study: Path) -> tuple[dict, dict[int, dict], dict[int, dict]]:
@@ -49,13 +51,6 @@ def to_min(metrics: dict, names: list[str]) -> np.ndarray:
 
 def dominates(a: np.ndarray, b: np.ndarray) -> bool:
     return bool((a <= b).all() and (a < b).any())
-
-
-def hv(F: np.ndarray, ref: np.ndarray) -> float:
-    from pymoo.indicators.hv import HV
-
-    F = F[(F < ref).all(axis=1)]
-    return float(HV(ref_point=ref)(F)) if len(F) else 0.0
 
 
 def rerun(start: dict, header: dict, work: Path) -> dict:
