@@ -43,12 +43,6 @@ def read_study(study: Path) -> tuple[dict, dict[int, dict], dict[int, dict]]:
     return header, starts, ends
 
 
-def to_min(metrics: dict, names: list[str]) -> np.ndarray:
-    from moopt.objectives import parse_objectives
-
-    return parse_objectives("multi:" + ",".join(names), None).to_minimize(metrics)
-
-
 def dominates(a: np.ndarray, b: np.ndarray) -> bool:
     return bool((a <= b).all() and (a < b).any())
 
@@ -82,15 +76,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     import pandas as pd
 
+    from moopt.objectives import parse_objectives
+
     rows = []
     with tempfile.TemporaryDirectory(prefix="prune_calls_") as tmp:
         for study in a.studies:
             header, starts, ends = read_study(study)
             names = header["objectives"]
-            complete = {n: to_min(e["metrics"], names) for n, e in ends.items() if e["state"] == "COMPLETE"}
+            to_min = parse_objectives(("multi:" if len(names) > 1 else "") + ",".join(names), None).to_minimize
+            complete = {n: to_min(e["metrics"]) for n, e in ends.items() if e["state"] == "COMPLETE"}
             bfile = study / "baseline.json" if (study / "baseline.json").is_file() else a.baseline
             base = json.loads(bfile.read_text()) if bfile else None
-            ref = to_min(base["metrics"], names) if base and base.get("state") == "COMPLETE" else None
+            ref = to_min(base["metrics"]) if base and base.get("state") == "COMPLETE" else None
             front = np.array(list(complete.values()))
             for n, e in sorted(ends.items()):
                 why = str(e.get("error") or "")
@@ -99,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not a.all and "cannot catch trial" not in why:
                     continue
                 stopper = int(why.split("cannot catch trial ")[1].split(":")[0]) if "cannot catch trial" in why else None
-                final = to_min(rerun(starts[n], header, Path(tmp) / study.name), names)
+                final = to_min(rerun(starts[n], header, Path(tmp) / study.name))
                 gain = float("nan")
                 if ref is not None and len(front):
                     h0 = hv(front, ref)

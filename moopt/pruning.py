@@ -101,23 +101,27 @@ class RungPruner:
         read as a bad region (a partial loss of 0.7 that would have ended at 0.27)."""
         F = np.asarray(F, dtype=float)
         ideal = self.ideal if ideal is None else np.asarray(ideal, dtype=float)
-        if ideal is None:
-            return F
         rungs = [k for k, pool in self.pools.items() if number in pool]
-        if not rungs:
+        if ideal is None or not rungs:
             return F
-        pool = self.pools[max(rungs)]
-        pairs = [(pool[c], f) for c, f in self.finals.items() if c in pool and c != number]
-        if not pairs:
+        gap_r, gap_f = self._gaps(max(rungs), number, ideal)
+        if not len(gap_r):
             return F
-        R, E = np.array([r for r, _ in pairs]), np.array([f for _, f in pairs])
-        gap_r, gap_f = R - ideal, E - ideal
         out = F.copy()
         for j in range(len(F)):
             ok = (gap_r[:, j] > 0) & (gap_f[:, j] >= 0)
             if ok.any() and F[j] > ideal[j]:
                 out[j] = ideal[j] + float(np.median(gap_f[ok, j] / gap_r[ok, j])) * (F[j] - ideal[j])
         return out
+
+    def _gaps(self, rung: int, number: int, ideal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gaps to the ideal at ``rung`` and at the end, one row per completed trial (other than
+        ``number``) that has values at that rung."""
+        pool = self.pools.get(rung, {})
+        done = [c for c in self.finals if c in pool and c != number]
+        if not done:
+            return np.empty((0, len(ideal))), np.empty((0, len(ideal)))
+        return np.array([pool[c] for c in done]) - ideal, np.array([self.finals[c] for c in done]) - ideal
 
     def record(self, rung: int, number: int, F: np.ndarray) -> None:
         self.pools.setdefault(rung, {})[number] = np.asarray(F, dtype=float)
@@ -134,12 +138,9 @@ class RungPruner:
         gap at this rung among the completed trials (never grows)."""
         if self.ideal is None:
             return None
-        pool = self.pools.get(rung, {})
-        done = [c for c in self.finals if c in pool and c != number]
-        if len(done) < BOUND_MIN_COMPLETED:
+        R, E = self._gaps(rung, number, self.ideal)
+        if len(R) < BOUND_MIN_COMPLETED:
             return None
-        R = np.array([pool[c] for c in done]) - self.ideal
-        E = np.array([self.finals[c] for c in done]) - self.ideal
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(R > 0, np.maximum(E, 0) / R, 1.0)
         best = np.minimum(ratio.min(axis=0), 1.0)

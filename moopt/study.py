@@ -367,7 +367,7 @@ class Study:
         else:
             G = 1.0
         by_rung = end["state"] == "PRUNED" and have and str(end.get("error") or "").startswith("pruned at step")
-        return F, float(G), self.pruner.projected(end["number"], F, objs.ideal()) if by_rung else F
+        return F, float(G), self.pruner.projected(end["number"], F) if by_rung else F
 
     def completed(self, end: dict[str, Any]) -> None:
         """A trial that ran to its end teaches the pruner how rung values turn into final ones."""
