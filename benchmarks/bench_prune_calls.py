@@ -11,7 +11,13 @@ adds nothing to the study's front:
 - ``hv_gain_pct``: how much the study's hypervolume (reference: the base model's values, as
   bench_pruning's ``hv_base``) would have grown had the trial run to its end (0 for a right call).
 
-    python benchmarks/bench_prune_calls.py W/s0_eta_2 W/s1_eta_2 ... [--all] [--baseline W/s0_no_pruning/baseline.json]
+``--twins``: no retraining; a pruned trial's end is read from the trial of the same configuration in
+the same seed's study without pruning (bench_pruning's ``sK_no_pruning`` next to ``sK_eta_2``): CPU
+trials are deterministic, so that is the end it would have reached. The two studies propose the same
+configurations until the first pruned trial is told to the engine, so this covers the early trials,
+rank-rule stops included, at no cost; pruned trials without a twin are skipped.
+
+    python benchmarks/bench_prune_calls.py W/s0_eta_2 W/s1_eta_2 ... [--all] [--twins] [--baseline W/s0_no_pruning/baseline.json]
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_pruning import hv  # noqa: E402  (the hypervolume bench_pruning reports)
+from bench_pruning import hv
 
 
 def read_study(study: Path) -> tuple[dict, dict[int, dict], dict[int, dict]]:
@@ -62,33 +68,51 @@ def rerun(start: dict, header: dict, work: Path) -> dict:
     return res.metrics
 
 
+def twin_of(study: Path) -> Path:
+    """bench_pruning's layout: W/sK_eta_2 was run with pruning, W/sK_no_pruning (same seed) without."""
+    return study.parent / (study.name.rsplit("_eta_", 1)[0] + "_no_pruning")
+
+
+def twin_finals(study: Path) -> dict[str, dict]:
+    """Final metrics of the COMPLETE trials of the study's twin without pruning, by configuration."""
+    _, starts, ends = read_study(twin_of(study))
+    return {json.dumps(starts[n]["config"], sort_keys=True): e["metrics"] for n, e in ends.items()
+            if e["state"] == "COMPLETE" and n in starts}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("studies", nargs="+", type=Path, help="output folders of studies run with --pruning_factor")
     ap.add_argument("--all", action="store_true", help="every trial pruned at a rung, not only the bound's stops")
+    ap.add_argument("--twins", action="store_true", help="read ends from the same seed's study without pruning, no retraining")
     ap.add_argument("--baseline", type=Path, default=None,
-                    help="baseline.json (the base model's values) for studies run with --no-baseline")
+                    help="baseline.json (the base model's values) for studies run with --no-baseline (default: their twin's)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "prune_calls_smollm2_cpu.csv")
     a = ap.parse_args(argv)
     for s in a.studies:
         if not (s / "journal.jsonl").is_file():
             print(f"error: {s}: no journal.jsonl (not a moopt study folder)", file=sys.stderr)
             return 2
+        if a.twins and ("_eta_" not in s.name or not (twin_of(s) / "journal.jsonl").is_file()):
+            print(f"error: {s}: --twins needs the same seed's study without pruning next to it ({twin_of(s).name})",
+                  file=sys.stderr)
+            return 2
     import pandas as pd
 
     from moopt.objectives import parse_objectives
 
-    rows = []
+    rows, no_twin = [], 0
     with tempfile.TemporaryDirectory(prefix="prune_calls_") as tmp:
         for study in a.studies:
             header, starts, ends = read_study(study)
             names = header["objectives"]
             to_min = parse_objectives(("multi:" if len(names) > 1 else "") + ",".join(names), None).to_minimize
             complete = {n: to_min(e["metrics"]) for n, e in ends.items() if e["state"] == "COMPLETE"}
-            bfile = study / "baseline.json" if (study / "baseline.json").is_file() else a.baseline
+            bfile = next((f for f in (study / "baseline.json", twin_of(study) / "baseline.json") if f.is_file()), a.baseline)
             base = json.loads(bfile.read_text()) if bfile else None
             ref = to_min(base["metrics"]) if base and base.get("state") == "COMPLETE" else None
             front = np.array(list(complete.values()))
+            twins = twin_finals(study) if a.twins else {}
             for n, e in sorted(ends.items()):
                 why = str(e.get("error") or "")
                 if e["state"] != "PRUNED" or not why.startswith("pruned at step"):
@@ -96,7 +120,14 @@ def main(argv: list[str] | None = None) -> int:
                 if not a.all and "cannot catch trial" not in why:
                     continue
                 stopper = int(why.split("cannot catch trial ")[1].split(":")[0]) if "cannot catch trial" in why else None
-                final = to_min(rerun(starts[n], header, Path(tmp) / study.name))
+                if a.twins:
+                    key = json.dumps(starts[n]["config"], sort_keys=True)
+                    if key not in twins:
+                        no_twin += 1
+                        continue
+                    final = to_min(twins[key])
+                else:
+                    final = to_min(rerun(starts[n], header, Path(tmp) / study.name))
                 gain = float("nan")
                 if ref is not None and len(front):
                     h0 = hv(front, ref)
@@ -111,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{study.name} trial {n} ({r['reason']}, step {r['pruned_step']}/{r['total_steps']}): final "
                       f"{np.round(final, 4).tolist()}; dominated by its stopper: {r['dominated_by_stopper']}, by the "
                       f"front: {r['dominated_by_front']}; hypervolume +{gain:.2f}% had it run on", flush=True)
+    if no_twin:
+        print(f"{no_twin} pruned trials have no twin (a configuration the study without pruning never ran): skipped")
     if not rows:
         print("no pruned trials of that kind in these studies")
         return 0

@@ -228,14 +228,15 @@ def main() -> int:
     return 0
 
 
-def summarize(rows: list[dict], out_csv: Path) -> dict:
+def summarize(rows: list[dict], out_csv: Path, plot_fn=None) -> dict:
     """Print and write (.json, .png) the savings and hypervolume losses over all seeds in ``rows``."""
-    plot(rows, out_csv.with_suffix(".png"))
+    (plot_fn or plot)(rows, out_csv.with_suffix(".png"))
     base = [r for r in rows if r["provider"] == "no_pruning"]
     pr = [r for r in rows if r["provider"] != "no_pruning"]
 
     def saved(key):
-        return 100 * (1 - sum(r[key] for r in pr) / sum(r[key] for r in base))
+        total = sum(r[key] for r in base)
+        return 100 * (1 - sum(r[key] for r in pr) / total) if total > 0 else float("nan")
 
     per_seed = [1 - p["compute_tokens"] / b["compute_tokens"] for p, b in zip(pr, base)]
     summary = {"seeds": len(base), "trials": int(base[0]["trials"]), "eta": pr[0]["provider"].removeprefix("eta_"),
@@ -246,6 +247,8 @@ def summarize(rows: list[dict], out_csv: Path) -> dict:
         losses = [1 - p[key] / b[key] for p, b in zip(pr, base) if b[key] > 0]
         summary[f"median_{key}_loss_pct"] = 100 * float(np.median(losses)) if losses else float("nan")
         summary[f"mean_{key}_loss_pct"] = 100 * float(np.mean(losses)) if losses else float("nan")
+        for stat in ("mean", "median"):  # bootstrap 95% interval over seeds
+            summary[f"{stat}_{key}_loss_ci95_pct"] = bootstrap_ci(100 * np.array(losses), getattr(np, stat))
         # the typical study with pruning vs the typical one without (not paired by seed)
         summary[f"{key}_loss_of_medians_pct"] = 100 * (1 - np.median([p[key] for p in pr]) / np.median([b[key] for b in base]))
         print(f"{key}: per-seed loss " + ", ".join(f"{100 * x:+.1f}%" for x in losses))
@@ -254,11 +257,20 @@ def summarize(rows: list[dict], out_csv: Path) -> dict:
     print(f"compute saved by pruning: {summary['compute_saved_pct']:.1f}% of training-token equivalents "
           f"(median per seed {summary['median_compute_saved_pct']:.1f}%), {summary['steps_saved_pct']:.1f}% of "
           f"optimizer steps, {summary['trial_seconds_saved_pct']:.1f}% of trial seconds")
-    print(f"hypervolume loss (vs base model): median per seed {summary['median_hv_base_loss_pct']:.1f}%, mean "
-          f"{summary['mean_hv_base_loss_pct']:.1f}%, median study vs median study "
+    ci = {k: "[{:.1f}, {:.1f}]".format(*summary[f"{k}_hv_base_loss_ci95_pct"]) for k in ("median", "mean")}
+    print(f"hypervolume loss (vs base model): median per seed {summary['median_hv_base_loss_pct']:.1f}% "
+          f"(95% CI {ci['median']}), mean {summary['mean_hv_base_loss_pct']:.1f}% ({ci['mean']}), median study vs median study "
           f"{summary['hv_base_loss_of_medians_pct']:.1f}%; union-normalised median {summary['median_hv_union_loss_pct']:.1f}%")
     out_csv.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def bootstrap_ci(x: np.ndarray, stat, n: int = 20000, seed: int = 0) -> list[float]:
+    """Percentile bootstrap 95% interval of ``stat`` over the seeds."""
+    if len(x) < 2:
+        return [float("nan"), float("nan")]
+    draws = np.random.default_rng(seed).choice(x, size=(n, len(x)))
+    return [float(v) for v in np.percentile(stat(draws, axis=1), [2.5, 97.5])]
 
 
 def finished(out: Path, trials: int) -> bool:

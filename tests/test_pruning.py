@@ -8,6 +8,16 @@ from moopt.pruning import RUNG_EVAL_MIN, RungPruner, pareto_order, rung_eval_siz
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def load_bench(name: str):
+    """A module of benchmarks/ (not a package), loaded from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_rungs_are_fractions_of_the_budget():
     assert rung_fractions(2) == (0.125, 0.25, 0.5)
     assert rung_fractions(3) == (1 / 9, 1 / 3)
@@ -204,11 +214,7 @@ def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, ti
     assert m0["eval_tokens"] - 3 * sub[0] > sub[0] and df.loc[0, "eval_tokens"] == m0["eval_tokens"]
 
     # bench_prune_calls reruns the pruned trials to their end: the lr 1e-7 ones end dominated by trial 0
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_prune_calls", ROOT / "benchmarks" / "bench_prune_calls.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("bench_prune_calls")
     assert bench.main([str(out), "--all", "--out", str(tmp_path / "calls.csv")]) == 0
     calls = pd.read_csv(tmp_path / "calls.csv")
     assert sorted(calls.trial) == sorted(df[df.state == "PRUNED"].number)
@@ -222,13 +228,7 @@ def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, ti
 def test_rung_subset_benchmark_agrees_fully_on_the_whole_set_and_less_on_noisy_small_subsets():
     """bench_rung_subset's agreement measure: a 'subset' as large as the set makes every call of the
     whole set; with noisy per-example losses and close trials, small subsets make fewer."""
-    import importlib.util
-    from pathlib import Path
-
-    path = ROOT / "benchmarks" / "bench_rung_subset.py"
-    spec = importlib.util.spec_from_file_location("bench_rung_subset", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("bench_rung_subset")
     rng = np.random.default_rng(0)
     n_val, trials = 40, {}
     for t in range(8):  # trial t: mean loss 0.2 + 0.02 t per token, noisy per example
@@ -275,3 +275,58 @@ def test_engine_surrogate_learns_the_projection_while_nsga2_gets_the_measured_va
     np.testing.assert_allclose(eng.arch_F[1], [2.0, -0.5])
     told = np.asarray(eng.algorithm.pop.get("F"), dtype=float)
     assert any(np.allclose(f, [1.0, -0.5]) for f in told)
+
+def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_trials(tmp_path):
+    """bench_pruning_sim: the committed trial table fits a surrogate; the Study loop, engine and pruner
+    run as in a real study with a simulated executor; the same configuration in the same seed gets the
+    same values in both studies (as real CPU trials do)."""
+    import json
+
+    import pandas as pd
+
+    sim = load_bench("bench_pruning_sim")
+    table = pd.read_csv(sim.DATA)
+    assert set(table.level) == {-1, 0, 1, 2, 3} and table.study.nunique() >= 20
+    oracle = sim.Oracle(table)
+    assert oracle.forest.oob_score_ > 0.8  # the surrogate explains most of what real trials showed
+    default = table[table.level == 3].iloc[0][list(sim.PARAMS)].to_dict()
+    a = oracle(default, 3, 0)
+    assert oracle(default, 3, 0) == a and oracle(default, 3, 1) != a
+    # learning as real trials showed it: a high learning rate ends far below the default's loss
+    good = {**default, "learning_rate": 2e-3, "num_train_epochs": 2, "alpha": 64.0}
+    losses = [oracle(good, k, 0)["eval_loss"] for k in range(4)]
+    assert losses[3] < losses[0] and losses[3] < 0.5 * a["eval_loss"]
+
+    out = tmp_path / "sim.csv"
+    assert sim.main(["--seeds", "2", "--trials", "8", "--out", str(out)]) == 0
+    rows = pd.read_csv(out)
+    assert len(rows) == 4 and (rows.hv_base > 0).all()
+    pr, base = rows[rows.provider == "eta_2"], rows[rows.provider == "no_pruning"]
+    assert (pr.n_pruned > 0).all() and (base.n_pruned == 0).all() and (base.n_complete == 8).all()
+    assert pr.compute_tokens.sum() < 0.8 * base.compute_tokens.sum()
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "median_hv_base_loss_ci95_pct" in out.with_suffix(".json").read_text()
+
+    # the simulated studies' journals are real ones: --collect reads them back
+    f = sim.run_sim_study(oracle, tmp_path / "s", 0, 8, 2.0)
+    assert {e["state"] for e in f.values()} == {"COMPLETE", "PRUNED"}
+    assert sim.main(["--collect", str(tmp_path), "--table", str(tmp_path / "t.csv")]) == 0
+    t = pd.read_csv(tmp_path / "t.csv")
+    assert set(t.level) == {0, 1, 2, 3} and (t.level == 3).sum() == sum(e["state"] == "COMPLETE" for e in f.values())
+    assert sim.main(["--collect", str(tmp_path / "nowhere")]) == 2
+    assert sim.main(["--table", str(tmp_path / "none.csv")]) == 2
+
+    # bench_prune_calls --twins reads a pruned trial's end from the same seed's study without pruning
+    w = tmp_path / "w"
+    for label, eta in (("s3_eta_2", 2.0), ("s3_no_pruning", None)):
+        sim.run_sim_study(oracle, w / label, 3, 8, eta)
+    calls = load_bench("bench_prune_calls")
+    assert calls.main([str(w / "s3_eta_2"), "--all", "--twins", "--out", str(tmp_path / "tw.csv")]) == 0
+    tw = pd.read_csv(tmp_path / "tw.csv")
+    ends = calls.twin_finals(w / "s3_eta_2")
+    assert len(tw) >= 1 and set(tw.reason) <= {"rank", "bound"}
+    first = tw.iloc[0]
+    _, starts, _ = calls.read_study(w / "s3_eta_2")
+    twin = ends[json.dumps(starts[int(first.trial)]["config"], sort_keys=True)]
+    assert first.final_eval_loss == twin["eval_loss"]
+    assert calls.main([str(w / "s3_no_pruning"), "--twins", "--out", str(tmp_path / "x.csv")]) == 2
