@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 DATA = ROOT / "benchmarks" / "data" / "smollm2_demo_trials.csv"
 SPACE = ROOT / "config" / "demo_search_space.yaml"
+REAL_CSV = ROOT / "benchmarks" / "results" / "pruning_smollm2_cpu.csv"  # bench_pruning --real
 N_TRAIN, N_VAL, N_RUNG = 300, 60, 16  # the bundled data's rows and the rungs' subset (as the real studies)
 RUNG_FRACTIONS = (1 / 8, 1 / 4, 1 / 2)  # eta = 2; level 3 = the trial's end
 PARAMS = ("learning_rate", "batch_size", "num_train_epochs", "warmup_ratio", "weight_decay", "lr_scheduler_type",
@@ -259,28 +260,44 @@ def study_row(oracle: Oracle, finished: dict, seed: int, trials: int, label: str
 
 
 def plot_sim(rows: list[dict], path: Path) -> None:
+    """Histograms of compute saved and hypervolume lost per seed, the real runs' seeds (bench_pruning's
+    CSV, when there) marked below them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    get = {(r["seed"], r["provider"] == "no_pruning"): r for r in rows}
-    seeds = sorted({r["seed"] for r in rows})
-    loss = np.array([100 * (1 - get[s, False]["hv_base"] / get[s, True]["hv_base"]) for s in seeds])
-    saved = np.array([100 * (1 - get[s, False]["compute_tokens"] / get[s, True]["compute_tokens"]) for s in seeds])
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a1.hist(saved, bins=25, color="tab:blue")
-    a1.axvline(40, color="k", ls="--", lw=0.8, label="40% target")
-    a1.axvline(np.median(saved), color="tab:orange", lw=1, label=f"median {np.median(saved):.1f}%")
-    a1.set_title(f"compute saved per seed, % ({len(seeds)} simulated seeds)", fontsize=9)
-    a2.hist(loss, bins=30, color="tab:green")
-    a2.axvline(2, color="k", ls="--", lw=0.8, label="2% target")
-    a2.axvline(np.median(loss), color="tab:orange", lw=1, label=f"median {np.median(loss):.1f}%")
-    a2.axvline(np.mean(loss), color="tab:red", lw=1, label=f"mean {np.mean(loss):.1f}%")
-    a2.set_title("hypervolume lost by pruning per seed, % (reference: base model)", fontsize=9)
-    for ax in (a1, a2):
-        ax.legend(fontsize=8)
+    def per_seed(rs):
+        get = {(r["seed"], r["provider"] == "no_pruning"): r for r in rs}
+        seeds = sorted({r["seed"] for r in rs})
+        return (np.array([100 * (1 - get[s, False]["compute_tokens"] / get[s, True]["compute_tokens"]) for s in seeds]),
+                np.array([100 * (1 - get[s, False]["hv_base"] / get[s, True]["hv_base"]) for s in seeds]))
+
+    saved, loss = per_seed(rows)
+    real = None
+    if REAL_CSV.is_file():
+        import pandas as pd
+
+        real = per_seed(pd.read_csv(REAL_CSV).to_dict("records"))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    lo, hi = np.percentile(loss, [2, 98])
+    clip = (min(lo, -2.0) - 1, max(hi, 4.0) + 1)
+    for ax, vals, target, rng, title, k in (
+            (axes[0], saved, 40, (0, 100), f"compute saved per seed, % ({len(saved)} simulated seeds)", 0),
+            (axes[1], np.clip(loss, *clip), 2, clip, ("hypervolume lost per seed, % (vs base model; tails clipped "
+             f"to [{clip[0]:.0f}, {clip[1]:.0f}])"), 1)):
+        ax.hist(vals, bins=40, range=rng, color="tab:green" if k else "tab:blue", alpha=0.8)
+        ax.axvline(target, color="k", ls="--", lw=0.8, label=f"{target}% target")
+        raw = loss if k else saved
+        ax.axvline(np.median(raw), color="tab:orange", lw=1.2, label=f"median {np.median(raw):.1f}%")
+        if k:
+            ax.axvline(np.clip(np.mean(raw), *clip), color="tab:red", lw=1.2, label=f"mean {np.mean(raw):.1f}%")
+        if real is not None:
+            ax.plot(np.clip(real[k], *rng), np.full(len(real[k]), -0.6), "|", color="k", ms=10,
+                    label=f"real runs ({len(real[k])} seeds)")
+        ax.set_title(title, fontsize=9)
         ax.set_ylabel("seeds")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -297,12 +314,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eta", type=float, default=2.0)
     ap.add_argument("--rank-only", action="store_true", help="the rank rule alone (no dominance bound), as before it")
     ap.add_argument("--out", default=None, help="CSV (default benchmarks/results/pruning_sim[_rank_only]_cpu.csv)")
+    ap.add_argument("--summarize", action="store_true", help="only re-summarise (and re-plot) the existing CSV")
     a = ap.parse_args(argv)
     table_path = Path(a.table)
     import pandas as pd
 
     a.out = a.out or str(ROOT / "benchmarks" / "results" / f"pruning_sim{'_rank_only' if a.rank_only else ''}_cpu.csv")
 
+    if a.summarize:
+        if not Path(a.out).is_file():
+            print(f"error: {a.out}: no results to summarise (run the benchmark first)", file=sys.stderr)
+            return 2
+        summarize(pd.read_csv(a.out).to_dict("records"), Path(a.out), plot_fn=plot_sim)
+        return 0
     if a.collect:
         missing = [d for d in a.collect if not Path(d).is_dir()]
         if missing:

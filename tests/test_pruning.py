@@ -306,6 +306,8 @@ def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_tri
     assert pr.compute_tokens.sum() < 0.8 * base.compute_tokens.sum()
     assert out.with_suffix(".png").stat().st_size > 0
     assert "median_hv_base_loss_ci95_pct" in out.with_suffix(".json").read_text()
+    assert sim.main(["--summarize", "--out", str(out)]) == 0
+    assert sim.main(["--summarize", "--out", str(tmp_path / "none.csv")]) == 2
 
     # the simulated studies' journals are real ones: --collect reads them back
     f = sim.run_sim_study(oracle, tmp_path / "s", 0, 8, 2.0)
