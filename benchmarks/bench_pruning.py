@@ -250,18 +250,23 @@ def summarize(rows: list[dict], out_csv: Path, plot_fn=None) -> dict:
         for stat in ("mean", "median"):  # bootstrap 95% interval over seeds
             summary[f"{stat}_{key}_loss_ci95_pct"] = bootstrap_ci(100 * np.array(losses), getattr(np, stat))
         # the typical study with pruning vs the typical one without (not paired by seed)
-        summary[f"{key}_loss_of_medians_pct"] = 100 * (1 - np.median([p[key] for p in pr]) / np.median([b[key] for b in base]))
+        P, B = np.array([p[key] for p in pr]), np.array([b[key] for b in base])
+        summary[f"{key}_loss_of_medians_pct"] = 100 * (1 - np.median(P) / np.median(B))
+        summary[f"{key}_loss_of_medians_ci95_pct"] = bootstrap_ci(
+            np.arange(len(P)), lambda idx, axis, P=P, B=B: 100 * (1 - np.median(P[idx], axis=axis) / np.median(B[idx], axis=axis)))
         print(f"{key}: per-seed loss " + ", ".join(f"{100 * x:+.1f}%" for x in losses))
     print(f"\n{len(base)} seeds x {summary['trials']} trials, eta {summary['eta']}")
     print("compute saved by pruning, per seed: " + ", ".join(f"{100 * x:.0f}%" for x in per_seed))
     print(f"compute saved by pruning: {summary['compute_saved_pct']:.1f}% of training-token equivalents "
           f"(median per seed {summary['median_compute_saved_pct']:.1f}%), {summary['steps_saved_pct']:.1f}% of "
-          f"optimizer steps, {summary['trial_seconds_saved_pct']:.1f}% of trial seconds")
+          "optimizer steps" + (f", {summary['trial_seconds_saved_pct']:.1f}% of trial seconds"
+                               if np.isfinite(summary["trial_seconds_saved_pct"]) else ""))
     ci = {k: "[{:.1f}, {:.1f}]".format(*summary[f"{k}_hv_base_loss_ci95_pct"]) for k in ("median", "mean")}
     print(f"hypervolume loss (vs base model): median per seed {summary['median_hv_base_loss_pct']:.1f}% "
           f"(95% CI {ci['median']}), mean {summary['mean_hv_base_loss_pct']:.1f}% ({ci['mean']}), median study vs median study "
-          f"{summary['hv_base_loss_of_medians_pct']:.1f}%; union-normalised median {summary['median_hv_union_loss_pct']:.1f}%")
-    out_csv.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+          f"{summary['hv_base_loss_of_medians_pct']:.1f}% ({'[{:.1f}, {:.1f}]'.format(*summary['hv_base_loss_of_medians_ci95_pct'])}); union-normalised median {summary['median_hv_union_loss_pct']:.1f}%")
+    finite = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summary.items()}  # strict JSON
+    out_csv.with_suffix(".json").write_text(json.dumps(finite, indent=1))
     return summary
 
 
