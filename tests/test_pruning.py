@@ -296,6 +296,10 @@ def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_tri
     good = {**default, "learning_rate": 2e-3, "num_train_epochs": 2, "alpha": 64.0}
     losses = [oracle(good, k, 0)["eval_loss"] for k in range(4)]
     assert losses[3] < losses[0] and losses[3] < 0.5 * a["eval_loss"]
+    # deviations: real trials' residual curves (all four levels), or without such trials independent normals
+    assert oracle.pool.shape[1:] == (4, 2) and len(oracle.pool) >= 50
+    finals_only = sim.Oracle(table[table.level.isin([-1, 3])])
+    assert finals_only.pool is None and finals_only(default, 3, 0) == finals_only(default, 3, 0)
 
     out = tmp_path / "sim.csv"
     assert sim.main(["--seeds", "2", "--trials", "8", "--out", str(out)]) == 0
