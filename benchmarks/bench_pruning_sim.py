@@ -40,6 +40,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import queue
 import sys
 import tempfile
@@ -205,7 +206,9 @@ class SimExecutor:
         epoch_tokens, tok_per_ex = self.oracle.tokens_per_epoch, self.oracle.tokens_per_epoch / N_TRAIN
         res = TrialResult(number=spec.number, state="COMPLETE", total_steps=total, backend="sim")
         for step, k in sorted(rung_steps(total, spec.rung_fractions).items()):
-            m = self.oracle(flat, k, self.seed)
+            # the table knows the rungs at RUNG_FRACTIONS (eta = 2's); other rungs read the nearest one
+            level = int(np.argmin([abs(math.log(spec.rung_fractions[k] / f)) for f in RUNG_FRACTIONS]))
+            m = self.oracle(flat, level, self.seed)
             res.eval_tokens += round(N_RUNG * tok_per_ex)
             if self.on_rung is not None and not self.on_rung(spec.number, step, m, k):
                 res.state, res.metrics, res.steps = "PRUNED", m, step
