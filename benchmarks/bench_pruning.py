@@ -28,7 +28,8 @@ the demo's study (scripts/demo.sh): SmolLM2-135M-Instruct on data/train.jsonl (o
 ``--workdir`` keeps the studies; with ``--reuse-baselines`` a finished no-pruning study already there
 (same seed and trial count) is read instead of rerun. Only do that while the no-pruning code path is
 unchanged (a study without pruning is deterministic on CPU: same seed, same trials, same values); the
-CSV marks such rows ``reused``.
+CSV marks such rows ``reused``. ``--reuse-studies`` reads every finished study there, pruned ones too
+(to summarise a run that was stopped part-way, with the code that ran it).
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ def main() -> int:
     ap.add_argument("--train-rows", type=int, default=None, help="--real: first N rows of data/train.jsonl (default all)")
     ap.add_argument("--summarize", action="store_true", help="only re-summarise the existing CSV")
     ap.add_argument("--workdir", default=None, help="keep the studies here (default: a temporary folder)")
+    ap.add_argument("--reuse-studies", action="store_true",
+                    help="read every finished study already in --workdir (pruned ones too) instead of rerunning it")
     ap.add_argument("--reuse-baselines", action="store_true",
                     help="read a finished no-pruning study already in --workdir instead of rerunning it")
     ap.add_argument("--out", default=None, help="CSV (default benchmarks/results/pruning_{tiny,smollm2}_cpu.csv)")
@@ -185,7 +188,7 @@ def main() -> int:
         outs, reused = {}, set()
         for label, eta in (("no_pruning", None), (f"eta_{a.eta:g}", a.eta)):
             outs[label] = tmp / f"s{seed}_{label}"
-            if eta is None and a.reuse_baselines and finished(outs[label], a.trials):
+            if (a.reuse_studies or (eta is None and a.reuse_baselines)) and finished(outs[label], a.trials, eta is None):
                 reused.add(label)
                 continue
             run_study(model, train, val, outs[label], space, a.trials, seed, eta, baseline=eta is None)
@@ -278,12 +281,12 @@ def bootstrap_ci(x: np.ndarray, stat, n: int = 20000, seed: int = 0) -> list[flo
     return [float(v) for v in np.percentile(stat(draws, axis=1), [2.5, 97.5])]
 
 
-def finished(out: Path, trials: int) -> bool:
-    """A study of ``trials`` finished trials (and its base-model evaluation) is in ``out``."""
+def finished(out: Path, trials: int, baseline: bool = True) -> bool:
+    """A study of ``trials`` finished trials (and, with ``baseline``, its base-model evaluation) is in ``out``."""
     import pandas as pd
 
     f = out / "trials_summary.csv"
-    return f.is_file() and (out / "baseline.json").is_file() and len(pd.read_csv(f)) == trials
+    return f.is_file() and (not baseline or (out / "baseline.json").is_file()) and len(pd.read_csv(f)) == trials
 
 
 def pd_seconds(t) -> float:
