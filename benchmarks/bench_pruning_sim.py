@@ -335,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eta", type=float, default=2.0)
     ap.add_argument("--rank-only", action="store_true", help="the rank rule alone (no dominance bound), as before it")
     ap.add_argument("--out", default=None, help="CSV (default benchmarks/results/pruning_sim[_rank_only]_cpu.csv)")
+    ap.add_argument("--append", action="store_true", help="add these seeds' rows to the CSV and summarise all")
     ap.add_argument("--summarize", action="store_true", help="only re-summarise (and re-plot) the existing CSV")
     a = ap.parse_args(argv)
     table_path = Path(a.table)
@@ -390,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{seed - a.first_seed + 1}/{a.seeds} seeds, {time.time() - t0:.0f} s", flush=True)
     out_csv = Path(a.out)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
+    if a.append and out_csv.is_file():  # add these seeds to an earlier run's
+        old = pd.read_csv(out_csv)
+        rows = old[~old.seed.isin({r["seed"] for r in rows})].to_dict("records") + rows
     pd.DataFrame(rows).to_csv(out_csv, index=False)
     base = [r for r in rows if r["provider"] == "no_pruning"]
     hvs = np.array([r["hv_base"] for r in base])
