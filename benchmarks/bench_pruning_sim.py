@@ -27,10 +27,11 @@ named there ``pruning_bound`` (the dominance bound, seeds 0-13 as far as run the
 rungs, no projection) and ``pruning_real_old_eta`` (32-example rungs: only their trial ends are used).
 
     python benchmarks/bench_pruning_sim.py --collect W1 W2 ...   # refresh the trial table
-    python benchmarks/bench_pruning_sim.py --seeds 200          # the comparison
+    python benchmarks/bench_pruning_sim.py --seeds 400          # the comparison (~10 min)
+    python benchmarks/bench_pruning_sim.py --seeds 200 --rank-only   # without the dominance bound
 
-It is a model, not the real thing: compare its no-pruning studies and its savings with
-bench_pruning's (both printed) before reading its hypervolume figures.
+It is a model, not the real thing: compare its savings and its per-seed losses with bench_pruning's
+real runs (the plot marks them under its histograms) before reading its hypervolume figures.
 """
 
 from __future__ import annotations
