@@ -32,7 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_pruning import hv
+from bench_pruning import hv  # (the hypervolume bench_pruning reports)
 
 
 def read_study(study: Path) -> tuple[dict, dict[int, dict], dict[int, dict]]:
