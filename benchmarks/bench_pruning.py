@@ -264,10 +264,12 @@ def summarize(rows: list[dict], out_csv: Path, plot_fn=None) -> dict:
           f"(median per seed {summary['median_compute_saved_pct']:.1f}%), {summary['steps_saved_pct']:.1f}% of "
           "optimizer steps" + (f", {summary['trial_seconds_saved_pct']:.1f}% of trial seconds"
                                if np.isfinite(summary["trial_seconds_saved_pct"]) else ""))
-    ci = {k: "[{:.1f}, {:.1f}]".format(*summary[f"{k}_hv_base_loss_ci95_pct"]) for k in ("median", "mean")}
+    ci = {k: "[{:.1f}, {:.1f}]".format(*summary[f"{k}_ci95_pct"])
+          for k in ("median_hv_base_loss", "mean_hv_base_loss", "hv_base_loss_of_medians")}
     print(f"hypervolume loss (vs base model): median per seed {summary['median_hv_base_loss_pct']:.1f}% "
-          f"(95% CI {ci['median']}), mean {summary['mean_hv_base_loss_pct']:.1f}% ({ci['mean']}), median study vs median study "
-          f"{summary['hv_base_loss_of_medians_pct']:.1f}% ({'[{:.1f}, {:.1f}]'.format(*summary['hv_base_loss_of_medians_ci95_pct'])}); union-normalised median {summary['median_hv_union_loss_pct']:.1f}%")
+          f"(95% CI {ci['median_hv_base_loss']}), mean {summary['mean_hv_base_loss_pct']:.1f}% ({ci['mean_hv_base_loss']}), "
+          f"median study vs median study {summary['hv_base_loss_of_medians_pct']:.1f}% ({ci['hv_base_loss_of_medians']}); "
+          f"union-normalised median {summary['median_hv_union_loss_pct']:.1f}%")
     finite = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summary.items()}  # strict JSON
     out_csv.with_suffix(".json").write_text(json.dumps(finite, indent=1))
     return summary
