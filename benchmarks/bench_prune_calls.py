@@ -36,17 +36,11 @@ from bench_pruning import hv  # (the hypervolume bench_pruning reports)
 
 
 def read_study(study: Path) -> tuple[dict, dict[int, dict], dict[int, dict]]:
-    """(journal header, trial_start by number, trial_end by number)."""
-    header, starts, ends = {}, {}, {}
-    for line in (study / "journal.jsonl").read_text().splitlines():
-        e = json.loads(line)
-        if e["type"] == "study":
-            header = e
-        elif e["type"] == "trial_start":
-            starts[e["number"]] = e
-        elif e["type"] == "trial_end":
-            ends[e["number"]] = e
-    return header, starts, ends
+    """(journal header, trial_start by number, trial_end by number), as the study's --resume reads them."""
+    from moopt.journal import replay
+
+    rec = replay(study)
+    return rec.header, rec.starts, rec.ends
 
 
 def dominates(a: np.ndarray, b: np.ndarray) -> bool:

@@ -170,20 +170,21 @@ class Oracle:
         self.cache: dict = {}
 
     def __call__(self, flat: dict, level: int, seed: int) -> dict[str, float]:
-        import pandas as pd
+        key = (json.dumps(flat, sort_keys=True), seed)
+        if key not in self.cache:  # all four levels of this run at once: one forest prediction
+            import pandas as pd
 
-        key = (json.dumps(flat, sort_keys=True), level, seed)
-        if key not in self.cache:
-            mu = self.forest.predict(features(pd.DataFrame([{**flat, "level": level}])))[0]
+            mu = self.forest.predict(features(pd.DataFrame([{**flat, "level": k} for k in range(4)])))
             h = hashlib.sha256(json.dumps([flat, seed], sort_keys=True).encode()).digest()
-            rng = np.random.default_rng(int.from_bytes(h[:8], "little"))
+            run_seed = int.from_bytes(h[:8], "little")
             if self.pool is not None:
-                dev = self.pool[rng.integers(len(self.pool)), level]
+                dev = self.pool[np.random.default_rng(run_seed).integers(len(self.pool))]
             else:
-                dev = np.random.default_rng([int.from_bytes(h[:8], "little"), level]).standard_normal(2) * self.sigma[level]
+                spread = [self.sigma.get(k, self.sigma[max(self.sigma)]) for k in range(4)]  # levels the table lacks: the end's
+                dev = np.array([np.random.default_rng([run_seed, k]).standard_normal(2) * spread[k] for k in range(4)])
             y = mu + dev
-            self.cache[key] = {"eval_loss": float(np.exp(y[0])), "eval_accuracy": float(1 / (1 + np.exp(-y[1])))}
-        return self.cache[key]
+            self.cache[key] = [{"eval_loss": float(np.exp(a)), "eval_accuracy": float(1 / (1 + np.exp(-b)))} for a, b in y]
+        return self.cache[key][level]
 
 
 # -- a simulated executor: the Study's loop, engine and pruner run as in a real study ----------------
@@ -367,7 +368,16 @@ def main(argv: list[str] | None = None) -> int:
     if not table_path.is_file():
         print(f"error: {table_path}: no trial table (build it with --collect)", file=sys.stderr)
         return 2
-    oracle = Oracle(pd.read_csv(table_path))
+    table = pd.read_csv(table_path)
+    missing = sorted({"study", "number", "level", "eval_loss", "eval_accuracy", "train_tokens", *PARAMS} - set(table.columns))
+    if missing or not (table.level == 3).any():
+        print(f"error: {table_path}: not a trial table (missing columns {missing} or no trial ends); build it with --collect",
+              file=sys.stderr)
+        return 2
+    if a.seeds < 1 or a.trials < 1:
+        print("error: --seeds and --trials must be >= 1", file=sys.stderr)
+        return 2
+    oracle = Oracle(table)
     ref = np.array([oracle.base["eval_loss"], -oracle.base["eval_accuracy"]])
     print(f"surrogate: out-of-bag R^2 {oracle.forest.oob_score_:.3f}; residual spread (log loss, logit accuracy) at "
           "the end " + "/".join(f"{v:.3f}" for v in oracle.sigma[3]) + "; deviations drawn from "

@@ -5,9 +5,11 @@ Everything is built in the test session from a LlamaConfig: no downloads, second
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,15 @@ COLORS = ["red", "green", "blue", "yellow", "black", "white"]
 THINGS = ["apple", "leaf", "sky", "sun", "coal", "snow", "cherry", "grass", "sea", "banana", "ink", "milk"]
 RULE = {t: COLORS[i % len(COLORS)] for i, t in enumerate(THINGS)}
 WORDS = ["the", "color", "of", "is", "what", "answer", ":", "?"] + COLORS + THINGS
+
+
+def load_bench(name: str):
+    """A module of benchmarks/ (not a package), loaded from its file."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_tiny_llama(path: Path, seed: int = 0) -> Path:

@@ -1,27 +1,15 @@
 """The search-quality benchmark's quick mode runs and writes a well-formed long-format CSV and a PNG."""
 
 import csv
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_bench
 
 pytest.importorskip("optuna")
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_hpo.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_hpo", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_hpo"] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_quick_mode_writes_hypervolume_rows_in_unit_range(tmp_path, capsys):
-    bench = load_bench()
+    bench = load_bench("bench_hpo")
     bench.main(["--quick", "--problems", "zdt1", "--seeds", "2", "--trials", "12",
                 "--overhead-trials", "30", "--out", str(tmp_path)])
     with open(tmp_path / "hpo_cpu.csv", newline="") as f:
@@ -44,7 +32,7 @@ def test_quick_mode_writes_hypervolume_rows_in_unit_range(tmp_path, capsys):
 
 
 def test_runs_are_reproducible_per_seed():
-    bench = load_bench()
+    bench = load_bench("bench_hpo")
     prob = bench.PROBLEMS["zdt1"]()
     for provider in ("moopt", "optuna-tpe"):
         a, b = (bench.run_one(prob, provider, 8, seed=3) for _ in range(2))

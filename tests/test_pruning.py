@@ -2,20 +2,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_bench
 
 from moopt.pruning import RUNG_EVAL_MIN, RungPruner, pareto_order, rung_eval_size, rung_fractions
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_bench(name: str):
-    """A module of benchmarks/ (not a package), loaded from its file."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_rungs_are_fractions_of_the_budget():
