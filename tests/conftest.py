@@ -22,13 +22,20 @@ RULE = {t: COLORS[i % len(COLORS)] for i, t in enumerate(THINGS)}
 WORDS = ["the", "color", "of", "is", "what", "answer", ":", "?"] + COLORS + THINGS
 
 
-def load_bench(name: str):
+def _load_bench(name: str):
     """A module of benchmarks/ (not a package), loaded from its file."""
     spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def load_bench():
+    """``load_bench("bench_x")``: benchmarks/bench_x.py as a module (a fixture: two conftest modules
+    exist, so tests cannot import from this one by name)."""
+    return _load_bench
 
 
 def build_tiny_llama(path: Path, seed: int = 0) -> Path:

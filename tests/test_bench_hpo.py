@@ -3,12 +3,11 @@
 import csv
 
 import pytest
-from conftest import load_bench
 
 pytest.importorskip("optuna")
 
 
-def test_quick_mode_writes_hypervolume_rows_in_unit_range(tmp_path, capsys):
+def test_quick_mode_writes_hypervolume_rows_in_unit_range(tmp_path, capsys, load_bench):
     bench = load_bench("bench_hpo")
     bench.main(["--quick", "--problems", "zdt1", "--seeds", "2", "--trials", "12",
                 "--overhead-trials", "30", "--out", str(tmp_path)])
@@ -31,7 +30,7 @@ def test_quick_mode_writes_hypervolume_rows_in_unit_range(tmp_path, capsys):
     assert "median normalised HV" in capsys.readouterr().out
 
 
-def test_runs_are_reproducible_per_seed():
+def test_runs_are_reproducible_per_seed(load_bench):
     bench = load_bench("bench_hpo")
     prob = bench.PROBLEMS["zdt1"]()
     for provider in ("moopt", "optuna-tpe"):

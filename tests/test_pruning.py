@@ -2,7 +2,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_bench
 
 from moopt.pruning import RUNG_EVAL_MIN, RungPruner, pareto_order, rung_eval_size, rung_fractions
 
@@ -155,7 +154,7 @@ def test_forget_drops_a_requeued_trial():
     assert p.pools[0] == {}
 
 
-def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, tiny_data, tmp_path):
+def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, tiny_data, tmp_path, load_bench):
     """End to end: trial 0 (the default, moved to lr 3e-2) learns; lr 1e-7 trials stay at the base
     model's loss, rank below it at the first rung and stop there, as PRUNED with their step, their
     learning curve and their rung evaluation told to NSGA-II. Rungs read the same 16 of the 48
@@ -216,7 +215,7 @@ def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, ti
 
 
 
-def test_rung_subset_benchmark_agrees_fully_on_the_whole_set_and_less_on_noisy_small_subsets():
+def test_rung_subset_benchmark_agrees_fully_on_the_whole_set_and_less_on_noisy_small_subsets(load_bench):
     """bench_rung_subset's agreement measure: a 'subset' as large as the set makes every call of the
     whole set; with noisy per-example losses and close trials, small subsets make fewer."""
     bench = load_bench("bench_rung_subset")
@@ -267,7 +266,7 @@ def test_engine_surrogate_learns_the_projection_while_nsga2_gets_the_measured_va
     told = np.asarray(eng.algorithm.pop.get("F"), dtype=float)
     assert any(np.allclose(f, [1.0, -0.5]) for f in told)
 
-def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_trials(tmp_path):
+def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_trials(tmp_path, load_bench):
     """bench_pruning_sim: the committed trial table fits a surrogate; the Study loop, engine and pruner
     run as in a real study with a simulated executor; the same configuration in the same seed gets the
     same values in both studies (as real CPU trials do)."""
