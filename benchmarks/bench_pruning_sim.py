@@ -141,8 +141,8 @@ class Oracle:
 
     Mean: the forest's prediction. Deviation: the out-of-bag residuals, at all four levels, of one real
     trial drawn per (configuration, study seed), so a run's luck carries over from rung to end exactly as
-    much as it did in the real trials (out-of-bag residual correlation rung -> end: 0.1-0.3 for the loss,
-    0.2-0.5 for the accuracy; loss -> accuracy at one level: about -0.85). The pool is the trials that
+    much as it did in the real trials (out-of-bag residual correlation rung -> end: 0.08-0.28 for the loss,
+    0.19-0.50 for the accuracy; loss -> accuracy at one level: about -0.85). The pool is the trials that
     reached their end in studies with rungs (they have all four levels), residuals centred per level
     (such survivors were luckier than average at their rungs). A table without such trials: independent
     normal deviations per level, the residuals' robust spread."""
