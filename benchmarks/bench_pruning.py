@@ -270,9 +270,14 @@ def summarize(rows: list[dict], out_csv: Path, plot_fn=None) -> dict:
           f"(95% CI {ci['median_hv_base_loss']}), mean {summary['mean_hv_base_loss_pct']:.1f}% ({ci['mean_hv_base_loss']}), "
           f"median study vs median study {summary['hv_base_loss_of_medians_pct']:.1f}% ({ci['hv_base_loss_of_medians']}); "
           f"union-normalised median {summary['median_hv_union_loss_pct']:.1f}%")
-    finite = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summary.items()}  # strict JSON
-    out_csv.with_suffix(".json").write_text(json.dumps(finite, indent=1))
+    write_json(summary, out_csv.with_suffix(".json"))
     return summary
+
+
+def write_json(summary: dict, path: Path) -> None:
+    """Strict JSON: NaN and inf as null."""
+    finite = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summary.items()}
+    path.write_text(json.dumps(finite, indent=1))
 
 
 def bootstrap_ci(x: np.ndarray, stat, n: int = 20000, seed: int = 0) -> list[float]:
