@@ -79,44 +79,50 @@ def test_synthetic_learning_curves_prune_the_bad_ones():
 
 
 def test_a_trial_that_cannot_catch_a_completed_one_stops_though_it_ranks_in_the_top_half():
-    """The dominance bound: at its rung, trial 2 ranks 2nd of 5 (the pool still holds two poor early
+    """The dominance bound: at the 1/4 rung, trial 2 ranks 2nd of 5 (the pool still holds two poor early
     trials), but even moved toward the ideal as far as the best completed trial moved from that rung
     (loss x0.3, error x0.2), it would end at (0.33, error 0.1), dominated by trial 0's (0.3, 0.1)."""
     ideal = np.array([0.0, -1.0])  # eval_loss 0, eval_accuracy 1
     p = RungPruner(2, ideal=ideal)
-    p.record(0, 0, np.array([1.0, -0.5]))
+    p.record(1, 0, np.array([1.0, -0.5]))
     p.complete(0, np.array([0.3, -0.9]))  # loss x0.3, error 0.5 -> 0.1 (x0.2)
-    p.record(0, 1, np.array([1.2, -0.5]))
+    p.record(1, 1, np.array([1.2, -0.5]))
     p.complete(1, np.array([0.4, -0.85]))  # loss x0.33, error x0.3
+    p.record(1, 3, np.array([5.0, -0.1]))
+    p.record(1, 4, np.array([6.0, -0.1]))
+    go, why = p.judge(1, 2, np.array([1.1, -0.5]))
+    assert not go and why.startswith("cannot catch trial 0") and "[0.33, -0.9]" in why, why
+    go, why = p.judge(1, 5, np.array([0.9, -0.55]))  # best end (0.27, 0.09): could still join the front
+    assert go and why == "rank 1 of 6 at rung 1", why
+    # at the first rung (1/8 of the steps) the same arrival goes on: the bound does not act there
+    p.record(0, 0, np.array([1.0, -0.5]))
+    p.record(0, 1, np.array([1.2, -0.5]))
     p.record(0, 3, np.array([5.0, -0.1]))
     p.record(0, 4, np.array([6.0, -0.1]))
-    go, why = p.judge(0, 2, np.array([1.1, -0.5]))
-    assert not go and why.startswith("cannot catch trial 0") and "[0.33, -0.9]" in why, why
-    go, why = p.judge(0, 5, np.array([0.9, -0.55]))  # best end (0.27, 0.09): could still join the front
-    assert go and why == "rank 1 of 6 at rung 0", why
+    assert p.bound(0, 2, np.array([1.1, -0.5])) is None and p.judge(0, 2, np.array([1.1, -0.5])) == (True, "rank 2 of 5 at rung 0")
 
 
 def test_the_bound_needs_two_completed_trials_an_ideal_and_never_assumes_a_trial_improves_more():
     ideal = np.array([0.0])
     one = RungPruner(2, ideal=ideal)
-    one.record(0, 0, np.array([1.0]))
+    one.record(1, 0, np.array([1.0]))
     one.complete(0, np.array([0.3]))
-    one.record(0, 9, np.array([9.0]))
-    assert one.bound(0, 1, np.array([1.1])) is None  # one completed trial: a single curve's ratio
+    one.record(1, 9, np.array([9.0]))
+    assert one.bound(1, 1, np.array([1.1])) is None  # one completed trial: a single curve's ratio
     # two that got worse after the rung (ratio > 1) teach nothing: the best end is the rung value itself
     worse = RungPruner(2, ideal=ideal)
     for n, (r, f) in enumerate([(0.5, 0.6), (0.4, 0.45)]):
-        worse.record(0, n, np.array([r]))
+        worse.record(1, n, np.array([r]))
         worse.complete(n, np.array([f]))
-    assert worse.bound(0, 2, np.array([0.44])) is None  # 0.44 could still beat 0.45
-    end, by = worse.bound(0, 2, np.array([0.7]))
+    assert worse.bound(1, 2, np.array([0.44])) is None  # 0.44 could still beat 0.45
+    end, by = worse.bound(1, 2, np.array([0.7]))
     assert end[0] == pytest.approx(0.7) and by == 0  # trial 0 ended at 0.6
     no_ideal = RungPruner(2)
-    no_ideal.record(0, 0, np.array([1.0]))
+    no_ideal.record(1, 0, np.array([1.0]))
     no_ideal.complete(0, np.array([0.3]))
-    no_ideal.record(0, 1, np.array([1.0]))
+    no_ideal.record(1, 1, np.array([1.0]))
     no_ideal.complete(1, np.array([0.3]))
-    assert no_ideal.bound(0, 2, np.array([5.0])) is None
+    assert no_ideal.bound(1, 2, np.array([5.0])) is None
 
 
 def test_the_bound_saves_compute_on_synthetic_curves_and_keeps_the_best_trials():
@@ -300,6 +306,13 @@ def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_tri
     assert pr.compute_tokens.sum() < 0.8 * base.compute_tokens.sum()
     assert out.with_suffix(".png").stat().st_size > 0
     assert "median_hv_base_loss_ci95_pct" in out.with_suffix(".json").read_text()
+    # the loss split: the pruned trials' would-be ends can only add to the front, and they add exactly
+    # what the calls cost; without pruning there is nothing to add
+    assert (base.hv_calls == base.hv_base).all() and (pr.hv_calls >= pr.hv_base).all()
+    assert (pr.n_wrong_calls <= pr.n_pruned).all() and ((pr.hv_calls > pr.hv_base) == (pr.n_wrong_calls > 0)).all()
+    split = json.loads(out.with_suffix(".json").read_text())
+    loss = 100 * (1 - pr.hv_base.to_numpy() / base.hv_base.to_numpy())
+    assert abs(split["mean_loss_from_calls_pct"] + split["mean_loss_from_path_pct"] - loss.mean()) < 1e-9
     assert sim.main(["--summarize", "--out", str(out)]) == 0
     assert sim.main(["--summarize", "--out", str(tmp_path / "none.csv")]) == 2
 
