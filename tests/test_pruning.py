@@ -314,6 +314,10 @@ def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_tri
     loss = 100 * (1 - pr.hv_base.to_numpy() / base.hv_base.to_numpy())
     assert abs(split["mean_loss_from_calls_pct"] + split["mean_loss_from_path_pct"] - loss.mean()) < 1e-9
     assert sim.main(["--summarize", "--out", str(out)]) == 0
+    # --bound-from 0.1: the bound acts from the first rung (the rule before it moved to >= 1/5)
+    old = tmp_path / "old.csv"
+    assert sim.main(["--seeds", "1", "--trials", "8", "--bound-from", "0.1", "--out", str(old)]) == 0
+    assert len(pd.read_csv(old)) == 2
     assert sim.main(["--summarize", "--out", str(tmp_path / "none.csv")]) == 2
 
     # the simulated studies' journals are real ones: --collect reads them back
