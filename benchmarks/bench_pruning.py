@@ -231,8 +231,9 @@ def main() -> int:
     return 0
 
 
-def summarize(rows: list[dict], out_csv: Path, plot_fn=None) -> dict:
-    """Print and write (.json, .png) the savings and hypervolume losses over all seeds in ``rows``."""
+def summarize(rows: list[dict], out_csv: Path, plot_fn=None, extra=None) -> dict:
+    """Print and write (.json, .png) the savings and hypervolume losses over all seeds in ``rows``;
+    ``extra(rows)``, when given, prints and returns more figures for the JSON."""
     (plot_fn or plot)(rows, out_csv.with_suffix(".png"))
     base = [r for r in rows if r["provider"] == "no_pruning"]
     pr = [r for r in rows if r["provider"] != "no_pruning"]
@@ -270,14 +271,11 @@ def summarize(rows: list[dict], out_csv: Path, plot_fn=None) -> dict:
           f"(95% CI {ci['median_hv_base_loss']}), mean {summary['mean_hv_base_loss_pct']:.1f}% ({ci['mean_hv_base_loss']}), "
           f"median study vs median study {summary['hv_base_loss_of_medians_pct']:.1f}% ({ci['hv_base_loss_of_medians']}); "
           f"union-normalised median {summary['median_hv_union_loss_pct']:.1f}%")
-    write_json(summary, out_csv.with_suffix(".json"))
+    if extra is not None:
+        summary.update(extra(rows))
+    finite = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summary.items()}  # strict JSON
+    out_csv.with_suffix(".json").write_text(json.dumps(finite, indent=1))
     return summary
-
-
-def write_json(summary: dict, path: Path) -> None:
-    """Strict JSON: NaN and inf as null."""
-    finite = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summary.items()}
-    path.write_text(json.dumps(finite, indent=1))
 
 
 def bootstrap_ci(x: np.ndarray, stat, n: int = 20000, seed: int = 0) -> list[float]:

@@ -329,30 +329,30 @@ def plot_sim(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def summarize_calls(summary: dict, rows: list[dict], out_csv: Path) -> None:
+def summarize_calls(rows: list[dict]) -> dict:
     """Split each seed's hypervolume loss in two: the pruning calls' own cost (the front the pruned study
     would have had, had its pruned trials run to their ends on the same path: hv_calls) and the rest,
     where the two searches went after they diverged. The first is the systematic part and has little
-    seed-to-seed noise; the second is mostly noise around ~0. Adds both to the JSON."""
-    from bench_pruning import bootstrap_ci, write_json
+    seed-to-seed noise; the second is mostly noise around ~0. Printed, and returned for the JSON."""
+    from bench_pruning import bootstrap_ci
 
     get = {(r["seed"], r["provider"] == "no_pruning"): r for r in rows}
     seeds = sorted(s for s, base in get if base and (s, False) in get)
     pr = [get[s, False] for s in seeds]
     if not pr or "hv_calls" not in pr[0] or not np.isfinite(float(pr[0]["hv_calls"])):
-        return  # a CSV written before the split
+        return {}  # a CSV written before the split
     B = np.array([get[s, True]["hv_base"] for s in seeds])
-    calls = 100 * (np.array([p["hv_calls"] for p in pr]) - np.array([p["hv_base"] for p in pr])) / B
-    path = 100 * (1 - np.array([p["hv_calls"] for p in pr]) / B)
-    wrong, pruned = sum(int(p["n_wrong_calls"]) for p in pr), sum(int(p["n_pruned"]) for p in pr)
-    summary.update({"mean_loss_from_calls_pct": float(calls.mean()), "mean_loss_from_calls_ci95_pct": bootstrap_ci(calls, np.mean),
-                    "mean_loss_from_path_pct": float(path.mean()), "mean_loss_from_path_ci95_pct": bootstrap_ci(path, np.mean),
-                    "pruned_trials": pruned, "wrong_calls": wrong})
+    with_calls = np.array([p["hv_calls"] for p in pr])
+    calls = 100 * (with_calls - np.array([p["hv_base"] for p in pr])) / B
+    path = 100 * (1 - with_calls / B)
+    out = {"mean_loss_from_calls_pct": float(calls.mean()), "mean_loss_from_calls_ci95_pct": bootstrap_ci(calls, np.mean),
+           "mean_loss_from_path_pct": float(path.mean()), "mean_loss_from_path_ci95_pct": bootstrap_ci(path, np.mean),
+           "pruned_trials": sum(int(p["n_pruned"]) for p in pr), "wrong_calls": sum(int(p["n_wrong_calls"]) for p in pr)}
     print("of the mean loss: {:.1f}% ([{:.1f}, {:.1f}]) from the pruning calls (their trials' ends would have added it), "
           "{:.1f}% ([{:.1f}, {:.1f}]) from where the searches went after they diverged; {} of {} pruned trials would have "
-          "added hypervolume".format(calls.mean(), *summary["mean_loss_from_calls_ci95_pct"], path.mean(),
-                                     *summary["mean_loss_from_path_ci95_pct"], wrong, pruned))
-    write_json(summary, out_csv.with_suffix(".json"))
+          "added hypervolume".format(calls.mean(), *out["mean_loss_from_calls_ci95_pct"], path.mean(),
+                                     *out["mean_loss_from_path_ci95_pct"], out["wrong_calls"], out["pruned_trials"]))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,8 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(a.out).is_file():
             print(f"error: {a.out}: no results to summarise (run the benchmark first)", file=sys.stderr)
             return 2
-        rows = pd.read_csv(a.out).to_dict("records")
-        summarize_calls(summarize(rows, Path(a.out), plot_fn=plot_sim), rows, Path(a.out))
+        summarize(pd.read_csv(a.out).to_dict("records"), Path(a.out), plot_fn=plot_sim, extra=summarize_calls)
         return 0
     if a.collect:
         missing = [d for d in a.collect if not Path(d).is_dir()]
@@ -448,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     hvs = np.array([r["hv_base"] for r in base])
     print(f"simulated studies without pruning: hypervolume median {np.median(hvs):.3f}, spread (std) {hvs.std():.3f}; "
           f"best eval_loss median {np.median([r['best_eval_loss'] for r in base]):.3f}")
-    summarize_calls(summarize(rows, out_csv, plot_fn=plot_sim), rows, out_csv)
+    summarize(rows, out_csv, plot_fn=plot_sim, extra=summarize_calls)
     print(f"{time.time() - t0:.0f} s; wrote {out_csv} (+ .png, .json)")
     return 0
 
