@@ -258,9 +258,9 @@ def summarize(rows: list[dict], out_csv: Path, plot_fn=None, extra=None) -> dict
         summary[f"{key}_loss_of_medians_pct"] = 100 * (1 - np.median(P) / np.median(B))
         summary[f"{key}_loss_of_medians_ci95_pct"] = bootstrap_ci(
             np.arange(len(P)), lambda idx, axis, P=P, B=B: 100 * (1 - np.median(P[idx], axis=axis) / np.median(B[idx], axis=axis)))
-        print(f"{key}: per-seed loss " + ", ".join(f"{100 * x:+.1f}%" for x in losses))
+        print(f"{key}: per-seed loss " + per_seed_text(losses, "{:+.1f}%"))
     print(f"\n{len(base)} seeds x {summary['trials']} trials, eta {summary['eta']}")
-    print("compute saved by pruning, per seed: " + ", ".join(f"{100 * x:.0f}%" for x in per_seed))
+    print("compute saved by pruning, per seed: " + per_seed_text(per_seed, "{:.0f}%"))
     print(f"compute saved by pruning: {summary['compute_saved_pct']:.1f}% of training-token equivalents "
           f"(median per seed {summary['median_compute_saved_pct']:.1f}%), {summary['steps_saved_pct']:.1f}% of "
           "optimizer steps" + (f", {summary['trial_seconds_saved_pct']:.1f}% of trial seconds"
@@ -276,6 +276,15 @@ def summarize(rows: list[dict], out_csv: Path, plot_fn=None, extra=None) -> dict
     finite = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summary.items()}  # strict JSON
     out_csv.with_suffix(".json").write_text(json.dumps(finite, indent=1))
     return summary
+
+
+def per_seed_text(values: list[float], fmt: str, most: int = 30) -> str:
+    """Each seed's value (in %), or past ``most`` seeds their 5/25/50/75/95th percentiles."""
+    v = 100 * np.asarray(values, dtype=float)
+    if len(v) <= most:
+        return ", ".join(fmt.format(x) for x in v)
+    q = np.percentile(v, [5, 25, 50, 75, 95])
+    return "percentiles 5/25/50/75/95: " + " / ".join(fmt.format(x) for x in q)
 
 
 def bootstrap_ci(x: np.ndarray, stat, n: int = 20000, seed: int = 0) -> list[float]:
