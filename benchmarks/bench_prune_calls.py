@@ -15,9 +15,16 @@ adds nothing to the study's front:
 the same seed's study without pruning (bench_pruning's ``sK_no_pruning`` next to ``sK_eta_2``): CPU
 trials are deterministic, so that is the end it would have reached. The two studies propose the same
 configurations until the first pruned trial is told to the engine, so this covers the early trials,
-rank-rule stops included, at no cost; pruned trials without a twin are skipped.
+rank-rule stops included, at no cost; pruned trials without a twin are skipped, or with
+``--rerun-rest`` retrained.
 
-    python benchmarks/bench_prune_calls.py W/s0_eta_2 W/s1_eta_2 ... [--all] [--twins] [--baseline W/s0_no_pruning/baseline.json]
+With ``--all --twins --rerun-rest`` every pruned trial's end is known, so each study's hypervolume
+loss against its twin splits as bench_pruning_sim splits it: **the calls' cost**, what all the pruned
+trials' ends together would have added to the study's front (``calls_cost_pct``), and **the path**,
+the rest, from where the two searches went once they diverged (``path_pct``); written to
+``<out>_studies.csv``.
+
+    python benchmarks/bench_prune_calls.py W/s0_eta_2 W/s1_eta_2 ... [--all] [--twins [--rerun-rest]] [--baseline W/s0_no_pruning/baseline.json]
 """
 
 from __future__ import annotations
@@ -79,10 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("studies", nargs="+", type=Path, help="output folders of studies run with --pruning_factor")
     ap.add_argument("--all", action="store_true", help="every trial pruned at a rung, not only the bound's stops")
     ap.add_argument("--twins", action="store_true", help="read ends from the same seed's study without pruning, no retraining")
+    ap.add_argument("--rerun-rest", action="store_true",
+                    help="with --twins: retrain the pruned trials that have no twin (else they are skipped)")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="baseline.json (the base model's values) for studies run with --no-baseline (default: their twin's)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "prune_calls_smollm2_cpu.csv")
     a = ap.parse_args(argv)
+    if a.rerun_rest and not a.twins:
+        print("error: --rerun-rest: only with --twins (without it every pruned trial is retrained)", file=sys.stderr)
+        return 2
     for s in a.studies:
         if not (s / "journal.jsonl").is_file():
             print(f"error: {s}: no journal.jsonl (not a moopt study folder)", file=sys.stderr)
@@ -95,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from moopt.objectives import parse_objectives
 
-    rows, no_twin = [], 0
+    rows, studies, no_twin = [], [], 0
     with tempfile.TemporaryDirectory(prefix="prune_calls_") as tmp:
         for study in a.studies:
             header, starts, ends = read_study(study)
@@ -107,27 +119,29 @@ def main(argv: list[str] | None = None) -> int:
             ref = to_min(base["metrics"]) if base and base.get("state") == "COMPLETE" else None
             front = np.array(list(complete.values()))
             twins = twin_finals(study) if a.twins else {}
+            finals, skipped = [], 0
             for n, e in sorted(ends.items()):
                 why = str(e.get("error") or "")
                 if e["state"] != "PRUNED" or not why.startswith("pruned at step"):
                     continue
                 if not a.all and "cannot catch trial" not in why:
+                    skipped += 1
                     continue
                 stopper = int(why.split("cannot catch trial ")[1].split(":")[0]) if "cannot catch trial" in why else None
-                if a.twins:
-                    key = json.dumps(starts[n]["config"], sort_keys=True)
-                    if key not in twins:
-                        no_twin += 1
-                        continue
-                    final = to_min(twins[key])
-                else:
-                    final = to_min(rerun(starts[n], header, Path(tmp) / study.name))
+                key = json.dumps(starts[n]["config"], sort_keys=True)
+                source = "twin" if key in twins else "rerun"
+                if a.twins and key not in twins and not a.rerun_rest:
+                    no_twin += 1
+                    skipped += 1
+                    continue
+                final = to_min(twins[key]) if source == "twin" else to_min(rerun(starts[n], header, Path(tmp) / study.name))
+                finals.append(final)
                 gain = float("nan")
                 if ref is not None and len(front):
                     h0 = hv(front, ref)
                     gain = 100 * (hv(np.vstack([front, final]), ref) / h0 - 1) if h0 > 0 else float("nan")
                 rows.append({"study": study.name, "trial": n, "pruned_step": e.get("steps"), "total_steps": e.get("total_steps"),
-                             "reason": "bound" if stopper is not None else "rank", "stopper": stopper,
+                             "reason": "bound" if stopper is not None else "rank", "stopper": stopper, "end_from": source,
                              **{f"final_{k}": float(v) for k, v in zip(names, final)},
                              "dominated_by_stopper": dominates(complete[stopper], final) if stopper is not None else None,
                              "dominated_by_front": any(dominates(f, final) for f in complete.values()),
@@ -135,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                 r = rows[-1]
                 print(f"{study.name} trial {n} ({r['reason']}, step {r['pruned_step']}/{r['total_steps']}): final "
                       f"{np.round(final, 4).tolist()}; dominated by its stopper: {r['dominated_by_stopper']}, by the "
-                      f"front: {r['dominated_by_front']}; hypervolume +{gain:.2f}% had it run on", flush=True)
+                      f"front: {r['dominated_by_front']}; hypervolume +{gain:.2f}% had it run on ({source})", flush=True)
+            if a.twins and not skipped and ref is not None and len(front):
+                studies.append(split_loss(study, front, finals, ref, to_min))
     if no_twin:
         print(f"{no_twin} pruned trials have no twin (a configuration the study without pruning never ran): skipped")
     if not rows:
@@ -150,7 +166,26 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(wrong)} others would have added {wrong.hv_gain_pct.median():.2f}% hypervolume (median), "
           f"{wrong.hv_gain_pct.max():.2f}% at most")
     print(f"wrote {a.out}")
+    if studies:
+        st = pd.DataFrame(studies)
+        st.to_csv(a.out.with_name(a.out.stem + "_studies.csv"), index=False)
+        for r in studies:
+            print(f"{r['study']}: hypervolume loss {r['loss_pct']:+.2f}% = calls' cost {r['calls_cost_pct']:+.2f}% "
+                  f"+ path {r['path_pct']:+.2f}% ({r['n_pruned']} pruned trials' ends added)")
+        print(f"{len(st)} studies: mean loss {st.loss_pct.mean():+.2f}% = calls' cost {st.calls_cost_pct.mean():+.2f}% "
+              f"+ path {st.path_pct.mean():+.2f}%; wrote {a.out.with_name(a.out.stem + '_studies.csv')}")
     return 0
+
+
+def split_loss(study: Path, front: np.ndarray, finals: list[np.ndarray], ref: np.ndarray, to_min) -> dict:
+    """The study's hypervolume loss against its twin without pruning, split into the calls' cost (what
+    all its pruned trials' ends would have added to its front) and the path (the rest)."""
+    _, _, twin_ends = read_study(twin_of(study))
+    twin_front = np.array([to_min(e["metrics"]) for e in twin_ends.values() if e["state"] == "COMPLETE"])
+    h_twin, h = hv(twin_front, ref), hv(front, ref)
+    h_plus = hv(np.vstack([front, *finals]), ref) if finals else h
+    return {"study": study.name, "n_pruned": len(finals), "loss_pct": 100 * (1 - h / h_twin),
+            "calls_cost_pct": 100 * (h_plus - h) / h_twin, "path_pct": 100 * (1 - h_plus / h_twin)}
 
 
 if __name__ == "__main__":

@@ -272,7 +272,7 @@ def test_engine_surrogate_learns_the_projection_while_nsga2_gets_the_measured_va
     told = np.asarray(eng.algorithm.pop.get("F"), dtype=float)
     assert any(np.allclose(f, [1.0, -0.5]) for f in told)
 
-def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_trials(tmp_path, load_bench):
+def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_trials(tmp_path, load_bench, monkeypatch):
     """bench_pruning_sim: the committed trial table fits a surrogate; the Study loop, engine and pruner
     run as in a real study with a simulated executor; the same configuration in the same seed gets the
     same values in both studies (as real CPU trials do)."""
@@ -343,3 +343,28 @@ def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_tri
     twin = ends[json.dumps(starts[int(first.trial)]["config"], sort_keys=True)]
     assert first.final_eval_loss == twin["eval_loss"]
     assert calls.main([str(w / "s3_no_pruning"), "--twins", "--out", str(tmp_path / "x.csv")]) == 2
+    # --rerun-rest retrains the pruned trials without a twin (here: the oracle's end of the configuration,
+    # as the simulation knows it), and the study's loss splits into the calls' cost and the path
+    monkeypatch.setattr(calls, "rerun", lambda start, header, work: oracle(sim._flat(start["config"]), 3, 3))
+    base_file = tmp_path / "baseline.json"  # the base model's values: the hypervolume's reference
+    base_file.write_text(json.dumps({"state": "COMPLETE", "metrics": oracle.base}))
+    assert calls.main([str(w / "s3_eta_2"), "--all", "--twins", "--rerun-rest", "--baseline", str(base_file),
+                       "--out", str(tmp_path / "all.csv")]) == 0
+    every = pd.read_csv(tmp_path / "all.csv")
+    _, _, ends = calls.read_study(w / "s3_eta_2")
+    assert sorted(every.trial) == sorted(n for n, e in ends.items() if e["state"] == "PRUNED")
+    assert set(every.end_from) == {"twin", "rerun"} and (every.end_from == "twin").sum() == len(tw)
+    st = pd.read_csv(tmp_path / "all_studies.csv").iloc[0]
+    fronts = {}
+    for label in ("s3_eta_2", "s3_no_pruning"):
+        _, _, e = calls.read_study(w / label)
+        fronts[label] = np.array([[m["metrics"]["eval_loss"], -m["metrics"]["eval_accuracy"]] for m in e.values()
+                                  if m["state"] == "COMPLETE"])
+    ref = np.array([oracle.base["eval_loss"], -oracle.base["eval_accuracy"]])
+    hv = load_bench("bench_pruning").hv
+    h_pr, h_base = hv(fronts["s3_eta_2"], ref), hv(fronts["s3_no_pruning"], ref)
+    would = np.array([[r.final_eval_loss, r.final_eval_accuracy] for r in every.itertuples()])
+    assert st.n_pruned == len(every) and abs(st.loss_pct - 100 * (1 - h_pr / h_base)) < 1e-9
+    assert abs(st.calls_cost_pct - 100 * (hv(np.vstack([fronts["s3_eta_2"], would]), ref) - h_pr) / h_base) < 1e-9
+    assert st.calls_cost_pct >= 0 and abs(st.calls_cost_pct + st.path_pct - st.loss_pct) < 1e-9
+    assert calls.main([str(w / "s3_eta_2"), "--rerun-rest", "--out", str(tmp_path / "y.csv")]) == 2
