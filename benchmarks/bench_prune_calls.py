@@ -169,12 +169,37 @@ def main(argv: list[str] | None = None) -> int:
     if studies:
         st = pd.DataFrame(studies)
         st.to_csv(a.out.with_name(a.out.stem + "_studies.csv"), index=False)
+        plot_split(st, a.out.with_name(a.out.stem + "_studies.png"))
         for r in studies:
             print(f"{r['study']}: hypervolume loss {r['loss_pct']:+.2f}% = calls' cost {r['calls_cost_pct']:+.2f}% "
                   f"+ path {r['path_pct']:+.2f}% ({r['n_pruned']} pruned trials' ends added)")
         print(f"{len(st)} studies: mean loss {st.loss_pct.mean():+.2f}% = calls' cost {st.calls_cost_pct.mean():+.2f}% "
               f"+ path {st.path_pct.mean():+.2f}%; wrote {a.out.with_name(a.out.stem + '_studies.csv')}")
     return 0
+
+
+def plot_split(st, path: Path) -> None:
+    """Per study: its hypervolume loss, stacked as the calls' cost and the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    st = st.sort_values("loss_pct", ascending=False)
+    x = np.arange(len(st))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(st) + 2), 3.6))
+    calls, path_ = st.calls_cost_pct.to_numpy(), st.path_pct.to_numpy()
+    ax.bar(x, calls, color="tab:red", label=f"the calls' cost (mean {calls.mean():.2f}%)")
+    ax.bar(x, path_, bottom=np.where(path_ >= 0, calls, 0), color="tab:blue", label=f"the path (mean {path_.mean():.2f}%)")
+    ax.plot(x, st.loss_pct, "k_", ms=14, mew=2, label=f"loss (mean {st.loss_pct.mean():.2f}%)")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(x, [s.removesuffix("_eta_2") for s in st.study], rotation=45)
+    ax.set_ylabel("hypervolume lost vs no pruning, %")
+    ax.set_title("hypervolume lost by pruning, split: pruned trials' own ends vs where the search went", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def split_loss(study: Path, front: np.ndarray, finals: list[np.ndarray], ref: np.ndarray, to_min) -> dict:

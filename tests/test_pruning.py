@@ -354,6 +354,7 @@ def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_tri
     _, _, ends = calls.read_study(w / "s3_eta_2")
     assert sorted(every.trial) == sorted(n for n, e in ends.items() if e["state"] == "PRUNED")
     assert set(every.end_from) == {"twin", "rerun"} and (every.end_from == "twin").sum() == len(tw)
+    assert (tmp_path / "all_studies.png").stat().st_size > 0
     st = pd.read_csv(tmp_path / "all_studies.csv").iloc[0]
     fronts = {}
     for label in ("s3_eta_2", "s3_no_pruning"):
