@@ -369,3 +369,18 @@ def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_tri
     assert abs(st.calls_cost_pct - 100 * (hv(np.vstack([fronts["s3_eta_2"], would]), ref) - h_pr) / h_base) < 1e-9
     assert st.calls_cost_pct >= 0 and abs(st.calls_cost_pct + st.path_pct - st.loss_pct) < 1e-9
     assert calls.main([str(w / "s3_eta_2"), "--rerun-rest", "--out", str(tmp_path / "y.csv")]) == 2
+    # bench_projection: each pruned trial's last rung values (as journaled), its projection, its real end
+    proj = load_bench("bench_projection")
+    assert proj.main([str(tmp_path / "all.csv"), str(w), "--out", str(tmp_path / "proj.csv")]) == 0
+    pj = pd.read_csv(tmp_path / "proj.csv")
+    from moopt.journal import replay
+
+    rec = replay(w / "s3_eta_2")
+    last = {r["number"]: r["metrics"] for r in rec.rungs}  # rung events in order: the last one wins
+    assert sorted(pj.trial) == sorted(every.trial) and np.isfinite(pj.log_ratio_projected).all()
+    for r in pj.itertuples():
+        assert r.rung_eval_loss == last[r.trial]["eval_loss"]
+        assert r.end_eval_loss == every.set_index("trial").final_eval_loss[r.trial]
+        if r.completed_then == 0:  # nothing completed yet: nothing to project from
+            assert r.projected_eval_loss == r.rung_eval_loss
+    assert proj.main([str(tmp_path / "none.csv"), str(w)]) == 2 and proj.main([str(tmp_path / "all.csv"), str(tmp_path)]) == 2
