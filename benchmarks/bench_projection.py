@@ -6,6 +6,11 @@ from that rung). This replays each study's journal through a ``RungPruner`` to g
 pruned trial was given, and compares it with the trial's real end, read by bench_prune_calls (``--all
 --twins --rerun-rest``: the unpruned twin's end, else the trial retrained).
 
+Two other rules are scored beside it, on the same replayed state: ``none`` (the rung values as
+measured) and ``nearest`` (the gap scaled by the ratio of the one completed trial whose gap at that rung
+was closest to the pruned trial's, per objective: a slow learner borrows a slow learner's improvement,
+not the median's).
+
     python benchmarks/bench_prune_calls.py W/s*_eta_2 --all --twins --rerun-rest --out C.csv
     python benchmarks/bench_projection.py C.csv W [--out benchmarks/results/projection_smollm2_cpu.csv]
 """
@@ -22,9 +27,29 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def replay_projections(study: Path, trials: set[int], eta: float) -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
-    """For each pruned trial in ``trials``: (its last rung's F, the projection it was given, completed
-    trials known then), in minimisation form (eval_loss, -eval_accuracy)."""
+RULES = ("code", "none", "nearest")
+
+
+def nearest(pruner, number: int, F: np.ndarray, ideal: np.ndarray) -> np.ndarray:
+    """F's gap to the ideal scaled, per objective, by final gap / rung gap of the completed trial whose
+    gap at F's last rung was closest (in log) to F's; F itself when none is known."""
+    rungs = [k for k, pool in pruner.pools.items() if number in pool]
+    if not rungs:
+        return F
+    R, E = pruner._gaps(max(rungs), number, ideal)
+    out, gap = F.copy(), F - ideal
+    for j in range(len(F)):
+        ok = (R[:, j] > 0) & (E[:, j] >= 0) if len(R) else np.zeros(0, bool)
+        if ok.any() and gap[j] > 0:
+            i = int(np.argmin(np.abs(np.log(R[ok, j]) - np.log(gap[j]))))
+            out[j] = ideal[j] + min(E[ok, j][i] / R[ok, j][i], 1.0) * gap[j]
+    return out
+
+
+def replay_projections(study: Path, trials: set[int], eta: float) -> dict[int, tuple[np.ndarray, dict, int]]:
+    """For each pruned trial in ``trials``: (its last rung's F, {rule: its projection by that rule},
+    completed trials known then), in minimisation form (eval_loss, -eval_accuracy); rule ``code`` is
+    the projection the study gave it."""
     from moopt.objectives import parse_objectives
     from moopt.pruning import RungPruner
 
@@ -39,7 +64,9 @@ def replay_projections(study: Path, trials: set[int], eta: float) -> dict[int, t
             pruner.complete(e["number"], objectives.to_minimize(e["metrics"]))
         elif e.get("type") == "trial_end" and e["state"] == "PRUNED" and e["number"] in trials:
             F = last[e["number"]]
-            out[e["number"]] = (F, pruner.projected(e["number"], F), len(pruner.finals))
+            ideal = objectives.ideal()
+            out[e["number"]] = (F, {"code": pruner.projected(e["number"], F), "none": F,
+                                    "nearest": nearest(pruner, e["number"], F, ideal)}, len(pruner.finals))
     return out
 
 
@@ -66,11 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         for r in g.itertuples():
             F, P, done = got[r.trial]
             rows.append({"study": study, "trial": r.trial, "fraction": r.pruned_step / r.total_steps, "completed_then": done,
-                         "rung_eval_loss": F[0], "projected_eval_loss": P[0], "end_eval_loss": r.final_eval_loss,
-                         "rung_eval_accuracy": -F[1], "projected_eval_accuracy": -P[1], "end_eval_accuracy": -r.final_eval_accuracy})
+                         "rung_eval_loss": F[0], "projected_eval_loss": P["code"][0], "nearest_eval_loss": P["nearest"][0],
+                         "end_eval_loss": r.final_eval_loss, "rung_eval_accuracy": -F[1],
+                         "projected_eval_accuracy": -P["code"][1], "nearest_eval_accuracy": -P["nearest"][1],
+                         "end_eval_accuracy": -r.final_eval_accuracy})
     d = pd.DataFrame(rows)
     d["log_ratio_projected"] = np.log(d.projected_eval_loss / d.end_eval_loss)
     d["log_ratio_rung"] = np.log(d.rung_eval_loss / d.end_eval_loss)
+    d["log_ratio_nearest"] = np.log(d.nearest_eval_loss / d.end_eval_loss)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     d.to_csv(a.out, index=False)
     from scipy.stats import spearmanr
@@ -79,9 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     for label, g in d.groupby(pd.cut(d.fraction, [0, 0.15, 0.3, 0.6, 1.0]), observed=True):
         print(f"  pruned at {label} of its steps, {len(g)} trials: projection median {g.log_ratio_projected.median():+.2f} "
               f"(IQR {g.log_ratio_projected.quantile(0.25):+.2f} to {g.log_ratio_projected.quantile(0.75):+.2f}), "
-              f"rung value {g.log_ratio_rung.median():+.2f}")
-    print(f"rank correlation with the real end (Spearman): projection {spearmanr(d.projected_eval_loss, d.end_eval_loss)[0]:.2f}, "
-          f"rung value {spearmanr(d.rung_eval_loss, d.end_eval_loss)[0]:.2f}")
+              f"rung value {g.log_ratio_rung.median():+.2f}, nearest {g.log_ratio_nearest.median():+.2f} "
+              f"(error {g.log_ratio_nearest.abs().median():.2f} vs the projection's {g.log_ratio_projected.abs().median():.2f})")
+    print("eval_loss by rule: median log(value / real end) (bias), median |log ratio| (error), Spearman with the real ends")
+    for rule, col in (("code (the study's projection)", "projected"), ("none (the rung value)", "rung"), ("nearest", "nearest")):
+        lr = d[f"log_ratio_{col}"]
+        print(f"  {rule}: bias {lr.median():+.2f}, error {lr.abs().median():.2f}, "
+              f"Spearman {spearmanr(d[f'{col}_eval_loss'], d.end_eval_loss)[0]:.3f}")
     print(f"wrote {a.out}")
     return 0
 

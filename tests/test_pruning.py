@@ -382,5 +382,7 @@ def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_tri
         assert r.rung_eval_loss == last[r.trial]["eval_loss"]
         assert r.end_eval_loss == every.set_index("trial").final_eval_loss[r.trial]
         if r.completed_then == 0:  # nothing completed yet: nothing to project from
-            assert r.projected_eval_loss == r.rung_eval_loss
+            assert r.projected_eval_loss == r.rung_eval_loss == r.nearest_eval_loss
+        else:  # the nearest rule scales the gap by one completed trial's improvement, never above 1
+            assert 0 <= r.nearest_eval_loss <= r.rung_eval_loss
     assert proj.main([str(tmp_path / "none.csv"), str(w)]) == 2 and proj.main([str(tmp_path / "all.csv"), str(tmp_path)]) == 2
