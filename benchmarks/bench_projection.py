@@ -30,20 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RULES = ("code", "none", "nearest")
 
 
-def nearest(pruner, number: int, F: np.ndarray, ideal: np.ndarray) -> np.ndarray:
-    """F's gap to the ideal scaled, per objective, by final gap / rung gap of the completed trial whose
-    gap at F's last rung was closest (in log) to F's; F itself when none is known."""
-    rungs = [k for k, pool in pruner.pools.items() if number in pool]
-    if not rungs:
-        return F
-    R, E = pruner._gaps(max(rungs), number, ideal)
-    out, gap = F.copy(), F - ideal
-    for j in range(len(F)):
-        ok = (R[:, j] > 0) & (E[:, j] >= 0) if len(R) else np.zeros(0, bool)
-        if ok.any() and gap[j] > 0:
-            i = int(np.argmin(np.abs(np.log(R[ok, j]) - np.log(gap[j]))))
-            out[j] = ideal[j] + min(E[ok, j][i] / R[ok, j][i], 1.0) * gap[j]
-    return out
+def nearest(final_gaps: np.ndarray, rung_gaps: np.ndarray, gap: float) -> float:
+    """The ratio final gap / rung gap of the completed trial whose gap at the rung was closest (in log)
+    to the pruned trial's (``RungPruner.projected``'s ``ratio``), never above 1."""
+    i = int(np.argmin(np.abs(np.log(rung_gaps) - np.log(gap))))
+    return min(final_gaps[i] / rung_gaps[i], 1.0)
 
 
 def replay_projections(study: Path, trials: set[int], eta: float) -> dict[int, tuple[np.ndarray, dict, int]]:
@@ -64,9 +55,8 @@ def replay_projections(study: Path, trials: set[int], eta: float) -> dict[int, t
             pruner.complete(e["number"], objectives.to_minimize(e["metrics"]))
         elif e.get("type") == "trial_end" and e["state"] == "PRUNED" and e["number"] in trials:
             F = last[e["number"]]
-            ideal = objectives.ideal()
             out[e["number"]] = (F, {"code": pruner.projected(e["number"], F), "none": F,
-                                    "nearest": nearest(pruner, e["number"], F, ideal)}, len(pruner.finals))
+                                    "nearest": pruner.projected(e["number"], F, ratio=nearest)}, len(pruner.finals))
     return out
 
 

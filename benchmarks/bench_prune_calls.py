@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             base = json.loads(bfile.read_text()) if bfile else None
             ref = to_min(base["metrics"]) if base and base.get("state") == "COMPLETE" else None
             front = np.array(list(complete.values()))
+            h0 = hv(front, ref) if ref is not None and len(front) else float("nan")
             twins = twin_finals(study) if a.twins else {}
             finals, skipped = [], 0
             for n, e in sorted(ends.items()):
@@ -136,10 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 final = to_min(twins[key]) if source == "twin" else to_min(rerun(starts[n], header, Path(tmp) / study.name))
                 finals.append(final)
-                gain = float("nan")
-                if ref is not None and len(front):
-                    h0 = hv(front, ref)
-                    gain = 100 * (hv(np.vstack([front, final]), ref) / h0 - 1) if h0 > 0 else float("nan")
+                gain = 100 * (hv(np.vstack([front, final]), ref) / h0 - 1) if h0 > 0 else float("nan")
                 rows.append({"study": study.name, "trial": n, "pruned_step": e.get("steps"), "total_steps": e.get("total_steps"),
                              "reason": "bound" if stopper is not None else "rank", "stopper": stopper, "end_from": source,
                              **{f"final_{k}": float(v) for k, v in zip(names, final)},
@@ -151,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{np.round(final, 4).tolist()}; dominated by its stopper: {r['dominated_by_stopper']}, by the "
                       f"front: {r['dominated_by_front']}; hypervolume +{gain:.2f}% had it run on ({source})", flush=True)
             if a.twins and not skipped and ref is not None and len(front):
-                studies.append(split_loss(study, front, finals, ref, to_min))
+                studies.append(split_loss(study, front, h0, finals, ref, to_min))
     if no_twin:
         print(f"{no_twin} pruned trials have no twin (a configuration the study without pruning never ran): skipped")
     if not rows:
@@ -202,12 +200,12 @@ def plot_split(st, path: Path) -> None:
     plt.close(fig)
 
 
-def split_loss(study: Path, front: np.ndarray, finals: list[np.ndarray], ref: np.ndarray, to_min) -> dict:
+def split_loss(study: Path, front: np.ndarray, h: float, finals: list[np.ndarray], ref: np.ndarray, to_min) -> dict:
     """The study's hypervolume loss against its twin without pruning, split into the calls' cost (what
-    all its pruned trials' ends would have added to its front) and the path (the rest)."""
+    all its pruned trials' ends would have added to its front, of hypervolume ``h``) and the path (the rest)."""
     _, _, twin_ends = read_study(twin_of(study))
     twin_front = np.array([to_min(e["metrics"]) for e in twin_ends.values() if e["state"] == "COMPLETE"])
-    h_twin, h = hv(twin_front, ref), hv(front, ref)
+    h_twin = hv(twin_front, ref)
     h_plus = hv(np.vstack([front, *finals]), ref) if finals else h
     return {"study": study.name, "n_pruned": len(finals), "loss_pct": 100 * (1 - h / h_twin),
             "calls_cost_pct": 100 * (h_plus - h) / h_twin, "path_pct": 100 * (1 - h_plus / h_twin)}

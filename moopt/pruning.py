@@ -102,7 +102,7 @@ class RungPruner:
         """A trial ran to its end with final objectives F (its rung values are in the pools)."""
         self.finals[number] = np.asarray(F, dtype=float)
 
-    def projected(self, number: int, F: np.ndarray, ideal: np.ndarray | None = None) -> np.ndarray:
+    def projected(self, number: int, F: np.ndarray, ideal: np.ndarray | None = None, ratio=None) -> np.ndarray:
         """Where a pruned trial was heading: its last rung's F moved toward the ideal point as the
         completed trials moved from that rung to their end. Per objective, the gap to the ideal
         (e.g. eval_loss - 0, 1 - eval_accuracy) is scaled by the median ratio final gap / rung gap
@@ -110,7 +110,11 @@ class RungPruner:
 
         NSGA-II is told F (a pruned trial stays dominated, as measured); only the engine's surrogate
         learns from the projection, so a configuration cut early by a small rung pool does not
-        read as a bad region (a partial loss of 0.7 that would have ended at 0.27)."""
+        read as a bad region (a partial loss of 0.7 that would have ended at 0.27).
+
+        ``ratio(final_gaps, rung_gaps, gap)``, when given, picks the scale of one objective's gap from
+        the completed trials' gaps instead of the median ratio (benchmarks/bench_projection.py scores
+        other rules this way)."""
         F = np.asarray(F, dtype=float)
         ideal = self.ideal if ideal is None else np.asarray(ideal, dtype=float)
         rungs = [k for k, pool in self.pools.items() if number in pool]
@@ -123,7 +127,8 @@ class RungPruner:
         for j in range(len(F)):
             ok = (gap_r[:, j] > 0) & (gap_f[:, j] >= 0)
             if ok.any() and F[j] > ideal[j]:
-                out[j] = ideal[j] + float(np.median(gap_f[ok, j] / gap_r[ok, j])) * (F[j] - ideal[j])
+                scale = np.median(gap_f[ok, j] / gap_r[ok, j]) if ratio is None else ratio(gap_f[ok, j], gap_r[ok, j], F[j] - ideal[j])
+                out[j] = ideal[j] + float(scale) * (F[j] - ideal[j])
         return out
 
     def _gaps(self, rung: int, number: int, ideal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
