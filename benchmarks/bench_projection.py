@@ -1,15 +1,14 @@
 """How far were pruned trials' projections from their real ends?
 
 A pruned trial tells NSGA-II its last rung's values; the engine's surrogate learns its projection to
-the end instead (``RungPruner.projected``: the gap to the ideal scaled as completed trials' gaps shrank
-from that rung). This replays each study's journal through a ``RungPruner`` to get the projection each
+the end instead (``RungPruner.projected``: the gap to the ideal scaled as the completed trial with the
+closest gap at that rung shrank from there, ``nearest_ratio``). This replays each study's journal through a ``RungPruner`` to get the projection each
 pruned trial was given, and compares it with the trial's real end, read by bench_prune_calls (``--all
 --twins --rerun-rest``: the unpruned twin's end, else the trial retrained).
 
 Two other rules are scored beside it, on the same replayed state: ``none`` (the rung values as
-measured) and ``nearest`` (the gap scaled by the ratio of the one completed trial whose gap at that rung
-was closest to the pruned trial's, per objective: a slow learner borrows a slow learner's improvement,
-not the median's).
+measured) and ``median`` (the rule before: the gap scaled by the median ratio over all completed
+trials).
 
     python benchmarks/bench_prune_calls.py W/s*_eta_2 --all --twins --rerun-rest --out C.csv
     python benchmarks/bench_projection.py C.csv W [--out benchmarks/results/projection_smollm2_cpu.csv]
@@ -27,22 +26,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-RULES = ("code", "none", "nearest")
-
-
-def nearest(final_gaps: np.ndarray, rung_gaps: np.ndarray, gap: float) -> float:
-    """The ratio final gap / rung gap of the completed trial whose gap at the rung was closest (in log)
-    to the pruned trial's (``RungPruner.projected``'s ``ratio``), never above 1."""
-    i = int(np.argmin(np.abs(np.log(rung_gaps) - np.log(gap))))
-    return min(final_gaps[i] / rung_gaps[i], 1.0)
-
-
 def replay_projections(study: Path, trials: set[int], eta: float) -> dict[int, tuple[np.ndarray, dict, int]]:
     """For each pruned trial in ``trials``: (its last rung's F, {rule: its projection by that rule},
     completed trials known then), in minimisation form (eval_loss, -eval_accuracy); rule ``code`` is
-    the projection the study gave it."""
+    the projection the code gives it now."""
     from moopt.objectives import parse_objectives
-    from moopt.pruning import RungPruner
+    from moopt.pruning import RungPruner, median_ratio
 
     objectives = parse_objectives("multi:eval_loss,eval_accuracy", None)
     pruner, last, out = RungPruner(eta, objectives.ideal()), {}, {}
@@ -56,7 +45,7 @@ def replay_projections(study: Path, trials: set[int], eta: float) -> dict[int, t
         elif e.get("type") == "trial_end" and e["state"] == "PRUNED" and e["number"] in trials:
             F = last[e["number"]]
             out[e["number"]] = (F, {"code": pruner.projected(e["number"], F), "none": F,
-                                    "nearest": pruner.projected(e["number"], F, ratio=nearest)}, len(pruner.finals))
+                                    "median": pruner.projected(e["number"], F, ratio=median_ratio)}, len(pruner.finals))
     return out
 
 
@@ -83,14 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         for r in g.itertuples():
             F, P, done = got[r.trial]
             rows.append({"study": study, "trial": r.trial, "fraction": r.pruned_step / r.total_steps, "completed_then": done,
-                         "rung_eval_loss": F[0], "projected_eval_loss": P["code"][0], "nearest_eval_loss": P["nearest"][0],
+                         "rung_eval_loss": F[0], "projected_eval_loss": P["code"][0], "median_eval_loss": P["median"][0],
                          "end_eval_loss": r.final_eval_loss, "rung_eval_accuracy": -F[1],
-                         "projected_eval_accuracy": -P["code"][1], "nearest_eval_accuracy": -P["nearest"][1],
+                         "projected_eval_accuracy": -P["code"][1], "median_eval_accuracy": -P["median"][1],
                          "end_eval_accuracy": -r.final_eval_accuracy})
     d = pd.DataFrame(rows)
     d["log_ratio_projected"] = np.log(d.projected_eval_loss / d.end_eval_loss)
     d["log_ratio_rung"] = np.log(d.rung_eval_loss / d.end_eval_loss)
-    d["log_ratio_nearest"] = np.log(d.nearest_eval_loss / d.end_eval_loss)
+    d["log_ratio_median"] = np.log(d.median_eval_loss / d.end_eval_loss)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     d.to_csv(a.out, index=False)
     from scipy.stats import spearmanr
@@ -99,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     for label, g in d.groupby(pd.cut(d.fraction, [0, 0.15, 0.3, 0.6, 1.0]), observed=True):
         print(f"  pruned at {label} of its steps, {len(g)} trials: projection median {g.log_ratio_projected.median():+.2f} "
               f"(IQR {g.log_ratio_projected.quantile(0.25):+.2f} to {g.log_ratio_projected.quantile(0.75):+.2f}), "
-              f"rung value {g.log_ratio_rung.median():+.2f}, nearest {g.log_ratio_nearest.median():+.2f} "
-              f"(error {g.log_ratio_nearest.abs().median():.2f} vs the projection's {g.log_ratio_projected.abs().median():.2f})")
+              f"rung value {g.log_ratio_rung.median():+.2f}, median rule {g.log_ratio_median.median():+.2f} "
+              f"(error {g.log_ratio_projected.abs().median():.2f} vs the median rule's {g.log_ratio_median.abs().median():.2f})")
     print("eval_loss by rule: median log(value / real end) (bias), median |log ratio| (error), Spearman with the real ends")
-    for rule, col in (("code (the study's projection)", "projected"), ("none (the rung value)", "rung"), ("nearest", "nearest")):
+    for rule, col in (("code (nearest)", "projected"), ("none (the rung value)", "rung"), ("median (the rule before)", "median")):
         lr = d[f"log_ratio_{col}"]
         print(f"  {rule}: bias {lr.median():+.2f}, error {lr.abs().median():.2f}, "
               f"Spearman {spearmanr(d[f'{col}_eval_loss'], d.end_eval_loss)[0]:.3f}")

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moopt.pruning import RUNG_EVAL_MIN, RungPruner, pareto_order, rung_eval_size, rung_fractions
+from moopt.pruning import RUNG_EVAL_MIN, RungPruner, median_ratio, pareto_order, rung_eval_size, rung_fractions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -237,18 +237,26 @@ def test_rung_subset_benchmark_agrees_fully_on_the_whole_set_and_less_on_noisy_s
     assert small["same_call"] < 1.0 and small["same_order_good"] < 1.0 and small["loss_regret"] > 0.0
 
 
-def test_a_pruned_trial_is_projected_as_completed_trials_went_on_from_its_rung():
-    """Per objective, the gap to the ideal (loss - 0, 1 - accuracy) shrinks by the completed trials'
-    median ratio final gap / gap at the pruned trial's last rung."""
+def test_a_pruned_trial_is_projected_as_the_nearest_completed_trial_went_on_from_its_rung():
+    """Per objective, the gap to the ideal (loss - 0, 1 - accuracy) shrinks by the ratio final gap /
+    rung gap of the completed trial whose gap at the pruned trial's last rung was closest (a slow
+    learner borrows a slow learner's improvement), never grows; median_ratio is the rule before."""
     p = RungPruner(2)
     p.record(0, 0, np.array([1.0, -0.5]))
     p.complete(0, np.array([0.5, -0.75]))  # loss gap x0.5, error 0.5 -> 0.25 (x0.5)
     p.record(0, 1, np.array([2.0, -0.6]))
-    p.complete(1, np.array([1.0, -0.8]))  # loss x0.5, error 0.4 -> 0.2 (x0.5)
+    p.complete(1, np.array([1.8, -0.8]))  # loss x0.9, error 0.4 -> 0.2 (x0.5)
     p.record(1, 0, np.array([0.6, -0.7]))  # a later rung: not the pruned trial's
-    p.record(0, 2, np.array([0.8, -0.9]))
+    p.record(0, 2, np.array([1.9, -0.9]))
     ideal = np.array([0.0, -1.0])
-    np.testing.assert_allclose(p.projected(2, np.array([0.8, -0.9]), ideal), [0.4, -0.95])
+    # loss gap 1.9 is nearest trial 1's 2.0 (x0.9); error 0.1 is nearest trial 1's 0.4 (x0.5)
+    np.testing.assert_allclose(p.projected(2, np.array([1.9, -0.9]), ideal), [1.71, -0.95])
+    np.testing.assert_allclose(p.projected(2, np.array([1.9, -0.9]), ideal, ratio=median_ratio), [1.9 * 0.7, -0.95])
+    # a completed trial that got worse from the rung lends no growth: the gap stays as measured
+    p.record(0, 5, np.array([5.0, -0.5]))
+    p.complete(5, np.array([6.0, -0.75]))
+    p.record(0, 6, np.array([4.0, -0.5]))
+    np.testing.assert_allclose(p.projected(6, np.array([4.0, -0.5]), ideal), [4.0, -0.75])
     # no completed trial at its rung, or never at a rung: as measured
     p.record(2, 3, np.array([0.3, -0.9]))
     np.testing.assert_allclose(p.projected(3, np.array([0.3, -0.9]), ideal), [0.3, -0.9])
@@ -382,7 +390,7 @@ def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_tri
         assert r.rung_eval_loss == last[r.trial]["eval_loss"]
         assert r.end_eval_loss == every.set_index("trial").final_eval_loss[r.trial]
         if r.completed_then == 0:  # nothing completed yet: nothing to project from
-            assert r.projected_eval_loss == r.rung_eval_loss == r.nearest_eval_loss
-        else:  # the nearest rule scales the gap by one completed trial's improvement, never above 1
-            assert 0 <= r.nearest_eval_loss <= r.rung_eval_loss
+            assert r.projected_eval_loss == r.rung_eval_loss == r.median_eval_loss
+        else:  # the code's rule scales the gap by one completed trial's improvement, never above 1
+            assert 0 <= r.projected_eval_loss <= r.rung_eval_loss
     assert proj.main([str(tmp_path / "none.csv"), str(w)]) == 2 and proj.main([str(tmp_path / "all.csv"), str(tmp_path)]) == 2
