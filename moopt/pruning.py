@@ -45,7 +45,7 @@ RUNG_EVAL_MIN = 16
 # (pruning_smollm2_{proj,noproj,eval32}_cpu), the bound with 2 would have stopped trials worth 9-15% of
 # the no-pruning studies' compute; 24 of the 26 complete fronts would have kept their hypervolume, two
 # lose 1.3% and 1.5% (near-copies of a kept trial, 0.09 against 0.095 eval_loss). Run for real
-# (bench_pruning, 13 seeds, pruning_smollm2_cpu): 50.5% of the compute saved (38.6% without the bound).
+# (bench_pruning, 13 seeds then, now pruning_smollm2_bound18_cpu): 50.5% of the compute saved (38.6% without the bound).
 BOUND_MIN_COMPLETED = 2
 
 # ... and acts only at rungs at >= 1/5 of a trial's steps (eta=2: at 1/4 and 1/2, not at 1/8). At 1/8 a
