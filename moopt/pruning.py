@@ -117,7 +117,7 @@ class RungPruner:
         """A trial ran to its end with final objectives F (its rung values are in the pools)."""
         self.finals[number] = np.asarray(F, dtype=float)
 
-    def projected(self, number: int, F: np.ndarray, ideal: np.ndarray | None = None, ratio=None) -> np.ndarray:
+    def projected(self, number: int, F: np.ndarray, ideal: np.ndarray | None = None, ratio=nearest_ratio) -> np.ndarray:
         """Where a pruned trial was heading: its last rung's F moved toward the ideal point as a
         completed trial moved from that rung to its end. Per objective, the gap to the ideal (e.g.
         eval_loss - 0, 1 - eval_accuracy) is scaled by the ratio final gap / rung gap of the completed
@@ -128,7 +128,7 @@ class RungPruner:
         learns from the projection, so a configuration cut early by a small rung pool does not
         read as a bad region (a partial loss of 0.7 that would have ended at 0.27).
 
-        ``ratio(final_gaps, rung_gaps, gap)`` picks the scale from the completed trials' gaps instead
+        ``ratio(final_gaps, rung_gaps, gap)`` picks the scale from the completed trials' gaps
         (``median_ratio`` is the rule before; benchmarks/bench_projection.py scores both)."""
         F = np.asarray(F, dtype=float)
         ideal = self.ideal if ideal is None else np.asarray(ideal, dtype=float)
@@ -138,12 +138,11 @@ class RungPruner:
         gap_r, gap_f = self._gaps(max(rungs), number, ideal)
         if not len(gap_r):
             return F
-        ratio = nearest_ratio if ratio is None else ratio
         out = F.copy()
         for j in range(len(F)):
             ok = (gap_r[:, j] > 0) & (gap_f[:, j] >= 0)
             if ok.any() and F[j] > ideal[j]:
-                out[j] = ideal[j] + float(ratio(gap_f[ok, j], gap_r[ok, j], F[j] - ideal[j])) * (F[j] - ideal[j])
+                out[j] = ideal[j] + ratio(gap_f[ok, j], gap_r[ok, j], F[j] - ideal[j]) * (F[j] - ideal[j])
         return out
 
     def _gaps(self, rung: int, number: int, ideal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
