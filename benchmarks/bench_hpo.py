@@ -36,7 +36,6 @@ import argparse
 import csv
 import math
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field

@@ -21,7 +21,6 @@ import math
 
 import numpy as np
 
-
 # The earliest rung sits at >= 1/10 of a trial's steps: earlier evaluations of a fine-tuning run are
 # mostly warm-up noise. eta=2 gives rungs at 1/8, 1/4, 1/2 (a trial stopped at the first rung costs
 # 1/8 of a full one); eta=3 at 1/9, 1/3; eta=4 at 1/4.
@@ -64,7 +63,7 @@ def rung_fractions(eta: float | None, min_fraction: float = MIN_RUNG_FRACTION) -
     (at least one); before the first rung is the warm-up, where nothing is pruned."""
     if not eta or eta <= 1:
         return ()
-    k = max(1, int(math.floor(math.log(1 / min_fraction) / math.log(eta) + 1e-9)))
+    k = max(1, math.floor(math.log(1 / min_fraction) / math.log(eta) + 1e-9))
     return tuple(1 / eta**i for i in range(k, 0, -1))
 
 
