@@ -67,17 +67,6 @@ def rung_fractions(eta: float | None, min_fraction: float = MIN_RUNG_FRACTION) -
     return tuple(1 / eta**i for i in range(k, 0, -1))
 
 
-def trial_rung_fractions(eta: float | None, budget_share: float = 1.0) -> tuple[float, ...]:
-    """Rung k of one trial, as a fraction of its own optimizer steps, when its training budget (the
-    examples it will see: epochs x training rows) is ``budget_share`` of the largest budget in the
-    study's search space. The rungs sit at fractions of that largest budget, so every trial in a
-    rung's pool has seen the same number of examples, as successive halving compares trials at the same
-    resource: with the epochs searched, a 1-epoch trial's first rung is at 1/4 of its steps, beside a
-    2-epoch trial's 1/8. Fractions >= 1 are rungs this trial ends before (it skips them)."""
-    share = min(max(float(budget_share), 1e-9), 1.0)
-    return tuple(f / share for f in rung_fractions(eta))
-
-
 def rung_eval_size(n_val: int, n_train: int, n_rungs: int) -> int:
     """Validation examples a rung evaluation reads (the whole set when it is small)."""
     if n_rungs <= 0:

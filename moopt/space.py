@@ -131,14 +131,6 @@ class SearchSpace:
         """The well-known good default (lr 2e-4, r 16, alpha 32, ...) moved into the space."""
         return self.decode(self.encode(self.fixed))
 
-    def largest(self, name: str) -> Any:
-        """The largest value parameter ``name`` ("section.field") can take: its max, its largest
-        choice, or its fixed value when it is not searched."""
-        for p in self.params:
-            if p.name == name:
-                return max(p.values) if p.type == "categorical" else p.decode(p.encode(p.high))
-        return self.fixed.flat()[name]
-
     def n_configurations(self) -> float:
         """Distinct configurations (inf when any parameter is continuous)."""
         n = 1.0

@@ -26,7 +26,7 @@ from moopt.config import ConfigError, TrialConfig
 from moopt.engine import Engine
 from moopt.journal import JOURNAL, Journal, replay
 from moopt.objectives import Objectives
-from moopt.pruning import RungPruner, trial_rung_fractions
+from moopt.pruning import RungPruner, rung_fractions
 from moopt.space import SearchSpace
 from moopt.trial import TrialResult, TrialSpec
 
@@ -324,14 +324,8 @@ class Study:
         self.console.print(f"Trial {number} started on {slot.device}: {shown}")
         spec = TrialSpec(number=number, config=tcfg, base_model=cfg.model_path, train_file=os.path.abspath(cfg.train_file),
                          validation_file=os.path.abspath(cfg.validation_file), output_dir=str(d), seed=cfg.seed,
-                         kernels=cfg.kernels, rung_fractions=self.rungs_of(tcfg), deadline=deadline)
+                         kernels=cfg.kernels, rung_fractions=rung_fractions(cfg.pruning_factor), deadline=deadline)
         executor.submit(spec, slot)
-
-    def rungs_of(self, tcfg: TrialConfig) -> tuple[float, ...]:
-        """The trial's rungs as fractions of its own steps, placed on the space's largest training
-        budget so that a rung's pool compares trials that have seen the same examples."""
-        largest = float(self.cfg.space.largest("training.num_train_epochs"))
-        return trial_rung_fractions(self.cfg.pruning_factor, tcfg.training.num_train_epochs / largest)
 
     def end_trial(self, res: TrialResult, info: dict) -> dict[str, Any]:
         cfg = self.cfg

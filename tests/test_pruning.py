@@ -3,8 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moopt.pruning import (RUNG_EVAL_MIN, RungPruner, median_ratio, pareto_order, rung_eval_size, rung_fractions,
-                           trial_rung_fractions)
+from moopt.pruning import RUNG_EVAL_MIN, RungPruner, median_ratio, pareto_order, rung_eval_size, rung_fractions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -13,26 +12,6 @@ def test_rungs_are_fractions_of_the_budget():
     assert rung_fractions(2) == (0.125, 0.25, 0.5)
     assert rung_fractions(3) == (1 / 9, 1 / 3)
     assert rung_fractions(None) == () and rung_fractions(1) == ()
-
-
-def test_rungs_sit_on_the_largest_budget_so_a_pool_compares_trials_at_the_same_examples_seen():
-    from moopt.space import parse_space
-    from moopt.trial import rung_steps
-
-    assert trial_rung_fractions(2) == rung_fractions(2)
-    assert trial_rung_fractions(2, 0.5) == (0.25, 0.5, 1.0)  # a 1-epoch trial where 2 epochs are possible
-    assert trial_rung_fractions(None, 0.5) == ()
-    # 1 epoch = 40 steps of 4 examples: rung 0 at step 10 (40 examples), rung 1 at 20 (80), no rung 2
-    assert rung_steps(40, trial_rung_fractions(2, 0.5)) == {10: 0, 20: 1}
-    assert rung_steps(80, trial_rung_fractions(2, 1.0)) == {10: 0, 20: 1, 40: 2}  # 2 epochs: the same examples
-    assert rung_steps(10, trial_rung_fractions(2, 1 / 8)) == {}  # a trial as short as the first rung has none
-    # the largest budget: the epochs' max, largest choice, or fixed value
-    space = parse_space({"training": {"num_train_epochs": {"type": "int", "min": 1, "max": 3}}})
-    assert space.largest("training.num_train_epochs") == 3
-    space = parse_space({"training": {"num_train_epochs": {"type": "categorical", "values": [2, 0.5]}}})
-    assert space.largest("training.num_train_epochs") == 2
-    space = parse_space({"training": {"num_train_epochs": 1.5, "learning_rate": {"type": "log_uniform", "min": 1e-5, "max": 1e-3}}})
-    assert space.largest("training.num_train_epochs") == 1.5
 
 
 def test_rung_evaluations_read_a_bounded_fixed_subset():
@@ -240,38 +219,6 @@ def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, ti
     assert (calls.final_eval_loss > df.loc[0, "values_eval_loss"]).all()
     assert bench.main([str(tmp_path)]) == 2  # not a study folder: one line, exit 2
 
-
-
-def test_with_the_epochs_searched_a_rung_pool_holds_trials_at_the_same_examples_seen(tiny_model, tiny_data, tmp_path):
-    """1- and 2-epoch trials meet at the same rungs after the same number of examples (a 1-epoch
-    trial's rung 0 at 1/4 of its steps, a 2-epoch trial's at 1/8), and the 1-epoch ones have no
-    rung 2 (it would be their end)."""
-    import json
-
-    from click.testing import CliRunner
-
-    from moopt.cli import main
-
-    space = tmp_path / "space.yaml"
-    space.write_text("training:\n  num_train_epochs: {type: categorical, values: [1, 2]}\n  batch_size: 4\n"
-                     "  learning_rate: 3e-2\nlora:\n  dropout: {type: uniform, min: 0.0, max: 0.1}\n"
-                     "data:\n  max_seq_length: 32\n")
-    out = tmp_path / "hpo"
-    r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
-                                  "--validation_file", str(tiny_data["val"]), "--output_dir", str(out),
-                                  "--search_space", str(space), "--num_trials", "4", "--seed", "0", "--no-baseline",
-                                  "--pruning_factor", "2"])
-    assert r.exit_code == 0, r.output
-    events = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
-    epochs = {e["number"]: e["config"]["training"]["num_train_epochs"] for e in events if e["type"] == "trial_start"}
-    assert set(epochs.values()) == {1, 2}, epochs
-    rungs = [e for e in events if e["type"] == "rung"]
-    by_rung: dict[int, set] = {}
-    for e in rungs:
-        by_rung.setdefault(e["rung"], set()).add(e["step"])  # batch 4 in every trial: step = examples / 4
-    assert by_rung[0] == {3} and all(len(steps) == 1 for steps in by_rung.values()), by_rung
-    assert {e["number"] for e in rungs if e["rung"] == 0} == set(epochs)  # every trial reached rung 0
-    assert not [e for e in rungs if e["rung"] == 2 and epochs[e["number"]] == 1]
 
 
 def test_rung_subset_benchmark_agrees_fully_on_the_whole_set_and_less_on_noisy_small_subsets(load_bench):
