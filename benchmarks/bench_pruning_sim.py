@@ -288,7 +288,7 @@ def study_row(oracle: Oracle, finished: dict, seed: int, trials: int, label: str
 
 def plot_sim(rows: list[dict], path: Path) -> None:
     """Histograms of compute saved and hypervolume lost per seed, the real runs' seeds (bench_pruning's
-    CSV, when there) marked below them."""
+    CSV, when there, with as many trials per study) marked below them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -301,16 +301,19 @@ def plot_sim(rows: list[dict], path: Path) -> None:
                 np.array([100 * (1 - get[s, False]["hv_base"] / get[s, True]["hv_base"]) for s in seeds]))
 
     saved, loss = per_seed(rows)
+    n_sim = f"{len(saved)} simulated seeds, {rows[0]['trials']} trials each"
     real = None
     if REAL_CSV.is_file():
         import pandas as pd
 
-        real = per_seed(pd.read_csv(REAL_CSV).to_dict("records"))
+        same = pd.read_csv(REAL_CSV)
+        same = same[same.trials.isin({r["trials"] for r in rows})]
+        real = per_seed(same.to_dict("records")) if len(same) else None
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     lo, hi = np.percentile(loss, [2, 98])
     clip = (min(lo, -2.0) - 1, max(hi, 4.0) + 1)
     for ax, vals, target, rng, title, k in (
-            (axes[0], saved, 40, (0, 100), f"compute saved per seed, % ({len(saved)} simulated seeds)", 0),
+            (axes[0], saved, 40, (0, 100), f"compute saved per seed, % ({n_sim})", 0),
             (axes[1], np.clip(loss, *clip), 2, clip, ("hypervolume lost per seed, % (vs base model; tails clipped "
              f"to [{clip[0]:.0f}, {clip[1]:.0f}])"), 1)):
         ax.hist(vals, bins=40, range=rng, color="tab:green" if k else "tab:blue", alpha=0.8)
