@@ -58,7 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 DATA = ROOT / "benchmarks" / "data" / "smollm2_demo_trials.csv"
 SPACE = ROOT / "config" / "demo_search_space.yaml"
-REAL_CSV = ROOT / "benchmarks" / "results" / "pruning_smollm2_cpu.csv"  # bench_pruning --real
+# bench_pruning --real's runs of the current rule: 12 trials per study, and 30 (--trials 30 --out ..._t30_cpu.csv)
+REAL_CSVS = [ROOT / "benchmarks" / "results" / f for f in ("pruning_smollm2_cpu.csv", "pruning_smollm2_t30_cpu.csv")]
 N_TRAIN, N_VAL, N_RUNG = 300, 60, 16  # the bundled data's rows and the rungs' subset (as the real studies)
 RUNG_FRACTIONS = (1 / 8, 1 / 4, 1 / 2)  # eta = 2; level 3 = the trial's end
 PARAMS = ("learning_rate", "batch_size", "num_train_epochs", "warmup_ratio", "weight_decay", "lr_scheduler_type",
@@ -303,10 +304,10 @@ def plot_sim(rows: list[dict], path: Path) -> None:
     saved, loss = per_seed(rows)
     n_sim = f"{len(saved)} simulated seeds, {rows[0]['trials']} trials each"
     real = None
-    if REAL_CSV.is_file():
+    if any(f.is_file() for f in REAL_CSVS):
         import pandas as pd
 
-        same = pd.read_csv(REAL_CSV)
+        same = pd.concat([pd.read_csv(f) for f in REAL_CSVS if f.is_file()])
         same = same[same.trials.isin({r["trials"] for r in rows})]
         real = per_seed(same.to_dict("records")) if len(same) else None
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
