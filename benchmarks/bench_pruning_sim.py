@@ -373,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bound-from", type=float, default=None, metavar="F",
                     help="the bound acts at rungs at >= F of the steps (default moopt.pruning.BOUND_MIN_FRACTION; "
                          "0.1: from the first rung, as before it)")
+    ap.add_argument("--bound-min-completed", type=int, default=None, metavar="K",
+                    help="the bound needs >= K completed trials with values at the rung (default "
+                         "moopt.pruning.BOUND_MIN_COMPLETED)")
     ap.add_argument("--out", default=None, help="CSV (default benchmarks/results/pruning_sim[_rank_only]_cpu.csv)")
     ap.add_argument("--append", action="store_true", help="add these seeds' rows to the CSV and summarise all")
     ap.add_argument("--summarize", action="store_true", help="only re-summarise (and re-plot) the existing CSV")
@@ -424,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, t0 = [], time.time()
     # --rank-only: never enough completed trials for the bound, so it never fires
     with tempfile.TemporaryDirectory(prefix="bench_pruning_sim_") as tmp, \
-            _patched(moopt.pruning, "BOUND_MIN_COMPLETED", 10**9 if a.rank_only else moopt.pruning.BOUND_MIN_COMPLETED), \
+            _patched(moopt.pruning, "BOUND_MIN_COMPLETED", 10**9 if a.rank_only else
+                     a.bound_min_completed or moopt.pruning.BOUND_MIN_COMPLETED), \
             _patched(moopt.pruning, "BOUND_MIN_FRACTION", moopt.pruning.BOUND_MIN_FRACTION if a.bound_from is None else a.bound_from):
         for seed in range(a.first_seed, a.first_seed + a.seeds):
             got = {}
