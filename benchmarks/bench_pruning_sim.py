@@ -376,14 +376,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bound-min-completed", type=int, default=None, metavar="K",
                     help="the bound needs >= K completed trials with values at the rung (default "
                          "moopt.pruning.BOUND_MIN_COMPLETED)")
-    ap.add_argument("--out", default=None, help="CSV (default benchmarks/results/pruning_sim[_rank_only]_cpu.csv)")
+    ap.add_argument("--out", default=None, help="CSV (default benchmarks/results/pruning_sim[_t<trials>][_<variant>]_cpu.csv)")
     ap.add_argument("--append", action="store_true", help="add these seeds' rows to the CSV and summarise all")
     ap.add_argument("--summarize", action="store_true", help="only re-summarise (and re-plot) the existing CSV")
     a = ap.parse_args(argv)
     table_path = Path(a.table)
     import pandas as pd
 
-    a.out = a.out or str(ROOT / "benchmarks" / "results" / f"pruning_sim{'_rank_only' if a.rank_only else ''}_cpu.csv")
+    if a.bound_min_completed is not None and a.bound_min_completed < 1:
+        ap.error(f"--bound-min-completed {a.bound_min_completed}: must be >= 1")
+    # The default name carries the variant, so a variant never overwrites the current rule's results.
+    variant = ((f"_t{a.trials}" if a.trials != 12 else "") + ("_rank_only" if a.rank_only else "")
+               + (f"_bound_min{a.bound_min_completed}" if a.bound_min_completed is not None else "")
+               + (f"_bound_from_{a.bound_from:g}".replace(".", "_") if a.bound_from is not None else ""))
+    a.out = a.out or str(ROOT / "benchmarks" / "results" / f"pruning_sim{variant}_cpu.csv")
 
     if a.summarize:
         if not Path(a.out).is_file():
@@ -427,8 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, t0 = [], time.time()
     # --rank-only: never enough completed trials for the bound, so it never fires
     with tempfile.TemporaryDirectory(prefix="bench_pruning_sim_") as tmp, \
-            _patched(moopt.pruning, "BOUND_MIN_COMPLETED", 10**9 if a.rank_only else
-                     a.bound_min_completed or moopt.pruning.BOUND_MIN_COMPLETED), \
+            _patched(moopt.pruning, "BOUND_MIN_COMPLETED", 10**9 if a.rank_only else moopt.pruning.BOUND_MIN_COMPLETED
+                     if a.bound_min_completed is None else a.bound_min_completed), \
             _patched(moopt.pruning, "BOUND_MIN_FRACTION", moopt.pruning.BOUND_MIN_FRACTION if a.bound_from is None else a.bound_from):
         for seed in range(a.first_seed, a.first_seed + a.seeds):
             got = {}
