@@ -57,6 +57,12 @@ BOUND_MIN_COMPLETED = 2
 # ~0.06. Paired by seed, dropping them lowers the calls' cost by 0.77 points [0.33, 1.28].
 BOUND_MIN_FRACTION = 0.2
 
+# ... and reads only completed trials that ran at least as many optimizer steps as the judged one (so at
+# least as many after the rung). How far a curve still falls after a rung depends on the steps left:
+# a low learning rate over 2 epochs improves far more after 1/4 of its steps than a 1-epoch trial
+# does, so 1-epoch curves give a 2-epoch trial an "optimistic end" that is not optimistic.
+BOUND_SAME_BUDGET = True
+
 
 def rung_fractions(eta: float | None, min_fraction: float = MIN_RUNG_FRACTION) -> tuple[float, ...]:
     """Rungs at 1/eta^K ... 1/eta of a trial's steps, K the most with 1/eta^K >= ``min_fraction``
@@ -110,6 +116,7 @@ class RungPruner:
         self.fractions = rung_fractions(eta)  # rung k sits at fractions[k] of a trial's steps
         self.ideal = None if ideal is None else np.asarray(ideal, dtype=float)
         self.pools: dict[int, dict[int, np.ndarray]] = {}  # rung -> {trial number: F}
+        self.steps: dict[int, dict[int, int]] = {}  # rung -> {trial number: its optimizer step there}
         self.finals: dict[int, np.ndarray] = {}  # completed trial -> its final F
 
     def complete(self, number: int, F: np.ndarray) -> None:
@@ -144,31 +151,36 @@ class RungPruner:
                 out[j] = ideal[j] + ratio(gap_f[ok, j], gap_r[ok, j], F[j] - ideal[j]) * (F[j] - ideal[j])
         return out
 
-    def _gaps(self, rung: int, number: int, ideal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _gaps(self, rung: int, number: int, ideal: np.ndarray, min_step: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Gaps to the ideal at ``rung`` and at the end, one row per completed trial (other than
-        ``number``) that has values at that rung."""
-        pool = self.pools.get(rung, {})
-        done = [c for c in self.finals if c in pool and c != number]
+        ``number``) that has values at that rung (and, with ``min_step``, reached it at that step or later:
+        a rung sits at the same fraction of every trial's steps, so that trial ran at least as long)."""
+        pool, steps = self.pools.get(rung, {}), self.steps.get(rung, {})
+        done = [c for c in self.finals if c in pool and c != number
+                and (min_step is None or steps.get(c, math.inf) >= min_step)]
         if not done:
             return np.empty((0, len(ideal))), np.empty((0, len(ideal)))
         return np.array([pool[c] for c in done]) - ideal, np.array([self.finals[c] for c in done]) - ideal
 
-    def record(self, rung: int, number: int, F: np.ndarray) -> None:
+    def record(self, rung: int, number: int, F: np.ndarray, step: int | None = None) -> None:
         self.pools.setdefault(rung, {})[number] = np.asarray(F, dtype=float)
+        if step is not None:
+            self.steps.setdefault(rung, {})[number] = int(step)
 
     def forget(self, number: int) -> None:
         """A re-queued trial starts over: drop what it reported."""
-        for pool in self.pools.values():
+        for pool in [*self.pools.values(), *self.steps.values()]:
             pool.pop(number, None)
         self.finals.pop(number, None)
 
     def bound(self, rung: int, number: int, F: np.ndarray) -> tuple[np.ndarray, int] | None:
         """(optimistic end of F, completed trial that dominates it), or None when it can still
         reach the front. Per objective, the gap to the ideal shrinks by the smallest ratio final gap /
-        gap at this rung among the completed trials (never grows)."""
+        gap at this rung among the completed trials that ran at least as many steps (never grows)."""
         if self.ideal is None or (rung < len(self.fractions) and self.fractions[rung] < BOUND_MIN_FRACTION):
             return None
-        R, E = self._gaps(rung, number, self.ideal)
+        min_step = self.steps.get(rung, {}).get(number) if BOUND_SAME_BUDGET else None
+        R, E = self._gaps(rung, number, self.ideal, min_step)
         if len(R) < BOUND_MIN_COMPLETED:
             return None
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -182,9 +194,9 @@ class RungPruner:
                 return end, c
         return None
 
-    def judge(self, rung: int, number: int, F: np.ndarray) -> tuple[bool, str]:
-        """Record the arrival; (whether the trial goes on, why, in words)."""
-        self.record(rung, number, F)
+    def judge(self, rung: int, number: int, F: np.ndarray, step: int | None = None) -> tuple[bool, str]:
+        """Record the arrival (at optimizer ``step``, when known); (whether the trial goes on, why, in words)."""
+        self.record(rung, number, F, step)
         pool = self.pools[rung]
         nums = list(pool)
         order = pareto_order(np.array([pool[n] for n in nums]))
@@ -199,6 +211,6 @@ class RungPruner:
                            f"by trial {c}'s final {np.round(self.finals[c], 4).tolist()}")
         return True, f"rank {rank} of {len(nums)} at rung {rung}"
 
-    def decide(self, rung: int, number: int, F: np.ndarray) -> bool:
+    def decide(self, rung: int, number: int, F: np.ndarray, step: int | None = None) -> bool:
         """Record the arrival and say whether the trial goes on."""
-        return self.judge(rung, number, F)[0]
+        return self.judge(rung, number, F, step)[0]

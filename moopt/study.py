@@ -117,7 +117,7 @@ class Study:
     def decide_rung(self, number: int, step: int, metrics: dict[str, float], rung: int) -> bool:
         """Called by the executor at each rung of a trial; journaled before the answer counts."""
         with self.lock:
-            go, why = self.pruner.judge(rung, number, self.cfg.objectives.to_minimize(metrics))
+            go, why = self.pruner.judge(rung, number, self.cfg.objectives.to_minimize(metrics), step)
             self.journal.append({"type": "rung", "number": number, "rung": rung, "step": step, "metrics": metrics,
                                  "decision": "continue" if go else "prune", "reason": why})
             if not go:
@@ -149,7 +149,7 @@ class Study:
             write_yaml(self.out / "search_space.yaml", space_to_yaml(cfg.space))
         for r in record.rungs if record else []:  # what finished trials showed at each rung
             if r["number"] in record.finished:
-                self.pruner.record(r["rung"], r["number"], cfg.objectives.to_minimize(r["metrics"]))
+                self.pruner.record(r["rung"], r["number"], cfg.objectives.to_minimize(r["metrics"]), r.get("step"))
         for e in record.finished.values() if record else []:
             self.completed(e)
 

@@ -125,6 +125,29 @@ def test_the_bound_needs_two_completed_trials_an_ideal_and_never_assumes_a_trial
     assert no_ideal.bound(1, 2, np.array([5.0])) is None
 
 
+def test_the_bound_reads_only_completed_trials_that_ran_at_least_as_many_steps():
+    """Seed 2 of the real 30-trial runs: two 1-epoch trials completed (40 steps, rung 1 at step 10); a
+    2-epoch trial (80 steps, rung 1 at step 20) must not be bounded by their curves, which had 30 steps
+    left, not 60. A trial of the same length is, and steps unknown (an old journal) count as comparable."""
+    ideal = np.array([0.0])
+    p = RungPruner(2, ideal=ideal)
+    for n, (r, f) in enumerate([(1.0, 0.5), (1.2, 0.55)]):  # 1-epoch curves: x0.5, x0.46 after the rung
+        p.record(1, n, np.array([r]), step=10)
+        p.complete(n, np.array([f]))
+    long_trial = np.array([1.3])  # x0.46 -> 0.6: dominated by trial 0's 0.5, were it judged by them
+    assert p.bound(1, 5, long_trial) is not None  # no step known for trial 5: all curves count
+    p.record(1, 5, long_trial, step=20)
+    assert p.bound(1, 5, long_trial) is None  # reached rung 1 at step 20: no curve ran that long
+    p.record(1, 6, long_trial, step=10)  # a 1-epoch trial with the same values is stopped
+    assert p.bound(1, 6, long_trial)[1] == 0
+    for n, (r, f) in [(2, (1.0, 0.9)), (3, (1.1, 0.95))]:  # two 2-epoch trials complete
+        p.record(1, n, np.array([r]), step=20)
+        p.complete(n, np.array([f]))
+    assert p.bound(1, 5, long_trial) is not None  # now judged by curves as long as its own
+    p.forget(5)
+    assert 5 not in p.steps[1]
+
+
 def test_the_bound_saves_compute_on_synthetic_curves_and_keeps_the_best_trials():
     """Curves loss(t) = final + gap*(1-t), arriving in random order: with the bound, fewer steps
     are trained than with the rank rule alone, and every trial that ends better than all before it
