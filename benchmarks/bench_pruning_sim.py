@@ -29,6 +29,7 @@ rungs, no projection) and ``pruning_real_old_eta`` (32-example rungs: only their
     python benchmarks/bench_pruning_sim.py --collect W1 W2 ...   # refresh the trial table
     python benchmarks/bench_pruning_sim.py --seeds 400          # the comparison (~10 min)
     python benchmarks/bench_pruning_sim.py --seeds 200 --rank-only   # without the dominance bound
+    python benchmarks/bench_pruning_sim.py --seeds 200 --bound-any-length   # the bound before BOUND_SAME_BUDGET
 
 It is a model, not the real thing: compare its savings and its per-seed losses with bench_pruning's
 real runs (the plot marks them under its histograms) before reading its hypervolume figures.
@@ -376,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bound-min-completed", type=int, default=None, metavar="K",
                     help="the bound needs >= K completed trials with values at the rung (default "
                          "moopt.pruning.BOUND_MIN_COMPLETED)")
+    ap.add_argument("--bound-any-length", action="store_true",
+                    help="the bound reads every completed trial's curve, also shorter ones (as before "
+                         "moopt.pruning.BOUND_SAME_BUDGET)")
     ap.add_argument("--out", default=None, help="CSV (default benchmarks/results/pruning_sim[_t<trials>][_<variant>]_cpu.csv)")
     ap.add_argument("--append", action="store_true", help="add these seeds' rows to the CSV and summarise all")
     ap.add_argument("--summarize", action="store_true", help="only re-summarise (and re-plot) the existing CSV")
@@ -388,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     # The default name carries the variant, so a variant never overwrites the current rule's results.
     variant = ((f"_t{a.trials}" if a.trials != 12 else "") + ("_rank_only" if a.rank_only else "")
                + (f"_bound_min{a.bound_min_completed}" if a.bound_min_completed is not None else "")
-               + (f"_bound_from_{a.bound_from:g}".replace(".", "_") if a.bound_from is not None else ""))
+               + (f"_bound_from_{a.bound_from:g}".replace(".", "_") if a.bound_from is not None else "")
+               + ("_bound_any_length" if a.bound_any_length else ""))
     a.out = a.out or str(ROOT / "benchmarks" / "results" / f"pruning_sim{variant}_cpu.csv")
 
     if a.summarize:
@@ -435,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_pruning_sim_") as tmp, \
             _patched(moopt.pruning, "BOUND_MIN_COMPLETED", 10**9 if a.rank_only else moopt.pruning.BOUND_MIN_COMPLETED
                      if a.bound_min_completed is None else a.bound_min_completed), \
-            _patched(moopt.pruning, "BOUND_MIN_FRACTION", moopt.pruning.BOUND_MIN_FRACTION if a.bound_from is None else a.bound_from):
+            _patched(moopt.pruning, "BOUND_MIN_FRACTION", moopt.pruning.BOUND_MIN_FRACTION if a.bound_from is None else a.bound_from), \
+            _patched(moopt.pruning, "BOUND_SAME_BUDGET", moopt.pruning.BOUND_SAME_BUDGET and not a.bound_any_length):
         for seed in range(a.first_seed, a.first_seed + a.seeds):
             got = {}
             for label, eta in (("no_pruning", None), (f"eta_{a.eta:g}", a.eta)):

@@ -148,6 +148,22 @@ def test_the_bound_reads_only_completed_trials_that_ran_at_least_as_many_steps()
     assert 5 not in p.steps[1]
 
 
+def test_the_study_gives_the_pruner_each_rung_step(tmp_path):
+    """The wiring of the rule above: Study.decide_rung passes the trial's optimizer step at the rung."""
+    from moopt.objectives import parse_objectives
+    from moopt.space import load_space
+    from moopt.study import Study, StudyConfig
+
+    cfg = StudyConfig(base_model="m", model_path="m", train_file=str(ROOT / "data" / "train.jsonl"),
+                      validation_file=str(ROOT / "data" / "val.jsonl"), output_dir=str(tmp_path / "o"), num_trials=2,
+                      objectives=parse_objectives("multi:eval_loss,eval_accuracy", None),
+                      space=load_space(ROOT / "config" / "demo_search_space.yaml"), seed=0, pruning_factor=2)
+    study = Study(cfg)
+    study.journal = []  # decide_rung appends its event here
+    assert study.decide_rung(3, 17, {"eval_loss": 1.0, "eval_accuracy": 0.5}, 1)
+    assert study.pruner.steps[1][3] == 17 and study.journal[0]["step"] == 17
+
+
 def test_the_bound_saves_compute_on_synthetic_curves_and_keeps_the_best_trials():
     """Curves loss(t) = final + gap*(1-t), arriving in random order: with the bound, fewer steps
     are trained than with the rank rule alone, and every trial that ends better than all before it
