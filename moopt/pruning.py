@@ -10,10 +10,10 @@ SuccessiveHalvingPruner). Objectives are in pymoo's minimisation form.
 It also stops if it cannot catch up: when even its optimistic end, its values at the rung moved
 toward the ideal point as far as the best of the trials that completed from that rung moved
 (>= BOUND_MIN_COMPLETED of them, each at least as long as the judged trial), is dominated by a
-completed trial's final values. A dominated point
-adds nothing to the front, so the rank rule alone would spend a whole trial on it whenever the pool
-at the rung still holds the study's early, poorer trials. That bound acts only at rungs at
->= BOUND_MIN_FRACTION of a trial's steps: earlier, a trial's values say too little about its end.
+completed trial's final values. A dominated point adds nothing to the front, so the rank rule alone
+would spend a whole trial on it whenever the pool at the rung still holds the study's early, poorer
+trials. That bound acts only at rungs at >= BOUND_MIN_FRACTION of a trial's steps: earlier, a
+trial's values say too little about its end.
 """
 
 from __future__ import annotations
