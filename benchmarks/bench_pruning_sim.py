@@ -59,7 +59,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 DATA = ROOT / "benchmarks" / "data" / "smollm2_demo_trials.csv"
 SPACE = ROOT / "config" / "demo_search_space.yaml"
-# bench_pruning --real's runs of the current rule: 12 trials per study, and 30 (--trials 30 --out ..._t30_cpu.csv)
+# bench_pruning --real's runs marked under the histograms: 12 trials per study (run before BOUND_SAME_BUDGET,
+# which the simulation finds makes no difference at 12 trials) and 30 (--trials 30 --out ..._t30_cpu.csv, the current rule)
 REAL_CSVS = [ROOT / "benchmarks" / "results" / f for f in ("pruning_smollm2_cpu.csv", "pruning_smollm2_t30_cpu.csv")]
 N_TRAIN, N_VAL, N_RUNG = 300, 60, 16  # the bundled data's rows and the rungs' subset (as the real studies)
 RUNG_FRACTIONS = (1 / 8, 1 / 4, 1 / 2)  # eta = 2; level 3 = the trial's end
