@@ -160,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     df.to_csv(a.out, index=False)
     right = df.dominated_by_front.mean()
     wrong = df[~df.dominated_by_front]
-    print(f"\n{len(df)} calls: {100 * right:.0f}% right (the final point is dominated by the study's front); the "
-          f"{len(wrong)} others would have added {wrong.hv_gain_pct.median():.2f}% hypervolume (median), "
-          f"{wrong.hv_gain_pct.max():.2f}% at most")
+    others = (f"the {len(wrong)} others would have added {wrong.hv_gain_pct.median():.2f}% hypervolume (median), "
+              f"{wrong.hv_gain_pct.max():.2f}% at most") if len(wrong) else "none would have added hypervolume"
+    print(f"\n{len(df)} calls: {100 * right:.0f}% right (the final point is dominated by the study's front); {others}")
     print(f"wrote {a.out}")
     if studies:
         st = pd.DataFrame(studies)
