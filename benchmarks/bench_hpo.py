@@ -15,8 +15,10 @@ moopt is measured through its real code path: each problem variable is a paramet
 by `parse_space` over an existing TrialConfig field (continuous -> `uniform`/`log_uniform` on a LoRA-sized
 range, mapped linearly in the engine's encoding onto the problem's bounds; categorical/int -> `categorical`).
 The Engine proposes, `space.decode` builds the TrialConfig, the adapter reads the variables back and tells
-(F, G) like the study does: G = -1 when feasible, a configuration already evaluated is told its earlier
-result without spending a trial (moopt/study.py's `evaluated` cache). Optuna's samplers run with their
+(F, G) like the study does: G = -1 on unconstrained problems (the study's trial that fits in memory), a
+configuration already evaluated is told its earlier result without spending a trial (moopt/study.py's
+`evaluated` cache). OSY's 6 constraints are told one by one (`Engine(n_constr=6)`; the study has one, memory),
+as Optuna is given them (`trial.set_constraint`). Optuna's samplers run with their
 defaults (NSGA-II's default population is 50, so over 30 trials it is random sampling: `optuna-nsga2-p10`
 uses moopt's population of 10) and re-evaluate duplicates, as an Optuna study would.
 
@@ -171,13 +173,10 @@ PROBLEMS: dict[str, Callable[[], Problem]] = {
 }
 
 
-def g_scalar(g: np.ndarray) -> float:
-    """The engine's single constraint: -1 when unconstrained (as the study), else total violation, or the
-    largest (negative) slack when feasible."""
-    if g.size == 0:
-        return -1.0
-    viol = np.clip(g, 0, None).sum()
-    return float(viol) if viol > 0 else float(g.max())
+def engine_g(g: np.ndarray) -> np.ndarray | float:
+    """What the engine is told: the problem's constraint values, one per constraint (feasible iff all
+    <= 0); -1 when unconstrained, as the study tells a trial that fits in memory."""
+    return g if g.size else -1.0
 
 
 # -- providers: each returns the (F, g) of its n_trials trials, in order ---------------------------------
@@ -191,7 +190,7 @@ class Run:
 
 def run_moopt(prob: Problem, n_trials: int, seed: int) -> Run:
     """Drive the Engine as moopt/study.py does (one slot)."""
-    eng = Engine(prob.space, prob.n_obj, n_trials, seed)
+    eng = Engine(prob.space, prob.n_obj, n_trials, seed, n_constr=max(prob.n_constr, 1))
     F, g, cache, dup, idle = [], [], {}, 0, 0
     while len(F) < n_trials and idle < 20:
         X = eng.ask()
@@ -212,7 +211,7 @@ def run_moopt(prob: Problem, n_trials: int, seed: int) -> Run:
                 F.append(f)
                 g.append(gv)
                 new += 1
-            eng.tell_one(i, f, g_scalar(gv))
+            eng.tell_one(i, f, engine_g(gv))
         eng.tell()
         idle = 0 if new else idle + 1
     return Run(F, g, 0.0, dup)
@@ -340,7 +339,7 @@ def engine_overhead(n_trials: int = 1000, seed: int = 0) -> dict[str, float]:
                 t2 = time.perf_counter()
                 f, gv = prob.evaluate(values)
                 t3 = time.perf_counter()
-                eng.tell_one(i, f, g_scalar(gv))
+                eng.tell_one(i, f, engine_g(gv))
                 t4 = time.perf_counter()
                 eng.save(path)  # trial told
                 t5 = time.perf_counter()

@@ -70,9 +70,10 @@ def _sklearn_available() -> bool:
 
 class Engine:
     def __init__(self, space: SearchSpace, n_obj: int, num_trials: int, seed: int, parallel: int = 1,
-                 warm_start: list | None = None, surrogate: bool = True):
+                 warm_start: list | None = None, surrogate: bool = True, n_constr: int = 1):
         """``warm_start``: TrialConfigs (e.g. an earlier study's best) placed in the first
-        population right after the default, moved into this space. ``surrogate=False``: plain NSGA-II."""
+        population right after the default, moved into this space. ``surrogate=False``: plain NSGA-II.
+        ``n_constr``: inequality constraints told per individual (the study has one; feasible iff all <= 0)."""
         from pymoo.algorithms.moo.nsga2 import NSGA2
         from pymoo.core.mixed import MixedVariableDuplicateElimination, MixedVariableMating, MixedVariableSampling
         from pymoo.core.problem import Problem
@@ -87,7 +88,8 @@ class Engine:
         self.parallel = parallel
         self.pop_size = population_size(num_trials, parallel)
         self.batch = batch_size(self.pop_size, parallel)
-        self.problem = Problem(vars={p.name: p.pymoo_var() for p in space.params}, n_obj=n_obj, n_ieq_constr=1)
+        self.n_constr = n_constr
+        self.problem = Problem(vars={p.name: p.pymoo_var() for p in space.params}, n_obj=n_obj, n_ieq_constr=n_constr)
         # The first individual is the well-known good default moved into the space.
         rng_sampling = MixedVariableSampling()
         initial: list[dict[str, Any]] = []
@@ -118,7 +120,7 @@ class Engine:
         self.surrogate = bool(surrogate) and bool(space.params) and _sklearn_available()
         self.arch_X = np.zeros((0, len(space.params)))
         self.arch_F = np.zeros((0, n_obj))
-        self.arch_G = np.zeros(0)
+        self.arch_G = np.zeros((0, n_constr))
         self.sg_rng = np.random.default_rng(seed + 2)
 
     # -- ask / tell -------------------------------------------------------------------------------
@@ -137,11 +139,12 @@ class Engine:
                 return [dict(ind.X) for ind in pop]
         return []
 
-    def tell_one(self, index: int, F: np.ndarray, G: float, F_surrogate: np.ndarray | None = None) -> None:
-        """NSGA-II is told (F, G); the surrogate learns ``F_surrogate`` when given (a pruned trial's
-        projected final values), else F."""
+    def tell_one(self, index: int, F: np.ndarray, G: float | np.ndarray, F_surrogate: np.ndarray | None = None) -> None:
+        """NSGA-II is told (F, G) (G: one value per constraint); the surrogate learns ``F_surrogate`` when
+        given (a pruned trial's projected final values), else F."""
         F = np.asarray(F, dtype=float)
-        self.results[index] = (F, float(G), F if F_surrogate is None else np.asarray(F_surrogate, dtype=float))
+        G = np.asarray(G, dtype=float).reshape(self.n_constr)
+        self.results[index] = (F, G, F if F_surrogate is None else np.asarray(F_surrogate, dtype=float))
 
     @property
     def generation_done(self) -> bool:
@@ -154,7 +157,7 @@ class Engine:
         idx = sorted(self.results)
         pop = self.pending[idx]
         F = np.array([self.results[i][0] for i in idx])
-        G = np.array([[self.results[i][1]] for i in idx])
+        G = np.array([self.results[i][1] for i in idx]).reshape(len(idx), self.n_constr)
         self.algorithm.evaluator.eval(StaticProblem(self.problem, F=F, G=G), pop)
         self.algorithm.tell(infills=pop)
         results, self.pending, self.results = self.results, None, {}
@@ -162,7 +165,7 @@ class Engine:
             FS = np.array([results[i][2] if len(results[i]) > 2 else results[i][0] for i in idx])
             self.arch_X = np.vstack([self.arch_X, np.array([self._vec(ind.X) for ind in pop])])
             self.arch_F = np.vstack([self.arch_F, FS.reshape(len(idx), self.n_obj)])
-            self.arch_G = np.concatenate([self.arch_G, G[:, 0]])
+            self.arch_G = np.vstack([self.arch_G, G])
 
     def random_individual(self) -> dict[str, Any]:
         from pymoo.core.mixed import MixedVariableSampling
@@ -194,7 +197,7 @@ class Engine:
         k = self.batch
         n_cand = min(MAX_CANDIDATES, N_CANDIDATES * k)
         off = alg.mating._do(self.problem, alg.pop, n_cand, algorithm=alg, random_state=alg.random_state)
-        n_uni = int(round((RANDOM_POOL if (self.arch_G <= 0).any() else INFEAS_POOL) * n_cand))
+        n_uni = int(round((RANDOM_POOL if np.all(self.arch_G <= 0, axis=1).any() else INFEAS_POOL) * n_cand))
         if n_uni:
             from pymoo.core.mixed import MixedVariableSampling
 
@@ -226,9 +229,9 @@ class Engine:
         pop = self.algorithm.pop
         PX = np.array([self._vec(ind.X) for ind in pop])
         PF = np.asarray(pop.get("F"), dtype=float).reshape(len(pop), self.n_obj)
-        PG = np.asarray(pop.get("G"), dtype=float).reshape(len(pop), -1)[:, 0]
+        PG = np.asarray(pop.get("G"), dtype=float).reshape(len(pop), self.n_constr)
         return (np.vstack([self.arch_X[-MAX_TRAIN:], PX]), np.vstack([self.arch_F[-MAX_TRAIN:], PF]),
-                np.concatenate([self.arch_G[-MAX_TRAIN:], PG]))
+                np.vstack([self.arch_G[-MAX_TRAIN:], PG]))
 
     def _forest(self, X: np.ndarray, y: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and spread over the trees of an extra-trees fit of y, at C."""
@@ -247,16 +250,20 @@ class Engine:
         from scipy.special import ndtr
 
         X, F, G = self._train_set()
-        feas = G <= 0
+        feas = np.all(G <= 0, axis=1)
         rng = self.sg_rng
         n_rand = int(math.floor(k * EXPLORE + rng.random()))  # random share, EXPLORE on average
         n_rand = min(n_rand, k - 1)
-        # constraint model: signed log of G, feasible iff <= 0
+        # constraint models, one per constraint: signed log of G, feasible iff <= 0; the probability of
+        # feasibility is the product over constraints
         gt = np.sign(G) * np.log1p(np.abs(G))
-        mu_g, sd_g = self._forest(X, gt, C)
-        pof = ndtr(-mu_g / np.maximum(sd_g, 1e-6))
-        if not feas.any():  # nothing feasible yet: the least violating, most surely feasible first
-            order = np.lexsort((mu_g, -pof))
+        mu_g = np.empty((len(C), G.shape[1]))
+        pof = np.ones(len(C))
+        for j in range(G.shape[1]):
+            mu_g[:, j], sd_j = self._forest(X, gt[:, j], C)
+            pof *= ndtr(-mu_g[:, j] / np.maximum(sd_j, 1e-6))
+        if not feas.any():  # nothing feasible yet: the most surely feasible, least violating first
+            order = np.lexsort((mu_g.max(1), np.clip(mu_g, 0, None).sum(1), -pof))
             chosen = list(order[: k - n_rand])
         else:
             Ff = F[feas]
@@ -298,6 +305,13 @@ class Engine:
         from moopt.yamlio import atomic_write_bytes
 
         atomic_write_bytes(path, pickle.dumps(self))
+
+    def __setstate__(self, state: dict) -> None:
+        """Engines pickled before constraints were vectors (one constraint, arch_G 1-D) load as such."""
+        state.setdefault("n_constr", 1)
+        if "arch_G" in state and np.ndim(state["arch_G"]) == 1:
+            state["arch_G"] = state["arch_G"].reshape(-1, 1)
+        self.__dict__.update(state)
 
     @staticmethod
     def load(path: str | Path) -> "Engine":

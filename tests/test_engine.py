@@ -151,3 +151,53 @@ def test_surrogate_beats_plain_nsga2_on_a_small_budget():
 
     seeds = range(6)
     assert np.median([front_quality(True, s) for s in seeds]) < np.median([front_quality(False, s) for s in seeds])
+
+
+def test_several_constraints_feasible_only_when_all_hold_and_each_is_modelled():
+    """Two constraints told separately: an individual violating either is infeasible, and the surrogate's
+    pre-selection (one model per constraint) proposes mostly configurations that satisfy both."""
+    space = default_space()
+
+    def g(cfg):  # feasible iff 1e-4 <= lr <= 1e-3
+        lr = np.log10(cfg.training.learning_rate)
+        return np.array([-4 - lr, lr + 3])
+
+    eng = Engine(space, 2, 30, 0, n_constr=2)
+    told = []
+    for _ in range(5):
+        X = eng.ask()
+        for i, x in enumerate(X):
+            cfg = space.decode(x)
+            told.append(g(cfg))
+            eng.tell_one(i, objective(cfg), told[-1])
+        eng.tell()
+    told = np.array(told)
+    assert eng.arch_G.shape == (len(told), 2)
+    feasible = np.all(told <= 0, axis=1)
+    pop_cv = eng.algorithm.pop.get("CV")[:, 0]
+    pop_G = eng.algorithm.pop.get("G")
+    assert np.array_equal(pop_cv <= 0, np.all(pop_G <= 0, axis=1))  # pymoo reads both constraints
+    assert feasible[:eng.pop_size].mean() < feasible[eng.pop_size:].mean()  # the models steer into the band
+
+
+def test_engines_pickled_with_one_scalar_constraint_still_load(tmp_path):
+    import pickle
+
+    eng = Engine(default_space(), 2, 12, 0)
+    X = eng.ask()
+    for i, x in enumerate(X):
+        eng.tell_one(i, objective(default_space().decode(x)), -1.0)
+    eng.tell()
+    state = dict(eng.__dict__)
+    del state["n_constr"]
+    state["arch_G"] = state["arch_G"][:, 0]  # the layout before constraints were vectors
+    old = Engine.__new__(Engine)
+    old.__dict__.update(state)
+    (tmp_path / "old.pkl").write_bytes(pickle.dumps(old))
+    back = Engine.load(tmp_path / "old.pkl")
+    assert back.n_constr == 1 and back.arch_G.shape == (len(X), 1)
+    Y = back.ask()
+    for i, y in enumerate(Y):
+        back.tell_one(i, objective(default_space().decode(y)), -1.0)
+    back.tell()
+    assert back.arch_G.shape == (len(X) + len(Y), 1)
