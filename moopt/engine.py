@@ -277,8 +277,12 @@ class Engine:
             lcb = mu - BETA * sd
             front = Z[feas]
             front = front[_nondominated(front)]
-            # Monte-Carlo hypervolume improvement within [-0.1, 1.1]^m over the known front
-            U = rng.uniform(-0.1, 1.1, size=(N_MC, self.n_obj))
+            # Monte-Carlo hypervolume improvement over the known front, in a box from the most optimistic
+            # prediction (at least 0.1 past the known best) to 1.1: a candidate predicted to extend the
+            # front far is credited for all of it, not for 0.1 (OSY: infeasible points' values teach the
+            # surrogates where the feasible front may reach)
+            low = np.minimum(lcb.min(0), -0.1)
+            U = rng.uniform(low, 1.1, size=(N_MC, self.n_obj))
             alive = ~np.any(np.all(front[:, None, :] <= U[None, :, :], axis=2), axis=0)
             U = U[alive]
             dom = np.all(lcb[:, None, :] <= U[None, :, :], axis=2)  # candidate dominates sample

@@ -201,3 +201,20 @@ def test_engines_pickled_with_one_scalar_constraint_still_load(tmp_path):
         back.tell_one(i, objective(default_space().decode(y)), -1.0)
     back.tell()
     assert back.arch_G.shape == (len(X) + len(Y), 1)
+
+
+def test_improvement_far_past_the_known_front_is_credited_in_full(monkeypatch):
+    """Two candidates both predicted past the known best f1: the one predicted to reach far (-0.5, 0.5) is
+    chosen over the one just past it (-0.15, 0.45). A box clipped at -0.1 credits both the same on f1 and
+    would pick the second."""
+    eng = Engine(default_space(), 2, 30, 0)
+    d = len(default_space().params)
+    eng.arch_X = np.zeros((2, d))
+    eng.arch_F = np.array([[0.0, 1.0], [1.0, 0.0]])
+    eng.arch_G = np.full((2, 1), -1.0)
+    C = np.full((2, d), 0.5)
+    preds = iter([(np.full(2, -1.0), np.full(2, 1e-3)),  # constraint: surely feasible
+                  (np.array([-0.5, -0.15]), np.zeros(2)),  # f1
+                  (np.array([0.5, 0.45]), np.zeros(2))])  # f2
+    monkeypatch.setattr(eng, "_forest", lambda X, y, C: next(preds))
+    assert list(eng._select(C, 1)) == [0]
