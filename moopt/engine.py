@@ -315,6 +315,8 @@ class Engine:
         state.setdefault("n_constr", 1)
         if "arch_G" in state and np.ndim(state["arch_G"]) == 1:
             state["arch_G"] = state["arch_G"].reshape(-1, 1)
+        for i, r in state.get("results", {}).items():  # told before the pickle, G as a float
+            state["results"][i] = (r[0], np.asarray(r[1], dtype=float).reshape(-1), *r[2:])
         self.__dict__.update(state)
 
     @staticmethod
