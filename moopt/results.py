@@ -123,9 +123,15 @@ def hypervolume_history(table: pd.DataFrame, objectives: Objectives) -> list[flo
 
 
 def best_config(output_dir: Path, number: int) -> dict[str, Any]:
+    """The best trial's config.yaml, with whole epochs and alpha written as integers (2, not 2.0)."""
     import yaml
 
-    return yaml.safe_load((Path(output_dir) / "trial_results" / f"trial_{number}" / "config.yaml").read_text())
+    cfg = yaml.safe_load((Path(output_dir) / "trial_results" / f"trial_{number}" / "config.yaml").read_text())
+    for section, name in (("training", "num_train_epochs"), ("lora", "alpha")):
+        v = cfg.get(section, {}).get(name)
+        if isinstance(v, float) and v.is_integer():
+            cfg[section][name] = int(v)
+    return cfg
 
 
 def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> dict[str, Any]:

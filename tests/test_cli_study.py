@@ -67,6 +67,8 @@ def test_study_writes_the_guides_result_layout(study):
 def test_best_config_is_a_reusable_config_of_the_best_trial(study):
     out, output = study
     cfg = load_trial_config(out / "best_config.yaml")  # sections training/lora/data parse back
+    text = (out / "best_config.yaml").read_text()
+    assert "num_train_epochs: 2\n" in text and f"alpha: {int(cfg.lora.alpha)}\n" in text  # not 2.0
     df = pd.read_csv(out / "trials_summary.csv")
     best = df.loc[df.score.idxmax()]
     assert bool(best.pareto)
