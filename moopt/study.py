@@ -188,6 +188,10 @@ class Study:
                 elif idx not in engine.results:
                     queue.append((idx, -1 if num is None else num))
         evaluated = {self.config_key(TrialConfig.from_dict(e["config"])): e for e in finished.values() if "config" in e}
+        if record is not None and record.header:
+            rerun = [n for n in record.running if n not in finished]
+            self.console.print(f"Resuming {self.out}: {len(finished)} of {cfg.num_trials} trials finished and kept"
+                               + (f"; re-queued (were running): {', '.join(map(str, rerun))}" if rerun else ""))
 
         if cfg.baseline and not (self.out / "baseline.json").is_file():
             self.run_baseline()

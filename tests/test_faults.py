@@ -71,6 +71,8 @@ def test_kill_9_of_the_optimizer_then_resume_loses_and_reruns_nothing(tiny_model
     finished_before = {n: e["datetime_complete"] for n, e in before.finished.items()}
     r = CliRunner().invoke(main, [*args(tiny_model, tiny_data, out, space, 5), "--resume"])
     assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())  # rich may wrap the line
+    assert f"{len(before.finished)} of 5 trials finished and kept; re-queued (were running): " in said
     after = replay(out)
     assert sorted(after.finished) == [0, 1, 2, 3, 4] and not after.running
     for n, t in finished_before.items():
