@@ -43,11 +43,12 @@ N_MC = 4096  # Monte-Carlo points for the hypervolume improvement
 RANDOM_POOL = 0.3  # uniform samples added to the bred candidates, as a share of them (global exploration)
 INFEAS_POOL = 0.3  # the same while nothing feasible is known
 BETA = 0.5  # optimism: objectives scored at mean - BETA * spread over the trees
+MIN_SURROGATE = 4  # evaluations told before offspring are pre-selected by the surrogate
 
 
 def population_size(num_trials: int, parallel: int = 1) -> int:
     """Small budgets need generations more than width: ~num_trials/3, in [4, 24], a multiple of
-    the parallel slots so no slot idles at generation ends."""
+    the parallel slots, so that a generation fills every slot."""
     size = min(max(4, math.ceil(num_trials / 3)), 24)
     return max(parallel, math.ceil(size / parallel) * parallel)
 
@@ -127,7 +128,7 @@ class Engine:
     def ask(self, tries: int = 5) -> list[dict[str, Any]]:
         """Encoded individuals of the next generation (maybe fewer than pop_size, never None)."""
         assert self.pending is None, "tell the pending generation first"
-        if getattr(self, "surrogate", False) and self.algorithm.is_initialized and len(self.arch_X) >= 4:
+        if getattr(self, "surrogate", False) and self.algorithm.is_initialized and len(self.arch_X) >= MIN_SURROGATE:
             pop = self._ask_assisted()
             if pop is not None and len(pop) > 0:
                 self.pending, self.results = pop, {}
@@ -190,21 +191,58 @@ class Engine:
                 out.append((float(v) - lo) / (hi - lo) if hi > lo else 0.0)
         return out
 
-    def _ask_assisted(self):
+    def extend(self, k: int) -> list[dict[str, Any]]:
+        """Up to k more individuals for the pending generation, chosen by the surrogate with everything
+        told so far (this generation's results included), so that a free slot works while the
+        generation's last trials run (parallel trials of uneven length: pruned ones end in seconds, full
+        ones run on); they are told with the generation. In the first generation, until the surrogate
+        has MIN_SURROGATE results, they are random, as the rest of it; past it, the surrogate picks
+        among random candidates (there are no parents yet). Later generations without the surrogate
+        (no scikit-learn) get none: the slot then waits."""
+        from pymoo.core.mixed import MixedVariableSampling
+        from pymoo.core.population import Population
+
+        if self.pending is None or k < 1:
+            return []
+        parents = getattr(self.algorithm, "pop", None)
+        if getattr(self, "surrogate", False) and len(self.arch_X) + len(self.results) >= MIN_SURROGATE:
+            off = self._ask_assisted(k)
+        elif parents is None or not len(parents):  # the first generation, too few told: random, as the rest of it
+            seen = {np.array(self._vec(ind.X)).tobytes() for ind in self.pending}
+            cand = MixedVariableSampling().do(self.problem, 4 * k, random_state=self.rng)
+            keep = []
+            for i, ind in enumerate(cand):
+                b = np.array(self._vec(ind.X)).tobytes()
+                if b not in seen and len(keep) < k:
+                    seen.add(b)
+                    keep.append(i)
+            off = Population.new(X=np.array([dict(cand[i].X) for i in keep], dtype=object)) if keep else None
+        else:
+            off = None
+        if off is None or not len(off):
+            return []
+        self.pending = Population.merge(self.pending, off)
+        return [dict(ind.X) for ind in off]
+
+    def _ask_assisted(self, k: int | None = None):
+        from pymoo.core.mixed import MixedVariableSampling
         from pymoo.core.population import Population
 
         alg = self.algorithm
-        k = self.batch
+        k = k or self.batch
         n_cand = min(MAX_CANDIDATES, N_CANDIDATES * k)
-        off = alg.mating._do(self.problem, alg.pop, n_cand, algorithm=alg, random_state=alg.random_state)
+        if getattr(alg, "pop", None) is not None and len(alg.pop):
+            off = alg.mating._do(self.problem, alg.pop, n_cand, algorithm=alg, random_state=alg.random_state)
+        else:  # extending the first generation: no parents yet, the candidates are random
+            off = MixedVariableSampling().do(self.problem, n_cand, random_state=self.sg_rng)
         n_uni = int(round((RANDOM_POOL if np.all(self.arch_G <= 0, axis=1).any() else INFEAS_POOL) * n_cand))
         if n_uni:
-            from pymoo.core.mixed import MixedVariableSampling
-
             off = Population.merge(off, MixedVariableSampling().do(self.problem, n_uni, random_state=self.sg_rng))
         # duplicates of anything evaluated (or of each other) go; rows of the [0, 1]^d encoding compared
         C = np.array([self._vec(ind.X) for ind in off])
         seen = {row.tobytes() for row in self.arch_X}
+        if self.pending is not None:  # asked, not yet told (extend)
+            seen |= {np.array(self._vec(ind.X)).tobytes() for ind in self.pending}
         keep = []
         for i, row in enumerate(C):
             b = row.tobytes()
@@ -223,15 +261,25 @@ class Engine:
 
     def _train_set(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(X, F, G) to fit on: everything, or past MAX_TRAIN the most recent evaluations plus the
-        current population (the survivors, so the front is always known to the surrogate)."""
+        current population (the survivors, so the front is always known to the surrogate); while a
+        generation is pending (extend), also its results told so far."""
         if len(self.arch_X) <= MAX_TRAIN:
-            return self.arch_X, self.arch_F, self.arch_G
-        pop = self.algorithm.pop
-        PX = np.array([self._vec(ind.X) for ind in pop])
-        PF = np.asarray(pop.get("F"), dtype=float).reshape(len(pop), self.n_obj)
-        PG = np.asarray(pop.get("G"), dtype=float).reshape(len(pop), self.n_constr)
-        return (np.vstack([self.arch_X[-MAX_TRAIN:], PX]), np.vstack([self.arch_F[-MAX_TRAIN:], PF]),
-                np.vstack([self.arch_G[-MAX_TRAIN:], PG]))
+            X, F, G = self.arch_X, self.arch_F, self.arch_G
+        else:
+            pop = self.algorithm.pop
+            PX = np.array([self._vec(ind.X) for ind in pop])
+            PF = np.asarray(pop.get("F"), dtype=float).reshape(len(pop), self.n_obj)
+            PG = np.asarray(pop.get("G"), dtype=float).reshape(len(pop), self.n_constr)
+            X, F, G = (np.vstack([self.arch_X[-MAX_TRAIN:], PX]), np.vstack([self.arch_F[-MAX_TRAIN:], PF]),
+                       np.vstack([self.arch_G[-MAX_TRAIN:], PG]))
+        if self.pending is None or not self.results:
+            return X, F, G
+        idx = sorted(self.results)
+        r = [self.results[i] for i in idx]
+        n = len(idx)
+        return (np.vstack([X, np.array([self._vec(self.pending[i].X) for i in idx])]),
+                np.vstack([F, np.array([t[2] if len(t) > 2 else t[0] for t in r]).reshape(n, self.n_obj)]),
+                np.vstack([G, np.array([t[1] for t in r]).reshape(n, self.n_constr)]))
 
     def _forest(self, X: np.ndarray, y: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and spread over the trees of an extra-trees fit of y, at C."""

@@ -6,6 +6,10 @@ Order of events for each trial (what makes ``--resume`` after ``kill -9`` exact)
 3. on return, ``trial_end`` is journaled (fsynced), then the result is told to the engine.
 A replay therefore knows every finished trial; trials started but not ended are re-queued under
 the same number; the engine checkpoint says which individual each number belongs to.
+
+With several slots, a slot that frees up while the rest of its generation still runs does not wait
+for it: the engine adds individuals to the pending generation (``Engine.extend``, chosen with every
+result told so far) and they are told with it.
 """
 
 from __future__ import annotations
@@ -99,6 +103,10 @@ def study_fingerprint(cfg: StudyConfig) -> dict[str, Any]:
 
 
 class Study:
+    # a free slot takes an extra individual of the pending generation while the rest of it runs (False:
+    # it waits for the generation's last trial, as before; benchmarks/bench_parallel_sim.py compares them)
+    fill_free_slots = True
+
     def __init__(self, cfg: StudyConfig, console=None):
         from rich.console import Console
 
@@ -212,7 +220,13 @@ class Study:
                     while placer.free() > 0 and n_started < cfg.num_trials and stop_note is None:
                         if not queue:
                             if engine.pending is not None and not engine.generation_done:
-                                break  # wait for the generation to finish
+                                # the rest of this generation runs: a free slot takes an extra individual
+                                more = engine.extend(min(placer.free(), cfg.num_trials - n_started)) if self.fill_free_slots else []
+                                if not more:
+                                    break  # wait for a trial of this generation to end
+                                queue = [(len(engine.pending) - len(more) + i, -1) for i in range(len(more))]
+                                engine.save(engine_path)
+                                continue
                             if engine.pending is not None:
                                 engine.tell()
                                 engine.assigned = {}

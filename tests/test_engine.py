@@ -220,3 +220,41 @@ def test_improvement_far_past_the_known_front_is_credited_in_full(monkeypatch):
                   (np.array([0.5, 0.45]), np.zeros(2))])  # f2
     monkeypatch.setattr(eng, "_forest", lambda X, y, C: next(preds))
     assert list(eng._select(C, 1)) == [0]
+
+
+def test_extend_adds_new_individuals_to_the_pending_generation_and_tells_them_with_it(tmp_path):
+    space = default_space()
+    eng = Engine(space, 2, 24, 0, parallel=2)
+    X0 = eng.ask()
+    assert eng.extend(0) == []
+    extra0 = eng.extend(1)  # the first generation, nothing told: random, as the rest of it
+    assert len(extra0) == 1 and extra0[0] not in X0 and len(eng.pending) == len(X0) + 1
+    for i, x in enumerate(X0 + extra0):
+        eng.tell_one(i, objective(space.decode(x)), -1.0)
+    eng.tell()
+    X = eng.ask()
+    for i in range(len(X) - 1):  # all but the last told; it still runs
+        eng.tell_one(i, objective(space.decode(X[i])), -1.0)
+    more = eng.extend(2)  # chosen by the surrogate, with this generation's results in its training set
+    assert 1 <= len(more) <= 2 and not any(m in X or m in X0 + extra0 for m in more)
+    assert len(eng.pending) == len(X) + len(more) and not eng.generation_done
+    eng.save(tmp_path / "e.pkl")
+    eng = Engine.load(tmp_path / "e.pkl")  # a crash here keeps the extended generation
+    for i, x in enumerate([X[-1], *more], start=len(X) - 1):
+        eng.tell_one(i, objective(space.decode(x)), -1.0)
+    assert eng.generation_done
+    eng.tell()
+    assert len(eng.arch_X) == len(X0) + 1 + len(X) + len(more)
+    assert eng.ask()  # NSGA-II goes on with the larger generation told
+
+
+def test_extend_waits_without_the_surrogate_past_the_first_generation():
+    space = default_space()
+    eng = Engine(space, 2, 24, 0, parallel=2, surrogate=False)
+    X0 = eng.ask()
+    for i, x in enumerate(X0):
+        eng.tell_one(i, objective(space.decode(x)), -1.0)
+    eng.tell()
+    X = eng.ask()
+    eng.tell_one(0, objective(space.decode(X[0])), -1.0)
+    assert eng.extend(2) == [] and len(eng.pending) == len(X)

@@ -1,0 +1,244 @@
+"""--parallel_trials on a surrogate of the demo study: free slots take extra configurations, or wait.
+
+With pruning, the trials of one generation end at very different times (pruned at 1/8 of its steps a
+trial ends in seconds, a full 2-epoch one minutes later). A study that waits for a generation's last
+trial before asking the next one leaves the other slots idle meanwhile; moopt's study instead gives
+the free slot an extra individual of the pending generation, chosen by the engine's surrogate with every
+result told so far, and tells it with the generation (``Engine.extend``, ``Study.fill_free_slots``).
+That changes which configurations are tried, so this benchmark weighs both sides, paired by seed, in
+one run:
+
+- the study's wall time (virtual) and the slots' utilisation (trial time / (slots x wall time));
+- the compute (training-token equivalents) its trials spent;
+- the hypervolume of the COMPLETE front against the base model (as bench_pruning), and the best eval_loss.
+
+The trials are bench_pruning_sim's: its surrogate of the demo study (``Oracle``, fit on 53 real studies'
+trials) gives each configuration's metrics at its rungs and its end; moopt's own Study loop, engine and
+pruner run as in a real study. Here the simulated executor also keeps a virtual clock: a trial takes
+``OVERHEAD_S`` (process start, model load) + its training tokens / ``TOKENS_PER_S`` + its evaluation tokens
+/ (2 x ``TOKENS_PER_S``), as the real demo trials did on 2 cores with 2 slots (trial 1 of a real study:
+5,165 training and 1,849 evaluation tokens in 45 s; a trial pruned at its first rung: 11 s); rung
+evaluations and trial ends reach the study in the order of that clock, so the pruner sees the rung
+arrivals a parallel study sees.
+
+    python benchmarks/bench_parallel_sim.py --seeds 200              # 12 trials, 2 slots, eta 2 (~15 min)
+    python benchmarks/bench_parallel_sim.py --seeds 100 --trials 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+OVERHEAD_S = 6.0  # process start and model load per trial
+TOKENS_PER_S = 130.0  # training tokens per second of one of 2 slots on 2 cores (real: 100-140)
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+class ClockSimExecutor:
+    """bench_pruning_sim's simulated trials on a virtual clock: rungs and ends arrive in time order."""
+
+    oracle = None
+    seed = 0
+
+    def __init__(self, on_progress=None, on_rung=None, **_):
+        self.on_rung = on_rung
+        self.now = 0.0
+        self.events: list[tuple[float, int, int, int]] = []  # (time, order, trial number, rung index or -1 = end)
+        self.trials: dict[int, dict] = {}
+        self.order = 0
+        self.log: list[tuple[int, float, float]] = []  # (number, start, end)
+        ClockSimExecutor.last = self
+
+    def submit(self, spec, slot) -> None:
+        from bench_pruning_sim import N_RUNG, N_TRAIN, N_VAL, RUNG_FRACTIONS, _flat
+
+        from moopt.data import n_micro_batches
+        from moopt.trial import rung_steps
+
+        tc = spec.config.training
+        total = n_micro_batches(N_TRAIN, tc.batch_size, tc.num_train_epochs)
+        tok_per_step = self.oracle.tokens_per_epoch * tc.num_train_epochs / total
+        tok_per_ex = self.oracle.tokens_per_epoch / N_TRAIN
+        t = {"spec": spec, "flat": _flat(spec.config.to_dict()), "total": total, "start": self.now,
+             "tok_per_step": tok_per_step, "eval_tokens": 0.0, "rungs": sorted(rung_steps(total, spec.rung_fractions).items())}
+        self.trials[spec.number] = t
+        rung_eval_s = N_RUNG * tok_per_ex / (2 * TOKENS_PER_S)
+        for i, (step, _) in enumerate(t["rungs"]):  # training up to the rung, then its evaluation
+            self._push(self.now + OVERHEAD_S + step * tok_per_step / TOKENS_PER_S + (i + 1) * rung_eval_s, spec.number, i)
+        end = (self.now + OVERHEAD_S + total * tok_per_step / TOKENS_PER_S + len(t["rungs"]) * rung_eval_s
+               + N_VAL * tok_per_ex / (2 * TOKENS_PER_S))
+        self._push(end, spec.number, -1)
+        t["level_of"] = {k: int(np.argmin([abs(np.log(spec.rung_fractions[k] / f)) for f in RUNG_FRACTIONS]))
+                         for _, k in t["rungs"]}
+        t["n_val_tok"], t["n_rung_tok"] = N_VAL * tok_per_ex, N_RUNG * tok_per_ex
+
+    def _push(self, at: float, number: int, what: int) -> None:
+        self.order += 1
+        heapq.heappush(self.events, (at, self.order, number, what))
+
+    def next_result(self, timeout=None):
+        from moopt.trial import TrialResult
+
+        while self.events:
+            at, _, number, what = heapq.heappop(self.events)
+            t = self.trials.get(number)
+            if t is None:  # ended earlier (pruned): a stale event
+                continue
+            self.now = at
+            res = TrialResult(number=number, state="COMPLETE", total_steps=t["total"], backend="sim")
+            if what >= 0:
+                step, k = t["rungs"][what]
+                m = self.oracle(t["flat"], t["level_of"][k], self.seed)
+                t["eval_tokens"] += t["n_rung_tok"]
+                if self.on_rung is None or self.on_rung(number, step, m, k):
+                    continue
+                res.state, res.metrics, res.steps = "PRUNED", m, step
+                res.error = f"pruned at step {step}"
+            else:
+                res.metrics, res.steps = self.oracle(t["flat"], 3, self.seed), t["total"]
+                t["eval_tokens"] += t["n_val_tok"]
+            res.train_tokens = round(t["tok_per_step"] * res.steps)
+            res.eval_tokens = round(t["eval_tokens"])
+            del self.trials[number]
+            self.log.append((number, t["start"], at))
+            return res
+        return None
+
+    def running(self) -> int:
+        return len(self.trials)
+
+    def close(self) -> None:
+        pass
+
+    def kill_all(self) -> None:
+        pass
+
+
+def run_study(oracle, out: Path, seed: int, trials: int, eta: float, slots: int, fill: bool) -> tuple[dict, dict]:
+    """One simulated study; its finished trials' end events and its virtual timing."""
+    from bench_pruning_sim import SPACE, _patched
+    from rich.console import Console
+
+    import moopt.executor
+    import moopt.results
+    from moopt.journal import replay
+    from moopt.objectives import parse_objectives
+    from moopt.space import load_space
+    from moopt.study import Study, StudyConfig
+
+    cfg = StudyConfig(base_model="sim", model_path="sim", train_file=str(ROOT / "data" / "train.jsonl"),
+                      validation_file=str(ROOT / "data" / "val.jsonl"), output_dir=str(out), num_trials=trials,
+                      objectives=parse_objectives("multi:eval_loss,eval_accuracy", None), space=load_space(SPACE),
+                      seed=seed, pruning_factor=eta, parallel_trials=slots, overwrite=True, baseline=False)
+    ClockSimExecutor.oracle, ClockSimExecutor.seed = oracle, seed
+    with _patched(moopt.executor, "LocalExecutor", ClockSimExecutor), \
+            _patched(moopt.results, "write_results", lambda *a, **k: {}), _patched(Study, "fill_free_slots", fill):
+        Study(cfg, console=Console(file=io.StringIO())).run()
+    log = ClockSimExecutor.last.log
+    wall = max(e for _, _, e in log) - min(s for _, s, _ in log)
+    trial_s = sum(e - s for _, s, e in log)
+    return replay(out).finished, {"wall_s": wall, "trial_s": trial_s, "utilisation": trial_s / (slots * wall)}
+
+
+def boot_ci(x: np.ndarray, stat=np.mean, n: int = 4000, seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    b = [stat(x[rng.integers(len(x), size=len(x))]) for _ in range(n)]
+    return float(np.percentile(b, 2.5)), float(np.percentile(b, 97.5))
+
+
+def summarize(df, out_png: Path | None) -> str:
+    w = df[df.arm == "wait"].set_index("seed")
+    f = df[df.arm == "fill"].set_index("seed").loc[w.index]
+    wall_ratio = (f.wall_s / w.wall_s).to_numpy()
+    d_hv = (100 * (1 - f.hv_base / w.hv_base)).to_numpy()  # % hypervolume lost by filling (negative: gained)
+    ci_wall, ci_med, ci_mean = boot_ci(wall_ratio, np.median), boot_ci(d_hv, np.median), boot_ci(d_hv)
+    lines = [f"{len(w)} seeds x {int(df.trials.iloc[0])} trials, {int(df.slots.iloc[0])} slots, eta {df.eta.iloc[0]:g}",
+             f"slot utilisation: wait {w.utilisation.mean():.1%}, fill {f.utilisation.mean():.1%} (means)",
+             (f"wall time, fill / wait: median {np.median(wall_ratio):.3f} (95% CI {ci_wall[0]:.3f}-{ci_wall[1]:.3f}), "
+              f"summed {f.wall_s.sum() / w.wall_s.sum():.3f}"),
+             (f"hypervolume lost by filling: median per seed {np.median(d_hv):.2f}% (95% CI {ci_med[0]:.2f}-{ci_med[1]:.2f}), "
+              f"mean {d_hv.mean():.2f}% ({ci_mean[0]:.2f}-{ci_mean[1]:.2f})"),
+             f"best eval_loss median: wait {w.best_eval_loss.median():.4f}, fill {f.best_eval_loss.median():.4f}",
+             f"compute (training-token equivalents) fill / wait: {f.compute_tokens.sum() / w.compute_tokens.sum():.3f}"]
+    if out_png is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+        a1.hist(wall_ratio, bins=30, color="C0")
+        a1.axvline(1, color="k", lw=0.8)
+        a1.set_xlabel("wall time, fill / wait (per seed)")
+        a1.set_title(f"median {np.median(wall_ratio):.2f}; utilisation {w.utilisation.mean():.0%} -> {f.utilisation.mean():.0%}")
+        a2.hist(d_hv, bins=30, color="C1")
+        a2.axvline(0, color="k", lw=0.8)
+        a2.set_xlabel("hypervolume lost by filling, % (per seed)")
+        a2.set_title(f"median {np.median(d_hv):.2f}%, mean {d_hv.mean():.2f}%")
+        fig.suptitle(f"--parallel_trials {int(df.slots.iloc[0])}, free slots fill vs wait (surrogate of the demo study, "
+                     f"{len(w)} seeds, {int(df.trials.iloc[0])} trials)", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(out_png, dpi=110)
+        plt.close(fig)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import pandas as pd
+    from bench_pruning import hv
+    from bench_pruning_sim import DATA, Oracle, study_row
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=200)
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--slots", type=int, default=2)
+    ap.add_argument("--eta", type=float, default=2.0)
+    ap.add_argument("--out", type=Path, default=None, help="CSV (default benchmarks/results/parallel_sim[_t<trials>]_cpu.csv)")
+    ap.add_argument("--summarize", action="store_true", help="only re-summarise (and re-plot) the existing CSV")
+    a = ap.parse_args(argv)
+    if a.seeds < 1 or a.trials < 1 or a.slots < 2:
+        print("error: --seeds and --trials must be >= 1 and --slots >= 2", file=sys.stderr)
+        return 2
+    out = a.out or RESULTS / f"parallel_sim{f'_t{a.trials}' if a.trials != 12 else ''}_cpu.csv"
+    if a.summarize:
+        if not out.is_file():
+            print(f"error: {out}: no results to summarise (run the benchmark first)", file=sys.stderr)
+            return 2
+        print(summarize(pd.read_csv(out), out.with_suffix(".png")))
+        return 0
+    oracle = Oracle(pd.read_csv(DATA))
+    ref = np.array([oracle.base["eval_loss"], -oracle.base["eval_accuracy"]])
+    rows, t0 = [], time.time()
+    with tempfile.TemporaryDirectory(prefix="bench_parallel_sim_") as tmp:
+        for seed in range(a.first_seed, a.first_seed + a.seeds):
+            for arm, fill in (("wait", False), ("fill", True)):
+                finished, timing = run_study(oracle, Path(tmp) / arm, seed, a.trials, a.eta, a.slots, fill)
+                row, F, _ = study_row(oracle, finished, seed, a.trials, arm)
+                rows.append({"seed": seed, "arm": arm, "trials": a.trials, "slots": a.slots, "eta": a.eta,
+                             "hv_base": hv(F, ref), "best_eval_loss": row["best_eval_loss"],
+                             "compute_tokens": row["compute_tokens"], "n_pruned": row["n_pruned"],
+                             "n_complete": row["n_complete"], **{k: round(v, 3) for k, v in timing.items()}})
+            if (seed - a.first_seed + 1) % 20 == 0:
+                print(f"{seed - a.first_seed + 1}/{a.seeds} seeds, {time.time() - t0:.0f} s", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows)
+    df.to_csv(out, index=False)
+    print(summarize(df, out.with_suffix(".png")))
+    print(f"wrote {out} (+ .png)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""--parallel_trials with trials of uneven length: a slot whose trial ended takes an extra individual of
+the pending generation (Engine.extend) instead of idling until the generation's slowest trial ends;
+everything is told with the generation, and a crash while the slow trial runs loses and reruns
+nothing else.
+
+The study loop is moopt's own (Study.run); the executor is a stand-in on a virtual clock, so trial
+lengths are exact and the test takes seconds."""
+
+import io
+import json
+import math
+import pickle
+from typing import ClassVar
+
+import pytest
+import yaml
+from rich.console import Console
+
+import moopt.executor
+import moopt.results
+from moopt.journal import replay
+from moopt.objectives import parse_objectives
+from moopt.space import parse_space
+from moopt.study import ENGINE_FILE, Study, StudyConfig
+from moopt.trial import TrialResult
+
+SPACE = """
+training:
+  learning_rate: {type: log_uniform, min: 1e-5, max: 1e-2}
+  batch_size: {type: categorical, values: [4, 8]}
+lora:
+  r: {type: categorical, values: [4, 8, 16]}
+"""
+LONG, LONG_S = 1, 20.0  # trial 1 runs 20 time units, every other trial 1
+
+
+class Crash(Exception):
+    """Stands for kill -9 of the optimizer while it waits for a result."""
+
+
+class ClockExecutor:
+    """Stands in for moopt.executor.LocalExecutor: trials end in order of a virtual clock."""
+
+    log: ClassVar[list[tuple[int, float, float]]] = []  # (trial number, start, end) of every submitted trial
+    crash_after: int | None = None  # raise Crash at this many results returned
+
+    def __init__(self, on_progress=None, on_rung=None, **_):
+        self.now = 0.0
+        self.running_: dict[int, tuple[float, object]] = {}
+        self.returned = 0
+
+    def submit(self, spec, slot) -> None:
+        end = self.now + (LONG_S if spec.number == LONG else 1.0)
+        self.running_[spec.number] = (end, spec)
+        ClockExecutor.log.append((spec.number, self.now, end))
+
+    def next_result(self, timeout=None):
+        if ClockExecutor.crash_after is not None and self.returned == ClockExecutor.crash_after:
+            raise Crash
+        number = min(self.running_, key=lambda n: self.running_[n][0])
+        end, spec = self.running_.pop(number)
+        self.now, self.returned = end, self.returned + 1
+        loss = abs(math.log10(spec.config.training.learning_rate) + 3.0) + 0.1 / spec.config.lora.r
+        return TrialResult(number=number, state="COMPLETE", metrics={"eval_loss": loss, "eval_accuracy": 1 / (1 + loss)},
+                           steps=10, total_steps=10, train_tokens=100, backend="clock")
+
+    def running(self) -> int:
+        return len(self.running_)
+
+    def close(self) -> None:
+        pass
+
+    def kill_all(self) -> None:
+        pass
+
+
+@pytest.fixture
+def run_study(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setattr(moopt.executor, "LocalExecutor", ClockExecutor)
+    monkeypatch.setattr(moopt.results, "write_results", lambda *a, **k: {})
+    ClockExecutor.log, ClockExecutor.crash_after = [], None
+
+    def run(parallel: int, resume: bool = False, fill: bool = True):
+        monkeypatch.setattr(Study, "fill_free_slots", fill)
+        cfg = StudyConfig(base_model="clock", model_path="clock", train_file=str(tiny_data["train"]),
+                          validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "hpo"), num_trials=12,
+                          objectives=parse_objectives("multi:eval_loss,eval_accuracy", None), space=parse_space(yaml.safe_load(SPACE), source="space.yaml"),
+                          seed=0, parallel_trials=parallel, baseline=False, resume=resume, overwrite=not resume)
+        Study(cfg, console=Console(file=io.StringIO())).run()
+        return tmp_path / "hpo"
+
+    return run
+
+
+def test_a_free_slot_takes_extra_individuals_while_a_long_trial_runs(run_study, tmp_path):
+    out = run_study(parallel=2)
+    rec = replay(out)
+    assert sorted(rec.finished) == list(range(12)) and not rec.running
+    start = {n: s for n, s, _ in ClockExecutor.log}
+    long_end = next(e for n, _, e in ClockExecutor.log if n == LONG)
+    # the first generation holds 4 trials; the other 10 all start while trial 1 runs (waiting: only 2 could)
+    assert sum(start[n] < long_end for n in start if n != LONG) == 11
+    # they joined trial 1's generation: it was told once trial 1 ended, with all 12
+    eng = pickle.loads((out / ENGINE_FILE).read_bytes())
+    assert len(eng.arch_X) + len(eng.results) == 12
+    configs = [json.dumps(e["params"], sort_keys=True) for e in rec.starts.values()]
+    assert len(set(configs)) == 12  # no configuration proposed twice
+
+
+def test_waiting_for_the_generation_leaves_the_slot_idle(run_study):
+    run_study(parallel=2, fill=False)
+    start = {n: s for n, s, _ in ClockExecutor.log}
+    long_end = next(e for n, _, e in ClockExecutor.log if n == LONG)
+    assert sum(start[n] < long_end for n in start if n != LONG) == 3  # the rest of the first generation
+
+
+def test_serial_studies_are_the_same_either_way(run_study, tmp_path):
+    a = [e["params"] for e in replay(run_study(parallel=1)).starts.values()]
+    b = [e["params"] for e in replay(run_study(parallel=1, fill=False)).starts.values()]
+    assert a == b and len(a) == 12
+
+
+def test_a_crash_while_the_long_trial_runs_then_resume_reruns_only_the_running_trials(run_study, tmp_path):
+    out = tmp_path / "hpo"
+    ClockExecutor.crash_after = 6  # trials 0, 2, 3 and three extra ones ended; trial 1 still runs
+    with pytest.raises(Crash):
+        run_study(parallel=2)
+    before = replay(out)
+    assert LONG in before.running and len(before.finished) == 6
+    eng = pickle.loads((out / ENGINE_FILE).read_bytes())
+    assert len(eng.pending) > 4 and LONG in eng.assigned  # the extended generation, checkpointed
+    finished_before = {n: e["datetime_complete"] for n, e in before.finished.items()}
+
+    ClockExecutor.crash_after, ClockExecutor.log = None, []
+    run_study(parallel=2, resume=True)
+    after = replay(out)
+    assert sorted(after.finished) == list(range(12)) and not after.running  # exactly --num_trials
+    for n, t in finished_before.items():
+        assert after.finished[n]["datetime_complete"] == t  # not rerun
+    rerun = {n for n, _, _ in ClockExecutor.log}
+    assert set(before.running) <= rerun and not rerun & set(finished_before)
+    assert after.starts[LONG]["params"] == before.starts[LONG]["params"]  # the same configuration, re-queued
+
+
+def test_parallel_simulation_benchmark_runs_both_arms_on_a_virtual_clock(tmp_path, load_bench):
+    """bench_parallel_sim: the same seeded study with free slots filled or waiting, 2 slots, pruning at
+    eta 2; trials end in the order of the virtual clock, and filling keeps the slots busier."""
+    import pandas as pd
+
+    sim = load_bench("bench_parallel_sim")
+    out = tmp_path / "p.csv"
+    assert sim.main(["--seeds", "2", "--trials", "8", "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert sorted(df.arm) == ["fill", "fill", "wait", "wait"] and (df.n_pruned + df.n_complete <= 8).all()
+    assert ((df.utilisation > 0) & (df.utilisation <= 1)).all()
+    by = df.groupby("arm")[["trial_s", "wall_s"]].sum()
+    assert by.trial_s["fill"] / by.wall_s["fill"] > by.trial_s["wait"] / by.wall_s["wait"]
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    log = sim.ClockSimExecutor.last.log
+    assert [e for _, _, e in log] == sorted(e for _, _, e in log)  # results in clock order
+    assert sim.main(["--summarize", "--out", str(tmp_path / "none.csv")]) == 2
