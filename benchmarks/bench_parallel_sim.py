@@ -39,20 +39,19 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_pruning_sim import SimExecutor  # noqa: E402
 
 OVERHEAD_S = 6.0  # process start and model load per trial
 TOKENS_PER_S = 130.0  # training tokens per second of one of 2 slots on 2 cores (real: 100-140)
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-class ClockSimExecutor:
-    """bench_pruning_sim's simulated trials on a virtual clock: rungs and ends arrive in time order."""
-
-    oracle = None
-    seed = 0
+class ClockSimExecutor(SimExecutor):
+    """bench_pruning_sim's simulated trials (its SimExecutor) on a virtual clock: rungs and ends arrive
+    in time order."""
 
     def __init__(self, on_progress=None, on_rung=None, **_):
-        self.on_rung = on_rung
+        super().__init__(on_progress=on_progress, on_rung=on_rung)
         self.now = 0.0
         self.events: list[tuple[float, int, int, int]] = []  # (time, order, trial number, rung index or -1 = end)
         self.trials: dict[int, dict] = {}
@@ -61,27 +60,20 @@ class ClockSimExecutor:
         ClockSimExecutor.last = self
 
     def submit(self, spec, slot) -> None:
-        from bench_pruning_sim import N_RUNG, N_TRAIN, N_VAL, RUNG_FRACTIONS, _flat
+        from bench_pruning_sim import N_RUNG, N_TRAIN, N_VAL, trial_plan
 
-        from moopt.data import n_micro_batches
-        from moopt.trial import rung_steps
-
-        tc = spec.config.training
-        total = n_micro_batches(N_TRAIN, tc.batch_size, tc.num_train_epochs)
-        tok_per_step = self.oracle.tokens_per_epoch * tc.num_train_epochs / total
+        flat, total, rungs = trial_plan(spec)
+        tok_per_step = self.oracle.tokens_per_epoch * spec.config.training.num_train_epochs / total
         tok_per_ex = self.oracle.tokens_per_epoch / N_TRAIN
-        t = {"spec": spec, "flat": _flat(spec.config.to_dict()), "total": total, "start": self.now,
-             "tok_per_step": tok_per_step, "eval_tokens": 0.0, "rungs": sorted(rung_steps(total, spec.rung_fractions).items())}
-        self.trials[spec.number] = t
+        self.trials[spec.number] = {"flat": flat, "total": total, "start": self.now, "tok_per_step": tok_per_step,
+                                    "eval_tokens": 0.0, "rungs": rungs, "n_val_tok": N_VAL * tok_per_ex,
+                                    "n_rung_tok": N_RUNG * tok_per_ex}
         rung_eval_s = N_RUNG * tok_per_ex / (2 * TOKENS_PER_S)
-        for i, (step, _) in enumerate(t["rungs"]):  # training up to the rung, then its evaluation
+        for i, (step, _, _) in enumerate(rungs):  # training up to the rung, then its evaluation
             self._push(self.now + OVERHEAD_S + step * tok_per_step / TOKENS_PER_S + (i + 1) * rung_eval_s, spec.number, i)
-        end = (self.now + OVERHEAD_S + total * tok_per_step / TOKENS_PER_S + len(t["rungs"]) * rung_eval_s
+        end = (self.now + OVERHEAD_S + total * tok_per_step / TOKENS_PER_S + len(rungs) * rung_eval_s
                + N_VAL * tok_per_ex / (2 * TOKENS_PER_S))
         self._push(end, spec.number, -1)
-        t["level_of"] = {k: int(np.argmin([abs(np.log(spec.rung_fractions[k] / f)) for f in RUNG_FRACTIONS]))
-                         for _, k in t["rungs"]}
-        t["n_val_tok"], t["n_rung_tok"] = N_VAL * tok_per_ex, N_RUNG * tok_per_ex
 
     def _push(self, at: float, number: int, what: int) -> None:
         self.order += 1
@@ -98,8 +90,8 @@ class ClockSimExecutor:
             self.now = at
             res = TrialResult(number=number, state="COMPLETE", total_steps=t["total"], backend="sim")
             if what >= 0:
-                step, k = t["rungs"][what]
-                m = self.oracle(t["flat"], t["level_of"][k], self.seed)
+                step, k, level = t["rungs"][what]
+                m = self.oracle(t["flat"], level, self.seed)
                 t["eval_tokens"] += t["n_rung_tok"]
                 if self.on_rung is None or self.on_rung(number, step, m, k):
                     continue
@@ -117,12 +109,6 @@ class ClockSimExecutor:
 
     def running(self) -> int:
         return len(self.trials)
-
-    def close(self) -> None:
-        pass
-
-    def kill_all(self) -> None:
-        pass
 
 
 def run_study(oracle, out: Path, seed: int, trials: int, eta: float, slots: int, fill: bool) -> tuple[dict, dict]:

@@ -191,6 +191,20 @@ class Oracle:
 
 
 # -- a simulated executor: the Study's loop, engine and pruner run as in a real study ----------------
+def trial_plan(spec) -> tuple[dict, int, list[tuple[int, int, int]]]:
+    """A simulated trial's flat configuration, its optimizer steps, and its rungs as (step, rung index,
+    the oracle's level): the table knows the rungs at RUNG_FRACTIONS (eta = 2's); other rungs read the
+    nearest one."""
+    from moopt.data import n_micro_batches
+    from moopt.trial import rung_steps
+
+    tc = spec.config.training
+    total = n_micro_batches(N_TRAIN, tc.batch_size, tc.num_train_epochs)
+    rungs = [(step, k, int(np.argmin([abs(math.log(spec.rung_fractions[k] / f)) for f in RUNG_FRACTIONS])))
+             for step, k in sorted(rung_steps(total, spec.rung_fractions).items())]
+    return _flat(spec.config.to_dict()), total, rungs
+
+
 class SimExecutor:
     """Stands in for moopt.executor.LocalExecutor: a trial's rungs and end come from the oracle."""
 
@@ -202,17 +216,13 @@ class SimExecutor:
         self.results: queue.Queue = queue.Queue()
 
     def submit(self, spec, slot) -> None:
-        from moopt.data import n_micro_batches
-        from moopt.trial import TrialResult, rung_steps
+        from moopt.trial import TrialResult
 
         tc = spec.config.training
-        flat = _flat(spec.config.to_dict())
-        total = n_micro_batches(N_TRAIN, tc.batch_size, tc.num_train_epochs)
+        flat, total, rungs = trial_plan(spec)
         epoch_tokens, tok_per_ex = self.oracle.tokens_per_epoch, self.oracle.tokens_per_epoch / N_TRAIN
         res = TrialResult(number=spec.number, state="COMPLETE", total_steps=total, backend="sim")
-        for step, k in sorted(rung_steps(total, spec.rung_fractions).items()):
-            # the table knows the rungs at RUNG_FRACTIONS (eta = 2's); other rungs read the nearest one
-            level = int(np.argmin([abs(math.log(spec.rung_fractions[k] / f)) for f in RUNG_FRACTIONS]))
+        for step, k, level in rungs:
             m = self.oracle(flat, level, self.seed)
             res.eval_tokens += round(N_RUNG * tok_per_ex)
             if self.on_rung is not None and not self.on_rung(spec.number, step, m, k):

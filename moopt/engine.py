@@ -151,21 +151,26 @@ class Engine:
     def generation_done(self) -> bool:
         return self.pending is not None and len(self.results) == len(self.pending)
 
+    def _told(self) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+        """The pending generation's results so far: their indices, F (NSGA-II's), G and the F the
+        surrogate learns."""
+        idx = sorted(self.results)
+        F, G, FS = (np.array([self.results[i][j] for i in idx], dtype=float).reshape(len(idx), w)
+                    for j, w in ((0, self.n_obj), (1, self.n_constr), (2, self.n_obj)))
+        return idx, F, G, FS
+
     def tell(self) -> None:
         """Tell a finished generation; individuals never evaluated (budget end) are dropped."""
         from pymoo.problems.static import StaticProblem
 
-        idx = sorted(self.results)
+        idx, F, G, FS = self._told()
         pop = self.pending[idx]
-        F = np.array([self.results[i][0] for i in idx])
-        G = np.array([self.results[i][1] for i in idx]).reshape(len(idx), self.n_constr)
         self.algorithm.evaluator.eval(StaticProblem(self.problem, F=F, G=G), pop)
         self.algorithm.tell(infills=pop)
-        results, self.pending, self.results = self.results, None, {}
+        self.pending, self.results = None, {}
         if hasattr(self, "arch_X") and len(idx):
-            FS = np.array([results[i][2] if len(results[i]) > 2 else results[i][0] for i in idx])
             self.arch_X = np.vstack([self.arch_X, np.array([self._vec(ind.X) for ind in pop])])
-            self.arch_F = np.vstack([self.arch_F, FS.reshape(len(idx), self.n_obj)])
+            self.arch_F = np.vstack([self.arch_F, FS])
             self.arch_G = np.vstack([self.arch_G, G])
 
     def random_individual(self) -> dict[str, Any]:
@@ -213,14 +218,8 @@ class Engine:
         if getattr(self, "surrogate", False) and len(self.arch_X) + len(self.results) >= MIN_SURROGATE:
             off = self._ask_assisted(k)
         elif parents is None or not len(parents):  # the first generation, too few told: random, as the rest of it
-            seen = {np.array(self._vec(ind.X)).tobytes() for ind in self.pending}
             cand = MixedVariableSampling().do(self.problem, 4 * k, random_state=self.rng)
-            keep = []
-            for i, ind in enumerate(cand):
-                b = np.array(self._vec(ind.X)).tobytes()
-                if b not in seen and len(keep) < k:
-                    seen.add(b)
-                    keep.append(i)
+            keep = self._new(cand)[0][:k]
             off = Population.new(X=np.array([dict(cand[i].X) for i in keep], dtype=object)) if keep else None
         else:
             off = None
@@ -243,17 +242,7 @@ class Engine:
         n_uni = int(round((RANDOM_POOL if np.all(self.arch_G <= 0, axis=1).any() else INFEAS_POOL) * n_cand))
         if n_uni:
             off = Population.merge(off, MixedVariableSampling().do(self.problem, n_uni, random_state=self.sg_rng))
-        # duplicates of anything evaluated (or of each other) go; rows of the [0, 1]^d encoding compared
-        C = np.array([self._vec(ind.X) for ind in off])
-        seen = {row.tobytes() for row in self.arch_X}
-        if self.pending is not None:  # asked, not yet told (extend)
-            seen |= {np.array(self._vec(ind.X)).tobytes() for ind in self.pending}
-        keep = []
-        for i, row in enumerate(C):
-            b = row.tobytes()
-            if b not in seen:
-                seen.add(b)
-                keep.append(i)
+        keep, C = self._new(off)
         if not keep:
             return None
         off, C = off[keep], C[keep]
@@ -263,6 +252,21 @@ class Engine:
         off.set("n_gen", alg.n_iter)
         off.set("n_iter", alg.n_iter)
         return off
+
+    def _new(self, off) -> tuple[list[int], np.ndarray]:
+        """Indices of the individuals of ``off`` that are new: neither evaluated, nor pending (asked, not
+        yet told), nor repeated in ``off``; rows of the [0, 1]^d encoding compared. Also all of off's rows."""
+        C = np.array([self._vec(ind.X) for ind in off])
+        seen = {row.tobytes() for row in self.arch_X}
+        if self.pending is not None:
+            seen |= {np.array(self._vec(ind.X)).tobytes() for ind in self.pending}
+        keep = []
+        for i, row in enumerate(C):
+            b = row.tobytes()
+            if b not in seen:
+                seen.add(b)
+                keep.append(i)
+        return keep, C
 
     def _train_set(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(X, F, G) to fit on: everything, or past MAX_TRAIN the most recent evaluations plus the
@@ -279,12 +283,9 @@ class Engine:
                        np.vstack([self.arch_G[-MAX_TRAIN:], PG]))
         if self.pending is None or not self.results:
             return X, F, G
-        idx = sorted(self.results)
-        r = [self.results[i] for i in idx]
-        n = len(idx)
-        return (np.vstack([X, np.array([self._vec(self.pending[i].X) for i in idx])]),
-                np.vstack([F, np.array([t[2] if len(t) > 2 else t[0] for t in r]).reshape(n, self.n_obj)]),
-                np.vstack([G, np.array([t[1] for t in r]).reshape(n, self.n_constr)]))
+        idx, _, PG, PF = self._told()
+        return (np.vstack([X, np.array([self._vec(self.pending[i].X) for i in idx])]), np.vstack([F, PF]),
+                np.vstack([G, PG]))
 
     def _forest(self, X: np.ndarray, y: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and spread over the trees of an extra-trees fit of y, at C."""
@@ -368,8 +369,8 @@ class Engine:
         state.setdefault("n_constr", 1)
         if "arch_G" in state and np.ndim(state["arch_G"]) == 1:
             state["arch_G"] = state["arch_G"].reshape(-1, 1)
-        for i, r in state.get("results", {}).items():  # told before the pickle, G as a float
-            state["results"][i] = (r[0], np.asarray(r[1], dtype=float).reshape(-1), *r[2:])
+        for i, r in state.get("results", {}).items():  # told before the pickle: G a float, maybe no F_surrogate
+            state["results"][i] = (r[0], np.asarray(r[1], dtype=float).reshape(-1), r[2] if len(r) > 2 else r[0])
         self.__dict__.update(state)
 
     @staticmethod
