@@ -44,8 +44,25 @@ class Objectives:
         """The best value of each objective, in minimisation form."""
         return self.to_minimize(IDEAL)
 
+    def progress(self, F: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """Each objective's progress from ``start`` (0) toward its ideal (1), rows of F in
+        minimisation form. ``start`` is the base model's values (minimisation form): a trial that
+        halves the base model's eval_loss scores 0.5 on it, one worse than the base model scores
+        below 0. The scale depends only on the base model and the validation set, so scores compare
+        across studies of the same task. An objective whose start already is its ideal scores 0."""
+        F = np.atleast_2d(np.asarray(F, dtype=float))
+        start = np.asarray(start, dtype=float)
+        gap = start - self.ideal()
+        return np.where(gap > 0, (start - F) / np.where(gap > 0, gap, 1.0), 0.0)
+
+    def score(self, F: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """The weighted progress score of each row of F (higher is better; 1 = ideal on every
+        objective, 0 = no better than ``start``): what the summary prints as ``Best value``."""
+        return self.progress(F, start) @ np.asarray(self.weights)
+
     def scores(self, F: np.ndarray) -> np.ndarray:
-        """Weighted score in [0, 1] (higher is better) of each row of F (minimisation form).
+        """Weighted rank score in [0, 1] (higher is better) of each row of F (minimisation form),
+        relative to the rows themselves: it picks one trial from a Pareto front.
 
         Each objective is normalised over the given rows: 1 = the best value, 0 = the worst;
         an objective on which every row ties scores 1.
