@@ -178,14 +178,16 @@ def importance_targets(data: StudyData) -> list[str]:
     return [*data.objectives.names, *([SCORE] if data.objectives.multi else [])]
 
 
-def format_importance(imp: Importance, top: int | None = None) -> str:
-    """``1. learning_rate (47.3%)`` lines under a title naming the target."""
-    what = "weighted score" if imp.target == SCORE else imp.target
-    head = f"Parameter importance for {what} (fANOVA, {imp.n_trials} COMPLETE trials):"
+def format_importance(imp: Importance, top: int | None = None, rename=lambda k: k) -> str:
+    """The guide's ``Parameter Importance:`` block: ``1. learning_rate      (47.3%)`` lines, then what
+    it was computed on. ``rename`` gives a parameter's printed name (``r`` -> ``lora_r``)."""
+    what = "the weighted score" if imp.target == SCORE else imp.target
     if not imp:
-        return f"Parameter importance for {what}: not computed ({imp.reason})"
-    items = list(imp.items())[:top] if top else list(imp.items())
-    return "\n".join([head, *(f"{i}. {k} ({v * 100:.1f}%)" for i, (k, v) in enumerate(items, 1))])
+        return f"Parameter Importance: not computed for {what} ({imp.reason})"
+    items = [(rename(k), v) for k, v in (list(imp.items())[:top] if top else imp.items())]
+    width = max(len(k) for k, _ in items) + 6
+    lines = [f"{i}. {k:<{width}}({v * 100:.1f}%)" for i, (k, v) in enumerate(items, 1)]
+    return "\n".join(["Parameter Importance:", *lines, f"(fANOVA on {what}, {imp.n_trials} COMPLETE trials)"])
 
 
 # -- correlations ----------------------------------------------------------------------------------

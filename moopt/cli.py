@@ -63,15 +63,31 @@ def optimize(**kw) -> None:
         cfg = build_study_config(kw)
     except ConfigError as e:
         fail(str(e))
-    from moopt.study import Study
+    from moopt.study import Stopped, Study
 
     try:
         Study(cfg).run()
     except ConfigError as e:
         fail(str(e))
-    except KeyboardInterrupt:
-        click.echo(f"\nInterrupted. Continue with --resume; results so far: moopt report {cfg.output_dir}", err=True)
-        sys.exit(130)
+    except (KeyboardInterrupt, Stopped) as e:
+        sigterm = isinstance(e, Stopped) and "SIGTERM" in str(e)
+        if isinstance(e, Stopped) and e.total:
+            rerun = f"; running, will rerun: {', '.join(map(str, e.running))}" if e.running else ""
+            click.echo(f"\n{'Stopped by SIGTERM' if sigterm else 'Interrupted'}: {e.finished} of {e.total} trials "
+                       f"finished and kept{rerun}.", err=True)
+        else:
+            click.echo("\nInterrupted before the first trial; nothing was kept.", err=True)
+        click.echo(f"Continue with: {resume_command()}", err=True)
+        sys.exit(143 if sigterm else 130)
+
+
+def resume_command() -> str:
+    """The command line that was run, with --resume instead of --overwrite."""
+    import shlex
+
+    args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")]
+    prog = "moopt" if Path(sys.argv[0]).name == "moopt" else f"python {shlex.quote(sys.argv[0])}"
+    return " ".join([prog, *map(shlex.quote, args), "--resume"])
 
 
 def require_bitsandbytes(source) -> None:

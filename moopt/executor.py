@@ -137,6 +137,9 @@ class ExecutorBase:
     def close(self) -> None:
         """Release what the executor holds (nothing, unless overridden)."""
 
+    def kill_all(self) -> None:
+        """End every running trial now, without results (nothing to end, unless overridden)."""
+
 
 class LocalExecutor(ExecutorBase):
     """The embedded executor: one subprocess (``python -m moopt.worker``) per trial."""

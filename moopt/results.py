@@ -29,12 +29,14 @@ class StudyData:
     objectives: Objectives
     table: pd.DataFrame  # one row per finished trial, Optuna's trials_dataframe columns
     pareto: list[int]  # trial numbers on the feasible Pareto front of COMPLETE trials
-    best: int | None  # chosen by the weighted score among the Pareto front
-    best_score: float | None
+    best: int | None  # chosen by the weighted rank score among the Pareto front
+    best_score: float | None  # its weighted progress score (Objectives.score): the summary's "Best value"
     hv_history: list[float]  # hypervolume after each finished trial (multi-objective)
     least_infeasible: int | None  # when nothing is feasible
     baseline: dict[str, Any] | None
     header: dict[str, Any]
+    score_start: dict[str, float] | None = None  # each objective's 0 of the score, and where it came from:
+    score_origin: str = ""  # "the base model", or what stood in for it
 
 
 def load_study(output_dir: str | Path) -> StudyData:
@@ -72,29 +74,56 @@ def load_study(output_dir: str | Path) -> StudyData:
     table = pd.DataFrame(rows)
     obj_cols = [f"values_{n}" for n in objectives.names]
 
-    pareto, best, best_score, least_inf = [], None, None, None
+    baseline = None
+    if (out / "baseline.json").is_file():
+        baseline = json.loads((out / "baseline.json").read_text())
+    pareto, best, best_score, least_inf, start, origin = [], None, None, None, None, ""
     if len(table):
         ok = table[(table.state == "COMPLETE")].dropna(subset=obj_cols)
         if len(ok):
             F = np.array([objectives.to_minimize(dict(zip(objectives.names, r))) for r in ok[obj_cols].to_numpy()])
             front = NonDominatedSorting().do(F, only_non_dominated_front=True)
             pareto = sorted(int(ok.number.iloc[i]) for i in front)
-            scores = objectives.scores(F)  # normalised over feasible finished trials
-            table["score"] = np.nan
-            table.loc[ok.index, "score"] = scores
-            front_scores = {int(ok.number.iloc[i]): scores[i] for i in front}
-            best = max(front_scores, key=lambda k: (front_scores[k], -k))
-            best_score = float(front_scores[best])
+            start, origin = score_start(objectives, baseline, rec.header, ok[obj_cols].max(), ok[obj_cols].min())
+            table["score"] = np.nan  # progress from the base model toward the ideal: comparable across studies
+            table.loc[ok.index, "score"] = objectives.score(F, objectives.to_minimize(start))
+            rank = objectives.scores(F)  # normalised over these trials: picks one trial from the front
+            table["rank_score"] = np.nan
+            table.loc[ok.index, "rank_score"] = rank
+            front_rank = {int(ok.number.iloc[i]): rank[i] for i in front}
+            best = max(front_rank, key=lambda k: (front_rank[k], -k))
+            best_score = float(table.loc[table.number == best, "score"].iloc[0])
         else:
             inf = table[table.state == "INFEASIBLE"].dropna(subset=["peak_memory_gb"])
             if len(inf):
                 least_inf = int(inf.sort_values("peak_memory_gb").number.iloc[0])
         table["pareto"] = table.number.isin(pareto)
-    baseline = None
-    if (out / "baseline.json").is_file():
-        baseline = json.loads((out / "baseline.json").read_text())
     return StudyData(objectives, table, pareto, best, best_score, hypervolume_history(table, objectives),
-                     least_inf, baseline, rec.header)
+                     least_inf, baseline, rec.header, start, origin)
+
+
+def score_start(objectives: Objectives, baseline: dict[str, Any] | None, header: dict[str, Any],
+                highest: pd.Series, lowest: pd.Series) -> tuple[dict[str, float], str]:
+    """Where each objective's progress starts (score 0): the base model's validation metrics.
+    peak_memory_gb starts at --memory_constraint (the base model trains nothing); an objective the
+    base model has no value for starts at the worst COMPLETE trial, and the origin says so."""
+    ok = baseline is not None and baseline.get("state") == "COMPLETE"
+    base = (baseline.get("metrics") or {}) if ok else {}
+    start, stand_ins = {}, []
+    for n in objectives.names:
+        worst = float(highest[f"values_{n}"] if KNOWN[n][0] == "minimize" else lowest[f"values_{n}"])
+        if n == "peak_memory_gb":
+            start[n] = float(header.get("memory_constraint_gb") or worst)
+            if not header.get("memory_constraint_gb"):
+                stand_ins.append(n)
+        elif n in base and np.isfinite(base[n]):
+            start[n] = float(base[n])
+        else:
+            start[n] = worst
+            stand_ins.append(n)
+    if not base:
+        return start, "the worst trial (no base model evaluation)"
+    return start, "the base model" + (f" ({', '.join(stand_ins)}: the worst trial)" if stand_ins else "")
 
 
 def hypervolume_history(table: pd.DataFrame, objectives: Objectives) -> list[float]:
@@ -158,47 +187,85 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> 
         plot_pareto(data, out / "pareto_front.png")
     if quiet:  # after each trial: the table and the two plots; the full analysis at the end
         return summary
-    from moopt.analysis import format_importance, write_analysis
+    from moopt.analysis import write_analysis
     from moopt.html_report import write_html_report
 
     analysis = write_analysis(out, data)
     write_html_report(out, data, analysis)
     summary["param_importance"] = {t: dict(imp) for t, imp in analysis.importance.items()}
-    print_summary(data, summary, console)
-    if data.best is not None:
-        from rich.console import Console
-
-        imp = analysis.importance["score" if data.objectives.multi else data.objectives.names[0]]
-        (console or Console(highlight=False)).print(format_importance(imp), markup=False)
+    print_summary(data, summary, console, out, analysis.importance)
     return summary
 
 
-def print_summary(data: StudyData, summary: dict[str, Any], console=None) -> None:
+def searched(output_dir: Path) -> dict[str, list[str]]:
+    """The study's searched parameters by section, from its search_space.yaml."""
+    import yaml
+
+    path = Path(output_dir) / "search_space.yaml"
+    raw = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    return {section: [k for k, spec in body.items() if isinstance(spec, dict)]
+            for section, body in raw.items() if isinstance(body, dict)}
+
+
+def _short(v: Any) -> Any:
+    """Console form of a value: 3 significant digits (2.35e-05, 0.063), whole floats as integers."""
+    if isinstance(v, float):
+        return int(v) if v.is_integer() else float(f"{v:.3g}")
+    return v
+
+
+def print_summary(data: StudyData, summary: dict[str, Any], console=None, output_dir: Path | None = None,
+                  importance: dict | None = None) -> None:
+    """The guide's closing summary: the searched parameters of the best trial as JSON, ``Best value``,
+    ``Parameter Importance`` and where the results are."""
     from rich.console import Console
 
     console = console or Console(highlight=False)
+    say = lambda text="": console.print(text, markup=False)  # noqa: E731
     counts = data.table.state.value_counts().to_dict() if len(data.table) else {}
-    console.print(f"\nTrials: {len(data.table)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    say(f"\nTrials: {len(data.table)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
     if data.best is None:
         if data.least_infeasible is not None:
             row = data.table[data.table.number == data.least_infeasible].iloc[0]
-            console.print(f"[red]No configuration fits.[/] Least infeasible: trial {data.least_infeasible} "
-                          f"(peak {row.peak_memory_gb:.2f} GiB)")
+            say(f"No configuration fits. Least infeasible: trial {data.least_infeasible} (peak {row.peak_memory_gb:.2f} GiB)")
         else:
-            console.print("[red]No trial completed; nothing to recommend.[/] See trial_results/*/log.txt")
+            say("No trial completed; nothing to recommend. See trial_results/*/log.txt")
+        if output_dir is not None:
+            say(f"Trials table: {Path(output_dir) / 'trials_summary.csv'}")
         return
-    console.print("Best hyperparameter configuration:")
-    console.print(json.dumps(summary["best_config"], indent=2), markup=False)
+    cfg = summary["best_config"]
+    shown = {sec: {k: _short(cfg.get(sec, {}).get(k)) for k in keys}
+             for sec, keys in (searched(output_dir) if output_dir is not None else {}).items() if keys}
+    say("Best hyperparameter configuration:")
+    say(json.dumps(shown or {sec: {k: _short(v) for k, v in body.items()} for sec, body in cfg.items()}, indent=2))
+    say()
+    say(f"Best value: {data.best_score:.3f} (higher is better)")
     m = summary["best_metrics"]
-    console.print(f"Best trial: {data.best}  " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()))
-    if data.baseline and data.baseline.get("state") == "COMPLETE":
-        b = data.baseline["metrics"]
-        console.print("Base model (no fine-tuning): " + "  ".join(f"{k}={b[k]:.4f}" for k in m if k in b))
-    if data.objectives.multi:
-        console.print(f"Best value: {data.best_score:.3f} (higher is better)")
-    else:
-        name = data.objectives.names[0]
-        console.print(f"Best value: {m[name]:.4f} ({'lower' if KNOWN[name][0] == 'minimize' else 'higher'} is better)")
+    start = data.score_start or {}
+    say(f"  trial {data.best}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items())
+        + f"; {data.score_origin}: " + ", ".join(f"{k} {start[k]:.4f}" for k in m if k in start))
+    weights = " + ".join(f"{w:.2g} x {n}" for n, w in zip(data.objectives.names, data.objectives.weights))
+    say(f"  (weighted progress from {data.score_origin.split(' (')[0]} (0) to the ideal (1): {weights})")
+    if importance:
+        from moopt.analysis import format_importance
+
+        target = "score" if data.objectives.multi else data.objectives.names[0]
+        lora = set(searched(output_dir).get("lora", [])) if output_dir is not None else set()
+        say()
+        say(format_importance(importance[target], rename=lambda k: f"lora_{k}" if k in lora else k))
+    if output_dir is not None:
+        out = Path(output_dir)
+        say()
+        say(f"Results in {out}/:")
+        files = [("best_config.yaml", "the best configuration: moopt train --config ... trains the final adapter"),
+                 ("report.html", "the report: Pareto front, trials table, plots (opens offline)"),
+                 (f"trial_results/trial_{data.best}/adapter", "the best trial's adapter (PEFT format)"),
+                 ("trials_summary.csv", "every trial"),
+                 ("optimization_plot.png", "progress of the search")]
+        files += [("pareto_front.png", "the Pareto front")] if data.objectives.multi else []
+        for name, what in files:
+            if (out / name).exists():
+                say(f"  {name:<34} {what}")
 
 
 # -- plots (matplotlib, Agg) -----------------------------------------------------------------------

@@ -49,19 +49,24 @@ class Param:
     # -- encoding to / from pymoo's variable values --------------------------------------------
     def decode(self, x: Any) -> Any:
         if self.type == "log_uniform":  # 6 significant digits: 2e-4, not 0.00019999999999999985
-            return float(f"{math.exp(float(x)):.6g}")
+            return self._clip(float(f"{math.exp(float(x)):.6g}"))
         if self.type == "uniform":
-            return float(f"{float(x):.6g}")
+            return self._clip(float(f"{float(x):.6g}"))
         if self.type == "int":
             return int(self.low + self.step * int(round(float(x))))
         return self.values[int(x)]
 
+    def _clip(self, v: float) -> float:
+        """Rounding to 6 digits may step just past a bound (min 1.2345649e-6 -> 1.23456e-6)."""
+        return min(max(v, self.low), self.high)
+
     def encode(self, value: Any) -> Any:
-        """Nearest encoded point to ``value`` (used to move the default trial into the space)."""
+        """Nearest encoded point to ``value`` (used to move the default trial into the space). A value
+        outside the range, 0 on a log scale included (weight_decay's default), moves to the nearer bound."""
         if self.type == "log_uniform":
-            return min(max(math.log(float(value)), math.log(self.low)), math.log(self.high))
+            return math.log(self._clip(float(value)))
         if self.type == "uniform":
-            return min(max(float(value), self.low), self.high)
+            return self._clip(float(value))
         if self.type == "int":
             n = int((self.high - self.low) // self.step)
             return int(min(max(round((float(value) - self.low) / self.step), 0), n))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import numpy as np
 from moopt.config import ConfigError, TrialConfig
 from moopt.engine import Engine
 from moopt.journal import JOURNAL, Journal, replay
+from moopt.lock import LOCK_FILE, StudyLock
 from moopt.objectives import Objectives
 from moopt.pruning import RungPruner, rung_fractions
 from moopt.space import SearchSpace
@@ -37,6 +39,8 @@ from moopt.trial import TrialResult, TrialSpec
 ENGINE_FILE = "engine.pkl"
 OUR_FILES = (JOURNAL, ENGINE_FILE, "best_config.yaml", "trials_summary.csv", "optimization_plot.png",
              "pareto_front.png", "search_space.yaml", "baseline.json", "study.json")
+RESULT_FILES = ("param_importance.csv", "param_importance.png", "correlations.csv", "correlations.png",
+                "learning_curves.png", "report.html")
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class StudyConfig:
 def check_output_dir(cfg: StudyConfig) -> None:
     """Refuse to clobber an existing study unless --resume or --overwrite (writes nothing)."""
     out = Path(cfg.output_dir)
+    StudyLock(out).check()  # a study running there: refused at once, whatever the flags
     holds_study = (out / JOURNAL).is_file()
     if holds_study and not (cfg.resume or cfg.overwrite):
         raise ConfigError(f"{out}: holds a study already; pass --resume to continue it or --overwrite to replace it")
@@ -84,9 +89,37 @@ def prepare_output_dir(cfg: StudyConfig) -> None:
     check_output_dir(cfg)
     out = Path(cfg.output_dir)
     if cfg.overwrite and (out / JOURNAL).is_file():
-        for name in OUR_FILES:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "trial_results", ignore_errors=True)
+        discard_study(out, remove_dir=False)
+
+
+def discard_study(out: Path, remove_dir: bool) -> None:
+    """Remove what a study writes (not the lock, which its owner holds); the folder too if we made it
+    and nothing else is in it."""
+    for name in (*OUR_FILES, *RESULT_FILES):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "trial_results", ignore_errors=True)
+    if remove_dir and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+class Stopped(Exception):
+    """The study was stopped (SIGTERM, Ctrl-C) with trials still to run; what finished is written."""
+
+    def __init__(self, why: str, finished: int = 0, total: int = 0, running: list[int] | None = None):
+        super().__init__(why)
+        self.finished, self.total, self.running = finished, total, running or []
+
+
+def _on_sigterm_raise():
+    """SIGTERM raises Stopped in the main thread (so the study can end its trials and write what
+    finished); returns the handler it replaced, or None off the main thread."""
+    def handler(signum, frame):
+        raise Stopped("stopped by SIGTERM")
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 def study_fingerprint(cfg: StudyConfig) -> dict[str, Any]:
@@ -138,6 +171,28 @@ class Study:
 
     # -- the main loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Run the study to its end. Holds the study's lock throughout (a second process is refused).
+        SIGTERM (a scheduler's pre-emption) or Ctrl-C ends the running trials, writes what finished
+        and raises :class:`Stopped`; ``--resume`` reruns the trials that were running. A failure
+        before the first trial starts leaves no half-written study behind."""
+        fresh = self.cfg.overwrite or not (self.out / JOURNAL).is_file()
+        existed = self.out.exists()
+        lock = StudyLock(self.out)
+        lock.acquire()
+        self.any_trial_started = False
+        previous = _on_sigterm_raise()
+        try:
+            return self._run()
+        except BaseException:
+            if fresh and not self.any_trial_started:
+                discard_study(self.out, remove_dir=not existed)
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            lock.release()
+
+    def _run(self) -> dict[str, Any]:
         from moopt.executor import DevicePlacer, LocalExecutor, wait_for_any
         from moopt.results import write_results
 
@@ -285,6 +340,13 @@ class Study:
                         engine.assigned = {}
                     engine.save(engine_path)
                     write_results(self.out, quiet=True)
+        except (KeyboardInterrupt, Stopped) as e:
+            executor.kill_all()  # their trial_start has no trial_end: --resume reruns them
+            self.journal.close()
+            if self.any_trial_started:
+                write_results(self.out, quiet=True)
+            raise Stopped(str(e) or "interrupted", finished=len(finished), total=cfg.num_trials,
+                          running=sorted(running)) from None
         finally:
             self.progress_view = None
             executor.close()
@@ -343,6 +405,7 @@ class Study:
         spec = TrialSpec(number=number, config=tcfg, base_model=cfg.model_path, train_file=os.path.abspath(cfg.train_file),
                          validation_file=os.path.abspath(cfg.validation_file), output_dir=str(d), seed=cfg.seed,
                          kernels=cfg.kernels, rung_fractions=rung_fractions(cfg.pruning_factor), deadline=deadline)
+        self.any_trial_started = True
         executor.submit(spec, slot)
 
     def end_trial(self, res: TrialResult, info: dict) -> dict[str, Any]:

@@ -1,0 +1,129 @@
+"""One owner per study: a second process is refused with its holder named; the lock dies with its
+owner (kill -9 included); SIGTERM ends the running trials, keeps what finished and says how to resume;
+a failure before the first trial leaves nothing behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from moopt.cli import main
+from moopt.config import ConfigError
+from moopt.journal import replay
+from moopt.lock import LOCK_FILE, StudyLock
+
+SPACE = """
+training:
+  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}
+  num_train_epochs: 3
+  batch_size: 4
+lora:
+  r: {type: categorical, values: [4, 8]}
+data:
+  max_seq_length: 32
+"""
+
+HOLD = "import sys, time; from moopt.lock import StudyLock; StudyLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
+
+
+def args(model, data, out, space, n, *extra):
+    return ["optimize", "--base_model", str(model), "--train_file", str(data["train"]), "--validation_file",
+            str(data["val"]), "--output_dir", str(out), "--search_space", str(space), "--num_trials", str(n),
+            "--no-baseline", *extra]
+
+
+@pytest.fixture
+def space(tmp_path):
+    p = tmp_path / "space.yaml"
+    p.write_text(SPACE)
+    return p
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """A process that holds the lock of tmp_path/hpo, and kills it afterwards."""
+    procs = []
+
+    def start(out):
+        p = subprocess.Popen([sys.executable, "-P", "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "held"
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def snapshot(folder):
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
+
+
+def test_a_second_process_on_a_running_study_is_refused_naming_the_holder(tiny_model, tiny_data, space, tmp_path, holder):
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(main, args(tiny_model, tiny_data, out, space, 1))  # a finished study to resume
+    assert r.exit_code == 0, r.output
+    owner = holder(out)
+    before = snapshot(out)
+    for extra in (["--resume"], ["--overwrite"], []):
+        r = CliRunner().invoke(main, [*args(tiny_model, tiny_data, out, space, 2), *extra])
+        assert r.exit_code == 2
+        line = r.output.strip()
+        assert "\n" not in line and "Traceback" not in line
+        assert f"the study is running in another process (pid {owner.pid} on " in line and "since " in line
+    assert snapshot(out) == before  # nothing touched
+
+
+def test_the_lock_dies_with_its_owner_even_on_kill_9(tmp_path, holder):
+    out = tmp_path / "hpo"
+    owner = holder(out)
+    with pytest.raises(ConfigError, match=f"pid {owner.pid}"):
+        StudyLock(out).acquire()
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    with StudyLock(out):  # no clean-up needed
+        assert (out / LOCK_FILE).is_file()
+
+
+def test_sigterm_ends_the_running_trials_keeps_what_finished_and_resume_completes(tiny_model, tiny_data, space, tmp_path):
+    out = tmp_path / "hpo"
+    cmd = [sys.executable, "-P", "-m", "moopt.cli", *args(tiny_model, tiny_data, out, space, 4)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:  # SIGTERM while a trial runs after one has finished
+        rec = replay(out)
+        if len(rec.finished) >= 1 and rec.running:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "Stopped by SIGTERM:" in stderr and "trials finished and kept; running, will rerun: " in stderr
+    assert "--resume" in stderr.splitlines()[-1] and "Traceback" not in stderr
+    rec = replay(out)
+    assert rec.running, "the running trial has a start and no end: --resume reruns it"
+    assert (out / "trials_summary.csv").is_file()  # what finished is written
+    time.sleep(0.5)
+    workers = subprocess.run(["pgrep", "-f", "moopt.worker"], capture_output=True, text=True).stdout.split()
+    assert not [w for w in workers if os.path.exists(f"/proc/{w}") and str(out) in open(f"/proc/{w}/cmdline").read()]
+    r = CliRunner().invoke(main, [*args(tiny_model, tiny_data, out, space, 4), "--resume"])
+    assert r.exit_code == 0, r.output
+    assert sorted(replay(out).finished) == [0, 1, 2, 3]
+
+
+def test_a_failure_before_the_first_trial_leaves_no_study_behind(tiny_model, tiny_data, space, tmp_path, monkeypatch):
+    import moopt.study
+
+    def broken(*a, **k):
+        raise RuntimeError("engine exploded")
+
+    monkeypatch.setattr(moopt.study, "Engine", broken)
+    out = tmp_path / "new" / "hpo"
+    with pytest.raises(RuntimeError):
+        CliRunner().invoke(main, args(tiny_model, tiny_data, out, space, 2), catch_exceptions=False)
+    assert not out.exists()
