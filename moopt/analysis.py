@@ -24,6 +24,7 @@ from moopt.objectives import KNOWN
 from moopt.results import STATE_STYLE, StudyData, _plt, _save
 
 MIN_TRIALS = 3  # fANOVA on fewer COMPLETE trials says nothing
+FEW_TRIALS = 10  # below this the shares move from one seed to the next: the summary says so
 SCORE = "score"  # the weighted score column of StudyData.table (higher is better)
 MISSING_DEPS = "parameter importance needs optuna and scikit-learn: pip install 'moopt[analysis]'"
 
@@ -187,7 +188,8 @@ def format_importance(imp: Importance, top: int | None = None, rename=lambda k: 
     items = [(rename(k), v) for k, v in (list(imp.items())[:top] if top else imp.items())]
     width = max(len(k) for k, _ in items) + 6
     lines = [f"{i}. {k:<{width}}({v * 100:.1f}%)" for i, (k, v) in enumerate(items, 1)]
-    return "\n".join(["Parameter Importance:", *lines, f"(fANOVA on {what}, {imp.n_trials} COMPLETE trials)"])
+    caution = ": too few to trust the order" if imp.n_trials < FEW_TRIALS else ""
+    return "\n".join(["Parameter Importance:", *lines, f"(fANOVA on {what}, {imp.n_trials} COMPLETE trials{caution})"])
 
 
 # -- correlations ----------------------------------------------------------------------------------

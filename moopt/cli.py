@@ -45,7 +45,9 @@ def main() -> None:
 @opt("search_space", default=None, type=click.Path(), help="Search space YAML (sections training/lora/data/model). Default: a built-in space.")
 @opt("time_budget_hours", default=None, type=click.FloatRange(min=0, min_open=True), help="Wall-clock budget in hours; no trial starts that cannot finish in it. Default: none.")
 @opt("pruning_factor", default=None, type=click.FloatRange(min=1, min_open=True),
-     help="Successive-halving factor eta (e.g. 2): at 1/eta^2 and 1/eta of its steps a trial goes on only if in the top 1/eta by Pareto rank. Default: no pruning.")
+     help="Successive-halving factor eta (e.g. 2): rungs at 1/eta^k of each trial's optimizer steps, from >= 1/10 up to 1/eta "
+          "(eta 2: 1/8, 1/4, 1/2); at each rung a trial goes on only if in the top 1/eta by Pareto rank, then crowding, "
+          "and (from 1/5 on) only if its optimistic end is not dominated by a completed trial. Default: no pruning.")
 @opt("parallel_trials", default=1, show_default=True, type=click.IntRange(min=1), help="Trials run at once, one process each: on CPU the cores are split; on GPUs each goes where its memory estimate fits (several may share one).")
 @opt("memory_constraint", default=None, type=click.FloatRange(min=0, min_open=True), help="Memory budget per trial, GiB (GPU memory on CUDA, peak RSS on CPU). Default: none.")
 @opt("kernels", default="auto", show_default=True, type=click.Choice(["auto", "triton", "torch"]),

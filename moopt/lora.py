@@ -196,7 +196,9 @@ def save_peft_adapter(
     ``peft.PeftModel.from_pretrained(base, out_dir)`` reproduces this model's outputs. Keys are
     ``base_model.model.<module path>.lora_{A,B}.weight`` (PEFT drops the adapter name on save)."""
     from peft import LoraConfig
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from moopt.yamlio import atomic_write_bytes
 
     tensors = {}
     for name, module in model.named_modules():
@@ -216,5 +218,6 @@ def save_peft_adapter(
         bias="none", task_type="CAUSAL_LM", base_model_name_or_path=base_model_name_or_path,
     )
     config.save_pretrained(str(out))  # PEFT's own writer: the JSON matches what its loader expects
-    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    # safetensors' save_file makes the file 0600; atomic_write_bytes gives it the folder's mode (and never half a file)
+    atomic_write_bytes(out / "adapter_model.safetensors", save(tensors, metadata={"format": "pt"}))
     return out

@@ -208,9 +208,14 @@ def searched(output_dir: Path) -> dict[str, list[str]]:
 
 
 def _short(v: Any) -> Any:
-    """Console form of a value: 3 significant digits (2.35e-05, 0.063), whole floats as integers."""
+    """Console form of a value: 3 significant digits (2.35e-05, 0.063), whole floats as integers,
+    target modules by their alias (``attention``) or comma-joined."""
+    from moopt.config import TARGET_ALIASES
+
     if isinstance(v, float):
         return int(v) if v.is_integer() else float(f"{v:.3g}")
+    if isinstance(v, (list, tuple)):
+        return next((k for k, mods in TARGET_ALIASES.items() if tuple(v) == mods), ",".join(map(str, v)))
     return v
 
 
@@ -221,7 +226,7 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
     from rich.console import Console
 
     console = console or Console(highlight=False)
-    say = lambda text="": console.print(text, markup=False)  # noqa: E731
+    say = lambda text="": console.print(text, markup=False, soft_wrap=True)  # noqa: E731
     counts = data.table.state.value_counts().to_dict() if len(data.table) else {}
     say(f"\nTrials: {len(data.table)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
     if data.best is None:

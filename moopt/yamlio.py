@@ -12,6 +12,9 @@ import yaml
 
 from moopt.config import ConfigError
 
+_UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """Load a YAML file that must hold a mapping; every failure is a ConfigError naming the file."""
@@ -44,6 +47,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are read like any other file (0644)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -70,12 +70,45 @@ def test_best_config_is_a_reusable_config_of_the_best_trial(study):
     text = (out / "best_config.yaml").read_text()
     assert "num_train_epochs: 2\n" in text and f"alpha: {int(cfg.lora.alpha)}\n" in text  # not 2.0
     df = pd.read_csv(out / "trials_summary.csv")
-    best = df.loc[df.score.idxmax()]
+    best = df.loc[df[df.pareto].rank_score.idxmax()]  # the weights pick one trial from the front
     assert bool(best.pareto)
     assert cfg.training.learning_rate == pytest.approx(best.params_learning_rate)
     assert cfg.lora.r == best.params_r
     score_line = next(line for line in output.splitlines() if line.startswith("Best value:"))
     assert float(score_line.split()[2]) == pytest.approx(best.score, abs=1e-3)
+
+
+def test_best_value_is_the_weighted_progress_from_the_base_model(study):
+    out, output = study
+    base = json.loads((out / "baseline.json").read_text())["metrics"]
+    df = pd.read_csv(out / "trials_summary.csv")
+    done = df[df.state == "COMPLETE"]
+    progress_loss = (base["eval_loss"] - done.values_eval_loss) / base["eval_loss"]
+    progress_acc = (done.values_eval_accuracy - base["eval_accuracy"]) / (1 - base["eval_accuracy"])
+    assert list(done.score) == pytest.approx(list(0.7 * progress_loss + 0.3 * progress_acc))
+    assert done.score.max() < 1  # no trial reaches loss 0 and accuracy 1: the value is not relative to the study
+
+
+def test_summary_prints_the_searched_parameters_importance_and_where_results_are(study):
+    out, output = study
+    block = output.split("Best hyperparameter configuration:\n", 1)[1].split("\n\n", 1)[0]
+    shown = json.loads(block)
+    assert shown == {"training": {"learning_rate": shown["training"]["learning_rate"], "batch_size": shown["training"]["batch_size"]},
+                     "lora": {"r": shown["lora"]["r"], "alpha": shown["lora"]["alpha"], "dropout": shown["lora"]["dropout"]}}
+    assert "Parameter Importance:\n1. " in output
+    assert f"Results in {out}/:" in output and "report.html" in output and "/adapter" in output
+
+
+def test_result_files_are_readable_by_others_as_the_folder_is(study):
+    import os
+    import stat
+
+    out, _ = study
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in out.rglob("*"):
+        if f.is_file() and f.name != "engine.pkl":
+            assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
 
 
 def test_trials_ran_in_parallel_with_overlapping_times(study):
