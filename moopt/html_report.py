@@ -90,12 +90,13 @@ def _best_section(data: StudyData) -> str:
     cells = "".join(
         f"<tr><th>{e(n)}</th><td>{_fmt(v)}</td><td class='muted'>{'' if not base or n not in base else 'base model ' + _fmt(base[n])}</td></tr>"
         for n, v in metrics)
-    if data.objectives.multi:
-        cells += f"<tr><th>weighted score</th><td>{_fmt(data.best_score)}</td><td class='muted'>1 = best on every objective</td></tr>"
+    cells += (f"<tr><th>best value</th><td>{_fmt(data.best_score)}</td><td class='muted'>weighted progress from "
+              f"{e(data.score_origin)} (0) to the ideal (1)</td></tr>")
     params = "".join(f"<tr><th>{e(c[len('params_'):])}</th><td colspan='2'>{e(_fmt(row[c]))}</td></tr>"
                      for c in data.table.columns if c.startswith("params_"))
     return (f"<section><h2>Best configuration: trial {data.best}</h2>"
-            f"<p class='muted'>Chosen by the weighted score among the Pareto front; full configuration in "
+            f"<p class='muted'>Chosen among the Pareto front by the weights, each objective scaled to the front's "
+            f"trials; full configuration in "
             f"<code>best_config.yaml</code>, adapter in <code>trial_results/trial_{data.best}/adapter</code>.</p>"
             f"<table class='kv'>{cells}{params}</table></section>")
 

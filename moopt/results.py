@@ -242,7 +242,7 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
     shown = {sec: {k: _short(cfg.get(sec, {}).get(k)) for k in keys}
              for sec, keys in (searched(output_dir) if output_dir is not None else {}).items() if keys}
     say("Best hyperparameter configuration:")
-    say(json.dumps(shown or {sec: {k: _short(v) for k, v in body.items()} for sec, body in cfg.items()}, indent=2))
+    say(json.dumps(shown, indent=2) if shown else "{}  (the space fixes every parameter: nothing was searched)")
     say()
     say(f"Best value: {data.best_score:.3f} (higher is better)")
     m = summary["best_metrics"]

@@ -401,7 +401,7 @@ class Study:
         self.pruner.forget(number)
         write_yaml(d / "config.yaml", tcfg.to_dict())
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
-        self.console.print(f"Trial {number} started on {slot.device}: {shown}")
+        self.console.print(f"Trial {number} started on {slot.device}: {shown or '(no parameter searched)'}")
         spec = TrialSpec(number=number, config=tcfg, base_model=cfg.model_path, train_file=os.path.abspath(cfg.train_file),
                          validation_file=os.path.abspath(cfg.validation_file), output_dir=str(d), seed=cfg.seed,
                          kernels=cfg.kernels, rung_fractions=rung_fractions(cfg.pruning_factor), deadline=deadline)

@@ -151,3 +151,29 @@ def test_degenerate_spaces_propose_the_single_configuration_once(data):
     decoded = {space.decode(x) for x in X}
     if space.n_configurations() == 1:
         assert len(decoded) == 1
+
+
+# -- whole studies on the tiny model -------------------------------------------------------------------
+@pytest.mark.parametrize("space_yaml, trials", [
+    ("training:\n  learning_rate: 1e-3\n  num_train_epochs: 1\ndata:\n  max_seq_length: 32\n", 1),  # every parameter fixed
+    ("lora:\n  r: {type: int, min: 2, max: 10, step: 4}\ntraining:\n  batch_size: {type: categorical, values: [3, 5]}\n"
+     "  weight_decay: {type: log_uniform, min: 1e-4, max: 1e-2}\ndata:\n  max_seq_length: 32\n", 3),  # steps, no default in lists
+    ("training:\n  warmup_ratio: {type: uniform, min: 0.2, max: 0.4}\ndata:\n  max_seq_length: 32\n", 2),  # one parameter
+])
+def test_whole_studies_run_on_degenerate_spaces(space_yaml, trials, tiny_model, tiny_data, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from moopt.cli import main
+
+    space = tmp_path / "space.yaml"
+    space.write_text(space_yaml)
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+                                  "--validation_file", str(tiny_data["val"]), "--output_dir", str(out), "--search_space",
+                                  str(space), "--num_trials", str(trials), "--no-baseline"])
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output and "Best value: " in r.output
+    finished = [json.loads(x) for x in (out / "journal.jsonl").read_text().splitlines() if '"trial_end"' in x]
+    assert len(finished) == trials and all(e["state"] == "COMPLETE" for e in finished)
