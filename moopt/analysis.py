@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from moopt.objectives import KNOWN
-from moopt.results import BASE_STYLE, StudyData, _plt, _save, base_metrics
+from moopt.results import BASE_STYLE, StudyData, _plt, _save, axis_label, base_metrics
 
 MIN_TRIALS = 3  # fANOVA on fewer COMPLETE trials says nothing
 SCORE = "score"  # the weighted score column of StudyData.table (higher is better)
@@ -467,6 +467,7 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = No
 
 
 def direction_label(name: str) -> str:
+    """An axis title saying which way is better, the arrow pointing there (see results.axis_label)."""
     if name == SCORE:
-        return "weighted score (higher is better)"
-    return f"{name} ({'lower' if KNOWN[name][0] == 'minimize' else 'higher'} is better)"
+        return "weighted score (higher is better →)"
+    return axis_label(name)

@@ -144,3 +144,17 @@ def test_learning_curves_record_how_many_validation_examples_each_eval_used(tmp_
     ev = c[c.kind == "eval"]
     assert ev.examples.tolist() == [8, 32, 8]
     assert c[c.kind == "train"].examples.isna().all()
+
+
+def test_report_page_places_the_base_model_on_the_objectives_only(tmp_path):
+    import re
+
+    from moopt.html_report import write_html_report
+
+    data = study(tmp_path, [trial(3.0, 0.4), trial(2.0, 0.6), trial(2.5, 0.5)],
+                 base={"eval_loss": 4.0, "eval_accuracy": 0.2, "peak_memory_gb": 0.5})
+    text = write_html_report(tmp_path / "s", data).read_text()
+    payload = json.loads(re.search(r"id='report-data'>(.*?)</script>", text, re.DOTALL).group(1))
+    # its peak memory is that of evaluation, no point of comparison for a training trial
+    assert payload["base"] == {"values_eval_loss": 4.0, "values_eval_accuracy": 0.2}
+    assert "base model (no fine-tuning)" in text
