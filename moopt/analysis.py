@@ -417,9 +417,11 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = No
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     roles = curve_roles(sorted(set(curves.trial)) if len(curves) else [], best, pareto)
     order = sorted(roles, key=lambda n: (roles[n][0] != MUTED, n == best))  # muted first, chosen on top
+    legend: dict[str, object] = {}  # label -> handle, one legend for both panels
+    states_seen: set[str] = set()
+    rung_evals = False
     for ax, kind in zip(axes, ("train", "eval")):
         sub = curves[curves.kind == kind] if len(curves) else curves
-        states_seen: set[str] = set()
         for trial in order:
             g = sub[sub.trial == trial] if len(sub) else sub
             if not len(g):
@@ -443,26 +445,30 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = No
             ax.axhline(base_eval_loss, **BASE_STYLE, label="base model (no fine-tuning)")
         if not len(sub):
             ax.text(0.5, 0.5, "no curves recorded", ha="center", va="center", transform=ax.transAxes)
-        # legend: the named trials, then what the muted lines and the line styles mean
-        handles, labels = ax.get_legend_handles_labels()
-        if any(c == MUTED for c, _ in roles.values()):
-            handles.append(Line2D([], [], c=MUTED, lw=1.5))
-            labels.append("other trials")
-        for state in ("PRUNED", "INFEASIBLE", "FAIL"):
-            if state in states_seen:
-                handles.append(Line2D([], [], c="#666666", ls=LINESTYLE[state], lw=1.2, marker="x" if state == "PRUNED" else None))
-                labels.append({"PRUNED": "pruned (x = stopped)", "INFEASIBLE": "infeasible",
-                               "FAIL": "failed"}[state])
-        if kind == "eval" and len(sub) and (sub.examples < sub.groupby("trial").examples.transform("max")).any():
-            handles.append(Line2D([], [], ls="", marker="o", mfc="white", mec="#666666"))
-            labels.append("rung eval (part of the validation set)")
-        if handles:
-            ax.legend(handles, labels, fontsize=7)
+        legend.update({lb: h for h, lb in zip(*ax.get_legend_handles_labels())})
+        if kind == "eval" and len(sub):
+            rung_evals = bool((sub.examples < sub.groupby("trial").examples.transform("max")).any())
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(f"{kind} loss (lower is better)")
         ax.set_title(f"{kind} loss" + (" (per optimizer step)" if kind == "train" else " (rungs and final)"), fontsize=10)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    # the chosen trial first, the front, the base model; then what grey lines and line styles mean
+    labels = sorted(legend, key=lambda lb: (not lb.endswith("(chosen)"), lb.startswith("base model")))
+    handles = [legend[lb] for lb in labels]
+    if any(c == MUTED for c, _ in roles.values()):
+        handles.append(Line2D([], [], c=MUTED, lw=1.5))
+        labels.append("other trials")
+    for state, text in (("PRUNED", "pruned (x = stopped)"), ("INFEASIBLE", "infeasible"), ("FAIL", "failed")):
+        if state in states_seen:
+            handles.append(Line2D([], [], c="#666666", ls=LINESTYLE[state], lw=1.2, marker="x" if state == "PRUNED" else None))
+            labels.append(text)
+    if rung_evals:
+        handles.append(Line2D([], [], ls="", marker="o", mfc="white", mec="#666666"))
+        labels.append("rung eval (on part of the validation set)")
+    if handles:  # below the panels, where it hides no curve
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
+    rows = -(-len(handles) // 5)
+    fig.tight_layout(rect=(0, min(0.06 * rows, 0.3), 1, 1))
     _save(fig, path, plt)
 
 

@@ -366,6 +366,19 @@ def pareto_zoom(data: StudyData) -> tuple[tuple[float, float], tuple[float, floa
     return out[0], out[1]
 
 
+def _label_groups(points: pd.DataFrame, x: str, y: str, near: float = 0.02) -> dict[tuple[float, float], list[str]]:
+    """Trial numbers of points within ``near`` of the plotted ranges of the first point of a
+    group, joined under one label ("1,3,7") so that coinciding points do not print over each other."""
+    span = [max(float(points[c].max() - points[c].min()), 1e-12) if len(points) else 1.0 for c in (x, y)]
+    groups: dict[tuple[float, float], list[str]] = {}
+    for _, r in points.sort_values("number").iterrows():
+        px, py = float(r[x]), float(r[y])
+        anchor = next(((ax, ay) for ax, ay in groups
+                       if abs(px - ax) <= near * span[0] and abs(py - ay) <= near * span[1]), (px, py))
+        groups.setdefault(anchor, []).append(str(int(r.number)))
+    return groups
+
+
 def plot_pareto(data: StudyData, path: Path) -> None:
     """First two objectives: trials by state, the Pareto front joined, the chosen trial starred,
     the base model as a diamond, trial numbers next to the points when there are few. When the
@@ -377,7 +390,7 @@ def plot_pareto(data: StudyData, path: Path) -> None:
     front = t[t.number.isin(data.pareto)].sort_values(xa) if data.pareto else t.iloc[:0]
     base = base_metrics(data)
     zoom = pareto_zoom(data)
-    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(12 if zoom else 6.5, 5), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(12 if zoom else 6.5, 5.6), squeeze=False)
     for k, ax in enumerate(axes[0]):
         if len(t):
             _scatter_states(ax, t, xa, yb)
@@ -397,18 +410,21 @@ def plot_pareto(data: StudyData, path: Path) -> None:
         if k == 1:
             shown = shown[shown[xa].between(*zoom[0]) & shown[yb].between(*zoom[1])]
         if k == 1 or len(shown) <= LABEL_POINTS:
-            for _, r in shown.iterrows():
-                ax.annotate(str(int(r.number)), (r[xa], r[yb]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            for (x, y), numbers in _label_groups(shown, xa, yb).items():
+                ax.annotate(",".join(numbers), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
         if k == 1:
             ax.set_title("zoom on the front (trial numbers)", fontsize=10)
         else:
             ax.set_title("Pareto front" + (" (first two objectives)" if len(data.objectives.names) > 2 else ""),
                          fontsize=10)
-            ax.legend(fontsize=7)
         ax.set_xlabel(axis_label(a))
         ax.set_ylabel(axis_label(b))
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:  # below the panels, where it hides no point
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(handles), 4 if zoom else 3), fontsize=8, frameon=False)
+    rows = -(-len(handles) // (4 if zoom else 3))
+    fig.tight_layout(rect=(0, min(0.05 * rows, 0.3), 1, 1))
     _save(fig, path, plt)
 
 

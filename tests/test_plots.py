@@ -158,3 +158,12 @@ def test_report_page_places_the_base_model_on_the_objectives_only(tmp_path):
     # its peak memory is that of evaluation, no point of comparison for a training trial
     assert payload["base"] == {"values_eval_loss": 4.0, "values_eval_accuracy": 0.2}
     assert "base model (no fine-tuning)" in text
+
+
+def test_pareto_labels_of_coinciding_trials_are_joined():
+    import pandas as pd
+
+    from moopt.results import _label_groups
+
+    pts = pd.DataFrame({"number": [1, 3, 7, 0], "x": [3.6942, 3.6975, 3.6960, 4.11], "y": [0.53125, 0.53125, 0.53125, 0.2]})
+    assert list(_label_groups(pts, "x", "y").values()) == [["0"], ["1", "3", "7"]]
