@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from moopt.objectives import KNOWN
-from moopt.results import BASE_STYLE, StudyData, _plt, _save, axis_label, base_metrics
+from moopt.results import BASE_STYLE, StudyData, _legend_below, _plt, _save, axis_label, base_metrics
 
 MIN_TRIALS = 3  # fANOVA on fewer COMPLETE trials says nothing
 SCORE = "score"  # the weighted score column of StudyData.table (higher is better)
@@ -414,7 +414,7 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = No
     from matplotlib.lines import Line2D
 
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     roles = curve_roles(sorted(set(curves.trial)) if len(curves) else [], best, pareto)
     order = sorted(roles, key=lambda n: (roles[n][0] != MUTED, n == best))  # muted first, chosen on top
     legend: dict[str, object] = {}  # label -> handle, one legend for both panels
@@ -465,10 +465,7 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = No
     if rung_evals:
         handles.append(Line2D([], [], ls="", marker="o", mfc="white", mec="#666666"))
         labels.append("rung eval (on part of the validation set)")
-    if handles:  # below the panels, where it hides no curve
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
-    rows = -(-len(handles) // 5)
-    fig.tight_layout(rect=(0, min(0.06 * rows, 0.3), 1, 1))
+    _legend_below(fig, handles, labels)
     _save(fig, path, plt)
 
 

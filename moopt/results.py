@@ -282,10 +282,14 @@ def _scatter_states(ax, t: pd.DataFrame, x: str, y: str) -> None:
 def plot_optimization(data: StudyData, path: Path) -> None:
     """Each objective against trial number with best-so-far and the chosen trial starred, plus
     the hypervolume of progress when multi."""
+    import textwrap
+
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
     names = data.objectives.names
     n_ax = len(names) + (1 if data.objectives.multi else 0)
-    fig, axes = plt.subplots(1, n_ax, figsize=(5 * n_ax, 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, n_ax, figsize=(5 * n_ax, 4.2), squeeze=False)
     t = data.table.sort_values("number") if len(data.table) else data.table
     base = base_metrics(data)
     for ax, name in zip(axes[0], names):
@@ -308,28 +312,28 @@ def plot_optimization(data: StudyData, path: Path) -> None:
         if name in base:
             ax.axhline(base[name], **BASE_STYLE, label="base model")
         ax.set_xlabel("trial")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(axis_label(name))
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()  # the same on every objective's panel
-    if handles:  # below the panels, where it hides no point
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
     if data.objectives.multi:
         ax, hv = axes[0][-1], data.hv_history
         x = range(1, len(hv) + 1)
         ax.plot(x, hv, marker=".", c="tab:green")
         top = max(hv, default=0.0)
         ax.set_ylim(0, max(top * 1.25, 0.05))  # autoscaled: a study far from the ideal is still readable
+        basis = getattr(hv, "basis", "")
         if len(hv):
-            msg = (f"now {hv[-1]:.3g}" if top > 0 else
+            msg = (f"now {hv[-1]:.3g}" if top > 0 else "0: no COMPLETE trial yet" if not basis else
                    "0: no COMPLETE trial beats the start\non every objective yet")
             ax.annotate(msg, (len(hv), hv[-1]), textcoords="offset points", xytext=(-6, 8), ha="right", fontsize=8)
         ax.set_xlabel("finished trials")
-        ax.set_ylabel(f"hypervolume of progress\n{getattr(hv, 'basis', '') or ''}\n(0 = start, 1 = ideal on every objective)",
-                      fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("\n".join(["hypervolume of progress", *textwrap.wrap(basis, 48),
+                                 "(0 = start, 1 = ideal on every objective)"]), fontsize=8)
         ax.set_title("hypervolume (higher is better)", fontsize=9)
         ax.grid(alpha=0.3)
     fig.suptitle("Optimisation history")
-    fig.tight_layout(rect=(0, 0.13 if handles else 0, 1, 1))
+    _legend_below(fig, *axes[0][0].get_legend_handles_labels())  # the same on every objective's panel
     _save(fig, path, plt)
 
 
@@ -390,7 +394,7 @@ def plot_pareto(data: StudyData, path: Path) -> None:
     front = t[t.number.isin(data.pareto)].sort_values(xa) if data.pareto else t.iloc[:0]
     base = base_metrics(data)
     zoom = pareto_zoom(data)
-    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(12 if zoom else 6.5, 5.6), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(12 if zoom else 6.5, 5), squeeze=False)
     for k, ax in enumerate(axes[0]):
         if len(t):
             _scatter_states(ax, t, xa, yb)
@@ -420,12 +424,21 @@ def plot_pareto(data: StudyData, path: Path) -> None:
         ax.set_xlabel(axis_label(a))
         ax.set_ylabel(axis_label(b))
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:  # below the panels, where it hides no point
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(handles), 4 if zoom else 3), fontsize=8, frameon=False)
-    rows = -(-len(handles) // (4 if zoom else 3))
-    fig.tight_layout(rect=(0, min(0.05 * rows, 0.3), 1, 1))
+    _legend_below(fig, *axes[0][0].get_legend_handles_labels())
     _save(fig, path, plt)
+
+
+def _legend_below(fig, handles: list, labels: list[str]) -> None:
+    """One legend under the panels, where it hides no point: as many columns as fit the width
+    (a label is up to ~2.7 in at 8 pt), the figure made taller by its rows; then tight_layout."""
+    width, height = fig.get_size_inches()
+    ncol = max(1, min(len(handles), int(width / 2.7)))
+    rows = -(-len(handles) // ncol)
+    extra = 0.2 * rows + 0.15 if handles else 0.0  # inches
+    fig.set_size_inches(width, height + extra)
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, extra / (height + extra), 1, 1))
 
 
 def _save(fig, path: Path, plt) -> None:
