@@ -338,8 +338,8 @@ def plot_optimization(data: StudyData, path: Path) -> None:
 
 
 ZOOM_SPREAD = 0.5  # zoom only when the front's window is at most half the full panel on both axes
-ZOOM_PAD = (0.15, 0.03)
-LABEL_POINTS = 20  # trial numbers on the full panel up to this many points  # padding: 15% of the front's range, at least 3% of the full panel's
+ZOOM_PAD = (0.15, 0.03)  # padding: 15% of the front's range, at least 3% of the full panel's
+LABEL_POINTS = 20  # trial numbers on the full panel up to this many points
 
 
 def pareto_zoom(data: StudyData) -> tuple[tuple[float, float], tuple[float, float]] | None:
@@ -398,8 +398,8 @@ def plot_pareto(data: StudyData, path: Path) -> None:
     for k, ax in enumerate(axes[0]):
         if len(t):
             _scatter_states(ax, t, xa, yb)
-        if len(front):
-            ax.plot(front[xa], front[yb], c="k", lw=1, marker="o", mfc="none", ms=9,
+        if len(front):  # joined only with two objectives: a projected front of three zigzags
+            ax.plot(front[xa], front[yb], c="k", lw=1 if len(data.objectives.names) == 2 else 0, marker="o", mfc="none", ms=9,
                     label=f"Pareto front ({len(front)} trial{'s' if len(front) > 1 else ''})")
         if data.best is not None:
             r = t[t.number == data.best].iloc[0]
