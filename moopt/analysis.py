@@ -21,7 +21,15 @@ import numpy as np
 import pandas as pd
 
 from moopt.objectives import KNOWN
-from moopt.results import BASE_STYLE, StudyData, _legend_below, _plt, _save, axis_label, base_metrics
+from moopt.results import (
+    BASE_STYLE,
+    StudyData,
+    _legend_below,
+    _plt,
+    _save,
+    axis_label,
+    base_metrics,
+)
 
 MIN_TRIALS = 3  # fANOVA on fewer COMPLETE trials says nothing
 SCORE = "score"  # the weighted score column of StudyData.table (higher is better)

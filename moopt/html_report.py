@@ -18,7 +18,14 @@ from typing import Any
 
 import pandas as pd
 
-from moopt.analysis import FEW_TRIALS, SCORE, Analysis, analyze, direction_label, format_importance
+from moopt.analysis import (
+    FEW_TRIALS,
+    SCORE,
+    Analysis,
+    analyze,
+    direction_label,
+    format_importance,
+)
 from moopt.results import StudyData, base_metrics
 
 REPORT = "report.html"
