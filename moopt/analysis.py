@@ -21,7 +21,15 @@ import numpy as np
 import pandas as pd
 
 from moopt.objectives import KNOWN
-from moopt.results import STATE_STYLE, StudyData, _plt, _save
+from moopt.results import (
+    BASE_STYLE,
+    StudyData,
+    _legend_below,
+    _plt,
+    _save,
+    axis_label,
+    base_metrics,
+)
 
 MIN_TRIALS = 3  # fANOVA on fewer COMPLETE trials says nothing
 FEW_TRIALS = 10  # below this the shares move from one seed to the next: the summary says so
@@ -194,10 +202,14 @@ def format_importance(imp: Importance, top: int | None = None, rename=lambda k: 
 
 # -- correlations ----------------------------------------------------------------------------------
 def correlations(data: StudyData) -> pd.DataFrame:
-    """Spearman rank correlation of each parameter with each objective (and the score), over
-    COMPLETE trials. Numeric parameters (floats, ints, numeric categoricals such as batch_size)
-    enter as they are: Spearman only uses their order. Text categoricals (target_modules) enter
-    one-hot, one row ``name=value`` per option. What was left out and why: ``.attrs["notes"]``."""
+    """Spearman rank correlation of each parameter with the improvement of each objective (and
+    the score), over COMPLETE trials: minimised objectives (eval_loss) are negated first, so on
+    every column + means "a higher value of the parameter goes with a better objective" and a
+    parameter that helps every objective has the same sign on all of them. Numeric parameters
+    (floats, ints, numeric categoricals such as batch_size) enter as they are: Spearman only uses
+    their order. Text categoricals (target_modules) enter one-hot, one row ``name=value`` per
+    option (+ = choosing it goes with better). What was left out and why: ``.attrs["notes"]``;
+    the number of COMPLETE trials: ``.attrs["n_trials"]``."""
     targets = [*data.objectives.names, *([SCORE] if data.objectives.multi else [])]
     cols = {t: _target_column(data, t) for t in targets}
     t = data.table
@@ -206,7 +218,7 @@ def correlations(data: StudyData) -> pd.DataFrame:
     if len(done) < MIN_TRIALS:
         notes.append(f"{len(done)} COMPLETE trial(s); correlations need at least {MIN_TRIALS}")
         out = pd.DataFrame(columns=targets, dtype=float)
-        out.attrs["notes"] = notes
+        out.attrs.update(notes=notes, n_trials=len(done))
         return out
     X: dict[str, pd.Series] = {}
     for name in _param_names(done):
@@ -218,13 +230,21 @@ def correlations(data: StudyData) -> pd.DataFrame:
         else:
             for v in sorted(col.dropna().astype(str).unique()):
                 X[f"{name}={v}"] = (col.astype(str) == v).astype(float)
+    sign = {tgt: -1.0 if tgt != SCORE and KNOWN[tgt][0] == "minimize" else 1.0 for tgt in targets}
     rows = {}
     for pname, x in X.items():
-        rows[pname] = {tgt: _spearman(x, pd.to_numeric(done[c], errors="coerce")) if c in done else np.nan
+        rows[pname] = {tgt: _spearman(x, sign[tgt] * pd.to_numeric(done[c], errors="coerce")) if c in done else np.nan
                        for tgt, c in cols.items()}
     out = pd.DataFrame.from_dict(rows, orient="index", columns=targets).astype(float)
-    out.attrs["notes"] = notes
+    out.attrs.update(notes=notes, n_trials=len(done))
     return out
+
+
+def better_label(target: str) -> str:
+    """``lower eval_loss``: what "better" means for a target, the column title of correlations."""
+    if target == SCORE:
+        return "higher weighted score"
+    return f"{'lower' if KNOWN[target][0] == 'minimize' else 'higher'} {target}"
 
 
 def _spearman(x: pd.Series, y: pd.Series) -> float:
@@ -235,13 +255,14 @@ def _spearman(x: pd.Series, y: pd.Series) -> float:
 
 
 # -- learning curves ------------------------------------------------------------------------------
-CURVE_COLUMNS = ["trial", "state", "step", "kind", "loss"]
+CURVE_COLUMNS = ["trial", "state", "step", "kind", "loss", "examples"]
 
 
 def learning_curves(output_dir: str | Path) -> pd.DataFrame:
     """Long format, one row per point: trial, state, step, kind ("train" per optimizer step,
-    "eval" at each rung and at the end), loss. Pruned and failed trials included: a pruned
-    trial's last eval row is where it was stopped. State comes from the journal (which also
+    "eval" at each rung and at the end), loss, examples (validation examples of an eval point:
+    rungs use a subset, so they can sit apart from the final eval; NaN for train points). Pruned
+    and failed trials included: a pruned trial's last eval row is where it was stopped. State comes from the journal (which also
     knows INFEASIBLE), else from metrics.json."""
     from moopt.journal import replay
 
@@ -256,10 +277,10 @@ def learning_curves(output_dir: str | Path) -> pd.DataFrame:
             continue  # a baseline folder or a file being written
         state = (ends.get(number) or {}).get("state") or m.get("state", "RUNNING")
         for p in m.get("curve") or []:
-            rows.append((number, state, int(p["step"]), "train", float(p["train_loss"])))
+            rows.append((number, state, int(p["step"]), "train", float(p["train_loss"]), np.nan))
         for p in m.get("evals") or []:
             if "eval_loss" in p:
-                rows.append((number, state, int(p["step"]), "eval", float(p["eval_loss"])))
+                rows.append((number, state, int(p["step"]), "eval", float(p["eval_loss"]), float(p.get("examples", np.nan))))
     df = pd.DataFrame(rows, columns=CURVE_COLUMNS)
     return df.sort_values(["trial", "kind", "step"], kind="stable").reset_index(drop=True)
 
@@ -300,91 +321,168 @@ def write_analysis(output_dir: str | Path, data: StudyData, seed: int = 0) -> An
             for tg, imp in a.importance.items() for i, (k, v) in enumerate(imp.items(), 1)]
     atomic_write_text(out / "param_importance.csv",
                       pd.DataFrame(rows, columns=["target", "rank", "param", "share", "n_trials"]).to_csv(index=False))
-    atomic_write_text(out / "correlations.csv", a.correlations.rename_axis("param").to_csv())
+    # columns say what + goes with: "better_eval_loss" (lower eval_loss), as the PNG shows
+    atomic_write_text(out / "correlations.csv",
+                      a.correlations.rename(columns=lambda c: f"better_{c}").rename_axis("param").to_csv())
     plot_importance(a.importance, out / "param_importance.png")
     plot_correlations(a.correlations, out / "correlations.png")
-    plot_learning_curves(a.curves, out / "learning_curves.png")
+    plot_learning_curves(a.curves, out / "learning_curves.png", best=data.best, pareto=data.pareto,
+                         base_eval_loss=base_metrics(data).get("eval_loss"))
     return a
 
 
 # -- renderers (matplotlib, Agg) ------------------------------------------------------------------
+FEW_TRIALS = 10  # fANOVA's random forest on fewer COMPLETE trials splits noise: shares are rough
+
+
 def plot_importance(importance: dict[str, Importance], path: Path) -> None:
-    """One horizontal bar chart per target, largest share on top."""
+    """One horizontal bar chart per target, largest share on top; the trial count in each title,
+    with a warning when it is below FEW_TRIALS."""
     plt = _plt()
     targets = list(importance) or ["(none)"]
-    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.8), squeeze=False)
     for ax, tg in zip(axes[0], targets):
         imp = importance.get(tg)
-        ax.set_title("weighted score" if tg == SCORE else tg, fontsize=10)
+        name = "weighted score" if tg == SCORE else tg
+        ax.set_title(name + (f" ({imp.n_trials} trials)" if imp else ""), fontsize=10)
         if not imp:
             ax.text(0.5, 0.5, (imp.reason if imp is not None else "no data"), ha="center", va="center",
                     wrap=True, fontsize=8, transform=ax.transAxes)
             ax.set_axis_off()
             continue
         names, shares = list(imp)[::-1], [imp[k] * 100 for k in list(imp)[::-1]]
-        ax.barh(names, shares, color="tab:blue")
+        ax.barh(names, shares, color="tab:blue" if imp.n_trials >= FEW_TRIALS else "#9ab6d3")
         for i, s in enumerate(shares):
             ax.text(s, i, f" {s:.1f}%", va="center", fontsize=8)
         ax.set_xlim(0, max(shares) * 1.25)
         ax.set_xlabel("share of variance explained (%)")
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("Parameter importance (fANOVA over COMPLETE trials)")
+    n = min((imp.n_trials for imp in importance.values() if imp), default=None)
+    title = "Parameter importance (fANOVA over COMPLETE trials; says how much, not which direction)"
+    if n is not None and n < FEW_TRIALS:
+        title += f"\nonly {n} COMPLETE trials: the shares are rough, run more trials before trusting them"
+    fig.suptitle(title, fontsize=11, color="black" if n is None or n >= FEW_TRIALS else "#b42318")
     fig.tight_layout()
     _save(fig, path, plt)
 
 
 def plot_correlations(corr: pd.DataFrame, path: Path) -> None:
-    """Heatmap of Spearman correlations, -1 (blue) .. +1 (red), values written in the cells."""
+    """Heatmap of Spearman correlations with improvement (see correlations()), -1 .. +1 on a
+    diverging map centred on 0: green = the parameter going up goes with a better objective,
+    pink = with a worse one, on every column alike. Values written in the cells."""
     plt = _plt()
     n_rows, n_cols = max(len(corr.index), 1), max(len(corr.columns), 1)
     longest = max([len(str(i)) for i in corr.index] + [10])  # one-hot labels run long: ~0.07 in per char
-    fig, ax = plt.subplots(figsize=(2.5 + 0.07 * longest + 1.4 * n_cols, 1.6 + 0.4 * n_rows))
+    fig, ax = plt.subplots(figsize=(3.2 + 0.07 * longest + 1.5 * n_cols, 2.0 + 0.4 * n_rows))
+    n = corr.attrs.get("n_trials")
     if corr.empty:
         ax.text(0.5, 0.5, "too few COMPLETE trials", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
     else:
-        im = ax.imshow(corr.to_numpy(dtype=float), cmap="coolwarm", vmin=-1, vmax=1, aspect="auto")
-        ax.set_xticks(range(len(corr.columns)), [("weighted score" if c == SCORE else c) for c in corr.columns])
+        im = ax.imshow(corr.to_numpy(dtype=float), cmap="PiYG", vmin=-1, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(corr.columns)), [better_label(c) for c in corr.columns], fontsize=9)
         ax.set_yticks(range(len(corr.index)), corr.index)
         for i in range(len(corr.index)):
             for j in range(len(corr.columns)):
                 v = corr.iat[i, j]
-                ax.text(j, i, "–" if pd.isna(v) else f"{v:+.2f}", ha="center", va="center", fontsize=8)
-        fig.colorbar(im, ax=ax, label="Spearman ρ")
-    ax.set_title("Parameter vs objective (Spearman, COMPLETE trials)", fontsize=10)
+                ax.text(j, i, "–" if pd.isna(v) else f"{v:+.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if abs(v) > 0.75 else "black")
+        bar = fig.colorbar(im, ax=ax)
+        bar.set_label("Spearman ρ with the better direction\n+ green: higher parameter value, better objective\n"
+                      "− pink: higher parameter value, worse objective", fontsize=8)
+    onehot = any("=" in str(i) for i in corr.index)
+    ax.set_title("Parameter vs objective (Spearman ρ" + (f", {n} COMPLETE trials" if n else "") + ")"
+                 + ("\nrows name=value: 1 when that value was chosen" if onehot else ""), fontsize=10)
     fig.tight_layout()
     _save(fig, path, plt)
 
 
-def plot_learning_curves(curves: pd.DataFrame, path: Path) -> None:
-    """Train loss (left) and eval loss (right) against step, one line per trial coloured by state;
-    pruned trials dashed with an ``x`` where they were stopped."""
+HIGHLIGHT = ["tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:cyan", "tab:olive"]
+MUTED = "#bbbbbb"  # trials neither chosen nor on the front
+LINESTYLE = {"COMPLETE": "-", "PRUNED": "--", "INFEASIBLE": ":", "FAIL": "-."}
+
+
+def curve_roles(trials: list[int], best: int | None, pareto: list[int] | tuple[int, ...]) -> dict[int, tuple[str, str | None]]:
+    """trial -> (colour, legend label or None): the chosen trial black, the other Pareto trials
+    one colour each (up to len(HIGHLIGHT), the rest dark grey under one label), the others muted."""
+    roles: dict[int, tuple[str, str | None]] = {n: (MUTED, None) for n in trials}
+    if best is not None and best in roles:
+        roles[best] = ("black", f"trial {best} (chosen)")
+    rest = [n for n in sorted(pareto) if n != best and n in roles]
+    for n, c in zip(rest, HIGHLIGHT):
+        roles[n] = (c, f"trial {n} (Pareto front)")
+    extra = rest[len(HIGHLIGHT):]
+    for i, n in enumerate(extra):
+        roles[n] = ("#555555", f"{len(extra)} more Pareto trials" if i == 0 else None)
+    return roles
+
+
+def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = None,
+                         pareto: list[int] | tuple[int, ...] = (), base_eval_loss: float | None = None) -> None:
+    """Train loss (left) and eval loss (right) against step, one line per trial: the chosen trial
+    and the Pareto front in colour and named in the legend, the others muted grey; line style by
+    state (pruned dashed with an x where it was stopped). Eval points on part of the validation
+    set (rungs) hollow; the base model's eval loss dashed purple."""
+    from matplotlib.lines import Line2D
+
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    roles = curve_roles(sorted(set(curves.trial)) if len(curves) else [], best, pareto)
+    order = sorted(roles, key=lambda n: (roles[n][0] != MUTED, n == best))  # muted first, chosen on top
+    legend: dict[str, object] = {}  # label -> handle, one legend for both panels
+    states_seen: set[str] = set()
+    rung_evals = False
     for ax, kind in zip(axes, ("train", "eval")):
         sub = curves[curves.kind == kind] if len(curves) else curves
-        seen: set[str] = set()
-        for (trial, state), g in sub.groupby(["trial", "state"], sort=True) if len(sub) else []:
-            c, _ = STATE_STYLE.get(state, ("tab:gray", "o"))
-            pruned = state == "PRUNED"
-            ax.plot(g.step, g.loss, c=c, ls="--" if pruned else "-", lw=1, alpha=0.8,
-                    marker="." if kind == "eval" else None, label=state if state not in seen else None)
-            seen.add(state)
-            if pruned:
-                ax.plot(g.step.iloc[-1], g.loss.iloc[-1], "x", c=c, ms=8, mew=2)
+        for trial in order:
+            g = sub[sub.trial == trial] if len(sub) else sub
+            if not len(g):
+                continue
+            state = g.state.iloc[0]
+            states_seen.add(state)
+            colour, label = roles[trial]
+            lit = colour != MUTED
+            ax.plot(g.step, g.loss, c=colour, ls=LINESTYLE.get(state, "-"), lw=(2.2 if trial == best else 1.6) if lit else 0.9,
+                    alpha=1.0 if lit else 0.8, zorder=3 if lit else 2, label=label)
+            if kind == "eval":
+                full = g.examples.max() if g.examples.notna().any() else np.nan
+                part = g.examples < full
+                ax.scatter(g.step[~part], g.loss[~part], c=colour, s=14 if lit else 8, zorder=4 if lit else 2)
+                ax.scatter(g.step[part], g.loss[part], facecolors="white", edgecolors=colour, s=18 if lit else 10,
+                           zorder=4 if lit else 2)
+            if state == "PRUNED":
+                ax.plot(g.step.iloc[-1], g.loss.iloc[-1], "x", c=colour if lit else "#999999",
+                        ms=7 if lit else 5, mew=1.8 if lit else 1.2, zorder=4 if lit else 2)
+        if kind == "eval" and base_eval_loss is not None and np.isfinite(base_eval_loss):
+            ax.axhline(base_eval_loss, **BASE_STYLE, label="base model (no fine-tuning)")
         if not len(sub):
             ax.text(0.5, 0.5, "no curves recorded", ha="center", va="center", transform=ax.transAxes)
+        legend.update({lb: h for h, lb in zip(*ax.get_legend_handles_labels())})
+        if kind == "eval" and len(sub):
+            rung_evals = bool((sub.examples < sub.groupby("trial").examples.transform("max")).any())
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel(f"{kind} loss")
-        ax.set_title(f"{kind} loss (pruned: dashed, x = stopped)", fontsize=10)
+        ax.set_ylabel(f"{kind} loss (lower is better)")
+        ax.set_title(f"{kind} loss" + (" (per optimizer step)" if kind == "train" else " (rungs and final)"), fontsize=10)
         ax.grid(alpha=0.3)
-        if seen:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
+    # the chosen trial first, the front, the base model; then what grey lines and line styles mean
+    labels = sorted(legend, key=lambda lb: (not lb.endswith("(chosen)"), lb.startswith("base model")))
+    handles = [legend[lb] for lb in labels]
+    if any(c == MUTED for c, _ in roles.values()):
+        handles.append(Line2D([], [], c=MUTED, lw=1.5))
+        labels.append("other trials")
+    for state, text in (("PRUNED", "pruned (x = stopped)"), ("INFEASIBLE", "infeasible"), ("FAIL", "failed")):
+        if state in states_seen:
+            handles.append(Line2D([], [], c="#666666", ls=LINESTYLE[state], lw=1.2, marker="x" if state == "PRUNED" else None))
+            labels.append(text)
+    if rung_evals:
+        handles.append(Line2D([], [], ls="", marker="o", mfc="white", mec="#666666"))
+        labels.append("rung eval (on part of the validation set)")
+    _legend_below(fig, handles, labels)
     _save(fig, path, plt)
 
 
 def direction_label(name: str) -> str:
+    """An axis title saying which way is better, the arrow pointing there (see results.axis_label)."""
     if name == SCORE:
-        return "weighted score (higher is better)"
-    return f"{name} ({'lower' if KNOWN[name][0] == 'minimize' else 'higher'} is better)"
+        return "weighted score (higher is better →)"
+    return axis_label(name)

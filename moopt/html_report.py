@@ -18,8 +18,15 @@ from typing import Any
 
 import pandas as pd
 
-from moopt.analysis import SCORE, Analysis, analyze, direction_label, format_importance
-from moopt.results import StudyData
+from moopt.analysis import (
+    FEW_TRIALS,
+    SCORE,
+    Analysis,
+    analyze,
+    direction_label,
+    format_importance,
+)
+from moopt.results import StudyData, base_metrics
 
 REPORT = "report.html"
 # title -> file in the output dir, embedded when present (written by results.py and analysis.py).
@@ -106,8 +113,11 @@ def _pareto_section(data: StudyData, analysis: Analysis) -> str:
     left = pts[~pts.plotted] if len(pts) else pts
     missing = "".join(f"<li>trial {int(r.number)} {html.escape(r.state)}: {html.escape(str(r.error or 'no metrics'))}</li>"
                       for r in left.itertuples())
-    legend = "".join(f"<span><i style='background:{c}'></i>{s}</span>" for s, c in STATE_COLOURS.items())
+    legend = "".join(f"<span><i class='hollow' style='border-color:{c}'></i>{s} (hollow: values at its last rung)</span>"
+                     if s == "PRUNED" else f"<span><i style='background:{c}'></i>{s}</span>" for s, c in STATE_COLOURS.items())
     legend += "<span><i class='front'></i>Pareto front</span><span><i class='ring'></i>best (gold ring)</span>"
+    if base_metrics(data):
+        legend += "<span><i class='base'></i>base model (no fine-tuning)</span>"
     title = "Pareto front" if data.objectives.multi else "Objective by trial"
     return (f"<section><h2>{title}</h2><p class='muted'>Hover a point for its configuration and metrics. "
             f"Pruned trials show their values at the rung where they stopped.</p>"
@@ -121,7 +131,7 @@ def _importance_section(analysis: Analysis) -> str:
     e = html.escape
     blocks = []
     for tg, imp in analysis.importance.items():
-        name = "weighted score" if tg == SCORE else tg
+        name = ("weighted score" if tg == SCORE else tg) + (f" ({imp.n_trials} trials)" if imp else "")
         if not imp:
             blocks.append(f"<div class='imp'><h3>{e(name)}</h3><p class='muted'>Not computed: {e(imp.reason or '')}</p></div>")
             continue
@@ -130,8 +140,12 @@ def _importance_section(analysis: Analysis) -> str:
                        for i, (k, v) in enumerate(imp.items(), 1))
         blocks.append(f"<div class='imp'><h3>{e(name)}</h3>{bars}</div>")
     text = "\n\n".join(format_importance(imp) for imp in analysis.importance.values())
+    n = min((imp.n_trials for imp in analysis.importance.values() if imp), default=None)
+    few = (f"<p class='warn'>Only {n} COMPLETE trials: the shares are rough; run more trials before trusting them.</p>"
+           if n is not None and n < FEW_TRIALS else "")
     return (f"<section><h2>Parameter importance</h2><p class='muted'>Share of each target's variance explained "
-            f"by each parameter (fANOVA over a random forest, COMPLETE trials).</p>"
+            f"by each parameter (fANOVA over a random forest, COMPLETE trials): how much, not which direction "
+            f"(the correlation map below says which).</p>{few}"
             f"<div class='imps'>{''.join(blocks)}</div><details><summary>as text</summary><pre>{e(text)}</pre></details></section>")
 
 
@@ -191,7 +205,9 @@ def _payload(data: StudyData, analysis: Analysis) -> dict[str, Any]:
             "values": {a["key"]: _num(r.get(a["key"])) for a in axes},
             "params": {c[len("params_"):]: _plain(r[c]) for c in pts.columns if c.startswith("params_")},
         })
-    return {"axes": axes, "default": default, "colours": STATE_COLOURS, "points": points}
+    # the base model on the objectives' axes only (its peak memory is that of evaluation, not training)
+    base = {f"values_{n}": _num(v) for n, v in base_metrics(data).items() if n in names}
+    return {"axes": axes, "default": default, "colours": STATE_COLOURS, "points": points, "base": base}
 
 
 def _header(col: str) -> str:
@@ -307,7 +323,10 @@ MAIN_JS = r"""
     var svg = el('svg', {viewBox: '0 0 ' + W + ' ' + H, width: '100%', role: 'img', 'aria-label': 'trials scatter'}, box);
     var pts = D.points.filter(function (p) { return p.values[xk] !== null && p.values[yk] !== null; });
     if (!pts.length) { var t = el('text', {x: W / 2, y: H / 2, 'text-anchor': 'middle'}, svg); t.textContent = 'no trial has these values yet'; return 0; }
-    var ex = extent(pts.map(function (p) { return p.values[xk]; })), ey = extent(pts.map(function (p) { return p.values[yk]; }));
+    var base = (D.base && D.base[xk] != null && D.base[yk] != null) ? D.base : null;
+    var xv = pts.map(function (p) { return p.values[xk]; }), yv = pts.map(function (p) { return p.values[yk]; });
+    if (base) { xv.push(base[xk]); yv.push(base[yk]); }
+    var ex = extent(xv), ey = extent(yv);
     function sx(v) { return M.l + (v - ex[0]) / (ex[1] - ex[0]) * (W - M.l - M.r); }
     function sy(v) { return H - M.b - (v - ey[0]) / (ey[1] - ey[0]) * (H - M.t - M.b); }
     var g = el('g', {'class': 'grid'}, svg);
@@ -326,11 +345,16 @@ MAIN_JS = r"""
     var front = pts.filter(function (p) { return p.pareto; }).sort(function (a, b) { return a.values[xk] - b.values[xk]; });
     if (front.length > 1)
       el('polyline', {'class': 'front', points: front.map(function (p) { return sx(p.values[xk]) + ',' + sy(p.values[yk]); }).join(' ')}, svg);
+    if (base) {
+      var bx = sx(base[xk]), by = sy(base[yk]);
+      el('rect', {x: bx - 5, y: by - 5, width: 10, height: 10, 'class': 'base', transform: 'rotate(45 ' + bx + ' ' + by + ')'}, svg)
+        .appendChild(document.createElementNS(SVG, 'title')).textContent = 'base model (no fine-tuning)';
+    }
     pts.forEach(function (p) {
       var x = sx(p.values[xk]), y = sy(p.values[yk]);
       if (p.best) el('circle', {cx: x, cy: y, r: 11, 'class': 'best-ring'}, svg);
       var c = el('circle', {cx: x, cy: y, r: p.pareto ? 6.5 : 5, fill: D.colours[p.state] || '#999',
-                            'class': 'pt' + (p.pareto ? ' pareto' : '') + (p.best ? ' best' : ''),
+                            'class': 'pt' + (p.pareto ? ' pareto' : '') + (p.best ? ' best' : '') + (p.state === 'PRUNED' ? ' pruned' : ''),
                             'data-trial': p.number, 'data-state': p.state, tabindex: 0}, svg);
       c.addEventListener('mouseenter', function (ev) { showTip(p, ev); });
       c.addEventListener('mousemove', function (ev) { tip.style.left = (ev.pageX + 14) + 'px'; tip.style.top = (ev.pageY + 14) + 'px'; });
@@ -411,10 +435,13 @@ table.kv td { padding: 2px 12px 2px 0; }
 .pt { stroke: #fff; stroke-width: 1; cursor: pointer; opacity: .9; } .pt.pareto { stroke: #222; stroke-width: 1.5; }
 .pt:hover, .pt:focus { stroke: #000; stroke-width: 2; outline: none; }
 .best-ring { fill: #ffd700; stroke: #222; stroke-width: 1; opacity: .85; }
+.pt.pruned { fill: #fff; stroke: #ff7f0e; stroke-width: 2; } .base { fill: #9467bd; stroke: #fff; }
 .legend { display: flex; flex-wrap: wrap; gap: 14px; color: var(--muted); font-size: 12px; margin-top: 6px; }
 .legend i { display: inline-block; width: 10px; height: 10px; border-radius: 50%; margin-right: 5px; vertical-align: middle; }
 .legend i.front { border-radius: 0; height: 0; width: 16px; border-top: 1.5px dashed #222; }
 .legend i.ring { background: #ffd700; border: 1px solid #222; }
+.legend i.hollow { background: #fff; border: 2px solid; width: 7px; height: 7px; }
+.legend i.base { background: #9467bd; border-radius: 0; transform: rotate(45deg); }
 .axes { font-size: 12px; color: var(--muted); margin-bottom: 4px; } .axes select { margin: 0 10px 0 2px; }
 #tooltip { position: absolute; z-index: 10; background: #fff; border: 1px solid #c9ced6; border-radius: 6px; padding: 8px 10px;
   box-shadow: 0 4px 14px rgba(0,0,0,.12); font-size: 12px; max-width: 340px; pointer-events: none; }

@@ -150,7 +150,8 @@ def test_format_importance_prints_ranked_percentages(study_dir):
 def test_correlation_signs_follow_a_monotone_relation(study_dir):
     corr = correlations(load_study(study_dir))
     assert list(corr.columns) == ["eval_loss", "eval_accuracy", SCORE]
-    assert corr.loc["learning_rate", "eval_loss"] > 0.95  # loss rises with lr
+    # with improvement: loss rises and accuracy falls with lr, both worse, so both strongly -
+    assert corr.loc["learning_rate", "eval_loss"] < -0.95
     assert corr.loc["learning_rate", "eval_accuracy"] < -0.95
     assert corr.loc["learning_rate", SCORE] < -0.9  # higher score = better, lower lr is better here
     assert abs(corr.loc["warmup_ratio", "eval_loss"]) < 0.6  # noise
@@ -171,7 +172,7 @@ def test_correlations_note_parameters_that_never_varied(tmp_path):
 # -- learning curves, Pareto points -----------------------------------------------------------------
 def test_learning_curves_include_pruned_and_failed_trials(study_dir):
     c = learning_curves(study_dir)
-    assert list(c.columns) == ["trial", "state", "step", "kind", "loss"]
+    assert list(c.columns) == ["trial", "state", "step", "kind", "loss", "examples"]
     pruned = c[c.trial == 3]
     assert set(pruned.state) == {"PRUNED"}
     assert pruned[pruned.kind == "train"].step.tolist() == [1, 2, 3, 4, 5]
@@ -199,7 +200,8 @@ def test_write_analysis_writes_csvs_and_valid_pngs(study_dir):
     import pandas as pd
 
     corr = pd.read_csv(study_dir / "correlations.csv", index_col="param")
-    assert corr.loc["learning_rate", "eval_loss"] == pytest.approx(a.correlations.loc["learning_rate", "eval_loss"])
+    assert list(corr.columns) == ["better_eval_loss", "better_eval_accuracy", "better_score"]
+    assert corr.loc["learning_rate", "better_eval_loss"] == pytest.approx(a.correlations.loc["learning_rate", "eval_loss"])
     imp = pd.read_csv(study_dir / "param_importance.csv")
     if len(imp):  # empty without the optional deps
         assert imp.groupby("target").share.sum().to_dict() == pytest.approx({t: 1.0 for t in a.importance})

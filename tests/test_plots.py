@@ -1,0 +1,169 @@
+"""What the pictures show, as data: hypervolume of progress from the base model, the Pareto zoom
+decision, the sign convention of the correlation map, which learning curves stand out. The PNG
+renderers are only checked to write valid files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_analysis import TARGETS, write_fake_study
+
+from moopt.analysis import HIGHLIGHT, MUTED, correlations, curve_roles, learning_curves, write_analysis
+from moopt.results import load_study, pareto_zoom, plot_optimization, plot_pareto
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def trial(loss: float, acc: float, state: str = "COMPLETE", lr: float = 1e-4, r: int = 8, memory: float = 1.0) -> dict:
+    params = {"learning_rate": lr, "batch_size": 8, "warmup_ratio": 0.05, "r": r, "target_modules": TARGETS[0]}
+    return {"params": params, "state": state, "error": None if state == "COMPLETE" else state.lower(),
+            "metrics": {"eval_loss": loss, "eval_accuracy": acc, "peak_memory_gb": memory}}
+
+
+def study(tmp_path: Path, trials: list[dict], base: dict | None = None, **kw):
+    out = write_fake_study(tmp_path / "s", trials, **kw)
+    if base is not None:
+        (out / "baseline.json").write_text(json.dumps({"state": "COMPLETE", "metrics": base, "error": None}))
+    return load_study(out)
+
+
+# -- hypervolume ------------------------------------------------------------------------------------
+def test_hypervolume_measures_progress_from_the_base_model_toward_the_ideal(tmp_path):
+    data = study(tmp_path, [trial(3.0, 0.4),  # a quarter of the way on both: 0.25 * 0.25
+                            trial(4.5, 0.9),  # worse loss than the base model: adds nothing
+                            trial(2.0, 0.6, "PRUNED"), trial(2.0, 0.6, "INFEASIBLE"),  # not on the front
+                            trial(2.0, 0.6)],  # halfway on both: 0.5 * 0.5
+                 base={"eval_loss": 4.0, "eval_accuracy": 0.2})
+    assert data.hv_history == pytest.approx([0.0625, 0.0625, 0.0625, 0.0625, 0.25])
+    assert data.hv_history.basis == "from the base model"
+    assert data.hv_history.start == pytest.approx({"eval_loss": 4.0, "eval_accuracy": 0.2})
+
+
+def test_hypervolume_stays_far_from_1_when_one_trial_merely_beats_the_rest(tmp_path):
+    """The old scale (min-max over the study's own trials) put any dominating trial at 1."""
+    base = {"eval_loss": 4.18, "eval_accuracy": 0.0}
+    data = study(tmp_path, [trial(4.11, 0.20), trial(3.70, 0.53), trial(3.80, 0.50)], base=base)
+    assert data.pareto == [1]
+    expected = (4.18 - 3.70) / 4.18 * 0.53  # the product of the two progresses
+    assert data.hv_history[-1] == pytest.approx(expected) and data.hv_history[-1] < 0.1
+    # the same trial alone: the same figure, whatever else the study holds
+    alone = study(tmp_path / "alone", [trial(3.70, 0.53)], base=base)
+    assert alone.hv_history == pytest.approx([expected])
+    # ideal on every objective is 1
+    assert study(tmp_path / "ideal", [trial(0.0, 1.0)], base=base).hv_history == pytest.approx([1.0])
+
+
+def test_hypervolume_without_base_model_starts_from_the_worst_trial_and_says_so(tmp_path):
+    data = study(tmp_path, [trial(3.0, 0.4), trial(2.0, 0.6)])
+    # start (3.0, 0.4): trial 1 is a third of the way on both
+    assert data.hv_history == pytest.approx([0.0, 1 / 9])
+    assert data.hv_history.basis == "from the worst trial (no base model evaluation)"
+
+
+def test_hypervolume_of_peak_memory_starts_from_the_worst_trial_not_the_untrained_base_model(tmp_path):
+    data = study(tmp_path, [trial(3.0, 0.4, memory=2.0), trial(2.0, 0.6, memory=1.0)],
+                 base={"eval_loss": 4.0, "eval_accuracy": 0.2, "peak_memory_gb": 0.5},
+                 objectives=("eval_loss", "peak_memory_gb"), weights=(0.5, 0.5))
+    # eval_loss from 4.0: 0.25 then 0.5; memory from 2.0 GiB (worst trial): 0 then 0.5
+    assert data.hv_history == pytest.approx([0.0, 0.25])
+    assert data.hv_history.start == pytest.approx({"eval_loss": 4.0, "peak_memory_gb": 2.0})
+    assert data.hv_history.basis == "from the base model (peak_memory_gb: the worst trial)"
+
+
+# -- Pareto zoom ------------------------------------------------------------------------------------
+def test_no_zoom_on_a_front_of_one_point(tmp_path):
+    """The ±0.0005 panel with one star: a front of one trial has nothing to zoom on."""
+    data = study(tmp_path, [trial(4.11, 0.2), trial(3.6942, 0.53125), trial(3.6960, 0.53125), trial(4.15, 0.09, "PRUNED")],
+                 base={"eval_loss": 4.18, "eval_accuracy": 0.0})
+    assert data.pareto == [1]
+    assert pareto_zoom(data) is None
+
+
+def test_zoom_on_a_front_bunched_in_a_corner_pads_relative_to_the_data(tmp_path):
+    far = [trial(4.0 + 0.01 * i, 0.1 - 0.01 * i) for i in range(5)]
+    data = study(tmp_path, [*far, trial(2.00, 0.80), trial(2.02, 0.81), trial(2.05, 0.82)])
+    assert data.pareto == [5, 6, 7]
+    (x0, x1), (y0, y1) = pareto_zoom(data)
+    assert x0 < 2.00 and x1 > 2.05 and y0 < 0.80 and y1 > 0.82  # every front point inside
+    full_x, full_y = 4.04 - 2.00, 0.82 - 0.06
+    assert (x1 - x0) <= 0.5 * full_x and (y1 - y0) <= 0.5 * full_y  # at least twice as close
+    assert (y1 - y0) >= 0.03 * full_y * 2  # padding relative to the data, not a fixed ±0.0005
+
+
+def test_no_zoom_when_the_front_spans_the_cloud(tmp_path):
+    data = study(tmp_path, [trial(2.0, 0.2), trial(3.0, 0.5), trial(4.0, 0.8), trial(4.0, 0.3)])
+    assert data.pareto == [0, 1, 2]
+    assert pareto_zoom(data) is None
+
+
+def test_plots_render_with_and_without_zoom_or_base_model(tmp_path):
+    cases = {"one": ([trial(3.7, 0.53), trial(4.1, 0.2)], {"eval_loss": 4.18, "eval_accuracy": 0.0}),
+             "zoom": ([*[trial(4.0 + 0.01 * i, 0.1) for i in range(5)], trial(2.0, 0.8), trial(2.05, 0.82)], None),
+             "fail": ([trial(3.0, 0.4), {**trial(0, 0, "FAIL"), "metrics": {}}], None)}
+    for name, (trials, base) in cases.items():
+        data = study(tmp_path / name, trials, base=base)
+        for plot, png in ((plot_optimization, "opt.png"), (plot_pareto, "pareto.png")):
+            plot(data, tmp_path / name / png)
+            assert (tmp_path / name / png).read_bytes()[:8] == PNG, (name, png)
+        write_analysis(tmp_path / name / "s", data)
+        assert (tmp_path / name / "s" / "learning_curves.png").read_bytes()[:8] == PNG
+
+
+# -- correlation map sign -------------------------------------------------------------------------
+def test_correlation_map_gives_a_helpful_parameter_the_same_sign_on_every_objective(tmp_path):
+    """r lowers eval_loss and raises eval_accuracy: both are improvements, so both +."""
+    trials = [trial(3.0 - 0.1 * i, 0.3 + 0.05 * i, r=4 + 4 * i, lr=10 ** (-5 + (i * 7 % 5) / 2)) for i in range(6)]
+    corr = correlations(study(tmp_path, trials))
+    assert corr.loc["r", "eval_loss"] == pytest.approx(1.0)
+    assert corr.loc["r", "eval_accuracy"] == pytest.approx(1.0)
+    assert corr.loc["r", "score"] == pytest.approx(1.0)
+    assert corr.attrs["n_trials"] == 6
+
+
+# -- learning curves --------------------------------------------------------------------------------
+def test_learning_curves_light_up_the_chosen_trial_and_the_front():
+    roles = curve_roles(list(range(12)), best=3, pareto=[1, 3, 5])
+    assert roles[3] == ("black", "trial 3 (chosen)")
+    assert roles[1] == (HIGHLIGHT[0], "trial 1 (Pareto front)") and roles[5] == (HIGHLIGHT[1], "trial 5 (Pareto front)")
+    assert all(roles[n] == (MUTED, None) for n in (0, 2, 4, 6, 7, 8, 9, 10, 11))
+    # a long front: the first len(HIGHLIGHT) in colour, the rest under one legend entry
+    many = curve_roles(list(range(20)), best=0, pareto=list(range(12)))
+    named = [label for _, label in many.values() if label]
+    assert len(named) == 1 + len(HIGHLIGHT) + 1 and f"{11 - len(HIGHLIGHT)} more Pareto trials" in named
+
+
+def test_learning_curves_record_how_many_validation_examples_each_eval_used(tmp_path):
+    out = write_fake_study(tmp_path / "s", [trial(3.0, 0.4), trial(2.0, 0.6, "PRUNED")])
+    for n, evals in ((0, [{"step": 5, "examples": 8, "eval_loss": 2.5}, {"step": 10, "examples": 32, "eval_loss": 2.1}]),
+                     (1, [{"step": 5, "examples": 8, "eval_loss": 2.4}])):
+        f = out / "trial_results" / f"trial_{n}" / "metrics.json"
+        f.write_text(json.dumps({**json.loads(f.read_text()), "evals": evals}))
+    c = learning_curves(out)
+    ev = c[c.kind == "eval"]
+    assert ev.examples.tolist() == [8, 32, 8]
+    assert c[c.kind == "train"].examples.isna().all()
+
+
+def test_report_page_places_the_base_model_on_the_objectives_only(tmp_path):
+    import re
+
+    from moopt.html_report import write_html_report
+
+    data = study(tmp_path, [trial(3.0, 0.4), trial(2.0, 0.6), trial(2.5, 0.5)],
+                 base={"eval_loss": 4.0, "eval_accuracy": 0.2, "peak_memory_gb": 0.5})
+    text = write_html_report(tmp_path / "s", data).read_text()
+    payload = json.loads(re.search(r"id='report-data'>(.*?)</script>", text, re.DOTALL).group(1))
+    # its peak memory is that of evaluation, no point of comparison for a training trial
+    assert payload["base"] == {"values_eval_loss": 4.0, "values_eval_accuracy": 0.2}
+    assert "base model (no fine-tuning)" in text
+
+
+def test_pareto_labels_of_coinciding_trials_are_joined():
+    import pandas as pd
+
+    from moopt.results import _label_groups
+
+    pts = pd.DataFrame({"number": [1, 3, 7, 0], "x": [3.6942, 3.6975, 3.6960, 4.11], "y": [0.53125, 0.53125, 0.53125, 0.2]})
+    assert list(_label_groups(pts, "x", "y").values()) == [["0"], ["1", "3", "7"]]
