@@ -63,8 +63,9 @@ class RayExecutor(ExecutorBase):
     def _wait(self, spec: TrialSpec, ref) -> None:
         try:
             result = TrialResult(**self.ray.get(ref))
-        except Exception as e:  # worker crash, OOM kill, cancelled
-            result = TrialResult(number=spec.number, state="FAIL", error=f"ray task failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        except Exception as e:  # worker crash, OOM kill, cancelled (TaskCancelledError's text is empty)
+            first = (str(e).splitlines() or [""])[0][:300]
+            result = TrialResult(number=spec.number, state="FAIL", error=f"ray task failed: {type(e).__name__}: {first}")
         with self._lock:
             self.active.pop(spec.number, None)
         self._finish(result)
