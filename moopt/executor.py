@@ -197,6 +197,7 @@ class LocalExecutor(ExecutorBase):
             self.active[spec.number] = proc
         proc.stdin.write(json.dumps(spec.to_json()) + "\n")
         proc.stdin.flush()
+        self._event(spec.number, {"event": "phase", "phase": "starting", "detail": "importing torch"})
         threading.Thread(target=self._watch, args=(spec, proc, log), daemon=True).start()
 
     def _watch(self, spec: TrialSpec, proc: subprocess.Popen, log) -> None:

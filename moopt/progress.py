@@ -176,7 +176,7 @@ class ProgressView:
         now = self.board.clock()
         ev = msg.get("event")
         line = None
-        if ev == "phase" and not self.board.stepped:
+        if ev == "phase" and not self.board.stepped and t.phase != "starting":  # the study says it started
             line = self.board.trial_line(number, timed=False)
         elif ev == "progress":
             decile = 10 * t.step // max(t.total, 1)

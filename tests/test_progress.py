@@ -74,6 +74,7 @@ def test_plain_lines_come_at_a_modest_rate():
     view = ProgressView(console, ProgressBoard(total=2, objective="eval_loss", clock=clock))
     with view:
         assert view.live is None  # not a terminal: no live display
+        view.event(0, {"event": "phase", "phase": "starting", "detail": "importing torch"})  # the study said so
         view.event(0, {"event": "phase", "phase": "loading model"})
         view.event(0, {"event": "phase", "phase": "training", "detail": "100 optimizer steps"})
         for k in range(1, 101):  # 100 steps, 1 s each
