@@ -55,6 +55,10 @@ def main() -> None:
 @opt("executor", default="local", show_default=True, type=click.Choice(["local", "ray"]), help="local: embedded executor; ray: Ray tasks.")
 @opt("ray_address", default=None, help="Ray cluster address (auto | host:port), with --executor ray.")
 @opt("seed", default=42, show_default=True, type=int, help="Seed of the search, LoRA initialisation and data order.")
+@opt("stall_timeout", default=None, type=click.FloatRange(min=0),
+     help="Seconds a trial may go without an optimizer step (or evaluation progress) before it is killed and "
+          "recorded FAIL; 0: never. Default: 10 x the slowest step seen, at least 120 s; before its first step a "
+          "trial gets at least 600 s (model load, tokenisation).")
 @opt("resume", is_flag=True, help="Continue the study in output_dir up to --num_trials, without rerunning finished trials.")
 @opt("overwrite", is_flag=True, help="Replace a study already in output_dir.")
 @opt("warm_start", default=None, type=click.Path(), help="An earlier study's output_dir: its best trials seed the first population.")
@@ -127,7 +131,7 @@ def build_study_config(kw: dict):
         parallel_trials=kw["parallel_trials"], pruning_factor=kw["pruning_factor"], time_budget_hours=kw["time_budget_hours"],
         memory_constraint_gb=kw["memory_constraint"], kernels=kw["kernels"], resume=kw["resume"],
         overwrite=kw["overwrite"], baseline=kw["baseline"], warm_start=kw["warm_start"],
-        executor=kw["executor"], ray_address=kw["ray_address"],
+        executor=kw["executor"], ray_address=kw["ray_address"], stall_timeout_s=kw["stall_timeout"],
     )
     if kw["warm_start"]:
         from moopt.journal import JOURNAL

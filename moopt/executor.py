@@ -3,8 +3,11 @@
 Contract: ``submit(spec, slot)`` starts a trial in a fresh process; ``next_result(timeout)``
 returns the next :class:`TrialResult` to finish (any order), or None on timeout. A worker that
 dies without reporting (crash, ``kill -9``, the OOM killer) yields a FAIL result with its exit
-status. Hooks ``on_progress(number, step, total, loss)`` and ``on_rung(number, step, metrics, rung)
--> bool`` are called from executor threads; the study serialises them with its own lock.
+status. Hooks ``on_progress(number, event)`` (every ``progress``, ``phase`` and ``heartbeat`` event
+of a worker, as the dict it sent) and ``on_rung(number, step, metrics, rung) -> bool`` are called from
+executor threads; the study serialises them with its own lock. ``stalled()`` kills the trials whose
+worker has been silent past the watchdog's limit (:mod:`moopt.watchdog`); their result is a FAIL whose
+error says why ("stalled: no optimizer step for 312 s ...").
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from moopt.trial import TrialResult, TrialSpec
+from moopt.watchdog import Liveness, StallPolicy
 
 
 @dataclass(frozen=True)
@@ -117,12 +121,38 @@ def _visible_gpus() -> list[str]:
 class ExecutorBase:
     """What every executor shares: the queue of finished results and the trials still active."""
 
-    def __init__(self, on_progress: Callable | None = None, on_rung: Callable | None = None):
+    def __init__(self, on_progress: Callable | None = None, on_rung: Callable | None = None,
+                 stall: StallPolicy | None = None):
         self.on_progress = on_progress or (lambda *a: None)
         self.on_rung = on_rung or (lambda *a: True)
         self.results: queue.Queue[TrialResult] = queue.Queue()
         self.active: dict[int, Any] = {}  # trial number -> process / task handle
         self._lock = threading.Lock()
+        self.liveness = Liveness(stall or StallPolicy())
+
+    def _event(self, number: int, msg: dict) -> None:
+        """A progress / phase / heartbeat event from a trial: a sign of life, then the study's hook."""
+        self.liveness.saw(number, msg)
+        self.on_progress(number, msg)
+
+    def _finish(self, result: TrialResult) -> None:
+        """Hand a trial's result to the study; a trial the watchdog killed fails with its reason."""
+        seen = self.liveness.end(result.number)
+        if seen is not None and seen.killed and result.state == "FAIL":
+            result.error = seen.killed
+            result.steps, result.total_steps = result.steps or seen.step, result.total_steps or seen.total
+        self.results.put(result)
+
+    def stalled(self) -> list[tuple[int, str]]:
+        """Kill every trial silent past its limit; (trial, reason) of those killed now."""
+        out = self.liveness.stalled()
+        for number, _ in out:
+            self.kill(number)
+        return out
+
+    def kill(self, number: int) -> None:
+        """Stop one trial at once; its result (a FAIL) still arrives through ``next_result``."""
+        raise NotImplementedError
 
     def next_result(self, timeout: float | None = None) -> TrialResult | None:
         try:
@@ -145,6 +175,7 @@ class LocalExecutor(ExecutorBase):
     """The embedded executor: one subprocess (``python -m moopt.worker``) per trial."""
 
     def submit(self, spec: TrialSpec, slot: Slot) -> None:
+        self.liveness.start(spec.number)
         env = dict(os.environ)
         if slot.device.startswith("cuda:"):
             env["CUDA_VISIBLE_DEVICES"] = slot.device.split(":", 1)[1]
@@ -169,6 +200,7 @@ class LocalExecutor(ExecutorBase):
             self.active[spec.number] = proc
         proc.stdin.write(json.dumps(spec.to_json()) + "\n")
         proc.stdin.flush()
+        self._event(spec.number, {"event": "phase", "phase": "starting", "detail": "importing torch"})
         threading.Thread(target=self._watch, args=(spec, proc, log), daemon=True).start()
 
     def _watch(self, spec: TrialSpec, proc: subprocess.Popen, log) -> None:
@@ -180,8 +212,8 @@ class LocalExecutor(ExecutorBase):
                 except json.JSONDecodeError:
                     continue
                 ev = msg.get("event")
-                if ev == "progress":
-                    self.on_progress(spec.number, msg["step"], msg["total"], msg["loss"])
+                if ev in ("progress", "phase", "heartbeat"):
+                    self._event(spec.number, msg)
                 elif ev == "rung":
                     go = bool(self.on_rung(spec.number, msg["step"], msg["metrics"], msg["rung"]))
                     try:
@@ -204,23 +236,38 @@ class LocalExecutor(ExecutorBase):
             else:
                 why = f"worker exited with code {code} without a result; see {spec.output_dir}/log.txt"
             result = TrialResult(number=spec.number, state="FAIL", error=why)
-        self.results.put(result)
+        self._finish(result)
 
-    def kill_all(self) -> None:
+    def kill(self, number: int) -> None:
+        """SIGKILL the trial's process group (the worker and anything it started)."""
         with self._lock:
-            procs = list(self.active.values())
-        for p in procs:
+            proc = self.active.get(number)
+        if proc is not None:
             try:
-                os.killpg(p.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
 
+    def kill_all(self) -> None:
+        with self._lock:
+            numbers = list(self.active)
+        for n in numbers:
+            self.kill(n)
 
-def wait_for_any(executor: LocalExecutor, poll: float = 0.5, deadline: float | None = None) -> TrialResult:
-    """Block until a result arrives; past ``deadline`` (+60 s grace) kill workers that ignore it."""
+
+def wait_for_any(executor: LocalExecutor, poll: float = 0.5, deadline: float | None = None,
+                 on_poll: Callable[[], None] | None = None) -> TrialResult:
+    """Block until a result arrives. Meanwhile, every ``poll`` seconds: kill the trials the stall
+    watchdog gives up on (they come back as FAIL results), call ``on_poll`` (the progress view), and
+    past ``deadline`` (+60 s grace) kill workers that ignore it."""
     while True:
         r = executor.next_result(timeout=poll)
         if r is not None:
             return r
+        stalled = getattr(executor, "stalled", None)  # test doubles of executors have no watchdog
+        if stalled is not None:
+            stalled()
+        if on_poll is not None:
+            on_poll()
         if deadline is not None and time.time() > deadline + 60 and executor.running():
             executor.kill_all()

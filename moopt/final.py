@@ -15,14 +15,22 @@ class ConsoleReporter:
     def __init__(self, console):
         self.console, self.last = console, -1
 
-    def progress(self, step: int, total: int, loss: float) -> None:
+    def progress(self, step: int, total: int, loss: float, tokens_per_s: float | None = None, step_s=None) -> None:
         pct = int(100 * step / total)
         if pct // 10 != self.last // 10 or step == total:
-            self.console.print(f"  step {step}/{total}  train_loss {loss:.4f}")
+            tps = f"  {tokens_per_s:.0f} tok/s" if tokens_per_s else ""
+            self.console.print(f"  step {step}/{total}  train_loss {loss:.4f}{tps}")
             self.last = pct
 
-    def rung(self, step, metrics):
+    def rung(self, step, metrics, rung):
         return True
+
+    def phase(self, name: str, detail: str = "") -> None:
+        if name != "training":  # its steps are printed
+            self.console.print(f"  {name}" + (f" ({detail})" if detail else "") + " ...")
+
+    def heartbeat(self, done, total):
+        pass
 
 
 def study_validation_metrics(config_path: str | Path) -> dict[str, float] | None:

@@ -1,12 +1,14 @@
 """Ray executor: trials as Ray tasks, on a local Ray instance or a multi-node cluster.
 
 Same contract as :class:`moopt.executor.LocalExecutor` (``submit``, ``next_result``, ``running``,
-``kill_all``). Each trial is a Ray task with ``max_calls=1``, so it gets a fresh worker process
+``kill``, ``kill_all``, ``stalled``). Each trial is a Ray task with ``max_calls=1``, so it gets a fresh worker process
 (a crash or OOM kills only that trial) and asks Ray for ``num_cpus`` = the slot's threads and, on
 GPUs, ``num_gpus`` = the fraction of a device its memory estimate needs, so Ray packs trials onto
 GPUs by memory. Progress and rung decisions travel through one small actor (``_Channel``): the task
 pushes events, a driver thread drains them and answers rungs. Paths in the trial spec (model, data,
-output_dir) must be visible on every node (a shared filesystem).
+output_dir) must be visible on every node (a shared filesystem). The stall watchdog judges a task
+from its first event on, not from submit: a task may wait in Ray's queue for resources; a stalled
+one is cancelled with ``ray.cancel(force=True)`` (its worker process is killed).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ def _ray():
 
 class RayExecutor(ExecutorBase):
     def __init__(self, on_progress: Callable | None = None, on_rung: Callable | None = None,
-                 address: str | None = None, gpu_fraction: Callable[[TrialSpec], float] | None = None):
-        super().__init__(on_progress, on_rung)
+                 address: str | None = None, gpu_fraction: Callable[[TrialSpec], float] | None = None,
+                 stall=None):
+        super().__init__(on_progress, on_rung, stall)
         ray = _ray()
         self.ray = ray
         if not ray.is_initialized():
@@ -60,11 +63,12 @@ class RayExecutor(ExecutorBase):
     def _wait(self, spec: TrialSpec, ref) -> None:
         try:
             result = TrialResult(**self.ray.get(ref))
-        except Exception as e:  # worker crash, OOM kill, cancelled
-            result = TrialResult(number=spec.number, state="FAIL", error=f"ray task failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        except Exception as e:  # worker crash, OOM kill, cancelled (TaskCancelledError's text is empty)
+            first = (str(e).splitlines() or [""])[0][:300]
+            result = TrialResult(number=spec.number, state="FAIL", error=f"ray task failed: {type(e).__name__}: {first}")
         with self._lock:
             self.active.pop(spec.number, None)
-        self.results.put(result)
+        self._finish(result)
 
     def _pump(self) -> None:
         """Drain the channel: progress to the hook, rung questions answered by the study."""
@@ -74,18 +78,24 @@ class RayExecutor(ExecutorBase):
             except Exception:
                 return
             for ev in events:
-                if ev["event"] == "progress":
-                    self.on_progress(ev["number"], ev["step"], ev["total"], ev["loss"])
+                if ev["event"] in ("progress", "phase", "heartbeat"):
+                    self._event(ev.pop("number"), ev)
                 elif ev["event"] == "rung":
                     go = bool(self.on_rung(ev["number"], ev["step"], ev["metrics"], ev["rung"]))
                     self.channel.set_reply.remote(f"{ev['number']}:{ev['step']}", go)
             time.sleep(0.1)
 
+    def kill(self, number: int) -> None:
+        with self._lock:
+            ref = self.active.get(number)
+        if ref is not None:
+            self.ray.cancel(ref, force=True)
+
     def kill_all(self) -> None:
         with self._lock:
-            refs = list(self.active.values())
-        for ref in refs:
-            self.ray.cancel(ref, force=True)
+            numbers = list(self.active)
+        for n in numbers:
+            self.kill(n)
 
     def close(self) -> None:
         """Stop the event pump before Ray may be shut down (a call after shutdown makes Ray's core
@@ -120,9 +130,22 @@ class _ChannelReporter:
         import ray
 
         self.ray, self.channel, self.number = ray, channel, number
+        self.last_beat = 0.0
 
-    def progress(self, step, total, loss):
-        self.channel.push_event.remote({"event": "progress", "number": self.number, "step": step, "total": total, "loss": loss})
+    def progress(self, step, total, loss, tokens_per_s=None, step_s=None):
+        self.channel.push_event.remote({"event": "progress", "number": self.number, "step": step, "total": total,
+                                        "loss": loss, "tokens_per_s": tokens_per_s, "step_s": step_s})
+
+    def phase(self, name, detail=""):
+        self.channel.push_event.remote({"event": "phase", "number": self.number, "phase": name, "detail": detail})
+
+    def heartbeat(self, done, total):
+        from moopt.worker import HEARTBEAT_S
+
+        now = time.monotonic()
+        if now - self.last_beat >= HEARTBEAT_S or done == total:
+            self.last_beat = now
+            self.channel.push_event.remote({"event": "heartbeat", "number": self.number, "done": done, "total": total})
 
     def rung(self, step, metrics, rung):
         self.channel.push_event.remote({"event": "rung", "number": self.number, "step": step, "metrics": metrics,

@@ -65,6 +65,7 @@ class StudyConfig:
     warm_start: str | None = None  # an earlier study's output_dir whose best trials seed generation 1
     executor: str = "local"  # local | ray
     ray_address: str | None = None  # with executor=ray: auto | host:port | None (start a local instance)
+    stall_timeout_s: float | None = None  # --stall_timeout, seconds: None = auto (moopt.watchdog), 0 = never kill
 
 
 def check_output_dir(cfg: StudyConfig) -> None:
@@ -165,9 +166,16 @@ class Study:
                 self.prune_reason[number] = why
             return go
 
-    def on_progress(self, number: int, step: int, total: int, loss: float) -> None:
-        if self.progress_view is not None:
-            self.progress_view(number, step, total, loss)
+    def on_progress(self, number: int, event: dict) -> None:
+        """A worker's phase / progress / heartbeat event (from an executor thread)."""
+        with self.lock:
+            if self.progress_view is not None:
+                self.progress_view.event(number, event)
+
+    def stall_policy(self):
+        from moopt.watchdog import StallPolicy
+
+        return StallPolicy(timeout_s=self.cfg.stall_timeout_s)
 
     # -- the main loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -227,9 +235,10 @@ class Study:
         if cfg.executor == "ray":
             from moopt.ray_executor import RayExecutor
 
-            executor = RayExecutor(on_progress=self.on_progress, on_rung=self.decide_rung, address=cfg.ray_address)
+            executor = RayExecutor(on_progress=self.on_progress, on_rung=self.decide_rung, address=cfg.ray_address,
+                                   stall=self.stall_policy())
         else:
-            executor = LocalExecutor(on_progress=self.on_progress, on_rung=self.decide_rung)
+            executor = LocalExecutor(on_progress=self.on_progress, on_rung=self.decide_rung, stall=self.stall_policy())
         engine_path = self.out / ENGINE_FILE
 
         # -- engine: fresh, or restored from its checkpoint --------------------------------------
@@ -268,7 +277,7 @@ class Study:
             durations += self.duration_sample(e)
 
         try:
-            with self.progress() as view:
+            with self.progress(finished.values(), deadline) as view:
                 self.progress_view = view
                 while True:
                     # fill free slots
@@ -308,6 +317,7 @@ class Study:
                                 if number < 0:
                                     number, next_number = next_number, next_number + 1
                                 end = self.record_infeasible(number, tcfg, x, decision)
+                                view.ended(end)
                                 finished[number], evaluated[key] = end, end
                                 engine.tell_one(idx, *self.told_values(end))
                                 n_started += 1
@@ -326,10 +336,11 @@ class Study:
                         n_started += 1
                     if not running:
                         break
-                    res = wait_for_any(executor, deadline=deadline)
+                    res = wait_for_any(executor, deadline=deadline, on_poll=view.tick)
                     info = running.pop(res.number)
                     placer.release(res.number)
                     end = self.end_trial(res, info)
+                    view.ended(end)
                     self.completed(end)
                     finished[res.number] = end
                     evaluated[info["key"]] = end
@@ -491,10 +502,15 @@ class Study:
         spec = TrialSpec(number=-1, config=tcfg, base_model=self.cfg.model_path, train_file=os.path.abspath(self.cfg.train_file),
                          validation_file=os.path.abspath(self.cfg.validation_file), output_dir=str(d), seed=self.cfg.seed,
                          kernels=self.cfg.kernels, save_adapter=False, baseline=True)
-        ex = LocalExecutor()
+        from moopt.progress import ProgressBoard, ProgressView
+
+        ex = LocalExecutor(on_progress=self.on_progress, stall=self.stall_policy())
         slot = plan_slots(1)[0]
-        ex.submit(spec, slot)
-        res = wait_for_any(ex)
+        with ProgressView(self.console, ProgressBoard(), study_line=False) as view:
+            self.progress_view = view
+            ex.submit(spec, slot)
+            res = wait_for_any(ex, on_poll=view.tick)
+            self.progress_view = None
         from moopt.yamlio import write_json
 
         write_json(self.out / "baseline.json", {"state": res.state, "metrics": res.metrics, "error": res.error})
@@ -504,31 +520,16 @@ class Study:
         else:
             self.console.print(f"[red]Base model evaluation failed:[/] {res.error}")
 
-    def progress(self):
-        """A live progress view (rich): one bar for the study, one per running trial."""
-        from contextlib import contextmanager
+    def progress(self, finished, deadline: float | None):
+        """The live progress view (moopt.progress): live on a terminal, plain lines in a log."""
+        from moopt.progress import ProgressBoard, ProgressView
 
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        @contextmanager
-        def view():
-            prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
-                            transient=True, disable=not self.console.is_terminal)
-            tasks: dict[int, Any] = {}
-
-            def update(number, step, total, loss):
-                with self.lock:
-                    if number not in tasks:
-                        tasks[number] = prog.add_task(f"trial {number}", total=total, info="")
-                    prog.update(tasks[number], completed=step, total=total, info=f"loss {loss:.4f}")
-                    if step >= total:
-                        prog.remove_task(tasks.pop(number))
-
-            with prog:
-                yield update
-
-        return view()
+        objective = self.cfg.objectives.names[0]
+        board = ProgressBoard(total=self.cfg.num_trials, objective=objective, deadline=deadline,
+                              minimize=self.cfg.objectives.directions()[0] == "minimize")
+        for end in finished:
+            board.ended(end)
+        return ProgressView(self.console, board)
 
 
 def warm_start_configs(output_dir: str, limit: int = 24) -> list[TrialConfig]:

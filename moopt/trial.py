@@ -72,19 +72,37 @@ class TrialResult:
 
 
 class Reporter(Protocol):
-    def progress(self, step: int, total: int, loss: float) -> None: ...
+    def progress(self, step: int, total: int, loss: float, tokens_per_s: float | None = None,
+                 step_s: float | None = None) -> None:
+        """After each optimizer step: train loss, training tokens/s so far (evaluations excluded),
+        and the wall seconds of this step."""
+        ...
 
     def rung(self, step: int, metrics: dict[str, float], rung: int) -> bool:
         """Intermediate evaluation at rung number ``rung``; return False to stop (pruned)."""
         ...
 
+    def phase(self, name: str, detail: str = "") -> None:
+        """The trial moves on: loading model | tokenising | training | evaluating | saving."""
+        ...
+
+    def heartbeat(self, done: int, total: int) -> None:
+        """Still alive inside a long phase (evaluation: ``done`` of ``total`` batches)."""
+        ...
+
 
 class NullReporter:
-    def progress(self, step, total, loss):
+    def progress(self, step, total, loss, tokens_per_s=None, step_s=None):
         pass
 
     def rung(self, step, metrics, rung):
         return True
+
+    def phase(self, name, detail=""):
+        pass
+
+    def heartbeat(self, done, total):
+        pass
 
 
 def rung_steps(total_steps: int, fractions: tuple[float, ...]) -> dict[int, int]:
@@ -165,8 +183,10 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], backend: str) -> tuple
 
 
 @torch.no_grad()
-def evaluate(model, data: TokenizedSet, batch_size: int, pad_id: int, device, backend: str) -> dict[str, float]:
-    """Mean CE per completion token over the whole set, next-token accuracy, perplexity."""
+def evaluate(model, data: TokenizedSet, batch_size: int, pad_id: int, device, backend: str,
+             beat=None) -> dict[str, float]:
+    """Mean CE per completion token over the whole set, next-token accuracy, perplexity.
+    ``beat(done, total)`` (a reporter's heartbeat) is called after each batch."""
     was_training = model.training
     model.eval()
     total, correct, count = 0.0, 0, 0
@@ -176,6 +196,8 @@ def evaluate(model, data: TokenizedSet, batch_size: int, pad_id: int, device, ba
         batch = {k: v.to(device) for k, v in batch.items()}
         loss_sum, n_correct, n = causal_lm_loss(model, batch, backend)
         total, correct, count = total + float(loss_sum), correct + int(n_correct), count + n
+        if beat is not None:
+            beat(s // batch_size + 1, math.ceil(len(order) / batch_size))
     model.train(was_training)
     loss = total / max(count, 1)
     return {"eval_loss": loss, "eval_accuracy": correct / max(count, 1), "eval_perplexity": math.exp(min(loss, 50.0))}
@@ -213,7 +235,8 @@ def peak_memory_gb(device: torch.device) -> float:
 
 def injected_fault(number: int, step: int) -> str | None:
     """Test hook: ``MOOPT_INJECT_FAULT="<trial>:<kind>[@step],..."`` with kind in exception | nan |
-    oom | kill makes that trial fail that way at that optimizer step (default 1)."""
+    oom | kill | hang makes that trial fail that way at that optimizer step (default 1); hang sleeps
+    forever (the stall watchdog's case)."""
     for item in filter(None, os.environ.get("MOOPT_INJECT_FAULT", "").split(",")):
         num, _, kind = item.partition(":")
         kind, _, at = kind.partition("@")
@@ -230,6 +253,9 @@ def inject_fault(number: int, step: int, loss: float) -> float:
         raise torch.OutOfMemoryError("CUDA out of memory (injected)")
     if fault == "kill":
         os.kill(os.getpid(), 9)
+    if fault == "hang":
+        while True:
+            time.sleep(3600)
     return float("nan") if fault == "nan" else loss
 
 
@@ -247,14 +273,17 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
     evals: list[dict[str, float]] = []
     try:
         # -- load model ---------------------------------------------------------------------------
+        reporter.phase("loading model", f"{Path(spec.base_model).name} on {device.type}")
         model, tok = load_model_and_tokenizer(spec.base_model, cfg, device)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
         if spec.baseline:
+            reporter.phase("tokenising")
             val = tokenize_file(spec.validation_file, tok, cfg.data.max_seq_length)
-            result.metrics = evaluate(model, val, tc.batch_size, pad_id, device, "torch")
+            reporter.phase("evaluating", f"{len(val.examples)} validation examples")
+            result.metrics = evaluate(model, val, tc.batch_size, pad_id, device, "torch", reporter.heartbeat)
             result.metrics["peak_memory_gb"] = peak_memory_gb(device)
             result.state = "COMPLETE"
             return result
@@ -270,6 +299,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
         params = lora_parameters(model)
 
         # -- load data ----------------------------------------------------------------------------
+        reporter.phase("tokenising")
         train = tokenize_file(spec.train_file, tok, cfg.data.max_seq_length)
         val = tokenize_file(spec.validation_file, tok, cfg.data.max_seq_length)
         n_micro = n_micro_batches(len(train.examples), tc.batch_size, tc.num_train_epochs)
@@ -287,8 +317,10 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
         )
         warmup = math.ceil(tc.warmup_ratio * total_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.lr_scheduler_type, warmup, total_steps))
+        reporter.phase("training", f"{total_steps} optimizer steps")
         model.train()
         t0 = time.time()
+        t_step, busy_s = t0, 0.0  # start of the current step; seconds spent in steps (evaluations excluded)
         step, micro = 0, 0
         stop_reason = None
         batches = micro_batches(train, tc.batch_size, tc.num_train_epochs, cfg.data.sampling_strategy, spec.seed, pad_id)
@@ -320,17 +352,22 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
             step += 1
             result.steps = step
             curve.append({"step": step, "epoch": round(epoch_pos, 4), "train_loss": step_loss, "lr": sched.get_last_lr()[0]})
-            reporter.progress(step, total_steps, step_loss)
+            step_s = time.time() - t_step
+            busy_s += step_s
+            reporter.progress(step, total_steps, step_loss, result.train_tokens / busy_s if busy_s else None, step_s)
             if step in rung_at:
-                m = evaluate(model, rung_val, tc.batch_size, pad_id, device, result.backend)
+                reporter.phase("evaluating", f"rung {rung_at[step]} at step {step}, {len(rung_val.examples)} examples")
+                m = evaluate(model, rung_val, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat)
                 result.eval_tokens += rung_val.n_tokens
                 evals.append({"step": step, "examples": len(rung_val.examples), **m})
                 if not reporter.rung(step, m, rung_at[step]):
                     stop_reason = "pruned"
                     break
+                reporter.phase("training", f"{total_steps} optimizer steps")
             if spec.deadline is not None and time.time() > spec.deadline:
                 stop_reason = "time budget reached"
                 break
+            t_step = time.time()
         result.train_seconds = time.time() - t0
 
         # -- evaluate -----------------------------------------------------------------------------
@@ -340,12 +377,14 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
             if len(rung_val.examples) < len(val.examples):
                 result.error += f" (metrics on the rungs' {len(rung_val.examples)} of {len(val.examples)} validation examples)"
         else:
-            metrics = evaluate(model, val, tc.batch_size, pad_id, device, result.backend)
+            reporter.phase("evaluating", f"{len(val.examples)} validation examples")
+            metrics = evaluate(model, val, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat)
             result.eval_tokens += val.n_tokens
             evals.append({"step": step, "examples": len(val.examples), **metrics})
             if spec.test_file:
                 test = tokenize_file(spec.test_file, tok, cfg.data.max_seq_length)
-                tm = evaluate(model, test, tc.batch_size, pad_id, device, result.backend)
+                reporter.phase("evaluating", f"{len(test.examples)} test examples")
+                tm = evaluate(model, test, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat)
                 metrics.update({k.replace("eval_", "test_"): v for k, v in tm.items()})
             result.state = "COMPLETE" if stop_reason is None else "PRUNED"
             result.error = None if stop_reason is None else f"{stop_reason} at step {step}"
@@ -356,6 +395,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
         if spec.save_adapter:
             from moopt.lora import save_peft_adapter
 
+            reporter.phase("saving", "adapter")
             save_peft_adapter(
                 model, out_dir / "adapter", base_model_name_or_path=spec.base_model, r=cfg.lora.r,
                 alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules,

@@ -1,8 +1,10 @@
 """The trial process: ``python -m moopt.worker``.
 
 Protocol (JSON lines): the parent writes the TrialSpec on stdin's first line. The worker writes
-``{"event": "progress" | "rung" | "result", ...}`` lines on its original stdout; after a ``rung``
-line it reads one line ``{"continue": true|false}`` from stdin. Everything else the libraries print
+``{"event": "phase" | "progress" | "heartbeat" | "rung" | "result", ...}`` lines on its original
+stdout; after a ``rung`` line it reads one line ``{"continue": true|false}`` from stdin. ``phase``,
+``progress`` (each optimizer step) and ``heartbeat`` (inside evaluations, at most one a second) are
+the signs of life the stall watchdog goes by (``moopt.watchdog``). Everything else the libraries print
 goes to stderr, which the parent sends to the trial's ``log.txt``.
 """
 
@@ -11,18 +13,33 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
+
+HEARTBEAT_S = 1.0  # at most one heartbeat a second: evaluation batches of a tiny model take milliseconds
 
 
 class PipeReporter:
     def __init__(self, out, inp):
         self.out, self.inp = out, inp
+        self.last_beat = 0.0
 
     def send(self, msg: dict) -> None:
         self.out.write(json.dumps(msg, default=float) + "\n")
         self.out.flush()
 
-    def progress(self, step: int, total: int, loss: float) -> None:
-        self.send({"event": "progress", "step": step, "total": total, "loss": loss})
+    def progress(self, step: int, total: int, loss: float, tokens_per_s: float | None = None,
+                 step_s: float | None = None) -> None:
+        self.send({"event": "progress", "step": step, "total": total, "loss": loss, "tokens_per_s": tokens_per_s,
+                   "step_s": step_s})
+
+    def phase(self, name: str, detail: str = "") -> None:
+        self.send({"event": "phase", "phase": name, "detail": detail})
+
+    def heartbeat(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last_beat >= HEARTBEAT_S or done == total:
+            self.last_beat = now
+            self.send({"event": "heartbeat", "done": done, "total": total})
 
     def rung(self, step: int, metrics: dict, rung: int) -> bool:
         self.send({"event": "rung", "step": step, "metrics": metrics, "rung": rung})

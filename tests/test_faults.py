@@ -91,3 +91,20 @@ def test_time_budget_stops_new_trials_and_still_writes_the_report(tiny_model, ti
     assert 1 <= len(df) < 50
     assert "time budget" in r.output
     assert (out / "optimization_plot.png").is_file()
+
+
+def test_a_hanging_trial_is_killed_recorded_fail_with_the_reason_and_the_study_goes_on(tiny_model, tiny_data, space,
+                                                                                      tmp_path, monkeypatch):
+    monkeypatch.setenv("MOOPT_INJECT_FAULT", "1:hang@2")  # trial 1 sleeps forever after its first step
+    out = tmp_path / "hpo"
+    t0 = time.time()
+    r = CliRunner().invoke(main, [*args(tiny_model, tiny_data, out, space, 3), "--stall_timeout", "8"])
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out / "trials_summary.csv").set_index("number")
+    assert df.loc[1, "state"] == "FAIL"
+    assert df.loc[1, "error"].startswith("stalled: no optimizer step for ")
+    assert df.loc[1, "error"].endswith("s after step 1/12 (limit 8 s: --stall_timeout)")
+    assert df.loc[1, "steps"] == 1 and df.loc[1, "total_steps"] == 12
+    assert df.loc[0, "state"] == "COMPLETE" and df.loc[2, "state"] == "COMPLETE"  # the study went on
+    assert "Trial 1 FAIL" in r.output
+    assert time.time() - t0 < 120

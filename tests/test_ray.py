@@ -31,3 +31,25 @@ def test_ray_study_on_a_local_instance(tiny_model, tiny_data, tmp_path):
         assert (out / "best_config.yaml").is_file()
     finally:
         ray.shutdown()
+
+
+def test_ray_kills_a_hanging_trial_and_records_the_stall(tiny_model, tiny_data, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}\n  num_train_epochs: 2\n"
+                     "  batch_size: 8\nlora:\n  r: {type: categorical, values: [4, 8]}\ndata:\n  max_seq_length: 32\n")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+             runtime_env={"env_vars": {"MOOPT_INJECT_FAULT": "0:hang@2"}})
+    try:
+        out = tmp_path / "hpo"
+        r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+                                      "--validation_file", str(tiny_data["val"]), "--output_dir", str(out),
+                                      "--search_space", str(space), "--num_trials", "2", "--executor", "ray",
+                                      "--no-baseline", "--stall_timeout", "8"])
+        assert r.exit_code == 0, r.output
+        df = pd.read_csv(out / "trials_summary.csv").set_index("number")
+        assert df.loc[0, "state"] == "FAIL" and df.loc[0, "steps"] == 1
+        assert df.loc[0, "error"].startswith("stalled: no optimizer step for ")
+        assert df.loc[0, "error"].endswith("(limit 8 s: --stall_timeout)")
+        assert df.loc[1, "state"] == "COMPLETE"
+    finally:
+        ray.shutdown()

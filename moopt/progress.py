@@ -1,0 +1,206 @@
+"""Live progress of a study: what each running trial is doing, and where the study stands.
+
+:class:`ProgressBoard` is the data (fed with the workers' ``phase`` / ``progress`` / ``heartbeat``
+events and the trials' ends); :class:`ProgressView` draws it. On a terminal: a live rich display, one
+line for the study (trials done, best value of the first objective, elapsed, time left of the budget)
+and one per running trial (step/total, loss, tokens/s, ETA). Elsewhere (a pipe, CI, a log file): plain
+lines at a modest rate:
+
+- each phase of a trial (loading model, tokenising, training, evaluating) until the first trial of
+  the run has made its first optimizer step: the first set-up (cold disk cache, kernel compilation)
+  is the slow, silent part a user needs to see;
+- a trial's first step, then a line each 10% of its steps when at least ``min_gap_s`` passed since its
+  last one, and a line whenever it has been quiet for ``quiet_s`` (slow steps, a long evaluation);
+- the study's line after each trial ends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Self
+
+
+def fmt_duration(s: float) -> str:
+    s = max(0, round(s))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+@dataclass
+class TrialProgress:
+    label: str  # "Trial 3" | "Base model"
+    started: float
+    phase: str = "starting"
+    detail: str = ""
+    phase_since: float = 0.0
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    tokens_per_s: float | None = None
+    busy_s: float = 0.0  # seconds spent in optimizer steps so far (from the workers' step_s)
+    eval_done: int = 0
+    eval_total: int = 0
+    printed_at: float = 0.0  # when a plain line about it was last printed
+    printed_decile: int = 0  # the last 10% mark of its steps printed
+
+    def eta_s(self) -> float | None:
+        """Seconds left of training at the mean step time so far (evaluations not included)."""
+        if not self.step or not self.total or not self.busy_s:
+            return None
+        return (self.total - self.step) * self.busy_s / self.step
+
+
+class ProgressBoard:
+    """The state the progress view draws. Thread-safe: events arrive on executor threads."""
+
+    def __init__(self, total: int = 0, objective: str | None = None, minimize: bool = True, done: int = 0,
+                 deadline: float | None = None, clock: Callable[[], float] = time.time):
+        self.total, self.objective, self.minimize, self.done = total, objective, minimize, done
+        self.deadline, self.clock = deadline, clock
+        self.t0 = clock()
+        self.best: tuple[float, int] | None = None  # (value of the first objective, trial)
+        self.trials: dict[int, TrialProgress] = {}
+        self.stepped = False  # a trial of this run has made an optimizer step (set-up is known to work)
+        self.lock = threading.Lock()
+
+    def _trial(self, number: int, now: float) -> TrialProgress:
+        t = self.trials.get(number)
+        if t is None:
+            label = "Base model" if number < 0 else f"Trial {number}"
+            t = self.trials[number] = TrialProgress(label=label, started=now, phase_since=now, printed_at=now)
+        return t
+
+    def event(self, number: int, msg: dict) -> TrialProgress:
+        """Apply one worker event; the trial's state after it."""
+        now = self.clock()
+        with self.lock:
+            t = self._trial(number, now)
+            ev = msg.get("event")
+            if ev == "phase":
+                t.phase, t.detail, t.phase_since = msg.get("phase", ""), msg.get("detail", ""), now
+                t.eval_done = t.eval_total = 0
+            elif ev == "progress":
+                t.phase = "training"
+                t.step, t.total, t.loss = int(msg["step"]), int(msg["total"]), msg.get("loss")
+                t.tokens_per_s = msg.get("tokens_per_s") or t.tokens_per_s
+                t.busy_s += float(msg.get("step_s") or 0.0)
+            elif ev == "heartbeat":
+                t.eval_done, t.eval_total = int(msg.get("done", 0)), int(msg.get("total", 0))
+            return t
+
+    def ended(self, end: dict[str, Any]) -> None:
+        """A trial ended (any state): it leaves the board and counts as done; a COMPLETE one may be the best."""
+        with self.lock:
+            self.trials.pop(end["number"], None)
+            self.done += 1
+            v = (end.get("metrics") or {}).get(self.objective) if self.objective else None
+            better = v is not None and (self.best is None or (v < self.best[0] if self.minimize else v > self.best[0]))
+            if end.get("state") == "COMPLETE" and better:
+                self.best = (float(v), end["number"])
+
+    # -- lines -----------------------------------------------------------------------------------
+    def study_line(self) -> str:
+        now = self.clock()
+        parts = [f"Study: {self.done}/{self.total} trials done"]
+        if self.objective:
+            parts.append(f"best {self.objective} {self.best[0]:.4f} (trial {self.best[1]})" if self.best
+                         else f"best {self.objective} -")
+        parts.append(f"elapsed {fmt_duration(now - self.t0)}")
+        if self.deadline is not None:
+            parts.append(f"{fmt_duration(self.deadline - now)} left of the time budget")
+        return ", ".join(parts)
+
+    def trial_line(self, number: int, timed: bool = True) -> str:
+        """Training: step/total, loss, tokens/s, ETA. Otherwise its phase (and for how long, ``timed``)."""
+        now = self.clock()
+        with self.lock:
+            t = self.trials[number]
+        if t.phase == "training" and t.step:
+            eta = t.eta_s()
+            loss = f" loss {t.loss:.4f}" if t.loss is not None else ""
+            tps = f" {t.tokens_per_s:.0f} tok/s" if t.tokens_per_s else ""
+            return f"{t.label}: step {t.step}/{t.total}{loss}{tps}" + (f" ETA {fmt_duration(eta)}" if eta is not None else "")
+        what = t.phase + (f" ({t.detail})" if t.detail else "")
+        if t.eval_total:
+            what += f": batch {t.eval_done}/{t.eval_total}"
+        return f"{t.label}: {what}" + (f", {fmt_duration(now - t.phase_since)}" if timed else " ...")
+
+    def running(self) -> list[int]:
+        with self.lock:
+            return sorted(self.trials)
+
+
+class ProgressView:
+    """Draws a :class:`ProgressBoard` on ``console``: live on a terminal, plain lines otherwise (see
+    the module's docstring). Use as a context manager; feed it with ``event``, ``ended``, ``tick``."""
+
+    quiet_s = 30.0  # plain mode: a running trial gets a line at least this often
+    min_gap_s = 10.0  # plain mode: ... and at its 10% marks no more often than this
+
+    def __init__(self, console, board: ProgressBoard, study_line: bool = True):
+        self.console, self.board, self.show_study = console, board, study_line
+        self.live = None
+
+    def __enter__(self) -> Self:
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(get_renderable=self._render, console=self.console, transient=True,
+                             refresh_per_second=2, redirect_stdout=False, redirect_stderr=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+            self.live = None
+
+    def _render(self):
+        from rich.text import Text
+
+        lines = [self.board.study_line()] if self.show_study else []
+        lines += [f"  {self.board.trial_line(n)}" for n in self.board.running()]
+        return Text("\n".join(lines))
+
+    # -- feeding -------------------------------------------------------------------------------
+    def event(self, number: int, msg: dict) -> None:
+        t = self.board.event(number, msg)
+        if self.live is not None:
+            return
+        now = self.board.clock()
+        ev = msg.get("event")
+        line = None
+        if ev == "phase" and not self.board.stepped and t.phase != "starting":  # the study says it started
+            line = self.board.trial_line(number, timed=False)
+        elif ev == "progress":
+            decile = 10 * t.step // max(t.total, 1)
+            if t.step == 1 or (decile > t.printed_decile and now - t.printed_at >= self.min_gap_s and t.step < t.total):
+                line = self.board.trial_line(number)
+            if line is not None:
+                t.printed_decile = decile
+            self.board.stepped = True
+        if line is not None:
+            t.printed_at = now
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def ended(self, end: dict[str, Any]) -> None:
+        self.board.ended(end)
+        if self.live is None and self.show_study:
+            self.console.print(self.board.study_line(), markup=False, highlight=False, soft_wrap=True)
+
+    def tick(self) -> None:
+        """Called from the study's wait loop (every 0.5 s): plain mode prints the trials quiet too long."""
+        if self.live is not None:
+            return
+        now = self.board.clock()
+        for n in self.board.running():
+            t = self.board.trials.get(n)
+            if t is not None and now - t.printed_at >= self.quiet_s:
+                t.printed_at = now
+                self.console.print(self.board.trial_line(n), markup=False, highlight=False, soft_wrap=True)

@@ -1,0 +1,198 @@
+"""The progress view's state machine (moopt.progress) on a fake clock, and its plain lines in a real study."""
+
+import io
+
+from click.testing import CliRunner
+from rich.console import Console
+
+from moopt.progress import ProgressBoard, ProgressView, fmt_duration
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def prog(k, total=120, loss=1.234, tps=312.0, step_s=1.0):
+    return {"event": "progress", "step": k, "total": total, "loss": loss, "tokens_per_s": tps, "step_s": step_s}
+
+
+def plain():
+    buf = io.StringIO()
+    return Console(file=buf, force_terminal=False, width=200, highlight=False), buf
+
+
+def test_durations_read_like_a_clock():
+    assert [fmt_duration(s) for s in (4.6, 130, 3720, -3)] == ["5s", "2m10s", "1h02m", "0s"]
+
+
+def test_trial_line_shows_step_loss_speed_and_eta():
+    clock = Clock()
+    b = ProgressBoard(total=10, objective="eval_loss", clock=clock)
+    b.event(3, {"event": "phase", "phase": "training", "detail": "120 optimizer steps"})
+    for k in range(1, 41):
+        b.event(3, prog(k, step_s=1.625))
+    # 80 steps left at 1.625 s each
+    assert b.trial_line(3) == "Trial 3: step 40/120 loss 1.2340 312 tok/s ETA 2m10s"
+
+
+def test_phases_and_evaluation_batches_are_shown_until_training_resumes():
+    clock = Clock()
+    b = ProgressBoard(clock=clock)
+    b.event(-1, {"event": "phase", "phase": "loading model", "detail": "tiny on cpu"})
+    clock.t += 65
+    assert b.trial_line(-1) == "Base model: loading model (tiny on cpu), 1m05s"
+    b.event(-1, {"event": "phase", "phase": "evaluating", "detail": "16 validation examples"})
+    b.event(-1, {"event": "heartbeat", "done": 3, "total": 8})
+    assert b.trial_line(-1, timed=False) == "Base model: evaluating (16 validation examples): batch 3/8 ..."
+    b.event(2, prog(5, total=10))
+    b.event(2, {"event": "phase", "phase": "evaluating", "detail": "rung 0 at step 5, 8 examples"})
+    assert b.trial_line(2).startswith("Trial 2: evaluating (rung 0 at step 5, 8 examples)")
+    b.event(2, {"event": "phase", "phase": "training"})
+    assert b.trial_line(2).startswith("Trial 2: step 5/10")
+
+
+def test_study_line_counts_done_trials_keeps_the_best_and_the_time_left():
+    clock = Clock()
+    b = ProgressBoard(total=10, objective="eval_accuracy", minimize=False, deadline=clock.t + 3600, clock=clock)
+    b.ended({"number": 0, "state": "COMPLETE", "metrics": {"eval_accuracy": 0.5}})
+    b.ended({"number": 1, "state": "COMPLETE", "metrics": {"eval_accuracy": 0.7}})
+    b.ended({"number": 2, "state": "COMPLETE", "metrics": {"eval_accuracy": 0.6}})
+    b.ended({"number": 3, "state": "FAIL", "metrics": {"eval_accuracy": 0.9}})  # a failure is never the best
+    clock.t += 302
+    assert b.study_line() == "Study: 4/10 trials done, best eval_accuracy 0.7000 (trial 1), elapsed 5m02s, 54m58s left of the time budget"
+    low = ProgressBoard(total=2, objective="eval_loss", clock=clock)
+    assert low.study_line() == "Study: 0/2 trials done, best eval_loss -, elapsed 0s"
+
+
+def test_plain_lines_come_at_a_modest_rate():
+    clock = Clock()
+    console, buf = plain()
+    view = ProgressView(console, ProgressBoard(total=2, objective="eval_loss", clock=clock))
+    with view:
+        assert view.live is None  # not a terminal: no live display
+        view.event(0, {"event": "phase", "phase": "starting", "detail": "importing torch"})  # the study said so
+        view.event(0, {"event": "phase", "phase": "loading model"})
+        view.event(0, {"event": "phase", "phase": "training", "detail": "100 optimizer steps"})
+        for k in range(1, 101):  # 100 steps, 1 s each
+            clock.t += 1
+            view.event(0, prog(k, total=100))
+            view.tick()
+        view.event(0, {"event": "phase", "phase": "evaluating"})  # after the first step: phases are not printed
+        clock.t += 20
+        view.tick()  # 29 s since the line of step 91
+        assert buf.getvalue().splitlines()[-1].startswith("Trial 0: step 91/100")
+        clock.t += 1
+        view.tick()  # 30 s quiet: a line
+        view.ended({"number": 0, "state": "COMPLETE", "metrics": {"eval_loss": 0.9}})
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "Trial 0: loading model ..."
+    assert lines[1] == "Trial 0: training (100 optimizer steps) ..."
+    steps = [int(x.split()[3].split("/")[0]) for x in lines if " step " in x]
+    assert steps == [1, 11, 21, 31, 41, 51, 61, 71, 81, 91]  # the first, then each 10% at least 10 s apart
+    assert lines[-2] == "Trial 0: evaluating, 21s"
+    assert lines[-1].startswith("Study: 1/2 trials done, best eval_loss 0.9000 (trial 0)")
+
+
+def test_a_slow_trial_gets_a_line_each_30_seconds():
+    clock = Clock()
+    console, buf = plain()
+    with ProgressView(console, ProgressBoard(clock=clock)) as view:
+        view.event(1, prog(1, total=1000, step_s=20.0))
+        for k in range(2, 22):  # 20 s per step (10% is 100 steps away), ticks each 10 s: 400 s
+            clock.t += 10
+            view.tick()
+            clock.t += 10
+            view.event(1, prog(k, total=1000, step_s=20.0))
+            view.tick()
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 1 + 400 // 30  # step 1, then one each 30 s
+    assert lines[-1] == "Trial 1: step 20/1000 loss 1.2340 312 tok/s ETA 5h26m"
+
+
+def test_terminal_view_is_live_and_prints_no_plain_lines():
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=120)
+    clock = Clock()
+    with ProgressView(console, ProgressBoard(total=3, objective="eval_loss", clock=clock)) as view:
+        assert view.live is not None
+        view.event(0, prog(1, total=10))
+        text = view._render().plain
+        assert text.splitlines() == ["Study: 0/3 trials done, best eval_loss -, elapsed 0s",
+                                     "  Trial 0: step 1/10 loss 1.2340 312 tok/s ETA 9s"]
+        view.ended({"number": 0, "state": "COMPLETE", "metrics": {"eval_loss": 1.0}})
+        assert view._render().plain == "Study: 1/3 trials done, best eval_loss 1.0000 (trial 0), elapsed 0s"
+
+
+SPACE = """
+training:
+  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}
+  num_train_epochs: 2
+  batch_size: 8
+lora:
+  r: {type: categorical, values: [4, 8]}
+data:
+  max_seq_length: 32
+"""
+
+
+def test_a_study_in_a_log_says_what_it_does_and_how_far_each_trial_is(tiny_model, tiny_data, tmp_path, monkeypatch):
+    from moopt.cli import main
+
+    monkeypatch.setattr(ProgressView, "min_gap_s", 0.0)  # tiny trials take a second: a line at each 10%
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+                                  "--validation_file", str(tiny_data["val"]), "--output_dir", str(out),
+                                  "--search_space", str(space), "--num_trials", "2"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    for first in ("Base model: loading model (", "Base model: tokenising ...",
+                  "Base model: evaluating (16 validation examples) ...", "Trial 0: loading model (",
+                  "Trial 0: tokenising ...", "Trial 0: training (12 optimizer steps) ..."):
+        assert any(line.startswith(first) for line in lines), (first, r.output)
+    steps = [line for line in lines if line.startswith("Trial 0: step ")]
+    assert steps[0].startswith("Trial 0: step 1/12 loss ") and " tok/s ETA " in steps[0]
+    assert len(steps) >= 5  # the first step and the 10% marks
+    assert not any(line.startswith("Trial 1: loading model") for line in lines)  # set-up known to work by then
+    assert any(line.startswith("Trial 1: step 1/12 loss ") for line in lines)
+    assert any(line.startswith("Study: 1/2 trials done, best eval_loss ") for line in lines)
+    assert any(line.startswith("Study: 2/2 trials done, best eval_loss ") for line in lines)
+
+
+def test_progress_events_carry_tokens_per_second(tiny_model, tiny_data, tmp_path):
+    """The worker's progress event: step, total, loss, tokens/s (training only), seconds of the step."""
+    from moopt.config import TrialConfig
+    from moopt.trial import NullReporter, TrialSpec, run_trial
+
+    class Rec(NullReporter):
+        def __init__(self):
+            self.events = []
+
+        def progress(self, step, total, loss, tokens_per_s=None, step_s=None):
+            self.events.append(("progress", step, total, tokens_per_s, step_s))
+
+        def phase(self, name, detail=""):
+            self.events.append(("phase", name))
+
+        def heartbeat(self, done, total):
+            self.events.append(("heartbeat", done, total))
+
+    cfg = TrialConfig.from_dict({"training": {"num_train_epochs": 1, "batch_size": 8}, "data": {"max_seq_length": 32}})
+    rec = Rec()
+    res = run_trial(TrialSpec(number=0, config=cfg, base_model=str(tiny_model), train_file=str(tiny_data["train"]),
+                              validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "t"), save_adapter=False,
+                              device="cpu", kernels="torch"), rec)
+    assert res.state == "COMPLETE", res.error
+    names = [e[1] for e in rec.events if e[0] == "phase"]
+    assert names == ["loading model", "tokenising", "training", "evaluating"]
+    steps = [e for e in rec.events if e[0] == "progress"]
+    assert [e[1] for e in steps] == list(range(1, res.total_steps + 1))
+    assert all(e[3] > 0 and e[4] > 0 for e in steps)
+    assert steps[-1][3] >= res.train_tokens / res.train_seconds  # evaluations excluded: no slower than the whole
+    beats = [e for e in rec.events if e[0] == "heartbeat"]
+    assert beats[-1][1] == beats[-1][2] == 2  # 16 validation examples in batches of 8
