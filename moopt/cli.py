@@ -33,7 +33,7 @@ def main() -> None:
 
 @main.command()
 @opt("base_model", default="smollm2-135m", show_default=True,
-     help="Local HF folder, hub id already in the local HF cache, a .gguf file, or the alias smollm2-135m.")
+     help="Hub id (owner/name; downloaded once into the HF cache, HF_TOKEN for gated ones), local HF folder, a .gguf file, or the alias smollm2-135m.")
 @opt("train_file", required=True, type=click.Path(), help="Training data, JSONL (text | prompt+completion | instruction+input+output | messages).")
 @opt("validation_file", required=True, type=click.Path(), help="Validation data, JSONL; the objectives are measured on it.")
 @opt("output_dir", required=True, type=click.Path(), help="Where the study, its trials and its results are written.")
@@ -85,7 +85,7 @@ def require_bitsandbytes(source) -> None:
 def build_study_config(kw: dict):
     """Validate every flag and input file before anything is written."""
     from moopt.data import read_jsonl
-    from moopt.models import resolve_model
+    from moopt.models import resolve_model_revision
     from moopt.objectives import parse_objectives
     from moopt.space import default_space, load_space
     from moopt.study import StudyConfig, check_output_dir
@@ -119,7 +119,13 @@ def build_study_config(kw: dict):
     check_output_dir(cfg)
     from dataclasses import replace
 
-    return replace(cfg, model_path=resolve_model(kw["base_model"]))
+    from moopt.journal import JOURNAL, replay
+
+    pinned = None  # --resume loads the hub commit the study began with, wherever main has moved since
+    if kw["resume"] and (Path(kw["output_dir"]) / JOURNAL).is_file():
+        pinned = replay(kw["output_dir"]).header.get("model_revision")
+    model_path, revision = resolve_model_revision(kw["base_model"], revision=pinned)
+    return replace(cfg, model_path=model_path, model_revision=revision)
 
 
 @main.command()
