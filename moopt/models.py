@@ -150,6 +150,8 @@ def resolve_hub_model(repo_id: str, revision: str | None = None) -> tuple[str, s
         ) from None
     except hf.HfHubHTTPError as e:
         status = getattr(e.response, "status_code", "?")
+        if status == 401:  # a token the hub does not accept (expired, revoked, mistyped)
+            raise ConfigError(f"{where}: {endpoint} refused the token (HTTP 401); check HF_TOKEN or run `hf auth login`") from None
         raise ConfigError(f"{where}: {endpoint} answered HTTP {status}; try again later, or check HF_ENDPOINT") from None
     except _network_errors() as e:
         folder = _cached_snapshot(repo_id, revision)
@@ -161,6 +163,9 @@ def resolve_hub_model(repo_id: str, revision: str | None = None) -> tuple[str, s
         print(f"moopt: {endpoint} not reachable ({type(e).__name__}); using the cached {repo_id} at commit "
               f"{Path(folder).name[:12]}", flush=True)
         return folder, Path(folder).name
+    except OSError as e:  # after the network errors: LocalEntryNotFoundError is an OSError too
+        raise ConfigError(f"{where}: cannot write into the HF cache {constants.HF_HUB_CACHE} ({e.strerror or e}); "
+                          "free some space there, or set HF_HOME elsewhere") from None
 
 
 def _cached_snapshot(repo_id: str, revision: str | None) -> str | None:

@@ -8,7 +8,8 @@ It serves model repositories made from local folders through the endpoints ``hug
   the sha256 for files kept in LFS: ``*.safetensors`` here) and ``Content-Length``.
 Errors are answered as the hub answers them: an unknown repository 401 (anonymous) or 404 with
 ``X-Error-Code: RepoNotFound``; an unknown revision 404 ``RevisionNotFound``; a file of a gated repository without
-access 401 (anonymous) or 403 (a token without access) ``GatedRepo`` (its info and listing stay public, as on the hub).
+access 401 (anonymous) or 403 (a token without access) ``GatedRepo`` (its info and listing stay public, as on the hub);
+a revoked token 401 "Invalid credentials in Authorization header" on any request.
 ``requests`` logs every (method, path) served, so tests can tell what went over the wire.
 """
 
@@ -33,9 +34,10 @@ class Repo:
 
 
 class FakeHub:
-    def __init__(self, granted_tokens: tuple[str, ...] = ()):
+    def __init__(self, granted_tokens: tuple[str, ...] = (), revoked_tokens: tuple[str, ...] = ()):
         self.repos: dict[str, Repo] = {}
         self.granted = set(granted_tokens)  # tokens with access to gated repositories
+        self.revoked = set(revoked_tokens)  # tokens refused on every request
         self.requests: list[tuple[str, str]] = []
         self._server: ThreadingHTTPServer | None = None
 
@@ -92,6 +94,8 @@ class FakeHub:
         token = (h.headers.get("Authorization") or "").removeprefix("Bearer ").strip() or None
         parts = path.strip("/").split("/")
         try:
+            if token in self.revoked:
+                raise _HubError(401, "", "Invalid credentials in Authorization header")
             if parts[:2] == ["api", "models"]:
                 self._api(h, parts[2:], token, body)
             elif len(parts) >= 5 and parts[2] == "resolve":
@@ -99,7 +103,8 @@ class FakeHub:
             else:
                 self._send(h, 404, b"not found", body, {"X-Error-Code": "EntryNotFound"})
         except _HubError as e:
-            self._send(h, e.status, e.message.encode(), body, {"X-Error-Code": e.code, "X-Error-Message": e.message})
+            headers = {"X-Error-Message": e.message} | ({"X-Error-Code": e.code} if e.code else {})
+            self._send(h, e.status, e.message.encode(), body, headers)
 
     def _repo(self, repo_id: str, token: str | None) -> Repo:
         if repo_id not in self.repos:

@@ -160,13 +160,15 @@ def test_hub_unreachable_without_a_copy_is_one_line(hub, env):
     assert isinstance(msg, str) and "cannot reach" in msg and "has no copy" in msg
 
 
-def test_gated_repository_with_access_downloads(repo_folder, env, tmp_path):
-    hub = FakeHub(granted_tokens=("hf_granted",)).start()
+def test_gated_repository_with_access_downloads_and_a_revoked_token_is_named(repo_folder, env, tmp_path):
+    hub = FakeHub(granted_tokens=("hf_granted",), revoked_tokens=("hf_revoked",)).start()
     try:
         sha = hub.push(GATED, repo_folder, gated=True)
         env = {**env, "HF_ENDPOINT": hub.url}
         assert "set HF_TOKEN" in resolve(env, GATED, HF_TOKEN="hf_other")  # a token without access: 403
         folder, got = resolve(env, GATED, HF_TOKEN="hf_granted")
         assert got == sha and Path(folder, "model.safetensors").is_file()
+        msg = resolve(env, REPO, HF_TOKEN="hf_revoked")
+        assert "refused the token (HTTP 401)" in msg and "check HF_TOKEN" in msg
     finally:
         hub.stop()
