@@ -99,6 +99,7 @@ def adapter_base(out: Path, number: int) -> str:
     return json.loads((out / "trial_results" / f"trial_{number}" / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
 
 
+@pytest.mark.slow
 def test_cold_download_then_study_then_resume_keeps_the_recorded_commit(hub, env, tiny_data, space, tmp_path):
     out = tmp_path / "hpo"
     r = optimize(env, tiny_data, space, out, "--num_trials", "1")
