@@ -56,7 +56,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-read_jsonl = read_records  # the name moopt.cli and the tests import
+read_jsonl = read_records  # the earlier, JSONL-only name (tests/test_data.py imports it)
 
 
 def data_format(path: Path) -> str:
