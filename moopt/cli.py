@@ -33,9 +33,9 @@ def main() -> None:
 
 @main.command()
 @opt("base_model", default="smollm2-135m", show_default=True,
-     help="Local HF folder, hub id already in the local HF cache, a .gguf file, or the alias smollm2-135m.")
-@opt("train_file", required=True, type=click.Path(), help="Training data, JSONL (text | prompt+completion | instruction+input+output | messages).")
-@opt("validation_file", required=True, type=click.Path(), help="Validation data, JSONL; the objectives are measured on it.")
+     help="Hub id (owner/name; downloaded once into the HF cache, HF_TOKEN for gated ones), local HF folder, a .gguf file, or the alias smollm2-135m.")
+@opt("train_file", required=True, type=click.Path(), help="Training data: JSONL, a JSON array or Parquet; records text | prompt+completion | instruction+input+output | messages.")
+@opt("validation_file", required=True, type=click.Path(), help="Validation data (same formats); the objectives are measured on it.")
 @opt("output_dir", required=True, type=click.Path(), help="Where the study, its trials and its results are written.")
 @opt("num_trials", default=10, show_default=True, type=click.IntRange(min=1), help="Trials to run (exactly this many, unless the time budget ends first).")
 @opt("optimization_objective", default="eval_loss", show_default=True,
@@ -106,8 +106,8 @@ def require_bitsandbytes(source) -> None:
 
 def build_study_config(kw: dict):
     """Validate every flag and input file before anything is written."""
-    from moopt.data import read_jsonl
-    from moopt.models import resolve_model
+    from moopt.data import read_records
+    from moopt.models import resolve_model_revision
     from moopt.objectives import parse_objectives
     from moopt.space import default_space, load_space
     from moopt.study import StudyConfig, check_output_dir
@@ -123,8 +123,8 @@ def build_study_config(kw: dict):
     space = load_space(kw["search_space"]) if kw["search_space"] else default_space()
     if space.fixed.model.quantization != "none" or any(p.name == "model.quantization" for p in space.params):
         require_bitsandbytes(space.source)
-    read_jsonl(kw["train_file"])
-    read_jsonl(kw["validation_file"])
+    read_records(kw["train_file"])
+    read_records(kw["validation_file"])
     cfg = StudyConfig(
         base_model=kw["base_model"], model_path="", train_file=kw["train_file"], validation_file=kw["validation_file"],
         output_dir=kw["output_dir"], num_trials=kw["num_trials"], objectives=objectives, space=space, seed=kw["seed"],
@@ -141,7 +141,13 @@ def build_study_config(kw: dict):
     check_output_dir(cfg)
     from dataclasses import replace
 
-    return replace(cfg, model_path=resolve_model(kw["base_model"]))
+    from moopt.journal import JOURNAL, replay
+
+    pinned = None  # --resume loads the hub commit the study began with, wherever main has moved since
+    if kw["resume"] and (Path(kw["output_dir"]) / JOURNAL).is_file():
+        pinned = replay(kw["output_dir"]).header.get("model_revision")
+    model_path, revision = resolve_model_revision(kw["base_model"], revision=pinned)
+    return replace(cfg, model_path=model_path, model_revision=revision)
 
 
 @main.command()
@@ -159,9 +165,9 @@ def report(output_dir: str) -> None:
 @main.command()
 @opt("config", required=True, type=click.Path(), help="A best_config.yaml (sections training/lora/data[/model]).")
 @opt("base_model", default="smollm2-135m", show_default=True, help="As for optimize.")
-@opt("train_file", required=True, type=click.Path(), help="Training data, JSONL.")
-@opt("validation_file", required=True, type=click.Path(), help="Validation data, JSONL.")
-@opt("test_file", required=True, type=click.Path(), help="Held-out test data, JSONL (never seen by the search).")
+@opt("train_file", required=True, type=click.Path(), help="Training data: JSONL, a JSON array or Parquet.")
+@opt("validation_file", required=True, type=click.Path(), help="Validation data (same formats).")
+@opt("test_file", required=True, type=click.Path(), help="Held-out test data, same formats (never seen by the search).")
 @opt("output_dir", required=True, type=click.Path(), help="Where the final adapter and metrics go.")
 @opt("kernels", default="auto", show_default=True, type=click.Choice(["auto", "triton", "torch"]), help="LoRA kernel path.")
 @opt("seed", default=42, show_default=True, type=int, help="Seed of LoRA initialisation and data order.")
@@ -169,14 +175,14 @@ def report(output_dir: str) -> None:
 def train(**kw) -> None:
     """Train the final adapter with a chosen configuration (full budget, no pruning) and test it."""
     from moopt.config import load_trial_config
-    from moopt.data import read_jsonl
+    from moopt.data import read_records
     from moopt.final import train_final
     from moopt.models import resolve_model
 
     try:
         cfg = load_trial_config(kw["config"])
         for f in ("train_file", "validation_file", "test_file"):
-            read_jsonl(kw[f])
+            read_records(kw[f])
         out = Path(kw["output_dir"])
         if (out / "final_metrics.json").is_file() and not kw["overwrite"]:
             raise ConfigError(f"{out}: holds a trained model already; pass --overwrite to replace it")

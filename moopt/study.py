@@ -66,6 +66,7 @@ class StudyConfig:
     executor: str = "local"  # local | ray
     ray_address: str | None = None  # with executor=ray: auto | host:port | None (start a local instance)
     stall_timeout_s: float | None = None  # --stall_timeout, seconds: None = auto (moopt.watchdog), 0 = never kill
+    model_revision: str | None = None  # the hub commit a hub id resolved to (journaled; --resume loads that commit)
 
 
 def check_output_dir(cfg: StudyConfig) -> None:
@@ -215,7 +216,7 @@ class Study:
             self.journal.append({"type": "study", "created": _now(), "fingerprint": study_fingerprint(cfg),
                                  "num_trials": cfg.num_trials, "objectives": list(cfg.objectives.names),
                                  "weights": list(cfg.objectives.weights), "base_model": cfg.base_model,
-                                 "memory_constraint_gb": cfg.memory_constraint_gb,
+                                 "model_revision": cfg.model_revision, "memory_constraint_gb": cfg.memory_constraint_gb,
                                  "pruning_factor": cfg.pruning_factor})
             write_yaml(self.out / "search_space.yaml", space_to_yaml(cfg.space))
         for r in record.rungs if record else []:  # what finished trials showed at each rung
