@@ -177,7 +177,8 @@ def train(**kw) -> None:
     from moopt.config import load_trial_config
     from moopt.data import read_records
     from moopt.final import train_final
-    from moopt.models import resolve_model
+    from moopt.journal import replay
+    from moopt.models import resolve_model_revision
 
     try:
         cfg = load_trial_config(kw["config"])
@@ -186,7 +187,10 @@ def train(**kw) -> None:
         out = Path(kw["output_dir"])
         if (out / "final_metrics.json").is_file() and not kw["overwrite"]:
             raise ConfigError(f"{out}: holds a trained model already; pass --overwrite to replace it")
-        model_path = resolve_model(kw["base_model"])
+        # a study's best_config.yaml: the final model trains on the hub commit that study searched on
+        header = replay(Path(kw["config"]).parent).header
+        pinned = header.get("model_revision") if header.get("base_model") == kw["base_model"] else None
+        model_path, _ = resolve_model_revision(kw["base_model"], revision=pinned)
     except ConfigError as e:
         fail(str(e))
     ok = train_final(cfg, kw["config"], model_path, kw)

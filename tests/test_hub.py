@@ -125,6 +125,14 @@ def test_cold_download_then_study_then_resume_keeps_the_recorded_commit(hub, env
     assert hub.requests[n:] == []  # a recorded commit in the cache needs no request at all
     assert not (snapshot.parent / new).exists()
 
+    # the final model trains on the study's commit too (its best_config.yaml sits beside the journal)
+    final = tmp_path / "final"
+    r = moopt(env, "train", "--config", out / "best_config.yaml", "--base_model", REPO, "--train_file", tiny_data["train"],
+              "--validation_file", tiny_data["val"], "--test_file", tiny_data["val"], "--output_dir", final)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((final / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(snapshot)
+    assert hub.requests[n:] == []
+
     # a new study takes the new main
     assert resolve(env, REPO) == [str(snapshot.parent / new), new]
 
