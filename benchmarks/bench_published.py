@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from published_peaks import PUBLISHED  # noqa: E402
+from published_peaks import PUBLISHED
 
 RESULTS = Path(__file__).parent / "results"
 GIB = 1024**3

@@ -35,7 +35,7 @@ UNSLOTH_NOTE = ("Unsloth Llama 3.3 blog / docs.unsloth.ai benchmarks, 'Hugging F
 
 
 def _row(**kw) -> dict:
-    base = dict(quant="none", r=8, targets=QV, ckpt=False, dropout=0.0, kernels="peft", loss="hf")
+    base = {"quant": "none", "r": 8, "targets": QV, "ckpt": False, "dropout": 0.0, "kernels": "peft", "loss": "hf"}
     return base | kw
 
 

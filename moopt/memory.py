@@ -491,3 +491,114 @@ def fit_calibration(pairs: list[tuple[int | MemoryEstimate, int]]) -> dict[str, 
     factor = min(max(statistics.median(slopes), CALIBRATION_FACTOR_RANGE[0]), CALIBRATION_FACTOR_RANGE[1])
     offset = statistics.median(y - factor * x for x, y in zip(xs, ys))
     return {"factor": factor, "offset_bytes": offset, "n": len(xs)}
+
+
+# -- what fits: the largest batch × sequence, and plans for a model that does not fit one GPU ----------
+
+FIT_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+# FSDP / ZeRO-3 prefetch: the layer being computed and the next one are gathered unsharded
+# (torch.distributed.fsdp forward/backward_prefetch, one layer ahead by default).
+SHARDED_GATHERED_LAYERS = 2
+
+
+def _with_shape(trial: TrialConfig, b: int, s: int, **model_fields) -> TrialConfig:
+    d = trial.to_dict()
+    d["training"]["batch_size"] = int(b)
+    d["data"]["max_seq_length"] = int(s)
+    d["model"].update(model_fields)
+    return TrialConfig.from_dict(d)
+
+
+def longest_fitting_seq(model_config: Any, trial: TrialConfig, budget_bytes: float, batch: int,
+                        max_seq: int, **kw) -> int:
+    """Largest sequence length s ≤ max_seq with estimate(batch × s) ≤ budget (0 if even s=1 does not fit).
+    The estimate grows with s, so a bisection finds it."""
+    def fits(s: int) -> bool:
+        return estimate_peak(model_config, trial, batch_shape=(batch, s), **kw).total_bytes <= budget_bytes
+
+    if not fits(1):
+        return 0
+    lo, hi = 1, int(max_seq)
+    if fits(hi):
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def fit_table(model_config: Any, trial: TrialConfig, budget_bytes: float, max_seq: int | None = None,
+              batches: Iterable[int] = FIT_BATCHES, margin: float = 0.0, **kw) -> list[tuple[int, int]]:
+    """[(batch, longest sequence whose estimate × (1 + margin) fits the budget)] for each batch size,
+    while any sequence fits."""
+    max_seq = int(max_seq or getattr(model_config, "max_position_embeddings", 0) or 131072)
+    out = []
+    for b in batches:
+        s = longest_fitting_seq(model_config, trial, budget_bytes / (1 + margin), b, max_seq, **kw)
+        if s == 0:
+            break
+        out.append((b, s))
+    return out
+
+
+def sharded_estimate(model_config: Any, trial: TrialConfig, n_gpus: int, **kw) -> int:
+    """Per-GPU peak when the frozen weights and the adapters with their optimizer states are sharded
+    over ``n_gpus`` (FSDP FULL_SHARD / DeepSpeed ZeRO-3), each GPU training its own batch of
+    ``batch_size × max_seq_length``: weights/n + adapters/n + ``SHARDED_GATHERED_LAYERS`` layers
+    gathered whole + everything else as on one GPU. moopt itself trains a trial on one GPU; this says
+    what a sharded run elsewhere would need."""
+    est = estimate_peak(model_config, trial, **kw)
+    m = ModelDims.from_config(model_config)
+    weights = est.breakdown.get("weights", 0)
+    lora = est.breakdown.get("lora_params_grads_optimizer", 0)
+    per_param = {"none": _act_bytes(trial, kw.get("device", "cuda")), "8bit": 1, "4bit": NF4_BYTES_PER_PARAM}
+    layer_weights = per_param[trial.model.quantization] * m.linear_params / m.layers
+    gathered = SHARDED_GATHERED_LAYERS * layer_weights if n_gpus > 1 else 0
+    return int(est.total_bytes - (weights + lora) * (1 - 1 / n_gpus) + gathered)
+
+
+def under_prior(device: str, quant: str) -> float:
+    """The uncalibrated estimate's worst measured under-estimate for (device, quantization)."""
+    return ESTIMATE_UNDER_PRIOR.get((device, quant), max(ESTIMATE_UNDER_PRIOR.values()))
+
+
+def fit_plan(model_config: Any, trial: TrialConfig, budget_bytes: float, max_gpus: int = 64, **kw) -> list[str]:
+    """Lines saying whether ``trial`` fits one GPU of ``budget_bytes`` and, when it does not, what would:
+    a quantised model on one GPU, or the fewest GPUs a sharded run needs. "fits" means the estimate
+    plus its error band (:func:`under_prior`) is within the budget; "fits only if ..." when only the
+    bare estimate is."""
+    device = kw.get("device", "cuda")
+
+    def verdict(t: TrialConfig, total: int) -> str:
+        u = under_prior(device, t.model.quantization)
+        if total * (1 + u) <= budget_bytes:
+            return "fits"
+        if total <= budget_bytes:
+            return f"fits only if the estimate is not low: +{u:.0%} error band -> {total * (1 + u) / GIB:.1f} GiB"
+        return "does not fit"
+
+    est = estimate_peak(model_config, trial, **kw)
+    v = verdict(trial, est.total_bytes)
+    if v == "fits":
+        return [f"fits one GPU of {budget_bytes / GIB:g} GiB: {est.total_gib:.1f} GiB estimated"]
+    lines = [f"one GPU of {budget_bytes / GIB:g} GiB: {est.total_gib:.1f} GiB estimated, {v} "
+             f"(weights alone {est.breakdown.get('weights', 0) / GIB:.1f} GiB); alternatives:"]
+    for q in ("8bit", "4bit"):
+        if q == trial.model.quantization:
+            continue
+        t = _with_shape(trial, trial.training.batch_size, trial.data.max_seq_length, quantization=q)
+        alt = estimate_peak(model_config, t, **kw)
+        lines.append(f"  quantization {q} on one GPU: {alt.total_gib:.1f} GiB ({verdict(t, alt.total_bytes)})")
+    if not trial.model.gradient_checkpointing:
+        t = _with_shape(trial, trial.training.batch_size, trial.data.max_seq_length, gradient_checkpointing=True)
+        alt = estimate_peak(model_config, t, **kw)
+        lines.append(f"  gradient checkpointing on: {alt.total_gib:.1f} GiB ({verdict(t, alt.total_bytes)})")
+    u = under_prior(device, trial.model.quantization)
+    n = next((n for n in range(2, max_gpus + 1)
+              if sharded_estimate(model_config, trial, n, **kw) * (1 + u) <= budget_bytes), None)
+    if n is None:
+        lines.append(f"  sharded (FSDP / ZeRO-3) over up to {max_gpus} GPUs: does not fit (activations alone exceed it)")
+    else:
+        per = sharded_estimate(model_config, trial, n, **kw)
+        lines.append(f"  sharded (FSDP / ZeRO-3, not moopt's one-GPU trials) over {n} GPUs: {per / GIB:.1f} GiB per GPU")
+    return lines
