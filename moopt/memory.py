@@ -581,8 +581,8 @@ def fit_plan(model_config: Any, trial: TrialConfig, budget_bytes: float, max_gpu
     v = verdict(trial, est.total_bytes)
     if v == "fits":
         return [f"fits one GPU of {budget_bytes / GIB:g} GiB: {est.total_gib:.1f} GiB estimated"]
-    lines = [f"one GPU of {budget_bytes / GIB:g} GiB: {est.total_gib:.1f} GiB estimated, {v} "
-             f"(weights alone {est.breakdown.get('weights', 0) / GIB:.1f} GiB); alternatives:"]
+    lines = [(f"one GPU of {budget_bytes / GIB:g} GiB: {est.total_gib:.1f} GiB estimated, {v} "
+              f"(weights alone {est.breakdown.get('weights', 0) / GIB:.1f} GiB); alternatives:")]
     for q in ("8bit", "4bit"):
         if q == trial.model.quantization:
             continue

@@ -36,8 +36,14 @@ def _cuda_available() -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Print {total_gib, breakdown, assumed[, fit]} as JSON.")
 def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_json):
     """Estimate the peak memory (GiB) of one training step of a trial."""
-    from moopt.memory import GIB, estimate_peak, fit_plan, fit_table, load_model_config, under_prior
-
+    from moopt.memory import (
+        GIB,
+        estimate_peak,
+        fit_plan,
+        fit_table,
+        load_model_config,
+        under_prior,
+    )
     margin = 0.0
     auto_device = device == "auto"
     if auto_device:
