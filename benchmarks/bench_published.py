@@ -61,6 +61,8 @@ ABLATIONS = {
     "cuda_workspaces": ({"CUDA_WORKSPACE_BYTES": 0}, {}),
     "bnb_kept_inputs": ({}, {"bnb_keeps_inputs": False}),
     "allocator_slack": ({"CUDA_SLACK": 0.0}, {}),
+    # the estimator before issue 25: no workspaces, bitsandbytes' kept inputs not modelled
+    "issue25_terms": ({"CUDA_WORKSPACE_BYTES": 0}, {"bnb_keeps_inputs": False}),
 }
 
 

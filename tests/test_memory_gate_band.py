@@ -96,12 +96,12 @@ def test_published_benchmark_figures_reach_the_issue_targets():
 def test_band_is_one_sided_until_measured_then_narrows_with_measurements():
     assert error_band([], None, 0.12, 0.03) == (0.12, 0.0)
     one = error_band([[10 * GIB, 11 * GIB]], {"factor": 1.1, "offset_bytes": 0}, 0.12, 0.03)
-    assert one == pytest.approx((0.03 + 0.06, 0.03))  # exact fit: floor, plus the prior halved
+    assert one == pytest.approx((0.03 + 0.12 / math.sqrt(2), 0.03))  # exact fit: floor + prior / sqrt(2)
     # five measurements scattered ±2% around 1.1 × estimate
     pairs = [[e * GIB, int(e * GIB * 1.1 * f)] for e, f in ((4, 1.0), (6, 1.02), (8, 0.98), (10, 1.01), (12, 0.99))]
     under, over = error_band(pairs, None, 0.12, 0.03)
     assert 0.03 < under < one[0] and over >= 0.03
-    assert under <= 0.03 + 0.05 + 0.12 / 6
+    assert under <= 0.03 + 0.05 + 0.12 / math.sqrt(6)
 
 
 def test_cuda_first_config_of_its_kind_is_probed_then_trusted(tiny_model, tmp_path, monkeypatch):
