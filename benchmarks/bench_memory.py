@@ -125,7 +125,12 @@ def gate_bands(pred: list[int], meas: list[int], quants: list[str], device: str)
     estimate, memory.ESTIMATE_UNDER_PRIOR one-sided; for CPU those priors come from these very probes,
     so this one is in-sample), ``gate_calibrated`` after every other config of its quantisation was
     measured (leave-one-out calibrated estimate and probe.error_band over those pairs)."""
-    from moopt.memory import ESTIMATE_UNDER_PRIOR, MIN_ERROR_BAND, apply_calibration, fit_calibration
+    from moopt.memory import (
+        ESTIMATE_UNDER_PRIOR,
+        MIN_ERROR_BAND,
+        apply_calibration,
+        fit_calibration,
+    )
     from moopt.probe import error_band
 
     out = {"gate": [], "gate_calibrated": []}

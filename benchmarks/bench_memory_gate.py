@@ -108,7 +108,7 @@ def main() -> int:
            "--validation_file", str(val), "--output_dir", str(out), "--search_space", str(space), "--num_trials",
            str(args.trials), "--no-baseline", "--memory_constraint", f"{budget:.4f}", "--seed", str(args.seed),
            "--optimization_objective", "multi:eval_loss,peak_memory_gb"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
         return 1

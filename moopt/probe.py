@@ -134,6 +134,28 @@ def probe_peak(
     return _failed(f"probe exited with code {proc.returncode} without a result: {tail}", oom=False, seconds=seconds)
 
 
+def estimate_vs_probe(model_path: str, trial: TrialConfig, device: str = "cuda", kernels: str = "auto",
+                      steps: int = 3, shape: tuple[int, int] | None = None, loss: str = "chunked") -> dict:
+    """One estimate-vs-measurement comparison, for scripts (the GPU check): the analytic estimate of
+    ``trial`` at ``shape`` (total, and the allocated / reserved views) next to a probe's measurement
+    (cuda: max_reserved + NVML context; cpu: peak RSS). ``error_pct`` = (estimate − measured) / measured."""
+    from moopt_kernels import resolve_backend
+
+    from moopt.memory import estimate_peak, load_model_config
+
+    est_kernels = resolve_backend(kernels, device) if kernels != "triton" else "triton"
+    est = estimate_peak(load_model_config(model_path), trial, device=device, kernels=est_kernels, loss=loss,
+                        batch_shape=shape)
+    res = probe_peak(model_path, trial, device=device, kernels=kernels, steps=steps, shape=shape)
+    out = {"shape": list(est.shape), "quantization": trial.model.quantization, "device": device,
+           "estimate_bytes": est.total_bytes, "estimate_allocated_bytes": est.allocated_bytes,
+           "estimate_reserved_bytes": est.reserved_bytes, "breakdown": est.breakdown,
+           **{k: getattr(res, k) for k in ("peak_bytes", "max_allocated", "max_reserved", "context_bytes",
+                                           "num_alloc_retries", "oom", "error", "seconds")}}
+    out["error_pct"] = (est.total_bytes - res.peak_bytes) / res.peak_bytes * 100 if res.ok and res.peak_bytes else None
+    return out
+
+
 # -- the child ---------------------------------------------------------------------------------------
 
 
@@ -513,13 +535,16 @@ class MemoryGate:
         estimate is at least ``peak_bytes`` (the peak at the failure, a lower bound of its need)."""
         if not peak_bytes or peak_bytes <= 0:
             return
-        key, shape = self.key(trial), self.shape(trial)
-        fp = memory_fingerprint(trial, shape)
-        raw = self.estimate_bytes(trial, calibrated=False)
-        if oom:
-            self.cache.update(key, lambda e: _add_oom(e, fp, raw, int(peak_bytes)))
-        else:
-            self.cache.update(key, lambda e: _add_pair(e, fp, raw, int(peak_bytes), 0, 0.0, source="trial"))
+        try:
+            key, shape = self.key(trial), self.shape(trial)
+            fp = memory_fingerprint(trial, shape)
+            raw = self.estimate_bytes(trial, calibrated=False)
+            if oom:
+                self.cache.update(key, lambda e: _add_oom(e, fp, raw, int(peak_bytes)))
+            else:
+                self.cache.update(key, lambda e: _add_pair(e, fp, raw, int(peak_bytes), 0, 0.0, source="trial"))
+        except (OSError, ValueError, ConfigError) as e:  # a study goes on without this calibration point
+            print(f"memory gate: could not record trial peak ({e})", file=sys.stderr)
 
     def _on_measurement(self, decision, measured: float, probed: bool, source: str) -> GateDecision:
         fits = measured <= self.constraint_gb

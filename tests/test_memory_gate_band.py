@@ -265,3 +265,13 @@ def test_cli_device_auto_says_which_device_it_assumed(tmp_path, monkeypatch):
     assert json.loads(r.output)["assumed"]["device"] == "cuda"
     r = CliRunner().invoke(estimate_memory, ["--base_model", "llama-3.1-8b", "--fit", "-3"])
     assert r.exit_code == 2 and "--fit" in r.output
+
+
+def test_estimate_vs_probe_is_callable_from_a_script(tiny_model):
+    """The GPU check calls this with device="cuda" (NVML); here a real CPU probe on the tiny model."""
+    from moopt.probe import estimate_vs_probe
+
+    out = estimate_vs_probe(str(tiny_model), trial(b=2, s=32), device="cpu", kernels="torch", steps=2, shape=(2, 16))
+    assert out["error"] is None and out["shape"] == [2, 16] and out["peak_bytes"] > 0
+    assert out["error_pct"] == pytest.approx((out["estimate_bytes"] - out["peak_bytes"]) / out["peak_bytes"] * 100)
+    assert out["estimate_allocated_bytes"] <= out["estimate_reserved_bytes"] <= out["estimate_bytes"]
