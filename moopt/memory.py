@@ -19,7 +19,10 @@ moopt's own step is modelled (moopt/trial.py): moopt LoRA modules that save only
 S = X·Aᵀ (kernels/lora_linear.py, both backends), AdamW on fp32 adapters, the chunked linear+CE
 (kernels/cross_entropy.py). ``kernels="peft"`` and ``loss="hf"`` model the usual HF/PEFT peer setup
 (PEFT LoRA under bf16 autocast, ``prepare_model_for_kbit_training`` upcasting non-quantised params to
-fp32, HF ``ForCausalLMLoss``) so published peer numbers can be compared.
+fp32, HF ``ForCausalLMLoss``, bitsandbytes ≤ 0.4x keeping every 4-bit linear's input) so published
+peer numbers can be compared: benchmarks/bench_published.py, results and what each CUDA term changed
+in benchmarks/results/MEMORY_PUBLISHED.md. ``MemoryEstimate.allocated_bytes`` / ``reserved_bytes``
+give the figure in the measure a source reports (``max_memory_allocated`` / ``max_memory_reserved``).
 """
 
 from __future__ import annotations

@@ -250,7 +250,7 @@ class Study:
                         if gate is not None:  # --memory_constraint: never train what cannot fit
                             decision = gate.decide(tcfg)
                             self.journal.append({"type": "memory_gate", "number": number if number >= 0 else next_number,
-                                                 **{k: v for k, v in vars(decision).items()}})
+                                                 **vars(decision)})
                             if decision.verdict == "infeasible":
                                 if number < 0:
                                     number, next_number = next_number, next_number + 1
