@@ -116,7 +116,7 @@ def main() -> int:
     import pandas as pd
 
     df = pd.read_csv(out / "trials_summary.csv")
-    not_trained = df.error.fillna("").str.startswith("not trained")
+    not_trained = df.error.astype("string").fillna("").str.startswith("not trained")
     trained = df[~not_trained]
     exceeded = trained[trained.peak_memory_gb > budget]
     events = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
