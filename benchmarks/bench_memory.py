@@ -15,7 +15,8 @@ config's probe with the same quantisation, as the study calibrates per (model, q
 kernels)) | measured, then summary rows; and ``memory_<device>.png`` (predicted vs measured).
 Prints median / p90 |error|, the error after calibration, and the fit/no-fit decision accuracy for
 budgets at measured × {0.9, 0.95, 1.05, 1.1}: the analytic estimate alone vs the gate
-(``moopt.probe.MemoryGate``'s rule: estimate outside ±margin decides, otherwise the probe does).
+(``moopt.probe.MemoryGate``'s rule: the estimate decides outside its error band, otherwise the probe
+does), uncalibrated and after calibration on the other configurations.
 """
 
 from __future__ import annotations
@@ -119,27 +120,60 @@ def leave_one_out(pred: list[int], meas: list[int], groups: list[str] | None = N
     return out
 
 
-def decisions(pred: list[int], meas: list[int], margin: float = 0.10) -> dict[str, dict[str, float]]:
+def gate_bands(pred: list[int], meas: list[int], quants: list[str], device: str) -> dict[str, list]:
+    """Per config, the estimate and (under, over) band MemoryGate would use: ``gate`` uncalibrated (raw
+    estimate, memory.ESTIMATE_UNDER_PRIOR one-sided; for CPU those priors come from these very probes,
+    so this one is in-sample), ``gate_calibrated`` after every other config of its quantisation was
+    measured (leave-one-out calibrated estimate and probe.error_band over those pairs)."""
+    from moopt.memory import (
+        ESTIMATE_UNDER_PRIOR,
+        MIN_ERROR_BAND,
+        apply_calibration,
+        fit_calibration,
+    )
+    from moopt.probe import error_band
+
+    out = {"gate": [], "gate_calibrated": []}
+    for i, (p, q) in enumerate(zip(pred, quants)):
+        prior = ESTIMATE_UNDER_PRIOR[(device, q)]
+        out["gate"].append((p, prior, 0.0))
+        others = [[pred[j], meas[j]] for j in range(len(pred)) if j != i and quants[j] == q]
+        if others:
+            cal = fit_calibration([tuple(o) for o in others])
+            under, over = error_band(others, cal, prior, MIN_ERROR_BAND)
+            out["gate_calibrated"].append((apply_calibration(p, cal), under, over))
+        else:
+            out["gate_calibrated"].append((p, prior, 0.0))
+    return out
+
+
+def decisions(pred: list[int], meas: list[int], quants: list[str] | None = None,
+              device: str = "cpu") -> dict[str, dict[str, float]]:
     """Fit / no-fit accuracy for budgets at measured × BUDGET_FACTORS. Truth: measured ≤ budget.
 
-    analytic: estimate ≤ budget. gate: estimate > budget·(1+margin) → no; < budget·(1−margin) → fit;
-    else the probe decides (its measurement is the truth here: the probe *is* the trial's step on the
-    worst-case batch), counted in ``probed``.
+    analytic: estimate ≤ budget. gate / gate_calibrated (MemoryGate's rule, see gate_bands):
+    estimate·(1−over) > budget → no; estimate·(1+under) ≤ budget → fit; else the probe decides (its
+    measurement is the truth here: the probe *is* the trial's step on the worst-case batch), counted in
+    ``probed``.
     """
+    quants = quants or ["none"] * len(pred)
+    bands = gate_bands(pred, meas, quants, device)
     out = {}
-    for name in ("analytic", "gate"):
+    for name in ("analytic", "gate", "gate_calibrated"):
         right = wrong_fit = probed = n = 0
-        for p, m in zip(pred, meas):
+        for i, (p, m) in enumerate(zip(pred, meas)):
             for f in BUDGET_FACTORS:
                 budget, fits = m * f, m <= m * f
                 if name == "analytic":
                     said = p <= budget
-                elif p > budget * (1 + margin):
-                    said = False
-                elif p < budget * (1 - margin):
-                    said = True
                 else:
-                    said, probed = fits, probed + 1
+                    e, under, over = bands[name][i]
+                    if e * (1 - over) > budget:
+                        said = False
+                    elif e * (1 + under) <= budget:
+                        said = True
+                    else:
+                        said, probed = fits, probed + 1
                 n += 1
                 right += said == fits
                 wrong_fit += said and not fits
@@ -148,7 +182,7 @@ def decisions(pred: list[int], meas: list[int], margin: float = 0.10) -> dict[st
     return out
 
 
-def summarize(rows: list[dict]) -> dict[str, float]:
+def summarize(rows: list[dict], device: str = "cpu") -> dict[str, float]:
     pred = [r["analytic"] for r in rows]
     meas = [r["measured"] for r in rows]
     cal = leave_one_out(pred, meas, [r.get("quant", "none") for r in rows])
@@ -158,7 +192,7 @@ def summarize(rows: list[dict]) -> dict[str, float]:
     cal_abs = [abs(c - m) / MIB for c, m in zip(cal, meas)]
     for r, c in zip(rows, cal):
         r["calibrated"] = c
-    dec = decisions(pred, meas)
+    dec = decisions(pred, meas, [r.get("quant", "none") for r in rows], device)
     return {
         "n": len(rows),
         "analytic_median_abs_err_pct": statistics.median(err), "analytic_p90_abs_err_pct": pct(err, 0.9),
@@ -168,6 +202,9 @@ def summarize(rows: list[dict]) -> dict[str, float]:
         "analytic_right_pct": dec["analytic"]["right_pct"], "analytic_wrong_fit_pct": dec["analytic"]["wrong_fit_pct"],
         "gate_right_pct": dec["gate"]["right_pct"], "gate_wrong_fit_pct": dec["gate"]["wrong_fit_pct"],
         "gate_probed_pct": dec["gate"]["probed_pct"],
+        "gate_calibrated_right_pct": dec["gate_calibrated"]["right_pct"],
+        "gate_calibrated_wrong_fit_pct": dec["gate_calibrated"]["wrong_fit_pct"],
+        "gate_calibrated_probed_pct": dec["gate_calibrated"]["probed_pct"],
     }
 
 
@@ -291,7 +328,7 @@ def main() -> int:
     if len(rows) < 2:
         print("fewer than 2 successful probes: nothing to summarise", file=sys.stderr)
         return 1
-    s = summarize(rows)
+    s = summarize(rows, args.device)
     write_csv(rows, s, args.device, dev_name, csv_path)
     plot(rows, dev_name, RESULTS / f"memory_{args.device}.png")
     print(f"\n{s['n']} configs on {dev_name}, {time.time() - t0:.0f} s, {args.steps} steps per probe")
@@ -301,7 +338,9 @@ def main() -> int:
           f"max {s['calibrated_max_abs_err_pct']:.1f}% / {s['calibrated_max_abs_err_mib']:.0f} MiB")
     print(f"decisions at budget = measured × {BUDGET_FACTORS}: analytic {s['analytic_right_pct']:.1f}% right, "
           f"{s['analytic_wrong_fit_pct']:.1f}% wrongly fit; gate {s['gate_right_pct']:.1f}% right, "
-          f"{s['gate_wrong_fit_pct']:.1f}% wrongly fit, {s['gate_probed_pct']:.0f}% probed")
+          f"{s['gate_wrong_fit_pct']:.1f}% wrongly fit, {s['gate_probed_pct']:.0f}% probed; calibrated gate "
+          f"{s['gate_calibrated_right_pct']:.1f}% right, {s['gate_calibrated_wrong_fit_pct']:.1f}% wrongly fit, "
+          f"{s['gate_calibrated_probed_pct']:.0f}% probed")
     print(f"wrote {csv_path} and {csv_path.with_suffix('.png')}")
     return 0
 

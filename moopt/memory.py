@@ -19,7 +19,10 @@ moopt's own step is modelled (moopt/trial.py): moopt LoRA modules that save only
 S = X·Aᵀ (kernels/lora_linear.py, both backends), AdamW on fp32 adapters, the chunked linear+CE
 (kernels/cross_entropy.py). ``kernels="peft"`` and ``loss="hf"`` model the usual HF/PEFT peer setup
 (PEFT LoRA under bf16 autocast, ``prepare_model_for_kbit_training`` upcasting non-quantised params to
-fp32, HF ``ForCausalLMLoss``) so published peer numbers can be compared.
+fp32, HF ``ForCausalLMLoss``, bitsandbytes ≤ 0.4x keeping every 4-bit linear's input) so published
+peer numbers can be compared: benchmarks/bench_published.py, results and what each CUDA term changed
+in benchmarks/results/MEMORY_PUBLISHED.md. ``MemoryEstimate.allocated_bytes`` / ``reserved_bytes``
+give the figure in the measure a source reports (``max_memory_allocated`` / ``max_memory_reserved``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ LOSSES = ("chunked", "hf")
 BREAKDOWN_KEYS = (
     "runtime",  # CUDA context (cuda) or the Python+torch process (cpu)
     "cuda_context",
+    "cuda_workspaces",  # cuBLAS/cuBLASLt workspaces, in the caching allocator
     "weights",
     "checkpoint_pages",  # cpu + 8bit/4bit: the memory-mapped checkpoint, read whole while quantising
     "lora_params_grads_optimizer",
@@ -54,6 +58,13 @@ BREAKDOWN_KEYS = (
 # CUDA context: 287 MB with lazy module loading (CUDA >= 11.7 default), 667 MB without; kernels
 # loaded on first use (cuBLAS, SDPA, Triton) add to it. 512 MiB sits between; calibrate per machine.
 CUDA_CONTEXT_BYTES = 512 * MIB
+# cuBLAS workspace, one per (handle, stream): PyTorch's default CUBLAS_WORKSPACE_CONFIG is ":4096:8"
+# (8 chunks of 4096 KiB = 32 MiB) on Hopper and later, ":4096:2:16:8" (8.1 MiB) before
+# (aten/src/ATen/cuda/CublasHandlePool.cpp, getChosenWorkspaceSize); cuBLASLt shares it since torch
+# 2.5. Forward runs on the main thread and backward on autograd's device thread, each with its own
+# handle: two workspaces, taken from the caching allocator (so in memory_allocated()). 32 MiB each
+# covers every architecture.
+CUDA_WORKSPACE_BYTES = 2 * 32 * MIB
 # CPU runtime: a trial worker's resident memory before its first step plus what the first
 # forward/backward adds (oneDNN, OpenMP and autograd threads). Measured peaks of a tiny-model probe,
 # where this term is nearly everything: 481 MiB in the dev venv, 591 MiB in a fresh CI clone (more
@@ -87,8 +98,25 @@ LORA_BYTES_PER_PARAM = 16
 # copies of the largest adapter matrix (8 bytes per element covers them). Measured on SmolLM2-135M,
 # r=64 all-linear (19.5 M adapter params): peak RSS 1474 MiB where foreach temporaries would give 1595.
 OPTIMIZER_TMP_BYTES_PER_PARAM = 8
+# Attention backward (FlashAttention-2 and SDPA's flash/efficient kernels, flash_api.cpp mha_bwd): an fp32
+# dq accumulator (4 bytes × n_h·d per token), fp32 softmax row sums, and with GQA dk/dv expanded to all
+# heads in the compute dtype before they are summed back; plus the dq/dk/dv outputs themselves. It runs
+# while the layer's saved tensors are alive, before the MLP's backward temporaries exist, so the
+# layer-backward transient is the larger of the two (the MLP's on every Llama shape checked).
 CPU_OPTIMIZER_TMP_BYTES_PER_ELEMENT = 8
 CALIBRATION_FACTOR_RANGE = (0.9, 1.1)
+# How far the true peak has been seen above the uncalibrated estimate, (measured - estimate) / estimate,
+# worst case per (device, quantization): the memory gate's band before any probe calibrates it.
+# cpu: benchmarks/results/memory_cpu.csv (32 SmolLM2-135M probes, peak RSS; unquantised never above,
+# so the 3% floor). cuda: benchmarks/results/memory_published.csv (published peaks of other stacks:
+# LitGPT Llama-2-7B LoRA batch 2 for none, Unsloth's HF+FA2 Llama-3.3-70B QLoRA at 80 GB for 4bit);
+# no published 8-bit peak was found, so 8bit takes the larger of the two. Rounded up to whole percent;
+# tests/test_memory_gate_band.py recomputes them from those CSVs.
+ESTIMATE_UNDER_PRIOR = {
+    ("cpu", "none"): 0.03, ("cpu", "4bit"): 0.14, ("cpu", "8bit"): 0.08,
+    ("cuda", "none"): 0.06, ("cuda", "4bit"): 0.12, ("cuda", "8bit"): 0.12,
+}
+MIN_ERROR_BAND = 0.03  # run-to-run spread of a probe's own peak (CPU RSS: ~2%)
 DEFAULT_CE_CHUNK = 1024  # rows, kernels/cross_entropy.DEFAULT_CHUNK_SIZE
 
 
@@ -156,16 +184,33 @@ class MemoryEstimate:
     breakdown: dict[str, int]
     phase: str = ""  # which phase of the step holds the peak: loss, layer_backward, optimizer
     notes: tuple[str, ...] = field(default_factory=tuple)
+    shape: tuple[int, int] = (0, 0)  # (batch, sequence) estimated
+    device: str = ""
+    kernels: str = ""
+    loss: str = ""
 
     @property
     def total_gib(self) -> float:
         return self.total_bytes / GIB
+
+    @property
+    def reserved_bytes(self) -> int:
+        """What ``torch.cuda.max_memory_reserved()`` would show: the total less the CUDA context."""
+        return self.total_bytes - self.breakdown.get("cuda_context", 0) - self.breakdown.get("runtime", 0)
+
+    @property
+    def allocated_bytes(self) -> int:
+        """What ``torch.cuda.max_memory_allocated()`` would show: reserved less the allocator's slack
+        (and any calibration, which is fitted on process totals)."""
+        return self.reserved_bytes - self.breakdown.get("allocator_slack", 0) - self.breakdown.get("calibration", 0)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "total_gib": round(self.total_gib, 4),
             "breakdown": {k: round(v / GIB, 4) for k, v in self.breakdown.items()},
             "phase": self.phase,
+            "assumed": {"device": self.device, "kernels": self.kernels, "loss": self.loss,
+                        "batch": self.shape[0], "seq": self.shape[1]},
         }
 
     def render(self) -> str:
@@ -186,7 +231,16 @@ def load_model_config(path_or_folder: str | Path):
     """A ``transformers.PretrainedConfig`` from ``config.json`` (or a folder holding it); no weights."""
     from transformers import AutoConfig, LlamaConfig
 
+    from moopt.model_shapes import model_shape
+
     path = Path(path_or_folder).expanduser()
+    known = model_shape(str(path_or_folder)) if not path.exists() else None
+    if known is not None:  # a name from moopt.model_shapes: its config.json values, no file needed
+        name = known.pop("_name_or_path")
+        known.pop("torch_dtype", None)
+        cfg = LlamaConfig(**{k: v for k, v in known.items() if k != "model_type"})
+        cfg._name_or_path = name
+        return cfg
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
@@ -235,6 +289,8 @@ def estimate_peak(
     ce_chunk_size: int = DEFAULT_CE_CHUNK,
     cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
     cpu_runtime_bytes: int = CPU_RUNTIME_BYTES,
+    batch_shape: tuple[int, int] | None = None,
+    bnb_keeps_inputs: bool | None = None,
 ) -> MemoryEstimate:
     """Peak memory of one training step of ``trial`` on ``model_config`` (a LlamaConfig).
 
@@ -243,6 +299,12 @@ def estimate_peak(
     (transformers 5.24 passes GQA natively via ``enable_gqa`` only when there is no mask).
     ``calibration``: see :func:`fit_calibration`; either one ``{"factor", "offset_bytes"}`` or a
     mapping from :func:`calibration_key` to such dicts.
+    ``batch_shape``: (batch, sequence) of the largest padded batch the trial really builds from its data
+    (:func:`moopt.probe.data_batch_shape`); default ``batch_size × max_seq_length``.
+    ``bnb_keeps_inputs``: whether bitsandbytes' 4-bit matmul keeps its input for backward. Up to
+    0.4x ``MatMul4Bit.forward`` stored ``ctx.tensors = (A, B)`` (every quantised linear keeps its
+    input, as in the published peer runs); 0.50 stores ``(None, B)``. Default: True for
+    ``kernels="peft"`` (peers), False for moopt's own runs (the bitsandbytes this project installs).
     """
     errors = []
     if device not in DEVICES:
@@ -258,7 +320,9 @@ def estimate_peak(
     m = ModelDims.from_config(model_config)
     a_b = _act_bytes(trial, device)
     w_b = a_b  # base weights load in the compute dtype
-    b, s = trial.training.batch_size, trial.data.max_seq_length
+    b, s = batch_shape if batch_shape else (trial.training.batch_size, trial.data.max_seq_length)
+    if b < 1 or s < 1:
+        raise ConfigError(f"batch_shape: batch and sequence must be >= 1, got {(b, s)}")
     T = b * s
     h, I, L, V = m.hidden, m.intermediate, m.layers, m.vocab
     shapes = m.linear_shapes()
@@ -291,7 +355,9 @@ def estimate_peak(
     kv_saved = q_out if masked else kv_out
     # bitsandbytes 0.50: MatMul8bitLt saves its input for backward (every linear), MatMul4Bit saves only
     # the packed weight (bitsandbytes/autograd/_functions.py), so 4bit keeps just what the LoRA keeps.
-    keeps_input = set(targets) | (set(shapes) if quant == "8bit" else set())
+    if bnb_keeps_inputs is None:
+        bnb_keeps_inputs = peft
+    keeps_input = set(targets) | (set(shapes) if quant == "8bit" or (quant == "4bit" and bnb_keeps_inputs) else set())
     act = 2 * 4 * h  # two RMSNorms: the fp32 copy (bf16 input) or the fp32 input itself, 4h each
     act += a_b * (q_out + 2 * kv_saved + q_out) + 4 * m.heads  # SDPA saves q, k, v, out + fp32 lse
     act += a_b * 3 * I  # SwiGLU: gate (silu input), silu output, up
@@ -331,7 +397,10 @@ def estimate_peak(
 
     # -- activations and transients per phase ---------------------------------------------------
     grad_hidden = 2 * a_b * h * T  # the gradient flowing down the residual stream (+ its sum)
-    layer_tmp = (3 * a_b * I + 2 * a_b * h) * T  # MLP backward: grads of gate/up/act alive at once
+    mlp_tmp = (3 * a_b * I + 2 * a_b * h) * T  # MLP backward: grads of gate/up/act alive at once
+    # attention backward: fp32 dq accumulator + fp32 row sums, dk/dv expanded to all heads, dq/dk/dv
+    attn_tmp = (4 * q_out + 4 * m.heads + 2 * a_b * q_out + a_b * (q_out + 2 * kv_out)) * T
+    layer_tmp = max(mlp_tmp, attn_tmp)
     dequant = 0
     if quant != "none":  # bnb dequantises one weight to the compute dtype per matmul
         dequant = 2 * max(a * c for a, c in shapes.values())
@@ -365,6 +434,7 @@ def estimate_peak(
     breakdown = {k: 0 for k in BREAKDOWN_KEYS}
     if device == "cuda":
         breakdown["cuda_context"] = cuda_context_bytes
+        breakdown["cuda_workspaces"] = CUDA_WORKSPACE_BYTES
     else:
         breakdown["runtime"] = cpu_runtime_bytes + bnb_runtime
     breakdown.update(
@@ -380,8 +450,9 @@ def estimate_peak(
             total = calibrated
             notes.append(f"calibrated: factor {cal['factor']:.3f}, offset {cal.get('offset_bytes', 0) / MIB:.0f} MiB")
     breakdown = {k: v for k, v in breakdown.items()
-                 if k not in ("runtime", "cuda_context", "checkpoint_pages", "calibration") or v}
-    return MemoryEstimate(total_bytes=int(total), breakdown=breakdown, phase=phase, notes=tuple(notes))
+                 if k not in ("runtime", "cuda_context", "cuda_workspaces", "checkpoint_pages", "calibration") or v}
+    return MemoryEstimate(total_bytes=int(total), breakdown=breakdown, phase=phase, notes=tuple(notes),
+                          shape=(int(b), int(s)), device=device, kernels=kernels, loss=loss)
 
 
 # -- calibration -------------------------------------------------------------------------------
@@ -423,3 +494,114 @@ def fit_calibration(pairs: list[tuple[int | MemoryEstimate, int]]) -> dict[str, 
     factor = min(max(statistics.median(slopes), CALIBRATION_FACTOR_RANGE[0]), CALIBRATION_FACTOR_RANGE[1])
     offset = statistics.median(y - factor * x for x, y in zip(xs, ys))
     return {"factor": factor, "offset_bytes": offset, "n": len(xs)}
+
+
+# -- what fits: the largest batch × sequence, and plans for a model that does not fit one GPU ----------
+
+FIT_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+# FSDP / ZeRO-3 prefetch: the layer being computed and the next one are gathered unsharded
+# (torch.distributed.fsdp forward/backward_prefetch, one layer ahead by default).
+SHARDED_GATHERED_LAYERS = 2
+
+
+def _with_shape(trial: TrialConfig, b: int, s: int, **model_fields) -> TrialConfig:
+    d = trial.to_dict()
+    d["training"]["batch_size"] = int(b)
+    d["data"]["max_seq_length"] = int(s)
+    d["model"].update(model_fields)
+    return TrialConfig.from_dict(d)
+
+
+def longest_fitting_seq(model_config: Any, trial: TrialConfig, budget_bytes: float, batch: int,
+                        max_seq: int, **kw) -> int:
+    """Largest sequence length s ≤ max_seq with estimate(batch × s) ≤ budget (0 if even s=1 does not fit).
+    The estimate grows with s, so a bisection finds it."""
+    def fits(s: int) -> bool:
+        return estimate_peak(model_config, trial, batch_shape=(batch, s), **kw).total_bytes <= budget_bytes
+
+    if not fits(1):
+        return 0
+    lo, hi = 1, int(max_seq)
+    if fits(hi):
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def fit_table(model_config: Any, trial: TrialConfig, budget_bytes: float, max_seq: int | None = None,
+              batches: Iterable[int] = FIT_BATCHES, margin: float = 0.0, **kw) -> list[tuple[int, int]]:
+    """[(batch, longest sequence whose estimate × (1 + margin) fits the budget)] for each batch size,
+    while any sequence fits."""
+    max_seq = int(max_seq or getattr(model_config, "max_position_embeddings", 0) or 131072)
+    out = []
+    for b in batches:
+        s = longest_fitting_seq(model_config, trial, budget_bytes / (1 + margin), b, max_seq, **kw)
+        if s == 0:
+            break
+        out.append((b, s))
+    return out
+
+
+def sharded_estimate(model_config: Any, trial: TrialConfig, n_gpus: int, **kw) -> int:
+    """Per-GPU peak when the frozen weights and the adapters with their optimizer states are sharded
+    over ``n_gpus`` (FSDP FULL_SHARD / DeepSpeed ZeRO-3), each GPU training its own batch of
+    ``batch_size × max_seq_length``: weights/n + adapters/n + ``SHARDED_GATHERED_LAYERS`` layers
+    gathered whole + everything else as on one GPU. moopt itself trains a trial on one GPU; this says
+    what a sharded run elsewhere would need."""
+    est = estimate_peak(model_config, trial, **kw)
+    m = ModelDims.from_config(model_config)
+    weights = est.breakdown.get("weights", 0)
+    lora = est.breakdown.get("lora_params_grads_optimizer", 0)
+    per_param = {"none": _act_bytes(trial, kw.get("device", "cuda")), "8bit": 1, "4bit": NF4_BYTES_PER_PARAM}
+    layer_weights = per_param[trial.model.quantization] * m.linear_params / m.layers
+    gathered = SHARDED_GATHERED_LAYERS * layer_weights if n_gpus > 1 else 0
+    return int(est.total_bytes - (weights + lora) * (1 - 1 / n_gpus) + gathered)
+
+
+def under_prior(device: str, quant: str) -> float:
+    """The uncalibrated estimate's worst measured under-estimate for (device, quantization)."""
+    return ESTIMATE_UNDER_PRIOR.get((device, quant), max(ESTIMATE_UNDER_PRIOR.values()))
+
+
+def fit_plan(model_config: Any, trial: TrialConfig, budget_bytes: float, max_gpus: int = 64, **kw) -> list[str]:
+    """Lines saying whether ``trial`` fits one GPU of ``budget_bytes`` and, when it does not, what would:
+    a quantised model on one GPU, or the fewest GPUs a sharded run needs. "fits" means the estimate
+    plus its error band (:func:`under_prior`) is within the budget; "fits only if ..." when only the
+    bare estimate is."""
+    device = kw.get("device", "cuda")
+
+    def verdict(t: TrialConfig, total: int) -> str:
+        u = under_prior(device, t.model.quantization)
+        if total * (1 + u) <= budget_bytes:
+            return "fits"
+        if total <= budget_bytes:
+            return f"fits only if the estimate is not low: +{u:.0%} error band -> {total * (1 + u) / GIB:.1f} GiB"
+        return "does not fit"
+
+    est = estimate_peak(model_config, trial, **kw)
+    v = verdict(trial, est.total_bytes)
+    if v == "fits":
+        return [f"fits one GPU of {budget_bytes / GIB:g} GiB: {est.total_gib:.1f} GiB estimated"]
+    lines = [(f"one GPU of {budget_bytes / GIB:g} GiB: {est.total_gib:.1f} GiB estimated, {v} "
+              f"(weights alone {est.breakdown.get('weights', 0) / GIB:.1f} GiB); alternatives:")]
+    for q in ("8bit", "4bit"):
+        if q == trial.model.quantization:
+            continue
+        t = _with_shape(trial, trial.training.batch_size, trial.data.max_seq_length, quantization=q)
+        alt = estimate_peak(model_config, t, **kw)
+        lines.append(f"  quantization {q} on one GPU: {alt.total_gib:.1f} GiB ({verdict(t, alt.total_bytes)})")
+    if not trial.model.gradient_checkpointing:
+        t = _with_shape(trial, trial.training.batch_size, trial.data.max_seq_length, gradient_checkpointing=True)
+        alt = estimate_peak(model_config, t, **kw)
+        lines.append(f"  gradient checkpointing on: {alt.total_gib:.1f} GiB ({verdict(t, alt.total_bytes)})")
+    u = under_prior(device, trial.model.quantization)
+    n = next((n for n in range(2, max_gpus + 1)
+              if sharded_estimate(model_config, trial, n, **kw) * (1 + u) <= budget_bytes), None)
+    if n is None:
+        lines.append(f"  sharded (FSDP / ZeRO-3) over up to {max_gpus} GPUs: does not fit (activations alone exceed it)")
+    else:
+        per = sharded_estimate(model_config, trial, n, **kw)
+        lines.append(f"  sharded (FSDP / ZeRO-3, not moopt's one-GPU trials) over {n} GPUs: {per / GIB:.1f} GiB per GPU")
+    return lines

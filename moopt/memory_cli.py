@@ -11,33 +11,99 @@ import click
 from moopt.config import ConfigError, TrialConfig
 
 
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - a broken torch install means no CUDA here
+        return False
+
+
 @click.command("estimate-memory")
 @click.option("--base_model", "--base-model", "base_model", default="smollm2-135m", show_default=True,
-              help="A folder holding config.json, or any name moopt.models.resolve_model accepts.")
+              help="A folder holding config.json, a built-in shape (llama-3.3-70b, llama-3.1-8b, llama-3.2-3b, "
+                   "llama-2-7b, llama-2-13b), or any name moopt.models.resolve_model accepts.")
 @click.option("--config", "config_path", default=None, help="Trial YAML (best_config.yaml layout); defaults if omitted.")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True)
-@click.option("--kernels", type=click.Choice(["torch", "triton"]), default="torch", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+              help="auto: cuda when this machine has a CUDA device, else cpu.")
+@click.option("--kernels", type=click.Choice(["auto", "torch", "triton"]), default="auto", show_default=True,
+              help="auto: triton on cuda, torch on cpu (what a study's --kernels auto runs).")
 @click.option("--loss", type=click.Choice(["chunked", "hf"]), default="chunked", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print {total_gib, breakdown} as JSON.")
-def estimate_memory(base_model, config_path, device, kernels, loss, as_json):
+@click.option("--fit", "fit_gib", type=float, default=None,
+              help="GPU memory in GiB: also print the longest sequence that fits for each batch size, and "
+                   "whether the configuration fits one such GPU (and what would, when not).")
+@click.option("--json", "as_json", is_flag=True, help="Print {total_gib, breakdown, assumed[, fit]} as JSON.")
+def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_json):
     """Estimate the peak memory (GiB) of one training step of a trial."""
-    from moopt.memory import estimate_peak, load_model_config
-
+    from moopt.memory import (
+        GIB,
+        estimate_peak,
+        fit_plan,
+        fit_table,
+        load_model_config,
+        under_prior,
+    )
+    margin = 0.0
+    auto_device = device == "auto"
+    if auto_device:
+        device = "cuda" if _cuda_available() else "cpu"
+    if kernels == "auto":
+        kernels = "triton" if device == "cuda" else "torch"
     try:
+        if fit_gib is not None and not fit_gib > 0:
+            raise ConfigError(f"--fit: must be > 0 GiB, got {fit_gib:g}")
         trial = TrialConfig() if config_path is None else _load_trial(config_path)
-        path = Path(base_model).expanduser()
-        if not (path.is_dir() or path.name == "config.json"):
-            from moopt.models import resolve_model
-
-            path = Path(resolve_model(base_model))
-        est = estimate_peak(load_model_config(path), trial, device=device, kernels=kernels, loss=loss)
+        model_config = load_model_config(_config_path(base_model))
+        est = estimate_peak(model_config, trial, device=device, kernels=kernels, loss=loss)
+        table = plan = None
+        if fit_gib is not None:
+            kw = {"device": device, "kernels": kernels, "loss": loss}
+            margin = under_prior(device, trial.model.quantization)
+            table = fit_table(model_config, trial, fit_gib * GIB, margin=margin, **kw)
+            plan = fit_plan(model_config, trial, fit_gib * GIB, **kw)
     except ConfigError as e:  # one line, exit code 2, no traceback
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
+    why = " (auto: no CUDA device on this machine)" if auto_device and device == "cpu" else \
+        " (auto: CUDA device found)" if auto_device else ""
+    assumed = (f"assumed: device {device}{why}, kernels {kernels}, loss {loss}, "
+               f"batch {est.shape[0]} x seq {est.shape[1]}, quantization {trial.model.quantization}, "
+               f"gradient checkpointing {'on' if trial.model.gradient_checkpointing else 'off'}")
     if as_json:
-        click.echo(json.dumps(est.to_json(), indent=2))
-    else:
-        click.echo(est.render())
+        out = est.to_json()
+        if table is not None:
+            out["fit"] = {"budget_gib": fit_gib, "error_band": margin, "longest_seq_by_batch": [{"batch": b, "seq": s} for b, s in table],
+                          "plan": plan}
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(assumed)
+    click.echo(est.render())
+    if table is not None:
+        click.echo(f"\nlargest batch x sequence within {fit_gib:g} GiB ({device}), keeping the estimate's "
+                   f"+{margin:.0%} error band for {device}/{trial.model.quantization}:")
+        if not table:
+            click.echo("  none: even batch 1 x 1 token does not fit")
+        for b, s in table:
+            click.echo(f"  batch {b:>3} x seq {s:>7}  ({b * s:,} tokens)")
+        if table:
+            b, s = max(table, key=lambda x: x[0] * x[1])
+            click.echo(f"  most tokens per step: batch {b} x seq {s}")
+        click.echo(f"\nthis configuration (batch {est.shape[0]} x seq {est.shape[1]}):")
+        for line in plan:
+            click.echo(f"  {line}")
+
+
+def _config_path(base_model: str):
+    """A folder/config.json path, or a built-in shape name (moopt.model_shapes), as load_model_config takes."""
+    from moopt.model_shapes import model_shape
+
+    path = Path(base_model).expanduser()
+    if path.is_dir() or path.name == "config.json" or (not path.exists() and model_shape(base_model)):
+        return path if path.exists() else base_model
+    from moopt.models import resolve_model
+
+    return Path(resolve_model(base_model))  # a hub id not built in is downloaded as for optimize
 
 
 def _load_trial(path: str) -> TrialConfig:

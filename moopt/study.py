@@ -231,7 +231,7 @@ class Study:
         if cfg.memory_constraint_gb:
             from moopt.probe import MemoryGate
 
-            gate = MemoryGate(cfg.model_path, device="cuda" if placer.on_gpu else "cpu",
+            gate = MemoryGate(cfg.model_path, device="cuda" if placer.on_gpu else "cpu", train_file=cfg.train_file,
                               kernels=self.kernel_path("cuda" if placer.on_gpu else "cpu"), constraint_gb=cfg.memory_constraint_gb)
         if cfg.executor == "ray":
             from moopt.ray_executor import RayExecutor
@@ -314,6 +314,8 @@ class Study:
                             break
                         if gate is not None:  # --memory_constraint: never train what cannot fit
                             decision = gate.decide(tcfg)
+                            self.journal.append({"type": "memory_gate", "number": number if number >= 0 else next_number,
+                                                 **vars(decision)})
                             if decision.verdict == "infeasible":
                                 if number < 0:
                                     number, next_number = next_number, next_number + 1
@@ -342,6 +344,9 @@ class Study:
                     placer.release(res.number)
                     end = self.end_trial(res, info)
                     view.ended(end)
+                    if gate is not None:  # each measured peak calibrates the gate; an OOM is never repeated
+                        gate.observe(info["config"], int((end.get("metrics") or {}).get("peak_memory_gb", 0) * 2**30),
+                                     oom="out of memory" in str(end.get("error") or "").lower())
                     self.completed(end)
                     finished[res.number] = end
                     evaluated[info["key"]] = end

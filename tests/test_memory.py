@@ -273,7 +273,7 @@ def test_cli_prints_table_and_json(tmp_path):
     r = CliRunner().invoke(estimate_memory, ["--base-model", str(folder), "--config", str(cfg), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert "total" in r.output and "weights" in r.output
-    r = CliRunner().invoke(estimate_memory, ["--base_model", str(folder), "--config", str(cfg), "--json"])
+    r = CliRunner().invoke(estimate_memory, ["--base_model", str(folder), "--config", str(cfg), "--json", "--device", "cuda"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)
     assert data["total_gib"] > 0 and "cuda_context" in data["breakdown"]

@@ -1,6 +1,7 @@
 """--memory_constraint in a study: what cannot fit is never trained, and NSGA-II is told why."""
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from moopt.cli import main
@@ -47,3 +48,38 @@ def test_gate_verdicts_steer_which_trials_train(tiny_model, tiny_data, tmp_path,
     assert len(df) == 5
     assert (df[df.params_r == 8].state == "INFEASIBLE").all() and (df[df.params_r == 4].state == "COMPLETE").all()
     assert (df[df.state == "INFEASIBLE"].peak_memory_gb == 9.0).all()
+
+
+def test_a_trial_that_runs_out_of_memory_is_never_trained_again_and_the_probe_shape_is_journaled(
+        tiny_model, tiny_data, tmp_path, monkeypatch):
+    import json
+
+    from moopt.probe import data_lengths
+
+    monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MOOPT_INJECT_FAULT", "0:oom")
+    r, out = run(tiny_model, tiny_data, tmp_path, 100.0, n=3)
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out / "trials_summary.csv")
+    first = df[df.number == 0].iloc[0]
+    assert first.state == "INFEASIBLE" and "out of memory" in first.error and first.peak_memory_gb > 0
+    events = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    gates = [e for e in events if e["type"] == "memory_gate"]
+    longest = max(data_lengths(str(tiny_model), tiny_data["train"]))
+    assert gates and all(e["shape"][1] == min(32, longest) for e in gates)
+    cache = json.loads((tmp_path / "cache" / "calibration.json").read_text())
+    (entry,) = cache["entries"].values()
+    assert sum(1 for p in entry["probes"].values() if p.get("oom")) == 1
+    assert len(entry["pairs"]) >= 1  # the trials that trained calibrate the estimate
+
+    # the same study again (same seed, same cache, no injected fault): trial 0's configuration is
+    # answered from the cache as infeasible with its measured peak, not trained
+    monkeypatch.delenv("MOOPT_INJECT_FAULT")
+    (tmp_path / "again").mkdir()
+    r, out2 = run(tiny_model, tiny_data, tmp_path / "again", 100.0, n=3)
+    assert r.exit_code == 0, r.output
+    df2 = pd.read_csv(out2 / "trials_summary.csv")
+    again = df2[df2.number == 0].iloc[0]
+    assert again.state == "INFEASIBLE" and "ran out of memory earlier" in again.error
+    assert again.peak_memory_gb == pytest.approx(first.peak_memory_gb, rel=0.01)
+    assert not (out2 / "trial_results" / "trial_0" / "log.txt").exists()

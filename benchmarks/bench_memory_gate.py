@@ -1,0 +1,158 @@
+"""A memory-constrained study end to end: how many trainings exceed the budget, and how close the
+calibrated estimate comes to what the trials measured.
+
+    python benchmarks/bench_memory_gate.py                       # SmolLM2-135M, CPU (peak RSS)
+    python benchmarks/bench_memory_gate.py --trials 8 --rows 48
+
+The space (batch size × LoRA rank × targets × checkpointing, on the bundled data) is estimated over its
+whole grid first (the estimator on the data's real batch shape); the budget is set halfway through the
+range of those peaks, so about half the space cannot fit. Then ``moopt optimize --memory_constraint``
+runs with a fresh calibration cache. Counted: trials trained (a worker ran), trainings whose measured
+peak exceeded the budget (the figure to keep at 0), configurations ruled out without training,
+probes run; and the calibrated estimate's error on every measured peak (leave-one-out over the
+cache's pairs, as the gate fits them).
+
+Writes ``benchmarks/results/memory_gate_<device>.csv`` (what, problem, provider, device, value, unit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+DATA = Path(__file__).parent.parent / "data"
+GIB = 1024**3
+BATCHES = (1, 4, 16, 32)
+RANKS = (8, 64)
+TARGETS = {"qv": ["q_proj", "v_proj"], "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+CKPT = (False, True)
+
+SPACE = """training:
+  learning_rate: 1e-3
+  num_train_epochs: 1
+  batch_size: {{type: categorical, values: {batches}}}
+lora:
+  r: {{type: categorical, values: {ranks}}}
+  target_modules: {{type: categorical, values: {targets}}}
+data:
+  max_seq_length: 256
+model:
+  gradient_checkpointing: {{type: categorical, values: [false, true]}}
+"""
+
+
+def grid_estimates(model_path: str, train_file: Path, device: str) -> list[float]:
+    from moopt.config import TrialConfig
+    from moopt.memory import estimate_peak, load_model_config
+    from moopt.probe import batch_shape, data_lengths
+
+    cfg = load_model_config(model_path)
+    lengths = data_lengths(model_path, train_file)
+    out = []
+    for b, r, t, ck in itertools.product(BATCHES, RANKS, TARGETS.values(), CKPT):
+        trial = TrialConfig.from_dict({"training": {"batch_size": b}, "data": {"max_seq_length": 256},
+                                       "lora": {"r": r, "target_modules": t}, "model": {"gradient_checkpointing": ck}})
+        shape = batch_shape(lengths, b, 256, "random")
+        out.append(estimate_peak(cfg, trial, device=device, kernels="torch", batch_shape=shape).total_bytes / GIB)
+    return out
+
+
+def loo_errors(pairs: list[list[int]]) -> list[float]:
+    from moopt.memory import apply_calibration, fit_calibration
+
+    errs = []
+    for i, (e, m) in enumerate(pairs):
+        others = [tuple(p) for j, p in enumerate(pairs) if j != i]
+        pred = apply_calibration(e, fit_calibration(others)) if others else e
+        errs.append((pred - m) / m * 100)
+    return errs
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--rows", type=int, default=48, help="training examples (the first N of data/train.jsonl)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    from moopt.models import resolve_model
+
+    device = "cpu"
+    model_path = str(resolve_model("smollm2-135m"))
+    work = Path(tempfile.mkdtemp(prefix="bench_memory_gate_"))
+    train, val = work / "train.jsonl", work / "val.jsonl"
+    train.write_text("".join((DATA / "train.jsonl").read_text().splitlines(keepends=True)[: args.rows]))
+    val.write_text("".join((DATA / "val.jsonl").read_text().splitlines(keepends=True)[:16]))
+    est = grid_estimates(model_path, train, device)
+    lo, hi = min(est), max(est)
+    budget = lo + 0.5 * (hi - lo)
+    print(f"space of {len(est)} configurations: estimated peaks {lo:.3f}-{hi:.3f} GiB; budget {budget:.3f} GiB; "
+          f"{sum(e > budget for e in est)} estimated over it", flush=True)
+    space = work / "space.yaml"
+    space.write_text(SPACE.format(batches=list(BATCHES), ranks=list(RANKS), targets=json.dumps(list(TARGETS.values()))))
+    env = {**os.environ, "MOOPT_CACHE": str(work / "cache")}
+    out = work / "study"
+    t0 = time.time()
+    import subprocess
+
+    cmd = [sys.executable, "-P", "-m", "moopt.cli", "optimize", "--base_model", model_path, "--train_file", str(train),
+           "--validation_file", str(val), "--output_dir", str(out), "--search_space", str(space), "--num_trials",
+           str(args.trials), "--no-baseline", "--memory_constraint", f"{budget:.4f}", "--seed", str(args.seed),
+           "--optimization_objective", "multi:eval_loss,peak_memory_gb"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+        return 1
+    seconds = time.time() - t0
+    import pandas as pd
+
+    df = pd.read_csv(out / "trials_summary.csv")
+    not_trained = df.error.astype("string").fillna("").str.startswith("not trained")
+    trained = df[~not_trained]
+    exceeded = trained[trained.peak_memory_gb > budget]
+    events = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    gates = [e for e in events if e["type"] == "memory_gate"]
+    cache = json.loads((work / "cache" / "calibration.json").read_text())
+    pairs = [p for e in cache["entries"].values() for p in e.get("pairs", [])]
+    errs = loo_errors(pairs) if len(pairs) >= 2 else []
+    raw = [(e - m) / m * 100 for e, m in pairs]
+    summary = {
+        "budget_gib": budget, "space_min_gib": lo, "space_max_gib": hi, "trials": len(df),
+        "trained": len(trained), "trained_over_budget": len(exceeded), "ruled_out_untrained": int(not_trained.sum()),
+        "probes": sum(1 for g in gates if g.get("probed")), "measured_pairs": len(pairs),
+        "uncalibrated_median_abs_error": statistics.median(abs(x) for x in raw) if raw else float("nan"),
+        "calibrated_median_abs_error": statistics.median(abs(x) for x in errs) if errs else float("nan"),
+        "calibrated_max_abs_error": max(abs(x) for x in errs) if errs else float("nan"),
+        "seconds": seconds,
+    }
+    print(df[["number", "state", "params_batch_size", "params_r", "peak_memory_gb", "error"]].to_string())
+    for k, v in summary.items():
+        print(f"{k:32s} {v:.3f}" if isinstance(v, float) else f"{k:32s} {v}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"memory_gate_{device}.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["what", "problem", "provider", "device", "value", "unit"])
+        w.writeheader()
+        for _, row in df.iterrows():
+            w.writerow({"what": "peak_memory", "problem": f"trial_{row.number}_{row.state}", "provider": "measured"
+                        if not str(row.error).startswith("not trained") else "gate", "device": device,
+                        "value": round(float(row.peak_memory_gb), 4), "unit": "GiB"})
+        for k, v in summary.items():
+            unit = "GiB" if k.endswith("_gib") else "pct" if "error" in k else "s" if k == "seconds" else "count"
+            w.writerow({"what": "summary", "problem": k, "provider": "moopt", "device": device,
+                        "value": round(float(v), 4), "unit": unit})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

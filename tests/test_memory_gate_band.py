@@ -1,0 +1,277 @@
+"""Issue 25: the estimator's error band (priors from the benchmarks), the gate that probes inside it
+and narrows it with measurements, OOMs that recalibrate, the data's real batch shape, and the
+estimate-memory CLI's --fit and plans."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from moopt import probe as probe_mod
+from moopt.config import TrialConfig
+from moopt.memory import (
+    ESTIMATE_UNDER_PRIOR,
+    GIB,
+    MIN_ERROR_BAND,
+    estimate_peak,
+    fit_plan,
+    fit_table,
+    load_model_config,
+)
+from moopt.memory_cli import estimate_memory
+from moopt.probe import MemoryGate, ProbeResult, batch_shape, data_lengths, error_band
+
+ROOT = Path(__file__).resolve().parent.parent
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def trial(b=2, s=32, r=4, targets=("q_proj", "v_proj"), quant="none", ckpt=False, strategy="random") -> TrialConfig:
+    return TrialConfig.from_dict({
+        "training": {"batch_size": b}, "data": {"max_seq_length": s, "sampling_strategy": strategy},
+        "lora": {"r": r, "target_modules": list(targets)},
+        "model": {"quantization": quant, "gradient_checkpointing": ckpt},
+    })
+
+
+def no_probe(*a, **k):
+    raise AssertionError("the gate ran a probe where the estimate should have decided")
+
+
+# -- the priors come from the benchmarks' measured errors -----------------------------------------
+
+
+def test_cpu_priors_are_the_worst_under_estimates_of_the_cpu_probes():
+    rows = list(csv.DictReader((ROOT / "benchmarks/results/memory_cpu.csv").open()))
+    by = defaultdict(dict)
+    for r in rows:
+        if r["what"] == "peak_memory":
+            by[r["config"]][r["provider"]] = float(r["value"])
+    worst = defaultdict(lambda: -1.0)
+    for label, v in by.items():
+        q = "4bit" if label.endswith("4bit") else "8bit" if label.endswith("8bit") else "none"
+        worst[q] = max(worst[q], (v["measured"] - v["analytic"]) / v["analytic"])
+    for q in ("none", "4bit", "8bit"):
+        want = max(MIN_ERROR_BAND, math.ceil(worst[q] * 100) / 100)
+        assert ESTIMATE_UNDER_PRIOR[("cpu", q)] == pytest.approx(want), q
+
+
+def test_cuda_priors_cover_the_published_peaks_the_benchmark_compares():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_published
+
+    worst = defaultdict(lambda: -1.0)
+    for row in bench_published.PUBLISHED:
+        est, pub = bench_published.estimate(row), bench_published.published_bytes(row)
+        worst[row["quant"]] = max(worst[row["quant"]], (pub - est) / est)
+    assert ESTIMATE_UNDER_PRIOR[("cuda", "none")] == pytest.approx(math.ceil(worst["none"] * 100) / 100)
+    assert ESTIMATE_UNDER_PRIOR[("cuda", "4bit")] == pytest.approx(math.ceil(worst["4bit"] * 100) / 100)
+    assert ESTIMATE_UNDER_PRIOR[("cuda", "8bit")] == max(ESTIMATE_UNDER_PRIOR[("cuda", "none")],
+                                                         ESTIMATE_UNDER_PRIOR[("cuda", "4bit")])
+
+
+def test_published_benchmark_figures_reach_the_issue_targets():
+    """Median |error| <= 10% against the published peaks, and not under every one of them."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_published
+
+    rows = bench_published.run()
+    errs = sorted(abs(r["error"]) for r in rows)
+    assert errs[len(errs) // 2] <= 10
+    assert any(r["error"] > 0 for r in rows)
+    # the bitsandbytes kept-input term is what brings the LitGPT NF4 rows within 5%
+    nf4 = [r for r in rows if "nf4" in r["id"]]
+    assert nf4 and all(abs(r["error"]) < 5 < abs(r["without_bnb_kept_inputs"]) for r in nf4)
+
+
+# -- the band --------------------------------------------------------------------------------------
+
+
+def test_band_is_one_sided_until_measured_then_narrows_with_measurements():
+    assert error_band([], None, 0.12, 0.03) == (0.12, 0.0)
+    one = error_band([[10 * GIB, 11 * GIB]], {"factor": 1.1, "offset_bytes": 0}, 0.12, 0.03)
+    assert one == pytest.approx((0.03 + 0.12 / math.sqrt(2), 0.03))  # exact fit: floor + prior / sqrt(2)
+    # five measurements scattered ±2% around 1.1 × estimate
+    pairs = [[e * GIB, int(e * GIB * 1.1 * f)] for e, f in ((4, 1.0), (6, 1.02), (8, 0.98), (10, 1.01), (12, 0.99))]
+    under, over = error_band(pairs, None, 0.12, 0.03)
+    assert 0.03 < under < one[0] and over >= 0.03
+    assert under <= 0.03 + 0.05 + 0.12 / math.sqrt(6)
+
+
+def test_cuda_first_config_of_its_kind_is_probed_then_trusted(tiny_model, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_probe(model_path, t, **kw):
+        calls.append(kw.get("shape"))
+        est = MemoryGate(tiny_model, "cuda", "torch", 100.0, cache_path=tmp_path / "x.json").estimate_bytes(t)
+        return ProbeResult(int(est * 1.05), 0, 0, 0, 0, oom=False, error=None, seconds=1.0)
+
+    monkeypatch.setattr(probe_mod, "probe_peak", fake_probe)
+    gate = MemoryGate(tiny_model, "cuda", "torch", constraint_gb=100.0, cache_path=tmp_path / "cal.json")
+    first = gate.decide(trial(b=2))
+    assert first.probed and first.verdict == "fit" and calls == [(2, 32)]
+    assert first.band == (ESTIMATE_UNDER_PRIOR[("cuda", "none")], 0.0)
+    monkeypatch.setattr(probe_mod, "probe_peak", no_probe)
+    second = gate.decide(trial(b=4))  # same (model, quantization, kernels): trusted now
+    assert second.verdict == "fit" and not second.probed
+    assert second.band[0] <= first.band[0]
+    for b in (1, 3, 6):  # three trained trials measured near 1.05 × their estimate narrow it
+        gate.observe(trial(b=b), int(gate.estimate_bytes(trial(b=b), calibrated=False) * (1.05 + b / 1000)))
+    assert gate.band(trial(b=4))[0] < first.band[0]
+    # another quantization is another kind: probed first again
+    monkeypatch.setattr(probe_mod, "probe_peak", fake_probe)
+    assert gate.decide(trial(b=2, quant="4bit")).probed
+
+
+def test_uncalibrated_band_probes_just_under_and_rejects_just_over(tiny_model, tmp_path, monkeypatch):
+    cache = tmp_path / "cal.json"
+    t = trial()
+    est = MemoryGate(tiny_model, "cpu", "torch", 1.0, cache_path=cache).estimate_bytes(t) / GIB
+    monkeypatch.setattr(probe_mod, "probe_peak", no_probe)
+    over = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=est * 0.99, cache_path=cache).decide(t)
+    assert over.verdict == "infeasible" and not over.probed  # one-sided: no benefit of the doubt
+    probed = []
+    monkeypatch.setattr(probe_mod, "probe_peak", lambda *a, **k: probed.append(1) or
+                        ProbeResult(int(est * GIB * 0.97), 0, 0, 0, 0, oom=False, error=None, seconds=0.1))
+    under = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=est * 1.01, cache_path=cache).decide(t)
+    assert probed and under.probed and under.verdict == "fit"  # inside the +3% band: measured, fits
+
+
+def test_trial_oom_is_cached_as_infeasible_and_lifts_the_calibration(tiny_model, tmp_path, monkeypatch):
+    cache = tmp_path / "cal.json"
+    gate = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=50.0, cache_path=cache)
+    t = trial(b=8)
+    raw = gate.estimate_bytes(t, calibrated=False)
+    peak = int(raw * 1.4)  # the trial ran out of memory at 1.4 × its estimate
+    gate.observe(t, peak, oom=True)
+    monkeypatch.setattr(probe_mod, "probe_peak", no_probe)
+    d = gate.decide(t)
+    assert d.verdict == "infeasible" and not d.probed and d.measured_gb == pytest.approx(peak / GIB)
+    assert "ran out of memory earlier" in d.reason
+    assert gate.estimate_bytes(t) >= peak  # recalibrated: the estimate now covers what it needed
+    # a completed trial's peak is a pair like a probe's
+    t2 = trial(b=2)
+    gate.observe(t2, int(gate.estimate_bytes(t2, calibrated=False) * 1.02))
+    entry = json.loads(cache.read_text())["entries"][gate.key(t)]
+    assert len(entry["pairs"]) == 1 and sum(1 for p in entry["probes"].values() if p.get("oom")) == 1
+
+
+# -- the data's real batch shape -------------------------------------------------------------------
+
+
+def test_batch_shape_is_the_largest_padded_batch_after_truncation():
+    lengths = [17, 5, 12, 30, 9, 3, 8]
+    assert batch_shape(lengths, 4, 1024, "random") == (4, 30)
+    assert batch_shape(lengths, 4, 16, "length_grouped") == (4, 16)  # truncated
+    assert batch_shape(lengths, 16, 1024, "random") == (7, 30)  # fewer examples than a batch
+    # sequential: file-order batches [17,5,12,30] -> 4x30, [9,3,8] -> 3x9
+    assert batch_shape(lengths, 4, 1024, "sequential") == (4, 30)
+    assert batch_shape([3, 3, 40, 2], 2, 1024, "sequential") == (2, 40)
+
+
+def test_gate_estimates_and_probes_the_data_shape_and_says_so(tiny_model, tiny_data, tmp_path, monkeypatch):
+    lengths = data_lengths(str(tiny_model), tiny_data["train"])
+    longest = max(lengths)
+    assert 5 < longest < 64
+    seen = {}
+
+    def fake_probe(model_path, t, **kw):
+        seen["shape"] = kw["shape"]
+        return ProbeResult(10**9, 0, 0, 0, 0, oom=False, error=None, seconds=0.1)
+
+    monkeypatch.setattr(probe_mod, "probe_peak", fake_probe)
+    t = trial(b=4, s=1024)
+    gate = MemoryGate(tiny_model, "cuda", "torch", constraint_gb=8.0, cache_path=tmp_path / "c.json",
+                      train_file=tiny_data["train"])
+    d = gate.decide(t)
+    assert seen["shape"] == (4, longest) == d.shape
+    assert f"4 x {longest} tokens (longest batch of the data; max_seq_length 1024)" in d.reason
+    blind = MemoryGate(tiny_model, "cuda", "torch", constraint_gb=8.0, cache_path=tmp_path / "d.json")
+    assert gate.estimate_bytes(t, calibrated=False) < blind.estimate_bytes(t, calibrated=False)
+
+
+# -- estimator terms -------------------------------------------------------------------------------
+
+
+def test_peer_bitsandbytes_keeps_every_quantised_input_and_views():
+    cfg = load_model_config("llama-2-7b")
+    t = trial(b=1, s=1024, quant="4bit", ckpt=False)
+    keeps = estimate_peak(cfg, t, device="cuda", kernels="peft", loss="chunked")
+    drops = estimate_peak(cfg, t, device="cuda", kernels="peft", loss="chunked", bnb_keeps_inputs=False)
+    h, i, L, T = 4096, 11008, 32, 1024
+    # q,v LoRA already keep the q/k/v input; bnb adds o's, gate/up's and down's inputs (bf16)
+    assert keeps.breakdown["activations"] - drops.breakdown["activations"] == 2 * (h + h + i) * T * L
+    assert keeps.breakdown["cuda_workspaces"] == 64 * 2**20
+    assert keeps.allocated_bytes < keeps.reserved_bytes < keeps.total_bytes
+    assert keeps.reserved_bytes == keeps.total_bytes - keeps.breakdown["cuda_context"]
+    # the real data's shape replaces batch_size × max_seq_length
+    small = estimate_peak(cfg, t, device="cuda", batch_shape=(1, 17))
+    assert small.shape == (1, 17) and small.total_bytes < keeps.total_bytes
+
+
+# -- estimate-memory: 70B, --fit, device auto --------------------------------------------------------
+
+
+def write_trial(tmp_path, quant):
+    p = tmp_path / f"t_{quant}.yaml"
+    p.write_text(f"training:\n  batch_size: 1\nlora:\n  r: 16\n  target_modules: {ALL}\ndata:\n  max_seq_length: 2048\n"
+                 f"model:\n  quantization: {quant}\n  gradient_checkpointing: true\n")
+    return p
+
+
+def test_70b_4bit_fits_one_h200_and_bf16_does_not_with_what_would(tmp_path):
+    cfg = load_model_config("llama-3.3-70b")
+    assert cfg.num_hidden_layers == 80 and cfg.hidden_size == 8192
+    r = CliRunner().invoke(estimate_memory, ["--base_model", "llama-3.3-70b", "--config", str(write_trial(tmp_path, "4bit")),
+                                             "--device", "cuda", "--fit", "139"])
+    assert r.exit_code == 0, r.output
+    assert "assumed: device cuda, kernels triton, loss chunked, batch 1 x seq 2048" in r.output
+    assert "fits one GPU of 139 GiB" in r.output and "batch   1 x seq" in r.output
+    r = CliRunner().invoke(estimate_memory, ["--base_model", "llama-3.3-70b", "--config", str(write_trial(tmp_path, "none")),
+                                             "--device", "cuda", "--fit", "139"])
+    assert r.exit_code == 0, r.output
+    assert "does not fit" in r.output and "quantization 4bit on one GPU" in r.output
+    assert "sharded (FSDP / ZeRO-3" in r.output and "over 2 GPUs" in r.output
+
+
+def test_fit_table_sequences_fit_and_one_more_token_does_not():
+    cfg = load_model_config("llama-3.1-8b")
+    t = trial(b=1, s=2048, quant="4bit", ckpt=True, targets=ALL, r=16)
+    table = fit_table(cfg, t, 80 * GIB, batches=(1, 4), device="cuda", kernels="triton", loss="chunked")
+    assert [b for b, _ in table] == [1, 4]
+    for b, s in table:
+        assert estimate_peak(cfg, t, device="cuda", kernels="triton", batch_shape=(b, s)).total_bytes <= 80 * GIB
+        assert estimate_peak(cfg, t, device="cuda", kernels="triton", batch_shape=(b, s + 1)).total_bytes > 80 * GIB
+    lines = fit_plan(cfg, t, 80 * GIB, device="cuda", kernels="triton")
+    assert lines[0].startswith("fits one GPU of 80 GiB")
+
+
+def test_cli_device_auto_says_which_device_it_assumed(tmp_path, monkeypatch):
+    import moopt.memory_cli as cli
+
+    monkeypatch.setattr(cli, "_cuda_available", lambda: False)
+    r = CliRunner().invoke(estimate_memory, ["--base_model", "llama-3.1-8b"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("assumed: device cpu (auto: no CUDA device on this machine), kernels torch, loss chunked")
+    assert "runtime" in r.output and "cuda_context" not in r.output
+    monkeypatch.setattr(cli, "_cuda_available", lambda: True)
+    r = CliRunner().invoke(estimate_memory, ["--base_model", "llama-3.1-8b", "--json"])
+    assert json.loads(r.output)["assumed"]["device"] == "cuda"
+    r = CliRunner().invoke(estimate_memory, ["--base_model", "llama-3.1-8b", "--fit", "-3"])
+    assert r.exit_code == 2 and "--fit" in r.output
+
+
+def test_estimate_vs_probe_is_callable_from_a_script(tiny_model):
+    """The GPU check calls this with device="cuda" (NVML); here a real CPU probe on the tiny model."""
+    from moopt.probe import estimate_vs_probe
+
+    out = estimate_vs_probe(str(tiny_model), trial(b=2, s=32), device="cpu", kernels="torch", steps=2, shape=(2, 16))
+    assert out["error"] is None and out["shape"] == [2, 16] and out["peak_bytes"] > 0
+    assert out["error_pct"] == pytest.approx((out["estimate_bytes"] - out["peak_bytes"]) / out["peak_bytes"] * 100)
+    assert out["estimate_allocated_bytes"] <= out["estimate_reserved_bytes"] <= out["estimate_bytes"]
