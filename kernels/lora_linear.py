@@ -52,16 +52,16 @@ BLOCK_K = 64
 # tile, so the M/K tiles shrink and the warps double as BLOCK_R grows. Before (64 x 64, 4 warps
 # everywhere): fp32 grad_in at BLOCK_R 256 needed 240 KiB of shared memory, and bf16 grad_in spilled
 # 1968 bytes per thread at BLOCK_R 256. fp32 grad_in with dX (fp32 dots run on FMA units, with large
-# register fragments) spilled at every tile tried above BLOCK_R 64 (2-7 KiB per thread at 32x16 and
-# 16x16), so it takes r in blocks of 64 at 16x16 (247 registers, no spill).
+# register fragments) spilled at every tile tried above BLOCK_R 64 (0.5-7 KiB per thread at 32x16 and
+# 16x16, 4 or 8 warps), so it takes r in blocks of 64 at 16x16.
 _TILES = {
     # kernel, bytes per element: {BLOCK_R: (BLOCK_M, BLOCK_K|BLOCK_N, num_warps)}
-    ("down", 2): {16: (64, 64, 4), 32: (64, 64, 4), 64: (64, 64, 4), 128: (64, 32, 8), 256: (32, 32, 8)},
+    ("down", 2): {16: (64, 64, 4), 32: (64, 64, 4), 64: (64, 64, 8), 128: (64, 32, 8), 256: (32, 32, 8)},
     ("down", 4): {16: (64, 32, 4), 32: (64, 32, 4), 64: (64, 32, 8), 128: (32, 32, 8), 256: (32, 32, 8)},
     ("grad_out", 2): {16: (64, 64, 4), 32: (64, 64, 4), 64: (64, 64, 8), 128: (64, 32, 8), 256: (32, 32, 8)},
-    ("grad_out", 4): {16: (64, 64, 4), 32: (64, 64, 4), 64: (64, 32, 8), 128: (32, 32, 8), 256: (32, 32, 8)},
-    ("grad_in", 2): {16: (64, 64, 4), 32: (64, 64, 8), 64: (32, 64, 8), 128: (32, 32, 8), 256: (32, 16, 8)},
-    ("grad_in", 4): {16: (32, 32, 4), 32: (32, 32, 8), 64: (16, 16, 4)},
+    ("grad_out", 4): {16: (64, 64, 4), 32: (64, 32, 8), 64: (64, 32, 8), 128: (32, 32, 8), 256: (32, 32, 8)},
+    ("grad_in", 2): {16: (32, 64, 4), 32: (64, 64, 8), 64: (32, 64, 8), 128: (32, 16, 8), 256: (32, 16, 8)},
+    ("grad_in", 4): {16: (32, 32, 4), 32: (32, 32, 8), 64: (16, 16, 8)},
 }
 
 

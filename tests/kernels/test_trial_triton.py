@@ -1,9 +1,13 @@
 """A whole trial on the Triton path (interpreted on CPU): the path --kernels auto takes on a GPU."""
 
+import pytest
+import torch
+
 from moopt.config import TrialConfig
 from moopt.trial import TrialSpec, run_trial
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU trial on the Triton path needs the interpreter (no CUDA)")
 def test_trial_runs_on_the_triton_path(tmp_path, tiny_model, tiny_data):
     cfg = TrialConfig.from_dict({
         "training": {"num_train_epochs": 1, "batch_size": 16, "learning_rate": 1e-3},
