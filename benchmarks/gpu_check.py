@@ -137,7 +137,7 @@ class Check:
              + (["--shapes", "2x32", "--steps", "1", "--threads", "1"] if dry else ["--shapes", "4x1024", "--steps", "3"])),
             ("memory", 90, [py, "benchmarks/bench_memory.py", "--device", device, "--model", str(small),
                              "--out-dir", str(res), "--steps", "2"]
-             + (["--n", "1", "--n-quant", "1", "--max-tokens", "64", "--threads", "1"] if dry else ["--n", "6", "--n-quant", "4"])),
+             + (["--n", "1", "--n-quant", "1", "--max-tokens", "64", "--threads", "1"] if dry else ["--n", "4", "--n-quant", "3"])),
             ("study", 90, [py, "-c", "from moopt.cli import main; main()", "optimize", "--base_model", str(small),
                            "--train_file", str(data["train"]), "--validation_file", str(data["val"]),
                            "--output_dir", str(self.work / "study"), "--num_trials", "3", "--memory_constraint", "8",

@@ -95,3 +95,43 @@ def test_auto_on_cpu_says_why_torch_runs(tmp_path, tiny_model, tiny_data):
     res = run_trial(spec(tmp_path, tiny_model, tiny_data, "auto", "cpu"))
     assert res.state == "COMPLETE" and res.backend == "torch"
     assert res.backend_reason.startswith("--kernels auto: ")
+
+
+@pytest.fixture
+def triton_backward_fails(monkeypatch) -> None:
+    """Forward and dS/dB run (torch math under the "triton" label); the dA/dX kernel raises in backward,
+    inside autograd, as a launch failure does there on a GPU."""
+    import moopt_kernels.lora_linear  # noqa: F401
+    from moopt_kernels import TritonKernelError
+
+    ll, lm = sys.modules["moopt_kernels.lora_linear"], sys.modules["moopt_kernels.lora_multi"]
+
+    def resolve(backend, device):
+        return "torch" if backend == "torch" else "triton"
+
+    def as_torch(fn):
+        return lambda *args, **kw: fn(*args[:-1], "torch", **kw) if args[-1] == "triton" else fn(*args, **kw)
+
+    real_grad_in, real_grad_out = ll.lora_grad_in, ll.lora_grad_out
+
+    def grad_in(x2, a, ds, dx, seed, p, backend):
+        if backend == "triton":
+            raise TritonKernelError(f"triton kernel grad_in (BLOCK_R=16) failed: RuntimeError: {SHARED_MEMORY_ERROR}")
+        return real_grad_in(x2, a, ds, dx, seed, p, backend)
+
+    for module in (ll, lm, moopt.lora):
+        monkeypatch.setattr(module, "resolve_backend", resolve)
+    for module in (ll, lm):
+        monkeypatch.setattr(module, "lora_down", as_torch(ll.lora_down))
+        monkeypatch.setattr(module, "lora_grad_in", grad_in)
+    monkeypatch.setattr(ll, "lora_grad_out", lambda g2, b, s, scaling, backend, ds_out=None:
+                        real_grad_out(g2, b, s, scaling, "torch", ds_out))
+    monkeypatch.setattr(lm, "lora_grad_out", ll.lora_grad_out)
+
+
+def test_failure_inside_backward_falls_back_too(tmp_path, tiny_model, tiny_data, triton_backward_fails):
+    res = run_trial(spec(tmp_path, tiny_model, tiny_data, "auto", "auto"))
+    assert res.state == "COMPLETE", res.error
+    assert res.backend == "torch" and "triton kernel grad_in" in res.backend_reason
+    plain = run_trial(spec(tmp_path, tiny_model, tiny_data, "torch", "torch"))
+    assert res.metrics["eval_loss"] == pytest.approx(plain.metrics["eval_loss"], rel=1e-6)
