@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import asdict, dataclass, field
@@ -107,13 +108,19 @@ def compile_for(arch: int):
     from triton import knobs
     from triton.runtime import driver
 
-    previous, dump = driver._active, knobs.nvidia.dump_ptxas_log
+    previous, dump, cache = driver._active, knobs.nvidia.dump_ptxas_log, os.environ.get("TRITON_CACHE_DIR")
     driver.set_active(_StandInDriver(arch))
     knobs.nvidia.dump_ptxas_log = True
-    try:
-        yield
-    finally:
-        driver._active, knobs.nvidia.dump_ptxas_log = previous, dump
+    with tempfile.TemporaryDirectory(prefix="moopt-aot-") as tmp:
+        os.environ["TRITON_CACHE_DIR"] = tmp  # compile afresh: a cached kernel has no ptxas log to read
+        try:
+            yield
+        finally:
+            driver._active, knobs.nvidia.dump_ptxas_log = previous, dump
+            if cache is None:
+                os.environ.pop("TRITON_CACHE_DIR", None)
+            else:
+                os.environ["TRITON_CACHE_DIR"] = cache
 
 
 def _ptxas_usage(log: str) -> tuple[int, int]:
