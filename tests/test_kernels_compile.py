@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from moopt_kernels import HAS_TRITON
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
