@@ -111,9 +111,16 @@ def measure(provider, k, ns, m, r, p, dtype, device, repeats) -> tuple[float, fl
     return statistics.median(times), saved, saved
 
 
-def run(device: str, repeats: int) -> list[dict]:
+# --quick (benchmarks/gpu_check.py): the targets' case on a GPU (M = 8192, r 16 and 64); on a CPU a
+# 64-wide dry run of the same code.
+QUICK_CPU_OPS = {"q_proj": (64, (64,)), "fused_qkv": (64, (64, 16, 16))}
+
+
+def run(device: str, repeats: int, quick: bool = False) -> list[dict]:
     on_gpu = device == "cuda"
     ops, ms_, ranks = (GPU_OPS, (2048, 8192), (8, 16, 64)) if on_gpu else (CPU_OPS, (512,), (8, 16))
+    if quick:
+        ops, ms_, ranks = (GPU_OPS, (8192,), (16, 64)) if on_gpu else (QUICK_CPU_OPS, (64,), (8,))
     dtype = torch.bfloat16 if on_gpu else torch.float32
     name = torch.cuda.get_device_name() if on_gpu else "cpu"
     rows = []
@@ -172,17 +179,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats on CPU (median reported)")
+    parser.add_argument("--quick", action="store_true", help="M = 8192 and r 16, 64 only (CPU: tiny shapes)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.manual_seed(0)
-    rows = run(args.device, args.repeats)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    csv_path = RESULTS / f"lora_{args.device}.csv"
+    rows = run(args.device, args.repeats, args.quick)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = args.out_dir / f"lora_{args.device}.csv"
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     summary = ratios(rows)
-    plot(summary, RESULTS / f"lora_{args.device}.png")
+    plot(summary, args.out_dir / f"lora_{args.device}.png")
     for s in summary:
         print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items()))
     print(f"wrote {csv_path}")

@@ -217,7 +217,7 @@ def measure(configs: list[dict], device: str, kernels: str, steps: int, threads:
     from moopt.models import resolve_model
     from moopt.probe import ProbeResult, probe_peak
 
-    model_path = resolve_model(MODEL)
+    model_path = resolve_model(MODEL)  # main() may point MODEL at a local folder (--model)
     mcfg = load_model_config(model_path)
     est_kernels = "triton" if (device == "cuda" and kernels != "torch") else "torch"
     rows = []
@@ -274,7 +274,7 @@ def plot(rows: list[dict], dev_name: str, path: Path) -> None:
     ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15, label="±10%")
     ax.set_xlabel("measured peak (GiB)")
     ax.set_ylabel("predicted peak (GiB)")
-    ax.set_title(f"SmolLM2-135M LoRA step, {dev_name}", fontsize=9)
+    ax.set_title(f"{Path(MODEL).name} LoRA step, {dev_name}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -299,6 +299,7 @@ def device_name(device: str) -> str:
 
 
 def main() -> int:
+    global MODEL
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -315,11 +316,15 @@ def main() -> int:
                         help="take measured peaks from the existing CSV, probe only the configs it lacks")
     parser.add_argument("--offline", action="store_true",
                         help="with --reuse: summarise only the configs the CSV holds, probe nothing")
+    parser.add_argument("--model", default=MODEL, help="alias or local folder (default: %(default)s)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
+    MODEL = args.model
     max_tokens = args.max_tokens or (1024 if args.device == "cpu" else 16 * 256)
     configs = sample(args.n, max_tokens, args.seed) + sample_quantized(args.n_quant, max_tokens, args.seed)
     dev_name = device_name(args.device)
-    csv_path = RESULTS / f"memory_{args.device}.csv"
+    csv_path = args.out_dir / f"memory_{args.device}.csv"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     reuse = read_measured(csv_path) if args.reuse else None
     if args.reuse and args.offline:
         configs = [c for c in configs if label(c) in reuse]
@@ -330,7 +335,7 @@ def main() -> int:
         return 1
     s = summarize(rows, args.device)
     write_csv(rows, s, args.device, dev_name, csv_path)
-    plot(rows, dev_name, RESULTS / f"memory_{args.device}.png")
+    plot(rows, dev_name, args.out_dir / f"memory_{args.device}.png")
     print(f"\n{s['n']} configs on {dev_name}, {time.time() - t0:.0f} s, {args.steps} steps per probe")
     print(f"analytic  |error|: median {s['analytic_median_abs_err_pct']:.1f}%, p90 {s['analytic_p90_abs_err_pct']:.1f}%, "
           f"max {s['analytic_max_abs_err_pct']:.1f}% (mean signed {s['analytic_mean_signed_err_pct']:+.1f}%)")

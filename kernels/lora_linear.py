@@ -30,17 +30,47 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from moopt_kernels._backend import interpreting, next_pow2, resolve_backend
+from moopt_kernels._backend import TritonKernelError, interpreting, next_pow2, resolve_backend
 
 # tl.rand offsets are int32 (m*K + k): one call covers at most 2**31 elements of X,
 # e.g. M = 149_796 tokens at K = 14336.
 MAX_MASK_ELEMENTS = 2**31 - 1
 
-# Block sizes are untuned (no GPU was available when this was written); M- and K-tiles of 64 keep a
-# bf16 X tile at 8 KiB and the r-tile (<= 256 after padding) in registers.
+# Largest r-tile a launch takes: a larger rank (r > 256, or a fused q,k,v rank over 256) is split into
+# launches over column blocks of r, each one within _TILES below (fp32 grad_in: blocks of 64).
+MAX_BLOCK_R = 256
+
+# Dropout-mask kernel tiles (tests only).
 BLOCK_M = 64
 BLOCK_K = 64
-BLOCK_N = 64
+
+
+# (BLOCK_M, BLOCK_K or BLOCK_N, num_warps) per kernel, element size and r-tile. Chosen with
+# moopt_kernels.aot, which compiles every launch for sm_90 and sm_80 without a GPU (table in
+# benchmarks/results/compile_sm90.csv): each entry fits an H200's (227 KiB) and an A100's (163 KiB)
+# shared memory and spills no registers. The fp32 accumulators (S, dS, dA) grow as BLOCK_R x the other
+# tile, so the M/K tiles shrink and the warps double as BLOCK_R grows. Before (64 x 64, 4 warps
+# everywhere): fp32 grad_in at BLOCK_R 256 needed 240 KiB of shared memory, and bf16 grad_in spilled
+# 1968 bytes per thread at BLOCK_R 256. fp32 grad_in with dX (fp32 dots run on FMA units, with large
+# register fragments) spilled at every tile tried above BLOCK_R 64 (0.5-7 KiB per thread at 32x16 and
+# 16x16, 4 or 8 warps), so it takes r in blocks of 64 at 16x16.
+_TILES = {
+    # kernel, bytes per element: {BLOCK_R: (BLOCK_M, BLOCK_K|BLOCK_N, num_warps)}
+    ("down", 2): {16: (64, 64, 4), 32: (64, 64, 4), 64: (64, 64, 8), 128: (64, 32, 8), 256: (32, 32, 8)},
+    ("down", 4): {16: (64, 32, 4), 32: (64, 32, 4), 64: (64, 32, 8), 128: (32, 32, 8), 256: (32, 32, 8)},
+    ("grad_out", 2): {16: (64, 64, 4), 32: (64, 64, 4), 64: (64, 64, 8), 128: (64, 32, 8), 256: (32, 32, 8)},
+    ("grad_out", 4): {16: (64, 64, 4), 32: (64, 32, 8), 64: (64, 32, 8), 128: (32, 32, 8), 256: (32, 32, 8)},
+    ("grad_in", 2): {16: (32, 64, 4), 32: (64, 64, 8), 64: (32, 64, 8), 128: (32, 16, 8), 256: (32, 16, 8)},
+    ("grad_in", 4): {16: (32, 32, 4), 32: (32, 32, 8), 64: (16, 16, 8)},
+}
+
+
+def tiles(kernel: str, dtype: torch.dtype, block_r: int) -> dict[str, int]:
+    """Launch parameters of ``kernel`` ("down" | "grad_out" | "grad_in") for this dtype and r-tile
+    (a power of two from 16 to ``max_block_r(kernel, dtype)``)."""
+    block_m, block_other, warps = _TILES[(kernel, 4 if dtype == torch.float32 else 2)][max(block_r, 16)]
+    other = "BLOCK_N" if kernel == "grad_out" else "BLOCK_K"
+    return {"BLOCK_M": block_m, other: block_other, "num_warps": warps}
 
 
 @functools.cache
@@ -55,7 +85,8 @@ def _kernels() -> SimpleNamespace:
     import triton
     import triton.language as tl
 
-    @triton.jit(do_not_specialize=["seed"])  # one compiled variant for every seed
+    # M (the batch length) and the seed are plain runtime values: one binary for every batch and seed
+    @triton.jit(do_not_specialize=["seed", "M"])
     def _lora_down_kernel(
         x_ptr, a_ptr, s_ptr,
         M, K, R,
@@ -87,7 +118,7 @@ def _kernels() -> SimpleNamespace:
             mask=(offs_m[:, None] < M) & (offs_r[None, :] < R),
         )
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["M"])
     def _lora_grad_out_kernel(
         g_ptr, b_ptr, s_ptr, ds_ptr, db_ptr,
         M, N, R, scaling,
@@ -119,25 +150,24 @@ def _kernels() -> SimpleNamespace:
             )
         tl.store(ds_ptr + offs_m[:, None] * stride_dsm + offs_r[None, :] * stride_dsr, ds * scaling, mask=in_s)
 
-    @triton.jit(do_not_specialize=["seed"])
+    @triton.jit(do_not_specialize=["seed", "M", "rows_per_prog"])
     def _lora_grad_in_kernel(
         x_ptr, a_ptr, ds_ptr, dx_ptr, da_ptr,
         M, K, R,
         stride_xm, stride_xk, stride_ar, stride_ak, stride_dsm, stride_dsr,
         stride_dxm, stride_dxk, stride_dar, stride_dak,
-        seed, p, inv_keep,
+        seed, p, inv_keep, rows_per_prog,
         HAS_DROPOUT: tl.constexpr, HAS_DX: tl.constexpr, UPCAST: tl.constexpr,
-        ROWS_PER_PROG: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     ):
         """For a K-block and a run of rows: dA += dSᵀ(D⊙X) and dX += (dS·A)⊙D, mask regenerated once."""
         offs_k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-        row0 = tl.program_id(1) * ROWS_PER_PROG
+        row0 = tl.program_id(1) * rows_per_prog
         offs_r = tl.arange(0, BLOCK_R)
         in_a = (offs_r[:, None] < R) & (offs_k[None, :] < K)
         a = tl.load(a_ptr + offs_r[:, None] * stride_ar + offs_k[None, :] * stride_ak, mask=in_a, other=0.0)
         da = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-        for m0 in range(0, ROWS_PER_PROG, BLOCK_M):
+        for m0 in range(0, rows_per_prog, BLOCK_M):
             offs_m = row0 + m0 + tl.arange(0, BLOCK_M)
             in_x = (offs_m[:, None] < M) & (offs_k[None, :] < K)
             ds = tl.load(
@@ -185,6 +215,30 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _launch(name: str, grid: tuple[int, ...], *args, **kwargs) -> None:
+    """``_kernels().<name>[grid](*args, **kwargs)``; a compile or launch failure (anything but a CUDA
+    out-of-memory) becomes a TritonKernelError naming the kernel and its constexprs."""
+    try:
+        getattr(_kernels(), name)[grid](*args, **kwargs)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:
+        consts = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        reason = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        raise TritonKernelError(f"triton kernel {name} ({consts}) failed: {reason}") from e
+
+
+def max_block_r(kernel: str, dtype: torch.dtype) -> int:
+    return min(MAX_BLOCK_R, max(_TILES[(kernel, 4 if dtype == torch.float32 else 2)]))
+
+
+def _r_blocks(r: int, kernel: str, dtype: torch.dtype) -> list[slice]:
+    """Column blocks of the rank dimension, each within what ``kernel`` takes at ``dtype`` in one launch
+    (one block for r <= 256, and for r <= 64 in fp32 grad_in)."""
+    width = max_block_r(kernel, dtype)
+    return [slice(c, min(c + width, r)) for c in range(0, r, width)]
+
+
 def _upcast(t: torch.Tensor) -> bool:
     return interpreting() and t.dtype == torch.bfloat16
 
@@ -204,7 +258,7 @@ def dropout_mask(seed: int, shape: tuple[int, int], p: float, device, backend: s
     _check_mask_size(m, k)
     out = torch.empty((m, k), device=device, dtype=torch.float32)
     grid = (_cdiv(m, BLOCK_M), _cdiv(k, BLOCK_K))
-    _kernels().mask[grid](out, m, k, seed, p, 1.0 / (1.0 - p), BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K)
+    _launch("mask", grid, out, m, k, seed, p, 1.0 / (1.0 - p), BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K)
     return out
 
 
@@ -220,15 +274,19 @@ def lora_down(x2: torch.Tensor, a: torch.Tensor, seed: int, p: float, backend: s
         return _torch_dropped(x2, seed, p) @ a.t()
     m, k = x2.shape
     _check_mask_size(m, k)
-    r = a.shape[0]
-    s = torch.empty((m, r), device=x2.device, dtype=torch.float32)
-    _kernels().down[(_cdiv(m, BLOCK_M),)](
-        x2, a, s, m, k, r,
-        x2.stride(0), x2.stride(1), a.stride(0), a.stride(1), s.stride(0), s.stride(1),
-        seed, p, 1.0 / (1.0 - p),
-        HAS_DROPOUT=p > 0.0, UPCAST=_upcast(x2),
-        BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_R=next_pow2(r),
-    )
+    s = torch.empty((m, a.shape[0]), device=x2.device, dtype=torch.float32)
+    for cols in _r_blocks(a.shape[0], "down", x2.dtype):
+        a_c, s_c = a[cols], s[:, cols]
+        r = a_c.shape[0]
+        block_r = next_pow2(r)
+        t = tiles("down", x2.dtype, block_r)
+        _launch(
+            "down", (_cdiv(m, t["BLOCK_M"]),),
+            x2, a_c, s_c, m, k, r,
+            x2.stride(0), x2.stride(1), a_c.stride(0), a_c.stride(1), s_c.stride(0), s_c.stride(1),
+            seed, p, 1.0 / (1.0 - p),
+            HAS_DROPOUT=p > 0.0, UPCAST=_upcast(x2), BLOCK_R=block_r, **t,
+        )
     return s
 
 
@@ -245,15 +303,20 @@ def lora_grad_out(
             ds = ds_out
         return ds, (g2.t() @ s.to(g2.dtype)) * scaling
     m, n = g2.shape
-    r = b.shape[1]
-    ds = ds_out if ds_out is not None else torch.empty((m, r), device=g2.device, dtype=torch.float32)
-    db = torch.zeros((n, r), device=g2.device, dtype=torch.float32)
-    _kernels().grad_out[(_cdiv(m, BLOCK_M),)](
-        g2, b, s, ds, db, m, n, r, scaling,
-        g2.stride(0), g2.stride(1), b.stride(0), b.stride(1), s.stride(0), s.stride(1),
-        ds.stride(0), ds.stride(1), db.stride(0), db.stride(1),
-        UPCAST=_upcast(g2), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_R=next_pow2(r),
-    )
+    ds = ds_out if ds_out is not None else torch.empty((m, b.shape[1]), device=g2.device, dtype=torch.float32)
+    db = torch.zeros((n, b.shape[1]), device=g2.device, dtype=torch.float32)
+    for cols in _r_blocks(b.shape[1], "grad_out", g2.dtype):
+        b_c, s_c, ds_c, db_c = b[:, cols], s[:, cols], ds[:, cols], db[:, cols]
+        r = b_c.shape[1]
+        block_r = next_pow2(r)
+        t = tiles("grad_out", g2.dtype, block_r)
+        _launch(
+            "grad_out", (_cdiv(m, t["BLOCK_M"]),),
+            g2, b_c, s_c, ds_c, db_c, m, n, r, scaling,
+            g2.stride(0), g2.stride(1), b_c.stride(0), b_c.stride(1), s_c.stride(0), s_c.stride(1),
+            ds_c.stride(0), ds_c.stride(1), db_c.stride(0), db_c.stride(1),
+            UPCAST=_upcast(g2), BLOCK_R=block_r, **t,
+        )
     return ds, db
 
 
@@ -271,25 +334,26 @@ def lora_grad_in(
             dx += lora_dx if mask is None else lora_dx * mask
         return da
     m, k = x2.shape
-    r = a.shape[0]
-    da = torch.zeros((r, k), device=x2.device, dtype=torch.float32)
-    k_blocks = _cdiv(k, BLOCK_K)
-    # Enough programs to fill the GPU (~4 per SM on a 132-SM H200) while each keeps a long run of rows,
-    # so the fp32 dA atomics stay a small fraction of the X traffic. One program per K-block on CPU.
-    if x2.is_cuda:
-        splits = max(1, min(_cdiv(m, BLOCK_M), 4 * 132 // k_blocks))
-    else:
-        splits = 1
-    rows = _cdiv(_cdiv(m, splits), BLOCK_M) * BLOCK_M
+    da = torch.zeros((a.shape[0], k), device=x2.device, dtype=torch.float32)
     dx_arg = dx if dx is not None else x2  # never written when HAS_DX is False
-    _kernels().grad_in[(k_blocks, _cdiv(m, rows))](
-        x2, a, ds, dx_arg, da, m, k, r,
-        x2.stride(0), x2.stride(1), a.stride(0), a.stride(1), ds.stride(0), ds.stride(1),
-        dx_arg.stride(0), dx_arg.stride(1), da.stride(0), da.stride(1),
-        seed, p, 1.0 / (1.0 - p),
-        HAS_DROPOUT=p > 0.0, HAS_DX=dx is not None, UPCAST=_upcast(x2), ROWS_PER_PROG=rows,
-        BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_R=next_pow2(r),
-    )
+    for cols in _r_blocks(a.shape[0], "grad_in", x2.dtype):  # each block adds its share of dX in place
+        a_c, ds_c, da_c = a[cols], ds[:, cols], da[cols]
+        r = a_c.shape[0]
+        block_r = next_pow2(r)
+        t = tiles("grad_in", x2.dtype, block_r)
+        block_m, k_blocks = t["BLOCK_M"], _cdiv(k, t["BLOCK_K"])
+        # Enough programs to fill the GPU (~4 per SM on a 132-SM H200) while each keeps a long run of
+        # rows, so the fp32 dA atomics stay a small fraction of the X traffic. One per K-block on CPU.
+        splits = max(1, min(_cdiv(m, block_m), 4 * 132 // k_blocks)) if x2.is_cuda else 1
+        rows = _cdiv(_cdiv(m, splits), block_m) * block_m  # a runtime argument: no recompile per batch length
+        _launch(
+            "grad_in", (k_blocks, _cdiv(m, rows)),
+            x2, a_c, ds_c, dx_arg, da_c, m, k, r,
+            x2.stride(0), x2.stride(1), a_c.stride(0), a_c.stride(1), ds_c.stride(0), ds_c.stride(1),
+            dx_arg.stride(0), dx_arg.stride(1), da_c.stride(0), da_c.stride(1),
+            seed, p, 1.0 / (1.0 - p), rows,
+            HAS_DROPOUT=p > 0.0, HAS_DX=dx is not None, UPCAST=_upcast(x2), BLOCK_R=block_r, **t,
+        )
     return da
 
 

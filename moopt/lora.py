@@ -178,6 +178,13 @@ def attach_lora(
     }
 
 
+def set_lora_backend(model: nn.Module, backend: str) -> None:
+    """Switch every LoRALinear of ``model`` (and so its shared-input groups) to ``backend``."""
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            m.backend = backend
+
+
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The trainable LoRA matrices (A then B of each LoRALinear, in module order)."""
     return [p for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_A, m.lora_B)]

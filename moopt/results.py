@@ -69,6 +69,7 @@ def load_study(output_dir: str | Path) -> StudyData:
         row["eval_tokens"] = (e or {}).get("eval_tokens")  # rung and final evaluations: what pruning adds
         row["tokens_per_s"] = (e or {}).get("tokens_per_s")
         row["backend"] = (e or {}).get("backend")
+        row["backend_reason"] = (e or {}).get("backend_reason")  # e.g. a Triton failure under --kernels auto
         row["error"] = (e or {}).get("error")
         rows.append(row)
     table = pd.DataFrame(rows)

@@ -442,7 +442,7 @@ class Study:
                "metrics": m, "error": res.error, "steps": res.steps, "total_steps": res.total_steps,
                "train_tokens": res.train_tokens, "eval_tokens": res.eval_tokens, "train_seconds": res.train_seconds,
                "tokens_per_s": tokens_per_s,
-               "backend": res.backend, "config": info["config"].to_dict(),
+               "backend": res.backend, "backend_reason": res.backend_reason, "config": info["config"].to_dict(),
                "epochs": info["config"].training.num_train_epochs}
         self.journal.append(end)
         vals = "  ".join(f"{k}={m[k]:.4f}" for k in cfg.objectives.names if k in m)

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,7 +69,8 @@ class TrialResult:
     train_tokens: int = 0  # real (non-pad) tokens seen in training
     eval_tokens: int = 0  # tokens run forward in evaluations (rungs and final; test set excluded)
     train_seconds: float = 0.0
-    backend: str | None = None  # which LoRA kernel path ran
+    backend: str | None = None  # which LoRA kernel path ran (at the end, after any fallback)
+    backend_reason: str | None = None  # why that path: the --kernels choice, or the Triton failure
 
 
 class Reporter(Protocol):
@@ -178,7 +180,8 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], backend: str) -> tuple
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
     n = int(keep.sum())
-    loss_sum, n_correct = linear_cross_entropy(hidden[keep], model.lm_head.weight, labels[keep], backend=backend)
+    # the loss has only a torch path (chunked linear+CE); ``backend`` is the LoRA modules' own
+    loss_sum, n_correct = linear_cross_entropy(hidden[keep], model.lm_head.weight, labels[keep], backend="auto")
     return loss_sum, n_correct, n
 
 
@@ -215,6 +218,17 @@ def lr_lambda(kind: str, warmup: int, total: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))  # cosine
 
     return f
+
+
+def backend_reason(kernels: str, backend: str, device: torch.device) -> str:
+    """Why ``backend`` runs the LoRA layers for ``--kernels kernels`` on ``device``."""
+    if kernels != "auto":
+        return f"--kernels {kernels}"
+    from moopt_kernels import HAS_TRITON
+
+    if backend == "triton":
+        return "--kernels auto: CUDA device and triton installed"
+    return "--kernels auto: " + ("triton is not installed" if not HAS_TRITON else f"no CUDA device ({device.type})")
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -289,13 +303,16 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
             return result
 
         # -- attach LoRA (moopt's own modules; PEFT is only used to read the saved adapter) -------
-        from moopt.lora import attach_lora, lora_parameters
+        from moopt_kernels import TritonKernelError
+
+        from moopt.lora import attach_lora, lora_parameters, set_lora_backend
 
         info = attach_lora(
             model, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
             target_modules=cfg.lora.target_modules, backend=spec.kernels,
         )
         result.backend = info["backend"]
+        result.backend_reason = backend_reason(spec.kernels, result.backend, device)
         params = lora_parameters(model)
 
         # -- load data ----------------------------------------------------------------------------
@@ -318,6 +335,34 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
         warmup = math.ceil(tc.warmup_ratio * total_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.lr_scheduler_type, warmup, total_steps))
         reporter.phase("training", f"{total_steps} optimizer steps")
+
+        def with_fallback(fn):
+            """``fn()``; under --kernels auto a Triton compile/launch failure moves the whole model to the
+            torch path (one warning, recorded in backend/backend_reason) and runs ``fn`` again from clean
+            gradients. --kernels triton lets it fail the trial with the kernel's reason."""
+            try:
+                return fn()
+            except TritonKernelError as e:
+                if spec.kernels != "auto" or result.backend != "triton":
+                    raise
+                set_lora_backend(model, "torch")
+                result.backend = "torch"
+                result.backend_reason = f"--kernels auto: triton failed at step {step + 1}, torch from there on: {e}"
+                warnings.warn(result.backend_reason, RuntimeWarning, stacklevel=2)
+                opt.zero_grad(set_to_none=True)
+                return fn()
+
+        def accumulate(pending: list[dict[str, torch.Tensor]], n_labels: int) -> tuple[float, int]:
+            """Forward + backward of one optimizer step's micro-batches: (summed loss, tokens)."""
+            total, tokens = 0.0, 0
+            for b in pending:
+                b = {k: v.to(device) for k, v in b.items()}
+                loss_sum, _, _ = causal_lm_loss(model, b, result.backend)
+                (loss_sum / max(n_labels, 1)).backward()
+                total += float(loss_sum.detach())
+                tokens += int(b["attention_mask"].sum())
+            return total, tokens
+
         model.train()
         t0 = time.time()
         t_step, busy_s = t0, 0.0  # start of the current step; seconds spent in steps (evaluations excluded)
@@ -332,13 +377,8 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
                 continue
             # one optimizer step over the accumulated micro-batches, loss averaged per label token
             n_labels = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in pending)
-            step_loss = 0.0
-            for b in pending:
-                b = {k: v.to(device) for k, v in b.items()}
-                loss_sum, _, _ = causal_lm_loss(model, b, result.backend)
-                (loss_sum / max(n_labels, 1)).backward()
-                step_loss += float(loss_sum.detach())
-                result.train_tokens += int(b["attention_mask"].sum())
+            step_loss, tokens = with_fallback(lambda p=pending, n=n_labels: accumulate(p, n))
+            result.train_tokens += tokens
             pending = []
             step_loss /= max(n_labels, 1)
             step_loss = inject_fault(spec.number, step + 1, step_loss)  # tests only; a no-op otherwise
@@ -357,7 +397,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
             reporter.progress(step, total_steps, step_loss, result.train_tokens / busy_s if busy_s else None, step_s)
             if step in rung_at:
                 reporter.phase("evaluating", f"rung {rung_at[step]} at step {step}, {len(rung_val.examples)} examples")
-                m = evaluate(model, rung_val, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat)
+                m = with_fallback(lambda: evaluate(model, rung_val, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat))
                 result.eval_tokens += rung_val.n_tokens
                 evals.append({"step": step, "examples": len(rung_val.examples), **m})
                 if not reporter.rung(step, m, rung_at[step]):
@@ -378,13 +418,13 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
                 result.error += f" (metrics on the rungs' {len(rung_val.examples)} of {len(val.examples)} validation examples)"
         else:
             reporter.phase("evaluating", f"{len(val.examples)} validation examples")
-            metrics = evaluate(model, val, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat)
+            metrics = with_fallback(lambda: evaluate(model, val, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat))
             result.eval_tokens += val.n_tokens
             evals.append({"step": step, "examples": len(val.examples), **metrics})
             if spec.test_file:
                 test = tokenize_file(spec.test_file, tok, cfg.data.max_seq_length)
                 reporter.phase("evaluating", f"{len(test.examples)} test examples")
-                tm = evaluate(model, test, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat)
+                tm = with_fallback(lambda: evaluate(model, test, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat))
                 metrics.update({k.replace("eval_", "test_"): v for k, v in tm.items()})
             result.state = "COMPLETE" if stop_reason is None else "PRUNED"
             result.error = None if stop_reason is None else f"{stop_reason} at step {step}"

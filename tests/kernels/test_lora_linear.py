@@ -156,3 +156,19 @@ def test_update_alone_for_a_quantized_base(backend, matches_reference, p):
         matches_reference(out, ref, None, name)
     with pytest.raises(ValueError, match="bias needs weight"):
         lora_linear(x, None, a, b, scaling, bias=torch.zeros(n))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_rank_split_into_r_blocks_matches_reference(backend, matches_reference, monkeypatch, p):
+    """A rank above MAX_BLOCK_R (256 on a GPU; 16 here, to keep the interpreter fast) runs as several
+    launches over column blocks of r (16 + 16 + 8), dX accumulating across them."""
+    import sys
+
+    monkeypatch.setattr(sys.modules["moopt_kernels.lora_linear"], "MAX_BLOCK_R", 16)
+    m, k, n, r, scaling = 40, 48, 36, 40, 0.5
+    x, w, a, b, g = make_case(m, k, n, r, seed=5)
+    mask = dropout_mask(11, (m, k), p, "cpu", backend) if p > 0 else None
+    outs = run(x, w, a, b, scaling, p, 11, backend, g)
+    refs = reference(*(t.double() for t in (x, w, a, b)), scaling, None if mask is None else mask.double(), g.double())
+    for out, ref, name in zip(outs, refs, NAMES):
+        matches_reference(out, ref, None, name)

@@ -1,0 +1,46 @@
+"""The GPU check cannot rot: its dry run (same script, same steps and outputs; tiny stand-ins, torch
+path, CPU) runs end to end on every CI run, so a broken step shows here, not on the day a GPU is lent."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ["env", "models", "gpu_tests", "kernels", "bench_lora", "bench_trial", "memory", "study"]
+
+
+def test_dry_run_runs_every_step_and_publishes_results(tmp_path):
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "TRITON_INTERPRET")}
+    proc = subprocess.run(
+        [sys.executable, "-P", "benchmarks/gpu_check.py", "--dry-run", "--work", str(tmp_path / "work"), "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    failed = {s["step"]: s["tail"] for s in summary["steps"] if s["status"] != "ok"}
+    assert proc.returncode == 0 and not failed, f"{failed}\n{proc.stdout[-2000:]}"
+    assert [s["step"] for s in summary["steps"]] == STEPS
+    assert summary["dry_run"] is True and summary["env"]["date"] and "nvidia_smi" in summary["env"]
+    assert summary["env"]["import_errors"] == {}
+
+    with tarfile.open(out / "gpu_check.tar.gz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+        assert {f"{s}.log" for s in STEPS} <= names
+        assert {"env.json", "kernels_cpu.csv", "lora_cpu.csv", "trial_cpu.csv", "memory_cpu.csv", "trials_summary.csv",
+                "best_config.yaml", "gpu_tests.xml"} <= names
+
+        def rows(name):
+            return list(csv.DictReader(io.TextIOWrapper(tar.extractfile(f"gpu_check/{name}"))))
+
+        kernels = rows("kernels_cpu.csv")
+        assert kernels and all(r["ok"] == "True" for r in kernels)
+        assert {r["provider"] for r in rows("lora_cpu.csv")} == {"base", "peft", "moopt"}
+        assert {r["provider"] for r in rows("trial_cpu.csv")} == {"moopt", "peer"}
+        assert any(r["provider"] == "measured" for r in rows("memory_cpu.csv"))
+        trials = rows("trials_summary.csv")
+        assert len(trials) == 3 and all(r["backend"] == "torch" and r["backend_reason"] for r in trials)

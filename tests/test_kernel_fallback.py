@@ -1,0 +1,137 @@
+"""A Triton failure never loses a trial under --kernels auto: the trial falls back to the torch path
+(one warning, recorded as backend / backend_reason); under --kernels triton it fails with the reason.
+
+The CPU cannot run the compiled kernels, so the test makes the backend choice answer "triton" (as on a
+CUDA machine) and every kernel launch fail as an over-sized launch does on a GPU (OutOfResources).
+"""
+
+import json
+import sys
+import warnings
+from types import SimpleNamespace
+
+import pytest
+
+import moopt.lora
+from moopt.config import TrialConfig
+from moopt.trial import TrialSpec, run_trial
+
+SHARED_MEMORY_ERROR = "out of resource: shared memory, Required: 245760, Hardware limit: 232448"
+
+
+class _FailingKernel:
+    def __init__(self, calls: list):
+        self.calls = calls
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls.append(grid)
+            raise RuntimeError(SHARED_MEMORY_ERROR)
+
+        return launch
+
+
+@pytest.fixture
+def triton_that_fails(monkeypatch) -> list:
+    """Every Triton launch raises; the list collects the attempted launches."""
+    import moopt_kernels.lora_linear  # noqa: F401  (the package exports a function of that name)
+
+    ll, lm = sys.modules["moopt_kernels.lora_linear"], sys.modules["moopt_kernels.lora_multi"]
+
+    def resolve(backend, device):
+        return "torch" if backend == "torch" else "triton"
+
+    for module in (ll, lm, moopt.lora):
+        monkeypatch.setattr(module, "resolve_backend", resolve)
+    calls: list = []
+    kernels = SimpleNamespace(**{k: _FailingKernel(calls) for k in ("down", "grad_out", "grad_in", "mask")})
+    monkeypatch.setattr(ll, "_kernels", lambda: kernels)
+    return calls
+
+
+def spec(tmp_path, tiny_model, tiny_data, kernels: str, name: str) -> TrialSpec:
+    cfg = TrialConfig.from_dict({
+        "training": {"num_train_epochs": 1, "batch_size": 8, "gradient_accumulation_steps": 2, "learning_rate": 1e-3},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+        "data": {"max_seq_length": 32},
+    })
+    return TrialSpec(number=0, config=cfg, base_model=str(tiny_model), train_file=str(tiny_data["train"]),
+                     validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / name), kernels=kernels,
+                     device="cpu", save_adapter=False)
+
+
+def test_auto_falls_back_to_torch_with_one_warning(tmp_path, tiny_model, tiny_data, triton_that_fails):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_trial(spec(tmp_path, tiny_model, tiny_data, "auto", "auto"))
+    assert res.state == "COMPLETE", res.error
+    assert res.backend == "torch"
+    assert "triton failed at step 1" in res.backend_reason and SHARED_MEMORY_ERROR in res.backend_reason
+    assert "_lora_" not in res.backend_reason and "triton kernel down" in res.backend_reason
+    ours = [w for w in caught if "triton failed" in str(w.message)]
+    assert len(ours) == 1
+    assert len(triton_that_fails) == 1  # the first launch failed; nothing tried Triton again
+    saved = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    assert saved["backend"] == "torch" and saved["backend_reason"] == res.backend_reason
+
+
+def test_fallback_trial_equals_a_torch_trial(tmp_path, tiny_model, tiny_data, triton_that_fails):
+    """The failed step is redone from clean gradients: same losses as --kernels torch (no dropout)."""
+    fell_back = run_trial(spec(tmp_path, tiny_model, tiny_data, "auto", "auto"))
+    plain = run_trial(spec(tmp_path, tiny_model, tiny_data, "torch", "torch"))
+    assert plain.backend == "torch" and plain.backend_reason == "--kernels torch"
+    assert fell_back.steps == plain.steps > 1
+    assert fell_back.metrics["eval_loss"] == pytest.approx(plain.metrics["eval_loss"], rel=1e-6)
+
+
+def test_forced_triton_fails_the_trial_with_the_reason(tmp_path, tiny_model, tiny_data, triton_that_fails):
+    res = run_trial(spec(tmp_path, tiny_model, tiny_data, "triton", "triton"))
+    assert res.state == "FAIL"
+    assert res.error.startswith("TritonKernelError: triton kernel down") and SHARED_MEMORY_ERROR in res.error
+    assert res.backend == "triton" and res.backend_reason == "--kernels triton"
+
+
+def test_auto_on_cpu_says_why_torch_runs(tmp_path, tiny_model, tiny_data):
+    res = run_trial(spec(tmp_path, tiny_model, tiny_data, "auto", "cpu"))
+    assert res.state == "COMPLETE" and res.backend == "torch"
+    assert res.backend_reason.startswith("--kernels auto: ")
+
+
+@pytest.fixture
+def triton_backward_fails(monkeypatch) -> None:
+    """Forward and dS/dB run (torch math under the "triton" label); the dA/dX kernel raises in backward,
+    inside autograd, as a launch failure does there on a GPU."""
+    import moopt_kernels.lora_linear  # noqa: F401
+    from moopt_kernels import TritonKernelError
+
+    ll, lm = sys.modules["moopt_kernels.lora_linear"], sys.modules["moopt_kernels.lora_multi"]
+
+    def resolve(backend, device):
+        return "torch" if backend == "torch" else "triton"
+
+    def as_torch(fn):
+        return lambda *args, **kw: fn(*args[:-1], "torch", **kw) if args[-1] == "triton" else fn(*args, **kw)
+
+    real_grad_in, real_grad_out = ll.lora_grad_in, ll.lora_grad_out
+
+    def grad_in(x2, a, ds, dx, seed, p, backend):
+        if backend == "triton":
+            raise TritonKernelError(f"triton kernel grad_in (BLOCK_R=16) failed: RuntimeError: {SHARED_MEMORY_ERROR}")
+        return real_grad_in(x2, a, ds, dx, seed, p, backend)
+
+    for module in (ll, lm, moopt.lora):
+        monkeypatch.setattr(module, "resolve_backend", resolve)
+    for module in (ll, lm):
+        monkeypatch.setattr(module, "lora_down", as_torch(ll.lora_down))
+        monkeypatch.setattr(module, "lora_grad_in", grad_in)
+    monkeypatch.setattr(ll, "lora_grad_out", lambda g2, b, s, scaling, backend, ds_out=None:
+                        real_grad_out(g2, b, s, scaling, "torch", ds_out))
+    monkeypatch.setattr(lm, "lora_grad_out", ll.lora_grad_out)
+
+
+def test_failure_inside_backward_falls_back_too(tmp_path, tiny_model, tiny_data, triton_backward_fails):
+    res = run_trial(spec(tmp_path, tiny_model, tiny_data, "auto", "auto"))
+    assert res.state == "COMPLETE", res.error
+    assert res.backend == "torch" and "triton kernel grad_in" in res.backend_reason
+    plain = run_trial(spec(tmp_path, tiny_model, tiny_data, "torch", "torch"))
+    assert res.metrics["eval_loss"] == pytest.approx(plain.metrics["eval_loss"], rel=1e-6)
