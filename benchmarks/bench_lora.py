@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from moopt_kernels import lora_linear, lora_multi_linear
+from torch import nn
 
 RESULTS = Path(__file__).parent / "results"
 COLUMNS = ["op", "shape", "M", "r", "p", "dtype", "device", "provider", "ms", "peak_mib", "saved_mib"]

@@ -39,7 +39,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_pruning import hv  # (the hypervolume bench_pruning reports)
+from bench_pruning import hv  # noqa: E402  (after the sys.path line: benchmarks/ is not a package)
 
 
 def read_study(study: Path) -> tuple[dict, dict[int, dict], dict[int, dict]]:

@@ -35,14 +35,16 @@ def reference(x, ws, as_, bs, scaling, mask, gs):
 
 def run_case(m, k, ns, r, p, device, backend):
     gen = torch.Generator(device="cpu").manual_seed(r * 7 + len(ns))
-    rand = lambda *s: torch.randn(*s, generator=gen).to(device)
+    def rand(*s):
+        return torch.randn(*s, generator=gen).to(device)
     x64 = rand(m, k).double()
     ws64 = [rand(n, k).double() / k**0.5 for n in ns]
     as64 = [rand(r, k).double() / k**0.5 for _ in ns]
     bs64 = [rand(n, r).double() / r**0.5 for n in ns]  # B != 0: dA would be 0 and hide bugs
     gs64 = [rand(m, n).double() for n in ns]
     scaling, seed = 2.0, 1234
-    low = lambda ts: [t.to(torch.bfloat16) for t in ts]
+    def low(ts):
+        return [t.to(torch.bfloat16) for t in ts]
     x = x64.to(torch.bfloat16).requires_grad_()
     as_, bs = [a.detach().requires_grad_() for a in low(as64)], [b.detach().requires_grad_() for b in low(bs64)]
     if len(ns) == 1:

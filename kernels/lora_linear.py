@@ -29,7 +29,6 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-
 from moopt_kernels._backend import TritonKernelError, interpreting, next_pow2, resolve_backend
 
 # tl.rand offsets are int32 (m*K + k): one call covers at most 2**31 elements of X,

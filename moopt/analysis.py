@@ -154,8 +154,8 @@ def param_importance(data: StudyData, target: str, seed: int = 0, output_dir: st
         return Importance(target=target, n_trials=n, reason=f"{target} is the same in every COMPLETE trial")
     try:
         import optuna
-        from optuna.importance import FanovaImportanceEvaluator, get_param_importances
         import sklearn  # noqa: F401  (fANOVA's random forest)
+        from optuna.importance import FanovaImportanceEvaluator, get_param_importances
     except ImportError:
         return Importance(target=target, n_trials=n, reason=MISSING_DEPS)
 

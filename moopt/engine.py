@@ -75,13 +75,12 @@ class Engine:
         """``warm_start``: TrialConfigs (e.g. an earlier study's best) placed in the first
         population right after the default, moved into this space. ``surrogate=False``: plain NSGA-II.
         ``n_constr``: inequality constraints told per individual (the study has one; feasible iff all <= 0)."""
-        from pymoo.algorithms.moo.nsga2 import NSGA2
+        from pymoo.algorithms.moo.nsga2 import NSGA2, binary_tournament
         from pymoo.core.mixed import MixedVariableDuplicateElimination, MixedVariableMating, MixedVariableSampling
-        from pymoo.core.problem import Problem
         from pymoo.core.population import Population
-        from pymoo.operators.selection.tournament import TournamentSelection
-        from pymoo.algorithms.moo.nsga2 import binary_tournament
+        from pymoo.core.problem import Problem
         from pymoo.core.termination import NoTermination
+        from pymoo.operators.selection.tournament import TournamentSelection
 
         self.space = space
         self.n_obj = n_obj

@@ -14,9 +14,8 @@ import os
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from moopt_kernels import lora_linear, lora_multi_linear, resolve_backend
+from torch import nn
 
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Sibling projections that HF's LlamaAttention / LlamaMLP call with the identical hidden-state tensor.

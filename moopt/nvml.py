@@ -12,7 +12,6 @@ Pitfalls handled (see /work/shared/reference/memory-model.md):
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass
 from typing import Any
 

@@ -12,8 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from moopt.analysis import (MISSING_DEPS, SCORE, correlations, format_importance, learning_curves, param_importance,
-                            pareto_points, write_analysis)
+from moopt.analysis import (
+    MISSING_DEPS,
+    SCORE,
+    correlations,
+    format_importance,
+    learning_curves,
+    param_importance,
+    pareto_points,
+    write_analysis,
+)
 from moopt.journal import Journal
 from moopt.results import load_study
 

@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from moopt_kernels import linear_cross_entropy
 
 

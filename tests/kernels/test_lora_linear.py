@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from moopt_kernels import lora_linear
 from moopt_kernels.lora_linear import dropout_mask
 

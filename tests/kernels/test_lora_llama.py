@@ -4,13 +4,13 @@ import copy
 import importlib.metadata
 import importlib.util
 
+import moopt_kernels
 import pytest
 import torch
 import transformers
-
-import moopt_kernels
-from moopt.lora import LoRALinear, attach_lora, lora_parameters, save_peft_adapter
 from moopt_kernels import linear_cross_entropy
+
+from moopt.lora import LoRALinear, attach_lora, lora_parameters, save_peft_adapter
 
 ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 R, ALPHA = 8, 16
