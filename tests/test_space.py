@@ -16,8 +16,8 @@ def test_guide_space_parses_with_string_exponents(tmp_path):
     # PyYAML reads 1e-6 (no dot) as a string: it must still be a number.
     sp = load_space("config/hpo_search_space.yaml")
     lr = next(p for p in sp.params if p.name == "training.learning_rate")
-    assert (lr.low, lr.high) == (1e-6, 1e-3)
-    tm = next(p for p in sp.params if p.name == "lora.target_modules")
+    assert (lr.low, lr.high) == (1e-6, 1e-4)
+    tm = next(p for p in load_space("config/hpo_comprehensive_search_space.yaml").params if p.name == "lora.target_modules")
     assert tm.values[0] == ("q_proj", "v_proj")
 
 

