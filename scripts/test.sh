@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # -P: the repo root stays off sys.path, so its kernels/ folder cannot pose as Hugging Face's `kernels`.
-exec .venv/bin/python -P -m pytest -q "$@"
+exec .venv/bin/python -P -m pytest -q --durations=12 "$@"
