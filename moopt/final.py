@@ -54,7 +54,7 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     from moopt.trial import TrialSpec, run_trial
     from moopt.yamlio import write_json, write_yaml
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     out = Path(kw["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     write_yaml(out / "config.yaml", cfg.to_dict())

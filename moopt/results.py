@@ -242,7 +242,7 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
     ``Parameter Importance`` and where the results are."""
     from rich.console import Console
 
-    console = console or Console(highlight=False)
+    console = console or Console(highlight=False, soft_wrap=True)
     say = lambda text="": console.print(text, markup=False, soft_wrap=True)  # noqa: E731
     counts = data.table.state.value_counts().to_dict() if len(data.table) else {}
     say(f"\nTrials: {len(data.table)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")

@@ -147,7 +147,7 @@ class Study:
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        self.console = console or Console(highlight=False)
+        self.console = console or Console(highlight=False, soft_wrap=True)  # a log line is never cut at 80 columns
         self.lock = threading.Lock()
         self.pruner = RungPruner(cfg.pruning_factor or 0, ideal=cfg.objectives.ideal())
         self.prune_reason: dict[int, str] = {}  # trial -> why its last rung stopped it
