@@ -52,9 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # folder would pose as Hugging Face's `kernels` package.
 
 from moopt.config import TrialConfig  # noqa: E402
-from moopt.engine import Engine  # noqa: E402
 from moopt.journal import Journal  # noqa: E402
-from moopt.space import SearchSpace, parse_space  # noqa: E402
+from moopt.search.engine import Engine  # noqa: E402
+from moopt.search.space import SearchSpace, parse_space  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 COLUMNS = ["what", "problem", "n_trials", "seed", "provider", "device", "value", "unit"]
@@ -229,7 +229,7 @@ def run_optuna(prob: Problem, n_trials: int, seed: int, provider: str) -> Run:
     elif provider == "optuna-nsga2":
         sampler = optuna.samplers.NSGAIISampler(seed=seed)
     elif provider == "optuna-nsga2-p10":
-        from moopt.engine import population_size
+        from moopt.search.engine import population_size
 
         sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size(n_trials))
     elif provider == "random":

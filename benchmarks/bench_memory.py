@@ -6,7 +6,7 @@
 Grid: batch {1,4,8,16} × seq {64,128,256} × r {8,64} × targets {q,v; all-linear} × checkpointing
 {off,on} × quantisation {none, 4bit (NF4 + double quant), 8bit}; ``--n`` unquantised configurations
 sampled from it (seeded, every (batch, seq) cell with at most ``--max-tokens`` tokens drawn before
-any repeats), then ``--n-quant`` quantised ones (bitsandbytes; its CPU backend on CPU). Each is measured with ``moopt.probe.probe_peak``
+any repeats), then ``--n-quant`` quantised ones (bitsandbytes; its CPU backend on CPU). Each is measured with ``moopt.train.probe.probe_peak``
 (a fresh subprocess: peak RSS on CPU, max_reserved + NVML context on CUDA).
 
 Writes ``benchmarks/results/memory_<device>.csv``, one row per (config, provider) with provider in
@@ -15,7 +15,7 @@ config's probe with the same quantisation, as the study calibrates per (model, q
 kernels)) | measured, then summary rows; and ``memory_<device>.png`` (predicted vs measured).
 Prints median / p90 |error|, the error after calibration, and the fit/no-fit decision accuracy for
 budgets at measured × {0.9, 0.95, 1.05, 1.1}: the analytic estimate alone vs the gate
-(``moopt.probe.MemoryGate``'s rule: the estimate decides outside its error band, otherwise the probe
+(``moopt.study.gate.MemoryGate``'s rule: the estimate decides outside its error band, otherwise the probe
 does), uncalibrated and after calibration on the other configurations.
 """
 
@@ -110,7 +110,7 @@ def pct(xs: list[float], q: float) -> float:
 def leave_one_out(pred: list[int], meas: list[int], groups: list[str] | None = None) -> list[int]:
     """Calibrated prediction of each config from the (estimate, measured) pairs of all the others in
     its group (the study keeps one calibration per quantisation)."""
-    from moopt.memory import apply_calibration, fit_calibration
+    from moopt.memory.estimate import apply_calibration, fit_calibration
 
     groups = groups or [""] * len(pred)
     out = []
@@ -125,13 +125,13 @@ def gate_bands(pred: list[int], meas: list[int], quants: list[str], device: str)
     estimate, memory.ESTIMATE_UNDER_PRIOR one-sided; for CPU those priors come from these very probes,
     so this one is in-sample), ``gate_calibrated`` after every other config of its quantisation was
     measured (leave-one-out calibrated estimate and probe.error_band over those pairs)."""
-    from moopt.memory import (
+    from moopt.memory.estimate import (
         ESTIMATE_UNDER_PRIOR,
         MIN_ERROR_BAND,
         apply_calibration,
         fit_calibration,
     )
-    from moopt.probe import error_band
+    from moopt.train.probe import error_band
 
     out = {"gate": [], "gate_calibrated": []}
     for i, (p, q) in enumerate(zip(pred, quants)):
@@ -213,9 +213,9 @@ def summarize(rows: list[dict], device: str = "cpu") -> dict[str, float]:
 
 def measure(configs: list[dict], device: str, kernels: str, steps: int, threads: int, csv_path: Path, dev_name: str,
             reuse: dict[str, int] | None = None):
-    from moopt.memory import estimate_peak, load_model_config
-    from moopt.models import resolve_model
-    from moopt.probe import ProbeResult, probe_peak
+    from moopt.memory.estimate import estimate_peak, load_model_config
+    from moopt.train.models import resolve_model
+    from moopt.train.probe import ProbeResult, probe_peak
 
     model_path = resolve_model(MODEL)  # main() may point MODEL at a local folder (--model)
     mcfg = load_model_config(model_path)

@@ -52,8 +52,8 @@ model:
 
 def grid_estimates(model_path: str, train_file: Path, device: str) -> list[float]:
     from moopt.config import TrialConfig
-    from moopt.memory import estimate_peak, load_model_config
-    from moopt.probe import batch_shape, data_lengths
+    from moopt.memory.estimate import estimate_peak, load_model_config
+    from moopt.train.probe import batch_shape, data_lengths
 
     cfg = load_model_config(model_path)
     lengths = data_lengths(model_path, train_file)
@@ -67,7 +67,7 @@ def grid_estimates(model_path: str, train_file: Path, device: str) -> list[float
 
 
 def loo_errors(pairs: list[list[int]]) -> list[float]:
-    from moopt.memory import apply_calibration, fit_calibration
+    from moopt.memory.estimate import apply_calibration, fit_calibration
 
     errs = []
     for i, (e, m) in enumerate(pairs):
@@ -84,7 +84,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    from moopt.models import resolve_model
+    from moopt.train.models import resolve_model
 
     device = "cpu"
     model_path = str(resolve_model("smollm2-135m"))

@@ -80,7 +80,7 @@ class ClockSimExecutor(SimExecutor):
         heapq.heappush(self.events, (at, self.order, number, what))
 
     def next_result(self, timeout=None):
-        from moopt.trial import TrialResult
+        from moopt.records import TrialResult
 
         while self.events:
             at, _, number, what = heapq.heappop(self.events)
@@ -116,20 +116,20 @@ def run_study(oracle, out: Path, seed: int, trials: int, eta: float, slots: int,
     from bench_pruning_sim import SPACE, _patched
     from rich.console import Console
 
-    import moopt.executor
-    import moopt.results
+    import moopt.report.results
+    import moopt.study.executor
     from moopt.journal import replay
-    from moopt.objectives import parse_objectives
-    from moopt.space import load_space
-    from moopt.study import Study, StudyConfig
+    from moopt.search.objectives import parse_objectives
+    from moopt.search.space import load_space
+    from moopt.study.scheduler import Study, StudyConfig
 
     cfg = StudyConfig(base_model="sim", model_path="sim", train_file=str(ROOT / "data" / "train.jsonl"),
                       validation_file=str(ROOT / "data" / "val.jsonl"), output_dir=str(out), num_trials=trials,
                       objectives=parse_objectives("multi:eval_loss,eval_accuracy", None), space=load_space(SPACE),
                       seed=seed, pruning_factor=eta, parallel_trials=slots, overwrite=True, baseline=False)
     ClockSimExecutor.oracle, ClockSimExecutor.seed = oracle, seed
-    with _patched(moopt.executor, "LocalExecutor", ClockSimExecutor), \
-            _patched(moopt.results, "write_results", lambda *a, **k: {}), _patched(Study, "fill_free_slots", fill):
+    with _patched(moopt.study.executor, "LocalExecutor", ClockSimExecutor), \
+            _patched(moopt.report.results, "write_results", lambda *a, **k: {}), _patched(Study, "fill_free_slots", fill):
         Study(cfg, console=Console(file=io.StringIO())).run()
     log = ClockSimExecutor.last.log
     wall = max(e for _, _, e in log) - min(s for _, s, _ in log)

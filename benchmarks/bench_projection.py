@@ -30,8 +30,8 @@ def replay_projections(study: Path, trials: set[int], eta: float) -> dict[int, t
     """For each pruned trial in ``trials``: (its last rung's F, {rule: its projection by that rule},
     completed trials known then), in minimisation form (eval_loss, -eval_accuracy); rule ``code`` is
     the projection the code gives it now."""
-    from moopt.objectives import parse_objectives
-    from moopt.pruning import RungPruner, median_ratio
+    from moopt.search.objectives import parse_objectives
+    from moopt.search.pruner import RungPruner, median_ratio
 
     objectives = parse_objectives("multi:eval_loss,eval_accuracy", None)
     pruner, last, out = RungPruner(eta, objectives.ideal()), {}, {}

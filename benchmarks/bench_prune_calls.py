@@ -57,7 +57,8 @@ def dominates(a: np.ndarray, b: np.ndarray) -> bool:
 def rerun(start: dict, header: dict, work: Path) -> dict:
     """The trial's configuration trained to its end (no rungs): its final metrics."""
     from moopt.config import TrialConfig
-    from moopt.trial import TrialSpec, run_trial
+    from moopt.records import TrialSpec
+    from moopt.train.recipe import run_trial
 
     fp = header["fingerprint"]
     spec = TrialSpec(number=start["number"], config=TrialConfig.from_dict(start["config"]), base_model=fp["base_model"],
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     import pandas as pd
 
-    from moopt.objectives import parse_objectives
+    from moopt.search.objectives import parse_objectives
 
     rows, studies, no_twin = [], [], 0
     with tempfile.TemporaryDirectory(prefix="prune_calls_") as tmp:

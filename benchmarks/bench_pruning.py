@@ -79,7 +79,7 @@ def run_study(model, train, val, out: Path, space: Path, trials: int, seed: int,
 
 def study_front(out: Path):
     """(F of COMPLETE trials in minimisation form, objectives, table, base model's F or None)."""
-    from moopt.results import load_study
+    from moopt.report.table import load_study
 
     d = load_study(out)
     t = d.table
@@ -164,7 +164,7 @@ def main() -> int:
     tmp = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="bench_pruning_"))
     tmp.mkdir(parents=True, exist_ok=True)
     if a.real:
-        from moopt.models import resolve_model
+        from moopt.train.models import resolve_model
 
         model = resolve_model("smollm2-135m")
         train = ROOT / "data" / "train.jsonl"

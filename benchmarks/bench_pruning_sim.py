@@ -195,8 +195,8 @@ def trial_plan(spec) -> tuple[dict, int, list[tuple[int, int, int]]]:
     """A simulated trial's flat configuration, its optimizer steps, and its rungs as (step, rung index,
     the oracle's level): the table knows the rungs at RUNG_FRACTIONS (eta = 2's); other rungs read the
     nearest one."""
-    from moopt.data import n_micro_batches
-    from moopt.trial import rung_steps
+    from moopt.train.data import n_micro_batches
+    from moopt.train.recipe import rung_steps
 
     tc = spec.config.training
     total = n_micro_batches(N_TRAIN, tc.batch_size, tc.num_train_epochs)
@@ -206,7 +206,7 @@ def trial_plan(spec) -> tuple[dict, int, list[tuple[int, int, int]]]:
 
 
 class SimExecutor:
-    """Stands in for moopt.executor.LocalExecutor: a trial's rungs and end come from the oracle."""
+    """Stands in for moopt.study.executor.LocalExecutor: a trial's rungs and end come from the oracle."""
 
     oracle: Oracle = None
     seed: int = 0
@@ -216,7 +216,7 @@ class SimExecutor:
         self.results: queue.Queue = queue.Queue()
 
     def submit(self, spec, slot) -> None:
-        from moopt.trial import TrialResult
+        from moopt.records import TrialResult
 
         tc = spec.config.training
         flat, total, rungs = trial_plan(spec)
@@ -255,20 +255,20 @@ def run_sim_study(oracle: Oracle, out: Path, seed: int, trials: int, eta: float 
     """One study through moopt's Study with the simulated executor; its finished trials' end events."""
     from rich.console import Console
 
-    import moopt.executor
-    import moopt.results
+    import moopt.report.results
+    import moopt.study.executor
     from moopt.journal import replay
-    from moopt.objectives import parse_objectives
-    from moopt.space import load_space
-    from moopt.study import Study, StudyConfig
+    from moopt.search.objectives import parse_objectives
+    from moopt.search.space import load_space
+    from moopt.study.scheduler import Study, StudyConfig
 
     cfg = StudyConfig(base_model="sim", model_path="sim", train_file=str(ROOT / "data" / "train.jsonl"),
                       validation_file=str(ROOT / "data" / "val.jsonl"), output_dir=str(out), num_trials=trials,
                       objectives=parse_objectives("multi:eval_loss,eval_accuracy", None), space=load_space(SPACE),
                       seed=seed, pruning_factor=eta, overwrite=True, baseline=False)
     SimExecutor.oracle, SimExecutor.seed = oracle, seed
-    with _patched(moopt.executor, "LocalExecutor", SimExecutor), \
-            _patched(moopt.results, "write_results", lambda *a, **k: {}):
+    with _patched(moopt.study.executor, "LocalExecutor", SimExecutor), \
+            _patched(moopt.report.results, "write_results", lambda *a, **k: {}):
         Study(cfg, console=Console(file=io.StringIO())).run()
     return replay(out).finished
 
@@ -383,14 +383,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eta", type=float, default=2.0)
     ap.add_argument("--rank-only", action="store_true", help="the rank rule alone (no dominance bound), as before it")
     ap.add_argument("--bound-from", type=float, default=None, metavar="F",
-                    help="the bound acts at rungs at >= F of the steps (default moopt.pruning.BOUND_MIN_FRACTION; "
+                    help="the bound acts at rungs at >= F of the steps (default moopt.search.pruner.BOUND_MIN_FRACTION; "
                          "0.1: from the first rung, as before it)")
     ap.add_argument("--bound-min-completed", type=int, default=None, metavar="K",
                     help="the bound needs >= K completed trials with values at the rung (default "
-                         "moopt.pruning.BOUND_MIN_COMPLETED)")
+                         "moopt.search.pruner.BOUND_MIN_COMPLETED)")
     ap.add_argument("--bound-any-length", action="store_true",
                     help="the bound reads every completed trial's curve, also shorter ones (as before "
-                         "moopt.pruning.BOUND_SAME_BUDGET)")
+                         "moopt.search.pruner.BOUND_SAME_BUDGET)")
     ap.add_argument("--out", default=None, help="CSV (default benchmarks/results/pruning_sim[_t<trials>][_<variant>]_cpu.csv)")
     ap.add_argument("--append", action="store_true", help="add these seeds' rows to the CSV and summarise all")
     ap.add_argument("--summarize", action="store_true", help="only re-summarise (and re-plot) the existing CSV")
@@ -444,15 +444,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"surrogate: out-of-bag R^2 {oracle.forest.oob_score_:.3f}; residual spread (log loss, logit accuracy) at "
           "the end " + "/".join(f"{v:.3f}" for v in oracle.sigma[3]) + "; deviations drawn from "
           + (f"{len(oracle.pool)} real trials' residual curves" if oracle.pool is not None else "independent normals"))
-    import moopt.pruning
+    import moopt.search.pruner
 
     rows, t0 = [], time.time()
     # --rank-only: never enough completed trials for the bound, so it never fires
     with tempfile.TemporaryDirectory(prefix="bench_pruning_sim_") as tmp, \
-            _patched(moopt.pruning, "BOUND_MIN_COMPLETED", 10**9 if a.rank_only else moopt.pruning.BOUND_MIN_COMPLETED
+            _patched(moopt.search.pruner, "BOUND_MIN_COMPLETED", 10**9 if a.rank_only else moopt.search.pruner.BOUND_MIN_COMPLETED
                      if a.bound_min_completed is None else a.bound_min_completed), \
-            _patched(moopt.pruning, "BOUND_MIN_FRACTION", moopt.pruning.BOUND_MIN_FRACTION if a.bound_from is None else a.bound_from), \
-            _patched(moopt.pruning, "BOUND_SAME_BUDGET", moopt.pruning.BOUND_SAME_BUDGET and not a.bound_any_length):
+            _patched(moopt.search.pruner, "BOUND_MIN_FRACTION", moopt.search.pruner.BOUND_MIN_FRACTION if a.bound_from is None else a.bound_from), \
+            _patched(moopt.search.pruner, "BOUND_SAME_BUDGET", moopt.search.pruner.BOUND_SAME_BUDGET and not a.bound_any_length):
         for seed in range(a.first_seed, a.first_seed + a.seeds):
             got = {}
             for label, eta in (("no_pruning", None), (f"eta_{a.eta:g}", a.eta)):

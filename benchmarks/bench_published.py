@@ -4,7 +4,7 @@
 
 For each row of benchmarks/published_peaks.py: the estimate of the same setting, in the same measure
 (allocated / reserved / the whole process against the GPU's capacity), the signed error, and the
-estimate with each CUDA-side term of moopt.memory switched off, to show what each term changed.
+estimate with each CUDA-side term of moopt.memory.estimate switched off, to show what each term changed.
 Writes ``benchmarks/results/memory_published.csv`` (columns what, problem, provider, device, value,
 unit): per row ``published`` and ``estimate`` (GiB), ``error`` (pct) and one ``without_<term>`` error
 per term; then summary rows (median |error|, how many rows the estimate is under).
@@ -67,8 +67,8 @@ ABLATIONS = {
 
 
 def estimate(row: dict, consts: dict | None = None, kwargs: dict | None = None) -> int:
-    from moopt import memory
-    from moopt.memory import estimate_peak, load_model_config
+    from moopt.memory import estimate as memory
+    from moopt.memory.estimate import estimate_peak, load_model_config
 
     with patched(memory, **(consts or {})):
         est = estimate_peak(load_model_config(row["model"]), trial_for(row), device="cuda", kernels=row["kernels"],

@@ -1,6 +1,6 @@
 """How small can a rung's validation subset be? Keep/prune calls on a subset against the whole set.
 
-A rung evaluation only decides who goes on (moopt/pruning.py), so it reads a fixed random subset of the
+A rung evaluation only decides who goes on (moopt/search/pruner.py), so it reads a fixed random subset of the
 validation set. This measures what the subset's size costs in decisions: the finished trials of real
 studies (their PEFT adapters) are evaluated example by example on the whole validation set; then, for
 many random subsets of each size, the trials of each study are ranked as a rung ranks them (Pareto rank,
@@ -37,8 +37,8 @@ def per_example(study: Path, val_file: Path) -> dict[str, np.ndarray]:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from moopt.data import collate, tokenize_file
-    from moopt.trial import causal_lm_loss
+    from moopt.train.data import collate, tokenize_file
+    from moopt.train.recipe import causal_lm_loss
 
     out: dict[str, np.ndarray] = {}
     trials = sorted(study.glob("trial_results/trial_*/adapter"), key=lambda p: int(p.parent.name.split("_")[1]))
@@ -53,7 +53,7 @@ def per_example(study: Path, val_file: Path) -> dict[str, np.ndarray]:
     for ad in trials:
         m = PeftModel.from_pretrained(base, str(ad))  # LoRA layers go into ``base`` in place
         m.eval()
-        with torch.no_grad():  # the trials' own evaluation (moopt.trial), one example at a time
+        with torch.no_grad():  # the trials' own evaluation (moopt.train.recipe), one example at a time
             rows = [[float(v) for v in causal_lm_loss(base, collate([ex], pad_id), "torch")] for ex in val.examples]
         out[ad.parent.name] = a = np.array(rows, dtype=float).T
         print(f"{study.name}/{ad.parent.name}: eval_loss {a[0].sum() / a[2].sum():.4f}", flush=True)
@@ -62,7 +62,7 @@ def per_example(study: Path, val_file: Path) -> dict[str, np.ndarray]:
 
 
 def agreement(studies: list[dict[str, np.ndarray]], sizes: list[int], draws: int, seed: int = 0) -> list[dict]:
-    from moopt.pruning import pareto_order
+    from moopt.search.pruner import pareto_order
 
     rng = np.random.default_rng(seed)
 

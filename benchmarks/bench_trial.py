@@ -4,7 +4,7 @@
     python benchmarks/bench_trial.py --device cuda     # GPU: random-weight Llama (--gpu-model 1b|3b|8b), bf16
 
 Both providers train the same model, rows, batch, sequence length and LoRA config:
-- ``moopt``: the per-step code of ``moopt.trial.run_trial`` (``load_model_and_tokenizer``, ``attach_lora``,
+- ``moopt``: the per-step code of ``moopt.train.recipe.run_trial`` (``load_model_and_tokenizer``, ``attach_lora``,
   ``micro_batches``, ``causal_lm_loss``, AdamW over ``lora_parameters``, LambdaLR, ``clip_grad_norm_``,
   ``opt.step``, ``zero_grad(set_to_none=True)``). ``run_trial`` itself is not called because its
   ``train_seconds`` includes the first (warm-up) steps and its run includes evaluation.
@@ -76,16 +76,16 @@ def rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
-    from moopt.rss import peak_rss_bytes  # VmHWM: ru_maxrss would carry the parent's peak across exec
+    from moopt.memory.rss import peak_rss_bytes  # VmHWM: ru_maxrss would carry the parent's peak across exec
 
     return peak_rss_bytes() / 2**20
 
 
 def make_examples(tok, n: int, seq: int, seed: int, data: str):
-    """``n`` tokenized prompt/completion rows (moopt.data.Example): ``synth``, each exactly ``seq`` tokens
+    """``n`` tokenized prompt/completion rows (moopt.train.data.Example): ``synth``, each exactly ``seq`` tokens
     (no padding, prompt 25-75%); ``bundled``, data/train.jsonl truncated to ``seq`` (its rows are ~15
     tokens, so the batch is far shorter than ``seq``)."""
-    from moopt.data import IGNORE, Example, tokenize_file
+    from moopt.train.data import IGNORE, Example, tokenize_file
 
     bundled = ROOT / "data" / "train.jsonl"
     if data == "bundled":
@@ -142,13 +142,13 @@ def load_memory(device: str) -> float:
 
 
 def worker_moopt(a: dict) -> dict:
-    """The body of moopt.trial.run_trial's training loop, gradient accumulation 1."""
+    """The body of moopt.train.recipe.run_trial's training loop, gradient accumulation 1."""
     import torch
 
     from moopt.config import DataConfig, LoraConfig, TrainingConfig, TrialConfig
-    from moopt.data import IGNORE, TokenizedSet, micro_batches, n_micro_batches
-    from moopt.lora import attach_lora, lora_parameters
-    from moopt.trial import causal_lm_loss, load_model_and_tokenizer, lr_lambda, pick_device
+    from moopt.train.data import IGNORE, TokenizedSet, micro_batches, n_micro_batches
+    from moopt.train.lora import attach_lora, lora_parameters
+    from moopt.train.recipe import causal_lm_loss, load_model_and_tokenizer, lr_lambda, pick_device
 
     torch.set_num_threads(a["threads"])
     device = pick_device(a["device"])
@@ -204,7 +204,7 @@ def worker_peer(a: dict) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
-    from moopt.data import IGNORE
+    from moopt.train.data import IGNORE
 
     torch.set_num_threads(a["threads"])
     torch.manual_seed(SEED)
@@ -266,7 +266,7 @@ def gpu_model_folder(name: str, tmp: Path) -> str:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from moopt.models import resolve_model
+    from moopt.train.models import resolve_model
 
     out = tmp / f"llama-{name}-random"
     if (out / "config.json").is_file():
@@ -305,7 +305,7 @@ def bench(args) -> list[dict]:
         model = gpu_model_folder(args.gpu_model, Path(args.model_cache))
         dev_name, dtype = torch.cuda.get_device_name(), "bfloat16"
     else:
-        from moopt.models import resolve_model
+        from moopt.train.models import resolve_model
 
         model, dev_name, dtype = resolve_model("smollm2-135m"), "cpu", "float32"
     rows = []

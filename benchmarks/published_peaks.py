@@ -1,9 +1,9 @@
 """Published measured GPU peaks of LoRA / QLoRA fine-tuning of Llama models, with the settings their
 sources state, for benchmarks/bench_published.py (estimate vs published).
 
-Fields: ``model`` (a moopt.model_shapes name), ``quant`` (none | 4bit = NF4 with double quantisation),
+Fields: ``model`` (a moopt.memory.shapes name), ``quant`` (none | 4bit = NF4 with double quantisation),
 ``b`` × ``s`` (the largest padded batch), ``r``, ``targets``, ``ckpt`` (gradient checkpointing),
-``dropout``, ``kernels`` / ``loss`` (how moopt.memory models the peer's step: "peft" = HF/PEFT-style
+``dropout``, ``kernels`` / ``loss`` (how moopt.memory.estimate models the peer's step: "peft" = HF/PEFT-style
 LoRA with bitsandbytes of that time, "torch" = a LoRA that keeps what moopt's keeps; "hf" = HF's full
 fp32 loss, "chunked" = a chunked cross-entropy), ``measure`` (what the figure is: ``allocated`` =
 torch.cuda.max_memory_allocated, ``reserved`` = max_memory_reserved, ``capacity`` = the GPU's memory

@@ -15,7 +15,7 @@ BACKENDS = ("auto", "triton", "torch")
 
 class TritonKernelError(RuntimeError):
     """A Triton kernel failed to compile or launch (ptxas error, OutOfResources, driver error). With
-    ``--kernels auto`` a trial falls back to the torch path on it (moopt.trial); with ``triton`` it fails."""
+    ``--kernels auto`` a trial falls back to the torch path on it (moopt.train.recipe); with ``triton`` it fails."""
 
 
 def interpreting() -> bool:

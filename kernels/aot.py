@@ -38,7 +38,7 @@ import torch
 TARGETS = {90: {"gpu": "H100/H200", "max_shared": 232448}, 80: {"gpu": "A100", "max_shared": 166912}}
 REGS_PER_BLOCK = 65536
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# Projections sharing one X, as moopt.lora groups them: q,k,v (Llama-3-8B widths 4096, 1024, 1024 scaled
+# Projections sharing one X, as moopt.train.lora groups them: q,k,v (Llama-3-8B widths 4096, 1024, 1024 scaled
 # down by 16) and gate,up; one projection alone (o_proj, down_proj, or any single target).
 FUSED = {"single": (256,), "qkv": (256, 64, 64), "gate_up": (896, 896)}
 
@@ -165,7 +165,7 @@ class _Recorder:
 
 
 def run_spec(spec: Spec, arch: int, out: dict, m: int = 64) -> None:
-    """Forward + backward of the autograd function moopt.lora uses for ``spec``, compiling each launch."""
+    """Forward + backward of the autograd function moopt.train.lora uses for ``spec``, compiling each launch."""
     import moopt_kernels.lora_linear  # noqa: F401  (the package exports a function of the same name)
     ll = sys.modules["moopt_kernels.lora_linear"]
     from moopt_kernels.lora_multi import LoRAMultiLinearFunction

@@ -10,16 +10,16 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "TrialConfig": "moopt.config",
-    "ConfigError": "moopt.config",
+    "ConfigError": "moopt.errors",
     "load_trial_config": "moopt.config",
-    "load_space": "moopt.space",
-    "parse_objectives": "moopt.objectives",
-    "Study": "moopt.study",
-    "StudyConfig": "moopt.study",
-    "TrialSpec": "moopt.trial",
-    "run_trial": "moopt.trial",
-    "estimate_peak": "moopt.memory",
-    "load_study": "moopt.results",
+    "load_space": "moopt.search.space",
+    "parse_objectives": "moopt.search.objectives",
+    "Study": "moopt.study.scheduler",
+    "StudyConfig": "moopt.study.scheduler",
+    "TrialSpec": "moopt.records",
+    "run_trial": "moopt.train.recipe",
+    "estimate_peak": "moopt.memory.estimate",
+    "load_study": "moopt.report.table",
 }
 __all__ = sorted(_EXPORTS)
 

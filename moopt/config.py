@@ -12,10 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """Bad user input. The CLI prints ``str(err)`` on one line and exits with code 2."""
-
+from moopt.errors import ConfigError
 
 # Module-name groups accepted for lora.target_modules, besides explicit lists.
 TARGET_ALIASES: dict[str, tuple[str, ...]] = {

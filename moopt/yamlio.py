@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from moopt.config import ConfigError
+from moopt.errors import ConfigError
 
 _UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it)
 os.umask(_UMASK)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from moopt.analysis import (
+from moopt.journal import Journal
+from moopt.report.analysis import (
     MISSING_DEPS,
     SCORE,
     correlations,
@@ -22,8 +23,7 @@ from moopt.analysis import (
     pareto_points,
     write_analysis,
 )
-from moopt.journal import Journal
-from moopt.results import load_study
+from moopt.report.table import load_study
 
 SPACE = """\
 training:

@@ -131,7 +131,7 @@ def test_peft_reloads_the_adapter_and_reproduces_eval_loss(study, tiny_model, ti
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from moopt.data import IGNORE, collate, tokenize_file
+    from moopt.train.data import IGNORE, collate, tokenize_file
 
     out, _ = study
     d = out / "trial_results" / "trial_1"

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from moopt.config import ConfigError
-from moopt.data import IGNORE, batch_order, micro_batches, read_jsonl, tokenize_file, tokenize_record
+from moopt.errors import ConfigError
+from moopt.train.data import IGNORE, batch_order, micro_batches, read_jsonl, tokenize_file, tokenize_record
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from moopt.cli import main
-from moopt.config import ConfigError
-from moopt.data import data_format, read_records, tokenize_file
+from moopt.errors import ConfigError
+from moopt.train.data import data_format, read_records, tokenize_file
 
 RECORDS = [
     {"text": "the sky is blue"},

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from moopt.engine import Engine, population_size
-from moopt.space import default_space, parse_space
+from moopt.search.engine import Engine, population_size
+from moopt.search.space import default_space, parse_space
 
 
 def run_engine(space, n_obj, num_trials, seed, f):

@@ -1,4 +1,4 @@
-from moopt.executor import DevicePlacer
+from moopt.study.placement import DevicePlacer
 
 
 def test_gpu_placement_shares_a_gpu_only_when_estimates_fit():

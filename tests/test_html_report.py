@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from test_analysis import synthetic_trials, write_fake_study
 
-from moopt.analysis import write_analysis
-from moopt.html_report import REPORT, write_html_report
-from moopt.results import load_study, plot_optimization, plot_pareto
+from moopt.report.analysis import write_analysis
+from moopt.report.html import REPORT, write_html_report
+from moopt.report.plots import plot_optimization, plot_pareto
+from moopt.report.table import load_study
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

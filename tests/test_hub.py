@@ -73,8 +73,8 @@ def optimize(env, tiny_data, space, out, *extra, base_model=REPO, **extra_env):
 
 
 def resolve(env, name, **extra_env):
-    """``(folder, commit)`` or the ConfigError line, from moopt.models in a fresh process."""
-    code = ("import json, sys\nfrom moopt.config import ConfigError\nfrom moopt.models import resolve_model_revision\n"
+    """``(folder, commit)`` or the ConfigError line, from moopt.train.models in a fresh process."""
+    code = ("import json, sys\nfrom moopt.config import ConfigError\nfrom moopt.train.models import resolve_model_revision\n"
             "try:\n    print(json.dumps(resolve_model_revision(sys.argv[1])))\n"
             "except ConfigError as e:\n    print(json.dumps(str(e)))\n")
     r = subprocess.run([sys.executable, "-P", "-c", code, name], check=False, env={**env, **extra_env}, capture_output=True, text=True, timeout=300)

@@ -12,9 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 
-import moopt.lora
+import moopt.train.lora
 from moopt.config import TrialConfig
-from moopt.trial import TrialSpec, run_trial
+from moopt.records import TrialSpec
+from moopt.train.recipe import run_trial
 
 SHARED_MEMORY_ERROR = "out of resource: shared memory, Required: 245760, Hardware limit: 232448"
 
@@ -41,7 +42,7 @@ def triton_that_fails(monkeypatch) -> list:
     def resolve(backend, device):
         return "torch" if backend == "torch" else "triton"
 
-    for module in (ll, lm, moopt.lora):
+    for module in (ll, lm, moopt.train.lora):
         monkeypatch.setattr(module, "resolve_backend", resolve)
     calls: list = []
     kernels = SimpleNamespace(**{k: _FailingKernel(calls) for k in ("down", "grad_out", "grad_in", "mask")})
@@ -119,7 +120,7 @@ def triton_backward_fails(monkeypatch) -> None:
             raise TritonKernelError(f"triton kernel grad_in (BLOCK_R=16) failed: RuntimeError: {SHARED_MEMORY_ERROR}")
         return real_grad_in(x2, a, ds, dx, seed, p, backend)
 
-    for module in (ll, lm, moopt.lora):
+    for module in (ll, lm, moopt.train.lora):
         monkeypatch.setattr(module, "resolve_backend", resolve)
     for module in (ll, lm):
         monkeypatch.setattr(module, "lora_down", as_torch(ll.lora_down))

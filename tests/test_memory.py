@@ -12,9 +12,11 @@ import pytest
 from click.testing import CliRunner
 from transformers import LlamaConfig
 
-from moopt import nvml
-from moopt.config import ConfigError, TrialConfig
-from moopt.memory import (
+from moopt.cli.estimate import estimate_memory
+from moopt.config import TrialConfig
+from moopt.errors import ConfigError
+from moopt.memory import nvml
+from moopt.memory.estimate import (
     CUDA_CONTEXT_BYTES,
     GIB,
     LORA_BYTES_PER_PARAM,
@@ -25,7 +27,6 @@ from moopt.memory import (
     fit_calibration,
     load_model_config,
 )
-from moopt.memory_cli import estimate_memory
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -143,7 +144,7 @@ def test_breakdown_sums_and_json_and_table():
 
 def test_cpu_quantised_counts_the_mapped_checkpoint_and_heap_retention():
     """CPU + bitsandbytes: the fp32/bf16 checkpoint stays resident next to the packed weights."""
-    from moopt.memory import (
+    from moopt.memory.estimate import (
         CPU_BNB_RUNTIME_BYTES,
         CPU_QUANT_CHECKPOINT_RESIDENT,
         CPU_QUANT_HEAP_RETENTION,
@@ -388,7 +389,7 @@ def test_process_used_bytes_per_process_then_device_delta(monkeypatch):
 
 CHILD = textwrap.dedent("""
     import json, resource, sys
-    from moopt.rss import peak_rss_bytes
+    from moopt.memory.rss import peak_rss_bytes
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     from peft import LoraConfig, get_peft_model

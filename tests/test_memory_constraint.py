@@ -33,7 +33,7 @@ def test_nothing_fits_nothing_is_trained_and_the_least_infeasible_is_reported(ti
 
 
 def test_gate_verdicts_steer_which_trials_train(tiny_model, tiny_data, tmp_path, monkeypatch):
-    from moopt import probe
+    from moopt.study import gate as probe
 
     def decide(self, trial):
         fits = trial.lora.r == 4
@@ -54,7 +54,7 @@ def test_a_trial_that_runs_out_of_memory_is_never_trained_again_and_the_probe_sh
         tiny_model, tiny_data, tmp_path, monkeypatch):
     import json
 
-    from moopt.probe import data_lengths
+    from moopt.study.gate import data_lengths
 
     monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MOOPT_INJECT_FAULT", "0:oom")

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from moopt import probe as probe_mod
+from moopt.cli.estimate import estimate_memory
 from moopt.config import TrialConfig
-from moopt.memory import (
+from moopt.memory.calibration import error_band
+from moopt.memory.estimate import (
     ESTIMATE_UNDER_PRIOR,
     GIB,
     MIN_ERROR_BAND,
@@ -25,8 +26,9 @@ from moopt.memory import (
     fit_table,
     load_model_config,
 )
-from moopt.memory_cli import estimate_memory
-from moopt.probe import MemoryGate, ProbeResult, batch_shape, data_lengths, error_band
+from moopt.study import gate as gate_mod
+from moopt.study.gate import MemoryGate, batch_shape, data_lengths
+from moopt.train.probe import ProbeResult
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -112,12 +114,12 @@ def test_cuda_first_config_of_its_kind_is_probed_then_trusted(tiny_model, tmp_pa
         est = MemoryGate(tiny_model, "cuda", "torch", 100.0, cache_path=tmp_path / "x.json").estimate_bytes(t)
         return ProbeResult(int(est * 1.05), 0, 0, 0, 0, oom=False, error=None, seconds=1.0)
 
-    monkeypatch.setattr(probe_mod, "probe_peak", fake_probe)
+    monkeypatch.setattr(gate_mod, "probe_peak", fake_probe)
     gate = MemoryGate(tiny_model, "cuda", "torch", constraint_gb=100.0, cache_path=tmp_path / "cal.json")
     first = gate.decide(trial(b=2))
     assert first.probed and first.verdict == "fit" and calls == [(2, 32)]
     assert first.band == (ESTIMATE_UNDER_PRIOR[("cuda", "none")], 0.0)
-    monkeypatch.setattr(probe_mod, "probe_peak", no_probe)
+    monkeypatch.setattr(gate_mod, "probe_peak", no_probe)
     second = gate.decide(trial(b=4))  # same (model, quantization, kernels): trusted now
     assert second.verdict == "fit" and not second.probed
     assert second.band[0] <= first.band[0]
@@ -125,7 +127,7 @@ def test_cuda_first_config_of_its_kind_is_probed_then_trusted(tiny_model, tmp_pa
         gate.observe(trial(b=b), int(gate.estimate_bytes(trial(b=b), calibrated=False) * (1.05 + b / 1000)))
     assert gate.band(trial(b=4))[0] < first.band[0]
     # another quantization is another kind: probed first again
-    monkeypatch.setattr(probe_mod, "probe_peak", fake_probe)
+    monkeypatch.setattr(gate_mod, "probe_peak", fake_probe)
     assert gate.decide(trial(b=2, quant="4bit")).probed
 
 
@@ -133,11 +135,11 @@ def test_uncalibrated_band_probes_just_under_and_rejects_just_over(tiny_model, t
     cache = tmp_path / "cal.json"
     t = trial()
     est = MemoryGate(tiny_model, "cpu", "torch", 1.0, cache_path=cache).estimate_bytes(t) / GIB
-    monkeypatch.setattr(probe_mod, "probe_peak", no_probe)
+    monkeypatch.setattr(gate_mod, "probe_peak", no_probe)
     over = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=est * 0.99, cache_path=cache).decide(t)
     assert over.verdict == "infeasible" and not over.probed  # one-sided: no benefit of the doubt
     probed = []
-    monkeypatch.setattr(probe_mod, "probe_peak", lambda *a, **k: probed.append(1) or
+    monkeypatch.setattr(gate_mod, "probe_peak", lambda *a, **k: probed.append(1) or
                         ProbeResult(int(est * GIB * 0.97), 0, 0, 0, 0, oom=False, error=None, seconds=0.1))
     under = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=est * 1.01, cache_path=cache).decide(t)
     assert probed and under.probed and under.verdict == "fit"  # inside the +3% band: measured, fits
@@ -150,7 +152,7 @@ def test_trial_oom_is_cached_as_infeasible_and_lifts_the_calibration(tiny_model,
     raw = gate.estimate_bytes(t, calibrated=False)
     peak = int(raw * 1.4)  # the trial ran out of memory at 1.4 × its estimate
     gate.observe(t, peak, oom=True)
-    monkeypatch.setattr(probe_mod, "probe_peak", no_probe)
+    monkeypatch.setattr(gate_mod, "probe_peak", no_probe)
     d = gate.decide(t)
     assert d.verdict == "infeasible" and not d.probed and d.measured_gb == pytest.approx(peak / GIB)
     assert "ran out of memory earlier" in d.reason
@@ -185,7 +187,7 @@ def test_gate_estimates_and_probes_the_data_shape_and_says_so(tiny_model, tiny_d
         seen["shape"] = kw["shape"]
         return ProbeResult(10**9, 0, 0, 0, 0, oom=False, error=None, seconds=0.1)
 
-    monkeypatch.setattr(probe_mod, "probe_peak", fake_probe)
+    monkeypatch.setattr(gate_mod, "probe_peak", fake_probe)
     t = trial(b=4, s=1024)
     gate = MemoryGate(tiny_model, "cuda", "torch", constraint_gb=8.0, cache_path=tmp_path / "c.json",
                       train_file=tiny_data["train"])
@@ -253,7 +255,7 @@ def test_fit_table_sequences_fit_and_one_more_token_does_not():
 
 
 def test_cli_device_auto_says_which_device_it_assumed(tmp_path, monkeypatch):
-    import moopt.memory_cli as cli
+    import moopt.cli.estimate as cli
 
     monkeypatch.setattr(cli, "_cuda_available", lambda: False)
     r = CliRunner().invoke(estimate_memory, ["--base_model", "llama-3.1-8b"])
@@ -269,7 +271,7 @@ def test_cli_device_auto_says_which_device_it_assumed(tmp_path, monkeypatch):
 
 def test_estimate_vs_probe_is_callable_from_a_script(tiny_model):
     """The GPU check calls this with device="cuda" (NVML); here a real CPU probe on the tiny model."""
-    from moopt.probe import estimate_vs_probe
+    from moopt.train.probe import estimate_vs_probe
 
     out = estimate_vs_probe(str(tiny_model), trial(b=2, s=32), device="cpu", kernels="torch", steps=2, shape=(2, 16))
     assert out["error"] is None and out["shape"] == [2, 16] and out["peak_bytes"] > 0

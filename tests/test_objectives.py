@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from moopt.config import ConfigError
-from moopt.objectives import parse_objectives
+from moopt.errors import ConfigError
+from moopt.search.objectives import parse_objectives
 
 
 def test_multi_objective_weights_are_normalised():

@@ -16,13 +16,13 @@ import pytest
 import yaml
 from rich.console import Console
 
-import moopt.executor
-import moopt.results
+import moopt.report.results
+import moopt.study.executor
 from moopt.journal import replay
-from moopt.objectives import parse_objectives
-from moopt.space import parse_space
-from moopt.study import ENGINE_FILE, Study, StudyConfig
-from moopt.trial import TrialResult
+from moopt.records import TrialResult
+from moopt.search.objectives import parse_objectives
+from moopt.search.space import parse_space
+from moopt.study.scheduler import ENGINE_FILE, Study, StudyConfig
 
 SPACE = """
 training:
@@ -39,7 +39,7 @@ class Crash(Exception):
 
 
 class ClockExecutor:
-    """Stands in for moopt.executor.LocalExecutor: trials end in order of a virtual clock."""
+    """Stands in for moopt.study.executor.LocalExecutor: trials end in order of a virtual clock."""
 
     log: ClassVar[list[tuple[int, float, float]]] = []  # (trial number, start, end) of every submitted trial
     crash_after: int | None = None  # raise Crash at this many results returned
@@ -76,8 +76,8 @@ class ClockExecutor:
 
 @pytest.fixture
 def run_study(tmp_path, tiny_data, monkeypatch):
-    monkeypatch.setattr(moopt.executor, "LocalExecutor", ClockExecutor)
-    monkeypatch.setattr(moopt.results, "write_results", lambda *a, **k: {})
+    monkeypatch.setattr(moopt.study.executor, "LocalExecutor", ClockExecutor)
+    monkeypatch.setattr(moopt.report.results, "write_results", lambda *a, **k: {})
     ClockExecutor.log, ClockExecutor.crash_after = [], None
 
     def run(parallel: int, resume: bool = False, fill: bool = True):

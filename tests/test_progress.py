@@ -1,11 +1,11 @@
-"""The progress view's state machine (moopt.progress) on a fake clock, and its plain lines in a real study."""
+"""The progress view's state machine (moopt.study.progress) on a fake clock, and its plain lines in a real study."""
 
 import io
 
 from click.testing import CliRunner
 from rich.console import Console
 
-from moopt.progress import ProgressBoard, ProgressView, fmt_duration
+from moopt.study.progress import ProgressBoard, ProgressView, fmt_duration
 
 
 class Clock:
@@ -167,7 +167,8 @@ def test_a_study_in_a_log_says_what_it_does_and_how_far_each_trial_is(tiny_model
 def test_progress_events_carry_tokens_per_second(tiny_model, tiny_data, tmp_path):
     """The worker's progress event: step, total, loss, tokens/s (training only), seconds of the step."""
     from moopt.config import TrialConfig
-    from moopt.trial import NullReporter, TrialSpec, run_trial
+    from moopt.records import TrialSpec
+    from moopt.train.recipe import NullReporter, run_trial
 
     class Rec(NullReporter):
         def __init__(self):

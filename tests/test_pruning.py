@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moopt.pruning import RUNG_EVAL_MIN, RungPruner, median_ratio, pareto_order, rung_eval_size, rung_fractions
+from moopt.search.pruner import RUNG_EVAL_MIN, RungPruner, median_ratio, pareto_order, rung_eval_size, rung_fractions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ def test_rung_evaluations_read_a_bounded_fixed_subset():
     assert rung_eval_size(12, 300, 3) == 12  # never more than the set
     assert rung_eval_size(2000, 40000, 0) == 2000  # no rungs: the whole set
 
-    from moopt.data import Example, TokenizedSet, subset
+    from moopt.train.data import Example, TokenizedSet, subset
 
     ds = TokenizedSet([Example([i] * (i + 1), [i] * (i + 1)) for i in range(50)], 0, 0, 0)
     a, b = subset(ds, 10), subset(ds, 10)
@@ -150,9 +150,9 @@ def test_the_bound_reads_only_completed_trials_that_ran_at_least_as_many_steps()
 
 def test_the_study_gives_the_pruner_each_rung_step(tmp_path):
     """The wiring of the rule above: Study.decide_rung passes the trial's optimizer step at the rung."""
-    from moopt.objectives import parse_objectives
-    from moopt.space import load_space
-    from moopt.study import Study, StudyConfig
+    from moopt.search.objectives import parse_objectives
+    from moopt.search.space import load_space
+    from moopt.study.scheduler import Study, StudyConfig
 
     cfg = StudyConfig(base_model="m", model_path="m", train_file=str(ROOT / "data" / "train.jsonl"),
                       validation_file=str(ROOT / "data" / "val.jsonl"), output_dir=str(tmp_path / "o"), num_trials=2,
@@ -305,8 +305,8 @@ def test_a_pruned_trial_is_projected_as_the_nearest_completed_trial_went_on_from
 
 
 def test_engine_surrogate_learns_the_projection_while_nsga2_gets_the_measured_values():
-    from moopt.engine import Engine
-    from moopt.space import default_space
+    from moopt.search.engine import Engine
+    from moopt.search.space import default_space
 
     eng = Engine(default_space(), n_obj=2, num_trials=12, seed=0)
     X = eng.ask()

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from moopt.cli import main
 from moopt.config import TrialConfig
-from moopt.lora import LoRALinear, attach_lora
-from moopt.trial import load_model_and_tokenizer
+from moopt.train.lora import LoRALinear, attach_lora
+from moopt.train.recipe import load_model_and_tokenizer
 
 pytest.importorskip("bitsandbytes")
 
@@ -107,8 +107,8 @@ def test_quantised_adapter_reloads_in_peft_on_the_same_packed_base(qstudy, tiny_
     from peft import PeftModel
 
     from moopt.config import load_trial_config
-    from moopt.data import tokenize_file
-    from moopt.trial import evaluate
+    from moopt.train.data import tokenize_file
+    from moopt.train.recipe import evaluate
 
     df = pd.read_csv(qstudy / "trials_summary.csv")
     row = df.loc[df.values_eval_loss.idxmin()]
@@ -128,8 +128,8 @@ def test_quantised_adapter_reloads_in_peft_on_the_same_packed_base(qstudy, tiny_
 
 
 def test_tiny_4bit_probe_within_band_of_the_estimate(tiny_model):
-    from moopt.memory import estimate_peak, load_model_config
-    from moopt.probe import probe_peak
+    from moopt.memory.estimate import estimate_peak, load_model_config
+    from moopt.train.probe import probe_peak
 
     t = dataclasses.replace(quantised("4bit"), training=dataclasses.replace(TrialConfig().training, batch_size=2),
                             data=dataclasses.replace(TrialConfig().data, max_seq_length=32))

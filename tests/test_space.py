@@ -2,8 +2,9 @@ import math
 
 import pytest
 
-from moopt.config import ConfigError, TrialConfig
-from moopt.space import load_space, parse_space
+from moopt.config import TrialConfig
+from moopt.errors import ConfigError
+from moopt.search.space import load_space, parse_space
 
 
 def write(tmp_path, text):

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from moopt.config import TrialConfig
-from moopt.engine import Engine
-from moopt.space import parse_space
+from moopt.search.engine import Engine
+from moopt.search.space import parse_space
 
 # (section, key) -> what a valid range or option list of it looks like
 FLOATS = {  # positive ranges: log_uniform or uniform

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from moopt.cli import main
-from moopt.config import ConfigError
+from moopt.errors import ConfigError
 from moopt.journal import replay
-from moopt.lock import LOCK_FILE, StudyLock
+from moopt.study.lock import LOCK_FILE, StudyLock
 
 SPACE = """
 training:
@@ -27,7 +27,7 @@ data:
   max_seq_length: 32
 """
 
-HOLD = "import sys, time; from moopt.lock import StudyLock; StudyLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
+HOLD = "import sys, time; from moopt.study.lock import StudyLock; StudyLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
 
 
 def args(model, data, out, space, n, *extra):
@@ -109,7 +109,7 @@ def test_sigterm_ends_the_running_trials_keeps_what_finished_and_resume_complete
     assert rec.running, "the running trial has a start and no end: --resume reruns it"
     assert (out / "trials_summary.csv").is_file()  # what finished is written
     time.sleep(0.5)
-    workers = subprocess.run(["pgrep", "-f", "moopt.worker"], capture_output=True, text=True).stdout.split()
+    workers = subprocess.run(["pgrep", "-f", "moopt.train.worker"], capture_output=True, text=True).stdout.split()
     assert not [w for w in workers if os.path.exists(f"/proc/{w}") and str(out) in open(f"/proc/{w}/cmdline").read()]
     r = CliRunner().invoke(main, [*args(tiny_model, tiny_data, out, space, 4), "--resume"])
     assert r.exit_code == 0, r.output
@@ -117,12 +117,12 @@ def test_sigterm_ends_the_running_trials_keeps_what_finished_and_resume_complete
 
 
 def test_a_failure_before_the_first_trial_leaves_no_study_behind(tiny_model, tiny_data, space, tmp_path, monkeypatch):
-    import moopt.study
+    import moopt.study.scheduler
 
     def broken(*a, **k):
         raise RuntimeError("engine exploded")
 
-    monkeypatch.setattr(moopt.study, "Engine", broken)
+    monkeypatch.setattr(moopt.study.scheduler, "Engine", broken)
     out = tmp_path / "new" / "hpo"
     with pytest.raises(RuntimeError):
         CliRunner().invoke(main, args(tiny_model, tiny_data, out, space, 2), catch_exceptions=False)

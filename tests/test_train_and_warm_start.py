@@ -5,8 +5,8 @@ from click.testing import CliRunner
 
 from moopt.cli import main
 from moopt.config import TrialConfig
-from moopt.engine import Engine
-from moopt.space import default_space
+from moopt.search.engine import Engine
+from moopt.search.space import default_space
 
 
 def test_warm_start_puts_earlier_best_configs_in_the_first_population():

@@ -1,8 +1,8 @@
-"""The stall watchdog's limits (moopt.watchdog.Liveness), on a fake clock."""
+"""The stall watchdog's limits (moopt.study.watchdog.Liveness), on a fake clock."""
 
 import pytest
 
-from moopt.watchdog import Liveness, StallPolicy
+from moopt.study.watchdog import Liveness, StallPolicy
 
 
 class Clock:
@@ -111,7 +111,7 @@ def test_local_executor_kills_a_silent_worker_and_fails_it_with_the_reason(tmp_p
     import sys
     import time
 
-    from moopt.executor import LocalExecutor, wait_for_any
+    from moopt.study.executor import LocalExecutor, wait_for_any
 
     class SilentExecutor(LocalExecutor):
         def submit(self, spec_number, _slot=None):  # a worker that never writes an event
@@ -122,7 +122,7 @@ def test_local_executor_kills_a_silent_worker_and_fails_it_with_the_reason(tmp_p
                 self.active[spec_number] = proc
 
             def watch():
-                from moopt.trial import TrialResult
+                from moopt.records import TrialResult
 
                 code = proc.wait()
                 with self._lock:

@@ -1,4 +1,4 @@
-"""moopt.lora on a tiny random Llama: attach, shared-input groups, PEFT export, training vs PEFT."""
+"""moopt.train.lora on a tiny random Llama: attach, shared-input groups, PEFT export, training vs PEFT."""
 
 import copy
 import importlib.metadata
@@ -10,7 +10,7 @@ import torch
 import transformers
 from moopt_kernels import linear_cross_entropy
 
-from moopt.lora import LoRALinear, attach_lora, lora_parameters, save_peft_adapter
+from moopt.train.lora import LoRALinear, attach_lora, lora_parameters, save_peft_adapter
 
 ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 R, ALPHA = 8, 16

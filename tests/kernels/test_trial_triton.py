@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from moopt.config import TrialConfig
-from moopt.trial import TrialSpec, run_trial
+from moopt.records import TrialSpec
+from moopt.train.recipe import run_trial
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU trial on the Triton path needs the interpreter (no CUDA)")

@@ -27,14 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from moopt.config import ConfigError, TrialConfig
-from moopt.engine import Engine
+from moopt.config import TrialConfig
+from moopt.errors import ConfigError
 from moopt.journal import JOURNAL, Journal, replay
-from moopt.lock import LOCK_FILE, StudyLock
-from moopt.objectives import Objectives
-from moopt.pruning import RungPruner, rung_fractions
-from moopt.space import SearchSpace
-from moopt.trial import TrialResult, TrialSpec
+from moopt.records import TrialResult, TrialSpec
+from moopt.search.engine import Engine
+from moopt.search.objectives import Objectives
+from moopt.search.pruner import RungPruner, rung_fractions
+from moopt.search.space import SearchSpace
+from moopt.study.lock import LOCK_FILE, StudyLock
 
 ENGINE_FILE = "engine.pkl"
 OUR_FILES = (JOURNAL, ENGINE_FILE, "best_config.yaml", "trials_summary.csv", "optimization_plot.png",
@@ -65,7 +66,7 @@ class StudyConfig:
     warm_start: str | None = None  # an earlier study's output_dir whose best trials seed generation 1
     executor: str = "local"  # local | ray
     ray_address: str | None = None  # with executor=ray: auto | host:port | None (start a local instance)
-    stall_timeout_s: float | None = None  # --stall_timeout, seconds: None = auto (moopt.watchdog), 0 = never kill
+    stall_timeout_s: float | None = None  # --stall_timeout, seconds: None = auto (moopt.study.watchdog), 0 = never kill
     model_revision: str | None = None  # the hub commit a hub id resolved to (journaled; --resume loads that commit)
 
 
@@ -174,7 +175,7 @@ class Study:
                 self.progress_view.event(number, event)
 
     def stall_policy(self):
-        from moopt.watchdog import StallPolicy
+        from moopt.study.watchdog import StallPolicy
 
         return StallPolicy(timeout_s=self.cfg.stall_timeout_s)
 
@@ -202,8 +203,9 @@ class Study:
             lock.release()
 
     def _run(self) -> dict[str, Any]:
-        from moopt.executor import DevicePlacer, LocalExecutor, wait_for_any
-        from moopt.results import write_results
+        from moopt.report.results import write_results
+        from moopt.study.executor import LocalExecutor, wait_for_any
+        from moopt.study.placement import DevicePlacer
 
         cfg = self.cfg
         prepare_output_dir(cfg)
@@ -229,12 +231,12 @@ class Study:
         placer = DevicePlacer(cfg.parallel_trials)
         gate = None
         if cfg.memory_constraint_gb:
-            from moopt.probe import MemoryGate
+            from moopt.train.probe import MemoryGate
 
             gate = MemoryGate(cfg.model_path, device="cuda" if placer.on_gpu else "cpu", train_file=cfg.train_file,
                               kernels=self.kernel_path("cuda" if placer.on_gpu else "cpu"), constraint_gb=cfg.memory_constraint_gb)
         if cfg.executor == "ray":
-            from moopt.ray_executor import RayExecutor
+            from moopt.study.ray_executor import RayExecutor
 
             executor = RayExecutor(on_progress=self.on_progress, on_rung=self.decide_rung, address=cfg.ray_address,
                                    stall=self.stall_policy())
@@ -399,8 +401,8 @@ class Study:
         return end
 
     def estimate_gb(self, tcfg: TrialConfig, device: str = "cuda") -> float:
-        """Analytic peak-memory estimate of a trial, GiB (moopt.memory), from the model's config only."""
-        from moopt.memory import estimate_peak, load_model_config
+        """Analytic peak-memory estimate of a trial, GiB (moopt.memory.estimate), from the model's config only."""
+        from moopt.memory.estimate import estimate_peak, load_model_config
 
         if not hasattr(self, "_model_config"):
             self._model_config = load_model_config(self.cfg.model_path)
@@ -499,7 +501,8 @@ class Study:
 
     def run_baseline(self) -> None:
         """Evaluate the base model (no training) so the report can say how much tuning helped."""
-        from moopt.executor import LocalExecutor, plan_slots, wait_for_any
+        from moopt.study.executor import LocalExecutor, wait_for_any
+        from moopt.study.placement import plan_slots
 
         self.console.print("Evaluating the base model on the validation set ...")
         tcfg = self.cfg.space.default_in_space()
@@ -508,7 +511,7 @@ class Study:
         spec = TrialSpec(number=-1, config=tcfg, base_model=self.cfg.model_path, train_file=os.path.abspath(self.cfg.train_file),
                          validation_file=os.path.abspath(self.cfg.validation_file), output_dir=str(d), seed=self.cfg.seed,
                          kernels=self.cfg.kernels, save_adapter=False, baseline=True)
-        from moopt.progress import ProgressBoard, ProgressView
+        from moopt.study.progress import ProgressBoard, ProgressView
 
         ex = LocalExecutor(on_progress=self.on_progress, stall=self.stall_policy())
         slot = plan_slots(1)[0]
@@ -527,8 +530,8 @@ class Study:
             self.console.print(f"[red]Base model evaluation failed:[/] {res.error}")
 
     def progress(self, finished, deadline: float | None):
-        """The live progress view (moopt.progress): live on a terminal, plain lines in a log."""
-        from moopt.progress import ProgressBoard, ProgressView
+        """The live progress view (moopt.study.progress): live on a terminal, plain lines in a log."""
+        from moopt.study.progress import ProgressBoard, ProgressView
 
         objective = self.cfg.objectives.names[0]
         board = ProgressBoard(total=self.cfg.num_trials, objective=objective, deadline=deadline,
@@ -542,7 +545,7 @@ def warm_start_configs(output_dir: str, limit: int = 24) -> list[TrialConfig]:
     """An earlier study's best trials, best first: its Pareto front by weighted score, then the
     other COMPLETE trials by score."""
     from moopt.config import load_trial_config
-    from moopt.results import load_study
+    from moopt.report.table import load_study
 
     data = load_study(output_dir)
     t = data.table

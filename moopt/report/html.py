@@ -1,6 +1,6 @@
 """``report.html``: one self-contained page that opens offline (no CDN, no network).
 
-It renders data computed elsewhere (:mod:`moopt.results`, :mod:`moopt.analysis`): the PNGs are
+It renders data computed elsewhere (:mod:`moopt.report.results`, :mod:`moopt.report.analysis`): the PNGs are
 embedded as base64 data URIs, the Pareto scatter is inline SVG drawn by a little vanilla JS from
 an embedded JSON block (hover a point for its configuration and metrics), and the trials table
 sorts on a header click. The page records its own health in the DOM, which the headless-browser
@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from moopt.analysis import (
+from moopt.report.analysis import (
     FEW_TRIALS,
     SCORE,
     Analysis,
@@ -26,7 +26,7 @@ from moopt.analysis import (
     direction_label,
     format_importance,
 )
-from moopt.results import StudyData, base_metrics
+from moopt.report.table import StudyData, base_metrics
 
 REPORT = "report.html"
 # title -> file in the output dir, embedded when present (written by results.py and analysis.py).
@@ -41,7 +41,7 @@ STATE_COLOURS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "INFEASIBLE": "#d62
 
 def write_html_report(output_dir: str | Path, data: StudyData, analysis: Analysis | None = None) -> Path:
     """Write ``report.html`` into ``output_dir`` (atomic) and return its path. ``analysis``
-    defaults to :func:`moopt.analysis.analyze` of the same directory."""
+    defaults to :func:`moopt.report.analysis.analyze` of the same directory."""
     from moopt.yamlio import atomic_write_text
 
     out = Path(output_dir)

@@ -2,7 +2,7 @@
 
 Data first (plain dicts and DataFrames the tests assert on), drawing second (PNG renderers at the
 end of the file, matplotlib Agg). Everything comes from the output directory alone, like
-:mod:`moopt.results`, so ``moopt report`` rebuilds it for a running or interrupted study.
+:mod:`moopt.report.results`, so ``moopt report`` rebuilds it for a running or interrupted study.
 
 Importance uses Optuna's fANOVA evaluator (functional ANOVA over a random forest; Hutter et al.
 2014), fed by an in-memory Optuna study rebuilt from the trials table. Optuna and scikit-learn are
@@ -20,16 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moopt.objectives import KNOWN
-from moopt.results import (
-    BASE_STYLE,
-    StudyData,
-    _legend_below,
-    _plt,
-    _save,
-    axis_label,
-    base_metrics,
-)
+from moopt.report.plots import BASE_STYLE, axis_label, legend_below, pyplot, save_figure
+from moopt.report.table import StudyData, base_metrics
+from moopt.search.objectives import KNOWN
 
 MIN_TRIALS = 3  # fANOVA on fewer COMPLETE trials says nothing
 FEW_TRIALS = 10  # below this the shares move from one seed to the next: the summary says so
@@ -338,7 +331,7 @@ FEW_TRIALS = 10  # fANOVA's random forest on fewer COMPLETE trials splits noise:
 def plot_importance(importance: dict[str, Importance], path: Path) -> None:
     """One horizontal bar chart per target, largest share on top; the trial count in each title,
     with a warning when it is below FEW_TRIALS."""
-    plt = _plt()
+    plt = pyplot()
     targets = list(importance) or ["(none)"]
     fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.8), squeeze=False)
     for ax, tg in zip(axes[0], targets):
@@ -363,14 +356,14 @@ def plot_importance(importance: dict[str, Importance], path: Path) -> None:
         title += f"\nonly {n} COMPLETE trials: the shares are rough, run more trials before trusting them"
     fig.suptitle(title, fontsize=11, color="black" if n is None or n >= FEW_TRIALS else "#b42318")
     fig.tight_layout()
-    _save(fig, path, plt)
+    save_figure(fig, path, plt)
 
 
 def plot_correlations(corr: pd.DataFrame, path: Path) -> None:
     """Heatmap of Spearman correlations with improvement (see correlations()), -1 .. +1 on a
     diverging map centred on 0: green = the parameter going up goes with a better objective,
     pink = with a worse one, on every column alike. Values written in the cells."""
-    plt = _plt()
+    plt = pyplot()
     n_rows, n_cols = max(len(corr.index), 1), max(len(corr.columns), 1)
     longest = max([len(str(i)) for i in corr.index] + [10])  # one-hot labels run long: ~0.07 in per char
     fig, ax = plt.subplots(figsize=(3.2 + 0.07 * longest + 1.5 * n_cols, 2.0 + 0.4 * n_rows))
@@ -394,7 +387,7 @@ def plot_correlations(corr: pd.DataFrame, path: Path) -> None:
     ax.set_title("Parameter vs objective (Spearman ρ" + (f", {n} COMPLETE trials" if n else "") + ")"
                  + ("\nrows name=value: 1 when that value was chosen" if onehot else ""), fontsize=10)
     fig.tight_layout()
-    _save(fig, path, plt)
+    save_figure(fig, path, plt)
 
 
 HIGHLIGHT = ["tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:cyan", "tab:olive"]
@@ -425,7 +418,7 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = No
     set (rungs) hollow; the base model's eval loss dashed purple."""
     from matplotlib.lines import Line2D
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     roles = curve_roles(sorted(set(curves.trial)) if len(curves) else [], best, pareto)
     order = sorted(roles, key=lambda n: (roles[n][0] != MUTED, n == best))  # muted first, chosen on top
@@ -477,8 +470,8 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = No
     if rung_evals:
         handles.append(Line2D([], [], ls="", marker="o", mfc="white", mec="#666666"))
         labels.append("rung eval (on part of the validation set)")
-    _legend_below(fig, handles, labels)
-    _save(fig, path, plt)
+    legend_below(fig, handles, labels)
+    save_figure(fig, path, plt)
 
 
 def direction_label(name: str) -> str:

@@ -1,10 +1,10 @@
-"""The trial process: ``python -m moopt.worker``.
+"""The trial process: ``python -m moopt.train.worker``.
 
 Protocol (JSON lines): the parent writes the TrialSpec on stdin's first line. The worker writes
 ``{"event": "phase" | "progress" | "heartbeat" | "rung" | "result", ...}`` lines on its original
 stdout; after a ``rung`` line it reads one line ``{"continue": true|false}`` from stdin. ``phase``,
 ``progress`` (each optimizer step) and ``heartbeat`` (inside evaluations, at most one a second) are
-the signs of life the stall watchdog goes by (``moopt.watchdog``). Everything else the libraries print
+the signs of life the stall watchdog goes by (``moopt.study.watchdog``). Everything else the libraries print
 goes to stderr, which the parent sends to the trial's ``log.txt``.
 """
 
@@ -64,7 +64,8 @@ def main() -> int:
     proto = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     spec_line = sys.stdin.readline()
-    from moopt.trial import TrialSpec, run_trial
+    from moopt.records import TrialSpec
+    from moopt.train.recipe import run_trial
 
     spec = TrialSpec.from_json(json.loads(spec_line))
     reporter = PipeReporter(proto, sys.stdin)

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from moopt.space import SearchSpace
+from moopt.search.space import SearchSpace
 
 N_CANDIDATES = 30  # offspring bred per requested individual
 MAX_CANDIDATES = 600

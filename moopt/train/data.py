@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from moopt.config import ConfigError
+from moopt.errors import ConfigError
 
 IGNORE = -100
 ALPACA = "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from moopt.config import ConfigError, TrialConfig
+from moopt.config import TrialConfig
+from moopt.errors import ConfigError
 
 
 def _cuda_available() -> bool:
@@ -23,7 +24,7 @@ def _cuda_available() -> bool:
 @click.command("estimate-memory")
 @click.option("--base_model", "--base-model", "base_model", default="smollm2-135m", show_default=True,
               help="A folder holding config.json, a built-in shape (llama-3.3-70b, llama-3.1-8b, llama-3.2-3b, "
-                   "llama-2-7b, llama-2-13b), or any name moopt.models.resolve_model accepts.")
+                   "llama-2-7b, llama-2-13b), or any name moopt.train.models.resolve_model accepts.")
 @click.option("--config", "config_path", default=None, help="Trial YAML (best_config.yaml layout); defaults if omitted.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
               help="auto: cuda when this machine has a CUDA device, else cpu.")
@@ -36,7 +37,7 @@ def _cuda_available() -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Print {total_gib, breakdown, assumed[, fit]} as JSON.")
 def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_json):
     """Estimate the peak memory (GiB) of one training step of a trial."""
-    from moopt.memory import (
+    from moopt.memory.estimate import (
         GIB,
         estimate_peak,
         fit_plan,
@@ -95,13 +96,13 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
 
 
 def _config_path(base_model: str):
-    """A folder/config.json path, or a built-in shape name (moopt.model_shapes), as load_model_config takes."""
-    from moopt.model_shapes import model_shape
+    """A folder/config.json path, or a built-in shape name (moopt.memory.shapes), as load_model_config takes."""
+    from moopt.memory.shapes import model_shape
 
     path = Path(base_model).expanduser()
     if path.is_dir() or path.name == "config.json" or (not path.exists() and model_shape(base_model)):
         return path if path.exists() else base_model
-    from moopt.models import resolve_model
+    from moopt.train.models import resolve_model
 
     return Path(resolve_model(base_model))  # a hub id not built in is downloaded as for optimize
 

@@ -6,7 +6,7 @@ dies without reporting (crash, ``kill -9``, the OOM killer) yields a FAIL result
 status. Hooks ``on_progress(number, event)`` (every ``progress``, ``phase`` and ``heartbeat`` event
 of a worker, as the dict it sent) and ``on_rung(number, step, metrics, rung) -> bool`` are called from
 executor threads; the study serialises them with its own lock. ``stalled()`` kills the trials whose
-worker has been silent past the watchdog's limit (:mod:`moopt.watchdog`); their result is a FAIL whose
+worker has been silent past the watchdog's limit (:mod:`moopt.study.watchdog`); their result is a FAIL whose
 error says why ("stalled: no optimizer step for 312 s ...").
 """
 
@@ -20,102 +20,12 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from moopt.trial import TrialResult, TrialSpec
-from moopt.watchdog import Liveness, StallPolicy
-
-
-@dataclass(frozen=True)
-class Slot:
-    """Where a trial runs: a CUDA device id (None on CPU) and how many CPU threads it may use."""
-
-    device: str  # "cpu" or "cuda:<id>"
-    threads: int
-
-
-class DevicePlacer:
-    """Where the next trial runs.
-
-    CPU: up to ``parallel`` trials, the cores split between them. GPUs: the visible device with the
-    most room whose capacity (95% of its memory, minus the estimates of the trials already on it)
-    holds the trial's estimated peak; several trials share a GPU when their estimates fit, never
-    more. ``place`` returns None when no device has room now (the study waits for a trial to end).
-    """
-
-    HEADROOM = 0.95  # keep 5% of each GPU free: context growth, fragmentation
-
-    def __init__(self, parallel: int, gpus: list[tuple[str, float]] | None = None):
-        self.parallel = parallel
-        self.gpus = dict(gpus if gpus is not None else _gpu_capacities())  # id -> GiB
-        self.cores = os.cpu_count() or 1
-        self.placed: dict[int, tuple[str, float]] = {}  # trial number -> (device, GiB reserved)
-
-    @property
-    def on_gpu(self) -> bool:
-        return bool(self.gpus)
-
-    def free(self) -> int:
-        return self.parallel - len(self.placed)
-
-    def place(self, number: int, need_gb: float | None = None) -> Slot | None:
-        if self.free() <= 0:
-            return None
-        threads = max(1, self.cores // self.parallel)
-        if not self.gpus:
-            self.placed[number] = ("cpu", 0.0)
-            return Slot("cpu", threads)
-        need = need_gb or 0.0
-        used = {g: 0.0 for g in self.gpus}
-        for dev, gb in self.placed.values():
-            used[dev] += gb
-        room = {g: self.gpus[g] * self.HEADROOM - used[g] for g in self.gpus}
-        fits = [g for g in self.gpus if room[g] >= need]
-        if not fits:
-            if self.placed:
-                return None  # wait for a trial to end
-            fits = [max(self.gpus, key=lambda g: room[g])]  # alone on the largest: its own OOM tells
-        gpu = max(fits, key=lambda g: room[g])
-        self.placed[number] = (gpu, need)
-        return Slot(f"cuda:{gpu}", threads)
-
-    def release(self, number: int) -> None:
-        self.placed.pop(number, None)
-
-
-def plan_slots(parallel: int) -> list[Slot]:
-    """N slots without memory estimates: round-robin over visible GPUs, or the CPU cores split N ways."""
-    cores = os.cpu_count() or 1
-    gpus = _visible_gpus()
-    if gpus:
-        return [Slot(f"cuda:{gpus[i % len(gpus)]}", max(1, cores // parallel)) for i in range(parallel)]
-    return [Slot("cpu", max(1, cores // parallel)) for _ in range(parallel)]
-
-
-def _gpu_capacities() -> list[tuple[str, float]]:
-    """(CUDA id, GiB) of the visible GPUs, through NVML; [] without an NVIDIA driver."""
-    ids = _visible_gpus()
-    try:
-        from moopt.nvml import gpu_inventory
-
-        inv = {str(g.index): g.total_bytes / 2**30 for g in gpu_inventory()}
-    except Exception:
-        return []
-    return [(i, inv[i]) for i in ids if i in inv]
-
-
-def _visible_gpus() -> list[str]:
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    try:
-        from moopt.nvml import gpu_inventory
-
-        return [str(g.index) for g in gpu_inventory()]
-    except Exception:
-        return []
+from moopt.records import TrialResult, TrialSpec
+from moopt.study.placement import Slot
+from moopt.study.watchdog import Liveness, StallPolicy
 
 
 class ExecutorBase:
@@ -172,7 +82,7 @@ class ExecutorBase:
 
 
 class LocalExecutor(ExecutorBase):
-    """The embedded executor: one subprocess (``python -m moopt.worker``) per trial."""
+    """The embedded executor: one subprocess (``python -m moopt.train.worker``) per trial."""
 
     def submit(self, spec: TrialSpec, slot: Slot) -> None:
         self.liveness.start(spec.number)
@@ -193,7 +103,7 @@ class LocalExecutor(ExecutorBase):
         Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
         log = open(Path(spec.output_dir) / "log.txt", "w")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moopt.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-m", "moopt.train.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=log, env=env, text=True, bufsize=1, start_new_session=True,
         )
         with self._lock:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moopt.config import ConfigError
+from moopt.errors import ConfigError
 
 # name -> (direction, description). pymoo minimises: maximised objectives are negated.
 KNOWN: dict[str, tuple[str, str]] = {

@@ -1,7 +1,7 @@
 """One trial, top to bottom: load model -> attach LoRA -> load data -> train -> evaluate -> save.
 
 ``run_trial(spec, reporter)`` is the whole recipe. It runs inside a worker process (see
-``moopt/worker.py``) so that a crash or an out-of-memory kills only this trial; the ``reporter``
+``moopt/train/worker.py``) so that a crash or an out-of-memory kills only this trial; the ``reporter``
 carries progress, rung evaluations (for pruning) and the result back to the study.
 """
 
@@ -13,64 +13,17 @@ import sys
 import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
 from moopt.config import TrialConfig
-from moopt.data import IGNORE, TokenizedSet, collate, micro_batches, n_micro_batches, subset, tokenize_file
-from moopt.pruning import rung_eval_size
-from moopt.rss import peak_rss_bytes
-
-STATES = ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE")
-
-
-@dataclass
-class TrialSpec:
-    number: int
-    config: TrialConfig
-    base_model: str  # a local folder (already resolved by moopt.models.resolve_model)
-    train_file: str
-    validation_file: str
-    output_dir: str  # this trial's folder: trial_results/trial_N
-    seed: int = 42
-    kernels: str = "auto"  # auto | triton | torch
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch intra-op threads; 0 = torch's default
-    rung_fractions: tuple[float, ...] = ()  # fractions of the optimizer steps where pruning may stop us
-    deadline: float | None = None  # unix time; past it the trial stops and reports what it has
-    save_adapter: bool = True
-    baseline: bool = False  # evaluate the base model only (no LoRA, no training)
-    test_file: str | None = None  # held-out set evaluated after training (moopt train), as test_* metrics
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["config"] = self.config.to_dict()
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "TrialSpec":
-        d = dict(d)
-        d["config"] = TrialConfig.from_dict(d["config"])
-        d["rung_fractions"] = tuple(d.get("rung_fractions") or ())
-        return cls(**d)
-
-
-@dataclass
-class TrialResult:
-    number: int
-    state: str  # COMPLETE | PRUNED | FAIL | INFEASIBLE
-    metrics: dict[str, float] = field(default_factory=dict)  # eval_loss, eval_accuracy, ...
-    error: str | None = None
-    steps: int = 0  # optimizer steps done
-    total_steps: int = 0  # optimizer steps planned
-    train_tokens: int = 0  # real (non-pad) tokens seen in training
-    eval_tokens: int = 0  # tokens run forward in evaluations (rungs and final; test set excluded)
-    train_seconds: float = 0.0
-    backend: str | None = None  # which LoRA kernel path ran (at the end, after any fallback)
-    backend_reason: str | None = None  # why that path: the --kernels choice, or the Triton failure
+from moopt.memory.rss import peak_rss_bytes
+from moopt.records import TrialResult, TrialSpec
+from moopt.search.pruner import rung_eval_size
+from moopt.train.data import IGNORE, TokenizedSet, collate, micro_batches, n_micro_batches, subset, tokenize_file
 
 
 class Reporter(Protocol):
@@ -236,7 +189,7 @@ def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         ctx = 0
         try:
-            from moopt.nvml import nvml_index, process_used_bytes
+            from moopt.memory.nvml import nvml_index, process_used_bytes
 
             used = process_used_bytes(os.getpid(), nvml_index())
             if used:
@@ -305,7 +258,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
         # -- attach LoRA (moopt's own modules; PEFT is only used to read the saved adapter) -------
         from moopt_kernels import TritonKernelError
 
-        from moopt.lora import attach_lora, lora_parameters, set_lora_backend
+        from moopt.train.lora import attach_lora, lora_parameters, set_lora_backend
 
         info = attach_lora(
             model, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
@@ -433,7 +386,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
 
         # -- save ---------------------------------------------------------------------------------
         if spec.save_adapter:
-            from moopt.lora import save_peft_adapter
+            from moopt.train.lora import save_peft_adapter
 
             reporter.phase("saving", "adapter")
             save_peft_adapter(

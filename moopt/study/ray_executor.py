@@ -1,6 +1,6 @@
 """Ray executor: trials as Ray tasks, on a local Ray instance or a multi-node cluster.
 
-Same contract as :class:`moopt.executor.LocalExecutor` (``submit``, ``next_result``, ``running``,
+Same contract as :class:`moopt.study.executor.LocalExecutor` (``submit``, ``next_result``, ``running``,
 ``kill``, ``kill_all``, ``stalled``). Each trial is a Ray task with ``max_calls=1``, so it gets a fresh worker process
 (a crash or OOM kills only that trial) and asks Ray for ``num_cpus`` = the slot's threads and, on
 GPUs, ``num_gpus`` = the fraction of a device its memory estimate needs, so Ray packs trials onto
@@ -17,15 +17,15 @@ import threading
 import time
 from typing import Callable
 
-from moopt.executor import ExecutorBase
-from moopt.trial import TrialResult, TrialSpec
+from moopt.records import TrialResult, TrialSpec
+from moopt.study.executor import ExecutorBase
 
 
 def _ray():
     try:
         import ray
     except ImportError:
-        from moopt.config import ConfigError
+        from moopt.errors import ConfigError
 
         raise ConfigError("--executor ray needs Ray: pip install 'moopt[ray]'") from None
     return ray
@@ -140,7 +140,7 @@ class _ChannelReporter:
         self.channel.push_event.remote({"event": "phase", "number": self.number, "phase": name, "detail": detail})
 
     def heartbeat(self, done, total):
-        from moopt.worker import HEARTBEAT_S
+        from moopt.train.worker import HEARTBEAT_S
 
         now = time.monotonic()
         if now - self.last_beat >= HEARTBEAT_S or done == total:
@@ -161,7 +161,8 @@ class _ChannelReporter:
 def _run_trial_task(spec_json: dict, channel) -> dict:
     from dataclasses import asdict
 
-    from moopt.trial import TrialSpec, run_trial
+    from moopt.records import TrialSpec
+    from moopt.train.recipe import run_trial
 
     spec = TrialSpec.from_json(spec_json)
     return asdict(run_trial(spec, _ChannelReporter(channel, spec.number)))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from moopt.config import ConfigError
+from moopt.errors import ConfigError
 
 
 def opt(name: str, *args, **kwargs):
@@ -69,7 +69,7 @@ def optimize(**kw) -> None:
         cfg = build_study_config(kw)
     except ConfigError as e:
         fail(str(e))
-    from moopt.study import Stopped, Study
+    from moopt.study.scheduler import Stopped, Study
 
     try:
         Study(cfg).run()
@@ -106,11 +106,11 @@ def require_bitsandbytes(source) -> None:
 
 def build_study_config(kw: dict):
     """Validate every flag and input file before anything is written."""
-    from moopt.data import read_records
-    from moopt.models import resolve_model_revision
-    from moopt.objectives import parse_objectives
-    from moopt.space import default_space, load_space
-    from moopt.study import StudyConfig, check_output_dir
+    from moopt.search.objectives import parse_objectives
+    from moopt.search.space import default_space, load_space
+    from moopt.study.scheduler import StudyConfig, check_output_dir
+    from moopt.train.data import read_records
+    from moopt.train.models import resolve_model_revision
 
     if kw["ray_address"] and kw["executor"] != "ray":
         raise ConfigError("--ray_address needs --executor ray")
@@ -154,7 +154,7 @@ def build_study_config(kw: dict):
 @click.argument("output_dir", type=click.Path())
 def report(output_dir: str) -> None:
     """Rebuild every result file of a study from its journal (no GPU or model needed)."""
-    from moopt.results import write_results
+    from moopt.report.results import write_results
 
     try:
         write_results(output_dir)
@@ -174,11 +174,11 @@ def report(output_dir: str) -> None:
 @opt("overwrite", is_flag=True, help="Replace a final model already in output_dir.")
 def train(**kw) -> None:
     """Train the final adapter with a chosen configuration (full budget, no pruning) and test it."""
+    from moopt.cli.final import train_final
     from moopt.config import load_trial_config
-    from moopt.data import read_records
-    from moopt.final import train_final
     from moopt.journal import replay
-    from moopt.models import resolve_model_revision
+    from moopt.train.data import read_records
+    from moopt.train.models import resolve_model_revision
 
     try:
         cfg = load_trial_config(kw["config"])
@@ -199,7 +199,7 @@ def train(**kw) -> None:
 
 def _register_optional() -> None:
     try:
-        from moopt.memory_cli import estimate_memory
+        from moopt.cli.estimate import estimate_memory
     except ImportError:
         return
     main.add_command(estimate_memory)

@@ -38,7 +38,7 @@ def study_validation_metrics(config_path: str | Path) -> dict[str, float] | None
     out = Path(config_path).parent
     if not (out / "journal.jsonl").is_file():
         return None
-    from moopt.results import load_study
+    from moopt.report.table import load_study
 
     data = load_study(out)
     if data.best is None:
@@ -51,7 +51,8 @@ def study_validation_metrics(config_path: str | Path) -> dict[str, float] | None
 def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[str, Any]) -> bool:
     from rich.console import Console
 
-    from moopt.trial import TrialSpec, run_trial
+    from moopt.records import TrialSpec
+    from moopt.train.recipe import run_trial
     from moopt.yamlio import write_json, write_yaml
 
     console = Console(highlight=False, soft_wrap=True)

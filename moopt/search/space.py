@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moopt.config import SECTIONS, ConfigError, TrialConfig, coerce, normalize_targets
+from moopt.config import SECTIONS, TrialConfig, coerce, normalize_targets
+from moopt.errors import ConfigError
 from moopt.yamlio import read_yaml_mapping
 
 TYPES = ("log_uniform", "uniform", "int", "categorical")

@@ -2,7 +2,7 @@
 
 Each entry holds the fields of the model's published ``config.json`` (Hugging Face hub, the
 ``meta-llama/<name>`` repositories) that the memory estimate reads; ``moopt estimate-memory
---base_model llama-3.3-70b`` and :func:`moopt.memory.load_model_config` accept these names.
+--base_model llama-3.3-70b`` and :func:`moopt.memory.estimate.load_model_config` accept these names.
 """
 
 from __future__ import annotations

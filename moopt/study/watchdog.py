@@ -1,6 +1,6 @@
 """The stall watchdog: a trial that shows no sign of progress for too long is killed and recorded FAIL.
 
-A worker shows progress with the events it sends (``moopt.worker`` protocol): ``phase`` when it
+A worker shows progress with the events it sends (``moopt.train.worker`` protocol): ``phase`` when it
 moves on (loading model, tokenising, training, evaluating, saving), ``progress`` after each
 optimizer step, ``heartbeat`` while it evaluates (at most once a second, from the loop over
 evaluation batches, so a hung evaluation stops them too). The executor feeds every event to

@@ -14,7 +14,7 @@ import socket
 from datetime import datetime
 from pathlib import Path
 
-from moopt.config import ConfigError
+from moopt.errors import ConfigError
 
 LOCK_FILE = "study.lock"
 

@@ -15,7 +15,7 @@ loaded. What the figure means:
   project's CPU venv) plus everything the step allocates. ``total_bytes - breakdown["runtime"]`` is
   the step's own extra memory, what ``peak RSS - RSS after imports`` measures.
 
-moopt's own step is modelled (moopt/trial.py): moopt LoRA modules that save only X and the fp32
+moopt's own step is modelled (moopt/train/recipe.py): moopt LoRA modules that save only X and the fp32
 S = X·Aᵀ (kernels/lora_linear.py, both backends), AdamW on fp32 adapters, the chunked linear+CE
 (kernels/cross_entropy.py). ``kernels="peft"`` and ``loss="hf"`` model the usual HF/PEFT peer setup
 (PEFT LoRA under bf16 autocast, ``prepare_model_for_kbit_training`` upcasting non-quantised params to
@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from moopt.config import ConfigError, TrialConfig
+from moopt.config import TrialConfig
+from moopt.errors import ConfigError
 
 GIB = 1024**3
 MIB = 1024**2
@@ -231,11 +232,11 @@ def load_model_config(path_or_folder: str | Path):
     """A ``transformers.PretrainedConfig`` from ``config.json`` (or a folder holding it); no weights."""
     from transformers import AutoConfig, LlamaConfig
 
-    from moopt.model_shapes import model_shape
+    from moopt.memory.shapes import model_shape
 
     path = Path(path_or_folder).expanduser()
     known = model_shape(str(path_or_folder)) if not path.exists() else None
-    if known is not None:  # a name from moopt.model_shapes: its config.json values, no file needed
+    if known is not None:  # a name from moopt.memory.shapes: its config.json values, no file needed
         name = known.pop("_name_or_path")
         known.pop("torch_dtype", None)
         cfg = LlamaConfig(**{k: v for k, v in known.items() if k != "model_type"})
@@ -274,7 +275,7 @@ def checkpoint_bytes(model_config: Any, dims: "ModelDims") -> int:
 def _act_bytes(trial: TrialConfig, device: str) -> int:
     dtype = trial.model.dtype
     if dtype == "auto":
-        return 2 if device == "cuda" else 4  # bf16 on CUDA, fp32 on CPU (moopt/trial.py)
+        return 2 if device == "cuda" else 4  # bf16 on CUDA, fp32 on CPU (moopt/train/recipe.py)
     return 4 if dtype == "float32" else 2
 
 
@@ -300,7 +301,7 @@ def estimate_peak(
     ``calibration``: see :func:`fit_calibration`; either one ``{"factor", "offset_bytes"}`` or a
     mapping from :func:`calibration_key` to such dicts.
     ``batch_shape``: (batch, sequence) of the largest padded batch the trial really builds from its data
-    (:func:`moopt.probe.data_batch_shape`); default ``batch_size × max_seq_length``.
+    (:func:`moopt.train.probe.data_batch_shape`); default ``batch_size × max_seq_length``.
     ``bnb_keeps_inputs``: whether bitsandbytes' 4-bit matmul keeps its input for backward. Up to
     0.4x ``MatMul4Bit.forward`` stored ``ctx.tensors = (A, B)`` (every quantised linear keeps its
     input, as in the published peer runs); 0.50 stores ``(None, B)``. Default: True for
@@ -472,7 +473,7 @@ def fit_calibration(pairs: list[tuple[int | MemoryEstimate, int]]) -> dict[str, 
     median of the pairwise slopes, clamped to [0.9, 1.1] so a few small probes cannot extrapolate a
     steep line to big configurations; offset = median residual. One pair (or equal estimates):
     factor = measured / estimate, offset 0. Probed configurations themselves are answered from their
-    measurement (moopt.probe.MemoryGate), so the fit need not cover them.
+    measurement (moopt.study.gate.MemoryGate), so the fit need not cover them.
 
     Leave-one-out on benchmarks/bench_memory.py's 32 CPU probes (16 unquantised, 16 4bit/8bit):
     median |error| 2.2%, max 359 MiB; a least-squares line raised to cover every probe reached 985 MiB

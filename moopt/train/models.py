@@ -22,7 +22,7 @@ import re
 import shutil
 from pathlib import Path
 
-from moopt.config import ConfigError
+from moopt.errors import ConfigError
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

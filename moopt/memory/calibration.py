@@ -1,0 +1,150 @@
+"""The estimator's calibration on this machine: measured (estimate, peak) pairs per model/device/
+kernels, the fitted correction, the error band around it, and the file that keeps them.
+
+A configuration's measured peak (a probe's, or a trained trial's) is stored under its memory
+fingerprint; an out-of-memory is stored as a lower bound of what that configuration needs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from moopt.config import TrialConfig
+
+PROBE_VERSION = 1  # bump when the probe's recipe changes: cached measurements of older versions are ignored
+
+
+def default_cache_path() -> Path:
+    """``$MOOPT_CACHE/calibration.json``, else ``~/.cache/moopt/calibration.json``."""
+    root = os.environ.get("MOOPT_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "moopt") / "calibration.json"
+
+
+def memory_fingerprint(trial: TrialConfig, shape: tuple[int, int] | None = None) -> str:
+    """The trial fields that change peak memory, as a stable string (the probe cache's key); ``shape``:
+    the (batch, sequence) really estimated/probed when it is not batch_size × max_seq_length."""
+    t, lo, d, m = trial.training, trial.lora, trial.data, trial.model
+    b, s = shape or (t.batch_size, d.max_seq_length)
+    return json.dumps({
+        "b": int(b), "s": int(s), "clip": t.max_grad_norm > 0, "r": lo.r,
+        "dropout": lo.dropout > 0, "targets": list(lo.target_modules), "quant": m.quantization,
+        "ckpt": m.gradient_checkpointing, "dtype": m.dtype, "v": PROBE_VERSION,
+    }, sort_keys=True)
+
+
+class CalibrationCache:
+    """JSON file ``{"version": 1, "entries": {calibration_key: {"pairs": [[estimate, measured], ...],
+    "calibration": {...}, "probes": {fingerprint: {...}}}}}``.
+
+    Writes are atomic (temp file in the same folder + ``os.replace``) and read-modify-write under an
+    ``flock`` on ``<file>.lock``, so concurrent gates (parallel studies on one machine) never lose a
+    probe or leave a half-written file. A missing or unreadable file reads as empty.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).expanduser()
+
+    def read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {"version": 1, "entries": {}}
+        if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
+            return {"version": 1, "entries": {}}
+        return data
+
+    def entry(self, key: str) -> dict:
+        return self.read()["entries"].get(key) or {}
+
+    def update(self, key: str, fn) -> dict:
+        """Apply ``fn(entry) -> entry`` to one key under the lock and write the file atomically."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(str(self.path) + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = self.read()
+            data["entries"][key] = fn(dict(data["entries"].get(key) or {}))
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump(data, f, indent=1, sort_keys=True)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return data["entries"][key]
+
+
+def error_band(pairs: list, calibration: dict | None, prior_under: float, floor: float) -> tuple[float, float]:
+    """(under, over) of the calibrated estimate: one-sided ``(prior_under, 0)`` with no pairs; else
+    the worst residual each way of the calibrated estimate on the pairs (leave-one-out from 3 pairs
+    on, so a pair does not vouch for itself), at least ``floor``, plus ``prior_under / sqrt(1 + n)`` on
+    the under side, which fades as measurements accumulate; no wider than ``prior_under`` unless a
+    measurement itself lay further above its estimate. The square root, not 1 / (1 + n): in
+    benchmarks/bench_memory.py's decision simulation (32 CPU probes, budgets at measured × 0.9-1.1,
+    leave-one-out) 1 / (1 + n) let 1.6% of the decisions wrongly fit, 1 / sqrt(1 + n) 0.8% (52% and
+    55% probed); the one miss is a 4-bit configuration 13% over its raw estimate."""
+    from moopt.memory.estimate import apply_calibration, fit_calibration
+
+    pairs = [(int(e), int(m)) for e, m, *_ in pairs]
+    n = len(pairs)
+    if n == 0:
+        return prior_under, 0.0
+    resid = []
+    for i, (e, m) in enumerate(pairs):
+        if n >= 3:
+            cal = fit_calibration([p for j, p in enumerate(pairs) if j != i])
+        else:
+            cal = calibration or fit_calibration(pairs)
+        pred = apply_calibration(e, cal)
+        resid.append((m - pred) / pred)
+    under = max(floor, max(resid)) + prior_under / math.sqrt(1 + n)
+    if max(resid) <= prior_under:  # measurements within the prior never widen the band beyond it
+        under = min(under, prior_under)
+    over = max(floor, -min(resid))
+    return under, over
+
+
+def refit(entry: dict, probes: dict) -> dict:
+    """Pairs and calibration from every measurement; OOM lower bounds lift the offset."""
+    from moopt.memory.estimate import fit_calibration
+
+    pairs = [[p["estimate_bytes"], p["measured_bytes"]] for p in probes.values()
+             if not p.get("oom") and p.get("estimate_bytes")]
+    out = {**entry, "probes": probes, "pairs": pairs}
+    cal = fit_calibration([tuple(p) for p in pairs]) if pairs else None
+    bounds = [(p["estimate_bytes"], p["measured_bytes"]) for p in probes.values()
+              if p.get("oom") and p.get("estimate_bytes") and p.get("measured_bytes")]
+    if bounds:
+        cal = dict(cal or {"factor": 1.0, "offset_bytes": 0.0, "n": 0})
+        for e, m in bounds:  # estimate of an OOMed configuration >= its peak at the failure
+            cal["offset_bytes"] = max(float(cal["offset_bytes"]), m - cal["factor"] * e)
+    if cal is not None:
+        out["calibration"] = cal
+    else:
+        out.pop("calibration", None)
+    return out
+
+
+def add_pair(entry: dict, fp: str, raw_estimate: int, measured: int, retries: int, seconds: float,
+              source: str = "probe") -> dict:
+    """Store one (uncalibrated estimate, measured) pair and refit the key's calibration."""
+    probes = dict(entry.get("probes") or {})
+    probes[fp] = {"estimate_bytes": int(raw_estimate), "measured_bytes": int(measured), "source": source,
+                  "num_alloc_retries": retries, "seconds": round(seconds, 2), "when": time.time()}
+    return refit(entry, probes)
+
+
+def add_oom(entry: dict, fp: str, raw_estimate: int | None, peak_at_failure: int) -> dict:
+    probes = dict(entry.get("probes") or {})
+    probes[fp] = {"oom": True, "estimate_bytes": raw_estimate, "measured_bytes": peak_at_failure or None,
+                  "when": time.time()}
+    return refit(entry, probes)

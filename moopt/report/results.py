@@ -1,0 +1,112 @@
+"""Every result file of a study (trials_summary.csv, best_config.yaml, plots, analysis, report.html)
+and the closing summary on the console, from the journal alone: ``moopt report`` rebuilds them for a
+study that is running or was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from moopt.report.plots import plot_optimization, plot_pareto
+from moopt.report.table import StudyData, best_config, load_study, searched
+
+
+def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> dict[str, Any]:
+    """Write every result file; unless quiet, print the best configuration as the guide shows."""
+    from moopt.yamlio import atomic_write_text, write_yaml
+
+    out = Path(output_dir)
+    data = load_study(out)
+    table = data.table
+    if len(table):
+        csv = table.copy()
+        csv["duration"] = csv["duration"].astype(str)
+        atomic_write_text(out / "trials_summary.csv", csv.to_csv(index=False))
+    summary: dict[str, Any] = {"n_trials": int(len(table)), "best_trial": data.best, "best_score": data.best_score,
+                               "pareto": data.pareto}
+    if data.best is not None:
+        cfg = best_config(out, data.best)
+        write_yaml(out / "best_config.yaml", cfg)
+        summary["best_config"] = cfg
+        row = table[table.number == data.best].iloc[0]
+        summary["best_metrics"] = {n: float(row[f"values_{n}"]) for n in data.objectives.names}
+    plot_optimization(data, out / "optimization_plot.png")
+    if data.objectives.multi:
+        plot_pareto(data, out / "pareto_front.png")
+    if quiet:  # after each trial: the table and the two plots; the full analysis at the end
+        return summary
+    from moopt.report.analysis import write_analysis
+    from moopt.report.html import write_html_report
+
+    analysis = write_analysis(out, data)
+    write_html_report(out, data, analysis)
+    summary["param_importance"] = {t: dict(imp) for t, imp in analysis.importance.items()}
+    print_summary(data, summary, console, out, analysis.importance)
+    return summary
+
+
+def print_summary(data: StudyData, summary: dict[str, Any], console=None, output_dir: Path | None = None,
+                  importance: dict | None = None) -> None:
+    """The guide's closing summary: the searched parameters of the best trial as JSON, ``Best value``,
+    ``Parameter Importance`` and where the results are."""
+    from rich.console import Console
+
+    console = console or Console(highlight=False, soft_wrap=True)
+    say = lambda text="": console.print(text, markup=False, soft_wrap=True)  # noqa: E731
+    counts = data.table.state.value_counts().to_dict() if len(data.table) else {}
+    say(f"\nTrials: {len(data.table)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    if data.best is None:
+        if data.least_infeasible is not None:
+            row = data.table[data.table.number == data.least_infeasible].iloc[0]
+            say(f"No configuration fits. Least infeasible: trial {data.least_infeasible} (peak {row.peak_memory_gb:.2f} GiB)")
+        else:
+            say("No trial completed; nothing to recommend. See trial_results/*/log.txt")
+        if output_dir is not None:
+            say(f"Trials table: {Path(output_dir) / 'trials_summary.csv'}")
+        return
+    cfg = summary["best_config"]
+    shown = {sec: {k: _short(cfg.get(sec, {}).get(k)) for k in keys}
+             for sec, keys in (searched(output_dir) if output_dir is not None else {}).items() if keys}
+    say("Best hyperparameter configuration:")
+    say(json.dumps(shown, indent=2) if shown else "{}  (the space fixes every parameter: nothing was searched)")
+    say()
+    say(f"Best value: {data.best_score:.3f} (higher is better)")
+    m = summary["best_metrics"]
+    start = data.score_start or {}
+    say(f"  trial {data.best}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items())
+        + f"; {data.score_origin}: " + ", ".join(f"{k} {start[k]:.4f}" for k in m if k in start))
+    weights = " + ".join(f"{w:.2g} x {n}" for n, w in zip(data.objectives.names, data.objectives.weights))
+    say(f"  (weighted progress from {data.score_origin.split(' (')[0]} (0) to the ideal (1): {weights})")
+    if importance:
+        from moopt.report.analysis import format_importance
+
+        target = "score" if data.objectives.multi else data.objectives.names[0]
+        lora = set(searched(output_dir).get("lora", [])) if output_dir is not None else set()
+        say()
+        say(format_importance(importance[target], rename=lambda k: f"lora_{k}" if k in lora else k))
+    if output_dir is not None:
+        out = Path(output_dir)
+        say()
+        say(f"Results in {out}/:")
+        files = [("best_config.yaml", "the best configuration: moopt train --config ... trains the final adapter"),
+                 ("report.html", "the report: Pareto front, trials table, plots (opens offline)"),
+                 (f"trial_results/trial_{data.best}/adapter", "the best trial's adapter (PEFT format)"),
+                 ("trials_summary.csv", "every trial"),
+                 ("optimization_plot.png", "progress of the search")]
+        files += [("pareto_front.png", "the Pareto front")] if data.objectives.multi else []
+        for name, what in files:
+            if (out / name).exists():
+                say(f"  {name:<34} {what}")
+
+def _short(v: Any) -> Any:
+    """Console form of a value: 3 significant digits (2.35e-05, 0.063), whole floats as integers,
+    target modules by their alias (``attention``) or comma-joined."""
+    from moopt.config import TARGET_ALIASES
+
+    if isinstance(v, float):
+        return int(v) if v.is_integer() else float(f"{v:.3g}")
+    if isinstance(v, (list, tuple)):
+        return next((k for k, mods in TARGET_ALIASES.items() if tuple(v) == mods), ",".join(map(str, v)))
+    return v

@@ -1,0 +1,190 @@
+"""The study as a table, from the journal alone: one row per trial, the Pareto front, the best
+trial, the score and the hypervolume history. Needs neither GPU nor model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from moopt.journal import replay
+from moopt.search.objectives import KNOWN, Objectives
+
+
+@dataclass
+class StudyData:
+    objectives: Objectives
+    table: pd.DataFrame  # one row per finished trial, Optuna's trials_dataframe columns
+    pareto: list[int]  # trial numbers on the feasible Pareto front of COMPLETE trials
+    best: int | None  # chosen by the weighted rank score among the Pareto front
+    best_score: float | None  # its weighted progress score (Objectives.score): the summary's "Best value"
+    hv_history: HVHistory  # hypervolume of progress after each finished trial (multi-objective)
+    least_infeasible: int | None  # when nothing is feasible
+    baseline: dict[str, Any] | None
+    header: dict[str, Any]
+    score_start: dict[str, float] | None = None  # each objective's 0 of the score, and where it came from:
+    score_origin: str = ""  # "the base model", or what stood in for it
+
+
+def load_study(output_dir: str | Path) -> StudyData:
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    out = Path(output_dir)
+    rec = replay(out)
+    if not rec.header:
+        raise FileNotFoundError(f"{out}: no study journal found")
+    objectives = Objectives(tuple(rec.header["objectives"]), tuple(rec.header["weights"]))
+    rows = []
+    for n in sorted(rec.starts):
+        s, e = rec.starts[n], rec.ends.get(n)
+        m = (e or {}).get("metrics") or {}
+        row: dict[str, Any] = {"number": n, "state": e["state"] if e else "RUNNING"}
+        for name in objectives.names:
+            row[f"values_{name}"] = m.get(name, np.nan)
+        row["datetime_start"] = pd.Timestamp(s["datetime_start"])
+        row["datetime_complete"] = pd.Timestamp(e["datetime_complete"]) if e else pd.NaT
+        row["duration"] = (row["datetime_complete"] - row["datetime_start"]) if e else pd.NaT
+        for k, v in s["params"].items():
+            row[f"params_{k}"] = v
+        for k in ("eval_loss", "eval_accuracy", "eval_perplexity"):
+            if k not in objectives.names:
+                row[k] = m.get(k, np.nan)
+        row["peak_memory_gb"] = m.get("peak_memory_gb", np.nan)
+        row["steps"] = (e or {}).get("steps")
+        row["total_steps"] = (e or {}).get("total_steps")
+        row["train_tokens"] = (e or {}).get("train_tokens")
+        row["eval_tokens"] = (e or {}).get("eval_tokens")  # rung and final evaluations: what pruning adds
+        row["tokens_per_s"] = (e or {}).get("tokens_per_s")
+        row["backend"] = (e or {}).get("backend")
+        row["backend_reason"] = (e or {}).get("backend_reason")  # e.g. a Triton failure under --kernels auto
+        row["error"] = (e or {}).get("error")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    obj_cols = [f"values_{n}" for n in objectives.names]
+
+    baseline = None
+    if (out / "baseline.json").is_file():
+        baseline = json.loads((out / "baseline.json").read_text())
+    pareto, best, best_score, least_inf, start, origin = [], None, None, None, None, ""
+    if len(table):
+        ok = table[(table.state == "COMPLETE")].dropna(subset=obj_cols)
+        if len(ok):
+            F = np.array([objectives.to_minimize(dict(zip(objectives.names, r))) for r in ok[obj_cols].to_numpy()])
+            front = NonDominatedSorting().do(F, only_non_dominated_front=True)
+            pareto = sorted(int(ok.number.iloc[i]) for i in front)
+            start, origin = score_start(objectives, baseline, rec.header, ok[obj_cols].max(), ok[obj_cols].min())
+            table["score"] = np.nan  # progress from the base model toward the ideal: comparable across studies
+            table.loc[ok.index, "score"] = objectives.score(F, objectives.to_minimize(start))
+            rank = objectives.scores(F)  # normalised over these trials: picks one trial from the front
+            table["rank_score"] = np.nan
+            table.loc[ok.index, "rank_score"] = rank
+            front_rank = {int(ok.number.iloc[i]): rank[i] for i in front}
+            best = max(front_rank, key=lambda k: (front_rank[k], -k))
+            best_score = float(table.loc[table.number == best, "score"].iloc[0])
+        else:
+            inf = table[table.state == "INFEASIBLE"].dropna(subset=["peak_memory_gb"])
+            if len(inf):
+                least_inf = int(inf.sort_values("peak_memory_gb").number.iloc[0])
+        table["pareto"] = table.number.isin(pareto)
+    return StudyData(objectives, table, pareto, best, best_score, hypervolume_history(table, objectives, start, origin),
+                     least_inf, baseline, rec.header, start, origin)
+
+
+def score_start(objectives: Objectives, baseline: dict[str, Any] | None, header: dict[str, Any],
+                highest: pd.Series, lowest: pd.Series) -> tuple[dict[str, float], str]:
+    """Where each objective's progress starts (score 0): the base model's validation metrics.
+    peak_memory_gb starts at --memory_constraint (the base model trains nothing); an objective the
+    base model has no value for starts at the worst COMPLETE trial, and the origin says so."""
+    ok = baseline is not None and baseline.get("state") == "COMPLETE"
+    base = (baseline.get("metrics") or {}) if ok else {}
+    start, stand_ins = {}, []
+    for n in objectives.names:
+        worst = float(highest[f"values_{n}"] if KNOWN[n][0] == "minimize" else lowest[f"values_{n}"])
+        if n == "peak_memory_gb":
+            start[n] = float(header.get("memory_constraint_gb") or worst)
+            if not header.get("memory_constraint_gb"):
+                stand_ins.append(n)
+        elif n in base and np.isfinite(base[n]):
+            start[n] = float(base[n])
+        else:
+            start[n] = worst
+            stand_ins.append(n)
+    if not base:
+        return start, "the worst trial (no base model evaluation)"
+    return start, "the base model" + (f" ({', '.join(stand_ins)}: the worst trial)" if stand_ins else "")
+
+
+class HVHistory(list):
+    """Hypervolume after each finished trial (a list of floats) plus what it was measured from:
+    ``start`` (per objective, natural units: the value that counts as no progress) and ``basis``
+    (a short text for axis labels, e.g. "from the base model")."""
+
+    def __init__(self, values=(), *, start: dict[str, float] | None = None, basis: str = ""):
+        super().__init__(values)
+        self.start, self.basis = start or {}, basis
+
+
+def hypervolume_history(table: pd.DataFrame, objectives: Objectives, start: dict[str, float] | None = None,
+                        origin: str = "") -> HVHistory:
+    """HV of the feasible front after each finished trial, in each objective's progress from
+    ``start`` (0, :func:`score_start`: the base model) toward its ideal (1) (``Objectives.progress``),
+    reference point: progress 0. So 1 means the ideal on every objective (eval_loss 0 and
+    eval_accuracy 1), a trial no better than the base model on some objective adds nothing, and one
+    trial that halves the loss and the error rate of the base model reaches 0.25 with two objectives,
+    whatever else the study holds. An objective whose start already is ideal counts as progress 1."""
+    if not objectives.multi or not len(table):
+        return HVHistory()
+    if not start:  # no COMPLETE trial yet
+        return HVHistory([0.0] * int((table.state != "RUNNING").sum()))
+    from pymoo.indicators.hv import HV
+
+    cols = [f"values_{n}" for n in objectives.names]
+    done = table[table.state != "RUNNING"].sort_values("datetime_complete", kind="stable")
+    start_min = objectives.to_minimize(start)
+    at_ideal = start_min <= objectives.ideal()  # nothing left to gain on it: full progress
+
+    def distance(F: np.ndarray) -> np.ndarray:  # 0 = ideal, 1 = start; pymoo's HV drops rows not below 1
+        return np.where(at_ideal, 0.0, 1.0 - objectives.progress(F, start_min))
+
+    hv = HV(ref_point=np.ones(len(cols)))  # volume of the unit box is 1: no normalisation needed
+    out, seen = [], []
+    for _, row in done.iterrows():
+        if row.state == "COMPLETE" and not row[cols].isna().any():
+            seen.append(objectives.to_minimize(dict(zip(objectives.names, row[cols]))))
+        out.append(float(hv(distance(np.array(seen)))) if seen else 0.0)
+    return HVHistory(out, start=dict(start), basis=f"from {origin}" if origin else "")
+
+
+def best_config(output_dir: Path, number: int) -> dict[str, Any]:
+    """The best trial's config.yaml, with whole epochs and alpha written as integers (2, not 2.0)."""
+    import yaml
+
+    cfg = yaml.safe_load((Path(output_dir) / "trial_results" / f"trial_{number}" / "config.yaml").read_text())
+    for section, name in (("training", "num_train_epochs"), ("lora", "alpha")):
+        v = cfg.get(section, {}).get(name)
+        if isinstance(v, float) and v.is_integer():
+            cfg[section][name] = int(v)
+    return cfg
+
+
+def searched(output_dir: Path) -> dict[str, list[str]]:
+    """The study's searched parameters by section, from its search_space.yaml."""
+    import yaml
+
+    path = Path(output_dir) / "search_space.yaml"
+    raw = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    return {section: [k for k, spec in body.items() if isinstance(spec, dict)]
+            for section, body in raw.items() if isinstance(body, dict)}
+
+
+
+
+def base_metrics(data: StudyData) -> dict[str, float]:
+    """The base model's metrics when its evaluation completed, else {}."""
+    b = data.baseline or {}
+    return dict(b.get("metrics") or {}) if b.get("state") == "COMPLETE" else {}

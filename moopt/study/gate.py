@@ -1,0 +1,228 @@
+"""The memory gate: fit / infeasible for a per-trial budget, from the estimate, its error band and a probe.
+
+The analytic estimate decides when it is clearly on one side of the budget; a probe (a few real
+training steps in a subprocess, :mod:`moopt.train.probe`) decides when it is borderline; each
+measurement goes into the per-machine calibration (:mod:`moopt.memory.calibration`) so later
+estimates for that model/device/kernels improve.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from moopt.config import TrialConfig
+from moopt.errors import ConfigError
+from moopt.memory.calibration import (
+    CalibrationCache,
+    add_oom,
+    add_pair,
+    default_cache_path,
+    error_band,
+    memory_fingerprint,
+)
+from moopt.train.probe import GIB, probe_peak
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    verdict: str  # "fit" | "infeasible"
+    predicted_gb: float  # analytic estimate (calibrated where the cache has a calibration), GiB
+    measured_gb: float | None  # probe measurement (this call's or a cached one), GiB
+    probed: bool  # True when this call ran a probe subprocess
+    reason: str
+    shape: tuple[int, int] | None = None  # (batch, sequence) estimated and, when probed, probed
+    band: tuple[float, float] | None = None  # (under, over): the estimate's error band used
+
+
+# -- the data's real batch shape ---------------------------------------------------------------------
+
+_LENGTHS: dict[tuple, list[int]] = {}
+
+
+def data_lengths(model_path: str, data_file: str | os.PathLike) -> list[int]:
+    """Token count of every example of ``data_file`` (untruncated), tokenised as a trial does
+    (moopt.data.tokenize_record with the model's tokenizer); cached per (file, size, mtime, tokenizer)."""
+    path = Path(data_file)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, str(model_path))
+    if key not in _LENGTHS:
+        from transformers import AutoTokenizer
+
+        from moopt.train.data import read_jsonl, tokenize_record
+
+        tok = AutoTokenizer.from_pretrained(str(model_path))
+        _LENGTHS[key] = [len(tokenize_record(rec, tok).input_ids) for rec in read_jsonl(path)]
+    return _LENGTHS[key]
+
+
+def batch_shape(lengths: list[int], batch_size: int, max_seq_length: int, strategy: str = "random") -> tuple[int, int]:
+    """(batch, sequence) of the largest padded batch moopt.data.batch_order can build from examples
+    of these lengths after truncation to ``max_seq_length`` (collate pads to the batch's longest).
+
+    random and length_grouped: any examples can share a batch, so the worst is a full batch holding the
+    longest example. sequential: the file-order batches themselves, the one with the most padded tokens.
+    """
+    cut = [min(n, max_seq_length) for n in lengths] or [max_seq_length]
+    b = min(batch_size, len(cut))
+    if strategy != "sequential":
+        return b, max(cut)
+    batches = [cut[i:i + batch_size] for i in range(0, len(cut), batch_size)]
+    worst = max(batches, key=lambda x: len(x) * max(x))
+    return len(worst), max(worst)
+
+
+class MemoryGate:
+    """Fit / infeasible for a memory budget of ``constraint_gb`` GiB per trial.
+
+    On ``cuda`` the budget is the GPU memory the trial process holds at its peak (context included);
+    on ``cpu`` it is the trial process's peak resident set (``ru_maxrss``), what the trial reports as
+    ``peak_memory_gb``. With ``train_file`` the estimate and the probe take the largest padded batch
+    the trial really builds from that file (:func:`batch_shape`), not ``batch_size × max_seq_length``.
+
+    The gate knows the estimator's error (:meth:`band`): ``under`` is how far the true peak may lie
+    above the (calibrated) estimate, ``over`` how far below. Contract of :meth:`decide`:
+
+    - estimate × (1 − over) > budget: "infeasible", no probe;
+    - estimate × (1 + under) ≤ budget: "fit", no probe, except on ``cuda`` before the first probe of
+      this (model, quantization, kernels): that one is probed before any is trained on trust;
+    - in between: the probe decides (measured ≤ budget: "fit"); its pair is stored and the calibration
+      refitted. A configuration already measured is answered from the cache, never probed twice. A
+      probe that OOMs means "infeasible"; one that fails otherwise falls back to the estimate with the
+      band (estimate × (1 + under) ≤ budget: "fit") and is not cached.
+
+    Uncalibrated, the band is one-sided: ``under`` = the worst under-estimate seen for this device and
+    quantization (memory.ESTIMATE_UNDER_PRIOR), ``over`` = 0. Each measurement (probe, or a trained
+    trial through :meth:`observe`) narrows it: ``under`` = max(MIN_ERROR_BAND, the worst residual of
+    the calibrated estimate on the measured pairs) + prior / sqrt(1 + n) (at most the prior unless a
+    measurement was further off), ``over`` likewise from the
+    residuals the other way. A trial that runs out of memory anyway (:meth:`observe` with ``oom``)
+    is cached as infeasible, and its peak at the failure, a lower bound of what it needs, lifts the
+    calibration so that the estimate of that configuration is at least that peak.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, device: str, kernels: str, constraint_gb: float,
+                 cache_path: str | os.PathLike | None = None, margin: float | None = None, steps: int = 3,
+                 threads: int = 0, timeout_s: float = 600, train_file: str | os.PathLike | None = None):
+        from moopt.memory.estimate import load_model_config
+
+        problems = []
+        if device not in ("cpu", "cuda"):
+            problems.append(f"device: must be 'cpu' or 'cuda', got {device!r}")
+        if kernels not in ("auto", "torch", "triton"):
+            problems.append(f"kernels: must be one of ['auto', 'torch', 'triton'], got {kernels!r}")
+        if not constraint_gb > 0:
+            problems.append(f"constraint_gb: must be > 0, got {constraint_gb!r}")
+        if margin is not None and not 0 <= margin < 1:
+            problems.append(f"margin: must be in [0, 1), got {margin!r}")
+        if problems:
+            raise ConfigError("MemoryGate: " + "; ".join(problems))
+        self.model_path, self.device, self.kernels = str(model_path), device, kernels
+        self.constraint_gb = float(constraint_gb)
+        self.margin = margin  # None: the band comes from the estimator's measured error (band())
+        self.steps, self.threads, self.timeout_s = steps, threads, timeout_s
+        self.train_file = str(train_file) if train_file else None
+        self.model_config = load_model_config(model_path)
+        self.cache = CalibrationCache(cache_path or default_cache_path())
+        # moopt's torch and Triton LoRA save the same tensors; "auto" is whichever runs on the device
+        from moopt_kernels import resolve_backend
+
+        self.estimate_kernels = resolve_backend(kernels, device) if kernels != "triton" else "triton"
+
+    def key(self, trial: TrialConfig) -> str:
+        from moopt.memory.estimate import calibration_key
+
+        return calibration_key(self.model_config, trial, self.device, self.estimate_kernels)
+
+    def shape(self, trial: TrialConfig) -> tuple[int, int]:
+        """(batch, sequence) of the largest batch the trial builds: from ``train_file`` when the gate
+        has one, else ``batch_size × max_seq_length``."""
+        b, s = trial.training.batch_size, trial.data.max_seq_length
+        if not self.train_file:
+            return b, s
+        lengths = data_lengths(self.model_path, self.train_file)
+        return batch_shape(lengths, b, s, trial.data.sampling_strategy)
+
+    def estimate_bytes(self, trial: TrialConfig, calibrated: bool = True) -> int:
+        from moopt.memory.estimate import estimate_peak
+
+        cal = self.cache.entry(self.key(trial)).get("calibration") if calibrated else None
+        return estimate_peak(self.model_config, trial, device=self.device, kernels=self.estimate_kernels,
+                             calibration=cal or None, batch_shape=self.shape(trial)).total_bytes
+
+    def band(self, trial: TrialConfig) -> tuple[float, float]:
+        """(under, over): relative error band of the calibrated estimate for this trial's key."""
+        from moopt.memory.estimate import ESTIMATE_UNDER_PRIOR, MIN_ERROR_BAND
+
+        if self.margin is not None:  # a fixed band, as asked
+            return self.margin, self.margin
+        prior = ESTIMATE_UNDER_PRIOR.get((self.device, trial.model.quantization), max(ESTIMATE_UNDER_PRIOR.values()))
+        entry = self.cache.entry(self.key(trial))
+        return error_band(entry.get("pairs") or [], entry.get("calibration"), prior, MIN_ERROR_BAND)
+
+    def decide(self, trial: TrialConfig) -> GateDecision:
+        key = self.key(trial)
+        shape = self.shape(trial)
+        fp = memory_fingerprint(trial, shape)
+        entry = self.cache.entry(key)
+        budget = self.constraint_gb
+        predicted = self.estimate_bytes(trial) / GIB
+        under, over = self.band(trial)
+        shown = f"{shape[0]} x {shape[1]} tokens"
+        if shape != (trial.training.batch_size, trial.data.max_seq_length):
+            shown += f" (longest batch of the data; max_seq_length {trial.data.max_seq_length})"
+
+        def decision(verdict, measured, probed, reason):
+            return GateDecision(verdict, predicted, measured, probed, f"{reason}; shape {shown}", shape, (under, over))
+
+        cached = (entry.get("probes") or {}).get(fp)
+        if cached is not None:
+            if cached.get("oom"):
+                at = cached.get("measured_bytes")
+                return decision("infeasible", at / GIB if at else None, False,
+                                "ran out of memory earlier" + (f" at {at / GIB:.2f} GiB" if at else ""))
+            return self._on_measurement(decision, cached["measured_bytes"] / GIB, False, "earlier measurement")
+        if predicted * (1 - over) > budget:
+            return decision("infeasible", None, False,
+                            f"estimate {predicted:.2f} GiB - {over:.0%} > budget {budget:.2f} GiB")
+        calibrated = bool(entry.get("pairs"))
+        if predicted * (1 + under) <= budget and (self.device != "cuda" or calibrated):
+            return decision("fit", None, False, f"estimate {predicted:.2f} GiB + {under:.0%} <= budget {budget:.2f} GiB")
+
+        # -- within the error band, or the first of its kind on CUDA: measure ------------------------
+        res = probe_peak(self.model_path, trial, device=self.device, kernels=self.kernels, steps=self.steps,
+                         timeout_s=self.timeout_s, threads=self.threads, shape=shape)
+        if res.oom:
+            self.cache.update(key, lambda e: add_oom(e, fp, None, 0))
+            return decision("infeasible", None, True, f"probe ran out of memory: {res.error}")
+        if res.error is not None:
+            verdict = "fit" if predicted * (1 + under) <= budget else "infeasible"
+            return decision(verdict, None, True, f"probe failed ({res.error}); decided on the estimate ± its error band")
+        raw = self.estimate_bytes(trial, calibrated=False)
+        self.cache.update(key, lambda e: add_pair(e, fp, raw, res.peak_bytes, res.num_alloc_retries, res.seconds))
+        return self._on_measurement(decision, res.peak_bytes / GIB, True, "probe")
+
+    def observe(self, trial: TrialConfig, peak_bytes: int, oom: bool = False) -> None:
+        """A trained trial's measured peak (``peak_memory_gb``): a pair for the calibration; with
+        ``oom`` the configuration is cached as infeasible and the calibration lifted so that its
+        estimate is at least ``peak_bytes`` (the peak at the failure, a lower bound of its need)."""
+        if not peak_bytes or peak_bytes <= 0:
+            return
+        try:
+            key, shape = self.key(trial), self.shape(trial)
+            fp = memory_fingerprint(trial, shape)
+            raw = self.estimate_bytes(trial, calibrated=False)
+            if oom:
+                self.cache.update(key, lambda e: add_oom(e, fp, raw, int(peak_bytes)))
+            else:
+                self.cache.update(key, lambda e: add_pair(e, fp, raw, int(peak_bytes), 0, 0.0, source="trial"))
+        except (OSError, ValueError, ConfigError) as e:  # a study goes on without this calibration point
+            print(f"memory gate: could not record trial peak ({e})", file=sys.stderr)
+
+    def _on_measurement(self, decision, measured: float, probed: bool, source: str) -> GateDecision:
+        fits = measured <= self.constraint_gb
+        rel = "<=" if fits else ">"
+        return decision("fit" if fits else "infeasible", measured, probed,
+                        f"{source} measured {measured:.2f} GiB {rel} budget {self.constraint_gb:.2f} GiB")

@@ -1,0 +1,98 @@
+"""Where each trial runs: CPU slots that split the cores, or GPUs that take trials by their memory
+estimate (several on one device when their estimates fit, never over it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a trial runs: a CUDA device id (None on CPU) and how many CPU threads it may use."""
+
+    device: str  # "cpu" or "cuda:<id>"
+    threads: int
+
+
+class DevicePlacer:
+    """Where the next trial runs.
+
+    CPU: up to ``parallel`` trials, the cores split between them. GPUs: the visible device with the
+    most room whose capacity (95% of its memory, minus the estimates of the trials already on it)
+    holds the trial's estimated peak; several trials share a GPU when their estimates fit, never
+    more. ``place`` returns None when no device has room now (the study waits for a trial to end).
+    """
+
+    HEADROOM = 0.95  # keep 5% of each GPU free: context growth, fragmentation
+
+    def __init__(self, parallel: int, gpus: list[tuple[str, float]] | None = None):
+        self.parallel = parallel
+        self.gpus = dict(gpus if gpus is not None else _gpu_capacities())  # id -> GiB
+        self.cores = os.cpu_count() or 1
+        self.placed: dict[int, tuple[str, float]] = {}  # trial number -> (device, GiB reserved)
+
+    @property
+    def on_gpu(self) -> bool:
+        return bool(self.gpus)
+
+    def free(self) -> int:
+        return self.parallel - len(self.placed)
+
+    def place(self, number: int, need_gb: float | None = None) -> Slot | None:
+        if self.free() <= 0:
+            return None
+        threads = max(1, self.cores // self.parallel)
+        if not self.gpus:
+            self.placed[number] = ("cpu", 0.0)
+            return Slot("cpu", threads)
+        need = need_gb or 0.0
+        used = {g: 0.0 for g in self.gpus}
+        for dev, gb in self.placed.values():
+            used[dev] += gb
+        room = {g: self.gpus[g] * self.HEADROOM - used[g] for g in self.gpus}
+        fits = [g for g in self.gpus if room[g] >= need]
+        if not fits:
+            if self.placed:
+                return None  # wait for a trial to end
+            fits = [max(self.gpus, key=lambda g: room[g])]  # alone on the largest: its own OOM tells
+        gpu = max(fits, key=lambda g: room[g])
+        self.placed[number] = (gpu, need)
+        return Slot(f"cuda:{gpu}", threads)
+
+    def release(self, number: int) -> None:
+        self.placed.pop(number, None)
+
+
+def plan_slots(parallel: int) -> list[Slot]:
+    """N slots without memory estimates: round-robin over visible GPUs, or the CPU cores split N ways."""
+    cores = os.cpu_count() or 1
+    gpus = _visible_gpus()
+    if gpus:
+        return [Slot(f"cuda:{gpus[i % len(gpus)]}", max(1, cores // parallel)) for i in range(parallel)]
+    return [Slot("cpu", max(1, cores // parallel)) for _ in range(parallel)]
+
+
+def _gpu_capacities() -> list[tuple[str, float]]:
+    """(CUDA id, GiB) of the visible GPUs, through NVML; [] without an NVIDIA driver."""
+    ids = _visible_gpus()
+    try:
+        from moopt.memory.nvml import gpu_inventory
+
+        inv = {str(g.index): g.total_bytes / 2**30 for g in gpu_inventory()}
+    except Exception:
+        return []
+    return [(i, inv[i]) for i in ids if i in inv]
+
+
+def _visible_gpus() -> list[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        from moopt.memory.nvml import gpu_inventory
+
+        return [str(g.index) for g in gpu_inventory()]
+    except Exception:
+        return []

@@ -1,0 +1,282 @@
+"""Measure a trial's peak memory with a few real training steps, in a subprocess.
+
+``probe_peak`` runs ``python -m moopt.train.probe`` in a fresh subprocess: the child loads exactly the
+trial's setup through ``moopt.train.recipe`` (same loader, dtype, gradient checkpointing, moopt LoRA with the
+trial's r/targets/dropout, AdamW, ``causal_lm_loss``), trains ``steps`` full steps on a worst-case
+batch (``batch_size × max_seq_length`` tokens, every position labelled) and reports its peak:
+
+- ``cpu``: the child's peak resident set (``ru_maxrss``), the figure ``moopt.train.recipe.peak_memory_gb``
+  reports for a CPU trial, so measured and reported agree.
+- ``cuda``: ``max_memory_reserved + (NVML per-process used − memory_reserved())`` (caching-allocator
+  peak plus CUDA context), and ``num_alloc_retries`` (> 0: the step ran near the limit).
+
+Protocol: one JSON spec on the child's stdin, one JSON result line on its stdout; everything the
+libraries print goes to stderr. An out-of-memory in the child ends the child (a caught OOM's
+traceback keeps tensors alive); the parent never raises for a failed probe: the result says
+``oom=True`` or carries ``error``.
+
+:class:`moopt.study.gate.MemoryGate` decides with it which configurations are trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from moopt.config import TrialConfig
+from moopt.errors import ConfigError
+from moopt.memory.rss import peak_rss_bytes
+
+GIB = 1024**3
+
+
+@dataclass
+class ProbeResult:
+    peak_bytes: int  # cpu: peak RSS of the child; cuda: max_reserved + context_bytes
+    max_allocated: int  # cuda: torch.cuda.max_memory_allocated(); cpu: 0 (no allocator statistics)
+    max_reserved: int  # cuda: torch.cuda.max_memory_reserved(); cpu: 0
+    num_alloc_retries: int  # cuda: memory_stats()["num_alloc_retries"]; > 0 means near the limit
+    context_bytes: int  # cuda: NVML used − memory_reserved() (CUDA context); cpu: RSS after imports
+    oom: bool
+    error: str | None
+    seconds: float  # wall time of the whole probe, child start to result
+
+    @property
+    def peak_gb(self) -> float:
+        return self.peak_bytes / GIB
+
+    @property
+    def ok(self) -> bool:
+        return not self.oom and self.error is None
+
+
+def _failed(error: str, oom: bool, seconds: float, peak: int = 0) -> ProbeResult:
+    return ProbeResult(peak_bytes=peak, max_allocated=0, max_reserved=0, num_alloc_retries=0,
+                       context_bytes=0, oom=oom, error=error, seconds=seconds)
+
+
+def probe_peak(
+    model_path: str,
+    trial: TrialConfig,
+    device: str = "cpu",
+    kernels: str = "auto",
+    steps: int = 3,
+    timeout_s: float = 600,
+    threads: int = 0,
+    seed: int = 0,
+    shape: tuple[int, int] | None = None,
+) -> ProbeResult:
+    """Peak memory of ``steps`` training steps of ``trial`` on ``model_path`` in a fresh subprocess.
+
+    Never raises for a failing child: an out-of-memory gives ``oom=True`` (CUDA OOM, the CPU allocator
+    refusing, or the child killed by SIGKILL, which on Linux is the OOM killer's signal); any other
+    failure or the timeout gives ``error``. ``threads``: torch intra-op threads as the trial's slot
+    would set them (0 = torch's default); on CPU they change the RSS a little (per-thread arenas).
+    ``shape``: (batch, sequence) of the batch to train on, e.g. the longest the trial's data builds
+    (:func:`data_batch_shape`); default ``batch_size × max_seq_length``.
+    """
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"probe_peak: device must be 'cpu' or 'cuda', got {device!r}")
+    if kernels not in ("auto", "torch", "triton"):
+        raise ConfigError(f"probe_peak: kernels must be one of ['auto', 'torch', 'triton'], got {kernels!r}")
+    if steps < 2:
+        raise ConfigError(f"probe_peak: steps must be >= 2 (AdamW allocates its states in the first step), got {steps}")
+    baseline = None
+    if device == "cuda":
+        from moopt.memory.nvml import device_used_bytes, nvml_index
+
+        try:
+            baseline = device_used_bytes(nvml_index())  # for the device-level fallback when NVML lacks per-process data
+        except Exception:
+            baseline = None
+    spec = {"model_path": str(model_path), "trial": trial.to_dict(), "device": device, "kernels": kernels,
+            "steps": int(steps), "threads": int(threads), "seed": int(seed), "nvml_baseline": baseline,
+            "shape": [int(x) for x in shape] if shape else None}
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONSAFEPATH"] = "1"  # no cwd on sys.path: see LocalExecutor.submit
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # as LocalExecutor does for a CPU slot
+    t0 = time.time()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "moopt.train.probe"], input=json.dumps(spec), capture_output=True, text=True,
+            env=env, timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:  # subprocess.run kills the child before raising
+        return _failed(f"probe timed out after {timeout_s:.0f} s", oom=False, seconds=time.time() - t0)
+    seconds = time.time() - t0
+    result = None
+    for line in reversed(proc.stdout.splitlines()):
+        try:
+            result = json.loads(line)
+            break
+        except json.JSONDecodeError:
+            continue
+    if isinstance(result, dict) and "peak_bytes" in result:
+        fields = {f.name for f in dataclasses.fields(ProbeResult)}
+        return ProbeResult(**{k: v for k, v in result.items() if k in fields} | {"seconds": seconds})
+    tail = " | ".join(proc.stderr.strip().splitlines()[-3:])[-500:]
+    if proc.returncode == -9:
+        return _failed(f"probe killed by SIGKILL (likely out of memory); {tail}", oom=True, seconds=seconds)
+    return _failed(f"probe exited with code {proc.returncode} without a result: {tail}", oom=False, seconds=seconds)
+
+
+def estimate_vs_probe(model_path: str, trial: TrialConfig, device: str = "cuda", kernels: str = "auto",
+                      steps: int = 3, shape: tuple[int, int] | None = None, loss: str = "chunked") -> dict:
+    """One estimate-vs-measurement comparison, for scripts (the GPU check): the analytic estimate of
+    ``trial`` at ``shape`` (total, and the allocated / reserved views) next to a probe's measurement
+    (cuda: max_reserved + NVML context; cpu: peak RSS). ``error_pct`` = (estimate − measured) / measured."""
+    from moopt_kernels import resolve_backend
+
+    from moopt.memory.estimate import estimate_peak, load_model_config
+
+    est_kernels = resolve_backend(kernels, device) if kernels != "triton" else "triton"
+    est = estimate_peak(load_model_config(model_path), trial, device=device, kernels=est_kernels, loss=loss,
+                        batch_shape=shape)
+    res = probe_peak(model_path, trial, device=device, kernels=kernels, steps=steps, shape=shape)
+    out = {"shape": list(est.shape), "quantization": trial.model.quantization, "device": device,
+           "estimate_bytes": est.total_bytes, "estimate_allocated_bytes": est.allocated_bytes,
+           "estimate_reserved_bytes": est.reserved_bytes, "breakdown": est.breakdown,
+           **{k: getattr(res, k) for k in ("peak_bytes", "max_allocated", "max_reserved", "context_bytes",
+                                           "num_alloc_retries", "oom", "error", "seconds")}}
+    out["error_pct"] = (est.total_bytes - res.peak_bytes) / res.peak_bytes * 100 if res.ok and res.peak_bytes else None
+    return out
+
+
+# -- the child ---------------------------------------------------------------------------------------
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    text = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def worst_case_batch(b: int, s: int, vocab: int, device, seed: int) -> dict:
+    """``b × s`` random tokens, every position labelled. With b > 1 the last token of the last row is
+    padding: a real padded batch makes HF build a 4D mask (b·s² bytes) and repeat K/V for SDPA, which
+    an all-ones mask would skip, so the probe pays what the trial's worst batch pays."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (b, s), generator=g)
+    mask = torch.ones_like(ids)
+    labels = ids.clone()
+    if b > 1:
+        mask[-1, -1] = 0
+        labels[-1, -1] = -100  # moopt.train.data.IGNORE
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def _child_run(spec: dict) -> dict:
+    """Load the trial's setup and train ``steps`` steps; the measured figures (no exception handling)."""
+
+    import torch
+
+    from moopt.train.lora import attach_lora, lora_parameters
+    from moopt.train.recipe import causal_lm_loss, load_model_and_tokenizer, pick_device
+
+    cfg = TrialConfig.from_dict(spec["trial"])
+    tc = cfg.training
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    device = pick_device(spec["device"])
+    torch.manual_seed(int(spec.get("seed", 0)))
+    rss_after_imports = peak_rss_bytes()
+
+    # -- load model, attach LoRA: the trial's own steps (moopt/train/recipe.py run_trial) -----------------
+    model, _tok = load_model_and_tokenizer(spec["model_path"], cfg, device)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    info = attach_lora(model, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+                       target_modules=cfg.lora.target_modules, backend=spec["kernels"])
+    params = lora_parameters(model)
+    opt = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay,
+                            betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_epsilon)
+    model.train()
+
+    # -- train on the worst-case batch ------------------------------------------------------------
+    b, s = spec.get("shape") or (tc.batch_size, cfg.data.max_seq_length)
+    batch = worst_case_batch(int(b), int(s), model.config.vocab_size, device, int(spec.get("seed", 0)))
+    n_labels = int((batch["labels"][:, 1:] != -100).sum())
+    for _ in range(int(spec["steps"])):
+        loss_sum, _, _ = causal_lm_loss(model, batch, info["backend"])
+        (loss_sum / n_labels).backward()
+        del loss_sum
+        if tc.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+        opt.step()  # AdamW allocates its two fp32 states here, on the first step
+        opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+    # -- measure ------------------------------------------------------------------------------------
+    out = {"max_allocated": 0, "max_reserved": 0, "num_alloc_retries": 0, "context_bytes": 0}
+    if device.type == "cuda":
+        from moopt.memory.nvml import nvml_index, process_used_bytes
+
+        reserved_now = torch.cuda.memory_reserved()
+        used = None
+        try:
+            used = process_used_bytes(os.getpid(), nvml_index(), spec.get("nvml_baseline"))
+        except Exception:
+            used = None
+        ctx = max(0, used - reserved_now) if used else 0
+        out.update(max_allocated=torch.cuda.max_memory_allocated(), max_reserved=torch.cuda.max_memory_reserved(),
+                   num_alloc_retries=int(torch.cuda.memory_stats().get("num_alloc_retries", 0)), context_bytes=ctx)
+        out["peak_bytes"] = out["max_reserved"] + ctx
+    else:
+        out["context_bytes"] = rss_after_imports
+        out["peak_bytes"] = peak_rss_bytes()
+    out["backend"] = info["backend"]
+    return out
+
+
+def main() -> int:
+    """``python -m moopt.train.probe``: spec on stdin, one result line on stdout, then exit."""
+    proto = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # library prints go to stderr
+    spec = json.loads(sys.stdin.read())
+    failure = None
+    try:
+        result = _child_run(spec)
+        result.update(oom=False, error=None)
+    except BaseException as e:  # noqa: BLE001 - the parent gets a result line for every failure
+        oom = _is_oom(e)
+        failure = {"oom": oom, "error": f"{type(e).__name__}: {e}".splitlines()[0][:500]}
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+    if failure is not None:
+        # Outside the except block the traceback (and the tensors its frames hold) is gone; we exit
+        # right away anyway, reporting what the allocator saw up to the failure.
+
+        peak = 0
+        if spec.get("device") == "cuda":
+            try:
+                import torch
+
+                peak = torch.cuda.max_memory_reserved()
+            except Exception:
+                peak = 0
+        else:
+            peak = peak_rss_bytes()
+        result = {"peak_bytes": peak, "max_allocated": 0, "max_reserved": 0, "num_alloc_retries": 0,
+                  "context_bytes": 0, **failure}
+    proto.write(json.dumps(result) + "\n")
+    proto.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0 if failure is None else 3)  # no interpreter teardown: nothing to free, nothing to wait for
+
+if __name__ == "__main__":
+    main()
