@@ -231,7 +231,7 @@ class Study:
         placer = DevicePlacer(cfg.parallel_trials)
         gate = None
         if cfg.memory_constraint_gb:
-            from moopt.train.probe import MemoryGate
+            from moopt.study.gate import MemoryGate
 
             gate = MemoryGate(cfg.model_path, device="cuda" if placer.on_gpu else "cpu", train_file=cfg.train_file,
                               kernels=self.kernel_path("cuda" if placer.on_gpu else "cpu"), constraint_gb=cfg.memory_constraint_gb)
