@@ -67,3 +67,18 @@ def test_no_import_cycles():
         if m not in state:
             visit(m, [m])
     assert cycles == []
+
+
+def test_every_imported_name_exists():
+    """Function-level imports run only when their code path does: check each ``from moopt... import name``."""
+    import importlib
+
+    missing = []
+    for f in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "moopt":
+                mod = importlib.import_module(node.module)
+                for a in node.names:
+                    if not hasattr(mod, a.name) and importlib.util.find_spec(f"{node.module}.{a.name}") is None:
+                        missing.append(f"{module_name(f)}: from {node.module} import {a.name}")
+    assert missing == []
