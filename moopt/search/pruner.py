@@ -112,8 +112,14 @@ class RungPruner:
     """Decides at each rung whether a trial goes on. ``ideal``: the best value of each objective
     (minimisation form, Objectives.ideal()); without it there is no dominance bound."""
 
-    def __init__(self, eta: float, ideal: np.ndarray | None = None):
+    def __init__(self, eta: float, ideal: np.ndarray | None = None, *, bound_min_completed: int = BOUND_MIN_COMPLETED,
+                 bound_min_fraction: float = BOUND_MIN_FRACTION, bound_same_budget: bool = BOUND_SAME_BUDGET):
         self.eta = eta
+        # the dominance bound's rule (see the module constants): completed trials it needs, the earliest
+        # rung (fraction of the steps) it acts at, whether it reads only trials at least as long
+        self.bound_min_completed = bound_min_completed
+        self.bound_min_fraction = bound_min_fraction
+        self.bound_same_budget = bound_same_budget
         self.fractions = rung_fractions(eta)  # rung k sits at fractions[k] of a trial's steps
         self.ideal = None if ideal is None else np.asarray(ideal, dtype=float)
         self.pools: dict[int, dict[int, np.ndarray]] = {}  # rung -> {trial number: F}
@@ -178,11 +184,11 @@ class RungPruner:
         """(optimistic end of F, completed trial that dominates it), or None when it can still
         reach the front. Per objective, the gap to the ideal shrinks by the smallest ratio final gap /
         gap at this rung among the completed trials that ran at least as many steps (never grows)."""
-        if self.ideal is None or (rung < len(self.fractions) and self.fractions[rung] < BOUND_MIN_FRACTION):
+        if self.ideal is None or (rung < len(self.fractions) and self.fractions[rung] < self.bound_min_fraction):
             return None
-        min_step = self.steps.get(rung, {}).get(number) if BOUND_SAME_BUDGET else None
+        min_step = self.steps.get(rung, {}).get(number) if self.bound_same_budget else None
         R, E = self._gaps(rung, number, self.ideal, min_step)
-        if len(R) < BOUND_MIN_COMPLETED:
+        if len(R) < self.bound_min_completed:
             return None
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(R > 0, np.maximum(E, 0) / R, 1.0)
