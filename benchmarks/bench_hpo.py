@@ -16,7 +16,7 @@ by `parse_space` over an existing TrialConfig field (continuous -> `uniform`/`lo
 range, mapped linearly in the engine's encoding onto the problem's bounds; categorical/int -> `categorical`).
 The Engine proposes, `space.decode` builds the TrialConfig, the adapter reads the variables back and tells
 (F, G) like the study does: G = -1 on unconstrained problems (the study's trial that fits in memory), a
-configuration already evaluated is told its earlier result without spending a trial (moopt/study.py's
+configuration already evaluated is told its earlier result without spending a trial (moopt/study/scheduler.py's
 `evaluated` cache). OSY's 6 constraints are told one by one (`Engine(n_constr=6)`; the study has one, memory),
 as Optuna is given them (`trial.set_constraint`). Optuna's samplers run with their
 defaults (NSGA-II's default population is 50, so over 30 trials it is random sampling: `optuna-nsga2-p10`
@@ -191,7 +191,7 @@ class Run:
 
 
 def run_moopt(prob: Problem, n_trials: int, seed: int) -> Run:
-    """Drive the Engine as moopt/study.py does (one slot)."""
+    """Drive the Engine as moopt/study/scheduler.py does (one slot)."""
     eng = Engine(prob.space, prob.n_obj, n_trials, seed, n_constr=max(prob.n_constr, 1))
     F, g, cache, dup, idle = [], [], {}, 0, 0
     while len(F) < n_trials and idle < 20:
@@ -331,7 +331,7 @@ def journal_trial(journal: Journal, number: int, values: dict, f) -> None:
 def engine_overhead(n_trials: int = 1000, seed: int = 0) -> dict[str, float]:
     """ms per trial of the engine work the study does around each trial, with ZDT1 as the objective
     (its cost excluded): ask + checkpoint per generation; checkpoint at assignment, tell_one, checkpoint
-    per trial; tell per generation (moopt/study.py); and the journal's fsynced appends of a trial with
+    per trial; tell per generation (moopt/study/scheduler.py); and the journal's fsynced appends of a trial with
     --pruning_factor 2 (trial_start, 3 rung evaluations, trial_end: moopt/journal.py)."""
     prob = PROBLEMS["zdt1"]()
     eng = Engine(prob.space, prob.n_obj, n_trials, seed)

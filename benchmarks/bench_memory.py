@@ -122,14 +122,14 @@ def gate_bands(pred: list[int], meas: list[int], quants: list[str], device: str)
     """Per config, the estimate and (under, over) band MemoryGate would use: ``gate`` uncalibrated (raw
     estimate, memory.ESTIMATE_UNDER_PRIOR one-sided; for CPU those priors come from these very probes,
     so this one is in-sample), ``gate_calibrated`` after every other config of its quantisation was
-    measured (leave-one-out calibrated estimate and probe.error_band over those pairs)."""
+    measured (leave-one-out calibrated estimate and moopt.memory.calibration.error_band over those pairs)."""
+    from moopt.memory.calibration import error_band
     from moopt.memory.estimate import (
         ESTIMATE_UNDER_PRIOR,
         MIN_ERROR_BAND,
         apply_calibration,
         fit_calibration,
     )
-    from moopt.train.probe import error_band
 
     out = {"gate": [], "gate_calibrated": []}
     for i, (p, q) in enumerate(zip(pred, quants)):

@@ -55,7 +55,7 @@ model:
 def grid_estimates(model_path: str, train_file: Path, device: str) -> list[float]:
     from moopt.config import TrialConfig
     from moopt.memory.estimate import estimate_peak, load_model_config
-    from moopt.train.probe import batch_shape, data_lengths
+    from moopt.study.gate import batch_shape, data_lengths
 
     cfg = load_model_config(model_path)
     lengths = data_lengths(model_path, train_file)

@@ -29,7 +29,12 @@ the demo's study (scripts/demo.sh): SmolLM2-135M-Instruct on data/train.jsonl (o
 (same seed and trial count) is read instead of rerun. Only do that while the no-pruning code path is
 unchanged (a study without pruning is deterministic on CPU: same seed, same trials, same values); the
 CSV marks such rows ``reused``. ``--reuse-studies`` reads every finished study there, pruned ones too
-(to summarise a run that was stopped part-way, with the code that ran it).
+(to summarise a run that was stopped part-way, with the code that ran it). ``--summarize`` re-summarises
+an existing CSV.
+
+Writes benchmarks/results/pruning_{tiny,smollm2[_<rows>rows]}_cpu.csv (or ``--out``; benchmarks/common.py's
+schema: a row per seed, arm (provider no_pruning / eta_<eta>) and figure: hv_base, hv_union,
+compute_tokens, train_steps, trial_seconds, ...; params reused), the summary as .json and a PNG next to it.
 """
 
 from __future__ import annotations
