@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     d["log_ratio_median"] = np.log(d.median_eval_loss / d.end_eval_loss)
     whats = {c: "loss" if c.endswith("eval_loss") else "accuracy" if c.endswith("eval_accuracy") else "log ratio"
              for c in d.columns if c not in ("study", "trial", "fraction", "completed_then")}
-    write_rows(long(d.to_dict("records"), whats, {"problem": "study"}, params=("trial", "fraction", "completed_then")), a.out)
+    write_rows(long([{**r, "provider": "moopt"} for r in d.to_dict("records")], whats, {"problem": "study", "provider": "provider"},
+                    params=("trial", "fraction", "completed_then")), a.out)
     from scipy.stats import spearmanr
 
     print(f"{len(d)} pruned trials of {d.study.nunique()} studies; eval_loss, log(value / real end) (0 = exact, < 0 optimistic):")

@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {a.out}")
     if studies:
         st = pd.DataFrame(studies)
-        write_rows(long(studies, STUDY_WHATS, {"problem": "study"}), a.out.with_name(a.out.stem + "_studies.csv"))
+        write_rows(long([{**s, "provider": "moopt"} for s in studies], STUDY_WHATS, {"problem": "study", "provider": "provider"}),
+                   a.out.with_name(a.out.stem + "_studies.csv"))
         plot_split(st, a.out.with_name(a.out.stem + "_studies.png"))
         for r in studies:
             print(f"{r['study']}: hypervolume loss {r['loss_pct']:+.2f}% = calls' cost {r['calls_cost_pct']:+.2f}% "

@@ -302,11 +302,12 @@ def write_calls(rows: list[dict], path: Path) -> Path:
     """bench_prune_calls' per-trial records (study, CALL_PARAMS, final_*, dominated_by_*, hv_gain_pct) as rows of the schema."""
     whats = {k: ("pct" if k == "hv_gain_pct" else "bool" if k.startswith("dominated") else "minimised")
              for r in rows for k in r if k not in ("study", *CALL_PARAMS)}
-    return write_rows(long(rows, whats, {"problem": "study"}, params=CALL_PARAMS), path)
+    rows = [{**r, "provider": "moopt"} for r in rows]  # moopt's rung pruner made the calls
+    return write_rows(long(rows, whats, {"problem": "study", "provider": "provider"}, params=CALL_PARAMS), path)
 
 
 def read_calls(path: Path):
     """``write_calls``' rows back as one record per pruned trial (a DataFrame, columns as written)."""
     import pandas as pd
 
-    return pd.DataFrame(wide(read_rows(path))).rename(columns={"problem": "study"})
+    return pd.DataFrame(wide(read_rows(path))).rename(columns={"problem": "study"}).drop(columns=["provider", "device"])
