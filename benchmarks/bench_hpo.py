@@ -16,7 +16,7 @@ by `parse_space` over an existing TrialConfig field (continuous -> `uniform`/`lo
 range, mapped linearly in the engine's encoding onto the problem's bounds; categorical/int -> `categorical`).
 The Engine proposes, `space.decode` builds the TrialConfig, the adapter reads the variables back and tells
 (F, G) like the study does: G = -1 on unconstrained problems (the study's trial that fits in memory), a
-configuration already evaluated is told its earlier result without spending a trial (moopt/study.py's
+configuration already evaluated is told its earlier result without spending a trial (moopt/study/scheduler.py's
 `evaluated` cache). OSY's 6 constraints are told one by one (`Engine(n_constr=6)`; the study has one, memory),
 as Optuna is given them (`trial.set_constraint`). Optuna's samplers run with their
 defaults (NSGA-II's default population is 50, so over 30 trials it is random sampling: `optuna-nsga2-p10`
@@ -26,8 +26,8 @@ HV: per problem, objectives are normalised by ideal = min over every feasible po
 nadir = max over the union of every run's final (30-trial) feasible Pareto front; reference point 1.1 per
 objective; HV divided by 1.1^m so it lies in [0, 1]. Curves at n trials use each run's first n trials.
 
-Writes benchmarks/results/hpo_<device>.csv (long format: what, problem, n_trials, seed, provider, device,
-value, unit) and a PNG of median HV with IQR bands vs trials, one panel per problem, and prints the
+Writes benchmarks/results/hpo_cpu.csv (benchmarks/common.py's schema: what = hypervolume, run_seconds,
+duplicates, engine_overhead_*; problem; provider; seed; n_trials) and a PNG of median HV with IQR bands vs trials, one panel per problem, and prints the
 median-HV table at 10/20/30 trials. The engine overhead (ask + tell + the study's pickle checkpoints +
 the journal's fsynced appends, per trial, 1,000 trials) is a row of the same CSV.
 """
@@ -35,9 +35,9 @@ the journal's fsynced appends, per trial, 1,000 trials) is a row of the same CSV
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -47,17 +47,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
 # moopt is installed (pip install -e .): the repo root is not put on sys.path, where its kernels/
 # folder would pose as Hugging Face's `kernels` package.
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
+from common import COLUMNS, RESULTS, ROOT, pyplot, read_rows, write_rows  # noqa: E402, F401  (COLUMNS: the CSV's header)
 
 from moopt.config import TrialConfig  # noqa: E402
 from moopt.journal import Journal  # noqa: E402
 from moopt.search.engine import Engine  # noqa: E402
 from moopt.search.space import SearchSpace, parse_space  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
-COLUMNS = ["what", "problem", "n_trials", "seed", "provider", "device", "value", "unit"]
 PROVIDERS = ("moopt", "optuna-nsga2", "optuna-nsga2-p10", "optuna-tpe", "random")
 BUDGETS = (10, 20, 30)
 
@@ -192,7 +191,7 @@ class Run:
 
 
 def run_moopt(prob: Problem, n_trials: int, seed: int) -> Run:
-    """Drive the Engine as moopt/study.py does (one slot)."""
+    """Drive the Engine as moopt/study/scheduler.py does (one slot)."""
     eng = Engine(prob.space, prob.n_obj, n_trials, seed, n_constr=max(prob.n_constr, 1))
     F, g, cache, dup, idle = [], [], {}, 0, 0
     while len(F) < n_trials and idle < 20:
@@ -332,7 +331,7 @@ def journal_trial(journal: Journal, number: int, values: dict, f) -> None:
 def engine_overhead(n_trials: int = 1000, seed: int = 0) -> dict[str, float]:
     """ms per trial of the engine work the study does around each trial, with ZDT1 as the objective
     (its cost excluded): ask + checkpoint per generation; checkpoint at assignment, tell_one, checkpoint
-    per trial; tell per generation (moopt/study.py); and the journal's fsynced appends of a trial with
+    per trial; tell per generation (moopt/study/scheduler.py); and the journal's fsynced appends of a trial with
     --pruning_factor 2 (trial_start, 3 rung evaluations, trial_end: moopt/journal.py)."""
     prob = PROBLEMS["zdt1"]()
     eng = Engine(prob.space, prob.n_obj, n_trials, seed)
@@ -408,22 +407,6 @@ def bench(problems: list[str], seeds: int, n_trials: int, providers: list[str], 
     return rows
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r["n_trials"], r["seed"], r["value"] = int(r["n_trials"]), int(r["seed"]), float(r["value"])
-    return rows
-
-
 def hv_table(rows: list[dict]) -> dict[tuple[str, str], dict[int, list[float]]]:
     """(problem, provider) -> n_trials -> HV per seed."""
     out: dict[tuple[str, str], dict[int, list[float]]] = {}
@@ -479,11 +462,7 @@ def summary(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     tab = hv_table(rows)
     problems = list(dict.fromkeys(p for p, _ in tab))
     cols = min(4, len(problems))
@@ -530,8 +509,8 @@ def main(argv: list[str] | None = None) -> None:
         seeds = args.seeds or (2 if args.quick else 30)
         overhead = args.overhead_trials if args.overhead_trials is not None else (200 if args.quick else 1000)
         rows = bench(problems, seeds, args.trials, args.providers, overhead)
-        write_csv(rows, csv_path)
-    rows = read_csv(csv_path)
+        write_rows(rows, csv_path)
+    rows = read_rows(csv_path)
     plot(rows, png_path)
     print(summary(rows))
     print(f"wrote {csv_path} and {png_path}")

@@ -2,18 +2,18 @@
 
     python benchmarks/bench_lora.py            # GPU if present, else CPU (small shapes, torch path)
 
-Writes benchmarks/results/lora_<device>.csv, one row per (op, shape, M, r, p, provider), and a PNG of
-the time ratios. Columns: op, shape, M, r, p, dtype, device (name), provider, ms (median), peak_mib,
-saved_mib. saved_mib = bytes autograd keeps for backward (non-parameter tensors, each storage counted
-once), measured with saved_tensors_hooks on both devices. peak_mib = torch.cuda max_memory_allocated
-above the inputs on GPU; on CPU, where torch has no allocator statistics, it is saved_mib.
+Writes benchmarks/results/lora_<device>.csv (benchmarks/common.py's schema: problem = the op, params
+shape, M, r, p, dtype; what = step_time (ms, median), peak_memory and saved_memory (MiB)) and a PNG of
+the time ratios. saved_memory = bytes autograd keeps for backward (non-parameter tensors, each storage counted
+once), measured with saved_tensors_hooks on both devices. peak_memory = torch.cuda max_memory_allocated
+above the inputs on GPU; on CPU, where torch has no allocator statistics, it is saved_memory.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -21,8 +21,11 @@ import torch
 from moopt_kernels import lora_linear, lora_multi_linear
 from torch import nn
 
-RESULTS = Path(__file__).parent / "results"
-COLUMNS = ["op", "shape", "M", "r", "p", "dtype", "device", "provider", "ms", "peak_mib", "saved_mib"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
+from common import RESULTS, long, pyplot, write_rows  # noqa: E402
+
+# the CSV's figures: record key -> (what, unit)
+WHATS = {"ms": ("step_time", "ms"), "peak_mib": ("peak_memory", "MiB"), "saved_mib": ("saved_memory", "MiB")}
 # Llama-3-8B: hidden 4096, 8 KV heads of 128 (k, v: 1024 wide), intermediate 14336.
 GPU_OPS = {
     "q_proj": (4096, (4096,)),
@@ -155,11 +158,7 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 
 def plot(summary: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = [f"{s['op']}\nM={s['M']} r={s['r']} p={s['p']}" for s in summary]
     xs = range(len(summary))
     fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(summary)), 4))
@@ -183,12 +182,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = run(args.device, args.repeats, args.quick)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = args.out_dir / f"lora_{args.device}.csv"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    csv_path = write_rows(long(rows, WHATS, {"problem": "op", "provider": "provider", "device": "device"},
+                               params=("shape", "M", "r", "p", "dtype")), args.out_dir / f"lora_{args.device}.csv")
     summary = ratios(rows)
     plot(summary, args.out_dir / f"lora_{args.device}.png")
     for s in summary:

@@ -9,7 +9,7 @@ sampled from it (seeded, every (batch, seq) cell with at most ``--max-tokens`` t
 any repeats), then ``--n-quant`` quantised ones (bitsandbytes; its CPU backend on CPU). Each is measured with ``moopt.train.probe.probe_peak``
 (a fresh subprocess: peak RSS on CPU, max_reserved + NVML context on CUDA).
 
-Writes ``benchmarks/results/memory_<device>.csv``, one row per (config, provider) with provider in
+Writes ``benchmarks/results/memory_<device>.csv`` (benchmarks/common.py's schema), one row per (config = problem, provider) with provider in
 analytic (uncalibrated estimate) | calibrated (leave-one-out: calibration fitted on every other
 config's probe with the same quantisation, as the study calibrates per (model, quantisation,
 kernels)) | measured, then summary rows; and ``memory_<device>.png`` (predicted vs measured).
@@ -22,17 +22,16 @@ does), uncalibrated and after calibration on the other configurations.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
-import platform
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
-COLUMNS = ["what", "config", "provider", "device", "value", "unit"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
+from common import RESULTS, device_name, pyplot, read_rows, write_rows  # noqa: E402
+
 MODEL = "smollm2-135m"
 BUDGET_FACTORS = (0.9, 0.95, 1.05, 1.1)
 TARGETS = {"qv": ("q_proj", "v_proj"), "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
@@ -82,9 +81,8 @@ def read_measured(path: Path) -> dict[str, int]:
     """``{config label: measured bytes}`` from an earlier run's CSV (``--reuse``)."""
     if not path.is_file():
         return {}
-    with path.open() as f:
-        return {r["config"]: int(float(r["value"]) * MIB) for r in csv.DictReader(f)
-                if r["what"] == "peak_memory" and r["provider"] == "measured"}
+    return {r["problem"]: int(r["value"] * MIB) for r in read_rows(path)
+            if r["what"] == "peak_memory" and r["provider"] == "measured"}
 
 
 def trial_config(c: dict):
@@ -124,14 +122,14 @@ def gate_bands(pred: list[int], meas: list[int], quants: list[str], device: str)
     """Per config, the estimate and (under, over) band MemoryGate would use: ``gate`` uncalibrated (raw
     estimate, memory.ESTIMATE_UNDER_PRIOR one-sided; for CPU those priors come from these very probes,
     so this one is in-sample), ``gate_calibrated`` after every other config of its quantisation was
-    measured (leave-one-out calibrated estimate and probe.error_band over those pairs)."""
+    measured (leave-one-out calibrated estimate and moopt.memory.calibration.error_band over those pairs)."""
+    from moopt.memory.calibration import error_band
     from moopt.memory.estimate import (
         ESTIMATE_UNDER_PRIOR,
         MIN_ERROR_BAND,
         apply_calibration,
         fit_calibration,
     )
-    from moopt.train.probe import error_band
 
     out = {"gate": [], "gate_calibrated": []}
     for i, (p, q) in enumerate(zip(pred, quants)):
@@ -240,27 +238,18 @@ def measure(configs: list[dict], device: str, kernels: str, steps: int, threads:
 
 
 def write_csv(rows: list[dict], summary: dict | None, device: str, dev_name: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            for provider in ("analytic", "calibrated", "measured"):
-                if provider in r:
-                    w.writerow({"what": "peak_memory", "config": r["config"], "provider": provider,
-                                "device": dev_name, "value": round(r[provider] / MIB, 1), "unit": "MiB"})
-        for k, v in (summary or {}).items():
-            unit = "pct" if k.endswith("_pct") else "MiB" if k.endswith("_mib") else "count"
-            w.writerow({"what": "summary", "config": k, "provider": "gate" if k.startswith("gate") else k.split("_")[0],
-                        "device": dev_name, "value": round(v, 3), "unit": unit})
+    out = [{"what": "peak_memory", "problem": r["config"], "provider": provider, "device": dev_name,
+            "value": round(r[provider] / MIB, 1), "unit": "MiB"}
+           for r in rows for provider in ("analytic", "calibrated", "measured") if provider in r]
+    for k, v in (summary or {}).items():
+        unit = "pct" if k.endswith("_pct") else "MiB" if k.endswith("_mib") else "count"
+        out.append({"what": "summary", "problem": k, "provider": "gate" if k.startswith("gate") else k.split("_")[0],
+                    "device": dev_name, "value": round(v, 3), "unit": unit})
+    write_rows(out, path)
 
 
 def plot(rows: list[dict], dev_name: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     meas = [r["measured"] / GIB for r in rows]
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for q, colour in (("none", "C0"), ("4bit", "C2"), ("8bit", "C3")):
@@ -278,24 +267,6 @@ def plot(rows: list[dict], dev_name: str, path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.get_device_name()
-    name = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{name} ({os.cpu_count()} cores)"
 
 
 def main() -> int:

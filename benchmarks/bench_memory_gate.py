@@ -12,13 +12,13 @@ peak exceeded the budget (the figure to keep at 0), configurations ruled out wit
 probes run; and the calibrated estimate's error on every measured peak (leave-one-out over the
 cache's pairs, as the gate fits them).
 
-Writes ``benchmarks/results/memory_gate_<device>.csv`` (what, problem, provider, device, value, unit).
+Writes ``benchmarks/results/memory_gate_<device>.csv`` (benchmarks/common.py's schema: per trial its peak
+memory, provider measured or gate; then the summary rows).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import os
@@ -28,8 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
-DATA = Path(__file__).parent.parent / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
+from common import RESULTS, ROOT, write_rows  # noqa: E402
+
+DATA = ROOT / "data"
 GIB = 1024**3
 BATCHES = (1, 4, 16, 32)
 RANKS = (8, 64)
@@ -53,7 +55,7 @@ model:
 def grid_estimates(model_path: str, train_file: Path, device: str) -> list[float]:
     from moopt.config import TrialConfig
     from moopt.memory.estimate import estimate_peak, load_model_config
-    from moopt.train.probe import batch_shape, data_lengths
+    from moopt.study.gate import batch_shape, data_lengths
 
     cfg = load_model_config(model_path)
     lengths = data_lengths(model_path, train_file)
@@ -137,19 +139,15 @@ def main() -> int:
     print(df[["number", "state", "params_batch_size", "params_r", "peak_memory_gb", "error"]].to_string())
     for k, v in summary.items():
         print(f"{k:32s} {v:.3f}" if isinstance(v, float) else f"{k:32s} {v}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"memory_gate_{device}.csv"
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["what", "problem", "provider", "device", "value", "unit"])
-        w.writeheader()
-        for _, row in df.iterrows():
-            w.writerow({"what": "peak_memory", "problem": f"trial_{row.number}_{row.state}", "provider": "measured"
-                        if not str(row.error).startswith("not trained") else "gate", "device": device,
-                        "value": round(float(row.peak_memory_gb), 4), "unit": "GiB"})
-        for k, v in summary.items():
-            unit = "GiB" if k.endswith("_gib") else "pct" if "error" in k else "s" if k == "seconds" else "count"
-            w.writerow({"what": "summary", "problem": k, "provider": "moopt", "device": device,
-                        "value": round(float(v), 4), "unit": unit})
+    out = [{"what": "peak_memory", "problem": f"trial_{row.number}_{row.state}", "provider": "measured"
+            if not str(row.error).startswith("not trained") else "gate", "device": device,
+            "value": round(float(row.peak_memory_gb), 4), "unit": "GiB"} for _, row in df.iterrows()]
+    for k, v in summary.items():
+        unit = "GiB" if k.endswith("_gib") else "pct" if "error" in k else "s" if k == "seconds" else "count"
+        out.append({"what": "summary", "problem": k, "provider": "moopt", "device": device,
+                    "value": round(float(v), 4), "unit": unit})
+    write_rows(out, path)
     print(f"wrote {path}")
     return 0
 

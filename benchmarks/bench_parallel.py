@@ -9,7 +9,9 @@ slowest trial before asking the next one leaves slots idle.
     python benchmarks/bench_parallel.py --slots 2 --out benchmarks/results/parallel_smollm2_cpu.csv \\
         old=runs/ab_old_s5 new=runs/ab_new_s5 ...
 
-Each argument is LABEL=FOLDER; rows with the same label are summed in the printed summary.
+Each argument is LABEL=FOLDER; rows with the same label are summed in the printed summary. ``--out``
+writes benchmarks/common.py's schema: per study (problem = its folder's name, provider = LABEL, params
+slots) trials, complete, pruned (count), wall_s, trial_s (s) and utilisation.
 """
 
 from __future__ import annotations
@@ -20,13 +22,18 @@ from pathlib import Path
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
+from common import long, write_rows  # noqa: E402
+
+WHATS = {"trials": "count", "complete": "count", "pruned": "count", "wall_s": "s", "trial_s": "s", "utilisation": "fraction"}
+
 
 def study_row(label: str, folder: Path, slots: int) -> dict:
     df = pd.read_csv(folder / "trials_summary.csv", parse_dates=["datetime_start", "datetime_complete"])
     ran = df[df.state != "INFEASIBLE"]  # never trained: no slot time
     trial_s = (ran.datetime_complete - ran.datetime_start).dt.total_seconds().sum()
     wall = (ran.datetime_complete.max() - ran.datetime_start.min()).total_seconds()
-    return {"label": label, "study": folder.name, "trials": len(df), "complete": int((df.state == "COMPLETE").sum()),
+    return {"label": label, "study": folder.name, "device": "cpu", "trials": len(df), "complete": int((df.state == "COMPLETE").sum()),
             "pruned": int((df.state == "PRUNED").sum()), "slots": slots, "wall_s": round(wall, 1),
             "trial_s": round(trial_s, 1), "utilisation": round(trial_s / (slots * wall), 3)}
 
@@ -51,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nsummed per label:")
     print(tot.round(3).to_string())
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.out, index=False)
+        write_rows(long(rows, WHATS, {"problem": "study", "provider": "label", "device": "device"}, params=("slots",)),
+                   args.out)
         print(f"wrote {args.out}")
     return 0
 

@@ -12,8 +12,8 @@ one run:
 - the compute (training-token equivalents) its trials spent;
 - the hypervolume of the COMPLETE front against the base model (as bench_pruning), and the best eval_loss.
 
-The trials are bench_pruning_sim's: its surrogate of the demo study (``Oracle``, fit on 53 real studies'
-trials) gives each configuration's metrics at its rungs and its end; moopt's own Study loop, engine and
+The trials are bench_pruning_sim's: the surrogate of the demo study in benchmarks/demo_study.py (``Oracle``,
+fit on 53 real studies' trials) gives each configuration's metrics at its rungs and its end; moopt's own Study loop, engine and
 pruner run as in a real study. Here the simulated executor also keeps a virtual clock: a trial takes
 ``OVERHEAD_S`` (process start, model load) + its training tokens / ``TOKENS_PER_S`` + its evaluation tokens
 / (2 x ``TOKENS_PER_S``), as the real demo trials did on 2 cores with 2 slots (trial 1 of a real study:
@@ -23,6 +23,10 @@ arrivals a parallel study sees.
 
     python benchmarks/bench_parallel_sim.py --seeds 200              # 12 trials, 2 slots, eta 2 (~15 min)
     python benchmarks/bench_parallel_sim.py --seeds 100 --trials 30
+    python benchmarks/bench_parallel_sim.py --summarize [--out CSV]  # re-summarise (and re-plot) a CSV
+
+Writes benchmarks/results/parallel_sim[_t<trials>]_cpu.csv (benchmarks/common.py's schema: a row per seed,
+arm (provider wait / fill) and figure: hv_base, wall_s, utilisation, ...; params slots and eta) and a PNG.
 """
 
 from __future__ import annotations
@@ -37,13 +41,15 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_pruning_sim import SimExecutor  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
+from common import RESULTS, ROOT, _patched, hv, long, pyplot, read_rows, wide, write_rows  # noqa: E402
+from demo_study import DATA, N_RUNG, N_TRAIN, N_VAL, SPACE, Oracle, SimExecutor, study_record, trial_plan  # noqa: E402
 
 OVERHEAD_S = 6.0  # process start and model load per trial
 TOKENS_PER_S = 130.0  # training tokens per second of one of 2 slots on 2 cores (real: 100-140)
-RESULTS = ROOT / "benchmarks" / "results"
+# a study's figures, one CSV row each (what: unit)
+WHATS = {"hv_base": "HV", "best_eval_loss": "loss", "compute_tokens": "tokens", "n_pruned": "count",
+         "n_complete": "count", "wall_s": "s", "trial_s": "s", "utilisation": "fraction"}
 
 
 class ClockSimExecutor(SimExecutor):
@@ -60,8 +66,6 @@ class ClockSimExecutor(SimExecutor):
         ClockSimExecutor.last = self
 
     def submit(self, spec, slot) -> None:
-        from bench_pruning_sim import N_RUNG, N_TRAIN, N_VAL, trial_plan
-
         flat, total, rungs = trial_plan(spec)
         tok_per_step = self.oracle.tokens_per_epoch * spec.config.training.num_train_epochs / total
         tok_per_ex = self.oracle.tokens_per_epoch / N_TRAIN
@@ -113,7 +117,6 @@ class ClockSimExecutor(SimExecutor):
 
 def run_study(oracle, out: Path, seed: int, trials: int, eta: float, slots: int, fill: bool) -> tuple[dict, dict]:
     """One simulated study; its finished trials' end events and its virtual timing."""
-    from bench_pruning_sim import SPACE, _patched
     from rich.console import Console
 
     import moopt.report.results
@@ -138,9 +141,17 @@ def run_study(oracle, out: Path, seed: int, trials: int, eta: float, slots: int,
 
 
 def boot_ci(x: np.ndarray, stat=np.mean, n: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap 95% interval of ``stat`` (4,000 resamples, one at a time: the figures in the README)."""
     rng = np.random.default_rng(seed)
     b = [stat(x[rng.integers(len(x), size=len(x))]) for _ in range(n)]
     return float(np.percentile(b, 2.5)), float(np.percentile(b, 97.5))
+
+
+def read_runs(path: Path):
+    """The CSV as one row per study (seed, arm, trials, slots, eta and the WHATS), a DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame(wide(read_rows(path))).rename(columns={"provider": "arm", "n_trials": "trials"})
 
 
 def summarize(df, out_png: Path | None) -> str:
@@ -158,11 +169,7 @@ def summarize(df, out_png: Path | None) -> str:
              f"best eval_loss median: wait {w.best_eval_loss.median():.4f}, fill {f.best_eval_loss.median():.4f}",
              f"compute (training-token equivalents) fill / wait: {f.compute_tokens.sum() / w.compute_tokens.sum():.3f}"]
     if out_png is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
         a1.hist(wall_ratio, bins=30, color="C0")
         a1.axvline(1, color="k", lw=0.8)
@@ -182,8 +189,6 @@ def summarize(df, out_png: Path | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
-    from bench_pruning import hv
-    from bench_pruning_sim import DATA, Oracle, study_row
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=200)
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         if not out.is_file():
             print(f"error: {out}: no results to summarise (run the benchmark first)", file=sys.stderr)
             return 2
-        print(summarize(pd.read_csv(out), out.with_suffix(".png")))
+        print(summarize(read_runs(out), out.with_suffix(".png")))
         return 0
     oracle = Oracle(pd.read_csv(DATA))
     ref = np.array([oracle.base["eval_loss"], -oracle.base["eval_accuracy"]])
@@ -211,16 +216,16 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(a.first_seed, a.first_seed + a.seeds):
             for arm, fill in (("wait", False), ("fill", True)):
                 finished, timing = run_study(oracle, Path(tmp) / arm, seed, a.trials, a.eta, a.slots, fill)
-                row, F, _ = study_row(oracle, finished, seed, a.trials, arm)
-                rows.append({"seed": seed, "arm": arm, "trials": a.trials, "slots": a.slots, "eta": a.eta,
+                row, F, _ = study_record(oracle, finished, seed, a.trials, arm)
+                rows.append({"problem": "smollm2-135m surrogate", "device": "sim", "seed": seed, "arm": arm, "trials": a.trials, "slots": a.slots, "eta": a.eta,
                              "hv_base": hv(F, ref), "best_eval_loss": row["best_eval_loss"],
                              "compute_tokens": row["compute_tokens"], "n_pruned": row["n_pruned"],
                              "n_complete": row["n_complete"], **{k: round(v, 3) for k, v in timing.items()}})
             if (seed - a.first_seed + 1) % 20 == 0:
                 print(f"{seed - a.first_seed + 1}/{a.seeds} seeds, {time.time() - t0:.0f} s", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows)
-    df.to_csv(out, index=False)
+    write_rows(long(rows, WHATS, {"problem": "problem", "provider": "arm", "device": "device", "seed": "seed",
+                                  "n_trials": "trials"}, params=("slots", "eta")), out)
+    df = read_runs(out)
     print(summarize(df, out.with_suffix(".png")))
     print(f"wrote {out} (+ .png)")
     return 0

@@ -12,6 +12,10 @@ trials).
 
     python benchmarks/bench_prune_calls.py W/s*_eta_2 --all --twins --rerun-rest --out C.csv
     python benchmarks/bench_projection.py C.csv W [--out benchmarks/results/projection_smollm2_cpu.csv]
+
+Writes ``--out`` in benchmarks/common.py's schema: per pruned trial (problem = its study; params trial,
+fraction of its steps, completed trials then) its rung, projected (rule code), median-rule and real-end
+eval_loss and eval_accuracy, and the log ratios of each to the real end's eval_loss.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
+from common import RESULTS, long, write_rows  # noqa: E402
+from demo_study import read_calls  # noqa: E402
 
 
 def replay_projections(study: Path, trials: set[int], eta: float) -> dict[int, tuple[np.ndarray, dict, int]]:
@@ -54,14 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("calls", type=Path, help="bench_prune_calls' per-trial CSV (run with --all --twins --rerun-rest)")
     ap.add_argument("workdir", type=Path, help="the folder holding the studies named in it")
     ap.add_argument("--eta", type=float, default=2.0)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "projection_smollm2_cpu.csv")
+    ap.add_argument("--out", type=Path, default=RESULTS / "projection_smollm2_cpu.csv")
     a = ap.parse_args(argv)
     import pandas as pd
 
     if not a.calls.is_file():
         print(f"error: {a.calls}: no such file (run bench_prune_calls.py first)", file=sys.stderr)
         return 2
-    calls = pd.read_csv(a.calls)
+    calls = read_calls(a.calls)
     missing = [s for s in calls.study.unique() if not (a.workdir / s / "journal.jsonl").is_file()]
     if missing:
         print(f"error: {a.workdir}: no study folder for {missing[0]} (named in {a.calls})", file=sys.stderr)
@@ -80,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     d["log_ratio_projected"] = np.log(d.projected_eval_loss / d.end_eval_loss)
     d["log_ratio_rung"] = np.log(d.rung_eval_loss / d.end_eval_loss)
     d["log_ratio_median"] = np.log(d.median_eval_loss / d.end_eval_loss)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    d.to_csv(a.out, index=False)
+    whats = {c: "loss" if c.endswith("eval_loss") else "accuracy" if c.endswith("eval_accuracy") else "log ratio"
+             for c in d.columns if c not in ("study", "trial", "fraction", "completed_then")}
+    write_rows(long([{**r, "provider": "moopt"} for r in d.to_dict("records")], whats, {"problem": "study", "provider": "provider"},
+                    params=("trial", "fraction", "completed_then")), a.out)
     from scipy.stats import spearmanr
 
     print(f"{len(d)} pruned trials of {d.study.nunique()} studies; eval_loss, log(value / real end) (0 = exact, < 0 optimistic):")

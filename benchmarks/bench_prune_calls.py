@@ -25,6 +25,12 @@ the rest, from where the two searches went once they diverged (``path_pct``); wr
 ``<out>_studies.csv``.
 
     python benchmarks/bench_prune_calls.py W/s0_eta_2 W/s1_eta_2 ... [--all] [--twins [--rerun-rest]] [--baseline W/s0_no_pruning/baseline.json]
+
+Writes ``--out`` (default benchmarks/results/prune_calls_smollm2_cpu.csv; benchmarks/common.py's schema: per
+pruned trial, problem = its study, params trial, pruned_step, total_steps, reason, stopper, end_from;
+figures final_<objective> (minimisation form), dominated_by_stopper / dominated_by_front (1 or 0, empty
+without a stopper) and hv_gain_pct) and, with the split, ``<out>_studies.csv`` (loss_pct, calls_cost_pct,
+path_pct, n_pruned per study) and its PNG.
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_pruning import hv  # noqa: E402  (after the sys.path line: benchmarks/ is not a package)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
+from common import RESULTS, hv, long, pyplot, write_rows  # noqa: E402
+from demo_study import read_calls, write_calls  # noqa: E402, F401  (read_calls: how the CSV reads back)
+
+STUDY_WHATS = {"loss_pct": "pct", "calls_cost_pct": "pct", "path_pct": "pct", "n_pruned": "count"}
 
 
 def read_study(study: Path) -> tuple[dict, dict[int, dict], dict[int, dict]]:
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --twins: retrain the pruned trials that have no twin (else they are skipped)")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="baseline.json (the base model's values) for studies run with --no-baseline (default: their twin's)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "prune_calls_smollm2_cpu.csv")
+    ap.add_argument("--out", type=Path, default=RESULTS / "prune_calls_smollm2_cpu.csv")
     a = ap.parse_args(argv)
     if a.rerun_rest and not a.twins:
         print("error: --rerun-rest: only with --twins (without it every pruned trial is retrained)", file=sys.stderr)
@@ -157,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no pruned trials of that kind in these studies")
         return 0
     df = pd.DataFrame(rows)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(a.out, index=False)
+    write_calls(rows, a.out)
     right = df.dominated_by_front.mean()
     wrong = df[~df.dominated_by_front]
     others = (f"the {len(wrong)} others would have added {wrong.hv_gain_pct.median():.2f}% hypervolume (median), "
@@ -167,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {a.out}")
     if studies:
         st = pd.DataFrame(studies)
-        st.to_csv(a.out.with_name(a.out.stem + "_studies.csv"), index=False)
+        write_rows(long([{**s, "provider": "moopt"} for s in studies], STUDY_WHATS, {"problem": "study", "provider": "provider"}),
+                   a.out.with_name(a.out.stem + "_studies.csv"))
         plot_split(st, a.out.with_name(a.out.stem + "_studies.png"))
         for r in studies:
             print(f"{r['study']}: hypervolume loss {r['loss_pct']:+.2f}% = calls' cost {r['calls_cost_pct']:+.2f}% "
@@ -179,11 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def plot_split(st, path: Path) -> None:
     """Per study: its hypervolume loss, stacked as the calls' cost and the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     st = st.sort_values("loss_pct", ascending=False)
     x = np.arange(len(st))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(st) + 2), 3.6))

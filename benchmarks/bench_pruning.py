@@ -29,14 +29,17 @@ the demo's study (scripts/demo.sh): SmolLM2-135M-Instruct on data/train.jsonl (o
 (same seed and trial count) is read instead of rerun. Only do that while the no-pruning code path is
 unchanged (a study without pruning is deterministic on CPU: same seed, same trials, same values); the
 CSV marks such rows ``reused``. ``--reuse-studies`` reads every finished study there, pruned ones too
-(to summarise a run that was stopped part-way, with the code that ran it).
+(to summarise a run that was stopped part-way, with the code that ran it). ``--summarize`` re-summarises
+an existing CSV.
+
+Writes benchmarks/results/pruning_{tiny,smollm2[_<rows>rows]}_cpu.csv (or ``--out``; benchmarks/common.py's
+schema: a row per seed, arm (provider no_pruning / eta_<eta>) and figure: hv_base, hv_union,
+compute_tokens, train_steps, trial_seconds, ...; params reused), the summary as .json and a PNG next to it.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 import tempfile
 import time
@@ -44,7 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
+from common import RESULTS, ROOT, hv, pyplot  # noqa: E402
+from demo_study import SPACE as DEMO_SPACE  # noqa: E402
+from demo_study import read_studies, summarize, write_studies  # noqa: E402
+
 SPACE = """
 training:
   learning_rate: {type: log_uniform, min: 1e-4, max: 5e-2}
@@ -92,21 +99,9 @@ def study_front(out: Path):
     return F, t, base
 
 
-def hv(F: np.ndarray, ref: np.ndarray) -> float:
-    from pymoo.indicators.hv import HV
-
-    F = F[(F < ref).all(axis=1)] if len(F) else F
-    if not len(F):
-        return 0.0
-    return float(HV(ref_point=ref)(F))
-
-
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Per seed: both studies' compute, and the hypervolume pruning lost."""
+    plt = pyplot()
     seeds = sorted({r["seed"] for r in rows})
     get = {(r["seed"], r["provider"] == "no_pruning"): r for r in rows}
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -146,20 +141,13 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="CSV (default benchmarks/results/pruning_{tiny,smollm2}_cpu.csv)")
     a = ap.parse_args()
     name = ("smollm2" + (f"_{a.train_rows}rows" if a.train_rows else "")) if a.real else "tiny"
-    out_csv = Path(a.out or ROOT / "benchmarks" / "results" / f"pruning_{name}_cpu.csv")
+    out_csv = Path(a.out or RESULTS / f"pruning_{name}_cpu.csv")
 
     if a.summarize:
-        import pandas as pd
-
         if not out_csv.is_file():
             print(f"error: {out_csv}: no results to summarise (run the benchmark first)", file=sys.stderr)
             return 2
-        df = pd.read_csv(out_csv)
-        missing = {"compute_tokens", "train_steps", "hv_base", "hv_union"} - set(df.columns)
-        if missing:
-            print(f"error: {out_csv}: no column {sorted(missing)} (written by an older bench_pruning.py)", file=sys.stderr)
-            return 2
-        summarize(df.to_dict("records"), out_csv)
+        summarize(read_studies(out_csv), out_csv, plot_fn=plot)
         return 0
     tmp = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="bench_pruning_"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -172,7 +160,7 @@ def main() -> int:
             rows_ = train.read_text().splitlines()[: a.train_rows]
             train = tmp / "train.jsonl"
             train.write_text("\n".join(rows_) + "\n")
-        val, space = ROOT / "data" / "val.jsonl", ROOT / "config" / "demo_search_space.yaml"
+        val, space = ROOT / "data" / "val.jsonl", DEMO_SPACE
     else:
         sys.path.insert(0, str(ROOT / "tests"))
         from conftest import build_tiny_llama, write_color_data
@@ -201,8 +189,8 @@ def main() -> int:
             steps = float(t.steps.fillna(0).sum())
             train_tok, eval_tok = float(t.train_tokens.fillna(0).sum()), float(t.eval_tokens.fillna(0).sum())
             secs = float(pd_seconds(t))
-            rows.append({"what": "pruning", "seed": seed, "trials": a.trials, "provider": label, "device": "cpu",
-                         "model": "smollm2-135m" if a.real else "tiny",
+            rows.append({"problem": "smollm2-135m" if a.real else "tiny", "provider": label, "device": "cpu", "seed": seed,
+                         "n_trials": a.trials,
                          "hv_base": hv(F, base_ref) if base_ref is not None else float("nan"),
                          "hv_union": hv((F - lo) / span, np.full(F.shape[1] if len(F) else 2, 1.1)),
                          "best_eval_loss": float(F[:, 0].min()) if len(F) else float("nan"),
@@ -214,85 +202,14 @@ def main() -> int:
             print(f"seed {seed} {label:>12}: HV(base) {r['hv_base']:.4f}  HV(union) {r['hv_union']:.4f}  best loss "
                   f"{r['best_eval_loss']:.4f}  compute {r['compute_tokens']:.0f} tok  steps {steps:.0f}  trial s {secs:.0f}  "
                   f"pruned {r['n_pruned']}", flush=True)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
     if a.append and out_csv.is_file():
-        import pandas as pd
-
-        old = pd.read_csv(out_csv)
-        old = old[~old.seed.isin({r["seed"] for r in rows})]
-        rows = sorted(old.to_dict("records") + rows, key=lambda r: r["seed"])  # stable: provider order kept
-    with open(out_csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    summarize(rows, out_csv)
+        old = [r for r in read_studies(out_csv) if r["seed"] not in {r["seed"] for r in rows}]
+        rows = sorted(old + rows, key=lambda r: r["seed"])  # stable: provider order kept
+    write_studies(rows, out_csv)
+    summarize(rows, out_csv, plot_fn=plot)
     print(f"{time.time() - t0:.0f} s")
     print(f"wrote {out_csv} (+ .png, .json)")
     return 0
-
-
-def summarize(rows: list[dict], out_csv: Path, plot_fn=None, extra=None) -> dict:
-    """Print and write (.json, .png) the savings and hypervolume losses over all seeds in ``rows``;
-    ``extra(rows)``, when given, prints and returns more figures for the JSON."""
-    (plot_fn or plot)(rows, out_csv.with_suffix(".png"))
-    base = [r for r in rows if r["provider"] == "no_pruning"]
-    pr = [r for r in rows if r["provider"] != "no_pruning"]
-
-    def saved(key):
-        total = sum(r[key] for r in base)
-        return 100 * (1 - sum(r[key] for r in pr) / total) if total > 0 else float("nan")
-
-    per_seed = [1 - p["compute_tokens"] / b["compute_tokens"] for p, b in zip(pr, base)]
-    summary = {"seeds": len(base), "trials": int(base[0]["trials"]), "eta": pr[0]["provider"].removeprefix("eta_"),
-               "compute_saved_pct": saved("compute_tokens"),
-               "median_compute_saved_pct": 100 * float(np.median(per_seed)),
-               "steps_saved_pct": saved("train_steps"), "trial_seconds_saved_pct": saved("trial_seconds")}
-    for key in ("hv_base", "hv_union"):
-        losses = [1 - p[key] / b[key] for p, b in zip(pr, base) if b[key] > 0]
-        summary[f"median_{key}_loss_pct"] = 100 * float(np.median(losses)) if losses else float("nan")
-        summary[f"mean_{key}_loss_pct"] = 100 * float(np.mean(losses)) if losses else float("nan")
-        for stat in ("mean", "median"):  # bootstrap 95% interval over seeds
-            summary[f"{stat}_{key}_loss_ci95_pct"] = bootstrap_ci(100 * np.array(losses), getattr(np, stat))
-        # the typical study with pruning vs the typical one without (not paired by seed)
-        P, B = np.array([p[key] for p in pr]), np.array([b[key] for b in base])
-        summary[f"{key}_loss_of_medians_pct"] = 100 * (1 - np.median(P) / np.median(B))
-        summary[f"{key}_loss_of_medians_ci95_pct"] = bootstrap_ci(
-            np.arange(len(P)), lambda idx, axis, P=P, B=B: 100 * (1 - np.median(P[idx], axis=axis) / np.median(B[idx], axis=axis)))
-        print(f"{key}: per-seed loss " + per_seed_text(losses, "{:+.1f}%"))
-    print(f"\n{len(base)} seeds x {summary['trials']} trials, eta {summary['eta']}")
-    print("compute saved by pruning, per seed: " + per_seed_text(per_seed, "{:.0f}%"))
-    print(f"compute saved by pruning: {summary['compute_saved_pct']:.1f}% of training-token equivalents "
-          f"(median per seed {summary['median_compute_saved_pct']:.1f}%), {summary['steps_saved_pct']:.1f}% of "
-          "optimizer steps" + (f", {summary['trial_seconds_saved_pct']:.1f}% of trial seconds"
-                               if np.isfinite(summary["trial_seconds_saved_pct"]) else ""))
-    ci = {k: "[{:.1f}, {:.1f}]".format(*summary[f"{k}_ci95_pct"])
-          for k in ("median_hv_base_loss", "mean_hv_base_loss", "hv_base_loss_of_medians")}
-    print(f"hypervolume loss (vs base model): median per seed {summary['median_hv_base_loss_pct']:.1f}% "
-          f"(95% CI {ci['median_hv_base_loss']}), mean {summary['mean_hv_base_loss_pct']:.1f}% ({ci['mean_hv_base_loss']}), "
-          f"median study vs median study {summary['hv_base_loss_of_medians_pct']:.1f}% ({ci['hv_base_loss_of_medians']}); "
-          f"union-normalised median {summary['median_hv_union_loss_pct']:.1f}%")
-    if extra is not None:
-        summary.update(extra(rows))
-    finite = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summary.items()}  # strict JSON
-    out_csv.with_suffix(".json").write_text(json.dumps(finite, indent=1))
-    return summary
-
-
-def per_seed_text(values: list[float], fmt: str, most: int = 30) -> str:
-    """Each seed's value (in %), or past ``most`` seeds their 5/25/50/75/95th percentiles."""
-    v = 100 * np.asarray(values, dtype=float)
-    if len(v) <= most:
-        return ", ".join(fmt.format(x) for x in v)
-    q = np.percentile(v, [5, 25, 50, 75, 95])
-    return "percentiles 5/25/50/75/95: " + " / ".join(fmt.format(x) for x in q)
-
-
-def bootstrap_ci(x: np.ndarray, stat, n: int = 20000, seed: int = 0) -> list[float]:
-    """Percentile bootstrap 95% interval of ``stat`` over the seeds."""
-    if len(x) < 2:
-        return [float("nan"), float("nan")]
-    draws = np.random.default_rng(seed).choice(x, size=(n, len(x)))
-    return [float(v) for v in np.percentile(stat(draws, axis=1), [2.5, 97.5])]
 
 
 def finished(out: Path, trials: int, baseline: bool = True) -> bool:

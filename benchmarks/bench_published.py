@@ -5,24 +5,20 @@
 For each row of benchmarks/published_peaks.py: the estimate of the same setting, in the same measure
 (allocated / reserved / the whole process against the GPU's capacity), the signed error, and the
 estimate with each CUDA-side term of moopt.memory.estimate switched off, to show what each term changed.
-Writes ``benchmarks/results/memory_published.csv`` (columns what, problem, provider, device, value,
-unit): per row ``published`` and ``estimate`` (GiB), ``error`` (pct) and one ``without_<term>`` error
+Writes ``benchmarks/results/memory_published.csv`` (benchmarks/common.py's schema): per row ``published`` and ``estimate`` (GiB), ``error`` (pct) and one ``without_<term>`` error
 per term; then summary rows (median |error|, how many rows the estimate is under).
 """
 
 from __future__ import annotations
 
-import csv
 import statistics
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
+from common import RESULTS, patched, write_rows  # noqa: E402
+from published_peaks import PUBLISHED  # noqa: E402
 
-from published_peaks import PUBLISHED
-
-RESULTS = Path(__file__).parent / "results"
 GIB = 1024**3
 
 
@@ -42,18 +38,6 @@ def measured_view(est, measure: str) -> int:
 
 def published_bytes(row: dict) -> float:
     return row["value"] * (1e9 if row["unit"] == "GB" else GIB)
-
-
-@contextmanager
-def patched(module, **values):
-    old = {k: getattr(module, k) for k in values}
-    for k, v in values.items():
-        setattr(module, k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            setattr(module, k, v)
 
 
 # term -> how to switch it off (module constants, or estimate_peak keywords)
@@ -107,22 +91,20 @@ def main() -> int:
     for t in ABLATIONS:
         print(f"  without {t}: median |error| {summary[f'without_{t}_median_abs_error']:.1f}%, under on "
               f"{summary[f'without_{t}_rows_under']}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "memory_published.csv"
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["what", "problem", "provider", "device", "value", "unit"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({"what": "peak_memory", "problem": r["id"], "provider": "published", "device": "cuda",
-                        "value": round(r["published"] / GIB, 3), "unit": "GiB"})
-            w.writerow({"what": "peak_memory", "problem": r["id"], "provider": "estimate", "device": "cuda",
-                        "value": round(r["estimate"] / GIB, 3), "unit": "GiB"})
-            for k in ["error"] + [f"without_{t}" for t in ABLATIONS]:
-                w.writerow({"what": "error" if k == "error" else f"error_{k}", "problem": r["id"], "provider": "estimate",
-                            "device": "cuda", "value": round(r[k], 2), "unit": "pct"})
-        for k, v in summary.items():
-            w.writerow({"what": "summary", "problem": k, "provider": "estimate", "device": "cuda",
-                        "value": round(v, 2), "unit": "pct" if "error" in k else "count"})
+    out = []
+    for r in rows:
+        out.append({"what": "peak_memory", "problem": r["id"], "provider": "published", "device": "cuda",
+                    "value": round(r["published"] / GIB, 3), "unit": "GiB"})
+        out.append({"what": "peak_memory", "problem": r["id"], "provider": "estimate", "device": "cuda",
+                    "value": round(r["estimate"] / GIB, 3), "unit": "GiB"})
+        for k in ["error"] + [f"without_{t}" for t in ABLATIONS]:
+            out.append({"what": "error" if k == "error" else f"error_{k}", "problem": r["id"], "provider": "estimate",
+                        "device": "cuda", "value": round(r[k], 2), "unit": "pct"})
+    for k, v in summary.items():
+        out.append({"what": "summary", "problem": k, "provider": "estimate", "device": "cuda",
+                    "value": round(v, 2), "unit": "pct" if "error" in k else "count"})
+    write_rows(out, path)
     print(f"wrote {path}")
     return 0
 

@@ -16,6 +16,10 @@ Finished trials are closer to each other than trials at a rung (early in trainin
 larger), so these figures are a conservative estimate for rung decisions.
 
     python benchmarks/bench_rung_subset.py W/s1_no_pruning W/s4_no_pruning W/s6_no_pruning
+
+Writes benchmarks/results/rung_subset_smollm2_cpu.csv (benchmarks/common.py's schema: problem = the
+subset's size in examples, params studies and draws; what = same_call, same_order_good (fractions),
+loss_regret).
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
+from common import RESULTS, ROOT, long, write_rows  # noqa: E402
+
+WHATS = {"same_call": "fraction", "same_order_good": "fraction", "loss_regret": "eval_loss"}
 
 
 def per_example(study: Path, val_file: Path) -> dict[str, np.ndarray]:
@@ -100,7 +107,7 @@ def main() -> int:
     ap.add_argument("--validation-file", type=Path, default=ROOT / "data" / "val.jsonl")
     ap.add_argument("--sizes", default="8,16,24,32")
     ap.add_argument("--draws", type=int, default=300)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "rung_subset_smollm2_cpu.csv")
+    ap.add_argument("--out", type=Path, default=RESULTS / "rung_subset_smollm2_cpu.csv")
     a = ap.parse_args()
     for s in a.studies:
         if not (s / "journal.jsonl").is_file():
@@ -113,8 +120,8 @@ def main() -> int:
     import pandas as pd
 
     df = pd.DataFrame(agreement(studies, [int(x) for x in a.sizes.split(",")], a.draws))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(a.out, index=False)
+    write_rows(long([{**r, "provider": "moopt", "device": "cpu"} for r in df.to_dict("records")], WHATS,
+                    {"problem": "examples", "provider": "provider", "device": "device"}, params=("studies", "draws")), a.out)
     n_val = next(iter(studies[0].values())).shape[1]
     print(f"\nkeep/prune calls of a rung subset against the whole validation set ({n_val} examples), "
           f"{len(studies)} studies, {sum(len(s) for s in studies)} trials")

@@ -19,15 +19,16 @@ the model was loaded; GPU, ``torch.cuda.max_memory_allocated`` over training.
 
 Rows are prompt/completion records, loss on completion tokens only: ``--data synth`` (default) builds
 rows of exactly ``seq`` tokens with a 25-75% prompt; ``--data bundled`` reads data/train.jsonl, whose
-rows are ~15 tokens (the batch is then much shorter than ``seq``; tokens/s counts real tokens). Writes ``benchmarks/results/trial_<device>.csv``
-(one row per provider and repeat, plus a ``median`` row) and a bar chart, and prints the moopt/peer
-ratios of tokens/s and peak memory.
+rows are ~15 tokens (the batch is then much shorter than ``seq``; tokens/s counts real tokens). Writes
+``benchmarks/results/trial_<device>.csv`` (benchmarks/common.py's schema: problem = train_step/<targets>/<data>,
+params shape, M, r, p, dtype, steps and repeat (a number, or ``median`` for the medians' rows); what =
+step_time, tokens_per_s, peak_memory, load_memory, peak_above_load, label_fraction) and a bar chart, and
+prints the moopt/peer ratios of tokens/s and peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -39,10 +40,13 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ["op", "shape", "M", "r", "p", "dtype", "device", "provider", "repeat", "ms", "tokens_per_s",
-           "peak_mib", "load_mib", "peak_above_load_mib", "label_frac", "steps"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
+from common import RESULTS, ROOT, WORDS, long, pyplot, write_rows  # noqa: E402
+
+# the CSV's figures: record key -> (what, unit)
+WHATS = {"ms": ("step_time", "ms"), "tokens_per_s": ("tokens_per_s", "tokens/s"), "peak_mib": ("peak_memory", "MiB"),
+         "load_mib": ("load_memory", "MiB"), "peak_above_load_mib": ("peak_above_load", "MiB"),
+         "label_frac": ("label_fraction", "fraction")}
 PROVIDERS = ("moopt", "peer")
 TARGETS = {
     "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -59,8 +63,6 @@ GPU_MODELS = {
 }
 # The same training hyperparameters for both providers (moopt's TrainingConfig defaults).
 LR, WEIGHT_DECAY, MAX_GRAD_NORM, WARMUP_RATIO, SEED = 2e-4, 0.0, 1.0, 0.03, 42
-WORDS = ("the model data train loss token batch layer weight value answer question list number "
-         "small large first second because which where when after before every other system").split()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -364,11 +366,7 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 
 def plot(summary: list[dict], path: Path, device: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = [f"{s['op'].split('/', 1)[1]}\n{s['shape']}" for s in summary]
     xs = list(range(len(summary)))
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(summary)), 4))
@@ -414,12 +412,9 @@ def main() -> None:
     args.threads = args.threads or os.cpu_count()
     args.shapes = args.shapes or (["8x128", "4x256"] if args.device == "cpu" else ["8x1024", "4x2048"])
     rows = bench(args)
-    csv_path = Path(args.out) if args.out else RESULTS / f"trial_{args.device}.csv"
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    csv_path = write_rows(long(rows, WHATS, {"problem": "op", "provider": "provider", "device": "device"},
+                               params=("shape", "M", "r", "p", "dtype", "steps", "repeat")),
+                          Path(args.out) if args.out else RESULTS / f"trial_{args.device}.csv")
     summary = ratios(rows)
     plot(summary, csv_path.with_suffix(".png"), args.device)
     for s in summary:

@@ -23,7 +23,9 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
+from common import ROOT, WORDS  # noqa: E402
+
 SHAPES = {
     "smollm2-135m": {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
                      "num_attention_heads": 9, "num_key_value_heads": 3, "tie_word_embeddings": True,
@@ -48,9 +50,6 @@ def corpus_words() -> list[str]:
         for line in path.read_text().splitlines():
             for value in json.loads(line).values():
                 words.update(re.findall(r"\w+|[^\w\s]+", json.dumps(value) if not isinstance(value, str) else value))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_trial import WORDS
-
     words.update(WORDS)
     return sorted(words)
 

@@ -54,7 +54,7 @@ def test_cpu_priors_are_the_worst_under_estimates_of_the_cpu_probes():
     by = defaultdict(dict)
     for r in rows:
         if r["what"] == "peak_memory":
-            by[r["config"]][r["provider"]] = float(r["value"])
+            by[r["problem"]][r["provider"]] = float(r["value"])
     worst = defaultdict(lambda: -1.0)
     for label, v in by.items():
         q = "4bit" if label.endswith("4bit") else "8bit" if label.endswith("8bit") else "none"

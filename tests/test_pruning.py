@@ -148,6 +148,32 @@ def test_the_bound_reads_only_completed_trials_that_ran_at_least_as_many_steps()
     assert 5 not in p.steps[1]
 
 
+def test_the_bound_rule_is_the_pruners_own_arguments_with_the_module_defaults():
+    """bound_min_completed / bound_min_fraction / bound_same_budget default to the module constants and
+    change only that pruner (the benchmarks' variants need no module state)."""
+    from moopt.search import pruner as mod
+
+    ideal = np.array([0.0])
+
+    def two_curves(**kw):
+        p = RungPruner(2, ideal=ideal, **kw)
+        for n, (r, f) in enumerate([(1.0, 0.5), (1.2, 0.55)]):
+            p.record(1, n, np.array([r]), step=10)
+            p.complete(n, np.array([f]))
+        return p
+
+    default = two_curves()
+    assert (default.bound_min_completed, default.bound_min_fraction, default.bound_same_budget) == (
+        mod.BOUND_MIN_COMPLETED, mod.BOUND_MIN_FRACTION, mod.BOUND_SAME_BUDGET)
+    assert default.bound(1, 5, np.array([1.3])) is not None  # rung 1 sits at 1/4 >= 0.2: the bound acts
+    assert two_curves(bound_min_completed=3).bound(1, 5, np.array([1.3])) is None  # two curves < 3
+    assert two_curves(bound_min_fraction=0.3).bound(1, 5, np.array([1.3])) is None  # 1/4 < 0.3
+    longer = two_curves(bound_same_budget=False)
+    longer.record(1, 5, np.array([1.3]), step=20)
+    assert longer.bound(1, 5, np.array([1.3])) is not None  # shorter curves count when told so
+    assert default.bound(1, 6, np.array([1.3])) is not None  # the other pruners kept the default rule
+
+
 def test_the_study_gives_the_pruner_each_rung_step(tmp_path):
     """The wiring of the rule above: Study.decide_rung passes the trial's optimizer step at the rung."""
     from moopt.search.objectives import parse_objectives
@@ -251,7 +277,7 @@ def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, ti
     # bench_prune_calls reruns the pruned trials to their end: the lr 1e-7 ones end dominated by trial 0
     bench = load_bench("bench_prune_calls")
     assert bench.main([str(out), "--all", "--out", str(tmp_path / "calls.csv")]) == 0
-    calls = pd.read_csv(tmp_path / "calls.csv")
+    calls = bench.read_calls(tmp_path / "calls.csv")
     assert sorted(calls.trial) == sorted(df[df.state == "PRUNED"].number)
     calls = calls[calls.trial.isin(slow.number)]
     assert (calls.reason == "rank").all() and calls.dominated_by_front.all()
@@ -346,7 +372,7 @@ def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_tri
 
     out = tmp_path / "sim.csv"
     assert sim.main(["--seeds", "2", "--trials", "8", "--out", str(out)]) == 0
-    rows = pd.read_csv(out)
+    rows = pd.DataFrame(sim.read_studies(out))  # benchmarks/common.py's long rows, one record per study again
     assert len(rows) == 4 and (rows.hv_base > 0).all()
     pr, base = rows[rows.provider == "eta_2"], rows[rows.provider == "no_pruning"]
     assert (pr.n_pruned > 0).all() and (base.n_pruned == 0).all() and (base.n_complete == 8).all()
@@ -361,10 +387,6 @@ def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_tri
     loss = 100 * (1 - pr.hv_base.to_numpy() / base.hv_base.to_numpy())
     assert abs(split["mean_loss_from_calls_pct"] + split["mean_loss_from_path_pct"] - loss.mean()) < 1e-9
     assert sim.main(["--summarize", "--out", str(out)]) == 0
-    # --bound-from 0.1: the bound acts from the first rung (the rule before it moved to >= 1/5)
-    old = tmp_path / "old.csv"
-    assert sim.main(["--seeds", "1", "--trials", "8", "--bound-from", "0.1", "--out", str(old)]) == 0
-    assert len(pd.read_csv(old)) == 2
     assert sim.main(["--summarize", "--out", str(tmp_path / "none.csv")]) == 2
 
     # the simulated studies' journals are real ones: --collect reads them back
@@ -382,7 +404,7 @@ def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_tri
         sim.run_sim_study(oracle, w / label, 3, 8, eta)
     calls = load_bench("bench_prune_calls")
     assert calls.main([str(w / "s3_eta_2"), "--all", "--twins", "--out", str(tmp_path / "tw.csv")]) == 0
-    tw = pd.read_csv(tmp_path / "tw.csv")
+    tw = calls.read_calls(tmp_path / "tw.csv")
     ends = calls.twin_finals(w / "s3_eta_2")
     assert len(tw) >= 1 and set(tw.reason) <= {"rank", "bound"}
     first = tw.iloc[0]
@@ -392,17 +414,19 @@ def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_tri
     assert calls.main([str(w / "s3_no_pruning"), "--twins", "--out", str(tmp_path / "x.csv")]) == 2
     # --rerun-rest retrains the pruned trials without a twin (here: the oracle's end of the configuration,
     # as the simulation knows it), and the study's loss splits into the calls' cost and the path
-    monkeypatch.setattr(calls, "rerun", lambda start, header, work: oracle(sim._flat(start["config"]), 3, 3))
+    flat = load_bench("demo_study")._flat
+    monkeypatch.setattr(calls, "rerun", lambda start, header, work: oracle(flat(start["config"]), 3, 3))
     base_file = tmp_path / "baseline.json"  # the base model's values: the hypervolume's reference
     base_file.write_text(json.dumps({"state": "COMPLETE", "metrics": oracle.base}))
     assert calls.main([str(w / "s3_eta_2"), "--all", "--twins", "--rerun-rest", "--baseline", str(base_file),
                        "--out", str(tmp_path / "all.csv")]) == 0
-    every = pd.read_csv(tmp_path / "all.csv")
+    every = calls.read_calls(tmp_path / "all.csv")
     _, _, ends = calls.read_study(w / "s3_eta_2")
     assert sorted(every.trial) == sorted(n for n, e in ends.items() if e["state"] == "PRUNED")
     assert set(every.end_from) == {"twin", "rerun"} and (every.end_from == "twin").sum() == len(tw)
     assert (tmp_path / "all_studies.png").stat().st_size > 0
-    st = pd.read_csv(tmp_path / "all_studies.csv").iloc[0]
+    common = load_bench("common")
+    st = pd.DataFrame(common.wide(common.read_rows(tmp_path / "all_studies.csv"))).iloc[0]
     fronts = {}
     for label in ("s3_eta_2", "s3_no_pruning"):
         _, _, e = calls.read_study(w / label)
@@ -419,7 +443,7 @@ def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_tri
     # bench_projection: each pruned trial's last rung values (as journaled), its projection, its real end
     proj = load_bench("bench_projection")
     assert proj.main([str(tmp_path / "all.csv"), str(w), "--out", str(tmp_path / "proj.csv")]) == 0
-    pj = pd.read_csv(tmp_path / "proj.csv")
+    pj = pd.DataFrame(common.wide(common.read_rows(tmp_path / "proj.csv")))
     from moopt.journal import replay
 
     rec = replay(w / "s3_eta_2")

@@ -42,10 +42,10 @@ RUNG_EVAL_MIN = 16
 
 # The dominance bound needs this many completed trials with values at the rung: with one, its
 # "best improvement" is a single curve's. Replayed on the journals of 26 SmolLM2 studies with pruning
-# (pruning_smollm2_{proj,noproj,eval32}_cpu), the bound with 2 would have stopped trials worth 9-15% of
+# (docs/PRUNING.md, 12-trial real runs), the bound with 2 would have stopped trials worth 9-15% of
 # the no-pruning studies' compute; 24 of the 26 complete fronts would have kept their hypervolume, two
 # lose 1.3% and 1.5% (near-copies of a kept trial, 0.09 against 0.095 eval_loss). Run for real
-# (bench_pruning, 13 seeds then, now pruning_smollm2_bound18_cpu): 50.5% of the compute saved (38.6% without the bound).
+# (bench_pruning, 13 seeds then; docs/PRUNING.md): 50.5% of the compute saved (38.6% without the bound).
 BOUND_MIN_COMPLETED = 2
 
 # ... and acts only at rungs at >= 1/5 of a trial's steps (eta=2: at 1/4 and 1/2, not at 1/8). At 1/8 a
@@ -53,7 +53,7 @@ BOUND_MIN_COMPLETED = 2
 # residual correlation rung -> end 0.08-0.28 for eval_loss), and its calls there buy compute dearly.
 # Simulated (bench_pruning_sim; "cost of the calls": the hypervolume the pruned trials' own ends would
 # have added), seeds 0-399: the rank rule alone saves 43.4% (200 seeds) for 1.2% of hypervolume; the
-# bound from 1/4 on, 48.2% for 1.5%; from 1/8 on (pruning_sim_bound_from_1_8_cpu), 55.0% for 2.2%.
+# bound from 1/4 on, 48.2% for 1.5%; from 1/8 on (docs/PRUNING.md), 55.0% for 2.2%.
 # The bound's 1/8 calls cost 0.11 points of hypervolume per point of compute saved, its later ones
 # ~0.06. Paired by seed, dropping them lowers the calls' cost by 0.77 points [0.33, 1.28].
 BOUND_MIN_FRACTION = 0.2
@@ -112,8 +112,14 @@ class RungPruner:
     """Decides at each rung whether a trial goes on. ``ideal``: the best value of each objective
     (minimisation form, Objectives.ideal()); without it there is no dominance bound."""
 
-    def __init__(self, eta: float, ideal: np.ndarray | None = None):
+    def __init__(self, eta: float, ideal: np.ndarray | None = None, *, bound_min_completed: int = BOUND_MIN_COMPLETED,
+                 bound_min_fraction: float = BOUND_MIN_FRACTION, bound_same_budget: bool = BOUND_SAME_BUDGET):
         self.eta = eta
+        # the dominance bound's rule (see the module constants): completed trials it needs, the earliest
+        # rung (fraction of the steps) it acts at, whether it reads only trials at least as long
+        self.bound_min_completed = bound_min_completed
+        self.bound_min_fraction = bound_min_fraction
+        self.bound_same_budget = bound_same_budget
         self.fractions = rung_fractions(eta)  # rung k sits at fractions[k] of a trial's steps
         self.ideal = None if ideal is None else np.asarray(ideal, dtype=float)
         self.pools: dict[int, dict[int, np.ndarray]] = {}  # rung -> {trial number: F}
@@ -178,11 +184,11 @@ class RungPruner:
         """(optimistic end of F, completed trial that dominates it), or None when it can still
         reach the front. Per objective, the gap to the ideal shrinks by the smallest ratio final gap /
         gap at this rung among the completed trials that ran at least as many steps (never grows)."""
-        if self.ideal is None or (rung < len(self.fractions) and self.fractions[rung] < BOUND_MIN_FRACTION):
+        if self.ideal is None or (rung < len(self.fractions) and self.fractions[rung] < self.bound_min_fraction):
             return None
-        min_step = self.steps.get(rung, {}).get(number) if BOUND_SAME_BUDGET else None
+        min_step = self.steps.get(rung, {}).get(number) if self.bound_same_budget else None
         R, E = self._gaps(rung, number, self.ideal, min_step)
-        if len(R) < BOUND_MIN_COMPLETED:
+        if len(R) < self.bound_min_completed:
             return None
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(R > 0, np.maximum(E, 0) / R, 1.0)
