@@ -21,7 +21,7 @@ S = X·Aᵀ (kernels/lora_linear.py, both backends), AdamW on fp32 adapters, the
 (PEFT LoRA under bf16 autocast, ``prepare_model_for_kbit_training`` upcasting non-quantised params to
 fp32, HF ``ForCausalLMLoss``, bitsandbytes ≤ 0.4x keeping every 4-bit linear's input) so published
 peer numbers can be compared: benchmarks/bench_published.py, results and what each CUDA term changed
-in benchmarks/results/MEMORY_PUBLISHED.md. ``MemoryEstimate.allocated_bytes`` / ``reserved_bytes``
+in docs/RESULTS.md. ``MemoryEstimate.allocated_bytes`` / ``reserved_bytes``
 give the figure in the measure a source reports (``max_memory_allocated`` / ``max_memory_reserved``).
 """
 
