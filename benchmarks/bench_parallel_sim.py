@@ -113,11 +113,9 @@ class ClockSimExecutor(SimExecutor):
 
 def run_study(oracle, out: Path, seed: int, trials: int, eta: float, slots: int, fill: bool) -> tuple[dict, dict]:
     """One simulated study; its finished trials' end events and its virtual timing."""
-    from bench_pruning_sim import SPACE, _patched
+    from bench_pruning_sim import SPACE
     from rich.console import Console
 
-    import moopt.report.results
-    import moopt.study.executor
     from moopt.journal import replay
     from moopt.search.objectives import parse_objectives
     from moopt.search.space import load_space
@@ -128,9 +126,8 @@ def run_study(oracle, out: Path, seed: int, trials: int, eta: float, slots: int,
                       objectives=parse_objectives("multi:eval_loss,eval_accuracy", None), space=load_space(SPACE),
                       seed=seed, pruning_factor=eta, parallel_trials=slots, overwrite=True, baseline=False)
     ClockSimExecutor.oracle, ClockSimExecutor.seed = oracle, seed
-    with _patched(moopt.study.executor, "LocalExecutor", ClockSimExecutor), \
-            _patched(moopt.report.results, "write_results", lambda *a, **k: {}), _patched(Study, "fill_free_slots", fill):
-        Study(cfg, console=Console(file=io.StringIO())).run()
+    Study(cfg, console=Console(file=io.StringIO()), executor=ClockSimExecutor, write_results=lambda *a, **k: {},
+          fill_free_slots=fill).run()
     log = ClockSimExecutor.last.log
     wall = max(e for _, _, e in log) - min(s for _, s, _ in log)
     trial_s = sum(e - s for _, s, e in log)
