@@ -1,4 +1,7 @@
-"""A study's output folder: refusing to clobber one, clearing one, and what ``--resume`` must find unchanged."""
+"""A study's output folder: refusing to clobber one, clearing one, and what ``--resume`` must find unchanged.
+
+The ``cfg`` these functions take is a ``moopt.study.scheduler.StudyConfig`` (not imported: scheduler imports this module).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from moopt.config import TrialConfig
 from moopt.errors import ConfigError
@@ -16,16 +19,13 @@ from moopt.search.space import SearchSpace
 from moopt.study.checkpoint import ENGINE_FILE
 from moopt.study.lock import LOCK_FILE, StudyLock
 
-if TYPE_CHECKING:
-    from moopt.study.scheduler import StudyConfig
-
 OUR_FILES = (JOURNAL, ENGINE_FILE, "best_config.yaml", "trials_summary.csv", "optimization_plot.png",
              "pareto_front.png", "search_space.yaml", "baseline.json", "study.json")
 RESULT_FILES = ("param_importance.csv", "param_importance.png", "correlations.csv", "correlations.png",
                 "learning_curves.png", "report.html")
 
 
-def check_output_dir(cfg: StudyConfig) -> None:
+def check_output_dir(cfg: Any) -> None:
     """Refuse to clobber an existing study unless --resume or --overwrite (writes nothing)."""
     out = Path(cfg.output_dir)
     StudyLock(out).check()  # a study running there: refused at once, whatever the flags
@@ -43,7 +43,7 @@ def check_output_dir(cfg: StudyConfig) -> None:
             raise ConfigError(f"{out}: --resume needs the same study; these differ from the stored one: {changed}")
 
 
-def prepare_output_dir(cfg: StudyConfig) -> None:
+def prepare_output_dir(cfg: Any) -> None:
     check_output_dir(cfg)
     out = Path(cfg.output_dir)
     if cfg.overwrite and (out / JOURNAL).is_file():
@@ -60,7 +60,7 @@ def discard_study(out: Path, remove_dir: bool) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def study_fingerprint(cfg: StudyConfig) -> dict[str, Any]:
+def study_fingerprint(cfg: Any) -> dict[str, Any]:
     """What must not change across --resume (JSON-normalised, so it compares with the journal's)."""
     return json.loads(json.dumps({
         "objectives": list(cfg.objectives.names),

@@ -1,11 +1,13 @@
 """A study: NSGA-II proposes, the executor trains, the journal remembers, the report explains.
 
-Order of events for each trial (what makes ``--resume`` after ``kill -9`` exact):
-1. the engine assigns an individual a trial number and is checkpointed (engine.pkl);
-2. ``trial_start`` is journaled, then the worker process starts;
-3. on return, ``trial_end`` is journaled (fsynced), then the result is told to the engine.
+Order of events for each trial (what makes ``--resume`` after ``kill -9`` exact; ``Scheduler.start``
+and ``Scheduler.finish``):
+1. the individual's trial number is checkpointed with the engine (engine.pkl, moopt.study.checkpoint);
+2. ``trial_start`` is journaled, then the executor starts the worker;
+3. on return, ``trial_end`` (a :class:`~moopt.records.TrialResult`) is journaled (fsynced), then the
+   result is told to the engine and the checkpoint saved.
 A replay therefore knows every finished trial; trials started but not ended are re-queued under
-the same number; the engine checkpoint says which individual each number belongs to.
+the same number; the checkpoint says which individual each number belongs to.
 
 With several slots, a slot that frees up while the rest of its generation still runs does not wait
 for it: the engine adds individuals to the pending generation (``Engine.extend``, chosen with every
@@ -469,14 +471,15 @@ class Scheduler:
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> None:
+        """Until every trial has run (or a stop note says why not): fill the free slots, wait for a result."""
+        from moopt.study.executor import wait_for_any
+
         with self.study.progress(self.finished.values(), self.deadline) as view:
             self.view = self.study.progress_view = view
             while True:
                 self.fill_slots()
                 if not self.running:
                     return
-                from moopt.study.executor import wait_for_any
-
                 self.finish(wait_for_any(self.executor, deadline=self.deadline, on_poll=view.tick))
 
     def fill_slots(self) -> None:
