@@ -434,7 +434,7 @@ class Scheduler:
         self.placer = DevicePlacer(cfg.parallel_trials)
         self.gate = None
         if cfg.memory_constraint_gb:
-            from moopt.train.probe import MemoryGate
+            from moopt.study.gate import MemoryGate
 
             device = "cuda" if self.placer.on_gpu else "cpu"
             self.gate = MemoryGate(cfg.model_path, device=device, train_file=cfg.train_file,
