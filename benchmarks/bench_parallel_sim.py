@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
-from common import RESULTS, ROOT, _patched, hv, long, pyplot, read_rows, wide, write_rows  # noqa: E402
+from common import RESULTS, ROOT, hv, long, pyplot, read_rows, wide, write_rows  # noqa: E402
 from demo_study import DATA, N_RUNG, N_TRAIN, N_VAL, SPACE, Oracle, SimExecutor, study_record, trial_plan  # noqa: E402
 
 OVERHEAD_S = 6.0  # process start and model load per trial
@@ -119,8 +119,6 @@ def run_study(oracle, out: Path, seed: int, trials: int, eta: float, slots: int,
     """One simulated study; its finished trials' end events and its virtual timing."""
     from rich.console import Console
 
-    import moopt.report.results
-    import moopt.study.executor
     from moopt.journal import replay
     from moopt.search.objectives import parse_objectives
     from moopt.search.space import load_space
@@ -131,9 +129,8 @@ def run_study(oracle, out: Path, seed: int, trials: int, eta: float, slots: int,
                       objectives=parse_objectives("multi:eval_loss,eval_accuracy", None), space=load_space(SPACE),
                       seed=seed, pruning_factor=eta, parallel_trials=slots, overwrite=True, baseline=False)
     ClockSimExecutor.oracle, ClockSimExecutor.seed = oracle, seed
-    with _patched(moopt.study.executor, "LocalExecutor", ClockSimExecutor), \
-            _patched(moopt.report.results, "write_results", lambda *a, **k: {}), _patched(Study, "fill_free_slots", fill):
-        Study(cfg, console=Console(file=io.StringIO())).run()
+    Study(cfg, console=Console(file=io.StringIO()), executor=ClockSimExecutor, write_results=lambda *a, **k: {},
+          fill_free_slots=fill).run()
     log = ClockSimExecutor.last.log
     wall = max(e for _, _, e in log) - min(s for _, s, _ in log)
     trial_s = sum(e - s for _, s, e in log)

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
-from common import RESULTS, ROOT, _patched, bootstrap_ci, hv, pyplot  # noqa: E402
+from common import RESULTS, ROOT, bootstrap_ci, hv, pyplot  # noqa: E402
 from demo_study import (  # noqa: E402
     DATA,
     PARAMS,
@@ -63,8 +63,6 @@ def run_sim_study(oracle: Oracle, out: Path, seed: int, trials: int, eta: float 
     """One study through moopt's Study with the simulated executor; its finished trials' end events."""
     from rich.console import Console
 
-    import moopt.report.results
-    import moopt.study.executor
     from moopt.journal import replay
     from moopt.search.objectives import parse_objectives
     from moopt.search.space import load_space
@@ -75,9 +73,7 @@ def run_sim_study(oracle: Oracle, out: Path, seed: int, trials: int, eta: float 
                       objectives=parse_objectives("multi:eval_loss,eval_accuracy", None), space=load_space(SPACE),
                       seed=seed, pruning_factor=eta, overwrite=True, baseline=False)
     SimExecutor.oracle, SimExecutor.seed = oracle, seed
-    with _patched(moopt.study.executor, "LocalExecutor", SimExecutor), \
-            _patched(moopt.report.results, "write_results", lambda *a, **k: {}):
-        Study(cfg, console=Console(file=io.StringIO())).run()
+    Study(cfg, console=Console(file=io.StringIO()), executor=SimExecutor, write_results=lambda *a, **k: {}).run()
     return replay(out).finished
 
 

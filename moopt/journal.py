@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moopt.records import TrialResult
+
 JOURNAL = "journal.jsonl"
 
 
@@ -23,7 +25,9 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a", encoding="utf-8")
 
-    def append(self, event: dict[str, Any]) -> None:
+    def append(self, event: dict[str, Any] | TrialResult) -> None:
+        if isinstance(event, TrialResult):
+            event = event.to_event()
         self._f.write(json.dumps(event, default=float) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
@@ -34,15 +38,16 @@ class Journal:
 
 @dataclass
 class StudyRecord:
-    """What a replay recovers: the study header and each trial's latest start/end events."""
+    """What a replay recovers: the study header and each trial's latest start/end events (ends as
+    :class:`TrialResult`)."""
 
     header: dict[str, Any] = field(default_factory=dict)
     starts: dict[int, dict[str, Any]] = field(default_factory=dict)
-    ends: dict[int, dict[str, Any]] = field(default_factory=dict)
+    ends: dict[int, TrialResult] = field(default_factory=dict)
     rungs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def finished(self) -> dict[int, dict[str, Any]]:
+    def finished(self) -> dict[int, TrialResult]:
         return {n: e for n, e in self.ends.items() if n in self.starts}
 
     @property
@@ -69,7 +74,7 @@ def replay(output_dir: str | Path) -> StudyRecord:
                 rec.ends.pop(ev["number"], None)  # a re-queued trial starts afresh
                 rec.rungs = [r for r in rec.rungs if r["number"] != ev["number"]]
             elif kind == "trial_end":
-                rec.ends[ev["number"]] = ev
+                rec.ends[ev["number"]] = TrialResult.from_event(ev)
             elif kind == "rung":
                 rec.rungs.append(ev)
     return rec

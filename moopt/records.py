@@ -1,13 +1,27 @@
-"""The records that cross boundaries: what a trial is asked to do, and how it ended."""
+"""The records that cross boundaries: what a trial is asked to do, and how it ended.
+
+``TrialResult`` is the one trial-end record: the worker returns it (and writes it to the trial's
+metrics.json), the study completes it (times, configuration) and journals it as the ``trial_end``
+event, and ``moopt.journal.replay`` reads it back.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 from moopt.config import TrialConfig
 
-STATES = ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE")
+
+class TrialState(StrEnum):
+    """How a trial ended. A ``str``: journals, CSV and f-strings carry the bare value ("COMPLETE")."""
+
+    COMPLETE = "COMPLETE"  # trained to its end and evaluated
+    PRUNED = "PRUNED"  # stopped early: by a rung decision (``pruned_at_step``) or the time budget
+    FAIL = "FAIL"  # crashed, killed or stalled: no usable metrics
+    INFEASIBLE = "INFEASIBLE"  # over the memory constraint (measured, predicted) or out of memory
 
 
 @dataclass
@@ -41,16 +55,60 @@ class TrialSpec:
         return cls(**d)
 
 
+_PRUNED_AT = re.compile(r"pruned at step (\d+)")
+
+
 @dataclass
 class TrialResult:
     number: int
-    state: str  # COMPLETE | PRUNED | FAIL | INFEASIBLE
-    metrics: dict[str, float] = field(default_factory=dict)  # eval_loss, eval_accuracy, ...
-    error: str | None = None
+    state: TrialState
+    metrics: dict[str, float] = field(default_factory=dict)  # eval_loss, eval_accuracy, peak_memory_gb (GiB), ...
+    error: str | None = None  # human-readable: why it failed or stopped ("pruned at step 5 ...")
     steps: int = 0  # optimizer steps done
     total_steps: int = 0  # optimizer steps planned
     train_tokens: int = 0  # real (non-pad) tokens seen in training
     eval_tokens: int = 0  # tokens run forward in evaluations (rungs and final; test set excluded)
     train_seconds: float = 0.0
+    tokens_per_s: float | None = None  # train_tokens / train_seconds (evaluations excluded)
     backend: str | None = None  # which LoRA kernel path ran (at the end, after any fallback)
     backend_reason: str | None = None  # why that path: the --kernels choice, or the Triton failure
+    pruned_at_step: int | None = None  # a rung decision stopped it after this optimizer step
+    prune_reason: str | None = None  # the pruner's reason for that decision (set by the study)
+    oom: bool = False  # it ran out of memory (CUDA OOM, or the worker SIGKILLed, as the OOM killer does)
+    # -- set by the study when it journals the end -------------------------------------------------
+    datetime_start: str | None = None  # ISO local time, milliseconds
+    datetime_complete: str | None = None
+    duration_s: float | None = None  # wall seconds from start to end, as the study saw them
+    config: dict[str, Any] | None = None  # the trial's TrialConfig as a dict
+    epochs: float | None = None  # training.num_train_epochs of that configuration
+
+    def __post_init__(self) -> None:
+        self.state = TrialState(self.state)
+
+    @property
+    def pruned_by_rung(self) -> bool:
+        return self.state == TrialState.PRUNED and self.pruned_at_step is not None
+
+    # -- the journal's trial_end event ---------------------------------------------------------------
+    def to_event(self) -> dict[str, Any]:
+        return {"type": "trial_end", **asdict(self)}
+
+    @classmethod
+    def from_event(cls, ev: dict[str, Any]) -> "TrialResult":
+        """A ``trial_end`` event (or a worker's result dict). Journals written before ``pruned_at_step``
+        existed said it only in the error text, "pruned at step N ...": it is read from there once."""
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in ev.items() if k in known}
+        if "pruned_at_step" not in ev and d.get("state") == TrialState.PRUNED:
+            m = _PRUNED_AT.match(str(d.get("error") or ""))
+            d["pruned_at_step"] = int(m.group(1)) if m else None
+        return cls(**d)
+
+    # read access by key, for scripts that read journal ends as the dicts they once were
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self.__dataclass_fields__ else default

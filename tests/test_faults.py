@@ -68,7 +68,7 @@ def test_kill_9_of_the_optimizer_then_resume_loses_and_reruns_nothing(tiny_model
     proc.wait()
     before = replay(out)
     assert before.running, "the kill should catch a trial mid-run"
-    finished_before = {n: e["datetime_complete"] for n, e in before.finished.items()}
+    finished_before = {n: e.datetime_complete for n, e in before.finished.items()}
     r = CliRunner().invoke(main, [*args(tiny_model, tiny_data, out, space, 5), "--resume"])
     assert r.exit_code == 0, r.output
     said = " ".join(r.output.split())  # rich may wrap the line
@@ -76,7 +76,7 @@ def test_kill_9_of_the_optimizer_then_resume_loses_and_reruns_nothing(tiny_model
     after = replay(out)
     assert sorted(after.finished) == [0, 1, 2, 3, 4] and not after.running
     for n, t in finished_before.items():
-        assert after.finished[n]["datetime_complete"] == t  # not rerun
+        assert after.finished[n].datetime_complete == t  # not rerun
     starts = [json.loads(line)["number"] for line in (out / "journal.jsonl").read_text().splitlines()
               if json.loads(line)["type"] == "trial_start"]
     assert sorted(set(starts)) == [0, 1, 2, 3, 4]

@@ -9,20 +9,18 @@ lengths are exact and the test takes seconds."""
 import io
 import json
 import math
-import pickle
 from typing import ClassVar
 
 import pytest
 import yaml
 from rich.console import Console
 
-import moopt.report.results
-import moopt.study.executor
 from moopt.journal import replay
 from moopt.records import TrialResult
 from moopt.search.objectives import parse_objectives
 from moopt.search.space import parse_space
-from moopt.study.scheduler import ENGINE_FILE, Study, StudyConfig
+from moopt.study.checkpoint import ENGINE_FILE, Checkpoint
+from moopt.study.scheduler import Study, StudyConfig
 
 SPACE = """
 training:
@@ -39,7 +37,7 @@ class Crash(Exception):
 
 
 class ClockExecutor:
-    """Stands in for moopt.study.executor.LocalExecutor: trials end in order of a virtual clock."""
+    """The study's executor here (in place of moopt.study.executor.LocalExecutor): trials end in order of a virtual clock."""
 
     log: ClassVar[list[tuple[int, float, float]]] = []  # (trial number, start, end) of every submitted trial
     crash_after: int | None = None  # raise Crash at this many results returned
@@ -75,18 +73,16 @@ class ClockExecutor:
 
 
 @pytest.fixture
-def run_study(tmp_path, tiny_data, monkeypatch):
-    monkeypatch.setattr(moopt.study.executor, "LocalExecutor", ClockExecutor)
-    monkeypatch.setattr(moopt.report.results, "write_results", lambda *a, **k: {})
+def run_study(tmp_path, tiny_data):
     ClockExecutor.log, ClockExecutor.crash_after = [], None
 
     def run(parallel: int, resume: bool = False, fill: bool = True):
-        monkeypatch.setattr(Study, "fill_free_slots", fill)
         cfg = StudyConfig(base_model="clock", model_path="clock", train_file=str(tiny_data["train"]),
                           validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "hpo"), num_trials=12,
                           objectives=parse_objectives("multi:eval_loss,eval_accuracy", None), space=parse_space(yaml.safe_load(SPACE), source="space.yaml"),
                           seed=0, parallel_trials=parallel, baseline=False, resume=resume, overwrite=not resume)
-        Study(cfg, console=Console(file=io.StringIO())).run()
+        Study(cfg, console=Console(file=io.StringIO()), executor=ClockExecutor, write_results=lambda *a, **k: {},
+              fill_free_slots=fill).run()
         return tmp_path / "hpo"
 
     return run
@@ -101,7 +97,7 @@ def test_a_free_slot_takes_extra_individuals_while_a_long_trial_runs(run_study, 
     # the first generation holds 4 trials; the other 10 all start while trial 1 runs (waiting: only 2 could)
     assert sum(start[n] < long_end for n in start if n != LONG) == 11
     # they joined trial 1's generation: it was told once trial 1 ended, with all 12
-    eng = pickle.loads((out / ENGINE_FILE).read_bytes())
+    eng = Checkpoint.load(out / ENGINE_FILE).engine
     assert len(eng.arch_X) + len(eng.results) == 12
     configs = [json.dumps(e["params"], sort_keys=True) for e in rec.starts.values()]
     assert len(set(configs)) == 12  # no configuration proposed twice
@@ -127,16 +123,16 @@ def test_a_crash_while_the_long_trial_runs_then_resume_reruns_only_the_running_t
         run_study(parallel=2)
     before = replay(out)
     assert LONG in before.running and len(before.finished) == 6
-    eng = pickle.loads((out / ENGINE_FILE).read_bytes())
-    assert len(eng.pending) > 4 and LONG in eng.assigned  # the extended generation, checkpointed
-    finished_before = {n: e["datetime_complete"] for n, e in before.finished.items()}
+    ck = Checkpoint.load(out / ENGINE_FILE)
+    assert len(ck.engine.pending) > 4 and LONG in ck.assigned  # the extended generation, checkpointed
+    finished_before = {n: e.datetime_complete for n, e in before.finished.items()}
 
     ClockExecutor.crash_after, ClockExecutor.log = None, []
     run_study(parallel=2, resume=True)
     after = replay(out)
     assert sorted(after.finished) == list(range(12)) and not after.running  # exactly --num_trials
     for n, t in finished_before.items():
-        assert after.finished[n]["datetime_complete"] == t  # not rerun
+        assert after.finished[n].datetime_complete == t  # not rerun
     rerun = {n for n, _, _ in ClockExecutor.log}
     assert set(before.running) <= rerun and not rerun & set(finished_before)
     assert after.starts[LONG]["params"] == before.starts[LONG]["params"]  # the same configuration, re-queued

@@ -5,6 +5,7 @@ import io
 from click.testing import CliRunner
 from rich.console import Console
 
+from moopt.records import TrialResult
 from moopt.study.progress import ProgressBoard, ProgressView, fmt_duration
 
 
@@ -58,10 +59,10 @@ def test_phases_and_evaluation_batches_are_shown_until_training_resumes():
 def test_study_line_counts_done_trials_keeps_the_best_and_the_time_left():
     clock = Clock()
     b = ProgressBoard(total=10, objective="eval_accuracy", minimize=False, deadline=clock.t + 3600, clock=clock)
-    b.ended({"number": 0, "state": "COMPLETE", "metrics": {"eval_accuracy": 0.5}})
-    b.ended({"number": 1, "state": "COMPLETE", "metrics": {"eval_accuracy": 0.7}})
-    b.ended({"number": 2, "state": "COMPLETE", "metrics": {"eval_accuracy": 0.6}})
-    b.ended({"number": 3, "state": "FAIL", "metrics": {"eval_accuracy": 0.9}})  # a failure is never the best
+    b.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_accuracy": 0.5}))
+    b.ended(TrialResult(number=1, state="COMPLETE", metrics={"eval_accuracy": 0.7}))
+    b.ended(TrialResult(number=2, state="COMPLETE", metrics={"eval_accuracy": 0.6}))
+    b.ended(TrialResult(number=3, state="FAIL", metrics={"eval_accuracy": 0.9}))  # a failure is never the best
     clock.t += 302
     assert b.study_line() == "Study: 4/10 trials done, best eval_accuracy 0.7000 (trial 1), elapsed 5m02s, 54m58s left of the time budget"
     low = ProgressBoard(total=2, objective="eval_loss", clock=clock)
@@ -87,7 +88,7 @@ def test_plain_lines_come_at_a_modest_rate():
         assert buf.getvalue().splitlines()[-1].startswith("Trial 0: step 91/100")
         clock.t += 1
         view.tick()  # 30 s quiet: a line
-        view.ended({"number": 0, "state": "COMPLETE", "metrics": {"eval_loss": 0.9}})
+        view.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_loss": 0.9}))
     lines = buf.getvalue().splitlines()
     assert lines[0] == "Trial 0: loading model ..."
     assert lines[1] == "Trial 0: training (100 optimizer steps) ..."
@@ -123,7 +124,7 @@ def test_terminal_view_is_live_and_prints_no_plain_lines():
         text = view._render().plain
         assert text.splitlines() == ["Study: 0/3 trials done, best eval_loss -, elapsed 0s",
                                      "  Trial 0: step 1/10 loss 1.2340 312 tok/s ETA 9s"]
-        view.ended({"number": 0, "state": "COMPLETE", "metrics": {"eval_loss": 1.0}})
+        view.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_loss": 1.0}))
         assert view._render().plain == "Study: 1/3 trials done, best eval_loss 1.0000 (trial 0), elapsed 0s"
 
 

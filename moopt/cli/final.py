@@ -12,24 +12,28 @@ GAP_WARN = 0.10  # relative test-vs-validation loss gap that is flagged as possi
 
 
 class ConsoleReporter:
+    """moopt.train.recipe.Reporter on the console: a line each 10% of the optimizer steps, each phase;
+    nothing is pruned."""
+
     def __init__(self, console):
         self.console, self.last = console, -1
 
-    def progress(self, step: int, total: int, loss: float, tokens_per_s: float | None = None, step_s=None) -> None:
+    def progress(self, step: int, total: int, loss: float, tokens_per_s: float | None = None,
+                 step_s: float | None = None) -> None:
         pct = int(100 * step / total)
         if pct // 10 != self.last // 10 or step == total:
             tps = f"  {tokens_per_s:.0f} tok/s" if tokens_per_s else ""
             self.console.print(f"  step {step}/{total}  train_loss {loss:.4f}{tps}")
             self.last = pct
 
-    def rung(self, step, metrics, rung):
+    def rung(self, step: int, metrics: dict[str, float], rung: int) -> bool:
         return True
 
     def phase(self, name: str, detail: str = "") -> None:
         if name != "training":  # its steps are printed
             self.console.print(f"  {name}" + (f" ({detail})" if detail else "") + " ...")
 
-    def heartbeat(self, done, total):
+    def heartbeat(self, done: int, total: int) -> None:
         pass
 
 
@@ -51,7 +55,7 @@ def study_validation_metrics(config_path: str | Path) -> dict[str, float] | None
 def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[str, Any]) -> bool:
     from rich.console import Console
 
-    from moopt.records import TrialSpec
+    from moopt.records import TrialSpec, TrialState
     from moopt.train.recipe import run_trial
     from moopt.yamlio import write_json, write_yaml
 
@@ -64,7 +68,7 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
                      kernels=kw["kernels"], test_file=os.path.abspath(kw["test_file"]))
     console.print(f"Training the final adapter ({cfg.training.num_train_epochs:g} epoch(s)) ...")
     res = run_trial(spec, ConsoleReporter(console))
-    if res.state != "COMPLETE":
+    if res.state != TrialState.COMPLETE:
         console.print(f"[red]Training failed:[/] {res.error}  (see {out}/metrics.json)")
         return False
     m = res.metrics

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from moopt.records import TrialState
 from moopt.report.plots import BASE_STYLE, axis_label, legend_below, pyplot, save_figure
 from moopt.report.table import StudyData, base_metrics
 from moopt.search.objectives import KNOWN
@@ -128,7 +129,7 @@ def _complete(data: StudyData, col: str) -> pd.DataFrame:
     t = data.table
     if not len(t) or col not in t.columns:
         return t.iloc[0:0]
-    t = t[t.state == "COMPLETE"]
+    t = t[t.state == TrialState.COMPLETE]
     return t[np.isfinite(pd.to_numeric(t[col], errors="coerce"))]
 
 
@@ -206,7 +207,7 @@ def correlations(data: StudyData) -> pd.DataFrame:
     targets = [*data.objectives.names, *([SCORE] if data.objectives.multi else [])]
     cols = {t: _target_column(data, t) for t in targets}
     t = data.table
-    done = t[t.state == "COMPLETE"] if len(t) else t
+    done = t[t.state == TrialState.COMPLETE] if len(t) else t
     notes: list[str] = []
     if len(done) < MIN_TRIALS:
         notes.append(f"{len(done)} COMPLETE trial(s); correlations need at least {MIN_TRIALS}")
@@ -268,7 +269,7 @@ def learning_curves(output_dir: str | Path) -> pd.DataFrame:
             m = json.loads(f.read_text())
         except (ValueError, json.JSONDecodeError):
             continue  # a baseline folder or a file being written
-        state = (ends.get(number) or {}).get("state") or m.get("state", "RUNNING")
+        state = str(ends[number].state) if number in ends else m.get("state", "RUNNING")
         for p in m.get("curve") or []:
             rows.append((number, state, int(p["step"]), "train", float(p["train_loss"]), np.nan))
         for p in m.get("evals") or []:
@@ -392,7 +393,7 @@ def plot_correlations(corr: pd.DataFrame, path: Path) -> None:
 
 HIGHLIGHT = ["tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:cyan", "tab:olive"]
 MUTED = "#bbbbbb"  # trials neither chosen nor on the front
-LINESTYLE = {"COMPLETE": "-", "PRUNED": "--", "INFEASIBLE": ":", "FAIL": "-."}
+LINESTYLE = {TrialState.COMPLETE: "-", TrialState.PRUNED: "--", TrialState.INFEASIBLE: ":", TrialState.FAIL: "-."}
 
 
 def curve_roles(trials: list[int], best: int | None, pareto: list[int] | tuple[int, ...]) -> dict[int, tuple[str, str | None]]:
@@ -443,7 +444,7 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = No
                 ax.scatter(g.step[~part], g.loss[~part], c=colour, s=14 if lit else 8, zorder=4 if lit else 2)
                 ax.scatter(g.step[part], g.loss[part], facecolors="white", edgecolors=colour, s=18 if lit else 10,
                            zorder=4 if lit else 2)
-            if state == "PRUNED":
+            if state == TrialState.PRUNED:
                 ax.plot(g.step.iloc[-1], g.loss.iloc[-1], "x", c=colour if lit else "#999999",
                         ms=7 if lit else 5, mew=1.8 if lit else 1.2, zorder=4 if lit else 2)
         if kind == "eval" and base_eval_loss is not None and np.isfinite(base_eval_loss):
@@ -463,9 +464,9 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = No
     if any(c == MUTED for c, _ in roles.values()):
         handles.append(Line2D([], [], c=MUTED, lw=1.5))
         labels.append("other trials")
-    for state, text in (("PRUNED", "pruned (x = stopped)"), ("INFEASIBLE", "infeasible"), ("FAIL", "failed")):
+    for state, text in ((TrialState.PRUNED, "pruned (x = stopped)"), (TrialState.INFEASIBLE, "infeasible"), (TrialState.FAIL, "failed")):
         if state in states_seen:
-            handles.append(Line2D([], [], c="#666666", ls=LINESTYLE[state], lw=1.2, marker="x" if state == "PRUNED" else None))
+            handles.append(Line2D([], [], c="#666666", ls=LINESTYLE[state], lw=1.2, marker="x" if state == TrialState.PRUNED else None))
             labels.append(text)
     if rung_evals:
         handles.append(Line2D([], [], ls="", marker="o", mfc="white", mec="#666666"))

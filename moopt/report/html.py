@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from moopt.records import TrialState
 from moopt.report.analysis import (
     FEW_TRIALS,
     SCORE,
@@ -36,7 +37,8 @@ IMAGES = {
     "Learning curves": "learning_curves.png",
     "Correlations (Spearman)": "correlations.png",
 }
-STATE_COLOURS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "INFEASIBLE": "#d62728", "FAIL": "#7f7f7f"}
+STATE_COLOURS = {TrialState.COMPLETE: "#1f77b4", TrialState.PRUNED: "#ff7f0e", TrialState.INFEASIBLE: "#d62728",
+                 TrialState.FAIL: "#7f7f7f"}
 
 
 def write_html_report(output_dir: str | Path, data: StudyData, analysis: Analysis | None = None) -> Path:
@@ -93,7 +95,7 @@ def _best_section(data: StudyData) -> str:
         return "<section><h2>Best configuration</h2><p class='warn'>No trial completed; nothing to recommend.</p></section>"
     row = data.table[data.table.number == data.best].iloc[0]
     metrics = [(n, row[f"values_{n}"]) for n in data.objectives.names]
-    base = (data.baseline or {}).get("metrics") if (data.baseline or {}).get("state") == "COMPLETE" else None
+    base = (data.baseline or {}).get("metrics") if (data.baseline or {}).get("state") == TrialState.COMPLETE else None
     cells = "".join(
         f"<tr><th>{e(n)}</th><td>{_fmt(v)}</td><td class='muted'>{'' if not base or n not in base else 'base model ' + _fmt(base[n])}</td></tr>"
         for n, v in metrics)
@@ -114,7 +116,7 @@ def _pareto_section(data: StudyData, analysis: Analysis) -> str:
     missing = "".join(f"<li>trial {int(r.number)} {html.escape(r.state)}: {html.escape(str(r.error or 'no metrics'))}</li>"
                       for r in left.itertuples())
     legend = "".join(f"<span><i class='hollow' style='border-color:{c}'></i>{s} (hollow: values at its last rung)</span>"
-                     if s == "PRUNED" else f"<span><i style='background:{c}'></i>{s}</span>" for s, c in STATE_COLOURS.items())
+                     if s == TrialState.PRUNED else f"<span><i style='background:{c}'></i>{s}</span>" for s, c in STATE_COLOURS.items())
     legend += "<span><i class='front'></i>Pareto front</span><span><i class='ring'></i>best (gold ring)</span>"
     if base_metrics(data):
         legend += "<span><i class='base'></i>base model (no fine-tuning)</span>"

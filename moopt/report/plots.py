@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from moopt.records import TrialState
 from moopt.report.table import StudyData, base_metrics
 from moopt.search.objectives import KNOWN
 
 STATE_STYLE = {  # colour, marker for plots
-    "COMPLETE": ("tab:blue", "o"),
-    "PRUNED": ("tab:orange", "s"),
-    "INFEASIBLE": ("tab:red", "x"),
-    "FAIL": ("tab:gray", "x"),
+    TrialState.COMPLETE: ("tab:blue", "o"),
+    TrialState.PRUNED: ("tab:orange", "s"),
+    TrialState.INFEASIBLE: ("tab:red", "x"),
+    TrialState.FAIL: ("tab:gray", "x"),
 }
 
 
@@ -29,8 +30,8 @@ def pyplot():
     return plt
 
 
-STATE_LABEL = {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED (value at its last rung)", "INFEASIBLE": "INFEASIBLE",
-               "FAIL": "FAIL (no metrics)"}
+STATE_LABEL = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED (value at its last rung)",
+               TrialState.INFEASIBLE: "INFEASIBLE", TrialState.FAIL: "FAIL (no metrics)"}
 
 
 BASE_STYLE = {"c": "tab:purple", "lw": 1, "ls": "--"}  # the base model, in every plot that shows it
@@ -48,7 +49,7 @@ def _scatter_states(ax, t: pd.DataFrame, x: str, y: str) -> None:
         sub = t[(t.state == state)].dropna(subset=[x, y]) if len(t) else t
         if not len(sub):
             continue
-        face = "none" if state == "PRUNED" else c
+        face = "none" if state == TrialState.PRUNED else c
         ax.scatter(sub[x], sub[y], marker=mk, label=STATE_LABEL[state], alpha=0.8, zorder=3,
                    **({"facecolors": face, "edgecolors": c} if mk != "x" else {"c": c}))
 
@@ -75,7 +76,7 @@ def plot_optimization(data: StudyData, path: Path) -> None:
                 ax.scatter(missing.number, [0.0] * len(missing), marker="x", c="tab:gray", clip_on=False, zorder=3,
                            transform=ax.get_xaxis_transform(),
                            label=f"{'/'.join(sorted(set(missing.state)))}, no metrics (x on the axis)")
-        done = t[t.state == "COMPLETE"].dropna(subset=[col]) if len(t) else t
+        done = t[t.state == TrialState.COMPLETE].dropna(subset=[col]) if len(t) else t
         if len(done):
             best = done[col].cummin() if KNOWN[name][0] == "minimize" else done[col].cummax()
             ax.step(done.number, best, where="post", c="k", lw=1.5, label="best so far (COMPLETE)")

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from moopt.journal import replay
+from moopt.records import TrialState
 from moopt.search.objectives import KNOWN, Objectives
 
 
@@ -42,12 +43,12 @@ def load_study(output_dir: str | Path) -> StudyData:
     rows = []
     for n in sorted(rec.starts):
         s, e = rec.starts[n], rec.ends.get(n)
-        m = (e or {}).get("metrics") or {}
-        row: dict[str, Any] = {"number": n, "state": e["state"] if e else "RUNNING"}
+        m = (e.metrics if e else None) or {}
+        row: dict[str, Any] = {"number": n, "state": str(e.state) if e else "RUNNING"}
         for name in objectives.names:
             row[f"values_{name}"] = m.get(name, np.nan)
         row["datetime_start"] = pd.Timestamp(s["datetime_start"])
-        row["datetime_complete"] = pd.Timestamp(e["datetime_complete"]) if e else pd.NaT
+        row["datetime_complete"] = pd.Timestamp(e.datetime_complete) if e else pd.NaT
         row["duration"] = (row["datetime_complete"] - row["datetime_start"]) if e else pd.NaT
         for k, v in s["params"].items():
             row[f"params_{k}"] = v
@@ -55,14 +56,14 @@ def load_study(output_dir: str | Path) -> StudyData:
             if k not in objectives.names:
                 row[k] = m.get(k, np.nan)
         row["peak_memory_gb"] = m.get("peak_memory_gb", np.nan)
-        row["steps"] = (e or {}).get("steps")
-        row["total_steps"] = (e or {}).get("total_steps")
-        row["train_tokens"] = (e or {}).get("train_tokens")
-        row["eval_tokens"] = (e or {}).get("eval_tokens")  # rung and final evaluations: what pruning adds
-        row["tokens_per_s"] = (e or {}).get("tokens_per_s")
-        row["backend"] = (e or {}).get("backend")
-        row["backend_reason"] = (e or {}).get("backend_reason")  # e.g. a Triton failure under --kernels auto
-        row["error"] = (e or {}).get("error")
+        row["steps"] = e.steps if e else None
+        row["total_steps"] = e.total_steps if e else None
+        row["train_tokens"] = e.train_tokens if e else None
+        row["eval_tokens"] = e.eval_tokens if e else None  # rung and final evaluations: what pruning adds
+        row["tokens_per_s"] = e.tokens_per_s if e else None
+        row["backend"] = e.backend if e else None
+        row["backend_reason"] = e.backend_reason if e else None  # e.g. a Triton failure under --kernels auto
+        row["error"] = e.error if e else None
         rows.append(row)
     table = pd.DataFrame(rows)
     obj_cols = [f"values_{n}" for n in objectives.names]
@@ -72,7 +73,7 @@ def load_study(output_dir: str | Path) -> StudyData:
         baseline = json.loads((out / "baseline.json").read_text())
     pareto, best, best_score, least_inf, start, origin = [], None, None, None, None, ""
     if len(table):
-        ok = table[(table.state == "COMPLETE")].dropna(subset=obj_cols)
+        ok = table[(table.state == TrialState.COMPLETE)].dropna(subset=obj_cols)
         if len(ok):
             F = np.array([objectives.to_minimize(dict(zip(objectives.names, r))) for r in ok[obj_cols].to_numpy()])
             front = NonDominatedSorting().do(F, only_non_dominated_front=True)
@@ -87,7 +88,7 @@ def load_study(output_dir: str | Path) -> StudyData:
             best = max(front_rank, key=lambda k: (front_rank[k], -k))
             best_score = float(table.loc[table.number == best, "score"].iloc[0])
         else:
-            inf = table[table.state == "INFEASIBLE"].dropna(subset=["peak_memory_gb"])
+            inf = table[table.state == TrialState.INFEASIBLE].dropna(subset=["peak_memory_gb"])
             if len(inf):
                 least_inf = int(inf.sort_values("peak_memory_gb").number.iloc[0])
         table["pareto"] = table.number.isin(pareto)
@@ -100,7 +101,7 @@ def score_start(objectives: Objectives, baseline: dict[str, Any] | None, header:
     """Where each objective's progress starts (score 0): the base model's validation metrics.
     peak_memory_gb starts at --memory_constraint (the base model trains nothing); an objective the
     base model has no value for starts at the worst COMPLETE trial, and the origin says so."""
-    ok = baseline is not None and baseline.get("state") == "COMPLETE"
+    ok = baseline is not None and baseline.get("state") == TrialState.COMPLETE
     base = (baseline.get("metrics") or {}) if ok else {}
     start, stand_ins = {}, []
     for n in objectives.names:
@@ -154,7 +155,7 @@ def hypervolume_history(table: pd.DataFrame, objectives: Objectives, start: dict
     hv = HV(ref_point=np.ones(len(cols)))  # volume of the unit box is 1: no normalisation needed
     out, seen = [], []
     for _, row in done.iterrows():
-        if row.state == "COMPLETE" and not row[cols].isna().any():
+        if row.state == TrialState.COMPLETE and not row[cols].isna().any():
             seen.append(objectives.to_minimize(dict(zip(objectives.names, row[cols]))))
         out.append(float(hv(distance(np.array(seen)))) if seen else 0.0)
     return HVHistory(out, start=dict(start), basis=f"from {origin}" if origin else "")
@@ -187,4 +188,4 @@ def searched(output_dir: Path) -> dict[str, list[str]]:
 def base_metrics(data: StudyData) -> dict[str, float]:
     """The base model's metrics when its evaluation completed, else {}."""
     b = data.baseline or {}
-    return dict(b.get("metrics") or {}) if b.get("state") == "COMPLETE" else {}
+    return dict(b.get("metrics") or {}) if b.get("state") == TrialState.COMPLETE else {}

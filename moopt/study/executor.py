@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from moopt.records import TrialResult, TrialSpec
+from moopt.records import TrialResult, TrialSpec, TrialState
 from moopt.study.placement import Slot
 from moopt.study.watchdog import Liveness, StallPolicy
 
@@ -48,8 +48,8 @@ class ExecutorBase:
     def _finish(self, result: TrialResult) -> None:
         """Hand a trial's result to the study; a trial the watchdog killed fails with its reason."""
         seen = self.liveness.end(result.number)
-        if seen is not None and seen.killed and result.state == "FAIL":
-            result.error = seen.killed
+        if seen is not None and seen.killed and result.state == TrialState.FAIL:
+            result.error, result.oom = seen.killed, False
             result.steps, result.total_steps = result.steps or seen.step, result.total_steps or seen.total
         self.results.put(result)
 
@@ -140,12 +140,13 @@ class LocalExecutor(ExecutorBase):
         with self._lock:
             self.active.pop(spec.number, None)
         if result is None:
+            oom = code == -signal.SIGKILL  # what the kernel's OOM killer sends
             if code < 0:
                 name = signal.Signals(-code).name
-                why = f"worker killed by {name}" + (" (likely out of memory)" if code == -signal.SIGKILL else "")
+                why = f"worker killed by {name}" + (" (likely out of memory)" if oom else "")
             else:
                 why = f"worker exited with code {code} without a result; see {spec.output_dir}/log.txt"
-            result = TrialResult(number=spec.number, state="FAIL", error=why)
+            result = TrialResult(number=spec.number, state=TrialState.FAIL, error=why, oom=oom)
         self._finish(result)
 
     def kill(self, number: int) -> None:

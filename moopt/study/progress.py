@@ -20,7 +20,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Self
+
+from moopt.records import TrialResult, TrialState
 
 
 def fmt_duration(s: float) -> str:
@@ -94,15 +96,15 @@ class ProgressBoard:
                 t.eval_done, t.eval_total = int(msg.get("done", 0)), int(msg.get("total", 0))
             return t
 
-    def ended(self, end: dict[str, Any]) -> None:
+    def ended(self, end: TrialResult) -> None:
         """A trial ended (any state): it leaves the board and counts as done; a COMPLETE one may be the best."""
         with self.lock:
-            self.trials.pop(end["number"], None)
+            self.trials.pop(end.number, None)
             self.done += 1
-            v = (end.get("metrics") or {}).get(self.objective) if self.objective else None
+            v = (end.metrics or {}).get(self.objective) if self.objective else None
             better = v is not None and (self.best is None or (v < self.best[0] if self.minimize else v > self.best[0]))
-            if end.get("state") == "COMPLETE" and better:
-                self.best = (float(v), end["number"])
+            if end.state == TrialState.COMPLETE and better:
+                self.best = (float(v), end.number)
 
     # -- lines -----------------------------------------------------------------------------------
     def study_line(self) -> str:
@@ -189,7 +191,7 @@ class ProgressView:
             t.printed_at = now
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    def ended(self, end: dict[str, Any]) -> None:
+    def ended(self, end: TrialResult) -> None:
         self.board.ended(end)
         if self.live is None and self.show_study:
             self.console.print(self.board.study_line(), markup=False, highlight=False, soft_wrap=True)

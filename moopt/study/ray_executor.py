@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Callable
 
-from moopt.records import TrialResult, TrialSpec
+from moopt.records import TrialResult, TrialSpec, TrialState
 from moopt.study.executor import ExecutorBase
 
 
@@ -65,7 +65,8 @@ class RayExecutor(ExecutorBase):
             result = TrialResult(**self.ray.get(ref))
         except Exception as e:  # worker crash, OOM kill, cancelled (TaskCancelledError's text is empty)
             first = (str(e).splitlines() or [""])[0][:300]
-            result = TrialResult(number=spec.number, state="FAIL", error=f"ray task failed: {type(e).__name__}: {first}")
+            error = f"ray task failed: {type(e).__name__}: {first}"
+            result = TrialResult(number=spec.number, state=TrialState.FAIL, error=error, oom="out of memory" in error.lower())
         with self._lock:
             self.active.pop(spec.number, None)
         self._finish(result)

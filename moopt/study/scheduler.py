@@ -1,11 +1,13 @@
 """A study: NSGA-II proposes, the executor trains, the journal remembers, the report explains.
 
-Order of events for each trial (what makes ``--resume`` after ``kill -9`` exact):
-1. the engine assigns an individual a trial number and is checkpointed (engine.pkl);
-2. ``trial_start`` is journaled, then the worker process starts;
-3. on return, ``trial_end`` is journaled (fsynced), then the result is told to the engine.
+Order of events for each trial (what makes ``--resume`` after ``kill -9`` exact; ``Scheduler.start``
+and ``Scheduler.finish``):
+1. the individual's trial number is checkpointed with the engine (engine.pkl, moopt.study.checkpoint);
+2. ``trial_start`` is journaled, then the executor starts the worker;
+3. on return, ``trial_end`` (a :class:`~moopt.records.TrialResult`) is journaled (fsynced), then the
+   result is told to the engine and the checkpoint saved.
 A replay therefore knows every finished trial; trials started but not ended are re-queued under
-the same number; the engine checkpoint says which individual each number belongs to.
+the same number; the checkpoint says which individual each number belongs to.
 
 With several slots, a slot that frees up while the rest of its generation still runs does not wait
 for it: the engine adds individuals to the pending generation (``Engine.extend``, chosen with every
@@ -14,6 +16,7 @@ result told so far) and they are told with it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -23,25 +26,29 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from moopt.config import TrialConfig
-from moopt.errors import ConfigError
 from moopt.journal import JOURNAL, Journal, replay
-from moopt.records import TrialResult, TrialSpec
+from moopt.records import TrialResult, TrialSpec, TrialState
 from moopt.search.engine import Engine
 from moopt.search.objectives import Objectives
 from moopt.search.pruner import RungPruner, rung_fractions
 from moopt.search.space import SearchSpace
-from moopt.study.lock import LOCK_FILE, StudyLock
-
-ENGINE_FILE = "engine.pkl"
-OUR_FILES = (JOURNAL, ENGINE_FILE, "best_config.yaml", "trials_summary.csv", "optimization_plot.png",
-             "pareto_front.png", "search_space.yaml", "baseline.json", "study.json")
-RESULT_FILES = ("param_importance.csv", "param_importance.png", "correlations.csv", "correlations.png",
-                "learning_curves.png", "report.html")
+from moopt.study.checkpoint import ENGINE_FILE, Checkpoint
+from moopt.study.lock import StudyLock
+from moopt.study.outdir import (  # noqa: F401  (re-exported: the CLI and tests import them from here)
+    OUR_FILES,
+    RESULT_FILES,
+    check_output_dir,
+    discard_study,
+    prepare_output_dir,
+    space_to_yaml,
+    study_fingerprint,
+    warm_start_configs,
+)
 
 
 @dataclass(frozen=True)
@@ -70,41 +77,6 @@ class StudyConfig:
     model_revision: str | None = None  # the hub commit a hub id resolved to (journaled; --resume loads that commit)
 
 
-def check_output_dir(cfg: StudyConfig) -> None:
-    """Refuse to clobber an existing study unless --resume or --overwrite (writes nothing)."""
-    out = Path(cfg.output_dir)
-    StudyLock(out).check()  # a study running there: refused at once, whatever the flags
-    holds_study = (out / JOURNAL).is_file()
-    if holds_study and not (cfg.resume or cfg.overwrite):
-        raise ConfigError(f"{out}: holds a study already; pass --resume to continue it or --overwrite to replace it")
-    if cfg.resume and cfg.overwrite:
-        raise ConfigError("--resume and --overwrite exclude each other")
-    if cfg.resume and holds_study:
-        header = replay(out).header
-        mine = study_fingerprint(cfg)
-        theirs = header.get("fingerprint", {})
-        changed = [k for k in mine if theirs.get(k) != mine[k]]
-        if changed:
-            raise ConfigError(f"{out}: --resume needs the same study; these differ from the stored one: {changed}")
-
-
-def prepare_output_dir(cfg: StudyConfig) -> None:
-    check_output_dir(cfg)
-    out = Path(cfg.output_dir)
-    if cfg.overwrite and (out / JOURNAL).is_file():
-        discard_study(out, remove_dir=False)
-
-
-def discard_study(out: Path, remove_dir: bool) -> None:
-    """Remove what a study writes (not the lock, which its owner holds); the folder too if we made it
-    and nothing else is in it."""
-    for name in (*OUR_FILES, *RESULT_FILES):
-        (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / "trial_results", ignore_errors=True)
-    if remove_dir and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
-        shutil.rmtree(out, ignore_errors=True)
-
-
 class Stopped(Exception):
     """The study was stopped (SIGTERM, Ctrl-C) with trials still to run; what finished is written."""
 
@@ -125,34 +97,33 @@ def _on_sigterm_raise():
         return None
 
 
-def study_fingerprint(cfg: StudyConfig) -> dict[str, Any]:
-    """What must not change across --resume (JSON-normalised, so it compares with the journal's)."""
-    return json.loads(json.dumps({
-        "objectives": list(cfg.objectives.names),
-        "space": [(p.name, p.type, p.low, p.high, p.step, [list(v) if isinstance(v, tuple) else v for v in p.values]) for p in cfg.space.params],
-        "fixed": cfg.space.fixed.to_dict(),
-        "train_file": os.path.abspath(cfg.train_file),
-        "validation_file": os.path.abspath(cfg.validation_file),
-        "base_model": cfg.base_model,
-        "seed": cfg.seed,
-    }))
-
-
 class Study:
-    # a free slot takes an extra individual of the pending generation while the rest of it runs (False:
-    # it waits for the generation's last trial, as before; benchmarks/bench_parallel_sim.py compares them)
-    fill_free_slots = True
+    """One study: its configuration, its pruner, the hooks the executor calls, and the steps each
+    trial goes through (journaled). ``run`` drives it with a :class:`Scheduler`.
 
-    def __init__(self, cfg: StudyConfig, console=None):
+    ``executor``: a callable ``(on_progress=, on_rung=, stall=) -> executor`` (moopt.study.executor's
+    contract); default LocalExecutor, or RayExecutor with ``cfg.executor == "ray"``. ``write_results``:
+    ``(output_dir, quiet=False) -> dict``, called after each trial (quiet) and at the end; default
+    moopt.report.results.write_results. ``fill_free_slots``: a slot that frees up while the rest of its
+    generation runs takes an extra individual of it (False: it waits for the generation's last trial;
+    benchmarks/bench_parallel_sim.py compares the two)."""
+
+    def __init__(self, cfg: StudyConfig, console=None, executor: Callable[..., Any] | None = None,
+                 write_results: Callable[..., dict] | None = None, fill_free_slots: bool = True):
         from rich.console import Console
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.console = console or Console(highlight=False, soft_wrap=True)  # a log line is never cut at 80 columns
+        self.executor_factory = executor
+        self.write_results = write_results
+        self.fill_free_slots = fill_free_slots
         self.lock = threading.Lock()
         self.pruner = RungPruner(cfg.pruning_factor or 0, ideal=cfg.objectives.ideal())
-        self.prune_reason: dict[int, str] = {}  # trial -> why its last rung stopped it
+        self.rung_stops: dict[int, tuple[int, str]] = {}  # trial -> (step, why) of the rung decision that stopped it
         self.progress_view = None
+        self.journal: Journal | None = None  # open while the study runs
+        self.any_trial_started = False
 
     # -- helpers -------------------------------------------------------------------------------
     def trial_dir(self, number: int) -> Path:
@@ -165,7 +136,7 @@ class Study:
             self.journal.append({"type": "rung", "number": number, "rung": rung, "step": step, "metrics": metrics,
                                  "decision": "continue" if go else "prune", "reason": why})
             if not go:
-                self.prune_reason[number] = why
+                self.rung_stops[number] = (step, why)
             return go
 
     def on_progress(self, number: int, event: dict) -> None:
@@ -179,7 +150,20 @@ class Study:
 
         return StallPolicy(timeout_s=self.cfg.stall_timeout_s)
 
-    # -- the main loop ---------------------------------------------------------------------------
+    def make_executor(self):
+        """The executor of this run, its hooks wired to this study."""
+        factory = self.executor_factory
+        if factory is None and self.cfg.executor == "ray":
+            from moopt.study.ray_executor import RayExecutor
+
+            factory = functools.partial(RayExecutor, address=self.cfg.ray_address)
+        elif factory is None:
+            from moopt.study.executor import LocalExecutor
+
+            factory = LocalExecutor
+        return factory(on_progress=self.on_progress, on_rung=self.decide_rung, stall=self.stall_policy())
+
+    # -- running it ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Run the study to its end. Holds the study's lock throughout (a second process is refused).
         SIGTERM (a scheduler's pre-emption) or Ctrl-C ends the running trials, writes what finished
@@ -203,11 +187,11 @@ class Study:
             lock.release()
 
     def _run(self) -> dict[str, Any]:
-        from moopt.report.results import write_results
-        from moopt.study.executor import LocalExecutor, wait_for_any
-        from moopt.study.placement import DevicePlacer
-
         cfg = self.cfg
+        if self.write_results is None:
+            from moopt.report.results import write_results
+
+            self.write_results = write_results
         prepare_output_dir(cfg)
         self.out.mkdir(parents=True, exist_ok=True)
         record = replay(self.out) if cfg.resume else None
@@ -227,188 +211,30 @@ class Study:
         for e in record.finished.values() if record else []:
             self.completed(e)
 
-        deadline = time.time() + cfg.time_budget_hours * 3600 if cfg.time_budget_hours else None
-        placer = DevicePlacer(cfg.parallel_trials)
-        gate = None
-        if cfg.memory_constraint_gb:
-            from moopt.study.gate import MemoryGate
-
-            gate = MemoryGate(cfg.model_path, device="cuda" if placer.on_gpu else "cpu", train_file=cfg.train_file,
-                              kernels=self.kernel_path("cuda" if placer.on_gpu else "cpu"), constraint_gb=cfg.memory_constraint_gb)
-        if cfg.executor == "ray":
-            from moopt.study.ray_executor import RayExecutor
-
-            executor = RayExecutor(on_progress=self.on_progress, on_rung=self.decide_rung, address=cfg.ray_address,
-                                   stall=self.stall_policy())
-        else:
-            executor = LocalExecutor(on_progress=self.on_progress, on_rung=self.decide_rung, stall=self.stall_policy())
-        engine_path = self.out / ENGINE_FILE
-
-        # -- engine: fresh, or restored from its checkpoint --------------------------------------
-        finished: dict[int, dict[str, Any]] = dict(record.finished) if record else {}
-        if cfg.resume and engine_path.is_file():
-            engine = Engine.load(engine_path)
-            assigned: dict[int, int] = getattr(engine, "assigned", {})
-        else:
-            engine = Engine(cfg.space, len(cfg.objectives.names), cfg.num_trials, cfg.seed, cfg.parallel_trials,
-                            warm_start=warm_start_configs(cfg.warm_start) if cfg.warm_start else None)
-            assigned = {}
-        engine.assigned = assigned  # trial number -> index in the pending generation
-        queue: list[tuple[int, int]] = []  # (index in pending, trial number or -1 for new)
-        if engine.pending is not None:
-            for idx in range(len(engine.pending)):
-                num = next((n for n, i in assigned.items() if i == idx), None)
-                if num is not None and num in finished:
-                    engine.tell_one(idx, *self.told_values(finished[num]))
-                elif idx not in engine.results:
-                    queue.append((idx, -1 if num is None else num))
-        evaluated = {self.config_key(TrialConfig.from_dict(e["config"])): e for e in finished.values() if "config" in e}
-        if record is not None and record.header:
-            rerun = [n for n in record.running if n not in finished]
-            self.console.print(f"Resuming {self.out}: {len(finished)} of {cfg.num_trials} trials finished and kept"
-                               + (f"; re-queued (were running): {', '.join(map(str, rerun))}" if rerun else ""))
-
+        sched = Scheduler(self, self.make_executor())
+        sched.resume(record)
         if cfg.baseline and not (self.out / "baseline.json").is_file():
             self.run_baseline()
-
-        n_started = len(finished)
-        next_number = max([*finished, *assigned, -1]) + 1
-        running: dict[int, dict[str, Any]] = {}
-        stop_note = None
-        durations: list[tuple[float, float, float]] = []  # (train tokens per epoch, tokens/s, overhead s)
-        for e in finished.values():
-            durations += self.duration_sample(e)
-
         try:
-            with self.progress(finished.values(), deadline) as view:
-                self.progress_view = view
-                while True:
-                    # fill free slots
-                    while placer.free() > 0 and n_started < cfg.num_trials and stop_note is None:
-                        if not queue:
-                            if engine.pending is not None and not engine.generation_done:
-                                # the rest of this generation runs: a free slot takes an extra individual
-                                more = engine.extend(min(placer.free(), cfg.num_trials - n_started)) if self.fill_free_slots else []
-                                if not more:
-                                    break  # wait for a trial of this generation to end
-                                queue = [(len(engine.pending) - len(more) + i, -1) for i in range(len(more))]
-                                engine.save(engine_path)
-                                continue
-                            if engine.pending is not None:
-                                engine.tell()
-                                engine.assigned = {}
-                                engine.save(engine_path)
-                            X = engine.ask()
-                            if not X:
-                                stop_note = "the search space has no new configurations left to propose"
-                                break
-                            queue = [(i, -1) for i in range(len(X))]
-                            engine.save(engine_path)
-                        idx, number = queue.pop(0)
-                        x = dict(engine.pending[idx].X)
-                        tcfg = cfg.space.decode(x)
-                        key = self.config_key(tcfg)
-                        if key in evaluated:  # same configuration as a finished trial: reuse, no new trial
-                            engine.tell_one(idx, *self.told_values(evaluated[key]))
-                            continue
-                        if deadline is not None and not self.fits_time(tcfg, durations, deadline):
-                            stop_note = "time budget: the next trial could not finish before the deadline"
-                            break
-                        if gate is not None:  # --memory_constraint: never train what cannot fit
-                            decision = gate.decide(tcfg)
-                            self.journal.append({"type": "memory_gate", "number": number if number >= 0 else next_number,
-                                                 **vars(decision)})
-                            if decision.verdict == "infeasible":
-                                if number < 0:
-                                    number, next_number = next_number, next_number + 1
-                                end = self.record_infeasible(number, tcfg, x, decision)
-                                view.ended(end)
-                                finished[number], evaluated[key] = end, end
-                                engine.tell_one(idx, *self.told_values(end))
-                                n_started += 1
-                                continue
-                        candidate = number if number >= 0 else next_number
-                        slot = placer.place(candidate, self.estimate_gb(tcfg) if placer.on_gpu else None)
-                        if slot is None:  # no GPU has room for it now: wait for a running trial to end
-                            queue.insert(0, (idx, number))
-                            break
-                        if number < 0:
-                            number, next_number = next_number, next_number + 1
-                        engine.assigned[number] = idx
-                        engine.save(engine_path)
-                        running[number] = {"slot": slot, "idx": idx, "config": tcfg, "start": _now(), "t0": time.time(), "key": key}
-                        self.start_trial(executor, number, tcfg, x, slot, deadline)
-                        n_started += 1
-                    if not running:
-                        break
-                    res = wait_for_any(executor, deadline=deadline, on_poll=view.tick)
-                    info = running.pop(res.number)
-                    placer.release(res.number)
-                    end = self.end_trial(res, info)
-                    view.ended(end)
-                    if gate is not None:  # each measured peak calibrates the gate; an OOM is never repeated
-                        gate.observe(info["config"], int((end.get("metrics") or {}).get("peak_memory_gb", 0) * 2**30),
-                                     oom="out of memory" in str(end.get("error") or "").lower())
-                    self.completed(end)
-                    finished[res.number] = end
-                    evaluated[info["key"]] = end
-                    durations += self.duration_sample(end)
-                    engine.tell_one(info["idx"], *self.told_values(end))
-                    if engine.generation_done:
-                        engine.tell()
-                        engine.assigned = {}
-                    engine.save(engine_path)
-                    write_results(self.out, quiet=True)
+            sched.run()
         except (KeyboardInterrupt, Stopped) as e:
-            executor.kill_all()  # their trial_start has no trial_end: --resume reruns them
+            sched.executor.kill_all()  # their trial_start has no trial_end: --resume reruns them
             self.journal.close()
             if self.any_trial_started:
-                write_results(self.out, quiet=True)
-            raise Stopped(str(e) or "interrupted", finished=len(finished), total=cfg.num_trials,
-                          running=sorted(running)) from None
+                self.write_results(self.out, quiet=True)
+            raise Stopped(str(e) or "interrupted", finished=len(sched.finished), total=cfg.num_trials,
+                          running=sorted(sched.running)) from None
         finally:
             self.progress_view = None
-            executor.close()
-        if stop_note:
-            self.console.print(f"[yellow]Study stopped early:[/] {stop_note} ({len(finished)} of {cfg.num_trials} trials)")
+            sched.executor.close()
+        if sched.stop_note:
+            self.console.print(f"[yellow]Study stopped early:[/] {sched.stop_note} ({len(sched.finished)} of {cfg.num_trials} trials)")
         self.journal.close()
-        return write_results(self.out)
+        return self.write_results(self.out)
 
-    # -- per-trial steps -----------------------------------------------------------------------
-    def kernel_path(self, device: str) -> str:
-        if self.cfg.kernels != "auto":
-            return self.cfg.kernels
-        return "triton" if device == "cuda" else "torch"
-
-    def record_infeasible(self, number: int, tcfg: TrialConfig, x: dict, decision) -> dict[str, Any]:
-        """A configuration the memory gate rules out: journaled as INFEASIBLE, never trained."""
-        params = {p.short: _plain(p.decode(x[p.name])) for p in self.cfg.space.params}
-        now = _now()
-        peak = decision.measured_gb if decision.measured_gb is not None else decision.predicted_gb
-        self.journal.append({"type": "trial_start", "number": number, "datetime_start": now, "params": params,
-                             "config": tcfg.to_dict(), "device": "none"})
-        d = self.trial_dir(number)
-        from moopt.yamlio import write_yaml
-
-        write_yaml(d / "config.yaml", tcfg.to_dict())
-        end = {"type": "trial_end", "number": number, "datetime_complete": _now(), "datetime_start": now,
-               "duration_s": 0.0, "state": "INFEASIBLE", "metrics": {"peak_memory_gb": peak},
-               "error": f"not trained: {decision.reason}", "steps": 0, "total_steps": 0, "train_tokens": 0,
-               "eval_tokens": 0, "train_seconds": 0.0, "tokens_per_s": None, "backend": None, "config": tcfg.to_dict(),
-               "epochs": tcfg.training.num_train_epochs}
-        self.journal.append(end)
-        self.console.print(f"Trial {number} [red]INFEASIBLE[/] (not trained): {decision.reason}")
-        return end
-
-    def estimate_gb(self, tcfg: TrialConfig, device: str = "cuda") -> float:
-        """Analytic peak-memory estimate of a trial, GiB (moopt.memory.estimate), from the model's config only."""
-        from moopt.memory.estimate import estimate_peak, load_model_config
-
-        if not hasattr(self, "_model_config"):
-            self._model_config = load_model_config(self.cfg.model_path)
-        return estimate_peak(self._model_config, tcfg, device=device, kernels=self.kernel_path(device)).total_gib
-
+    # -- per-trial steps (each journaled) ----------------------------------------------------------
     def start_trial(self, executor, number: int, tcfg: TrialConfig, x: dict, slot, deadline) -> None:
+        """Journal ``trial_start``, give the trial a clean folder, hand it to the executor."""
         cfg = self.cfg
         params = {p.short: _plain(p.decode(x[p.name])) for p in cfg.space.params}
         self.journal.append({"type": "trial_start", "number": number, "datetime_start": _now(),
@@ -427,66 +253,93 @@ class Study:
         self.any_trial_started = True
         executor.submit(spec, slot)
 
-    def end_trial(self, res: TrialResult, info: dict) -> dict[str, Any]:
-        cfg = self.cfg
-        m = res.metrics
-        if res.state == "COMPLETE" and cfg.memory_constraint_gb and m.get("peak_memory_gb", 0) > cfg.memory_constraint_gb:
-            res.state = "INFEASIBLE"
+    def end_trial(self, res: TrialResult, trial: Running) -> TrialResult:
+        """Complete the worker's result with what the study knows (memory constraint, the rung
+        decision, times, configuration) and journal it as ``trial_end``."""
+        cfg, m = self.cfg, res.metrics
+        res.state = TrialState(res.state)
+        if res.state == TrialState.COMPLETE and cfg.memory_constraint_gb and m.get("peak_memory_gb", 0) > cfg.memory_constraint_gb:
+            res.state = TrialState.INFEASIBLE
             res.error = f"peak {m['peak_memory_gb']:.2f} GiB > --memory_constraint {cfg.memory_constraint_gb:g} GiB"
-        if res.state == "PRUNED" and res.number in self.prune_reason and (res.error or "").startswith("pruned at step"):
-            res.error = f"{res.error}; {self.prune_reason.pop(res.number)}"
-        metrics_file = self.trial_dir(res.number) / "metrics.json"
-        tokens_per_s = None
-        if metrics_file.is_file():
-            tokens_per_s = json.loads(metrics_file.read_text()).get("tokens_per_s")
-        end = {"type": "trial_end", "number": res.number, "datetime_complete": _now(),
-               "datetime_start": info["start"], "duration_s": time.time() - info["t0"], "state": res.state,
-               "metrics": m, "error": res.error, "steps": res.steps, "total_steps": res.total_steps,
-               "train_tokens": res.train_tokens, "eval_tokens": res.eval_tokens, "train_seconds": res.train_seconds,
-               "tokens_per_s": tokens_per_s,
-               "backend": res.backend, "backend_reason": res.backend_reason, "config": info["config"].to_dict(),
-               "epochs": info["config"].training.num_train_epochs}
-        self.journal.append(end)
+        if res.state == TrialState.PRUNED and res.number in self.rung_stops:  # stopped by our rung decision
+            step, why = self.rung_stops.pop(res.number)
+            res.pruned_at_step = step if res.pruned_at_step is None else res.pruned_at_step
+            res.prune_reason = why
+            res.error = f"{res.error}; {why}"
+        res.datetime_start, res.datetime_complete = trial.start, _now()
+        res.duration_s = time.time() - trial.t0
+        res.config, res.epochs = trial.config.to_dict(), trial.config.training.num_train_epochs
+        self.journal.append(res)
         vals = "  ".join(f"{k}={m[k]:.4f}" for k in cfg.objectives.names if k in m)
-        colour = {"COMPLETE": "green", "PRUNED": "yellow"}.get(res.state, "red")
+        colour = {TrialState.COMPLETE: "green", TrialState.PRUNED: "yellow"}.get(res.state, "red")
         extra = f" ({res.error})" if res.error else ""
-        self.console.print(f"Trial {res.number} [{colour}]{res.state}[/] in {end['duration_s']:.0f}s: {vals}{extra}")
+        self.console.print(f"Trial {res.number} [{colour}]{res.state}[/] in {res.duration_s:.0f}s: {vals}{extra}")
+        return res
+
+    def record_infeasible(self, number: int, tcfg: TrialConfig, x: dict, decision) -> TrialResult:
+        """A configuration the memory gate rules out: journaled as INFEASIBLE, never trained."""
+        params = {p.short: _plain(p.decode(x[p.name])) for p in self.cfg.space.params}
+        now = _now()
+        peak = decision.measured_gb if decision.measured_gb is not None else decision.predicted_gb
+        self.journal.append({"type": "trial_start", "number": number, "datetime_start": now, "params": params,
+                             "config": tcfg.to_dict(), "device": "none"})
+        d = self.trial_dir(number)
+        from moopt.yamlio import write_yaml
+
+        write_yaml(d / "config.yaml", tcfg.to_dict())
+        end = TrialResult(number=number, state=TrialState.INFEASIBLE, metrics={"peak_memory_gb": peak},
+                          error=f"not trained: {decision.reason}", datetime_start=now, datetime_complete=_now(),
+                          duration_s=0.0, config=tcfg.to_dict(), epochs=tcfg.training.num_train_epochs)
+        self.journal.append(end)
+        self.console.print(f"Trial {number} [red]INFEASIBLE[/] (not trained): {decision.reason}")
         return end
 
-    def told_values(self, end: dict[str, Any]) -> tuple[np.ndarray, float, np.ndarray]:
+    def told_values(self, end: TrialResult) -> tuple[np.ndarray, float, np.ndarray]:
         """(F, G) for NSGA-II, and F for the engine's surrogate. Failures: G = 1 (infeasible, ranked
-        behind every feasible trial). A pruned trial: NSGA-II gets its last rung's values; the
+        behind every feasible trial). A trial pruned at a rung: NSGA-II gets its last rung's values; the
         surrogate their projection to the trial's end (RungPruner.projected)."""
-        objs, m, c = self.cfg.objectives, end.get("metrics") or {}, self.cfg.memory_constraint_gb
+        objs, m, c = self.cfg.objectives, end.metrics or {}, self.cfg.memory_constraint_gb
         have = all(k in m for k in objs.names)
         F = objs.to_minimize(m) if have else np.full(len(objs.names), 1e9)
-        if end["state"] in ("COMPLETE", "PRUNED") and have:
+        if end.state in (TrialState.COMPLETE, TrialState.PRUNED) and have:
             G = (m.get("peak_memory_gb", 0.0) - c) if c else -1.0
-        elif end["state"] == "INFEASIBLE" and c and "peak_memory_gb" in m:
+        elif end.state == TrialState.INFEASIBLE and c and "peak_memory_gb" in m:
             G = max(m["peak_memory_gb"] - c, 1e-3)
         else:
             G = 1.0
-        by_rung = end["state"] == "PRUNED" and have and str(end.get("error") or "").startswith("pruned at step")
-        return F, float(G), self.pruner.projected(end["number"], F) if by_rung else F
+        return F, float(G), self.pruner.projected(end.number, F) if end.pruned_by_rung and have else F
 
-    def completed(self, end: dict[str, Any]) -> None:
+    def completed(self, end: TrialResult) -> None:
         """A trial that ran to its end teaches the pruner how rung values turn into final ones."""
-        m = end.get("metrics") or {}
-        if end["state"] == "COMPLETE" and all(k in m for k in self.cfg.objectives.names):
-            self.pruner.complete(end["number"], self.cfg.objectives.to_minimize(m))
+        m = end.metrics or {}
+        if end.state == TrialState.COMPLETE and all(k in m for k in self.cfg.objectives.names):
+            self.pruner.complete(end.number, self.cfg.objectives.to_minimize(m))
+
+    def kernel_path(self, device: str) -> str:
+        if self.cfg.kernels != "auto":
+            return self.cfg.kernels
+        return "triton" if device == "cuda" else "torch"
+
+    def estimate_gb(self, tcfg: TrialConfig, device: str = "cuda") -> float:
+        """Analytic peak-memory estimate of a trial, GiB (moopt.memory.estimate), from the model's config only."""
+        from moopt.memory.estimate import estimate_peak, load_model_config
+
+        if not hasattr(self, "_model_config"):
+            self._model_config = load_model_config(self.cfg.model_path)
+        return estimate_peak(self._model_config, tcfg, device=device, kernels=self.kernel_path(device)).total_gib
 
     @staticmethod
     def config_key(cfg: TrialConfig) -> str:
         return json.dumps(cfg.to_dict(), sort_keys=True)
 
     @staticmethod
-    def duration_sample(end: dict[str, Any]) -> list[tuple[float, float, float]]:
-        tps, tokens, secs = end.get("tokens_per_s"), end.get("train_tokens"), end.get("train_seconds")
-        if not tps or not tokens or not end.get("total_steps"):
+    def duration_sample(end: TrialResult) -> list[tuple[float, float, float]]:
+        tps, tokens, secs = end.tokens_per_s, end.train_tokens, end.train_seconds
+        if not tps or not tokens or not end.total_steps:
             return []
-        frac_done = end["steps"] / end["total_steps"]
-        per_epoch = tokens / max(frac_done * end["epochs"], 1e-9)
-        return [(per_epoch, tps, max(0.0, end["duration_s"] - secs))]
+        frac_done = end.steps / end.total_steps
+        per_epoch = tokens / max(frac_done * end.epochs, 1e-9)
+        return [(per_epoch, tps, max(0.0, end.duration_s - secs))]
 
     @staticmethod
     def fits_time(tcfg: TrialConfig, durations, deadline: float) -> bool:
@@ -523,7 +376,7 @@ class Study:
         from moopt.yamlio import write_json
 
         write_json(self.out / "baseline.json", {"state": res.state, "metrics": res.metrics, "error": res.error})
-        if res.state == "COMPLETE":
+        if res.state == TrialState.COMPLETE:
             shown = "  ".join(f"{k}={v:.4f}" for k, v in res.metrics.items() if k.startswith("eval_"))
             self.console.print(f"Base model (no fine-tuning): {shown}")
         else:
@@ -541,31 +394,194 @@ class Study:
         return ProgressView(self.console, board)
 
 
-def warm_start_configs(output_dir: str, limit: int = 24) -> list[TrialConfig]:
-    """An earlier study's best trials, best first: its Pareto front by weighted score, then the
-    other COMPLETE trials by score."""
-    from moopt.config import load_trial_config
-    from moopt.report.table import load_study
+@dataclass
+class Running:
+    """A trial handed to the executor."""
 
-    data = load_study(output_dir)
-    t = data.table
-    if not len(t) or "score" not in t:
-        return []
-    done = t[t.state == "COMPLETE"].sort_values(["pareto", "score"], ascending=[False, False])
-    out = Path(output_dir) / "trial_results"
-    return [load_trial_config(out / f"trial_{n}" / "config.yaml") for n in done.number[:limit]]
+    idx: int  # its individual's index in the engine's pending generation
+    config: TrialConfig
+    key: str  # Study.config_key(config): finished configurations are never trained twice
+    slot: Any  # moopt.study.placement.Slot
+    start: str  # datetime_start, ISO
+    t0: float  # time.time() at the start
 
 
-def space_to_yaml(space: SearchSpace) -> dict[str, Any]:
-    out: dict[str, dict[str, Any]] = {}
-    for p in space.params:
-        section, key = p.name.split(".", 1)
-        if p.type == "categorical":
-            spec = {"type": p.type, "values": [list(v) if isinstance(v, tuple) else v for v in p.values]}
+class Scheduler:
+    """The study's loop, with its state in the open: NSGA-II individuals queue up, free slots start
+    them, results come back in any order and are told to the engine.
+
+    One trial, in order (``start`` then ``finish``):
+      start:  checkpoint (number -> individual) -> journal trial_start -> executor.submit
+      finish: journal trial_end -> tell the engine -> checkpoint -> write the results
+    """
+
+    def __init__(self, study: Study, executor):
+        from moopt.study.placement import DevicePlacer
+
+        cfg = self.cfg = study.cfg
+        self.study, self.executor = study, executor
+        self.path = study.out / ENGINE_FILE
+        self.ck: Checkpoint | None = None  # the engine and the trial number -> pending index map (resume makes it)
+        self.queue: list[tuple[int, int]] = []  # (index in engine.pending, trial number or -1 for a new one)
+        self.running: dict[int, Running] = {}
+        self.finished: dict[int, TrialResult] = {}
+        self.evaluated: dict[str, TrialResult] = {}  # config_key -> its trial's end
+        self.durations: list[tuple[float, float, float]] = []  # (train tokens per epoch, tokens/s, overhead s)
+        self.n_started = 0  # finished or started trials, toward cfg.num_trials
+        self.next_number = 0
+        self.stop_note: str | None = None  # why no more trials start (time budget, space exhausted)
+        self.deadline = time.time() + cfg.time_budget_hours * 3600 if cfg.time_budget_hours else None
+        self.placer = DevicePlacer(cfg.parallel_trials)
+        self.gate = None
+        if cfg.memory_constraint_gb:
+            from moopt.study.gate import MemoryGate
+
+            device = "cuda" if self.placer.on_gpu else "cpu"
+            self.gate = MemoryGate(cfg.model_path, device=device, train_file=cfg.train_file,
+                                   kernels=study.kernel_path(device), constraint_gb=cfg.memory_constraint_gb)
+        self.view = None  # the progress view, while run() runs
+
+    @property
+    def engine(self) -> Engine:
+        return self.ck.engine
+
+    # -- one trial ---------------------------------------------------------------------------------
+    def start(self, idx: int, number: int, tcfg: TrialConfig, x: dict, key: str, slot) -> None:
+        self.ck.assigned[number] = idx
+        self.ck.save(self.path)
+        self.running[number] = Running(idx, tcfg, key, slot, _now(), time.time())
+        self.study.start_trial(self.executor, number, tcfg, x, slot, self.deadline)
+        self.n_started += 1
+
+    def finish(self, res: TrialResult) -> None:
+        trial = self.running.pop(res.number)
+        self.placer.release(res.number)
+        end = self.study.end_trial(res, trial)
+        self.view.ended(end)
+        if self.gate is not None:  # each measured peak calibrates the gate; an OOM is never repeated
+            self.gate.observe(trial.config, int(end.metrics.get("peak_memory_gb", 0) * 2**30), oom=end.oom)
+        self.study.completed(end)
+        self.finished[res.number] = self.evaluated[trial.key] = end
+        self.durations += self.study.duration_sample(end)
+        self.engine.tell_one(trial.idx, *self.study.told_values(end))
+        if self.engine.generation_done:
+            self.ck.tell()
+        self.ck.save(self.path)
+        self.study.write_results(self.study.out, quiet=True)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Until every trial has run (or a stop note says why not): fill the free slots, wait for a result."""
+        from moopt.study.executor import wait_for_any
+
+        with self.study.progress(self.finished.values(), self.deadline) as view:
+            self.view = self.study.progress_view = view
+            while True:
+                self.fill_slots()
+                if not self.running:
+                    return
+                self.finish(wait_for_any(self.executor, deadline=self.deadline, on_poll=view.tick))
+
+    def fill_slots(self) -> None:
+        """Start trials while a slot is free, trials are left to run and nothing said stop."""
+        while self.placer.free() > 0 and self.n_started < self.cfg.num_trials and self.stop_note is None:
+            if not self.queue and not self.queue_more():
+                return
+            idx, number = self.queue.pop(0)
+            if not self.admit(idx, number):
+                return
+
+    def queue_more(self) -> bool:
+        """Queue more individuals: extra ones of the pending generation while the rest of it runs,
+        else the next generation. False: none now (wait for a running trial, or the space is spent)."""
+        engine = self.engine
+        if engine.pending is not None and not engine.generation_done:
+            more = []
+            if self.study.fill_free_slots:
+                more = engine.extend(min(self.placer.free(), self.cfg.num_trials - self.n_started))
+            if not more:
+                return False  # wait for a trial of this generation to end
+            self.queue = [(len(engine.pending) - len(more) + i, -1) for i in range(len(more))]
+            self.ck.save(self.path)
+            return True
+        if engine.pending is not None:
+            self.ck.tell()
+            self.ck.save(self.path)
+        X = engine.ask()
+        if not X:
+            self.stop_note = "the search space has no new configurations left to propose"
+            return False
+        self.queue = [(i, -1) for i in range(len(X))]
+        self.ck.save(self.path)
+        return True
+
+    def admit(self, idx: int, number: int) -> bool:
+        """Start pending individual ``idx`` (as trial ``number``, or the next new number if -1) unless
+        it was evaluated already (told again, no trial), the time budget cannot fit it, or the memory
+        gate rules it out (journaled INFEASIBLE). False: stop filling slots for now."""
+        study = self.study
+        x = dict(self.engine.pending[idx].X)
+        tcfg = self.cfg.space.decode(x)
+        key = study.config_key(tcfg)
+        if key in self.evaluated:  # same configuration as a finished trial: reuse, no new trial
+            self.engine.tell_one(idx, *study.told_values(self.evaluated[key]))
+            return True
+        if self.deadline is not None and not study.fits_time(tcfg, self.durations, self.deadline):
+            self.stop_note = "time budget: the next trial could not finish before the deadline"
+            return False
+        if self.gate is not None:  # --memory_constraint: never train what cannot fit
+            decision = self.gate.decide(tcfg)
+            study.journal.append({"type": "memory_gate", "number": number if number >= 0 else self.next_number,
+                                  **vars(decision)})
+            if decision.verdict == "infeasible":
+                number = number if number >= 0 else self.new_number()
+                end = study.record_infeasible(number, tcfg, x, decision)
+                self.view.ended(end)
+                self.finished[number] = self.evaluated[key] = end
+                self.engine.tell_one(idx, *study.told_values(end))
+                self.n_started += 1
+                return True
+        candidate = number if number >= 0 else self.next_number
+        slot = self.placer.place(candidate, study.estimate_gb(tcfg) if self.placer.on_gpu else None)
+        if slot is None:  # no GPU has room for it now: wait for a running trial to end
+            self.queue.insert(0, (idx, number))
+            return False
+        self.start(idx, number if number >= 0 else self.new_number(), tcfg, x, key, slot)
+        return True
+
+    def new_number(self) -> int:
+        self.next_number += 1
+        return self.next_number - 1
+
+    # -- resume ------------------------------------------------------------------------------------
+    def resume(self, record) -> None:
+        """Restore the engine (or make a fresh one) and what the journal says finished; re-queue the
+        pending individuals that have no result, under their trial number if they had one."""
+        cfg, study = self.cfg, self.study
+        self.finished = dict(record.finished) if record else {}
+        if cfg.resume and self.path.is_file():
+            self.ck = Checkpoint.load(self.path)
         else:
-            spec = {"type": p.type, "min": p.low, "max": p.high} | ({"step": p.step} if p.type == "int" and p.step != 1 else {})
-        out.setdefault(section, {})[key] = spec
-    return out
+            self.ck = Checkpoint(Engine(cfg.space, len(cfg.objectives.names), cfg.num_trials, cfg.seed, cfg.parallel_trials,
+                                        warm_start=warm_start_configs(cfg.warm_start) if cfg.warm_start else None))
+        engine = self.engine
+        if engine.pending is not None:
+            for idx in range(len(engine.pending)):
+                num = self.ck.number_of(idx)
+                if num is not None and num in self.finished:
+                    engine.tell_one(idx, *study.told_values(self.finished[num]))
+                elif idx not in engine.results:
+                    self.queue.append((idx, -1 if num is None else num))
+        self.evaluated = {study.config_key(TrialConfig.from_dict(e.config)): e for e in self.finished.values()
+                          if e.config is not None}
+        if record is not None and record.header:
+            rerun = [n for n in record.running if n not in self.finished]
+            study.console.print(f"Resuming {study.out}: {len(self.finished)} of {cfg.num_trials} trials finished and kept"
+                                + (f"; re-queued (were running): {', '.join(map(str, rerun))}" if rerun else ""))
+        self.n_started = len(self.finished)
+        self.next_number = max([*self.finished, *self.ck.assigned, -1]) + 1
+        for e in self.finished.values():
+            self.durations += study.duration_sample(e)
 
 
 def _now() -> str:

@@ -21,7 +21,7 @@ import torch
 
 from moopt.config import TrialConfig
 from moopt.memory.rss import peak_rss_bytes
-from moopt.records import TrialResult, TrialSpec
+from moopt.records import TrialResult, TrialSpec, TrialState
 from moopt.search.pruner import rung_eval_size
 from moopt.train.data import IGNORE, TokenizedSet, collate, micro_batches, n_micro_batches, subset, tokenize_file
 
@@ -229,7 +229,7 @@ def inject_fault(number: int, step: int, loss: float) -> float:
 def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
     reporter = reporter or NullReporter()
     cfg, tc = spec.config, spec.config.training
-    result = TrialResult(number=spec.number, state="FAIL")
+    result = TrialResult(number=spec.number, state=TrialState.FAIL)
     out_dir = Path(spec.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if spec.threads:
@@ -252,7 +252,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
             reporter.phase("evaluating", f"{len(val.examples)} validation examples")
             result.metrics = evaluate(model, val, tc.batch_size, pad_id, device, "torch", reporter.heartbeat)
             result.metrics["peak_memory_gb"] = peak_memory_gb(device)
-            result.state = "COMPLETE"
+            result.state = TrialState.COMPLETE
             return result
 
         # -- attach LoRA (moopt's own modules; PEFT is only used to read the saved adapter) -------
@@ -366,7 +366,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
         # -- evaluate -----------------------------------------------------------------------------
         if stop_reason == "pruned":
             metrics = {k: v for k, v in evals[-1].items() if k not in ("step", "examples")}
-            result.state, result.error = "PRUNED", f"pruned at step {step}"
+            result.state, result.pruned_at_step, result.error = TrialState.PRUNED, step, f"pruned at step {step}"
             if len(rung_val.examples) < len(val.examples):
                 result.error += f" (metrics on the rungs' {len(rung_val.examples)} of {len(val.examples)} validation examples)"
         else:
@@ -379,7 +379,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
                 reporter.phase("evaluating", f"{len(test.examples)} test examples")
                 tm = with_fallback(lambda: evaluate(model, test, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat))
                 metrics.update({k.replace("eval_", "test_"): v for k, v in tm.items()})
-            result.state = "COMPLETE" if stop_reason is None else "PRUNED"
+            result.state = TrialState.COMPLETE if stop_reason is None else TrialState.PRUNED
             result.error = None if stop_reason is None else f"{stop_reason} at step {step}"
         metrics["peak_memory_gb"] = peak_memory_gb(device)
         result.metrics = metrics
@@ -397,15 +397,13 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
                  "train_label_tokens": train.n_label_tokens, "val_label_tokens": val.n_label_tokens}
     except Exception as e:  # recorded as a failed trial; the study goes on
         is_oom = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
-        result.state = "INFEASIBLE" if is_oom else "FAIL"
+        result.state, result.oom = (TrialState.INFEASIBLE if is_oom else TrialState.FAIL), is_oom
         result.error = f"{type(e).__name__}: {e}".splitlines()[0][:500]
         result.metrics = result.metrics or ({"peak_memory_gb": peak_memory_gb(device)} if is_oom else {})
         traceback.print_exc(file=sys.stderr)
         extra = {}
     from moopt.yamlio import write_json
 
-    write_json(out_dir / "metrics.json", {
-        **asdict(result), "curve": curve, "evals": evals, **extra,
-        "tokens_per_s": result.train_tokens / result.train_seconds if result.train_seconds else None,
-    })
+    result.tokens_per_s = result.train_tokens / result.train_seconds if result.train_seconds else None
+    write_json(out_dir / "metrics.json", {**asdict(result), "curve": curve, "evals": evals, **extra})
     return result

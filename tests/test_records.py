@@ -1,0 +1,158 @@
+"""The typed records at the study's boundaries: the trial state, the trial-end record the journal
+writes and reads back (journals written before it replay too), pruning and OOM as fields, the
+engine checkpoint, and the reporters that match the recipe's Reporter protocol."""
+
+import inspect
+import io
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from moopt.journal import JOURNAL, Journal, replay
+from moopt.records import TrialResult, TrialState
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# lines as moopt wrote them before TrialResult was the journal's record (no pruned_at_step, oom, ...)
+OLD_JOURNAL = [
+    {"type": "study", "created": "2026-12-01T10:00:00.000", "fingerprint": {}, "num_trials": 3,
+     "objectives": ["eval_loss", "eval_accuracy"], "weights": [0.5, 0.5], "base_model": "m"},
+    *({"type": "trial_start", "number": n, "datetime_start": "2026-12-01T10:00:01.000", "params": {"lr": 1e-4},
+       "config": {"training": {"num_train_epochs": 1.0}}, "device": "cpu"} for n in range(3)),
+    {"type": "trial_end", "number": 0, "datetime_complete": "2026-12-01T10:01:00.000",
+     "datetime_start": "2026-12-01T10:00:01.000", "duration_s": 59.0, "state": "COMPLETE",
+     "metrics": {"eval_loss": 1.2, "eval_accuracy": 0.4, "peak_memory_gb": 0.5}, "error": None, "steps": 20,
+     "total_steps": 20, "train_tokens": 4000, "eval_tokens": 800, "train_seconds": 50.0, "tokens_per_s": 80.0,
+     "backend": "torch", "backend_reason": "--kernels torch", "config": {"training": {"num_train_epochs": 1.0}},
+     "epochs": 1.0},
+    {"type": "trial_end", "number": 1, "datetime_complete": "2026-12-01T10:01:30.000",
+     "datetime_start": "2026-12-01T10:00:01.000", "duration_s": 29.0, "state": "PRUNED",
+     "metrics": {"eval_loss": 1.9, "eval_accuracy": 0.2}, "steps": 5, "total_steps": 20, "train_tokens": 1000,
+     "eval_tokens": 200, "train_seconds": 12.0, "tokens_per_s": 83.3, "backend": "torch", "backend_reason": None,
+     "error": "pruned at step 5 (metrics on the rungs' 16 of 64 validation examples); cannot catch trial 0: 1.90 > 1.20",
+     "config": {"training": {"num_train_epochs": 1.0}}, "epochs": 1.0},
+    {"type": "trial_end", "number": 2, "datetime_complete": "2026-12-01T10:02:00.000",
+     "datetime_start": "2026-12-01T10:00:01.000", "duration_s": 0.0, "state": "INFEASIBLE",
+     "metrics": {"peak_memory_gb": 9.0}, "error": "not trained: predicted 9.00 GiB > 4 GiB", "steps": 0,
+     "total_steps": 0, "train_tokens": 0, "eval_tokens": 0, "train_seconds": 0.0, "tokens_per_s": None,
+     "backend": None, "config": {"training": {"num_train_epochs": 1.0}}, "epochs": 1.0},
+]
+
+
+def test_the_state_prints_and_serialises_as_its_bare_value():
+    assert str(TrialState.PRUNED) == "PRUNED" and f"{TrialState.FAIL}" == "FAIL"
+    assert json.dumps({"state": TrialState.COMPLETE}) == '{"state": "COMPLETE"}'
+    assert TrialState("INFEASIBLE") is TrialState.INFEASIBLE and TrialState.COMPLETE == "COMPLETE"
+    assert TrialResult(number=0, state="PRUNED").state is TrialState.PRUNED
+    with pytest.raises(ValueError):
+        TrialResult(number=0, state="DONE")
+
+
+def test_a_journal_written_before_the_typed_record_replays(tmp_path):
+    (tmp_path / JOURNAL).write_text("".join(json.dumps(ev) + "\n" for ev in OLD_JOURNAL) + '{"type": "trial_e')
+    rec = replay(tmp_path)
+    assert sorted(rec.finished) == [0, 1, 2] and not rec.running
+    done, pruned, infeasible = (rec.finished[n] for n in range(3))
+    assert isinstance(done, TrialResult) and done.state is TrialState.COMPLETE and done.tokens_per_s == 80.0
+    assert done.pruned_at_step is None and not done.pruned_by_rung and done.epochs == 1.0
+    assert pruned.state is TrialState.PRUNED and pruned.pruned_at_step == 5 and pruned.pruned_by_rung
+    assert pruned.error.startswith("pruned at step 5 (")  # the text stays as it was written
+    assert infeasible.state is TrialState.INFEASIBLE and infeasible.backend_reason is None and not infeasible.oom
+    # scripts that read ends as dicts keep working
+    assert pruned["state"] == "PRUNED" and pruned.get("metrics")["eval_loss"] == 1.9 and done.get("nope", 3) == 3
+    with pytest.raises(KeyError):
+        done["type"]
+
+
+def test_a_trial_end_round_trips_through_the_journal(tmp_path):
+    end = TrialResult(number=4, state=TrialState.PRUNED, metrics={"eval_loss": 2.0}, error="pruned at step 7; slow",
+                      steps=7, total_steps=30, pruned_at_step=7, prune_reason="slow", oom=False, tokens_per_s=12.5,
+                      datetime_start="a", datetime_complete="b", duration_s=3.0, config={"lora": {"r": 8}}, epochs=2.0)
+    j = Journal(tmp_path)
+    j.append({"type": "trial_start", "number": 4, "datetime_start": "a", "params": {}, "config": {}, "device": "cpu"})
+    j.append(end)
+    j.close()
+    line = json.loads((tmp_path / JOURNAL).read_text().splitlines()[-1])
+    assert line["type"] == "trial_end" and line["state"] == "PRUNED" and line["pruned_at_step"] == 7
+    assert replay(tmp_path).finished[4] == end
+
+
+def test_a_time_budget_stop_is_pruned_but_not_by_a_rung():
+    end = TrialResult.from_event({"number": 1, "state": "PRUNED", "error": "time budget reached at step 9"})
+    assert end.state is TrialState.PRUNED and end.pruned_at_step is None and not end.pruned_by_rung
+
+
+def _study(tmp_path, **kw):
+    from moopt.search.objectives import parse_objectives
+    from moopt.search.space import load_space
+    from moopt.study.scheduler import Study, StudyConfig
+
+    cfg = StudyConfig(base_model="m", model_path="m", train_file=str(ROOT / "data" / "train.jsonl"),
+                      validation_file=str(ROOT / "data" / "val.jsonl"), output_dir=str(tmp_path / "o"), num_trials=2,
+                      objectives=parse_objectives("multi:eval_loss,eval_accuracy", None),
+                      space=load_space(ROOT / "config" / "demo_search_space.yaml"), seed=0, pruning_factor=2, **kw)
+    return Study(cfg, console=Console(file=io.StringIO()))
+
+
+def test_the_surrogate_gets_a_projection_only_for_trials_pruned_at_a_rung(tmp_path):
+    study = _study(tmp_path)
+    study.pruner.projected = lambda number, F: F - 100.0  # stands for the pruner's projection
+    m = {"eval_loss": 1.0, "eval_accuracy": 0.5}
+    by_rung = TrialResult(number=1, state="PRUNED", metrics=m, error="anything", pruned_at_step=4)
+    by_time = TrialResult(number=2, state="PRUNED", metrics=m, error="pruned at step 4 (the old text)")
+    F, G, Fs = study.told_values(by_rung)
+    assert G == -1.0 and np.allclose(Fs, F - 100.0)
+    F, G, Fs = study.told_values(by_time)
+    assert G == -1.0 and np.array_equal(Fs, F)
+
+
+def test_the_study_marks_the_trials_its_rung_decision_stopped(tmp_path):
+    """An executor whose results say "PRUNED" and nothing else: the study knows it pruned them."""
+    from moopt.config import TrialConfig
+    from moopt.study.scheduler import Running
+
+    study = _study(tmp_path)
+    study.journal = []
+    study.pruner.judge = lambda rung, number, F, step: (False, "cannot catch trial 0")
+    assert not study.decide_rung(3, 17, {"eval_loss": 1.0, "eval_accuracy": 0.5}, 1)
+    res = TrialResult(number=3, state="PRUNED", metrics={"eval_loss": 1.0, "eval_accuracy": 0.5}, error="pruned at step 17")
+    tcfg = TrialConfig()
+    end = study.end_trial(res, Running(0, tcfg, "k", None, "2026-12-01T10:00:00.000", 0.0))
+    assert end.pruned_at_step == 17 and end.prune_reason == "cannot catch trial 0"
+    assert end.error == "pruned at step 17; cannot catch trial 0"  # the summary's text, as before
+    assert study.journal[-1] is end and end.config == tcfg.to_dict()
+
+
+def test_an_engine_checkpoint_written_before_checkpoints_existed_loads(tmp_path):
+    from moopt.search.engine import Engine
+    from moopt.search.space import load_space
+    from moopt.study.checkpoint import Checkpoint
+
+    eng = Engine(load_space(ROOT / "config" / "demo_search_space.yaml"), 2, 8, 0)
+    eng.ask()
+    eng.assigned = {0: 0, 1: 1}  # how the study kept this map before: an attribute on the engine
+    (tmp_path / "engine.pkl").write_bytes(pickle.dumps(eng))
+    ck = Checkpoint.load(tmp_path / "engine.pkl")
+    assert ck.assigned == {0: 0, 1: 1} and not hasattr(ck.engine, "assigned") and len(ck.engine.pending) == len(eng.pending)
+    assert ck.number_of(1) == 1 and ck.number_of(5) is None
+    ck.save(tmp_path / "engine.pkl")
+    back = Checkpoint.load(tmp_path / "engine.pkl")
+    assert back.assigned == {0: 0, 1: 1} and len(back.engine.pending) == len(ck.engine.pending)
+
+
+def test_every_reporter_matches_the_recipe_protocol():
+    from moopt.cli.final import ConsoleReporter
+    from moopt.train.recipe import NullReporter, Reporter
+    from moopt.train.worker import PipeReporter
+
+    for name in ("progress", "rung", "phase", "heartbeat"):
+        want = inspect.signature(getattr(Reporter, name))
+        for cls in (ConsoleReporter, PipeReporter, NullReporter):
+            got = inspect.signature(getattr(cls, name))
+            assert [(p.name, p.default) for p in got.parameters.values()] == \
+                [(p.name, p.default) for p in want.parameters.values()], (cls.__name__, name)
+        assert getattr(ConsoleReporter, name).__annotations__ == getattr(Reporter, name).__annotations__, name
