@@ -1,6 +1,6 @@
 """GPU inventory and per-process memory through NVML (``nvidia-ml-py``, imported lazily).
 
-Pitfalls handled (see /work/shared/reference/memory-model.md):
+Pitfalls handled:
 - ``nvmlDeviceGetMemoryInfo`` v1 "used" includes ~300 MB the driver reserves; v2 is asked for with
   ``version=nvmlMemory_v2`` (the struct version constant, not the integer 2).
 - Under MIG the memory that matters is the MIG instance's: its handles come from

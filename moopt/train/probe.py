@@ -81,7 +81,7 @@ def probe_peak(
     failure or the timeout gives ``error``. ``threads``: torch intra-op threads as the trial's slot
     would set them (0 = torch's default); on CPU they change the RSS a little (per-thread arenas).
     ``shape``: (batch, sequence) of the batch to train on, e.g. the longest the trial's data builds
-    (:func:`data_batch_shape`); default ``batch_size × max_seq_length``.
+    (:func:`moopt.study.gate.batch_shape`); default ``batch_size × max_seq_length``.
     """
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"probe_peak: device must be 'cpu' or 'cuda', got {device!r}")
