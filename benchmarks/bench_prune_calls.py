@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moopt.search.pareto import dominates
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_pruning import hv  # noqa: E402  (after the sys.path line: benchmarks/ is not a package)
@@ -48,10 +50,6 @@ def read_study(study: Path) -> tuple[dict, dict[int, dict], dict[int, dict]]:
 
     rec = replay(study)
     return rec.header, rec.starts, rec.ends
-
-
-def dominates(a: np.ndarray, b: np.ndarray) -> bool:
-    return bool((a <= b).all() and (a < b).any())
 
 
 def rerun(start: dict, header: dict, work: Path) -> dict:
