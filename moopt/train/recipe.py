@@ -272,6 +272,10 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
                 opt.zero_grad(set_to_none=True)
                 return fn()
 
+        def evaluate_on(data: TokenizedSet, detail: str) -> dict[str, float]:
+            reporter.phase("evaluating", detail)
+            return with_fallback(lambda: evaluate(model, data, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat))
+
         def before_update(r: StepResult) -> float:
             result.train_tokens += r.tokens  # a step that fails here has still trained on its tokens
             loss = inject_fault(spec.number, step + 1, r.loss)  # tests only; a no-op otherwise
@@ -301,8 +305,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
             busy_s += step_s
             reporter.progress(step, total_steps, step_loss, result.train_tokens / busy_s if busy_s else None, step_s)
             if step in rung_at:
-                reporter.phase("evaluating", f"rung {rung_at[step]} at step {step}, {len(rung_val.examples)} examples")
-                m = with_fallback(lambda: evaluate(model, rung_val, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat))
+                m = evaluate_on(rung_val, f"rung {rung_at[step]} at step {step}, {len(rung_val.examples)} examples")
                 result.eval_tokens += rung_val.n_tokens
                 evals.append({"step": step, "examples": len(rung_val.examples), **m})
                 if not reporter.rung(step, m, rung_at[step]):
@@ -322,14 +325,12 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
             if len(rung_val.examples) < len(val.examples):
                 result.error += f" (metrics on the rungs' {len(rung_val.examples)} of {len(val.examples)} validation examples)"
         else:
-            reporter.phase("evaluating", f"{len(val.examples)} validation examples")
-            metrics = with_fallback(lambda: evaluate(model, val, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat))
+            metrics = evaluate_on(val, f"{len(val.examples)} validation examples")
             result.eval_tokens += val.n_tokens
             evals.append({"step": step, "examples": len(val.examples), **metrics})
             if spec.test_file:
                 test = tokenize_file(spec.test_file, tok, cfg.data.max_seq_length)
-                reporter.phase("evaluating", f"{len(test.examples)} test examples")
-                tm = with_fallback(lambda: evaluate(model, test, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat))
+                tm = evaluate_on(test, f"{len(test.examples)} test examples")
                 metrics.update({k.replace("eval_", "test_"): v for k, v in tm.items()})
             result.state = "COMPLETE" if stop_reason is None else "PRUNED"
             result.error = None if stop_reason is None else f"{stop_reason} at step {step}"
