@@ -48,6 +48,7 @@ from common import RESULTS, hv, long, pyplot, write_rows  # noqa: E402
 from demo_study import read_calls, write_calls  # noqa: E402, F401  (read_calls: how the CSV reads back)
 
 STUDY_WHATS = {"loss_pct": "pct", "calls_cost_pct": "pct", "path_pct": "pct", "n_pruned": "count"}
+from moopt.search.pareto import dominates  # noqa: E402
 
 
 def read_study(study: Path) -> tuple[dict, dict[int, dict], dict[int, dict]]:
@@ -56,10 +57,6 @@ def read_study(study: Path) -> tuple[dict, dict[int, dict], dict[int, dict]]:
 
     rec = replay(study)
     return rec.header, rec.starts, rec.ends
-
-
-def dominates(a: np.ndarray, b: np.ndarray) -> bool:
-    return bool((a <= b).all() and (a < b).any())
 
 
 def rerun(start: dict, header: dict, work: Path) -> dict:

@@ -4,10 +4,11 @@
     python benchmarks/bench_trial.py --device cuda     # GPU: random-weight Llama (--gpu-model 1b|3b|8b), bf16
 
 Both providers train the same model, rows, batch, sequence length and LoRA config:
-- ``moopt``: the per-step code of ``moopt.train.recipe.run_trial`` (``load_model_and_tokenizer``, ``attach_lora``,
-  ``micro_batches``, ``causal_lm_loss``, AdamW over ``lora_parameters``, LambdaLR, ``clip_grad_norm_``,
-  ``opt.step``, ``zero_grad(set_to_none=True)``). ``run_trial`` itself is not called because its
-  ``train_seconds`` includes the first (warm-up) steps and its run includes evaluation.
+- ``moopt``: the setup of ``moopt.train.recipe.run_trial`` (``load_model_and_tokenizer``, ``attach_lora``,
+  ``micro_batches``, AdamW over ``lora_parameters``, LambdaLR) and its step, ``moopt.train.step.train_step``
+  (``causal_lm_loss``, ``clip_grad_norm_``, ``opt.step``, ``zero_grad(set_to_none=True)``). ``run_trial``
+  itself is not called because its ``train_seconds`` includes the first (warm-up) steps and its run
+  includes evaluation.
 - ``peer``: ``transformers.Trainer`` on ``peft.get_peft_model(LoraConfig(...))`` with default settings
   (fp32 on CPU, the model's dtype on GPU), a collator that pads and masks prompt tokens with -100.
 
@@ -144,13 +145,14 @@ def load_memory(device: str) -> float:
 
 
 def worker_moopt(a: dict) -> dict:
-    """The body of moopt.train.recipe.run_trial's training loop, gradient accumulation 1."""
+    """moopt.train.recipe.run_trial's setup and its step (moopt.train.step.train_step), gradient accumulation 1."""
     import torch
 
     from moopt.config import DataConfig, LoraConfig, TrainingConfig, TrialConfig
-    from moopt.train.data import IGNORE, TokenizedSet, micro_batches, n_micro_batches
+    from moopt.train.data import TokenizedSet, micro_batches, n_micro_batches
     from moopt.train.lora import attach_lora, lora_parameters
-    from moopt.train.recipe import causal_lm_loss, load_model_and_tokenizer, lr_lambda, pick_device
+    from moopt.train.recipe import load_model_and_tokenizer, lr_lambda, pick_device
+    from moopt.train.step import check_finite, train_step
 
     torch.set_num_threads(a["threads"])
     device = pick_device(a["device"])
@@ -179,21 +181,14 @@ def worker_moopt(a: dict) -> dict:
     model.train()
     step_ends, tokens, labels = [time.perf_counter()], [], 0
     for _, batch in micro_batches(train, tc.batch_size, 1.0, cfg.data.sampling_strategy, SEED, pad_id):
-        n_labels = int((batch["labels"][:, 1:] != IGNORE).sum())
-        b = {k: v.to(device) for k, v in batch.items()}
-        loss_sum, _, _ = causal_lm_loss(model, b, info["backend"])
-        (loss_sum / max(n_labels, 1)).backward()
-        step_loss = float(loss_sum.detach()) / max(n_labels, 1)
-        if not math.isfinite(step_loss):
-            raise FloatingPointError(f"non-finite loss {step_loss}")
-        torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        res = train_step(model, [batch], params=params, opt=opt, sched=sched, max_grad_norm=tc.max_grad_norm,
+                         device=device, backend=info["backend"],
+                         before_update=lambda r: check_finite(r.loss, len(tokens) + 1))
         sync(a["device"])
         step_ends.append(time.perf_counter())
-        tokens.append(int(batch["attention_mask"].sum()))
-        labels += n_labels
+        tokens.append(res.tokens)
+        labels += res.label_tokens
+        step_loss = res.loss
     out = summarize(step_ends, tokens, a["warmup"], a["device"], load_mib)
     out["label_frac"] = labels / sum(tokens)
     out["last_loss"] = step_loss

@@ -1,7 +1,9 @@
 """Analytic peak-memory estimate of one moopt training step, from ``config.json`` alone.
 
-The model follows /work/shared/reference/memory-model.md (notation: T = batch × seq padded tokens,
-L layers, h hidden, I intermediate, V vocab, r rank, a_b bytes per activation element):
+Notation: T = batch × seq padded tokens, L layers, h hidden, I intermediate, V vocab, r rank, a_b
+bytes per activation element. One function per term (:func:`weight_bytes`, :func:`lora_bytes`,
+:func:`phase_bytes` with the activations, logits and backward/optimizer transients of each phase of
+the step, :func:`allocator_slack_bytes`, :func:`runtime_bytes`, :func:`checkpoint_page_bytes`):
 
     peak = runtime + weights + lora + max over phases(activations + logits + transients) + slack
 
@@ -10,12 +12,12 @@ loaded. What the figure means:
 
 - ``device="cuda"``: the GPU memory the training process holds at its peak, as NVML reports it
   (CUDA context + caching-allocator reserve). Compare with ``max_memory_reserved() + context``.
-- ``device="cpu"``: the peak resident set size (``ru_maxrss``) of a training process: ``runtime``
-  (Python + torch + transformers imported and the first kernels run, measured 2026-06 on this
-  project's CPU venv) plus everything the step allocates. ``total_bytes - breakdown["runtime"]`` is
+- ``device="cpu"``: the peak resident set size (``VmHWM``) of a training process: ``runtime``
+  (Python + torch + transformers imported and the first kernels run, measured in this project's
+  CPU venv) plus everything the step allocates. ``total_bytes - breakdown["runtime"]`` is
   the step's own extra memory, what ``peak RSS - RSS after imports`` measures.
 
-moopt's own step is modelled (moopt/train/recipe.py): moopt LoRA modules that save only X and the fp32
+moopt's own step is modelled (moopt/train/step.py): moopt LoRA modules that save only X and the fp32
 S = X·Aᵀ (kernels/lora_linear.py, both backends), AdamW on fp32 adapters, the chunked linear+CE
 (kernels/cross_entropy.py). ``kernels="peft"`` and ``loss="hf"`` model the usual HF/PEFT peer setup
 (PEFT LoRA under bf16 autocast, ``prepare_model_for_kbit_training`` upcasting non-quantised params to
@@ -69,8 +71,8 @@ CUDA_WORKSPACE_BYTES = 2 * 32 * MIB
 # CPU runtime: a trial worker's resident memory before its first step plus what the first
 # forward/backward adds (oneDNN, OpenMP and autograd threads). Measured peaks of a tiny-model probe,
 # where this term is nearly everything: 481 MiB in the dev venv, 591 MiB in a fresh CI clone (more
-# import-time memory there); 560 MiB sits between. (An earlier 620 MiB came from ru_maxrss, which
-# carries the parent's peak across exec.)
+# import-time memory there); 560 MiB sits between. Read as VmHWM: ru_maxrss carries the parent's
+# peak across exec and reads higher.
 CPU_RUNTIME_BYTES = 560 * MIB
 # Caching-allocator slack on the dynamic part (activations, logits, transients): 0.03-0.15 measured
 # by others; 0.10 keeps the estimate on the safe side. glibc on CPU returns big blocks (mmap) at once.
@@ -99,11 +101,6 @@ LORA_BYTES_PER_PARAM = 16
 # copies of the largest adapter matrix (8 bytes per element covers them). Measured on SmolLM2-135M,
 # r=64 all-linear (19.5 M adapter params): peak RSS 1474 MiB where foreach temporaries would give 1595.
 OPTIMIZER_TMP_BYTES_PER_PARAM = 8
-# Attention backward (FlashAttention-2 and SDPA's flash/efficient kernels, flash_api.cpp mha_bwd): an fp32
-# dq accumulator (4 bytes × n_h·d per token), fp32 softmax row sums, and with GQA dk/dv expanded to all
-# heads in the compute dtype before they are summed back; plus the dq/dk/dv outputs themselves. It runs
-# while the layer's saved tensors are alive, before the MLP's backward temporaries exist, so the
-# layer-backward transient is the larger of the two (the MLP's on every Llama shape checked).
 CPU_OPTIMIZER_TMP_BYTES_PER_ELEMENT = 8
 CALIBRATION_FACTOR_RANGE = (0.9, 1.1)
 # How far the true peak has been seen above the uncalibrated estimate, (measured - estimate) / estimate,
@@ -279,6 +276,208 @@ def _act_bytes(trial: TrialConfig, device: str) -> int:
     return 4 if dtype == "float32" else 2
 
 
+@dataclass(frozen=True)
+class StepShape:
+    """What every term of the estimate reads: the model's dimensions and the trial's step."""
+
+    m: ModelDims
+    trial: TrialConfig
+    device: str
+    kernels: str
+    loss: str
+    b: int  # batch
+    s: int  # sequence
+    a_b: int  # bytes per activation element (the compute dtype)
+
+    @property
+    def T(self) -> int:  # tokens of the batch, padding included
+        return self.b * self.s
+
+    @property
+    def quant(self) -> str:
+        return self.trial.model.quantization
+
+    @property
+    def peft(self) -> bool:
+        return self.kernels == "peft"
+
+    @property
+    def masked(self) -> bool:
+        """Padding possible (batch > 1): HF builds a 4D mask and SDPA gets K/V repeated to all heads."""
+        return self.b > 1
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(self.trial.lora.target_modules)
+
+    @property
+    def r(self) -> int:
+        return self.trial.lora.r
+
+
+def _non_quantised_bytes(st: StepShape) -> int:
+    """Bytes per parameter of what bitsandbytes does not quantise (embeddings, lm_head, norms).
+    PEFT's prepare_model_for_kbit_training upcasts them to fp32: +2.1 GB on Llama-3-8B; moopt keeps
+    them in the compute dtype (the base weights load in it)."""
+    return 4 if (st.peft and st.quant != "none") else st.a_b
+
+
+def weight_bytes(st: StepShape) -> float:
+    """The frozen base weights: compute dtype, NF4 with double quantisation, or int8 + row scales."""
+    m, w_b = st.m, st.a_b
+    other_b = _non_quantised_bytes(st)
+    small = m.embedding_params + m.norm_params
+    if st.quant == "none":
+        return w_b * (m.linear_params + small)
+    if st.quant == "4bit":
+        return m.linear_params * NF4_BYTES_PER_PARAM + other_b * small
+    # 8bit: int8 weights + one fp32 scale per output row
+    row_scales = 4 * m.layers * sum(d_out for _, d_out in m.linear_shapes().values())
+    return m.linear_params + row_scales + other_b * small
+
+
+def lora_bytes(st: StepShape) -> int:
+    """LoRA adapters: fp32 params + fp32 grads + AdamW's two fp32 states."""
+    return LORA_BYTES_PER_PARAM * st.m.lora_params(st.r, st.targets)
+
+
+def activation_bytes_per_token_layer(st: StepShape, bnb_keeps_inputs: bool) -> int:
+    """Saved activations of one decoder layer, bytes per token."""
+    m, a_b, h, I = st.m, st.a_b, st.m.hidden, st.m.intermediate
+    shapes, targets, r = m.linear_shapes(), st.targets, st.r
+    q_out, kv_out = m.heads * m.head_dim, m.kv_heads * m.head_dim
+    kv_saved = q_out if st.masked else kv_out
+    # bitsandbytes 0.50: MatMul8bitLt saves its input for backward (every linear), MatMul4Bit saves only
+    # the packed weight (bitsandbytes/autograd/_functions.py), so 4bit keeps just what the LoRA keeps.
+    keeps_input = set(targets) | (set(shapes) if st.quant == "8bit" or (st.quant == "4bit" and bnb_keeps_inputs) else set())
+    act = 2 * 4 * h  # two RMSNorms: the fp32 copy (bf16 input) or the fp32 input itself, 4h each
+    act += a_b * (q_out + 2 * kv_saved + q_out) + 4 * m.heads  # SDPA saves q, k, v, out + fp32 lse
+    act += a_b * 3 * I  # SwiGLU: gate (silu input), silu output, up
+    if keeps_input & {"q_proj", "k_proj", "v_proj"}:
+        act += a_b * h  # normed input shared by q/k/v
+    if "o_proj" in keeps_input:
+        act += a_b * q_out
+    if keeps_input & {"gate_proj", "up_proj"}:
+        act += a_b * h
+    if "down_proj" in keeps_input:
+        act += a_b * I
+    if st.peft:
+        act += sum(a_b * r for _ in targets)  # S in bf16 under autocast
+        if st.trial.lora.dropout > 0:  # PEFT keeps the dropped copy and a bool mask per module
+            act += sum((a_b + 1) * shapes[t][0] for t in targets)
+    else:
+        act += sum(4 * r for _ in targets)  # moopt: fp32 S; the dropout mask is regenerated
+    return act
+
+
+def outer_bytes_per_token(st: StepShape) -> int:
+    """Outside the layers: final RMSNorm (4h), RoPE cos/sin, the hidden rows the chunked CE keeps."""
+    a_b, h = st.a_b, st.m.hidden
+    return 4 * h + 2 * a_b * st.m.head_dim + (a_b * h if st.loss == "chunked" else 0)
+
+
+def mask_bytes(st: StepShape) -> int:
+    """HF's 4D bool attention mask (b·s² bytes), built when the batch may hold padding."""
+    return st.b * st.s * st.s if st.masked else 0
+
+
+def logits_bytes(st: StepShape, ce_chunk_size: int) -> int:
+    """The loss's logits path at its peak."""
+    T, V = st.T, st.m.vocab
+    if st.loss == "chunked":
+        # kernels/cross_entropy.py: one fp32 chunk of logits turned into its gradient in place (4
+        # bytes per logit), plus its cast to the activation dtype when that is not fp32 (bf16: +2).
+        # On CPU the measured peak RSS grows by about three fp32 chunks (empirical, from
+        # tests/test_memory.py's real run at 1024 rows x 32k vocab), so CPU counts 12.
+        per_logit = 12 if st.device == "cpu" else 4 + (st.a_b if st.a_b != 4 else 0)
+        return per_logit * min(ce_chunk_size, T) * V
+    # HF ForCausalLMLoss, measured with a live-tensor tracker (torch 2.13): backward holds the
+    # saved fp32 log-softmax, its incoming grad and its output grad: 12·T·V, plus the logits
+    # the model output still holds (the lm_head's dtype: 2 bytes bf16 / 4 fp32): 14 / 16 bytes per logit.
+    return (12 + _non_quantised_bytes(st)) * T * V
+
+
+def residual_grad_bytes(st: StepShape) -> int:
+    """The gradient flowing down the residual stream (+ its sum)."""
+    return 2 * st.a_b * st.m.hidden * st.T
+
+
+def layer_backward_transient_bytes(st: StepShape) -> int:
+    """Temporaries of one layer's backward: the larger of the MLP's and the attention's, plus
+    bitsandbytes' dequantised weight on a quantised model.
+
+    Attention backward (FlashAttention-2 and SDPA's flash/efficient kernels, flash_api.cpp mha_bwd): an
+    fp32 dq accumulator (4 bytes × n_h·d per token), fp32 softmax row sums, and with GQA dk/dv expanded
+    to all heads in the compute dtype before they are summed back; plus the dq/dk/dv outputs
+    themselves. It runs while the layer's saved tensors are alive, before the MLP's backward
+    temporaries exist, so the transient is the larger of the two (the MLP's on every Llama shape
+    checked)."""
+    m, a_b, T = st.m, st.a_b, st.T
+    q_out, kv_out = m.heads * m.head_dim, m.kv_heads * m.head_dim
+    mlp_tmp = (3 * a_b * m.intermediate + 2 * a_b * m.hidden) * T  # MLP backward: grads of gate/up/act alive at once
+    # attention backward: fp32 dq accumulator + fp32 row sums, dk/dv expanded to all heads, dq/dk/dv
+    attn_tmp = (4 * q_out + 4 * m.heads + 2 * a_b * q_out + a_b * (q_out + 2 * kv_out)) * T
+    dequant = 0
+    if st.quant != "none":  # bnb dequantises one weight to the compute dtype per matmul
+        dequant = 2 * max(a * c for a, c in m.linear_shapes().values())
+    return max(mlp_tmp, attn_tmp) + dequant
+
+
+def optimizer_transient_bytes(st: StepShape) -> int:
+    """AdamW's (and clipping's) temporaries during optimizer.step()."""
+    if st.device == "cuda":
+        return OPTIMIZER_TMP_BYTES_PER_PARAM * st.m.lora_params(st.r, st.targets)
+    # per-tensor AdamW: temporaries of one adapter matrix (r × max(d_in, d_out)) at a time
+    shapes = st.m.linear_shapes()
+    return CPU_OPTIMIZER_TMP_BYTES_PER_ELEMENT * st.r * max(max(shapes[t]) for t in st.targets)
+
+
+def phase_bytes(st: StepShape, bnb_keeps_inputs: bool, ce_chunk_size: int) -> dict[str, tuple[int, int, int]]:
+    """(activations, logits, transients) alive at each phase of the step: the loss (all activations
+    saved, the logits path), a layer's backward (one layer recomputed under gradient checkpointing)
+    and the optimizer step."""
+    T, L = st.T, st.m.layers
+    per_token_layer = activation_bytes_per_token_layer(st, bnb_keeps_inputs)
+    outer = outer_bytes_per_token(st)
+    if st.trial.model.gradient_checkpointing:
+        kept = st.a_b * st.m.hidden * T * L  # HF per-layer checkpointing keeps each layer's input
+        loss_acts = kept + outer * T + mask_bytes(st)
+        bwd_acts = loss_acts + per_token_layer * T  # one layer recomputed
+    else:
+        loss_acts = per_token_layer * T * L + outer * T + mask_bytes(st)
+        bwd_acts = loss_acts
+    grad_hidden = residual_grad_bytes(st)
+    return {
+        "loss": (loss_acts, logits_bytes(st, ce_chunk_size), grad_hidden // 2),
+        "layer_backward": (bwd_acts, 0, grad_hidden + layer_backward_transient_bytes(st)),
+        "optimizer": (0, 0, optimizer_transient_bytes(st)),
+    }
+
+
+def allocator_slack_bytes(st: StepShape, dynamic: int) -> float:
+    """The allocator's slack on the dynamic part (activations, logits, transients); on CPU with
+    bitsandbytes, the heap's retention on top."""
+    slack = (CUDA_SLACK if st.device == "cuda" else CPU_SLACK) * dynamic
+    if st.device == "cpu" and st.quant != "none":
+        slack += CPU_QUANT_HEAP_RETENTION * dynamic
+    return slack
+
+
+def runtime_bytes(st: StepShape, cuda_context_bytes: int, cpu_runtime_bytes: int) -> dict[str, int]:
+    """What the process holds before the step: CUDA context and cuBLAS workspaces, or the CPU
+    process (+ bitsandbytes' native library when quantised)."""
+    if st.device == "cuda":
+        return {"cuda_context": cuda_context_bytes, "cuda_workspaces": CUDA_WORKSPACE_BYTES}
+    return {"runtime": cpu_runtime_bytes + (CPU_BNB_RUNTIME_BYTES if st.quant != "none" else 0)}
+
+
+def checkpoint_page_bytes(st: StepShape, model_config: Any) -> float:
+    """CPU + bitsandbytes: the memory-mapped checkpoint, read whole while quantising, stays resident."""
+    if st.device == "cpu" and st.quant != "none":
+        return CPU_QUANT_CHECKPOINT_RESIDENT * checkpoint_bytes(model_config, st.m)
+    return 0
+
+
 def estimate_peak(
     model_config: Any,
     trial: TrialConfig,
@@ -301,7 +500,7 @@ def estimate_peak(
     ``calibration``: see :func:`fit_calibration`; either one ``{"factor", "offset_bytes"}`` or a
     mapping from :func:`calibration_key` to such dicts.
     ``batch_shape``: (batch, sequence) of the largest padded batch the trial really builds from its data
-    (:func:`moopt.train.probe.data_batch_shape`); default ``batch_size × max_seq_length``.
+    (:func:`moopt.study.gate.batch_shape`); default ``batch_size × max_seq_length``.
     ``bnb_keeps_inputs``: whether bitsandbytes' 4-bit matmul keeps its input for backward. Up to
     0.4x ``MatMul4Bit.forward`` stored ``ctx.tensors = (A, B)`` (every quantised linear keeps its
     input, as in the published peer runs); 0.50 stores ``(None, B)``. Default: True for
@@ -314,133 +513,29 @@ def estimate_peak(
         errors.append(f"kernels: must be one of {list(KERNELS)}, got {kernels!r}")
     if loss not in LOSSES:
         errors.append(f"loss: must be one of {list(LOSSES)}, got {loss!r}")
-    quant = trial.model.quantization
     if errors:
         raise ConfigError("; ".join(errors))
-
-    m = ModelDims.from_config(model_config)
-    a_b = _act_bytes(trial, device)
-    w_b = a_b  # base weights load in the compute dtype
     b, s = batch_shape if batch_shape else (trial.training.batch_size, trial.data.max_seq_length)
     if b < 1 or s < 1:
         raise ConfigError(f"batch_shape: batch and sequence must be >= 1, got {(b, s)}")
-    T = b * s
-    h, I, L, V = m.hidden, m.intermediate, m.layers, m.vocab
-    shapes = m.linear_shapes()
-    targets = trial.lora.target_modules
-    r = trial.lora.r
-    peft = kernels == "peft"
-    notes: list[str] = []
-
-    # -- weights --------------------------------------------------------------------------------
-    # PEFT's prepare_model_for_kbit_training upcasts every non-quantised param (embeddings, head,
-    # norms) to fp32: +2.1 GB on Llama-3-8B. moopt keeps them in the compute dtype.
-    other_b = 4 if (peft and quant != "none") else w_b
-    small = m.embedding_params + m.norm_params
-    if quant == "none":
-        weights = w_b * (m.linear_params + small)
-    elif quant == "4bit":
-        weights = m.linear_params * NF4_BYTES_PER_PARAM + other_b * small
-    else:  # 8bit: int8 weights + one fp32 scale per output row
-        row_scales = 4 * L * sum(d_out for _, d_out in shapes.values())
-        weights = m.linear_params + row_scales + other_b * small
-    head_b = other_b  # dtype of the lm_head, hence of HF's logits
-
-    # -- LoRA adapters: fp32 params + fp32 grads + AdamW's two fp32 states ---------------------
-    p_lora = m.lora_params(r, targets)
-    lora = LORA_BYTES_PER_PARAM * p_lora
-
-    # -- saved activations, bytes per token per layer -------------------------------------------
-    q_out, kv_out = m.heads * m.head_dim, m.kv_heads * m.head_dim
-    masked = b > 1  # padding possible: 4D mask, K/V repeated to all heads before SDPA
-    kv_saved = q_out if masked else kv_out
-    # bitsandbytes 0.50: MatMul8bitLt saves its input for backward (every linear), MatMul4Bit saves only
-    # the packed weight (bitsandbytes/autograd/_functions.py), so 4bit keeps just what the LoRA keeps.
+    st = StepShape(m=ModelDims.from_config(model_config), trial=trial, device=device, kernels=kernels, loss=loss,
+                   b=b, s=s, a_b=_act_bytes(trial, device))
     if bnb_keeps_inputs is None:
-        bnb_keeps_inputs = peft
-    keeps_input = set(targets) | (set(shapes) if quant == "8bit" or (quant == "4bit" and bnb_keeps_inputs) else set())
-    act = 2 * 4 * h  # two RMSNorms: the fp32 copy (bf16 input) or the fp32 input itself, 4h each
-    act += a_b * (q_out + 2 * kv_saved + q_out) + 4 * m.heads  # SDPA saves q, k, v, out + fp32 lse
-    act += a_b * 3 * I  # SwiGLU: gate (silu input), silu output, up
-    if keeps_input & {"q_proj", "k_proj", "v_proj"}:
-        act += a_b * h  # normed input shared by q/k/v
-    if "o_proj" in keeps_input:
-        act += a_b * q_out
-    if keeps_input & {"gate_proj", "up_proj"}:
-        act += a_b * h
-    if "down_proj" in keeps_input:
-        act += a_b * I
-    if peft:
-        act += sum(a_b * r for _ in targets)  # S in bf16 under autocast
-        if trial.lora.dropout > 0:  # PEFT keeps the dropped copy and a bool mask per module
-            act += sum((a_b + 1) * shapes[t][0] for t in targets)
-    else:
-        act += sum(4 * r for _ in targets)  # moopt: fp32 S; the dropout mask is regenerated
-    per_token_layer = act
+        bnb_keeps_inputs = st.peft
 
-    # outside the layers: final RMSNorm (4h), RoPE cos/sin, the hidden rows the chunked CE keeps
-    outer = 4 * h + 2 * a_b * m.head_dim + (a_b * h if loss == "chunked" else 0)
-    mask_bytes = b * s * s if masked else 0
-
-    # -- logits ---------------------------------------------------------------------------------
-    if loss == "chunked":
-        # kernels/cross_entropy.py: one fp32 chunk of logits turned into its gradient in place (4
-        # bytes per logit), plus its cast to the activation dtype when that is not fp32 (bf16: +2).
-        # On CPU the measured peak RSS grows by about three fp32 chunks (empirical, from
-        # tests/test_memory.py's real run at 1024 rows x 32k vocab), so CPU counts 12.
-        per_logit = 12 if device == "cpu" else 4 + (a_b if a_b != 4 else 0)
-        logits = per_logit * min(ce_chunk_size, T) * V
-    else:
-        # HF ForCausalLMLoss, measured with a live-tensor tracker (torch 2.13): backward holds the
-        # saved fp32 log-softmax, its incoming grad and its output grad: 12·T·V, plus the logits
-        # the model output still holds (2 bytes bf16 / 4 fp32): 14 / 16 bytes per logit.
-        logits = (12 + head_b) * T * V
-
-    # -- activations and transients per phase ---------------------------------------------------
-    grad_hidden = 2 * a_b * h * T  # the gradient flowing down the residual stream (+ its sum)
-    mlp_tmp = (3 * a_b * I + 2 * a_b * h) * T  # MLP backward: grads of gate/up/act alive at once
-    # attention backward: fp32 dq accumulator + fp32 row sums, dk/dv expanded to all heads, dq/dk/dv
-    attn_tmp = (4 * q_out + 4 * m.heads + 2 * a_b * q_out + a_b * (q_out + 2 * kv_out)) * T
-    layer_tmp = max(mlp_tmp, attn_tmp)
-    dequant = 0
-    if quant != "none":  # bnb dequantises one weight to the compute dtype per matmul
-        dequant = 2 * max(a * c for a, c in shapes.values())
-    if trial.model.gradient_checkpointing:
-        kept = a_b * h * T * L  # HF per-layer checkpointing keeps each layer's input
-        loss_acts = kept + outer * T + mask_bytes
-        bwd_acts = loss_acts + per_token_layer * T  # one layer recomputed
-    else:
-        loss_acts = per_token_layer * T * L + outer * T + mask_bytes
-        bwd_acts = loss_acts
-    if device == "cuda":
-        opt_tmp = OPTIMIZER_TMP_BYTES_PER_PARAM * p_lora
-    else:  # per-tensor AdamW: temporaries of one adapter matrix (r × max(d_in, d_out)) at a time
-        opt_tmp = CPU_OPTIMIZER_TMP_BYTES_PER_ELEMENT * r * max(max(shapes[t]) for t in targets)
-    phases = {
-        "loss": (loss_acts, logits, grad_hidden // 2),
-        "layer_backward": (bwd_acts, 0, grad_hidden + layer_tmp + dequant),
-        "optimizer": (0, 0, opt_tmp),
-    }
+    phases = phase_bytes(st, bnb_keeps_inputs, ce_chunk_size)
     phase = max(phases, key=lambda k: sum(phases[k]))
     activations, logit_bytes, transients = phases[phase]
-
     dynamic = activations + logit_bytes + transients
-    slack = (CUDA_SLACK if device == "cuda" else CPU_SLACK) * dynamic
-    checkpoint_pages = bnb_runtime = 0
-    if device == "cpu" and quant != "none":
-        bnb_runtime = CPU_BNB_RUNTIME_BYTES
-        slack += CPU_QUANT_HEAP_RETENTION * dynamic
-        checkpoint_pages = CPU_QUANT_CHECKPOINT_RESIDENT * checkpoint_bytes(model_config, m)
+    notes: list[str] = []
+    if device == "cpu" and st.quant != "none":
         notes.append("cpu + bitsandbytes: the checkpoint file stays mapped and resident (it is read whole to quantise)")
     breakdown = {k: 0 for k in BREAKDOWN_KEYS}
-    if device == "cuda":
-        breakdown["cuda_context"] = cuda_context_bytes
-        breakdown["cuda_workspaces"] = CUDA_WORKSPACE_BYTES
-    else:
-        breakdown["runtime"] = cpu_runtime_bytes + bnb_runtime
+    breakdown.update(runtime_bytes(st, cuda_context_bytes, cpu_runtime_bytes))
     breakdown.update(
-        weights=int(weights), checkpoint_pages=int(checkpoint_pages), lora_params_grads_optimizer=int(lora), activations=int(activations),
-        logits=int(logit_bytes), transients=int(transients), allocator_slack=int(slack),
+        weights=int(weight_bytes(st)), checkpoint_pages=int(checkpoint_page_bytes(st, model_config)),
+        lora_params_grads_optimizer=int(lora_bytes(st)), activations=int(activations), logits=int(logit_bytes),
+        transients=int(transients), allocator_slack=int(allocator_slack_bytes(st, dynamic)),
     )
     total = sum(breakdown.values())
     if calibration:
@@ -476,8 +571,7 @@ def fit_calibration(pairs: list[tuple[int | MemoryEstimate, int]]) -> dict[str, 
     measurement (moopt.study.gate.MemoryGate), so the fit need not cover them.
 
     Leave-one-out on benchmarks/bench_memory.py's 32 CPU probes (16 unquantised, 16 4bit/8bit):
-    median |error| 2.2%, max 359 MiB; a least-squares line raised to cover every probe reached 985 MiB
-    (same probes, earlier CPU constants).
+    median |error| 2.2%, max 359 MiB.
     Returns ``{"factor", "offset_bytes", "n"}``.
     """
     import itertools

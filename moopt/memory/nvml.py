@@ -1,6 +1,6 @@
 """GPU inventory and per-process memory through NVML (``nvidia-ml-py``, imported lazily).
 
-Pitfalls handled (see /work/shared/reference/memory-model.md):
+Pitfalls handled:
 - ``nvmlDeviceGetMemoryInfo`` v1 "used" includes ~300 MB the driver reserves; v2 is asked for with
   ``version=nvmlMemory_v2`` (the struct version constant, not the integer 2).
 - Under MIG the memory that matters is the MIG instance's: its handles come from
@@ -110,6 +110,16 @@ def _process_lists(nv: Any, handle: Any) -> list[Any]:
     return procs
 
 
+def _device_handles(index: int) -> tuple[Any, list[Any]] | None:
+    """(pynvml, the handles of device ``index``: its MIG instances, or the device itself); None without NVML."""
+    ok, _ = has_nvidia()
+    if not ok:
+        return None
+    nv = _nvml()
+    handle = nv.nvmlDeviceGetHandleByIndex(index)
+    return nv, _mig_handles(nv, handle) or [handle]
+
+
 def process_used_bytes(pid: int, index: int = 0, baseline_used_bytes: int | None = None) -> int | None:
     """GPU memory of process ``pid`` on device ``index``.
 
@@ -117,12 +127,10 @@ def process_used_bytes(pid: int, index: int = 0, baseline_used_bytes: int | None
     missing, or the list shows host PIDs as inside a container) the device-level delta
     ``used - baseline_used_bytes`` when a baseline was taken before the process started; else None.
     """
-    ok, _ = has_nvidia()
-    if not ok:
+    found = _device_handles(index)
+    if found is None:
         return None
-    nv = _nvml()
-    handle = nv.nvmlDeviceGetHandleByIndex(index)
-    handles = _mig_handles(nv, handle) or [handle]
+    nv, handles = found
     not_available = getattr(nv, "NVML_VALUE_NOT_AVAILABLE", None)
     for h in handles:
         for p in _process_lists(nv, h):
@@ -137,12 +145,11 @@ def process_used_bytes(pid: int, index: int = 0, baseline_used_bytes: int | None
 
 def device_used_bytes(index: int = 0) -> int | None:
     """Device-level used bytes (summed over MIG instances), the baseline for process_used_bytes."""
-    ok, _ = has_nvidia()
-    if not ok:
+    found = _device_handles(index)
+    if found is None:
         return None
-    nv = _nvml()
-    handle = nv.nvmlDeviceGetHandleByIndex(index)
-    return sum(_memory_info(nv, h)[2] for h in (_mig_handles(nv, handle) or [handle]))
+    nv, handles = found
+    return sum(_memory_info(nv, h)[2] for h in handles)
 
 
 def nvml_index() -> int:

@@ -15,6 +15,7 @@ import pandas as pd
 from moopt.journal import replay
 from moopt.records import TrialState
 from moopt.search.objectives import KNOWN, Objectives
+from moopt.search.pareto import hypervolume, nondominated
 
 
 @dataclass
@@ -33,8 +34,6 @@ class StudyData:
 
 
 def load_study(output_dir: str | Path) -> StudyData:
-    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
-
     out = Path(output_dir)
     rec = replay(out)
     if not rec.header:
@@ -76,7 +75,7 @@ def load_study(output_dir: str | Path) -> StudyData:
         ok = table[(table.state == TrialState.COMPLETE)].dropna(subset=obj_cols)
         if len(ok):
             F = np.array([objectives.to_minimize(dict(zip(objectives.names, r))) for r in ok[obj_cols].to_numpy()])
-            front = NonDominatedSorting().do(F, only_non_dominated_front=True)
+            front = nondominated(F)
             pareto = sorted(int(ok.number.iloc[i]) for i in front)
             start, origin = score_start(objectives, baseline, rec.header, ok[obj_cols].max(), ok[obj_cols].min())
             table["score"] = np.nan  # progress from the base model toward the ideal: comparable across studies
@@ -142,8 +141,6 @@ def hypervolume_history(table: pd.DataFrame, objectives: Objectives, start: dict
         return HVHistory()
     if not start:  # no COMPLETE trial yet
         return HVHistory([0.0] * int((table.state != "RUNNING").sum()))
-    from pymoo.indicators.hv import HV
-
     cols = [f"values_{n}" for n in objectives.names]
     done = table[table.state != "RUNNING"].sort_values("datetime_complete", kind="stable")
     start_min = objectives.to_minimize(start)
@@ -152,12 +149,12 @@ def hypervolume_history(table: pd.DataFrame, objectives: Objectives, start: dict
     def distance(F: np.ndarray) -> np.ndarray:  # 0 = ideal, 1 = start; pymoo's HV drops rows not below 1
         return np.where(at_ideal, 0.0, 1.0 - objectives.progress(F, start_min))
 
-    hv = HV(ref_point=np.ones(len(cols)))  # volume of the unit box is 1: no normalisation needed
+    ref = np.ones(len(cols))  # volume of the unit box is 1: no normalisation needed
     out, seen = [], []
     for _, row in done.iterrows():
         if row.state == TrialState.COMPLETE and not row[cols].isna().any():
             seen.append(objectives.to_minimize(dict(zip(objectives.names, row[cols]))))
-        out.append(float(hv(distance(np.array(seen)))) if seen else 0.0)
+        out.append(hypervolume(distance(np.array(seen)), ref) if seen else 0.0)
     return HVHistory(out, start=dict(start), basis=f"from {origin}" if origin else "")
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from moopt.search.pareto import nondominated_mask
 from moopt.search.space import SearchSpace
 
 N_CANDIDATES = 30  # offspring bred per requested individual
@@ -329,7 +330,7 @@ class Engine:
                 mu[:, j], sd[:, j] = self._forest(X, Z[:, j], C)
             lcb = mu - BETA * sd
             front = Z[feas]
-            front = front[_nondominated(front)]
+            front = front[nondominated_mask(front)]
             # Monte-Carlo hypervolume improvement over the known front, in a box from the most optimistic
             # prediction (at least 0.1 past the known best) to 1.1: a candidate predicted to extend the
             # front far is credited for all of it, not for 0.1 (OSY: infeasible points' values teach the
@@ -377,10 +378,3 @@ class Engine:
         with open(path, "rb") as f:
             return pickle.load(f)
 
-
-def _nondominated(P: np.ndarray) -> np.ndarray:
-    """Mask of the non-dominated rows of P (minimisation)."""
-    le = np.all(P[:, None, :] <= P[None, :, :], axis=2)
-    lt = np.any(P[:, None, :] < P[None, :, :], axis=2)
-    dominated = np.any(le & lt, axis=0)
-    return ~dominated

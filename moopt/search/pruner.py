@@ -84,10 +84,11 @@ def rung_eval_size(n_val: int, n_train: int, n_rungs: int) -> int:
 def pareto_order(F: np.ndarray) -> list[int]:
     """Row indices best first: by front, then by crowding distance within the front."""
     from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
-    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    from moopt.search.pareto import fronts
 
     order: list[int] = []
-    for front in NonDominatedSorting().do(F):
+    for front in fronts(F):
         cd = calc_crowding_distance(F[front]) if len(front) > 2 else np.full(len(front), np.inf)
         order += [int(front[i]) for i in np.argsort(-cd, kind="stable")]
     return order

@@ -56,7 +56,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-read_jsonl = read_records  # the earlier, JSONL-only name (tests/test_data.py imports it)
+read_jsonl = read_records  # a second name for it (moopt.study.gate and tests/test_data.py use it)
 
 
 def data_format(path: Path) -> str:

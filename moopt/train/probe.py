@@ -2,11 +2,13 @@
 
 ``probe_peak`` runs ``python -m moopt.train.probe`` in a fresh subprocess: the child loads exactly the
 trial's setup through ``moopt.train.recipe`` (same loader, dtype, gradient checkpointing, moopt LoRA with the
-trial's r/targets/dropout, AdamW, ``causal_lm_loss``), trains ``steps`` full steps on a worst-case
-batch (``batch_size × max_seq_length`` tokens, every position labelled) and reports its peak:
+trial's r/targets/dropout, AdamW), trains ``steps`` steps of the trial's own step
+(:func:`moopt.train.step.train_step`, gradient clipping included, no scheduler) on a worst-case batch
+(``batch_size × max_seq_length`` tokens, every position labelled) and reports its peak with
+:func:`moopt.memory.measure.measure_peak`, the measurement behind a trial's ``peak_memory_gb``, so
+measured and reported agree:
 
-- ``cpu``: the child's peak resident set (``ru_maxrss``), the figure ``moopt.train.recipe.peak_memory_gb``
-  reports for a CPU trial, so measured and reported agree.
+- ``cpu``: the child's peak resident set (``VmHWM``).
 - ``cuda``: ``max_memory_reserved + (NVML per-process used − memory_reserved())`` (caching-allocator
   peak plus CUDA context), and ``num_alloc_retries`` (> 0: the step ran near the limit).
 
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 from moopt.config import TrialConfig
 from moopt.errors import ConfigError
+from moopt.memory.measure import is_out_of_memory, measure_peak
 from moopt.memory.rss import peak_rss_bytes
 
 GIB = 1024**3
@@ -78,7 +81,7 @@ def probe_peak(
     failure or the timeout gives ``error``. ``threads``: torch intra-op threads as the trial's slot
     would set them (0 = torch's default); on CPU they change the RSS a little (per-thread arenas).
     ``shape``: (batch, sequence) of the batch to train on, e.g. the longest the trial's data builds
-    (:func:`data_batch_shape`); default ``batch_size × max_seq_length``.
+    (:func:`moopt.study.gate.batch_shape`); default ``batch_size × max_seq_length``.
     """
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"probe_peak: device must be 'cpu' or 'cuda', got {device!r}")
@@ -154,18 +157,13 @@ def estimate_vs_probe(model_path: str, trial: TrialConfig, device: str = "cuda",
 # -- the child ---------------------------------------------------------------------------------------
 
 
-def _is_oom(e: BaseException) -> bool:
-    import torch
-
-    text = str(e).lower()
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
-
-
 def worst_case_batch(b: int, s: int, vocab: int, device, seed: int) -> dict:
     """``b × s`` random tokens, every position labelled. With b > 1 the last token of the last row is
     padding: a real padded batch makes HF build a 4D mask (b·s² bytes) and repeat K/V for SDPA, which
     an all-ones mask would skip, so the probe pays what the trial's worst batch pays."""
     import torch
+
+    from moopt.train.data import IGNORE
 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (b, s), generator=g)
@@ -173,7 +171,7 @@ def worst_case_batch(b: int, s: int, vocab: int, device, seed: int) -> dict:
     labels = ids.clone()
     if b > 1:
         mask[-1, -1] = 0
-        labels[-1, -1] = -100  # moopt.train.data.IGNORE
+        labels[-1, -1] = IGNORE
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
@@ -183,7 +181,8 @@ def _child_run(spec: dict) -> dict:
     import torch
 
     from moopt.train.lora import attach_lora, lora_parameters
-    from moopt.train.recipe import causal_lm_loss, load_model_and_tokenizer, pick_device
+    from moopt.train.recipe import load_model_and_tokenizer, pick_device
+    from moopt.train.step import train_step
 
     cfg = TrialConfig.from_dict(spec["trial"])
     tc = cfg.training
@@ -193,7 +192,7 @@ def _child_run(spec: dict) -> dict:
     torch.manual_seed(int(spec.get("seed", 0)))
     rss_after_imports = peak_rss_bytes()
 
-    # -- load model, attach LoRA: the trial's own steps (moopt/train/recipe.py run_trial) -----------------
+    # -- load model, attach LoRA: the trial's own steps (moopt.train.recipe.run_trial) ----------------
     model, _tok = load_model_and_tokenizer(spec["model_path"], cfg, device)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -204,39 +203,20 @@ def _child_run(spec: dict) -> dict:
                             betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_epsilon)
     model.train()
 
-    # -- train on the worst-case batch ------------------------------------------------------------
+    # -- train on the worst-case batch: the trial's step, one micro-batch, no scheduler ------------------
     b, s = spec.get("shape") or (tc.batch_size, cfg.data.max_seq_length)
     batch = worst_case_batch(int(b), int(s), model.config.vocab_size, device, int(spec.get("seed", 0)))
-    n_labels = int((batch["labels"][:, 1:] != -100).sum())
     for _ in range(int(spec["steps"])):
-        loss_sum, _, _ = causal_lm_loss(model, batch, info["backend"])
-        (loss_sum / n_labels).backward()
-        del loss_sum
-        if tc.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
-        opt.step()  # AdamW allocates its two fp32 states here, on the first step
-        opt.zero_grad(set_to_none=True)
+        train_step(model, [batch], params=params, opt=opt, sched=None, max_grad_norm=tc.max_grad_norm, device=device,
+                   backend=info["backend"])
     if device.type == "cuda":
         torch.cuda.synchronize()
 
-    # -- measure ------------------------------------------------------------------------------------
-    out = {"max_allocated": 0, "max_reserved": 0, "num_alloc_retries": 0, "context_bytes": 0}
-    if device.type == "cuda":
-        from moopt.memory.nvml import nvml_index, process_used_bytes
-
-        reserved_now = torch.cuda.memory_reserved()
-        used = None
-        try:
-            used = process_used_bytes(os.getpid(), nvml_index(), spec.get("nvml_baseline"))
-        except Exception:
-            used = None
-        ctx = max(0, used - reserved_now) if used else 0
-        out.update(max_allocated=torch.cuda.max_memory_allocated(), max_reserved=torch.cuda.max_memory_reserved(),
-                   num_alloc_retries=int(torch.cuda.memory_stats().get("num_alloc_retries", 0)), context_bytes=ctx)
-        out["peak_bytes"] = out["max_reserved"] + ctx
-    else:
+    # -- measure: what run_trial reports as peak_memory_gb ---------------------------------------------
+    peak = measure_peak(device.type, spec.get("nvml_baseline"))
+    out = dataclasses.asdict(peak)
+    if device.type != "cuda":
         out["context_bytes"] = rss_after_imports
-        out["peak_bytes"] = peak_rss_bytes()
     out["backend"] = info["backend"]
     return out
 
@@ -251,26 +231,20 @@ def main() -> int:
         result = _child_run(spec)
         result.update(oom=False, error=None)
     except BaseException as e:  # noqa: BLE001 - the parent gets a result line for every failure
-        oom = _is_oom(e)
+        oom = is_out_of_memory(e)
         failure = {"oom": oom, "error": f"{type(e).__name__}: {e}".splitlines()[0][:500]}
         import traceback
 
         traceback.print_exc(file=sys.stderr)
     if failure is not None:
         # Outside the except block the traceback (and the tensors its frames hold) is gone; we exit
-        # right away anyway, reporting what the allocator saw up to the failure.
-
-        peak = 0
-        if spec.get("device") == "cuda":
-            try:
-                import torch
-
-                peak = torch.cuda.max_memory_reserved()
-            except Exception:
-                peak = 0
-        else:
-            peak = peak_rss_bytes()
-        result = {"peak_bytes": peak, "max_allocated": 0, "max_reserved": 0, "num_alloc_retries": 0,
+        # right away anyway, reporting the peak up to the failure (cuda: the allocator's, no context).
+        try:
+            peak = measure_peak(spec.get("device", "cpu"))
+            peak_bytes = peak.max_reserved if spec.get("device") == "cuda" else peak.peak_bytes
+        except Exception:
+            peak_bytes = 0
+        result = {"peak_bytes": peak_bytes, "max_allocated": 0, "max_reserved": 0, "num_alloc_retries": 0,
                   "context_bytes": 0, **failure}
     proto.write(json.dumps(result) + "\n")
     proto.flush()

@@ -20,10 +20,11 @@ from typing import Protocol
 import torch
 
 from moopt.config import TrialConfig
-from moopt.memory.rss import peak_rss_bytes
+from moopt.memory.measure import is_out_of_memory, peak_memory_gb
 from moopt.records import TrialResult, TrialSpec, TrialState
 from moopt.search.pruner import rung_eval_size
-from moopt.train.data import IGNORE, TokenizedSet, collate, micro_batches, n_micro_batches, subset, tokenize_file
+from moopt.train.data import TokenizedSet, collate, micro_batches, n_micro_batches, subset, tokenize_file
+from moopt.train.step import StepResult, causal_lm_loss, check_finite, train_step
 
 
 class Reporter(Protocol):
@@ -120,24 +121,6 @@ def load_model_and_tokenizer(path: str, cfg: TrialConfig, device: torch.device):
     return model, tok
 
 
-def causal_lm_loss(model, batch: dict[str, torch.Tensor], backend: str) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(summed CE over completion tokens, correct next-token predictions, number of such tokens).
-
-    Only rows that carry a label go through the LM head, chunked, so full fp32 logits
-    (T x vocab x 4 bytes: 100 MB for 512 tokens of a 49k vocabulary) are never built.
-    """
-    from moopt_kernels import linear_cross_entropy
-
-    out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    hidden = out.last_hidden_state[:, :-1]
-    labels = batch["labels"][:, 1:]
-    keep = labels != IGNORE
-    n = int(keep.sum())
-    # the loss has only a torch path (chunked linear+CE); ``backend`` is the LoRA modules' own
-    loss_sum, n_correct = linear_cross_entropy(hidden[keep], model.lm_head.weight, labels[keep], backend="auto")
-    return loss_sum, n_correct, n
-
-
 @torch.no_grad()
 def evaluate(model, data: TokenizedSet, batch_size: int, pad_id: int, device, backend: str,
              beat=None) -> dict[str, float]:
@@ -182,22 +165,6 @@ def backend_reason(kernels: str, backend: str, device: torch.device) -> str:
     if backend == "triton":
         return "--kernels auto: CUDA device and triton installed"
     return "--kernels auto: " + ("triton is not installed" if not HAS_TRITON else f"no CUDA device ({device.type})")
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    """CUDA: allocator peak + CUDA context (NVML); CPU: peak resident set of this process."""
-    if device.type == "cuda":
-        ctx = 0
-        try:
-            from moopt.memory.nvml import nvml_index, process_used_bytes
-
-            used = process_used_bytes(os.getpid(), nvml_index())
-            if used:
-                ctx = max(0, used - torch.cuda.memory_reserved())
-        except Exception:
-            pass
-        return (torch.cuda.max_memory_reserved() + ctx) / 2**30
-    return peak_rss_bytes() / 2**30
 
 
 def injected_fault(number: int, step: int) -> str | None:
@@ -305,16 +272,14 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
                 opt.zero_grad(set_to_none=True)
                 return fn()
 
-        def accumulate(pending: list[dict[str, torch.Tensor]], n_labels: int) -> tuple[float, int]:
-            """Forward + backward of one optimizer step's micro-batches: (summed loss, tokens)."""
-            total, tokens = 0.0, 0
-            for b in pending:
-                b = {k: v.to(device) for k, v in b.items()}
-                loss_sum, _, _ = causal_lm_loss(model, b, result.backend)
-                (loss_sum / max(n_labels, 1)).backward()
-                total += float(loss_sum.detach())
-                tokens += int(b["attention_mask"].sum())
-            return total, tokens
+        def evaluate_on(data: TokenizedSet, detail: str) -> dict[str, float]:
+            reporter.phase("evaluating", detail)
+            return with_fallback(lambda: evaluate(model, data, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat))
+
+        def before_update(r: StepResult) -> float:
+            result.train_tokens += r.tokens  # a step that fails here has still trained on its tokens
+            loss = inject_fault(spec.number, step + 1, r.loss)  # tests only; a no-op otherwise
+            return check_finite(loss, step + 1)
 
         model.train()
         t0 = time.time()
@@ -328,20 +293,11 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
             micro += 1
             if len(pending) < tc.gradient_accumulation_steps and micro < n_micro:
                 continue
-            # one optimizer step over the accumulated micro-batches, loss averaged per label token
-            n_labels = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in pending)
-            step_loss, tokens = with_fallback(lambda p=pending, n=n_labels: accumulate(p, n))
-            result.train_tokens += tokens
+            step_loss = with_fallback(lambda p=pending: train_step(
+                model, p, params=params, opt=opt, sched=sched, max_grad_norm=tc.max_grad_norm, device=device,
+                backend=result.backend, before_update=before_update,
+            )).loss
             pending = []
-            step_loss /= max(n_labels, 1)
-            step_loss = inject_fault(spec.number, step + 1, step_loss)  # tests only; a no-op otherwise
-            if not math.isfinite(step_loss):
-                raise FloatingPointError(f"non-finite training loss ({step_loss}) at step {step + 1}")
-            if tc.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
             step += 1
             result.steps = step
             curve.append({"step": step, "epoch": round(epoch_pos, 4), "train_loss": step_loss, "lr": sched.get_last_lr()[0]})
@@ -349,8 +305,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
             busy_s += step_s
             reporter.progress(step, total_steps, step_loss, result.train_tokens / busy_s if busy_s else None, step_s)
             if step in rung_at:
-                reporter.phase("evaluating", f"rung {rung_at[step]} at step {step}, {len(rung_val.examples)} examples")
-                m = with_fallback(lambda: evaluate(model, rung_val, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat))
+                m = evaluate_on(rung_val, f"rung {rung_at[step]} at step {step}, {len(rung_val.examples)} examples")
                 result.eval_tokens += rung_val.n_tokens
                 evals.append({"step": step, "examples": len(rung_val.examples), **m})
                 if not reporter.rung(step, m, rung_at[step]):
@@ -370,14 +325,12 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
             if len(rung_val.examples) < len(val.examples):
                 result.error += f" (metrics on the rungs' {len(rung_val.examples)} of {len(val.examples)} validation examples)"
         else:
-            reporter.phase("evaluating", f"{len(val.examples)} validation examples")
-            metrics = with_fallback(lambda: evaluate(model, val, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat))
+            metrics = evaluate_on(val, f"{len(val.examples)} validation examples")
             result.eval_tokens += val.n_tokens
             evals.append({"step": step, "examples": len(val.examples), **metrics})
             if spec.test_file:
                 test = tokenize_file(spec.test_file, tok, cfg.data.max_seq_length)
-                reporter.phase("evaluating", f"{len(test.examples)} test examples")
-                tm = with_fallback(lambda: evaluate(model, test, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat))
+                tm = evaluate_on(test, f"{len(test.examples)} test examples")
                 metrics.update({k.replace("eval_", "test_"): v for k, v in tm.items()})
             result.state = TrialState.COMPLETE if stop_reason is None else TrialState.PRUNED
             result.error = None if stop_reason is None else f"{stop_reason} at step {step}"
@@ -396,7 +349,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
         extra = {"truncated_train": train.n_truncated, "truncated_val": val.n_truncated,
                  "train_label_tokens": train.n_label_tokens, "val_label_tokens": val.n_label_tokens}
     except Exception as e:  # recorded as a failed trial; the study goes on
-        is_oom = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+        is_oom = is_out_of_memory(e)
         result.state, result.oom = (TrialState.INFEASIBLE if is_oom else TrialState.FAIL), is_oom
         result.error = f"{type(e).__name__}: {e}".splitlines()[0][:500]
         result.metrics = result.metrics or ({"peak_memory_gb": peak_memory_gb(device)} if is_oom else {})
