@@ -128,7 +128,11 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], backend: str) -> tuple
     """
     from moopt_kernels import linear_cross_entropy
 
-    out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    if "position_ids" in batch:  # packed rows: attention is kept inside each example by the position restarts
+        # (no cache: with one, transformers would not read the restarts and attention would cross examples)
+        out = model.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    else:
+        out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     hidden = out.last_hidden_state[:, :-1]
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
@@ -321,7 +325,8 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
         t_step, busy_s = t0, 0.0  # start of the current step; seconds spent in steps (evaluations excluded)
         step, micro = 0, 0
         stop_reason = None
-        batches = micro_batches(train, tc.batch_size, tc.num_train_epochs, cfg.data.sampling_strategy, spec.seed, pad_id)
+        batches = micro_batches(train, tc.batch_size, tc.num_train_epochs, cfg.data.sampling_strategy, spec.seed, pad_id,
+                                pack_capacity=cfg.data.max_seq_length if cfg.data.packing else None)
         pending: list[dict[str, torch.Tensor]] = []
         for epoch_pos, batch in batches:
             pending.append(batch)
