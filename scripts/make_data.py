@@ -17,6 +17,12 @@ train / val / test (same departments, same templates and quantity range), so
 val/test measure generalisation to unseen items rather than memorisation.
 
 Usage: python scripts/make_data.py [--out data] [--seed 1234]
+
+``--long-tail`` writes the same task with multi-line orders instead (``data/longtail/``): an order
+holds k lines, k drawn from a long-tailed (Pareto, alpha 1.1) distribution capped at 90, and the
+completion routes every line ("Garden, crate; Kitchen, box; ..."). With SmolLM2's tokenizer the
+records run from ~15 to ~1,000 tokens, most of them short, as in instruction sets: the data set the
+packing benchmark pads or packs.
 """
 
 from __future__ import annotations
@@ -107,21 +113,48 @@ def make_rows(items: list[tuple[str, str]], n: int, rng: random.Random) -> list[
     return rows
 
 
-def build(seed: int, n_train: int, n_val: int, n_test: int) -> dict[str, list[dict]]:
-    rng = random.Random(seed)
-    split_items: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
+def make_long_rows(items: list[tuple[str, str]], n: int, rng: random.Random, alpha: float = 1.1,
+                   max_lines: int = 90) -> list[dict]:
+    """n multi-line orders; the number of lines of each is long-tailed (most orders 1-3 lines)."""
+    rows = []
+    for _ in range(n):
+        k = min(max_lines, int(rng.paretovariate(alpha)))
+        lines, routes = [], []
+        for _ in range(k):
+            dept, item = rng.choice(items)
+            q = rng.randint(1, 9)
+            lines.append(f"- {q} x {item}")
+            routes.append(f"{dept}, {packing(q)}")
+        rows.append({"prompt": "Order:\n" + "\n".join(lines) + "\nRoute:", "completion": " " + "; ".join(routes)})
+    return rows
+
+
+def split_items(rng: random.Random) -> dict[str, list[tuple[str, str]]]:
+    out: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
     for dept in sorted(ITEMS):
         items = sorted(ITEMS[dept])
         rng.shuffle(items)
         # 12 train / 4 val / 4 test items per department: disjoint entities.
-        split_items["train"] += [(dept, it) for it in items[:12]]
-        split_items["val"] += [(dept, it) for it in items[12:16]]
-        split_items["test"] += [(dept, it) for it in items[16:20]]
+        out["train"] += [(dept, it) for it in items[:12]]
+        out["val"] += [(dept, it) for it in items[12:16]]
+        out["test"] += [(dept, it) for it in items[16:20]]
+    return out
+
+
+def build(seed: int, n_train: int, n_val: int, n_test: int) -> dict[str, list[dict]]:
+    rng = random.Random(seed)
+    items = split_items(rng)
     return {
-        "train": make_rows(split_items["train"], n_train, rng),
-        "val": make_rows(split_items["val"], n_val, rng),
-        "test": make_rows(split_items["test"], n_test, rng),
+        "train": make_rows(items["train"], n_train, rng),
+        "val": make_rows(items["val"], n_val, rng),
+        "test": make_rows(items["test"], n_test, rng),
     }
+
+
+def build_long_tail(seed: int, n_train: int, n_val: int) -> dict[str, list[dict]]:
+    rng = random.Random(seed)
+    items = split_items(rng)
+    return {"train": make_long_rows(items["train"], n_train, rng), "val": make_long_rows(items["val"], n_val, rng)}
 
 
 def main() -> None:
@@ -131,11 +164,16 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=300)
     ap.add_argument("--n-val", type=int, default=60)
     ap.add_argument("--n-test", type=int, default=60)
+    ap.add_argument("--long-tail", action="store_true", help="multi-line orders of long-tailed length, into <out>/longtail")
     args = ap.parse_args()
 
     out = Path(args.out)
+    if args.long_tail:
+        out = out / "longtail"
+        splits = build_long_tail(args.seed, args.n_train, args.n_val)
+    else:
+        splits = build(args.seed, args.n_train, args.n_val, args.n_test)
     out.mkdir(parents=True, exist_ok=True)
-    splits = build(args.seed, args.n_train, args.n_val, args.n_test)
     for name, rows in splits.items():
         path = out / f"{name}.jsonl"
         with path.open("w", encoding="utf-8", newline="\n") as f:

@@ -295,6 +295,45 @@ def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def collate_packed(batch: list[Example], pad_id: int, capacity: int) -> dict[str, torch.Tensor]:
+    """The examples of one micro-batch packed into rows of at most ``capacity`` tokens (first-fit
+    decreasing; an example is never split), padded to the longest row. ``position_ids`` restart at 0
+    for each example (and for a row's padding), which is what makes transformers' attention keep each
+    example to itself (it builds a block-diagonal causal mask from the restarts when no attention mask
+    is given). Each example's first token carries no label, as in a padded row (no loss is taken on
+    predicting it from the previous example's last token). ``attention_mask`` marks real tokens (for counting; it is not passed to the model)."""
+    order = sorted(range(len(batch)), key=lambda i: -len(batch[i].input_ids))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = len(batch[i].input_ids)
+        r = next((k for k, free in enumerate(room) if free >= n), None)
+        if r is None:
+            rows.append([])
+            room.append(max(capacity, n))
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= n
+    T = max(sum(len(batch[i].input_ids) for i in row) for row in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    pos = torch.zeros((len(rows), T), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in sorted(row):  # inside a row, the micro-batch's own order
+            e = batch[i]
+            n = len(e.input_ids)
+            ids[r, at:at + n] = torch.tensor(e.input_ids)
+            labels[r, at:at + n] = torch.tensor(e.labels)
+            labels[r, at] = IGNORE  # the first token is predicted from the previous example: no loss
+            mask[r, at:at + n] = 1
+            pos[r, at:at + n] = torch.arange(n)
+            at += n
+        pos[r, at:] = torch.arange(T - at)  # padding: a sequence of its own
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": pos}
+
+
 def batch_order(lengths: list[int], batch_size: int, strategy: str, generator: torch.Generator) -> list[list[int]]:
     """Indices of each micro-batch for one epoch.
 
@@ -317,9 +356,12 @@ def batch_order(lengths: list[int], batch_size: int, strategy: str, generator: t
 
 
 def micro_batches(
-    data: TokenizedSet, batch_size: int, epochs: float, strategy: str, seed: int, pad_id: int
+    data: TokenizedSet, batch_size: int, epochs: float, strategy: str, seed: int, pad_id: int,
+    pack_capacity: int | None = None,
 ) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:
-    """Yield (epoch position, batch) for ``epochs`` passes (a fractional last pass is cut short)."""
+    """Yield (epoch position, batch) for ``epochs`` passes (a fractional last pass is cut short); with
+    ``pack_capacity`` each batch's examples are packed into rows of at most that many tokens
+    (:func:`collate_packed`), else padded rows (:func:`collate`)."""
     lengths = [len(e.input_ids) for e in data.examples]
     per_epoch = math.ceil(len(lengths) / batch_size)
     total = max(1, math.ceil(per_epoch * epochs))
@@ -330,7 +372,9 @@ def micro_batches(
             if done >= total:
                 return
             done += 1
-            yield done / per_epoch, collate([data.examples[i] for i in idx], pad_id)
+            examples = [data.examples[i] for i in idx]
+            batch = collate_packed(examples, pad_id, pack_capacity) if pack_capacity else collate(examples, pad_id)
+            yield done / per_epoch, batch
         epoch += 1
 
 

@@ -286,7 +286,8 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
         t_step, busy_s = t0, 0.0  # start of the current step; seconds spent in steps (evaluations excluded)
         step, micro = 0, 0
         stop_reason = None
-        batches = micro_batches(train, tc.batch_size, tc.num_train_epochs, cfg.data.sampling_strategy, spec.seed, pad_id)
+        batches = micro_batches(train, tc.batch_size, tc.num_train_epochs, cfg.data.sampling_strategy, spec.seed, pad_id,
+                                pack_capacity=cfg.data.max_seq_length if cfg.data.packing else None)
         pending: list[dict[str, torch.Tensor]] = []
         for epoch_pos, batch in batches:
             pending.append(batch)

@@ -26,7 +26,11 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], backend: str) -> tuple
     """
     from moopt_kernels import linear_cross_entropy
 
-    out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    if "position_ids" in batch:  # packed rows: attention is kept inside each example by the position restarts
+        # (no cache: with one, transformers would not read the restarts and attention would cross examples)
+        out = model.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    else:
+        out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     hidden = out.last_hidden_state[:, :-1]
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
