@@ -156,3 +156,23 @@ def test_every_reporter_matches_the_recipe_protocol():
             assert [(p.name, p.default) for p in got.parameters.values()] == \
                 [(p.name, p.default) for p in want.parameters.values()], (cls.__name__, name)
         assert getattr(ConsoleReporter, name).__annotations__ == getattr(Reporter, name).__annotations__, name
+
+
+def test_resume_accepts_a_study_written_before_a_config_field_existed(tmp_path):
+    """A journal's fingerprint without a field added since (data.packing) at its default is the same study;
+    one whose fixed configuration really differs is refused."""
+    from moopt.errors import ConfigError
+    from moopt.journal import Journal
+    from moopt.study.outdir import check_output_dir, study_fingerprint
+
+    study = _study(tmp_path, resume=True)
+    fp = study_fingerprint(study.cfg)
+    old = json.loads(json.dumps(fp))
+    del old["fixed"]["data"]["packing"]
+    Journal(study.out).append({"type": "study", "fingerprint": old})
+    check_output_dir(study.cfg)  # no error
+    (study.out / "journal.jsonl").unlink()
+    old["fixed"]["data"]["max_seq_length"] += 1
+    Journal(study.out).append({"type": "study", "fingerprint": old})
+    with pytest.raises(ConfigError, match="fixed"):
+        check_output_dir(study.cfg)

@@ -37,7 +37,9 @@ def check_output_dir(cfg: Any) -> None:
     if cfg.resume and holds_study:
         header = replay(out).header
         mine = study_fingerprint(cfg)
-        theirs = header.get("fingerprint", {})
+        theirs = dict(header.get("fingerprint", {}))
+        if isinstance(theirs.get("fixed"), dict):  # a field added since (its default) is no change
+            theirs["fixed"] = json.loads(json.dumps(TrialConfig.from_dict(theirs["fixed"]).to_dict()))
         changed = [k for k in mine if theirs.get(k) != mine[k]]
         if changed:
             raise ConfigError(f"{out}: --resume needs the same study; these differ from the stored one: {changed}")
