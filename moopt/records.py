@@ -75,6 +75,9 @@ class TrialResult:
     pruned_at_step: int | None = None  # a rung decision stopped it after this optimizer step
     prune_reason: str | None = None  # the pruner's reason for that decision (set by the study)
     oom: bool = False  # it ran out of memory (CUDA OOM, or the worker SIGKILLed, as the OOM killer does)
+    setup_seconds: float = 0.0  # from the trial's start in its worker to its first step: model, LoRA, data
+    eval_seconds: float = 0.0  # rung, validation and test evaluations
+    warm: bool = False  # the base model came loaded from the worker's previous trial (moopt.train.warm)
     # -- set by the study when it journals the end -------------------------------------------------
     datetime_start: str | None = None  # ISO local time, milliseconds
     datetime_complete: str | None = None

@@ -63,6 +63,9 @@ def main() -> None:
 @opt("overwrite", is_flag=True, help="Replace a study already in output_dir.")
 @opt("warm_start", default=None, type=click.Path(), help="An earlier study's output_dir: its best trials seed the first population.")
 @click.option("--baseline/--no-baseline", "baseline", default=True, show_default=True, help="Evaluate the base model first, for comparison.")
+@click.option("--warm_workers/--no_warm_workers", "--warm-workers/--no-warm-workers", "warm_workers", default=True, show_default=True,
+              help="A trial process keeps its loaded base model for the next trial with the same model, dtype and "
+                   "quantisation (results are the same as in a fresh process); --no_warm_workers: a fresh process per trial.")
 def optimize(**kw) -> None:
     """Search LoRA hyperparameters for a base model on your data; write results to --output_dir."""
     try:
@@ -132,6 +135,7 @@ def build_study_config(kw: dict):
         memory_constraint_gb=kw["memory_constraint"], kernels=kw["kernels"], resume=kw["resume"],
         overwrite=kw["overwrite"], baseline=kw["baseline"], warm_start=kw["warm_start"],
         executor=kw["executor"], ray_address=kw["ray_address"], stall_timeout_s=kw["stall_timeout"],
+        warm_workers=kw["warm_workers"],
     )
     if kw["warm_start"]:
         from moopt.journal import JOURNAL

@@ -51,6 +51,21 @@ def measure_peak(device_type: str, nvml_baseline: int | None = None) -> PeakMemo
                       num_alloc_retries=int(torch.cuda.memory_stats().get("num_alloc_retries", 0)), context_bytes=ctx)
 
 
+def reset_peak(device_type: str) -> None:
+    """Start a new peak from now (a warm worker's next trial): CUDA resets the allocator's peak
+    statistics; Linux resets the process's VmHWM to its current RSS (``/proc/self/clear_refs``)."""
+    if device_type == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux, or not allowed: the peak stays the process's own
+        pass
+
+
 def peak_memory_gb(device) -> float:
     """:func:`measure_peak`'s peak in GiB, the ``peak_memory_gb`` a trial reports; ``device``: a
     ``torch.device`` or its type."""

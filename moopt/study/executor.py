@@ -1,6 +1,7 @@
 """Executors run trial specs and hand back results.
 
-Contract: ``submit(spec, slot)`` starts a trial in a fresh process; ``next_result(timeout)``
+Contract: ``submit(spec, slot)`` starts a trial in a worker process of its own (a warm one of
+:class:`LocalExecutor` may have run earlier trials); ``next_result(timeout)``
 returns the next :class:`TrialResult` to finish (any order), or None on timeout. A worker that
 dies without reporting (crash, ``kill -9``, the OOM killer) yields a FAIL result with its exit
 status. Hooks ``on_progress(number, event)`` (every ``progress``, ``phase`` and ``heartbeat`` event
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,42 +83,85 @@ class ExecutorBase:
         """End every running trial now, without results (nothing to end, unless overridden)."""
 
 
+@dataclass
+class Worker:
+    """A worker process (``python -m moopt.train.worker``) and what its warm state is good for."""
+
+    proc: subprocess.Popen
+    key: tuple  # (device, threads, base model, dtype, quantization): trials it can take warm
+    log: Any  # the file its stderr was started on (the first trial's log.txt)
+
+
 class LocalExecutor(ExecutorBase):
-    """The embedded executor: one subprocess (``python -m moopt.train.worker``) per trial."""
+    """The embedded executor: trials run in worker subprocesses (``python -m moopt.train.worker``).
+
+    Warm workers (``warm=True``, the default): a worker that ends a trial cleanly waits for the next
+    one and keeps its loaded base model; a trial with the same base model, dtype, quantisation, device
+    and threads goes to such an idle worker. A worker is started for any other trial, after the idle
+    workers on that device are ended (so the processes alive on a device never hold more base models
+    than the trials placed there). A crash, an out-of-memory or a kill ends the worker with its trial.
+    ``warm=False``: a fresh process per trial."""
+
+    def __init__(self, *args, warm: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.warm = warm
+        self.idle: list[Worker] = []
+        self.started = 0  # worker processes started (a warm study starts fewer than it runs trials)
+        self.closing = False
+
+    @staticmethod
+    def worker_key(spec: TrialSpec, slot: Slot) -> tuple:
+        m = spec.config.model
+        return (slot.device, slot.threads, spec.base_model, m.dtype, m.quantization)
 
     def submit(self, spec: TrialSpec, slot: Slot) -> None:
         self.liveness.start(spec.number)
-        env = dict(os.environ)
-        if slot.device.startswith("cuda:"):
-            env["CUDA_VISIBLE_DEVICES"] = slot.device.split(":", 1)[1]
-            spec.device = "cuda"
-        else:
-            spec.device = "cpu"
-            env["CUDA_VISIBLE_DEVICES"] = ""
+        spec.device = "cuda" if slot.device.startswith("cuda:") else "cpu"
         spec.threads = slot.threads
+        Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
+        key = self.worker_key(spec, slot)
+        with self._lock:
+            worker = next((w for w in self.idle if w.key == key and w.proc.poll() is None), None)
+            if worker is not None:
+                self.idle.remove(worker)
+            else:  # a new process: first end the idle ones on this device (their models would share it)
+                for w in [w for w in self.idle if w.key[0] == slot.device]:
+                    self.idle.remove(w)
+                    self._end(w)
+        if worker is None:
+            worker = self._start(spec, slot, key)
+            self._event(spec.number, {"event": "phase", "phase": "starting", "detail": "importing torch"})
+        with self._lock:
+            self.active[spec.number] = worker.proc
+        worker.proc.stdin.write(json.dumps(spec.to_json()) + "\n")
+        worker.proc.stdin.flush()
+        threading.Thread(target=self._watch, args=(spec, worker), daemon=True).start()
+
+    def _start(self, spec: TrialSpec, slot: Slot, key: tuple) -> Worker:
+        env = dict(os.environ)
+        env["CUDA_VISIBLE_DEVICES"] = slot.device.split(":", 1)[1] if slot.device.startswith("cuda:") else ""
         env["OMP_NUM_THREADS"] = str(slot.threads)
+        env["MOOPT_WARM_WORKERS"] = "1" if self.warm else "0"
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         # `python -m` puts the working directory first on sys.path: run from a checkout of moopt, its
         # top-level kernels/ folder would shadow Hugging Face's `kernels` package (bitsandbytes and
         # transformers probe for it). Safe path (Python >= 3.11) keeps the cwd out.
         env["PYTHONSAFEPATH"] = "1"
-        Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
         log = open(Path(spec.output_dir) / "log.txt", "w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "moopt.train.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=log, env=env, text=True, bufsize=1, start_new_session=True,
         )
-        with self._lock:
-            self.active[spec.number] = proc
-        proc.stdin.write(json.dumps(spec.to_json()) + "\n")
-        proc.stdin.flush()
-        self._event(spec.number, {"event": "phase", "phase": "starting", "detail": "importing torch"})
-        threading.Thread(target=self._watch, args=(spec, proc, log), daemon=True).start()
+        self.started += 1
+        return Worker(proc, key, log)
 
-    def _watch(self, spec: TrialSpec, proc: subprocess.Popen, log) -> None:
-        result = None
+    def _watch(self, spec: TrialSpec, worker: Worker) -> None:
+        proc, result, reusable = worker.proc, None, False
         try:
-            for line in proc.stdout:
+            while True:
+                line = proc.stdout.readline()
+                if not line:
+                    break
                 try:
                     msg = json.loads(line)
                 except json.JSONDecodeError:
@@ -133,37 +178,72 @@ class LocalExecutor(ExecutorBase):
                         pass
                 elif ev == "result":
                     result = TrialResult(**msg["result"])
+                    reusable = bool(msg.get("reusable")) and self.warm
+                    break
         except (OSError, ValueError):
             pass
-        code = proc.wait()
-        log.close()
         with self._lock:
             self.active.pop(spec.number, None)
-        if result is None:
-            oom = code == -signal.SIGKILL  # what the kernel's OOM killer sends
-            if code < 0:
-                name = signal.Signals(-code).name
-                why = f"worker killed by {name}" + (" (likely out of memory)" if oom else "")
-            else:
-                why = f"worker exited with code {code} without a result; see {spec.output_dir}/log.txt"
-            result = TrialResult(number=spec.number, state=TrialState.FAIL, error=why, oom=oom)
+            keep = reusable and proc.poll() is None and not self.closing  # (a killed worker has exited)
+            if keep:
+                self.idle.append(worker)
+        if not keep:
+            code = self._end(worker)
+            if result is None:
+                oom = code == -signal.SIGKILL  # what the kernel's OOM killer sends
+                if code < 0:
+                    name = signal.Signals(-code).name
+                    why = f"worker killed by {name}" + (" (likely out of memory)" if oom else "")
+                else:
+                    why = f"worker exited with code {code} without a result; see {spec.output_dir}/log.txt"
+                result = TrialResult(number=spec.number, state=TrialState.FAIL, error=why, oom=oom)
         self._finish(result)
+
+    def _end(self, worker: Worker, grace_s: float = 5.0) -> int:
+        """End a worker: EOF on its stdin (it exits between trials), SIGKILL after ``grace_s``; its exit code."""
+        proc = worker.proc
+        try:
+            proc.stdin.close()
+        except (OSError, ValueError):
+            pass
+        try:
+            code = proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self._killpg(proc)
+            code = proc.wait()
+        worker.log.close()
+        return code
+
+    @staticmethod
+    def _killpg(proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def kill(self, number: int) -> None:
         """SIGKILL the trial's process group (the worker and anything it started)."""
         with self._lock:
             proc = self.active.get(number)
         if proc is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            self._killpg(proc)
 
     def kill_all(self) -> None:
         with self._lock:
             numbers = list(self.active)
+            idle, self.idle = self.idle, []
         for n in numbers:
             self.kill(n)
+        for w in idle:
+            self._killpg(w.proc)
+
+    def close(self) -> None:
+        """End the idle workers (the running ones end with their trials)."""
+        with self._lock:
+            self.closing = True
+            idle, self.idle = self.idle, []
+        for w in idle:
+            self._end(w)
 
 
 def wait_for_any(executor: LocalExecutor, poll: float = 0.5, deadline: float | None = None,

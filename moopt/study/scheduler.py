@@ -75,6 +75,7 @@ class StudyConfig:
     ray_address: str | None = None  # with executor=ray: auto | host:port | None (start a local instance)
     stall_timeout_s: float | None = None  # --stall_timeout, seconds: None = auto (moopt.study.watchdog), 0 = never kill
     model_revision: str | None = None  # the hub commit a hub id resolved to (journaled; --resume loads that commit)
+    warm_workers: bool = True  # a worker keeps its base model for the next trial (moopt.study.executor.LocalExecutor)
 
 
 class Stopped(Exception):
@@ -160,7 +161,7 @@ class Study:
         elif factory is None:
             from moopt.study.executor import LocalExecutor
 
-            factory = LocalExecutor
+            factory = functools.partial(LocalExecutor, warm=self.cfg.warm_workers)
         return factory(on_progress=self.on_progress, on_rung=self.decide_rung, stall=self.stall_policy())
 
     # -- running it ------------------------------------------------------------------------------
@@ -213,9 +214,9 @@ class Study:
 
         sched = Scheduler(self, self.make_executor())
         sched.resume(record)
-        if cfg.baseline and not (self.out / "baseline.json").is_file():
-            self.run_baseline()
         try:
+            if cfg.baseline and not (self.out / "baseline.json").is_file():
+                self.run_baseline(sched.executor)
             sched.run()
         except (KeyboardInterrupt, Stopped) as e:
             sched.executor.kill_all()  # their trial_start has no trial_end: --resume reruns them
@@ -352,8 +353,10 @@ class Study:
         predicted = per_epoch * tcfg.training.num_train_epochs / tps + overhead
         return time.time() + predicted <= deadline
 
-    def run_baseline(self) -> None:
-        """Evaluate the base model (no training) so the report can say how much tuning helped."""
+    def run_baseline(self, executor=None) -> None:
+        """Evaluate the base model (no training) so the report can say how much tuning helped. On the
+        study's own LocalExecutor when it has one (a warm worker then keeps the model for the first
+        trial), else on a LocalExecutor of its own."""
         from moopt.study.executor import LocalExecutor, wait_for_any
         from moopt.study.placement import plan_slots
 
@@ -366,13 +369,18 @@ class Study:
                          kernels=self.cfg.kernels, save_adapter=False, baseline=True)
         from moopt.study.progress import ProgressBoard, ProgressView
 
-        ex = LocalExecutor(on_progress=self.on_progress, stall=self.stall_policy())
-        slot = plan_slots(1)[0]
-        with ProgressView(self.console, ProgressBoard(), study_line=False) as view:
-            self.progress_view = view
-            ex.submit(spec, slot)
-            res = wait_for_any(ex, on_poll=view.tick)
-            self.progress_view = None
+        own = not isinstance(executor, LocalExecutor)
+        ex = LocalExecutor(on_progress=self.on_progress, stall=self.stall_policy()) if own else executor
+        slot = plan_slots(self.cfg.parallel_trials)[0]  # a trial's slot, so the worker can take trial 0 warm
+        try:
+            with ProgressView(self.console, ProgressBoard(), study_line=False) as view:
+                self.progress_view = view
+                ex.submit(spec, slot)
+                res = wait_for_any(ex, on_poll=view.tick)
+                self.progress_view = None
+        finally:
+            if own:
+                ex.close()
         from moopt.yamlio import write_json
 
         write_json(self.out / "baseline.json", {"state": res.state, "metrics": res.metrics, "error": res.error})

@@ -177,6 +177,19 @@ def attach_lora(
     }
 
 
+def detach_lora(model: nn.Module) -> int:
+    """Put every LoRALinear's frozen base linear back in its place (the model as before
+    :func:`attach_lora`, its base weights untouched by training); returns how many were taken out."""
+    n = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            parent_name, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), leaf, module.base)
+            module.group = None
+            n += 1
+    return n
+
+
 def set_lora_backend(model: nn.Module, backend: str) -> None:
     """Switch every LoRALinear of ``model`` (and so its shared-input groups) to ``backend``."""
     for m in model.modules():

@@ -20,11 +20,12 @@ from typing import Protocol
 import torch
 
 from moopt.config import TrialConfig
-from moopt.memory.measure import is_out_of_memory, peak_memory_gb
+from moopt.memory.measure import is_out_of_memory, peak_memory_gb, reset_peak
 from moopt.records import TrialResult, TrialSpec, TrialState
 from moopt.search.pruner import rung_eval_size
 from moopt.train.data import TokenizedSet, collate, micro_batches, n_micro_batches, subset, tokenize_file
 from moopt.train.step import StepResult, causal_lm_loss, check_finite, train_step
+from moopt.train.warm import WarmBase
 
 
 class Reporter(Protocol):
@@ -193,8 +194,12 @@ def inject_fault(number: int, step: int, loss: float) -> float:
     return float("nan") if fault == "nan" else loss
 
 
-def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
+def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase | None = None) -> TrialResult:
+    """``warm``: a worker's :class:`~moopt.train.warm.WarmBase`: the base model and the tokenised data
+    come from it when an earlier trial of this worker loaded them (the caller then calls its
+    ``release`` once this returns); without it everything is loaded here."""
     reporter = reporter or NullReporter()
+    t_start = time.time()
     cfg, tc = spec.config, spec.config.training
     result = TrialResult(number=spec.number, state=TrialState.FAIL)
     out_dir = Path(spec.output_dir)
@@ -207,15 +212,28 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
     evals: list[dict[str, float]] = []
     try:
         # -- load model ---------------------------------------------------------------------------
-        reporter.phase("loading model", f"{Path(spec.base_model).name} on {device.type}")
-        model, tok = load_model_and_tokenizer(spec.base_model, cfg, device)
+        if warm is None:
+            reporter.phase("loading model", f"{Path(spec.base_model).name} on {device.type}")
+            model, tok = load_model_and_tokenizer(spec.base_model, cfg, device)
+        else:
+            reporter.phase("loading model", f"{Path(spec.base_model).name} on {device.type} (kept by the worker if loaded)")
+            model, tok, loaded = warm.model_and_tokenizer(spec.base_model, cfg, device, load_model_and_tokenizer)
+            result.warm = not loaded
+            reset_peak(device.type)  # this trial's peak from here: the model, then what the trial adds
+
+        def tokenize(path: str) -> TokenizedSet:
+            if warm is None:
+                return tokenize_file(path, tok, cfg.data.max_seq_length)
+            return warm.tokenized(path, cfg.data.max_seq_length)
+
+        torch.manual_seed(spec.seed)  # LoRA init and dropout draw the same numbers, loaded now or earlier
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
         if spec.baseline:
             reporter.phase("tokenising")
-            val = tokenize_file(spec.validation_file, tok, cfg.data.max_seq_length)
+            val = tokenize(spec.validation_file)
             reporter.phase("evaluating", f"{len(val.examples)} validation examples")
             result.metrics = evaluate(model, val, tc.batch_size, pad_id, device, "torch", reporter.heartbeat)
             result.metrics["peak_memory_gb"] = peak_memory_gb(device)
@@ -237,8 +255,8 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
 
         # -- load data ----------------------------------------------------------------------------
         reporter.phase("tokenising")
-        train = tokenize_file(spec.train_file, tok, cfg.data.max_seq_length)
-        val = tokenize_file(spec.validation_file, tok, cfg.data.max_seq_length)
+        train = tokenize(spec.train_file)
+        val = tokenize(spec.validation_file)
         n_micro = n_micro_batches(len(train.examples), tc.batch_size, tc.num_train_epochs)
         total_steps = math.ceil(n_micro / tc.gradient_accumulation_steps)
         result.total_steps = total_steps
@@ -274,7 +292,10 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
 
         def evaluate_on(data: TokenizedSet, detail: str) -> dict[str, float]:
             reporter.phase("evaluating", detail)
-            return with_fallback(lambda: evaluate(model, data, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat))
+            t_eval = time.time()
+            m = with_fallback(lambda: evaluate(model, data, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat))
+            result.eval_seconds += time.time() - t_eval
+            return m
 
         def before_update(r: StepResult) -> float:
             result.train_tokens += r.tokens  # a step that fails here has still trained on its tokens
@@ -283,6 +304,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
 
         model.train()
         t0 = time.time()
+        result.setup_seconds = t0 - t_start
         t_step, busy_s = t0, 0.0  # start of the current step; seconds spent in steps (evaluations excluded)
         step, micro = 0, 0
         stop_reason = None
@@ -330,7 +352,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None) -> TrialResult:
             result.eval_tokens += val.n_tokens
             evals.append({"step": step, "examples": len(val.examples), **metrics})
             if spec.test_file:
-                test = tokenize_file(spec.test_file, tok, cfg.data.max_seq_length)
+                test = tokenize(spec.test_file)
                 tm = evaluate_on(test, f"{len(test.examples)} test examples")
                 metrics.update({k.replace("eval_", "test_"): v for k, v in tm.items()})
             result.state = TrialState.COMPLETE if stop_reason is None else TrialState.PRUNED

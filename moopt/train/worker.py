@@ -1,11 +1,16 @@
 """The trial process: ``python -m moopt.train.worker``.
 
-Protocol (JSON lines): the parent writes the TrialSpec on stdin's first line. The worker writes
+Protocol (JSON lines): the parent writes a TrialSpec line on stdin. The worker writes
 ``{"event": "phase" | "progress" | "heartbeat" | "rung" | "result", ...}`` lines on its original
 stdout; after a ``rung`` line it reads one line ``{"continue": true|false}`` from stdin. ``phase``,
 ``progress`` (each optimizer step) and ``heartbeat`` (inside evaluations, at most one a second) are
-the signs of life the stall watchdog goes by (``moopt.study.watchdog``). Everything else the libraries print
-goes to stderr, which the parent sends to the trial's ``log.txt``.
+the signs of life the stall watchdog goes by (``moopt.study.watchdog``). Everything else the libraries
+print goes to stderr, which the worker points at each trial's ``log.txt``.
+
+A worker is warm (``MOOPT_WARM_WORKERS`` unset or 1): after a trial's ``result`` line, whose
+``reusable`` says so, it waits for the next TrialSpec line and keeps the base model and tokenised data
+of the trial before (moopt.train.warm). A trial that ended in an exception (crash, out of memory) ends
+the worker, as does EOF on stdin.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 HEARTBEAT_S = 1.0  # at most one heartbeat a second: evaluation batches of a tiny model take milliseconds
 
@@ -58,22 +64,45 @@ def die_with_parent() -> None:
         pass
 
 
+def point_logs_at(path: Path) -> None:
+    """Send this process's stderr (and stray stdout) to ``path`` from now on (appending)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stderr.flush()
+    os.dup2(fd, 2)
+    os.dup2(fd, 1)
+    os.close(fd)
+
+
 def main() -> int:
     die_with_parent()
     # Keep the protocol channel private: stray prints from libraries go to stderr.
     proto = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    spec_line = sys.stdin.readline()
-    from moopt.records import TrialSpec
-    from moopt.train.recipe import run_trial
-
-    spec = TrialSpec.from_json(json.loads(spec_line))
-    reporter = PipeReporter(proto, sys.stdin)
-    result = run_trial(spec, reporter)
     from dataclasses import asdict
 
-    reporter.send({"event": "result", "result": asdict(result)})
-    return 0
+    from moopt.records import TrialSpec, TrialState
+    from moopt.train.recipe import run_trial
+    from moopt.train.warm import WarmBase
+
+    warm = WarmBase() if os.environ.get("MOOPT_WARM_WORKERS", "1") != "0" else None
+    reporter = PipeReporter(proto, sys.stdin)
+    first = True
+    while True:
+        line = sys.stdin.readline()
+        if not line.strip():
+            return 0
+        spec = TrialSpec.from_json(json.loads(line))
+        if not first:  # the first trial's log is this process's stderr already
+            point_logs_at(Path(spec.output_dir) / "log.txt")
+        first = False
+        result = run_trial(spec, reporter, warm)
+        reusable = warm is not None and result.state not in (TrialState.FAIL, TrialState.INFEASIBLE)
+        if reusable:
+            warm.release()
+        reporter.send({"event": "result", "result": asdict(result), "reusable": reusable})
+        if not reusable:
+            return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,77 @@
+"""A worker's warm state: the loaded (and quantised) base model and the tokenised data, kept between
+the trials a worker process runs one after another.
+
+LoRA never changes the base weights, so a trial needs only fresh LoRA modules, optimizer and RNG
+state (``run_trial`` attaches and seeds them for every trial) and the base model as it was loaded:
+:meth:`WarmBase.release` takes the trial's LoRA modules out again, turns gradient checkpointing off
+and frees what the trial allocated. A worker holds one base model, keyed by what loading depends on
+(folder, dtype, quantisation, device); another key replaces it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+import torch
+
+from moopt.config import TrialConfig
+from moopt.train.data import TokenizedSet, tokenize_file
+
+
+def base_key(base_model: str, cfg: TrialConfig, device: torch.device) -> tuple:
+    """What a loaded base model depends on (gradient checkpointing is toggled per trial)."""
+    return (str(base_model), cfg.model.dtype, cfg.model.quantization, str(device))
+
+
+class WarmBase:
+    def __init__(self):
+        self.key: tuple | None = None
+        self.model = None
+        self.tokenizer = None
+        self._data: dict[tuple, TokenizedSet] = {}
+        self.loads = 0  # base models loaded by this worker (1 for a worker that ran only one key)
+
+    def model_and_tokenizer(self, base_model: str, cfg: TrialConfig, device: torch.device, load):
+        """The base model for this trial, loaded by ``load(base_model, cfg, device)`` once per key;
+        (model, tokenizer, loaded_now)."""
+        key = base_key(base_model, cfg, device)
+        if key == self.key:
+            return self.model, self.tokenizer, False
+        self.drop()
+        self.model, self.tokenizer = load(base_model, cfg, device)
+        self.key = key
+        self.loads += 1
+        return self.model, self.tokenizer, True
+
+    def tokenized(self, path: str, max_seq_length: int) -> TokenizedSet:
+        """``tokenize_file`` of ``path``, kept per (file, size, mtime, max_seq_length, tokenizer)."""
+        st = os.stat(path)
+        key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, max_seq_length, self.key)
+        if key not in self._data:
+            self._data[key] = tokenize_file(path, self.tokenizer, max_seq_length)
+        return self._data[key]
+
+    def release(self) -> None:
+        """Undo a trial: its LoRA modules out (the base linears back in place), gradient checkpointing
+        off, and the memory it held freed (the caller has dropped its optimizer and tensors)."""
+        from moopt.train.lora import detach_lora
+
+        if self.model is None:
+            return
+        detach_lora(self.model)
+        if getattr(self.model, "is_gradient_checkpointing", False):
+            self.model.gradient_checkpointing_disable()
+        self.model.zero_grad(set_to_none=True)
+        self.model.eval()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def drop(self) -> None:
+        self.key = self.model = self.tokenizer = None
+        self._data.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,127 @@
+"""Warm workers: a worker keeps its base model between trials, and a trial's results are the same as
+in a fresh process; a failed trial costs only its worker; a finished trial's memory is released."""
+
+from __future__ import annotations
+
+import gc
+import io
+import weakref
+
+import pytest
+import torch
+from rich.console import Console
+
+from moopt.config import TrialConfig
+from moopt.records import TrialSpec, TrialState
+from moopt.train.recipe import run_trial
+from moopt.train.warm import WarmBase
+
+CONFIGS = [  # different r, targets, dropout, checkpointing, packing: nothing may leak from one trial to the next
+    {"training": {"learning_rate": 3e-3, "batch_size": 8, "num_train_epochs": 1},
+     "lora": {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": "all-linear"},
+     "data": {"max_seq_length": 32}, "model": {"gradient_checkpointing": True}},
+    {"training": {"learning_rate": 1e-3, "batch_size": 4, "num_train_epochs": 1},
+     "lora": {"r": 4, "alpha": 8, "dropout": 0.05, "target_modules": "qv"},
+     "data": {"max_seq_length": 32, "packing": False}},
+]
+
+
+def spec(i, cfg, tiny_model, tiny_data, tmp_path, seed=7):
+    return TrialSpec(number=i, config=TrialConfig.from_dict(cfg), base_model=str(tiny_model),
+                     train_file=str(tiny_data["train"]), validation_file=str(tiny_data["val"]),
+                     output_dir=str(tmp_path / f"t{i}"), seed=seed, kernels="torch", device="cpu", save_adapter=False)
+
+
+def test_a_warm_trial_gives_what_a_fresh_one_gives(tiny_model, tiny_data, tmp_path):
+    warm = WarmBase()
+    base_before = None
+    results = []
+    for i, cfg in enumerate(CONFIGS + CONFIGS[::-1]):
+        r = run_trial(spec(i, cfg, tiny_model, tiny_data, tmp_path), warm=warm)
+        assert r.state == TrialState.COMPLETE, r.error
+        results.append(r)
+        warm.release()
+        state = {k: v.clone() for k, v in warm.model.state_dict().items()}
+        if base_before is None:
+            base_before = state
+        assert state.keys() == base_before.keys()  # the LoRA modules are out again
+        assert all(torch.equal(state[k], base_before[k]) for k in state)  # base weights untouched
+    assert warm.loads == 1 and [r.warm for r in results] == [False, True, True, True]
+    for i, cfg in enumerate(CONFIGS + CONFIGS[::-1]):
+        fresh = run_trial(spec(i, cfg, tiny_model, tiny_data, tmp_path / "fresh"))
+        assert fresh.metrics["eval_loss"] == results[i].metrics["eval_loss"]
+        assert fresh.metrics["eval_accuracy"] == results[i].metrics["eval_accuracy"]
+        assert fresh.steps == results[i].steps and fresh.train_tokens == results[i].train_tokens
+
+
+def test_release_frees_what_the_trial_held(tiny_model, tiny_data, tmp_path):
+    from moopt.train.lora import LoRALinear
+
+    warm = WarmBase()
+    run_trial(spec(0, CONFIGS[0], tiny_model, tiny_data, tmp_path), warm=warm)
+    loras = [weakref.ref(m.lora_A) for m in warm.model.modules() if isinstance(m, LoRALinear)]
+    assert loras
+    warm.release()
+    gc.collect()
+    assert all(ref() is None for ref in loras)  # LoRA weights, their grads and AdamW's states are gone
+    assert not any(isinstance(m, LoRALinear) for m in warm.model.modules())
+    assert not warm.model.is_gradient_checkpointing
+
+
+def test_the_peak_restarts_for_each_trial():
+    from moopt.memory.measure import peak_memory_gb, reset_peak
+
+    block = bytearray(300 * 2**20)
+    block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page
+    high = peak_memory_gb("cpu")
+    del block
+    gc.collect()
+    reset_peak("cpu")
+    assert peak_memory_gb("cpu") < high - 0.2
+
+
+def study(tiny_model, tiny_data, out, warm: bool, fault: str | None, monkeypatch):
+    from moopt.search.objectives import parse_objectives
+    from moopt.search.space import parse_space
+    from moopt.study.executor import LocalExecutor
+    from moopt.study.scheduler import Study, StudyConfig
+
+    if fault:
+        monkeypatch.setenv("MOOPT_INJECT_FAULT", fault)
+    else:
+        monkeypatch.delenv("MOOPT_INJECT_FAULT", raising=False)
+    space = parse_space({"training": {"learning_rate": {"type": "log_uniform", "min": 1e-4, "max": 3e-2},
+                                      "batch_size": {"type": "categorical", "values": [4, 8]}, "num_train_epochs": 1},
+                         "lora": {"r": {"type": "categorical", "values": [4, 8]}, "dropout": 0.05},
+                         "data": {"max_seq_length": 32}}, source="<test>")
+    cfg = StudyConfig(base_model=str(tiny_model), model_path=str(tiny_model), train_file=str(tiny_data["train"]),
+                      validation_file=str(tiny_data["val"]), output_dir=str(out), num_trials=3,
+                      objectives=parse_objectives("eval_loss", None), space=space, seed=3, kernels="torch")
+    made = []
+
+    def executor(**kw):
+        made.append(LocalExecutor(warm=warm, **kw))
+        return made[-1]
+
+    Study(cfg, console=Console(file=io.StringIO()), executor=executor).run()
+    from moopt.journal import replay
+
+    return made[0], {n: e for n, e in replay(out).finished.items()}
+
+
+@pytest.mark.slow
+def test_a_warm_study_uses_one_process_and_matches_a_cold_one(tiny_model, tiny_data, tmp_path, monkeypatch):
+    ex_warm, warm = study(tiny_model, tiny_data, tmp_path / "warm", True, None, monkeypatch)
+    ex_cold, cold = study(tiny_model, tiny_data, tmp_path / "cold", False, None, monkeypatch)
+    assert ex_warm.started == 1  # the base model's evaluation and 3 trials, one process
+    assert ex_cold.started == 4
+    assert [warm[n].warm for n in range(3)] == [True, True, True]
+    assert all(warm[n].metrics["eval_loss"] == cold[n].metrics["eval_loss"] for n in range(3))
+
+
+@pytest.mark.slow
+def test_a_failed_trial_costs_only_its_worker(tiny_model, tiny_data, tmp_path, monkeypatch):
+    ex, ends = study(tiny_model, tiny_data, tmp_path / "fault", True, "1:exception", monkeypatch)
+    assert ends[1].state == TrialState.FAIL and "injected fault" in ends[1].error
+    assert ends[0].state == ends[2].state == TrialState.COMPLETE
+    assert ex.started == 2 and not ends[2].warm  # trial 2 ran in a new worker, which loaded the model again
