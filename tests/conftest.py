@@ -76,3 +76,23 @@ def tiny_model(tmp_path_factory) -> Path:
 def tiny_data(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("data")
     return {"train": write_color_data(d / "train.jsonl", 48, 0), "val": write_color_data(d / "val.jsonl", 16, 1)}
+
+
+SMALL_SPACE = """
+training:
+  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}
+  num_train_epochs: 2
+  batch_size: 8
+lora:
+  r: {type: categorical, values: [4, 8]}
+data:
+  max_seq_length: 32
+"""
+
+
+@pytest.fixture
+def small_space(tmp_path) -> Path:
+    """A two-parameter search space for whole studies on the tiny model (learning rate and r)."""
+    p = tmp_path / "space.yaml"
+    p.write_text(SMALL_SPACE)
+    return p

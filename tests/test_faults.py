@@ -14,17 +14,6 @@ from click.testing import CliRunner
 from moopt.cli import main
 from moopt.journal import replay
 
-SPACE = """
-training:
-  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}
-  num_train_epochs: 2
-  batch_size: 8
-lora:
-  r: {type: categorical, values: [4, 8]}
-data:
-  max_seq_length: 32
-"""
-
 
 def args(model, data, out, space, n):
     return ["optimize", "--base_model", str(model), "--train_file", str(data["train"]), "--validation_file",
@@ -33,10 +22,8 @@ def args(model, data, out, space, n):
 
 
 @pytest.fixture
-def space(tmp_path):
-    p = tmp_path / "space.yaml"
-    p.write_text(SPACE)
-    return p
+def space(small_space):
+    return small_space
 
 
 def test_each_fault_type_is_recorded_and_the_study_goes_on(tiny_model, tiny_data, space, tmp_path, monkeypatch):

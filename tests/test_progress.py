@@ -128,24 +128,13 @@ def test_terminal_view_is_live_and_prints_no_plain_lines():
         assert view._render().plain == "Study: 1/3 trials done, best eval_loss 1.0000 (trial 0), elapsed 0s"
 
 
-SPACE = """
-training:
-  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}
-  num_train_epochs: 2
-  batch_size: 8
-lora:
-  r: {type: categorical, values: [4, 8]}
-data:
-  max_seq_length: 32
-"""
 
 
-def test_a_study_in_a_log_says_what_it_does_and_how_far_each_trial_is(tiny_model, tiny_data, tmp_path, monkeypatch):
+def test_a_study_in_a_log_says_what_it_does_and_how_far_each_trial_is(tiny_model, tiny_data, small_space, tmp_path, monkeypatch):
     from moopt.cli import main
 
     monkeypatch.setattr(ProgressView, "min_gap_s", 0.0)  # tiny trials take a second: a line at each 10%
-    space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
+    space = small_space
     out = tmp_path / "hpo"
     r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
                                   "--validation_file", str(tiny_data["val"]), "--output_dir", str(out),
