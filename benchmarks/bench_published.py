@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
-from common import RESULTS, patched, write_rows  # noqa: E402
+from common import RESULTS, write_rows  # noqa: E402
 from published_peaks import PUBLISHED  # noqa: E402
 
 GIB = 1024**3
@@ -40,23 +40,21 @@ def published_bytes(row: dict) -> float:
     return row["value"] * (1e9 if row["unit"] == "GB" else GIB)
 
 
-# term -> how to switch it off (module constants, or estimate_peak keywords)
+# term -> the estimate_peak keywords that switch it off
 ABLATIONS = {
-    "cuda_workspaces": ({"CUDA_WORKSPACE_BYTES": 0}, {}),
-    "bnb_kept_inputs": ({}, {"bnb_keeps_inputs": False}),
-    "allocator_slack": ({"CUDA_SLACK": 0.0}, {}),
-    # the estimator before issue 25: no workspaces, bitsandbytes' kept inputs not modelled
-    "issue25_terms": ({"CUDA_WORKSPACE_BYTES": 0}, {"bnb_keeps_inputs": False}),
+    "cuda_workspaces": {"cuda_workspace_bytes": 0},
+    "bnb_kept_inputs": {"bnb_keeps_inputs": False},
+    "allocator_slack": {"cuda_slack": 0.0},
+    # both terms the estimate gained with issue 25: workspaces, bitsandbytes' kept inputs
+    "issue25_terms": {"cuda_workspace_bytes": 0, "bnb_keeps_inputs": False},
 }
 
 
-def estimate(row: dict, consts: dict | None = None, kwargs: dict | None = None) -> int:
-    from moopt.memory import estimate as memory
+def estimate(row: dict, kwargs: dict | None = None) -> int:
     from moopt.memory.estimate import estimate_peak, load_model_config
 
-    with patched(memory, **(consts or {})):
-        est = estimate_peak(load_model_config(row["model"]), trial_for(row), device="cuda", kernels=row["kernels"],
-                            loss=row["loss"], **(kwargs or {}))
+    est = estimate_peak(load_model_config(row["model"]), trial_for(row), device="cuda", kernels=row["kernels"],
+                        loss=row["loss"], **(kwargs or {}))
     return measured_view(est, row["measure"])
 
 
@@ -66,8 +64,8 @@ def run() -> list[dict]:
         pub = published_bytes(row)
         est = estimate(row)
         r = {"id": row["id"], "published": pub, "estimate": est, "error": (est - pub) / pub * 100}
-        for term, (consts, kwargs) in ABLATIONS.items():
-            r[f"without_{term}"] = (estimate(row, consts, kwargs) - pub) / pub * 100
+        for term, kwargs in ABLATIONS.items():
+            r[f"without_{term}"] = (estimate(row, kwargs) - pub) / pub * 100
         out.append(r)
     return out
 

@@ -201,21 +201,3 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-@contextlib.contextmanager
-def patched(target, **values):
-    """Set attributes of a module or class for the duration of the block, then restore them."""
-    old = {k: getattr(target, k) for k in values}
-    for k, v in values.items():
-        setattr(target, k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            setattr(target, k, v)
-
-
-def _patched(module, name, value):
-    """``patched(module, name=value)`` with the name as a string (the simulated studies' executor swap)."""
-    return patched(module, **{name: value})

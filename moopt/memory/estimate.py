@@ -288,6 +288,8 @@ class StepShape:
     b: int  # batch
     s: int  # sequence
     a_b: int  # bytes per activation element (the compute dtype)
+    cuda_workspace_bytes: int = CUDA_WORKSPACE_BYTES
+    cuda_slack: float = CUDA_SLACK
 
     @property
     def T(self) -> int:  # tokens of the batch, padding included
@@ -457,7 +459,7 @@ def phase_bytes(st: StepShape, bnb_keeps_inputs: bool, ce_chunk_size: int) -> di
 def allocator_slack_bytes(st: StepShape, dynamic: int) -> float:
     """The allocator's slack on the dynamic part (activations, logits, transients); on CPU with
     bitsandbytes, the heap's retention on top."""
-    slack = (CUDA_SLACK if st.device == "cuda" else CPU_SLACK) * dynamic
+    slack = (st.cuda_slack if st.device == "cuda" else CPU_SLACK) * dynamic
     if st.device == "cpu" and st.quant != "none":
         slack += CPU_QUANT_HEAP_RETENTION * dynamic
     return slack
@@ -467,7 +469,7 @@ def runtime_bytes(st: StepShape, cuda_context_bytes: int, cpu_runtime_bytes: int
     """What the process holds before the step: CUDA context and cuBLAS workspaces, or the CPU
     process (+ bitsandbytes' native library when quantised)."""
     if st.device == "cuda":
-        return {"cuda_context": cuda_context_bytes, "cuda_workspaces": CUDA_WORKSPACE_BYTES}
+        return {"cuda_context": cuda_context_bytes, "cuda_workspaces": st.cuda_workspace_bytes}
     return {"runtime": cpu_runtime_bytes + (CPU_BNB_RUNTIME_BYTES if st.quant != "none" else 0)}
 
 
@@ -491,6 +493,8 @@ def estimate_peak(
     cpu_runtime_bytes: int = CPU_RUNTIME_BYTES,
     batch_shape: tuple[int, int] | None = None,
     bnb_keeps_inputs: bool | None = None,
+    cuda_workspace_bytes: int = CUDA_WORKSPACE_BYTES,
+    cuda_slack: float = CUDA_SLACK,
 ) -> MemoryEstimate:
     """Peak memory of one training step of ``trial`` on ``model_config`` (a LlamaConfig).
 
@@ -501,6 +505,8 @@ def estimate_peak(
     mapping from :func:`calibration_key` to such dicts.
     ``batch_shape``: (batch, sequence) of the largest padded batch the trial really builds from its data
     (:func:`moopt.study.gate.batch_shape`); default ``batch_size × max_seq_length``.
+    ``cuda_workspace_bytes``, ``cuda_slack``: the CUDA terms (cuBLAS workspaces; the caching allocator's
+    share of the step's dynamic memory), as keywords so a comparison can switch them off.
     ``bnb_keeps_inputs``: whether bitsandbytes' 4-bit matmul keeps its input for backward. Up to
     0.4x ``MatMul4Bit.forward`` stored ``ctx.tensors = (A, B)`` (every quantised linear keeps its
     input, as in the published peer runs); 0.50 stores ``(None, B)``. Default: True for
@@ -519,7 +525,8 @@ def estimate_peak(
     if b < 1 or s < 1:
         raise ConfigError(f"batch_shape: batch and sequence must be >= 1, got {(b, s)}")
     st = StepShape(m=ModelDims.from_config(model_config), trial=trial, device=device, kernels=kernels, loss=loss,
-                   b=b, s=s, a_b=_act_bytes(trial, device))
+                   b=b, s=s, a_b=_act_bytes(trial, device), cuda_workspace_bytes=cuda_workspace_bytes,
+                   cuda_slack=cuda_slack)
     if bnb_keeps_inputs is None:
         bnb_keeps_inputs = st.peft
 
