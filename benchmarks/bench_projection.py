@@ -7,7 +7,7 @@ pruned trial was given, and compares it with the trial's real end, read by bench
 --twins --rerun-rest``: the unpruned twin's end, else the trial retrained).
 
 Two other rules are scored beside it, on the same replayed state: ``none`` (the rung values as
-measured) and ``median`` (the rule before: the gap scaled by the median ratio over all completed
+measured) and ``median`` (the gap scaled by the median ratio over all completed
 trials).
 
     python benchmarks/bench_prune_calls.py W/s*_eta_2 --all --twins --rerun-rest --out C.csv
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
               f"rung value {g.log_ratio_rung.median():+.2f}, median rule {g.log_ratio_median.median():+.2f} "
               f"(error {g.log_ratio_projected.abs().median():.2f} vs the median rule's {g.log_ratio_median.abs().median():.2f})")
     print("eval_loss by rule: median log(value / real end) (bias), median |log ratio| (error), Spearman with the real ends")
-    for rule, col in (("code (nearest)", "projected"), ("none (the rung value)", "rung"), ("median (the rule before)", "median")):
+    for rule, col in (("code (nearest)", "projected"), ("none (the rung value)", "rung"), ("median (median ratio)", "median")):
         lr = d[f"log_ratio_{col}"]
         print(f"  {rule}: bias {lr.median():+.2f}, error {lr.abs().median():.2f}, "
               f"Spearman {spearmanr(d[f'{col}_eval_loss'], d.end_eval_loss)[0]:.3f}")

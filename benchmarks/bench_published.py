@@ -45,7 +45,7 @@ ABLATIONS = {
     "cuda_workspaces": {"cuda_workspace_bytes": 0},
     "bnb_kept_inputs": {"bnb_keeps_inputs": False},
     "allocator_slack": {"cuda_slack": 0.0},
-    # both terms the estimate gained with issue 25: workspaces, bitsandbytes' kept inputs
+    # both terms at once: workspaces and bitsandbytes' kept inputs
     "issue25_terms": {"cuda_workspace_bytes": 0, "bnb_keeps_inputs": False},
 }
 

@@ -1,4 +1,4 @@
-"""Which implementation runs: the availability flag plus the override (STYLE.md point 5)."""
+"""Which implementation runs: the availability flag plus the override."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ Saved for backward: X, S and the dropout seed. The mask is regenerated from the 
 at M=2048, K=4096, bf16, p=0.05 PEFT keeps X̂ and the mask (32.3 MiB), this keeps X + S (16.1 MiB).
 Products always contract through r; B·A (N×K) is never formed.
 
-Two backends compute the same math (STYLE.md point 5):
+Two backends compute the same math (one availability flag and override, kernels/_backend.py):
 - ``torch``: plain PyTorch, the reference and the CPU path. Mask = torch.rand with a Generator seeded
   per call, so (seed, shape) fixes it.
 - ``triton``: kernel 1 reads X once for dropout + S (mask from ``tl.rand(seed, m*K + k)``); the base

@@ -28,7 +28,7 @@ class TrialState(StrEnum):
 class TrialSpec:
     number: int
     config: TrialConfig
-    base_model: str  # a local folder (already resolved by moopt.models.resolve_model)
+    base_model: str  # a local folder (already resolved by moopt.train.models.resolve_model)
     train_file: str
     validation_file: str
     output_dir: str  # this trial's folder: trial_results/trial_N

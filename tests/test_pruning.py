@@ -305,7 +305,7 @@ def test_rung_subset_benchmark_agrees_fully_on_the_whole_set_and_less_on_noisy_s
 def test_a_pruned_trial_is_projected_as_the_nearest_completed_trial_went_on_from_its_rung():
     """Per objective, the gap to the ideal (loss - 0, 1 - accuracy) shrinks by the ratio final gap /
     rung gap of the completed trial whose gap at the pruned trial's last rung was closest (a slow
-    learner borrows a slow learner's improvement), never grows; median_ratio is the rule before."""
+    learner borrows a slow learner's improvement), never grows; median_ratio scales by the median instead."""
     p = RungPruner(2)
     p.record(0, 0, np.array([1.0, -0.5]))
     p.complete(0, np.array([0.5, -0.75]))  # loss gap x0.5, error 0.5 -> 0.25 (x0.5)

@@ -1,6 +1,6 @@
 """NSGA-II over the search space through pymoo's ask/tell interface, with surrogate-assisted pre-selection.
 
-Pitfalls handled (see shared/reference/search-engine.md): mixed variables with binary tournament
+pymoo ask/tell pitfalls handled: mixed variables with binary tournament
 kept; ``algorithm.evaluator`` used so n_eval counts; ``ask`` may return fewer individuals or none;
 seeded per algorithm; the whole state pickles, so the study checkpoints it after every ask/tell.
 

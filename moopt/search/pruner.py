@@ -45,7 +45,7 @@ RUNG_EVAL_MIN = 16
 # (docs/PRUNING.md, 12-trial real runs), the bound with 2 would have stopped trials worth 9-15% of
 # the no-pruning studies' compute; 24 of the 26 complete fronts would have kept their hypervolume, two
 # lose 1.3% and 1.5% (near-copies of a kept trial, 0.09 against 0.095 eval_loss). Run for real
-# (bench_pruning, 13 seeds then; docs/PRUNING.md): 50.5% of the compute saved (38.6% without the bound).
+# (bench_pruning, 13 seeds; docs/PRUNING.md): 50.5% of the compute saved (38.6% without the bound).
 BOUND_MIN_COMPLETED = 2
 
 # ... and acts only at rungs at >= 1/5 of a trial's steps (eta=2: at 1/4 and 1/2, not at 1/8). At 1/8 a
@@ -143,7 +143,8 @@ class RungPruner:
         read as a bad region (a partial loss of 0.7 that would have ended at 0.27).
 
         ``ratio(final_gaps, rung_gaps, gap)`` picks the scale from the completed trials' gaps
-        (``median_ratio`` is the rule before; benchmarks/bench_projection.py scores both)."""
+        (``nearest_ratio`` by default; ``median_ratio`` scales by the median over all completed trials;
+        benchmarks/bench_projection.py scores both against real ends)."""
         F = np.asarray(F, dtype=float)
         ideal = self.ideal if ideal is None else np.asarray(ideal, dtype=float)
         rungs = [k for k, pool in self.pools.items() if number in pool]

@@ -44,7 +44,7 @@ _LENGTHS: dict[tuple, list[int]] = {}
 
 def data_lengths(model_path: str, data_file: str | os.PathLike) -> list[int]:
     """Token count of every example of ``data_file`` (untruncated), tokenised as a trial does
-    (moopt.data.tokenize_record with the model's tokenizer); cached per (file, size, mtime, tokenizer)."""
+    (moopt.train.data.tokenize_record with the model's tokenizer); cached per (file, size, mtime, tokenizer)."""
     path = Path(data_file)
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns, str(model_path))
@@ -59,7 +59,7 @@ def data_lengths(model_path: str, data_file: str | os.PathLike) -> list[int]:
 
 
 def batch_shape(lengths: list[int], batch_size: int, max_seq_length: int, strategy: str = "random") -> tuple[int, int]:
-    """(batch, sequence) of the largest padded batch moopt.data.batch_order can build from examples
+    """(batch, sequence) of the largest padded batch moopt.train.data.batch_order can build from examples
     of these lengths after truncation to ``max_seq_length`` (collate pads to the batch's longest).
 
     random and length_grouped: any examples can share a batch, so the worst is a full batch holding the
