@@ -91,7 +91,18 @@ def test_without_position_restarts_attention_would_cross_examples(model):
     assert not torch.allclose(got[3], ref[3], rtol=1e-4, atol=1e-6)
 
 
-def test_a_trial_trains_the_same_packed_or_padded(tiny_model, tiny_data, tmp_path):
+def test_batches_of_similar_lengths_stay_padded_and_long_tailed_ones_are_packed():
+    from moopt.train.data import worth_packing
+
+    assert not worth_packing([17, 18, 16, 19, 17, 18, 20, 17], 512)  # the bundled data: little padding
+    assert worth_packing([900, 30, 25, 40, 18, 60, 22, 35], 1024)  # one long example pads the rest
+    assert worth_packing([100, 10, 10, 10], 64) and not worth_packing([100, 10, 10, 10], 16)
+
+
+def test_a_trial_trains_the_same_packed_or_padded(tiny_model, tiny_data, tmp_path, monkeypatch):
+    import moopt.train.data
+
+    monkeypatch.setattr(moopt.train.data, "PACK_WORTH", 10.0)  # pack every batch (the tiny data pads little)
     from moopt.config import TrialConfig
     from moopt.records import TrialSpec
     from moopt.train.recipe import run_trial

@@ -295,18 +295,16 @@ def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def collate_packed(batch: list[Example], pad_id: int, capacity: int) -> dict[str, torch.Tensor]:
-    """The examples of one micro-batch packed into rows of at most ``capacity`` tokens (first-fit
-    decreasing; an example is never split), padded to the longest row. ``position_ids`` restart at 0
-    for each example (and for a row's padding), which is what makes transformers' attention keep each
-    example to itself (it builds a block-diagonal causal mask from the restarts when no attention mask
-    is given). Each example's first token carries no label, as in a padded row (no loss is taken on
-    predicting it from the previous example's last token). ``attention_mask`` marks real tokens (for counting; it is not passed to the model)."""
-    order = sorted(range(len(batch)), key=lambda i: -len(batch[i].input_ids))
+PACK_WORTH = 0.8  # a micro-batch is packed when its packed rows hold at most this share of its padded tokens
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices of the examples of each row: first-fit decreasing into rows of ``capacity`` tokens (an
+    example longer than that gets a row of its own)."""
     rows: list[list[int]] = []
     room: list[int] = []
-    for i in order:
-        n = len(batch[i].input_ids)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[i]
         r = next((k for k, free in enumerate(room) if free >= n), None)
         if r is None:
             rows.append([])
@@ -314,6 +312,26 @@ def collate_packed(batch: list[Example], pad_id: int, capacity: int) -> dict[str
             r = len(rows) - 1
         rows[r].append(i)
         room[r] -= n
+    return rows
+
+
+def worth_packing(lengths: list[int], capacity: int) -> bool:
+    """Packing pays when it removes a fifth of a micro-batch's tokens or more: examples of similar
+    lengths pad little, and one packed row's attention spans all of them (its cost grows with the
+    square of the row's length), so such batches stay padded."""
+    rows = pack_rows(lengths, capacity)
+    packed = len(rows) * max(sum(lengths[i] for i in row) for row in rows)
+    return packed <= PACK_WORTH * len(lengths) * max(lengths)
+
+
+def collate_packed(batch: list[Example], pad_id: int, capacity: int) -> dict[str, torch.Tensor]:
+    """The examples of one micro-batch packed into rows of at most ``capacity`` tokens (first-fit
+    decreasing; an example is never split), padded to the longest row. ``position_ids`` restart at 0
+    for each example (and for a row's padding), which is what makes transformers' attention keep each
+    example to itself (it builds a block-diagonal causal mask from the restarts when no attention mask
+    is given). Each example's first token carries no label, as in a padded row (no loss is taken on
+    predicting it from the previous example's last token). ``attention_mask`` marks real tokens (for counting; it is not passed to the model)."""
+    rows = pack_rows([len(e.input_ids) for e in batch], capacity)
     T = max(sum(len(batch[i].input_ids) for i in row) for row in rows)
     ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
@@ -361,7 +379,8 @@ def micro_batches(
 ) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:
     """Yield (epoch position, batch) for ``epochs`` passes (a fractional last pass is cut short); with
     ``pack_capacity`` each batch's examples are packed into rows of at most that many tokens
-    (:func:`collate_packed`), else padded rows (:func:`collate`)."""
+    (:func:`collate_packed`) where that removes a fifth of its tokens or more (:func:`worth_packing`),
+    else padded rows (:func:`collate`)."""
     lengths = [len(e.input_ids) for e in data.examples]
     per_epoch = math.ceil(len(lengths) / batch_size)
     total = max(1, math.ceil(per_epoch * epochs))
@@ -373,7 +392,11 @@ def micro_batches(
                 return
             done += 1
             examples = [data.examples[i] for i in idx]
-            batch = collate_packed(examples, pad_id, pack_capacity) if pack_capacity else collate(examples, pad_id)
+            lengths = [len(e.input_ids) for e in examples]
+            if pack_capacity and worth_packing(lengths, pack_capacity):
+                batch = collate_packed(examples, pad_id, pack_capacity)
+            else:
+                batch = collate(examples, pad_id)
             yield done / per_epoch, batch
         epoch += 1
 
