@@ -49,6 +49,7 @@ from moopt.study.outdir import (  # noqa: F401  (re-exported: the CLI and tests 
     study_fingerprint,
     warm_start_configs,
 )
+from moopt.study.writer import BackgroundWriter
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class Study:
         self.progress_view = None
         self.journal: Journal | None = None  # open while the study runs
         self.any_trial_started = False
+        self.writer: BackgroundWriter | None = None  # rewrites the results after each trial while the study runs
 
     # -- helpers -------------------------------------------------------------------------------
     def trial_dir(self, number: int) -> Path:
@@ -214,6 +216,7 @@ class Study:
 
         sched = Scheduler(self, self.make_executor())
         sched.resume(record)
+        self.writer = BackgroundWriter(self.write_results, self.out)
         try:
             if cfg.baseline and not (self.out / "baseline.json").is_file():
                 self.run_baseline(sched.executor)
@@ -221,6 +224,7 @@ class Study:
         except (KeyboardInterrupt, Stopped) as e:
             sched.executor.kill_all()  # their trial_start has no trial_end: --resume reruns them
             self.journal.close()
+            self.writer.close()
             if self.any_trial_started:
                 self.write_results(self.out, quiet=True)
             raise Stopped(str(e) or "interrupted", finished=len(sched.finished), total=cfg.num_trials,
@@ -228,6 +232,7 @@ class Study:
         finally:
             self.progress_view = None
             sched.executor.close()
+            self.writer.close()
         if sched.stop_note:
             self.console.print(f"[yellow]Study stopped early:[/] {sched.stop_note} ({len(sched.finished)} of {cfg.num_trials} trials)")
         self.journal.close()
@@ -475,7 +480,10 @@ class Scheduler:
         if self.engine.generation_done:
             self.ck.tell()
         self.ck.save(self.path)
-        self.study.write_results(self.study.out, quiet=True)
+        if self.study.writer is not None:  # trials_summary.csv, best_config.yaml, plots: in the background
+            self.study.writer.request()
+        else:
+            self.study.write_results(self.study.out, quiet=True)
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> None:
