@@ -319,19 +319,24 @@ def worth_packing(lengths: list[int], capacity: int) -> bool:
     """Packing pays when it removes a fifth of a micro-batch's tokens or more: examples of similar
     lengths pad little, and one packed row's attention spans all of them (its cost grows with the
     square of the row's length), so such batches stay padded."""
-    rows = pack_rows(lengths, capacity)
+    return packing_pays(pack_rows(lengths, capacity), lengths)
+
+
+def packing_pays(rows: list[list[int]], lengths: list[int]) -> bool:
+    """:func:`worth_packing` for rows already packed."""
     packed = len(rows) * max(sum(lengths[i] for i in row) for row in rows)
     return packed <= PACK_WORTH * len(lengths) * max(lengths)
 
 
-def collate_packed(batch: list[Example], pad_id: int, capacity: int) -> dict[str, torch.Tensor]:
+def collate_packed(batch: list[Example], pad_id: int, capacity: int,
+                   rows: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
     """The examples of one micro-batch packed into rows of at most ``capacity`` tokens (first-fit
     decreasing; an example is never split), padded to the longest row. ``position_ids`` restart at 0
     for each example (and for a row's padding), which is what makes transformers' attention keep each
     example to itself (it builds a block-diagonal causal mask from the restarts when no attention mask
     is given). Each example's first token carries no label, as in a padded row (no loss is taken on
     predicting it from the previous example's last token). ``attention_mask`` marks real tokens (for counting; it is not passed to the model)."""
-    rows = pack_rows([len(e.input_ids) for e in batch], capacity)
+    rows = rows if rows is not None else pack_rows([len(e.input_ids) for e in batch], capacity)
     T = max(sum(len(batch[i].input_ids) for i in row) for row in rows)
     ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
@@ -393,8 +398,9 @@ def micro_batches(
             done += 1
             examples = [data.examples[i] for i in idx]
             lengths = [len(e.input_ids) for e in examples]
-            if pack_capacity and worth_packing(lengths, pack_capacity):
-                batch = collate_packed(examples, pad_id, pack_capacity)
+            rows = pack_rows(lengths, pack_capacity) if pack_capacity else None
+            if rows is not None and packing_pays(rows, lengths):
+                batch = collate_packed(examples, pad_id, pack_capacity, rows)
             else:
                 batch = collate(examples, pad_id)
             yield done / per_epoch, batch
