@@ -1,10 +1,20 @@
 import json
+import math
 
 import pytest
 import torch
 
 from moopt.errors import ConfigError
-from moopt.train.data import IGNORE, batch_order, micro_batches, read_jsonl, tokenize_file, tokenize_record
+from moopt.train.data import (
+    IGNORE,
+    Example,
+    batch_order,
+    micro_batches,
+    read_jsonl,
+    tokenize_file,
+    tokenize_record,
+    tokenized_set,
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +94,17 @@ def test_fractional_epochs_cut_the_last_pass(tiny_data, tok):
     ds = tokenize_file(tiny_data["train"], tok, 64)  # 48 examples
     n = sum(1 for _ in micro_batches(ds, 8, 1.5, "random", 0, tok.pad_token_id))
     assert n == 9  # 6 batches per epoch x 1.5
+
+
+@pytest.mark.parametrize("pack", [None, 16])
+def test_every_epoch_sees_every_example_once(pack):
+    # examples told apart by their first token; lengths vary so that packing is sometimes chosen
+    examples = [Example([100 + i] + [1] * (i % 7), [100 + i] + [1] * (i % 7)) for i in range(22)]
+    ds = tokenized_set(examples, 0)
+    seen: dict[int, list[int]] = {}  # epoch (1-based) -> first tokens of its examples
+    for pos, batch in micro_batches(ds, 4, 3.0, "random", 0, 0, pack_capacity=pack):
+        firsts = [t for t in batch["input_ids"].flatten().tolist() if t >= 100]
+        seen.setdefault(math.ceil(pos - 1e-9), []).extend(firsts)
+    assert sorted(seen) == [1, 2, 3]
+    for epoch, firsts in seen.items():
+        assert sorted(firsts) == list(range(100, 122)), epoch

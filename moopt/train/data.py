@@ -397,9 +397,9 @@ def micro_batches(
                 return
             done += 1
             examples = [data.examples[i] for i in idx]
-            lengths = [len(e.input_ids) for e in examples]
-            rows = pack_rows(lengths, pack_capacity) if pack_capacity else None
-            if rows is not None and packing_pays(rows, lengths):
+            sizes = [lengths[i] for i in idx]
+            rows = pack_rows(sizes, pack_capacity) if pack_capacity else None
+            if rows is not None and packing_pays(rows, sizes):
                 batch = collate_packed(examples, pad_id, pack_capacity, rows)
             else:
                 batch = collate(examples, pad_id)
