@@ -86,7 +86,8 @@ def peak_rss_mib() -> float:
 
 def make_examples(tok, n: int, seq: int, seed: int, data: str):
     """``n`` tokenized prompt/completion rows (moopt.train.data.Example): ``synth``, each exactly ``seq`` tokens
-    (no padding, prompt 25-75%); ``bundled``, data/train.jsonl truncated to ``seq`` (its rows are ~15
+    (no padding, prompt 25-75%); ``full``, the same rows with every token labelled (plain text, as in
+    pre-training or ``text`` records); ``bundled``, data/train.jsonl truncated to ``seq`` (its rows are ~15
     tokens, so the batch is far shorter than ``seq``)."""
     from moopt.train.data import IGNORE, Example, tokenize_file
 
@@ -98,10 +99,13 @@ def make_examples(tok, n: int, seq: int, seed: int, data: str):
     eos = [tok.eos_token_id]
     out = []
     for _ in range(n):
-        n_prompt = rng.randint(seq // 4, 3 * seq // 4)
+        n_prompt = rng.randint(seq // 4, 3 * seq // 4) if data == "synth" else 0
         text = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))  # noqa: E731 (~1 token per word)
         prompt = tok(text(2 * seq), add_special_tokens=False)["input_ids"][:n_prompt]
         completion = (tok(" " + text(2 * seq), add_special_tokens=False)["input_ids"][: seq - n_prompt - 1]) + eos
+        if data == "full":
+            out.append(Example(completion, list(completion)))
+            continue
         out.append(Example(prompt + completion, [IGNORE] * len(prompt) + completion))
     return out
 
@@ -245,7 +249,7 @@ def worker_peer(a: dict) -> dict:
         )
         trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Timer()])
         trainer.train()
-    tokens = [a["seq"] * a["batch"]] * n_steps if a["data"] == "synth" else None
+    tokens = [a["seq"] * a["batch"]] * n_steps if a["data"] in ("synth", "full") else None
     if tokens is None:  # padded batches: count real tokens in Trainer's (shuffled) order is not exposed; use the mean
         mean = sum(len(r["input_ids"]) for r in rows) / len(rows) * a["batch"]
         tokens = [mean] * n_steps
@@ -384,8 +388,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--shapes", nargs="+", default=None, help="batch x seq, e.g. 8x128 4x256")
     parser.add_argument("--targets", nargs="+", default=["attention", "all-linear"], choices=sorted(TARGETS))
-    parser.add_argument("--data", default="synth", choices=("synth", "bundled"),
-                        help="synth: fixed-length prompt/completion rows; bundled: data/train.jsonl")
+    parser.add_argument("--data", default="synth", choices=("synth", "full", "bundled"),
+                        help="synth: fixed-length prompt/completion rows; full: the same, every token labelled; "
+                             "bundled: data/train.jsonl")
     parser.add_argument("--r", type=int, default=16)
     parser.add_argument("--alpha", type=float, default=32.0)
     parser.add_argument("--dropout", type=float, default=0.05)

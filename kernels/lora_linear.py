@@ -6,13 +6,15 @@ D the dropout mask scaled by 1/(1-p). With X the M×K input (leading dims flatte
     forward   S = (D⊙X)Aᵀ (M×r)            Y = XWᵀ + s·SBᵀ
     backward  dS = s·GB   dB = s·GᵀS   dA = dSᵀ(D⊙X)   dX = GW + (dS·A)⊙D      (no dW)
 
-Saved for backward: X, S and the dropout seed. The mask is regenerated from the seed, never stored:
-at M=2048, K=4096, bf16, p=0.05 PEFT keeps X̂ and the mask (32.3 MiB), this keeps X + S (16.1 MiB).
+Saved for backward: X, S and the dropout seed. On the triton backend the mask is regenerated from the
+seed, never stored: at M=2048, K=4096, bf16, p=0.05 PEFT keeps X̂ and the mask (32.3 MiB), this keeps
+X + S (16.1 MiB). The torch backend (the CPU path) keeps X̂ in place of X, and its bool mask (1 byte
+per element of X): drawing it again in backward cost more than a projection there.
 Products always contract through r; B·A (N×K) is never formed.
 
 Two backends compute the same math (one availability flag and override, kernels/_backend.py):
-- ``torch``: plain PyTorch, the reference and the CPU path. Mask = torch.rand with a Generator seeded
-  per call, so (seed, shape) fixes it.
+- ``torch``: plain PyTorch, the reference and the CPU path. Mask from 16-bit draws of a Generator
+  seeded per call (``torch_keep``), so (seed, shape, p) fixes it.
 - ``triton``: kernel 1 reads X once for dropout + S (mask from ``tl.rand(seed, m*K + k)``); the base
   GEMM stays on cuBLAS with s·SBᵀ added by addmm; kernel 2 reads G once for both dS and dB; kernel 3
   reads X once more for dA and adds (dS·A)⊙D into dX = GW in place.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import functools
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from moopt_kernels._backend import TritonKernelError, interpreting, next_pow2, resolve_backend
@@ -251,9 +254,8 @@ def dropout_mask(seed: int, shape: tuple[int, int], p: float, device, backend: s
     """The scaled mask D (fp32, M×K) that ``backend`` applies for this seed: 0 or 1/(1-p)."""
     m, k = shape
     if backend == "torch":
-        gen = torch.Generator(device=device).manual_seed(seed)
-        keep = torch.rand((m, k), generator=gen, device=device) >= p
-        return keep.float() / (1.0 - p)
+        keep, scale = torch_keep(seed, shape, p, device)
+        return keep.float() * scale if keep is not None else torch.ones((m, k), device=device)
     _check_mask_size(m, k)
     out = torch.empty((m, k), device=device, dtype=torch.float32)
     grid = (_cdiv(m, BLOCK_M), _cdiv(k, BLOCK_K))
@@ -261,16 +263,63 @@ def dropout_mask(seed: int, shape: tuple[int, int], p: float, device, backend: s
     return out
 
 
-def _torch_dropped(x2: torch.Tensor, seed: int, p: float) -> torch.Tensor:
-    if p == 0.0:
-        return x2
-    return x2 * dropout_mask(seed, x2.shape, p, x2.device).to(x2.dtype)
+def torch_keep(seed: int, shape: tuple[int, int], p: float, device) -> tuple[torch.Tensor | None, float]:
+    """The torch backend's dropout for (seed, shape, p): the bool keep mask (None when nothing is
+    dropped) and the scale 1/P(keep) of the kept elements.
+
+    Each element is dropped when a 16-bit uniform draw is below round(p·65536), so P(drop) is p to
+    within 2⁻¹⁷, and the scale uses the exact P(keep). On the CPU the draws are the four 16-bit parts
+    of numpy's SFC64 64-bit outputs (seeded per call): about 4x faster than torch's CPU generator,
+    whose mask, drawn twice per step, cost as much as the projections it masks. Elsewhere, the halves
+    of 32-bit draws of a torch Generator seeded per call."""
+    m, k = shape
+    drop = round(p * 65536)
+    if drop == 0:
+        return None, 1.0
+    if torch.device(device).type == "cpu":
+        bits = np.random.SFC64(seed).random_raw((m * k + 3) // 4).view(np.uint16)[: m * k]
+        keep = torch.from_numpy((bits >= drop).reshape(m, k))
+    else:
+        gen = torch.Generator(device=device).manual_seed(seed)
+        bits = torch.randint(-(2**31), 2**31 - 1, ((m * k + 1) // 2,), generator=gen, device=device, dtype=torch.int32)
+        keep = bits.view(torch.int16)[: m * k].view(m, k) >= drop - 32768
+    return keep, 65536.0 / (65536 - drop)
+
+
+def _masked(x2: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """x2 with the dropped elements zeroed (unscaled); the bool mask is widened to x2's dtype first,
+    which is cheaper than multiplying by a bool tensor."""
+    return x2 if keep is None else x2 * keep.view(torch.uint8).to(x2.dtype)
+
+
+def torch_down(x2: torch.Tensor, a: torch.Tensor, keep: torch.Tensor | None, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, X̂) on the torch backend: X̂ = X with ``keep``'s dropped elements zeroed, S = X̂Aᵀ·``scale``
+    (= (D⊙X)Aᵀ, the scale applied to the M×r S)."""
+    x_hat = _masked(x2, keep)
+    s = x_hat @ a.t()
+    return (s if keep is None else s.mul_(scale)), x_hat
+
+
+def torch_grad_in(x_hat: torch.Tensor, a: torch.Tensor, ds: torch.Tensor, dx: torch.Tensor | None,
+                  keep: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """dA = dSᵀ(D⊙X) (from X̂ of :func:`torch_down`), and (dS·A)⊙D added to ``dx`` in place when
+    given, on the torch backend."""
+    ds = ds.to(x_hat.dtype)
+    if keep is None:
+        da = ds.t() @ x_hat
+        if dx is not None:
+            dx.addmm_(ds, a)
+        return da
+    da = (ds.t() @ x_hat).mul_(scale)
+    if dx is not None:
+        dx.addcmul_(ds @ (a * scale), keep.view(torch.uint8).to(dx.dtype))
+    return da
 
 
 def lora_down(x2: torch.Tensor, a: torch.Tensor, seed: int, p: float, backend: str) -> torch.Tensor:
     """S = (D⊙X)Aᵀ, M×r. fp32 on the triton path (r columns: 64 KiB per 1k tokens at r=16)."""
     if backend == "torch":
-        return _torch_dropped(x2, seed, p) @ a.t()
+        return torch_down(x2, a, *torch_keep(seed, x2.shape, p, x2.device))[0]
     m, k = x2.shape
     _check_mask_size(m, k)
     s = torch.empty((m, a.shape[0]), device=x2.device, dtype=torch.float32)
@@ -325,13 +374,8 @@ def lora_grad_in(
 ) -> torch.Tensor:
     """dA = dSᵀ(D⊙X), returned; when ``dx`` (= GW, M×K) is given, (dS·A)⊙D is added to it in place."""
     if backend == "torch":
-        mask = dropout_mask(seed, x2.shape, p, x2.device).to(x2.dtype) if p > 0.0 else None
-        x_hat = x2 if mask is None else x2 * mask
-        da = ds.to(x2.dtype).t() @ x_hat
-        if dx is not None:
-            lora_dx = ds.to(x2.dtype) @ a
-            dx += lora_dx if mask is None else lora_dx * mask
-        return da
+        keep, scale = torch_keep(seed, x2.shape, p, x2.device)
+        return torch_grad_in(_masked(x2, keep), a, ds, dx, keep, scale)
     m, k = x2.shape
     da = torch.zeros((a.shape[0], k), device=x2.device, dtype=torch.float32)
     dx_arg = dx if dx is not None else x2  # never written when HAS_DX is False
@@ -366,20 +410,25 @@ class LoRALinearFunction(torch.autograd.Function):
         x2 = x.reshape(-1, k)  # a view when possible; a non-contiguous x is copied once here
         a = lora_a.to(x.dtype)
         b = lora_b.to(x.dtype)
-        s = lora_down(x2, a, seed, dropout_p, backend)
+        if backend == "torch":  # keeps X̂ in place of X, and the bool mask (X is needed only as X̂)
+            keep, scale = torch_keep(seed, x2.shape, dropout_p, x2.device)
+            s, x_saved = torch_down(x2, a, keep, scale)
+        else:
+            keep, scale = None, 1.0
+            s, x_saved = lora_down(x2, a, seed, dropout_p, backend), x2
         if weight is None:  # the update alone: a quantized base computes its own x·Wᵀ
             y = torch.mm(s.to(x.dtype), b.t()).mul_(scaling)
         else:
             y = F.linear(x2, weight, bias)  # base GEMM on cuBLAS/MKL
             y.addmm_(s.to(x.dtype), b.t(), alpha=scaling)
-        ctx.save_for_backward(x2, s, weight, lora_a, lora_b)  # weight, A, B are parameters: no copy
-        ctx.scaling, ctx.dropout_p, ctx.seed, ctx.backend = scaling, dropout_p, seed, backend
+        ctx.save_for_backward(x_saved, s, weight, lora_a, lora_b, keep)  # weight, A, B are parameters: no copy
+        ctx.scaling, ctx.dropout_p, ctx.seed, ctx.backend, ctx.keep_scale = scaling, dropout_p, seed, backend, scale
         ctx.x_shape = x.shape
         return y.view(*x.shape[:-1], lora_b.shape[0])
 
     @staticmethod
     def backward(ctx, grad_y):
-        x2, s, weight, lora_a, lora_b = ctx.saved_tensors
+        x2, s, weight, lora_a, lora_b, keep = ctx.saved_tensors
         g2 = grad_y.reshape(-1, lora_b.shape[0])
         a = lora_a.to(x2.dtype)
         b = lora_b.to(x2.dtype)
@@ -387,7 +436,10 @@ class LoRALinearFunction(torch.autograd.Function):
         dx = None
         if ctx.needs_input_grad[0]:  # M×K: the frozen base's share (zero when the base is not ours)
             dx = g2 @ weight if weight is not None else torch.zeros_like(x2)
-        da = lora_grad_in(x2, a, ds, dx, ctx.seed, ctx.dropout_p, ctx.backend)
+        if ctx.backend == "torch":
+            da = torch_grad_in(x2, a, ds, dx, keep, ctx.keep_scale)
+        else:
+            da = lora_grad_in(x2, a, ds, dx, ctx.seed, ctx.dropout_p, ctx.backend)
         grad_x = dx.view(ctx.x_shape) if dx is not None else None
         return grad_x, None, None, da.to(lora_a.dtype), db.to(lora_b.dtype), None, None, None, None
 
@@ -405,7 +457,7 @@ def lora_linear(
 ) -> torch.Tensor:
     """y = x·Wᵀ (+bias) + scaling·(D⊙x)·Aᵀ·Bᵀ; gradients for x, A, B only (W and bias are frozen).
 
-    ``seed`` fixes the dropout mask (the same one is regenerated in backward); pass a fresh seed per
+    ``seed`` fixes the dropout mask (triton regenerates it in backward, torch keeps it); pass a fresh seed per
     call in training. A and B may be fp32 master weights: they are cast to x's dtype for the products
     and their gradients come back in their own dtype.
 

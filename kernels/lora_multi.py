@@ -7,7 +7,7 @@ every projection, and a single pass in backward gives dA_cat and the LoRA part o
     dS_i = s_i·G_i B_i      dB_i = s_i·G_iᵀ S_i    (one read of each G_i)
     dA_cat = dS_catᵀ(D⊙X)   dX = Σ G_i W_i + (dS_cat·A_cat)⊙D
 
-Saved: X once, S (M×R) and the seed. PEFT keeps X̂ and a mask per projection: 96.2 MiB for q,k,v at
+Saved: X once, S (M×R) and the seed (the torch backend: its bool mask too). PEFT keeps X̂ and a mask per projection: 96.2 MiB for q,k,v at
 M=2048, K=4096, bf16, p=0.05, against 16 MiB + S here. All projections share one dropout mask D
 (PEFT draws one per projection); that is the price of reading X once.
 The kernels and per-backend step functions live in ``lora_linear.py``.
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from moopt_kernels._backend import resolve_backend
-from moopt_kernels.lora_linear import lora_down, lora_grad_in, lora_grad_out
+from moopt_kernels.lora_linear import lora_down, lora_grad_in, lora_grad_out, torch_down, torch_grad_in, torch_keep
 
 
 class LoRAMultiLinearFunction(torch.autograd.Function):
@@ -31,14 +31,19 @@ class LoRAMultiLinearFunction(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])
         ranks = [a.shape[0] for a in lora_as]
         a_cat = torch.cat([a.to(x.dtype) for a in lora_as])  # R×K, R = Σ r_i
-        s_cat = lora_down(x2, a_cat, seed, dropout_p, backend)
+        if backend == "torch":  # the CPU path keeps its mask (bool, M×K) rather than draw it again
+            keep, scale = torch_keep(seed, x2.shape, dropout_p, x2.device)
+            s_cat, x_saved = torch_down(x2, a_cat, keep, scale)  # X̂ is kept in place of X
+        else:
+            keep, scale = None, 1.0
+            s_cat, x_saved = lora_down(x2, a_cat, seed, dropout_p, backend), x2
         outs = []
         for w, bias, b, s, cols in zip(weights, biases, lora_bs, scalings, s_cat.split(ranks, dim=1)):
             y = F.linear(x2, w, bias)
             y.addmm_(cols.to(x.dtype), b.to(x.dtype).t(), alpha=s)
             outs.append(y.view(*x.shape[:-1], w.shape[0]))
-        ctx.save_for_backward(x2, s_cat, *weights, *lora_as, *lora_bs)
-        ctx.scalings, ctx.dropout_p, ctx.seed, ctx.backend = scalings, dropout_p, seed, backend
+        ctx.save_for_backward(x_saved, s_cat, keep, *weights, *lora_as, *lora_bs)
+        ctx.scalings, ctx.dropout_p, ctx.seed, ctx.backend, ctx.keep_scale = scalings, dropout_p, seed, backend, scale
         ctx.x_shape, ctx.ranks = x.shape, ranks
         ctx.set_materialize_grads(False)  # an unused output costs no zero-filled M×N gradient
         return tuple(outs)
@@ -46,7 +51,7 @@ class LoRAMultiLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         n = len(ctx.scalings)
-        x2, s_cat, *rest = ctx.saved_tensors
+        x2, s_cat, keep, *rest = ctx.saved_tensors
         weights, lora_as, lora_bs = rest[:n], rest[n:2 * n], rest[2 * n:]
         ds_dtype = torch.float32 if ctx.backend == "triton" else x2.dtype
         ds_cat = torch.zeros((x2.shape[0], sum(ctx.ranks)), device=x2.device, dtype=ds_dtype)
@@ -67,7 +72,10 @@ class LoRAMultiLinearFunction(torch.autograd.Function):
             if need_dx:
                 dx = g2 @ weights[i] if dx is None else dx.addmm_(g2, weights[i])
         a_cat = torch.cat([a.to(x2.dtype) for a in lora_as])
-        da_cat = lora_grad_in(x2, a_cat, ds_cat, dx, ctx.seed, ctx.dropout_p, ctx.backend)
+        if ctx.backend == "torch":
+            da_cat = torch_grad_in(x2, a_cat, ds_cat, dx, keep, ctx.keep_scale)
+        else:
+            da_cat = lora_grad_in(x2, a_cat, ds_cat, dx, ctx.seed, ctx.dropout_p, ctx.backend)
         das = [da.to(a.dtype) for da, a in zip(da_cat.split(ctx.ranks, dim=0), lora_as)]
         grad_x = dx.view(ctx.x_shape) if dx is not None else None
         return (grad_x, None, None, None, None, *([None] * n), *([None] * n), *das, *dbs)
