@@ -65,13 +65,20 @@ class WarmBase:
             self.model.gradient_checkpointing_disable()
         self.model.zero_grad(set_to_none=True)
         self.model.eval()
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory()
 
     def drop(self) -> None:
         self.key = self.model = self.tokenizer = None
         self._data.clear()
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory()
+
+
+def free_memory() -> None:
+    """Collect what nothing references any more and give it back: the CUDA cache to the driver, the
+    C heap's free pages to the system (so the worker's RSS falls back to its base model's)."""
+    from moopt.memory.rss import trim_heap
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    trim_heap()
