@@ -12,9 +12,19 @@ Three parts, each real `moopt optimize` runs of SmolLM2-135M on the CPU, through
 - ``demo``: the demo study (``scripts/demo.sh``'s command, ``--num_trials`` trials) as moopt ran it
   before warm workers and packing (``--no_warm_workers``, ``data.packing: false``) and as it runs now:
   wall time, trials per hour, training tokens per second, best eval_loss and best value.
+- ``ttq`` (time to quality): the study a user would write without moopt (``peer_study.py``: Optuna's
+  TPE with its MedianPruner, or NSGA-II, driving HF Trainer + PEFT trials over the demo space and data)
+  runs ``--peer-trials`` trials; then the guide's ``moopt optimize`` (``--pruning_factor 2``) runs
+  until its best weighted score reaches the peer's final best, or for the peer's wall time. Both
+  timed from their process launch; the figure is moopt's time to the peer's best / the peer's wall.
+- ``release``: what a finished trial leaves held in a warm worker (resident memory, or CUDA allocated
+  and reserved with ``--device cuda``) after the base model loaded, at each trial's end and after
+  the worker's release, over alternating large and small trials.
 
     python -P benchmarks/bench_study.py overhead packing        # ~15 min on 2 cores
     python -P benchmarks/bench_study.py demo --seeds 1           # ~20 min a seed
+    python -P benchmarks/bench_study.py ttq --seeds 3            # ~10-15 min a seed
+    python -P benchmarks/bench_study.py release                  # ~2 min
 
 Writes benchmarks/results/study_cpu.csv (the suite's long schema; rows of the parts run) and prints
 the ratios.
@@ -24,12 +34,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
 from common import RESULTS, ROOT, read_rows, row, write_rows  # noqa: E402
@@ -138,6 +152,153 @@ def part_demo(tmp: Path, trials: int, seeds: list[int]) -> list[dict]:
     return rows
 
 
+RELEASE_CONFIGS = [  # alternated: a large trial (all-linear r32, batch 16, checkpointing), then a small one
+    {"training": {"learning_rate": 2e-4, "batch_size": 16, "num_train_epochs": 0.2},
+     "lora": {"r": 32, "alpha": 64, "dropout": 0.1, "target_modules": "all-linear"},
+     "data": {"max_seq_length": 64}, "model": {"gradient_checkpointing": True}},
+    {"training": {"learning_rate": 2e-4, "batch_size": 4, "num_train_epochs": 0.1},
+     "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "qv"}, "data": {"max_seq_length": 64}},
+]
+
+
+def part_release(tmp: Path, trials: int, seed: int, device: str) -> list[dict]:
+    """What a finished trial leaves held in a warm worker: the worker's memory after the base model
+    loaded (and ran one short forward pass, so that every weight is paged in), at each trial's end
+    (its optimizer and tensors dropped), and after ``WarmBase.release``.
+    In this process, as a worker runs them; CPU: resident set (VmRSS); CUDA: allocated and reserved."""
+    import gc
+
+    import torch
+
+    from moopt.config import TrialConfig
+    from moopt.memory.rss import current_rss_bytes
+    from moopt.records import TrialSpec, TrialState
+    from moopt.train.models import resolve_model
+    from moopt.train.recipe import load_model_and_tokenizer, run_trial
+    from moopt.train.warm import WarmBase, free_memory
+
+    def held() -> dict[str, int]:
+        if device == "cuda":
+            return {"allocated": torch.cuda.memory_allocated(), "reserved": torch.cuda.memory_reserved()}
+        return {"rss": current_rss_bytes()}
+
+    model = resolve_model("smollm2-135m")
+    warm = WarmBase()
+    cfg0 = TrialConfig.from_dict(RELEASE_CONFIGS[0])
+    base, _, _ = warm.model_and_tokenizer(model, cfg0, torch.device(device), load_model_and_tokenizer)
+    with torch.no_grad():  # page in every weight (safetensors maps them lazily) and start the BLAS
+        base(input_ids=torch.ones((1, 8), dtype=torch.long, device=device))
+    free_memory()
+    loaded = held()
+    rows, mib = [], 2**20
+    problem = "SmolLM2, warm worker, alternating r32 all-linear / r4 qv"
+    for k, v in loaded.items():
+        rows.append(row(f"{k}_after_load", problem, "moopt", device, round(v / mib, 1), "MiB", seed, trials))
+    for i in range(trials):
+        cfg = RELEASE_CONFIGS[i % 2]
+        spec = TrialSpec(number=i, config=TrialConfig.from_dict(cfg), base_model=model,
+                         train_file=str(ROOT / "data" / "train.jsonl"), validation_file=str(ROOT / "data" / "val.jsonl"),
+                         output_dir=str(tmp / f"release_{i}"), seed=seed, device=device, save_adapter=False)
+        r = run_trial(spec, warm=warm)
+        assert r.state == TrialState.COMPLETE, r.error
+        gc.collect()
+        end = held()
+        warm.release()
+        after = held()
+        p = {"trial": i, "config": "r32 all-linear b16 ckpt" if i % 2 == 0 else "r4 qv b4"}
+        peak = r.metrics["peak_memory_gb"] * 2**30
+        for k in loaded:
+            rows += [row(f"{k}_trial_end", problem, "moopt", device, round(end[k] / mib, 1), "MiB", seed, trials, p),
+                     row(f"{k}_after_release", problem, "moopt", device, round(after[k] / mib, 1), "MiB", seed, trials, p),
+                     row(f"{k}_held_after_release", problem, "moopt", device, round((after[k] - loaded[k]) / mib, 1),
+                         "MiB", seed, trials, p)]
+        rows.append(row("peak_above_load", problem, "moopt", device, round((peak - next(iter(loaded.values()))) / mib, 1),
+                        "MiB", seed, trials, p))
+        k = next(iter(loaded))
+        print(f"release trial {i} ({p['config']}): peak {peak / mib:.0f} MiB, {k} after load {loaded[k] / mib:.0f}, "
+              f"at the end {end[k] / mib:.0f}, after release {after[k] / mib:.0f} MiB "
+              f"({(after[k] - loaded[k]) / mib:+.0f} MiB held)")
+    return rows
+
+
+def journal_scores(out: Path, start: np.ndarray, objectives) -> list[tuple[float, str, float]]:
+    """(absolute end time, state, score) of each finished trial in moopt's journal, in journal order."""
+    got = []
+    for line in (out / "journal.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        if e.get("type") != "trial_end":
+            continue
+        end = datetime.fromisoformat(e["datetime_complete"]).timestamp()
+        s = float(objectives.score(objectives.to_minimize(e["metrics"]), start)[0]) if e["state"] == "COMPLETE" else math.nan
+        got.append((end, e["state"], s))
+    return got
+
+
+def part_ttq(tmp: Path, trials: int, seeds: list[int], samplers: list[str], moopt_trials: int,
+             space: Path = DEMO_SPACE) -> list[dict]:
+    """Time to quality: the peer study (peer_study.py) runs its ``trials``; then moopt runs the guide's
+    command (``--pruning_factor 2``) until its best score reaches the peer's final best (stopped there)
+    or for as long as the peer ran (``--time_budget_hours``), whichever is first."""
+    from moopt.search.objectives import parse_objectives
+    from moopt.train.models import resolve_model
+
+    objectives = parse_objectives("multi:eval_loss,eval_accuracy", "0.7,0.3")
+    train, val = ROOT / "data" / "train.jsonl", ROOT / "data" / "val.jsonl"
+    model = resolve_model("smollm2-135m")
+    rows = []
+    for seed in seeds:
+        for sampler in samplers:
+            log = tmp / f"peer_{sampler}_{seed}.jsonl"
+            t0 = time.time()
+            subprocess.run([sys.executable, "-P", str(ROOT / "benchmarks" / "peer_study.py"), "--model", model,
+                            "--train_file", str(train), "--validation_file", str(val), "--search_space", str(space),
+                            "--num_trials", str(trials), "--seed", str(seed), "--sampler", sampler, "--out", str(log)],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+            events = [json.loads(x) for x in log.read_text().splitlines()]
+            start = objectives.to_minimize(events[0]["metrics"])  # the base model's metrics
+            peer_end = events[0]["t0"] - t0 + events[-1]["t"]  # from its launch, as moopt's below
+            done = [e for e in events if e.get("state") == "COMPLETE"]
+            peer_best = max(float(objectives.score(objectives.to_minimize(e["metrics"]), start)[0]) for e in done)
+            peer_times = [events[0]["t0"] - t0 + e["t"] for e in events if e.get("event") == "trial"]
+
+            out = tmp / f"ttq_{sampler}_{seed}"
+            cmd = [*MOOPT, "optimize", "--base_model", "smollm2-135m", "--train_file", str(train), "--validation_file",
+                   str(val), "--output_dir", str(out), "--num_trials", str(moopt_trials), "--seed", str(seed),
+                   "--search_space", str(space), "--overwrite", "--optimization_objective",
+                   "multi:eval_loss,eval_accuracy", "--optimization_weights", "0.7,0.3", "--pruning_factor", "2",
+                   "--time_budget_hours", f"{peer_end / 3600:.5f}"]
+            t1 = time.time()
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+            reached, ends_seen = None, []
+            while proc.poll() is None:
+                time.sleep(1.0)
+                if (out / "journal.jsonl").is_file():
+                    ends_seen = journal_scores(out, start, objectives)
+                    hit = [t for t, st, sc in ends_seen if st == "COMPLETE" and sc >= peer_best]
+                    if hit:
+                        reached = min(hit) - t1
+                        proc.terminate()
+                        proc.wait()
+                        break
+            moopt_wall = time.time() - t1
+            ends_seen = journal_scores(out, start, objectives)
+            moopt_best = max((sc for _, st, sc in ends_seen if st == "COMPLETE"), default=math.nan)
+            p = {"sampler": sampler, "peer_trials": trials, "moopt_trials_run": len(ends_seen),
+                 "peer_pruned": sum(e.get("state") == "PRUNED" for e in events),
+                 "moopt_pruned": sum(st == "PRUNED" for _, st, _ in ends_seen)}
+            ratio = reached / peer_end if reached is not None else math.inf
+            rows += [row("peer_wall", "demo", f"optuna-{sampler}+trainer+peft", "cpu", round(peer_end, 1), "s", seed, trials, p),
+                     row("peer_best_value", "demo", f"optuna-{sampler}+trainer+peft", "cpu", peer_best, "score", seed, trials, p),
+                     row("time_to_peer_best", "demo", "moopt", "cpu", round(reached, 1) if reached is not None else math.inf,
+                         "s", seed, len(ends_seen), p),
+                     row("time_to_quality_ratio", "demo", "moopt", "cpu", round(ratio, 4), "ratio", seed, len(ends_seen), p),
+                     row("moopt_best_value", "demo", "moopt", "cpu", moopt_best, "score", seed, len(ends_seen), p)]
+            first = f"{reached:.0f} s" if reached is not None else f"not within {moopt_wall:.0f} s"
+            print(f"ttq {sampler} seed {seed}: peer {len(peer_times)} trials in {peer_end:.0f} s, best {peer_best:.4f}; "
+                  f"moopt reached it after {first} ({len(ends_seen)} trials, best {moopt_best:.4f}): ratio {ratio:.3f}")
+    return rows
+
+
 def ratios(rows: list[dict]) -> None:
     def med(what, prov, problem=None):
         v = [r["value"] for r in rows if r["what"] == what and r["provider"] == prov and (problem is None or r["problem"] == problem)]
@@ -151,14 +312,23 @@ def ratios(rows: list[dict]) -> None:
         x, y = med(what, a), med(what, b)
         if x is not None and y:
             print(f"{text}: {x / y:.3f}")
+    ttq = [r["value"] for r in rows if r["what"] == "time_to_quality_ratio"]
+    if ttq:
+        print(f"time to the peer's best, moopt / peer wall, median over {len(ttq)} studies (target <= 1/3): "
+              f"{statistics.median(ttq):.3f} (each: {', '.join(f'{x:.2f}' for x in ttq)})")
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("parts", nargs="+", choices=["overhead", "packing", "demo"])
+    ap.add_argument("parts", nargs="+", choices=["overhead", "packing", "demo", "ttq", "release"])
     ap.add_argument("--trials", type=int, default=6, help="overhead: trials per study (default 6)")
     ap.add_argument("--demo-trials", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=1, help="demo: seeds 42, 43, ...")
+    ap.add_argument("--peer-trials", type=int, default=10, help="ttq: the peer study's trials")
+    ap.add_argument("--peer-samplers", nargs="+", default=["tpe"], choices=["tpe", "nsga2"])
+    ap.add_argument("--space", type=Path, default=DEMO_SPACE, help="ttq: the search space (default: the demo's)")
+    ap.add_argument("--release-trials", type=int, default=6, help="release: trials in one warm worker")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="release: where the trials run")
     ap.add_argument("--repeats", type=int, default=2, help="packing: alternating repeats of each arm")
     ap.add_argument("--out", type=Path, default=RESULTS / "study_cpu.csv")
     ap.add_argument("--keep", type=Path, help="keep the study folders here (default: a temporary folder)")
@@ -170,7 +340,10 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         for part in a.parts:
             got = {"overhead": lambda: part_overhead(tmp, a.trials, 42), "packing": lambda: part_packing(tmp, a.repeats, 42),
-                   "demo": lambda: part_demo(tmp, a.demo_trials, [42 + i for i in range(a.seeds)])}[part]()
+                   "demo": lambda: part_demo(tmp, a.demo_trials, [42 + i for i in range(a.seeds)]),
+                   "release": lambda: part_release(tmp, a.release_trials, 42, a.device),
+                   "ttq": lambda: part_ttq(tmp, a.peer_trials, [42 + i for i in range(a.seeds)], a.peer_samplers, 100, a.space),
+                   }[part]()
             for r in got:
                 r["params"] = {"part": part, **r["params"]}
             rows += got
