@@ -57,7 +57,9 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
                 continue
             d_logits = probs.div_(total)  # softmax, in place
             d_logits.scatter_add_(1, safe, -valid[:, None].float())
-            d_logits.mul_(valid[:, None])  # ignored rows carry no gradient
+            ignored = (~valid).nonzero().squeeze(1)
+            if len(ignored):  # ignored rows carry no gradient (only those rows are written: callers
+                d_logits.index_fill_(0, ignored, 0.0)  # usually pass labelled rows alone)
             d_logits = d_logits.to(hidden.dtype)
             if need_h:
                 d_hidden[rows] = d_logits @ weight
