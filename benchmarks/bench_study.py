@@ -235,10 +235,12 @@ def journal_scores(out: Path, start: np.ndarray, objectives) -> list[tuple[float
 
 
 def part_ttq(tmp: Path, trials: int, seeds: list[int], samplers: list[str], moopt_trials: int,
-             space: Path = DEMO_SPACE) -> list[dict]:
+             space: Path = DEMO_SPACE, reuse: Path | None = None) -> list[dict]:
     """Time to quality: the peer study (peer_study.py) runs its ``trials``; then moopt runs the guide's
-    command (``--pruning_factor 2``) until its best score reaches the peer's final best (stopped there)
-    or for as long as the peer ran (``--time_budget_hours``), whichever is first."""
+    command (``--pruning_factor 2``, ``--num_trials moopt_trials``) until its best score reaches the
+    peer's final best (stopped there), for as long as the peer ran (``--time_budget_hours``) or to its
+    last trial, whichever is first. ``reuse``: a folder of an earlier run's peer logs
+    (peer_<sampler>_<seed>.jsonl) to compare against instead of running the peer again."""
     from moopt.search.objectives import parse_objectives
     from moopt.train.models import resolve_model
 
@@ -250,10 +252,14 @@ def part_ttq(tmp: Path, trials: int, seeds: list[int], samplers: list[str], moop
         for sampler in samplers:
             log = tmp / f"peer_{sampler}_{seed}.jsonl"
             t0 = time.time()
-            subprocess.run([sys.executable, "-P", str(ROOT / "benchmarks" / "peer_study.py"), "--model", model,
+            if reuse is not None:
+                log.write_text((reuse / log.name).read_text())
+                t0 = json.loads(log.read_text().splitlines()[0])["t0"]  # its launch: ~0.05 s before t0
+            else:
+                subprocess.run([sys.executable, "-P", str(ROOT / "benchmarks" / "peer_study.py"), "--model", model,
                             "--train_file", str(train), "--validation_file", str(val), "--search_space", str(space),
-                            "--num_trials", str(trials), "--seed", str(seed), "--sampler", sampler, "--out", str(log)],
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+                                "--num_trials", str(trials), "--seed", str(seed), "--sampler", sampler, "--out", str(log)],
+                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
             events = [json.loads(x) for x in log.read_text().splitlines()]
             start = objectives.to_minimize(events[0]["metrics"])  # the base model's metrics
             peer_end = events[0]["t0"] - t0 + events[-1]["t"]  # from its launch, as moopt's below
@@ -283,7 +289,7 @@ def part_ttq(tmp: Path, trials: int, seeds: list[int], samplers: list[str], moop
             moopt_wall = time.time() - t1
             ends_seen = journal_scores(out, start, objectives)
             moopt_best = max((sc for _, st, sc in ends_seen if st == "COMPLETE"), default=math.nan)
-            p = {"sampler": sampler, "peer_trials": trials, "moopt_trials_run": len(ends_seen),
+            p = {"sampler": sampler, "peer_trials": trials, "moopt_num_trials": moopt_trials, "moopt_trials_run": len(ends_seen),
                  "peer_pruned": sum(e.get("state") == "PRUNED" for e in events),
                  "moopt_pruned": sum(st == "PRUNED" for _, st, _ in ends_seen)}
             ratio = reached / peer_end if reached is not None else math.inf
@@ -293,9 +299,9 @@ def part_ttq(tmp: Path, trials: int, seeds: list[int], samplers: list[str], moop
                          "s", seed, len(ends_seen), p),
                      row("time_to_quality_ratio", "demo", "moopt", "cpu", round(ratio, 4), "ratio", seed, len(ends_seen), p),
                      row("moopt_best_value", "demo", "moopt", "cpu", moopt_best, "score", seed, len(ends_seen), p)]
-            first = f"{reached:.0f} s" if reached is not None else f"not within {moopt_wall:.0f} s"
+            got = f"reached it after {reached:.0f} s" if reached is not None else f"did not reach it in {moopt_wall:.0f} s"
             print(f"ttq {sampler} seed {seed}: peer {len(peer_times)} trials in {peer_end:.0f} s, best {peer_best:.4f}; "
-                  f"moopt reached it after {first} ({len(ends_seen)} trials, best {moopt_best:.4f}): ratio {ratio:.3f}")
+                  f"moopt {got} ({len(ends_seen)} trials, best {moopt_best:.4f}): ratio {ratio:.3f}")
     return rows
 
 
@@ -325,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--demo-trials", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=1, help="demo: seeds 42, 43, ...")
     ap.add_argument("--peer-trials", type=int, default=10, help="ttq: the peer study's trials")
+    ap.add_argument("--moopt-trials", type=int, default=0, help="ttq: moopt's --num_trials (default: the peer's)")
+    ap.add_argument("--reuse-peer", type=Path, help="ttq: compare against the peer logs in this folder (an earlier --keep)")
     ap.add_argument("--peer-samplers", nargs="+", default=["tpe"], choices=["tpe", "nsga2"])
     ap.add_argument("--space", type=Path, default=DEMO_SPACE, help="ttq: the search space (default: the demo's)")
     ap.add_argument("--release-trials", type=int, default=6, help="release: trials in one warm worker")
@@ -342,7 +350,8 @@ def main(argv: list[str] | None = None) -> None:
             got = {"overhead": lambda: part_overhead(tmp, a.trials, 42), "packing": lambda: part_packing(tmp, a.repeats, 42),
                    "demo": lambda: part_demo(tmp, a.demo_trials, [42 + i for i in range(a.seeds)]),
                    "release": lambda: part_release(tmp, a.release_trials, 42, a.device),
-                   "ttq": lambda: part_ttq(tmp, a.peer_trials, [42 + i for i in range(a.seeds)], a.peer_samplers, 100, a.space),
+                   "ttq": lambda: part_ttq(tmp, a.peer_trials, [42 + i for i in range(a.seeds)], a.peer_samplers,
+                                           a.moopt_trials or a.peer_trials, a.space, a.reuse_peer),
                    }[part]()
             for r in got:
                 r["params"] = {"part": part, **r["params"]}
