@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from moopt.search.engine import Engine, population_size, start_size
+from moopt.search.engine import Engine, population_size
 from moopt.search.space import default_space, parse_space
 
 
@@ -258,20 +258,3 @@ def test_extend_waits_without_the_surrogate_past_the_first_generation():
     X = eng.ask()
     eng.tell_one(0, objective(space.decode(X[0])), -1.0)
     assert eng.extend(2) == [] and len(eng.pending) == len(X)
-
-
-def test_a_long_study_starts_from_ten_random_individuals_then_the_surrogate_fills_the_population():
-    assert [start_size(population_size(n)) for n in (12, 30, 100)] == [4, 10, 10]
-    assert start_size(population_size(100, 4), 4) == 12  # a multiple of the parallel slots
-    space = default_space()
-    engine = Engine(space, n_obj=2, num_trials=100, seed=3)
-    assert engine.pop_size == 24
-    sizes, rng = [], np.random.default_rng(0)
-    while sum(sizes) < 60:
-        xs = engine.ask()
-        sizes.append(len(xs))
-        for i in range(len(xs)):
-            engine.tell_one(i, rng.random(2), 0.0)
-        engine.tell()
-    assert sizes[0] == 10 and xs  # the default and 9 random, then the surrogate's batches
-    assert len(engine.algorithm.pop) == 24  # offspring grew the population to its size

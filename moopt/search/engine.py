@@ -45,7 +45,6 @@ RANDOM_POOL = 0.3  # uniform samples added to the bred candidates, as a share of
 INFEAS_POOL = 0.3  # the same while nothing feasible is known
 BETA = 0.5  # optimism: objectives scored at mean - BETA * spread over the trees
 MIN_SURROGATE = 4  # evaluations told before offspring are pre-selected by the surrogate
-START = 10  # at most this many random individuals (the default first) before the surrogate chooses
 
 
 def population_size(num_trials: int, parallel: int = 1) -> int:
@@ -53,15 +52,6 @@ def population_size(num_trials: int, parallel: int = 1) -> int:
     the parallel slots, so that a generation fills every slot."""
     size = min(max(4, math.ceil(num_trials / 3)), 24)
     return max(parallel, math.ceil(size / parallel) * parallel)
-
-
-def start_size(pop_size: int, parallel: int = 1) -> int:
-    """Individuals of the first generation: the population, but at most START (rounded up to fill the
-    parallel slots), as Optuna's TPE starts from 10 random trials. A long study's population (up to 24)
-    then fills with surrogate-chosen offspring instead of random individuals: time to quality against
-    the peer stack with ``--num_trials 100`` had every trial before the target from a first generation
-    of 24 random individuals (benchmarks/bench_study.py ttq). Studies of <= 30 trials are unchanged."""
-    return max(parallel, min(pop_size, math.ceil(START / parallel) * parallel))
 
 
 def batch_size(pop_size: int, parallel: int = 1) -> int:
@@ -99,7 +89,6 @@ class Engine:
         self.parallel = parallel
         self.pop_size = population_size(num_trials, parallel)
         self.batch = batch_size(self.pop_size, parallel)
-        n_start = start_size(self.pop_size, parallel)
         self.n_constr = n_constr
         self.problem = Problem(vars={p.name: p.pymoo_var() for p in space.params}, n_obj=n_obj, n_ieq_constr=n_constr)
         # The first individual is the well-known good default moved into the space.
@@ -110,8 +99,8 @@ class Engine:
                 x = space.encode(cfg)
                 if x not in initial and len(initial) < self.pop_size:
                     initial.append(x)
-            if len(initial) < n_start:
-                others = rng_sampling.do(self.problem, n_start - len(initial), random_state=np.random.default_rng(seed))
+            if len(initial) < self.pop_size:
+                others = rng_sampling.do(self.problem, self.pop_size - len(initial), random_state=np.random.default_rng(seed))
                 initial += [dict(ind.X) for ind in others]
         sampling = Population.new(X=np.array(initial, dtype=object)) if initial else rng_sampling
         self.algorithm = NSGA2(
