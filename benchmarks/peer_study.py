@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     from moopt.config import TARGET_ALIASES
     from moopt.search.objectives import parse_objectives
     from moopt.search.pruner import rung_eval_size
-    from moopt.train.data import IGNORE, subset, tokenize_file
+    from moopt.train.data import collate, subset, tokenize_file
     from moopt.train.recipe import evaluate
 
     if a.threads:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     val = tokenize_file(a.validation_file, tok, max_len)
     fractions = (1 / 8, 1 / 4, 1 / 2)
     rung_val = subset(val, rung_eval_size(len(val.examples), len(train.examples), len(fractions)))
-    rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in train.examples]
+    rows = train.examples  # moopt.train.data.Example records; collated by moopt's padding collate
 
     def load():
         model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, local_files_only=True,
@@ -98,16 +98,6 @@ def main(argv: list[str] | None = None) -> None:
                     p[name] = trial.suggest_categorical(name, d["values"])
         return p
 
-    def collate(batch):
-        t = max(len(r["input_ids"]) for r in batch)
-        ids = torch.full((len(batch), t), pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), t), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(batch), t), dtype=torch.long)
-        for i, r in enumerate(batch):
-            n = len(r["input_ids"])
-            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(r["input_ids"]), torch.tensor(r["labels"]), 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
     def objective(trial: optuna.Trial):
         p = suggest(trial)
         targets = p.get("target_modules", "attention")
@@ -136,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             save_strategy="no", report_to=[], logging_strategy="no", seed=a.seed + trial.number, use_cpu=True,
             disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
         )
-        Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Rungs()]).train()
+        Trainer(model=model, args=args, train_dataset=rows, data_collator=lambda b: collate(b, pad_id), callbacks=[Rungs()]).train()
         event = {"event": "trial", "number": trial.number, "params": p}
         if pruned:
             out.write(json.dumps({**event, "t": time.time() - T0, "state": "PRUNED", **pruned}) + "\n")

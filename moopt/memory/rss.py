@@ -13,27 +13,26 @@ import ctypes.util
 import resource
 
 
-def peak_rss_bytes() -> int:
+def _status_bytes(key: str) -> int | None:
+    """A ``kB`` line of /proc/self/status (``VmHWM``, ``VmRSS``) in bytes; None where it is missing."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # kB
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return None
+
+
+def peak_rss_bytes() -> int:
+    peak = _status_bytes("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def current_rss_bytes() -> int:
     """This process's resident set size now (``VmRSS``); 0 where /proc is missing."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _status_bytes("VmRSS") or 0
 
 
 def trim_heap() -> bool:
