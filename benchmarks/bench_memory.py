@@ -138,7 +138,7 @@ def gate_bands(pred: list[int], meas: list[int], quants: list[str], device: str)
         others = [[pred[j], meas[j]] for j in range(len(pred)) if j != i and quants[j] == q]
         if others:
             cal = fit_calibration([tuple(o) for o in others])
-            under, over = error_band(others, cal, prior, MIN_ERROR_BAND)
+            under, over = error_band(others, cal, prior, MIN_ERROR_BAND, estimate_bytes=p)
             out["gate_calibrated"].append((apply_calibration(p, cal), under, over))
         else:
             out["gate_calibrated"].append((p, prior, 0.0))
@@ -299,6 +299,8 @@ def main() -> int:
     reuse = read_measured(csv_path) if args.reuse else None
     if args.reuse and args.offline:
         configs = [c for c in configs if label(c) in reuse]
+        # nothing is measured here: the figures stay labelled with the machine that measured them
+        dev_name = next((r["device"] for r in read_rows(csv_path) if r["what"] == "peak_memory"), dev_name)
     t0 = time.time()
     rows = measure(configs, args.device, args.kernels, args.steps, args.threads, csv_path, dev_name, reuse)
     if len(rows) < 2:

@@ -106,6 +106,26 @@ def test_band_is_one_sided_until_measured_then_narrows_with_measurements():
     assert under <= 0.03 + 0.05 + 0.12 / math.sqrt(6)
 
 
+def test_band_covers_extrapolation_beyond_the_measured_configurations():
+    # bench_memory_gate seed 1: one small configuration measured 7% under its raw estimate; a bigger one,
+    # raw 2.00 GiB, calibrated 1.85, peaked at 1.97 GiB. The band must reach past that peak.
+    pairs = [[int(1.189 * GIB), int(1.102 * GIB)]]
+    cal = {"factor": 1.102 / 1.189, "offset_bytes": 0}
+    plain = error_band(pairs, cal, 0.03, 0.03)
+    big = int(1.999 * GIB)
+    under, over = error_band(pairs, cal, 0.03, 0.03, estimate_bytes=big)
+    pred = cal["factor"] * big
+    assert pred * (1 + plain[0]) < 1.97 * GIB  # without the term: trusted, and wrong
+    assert pred * (1 + under) > 1.97 * GIB
+    assert under == pytest.approx(min(plain[0] + (1.1 - cal["factor"]) * (big - pairs[0][0]) / pred, big * 1.03 / pred - 1))
+    assert over == pytest.approx(plain[1] + (cal["factor"] - 0.9) * (big - pairs[0][0]) / pred)
+    # inside the measured range nothing is added; below it, the under side grows with the other end of the range
+    two = pairs + [[int(2.2 * GIB), int(2.1 * GIB)]]
+    assert error_band(two, None, 0.03, 0.03, estimate_bytes=big) == error_band(two, None, 0.03, 0.03)
+    small_under, _ = error_band(two, None, 0.03, 0.03, estimate_bytes=GIB)
+    assert small_under > error_band(two, None, 0.03, 0.03)[0]
+
+
 def test_cuda_first_config_of_its_kind_is_probed_then_trusted(tiny_model, tmp_path, monkeypatch):
     calls = []
 

@@ -83,7 +83,8 @@ class CalibrationCache:
         return data["entries"][key]
 
 
-def error_band(pairs: list, calibration: dict | None, prior_under: float, floor: float) -> tuple[float, float]:
+def error_band(pairs: list, calibration: dict | None, prior_under: float, floor: float,
+               estimate_bytes: int | None = None) -> tuple[float, float]:
     """(under, over) of the calibrated estimate: one-sided ``(prior_under, 0)`` with no pairs; else
     the worst residual each way of the calibrated estimate on the pairs (leave-one-out from 3 pairs
     on, so a pair does not vouch for itself), at least ``floor``, plus ``prior_under / sqrt(1 + n)`` on
@@ -91,8 +92,17 @@ def error_band(pairs: list, calibration: dict | None, prior_under: float, floor:
     measurement itself lay further above its estimate. The square root, not 1 / (1 + n): in
     benchmarks/bench_memory.py's decision simulation (32 CPU probes, budgets at measured × 0.9-1.1,
     leave-one-out) 1 / (1 + n) let 1.6% of the decisions wrongly fit, 1 / sqrt(1 + n) 0.8% (52% and
-    55% probed); the one miss is a 4-bit configuration 13% over its raw estimate."""
-    from moopt.memory.estimate import apply_calibration, fit_calibration
+    55% probed); the one miss is a 4-bit configuration 13% over its raw estimate.
+
+    With ``estimate_bytes`` (the configuration's raw estimate) the band also covers extrapolation: the
+    calibration's factor is only known to lie in CALIBRATION_FACTOR_RANGE, so a configuration estimated
+    beyond the measured ones (above the largest or below the smallest) may lie off the fitted line by
+    the rest of that range times its distance from them. benchmarks/bench_memory_gate.py, seed 1: one
+    small configuration (raw 1.19 GiB, measured 1.10) calibrated the factor to 0.93, the band shrank to
+    3%, and a configuration estimated at 1.85 GiB calibrated (2.00 raw) was trained on trust under a
+    1.92 GiB budget; it peaked at 1.97. With this term its band is 10.6% (and the raw estimate's own
+    bound, 2.00 × 1.03 = 2.06 GiB, 11.2%): it is probed."""
+    from moopt.memory.estimate import CALIBRATION_FACTOR_RANGE, apply_calibration, fit_calibration
 
     pairs = [(int(e), int(m)) for e, m, *_ in pairs]
     n = len(pairs)
@@ -110,6 +120,20 @@ def error_band(pairs: list, calibration: dict | None, prior_under: float, floor:
     if max(resid) <= prior_under:  # measurements within the prior never widen the band beyond it
         under = min(under, prior_under)
     over = max(floor, -min(resid))
+    if estimate_bytes:
+        cal = calibration or fit_calibration(pairs)
+        lo_f, hi_f = CALIBRATION_FACTOR_RANGE
+        f = min(max(float(cal["factor"]), lo_f), hi_f)
+        est = [e for e, _ in pairs]
+        up, down = max(0, estimate_bytes - max(est)), max(0, min(est) - estimate_bytes)
+        pred = apply_calibration(estimate_bytes, cal)
+        if pred > 0:
+            under += ((hi_f - f) * up + (f - lo_f) * down) / pred
+            over += ((f - lo_f) * up + (hi_f - f) * down) / pred
+            # the raw estimate's own bound (raw × (1 + prior)) still holds while no measurement broke
+            # it: the calibrated band is never wider than the uncalibrated one
+            if all(m <= e * (1 + prior_under) for e, m in pairs):
+                under = min(under, max(floor, estimate_bytes * (1 + prior_under) / pred - 1))
     return under, over
 
 

@@ -160,7 +160,8 @@ class MemoryGate:
             return self.margin, self.margin
         prior = ESTIMATE_UNDER_PRIOR.get((self.device, trial.model.quantization), max(ESTIMATE_UNDER_PRIOR.values()))
         entry = self.cache.entry(self.key(trial))
-        return error_band(entry.get("pairs") or [], entry.get("calibration"), prior, MIN_ERROR_BAND)
+        return error_band(entry.get("pairs") or [], entry.get("calibration"), prior, MIN_ERROR_BAND,
+                          estimate_bytes=self.estimate_bytes(trial, calibrated=False))
 
     def decide(self, trial: TrialConfig) -> GateDecision:
         key = self.key(trial)
