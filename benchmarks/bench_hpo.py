@@ -181,7 +181,6 @@ PROBLEMS: dict[str, Callable[[], Problem]] = {
     "hpobench-kc1": lambda: tabular_problem("HPOBench", "kc1", ["val_acc", "train_time"], "hpobench-kc1"),
     "hpobench-australian": lambda: tabular_problem("HPOBench", "australian", ["val_acc", "train_time"], "hpobench-australian"),
 }
-TABULAR = [name for name in PROBLEMS if name.startswith(("hpolib", "nb201", "hpobench"))]
 
 
 def engine_g(g: np.ndarray) -> np.ndarray | float:
