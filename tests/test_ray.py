@@ -26,7 +26,8 @@ def test_ray_study_on_a_local_instance(tiny_model, tiny_data, tmp_path):
         assert list(df.number) == [0, 1, 2, 3]
         assert set(df.state) <= {"COMPLETE", "PRUNED"} and (df.state == "COMPLETE").sum() >= 1
         pruned = df[df.state == "PRUNED"]  # rung decisions travel through the Ray actor
-        assert pruned.error.str.match(r"pruned at step \d+").all() and (pruned.steps < pruned.total_steps).all()
+        # none may be pruned (then pandas reads the empty column as float): cast before matching
+        assert pruned.error.astype(str).str.match(r"pruned at step \d+").all() and (pruned.steps < pruned.total_steps).all()
         assert (out / "trial_results" / "trial_0" / "adapter" / "adapter_model.safetensors").is_file()
         assert (out / "best_config.yaml").is_file()
     finally:
