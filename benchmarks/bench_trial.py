@@ -152,7 +152,7 @@ def worker_moopt(a: dict) -> dict:
     """moopt.train.recipe.run_trial's setup and its step (moopt.train.step.train_step), gradient accumulation 1."""
     import torch
 
-    from moopt.config import DataConfig, LoraConfig, TrainingConfig, TrialConfig
+    from moopt.config import DataConfig, LoraConfig, ModelConfig, TrainingConfig, TrialConfig
     from moopt.train.data import TokenizedSet, micro_batches, n_micro_batches
     from moopt.train.lora import attach_lora, lora_parameters
     from moopt.train.recipe import load_model_and_tokenizer, lr_lambda, pick_device
@@ -166,6 +166,7 @@ def worker_moopt(a: dict) -> dict:
                                 max_grad_norm=MAX_GRAD_NORM, warmup_ratio=WARMUP_RATIO),
         lora=LoraConfig(r=a["r"], alpha=a["alpha"], dropout=a["dropout"], target_modules=TARGETS[a["targets"]]),
         data=DataConfig(max_seq_length=a["seq"]),
+        model=ModelConfig(dtype=a.get("dtype", "auto")),
     )
     tc = cfg.training
     model, tok = load_model_and_tokenizer(a["model"], cfg, device)
@@ -209,7 +210,8 @@ def worker_peer(a: dict) -> dict:
 
     torch.set_num_threads(a["threads"])
     torch.manual_seed(SEED)
-    dtype = torch.bfloat16 if a["device"] == "cuda" else torch.float32
+    dtype = getattr(torch, a["dtype"]) if a.get("dtype", "auto") != "auto" else (
+        torch.bfloat16 if a["device"] == "cuda" else torch.float32)
     tok = AutoTokenizer.from_pretrained(a["model"], local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(a["model"], dtype=dtype, local_files_only=True,
                                                  attn_implementation="sdpa").to(a["device"])
@@ -309,13 +311,15 @@ def bench(args) -> list[dict]:
         from moopt.train.models import resolve_model
 
         model, dev_name, dtype = resolve_model("smollm2-135m"), "cpu", "float32"
+    if args.dtype != "auto":
+        dtype = args.dtype
     rows = []
     for targets in args.targets:
         for shape in args.shapes:
             batch, seq = map(int, shape.split("x"))
             a = dict(model=model, device=device, threads=args.threads, batch=batch, seq=seq, r=args.r,
                      alpha=args.alpha, dropout=args.dropout, targets=targets, warmup=args.warmup, steps=args.steps,
-                     data=args.data)
+                     data=args.data, dtype=args.dtype)
             per = {p: [] for p in PROVIDERS}
             for rep in range(args.repeats):
                 for provider in (PROVIDERS if rep % 2 == 0 else PROVIDERS[::-1]):  # A B, B A, ...
@@ -398,6 +402,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="optimizer steps left out of the timing")
     parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per process")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in every worker (default: cores)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="both providers' model dtype (auto: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--gpu-model", default="1b", choices=sorted(GPU_MODELS))
     parser.add_argument("--model", default=None, help="a local model folder to train instead (any device)")
     parser.add_argument("--model-cache", default=os.path.join(tempfile.gettempdir(), "moopt-bench-models"))
