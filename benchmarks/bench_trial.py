@@ -166,7 +166,7 @@ def worker_moopt(a: dict) -> dict:
                                 max_grad_norm=MAX_GRAD_NORM, warmup_ratio=WARMUP_RATIO),
         lora=LoraConfig(r=a["r"], alpha=a["alpha"], dropout=a["dropout"], target_modules=TARGETS[a["targets"]]),
         data=DataConfig(max_seq_length=a["seq"]),
-        model=ModelConfig(dtype=a.get("dtype", "auto")),
+        model=ModelConfig(dtype=a["dtype"]),
     )
     tc = cfg.training
     model, tok = load_model_and_tokenizer(a["model"], cfg, device)
@@ -210,8 +210,7 @@ def worker_peer(a: dict) -> dict:
 
     torch.set_num_threads(a["threads"])
     torch.manual_seed(SEED)
-    dtype = getattr(torch, a["dtype"]) if a.get("dtype", "auto") != "auto" else (
-        torch.bfloat16 if a["device"] == "cuda" else torch.float32)
+    dtype = getattr(torch, a["dtype"])
     tok = AutoTokenizer.from_pretrained(a["model"], local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(a["model"], dtype=dtype, local_files_only=True,
                                                  attn_implementation="sdpa").to(a["device"])
@@ -319,7 +318,7 @@ def bench(args) -> list[dict]:
             batch, seq = map(int, shape.split("x"))
             a = dict(model=model, device=device, threads=args.threads, batch=batch, seq=seq, r=args.r,
                      alpha=args.alpha, dropout=args.dropout, targets=targets, warmup=args.warmup, steps=args.steps,
-                     data=args.data, dtype=args.dtype)
+                     data=args.data, dtype=dtype)
             per = {p: [] for p in PROVIDERS}
             for rep in range(args.repeats):
                 for provider in (PROVIDERS if rep % 2 == 0 else PROVIDERS[::-1]):  # A B, B A, ...
