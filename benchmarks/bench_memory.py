@@ -85,13 +85,13 @@ def read_measured(path: Path) -> dict[str, int]:
             if r["what"] == "peak_memory" and r["provider"] == "measured"}
 
 
-def trial_config(c: dict):
+def trial_config(c: dict, dtype: str = "auto"):
     from moopt.config import TrialConfig
 
     return TrialConfig.from_dict({
         "training": {"batch_size": c["b"]}, "data": {"max_seq_length": c["s"]},
         "lora": {"r": c["r"], "alpha": 2 * c["r"], "target_modules": list(TARGETS[c["targets"]])},
-        "model": {"gradient_checkpointing": c["ckpt"], "quantization": c.get("quant", "none")},
+        "model": {"gradient_checkpointing": c["ckpt"], "quantization": c.get("quant", "none"), "dtype": dtype},
     })
 
 
@@ -120,8 +120,9 @@ def leave_one_out(pred: list[int], meas: list[int], groups: list[str] | None = N
 
 def gate_bands(pred: list[int], meas: list[int], quants: list[str], device: str) -> dict[str, list]:
     """Per config, the estimate and (under, over) band MemoryGate would use: ``gate`` uncalibrated (raw
-    estimate, memory.ESTIMATE_UNDER_PRIOR one-sided; for CPU those priors come from these very probes,
-    so this one is in-sample), ``gate_calibrated`` after every other config of its quantisation was
+    estimate, memory.under_prior one-sided: ESTIMATE_UNDER_PRIOR, for CPU plus the runtime's spread
+    between machines relative to the estimate; the CPU priors come from these very probes, so this one
+    is in-sample), ``gate_calibrated`` after every other config of its quantisation was
     measured (leave-one-out calibrated estimate and moopt.memory.calibration.error_band over those pairs)."""
     from moopt.memory.calibration import error_band
     from moopt.memory.estimate import (
@@ -129,19 +130,20 @@ def gate_bands(pred: list[int], meas: list[int], quants: list[str], device: str)
         MIN_ERROR_BAND,
         apply_calibration,
         fit_calibration,
+        under_prior,
     )
 
     out = {"gate": [], "gate_calibrated": []}
     for i, (p, q) in enumerate(zip(pred, quants)):
-        prior = ESTIMATE_UNDER_PRIOR[(device, q)]
-        out["gate"].append((p, prior, 0.0))
+        prior = ESTIMATE_UNDER_PRIOR[(device, q)]  # calibrated: the machine's spread is measured
+        out["gate"].append((p, under_prior(device, q, p), 0.0))
         others = [[pred[j], meas[j]] for j in range(len(pred)) if j != i and quants[j] == q]
         if others:
             cal = fit_calibration([tuple(o) for o in others])
             under, over = error_band(others, cal, prior, MIN_ERROR_BAND, estimate_bytes=p)
             out["gate_calibrated"].append((apply_calibration(p, cal), under, over))
         else:
-            out["gate_calibrated"].append((p, prior, 0.0))
+            out["gate_calibrated"].append((p, under_prior(device, q, p), 0.0))
     return out
 
 
@@ -210,7 +212,7 @@ def summarize(rows: list[dict], device: str = "cpu") -> dict[str, float]:
 
 
 def measure(configs: list[dict], device: str, kernels: str, steps: int, threads: int, csv_path: Path, dev_name: str,
-            reuse: dict[str, int] | None = None):
+            reuse: dict[str, int] | None = None, dtype: str = "auto"):
     from moopt.memory.estimate import estimate_peak, load_model_config
     from moopt.train.models import resolve_model
     from moopt.train.probe import ProbeResult, probe_peak
@@ -220,7 +222,7 @@ def measure(configs: list[dict], device: str, kernels: str, steps: int, threads:
     est_kernels = "triton" if (device == "cuda" and kernels != "torch") else "torch"
     rows = []
     for i, c in enumerate(configs):
-        t = trial_config(c)
+        t = trial_config(c, dtype)
         est = estimate_peak(mcfg, t, device=device, kernels=est_kernels)
         if reuse and label(c) in reuse:  # measured earlier: re-estimate only (after a model change)
             res = ProbeResult(reuse[label(c)], 0, 0, 0, 0, oom=False, error=None, seconds=0.0)
@@ -276,6 +278,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--kernels", default="auto", choices=["auto", "torch", "triton"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="the base model's dtype (auto: moopt's rule; CPU bf16 writes memory_cpu_bf16.csv)")
     parser.add_argument("--n", type=int, default=16, help="configurations sampled from the grid")
     parser.add_argument("--n-quant", type=int, default=16, help="quantised (4bit/8bit) configurations added")
     parser.add_argument("--max-tokens", type=int, default=None,
@@ -294,7 +298,11 @@ def main() -> int:
     max_tokens = args.max_tokens or (1024 if args.device == "cpu" else 16 * 256)
     configs = sample(args.n, max_tokens, args.seed) + sample_quantized(args.n_quant, max_tokens, args.seed)
     dev_name = device_name(args.device)
-    csv_path = args.out_dir / f"memory_{args.device}.csv"
+    from moopt.config import resolve_dtype
+
+    dtype = resolve_dtype(args.dtype, args.device)  # probed and estimated explicitly: the CSV says which
+    suffix = "_bf16" if args.device == "cpu" and dtype == "bfloat16" else "_fp32" if args.device == "cuda" and dtype == "float32" else ""
+    csv_path = args.out_dir / f"memory_{args.device}{suffix}.csv"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     reuse = read_measured(csv_path) if args.reuse else None
     if args.reuse and args.offline:
@@ -302,13 +310,13 @@ def main() -> int:
         # nothing is measured here: the figures stay labelled with the machine that measured them
         dev_name = next((r["device"] for r in read_rows(csv_path) if r["what"] == "peak_memory"), dev_name)
     t0 = time.time()
-    rows = measure(configs, args.device, args.kernels, args.steps, args.threads, csv_path, dev_name, reuse)
+    rows = measure(configs, args.device, args.kernels, args.steps, args.threads, csv_path, dev_name, reuse, dtype)
     if len(rows) < 2:
         print("fewer than 2 successful probes: nothing to summarise", file=sys.stderr)
         return 1
     s = summarize(rows, args.device)
     write_csv(rows, s, args.device, dev_name, csv_path)
-    plot(rows, dev_name, args.out_dir / f"memory_{args.device}.png")
+    plot(rows, dev_name, args.out_dir / f"memory_{args.device}{suffix}.png")
     print(f"\n{s['n']} configs on {dev_name}, {time.time() - t0:.0f} s, {args.steps} steps per probe")
     print(f"analytic  |error|: median {s['analytic_median_abs_err_pct']:.1f}%, p90 {s['analytic_p90_abs_err_pct']:.1f}%, "
           f"max {s['analytic_max_abs_err_pct']:.1f}% (mean signed {s['analytic_mean_signed_err_pct']:+.1f}%)")

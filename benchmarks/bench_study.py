@@ -235,22 +235,28 @@ def journal_scores(out: Path, start: np.ndarray, objectives) -> list[tuple[float
 
 
 def part_ttq(tmp: Path, trials: int, seeds: list[int], samplers: list[str], moopt_trials: int,
-             space: Path = DEMO_SPACE, reuse: Path | None = None) -> list[dict]:
+             space: Path = DEMO_SPACE, reuse: Path | None = None, peer_dtype: str = "float32") -> list[dict]:
     """Time to quality: the peer study (peer_study.py) runs its ``trials``; then moopt runs the guide's
     command (``--pruning_factor 2``, ``--num_trials moopt_trials``) until its best score reaches the
     peer's final best (stopped there), for as long as the peer ran (``--time_budget_hours``) or to its
     last trial, whichever is first. ``reuse``: a folder of an earlier run's peer logs
-    (peer_<sampler>_<seed>.jsonl) to compare against instead of running the peer again."""
+    (peer_<sampler>_<seed>.jsonl) to compare against instead of running the peer again. ``peer_dtype``:
+    the peer's model dtype (float32, what a user's from_pretrained gives on a CPU, or bfloat16). moopt
+    runs its default, model.dtype auto (bf16 on a CPU with native bf16), recorded in the rows."""
     from moopt.search.objectives import parse_objectives
     from moopt.train.models import resolve_model
 
     objectives = parse_objectives("multi:eval_loss,eval_accuracy", "0.7,0.3")
     train, val = ROOT / "data" / "train.jsonl", ROOT / "data" / "val.jsonl"
+    from moopt.config import resolve_dtype
+
     model = resolve_model("smollm2-135m")
+    moopt_dtype = resolve_dtype("auto", "cpu")
+    tag = "" if peer_dtype == "float32" else f"_{peer_dtype}"
     rows = []
     for seed in seeds:
         for sampler in samplers:
-            log = tmp / f"peer_{sampler}_{seed}.jsonl"
+            log = tmp / f"peer_{sampler}{tag}_{seed}.jsonl"
             t0 = time.time()
             if reuse is not None:
                 log.write_text((reuse / log.name).read_text())
@@ -258,7 +264,8 @@ def part_ttq(tmp: Path, trials: int, seeds: list[int], samplers: list[str], moop
             else:
                 subprocess.run([sys.executable, "-P", str(ROOT / "benchmarks" / "peer_study.py"), "--model", model,
                             "--train_file", str(train), "--validation_file", str(val), "--search_space", str(space),
-                                "--num_trials", str(trials), "--seed", str(seed), "--sampler", sampler, "--out", str(log)],
+                                "--num_trials", str(trials), "--seed", str(seed), "--sampler", sampler, "--out", str(log),
+                                "--dtype", peer_dtype],
                                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
             events = [json.loads(x) for x in log.read_text().splitlines()]
             start = objectives.to_minimize(events[0]["metrics"])  # the base model's metrics
@@ -289,7 +296,7 @@ def part_ttq(tmp: Path, trials: int, seeds: list[int], samplers: list[str], moop
             moopt_wall = time.time() - t1
             ends_seen = journal_scores(out, start, objectives)
             moopt_best = max((sc for _, st, sc in ends_seen if st == "COMPLETE"), default=math.nan)
-            p = {"sampler": sampler, "peer_trials": trials, "moopt_num_trials": moopt_trials, "moopt_trials_run": len(ends_seen),
+            p = {"sampler": sampler, "peer_dtype": peer_dtype, "moopt_dtype": moopt_dtype, "peer_trials": trials, "moopt_num_trials": moopt_trials, "moopt_trials_run": len(ends_seen),
                  "peer_pruned": sum(e.get("state") == "PRUNED" for e in events),
                  "moopt_pruned": sum(st == "PRUNED" for _, st, _ in ends_seen)}
             ratio = reached / peer_end if reached is not None else math.inf
@@ -300,7 +307,7 @@ def part_ttq(tmp: Path, trials: int, seeds: list[int], samplers: list[str], moop
                      row("time_to_quality_ratio", "demo", "moopt", "cpu", round(ratio, 4), "ratio", seed, len(ends_seen), p),
                      row("moopt_best_value", "demo", "moopt", "cpu", moopt_best, "score", seed, len(ends_seen), p)]
             got = f"reached it after {reached:.0f} s" if reached is not None else f"did not reach it in {moopt_wall:.0f} s"
-            print(f"ttq {sampler} seed {seed}: peer {len(peer_times)} trials in {peer_end:.0f} s, best {peer_best:.4f}; "
+            print(f"ttq {sampler} seed {seed} (peer {peer_dtype}, moopt {moopt_dtype}): peer {len(peer_times)} trials in {peer_end:.0f} s, best {peer_best:.4f}; "
                   f"moopt {got} ({len(ends_seen)} trials, best {moopt_best:.4f}): ratio {ratio:.3f}")
     return rows
 
@@ -318,10 +325,15 @@ def ratios(rows: list[dict]) -> None:
         x, y = med(what, a), med(what, b)
         if x is not None and y:
             print(f"{text}: {x / y:.3f}")
-    ttq = [r["value"] for r in rows if r["what"] == "time_to_quality_ratio"]
-    if ttq:
-        print(f"time to the peer's best, moopt / peer wall, median over {len(ttq)} studies (target <= 1/3): "
-              f"{statistics.median(ttq):.3f} (each: {', '.join(f'{x:.2f}' for x in ttq)})")
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r["what"] == "time_to_quality_ratio":
+            q = r["params"]
+            key = (q.get("moopt_dtype", "float32"), q.get("peer_dtype", "float32"), q.get("moopt_num_trials"))
+            groups.setdefault(key, []).append(r["value"])
+    for (md, pd_, n), ttq in groups.items():
+        print(f"time to the peer's best, moopt ({md}, --num_trials {n}) / peer ({pd_}) wall, median over "
+              f"{len(ttq)} studies (target <= 1/3): {statistics.median(ttq):.3f} (each: {', '.join(f'{x:.2f}' for x in ttq)})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -329,10 +341,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("parts", nargs="+", choices=["overhead", "packing", "demo", "ttq", "release"])
     ap.add_argument("--trials", type=int, default=6, help="overhead: trials per study (default 6)")
     ap.add_argument("--demo-trials", type=int, default=10)
-    ap.add_argument("--seeds", type=int, default=1, help="demo: seeds 42, 43, ...")
+    ap.add_argument("--seeds", type=int, default=1, help="demo, ttq: seeds --first-seed, +1, ...")
+    ap.add_argument("--first-seed", type=int, default=42)
     ap.add_argument("--peer-trials", type=int, default=10, help="ttq: the peer study's trials")
     ap.add_argument("--moopt-trials", type=int, default=0, help="ttq: moopt's --num_trials (default: the peer's)")
     ap.add_argument("--reuse-peer", type=Path, help="ttq: compare against the peer logs in this folder (an earlier --keep)")
+    ap.add_argument("--peer-dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="ttq: the peer's model dtype (moopt runs model.dtype auto)")
     ap.add_argument("--peer-samplers", nargs="+", default=["tpe"], choices=["tpe", "nsga2"])
     ap.add_argument("--space", type=Path, default=DEMO_SPACE, help="ttq: the search space (default: the demo's)")
     ap.add_argument("--release-trials", type=int, default=6, help="release: trials in one warm worker")
@@ -348,10 +363,10 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         for part in a.parts:
             got = {"overhead": lambda: part_overhead(tmp, a.trials, 42), "packing": lambda: part_packing(tmp, a.repeats, 42),
-                   "demo": lambda: part_demo(tmp, a.demo_trials, [42 + i for i in range(a.seeds)]),
+                   "demo": lambda: part_demo(tmp, a.demo_trials, [a.first_seed + i for i in range(a.seeds)]),
                    "release": lambda: part_release(tmp, a.release_trials, 42, a.device),
-                   "ttq": lambda: part_ttq(tmp, a.peer_trials, [42 + i for i in range(a.seeds)], a.peer_samplers,
-                                           a.moopt_trials or a.peer_trials, a.space, a.reuse_peer),
+                   "ttq": lambda: part_ttq(tmp, a.peer_trials, [a.first_seed + i for i in range(a.seeds)], a.peer_samplers,
+                                           a.moopt_trials or a.peer_trials, a.space, a.reuse_peer, a.peer_dtype),
                    }[part]()
             for r in got:
                 r["params"] = {"part": part, **r["params"]}

@@ -302,16 +302,16 @@ def bench(args) -> list[dict]:
     if args.model:  # a local folder, e.g. a stand-in from benchmarks/standin_models.py
         model = args.model
         dev_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-        dtype = "bfloat16" if device == "cuda" else "float32"
     elif device == "cuda":
         model = gpu_model_folder(args.gpu_model, Path(args.model_cache))
-        dev_name, dtype = torch.cuda.get_device_name(), "bfloat16"
+        dev_name = torch.cuda.get_device_name()
     else:
         from moopt.train.models import resolve_model
 
-        model, dev_name, dtype = resolve_model("smollm2-135m"), "cpu", "float32"
-    if args.dtype != "auto":
-        dtype = args.dtype
+        model, dev_name = resolve_model("smollm2-135m"), "cpu"
+    from moopt.config import resolve_dtype
+
+    dtype = resolve_dtype(args.dtype, device)  # auto: what a moopt trial would run in here
     rows = []
     for targets in args.targets:
         for shape in args.shapes:
@@ -402,7 +402,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per process")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in every worker (default: cores)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-                        help="both providers' model dtype (auto: bf16 on CUDA, fp32 on CPU)")
+                        help="both providers' model dtype (auto: what moopt's model.dtype auto picks: bf16 on CUDA "
+                             "and on CPUs with native bf16, else fp32)")
     parser.add_argument("--gpu-model", default="1b", choices=sorted(GPU_MODELS))
     parser.add_argument("--model", default=None, help="a local model folder to train instead (any device)")
     parser.add_argument("--model-cache", default=os.path.join(tempfile.gettempdir(), "moopt-bench-models"))

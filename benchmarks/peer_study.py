@@ -11,7 +11,8 @@ two compare on wall time and on the score a user asked for:
   pruners do not apply to several objectives).
 
 Each trial loads the base model (``from_pretrained``), wraps it with ``peft.get_peft_model`` and trains
-with ``transformers.Trainer`` (defaults otherwise, fp32 on the CPU). The metrics are moopt's evaluator's
+with ``transformers.Trainer`` (defaults otherwise, fp32 on the CPU; ``--dtype bfloat16`` loads the model in
+bf16). The metrics are moopt's evaluator's
 (mean CE per completion token, next-token accuracy) on moopt's tokenisation of the same files, so the
 numbers are the same quantity. Run by ``bench_study.py ttq``; writes one JSON line per finished trial
 (wall seconds since this process started, state, metrics, score) to ``--out``.
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sampler", choices=["tpe", "nsga2"], default="tpe")
     ap.add_argument("--weights", default="0.7,0.3")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="the base model's dtype (float32: what a user's from_pretrained gives on the CPU; "
+                         "bfloat16: as moopt's model.dtype on a CPU with native bf16; PEFT keeps fp32 adapters)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
 
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = train.examples  # moopt.train.data.Example records; collated by moopt's padding collate
 
     def load():
-        model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, local_files_only=True,
+        model = AutoModelForCausalLM.from_pretrained(a.model, dtype=getattr(torch, a.dtype), local_files_only=True,
                                                      attn_implementation="sdpa")
         model.config.use_cache = False
         return model

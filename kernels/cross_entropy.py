@@ -23,10 +23,29 @@ from __future__ import annotations
 import torch
 
 DEFAULT_CHUNK_SIZE = 1024  # rows; see the module docstring for the memory it implies
+EXACT_VOCAB_BLOCK = 8192  # vocabulary rows per fp32 GEMM of an exact (evaluation) chunk on the CPU
 
 
-def _chunk_logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return (h @ weight.t()).float()  # GEMM in the model dtype (tensor cores), softmax in fp32
+def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, exact: bool) -> torch.Tensor:
+    """fp32 logits of one chunk. Training: the GEMM in the model dtype (tensor cores, oneDNN's bf16),
+    rounded to it, then fp32 for the softmax, as HF's loss does. ``exact`` (evaluation, which reports the
+    loss and the accuracy): fp32 products of the bf16/fp16 values, so bf16's rounding of logits near 20
+    (steps of 0.125) neither shifts eval_loss nor makes ties that count as correct; it costs one fp32 head
+    GEMM over the labelled rows alone: cuBLAS's bf16-in fp32-out GEMM on CUDA; on the CPU (torch 2.13
+    has no such mm there) fp32 GEMMs over blocks of EXACT_VOCAB_BLOCK vocabulary rows, so the fp32 copy
+    of the head is one block at a time (the whole head in fp32 would be 2 GiB at Llama 3's vocab)."""
+    if not exact or h.dtype == torch.float32:
+        return (h @ weight.t()).float()
+    if h.is_cuda:
+        try:
+            return torch.mm(h, weight.t(), out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):  # a torch without mm.dtype on this device
+            pass
+    hf = h.float()
+    out = torch.empty((h.shape[0], weight.shape[0]), device=h.device, dtype=torch.float32)
+    for v in range(0, weight.shape[0], EXACT_VOCAB_BLOCK):
+        out[:, v : v + EXACT_VOCAB_BLOCK] = hf @ weight[v : v + EXACT_VOCAB_BLOCK].float().t()
+    return out
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
@@ -40,7 +59,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         for start in range(0, m, chunk_size):
             rows = slice(start, start + chunk_size)
             h = hidden[rows]
-            logits = _chunk_logits(h, weight)  # the only chunk×V buffer
+            logits = _chunk_logits(h, weight, exact=not (need_h or need_w))  # the only chunk×V buffer
             lab = labels[rows]
             valid = lab != ignore_index
             safe = torch.where(valid, lab, 0)[:, None]

@@ -8,6 +8,8 @@ Everything inside moopt takes these objects, never raw dicts.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,7 +83,36 @@ class DataConfig:
 class ModelConfig:
     quantization: str = "none"  # none | 8bit | 4bit (bitsandbytes: NF4 + double quant / LLM.int8)
     gradient_checkpointing: bool = False
-    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    dtype: str = "auto"  # auto: bfloat16 on CUDA and on CPUs with native bf16, else float32 (resolve_dtype)
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX tiles: oneDNN's bf16 GEMMs then run
+    ~4x its fp32 ones; without them bf16 is emulated and slower than fp32)."""
+    import torch
+
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The dtype a trial with ``model.dtype`` really trains in on ``device`` ("cuda..." or "cpu").
+
+    ``auto``: bfloat16 on CUDA; on a CPU, bfloat16 where it has native bf16 (cpu_has_native_bf16), else
+    float32. The environment variable ``MOOPT_CPU_DTYPE`` (float32 or bfloat16) fixes the CPU's choice
+    (the tests pin float32, so their numerics do not depend on the machine). LoRA weights and optimizer
+    states stay fp32 masters in either dtype, and the loss is computed from fp32 logits.
+    """
+    if dtype != "auto":
+        return dtype
+    if str(device).startswith("cuda"):
+        return "bfloat16"
+    env = os.environ.get("MOOPT_CPU_DTYPE", "auto")
+    if env not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"MOOPT_CPU_DTYPE: must be one of ['auto', 'float32', 'bfloat16'], got {env!r}")
+    if env != "auto":
+        return env
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
 SECTIONS: dict[str, type] = {

@@ -72,6 +72,7 @@ class TrialResult:
     tokens_per_s: float | None = None  # train_tokens / train_seconds (evaluations excluded)
     backend: str | None = None  # which LoRA kernel path ran (at the end, after any fallback)
     backend_reason: str | None = None  # why that path: the --kernels choice, or the Triton failure
+    dtype: str | None = None  # what the base model ran in (model.dtype, "auto" resolved on the device)
     pruned_at_step: int | None = None  # a rung decision stopped it after this optimizer step
     prune_reason: str | None = None  # the pruner's reason for that decision (set by the study)
     oom: bool = False  # it ran out of memory (CUDA OOM, or the worker SIGKILLed, as the OOM killer does)

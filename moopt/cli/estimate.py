@@ -60,7 +60,7 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
         table = plan = None
         if fit_gib is not None:
             kw = {"device": device, "kernels": kernels, "loss": loss}
-            margin = under_prior(device, trial.model.quantization)
+            margin = under_prior(device, trial.model.quantization, est.total_bytes)
             table = fit_table(model_config, trial, fit_gib * GIB, margin=margin, **kw)
             plan = fit_plan(model_config, trial, fit_gib * GIB, **kw)
     except ConfigError as e:  # one line, exit code 2, no traceback

@@ -62,6 +62,7 @@ def load_study(output_dir: str | Path) -> StudyData:
         row["tokens_per_s"] = e.tokens_per_s if e else None
         row["backend"] = e.backend if e else None
         row["backend_reason"] = e.backend_reason if e else None  # e.g. a Triton failure under --kernels auto
+        row["dtype"] = e.dtype if e else None  # what the base model ran in (model.dtype auto, resolved)
         row["error"] = e.error if e else None
         rows.append(row)
     table = pd.DataFrame(rows)

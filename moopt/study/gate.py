@@ -94,7 +94,8 @@ class MemoryGate:
       band (estimate × (1 + under) ≤ budget: "fit") and is not cached.
 
     Uncalibrated, the band is one-sided: ``under`` = the worst under-estimate seen for this device and
-    quantization (memory.ESTIMATE_UNDER_PRIOR), ``over`` = 0. Each measurement (probe, or a trained
+    quantization (memory.under_prior: ESTIMATE_UNDER_PRIOR, on cpu plus the runtime's spread between
+    machines relative to the estimate), ``over`` = 0. Each measurement (probe, or a trained
     trial through :meth:`observe`) narrows it: ``under`` = max(MIN_ERROR_BAND, the worst residual of
     the calibrated estimate on the measured pairs) + prior / sqrt(1 + n) (at most the prior unless a
     measurement was further off), ``over`` likewise from the
@@ -154,14 +155,16 @@ class MemoryGate:
 
     def band(self, trial: TrialConfig) -> tuple[float, float]:
         """(under, over): relative error band of the calibrated estimate for this trial's key."""
-        from moopt.memory.estimate import ESTIMATE_UNDER_PRIOR, MIN_ERROR_BAND
+        from moopt.memory.estimate import MIN_ERROR_BAND, under_prior
 
         if self.margin is not None:  # a fixed band, as asked
             return self.margin, self.margin
-        prior = ESTIMATE_UNDER_PRIOR.get((self.device, trial.model.quantization), max(ESTIMATE_UNDER_PRIOR.values()))
+        raw = self.estimate_bytes(trial, calibrated=False)
         entry = self.cache.entry(self.key(trial))
-        return error_band(entry.get("pairs") or [], entry.get("calibration"), prior, MIN_ERROR_BAND,
-                          estimate_bytes=self.estimate_bytes(trial, calibrated=False))
+        pairs = entry.get("pairs") or []
+        # the runtime's spread between machines (cpu) counts until this machine has measured the key
+        prior = under_prior(self.device, trial.model.quantization, None if pairs else raw)
+        return error_band(pairs, entry.get("calibration"), prior, MIN_ERROR_BAND, estimate_bytes=raw)
 
     def decide(self, trial: TrialConfig) -> GateDecision:
         key = self.key(trial)

@@ -391,7 +391,8 @@ class Study:
         write_json(self.out / "baseline.json", {"state": res.state, "metrics": res.metrics, "error": res.error})
         if res.state == TrialState.COMPLETE:
             shown = "  ".join(f"{k}={v:.4f}" for k, v in res.metrics.items() if k.startswith("eval_"))
-            self.console.print(f"Base model (no fine-tuning): {shown}")
+            how = f", {res.dtype}" if res.dtype else ""  # model.dtype auto resolves by device and CPU
+            self.console.print(f"Base model (no fine-tuning{how}): {shown}")
         else:
             self.console.print(f"[red]Base model evaluation failed:[/] {res.error}")
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 
-from moopt.config import TrialConfig
+from moopt.config import TrialConfig, resolve_dtype
 from moopt.memory.measure import is_out_of_memory, peak_memory_gb, reset_peak
 from moopt.records import TrialResult, TrialSpec, TrialState
 from moopt.search.pruner import rung_eval_size
@@ -99,9 +99,7 @@ def bnb_config(quantization: str, compute_dtype: torch.dtype):
 def load_model_and_tokenizer(path: str, cfg: TrialConfig, device: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32}.get(cfg.model.dtype) or getattr(
-        torch, cfg.model.dtype
-    )
+    dtype = getattr(torch, resolve_dtype(cfg.model.dtype, device.type))
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     kwargs = dict(dtype=dtype, local_files_only=True, use_safetensors=True, trust_remote_code=False,
                   attn_implementation="sdpa")
@@ -207,6 +205,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
     if spec.threads:
         torch.set_num_threads(spec.threads)
     device = pick_device(spec.device)
+    result.dtype = resolve_dtype(cfg.model.dtype, device.type)
     torch.manual_seed(spec.seed)
     curve: list[dict[str, float]] = []
     evals: list[dict[str, float]] = []

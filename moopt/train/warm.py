@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from moopt.config import TrialConfig
+from moopt.config import TrialConfig, resolve_dtype
 from moopt.train.data import TokenizedSet, tokenize_file
 
 
 def base_key(base_model: str, cfg: TrialConfig, device: torch.device) -> tuple:
     """What a loaded base model depends on (gradient checkpointing is toggled per trial)."""
-    return (str(base_model), cfg.model.dtype, cfg.model.quantization, str(device))
+    return (str(base_model), resolve_dtype(cfg.model.dtype, device.type), cfg.model.quantization, str(device))
 
 
 class WarmBase:
