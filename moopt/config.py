@@ -107,12 +107,16 @@ def resolve_dtype(dtype: str, device: str) -> str:
         return dtype
     if str(device).startswith("cuda"):
         return "bfloat16"
+    return cpu_dtype_override() or ("bfloat16" if cpu_has_native_bf16() else "float32")
+
+
+def cpu_dtype_override() -> str | None:
+    """``MOOPT_CPU_DTYPE`` when it fixes the CPU's dtype (float32 or bfloat16); None when unset or auto.
+    The commands call it before anything is written, so a wrong value is one line and exit code 2."""
     env = os.environ.get("MOOPT_CPU_DTYPE", "auto")
     if env not in ("auto", "float32", "bfloat16"):
         raise ConfigError(f"MOOPT_CPU_DTYPE: must be one of ['auto', 'float32', 'bfloat16'], got {env!r}")
-    if env != "auto":
-        return env
-    return "bfloat16" if cpu_has_native_bf16() else "float32"
+    return None if env == "auto" else env
 
 
 SECTIONS: dict[str, type] = {

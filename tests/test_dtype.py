@@ -113,3 +113,17 @@ def test_loading_a_file_of_another_dtype_peaks_with_file_and_weights(monkeypatch
     fp32 = TrialConfig.from_dict({"model": {"dtype": "float32"}, "training": {"batch_size": 1},
                                   "data": {"max_seq_length": 64}})
     assert "checkpoint_pages" not in estimate_peak(mc, fp32, device="cpu", kernels="torch").breakdown
+
+
+def test_a_wrong_moopt_cpu_dtype_is_one_line_and_exit_2(tiny_model, tiny_data, tmp_path):
+    from click.testing import CliRunner
+
+    from moopt.cli import main
+
+    out = tmp_path / "study"
+    res = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+                                    "--validation_file", str(tiny_data["val"]), "--output_dir", str(out),
+                                    "--num_trials", "1"], env={"MOOPT_CPU_DTYPE": "fp8"})
+    assert res.exit_code == 2, res.output
+    assert "MOOPT_CPU_DTYPE: must be one of ['auto', 'float32', 'bfloat16'], got 'fp8'" in res.output
+    assert not out.exists()  # nothing half-written

@@ -109,12 +109,14 @@ def require_bitsandbytes(source) -> None:
 
 def build_study_config(kw: dict):
     """Validate every flag and input file before anything is written."""
+    from moopt.config import cpu_dtype_override
     from moopt.search.objectives import parse_objectives
     from moopt.search.space import default_space, load_space
     from moopt.study.scheduler import StudyConfig, check_output_dir
     from moopt.train.data import read_records
     from moopt.train.models import resolve_model_revision
 
+    cpu_dtype_override()  # a wrong MOOPT_CPU_DTYPE fails here, not in every trial
     if kw["ray_address"] and kw["executor"] != "ray":
         raise ConfigError("--ray_address needs --executor ray")
     if kw["executor"] == "ray":
@@ -179,12 +181,13 @@ def report(output_dir: str) -> None:
 def train(**kw) -> None:
     """Train the final adapter with a chosen configuration (full budget, no pruning) and test it."""
     from moopt.cli.final import train_final
-    from moopt.config import load_trial_config
+    from moopt.config import cpu_dtype_override, load_trial_config
     from moopt.journal import replay
     from moopt.train.data import read_records
     from moopt.train.models import resolve_model_revision
 
     try:
+        cpu_dtype_override()
         cfg = load_trial_config(kw["config"])
         for f in ("train_file", "validation_file", "test_file"):
             read_records(kw[f])
