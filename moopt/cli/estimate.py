@@ -66,10 +66,13 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
     except ConfigError as e:  # one line, exit code 2, no traceback
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
+    from moopt.config import resolve_dtype
+
     why = " (auto: no CUDA device on this machine)" if auto_device and device == "cpu" else \
         " (auto: CUDA device found)" if auto_device else ""
     assumed = (f"assumed: device {device}{why}, kernels {kernels}, loss {loss}, "
-               f"batch {est.shape[0]} x seq {est.shape[1]}, quantization {trial.model.quantization}, "
+               f"batch {est.shape[0]} x seq {est.shape[1]}, dtype {resolve_dtype(trial.model.dtype, device)}"
+               f"{' (auto)' if trial.model.dtype == 'auto' else ''}, quantization {trial.model.quantization}, "
                f"gradient checkpointing {'on' if trial.model.gradient_checkpointing else 'off'}")
     if as_json:
         out = est.to_json()
