@@ -49,12 +49,17 @@ def no_probe(*a, **k):
 # -- the priors come from the benchmarks' measured errors -----------------------------------------
 
 
-def test_cpu_priors_are_the_worst_under_estimates_of_the_cpu_probes():
-    rows = list(csv.DictReader((ROOT / "benchmarks/results/memory_cpu.csv").open()))
+def peaks(name: str) -> dict[str, dict[str, float]]:
+    """{configuration: {provider: MiB}} of a bench_memory CSV in benchmarks/results/."""
     by = defaultdict(dict)
-    for r in rows:
+    for r in csv.DictReader((ROOT / "benchmarks/results" / name).open()):
         if r["what"] == "peak_memory":
             by[r["problem"]][r["provider"]] = float(r["value"])
+    return by
+
+
+def test_cpu_priors_are_the_worst_under_estimates_of_the_cpu_probes():
+    by = peaks("memory_cpu.csv")
     worst = defaultdict(lambda: -1.0)
     for label, v in by.items():
         q = "4bit" if label.endswith("4bit") else "8bit" if label.endswith("8bit") else "none"
@@ -186,11 +191,7 @@ def test_cpu_band_covers_the_runtime_spread_between_machines_until_measured(tiny
 
 
 def test_the_cpu_prior_covers_the_bf16_probes_too():
-    rows = list(csv.DictReader((ROOT / "benchmarks/results/memory_cpu_bf16.csv").open()))
-    by = defaultdict(dict)
-    for r in rows:
-        if r["what"] == "peak_memory":
-            by[r["problem"]][r["provider"]] = float(r["value"])
+    by = peaks("memory_cpu_bf16.csv")
     assert len(by) >= 8
     worst = max((v["measured"] - v["analytic"]) / v["analytic"] for v in by.values())
     assert worst <= ESTIMATE_UNDER_PRIOR[("cpu", "none")]
