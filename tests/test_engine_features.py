@@ -1,0 +1,104 @@
+"""The surrogate's LoRA features (moopt/search/engine.py LORA_FEATURES): what they compute, when they
+are left out, and that the engine still pickles with them."""
+
+import math
+import pickle
+
+import numpy as np
+
+from moopt.search.engine import LORA_FEATURES, Engine
+from moopt.search.space import parse_space
+
+SPACE = {
+    "training": {"learning_rate": {"type": "log_uniform", "min": 1e-5, "max": 3e-3},
+                 "batch_size": {"type": "categorical", "values": [4, 8, 16]},
+                 "num_train_epochs": {"type": "int", "min": 1, "max": 3},
+                 "gradient_accumulation_steps": 2},
+    "lora": {"r": {"type": "categorical", "values": [4, 8, 16, 32]},
+             "alpha": {"type": "categorical", "values": [8, 16, 32, 64]},
+             "dropout": {"type": "uniform", "min": 0.0, "max": 0.1}},
+}
+
+
+def expected(cfg) -> dict[str, float]:
+    t, lo = cfg.training, cfg.lora
+    step = math.log(t.learning_rate * lo.alpha / math.sqrt(lo.r))
+    steps = math.log(t.num_train_epochs / (t.batch_size * t.gradient_accumulation_steps))
+    return {"step_scale": step, "steps": steps, "travel": step + steps}
+
+
+def bounds() -> dict[str, tuple[float, float]]:
+    lr, a, r = (math.log(1e-5), math.log(3e-3)), (math.log(8), math.log(64)), (math.log(4), math.log(32))
+    ep, bs, ga = (0.0, math.log(3)), (math.log(4), math.log(16)), math.log(2)
+    step = (lr[0] + a[0] - 0.5 * r[1], lr[1] + a[1] - 0.5 * r[0])
+    steps = (ep[0] - bs[1] - ga, ep[1] - bs[0] - ga)
+    return {"step_scale": step, "steps": steps, "travel": (step[0] + steps[0], step[1] + steps[1])}
+
+
+def test_features_are_the_logs_of_the_decoded_values_scaled_over_the_space():
+    space = parse_space(SPACE)
+    eng = Engine(space, 2, 10, 0)
+    X = [eng.random_individual() for _ in range(20)]
+    V = np.array([eng._vec(x) for x in X])
+    F = eng._features(V)
+    assert F.shape == (20, V.shape[1] + len(LORA_FEATURES))
+    assert np.array_equal(F[:, : V.shape[1]], V)
+    b = bounds()
+    for row, x in zip(F, X):
+        want = expected(space.decode(x))
+        for j, name in enumerate(LORA_FEATURES):
+            lo, hi = b[name]
+            assert abs(row[V.shape[1] + j] - (want[name] - lo) / (hi - lo)) < 1e-4, name
+
+
+def test_no_features_when_the_space_searches_none_of_their_fields_or_when_off():
+    only_dropout = parse_space({"lora": {"dropout": {"type": "uniform", "min": 0.0, "max": 0.1}}})
+    eng = Engine(only_dropout, 2, 10, 0)
+    V = np.array([eng._vec(eng.random_individual()) for _ in range(5)])
+    assert np.array_equal(eng._features(V), V)
+    off = Engine(parse_space(SPACE), 2, 10, 0, lora_features=False)
+    V = np.array([off._vec(off.random_individual()) for _ in range(5)])
+    assert np.array_equal(off._features(V), V)
+
+
+def test_a_searched_learning_rate_alone_gives_step_scale_and_travel_from_the_fixed_fields():
+    space = parse_space({"training": {"learning_rate": {"type": "log_uniform", "min": 1e-5, "max": 1e-3}}})
+    eng = Engine(space, 2, 10, 0)
+    V = np.array([[0.0], [1.0]])
+    F = eng._features(V)
+    assert F.shape == (2, 3)  # step_scale and travel; "steps" reads no searched field
+    assert np.allclose(F[:, 1:], [[0.0, 0.0], [1.0, 1.0]])
+
+
+def test_engine_with_features_pickles_and_keeps_proposing():
+    space = parse_space(SPACE)
+    eng = Engine(space, 2, 12, 0)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        X = eng.ask()
+        for i, x in enumerate(X):
+            cfg = space.decode(x)
+            travel = expected(cfg)["travel"]
+            eng.tell_one(i, np.array([(travel + 9.0) ** 2 + rng.normal(0, 0.01), cfg.lora.r / 32]), -1.0)
+        eng.tell()
+    again = pickle.loads(pickle.dumps(eng))
+    assert again.ask()
+
+
+def test_near_copies_of_evaluated_points_are_not_proposed_while_novel_candidates_remain():
+    from moopt.search.engine import NOVELTY
+
+    space = parse_space(SPACE)
+    eng = Engine(space, 2, 12, 0)
+    X = eng.ask()
+    for i, x in enumerate(X):
+        eng.tell_one(i, np.array([float(i), -float(i)]), -1.0)
+    eng.tell()
+    done = eng.arch_X[0]
+    near = done.copy()
+    near[-1] = min(1.0, near[-1] + NOVELTY / 3)  # dropout a third of NOVELTY away
+    far = 1.0 - done
+    C = np.array([near, far, done + 0.0])
+    assert eng._novel(C, 1).tolist() == [1]
+    # fewer novel candidates than asked for: the farthest ones, near-copies last
+    assert eng._novel(C, 2).tolist() == [1, 0]
