@@ -20,7 +20,10 @@ objective and one per constraint) on the evaluated points, and keeps the candida
 predicted hypervolume improvement weighted by the predicted probability of feasibility (constraint
 first while nothing feasible is known). Picking a fifth of each batch at random instead, as the engine
 did before, lost on the tabular problems of benchmarks/bench_hpo.py (the uniform samples in the pool
-explore already). Those are evaluated and told as the generation's offspring, so
+explore already). The surrogates see, next to the parameters, three LoRA features (LORA_FEATURES: the
+adapter's step scale lr * alpha / sqrt(r), the optimizer steps per example, their product), and no
+candidate closer than NOVELTY to a point evaluated or pending is picked while others remain (``_novel``).
+Those are evaluated and told as the generation's offspring, so
 NSGA-II's survival (non-dominated sorting + crowding, feasibility first) stays in charge. Surrogates
 are refit inside ``ask`` from plain arrays (nothing unpicklable is stored); the training set is capped
 so the overhead stays flat over long studies. Without scikit-learn the engine is plain NSGA-II.
