@@ -98,8 +98,7 @@ class Engine:
         """``warm_start``: TrialConfigs (e.g. an earlier study's best) placed in the first
         population right after the default, moved into this space. ``surrogate=False``: plain NSGA-II.
         ``n_constr``: inequality constraints told per individual (the study has one; feasible iff all <= 0).
-        ``lora_features=False``: the surrogate sees the parameters only (benchmarks whose variables ride on
-        TrialConfig fields that mean something else to them)."""
+        ``lora_features=False``: the surrogate sees the parameters only (LORA_FEATURES off, for an A/B)."""
         from pymoo.algorithms.moo.nsga2 import NSGA2, binary_tournament
         from pymoo.core.mixed import MixedVariableDuplicateElimination, MixedVariableMating, MixedVariableSampling
         from pymoo.core.population import Population
@@ -416,9 +415,7 @@ class Engine:
         """Indices of the individuals of ``off`` that are new: neither evaluated, nor pending (asked, not
         yet told), nor repeated in ``off``; rows of the [0, 1]^d encoding compared. Also all of off's rows."""
         C = np.array([self._vec(ind.X) for ind in off])
-        seen = {row.tobytes() for row in self.arch_X}
-        if self.pending is not None:
-            seen |= {np.array(self._vec(ind.X)).tobytes() for ind in self.pending}
+        seen = {row.tobytes() for row in self._tried()}
         keep = []
         for i, row in enumerate(C):
             b = row.tobytes()
@@ -434,17 +431,20 @@ class Engine:
         hypervolume-improvement pick while the surrogate knows little; trained, it ends where the best
         did (or is pruned as unable to beat it) and costs a trial. If fewer than k candidates are novel,
         the k farthest are kept."""
-        seen = [self.arch_X]
-        if self.pending is not None:
-            seen.append(np.array([self._vec(ind.X) for ind in self.pending]).reshape(-1, C.shape[1]))
-        S = np.vstack(seen)
+        S = self._tried()
         if not len(S) or not len(C):
             return np.arange(len(C))
         from scipy.spatial.distance import cdist
 
         d = cdist(C, S).min(axis=1)
         novel = np.flatnonzero(d >= NOVELTY)
-        return novel if len(novel) >= k else np.argsort(-d)[: max(k, len(novel))]
+        return novel if len(novel) >= k else np.argsort(-d)[:k]
+
+    def _tried(self) -> np.ndarray:
+        """The [0, 1]^d encodings of every point evaluated or pending (asked, not yet told)."""
+        if self.pending is None or not len(self.pending):
+            return self.arch_X
+        return np.vstack([self.arch_X, np.array([self._vec(ind.X) for ind in self.pending])])
 
     def _train_set(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(X, F, G) to fit on: everything, or past MAX_TRAIN the most recent evaluations plus the
