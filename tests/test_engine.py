@@ -218,7 +218,7 @@ def test_improvement_far_past_the_known_front_is_credited_in_full(monkeypatch):
     preds = iter([(np.full(2, -1.0), np.full(2, 1e-3)),  # constraint: surely feasible
                   (np.array([-0.5, -0.15]), np.zeros(2)),  # f1
                   (np.array([0.5, 0.45]), np.zeros(2))])  # f2
-    monkeypatch.setattr(eng, "_forest", lambda X, y, C: next(preds))
+    monkeypatch.setattr(eng, "_forest", lambda X, y, C, trend=0: next(preds))
     assert list(eng._select(C, 1)) == [0]
 
 

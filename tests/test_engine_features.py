@@ -102,3 +102,42 @@ def test_near_copies_of_evaluated_points_are_not_proposed_while_novel_candidates
     assert eng._novel(C, 1).tolist() == [1]
     # fewer novel candidates than asked for: the farthest ones, near-copies last
     assert eng._novel(C, 2).tolist() == [1, 0]
+
+
+def _travel_data(eng, n, rng):
+    """n random individuals' feature rows (the engine's surrogate inputs) and their travel feature."""
+    V = np.array([eng._vec(eng.random_individual()) for _ in range(n)])
+    F = eng._features(V)
+    return F, F[:, -1]
+
+
+def test_the_objective_trend_extrapolates_past_the_best_seen_and_trees_alone_do_not(monkeypatch):
+    import moopt.search.engine as engine
+
+    eng = Engine(parse_space(SPACE), 2, 10, 0)
+    rng = np.random.default_rng(0)
+    F, travel = _travel_data(eng, 400, rng)
+    train, far = np.flatnonzero(travel < 0.5)[:8], np.flatnonzero(travel > 0.8)[:20]
+    y = 1.0 - travel + rng.normal(0, 0.01, len(travel))  # loss falls as the adapter travels further
+    n_feat = F.shape[1] - len(eng.problem.vars)
+    mu, _ = eng._forest(F[train], y[train], F[far], trend=n_feat)
+    assert np.all(mu < y[train].min()), "the trend predicts better than the best seen where travel is larger"
+    assert np.corrcoef(mu, y[far])[0, 1] > 0.5
+    monkeypatch.setattr(engine, "TREND_RIDGE", None)
+    mu_trees, _ = eng._forest(F[train], y[train], F[far], trend=n_feat)
+    assert np.all(mu_trees >= y[train].min() - 1e-12), "trees average the values seen"
+
+
+def test_the_pick_goes_past_the_best_seen_along_the_trend():
+    space = parse_space(SPACE)
+    eng = Engine(space, 1, 12, 0)
+    X = [eng.random_individual() for _ in range(200)]
+    F = eng._features(np.array([eng._vec(x) for x in X]))
+    travel = F[:, -1]
+    told = np.flatnonzero(travel < 0.4)[:6]
+    eng.arch_X = np.array([eng._vec(X[i]) for i in told])
+    eng.arch_F = (1.0 - travel[told])[:, None]
+    eng.arch_G = -np.ones((len(told), 1))
+    cand = np.flatnonzero(travel >= 0.4)
+    pick = eng._select(np.array([eng._vec(X[i]) for i in cand]), 1)
+    assert travel[cand][pick[0]] > np.quantile(travel[cand], 0.9), travel[cand][pick]

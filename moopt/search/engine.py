@@ -21,8 +21,11 @@ predicted hypervolume improvement weighted by the predicted probability of feasi
 first while nothing feasible is known). Picking a fifth of each batch at random instead, as the engine
 did before, lost on the tabular problems of benchmarks/bench_hpo.py (the uniform samples in the pool
 explore already). The surrogates see, next to the parameters, three LoRA features (LORA_FEATURES: the
-adapter's step scale lr * alpha / sqrt(r), the optimizer steps per example, their product), and no
-candidate closer than NOVELTY to a point evaluated or pending is picked while others remain (``_novel``).
+adapter's step scale lr * alpha / sqrt(r), the optimizer steps per example, their product); each
+objective's model is a linear trend in those features (ridge, shrunk by its leave-one-out gain: zero where
+the features explain nothing) plus extra-trees on what the trend leaves, so that the surrogate can predict
+better than the best seen beyond it (trees alone average the values seen); and no candidate closer than
+NOVELTY to a point evaluated or pending is picked while others remain (``_novel``).
 Those are evaluated and told as the generation's offspring, so
 NSGA-II's survival (non-dominated sorting + crowding, feasibility first) stays in charge. Surrogates
 are refit inside ``ask`` from plain arrays (nothing unpicklable is stored); the training set is capped
@@ -54,6 +57,10 @@ MIN_SURROGATE = 4  # evaluations told before offspring are pre-selected by the s
 LHS_TRIES = 32  # first population: Latin hypercubes drawn, the one whose points lie farthest apart kept
 NEIGHBOURS = 0.3  # candidates one variable away from the non-dominated points, as a share of the bred ones
 NOVELTY = 0.1  # candidates closer than this (Euclidean, [0, 1]^d encoding) to a point evaluated or pending are near-copies
+# Each objective's surrogate: a linear trend in the LoRA features, then trees on what it leaves (``_forest``).
+# On the 362 real trials, a model fitted on 6 random ones picks, as its best among the rest, one better than
+# all 6 in 70% of 300 draws for eval_loss (trees alone: 33%); its pick is beaten by 8% of the rest (17%).
+TREND_RIDGE = 0.1  # ridge penalty of that trend (None: trees only)
 # LoRA features the surrogate sees next to the parameters (log-linear in the searched fields, the fixed
 # ones at their values). Under Adam each optimizer step moves the adapter's weights by about the learning
 # rate, and what that does to the layer grows with the scaling alpha / r times sqrt(r) (rsLoRA,
@@ -465,17 +472,44 @@ class Engine:
         return (np.vstack([X, np.array([self._vec(self.pending[i].X) for i in idx])]), np.vstack([F, PF]),
                 np.vstack([G, PG]))
 
-    def _forest(self, X: np.ndarray, y: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and spread over the trees of an extra-trees fit of y, at C."""
+    def _forest(self, X: np.ndarray, y: np.ndarray, C: np.ndarray, trend: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and spread over the trees of an extra-trees fit of y, at C. With ``trend`` > 0, a ridge
+        fit of y on the last ``trend`` columns (the LoRA features) comes first and the trees fit what it
+        leaves: trees predict averages of the values seen, never past the best, so alone they cannot say
+        that a larger step scale than any tried should do better still; the trend can (see TREND_RIDGE)."""
         from sklearn.ensemble import ExtraTreesRegressor
 
+        base = np.zeros(len(C))
+        if trend and TREND_RIDGE is not None and len(y) > 2:
+            w, mean = self._trend(X[:, -trend:], y)
+            y = y - (X[:, -trend:] - mean) @ w
+            base = (C[:, -trend:] - mean) @ w
         if np.ptp(y) == 0:
-            return np.full(len(C), y[0]), np.zeros(len(C))
+            return base + y[0], np.zeros(len(C))
         model = ExtraTreesRegressor(n_estimators=N_TREES, min_samples_leaf=1, max_features=1.0,
                                     random_state=int(self.sg_rng.integers(2**31)), n_jobs=1)
         model.fit(X, y)
         P = np.stack([t.predict(C) for t in model.estimators_])
-        return P.mean(0), P.std(0)
+        return base + P.mean(0), P.std(0)
+
+    @staticmethod
+    def _trend(A: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(weights, column means) of a ridge fit of y on the columns of A, shrunk by how much better it
+        predicts left-out points than their mean does (closed-form leave-one-out): 1 - SSE_trend / SSE_mean,
+        clipped to [0, 1]. Where the features carry no trend (a space whose fields are not LoRA's, as
+        benchmarks/bench_hpo.py's tables mapped onto them) the trend stays near zero, and the trees alone
+        model y."""
+        n, d = A.shape
+        mean = A.mean(0)
+        A = A - mean
+        yc = y - y.mean()
+        inv = np.linalg.inv(A.T @ A + TREND_RIDGE * np.eye(d))
+        w = inv @ A.T @ yc
+        h = np.einsum("ij,jk,ik->i", A, inv, A) + 1.0 / n  # leverages, the intercept's included
+        sse_trend = float(np.sum(((yc - A @ w) / np.maximum(1.0 - h, 1e-6)) ** 2))
+        sse_mean = float(np.sum(yc**2)) * (n / (n - 1)) ** 2
+        gain = 1.0 - sse_trend / sse_mean if sse_mean > 0 else 0.0
+        return w * min(max(gain, 0.0), 1.0), mean
 
     def _select(self, C: np.ndarray, k: int) -> np.ndarray:
         """Indices of the k candidates (rows of C) to evaluate."""
@@ -503,8 +537,9 @@ class Engine:
             Z = (F - lo) / (hi - lo)
             mu = np.empty((len(C), self.n_obj))
             sd = np.empty((len(C), self.n_obj))
+            n_feat = X.shape[1] - len(self.problem.vars)  # LoRA feature columns (the objectives' trend)
             for j in range(self.n_obj):
-                mu[:, j], sd[:, j] = self._forest(X, Z[:, j], C)
+                mu[:, j], sd[:, j] = self._forest(X, Z[:, j], C, trend=n_feat)
             lcb = mu - BETA * sd
             front = Z[feas]
             front = front[nondominated_mask(front)]
