@@ -141,3 +141,16 @@ def test_the_pick_goes_past_the_best_seen_along_the_trend():
     cand = np.flatnonzero(travel >= 0.4)
     pick = eng._select(np.array([eng._vec(X[i]) for i in cand]), 1)
     assert travel[cand][pick[0]] > np.quantile(travel[cand], 0.9), travel[cand][pick]
+
+
+def test_bench_surrogate_scores_both_models_on_the_real_trials(load_bench, tmp_path):
+    """benchmarks/bench_surrogate.py runs the engine's own _forest on the real trial table, both models."""
+    import moopt.search.engine as engine
+
+    bench = load_bench("bench_surrogate")
+    records = bench.run(draws=3, sizes=[6])
+    assert {r["provider"] for r in records} == {"trees", "trees+trend"}
+    assert {r["problem"] for r in records} == {"eval_loss", "-eval_accuracy"}
+    for r in records:
+        assert r["trials"] > 300 and 0 <= r["beat_best"] <= 1 and 0 <= r["pick_pct"] <= 1 and -1 <= r["spearman"] <= 1
+    assert engine.TREND_RIDGE is not None, "the benchmark puts the engine's setting back"

@@ -58,8 +58,9 @@ LHS_TRIES = 32  # first population: Latin hypercubes drawn, the one whose points
 NEIGHBOURS = 0.3  # candidates one variable away from the non-dominated points, as a share of the bred ones
 NOVELTY = 0.1  # candidates closer than this (Euclidean, [0, 1]^d encoding) to a point evaluated or pending are near-copies
 # Each objective's surrogate: a linear trend in the LoRA features, then trees on what it leaves (``_forest``).
-# On the 362 real trials, a model fitted on 6 random ones picks, as its best among the rest, one better than
-# all 6 in 70% of 300 draws for eval_loss (trees alone: 33%); its pick is beaten by 8% of the rest (17%).
+# On the 362 real trials (benchmarks/bench_surrogate.py), a model fitted on 6 random ones picks, as its best
+# among the rest, one better than all 6 in 65% of 300 draws for eval_loss (trees alone: 32%), 53% for
+# accuracy (28%); 8% of the rest beat its pick (trees alone: 15%).
 TREND_RIDGE = 0.1  # ridge penalty of that trend (None: trees only)
 # LoRA features the surrogate sees next to the parameters (log-linear in the searched fields, the fixed
 # ones at their values). Under Adam each optimizer step moves the adapter's weights by about the learning
