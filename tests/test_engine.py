@@ -51,7 +51,7 @@ def test_small_discrete_space_gets_short_or_empty_asks_without_crashing():
 
 
 def test_population_size_fits_the_budget():
-    assert population_size(5) == 4 and population_size(30) == 10 and population_size(1000) == 24
+    assert population_size(5) == 4 and population_size(30) == 10 and population_size(1000) == 10 and population_size(30) == population_size(100)
     assert population_size(10, parallel=3) % 3 == 0
 
 
