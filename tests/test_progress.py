@@ -187,3 +187,26 @@ def test_progress_events_carry_tokens_per_second(tiny_model, tiny_data, tmp_path
     assert steps[-1][3] >= res.train_tokens / res.train_seconds  # evaluations excluded: no slower than the whole
     beats = [e for e in rec.events if e[0] == "heartbeat"]
     assert beats[-1][1] == beats[-1][2] == 2  # 16 validation examples in batches of 8
+
+
+def test_bitsandbytes_hub_kernel_warning_is_dropped_and_its_loggers_other_messages_pass(caplog):
+    """bitsandbytes' CPU backend warned at import (which ``import peft`` does) that an optional Hub
+    kernel is missing: the first line of every study's console on CPUs with avx512_bf16."""
+    import logging
+
+    import moopt  # noqa: F401  (installs the filter)
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure ...", "x")
+        log.warning("something else bitsandbytes says")
+    assert [r.getMessage() for r in caplog.records] == ["something else bitsandbytes says"]
+
+
+def test_importing_peft_after_moopt_prints_no_bitsandbytes_kernel_warning():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-P", "-c", "import moopt, peft"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "kernels-community" not in out.stderr + out.stdout

@@ -85,11 +85,9 @@ def bnb_config(quantization: str, compute_dtype: torch.dtype):
 
     from transformers import BitsAndBytesConfig
 
-    # bitsandbytes' 8-bit matmul logs on every call that fp32 inputs are cast to fp16 for quantisation,
-    # and its CPU backend logs at import that Hugging Face's optional hub kernel is absent (it would be
-    # downloaded; moopt never downloads at run time).
+    # bitsandbytes' 8-bit matmul logs on every call that fp32 inputs are cast to fp16 for quantisation
+    # (its CPU backend's import-time warning is dropped in moopt/__init__.py).
     logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     if quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=compute_dtype)
