@@ -12,7 +12,7 @@ is fitted on the n and predicts the rest; its best-predicted candidate is the pi
 - ``pick_pct``: share of the candidates better than the pick (0 = the pick was the best of the rest);
 - ``spearman``: rank correlation of the predictions with the candidates' real values.
 
-    python benchmarks/bench_surrogate.py            # 300 draws per n, about 3 minutes
+    python benchmarks/bench_surrogate.py            # 300 draws per n, about 1 minute
     python benchmarks/bench_surrogate.py --draws 30 # smoke
 
 Writes benchmarks/results/surrogate_smollm2_cpu.csv (benchmarks/common.py's schema: problem = objective,
@@ -22,6 +22,7 @@ provider = trees or trees+trend, n_trials = n, params draws) and prints the tabl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from common import RESULTS, ROOT, long, write_rows  # noqa: E402
 
 TABLE = ROOT / "benchmarks" / "data" / "smollm2_demo_trials.csv"
 SPACE = ROOT / "config" / "demo_search_space.yaml"
-MODELS = {"trees": None, "trees+trend": "current"}  # TREND_RIDGE: None = trees only, else the engine's
+MODELS = ("trees", "trees+trend")  # TREND_RIDGE None (trees only), and the engine's
 WHATS = {"beat_best": "fraction", "pick_pct": "fraction", "spearman": "rho"}
 
 
@@ -55,6 +56,18 @@ def encoded(table: Path, space_file: Path):
     return eng, eng._features(np.array(V)), t.eval_loss.to_numpy(), t.eval_accuracy.to_numpy()
 
 
+@contextlib.contextmanager
+def trend_ridge(value):
+    """The engine's TREND_RIDGE set to ``value`` (None: trees only), put back after."""
+    import moopt.search.engine as engine
+
+    saved, engine.TREND_RIDGE = engine.TREND_RIDGE, value
+    try:
+        yield
+    finally:
+        engine.TREND_RIDGE = saved
+
+
 def run(draws: int, sizes: list[int]) -> list[dict]:
     from scipy.stats import spearmanr
 
@@ -62,7 +75,7 @@ def run(draws: int, sizes: list[int]) -> list[dict]:
 
     eng, F, loss, acc = encoded(TABLE, SPACE)
     n_feat = F.shape[1] - len(eng.problem.vars)
-    ridge = engine.TREND_RIDGE
+    ridge = {"trees": None, "trees+trend": engine.TREND_RIDGE}
     records = []
     for objective, y in (("eval_loss", loss), ("-eval_accuracy", -acc)):
         for n in sizes:
@@ -73,15 +86,14 @@ def run(draws: int, sizes: list[int]) -> list[dict]:
                 tr, te = idx[:n], idx[n:]
                 lo, hi = y[tr].min(), y[tr].max()
                 Z = (y - lo) / (hi - lo if hi > lo else 1.0)  # as _select normalises the objectives
-                for m, setting in MODELS.items():
-                    engine.TREND_RIDGE = None if setting is None else ridge
+                for m in MODELS:
                     eng.sg_rng = np.random.default_rng(d)  # the same trees' seeds for both models
-                    p = eng._forest(F[tr], Z[tr], F[te], trend=n_feat)[0]
+                    with trend_ridge(ridge[m]):
+                        p = eng._forest(F[tr], Z[tr], F[te], trend=n_feat)[0]
                     j = int(np.argmin(p))
                     out[m]["beat_best"].append(float(Z[te][j] < Z[tr].min()))
                     out[m]["pick_pct"].append(float((Z[te] < Z[te][j]).mean()))
                     out[m]["spearman"].append(float(spearmanr(p, Z[te])[0]) if np.ptp(p) > 0 else np.nan)
-            engine.TREND_RIDGE = ridge
             for m, v in out.items():
                 rec = {"problem": objective, "provider": m, "n_trials": n, "draws": draws, "trials": len(y)}
                 rec.update({k: float(np.nanmean(x)) for k, x in v.items()})
