@@ -91,11 +91,14 @@ def population_size(num_trials: int, parallel: int = 1) -> int:
     return max(parallel, math.ceil(size / parallel) * parallel)
 
 
-def batch_size(pop_size: int, parallel: int = 1) -> int:
-    """Offspring per surrogate-assisted generation: half a population (more refits, better sample
-    efficiency), at least the parallel slots and a multiple of them."""
-    size = max(2, math.ceil(pop_size / 2))
-    return max(parallel, math.ceil(size / parallel) * parallel)
+def batch_size(parallel: int = 1) -> int:
+    """Offspring per surrogate-assisted generation: 2, or one per parallel slot. The surrogates are
+    refitted at every ask, so small batches choose with more of what was learnt. On bench_hpo's 13 problems
+    (60 seeds, 30 trials, 2026-12-03) 2 instead of half the population (5) was at least TPE's median in 35
+    of 39 cells against 34 (OSY@30 0.305 -> 0.439, ZDT2@30 0.857 -> 0.905, protein@30 0.897 -> 0.919), 3
+    in 33; the demo-study simulation at 100 trials was unchanged (0.485 vs 0.483 of a random peer's compute
+    to its best). The cost: ask's share of the engine overhead goes up about 2.5x (bench_hpo's figure)."""
+    return max(2, parallel)
 
 
 def _sklearn_available() -> bool:
@@ -126,7 +129,7 @@ class Engine:
         self.seed = seed
         self.parallel = parallel
         self.pop_size = population_size(num_trials, parallel)
-        self.batch = batch_size(self.pop_size, parallel)
+        self.batch = batch_size(parallel)
         self.n_constr = n_constr
         self.problem = Problem(vars={p.name: p.pymoo_var() for p in space.params}, n_obj=n_obj, n_ieq_constr=n_constr)
         # The first individual is the well-known good default moved into the space.
