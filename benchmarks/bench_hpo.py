@@ -101,6 +101,10 @@ class Problem:
     expected: Callable[[dict[str, Any]], np.ndarray] | None = None
     space: SearchSpace = field(init=False)
 
+    def mean_F(self, values: dict[str, Any], f: np.ndarray) -> np.ndarray:
+        """F at the configuration's mean over the table's repeats; a problem without noise: F as drawn."""
+        return self.expected(values) if self.expected else f
+
     def __post_init__(self):
         spec: dict[str, dict[str, Any]] = {}
         self.fields = []
@@ -238,7 +242,7 @@ def run_moopt(prob: Problem, n_trials: int, seed: int) -> Run:
                 cache[key] = (f, gv)
                 F.append(f)
                 g.append(gv)
-                Fm.append(prob.expected(values) if prob.expected else f)
+                Fm.append(prob.mean_F(values, f))
                 new += 1
             eng.tell_one(i, f, engine_g(gv))
         eng.tell()
@@ -275,7 +279,7 @@ def run_optuna(prob: Problem, n_trials: int, seed: int, provider: str) -> Run:
         f, gv = prob.evaluate(values)
         F.append(f)
         g.append(gv)
-        Fm.append(prob.expected(values) if prob.expected else f)
+        Fm.append(prob.mean_F(values, f))
         for i, c in enumerate(gv):  # Optuna 5: feasible iff every constraint value <= 0
             trial.set_constraint(f"g{i}", float(c))
         return tuple(float(c) for c in f)
@@ -457,7 +461,7 @@ def tpe_cells_line(tab: dict, problems: list[str], budgets: list[int], label: st
            if statistics.median(tab[(q, "moopt")][b]) >= statistics.median(tab[(q, "optuna-tpe")][b])]
     missed = [f"{q}@{b}" for q, b in cells if (q, b) not in met]
     return (f"{label} >= Optuna TPE's in {len(met)} of {len(cells)} (problem, budget) cells"
-            + (f"; below in: {', '.join(missed)}" if missed else "") + (")" if label.lstrip().startswith("(") else ""))
+            + (f"; below in: {', '.join(missed)}" if missed else ""))
 
 
 def summary(rows: list[dict]) -> str:
@@ -501,7 +505,7 @@ def summary(rows: list[dict]) -> str:
                      for p in providers]
             lines.append(f"{q:10s} " + " ".join(f"{c:>22s}" for c in cells))
         lines.append(tpe_cells_line(tab_m, noisy, budgets, "moopt's median expected HV"))
-        lines.append(tpe_cells_line(tab, noisy, budgets, "  (the same tables, observed draws:"))
+        lines.append(f"  (the same tables, observed draws: {tpe_cells_line(tab, noisy, budgets, 'moopt')})")
     for q in problems:  # constrained problems: a median of 0 means most runs found no feasible point in the box
         share = {p: np.mean([v > 0 for v in tab[(q, p)][n_max]]) for p in providers if (q, p) in tab}
         if min(share.values()) < 1:

@@ -93,8 +93,8 @@ def population_size(num_trials: int, parallel: int = 1) -> int:
 
 def batch_size(parallel: int = 1) -> int:
     """Offspring per surrogate-assisted generation: 2, or one per parallel slot. The surrogates are
-    refitted at every ask, so small batches choose with more of what was learnt. On bench_hpo's 13 problems
-    (60 seeds, 30 trials, 2026-12-03) 2 instead of half the population (5) was at least TPE's median in 35
+    refitted at every ask, so small batches choose with more of what was learnt. In an A/B over bench_hpo's 13
+    problems (60 seeds, 30 trials, variants in one run, 2026-12-03) 2 instead of half the population (5) was at least TPE's median in 35
     of 39 cells against 34 (OSY@30 0.305 -> 0.439, ZDT2@30 0.857 -> 0.905, protein@30 0.897 -> 0.919), 3
     in 33; the demo-study simulation at 100 trials was unchanged (0.485 vs 0.483 of a random peer's compute
     to its best). The cost: ask's share of the engine overhead goes up about 2.5x (bench_hpo's figure)."""
