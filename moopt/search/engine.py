@@ -24,7 +24,8 @@ explore already). The surrogates see, next to the parameters, three LoRA feature
 adapter's step scale lr * alpha / sqrt(r), the optimizer steps per example, their product); each
 objective's model is a linear trend in those features (ridge, shrunk by its leave-one-out gain: zero where
 the features explain nothing) plus extra-trees on what the trend leaves, so that the surrogate can predict
-better than the best seen beyond it (trees alone average the values seen); and no candidate closer than
+better than the best seen beyond it (trees alone average the values seen); the trees read an unordered
+choice's options ranked by the results they gave (``_target_ordered``); and no candidate closer than
 NOVELTY to a point evaluated or pending is picked while others remain (``_novel``).
 Those are evaluated and told as the generation's offspring, so
 NSGA-II's survival (non-dominated sorting + crowding, feasibility first) stays in charge. Surrogates
@@ -56,6 +57,7 @@ BETA = 0.5  # optimism: objectives scored at mean - BETA * spread over the trees
 MIN_SURROGATE = 4  # evaluations told before offspring are pre-selected by the surrogate
 LHS_TRIES = 32  # first population: Latin hypercubes drawn, the one whose points lie farthest apart kept
 NEIGHBOURS = 0.3  # candidates one variable away from the non-dominated points, as a share of the bred ones
+TARGET_PRIOR = 1.0  # _target_ordered: an option's mean result is shrunk toward the mean of all as if seen this many times more
 NOVELTY = 0.1  # candidates closer than this (Euclidean, [0, 1]^d encoding) to a point evaluated or pending are near-copies
 # The first population is space-filling and blind; later generations are chosen by the surrogate. A wide
 # first population delays those choices: at 80 trials (bench_hpo's A/B, 7 problems x 30 seeds, moopt at
@@ -497,11 +499,39 @@ class Engine:
             base = (C[:, -trend:] - mean) @ w
         if np.ptp(y) == 0:
             return base + y[0], np.zeros(len(C))
+        X, C = self._target_ordered(X, y, C)
         model = ExtraTreesRegressor(n_estimators=N_TREES, min_samples_leaf=1, max_features=1.0,
                                     random_state=int(self.sg_rng.integers(2**31)), n_jobs=1)
         model.fit(X, y)
         P = np.stack([t.predict(C) for t in model.estimators_])
         return base + P.mean(0), P.std(0)
+
+    def _target_ordered(self, X: np.ndarray, y: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """X and C with each unordered choice of 3+ options (``Param.is_ordered`` false: scheduler names,
+        module sets, NAS-Bench-201's operations) re-encoded as its options' rank by their mean y in X
+        (shrunk toward the mean of all by TARGET_PRIOR; options never tried rank at that mean). A tree
+        then separates the good options from the others with one split, as a regression tree's best split
+        of a categorical is found by sorting its categories by mean response (Breiman et al. 1984; LightGBM
+        and CatBoost do the same); the option index of an unordered choice is an arbitrary order. Ordered
+        choices keep the index (a position on their scale). In an A/B on bench_hpo's NAS-Bench-201 tables
+        (6 unordered choices of 5, 60 seeds, 2026-12-03) the median hypervolume at 20 and 30 trials rose
+        from 0.819/0.847 to 0.837/0.862 (cifar10) and from 0.819/0.838 to 0.824/0.867 (cifar100), TPE's
+        0.828/0.842 and 0.798/0.829; on the 7 tables with ordered choices only, re-encoding those too
+        fell below TPE in 6 cells against 2."""
+        cols = [(j, len(p.values)) for j, p in enumerate(self.space.params)
+                if p.type == "categorical" and len(p.values) >= 3 and not p.is_ordered]
+        if not cols:
+            return X, C
+        X, C = X.copy(), C.copy()
+        ybar = float(np.mean(y))
+        for j, n in cols:
+            ix = np.rint(X[:, j] * (n - 1)).astype(int).clip(0, n - 1)
+            ic = np.rint(C[:, j] * (n - 1)).astype(int).clip(0, n - 1)
+            mean = ((np.bincount(ix, weights=y, minlength=n) + TARGET_PRIOR * ybar)
+                    / (np.bincount(ix, minlength=n) + TARGET_PRIOR))
+            rank = np.argsort(np.argsort(mean, kind="stable"), kind="stable") / (n - 1)
+            X[:, j], C[:, j] = rank[ix], rank[ic]
+        return X, C
 
     @staticmethod
     def _trend(A: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

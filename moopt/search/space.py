@@ -9,6 +9,7 @@ File layout (sections ``training``, ``lora``, ``data``, ``model``)::
     lora:
       r: {type: categorical, values: [8, 16, 32]}
       target_modules: {type: categorical, values: [[q_proj, v_proj], attention]}
+      lr_scheduler_type: {type: categorical, values: [linear, cosine, constant], ordered: false}
     data:
       max_seq_length: 512          # a plain value fixes the parameter
 
@@ -16,6 +17,11 @@ Parameters left out keep the defaults of :class:`moopt.config.TrialConfig`.
 Variables are encoded for pymoo as: log_uniform -> Real over log(value); uniform -> Real;
 int -> Integer over step indices; categorical -> Choice over option indices (so lists such as
 target_modules are hashable and duplicate elimination works).
+
+A categorical is ordered (its options lie on a scale, as batch sizes do) or not (scheduler names, module
+sets): ``ordered: true|false``, by default ordered when its values are numbers listed in ascending or
+descending order. The engine's surrogate reads an ordered one's option index as a position on that scale
+and an unordered one's options in the order of the results they gave (``Engine._target_ordered``).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from moopt.errors import ConfigError
 from moopt.yamlio import read_yaml_mapping
 
 TYPES = ("log_uniform", "uniform", "int", "categorical")
-PARAM_KEYS = {"type", "min", "max", "values", "step"}
+PARAM_KEYS = {"type", "min", "max", "values", "step", "ordered"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,16 @@ class Param:
     high: float | None = None
     step: int = 1
     values: tuple = ()
+    ordered: bool | None = None  # categorical only; None: inferred (see is_ordered)
+
+    @property
+    def is_ordered(self) -> bool:
+        """Whether a categorical's options lie on a scale in the order listed: as the file says, else when
+        they are numbers listed in ascending or descending order ([4, 8, 16] is; [linear, cosine] is not)."""
+        if self.ordered is not None:
+            return self.ordered
+        v = self.values
+        return all(_is_number(x) for x in v) and (list(v) == sorted(v) or list(v) == sorted(v, reverse=True))
 
     @property
     def short(self) -> str:
@@ -265,10 +281,15 @@ def _parse_param(name: str, where: str, spec: dict, ftype: str, errors: list[str
         if len(set(out)) != len(out):
             errors.append(f"{where}: `values` must be distinct, got {values!r}")
             return None
-        return Param(name, typ, values=tuple(out))
-    if "values" in spec:
-        errors.append(f"{where}: `values` only applies to type categorical")
-        return None
+        ordered = spec.get("ordered")
+        if ordered is not None and not isinstance(ordered, bool):
+            errors.append(f"{where}: `ordered` must be true or false, got {ordered!r}")
+            return None
+        return Param(name, typ, values=tuple(out), ordered=ordered)
+    for only in ("values", "ordered"):
+        if only in spec:
+            errors.append(f"{where}: `{only}` only applies to type categorical")
+            return None
     if key == "target_modules" or ftype not in ("int", "float"):
         errors.append(f"{where}: a {ftype} parameter takes type categorical, not {typ}")
         return None
