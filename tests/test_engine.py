@@ -322,3 +322,22 @@ def test_the_surrogate_reads_unordered_choices_in_the_order_of_their_results():
                                                                "values": ["linear", "cosine", "constant"]}}})
     Xo, _ = Engine(ordered, 1, 10, 0)._target_ordered(X[:, :1], y, C[:, :1])
     assert np.array_equal(Xo, X[:, :1])
+
+
+def test_the_surrogates_trees_are_scikit_learns_extra_trees_forest():
+    """_extra_trees builds the trees of ExtraTreesRegressor(N_TREES, max_features=1.0) from the same
+    seeds, without the forest's per-tree overhead: the same predictions, tree by tree."""
+    from sklearn.ensemble import ExtraTreesRegressor
+
+    from moopt.search.engine import N_TREES, _extra_trees
+
+    rng = np.random.default_rng(0)
+    X, C = rng.random((40, 5)), rng.random((17, 5))
+    y = np.sin(6 * X[:, 0]) + X[:, 1] ** 2
+    forest = ExtraTreesRegressor(n_estimators=N_TREES, min_samples_leaf=1, max_features=1.0, random_state=123,
+                                 n_jobs=1).fit(X, y)
+    expected = np.stack([t.predict(C) for t in forest.estimators_])
+    got = _extra_trees(X, y, C, 123)
+    assert got.shape == (N_TREES, 17)
+    assert np.array_equal(got, expected)
+    assert not np.array_equal(got, _extra_trees(X, y, C, 124))
