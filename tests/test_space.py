@@ -105,3 +105,20 @@ def test_categoricals_are_ordered_when_their_numbers_are_listed_in_order_or_the_
     assert got == {"training.batch_size": True, "training.gradient_accumulation_steps": True,
                    "training.lr_scheduler_type": False, "lora.r": False, "lora.alpha": False,
                    "lora.target_modules": True}
+
+
+def test_the_space_a_study_writes_back_reads_as_the_same_space(tmp_path):
+    from moopt.study.outdir import space_to_yaml
+
+    space = load_space(write(tmp_path, (
+        "training:\n"
+        "  learning_rate: {type: log_uniform, min: 1e-5, max: 1e-3}\n"
+        "  num_train_epochs: {type: int, min: 1, max: 5, step: 2}\n"
+        "  lr_scheduler_type: {type: categorical, values: [linear, cosine, constant], ordered: true}\n"
+        "lora:\n"
+        "  alpha: {type: categorical, values: [8, 16, 32], ordered: false}\n"
+        "  target_modules: {type: categorical, values: [[q_proj, v_proj], attention]}\n"
+    )))
+    again = parse_space(space_to_yaml(space))
+    assert again.params == space.params
+    assert [p.is_ordered for p in again.params] == [True, True, True, False, False]

@@ -96,6 +96,8 @@ def space_to_yaml(space: SearchSpace) -> dict[str, Any]:
         section, key = p.name.split(".", 1)
         if p.type == "categorical":
             spec = {"type": p.type, "values": [list(v) if isinstance(v, tuple) else v for v in p.values]}
+            if p.ordered is not None:  # as the file said it; else inferred again on reading
+                spec["ordered"] = p.ordered
         else:
             spec = {"type": p.type, "min": p.low, "max": p.high} | ({"step": p.step} if p.type == "int" and p.step != 1 else {})
         out.setdefault(section, {})[key] = spec
