@@ -60,8 +60,10 @@ def int_param(draw, lo, hi):
     kind = draw(st.sampled_from(["int", "int_step", "fixed", "categorical"]))
     if kind == "fixed":
         return a
-    if kind == "categorical":
-        return {"type": "categorical", "values": sorted(set(draw(st.lists(st.integers(lo, hi), min_size=1, max_size=5))))}
+    if kind == "categorical":  # listed in order or not, said to be ordered or not, or left to inference
+        values = draw(st.permutations(sorted(set(draw(st.lists(st.integers(lo, hi), min_size=1, max_size=5))))))
+        ordered = draw(st.sampled_from([None, True, False]))
+        return {"type": "categorical", "values": list(values)} | ({} if ordered is None else {"ordered": ordered})
     spec = {"type": "int", "min": a, "max": b}
     if kind == "int_step":
         spec["step"] = draw(st.integers(1, max(1, b - a)))
@@ -74,7 +76,8 @@ def choice_param(draw, options):
     values = [options[i] for i in picked]
     if len(values) == 1 and draw(st.booleans()):
         return values[0]  # a plain value fixes it
-    return {"type": "categorical", "values": values}
+    ordered = draw(st.sampled_from([None, True, False]))
+    return {"type": "categorical", "values": values} | ({} if ordered is None else {"ordered": ordered})
 
 
 @st.composite
