@@ -42,6 +42,12 @@ CHOICES = {
 }
 
 
+def categorical(draw, values: list) -> dict:
+    """A categorical spec that says it is ordered, unordered, or leaves it to inference."""
+    ordered = draw(st.sampled_from([None, True, False]))
+    return {"type": "categorical", "values": values} | ({} if ordered is None else {"ordered": ordered})
+
+
 @st.composite
 def float_param(draw, lo, hi):
     a, b = sorted(draw(st.lists(st.floats(lo, hi), min_size=2, max_size=2, unique=True)))
@@ -62,8 +68,7 @@ def int_param(draw, lo, hi):
         return a
     if kind == "categorical":  # listed in order or not, said to be ordered or not, or left to inference
         values = draw(st.permutations(sorted(set(draw(st.lists(st.integers(lo, hi), min_size=1, max_size=5))))))
-        ordered = draw(st.sampled_from([None, True, False]))
-        return {"type": "categorical", "values": list(values)} | ({} if ordered is None else {"ordered": ordered})
+        return categorical(draw, list(values))
     spec = {"type": "int", "min": a, "max": b}
     if kind == "int_step":
         spec["step"] = draw(st.integers(1, max(1, b - a)))
@@ -76,8 +81,7 @@ def choice_param(draw, options):
     values = [options[i] for i in picked]
     if len(values) == 1 and draw(st.booleans()):
         return values[0]  # a plain value fixes it
-    ordered = draw(st.sampled_from([None, True, False]))
-    return {"type": "categorical", "values": values} | ({} if ordered is None else {"ordered": ordered})
+    return categorical(draw, values)
 
 
 @st.composite

@@ -123,6 +123,11 @@ def _extra_trees(X: np.ndarray, y: np.ndarray, C: np.ndarray, seed: int) -> np.n
     return out
 
 
+def _option_index(col: np.ndarray, n: int) -> np.ndarray:
+    """A choice's option indices from its column of the [0, 1]^d encoding (``Engine._vec``: index / (n - 1))."""
+    return np.rint(col * max(n - 1, 1)).astype(int).clip(0, n - 1)
+
+
 def _sklearn_available() -> bool:
     try:
         import sklearn.ensemble  # noqa: F401
@@ -299,8 +304,7 @@ class Engine:
             if not all(positive(v) for v in vals):
                 return None
             logs = np.log(np.array(vals, dtype=float))
-            idx = np.rint(V[:, j] * max(len(logs) - 1, 1)).astype(int).clip(0, len(logs) - 1)
-            return logs[idx], float(logs.min()), float(logs.max())
+            return logs[_option_index(V[:, j], len(logs))], float(logs.min()), float(logs.max())
         lo, hi = var.bounds
         x = lo + V[:, j] * (hi - lo)
         if p.type == "log_uniform":  # encoded as the log already
@@ -540,8 +544,7 @@ class Engine:
         X, C = X.copy(), C.copy()
         ybar = float(np.mean(y))
         for j, n in cols:
-            ix = np.rint(X[:, j] * (n - 1)).astype(int).clip(0, n - 1)
-            ic = np.rint(C[:, j] * (n - 1)).astype(int).clip(0, n - 1)
+            ix, ic = _option_index(X[:, j], n), _option_index(C[:, j], n)
             mean = ((np.bincount(ix, weights=y, minlength=n) + TARGET_PRIOR * ybar)
                     / (np.bincount(ix, minlength=n) + TARGET_PRIOR))
             rank = np.argsort(np.argsort(mean, kind="stable"), kind="stable") / (n - 1)
