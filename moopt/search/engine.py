@@ -132,6 +132,14 @@ def _extra_trees(X: np.ndarray, y: np.ndarray, C: np.ndarray, seed: int) -> np.n
     return out
 
 
+def _discrepancy(V) -> float:
+    """DESIGN_DISCREPANCY of points in the [0, 1]^d encoding (lower: more evenly spread). Clipped because a
+    fixed point (the default, a warm start) may lie outside the searched ranges, which scipy refuses."""
+    from scipy.stats import qmc
+
+    return float(qmc.discrepancy(np.clip(np.asarray(V, dtype=float), 0.0, 1.0), method=DESIGN_DISCREPANCY))
+
+
 def _option_index(col: np.ndarray, n: int) -> np.ndarray:
     """A choice's option indices from its column of the [0, 1]^d encoding (``Engine._vec``: index / (n - 1))."""
     return np.rint(col * max(n - 1, 1)).astype(int).clip(0, n - 1)
@@ -332,14 +340,11 @@ class Engine:
         LHS_TRIES Latin hypercubes, the one whose points, ``fixed`` included, are spread most evenly (the
         lowest DESIGN_DISCREPANCY in the [0, 1]^d encoding, ``scipy.stats.qmc.discrepancy``; scipy's own
         LatinHypercube optimises it the same way). See DESIGN_DISCREPANCY for the criterion's A/B."""
-        from scipy.stats import qmc
-
         F = [self._vec(x) for x in fixed]
         best, best_d = None, math.inf
         for _ in range(LHS_TRIES):
             design = self._latin(k, rng)
-            V = np.clip(np.array(F + [self._vec(x) for x in design]), 0.0, 1.0)
-            d = float(qmc.discrepancy(V, method=DESIGN_DISCREPANCY))
+            d = _discrepancy(F + [self._vec(x) for x in design])
             if d < best_d:
                 best, best_d = design, d
         return best
