@@ -63,3 +63,18 @@ def test_noisy_tables_are_also_scored_at_each_configurations_mean(load_bench):
             reruns += 1
         seen.add(key)
     assert reruns == run.duplicates > 0
+
+
+def test_a_gap_is_called_beyond_noise_only_when_the_seeds_show_it(load_bench):
+    """The summary's CI of the gap between medians excludes 0 for a real gap and holds 0 for two draws of
+    one distribution, so a cell below TPE by the seeds' noise is not read as a loss (nor the reverse)."""
+    bench = load_bench("bench_hpo")
+    rng = np.random.default_rng(0)
+    same_a, same_b = rng.normal(0.9, 0.02, 200), rng.normal(0.9, 0.02, 200)
+    lo, hi = bench.median_gap_ci(same_a, same_b)
+    assert lo < 0 < hi
+    lo, hi = bench.median_gap_ci(same_a - 0.02, same_b)
+    assert hi < 0
+    tab = {("t", "moopt"): {10: list(same_a - 0.02)}, ("t", "optuna-tpe"): {10: list(same_b)}}
+    line = bench.tpe_cells_line(tab, ["t"], [10], "moopt")
+    assert "0 of 1" in line and "t@10 (gap 95% CI" in line and line.endswith("below 0) in 1")
