@@ -14,6 +14,10 @@ from typing import Any
 
 from moopt.config import TrialConfig
 
+# what a trial stopped by --time_budget_hours records as its error ("time budget reached at step k"): it is
+# PRUNED, but evaluated on the whole validation set, as a COMPLETE trial is (moopt/report/results.py reads it)
+TIME_BUDGET_CUT = "time budget reached"
+
 
 class TrialState(StrEnum):
     """How a trial ended. A ``str``: journals, CSV and f-strings carry the bare value ("COMPLETE")."""

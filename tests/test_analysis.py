@@ -220,3 +220,32 @@ def test_single_objective_study(tmp_path):
     a = write_analysis(out, load_study(out))
     assert list(a.importance) == ["eval_loss"]
     assert list(a.correlations.columns) == ["eval_loss"]
+
+
+def test_a_trial_cut_by_the_time_budget_that_beats_the_best_is_named_in_the_summary(tmp_path):
+    """A trial stopped by --time_budget_hours is PRUNED (its configuration was not trained to the end), so the
+    best stays a COMPLETE trial; but its metrics are on the whole validation set, and when they score above the
+    best the summary says so and where its adapter is. A rung-pruned trial (metrics on a subset) is not named."""
+    import io
+
+    from rich.console import Console
+
+    from moopt.report.results import cut_by_time_ahead, print_summary
+
+    trials = synthetic_trials(8)
+    great = {"eval_loss": 0.5, "eval_accuracy": 0.97, "peak_memory_gb": 1.0}
+    trials[3] = {**trials[3], "metrics": dict(great)}  # pruned at a rung: not comparable
+    trials[4] = {**trials[4], "state": "PRUNED", "error": "time budget reached at step 5", "metrics": dict(great)}
+    trials[6] = {**trials[6], "state": "PRUNED", "error": "time budget reached at step 5",
+                 "metrics": {"eval_loss": 9.0, "eval_accuracy": 0.01, "peak_memory_gb": 1.0}}
+    out = write_fake_study(tmp_path / "s", trials)
+    data = load_study(out)
+    assert data.best not in (3, 4, 6)
+    assert [n for n, *_ in cut_by_time_ahead(data)] == [4]
+    buf = io.StringIO()
+    best = data.table[data.table.number == data.best].iloc[0]
+    summary = {"best_config": {}, "best_metrics": {n: float(best[f"values_{n}"]) for n in data.objectives.names}}
+    print_summary(data, summary, Console(file=buf, width=400, highlight=False))
+    said = buf.getvalue()
+    assert "Trial 4 was cut by the time budget at step 5 of 10 and already scores" in said
+    assert "trial_results/trial_4/adapter" in said and "Trial 6 was cut" not in said and "Trial 3 was cut" not in said

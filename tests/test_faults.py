@@ -80,6 +80,67 @@ def test_time_budget_stops_new_trials_and_still_writes_the_report(tiny_model, ti
     assert (out / "optimization_plot.png").is_file()
 
 
+def test_the_time_budget_predicts_a_trial_from_trials_of_its_batch_size_and_kind():
+    """Tokens/s grows with the micro-batch (SmolLM2 on 2 CPU cores: 28 at batch 1, 130 at batch 8), so the
+    median of a study's trials (58) read a batch-1 trial of 5 epochs as fitting 8 minutes: it started, and was
+    cut by the budget half-way. The prediction follows the batch size, and trials of the same quantization."""
+    from moopt.config import TrialConfig
+    from moopt.records import TrialResult, TrialState
+    from moopt.study.scheduler import Study
+
+    def end(batch, tps, quantization="none"):
+        return TrialResult(number=0, state=TrialState.COMPLETE, tokens_per_s=tps, train_tokens=5165, train_seconds=5165 / tps,
+                           duration_s=5165 / tps + 5, steps=10, total_steps=10, epochs=1.0,
+                           config={"training": {"batch_size": batch}, "model": {"quantization": quantization}})
+
+    long = TrialConfig.from_dict({"training": {"batch_size": 1, "num_train_epochs": 5}})
+    short = TrialConfig.from_dict({"training": {"batch_size": 8, "num_train_epochs": 1}})
+    durations = [s for b, t in ((8, 129.0), (2, 45.0), (4, 71.0), (1, 27.6)) for s in Study.duration_sample(end(b, t))]
+    deadline = time.time() + 8 * 60
+    assert not Study.fits_time(long, durations, deadline)  # 5 x 5165 / 28 s: about 15 minutes (the median said 7.5)
+    durations += Study.duration_sample(end(8, 20.0, "8bit"))  # another kind: not mixed in
+    assert Study.tokens_per_s(long, durations) == pytest.approx(27.6, rel=0.15)
+    assert Study.tokens_per_s(short, durations) == pytest.approx(129.0, rel=0.15)
+    assert not Study.fits_time(long, durations, deadline)
+    assert Study.fits_time(short, durations, deadline)
+    assert Study.fits_time(long, durations, time.time() + 20 * 60)
+    quant = TrialConfig.from_dict({"training": {"batch_size": 8}, "model": {"quantization": "8bit"}})
+    assert Study.tokens_per_s(quant, durations) == pytest.approx(20.0)  # its own kind's one trial
+
+
+def test_a_queued_configuration_that_can_finish_runs_before_one_that_cannot():
+    """Near the deadline the next individual may be too long while another of its generation is short: the
+    short one runs, the long one waits behind it; the study stops only when none of them can finish."""
+    from types import SimpleNamespace
+
+    from moopt.config import TrialConfig
+    from moopt.records import TrialResult, TrialState
+    from moopt.search.space import parse_space
+    from moopt.study.scheduler import Scheduler, Study
+
+    space = parse_space({"training": {"batch_size": {"type": "categorical", "values": [1, 8]},
+                                      "num_train_epochs": {"type": "int", "min": 1, "max": 5}}}, source="<test>")
+    long = TrialConfig.from_dict({"training": {"batch_size": 1, "num_train_epochs": 5}})
+    short = TrialConfig.from_dict({"training": {"batch_size": 8, "num_train_epochs": 1}})
+    durations = [s for b, t in ((8, 129.0), (1, 27.6)) for s in Study.duration_sample(TrialResult(
+        number=0, state=TrialState.COMPLETE, tokens_per_s=t, train_tokens=5165, train_seconds=5165 / t, duration_s=5165 / t,
+        steps=10, total_steps=10, epochs=1.0, config={"training": {"batch_size": b}, "model": {}}))]
+    sch = Scheduler.__new__(Scheduler)
+    pending = [SimpleNamespace(X=space.encode(c)) for c in (long, short)]
+    sch.ck = SimpleNamespace(engine=SimpleNamespace(pending=pending))
+    sch.cfg = SimpleNamespace(space=space)
+    sch.study = SimpleNamespace(config_key=lambda t: repr(t.to_dict()), fits_time=Study.fits_time)
+    sch.evaluated, sch.durations, sch.gate, sch.next_number, sch.stop_note = {}, durations, None, 0, None
+    sch.placer = SimpleNamespace(place=lambda number, gb: "cpu", on_gpu=False)
+    sch.deadline = time.time() + 8 * 60
+    started = []
+    sch.start = lambda idx, number, tcfg, x, key, slot: started.append((idx, tcfg.training.batch_size))
+    sch.queue = [(1, -1)]
+    assert sch.admit(0, -1) and started == [(1, 8)] and sch.queue == [(0, -1)] and sch.stop_note is None
+    assert not sch.admit(*sch.queue.pop(0)) and started == [(1, 8)]
+    assert sch.stop_note.startswith("time budget: none of the next configurations could finish")
+
+
 def test_a_hanging_trial_is_killed_recorded_fail_with_the_reason_and_the_study_goes_on(tiny_model, tiny_data, space,
                                                                                       tmp_path, monkeypatch):
     monkeypatch.setenv("MOOPT_INJECT_FAULT", "1:hang@2")  # trial 1 sleeps forever after its first step

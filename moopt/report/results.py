@@ -9,6 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
+from moopt.records import TIME_BUDGET_CUT, TrialState
 from moopt.report.plots import plot_optimization, plot_pareto
 from moopt.report.table import StudyData, best_config, load_study, searched
 
@@ -79,6 +83,11 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
         + f"; {data.score_origin}: " + ", ".join(f"{k} {start[k]:.4f}" for k in m if k in start))
     weights = " + ".join(f"{w:.2g} x {n}" for n, w in zip(data.objectives.names, data.objectives.weights))
     say(f"  (weighted progress from {data.score_origin.split(' (')[0]} (0) to the ideal (1): {weights})")
+    for number, score, metrics, cut in cut_by_time_ahead(data):
+        say(f"  Trial {number} was cut by the time budget at {cut} and already scores {score:.3f} ("
+            + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + ", on the whole validation set), ahead of "
+            f"the best COMPLETE trial: its adapter is trial_results/trial_{number}/adapter; "
+            f"moopt train --config trial_results/trial_{number}/config.yaml trains its configuration to the end")
     if importance:
         from moopt.report.analysis import format_importance
 
@@ -99,6 +108,30 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
         for name, what in files:
             if (out / name).exists():
                 say(f"  {name:<34} {what}")
+
+def cut_by_time_ahead(data: StudyData) -> list[tuple[int, float, dict[str, float], str]]:
+    """Trials stopped by --time_budget_hours (PRUNED, "time budget reached at step k") whose metrics, taken
+    on the whole validation set as a COMPLETE trial's are, score above the best COMPLETE trial: (number,
+    score, metrics, where it was cut). The best stays a COMPLETE trial (a cut one's configuration was not
+    trained to the end), but such a trial is the best model the study holds, which the user should hear."""
+    t = data.table
+    if data.best_score is None or not len(t) or "error" not in t.columns or data.score_start is None:
+        return []
+    cols = [f"values_{n}" for n in data.objectives.names]
+    cut = t[(t.state == TrialState.PRUNED) & t.error.fillna("").str.startswith(TIME_BUDGET_CUT)].dropna(subset=cols)
+    if not len(cut):
+        return []
+    F = np.array([data.objectives.to_minimize(dict(zip(data.objectives.names, r))) for r in cut[cols].to_numpy()])
+    scores = data.objectives.score(F, data.objectives.to_minimize(data.score_start))
+    out = []
+    for (_, row), score in zip(cut.iterrows(), scores):
+        if score > data.best_score:
+            where = row.error.removeprefix(TIME_BUDGET_CUT + " at ")
+            if pd.notna(row.get("total_steps")):
+                where += f" of {int(row.total_steps)}"
+            out.append((int(row.number), float(score), {n: float(row[c]) for n, c in zip(data.objectives.names, cols)}, where))
+    return out
+
 
 def _short(v: Any) -> Any:
     """Console form of a value: 3 significant digits (2.35e-05, 0.063), whole floats as integers,

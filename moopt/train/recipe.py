@@ -21,7 +21,7 @@ import torch
 
 from moopt.config import TrialConfig, resolve_dtype
 from moopt.memory.measure import is_out_of_memory, peak_memory_gb, reset_peak
-from moopt.records import TrialResult, TrialSpec, TrialState
+from moopt.records import TIME_BUDGET_CUT, TrialResult, TrialSpec, TrialState
 from moopt.search.pruner import rung_eval_size
 from moopt.train.data import TokenizedSet, collate, micro_batches, n_micro_batches, subset, tokenize_file
 from moopt.train.step import StepResult, causal_lm_loss, check_finite, train_step
@@ -333,7 +333,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
                     break
                 reporter.phase("training", f"{total_steps} optimizer steps")
             if spec.deadline is not None and time.time() > spec.deadline:
-                stop_reason = "time budget reached"
+                stop_reason = TIME_BUDGET_CUT
                 break
             t_step = time.time()
         result.train_seconds = time.time() - t0
