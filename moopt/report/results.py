@@ -109,6 +109,7 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
             if (out / name).exists():
                 say(f"  {name:<34} {what}")
 
+
 def cut_by_time_ahead(data: StudyData) -> list[tuple[int, float, dict[str, float], str]]:
     """Trials stopped by --time_budget_hours (PRUNED, "time budget reached at step k") whose metrics, taken
     on the whole validation set as a COMPLETE trial's are, score above the best COMPLETE trial: (number,

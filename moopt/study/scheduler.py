@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -98,6 +98,21 @@ def _on_sigterm_raise():
         return signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread
         return None
+
+
+class DurationSample(NamedTuple):
+    """A finished trial's timing, from which :meth:`Study.fits_time` predicts the next trial's duration."""
+
+    tokens_per_epoch: float  # training tokens of one epoch (the data after truncation)
+    tokens_per_s: float
+    overhead_s: float  # the trial's wall time outside training
+    batch: int  # micro-batch size
+    kind: tuple[str, bool]  # (quantization, gradient checkpointing): what else moves tokens/s most
+
+
+def _speed_key(cfg: TrialConfig) -> tuple[int, tuple[str, bool]]:
+    """(micro-batch size, DurationSample.kind) of a trial configuration."""
+    return int(cfg.training.batch_size), (str(cfg.model.quantization), bool(cfg.model.gradient_checkpointing))
 
 
 class Study:
@@ -340,44 +355,39 @@ class Study:
         return json.dumps(cfg.to_dict(), sort_keys=True)
 
     @staticmethod
-    def duration_sample(end: TrialResult) -> list[tuple]:
-        """(train tokens per epoch, tokens/s, seconds outside training, micro-batch size, (quantization,
-        gradient checkpointing)) of a finished trial, for :meth:`fits_time`; none when it did not train."""
+    def duration_sample(end: TrialResult) -> list[DurationSample]:
+        """What a finished trial says of trial durations (for :meth:`fits_time`); none when it did not train."""
         tps, tokens, secs = end.tokens_per_s, end.train_tokens, end.train_seconds
         if not tps or not tokens or not end.total_steps:
             return []
         frac_done = end.steps / end.total_steps
         per_epoch = tokens / max(frac_done * end.epochs, 1e-9)
-        cfg = end.config or {}
-        batch = (cfg.get("training") or {}).get("batch_size")
-        model = cfg.get("model") or {}
-        kind = (str(model.get("quantization", "none")), bool(model.get("gradient_checkpointing", False)))
-        return [(per_epoch, tps, max(0.0, end.duration_s - secs), batch, kind)]
+        batch, kind = _speed_key(TrialConfig.from_dict(end.config or {}))
+        return [DurationSample(per_epoch, tps, max(0.0, end.duration_s - secs), batch, kind)]
 
     @staticmethod
-    def tokens_per_s(tcfg: TrialConfig, durations) -> float:
+    def tokens_per_s(tcfg: TrialConfig, durations: list[DurationSample]) -> float:
         """A trial's training tokens/s, predicted from the finished trials' (``duration_sample``): those of the
         same quantization and checkpointing where there are some, then a power law in the micro-batch size
         fitted to them when they span two sizes or more (exponent clipped to [0, 1]: a larger micro-batch
         moves no fewer tokens a second, and at most proportionally more), else their median. On 2 CPU cores
         SmolLM2 trains at 28 tokens/s at batch 1 and 130 at batch 8, so the median of a study's trials (58)
         predicted a batch-1 trial of 5 epochs at half its real 16 minutes, and it started with 8 left."""
-        kind = (str(tcfg.model.quantization), bool(tcfg.model.gradient_checkpointing))
-        same = [d for d in durations if len(d) > 4 and tuple(d[4]) == kind] or list(durations)
-        pts = [(float(d[3]), float(d[1])) for d in same if len(d) > 3 and d[3]]
-        if len({b for b, _ in pts}) >= 2:
-            x, y = np.log([b for b, _ in pts]), np.log([t for _, t in pts])
+        batch, kind = _speed_key(tcfg)
+        same = [d for d in durations if d.kind == kind] or durations
+        if len({d.batch for d in same}) >= 2:
+            x, y = np.log([d.batch for d in same]), np.log([d.tokens_per_s for d in same])
             slope = float(np.clip(np.polyfit(x, y, 1)[0], 0.0, 1.0))
-            return float(np.exp(np.mean(y - slope * x) + slope * math.log(tcfg.training.batch_size)))
-        return float(np.median([d[1] for d in same]))
+            return float(np.exp(np.mean(y - slope * x) + slope * math.log(batch)))
+        return float(np.median([d.tokens_per_s for d in same]))
 
     @staticmethod
     def fits_time(tcfg: TrialConfig, durations, deadline: float) -> bool:
         """Predicted duration from measured tokens/s (:meth:`tokens_per_s`): can this trial end before the deadline?"""
         if not durations:
             return time.time() < deadline
-        per_epoch = float(np.median([d[0] for d in durations]))
-        overhead = float(np.median([d[2] for d in durations]))
+        per_epoch = float(np.median([d.tokens_per_epoch for d in durations]))
+        overhead = float(np.median([d.overhead_s for d in durations]))
         predicted = per_epoch * tcfg.training.num_train_epochs / Study.tokens_per_s(tcfg, durations) + overhead
         return time.time() + predicted <= deadline
 
@@ -463,7 +473,7 @@ class Scheduler:
         self.running: dict[int, Running] = {}
         self.finished: dict[int, TrialResult] = {}
         self.evaluated: dict[str, TrialResult] = {}  # config_key -> its trial's end
-        self.durations: list[tuple] = []  # Study.duration_sample's, of every finished trial
+        self.durations: list[DurationSample] = []  # of every finished trial
         self.n_started = 0  # finished or started trials, toward cfg.num_trials
         self.next_number = 0
         self.stop_note: str | None = None  # why no more trials start (time budget, space exhausted)
@@ -569,7 +579,7 @@ class Scheduler:
         if self.deadline is not None and not study.fits_time(tcfg, self.durations, self.deadline):
             # another queued individual of this generation that can still finish runs first; this one waits
             # behind it (time only runs out, so it never becomes able to finish)
-            for j, (other, num) in enumerate(self.queue):
+            for j, (other, _) in enumerate(self.queue):
                 if study.fits_time(self.cfg.space.decode(dict(self.engine.pending[other].X)), self.durations, self.deadline):
                     self.queue.append((idx, number))
                     return self.admit(*self.queue.pop(j))
