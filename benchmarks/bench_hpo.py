@@ -53,8 +53,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-# moopt is installed (pip install -e .): the repo root is not put on sys.path, where its kernels/
-# folder would pose as Hugging Face's `kernels` package.
+# moopt is installed (pip install -e .): the repo root is not put on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also under python -P
 from common import COLUMNS, RESULTS, ROOT, pyplot, read_rows, write_rows  # noqa: E402, F401  (COLUMNS: the CSV's header)
 

@@ -18,8 +18,8 @@ them back (numbers as numbers, ``params`` as a dict); ``wide`` pivots long rows 
 (problem, provider, seed, n_trials, params) with one key per ``what``, which is how the summaries read them.
 
 Scripts import this module by name: ``python benchmarks/bench_x.py`` puts benchmarks/ first on
-sys.path; under ``python -P`` (which leaves it off, so that the repository's kernels/ folder never
-poses as Hugging Face's ``kernels`` package) each script adds its own folder first.
+sys.path; under ``python -P`` (which leaves it off, so that moopt is imported as installed, never
+from the checkout) each script adds its own folder first.
 """
 
 from __future__ import annotations

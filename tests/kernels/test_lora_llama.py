@@ -3,6 +3,10 @@
 import copy
 import importlib.metadata
 import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import moopt_kernels
 import pytest
@@ -48,8 +52,8 @@ def test_importing_moopt_kernels_leaves_transformers_loading_intact(tmp_path):
     model = tiny_llama()
     model.save_pretrained(tmp_path)
     assert moopt_kernels.HAS_TRITON in (True, False)
-    # From the repo root `import kernels` finds our folder (the cwd is on sys.path); transformers must
-    # still not take it for Hugging Face's `kernels` package, which it detects by distribution metadata.
+    # Without Hugging Face's `kernels` installed, whatever `import kernels` finds (tests/kernels/, a
+    # namespace portion) must not pass for it: transformers detects it by distribution metadata.
     if importlib.util.find_spec("kernels") is not None and not _hf_kernels_installed():
         assert not transformers.utils.is_kernels_available()
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
@@ -173,3 +177,23 @@ def test_triton_backend_gives_the_torch_backend_gradients():
         model(tokens(length=8)).logits.square().mean().backward()
     for a, b in zip(lora_parameters(models["triton"]), lora_parameters(models["torch"])):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_checkout_root_on_sys_path_does_not_shadow_hf_kernels():
+    """`python -c` (and Ray workers, `python -m`) put the checkout's root first on sys.path. Its kernels/
+    folder holds no __init__.py, so `import kernels` still finds Hugging Face's package when installed
+    (transformers >= 5.25 requires it) and never moopt's code; moopt_kernels still imports."""
+    root = Path(__file__).resolve().parents[2]
+    probe = ("import importlib.util, json, kernels, moopt_kernels, transformers; "
+             "print(json.dumps({'file': getattr(kernels, '__file__', None), "
+             "'paths': [str(p) for p in getattr(kernels, '__path__', [])], "
+             "'lora': moopt_kernels.lora_linear.__module__}))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["lora"] == "moopt_kernels.lora_linear"
+    if _hf_kernels_installed():
+        assert found["file"] and not Path(found["file"]).resolve().is_relative_to(root / "kernels")
+    else:  # only a namespace package of folders, none of them holding moopt's kernels
+        assert found["file"] is None
+        assert not any((Path(p) / "lora_linear.py").exists() for p in found["paths"])

@@ -12,7 +12,7 @@ X + S (16.1 MiB). The torch backend (the CPU path) keeps X̂ in place of X, and 
 per element of X): drawing it again in backward cost more than a projection there.
 Products always contract through r; B·A (N×K) is never formed.
 
-Two backends compute the same math (one availability flag and override, kernels/_backend.py):
+Two backends compute the same math (one availability flag and override, _backend.py):
 - ``torch``: plain PyTorch, the reference and the CPU path. Mask from 16-bit draws of a Generator
   seeded per call (``torch_keep``), so (seed, shape, p) fixes it.
 - ``triton``: kernel 1 reads X once for dropout + S (mask from ``tl.rand(seed, m*K + k)``); the base
@@ -32,6 +32,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from moopt_kernels._backend import TritonKernelError, interpreting, next_pow2, resolve_backend
 
 # tl.rand offsets are int32 (m*K + k): one call covers at most 2**31 elements of X,

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
 from moopt_kernels._backend import resolve_backend
 from moopt_kernels.lora_linear import lora_down, lora_grad_in, lora_grad_out, torch_down, torch_grad_in, torch_keep
 
