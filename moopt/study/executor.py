@@ -28,6 +28,7 @@ from typing import Any, Callable
 from moopt.records import TrialResult, TrialSpec, TrialState
 from moopt.study.placement import Slot
 from moopt.study.watchdog import Liveness, StallPolicy
+from moopt.train.worker import child_env
 
 
 class ExecutorBase:
@@ -138,15 +139,8 @@ class LocalExecutor(ExecutorBase):
         threading.Thread(target=self._watch, args=(spec, worker), daemon=True).start()
 
     def _start(self, spec: TrialSpec, slot: Slot, key: tuple) -> Worker:
-        env = dict(os.environ)
-        env["CUDA_VISIBLE_DEVICES"] = slot.device.split(":", 1)[1] if slot.device.startswith("cuda:") else ""
-        env["OMP_NUM_THREADS"] = str(slot.threads)
+        env = child_env(slot.threads, slot.device.split(":", 1)[1] if slot.device.startswith("cuda:") else "")
         env["MOOPT_WARM_WORKERS"] = "1" if self.warm else "0"
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        # `python -m` puts the working directory first on sys.path: run from a checkout of moopt, its
-        # top-level kernels/ folder would shadow Hugging Face's `kernels` package (bitsandbytes and
-        # transformers probe for it). Safe path (Python >= 3.11) keeps the cwd out.
-        env["PYTHONSAFEPATH"] = "1"
         log = open(Path(spec.output_dir) / "log.txt", "w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "moopt.train.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -32,6 +32,38 @@ HUB_FILES = ("*.json", "tokenizer.model", "*.tiktoken", "*.txt")  # config, gene
 HUB_SKIP = ("*/*",)  # subfolders (Meta's original/ with *.pth, onnx/, ...): from_pretrained reads the root only
 
 
+def import_bitsandbytes_offline() -> None:
+    """Import bitsandbytes (``import peft`` and quantised loading do) without its Hub request.
+
+    On a CPU with avx512_bf16, importing bitsandbytes asks the Hub for a kernels-community kernel once
+    Hugging Face's ``kernels`` package is installed (transformers >= 5.25 requires it): a publisher
+    check, then a download of code to run. A trial has its base model on disk and must not need the
+    network (a resumed study or ``moopt train`` on the study's commit makes no request at all), and that
+    kernel serves batch-1 inference only, which no trial runs: bitsandbytes falls back to its own. So
+    the first import runs with huggingface_hub offline (read at call time by ``kernels``), and the two
+    warnings of that fallback are dropped. Trial processes also start with HF_HUB_OFFLINE=1
+    (moopt.train.worker.child_env); this covers ``moopt train``, which trains in its own process."""
+    import sys
+
+    if "bitsandbytes" in sys.modules or importlib.util.find_spec("bitsandbytes") is None:
+        return
+    import logging
+
+    from huggingface_hub import constants
+
+    quiet = logging.getLogger("kernels._internals.hf_hub")
+    drop = lambda record: "offline mode" not in str(record.msg)  # noqa: E731  "Skipping publisher trust check ..."
+    was, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    quiet.addFilter(drop)
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:  # a broken install fails where it is used, with its own message
+        pass
+    finally:
+        constants.HF_HUB_OFFLINE = was
+        quiet.removeFilter(drop)
+
+
 def cache_root() -> Path:
     root = os.environ.get("MOOPT_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "moopt"

@@ -34,6 +34,7 @@ from moopt.config import TrialConfig
 from moopt.errors import ConfigError
 from moopt.memory.measure import is_out_of_memory, measure_peak
 from moopt.memory.rss import peak_rss_bytes
+from moopt.train.worker import child_env
 
 GIB = 1024**3
 
@@ -100,13 +101,7 @@ def probe_peak(
     spec = {"model_path": str(model_path), "trial": trial.to_dict(), "device": device, "kernels": kernels,
             "steps": int(steps), "threads": int(threads), "seed": int(seed), "nvml_baseline": baseline,
             "shape": [int(x) for x in shape] if shape else None}
-    env = dict(os.environ)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["PYTHONSAFEPATH"] = "1"  # no cwd on sys.path: see LocalExecutor.submit
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""  # as LocalExecutor does for a CPU slot
+    env = child_env(threads, "" if device == "cpu" else None)  # a CPU probe hides GPUs, as a CPU slot does
     t0 = time.time()
     try:
         proc = subprocess.run(

@@ -24,6 +24,7 @@ from moopt.memory.measure import is_out_of_memory, peak_memory_gb, reset_peak
 from moopt.records import TIME_BUDGET_CUT, TrialResult, TrialSpec, TrialState
 from moopt.search.pruner import rung_eval_size
 from moopt.train.data import TokenizedSet, collate, micro_batches, n_micro_batches, subset, tokenize_file
+from moopt.train.models import import_bitsandbytes_offline
 from moopt.train.step import StepResult, causal_lm_loss, check_finite, train_step
 from moopt.train.warm import WarmBase
 
@@ -196,6 +197,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
     ``release`` once this returns); without it everything is loaded here."""
     reporter = reporter or NullReporter()
     t_start = time.time()
+    import_bitsandbytes_offline()  # before peft or a quantised load imports it: no Hub request from a trial
     cfg, tc = spec.config, spec.config.training
     result = TrialResult(number=spec.number, state=TrialState.FAIL)
     out_dir = Path(spec.output_dir)

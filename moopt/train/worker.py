@@ -24,6 +24,29 @@ from pathlib import Path
 HEARTBEAT_S = 1.0  # at most one heartbeat a second: evaluation batches of a tiny model take milliseconds
 
 
+def child_env(threads: int | None = None, cuda_visible: str | None = None) -> dict[str, str]:
+    """The environment of a process that trains or probes one configuration (this worker, the probe).
+
+    - ``PYTHONSAFEPATH``: ``python -m`` would put the working directory first on sys.path, where a
+      user's folder could shadow an installed package (Python >= 3.11 keeps it out).
+    - ``HF_HUB_OFFLINE``: the study resolved the base model to a local folder before any trial, so a
+      trial never needs the Hub. Without it, importing bitsandbytes (``import peft`` does) on a CPU
+      with avx512_bf16 asks the Hub for a kernels-community kernel once Hugging Face's ``kernels``
+      package is installed (transformers >= 5.25 requires it): a request per worker, which breaks a
+      resumed study's promise of no request at all and waits on the network when there is none.
+      bitsandbytes falls back to its own kernels (that one serves batch-1 inference only).
+    """
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONSAFEPATH"] = "1"
+    env["HF_HUB_OFFLINE"] = "1"
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    if cuda_visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cuda_visible
+    return env
+
+
 class PipeReporter:
     def __init__(self, out, inp):
         self.out, self.inp = out, inp
