@@ -63,7 +63,8 @@ def synthetic_trials(n: int, seed: int = 0) -> list[dict]:
 
 def write_fake_study(out: Path, trials: list[dict], objectives=("eval_loss", "eval_accuracy"),
                      weights=(0.7, 0.3), space: str | None = SPACE) -> Path:
-    """What a study leaves behind, minus models: journal.jsonl, search_space.yaml, metrics.json."""
+    """What a study leaves behind, minus models: journal.jsonl, search_space.yaml, metrics.json. A trial
+    with ``rung_metrics`` has a rung-0 event at step 5 with them."""
     out.mkdir(parents=True, exist_ok=True)
     if space is not None:
         (out / "search_space.yaml").write_text(space)
@@ -73,6 +74,9 @@ def write_fake_study(out: Path, trials: list[dict], objectives=("eval_loss", "ev
     for n, t in enumerate(trials):
         start, end = f"2026-01-01T00:{n:02d}:00", f"2026-01-01T00:{n:02d}:30"
         j.append({"type": "trial_start", "number": n, "datetime_start": start, "params": t["params"]})
+        if t.get("rung_metrics"):
+            j.append({"type": "rung", "number": n, "rung": 0, "step": 5, "metrics": t["rung_metrics"],
+                      "decision": "prune" if t["state"] == "PRUNED" else "continue", "reason": ""})
         total = 10
         steps = {"PRUNED": 5, "FAIL": 2}.get(t["state"], total)
         j.append({"type": "trial_end", "number": n, "datetime_start": start, "datetime_complete": end,
@@ -130,6 +134,43 @@ def test_importance_only_uses_complete_trials_and_explains_why_when_too_few(tmp_
     assert dict(imp) == {} and imp.n_trials == 2
     assert "2 COMPLETE trial(s)" in imp.reason and "at least 3" in imp.reason
     assert "not computed" in format_importance(imp)
+
+
+def test_too_few_complete_trials_fall_back_to_the_values_at_a_pruning_rung(tmp_path):
+    """The guide's basic study prunes most trials: importance then comes from the rung every trial
+    reached, and says so everywhere it is shown (console text, CSV, PNG, HTML)."""
+    pytest.importorskip("optuna")
+    pytest.importorskip("sklearn")
+    import pandas as pd
+
+    from moopt.report.analysis import write_analysis
+    from moopt.report.html import write_html_report
+
+    trials = synthetic_trials(12)
+    for i, t in enumerate(trials):
+        x = math.log10(t["params"]["learning_rate"]) + 5
+        t["rung_metrics"] = {"eval_loss": 2.0 + 0.4 * x + 0.001 * i, "eval_accuracy": 0.5 - 0.1 * x}
+        if i >= 2:
+            t["state"], t["error"], t["metrics"] = "PRUNED", "pruned at step 5", {}
+    out = write_fake_study(tmp_path / "pruned", trials)
+    data = load_study(out)
+    for target in ("eval_loss", "eval_accuracy", SCORE):
+        imp = param_importance(data, target, seed=0, output_dir=out)
+        assert imp.rung == 0 and imp.n_complete == 2 and imp.n_trials == 12, (target, imp.reason)
+        assert next(iter(imp)) == "learning_rate" and imp["learning_rate"] > 0.5, dict(imp)
+    text = format_importance(param_importance(data, SCORE, output_dir=out))
+    assert "at pruning rung 1, 12 trials (2 COMPLETE): what drove the early evaluations" in text
+    write_analysis(out, data)
+    csv = pd.read_csv(out / "param_importance.csv")
+    assert set(csv.basis) == {"rung 1"}
+    write_html_report(out, data)
+    assert "pruning rung" in (out / "report.html").read_text()
+
+    # fewer than 3 at any rung: not computed, and the reason counts both
+    few = write_fake_study(tmp_path / "few", [dict(t, rung_metrics=t["rung_metrics"] if i < 2 else None)
+                                              for i, t in enumerate(trials[:4])])
+    imp = param_importance(load_study(few), "eval_loss", output_dir=few)
+    assert dict(imp) == {} and "2 COMPLETE trial(s), 2 reached a pruning rung" in imp.reason
 
 
 def test_importance_without_optuna_degrades_with_an_install_hint(study_dir, monkeypatch):

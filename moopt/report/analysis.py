@@ -36,9 +36,17 @@ class Importance(dict):
     not be computed (too few trials, a constant target, optional dependencies missing)."""
 
     def __init__(self, shares: dict[str, float] | None = None, *, target: str, n_trials: int = 0,
-                 method: str = "fanova", reason: str | None = None):
+                 method: str = "fanova", reason: str | None = None, rung: int | None = None, n_complete: int | None = None):
         super().__init__(shares or {})
         self.target, self.n_trials, self.method, self.reason = target, n_trials, method, reason
+        # rung: computed on the values the trials had at this pruning rung (0 = the first), because too few
+        # trials COMPLETE; n_complete: how many did
+        self.rung, self.n_complete = rung, n_complete
+
+    @property
+    def basis(self) -> str:
+        """What the shares were computed on, for a table column: ``complete`` or ``rung 1``."""
+        return "complete" if self.rung is None else f"rung {self.rung + 1}"
 
 
 @dataclass
@@ -133,31 +141,76 @@ def _complete(data: StudyData, col: str) -> pd.DataFrame:
     return t[np.isfinite(pd.to_numeric(t[col], errors="coerce"))]
 
 
+def _at_rung(data: StudyData, target: str, col: str) -> tuple[pd.DataFrame, int] | None:
+    """The trials (rows of ``data.table``) with their ``target`` value at the pruning rung that the most
+    of them reached (the deeper on a tie), ``col`` holding that value; None without rung evaluations.
+
+    Every trial evaluates at the same fractions of its optimizer steps on the same validation subset,
+    which is what the pruner compares, so values at one rung are comparable with one another (not with
+    the final evaluations). The weighted score needs each objective and the score's 0 (``score_start``)."""
+    objectives = data.objectives
+    by_rung: dict[int, dict[int, float]] = {}
+    for ev in data.rungs:
+        m = ev.get("metrics") or {}
+        try:
+            if target == SCORE:
+                if data.score_start is None or any(k not in m for k in objectives.names):
+                    continue
+                F = np.array([objectives.to_minimize({k: float(m[k]) for k in objectives.names})])
+                value = float(objectives.score(F, objectives.to_minimize(data.score_start))[0])
+            else:
+                value = float(m[target])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if np.isfinite(value):
+            by_rung.setdefault(int(ev["rung"]), {})[int(ev["number"])] = value
+    if not by_rung:
+        return None
+    rung = max(by_rung, key=lambda k: (len(by_rung[k]), k))
+    values = by_rung[rung]
+    rows = data.table[data.table.number.isin(list(values))].copy()
+    rows[col] = rows.number.map(values).astype(float)
+    return rows, rung
+
+
 # -- importance ------------------------------------------------------------------------------------
 def param_importance(data: StudyData, target: str, seed: int = 0, output_dir: str | Path | None = None) -> Importance:
     """fANOVA share of the variance of ``target`` (an objective name or ``"score"``) explained by
     each parameter, over COMPLETE trials. Same data and seed -> same shares. ``output_dir``
-    supplies ``search_space.yaml`` for the distributions (without it they are inferred)."""
+    supplies ``search_space.yaml`` for the distributions (without it they are inferred).
+
+    With pruning, few trials may COMPLETE (the guide's basic study: 5 trials, 2 COMPLETE). When fewer
+    than ``MIN_TRIALS`` did and at least that many reached a pruning rung, the shares are computed on
+    the values at that rung instead, and say so (``Importance.rung``): what drove the early evaluations."""
     col = _target_column(data, target)
     done = _complete(data, col)
     n = len(done)
+    rung, n_complete = None, None
     if n < MIN_TRIALS:
-        return Importance(target=target, n_trials=n, reason=f"{n} COMPLETE trial(s); importance needs at least {MIN_TRIALS}")
+        at = _at_rung(data, target, col)
+        if at is None or len(at[0]) < MIN_TRIALS:
+            more = f", {len(at[0])} reached a pruning rung" if at is not None else ""
+            return Importance(target=target, n_trials=n,
+                              reason=f"{n} COMPLETE trial(s){more}; importance needs at least {MIN_TRIALS}")
+        (done, rung), n_complete = at, n
+        n = len(done)
+    basis = {"rung": rung, "n_complete": n_complete} if rung is not None else {}
+    where = "COMPLETE trial" if rung is None else f"trial at pruning rung {rung + 1}"
     y = done[col].astype(float).to_numpy()
     if np.ptp(y) == 0:
-        return Importance(target=target, n_trials=n, reason=f"{target} is the same in every COMPLETE trial")
+        return Importance(target=target, n_trials=n, reason=f"{target} is the same in every {where}", **basis)
     try:
         import optuna
         import sklearn  # noqa: F401  (fANOVA's random forest)
         from optuna.importance import FanovaImportanceEvaluator, get_param_importances
     except ImportError:
-        return Importance(target=target, n_trials=n, reason=MISSING_DEPS)
+        return Importance(target=target, n_trials=n, reason=MISSING_DEPS, **basis)
 
     dists = _distributions(done, load_space_spec(output_dir))
     # a parameter that took one value in these trials explains nothing (fANOVA would give it 0)
     dists = {k: d for k, d in dists.items() if not d.single() and done[f"params_{k}"].nunique(dropna=True) > 1}
     if not dists:
-        return Importance(target=target, n_trials=n, reason="no parameter varies across the COMPLETE trials")
+        return Importance(target=target, n_trials=n, reason=f"no parameter varies across the {where}s", **basis)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize")  # direction does not matter for variance shares
     for (_, row), value in zip(done.iterrows(), y):
@@ -167,13 +220,13 @@ def param_importance(data: StudyData, target: str, seed: int = 0, output_dir: st
         study.add_trial(optuna.trial.create_trial(value=float(value), params=params, distributions=dists))
     if len(study.trials) < MIN_TRIALS:
         return Importance(target=target, n_trials=len(study.trials),
-                          reason=f"{len(study.trials)} trial(s) with every parameter inside the search space")
+                          reason=f"{len(study.trials)} trial(s) with every parameter inside the search space", **basis)
     shares = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed), normalize=True)
     total = sum(shares.values())
     if not total or not np.isfinite(total):
-        return Importance(target=target, n_trials=len(study.trials), reason="fANOVA found no explained variance")
+        return Importance(target=target, n_trials=len(study.trials), reason="fANOVA found no explained variance", **basis)
     shares = {k: float(v) / total for k, v in sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))}
-    return Importance(shares, target=target, n_trials=len(study.trials))
+    return Importance(shares, target=target, n_trials=len(study.trials), **basis)
 
 
 def importance_targets(data: StudyData) -> list[str]:
@@ -191,7 +244,12 @@ def format_importance(imp: Importance, top: int | None = None, rename=lambda k: 
     width = max(len(k) for k, _ in items) + 6
     lines = [f"{i}. {k:<{width}}({v * 100:.1f}%)" for i, (k, v) in enumerate(items, 1)]
     caution = ": too few to trust the order" if imp.n_trials < FEW_TRIALS else ""
-    return "\n".join(["Parameter Importance:", *lines, f"(fANOVA on {what}, {imp.n_trials} COMPLETE trials{caution})"])
+    if imp.rung is None:
+        basis = f"(fANOVA on {what}, {imp.n_trials} COMPLETE trials{caution})"
+    else:  # too few COMPLETE: the values at a pruning rung, which say what drove the early evaluations
+        basis = (f"(fANOVA on {what} at pruning rung {imp.rung + 1}, {imp.n_trials} trials ({imp.n_complete} COMPLETE): "
+                 f"what drove the early evaluations{'; too few to trust the order' if caution else ''})")
+    return "\n".join(["Parameter Importance:", *lines, basis])
 
 
 # -- correlations ----------------------------------------------------------------------------------
@@ -311,10 +369,10 @@ def write_analysis(output_dir: str | Path, data: StudyData, seed: int = 0) -> An
 
     out = Path(output_dir)
     a = analyze(out, data, seed=seed)
-    rows = [{"target": tg, "rank": i, "param": k, "share": v, "n_trials": imp.n_trials}
+    rows = [{"target": tg, "rank": i, "param": k, "share": v, "n_trials": imp.n_trials, "basis": imp.basis}
             for tg, imp in a.importance.items() for i, (k, v) in enumerate(imp.items(), 1)]
-    atomic_write_text(out / "param_importance.csv",
-                      pd.DataFrame(rows, columns=["target", "rank", "param", "share", "n_trials"]).to_csv(index=False))
+    columns = ["target", "rank", "param", "share", "n_trials", "basis"]  # basis: complete, or rung N (see param_importance)
+    atomic_write_text(out / "param_importance.csv", pd.DataFrame(rows, columns=columns).to_csv(index=False))
     # columns say what + goes with: "better_eval_loss" (lower eval_loss), as the PNG shows
     atomic_write_text(out / "correlations.csv",
                       a.correlations.rename(columns=lambda c: f"better_{c}").rename_axis("param").to_csv())
@@ -338,7 +396,8 @@ def plot_importance(importance: dict[str, Importance], path: Path) -> None:
     for ax, tg in zip(axes[0], targets):
         imp = importance.get(tg)
         name = "weighted score" if tg == SCORE else tg
-        ax.set_title(name + (f" ({imp.n_trials} trials)" if imp else ""), fontsize=10)
+        at = f" at pruning rung {imp.rung + 1}" if imp is not None and imp.rung is not None else ""
+        ax.set_title(name + (f"{at} ({imp.n_trials} trials)" if imp else ""), fontsize=10)
         if not imp:
             ax.text(0.5, 0.5, (imp.reason if imp is not None else "no data"), ha="center", va="center",
                     wrap=True, fontsize=8, transform=ax.transAxes)
@@ -352,9 +411,18 @@ def plot_importance(importance: dict[str, Importance], path: Path) -> None:
         ax.set_xlabel("share of variance explained (%)")
         ax.grid(axis="x", alpha=0.3)
     n = min((imp.n_trials for imp in importance.values() if imp), default=None)
+    rung = any(imp.rung is not None for imp in importance.values() if imp)
     title = "Parameter importance (fANOVA over COMPLETE trials; says how much, not which direction)"
+    if rung:
+        complete = min(imp.n_complete for imp in importance.values() if imp and imp.rung is not None)
+        title = (f"Parameter importance at a pruning rung (only {complete} COMPLETE): what drove the early evaluations "
+                 "(fANOVA; says how much, not which direction)")
     if n is not None and n < FEW_TRIALS:
-        title += f"\nonly {n} COMPLETE trials: the shares are rough, run more trials before trusting them"
+        title += f"\nonly {n} trials: the shares are rough, run more trials before trusting them"
+    import textwrap
+
+    chars = max(40, int(fig.get_figwidth() * 72 / (11 * 0.6)))  # what a line of 11 pt text holds across the figure
+    title = "\n".join(textwrap.fill(line, chars) for line in title.split("\n"))
     fig.suptitle(title, fontsize=11, color="black" if n is None or n >= FEW_TRIALS else "#b42318")
     fig.tight_layout()
     save_figure(fig, path, plt)

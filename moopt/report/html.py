@@ -133,7 +133,8 @@ def _importance_section(analysis: Analysis) -> str:
     e = html.escape
     blocks = []
     for tg, imp in analysis.importance.items():
-        name = ("weighted score" if tg == SCORE else tg) + (f" ({imp.n_trials} trials)" if imp else "")
+        at = f" at pruning rung {imp.rung + 1}" if imp.rung is not None else ""
+        name = ("weighted score" if tg == SCORE else tg) + (f"{at} ({imp.n_trials} trials)" if imp else "")
         if not imp:
             blocks.append(f"<div class='imp'><h3>{e(name)}</h3><p class='muted'>Not computed: {e(imp.reason or '')}</p></div>")
             continue
@@ -143,8 +144,11 @@ def _importance_section(analysis: Analysis) -> str:
         blocks.append(f"<div class='imp'><h3>{e(name)}</h3>{bars}</div>")
     text = "\n\n".join(format_importance(imp) for imp in analysis.importance.values())
     n = min((imp.n_trials for imp in analysis.importance.values() if imp), default=None)
-    few = (f"<p class='warn'>Only {n} COMPLETE trials: the shares are rough; run more trials before trusting them.</p>"
+    few = (f"<p class='warn'>Only {n} trials: the shares are rough; run more trials before trusting them.</p>"
            if n is not None and n < FEW_TRIALS else "")
+    if any(imp.rung is not None for imp in analysis.importance.values() if imp):
+        few += ("<p class='warn'>Too few trials COMPLETE: the shares are computed on the values the trials had at a "
+                "pruning rung (on its evaluation subset), so they say what drove the early evaluations.</p>")
     return (f"<section><h2>Parameter importance</h2><p class='muted'>Share of each target's variance explained "
             f"by each parameter (fANOVA over a random forest, COMPLETE trials): how much, not which direction "
             f"(the correlation map below says which).</p>{few}"

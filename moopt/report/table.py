@@ -5,7 +5,7 @@ trial, the score and the hypervolume history. Needs neither GPU nor model.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ class StudyData:
     header: dict[str, Any]
     score_start: dict[str, float] | None = None  # each objective's 0 of the score, and where it came from:
     score_origin: str = ""  # "the base model", or what stood in for it
+    rungs: list[dict[str, Any]] = field(default_factory=list)  # the journal's rung events (number, rung, step, metrics)
 
 
 def load_study(output_dir: str | Path) -> StudyData:
@@ -93,7 +94,7 @@ def load_study(output_dir: str | Path) -> StudyData:
                 least_inf = int(inf.sort_values("peak_memory_gb").number.iloc[0])
         table["pareto"] = table.number.isin(pareto)
     return StudyData(objectives, table, pareto, best, best_score, hypervolume_history(table, objectives, start, origin),
-                     least_inf, baseline, rec.header, start, origin)
+                     least_inf, baseline, rec.header, start, origin, rec.rungs)
 
 
 def score_start(objectives: Objectives, baseline: dict[str, Any] | None, header: dict[str, Any],
