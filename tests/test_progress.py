@@ -64,9 +64,27 @@ def test_study_line_counts_done_trials_keeps_the_best_and_the_time_left():
     b.ended(TrialResult(number=2, state="COMPLETE", metrics={"eval_accuracy": 0.6}))
     b.ended(TrialResult(number=3, state="FAIL", metrics={"eval_accuracy": 0.9}))  # a failure is never the best
     clock.t += 302
-    assert b.study_line() == "Study: 4/10 trials done, best eval_accuracy 0.7000 (trial 1), elapsed 5m02s, 54m58s left of the time budget"
+    # at 302 s for 4 trials, the 6 left take about 453 s, inside the budget's 54m58s
+    assert b.study_line() == ("Study: 4/10 trials done, best eval_accuracy 0.7000 (trial 1), elapsed 5m02s, about 7m33s "
+                              "to go, 54m58s left of the time budget")
     low = ProgressBoard(total=2, objective="eval_loss", clock=clock)
     assert low.study_line() == "Study: 0/2 trials done, best eval_loss -, elapsed 0s"
+
+
+def test_study_eta_goes_by_this_runs_pace_and_yields_to_the_time_budget():
+    clock = Clock()
+    b = ProgressBoard(total=6, objective="eval_loss", deadline=clock.t + 600, clock=clock)
+    for n in range(3):  # a resumed study: three trials from the run before do not set the pace
+        b.ended(TrialResult(number=n, state="COMPLETE", metrics={"eval_loss": 1.0 + n}), earlier=True)
+    clock.t += 100
+    assert "to go" not in b.study_line()  # no trial of this run has ended yet
+    b.ended(TrialResult(number=3, state="PRUNED"))
+    assert "about 3m20s to go, 8m20s left of the time budget" in b.study_line()  # 100 s a trial, 2 left
+    clock.t += 300  # 200 s a trial now: 400 s to go, more than the 200 s the budget has left
+    assert b.study_line().endswith("elapsed 6m40s, 3m20s left of the time budget")
+    for n in (4, 5):
+        b.ended(TrialResult(number=n, state="COMPLETE", metrics={"eval_loss": 0.5}))
+    assert "to go" not in b.study_line()
 
 
 def test_plain_lines_come_at_a_modest_rate():

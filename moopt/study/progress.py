@@ -2,7 +2,8 @@
 
 :class:`ProgressBoard` is the data (fed with the workers' ``phase`` / ``progress`` / ``heartbeat``
 events and the trials' ends); :class:`ProgressView` draws it. On a terminal: a live rich display, one
-line for the study (trials done, best value of the first objective, elapsed, time left of the budget)
+line for the study (trials done, best value of the first objective, elapsed, about how long is left at
+this run's pace so far, time left of the budget)
 and one per running trial (step/total, loss, tokens/s, ETA). Elsewhere (a pipe, CI, a log file): plain
 lines at a modest rate:
 
@@ -67,6 +68,7 @@ class ProgressBoard:
         self.deadline, self.clock = deadline, clock
         self.t0 = clock()
         self.best: tuple[float, int] | None = None  # (value of the first objective, trial)
+        self.done_here = 0  # trials that ended in this run (a resumed study's earlier ones excluded): the pace
         self.trials: dict[int, TrialProgress] = {}
         self.stepped = False  # a trial of this run has made an optimizer step (set-up is known to work)
         self.lock = threading.Lock()
@@ -96,11 +98,13 @@ class ProgressBoard:
                 t.eval_done, t.eval_total = int(msg.get("done", 0)), int(msg.get("total", 0))
             return t
 
-    def ended(self, end: TrialResult) -> None:
-        """A trial ended (any state): it leaves the board and counts as done; a COMPLETE one may be the best."""
+    def ended(self, end: TrialResult, earlier: bool = False) -> None:
+        """A trial ended (any state): it leaves the board and counts as done; a COMPLETE one may be the best.
+        ``earlier``: it ended in an earlier run of a resumed study (not part of this run's pace)."""
         with self.lock:
             self.trials.pop(end.number, None)
             self.done += 1
+            self.done_here += not earlier
             v = (end.metrics or {}).get(self.objective) if self.objective else None
             better = v is not None and (self.best is None or (v < self.best[0] if self.minimize else v > self.best[0]))
             if end.state == TrialState.COMPLETE and better:
@@ -114,9 +118,19 @@ class ProgressBoard:
             parts.append(f"best {self.objective} {self.best[0]:.4f} (trial {self.best[1]})" if self.best
                          else f"best {self.objective} -")
         parts.append(f"elapsed {fmt_duration(now - self.t0)}")
+        left = self.eta_s(now)
+        if left is not None and (self.deadline is None or left < self.deadline - now):
+            parts.append(f"about {fmt_duration(left)} to go")
         if self.deadline is not None:
             parts.append(f"{fmt_duration(self.deadline - now)} left of the time budget")
         return ", ".join(parts)
+
+    def eta_s(self, now: float) -> float | None:
+        """Seconds until the last trial ends at this run's pace so far (its wall time per ended trial, which
+        counts parallel slots and pruned trials as they came); None before a trial of this run ended."""
+        if not self.done_here or self.done >= self.total:
+            return None
+        return (now - self.t0) / self.done_here * (self.total - self.done)
 
     def trial_line(self, number: int, timed: bool = True) -> str:
         """Training: step/total, loss, tokens/s, ETA. Otherwise its phase (and for how long, ``timed``)."""

@@ -437,7 +437,7 @@ class Study:
         board = ProgressBoard(total=self.cfg.num_trials, objective=objective, deadline=deadline,
                               minimize=self.cfg.objectives.directions()[0] == "minimize")
         for end in finished:
-            board.ended(end)
+            board.ended(end, earlier=True)
         return ProgressView(self.console, board)
 
 
