@@ -228,3 +228,48 @@ def test_importing_peft_after_moopt_prints_no_bitsandbytes_kernel_warning():
     out = subprocess.run([sys.executable, "-P", "-c", "import moopt, peft"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "kernels-community" not in out.stderr + out.stdout
+
+
+def test_a_trial_imports_bitsandbytes_without_asking_the_hub(tmp_path):
+    """With Hugging Face's ``kernels`` installed (transformers >= 5.25), importing bitsandbytes on an
+    avx512_bf16 CPU asks the Hub for a kernel. run_trial imports it with huggingface_hub offline first:
+    no connection reaches the Hub (a listening socket here counts them), nothing is printed, the offline
+    switch is put back, and bitsandbytes is imported. (On a CPU without avx512_bf16 bitsandbytes asks
+    nothing either way.) A plain ``import bitsandbytes`` in its place connects twice on this CPU kind."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    connections, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            connections.append(1)
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    probe = ("import logging; logging.basicConfig(); import moopt; "
+             "from moopt.train.models import import_bitsandbytes_offline; import_bitsandbytes_offline(); "
+             "import sys; from huggingface_hub import constants; "
+             "print('offline', constants.HF_HUB_OFFLINE, 'bitsandbytes' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.getsockname()[1]}", HF_HOME=str(tmp_path / "hf"))
+    try:
+        out = subprocess.run([sys.executable, "-P", "-c", probe], capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        stop.set()
+        server.close()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "offline False True"
+    assert out.stderr.strip() == "", out.stderr
+    assert connections == []

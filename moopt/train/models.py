@@ -51,8 +51,10 @@ def import_bitsandbytes_offline() -> None:
 
     from huggingface_hub import constants
 
+    def drop(record: logging.LogRecord) -> bool:  # "Skipping publisher trust check ... in offline mode."
+        return "offline mode" not in str(record.msg)
+
     quiet = logging.getLogger("kernels._internals.hf_hub")
-    drop = lambda record: "offline mode" not in str(record.msg)  # noqa: E731  "Skipping publisher trust check ..."
     was, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
     quiet.addFilter(drop)
     try:
