@@ -128,7 +128,7 @@ class ProgressBoard:
     def eta_s(self, now: float) -> float | None:
         """Seconds until the last trial ends at this run's pace so far (its wall time per ended trial, which
         counts parallel slots and pruned trials as they came); None before a trial of this run ended."""
-        if not self.done_here or self.done >= self.total:
+        if not self.done_here or self.done >= self.total or now <= self.t0:
             return None
         return (now - self.t0) / self.done_here * (self.total - self.done)
 
