@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,11 @@ class Importance(dict):
         # rung: computed on the values the trials had at this pruning rung (0 = the first), because too few
         # trials COMPLETE; n_complete: how many did
         self.rung, self.n_complete = rung, n_complete
+
+    @property
+    def at(self) -> str:
+        """`` at pruning rung N`` for a title when computed at a rung, else empty."""
+        return "" if self.rung is None else f" at pruning rung {self.rung + 1}"
 
     @property
     def basis(self) -> str:
@@ -247,7 +253,7 @@ def format_importance(imp: Importance, top: int | None = None, rename=lambda k: 
     if imp.rung is None:
         basis = f"(fANOVA on {what}, {imp.n_trials} COMPLETE trials{caution})"
     else:  # too few COMPLETE: the values at a pruning rung, which say what drove the early evaluations
-        basis = (f"(fANOVA on {what} at pruning rung {imp.rung + 1}, {imp.n_trials} trials ({imp.n_complete} COMPLETE): "
+        basis = (f"(fANOVA on {what}{imp.at}, {imp.n_trials} trials ({imp.n_complete} COMPLETE): "
                  f"what drove the early evaluations{'; too few to trust the order' if caution else ''})")
     return "\n".join(["Parameter Importance:", *lines, basis])
 
@@ -396,8 +402,7 @@ def plot_importance(importance: dict[str, Importance], path: Path) -> None:
     for ax, tg in zip(axes[0], targets):
         imp = importance.get(tg)
         name = "weighted score" if tg == SCORE else tg
-        at = f" at pruning rung {imp.rung + 1}" if imp is not None and imp.rung is not None else ""
-        ax.set_title(name + (f"{at} ({imp.n_trials} trials)" if imp else ""), fontsize=10)
+        ax.set_title(name + (f"{imp.at} ({imp.n_trials} trials)" if imp else ""), fontsize=10)
         if not imp:
             ax.text(0.5, 0.5, (imp.reason if imp is not None else "no data"), ha="center", va="center",
                     wrap=True, fontsize=8, transform=ax.transAxes)
@@ -419,8 +424,6 @@ def plot_importance(importance: dict[str, Importance], path: Path) -> None:
                  "(fANOVA; says how much, not which direction)")
     if n is not None and n < FEW_TRIALS:
         title += f"\nonly {n} trials: the shares are rough, run more trials before trusting them"
-    import textwrap
-
     chars = max(40, int(fig.get_figwidth() * 72 / (11 * 0.6)))  # what a line of 11 pt text holds across the figure
     title = "\n".join(textwrap.fill(line, chars) for line in title.split("\n"))
     fig.suptitle(title, fontsize=11, color="black" if n is None or n >= FEW_TRIALS else "#b42318")

@@ -133,8 +133,7 @@ def _importance_section(analysis: Analysis) -> str:
     e = html.escape
     blocks = []
     for tg, imp in analysis.importance.items():
-        at = f" at pruning rung {imp.rung + 1}" if imp.rung is not None else ""
-        name = ("weighted score" if tg == SCORE else tg) + (f"{at} ({imp.n_trials} trials)" if imp else "")
+        name = ("weighted score" if tg == SCORE else tg) + (f"{imp.at} ({imp.n_trials} trials)" if imp else "")
         if not imp:
             blocks.append(f"<div class='imp'><h3>{e(name)}</h3><p class='muted'>Not computed: {e(imp.reason or '')}</p></div>")
             continue

@@ -160,12 +160,7 @@ class _ChannelReporter:
 
 
 def _run_trial_task(spec_json: dict, channel) -> dict:
-    import os
     from dataclasses import asdict
-
-    # a fresh worker process (max_calls=1) that has not imported huggingface_hub yet: offline, as a local
-    # worker is (moopt.train.worker.child_env), before bitsandbytes' import asks the Hub for a kernel
-    os.environ["HF_HUB_OFFLINE"] = "1"
 
     from moopt.records import TrialSpec
     from moopt.train.recipe import run_trial

@@ -41,8 +41,9 @@ def import_bitsandbytes_offline() -> None:
     network (a resumed study or ``moopt train`` on the study's commit makes no request at all), and that
     kernel serves batch-1 inference only, which no trial runs: bitsandbytes falls back to its own. So
     the first import runs with huggingface_hub offline (read at call time by ``kernels``), and the two
-    warnings of that fallback are dropped. Trial processes also start with HF_HUB_OFFLINE=1
-    (moopt.train.worker.child_env); this covers ``moopt train``, which trains in its own process."""
+    warnings of that fallback are dropped. run_trial calls this first, so it covers local workers,
+    Ray tasks and ``moopt train`` alike; the processes moopt starts also run with HF_HUB_OFFLINE=1
+    (moopt.train.worker.child_env), the probe among them."""
     import sys
 
     if "bitsandbytes" in sys.modules or importlib.util.find_spec("bitsandbytes") is None:
