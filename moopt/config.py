@@ -110,6 +110,23 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return cpu_dtype_override() or ("bfloat16" if cpu_has_native_bf16() else "float32")
 
 
+# Attention on a CPU. PyTorch's SDPA runs bf16 attention there through its flash kernel, which on short
+# rows is slower than transformers' eager path (two matmuls and a softmax); in fp32 it is not. Measured
+# with benchmarks/bench_attention.py (SmolLM2-135M, moopt's train step, 2 threads, Intel Xeon with
+# amx_bf16, 2026-12-03), eager / SDPA speed: bf16 1.16-1.40x up to 128 tokens a row, 0.98x at 256, 0.66x
+# at 512, 0.28x at 1024; fp32 0.88-0.99x everywhere. Eager keeps each layer's batch x heads x row^2
+# softmax (fp32, and its bf16 copy) for backward, which moopt.memory.estimate counts.
+EAGER_MAX_TOKENS = 128
+
+
+def attention_implementation(device: str, dtype: str, row_tokens: int) -> str:
+    """transformers' ``attn_implementation`` for a trial that trains in ``dtype`` on ``device`` with rows
+    of at most ``row_tokens`` tokens: "eager" for bf16 on a CPU with rows up to EAGER_MAX_TOKENS, else "sdpa"."""
+    if str(device) == "cpu" and dtype == "bfloat16" and row_tokens <= EAGER_MAX_TOKENS:
+        return "eager"
+    return "sdpa"
+
+
 def cpu_dtype_override() -> str | None:
     """``MOOPT_CPU_DTYPE`` when it fixes the CPU's dtype (float32 or bfloat16); None when unset or auto.
     The commands call it before anything is written, so a wrong value is one line and exit code 2."""

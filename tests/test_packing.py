@@ -48,12 +48,14 @@ def test_an_example_longer_than_the_capacity_gets_a_row_of_its_own():
     assert packed["input_ids"].shape[0] == 3
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model):
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def model(tiny_model, request):
+    """Both attention paths a trial runs (moopt.config.attention_implementation: eager for bf16 on a CPU
+    with short rows): each must keep packed examples apart."""
     from transformers import AutoModelForCausalLM
 
     # use_cache left on, as a model loads: the packed path must not depend on the recipe turning it off
-    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa")
+    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=request.param)
 
 
 def loss_and_grads(model, batch):

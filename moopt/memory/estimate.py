@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from moopt.config import TrialConfig, resolve_dtype
+from moopt.config import TrialConfig, attention_implementation, resolve_dtype
 from moopt.errors import ConfigError
 
 GIB = 1024**3
@@ -313,6 +313,11 @@ class StepShape:
         return self.b > 1
 
     @property
+    def attention(self) -> str:
+        """The attention implementation the trial runs (moopt.config.attention_implementation)."""
+        return attention_implementation(self.device, resolve_dtype(self.trial.model.dtype, self.device), self.s)
+
+    @property
     def targets(self) -> tuple[str, ...]:
         return tuple(self.trial.lora.target_modules)
 
@@ -357,7 +362,10 @@ def activation_bytes_per_token_layer(st: StepShape, bnb_keeps_inputs: bool) -> i
     # the packed weight (bitsandbytes/autograd/_functions.py), so 4bit keeps just what the LoRA keeps.
     keeps_input = set(targets) | (set(shapes) if st.quant == "8bit" or (st.quant == "4bit" and bnb_keeps_inputs) else set())
     act = 2 * 4 * h  # two RMSNorms: the fp32 copy (bf16 input) or the fp32 input itself, 4h each
-    act += a_b * (q_out + 2 * kv_saved + q_out) + 4 * m.heads  # SDPA saves q, k, v, out + fp32 lse
+    if st.attention == "eager":  # q, and k, v repeated to all heads (the b·heads·s² softmax: attention_score_bytes)
+        act += a_b * 3 * q_out
+    else:
+        act += a_b * (q_out + 2 * kv_saved + q_out) + 4 * m.heads  # SDPA saves q, k, v, out + fp32 lse
     act += a_b * 3 * I  # SwiGLU: gate (silu input), silu output, up
     if keeps_input & {"q_proj", "k_proj", "v_proj"}:
         act += a_b * h  # normed input shared by q/k/v
@@ -380,6 +388,17 @@ def outer_bytes_per_token(st: StepShape) -> int:
     """Outside the layers: final RMSNorm (4h), RoPE cos/sin, the hidden rows the chunked CE keeps."""
     a_b, h = st.a_b, st.m.hidden
     return 4 * h + 2 * a_b * st.m.head_dim + (a_b * h if st.loss == "chunked" else 0)
+
+
+def attention_score_bytes(st: StepShape) -> int:
+    """One layer's saved attention probabilities under eager attention (transformers' eager_attention_forward:
+    the fp32 softmax, kept by its backward, and its copy in the compute dtype, kept by the matmul with V);
+    0 under SDPA, which keeps no b·heads·s² tensor. An upper bound: SmolLM2 in bf16 at 16 x 128 tokens
+    (packed long-tailed rows) peaked 167 MiB above its SDPA twin (1.81 against 1.65 GiB resident), where
+    this counts 405 MiB over the 30 layers."""
+    if st.attention != "eager":
+        return 0
+    return (4 + st.a_b) * st.b * st.m.heads * st.s * st.s
 
 
 def mask_bytes(st: StepShape) -> int:
@@ -423,6 +442,8 @@ def layer_backward_transient_bytes(st: StepShape) -> int:
     mlp_tmp = (3 * a_b * m.intermediate + 2 * a_b * m.hidden) * T  # MLP backward: grads of gate/up/act alive at once
     # attention backward: fp32 dq accumulator + fp32 row sums, dk/dv expanded to all heads, dq/dk/dv
     attn_tmp = (4 * q_out + 4 * m.heads + 2 * a_b * q_out + a_b * (q_out + 2 * kv_out)) * T
+    if st.attention == "eager":  # the softmax's fp32 gradient and the probabilities' gradient in the compute dtype
+        attn_tmp += (4 + a_b) * st.b * m.heads * st.s * st.s
     dequant = 0
     if st.quant != "none":  # bnb dequantises one weight to the compute dtype per matmul
         dequant = 2 * max(a * c for a, c in m.linear_shapes().values())
@@ -445,12 +466,13 @@ def phase_bytes(st: StepShape, bnb_keeps_inputs: bool, ce_chunk_size: int) -> di
     T, L = st.T, st.m.layers
     per_token_layer = activation_bytes_per_token_layer(st, bnb_keeps_inputs)
     outer = outer_bytes_per_token(st)
+    scores = attention_score_bytes(st)
     if st.trial.model.gradient_checkpointing:
         kept = st.a_b * st.m.hidden * T * L  # HF per-layer checkpointing keeps each layer's input
         loss_acts = kept + outer * T + mask_bytes(st)
-        bwd_acts = loss_acts + per_token_layer * T  # one layer recomputed
+        bwd_acts = loss_acts + per_token_layer * T + scores  # one layer recomputed
     else:
-        loss_acts = per_token_layer * T * L + outer * T + mask_bytes(st)
+        loss_acts = (per_token_layer * T + scores) * L + outer * T + mask_bytes(st)
         bwd_acts = loss_acts
     grad_hidden = residual_grad_bytes(st)
     return {

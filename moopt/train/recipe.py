@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 
-from moopt.config import TrialConfig, resolve_dtype
+from moopt.config import TrialConfig, attention_implementation, resolve_dtype
 from moopt.memory.measure import is_out_of_memory, peak_memory_gb, reset_peak
 from moopt.records import TIME_BUDGET_CUT, TrialResult, TrialSpec, TrialState
 from moopt.search.pruner import rung_eval_size
@@ -93,6 +93,21 @@ def bnb_config(quantization: str, compute_dtype: torch.dtype):
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=compute_dtype)
     return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def longest_row(data: TokenizedSet) -> int:
+    """Tokens of the longest example (after truncation to max_seq_length)."""
+    return max((len(e.input_ids) for e in data.examples), default=0)
+
+
+def use_attention(model, device: torch.device, dtype: str, row_tokens: int) -> str:
+    """Set the model's attention implementation for rows of at most ``row_tokens`` tokens
+    (:func:`moopt.config.attention_implementation`; a warm worker's model carries the previous
+    trial's, so every trial sets its own) and return it."""
+    impl = attention_implementation(device.type, dtype, row_tokens)
+    if getattr(model.config, "_attn_implementation", None) != impl:
+        model.set_attn_implementation(impl)
+    return impl
 
 
 def load_model_and_tokenizer(path: str, cfg: TrialConfig, device: torch.device):
@@ -233,6 +248,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
         if spec.baseline:
             reporter.phase("tokenising")
             val = tokenize(spec.validation_file)
+            result.attention = use_attention(model, device, result.dtype, longest_row(val))
             reporter.phase("evaluating", f"{len(val.examples)} validation examples")
             result.metrics = evaluate(model, val, tc.batch_size, pad_id, device, "torch", reporter.heartbeat)
             result.metrics["peak_memory_gb"] = peak_memory_gb(device)
@@ -256,6 +272,8 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
         reporter.phase("tokenising")
         train = tokenize(spec.train_file)
         val = tokenize(spec.validation_file)
+        packed = cfg.data.max_seq_length if cfg.data.packing else 0  # packed rows fill up to max_seq_length
+        result.attention = use_attention(model, device, result.dtype, max(longest_row(train), longest_row(val), packed))
         n_micro = n_micro_batches(len(train.examples), tc.batch_size, tc.num_train_epochs)
         total_steps = math.ceil(n_micro / tc.gradient_accumulation_steps)
         result.total_steps = total_steps
