@@ -113,9 +113,9 @@ def resolve_dtype(dtype: str, device: str) -> str:
 # Attention on a CPU. PyTorch's SDPA runs bf16 attention there through its flash kernel, which on short
 # rows is slower than transformers' eager path (two matmuls and a softmax); in fp32 it is not. Measured
 # with benchmarks/bench_attention.py (SmolLM2-135M, moopt's train step, 2 threads, Intel Xeon with
-# amx_bf16, 2026-12-03), eager / SDPA speed: bf16 1.16-1.40x up to 128 tokens a row, 0.98x at 256, 0.66x
-# at 512, 0.28x at 1024; fp32 0.88-0.99x everywhere. Eager keeps each layer's batch x heads x row^2
-# softmax (fp32, and its bf16 copy) for backward, which moopt.memory.estimate counts.
+# amx_bf16, 2026-12-03; results/attention_cpu.csv), eager / SDPA speed: bf16 1.14-1.36x up to 128 tokens
+# a row, 0.88x at 256, 0.61x at 512; fp32 0.97-0.99x up to 128, 0.81-0.87x beyond. Eager keeps each
+# layer's batch x heads x row^2 softmax (fp32, and its bf16 copy) for backward, which moopt.memory.estimate counts.
 EAGER_MAX_TOKENS = 128
 
 
