@@ -78,3 +78,15 @@ def test_the_estimate_counts_the_eager_softmax(tiny_model):
 
     st = StepShape(m=ModelDims.from_config(mc), trial=trial, device="cpu", kernels="torch", loss="chunked", b=8, s=128, a_b=2)
     assert attention_score_bytes(st) == scores
+
+
+def test_the_memory_probe_runs_the_trials_attention(tiny_model):
+    """The gate's probe measures what the trial will hold: eager for bf16 on a CPU with short rows."""
+    from moopt.train.probe import probe_peak
+
+    for dtype, want in (("bfloat16", "eager"), ("float32", "sdpa")):
+        t = TrialConfig.from_dict({"training": {"batch_size": 2}, "data": {"max_seq_length": 32},
+                                   "lora": {"r": 4}, "model": {"dtype": dtype}})
+        res = probe_peak(str(tiny_model), t, device="cpu", kernels="torch", steps=2, threads=1)
+        assert res.ok, res.error
+        assert res.attention == want

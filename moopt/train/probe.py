@@ -49,6 +49,7 @@ class ProbeResult:
     oom: bool
     error: str | None
     seconds: float  # wall time of the whole probe, child start to result
+    attention: str | None = None  # the trial's attention implementation, which the probe ran too
 
     @property
     def peak_gb(self) -> float:
@@ -175,8 +176,9 @@ def _child_run(spec: dict) -> dict:
 
     import torch
 
+    from moopt.config import resolve_dtype
     from moopt.train.lora import attach_lora, lora_parameters
-    from moopt.train.recipe import load_model_and_tokenizer, pick_device
+    from moopt.train.recipe import load_model_and_tokenizer, pick_device, use_attention
     from moopt.train.step import train_step
 
     cfg = TrialConfig.from_dict(spec["trial"])
@@ -189,6 +191,8 @@ def _child_run(spec: dict) -> dict:
 
     # -- load model, attach LoRA: the trial's own steps (moopt.train.recipe.run_trial) ----------------
     model, _tok = load_model_and_tokenizer(spec["model_path"], cfg, device)
+    b, s = spec.get("shape") or (tc.batch_size, cfg.data.max_seq_length)
+    attention = use_attention(model, device, resolve_dtype(cfg.model.dtype, device.type), int(s))  # as the trial
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     info = attach_lora(model, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
@@ -199,7 +203,6 @@ def _child_run(spec: dict) -> dict:
     model.train()
 
     # -- train on the worst-case batch: the trial's step, one micro-batch, no scheduler ------------------
-    b, s = spec.get("shape") or (tc.batch_size, cfg.data.max_seq_length)
     batch = worst_case_batch(int(b), int(s), model.config.vocab_size, device, int(spec.get("seed", 0)))
     for _ in range(int(spec["steps"])):
         train_step(model, [batch], params=params, opt=opt, sched=None, max_grad_norm=tc.max_grad_norm, device=device,
@@ -213,6 +216,7 @@ def _child_run(spec: dict) -> dict:
     if device.type != "cuda":
         out["context_bytes"] = rss_after_imports
     out["backend"] = info["backend"]
+    out["attention"] = attention
     return out
 
 
