@@ -77,7 +77,7 @@ class TrialResult:
     backend: str | None = None  # which LoRA kernel path ran (at the end, after any fallback)
     backend_reason: str | None = None  # why that path: the --kernels choice, or the Triton failure
     dtype: str | None = None  # what the base model ran in (model.dtype, "auto" resolved on the device)
-    attention: str | None = None  # transformers' attn_implementation the trial ran (moopt.config.attention_implementation)
+    attention: str | None = None  # what the trial ran: eager, sdpa, or "eager N%+sdpa" (moopt.train.recipe.BatchAttention)
     pruned_at_step: int | None = None  # a rung decision stopped it after this optimizer step
     prune_reason: str | None = None  # the pruner's reason for that decision (set by the study)
     oom: bool = False  # it ran out of memory (CUDA OOM, or the worker SIGKILLed, as the OOM killer does)

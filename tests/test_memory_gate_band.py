@@ -329,3 +329,27 @@ def test_estimate_vs_probe_is_callable_from_a_script(tiny_model):
     assert out["error"] is None and out["shape"] == [2, 16] and out["peak_bytes"] > 0
     assert out["error_pct"] == pytest.approx((out["estimate_bytes"] - out["peak_bytes"]) / out["peak_bytes"] * 100)
     assert out["estimate_allocated_bytes"] <= out["estimate_reserved_bytes"] <= out["estimate_bytes"]
+
+
+def test_the_probe_measures_the_eager_step_when_it_is_the_peak(tiny_model, tmp_path, monkeypatch):
+    """bf16 on a CPU: a trial whose longest batch is 8 x 129 tokens (SDPA) also runs batches of up to 128
+    tokens eager, which hold more; the estimate peaks there, and the probe measures that step."""
+    t = TrialConfig.from_dict({"training": {"batch_size": 8}, "data": {"max_seq_length": 129},
+                               "lora": {"r": 4}, "model": {"dtype": "bfloat16"}})
+    shapes = []
+
+    def fake_probe(model_path, t, **kw):
+        shapes.append(kw.get("shape"))
+        return ProbeResult(int(0.5 * GIB), 0, 0, 0, 0, oom=False, error=None, seconds=0.1)
+
+    monkeypatch.setattr(gate_mod, "probe_peak", fake_probe)
+    gate = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=0.5, cache_path=tmp_path / "cal.json")
+    assert gate.shape(t) == (8, 129) and gate.peak_shape(t) == (8, 128)
+    est = gate.estimate_bytes(t) / GIB
+    gate.constraint_gb = est * 1.01  # inside the band: probed
+    d = gate.decide(t)
+    assert d.probed and shapes == [(8, 128)]
+    assert "probed at 8 x 128" in d.reason
+    f32 = TrialConfig.from_dict({"training": {"batch_size": 8}, "data": {"max_seq_length": 129}, "lora": {"r": 4},
+                                 "model": {"dtype": "float32"}})
+    assert gate.peak_shape(f32) == (8, 129)

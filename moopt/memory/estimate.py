@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from moopt.config import TrialConfig, attention_implementation, resolve_dtype
+from moopt.config import EAGER_MAX_TOKENS, TrialConfig, attention_implementation, resolve_dtype
 from moopt.errors import ConfigError
 
 GIB = 1024**3
@@ -561,6 +561,19 @@ def estimate_peak(
     activations, logit_bytes, transients = phases[phase]
     dynamic = activations + logit_bytes + transients
     notes: list[str] = []
+    short = replace(st, s=EAGER_MAX_TOKENS)
+    if st.attention != "eager" and st.s > EAGER_MAX_TOKENS and short.attention == "eager":
+        # the trial picks attention per batch (moopt.train.recipe.BatchAttention): its batches of up to
+        # EAGER_MAX_TOKENS run eager, whose probabilities can make a batch x EAGER_MAX_TOKENS step peak
+        # above the batch x s SDPA one when s is little longer
+        short_phases = phase_bytes(short, bnb_keeps_inputs, ce_chunk_size)
+        short_phase = max(short_phases, key=lambda k: sum(short_phases[k]))
+        if sum(short_phases[short_phase]) > dynamic:
+            phase = short_phase
+            activations, logit_bytes, transients = short_phases[phase]
+            dynamic = activations + logit_bytes + transients
+            notes.append(f"peak at the eager step of {b} x {EAGER_MAX_TOKENS} tokens (its batches that short run eager)")
+            s = EAGER_MAX_TOKENS  # the shape of the peak: what a probe must measure
     if device == "cpu" and st.quant != "none":
         notes.append("cpu + bitsandbytes: the checkpoint file stays mapped and resident (it is read whole to quantise)")
     breakdown = {k: 0 for k in BREAKDOWN_KEYS}

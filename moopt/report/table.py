@@ -64,7 +64,7 @@ def load_study(output_dir: str | Path) -> StudyData:
         row["backend"] = e.backend if e else None
         row["backend_reason"] = e.backend_reason if e else None  # e.g. a Triton failure under --kernels auto
         row["dtype"] = e.dtype if e else None  # what the base model ran in (model.dtype auto, resolved)
-        row["attention"] = e.attention if e else None  # eager or sdpa (moopt.config.attention_implementation)
+        row["attention"] = e.attention if e else None  # eager, sdpa, or 'eager N%+sdpa' (moopt.train.recipe.BatchAttention)
         row["error"] = e.error if e else None
         rows.append(row)
     table = pd.DataFrame(rows)

@@ -146,6 +146,15 @@ class MemoryGate:
         lengths = data_lengths(self.model_path, self.train_file)
         return batch_shape(lengths, b, s, trial.data.sampling_strategy)
 
+    def peak_shape(self, trial: TrialConfig) -> tuple[int, int]:
+        """The (batch, sequence) step the estimate peaks at, what a probe measures: :meth:`shape`, except
+        on a CPU in bf16 when the trial's batches of up to EAGER_MAX_TOKENS tokens run eager attention
+        and that shorter step holds more (moopt.memory.estimate.estimate_peak)."""
+        from moopt.memory.estimate import estimate_peak
+
+        return estimate_peak(self.model_config, trial, device=self.device, kernels=self.estimate_kernels,
+                             batch_shape=self.shape(trial)).shape
+
     def estimate_bytes(self, trial: TrialConfig, calibrated: bool = True) -> int:
         from moopt.memory.estimate import estimate_peak
 
@@ -196,8 +205,11 @@ class MemoryGate:
             return decision("fit", None, False, f"estimate {predicted:.2f} GiB + {under:.0%} <= budget {budget:.2f} GiB")
 
         # -- within the error band, or the first of its kind on CUDA: measure ------------------------
+        probe_shape = self.peak_shape(trial)
+        if probe_shape != shape:
+            shown += f"; probed at {probe_shape[0]} x {probe_shape[1]}, its peak (eager attention)"
         res = probe_peak(self.model_path, trial, device=self.device, kernels=self.kernels, steps=self.steps,
-                         timeout_s=self.timeout_s, threads=self.threads, shape=shape)
+                         timeout_s=self.timeout_s, threads=self.threads, shape=probe_shape)
         if res.oom:
             self.cache.update(key, lambda e: add_oom(e, fp, None, 0))
             return decision("infeasible", None, True, f"probe ran out of memory: {res.error}")

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 
-from moopt.config import TrialConfig, attention_implementation, resolve_dtype
+from moopt.config import EAGER_MAX_TOKENS, TrialConfig, attention_implementation, resolve_dtype
 from moopt.memory.measure import is_out_of_memory, peak_memory_gb, reset_peak
 from moopt.records import TIME_BUDGET_CUT, TrialResult, TrialSpec, TrialState
 from moopt.search.pruner import rung_eval_size
@@ -102,12 +102,48 @@ def longest_row(data: TokenizedSet) -> int:
 
 def use_attention(model, device: torch.device, dtype: str, row_tokens: int) -> str:
     """Set the model's attention implementation for rows of at most ``row_tokens`` tokens
-    (:func:`moopt.config.attention_implementation`; a warm worker's model carries the previous
-    trial's, so every trial sets its own) and return it."""
+    (:func:`moopt.config.attention_implementation`) and return it."""
     impl = attention_implementation(device.type, dtype, row_tokens)
     if getattr(model.config, "_attn_implementation", None) != impl:
-        model.set_attn_implementation(impl)
+        model.set_attn_implementation(impl)  # ~0.3 ms: it sets the config the attention layers read
     return impl
+
+
+class BatchAttention:
+    """Chooses the attention implementation of each batch from its own width
+    (:func:`moopt.config.attention_implementation`): a study's rows are as wide as their batch's longest
+    example, or its packed rows, which is often far below ``max_seq_length``, and bf16 on a CPU runs
+    short rows faster eager, long ones faster with SDPA. Called before each forward (training and
+    evaluation); a warm worker's model carries the previous trial's choice, so every batch sets its own.
+
+    Memory: eager keeps ``rows × heads × width²`` attention probabilities per layer. The memory gate
+    estimated and probed the trial's widest padded batch, ``batch × longest`` (``longest`` = the longest
+    example after truncation), and :func:`moopt.memory.estimate.estimate_peak` counts eager's
+    probabilities for ``batch × min(longest, EAGER_MAX_TOKENS)``; a batch whose eager probabilities would
+    exceed that (packed rows wider than the longest example) runs SDPA, so no batch holds more than the gate allowed.
+    """
+
+    def __init__(self, model, device: torch.device, dtype: str, batch: int, longest: int):
+        self.model, self.device, self.dtype = model, device, dtype
+        self.score_budget = batch * min(longest, EAGER_MAX_TOKENS) ** 2
+        self.ran: dict[str, int] = {}  # implementation -> batches it ran
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> str:
+        rows, width = batch["input_ids"].shape
+        impl = attention_implementation(self.device.type, self.dtype, width)
+        if impl == "eager" and rows * width * width > self.score_budget:
+            impl = "sdpa"
+        if getattr(self.model.config, "_attn_implementation", None) != impl:
+            self.model.set_attn_implementation(impl)
+        self.ran[impl] = self.ran.get(impl, 0) + 1
+        return impl
+
+    @property
+    def summary(self) -> str | None:
+        """What ran: "eager", "sdpa", or both with the share of batches eager ran ("eager 83%+sdpa")."""
+        if len(self.ran) < 2:
+            return next(iter(self.ran), None)
+        return f"eager {100 * self.ran['eager'] / sum(self.ran.values()):.0f}%+sdpa"
 
 
 def load_model_and_tokenizer(path: str, cfg: TrialConfig, device: torch.device):
@@ -136,9 +172,10 @@ def load_model_and_tokenizer(path: str, cfg: TrialConfig, device: torch.device):
 
 @torch.no_grad()
 def evaluate(model, data: TokenizedSet, batch_size: int, pad_id: int, device, backend: str,
-             beat=None) -> dict[str, float]:
+             beat=None, attention: BatchAttention | None = None) -> dict[str, float]:
     """Mean CE per completion token over the whole set, next-token accuracy, perplexity.
-    ``beat(done, total)`` (a reporter's heartbeat) is called after each batch."""
+    ``beat(done, total)`` (a reporter's heartbeat) is called after each batch; ``attention(batch)``
+    before each forward."""
     was_training = model.training
     model.eval()
     total, correct, count = 0.0, 0, 0
@@ -146,6 +183,8 @@ def evaluate(model, data: TokenizedSet, batch_size: int, pad_id: int, device, ba
     for s in range(0, len(order), batch_size):
         batch = collate([data.examples[i] for i in order[s : s + batch_size]], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
+        if attention is not None:
+            attention(batch)
         loss_sum, n_correct, n = causal_lm_loss(model, batch, backend)
         total, correct, count = total + float(loss_sum), correct + int(n_correct), count + n
         if beat is not None:
@@ -224,6 +263,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
     torch.manual_seed(spec.seed)
     curve: list[dict[str, float]] = []
     evals: list[dict[str, float]] = []
+    attention: BatchAttention | None = None
     try:
         # -- load model ---------------------------------------------------------------------------
         if warm is None:
@@ -248,9 +288,10 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
         if spec.baseline:
             reporter.phase("tokenising")
             val = tokenize(spec.validation_file)
-            result.attention = use_attention(model, device, result.dtype, longest_row(val))
+            attention = BatchAttention(model, device, result.dtype, tc.batch_size, longest_row(val))
             reporter.phase("evaluating", f"{len(val.examples)} validation examples")
-            result.metrics = evaluate(model, val, tc.batch_size, pad_id, device, "torch", reporter.heartbeat)
+            result.metrics = evaluate(model, val, tc.batch_size, pad_id, device, "torch", reporter.heartbeat, attention)
+            result.attention = attention.summary
             result.metrics["peak_memory_gb"] = peak_memory_gb(device)
             result.state = TrialState.COMPLETE
             return result
@@ -272,8 +313,8 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
         reporter.phase("tokenising")
         train = tokenize(spec.train_file)
         val = tokenize(spec.validation_file)
-        packed = cfg.data.max_seq_length if cfg.data.packing else 0  # packed rows fill up to max_seq_length
-        result.attention = use_attention(model, device, result.dtype, max(longest_row(train), longest_row(val), packed))
+        # the memory gate's shape: the full batch around the longest example (moopt.study.gate.batch_shape)
+        attention = BatchAttention(model, device, result.dtype, tc.batch_size, max(longest_row(train), longest_row(val)))
         n_micro = n_micro_batches(len(train.examples), tc.batch_size, tc.num_train_epochs)
         total_steps = math.ceil(n_micro / tc.gradient_accumulation_steps)
         result.total_steps = total_steps
@@ -310,7 +351,8 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
         def evaluate_on(data: TokenizedSet, detail: str) -> dict[str, float]:
             reporter.phase("evaluating", detail)
             t_eval = time.time()
-            m = with_fallback(lambda: evaluate(model, data, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat))
+            m = with_fallback(lambda: evaluate(model, data, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat,
+                                                        attention))
             result.eval_seconds += time.time() - t_eval
             return m
 
@@ -335,7 +377,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
                 continue
             step_loss = with_fallback(lambda p=pending: train_step(
                 model, p, params=params, opt=opt, sched=sched, max_grad_norm=tc.max_grad_norm, device=device,
-                backend=result.backend, before_update=before_update,
+                backend=result.backend, before_update=before_update, attention=attention,
             )).loss
             pending = []
             step += 1
@@ -397,6 +439,8 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
         extra = {}
     from moopt.yamlio import write_json
 
+    if attention is not None:
+        result.attention = attention.summary  # what ran, the batches of a failed trial included
     result.tokens_per_s = result.train_tokens / result.train_seconds if result.train_seconds else None
     write_json(out_dir / "metrics.json", {**asdict(result), "curve": curve, "evals": evals, **extra})
     return result

@@ -70,16 +70,20 @@ def train_step(
     device: torch.device,
     backend: str,
     before_update: Callable[[StepResult], float] | None = None,
+    attention: Callable[[dict[str, torch.Tensor]], object] | None = None,
 ) -> StepResult:
     """One optimizer step over ``batches`` (the step's micro-batches, at least one, on any device: each
     is moved to ``device`` in turn). ``before_update(result)`` runs after the backward passes, before
     gradient clipping and the optimizer step; it returns the loss to report and raises to stop the
     step (a non-finite loss must not reach the weights). ``max_grad_norm`` <= 0: no clipping;
-    ``sched`` None: no scheduler."""
+    ``sched`` None: no scheduler. ``attention(batch)`` runs before each micro-batch's forward (the trial's
+    moopt.train.recipe.BatchAttention: the attention implementation for that batch's width)."""
     n_labels = label_tokens(batches)
     total, tokens = 0.0, 0
     for b in batches:
         b = {k: v.to(device) for k, v in b.items()}
+        if attention is not None:
+            attention(b)
         loss_sum, _, _ = causal_lm_loss(model, b, backend)
         (loss_sum / max(n_labels, 1)).backward()
         total += float(loss_sum.detach())
