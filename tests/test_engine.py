@@ -357,8 +357,9 @@ def test_first_population_is_more_evenly_spread_than_a_plain_latin_hypercube():
         eng = Engine(space, 2, 30, seed=seed)
         X = eng.ask()  # the default, then the 9 chosen
         first = X[:1] + eng._latin(9, np.random.default_rng(seed))  # the first hypercube the engine drew
-        chosen.append(_discrepancy([eng._vec(x) for x in X]))
-        plain.append(_discrepancy([eng._vec(x) for x in first]))
+        # judged where the engine judges it: the encoding and the LoRA features (DESIGN_FEATURES)
+        chosen.append(_discrepancy(eng._features(np.array([eng._vec(x) for x in X]))))
+        plain.append(_discrepancy(eng._features(np.array([eng._vec(x) for x in first]))))
     # the kept hypercube is the most even of LHS_TRIES: on every seed at most the first one drawn, and clearly below on average
     assert all(c <= p + 1e-12 for c, p in zip(chosen, plain))
     assert np.mean(chosen) < 0.9 * np.mean(plain)

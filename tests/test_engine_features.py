@@ -154,3 +154,29 @@ def test_bench_surrogate_scores_both_models_on_the_real_trials(load_bench, tmp_p
     for r in records:
         assert r["trials"] > 300 and 0 <= r["beat_best"] <= 1 and 0 <= r["pick_pct"] <= 1 and -1 <= r["spearman"] <= 1
     assert engine.TREND_RIDGE is not None, "the benchmark puts the engine's setting back"
+
+
+def test_the_first_population_spreads_the_lora_features_too(monkeypatch):
+    """DESIGN_FEATURES: the space-filling design is judged over the LoRA features as well as the raw
+    parameters, so its travel (the sum of the knobs' logs, rarely at its ends in a raw hypercube) is spread
+    more evenly and reaches further toward its ends."""
+    from scipy.stats import qmc
+
+    import moopt.search.engine as E
+
+    space = parse_space(SPACE)
+
+    def travel(seed):
+        eng = Engine(space, 2, 100, seed)
+        pop = eng.ask()
+        return eng._features(np.array([eng._vec(x) for x in pop]))[:, -1]
+
+    def spread(flag):
+        monkeypatch.setattr(E, "DESIGN_FEATURES", flag)
+        ts = [travel(seed) for seed in range(12)]
+        return (np.mean([qmc.discrepancy(t.reshape(-1, 1), method="WD") for t in ts]),
+                np.mean([t.max() - t.min() for t in ts]))
+
+    (d_on, range_on), (d_off, range_off) = spread(True), spread(False)
+    assert d_on < d_off
+    assert range_on > range_off

@@ -400,53 +400,53 @@ def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_tri
 
     # bench_prune_calls --twins reads a pruned trial's end from the same seed's study without pruning
     w = tmp_path / "w"
-    for label, eta in (("s3_eta_2", 2.0), ("s3_no_pruning", None)):
-        sim.run_sim_study(oracle, w / label, 3, 8, eta)
+    for label, eta in (("s4_eta_2", 2.0), ("s4_no_pruning", None)):
+        sim.run_sim_study(oracle, w / label, 4, 8, eta)  # a seed whose pruned trials have twins and not
     calls = load_bench("bench_prune_calls")
-    assert calls.main([str(w / "s3_eta_2"), "--all", "--twins", "--out", str(tmp_path / "tw.csv")]) == 0
+    assert calls.main([str(w / "s4_eta_2"), "--all", "--twins", "--out", str(tmp_path / "tw.csv")]) == 0
     tw = calls.read_calls(tmp_path / "tw.csv")
-    ends = calls.twin_finals(w / "s3_eta_2")
+    ends = calls.twin_finals(w / "s4_eta_2")
     assert len(tw) >= 1 and set(tw.reason) <= {"rank", "bound"}
     first = tw.iloc[0]
-    _, starts, _ = calls.read_study(w / "s3_eta_2")
+    _, starts, _ = calls.read_study(w / "s4_eta_2")
     twin = ends[json.dumps(starts[int(first.trial)]["config"], sort_keys=True)]
     assert first.final_eval_loss == twin["eval_loss"]
-    assert calls.main([str(w / "s3_no_pruning"), "--twins", "--out", str(tmp_path / "x.csv")]) == 2
+    assert calls.main([str(w / "s4_no_pruning"), "--twins", "--out", str(tmp_path / "x.csv")]) == 2
     # --rerun-rest retrains the pruned trials without a twin (here: the oracle's end of the configuration,
     # as the simulation knows it), and the study's loss splits into the calls' cost and the path
     flat = load_bench("demo_study")._flat
     monkeypatch.setattr(calls, "rerun", lambda start, header, work: oracle(flat(start["config"]), 3, 3))
     base_file = tmp_path / "baseline.json"  # the base model's values: the hypervolume's reference
     base_file.write_text(json.dumps({"state": "COMPLETE", "metrics": oracle.base}))
-    assert calls.main([str(w / "s3_eta_2"), "--all", "--twins", "--rerun-rest", "--baseline", str(base_file),
+    assert calls.main([str(w / "s4_eta_2"), "--all", "--twins", "--rerun-rest", "--baseline", str(base_file),
                        "--out", str(tmp_path / "all.csv")]) == 0
     every = calls.read_calls(tmp_path / "all.csv")
-    _, _, ends = calls.read_study(w / "s3_eta_2")
+    _, _, ends = calls.read_study(w / "s4_eta_2")
     assert sorted(every.trial) == sorted(n for n, e in ends.items() if e["state"] == "PRUNED")
     assert set(every.end_from) == {"twin", "rerun"} and (every.end_from == "twin").sum() == len(tw)
     assert (tmp_path / "all_studies.png").stat().st_size > 0
     common = load_bench("common")
     st = pd.DataFrame(common.wide(common.read_rows(tmp_path / "all_studies.csv"))).iloc[0]
     fronts = {}
-    for label in ("s3_eta_2", "s3_no_pruning"):
+    for label in ("s4_eta_2", "s4_no_pruning"):
         _, _, e = calls.read_study(w / label)
         fronts[label] = np.array([[m["metrics"]["eval_loss"], -m["metrics"]["eval_accuracy"]] for m in e.values()
                                   if m["state"] == "COMPLETE"])
     ref = np.array([oracle.base["eval_loss"], -oracle.base["eval_accuracy"]])
     hv = load_bench("bench_pruning").hv
-    h_pr, h_base = hv(fronts["s3_eta_2"], ref), hv(fronts["s3_no_pruning"], ref)
+    h_pr, h_base = hv(fronts["s4_eta_2"], ref), hv(fronts["s4_no_pruning"], ref)
     would = np.array([[r.final_eval_loss, r.final_eval_accuracy] for r in every.itertuples()])
     assert st.n_pruned == len(every) and abs(st.loss_pct - 100 * (1 - h_pr / h_base)) < 1e-9
-    assert abs(st.calls_cost_pct - 100 * (hv(np.vstack([fronts["s3_eta_2"], would]), ref) - h_pr) / h_base) < 1e-9
+    assert abs(st.calls_cost_pct - 100 * (hv(np.vstack([fronts["s4_eta_2"], would]), ref) - h_pr) / h_base) < 1e-9
     assert st.calls_cost_pct >= 0 and abs(st.calls_cost_pct + st.path_pct - st.loss_pct) < 1e-9
-    assert calls.main([str(w / "s3_eta_2"), "--rerun-rest", "--out", str(tmp_path / "y.csv")]) == 2
+    assert calls.main([str(w / "s4_eta_2"), "--rerun-rest", "--out", str(tmp_path / "y.csv")]) == 2
     # bench_projection: each pruned trial's last rung values (as journaled), its projection, its real end
     proj = load_bench("bench_projection")
     assert proj.main([str(tmp_path / "all.csv"), str(w), "--out", str(tmp_path / "proj.csv")]) == 0
     pj = pd.DataFrame(common.wide(common.read_rows(tmp_path / "proj.csv")))
     from moopt.journal import replay
 
-    rec = replay(w / "s3_eta_2")
+    rec = replay(w / "s4_eta_2")
     last = {r["number"]: r["metrics"] for r in rec.rungs}  # rung events in order: the last one wins
     assert sorted(pj.trial) == sorted(every.trial) and np.isfinite(pj.log_ratio_projected).all()
     for r in pj.itertuples():
