@@ -55,8 +55,14 @@ def format_params(params: dict | str | None) -> str:
     return ";".join(f"{k}={v}" for k, v in params.items())
 
 
+TEXT_PARAMS = {"commit", "cpu", "gpu"}  # kept as written: a commit such as 2e90454 or 3267671 is not a number
+
+
 def parse_params(text: str) -> dict[str, Any]:
-    return {k: _number(v) for k, _, v in (p.partition("=") for p in text.split(";") if p)} if text else {}
+    if not text:
+        return {}
+    pairs = (p.partition("=") for p in text.split(";") if p)
+    return {k: (v if k in TEXT_PARAMS else _number(v)) for k, _, v in pairs}
 
 
 def _number(v: str) -> Any:

@@ -22,6 +22,19 @@ def test_rows_round_trip_and_pivot_to_one_record_per_run(tmp_path, load_bench):
     assert wide[0]["eta"] == 2.0 and wide[0]["label"] == "x"
 
 
+def test_a_commit_that_reads_as_a_number_stays_the_commit(tmp_path, load_bench):
+    """2e90454 is a float literal (inf) and 3267671 an int; as commits they are text, in and out."""
+    common = load_bench("common")
+    rows = [{"what": "x", "value": 1.0, "params": {"commit": c, "cpu": "Intel Xeon (amx_bf16)", "eta": 2}}
+            for c in ("2e90454", "3267671", "c4b101e")]
+    path = common.write_rows(rows, tmp_path / "c.csv")
+    back = common.read_rows(path)
+    assert [r["params"]["commit"] for r in back] == ["2e90454", "3267671", "c4b101e"]
+    assert back[0]["params"]["eta"] == 2
+    common.write_rows(back, tmp_path / "again.csv")
+    assert (tmp_path / "again.csv").read_text() == path.read_text()
+
+
 def test_the_schema_refuses_what_it_could_not_read_back(tmp_path, load_bench):
     common = load_bench("common")
     with pytest.raises(ValueError, match="not in the schema"):

@@ -12,7 +12,7 @@ the end of training), so a configuration cut early does not read as a bad region
 
 Sample efficiency at small budgets (tens of trials, where plain NSGA-II is close to random search):
 the first population is the default (and warm starts) plus a space-filling design (the most evenly spread of
-LHS_TRIES Latin hypercubes). After it, each ask breeds many candidate offspring with NSGA-II's own mating
+LHS_TRIES Latin hypercubes, over the parameters and the LoRA features below). After it, each ask breeds many candidate offspring with NSGA-II's own mating
 (tournament on rank + crowding, SBX/PM/uniform crossover, duplicates removed against everything
 evaluated), adds uniform samples (global) and one-variable moves of the non-dominated points (local: the
 other options of a choice, a step of an integer or a real), fits cheap surrogates (extra-trees, one per
