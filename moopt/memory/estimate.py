@@ -556,24 +556,22 @@ def estimate_peak(
     if bnb_keeps_inputs is None:
         bnb_keeps_inputs = st.peft
 
-    phases = phase_bytes(st, bnb_keeps_inputs, ce_chunk_size)
-    phase = max(phases, key=lambda k: sum(phases[k]))
-    activations, logit_bytes, transients = phases[phase]
-    dynamic = activations + logit_bytes + transients
     notes: list[str] = []
+    # The trial picks attention per batch (moopt.train.recipe.BatchAttention): when the longest batch runs
+    # SDPA, its batches of up to EAGER_MAX_TOKENS still run eager, whose probabilities can make that
+    # shorter step peak above it (when s is little longer); the estimate is the larger of the two.
     short = replace(st, s=EAGER_MAX_TOKENS)
-    if st.attention != "eager" and st.s > EAGER_MAX_TOKENS and short.attention == "eager":
-        # the trial picks attention per batch (moopt.train.recipe.BatchAttention): its batches of up to
-        # EAGER_MAX_TOKENS run eager, whose probabilities can make a batch x EAGER_MAX_TOKENS step peak
-        # above the batch x s SDPA one when s is little longer
-        short_phases = phase_bytes(short, bnb_keeps_inputs, ce_chunk_size)
-        short_phase = max(short_phases, key=lambda k: sum(short_phases[k]))
-        if sum(short_phases[short_phase]) > dynamic:
-            phase = short_phase
-            activations, logit_bytes, transients = short_phases[phase]
+    steps = [st, short] if st.s > EAGER_MAX_TOKENS and short.attention == "eager" else [st]
+    dynamic = -1
+    for cand in steps:
+        phases = phase_bytes(cand, bnb_keeps_inputs, ce_chunk_size)
+        top = max(phases, key=lambda k: sum(phases[k]))
+        if sum(phases[top]) > dynamic:
+            phase, s = top, cand.s  # s: the shape of the peak, what a probe must measure
+            activations, logit_bytes, transients = phases[top]
             dynamic = activations + logit_bytes + transients
-            notes.append(f"peak at the eager step of {b} x {EAGER_MAX_TOKENS} tokens (its batches that short run eager)")
-            s = EAGER_MAX_TOKENS  # the shape of the peak: what a probe must measure
+    if s != st.s:
+        notes.append(f"peak at the eager step of {b} x {s} tokens (its batches that short run eager)")
     if device == "cpu" and st.quant != "none":
         notes.append("cpu + bitsandbytes: the checkpoint file stays mapped and resident (it is read whole to quantise)")
     breakdown = {k: 0 for k in BREAKDOWN_KEYS}

@@ -217,7 +217,6 @@ class Engine:
         self.arch_F = np.zeros((0, n_obj))
         self.arch_G = np.zeros((0, n_constr))
         self.sg_rng = np.random.default_rng(seed + 2)
-        self.lora_features = lora_features
 
     # -- ask / tell -------------------------------------------------------------------------------
     def ask(self, tries: int = 5) -> list[dict[str, Any]]:

@@ -146,21 +146,23 @@ class MemoryGate:
         lengths = data_lengths(self.model_path, self.train_file)
         return batch_shape(lengths, b, s, trial.data.sampling_strategy)
 
-    def peak_shape(self, trial: TrialConfig) -> tuple[int, int]:
-        """The (batch, sequence) step the estimate peaks at, what a probe measures: :meth:`shape`, except
-        on a CPU in bf16 when the trial's batches of up to EAGER_MAX_TOKENS tokens run eager attention
-        and that shorter step holds more (moopt.memory.estimate.estimate_peak)."""
-        from moopt.memory.estimate import estimate_peak
-
-        return estimate_peak(self.model_config, trial, device=self.device, kernels=self.estimate_kernels,
-                             batch_shape=self.shape(trial)).shape
-
-    def estimate_bytes(self, trial: TrialConfig, calibrated: bool = True) -> int:
+    def estimate(self, trial: TrialConfig, calibrated: bool = True):
+        """The trial's MemoryEstimate at its data's largest batch (:meth:`shape`); calibrated with this
+        key's fitted calibration unless ``calibrated`` is False."""
         from moopt.memory.estimate import estimate_peak
 
         cal = self.cache.entry(self.key(trial)).get("calibration") if calibrated else None
         return estimate_peak(self.model_config, trial, device=self.device, kernels=self.estimate_kernels,
-                             calibration=cal or None, batch_shape=self.shape(trial)).total_bytes
+                             calibration=cal or None, batch_shape=self.shape(trial))
+
+    def peak_shape(self, trial: TrialConfig) -> tuple[int, int]:
+        """The (batch, sequence) step the estimate peaks at, what a probe measures: :meth:`shape`, except
+        on a CPU in bf16 when the trial's batches of up to EAGER_MAX_TOKENS tokens run eager attention
+        and that shorter step holds more (moopt.memory.estimate.estimate_peak)."""
+        return self.estimate(trial, calibrated=False).shape
+
+    def estimate_bytes(self, trial: TrialConfig, calibrated: bool = True) -> int:
+        return self.estimate(trial, calibrated).total_bytes
 
     def band(self, trial: TrialConfig) -> tuple[float, float]:
         """(under, over): relative error band of the calibrated estimate for this trial's key."""
@@ -181,7 +183,8 @@ class MemoryGate:
         fp = memory_fingerprint(trial, shape)
         entry = self.cache.entry(key)
         budget = self.constraint_gb
-        predicted = self.estimate_bytes(trial) / GIB
+        est = self.estimate(trial)
+        predicted = est.total_bytes / GIB
         under, over = self.band(trial)
         shown = f"{shape[0]} x {shape[1]} tokens"
         if shape != (trial.training.batch_size, trial.data.max_seq_length):
@@ -205,7 +208,7 @@ class MemoryGate:
             return decision("fit", None, False, f"estimate {predicted:.2f} GiB + {under:.0%} <= budget {budget:.2f} GiB")
 
         # -- within the error band, or the first of its kind on CUDA: measure ------------------------
-        probe_shape = self.peak_shape(trial)
+        probe_shape = est.shape  # the step the estimate peaks at (calibration scales, it does not move it)
         if probe_shape != shape:
             shown += f"; probed at {probe_shape[0]} x {probe_shape[1]}, its peak (eager attention)"
         res = probe_peak(self.model_path, trial, device=self.device, kernels=self.kernels, steps=self.steps,

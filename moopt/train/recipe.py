@@ -103,7 +103,10 @@ def longest_row(data: TokenizedSet) -> int:
 def use_attention(model, device: torch.device, dtype: str, row_tokens: int) -> str:
     """Set the model's attention implementation for rows of at most ``row_tokens`` tokens
     (:func:`moopt.config.attention_implementation`) and return it."""
-    impl = attention_implementation(device.type, dtype, row_tokens)
+    return _switch_attention(model, attention_implementation(device.type, dtype, row_tokens))
+
+
+def _switch_attention(model, impl: str) -> str:
     if getattr(model.config, "_attn_implementation", None) != impl:
         model.set_attn_implementation(impl)  # ~0.3 ms: it sets the config the attention layers read
     return impl
@@ -133,10 +136,8 @@ class BatchAttention:
         impl = attention_implementation(self.device.type, self.dtype, width)
         if impl == "eager" and rows * width * width > self.score_budget:
             impl = "sdpa"
-        if getattr(self.model.config, "_attn_implementation", None) != impl:
-            self.model.set_attn_implementation(impl)
         self.ran[impl] = self.ran.get(impl, 0) + 1
-        return impl
+        return _switch_attention(self.model, impl)
 
     @property
     def summary(self) -> str | None:
