@@ -80,6 +80,51 @@ def test_the_peak_restarts_for_each_trial():
     assert peak_memory_gb("cpu") < high - 0.2
 
 
+def test_a_warm_trial_peak_includes_the_base_models_load():
+    """A fresh process's peak includes loading its base model; a warm worker resets the peak after
+    taking the model, so its trials' peak_memory_gb must still count the load (the estimate and the
+    probe do). Here the load touches 300 MiB it frees again."""
+    from moopt.memory.measure import GIB, peak_memory_gb, reset_peak
+
+    def load(base_model, cfg, device):
+        block = bytearray(300 * 2**20)
+        block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page
+        del block
+        return object(), object()
+
+    warm = WarmBase()
+    warm.model_and_tokenizer("m", TrialConfig(), torch.device("cpu"), load)
+    gc.collect()
+    reset_peak("cpu")  # as run_trial does once it has the model
+    assert warm.load_peak_bytes / GIB > peak_memory_gb("cpu") + 0.2  # the reset dropped the load's peak ...
+    assert warm.trial_peak_gb(torch.device("cpu")) == warm.load_peak_bytes / GIB  # ... the trial's peak keeps it
+    warm.drop()
+    assert warm.load_peak_bytes == 0
+
+
+def test_a_cpu_memory_budget_runs_each_trial_in_a_fresh_process(tmp_path, monkeypatch):
+    """Under --memory_constraint on a CPU a warm worker's RSS carries the trials before it, so each
+    trial gets a fresh process; on a GPU, or without a budget, workers stay warm."""
+    import moopt.study.placement as placement
+    from moopt.search.objectives import parse_objectives
+    from moopt.search.space import parse_space
+    from moopt.study.scheduler import Study, StudyConfig
+
+    def cfg(budget):
+        return StudyConfig(base_model="m", model_path="m", train_file="t.jsonl", validation_file="v.jsonl",
+                           output_dir=str(tmp_path), num_trials=1, objectives=parse_objectives("eval_loss", None),
+                           space=parse_space({"training": {"learning_rate": 1e-3}}, source="<test>"),
+                           memory_constraint_gb=budget)
+
+    console = Console(file=io.StringIO())
+    monkeypatch.setattr(placement, "_gpu_capacities", lambda: [])
+    assert Study(cfg(None), console=console).warm_workers()
+    assert not Study(cfg(8.0), console=console).warm_workers()
+    assert "fresh process per trial" in console.file.getvalue()
+    monkeypatch.setattr(placement, "_gpu_capacities", lambda: [("0", 80.0)])
+    assert Study(cfg(8.0), console=console).warm_workers()
+
+
 def study(tiny_model, tiny_data, out, warm: bool, fault: str | None, monkeypatch):
     from moopt.search.objectives import parse_objectives
     from moopt.search.space import parse_space

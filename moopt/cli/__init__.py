@@ -65,7 +65,8 @@ def main() -> None:
 @click.option("--baseline/--no-baseline", "baseline", default=True, show_default=True, help="Evaluate the base model first, for comparison.")
 @click.option("--warm_workers/--no_warm_workers", "--warm-workers/--no-warm-workers", "warm_workers", default=True, show_default=True,
               help="A trial process keeps its loaded base model for the next trial with the same model, dtype and "
-                   "quantisation (results are the same as in a fresh process); --no_warm_workers: a fresh process per trial.")
+                   "quantisation (results are the same as in a fresh process); --no_warm_workers: a fresh process per trial "
+                   "(always so under --memory_constraint on a CPU, where a warm process's RSS carries earlier trials).")
 def optimize(**kw) -> None:
     """Search LoRA hyperparameters for a base model on your data; write results to --output_dir."""
     try:

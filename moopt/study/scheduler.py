@@ -179,8 +179,30 @@ class Study:
         elif factory is None:
             from moopt.study.executor import LocalExecutor
 
-            factory = functools.partial(LocalExecutor, warm=self.cfg.warm_workers)
+            factory = functools.partial(LocalExecutor, warm=self.warm_workers())
         return factory(on_progress=self.on_progress, on_rung=self.decide_rung, stall=self.stall_policy())
+
+    def warm_workers(self) -> bool:
+        """Whether a worker keeps its base model for the next trial (``cfg.warm_workers``), except under
+        ``--memory_constraint`` on a CPU, where the budget is the trial process's peak RSS. A warm
+        worker's RSS after a trial depends on the trials before it (glibc's heap, oneDNN's primitive
+        cache): over nine SmolLM2 trials in bf16 it held 0.74 -> 1.04 GiB after ``free_memory``, and a
+        trial peaked up to 0.3 GiB above the same configuration in a fresh process (1.66 against 1.37 GiB
+        at 32 x 20 tokens). Those peaks are the worker's history, not the configuration's; calibrated on
+        them (and on warm peaks without the model's load), the gate erred by 5-16% and trained 6 of 47
+        trials over the budget (benchmarks/bench_memory_gate.py, docs/RESULTS.md). A fresh process per
+        trial measures what the estimate and the probe model. On a GPU workers stay warm: the budget is the
+        caching allocator's peak since the trial began (plus the context), and ``torch.cuda.empty_cache``
+        gives a trial's blocks back (not yet measured on a GPU)."""
+        from moopt.study.placement import _gpu_capacities
+
+        if not self.cfg.warm_workers:
+            return False
+        if self.cfg.memory_constraint_gb and not _gpu_capacities():
+            self.console.print("--memory_constraint on a CPU: a fresh process per trial, so that each trial's peak RSS "
+                               "is its own (a warm worker's grows with the trials before it)")
+            return False
+        return True
 
     # -- running it ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

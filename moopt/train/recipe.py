@@ -265,6 +265,10 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
     curve: list[dict[str, float]] = []
     evals: list[dict[str, float]] = []
     attention: BatchAttention | None = None
+
+    def trial_peak_gb() -> float:
+        return peak_memory_gb(device) if warm is None else warm.trial_peak_gb(device)
+
     try:
         # -- load model ---------------------------------------------------------------------------
         if warm is None:
@@ -293,7 +297,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
             reporter.phase("evaluating", f"{len(val.examples)} validation examples")
             result.metrics = evaluate(model, val, tc.batch_size, pad_id, device, "torch", reporter.heartbeat, attention)
             result.attention = attention.summary
-            result.metrics["peak_memory_gb"] = peak_memory_gb(device)
+            result.metrics["peak_memory_gb"] = trial_peak_gb()
             result.state = TrialState.COMPLETE
             return result
 
@@ -417,7 +421,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
                 metrics.update({k.replace("eval_", "test_"): v for k, v in tm.items()})
             result.state = TrialState.COMPLETE if stop_reason is None else TrialState.PRUNED
             result.error = None if stop_reason is None else f"{stop_reason} at step {step}"
-        metrics["peak_memory_gb"] = peak_memory_gb(device)
+        metrics["peak_memory_gb"] = trial_peak_gb()
         result.metrics = metrics
 
         # -- save ---------------------------------------------------------------------------------
@@ -435,7 +439,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
         is_oom = is_out_of_memory(e)
         result.state, result.oom = (TrialState.INFEASIBLE if is_oom else TrialState.FAIL), is_oom
         result.error = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-        result.metrics = result.metrics or ({"peak_memory_gb": peak_memory_gb(device)} if is_oom else {})
+        result.metrics = result.metrics or ({"peak_memory_gb": trial_peak_gb()} if is_oom else {})
         traceback.print_exc(file=sys.stderr)
         extra = {}
     from moopt.yamlio import write_json

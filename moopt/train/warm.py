@@ -32,6 +32,9 @@ class WarmBase:
         self.tokenizer = None
         self._data: dict[tuple, TokenizedSet] = {}
         self.loads = 0  # base models loaded by this worker (1 for a worker that ran only one key)
+        # the peak memory of loading the current base model (moopt.memory.measure.measure_peak right after
+        # the load): part of every trial's peak_memory_gb, as it is of a fresh process's (:meth:`trial_peak_gb`)
+        self.load_peak_bytes = 0
 
     def model_and_tokenizer(self, base_model: str, cfg: TrialConfig, device: torch.device, load):
         """The base model for this trial, loaded by ``load(base_model, cfg, device)`` once per key;
@@ -39,11 +42,26 @@ class WarmBase:
         key = base_key(base_model, cfg, device)
         if key == self.key:
             return self.model, self.tokenizer, False
+        from moopt.memory.measure import measure_peak, reset_peak
+
         self.drop()
+        if self.loads:  # a fresh process's peak starts at its imports; a later load's starts here
+            reset_peak(device.type)
         self.model, self.tokenizer = load(base_model, cfg, device)
+        self.load_peak_bytes = measure_peak(device.type).peak_bytes
         self.key = key
         self.loads += 1
         return self.model, self.tokenizer, True
+
+    def trial_peak_gb(self, device: torch.device) -> float:
+        """A trial's ``peak_memory_gb`` in this worker: its own peak (the caller reset the peak after taking
+        the base model) and at least the base model's load. A fresh process measures both, and so do the
+        memory probe and the estimate: without the load, a warm trial on a CPU reported 0.92 GiB where a
+        fresh process peaks at 1.27 (SmolLM2 in bf16 from its fp32 file, the load's transient), and
+        calibrating the gate on such pairs let trials over the budget through."""
+        from moopt.memory.measure import GIB, measure_peak
+
+        return max(measure_peak(device.type).peak_bytes, self.load_peak_bytes) / GIB
 
     def tokenized(self, path: str, max_seq_length: int) -> TokenizedSet:
         """``tokenize_file`` of ``path``, kept per (file, size, mtime, max_seq_length, tokenizer)."""
@@ -69,6 +87,7 @@ class WarmBase:
 
     def drop(self) -> None:
         self.key = self.model = self.tokenizer = None
+        self.load_peak_bytes = 0
         self._data.clear()
         free_memory()
 
