@@ -108,6 +108,37 @@ def test_the_time_budget_predicts_a_trial_from_trials_of_its_batch_size_and_kind
     assert Study.tokens_per_s(quant, durations) == pytest.approx(20.0)  # its own kind's one trial
 
 
+def test_the_time_budget_prediction_follows_the_lora_targets_and_trusts_long_measurements():
+    """q,k,v,o trains slower than q,v (12% on SmolLM2 on 2 CPU cores); a trial pruned after a few steps
+    measured its tokens/s over them, the first slower, and counts for less; an epoch's tokens are those
+    of trials truncated to the same max_seq_length."""
+    from moopt.config import TrialConfig
+    from moopt.records import TrialResult, TrialState
+    from moopt.study.scheduler import Study
+
+    def end(targets, tps, steps=40, seq=64, tokens=5165):
+        return Study.duration_sample(TrialResult(
+            number=0, state=TrialState.COMPLETE, tokens_per_s=tps, train_tokens=tokens, train_seconds=tokens / tps,
+            duration_s=tokens / tps + 2, steps=steps, total_steps=steps, epochs=1.0,
+            config={"training": {"batch_size": 8}, "lora": {"target_modules": targets}, "data": {"max_seq_length": seq}}))
+
+    qv, attn = (TrialConfig.from_dict({"training": {"batch_size": 8}, "lora": {"target_modules": t}})
+                for t in ("qv", "attention"))
+    durations = [s for t, tps in (("qv", 460.0), ("attention", 380.0), ("qv", 440.0), ("attention", 390.0)) * 2
+                 for s in end(t, tps)]
+    # the targets' effect is shrunk toward none while few trials show it (ridge): 15% measured, 7% taken here
+    assert Study.tokens_per_s(attn, durations) < 0.95 * Study.tokens_per_s(qv, durations)
+    assert Study.tokens_per_s(qv, durations) == pytest.approx(450.0, rel=0.05)
+    # a q,v trial pruned after 2 steps at 250 tokens/s barely moves the prediction
+    assert Study.tokens_per_s(qv, durations + end("qv", 250.0, steps=2)) == pytest.approx(450.0, rel=0.05)
+    # an epoch at max_seq_length 1024 holds more tokens than at 64: the 64 ones do not predict it
+    long = TrialConfig.from_dict({"training": {"batch_size": 8}, "lora": {"target_modules": "qv"},
+                                  "data": {"max_seq_length": 1024}})
+    durations += end("qv", 450.0, seq=1024, tokens=40000)
+    assert Study.fits_time(qv, durations, time.time() + 30)  # 5165 / 450 + 2 s
+    assert not Study.fits_time(long, durations, time.time() + 30)  # 40000 / 450 s
+
+
 def test_a_queued_configuration_that_can_finish_runs_before_one_that_cannot():
     """Near the deadline the next individual may be too long while another of its generation is short: the
     short one runs, the long one waits behind it; the study stops only when none of them can finish."""

@@ -108,11 +108,30 @@ class DurationSample(NamedTuple):
     overhead_s: float  # the trial's wall time outside training
     batch: int  # micro-batch size
     kind: tuple[str, bool]  # (quantization, gradient checkpointing): what else moves tokens/s most
+    targets: int = 1  # LoRA target modules per layer
+    r: int = 8  # LoRA rank
+    steps: int = 0  # optimizer steps the tokens/s was measured over (a trial pruned early: a few, the first slower)
+    max_seq_length: int = 0  # what tokens_per_epoch was truncated to
+
+
+# Study.tokens_per_s: log tokens/s fitted, per kind, to log(micro-batch), log(LoRA targets) and log(r) by
+# ridge regression toward SPEED_PRIOR (tokens/s ~ batch^0.5; targets and rank not moving it), each trial
+# weighted min(1, steps / SPEED_FULL_WEIGHT_STEPS). benchmarks/bench_time_prediction.py, 61 COMPLETE trials of
+# 31 CPU studies (time-to-quality runs on the demo space, the guide's commands), each predicted from the
+# trials finished before it: median |log error| 0.105, p90 0.244, mean signed +0.028, against 0.213, 0.484
+# and +0.118 (12% optimistic: trials cut by the budget) for the batch-only power law it replaced.
+SPEED_PRIOR = np.array([0.0, 0.5, 0.0, 0.0])  # intercept (free), log batch, log targets, log r
+SPEED_RIDGE = 1.0
+SPEED_FULL_WEIGHT_STEPS = 20
 
 
 def _speed_key(cfg: TrialConfig) -> tuple[int, tuple[str, bool]]:
     """(micro-batch size, DurationSample.kind) of a trial configuration."""
     return int(cfg.training.batch_size), (str(cfg.model.quantization), bool(cfg.model.gradient_checkpointing))
+
+
+def _speed_features(batch: int, targets: int, r: int) -> np.ndarray:
+    return np.array([1.0, math.log(max(batch, 1)), math.log(max(targets, 1)), math.log(max(r, 1))])
 
 
 class Study:
@@ -384,31 +403,41 @@ class Study:
             return []
         frac_done = end.steps / end.total_steps
         per_epoch = tokens / max(frac_done * end.epochs, 1e-9)
-        batch, kind = _speed_key(TrialConfig.from_dict(end.config or {}))
-        return [DurationSample(per_epoch, tps, max(0.0, end.duration_s - secs), batch, kind)]
+        cfg = TrialConfig.from_dict(end.config or {})
+        batch, kind = _speed_key(cfg)
+        return [DurationSample(per_epoch, tps, max(0.0, end.duration_s - secs), batch, kind, len(cfg.lora.target_modules),
+                               int(cfg.lora.r), int(end.steps), int(cfg.data.max_seq_length))]
 
     @staticmethod
     def tokens_per_s(tcfg: TrialConfig, durations: list[DurationSample]) -> float:
-        """A trial's training tokens/s, predicted from the finished trials' (``duration_sample``): those of the
-        same quantization and checkpointing where there are some, then a power law in the micro-batch size
-        fitted to them when they span two sizes or more (exponent clipped to [0, 1]: a larger micro-batch
-        moves no fewer tokens a second, and at most proportionally more), else their median. On 2 CPU cores
-        SmolLM2 trains at 28 tokens/s at batch 1 and 130 at batch 8, so the median of a study's trials (58)
-        predicted a batch-1 trial of 5 epochs at half its real 16 minutes, and it started with 8 left."""
+        """A trial's training tokens/s, predicted from the finished trials' (``duration_sample``) of the same
+        quantization and checkpointing where there are some (else all): log tokens/s regressed on the log
+        micro-batch size, LoRA targets and rank, by ridge regression toward :data:`SPEED_PRIOR`, trials of
+        few steps weighing less. On 2 CPU cores SmolLM2 trains at 28 tokens/s at batch 1 and 130 at batch 8,
+        so the median of a study's trials (58) predicted a batch-1 trial of 5 epochs at half its real 16
+        minutes, and it started with 8 left; the targets move it too (q,k,v,o 12% slower than q,v there)."""
         batch, kind = _speed_key(tcfg)
         same = [d for d in durations if d.kind == kind] or durations
-        if len({d.batch for d in same}) >= 2:
-            x, y = np.log([d.batch for d in same]), np.log([d.tokens_per_s for d in same])
-            slope = float(np.clip(np.polyfit(x, y, 1)[0], 0.0, 1.0))
-            return float(np.exp(np.mean(y - slope * x) + slope * math.log(batch)))
-        return float(np.median([d.tokens_per_s for d in same]))
+        X = np.array([_speed_features(d.batch, d.targets, d.r) for d in same])
+        y = np.log([d.tokens_per_s for d in same])
+        w = np.array([min(1.0, max(d.steps, 1) / SPEED_FULL_WEIGHT_STEPS) for d in same])
+        beta = SPEED_PRIOR.copy()
+        beta[0] = np.average(y - X[:, 1:] @ SPEED_PRIOR[1:], weights=w)
+        penalty = np.diag([1e-9] + [SPEED_RIDGE] * (len(beta) - 1))
+        beta += np.linalg.solve(X.T @ (w[:, None] * X) + penalty, X.T @ (w * (y - X @ beta)))
+        x = _speed_features(batch, len(tcfg.lora.target_modules), int(tcfg.lora.r))
+        return float(np.exp(x @ beta))
 
     @staticmethod
     def fits_time(tcfg: TrialConfig, durations, deadline: float) -> bool:
-        """Predicted duration from measured tokens/s (:meth:`tokens_per_s`): can this trial end before the deadline?"""
+        """Predicted duration: an epoch's training tokens (those of trials with the same ``max_seq_length``
+        where there are some: truncation sets them) over the predicted tokens/s (:meth:`tokens_per_s`),
+        plus the trials' overhead. Can this trial end before the deadline?"""
         if not durations:
             return time.time() < deadline
-        per_epoch = float(np.median([d.tokens_per_epoch for d in durations]))
+        seq = int(tcfg.data.max_seq_length)
+        per_epoch = float(np.median([d.tokens_per_epoch for d in durations if d.max_seq_length == seq]
+                                    or [d.tokens_per_epoch for d in durations]))
         overhead = float(np.median([d.overhead_s for d in durations]))
         predicted = per_epoch * tcfg.training.num_train_epochs / Study.tokens_per_s(tcfg, durations) + overhead
         return time.time() + predicted <= deadline
