@@ -110,19 +110,24 @@ def test_a_cpu_memory_budget_runs_each_trial_in_a_fresh_process(tmp_path, monkey
     from moopt.search.space import parse_space
     from moopt.study.scheduler import Study, StudyConfig
 
-    def cfg(budget):
+    def cfg(budget, objective="eval_loss"):
         return StudyConfig(base_model="m", model_path="m", train_file="t.jsonl", validation_file="v.jsonl",
-                           output_dir=str(tmp_path), num_trials=1, objectives=parse_objectives("eval_loss", None),
+                           output_dir=str(tmp_path), num_trials=1, objectives=parse_objectives(objective, None),
                            space=parse_space({"training": {"learning_rate": 1e-3}}, source="<test>"),
                            memory_constraint_gb=budget)
 
     console = Console(file=io.StringIO())
     monkeypatch.setattr(placement, "_gpu_capacities", lambda: [])
     assert Study(cfg(None), console=console).warm_workers()
+    assert Study(cfg(None, "multi:eval_loss,eval_accuracy"), console=console).warm_workers()
     assert not Study(cfg(8.0), console=console).warm_workers()
-    assert "fresh process per trial" in console.file.getvalue()
+    assert "--memory_constraint on a CPU: a fresh process per trial" in console.file.getvalue()
+    # peak memory as an objective: a warm worker's peak would rank trials by the order they ran in
+    assert not Study(cfg(None, "multi:eval_loss,peak_memory_gb"), console=console).warm_workers()
+    assert "peak_memory_gb as an objective on a CPU: a fresh process per trial" in console.file.getvalue()
     monkeypatch.setattr(placement, "_gpu_capacities", lambda: [("0", 80.0)])
     assert Study(cfg(8.0), console=console).warm_workers()
+    assert Study(cfg(None, "multi:eval_loss,peak_memory_gb"), console=console).warm_workers()
 
 
 def study(tiny_model, tiny_data, out, warm: bool, fault: str | None, monkeypatch):

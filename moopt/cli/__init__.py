@@ -66,7 +66,8 @@ def main() -> None:
 @click.option("--warm_workers/--no_warm_workers", "--warm-workers/--no-warm-workers", "warm_workers", default=True, show_default=True,
               help="A trial process keeps its loaded base model for the next trial with the same model, dtype and "
                    "quantisation (results are the same as in a fresh process); --no_warm_workers: a fresh process per trial "
-                   "(always so under --memory_constraint on a CPU, where a warm process's RSS carries earlier trials).")
+                   "(always so on a CPU under --memory_constraint or with peak_memory_gb as an objective, where a warm "
+                   "process's RSS carries earlier trials).")
 def optimize(**kw) -> None:
     """Search LoRA hyperparameters for a base model on your data; write results to --output_dir."""
     try:

@@ -212,13 +212,16 @@ class Study:
         trials over the budget (benchmarks/bench_memory_gate.py, docs/RESULTS.md). A fresh process per
         trial measures what the estimate and the probe model. On a GPU workers stay warm: the budget is the
         caching allocator's peak since the trial began (plus the context), and ``torch.cuda.empty_cache``
-        gives a trial's blocks back (not yet measured on a GPU)."""
+        gives a trial's blocks back (not yet measured on a GPU). The same holds where ``peak_memory_gb`` is
+        an objective: the search would otherwise rank configurations by the order they ran in."""
         from moopt.study.placement import _gpu_capacities
 
         if not self.cfg.warm_workers:
             return False
-        if self.cfg.memory_constraint_gb and not _gpu_capacities():
-            self.console.print("--memory_constraint on a CPU: a fresh process per trial, so that each trial's peak RSS "
+        why = ("--memory_constraint" if self.cfg.memory_constraint_gb
+               else "peak_memory_gb as an objective" if "peak_memory_gb" in self.cfg.objectives.names else None)
+        if why and not _gpu_capacities():
+            self.console.print(f"{why} on a CPU: a fresh process per trial, so that each trial's peak RSS "
                                "is its own (a warm worker's grows with the trials before it)")
             return False
         return True
