@@ -265,15 +265,27 @@ def load_model_config(path_or_folder: str | Path):
     except (ValueError, KeyError, TypeError):
         cfg = LlamaConfig(**{k: v for k, v in data.items() if k != "model_type"})
     cfg._name_or_path = str(path.parent)
+    from moopt.train.models import dtype_copy_path
+
+    # moopt's cached conversion (fp32): unquantised trials load its copy in their dtype (prepare_dtype_copy)
+    cfg.moopt_dtype_copies = dtype_copy_path(path.parent, "bfloat16") != path.parent
     return cfg
 
 
-def checkpoint_bytes(model_config: Any, dims: "ModelDims") -> int:
-    """Bytes of the weights on disk: every parameter in the checkpoint's dtype (config ``dtype``; bf16
-    when the config does not say)."""
-    dtype = str(getattr(model_config, "dtype", None) or "bfloat16")
+def checkpoint_bytes(model_config: Any, dims: "ModelDims", dtype: str | None = None) -> int:
+    """Bytes of the weights on disk: every parameter in the file's dtype (``dtype``, else the config's
+    ``dtype``; bf16 when the config does not say)."""
+    dtype = dtype or str(getattr(model_config, "dtype", None) or "bfloat16")
     per = 4 if "float32" in dtype else 1 if "int8" in dtype else 2
     return per * (dims.linear_params + dims.embedding_params + dims.norm_params)
+
+
+def loaded_file_dtype(model_config: Any, trial: TrialConfig, device: str) -> str:
+    """The dtype of the file an unquantised trial loads: the checkpoint's, or for moopt's cached conversions
+    (``moopt_dtype_copies``) the copy in the trial's own dtype."""
+    if getattr(model_config, "moopt_dtype_copies", False) and trial.model.quantization == "none":
+        return resolve_dtype(trial.model.dtype, device)
+    return str(getattr(model_config, "dtype", None) or "bfloat16").removeprefix("torch.")
 
 
 def _act_bytes(trial: TrialConfig, device: str) -> int:
@@ -588,7 +600,7 @@ def estimate_peak(
         # That load-time peak, runtime + converted weights + file, is above the step's for small steps:
         # SmolLM2-135M's fp32 file in bf16 peaked at 1247 MiB resident in every probe up to 4 x 128 tokens
         # (benchmarks/results/memory_cpu_bf16.csv), where the step alone was estimated from 1130 MiB.
-        ckpt = checkpoint_bytes(model_config, st.m)
+        ckpt = checkpoint_bytes(model_config, st.m, loaded_file_dtype(model_config, trial, device))
         load = breakdown["runtime"] + breakdown["weights"] + ckpt
         if ckpt != breakdown["weights"] and load > total:
             breakdown["checkpoint_pages"] = load - total
@@ -614,7 +626,10 @@ def estimate_peak(
 def calibration_key(model_config: Any, trial: TrialConfig, device: str, kernels: str) -> str:
     """One factor/offset per (model, quantization, kernels, device, the dtype it trains in)."""
     dtype = resolve_dtype(trial.model.dtype, device)
-    return f"{ModelDims.from_config(model_config).signature()}|{trial.model.quantization}|{kernels}|{device}|{dtype}"
+    key = f"{ModelDims.from_config(model_config).signature()}|{trial.model.quantization}|{kernels}|{device}|{dtype}"
+    if device == "cpu" and trial.model.quantization == "none":  # on a CPU the file's dtype sets the load's peak
+        key += f"|file {loaded_file_dtype(model_config, trial, device)}"
+    return key
 
 
 def apply_calibration(total_bytes: int, cal: dict) -> int:

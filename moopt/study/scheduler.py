@@ -226,6 +226,19 @@ class Study:
             return False
         return True
 
+    def prepare_model(self) -> None:
+        """Cache moopt's own converted base model (the bundled SmolLM2) in each dtype the space trains in, here
+        once, so no trial converts it at load (``moopt.train.models.prepare_dtype_copy``); other folders are
+        loaded as they are."""
+        from moopt.config import resolve_dtype
+        from moopt.study.placement import _gpu_capacities
+        from moopt.train.models import prepare_dtype_copy
+
+        device = "cuda" if _gpu_capacities() else "cpu"
+        values = next((p.values for p in self.cfg.space.params if p.name == "model.dtype"), [self.cfg.space.fixed.model.dtype])
+        for dtype in sorted({resolve_dtype(str(v), device) for v in values}):
+            prepare_dtype_copy(self.cfg.model_path, dtype)
+
     # -- running it ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Run the study to its end. Holds the study's lock throughout (a second process is refused).
@@ -274,6 +287,7 @@ class Study:
         for e in record.finished.values() if record else []:
             self.completed(e)
 
+        self.prepare_model()
         sched = Scheduler(self, self.make_executor())
         sched.resume(record)
         self.writer = BackgroundWriter(self.write_results, self.out)
