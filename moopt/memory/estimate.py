@@ -265,7 +265,7 @@ def load_model_config(path_or_folder: str | Path):
     except (ValueError, KeyError, TypeError):
         cfg = LlamaConfig(**{k: v for k, v in data.items() if k != "model_type"})
     cfg._name_or_path = str(path.parent)
-    from moopt.train.models import dtype_copy_path
+    from moopt.model_files import dtype_copy_path
 
     # moopt's cached conversion (fp32): unquantised trials load its copy in their dtype (prepare_dtype_copy)
     cfg.moopt_dtype_copies = dtype_copy_path(path.parent, "bfloat16") != path.parent

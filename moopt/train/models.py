@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 from moopt.errors import ConfigError
+from moopt.model_files import CONVERSION_MARK, dtype_copy_path
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -240,27 +241,6 @@ def _network_errors() -> tuple[type[BaseException], ...]:
         except (ImportError, AttributeError):
             pass
     return tuple(errors)
-
-
-CONVERSION_MARK = "moopt_conversion.json"  # in a folder convert_gguf wrote: moopt's own, so it may cache copies beside it
-
-
-def _file_dtype(folder: Path) -> str | None:
-    try:
-        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return str(data.get("dtype") or data.get("torch_dtype") or "") or None
-
-
-def dtype_copy_path(folder: str | Path, dtype: str) -> Path:
-    """Where the weights of ``folder`` in ``dtype`` are cached: moopt's own conversions (a GGUF dequantised
-    to fp32 by :func:`convert_gguf`, which marks the folder with CONVERSION_MARK) get a copy in each dtype trials train in (:func:`prepare_dtype_copy`);
-    any other folder (the user's, a hub snapshot) is loaded as it is, and this returns it unchanged."""
-    folder = Path(folder)
-    if dtype == "float32" or not (folder / CONVERSION_MARK).is_file() or _file_dtype(folder) in (None, dtype):
-        return folder
-    return folder.with_name(f"{folder.name}-{dtype}")
 
 
 def model_folder_for(folder: str | Path, dtype: str) -> str:

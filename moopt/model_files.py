@@ -1,0 +1,29 @@
+"""Which file a trial loads: moopt's own converted models (a GGUF dequantised to fp32 by
+``moopt.train.models.convert_gguf``, which marks the folder) keep a copy beside them in each dtype trials
+train in. Here, below the memory and train layers, because the estimate (the file's dtype sets a CPU load's
+peak) and the loader both ask."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CONVERSION_MARK = "moopt_conversion.json"  # in a folder convert_gguf wrote: moopt's own, so it may cache copies beside it
+
+
+def file_dtype(folder: Path) -> str | None:
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return str(data.get("dtype") or data.get("torch_dtype") or "") or None
+
+
+def dtype_copy_path(folder: str | Path, dtype: str) -> Path:
+    """Where the weights of ``folder`` in ``dtype`` are cached: moopt's own conversions (marked with
+    CONVERSION_MARK) get a copy in each dtype trials train in (``moopt.train.models.prepare_dtype_copy``);
+    any other folder (the user's, a hub snapshot) is loaded as it is, and this returns it unchanged."""
+    folder = Path(folder)
+    if dtype == "float32" or not (folder / CONVERSION_MARK).is_file() or file_dtype(folder) in (None, dtype):
+        return folder
+    return folder.with_name(f"{folder.name}-{dtype}")
