@@ -19,11 +19,22 @@ def file_dtype(folder: Path) -> str | None:
     return str(data.get("dtype") or data.get("torch_dtype") or "") or None
 
 
+def is_conversion(folder: str | Path) -> bool:
+    """Whether ``folder`` is one of moopt's own GGUF conversions (convert_gguf marked it)."""
+    return (Path(folder) / CONVERSION_MARK).is_file()
+
+
 def dtype_copy_path(folder: str | Path, dtype: str) -> Path:
     """Where the weights of ``folder`` in ``dtype`` are cached: moopt's own conversions (marked with
     CONVERSION_MARK) get a copy in each dtype trials train in (``moopt.train.models.prepare_dtype_copy``);
     any other folder (the user's, a hub snapshot) is loaded as it is, and this returns it unchanged."""
     folder = Path(folder)
-    if dtype == "float32" or not (folder / CONVERSION_MARK).is_file() or file_dtype(folder) in (None, dtype):
+    if dtype == "float32" or not is_conversion(folder) or file_dtype(folder) in (None, dtype):
         return folder
     return folder.with_name(f"{folder.name}-{dtype}")
+
+
+def model_folder_for(folder: str | Path, dtype: str) -> str:
+    """The folder a trial training in ``dtype`` loads: the cached copy in that dtype when there is one."""
+    copy = dtype_copy_path(folder, dtype)
+    return str(copy if (copy / "model.safetensors").is_file() else folder)

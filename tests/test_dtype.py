@@ -140,7 +140,8 @@ def test_moopts_cached_fp32_model_trains_bf16_from_a_bf16_copy(tiny_model, tmp_p
     from transformers import LlamaConfig
 
     from moopt.memory.estimate import calibration_key, estimate_peak, load_model_config, loaded_file_dtype
-    from moopt.train.models import CONVERSION_MARK, dtype_copy_path, model_folder_for, prepare_dtype_copy
+    from moopt.model_files import CONVERSION_MARK, dtype_copy_path, model_folder_for
+    from moopt.train.models import prepare_dtype_copy
     from moopt.train.recipe import load_model_and_tokenizer
 
     monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))

@@ -265,17 +265,17 @@ def load_model_config(path_or_folder: str | Path):
     except (ValueError, KeyError, TypeError):
         cfg = LlamaConfig(**{k: v for k, v in data.items() if k != "model_type"})
     cfg._name_or_path = str(path.parent)
-    from moopt.model_files import dtype_copy_path
+    from moopt.model_files import is_conversion
 
     # moopt's cached conversion (fp32): unquantised trials load its copy in their dtype (prepare_dtype_copy)
-    cfg.moopt_dtype_copies = dtype_copy_path(path.parent, "bfloat16") != path.parent
+    cfg.moopt_dtype_copies = is_conversion(path.parent)
     return cfg
 
 
 def checkpoint_bytes(model_config: Any, dims: "ModelDims", dtype: str | None = None) -> int:
     """Bytes of the weights on disk: every parameter in the file's dtype (``dtype``, else the config's
     ``dtype``; bf16 when the config does not say)."""
-    dtype = dtype or str(getattr(model_config, "dtype", None) or "bfloat16")
+    dtype = dtype or _config_dtype(model_config)
     per = 4 if "float32" in dtype else 1 if "int8" in dtype else 2
     return per * (dims.linear_params + dims.embedding_params + dims.norm_params)
 
@@ -285,6 +285,11 @@ def loaded_file_dtype(model_config: Any, trial: TrialConfig, device: str) -> str
     (``moopt_dtype_copies``) the copy in the trial's own dtype."""
     if getattr(model_config, "moopt_dtype_copies", False) and trial.model.quantization == "none":
         return resolve_dtype(trial.model.dtype, device)
+    return _config_dtype(model_config)
+
+
+def _config_dtype(model_config: Any) -> str:
+    """The checkpoint's dtype as its config says it ("float32"; bf16 when it does not say)."""
     return str(getattr(model_config, "dtype", None) or "bfloat16").removeprefix("torch.")
 
 

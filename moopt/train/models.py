@@ -243,17 +243,11 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def model_folder_for(folder: str | Path, dtype: str) -> str:
-    """The folder a trial training in ``dtype`` loads: the cached copy in that dtype when there is one."""
-    copy = dtype_copy_path(folder, dtype)
-    return str(copy if (copy / "model.safetensors").is_file() else folder)
-
-
 def prepare_dtype_copy(folder: str | Path, dtype: str) -> Path:
     """Make the ``dtype`` copy of a moopt-cached fp32 folder once (~2 s for SmolLM2), in the calling process, so
     that trials do not convert at load. Loading SmolLM2-135M's fp32 file into bf16 maps the whole file while the
     converted weights fill: 1.24 GiB peak RSS and 0.74 GiB held after the load, against 0.52 and 0.52 from a bf16
-    file (2026-12-04, the Intel Xeon): on a CPU that load was the peak of most trials on the bundled data."""
+    file (2026-12-04, an AMD EPYC): on a CPU that load was the peak of most trials on the bundled data."""
     folder = Path(folder)
     out = dtype_copy_path(folder, dtype)
     if out == folder or (out / "model.safetensors").is_file():

@@ -150,14 +150,15 @@ class BatchAttention:
 def load_model_and_tokenizer(path: str, cfg: TrialConfig, device: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from moopt.train.models import model_folder_for
+    from moopt.model_files import model_folder_for
 
-    dtype = getattr(torch, resolve_dtype(cfg.model.dtype, device.type))
+    dtype_name = resolve_dtype(cfg.model.dtype, device.type)
+    dtype = getattr(torch, dtype_name)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     kwargs = dict(dtype=dtype, local_files_only=True, use_safetensors=True, trust_remote_code=False,
                   attn_implementation="sdpa")
     if cfg.model.quantization == "none":  # moopt's cached conversions load from their copy in this dtype
-        path = model_folder_for(path, resolve_dtype(cfg.model.dtype, device.type))
+        path = model_folder_for(path, dtype_name)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
     else:  # QLoRA: bitsandbytes packs the decoder's linears as they load (CPU or CUDA)
         model = AutoModelForCausalLM.from_pretrained(
