@@ -36,8 +36,13 @@ GPU = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.
 def test_moopt_lora_on_a_packed_base_matches_peft(tiny_model, q, layer, device):
     from peft import LoraConfig, get_peft_model
 
+    # In fp32: under dtype auto CUDA computes in bf16, where an H200 (2026-12-04) saw ours and PEFT's
+    # lora_A grads 1.4% apart norm-wise from the summation order alone, which hides a real error
+    trial = quantised(q)
+    trial = dataclasses.replace(trial, model=dataclasses.replace(trial.model, dtype="float32"))
+
     def load():
-        return load_model_and_tokenizer(str(tiny_model), quantised(q), torch.device(device))[0]
+        return load_model_and_tokenizer(str(tiny_model), trial, torch.device(device))[0]
 
     ours, theirs = load(), load()
     attach_lora(ours, r=8, alpha=16, dropout=0.0, target_modules=ALL, backend="torch")
@@ -57,12 +62,20 @@ def test_moopt_lora_on_a_packed_base_matches_peft(tiny_model, q, layer, device):
     ours(input_ids=ids, labels=ids).loss.backward()
     peft(input_ids=ids, labels=ids).loss.backward()
     with torch.no_grad():
-        # CUDA computes in bf16 (dtype auto): compare at bf16's resolution there
-        tol = {"rtol": 1e-4, "atol": 1e-6} if device == "cpu" else {"rtol": 3e-2, "atol": 3e-3}
-        torch.testing.assert_close(ours(input_ids=ids).logits, peft(input_ids=ids).logits, **tol)
+        # fp32 on both devices (see load): the CPU's ops match PEFT's to rounding; on CUDA the packed
+        # base's own kernels (8-bit: int8 rows from fp16 inputs) may round an element differently, so
+        # the norm-wise relative error there
+        def close(mine, theirs):
+            if device == "cpu":
+                torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+            else:
+                err = ((mine - theirs).norm() / theirs.norm()).item()
+                assert err < 1e-3, f"norm-wise relative error {err:.2e}"
+
+        close(ours(input_ids=ids).logits, peft(input_ids=ids).logits)
     for mine, other in pairs:
-        torch.testing.assert_close(mine.lora_A.grad, other.lora_A["default"].weight.grad, **tol)
-        torch.testing.assert_close(mine.lora_B.grad, other.lora_B["default"].weight.grad, **tol)
+        close(mine.lora_A.grad, other.lora_A["default"].weight.grad)
+        close(mine.lora_B.grad, other.lora_B["default"].weight.grad)
 
 
 SPACE = """
