@@ -12,7 +12,7 @@ as it ends (gpu_check.tar.gz with every step's files, summary.json, gpu_check.lo
   kernels      bf16 triton vs an fp64 reference at Llama-3-8B widths (check_kernels.py)            45
   bench_lora   LoRA linear fwd+bwd vs PEFT vs the frozen base, M = 8192, r 16/64 (--quick)         60
   bench_trial  one training step on the Llama-3.2-1B stand-in: moopt vs HF Trainer + PEFT          110
-  memory       estimator vs measured peaks (NVML), SmolLM2 shape, unquantised + 4/8-bit            90
+  memory       estimator vs measured peaks (NVML), SmolLM2 shape, unquantised + 4/8-bit           150
   study        moopt optimize, 3 trials, --memory_constraint, on the SmolLM2-shaped stand-in        90
 The whole check stops at --budget (470 s on a GPU): a step gets at most what is left, and one that
 has nothing left is recorded as skipped. The dry run triples each limit and has no budget.
@@ -135,7 +135,7 @@ class Check:
                                   "--targets", "all-linear", "--repeats", "1", "--warmup", "1",
                                   "--out", str(res / f"trial_{device}.csv")]
              + (["--shapes", "2x32", "--steps", "1", "--threads", "1"] if dry else ["--shapes", "4x1024", "--steps", "3"])),
-            ("memory", 90, [py, "benchmarks/bench_memory.py", "--device", device, "--model", str(small),
+            ("memory", 150, [py, "benchmarks/bench_memory.py", "--device", device, "--model", str(small),
                              "--out-dir", str(res), "--steps", "2"]
              + (["--n", "1", "--n-quant", "1", "--max-tokens", "64", "--threads", "1"] if dry else ["--n", "4", "--n-quant", "3"])),
             ("study", 90, [py, "-c", "from moopt.cli import main; main()", "optimize", "--base_model", str(small),

@@ -7,10 +7,17 @@ SDPA, moopt's Triton module). Run on the GPU machine after gpu_check's env and m
         python3 -P benchmarks/gpu_memory_probe.py
 
 Writes $OUT/mem_probe.json (results/gpu/h200_2026-12-04/memory_probe_cuda.json came from it).
+
+On any machine, the current estimator against such a file (no GPU; the stand-in's config from
+benchmarks/standin_models.py), as bench_memory reports it (analytic and leave-one-out calibrated error,
+gate decisions), into benchmarks/results/memory_cuda.csv / .png:
+
+    python -P benchmarks/gpu_memory_probe.py --reestimate benchmarks/results/gpu/h200_2026-12-04/memory_probe_cuda.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -54,7 +61,67 @@ def context_growth() -> dict | str:
     return json.loads(line[0][7:]) if line else p.stderr[-2000:]
 
 
+# measured before the chunked loss head freed each chunk before the next (2 chunks alive at its
+# peak): the step it measured is not the one the estimate now models
+SUPERSEDED = {"b8_s256_r8_qv_ckpt": "its loss phase (2 chunks of 1024 rows) ran the loop that kept two chunks alive"}
+
+
+def standin_config():
+    """The config the GPU check's SmolLM2-shaped stand-in was built from (benchmarks/standin_models.py)."""
+    from standin_models import SHAPES
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**SHAPES["smollm2-135m"])
+
+
+def reestimate_rows(probe_json: Path, verbose: bool = False) -> list[dict]:
+    """Per measured configuration of ``probe_json``: the current estimate and the measured peak (bytes)."""
+    data = json.loads(probe_json.read_text())
+    mcfg = standin_config()
+    rows = []
+    for r in data["configs"]:
+        if r.get("error"):
+            continue
+        if r["config"] in SUPERSEDED:
+            if verbose:
+                print(f"left out {r['config']}: {SUPERSEDED[r['config']]}")
+            continue
+        p = r["config"].split("_")
+        c = dict(b=int(p[0][1:]), s=int(p[1][1:]), r=int(p[2][1:]), targets=p[3], ckpt=p[4] == "ckpt",
+                 quant=p[5] if len(p) > 5 else "none")
+        est = estimate_peak(mcfg, bm.trial_config(c), device="cuda", kernels="triton")
+        rows.append({"config": r["config"], "quant": c["quant"], "analytic": est.total_bytes,
+                     "measured": int(r["peak"] * MIB)})
+        if verbose:
+            print(f"{r['config']:36s} estimate {est.total_bytes / MIB:6.0f} MiB (then {r['est_total']:6.0f})  "
+                  f"measured {r['peak']:6.0f}  {100 * (est.total_bytes / MIB - r['peak']) / r['peak']:+5.1f}%")
+    return rows
+
+
+def reestimate(probe_json: Path) -> None:
+    dev_name = "NVIDIA H200" if "h200" in str(probe_json).lower() else "cuda"
+    rows = reestimate_rows(probe_json, verbose=True)
+    s = bm.summarize(rows, "cuda")
+    path = bm.RESULTS / "memory_cuda.csv"
+    bm.write_csv(rows, s, "cuda", dev_name, path)
+    bm.MODEL = "smollm2-135m"
+    bm.plot(rows, dev_name, path.with_suffix(".png"))
+    print(f"{s['n']} configurations: analytic |error| median {s['analytic_median_abs_err_pct']:.1f}%, max "
+          f"{s['analytic_max_abs_err_pct']:.1f}% (mean signed {s['analytic_mean_signed_err_pct']:+.1f}%); calibrated "
+          f"(leave-one-out) median {s['calibrated_median_abs_err_pct']:.1f}%, max {s['calibrated_max_abs_err_pct']:.1f}%; "
+          f"gate at budgets = measured x {bm.BUDGET_FACTORS}: {s['gate_wrong_fit_pct']:.1f}% wrongly fit "
+          f"({s['gate_probed_pct']:.0f}% probed), calibrated {s['gate_calibrated_wrong_fit_pct']:.1f}% "
+          f"({s['gate_calibrated_probed_pct']:.0f}% probed)")
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reestimate", type=Path, help="a mem_probe.json: compare the current estimator with it (CPU)")
+    a = ap.parse_args()
+    if a.reestimate:
+        reestimate(a.reestimate)
+        return
     out = Path(os.environ.get("OUT", "/tmp/out"))
     out.mkdir(parents=True, exist_ok=True)
     res = {"context": context_growth(), "configs": []}

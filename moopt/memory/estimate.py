@@ -59,9 +59,16 @@ BREAKDOWN_KEYS = (
     "calibration",
 )
 
-# CUDA context: 287 MB with lazy module loading (CUDA >= 11.7 default), 667 MB without; kernels
-# loaded on first use (cuBLAS, SDPA, Triton) add to it. 512 MiB sits between; calibrate per machine.
-CUDA_CONTEXT_BYTES = 512 * MIB
+# CUDA context (NVML's per-process bytes less the allocator's reserve), measured on an H200 (driver
+# 580, CUDA 13.0, torch 2.11; benchmarks/results/gpu/h200_2026-12-04, gpu_memory_probe.py): 610 MiB
+# after CUDA's init, 676 after the first cuBLAS GEMM, 740 after the first backward, 758 MiB in every
+# trial of moopt's step (SDPA, Triton kernels loaded). Published figures for older stacks are lower
+# (287 MB with CUDA 11.7's lazy loading, 667 MB without), so 768 MiB keeps the estimate on the safe
+# side; a probe calibrates each machine. Until 2026-12-04 this was 512 MiB, 246 under the H200's.
+CUDA_CONTEXT_BYTES = 768 * MIB
+# bitsandbytes' 8-bit (LLM.int8) kernels load into the context on first use: 822 vs 758 MiB on the
+# H200 (an 8-bit trial vs the unquantised and 4-bit ones, same measurement).
+CUDA_BNB_INT8_CONTEXT_BYTES = 64 * MIB
 # cuBLAS workspace, one per (handle, stream): PyTorch's default CUBLAS_WORKSPACE_CONFIG is ":4096:8"
 # (8 chunks of 4096 KiB = 32 MiB) on Hopper and later, ":4096:2:16:8" (8.1 MiB) before
 # (aten/src/ATen/cuda/CublasHandlePool.cpp, getChosenWorkspaceSize); cuBLASLt shares it since torch
@@ -78,6 +85,14 @@ CPU_RUNTIME_BYTES = 560 * MIB
 # Caching-allocator slack on the dynamic part (activations, logits, transients): 0.03-0.15 measured
 # by others; 0.10 keeps the estimate on the safe side. glibc on CPU returns big blocks (mmap) at once.
 CUDA_SLACK = 0.10
+# What the H200 showed beyond that (max_memory_reserved - max_memory_allocated, 9 SmolLM2-shaped
+# trials, benchmarks/results/gpu/h200_2026-12-04/memory_probe_cuda.json): 51-78 MiB even where the
+# step's dynamic part is ~150 MiB, and 211-218 MiB where the chunked loss head's chunk is full (1024
+# rows x 49k vocabulary: 288 MiB of logits and their cast), whose blocks the allocator keeps cached
+# while smaller tensors of the backward cannot reuse them. Fitted on those 9 (no hold-out): slack =
+# max(64 MiB, 0.10 x dynamic + 0.6 x one chunk's logits bytes); residuals -14 to +107 MiB.
+CUDA_SLACK_FLOOR_BYTES = 64 * MIB
+CUDA_CE_CHUNK_SLACK = 0.6
 CPU_SLACK = 0.10
 # CPU + bitsandbytes (8bit/4bit), fitted on benchmarks/bench_memory.py's 16 quantised SmolLM2 probes:
 # - bitsandbytes' native library adds ~35 MiB to a trial worker (tiny-model probes, 4bit vs none:
@@ -110,7 +125,8 @@ CALIBRATION_FACTOR_RANGE = (0.9, 1.1)
 # so the 3% floor). cuda: benchmarks/results/memory_published.csv (published peaks of other stacks:
 # LitGPT Llama-2-7B LoRA batch 2 for none, Unsloth's HF+FA2 Llama-3.3-70B QLoRA at 80 GB for 4bit);
 # no published 8-bit peak was found, so 8bit takes the larger of the two. Rounded up to whole percent;
-# tests/test_memory_gate_band.py recomputes them from those CSVs.
+# tests/test_memory_gate_band.py recomputes them from those CSVs. The H200's own NVML peaks
+# (benchmarks/results/gpu/h200_2026-12-04) lie within them: at most 0.9% (none) and 3.4% (8bit) under.
 ESTIMATE_UNDER_PRIOR = {
     ("cpu", "none"): 0.03, ("cpu", "4bit"): 0.14, ("cpu", "8bit"): 0.08,
     ("cuda", "none"): 0.06, ("cuda", "4bit"): 0.12, ("cuda", "8bit"): 0.12,
@@ -499,10 +515,16 @@ def phase_bytes(st: StepShape, bnb_keeps_inputs: bool, ce_chunk_size: int) -> di
     }
 
 
-def allocator_slack_bytes(st: StepShape, dynamic: int) -> float:
-    """The allocator's slack on the dynamic part (activations, logits, transients); on CPU with
-    bitsandbytes, the heap's retention on top."""
-    slack = (st.cuda_slack if st.device == "cuda" else CPU_SLACK) * dynamic
+def allocator_slack_bytes(st: StepShape, dynamic: int, ce_chunk_size: int = DEFAULT_CE_CHUNK) -> float:
+    """The allocator's slack on the dynamic part (activations, logits, transients); on CUDA at least
+    CUDA_SLACK_FLOOR_BYTES, plus the cached blocks of the chunked loss head's chunk (CUDA_CE_CHUNK_SLACK);
+    on CPU with bitsandbytes, the heap's retention on top. ``st.cuda_slack == 0`` switches CUDA's off."""
+    if st.device == "cuda":
+        if st.cuda_slack == 0:
+            return 0.0
+        chunk = logits_bytes(st, ce_chunk_size) if st.loss == "chunked" else 0
+        return max(CUDA_SLACK_FLOOR_BYTES, st.cuda_slack * dynamic + CUDA_CE_CHUNK_SLACK * chunk)
+    slack = CPU_SLACK * dynamic
     if st.device == "cpu" and st.quant != "none":
         slack += CPU_QUANT_HEAP_RETENTION * dynamic
     return slack
@@ -512,7 +534,8 @@ def runtime_bytes(st: StepShape, cuda_context_bytes: int, cpu_runtime_bytes: int
     """What the process holds before the step: CUDA context and cuBLAS workspaces, or the CPU
     process (+ bitsandbytes' native library when quantised)."""
     if st.device == "cuda":
-        return {"cuda_context": cuda_context_bytes, "cuda_workspaces": st.cuda_workspace_bytes}
+        int8 = CUDA_BNB_INT8_CONTEXT_BYTES if st.quant == "8bit" else 0
+        return {"cuda_context": cuda_context_bytes + int8, "cuda_workspaces": st.cuda_workspace_bytes}
     return {"runtime": cpu_runtime_bytes + (CPU_BNB_RUNTIME_BYTES if st.quant != "none" else 0)}
 
 
@@ -596,7 +619,7 @@ def estimate_peak(
     breakdown.update(
         weights=int(weight_bytes(st)), checkpoint_pages=int(checkpoint_page_bytes(st, model_config)),
         lora_params_grads_optimizer=int(lora_bytes(st)), activations=int(activations), logits=int(logit_bytes),
-        transients=int(transients), allocator_slack=int(allocator_slack_bytes(st, dynamic)),
+        transients=int(transients), allocator_slack=int(allocator_slack_bytes(st, dynamic, ce_chunk_size)),
     )
     total = sum(breakdown.values())
     if device == "cpu" and st.quant == "none":
