@@ -50,11 +50,12 @@ from common import RESULTS, ROOT, read_rows, row, write_rows  # noqa: E402
 
 MOOPT = [sys.executable, "-P", "-m", "moopt.cli"]
 DEMO_SPACE = ROOT / "config" / "demo_search_space.yaml"
+MODEL = "smollm2-135m"  # --model: the base model of every study (an alias or a folder)
 
 
 def optimize(out: Path, space: Path, train: Path, val: Path, trials: int, seed: int, warm: bool, *extra: str) -> float:
     """One study through the CLI; its wall time, s."""
-    cmd = [*MOOPT, "optimize", "--base_model", "smollm2-135m", "--train_file", str(train), "--validation_file",
+    cmd = [*MOOPT, "optimize", "--base_model", MODEL, "--train_file", str(train), "--validation_file",
            str(val), "--output_dir", str(out), "--num_trials", str(trials), "--seed", str(seed), "--search_space",
            str(space), "--overwrite", "--warm_workers" if warm else "--no_warm_workers", *extra]
     t0 = time.time()
@@ -80,7 +81,8 @@ def space_file(tmp: Path, name: str, base: Path | None, packing: bool, fixed: di
     return path
 
 
-def part_overhead(tmp: Path, trials: int, seed: int) -> list[dict]:
+def part_overhead(tmp: Path, trials: int, seed: int, device: str = "cpu") -> list[dict]:
+    """``device``: the label of the rows (the studies pick the GPU themselves when there is one)."""
     rows = []
     space = space_file(tmp, "overhead", DEMO_SPACE, True, {"training": {"num_train_epochs": 0.1}})
     for warm in (False, True):
@@ -90,9 +92,10 @@ def part_overhead(tmp: Path, trials: int, seed: int) -> list[dict]:
         over = [e["duration_s"] - e["train_seconds"] - e.get("eval_seconds", 0.0) for e in es]
         prov = "warm" if warm else "cold"
         for i, (e, o) in enumerate(zip(es, over)):
-            rows.append(row("trial_overhead", "demo space, 0.1 epoch", prov, "cpu", round(o, 3), "s", seed, trials,
-                            {"trial": e["number"], "warm": int(bool(e.get("warm")))}))
-        rows.append(row("study_wall", "demo space, 0.1 epoch", prov, "cpu", round(wall, 1), "s", seed, trials))
+            rows.append(row("trial_overhead", "demo space, 0.1 epoch", prov, device, round(o, 3), "s", seed, trials,
+                            {"trial": e["number"], "warm": int(bool(e.get("warm"))), "model": Path(MODEL).name}))
+        rows.append(row("study_wall", "demo space, 0.1 epoch", prov, device, round(wall, 1), "s", seed, trials,
+                        {"model": Path(MODEL).name}))
         print(f"overhead {prov}: per trial median {statistics.median(over):.1f} s over {len(over)} trials "
               f"(first {over[0]:.1f} s); study {wall:.0f} s")
     return rows
@@ -275,7 +278,7 @@ def part_ttq(tmp: Path, trials: int, seeds: list[int], samplers: list[str], moop
             peer_times = [events[0]["t0"] - t0 + e["t"] for e in events if e.get("event") == "trial"]
 
             out = tmp / f"ttq_{sampler}_{seed}"
-            cmd = [*MOOPT, "optimize", "--base_model", "smollm2-135m", "--train_file", str(train), "--validation_file",
+            cmd = [*MOOPT, "optimize", "--base_model", MODEL, "--train_file", str(train), "--validation_file",
                    str(val), "--output_dir", str(out), "--num_trials", str(moopt_trials), "--seed", str(seed),
                    "--search_space", str(space), "--overwrite", "--optimization_objective",
                    "multi:eval_loss,eval_accuracy", "--optimization_weights", "0.7,0.3", "--pruning_factor", "2",
@@ -351,18 +354,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--peer-samplers", nargs="+", default=["tpe"], choices=["tpe", "nsga2"])
     ap.add_argument("--space", type=Path, default=DEMO_SPACE, help="ttq: the search space (default: the demo's)")
     ap.add_argument("--release-trials", type=int, default=6, help="release: trials in one warm worker")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="release: where the trials run")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="release: where the trials run; overhead: the rows' label")
+    ap.add_argument("--model", default=MODEL, help="overhead, packing, demo: the base model (default: %(default)s)")
     ap.add_argument("--repeats", type=int, default=2, help="packing: alternating repeats of each arm")
     ap.add_argument("--out", type=Path, default=RESULTS / "study_cpu.csv")
     ap.add_argument("--keep", type=Path, help="keep the study folders here (default: a temporary folder)")
     a = ap.parse_args(argv)
+    global MODEL
+    MODEL = a.model
     old = [r for r in read_rows(a.out) if r["params"].get("part") not in a.parts] if a.out.is_file() else []
     with tempfile.TemporaryDirectory() as t:
         tmp = a.keep or Path(t)
         tmp.mkdir(parents=True, exist_ok=True)
         rows = []
         for part in a.parts:
-            got = {"overhead": lambda: part_overhead(tmp, a.trials, 42), "packing": lambda: part_packing(tmp, a.repeats, 42),
+            got = {"overhead": lambda: part_overhead(tmp, a.trials, 42, a.device), "packing": lambda: part_packing(tmp, a.repeats, 42),
                    "demo": lambda: part_demo(tmp, a.demo_trials, [a.first_seed + i for i in range(a.seeds)]),
                    "release": lambda: part_release(tmp, a.release_trials, 42, a.device),
                    "ttq": lambda: part_ttq(tmp, a.peer_trials, [a.first_seed + i for i in range(a.seeds)], a.peer_samplers,

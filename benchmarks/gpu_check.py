@@ -1,6 +1,6 @@
 """The GPU check: one prepared run on a lent GPU machine as it is (its own python3, no venv, no network).
 
-    bash benchmarks/gpu_check.sh                # on the GPU machine, from the repo root; < 8 min on an H200
+    bash benchmarks/gpu_check.sh                # on the GPU machine, from the repo root; < 9 min on an H200
     bash benchmarks/gpu_check.sh --dry-run      # the same steps on a CPU: tiny models, torch path (CI runs it)
 
 Steps, each a subprocess with its own time limit (seconds on the GPU), results copied to $OUT as soon
@@ -14,7 +14,8 @@ as it ends (gpu_check.tar.gz with every step's files, summary.json, gpu_check.lo
   bench_trial  one training step on the Llama-3.2-1B stand-in: moopt vs HF Trainer + PEFT          110
   memory       estimator vs measured peaks (NVML), SmolLM2 shape, unquantised + 4/8-bit           150
   study        moopt optimize, 3 trials, --memory_constraint, on the SmolLM2-shaped stand-in        90
-The whole check stops at --budget (470 s on a GPU): a step gets at most what is left, and one that
+  warm_workers per-trial overhead (the base model's load) of the 1B stand-in, warm vs cold      100
+The whole check stops at --budget (520 s on a GPU): a step gets at most what is left, and one that
 has nothing left is recorded as skipped. The dry run triples each limit and has no budget.
 
 The check uses the interpreter that runs it (``python3`` on the GPU machine) with ``-P`` and a
@@ -143,6 +144,11 @@ class Check:
                            "--output_dir", str(self.work / "study"), "--num_trials", "3", "--memory_constraint", "8",
                            "--search_space", str(ROOT / "benchmarks" / "gpu_check_space.yaml"), "--no-baseline",
                            "--overwrite", "--seed", "0"]),
+            # issue 27's GPU figure: per-trial overhead (mostly the base model's load) of the 1B stand-in,
+            # a fresh process per trial against a warm worker
+            ("warm_workers", 100, [py, "benchmarks/bench_study.py", "overhead", "--model", str(small if dry else big),
+                                   "--trials", "2" if dry else "3", "--device", device,
+                                   "--out", str(res / f"study_overhead_{device}.csv")]),
         ]
         study = self.work / "study"
         collect = {"study": (study / "trials_summary.csv", study / "best_config.yaml")}
@@ -223,7 +229,7 @@ def main() -> int:
                     help="where results are copied after each step (default: $OUT)")
     ap.add_argument("--steps", default=None, help="comma-separated subset of the steps, e.g. env,kernels")
     ap.add_argument("--budget", type=float, default=None,
-                    help="seconds for the whole check; later steps get what is left (default: 470 on a GPU, none dry)")
+                    help="seconds for the whole check; later steps get what is left (default: 520 on a GPU, none dry)")
     ap.add_argument("--env", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--site", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -231,7 +237,7 @@ def main() -> int:
         return write_env(a.env, a.site)
     if a.work.exists():
         shutil.rmtree(a.work / "results", ignore_errors=True)
-    budget = a.budget if a.budget is not None else (None if a.dry_run else 470.0)
+    budget = a.budget if a.budget is not None else (None if a.dry_run else 520.0)
     check = Check(a.dry_run, a.work, a.out, sys.executable, budget)
     failed = check.run(set(a.steps.split(",")) if a.steps else None)
     print(f"[gpu_check] {len(check.steps) - failed}/{len(check.steps)} steps ok; results in {check.res}"

@@ -63,7 +63,22 @@ def test_lora_params_are_L_r_sum_of_din_plus_dout():
     per_layer = 128 + 96 + 96 + 128 + 240 + 240 + 240
     assert m.lora_params(8, ALL) == 2 * 8 * per_layer
     est = estimate_peak(small_config(), trial(r=8), device="cpu")
-    assert est.breakdown["lora_params_grads_optimizer"] == LORA_BYTES_PER_PARAM * 2 * 8 * per_layer
+    # the LoRA grads do not exist yet in the loss phase (zero_grad(set_to_none=True) ends each step)
+    per_param = LORA_BYTES_PER_PARAM - (4 if est.phase == "loss" else 0)
+    assert est.breakdown["lora_params_grads_optimizer"] == per_param * 2 * 8 * per_layer
+
+
+def test_lora_grads_count_in_the_loss_phase_only_when_micro_batches_accumulate():
+    from moopt.memory.estimate import StepShape, lora_bytes
+
+    def shape(accum):
+        t = TrialConfig.from_dict({"training": {"gradient_accumulation_steps": accum}, "lora": {"r": 8}})
+        return StepShape(m=ModelDims.from_config(small_config()), trial=t, device="cpu", kernels="torch",
+                         loss="chunked", b=1, s=8, a_b=4)
+
+    one, two = shape(1), shape(2)
+    assert lora_bytes(one, "loss") == lora_bytes(one, "optimizer") * 12 // 16
+    assert lora_bytes(two, "loss") == lora_bytes(two, "optimizer") == lora_bytes(one, "layer_backward")
 
 
 def test_llama3_8b_lora_param_count_matches_reference():

@@ -94,6 +94,8 @@ CUDA_SLACK = 0.10
 CUDA_SLACK_FLOOR_BYTES = 64 * MIB
 CUDA_CE_CHUNK_SLACK = 0.6
 CPU_SLACK = 0.10
+# Bytes per labelled logit of the loss head in a CPU step's peak RSS, by activation bytes (logits_bytes).
+CPU_LOGIT_BYTES = {4: 12, 2: 9}
 # CPU + bitsandbytes (8bit/4bit), fitted on benchmarks/bench_memory.py's 16 quantised SmolLM2 probes:
 # - bitsandbytes' native library adds ~35 MiB to a trial worker (tiny-model probes, 4bit vs none:
 #   481 -> 513 MiB in the dev venv, 591 -> 625 MiB in a fresh CI clone; a bare interpreter grows
@@ -121,15 +123,15 @@ CPU_OPTIMIZER_TMP_BYTES_PER_ELEMENT = 8
 CALIBRATION_FACTOR_RANGE = (0.9, 1.1)
 # How far the true peak has been seen above the uncalibrated estimate, (measured - estimate) / estimate,
 # worst case per (device, quantization): the memory gate's band before any probe calibrates it.
-# cpu: benchmarks/results/memory_cpu.csv (32 SmolLM2-135M probes, peak RSS; unquantised never above,
-# so the 3% floor). cuda: benchmarks/results/memory_published.csv (published peaks of other stacks:
+# cpu: benchmarks/results/memory_cpu.csv (32 SmolLM2-135M probes, peak RSS; unquantised at most 2.4%
+# above, so the 3% floor). cuda: benchmarks/results/memory_published.csv (published peaks of other stacks:
 # LitGPT Llama-2-7B LoRA batch 2 for none, Unsloth's HF+FA2 Llama-3.3-70B QLoRA at 80 GB for 4bit);
 # no published 8-bit peak was found, so 8bit takes the larger of the two. Rounded up to whole percent;
 # tests/test_memory_gate_band.py recomputes them from those CSVs. The H200's own NVML peaks
-# (benchmarks/results/gpu/h200_2026-12-04) lie within them: at most 0.9% (none) and 3.4% (8bit) under.
+# (benchmarks/results/gpu/h200_2026-12-04) lie within them.
 ESTIMATE_UNDER_PRIOR = {
-    ("cpu", "none"): 0.03, ("cpu", "4bit"): 0.14, ("cpu", "8bit"): 0.08,
-    ("cuda", "none"): 0.06, ("cuda", "4bit"): 0.12, ("cuda", "8bit"): 0.12,
+    ("cpu", "none"): 0.03, ("cpu", "4bit"): 0.14, ("cpu", "8bit"): 0.12,
+    ("cuda", "none"): 0.06, ("cuda", "4bit"): 0.14, ("cuda", "8bit"): 0.14,
 }
 # The CPU runtime term's spread between machines and venvs, an absolute amount the relative prior above
 # does not scale with: resident memory after imports seen from 481 to 603 MiB, and the CI machine's
@@ -380,9 +382,16 @@ def weight_bytes(st: StepShape) -> float:
     return m.linear_params + row_scales + other_b * small
 
 
-def lora_bytes(st: StepShape) -> int:
-    """LoRA adapters: fp32 params + fp32 grads + AdamW's two fp32 states."""
-    return LORA_BYTES_PER_PARAM * st.m.lora_params(st.r, st.targets)
+def lora_bytes(st: StepShape, phase: str = "optimizer") -> int:
+    """LoRA adapters: fp32 params + fp32 grads + AdamW's two fp32 states. In the loss phase of a step
+    with one micro-batch the grads do not exist yet: the step ends with ``zero_grad(set_to_none=True)``
+    (moopt/train/step.py), so they are allocated during backward (SmolLM2 r 64 on all linears, 19.5 M
+    adapter parameters, bf16 on a CPU: the estimate was ~110 MiB over its probes at every batch size
+    with the grads counted there, 17-44 MiB over at r 8)."""
+    per_param = LORA_BYTES_PER_PARAM
+    if phase == "loss" and st.trial.training.gradient_accumulation_steps == 1:
+        per_param -= 4
+    return per_param * st.m.lora_params(st.r, st.targets)
 
 
 def activation_bytes_per_token_layer(st: StepShape, bnb_keeps_inputs: bool) -> int:
@@ -444,10 +453,16 @@ def logits_bytes(st: StepShape, ce_chunk_size: int) -> int:
     T, V = st.T, st.m.vocab
     if st.loss == "chunked":
         # moopt_kernels/cross_entropy.py: one fp32 chunk of logits turned into its gradient in place (4
-        # bytes per logit), plus its cast to the activation dtype when that is not fp32 (bf16: +2).
-        # On CPU the measured peak RSS grows by about three fp32 chunks (empirical, from
-        # tests/test_memory.py's real run at 1024 rows x 32k vocab), so CPU counts 12.
-        per_logit = 12 if st.device == "cpu" else 4 + (st.a_b if st.a_b != 4 else 0)
+        # bytes per logit), plus its cast to the activation dtype when that is not fp32 (bf16: +2); on
+        # CUDA that is what the H200 measured. On a CPU the head alone raises peak RSS by just that
+        # (SmolLM2's 576 x 49152 head, 2026-12-04, AMD EPYC: 4.04-4.36 bytes per logit in fp32, 6.00-6.30
+        # in bf16, at 256-1024 rows), but a whole step's peak RSS grows by more per labelled token,
+        # fitted per dtype on the CPU probes: fp32 12 (benchmarks/results/memory_cpu.csv), bf16 9 (the
+        # memory gate's space, 12 configurations at 84-672 tokens: measured slope 1.08-1.30 MiB per
+        # token; with 12 the estimate's was 0.14-0.17 steeper, the gate study's estimate 22-25% over at
+        # batch 32). The excess is the heap around the chunk's buffers, not modelled term by term.
+        per_logit = (CPU_LOGIT_BYTES.get(st.a_b, 12) if st.device == "cpu"
+                     else 4 + (st.a_b if st.a_b != 4 else 0))
         return per_logit * min(ce_chunk_size, T) * V
     # HF ForCausalLMLoss, measured with a live-tensor tracker (torch 2.13): backward holds the
     # saved fp32 log-softmax, its incoming grad and its output grad: 12·T·V, plus the logits
@@ -603,13 +618,15 @@ def estimate_peak(
     short = replace(st, s=EAGER_MAX_TOKENS)
     steps = [st, short] if st.s > EAGER_MAX_TOKENS and short.attention == "eager" else [st]
     dynamic = -1
+    peak = -1
     for cand in steps:
         phases = phase_bytes(cand, bnb_keeps_inputs, ce_chunk_size)
-        top = max(phases, key=lambda k: sum(phases[k]))
-        if sum(phases[top]) > dynamic:
+        top = max(phases, key=lambda k: sum(phases[k]) + lora_bytes(cand, k))
+        if sum(phases[top]) + lora_bytes(cand, top) > peak:
             phase, s = top, cand.s  # s: the shape of the peak, what a probe must measure
             activations, logit_bytes, transients = phases[top]
             dynamic = activations + logit_bytes + transients
+            peak = dynamic + lora_bytes(cand, top)
     if s != st.s:
         notes.append(f"peak at the eager step of {b} x {s} tokens (its batches that short run eager)")
     if device == "cpu" and st.quant != "none":
@@ -618,7 +635,7 @@ def estimate_peak(
     breakdown.update(runtime_bytes(st, cuda_context_bytes, cpu_runtime_bytes))
     breakdown.update(
         weights=int(weight_bytes(st)), checkpoint_pages=int(checkpoint_page_bytes(st, model_config)),
-        lora_params_grads_optimizer=int(lora_bytes(st)), activations=int(activations), logits=int(logit_bytes),
+        lora_params_grads_optimizer=int(lora_bytes(st, phase)), activations=int(activations), logits=int(logit_bytes),
         transients=int(transients), allocator_slack=int(allocator_slack_bytes(st, dynamic, ce_chunk_size)),
     )
     total = sum(breakdown.values())
