@@ -340,6 +340,7 @@ def ratios(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global MODEL
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("parts", nargs="+", choices=["overhead", "packing", "demo", "ttq", "release"])
     ap.add_argument("--trials", type=int, default=6, help="overhead: trials per study (default 6)")
@@ -361,7 +362,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "study_cpu.csv")
     ap.add_argument("--keep", type=Path, help="keep the study folders here (default: a temporary folder)")
     a = ap.parse_args(argv)
-    global MODEL
     MODEL = a.model
     old = [r for r in read_rows(a.out) if r["params"].get("part") not in a.parts] if a.out.is_file() else []
     with tempfile.TemporaryDirectory() as t:
