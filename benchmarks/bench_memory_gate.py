@@ -3,6 +3,7 @@ calibrated estimate comes to what the trials measured.
 
     python benchmarks/bench_memory_gate.py                       # SmolLM2-135M, CPU (peak RSS), seeds 0-2, ~2 min a seed
     python benchmarks/bench_memory_gate.py --seeds 0 1 2 3 4 --trials 10 --rows 48
+    python benchmarks/bench_memory_gate.py --device cuda --model DIR --seeds 0    # the GPU check's step
 
 The space (batch size × LoRA rank × targets, on the bundled data; checkpointing off, since it flattens
 the peaks of a short-row space so far that a midpoint budget would rule out almost nothing) is estimated
@@ -141,12 +142,16 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=48, help="training examples (the first N of data/train.jsonl)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one study per seed, each with a fresh calibration cache")
     p.add_argument("--objective", default="multi:eval_loss,peak_memory_gb")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="what the estimates and the budget are for (the studies pick the GPU when there is one)")
+    p.add_argument("--model", default="smollm2-135m", help="alias or local folder (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/memory_gate_<device>.csv")
     args = p.parse_args()
 
     from moopt.train.models import resolve_model
 
-    device = "cpu"
-    model_path = str(resolve_model("smollm2-135m"))
+    device = args.device
+    model_path = str(resolve_model(args.model))
     work = Path(tempfile.mkdtemp(prefix="bench_memory_gate_"))
     train, val = work / "train.jsonl", work / "val.jsonl"
     train.write_text("".join((DATA / "train.jsonl").read_text().splitlines(keepends=True)[: args.rows]))
@@ -166,7 +171,7 @@ def main() -> int:
     total = {k: sum(s[k] for s in summaries) for k in ("trials", "trained", "trained_over_budget", "ruled_out_untrained", "probes")}
     print(f"over {len(summaries)} studies: " + ", ".join(f"{k} {v}" for k, v in total.items())
           + "; calibrated median |error| per study: " + ", ".join(f"{s['calibrated_median_abs_error']:.1f}%" for s in summaries))
-    path = RESULTS / f"memory_gate_{device}.csv"
+    path = args.out or RESULTS / f"memory_gate_{device}.csv"
     write_rows(rows, path)
     print(f"wrote {path}")
     return 0

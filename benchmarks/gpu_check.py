@@ -13,7 +13,8 @@ as it ends (gpu_check.tar.gz with every step's files, summary.json, gpu_check.lo
   bench_lora   LoRA linear fwd+bwd vs PEFT vs the frozen base, M = 8192, r 16/64 (--quick)         60
   bench_trial  one training step on the Llama-3.2-1B stand-in: moopt vs HF Trainer + PEFT          110
   memory       estimator vs measured peaks (NVML), SmolLM2 shape, unquantised + 4/8-bit           150
-  study        moopt optimize, 3 trials, --memory_constraint, on the SmolLM2-shaped stand-in        90
+  memory_gate  a --memory_constraint study, budget at the midpoint of the space's estimated peaks,
+               10 trials on the SmolLM2-shaped stand-in: trainings over the budget (bench_memory_gate) 120
   warm_workers per-trial overhead (the base model's load) of the 1B stand-in, warm vs cold      100
 The whole check stops at --budget (520 s on a GPU): a step gets at most what is left, and one that
 has nothing left is recorded as skipped. The dry run triples each limit and has no budget.
@@ -139,19 +140,18 @@ class Check:
             ("memory", 150, [py, "benchmarks/bench_memory.py", "--device", device, "--model", str(small),
                              "--out-dir", str(res), "--steps", "2"]
              + (["--n", "1", "--n-quant", "1", "--max-tokens", "64", "--threads", "1"] if dry else ["--n", "4", "--n-quant", "3"])),
-            ("study", 90, [py, "-c", "from moopt.cli import main; main()", "optimize", "--base_model", str(small),
-                           "--train_file", str(data["train"]), "--validation_file", str(data["val"]),
-                           "--output_dir", str(self.work / "study"), "--num_trials", "3", "--memory_constraint", "8",
-                           "--search_space", str(ROOT / "benchmarks" / "gpu_check_space.yaml"), "--no-baseline",
-                           "--overwrite", "--seed", "0"]),
+            # issue 25: a --memory_constraint study (moopt optimize, through the CLI) with the budget at the
+            # midpoint of the space's estimated peaks; counts trainings over the budget (must be 0)
+            ("memory_gate", 120, [py, "benchmarks/bench_memory_gate.py", "--device", device, "--model", str(small),
+                                  "--seeds", "0", "--trials", "4" if dry else "10", "--rows", "16" if dry else "48",
+                                  "--out", str(res / f"memory_gate_{device}.csv")]),
             # issue 27's GPU figure: per-trial overhead (mostly the base model's load) of the 1B stand-in,
             # a fresh process per trial against a warm worker
             ("warm_workers", 100, [py, "benchmarks/bench_study.py", "overhead", "--model", str(small if dry else big),
                                    "--trials", "2" if dry else "3", "--device", device,
                                    "--out", str(res / f"study_overhead_{device}.csv")]),
         ]
-        study = self.work / "study"
-        collect = {"study": (study / "trials_summary.csv", study / "best_config.yaml")}
+        collect: dict[str, tuple[Path, ...]] = {}
         for name, limit, argv in steps:
             if only and name not in only:
                 continue

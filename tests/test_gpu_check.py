@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["env", "models", "gpu_tests", "kernels", "bench_lora", "bench_trial", "memory", "study"]
+STEPS = ["env", "models", "gpu_tests", "kernels", "bench_lora", "bench_trial", "memory", "memory_gate", "warm_workers"]
 
 
 def test_dry_run_runs_every_step_and_publishes_results(tmp_path):
@@ -31,8 +31,8 @@ def test_dry_run_runs_every_step_and_publishes_results(tmp_path):
     with tarfile.open(out / "gpu_check.tar.gz") as tar:
         names = {Path(n).name for n in tar.getnames()}
         assert {f"{s}.log" for s in STEPS} <= names
-        assert {"env.json", "kernels_cpu.csv", "lora_cpu.csv", "trial_cpu.csv", "memory_cpu.csv", "trials_summary.csv",
-                "best_config.yaml", "gpu_tests.xml"} <= names
+        assert {"env.json", "kernels_cpu.csv", "lora_cpu.csv", "trial_cpu.csv", "memory_cpu.csv", "memory_gate_cpu.csv",
+                "study_overhead_cpu.csv", "gpu_tests.xml"} <= names
 
         def rows(name):
             return list(csv.DictReader(io.TextIOWrapper(tar.extractfile(f"gpu_check/{name}"))))
@@ -42,5 +42,8 @@ def test_dry_run_runs_every_step_and_publishes_results(tmp_path):
         assert {r["provider"] for r in rows("lora_cpu.csv")} == {"base", "peft", "moopt"}
         assert {r["provider"] for r in rows("trial_cpu.csv")} == {"moopt", "peer"}
         assert any(r["provider"] == "measured" for r in rows("memory_cpu.csv"))
-        trials = rows("trials_summary.csv")
-        assert len(trials) == 3 and all(r["backend"] == "torch" and r["backend_reason"] for r in trials)
+        gate = rows("memory_gate_cpu.csv")  # a --memory_constraint study through the CLI: every trial has a row
+        assert len([r for r in gate if r["what"] == "peak_memory"]) == 4
+        assert any(r["problem"] == "trained_over_budget" for r in gate)
+        overhead = rows("study_overhead_cpu.csv")
+        assert {r["provider"] for r in overhead if r["what"] == "trial_overhead"} == {"warm", "cold"}
