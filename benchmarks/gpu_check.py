@@ -120,11 +120,6 @@ class Check:
         dry, py, res, models = self.dry, "PY", self.res, self.models
         device = "cpu" if dry else "cuda"
         small, big = models / "smollm2-135m", models / "llama-3.2-1b"
-        data = {"train": ROOT / "data" / "train.jsonl", "val": ROOT / "data" / "val.jsonl"}
-        if dry:  # a CPU trains the tiny stand-in on 32 rows: the study's steps, not its minutes
-            for split, n in (("train", 32), ("val", 8)):
-                data[split] = self.work / f"{split}_dry.jsonl"
-                data[split].write_text("".join((ROOT / "data" / f"{split}.jsonl").read_text().splitlines(True)[:n]))
         steps = [
             ("env", 30, [py, str(Path(__file__)), "--env", str(res / "env.json"), "--site", str(self.site)]),
             ("models", 75, [py, "benchmarks/standin_models.py", str(models), "smollm2-135m", "llama-3.2-1b",

@@ -540,7 +540,7 @@ def allocator_slack_bytes(st: StepShape, dynamic: int, ce_chunk_size: int = DEFA
         chunk = logits_bytes(st, ce_chunk_size) if st.loss == "chunked" else 0
         return max(CUDA_SLACK_FLOOR_BYTES, st.cuda_slack * dynamic + CUDA_CE_CHUNK_SLACK * chunk)
     slack = CPU_SLACK * dynamic
-    if st.device == "cpu" and st.quant != "none":
+    if st.quant != "none":
         slack += CPU_QUANT_HEAP_RETENTION * dynamic
     return slack
 
@@ -617,16 +617,15 @@ def estimate_peak(
     # shorter step peak above it (when s is little longer); the estimate is the larger of the two.
     short = replace(st, s=EAGER_MAX_TOKENS)
     steps = [st, short] if st.s > EAGER_MAX_TOKENS and short.attention == "eager" else [st]
-    dynamic = -1
     peak = -1
     for cand in steps:
         phases = phase_bytes(cand, bnb_keeps_inputs, ce_chunk_size)
-        top = max(phases, key=lambda k: sum(phases[k]) + lora_bytes(cand, k))
-        if sum(phases[top]) + lora_bytes(cand, top) > peak:
-            phase, s = top, cand.s  # s: the shape of the peak, what a probe must measure
+        held = {k: sum(v) + lora_bytes(cand, k) for k, v in phases.items()}  # what each phase holds above the weights
+        top = max(held, key=held.get)
+        if held[top] > peak:
+            phase, s, peak = top, cand.s, held[top]  # s: the shape of the peak, what a probe must measure
             activations, logit_bytes, transients = phases[top]
-            dynamic = activations + logit_bytes + transients
-            peak = dynamic + lora_bytes(cand, top)
+    dynamic = activations + logit_bytes + transients
     if s != st.s:
         notes.append(f"peak at the eager step of {b} x {s} tokens (its batches that short run eager)")
     if device == "cpu" and st.quant != "none":
