@@ -158,6 +158,10 @@ def worker_moopt(a: dict) -> dict:
     from moopt.train.recipe import load_model_and_tokenizer, lr_lambda, pick_device
     from moopt.train.step import check_finite, train_step
 
+    if os.environ.get("MOOPT_STEADY_HEAP") == "1":  # as moopt.train.worker (bench_steady_heap.py)
+        from moopt.memory.rss import steady_heap
+
+        steady_heap()
     torch.set_num_threads(a["threads"])
     device = pick_device(a["device"])
     torch.manual_seed(SEED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -454,3 +455,74 @@ def test_cpu_estimate_matches_peak_rss_of_two_real_steps():
     print(f"peak RSS {got['peak'] / 2**20:.0f} MiB (extra {measured / 2**20:.0f} over {got['baseline'] / 2**20:.0f} "
           f"after imports), estimate {est.total_bytes / 2**20:.0f} MiB, ratio {ratio:.3f}")
     assert 0.90 <= ratio <= 1.30
+
+
+STEADY_HEAP_SCRIPT = r"""
+import ctypes, sys
+from moopt.memory.rss import current_rss_bytes, steady_heap
+applied = steady_heap() if sys.argv[1] == "steady" else False
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+MIB = 1 << 20
+big = libc.malloc(24 * MIB); libc.memset(big, 1, 24 * MIB); libc.free(big)  # by default raises the threshold to 24 MiB
+blocks = [libc.malloc(6 * MIB) for _ in range(10)]
+for b in blocks:
+    libc.memset(b, 1, 6 * MIB)
+before = current_rss_bytes()
+for b in blocks[:-1]:  # the last stays: a heap cannot shrink from the top past it
+    libc.free(b)
+print(applied, (before - current_rss_bytes()) / MIB)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_steady_heap_gives_freed_tensor_sized_blocks_back():
+    """By default glibc raises its mmap threshold to each freed mapped block's size, so after one 24 MiB
+    block is freed, 6 MiB blocks come from the heap and stay resident when freed (a trial's peak RSS then
+    depends on the order of its frees); with steady_heap they are mapped and given back on free."""
+    def drop(mode, **env):
+        out = subprocess.run([sys.executable, "-c", STEADY_HEAP_SCRIPT, mode], capture_output=True, text=True,
+                             env={**os.environ, **env}, check=True).stdout.split()
+        return out[0] == "True", float(out[1])
+
+    applied, freed = drop("steady")
+    assert applied and freed > 45, freed  # 9 x 6 MiB given back
+    applied, freed = drop("default")
+    assert not applied and freed < 10, freed  # glibc's default: they stay in the heap
+    applied, freed = drop("steady", MALLOC_MMAP_THRESHOLD_="131072")  # the user's own choice is kept
+    assert not applied
+
+
+def test_steady_heap_reaches_the_cpu_trial_processes_whose_peak_is_measured(tmp_path, monkeypatch):
+    """LocalExecutor(steady_heap=True) starts CPU workers with MOOPT_STEADY_HEAP=1 (and GPU workers
+    without); a CPU probe always has it, as the trials it stands for."""
+    import moopt.study.executor as executor
+    import moopt.train.probe as probe
+    from moopt.config import TrialConfig
+    from moopt.records import TrialSpec
+    from moopt.study.placement import Slot
+
+    envs = []
+
+    class FakePopen:
+        def __init__(self, cmd, **kw):
+            envs.append(kw["env"])
+
+    monkeypatch.setattr(executor.subprocess, "Popen", FakePopen)
+    spec = TrialSpec(number=0, config=TrialConfig(), base_model="m", train_file="t", validation_file="v",
+                     output_dir=str(tmp_path))
+    for steady in (True, False):
+        ex = executor.LocalExecutor(steady_heap=steady)
+        ex._start(spec, Slot("cpu", 1), key=())
+        ex._start(spec, Slot("cuda:0", 1), key=())
+    assert [e.get("MOOPT_STEADY_HEAP") for e in envs] == ["1", None, None, None]
+
+    def fake_run(cmd, **kw):
+        envs.append(kw["env"])
+        raise subprocess.TimeoutExpired(cmd, 1)
+
+    monkeypatch.setattr(probe.subprocess, "run", fake_run)
+    probe.probe_peak("m", TrialConfig(), device="cpu")
+    assert envs[-1].get("MOOPT_STEADY_HEAP") == "1"

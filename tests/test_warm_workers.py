@@ -125,9 +125,13 @@ def test_a_cpu_memory_budget_runs_each_trial_in_a_fresh_process(tmp_path, monkey
     # peak memory as an objective: a warm worker's peak would rank trials by the order they ran in
     assert not Study(cfg(None, "multi:eval_loss,peak_memory_gb"), console=console).warm_workers()
     assert "peak_memory_gb as an objective on a CPU: a fresh process per trial" in console.file.getvalue()
+    # ... and those processes fix malloc's thresholds (moopt.memory.rss.steady_heap)
+    assert Study(cfg(8.0), console=console).peak_rss_measured() == "--memory_constraint"
+    assert Study(cfg(None), console=console).peak_rss_measured() is None
     monkeypatch.setattr(placement, "_gpu_capacities", lambda: [("0", 80.0)])
     assert Study(cfg(8.0), console=console).warm_workers()
     assert Study(cfg(None, "multi:eval_loss,peak_memory_gb"), console=console).warm_workers()
+    assert Study(cfg(8.0), console=console).peak_rss_measured() is None
 
 
 def study(tiny_model, tiny_data, out, warm: bool, fault: str | None, monkeypatch):

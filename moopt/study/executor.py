@@ -101,11 +101,13 @@ class LocalExecutor(ExecutorBase):
     and threads goes to such an idle worker. A worker is started for any other trial, after the idle
     workers on that device are ended (so the processes alive on a device never hold more base models
     than the trials placed there). A crash, an out-of-memory or a kill ends the worker with its trial.
-    ``warm=False``: a fresh process per trial."""
+    ``warm=False``: a fresh process per trial. ``steady_heap``: the trials' peak RSS is compared with a
+    budget; their processes fix glibc's malloc thresholds (moopt.memory.rss.steady_heap)."""
 
-    def __init__(self, *args, warm: bool = True, **kwargs):
+    def __init__(self, *args, warm: bool = True, steady_heap: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.warm = warm
+        self.steady_heap = steady_heap
         self.idle: list[Worker] = []
         self.started = 0  # worker processes started (a warm study starts fewer than it runs trials)
         self.closing = False
@@ -141,6 +143,8 @@ class LocalExecutor(ExecutorBase):
     def _start(self, spec: TrialSpec, slot: Slot, key: tuple) -> Worker:
         env = child_env(slot.threads, slot.device.split(":", 1)[1] if slot.device.startswith("cuda:") else "")
         env["MOOPT_WARM_WORKERS"] = "1" if self.warm else "0"
+        if self.steady_heap and not slot.device.startswith("cuda:"):
+            env["MOOPT_STEADY_HEAP"] = "1"
         log = open(Path(spec.output_dir) / "log.txt", "w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "moopt.train.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

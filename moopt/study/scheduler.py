@@ -198,7 +198,7 @@ class Study:
         elif factory is None:
             from moopt.study.executor import LocalExecutor
 
-            factory = functools.partial(LocalExecutor, warm=self.warm_workers())
+            factory = functools.partial(LocalExecutor, warm=self.warm_workers(), steady_heap=bool(self.peak_rss_measured()))
         return factory(on_progress=self.on_progress, on_rung=self.decide_rung, stall=self.stall_policy())
 
     def warm_workers(self) -> bool:
@@ -214,17 +214,25 @@ class Study:
         caching allocator's peak since the trial began (plus the context), and ``torch.cuda.empty_cache``
         gives a trial's blocks back (not yet measured on a GPU). The same holds where ``peak_memory_gb`` is
         an objective: the search would otherwise rank configurations by the order they ran in."""
-        from moopt.study.placement import _gpu_capacities
-
         if not self.cfg.warm_workers:
             return False
-        why = ("--memory_constraint" if self.cfg.memory_constraint_gb
-               else "peak_memory_gb as an objective" if "peak_memory_gb" in self.cfg.objectives.names else None)
-        if why and not _gpu_capacities():
-            self.console.print(f"{why} on a CPU: a fresh process per trial, so that each trial's peak RSS "
-                               "is its own (a warm worker's grows with the trials before it)")
+        if why := self.peak_rss_measured():
+            self.console.print(f"{why} on a CPU: a fresh process per trial, so that each trial's "
+                               "peak RSS is its own (a warm worker's grows with the trials before it)")
             return False
         return True
+
+    def peak_rss_measured(self) -> str | None:
+        """Why the trials' peak RSS matters (``--memory_constraint``, or ``peak_memory_gb`` as an objective)
+        when they run on the CPU; None on a GPU or when it does not matter. Those trials run in a fresh
+        process each (:meth:`warm_workers`) with glibc's malloc thresholds fixed
+        (moopt.memory.rss.steady_heap), so that a configuration's peak does not depend on the order its
+        tensors were freed in."""
+        from moopt.study.placement import _gpu_capacities
+
+        why = ("--memory_constraint" if self.cfg.memory_constraint_gb
+               else "peak_memory_gb as an objective" if "peak_memory_gb" in self.cfg.objectives.names else None)
+        return why if why and not _gpu_capacities() else None
 
     def prepare_model(self) -> None:
         """Cache moopt's own converted base model (the bundled SmolLM2) in each dtype the space trains in, here

@@ -11,6 +11,9 @@ A worker is warm (``MOOPT_WARM_WORKERS`` unset or 1): after a trial's ``result``
 ``reusable`` says so, it waits for the next TrialSpec line and keeps the base model and tokenised data
 of the trial before (moopt.train.warm). A trial that ended in an exception (crash, out of memory) ends
 the worker, as does EOF on stdin.
+
+``MOOPT_STEADY_HEAP=1``: the trial's peak RSS is compared with a budget; fix glibc's malloc thresholds
+first (moopt.memory.rss.steady_heap).
 """
 
 from __future__ import annotations
@@ -99,6 +102,10 @@ def point_logs_at(path: Path) -> None:
 
 def main() -> int:
     die_with_parent()
+    if os.environ.get("MOOPT_STEADY_HEAP") == "1":
+        from moopt.memory.rss import steady_heap
+
+        steady_heap()  # before torch allocates anything
     # Keep the protocol channel private: stray prints from libraries go to stderr.
     proto = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
