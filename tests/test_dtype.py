@@ -183,3 +183,28 @@ def test_moopts_cached_fp32_model_trains_bf16_from_a_bf16_copy(tiny_model, tmp_p
     assert "checkpoint_pages" not in estimate_peak(smol, bf16, device="cpu", kernels="torch").breakdown
     assert calibration_key(mc, bf16, "cpu", "torch") != calibration_key(user, bf16, "cpu", "torch")
     assert calibration_key(mc, fp32, "cpu", "torch") == calibration_key(user, fp32, "cpu", "torch")
+
+
+def test_moopt_train_makes_the_dtype_copy_as_a_study_does(tiny_model, tiny_data, tmp_path, monkeypatch):
+    """``moopt train`` on moopt's own conversion trains from its copy in the trial's dtype, as the study's
+    trials did (Study.prepare_model), so the final run's load and peak match the trial it repeats."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from moopt.cli import main
+
+    monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MOOPT_CPU_DTYPE", "bfloat16")
+    cached = tmp_path / "cache" / "models" / "tiny-0123456789"
+    shutil.copytree(tiny_model, cached)
+    (cached / "moopt_conversion.json").write_text("{}")
+    cfg = tmp_path / "best_config.yaml"
+    cfg.write_text("training: {learning_rate: 0.01, batch_size: 8, num_train_epochs: 1}\nlora: {r: 4, alpha: 8}\n"
+                   "data: {max_seq_length: 32}\n")
+    r = CliRunner().invoke(main, ["train", "--config", str(cfg), "--base_model", str(cached), "--train_file",
+                                  str(tiny_data["train"]), "--validation_file", str(tiny_data["val"]), "--test_file",
+                                  str(tiny_data["val"]), "--output_dir", str(tmp_path / "final")])
+    assert r.exit_code == 0, r.output
+    assert (cached.with_name(cached.name + "-bfloat16") / "model.safetensors").is_file()
+    assert "in bfloat16 (once)" in r.output

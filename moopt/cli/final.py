@@ -66,6 +66,12 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     spec = TrialSpec(number=0, config=cfg, base_model=model_path, train_file=os.path.abspath(kw["train_file"]),
                      validation_file=os.path.abspath(kw["validation_file"]), output_dir=str(out), seed=kw["seed"],
                      kernels=kw["kernels"], test_file=os.path.abspath(kw["test_file"]))
+    if cfg.model.quantization == "none":  # as a study does (Study.prepare_model): moopt's own conversion
+        from moopt.config import resolve_dtype  # loads from its copy in the trial's dtype, not converted at load
+        from moopt.train.models import prepare_dtype_copy
+        from moopt.train.recipe import pick_device
+
+        prepare_dtype_copy(model_path, resolve_dtype(cfg.model.dtype, pick_device("auto").type))
     console.print(f"Training the final adapter ({cfg.training.num_train_epochs:g} epoch(s)) ...")
     res = run_trial(spec, ConsoleReporter(console))
     if res.state != TrialState.COMPLETE:
