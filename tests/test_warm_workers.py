@@ -122,6 +122,7 @@ def test_a_cpu_memory_budget_runs_each_trial_in_a_fresh_process(tmp_path, monkey
     assert Study(cfg(None, "multi:eval_loss,eval_accuracy"), console=console).warm_workers()
     assert not Study(cfg(8.0), console=console).warm_workers()
     assert "--memory_constraint on a CPU: a fresh process per trial" in console.file.getvalue()
+    assert "mmap threshold fixed" in console.file.getvalue()
     # peak memory as an objective: a warm worker's peak would rank trials by the order they ran in
     assert not Study(cfg(None, "multi:eval_loss,peak_memory_gb"), console=console).warm_workers()
     assert "peak_memory_gb as an objective on a CPU: a fresh process per trial" in console.file.getvalue()
