@@ -123,14 +123,15 @@ CPU_OPTIMIZER_TMP_BYTES_PER_ELEMENT = 8
 CALIBRATION_FACTOR_RANGE = (0.9, 1.1)
 # How far the true peak has been seen above the uncalibrated estimate, (measured - estimate) / estimate,
 # worst case per (device, quantization): the memory gate's band before any probe calibrates it.
-# cpu: benchmarks/results/memory_cpu.csv (32 SmolLM2-135M probes, peak RSS; unquantised at most 2.4%
-# above, so the 3% floor). cuda: benchmarks/results/memory_published.csv (published peaks of other stacks:
+# cpu: benchmarks/results/memory_cpu.csv (32 SmolLM2-135M probes, peak RSS; unquantised at most 2.6%
+# above, so the 3% floor; bitsandbytes' CPU backend up to 27% above at 8-bit, 8 x 128 tokens on all
+# linears, a gap the estimate does not model term by term). cuda: benchmarks/results/memory_published.csv (published peaks of other stacks:
 # LitGPT Llama-2-7B LoRA batch 2 for none, Unsloth's HF+FA2 Llama-3.3-70B QLoRA at 80 GB for 4bit);
 # no published 8-bit peak was found, so 8bit takes the larger of the two. Rounded up to whole percent;
 # tests/test_memory_gate_band.py recomputes them from those CSVs. The H200's own NVML peaks
 # (benchmarks/results/gpu/h200_2026-12-04) lie within them.
 ESTIMATE_UNDER_PRIOR = {
-    ("cpu", "none"): 0.03, ("cpu", "4bit"): 0.14, ("cpu", "8bit"): 0.12,
+    ("cpu", "none"): 0.03, ("cpu", "4bit"): 0.15, ("cpu", "8bit"): 0.28,
     ("cuda", "none"): 0.06, ("cuda", "4bit"): 0.14, ("cuda", "8bit"): 0.14,
 }
 # The CPU runtime term's spread between machines and venvs, an absolute amount the relative prior above
