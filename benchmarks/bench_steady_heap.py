@@ -30,10 +30,12 @@ ARMS = ("default", "steady")
 
 def run_arm(arm: str, a: dict) -> dict:
     """One fresh bench_trial.py moopt worker (run as a script: no benchmark imports another)."""
+    from moopt.memory.rss import STEADY_HEAP_ENV
+
     env = dict(os.environ, OMP_NUM_THREADS=str(a["threads"]), TOKENIZERS_PARALLELISM="false")
-    env.pop("MOOPT_STEADY_HEAP", None)
+    env.pop(STEADY_HEAP_ENV, None)
     if arm == "steady":
-        env["MOOPT_STEADY_HEAP"] = "1"  # bench_trial's worker then calls steady_heap, as moopt.train.worker does
+        env[STEADY_HEAP_ENV] = "1"  # bench_trial's worker then calls steady_heap, as moopt.train.worker does
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_trial.py"), "--worker", "moopt",
                            "--worker-args", json.dumps(a)], capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

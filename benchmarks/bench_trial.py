@@ -153,15 +153,13 @@ def worker_moopt(a: dict) -> dict:
     import torch
 
     from moopt.config import DataConfig, LoraConfig, ModelConfig, TrainingConfig, TrialConfig
+    from moopt.memory.rss import steady_heap_if_asked
     from moopt.train.data import TokenizedSet, micro_batches, n_micro_batches
     from moopt.train.lora import attach_lora, lora_parameters
     from moopt.train.recipe import load_model_and_tokenizer, lr_lambda, pick_device
     from moopt.train.step import check_finite, train_step
 
-    if os.environ.get("MOOPT_STEADY_HEAP") == "1":  # as moopt.train.worker (bench_steady_heap.py)
-        from moopt.memory.rss import steady_heap
-
-        steady_heap()
+    steady_heap_if_asked()  # as moopt.train.worker does (bench_steady_heap.py sets it)
     torch.set_num_threads(a["threads"])
     device = pick_device(a["device"])
     torch.manual_seed(SEED)

@@ -17,6 +17,7 @@ import resource
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 STEADY_MMAP_THRESHOLD_BYTES = 4 << 20
 STEADY_TRIM_THRESHOLD_BYTES = 8 << 20  # twice the mmap threshold, as glibc's own dynamic rule sets it
+STEADY_HEAP_ENV = "MOOPT_STEADY_HEAP"  # "1": a child process calls steady_heap at start (steady_heap_if_asked)
 
 
 def _status_bytes(key: str) -> int | None:
@@ -62,10 +63,10 @@ def steady_heap() -> bool:
     run ten times in a fresh process with the same seed, peaked at 0.964-0.968 GiB seven times and at
     1.075-1.097 GiB three times (the jump is in the final evaluation); with the thresholds fixed, five
     runs peaked at 0.962-0.963 GiB, and a batch-16 trial at 1.451-1.463 GiB (three runs) against
-    1.444-1.541 (six). Tensors of
-    4 MiB and more are then mapped and unmapped every time: training tokens/s 0.99x at 8 x 128 and 0.93x
-    at 4 x 512 tokens (fully labelled, bf16, all linears; benchmarks/bench_steady_heap.py). So only the processes whose
-    peak RSS is compared with a budget use it: a study's CPU trials under ``--memory_constraint`` (or with
+    1.444-1.541 (six). Tensors of 4 MiB and more are then
+    mapped and unmapped every time: training tokens/s 0.99x at 8 x 128 and 0.93x at 4 x 512 tokens (fully
+    labelled, bf16, all linears; benchmarks/bench_steady_heap.py). So only the processes whose peak RSS is
+    compared with a budget use it: a study's CPU trials under ``--memory_constraint`` (or with
     ``peak_memory_gb`` as an objective) and the gate's CPU probes, so that a probe and a trial of the same
     configuration measure alike.
 
@@ -81,3 +82,9 @@ def steady_heap() -> bool:
             libc.mallopt(_M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD_BYTES))
     except (OSError, AttributeError):
         return False
+
+
+def steady_heap_if_asked() -> bool:
+    """:func:`steady_heap` when the parent asked for it (``STEADY_HEAP_ENV`` is "1"): a trial's worker and
+    the gate's probe call this first thing."""
+    return os.environ.get(STEADY_HEAP_ENV) == "1" and steady_heap()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from moopt.memory.rss import STEADY_HEAP_ENV
 from moopt.records import TrialResult, TrialSpec, TrialState
 from moopt.study.placement import Slot
 from moopt.study.watchdog import Liveness, StallPolicy
@@ -144,7 +145,7 @@ class LocalExecutor(ExecutorBase):
         env = child_env(slot.threads, slot.device.split(":", 1)[1] if slot.device.startswith("cuda:") else "")
         env["MOOPT_WARM_WORKERS"] = "1" if self.warm else "0"
         if self.steady_heap and not slot.device.startswith("cuda:"):
-            env["MOOPT_STEADY_HEAP"] = "1"
+            env[STEADY_HEAP_ENV] = "1"
         log = open(Path(spec.output_dir) / "log.txt", "w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "moopt.train.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

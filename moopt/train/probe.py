@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from moopt.config import TrialConfig
 from moopt.errors import ConfigError
 from moopt.memory.measure import is_out_of_memory, measure_peak
-from moopt.memory.rss import peak_rss_bytes, steady_heap
+from moopt.memory.rss import STEADY_HEAP_ENV, peak_rss_bytes, steady_heap_if_asked
 from moopt.train.worker import child_env
 
 GIB = 1024**3
@@ -104,7 +104,7 @@ def probe_peak(
             "shape": [int(x) for x in shape] if shape else None}
     env = child_env(threads, "" if device == "cpu" else None)  # a CPU probe hides GPUs, as a CPU slot does
     if device == "cpu":
-        env["MOOPT_STEADY_HEAP"] = "1"  # as the trials it stands for (moopt.memory.rss.steady_heap)
+        env[STEADY_HEAP_ENV] = "1"  # as the trials it stands for (moopt.memory.rss.steady_heap)
     t0 = time.time()
     try:
         proc = subprocess.run(
@@ -224,8 +224,7 @@ def _child_run(spec: dict) -> dict:
 
 def main() -> int:
     """``python -m moopt.train.probe``: spec on stdin, one result line on stdout, then exit."""
-    if os.environ.get("MOOPT_STEADY_HEAP") == "1":
-        steady_heap()
+    steady_heap_if_asked()
     proto = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # library prints go to stderr
     spec = json.loads(sys.stdin.read())

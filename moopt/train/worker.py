@@ -102,10 +102,9 @@ def point_logs_at(path: Path) -> None:
 
 def main() -> int:
     die_with_parent()
-    if os.environ.get("MOOPT_STEADY_HEAP") == "1":
-        from moopt.memory.rss import steady_heap
+    from moopt.memory.rss import steady_heap_if_asked
 
-        steady_heap()  # before torch allocates anything
+    steady_heap_if_asked()  # before torch allocates anything
     # Keep the protocol channel private: stray prints from libraries go to stderr.
     proto = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
