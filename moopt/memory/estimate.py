@@ -123,15 +123,15 @@ CPU_OPTIMIZER_TMP_BYTES_PER_ELEMENT = 8
 CALIBRATION_FACTOR_RANGE = (0.9, 1.1)
 # How far the true peak has been seen above the uncalibrated estimate, (measured - estimate) / estimate,
 # worst case per (device, quantization): the memory gate's band before any probe calibrates it.
-# cpu: benchmarks/results/memory_cpu.csv (32 SmolLM2-135M probes, peak RSS; unquantised at most 2.6%
-# above, so the 3% floor; bitsandbytes' CPU backend up to 27% above at 8-bit, 8 x 128 tokens on all
-# linears, a gap the estimate does not model term by term). cuda: benchmarks/results/memory_published.csv (published peaks of other stacks:
+# cpu: benchmarks/results/memory_cpu.csv (32 SmolLM2-135M probes, peak RSS; unquantised never above,
+# so the 3% floor; bitsandbytes' CPU backend up to 12.3% above at 4-bit, 6.6% at 8-bit; 8-bit was 27% above
+# before the estimate counted each quantised LoRA's own X̂ and moopt stopped 8-bit bases keeping their input). cuda: benchmarks/results/memory_published.csv (published peaks of other stacks:
 # LitGPT Llama-2-7B LoRA batch 2 for none, Unsloth's HF+FA2 Llama-3.3-70B QLoRA at 80 GB for 4bit);
 # no published 8-bit peak was found, so 8bit takes the larger of the two. Rounded up to whole percent;
 # tests/test_memory_gate_band.py recomputes them from those CSVs. The H200's own NVML peaks
 # (benchmarks/results/gpu/h200_2026-12-04) lie within them.
 ESTIMATE_UNDER_PRIOR = {
-    ("cpu", "none"): 0.03, ("cpu", "4bit"): 0.15, ("cpu", "8bit"): 0.28,
+    ("cpu", "none"): 0.03, ("cpu", "4bit"): 0.13, ("cpu", "8bit"): 0.07,
     ("cuda", "none"): 0.06, ("cuda", "4bit"): 0.14, ("cuda", "8bit"): 0.14,
 }
 # The CPU runtime term's spread between machines and venvs, an absolute amount the relative prior above
@@ -401,30 +401,57 @@ def activation_bytes_per_token_layer(st: StepShape, bnb_keeps_inputs: bool) -> i
     shapes, targets, r = m.linear_shapes(), st.targets, st.r
     q_out, kv_out = m.heads * m.head_dim, m.kv_heads * m.head_dim
     kv_saved = q_out if st.masked else kv_out
-    # bitsandbytes 0.50: MatMul8bitLt saves its input for backward (every linear), MatMul4Bit saves only
-    # the packed weight (bitsandbytes/autograd/_functions.py), so 4bit keeps just what the LoRA keeps.
-    keeps_input = set(targets) | (set(shapes) if st.quant == "8bit" or (st.quant == "4bit" and bnb_keeps_inputs) else set())
+    # bitsandbytes 0.50: its 8-bit matmul keeps its input for backward (every linear; MatMul8bitLt's
+    # ctx.tensors, on a CPU MatMul8bitFp's ctx.A), MatMul4Bit only the packed weight
+    # (bitsandbytes/autograd/_functions.py). moopt drops the 8-bit one (moopt.train.lora.release_int8_inputs:
+    # it serves only a weight gradient a frozen base never needs), so its 8bit, like 4bit, keeps just what
+    # the LoRA keeps; peers keep it.
+    base_keeps = set(shapes) if (st.quant == "8bit" and st.peft) or (st.quant == "4bit" and bnb_keeps_inputs) else set()
+    # moopt's torch backend with dropout keeps X̂ (X with the dropped entries zeroed, in X's dtype) and the
+    # bool keep mask in place of X (moopt_kernels.lora_linear.torch_down; triton regenerates the mask from
+    # its seed and keeps X). Unquantised, siblings that share an input share one X̂ (lora_multi); over a
+    # quantised base each LoRA keeps its own (moopt.train.lora: a packed weight can't join the fused GEMM).
+    # SmolLM2 on a CPU, fp32, 8 x 64 tokens, saved tensors counted with saved_tensors_hooks: 8-bit all
+    # linears keep six 576-wide X̂ and one 1536-wide per layer (+283 MiB over q,v), which the estimate had
+    # counted once per shared input.
+    hat = not st.peft and st.kernels == "torch" and st.trial.lora.dropout > 0
+    keeps_input = base_keeps | (set() if hat else set(targets))
     act = 2 * 4 * h  # two RMSNorms: the fp32 copy (bf16 input) or the fp32 input itself, 4h each
     if st.attention == "eager":  # q, and k, v repeated to all heads (the b·heads·s² softmax: attention_score_bytes)
         act += a_b * 3 * q_out
     else:
         act += a_b * (q_out + 2 * kv_saved + q_out) + 4 * m.heads  # SDPA saves q, k, v, out + fp32 lse
     act += a_b * 3 * I  # SwiGLU: gate (silu input), silu output, up
-    if keeps_input & {"q_proj", "k_proj", "v_proj"}:
-        act += a_b * h  # normed input shared by q/k/v
-    if "o_proj" in keeps_input:
-        act += a_b * q_out
-    if keeps_input & {"gate_proj", "up_proj"}:
-        act += a_b * h
-    if "down_proj" in keeps_input:
-        act += a_b * I
+    act += _input_bytes(st, keeps_input)
     if st.peft:
         act += sum(a_b * r for _ in targets)  # S in bf16 under autocast
         if st.trial.lora.dropout > 0:  # PEFT keeps the dropped copy and a bool mask per module
             act += sum((a_b + 1) * shapes[t][0] for t in targets)
+    elif hat:
+        act += sum(a_b * r for _ in targets)  # S in X's dtype
+        if st.quant == "none":  # one X̂ + mask per shared input
+            act += sum((a_b + 1) * shapes[g[0]][0] for g in _input_groups(targets))
+        else:
+            act += sum((a_b + 1) * shapes[t][0] for t in targets)
     else:
-        act += sum(4 * r for _ in targets)  # moopt: fp32 S; the dropout mask is regenerated
+        act += sum(4 * r for _ in targets)  # moopt's triton: fp32 S; the dropout mask is regenerated
     return act
+
+
+def _input_bytes(st: StepShape, modules: set[str]) -> int:
+    """Bytes per token of the inputs of ``modules``, each tensor once (siblings share theirs)."""
+    shapes = st.m.linear_shapes()
+    return sum(st.a_b * shapes[g[0]][0] for g in _input_groups(tuple(modules)))
+
+
+def _input_groups(targets: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The targets grouped by the tensor HF's Llama layer feeds them (q/k/v, gate/up; o and down alone)."""
+    groups = []
+    for family in (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)):
+        members = tuple(t for t in family if t in targets)
+        if members:
+            groups.append(members)
+    return groups
 
 
 def outer_bytes_per_token(st: StepShape) -> int:

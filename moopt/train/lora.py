@@ -170,12 +170,45 @@ def attach_lora(
                     for member in members:
                         member.group = group
 
+    release_int8_inputs(model)
     device = model.get_submodule(replaced[0]).base.weight.device
     return {
         "backend": resolve_backend(backend, device),
         "n_trainable": sum(p.numel() for p in lora_parameters(model)),
         "modules": replaced,
     }
+
+
+def _drop_int8_input(module: nn.Module, args, out) -> None:
+    fn = getattr(out, "grad_fn", None)
+    if fn is None or module.weight.requires_grad:
+        return
+    if getattr(fn, "A", None) is not None:  # MatMul8bitFp (CPU/XPU training): ctx.A
+        fn.A = None
+    tensors = getattr(fn, "tensors", None)
+    if isinstance(tensors, (tuple, list)) and len(tensors) == 3:  # MatMul8bitLt (CUDA): (CAt, subA, A)
+        fn.tensors = (None, None, None)
+
+
+def release_int8_inputs(model: nn.Module) -> int:
+    """Let bitsandbytes' 8-bit linears of ``model`` drop the input they keep for backward.
+
+    Its 8-bit matmul keeps its input (and on CUDA the input's int8 transpose) as ctx attributes, for the
+    gradient of the weight alone, which a frozen base never needs: ``MatMul8bitFp.backward`` (CPU) and
+    ``MatMul8bitLt.backward`` (CUDA) read them only when the weight requires grad (bitsandbytes 0.50,
+    autograd/_functions.py); dX needs the int8 weight and its scales alone. As attributes rather than
+    ``save_for_backward``, they also escape non-reentrant activation checkpointing, so every checkpointed
+    layer's linear inputs stayed alive until backward. A forward hook clears them as soon as each
+    forward returns (a checkpoint's recompute runs the hook again). Returns how many linears have it;
+    idempotent (a warm worker attaches LoRA once per trial)."""
+    n = 0
+    for module in model.modules():
+        if type(module).__name__ == "Linear8bitLt" and is_quantized(module):
+            if not getattr(module, "_moopt_releases_input", False):
+                module.register_forward_hook(_drop_int8_input)
+                module._moopt_releases_input = True
+            n += 1
+    return n
 
 
 def detach_lora(model: nn.Module) -> int:
