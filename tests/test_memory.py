@@ -526,3 +526,45 @@ def test_steady_heap_reaches_the_cpu_trial_processes_whose_peak_is_measured(tmp_
     monkeypatch.setattr(probe.subprocess, "run", fake_run)
     probe.probe_peak("m", TrialConfig(), device="cpu")
     assert envs[-1].get("MOOPT_STEADY_HEAP") == "1"
+
+
+def test_steady_heap_reaches_ray_trials_on_a_cpu(tmp_path, monkeypatch):
+    """RayExecutor(steady_heap=True) asks its CPU tasks (not GPU ones) to fix the malloc thresholds, and
+    the task does before it trains."""
+    pytest.importorskip("ray")
+    import types
+
+    import moopt.study.ray_executor as rx
+    import moopt.train.recipe as recipe
+    from moopt.config import TrialConfig
+    from moopt.memory import rss
+    from moopt.records import TrialResult, TrialSpec, TrialState
+    from moopt.study.placement import Slot
+
+    sent = []
+
+    class Task:
+        def options(self, **kw):
+            return self
+
+        def remote(self, spec_json, channel, steady):
+            sent.append(steady)
+
+    ex = object.__new__(rx.RayExecutor)  # no Ray instance: submit's plumbing only
+    rx.ExecutorBase.__init__(ex)
+    ex._task, ex.channel, ex.gpu_fraction = Task(), None, lambda spec: 1.0
+    monkeypatch.setattr(rx.threading, "Thread", lambda **kw: types.SimpleNamespace(start=lambda: None))
+    spec = TrialSpec(number=0, config=TrialConfig(), base_model="m", train_file="t", validation_file="v",
+                     output_dir=str(tmp_path))
+    for steady in (True, False):
+        ex.steady_heap = steady
+        ex.submit(spec, Slot("cpu", 1))
+        ex.submit(spec, Slot("cuda:0", 1))
+    assert sent == [True, False, False, False]
+
+    order = []
+    monkeypatch.setattr(rss, "steady_heap", lambda: order.append("steady_heap") or True)
+    monkeypatch.setattr(recipe, "run_trial", lambda s, rep: order.append("run_trial") or TrialResult(number=s.number, state=TrialState.COMPLETE))
+    rx._run_trial_task(spec.to_json(), None, True)
+    rx._run_trial_task(spec.to_json(), None, False)
+    assert order == ["steady_heap", "run_trial", "run_trial"]

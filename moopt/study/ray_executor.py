@@ -34,8 +34,9 @@ def _ray():
 class RayExecutor(ExecutorBase):
     def __init__(self, on_progress: Callable | None = None, on_rung: Callable | None = None,
                  address: str | None = None, gpu_fraction: Callable[[TrialSpec], float] | None = None,
-                 stall=None):
+                 stall=None, steady_heap: bool = False):
         super().__init__(on_progress, on_rung, stall)
+        self.steady_heap = steady_heap  # CPU trials fix glibc's malloc thresholds, as LocalExecutor's do
         ray = _ray()
         self.ray = ray
         if not ray.is_initialized():
@@ -55,7 +56,7 @@ class RayExecutor(ExecutorBase):
         if self._task is None:
             self._task = self.ray.remote(max_calls=1, max_retries=0)(_run_trial_task)
         task = self._task.options(num_cpus=slot.threads, num_gpus=self.gpu_fraction(spec) if on_gpu else 0)
-        ref = task.remote(spec.to_json(), self.channel)
+        ref = task.remote(spec.to_json(), self.channel, self.steady_heap and not on_gpu)
         with self._lock:
             self.active[spec.number] = ref
         threading.Thread(target=self._wait, args=(spec, ref), daemon=True).start()
@@ -159,11 +160,19 @@ class _ChannelReporter:
             time.sleep(0.1)
 
 
-def _run_trial_task(spec_json: dict, channel) -> dict:
+def _run_trial_task(spec_json: dict, channel, steady_heap: bool = False) -> dict:
+    """One trial in a Ray worker process (``max_calls=1``: a fresh one per trial). ``steady_heap``: the
+    trial's peak RSS is compared with a budget; fix glibc's malloc thresholds first
+    (moopt.memory.rss.steady_heap; later than in a local worker, after Ray's own imports, but before the
+    model and the trial allocate)."""
     from dataclasses import asdict
 
+    from moopt.memory import rss
     from moopt.records import TrialSpec
     from moopt.train.recipe import run_trial
+
+    if steady_heap:
+        rss.steady_heap()
 
     spec = TrialSpec.from_json(spec_json)
     return asdict(run_trial(spec, _ChannelReporter(channel, spec.number)))

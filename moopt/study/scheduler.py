@@ -194,7 +194,7 @@ class Study:
         if factory is None and self.cfg.executor == "ray":
             from moopt.study.ray_executor import RayExecutor
 
-            factory = functools.partial(RayExecutor, address=self.cfg.ray_address)
+            factory = functools.partial(RayExecutor, address=self.cfg.ray_address, steady_heap=bool(self.peak_rss_measured()))
         elif factory is None:
             from moopt.study.executor import LocalExecutor
 
