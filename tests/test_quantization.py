@@ -166,9 +166,11 @@ def test_quantisation_without_bitsandbytes_is_one_clear_line(tiny_model, tiny_da
     assert not out.exists()
 
 
-def _held_after_forward(tiny_model, q: str, targets: tuple[str, ...], ckpt: bool) -> tuple[int, TrialConfig]:
-    """Bytes of CPU tensors a training forward leaves alive for backward (the logits excluded), counted
-    from the profiler's allocation events, so bitsandbytes' ctx attributes count too."""
+def _held_after_forward(tiny_model, q: str, targets: tuple[str, ...], ckpt: bool,
+                        device: str = "cpu") -> tuple[int, TrialConfig]:
+    """Bytes of tensors a training forward leaves alive for backward (the logits excluded): on a CPU
+    counted from the profiler's allocation events, on CUDA from the allocator's, so bitsandbytes' ctx
+    attributes count too."""
     from torch.profiler import ProfilerActivity, profile
 
     from moopt.train.probe import worst_case_batch
@@ -178,15 +180,22 @@ def _held_after_forward(tiny_model, q: str, targets: tuple[str, ...], ckpt: bool
         "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": list(targets)},
         "model": {"quantization": q, "dtype": "float32", "gradient_checkpointing": ckpt},
     })
-    model = load_model_and_tokenizer(str(tiny_model), trial, torch.device("cpu"))[0]
+    model = load_model_and_tokenizer(str(tiny_model), trial, torch.device(device))[0]
     if ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     attach_lora(model, r=8, alpha=16, dropout=0.05, target_modules=targets, backend="torch")
     model.train()
-    batch = worst_case_batch(4, 32, model.config.vocab_size, torch.device("cpu"), 0)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    batch = worst_case_batch(4, 32, model.config.vocab_size, torch.device(device), 0)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    held = sum(e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+        torch.cuda.synchronize()
+        held = torch.cuda.memory_allocated() - before
+    else:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        held = sum(e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     return held - logits.numel() * logits.element_size(), trial
 
 
@@ -212,12 +221,13 @@ def test_estimate_counts_what_lora_with_dropout_keeps_over_each_base(tiny_model,
     assert measured > 0 and abs(estimated - measured) <= 0.02 * measured, (q, estimated, measured)
 
 
+@pytest.mark.parametrize("device", ["cpu", GPU])
 @pytest.mark.parametrize("ckpt", [False, True])
-def test_an_8bit_base_keeps_no_more_for_backward_than_a_4bit_one(tiny_model, ckpt):
+def test_an_8bit_base_keeps_no_more_for_backward_than_a_4bit_one(tiny_model, ckpt, device):
     # bitsandbytes' 8-bit matmul holds its input as a ctx attribute for a weight gradient a frozen base
     # never needs, which non-reentrant checkpointing cannot drop either; moopt clears it after each forward
     # (release_int8_inputs), so 8-bit keeps what 4-bit keeps, as the estimate counts
-    held_8, t_8 = _held_after_forward(tiny_model, "8bit", ALL, ckpt=ckpt)
-    held_4, t_4 = _held_after_forward(tiny_model, "4bit", ALL, ckpt=ckpt)
+    held_8, t_8 = _held_after_forward(tiny_model, "8bit", ALL, ckpt=ckpt, device=device)
+    held_4, t_4 = _held_after_forward(tiny_model, "4bit", ALL, ckpt=ckpt, device=device)
     assert abs(held_8 - held_4) <= 0.02 * held_4, (held_8, held_4)
     assert _loss_phase_activations(tiny_model, t_8) == _loss_phase_activations(tiny_model, t_4)
