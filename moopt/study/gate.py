@@ -88,7 +88,8 @@ class MemoryGate:
     - estimate × (1 − over) > budget: "infeasible", no probe;
     - estimate × (1 + under) ≤ budget: "fit", no probe, except on ``cuda`` before the first probe of
       this (model, quantization, kernels): that one is probed before any is trained on trust;
-    - in between: the probe decides (measured ≤ budget: "fit"); its pair is stored and the calibration
+    - in between: the probe decides (measured × (1 + MIN_ERROR_BAND) ≤ budget: "fit", the band being
+      the run-to-run spread of a measured peak); its pair is stored and the calibration
       refitted. A configuration already measured is answered from the cache, never probed twice. A
       probe that OOMs means "infeasible"; one that fails otherwise falls back to the estimate with the
       band (estimate × (1 + under) ≤ budget: "fit") and is not cached.
@@ -241,7 +242,13 @@ class MemoryGate:
             print(f"memory gate: could not record trial peak ({e})", file=sys.stderr)
 
     def _on_measurement(self, decision, measured: float, probed: bool, source: str) -> GateDecision:
-        fits = measured <= self.constraint_gb
+        # A measured peak is one run's: the next run of the same configuration (the trial, or the
+        # probe again) spreads around it by MIN_ERROR_BAND, so a measurement just under the budget
+        # is not proof that the trial stays under it.
+        from moopt.memory.estimate import MIN_ERROR_BAND
+
+        fits = measured * (1 + MIN_ERROR_BAND) <= self.constraint_gb
         rel = "<=" if fits else ">"
         return decision("fit" if fits else "infeasible", measured, probed,
-                        f"{source} measured {measured:.2f} GiB {rel} budget {self.constraint_gb:.2f} GiB")
+                        f"{source} measured {measured:.2f} GiB + {MIN_ERROR_BAND:.0%} run-to-run spread "
+                        f"{rel} budget {self.constraint_gb:.2f} GiB")
