@@ -95,7 +95,7 @@ CUDA_SLACK_FLOOR_BYTES = 64 * MIB
 CUDA_CE_CHUNK_SLACK = 0.6
 CPU_SLACK = 0.10
 # Bytes per labelled logit of the loss head in a CPU step's peak RSS, by activation bytes (logits_bytes).
-CPU_LOGIT_BYTES = {4: 12, 2: 9}
+CPU_LOGIT_BYTES = {4: 12, 2: 8}
 # CPU + bitsandbytes (8bit/4bit), fitted on benchmarks/bench_memory.py's 16 quantised SmolLM2 probes:
 # - bitsandbytes' native library adds ~35 MiB to a trial worker (tiny-model probes, 4bit vs none:
 #   481 -> 513 MiB in the dev venv, 591 -> 625 MiB in a fresh CI clone; a bare interpreter grows
@@ -485,10 +485,13 @@ def logits_bytes(st: StepShape, ce_chunk_size: int) -> int:
         # CUDA that is what the H200 measured. On a CPU the head alone raises peak RSS by just that
         # (SmolLM2's 576 x 49152 head, 2026-12-04, AMD EPYC: 4.04-4.36 bytes per logit in fp32, 6.00-6.30
         # in bf16, at 256-1024 rows), but a whole step's peak RSS grows by more per labelled token,
-        # fitted per dtype on the CPU probes: fp32 12 (benchmarks/results/memory_cpu.csv), bf16 9 (the
+        # fitted per dtype on the CPU probes: fp32 12 (benchmarks/results/memory_cpu.csv), bf16 8 (the
         # memory gate's space, 12 configurations at 84-672 tokens: measured slope 1.08-1.30 MiB per
         # token; with 12 the estimate's was 0.14-0.17 steeper, the gate study's estimate 22-25% over at
-        # batch 32). The excess is the heap around the chunk's buffers, not modelled term by term.
+        # batch 32; with 9, once the 8-bit and dropout terms were fixed, 2-6% under at batch 4 and 4-9%
+        # over at batch 16 in bench_memory_gate's 5 seeds, calibrated median 3.8-6.4%; with 8 3.4-5.0%,
+        # and never under memory_cpu_bf16.csv's 8 probes; 7 goes under them by up to 1.9%).
+        # The excess is the heap around the chunk's buffers, not modelled term by term.
         per_logit = (CPU_LOGIT_BYTES.get(st.a_b, 12) if st.device == "cpu"
                      else 4 + (st.a_b if st.a_b != 4 else 0))
         return per_logit * min(ce_chunk_size, T) * V
