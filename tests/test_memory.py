@@ -568,3 +568,26 @@ def test_steady_heap_reaches_ray_trials_on_a_cpu(tmp_path, monkeypatch):
     rx._run_trial_task(spec.to_json(), None, True)
     rx._run_trial_task(spec.to_json(), None, False)
     assert order == ["steady_heap", "run_trial", "run_trial"]
+
+
+def test_an_unquantised_trial_does_not_import_bitsandbytes(tiny_model, tiny_data, tmp_path):
+    """Importing bitsandbytes adds ~52 MiB to a trial's resident set; only a quantised trial uses it, and
+    the probe (which never imports it for an unquantised configuration) must measure what the trial holds."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from moopt.config import TrialConfig
+from moopt.records import TrialSpec, TrialState
+from moopt.train.recipe import run_trial
+cfg = TrialConfig.from_dict({{"training": {{"batch_size": 4, "num_train_epochs": 1}}, "data": {{"max_seq_length": 32}}}})
+r = run_trial(TrialSpec(number=0, config=cfg, base_model={str(tiny_model)!r}, train_file={str(tiny_data["train"])!r},
+                        validation_file={str(tiny_data["val"])!r}, output_dir={str(tmp_path / "t")!r}, seed=1,
+                        kernels="torch", device="cpu", save_adapter=True))
+assert r.state == TrialState.COMPLETE, r.error
+print("bitsandbytes" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
