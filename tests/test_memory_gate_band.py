@@ -223,11 +223,17 @@ def test_cpu_band_covers_the_runtime_spread_between_machines_until_measured(tiny
     assert gate.band(trial(b=3))[0] < d.band[0]  # this machine measured: the spread term is gone
 
 
-def test_the_cpu_prior_covers_the_bf16_probes_too():
+def test_the_cpu_band_covers_the_bf16_probes_too():
+    """The uncalibrated band (the relative prior plus the runtime's spread between venvs, as the gate
+    applies it) covers every bf16 probe: in a fresh venv they measure up to 7.8% above the estimate,
+    ~85 MiB above what the earlier dev venv measured for the same configurations."""
+    from moopt.memory.estimate import MIB, under_prior
+
     by = peaks("memory_cpu_bf16.csv")
     assert len(by) >= 8
-    worst = max((v["measured"] - v["analytic"]) / v["analytic"] for v in by.values())
-    assert worst <= ESTIMATE_UNDER_PRIOR[("cpu", "none")]
+    for label, v in by.items():
+        under = under_prior("cpu", "none", v["analytic"] * MIB)
+        assert v["measured"] <= v["analytic"] * (1 + under), label
 
 
 def test_trial_oom_is_cached_as_infeasible_and_lifts_the_calibration(tiny_model, tmp_path, monkeypatch):
