@@ -225,8 +225,8 @@ def test_cpu_band_covers_the_runtime_spread_between_machines_until_measured(tiny
 
 def test_the_cpu_band_covers_the_bf16_probes_too():
     """The uncalibrated band (the relative prior plus the runtime's spread between venvs, as the gate
-    applies it) covers every bf16 probe: in a fresh venv they measure up to 7.8% above the estimate,
-    ~85 MiB above what the earlier dev venv measured for the same configurations."""
+    applies it) covers every bf16 probe: measured up to 7.8% above the estimate in a machine state whose
+    runtime sat ~85 MiB above the earlier runs' (docs/RESULTS.md)."""
     from moopt.memory.estimate import MIB, under_prior
 
     by = peaks("memory_cpu_bf16.csv")

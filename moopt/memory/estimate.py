@@ -127,8 +127,10 @@ CALIBRATION_FACTOR_RANGE = (0.9, 1.1)
 # scripts/setup.sh; unquantised at most 2.9% above, so the 3% floor; bitsandbytes' CPU backend up to 12.1%
 # above at 4-bit, 10.1% at 8-bit (b8 x 64 r 8 on all linears without checkpointing); 8-bit was 27% above
 # before the estimate counted each quantised LoRA's own X̂ and moopt stopped 8-bit bases keeping their input).
-# The fresh venv measures ~85 MiB above the earlier dev venv on every probe: CPU_RUNTIME_SPREAD_BYTES. cuda: benchmarks/results/memory_published.csv (published peaks of other stacks:
-# LitGPT Llama-2-7B LoRA batch 2 for none, Unsloth's HF+FA2 Llama-3.3-70B QLoRA at 80 GB for 4bit);
+# These probes ran in a machine state ~85 MiB above the earlier runs on every probe (docs/RESULTS.md): the
+# runtime spread CPU_RUNTIME_SPREAD_BYTES stands for.
+# cuda: benchmarks/results/memory_published.csv (published peaks of other stacks: LitGPT Llama-2-7B LoRA
+# batch 2 for none, Unsloth's HF+FA2 Llama-3.3-70B QLoRA at 80 GB for 4bit);
 # no published 8-bit peak was found, so 8bit takes the larger of the two. Rounded up to whole percent;
 # tests/test_memory_gate_band.py recomputes them from those CSVs. The H200's own NVML peaks
 # (benchmarks/results/gpu/h200_2026-12-04) lie within them.
