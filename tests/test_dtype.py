@@ -129,7 +129,7 @@ def test_a_wrong_moopt_cpu_dtype_is_one_line_and_exit_2(tiny_model, tiny_data, t
     assert not out.exists()  # nothing half-written
 
 
-def test_moopts_cached_fp32_model_trains_bf16_from_a_bf16_copy(tiny_model, tmp_path, monkeypatch):
+def test_moopts_cached_fp32_model_trains_bf16_from_a_bf16_copy(tiny_model, tmp_path, monkeypatch, capfd):
     """The bundled model is cached as fp32 safetensors (dequantised from its GGUF). A bf16 trial loads a bf16
     copy made once by the study, so no trial maps the fp32 file while converting (on SmolLM2: 1.24 GiB peak
     RSS against 0.52); the estimate and the calibration key follow the file really loaded. Folders that are
@@ -160,7 +160,14 @@ def test_moopts_cached_fp32_model_trains_bf16_from_a_bf16_copy(tiny_model, tmp_p
     assert loaded_file_dtype(user, bf16, "cpu") == "float32"
     # moopt's cached conversion: the study makes the bf16 copy once, beside it
     assert model_folder_for(cached, "bfloat16") == str(cached)  # not made yet: the fp32 file
+    from transformers.utils import logging as hf_logging
+
+    capfd.readouterr()
     copy = prepare_dtype_copy(cached, "bfloat16")
+    said = capfd.readouterr()
+    assert "caching tiny-0123456789 in bfloat16 (once)" in said.out  # moopt's one line, no transformers bars
+    assert "Loading weights" not in said.out + said.err and "Writing model shards" not in said.out + said.err
+    assert hf_logging.is_progress_bar_enabled()  # put back for the user's own transformers calls
     assert copy == cached.with_name(cached.name + "-bfloat16") and prepare_dtype_copy(cached, "float32") == cached
     assert json.loads((copy / "config.json").read_text())["dtype"] == "bfloat16"
     assert (copy / "tokenizer.json").is_file() and not list(copy.parent.glob("*.tmp*"))

@@ -254,13 +254,20 @@ def prepare_dtype_copy(folder: str | Path, dtype: str) -> Path:
         return out
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     print(f"moopt: caching {folder.name} in {dtype} (once) -> {out}", flush=True)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype), local_files_only=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    del model
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the line above says it; two ~1 s bars would open the study's console
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype), local_files_only=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        del model
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     for f in folder.iterdir():  # tokenizer, generation config, chat template
         if f.is_file() and not f.name.endswith(".safetensors") and f.name not in (
                 "config.json", "model.safetensors.index.json", CONVERSION_MARK):
