@@ -24,6 +24,8 @@ TARGET_ALIASES: dict[str, tuple[str, ...]] = {
     "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
 }
 LLAMA_LINEARS = TARGET_ALIASES["all-linear"]
+# Sibling projections that HF's LlamaAttention / LlamaMLP call with the identical hidden-state tensor.
+SHARED_INPUT_SETS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 SCHEDULERS = ("linear", "cosine", "constant")
 SAMPLING_STRATEGIES = ("random", "sequential", "length_grouped")
 QUANTIZATIONS = ("none", "8bit", "4bit")

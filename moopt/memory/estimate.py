@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from moopt.config import EAGER_MAX_TOKENS, TrialConfig, attention_implementation, resolve_dtype
+from moopt.config import EAGER_MAX_TOKENS, SHARED_INPUT_SETS, TrialConfig, attention_implementation, resolve_dtype
 from moopt.errors import ConfigError
 
 GIB = 1024**3
@@ -450,12 +450,9 @@ def _input_bytes(st: StepShape, modules: set[str]) -> int:
 
 def _input_groups(targets: tuple[str, ...]) -> list[tuple[str, ...]]:
     """The targets grouped by the tensor HF's Llama layer feeds them (q/k/v, gate/up; o and down alone)."""
-    groups = []
-    for family in (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)):
-        members = tuple(t for t in family if t in targets)
-        if members:
-            groups.append(members)
-    return groups
+    shared = [tuple(t for t in family if t in targets) for family in SHARED_INPUT_SETS]
+    alone = [(t,) for t in targets if not any(t in family for family in SHARED_INPUT_SETS)]
+    return [g for g in shared if g] + alone
 
 
 def outer_bytes_per_token(st: StepShape) -> int:

@@ -18,9 +18,9 @@ import torch
 from moopt_kernels import lora_linear, lora_multi_linear, resolve_backend
 from torch import nn
 
+from moopt.config import SHARED_INPUT_SETS
+
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Sibling projections that HF's LlamaAttention / LlamaMLP call with the identical hidden-state tensor.
-SHARED_INPUT_SETS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 def is_quantized(linear: nn.Module) -> bool:

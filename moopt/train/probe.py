@@ -199,13 +199,14 @@ def _child_run(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     device = pick_device(spec["device"])
-    torch.manual_seed(int(spec.get("seed", 0)))
+    seed = int(spec.get("seed", 0))
+    torch.manual_seed(seed)
     rss_after_imports = peak_rss_bytes()
 
     # -- load model, attach LoRA: the trial's own steps (moopt.train.recipe.run_trial) ----------------
     model, _tok = load_model_and_tokenizer(spec["model_path"], cfg, device)
-    b, s = spec.get("shape") or (tc.batch_size, cfg.data.max_seq_length)
-    attention = use_attention(model, device, resolve_dtype(cfg.model.dtype, device.type), int(s))  # as the trial
+    b, s = (int(x) for x in (spec.get("shape") or (tc.batch_size, cfg.data.max_seq_length)))
+    attention = use_attention(model, device, resolve_dtype(cfg.model.dtype, device.type), s)  # as the trial
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     info = attach_lora(model, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
@@ -216,14 +217,13 @@ def _child_run(spec: dict) -> dict:
     model.train()
 
     # -- train on the worst-case batch: the trial's step, one micro-batch, no scheduler ------------------
-    batch = worst_case_batch(int(b), int(s), model.config.vocab_size, device, int(spec.get("seed", 0)))
+    batch = worst_case_batch(b, s, model.config.vocab_size, device, seed)
     for _ in range(int(spec["steps"])):
         train_step(model, [batch], params=params, opt=opt, sched=None, max_grad_norm=tc.max_grad_norm, device=device,
                    backend=info["backend"])
     # -- then as the trial goes on: shorter batches (each 1/8 of the sequence shorter), an evaluation --
     for k in range(1, VARIED_STEPS + 1):
-        shorter = worst_case_batch(int(b), max(1, int(s) - k * max(1, int(s) // 8)), model.config.vocab_size, device,
-                                   int(spec.get("seed", 0)) + k)
+        shorter = worst_case_batch(b, max(1, s - k * max(1, s // 8)), model.config.vocab_size, device, seed + k)
         train_step(model, [shorter], params=params, opt=opt, sched=None, max_grad_norm=tc.max_grad_norm,
                    device=device, backend=info["backend"])
     model.eval()
