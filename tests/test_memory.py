@@ -591,3 +591,49 @@ print("bitsandbytes" in sys.modules)
     out = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+KERNEL_CACHE_SCRIPT = """
+import random, torch
+torch.set_num_threads(1)
+W = torch.randn(1536, 576).to(torch.bfloat16)  # SmolLM2's MLP weight, frozen as a LoRA base
+def step(m):
+    x = torch.randn(m, 576).to(torch.bfloat16).requires_grad_()
+    torch.nn.functional.linear(x, W).float().sum().backward()
+step(2048)
+before = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])
+hwm = []
+for i, m in enumerate(random.Random(0).sample(range(8, 2048), 300)):  # 300 shapes, as a trial's varied lengths
+    step(m)
+    if i % 150 == 149:
+        hwm.append(int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]))
+print((hwm[0] - before) / 1024, (hwm[1] - hwm[0]) / 1024)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/status")
+def test_a_bf16_trial_process_does_not_grow_with_each_new_batch_shape():
+    """oneDNN and ideep keep kernels per shape of a bf16 matmul on a CPU; unbounded (1024 entries each),
+    a process's peak grew by ~1.3 MiB for each new shape of this one linear (~15 MiB a shape for a whole
+    SmolLM2 step). The environment of a trial's or probe's process (child_env) bounds both caches."""
+    from moopt.config import cpu_has_native_bf16
+    from moopt.memory.rss import KERNEL_CACHE_ENV, bound_kernel_caches
+    from moopt.train.worker import child_env
+
+    env = child_env(1)
+    assert all(env[k] == "64" for k in KERNEL_CACHE_ENV)
+    mine = {"LRU_CACHE_CAPACITY": "512"}
+    bound_kernel_caches(mine)  # a value the user set is kept
+    assert mine == {"LRU_CACHE_CAPACITY": "512", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}
+    if not cpu_has_native_bf16():
+        pytest.skip("bf16 matmuls run oneDNN's per-shape kernels only on CPUs with native bf16")
+
+    def growth(env):
+        out = subprocess.run([sys.executable, "-c", KERNEL_CACHE_SCRIPT], capture_output=True, text=True,
+                             env=env, check=True)
+        return [float(x) for x in out.stdout.split()[-2:]]  # MiB over the first 150 shapes, the next 150
+
+    unbounded = growth({k: v for k, v in os.environ.items() if k not in KERNEL_CACHE_ENV})
+    bounded = growth(env)
+    # measured: unbounded 221 + 219 MiB, bounded 70 + 85 (what is left is the heap's, not the caches')
+    assert sum(unbounded) > 2 * sum(bounded), (bounded, unbounded)

@@ -29,6 +29,9 @@ def fail(msg: str) -> None:
 @click.version_option(package_name="moopt")
 def main() -> None:
     """moopt: multi-objective, memory-aware hyperparameter search for LoRA fine-tuning of Llama models."""
+    from moopt.memory.rss import bound_kernel_caches
+
+    bound_kernel_caches()  # moopt train trains in this process (moopt.memory.rss)
 
 
 @main.command()

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from moopt.memory.rss import bound_kernel_caches
+
 HEARTBEAT_S = 1.0  # at most one heartbeat a second: evaluation batches of a tiny model take milliseconds
 
 
@@ -38,8 +40,11 @@ def child_env(threads: int | None = None, cuda_visible: str | None = None) -> di
       package is installed (transformers >= 5.25 requires it): a request per worker, which breaks a
       resumed study's promise of no request at all and waits on the network when there is none.
       bitsandbytes falls back to its own kernels (that one serves batch-1 inference only).
+    - oneDNN's and ideep's kernel caches bounded (moopt.memory.rss.bound_kernel_caches): a bf16 trial's
+      RSS otherwise grows with each new batch shape.
     """
     env = dict(os.environ)
+    bound_kernel_caches(env)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONSAFEPATH"] = "1"
     env["HF_HUB_OFFLINE"] = "1"
