@@ -84,7 +84,7 @@ class CalibrationCache:
 
 
 def error_band(pairs: list, calibration: dict | None, prior_under: float, floor: float,
-               estimate_bytes: int | None = None) -> tuple[float, float]:
+               estimate_bytes: int | None = None, spread: float = 0.0) -> tuple[float, float]:
     """(under, over) of the calibrated estimate: one-sided ``(prior_under, 0)`` with no pairs; else
     the worst residual each way of the calibrated estimate on the pairs (leave-one-out from 3 pairs
     on, so a pair does not vouch for itself), at least ``floor``, plus ``prior_under / sqrt(1 + n)`` on
@@ -101,13 +101,21 @@ def error_band(pairs: list, calibration: dict | None, prior_under: float, floor:
     small configuration (raw 1.19 GiB, measured 1.10) calibrated the factor to 0.93, the band shrank to
     3%, and a configuration estimated at 1.85 GiB calibrated (2.00 raw) was trained on trust under a
     1.92 GiB budget; it peaked at 1.97. With this term its band is 10.6% (and the raw estimate's own
-    bound, 2.00 × 1.03 = 2.06 GiB, 11.2%): it is probed."""
+    bound, 2.00 × 1.03 = 2.06 GiB, 11.2%): it is probed.
+
+    ``spread``: the runtime's spread between machines relative to this estimate (on cpu,
+    memory.estimate.CPU_RUNTIME_SPREAD_BYTES / estimate), added in full with no pairs and as
+    ``spread / (1 + n)`` after n. Calibration fits this machine's offset, but a pair or two of
+    configurations unlike this one also carry the estimate's shape-dependent error into the factor:
+    the guide's memory-constrained study calibrated on a batch-8 trial (estimate 1.00 GiB, measured
+    1.00) and trusted a batch-1 one, r 32 on all linears, with a 3% band; it peaked 12% above its
+    calibrated estimate. With this term the band after that one pair is ~11%."""
     from moopt.memory.estimate import CALIBRATION_FACTOR_RANGE, apply_calibration, fit_calibration
 
     pairs = [(int(e), int(m)) for e, m, *_ in pairs]
     n = len(pairs)
     if n == 0:
-        return prior_under, 0.0
+        return prior_under + spread, 0.0
     resid = []
     for i, (e, m) in enumerate(pairs):
         if n >= 3:
@@ -116,9 +124,9 @@ def error_band(pairs: list, calibration: dict | None, prior_under: float, floor:
             cal = calibration or fit_calibration(pairs)
         pred = apply_calibration(e, cal)
         resid.append((m - pred) / pred)
-    under = max(floor, max(resid)) + prior_under / math.sqrt(1 + n)
-    if max(resid) <= prior_under:  # measurements within the prior never widen the band beyond it
-        under = min(under, prior_under)
+    under = max(floor, max(resid)) + prior_under / math.sqrt(1 + n) + spread / (1 + n)
+    if max(resid) <= prior_under + spread:  # measurements within the prior never widen the band beyond it
+        under = min(under, prior_under + spread)
     over = max(floor, -min(resid))
     if estimate_bytes:
         cal = calibration or fit_calibration(pairs)
@@ -132,8 +140,8 @@ def error_band(pairs: list, calibration: dict | None, prior_under: float, floor:
             over += ((f - lo_f) * up + (hi_f - f) * down) / pred
             # the raw estimate's own bound (raw × (1 + prior)) still holds while no measurement broke
             # it: the calibrated band is never wider than the uncalibrated one
-            if all(m <= e * (1 + prior_under) for e, m in pairs):
-                under = min(under, max(floor, estimate_bytes * (1 + prior_under) / pred - 1))
+            if all(m <= e * (1 + prior_under + spread) for e, m in pairs):
+                under = min(under, max(floor, estimate_bytes * (1 + prior_under + spread) / pred - 1))
     return under, over
 
 

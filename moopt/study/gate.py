@@ -98,8 +98,8 @@ class MemoryGate:
     quantization (memory.under_prior: ESTIMATE_UNDER_PRIOR, on cpu plus the runtime's spread between
     machines relative to the estimate), ``over`` = 0. Each measurement (probe, or a trained
     trial through :meth:`observe`) narrows it: ``under`` = max(MIN_ERROR_BAND, the worst residual of
-    the calibrated estimate on the measured pairs) + prior / sqrt(1 + n) (at most the prior unless a
-    measurement was further off), ``over`` likewise from the
+    the calibrated estimate on the measured pairs) + prior / sqrt(1 + n) + spread / (1 + n) (at most
+    the uncalibrated band unless a measurement was further off), ``over`` likewise from the
     residuals the other way. A trial that runs out of memory anyway (:meth:`observe` with ``oom``)
     is cached as infeasible, and its peak at the failure, a lower bound of what it needs, lifts the
     calibration so that the estimate of that configuration is at least that peak.
@@ -174,9 +174,11 @@ class MemoryGate:
         raw = self.estimate_bytes(trial, calibrated=False)
         entry = self.cache.entry(self.key(trial))
         pairs = entry.get("pairs") or []
-        # the runtime's spread between machines (cpu) counts until this machine has measured the key
-        prior = under_prior(self.device, trial.model.quantization, None if pairs else raw)
-        return error_band(pairs, entry.get("calibration"), prior, MIN_ERROR_BAND, estimate_bytes=raw)
+        # the runtime's spread between machines (cpu) counts in full until this machine has measured the
+        # key, then fades as measurements accumulate (error_band)
+        prior = under_prior(self.device, trial.model.quantization)
+        spread = under_prior(self.device, trial.model.quantization, raw) - prior
+        return error_band(pairs, entry.get("calibration"), prior, MIN_ERROR_BAND, estimate_bytes=raw, spread=spread)
 
     def decide(self, trial: TrialConfig) -> GateDecision:
         key = self.key(trial)
