@@ -414,3 +414,21 @@ def test_the_probe_measures_the_eager_step_when_it_is_the_peak(tiny_model, tmp_p
     f32 = TrialConfig.from_dict({"training": {"batch_size": 8}, "data": {"max_seq_length": 129}, "lora": {"r": 4},
                                  "model": {"dtype": "float32"}})
     assert gate.peak_shape(f32) == (8, 129)
+
+
+def test_the_gate_reason_reads_the_estimate_and_the_budget_apart(tiny_model, tmp_path, monkeypatch):
+    """The guide's memory-constrained command at --memory_constraint 1.0 said "estimate 1.00 GiB - 0% >
+    budget 1.00 GiB" for an estimate of 1.0001 GiB: as many decimals as it takes, and no "- 0%"."""
+    from moopt.study.gate import gib_pair
+
+    assert gib_pair(1.0001258, 1.0) == ("1.0001", "1.0000")
+    assert gib_pair(1.2785, 1.0) == ("1.28", "1.00")
+    assert gib_pair(1.0, 1.0) == ("1.00", "1.00")
+    t = trial()
+    est = MemoryGate(tiny_model, "cpu", "torch", 1.0, cache_path=tmp_path / "x.json").estimate_bytes(t) / GIB
+    monkeypatch.setattr(gate_mod, "probe_peak", no_probe)
+    d = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=est * 0.999, cache_path=tmp_path / "c.json").decide(t)
+    assert d.verdict == "infeasible" and not d.probed
+    shown, budget = d.reason.split(";")[0].removeprefix("estimate ").split(" GiB > budget ")
+    assert float(shown) > float(budget.removesuffix(" GiB")), d.reason
+    assert "- 0%" not in d.reason

@@ -74,6 +74,19 @@ def batch_shape(lengths: list[int], batch_size: int, max_seq_length: int, strate
     return len(worst), max(worst)
 
 
+def gib_pair(a: float, b: float) -> tuple[str, str]:
+    """Two sizes in GiB with 2 decimals, or as many more (up to 4) as it takes for them to read apart:
+    "estimate 1.0001 GiB > budget 1.0000 GiB", not "1.00 > 1.00"."""
+    d = 2
+    while d < 4 and f"{a:.{d}f}" == f"{b:.{d}f}" and a != b:
+        d += 1
+    return f"{a:.{d}f}", f"{b:.{d}f}"
+
+
+def _band_text(sign: str, rel: float) -> str:
+    return f" {sign} {rel:.0%}" if round(rel * 100) else ""
+
+
 class MemoryGate:
     """Fit / infeasible for a memory budget of ``constraint_gb`` GiB per trial.
 
@@ -204,11 +217,13 @@ class MemoryGate:
                                 "ran out of memory earlier" + (f" at {at / GIB:.2f} GiB" if at else ""))
             return self._on_measurement(decision, cached["measured_bytes"] / GIB, False, "earlier measurement")
         if predicted * (1 - over) > budget:
+            p, b = gib_pair(predicted, budget)
             return decision("infeasible", None, False,
-                            f"estimate {predicted:.2f} GiB - {over:.0%} > budget {budget:.2f} GiB")
+                            f"estimate {p} GiB{_band_text('-', over)} > budget {b} GiB")
         calibrated = bool(entry.get("pairs"))
         if predicted * (1 + under) <= budget and (self.device != "cuda" or calibrated):
-            return decision("fit", None, False, f"estimate {predicted:.2f} GiB + {under:.0%} <= budget {budget:.2f} GiB")
+            p, b = gib_pair(predicted, budget)
+            return decision("fit", None, False, f"estimate {p} GiB{_band_text('+', under)} <= budget {b} GiB")
 
         # -- within the error band, or the first of its kind on CUDA: measure ------------------------
         probe_shape = est.shape  # the step the estimate peaks at (calibration scales, it does not move it)
@@ -251,6 +266,7 @@ class MemoryGate:
 
         fits = measured * (1 + MIN_ERROR_BAND) <= self.constraint_gb
         rel = "<=" if fits else ">"
+        m, b = gib_pair(measured, self.constraint_gb)
         return decision("fit" if fits else "infeasible", measured, probed,
-                        f"{source} measured {measured:.2f} GiB + {MIN_ERROR_BAND:.0%} run-to-run spread "
-                        f"{rel} budget {self.constraint_gb:.2f} GiB")
+                        f"{source} measured {m} GiB + {MIN_ERROR_BAND:.0%} run-to-run spread "
+                        f"{rel} budget {b} GiB")
