@@ -114,8 +114,9 @@ def error_band(pairs: list, calibration: dict | None, prior_under: float, floor:
 
     pairs = [(int(e), int(m)) for e, m, *_ in pairs]
     n = len(pairs)
+    uncalibrated = prior_under + spread
     if n == 0:
-        return prior_under + spread, 0.0
+        return uncalibrated, 0.0
     resid = []
     for i, (e, m) in enumerate(pairs):
         if n >= 3:
@@ -125,8 +126,8 @@ def error_band(pairs: list, calibration: dict | None, prior_under: float, floor:
         pred = apply_calibration(e, cal)
         resid.append((m - pred) / pred)
     under = max(floor, max(resid)) + prior_under / math.sqrt(1 + n) + spread / (1 + n)
-    if max(resid) <= prior_under + spread:  # measurements within the prior never widen the band beyond it
-        under = min(under, prior_under + spread)
+    if max(resid) <= uncalibrated:  # measurements within the prior never widen the band beyond it
+        under = min(under, uncalibrated)
     over = max(floor, -min(resid))
     if estimate_bytes:
         cal = calibration or fit_calibration(pairs)
@@ -140,8 +141,8 @@ def error_band(pairs: list, calibration: dict | None, prior_under: float, floor:
             over += ((f - lo_f) * up + (hi_f - f) * down) / pred
             # the raw estimate's own bound (raw × (1 + prior)) still holds while no measurement broke
             # it: the calibrated band is never wider than the uncalibrated one
-            if all(m <= e * (1 + prior_under + spread) for e, m in pairs):
-                under = min(under, max(floor, estimate_bytes * (1 + prior_under + spread) / pred - 1))
+            if all(m <= e * (1 + uncalibrated) for e, m in pairs):
+                under = min(under, max(floor, estimate_bytes * (1 + uncalibrated) / pred - 1))
     return under, over
 
 

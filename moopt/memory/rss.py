@@ -95,10 +95,10 @@ def steady_heap_if_asked() -> bool:
 # keep, up to 1024 entries each by default. A trial's batches come in many shapes (examples of varied
 # length, padded to the longest of each batch), so its RSS grew with every new shape: SmolLM2 bf16, 3
 # steps at 2 x 256, then 60 steps of distinct shorter lengths: peak 1344 -> 2284 MiB (+940); fp32 (MKL's
-# sgemm, no per-shape kernels) +9 MiB. Bounded at 64 entries each, the same 140 shapes added 95 MiB and
+# sgemm, no per-shape kernels) +9 MiB. Bounded at 64 entries each, 140 such shapes added 95 MiB and
 # stopped growing; a trial on data/longtail (bf16, 4 x <=512, 75 steps) peaked at 1847 MiB instead of
 # 2543, in 66 s instead of 71 s. A step of one shape uses ~20 primitives, so 64 keeps its forward and
-# backward; 0 disables ideep's cache and crashes, 16 halves the training speed (b1, 21 lengths).
+# backward; LRU_CACHE_CAPACITY=0 crashes, and oneDNN's cache at 16 halved a trial's speed (b1, 21 lengths).
 KERNEL_CACHE_CAPACITY = 64
 KERNEL_CACHE_ENV = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 
