@@ -13,6 +13,7 @@ Accepted forms:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -243,6 +244,20 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+@contextlib.contextmanager
+def _no_transformers_bars():
+    """transformers' own progress bars (``transformers.utils.logging.tqdm``) off for a block, as they were after."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def prepare_dtype_copy(folder: str | Path, dtype: str) -> Path:
     """Make the ``dtype`` copy of a moopt-cached fp32 folder once (~2 s for SmolLM2), in the calling process, so
     that trials do not convert at load. Loading SmolLM2-135M's fp32 file into bf16 maps the whole file while the
@@ -254,20 +269,14 @@ def prepare_dtype_copy(folder: str | Path, dtype: str) -> Path:
         return out
     import torch
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
     print(f"moopt: caching {folder.name} in {dtype} (once) -> {out}", flush=True)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # the line above says it; two ~1 s bars would open the study's console
-    try:
+    with _no_transformers_bars():  # the line above says it; two ~1 s bars would open the study's console
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype), local_files_only=True)
         model.save_pretrained(tmp, safe_serialization=True)
         del model
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     for f in folder.iterdir():  # tokenizer, generation config, chat template
         if f.is_file() and not f.name.endswith(".safetensors") and f.name not in (
                 "config.json", "model.safetensors.index.json", CONVERSION_MARK):
@@ -294,16 +303,19 @@ def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:
     print(f"moopt: converting {gguf_path.name} to safetensors (once) -> {out}", flush=True)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-    )
-    # The dequantised weights are plain tensors now; forget the GGUF quantizer so they can be saved.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
+    # GGUF's own "Converting and de-quantizing" bar (tqdm's, ~20 s) stays: it is the wait the line above names.
+    # transformers' "Loading weights" and "Writing model shards" bars that follow it are a second each: off.
+    with _no_transformers_bars():
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
+        # The dequantised weights are plain tensors now; forget the GGUF quantizer so they can be saved.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
     (tmp / CONVERSION_MARK).write_text(mark, encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)  # atomic: concurrent trials never see a half-written folder
