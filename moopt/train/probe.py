@@ -4,7 +4,8 @@
 trial's setup through ``moopt.train.recipe`` (same loader, dtype, gradient checkpointing, moopt LoRA with the
 trial's r/targets/dropout, AdamW), trains ``steps`` steps of the trial's own step
 (:func:`moopt.train.step.train_step`, gradient clipping included, no scheduler) on a worst-case batch
-(``batch_size × max_seq_length`` tokens, every position labelled), then as a trial goes on:
+(``batch_size × max_seq_length`` tokens, every position labelled; with gradient accumulation, two
+micro-batches a step, of different lengths where the trial's differ), then as a trial goes on:
 ``VARIED_STEPS`` steps on shorter batches and one evaluation of the worst-case batch (no grad), and
 reports its peak with
 :func:`moopt.memory.measure.measure_peak`, the measurement behind a trial's ``peak_memory_gb``, so
@@ -182,6 +183,10 @@ def worst_case_batch(b: int, s: int, vocab: int, device, seed: int) -> dict:
 # probe must be); b16 q,v r 8: 1105 / 1106 against the trial's 1055 (every position labelled). The heap's
 # growth comes from the changing shapes: 12 steps of the one shape measured as 3 did.
 VARIED_STEPS = 6
+# With gradient accumulation a step's micro-batches differ in length, and each accumulates into the grads the
+# one before it left: the guide's memory-constrained command's b1 trial (r 32 on all linears, accumulation 2,
+# bf16, 2026-12-05) peaked at 997-1001 MiB, 963 with accumulation 1. Probed with one micro-batch a step:
+# 968 MiB; two of the same length: 985; two of different lengths (what the probe does now): 998 and 1000.
 
 
 def _child_run(spec: dict) -> dict:
@@ -216,16 +221,19 @@ def _child_run(spec: dict) -> dict:
                             betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_epsilon)
     model.train()
 
-    # -- train on the worst-case batch: the trial's step, one micro-batch, no scheduler ------------------
+    # -- train on the worst-case batch: the trial's step, no scheduler ------------------------------------
+    accumulate = tc.gradient_accumulation_steps > 1
     batch = worst_case_batch(b, s, model.config.vocab_size, device, seed)
     for _ in range(int(spec["steps"])):
-        train_step(model, [batch], params=params, opt=opt, sched=None, max_grad_norm=tc.max_grad_norm, device=device,
-                   backend=info["backend"])
+        train_step(model, [batch, batch] if accumulate else [batch], params=params, opt=opt, sched=None,
+                   max_grad_norm=tc.max_grad_norm, device=device, backend=info["backend"])
     # -- then as the trial goes on: shorter batches (each 1/8 of the sequence shorter), an evaluation --
+    previous = batch
     for k in range(1, VARIED_STEPS + 1):
         shorter = worst_case_batch(b, max(1, s - k * max(1, s // 8)), model.config.vocab_size, device, seed + k)
-        train_step(model, [shorter], params=params, opt=opt, sched=None, max_grad_norm=tc.max_grad_norm,
-                   device=device, backend=info["backend"])
+        train_step(model, [previous, shorter] if accumulate else [shorter], params=params, opt=opt, sched=None,
+                   max_grad_norm=tc.max_grad_norm, device=device, backend=info["backend"])
+        previous = shorter
     model.eval()
     with torch.no_grad():
         causal_lm_loss(model, batch, info["backend"])
