@@ -29,7 +29,11 @@ def test_nothing_fits_nothing_is_trained_and_the_least_infeasible_is_reported(ti
     assert len(df) == 4 and (df.state == "INFEASIBLE").all()
     assert df.error.str.contains("not trained").all()
     assert not any((out / "trial_results" / f"trial_{n}" / "log.txt").exists() for n in range(4))  # no worker ran
-    assert "No configuration fits" in r.output and "Least infeasible: trial" in r.output
+    assert "No configuration fits the budget of 0.01 GiB. Least infeasible: trial" in r.output
+    least = df.sort_values("peak_memory_gb").iloc[0]
+    reason = least.error.removeprefix("not trained: ")
+    assert f"trial {least.number} ({reason})" in r.output and "Raise --memory_constraint" in r.output  # the gate's why
+    assert reason.replace("<", "&lt;").replace(">", "&gt;") in (out / "report.html").read_text()
 
 
 def test_gate_verdicts_steer_which_trials_train(tiny_model, tiny_data, tmp_path, monkeypatch):

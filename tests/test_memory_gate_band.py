@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -201,6 +202,9 @@ def test_a_probe_just_under_the_budget_is_not_proof_the_trial_stays_under(tiny_m
                        cache_path=tmp_path / f"{verdict}.json").decide(t)
         assert d.probed and d.verdict == verdict, d.reason
         assert f"+ {MIN_ERROR_BAND:.0%} run-to-run spread" in d.reason
+        # the reason shows the figure compared, so that it adds up as read: "0.97 GiB + 3% > budget 1.00" did not
+        moved, op, shown_budget = re.search(r"= (\S+) GiB (<=|>) budget (\S+) GiB", d.reason).groups()
+        assert (float(moved) > float(shown_budget)) == (verdict == "infeasible") == (op == ">"), d.reason
 
 
 def test_cpu_band_covers_the_runtime_spread_between_machines_until_measured(tiny_model, tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ from moopt.report.analysis import (
     direction_label,
     format_importance,
 )
-from moopt.report.table import StudyData, base_metrics
+from moopt.report.table import StudyData, base_metrics, nothing_fits_text
 
 REPORT = "report.html"
 # title -> file in the output dir, embedded when present (written by results.py and analysis.py).
@@ -90,8 +90,7 @@ def _best_section(data: StudyData) -> str:
     e = html.escape
     if data.best is None:
         if data.least_infeasible is not None:
-            return (f"<section><h2>Best configuration</h2><p class='warn'>No configuration fits. Least infeasible: "
-                    f"trial {data.least_infeasible}.</p></section>")
+            return f"<section><h2>Best configuration</h2><p class='warn'>{e(nothing_fits_text(data))}</p></section>"
         return "<section><h2>Best configuration</h2><p class='warn'>No trial completed; nothing to recommend.</p></section>"
     row = data.table[data.table.number == data.best].iloc[0]
     metrics = [(n, row[f"values_{n}"]) for n in data.objectives.names]

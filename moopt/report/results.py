@@ -14,7 +14,7 @@ import pandas as pd
 
 from moopt.records import TIME_BUDGET_CUT, TrialState
 from moopt.report.plots import plot_optimization, plot_pareto
-from moopt.report.table import StudyData, best_config, load_study, searched
+from moopt.report.table import StudyData, best_config, load_study, nothing_fits_text, searched
 
 
 def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> dict[str, Any]:
@@ -63,8 +63,7 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
     say(f"\nTrials: {len(data.table)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
     if data.best is None:
         if data.least_infeasible is not None:
-            row = data.table[data.table.number == data.least_infeasible].iloc[0]
-            say(f"No configuration fits. Least infeasible: trial {data.least_infeasible} (peak {row.peak_memory_gb:.2f} GiB)")
+            say(nothing_fits_text(data))
         else:
             say("No trial completed; nothing to recommend. See trial_results/*/log.txt")
         if output_dir is not None:

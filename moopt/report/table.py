@@ -185,6 +185,20 @@ def searched(output_dir: Path) -> dict[str, list[str]]:
 
 
 
+def nothing_fits_text(data: StudyData) -> str:
+    """What the summary says when no configuration fits the memory budget: the budget, the least infeasible
+    trial with the gate's own reason (estimate or probe, the spread, the shape), and what would help."""
+    row = data.table[data.table.number == data.least_infeasible].iloc[0]
+    budget = data.header.get("memory_constraint_gb")
+    reason = str(row.get("error") or "").removeprefix("not trained: ").strip() if pd.notna(row.get("error")) else ""
+    text = "No configuration fits" + (f" the budget of {float(budget):.2f} GiB" if budget else "") + "."
+    text += f" Least infeasible: trial {data.least_infeasible} ({reason or f'peak {row.peak_memory_gb:.2f} GiB'})."
+    if budget:
+        text += (" Raise --memory_constraint, or search smaller batch_size, r, target_modules or max_seq_length"
+                 " (model.quantization and model.gradient_checkpointing lower the peak too).")
+    return text
+
+
 def base_metrics(data: StudyData) -> dict[str, float]:
     """The base model's metrics when its evaluation completed, else {}."""
     b = data.baseline or {}

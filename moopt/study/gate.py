@@ -83,8 +83,18 @@ def gib_pair(a: float, b: float) -> tuple[str, str]:
     return f"{a:.{d}f}", f"{b:.{d}f}"
 
 
-def _band_text(sign: str, rel: float) -> str:
-    return f" {sign} {rel:.0%}" if round(rel * 100) else ""
+def compared(what: str, value: float, sign: str, rel: float, budget: float, margin: str = "") -> str:
+    """``what`` at ``value`` GiB, moved by ``rel`` (its error band or spread, ``sign`` + or -), against the
+    budget, with the value the comparison is made on: "probe measured 0.973 GiB + 3% run-to-run spread =
+    1.0021 GiB > budget 1.0000 GiB", where "0.97 GiB + 3% > 1.00" would not add up to the reader."""
+    moved = value * (1 + rel) if sign == "+" else value * (1 - rel)
+    rel_pct = round(rel * 100)
+    a, b = gib_pair(moved if rel_pct else value, budget)
+    op = "<=" if moved <= budget else ">"
+    if not rel_pct:
+        return f"{what} {a} GiB {op} budget {b} GiB"
+    decimals = len(a.split(".")[1]) if "." in a else 2
+    return f"{what} {value:.{decimals}f} GiB {sign} {rel_pct}%{margin} = {a} GiB {op} budget {b} GiB"
 
 
 class MemoryGate:
@@ -217,13 +227,10 @@ class MemoryGate:
                                 "ran out of memory earlier" + (f" at {at / GIB:.2f} GiB" if at else ""))
             return self._on_measurement(decision, cached["measured_bytes"] / GIB, False, "earlier measurement")
         if predicted * (1 - over) > budget:
-            p, b = gib_pair(predicted, budget)
-            return decision("infeasible", None, False,
-                            f"estimate {p} GiB{_band_text('-', over)} > budget {b} GiB")
+            return decision("infeasible", None, False, compared("estimate", predicted, "-", over, budget))
         calibrated = bool(entry.get("pairs"))
         if predicted * (1 + under) <= budget and (self.device != "cuda" or calibrated):
-            p, b = gib_pair(predicted, budget)
-            return decision("fit", None, False, f"estimate {p} GiB{_band_text('+', under)} <= budget {b} GiB")
+            return decision("fit", None, False, compared("estimate", predicted, "+", under, budget))
 
         # -- within the error band, or the first of its kind on CUDA: measure ------------------------
         probe_shape = est.shape  # the step the estimate peaks at (calibration scales, it does not move it)
@@ -265,8 +272,6 @@ class MemoryGate:
         from moopt.memory.estimate import MIN_ERROR_BAND
 
         fits = measured * (1 + MIN_ERROR_BAND) <= self.constraint_gb
-        rel = "<=" if fits else ">"
-        m, b = gib_pair(measured, self.constraint_gb)
         return decision("fit" if fits else "infeasible", measured, probed,
-                        f"{source} measured {m} GiB + {MIN_ERROR_BAND:.0%} run-to-run spread "
-                        f"{rel} budget {b} GiB")
+                        compared(f"{source} measured", measured, "+", MIN_ERROR_BAND, self.constraint_gb,
+                                 " run-to-run spread"))
