@@ -167,10 +167,19 @@ def refit(entry: dict, probes: dict) -> dict:
     return out
 
 
+PROBE_EXCESS_KEPT = 50
+
+
 def add_pair(entry: dict, fp: str, raw_estimate: int, measured: int, retries: int, seconds: float,
               source: str = "probe") -> dict:
-    """Store one (uncalibrated estimate, measured) pair and refit the key's calibration."""
+    """Store one (uncalibrated estimate, measured) pair and refit the key's calibration. A trained trial's
+    peak replaces its probe's pair; how far it went above the probe is kept (``probe_excess``, the last
+    PROBE_EXCESS_KEPT), and widens the margin the gate leaves over a measured peak (estimate.measured_spread)."""
     probes = dict(entry.get("probes") or {})
+    before = probes.get(fp) or {}
+    if source == "trial" and before.get("source") == "probe" and before.get("measured_bytes"):
+        excess = measured / before["measured_bytes"] - 1
+        entry = {**entry, "probe_excess": ([*(entry.get("probe_excess") or []), round(excess, 4)])[-PROBE_EXCESS_KEPT:]}
     probes[fp] = {"estimate_bytes": int(raw_estimate), "measured_bytes": int(measured), "source": source,
                   "num_alloc_retries": retries, "seconds": round(seconds, 2), "when": time.time()}
     return refit(entry, probes)

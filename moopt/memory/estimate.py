@@ -145,6 +145,23 @@ ESTIMATE_UNDER_PRIOR = {
 # near the budget is probed, not trusted, until a measurement on this machine calibrates the key.
 CPU_RUNTIME_SPREAD_BYTES = 128 * MIB
 MIN_ERROR_BAND = 0.03  # run-to-run spread of a probe's own peak (CPU RSS: ~2%)
+# What a configuration measured once (a probe, or its trial earlier) must leave under the budget: its peak's
+# run-to-run spread and how far its trial may go above its probe. CUDA (caching allocator, NVML): the spread.
+# CPU peak RSS goes further: the heap creeps with each step's new batch shapes over a trial's steps and its
+# evaluation adds 20-45 MiB on top (SmolLM2 bf16, the bundled data, 2026-12-05): trials peaked 0.9-3.0% above
+# their probes (b8 r 16 q,k,v,o: probe 0.956 GiB, trial 0.985). The gate widens it further for a key where
+# a trial was seen further above its probe (measured_spread).
+MEASURED_SPREAD = {"cpu": 0.05, "cuda": MIN_ERROR_BAND}
+PROBE_EXCESS_MARGIN = 0.01  # over the worst trial-above-its-probe seen for the key
+
+
+def measured_spread(device: str, probe_excess: list[float] | tuple[float, ...] = ()) -> float:
+    """The margin a measured peak needs under the budget on ``device``: MEASURED_SPREAD, or the worst relative
+    excess of a trial over its own probe seen for this key (calibration.add_pair records them) plus
+    PROBE_EXCESS_MARGIN, whichever is larger."""
+    worst = max(probe_excess, default=None)
+    prior = MEASURED_SPREAD.get(device, MEASURED_SPREAD["cpu"])
+    return prior if worst is None else max(prior, float(worst) + PROBE_EXCESS_MARGIN)
 DEFAULT_CE_CHUNK = 1024  # rows, moopt_kernels.cross_entropy.DEFAULT_CHUNK_SIZE
 
 
