@@ -111,6 +111,7 @@ def run_seed(seed: int, args, model_path: str, train: Path, val: Path, space: Pa
     pairs = [p for e in cache["entries"].values() for p in e.get("pairs", [])]
     errs = loo_errors(pairs) if len(pairs) >= 2 else []
     raw = [(e - m) / m * 100 for e, m in pairs]
+    excess = [x * 100 for e in cache["entries"].values() for x in e.get("probe_excess", [])]  # trial over its probe
     summary = {
         "budget_gib": budget, "space_min_gib": min(est), "space_max_gib": max(est), "space_size": len(est),
         "space_estimated_over_budget": sum(e > budget for e in est), "trials": len(df),
@@ -119,6 +120,8 @@ def run_seed(seed: int, args, model_path: str, train: Path, val: Path, space: Pa
         "uncalibrated_median_abs_error": statistics.median(abs(x) for x in raw) if raw else float("nan"),
         "calibrated_median_abs_error": statistics.median(abs(x) for x in errs) if errs else float("nan"),
         "calibrated_max_abs_error": max(abs(x) for x in errs) if errs else float("nan"),
+        "probed_then_trained": len(excess),
+        "trial_above_probe_max_pct": max(excess) if excess else float("nan"),
         "seconds": seconds,
     }
     cols = [c for c in ("number", "state", "params_batch_size", "params_r", "params_target_modules", "peak_memory_gb",
@@ -130,7 +133,7 @@ def run_seed(seed: int, args, model_path: str, train: Path, val: Path, space: Pa
              if not str(row.error).startswith("not trained") else "gate", "device": device, "seed": seed,
              "value": round(float(row.peak_memory_gb), 4), "unit": "GiB"} for _, row in df.iterrows()]
     for k, v in summary.items():
-        unit = "GiB" if k.endswith("_gib") else "pct" if "error" in k else "s" if k == "seconds" else "count"
+        unit = "GiB" if k.endswith("_gib") else "pct" if "error" in k or k.endswith("_pct") else "s" if k == "seconds" else "count"
         rows.append({"what": "summary", "problem": k, "provider": "moopt", "device": device, "seed": seed,
                      "value": round(float(v), 4), "unit": unit})
     return rows, summary
@@ -168,9 +171,12 @@ def main() -> int:
         r, s = run_seed(seed, args, model_path, train, val, space, budget, est, work, device)
         rows += r
         summaries.append(s)
-    total = {k: sum(s[k] for s in summaries) for k in ("trials", "trained", "trained_over_budget", "ruled_out_untrained", "probes")}
+    total = {k: sum(s[k] for s in summaries) for k in ("trials", "trained", "trained_over_budget", "ruled_out_untrained", "probes",
+                                                       "probed_then_trained")}
     print(f"over {len(summaries)} studies: " + ", ".join(f"{k} {v}" for k, v in total.items())
-          + "; calibrated median |error| per study: " + ", ".join(f"{s['calibrated_median_abs_error']:.1f}%" for s in summaries))
+          + "; calibrated median |error| per study: " + ", ".join(f"{s['calibrated_median_abs_error']:.1f}%" for s in summaries)
+          + "; a trial's peak above its probe, worst per study: "
+          + ", ".join(f"{s['trial_above_probe_max_pct']:+.1f}%" for s in summaries))
     path = args.out or RESULTS / f"memory_gate_{device}.csv"
     write_rows(rows, path)
     print(f"wrote {path}")
