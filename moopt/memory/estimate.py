@@ -145,6 +145,7 @@ ESTIMATE_UNDER_PRIOR = {
 # near the budget is probed, not trusted, until a measurement on this machine calibrates the key.
 CPU_RUNTIME_SPREAD_BYTES = 128 * MIB
 MIN_ERROR_BAND = 0.03  # run-to-run spread of a probe's own peak (CPU RSS: ~2%)
+DEFAULT_CE_CHUNK = 1024  # rows, moopt_kernels.cross_entropy.DEFAULT_CHUNK_SIZE
 # What a configuration measured once (a probe, or its trial earlier) must leave under the budget: its peak's
 # run-to-run spread and how far its trial may go above its probe. CUDA (caching allocator, NVML): the spread.
 # CPU peak RSS goes further: the heap creeps with each step's new batch shapes over a trial's steps and its
@@ -162,7 +163,6 @@ def measured_spread(device: str, probe_excess: list[float] | tuple[float, ...] =
     worst = max(probe_excess, default=None)
     prior = MEASURED_SPREAD.get(device, MEASURED_SPREAD["cpu"])
     return prior if worst is None else max(prior, float(worst) + PROBE_EXCESS_MARGIN)
-DEFAULT_CE_CHUNK = 1024  # rows, moopt_kernels.cross_entropy.DEFAULT_CHUNK_SIZE
 
 
 @dataclass(frozen=True)
