@@ -174,7 +174,7 @@ def part_release(tmp: Path, trials: int, seed: int, device: str) -> list[dict]:
     import torch
 
     from moopt.config import TrialConfig
-    from moopt.memory.rss import current_rss_bytes
+    from moopt.memory.rss import bound_kernel_caches, current_rss_bytes
     from moopt.records import TrialSpec, TrialState
     from moopt.train.models import resolve_model
     from moopt.train.recipe import load_model_and_tokenizer, run_trial
@@ -185,6 +185,7 @@ def part_release(tmp: Path, trials: int, seed: int, device: str) -> list[dict]:
             return {"allocated": torch.cuda.memory_allocated(), "reserved": torch.cuda.memory_reserved()}
         return {"rss": current_rss_bytes()}
 
+    bound_kernel_caches()  # as moopt.train.worker.child_env sets it for every worker (before the first matmul)
     model = resolve_model("smollm2-135m")
     warm = WarmBase()
     cfg0 = TrialConfig.from_dict(RELEASE_CONFIGS[0])
