@@ -60,11 +60,12 @@ def peaks(name: str) -> dict[str, dict[str, float]]:
 
 
 def test_cpu_priors_are_the_worst_under_estimates_of_the_cpu_probes():
-    by = peaks("memory_cpu.csv")
+    """Over both machine states this machine has shown (memory_cpu_highstate.csv: ~85 MiB more after imports)."""
     worst = defaultdict(lambda: -1.0)
-    for label, v in by.items():
-        q = "4bit" if label.endswith("4bit") else "8bit" if label.endswith("8bit") else "none"
-        worst[q] = max(worst[q], (v["measured"] - v["analytic"]) / v["analytic"])
+    for name in ("memory_cpu.csv", "memory_cpu_highstate.csv"):
+        for label, v in peaks(name).items():
+            q = "4bit" if label.endswith("4bit") else "8bit" if label.endswith("8bit") else "none"
+            worst[q] = max(worst[q], (v["measured"] - v["analytic"]) / v["analytic"])
     for q in ("none", "4bit", "8bit"):
         want = max(MIN_ERROR_BAND, math.ceil(worst[q] * 100) / 100)
         assert ESTIMATE_UNDER_PRIOR[("cpu", q)] == pytest.approx(want), q
