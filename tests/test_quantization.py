@@ -229,7 +229,9 @@ def test_an_8bit_base_keeps_no_more_for_backward_than_a_4bit_one(tiny_model, ckp
     # (release_int8_inputs), so 8-bit keeps what 4-bit keeps, as the estimate counts
     held_8, t_8 = _held_after_forward(tiny_model, "8bit", ALL, ckpt=ckpt, device=device)
     held_4, t_4 = _held_after_forward(tiny_model, "4bit", ALL, ckpt=ckpt, device=device)
-    # what either holds varies by a few KiB between runs here (CI saw 8-bit 5% below 4-bit once, 2 KiB
-    # (3.2%) above it another time, at ~64 KiB); without the hook 8-bit keeps 15% / 250% more
-    assert held_8 <= max(1.02 * held_4, held_4 + 4096), (held_8, held_4)
+    # what either holds varies by up to ~10 KiB between runs here (CI saw 8-bit 5% below 4-bit once, and
+    # 2 KiB and 9.5 KiB above it (66176 against 64128 and 56448) at ~64 KiB with checkpointing); without the
+    # hook 8-bit keeps 112 KiB more (868352 against 753664) without checkpointing and 164 KiB more (230016
+    # against 66176) with it, so 16 KiB still tells them apart
+    assert held_8 <= max(1.02 * held_4, held_4 + 16384), (held_8, held_4)
     assert _loss_phase_activations(tiny_model, t_8) == _loss_phase_activations(tiny_model, t_4)
