@@ -190,7 +190,8 @@ def nothing_fits_text(data: StudyData) -> str:
     trial with the gate's own reason (estimate or probe, the spread, the shape), and what would help."""
     row = data.table[data.table.number == data.least_infeasible].iloc[0]
     budget = data.header.get("memory_constraint_gb")
-    reason = str(row.get("error") or "").removeprefix("not trained: ").strip() if pd.notna(row.get("error")) else ""
+    error = row.get("error")
+    reason = error.removeprefix("not trained: ").strip() if isinstance(error, str) else ""
     text = "No configuration fits" + (f" the budget of {float(budget):.2f} GiB" if budget else "") + "."
     text += f" Least infeasible: trial {data.least_infeasible} ({reason or f'peak {row.peak_memory_gb:.2f} GiB'})."
     if budget:

@@ -88,12 +88,13 @@ def compared(what: str, value: float, sign: str, rel: float, budget: float, marg
     budget, with the value the comparison is made on: "probe measured 0.973 GiB + 3% run-to-run spread =
     1.0021 GiB > budget 1.0000 GiB", where "0.97 GiB + 3% > 1.00" would not add up to the reader."""
     moved = value * (1 + rel) if sign == "+" else value * (1 - rel)
-    rel_pct = round(rel * 100)
-    a, b = gib_pair(moved if rel_pct else value, budget)
     op = "<=" if moved <= budget else ">"
+    rel_pct = round(rel * 100)
     if not rel_pct:
+        a, b = gib_pair(value, budget)
         return f"{what} {a} GiB {op} budget {b} GiB"
-    decimals = len(a.split(".")[1]) if "." in a else 2
+    a, b = gib_pair(moved, budget)
+    decimals = len(a.partition(".")[2])  # as many as gib_pair needed to read the two apart
     return f"{what} {value:.{decimals}f} GiB {sign} {rel_pct}%{margin} = {a} GiB {op} budget {b} GiB"
 
 
@@ -226,7 +227,7 @@ class MemoryGate:
                 at = cached.get("measured_bytes")
                 return decision("infeasible", at / GIB if at else None, False,
                                 "ran out of memory earlier" + (f" at {at / GIB:.2f} GiB" if at else ""))
-            return self._on_measurement(decision, key, cached["measured_bytes"] / GIB, False, "earlier measurement")
+            return self._on_measurement(decision, entry, cached["measured_bytes"] / GIB, False, "earlier measurement")
         if predicted * (1 - over) > budget:
             return decision("infeasible", None, False, compared("estimate", predicted, "-", over, budget))
         calibrated = bool(entry.get("pairs"))
@@ -247,7 +248,7 @@ class MemoryGate:
             return decision(verdict, None, True, f"probe failed ({res.error}); decided on the estimate ± its error band")
         raw = self.estimate_bytes(trial, calibrated=False)
         self.cache.update(key, lambda e: add_pair(e, fp, raw, res.peak_bytes, res.num_alloc_retries, res.seconds))
-        return self._on_measurement(decision, key, res.peak_bytes / GIB, True, "probe")
+        return self._on_measurement(decision, entry, res.peak_bytes / GIB, True, "probe")
 
     def observe(self, trial: TrialConfig, peak_bytes: int, oom: bool = False) -> None:
         """A trained trial's measured peak (``peak_memory_gb``): a pair for the calibration; with
@@ -266,13 +267,13 @@ class MemoryGate:
         except (OSError, ValueError, ConfigError) as e:  # a study goes on without this calibration point
             print(f"memory gate: could not record trial peak ({e})", file=sys.stderr)
 
-    def _on_measurement(self, decision, key: str, measured: float, probed: bool, source: str) -> GateDecision:
+    def _on_measurement(self, decision, entry: dict, measured: float, probed: bool, source: str) -> GateDecision:
         # A measured peak is one run's: the next run of the same configuration (the trial, or the
         # probe again) spreads around it, and on a CPU a trial goes a little above its probe, so a
         # measurement just under the budget is not proof that the trial stays under it.
         from moopt.memory.estimate import measured_spread
 
-        spread = measured_spread(self.device, self.cache.entry(key).get("probe_excess") or [])
+        spread = measured_spread(self.device, entry.get("probe_excess") or [])  # a probe does not change it
         fits = measured * (1 + spread) <= self.constraint_gb
         return decision("fit" if fits else "infeasible", measured, probed,
                         compared(f"{source} measured", measured, "+", spread, self.constraint_gb,

@@ -255,20 +255,20 @@ def _no_transformers_bars(gguf_bar: bool = True):
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
-    gguf_utils = None
+    reader_bar = None
     if not gguf_bar:
         import transformers.modeling_gguf_pytorch_utils as gguf_utils
 
-        bar = getattr(gguf_utils, "tqdm", None)
-        if bar is not None:
-            gguf_utils.tqdm = functools.partial(bar, disable=True)
+        reader_bar = getattr(gguf_utils, "tqdm", None)
+        if reader_bar is not None:
+            gguf_utils.tqdm = functools.partial(reader_bar, disable=True)
     try:
         yield
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-        if gguf_utils is not None and isinstance(getattr(gguf_utils, "tqdm", None), functools.partial):
-            gguf_utils.tqdm = gguf_utils.tqdm.func
+        if reader_bar is not None:
+            gguf_utils.tqdm = reader_bar
 
 
 def prepare_dtype_copy(folder: str | Path, dtype: str) -> Path:
