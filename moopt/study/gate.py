@@ -227,7 +227,7 @@ class MemoryGate:
                 at = cached.get("measured_bytes")
                 return decision("infeasible", at / GIB if at else None, False,
                                 "ran out of memory earlier" + (f" at {at / GIB:.2f} GiB" if at else ""))
-            return self._on_measurement(decision, entry, cached["measured_bytes"] / GIB, False, "earlier measurement")
+            return self._on_measurement(decision, entry, cached["measured_bytes"] / GIB, False, "measured earlier")
         if predicted * (1 - over) > budget:
             return decision("infeasible", None, False, compared("estimate", predicted, "-", over, budget))
         calibrated = bool(entry.get("pairs"))
@@ -248,7 +248,7 @@ class MemoryGate:
             return decision(verdict, None, True, f"probe failed ({res.error}); decided on the estimate ± its error band")
         raw = self.estimate_bytes(trial, calibrated=False)
         self.cache.update(key, lambda e: add_pair(e, fp, raw, res.peak_bytes, res.num_alloc_retries, res.seconds))
-        return self._on_measurement(decision, entry, res.peak_bytes / GIB, True, "probe")
+        return self._on_measurement(decision, entry, res.peak_bytes / GIB, True, "probe measured")
 
     def observe(self, trial: TrialConfig, peak_bytes: int, oom: bool = False) -> None:
         """A trained trial's measured peak (``peak_memory_gb``): a pair for the calibration; with
@@ -276,5 +276,5 @@ class MemoryGate:
         spread = measured_spread(self.device, entry.get("probe_excess") or [])  # a probe does not change it
         fits = measured * (1 + spread) <= self.constraint_gb
         return decision("fit" if fits else "infeasible", measured, probed,
-                        compared(f"{source} measured", measured, "+", spread, self.constraint_gb,
+                        compared(source, measured, "+", spread, self.constraint_gb,
                                  " run-to-run spread"))
