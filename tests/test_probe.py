@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from moopt.config import TrialConfig
-from moopt.memory.calibration import CalibrationCache, default_cache_path, memory_fingerprint
+from moopt.memory.calibration import CalibrationCache, code_stamp, default_cache_path, memory_fingerprint
 from moopt.memory.estimate import GIB, MEASURED_SPREAD, apply_calibration, estimate_peak, load_model_config
 from moopt.study import gate as gate_mod
 from moopt.study.gate import MemoryGate
@@ -220,8 +220,58 @@ def test_cache_location_unreadable_file_and_fingerprint(tmp_path, monkeypatch):
     cache = CalibrationCache(default_cache_path())
     assert cache.entry("k") == {}
     cache.update("k", lambda e: {**e, "x": 1})
-    assert cache.entry("k") == {"x": 1} and not list(tmp_path.glob("*.tmp"))
+    assert cache.entry("k") == {"x": 1, "stamp": code_stamp()} and not list(tmp_path.glob("*.tmp"))
     # memory-irrelevant fields (learning rate, alpha) share a probe; batch size does not
     base = trial()
     lr = TrialConfig.from_dict({**base.to_dict(), "training": {**base.to_dict()["training"], "learning_rate": 1e-3}})
     assert memory_fingerprint(lr) == memory_fingerprint(base) != memory_fingerprint(trial(b=3))
+
+
+def test_measurements_of_other_code_are_stale(tiny_model, tmp_path, monkeypatch):
+    """A cached measurement stands for the code and libraries that made it: after an upgrade (another
+    stamp) the gate probes again instead of answering from it, and its pairs no longer calibrate."""
+    cache = tmp_path / "cal.json"
+    t = trial(b=2, s=32)
+    predicted = MemoryGate(tiny_model, "cpu", "torch", 1.0, cache_path=cache).estimate_bytes(t) / GIB
+    gate = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=predicted, cache_path=cache)
+    assert gate.decide(t).probed
+    data = json.loads(cache.read_text())
+    assert data["entries"][gate.key(t)]["stamp"] == code_stamp()
+    data["entries"][gate.key(t)]["stamp"] = "older-moopt"
+    cache.write_text(json.dumps(data))
+
+    calls = []
+    real = gate_mod.probe_peak
+    monkeypatch.setattr(gate_mod, "probe_peak", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=predicted, cache_path=cache)
+    assert again.cache.entry(again.key(t)) == {}
+    assert again.estimate_bytes(t) == again.estimate_bytes(t, calibrated=False)  # no stale calibration
+    assert again.decide(t).probed and calls == [1]
+    entry = json.loads(cache.read_text())["entries"][gate.key(t)]  # replaced, not merged
+    assert entry["stamp"] == code_stamp() and len(entry["pairs"]) == 1
+
+
+def test_code_stamp_follows_sources_and_library_versions(tmp_path, monkeypatch):
+    import importlib.util
+
+    import moopt.memory.calibration as cal_mod
+
+    # every stamped source of moopt is found where it is installed (a renamed one would drop out silently)
+    for rel in cal_mod.STAMPED_SOURCES:
+        top, _, rest = rel.partition("/")
+        assert (Path(importlib.util.find_spec(top).origin).parent / rest).exists(), rel
+
+    pkg = tmp_path / "stampedpkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "step.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cal_mod, "STAMPED_SOURCES", ("stampedpkg/sub",))
+    stamp = cal_mod.code_stamp.__wrapped__
+    first = stamp()
+    assert stamp() == first
+    (pkg / "sub" / "step.py").write_text("X = 2\n")
+    edited = stamp()
+    assert edited != first
+    monkeypatch.setattr(cal_mod, "STAMPED_PACKAGES", ("torch", "numpy"))
+    assert stamp() != edited

@@ -7,6 +7,8 @@ fingerprint; an out-of-memory is stored as a lower bound of what that configurat
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import os
@@ -17,6 +19,39 @@ from pathlib import Path
 from moopt.config import TrialConfig
 
 PROBE_VERSION = 1  # bump when the probe's recipe changes: cached measurements of older versions are ignored
+
+# what a measured peak depends on besides the configuration: the code that trains, probes and estimates
+# (an upgrade or a local edit of any of it makes older measurements stale) and the libraries under it
+STAMPED_SOURCES = ("moopt/train", "moopt/memory/estimate.py", "moopt/memory/shapes.py", "moopt/memory/rss.py",
+                   "moopt/memory/measure.py", "moopt/config.py", "moopt_kernels")
+STAMPED_PACKAGES = ("torch", "transformers", "bitsandbytes", "triton")
+
+
+@functools.lru_cache(maxsize=1)
+def code_stamp() -> str:
+    """A short hash of STAMPED_SOURCES' text and STAMPED_PACKAGES' versions. The cache keeps it in each
+    entry and reads an entry with another stamp as empty: a measurement (and the estimate it was paired
+    with) from other code or other libraries does not calibrate this one's, nor answer for its probe."""
+    from importlib import metadata
+    from importlib.util import find_spec
+
+    h = hashlib.sha256(f"probe {PROBE_VERSION}".encode())
+    for rel in STAMPED_SOURCES:
+        top, _, rest = rel.partition("/")
+        spec = find_spec(top)  # the installed package's folder, wherever pip put it (no import)
+        if spec is None or not spec.origin:
+            continue
+        base = Path(spec.origin).parent / rest
+        for f in sorted(base.rglob("*.py")) if base.is_dir() else [base]:
+            if f.is_file():
+                h.update(f"{top}/{f.relative_to(base.parent if base.is_file() else base)}".encode() + b"\0" + f.read_bytes())
+    for name in STAMPED_PACKAGES:
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            version = "-"
+        h.update(f"{name}=={version}".encode())
+    return h.hexdigest()[:16]
 
 
 def default_cache_path() -> Path:
@@ -38,8 +73,10 @@ def memory_fingerprint(trial: TrialConfig, shape: tuple[int, int] | None = None)
 
 
 class CalibrationCache:
-    """JSON file ``{"version": 1, "entries": {calibration_key: {"pairs": [[estimate, measured], ...],
-    "calibration": {...}, "probes": {fingerprint: {...}}}}}``.
+    """JSON file ``{"version": 1, "entries": {calibration_key: {"stamp": code_stamp(), "pairs":
+    [[estimate, measured], ...], "calibration": {...}, "probes": {fingerprint: {...}}}}}``. An entry
+    written by other code or libraries (another ``stamp``) reads as empty and is replaced at the next
+    write of its key.
 
     Writes are atomic (temp file in the same folder + ``os.replace``) and read-modify-write under an
     ``flock`` on ``<file>.lock``, so concurrent gates (parallel studies on one machine) never lose a
@@ -59,7 +96,7 @@ class CalibrationCache:
         return data
 
     def entry(self, key: str) -> dict:
-        return self.read()["entries"].get(key) or {}
+        return _current(self.read()["entries"].get(key))
 
     def update(self, key: str, fn) -> dict:
         """Apply ``fn(entry) -> entry`` to one key under the lock and write the file atomically."""
@@ -69,7 +106,7 @@ class CalibrationCache:
         with open(str(self.path) + ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             data = self.read()
-            data["entries"][key] = fn(dict(data["entries"].get(key) or {}))
+            data["entries"][key] = {**fn(dict(_current(data["entries"].get(key)))), "stamp": code_stamp()}
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -81,6 +118,11 @@ class CalibrationCache:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         return data["entries"][key]
+
+
+def _current(entry) -> dict:
+    """``entry`` if this code wrote it, else empty."""
+    return entry if isinstance(entry, dict) and entry.get("stamp") == code_stamp() else {}
 
 
 def error_band(pairs: list, calibration: dict | None, prior_under: float, floor: float,
