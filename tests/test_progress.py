@@ -38,6 +38,14 @@ def test_trial_line_shows_step_loss_speed_and_eta():
         b.event(3, prog(k, step_s=1.625))
     # 80 steps left at 1.625 s each
     assert b.trial_line(3) == "Trial 3: step 40/120 loss 1.2340 312 tok/s ETA 2m10s"
+    # a slow trial's line printed again while its next step runs counts down, to the steps after that one
+    for k in range(1, 6):
+        b.event(4, prog(k, total=10, step_s=20.0))
+    assert b.trial_line(4).endswith("ETA 1m40s")
+    clock.t += 15
+    assert b.trial_line(4).endswith("ETA 1m25s")
+    clock.t += 600
+    assert b.trial_line(4).endswith("ETA 1m20s")  # 4 steps x 20 s after the one running
 
 
 def test_phases_and_evaluation_batches_are_shown_until_training_resumes():

@@ -47,16 +47,23 @@ class TrialProgress:
     loss: float | None = None
     tokens_per_s: float | None = None
     busy_s: float = 0.0  # seconds spent in optimizer steps so far (from the workers' step_s)
+    step_at: float = 0.0  # when the last step was reported
     eval_done: int = 0
     eval_total: int = 0
     printed_at: float = 0.0  # when a plain line about it was last printed
     printed_decile: int = 0  # the last 10% mark of its steps printed
 
-    def eta_s(self) -> float | None:
-        """Seconds left of training at the mean step time so far (evaluations not included)."""
+    def eta_s(self, now: float | None = None) -> float | None:
+        """Seconds left of training at the mean step time so far (evaluations not included); at ``now``,
+        less the time since the last step was reported (a slow step's line, printed again while it runs,
+        counts down instead of repeating), but never less than the steps after the one running."""
         if not self.step or not self.total or not self.busy_s:
             return None
-        return (self.total - self.step) * self.busy_s / self.step
+        mean = self.busy_s / self.step
+        left = (self.total - self.step) * mean
+        if now is None or not self.step_at:
+            return left
+        return max(left - (now - self.step_at), (self.total - self.step - 1) * mean, 0.0)
 
 
 class ProgressBoard:
@@ -94,6 +101,7 @@ class ProgressBoard:
                 t.step, t.total, t.loss = int(msg["step"]), int(msg["total"]), msg.get("loss")
                 t.tokens_per_s = msg.get("tokens_per_s") or t.tokens_per_s
                 t.busy_s += float(msg.get("step_s") or 0.0)
+                t.step_at = now
             elif ev == "heartbeat":
                 t.eval_done, t.eval_total = int(msg.get("done", 0)), int(msg.get("total", 0))
             return t
@@ -138,7 +146,7 @@ class ProgressBoard:
         with self.lock:
             t = self.trials[number]
         if t.phase == "training" and t.step:
-            eta = t.eta_s()
+            eta = t.eta_s(now)
             loss = f" loss {t.loss:.4f}" if t.loss is not None else ""
             tps = f" {t.tokens_per_s:.0f} tok/s" if t.tokens_per_s else ""
             return f"{t.label}: step {t.step}/{t.total}{loss}{tps}" + (f" ETA {fmt_duration(eta)}" if eta is not None else "")

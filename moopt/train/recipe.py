@@ -283,7 +283,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
             reporter.phase("loading model", f"{Path(spec.base_model).name} on {device.type}")
             model, tok = load_model_and_tokenizer(spec.base_model, cfg, device)
         else:
-            reporter.phase("loading model", f"{Path(spec.base_model).name} on {device.type} (kept by the worker if loaded)")
+            reporter.phase("loading model", f"{Path(spec.base_model).name} on {device.type}, kept by this worker for the next trials")
             model, tok, loaded = warm.model_and_tokenizer(spec.base_model, cfg, device, load_model_and_tokenizer)
             result.warm = not loaded
             reset_peak(device.type)  # this trial's peak from here: the model, then what the trial adds
