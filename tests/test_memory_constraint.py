@@ -39,10 +39,12 @@ def test_nothing_fits_nothing_is_trained_and_the_least_infeasible_is_reported(ti
 def test_gate_verdicts_steer_which_trials_train(tiny_model, tiny_data, tmp_path, monkeypatch):
     from moopt.study import gate as probe
 
-    def decide(self, trial):
+    def decide(self, trial, announce=None):
         fits = trial.lora.r == 4
-        return probe.GateDecision("fit" if fits else "infeasible", 0.5 if fits else 9.0, None, False,
-                                  "test verdict: r=8 does not fit")
+        if fits:
+            announce((1, 32))
+            return probe.GateDecision("fit", 0.5, 0.45, True, "test verdict: r=4 measured 0.45 GiB")
+        return probe.GateDecision("infeasible", 9.0, None, False, "test verdict: r=8 does not fit")
 
     monkeypatch.setattr(probe.MemoryGate, "decide", decide)
     monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
@@ -52,6 +54,10 @@ def test_gate_verdicts_steer_which_trials_train(tiny_model, tiny_data, tmp_path,
     assert len(df) == 5
     assert (df[df.params_r == 8].state == "INFEASIBLE").all() and (df[df.params_r == 4].state == "COMPLETE").all()
     assert (df[df.state == "INFEASIBLE"].peak_memory_gb == 9.0).all()
+    # the console says when a probe runs and why a measured configuration fits, before it trains
+    for n in df[df.params_r == 4].number:
+        assert f"Trial {n}: measuring its peak memory (1 x 32 tokens" in r.output
+        assert f"Trial {n} fits: test verdict: r=4 measured 0.45 GiB\nTrial {n} started on cpu" in r.output
 
 
 def test_a_trial_that_runs_out_of_memory_is_never_trained_again_and_the_probe_shape_is_journaled(

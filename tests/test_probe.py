@@ -165,8 +165,10 @@ def test_gate_borderline_probes_once_writes_calibration_and_reuses_it(tiny_model
     t = trial(b=2, s=32)
     predicted = MemoryGate(tiny_model, "cpu", "torch", 1.0, cache_path=cache).estimate_bytes(t) / GIB
     gate = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=predicted, cache_path=cache)  # right at the edge
-    d = gate.decide(t)
+    announced = []
+    d = gate.decide(t, announce=announced.append)
     assert d.probed and d.measured_gb is not None and d.verdict == ("fit" if d.measured_gb * (1 + MEASURED_SPREAD["cpu"]) <= predicted else "infeasible")
+    assert announced == [d.shape]  # told before the probe ran
 
     entry = json.loads(cache.read_text())["entries"][gate.key(t)]
     assert entry["pairs"] == [[int(predicted * GIB), int(d.measured_gb * GIB)]]
@@ -177,7 +179,8 @@ def test_gate_borderline_probes_once_writes_calibration_and_reuses_it(tiny_model
     # and another configuration's estimate is calibrated.
     monkeypatch.setattr(gate_mod, "probe_peak", no_probe)
     again = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=predicted, cache_path=cache)
-    d2 = again.decide(t)
+    d2 = again.decide(t, announce=announced.append)
+    assert announced == [d.shape]  # answered from the cache: no probe to announce
     assert not d2.probed and d2.measured_gb == pytest.approx(d.measured_gb) and d2.verdict == d.verdict
     other = trial(b=4, s=32)
     raw = again.estimate_bytes(other, calibrated=False)

@@ -205,7 +205,9 @@ class MemoryGate:
         spread = under_prior(self.device, trial.model.quantization, raw) - prior
         return error_band(pairs, entry.get("calibration"), prior, MIN_ERROR_BAND, estimate_bytes=raw, spread=spread)
 
-    def decide(self, trial: TrialConfig) -> GateDecision:
+    def decide(self, trial: TrialConfig, announce=None) -> GateDecision:
+        """Fit or infeasible, and why. ``announce(shape)`` is called before a probe runs (it takes
+        seconds: the caller can say so)."""
         key = self.key(trial)
         shape = self.shape(trial)
         fp = memory_fingerprint(trial, shape)
@@ -238,6 +240,8 @@ class MemoryGate:
         probe_shape = est.shape  # the step the estimate peaks at (calibration scales, it does not move it)
         if probe_shape != shape:
             shown += f"; probed at {probe_shape[0]} x {probe_shape[1]}, its peak (eager attention)"
+        if announce is not None:
+            announce(probe_shape)
         res = probe_peak(self.model_path, trial, device=self.device, kernels=self.kernels, steps=self.steps,
                          timeout_s=self.timeout_s, threads=self.threads, shape=probe_shape)
         if res.oom:

@@ -663,9 +663,13 @@ class Scheduler:
             self.stop_note = "time budget: none of the next configurations could finish before the deadline"
             return False
         if self.gate is not None:  # --memory_constraint: never train what cannot fit
-            decision = self.gate.decide(tcfg)
-            study.journal.append({"type": "memory_gate", "number": number if number >= 0 else self.next_number,
-                                  **vars(decision)})
+            shown = number if number >= 0 else self.next_number
+            decision = self.gate.decide(tcfg, announce=lambda shape: study.console.print(
+                f"Trial {shown}: measuring its peak memory ({shape[0]} x {shape[1]} tokens, a few steps in a fresh process) ...",
+                markup=False, highlight=False))
+            study.journal.append({"type": "memory_gate", "number": shown, **vars(decision)})
+            if decision.verdict == "fit" and (decision.probed or decision.measured_gb is not None):
+                study.console.print(f"Trial {shown} fits: {decision.reason}", markup=False, highlight=False)
             if decision.verdict == "infeasible":
                 number = number if number >= 0 else self.new_number()
                 end = study.record_infeasible(number, tcfg, x, decision)
