@@ -495,6 +495,44 @@ def test_steady_heap_gives_freed_tensor_sized_blocks_back():
     assert not applied
 
 
+TRIM_SCRIPT = r"""
+import ctypes, sys
+from moopt.memory.rss import current_rss_bytes, steady_heap, trim_heap_if_steady
+applied = steady_heap() if sys.argv[1] == "steady" else False
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+MIB = 1 << 20
+# under the mmap threshold: heap blocks, each pinned by a 1 MiB one after it (a smaller one would come from
+# a free chunk elsewhere), as the holes training leaves
+pairs = [(libc.malloc(2 * MIB), libc.malloc(MIB)) for _ in range(40)]
+for b, _ in pairs:
+    libc.memset(b, 1, 2 * MIB)
+for b, _ in pairs:
+    libc.free(b)
+before = current_rss_bytes()
+trim_heap_if_steady()
+print(applied, (before - current_rss_bytes()) / MIB)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_the_heap_trim_before_an_evaluation_gives_holes_back_only_where_rss_meets_a_budget():
+    """Freed heap blocks between live ones stay resident (free() only shrinks the heap from its top); the
+    trim an evaluation starts with (moopt.memory.rss.trim_heap_if_steady) gives them back in a steady-heap
+    process (a CPU trial or probe under a budget) and does nothing elsewhere."""
+    def drop(mode):
+        out = subprocess.run([sys.executable, "-c", TRIM_SCRIPT, mode], capture_output=True, text=True,
+                             env=os.environ, check=True).stdout.split()
+        return out[0] == "True", float(out[1])
+
+    applied, freed = drop("steady")
+    assert applied and freed > 60, freed  # most of the 40 x 2 MiB
+    applied, freed = drop("default")
+    assert not applied and freed < 5, freed
+
+
 def test_steady_heap_reaches_the_cpu_trial_processes_whose_peak_is_measured(tmp_path, monkeypatch):
     """LocalExecutor(steady_heap=True) starts CPU workers with MOOPT_STEADY_HEAP=1 (and GPU workers
     without); a CPU probe always has it, as the trials it stands for."""

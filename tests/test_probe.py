@@ -103,7 +103,9 @@ def test_smollm2_cpu_probe_measures_at_least_what_the_trial_holds(tmp_path, monk
     the heap still creeps with each new shape over the trial's steps). ~30 s.
     With gradient accumulation (the guide's memory-constrained trial: b1, r 32 on all linears, 2 micro-batches
     a step) a probe of one micro-batch a step measured 968 MiB where the trial peaked at 1000 (+3.3%); two
-    micro-batches of different lengths a step, as the trial's: 994-1002 against 995-1000. ~40 s."""
+    micro-batches of different lengths a step, as the trial's: 994-1002 against 995-1000. ~40 s.
+    With the heap trimmed as each evaluation starts (moopt.memory.rss.trim_heap_if_steady), three runs: b4 r64
+    probe 1131-1133, trial 1140-1143 (+0.6-1.1%); b1 r32 accumulating 973-974 against 973-975."""
     import os
     import sys
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from moopt.config import TrialConfig
 from moopt.errors import ConfigError
 from moopt.memory.measure import is_out_of_memory, measure_peak
-from moopt.memory.rss import STEADY_HEAP_ENV, peak_rss_bytes, steady_heap_if_asked
+from moopt.memory.rss import STEADY_HEAP_ENV, peak_rss_bytes, steady_heap_if_asked, trim_heap_if_steady
 from moopt.train.worker import child_env
 
 GIB = 1024**3
@@ -234,6 +234,7 @@ def _child_run(spec: dict) -> dict:
         train_step(model, [previous, shorter] if accumulate else [shorter], params=params, opt=opt, sched=None,
                    max_grad_norm=tc.max_grad_norm, device=device, backend=info["backend"])
         previous = shorter
+    trim_heap_if_steady()  # as moopt.train.recipe.evaluate does
     model.eval()
     with torch.no_grad():
         causal_lm_loss(model, batch, info["backend"])

@@ -21,6 +21,7 @@ import torch
 
 from moopt.config import EAGER_MAX_TOKENS, TrialConfig, attention_implementation, resolve_dtype
 from moopt.memory.measure import is_out_of_memory, peak_memory_gb, reset_peak
+from moopt.memory.rss import trim_heap_if_steady
 from moopt.records import TIME_BUDGET_CUT, TrialResult, TrialSpec, TrialState
 from moopt.search.pruner import rung_eval_size
 from moopt.train.data import TokenizedSet, collate, micro_batches, n_micro_batches, subset, tokenize_file
@@ -181,6 +182,7 @@ def evaluate(model, data: TokenizedSet, batch_size: int, pad_id: int, device, ba
     """Mean CE per completion token over the whole set, next-token accuracy, perplexity.
     ``beat(done, total)`` (a reporter's heartbeat) is called after each batch; ``attention(batch)``
     before each forward."""
+    trim_heap_if_steady()  # training's freed heap pages do not stay resident under the evaluation's
     was_training = model.training
     model.eval()
     total, correct, count = 0.0, 0, 0
