@@ -457,15 +457,19 @@ def test_cpu_estimate_matches_peak_rss_of_two_real_steps():
     assert 0.90 <= ratio <= 1.30
 
 
-STEADY_HEAP_SCRIPT = r"""
+# a child process: malloc/free straight from glibc, steady_heap applied or not (argv[1]); prints
+# "<applied> <MiB the measured step gave back>"
+HEAP_PRELUDE = r"""
 import ctypes, sys
-from moopt.memory.rss import current_rss_bytes, steady_heap
+from moopt.memory.rss import current_rss_bytes, steady_heap, trim_heap_if_steady
 applied = steady_heap() if sys.argv[1] == "steady" else False
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
 MIB = 1 << 20
+"""
+STEADY_HEAP_SCRIPT = HEAP_PRELUDE + r"""
 big = libc.malloc(24 * MIB); libc.memset(big, 1, 24 * MIB); libc.free(big)  # by default raises the threshold to 24 MiB
 blocks = [libc.malloc(6 * MIB) for _ in range(10)]
 for b in blocks:
@@ -477,15 +481,19 @@ print(applied, (before - current_rss_bytes()) / MIB)
 """
 
 
+def heap_drop(script: str, mode: str, **env) -> tuple[bool, float]:
+    out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
+                         env={**os.environ, **env}, check=True).stdout.split()
+    return out[0] == "True", float(out[1])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_steady_heap_gives_freed_tensor_sized_blocks_back():
     """By default glibc raises its mmap threshold to each freed mapped block's size, so after one 24 MiB
     block is freed, 6 MiB blocks come from the heap and stay resident when freed (a trial's peak RSS then
     depends on the order of its frees); with steady_heap they are mapped and given back on free."""
     def drop(mode, **env):
-        out = subprocess.run([sys.executable, "-c", STEADY_HEAP_SCRIPT, mode], capture_output=True, text=True,
-                             env={**os.environ, **env}, check=True).stdout.split()
-        return out[0] == "True", float(out[1])
+        return heap_drop(STEADY_HEAP_SCRIPT, mode, **env)
 
     applied, freed = drop("steady")
     assert applied and freed > 45, freed  # 9 x 6 MiB given back
@@ -495,15 +503,7 @@ def test_steady_heap_gives_freed_tensor_sized_blocks_back():
     assert not applied
 
 
-TRIM_SCRIPT = r"""
-import ctypes, sys
-from moopt.memory.rss import current_rss_bytes, steady_heap, trim_heap_if_steady
-applied = steady_heap() if sys.argv[1] == "steady" else False
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
-MIB = 1 << 20
+TRIM_SCRIPT = HEAP_PRELUDE + r"""
 # under the mmap threshold: heap blocks, each pinned by a 1 MiB one after it (a smaller one would come from
 # a free chunk elsewhere), as the holes training leaves
 pairs = [(libc.malloc(2 * MIB), libc.malloc(MIB)) for _ in range(40)]
@@ -523,9 +523,7 @@ def test_the_heap_trim_before_an_evaluation_gives_holes_back_only_where_rss_meet
     trim an evaluation starts with (moopt.memory.rss.trim_heap_if_steady) gives them back in a steady-heap
     process (a CPU trial or probe under a budget) and does nothing elsewhere."""
     def drop(mode):
-        out = subprocess.run([sys.executable, "-c", TRIM_SCRIPT, mode], capture_output=True, text=True,
-                             env=os.environ, check=True).stdout.split()
-        return out[0] == "True", float(out[1])
+        return heap_drop(TRIM_SCRIPT, mode)
 
     applied, freed = drop("steady")
     assert applied and freed > 60, freed  # most of the 40 x 2 MiB

@@ -42,9 +42,10 @@ def code_stamp() -> str:
         if spec is None or not spec.origin:
             continue
         base = Path(spec.origin).parent / rest
+        root = base if base.is_dir() else base.parent
         for f in sorted(base.rglob("*.py")) if base.is_dir() else [base]:
             if f.is_file():
-                h.update(f"{top}/{f.relative_to(base.parent if base.is_file() else base)}".encode() + b"\0" + f.read_bytes())
+                h.update(f"{top}/{f.relative_to(root)}".encode() + b"\0" + f.read_bytes())
     for name in STAMPED_PACKAGES:
         try:
             version = metadata.version(name)
