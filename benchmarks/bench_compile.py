@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,7 @@ def main() -> int:
               f"max shared {max(v['shared_kib'] for v in variants):.0f} KiB, max registers "
               f"{max(v['registers'] for v in variants)}, compile {sum(v['compile_s'] for v in variants):.0f} s -> {out}")
         bad += n_bad
+    shutil.rmtree(tmp, ignore_errors=True)  # a fresh Triton cache per run: not kept
     return 1 if bad else 0
 
 

@@ -25,6 +25,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -156,27 +157,30 @@ def main() -> int:
     device = args.device
     model_path = str(resolve_model(args.model))
     work = Path(tempfile.mkdtemp(prefix="bench_memory_gate_"))
-    train, val = work / "train.jsonl", work / "val.jsonl"
-    train.write_text("".join((DATA / "train.jsonl").read_text().splitlines(keepends=True)[: args.rows]))
-    val.write_text("".join((DATA / "val.jsonl").read_text().splitlines(keepends=True)[:16]))
-    est = grid_estimates(model_path, train, device)
-    lo, hi = min(est), max(est)
-    budget = lo + 0.5 * (hi - lo)
-    print(f"space of {len(est)} configurations: estimated peaks {lo:.3f}-{hi:.3f} GiB; budget {budget:.3f} GiB; "
-          f"{sum(e > budget for e in est)} estimated over it", flush=True)
-    space = work / "space.yaml"
-    space.write_text(SPACE.format(batches=list(BATCHES), ranks=list(RANKS), targets=json.dumps(list(TARGETS.values()))))
-    rows, summaries = [], []
-    for seed in args.seeds:
-        r, s = run_seed(seed, args, model_path, train, val, space, budget, est, work, device)
-        rows += r
-        summaries.append(s)
-    total = {k: sum(s[k] for s in summaries) for k in ("trials", "trained", "trained_over_budget", "ruled_out_untrained", "probes",
-                                                       "probed_then_trained")}
-    print(f"over {len(summaries)} studies: " + ", ".join(f"{k} {v}" for k, v in total.items())
-          + "; calibrated median |error| per study: " + ", ".join(f"{s['calibrated_median_abs_error']:.1f}%" for s in summaries)
-          + "; a trial's peak above its probe, worst per study: "
-          + ", ".join(f"{s['trial_above_probe_max_pct']:+.1f}%" for s in summaries))
+    try:  # each seed's own cache holds a dtype copy of the model (~0.6 GB a run): never left in /tmp
+        train, val = work / "train.jsonl", work / "val.jsonl"
+        train.write_text("".join((DATA / "train.jsonl").read_text().splitlines(keepends=True)[: args.rows]))
+        val.write_text("".join((DATA / "val.jsonl").read_text().splitlines(keepends=True)[:16]))
+        est = grid_estimates(model_path, train, device)
+        lo, hi = min(est), max(est)
+        budget = lo + 0.5 * (hi - lo)
+        print(f"space of {len(est)} configurations: estimated peaks {lo:.3f}-{hi:.3f} GiB; budget {budget:.3f} GiB; "
+              f"{sum(e > budget for e in est)} estimated over it", flush=True)
+        space = work / "space.yaml"
+        space.write_text(SPACE.format(batches=list(BATCHES), ranks=list(RANKS), targets=json.dumps(list(TARGETS.values()))))
+        rows, summaries = [], []
+        for seed in args.seeds:
+            r, s = run_seed(seed, args, model_path, train, val, space, budget, est, work, device)
+            rows += r
+            summaries.append(s)
+        total = {k: sum(s[k] for s in summaries) for k in ("trials", "trained", "trained_over_budget", "ruled_out_untrained", "probes",
+                                                           "probed_then_trained")}
+        print(f"over {len(summaries)} studies: " + ", ".join(f"{k} {v}" for k, v in total.items())
+              + "; calibrated median |error| per study: " + ", ".join(f"{s['calibrated_median_abs_error']:.1f}%" for s in summaries)
+              + "; a trial's peak above its probe, worst per study: "
+              + ", ".join(f"{s['trial_above_probe_max_pct']:+.1f}%" for s in summaries))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     path = args.out or RESULTS / f"memory_gate_{device}.csv"
     write_rows(rows, path)
     print(f"wrote {path}")

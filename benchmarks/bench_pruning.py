@@ -40,6 +40,7 @@ compute_tokens, train_steps, trial_seconds, ...; params reused), the summary as 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -209,6 +210,8 @@ def main() -> int:
     summarize(rows, out_csv, plot_fn=plot)
     print(f"{time.time() - t0:.0f} s")
     print(f"wrote {out_csv} (+ .png, .json)")
+    if not a.workdir:  # a study folder per seed and arm; --workdir keeps them (and --reuse-studies reads them)
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

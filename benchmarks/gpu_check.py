@@ -60,7 +60,7 @@ class Check:
             if not link.exists():
                 link.symlink_to(src, target_is_directory=True)
         self.env = dict(os.environ, PYTHONPATH=str(self.site),
-                        TOKENIZERS_PARALLELISM="false", MOOPT_CACHE_DIR=str(work / "cache"),
+                        TOKENIZERS_PARALLELISM="false", MOOPT_CACHE=str(work / "cache"),
                         HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
         if dry_run:  # a CPU run: the torch path, small thread counts on a shared machine
             self.env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="2")

@@ -3,7 +3,7 @@ context bytes per configuration, and the CUDA context's growth as kernels load (
 SDPA, moopt's Triton module). Run on the GPU machine after gpu_check's env and models steps:
 
     python3 -P benchmarks/gpu_check.py --steps env,models
-    PYTHONPATH=/tmp/moopt-gpu-check/site MOOPT_CACHE_DIR=/tmp/moopt-gpu-check/cache \
+    PYTHONPATH=/tmp/moopt-gpu-check/site MOOPT_CACHE=/tmp/moopt-gpu-check/cache \
         python3 -P benchmarks/gpu_memory_probe.py
 
 Writes $OUT/mem_probe.json (results/gpu/h200_2026-12-04/memory_probe_cuda.json came from it).

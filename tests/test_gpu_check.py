@@ -47,3 +47,16 @@ def test_dry_run_runs_every_step_and_publishes_results(tmp_path):
         assert any(r["problem"] == "trained_over_budget" for r in gate)
         overhead = rows("study_overhead_cpu.csv")
         assert {r["provider"] for r in overhead if r["what"] == "trial_overhead"} == {"warm", "cold"}
+
+
+def test_every_moopt_variable_the_benchmarks_set_is_one_moopt_reads():
+    """The GPU check once set MOOPT_CACHE_DIR, which nothing reads: its conversions went to the lent machine's
+    home instead of the check's own folder, and the dry run cannot tell."""
+    import re
+
+    def names(paths):
+        return {m for p in paths for m in re.findall(r"MOOPT_[A-Z_]+", p.read_text(encoding="utf-8"))}
+
+    set_here = names([*ROOT.joinpath("benchmarks").rglob("*.py"), *ROOT.joinpath("benchmarks").rglob("*.sh")])
+    read = names(ROOT.joinpath("moopt").rglob("*.py"))
+    assert set_here and set_here <= read, set_here - read

@@ -51,3 +51,81 @@ def test_the_first_run_converts_the_bundled_gguf_once_with_one_progress_bar(tmp_
     assert resolve_model("smollm2-135m") == folder
     again = capfd.readouterr()
     assert "converting" not in again.out and "de-quantizing" not in again.out + again.err
+
+
+def _converted(folder: Path, gguf: Path | None) -> Path:
+    """A folder as convert_gguf leaves one (without converting anything)."""
+    from moopt.model_files import CONVERSION_MARK
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"\0" * 4096)
+    if gguf is not None:
+        (folder / CONVERSION_MARK).write_text(json.dumps({"gguf": str(gguf)}))
+    return folder
+
+
+def test_the_same_gguf_in_another_venv_finds_its_conversion_by_content(tmp_path, monkeypatch):
+    """The cache key is the file's content, not its path: a reinstall or a second venv (each CI clone has one)
+    reuses the conversion instead of adding ~0.8 GB per install, as keying by path did."""
+    import os
+
+    from moopt.train.models import convert_gguf, gguf_key
+
+    monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
+    first = tmp_path / "venv1" / "m.gguf"
+    first.parent.mkdir()
+    first.write_bytes(os.urandom(3 << 20))
+    second = tmp_path / "venv2" / "m.gguf"
+    second.parent.mkdir()
+    second.write_bytes(first.read_bytes())
+    assert gguf_key(first) == gguf_key(second)
+    edited = bytearray(first.read_bytes())
+    edited[len(edited) // 2] ^= 1  # one byte in the middle sample
+    changed = tmp_path / "changed.gguf"
+    changed.write_bytes(bytes(edited))
+    assert gguf_key(changed) != gguf_key(first)
+
+    made = _converted(tmp_path / "cache" / "models" / f"tiny-{gguf_key(first)}", first)
+    assert convert_gguf(second, alias="tiny") == made  # found, not converted: no transformers call was made
+
+
+def test_a_new_conversion_removes_the_ones_it_supersedes(tmp_path, capsys):
+    """Kept: another model's conversion whose GGUF still exists, a user's own folder, a conversion in progress.
+    Removed, with one line saying how much: this GGUF under an older key, a conversion whose GGUF is gone
+    (an uninstalled wheel, a deleted venv), their dtype copies, and what a killed conversion left behind."""
+    import os
+    import time
+
+    from moopt.train.models import _prune_superseded, gguf_key
+
+    models = tmp_path / "models"
+    gguf = tmp_path / "venv" / "m.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(os.urandom(1 << 16))
+    other = tmp_path / "other.gguf"
+    other.write_bytes(os.urandom(1 << 16))
+    key = gguf_key(gguf)
+    out = _converted(models / f"m-{key}", gguf)
+    old_key = _converted(models / "m-0123456789", gguf)  # as moopt keyed it by path before
+    old_copy = _converted(models / "m-0123456789-bfloat16", None)
+    gone_source = _converted(models / "m-aaaaaaaaaa", tmp_path / "deleted-venv" / "m.gguf")
+    kept_other = _converted(models / f"other-{gguf_key(other)}", other)
+    kept_copy = _converted(models / f"other-{gguf_key(other)}-bfloat16", None)
+    kept_user = _converted(models / "my-own-folder", None)
+    dead = models / "m-bbbbbbbbbb.tmp999999999"
+    dead.mkdir()
+    os.utime(dead, (time.time() - 7200, time.time() - 7200))
+    live = models / f"m-cccccccccc.tmp{os.getpid()}"
+    live.mkdir()
+
+    _prune_superseded(out, gguf, key)
+    left = sorted(p.name for p in models.iterdir())
+    assert left == sorted(p.name for p in (out, kept_other, kept_copy, kept_user, live)), left
+    for removed in (old_key, old_copy, gone_source, dead):
+        assert not removed.exists()
+    said = capsys.readouterr().out
+    assert said.startswith(f"moopt: removed 4 superseded model folder(s) from {models} (0 MiB)"), said
+
+    _prune_superseded(out, gguf, key)
+    assert capsys.readouterr().out == ""  # nothing more to remove: nothing said

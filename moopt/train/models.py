@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from moopt.errors import ConfigError
@@ -299,11 +300,66 @@ def prepare_dtype_copy(folder: str | Path, dtype: str) -> Path:
     return out
 
 
+def gguf_key(gguf_path: Path) -> str:
+    """Names a GGUF by its content, not its path: the same file in a second venv (a reinstall, a CI clone)
+    finds the conversion already made instead of adding another ~0.5-30 GB folder. Size plus three 1 MiB
+    samples (start, middle, end): a few ms even for an 8B GGUF, where hashing it whole would take seconds."""
+    size = gguf_path.stat().st_size
+    digest = hashlib.sha1(str(size).encode())
+    with open(gguf_path, "rb") as f:
+        for at in (0, max(0, size // 2 - _SAMPLE // 2), max(0, size - _SAMPLE)):
+            f.seek(at)
+            digest.update(f.read(_SAMPLE))
+    return digest.hexdigest()[:10]
+
+
+_SAMPLE = 1 << 20
+
+
+def _prune_superseded(out: Path, gguf_path: Path, key: str) -> None:
+    """After a new conversion: remove the cached conversions it replaces (this GGUF under another key, as
+    older moopt keyed by path; an older file at this GGUF's path; a GGUF that no longer exists: an
+    uninstalled wheel, a deleted venv), their dtype copies, and what a killed conversion left half-written.
+    Each is hundreds of MB to tens of GB, and nothing would ever load it again."""
+    gone: list[Path] = []
+    for folder in out.parent.iterdir():
+        if folder == out or not folder.is_dir():
+            continue
+        name, _, pid = folder.name.rpartition(".tmp")
+        if name and pid.isdigit():
+            if not _alive(int(pid)) and time.time() - folder.stat().st_mtime > 3600:  # a shared cache: another
+                gone.append(folder)  # machine's pid is not ours to test, so an hour's quiet says it died too
+            continue
+        try:
+            source = Path(json.loads((folder / CONVERSION_MARK).read_text(encoding="utf-8"))["gguf"])
+            superseded = not source.is_file() or source == gguf_path or gguf_key(source) == key
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a conversion (a dtype copy goes with its conversion below), or unreadable: kept
+        if superseded:
+            gone += [folder, *(folder.with_name(f"{folder.name}-{d}") for d in ("bfloat16", "float16"))]
+    gone = [g for g in gone if g.is_dir()]
+    freed = sum(f.stat().st_size for g in gone for f in g.iterdir() if f.is_file())
+    for folder in gone:
+        shutil.rmtree(folder, ignore_errors=True)
+    if gone:
+        print(f"moopt: removed {len(gone)} superseded model folder(s) from {out.parent} "
+              f"({f'{freed / 2**30:.1f} GiB' if freed >= 2**30 else f'{freed / 2**20:.0f} MiB'})", flush=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:
     """Dequantise a GGUF once (~20 s for SmolLM2) into ``<cache>/models/<name>``; later loads: 0.2 s."""
     gguf_path = Path(gguf_path).resolve()
-    stat = gguf_path.stat()
-    key = hashlib.sha1(f"{gguf_path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    key = gguf_key(gguf_path)
     out = cache_root() / "models" / f"{alias or gguf_path.stem}-{key}"
     mark = json.dumps({"gguf": str(gguf_path)})
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
@@ -334,4 +390,5 @@ def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:
     (tmp / CONVERSION_MARK).write_text(mark, encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)  # atomic: concurrent trials never see a half-written folder
+    _prune_superseded(out, gguf_path, key)
     return out
