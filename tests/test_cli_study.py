@@ -127,6 +127,49 @@ def test_trial_folder_has_config_metrics_curve_and_adapter(study):
     assert (d / "config.yaml").is_file() and (d / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def _with_adapter(out) -> set[int]:
+    return {int(d.name.split("_")[1]) for d in (out / "trial_results").iterdir() if (d / "adapter").is_dir()}
+
+
+def test_keep_adapters_best_keeps_the_front_while_running_and_the_chosen_at_the_end(study, tmp_path):
+    """On a copy of the 6-trial study (every adapter kept): while a study runs, best keeps the whole front
+    (the chosen trial can still change); at its end, only the chosen one. The rest of each folder stays."""
+    import shutil
+
+    from moopt.study.adapters import trim_adapters
+
+    out = tmp_path / "hpo"
+    shutil.copytree(study[0], out)
+    table = pd.read_csv(out / "trials_summary.csv")
+    everyone, front = set(table.number), set(table.number[table.pareto])
+    import re
+
+    best = int(re.search(r"^  trial (\d+): eval_loss", study[1], re.M).group(1))  # the chosen trial, as printed
+    assert _with_adapter(out) == everyone and len(front) < len(everyone)
+
+    running = trim_adapters(out, "best", final=False)
+    assert _with_adapter(out) == front and sorted(running.removed) == sorted(everyone - front) and running.freed_bytes > 0
+    end = trim_adapters(out, "best", final=True)
+    assert _with_adapter(out) == {best} and end.kept == [best] and sorted(end.removed) == sorted(front - {best})
+    assert all((out / "trial_results" / f"trial_{n}" / "metrics.json").is_file() for n in everyone)
+
+
+def test_keep_adapters_pareto_in_a_study(tiny_model, tiny_data, space, tmp_path):
+    """--keep_adapters pareto through the CLI: only the Pareto front's adapters are left, and one line says
+    how many others went."""
+    out = tmp_path / "hpo"
+    r = optimize(tiny_model, tiny_data, out, space, "--num_trials", "4", "--no-baseline", "--keep_adapters", "pareto",
+                 "--optimization_objective", "multi:eval_loss,eval_accuracy")
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(out / "trials_summary.csv")
+    front = set(table.number[table.pareto])
+    assert _with_adapter(out) == front
+    gone = len(table) - len(front)
+    line = [x for x in r.output.splitlines() if x.startswith("Adapters (--keep_adapters pareto)")]
+    assert len(line) == 1, r.output[-1500:]
+    assert (f"removed for {gone} other" in line[0]) if gone else ("none removed" in line[0]), line
+
+
 def test_peft_reloads_the_adapter_and_reproduces_eval_loss(study, tiny_model, tiny_data):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

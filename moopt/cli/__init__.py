@@ -65,6 +65,9 @@ def main() -> None:
 @opt("resume", is_flag=True, help="Continue the study in output_dir up to --num_trials, without rerunning finished trials.")
 @opt("overwrite", is_flag=True, help="Replace a study already in output_dir.")
 @opt("warm_start", default=None, type=click.Path(), help="An earlier study's output_dir: its best trials seed the first population.")
+@opt("keep_adapters", default="all", show_default=True, type=click.Choice(["all", "pareto", "best"]),
+     help="Which trials keep their adapter on disk (r 64 on every linear of an 8B model: 0.6 GiB a trial): all; pareto (the Pareto "
+          "front's, others removed as they fall off it); best (the chosen trial's, once the study ends).")
 @click.option("--baseline/--no-baseline", "baseline", default=True, show_default=True, help="Evaluate the base model first, for comparison.")
 @click.option("--warm_workers/--no_warm_workers", "--warm-workers/--no-warm-workers", "warm_workers", default=True, show_default=True,
               help="A trial process keeps its loaded base model for the next trial with the same model, dtype and "
@@ -142,7 +145,7 @@ def build_study_config(kw: dict):
         memory_constraint_gb=kw["memory_constraint"], kernels=kw["kernels"], resume=kw["resume"],
         overwrite=kw["overwrite"], baseline=kw["baseline"], warm_start=kw["warm_start"],
         executor=kw["executor"], ray_address=kw["ray_address"], stall_timeout_s=kw["stall_timeout"],
-        warm_workers=kw["warm_workers"],
+        warm_workers=kw["warm_workers"], keep_adapters=kw["keep_adapters"],
     )
     if kw["warm_start"]:
         from moopt.journal import JOURNAL

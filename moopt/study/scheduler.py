@@ -78,6 +78,7 @@ class StudyConfig:
     stall_timeout_s: float | None = None  # --stall_timeout, seconds: None = auto (moopt.study.watchdog), 0 = never kill
     model_revision: str | None = None  # the hub commit a hub id resolved to (journaled; --resume loads that commit)
     warm_workers: bool = True  # a worker keeps its base model for the next trial (moopt.study.executor.LocalExecutor)
+    keep_adapters: str = "all"  # all | pareto | best: which finished trials keep their adapter (moopt.study.adapters)
 
 
 class Stopped(Exception):
@@ -277,6 +278,7 @@ class Study:
             from moopt.report.results import write_results
 
             self.write_results = write_results
+        self.trimmed: list = []  # what --keep_adapters removed, after each write (moopt.study.adapters)
         prepare_output_dir(cfg)
         self.out.mkdir(parents=True, exist_ok=True)
         record = replay(self.out) if cfg.resume else None
@@ -299,7 +301,7 @@ class Study:
         self.prepare_model()
         sched = Scheduler(self, self.make_executor())
         sched.resume(record)
-        self.writer = BackgroundWriter(self.write_results, self.out)
+        self.writer = BackgroundWriter(self.results, self.out)
         try:
             if cfg.baseline and not (self.out / "baseline.json").is_file():
                 self.run_baseline(sched.executor)
@@ -309,7 +311,7 @@ class Study:
             self.journal.close()
             self.writer.close()
             if self.any_trial_started:
-                self.write_results(self.out, quiet=True)
+                self.results(self.out, quiet=True)
             raise Stopped(str(e) or "interrupted", finished=len(sched.finished), total=cfg.num_trials,
                           running=sorted(sched.running)) from None
         finally:
@@ -319,7 +321,20 @@ class Study:
         if sched.stop_note:
             self.console.print(f"[yellow]Study stopped early:[/] {sched.stop_note} ({len(sched.finished)} of {cfg.num_trials} trials)")
         self.journal.close()
-        return self.write_results(self.out)
+        return self.results(self.out, final=True)
+
+    def results(self, out: Path, quiet: bool = True, final: bool = False) -> dict[str, Any]:
+        """Write the result files (quiet: while the study runs), then drop the adapters --keep_adapters does
+        not keep; at the end, say what it removed."""
+        summary = self.write_results(out, quiet=quiet and not final)
+        if self.cfg.keep_adapters != "all":
+            from moopt.study.adapters import describe, trim_adapters
+
+            self.trimmed.append(trim_adapters(out, self.cfg.keep_adapters, final=final))
+            line = describe(self.cfg.keep_adapters, self.trimmed) if final else None
+            if line:
+                self.console.print(line)
+        return summary
 
     # -- per-trial steps (each journaled) ----------------------------------------------------------
     def start_trial(self, executor, number: int, tcfg: TrialConfig, x: dict, slot, deadline) -> None:
@@ -594,7 +609,7 @@ class Scheduler:
         if self.study.writer is not None:  # trials_summary.csv, best_config.yaml, plots: in the background
             self.study.writer.request()
         else:
-            self.study.write_results(self.study.out, quiet=True)
+            self.study.results(self.study.out)
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> None:
