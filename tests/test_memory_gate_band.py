@@ -401,6 +401,25 @@ def test_fit_table_sequences_fit_and_one_more_token_does_not():
     assert lines[0].startswith("fits one GPU of 80 GiB")
 
 
+def test_fit_plan_names_qloras_recipe_and_speaks_of_a_cpu_budget_on_a_cpu():
+    """70B in bf16 at batch 8 x 512 on an 80 GiB GPU: neither 4-bit nor checkpointing alone fits, both at once
+    (QLoRA's recipe) do, and the plan says so. On a CPU the budget is one process's RSS: no GPU, no sharding."""
+    cfg = load_model_config("llama-3.3-70b")
+    t = trial(b=8, s=512, quant="none", ckpt=False, targets=ALL, r=16)
+    lines = fit_plan(cfg, t, 80 * GIB, device="cuda", kernels="triton")
+    assert lines[0].startswith("one GPU of 80 GiB") and "does not fit" in lines[0]
+    alone = [x for x in lines if x.startswith(("  quantization 4bit on", "  gradient checkpointing on"))]
+    assert len(alone) == 2 and all(x.endswith("(does not fit)") for x in alone), lines
+    both = [x for x in lines if x.startswith("  quantization 4bit and gradient checkpointing on one GPU")]
+    assert len(both) == 1 and both[0].endswith("(fits)"), lines
+
+    small = load_model_config("llama-3.2-3b")
+    cpu = fit_plan(small, trial(b=8, s=512, quant="none", ckpt=False, targets=ALL, r=16), 1 * GIB, device="cpu",
+                   kernels="torch")
+    assert cpu[0].startswith("a budget of 1 GiB (peak RSS on the CPU)") and "does not fit" in cpu[0], cpu
+    assert not any("GPU" in x for x in cpu), cpu
+
+
 def test_cli_device_auto_says_which_device_it_assumed(tmp_path, monkeypatch):
     import moopt.cli.estimate as cli
 

@@ -32,8 +32,9 @@ def _cuda_available() -> bool:
               help="auto: triton on cuda, torch on cpu (what a study's --kernels auto runs).")
 @click.option("--loss", type=click.Choice(["chunked", "hf"]), default="chunked", show_default=True)
 @click.option("--fit", "fit_gib", type=float, default=None,
-              help="GPU memory in GiB: also print the longest sequence that fits for each batch size, and "
-                   "whether the configuration fits one such GPU (and what would, when not).")
+              help="Memory budget in GiB (one GPU's memory on cuda, peak RSS on cpu): also print the longest "
+                   "sequence that fits for each batch size, and whether the configuration fits (and what would, "
+                   "when not).")
 @click.option("--json", "as_json", is_flag=True, help="Print {total_gib, breakdown, assumed[, fit]} as JSON.")
 def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_json):
     """Estimate the peak memory (GiB) of one training step of a trial."""

@@ -836,8 +836,8 @@ def under_prior(device: str, quant: str, estimate_bytes: int | None = None) -> f
 
 
 def fit_plan(model_config: Any, trial: TrialConfig, budget_bytes: float, max_gpus: int = 64, **kw) -> list[str]:
-    """Lines saying whether ``trial`` fits one GPU of ``budget_bytes`` and, when it does not, what would:
-    a quantised model on one GPU, or the fewest GPUs a sharded run needs. "fits" means the estimate
+    """Lines saying whether ``trial`` fits one GPU of ``budget_bytes`` (on a CPU: a peak-RSS budget) and, when
+    it does not, what would: a quantised model, checkpointing, or (on CUDA) the fewest GPUs a sharded run needs. "fits" means the estimate
     plus its error band (:func:`under_prior`) is within the budget; "fits only if ..." when only the
     bare estimate is."""
     device = kw.get("device", "cuda")
@@ -852,20 +852,32 @@ def fit_plan(model_config: Any, trial: TrialConfig, budget_bytes: float, max_gpu
 
     est = estimate_peak(model_config, trial, **kw)
     v = verdict(trial, est.total_bytes)
+    gpu = device == "cuda"
+    where = f"one GPU of {budget_bytes / GIB:g} GiB" if gpu else f"a budget of {budget_bytes / GIB:g} GiB (peak RSS on the CPU)"
+    on = " on one GPU" if gpu else ""
     if v == "fits":
-        return [f"fits one GPU of {budget_bytes / GIB:g} GiB: {est.total_gib:.1f} GiB estimated"]
-    lines = [(f"one GPU of {budget_bytes / GIB:g} GiB: {est.total_gib:.1f} GiB estimated, {v} "
+        return [f"fits {where}: {est.total_gib:.1f} GiB estimated"]
+    lines = [(f"{where}: {est.total_gib:.1f} GiB estimated, {v} "
               f"(weights alone {est.breakdown.get('weights', 0) / GIB:.1f} GiB); alternatives:")]
     for q in ("8bit", "4bit"):
         if q == trial.model.quantization:
             continue
         t = _with_shape(trial, trial.training.batch_size, trial.data.max_seq_length, quantization=q)
         alt = estimate_peak(model_config, t, **kw)
-        lines.append(f"  quantization {q} on one GPU: {alt.total_gib:.1f} GiB ({verdict(t, alt.total_bytes)})")
+        lines.append(f"  quantization {q}{on}: {alt.total_gib:.1f} GiB ({verdict(t, alt.total_bytes)})")
     if not trial.model.gradient_checkpointing:
         t = _with_shape(trial, trial.training.batch_size, trial.data.max_seq_length, gradient_checkpointing=True)
         alt = estimate_peak(model_config, t, **kw)
         lines.append(f"  gradient checkpointing on: {alt.total_gib:.1f} GiB ({verdict(t, alt.total_bytes)})")
+        if trial.model.quantization != "4bit" and not any(x.endswith("(fits)") for x in lines[1:]):
+            t = _with_shape(trial, trial.training.batch_size, trial.data.max_seq_length, gradient_checkpointing=True,
+                            quantization="4bit")  # QLoRA's recipe: both at once
+            alt = estimate_peak(model_config, t, **kw)
+            lines.append(f"  quantization 4bit and gradient checkpointing{on}: {alt.total_gib:.1f} GiB "
+                         f"({verdict(t, alt.total_bytes)})")
+    if not gpu:  # sharding spreads one run over GPUs; a CPU budget is one process's
+        lines.append("  or a shorter max_seq_length / smaller batch: the table above gives the largest that fit")
+        return lines
     u = under_prior(device, trial.model.quantization, est.total_bytes)
     n = next((n for n in range(2, max_gpus + 1)
               if sharded_estimate(model_config, trial, n, **kw) * (1 + u) <= budget_bytes), None)
