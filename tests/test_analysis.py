@@ -290,3 +290,30 @@ def test_a_trial_cut_by_the_time_budget_that_beats_the_best_is_named_in_the_summ
     said = buf.getvalue()
     assert "Trial 4 was cut by the time budget at step 5 of 10 and already scores" in said
     assert "trial_results/trial_4/adapter" in said and "Trial 6 was cut" not in said and "Trial 3 was cut" not in said
+
+
+def test_keep_adapters_keeps_a_time_cut_trial_that_beats_the_best(tmp_path):
+    """The summary points at the adapter of a trial the time budget cut when it scores above the best, so
+    --keep_adapters pareto|best keeps it; until the study ends, every time-cut trial's (which is ahead can
+    change), after it, only the ones ahead."""
+    from moopt.study.adapters import trim_adapters
+
+    trials = synthetic_trials(8)
+    great = {"eval_loss": 0.5, "eval_accuracy": 0.97, "peak_memory_gb": 1.0}
+    trials[4] = {**trials[4], "state": "PRUNED", "error": "time budget reached at step 5", "metrics": dict(great)}
+    trials[6] = {**trials[6], "state": "PRUNED", "error": "time budget reached at step 5",
+                 "metrics": {"eval_loss": 9.0, "eval_accuracy": 0.01, "peak_memory_gb": 1.0}}
+    out = write_fake_study(tmp_path / "s", trials)
+    for n in range(8):
+        (out / "trial_results" / f"trial_{n}" / "adapter").mkdir(parents=True)
+        (out / "trial_results" / f"trial_{n}" / "adapter" / "adapter_model.safetensors").write_bytes(b"\0" * 1000)
+    data = load_study(out)
+
+    def left():
+        return {n for n in range(8) if (out / "trial_results" / f"trial_{n}" / "adapter").is_dir()}
+
+    trim_adapters(out, "pareto", final=False)
+    assert left() == set(data.pareto) | {4, 6}
+    done = trim_adapters(out, "best", final=True)
+    assert left() == {data.best, 4} and sorted(done.removed) == sorted((set(data.pareto) | {6}) - {data.best})
+    assert done.freed_bytes == 1000 * len(done.removed)

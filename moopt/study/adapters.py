@@ -11,6 +11,9 @@ LoRA weights), 19 GiB for a 30-trial study.
 - ``best``: as ``pareto`` while the study runs (the chosen trial is picked from the front, and which one can
   change as trials finish); when the study ends, only the chosen trial's adapter is left.
 
+Either way a trial cut by ``--time_budget_hours`` that scores above the best keeps its adapter (the summary
+names it and points at it).
+
 Everything else in a trial's folder (config, metrics, learning curve) stays: the report and ``--resume`` read
 it, and ``moopt train --config`` trains any configuration again.
 """
@@ -47,6 +50,14 @@ def trim_adapters(output_dir: str | Path, keep: str, final: bool) -> Trimmed:
         wanted = {data.best} if data.best is not None else set()
     else:
         wanted = set(data.pareto)
+    if keep != "all":  # a trial the time budget cut that scores above the best: the summary points at its adapter
+        from moopt.records import TIME_BUDGET_CUT
+        from moopt.report.results import cut_by_time_ahead
+
+        if final:
+            wanted |= {n for n, *_ in cut_by_time_ahead(data)}
+        elif "error" in data.table.columns:  # which is ahead can change until the end
+            wanted |= set(data.table.number[data.table.error.fillna("").str.startswith(TIME_BUDGET_CUT)].astype(int))
     kept, removed, freed = [], [], 0
     for n in finished:
         adapter = out / "trial_results" / f"trial_{n}" / "adapter"
