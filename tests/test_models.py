@@ -88,6 +88,11 @@ def test_the_same_gguf_in_another_venv_finds_its_conversion_by_content(tmp_path,
 
     made = _converted(tmp_path / "cache" / "models" / f"tiny-{gguf_key(first)}", first)
     assert convert_gguf(second, alias="tiny") == made  # found, not converted: no transformers call was made
+    assert json.loads((made / "moopt_conversion.json").read_text())["gguf"] == str(first)  # still there: kept
+
+    first.unlink()  # the first venv is deleted: the mark now names the copy in use, so no prune takes the folder
+    assert convert_gguf(second, alias="tiny") == made
+    assert json.loads((made / "moopt_conversion.json").read_text())["gguf"] == str(second.resolve())
 
 
 def test_a_new_conversion_removes_the_ones_it_supersedes(tmp_path, capsys):

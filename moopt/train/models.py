@@ -346,6 +346,13 @@ def _prune_superseded(out: Path, gguf_path: Path, key: str) -> None:
               f"({f'{freed / 2**30:.1f} GiB' if freed >= 2**30 else f'{freed / 2**20:.0f} MiB'})", flush=True)
 
 
+def _marked_source_exists(folder: Path) -> bool:
+    try:
+        return Path(json.loads((folder / CONVERSION_MARK).read_text(encoding="utf-8"))["gguf"]).is_file()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -363,8 +370,8 @@ def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:
     out = cache_root() / "models" / f"{alias or gguf_path.stem}-{key}"
     mark = json.dumps({"gguf": str(gguf_path)})
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
-        if not (out / CONVERSION_MARK).is_file():  # converted before the mark existed
-            (out / CONVERSION_MARK).write_text(mark, encoding="utf-8")
+        if not _marked_source_exists(out):  # converted before the mark existed, or from a venv since deleted:
+            (out / CONVERSION_MARK).write_text(mark, encoding="utf-8")  # name this copy, or a prune would take it
         return out
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
