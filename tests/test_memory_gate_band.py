@@ -412,6 +412,8 @@ def test_fit_plan_names_qloras_recipe_and_speaks_of_a_cpu_budget_on_a_cpu():
     assert len(alone) == 2 and all(x.endswith("(does not fit)") for x in alone), lines
     both = [x for x in lines if x.startswith("  quantization 4bit and gradient checkpointing on one GPU")]
     assert len(both) == 1 and both[0].endswith("(fits)"), lines
+    sharded = lines[-1]  # sharding alone cannot hold 8 x 512's activations on any GPU; with checkpointing it can
+    assert "sharded" in sharded and "with gradient checkpointing" in sharded and "GiB per GPU" in sharded, lines
 
     small = load_model_config("llama-3.2-3b")
     cpu = fit_plan(small, trial(b=8, s=512, quant="none", ckpt=False, targets=ALL, r=16), 1 * GIB, device="cpu",

@@ -879,11 +879,26 @@ def fit_plan(model_config: Any, trial: TrialConfig, budget_bytes: float, max_gpu
         lines.append("  or a shorter max_seq_length / smaller batch: the table above gives the largest that fit")
         return lines
     u = under_prior(device, trial.model.quantization, est.total_bytes)
-    n = next((n for n in range(2, max_gpus + 1)
-              if sharded_estimate(model_config, trial, n, **kw) * (1 + u) <= budget_bytes), None)
-    if n is None:
-        lines.append(f"  sharded (FSDP / ZeRO-3) over up to {max_gpus} GPUs: does not fit (activations alone exceed it)")
-    else:
+
+    def fewest(t: TrialConfig) -> int | None:
+        return next((n for n in range(2, max_gpus + 1)
+                     if sharded_estimate(model_config, t, n, **kw) * (1 + u) <= budget_bytes), None)
+
+    n = fewest(trial)
+    if n is not None:
         per = sharded_estimate(model_config, trial, n, **kw)
         lines.append(f"  sharded (FSDP / ZeRO-3, not moopt's one-GPU trials) over {n} GPUs: {per / GIB:.1f} GiB per GPU")
+        return lines
+    if trial.model.gradient_checkpointing:
+        lines.append(f"  sharded (FSDP / ZeRO-3) over up to {max_gpus} GPUs: does not fit (activations alone exceed it)")
+        return lines
+    t = _with_shape(trial, trial.training.batch_size, trial.data.max_seq_length, gradient_checkpointing=True)
+    n = fewest(t)
+    if n is None:
+        lines.append(f"  sharded (FSDP / ZeRO-3) over up to {max_gpus} GPUs, even with gradient checkpointing: does not "
+                     f"fit (activations alone exceed it)")
+    else:
+        per = sharded_estimate(model_config, t, n, **kw)
+        lines.append(f"  sharded (FSDP / ZeRO-3, not moopt's one-GPU trials) over {n} GPUs, with gradient checkpointing "
+                     f"(without it, activations alone exceed a GPU): {per / GIB:.1f} GiB per GPU")
     return lines
