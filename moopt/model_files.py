@@ -38,3 +38,12 @@ def model_folder_for(folder: str | Path, dtype: str) -> str:
     """The folder a trial training in ``dtype`` loads: the cached copy in that dtype when there is one."""
     copy = dtype_copy_path(folder, dtype)
     return str(copy if (copy / "model.safetensors").is_file() else folder)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (what removing it frees: a superseded conversion, an adapter)."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def fmt_bytes(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"

@@ -859,22 +859,22 @@ def fit_plan(model_config: Any, trial: TrialConfig, budget_bytes: float, max_gpu
         return [f"fits {where}: {est.total_gib:.1f} GiB estimated"]
     lines = [(f"{where}: {est.total_gib:.1f} GiB estimated, {v} "
               f"(weights alone {est.breakdown.get('weights', 0) / GIB:.1f} GiB); alternatives:")]
-    for q in ("8bit", "4bit"):
-        if q == trial.model.quantization:
-            continue
-        t = _with_shape(trial, trial.training.batch_size, trial.data.max_seq_length, quantization=q)
+    def variant(**model_fields) -> TrialConfig:  # this configuration with other model settings
+        return _with_shape(trial, trial.training.batch_size, trial.data.max_seq_length, **model_fields)
+
+    def alternative(label: str, **model_fields) -> bool:
+        t = variant(**model_fields)
         alt = estimate_peak(model_config, t, **kw)
-        lines.append(f"  quantization {q}{on}: {alt.total_gib:.1f} GiB ({verdict(t, alt.total_bytes)})")
+        lines.append(f"  {label}: {alt.total_gib:.1f} GiB ({verdict(t, alt.total_bytes)})")
+        return lines[-1].endswith("(fits)")
+
+    fits = [alternative(f"quantization {q}{on}", quantization=q) for q in ("8bit", "4bit")
+            if q != trial.model.quantization]
     if not trial.model.gradient_checkpointing:
-        t = _with_shape(trial, trial.training.batch_size, trial.data.max_seq_length, gradient_checkpointing=True)
-        alt = estimate_peak(model_config, t, **kw)
-        lines.append(f"  gradient checkpointing on: {alt.total_gib:.1f} GiB ({verdict(t, alt.total_bytes)})")
-        if trial.model.quantization != "4bit" and not any(x.endswith("(fits)") for x in lines[1:]):
-            t = _with_shape(trial, trial.training.batch_size, trial.data.max_seq_length, gradient_checkpointing=True,
-                            quantization="4bit")  # QLoRA's recipe: both at once
-            alt = estimate_peak(model_config, t, **kw)
-            lines.append(f"  quantization 4bit and gradient checkpointing{on}: {alt.total_gib:.1f} GiB "
-                         f"({verdict(t, alt.total_bytes)})")
+        fits.append(alternative("gradient checkpointing on", gradient_checkpointing=True))
+        if trial.model.quantization != "4bit" and not any(fits):  # QLoRA's recipe: both at once
+            alternative(f"quantization 4bit and gradient checkpointing{on}", gradient_checkpointing=True,
+                        quantization="4bit")
     if not gpu:  # sharding spreads one run over GPUs; a CPU budget is one process's
         lines.append("  or a shorter max_seq_length / smaller batch: the table above gives the largest that fit")
         return lines
@@ -892,7 +892,7 @@ def fit_plan(model_config: Any, trial: TrialConfig, budget_bytes: float, max_gpu
     if trial.model.gradient_checkpointing:
         lines.append(f"  sharded (FSDP / ZeRO-3) over up to {max_gpus} GPUs: does not fit (activations alone exceed it)")
         return lines
-    t = _with_shape(trial, trial.training.batch_size, trial.data.max_seq_length, gradient_checkpointing=True)
+    t = variant(gradient_checkpointing=True)
     n = fewest(t)
     if n is None:
         lines.append(f"  sharded (FSDP / ZeRO-3) over up to {max_gpus} GPUs, even with gradient checkpointing: does not "

@@ -24,6 +24,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from moopt.model_files import fmt_bytes, folder_bytes
+
 KEEP_CHOICES = ("all", "pareto", "best")
 
 
@@ -46,14 +48,12 @@ def trim_adapters(output_dir: str | Path, keep: str, final: bool) -> Trimmed:
     finished = [int(n) for n, s in zip(data.table.number, data.table.state) if s != "RUNNING"] if len(data.table) else []
     if keep == "all":
         wanted = set(finished)
-    elif keep == "best" and final:
-        wanted = {data.best} if data.best is not None else set()
     else:
-        wanted = set(data.pareto)
-    if keep != "all":  # a trial the time budget cut that scores above the best: the summary points at its adapter
         from moopt.records import TIME_BUDGET_CUT
         from moopt.report.results import cut_by_time_ahead
 
+        wanted = ({data.best} - {None}) if keep == "best" and final else set(data.pareto)
+        # a trial the time budget cut that scores above the best: the summary points at its adapter
         if final:
             wanted |= {n for n, *_ in cut_by_time_ahead(data)}
         elif "error" in data.table.columns:  # which is ahead can change until the end
@@ -66,7 +66,7 @@ def trim_adapters(output_dir: str | Path, keep: str, final: bool) -> Trimmed:
         if n in wanted:
             kept.append(n)
             continue
-        freed += sum(f.stat().st_size for f in adapter.rglob("*") if f.is_file())
+        freed += folder_bytes(adapter)
         shutil.rmtree(adapter, ignore_errors=True)
         removed.append(n)
     return Trimmed(kept, removed, freed)
@@ -77,8 +77,7 @@ def describe(keep: str, done: list[Trimmed]) -> str | None:
     if keep == "all" or not done:
         return None
     removed = sorted({n for t in done for n in t.removed})
-    freed = sum(t.freed_bytes for t in done)
-    size = f"{freed / 2**30:.1f} GiB" if freed >= 2**30 else f"{freed / 2**20:.0f} MiB"
+    size = fmt_bytes(sum(t.freed_bytes for t in done))
     kept = done[-1].kept
     kept_text = f"trial{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))}" if kept else "no trial"
     if not removed:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from moopt.errors import ConfigError
-from moopt.model_files import CONVERSION_MARK, dtype_copy_path
+from moopt.model_files import CONVERSION_MARK, dtype_copy_path, fmt_bytes, folder_bytes
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -300,6 +300,9 @@ def prepare_dtype_copy(folder: str | Path, dtype: str) -> Path:
     return out
 
 
+_SAMPLE = 1 << 20
+
+
 def gguf_key(gguf_path: Path) -> str:
     """Names a GGUF by its content, not its path: the same file in a second venv (a reinstall, a CI clone)
     finds the conversion already made instead of adding another ~0.5-30 GB folder. Size plus three 1 MiB
@@ -311,9 +314,6 @@ def gguf_key(gguf_path: Path) -> str:
             f.seek(at)
             digest.update(f.read(_SAMPLE))
     return digest.hexdigest()[:10]
-
-
-_SAMPLE = 1 << 20
 
 
 def _prune_superseded(out: Path, gguf_path: Path, key: str) -> None:
@@ -330,27 +330,29 @@ def _prune_superseded(out: Path, gguf_path: Path, key: str) -> None:
             if not _alive(int(pid)) and time.time() - folder.stat().st_mtime > 3600:  # a shared cache: another
                 gone.append(folder)  # machine's pid is not ours to test, so an hour's quiet says it died too
             continue
-        try:
-            source = Path(json.loads((folder / CONVERSION_MARK).read_text(encoding="utf-8"))["gguf"])
-            superseded = not source.is_file() or source == gguf_path or gguf_key(source) == key
-        except (OSError, ValueError, KeyError, TypeError):
+        source = _marked_source(folder)
+        if source is None:
             continue  # not a conversion (a dtype copy goes with its conversion below), or unreadable: kept
+        try:
+            superseded = not source.is_file() or source == gguf_path or gguf_key(source) == key
+        except OSError:
+            continue
         if superseded:
             gone += [folder, *(folder.with_name(f"{folder.name}-{d}") for d in ("bfloat16", "float16"))]
     gone = [g for g in gone if g.is_dir()]
-    freed = sum(f.stat().st_size for g in gone for f in g.iterdir() if f.is_file())
+    freed = sum(folder_bytes(g) for g in gone)
     for folder in gone:
         shutil.rmtree(folder, ignore_errors=True)
     if gone:
-        print(f"moopt: removed {len(gone)} superseded model folder(s) from {out.parent} "
-              f"({f'{freed / 2**30:.1f} GiB' if freed >= 2**30 else f'{freed / 2**20:.0f} MiB'})", flush=True)
+        print(f"moopt: removed {len(gone)} superseded model folder(s) from {out.parent} ({fmt_bytes(freed)})", flush=True)
 
 
-def _marked_source_exists(folder: Path) -> bool:
+def _marked_source(folder: Path) -> Path | None:
+    """The GGUF a conversion's mark names; None for a folder without a readable mark."""
     try:
-        return Path(json.loads((folder / CONVERSION_MARK).read_text(encoding="utf-8"))["gguf"]).is_file()
+        return Path(json.loads((folder / CONVERSION_MARK).read_text(encoding="utf-8"))["gguf"])
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -370,7 +372,8 @@ def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:
     out = cache_root() / "models" / f"{alias or gguf_path.stem}-{key}"
     mark = json.dumps({"gguf": str(gguf_path)})
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
-        if not _marked_source_exists(out):  # converted before the mark existed, or from a venv since deleted:
+        source = _marked_source(out)
+        if source is None or not source.is_file():  # converted before the mark existed, or from a deleted venv:
             (out / CONVERSION_MARK).write_text(mark, encoding="utf-8")  # name this copy, or a prune would take it
         return out
     import torch
