@@ -134,3 +134,27 @@ def test_a_new_conversion_removes_the_ones_it_supersedes(tmp_path, capsys):
 
     _prune_superseded(out, gguf, key)
     assert capsys.readouterr().out == ""  # nothing more to remove: nothing said
+
+
+@pytest.mark.parametrize("head", [b"", b"GGUF"], ids=["no-magic", "garbled"])
+def test_a_broken_gguf_is_one_line_exit_2_and_nothing_written(tmp_path, monkeypatch, head):
+    import os
+
+    from click.testing import CliRunner
+
+    from moopt.cli import main
+
+    monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(head + os.urandom(1 << 16))
+    data = Path(__file__).resolve().parents[1] / "data"
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(main, ["optimize", "--base_model", str(gguf), "--train_file", str(data / "train.jsonl"),
+                                  "--validation_file", str(data / "val.jsonl"), "--output_dir", str(out)])
+    assert r.exit_code == 2, r.output
+    error = [x for x in r.output.splitlines() if x.startswith("Error:")]
+    assert len(error) == 1 and f"--base_model {gguf}" in error[0], r.output
+    assert ("not a GGUF file" if not head else "transformers cannot load this GGUF") in error[0]
+    assert "Traceback" not in r.output and not out.exists()
+    models = tmp_path / "cache" / "models"
+    assert not models.exists() or not any(models.iterdir())  # no half-written conversion left

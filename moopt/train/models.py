@@ -376,6 +376,9 @@ def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:
         if source is None or not source.is_file():  # converted before the mark existed, or from a deleted venv:
             (out / CONVERSION_MARK).write_text(mark, encoding="utf-8")  # name this copy, or a prune would take it
         return out
+    with open(gguf_path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ConfigError(f"--base_model {gguf_path}: not a GGUF file (it does not start with the GGUF magic bytes)")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -387,10 +390,13 @@ def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:
     # GGUF's own "Converting and de-quantizing" bar (tqdm's, ~20 s) stays in a terminal: it is the wait the line
     # above names. transformers' "Loading weights" and "Writing model shards" bars after it are a second each: off.
     with _no_transformers_bars(gguf_bar=terminal):
-        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-        )
+        try:
+            tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+            )
+        except (ValueError, KeyError, NotImplementedError) as e:  # a truncated file, an architecture it lacks
+            raise ConfigError(f"--base_model {gguf_path}: transformers cannot load this GGUF: {e}") from None
         # The dequantised weights are plain tensors now; forget the GGUF quantizer so they can be saved.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
