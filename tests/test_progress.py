@@ -95,6 +95,34 @@ def test_study_eta_goes_by_this_runs_pace_and_yields_to_the_time_budget():
     assert "to go" not in b.study_line()
 
 
+def test_study_eta_waits_for_the_slowest_running_trial_once_none_is_left_to_start():
+    # seen in a study: 5 of 6 trials done at a pace of 37 s a trial, the last one with 1m34s of training
+    # left, and the study line said "about 37s to go"
+    clock = Clock()
+    b = ProgressBoard(total=2, objective="eval_loss", clock=clock)
+    b.event(0, prog(1, total=11, step_s=10.0))  # 10 steps left at 10 s: 100 s, 90 s after the running one
+    b.event(1, {"event": "phase", "phase": "loading model"})
+    clock.t += 60
+    assert "to go" not in b.study_line()  # trial 1's pace is unknown and nothing has ended
+    b.event(1, prog(1, total=31, step_s=2.0))  # 30 steps left at 2 s: 60 s
+    assert "about 1m30s to go" in b.study_line()  # both trials left are training: the slower one decides
+    b.event(-1, prog(1, total=1000, step_s=100.0))  # the base model's evaluation is not a trial
+    assert "about 1m30s to go" in b.study_line()
+    b.ended(TrialResult(number=1, state="COMPLETE", metrics={"eval_loss": 1.0}))
+    assert "about 1m30s to go" in b.study_line()  # the pace (60 s a trial) says less than trial 0's ETA
+    b.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_loss": 0.5}))
+    assert "to go" not in b.study_line()
+    # with a trial still to start, the pace counts it, and the study waits at least for the running one
+    c = ProgressBoard(total=4, objective="eval_loss", clock=clock)
+    c.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_loss": 1.0}))
+    c.ended(TrialResult(number=1, state="PRUNED"))
+    clock.t += 100
+    c.event(2, prog(1, total=401, step_s=1.0))  # 400 s of training left
+    assert "about 6m40s to go" in c.study_line()  # pace: 50 s a trial x 2 = 100 s, but trial 2 needs 400 s
+    c.event(2, prog(391, total=401, step_s=0.0))  # mean step now 1/391 s: trial 2 is about to end
+    assert "about 1m40s to go" in c.study_line()  # 2 left at 50 s each
+
+
 def test_plain_lines_come_at_a_modest_rate():
     clock = Clock()
     console, buf = plain()

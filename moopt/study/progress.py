@@ -134,11 +134,21 @@ class ProgressBoard:
         return ", ".join(parts)
 
     def eta_s(self, now: float) -> float | None:
-        """Seconds until the last trial ends at this run's pace so far (its wall time per ended trial, which
-        counts parallel slots and pruned trials as they came); None before a trial of this run ended."""
-        if not self.done_here or self.done >= self.total or now <= self.t0:
+        """Seconds until the last trial ends. Once every trial still to end is training, the longest of their
+        ETAs; before, this run's pace so far (its wall time per ended trial, which counts parallel slots and
+        pruned trials as they came), but never less than a running trial's ETA. None before a trial of this
+        run ended, unless every trial still to end is training."""
+        left = self.total - self.done
+        if left <= 0 or now <= self.t0:
             return None
-        return (now - self.t0) / self.done_here * (self.total - self.done)
+        with self.lock:
+            etas = [t.eta_s(now) for n, t in self.trials.items() if n >= 0]
+        known = [e for e in etas if e is not None]
+        if len(etas) >= left and len(known) == len(etas):
+            return max(known)  # nothing left to start: the slowest running trial ends the study
+        if not self.done_here:
+            return None
+        return max([(now - self.t0) / self.done_here * left] + known)
 
     def trial_line(self, number: int, timed: bool = True) -> str:
         """Training: step/total, loss, tokens/s, ETA. Otherwise its phase (and for how long, ``timed``)."""
