@@ -141,7 +141,7 @@ def part_demo(tmp: Path, trials: int, seeds: list[int]) -> list[dict]:
             import pandas as pd
 
             table = pd.read_csv(out / "trials_summary.csv")
-            best_value = float(table.loc[table.rank_score.idxmax(), "score"]) if "rank_score" in table else None
+            best_value = float(table.score.max()) if "score" in table else None  # the chosen trial's Best value
             best = min(e["metrics"]["eval_loss"] for e in es)
             p = {"space": "config/demo_search_space.yaml", "packing": int(packing), "warm_workers": int(warm)}
             rows += [row("study_wall", "demo", arm, "cpu", round(wall, 1), "s", seed, trials, p),

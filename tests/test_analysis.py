@@ -263,6 +263,46 @@ def test_single_objective_study(tmp_path):
     assert list(a.correlations.columns) == ["eval_loss"]
 
 
+def test_the_chosen_trial_is_the_front_s_highest_score_and_the_live_line_names_it(tmp_path):
+    """The weights pick the trial with the highest weighted progress from the base model: the summary's
+    Best value is then the highest score in trials_summary.csv, and the study's live line names that trial
+    as it ends. (Normalising each objective over the trials instead would pick X here: it is best on
+    eval_loss, which weighs 0.7, while Y closes more of the gap to the ideal on the two together.)"""
+    from moopt.records import TrialResult
+    from moopt.report.table import fixed_start
+    from moopt.study.progress import ProgressBoard
+
+    trials = [{"params": {"learning_rate": 1e-4, "batch_size": 4, "warmup_ratio": 0.0, "r": 8, "target_modules": TARGETS[0]},
+               "state": "COMPLETE", "error": None, "metrics": m} for m in (
+        {"eval_loss": 0.3, "eval_accuracy": 0.6, "peak_memory_gb": 1.0},  # X: 0.7 x 0.9625 + 0.3 x 0.5 = 0.824
+        {"eval_loss": 0.6, "eval_accuracy": 0.9, "peak_memory_gb": 1.0},  # Y: 0.7 x 0.925 + 0.3 x 0.875 = 0.910
+        {"eval_loss": 0.7, "eval_accuracy": 0.5, "peak_memory_gb": 1.0})]  # dominated by X
+    out = write_fake_study(tmp_path / "s", trials)
+    baseline = {"state": "COMPLETE", "metrics": {"eval_loss": 8.0, "eval_accuracy": 0.2}}
+    (out / "baseline.json").write_text(json.dumps(baseline))
+    data = load_study(out)
+    assert data.pareto == [0, 1] and data.best == 1
+    assert data.best_score == pytest.approx(0.7 * 0.925 + 0.3 * 0.875)
+    assert data.best_score == pytest.approx(data.table.score.max())
+    o = data.objectives
+    s0 = o.to_minimize(fixed_start(o, baseline, {"memory_constraint_gb": None}))
+    board = ProgressBoard(total=3, objective="eval_loss", shown=o.names,
+                          score=lambda m: float(o.score(o.to_minimize(m), s0)[0]))
+    for n, t in enumerate(trials):
+        board.ended(TrialResult(number=n, state="COMPLETE", metrics=t["metrics"]))
+    assert board.study_line().startswith(
+        "Study: 3/3 trials done, best value 0.910 (trial 1: eval_loss 0.6000, eval_accuracy 0.9000)")
+    # no base model evaluation: scores start at the worst trial and move as trials end, so no live score
+    assert fixed_start(o, None, {"memory_constraint_gb": None}) is None
+    assert fixed_start(o, {"state": "FAIL", "metrics": {}}, {"memory_constraint_gb": None}) is None
+    # peak_memory_gb's progress starts at --memory_constraint; without one, at the worst trial
+    from moopt.search.objectives import parse_objectives
+
+    om = parse_objectives("multi:eval_loss,peak_memory_gb", "0.5,0.5")
+    assert fixed_start(om, baseline, {"memory_constraint_gb": 8.0}) == {"eval_loss": 8.0, "peak_memory_gb": 8.0}
+    assert fixed_start(om, baseline, {"memory_constraint_gb": None}) is None
+
+
 def test_a_trial_cut_by_the_time_budget_that_beats_the_best_is_named_in_the_summary(tmp_path):
     """A trial stopped by --time_budget_hours is PRUNED (its configuration was not trained to the end), so the
     best stays a COMPLETE trial; but its metrics are on the whole validation set, and when they score above the

@@ -70,12 +70,15 @@ def test_best_config_is_a_reusable_config_of_the_best_trial(study):
     text = (out / "best_config.yaml").read_text()
     assert "num_train_epochs: 2\n" in text and f"alpha: {int(cfg.lora.alpha)}\n" in text  # not 2.0
     df = pd.read_csv(out / "trials_summary.csv")
-    best = df.loc[df[df.pareto].rank_score.idxmax()]  # the weights pick one trial from the front
+    best = df.loc[df[df.pareto].score.idxmax()]  # the weights pick one trial from the front
     assert bool(best.pareto)
     assert cfg.training.learning_rate == pytest.approx(best.params_learning_rate)
     assert cfg.lora.r == best.params_r
     score_line = next(line for line in output.splitlines() if line.startswith("Best value:"))
     assert float(score_line.split()[2]) == pytest.approx(best.score, abs=1e-3)
+    # the live study line's last word on the best is the summary's: the same trial and value
+    last = [line for line in output.splitlines() if line.startswith("Study: 6/6 trials done")][-1]
+    assert f"best value {best.score:.3f} (trial {int(best.number)}: eval_loss {best.values_eval_loss:.4f}, " in last
 
 
 def test_best_value_is_the_weighted_progress_from_the_base_model(study):

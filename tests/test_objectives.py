@@ -12,15 +12,6 @@ def test_multi_objective_weights_are_normalised():
     assert list(o.to_minimize({"eval_loss": 1.5, "eval_accuracy": 0.8})) == [1.5, -0.8]
 
 
-def test_weighted_score_normalises_each_objective_best_is_one():
-    o = parse_objectives("multi:eval_loss,eval_accuracy", "0.7,0.3")
-    F = np.array([[1.0, -0.9], [2.0, -0.5], [1.5, -0.7]])
-    s = o.scores(F)
-    assert s[0] == pytest.approx(1.0)  # best on both
-    assert s[1] == pytest.approx(0.0)  # worst on both
-    assert s[2] == pytest.approx(0.7 * 0.5 + 0.3 * 0.5)
-
-
 @pytest.mark.parametrize("objective, weights, fragment", [
     ("multi:eval_loss,eval_accuracy", "1", "1 weight(s) for 2 objective(s)"),
     ("multi:eval_loss,eval_accuracy", "0.5,-1", "must be finite, >= 0"),

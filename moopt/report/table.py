@@ -82,13 +82,12 @@ def load_study(output_dir: str | Path) -> StudyData:
             pareto = sorted(int(ok.number.iloc[i]) for i in front)
             start, origin = score_start(objectives, baseline, rec.header, ok[obj_cols].max(), ok[obj_cols].min())
             table["score"] = np.nan  # progress from the base model toward the ideal: comparable across studies
-            table.loc[ok.index, "score"] = objectives.score(F, objectives.to_minimize(start))
-            rank = objectives.scores(F)  # normalised over these trials: picks one trial from the front
-            table["rank_score"] = np.nan
-            table.loc[ok.index, "rank_score"] = rank
-            front_rank = {int(ok.number.iloc[i]): rank[i] for i in front}
-            best = max(front_rank, key=lambda k: (front_rank[k], -k))
-            best_score = float(table.loc[table.number == best, "score"].iloc[0])
+            score = objectives.score(F, objectives.to_minimize(start))
+            table.loc[ok.index, "score"] = score
+            # the weights pick one trial from the front: the highest score (the earliest on a tie)
+            front_score = {int(ok.number.iloc[i]): float(score[i]) for i in front}
+            best = max(front_score, key=lambda k: (front_score[k], -k))
+            best_score = front_score[best]
         else:
             inf = table[table.state == TrialState.INFEASIBLE].dropna(subset=["peak_memory_gb"])
             if len(inf):
@@ -120,6 +119,15 @@ def score_start(objectives: Objectives, baseline: dict[str, Any] | None, header:
     if not base:
         return start, "the worst trial (no base model evaluation)"
     return start, "the base model" + (f" ({', '.join(stand_ins)}: the worst trial)" if stand_ins else "")
+
+
+def fixed_start(objectives: Objectives, baseline: dict[str, Any] | None, header: dict[str, Any]) -> dict[str, float] | None:
+    """score_start's start when it needs no trial (the base model has a value for each objective and
+    peak_memory_gb has --memory_constraint): a trial's score is then known when it ends, whatever ends
+    later. None otherwise."""
+    nan = pd.Series({f"values_{n}": np.nan for n in objectives.names})
+    start, _ = score_start(objectives, baseline, header, nan, nan)
+    return start if all(np.isfinite(v) for v in start.values()) else None
 
 
 class HVHistory(list):

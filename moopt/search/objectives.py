@@ -60,19 +60,6 @@ class Objectives:
         objective, 0 = no better than ``start``): what the summary prints as ``Best value``."""
         return self.progress(F, start) @ np.asarray(self.weights)
 
-    def scores(self, F: np.ndarray) -> np.ndarray:
-        """Weighted rank score in [0, 1] (higher is better) of each row of F (minimisation form),
-        relative to the rows themselves: it picks one trial from a Pareto front.
-
-        Each objective is normalised over the given rows: 1 = the best value, 0 = the worst;
-        an objective on which every row ties scores 1.
-        """
-        F = np.atleast_2d(np.asarray(F, dtype=float))
-        lo, hi = F.min(axis=0), F.max(axis=0)
-        span = np.where(hi > lo, hi - lo, 1.0)
-        norm = np.where(hi > lo, (hi - F) / span, 1.0)
-        return norm @ np.asarray(self.weights)
-
 
 def parse_objectives(objective: str, weights: str | None) -> Objectives:
     spec = objective.strip()

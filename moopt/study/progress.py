@@ -2,9 +2,8 @@
 
 :class:`ProgressBoard` is the data (fed with the workers' ``phase`` / ``progress`` / ``heartbeat``
 events and the trials' ends); :class:`ProgressView` draws it. On a terminal: a live rich display, one
-line for the study (trials done, best value of the first objective, elapsed, about how long is left at
-this run's pace so far, time left of the budget)
-and one per running trial (step/total, loss, tokens/s, ETA). Elsewhere (a pipe, CI, a log file): plain
+line for the study (trials done, the best trial so far, elapsed, about how long is left, time left of
+the budget) and one per running trial (step/total, loss, tokens/s, ETA). Elsewhere (a pipe, CI, a log file): plain
 lines at a modest rate:
 
 - each phase of a trial (loading model, tokenising, training, evaluating) until the first trial of
@@ -70,11 +69,16 @@ class ProgressBoard:
     """The state the progress view draws. Thread-safe: events arrive on executor threads."""
 
     def __init__(self, total: int = 0, objective: str | None = None, minimize: bool = True, done: int = 0,
-                 deadline: float | None = None, clock: Callable[[], float] = time.time):
+                 deadline: float | None = None, clock: Callable[[], float] = time.time,
+                 score: Callable[[dict[str, float]], float] | None = None, shown: tuple[str, ...] = ()):
+        """``objective``: the best trial is the one best on it. ``score`` (several objectives): the best trial
+        is the one with the highest weighted score (the summary's ``Best value``), shown with its ``shown``
+        metrics."""
         self.total, self.objective, self.minimize, self.done = total, objective, minimize, done
-        self.deadline, self.clock = deadline, clock
+        self.deadline, self.clock, self.score, self.shown = deadline, clock, score, shown
         self.t0 = clock()
-        self.best: tuple[float, int] | None = None  # (value of the first objective, trial)
+        self.best: tuple[float, int] | None = None  # (value of the objective, or score; trial)
+        self.best_metrics: dict[str, float] = {}
         self.done_here = 0  # trials that ended in this run (a resumed study's earlier ones excluded): the pace
         self.trials: dict[int, TrialProgress] = {}
         self.stepped = False  # a trial of this run has made an optimizer step (set-up is known to work)
@@ -113,16 +117,24 @@ class ProgressBoard:
             self.trials.pop(end.number, None)
             self.done += 1
             self.done_here += not earlier
-            v = (end.metrics or {}).get(self.objective) if self.objective else None
-            better = v is not None and (self.best is None or (v < self.best[0] if self.minimize else v > self.best[0]))
+            m = end.metrics or {}
+            if self.score is not None:
+                v = self.score(m) if all(n in m for n in self.shown) else None
+                better = v is not None and (self.best is None or v > self.best[0])
+            else:
+                v = m.get(self.objective) if self.objective else None
+                better = v is not None and (self.best is None or (v < self.best[0] if self.minimize else v > self.best[0]))
             if end.state == TrialState.COMPLETE and better:
-                self.best = (float(v), end.number)
+                self.best, self.best_metrics = (float(v), end.number), dict(m)
 
     # -- lines -----------------------------------------------------------------------------------
     def study_line(self) -> str:
         now = self.clock()
         parts = [f"Study: {self.done}/{self.total} trials done"]
-        if self.objective:
+        if self.score is not None:
+            shown = ", ".join(f"{n} {self.best_metrics[n]:.4f}" for n in self.shown) if self.best else ""
+            parts.append(f"best value {self.best[0]:.3f} (trial {self.best[1]}: {shown})" if self.best else "best value -")
+        elif self.objective:
             parts.append(f"best {self.objective} {self.best[0]:.4f} (trial {self.best[1]})" if self.best
                          else f"best {self.objective} -")
         parts.append(f"elapsed {fmt_duration(now - self.t0)}")

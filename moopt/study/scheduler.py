@@ -525,9 +525,21 @@ class Study:
         """The live progress view (moopt.study.progress): live on a terminal, plain lines in a log."""
         from moopt.study.progress import ProgressBoard, ProgressView
 
-        objective = self.cfg.objectives.names[0]
-        board = ProgressBoard(total=self.cfg.num_trials, objective=objective, deadline=deadline,
-                              minimize=self.cfg.objectives.directions()[0] == "minimize")
+        objectives = self.cfg.objectives
+        score = None
+        if objectives.multi:  # the best by the weights, as the summary picks it, once a trial's score is fixed
+            import json
+
+            from moopt.report.table import fixed_start
+
+            f = self.out / "baseline.json"
+            baseline = json.loads(f.read_text()) if f.is_file() else None
+            start = fixed_start(objectives, baseline, {"memory_constraint_gb": self.cfg.memory_constraint_gb})
+            if start is not None:
+                s0 = objectives.to_minimize(start)
+                score = lambda m: float(objectives.score(objectives.to_minimize(m), s0)[0])  # noqa: E731
+        board = ProgressBoard(total=self.cfg.num_trials, objective=objectives.names[0], deadline=deadline,
+                              minimize=objectives.directions()[0] == "minimize", score=score, shown=objectives.names)
         for end in finished:
             board.ended(end, earlier=True)
         return ProgressView(self.console, board)
