@@ -77,6 +77,11 @@ def test_study_line_counts_done_trials_keeps_the_best_and_the_time_left():
                               "to go, 54m58s left of the time budget")
     low = ProgressBoard(total=2, objective="eval_loss", clock=clock)
     assert low.study_line() == "Study: 0/2 trials done, best eval_loss -, elapsed 0s"
+    # a non-finite value is never the best (else no finite one could ever beat it)
+    ppl = ProgressBoard(total=3, objective="eval_perplexity", clock=clock)
+    ppl.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_perplexity": float("inf")}))
+    ppl.ended(TrialResult(number=1, state="COMPLETE", metrics={"eval_perplexity": 12.5}))
+    assert ppl.study_line().startswith("Study: 2/3 trials done, best eval_perplexity 12.5000 (trial 1)")
 
 
 def test_study_eta_goes_by_this_runs_pace_and_yields_to_the_time_budget():

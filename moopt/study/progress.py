@@ -16,6 +16,7 @@ lines at a modest rate:
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -120,10 +121,14 @@ class ProgressBoard:
             m = end.metrics or {}
             if self.score is not None:
                 v = self.score(m) if all(n in m for n in self.shown) else None
-                better = v is not None and (self.best is None or v > self.best[0])
             else:
                 v = m.get(self.objective) if self.objective else None
-                better = v is not None and (self.best is None or (v < self.best[0] if self.minimize else v > self.best[0]))
+            if v is None or not math.isfinite(v):  # e.g. an infinite perplexity: no best
+                better = False
+            elif self.best is None:
+                better = True
+            else:  # a score is higher-is-better
+                better = v > self.best[0] if (self.score is not None or not self.minimize) else v < self.best[0]
             if end.state == TrialState.COMPLETE and better:
                 self.best, self.best_metrics = (float(v), end.number), dict(m)
 
