@@ -286,6 +286,47 @@ def test_study_with_pruning_stops_the_bad_trials_and_records_them(tiny_model, ti
 
 
 
+def test_pruning_with_peak_memory_as_an_objective(tiny_model, tiny_data, tmp_path):
+    """Rung evaluations carry the trial's peak memory so far, so a study whose objectives include
+    peak_memory_gb can prune. (They did not: the pruner's KeyError killed the thread that answers the rung,
+    and both trials of the first generation waited for their answer until the stall watchdog.)"""
+    import json
+
+    from click.testing import CliRunner
+
+    from moopt.cli import main
+
+    space = tmp_path / "space.yaml"
+    space.write_text("training:\n  learning_rate: {type: log_uniform, min: 1e-4, max: 3e-2}\n  num_train_epochs: 2\n"
+                     "  batch_size: 4\nlora:\n  r: {type: categorical, values: [4, 8]}\ndata:\n  max_seq_length: 32\n")
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(
+        main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+               "--validation_file", str(tiny_data["val"]), "--output_dir", str(out), "--search_space", str(space),
+               "--num_trials", "3", "--seed", "0", "--no-baseline", "--pruning_factor", "2", "--stall_timeout", "120",
+               "--optimization_objective", "multi:eval_loss,peak_memory_gb"])
+    assert r.exit_code == 0, r.output
+    assert "decision failed" not in r.output
+    events = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    rungs = [e for e in events if e["type"] == "rung"]
+    assert rungs and all(e["metrics"]["peak_memory_gb"] > 0 for e in rungs)
+    ends = [e for e in events if e["type"] == "trial_end"]
+    assert len(ends) == 3 and {e["state"] for e in ends} <= {"COMPLETE", "PRUNED"}
+
+
+def test_a_failing_rung_decision_lets_the_trial_go_on(capsys):
+    """A bug in the study's answer at a rung costs that pruning decision, not the trial (nor the study)."""
+    from moopt.study.executor import ExecutorBase
+
+    def broken(number, step, metrics, rung):
+        return metrics["peak_memory_gb"] > 1
+
+    ex = ExecutorBase(on_rung=broken)
+    assert ex._rung(7, 12, {"eval_loss": 1.0}, 0) is True
+    assert "trial 7: the rung 0 decision failed (KeyError: 'peak_memory_gb'); it goes on" in capsys.readouterr().err
+    assert ExecutorBase(on_rung=lambda *a: False)._rung(7, 12, {}, 0) is False
+
+
 def test_rung_subset_benchmark_agrees_fully_on_the_whole_set_and_less_on_noisy_small_subsets(load_bench):
     """bench_rung_subset's agreement measure: a 'subset' as large as the set makes every call of the
     whole set; with noisy per-example losses and close trials, small subsets make fewer."""

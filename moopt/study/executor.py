@@ -49,6 +49,16 @@ class ExecutorBase:
         self.liveness.saw(number, msg)
         self.on_progress(number, msg)
 
+    def _rung(self, number: int, step: int, metrics: dict, rung: int) -> bool:
+        """The study's answer at a trial's rung. Its failure must not leave the trial waiting for an answer
+        (the watcher thread would die, and the trial with it): the trial goes on, and the error is said."""
+        try:
+            return bool(self.on_rung(number, step, metrics, rung))
+        except Exception as e:  # noqa: BLE001 - any bug in the pruner costs a pruning decision, not the study
+            print(f"moopt: trial {number}: the rung {rung} decision failed ({type(e).__name__}: {e}); it goes on",
+                  file=sys.stderr, flush=True)
+            return True
+
     def _finish(self, result: TrialResult) -> None:
         """Hand a trial's result to the study; a trial the watchdog killed fails with its reason."""
         seen = self.liveness.end(result.number)
@@ -169,7 +179,7 @@ class LocalExecutor(ExecutorBase):
                 if ev in ("progress", "phase", "heartbeat"):
                     self._event(spec.number, msg)
                 elif ev == "rung":
-                    go = bool(self.on_rung(spec.number, msg["step"], msg["metrics"], msg["rung"]))
+                    go = self._rung(spec.number, msg["step"], msg["metrics"], msg["rung"])
                     try:
                         proc.stdin.write(json.dumps({"continue": go}) + "\n")
                         proc.stdin.flush()

@@ -83,7 +83,7 @@ class RayExecutor(ExecutorBase):
                 if ev["event"] in ("progress", "phase", "heartbeat"):
                     self._event(ev.pop("number"), ev)
                 elif ev["event"] == "rung":
-                    go = bool(self.on_rung(ev["number"], ev["step"], ev["metrics"], ev["rung"]))
+                    go = self._rung(ev["number"], ev["step"], ev["metrics"], ev["rung"])
                     self.channel.set_reply.remote(f"{ev['number']}:{ev['step']}", go)
             time.sleep(0.1)
 

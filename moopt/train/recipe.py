@@ -403,6 +403,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
             reporter.progress(step, total_steps, step_loss, result.train_tokens / busy_s if busy_s else None, step_s)
             if step in rung_at:
                 m = evaluate_on(rung_val, f"rung {rung_at[step]} at step {step}, {len(rung_val.examples)} examples")
+                m["peak_memory_gb"] = trial_peak_gb()  # so far: the pruner may weigh it (an objective)
                 result.eval_tokens += rung_val.n_tokens
                 evals.append({"step": step, "examples": len(rung_val.examples), **m})
                 if not reporter.rung(step, m, rung_at[step]):
