@@ -73,6 +73,23 @@ def test_hypervolume_of_peak_memory_starts_from_the_worst_trial_not_the_untraine
     assert data.hv_history.basis == "from the base model (peak_memory_gb: the worst trial)"
 
 
+def test_a_memory_objective_under_a_budget_starts_at_the_budget_and_the_summary_says_so():
+    """The base model trains nothing, so peak_memory_gb's progress starts at --memory_constraint: the
+    summary's start line must not call that figure the base model's."""
+    import pandas as pd
+
+    from moopt.report.table import score_start
+    from moopt.search.objectives import parse_objectives
+
+    o = parse_objectives("multi:eval_loss,peak_memory_gb", "0.5,0.5")
+    worst = pd.Series({"values_eval_loss": 3.0, "values_peak_memory_gb": 1.5})
+    base = {"state": "COMPLETE", "metrics": {"eval_loss": 5.0, "peak_memory_gb": 0.4}}
+    assert score_start(o, base, {"memory_constraint_gb": 2.0}, worst, worst) == (
+        {"eval_loss": 5.0, "peak_memory_gb": 2.0}, "the base model (peak_memory_gb: --memory_constraint)")
+    assert score_start(o, None, {"memory_constraint_gb": 2.0}, worst, worst) == (
+        {"eval_loss": 3.0, "peak_memory_gb": 2.0}, "the worst trial (no base model evaluation; peak_memory_gb: --memory_constraint)")
+
+
 # -- Pareto zoom ------------------------------------------------------------------------------------
 def test_no_zoom_on_a_front_of_one_point(tmp_path):
     """The ±0.0005 panel with one star: a front of one trial has nothing to zoom on."""

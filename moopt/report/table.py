@@ -104,21 +104,22 @@ def score_start(objectives: Objectives, baseline: dict[str, Any] | None, header:
     base model has no value for starts at the worst COMPLETE trial, and the origin says so."""
     ok = baseline is not None and baseline.get("state") == TrialState.COMPLETE
     base = (baseline.get("metrics") or {}) if ok else {}
-    start, stand_ins = {}, []
+    start, stand_ins, budget = {}, [], []
     for n in objectives.names:
         worst = float(highest[f"values_{n}"] if KNOWN[n][0] == "minimize" else lowest[f"values_{n}"])
         if n == "peak_memory_gb":
             start[n] = float(header.get("memory_constraint_gb") or worst)
-            if not header.get("memory_constraint_gb"):
-                stand_ins.append(n)
+            (budget if header.get("memory_constraint_gb") else stand_ins).append(n)
         elif n in base and np.isfinite(base[n]):
             start[n] = float(base[n])
         else:
             start[n] = worst
             stand_ins.append(n)
+    at_budget = [f"{n}: --memory_constraint" for n in budget]  # where a memory objective's progress starts
     if not base:
-        return start, "the worst trial (no base model evaluation)"
-    return start, "the base model" + (f" ({', '.join(stand_ins)}: the worst trial)" if stand_ins else "")
+        return start, "the worst trial (" + "; ".join(["no base model evaluation", *at_budget]) + ")"
+    notes = [f"{', '.join(stand_ins)}: the worst trial"] * bool(stand_ins) + at_budget
+    return start, "the base model" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def fixed_start(objectives: Objectives, baseline: dict[str, Any] | None, header: dict[str, Any]) -> dict[str, float] | None:
