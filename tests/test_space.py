@@ -54,7 +54,8 @@ def test_decode_encode_roundtrip():
     ("lora:\n  dropout: {type: uniform, min: 0.0, max: 1.5}\n", "lora.dropout: value 1.5 is out of range"),
     ("lora:\n  rank: {type: int, min: 1, max: 8}\n", "lora.rank: unknown parameter"),
     ("optimizer:\n  lr: 1\n", "optimizer: unknown section"),
-    ("training:\n  batch_size: {type: uniform, min: 1, max: 8}\n", "integer parameter takes type int or categorical"),
+    ("training:\n  batch_size: {type: uniform, min: 1, max: 8}\n", "integer parameter takes type int, log_uniform or categorical"),
+    ("lora:\n  r: {type: log_uniform, min: 4, max: 64.5}\n", "log_uniform bounds of an integer parameter must be integers"),
     ("training:\n  lr_scheduler_type: {type: categorical, values: [cosine, sawtooth]}\n", "value 'sawtooth' is out of range"),
     ("lora:\n  target_modules: {type: categorical, values: [[q_proj, x_proj]]}\n", "unknown module(s) ['x_proj']"),
     ("training: [1, 2]\n", "training: expected a mapping"),
@@ -107,6 +108,25 @@ def test_categoricals_are_ordered_when_their_numbers_are_listed_in_order_or_the_
                    "lora.target_modules": True}
 
 
+def test_log_uniform_on_an_integer_parameter_draws_integers_on_a_log_scale(tmp_path):
+    """lora.r: {type: log_uniform, min: 4, max: 64}: integers, as likely in [4, 16] as in [16, 64]."""
+    import random
+
+    sp = load_space(write(tmp_path, "lora:\n  r: {type: log_uniform, min: 4, max: 64}\n"
+                                    "training:\n  batch_size: {type: log_uniform, min: 1, max: 32}\n"))
+    r = next(p for p in sp.params if p.name == "lora.r")
+    assert r.integer and r.describe() == "log_uniform (integers) [4, 64]"
+    rng = random.Random(0)
+    xs = [r.decode(rng.uniform(math.log(4), math.log(64))) for _ in range(4000)]
+    assert all(isinstance(x, int) and 4 <= x <= 64 for x in xs) and {4, 64} <= set(xs)
+    assert 0.45 < sum(x <= 16 for x in xs) / len(xs) < 0.56  # the median at 16 (uniform would put it at 34)
+    assert [r.decode(r.encode(v)) for v in (4, 5, 16, 63, 64, 100, 1)] == [4, 5, 16, 63, 64, 64, 4]
+    cfg = sp.decode(sp.encode(sp.default_in_space()))
+    assert cfg.lora.r == 16 and cfg.training.batch_size == 8  # the defaults, within both ranges
+    assert sp.n_configurations() == 61 * 32
+    assert TrialConfig.from_flat({"lora.r": r.decode(math.log(9.6))}).lora.r == 10
+
+
 def test_the_space_a_study_writes_back_reads_as_the_same_space(tmp_path):
     from moopt.study.outdir import space_to_yaml
 
@@ -114,6 +134,7 @@ def test_the_space_a_study_writes_back_reads_as_the_same_space(tmp_path):
         "training:\n"
         "  learning_rate: {type: log_uniform, min: 1e-5, max: 1e-3}\n"
         "  num_train_epochs: {type: int, min: 1, max: 5, step: 2}\n"
+        "  batch_size: {type: log_uniform, min: 2, max: 32}\n"
         "  lr_scheduler_type: {type: categorical, values: [linear, cosine, constant], ordered: true}\n"
         "lora:\n"
         "  alpha: {type: categorical, values: [8, 16, 32], ordered: false}\n"
@@ -121,4 +142,4 @@ def test_the_space_a_study_writes_back_reads_as_the_same_space(tmp_path):
     )))
     again = parse_space(space_to_yaml(space))
     assert again.params == space.params
-    assert [p.is_ordered for p in again.params] == [True, True, True, False, False]
+    assert [p.is_ordered for p in again.params] == [True, True, True, True, False, False]

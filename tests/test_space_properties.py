@@ -63,9 +63,11 @@ def float_param(draw, lo, hi):
 def int_param(draw, lo, hi):
     a = draw(st.integers(lo, hi - 1))
     b = draw(st.integers(a + 1, hi))
-    kind = draw(st.sampled_from(["int", "int_step", "fixed", "categorical"]))
+    kind = draw(st.sampled_from(["int", "int_step", "log_int", "fixed", "categorical"]))
     if kind == "fixed":
         return a
+    if kind == "log_int":  # integers on a log scale (bounds > 0)
+        return {"type": "log_uniform", "min": max(a, 1), "max": max(b, 2)}
     if kind == "categorical":  # listed in order or not, said to be ordered or not, or left to inference
         values = draw(st.permutations(sorted(set(draw(st.lists(st.integers(lo, hi), min_size=1, max_size=5))))))
         return categorical(draw, list(values))
@@ -104,7 +106,7 @@ def inside(space, cfg: TrialConfig) -> None:
     for p in space.params:
         v = flat[p.name]
         if p.type in ("log_uniform", "uniform"):
-            assert p.low <= v <= p.high, (p, v)
+            assert p.low <= v <= p.high and (not p.integer or isinstance(v, int)), (p, v)
         elif p.type == "int":
             assert p.low <= v <= p.high and (v - p.low) % p.step == 0, (p, v)
         else:

@@ -14,7 +14,8 @@ File layout (sections ``training``, ``lora``, ``data``, ``model``)::
       max_seq_length: 512          # a plain value fixes the parameter
 
 Parameters left out keep the defaults of :class:`moopt.config.TrialConfig`.
-Variables are encoded for pymoo as: log_uniform -> Real over log(value); uniform -> Real;
+Variables are encoded for pymoo as: log_uniform -> Real over log(value) (on an integer parameter such as
+lora.r or batch_size, rounded to the nearest integer: integers on a log scale); uniform -> Real;
 int -> Integer over step indices; categorical -> Choice over option indices (so lists such as
 target_modules are hashable and duplicate elimination works).
 
@@ -49,6 +50,7 @@ class Param:
     step: int = 1
     values: tuple = ()
     ordered: bool | None = None  # categorical only; None: inferred (see is_ordered)
+    integer: bool = False  # log_uniform on an integer parameter: decodes to the nearest integer
 
     @property
     def is_ordered(self) -> bool:
@@ -65,6 +67,8 @@ class Param:
 
     # -- encoding to / from pymoo's variable values --------------------------------------------
     def decode(self, x: Any) -> Any:
+        if self.type == "log_uniform" and self.integer:
+            return int(self._clip(round(math.exp(float(x)))))
         if self.type == "log_uniform":  # 6 significant digits: 2e-4, not 0.00019999999999999985
             return self._clip(float(f"{math.exp(float(x)):.6g}"))
         if self.type == "uniform":
@@ -110,7 +114,7 @@ class Param:
         if self.type == "categorical":
             shown = [",".join(v) if isinstance(v, tuple) else v for v in self.values]
             return f"categorical {shown}"
-        return f"{self.type} [{self.low:g}, {self.high:g}]"
+        return f"{self.type}{' (integers)' if self.integer else ''} [{self.low:g}, {self.high:g}]"
 
 
 def _is_number(v: Any) -> bool:
@@ -157,7 +161,7 @@ class SearchSpace:
         """Distinct configurations (inf when any parameter is continuous)."""
         n = 1.0
         for p in self.params:
-            if p.type in ("log_uniform", "uniform"):
+            if p.type in ("log_uniform", "uniform") and not p.integer:
                 return math.inf
             n *= len(p.values) if p.type == "categorical" else int((p.high - p.low) // p.step) + 1
         return n
@@ -316,7 +320,12 @@ def _parse_param(name: str, where: str, spec: dict, ftype: str, errors: list[str
     if "step" in spec:
         errors.append(f"{where}: `step` only applies to type int")
         return None
+    if ftype == "int" and typ == "log_uniform":  # integers on a log scale (r 4..64: 8 is as likely as 32)
+        if low != int(low) or high != int(high):
+            errors.append(f"{where}: log_uniform bounds of an integer parameter must be integers, got min={low:g}, max={high:g}")
+            return None
+        return Param(name, typ, low=int(low), high=int(high), integer=True)
     if ftype == "int":
-        errors.append(f"{where}: integer parameter takes type int or categorical, not {typ}")
+        errors.append(f"{where}: integer parameter takes type int, log_uniform or categorical, not {typ}")
         return None
     return Param(name, typ, low=low, high=high)
