@@ -357,3 +357,34 @@ def test_keep_adapters_keeps_a_time_cut_trial_that_beats_the_best(tmp_path):
     done = trim_adapters(out, "best", final=True)
     assert left() == {data.best, 4} and sorted(done.removed) == sorted((set(data.pareto) | {6}) - {data.best})
     assert done.freed_bytes == 1000 * len(done.removed)
+
+
+def test_a_study_in_which_no_trial_completed_says_what_became_of_them(tmp_path):
+    """No trial ran (the time budget went on the set-up): the summary says so and the table still exists.
+    Trials ran but none completed: how many the time budget cut, how many were pruned or failed, and where
+    a failure's log is."""
+    import io
+
+    import pandas as pd
+    from rich.console import Console
+
+    from moopt.report.results import write_results
+
+    def summary(out):
+        buf = io.StringIO()
+        write_results(out, console=Console(file=buf, width=300, highlight=False))
+        return buf.getvalue()
+
+    empty = write_fake_study(tmp_path / "empty", [])
+    said = summary(empty)
+    assert "Trials: 0\n" in said and "No trial ran; nothing to recommend." in said
+    assert list(pd.read_csv(empty / "trials_summary.csv").columns)[:4] == [
+        "number", "state", "values_eval_loss", "values_eval_accuracy"]
+    trials = synthetic_trials(3)
+    trials[0] = {**trials[0], "state": "PRUNED", "error": "time budget reached at step 5"}
+    trials[1] = {**trials[1], "state": "FAIL", "error": "RuntimeError: injected", "metrics": {}}
+    trials[2] = {**trials[2], "state": "PRUNED", "error": "pruned at step 5"}
+    said = summary(write_fake_study(tmp_path / "none", trials))
+    assert "Trials: 3 (2 PRUNED, 1 FAIL)" in said
+    assert ("No trial completed; nothing to recommend: 1 cut by the time budget (a longer --time_budget_hours lets "
+            "trials finish); 1 pruned; 1 failed (see trial_results/trial_1/log.txt).") in said

@@ -27,7 +27,12 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> 
     if len(table):
         csv = table.copy()
         csv["duration"] = csv["duration"].astype(str)
-        atomic_write_text(out / "trials_summary.csv", csv.to_csv(index=False))
+    else:  # no trial ran (e.g. none could finish in the time budget): the table still exists, with its header
+        import pandas as pd
+
+        csv = pd.DataFrame(columns=["number", "state", *(f"values_{n}" for n in data.objectives.names),
+                                    "datetime_start", "datetime_complete", "duration"])
+    atomic_write_text(out / "trials_summary.csv", csv.to_csv(index=False))
     summary: dict[str, Any] = {"n_trials": int(len(table)), "best_trial": data.best, "best_score": data.best_score,
                                "pareto": data.pareto}
     if data.best is not None:
@@ -51,6 +56,23 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> 
     return summary
 
 
+def _why_none_completed(table) -> str:
+    """What became of the trials of a study in which none completed, in words, with where to look."""
+    err = table.error.fillna("") if "error" in table else table.state.map(lambda _: "")
+    cut = table[(table.state == TrialState.PRUNED) & err.str.startswith(TIME_BUDGET_CUT)]
+    parts = []
+    if len(cut):
+        parts.append(f"{len(cut)} cut by the time budget (a longer --time_budget_hours lets trials finish)")
+    pruned = (table.state == TrialState.PRUNED).sum() - len(cut)
+    if pruned:
+        parts.append(f"{pruned} pruned")
+    failed = table[table.state == TrialState.FAIL]
+    if len(failed):
+        first = int(failed.number.iloc[0])
+        parts.append(f"{len(failed)} failed (see trial_results/trial_{first}/log.txt)")
+    return "; ".join(parts) or "see trial_results/*/log.txt"
+
+
 def print_summary(data: StudyData, summary: dict[str, Any], console=None, output_dir: Path | None = None,
                   importance: dict | None = None) -> None:
     """The guide's closing summary: the searched parameters of the best trial as JSON, ``Best value``,
@@ -60,12 +82,14 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
     console = console or Console(highlight=False, soft_wrap=True)
     say = lambda text="": console.print(text, markup=False, soft_wrap=True)  # noqa: E731
     counts = data.table.state.value_counts().to_dict() if len(data.table) else {}
-    say(f"\nTrials: {len(data.table)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    say(f"\nTrials: {len(data.table)}" + (f" ({', '.join(f'{v} {k}' for k, v in counts.items())})" if counts else ""))
     if data.best is None:
         if data.least_infeasible is not None:
             say(nothing_fits_text(data))
+        elif not len(data.table):
+            say("No trial ran; nothing to recommend.")
         else:
-            say("No trial completed; nothing to recommend. See trial_results/*/log.txt")
+            say("No trial completed; nothing to recommend: " + _why_none_completed(data.table) + ".")
         if output_dir is not None:
             say(f"Trials table: {Path(output_dir) / 'trials_summary.csv'}")
         return

@@ -687,7 +687,10 @@ class Scheduler:
                 if study.fits_time(self.cfg.space.decode(dict(self.engine.pending[other].X)), self.durations, self.deadline):
                     self.queue.append((idx, number))
                     return self.admit(*self.queue.pop(j))
-            self.stop_note = "time budget: none of the next configurations could finish before the deadline"
+            self.stop_note = ("time budget: none of the next configurations could finish before the deadline"
+                              if self.durations or time.time() < self.deadline else
+                              "time budget: it ran out before the first trial could start (the set-up and the base "
+                              "model's evaluation took it all)")
             return False
         if self.gate is not None:  # --memory_constraint: never train what cannot fit
             shown = number if number >= 0 else self.next_number
