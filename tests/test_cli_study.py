@@ -256,3 +256,22 @@ def test_bad_input_one_line_exit_2_nothing_written(tiny_model, tiny_data, space,
     assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], r.output
     assert "Traceback" not in r.output
     assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA the Triton kernels run")
+def test_triton_kernels_without_cuda_or_the_interpreter_are_refused_before_anything_runs(
+        tiny_model, tiny_data, space, tmp_path, monkeypatch):
+    """--kernels triton on a CPU without TRITON_INTERPRET failed every trial (after the base model's evaluation)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    out = tmp_path / "out"
+    r = optimize(tiny_model, tiny_data, out, space, "--kernels", "triton")
+    assert r.exit_code == 2, r.output
+    assert r.output.strip() == ("Error: --kernels triton: this machine has no CUDA device, and on a CPU the Triton kernels "
+                                "run only under TRITON_INTERPRET=1 (Triton's interpreter, slow); --kernels auto runs "
+                                "torch here")
+    assert not out.exists()
+    final = CliRunner().invoke(main, ["train", "--config", str(space), "--base_model", str(tiny_model), "--kernels", "triton",
+                                      "--train_file", str(tiny_data["train"]), "--validation_file", str(tiny_data["val"]),
+                                      "--test_file", str(tiny_data["val"]), "--output_dir", str(tmp_path / "final")])
+    assert final.exit_code == 2 and "--kernels triton: this machine has no CUDA device" in final.output
+    assert not (tmp_path / "final").exists()

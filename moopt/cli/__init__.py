@@ -115,6 +115,25 @@ def require_bitsandbytes(source) -> None:
         raise ConfigError(f"{source}: model.quantization: 8bit/4bit needs bitsandbytes: pip install bitsandbytes")
 
 
+def check_kernels(kernels: str) -> None:
+    """``--kernels triton`` on a machine where the kernels cannot run (no CUDA device and no Triton
+    interpreter, or no triton): refused before anything runs, by the kernels' own rule, instead of failing
+    every trial."""
+    if kernels != "triton":
+        return
+    import torch
+    from moopt_kernels._backend import resolve_backend
+
+    try:
+        resolve_backend("triton", "cuda" if torch.cuda.is_available() else "cpu")
+    except RuntimeError as e:
+        if "TRITON_INTERPRET" not in str(e):  # no triton package
+            raise ConfigError(f"--kernels triton: {e}") from None
+        raise ConfigError("--kernels triton: this machine has no CUDA device, and on a CPU the Triton kernels run "
+                          "only under TRITON_INTERPRET=1 (Triton's interpreter, slow); --kernels auto runs torch "
+                          "here") from None
+
+
 def build_study_config(kw: dict):
     """Validate every flag and input file before anything is written."""
     from moopt.config import cpu_dtype_override
@@ -132,6 +151,8 @@ def build_study_config(kw: dict):
             import ray  # noqa: F401
         except ImportError:
             raise ConfigError("--executor ray needs Ray: pip install 'moopt[ray]'") from None
+    if kw["executor"] != "ray":  # Ray's trials may run on other machines, with GPUs this one lacks
+        check_kernels(kw["kernels"])
     objectives = parse_objectives(kw["optimization_objective"], kw["optimization_weights"])
     space = load_space(kw["search_space"]) if kw["search_space"] else default_space()
     if space.fixed.model.quantization != "none" or any(p.name == "model.quantization" for p in space.params):
@@ -196,6 +217,7 @@ def train(**kw) -> None:
 
     try:
         cpu_dtype_override()
+        check_kernels(kw["kernels"])
         cfg = load_trial_config(kw["config"])
         for f in ("train_file", "validation_file", "test_file"):
             read_records(kw[f])
