@@ -180,3 +180,49 @@ def test_a_failed_trial_costs_only_its_worker(tiny_model, tiny_data, tmp_path, m
     assert ends[1].state == TrialState.FAIL and "injected fault" in ends[1].error
     assert ends[0].state == ends[2].state == TrialState.COMPLETE
     assert ex.started == 2 and not ends[2].warm  # trial 2 ran in a new worker, which loaded the model again
+
+
+def _one_trial(tiny_model, tiny_data, out, **kw):
+    """A LocalExecutor running one short trial of the tiny model; its result."""
+    from moopt.config import TrialConfig
+    from moopt.records import TrialSpec
+    from moopt.study.executor import LocalExecutor, wait_for_any
+    from moopt.study.placement import plan_slots
+
+    cfg = TrialConfig.from_dict({"training": {"batch_size": 4, "num_train_epochs": 1}, "data": {"max_seq_length": 32}})
+    spec = TrialSpec(number=0, config=cfg, base_model=str(tiny_model), train_file=str(tiny_data["train"]),
+                     validation_file=str(tiny_data["val"]), output_dir=str(out), seed=0, kernels="torch", save_adapter=False)
+    ex = LocalExecutor(**kw)
+    try:
+        ex.submit(spec, plan_slots(1)[0])
+        return wait_for_any(ex)
+    finally:
+        ex.close()
+
+
+def test_a_failing_progress_display_does_not_stop_the_trial(tiny_model, tiny_data, tmp_path, capsys):
+    def broken(number, msg):
+        raise ValueError("display bug")
+
+    res = _one_trial(tiny_model, tiny_data, tmp_path / "t", on_progress=broken)
+    assert res.state == TrialState.COMPLETE, res.error
+    err = capsys.readouterr().err
+    assert err.count("moopt: progress display failed (ValueError: display bug); trials go on") == 1
+
+
+def test_a_failure_in_the_studys_watch_of_a_trial_fails_that_trial_with_the_reason(tiny_model, tiny_data, tmp_path,
+                                                                                  monkeypatch):
+    """Not a hang, and not 'killed by SIGKILL (likely out of memory)': the watcher's own error."""
+    from moopt.study import executor
+
+    real = executor.TrialResult
+
+    def result_that_breaks(**kw):
+        if "metrics" in kw:  # the worker's result; the FAIL built in its place has none
+            raise TypeError("injected")
+        return real(**kw)
+
+    monkeypatch.setattr(executor, "TrialResult", result_that_breaks)
+    res = _one_trial(tiny_model, tiny_data, tmp_path / "t")
+    assert res.state == TrialState.FAIL and res.error == "the study's watch of this trial failed (TypeError: injected)"
+    assert not res.oom

@@ -43,11 +43,17 @@ class ExecutorBase:
         self.active: dict[int, Any] = {}  # trial number -> process / task handle
         self._lock = threading.Lock()
         self.liveness = Liveness(stall or StallPolicy())
+        self._display_failed = False  # said once
 
     def _event(self, number: int, msg: dict) -> None:
         """A progress / phase / heartbeat event from a trial: a sign of life, then the study's hook."""
         self.liveness.saw(number, msg)
-        self.on_progress(number, msg)
+        try:
+            self.on_progress(number, msg)
+        except Exception as e:  # noqa: BLE001 - what is shown of a trial must not stop it
+            if not self._display_failed:
+                self._display_failed = True
+                print(f"moopt: progress display failed ({type(e).__name__}: {e}); trials go on", file=sys.stderr, flush=True)
 
     def _rung(self, number: int, step: int, metrics: dict, rung: int) -> bool:
         """The study's answer at a trial's rung. Its failure must not leave the trial waiting for an answer
@@ -165,7 +171,7 @@ class LocalExecutor(ExecutorBase):
         return Worker(proc, key, log)
 
     def _watch(self, spec: TrialSpec, worker: Worker) -> None:
-        proc, result, reusable = worker.proc, None, False
+        proc, result, reusable, broken = worker.proc, None, False, None
         try:
             while True:
                 line = proc.stdout.readline()
@@ -191,6 +197,8 @@ class LocalExecutor(ExecutorBase):
                     break
         except (OSError, ValueError):
             pass
+        except Exception as e:  # noqa: BLE001 - a bug on the study's side fails this trial, not the study
+            broken = f"the study's watch of this trial failed ({type(e).__name__}: {e})"
         with self._lock:
             self.active.pop(spec.number, None)
             keep = reusable and proc.poll() is None and not self.closing  # (a killed worker has exited)
@@ -198,7 +206,9 @@ class LocalExecutor(ExecutorBase):
                 self.idle.append(worker)
         if not keep:
             code = self._end(worker)
-            if result is None:
+            if result is None and broken:
+                result = TrialResult(number=spec.number, state=TrialState.FAIL, error=broken)
+            elif result is None:
                 oom = code == -signal.SIGKILL  # what the kernel's OOM killer sends
                 if code < 0:
                     name = signal.Signals(-code).name
