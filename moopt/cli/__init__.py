@@ -116,22 +116,19 @@ def require_bitsandbytes(source) -> None:
 
 
 def check_kernels(kernels: str) -> None:
-    """``--kernels triton`` on a machine where the kernels cannot run (no CUDA device and no Triton
-    interpreter, or no triton): refused before anything runs, by the kernels' own rule, instead of failing
-    every trial."""
+    """``--kernels triton`` on a machine where the kernels cannot run (no triton; or no CUDA device and no
+    Triton interpreter): refused before anything runs, instead of failing every trial."""
     if kernels != "triton":
         return
     import torch
-    from moopt_kernels._backend import resolve_backend
+    from moopt_kernels._backend import HAS_TRITON, interpreting
 
-    try:
-        resolve_backend("triton", "cuda" if torch.cuda.is_available() else "cpu")
-    except RuntimeError as e:
-        if "TRITON_INTERPRET" not in str(e):  # no triton package
-            raise ConfigError(f"--kernels triton: {e}") from None
+    if not HAS_TRITON:
+        raise ConfigError("--kernels triton needs the triton package: pip install 'moopt[triton]'")
+    if not torch.cuda.is_available() and not interpreting():
         raise ConfigError("--kernels triton: this machine has no CUDA device, and on a CPU the Triton kernels run "
                           "only under TRITON_INTERPRET=1 (Triton's interpreter, slow); --kernels auto runs torch "
-                          "here") from None
+                          "here")
 
 
 def build_study_config(kw: dict):

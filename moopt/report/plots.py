@@ -152,10 +152,8 @@ def pareto_zoom(data: StudyData) -> tuple[tuple[float, float], tuple[float, floa
 def _label_groups(points: pd.DataFrame, x: str, y: str, near: float = 0.02) -> dict[tuple[float, float], list[str]]:
     """Trial numbers of points within ``near`` of the plotted ranges of the first point of a
     group, joined under one label ("1,3,7") so that coinciding points do not print over each other."""
+    span = [max(float(points[c].max() - points[c].min()), 1e-12) if len(points) else 1.0 for c in (x, y)]
     groups: dict[tuple[float, float], list[str]] = {}
-    if not len(points):  # no trial yet (a study whose time budget ran out before its first trial)
-        return groups
-    span = [max(float(points[c].max() - points[c].min()), 1e-12) for c in (x, y)]
     for _, r in points.sort_values("number").iterrows():
         px, py = float(r[x]), float(r[y])
         anchor = next(((ax, ay) for ax, ay in groups

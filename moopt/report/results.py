@@ -24,14 +24,8 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> 
     out = Path(output_dir)
     data = load_study(out)
     table = data.table
-    if len(table):
-        csv = table.copy()
-        csv["duration"] = csv["duration"].astype(str)
-    else:  # no trial ran (e.g. none could finish in the time budget): the table still exists, with its header
-        import pandas as pd
-
-        csv = pd.DataFrame(columns=["number", "state", *(f"values_{n}" for n in data.objectives.names),
-                                    "datetime_start", "datetime_complete", "duration"])
+    csv = table.copy()
+    csv["duration"] = csv["duration"].astype(str)
     atomic_write_text(out / "trials_summary.csv", csv.to_csv(index=False))
     summary: dict[str, Any] = {"n_trials": int(len(table)), "best_trial": data.best, "best_score": data.best_score,
                                "pareto": data.pareto}
@@ -58,8 +52,7 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> 
 
 def _why_none_completed(table) -> str:
     """What became of the trials of a study in which none completed, in words, with where to look."""
-    err = table.error.fillna("") if "error" in table else table.state.map(lambda _: "")
-    cut = table[(table.state == TrialState.PRUNED) & err.str.startswith(TIME_BUDGET_CUT)]
+    cut = table[(table.state == TrialState.PRUNED) & table.error.fillna("").str.startswith(TIME_BUDGET_CUT)]
     parts = []
     if len(cut):
         parts.append(f"{len(cut)} cut by the time budget (a longer --time_budget_hours lets trials finish)")

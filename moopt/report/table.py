@@ -67,8 +67,10 @@ def load_study(output_dir: str | Path) -> StudyData:
         row["attention"] = e.attention if e else None  # eager, sdpa, or 'eager N%+sdpa' (moopt.train.recipe.BatchAttention)
         row["error"] = e.error if e else None
         rows.append(row)
-    table = pd.DataFrame(rows)
     obj_cols = [f"values_{n}" for n in objectives.names]
+    # with no trial yet (a time budget spent on the set-up), the table still has its leading columns
+    table = pd.DataFrame(rows) if rows else pd.DataFrame(
+        columns=["number", "state", *obj_cols, "datetime_start", "datetime_complete", "duration"])
 
     baseline = None
     if (out / "baseline.json").is_file():
