@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     from moopt.config import TARGET_ALIASES
     from moopt.search.objectives import parse_objectives
     from moopt.search.pruner import rung_eval_size
+    from moopt.search.space import parse_space
     from moopt.train.data import collate, subset, tokenize_file
     from moopt.train.recipe import evaluate
 
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = yaml.safe_load(open(a.search_space))
     max_len = int(space.get("data", {}).get("max_seq_length", 512))
+    # integers on a log scale (lora.r: {type: log_uniform} on an integer field) are Optuna's suggest_int(log=True)
+    integer = {p.short for p in parse_space(space).params if p.integer}
+    steps = {p.short: p.step for p in parse_space(space).params if p.type == "int"}
     objectives = parse_objectives("multi:eval_loss,eval_accuracy", a.weights)
     tok = AutoTokenizer.from_pretrained(a.model, local_files_only=True)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -92,12 +96,14 @@ def main(argv: list[str] | None = None) -> None:
             for name, d in space.get(section, {}).items():
                 if not isinstance(d, dict):
                     p[name] = d
+                elif d["type"] == "log_uniform" and name in integer:
+                    p[name] = trial.suggest_int(name, int(d["min"]), int(d["max"]), log=True)
                 elif d["type"] == "log_uniform":
                     p[name] = trial.suggest_float(name, float(d["min"]), float(d["max"]), log=True)
                 elif d["type"] == "uniform":
                     p[name] = trial.suggest_float(name, float(d["min"]), float(d["max"]))
                 elif d["type"] == "int":
-                    p[name] = trial.suggest_int(name, int(d["min"]), int(d["max"]))
+                    p[name] = trial.suggest_int(name, int(d["min"]), int(d["max"]), step=steps.get(name, 1))
                 else:
                     p[name] = trial.suggest_categorical(name, d["values"])
         return p

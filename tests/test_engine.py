@@ -363,3 +363,24 @@ def test_first_population_is_more_evenly_spread_than_a_plain_latin_hypercube():
     # the kept hypercube is the most even of LHS_TRIES: on every seed at most the first one drawn, and clearly below on average
     assert all(c <= p + 1e-12 for c, p in zip(chosen, plain))
     assert np.mean(chosen) < 0.9 * np.mean(plain)
+
+
+def test_log_scale_integers_are_never_proposed_twice():
+    """lora.r on a log scale over 4..12 and batch_size over 1..6: reals that round to the same integers are
+    one point to the engine, so no proposal repeats a configuration already asked (the study would reuse
+    its result and the proposal would be spent on nothing)."""
+    space = parse_space({"lora": {"r": {"type": "log_uniform", "min": 4, "max": 12}},
+                         "training": {"batch_size": {"type": "log_uniform", "min": 1, "max": 6}}})
+    eng = Engine(space, 1, 30, 0)
+    asked = []
+    while len(asked) < 30:
+        X = eng.ask()
+        if not X:
+            break
+        for i, x in enumerate(X):
+            cfg = space.decode(x)
+            asked.append((cfg.lora.r, cfg.training.batch_size))
+            eng.tell_one(i, np.array([abs(cfg.lora.r - 8) + abs(cfg.training.batch_size - 3)]), -1.0)
+        eng.tell()
+    assert len(asked) >= 20  # 9 x 6 = 54 configurations: the engine is not out of new ones
+    assert len(set(asked)) == len(asked), asked

@@ -154,6 +154,33 @@ def _option_index(col: np.ndarray, n: int) -> np.ndarray:
     return np.rint(col * max(n - 1, 1)).astype(int).clip(0, n - 1)
 
 
+class SnapIntegers:
+    """pymoo repair: a log-scale integer parameter (``Param.integer``: lora.r, batch_size) is searched as a
+    Real over log(value); each individual's value is moved onto the log of the integer it decodes to, so two
+    reals that give the same configuration (log 15.6 and log 16.4: r 16) are one point to the engine's
+    duplicate elimination, its surrogate and its novelty test, instead of a proposal spent on a configuration
+    trained already. Built from the space alone, so it pickles with the engine."""
+
+    def __init__(self, space: SearchSpace):
+        self.params = {p.name: p for p in space.params if p.integer}
+
+    def snap(self, x: dict[str, Any]) -> dict[str, Any]:
+        for name, p in self.params.items():
+            if name in x:
+                x[name] = p.encode(p.decode(x[name]))
+        return x
+
+    def do(self, problem, pop, **kwargs):
+        """Snap a pymoo Population in place (and return it); None and empty pass through. ``do`` and the
+        call are pymoo's repair interface (``InfillCriterion.repair(problem, off, ...)``)."""
+        if self.params and pop is not None:
+            for ind in pop:
+                ind.X = self.snap(dict(ind.X))
+        return pop
+
+    __call__ = do
+
+
 def _sklearn_available() -> bool:
     try:
         import sklearn.ensemble  # noqa: F401
@@ -186,6 +213,7 @@ class Engine:
         self.n_constr = n_constr
         self.lora_features = lora_features
         self.problem = Problem(vars={p.name: p.pymoo_var() for p in space.params}, n_obj=n_obj, n_ieq_constr=n_constr)
+        self.snapper = SnapIntegers(space)
         # The first individual is the well-known good default moved into the space.
         rng_sampling = MixedVariableSampling()
         initial: list[dict[str, Any]] = []
@@ -202,9 +230,11 @@ class Engine:
             sampling=sampling,
             mating=MixedVariableMating(
                 selection=TournamentSelection(func_comp=binary_tournament),
+                repair=self.snapper,
                 eliminate_duplicates=MixedVariableDuplicateElimination(),
             ),
             eliminate_duplicates=MixedVariableDuplicateElimination(),
+            repair=self.snapper,
             seed=seed,
         )
         self.algorithm.setup(self.problem, termination=NoTermination())
@@ -271,9 +301,17 @@ class Engine:
         from pymoo.core.mixed import MixedVariableSampling
 
         pop = MixedVariableSampling().do(self.problem, 1, random_state=self.rng)
-        return dict(pop[0].X)
+        return self._snap(dict(pop[0].X))
 
     # -- surrogate-assisted offspring ---------------------------------------------------------------
+    def _snap(self, x):
+        """An individual (dict) or a Population with log-scale integers moved onto their integers
+        (``SnapIntegers``); engines pickled before it existed pass everything through."""
+        snapper = getattr(self, "snapper", None)
+        if snapper is None:
+            return x
+        return snapper.snap(x) if isinstance(x, dict) else snapper.do(self.problem, x)
+
     def _vec(self, X: dict[str, Any]) -> list[float]:
         """Individual -> [0, 1]^d: reals and integers scaled over their bounds, choices as
         option index / (n - 1) (ordinal; trees split them either way)."""
@@ -377,7 +415,7 @@ class Engine:
                     cols[name] = [int(min(hi, lo + math.floor(x * (hi - lo + 1)))) for x in u]
                 else:
                     cols[name] = [float(lo + x * (hi - lo)) for x in u]
-        return [{name: cols[name][i] for name in cols} for i in range(k)]
+        return [self._snap({name: cols[name][i] for name in cols}) for i in range(k)]
 
     def _neighbours(self, n: int):
         """Up to n candidates one variable away from the current non-dominated feasible points: a choice
@@ -442,7 +480,7 @@ class Engine:
         if getattr(self, "surrogate", False) and len(self.arch_X) + len(self.results) >= MIN_SURROGATE:
             off = self._ask_assisted(k)
         elif parents is None or not len(parents):  # the first generation, too few told: random, as the rest of it
-            cand = MixedVariableSampling().do(self.problem, 4 * k, random_state=self.rng)
+            cand = self._snap(MixedVariableSampling().do(self.problem, 4 * k, random_state=self.rng))
             keep = self._new(cand)[0][:k]
             off = Population.new(X=np.array([dict(cand[i].X) for i in keep], dtype=object)) if keep else None
         else:
@@ -469,6 +507,7 @@ class Engine:
         nb = self._neighbours(round(NEIGHBOURS * n_cand))
         if nb is not None:
             off = Population.merge(off, nb)
+        off = self._snap(off)  # mating._do skips the mating's repair
         keep, C = self._new(off)
         if not keep:
             return None
