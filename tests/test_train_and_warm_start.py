@@ -30,6 +30,7 @@ def test_train_final_model_reports_validation_and_test(tiny_model, tiny_data, tm
     assert m["test"]["test_loss"] == m["validation"]["eval_loss"]  # same file as val and test: same figure
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert "test" in r.output and "validation" in r.output
+    assert "loading model" in r.output and "Loading weights" not in r.output  # transformers' bar: moopt's line says it
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 2 and "--overwrite" in r.output
 

@@ -248,7 +248,7 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextlib.contextmanager
-def _no_transformers_bars(gguf_bar: bool = True):
+def no_transformers_bars(gguf_bar: bool = True):
     """transformers' own progress bars (``transformers.utils.logging.tqdm``) off for a block, as they were after.
     ``gguf_bar=False`` also silences the GGUF reader's de-quantising bar (plain ``tqdm``): in a log file or CI,
     where its carriage returns would make one garbled line."""
@@ -287,7 +287,7 @@ def prepare_dtype_copy(folder: str | Path, dtype: str) -> Path:
     print(f"moopt: caching {folder.name} in {dtype} (once) -> {out}", flush=True)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    with _no_transformers_bars():  # the line above says it; two ~1 s bars would open the study's console
+    with no_transformers_bars():  # the line above says it; two ~1 s bars would open the study's console
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype), local_files_only=True)
         model.save_pretrained(tmp, safe_serialization=True)
         del model
@@ -389,7 +389,7 @@ def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     # GGUF's own "Converting and de-quantizing" bar (tqdm's, ~20 s) stays in a terminal: it is the wait the line
     # above names. transformers' "Loading weights" and "Writing model shards" bars after it are a second each: off.
-    with _no_transformers_bars(gguf_bar=terminal):
+    with no_transformers_bars(gguf_bar=terminal):
         try:
             tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
             model = AutoModelForCausalLM.from_pretrained(

@@ -25,7 +25,7 @@ from moopt.memory.rss import trim_heap_if_steady
 from moopt.records import TIME_BUDGET_CUT, TrialResult, TrialSpec, TrialState
 from moopt.search.pruner import rung_eval_size
 from moopt.train.data import TokenizedSet, collate, micro_batches, n_micro_batches, subset, tokenize_file
-from moopt.train.models import import_bitsandbytes_offline
+from moopt.train.models import import_bitsandbytes_offline, no_transformers_bars
 from moopt.train.step import StepResult, causal_lm_loss, check_finite, train_step
 from moopt.train.warm import WarmBase
 
@@ -158,14 +158,17 @@ def load_model_and_tokenizer(path: str, cfg: TrialConfig, device: torch.device):
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     kwargs = dict(dtype=dtype, local_files_only=True, use_safetensors=True, trust_remote_code=False,
                   attn_implementation="sdpa")
-    if cfg.model.quantization == "none":  # moopt's cached conversions load from their copy in this dtype
-        path = model_folder_for(path, dtype_name)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
-    else:  # QLoRA: bitsandbytes packs the decoder's linears as they load (CPU or CUDA)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=bnb_config(cfg.model.quantization, dtype),
-            device_map={"": device.index or 0} if device.type == "cuda" else "cpu", **kwargs,
-        )
+    # transformers' "Loading weights" bar: the caller's "loading model ..." line already says what runs
+    with no_transformers_bars():
+        if cfg.model.quantization == "none":  # moopt's cached conversions load from their copy in this dtype
+            path = model_folder_for(path, dtype_name)
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+        else:  # QLoRA: bitsandbytes packs the decoder's linears as they load (CPU or CUDA)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, quantization_config=bnb_config(cfg.model.quantization, dtype),
+                device_map={"": device.index or 0} if device.type == "cuda" else "cpu", **kwargs,
+            )
+    if cfg.model.quantization != "none":
         for module in model.modules():
             # bitsandbytes repacks 4-bit weights for its AVX512-bf16 CPU kernel the first time a layer
             # runs in eval mode (rows must be whole quantisation blocks, and the weight changes layout
