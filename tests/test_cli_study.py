@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -255,6 +256,36 @@ def test_bad_input_one_line_exit_2_nothing_written(tiny_model, tiny_data, space,
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], r.output
     assert "Traceback" not in r.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "unmakeable"])
+def test_an_output_dir_that_cannot_be_a_folder_is_refused_in_one_line(tiny_model, tiny_data, space, tmp_path, where):
+    """A file where the folder should be (or on its path), or a folder the OS will not create (/proc): one
+    line naming --output_dir and why, exit 2, no traceback (it was a NotADirectoryError / FileNotFoundError)."""
+    (tmp_path / "afile").write_text("x")
+    out = {"file": tmp_path / "afile", "under_file": tmp_path / "afile" / "study", "unmakeable": Path("/proc/moopt_x")}[where]
+    r = optimize(tiny_model, tiny_data, out, space)
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"Error: --output_dir {out}") and "Traceback" not in r.output, r.output
+    assert (tmp_path / "afile").read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    cfg = tmp_path.parent / f"{tmp_path.name}_best_config.yaml"
+    cfg.write_text("training: {learning_rate: 0.01, num_train_epochs: 1}\nlora: {r: 4}\n")
+    r = CliRunner().invoke(main, ["train", "--config", str(cfg), "--base_model", str(tiny_model), "--train_file",
+                                  str(tiny_data["train"]), "--validation_file", str(tiny_data["val"]), "--test_file",
+                                  str(tiny_data["val"]), "--output_dir", str(out)])
+    assert r.exit_code == 2 and r.output.startswith(f"Error: --output_dir {out}") and "Traceback" not in r.output, r.output
+
+
+@pytest.mark.parametrize("option", ["--time_budget_hours", "--memory_constraint", "--pruning_factor", "--stall_timeout"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_numeric_options_refuse_nan_and_inf(tiny_model, tiny_data, space, tmp_path, option, value):
+    """click's FloatRange lets nan through (every comparison with it is False): --time_budget_hours nan ran a
+    study in which no trial could start."""
+    out = tmp_path / "out"
+    r = optimize(tiny_model, tiny_data, out, space, option, value)
+    assert r.exit_code == 2 and f"'{value}' is not a finite number" in r.output, r.output
     assert not out.exists()
 
 

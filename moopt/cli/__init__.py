@@ -5,6 +5,7 @@ Every user error becomes one line on stderr and exit code 2, with nothing writte
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -18,6 +19,17 @@ def opt(name: str, *args, **kwargs):
     dashed = name.replace("_", "-")
     names = [f"--{name}"] + ([f"--{dashed}"] if dashed != name else [])
     return click.option(*names, name, *args, **kwargs)
+
+
+class FiniteRange(click.FloatRange):
+    """click's FloatRange, without nan and inf (a comparison with nan is False, so FloatRange lets it through:
+    ``--time_budget_hours nan`` ran a study with no time for a trial)."""
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return v
 
 
 def fail(msg: str) -> None:
@@ -46,19 +58,19 @@ def main() -> None:
 @opt("optimization_weights", default=None,
      help="Comma-separated weights (>= 0) for multi objectives; they pick the single best trial from the Pareto front. Default: equal.")
 @opt("search_space", default=None, type=click.Path(), help="Search space YAML (sections training/lora/data/model). Default: a built-in space.")
-@opt("time_budget_hours", default=None, type=click.FloatRange(min=0, min_open=True), help="Wall-clock budget in hours; no trial starts that cannot finish in it. Default: none.")
-@opt("pruning_factor", default=None, type=click.FloatRange(min=1, min_open=True),
+@opt("time_budget_hours", default=None, type=FiniteRange(min=0, min_open=True), help="Wall-clock budget in hours; no trial starts that cannot finish in it. Default: none.")
+@opt("pruning_factor", default=None, type=FiniteRange(min=1, min_open=True),
      help="Successive-halving factor eta (e.g. 2): rungs at 1/eta^k of each trial's optimizer steps, from >= 1/10 up to 1/eta "
           "(eta 2: 1/8, 1/4, 1/2); at each rung a trial goes on only if in the top 1/eta by Pareto rank, then crowding, "
           "and (from 1/5 on) only if its optimistic end is not dominated by a completed trial. Default: no pruning.")
 @opt("parallel_trials", default=1, show_default=True, type=click.IntRange(min=1), help="Trials run at once, one process each: on CPU the cores are split; on GPUs each goes where its memory estimate fits (several may share one).")
-@opt("memory_constraint", default=None, type=click.FloatRange(min=0, min_open=True), help="Memory budget per trial, GiB (GPU memory on CUDA, peak RSS on CPU). Default: none.")
+@opt("memory_constraint", default=None, type=FiniteRange(min=0, min_open=True), help="Memory budget per trial, GiB (GPU memory on CUDA, peak RSS on CPU). Default: none.")
 @opt("kernels", default="auto", show_default=True, type=click.Choice(["auto", "triton", "torch"]),
      help="LoRA kernel path: triton (fused, CUDA), torch (plain PyTorch), auto (triton on CUDA, torch on CPU).")
 @opt("executor", default="local", show_default=True, type=click.Choice(["local", "ray"]), help="local: embedded executor; ray: Ray tasks.")
 @opt("ray_address", default=None, help="Ray cluster address (auto | host:port), with --executor ray.")
 @opt("seed", default=42, show_default=True, type=int, help="Seed of the search, LoRA initialisation and data order.")
-@opt("stall_timeout", default=None, type=click.FloatRange(min=0),
+@opt("stall_timeout", default=None, type=FiniteRange(min=0),
      help="Seconds a trial may go without an optimizer step (or evaluation progress) before it is killed and "
           "recorded FAIL; 0: never. Default: 10 x the slowest step seen, at least 120 s; before its first step a "
           "trial gets at least 600 s (model load, tokenisation).")
@@ -209,6 +221,7 @@ def train(**kw) -> None:
     from moopt.cli.final import train_final
     from moopt.config import cpu_dtype_override, load_trial_config
     from moopt.journal import replay
+    from moopt.study.outdir import check_writable_dir
     from moopt.train.data import read_records
     from moopt.train.models import resolve_model_revision
 
@@ -219,6 +232,7 @@ def train(**kw) -> None:
         for f in ("train_file", "validation_file", "test_file"):
             read_records(kw[f])
         out = Path(kw["output_dir"])
+        check_writable_dir(out)
         if (out / "final_metrics.json").is_file() and not kw["overwrite"]:
             raise ConfigError(f"{out}: holds a trained model already; pass --overwrite to replace it")
         # a study's best_config.yaml: the final model trains on the hub commit that study searched on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -53,8 +54,8 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
     if kernels == "auto":
         kernels = "triton" if device == "cuda" else "torch"
     try:
-        if fit_gib is not None and not fit_gib > 0:
-            raise ConfigError(f"--fit: must be > 0 GiB, got {fit_gib:g}")
+        if fit_gib is not None and not 0 < fit_gib < math.inf:
+            raise ConfigError(f"--fit: must be a finite number > 0 GiB, got {fit_gib:g}")
         trial = TrialConfig() if config_path is None else _load_trial(config_path)
         model_config = load_model_config(_config_path(base_model))
         est = estimate_peak(model_config, trial, device=device, kernels=kernels, loss=loss)

@@ -28,8 +28,11 @@ class StudyLock:
 
     def acquire(self) -> None:
         """Take the lock or raise one ConfigError naming its holder (pid, host, since when)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a read-only or virtual file system (/proc), a full disk, ...
+            raise ConfigError(f"--output_dir {self.path.parent}: cannot create the study's folder or its lock file ({e.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

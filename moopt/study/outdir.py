@@ -25,9 +25,29 @@ RESULT_FILES = ("param_importance.csv", "param_importance.png", "correlations.cs
                 "learning_curves.png", "report.html")
 
 
+def check_writable_dir(out: Path, option: str = "--output_dir") -> None:
+    """Refuse, in one line, a folder that cannot be made or written: a file in its place (or in its
+    path), or a parent this user cannot write (writes nothing)."""
+    where = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
+    if where is not None and not where.is_dir():
+        what = "is a file, not a folder" if where == out else f"cannot be created: {where} is a file"
+        raise ConfigError(f"{option} {out}: {what}")
+    if where is not None and not os.access(where, os.W_OK | os.X_OK):
+        what = "is not writable" if where == out else f"cannot be created: {where} is not writable"
+        raise ConfigError(f"{option} {out}: {what} by this user")
+    if where != out:  # the OS may still refuse (a read-only mount, /proc; root passes os.access): make it, then remove it
+        top = next(p for p in (out, *out.absolute().parents) if p.parent.exists())
+        try:
+            out.mkdir(parents=True)
+        except OSError as e:
+            raise ConfigError(f"{option} {out}: cannot be created ({e.strerror})") from None
+        shutil.rmtree(top, ignore_errors=True)
+
+
 def check_output_dir(cfg: Any) -> None:
     """Refuse to clobber an existing study unless --resume or --overwrite (writes nothing)."""
     out = Path(cfg.output_dir)
+    check_writable_dir(out)
     StudyLock(out).check()  # a study running there: refused at once, whatever the flags
     holds_study = (out / JOURNAL).is_file()
     if holds_study and not (cfg.resume or cfg.overwrite):
