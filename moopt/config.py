@@ -252,6 +252,9 @@ def check_trial(cfg: TrialConfig, source: str = "<config>") -> None:
         (t.lr_scheduler_type in SCHEDULERS, "training.lr_scheduler_type", f"must be one of {list(SCHEDULERS)}", t.lr_scheduler_type),
         (t.gradient_accumulation_steps >= 1, "training.gradient_accumulation_steps", "must be >= 1", t.gradient_accumulation_steps),
         (t.max_grad_norm >= 0, "training.max_grad_norm", "must be >= 0", t.max_grad_norm),
+        (0 <= t.adam_beta1 < 1, "training.adam_beta1", "must be in [0, 1)", t.adam_beta1),  # torch.optim.AdamW's rules
+        (0 <= t.adam_beta2 < 1, "training.adam_beta2", "must be in [0, 1)", t.adam_beta2),
+        (t.adam_epsilon >= 0, "training.adam_epsilon", "must be >= 0", t.adam_epsilon),
         (lo.r >= 1, "lora.r", "must be >= 1", lo.r),
         (lo.alpha > 0, "lora.alpha", "must be > 0", lo.alpha),
         (0 <= lo.dropout < 1, "lora.dropout", "must be in [0, 1)", lo.dropout),

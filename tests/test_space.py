@@ -62,6 +62,9 @@ def test_decode_encode_roundtrip():
     ("lora:\n  r: {type: categorical, values: [8, 16], ordered: maybe}\n", "lora.r: `ordered` must be true or false"),
     ("lora:\n  dropout: {type: uniform, min: 0, max: 0.1, ordered: true}\n", "`ordered` only applies to type categorical"),
     ("training:\n  learning_rate: {type: log_uniform, min: 1e-5\n", "malformed YAML"),
+    ("training:\n  adam_beta1: 1\n", "training.adam_beta1: must be in [0, 1), got 1.0"),  # AdamW raised it in the trial
+    ("training:\n  adam_beta2: {type: uniform, min: 0.9, max: 1.0}\n", "training.adam_beta2: value 1.0 is out of range"),
+    ("training:\n  adam_epsilon: -1e-8\n", "training.adam_epsilon: must be >= 0"),
 ])
 def test_bad_space_names_file_key_and_rule(tmp_path, text, fragment):
     p = write(tmp_path, text)
