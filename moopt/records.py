@@ -45,6 +45,9 @@ class TrialSpec:
     save_adapter: bool = True
     baseline: bool = False  # evaluate the base model only (no LoRA, no training)
     test_file: str | None = None  # held-out set evaluated after training (moopt train), as test_* metrics
+    # the validation set is cut to this many tokens, whatever the trial's own max_seq_length (0: that one), so
+    # that trials searching max_seq_length are scored on the same tokens (the study: the space's longest)
+    eval_max_seq_length: int = 0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

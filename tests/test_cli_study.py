@@ -289,6 +289,53 @@ def test_numeric_options_refuse_nan_and_inf(tiny_model, tiny_data, space, tmp_pa
     assert not out.exists()
 
 
+def test_trials_searching_max_seq_length_are_scored_on_the_same_validation_tokens(tiny_model, tmp_path):
+    """Every trial (and the base model) evaluates the validation set cut at the space's longest max_seq_length, so a
+    trial that trains at 12 tokens is not scored on a shorter cut of the completions (nor on fewer examples) than
+    one at 32. Training examples whose prompt fills 12 tokens are left out of its trials, and the study says so."""
+    import random
+
+    from conftest import WORDS
+
+    rng = random.Random(0)
+
+    def write(path, n):
+        with open(path, "w") as f:
+            for _ in range(n):
+                prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 16)))
+                f.write(json.dumps({"prompt": prompt, "completion": " " + " ".join(rng.choice(WORDS) for _ in range(4))}) + "\n")
+        return path
+
+    data = {"train": write(tmp_path / "train.jsonl", 24), "val": write(tmp_path / "val.jsonl", 12)}
+    sp = tmp_path / "space.yaml"
+    sp.write_text("training: {learning_rate: 0.01, batch_size: 4, num_train_epochs: 1}\n"
+                  "data:\n  max_seq_length: {type: categorical, values: [12, 32]}\n")
+    out = tmp_path / "out"
+    r = optimize(tiny_model, data, out, sp, "--num_trials", "2")
+    assert r.exit_code == 0, r.output
+    assert "examples of " in r.output and "keep no completion token at max_seq_length 12 (0 at the space's longest, 32)" in r.output
+    runs = {d: json.loads((out / "trial_results" / d / "metrics.json").read_text()) for d in ["trial_0", "trial_1"]}
+    lengths = {d: load_trial_config(out / "trial_results" / d / "config.yaml").data.max_seq_length for d in runs}
+    assert sorted(lengths.values()) == [12, 32]
+    short = next(d for d, n in lengths.items() if n == 12)
+    assert runs[short]["unlabelled_train"] > 0 and runs[short]["unlabelled_val"] == 0
+    assert runs["trial_0"]["val_label_tokens"] == runs["trial_1"]["val_label_tokens"] > 0
+
+
+def test_data_that_keeps_no_completion_token_at_the_longest_max_seq_length_is_refused(tiny_model, tiny_data, tmp_path):
+    """The color prompts are 9 tokens: at max_seq_length 8 none keeps its completion (trials trained on nothing
+    and scored eval_loss 0.0000). Refused before anything runs, one line naming the file and what to change."""
+    sp = tmp_path / "space.yaml"
+    sp.write_text("training: {learning_rate: 0.01, num_train_epochs: 1}\ndata: {max_seq_length: 8}\n")
+    out = tmp_path / "out"
+    r = optimize(tiny_model, tiny_data, out, sp)
+    assert r.exit_code == 2, r.output
+    assert r.output.strip() == (f"Error: {tiny_data['train']}: no example keeps a completion token within max_seq_length 8 "
+                                "(in all 48, the prompt fills the first 8 tokens, and sequences are cut on the right): "
+                                "raise data.max_seq_length or shorten the prompts"), r.output
+    assert not out.exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA the Triton kernels run")
 def test_triton_kernels_without_cuda_or_the_interpreter_are_refused_before_anything_runs(
         tiny_model, tiny_data, space, tmp_path, monkeypatch):

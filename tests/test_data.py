@@ -108,3 +108,46 @@ def test_every_epoch_sees_every_example_once(pack):
     assert sorted(seen) == [1, 2, 3]
     for epoch, firsts in seen.items():
         assert sorted(firsts) == list(range(100, 122)), epoch
+
+
+def test_examples_whose_prompt_fills_max_seq_length_are_left_out_and_none_left_is_refused(tok, tmp_path):
+    """Cut on the right, an example whose prompt fills max_seq_length keeps no token that carries loss: it is
+    left out (it added nothing to the loss, only compute, and a set of nothing else scored a loss of 0)."""
+    long_prompt = " ".join(["the color of"] * 12)  # 36 tokens
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": long_prompt, "completion": " red"},
+        {"prompt": "what is the color of sky ? answer :", "completion": " blue"},
+        {"text": long_prompt},  # every token of a text record carries loss: kept, cut
+    ]))
+    ds = tokenize_file(path, tok, 16)
+    assert ds.n_unlabelled == 1 and len(ds.examples) == 2 and ds.n_truncated == 1
+    assert all(any(x != IGNORE for x in e.labels[1:]) for e in ds.examples)
+    assert tokenize_file(path, tok, 64).n_unlabelled == 0  # long enough: all kept
+    only_long = tmp_path / "long.jsonl"
+    only_long.write_text(json.dumps({"prompt": long_prompt, "completion": " red"}) + "\n")
+    with pytest.raises(ConfigError, match=r"long.jsonl: no example keeps a completion token within max_seq_length 16 \(in all 1"):
+        tokenize_file(only_long, tok, 16)
+    # the boundary: the completion's first token at index 15 is kept at 16, not at 15
+    edge = tmp_path / "edge.jsonl"
+    edge.write_text(json.dumps({"prompt": " ".join(long_prompt.split()[:15]), "completion": " red"}) + "\n")
+    assert len(tokenize_file(edge, tok, 16).examples) == 1
+    with pytest.raises(ConfigError):
+        tokenize_file(edge, tok, 15)
+
+
+def test_evaluation_batches_never_hold_more_tokens_than_a_training_batch():
+    """Validation is cut at the space's longest max_seq_length; a trial that trains shorter evaluates in batches
+    of at most batch_size x its own max_seq_length padded tokens (one row at least), shortest first. Where every
+    example fits, the batches are the plain batch_size ones, as before."""
+    from moopt.train.recipe import eval_batches
+
+    lengths = [5, 40, 8, 8, 30, 100, 6, 12]
+    ds = tokenized_set([Example([1] * n, [1] * n) for n in lengths], 0)
+    plain = eval_batches(ds, 3)
+    assert [[lengths[i] for i in b] for b in plain] == [[5, 6, 8], [8, 12, 30], [40, 100]]
+    capped = eval_batches(ds, 3, max_tokens=48)
+    assert [[lengths[i] for i in b] for b in capped] == [[5, 6, 8], [8, 12], [30], [40], [100]]
+    assert all(len(b) * max(lengths[i] for i in b) <= 48 for b in capped if len(b) > 1)
+    assert sorted(i for b in capped for i in b) == list(range(len(lengths)))
+    assert eval_batches(ds, 3, max_tokens=3 * 100) == plain

@@ -39,23 +39,30 @@ class GateDecision:
 
 # -- the data's real batch shape ---------------------------------------------------------------------
 
-_LENGTHS: dict[tuple, list[int]] = {}
+_PROFILES: dict[tuple, tuple[list[int], list[int]]] = {}
 
 
-def data_lengths(model_path: str, data_file: str | os.PathLike) -> list[int]:
-    """Token count of every example of ``data_file`` (untruncated), tokenised as a trial does
-    (moopt.train.data.tokenize_record with the model's tokenizer); cached per (file, size, mtime, tokenizer)."""
+def data_profile(model_path: str, data_file: str | os.PathLike) -> tuple[list[int], list[int]]:
+    """(token count, index of the first token carrying loss) of every example of ``data_file``, untruncated,
+    tokenised as a trial does (moopt.train.data.tokenize_record with the model's tokenizer); cached per (file,
+    size, mtime, tokenizer)."""
     path = Path(data_file)
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns, str(model_path))
-    if key not in _LENGTHS:
+    if key not in _PROFILES:
         from transformers import AutoTokenizer
 
-        from moopt.train.data import read_jsonl, tokenize_record
+        from moopt.train.data import first_label, read_records, tokenize_record
 
         tok = AutoTokenizer.from_pretrained(str(model_path))
-        _LENGTHS[key] = [len(tokenize_record(rec, tok).input_ids) for rec in read_jsonl(path)]
-    return _LENGTHS[key]
+        examples = [tokenize_record(rec, tok) for rec in read_records(path)]
+        _PROFILES[key] = [len(ex.input_ids) for ex in examples], [first_label(ex) for ex in examples]
+    return _PROFILES[key]
+
+
+def data_lengths(model_path: str, data_file: str | os.PathLike) -> list[int]:
+    """Token count of every example of ``data_file`` (untruncated): ``data_profile``'s first list."""
+    return data_profile(model_path, data_file)[0]
 
 
 def batch_shape(lengths: list[int], batch_size: int, max_seq_length: int, strategy: str = "random") -> tuple[int, int]:

@@ -32,6 +32,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from moopt.config import TrialConfig
+from moopt.errors import ConfigError
 from moopt.journal import JOURNAL, Journal, replay
 from moopt.records import TrialResult, TrialSpec, TrialState
 from moopt.search.engine import Engine
@@ -249,6 +250,41 @@ class Study:
         for dtype in sorted({resolve_dtype(str(v), device) for v in values}):
             prepare_dtype_copy(self.cfg.model_path, dtype)
 
+    def seq_range(self) -> tuple[int, int]:
+        """The shortest and longest max_seq_length of the space. Every trial (and the base model) is evaluated on
+        the validation set cut at the longest (``TrialSpec.eval_max_seq_length``): a trial searching a shorter
+        one is scored on the same tokens as the others, not on a shorter cut of them."""
+        p = next((p for p in self.cfg.space.params if p.name == "data.max_seq_length"), None)
+        if p is None:
+            return (int(self.cfg.space.fixed.data.max_seq_length),) * 2
+        if p.type == "categorical":
+            return int(min(p.values)), int(max(p.values))
+        return int(p.low), int(p.decode(p.pymoo_var().bounds[1]))
+
+    def check_data(self) -> None:
+        """Sequences are cut to max_seq_length on the right, so an example whose prompt fills it keeps no
+        completion token: trials leave it out (moopt.train.data.tokenize_file). Said here once, with how many;
+        a data file none of whose examples keeps one (training: at the space's longest max_seq_length;
+        validation: at the length it is evaluated at, the same) is refused: its trials would train on nothing,
+        or be scored on nothing (a loss of 0)."""
+        from moopt.study.gate import data_profile
+        from moopt.train.data import no_completion_left
+
+        lo, hi = self.seq_range()
+        for f, at in ((self.cfg.train_file, lo), (self.cfg.validation_file, hi)):
+            starts = data_profile(self.cfg.model_path, f)[1]
+            if not any(s < hi for s in starts):
+                raise ConfigError(no_completion_left(f, len(starts), hi))
+            lost, n = sum(s >= at for s in starts), len(starts)
+            if lost:
+                at_hi = sum(s >= hi for s in starts)
+                more = f" ({at_hi} at the space's longest, {hi})" if hi != at else ""
+                what = ("trials at that length fail" if lost == n else
+                        "trials train without them" if f == self.cfg.train_file else "the evaluation leaves them out")
+                self.console.print(
+                    f"[yellow]Note:[/] {lost} of {n} examples of {f} keep no completion token at max_seq_length "
+                    f"{at}{more}: the prompt fills it and sequences are cut on the right; {what}")
+
     # -- running it ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Run the study to its end. Holds the study's lock throughout (a second process is refused).
@@ -299,6 +335,7 @@ class Study:
             self.completed(e)
 
         self.prepare_model()
+        self.check_data()
         sched = Scheduler(self, self.make_executor())
         sched.resume(record)
         self.writer = BackgroundWriter(self.results, self.out)
@@ -353,7 +390,8 @@ class Study:
         self.console.print(f"Trial {number} started on {slot.device}: {shown or '(no parameter searched)'}")
         spec = TrialSpec(number=number, config=tcfg, base_model=cfg.model_path, train_file=os.path.abspath(cfg.train_file),
                          validation_file=os.path.abspath(cfg.validation_file), output_dir=str(d), seed=cfg.seed,
-                         kernels=cfg.kernels, rung_fractions=rung_fractions(cfg.pruning_factor), deadline=deadline)
+                         kernels=cfg.kernels, rung_fractions=rung_fractions(cfg.pruning_factor), deadline=deadline,
+                         eval_max_seq_length=self.seq_range()[1])
         self.any_trial_started = True
         executor.submit(spec, slot)
 
@@ -496,7 +534,8 @@ class Study:
         d = self.out / "trial_results" / "baseline"
         spec = TrialSpec(number=-1, config=tcfg, base_model=self.cfg.model_path, train_file=os.path.abspath(self.cfg.train_file),
                          validation_file=os.path.abspath(self.cfg.validation_file), output_dir=str(d), seed=self.cfg.seed,
-                         kernels=self.cfg.kernels, save_adapter=False, baseline=True)
+                         kernels=self.cfg.kernels, save_adapter=False, baseline=True,
+                         eval_max_seq_length=self.seq_range()[1])
         from moopt.study.progress import ProgressBoard, ProgressView
 
         own = not isinstance(executor, LocalExecutor)

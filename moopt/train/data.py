@@ -203,6 +203,7 @@ class TokenizedSet:
     n_truncated: int  # examples longer than max_seq_length (cut on the right)
     n_tokens: int  # tokens after truncation
     n_label_tokens: int  # tokens that carry loss
+    n_unlabelled: int = 0  # examples left out: cut to max_seq_length, they kept no token that carries loss
 
 
 def _chat(tokenizer, messages, generation_prompt: bool) -> list[int]:
@@ -249,24 +250,46 @@ def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
     return Example(ids, labels)
 
 
+def first_label(ex: Example) -> int:
+    """Index of the example's first token that carries loss (never 0: no token predicts the first one);
+    len(labels) when none does. Truncated to max_seq_length, the example keeps a loss iff this is below it."""
+    return next((i for i, x in enumerate(ex.labels) if i and x != IGNORE), len(ex.labels))
+
+
+def no_completion_left(path: str | Path, n: int, max_seq_length: int) -> str:
+    """The one line for a data file of which no example keeps a completion token within max_seq_length."""
+    return (f"{path}: no example keeps a completion token within max_seq_length {max_seq_length} (in all {n}, the "
+            f"prompt fills the first {max_seq_length} tokens, and sequences are cut on the right): raise "
+            "data.max_seq_length or shorten the prompts")
+
+
 def tokenize_file(path: str | Path, tokenizer, max_seq_length: int) -> TokenizedSet:
-    examples, n_trunc = [], 0
+    """Tokenise every record, cut to max_seq_length on the right. An example that keeps no token carrying loss
+    once cut (its prompt fills max_seq_length) is left out: it would add nothing to the loss or to the
+    per-token metrics, only compute (and a batch of nothing else would divide 0 by 0). None left: ConfigError."""
+    examples, n_trunc, n_unlabelled = [], 0, 0
     for rec in read_records(path):
         ex = tokenize_record(rec, tokenizer)
+        if first_label(ex) >= max_seq_length:
+            n_unlabelled += 1
+            continue
         if len(ex.input_ids) > max_seq_length:
             n_trunc += 1
             ex = Example(ex.input_ids[:max_seq_length], ex.labels[:max_seq_length])
         examples.append(ex)
-    return tokenized_set(examples, n_trunc)
+    if not examples and n_unlabelled:
+        raise ConfigError(no_completion_left(path, n_unlabelled, max_seq_length))
+    return tokenized_set(examples, n_trunc, n_unlabelled)
 
 
-def tokenized_set(examples: list[Example], n_truncated: int) -> TokenizedSet:
+def tokenized_set(examples: list[Example], n_truncated: int, n_unlabelled: int = 0) -> TokenizedSet:
     """A TokenizedSet of ``examples`` with its token counts."""
     return TokenizedSet(
         examples,
         n_truncated=n_truncated,
         n_tokens=sum(len(e.input_ids) for e in examples),
         n_label_tokens=sum(sum(1 for x in e.labels[1:] if x != IGNORE) for e in examples),
+        n_unlabelled=n_unlabelled,
     )
 
 

@@ -180,25 +180,41 @@ def load_model_and_tokenizer(path: str, cfg: TrialConfig, device: torch.device):
 
 
 @torch.no_grad()
+def eval_batches(data: TokenizedSet, batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """The evaluation's batches, as example indices: shortest first (less padding), up to ``batch_size`` rows
+    and, with ``max_tokens``, up to that many padded tokens (rows x the batch's longest; one row at least), so
+    a validation set cut longer than the trial trained (``TrialSpec.eval_max_seq_length``) never builds a
+    batch wider than a training batch."""
+    order = sorted(range(len(data.examples)), key=lambda i: len(data.examples[i].input_ids))
+    batches: list[list[int]] = []
+    for i in order:
+        width = len(data.examples[i].input_ids)  # the longest so far: ascending order
+        if batches and len(batches[-1]) < batch_size and (max_tokens is None or (len(batches[-1]) + 1) * width <= max_tokens):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def evaluate(model, data: TokenizedSet, batch_size: int, pad_id: int, device, backend: str,
-             beat=None, attention: BatchAttention | None = None) -> dict[str, float]:
+             beat=None, attention: BatchAttention | None = None, max_tokens: int | None = None) -> dict[str, float]:
     """Mean CE per completion token over the whole set, next-token accuracy, perplexity.
     ``beat(done, total)`` (a reporter's heartbeat) is called after each batch; ``attention(batch)``
-    before each forward."""
+    before each forward; ``max_tokens``: see :func:`eval_batches`."""
     trim_heap_if_steady()  # training's freed heap pages do not stay resident under the evaluation's
     was_training = model.training
     model.eval()
     total, correct, count = 0.0, 0, 0
-    order = sorted(range(len(data.examples)), key=lambda i: len(data.examples[i].input_ids))  # less padding
-    for s in range(0, len(order), batch_size):
-        batch = collate([data.examples[i] for i in order[s : s + batch_size]], pad_id)
+    batches = eval_batches(data, batch_size, max_tokens)
+    for b, rows in enumerate(batches):
+        batch = collate([data.examples[i] for i in rows], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         if attention is not None:
             attention(batch)
         loss_sum, n_correct, n = causal_lm_loss(model, batch, backend)
         total, correct, count = total + float(loss_sum), correct + int(n_correct), count + n
         if beat is not None:
-            beat(s // batch_size + 1, math.ceil(len(order) / batch_size))
+            beat(b + 1, len(batches))
     model.train(was_training)
     loss = total / max(count, 1)
     return {"eval_loss": loss, "eval_accuracy": correct / max(count, 1), "eval_perplexity": math.exp(min(loss, 50.0))}
@@ -293,10 +309,13 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
             result.warm = not loaded
             reset_peak(device.type)  # this trial's peak from here: the model, then what the trial adds
 
-        def tokenize(path: str) -> TokenizedSet:
+        def tokenize(path: str, max_seq_length: int = cfg.data.max_seq_length) -> TokenizedSet:
             if warm is None:
-                return tokenize_file(path, tok, cfg.data.max_seq_length)
-            return warm.tokenized(path, cfg.data.max_seq_length)
+                return tokenize_file(path, tok, max_seq_length)
+            return warm.tokenized(path, max_seq_length)
+
+        eval_length = spec.eval_max_seq_length or cfg.data.max_seq_length
+        eval_tokens = tc.batch_size * cfg.data.max_seq_length  # an evaluation batch is never wider than a training one
 
         torch.manual_seed(spec.seed)  # LoRA init and dropout draw the same numbers, loaded now or earlier
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -305,10 +324,11 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
 
         if spec.baseline:
             reporter.phase("tokenising")
-            val = tokenize(spec.validation_file)
+            val = tokenize(spec.validation_file, eval_length)
             attention = BatchAttention(model, device, result.dtype, tc.batch_size, longest_row(val))
             reporter.phase("evaluating", f"{len(val.examples)} validation examples")
-            result.metrics = evaluate(model, val, tc.batch_size, pad_id, device, "torch", reporter.heartbeat, attention)
+            result.metrics = evaluate(model, val, tc.batch_size, pad_id, device, "torch", reporter.heartbeat, attention,
+                                      max_tokens=eval_tokens)
             result.attention = attention.summary
             result.metrics["peak_memory_gb"] = trial_peak_gb()
             result.state = TrialState.COMPLETE
@@ -330,7 +350,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
         # -- load data ----------------------------------------------------------------------------
         reporter.phase("tokenising")
         train = tokenize(spec.train_file)
-        val = tokenize(spec.validation_file)
+        val = tokenize(spec.validation_file, eval_length)
         # the memory gate's shape: the full batch around the longest example (moopt.study.gate.batch_shape)
         attention = BatchAttention(model, device, result.dtype, tc.batch_size, max(longest_row(train), longest_row(val)))
         n_micro = n_micro_batches(len(train.examples), tc.batch_size, tc.num_train_epochs)
@@ -370,7 +390,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
             reporter.phase("evaluating", detail)
             t_eval = time.time()
             m = with_fallback(lambda: evaluate(model, data, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat,
-                                                        attention))
+                                                        attention, max_tokens=eval_tokens))
             result.eval_seconds += time.time() - t_eval
             return m
 
@@ -449,6 +469,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
             )
             metrics["peak_memory_gb"] = trial_peak_gb()  # the whole trial's, the save included
         extra = {"truncated_train": train.n_truncated, "truncated_val": val.n_truncated,
+                 "unlabelled_train": train.n_unlabelled, "unlabelled_val": val.n_unlabelled,
                  "train_label_tokens": train.n_label_tokens, "val_label_tokens": val.n_label_tokens}
     except Exception as e:  # recorded as a failed trial; the study goes on
         is_oom = is_out_of_memory(e)
