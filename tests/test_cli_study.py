@@ -334,6 +334,13 @@ def test_data_that_keeps_no_completion_token_at_the_longest_max_seq_length_is_re
                                 "(in all 48, the prompt fills the first 8 tokens, and sequences are cut on the right): "
                                 "raise data.max_seq_length or shorten the prompts"), r.output
     assert not out.exists()
+    cfg = tmp_path / "best_config.yaml"  # moopt train: the same line (it printed the trial's traceback)
+    cfg.write_text("training: {learning_rate: 0.01, num_train_epochs: 1}\ndata: {max_seq_length: 8}\n")
+    r = CliRunner().invoke(main, ["train", "--config", str(cfg), "--base_model", str(tiny_model), "--train_file",
+                                  str(tiny_data["train"]), "--validation_file", str(tiny_data["val"]), "--test_file",
+                                  str(tiny_data["val"]), "--output_dir", str(out)])
+    assert r.exit_code == 2 and r.output.startswith(f"Error: {tiny_data['train']}: no example keeps") and "Traceback" not in r.output
+    assert not out.exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA the Triton kernels run")

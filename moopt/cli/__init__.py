@@ -221,8 +221,9 @@ def train(**kw) -> None:
     from moopt.cli.final import train_final
     from moopt.config import cpu_dtype_override, load_trial_config
     from moopt.journal import replay
+    from moopt.study.gate import data_profile
     from moopt.study.outdir import check_writable_dir
-    from moopt.train.data import read_records
+    from moopt.train.data import no_completion_left, read_records
     from moopt.train.models import resolve_model_revision
 
     try:
@@ -239,6 +240,10 @@ def train(**kw) -> None:
         header = replay(Path(kw["config"]).parent).header
         pinned = header.get("model_revision") if header.get("base_model") == kw["base_model"] else None
         model_path, _ = resolve_model_revision(kw["base_model"], revision=pinned)
+        for f in ("train_file", "validation_file", "test_file"):  # the study's check (Study.check_data), at this length
+            starts = data_profile(model_path, kw[f])[1]
+            if not any(s < cfg.data.max_seq_length for s in starts):
+                raise ConfigError(no_completion_left(kw[f], len(starts), cfg.data.max_seq_length))
     except ConfigError as e:
         fail(str(e))
     ok = train_final(cfg, kw["config"], model_path, kw)
