@@ -24,3 +24,27 @@ def test_cpu_slots_split_the_cores():
 def test_a_trial_too_big_for_every_gpu_runs_alone_on_the_largest():
     p = DevicePlacer(parallel=2, gpus=[("0", 24.0), ("1", 48.0)])
     assert p.place(0, 100.0).device == "cuda:1"
+
+
+def test_trials_split_the_cores_this_process_may_use_not_the_nodes(tmp_path, monkeypatch):
+    """A SLURM job or taskset grants some cores of a big node (the affinity mask), a container a CPU quota
+    (cgroup cpu.max): os.cpu_count() says the node's, and trials split those between them, oversubscribed."""
+    from moopt.study import placement
+
+    monkeypatch.setattr(placement.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(placement.os, "cpu_count", lambda: 128)
+    assert placement.usable_cores(tmp_path / "none") == 8  # no cgroup files: the affinity mask
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert placement.usable_cores(tmp_path) == 8  # no quota
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    assert placement.usable_cores(tmp_path) == 3  # 2.5 CPUs of quota: 3 threads
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert placement.usable_cores(v1) == 4
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert placement.usable_cores(v1) == 8
+    monkeypatch.setattr(placement, "usable_cores", lambda: 8)
+    assert [s.threads for s in placement.plan_slots(2)] == [4, 4]
+    assert placement.DevicePlacer(2, gpus=[]).place(0).threads == 4

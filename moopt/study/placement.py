@@ -4,8 +4,35 @@ estimate (several on one device when their estimates fit, never over it).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
+
+
+def usable_cores(cgroup: str | Path = "/sys/fs/cgroup") -> int:
+    """The CPU cores this process may use: those of its affinity mask (a SLURM job's or ``taskset``'s cpuset,
+    where ``os.cpu_count()`` says the whole node's), at most its cgroup's CPU quota (a container's
+    ``--cpus``: cgroup v2 ``cpu.max``, v1 ``cpu/cpu.cfs_quota_us``), rounded up. On a 128-core node with 8
+    cores granted, trials took 128 threads between them and ran oversubscribed."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    root = Path(cgroup)
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota, period = ((root / "cpu" / f).read_text().strip() for f in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+        except OSError:
+            quota, period = "max", "1"
+    try:
+        if quota not in ("max", "-1") and float(period) > 0:
+            cores = min(cores, max(1, math.ceil(float(quota) / float(period))))
+    except ValueError:
+        pass
+    return max(1, cores)
 
 
 @dataclass(frozen=True)
@@ -30,7 +57,7 @@ class DevicePlacer:
     def __init__(self, parallel: int, gpus: list[tuple[str, float]] | None = None):
         self.parallel = parallel
         self.gpus = dict(gpus if gpus is not None else _gpu_capacities())  # id -> GiB
-        self.cores = os.cpu_count() or 1
+        self.cores = usable_cores()
         self.placed: dict[int, tuple[str, float]] = {}  # trial number -> (device, GiB reserved)
 
     @property
@@ -67,7 +94,7 @@ class DevicePlacer:
 
 def plan_slots(parallel: int) -> list[Slot]:
     """N slots without memory estimates: round-robin over visible GPUs, or the CPU cores split N ways."""
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     gpus = _visible_gpus()
     if gpus:
         return [Slot(f"cuda:{gpus[i % len(gpus)]}", max(1, cores // parallel)) for i in range(parallel)]
