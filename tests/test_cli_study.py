@@ -295,15 +295,14 @@ def test_trials_searching_max_seq_length_are_scored_on_the_same_validation_token
     one at 32. Training examples whose prompt fills 12 tokens are left out of its trials, and the study says so."""
     import random
 
-    from conftest import WORDS
-
     rng = random.Random(0)
+    words = ["the", "color", "of", "is", "what", "answer", ":", "?", "red", "green", "blue", "sky", "sun", "leaf"]
 
     def write(path, n):
         with open(path, "w") as f:
             for _ in range(n):
-                prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 16)))
-                f.write(json.dumps({"prompt": prompt, "completion": " " + " ".join(rng.choice(WORDS) for _ in range(4))}) + "\n")
+                prompt = " ".join(rng.choice(words) for _ in range(rng.randint(3, 16)))
+                f.write(json.dumps({"prompt": prompt, "completion": " " + " ".join(rng.choice(words) for _ in range(4))}) + "\n")
         return path
 
     data = {"train": write(tmp_path / "train.jsonl", 24), "val": write(tmp_path / "val.jsonl", 12)}

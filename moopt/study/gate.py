@@ -54,7 +54,7 @@ def data_profile(model_path: str, data_file: str | os.PathLike) -> tuple[list[in
 
         from moopt.train.data import first_label, read_records, tokenize_record
 
-        tok = AutoTokenizer.from_pretrained(str(model_path))
+        tok = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
         examples = [tokenize_record(rec, tok) for rec in read_records(path)]
         _PROFILES[key] = [len(ex.input_ids) for ex in examples], [first_label(ex) for ex in examples]
     return _PROFILES[key]

@@ -270,6 +270,8 @@ class Study:
         from moopt.study.gate import data_profile
         from moopt.train.data import no_completion_left
 
+        if not Path(self.cfg.model_path).is_dir():  # a simulation's stand-in model (benchmarks, tests): no tokenizer
+            return
         lo, hi = self.seq_range()
         for f, at in ((self.cfg.train_file, lo), (self.cfg.validation_file, hi)):
             starts = data_profile(self.cfg.model_path, f)[1]
