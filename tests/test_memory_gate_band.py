@@ -487,3 +487,15 @@ def test_the_gate_reason_reads_the_estimate_and_the_budget_apart(tiny_model, tmp
     shown, budget = d.reason.split(";")[0].removeprefix("estimate ").split(" GiB > budget ")
     assert float(shown) > float(budget.removesuffix(" GiB")), d.reason
     assert "- 0%" not in d.reason
+
+
+def test_the_gates_shape_leaves_out_examples_the_trial_leaves_out(tiny_model, tmp_path):
+    """Cut to max_seq_length, an example whose prompt fills it is left out of the trial: its (cut) length is not
+    the longest batch the trial builds, so the gate does not estimate or probe it."""
+    train = tmp_path / "train.jsonl"
+    long_prompt = " ".join(["the color of"] * 12)  # 36 tokens
+    train.write_text(json.dumps({"prompt": long_prompt, "completion": " red"}) + "\n"
+                     + json.dumps({"prompt": "what is the color of sky ? answer :", "completion": " blue"}) + "\n")
+    gate = MemoryGate(tiny_model, "cuda", "torch", constraint_gb=8.0, cache_path=tmp_path / "c.json", train_file=train)
+    assert gate.shape(trial(b=4, s=20)) == (1, 11)  # the short example: 9 prompt tokens + blue + eos
+    assert gate.shape(trial(b=4, s=64)) == (2, 38)  # both kept: the long one is the longest

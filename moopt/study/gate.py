@@ -176,8 +176,9 @@ class MemoryGate:
         b, s = trial.training.batch_size, trial.data.max_seq_length
         if not self.train_file:
             return b, s
-        lengths = data_lengths(self.model_path, self.train_file)
-        return batch_shape(lengths, b, s, trial.data.sampling_strategy)
+        lengths, starts = data_profile(self.model_path, self.train_file)
+        # an example whose prompt fills max_seq_length is left out by the trial (moopt.train.data.tokenize_file)
+        return batch_shape([n for n, first in zip(lengths, starts) if first < s], b, s, trial.data.sampling_strategy)
 
     def estimate(self, trial: TrialConfig, calibrated: bool = True):
         """The trial's MemoryEstimate at its data's largest batch (:meth:`shape`); calibrated with this
