@@ -151,3 +151,19 @@ def test_evaluation_batches_never_hold_more_tokens_than_a_training_batch():
     assert all(len(b) * max(lengths[i] for i in b) <= 48 for b in capped if len(b) > 1)
     assert sorted(i for b in capped for i in b) == list(range(len(lengths)))
     assert eval_batches(ds, 3, max_tokens=3 * 100) == plain
+
+
+def test_evaluation_runs_without_autograd(tiny_model, tok, tmp_path):
+    """evaluate() builds no graph (an evaluation with grad on would hold every layer's activations)."""
+    from moopt.config import TrialConfig
+    from moopt.train.lora import attach_lora
+    from moopt.train.recipe import evaluate, load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(str(tiny_model), TrialConfig(), torch.device("cpu"))
+    attach_lora(model, r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj"), backend="torch")
+    seen = []
+    path = tmp_path / "v.jsonl"
+    path.write_text(json.dumps({"prompt": "what is the color of sky ? answer :", "completion": " blue"}) + "\n")
+    model.model.register_forward_hook(lambda m, a, out: seen.append(out.last_hidden_state.requires_grad))
+    m = evaluate(model, tokenize_file(path, tok, 32), 4, tok.pad_token_id, "cpu", "torch")
+    assert m["eval_loss"] > 0 and seen == [False]

@@ -179,7 +179,6 @@ def load_model_and_tokenizer(path: str, cfg: TrialConfig, device: torch.device):
     return model, tok
 
 
-@torch.no_grad()
 def eval_batches(data: TokenizedSet, batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
     """The evaluation's batches, as example indices: shortest first (less padding), up to ``batch_size`` rows
     and, with ``max_tokens``, up to that many padded tokens (rows x the batch's longest; one row at least), so
@@ -196,6 +195,7 @@ def eval_batches(data: TokenizedSet, batch_size: int, max_tokens: int | None = N
     return batches
 
 
+@torch.no_grad()
 def evaluate(model, data: TokenizedSet, batch_size: int, pad_id: int, device, backend: str,
              beat=None, attention: BatchAttention | None = None, max_tokens: int | None = None) -> dict[str, float]:
     """Mean CE per completion token over the whole set, next-token accuracy, perplexity.
