@@ -17,6 +17,7 @@ from moopt.config import TrialConfig
 # what a trial stopped by --time_budget_hours records as its error ("time budget reached at step k"): it is
 # PRUNED, but evaluated on the whole validation set, as a COMPLETE trial is (moopt/report/results.py reads it)
 TIME_BUDGET_CUT = "time budget reached"
+NOT_TRAINED = "not trained: "  # the error of a configuration the memory gate ruled out before it ran
 
 
 class TrialState(StrEnum):

@@ -100,6 +100,21 @@ def test_study_eta_goes_by_this_runs_pace_and_yields_to_the_time_budget():
     assert "to go" not in b.study_line()
 
 
+def test_no_pace_from_configurations_the_memory_gate_ruled_out():
+    """Seen: "Study: 1/4 trials done, best value -, elapsed 0s, about 0s to go" after one INFEASIBLE (not
+    trained) configuration: the gate's verdicts take no time, so they set no pace."""
+    clock = Clock()
+    b = ProgressBoard(total=4, objective="eval_loss", clock=clock)
+    b.ended(TrialResult(number=0, state="INFEASIBLE", error="not trained: estimate 4.03 GiB > budget 2.00 GiB"))
+    clock.t += 1
+    assert b.study_line() == "Study: 1/4 trials done, best eval_loss -, elapsed 1s"
+    clock.t += 99
+    b.ended(TrialResult(number=1, state="COMPLETE", metrics={"eval_loss": 1.0}))  # ran: 100 s for 2 ended, 2 left
+    assert b.study_line().endswith("elapsed 1m40s, about 1m40s to go")
+    b.ended(TrialResult(number=2, state="INFEASIBLE", error="CUDA out of memory at step 1"))  # ran, then OOM: counts
+    assert "to go" in b.study_line()
+
+
 def test_study_eta_waits_for_the_slowest_running_trial_once_none_is_left_to_start():
     # seen in a study: 5 of 6 trials done at a pace of 37 s a trial, the last one with 1m34s of training
     # left, and the study line said "about 37s to go"

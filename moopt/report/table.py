@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from moopt.journal import replay
-from moopt.records import TrialState
+from moopt.records import NOT_TRAINED, TrialState
 from moopt.search.objectives import KNOWN, Objectives
 from moopt.search.pareto import hypervolume, nondominated
 
@@ -202,7 +202,7 @@ def nothing_fits_text(data: StudyData) -> str:
     row = data.table[data.table.number == data.least_infeasible].iloc[0]
     budget = data.header.get("memory_constraint_gb")
     error = row.get("error")
-    reason = error.removeprefix("not trained: ").strip() if isinstance(error, str) else ""
+    reason = error.removeprefix(NOT_TRAINED).strip() if isinstance(error, str) else ""
     text = "No configuration fits" + (f" the budget of {float(budget):.2f} GiB" if budget else "") + "."
     text += f" Least infeasible: trial {data.least_infeasible} ({reason or f'peak {row.peak_memory_gb:.2f} GiB'})."
     if budget:

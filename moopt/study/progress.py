@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self
 
-from moopt.records import TrialResult, TrialState
+from moopt.records import NOT_TRAINED, TrialResult, TrialState
 
 
 def fmt_duration(s: float) -> str:
@@ -81,6 +81,7 @@ class ProgressBoard:
         self.best: tuple[float, int] | None = None  # (value of the objective, or score; trial)
         self.best_metrics: dict[str, float] = {}
         self.done_here = 0  # trials that ended in this run (a resumed study's earlier ones excluded): the pace
+        self.ran_here = 0  # of those, the ones that ran (not ruled out by the memory gate before they started)
         self.trials: dict[int, TrialProgress] = {}
         self.stepped = False  # a trial of this run has made an optimizer step (set-up is known to work)
         self.lock = threading.Lock()
@@ -116,8 +117,10 @@ class ProgressBoard:
         ``earlier``: it ended in an earlier run of a resumed study (not part of this run's pace)."""
         with self.lock:
             self.trials.pop(end.number, None)
+            ran = not (end.error or "").startswith(NOT_TRAINED)
             self.done += 1
             self.done_here += not earlier
+            self.ran_here += ran and not earlier
             m = end.metrics or {}
             if self.score is not None:
                 v = self.score(m) if all(n in m for n in self.shown) else None
@@ -154,7 +157,8 @@ class ProgressBoard:
         """Seconds until the last trial ends. Once every trial still to end is training, the longest of their
         ETAs; before, this run's pace so far (its wall time per ended trial, which counts parallel slots and
         pruned trials as they came), but never less than a running trial's ETA. None before a trial of this
-        run ended, unless every trial still to end is training."""
+        run that ran has ended (the memory gate's INFEASIBLE ones take no time), unless every trial still to end
+        is training."""
         left = self.total - self.done
         if left <= 0 or now <= self.t0:
             return None
@@ -163,7 +167,7 @@ class ProgressBoard:
         known = [e for e in etas if e is not None]
         if len(etas) >= left and len(known) == len(etas):
             return max(known)  # nothing left to start: the slowest running trial ends the study
-        if not self.done_here:
+        if not self.ran_here:  # only trials the memory gate ruled out (0 s each) have ended: no pace yet
             return None
         return max([(now - self.t0) / self.done_here * left] + known)
 

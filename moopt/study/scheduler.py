@@ -34,7 +34,7 @@ import numpy as np
 from moopt.config import TrialConfig
 from moopt.errors import ConfigError
 from moopt.journal import JOURNAL, Journal, replay
-from moopt.records import TrialResult, TrialSpec, TrialState
+from moopt.records import NOT_TRAINED, TrialResult, TrialSpec, TrialState
 from moopt.search.engine import Engine
 from moopt.search.objectives import Objectives
 from moopt.search.pruner import RungPruner, rung_fractions
@@ -432,7 +432,7 @@ class Study:
 
         write_yaml(d / "config.yaml", tcfg.to_dict())
         end = TrialResult(number=number, state=TrialState.INFEASIBLE, metrics={"peak_memory_gb": peak},
-                          error=f"not trained: {decision.reason}", datetime_start=now, datetime_complete=_now(),
+                          error=f"{NOT_TRAINED}{decision.reason}", datetime_start=now, datetime_complete=_now(),
                           duration_s=0.0, config=tcfg.to_dict(), epochs=tcfg.training.num_train_epochs)
         self.journal.append(end)
         self.console.print(f"Trial {number} [red]INFEASIBLE[/] (not trained): {decision.reason}")
