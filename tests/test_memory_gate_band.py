@@ -499,3 +499,36 @@ def test_the_gates_shape_leaves_out_examples_the_trial_leaves_out(tiny_model, tm
     gate = MemoryGate(tiny_model, "cuda", "torch", constraint_gb=8.0, cache_path=tmp_path / "c.json", train_file=train)
     assert gate.shape(trial(b=4, s=20)) == (1, 11)  # the short example: 9 prompt tokens + blue + eos
     assert gate.shape(trial(b=4, s=64)) == (2, 38)  # both kept: the long one is the longest
+
+
+def test_the_studys_data_check_reads_a_sample_of_a_large_file_and_confirms_a_refusal_on_all(tiny_model, tmp_path):
+    from moopt.study.gate import completion_starts
+
+    f = tmp_path / "d.jsonl"
+    long_prompt = " ".join(["the color of"] * 12)  # 36 tokens: no completion token within 16
+    rows = [{"prompt": long_prompt, "completion": " red"}] * 30 + [{"prompt": "what is the color of sky ?", "completion": " blue"}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    starts, n = completion_starts(str(tiny_model), f, sample=10)
+    assert n == 31 and len(starts) == 10
+    assert completion_starts(str(tiny_model), f, sample=100) == (completion_starts(str(tiny_model), f, sample=31)[0], 31)
+    # the sample may hold only long ones; the study then checks every example before it refuses
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from moopt.search.space import parse_space
+    from moopt.study import gate as gate_module
+    from moopt.study.scheduler import Study
+
+    study = Study.__new__(Study)
+    study.cfg = SimpleNamespace(space=parse_space({"data": {"max_seq_length": 16}}), model_path=str(tiny_model),
+                                train_file=str(f), validation_file=str(f))
+    study.console = Console(file=io.StringIO(), width=400)
+    real = gate_module.completion_starts
+    gate_module.completion_starts = lambda m, p, sample=5000: ([36] * 5, 31)  # a sample without the short one
+    try:
+        study.check_data()  # not refused: one example of all keeps its completion
+    finally:
+        gate_module.completion_starts = real
+    assert "Note: 30 of 31 examples" in study.console.file.getvalue()  # counted on all of them

@@ -266,26 +266,33 @@ class Study:
         completion token: trials leave it out (moopt.train.data.tokenize_file). Said here once, with how many;
         a data file none of whose examples keeps one (training: at the space's longest max_seq_length;
         validation: at the length it is evaluated at, the same) is refused: its trials would train on nothing,
-        or be scored on nothing (a loss of 0)."""
-        from moopt.study.gate import data_profile
+        or be scored on nothing (a loss of 0). A large file is checked on a sample (``completion_starts``); the
+        refusal is confirmed on every example."""
+        from moopt.study.gate import completion_starts, data_profile
         from moopt.train.data import no_completion_left
 
         if not Path(self.cfg.model_path).is_dir():  # a simulation's stand-in model (benchmarks, tests): no tokenizer
             return
         lo, hi = self.seq_range()
         for f, at in ((self.cfg.train_file, lo), (self.cfg.validation_file, hi)):
-            starts = data_profile(self.cfg.model_path, f)[1]
+            starts, n = completion_starts(self.cfg.model_path, f)
+            if not any(s < hi for s in starts) and len(starts) < n:
+                starts = data_profile(self.cfg.model_path, f)[1]
             if not any(s < hi for s in starts):
-                raise ConfigError(no_completion_left(f, len(starts), hi))
-            lost, n = sum(s >= at for s in starts), len(starts)
+                raise ConfigError(no_completion_left(f, n, hi))
+            lost = sum(s >= at for s in starts)
             if lost:
+                def count(k: int) -> str:  # of the sample, scaled to the file
+                    return str(k) if len(starts) == n or k == 0 else f"about {round(k * n / len(starts))}"
+
                 at_hi = sum(s >= hi for s in starts)
-                more = f" ({at_hi} at the space's longest, {hi})" if hi != at else ""
-                what = ("trials at that length fail" if lost == n else
+                more = f" ({count(at_hi)} at the space's longest, {hi})" if hi != at else ""
+                sampled = f" (estimated from {len(starts)} of them)" if len(starts) < n else ""
+                what = ("trials at that length fail" if lost == len(starts) else
                         "trials train without them" if f == self.cfg.train_file else "the evaluation leaves them out")
                 self.console.print(
-                    f"[yellow]Note:[/] {lost} of {n} examples of {f} keep no completion token at max_seq_length "
-                    f"{at}{more}: the prompt fills it and sequences are cut on the right; {what}")
+                    f"[yellow]Note:[/] {count(lost)} of {n} examples of {f}{sampled} keep no completion token at "
+                    f"max_seq_length {at}{more}: the prompt fills it and sequences are cut on the right; {what}")
 
     # -- running it ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
