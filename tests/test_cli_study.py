@@ -307,18 +307,32 @@ def test_trials_searching_max_seq_length_are_scored_on_the_same_validation_token
 
     data = {"train": write(tmp_path / "train.jsonl", 24), "val": write(tmp_path / "val.jsonl", 12)}
     sp = tmp_path / "space.yaml"
-    sp.write_text("training: {learning_rate: 0.01, batch_size: 4, num_train_epochs: 1}\n"
+    sp.write_text("training: {learning_rate: {type: log_uniform, min: 0.003, max: 0.03}, batch_size: 4, num_train_epochs: 1}\n"
                   "data:\n  max_seq_length: {type: categorical, values: [12, 32]}\n")
     out = tmp_path / "out"
-    r = optimize(tiny_model, data, out, sp, "--num_trials", "2")
+    r = optimize(tiny_model, data, out, sp, "--num_trials", "4")
     assert r.exit_code == 0, r.output
     assert "examples of " in r.output and "keep no completion token at max_seq_length 12 (0 at the space's longest, 32)" in r.output
-    runs = {d: json.loads((out / "trial_results" / d / "metrics.json").read_text()) for d in ["trial_0", "trial_1"]}
-    lengths = {d: load_trial_config(out / "trial_results" / d / "config.yaml").data.max_seq_length for d in runs}
-    assert sorted(lengths.values()) == [12, 32]
-    short = next(d for d, n in lengths.items() if n == 12)
-    assert runs[short]["unlabelled_train"] > 0 and runs[short]["unlabelled_val"] == 0
-    assert runs["trial_0"]["val_label_tokens"] == runs["trial_1"]["val_label_tokens"] > 0
+    runs = {n: json.loads((out / "trial_results" / f"trial_{n}" / "metrics.json").read_text()) for n in range(4)}
+    lengths = {n: load_trial_config(out / "trial_results" / f"trial_{n}" / "config.yaml").data.max_seq_length for n in runs}
+    assert set(lengths.values()) == {12, 32}
+    assert all(runs[n]["unlabelled_train"] > 0 and runs[n]["unlabelled_val"] == 0 for n in runs if lengths[n] == 12)
+    assert len({m["val_label_tokens"] for m in runs.values()}) == 1 and runs[0]["val_label_tokens"] > 0
+    # a study begun before the shared length was journaled (no eval_max_seq_length in its header) goes on as it
+    # began: each trial evaluated at its own max_seq_length
+    journal = out / "journal.jsonl"
+    lines = journal.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["eval_max_seq_length"] == 32
+    del header["eval_max_seq_length"]
+    journal.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    r = optimize(tiny_model, data, out, sp, "--num_trials", "8", "--resume")
+    assert r.exit_code == 0, r.output
+    later = {n: json.loads((out / "trial_results" / f"trial_{n}" / "metrics.json").read_text()) for n in range(4, 8)}
+    own = {n: load_trial_config(out / "trial_results" / f"trial_{n}" / "config.yaml").data.max_seq_length for n in later}
+    assert 12 in own.values()  # else the test shows nothing
+    full = runs[0]["val_label_tokens"]
+    assert all((m["val_label_tokens"] < full) == (own[n] == 12) for n, m in later.items())
 
 
 def test_data_that_keeps_no_completion_token_at_the_longest_max_seq_length_is_refused(tiny_model, tiny_data, tmp_path):

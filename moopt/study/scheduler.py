@@ -164,6 +164,7 @@ class Study:
         self.journal: Journal | None = None  # open while the study runs
         self.any_trial_started = False
         self.writer: BackgroundWriter | None = None  # rewrites the results after each trial while the study runs
+        self.eval_length = 0  # the validation's max_seq_length, shared by every trial (set by run: seq_range)
 
     # -- helpers -------------------------------------------------------------------------------
     def trial_dir(self, number: int) -> Path:
@@ -328,6 +329,10 @@ class Study:
         self.out.mkdir(parents=True, exist_ok=True)
         record = replay(self.out) if cfg.resume else None
         self.journal = Journal(self.out)
+        # the validation length every trial shares (seq_range); a study begun before it was recorded keeps
+        # evaluating each trial at its own max_seq_length (0), as its finished trials were
+        self.eval_length = (record.header.get("eval_max_seq_length", 0) if record is not None and record.header
+                            else self.seq_range()[1])
         if record is None or not record.header:
             from moopt.yamlio import write_yaml
 
@@ -335,7 +340,7 @@ class Study:
                                  "num_trials": cfg.num_trials, "objectives": list(cfg.objectives.names),
                                  "weights": list(cfg.objectives.weights), "base_model": cfg.base_model,
                                  "model_revision": cfg.model_revision, "memory_constraint_gb": cfg.memory_constraint_gb,
-                                 "pruning_factor": cfg.pruning_factor})
+                                 "pruning_factor": cfg.pruning_factor, "eval_max_seq_length": self.eval_length})
             write_yaml(self.out / "search_space.yaml", space_to_yaml(cfg.space))
         for r in record.rungs if record else []:  # what finished trials showed at each rung
             if r["number"] in record.finished:
@@ -400,7 +405,7 @@ class Study:
         spec = TrialSpec(number=number, config=tcfg, base_model=cfg.model_path, train_file=os.path.abspath(cfg.train_file),
                          validation_file=os.path.abspath(cfg.validation_file), output_dir=str(d), seed=cfg.seed,
                          kernels=cfg.kernels, rung_fractions=rung_fractions(cfg.pruning_factor), deadline=deadline,
-                         eval_max_seq_length=self.seq_range()[1])
+                         eval_max_seq_length=self.eval_length)
         self.any_trial_started = True
         executor.submit(spec, slot)
 
@@ -544,7 +549,7 @@ class Study:
         spec = TrialSpec(number=-1, config=tcfg, base_model=self.cfg.model_path, train_file=os.path.abspath(self.cfg.train_file),
                          validation_file=os.path.abspath(self.cfg.validation_file), output_dir=str(d), seed=self.cfg.seed,
                          kernels=self.cfg.kernels, save_adapter=False, baseline=True,
-                         eval_max_seq_length=self.seq_range()[1])
+                         eval_max_seq_length=self.eval_length)
         from moopt.study.progress import ProgressBoard, ProgressView
 
         own = not isinstance(executor, LocalExecutor)
