@@ -318,6 +318,17 @@ def test_trials_searching_max_seq_length_are_scored_on_the_same_validation_token
     assert set(lengths.values()) == {12, 32}
     assert all(runs[n]["unlabelled_train"] > 0 and runs[n]["unlabelled_val"] == 0 for n in runs if lengths[n] == 12)
     assert len({m["val_label_tokens"] for m in runs.values()}) == 1 and runs[0]["val_label_tokens"] > 0
+    # moopt train of a configuration of this study (at 12 tokens) measures validation and test as the study did
+    short = next(n for n in runs if lengths[n] == 12)
+    r = CliRunner().invoke(main, ["train", "--config", str(out / "trial_results" / f"trial_{short}" / "config.yaml"),
+                                  "--base_model", str(tiny_model), "--train_file", str(data["train"]), "--validation_file",
+                                  str(data["val"]), "--test_file", str(data["val"]), "--output_dir", str(tmp_path / "final")])
+    assert r.exit_code == 0, r.output
+    final = json.loads((tmp_path / "final" / "metrics.json").read_text())
+    assert final["val_label_tokens"] == runs[0]["val_label_tokens"]
+    assert final["metrics"]["test_loss"] == final["metrics"]["eval_loss"]  # same file, same cut
+    study_val = json.loads((tmp_path / "final" / "final_metrics.json").read_text())["study_validation"]
+    assert study_val["eval_loss"] == pytest.approx(runs[short]["metrics"]["eval_loss"], rel=1e-4)  # the trial, repeated
     # a study begun before the shared length was journaled (no eval_max_seq_length in its header) goes on as it
     # began: each trial evaluated at its own max_seq_length
     journal = out / "journal.jsonl"

@@ -218,7 +218,7 @@ def report(output_dir: str) -> None:
 @opt("overwrite", is_flag=True, help="Replace a final model already in output_dir.")
 def train(**kw) -> None:
     """Train the final adapter with a chosen configuration (full budget, no pruning) and test it."""
-    from moopt.cli.final import train_final
+    from moopt.cli.final import study_of, train_final
     from moopt.config import cpu_dtype_override, load_trial_config
     from moopt.journal import replay
     from moopt.study.gate import data_profile
@@ -236,14 +236,19 @@ def train(**kw) -> None:
         check_writable_dir(out)
         if (out / "final_metrics.json").is_file() and not kw["overwrite"]:
             raise ConfigError(f"{out}: holds a trained model already; pass --overwrite to replace it")
-        # a study's best_config.yaml: the final model trains on the hub commit that study searched on
-        header = replay(Path(kw["config"]).parent).header
+        # a study's best_config.yaml (or a trial's config.yaml): the final model trains on the hub commit that
+        # study searched on
+        study_dir = study_of(kw["config"])[0]
+        header = replay(study_dir).header if study_dir is not None else {}
         pinned = header.get("model_revision") if header.get("base_model") == kw["base_model"] else None
         model_path, _ = resolve_model_revision(kw["base_model"], revision=pinned)
-        for f in ("train_file", "validation_file", "test_file"):  # the study's check (Study.check_data), at this length
+        # validation (and test) cut at the length the study evaluated every trial at
+        kw["eval_max_seq_length"] = max(int(header.get("eval_max_seq_length") or 0), cfg.data.max_seq_length)
+        for f in ("train_file", "validation_file", "test_file"):  # the study's check (Study.check_data)
+            at = cfg.data.max_seq_length if f == "train_file" else kw["eval_max_seq_length"]
             starts = data_profile(model_path, kw[f])[1]
-            if not any(s < cfg.data.max_seq_length for s in starts):
-                raise ConfigError(no_completion_left(kw[f], len(starts), cfg.data.max_seq_length))
+            if not any(s < at for s in starts):
+                raise ConfigError(no_completion_left(kw[f], len(starts), at))
     except ConfigError as e:
         fail(str(e))
     ok = train_final(cfg, kw["config"], model_path, kw)

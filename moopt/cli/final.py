@@ -37,17 +37,37 @@ class ConsoleReporter:
         pass
 
 
+def study_of(config_path: str | Path) -> tuple[Path | None, int | None]:
+    """(the study folder, the trial) a config file comes from: a study's best_config.yaml (trial None: the
+    chosen one) or a trial's own trial_results/trial_N/config.yaml; (None, None) for any other file."""
+    from moopt.journal import JOURNAL
+
+    here = Path(config_path).resolve().parent
+    if (here / JOURNAL).is_file():
+        return here, None
+    study = here.parent.parent
+    if here.parent.name == "trial_results" and here.name.startswith("trial_") and (study / JOURNAL).is_file():
+        try:
+            return study, int(here.name.removeprefix("trial_"))
+        except ValueError:
+            pass
+    return None, None
+
+
 def study_validation_metrics(config_path: str | Path) -> dict[str, float] | None:
-    """If the config is a study's best_config.yaml, the best trial's validation metrics."""
-    out = Path(config_path).parent
-    if not (out / "journal.jsonl").is_file():
+    """If the config is a study's (its best_config.yaml, or a trial's config.yaml), the validation metrics
+    of the trial it holds (the chosen one for best_config.yaml), when that trial completed."""
+    out, number = study_of(config_path)
+    if out is None:
         return None
     from moopt.report.table import load_study
 
     data = load_study(out)
-    if data.best is None:
+    number = data.best if number is None else number
+    rows = data.table[(data.table.number == number) & (data.table.state == "COMPLETE")] if len(data.table) else []
+    if number is None or not len(rows):
         return None
-    row = data.table[data.table.number == data.best].iloc[0]
+    row = rows.iloc[0]
     keys = ("eval_loss", "eval_accuracy", "eval_perplexity")
     return {k: float(row.get(f"values_{k}", row.get(k))) for k in keys if f"values_{k}" in row or k in row}
 
@@ -65,7 +85,8 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     write_yaml(out / "config.yaml", cfg.to_dict())
     spec = TrialSpec(number=0, config=cfg, base_model=model_path, train_file=os.path.abspath(kw["train_file"]),
                      validation_file=os.path.abspath(kw["validation_file"]), output_dir=str(out), seed=kw["seed"],
-                     kernels=kw["kernels"], test_file=os.path.abspath(kw["test_file"]))
+                     kernels=kw["kernels"], test_file=os.path.abspath(kw["test_file"]),
+                     eval_max_seq_length=kw.get("eval_max_seq_length", 0))
     if cfg.model.quantization == "none":  # as a study does (Study.prepare_model): moopt's own conversion
         from moopt.config import resolve_dtype  # loads from its copy in the trial's dtype, not converted at load
         from moopt.train.models import prepare_dtype_copy

@@ -450,7 +450,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
             result.eval_tokens += val.n_tokens
             evals.append({"step": step, "examples": len(val.examples), **metrics})
             if spec.test_file:
-                test = tokenize(spec.test_file)
+                test = tokenize(spec.test_file, eval_length)  # measured as the validation set is
                 tm = evaluate_on(test, f"{len(test.examples)} test examples")
                 metrics.update({k.replace("eval_", "test_"): v for k, v in tm.items()})
             result.state = TrialState.COMPLETE if stop_reason is None else TrialState.PRUNED
