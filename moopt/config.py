@@ -272,4 +272,12 @@ def load_trial_config(path: str | Path) -> TrialConfig:
     """Read a ``best_config.yaml``-style file (sections training/lora/data[/model])."""
     from moopt.yamlio import read_yaml_mapping
 
-    return TrialConfig.from_dict(read_yaml_mapping(path), source=str(path))
+    data = read_yaml_mapping(path)
+    ranges = [f"{section}.{key}" for section, fields in data.items() if isinstance(fields, dict)
+              for key, v in fields.items() if isinstance(v, dict) and "type" in v]
+    if ranges:  # a search space given where one configuration is expected
+        raise ConfigError(f"{path}: {', '.join(ranges[:3])}{' ...' if len(ranges) > 3 else ''} "
+                          f"{'is a search range' if len(ranges) == 1 else 'are search ranges'} ({{type: ...}}): this is a "
+                          "search space; --config takes one configuration, such as a study's best_config.yaml or a "
+                          "trial's trial_results/trial_N/config.yaml")
+    return TrialConfig.from_dict(data, source=str(path))

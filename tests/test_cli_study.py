@@ -384,3 +384,16 @@ def test_triton_kernels_without_cuda_or_the_interpreter_are_refused_before_anyth
                                       "--test_file", str(tiny_data["val"]), "--output_dir", str(tmp_path / "final")])
     assert final.exit_code == 2 and "--kernels triton: this machine has no CUDA device" in final.output
     assert not (tmp_path / "final").exists()
+
+
+def test_a_search_space_given_as_a_config_is_named_as_such(space, tmp_path):
+    """moopt train / estimate-memory --config takes one configuration; a search space there listed every range
+    as "expected a number, got {'type': ...}"."""
+    for args in (["train", "--config", str(space), "--train_file", str(space), "--validation_file", str(space),
+                  "--test_file", str(space), "--output_dir", str(tmp_path / "out")],
+                 ["estimate-memory", "--config", str(space), "--device", "cpu"]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2, r.output
+        assert ": training.learning_rate, " in r.output and "are search ranges ({type: ...}): this is a search space; " \
+               "--config takes one configuration" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "out").exists()
