@@ -397,3 +397,26 @@ def test_a_search_space_given_as_a_config_is_named_as_such(space, tmp_path):
         assert ": training.learning_rate, " in r.output and "are search ranges ({type: ...}): this is a search space; " \
                "--config takes one configuration" in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_validation_or_test_records_that_also_appear_in_training_are_said(tiny_model, tiny_data, tmp_path):
+    """A validation set copied from (or overlapping) the training set makes the objectives reward memorising it;
+    the same for moopt train's test set, which should measure what the search never saw."""
+    sp = tmp_path / "space.yaml"
+    sp.write_text("training: {learning_rate: 0.01, num_train_epochs: 1}\ndata: {max_seq_length: 32}\n")
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(json.dumps({"prompt": f"the color of {t} is", "completion": " red"}) + "\n"
+                                for t in ("sky", "sun", "sea")))
+    copied = tmp_path / "copied.jsonl"
+    copied.write_text("".join(tiny_data["train"].read_text().splitlines(keepends=True)[:5]) + held_out.read_text())
+    for val, said in ((held_out, None), (copied, f"Note: 5 of 8 examples of {copied} also appear in {tiny_data['train']}")):
+        r = optimize(tiny_model, {"train": tiny_data["train"], "val": val}, tmp_path / val.stem, sp, "--no-baseline")
+        assert r.exit_code == 0, r.output
+        assert (said in r.output) if said else ("also appear in" not in r.output), r.output
+    r = CliRunner().invoke(main, ["train", "--config", str(tmp_path / "held_out" / "best_config.yaml"), "--base_model",
+                                  str(tiny_model), "--train_file", str(tiny_data["train"]), "--validation_file",
+                                  str(held_out), "--test_file", str(copied), "--output_dir", str(tmp_path / "final")])
+    assert r.exit_code == 0, r.output
+    assert f"Note: 5 of 8 examples of {copied} also appear in {tiny_data['train']}: the test metrics are not " \
+           "held-out ones for them" in r.output
+    assert f"also appear in {held_out}" in r.output  # the 3 held-out validation records are in the test file too

@@ -223,7 +223,7 @@ def train(**kw) -> None:
     from moopt.journal import replay
     from moopt.study.gate import data_profile
     from moopt.study.outdir import check_writable_dir
-    from moopt.train.data import no_completion_left, read_records
+    from moopt.train.data import no_completion_left, read_records, shared_records
     from moopt.train.models import resolve_model_revision
 
     try:
@@ -251,6 +251,11 @@ def train(**kw) -> None:
                 raise ConfigError(no_completion_left(kw[f], len(starts), at))
     except ConfigError as e:
         fail(str(e))
+    for f in ("train_file", "validation_file"):  # the test set measures what the search never saw
+        shared = shared_records(kw[f], kw["test_file"])
+        if shared:
+            click.echo(f"Note: {shared} of {len(read_records(kw['test_file']))} examples of {kw['test_file']} also appear in "
+                       f"{kw[f]}: the test metrics are not held-out ones for them")
     ok = train_final(cfg, kw["config"], model_path, kw)
     sys.exit(0 if ok else 1)
 

@@ -250,6 +250,18 @@ def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
     return Example(ids, labels)
 
 
+def shared_records(reference: str | Path, other: str | Path) -> int:
+    """How many records of ``other`` also appear, identical, in ``reference`` (a validation set copied from the
+    training set, or overlapping it: its objectives then reward memorising those records)."""
+    import json
+
+    def key(rec: dict[str, Any]) -> str:
+        return json.dumps(rec, sort_keys=True, ensure_ascii=False)
+
+    seen = {key(r) for r in read_records(reference)}
+    return sum(key(r) in seen for r in read_records(other))
+
+
 def first_label(ex: Example) -> int:
     """Index of the example's first token that carries loss (never 0: no token predicts the first one);
     len(labels) when none does. Truncated to max_seq_length, the example keeps a loss iff this is below it."""
