@@ -221,9 +221,9 @@ def train(**kw) -> None:
     from moopt.cli.final import study_of, train_final
     from moopt.config import cpu_dtype_override, load_trial_config
     from moopt.journal import replay
-    from moopt.study.gate import data_profile
+    from moopt.study.gate import require_completions
     from moopt.study.outdir import check_writable_dir
-    from moopt.train.data import no_completion_left, read_records, shared_records
+    from moopt.train.data import read_records, shared_records
     from moopt.train.models import resolve_model_revision
 
     try:
@@ -245,16 +245,13 @@ def train(**kw) -> None:
         # validation (and test) cut at the length the study evaluated every trial at
         kw["eval_max_seq_length"] = max(int(header.get("eval_max_seq_length") or 0), cfg.data.max_seq_length)
         for f in ("train_file", "validation_file", "test_file"):  # the study's check (Study.check_data)
-            at = cfg.data.max_seq_length if f == "train_file" else kw["eval_max_seq_length"]
-            starts = data_profile(model_path, kw[f])[1]
-            if not any(s < at for s in starts):
-                raise ConfigError(no_completion_left(kw[f], len(starts), at))
+            require_completions(model_path, kw[f], cfg.data.max_seq_length if f == "train_file" else kw["eval_max_seq_length"])
     except ConfigError as e:
         fail(str(e))
     for f in ("train_file", "validation_file"):  # the test set measures what the search never saw
-        shared = shared_records(kw[f], kw["test_file"])
+        shared, n_test = shared_records(kw[f], kw["test_file"])
         if shared:
-            click.echo(f"Note: {shared} of {len(read_records(kw['test_file']))} examples of {kw['test_file']} also appear in "
+            click.echo(f"Note: {shared} of {n_test} examples of {kw['test_file']} also appear in "
                        f"{kw[f]}: the test metrics are not held-out ones for them")
     ok = train_final(cfg, kw["config"], model_path, kw)
     sys.exit(0 if ok else 1)

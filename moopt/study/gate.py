@@ -42,21 +42,32 @@ class GateDecision:
 _PROFILES: dict[tuple, tuple[list[int], list[int]]] = {}
 
 
+def _profile_key(model_path: str, data_file: str | os.PathLike) -> tuple:
+    path = Path(data_file)
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns, str(model_path)
+
+
+def _profile(model_path: str, records: list) -> tuple[list[int], list[int]]:
+    """(token count, first-label index) of each record, tokenised as a trial does."""
+    from transformers import AutoTokenizer
+
+    from moopt.train.data import first_label, tokenize_record
+
+    tok = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+    examples = [tokenize_record(rec, tok) for rec in records]
+    return [len(ex.input_ids) for ex in examples], [first_label(ex) for ex in examples]
+
+
 def data_profile(model_path: str, data_file: str | os.PathLike) -> tuple[list[int], list[int]]:
     """(token count, index of the first token carrying loss) of every example of ``data_file``, untruncated,
     tokenised as a trial does (moopt.train.data.tokenize_record with the model's tokenizer); cached per (file,
     size, mtime, tokenizer)."""
-    path = Path(data_file)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, str(model_path))
+    key = _profile_key(model_path, data_file)
     if key not in _PROFILES:
-        from transformers import AutoTokenizer
+        from moopt.train.data import read_records
 
-        from moopt.train.data import first_label, read_records, tokenize_record
-
-        tok = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-        examples = [tokenize_record(rec, tok) for rec in read_records(path)]
-        _PROFILES[key] = [len(ex.input_ids) for ex in examples], [first_label(ex) for ex in examples]
+        _PROFILES[key] = _profile(model_path, read_records(data_file))
     return _PROFILES[key]
 
 
@@ -64,25 +75,32 @@ def completion_starts(model_path: str, data_file: str | os.PathLike, sample: int
     """(``data_profile``'s first-label indices of a fixed random ``sample`` of the examples, or of all when there are
     no more, or when the whole profile is known already; how many examples the file has). Tokenising a chat data
     set runs at ~2,000 records/s on one core, so the study's data check reads a sample of a large one."""
-    path = Path(data_file)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, str(model_path))
-    if key in _PROFILES:
-        return _PROFILES[key][1], len(_PROFILES[key][1])
-    from moopt.train.data import read_records
+    key = _profile_key(model_path, data_file)
+    if key not in _PROFILES:
+        import random
 
-    records = read_records(path)
-    if len(records) <= sample:
-        return data_profile(model_path, data_file)[1], len(records)
-    import random
+        from moopt.train.data import read_records
 
-    from transformers import AutoTokenizer
+        records = read_records(data_file)
+        if len(records) > sample:
+            return _profile(model_path, random.Random(0).sample(records, sample))[1], len(records)
+        _PROFILES[key] = _profile(model_path, records)
+    return _PROFILES[key][1], len(_PROFILES[key][1])
 
-    from moopt.train.data import first_label, tokenize_record
 
-    tok = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-    picked = random.Random(0).sample(records, sample)
-    return [first_label(tokenize_record(rec, tok)) for rec in picked], len(records)
+def require_completions(model_path: str, data_file: str | os.PathLike, max_seq_length: int) -> tuple[list[int], int]:
+    """``completion_starts`` of ``data_file``, after checking that at least one example keeps a completion token
+    within ``max_seq_length`` (on every example before refusing: a sample may miss the one that does); else
+    ConfigError (moopt.train.data.no_completion_left)."""
+    from moopt.errors import ConfigError
+    from moopt.train.data import no_completion_left
+
+    starts, n = completion_starts(model_path, data_file)
+    if not any(s < max_seq_length for s in starts) and len(starts) < n:
+        starts = data_profile(model_path, data_file)[1]
+    if not any(s < max_seq_length for s in starts):
+        raise ConfigError(no_completion_left(data_file, n, max_seq_length))
+    return starts, n
 
 
 def data_lengths(model_path: str, data_file: str | os.PathLike) -> list[int]:

@@ -32,7 +32,6 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from moopt.config import TrialConfig
-from moopt.errors import ConfigError
 from moopt.journal import JOURNAL, Journal, replay
 from moopt.records import NOT_TRAINED, TrialResult, TrialSpec, TrialState
 from moopt.search.engine import Engine
@@ -270,24 +269,18 @@ class Study:
         or be scored on nothing (a loss of 0). A large file is checked on a sample (``completion_starts``); the
         refusal is confirmed on every example. Validation records that also appear in the training file are
         said too (the objectives then reward memorising them)."""
-        from moopt.study.gate import completion_starts, data_profile
-        from moopt.train.data import no_completion_left, read_records, shared_records
+        from moopt.study.gate import require_completions
+        from moopt.train.data import shared_records
 
         if not Path(self.cfg.model_path).is_dir():  # a simulation's stand-in model (benchmarks, tests): no tokenizer
             return
         lo, hi = self.seq_range()
-        notes = []  # every refusal before any note
-        for f, at in ((self.cfg.train_file, lo), (self.cfg.validation_file, hi)):
-            starts, n = completion_starts(self.cfg.model_path, f)
-            if not any(s < hi for s in starts) and len(starts) < n:
-                starts = data_profile(self.cfg.model_path, f)[1]
-            if not any(s < hi for s in starts):
-                raise ConfigError(no_completion_left(f, n, hi))
-            notes.append((f, at, starts, n))
-        for f, at, starts, n in notes:
+        checked = [(f, at, *require_completions(self.cfg.model_path, f, hi))  # every refusal before any note
+                   for f, at in ((self.cfg.train_file, lo), (self.cfg.validation_file, hi))]
+        for f, at, starts, n in checked:
             lost = sum(s >= at for s in starts)
             if lost:
-                def count(k: int) -> str:  # of the sample, scaled to the file
+                def count(k: int, starts=starts, n=n) -> str:  # of the sample, scaled to the file
                     return str(k) if len(starts) == n or k == 0 else f"about {round(k * n / len(starts))}"
 
                 at_hi = sum(s >= hi for s in starts)
@@ -298,9 +291,8 @@ class Study:
                 self.console.print(
                     f"[yellow]Note:[/] {count(lost)} of {n} examples of {f}{sampled} keep no completion token at "
                     f"max_seq_length {at}{more}: the prompt fills it and sequences are cut on the right; {what}")
-        shared = shared_records(self.cfg.train_file, self.cfg.validation_file)
+        shared, n_val = shared_records(self.cfg.train_file, self.cfg.validation_file)
         if shared:
-            n_val = len(read_records(self.cfg.validation_file))
             self.console.print(
                 f"[yellow]Note:[/] {shared} of {n_val} examples of {self.cfg.validation_file} also appear in "
                 f"{self.cfg.train_file}: the objectives reward memorising them; a validation set held out from "

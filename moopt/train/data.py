@@ -250,16 +250,17 @@ def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
     return Example(ids, labels)
 
 
-def shared_records(reference: str | Path, other: str | Path) -> int:
-    """How many records of ``other`` also appear, identical, in ``reference`` (a validation set copied from the
-    training set, or overlapping it: its objectives then reward memorising those records)."""
+def shared_records(reference: str | Path, other: str | Path) -> tuple[int, int]:
+    """(How many records of ``other`` also appear, identical, in ``reference``, how many records ``other`` has): a
+    validation set copied from the training set, or overlapping it, makes its objectives reward memorising them."""
     import json
 
     def key(rec: dict[str, Any]) -> str:
         return json.dumps(rec, sort_keys=True, ensure_ascii=False)
 
     seen = {key(r) for r in read_records(reference)}
-    return sum(key(r) in seen for r in read_records(other))
+    records = read_records(other)
+    return sum(key(r) in seen for r in records), len(records)
 
 
 def first_label(ex: Example) -> int:
