@@ -532,3 +532,52 @@ def test_the_studys_data_check_reads_a_sample_of_a_large_file_and_confirms_a_ref
     finally:
         gate_module.completion_starts = real
     assert "Note: 30 of 31 examples" in study.console.file.getvalue()  # counted on all of them
+
+
+def test_without_a_memory_constraint_a_gpu_study_still_never_trains_what_cannot_fit_the_gpu(tiny_model, tiny_data,
+                                                                                          tmp_path, monkeypatch):
+    """No --memory_constraint on GPUs: the largest GPU's memory (less the placer's headroom) is the gate's budget;
+    a configuration clearly over it is ruled out without loading the model, one clearly under trains on the estimate
+    (no first-of-its-kind probe: that would cost every study a model load), and the reason says where the budget
+    comes from."""
+    import io
+
+    from rich.console import Console
+
+    from moopt.records import TrialResult, TrialState
+    from moopt.search.objectives import parse_objectives
+    from moopt.search.space import parse_space
+    from moopt.study import placement
+    from moopt.study.scheduler import Scheduler, Study, StudyConfig
+
+    monkeypatch.setattr(placement, "_gpu_capacities", lambda: [("0", 2.0), ("1", 4.0)])
+    space = parse_space({"training": {"batch_size": {"type": "categorical", "values": [1, 2]}}}, source="<test>")
+
+    def scheduler(constraint):
+        cfg = StudyConfig(base_model=str(tiny_model), model_path=str(tiny_model), train_file=str(tiny_data["train"]),
+                          validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "out"), num_trials=2,
+                          objectives=parse_objectives("eval_loss", None), space=space, memory_constraint_gb=constraint)
+        study = Study(cfg, console=Console(file=io.StringIO()))
+        return study, Scheduler(study, executor=None)
+
+    study, sched = scheduler(None)
+    assert sched.gate is not None and sched.gate.device == "cuda"
+    assert sched.gate.constraint_gb == pytest.approx(4.0 * placement.DevicePlacer.HEADROOM) == study.memory_limit_gb
+    monkeypatch.setattr(gate_mod, "probe_peak", no_probe)
+    sched.gate.cache = type(sched.gate.cache)(tmp_path / "cal.json")  # this machine's calibration stays out of it
+    small = sched.gate.decide(trial(b=1, s=32))
+    assert small.verdict == "fit" and not small.probed  # uncalibrated on cuda, yet trusted far under the GPU
+    sched.gate.train_file = None  # the tiny data's examples are short: batch_size x max_seq_length is the shape
+    huge = sched.gate.decide(trial(b=512, s=4096, r=64, targets=ALL))
+    assert huge.verdict == "infeasible" and not huge.probed
+    assert "budget 3.80 GiB" in huge.reason and "95% of the largest GPU's 4.0 GiB, no --memory_constraint" in huge.reason
+    # the engine is told by how much it is over, as under --memory_constraint
+    end = TrialResult(number=0, state=TrialState.INFEASIBLE, metrics={"peak_memory_gb": 100.0})
+    assert study.told_values(end)[1] == pytest.approx(100.0 - 3.8)
+    # with --memory_constraint the budget is the user's, and the first of its kind is probed (issue 25)
+    study, sched = scheduler(8.0)
+    assert sched.gate.constraint_gb == 8.0 and sched.gate.probe_first and sched.gate.budget_note is None
+    assert study.memory_limit_gb == 8.0
+    # on a CPU without --memory_constraint: no gate (a warm worker's RSS carries earlier trials)
+    monkeypatch.setattr(placement, "_gpu_capacities", lambda: [])
+    assert scheduler(None)[1].gate is None

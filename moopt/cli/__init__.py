@@ -64,7 +64,7 @@ def main() -> None:
           "(eta 2: 1/8, 1/4, 1/2); at each rung a trial goes on only if in the top 1/eta by Pareto rank, then crowding, "
           "and (from 1/5 on) only if its optimistic end is not dominated by a completed trial. Default: no pruning.")
 @opt("parallel_trials", default=1, show_default=True, type=click.IntRange(min=1), help="Trials run at once, one process each: on CPU the cores are split; on GPUs each goes where its memory estimate fits (several may share one).")
-@opt("memory_constraint", default=None, type=FiniteRange(min=0, min_open=True), help="Memory budget per trial, GiB (GPU memory on CUDA, peak RSS on CPU). Default: none.")
+@opt("memory_constraint", default=None, type=FiniteRange(min=0, min_open=True), help="Memory budget per trial, GiB (GPU memory on CUDA, peak RSS on CPU). Default: none (on GPUs, 95% of the largest one's memory: a configuration clearly over it is not trained).")
 @opt("kernels", default="auto", show_default=True, type=click.Choice(["auto", "triton", "torch"]),
      help="LoRA kernel path: triton (fused, CUDA), torch (plain PyTorch), auto (triton on CUDA, torch on CPU).")
 @opt("executor", default="local", show_default=True, type=click.Choice(["local", "ray"]), help="local: embedded executor; ray: Ray tasks.")

@@ -205,9 +205,9 @@ def nothing_fits_text(data: StudyData) -> str:
     reason = error.removeprefix(NOT_TRAINED).strip() if isinstance(error, str) else ""
     text = "No configuration fits" + (f" the budget of {float(budget):.2f} GiB" if budget else "") + "."
     text += f" Least infeasible: trial {data.least_infeasible} ({reason or f'peak {row.peak_memory_gb:.2f} GiB'})."
-    if budget:
-        text += (" Raise --memory_constraint, or search smaller batch_size, r, target_modules or max_seq_length"
-                 " (model.quantization and model.gradient_checkpointing lower the peak too).")
+    text += (" Raise --memory_constraint, or search" if budget else " Search") + (
+        " smaller batch_size, r, target_modules or max_seq_length (model.quantization and"
+        " model.gradient_checkpointing lower the peak too).")
     return text
 
 

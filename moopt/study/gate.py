@@ -161,7 +161,9 @@ class MemoryGate:
 
     - estimate × (1 − over) > budget: "infeasible", no probe;
     - estimate × (1 + under) ≤ budget: "fit", no probe, except on ``cuda`` before the first probe of
-      this (model, quantization, kernels): that one is probed before any is trained on trust;
+      this (model, quantization, kernels): that one is probed before any is trained on trust (unless
+      ``probe_first`` is False: the study's implicit limit, the GPU's own memory, where an OOM costs
+      only that trial and a probe per key would cost every study a model load);
     - in between: the probe decides (measured × (1 + spread) ≤ budget: "fit", the spread being a measured
       peak's run-to-run spread and a trial's excess over its probe, memory.measured_spread: 5% on cpu, 3% on
       cuda, wider for a key where a trial went further above its probe); its pair is stored and the calibration
@@ -182,7 +184,8 @@ class MemoryGate:
 
     def __init__(self, model_path: str | os.PathLike, device: str, kernels: str, constraint_gb: float,
                  cache_path: str | os.PathLike | None = None, margin: float | None = None, steps: int = 3,
-                 threads: int = 0, timeout_s: float = 600, train_file: str | os.PathLike | None = None):
+                 threads: int = 0, timeout_s: float = 600, train_file: str | os.PathLike | None = None,
+                 probe_first: bool = True, budget_note: str | None = None):
         from moopt.memory.estimate import load_model_config
 
         problems = []
@@ -201,6 +204,8 @@ class MemoryGate:
         self.margin = margin  # None: the band comes from the estimator's measured error (band())
         self.steps, self.threads, self.timeout_s = steps, threads, timeout_s
         self.train_file = str(train_file) if train_file else None
+        self.probe_first = probe_first  # on cuda, probe the first configuration of each key before trusting any
+        self.budget_note = budget_note  # where the budget comes from, said in each reason ("95% of the largest GPU's ...")
         self.model_config = load_model_config(model_path)
         self.cache = CalibrationCache(cache_path or default_cache_path())
         # moopt's torch and Triton LoRA save the same tensors; "auto" is whichever runs on the device
@@ -272,7 +277,8 @@ class MemoryGate:
             shown += f" (longest batch of the data; max_seq_length {trial.data.max_seq_length})"
 
         def decision(verdict, measured, probed, reason):
-            return GateDecision(verdict, predicted, measured, probed, f"{reason}; shape {shown}", shape, (under, over))
+            note = f"; budget: {self.budget_note}" if self.budget_note else ""
+            return GateDecision(verdict, predicted, measured, probed, f"{reason}; shape {shown}{note}", shape, (under, over))
 
         cached = (entry.get("probes") or {}).get(fp)
         if cached is not None:
@@ -284,7 +290,7 @@ class MemoryGate:
         if predicted * (1 - over) > budget:
             return decision("infeasible", None, False, compared("estimate", predicted, "-", over, budget))
         calibrated = bool(entry.get("pairs"))
-        if predicted * (1 + under) <= budget and (self.device != "cuda" or calibrated):
+        if predicted * (1 + under) <= budget and (self.device != "cuda" or calibrated or not self.probe_first):
             return decision("fit", None, False, compared("estimate", predicted, "+", under, budget))
 
         # -- within the error band, or the first of its kind on CUDA: measure ------------------------

@@ -164,6 +164,7 @@ class Study:
         self.any_trial_started = False
         self.writer: BackgroundWriter | None = None  # rewrites the results after each trial while the study runs
         self.eval_length = 0  # the validation's max_seq_length, shared by every trial (set by run: seq_range)
+        self.memory_limit_gb = cfg.memory_constraint_gb  # or, on GPUs without it, what the largest one holds (Scheduler)
 
     # -- helpers -------------------------------------------------------------------------------
     def trial_dir(self, number: int) -> Path:
@@ -462,8 +463,8 @@ class Study:
         F = objs.to_minimize(m) if have else np.full(len(objs.names), 1e9)
         if end.state in (TrialState.COMPLETE, TrialState.PRUNED) and have:
             G = (m.get("peak_memory_gb", 0.0) - c) if c else -1.0
-        elif end.state == TrialState.INFEASIBLE and c and "peak_memory_gb" in m:
-            G = max(m["peak_memory_gb"] - c, 1e-3)
+        elif end.state == TrialState.INFEASIBLE and self.memory_limit_gb and "peak_memory_gb" in m:
+            G = max(m["peak_memory_gb"] - self.memory_limit_gb, 1e-3)
         else:
             G = 1.0
         return F, float(G), self.pruner.projected(end.number, F) if end.pruned_by_rung and have else F
@@ -646,6 +647,20 @@ class Scheduler:
             device = "cuda" if self.placer.on_gpu else "cpu"
             self.gate = MemoryGate(cfg.model_path, device=device, train_file=cfg.train_file,
                                    kernels=study.kernel_path(device), constraint_gb=cfg.memory_constraint_gb)
+        elif self.placer.on_gpu:
+            # No --memory_constraint: the GPU's own memory is still a limit. A configuration whose estimate is
+            # clearly over what the largest visible GPU holds is not trained (for a 70B model, loading it only to
+            # run out of memory costs minutes); a borderline one is probed; the rest train on the estimate (their
+            # OOM, should one come, is recorded and never repeated).
+            from moopt.study.gate import MemoryGate
+            from moopt.study.placement import DevicePlacer
+
+            cap = max(self.placer.gpus.values())
+            study.memory_limit_gb = cap * DevicePlacer.HEADROOM
+            self.gate = MemoryGate(cfg.model_path, device="cuda", train_file=cfg.train_file,
+                                   kernels=study.kernel_path("cuda"), constraint_gb=study.memory_limit_gb,
+                                   probe_first=False, budget_note=f"{DevicePlacer.HEADROOM:.0%} of the largest GPU's "
+                                   f"{cap:.1f} GiB, no --memory_constraint")
         self.view = None  # the progress view, while run() runs
 
     @property
@@ -748,7 +763,7 @@ class Scheduler:
                               "time budget: it ran out before the first trial could start (the set-up and the base "
                               "model's evaluation took it all)")
             return False
-        if self.gate is not None:  # --memory_constraint: never train what cannot fit
+        if self.gate is not None:  # --memory_constraint (or the GPU's memory): never train what cannot fit
             shown = number if number >= 0 else self.next_number
             decision = self.gate.decide(tcfg, announce=lambda shape: study.console.print(
                 f"Trial {shown}: measuring its peak memory ({shape[0]} x {shape[1]} tokens, a few steps in a fresh process) ...",
