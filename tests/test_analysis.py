@@ -332,6 +332,44 @@ def test_a_trial_cut_by_the_time_budget_that_beats_the_best_is_named_in_the_summ
     assert "trial_results/trial_4/adapter" in said and "Trial 6 was cut" not in said and "Trial 3 was cut" not in said
 
 
+def test_when_no_trial_completed_the_summary_points_at_the_best_time_cut_trial_ahead_of_the_base_model(tmp_path):
+    """A time budget that cuts every trial leaves no COMPLETE one to recommend; a cut trial's metrics are on the
+    whole validation set, so the best of them that is ahead of the base model is named, with its adapter (which
+    --keep_adapters best keeps) and the command that trains it to the end. None is named when none is ahead."""
+    import io
+
+    from rich.console import Console
+
+    from moopt.report.results import cut_by_time_ahead, print_summary
+    from moopt.study.adapters import trim_adapters
+
+    def study(name, losses, accuracy=0.5):
+        trials = synthetic_trials(len(losses))
+        for n, loss in enumerate(losses):
+            trials[n] = {**trials[n], "state": "PRUNED", "error": "time budget reached at step 5",
+                         "metrics": {"eval_loss": loss, "eval_accuracy": accuracy}}
+        out = write_fake_study(tmp_path / name, trials)
+        (out / "baseline.json").write_text(json.dumps({"state": "COMPLETE",
+                                                       "metrics": {"eval_loss": 7.0, "eval_accuracy": 0.2}}))
+        for n in range(len(losses)):
+            (out / "trial_results" / f"trial_{n}" / "adapter").mkdir()
+        data = load_study(out)
+        buf = io.StringIO()
+        print_summary(data, {}, Console(file=buf, width=400, highlight=False))
+        return out, data, buf.getvalue()
+
+    out, data, said = study("ahead", [3.0, 2.5, 4.0])
+    assert data.best is None and [n for n, *_ in cut_by_time_ahead(data)] == [1]
+    assert "No trial completed; nothing to recommend: 3 cut by the time budget" in said
+    assert ("Trial 1 was cut by the time budget at step 5 of 10; on the whole validation set it scores eval_loss 2.5000, "
+            "eval_accuracy 0.5000 (the base model: eval_loss 7.0000, eval_accuracy 0.2000): its adapter is "
+            "trial_results/trial_1/adapter; moopt train --config trial_results/trial_1/config.yaml") in said
+    assert "Trial 0 was cut" not in said and "Trial 2 was cut" not in said
+    assert trim_adapters(out, "best", final=True).kept == [1]
+    out, data, said = study("behind", [9.0, 8.0], accuracy=0.1)  # worse than the base model: nothing to point at
+    assert cut_by_time_ahead(data) == [] and "was cut" not in said
+
+
 def test_keep_adapters_keeps_a_time_cut_trial_that_beats_the_best(tmp_path):
     """The summary points at the adapter of a trial the time budget cut when it scores above the best, so
     --keep_adapters pareto|best keeps it; until the study ends, every time-cut trial's (which is ahead can

@@ -91,7 +91,14 @@ def _best_section(data: StudyData) -> str:
     if data.best is None:
         if data.least_infeasible is not None:
             return f"<section><h2>Best configuration</h2><p class='warn'>{e(nothing_fits_text(data))}</p></section>"
-        return "<section><h2>Best configuration</h2><p class='warn'>No trial completed; nothing to recommend.</p></section>"
+        from moopt.report.results import cut_by_time_ahead
+
+        cut = "".join(f" Trial {n} was cut by the time budget at {e(where)}; on the whole validation set it scores "
+                      + e(", ".join(f"{k} {_fmt(v)}" for k, v in m.items()))
+                      + f": its adapter is <code>trial_results/trial_{n}/adapter</code>, and <code>moopt train --config "
+                      f"trial_results/trial_{n}/config.yaml</code> trains its configuration to the end."
+                      for n, _, m, where in cut_by_time_ahead(data))
+        return f"<section><h2>Best configuration</h2><p class='warn'>No trial completed; nothing to recommend.{cut}</p></section>"
     row = data.table[data.table.number == data.best].iloc[0]
     metrics = [(n, row[f"values_{n}"]) for n in data.objectives.names]
     base = (data.baseline or {}).get("metrics") if (data.baseline or {}).get("state") == TrialState.COMPLETE else None

@@ -83,6 +83,14 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
             say("No trial ran; nothing to recommend.")
         else:
             say("No trial completed; nothing to recommend: " + _why_none_completed(data.table) + ".")
+            for number, _, metrics, cut in cut_by_time_ahead(data):
+                base = (data.baseline or {}).get("metrics") or {}
+                say(f"  Trial {number} was cut by the time budget at {cut}; on the whole validation set it scores "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                    + (" (the base model: " + ", ".join(f"{k} {base[k]:.4f}" for k in metrics if k in base) + ")"
+                       if any(k in base for k in metrics) else "")
+                    + f": its adapter is trial_results/trial_{number}/adapter; moopt train --config "
+                    f"trial_results/trial_{number}/config.yaml trains its configuration to the end")
         if output_dir is not None:
             say(f"Trials table: {Path(output_dir) / 'trials_summary.csv'}")
         return
@@ -130,24 +138,29 @@ def cut_by_time_ahead(data: StudyData) -> list[tuple[int, float, dict[str, float
     """Trials stopped by --time_budget_hours (PRUNED, "time budget reached at step k") whose metrics, taken
     on the whole validation set as a COMPLETE trial's are, score above the best COMPLETE trial: (number,
     score, metrics, where it was cut). The best stays a COMPLETE trial (a cut one's configuration was not
-    trained to the end), but such a trial is the best model the study holds, which the user should hear."""
+    trained to the end), but such a trial is the best model the study holds, which the user should hear.
+    When no trial completed, the best-scoring cut trial that is ahead of the base model (score > 0), if any."""
+    from moopt.report.table import fixed_start
+
     t = data.table
-    if data.best_score is None or not len(t) or "error" not in t.columns or data.score_start is None:
+    none_completed = data.best_score is None
+    start = fixed_start(data.objectives, data.baseline, data.header) if none_completed else data.score_start
+    if not len(t) or "error" not in t.columns or start is None:
         return []
     cols = [f"values_{n}" for n in data.objectives.names]
     cut = t[(t.state == TrialState.PRUNED) & t.error.fillna("").str.startswith(TIME_BUDGET_CUT)].dropna(subset=cols)
     if not len(cut):
         return []
     F = np.array([data.objectives.to_minimize(dict(zip(data.objectives.names, r))) for r in cut[cols].to_numpy()])
-    scores = data.objectives.score(F, data.objectives.to_minimize(data.score_start))
+    scores = data.objectives.score(F, data.objectives.to_minimize(start))
     out = []
     for (_, row), score in zip(cut.iterrows(), scores):
-        if score > data.best_score:
+        if score > (0.0 if none_completed else data.best_score):
             where = row.error.removeprefix(TIME_BUDGET_CUT + " at ")
             if pd.notna(row.get("total_steps")):
                 where += f" of {int(row.total_steps)}"
             out.append((int(row.number), float(score), {n: float(row[c]) for n, c in zip(data.objectives.names, cols)}, where))
-    return out
+    return sorted(out, key=lambda o: (-o[1], o[0]))[:1] if none_completed else out
 
 
 def _short(v: Any) -> Any:
