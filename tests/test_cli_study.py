@@ -320,10 +320,12 @@ def test_trials_searching_max_seq_length_are_scored_on_the_same_validation_token
     assert len({m["val_label_tokens"] for m in runs.values()}) == 1 and runs[0]["val_label_tokens"] > 0
     # moopt train of a configuration of this study (at 12 tokens) measures validation and test as the study did
     short = next(n for n in runs if lengths[n] == 12)
+    # (the study's base model and data files are the defaults)
     r = CliRunner().invoke(main, ["train", "--config", str(out / "trial_results" / f"trial_{short}" / "config.yaml"),
-                                  "--base_model", str(tiny_model), "--train_file", str(data["train"]), "--validation_file",
-                                  str(data["val"]), "--test_file", str(data["val"]), "--output_dir", str(tmp_path / "final")])
+                                  "--test_file", str(data["val"]), "--output_dir", str(tmp_path / "final")])
     assert r.exit_code == 0, r.output
+    assert f"Base model: {tiny_model} (the study's)" in r.output
+    assert f"Training data: {data['train']} (the study's)" in r.output and f"Validation data: {data['val']} (the study's)" in r.output
     final = json.loads((tmp_path / "final" / "metrics.json").read_text())
     assert final["val_label_tokens"] == runs[0]["val_label_tokens"]
     assert final["metrics"]["test_loss"] == final["metrics"]["eval_loss"]  # same file, same cut

@@ -1,6 +1,7 @@
 import json
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from moopt.cli import main
@@ -50,3 +51,33 @@ def test_warm_started_study_runs_the_earlier_best_first(tiny_model, tiny_data, t
     assert any(abs(second.params_learning_rate - best.params_learning_rate) < 1e-9)
     r = CliRunner().invoke(main, [*base, "--output_dir", str(tmp_path / "c"), "--warm_start", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "no study found" in r.output
+
+
+def test_moopt_train_takes_the_studys_base_model_and_data_unless_given(tmp_path):
+    """--base_model, --train_file and --validation_file default to the study's (its journal header) when --config is
+    a study's; a base model other than the study's is said; a file neither given nor known is one clear error."""
+    from moopt.cli import study_defaults
+    from moopt.errors import ConfigError
+
+    train, val = tmp_path / "t.jsonl", tmp_path / "v.jsonl"
+    for f in (train, val):
+        f.write_text('{"text": "a"}\n')
+    header = {"base_model": "org/model", "train_file": str(train), "validation_file": str(val)}
+    kw = {"base_model": None, "train_file": None, "validation_file": None}
+    notes = study_defaults(kw, header)
+    assert kw == {"base_model": "org/model", "train_file": str(train), "validation_file": str(val)}
+    assert notes == ["Base model: org/model (the study's)", f"Training data: {train} (the study's)",
+                     f"Validation data: {val} (the study's)"]
+    kw = {"base_model": "other/model", "train_file": "mine.jsonl", "validation_file": None}
+    assert study_defaults(kw, header)[0] == ("Note: the study searched these hyperparameters on org/model; "
+                                             "training on other/model")
+    assert kw["train_file"] == "mine.jsonl" and kw["validation_file"] == str(val)
+    kw = {"base_model": None, "train_file": None, "validation_file": "v.jsonl"}
+    with pytest.raises(ConfigError, match="--train_file: required .--config is not a study's"):
+        study_defaults(kw, {})
+    assert kw["base_model"] == "smollm2-135m"
+    with pytest.raises(ConfigError, match="--train_file: required .the study predates"):
+        study_defaults({"base_model": None, "train_file": None, "validation_file": None}, {"base_model": "org/model"})
+    train.unlink()
+    with pytest.raises(ConfigError, match=f"--train_file: the study's {train} is not there any more; pass --train_file"):
+        study_defaults({"base_model": None, "train_file": None, "validation_file": None}, header)

@@ -208,9 +208,10 @@ def report(output_dir: str) -> None:
 
 @main.command()
 @opt("config", required=True, type=click.Path(), help="A best_config.yaml (sections training/lora/data[/model]).")
-@opt("base_model", default="smollm2-135m", show_default=True, help="As for optimize.")
-@opt("train_file", required=True, type=click.Path(), help="Training data: JSONL, a JSON array or Parquet.")
-@opt("validation_file", required=True, type=click.Path(), help="Validation data (same formats).")
+@opt("base_model", default=None, help="As for optimize. Default: the study's, when --config is a study's "
+     "best_config.yaml or trial config.yaml; else smollm2-135m.")
+@opt("train_file", default=None, type=click.Path(), help="Training data: JSONL, a JSON array or Parquet. Default: the study's.")
+@opt("validation_file", default=None, type=click.Path(), help="Validation data (same formats). Default: the study's.")
 @opt("test_file", required=True, type=click.Path(), help="Held-out test data, same formats (never seen by the search).")
 @opt("output_dir", required=True, type=click.Path(), help="Where the final adapter and metrics go.")
 @opt("kernels", default="auto", show_default=True, type=click.Choice(["auto", "triton", "torch"]), help="LoRA kernel path.")
@@ -230,16 +231,18 @@ def train(**kw) -> None:
         cpu_dtype_override()
         check_kernels(kw["kernels"])
         cfg = load_trial_config(kw["config"])
+        # a study's best_config.yaml (or a trial's config.yaml): its base model and data are the defaults, and the
+        # final model trains on the hub commit that study searched on
+        study_dir = study_of(kw["config"])[0]
+        header = replay(study_dir).header if study_dir is not None else {}
+        for note in study_defaults(kw, header):
+            click.echo(note)
         for f in ("train_file", "validation_file", "test_file"):
             read_records(kw[f])
         out = Path(kw["output_dir"])
         check_writable_dir(out)
         if (out / "final_metrics.json").is_file() and not kw["overwrite"]:
             raise ConfigError(f"{out}: holds a trained model already; pass --overwrite to replace it")
-        # a study's best_config.yaml (or a trial's config.yaml): the final model trains on the hub commit that
-        # study searched on
-        study_dir = study_of(kw["config"])[0]
-        header = replay(study_dir).header if study_dir is not None else {}
         pinned = header.get("model_revision") if header.get("base_model") == kw["base_model"] else None
         model_path, _ = resolve_model_revision(kw["base_model"], revision=pinned)
         # validation (and test) cut at the length the study evaluated every trial at
@@ -255,6 +258,32 @@ def train(**kw) -> None:
                        f"{kw[f]}: the test metrics are not held-out ones for them")
     ok = train_final(cfg, kw["config"], model_path, kw)
     sys.exit(0 if ok else 1)
+
+
+def study_defaults(kw: dict, header: dict) -> list[str]:
+    """Fill ``moopt train``'s --base_model, --train_file and --validation_file left out from the study the config
+    comes from (its journal header); the lines to say about it. A base model other than the study's is said too:
+    the hyperparameters were searched for the study's. ConfigError where a file is neither given nor known."""
+    notes = []
+    searched = header.get("base_model")
+    if kw["base_model"] is None:
+        kw["base_model"] = searched or "smollm2-135m"
+        if searched:
+            notes.append(f"Base model: {searched} (the study's)")
+    elif searched and kw["base_model"] != searched:
+        notes.append(f"Note: the study searched these hyperparameters on {searched}; training on {kw['base_model']}")
+    for f in ("train_file", "validation_file"):
+        if kw[f] is not None:
+            continue
+        known = header.get(f)
+        if known is None:
+            raise ConfigError(f"--{f}: required" + (" (the study predates recording its data files)" if header else
+                                                     " (--config is not a study's best_config.yaml or trial config)"))
+        if not Path(known).is_file():
+            raise ConfigError(f"--{f}: the study's {known} is not there any more; pass --{f}")
+        kw[f] = known
+        notes.append(f"{'Training' if f == 'train_file' else 'Validation'} data: {known} (the study's)")
+    return notes
 
 
 def _register_optional() -> None:
