@@ -62,7 +62,7 @@ def test_moopt_train_takes_the_studys_base_model_and_data_unless_given(tmp_path)
     train, val = tmp_path / "t.jsonl", tmp_path / "v.jsonl"
     for f in (train, val):
         f.write_text('{"text": "a"}\n')
-    header = {"base_model": "org/model", "train_file": str(train), "validation_file": str(val)}
+    header = {"base_model": "org/model", "fingerprint": {"train_file": str(train), "validation_file": str(val)}}
     kw = {"base_model": None, "train_file": None, "validation_file": None}
     notes = study_defaults(kw, header)
     assert kw == {"base_model": "org/model", "train_file": str(train), "validation_file": str(val)}
@@ -76,7 +76,7 @@ def test_moopt_train_takes_the_studys_base_model_and_data_unless_given(tmp_path)
     with pytest.raises(ConfigError, match="--train_file: required .--config is not a study's"):
         study_defaults(kw, {})
     assert kw["base_model"] == "smollm2-135m"
-    with pytest.raises(ConfigError, match="--train_file: required .the study predates"):
+    with pytest.raises(ConfigError, match="--train_file: required .the study's journal does not name"):
         study_defaults({"base_model": None, "train_file": None, "validation_file": None}, {"base_model": "org/model"})
     train.unlink()
     with pytest.raises(ConfigError, match=f"--train_file: the study's {train} is not there any more; pass --train_file"):

@@ -275,9 +275,9 @@ def study_defaults(kw: dict, header: dict) -> list[str]:
     for f in ("train_file", "validation_file"):
         if kw[f] is not None:
             continue
-        known = header.get(f)
+        known = (header.get("fingerprint") or {}).get(f)  # what --resume checks: the study's own file
         if known is None:
-            raise ConfigError(f"--{f}: required" + (" (the study predates recording its data files)" if header else
+            raise ConfigError(f"--{f}: required" + (" (the study's journal does not name its data files)" if header else
                                                      " (--config is not a study's best_config.yaml or trial config)"))
         if not Path(known).is_file():
             raise ConfigError(f"--{f}: the study's {known} is not there any more; pass --{f}")

@@ -343,8 +343,6 @@ class Study:
             self.journal.append({"type": "study", "created": _now(), "fingerprint": study_fingerprint(cfg),
                                  "num_trials": cfg.num_trials, "objectives": list(cfg.objectives.names),
                                  "weights": list(cfg.objectives.weights), "base_model": cfg.base_model,
-                                 "train_file": os.path.abspath(cfg.train_file),
-                                 "validation_file": os.path.abspath(cfg.validation_file),
                                  "model_revision": cfg.model_revision, "memory_constraint_gb": cfg.memory_constraint_gb,
                                  "pruning_factor": cfg.pruning_factor, "eval_max_seq_length": self.eval_length})
             write_yaml(self.out / "search_space.yaml", space_to_yaml(cfg.space))
