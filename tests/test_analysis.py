@@ -426,3 +426,51 @@ def test_a_study_in_which_no_trial_completed_says_what_became_of_them(tmp_path):
     assert "Trials: 3 (2 PRUNED, 1 FAIL)" in said
     assert ("No trial completed; nothing to recommend: 1 cut by the time budget (a longer --time_budget_hours lets "
             "trials finish); 1 pruned; 1 failed (see trial_results/trial_1/log.txt).") in said
+
+
+def test_a_best_trial_at_the_edge_of_its_range_is_said_when_the_best_trials_lean_there(tmp_path):
+    """The guide's first pitfall, too narrow search ranges: when the best trial sits in the outer 10% of a range
+    (on its scale) and most of the study's best third lies in the outer third on that side, the summary and the
+    report say the optimum may lie outside it. Not for a parameter whose best is inside, nor past what a parameter
+    can take (warmup_ratio below 0), nor with fewer than 6 COMPLETE trials."""
+    import io
+
+    from rich.console import Console
+
+    from moopt.report.analysis import analyze, load_space_spec, range_edges
+    from moopt.report.results import print_summary
+
+    rng = random.Random(1)
+    trials = []
+    for i in range(12):  # eval_loss falls with learning_rate up to the range's top (0.01); warmup does nothing
+        lr = 10 ** rng.uniform(-5, -2)
+        trials.append({"params": {"learning_rate": lr, "batch_size": rng.choice([4, 8, 16]),
+                                  "warmup_ratio": 0.0 if i == 11 else rng.uniform(0.03, 0.07), "r": rng.choice(range(4, 33, 4)),
+                                  "target_modules": TARGETS[0]},
+                       "state": "COMPLETE", "error": None,
+                       "metrics": {"eval_loss": 3.0 - 0.5 * (math.log10(lr) + 5), "eval_accuracy": 0.5}})
+    trials[11]["params"]["learning_rate"] = 0.0098  # the best, at the top of 1e-5..1e-2; its warmup is at 0, the floor
+    trials[11]["metrics"]["eval_loss"] = 1.4
+    out = write_fake_study(tmp_path / "s", trials, weights=(1.0, 0.0))
+    data = load_study(out)
+    assert data.best == 11
+    edges = range_edges(data, load_space_spec(out))
+    assert [(e.param, e.side) for e in edges] == [("learning_rate", "high")]
+    text = edges[0].text()
+    assert text.startswith("learning_rate 0.0098: top 10% of 1e-05 to 0.01 (log scale), with ") and "above it (widen its max)" in text
+    buf = io.StringIO()
+    best = data.table[data.table.number == 11].iloc[0]
+    print_summary(data, {"best_config": {}, "best_metrics": {n: float(best[f"values_{n}"]) for n in data.objectives.names}},
+                  Console(file=buf, width=400, highlight=False), out, None, analyze(out, data).edges)
+    assert "At the edge of the searched range (the optimum may lie outside it):\n  learning_rate 0.0098: top 10%" in buf.getvalue()
+    # too few trials to tell an edge from chance
+    few = write_fake_study(tmp_path / "few", [trials[11], *trials[:4]], weights=(1.0, 0.0))
+    assert load_study(few).best == 0 and range_edges(load_study(few), load_space_spec(out)) == []
+    # the best trial inside the range: nothing said
+    trials[11]["params"]["learning_rate"] = 0.003
+    assert range_edges(load_study(write_fake_study(tmp_path / "inside", trials, weights=(1.0, 0.0))), load_space_spec(out)) == []
+    # an ordered categorical: its first and last values are its ends
+    for i, t in enumerate(trials):
+        t["params"]["batch_size"] = 16 if t["metrics"]["eval_loss"] < 2.0 else [4, 8][i % 2]
+    edges = range_edges(load_study(write_fake_study(tmp_path / "cat", trials, weights=(1.0, 0.0))), load_space_spec(out))
+    assert [e.text().split(", with")[0] for e in edges] == ["batch_size 16: the largest of its values [4, 8, 16]"]

@@ -65,6 +65,7 @@ class Analysis:
     curves: pd.DataFrame  # long format, see learning_curves()
     points: pd.DataFrame  # see pareto_points()
     notes: list[str] = field(default_factory=list)
+    edges: list = field(default_factory=list)  # RangeEdge: ranges the best trial sits at the end of (range_edges)
 
 
 # -- search space -> Optuna distributions -------------------------------------------------------------
@@ -362,11 +363,126 @@ def pareto_points(data: StudyData) -> pd.DataFrame:
     return pts.sort_values("number").reset_index(drop=True)
 
 
+# -- ranges the best trial sits at the edge of ------------------------------------------------------
+EDGE = 0.1  # the best trial within the outer 10% of a range, on its scale (log for log_uniform)
+EDGE_MIN_TRIALS = 6  # COMPLETE trials: with fewer, the best sits at an edge by chance as often as not
+# values a parameter cannot go beyond, whatever the range says: no note asks to widen past them
+LIMITS = {"dropout": (0.0, 1.0), "warmup_ratio": (0.0, 1.0), "adam_beta1": (0.0, 1.0), "adam_beta2": (0.0, 1.0),
+          "weight_decay": (0.0, None), "adam_epsilon": (0.0, None), "max_grad_norm": (0.0, None),
+          "r": (1, None), "alpha": (1, None), "batch_size": (1, None), "gradient_accumulation_steps": (1, None)}
+EDGE_SKIPPED = ("max_seq_length",)  # bounded by the data and the memory, not an optimum to look past
+# ... and the trend over every COMPLETE trial must point outward: Spearman's rank correlation of the parameter
+# with the score, one-sided p below this. NSGA-II breeds the best trial's values into its next trials, so the best
+# trials "leaning" to an end is weak evidence alone: on a 10-trial demo study, r 4 and alpha 64 (the best's, copied
+# into its neighbours; rho -0.36 and +0.11 over all trials) leaned as much as batch_size 4 (rho -0.74, p 0.007).
+EDGE_TREND_P = 0.1
+
+
+@dataclass
+class RangeEdge:
+    param: str
+    value: Any  # the best trial's
+    side: str  # "low" | "high"
+    low: Any  # the range's ends (the first and last values of an ordered categorical)
+    high: Any
+    scale: str  # "log scale" | "linear scale" | "values [..]"
+    leaning: int  # how many of the best trials lie in the outer third on that side
+    top: int  # of how many
+    rho: float  # Spearman's rank correlation of the parameter with the score over the COMPLETE trials
+    p: float  # its one-sided p value, outward
+
+    def text(self) -> str:
+        def fmt(v):
+            if isinstance(v, float) and v.is_integer() and abs(v) >= 1:
+                return str(int(v))
+            return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+        if self.scale.startswith("values"):
+            where = f"the {'smallest' if self.side == 'low' else 'largest'} of its {self.scale}"
+            fix = f"try {'smaller' if self.side == 'low' else 'larger'} values"
+        else:
+            where = f"{'bottom' if self.side == 'low' else 'top'} {EDGE:.0%} of {fmt(self.low)} to {fmt(self.high)} ({self.scale})"
+            fix = f"widen its {'min' if self.side == 'low' else 'max'}"
+        return (f"{self.param} {fmt(self.value)}: {where}, with {self.leaning} of the {self.top} best trials on that side "
+                f"and a trend that way over all (rank correlation with the score {self.rho:+.2f}, p {self.p:.2g}); "
+                f"the optimum may lie {'below' if self.side == 'low' else 'above'} it ({fix})")
+
+
+def _position(spec: dict[str, Any]):
+    """value -> its place in the range, 0 (low end) .. 1 (high end), on the parameter's scale; None for a
+    parameter without a scale (an unordered or non-numeric categorical) or with fewer than 3 values (each then
+    an end: whether the better trials lean to one is a coin toss on a parameter that does not matter)."""
+    t = spec.get("type")
+    if t in ("log_uniform", "uniform", "int"):
+        lo, hi = float(spec["min"]), float(spec["max"])
+        if not hi > lo or (t == "int" and (hi - lo) // int(spec.get("step", 1)) < 2):  # 2 values: each an end
+            return None
+        if t == "log_uniform":
+            return lambda v: (math.log(float(v)) - math.log(lo)) / (math.log(hi) - math.log(lo))
+        return lambda v: (float(v) - lo) / (hi - lo)
+    values = spec.get("values") or []
+    numeric = bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    ascending = numeric and list(values) == sorted(values)
+    if t != "categorical" or len(values) < 3 or not ascending or spec.get("ordered") is False:
+        return None
+    return lambda v: next((i / (len(values) - 1) for i, x in enumerate(values) if float(x) == float(v)), None)
+
+
+def range_edges(data: StudyData, spec: dict[str, dict[str, Any]]) -> list[RangeEdge]:
+    """Searched ranges whose end the best trial sits at (within EDGE of it) while most of the study's best third
+    (by score, at least 3 trials) lies in the outer third on the same side: the optimum may lie outside the range
+    (the guide's first pitfall, "too narrow search ranges"). Not where the parameter cannot go further (LIMITS:
+    dropout 0, batch_size 1, ...), nor with fewer than EDGE_MIN_TRIALS COMPLETE trials."""
+    t = data.table
+    if data.best is None or SCORE not in t.columns:
+        return []
+    ok = t[(t.state == TrialState.COMPLETE) & t[SCORE].notna()]
+    if len(ok) < EDGE_MIN_TRIALS:
+        return []
+    top = ok.nlargest(max(3, len(ok) // 3), SCORE)
+    best = ok[ok.number == data.best]
+    out = []
+    for name, s in spec.items():
+        col = f"params_{name}"
+        pos = _position(s)
+        if name in EDGE_SKIPPED or pos is None or col not in ok.columns or not len(best) or pd.isna(best[col].iloc[0]):
+            continue
+        value = best[col].iloc[0]
+        u = pos(value)
+        places = [pos(v) for v in top[col].dropna()]
+        places = [p for p in places if p is not None]
+        if u is None or not places:
+            continue
+        values = s.get("values")
+        low, high = (values[0], values[-1]) if values else (s["min"], s["max"])
+        floor, ceiling = LIMITS.get(name, (None, None))
+        every = [(pos(v), sc) for v, sc in zip(ok[col], ok[SCORE]) if pd.notna(v)]
+        every = [(x, sc) for x, sc in every if x is not None]
+        for side, at_edge, leaning, room in (
+                ("low", u <= EDGE, sum(p <= 1 / 3 for p in places), floor is None or float(low) > floor),
+                ("high", u >= 1 - EDGE, sum(p >= 2 / 3 for p in places), ceiling is None or float(high) < ceiling)):
+            if not (at_edge and room and 2 * leaning > len(places)) or len({x for x, _ in every}) < 2:
+                continue
+            from scipy.stats import spearmanr
+
+            rho, p = spearmanr([x for x, _ in every], [sc for _, sc in every],
+                               alternative="less" if side == "low" else "greater")
+            if not p < EDGE_TREND_P:
+                continue
+            fmt_values = [int(v) if isinstance(v, float) and v.is_integer() else v for v in values or []]
+            scale = (f"values {fmt_values}" if values else "log scale" if s["type"] == "log_uniform" else "linear scale")
+            value = value.item() if hasattr(value, "item") else value
+            out.append(RangeEdge(name, int(value) if s["type"] == "int" else value, side, low, high, scale,
+                                 leaning, len(places), float(rho), float(p)))
+    return out
+
+
 # -- all at once ----------------------------------------------------------------------------------
 def analyze(output_dir: str | Path, data: StudyData, seed: int = 0) -> Analysis:
     imp = {tg: param_importance(data, tg, seed=seed, output_dir=output_dir) for tg in importance_targets(data)}
     corr = correlations(data)
-    return Analysis(imp, corr, corr.attrs.get("notes", []), learning_curves(output_dir), pareto_points(data))
+    return Analysis(imp, corr, corr.attrs.get("notes", []), learning_curves(output_dir), pareto_points(data),
+                    edges=range_edges(data, load_space_spec(output_dir)))
 
 
 def write_analysis(output_dir: str | Path, data: StudyData, seed: int = 0) -> Analysis:

@@ -68,7 +68,7 @@ def build_html(data: StudyData, analysis: Analysis, images: dict[str, bytes]) ->
     ]
     body = ["<h1>moopt study report</h1>",
             "<dl class='facts'>" + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in facts) + "</dl>",
-            _best_section(data),
+            _best_section(data, analysis.edges),
             _pareto_section(data, analysis),
             _importance_section(analysis),
             _images_section(images),
@@ -86,7 +86,7 @@ def build_html(data: StudyData, analysis: Analysis, images: dict[str, bytes]) ->
 
 
 # -- sections ------------------------------------------------------------------------------------------
-def _best_section(data: StudyData) -> str:
+def _best_section(data: StudyData, edges=()) -> str:
     e = html.escape
     if data.best is None:
         if data.least_infeasible is not None:
@@ -113,7 +113,10 @@ def _best_section(data: StudyData) -> str:
             f"<p class='muted'>Chosen among the Pareto front by the weights, each objective scaled to the front's "
             f"trials; full configuration in "
             f"<code>best_config.yaml</code>, adapter in <code>trial_results/trial_{data.best}/adapter</code>.</p>"
-            f"<table class='kv'>{cells}{params}</table></section>")
+            f"<table class='kv'>{cells}{params}</table>"
+            + ("<p class='warn'>At the edge of the searched range (the optimum may lie outside it):</p><ul>"
+               + "".join(f"<li>{e(x.text())}</li>" for x in edges) + "</ul>" if edges else "")
+            + "</section>")
 
 
 def _pareto_section(data: StudyData, analysis: Analysis) -> str:

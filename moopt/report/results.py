@@ -46,7 +46,8 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> 
     analysis = write_analysis(out, data)
     write_html_report(out, data, analysis)
     summary["param_importance"] = {t: dict(imp) for t, imp in analysis.importance.items()}
-    print_summary(data, summary, console, out, analysis.importance)
+    summary["range_edges"] = [e.text() for e in analysis.edges]
+    print_summary(data, summary, console, out, analysis.importance, analysis.edges)
     return summary
 
 
@@ -67,7 +68,7 @@ def _why_none_completed(table) -> str:
 
 
 def print_summary(data: StudyData, summary: dict[str, Any], console=None, output_dir: Path | None = None,
-                  importance: dict | None = None) -> None:
+                  importance: dict | None = None, edges: list | None = None) -> None:
     """The guide's closing summary: the searched parameters of the best trial as JSON, ``Best value``,
     ``Parameter Importance`` and where the results are."""
     from rich.console import Console
@@ -112,6 +113,11 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
             + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + ", on the whole validation set), ahead of "
             f"the best COMPLETE trial: its adapter is trial_results/trial_{number}/adapter; "
             f"moopt train --config trial_results/trial_{number}/config.yaml trains its configuration to the end")
+    if edges:  # the guide's first pitfall: too narrow search ranges
+        say()
+        say("At the edge of the searched range (the optimum may lie outside it):")
+        for e in edges:
+            say(f"  {e.text()}")
     if importance:
         from moopt.report.analysis import format_importance
 
