@@ -254,6 +254,16 @@ def test_write_analysis_writes_csvs_and_valid_pngs(study_dir):
     imp = pd.read_csv(study_dir / "param_importance.csv")
     if len(imp):  # empty without the optional deps
         assert imp.groupby("target").share.sum().to_dict() == pytest.approx({t: 1.0 for t in a.importance})
+        # the two most important parameters for the score, together (Optuna's contour)
+        assert (study_dir / "interaction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_interaction_plot_on_too_few_trials_and_a_stale_one_goes(tmp_path):
+    pytest.importorskip("optuna")
+    out = write_fake_study(tmp_path / "few", synthetic_trials(8))  # 6 COMPLETE: fANOVA's pair would be noise
+    (out / "interaction.png").write_bytes(b"stale")
+    write_analysis(out, load_study(out))
+    assert not (out / "interaction.png").exists()
 
 
 def test_single_objective_study(tmp_path):
@@ -311,7 +321,8 @@ def test_a_trial_cut_by_the_time_budget_that_beats_the_best_is_named_in_the_summ
 
     from rich.console import Console
 
-    from moopt.report.results import cut_by_time_ahead, print_summary
+    from moopt.report.results import print_summary
+    from moopt.report.table import cut_by_time_ahead
 
     trials = synthetic_trials(8)
     great = {"eval_loss": 0.5, "eval_accuracy": 0.97, "peak_memory_gb": 1.0}
@@ -340,7 +351,8 @@ def test_when_no_trial_completed_the_summary_points_at_the_best_time_cut_trial_a
 
     from rich.console import Console
 
-    from moopt.report.results import cut_by_time_ahead, print_summary
+    from moopt.report.results import print_summary
+    from moopt.report.table import cut_by_time_ahead
     from moopt.study.adapters import trim_adapters
 
     def study(name, losses, accuracy=0.5):

@@ -43,7 +43,7 @@ def test_report_is_one_self_contained_file(report):
     assert report.name == REPORT
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)  # nothing fetched
     assert "<link" not in text and "@import" not in text and "url(http" not in text
-    assert text.count("data:image/png;base64,") == 3  # history, learning curves, correlations
+    assert text.count("data:image/png;base64,") == 4  # history, learning curves, correlations, interaction
     assert re.search(r"1\. learning_rate +\(", text)  # importance as the guide prints it
     data = json.loads(re.search(r"<script type='application/json' id='report-data'>(.*?)</script>", text, re.S).group(1))
     assert {p["number"] for p in data["points"]} == plotted_trials(report)

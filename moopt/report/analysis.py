@@ -207,7 +207,7 @@ def param_importance(data: StudyData, target: str, seed: int = 0, output_dir: st
     if np.ptp(y) == 0:
         return Importance(target=target, n_trials=n, reason=f"{target} is the same in every {where}", **basis)
     try:
-        import optuna
+        import optuna  # noqa: F401
         import sklearn  # noqa: F401  (fANOVA's random forest)
         from optuna.importance import FanovaImportanceEvaluator, get_param_importances
     except ImportError:
@@ -218,13 +218,7 @@ def param_importance(data: StudyData, target: str, seed: int = 0, output_dir: st
     dists = {k: d for k, d in dists.items() if not d.single() and done[f"params_{k}"].nunique(dropna=True) > 1}
     if not dists:
         return Importance(target=target, n_trials=n, reason=f"no parameter varies across the {where}s", **basis)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize")  # direction does not matter for variance shares
-    for (_, row), value in zip(done.iterrows(), y):
-        params = {k: _to_param(row[f"params_{k}"], d) for k, d in dists.items()}
-        if any(v is None for v in params.values()):
-            continue
-        study.add_trial(optuna.trial.create_trial(value=float(value), params=params, distributions=dists))
+    study = _optuna_study(done, y, dists, "minimize")  # direction does not matter for variance shares
     if len(study.trials) < MIN_TRIALS:
         return Importance(target=target, n_trials=len(study.trials),
                           reason=f"{len(study.trials)} trial(s) with every parameter inside the search space", **basis)
@@ -234,6 +228,57 @@ def param_importance(data: StudyData, target: str, seed: int = 0, output_dir: st
         return Importance(target=target, n_trials=len(study.trials), reason="fANOVA found no explained variance", **basis)
     shares = {k: float(v) / total for k, v in sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))}
     return Importance(shares, target=target, n_trials=len(study.trials), **basis)
+
+
+def _optuna_study(done: pd.DataFrame, y, dists: dict, direction: str):
+    """An in-memory Optuna study of these trials (``y`` their values) over ``dists``; a trial with a value
+    outside them is left out."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction=direction)
+    for (_, row), value in zip(done.iterrows(), y):
+        params = {k: _to_param(row[f"params_{k}"], d) for k, d in dists.items()}
+        if any(v is None for v in params.values()):
+            continue
+        study.add_trial(optuna.trial.create_trial(value=float(value), params=params, distributions=dists))
+    return study
+
+
+def plot_interaction(data: StudyData, importance: dict[str, "Importance"], output_dir: str | Path, path: Path) -> bool:
+    """How the two most important parameters (fANOVA, on the score or the single objective) act together: Optuna's
+    contour of the target over them, each COMPLETE trial a dot (the guide's "relationships between
+    parameters": the best learning rate often moves with the batch size). Written only when importance was
+    computed on at least FEW_TRIALS COMPLETE trials and at least two parameters have a share; else a stale file is
+    removed. True when written."""
+    target = SCORE if data.objectives.multi else data.objectives.names[0]
+    imp = importance.get(target)
+    if imp is None or len(imp) < 2 or imp.rung is not None or imp.n_trials < FEW_TRIALS:
+        path.unlink(missing_ok=True)
+        return False
+    import warnings
+
+    from optuna.visualization.matplotlib import plot_contour
+
+    col = _target_column(data, target)
+    done = _complete(data, col)
+    pair = list(imp)[:2]
+    dists = {k: d for k, d in _distributions(done, load_space_spec(output_dir)).items() if k in pair}
+    higher = target == SCORE or KNOWN[target][0] == "maximize"
+    study = _optuna_study(done, done[col].astype(float).to_numpy(), dists, "maximize" if higher else "minimize")
+    label = f"{'weighted score' if target == SCORE else target} ({'higher' if higher else 'lower'} is better)"
+    plt = pyplot()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning
+        ax = plot_contour(study, params=pair, target_name=label)
+    ax = ax.flat[0] if isinstance(ax, np.ndarray) else ax
+    fig = ax.figure
+    fig.set_size_inches(7.5, 5.5)
+    ax.set_title(f"{label} over the two most important parameters\n({pair[0]} {imp[pair[0]]:.0%}, {pair[1]} "
+                 f"{imp[pair[1]]:.0%} by fANOVA; {len(study.trials)} COMPLETE trials, interpolated between them)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path, plt)
+    return True
 
 
 def importance_targets(data: StudyData) -> list[str]:
@@ -502,6 +547,10 @@ def write_analysis(output_dir: str | Path, data: StudyData, seed: int = 0) -> An
     plot_correlations(a.correlations, out / "correlations.png")
     plot_learning_curves(a.curves, out / "learning_curves.png", best=data.best, pareto=data.pareto,
                          base_eval_loss=base_metrics(data).get("eval_loss"))
+    try:
+        plot_interaction(data, a.importance, out, out / "interaction.png")
+    except ImportError:  # optuna is the optional extra "analysis": importance said so already
+        pass
     return a
 
 

@@ -27,7 +27,7 @@ from moopt.report.analysis import (
     direction_label,
     format_importance,
 )
-from moopt.report.table import StudyData, base_metrics, nothing_fits_text
+from moopt.report.table import StudyData, base_metrics, cut_by_time_ahead, nothing_fits_text
 
 REPORT = "report.html"
 # title -> file in the output dir, embedded when present (written by results.py and analysis.py).
@@ -36,6 +36,7 @@ IMAGES = {
     "Optimisation history": "optimization_plot.png",
     "Learning curves": "learning_curves.png",
     "Correlations (Spearman)": "correlations.png",
+    "The two most important parameters together": "interaction.png",
 }
 STATE_COLOURS = {TrialState.COMPLETE: "#1f77b4", TrialState.PRUNED: "#ff7f0e", TrialState.INFEASIBLE: "#d62728",
                  TrialState.FAIL: "#7f7f7f"}
@@ -91,8 +92,6 @@ def _best_section(data: StudyData, edges=()) -> str:
     if data.best is None:
         if data.least_infeasible is not None:
             return f"<section><h2>Best configuration</h2><p class='warn'>{e(nothing_fits_text(data))}</p></section>"
-        from moopt.report.results import cut_by_time_ahead
-
         cut = "".join(f" Trial {n} was cut by the time budget at {e(where)}; on the whole validation set it scores "
                       + e(", ".join(f"{k} {_fmt(v)}" for k, v in m.items()))
                       + f": its adapter is <code>trial_results/trial_{n}/adapter</code>, and <code>moopt train --config "

@@ -9,12 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from moopt.records import TIME_BUDGET_CUT, TrialState
 from moopt.report.plots import plot_optimization, plot_pareto
-from moopt.report.table import StudyData, best_config, load_study, nothing_fits_text, searched
+from moopt.report.table import StudyData, best_config, cut_by_time_ahead, load_study, nothing_fits_text, searched
 
 
 def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> dict[str, Any]:
@@ -138,35 +135,6 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
         for name, what in files:
             if (out / name).exists():
                 say(f"  {name:<34} {what}")
-
-
-def cut_by_time_ahead(data: StudyData) -> list[tuple[int, float, dict[str, float], str]]:
-    """Trials stopped by --time_budget_hours (PRUNED, "time budget reached at step k") whose metrics, taken
-    on the whole validation set as a COMPLETE trial's are, score above the best COMPLETE trial: (number,
-    score, metrics, where it was cut). The best stays a COMPLETE trial (a cut one's configuration was not
-    trained to the end), but such a trial is the best model the study holds, which the user should hear.
-    When no trial completed, the best-scoring cut trial that is ahead of the base model (score > 0), if any."""
-    from moopt.report.table import fixed_start
-
-    t = data.table
-    none_completed = data.best_score is None
-    start = fixed_start(data.objectives, data.baseline, data.header) if none_completed else data.score_start
-    if not len(t) or "error" not in t.columns or start is None:
-        return []
-    cols = [f"values_{n}" for n in data.objectives.names]
-    cut = t[(t.state == TrialState.PRUNED) & t.error.fillna("").str.startswith(TIME_BUDGET_CUT)].dropna(subset=cols)
-    if not len(cut):
-        return []
-    F = np.array([data.objectives.to_minimize(dict(zip(data.objectives.names, r))) for r in cut[cols].to_numpy()])
-    scores = data.objectives.score(F, data.objectives.to_minimize(start))
-    out = []
-    for (_, row), score in zip(cut.iterrows(), scores):
-        if score > (0.0 if none_completed else data.best_score):
-            where = row.error.removeprefix(TIME_BUDGET_CUT + " at ")
-            if pd.notna(row.get("total_steps")):
-                where += f" of {int(row.total_steps)}"
-            out.append((int(row.number), float(score), {n: float(row[c]) for n, c in zip(data.objectives.names, cols)}, where))
-    return sorted(out, key=lambda o: (-o[1], o[0]))[:1] if none_completed else out
 
 
 def _short(v: Any) -> Any:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from moopt.journal import replay
-from moopt.records import NOT_TRAINED, TrialState
+from moopt.records import NOT_TRAINED, TIME_BUDGET_CUT, TrialState
 from moopt.search.objectives import KNOWN, Objectives
 from moopt.search.pareto import hypervolume, nondominated
 
@@ -215,3 +215,30 @@ def base_metrics(data: StudyData) -> dict[str, float]:
     """The base model's metrics when its evaluation completed, else {}."""
     b = data.baseline or {}
     return dict(b.get("metrics") or {}) if b.get("state") == TrialState.COMPLETE else {}
+
+
+def cut_by_time_ahead(data: StudyData) -> list[tuple[int, float, dict[str, float], str]]:
+    """Trials stopped by --time_budget_hours (PRUNED, "time budget reached at step k") whose metrics, taken
+    on the whole validation set as a COMPLETE trial's are, score above the best COMPLETE trial: (number,
+    score, metrics, where it was cut). The best stays a COMPLETE trial (a cut one's configuration was not
+    trained to the end), but such a trial is the best model the study holds, which the user should hear.
+    When no trial completed, the best-scoring cut trial that is ahead of the base model (score > 0), if any."""
+    t = data.table
+    none_completed = data.best_score is None
+    start = fixed_start(data.objectives, data.baseline, data.header) if none_completed else data.score_start
+    if not len(t) or "error" not in t.columns or start is None:
+        return []
+    cols = [f"values_{n}" for n in data.objectives.names]
+    cut = t[(t.state == TrialState.PRUNED) & t.error.fillna("").str.startswith(TIME_BUDGET_CUT)].dropna(subset=cols)
+    if not len(cut):
+        return []
+    F = np.array([data.objectives.to_minimize(dict(zip(data.objectives.names, r))) for r in cut[cols].to_numpy()])
+    scores = data.objectives.score(F, data.objectives.to_minimize(start))
+    out = []
+    for (_, row), score in zip(cut.iterrows(), scores):
+        if score > (0.0 if none_completed else data.best_score):
+            where = row.error.removeprefix(TIME_BUDGET_CUT + " at ")
+            if pd.notna(row.get("total_steps")):
+                where += f" of {int(row.total_steps)}"
+            out.append((int(row.number), float(score), {n: float(row[c]) for n, c in zip(data.objectives.names, cols)}, where))
+    return sorted(out, key=lambda o: (-o[1], o[0]))[:1] if none_completed else out

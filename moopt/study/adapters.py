@@ -50,7 +50,7 @@ def trim_adapters(output_dir: str | Path, keep: str, final: bool) -> Trimmed:
         wanted = set(finished)
     else:
         from moopt.records import TIME_BUDGET_CUT
-        from moopt.report.results import cut_by_time_ahead
+        from moopt.report.table import cut_by_time_ahead
 
         wanted = ({data.best} - {None}) if keep == "best" and final else set(data.pareto)
         # a trial the time budget cut that scores above the best: the summary points at its adapter
