@@ -153,3 +153,24 @@ def test_parallel_simulation_benchmark_runs_both_arms_on_a_virtual_clock(tmp_pat
     log = sim.ClockSimExecutor.last.log
     assert [e for _, _, e in log] == sorted(e for _, _, e in log)  # results in clock order
     assert sim.main(["--summarize", "--out", str(tmp_path / "none.csv")]) == 2
+
+
+def test_more_parallel_trials_than_cpu_cores_is_said(tiny_model, tiny_data, tmp_path, monkeypatch):
+    """On a CPU, --parallel_trials above the usable cores time-shares them (one thread a trial): the study says so."""
+    from moopt.study import placement
+    from moopt.study.scheduler import Scheduler
+
+    monkeypatch.setattr(placement, "_gpu_capacities", lambda: [])
+    monkeypatch.setattr(placement, "usable_cores", lambda: 2)
+    space = parse_space({"training": {"batch_size": {"type": "categorical", "values": [1, 2]}}}, source="<test>")
+
+    def said(parallel):
+        buf = io.StringIO()
+        cfg = StudyConfig(base_model=str(tiny_model), model_path=str(tiny_model), train_file=str(tiny_data["train"]),
+                          validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "out"), num_trials=2,
+                          objectives=parse_objectives("eval_loss", None), space=space, parallel_trials=parallel)
+        Scheduler(Study(cfg, console=Console(file=buf, width=300)), executor=None)
+        return buf.getvalue()
+
+    assert "Note: --parallel_trials 3 on 2 CPU core(s): the trials time-share the cores, one thread each" in said(3)
+    assert said(2) == ""

@@ -640,6 +640,10 @@ class Scheduler:
         self.stop_note: str | None = None  # why no more trials start (time budget, space exhausted)
         self.deadline = time.time() + cfg.time_budget_hours * 3600 if cfg.time_budget_hours else None
         self.placer = DevicePlacer(cfg.parallel_trials)
+        if not self.placer.on_gpu and cfg.parallel_trials > self.placer.cores:
+            study.console.print(f"Note: --parallel_trials {cfg.parallel_trials} on {self.placer.cores} CPU core(s): the trials "
+                                "time-share the cores, one thread each, so more at once do not finish sooner, and each "
+                                "holds its own copy of the model in memory", markup=False, highlight=False)
         self.gate = None
         if cfg.memory_constraint_gb:
             from moopt.study.gate import MemoryGate
