@@ -213,6 +213,14 @@ def test_resume_does_not_rerun_finished_trials(tiny_model, tiny_data, space, tmp
     after = pd.read_csv(out / "trials_summary.csv")
     assert list(after.number) == [0, 1, 2, 3]
     assert list(after.datetime_start[:2]) == list(first.datetime_start)  # not rerun
+    # --resume with only the output folder: every option not given is the study's (not a time budget)
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume", "--num_trials", "5"])
+    assert r.exit_code == 0, r.output
+    assert (f"Resuming with the study's --base_model {tiny_model}, --train_file {tiny_data['train']}, --validation_file "
+            f"{tiny_data['val']}, --search_space {space}, --baseline False") in r.output
+    assert list(pd.read_csv(out / "trials_summary.csv").number) == [0, 1, 2, 3, 4] and not (out / "baseline.json").exists()
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(tmp_path / "new"), "--validation_file", str(tiny_data["val"])])
+    assert r.exit_code == 2 and "Missing option '--train_file'" in r.output and not (tmp_path / "new").exists()
     r = optimize(tiny_model, tiny_data, out, space, "--num_trials", "4", "--overwrite", "--no-baseline", "--seed", "3")
     assert r.exit_code == 0, r.output
     assert list(pd.read_csv(out / "trials_summary.csv").datetime_start[:2]) != list(first.datetime_start)

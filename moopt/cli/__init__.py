@@ -6,6 +6,7 @@ Every user error becomes one line on stderr and exit code 2, with nothing writte
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -49,8 +50,8 @@ def main() -> None:
 @main.command()
 @opt("base_model", default="smollm2-135m", show_default=True,
      help="Hub id (owner/name; downloaded once into the HF cache, HF_TOKEN for gated ones), local HF folder, a .gguf file, or the alias smollm2-135m.")
-@opt("train_file", required=True, type=click.Path(), help="Training data: JSONL, a JSON array or Parquet; records text | prompt+completion | instruction+input+output | messages.")
-@opt("validation_file", required=True, type=click.Path(), help="Validation data (same formats); the objectives are measured on it.")
+@opt("train_file", default=None, type=click.Path(), help="Training data: JSONL, a JSON array or Parquet; records text | prompt+completion | instruction+input+output | messages.  [required, except with --resume]")
+@opt("validation_file", default=None, type=click.Path(), help="Validation data (same formats); the objectives are measured on it.  [required, except with --resume]")
 @opt("output_dir", required=True, type=click.Path(), help="Where the study, its trials and its results are written.")
 @opt("num_trials", default=10, show_default=True, type=click.IntRange(min=1), help="Trials to run (exactly this many, unless the time budget ends first).")
 @opt("optimization_objective", default="eval_loss", show_default=True,
@@ -74,7 +75,8 @@ def main() -> None:
      help="Seconds a trial may go without an optimizer step (or evaluation progress) before it is killed and "
           "recorded FAIL; 0: never. Default: 10 x the slowest step seen, at least 120 s; before its first step a "
           "trial gets at least 600 s (model load, tokenisation).")
-@opt("resume", is_flag=True, help="Continue the study in output_dir up to --num_trials, without rerunning finished trials.")
+@opt("resume", is_flag=True, help="Continue the study in output_dir up to --num_trials, without rerunning finished trials; "
+     "an option not given takes the value the study began with (except --time_budget_hours: a budget is this run's).")
 @opt("overwrite", is_flag=True, help="Replace a study already in output_dir.")
 @opt("warm_start", default=None, type=click.Path(), help="An earlier study's output_dir: its best trials seed the first population.")
 @opt("keep_adapters", default="all", show_default=True, type=click.Choice(["all", "pareto", "best"]),
@@ -88,6 +90,12 @@ def main() -> None:
                    "process's RSS carries earlier trials).")
 def optimize(**kw) -> None:
     """Search LoRA hyperparameters for a base model on your data; write results to --output_dir."""
+    taken = resume_defaults(kw)
+    for f in ("train_file", "validation_file"):
+        if kw[f] is None:
+            raise click.UsageError(f"Missing option '--{f}'.")
+    if taken:
+        click.echo("Resuming with the study's " + ", ".join(f"--{k} {kw[k]}" for k in taken))
     try:
         cfg = build_study_config(kw)
     except ConfigError as e:
@@ -108,6 +116,39 @@ def optimize(**kw) -> None:
             click.echo("\nInterrupted before the first trial; nothing was kept.", err=True)
         click.echo(f"Continue with: {resume_command()}", err=True)
         sys.exit(143 if sigterm else 130)
+
+
+NOT_CARRIED = ("resume", "overwrite", "output_dir", "time_budget_hours")  # what --resume never takes from the study
+PATH_OPTIONS = ("train_file", "validation_file", "search_space", "warm_start")  # recorded absolute
+
+
+def recorded_options(kw: dict) -> dict:
+    """The options a study began with, for its journal header: what --resume fills in (resume_defaults)."""
+    return {k: os.path.abspath(v) if k in PATH_OPTIONS and v else v for k, v in kw.items() if k not in NOT_CARRIED}
+
+
+def resume_defaults(kw: dict) -> list[str]:
+    """With --resume, each option not given on this command line takes the value the study in --output_dir began
+    with (its journal header's ``options``), so ``moopt optimize --output_dir runs/hpo --resume`` continues that
+    study as it was started; the options so taken. Not --time_budget_hours (a budget is this run's) and nothing from
+    a study that predates recording them."""
+    from click.core import ParameterSource
+
+    from moopt.journal import JOURNAL, replay
+
+    if not kw.get("resume") or not kw.get("output_dir") or not (Path(kw["output_dir"]) / JOURNAL).is_file():
+        return []
+    try:
+        recorded = replay(kw["output_dir"]).header.get("options") or {}
+    except (OSError, ValueError):
+        return []  # the study's own checks say what is wrong with it
+    ctx = click.get_current_context()
+    taken = []
+    for k, v in recorded.items():
+        if k in kw and k not in NOT_CARRIED and ctx.get_parameter_source(k) == ParameterSource.DEFAULT and kw[k] != v:
+            kw[k] = v
+            taken.append(k)
+    return taken
 
 
 def resume_command() -> str:
@@ -175,7 +216,7 @@ def build_study_config(kw: dict):
         memory_constraint_gb=kw["memory_constraint"], kernels=kw["kernels"], resume=kw["resume"],
         overwrite=kw["overwrite"], baseline=kw["baseline"], warm_start=kw["warm_start"],
         executor=kw["executor"], ray_address=kw["ray_address"], stall_timeout_s=kw["stall_timeout"],
-        warm_workers=kw["warm_workers"], keep_adapters=kw["keep_adapters"],
+        warm_workers=kw["warm_workers"], keep_adapters=kw["keep_adapters"], options=recorded_options(kw),
     )
     if kw["warm_start"]:
         from moopt.journal import JOURNAL

@@ -79,6 +79,7 @@ class StudyConfig:
     model_revision: str | None = None  # the hub commit a hub id resolved to (journaled; --resume loads that commit)
     warm_workers: bool = True  # a worker keeps its base model for the next trial (moopt.study.executor.LocalExecutor)
     keep_adapters: str = "all"  # all | pareto | best: which finished trials keep their adapter (moopt.study.adapters)
+    options: dict | None = None  # the command's options, journaled: --resume fills in those not given (cli.resume_defaults)
 
 
 class Stopped(Exception):
@@ -344,7 +345,8 @@ class Study:
                                  "num_trials": cfg.num_trials, "objectives": list(cfg.objectives.names),
                                  "weights": list(cfg.objectives.weights), "base_model": cfg.base_model,
                                  "model_revision": cfg.model_revision, "memory_constraint_gb": cfg.memory_constraint_gb,
-                                 "pruning_factor": cfg.pruning_factor, "eval_max_seq_length": self.eval_length})
+                                 "pruning_factor": cfg.pruning_factor, "eval_max_seq_length": self.eval_length,
+                                 "options": cfg.options})
             write_yaml(self.out / "search_space.yaml", space_to_yaml(cfg.space))
         for r in record.rungs if record else []:  # what finished trials showed at each rung
             if r["number"] in record.finished:
