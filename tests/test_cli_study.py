@@ -217,7 +217,7 @@ def test_resume_does_not_rerun_finished_trials(tiny_model, tiny_data, space, tmp
     r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume", "--num_trials", "5"])
     assert r.exit_code == 0, r.output
     assert (f"Resuming with the study's --base_model {tiny_model}, --train_file {tiny_data['train']}, --validation_file "
-            f"{tiny_data['val']}, --search_space {space}, --baseline False") in r.output
+            f"{tiny_data['val']}, --search_space {space}, --no-baseline") in r.output
     assert list(pd.read_csv(out / "trials_summary.csv").number) == [0, 1, 2, 3, 4] and not (out / "baseline.json").exists()
     r = CliRunner().invoke(main, ["optimize", "--output_dir", str(tmp_path / "new"), "--validation_file", str(tiny_data["val"])])
     assert r.exit_code == 2 and "Missing option '--train_file'" in r.output and not (tmp_path / "new").exists()

@@ -95,7 +95,7 @@ def optimize(**kw) -> None:
         if kw[f] is None:
             raise click.UsageError(f"Missing option '--{f}'.")
     if taken:
-        click.echo("Resuming with the study's " + ", ".join(f"--{k} {kw[k]}" for k in taken))
+        click.echo("Resuming with the study's " + ", ".join(shown_option(k, kw[k]) for k in taken))
     try:
         cfg = build_study_config(kw)
     except ConfigError as e:
@@ -149,6 +149,14 @@ def resume_defaults(kw: dict) -> list[str]:
             kw[k] = v
             taken.append(k)
     return taken
+
+
+def shown_option(name: str, value) -> str:
+    """An option as a command line gives it: ``--num_trials 30``, ``--no-baseline``."""
+    param = next((p for p in click.get_current_context().command.params if p.name == name), None)
+    if isinstance(value, bool) and param is not None and getattr(param, "secondary_opts", None):
+        return param.opts[0] if value else param.secondary_opts[0]
+    return f"--{name} {value}"
 
 
 def resume_command() -> str:
