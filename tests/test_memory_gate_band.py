@@ -553,10 +553,11 @@ def test_without_a_memory_constraint_a_gpu_study_still_never_trains_what_cannot_
     monkeypatch.setattr(placement, "_gpu_capacities", lambda: [("0", 2.0), ("1", 4.0)])
     space = parse_space({"training": {"batch_size": {"type": "categorical", "values": [1, 2]}}}, source="<test>")
 
-    def scheduler(constraint):
+    def scheduler(constraint, executor="local"):
         cfg = StudyConfig(base_model=str(tiny_model), model_path=str(tiny_model), train_file=str(tiny_data["train"]),
                           validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "out"), num_trials=2,
-                          objectives=parse_objectives("eval_loss", None), space=space, memory_constraint_gb=constraint)
+                          objectives=parse_objectives("eval_loss", None), space=space, memory_constraint_gb=constraint,
+                          executor=executor)
         study = Study(cfg, console=Console(file=io.StringIO()))
         return study, Scheduler(study, executor=None)
 
@@ -578,6 +579,8 @@ def test_without_a_memory_constraint_a_gpu_study_still_never_trains_what_cannot_
     study, sched = scheduler(8.0)
     assert sched.gate.constraint_gb == 8.0 and sched.gate.probe_first and sched.gate.budget_note is None
     assert study.memory_limit_gb == 8.0
+    # Ray's trials may run on other machines' (larger) GPUs: this machine's is no limit for them
+    assert scheduler(None, executor="ray")[1].gate is None
     # on a CPU without --memory_constraint: no gate (a warm worker's RSS carries earlier trials)
     monkeypatch.setattr(placement, "_gpu_capacities", lambda: [])
     assert scheduler(None)[1].gate is None

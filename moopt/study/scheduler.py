@@ -653,11 +653,12 @@ class Scheduler:
             device = "cuda" if self.placer.on_gpu else "cpu"
             self.gate = MemoryGate(cfg.model_path, device=device, train_file=cfg.train_file,
                                    kernels=study.kernel_path(device), constraint_gb=cfg.memory_constraint_gb)
-        elif self.placer.on_gpu:
+        elif self.placer.on_gpu and cfg.executor == "local":
             # No --memory_constraint: the GPU's own memory is still a limit. A configuration whose estimate is
             # clearly over what the largest visible GPU holds is not trained (for a 70B model, loading it only to
             # run out of memory costs minutes); a borderline one is probed; the rest train on the estimate (their
-            # OOM, should one come, is recorded and never repeated).
+            # OOM, should one come, is recorded and never repeated). Not with Ray, whose trials may run on other
+            # machines' GPUs, larger than this one's.
             from moopt.study.gate import MemoryGate
             from moopt.study.placement import DevicePlacer
 
