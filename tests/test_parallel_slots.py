@@ -174,3 +174,40 @@ def test_more_parallel_trials_than_cpu_cores_is_said(tiny_model, tiny_data, tmp_
 
     assert "Note: --parallel_trials 3 on 2 CPU core(s): the trials time-share the cores, one thread each" in said(3)
     assert said(2) == ""
+
+
+def test_ray_trials_are_placed_from_the_clusters_nodes_not_this_machines():
+    """A head node without GPUs drives a GPU cluster: its trials go on GPUs (Ray picks which), with a GPU node's
+    CPUs per GPU as threads; a CPU cluster splits its cores, never more than one node has."""
+    from moopt.study import placement
+    from moopt.study.placement import ClusterPlacer
+
+    head, gpu8, gpu4 = {"CPU": 8.0, "memory": 3e10}, {"CPU": 96.0, "GPU": 8.0}, {"CPU": 32.0, "GPU": 4.0}
+    placer = ClusterPlacer(2, [head, gpu8, gpu4])
+    assert placer.on_gpu and placer.cores == 136
+    slots = [placer.place(n) for n in range(3)]
+    assert [(s.device, s.threads) for s in slots[:2]] == [("cuda", 8), ("cuda", 8)] and slots[2] is None  # 2 at once
+    placer.release(0)
+    assert placer.place(5).device == "cuda"
+    cpu = ClusterPlacer(2, [{"CPU": 8.0}, {"CPU": 8.0}])
+    assert not cpu.on_gpu and cpu.place(0) == cpu.place(1) == placement.Slot("cpu", 8)  # 16 cores / 2
+    assert ClusterPlacer(1, [{"CPU": 8.0}, {"CPU": 8.0}]).place(0).threads == 8  # not 16: no node has 16
+    assert ClusterPlacer(32, [{"CPU": 8.0}]).place(0).threads == 1
+
+
+def test_the_scheduler_takes_the_ray_executors_nodes(tiny_model, tiny_data, tmp_path, monkeypatch):
+    from moopt.study import placement
+    from moopt.study.scheduler import Scheduler
+
+    monkeypatch.setattr(placement, "_gpu_capacities", lambda: [])  # this machine: no GPU
+    space = parse_space({"training": {"batch_size": {"type": "categorical", "values": [1, 2]}}}, source="<test>")
+    cfg = StudyConfig(base_model=str(tiny_model), model_path=str(tiny_model), train_file=str(tiny_data["train"]),
+                      validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "out"), num_trials=2,
+                      objectives=parse_objectives("eval_loss", None), space=space, executor="ray")
+
+    class FakeRay:
+        def nodes(self):
+            return [{"CPU": 4.0}, {"CPU": 48.0, "GPU": 4.0}]
+
+    sched = Scheduler(Study(cfg, console=Console(file=io.StringIO())), executor=FakeRay())
+    assert sched.placer.on_gpu and sched.placer.place(0) == placement.Slot("cuda", 12)

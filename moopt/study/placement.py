@@ -92,6 +92,38 @@ class DevicePlacer:
         self.placed.pop(number, None)
 
 
+class ClusterPlacer(DevicePlacer):
+    """Where a Ray trial runs, from the cluster's live nodes (``ray.nodes()``' resources), not this machine's: the
+    driver may be a head node without GPUs, whose placer would have sent every trial to a CPU. Ray picks the node
+    and the GPU (the trial asks for ``num_gpus``); this says whether trials go on GPUs (any node has one) and with
+    how many CPU threads: a GPU node's CPUs per GPU (the fewest of the GPU nodes), or on a CPU cluster the cores
+    split ``parallel`` ways, at most one node's (a task asking more than any node has would never be scheduled)."""
+
+    def __init__(self, parallel: int, nodes: list[dict]):
+        self.parallel = parallel
+        self.placed = {}
+        self.gpus = {}  # per-GPU memory is not known here: Ray packs trials by num_gpus
+        gpu_nodes = [r for r in nodes if r.get("GPU", 0) >= 1]
+        self.cluster_gpu = bool(gpu_nodes)
+        self.cores = max(1, int(sum(r.get("CPU", 0) for r in nodes)))  # the cluster's, all nodes together
+        if gpu_nodes:
+            self.threads = max(1, int(min(r.get("CPU", 1) / r["GPU"] for r in gpu_nodes)))
+        else:
+            one_node = max((int(r.get("CPU", 1)) for r in nodes), default=1)
+            self.threads = max(1, min(self.cores // parallel, one_node))
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.cluster_gpu
+
+    def place(self, number: int, need_gb: float | None = None) -> Slot | None:
+        if self.free() <= 0:
+            return None
+        device = "cuda" if self.cluster_gpu else "cpu"
+        self.placed[number] = (device, 0.0)
+        return Slot(device, self.threads)
+
+
 def plan_slots(parallel: int) -> list[Slot]:
     """N slots without memory estimates: round-robin over visible GPUs, or the CPU cores split N ways."""
     cores = usable_cores()

@@ -49,6 +49,10 @@ class RayExecutor(ExecutorBase):
         self._pump_thread = threading.Thread(target=self._pump, daemon=True)
         self._pump_thread.start()
 
+    def nodes(self) -> list[dict]:
+        """The resources (``CPU``, ``GPU``, ...) of each live node of the cluster: where trials can run."""
+        return [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
+
     def submit(self, spec: TrialSpec, slot) -> None:
         on_gpu = slot.device.startswith("cuda")
         spec.device = "cuda" if on_gpu else "cpu"

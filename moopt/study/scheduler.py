@@ -626,7 +626,7 @@ class Scheduler:
     """
 
     def __init__(self, study: Study, executor):
-        from moopt.study.placement import DevicePlacer
+        from moopt.study.placement import ClusterPlacer, DevicePlacer
 
         cfg = self.cfg = study.cfg
         self.study, self.executor = study, executor
@@ -641,7 +641,9 @@ class Scheduler:
         self.next_number = 0
         self.stop_note: str | None = None  # why no more trials start (time budget, space exhausted)
         self.deadline = time.time() + cfg.time_budget_hours * 3600 if cfg.time_budget_hours else None
-        self.placer = DevicePlacer(cfg.parallel_trials)
+        # Ray's trials run where the cluster has room (this machine may be a head node without GPUs); local ones here
+        nodes = getattr(executor, "nodes", None)
+        self.placer = ClusterPlacer(cfg.parallel_trials, nodes()) if callable(nodes) else DevicePlacer(cfg.parallel_trials)
         if not self.placer.on_gpu and cfg.parallel_trials > self.placer.cores:
             study.console.print(f"Note: --parallel_trials {cfg.parallel_trials} on {self.placer.cores} CPU core(s): the trials "
                                 "time-share the cores, one thread each, so more at once do not finish sooner, and each "
