@@ -437,11 +437,7 @@ class RangeEdge:
     p: float  # its one-sided p value, outward
 
     def text(self) -> str:
-        def fmt(v):
-            if isinstance(v, float) and v.is_integer() and abs(v) >= 1:
-                return str(int(v))
-            return f"{v:.3g}" if isinstance(v, float) else str(v)
-
+        fmt = _fmt_value
         if self.scale.startswith("values"):
             where = f"the {'smallest' if self.side == 'low' else 'largest'} of its {self.scale}"
             fix = f"try {'smaller' if self.side == 'low' else 'larger'} values"
@@ -451,6 +447,13 @@ class RangeEdge:
         return (f"{self.param} {fmt(self.value)}: {where}, with {self.leaning} of the {self.top} best trials on that side "
                 f"and a trend that way over all (rank correlation with the score {self.rho:+.2f}, p {self.p:.2g}); "
                 f"the optimum may lie {'below' if self.side == 'low' else 'above'} it ({fix})")
+
+
+def _fmt_value(v: Any) -> str:
+    """A range's value as the search space file would give it: 64 (not 64.0), 0.00133, q_proj."""
+    if isinstance(v, float) and v.is_integer() and abs(v) >= 1:
+        return str(int(v))
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _position(spec: dict[str, Any]):
@@ -514,10 +517,9 @@ def range_edges(data: StudyData, spec: dict[str, dict[str, Any]]) -> list[RangeE
                                alternative="less" if side == "low" else "greater")
             if not p < EDGE_TREND_P:
                 continue
-            fmt_values = [int(v) if isinstance(v, float) and v.is_integer() else v for v in values or []]
-            scale = (f"values {fmt_values}" if values else "log scale" if s["type"] == "log_uniform" else "linear scale")
-            value = value.item() if hasattr(value, "item") else value
-            out.append(RangeEdge(name, int(value) if s["type"] == "int" else value, side, low, high, scale,
+            scale = (f"values [{', '.join(map(_fmt_value, values))}]" if values else
+                     "log scale" if s["type"] == "log_uniform" else "linear scale")
+            out.append(RangeEdge(name, value.item() if hasattr(value, "item") else value, side, low, high, scale,
                                  leaning, len(places), float(rho), float(p)))
     return out
 

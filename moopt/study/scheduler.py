@@ -649,27 +649,23 @@ class Scheduler:
                                 "time-share the cores, one thread each, so more at once do not finish sooner, and each "
                                 "holds its own copy of the model in memory", markup=False, highlight=False)
         self.gate = None
-        if cfg.memory_constraint_gb:
-            from moopt.study.gate import MemoryGate
-
-            device = "cuda" if self.placer.on_gpu else "cpu"
-            self.gate = MemoryGate(cfg.model_path, device=device, train_file=cfg.train_file,
-                                   kernels=study.kernel_path(device), constraint_gb=cfg.memory_constraint_gb)
-        elif self.placer.on_gpu and cfg.executor == "local":
+        budget_note = None
+        if not cfg.memory_constraint_gb and self.placer.on_gpu and cfg.executor == "local":
             # No --memory_constraint: the GPU's own memory is still a limit. A configuration whose estimate is
             # clearly over what the largest visible GPU holds is not trained (for a 70B model, loading it only to
             # run out of memory costs minutes); a borderline one is probed; the rest train on the estimate (their
             # OOM, should one come, is recorded and never repeated). Not with Ray, whose trials may run on other
             # machines' GPUs, larger than this one's.
-            from moopt.study.gate import MemoryGate
-            from moopt.study.placement import DevicePlacer
-
             cap = max(self.placer.gpus.values())
             study.memory_limit_gb = cap * DevicePlacer.HEADROOM
-            self.gate = MemoryGate(cfg.model_path, device="cuda", train_file=cfg.train_file,
-                                   kernels=study.kernel_path("cuda"), constraint_gb=study.memory_limit_gb,
-                                   probe_first=False, budget_note=f"{DevicePlacer.HEADROOM:.0%} of the largest GPU's "
-                                   f"{cap:.1f} GiB, no --memory_constraint")
+            budget_note = f"{DevicePlacer.HEADROOM:.0%} of the largest GPU's {cap:.1f} GiB, no --memory_constraint"
+        if study.memory_limit_gb:
+            from moopt.study.gate import MemoryGate
+
+            device = "cuda" if self.placer.on_gpu else "cpu"
+            self.gate = MemoryGate(cfg.model_path, device=device, train_file=cfg.train_file,
+                                   kernels=study.kernel_path(device), constraint_gb=study.memory_limit_gb,
+                                   probe_first=budget_note is None, budget_note=budget_note)
         self.view = None  # the progress view, while run() runs
 
     @property
