@@ -94,6 +94,8 @@ class TrialResult:
     duration_s: float | None = None  # wall seconds from start to end, as the study saw them
     config: dict[str, Any] | None = None  # the trial's TrialConfig as a dict
     epochs: float | None = None  # training.num_train_epochs of that configuration
+    taken_from: str | None = None  # "runs/hpo trial 4": an earlier study's result of the same configuration, not
+    # trained again (--warm_start; moopt.study.outdir.reusable_trials)
 
     def __post_init__(self) -> None:
         self.state = TrialState(self.state)

@@ -161,7 +161,7 @@ def test_a_queued_configuration_that_can_finish_runs_before_one_that_cannot():
     sch.ck = SimpleNamespace(engine=SimpleNamespace(pending=pending))
     sch.cfg = SimpleNamespace(space=space)
     sch.study = SimpleNamespace(config_key=lambda t: repr(t.to_dict()), fits_time=Study.fits_time)
-    sch.evaluated, sch.durations, sch.gate, sch.next_number, sch.stop_note = {}, durations, None, 0, None
+    sch.evaluated, sch.known, sch.durations, sch.gate, sch.next_number, sch.stop_note = {}, {}, durations, None, 0, None
     sch.placer = SimpleNamespace(place=lambda number, gb: "cpu", on_gpu=False)
     sch.deadline = time.time() + 8 * 60
     started = []

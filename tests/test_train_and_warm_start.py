@@ -53,6 +53,44 @@ def test_warm_started_study_runs_the_earlier_best_first(tiny_model, tiny_data, t
     assert r.exit_code == 2 and "no study found" in r.output
 
 
+def test_a_warm_started_study_on_the_same_model_and_data_takes_over_the_earlier_results(tiny_model, tiny_data, tmp_path):
+    """The coarse -> refined step: a configuration the earlier study already trained on the same base model, data,
+    seed and validation length is taken over with its result (its folder and adapter copied), not trained again, and
+    does not count toward --num_trials; so is the base model's evaluation. On other data each is trained again."""
+    space = tmp_path / "space.yaml"
+    space.write_text("training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}\n  num_train_epochs: 1\n"
+                     "lora:\n  r: {type: categorical, values: [4, 8]}\ndata:\n  max_seq_length: 32\n")
+    base = ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]), "--search_space",
+            str(space), "--num_trials", "3"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = CliRunner().invoke(main, [*base, "--validation_file", str(tiny_data["val"]), "--output_dir", str(a)])
+    assert r.exit_code == 0, r.output
+    first = pd.read_csv(a / "trials_summary.csv")
+    r = CliRunner().invoke(main, [*base, "--validation_file", str(tiny_data["val"]), "--output_dir", str(b),
+                                  "--warm_start", str(a), "--num_trials", "2"])
+    assert r.exit_code == 0, r.output
+    assert "Base model (no fine-tuning; evaluated by" in r.output and "Evaluating the base model" not in r.output
+    second = pd.read_csv(b / "trials_summary.csv")
+    taken = second[second.taken_from.notna()]
+    assert len(taken) >= 1 and (second.taken_from.isna()).sum() == 2  # --num_trials: the trials trained
+    for _, row in taken.iterrows():
+        old = first[first.number == int(row.taken_from.rsplit(" ", 1)[1])].iloc[0]
+        assert (row.values_eval_loss, row.params_learning_rate) == (old.values_eval_loss, old.params_learning_rate)
+        assert (b / "trial_results" / f"trial_{row.number}" / "adapter" / "adapter_model.safetensors").is_file()
+        assert f"Trial {row.number} COMPLETE (taken over from {a} trial {int(old.number)}: the same configuration" in r.output
+    assert f"of them taken over from {a} with their results, not trained again" in r.output
+    assert "taken over from</th>" in (b / "report.html").read_text()
+    # another validation set (one example changed): nothing taken over, said once at the start
+    val = tmp_path / "val.jsonl"
+    lines = tiny_data["val"].read_text().splitlines()
+    val.write_text("\n".join([lines[1], *lines[1:]]) + "\n")
+    r = CliRunner().invoke(main, [*base, "--validation_file", str(val), "--output_dir", str(tmp_path / "c"),
+                                  "--warm_start", str(a), "--num_trials", "2", "--no-baseline"])
+    assert r.exit_code == 0, r.output
+    assert "each is trained again: its validation data differ" in r.output
+    assert pd.read_csv(tmp_path / "c" / "trials_summary.csv").taken_from.isna().all()
+
+
 def test_moopt_train_takes_the_studys_base_model_and_data_unless_given(tmp_path):
     """--base_model, --train_file and --validation_file default to the study's (its journal header) when --config is
     a study's; a base model other than the study's is said; a file neither given nor known is one clear error."""

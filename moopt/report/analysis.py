@@ -557,7 +557,6 @@ def write_analysis(output_dir: str | Path, data: StudyData, seed: int = 0) -> An
 
 
 # -- renderers (matplotlib, Agg) ------------------------------------------------------------------
-FEW_TRIALS = 10  # fANOVA's random forest on fewer COMPLETE trials splits noise: shares are rough
 
 
 def plot_importance(importance: dict[str, Importance], path: Path) -> None:

@@ -27,6 +27,7 @@ from moopt.report.analysis import (
     direction_label,
     format_importance,
 )
+from moopt.report.refine import Refinement, refined_command
 from moopt.report.table import StudyData, base_metrics, cut_by_time_ahead, nothing_fits_text
 
 REPORT = "report.html"
@@ -42,20 +43,23 @@ STATE_COLOURS = {TrialState.COMPLETE: "#1f77b4", TrialState.PRUNED: "#ff7f0e", T
                  TrialState.FAIL: "#7f7f7f"}
 
 
-def write_html_report(output_dir: str | Path, data: StudyData, analysis: Analysis | None = None) -> Path:
+def write_html_report(output_dir: str | Path, data: StudyData, analysis: Analysis | None = None,
+                      refined: Refinement | None = None) -> Path:
     """Write ``report.html`` into ``output_dir`` (atomic) and return its path. ``analysis``
-    defaults to :func:`moopt.report.analysis.analyze` of the same directory."""
+    defaults to :func:`moopt.report.analysis.analyze` of the same directory; ``refined``: the refined search
+    space written next to it (moopt.report.refine), shown when given."""
     from moopt.yamlio import atomic_write_text
 
     out = Path(output_dir)
     analysis = analysis if analysis is not None else analyze(out, data)
     images = {title: (out / name).read_bytes() for title, name in IMAGES.items() if (out / name).is_file()}
     path = out / REPORT
-    atomic_write_text(path, build_html(data, analysis, images))
+    atomic_write_text(path, build_html(data, analysis, images, refined, out))
     return path
 
 
-def build_html(data: StudyData, analysis: Analysis, images: dict[str, bytes]) -> str:
+def build_html(data: StudyData, analysis: Analysis, images: dict[str, bytes], refined: Refinement | None = None,
+               out: Path | None = None) -> str:
     e = html.escape
     h = data.header
     counts = data.table.state.value_counts().to_dict() if len(data.table) else {}
@@ -70,6 +74,7 @@ def build_html(data: StudyData, analysis: Analysis, images: dict[str, bytes]) ->
     body = ["<h1>moopt study report</h1>",
             "<dl class='facts'>" + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in facts) + "</dl>",
             _best_section(data, analysis.edges),
+            _refined_section(data, refined, out),
             _pareto_section(data, analysis),
             _importance_section(analysis),
             _images_section(images),
@@ -116,6 +121,21 @@ def _best_section(data: StudyData, edges=()) -> str:
             + ("<p class='warn'>At the edge of the searched range (the optimum may lie outside it):</p><ul>"
                + "".join(f"<li>{e(x.text())}</li>" for x in edges) + "</ul>" if edges else "")
             + "</section>")
+
+
+def _refined_section(data: StudyData, refined: Refinement | None, out: Path | None) -> str:
+    if refined is None or out is None:
+        return ""
+    e = html.escape
+    rows = "".join(f"<tr><th>{e(c.name)}</th><td>{e(c.before)}</td><td>{e(c.after)}</td><td class='muted'>{e(c.why)}</td></tr>"
+                   for c in refined.changes)
+    return (f"<section><h2>Refined search space</h2><p class='muted'>The guide's coarse &rarr; refined search: "
+            f"<code>refined_space.yaml</code> narrows each range around the {len(refined.top)} best trials by {e(refined.by)} "
+            f"(trials {', '.join(map(str, refined.top))}) and widens it past an end they lean against. "
+            f"Run it with the best trials so far seeding its first generation:</p>"
+            f"<pre>{e(refined_command(data.header, out))}</pre>"
+            f"<table class='kv'><tr><th>parameter</th><th>searched</th><th>refined</th><th>why</th></tr>{rows}</table>"
+            "</section>")
 
 
 def _pareto_section(data: StudyData, analysis: Analysis) -> str:
@@ -176,6 +196,7 @@ def _table_section(data: StudyData) -> str:
     cols = ["number", "state", *[f"values_{n}" for n in data.objectives.names]]
     cols += [c for c in ("score", "pareto", "peak_memory_gb", "duration") if c in t.columns]
     cols += [c for c in t.columns if c.startswith("params_")] + ["error"]
+    cols += ["taken_from"] if "taken_from" in t.columns and t.taken_from.notna().any() else []  # --warm_start's
     head = "".join(f"<th data-col='{i}' tabindex='0'>{html.escape(_header(c))}</th>" for i, c in enumerate(cols))
     rows = []
     for _, r in t.sort_values("number").iterrows():
@@ -227,7 +248,8 @@ def _header(col: str) -> str:
     for prefix in ("values_", "params_"):
         if col.startswith(prefix):
             return col[len(prefix):]
-    return {"number": "trial", "duration": "duration (s)", "peak_memory_gb": "peak GiB"}.get(col, col)
+    return {"number": "trial", "duration": "duration (s)", "peak_memory_gb": "peak GiB",
+            "taken_from": "taken over from"}.get(col, col)
 
 
 def _missing(v: Any) -> bool:

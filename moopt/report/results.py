@@ -39,12 +39,16 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> 
         return summary
     from moopt.report.analysis import write_analysis
     from moopt.report.html import write_html_report
+    from moopt.report.refine import write_refined
 
     analysis = write_analysis(out, data)
-    write_html_report(out, data, analysis)
+    target = "score" if data.objectives.multi else data.objectives.names[0]
+    refined = write_refined(out, data, analysis.edges, analysis.importance.get(target))
+    write_html_report(out, data, analysis, refined)
     summary["param_importance"] = {t: dict(imp) for t, imp in analysis.importance.items()}
     summary["range_edges"] = [e.text() for e in analysis.edges]
-    print_summary(data, summary, console, out, analysis.importance, analysis.edges)
+    summary["refined_space"] = [vars(c) for c in refined.changes] if refined else []
+    print_summary(data, summary, console, out, analysis.importance, analysis.edges, refined)
     return summary
 
 
@@ -65,7 +69,7 @@ def _why_none_completed(table) -> str:
 
 
 def print_summary(data: StudyData, summary: dict[str, Any], console=None, output_dir: Path | None = None,
-                  importance: dict | None = None, edges: list | None = None) -> None:
+                  importance: dict | None = None, edges: list | None = None, refined=None) -> None:
     """The guide's closing summary: the searched parameters of the best trial as JSON, ``Best value``,
     ``Parameter Importance`` and where the results are."""
     from rich.console import Console
@@ -73,7 +77,10 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
     console = console or Console(highlight=False, soft_wrap=True)
     say = lambda text="": console.print(text, markup=False, soft_wrap=True)  # noqa: E731
     counts = data.table.state.value_counts().to_dict() if len(data.table) else {}
-    say(f"\nTrials: {len(data.table)}" + (f" ({', '.join(f'{v} {k}' for k, v in counts.items())})" if counts else ""))
+    taken = data.table.taken_from.dropna() if "taken_from" in data.table else []
+    say(f"\nTrials: {len(data.table)}" + (f" ({', '.join(f'{v} {k}' for k, v in counts.items())})" if counts else "")
+        + (f"; {len(taken)} of them taken over from {taken.iloc[0].rsplit(' trial ', 1)[0]} with their results, "
+           "not trained again" if len(taken) else ""))
     if data.best is None:
         if data.least_infeasible is not None:
             say(nothing_fits_text(data))
@@ -132,9 +139,20 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
                  ("trials_summary.csv", "every trial"),
                  ("optimization_plot.png", "progress of the search")]
         files += [("pareto_front.png", "the Pareto front")] if data.objectives.multi else []
+        files += [("refined_space.yaml", "the search space for a refined study (below)")] if refined else []
         for name, what in files:
             if (out / name).exists():
                 say(f"  {name:<34} {what}")
+    if refined is not None and output_dir is not None:
+        say()
+        say(f"Refined search space (the guide's coarse -> refined search; {Path(output_dir) / 'refined_space.yaml'}):")
+        width = max(len(c.name.split('.', 1)[1]) for c in refined.changes)
+        for c in refined.changes:
+            say(f"  {c.name.split('.', 1)[1]:<{width}}  {c.before} -> {c.after}: {c.why}")
+        say("Run it, the best trials so far seeding its first generation:")
+        from moopt.report.refine import refined_command
+
+        say("  " + refined_command(data.header, Path(output_dir)))
 
 
 def _short(v: Any) -> Any:

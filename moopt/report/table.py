@@ -66,6 +66,7 @@ def load_study(output_dir: str | Path) -> StudyData:
         row["dtype"] = e.dtype if e else None  # what the base model ran in (model.dtype auto, resolved)
         row["attention"] = e.attention if e else None  # eager, sdpa, or 'eager N%+sdpa' (moopt.train.recipe.BatchAttention)
         row["error"] = e.error if e else None
+        row["taken_from"] = e.taken_from if e else None  # an earlier study's result, not trained again (--warm_start)
         rows.append(row)
     obj_cols = [f"values_{n}" for n in objectives.names]
     # with no trial yet (a time budget spent on the set-up), the table still has its leading columns

@@ -22,7 +22,7 @@ from moopt.study.lock import LOCK_FILE, StudyLock
 OUR_FILES = (JOURNAL, ENGINE_FILE, "best_config.yaml", "trials_summary.csv", "optimization_plot.png",
              "pareto_front.png", "search_space.yaml", "baseline.json", "study.json")
 RESULT_FILES = ("param_importance.csv", "param_importance.png", "correlations.csv", "correlations.png",
-                "learning_curves.png", "report.html")
+                "learning_curves.png", "interaction.png", "refined_space.yaml", "report.html")
 
 
 def check_writable_dir(out: Path, option: str = "--output_dir") -> None:
@@ -93,6 +93,69 @@ def study_fingerprint(cfg: Any) -> dict[str, Any]:
         "base_model": cfg.base_model,
         "seed": cfg.seed,
     }))
+
+
+def config_key(cfg: TrialConfig) -> str:
+    """A configuration's identity: two trials with the same key train the same thing."""
+    return json.dumps(cfg.to_dict(), sort_keys=True)
+
+
+def data_digest(path: str | Path) -> str:
+    """SHA-256 of a data file: what says a later study trains and validates on the same data."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def reusable_trials(cfg: Any, eval_length: int, digests: dict[str, str]) -> tuple[dict[str, tuple[int, Any, list]], str]:
+    """The COMPLETE trials of the --warm_start study that this study may take over instead of training them again
+    when it proposes the same configuration: only where everything else a trial's result depends on is the same
+    (base model and its hub commit, the train and validation files' contents, the seed, the validation length)
+    and it measured every objective within --memory_constraint. ``{config_key: (its number, its end, its rung
+    events)}``, and why none may be taken when that is so (else "")."""
+    from datetime import datetime
+
+    src = Path(cfg.warm_start)
+    rec = replay(src)
+    h, fp = rec.header, rec.header.get("fingerprint") or {}
+    differ = []
+    if fp.get("base_model") != cfg.base_model or h.get("model_revision") != cfg.model_revision:
+        differ.append("base model")
+    for k in ("train_file", "validation_file"):
+        theirs = (h.get("data_digest") or {}).get(k)
+        if theirs is None:  # a study from before digests: the same file, not modified since that study began
+            try:
+                same = (fp.get(k) == os.path.abspath(getattr(cfg, k)) and os.path.getmtime(fp[k])
+                        < datetime.fromisoformat(h["created"]).timestamp())
+            except (KeyError, OSError, ValueError):
+                same = False
+        else:
+            same = theirs == digests.get(k)
+        if not same:
+            differ.append(k.replace("_file", " data"))
+    if fp.get("seed") != cfg.seed:
+        differ.append("seed")
+    if int(h.get("eval_max_seq_length") or 0) != eval_length:
+        differ.append(f"validation length ({h.get('eval_max_seq_length') or 'per trial'} vs {eval_length} tokens)")
+    if differ:
+        return {}, ", ".join(differ)
+    out: dict[str, tuple[int, Any, list]] = {}
+    rungs = [r for r in rec.rungs if h.get("pruning_factor") == cfg.pruning_factor]
+    for n, e in rec.finished.items():
+        m = e.metrics or {}
+        if (e.state != TrialState.COMPLETE or not e.config or not all(k in m for k in cfg.objectives.names)
+                or (cfg.memory_constraint_gb and m.get("peak_memory_gb", 0) > cfg.memory_constraint_gb)):
+            continue
+        try:
+            key = config_key(TrialConfig.from_dict(e.config))
+        except ConfigError:
+            continue
+        out.setdefault(key, (n, e, [r for r in rungs if r["number"] == n]))
+    return out, ""
 
 
 def warm_start_configs(output_dir: str, limit: int = 24) -> list[TrialConfig]:

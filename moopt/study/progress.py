@@ -244,8 +244,8 @@ class ProgressView:
             t.printed_at = now
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    def ended(self, end: TrialResult) -> None:
-        self.board.ended(end)
+    def ended(self, end: TrialResult, earlier: bool = False) -> None:
+        self.board.ended(end, earlier)
         if self.live is None and self.show_study:
             self.console.print(self.board.study_line(), markup=False, highlight=False, soft_wrap=True)
 

@@ -44,8 +44,11 @@ from moopt.study.outdir import (  # noqa: F401  (re-exported: the CLI and tests 
     OUR_FILES,
     RESULT_FILES,
     check_output_dir,
+    config_key,
+    data_digest,
     discard_study,
     prepare_output_dir,
+    reusable_trials,
     space_to_yaml,
     study_fingerprint,
     warm_start_configs,
@@ -166,6 +169,7 @@ class Study:
         self.writer: BackgroundWriter | None = None  # rewrites the results after each trial while the study runs
         self.eval_length = 0  # the validation's max_seq_length, shared by every trial (set by run: seq_range)
         self.memory_limit_gb = cfg.memory_constraint_gb  # or, on GPUs without it, what the largest one holds (Scheduler)
+        self._digest: dict[str, str] | None = None
 
     # -- helpers -------------------------------------------------------------------------------
     def trial_dir(self, number: int) -> Path:
@@ -346,7 +350,7 @@ class Study:
                                  "weights": list(cfg.objectives.weights), "base_model": cfg.base_model,
                                  "model_revision": cfg.model_revision, "memory_constraint_gb": cfg.memory_constraint_gb,
                                  "pruning_factor": cfg.pruning_factor, "eval_max_seq_length": self.eval_length,
-                                 "options": cfg.options})
+                                 "options": cfg.options, "data_digest": self.data_digest()})
             write_yaml(self.out / "search_space.yaml", space_to_yaml(cfg.space))
         for r in record.rungs if record else []:  # what finished trials showed at each rung
             if r["number"] in record.finished:
@@ -360,7 +364,7 @@ class Study:
         sched.resume(record)
         self.writer = BackgroundWriter(self.results, self.out)
         try:
-            if cfg.baseline and not (self.out / "baseline.json").is_file():
+            if cfg.baseline and not (self.out / "baseline.json").is_file() and not self.take_baseline(sched.warm_same):
                 self.run_baseline(sched.executor)
             sched.run()
         except (KeyboardInterrupt, Stopped) as e:
@@ -438,6 +442,70 @@ class Study:
         self.console.print(f"Trial {res.number} [{colour}]{res.state}[/] in {res.duration_s:.0f}s: {vals}{extra}")
         return res
 
+    def data_digest(self) -> dict[str, str]:
+        """The train and validation files' SHA-256 (journaled: a later --warm_start takes over trials only on the
+        same data)."""
+        if self._digest is None:
+            self._digest = {k: data_digest(getattr(self.cfg, k)) for k in ("train_file", "validation_file")}
+        return self._digest
+
+    def take_baseline(self, same: bool) -> bool:
+        """The --warm_start study's base model evaluation, when it ran on the same model, validation data and
+        length (``same``): copied, not run again. Whether it was."""
+        src = Path(self.cfg.warm_start or "") / "baseline.json"
+        if not same or not src.is_file():
+            return False
+        try:
+            base = json.loads(src.read_text())
+        except ValueError:
+            return False
+        if base.get("state") != TrialState.COMPLETE:
+            return False
+        shutil.copyfile(src, self.out / "baseline.json")
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in (base.get("metrics") or {}).items() if k.startswith("eval_"))
+        self.console.print(f"Base model (no fine-tuning; evaluated by {self.cfg.warm_start}, on the same model and "
+                           f"validation data): {shown}", markup=False, highlight=False)
+        return True
+
+    def take_over(self, number: int, tcfg: TrialConfig, x: dict, source: tuple[int, TrialResult, list]) -> TrialResult:
+        """The --warm_start study's result of the same configuration, as this study's trial ``number``: journaled
+        (with its rung values) and its folder copied (adapter, curves, log); not trained again."""
+        from dataclasses import replace
+
+        old, end, rungs = source
+        src = Path(self.cfg.warm_start) / "trial_results" / f"trial_{old}"
+        params = {p.short: _plain(p.decode(x[p.name])) for p in self.cfg.space.params}
+        now = _now()
+        taken = f"{self.cfg.warm_start.rstrip('/')} trial {old}"
+        self.journal.append({"type": "trial_start", "number": number, "datetime_start": now, "params": params,
+                             "config": tcfg.to_dict(), "device": "none", "taken_from": taken})
+        d = self.trial_dir(number)
+        shutil.rmtree(d, ignore_errors=True)
+        if src.is_dir():
+            shutil.copytree(src, d)
+        metrics = d / "metrics.json"
+        if metrics.is_file():  # the curves file names its trial
+            try:
+                m = json.loads(metrics.read_text())
+                metrics.write_text(json.dumps({**m, "number": number}))
+            except ValueError:
+                pass
+        from moopt.yamlio import write_yaml
+
+        write_yaml(d / "config.yaml", tcfg.to_dict())
+        for r in rungs:
+            ev = {**r, "number": number}
+            self.journal.append(ev)
+            self.pruner.record(ev["rung"], number, self.cfg.objectives.to_minimize(ev["metrics"]), ev.get("step"))
+        res = replace(end, number=number, datetime_start=now, datetime_complete=now, duration_s=0.0,
+                      config=tcfg.to_dict(), taken_from=taken, warm=False)
+        self.journal.append(res)
+        m = res.metrics
+        vals = "  ".join(f"{k}={m[k]:.4f}" for k in self.cfg.objectives.names if k in m)
+        self.console.print(f"Trial {number} [green]COMPLETE[/] (taken over from {taken}: the same configuration, "
+                           f"not trained again): {vals}")
+        return res
+
     def record_infeasible(self, number: int, tcfg: TrialConfig, x: dict, decision) -> TrialResult:
         """A configuration the memory gate rules out: journaled as INFEASIBLE, never trained."""
         params = {p.short: _plain(p.decode(x[p.name])) for p in self.cfg.space.params}
@@ -490,9 +558,7 @@ class Study:
             self._model_config = load_model_config(self.cfg.model_path)
         return estimate_peak(self._model_config, tcfg, device=device, kernels=self.kernel_path(device)).total_gib
 
-    @staticmethod
-    def config_key(cfg: TrialConfig) -> str:
-        return json.dumps(cfg.to_dict(), sort_keys=True)
+    config_key = staticmethod(config_key)
 
     @staticmethod
     def duration_sample(end: TrialResult) -> list[DurationSample]:
@@ -597,7 +663,8 @@ class Study:
             if start is not None:
                 s0 = objectives.to_minimize(start)
                 score = lambda m: float(objectives.score(objectives.to_minimize(m), s0)[0])  # noqa: E731
-        board = ProgressBoard(total=self.cfg.num_trials, objective=objectives.names[0], deadline=deadline,
+        taken = sum(bool(e.taken_from) for e in finished)  # --warm_start's, not trained: beyond --num_trials
+        board = ProgressBoard(total=self.cfg.num_trials + taken, objective=objectives.names[0], deadline=deadline,
                               minimize=objectives.directions()[0] == "minimize", score=score, shown=objectives.names)
         for end in finished:
             board.ended(end, earlier=True)
@@ -636,6 +703,8 @@ class Scheduler:
         self.running: dict[int, Running] = {}
         self.finished: dict[int, TrialResult] = {}
         self.evaluated: dict[str, TrialResult] = {}  # config_key -> its trial's end
+        self.known: dict[str, tuple[int, TrialResult, list]] = {}  # config_key -> a --warm_start study's result
+        self.warm_same = False  # the --warm_start study ran on the same model, data, seed and validation length
         self.durations: list[DurationSample] = []  # of every finished trial
         self.n_started = 0  # finished or started trials, toward cfg.num_trials
         self.next_number = 0
@@ -756,6 +825,18 @@ class Scheduler:
         if key in self.evaluated:  # same configuration as a finished trial: reuse, no new trial
             self.engine.tell_one(idx, *study.told_values(self.evaluated[key]))
             return True
+        if key in self.known:  # the --warm_start study trained it on the same model and data: its result, at once
+            number = number if number >= 0 else self.new_number()
+            end = study.take_over(number, tcfg, x, self.known.pop(key))
+            self.view.board.total += 1  # --num_trials counts the trials trained: this one is not
+            self.view.ended(end, earlier=True)
+            study.completed(end)
+            self.finished[number] = self.evaluated[key] = end
+            self.durations += study.duration_sample(end)
+            self.engine.tell_one(idx, *study.told_values(end))
+            self.ck.assigned[number] = idx
+            self.ck.save(self.path)
+            return True
         if self.deadline is not None and not study.fits_time(tcfg, self.durations, self.deadline):
             # another queued individual of this generation that can still finish runs first; this one waits
             # behind it (time only runs out, so it never becomes able to finish)
@@ -817,11 +898,24 @@ class Scheduler:
                     self.queue.append((idx, -1 if num is None else num))
         self.evaluated = {study.config_key(TrialConfig.from_dict(e.config)): e for e in self.finished.values()
                           if e.config is not None}
+        if cfg.warm_start:
+            known, differ = reusable_trials(cfg, study.eval_length, study.data_digest())
+            self.warm_same = not differ
+            self.known = {k: v for k, v in known.items() if k not in self.evaluated}
+            if record is None or not record.finished:
+                study.console.print(
+                    f"Warm start from {cfg.warm_start}: its best configurations seed the first generation; "
+                    + (f"any this study proposes again is taken over with its result, not trained again ({len(known)} "
+                       "COMPLETE trials on the same base model, data, seed and validation length)" if known else
+                       f"each is trained again: its {differ} differ" if differ else
+                       "it has no COMPLETE trial to take over"), markup=False, highlight=False)
         if record is not None and record.header:
             rerun = [n for n in record.running if n not in self.finished]
-            study.console.print(f"Resuming {study.out}: {len(self.finished)} of {cfg.num_trials} trials finished and kept"
+            taken = sum(bool(e.taken_from) for e in self.finished.values())
+            study.console.print(f"Resuming {study.out}: {len(self.finished) - taken} of {cfg.num_trials} trials finished and kept"
+                                + (f" (and {taken} taken over from --warm_start)" if taken else "")
                                 + (f"; re-queued (were running): {', '.join(map(str, rerun))}" if rerun else ""))
-        self.n_started = len(self.finished)
+        self.n_started = sum(not e.taken_from for e in self.finished.values())  # those taken over cost nothing
         self.next_number = max([*self.finished, *self.ck.assigned, -1]) + 1
         for e in self.finished.values():
             self.durations += study.duration_sample(e)

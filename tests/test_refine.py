@@ -1,0 +1,166 @@
+"""refined_space.yaml, the guide's coarse -> refined search, on synthetic studies whose answers are known:
+learning_rate alone drives the score (synthetic_trials: lower is better)."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+
+import yaml
+from test_analysis import TARGETS, synthetic_trials, write_fake_study
+
+from moopt.report.analysis import Importance, RangeEdge, load_space_spec, range_edges
+from moopt.report.refine import REFINED, refine, refined_command, write_refined
+from moopt.report.table import load_study
+from moopt.search.space import load_space
+
+
+def _spec(out):
+    return yaml.safe_load((out / "search_space.yaml").read_text())
+
+
+def _worst(trials, k: int) -> float:
+    """The eval_loss of the k-th worst COMPLETE trial."""
+    return sorted(t["metrics"]["eval_loss"] for t in trials if t.get("state", "COMPLETE") == "COMPLETE")[-k]
+
+
+def _with_header(out, **extra):
+    """The study header a real study writes: its fixed values (fingerprint) and options."""
+    path = out / "journal.jsonl"
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0]) | extra
+    path.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    return out
+
+
+def test_ranges_narrow_around_the_best_trials_and_the_file_is_a_search_space(tmp_path):
+    out = _with_header(write_fake_study(tmp_path / "s", synthetic_trials(24)),
+                       fingerprint={"fixed": {"data": {"max_seq_length": 64, "packing": True}}})
+    data = load_study(out)
+    r = write_refined(out, data, [])
+    assert r is not None and (out / REFINED).is_file()
+    space = load_space(out / REFINED)  # parses as a search space, every end a valid trial
+    lr = next(p for p in space.params if p.name == "training.learning_rate")
+    t = data.table
+    done = t[(t.state == "COMPLETE")]
+    top = done.nlargest(len(done) // 3, "score")
+    assert sorted(r.top) == sorted(int(n) for n in top.number)
+    # the best trials' learning rates are inside, the range is narrower than 1e-5..1e-2 and still >= 40% of it
+    assert lr.low <= top.params_learning_rate.min() and lr.high >= top.params_learning_rate.max()
+    assert (lr.low, lr.high) != (1e-5, 1e-2) and 1e-5 <= lr.low and lr.high <= 1e-2
+    assert lr.high / lr.low >= 10 ** (3 * 0.4) * 0.99
+    # the fixed value of the study's own file is kept (not the default 512); the default packing is not written
+    assert space.fixed.data.max_seq_length == 64
+    assert "packing" not in yaml.safe_load((out / REFINED).read_text()).get("data", {})
+    text = (out / REFINED).read_text()
+    assert "learning_rate: {type: log_uniform, min: " in text and "# was 1e-05 .. 0.01 (log); the " in text
+    assert text.startswith(f"# Refined search space from the study in {out}")
+
+
+def test_a_categorical_value_is_dropped_only_on_evidence_and_an_ordered_one_only_from_its_ends(tmp_path):
+    trials = synthetic_trials(24)
+    rng = random.Random(3)
+    worst = _worst(trials, 8)
+    for t in trials:  # batch 16 and the qv target set only in the worse half; 4 and 8 spread
+        bad = t["metrics"].get("eval_loss", 9) >= worst
+        t["params"]["batch_size"] = 16 if bad else rng.choice([4, 8])
+        t["params"]["target_modules"] = TARGETS[0] if bad else TARGETS[1]
+    out = write_fake_study(tmp_path / "s", trials)
+    r = refine(load_study(out), _spec(out), [])
+    assert r.space["training"]["batch_size"] == {"type": "categorical", "values": [4, 8]}
+    assert r.space["lora"]["target_modules"] == "attention"  # one value left: fixed, by its alias
+    why = {c.name: c.why for c in r.changes}
+    assert why["training.batch_size"].startswith("dropped 16: every trial with it scored below the median")
+    # on an ordered scale only from its ends: 8 inside 2..16 stays though every trial with it did badly (and the
+    # untried 2 and 16 stay: no evidence); 4 at the end of 4..16 goes
+    for t in trials:
+        t["params"]["batch_size"] = 8 if t["metrics"].get("eval_loss", 9) >= worst else 4
+    out = write_fake_study(tmp_path / "mid", trials, space="training:\n  batch_size: {type: categorical, values: [2, 4, 8, 16]}\n")
+    assert refine(load_study(out), _spec(out), []) is None
+    for t in trials:
+        t["params"]["batch_size"] = 4 if t["metrics"].get("eval_loss", 9) >= worst else 8
+    out = write_fake_study(tmp_path / "end", trials, space="training:\n  batch_size: {type: categorical, values: [4, 8, 16]}\n")
+    assert refine(load_study(out), _spec(out), []).space == {"training": {"batch_size": {"type": "categorical", "values": [8, 16]}}}
+
+
+def test_a_range_end_the_best_trials_lean_against_is_widened_past_it(tmp_path):
+    trials = synthetic_trials(24)
+    best, worst = -_worst([{"metrics": {"eval_loss": -t["metrics"].get("eval_loss", 9)}} for t in trials], 7), _worst(trials, 8)
+    for t in trials:  # the 7 best on 4, the 8 worst on 16
+        loss = t["metrics"].get("eval_loss", 9)
+        t["params"]["batch_size"] = 4 if loss <= best else 16 if loss >= worst else 8
+    out = write_fake_study(tmp_path / "s", trials)
+    data = load_study(out)
+    edges = range_edges(data, load_space_spec(out))
+    assert ("batch_size", "low") in {(e.param, e.side) for e in edges}
+    edges.append(RangeEdge("learning_rate", 1.2e-5, "low", 1e-5, 1e-2, "log scale", 5, 7, 0.8, 0.001))
+    r = refine(data, _spec(out), edges)
+    lr = r.space["training"]["learning_rate"]
+    assert lr["min"] < 1e-5 and lr["max"] <= 1e-2  # half the old range (1.5 decades) further down
+    assert 10 ** -6.6 < lr["min"] < 10 ** -6.4
+    assert r.space["training"]["batch_size"]["values"] == [2, 4, 8]  # the next of 4, 8, 16 below, and 16 dropped
+    why = {c.name: c.why for c in r.changes}
+    assert "past the min: the best trials lean against it" in why["training.learning_rate"]
+    assert "added 2: the best trials lean against that end" in why["training.batch_size"]
+    # where a parameter cannot go further (warmup_ratio below 0) nothing is added past it
+    edge = RangeEdge("warmup_ratio", 0.0, "low", 0.0, 0.1, "linear scale", 3, 3, -0.5, 0.01)
+    r = refine(data, _spec(out), [edge])
+    assert r.space["training"]["warmup_ratio"]["min"] == 0.0
+
+
+def test_a_parameter_that_does_not_matter_is_fixed_at_the_best_trial_s_value_on_enough_trials(tmp_path):
+    out = write_fake_study(tmp_path / "s", synthetic_trials(24))
+    data = load_study(out)
+    best = data.table[data.table.number == data.best].iloc[0]
+    shares = {"learning_rate": 0.9, "r": 0.085, "warmup_ratio": 0.01, "batch_size": 0.005}
+    r = refine(data, _spec(out), [], Importance(shares, target="score", n_trials=22))
+    assert r.space["training"]["warmup_ratio"] == float(best.params_warmup_ratio)
+    assert r.space["training"]["batch_size"] == int(best.params_batch_size)
+    assert isinstance(r.space["lora"]["r"], dict)  # 8.5%: still searched
+    assert "fixed at the best trial's value: 1.0% of the score's variance over 21 trials" in \
+        {c.name: c.why for c in r.changes}["training.warmup_ratio"]
+    load_space(write_refined(out, data, [], Importance(shares, target="score", n_trials=22)) and out / REFINED)
+    # on fewer trials the shares are noise: nothing is fixed
+    r = refine(data, _spec(out), [], Importance(shares, target="score", n_trials=12))
+    assert isinstance(r.space["training"]["warmup_ratio"], dict)
+
+
+def test_too_few_complete_trials_write_no_file_and_a_stale_one_goes(tmp_path):
+    out = write_fake_study(tmp_path / "s", synthetic_trials(24))
+    write_refined(out, load_study(out), [])
+    assert (out / REFINED).is_file()
+    (out / "journal.jsonl").unlink()
+    few = write_fake_study(tmp_path / "s", synthetic_trials(6))  # 3 of them COMPLETE
+    assert write_refined(few, load_study(few), []) is None and not (out / REFINED).exists()
+
+
+def test_the_summary_and_the_report_give_the_refined_study_s_command(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from moopt.report.analysis import analyze
+    from moopt.report.html import build_html
+    from moopt.report.results import print_summary
+
+    monkeypatch.chdir(tmp_path)
+    out = _with_header(write_fake_study(tmp_path / "runs" / "hpo", synthetic_trials(24)), options={
+        "base_model": "smollm2-135m", "train_file": str(tmp_path / "data" / "train.jsonl"),
+        "validation_file": str(tmp_path / "data" / "val.jsonl"), "num_trials": 24,
+        "optimization_objective": "multi:eval_loss,eval_accuracy", "optimization_weights": "0.7,0.3",
+        "memory_constraint": None, "pruning_factor": 2.0, "parallel_trials": 1})
+    data = load_study(out)
+    r = write_refined(out, data, [])
+    cmd = refined_command(data.header, out.relative_to(tmp_path))
+    assert cmd == ("moopt optimize --base_model tiny --train_file data/train.jsonl --validation_file data/val.jsonl "
+                   "--output_dir runs/hpo_refined --num_trials 24 --search_space runs/hpo/refined_space.yaml "
+                   "--warm_start runs/hpo --optimization_objective multi:eval_loss,eval_accuracy "
+                   "--optimization_weights 0.7,0.3 --pruning_factor 2.0")
+    buf = io.StringIO()
+    best = data.table[data.table.number == data.best].iloc[0]
+    print_summary(data, {"best_config": {}, "best_metrics": {n: float(best[f"values_{n}"]) for n in data.objectives.names}},
+                  Console(file=buf, width=400, highlight=False), out.relative_to(tmp_path), None, [], r)
+    text = buf.getvalue()
+    assert "Refined search space (the guide's coarse -> refined search; runs/hpo/refined_space.yaml):\n  learning_rate" in text
+    assert "1e-05 .. 0.01 (log) -> " in text and text.rstrip().endswith(cmd)
+    page = build_html(data, analyze(out, data), {}, r, out.relative_to(tmp_path))
+    assert "<h2>Refined search space</h2>" in page and "--warm_start runs/hpo" in page
