@@ -80,6 +80,12 @@ def test_a_warm_started_study_on_the_same_model_and_data_takes_over_the_earlier_
         assert f"Trial {row.number} COMPLETE (taken over from {a} trial {int(old.number)}: the same configuration" in r.output
     assert f"of them taken over from {a} with their results, not trained again" in r.output
     assert "taken over from</th>" in (b / "report.html").read_text()
+    # --resume counts the trials trained, and takes over nothing twice
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(b), "--resume", "--num_trials", "3"])
+    assert r.exit_code == 0, r.output
+    assert f"2 of 3 trials finished and kept (and {len(taken)} taken over from --warm_start)" in r.output
+    third = pd.read_csv(b / "trials_summary.csv")
+    assert third.taken_from.isna().sum() == 3 and third.taken_from.notna().sum() == len(taken)
     # another validation set (one example changed): nothing taken over, said once at the start
     val = tmp_path / "val.jsonl"
     lines = tiny_data["val"].read_text().splitlines()
