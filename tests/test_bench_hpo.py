@@ -88,3 +88,16 @@ def test_every_problem_builds_its_search_space(load_bench):
     for name, make in bench.PROBLEMS.items():
         prob = make()
         assert len(prob.space.params) == len(prob.vars), name
+
+
+def test_bench_refine_scores_both_arms_over_the_same_number_of_trainings(load_bench):
+    """bench_refine: the refined arm (coarse half, refine(), a warm-started engine over the refined space)
+    evaluates as many configurations as the straight one; taken-over ones are not counted."""
+    bench = load_bench("bench_refine")
+    prob = load_bench("bench_hpo").PROBLEMS["zdt1"]()
+    got = bench.run_arms(prob, 16, seed=1)
+    assert len(got["straight"]) == len(got["refined"]) == 16 and got["changed"]
+    rows = bench.bench(["zdt1"], 2, 12, log=lambda *_: None)
+    assert {r["provider"] for r in rows} == {"straight", "refined"}
+    assert all(0.0 <= r["value"] <= 1.0 for r in rows)
+    assert "refined - straight, median over problems" in bench.summary(rows)
