@@ -51,6 +51,9 @@ def test_warm_started_study_runs_the_earlier_best_first(tiny_model, tiny_data, t
     assert any(abs(second.params_learning_rate - best.params_learning_rate) < 1e-9)
     r = CliRunner().invoke(main, [*base, "--output_dir", str(tmp_path / "c"), "--warm_start", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "no study found" in r.output
+    r = CliRunner().invoke(main, [*base, "--output_dir", str(tmp_path / "a"), "--warm_start", str(tmp_path / "a"), "--overwrite"])
+    assert r.exit_code == 2 and "is the study --overwrite would replace" in r.output
+    assert (tmp_path / "a" / "journal.jsonl").is_file() and (tmp_path / "a" / "trials_summary.csv").is_file()  # untouched
 
 
 def test_a_warm_started_study_on_the_same_model_and_data_takes_over_the_earlier_results(tiny_model, tiny_data, tmp_path):

@@ -231,6 +231,9 @@ def build_study_config(kw: dict):
 
         if not (Path(kw["warm_start"]) / JOURNAL).is_file():
             raise ConfigError(f"--warm_start {kw['warm_start']}: no study found there (no {JOURNAL})")
+        if kw["overwrite"] and Path(kw["warm_start"]).resolve() == Path(kw["output_dir"]).resolve():
+            raise ConfigError(f"--warm_start {kw['warm_start']} is the study --overwrite would replace: give the new "
+                              "study another --output_dir (or continue this one with --resume)")
     check_output_dir(cfg)
     from dataclasses import replace
 
