@@ -164,3 +164,26 @@ def test_the_summary_and_the_report_give_the_refined_study_s_command(tmp_path, m
     assert "1e-05 .. 0.01 (log) -> " in text and text.rstrip().endswith(cmd)
     page = build_html(data, analyze(out, data), {}, r, out.relative_to(tmp_path))
     assert "<h2>Refined search space</h2>" in page and "--warm_start runs/hpo" in page
+
+
+def test_a_refined_study_whose_best_is_taken_over_says_no_new_trial_beat_it(tmp_path):
+    from rich.console import Console
+
+    from moopt.report.results import print_summary
+
+    out = write_fake_study(tmp_path / "s", synthetic_trials(12))
+    best = load_study(out).best
+    path = out / "journal.jsonl"
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    for ev in events:
+        if ev["type"] == "trial_end" and ev["number"] in (best, 0):
+            ev["taken_from"] = f"runs/hpo trial {ev['number'] + 7}"
+    path.write_text("".join(json.dumps(ev) + "\n" for ev in events))
+    data = load_study(out)
+    buf = io.StringIO()
+    row = data.table[data.table.number == best].iloc[0]
+    print_summary(data, {"best_config": {}, "best_metrics": {n: float(row[f"values_{n}"]) for n in data.objectives.names}},
+                  Console(file=buf, width=400, highlight=False), out, None, [], None)
+    text = buf.getvalue()
+    assert f"(taken over from runs/hpo trial {best + 7}: none of the 10 trials this study trained beat it)" in text
+    assert "2 of them taken over from runs/hpo with their results, not trained again" in text
