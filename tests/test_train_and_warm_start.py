@@ -98,6 +98,14 @@ def test_a_warm_started_study_on_the_same_model_and_data_takes_over_the_earlier_
     assert r.exit_code == 0, r.output
     assert "each is trained again: its validation data differ" in r.output
     assert pd.read_csv(tmp_path / "c" / "trials_summary.csv").taken_from.isna().all()
+    # the earlier study deleted: the refined one still resumes, without it
+    import shutil
+
+    shutil.rmtree(a)
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(b), "--resume", "--num_trials", "4"])
+    assert r.exit_code == 0, r.output
+    assert f"Note: the --warm_start study {a} is gone; this study goes on without it" in r.output
+    assert pd.read_csv(b / "trials_summary.csv").taken_from.isna().sum() == 4
 
 
 def test_moopt_train_takes_the_studys_base_model_and_data_unless_given(tmp_path):

@@ -227,10 +227,17 @@ def build_study_config(kw: dict):
         warm_workers=kw["warm_workers"], keep_adapters=kw["keep_adapters"], options=recorded_options(kw),
     )
     if kw["warm_start"]:
+        from dataclasses import replace
+
         from moopt.journal import JOURNAL
 
         if not (Path(kw["warm_start"]) / JOURNAL).is_file():
-            raise ConfigError(f"--warm_start {kw['warm_start']}: no study found there (no {JOURNAL})")
+            if not (kw["resume"] and (Path(kw["output_dir"]) / JOURNAL).is_file()):
+                raise ConfigError(f"--warm_start {kw['warm_start']}: no study found there (no {JOURNAL})")
+            # a study it seeded already goes on without it (its engine is checkpointed); nothing more is taken over
+            click.echo(f"Note: the --warm_start study {kw['warm_start']} is gone; this study goes on without it (its "
+                       "first generation was seeded from it already; no more of its trials are taken over)")
+            cfg = replace(cfg, warm_start=None)
         if kw["overwrite"] and Path(kw["warm_start"]).resolve() == Path(kw["output_dir"]).resolve():
             raise ConfigError(f"--warm_start {kw['warm_start']} is the study --overwrite would replace: give the new "
                               "study another --output_dir (or continue this one with --resume)")
