@@ -80,6 +80,8 @@ def test_a_warm_started_study_on_the_same_model_and_data_takes_over_the_earlier_
         old = first[first.number == int(row.taken_from.rsplit(" ", 1)[1])].iloc[0]
         assert (row.values_eval_loss, row.params_learning_rate) == (old.values_eval_loss, old.params_learning_rate)
         assert (b / "trial_results" / f"trial_{row.number}" / "adapter" / "adapter_model.safetensors").is_file()
+        assert (b / "trial_results" / f"trial_{row.number}" / "log.txt").read_text().startswith(
+            f"[moopt] trial {row.number}: taken over from {a} trial {int(old.number)}")
         assert f"Trial {row.number} COMPLETE (taken over from {a} trial {int(old.number)}: the same configuration" in r.output
     assert f"of them taken over from {a} with their results, not trained again" in r.output
     assert "taken over from</th>" in (b / "report.html").read_text()

@@ -476,13 +476,17 @@ class Study:
         src = Path(self.cfg.warm_start) / "trial_results" / f"trial_{old}"
         params = {p.short: _plain(p.decode(x[p.name])) for p in self.cfg.space.params}
         now = _now()
-        taken = f"{self.cfg.warm_start.rstrip('/')} trial {old}"
+        taken = f"{str(self.cfg.warm_start).rstrip('/')} trial {old}"
         self.journal.append({"type": "trial_start", "number": number, "datetime_start": now, "params": params,
                              "config": tcfg.to_dict(), "device": "none", "taken_from": taken})
         d = self.trial_dir(number)
         shutil.rmtree(d, ignore_errors=True)
         if src.is_dir():
             shutil.copytree(src, d)
+        log = d / "log.txt"
+        if log.is_file():
+            log.write_text(f"[moopt] trial {number}: taken over from {taken} (the same configuration, not trained "
+                           f"again); what follows is that trial's log\n" + log.read_text(errors="replace"))
         metrics = d / "metrics.json"
         if metrics.is_file():  # the curves file names its trial
             try:
