@@ -78,7 +78,9 @@ def main() -> None:
 @opt("resume", is_flag=True, help="Continue the study in output_dir up to --num_trials, without rerunning finished trials; "
      "an option not given takes the value the study began with (except --time_budget_hours: a budget is this run's).")
 @opt("overwrite", is_flag=True, help="Replace a study already in output_dir.")
-@opt("warm_start", default=None, type=click.Path(), help="An earlier study's output_dir: its best trials seed the first population.")
+@opt("warm_start", default=None, type=click.Path(), help="An earlier study's output_dir (e.g. with --search_space DIR/refined_space.yaml): its best trials seed the "
+     "first population; on the same model, data and seed, a configuration it trained is taken over with its result, "
+     "not trained again.")
 @opt("keep_adapters", default="all", show_default=True, type=click.Choice(["all", "pareto", "best"]),
      help="Which trials keep their adapter on disk (r 64 on every linear of an 8B model: 0.6 GiB a trial): all; pareto (the Pareto "
           "front's, others removed as they fall off it); best (the chosen trial's, once the study ends).")
