@@ -100,6 +100,21 @@ def test_a_warm_started_study_on_the_same_model_and_data_takes_over_the_earlier_
     assert r.exit_code == 0, r.output
     assert "each is trained again: its validation data differ" in r.output
     assert pd.read_csv(tmp_path / "c" / "trials_summary.csv").taken_from.isna().all()
+    # a trial that ran on another kind of device (or in another dtype) is not taken over
+    from types import SimpleNamespace
+
+    from moopt.journal import replay
+    from moopt.search.objectives import parse_objectives
+    from moopt.study.outdir import data_digest, reusable_trials
+
+    h = replay(a).header
+    like = SimpleNamespace(warm_start=str(a), base_model=h["base_model"], model_revision=h.get("model_revision"),
+                           train_file=str(tiny_data["train"]), validation_file=str(tiny_data["val"]), seed=42,
+                           pruning_factor=None, memory_constraint_gb=None,
+                           objectives=parse_objectives("multi:eval_loss,eval_accuracy", None))
+    digests = {k: data_digest(getattr(like, k)) for k in ("train_file", "validation_file")}
+    assert len(reusable_trials(like, h["eval_max_seq_length"], digests, "cpu")[0]) == 3
+    assert reusable_trials(like, h["eval_max_seq_length"], digests, "cuda") == ({}, "")
     # the earlier study deleted: the refined one still resumes, without it
     import shutil
 

@@ -111,13 +111,17 @@ def data_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def reusable_trials(cfg: Any, eval_length: int, digests: dict[str, str]) -> tuple[dict[str, tuple[int, Any, list]], str]:
+def reusable_trials(cfg: Any, eval_length: int, digests: dict[str, str],
+                    device: str = "cpu") -> tuple[dict[str, tuple[int, Any, list]], str]:
     """The COMPLETE trials of the --warm_start study that this study may take over instead of training them again
     when it proposes the same configuration: only where everything else a trial's result depends on is the same
-    (base model and its hub commit, the train and validation files' contents, the seed, the validation length)
-    and it measured every objective within --memory_constraint. ``{config_key: (its number, its end, its rung
-    events)}``, and why none may be taken when that is so (else "")."""
+    (base model and its hub commit, the train and validation files' contents, the seed, the validation length,
+    the kind of device and the dtype the trial would run in there: ``device`` "cpu" or "cuda") and it measured
+    every objective within --memory_constraint. ``{config_key: (its number, its end, its rung events)}``, and why
+    none may be taken when that is so (else "")."""
     from datetime import datetime
+
+    from moopt.config import resolve_dtype
 
     src = Path(cfg.warm_start)
     rec = replay(src)
@@ -151,10 +155,13 @@ def reusable_trials(cfg: Any, eval_length: int, digests: dict[str, str]) -> tupl
                 or (cfg.memory_constraint_gb and m.get("peak_memory_gb", 0) > cfg.memory_constraint_gb)):
             continue
         try:
-            key = config_key(TrialConfig.from_dict(e.config))
+            tcfg = TrialConfig.from_dict(e.config)
         except ConfigError:
             continue
-        out.setdefault(key, (n, e, [r for r in rungs if r["number"] == n]))
+        ran_on = str((rec.starts.get(n) or {}).get("device") or "").split(":")[0]
+        if ran_on != device or e.dtype != resolve_dtype(tcfg.model.dtype, device):  # another device, other numerics
+            continue
+        out.setdefault(config_key(tcfg), (n, e, [r for r in rungs if r["number"] == n]))
     return out, ""
 
 

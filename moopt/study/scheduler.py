@@ -903,16 +903,19 @@ class Scheduler:
         self.evaluated = {study.config_key(TrialConfig.from_dict(e.config)): e for e in self.finished.values()
                           if e.config is not None}
         if cfg.warm_start:
-            known, differ = reusable_trials(cfg, study.eval_length, study.data_digest())
+            known, differ = reusable_trials(cfg, study.eval_length, study.data_digest(),
+                                            "cuda" if self.placer.on_gpu else "cpu")
             self.warm_same = not differ
             self.known = {k: v for k, v in known.items() if k not in self.evaluated}
             if record is None or not record.finished:
                 study.console.print(
                     f"Warm start from {cfg.warm_start}: its best configurations seed the first generation; "
                     + (f"any this study proposes again is taken over with its result, not trained again ({len(known)} "
-                       "COMPLETE trials on the same base model, data, seed and validation length)" if known else
+                       "COMPLETE trials on the same base model, data, seed, validation length, device kind and dtype)"
+                       if known else
                        f"each is trained again: its {differ} differ" if differ else
-                       "it has no COMPLETE trial to take over"), markup=False, highlight=False)
+                       "none of its trials can be taken over (none COMPLETE on this kind of device in the same dtype)"),
+                    markup=False, highlight=False)
         if record is not None and record.header:
             rerun = [n for n in record.running if n not in self.finished]
             taken = sum(bool(e.taken_from) for e in self.finished.values())
