@@ -187,3 +187,20 @@ def test_a_refined_study_whose_best_is_taken_over_says_no_new_trial_beat_it(tmp_
     text = buf.getvalue()
     assert f"(taken over from runs/hpo trial {best + 7}: none of the 10 trials this study trained beat it)" in text
     assert "2 of them taken over from runs/hpo with their results, not trained again" in text
+
+
+def test_a_refined_space_that_does_not_parse_is_a_warning_not_a_failed_study(tmp_path, monkeypatch):
+    import pytest
+
+    import moopt.search.space as space_mod
+    from moopt.errors import ConfigError
+
+    out = write_fake_study(tmp_path / "s", synthetic_trials(24))
+
+    def broken(*a, **k):
+        raise ConfigError("refined_space.yaml: training.learning_rate: injected")
+
+    monkeypatch.setattr(space_mod, "parse_space", broken)
+    with pytest.warns(RuntimeWarning, match="refined_space.yaml not written: .*injected"):
+        assert write_refined(out, load_study(out), []) is None
+    assert not (out / REFINED).exists()

@@ -279,7 +279,7 @@ def refine(data: StudyData, spec_file: dict[str, dict[str, Any]], edges: list[Ra
         return None
     from moopt.search.space import parse_space
 
-    parse_space(space, source=REFINED)  # a bug here, not the user's input: raise
+    parse_space(space, source=REFINED)  # a bug here, not the user's input (write_refined warns)
     by = "the weighted score" if data.objectives.multi else data.objectives.names[0]
     return Refinement(space, changes, [int(n) for n in top.number], len(done), comments, by)
 
@@ -324,7 +324,13 @@ def write_refined(output_dir: str | Path, data: StudyData, edges: list[RangeEdge
     out = Path(output_dir)
     path = out / "search_space.yaml"
     spec_file = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-    r = refine(data, spec_file, edges, importance)
+    try:
+        r = refine(data, spec_file, edges, importance)
+    except ConfigError as e:  # a refined space that does not parse is moopt's bug: say it, keep the study's results
+        import warnings
+
+        warnings.warn(f"{REFINED} not written: {e}", RuntimeWarning, stacklevel=2)
+        r = None
     if r is None:
         (out / REFINED).unlink(missing_ok=True)
         return None
