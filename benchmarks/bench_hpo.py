@@ -222,6 +222,7 @@ class Run:
     seconds: float
     duplicates: int  # moopt: proposals answered from the cache; Optuna: trials that re-ran a configuration
     Fm: list[np.ndarray] = field(default_factory=list)  # noisy problems: each trial's F at its repeats' mean
+    configs: list = field(default_factory=list)  # moopt: each trial's TrialConfig
 
 
 def expected_run(run: Run) -> Run:
@@ -229,10 +230,16 @@ def expected_run(run: Run) -> Run:
     return Run(run.Fm, run.g, run.seconds, run.duplicates)
 
 
-def run_moopt(prob: Problem, n_trials: int, seed: int) -> Run:
-    """Drive the Engine as moopt/study/scheduler.py does (one slot)."""
-    eng = Engine(prob.space, prob.n_obj, n_trials, seed, n_constr=max(prob.n_constr, 1))
-    F, g, Fm, cache, dup, idle = [], [], [], {}, 0, 0
+def run_moopt(prob: Problem, n_trials: int, seed: int, space: SearchSpace | None = None, cache: dict | None = None,
+              warm_start: list | None = None) -> Run:
+    """Drive the Engine as moopt/study/scheduler.py does (one slot). ``space``: another space over the problem's
+    fields (a refined one); ``cache``: results known already (a configuration in it is told its result without
+    counting, as the study reuses a finished trial's or takes an earlier study's over), filled as the run goes;
+    ``warm_start``: TrialConfigs for the first population, as --warm_start gives them."""
+    space = space or prob.space
+    eng = Engine(space, prob.n_obj, n_trials, seed, n_constr=max(prob.n_constr, 1), warm_start=warm_start)
+    F, g, Fm, configs, dup, idle = [], [], [], [], 0, 0
+    cache = {} if cache is None else cache
     while len(F) < n_trials and idle < 20:
         X = eng.ask()
         if not X:
@@ -241,7 +248,8 @@ def run_moopt(prob: Problem, n_trials: int, seed: int) -> Run:
         for i, x in enumerate(X):
             if len(F) >= n_trials:
                 break
-            values = prob.values_from_config(prob.space.decode(x))
+            cfg = space.decode(x)
+            values = prob.values_from_config(cfg)
             key = tuple(values[v.name] for v in prob.vars)
             if key in cache:  # the study reuses a finished configuration's result, no new trial
                 f, gv = cache[key]
@@ -252,11 +260,12 @@ def run_moopt(prob: Problem, n_trials: int, seed: int) -> Run:
                 F.append(f)
                 g.append(gv)
                 Fm.append(prob.mean_F(values, f))
+                configs.append(cfg)
                 new += 1
             eng.tell_one(i, f, engine_g(gv))
         eng.tell()
         idle = 0 if new else idle + 1
-    return Run(F, g, 0.0, dup, Fm)
+    return Run(F, g, 0.0, dup, Fm, configs)
 
 
 def run_optuna(prob: Problem, n_trials: int, seed: int, provider: str) -> Run:

@@ -35,11 +35,10 @@ from types import SimpleNamespace
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_hpo import PROBLEMS, Problem, engine_g  # noqa: E402
+from bench_hpo import PROBLEMS, Problem, Run, run_moopt  # noqa: E402
 from common import RESULTS, read_rows, write_rows  # noqa: E402
 
 from moopt.report.refine import refine  # noqa: E402
-from moopt.search.engine import Engine  # noqa: E402
 from moopt.search.space import parse_space  # noqa: E402
 from moopt.study.outdir import space_to_yaml  # noqa: E402
 
@@ -49,43 +48,16 @@ DEFAULT_PROBLEMS = ["hpolib", "hpolib-protein", "hpolib-naval", "nb201", "nb201-
                     "hpobench-kc1", "hpobench-australian", "zdt1", "zdt2"]
 
 
-def evaluate_all(prob: Problem, space, seed: int, n: int, cache: dict, warm=None) -> list[tuple]:
-    """n new configurations proposed by an engine over ``space``, each (values, F drawn, F expected, config);
-    configurations in ``cache`` (a coarse study's) are told their result without counting."""
-    eng = Engine(space, prob.n_obj, n, seed, warm_start=warm)
-    out, idle = [], 0
-    while len(out) < n and idle < 20:
-        X = eng.ask()
-        if not X:
-            break
-        new = 0
-        for i, x in enumerate(X):
-            if len(out) >= n:
-                break
-            cfg = space.decode(x)
-            values = prob.values_from_config(cfg)
-            key = tuple(values[v.name] for v in prob.vars)
-            if key not in cache:
-                f, _ = prob.evaluate(values)
-                cache[key] = (f, prob.mean_F(values, f), cfg)
-                out.append((values, *cache[key]))
-                new += 1
-            eng.tell_one(i, cache[key][0], engine_g(np.zeros(0)))
-        eng.tell()
-        idle = 0 if new else idle + 1
-    return out
-
-
-def study_data(prob: Problem, trials: list[tuple]):
+def study_data(prob: Problem, run: Run):
     """What refine() reads of a study: its table (params, state, the weighted score) and best trial."""
     import pandas as pd
 
-    F = np.array([t[1] for t in trials])
+    F = np.array(run.F)
     lo, hi = F.min(axis=0), F.max(axis=0)
     Z = (F - lo) / np.where(hi > lo, hi - lo, 1.0)  # the study's score: progress from the worst to the best seen
     score = 1.0 - Z @ np.array(WEIGHTS[:prob.n_obj] if prob.n_obj == 2 else [1 / prob.n_obj] * prob.n_obj)
     rows = []
-    for n, ((_, _, _, cfg), s) in enumerate(zip(trials, score)):
+    for n, (cfg, s) in enumerate(zip(run.configs, score)):
         flat = cfg.flat()
         rows.append({"number": n, "state": "COMPLETE", "score": float(s),
                      **{f"params_{name.split('.', 1)[1]}": flat[name] for name in prob.fields}})
@@ -99,19 +71,18 @@ def run_arms(prob: Problem, n: int, seed: int) -> dict[str, list[np.ndarray]]:
     """Each arm's N configurations at their expected F (the drawn values guide each engine, as a study's are),
     and whether the refine step changed the space."""
     prob.reseed(seed)
-    straight = evaluate_all(prob, prob.space, seed, n, {})
-    out = {"straight": [t[2] for t in straight]}
-    for arm in ARMS[1:]:
-        prob.reseed(seed)
-        cache: dict = {}
-        coarse = evaluate_all(prob, prob.space, seed, n // 2, cache)
-        data = study_data(prob, coarse)
-        r = refine(data, space_to_yaml(prob.space), [])
-        space = parse_space(r.space, source="<refined>") if r is not None else prob.space
-        order = data.table.sort_values("score", ascending=False).number
-        refined = evaluate_all(prob, space, seed + 10_000, n - n // 2, cache, warm=[coarse[i][3] for i in order])
-        out[arm] = [t[2] for t in coarse + refined]
-        out["changed"] = r is not None
+    out = {"straight": run_moopt(prob, n, seed).Fm}
+    prob.reseed(seed)
+    cache: dict = {}
+    coarse = run_moopt(prob, n // 2, seed, cache=cache)
+    data = study_data(prob, coarse)
+    r = refine(data, space_to_yaml(prob.space), [])
+    space = parse_space(r.space, source="<refined>") if r is not None else prob.space
+    order = data.table.sort_values("score", ascending=False).number
+    refined = run_moopt(prob, n - n // 2, seed + 10_000, space=space, cache=cache,
+                        warm_start=[coarse.configs[i] for i in order])
+    out["refined"] = coarse.Fm + refined.Fm
+    out["changed"] = r is not None
     return out
 
 

@@ -32,6 +32,11 @@ QUANTIZATIONS = ("none", "8bit", "4bit")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def target_alias(modules: Any) -> str | None:
+    """The alias (``attention``, ``qv``, ...) a list of target modules is, in canonical order; None for none."""
+    return next((k for k, mods in TARGET_ALIASES.items() if tuple(modules) == mods), None)
+
+
 def normalize_targets(value: Any) -> tuple[str, ...]:
     """``"attention"`` / ``"q_proj,v_proj"`` / ``["q_proj", "v_proj"]`` -> sorted canonical tuple."""
     if isinstance(value, str):

@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from moopt.config import SECTIONS, TARGET_ALIASES, TrialConfig
+from moopt.config import SECTIONS, TrialConfig, target_alias
 from moopt.errors import ConfigError
 from moopt.records import TrialState
 from moopt.report.analysis import EDGE_MIN_TRIALS, EDGE_SKIPPED, LIMITS, SCORE, Importance, RangeEdge, _choice_key, _fmt_value
@@ -89,7 +89,7 @@ class Refinement:
 def _plain(v: Any) -> Any:
     """A value as a search space file writes it: 64 (not 64.0), target modules by alias where one fits."""
     if isinstance(v, (list, tuple)):
-        return next((k for k, mods in TARGET_ALIASES.items() if tuple(v) == mods), list(v))
+        return target_alias(v) or list(v)
     if isinstance(v, float) and v.is_integer() and abs(v) >= 1:
         return int(v)
     return v.item() if hasattr(v, "item") else v

@@ -162,10 +162,10 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
 def _short(v: Any) -> Any:
     """Console form of a value: 3 significant digits (2.35e-05, 0.063), whole floats as integers,
     target modules by their alias (``attention``) or comma-joined."""
-    from moopt.config import TARGET_ALIASES
+    from moopt.config import target_alias
 
     if isinstance(v, float):
         return int(v) if v.is_integer() else float(f"{v:.3g}")
     if isinstance(v, (list, tuple)):
-        return next((k for k, mods in TARGET_ALIASES.items() if tuple(v) == mods), ",".join(map(str, v)))
+        return target_alias(v) or ",".join(map(str, v))
     return v

@@ -398,10 +398,14 @@ class Study:
         return summary
 
     # -- per-trial steps (each journaled) ----------------------------------------------------------
+    def params_of(self, x: dict) -> dict[str, Any]:
+        """An individual's searched values as the journal's ``params`` (and trials_summary.csv) give them."""
+        return {p.short: _plain(p.decode(x[p.name])) for p in self.cfg.space.params}
+
     def start_trial(self, executor, number: int, tcfg: TrialConfig, x: dict, slot, deadline) -> None:
         """Journal ``trial_start``, give the trial a clean folder, hand it to the executor."""
         cfg = self.cfg
-        params = {p.short: _plain(p.decode(x[p.name])) for p in cfg.space.params}
+        params = self.params_of(x)
         self.journal.append({"type": "trial_start", "number": number, "datetime_start": _now(),
                              "params": params, "config": tcfg.to_dict(), "device": slot.device})
         from moopt.yamlio import write_yaml
@@ -474,7 +478,7 @@ class Study:
 
         old, end, rungs = source
         src = Path(self.cfg.warm_start) / "trial_results" / f"trial_{old}"
-        params = {p.short: _plain(p.decode(x[p.name])) for p in self.cfg.space.params}
+        params = self.params_of(x)
         now = _now()
         taken = f"{str(self.cfg.warm_start).rstrip('/')} trial {old}"
         self.journal.append({"type": "trial_start", "number": number, "datetime_start": now, "params": params,
@@ -512,7 +516,7 @@ class Study:
 
     def record_infeasible(self, number: int, tcfg: TrialConfig, x: dict, decision) -> TrialResult:
         """A configuration the memory gate rules out: journaled as INFEASIBLE, never trained."""
-        params = {p.short: _plain(p.decode(x[p.name])) for p in self.cfg.space.params}
+        params = self.params_of(x)
         now = _now()
         peak = decision.measured_gb if decision.measured_gb is not None else decision.predicted_gb
         self.journal.append({"type": "trial_start", "number": number, "datetime_start": now, "params": params,
