@@ -98,7 +98,7 @@ def test_a_warm_started_study_on_the_same_model_and_data_takes_over_the_earlier_
     r = CliRunner().invoke(main, [*base, "--validation_file", str(val), "--output_dir", str(tmp_path / "c"),
                                   "--warm_start", str(a), "--num_trials", "2", "--no-baseline"])
     assert r.exit_code == 0, r.output
-    assert "each is trained again: its validation data differ" in r.output
+    assert "each is trained again: not the same validation data"  in r.output
     assert pd.read_csv(tmp_path / "c" / "trials_summary.csv").taken_from.isna().all()
     # a trial that ran on another kind of device (or in another dtype) is not taken over
     from types import SimpleNamespace
@@ -115,6 +115,25 @@ def test_a_warm_started_study_on_the_same_model_and_data_takes_over_the_earlier_
     digests = {k: data_digest(getattr(like, k)) for k in ("train_file", "validation_file")}
     assert len(reusable_trials(like, h["eval_max_seq_length"], digests, "cpu")[0]) == 3
     assert reusable_trials(like, h["eval_max_seq_length"], digests, "cuda") == ({}, "")
+    # nor one trained by other training code, other library versions or another LoRA kernel path
+    import json
+
+    from moopt.journal import JOURNAL
+
+    journal = a / JOURNAL
+    text = journal.read_text()
+    head = json.loads(text.splitlines()[0])
+    for change, said in ((lambda h: h["training_code"].update(code="0" * 16), "moopt training code"),
+                         (lambda h: h["training_code"].update(torch="1.0"), "torch version (1.0 vs "),
+                         (lambda h: h.pop("training_code"), "moopt training code (that study predates its record)")):
+        change(head)
+        journal.write_text("\n".join([json.dumps(head), *text.splitlines()[1:]]) + "\n")
+        assert said in reusable_trials(like, h["eval_max_seq_length"], digests, "cpu")[1]
+        head = json.loads(text.splitlines()[0])
+    journal.write_text(text)
+    like.kernels = "triton"
+    assert reusable_trials(like, h["eval_max_seq_length"], digests, "cpu")[1] == "LoRA kernels (torch vs triton)"
+    like.kernels = "auto"
     # the earlier study deleted: the refined one still resumes, without it
     import shutil
 

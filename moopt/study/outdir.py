@@ -100,6 +100,45 @@ def config_key(cfg: TrialConfig) -> str:
     return json.dumps(cfg.to_dict(), sort_keys=True)
 
 
+# The libraries a trial's numbers depend on besides moopt's own training code (their versions are journaled).
+TRAINING_LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "triton")
+
+
+def training_code() -> dict[str, str]:
+    """What a trial's result depends on besides its configuration, data and device: moopt's training code (SHA-256
+    of the sources of moopt.train, moopt.config and the kernels, so an edit between two studies counts, not only a
+    release) and the versions of the libraries it trains with. Journaled in a study's header; --warm_start takes
+    over a trial only when they are the same."""
+    import hashlib
+    from importlib import metadata
+
+    import moopt_kernels
+
+    import moopt
+    import moopt.train
+
+    h = hashlib.sha256()
+    files = [Path(moopt.__file__).with_name("config.py")]
+    for pkg in (moopt.train, moopt_kernels):
+        files += sorted(Path(pkg.__file__).parent.rglob("*.py"))
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    out = {"moopt": moopt.__version__, "code": h.hexdigest()[:16]}
+    for lib in TRAINING_LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def kernel_path(kernels: str, device: str) -> str:
+    """The LoRA kernel path a trial takes on ``device`` ("cpu" or "cuda") under --kernels."""
+    if kernels != "auto":
+        return kernels
+    return "triton" if device == "cuda" else "torch"
+
+
 def data_digest(path: str | Path) -> str:
     """SHA-256 of a data file: what says a later study trains and validates on the same data."""
     import hashlib
@@ -116,8 +155,9 @@ def reusable_trials(cfg: Any, eval_length: int, digests: dict[str, str],
     """The COMPLETE trials of the --warm_start study that this study may take over instead of training them again
     when it proposes the same configuration: only where everything else a trial's result depends on is the same
     (base model and its hub commit, the train and validation files' contents, the seed, the validation length,
-    the kind of device and the dtype the trial would run in there: ``device`` "cpu" or "cuda") and it measured
-    every objective within --memory_constraint. ``{config_key: (its number, its end, its rung events)}``, and why
+    moopt's training code and the libraries' versions, the LoRA kernel path, the kind of device and the dtype the
+    trial would run in there: ``device`` "cpu" or "cuda") and it measured every objective within
+    --memory_constraint. ``{config_key: (its number, its end, its rung events)}``, and why
     none may be taken when that is so (else "")."""
     from datetime import datetime
 
@@ -145,6 +185,18 @@ def reusable_trials(cfg: Any, eval_length: int, digests: dict[str, str],
         differ.append("seed")
     if int(h.get("eval_max_seq_length") or 0) != eval_length:
         differ.append(f"validation length ({h.get('eval_max_seq_length') or 'per trial'} vs {eval_length} tokens)")
+    theirs, mine = h.get("training_code"), training_code()
+    if theirs is None:
+        differ.append("moopt training code (that study predates its record)")
+    elif theirs != mine:
+        changed = [k for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
+        differ.append("moopt training code" if changed == ["code"] else
+                      ", ".join(f"{k} version ({theirs.get(k, 'none')} vs {mine.get(k, 'none')})"
+                                for k in changed if k != "code")
+                      + (", moopt training code" if "code" in changed else ""))
+    kernels = getattr(cfg, "kernels", "auto")
+    if kernel_path(h.get("kernels", "auto"), device) != kernel_path(kernels, device):
+        differ.append(f"LoRA kernels ({kernel_path(h.get('kernels', 'auto'), device)} vs {kernel_path(kernels, device)})")
     if differ:
         return {}, ", ".join(differ)
     out: dict[str, tuple[int, Any, list]] = {}

@@ -47,10 +47,12 @@ from moopt.study.outdir import (  # noqa: F401  (re-exported: the CLI and tests 
     config_key,
     data_digest,
     discard_study,
+    kernel_path,
     prepare_output_dir,
     reusable_trials,
     space_to_yaml,
     study_fingerprint,
+    training_code,
     warm_start_configs,
 )
 from moopt.study.writer import BackgroundWriter
@@ -350,7 +352,8 @@ class Study:
                                  "weights": list(cfg.objectives.weights), "base_model": cfg.base_model,
                                  "model_revision": cfg.model_revision, "memory_constraint_gb": cfg.memory_constraint_gb,
                                  "pruning_factor": cfg.pruning_factor, "eval_max_seq_length": self.eval_length,
-                                 "options": cfg.options, "data_digest": self.data_digest()})
+                                 "options": cfg.options, "data_digest": self.data_digest(),
+                                 "training_code": training_code(), "kernels": cfg.kernels})
             write_yaml(self.out / "search_space.yaml", space_to_yaml(cfg.space))
         for r in record.rungs if record else []:  # what finished trials showed at each rung
             if r["number"] in record.finished:
@@ -554,9 +557,7 @@ class Study:
             self.pruner.complete(end.number, self.cfg.objectives.to_minimize(m))
 
     def kernel_path(self, device: str) -> str:
-        if self.cfg.kernels != "auto":
-            return self.cfg.kernels
-        return "triton" if device == "cuda" else "torch"
+        return kernel_path(self.cfg.kernels, device)
 
     def estimate_gb(self, tcfg: TrialConfig, device: str = "cuda") -> float:
         """Analytic peak-memory estimate of a trial, GiB (moopt.memory.estimate), from the model's config only."""
@@ -915,9 +916,10 @@ class Scheduler:
                 study.console.print(
                     f"Warm start from {cfg.warm_start}: its best configurations seed the first generation; "
                     + (f"any this study proposes again is taken over with its result, not trained again ({len(known)} "
-                       "COMPLETE trials on the same base model, data, seed, validation length, device kind and dtype)"
+                       "COMPLETE trials on the same base model, data, seed, validation length, moopt training code, "
+                       "kernels, device kind and dtype)"
                        if known else
-                       f"each is trained again: its {differ} differ" if differ else
+                       f"each is trained again: not the same {differ}" if differ else
                        "none of its trials can be taken over (none COMPLETE on this kind of device in the same dtype)"),
                     markup=False, highlight=False)
         if record is not None and record.header:
