@@ -54,3 +54,57 @@ def test_ray_kills_a_hanging_trial_and_records_the_stall(tiny_model, tiny_data, 
         assert df.loc[1, "state"] == "COMPLETE"
     finally:
         ray.shutdown()
+
+
+def test_ray_runs_the_baseline_and_the_memory_probes_where_trials_run(tiny_model, tiny_data, tmp_path, monkeypatch):
+    """With Ray, the driver may be a head node without GPUs: the base model's evaluation and the memory gate's
+    probes run as Ray tasks, where trials run, not on the driver. Here Ray's workers evaluate in bfloat16 and the
+    driver would in float32, so the baseline's dtype says where it ran; each probe's measurement comes back."""
+    import json
+
+    from moopt.study.gate import MemoryGate
+
+    monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(MemoryGate, "band", lambda self, trial: (1e6, 0.0))  # every configuration is probed
+    space = tmp_path / "space.yaml"
+    space.write_text("training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}\n  num_train_epochs: 1\n"
+                     "lora:\n  r: {type: categorical, values: [4, 8]}\ndata:\n  max_seq_length: 32\n")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+             runtime_env={"env_vars": {"MOOPT_CPU_DTYPE": "bfloat16"}})
+    try:
+        out = tmp_path / "hpo"
+        r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+                                      "--validation_file", str(tiny_data["val"]), "--output_dir", str(out),
+                                      "--search_space", str(space), "--num_trials", "2", "--executor", "ray",
+                                      "--memory_constraint", "50"])
+        assert r.exit_code == 0, r.output
+        assert "Base model (no fine-tuning, bfloat16): eval_loss=" in r.output
+        assert json.loads((out / "baseline.json").read_text())["state"] == "COMPLETE"
+        gates = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+        gates = [e for e in gates if e["type"] == "memory_gate"]
+        assert gates[0]["probed"] and gates[0]["reason"].startswith("probe measured ")  # (later ones: measured earlier)
+        assert all(e["measured_gb"] > 0 and e["verdict"] == "fit" for e in gates)
+        assert (pd.read_csv(out / "trials_summary.csv").state == "COMPLETE").all()
+    finally:
+        ray.shutdown()
+
+
+def test_a_probe_that_cannot_run_on_the_cluster_falls_back_to_the_estimate(tiny_model, tmp_path):
+    """The gate's runner (Ray's ``call``) is asked for a GPU on cuda and the gate's threads; a task that fails (its
+    node lost) is a failed probe: the estimate and its band decide, and nothing is cached."""
+    from moopt.config import TrialConfig
+    from moopt.study.gate import MemoryGate
+
+    calls = []
+
+    def runner(fn, *args, **kwargs):
+        calls.append(kwargs)
+        raise ConnectionError("node lost\nmore")
+
+    gate = MemoryGate(tiny_model, device="cpu", kernels="auto", constraint_gb=50, threads=3, runner=runner,
+                      cache_path=tmp_path / "cal.json")
+    gate.band = lambda trial: (1e6, 0.0)
+    d = gate.decide(TrialConfig.from_dict({"data": {"max_seq_length": 32}}))
+    assert calls and calls[0]["num_gpus"] == 0 and calls[0]["num_cpus"] == 3 and calls[0]["device"] == "cpu"
+    assert d.probed and d.measured_gb is None and "probe task failed: ConnectionError: node lost" in d.reason
+    assert not gate.cache.entry(gate.key(TrialConfig.from_dict({"data": {"max_seq_length": 32}}))).get("pairs")

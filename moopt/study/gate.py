@@ -12,6 +12,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from moopt.config import TrialConfig
 from moopt.errors import ConfigError
@@ -23,7 +24,7 @@ from moopt.memory.calibration import (
     error_band,
     memory_fingerprint,
 )
-from moopt.train.probe import GIB, probe_peak
+from moopt.train.probe import GIB, ProbeResult, probe_peak
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ class MemoryGate:
     def __init__(self, model_path: str | os.PathLike, device: str, kernels: str, constraint_gb: float,
                  cache_path: str | os.PathLike | None = None, margin: float | None = None, steps: int = 3,
                  threads: int = 0, timeout_s: float = 600, train_file: str | os.PathLike | None = None,
-                 probe_first: bool = True, budget_note: str | None = None):
+                 probe_first: bool = True, budget_note: str | None = None, runner: Callable | None = None):
         from moopt.memory.estimate import load_model_config
 
         problems = []
@@ -206,6 +207,9 @@ class MemoryGate:
         self.train_file = str(train_file) if train_file else None
         self.probe_first = probe_first  # on cuda, probe the first configuration of each key before trusting any
         self.budget_note = budget_note  # where the budget comes from, said in each reason ("95% of the largest GPU's ...")
+        # where a probe runs: here, or (Ray) ``runner(fn, *args, num_gpus=, num_cpus=, **kwargs)`` on a node of the
+        # cluster where trials run, which this machine (a head node without GPUs) may not be
+        self.runner = runner
         self.model_config = load_model_config(model_path)
         self.cache = CalibrationCache(cache_path or default_cache_path())
         # moopt's torch and Triton LoRA save the same tensors; "auto" is whichever runs on the device
@@ -299,8 +303,17 @@ class MemoryGate:
             shown += f"; probed at {probe_shape[0]} x {probe_shape[1]}, its peak (eager attention)"
         if announce is not None:
             announce(probe_shape)
-        res = probe_peak(self.model_path, trial, device=self.device, kernels=self.kernels, steps=self.steps,
-                         timeout_s=self.timeout_s, threads=self.threads, shape=probe_shape)
+        probe = dict(device=self.device, kernels=self.kernels, steps=self.steps, timeout_s=self.timeout_s,
+                     threads=self.threads, shape=probe_shape)
+        if self.runner is None:
+            res = probe_peak(self.model_path, trial, **probe)
+        else:
+            try:
+                res = self.runner(probe_peak, self.model_path, trial, num_gpus=int(self.device == "cuda"),
+                                  num_cpus=max(1, self.threads), **probe)
+            except Exception as e:  # the task itself failed (its node lost, the cluster shut down)
+                first = (str(e).splitlines() or [""])[0][:300]
+                res = ProbeResult(0, 0, 0, 0, 0, False, f"probe task failed: {type(e).__name__}: {first}", 0.0)
         if res.oom:
             self.cache.update(key, lambda e: add_oom(e, fp, None, 0))
             return decision("infeasible", None, True, f"probe ran out of memory: {res.error}")

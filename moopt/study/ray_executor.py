@@ -53,6 +53,13 @@ class RayExecutor(ExecutorBase):
         """The resources (``CPU``, ``GPU``, ...) of each live node of the cluster: where trials can run."""
         return [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
 
+    def call(self, fn: Callable, *args, num_gpus: float = 0, num_cpus: float = 1, **kwargs):
+        """``fn(*args, **kwargs)`` as a one-off Ray task in a fresh worker process where the cluster has
+        ``num_gpus`` and ``num_cpus`` free (the memory gate's probes: on the kind of node trials run on, which
+        this machine may not be); blocks until it returns its result (raises what the task raised)."""
+        task = self.ray.remote(max_calls=1, max_retries=0)(fn).options(num_cpus=num_cpus, num_gpus=num_gpus)
+        return self.ray.get(task.remote(*args, **kwargs))
+
     def submit(self, spec: TrialSpec, slot) -> None:
         on_gpu = slot.device.startswith("cuda")
         spec.device = "cuda" if on_gpu else "cpu"

@@ -368,7 +368,7 @@ class Study:
         self.writer = BackgroundWriter(self.results, self.out)
         try:
             if cfg.baseline and not (self.out / "baseline.json").is_file() and not self.take_baseline(sched.warm_same):
-                self.run_baseline(sched.executor)
+                self.run_baseline(sched.executor, sched.placer)
             sched.run()
         except (KeyboardInterrupt, Stopped) as e:
             sched.executor.kill_all()  # their trial_start has no trial_end: --resume reruns them
@@ -616,10 +616,11 @@ class Study:
         predicted = per_epoch * tcfg.training.num_train_epochs / Study.tokens_per_s(tcfg, durations) + overhead
         return time.time() + predicted <= deadline
 
-    def run_baseline(self, executor=None) -> None:
+    def run_baseline(self, executor=None, placer=None) -> None:
         """Evaluate the base model (no training) so the report can say how much tuning helped. On the
         study's own LocalExecutor when it has one (a warm worker then keeps the model for the first
-        trial), else on a LocalExecutor of its own."""
+        trial); with Ray, as a Ray task in a slot of ``placer`` (where trials run: this machine may be a head
+        node without GPUs); else on a LocalExecutor of its own."""
         from moopt.study.executor import LocalExecutor, wait_for_any
         from moopt.study.placement import plan_slots
 
@@ -633,9 +634,13 @@ class Study:
                          eval_max_seq_length=self.eval_length)
         from moopt.study.progress import ProgressBoard, ProgressView
 
-        own = not isinstance(executor, LocalExecutor)
+        on_cluster = placer is not None and callable(getattr(executor, "nodes", None))
+        own = not isinstance(executor, LocalExecutor) and not on_cluster
         ex = LocalExecutor(on_progress=self.on_progress, stall=self.stall_policy()) if own else executor
-        slot = plan_slots(self.cfg.parallel_trials)[0]  # a trial's slot, so the worker can take trial 0 warm
+        if on_cluster:
+            slot = placer.place(-1)  # (nothing else runs yet: there is room)
+        else:
+            slot = plan_slots(self.cfg.parallel_trials)[0]  # a trial's slot, so the worker can take trial 0 warm
         try:
             with ProgressView(self.console, ProgressBoard(), study_line=False) as view:
                 self.progress_view = view
@@ -645,6 +650,8 @@ class Study:
         finally:
             if own:
                 ex.close()
+            if on_cluster:
+                placer.release(-1)
         from moopt.yamlio import write_json
 
         write_json(self.out / "baseline.json", {"state": res.state, "metrics": res.metrics, "error": res.error})
@@ -743,7 +750,8 @@ class Scheduler:
             device = "cuda" if self.placer.on_gpu else "cpu"
             self.gate = MemoryGate(cfg.model_path, device=device, train_file=cfg.train_file,
                                    kernels=study.kernel_path(device), constraint_gb=study.memory_limit_gb,
-                                   probe_first=budget_note is None, budget_note=budget_note)
+                                   probe_first=budget_note is None, budget_note=budget_note,
+                                   runner=getattr(executor, "call", None))
         self.view = None  # the progress view, while run() runs
 
     @property
