@@ -1,5 +1,7 @@
 """A study on a local Ray instance: same results layout as the local executor."""
 
+import json
+
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -8,85 +10,69 @@ from moopt.cli import main
 
 ray = pytest.importorskip("ray")
 
+SPACE = ("training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}\n  num_train_epochs: {epochs}\n"
+         "lora:\n  r: {type: categorical, values: [4, 8]}\ndata:\n  max_seq_length: 32\n")
 
-def test_ray_study_on_a_local_instance(tiny_model, tiny_data, tmp_path):
+
+def ray_study(tiny_model, tiny_data, tmp_path, *options, epochs=2, env=None):
+    """``moopt optimize --executor ray`` on a local Ray instance of 2 CPUs whose workers get ``env``; (result, its
+    output folder). Ray is shut down after it."""
     space = tmp_path / "space.yaml"
-    space.write_text("training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}\n  num_train_epochs: 2\n"
-                     "lora:\n  r: {type: categorical, values: [4, 8]}\ndata:\n  max_seq_length: 32\n")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    space.write_text(SPACE.replace("{epochs}", str(epochs)))
+    out = tmp_path / "hpo"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+             runtime_env={"env_vars": env} if env else None)
     try:
-        out = tmp_path / "hpo"
-        r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
-                                      "--validation_file", str(tiny_data["val"]), "--output_dir", str(out),
-                                      "--search_space", str(space), "--num_trials", "4", "--parallel_trials", "2",
-                                      "--executor", "ray", "--no-baseline", "--pruning_factor", "2",
-                                      "--optimization_objective", "multi:eval_loss,eval_accuracy"])
-        assert r.exit_code == 0, r.output
-        df = pd.read_csv(out / "trials_summary.csv")
-        assert list(df.number) == [0, 1, 2, 3]
-        assert set(df.state) <= {"COMPLETE", "PRUNED"} and (df.state == "COMPLETE").sum() >= 1
-        pruned = df[df.state == "PRUNED"]  # rung decisions travel through the Ray actor
-        # none may be pruned (then pandas reads the empty column as float): cast before matching
-        assert pruned.error.astype(str).str.match(r"pruned at step \d+").all() and (pruned.steps < pruned.total_steps).all()
-        assert (out / "trial_results" / "trial_0" / "adapter" / "adapter_model.safetensors").is_file()
-        assert (out / "best_config.yaml").is_file()
+        return CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+                                         "--validation_file", str(tiny_data["val"]), "--output_dir", str(out),
+                                         "--search_space", str(space), "--executor", "ray", *options]), out
     finally:
         ray.shutdown()
+
+
+def test_ray_study_on_a_local_instance(tiny_model, tiny_data, tmp_path):
+    r, out = ray_study(tiny_model, tiny_data, tmp_path, "--num_trials", "4", "--parallel_trials", "2", "--no-baseline",
+                       "--pruning_factor", "2", "--optimization_objective", "multi:eval_loss,eval_accuracy")
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out / "trials_summary.csv")
+    assert list(df.number) == [0, 1, 2, 3]
+    assert set(df.state) <= {"COMPLETE", "PRUNED"} and (df.state == "COMPLETE").sum() >= 1
+    pruned = df[df.state == "PRUNED"]  # rung decisions travel through the Ray actor
+    # none may be pruned (then pandas reads the empty column as float): cast before matching
+    assert pruned.error.astype(str).str.match(r"pruned at step \d+").all() and (pruned.steps < pruned.total_steps).all()
+    assert (out / "trial_results" / "trial_0" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "best_config.yaml").is_file()
 
 
 def test_ray_kills_a_hanging_trial_and_records_the_stall(tiny_model, tiny_data, tmp_path):
-    space = tmp_path / "space.yaml"
-    space.write_text("training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}\n  num_train_epochs: 2\n"
-                     "  batch_size: 8\nlora:\n  r: {type: categorical, values: [4, 8]}\ndata:\n  max_seq_length: 32\n")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-             runtime_env={"env_vars": {"MOOPT_INJECT_FAULT": "0:hang@2"}})
-    try:
-        out = tmp_path / "hpo"
-        r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
-                                      "--validation_file", str(tiny_data["val"]), "--output_dir", str(out),
-                                      "--search_space", str(space), "--num_trials", "2", "--executor", "ray",
-                                      "--no-baseline", "--stall_timeout", "8"])
-        assert r.exit_code == 0, r.output
-        df = pd.read_csv(out / "trials_summary.csv").set_index("number")
-        assert df.loc[0, "state"] == "FAIL" and df.loc[0, "steps"] == 1
-        assert df.loc[0, "error"].startswith("stalled: no optimizer step for ")
-        assert df.loc[0, "error"].endswith("(limit 8 s: --stall_timeout)")
-        assert df.loc[1, "state"] == "COMPLETE"
-    finally:
-        ray.shutdown()
+    r, out = ray_study(tiny_model, tiny_data, tmp_path, "--num_trials", "2", "--no-baseline", "--stall_timeout", "8",
+                       env={"MOOPT_INJECT_FAULT": "0:hang@2"})
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out / "trials_summary.csv").set_index("number")
+    assert df.loc[0, "state"] == "FAIL" and df.loc[0, "steps"] == 1
+    assert df.loc[0, "error"].startswith("stalled: no optimizer step for ")
+    assert df.loc[0, "error"].endswith("(limit 8 s: --stall_timeout)")
+    assert df.loc[1, "state"] == "COMPLETE"
 
 
 def test_ray_runs_the_baseline_and_the_memory_probes_where_trials_run(tiny_model, tiny_data, tmp_path, monkeypatch):
     """With Ray, the driver may be a head node without GPUs: the base model's evaluation and the memory gate's
     probes run as Ray tasks, where trials run, not on the driver. Here Ray's workers evaluate in bfloat16 and the
     driver would in float32, so the baseline's dtype says where it ran; each probe's measurement comes back."""
-    import json
-
     from moopt.study.gate import MemoryGate
 
     monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(MemoryGate, "band", lambda self, trial: (1e6, 0.0))  # every configuration is probed
-    space = tmp_path / "space.yaml"
-    space.write_text("training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}\n  num_train_epochs: 1\n"
-                     "lora:\n  r: {type: categorical, values: [4, 8]}\ndata:\n  max_seq_length: 32\n")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-             runtime_env={"env_vars": {"MOOPT_CPU_DTYPE": "bfloat16"}})
-    try:
-        out = tmp_path / "hpo"
-        r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
-                                      "--validation_file", str(tiny_data["val"]), "--output_dir", str(out),
-                                      "--search_space", str(space), "--num_trials", "2", "--executor", "ray",
-                                      "--memory_constraint", "50"])
-        assert r.exit_code == 0, r.output
-        assert "Base model (no fine-tuning, bfloat16): eval_loss=" in r.output
-        assert json.loads((out / "baseline.json").read_text())["state"] == "COMPLETE"
-        gates = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
-        gates = [e for e in gates if e["type"] == "memory_gate"]
-        assert gates[0]["probed"] and gates[0]["reason"].startswith("probe measured ")  # (later ones: measured earlier)
-        assert all(e["measured_gb"] > 0 and e["verdict"] == "fit" for e in gates)
-        assert (pd.read_csv(out / "trials_summary.csv").state == "COMPLETE").all()
-    finally:
-        ray.shutdown()
+    r, out = ray_study(tiny_model, tiny_data, tmp_path, "--num_trials", "2", "--memory_constraint", "50", epochs=1,
+                       env={"MOOPT_CPU_DTYPE": "bfloat16"})
+    assert r.exit_code == 0, r.output
+    assert "Base model (no fine-tuning, bfloat16): eval_loss=" in r.output
+    assert json.loads((out / "baseline.json").read_text())["state"] == "COMPLETE"
+    gates = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    gates = [e for e in gates if e["type"] == "memory_gate"]
+    assert gates[0]["probed"] and gates[0]["reason"].startswith("probe measured ")  # (later ones: measured earlier)
+    assert all(e["measured_gb"] > 0 and e["verdict"] == "fit" for e in gates)
+    assert (pd.read_csv(out / "trials_summary.csv").state == "COMPLETE").all()
 
 
 def test_a_probe_that_cannot_run_on_the_cluster_falls_back_to_the_estimate(tiny_model, tmp_path):
@@ -104,7 +90,8 @@ def test_a_probe_that_cannot_run_on_the_cluster_falls_back_to_the_estimate(tiny_
     gate = MemoryGate(tiny_model, device="cpu", kernels="auto", constraint_gb=50, threads=3, runner=runner,
                       cache_path=tmp_path / "cal.json")
     gate.band = lambda trial: (1e6, 0.0)
-    d = gate.decide(TrialConfig.from_dict({"data": {"max_seq_length": 32}}))
+    trial = TrialConfig.from_dict({"data": {"max_seq_length": 32}})
+    d = gate.decide(trial)
     assert calls and calls[0]["num_gpus"] == 0 and calls[0]["num_cpus"] == 3 and calls[0]["device"] == "cpu"
     assert d.probed and d.measured_gb is None and "probe task failed: ConnectionError: node lost" in d.reason
-    assert not gate.cache.entry(gate.key(TrialConfig.from_dict({"data": {"max_seq_length": 32}}))).get("pairs")
+    assert not gate.cache.entry(gate.key(trial)).get("pairs")
