@@ -15,8 +15,9 @@ def test_warm_start_puts_earlier_best_configs_in_the_first_population():
     earlier = TrialConfig.from_dict({"training": {"learning_rate": 7e-4, "batch_size": 16}, "lora": {"r": 32, "alpha": 64}})
     eng = Engine(space, 2, 12, 0, warm_start=[earlier])
     first = [space.decode(x) for x in eng.ask()]
-    assert first[0].training.learning_rate == 2e-4  # the default still comes first
-    assert first[1].training.learning_rate == 7e-4 and first[1].lora.r == 32 and first[1].training.batch_size == 16
+    # the earlier best first (taken over at once where the study may), then the default
+    assert first[0].training.learning_rate == 7e-4 and first[0].lora.r == 32 and first[0].training.batch_size == 16
+    assert first[1].training.learning_rate == 2e-4
 
 
 def test_train_final_model_reports_validation_and_test(tiny_model, tiny_data, tmp_path):
@@ -76,6 +77,7 @@ def test_a_warm_started_study_on_the_same_model_and_data_takes_over_the_earlier_
     second = pd.read_csv(b / "trials_summary.csv")
     taken = second[second.taken_from.notna()]
     assert len(taken) >= 1 and (second.taken_from.isna()).sum() == 2  # --num_trials: the trials trained
+    assert sorted(taken.number) == list(range(len(taken)))  # the earlier best come first: taken over at once
     for _, row in taken.iterrows():
         old = first[first.number == int(row.taken_from.rsplit(" ", 1)[1])].iloc[0]
         assert (row.values_eval_loss, row.params_learning_rate) == (old.values_eval_loss, old.params_learning_rate)

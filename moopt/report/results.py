@@ -113,7 +113,10 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
     best_row = data.table[data.table.number == data.best].iloc[0]
     if isinstance(best_row.get("taken_from"), str):  # a refined study whose new trials did not beat the earlier best
         trained = int(data.table.taken_from.isna().sum())
-        say(f"  (taken over from {best_row.taken_from}: none of the {trained} trials this study trained beat it)")
+        beaten = ("this study trained no trial of its own" if trained == 0 else
+                  "the one trial this study trained did not beat it" if trained == 1 else
+                  f"none of the {trained} trials this study trained beat it")
+        say(f"  (taken over from {best_row.taken_from}: {beaten})")
     weights = " + ".join(f"{w:.2g} x {n}" for n, w in zip(data.objectives.names, data.objectives.weights))
     say(f"  (weighted progress from {data.score_origin.split(' (')[0]} (0) to the ideal (1): {weights})")
     for number, score, metrics, cut in cut_by_time_ahead(data):

@@ -193,8 +193,9 @@ def _sklearn_available() -> bool:
 class Engine:
     def __init__(self, space: SearchSpace, n_obj: int, num_trials: int, seed: int, parallel: int = 1,
                  warm_start: list | None = None, surrogate: bool = True, n_constr: int = 1, lora_features: bool = True):
-        """``warm_start``: TrialConfigs (e.g. an earlier study's best) placed in the first
-        population right after the default, moved into this space. ``surrogate=False``: plain NSGA-II.
+        """``warm_start``: TrialConfigs (e.g. an earlier study's best, best first) that open the first population,
+        moved into this space, before the default: the best known come first (a study that takes over what the
+        earlier one trained has them at once, free, and a short study does not spend its trials before them). ``surrogate=False``: plain NSGA-II.
         ``n_constr``: inequality constraints told per individual (the study has one; feasible iff all <= 0).
         ``lora_features=False``: the surrogate sees the parameters only (LORA_FEATURES off, for an A/B)."""
         from pymoo.algorithms.moo.nsga2 import NSGA2, binary_tournament
@@ -214,11 +215,11 @@ class Engine:
         self.lora_features = lora_features
         self.problem = Problem(vars={p.name: p.pymoo_var() for p in space.params}, n_obj=n_obj, n_ieq_constr=n_constr)
         self.snapper = SnapIntegers(space)
-        # The first individual is the well-known good default moved into the space.
+        # The first individuals: a warm start's, then the well-known good default moved into the space.
         rng_sampling = MixedVariableSampling()
         initial: list[dict[str, Any]] = []
         if space.params:
-            for cfg in [space.default_in_space(), *(warm_start or [])]:
+            for cfg in [*(warm_start or []), space.default_in_space()]:
                 x = space.encode(cfg)
                 if x not in initial and len(initial) < self.pop_size:
                     initial.append(x)
