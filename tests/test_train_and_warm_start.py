@@ -87,9 +87,14 @@ def test_a_warm_started_study_on_the_same_model_and_data_takes_over_the_earlier_
         assert f"Trial {row.number} COMPLETE (taken over from {a} trial {int(old.number)}: the same configuration" in r.output
     assert f"of them taken over from {a} with their results, not trained again" in r.output
     assert "taken over from</th>" in (b / "report.html").read_text()
-    # --resume counts the trials trained, and takes over nothing twice
+    # --resume counts the trials trained, and takes over nothing twice; it says when torch changed since (here faked)
+    lines = (b / "journal.jsonl").read_text().splitlines()
+    head = json.loads(lines[0])
+    head["training_code"]["torch"] = "1.0"
+    (b / "journal.jsonl").write_text("\n".join([json.dumps(head), *lines[1:]]) + "\n")
     r = CliRunner().invoke(main, ["optimize", "--output_dir", str(b), "--resume", "--num_trials", "3"])
     assert r.exit_code == 0, r.output
+    assert "Note: since this study began, not the same torch version (1.0 vs " in r.output
     assert f"2 of 3 trials finished and kept (and {len(taken)} taken over from --warm_start)" in r.output
     third = pd.read_csv(b / "trials_summary.csv")
     assert third.taken_from.isna().sum() == 3 and third.taken_from.notna().sum() == len(taken)
@@ -118,8 +123,6 @@ def test_a_warm_started_study_on_the_same_model_and_data_takes_over_the_earlier_
     assert len(reusable_trials(like, h["eval_max_seq_length"], digests, "cpu")[0]) == 3
     assert reusable_trials(like, h["eval_max_seq_length"], digests, "cuda") == ({}, "")
     # nor one trained by other training code, other library versions or another LoRA kernel path
-    import json
-
     from moopt.journal import JOURNAL
 
     journal = a / JOURNAL

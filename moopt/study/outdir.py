@@ -132,6 +132,17 @@ def training_code() -> dict[str, str]:
     return out
 
 
+def training_code_changes(theirs: dict | None) -> str:
+    """What differs between a study's journaled :func:`training_code` and this moopt's ("" when nothing):
+    "torch version (2.12.0 vs 2.13.0), moopt training code"."""
+    if theirs is None:
+        return "moopt training code (that study predates its record)"
+    mine = training_code()
+    changed = [k for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
+    return ", ".join([f"{k} version ({theirs.get(k, 'none')} vs {mine.get(k, 'none')})" for k in changed if k != "code"]
+                     + ["moopt training code"] * ("code" in changed))
+
+
 def kernel_path(kernels: str, device: str) -> str:
     """The LoRA kernel path a trial takes on ``device`` ("cpu" or "cuda") under --kernels."""
     if kernels != "auto":
@@ -185,15 +196,8 @@ def reusable_trials(cfg: Any, eval_length: int, digests: dict[str, str],
         differ.append("seed")
     if int(h.get("eval_max_seq_length") or 0) != eval_length:
         differ.append(f"validation length ({h.get('eval_max_seq_length') or 'per trial'} vs {eval_length} tokens)")
-    theirs, mine = h.get("training_code"), training_code()
-    if theirs is None:
-        differ.append("moopt training code (that study predates its record)")
-    elif theirs != mine:
-        changed = [k for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
-        differ.append("moopt training code" if changed == ["code"] else
-                      ", ".join(f"{k} version ({theirs.get(k, 'none')} vs {mine.get(k, 'none')})"
-                                for k in changed if k != "code")
-                      + (", moopt training code" if "code" in changed else ""))
+    if changed := training_code_changes(h.get("training_code")):
+        differ.append(changed)
     kernels = getattr(cfg, "kernels", "auto")
     if kernel_path(h.get("kernels", "auto"), device) != kernel_path(kernels, device):
         differ.append(f"LoRA kernels ({kernel_path(h.get('kernels', 'auto'), device)} vs {kernel_path(kernels, device)})")
