@@ -195,7 +195,8 @@ class Engine:
                  warm_start: list | None = None, surrogate: bool = True, n_constr: int = 1, lora_features: bool = True):
         """``warm_start``: TrialConfigs (e.g. an earlier study's best, best first) that open the first population,
         moved into this space, before the default: the best known come first (a study that takes over what the
-        earlier one trained has them at once, free, and a short study does not spend its trials before them). ``surrogate=False``: plain NSGA-II.
+        earlier one trained has them at once, free, and a short study does not spend its trials before them).
+        ``surrogate=False``: plain NSGA-II.
         ``n_constr``: inequality constraints told per individual (the study has one; feasible iff all <= 0).
         ``lora_features=False``: the surrogate sees the parameters only (LORA_FEATURES off, for an A/B)."""
         from pymoo.algorithms.moo.nsga2 import NSGA2, binary_tournament
