@@ -79,8 +79,8 @@ def main() -> None:
      "an option not given takes the value the study began with (except --time_budget_hours: a budget is this run's).")
 @opt("overwrite", is_flag=True, help="Replace a study already in output_dir.")
 @opt("warm_start", default=None, type=click.Path(), help="An earlier study's output_dir (e.g. with --search_space DIR/refined_space.yaml): its best trials seed the "
-     "first population; on the same model, data and seed, a configuration it trained is taken over with its result, "
-     "not trained again.")
+     "first population; on the same model, data, seed, moopt training code and library versions, a configuration it "
+     "trained is taken over with its result, not trained again.")
 @opt("keep_adapters", default="all", show_default=True, type=click.Choice(["all", "pareto", "best"]),
      help="Which trials keep their adapter on disk (r 64 on every linear of an 8B model: 0.6 GiB a trial): all; pareto (the Pareto "
           "front's, others removed as they fall off it); best (the chosen trial's, once the study ends).")
@@ -228,11 +228,11 @@ def build_study_config(kw: dict):
         executor=kw["executor"], ray_address=kw["ray_address"], stall_timeout_s=kw["stall_timeout"],
         warm_workers=kw["warm_workers"], keep_adapters=kw["keep_adapters"], options=recorded_options(kw),
     )
+    from dataclasses import replace
+
+    from moopt.journal import JOURNAL, replay
+
     if kw["warm_start"]:
-        from dataclasses import replace
-
-        from moopt.journal import JOURNAL
-
         if not (Path(kw["warm_start"]) / JOURNAL).is_file():
             if not (kw["resume"] and (Path(kw["output_dir"]) / JOURNAL).is_file()):
                 raise ConfigError(f"--warm_start {kw['warm_start']}: no study found there (no {JOURNAL})")
@@ -244,10 +244,6 @@ def build_study_config(kw: dict):
             raise ConfigError(f"--warm_start {kw['warm_start']} is the study --overwrite would replace: give the new "
                               "study another --output_dir (or continue this one with --resume)")
     check_output_dir(cfg)
-    from dataclasses import replace
-
-    from moopt.journal import JOURNAL, replay
-
     pinned = None  # --resume loads the hub commit the study began with, wherever main has moved since
     if kw["resume"] and (Path(kw["output_dir"]) / JOURNAL).is_file():
         pinned = replay(kw["output_dir"]).header.get("model_revision")

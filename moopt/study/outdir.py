@@ -198,9 +198,9 @@ def reusable_trials(cfg: Any, eval_length: int, digests: dict[str, str],
         differ.append(f"validation length ({h.get('eval_max_seq_length') or 'per trial'} vs {eval_length} tokens)")
     if changed := training_code_changes(h.get("training_code")):
         differ.append(changed)
-    kernels = getattr(cfg, "kernels", "auto")
-    if kernel_path(h.get("kernels", "auto"), device) != kernel_path(kernels, device):
-        differ.append(f"LoRA kernels ({kernel_path(h.get('kernels', 'auto'), device)} vs {kernel_path(kernels, device)})")
+    theirs, mine = kernel_path(h.get("kernels", "auto"), device), kernel_path(getattr(cfg, "kernels", "auto"), device)
+    if theirs != mine:
+        differ.append(f"LoRA kernels ({theirs} vs {mine})")
     if differ:
         return {}, ", ".join(differ)
     out: dict[str, tuple[int, Any, list]] = {}

@@ -937,11 +937,11 @@ class Scheduler:
             study.console.print(f"Resuming {study.out}: {len(self.finished) - taken} of {cfg.num_trials} trials finished and kept"
                                 + (f" (and {taken} taken over from --warm_start)" if taken else "")
                                 + (f"; re-queued (were running): {', '.join(map(str, rerun))}" if rerun else ""))
-            if record.finished and (changed := training_code_changes(record.header.get("training_code"))):
-                if "predates" not in changed:  # (a study from before the record: nothing to compare)
-                    study.console.print(f"Note: since this study began, not the same {changed}: the trials trained from "
-                                        "now on may differ slightly from the same configurations trained before",
-                                        markup=False, highlight=False)
+            began = record.header.get("training_code")  # (None: a study from before the record, nothing to compare)
+            if record.finished and began is not None and (changed := training_code_changes(began)):
+                study.console.print(f"Note: since this study began, not the same {changed}: the trials trained from "
+                                    "now on may differ slightly from the same configurations trained before",
+                                    markup=False, highlight=False)
         self.n_started = sum(not e.taken_from for e in self.finished.values())  # those taken over cost nothing
         self.next_number = max([*self.finished, *self.ck.assigned, -1]) + 1
         for e in self.finished.values():
