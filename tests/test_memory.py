@@ -588,7 +588,7 @@ def test_steady_heap_reaches_ray_trials_on_a_cpu(tmp_path, monkeypatch):
 
     ex = object.__new__(rx.RayExecutor)  # no Ray instance: submit's plumbing only
     rx.ExecutorBase.__init__(ex)
-    ex._task, ex.channel, ex.gpu_fraction = Task(), None, lambda spec: 1.0
+    ex._task, ex.channel = Task(), None
     monkeypatch.setattr(rx.threading, "Thread", lambda **kw: types.SimpleNamespace(start=lambda: None))
     spec = TrialSpec(number=0, config=TrialConfig(), base_model="m", train_file="t", validation_file="v",
                      output_dir=str(tmp_path))

@@ -9,6 +9,7 @@ lengths are exact and the test takes seconds."""
 import io
 import json
 import math
+from dataclasses import replace
 from typing import ClassVar
 
 import pytest
@@ -193,6 +194,11 @@ def test_ray_trials_are_placed_from_the_clusters_nodes_not_this_machines():
     assert not cpu.on_gpu and cpu.place(0) == cpu.place(1) == placement.Slot("cpu", 8)  # 16 cores / 2
     assert ClusterPlacer(1, [{"CPU": 8.0}, {"CPU": 8.0}]).place(0).threads == 8  # not 16: no node has 16
     assert ClusterPlacer(32, [{"CPU": 8.0}]).place(0).threads == 1
+    # with the GPUs' memory known, a trial asks for the share of the smallest GPU's room (95%) its estimate needs
+    sized = ClusterPlacer(4, [head, gpu8, gpu4], gpu_gib=[80.0] * 8 + [40.0] * 4)
+    assert sized.place(0, 15.0) == placement.Slot("cuda", 8, 0.4)  # 15 / (0.95 * 40) = 0.395, rounded up
+    assert sized.share(0.001) == 0.01 and sized.share(39.0) == sized.share(60.0) == sized.share(None) == 1.0
+    assert placer.share(15.0) == 1.0  # sizes unknown: a whole GPU
 
 
 def test_the_scheduler_takes_the_ray_executors_nodes(tiny_model, tiny_data, tmp_path, monkeypatch):
@@ -206,8 +212,35 @@ def test_the_scheduler_takes_the_ray_executors_nodes(tiny_model, tiny_data, tmp_
                       objectives=parse_objectives("eval_loss", None), space=space, executor="ray")
 
     class FakeRay:
+        def __init__(self, gib):
+            self.gib = gib
+
         def nodes(self):
             return [{"CPU": 4.0}, {"CPU": 48.0, "GPU": 4.0}]
 
-    sched = Scheduler(Study(cfg, console=Console(file=io.StringIO())), executor=FakeRay())
+        def gpu_memory(self):
+            return self.gib
+
+        def call(self, fn, *args, **kwargs):
+            raise AssertionError("no probe here")
+
+    def scheduler(gib, *options):
+        buf = io.StringIO()
+        sched = Scheduler(Study(replace(cfg, **dict(options)), console=Console(file=buf, width=400)), executor=FakeRay(gib))
+        return sched, buf.getvalue()
+
+    # the GPUs' memory unknown (no NVML answered): a whole GPU a trial, and no implicit limit, said once
+    sched, said = scheduler([])
     assert sched.placer.on_gpu and sched.placer.place(0) == placement.Slot("cuda", 12)
+    assert sched.gate is None and "Note: the memory of the cluster's GPUs could not be read" in said
+    assert "no configuration is ruled out as too large for one" in said
+
+    # known (no GPU on this machine): the largest GPU of the cluster is the implicit limit, as the local one is
+    sched, said = scheduler([40.0, 40.0, 80.0, 80.0])
+    assert said == "" and sched.gate is not None and sched.gate.device == "cuda"
+    assert sched.gate.constraint_gb == pytest.approx(0.95 * 80.0) and not sched.gate.probe_first
+    assert sched.gate.budget_note == "95% of the largest GPU's 80.0 GiB in the cluster, no --memory_constraint"
+    assert sched.placer.place(0, 3.8).gpu_share == 0.1  # 3.8 GiB of the 40 GiB GPUs' 38
+
+    sched, said = scheduler([], ("memory_constraint_gb", 20.0))  # a set limit: the gate has it; the note is shorter
+    assert sched.gate.constraint_gb == 20.0 and said.rstrip().endswith("each trial asks Ray for a whole GPU")

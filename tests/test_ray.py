@@ -95,3 +95,30 @@ def test_a_probe_that_cannot_run_on_the_cluster_falls_back_to_the_estimate(tiny_
     assert calls and calls[0]["num_gpus"] == 0 and calls[0]["num_cpus"] == 3 and calls[0]["device"] == "cpu"
     assert d.probed and d.measured_gb is None and "probe task failed: ConnectionError: node lost" in d.reason
     assert not gate.cache.entry(gate.key(trial)).get("pairs")
+
+
+def test_the_clusters_gpu_memory_is_read_on_each_gpu_node():
+    """Ray's resources say how many GPUs a node has, not how large: a task pinned to each GPU node, asking for no
+    CPU and no GPU, reads them there (NVML). Here a local instance declares one GPU and the reader is faked."""
+    from moopt.memory.nvml import has_nvidia
+    from moopt.study.ray_executor import RayExecutor
+
+    ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        ex = RayExecutor()
+        assert ex.gpu_memory(reader=lambda: [79.6, 79.6]) == [79.6, 79.6]
+        if not has_nvidia()[0]:
+            assert ex.gpu_memory() == []  # no driver on the node: its GPUs stay unknown
+
+        def fails():
+            raise RuntimeError("NVML")
+
+        def hangs():
+            import time
+
+            time.sleep(60)
+
+        assert ex.gpu_memory(reader=fails) == [] and ex.gpu_memory(reader=hangs, timeout_s=2) == []
+        ex.close()
+    finally:
+        ray.shutdown()

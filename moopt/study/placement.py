@@ -41,6 +41,7 @@ class Slot:
 
     device: str  # "cpu" or "cuda:<id>"
     threads: int
+    gpu_share: float = 1.0  # Ray: the fraction of a GPU the trial asks for (its estimate over the smallest GPU's room)
 
 
 class DevicePlacer:
@@ -97,12 +98,17 @@ class ClusterPlacer(DevicePlacer):
     driver may be a head node without GPUs, whose placer would have sent every trial to a CPU. Ray picks the node
     and the GPU (the trial asks for ``num_gpus``); this says whether trials go on GPUs (any node has one) and with
     how many CPU threads: a GPU node's CPUs per GPU (the fewest of the GPU nodes), or on a CPU cluster the cores
-    split ``parallel`` ways, at most one node's (a task asking more than any node has would never be scheduled)."""
+    split ``parallel`` ways, at most one node's (a task asking more than any node has would never be scheduled).
 
-    def __init__(self, parallel: int, nodes: list[dict]):
+    ``gpu_gib``: the memory of each GPU of the cluster (``RayExecutor.gpu_memory``; Ray's resources say only how
+    many). With it a trial asks for the share of a GPU its estimate needs of the smallest GPU's room (95%), so Ray
+    puts several on one GPU when they fit, as the local placer does, and never more than fit on any GPU; a trial
+    larger than the smallest GPU's room asks for a whole one. Without it each trial asks for a whole GPU."""
+
+    def __init__(self, parallel: int, nodes: list[dict], gpu_gib: list[float] | None = None):
         self.parallel = parallel
         self.placed = {}
-        self.gpus = {}  # per-GPU memory is not known here: Ray packs trials by num_gpus
+        self.gpus = {str(i): gib for i, gib in enumerate(gpu_gib or [])}  # GiB of each GPU in the cluster, if known
         gpu_nodes = [r for r in nodes if r.get("GPU", 0) >= 1]
         self.cluster_gpu = bool(gpu_nodes)
         self.cores = max(1, int(sum(r.get("CPU", 0) for r in nodes)))  # the cluster's, all nodes together
@@ -116,12 +122,20 @@ class ClusterPlacer(DevicePlacer):
     def on_gpu(self) -> bool:
         return self.cluster_gpu
 
+    def share(self, need_gb: float | None) -> float:
+        """The fraction of a GPU a trial of ``need_gb`` asks Ray for: of the smallest GPU's room, rounded up to a
+        hundredth (Ray's fractional resources take a few decimals); 1 when the sizes or the need are unknown."""
+        if not self.gpus or not need_gb:
+            return 1.0
+        room = min(self.gpus.values()) * self.HEADROOM
+        return min(1.0, max(0.01, math.ceil(need_gb / room * 100) / 100))
+
     def place(self, number: int, need_gb: float | None = None) -> Slot | None:
         if self.free() <= 0:
             return None
         device = "cuda" if self.cluster_gpu else "cpu"
         self.placed[number] = (device, 0.0)
-        return Slot(device, self.threads)
+        return Slot(device, self.threads, self.share(need_gb) if self.cluster_gpu else 1.0)
 
 
 def plan_slots(parallel: int) -> list[Slot]:

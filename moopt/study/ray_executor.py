@@ -3,9 +3,10 @@
 Same contract as :class:`moopt.study.executor.LocalExecutor` (``submit``, ``next_result``, ``running``,
 ``kill``, ``kill_all``, ``stalled``). Each trial is a Ray task with ``max_calls=1``, so it gets a fresh worker process
 (a crash or OOM kills only that trial) and asks Ray for ``num_cpus`` = the slot's threads and, on
-GPUs, ``num_gpus`` = the fraction of a device its memory estimate needs, so Ray packs trials onto
-GPUs by memory. Progress and rung decisions travel through one small actor (``_Channel``): the task
-pushes events, a driver thread drains them and answers rungs. Paths in the trial spec (model, data,
+GPUs, ``num_gpus`` = the fraction of a device its memory estimate needs (the slot's ``gpu_share``, from
+:meth:`RayExecutor.gpu_memory`), so Ray packs trials onto GPUs by memory. Progress and rung decisions
+travel through one small actor (``_Channel``): the task pushes events, a driver thread drains them and
+answers rungs. Paths in the trial spec (model, data,
 output_dir) must be visible on every node (a shared filesystem). The stall watchdog judges a task
 from its first event on, not from submit: a task may wait in Ray's queue for resources; a stalled
 one is cancelled with ``ray.cancel(force=True)`` (its worker process is killed).
@@ -31,10 +32,19 @@ def _ray():
     return ray
 
 
+def _node_gpu_gib() -> list[float]:
+    """GiB of each NVIDIA GPU of the node this runs on, through NVML; [] without a driver."""
+    try:
+        from moopt.memory.nvml import gpu_inventory
+
+        return [g.total_bytes / 2**30 for g in gpu_inventory()]
+    except Exception:
+        return []
+
+
 class RayExecutor(ExecutorBase):
     def __init__(self, on_progress: Callable | None = None, on_rung: Callable | None = None,
-                 address: str | None = None, gpu_fraction: Callable[[TrialSpec], float] | None = None,
-                 stall=None, steady_heap: bool = False):
+                 address: str | None = None, stall=None, steady_heap: bool = False):
         super().__init__(on_progress, on_rung, stall)
         self.steady_heap = steady_heap  # CPU trials fix glibc's malloc thresholds, as LocalExecutor's do
         ray = _ray()
@@ -42,7 +52,6 @@ class RayExecutor(ExecutorBase):
         if not ray.is_initialized():
             kwargs = {"address": address} if address else {}
             ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, **kwargs)
-        self.gpu_fraction = gpu_fraction or (lambda spec: 1.0)
         self.channel = ray.remote(_Channel).options(num_cpus=0).remote()
         self._stop = False
         self._task = None
@@ -52,6 +61,26 @@ class RayExecutor(ExecutorBase):
     def nodes(self) -> list[dict]:
         """The resources (``CPU``, ``GPU``, ...) of each live node of the cluster: where trials can run."""
         return [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
+
+    def gpu_memory(self, reader: Callable[[], list[float]] | None = None, timeout_s: float = 120) -> list[float]:
+        """GiB of each GPU of the cluster (Ray's resources say only how many), read through NVML on each GPU node
+        by a task pinned to it that asks for no CPU and no GPU, so it runs even where trials fill the node. A node
+        that does not answer within ``timeout_s`` (or has no NVIDIA driver) is left out: [] when none answers."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        task = self.ray.remote(max_retries=0)(reader or _node_gpu_gib)
+        refs = [task.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+                for n in self.ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) >= 1]
+        ready, late = self.ray.wait(refs, num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
+        for ref in late:
+            self.ray.cancel(ref, force=True)
+        sizes = []
+        for ref in ready:
+            try:
+                sizes += [float(g) for g in self.ray.get(ref)]
+            except Exception:  # the node went away, or its NVML failed: its GPUs stay unknown
+                pass
+        return sizes
 
     def call(self, fn: Callable, *args, num_gpus: float = 0, num_cpus: float = 1, **kwargs):
         """``fn(*args, **kwargs)`` as a one-off Ray task in a fresh worker process where the cluster has
@@ -66,7 +95,7 @@ class RayExecutor(ExecutorBase):
         spec.threads = slot.threads
         if self._task is None:
             self._task = self.ray.remote(max_calls=1, max_retries=0)(_run_trial_task)
-        task = self._task.options(num_cpus=slot.threads, num_gpus=self.gpu_fraction(spec) if on_gpu else 0)
+        task = self._task.options(num_cpus=slot.threads, num_gpus=slot.gpu_share if on_gpu else 0)
         ref = task.remote(spec.to_json(), self.channel, self.steady_heap and not on_gpu)
         with self._lock:
             self.active[spec.number] = ref

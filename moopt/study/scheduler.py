@@ -729,22 +729,32 @@ class Scheduler:
         self.deadline = time.time() + cfg.time_budget_hours * 3600 if cfg.time_budget_hours else None
         # Ray's trials run where the cluster has room (this machine may be a head node without GPUs); local ones here
         nodes = getattr(executor, "nodes", None)
-        self.placer = ClusterPlacer(cfg.parallel_trials, nodes()) if callable(nodes) else DevicePlacer(cfg.parallel_trials)
+        if callable(nodes):
+            live = nodes()
+            gpu_gib = executor.gpu_memory() if any(r.get("GPU", 0) >= 1 for r in live) else []
+            self.placer = ClusterPlacer(cfg.parallel_trials, live, gpu_gib)
+        else:
+            self.placer = DevicePlacer(cfg.parallel_trials)
         if not self.placer.on_gpu and cfg.parallel_trials > self.placer.cores:
             study.console.print(f"Note: --parallel_trials {cfg.parallel_trials} on {self.placer.cores} CPU core(s): the trials "
                                 "time-share the cores, one thread each, so more at once do not finish sooner, and each "
                                 "holds its own copy of the model in memory", markup=False, highlight=False)
         self.gate = None
         budget_note = None
-        if not cfg.memory_constraint_gb and self.placer.on_gpu and cfg.executor == "local":
+        if not cfg.memory_constraint_gb and self.placer.on_gpu and self.placer.gpus:
             # No --memory_constraint: the GPU's own memory is still a limit. A configuration whose estimate is
-            # clearly over what the largest visible GPU holds is not trained (for a 70B model, loading it only to
-            # run out of memory costs minutes); a borderline one is probed; the rest train on the estimate (their
-            # OOM, should one come, is recorded and never repeated). Not with Ray, whose trials may run on other
-            # machines' GPUs, larger than this one's.
+            # clearly over what the largest GPU holds (visible here, or with Ray in the cluster) is not trained (for
+            # a 70B model, loading it only to run out of memory costs minutes); a borderline one is probed; the rest
+            # train on the estimate (their OOM, should one come, is recorded and never repeated).
             cap = max(self.placer.gpus.values())
             study.memory_limit_gb = cap * DevicePlacer.HEADROOM
-            budget_note = f"{DevicePlacer.HEADROOM:.0%} of the largest GPU's {cap:.1f} GiB, no --memory_constraint"
+            where = " in the cluster" if callable(nodes) else ""
+            budget_note = f"{DevicePlacer.HEADROOM:.0%} of the largest GPU's {cap:.1f} GiB{where}, no --memory_constraint"
+        if self.placer.on_gpu and not self.placer.gpus:  # Ray, and NVML answered on none of its GPU nodes
+            study.console.print("Note: the memory of the cluster's GPUs could not be read (NVML on its GPU nodes): each "
+                                "trial asks Ray for a whole GPU" + ("" if cfg.memory_constraint_gb else
+                                ", and no configuration is ruled out as too large for one (--memory_constraint sets "
+                                "a limit)"), markup=False, highlight=False)
         if study.memory_limit_gb:
             from moopt.study.gate import MemoryGate
 
