@@ -158,3 +158,30 @@ def test_a_broken_gguf_is_one_line_exit_2_and_nothing_written(tmp_path, monkeypa
     assert "Traceback" not in r.output and not out.exists()
     models = tmp_path / "cache" / "models"
     assert not models.exists() or not any(models.iterdir())  # no half-written conversion left
+
+
+def test_a_second_process_waits_for_a_conversion_in_progress_and_does_not_repeat_it(tmp_path, monkeypatch, capsys):
+    """Two studies started at once on a fresh machine: the second waits on the first's lock, then finds the
+    conversion made (here the lock is held by this test, which makes the folder as the first process would)."""
+    import fcntl
+    import os
+    import threading
+
+    from moopt.train.models import convert_gguf, gguf_key
+
+    monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + os.urandom(1 << 16))  # not loadable: converting it would fail, so it must not be
+    (tmp_path / "cache").mkdir()
+    got = []
+    with open(tmp_path / "cache" / "models.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: got.append(convert_gguf(gguf, alias="m")))
+        waiter.start()
+        waiter.join(2)
+        assert waiter.is_alive() and not got  # waiting on the lock
+        made = _converted(tmp_path / "cache" / "models" / f"m-{gguf_key(gguf)}", gguf)
+    waiter.join(10)
+    assert got == [made]
+    said = capsys.readouterr().out
+    assert "moopt: another process is converting m.gguf; waiting for it" in said and "converting m.gguf to" not in said

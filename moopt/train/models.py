@@ -14,6 +14,7 @@ Accepted forms:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import importlib
@@ -371,14 +372,37 @@ def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:
     key = gguf_key(gguf_path)
     out = cache_root() / "models" / f"{alias or gguf_path.stem}-{key}"
     mark = json.dumps({"gguf": str(gguf_path)})
-    if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
-        source = _marked_source(out)
-        if source is None or not source.is_file():  # converted before the mark existed, or from a deleted venv:
-            (out / CONVERSION_MARK).write_text(mark, encoding="utf-8")  # name this copy, or a prune would take it
+
+    def converted() -> bool:
+        if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
+            source = _marked_source(out)
+            if source is None or not source.is_file():  # converted before the mark existed, or from a deleted venv:
+                (out / CONVERSION_MARK).write_text(mark, encoding="utf-8")  # name this copy, or a prune would take it
+            return True
+        return False
+
+    if converted():
         return out
     with open(gguf_path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise ConfigError(f"--base_model {gguf_path}: not a GGUF file (it does not start with the GGUF magic bytes)")
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with open(cache_root() / "models.lock", "w") as lock:
+        # two studies started at once on a fresh machine: the second waits for the first's conversion, not repeat it
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"moopt: another process is converting {gguf_path.name}; waiting for it", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if converted():
+            return out
+        _convert(gguf_path, out, mark)
+    _prune_superseded(out, gguf_path, key)
+    return out
+
+
+def _convert(gguf_path: Path, out: Path, mark: str) -> None:
+    """Dequantise ``gguf_path`` into ``out`` (its tokenizer too), through a temporary folder renamed at the end."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -406,5 +430,3 @@ def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:
     (tmp / CONVERSION_MARK).write_text(mark, encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)  # atomic: concurrent trials never see a half-written folder
-    _prune_superseded(out, gguf_path, key)
-    return out
