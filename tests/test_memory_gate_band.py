@@ -553,13 +553,13 @@ def test_without_a_memory_constraint_a_gpu_study_still_never_trains_what_cannot_
     monkeypatch.setattr(placement, "_gpu_capacities", lambda: [("0", 2.0), ("1", 4.0)])
     space = parse_space({"training": {"batch_size": {"type": "categorical", "values": [1, 2]}}}, source="<test>")
 
-    def scheduler(constraint, executor="local"):
+    def scheduler(constraint, executor=None):
         cfg = StudyConfig(base_model=str(tiny_model), model_path=str(tiny_model), train_file=str(tiny_data["train"]),
                           validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "out"), num_trials=2,
                           objectives=parse_objectives("eval_loss", None), space=space, memory_constraint_gb=constraint,
-                          executor=executor)
+                          executor="ray" if executor else "local")
         study = Study(cfg, console=Console(file=io.StringIO()))
-        return study, Scheduler(study, executor=None)
+        return study, Scheduler(study, executor=executor)
 
     study, sched = scheduler(None)
     assert sched.gate is not None and sched.gate.device == "cuda"
@@ -579,8 +579,16 @@ def test_without_a_memory_constraint_a_gpu_study_still_never_trains_what_cannot_
     study, sched = scheduler(8.0)
     assert sched.gate.constraint_gb == 8.0 and sched.gate.probe_first and sched.gate.budget_note is None
     assert study.memory_limit_gb == 8.0
-    # Ray's trials may run on other machines' (larger) GPUs: this machine's is no limit for them
-    assert scheduler(None, executor="ray")[1].gate is None
+    # Ray's trials run on the cluster's GPUs: this machine's are no limit for them (where the cluster's GPU nodes
+    # report their memory, the largest is: tests/test_parallel_slots.py)
+    class Cluster:
+        def nodes(self):
+            return [{"CPU": 8.0, "GPU": 1.0}]
+
+        def gpu_memory(self):
+            return []  # no node answered
+
+    assert scheduler(None, executor=Cluster())[1].gate is None
     # on a CPU without --memory_constraint: no gate (a warm worker's RSS carries earlier trials)
     monkeypatch.setattr(placement, "_gpu_capacities", lambda: [])
     assert scheduler(None)[1].gate is None
