@@ -196,7 +196,8 @@ def test_ray_trials_are_placed_from_the_clusters_nodes_not_this_machines():
     assert ClusterPlacer(32, [{"CPU": 8.0}]).place(0).threads == 1
     # with the GPUs' memory known, a trial asks for the share of the smallest GPU's room (95%) its estimate needs
     sized = ClusterPlacer(4, [head, gpu8, gpu4], gpu_gib=[80.0] * 8 + [40.0] * 4)
-    assert sized.place(0, 15.0) == placement.Slot("cuda", 8, 0.4)  # 15 / (0.95 * 40) = 0.395, rounded up
+    assert sized.place(0, 15.0) == placement.Slot("cuda", 3, 0.4)  # 15 / (0.95 * 40) = 0.395, rounded up; 8 CPUs x 0.4
+    assert sized.place(1, 60.0) == placement.Slot("cuda", 8, 1.0) and sized.place(2, 0.001).threads == 1
     assert sized.share(0.001) == 0.01 and sized.share(39.0) == sized.share(60.0) == sized.share(None) == 1.0
     assert placer.share(15.0) == 1.0  # sizes unknown: a whole GPU
 
@@ -240,7 +241,7 @@ def test_the_scheduler_takes_the_ray_executors_nodes(tiny_model, tiny_data, tmp_
     assert said == "" and sched.gate is not None and sched.gate.device == "cuda"
     assert sched.gate.constraint_gb == pytest.approx(0.95 * 80.0) and not sched.gate.probe_first
     assert sched.gate.budget_note == "95% of the largest GPU's 80.0 GiB in the cluster, no --memory_constraint"
-    assert sched.placer.place(0, 3.8).gpu_share == 0.1  # 3.8 GiB of the 40 GiB GPUs' 38
+    assert sched.placer.place(0, 3.8) == placement.Slot("cuda", 1, 0.1)  # 3.8 GiB of the 40 GiB GPUs' 38; 12 CPUs x 0.1
 
     sched, said = scheduler([], ("memory_constraint_gb", 20.0))  # a set limit: the gate has it; the note is shorter
     assert sched.gate.constraint_gb == 20.0 and said.rstrip().endswith("each trial asks Ray for a whole GPU")

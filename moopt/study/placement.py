@@ -103,7 +103,8 @@ class ClusterPlacer(DevicePlacer):
     ``gpu_gib``: the memory of each GPU of the cluster (``RayExecutor.gpu_memory``; Ray's resources say only how
     many). With it a trial asks for the share of a GPU its estimate needs of the smallest GPU's room (95%), so Ray
     puts several on one GPU when they fit, as the local placer does, and never more than fit on any GPU; a trial
-    larger than the smallest GPU's room asks for a whole one. Without it each trial asks for a whole GPU."""
+    larger than the smallest GPU's room asks for a whole one, and each trial takes its share of the CPUs per GPU as
+    threads. Without it each trial asks for a whole GPU."""
 
     def __init__(self, parallel: int, nodes: list[dict], gpu_gib: list[float] | None = None):
         self.parallel = parallel
@@ -133,9 +134,13 @@ class ClusterPlacer(DevicePlacer):
     def place(self, number: int, need_gb: float | None = None) -> Slot | None:
         if self.free() <= 0:
             return None
-        device = "cuda" if self.cluster_gpu else "cpu"
-        self.placed[number] = (device, 0.0)
-        return Slot(device, self.threads, self.share(need_gb) if self.cluster_gpu else 1.0)
+        if not self.cluster_gpu:
+            self.placed[number] = ("cpu", 0.0)
+            return Slot("cpu", self.threads)
+        self.placed[number] = ("cuda", 0.0)
+        # a trial on a share of a GPU takes that share of the CPUs per GPU, so CPUs never hold back the packing
+        share = self.share(need_gb)
+        return Slot("cuda", max(1, int(self.threads * share)), share)
 
 
 def plan_slots(parallel: int) -> list[Slot]:
