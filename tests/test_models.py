@@ -185,3 +185,20 @@ def test_a_second_process_waits_for_a_conversion_in_progress_and_does_not_repeat
     assert got == [made]
     said = capsys.readouterr().out
     assert "moopt: another process is converting m.gguf; waiting for it" in said and "converting m.gguf to" not in said
+
+    # the same for the copy in the dtype trials train in, made once before the first trial
+    from moopt.model_files import dtype_copy_path
+    from moopt.train.models import prepare_dtype_copy
+
+    (made / "config.json").write_text('{"dtype": "float32"}')  # fp32 weights of no model: a copy would fail
+    copy = dtype_copy_path(made, "bfloat16")
+    assert copy != made
+    with open(tmp_path / "cache" / "models.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: got.append(prepare_dtype_copy(made, "bfloat16")))
+        waiter.start()
+        waiter.join(2)
+        assert waiter.is_alive() and len(got) == 1
+        _converted(copy, None)
+    waiter.join(10)
+    assert got[1] == copy and "caching" not in capsys.readouterr().out

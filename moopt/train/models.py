@@ -282,6 +282,13 @@ def prepare_dtype_copy(folder: str | Path, dtype: str) -> Path:
     out = dtype_copy_path(folder, dtype)
     if out == folder or (out / "model.safetensors").is_file():
         return out
+    with models_lock(f"{folder.name} to {dtype}"):
+        if not (out / "model.safetensors").is_file():
+            _copy_in_dtype(folder, out, dtype)
+    return out
+
+
+def _copy_in_dtype(folder: Path, out: Path, dtype: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -298,7 +305,6 @@ def prepare_dtype_copy(folder: str | Path, dtype: str) -> Path:
             shutil.copy2(f, tmp / f.name)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)  # atomic: concurrent trials never see a half-written folder
-    return out
 
 
 _SAMPLE = 1 << 20
@@ -366,6 +372,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def models_lock(what: str):
+    """An exclusive ``flock`` on ``<cache>/models.lock`` while a model is converted: two studies started at once on
+    a fresh machine would both convert it and race to the final rename; the second waits, says so, then finds it
+    done. Only a conversion takes it (a cached model is found without it)."""
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with open(cache_root() / "models.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"moopt: another process is converting {what}; waiting for it", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:
     """Dequantise a GGUF once (~20 s for SmolLM2) into ``<cache>/models/<name>``; later loads: 0.2 s."""
     gguf_path = Path(gguf_path).resolve()
@@ -386,14 +407,7 @@ def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:
     with open(gguf_path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise ConfigError(f"--base_model {gguf_path}: not a GGUF file (it does not start with the GGUF magic bytes)")
-    cache_root().mkdir(parents=True, exist_ok=True)
-    with open(cache_root() / "models.lock", "w") as lock:
-        # two studies started at once on a fresh machine: the second waits for the first's conversion, not repeat it
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"moopt: another process is converting {gguf_path.name}; waiting for it", flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with models_lock(gguf_path.name):
         if converted():
             return out
         _convert(gguf_path, out, mark)
