@@ -6,10 +6,10 @@ Same contract as :class:`moopt.study.executor.LocalExecutor` (``submit``, ``next
 GPUs, ``num_gpus`` = the fraction of a device its memory estimate needs (the slot's ``gpu_share``, from
 :meth:`RayExecutor.gpu_memory`), so Ray packs trials onto GPUs by memory. Progress and rung decisions
 travel through one small actor (``_Channel``): the task pushes events, a driver thread drains them and
-answers rungs. Paths in the trial spec (model, data,
-output_dir) must be visible on every node (a shared filesystem). The stall watchdog judges a task
-from its first event on, not from submit: a task may wait in Ray's queue for resources; a stalled
-one is cancelled with ``ray.cancel(force=True)`` (its worker process is killed).
+answers rungs. Paths in the trial spec (model, data, output_dir) must be visible on every node (a shared
+filesystem). The stall watchdog judges a task from its first event on, not from submit: a task may wait
+in Ray's queue for resources; a stalled one is cancelled with ``ray.cancel(force=True)`` (its worker
+process is killed).
 """
 
 from __future__ import annotations
