@@ -68,7 +68,9 @@ def main() -> None:
 @opt("memory_constraint", default=None, type=FiniteRange(min=0, min_open=True), help="Memory budget per trial, GiB (GPU memory on CUDA, peak RSS on CPU). Default: none (on GPUs, 95% of the largest one's memory: a configuration clearly over it is not trained).")
 @opt("kernels", default="auto", show_default=True, type=click.Choice(["auto", "triton", "torch"]),
      help="LoRA kernel path: triton (fused, CUDA), torch (plain PyTorch), auto (triton on CUDA, torch on CPU).")
-@opt("executor", default="local", show_default=True, type=click.Choice(["local", "ray"]), help="local: embedded executor; ray: Ray tasks.")
+@opt("executor", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+     help="local: trials in worker processes on this machine; ray: each trial a Ray task on a local instance "
+     "or a cluster (--ray_address), on GPUs asking for the share of a GPU its memory estimate needs.")
 @opt("ray_address", default=None, help="Ray cluster address (auto | host:port), with --executor ray.")
 @opt("seed", default=42, show_default=True, type=int, help="Seed of the search, LoRA initialisation and data order.")
 @opt("stall_timeout", default=None, type=FiniteRange(min=0),
