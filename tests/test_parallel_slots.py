@@ -200,6 +200,18 @@ def test_ray_trials_are_placed_from_the_clusters_nodes_not_this_machines():
     assert sized.place(1, 60.0) == placement.Slot("cuda", 8, 1.0) and sized.place(2, 0.001).threads == 1
     assert sized.share(0.001) == 0.01 and sized.share(39.0) == sized.share(60.0) == sized.share(None) == 1.0
     assert placer.share(15.0) == 1.0  # sizes unknown: a whole GPU
+    assert sized.place(3, 60.0).gpu_kind is None  # kinds unknown: a whole GPU, wherever Ray puts it
+
+    # mixed kinds (Ray's accelerator_type): a trial too large for the smallest GPUs goes to a kind that holds it,
+    # asking for its share of that kind's room; one that fits everywhere, anywhere
+    mixed = ClusterPlacer(4, [head, gpu8, gpu4], gpu_gib=[(80.0, "H100")] * 8 + [(40.0, "A100")] * 4)
+    assert mixed.place(0, 60.0) == placement.Slot("cuda", 6, 0.79, "H100")  # 60 / (0.95 * 80) = 0.789; 8 CPUs x 0.79
+    assert mixed.place(1, 15.0) == placement.Slot("cuda", 3, 0.4, None)
+    assert mixed.fit(76.0) == (1.0, "H100") and mixed.fit(77.0) == (1.0, None)  # larger than any: as before
+    # a kind's room is its smallest GPU's (A100s of 40 and 80 GiB are both "A100"); the smallest kind that holds it
+    three = ClusterPlacer(1, [gpu8], gpu_gib=[(80.0, "A100"), (40.0, "A100"), (24.0, "L4"), (141.0, "H200")])
+    assert three.fit(30.0) == (0.79, "A100") and three.fit(60.0) == (0.45, "H200") and three.fit(20.0) == (0.88, None)
+    assert ClusterPlacer(1, [gpu8], gpu_gib=[(80.0, None), (40.0, "A100")]).fit(60.0) == (1.0, None)
 
 
 def test_the_scheduler_takes_the_ray_executors_nodes(tiny_model, tiny_data, tmp_path, monkeypatch):

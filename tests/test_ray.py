@@ -103,10 +103,12 @@ def test_the_clusters_gpu_memory_is_read_on_each_gpu_node():
     from moopt.memory.nvml import has_nvidia
     from moopt.study.ray_executor import RayExecutor
 
-    ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+             resources={"accelerator_type:A100": 1})  # as Ray declares a node of A100s
     try:
         ex = RayExecutor()
-        assert ex.gpu_memory(reader=lambda: [79.6, 79.6]) == [79.6, 79.6]
+        assert ex.gpu_memory(reader=lambda: [79.6, 79.6]) == [(79.6, "A100"), (79.6, "A100")]
+        assert ex.probe_kind is None  # one kind: a probe runs on any GPU
         if not has_nvidia()[0]:
             assert ex.gpu_memory() == []  # no driver on the node: its GPUs stay unknown
 
@@ -119,6 +121,44 @@ def test_the_clusters_gpu_memory_is_read_on_each_gpu_node():
             time.sleep(60)
 
         assert ex.gpu_memory(reader=fails) == [] and ex.gpu_memory(reader=hangs, timeout_s=2) == []
+        ex.close()
+    finally:
+        ray.shutdown()
+
+
+def test_on_mixed_gpus_trials_and_probes_ask_ray_for_the_kind_that_holds_them(monkeypatch):
+    """A cluster of 80 and 40 GiB GPUs: a trial that only the 80 GiB ones hold asks Ray for their kind
+    (``accelerator_type``), and so does a probe (on the largest kind, an OOM is an OOM everywhere). Without that,
+    Ray could give it a 40 GiB GPU, where it would run out of memory and be recorded infeasible for good."""
+    from moopt.config import TrialConfig
+    from moopt.records import TrialSpec
+    from moopt.study import ray_executor
+    from moopt.study.placement import Slot
+    from moopt.study.ray_executor import RayExecutor, largest_kind
+
+    assert largest_kind([(80.0, "H100"), (40.0, "A100")]) == "H100"
+    assert largest_kind([(80.0, "A100"), (40.0, "A100")]) is None  # one kind: any GPU
+    assert largest_kind([(80.0, None), (40.0, "A100")]) is None and largest_kind([]) is None
+
+    def assigned(*args):
+        return ray.get_runtime_context().get_assigned_resources()
+
+    def trial_task(spec_json, channel, steady_heap):  # what the trial's task was given, as its result's metrics
+        return {"number": spec_json["number"], "state": "COMPLETE", "metrics": assigned()}
+
+    monkeypatch.setattr(ray_executor, "_run_trial_task", trial_task)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+             resources={"accelerator_type:H100": 1})
+    try:
+        ex = RayExecutor()
+        ex.probe_kind = "H100"  # as gpu_memory sets it on a cluster of 80 GiB H100s and 40 GiB A100s
+        assert ex.call(assigned, num_gpus=1) == {"CPU": 1.0, "GPU": 1.0, "accelerator_type:H100": 0.001}
+        assert "accelerator_type:H100" not in ex.call(assigned, num_gpus=0)  # a CPU probe: any node
+        spec = TrialSpec(number=0, config=TrialConfig.from_dict({}), base_model="m", train_file="t", validation_file="v", output_dir="o")
+        ex.submit(spec, Slot("cuda", 1, 0.79, "H100"))
+        assert ex.next_result(timeout=60).metrics == {"CPU": 1.0, "GPU": 0.79, "accelerator_type:H100": 0.001}
+        ex.submit(TrialSpec(**{**vars(spec), "number": 1}), Slot("cuda", 1, 0.4))
+        assert ex.next_result(timeout=60).metrics == {"CPU": 1.0, "GPU": 0.4}
         ex.close()
     finally:
         ray.shutdown()

@@ -42,6 +42,7 @@ class Slot:
     device: str  # "cpu" or "cuda:<id>"
     threads: int
     gpu_share: float = 1.0  # Ray: the fraction of a GPU the trial asks for (its estimate over the smallest GPU's room)
+    gpu_kind: str | None = None  # Ray: the kind of GPU it must run on (``accelerator_type``), where only the larger fit
 
 
 class DevicePlacer:
@@ -103,13 +104,23 @@ class ClusterPlacer(DevicePlacer):
     ``gpu_gib``: the memory of each GPU of the cluster (``RayExecutor.gpu_memory``; Ray's resources say only how
     many). With it a trial asks for the share of a GPU its estimate needs of the smallest GPU's room (95%), so Ray
     puts several on one GPU when they fit, as the local placer does, and never more than fit on any GPU; a trial
-    larger than the smallest GPU's room asks for a whole one, and each trial takes its share of the CPUs per GPU as
-    threads. Without it each trial asks for a whole GPU."""
+    larger than the smallest GPU's room goes to the smallest kind of GPU that holds it (Ray's ``accelerator_type``,
+    e.g. ``A100``; a kind's room is that of its smallest GPU, as A100s of 40 and 80 GiB are both ``A100``), where it
+    asks for its share of that kind; on a cluster of one kind, or where no kind is known to hold it, for a whole
+    GPU. Each trial takes its share of the CPUs per GPU as threads. Without the sizes each trial asks for a whole
+    GPU, anywhere.
 
-    def __init__(self, parallel: int, nodes: list[dict], gpu_gib: list[float] | None = None):
+    ``gpu_gib``: a GiB figure per GPU, or (GiB, kind) pairs (``kind`` None where the node's is unknown)."""
+
+    def __init__(self, parallel: int, nodes: list[dict], gpu_gib: list | None = None):
         self.parallel = parallel
         self.placed = {}
-        self.gpus = {str(i): gib for i, gib in enumerate(gpu_gib or [])}  # GiB of each GPU in the cluster, if known
+        gpus = [(g, None) if isinstance(g, (int, float)) else (float(g[0]), g[1]) for g in gpu_gib or []]
+        self.gpus = {str(i): gib for i, (gib, _) in enumerate(gpus)}  # GiB of each GPU in the cluster, if known
+        self.kind_room: dict[str, float] = {}  # a kind of GPU -> the room of its smallest GPU
+        for gib, kind in gpus:
+            if kind:
+                self.kind_room[kind] = min(self.kind_room.get(kind, math.inf), gib * self.HEADROOM)
         gpu_nodes = [r for r in nodes if r.get("GPU", 0) >= 1]
         self.cluster_gpu = bool(gpu_nodes)
         self.cores = max(1, int(sum(r.get("CPU", 0) for r in nodes)))  # the cluster's, all nodes together
@@ -124,12 +135,23 @@ class ClusterPlacer(DevicePlacer):
         return self.cluster_gpu
 
     def share(self, need_gb: float | None) -> float:
-        """The fraction of a GPU a trial of ``need_gb`` asks Ray for: of the smallest GPU's room, rounded up to a
-        hundredth (Ray's fractional resources take a few decimals); 1 when the sizes or the need are unknown."""
+        """The fraction of a GPU a trial of ``need_gb`` asks Ray for: of the smallest GPU's room (or of its kind's,
+        :meth:`fit`), rounded up to a hundredth (Ray's fractional resources take a few decimals); 1 when the sizes or
+        the need are unknown."""
+        return self.fit(need_gb)[0]
+
+    def fit(self, need_gb: float | None) -> tuple[float, str | None]:
+        """(share, kind): where a trial of ``need_gb`` fits every GPU's room, a share of the smallest and any kind;
+        else the smallest kind of GPU whose room holds it and the share of that room; else a whole GPU, any kind."""
         if not self.gpus or not need_gb:
-            return 1.0
-        room = min(self.gpus.values()) * self.HEADROOM
-        return min(1.0, max(0.01, math.ceil(need_gb / room * 100) / 100))
+            return 1.0, None
+        room, kind = min(self.gpus.values()) * self.HEADROOM, None
+        if need_gb > room:
+            holds = sorted((r, k) for k, r in self.kind_room.items() if r >= need_gb)
+            if not holds:
+                return 1.0, None
+            room, kind = holds[0]
+        return min(1.0, max(0.01, math.ceil(need_gb / room * 100) / 100)), kind
 
     def place(self, number: int, need_gb: float | None = None) -> Slot | None:
         if self.free() <= 0:
@@ -139,8 +161,8 @@ class ClusterPlacer(DevicePlacer):
             return Slot("cpu", self.threads)
         self.placed[number] = ("cuda", 0.0)
         # a trial on a share of a GPU takes that share of the CPUs per GPU, so CPUs never hold back the packing
-        share = self.share(need_gb)
-        return Slot("cuda", max(1, int(self.threads * share)), share)
+        share, kind = self.fit(need_gb)
+        return Slot("cuda", max(1, int(self.threads * share)), share, kind)
 
 
 def plan_slots(parallel: int) -> list[Slot]:

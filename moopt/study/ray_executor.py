@@ -4,7 +4,8 @@ Same contract as :class:`moopt.study.executor.LocalExecutor` (``submit``, ``next
 ``kill``, ``kill_all``, ``stalled``). Each trial is a Ray task with ``max_calls=1``, so it gets a fresh worker process
 (a crash or OOM kills only that trial) and asks Ray for ``num_cpus`` = the slot's threads and, on
 GPUs, ``num_gpus`` = the fraction of a device its memory estimate needs (the slot's ``gpu_share``, from
-:meth:`RayExecutor.gpu_memory`), so Ray packs trials onto GPUs by memory. Progress and rung decisions
+:meth:`RayExecutor.gpu_memory`), so Ray packs trials onto GPUs by memory; on a cluster of mixed GPUs a trial
+larger than the smallest asks for a kind of GPU that holds it (Ray's ``accelerator_type``). Progress and rung decisions
 travel through one small actor (``_Channel``): the task pushes events, a driver thread drains them and
 answers rungs. Paths in the trial spec (model, data, output_dir) must be visible on every node (a shared
 filesystem). The stall watchdog judges a task from its first event on, not from submit: a task may wait
@@ -32,6 +33,24 @@ def _ray():
     return ray
 
 
+ACCELERATOR = "accelerator_type:"  # Ray's resource on a node whose GPUs are of one kind, e.g. accelerator_type:A100
+
+
+def node_gpu_kind(resources: dict) -> str | None:
+    """The kind of a node's GPUs, as Ray names it (``A100``, ``H100``), from its resources; None if not one."""
+    kinds = [k[len(ACCELERATOR):] for k in resources if k.startswith(ACCELERATOR)]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+def largest_kind(gpus: list[tuple[float, str | None]]) -> str | None:
+    """The kind of the cluster's largest GPU where GPUs of another kind are smaller (on one kind any GPU will do);
+    None where it is unknown or not needed."""
+    if not gpus:
+        return None
+    gib, kind = max(gpus, key=lambda g: (g[0], g[1] or ""))
+    return kind if any(g < gib and k != kind for g, k in gpus) else None
+
+
 def _node_gpu_gib() -> list[float]:
     """GiB of each NVIDIA GPU of the node this runs on, through NVML; [] without a driver."""
     try:
@@ -53,6 +72,7 @@ class RayExecutor(ExecutorBase):
             kwargs = {"address": address} if address else {}
             ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, **kwargs)
         self.channel = ray.remote(_Channel).options(num_cpus=0).remote()
+        self.probe_kind: str | None = None  # the kind of GPU a probe asks for (gpu_memory), on a mixed cluster
         self._stop = False
         self._task = None
         self._pump_thread = threading.Thread(target=self._pump, daemon=True)
@@ -62,31 +82,41 @@ class RayExecutor(ExecutorBase):
         """The resources (``CPU``, ``GPU``, ...) of each live node of the cluster: where trials can run."""
         return [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
 
-    def gpu_memory(self, reader: Callable[[], list[float]] | None = None, timeout_s: float = 120) -> list[float]:
-        """GiB of each GPU of the cluster (Ray's resources say only how many), read through NVML on each GPU node
-        by a task pinned to it that asks for no CPU and no GPU, so it runs even where trials fill the node. A node
-        that does not answer within ``timeout_s`` (or has no NVIDIA driver) is left out: [] when none answers."""
+    def gpu_memory(self, reader: Callable[[], list[float]] | None = None,
+                   timeout_s: float = 120) -> list[tuple[float, str | None]]:
+        """(GiB, kind) of each GPU of the cluster (Ray's resources say only how many, and of which kind): the GiB
+        read through NVML on each GPU node by a task pinned to it that asks for no CPU and no GPU, so it runs even
+        where trials fill the node; the kind is the node's ``accelerator_type`` (None if Ray names none, or several).
+        A node that does not answer within ``timeout_s`` (or has no NVIDIA driver) is left out: [] when none answers.
+        From then on a probe (:meth:`call` with ``num_gpus``) asks for the kind of the largest GPU, where a
+        configuration that runs out of memory runs out on every GPU of the cluster."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         task = self.ray.remote(max_retries=0)(reader or _node_gpu_gib)
+        nodes = [n for n in self.ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) >= 1]
         refs = [task.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
-                for n in self.ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) >= 1]
+                for n in nodes]
         ready, late = self.ray.wait(refs, num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
         for ref in late:
             self.ray.cancel(ref, force=True)
-        sizes = []
-        for ref in ready:
+        gpus = []
+        for node, ref in zip(nodes, refs):
+            if ref not in ready:
+                continue
             try:
-                sizes += [float(g) for g in self.ray.get(ref)]
+                gpus += [(float(g), node_gpu_kind(node["Resources"])) for g in self.ray.get(ref)]
             except Exception:  # the node went away, or its NVML failed: its GPUs stay unknown
                 pass
-        return sizes
+        self.probe_kind = largest_kind(gpus)
+        return gpus
 
     def call(self, fn: Callable, *args, num_gpus: float = 0, num_cpus: float = 1, **kwargs):
         """``fn(*args, **kwargs)`` as a one-off Ray task in a fresh worker process where the cluster has
         ``num_gpus`` and ``num_cpus`` free (the memory gate's probes: on the kind of node trials run on, which
-        this machine may not be); blocks until it returns its result (raises what the task raised)."""
-        task = self.ray.remote(max_calls=1, max_retries=0)(fn).options(num_cpus=num_cpus, num_gpus=num_gpus)
+        this machine may not be); blocks until it returns its result (raises what the task raised). With
+        ``num_gpus`` on a cluster of mixed GPUs, on the kind of its largest (:meth:`gpu_memory`)."""
+        kind = {"accelerator_type": self.probe_kind} if num_gpus and self.probe_kind else {}
+        task = self.ray.remote(max_calls=1, max_retries=0)(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, **kind)
         return self.ray.get(task.remote(*args, **kwargs))
 
     def submit(self, spec: TrialSpec, slot) -> None:
@@ -95,7 +125,8 @@ class RayExecutor(ExecutorBase):
         spec.threads = slot.threads
         if self._task is None:
             self._task = self.ray.remote(max_calls=1, max_retries=0)(_run_trial_task)
-        task = self._task.options(num_cpus=slot.threads, num_gpus=slot.gpu_share if on_gpu else 0)
+        kind = {"accelerator_type": slot.gpu_kind} if on_gpu and slot.gpu_kind else {}
+        task = self._task.options(num_cpus=slot.threads, num_gpus=slot.gpu_share if on_gpu else 0, **kind)
         ref = task.remote(spec.to_json(), self.channel, self.steady_heap and not on_gpu)
         with self._lock:
             self.active[spec.number] = ref
