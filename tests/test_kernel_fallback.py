@@ -78,7 +78,8 @@ def test_auto_falls_back_to_torch_with_one_warning(tmp_path, tiny_model, tiny_da
 
 def test_fallback_trial_equals_a_torch_trial(tmp_path, tiny_model, tiny_data, triton_that_fails):
     """The failed step is redone from clean gradients: same losses as --kernels torch (no dropout)."""
-    fell_back = run_trial(spec(tmp_path, tiny_model, tiny_data, "auto", "auto"))
+    with pytest.warns(RuntimeWarning, match=r"^--kernels auto: triton failed at step 1, torch from there on: triton kernel"):
+        fell_back = run_trial(spec(tmp_path, tiny_model, tiny_data, "auto", "auto"))
     plain = run_trial(spec(tmp_path, tiny_model, tiny_data, "torch", "torch"))
     assert plain.backend == "torch" and plain.backend_reason == "--kernels torch"
     assert fell_back.steps == plain.steps > 1
@@ -131,7 +132,8 @@ def triton_backward_fails(monkeypatch) -> None:
 
 
 def test_failure_inside_backward_falls_back_too(tmp_path, tiny_model, tiny_data, triton_backward_fails):
-    res = run_trial(spec(tmp_path, tiny_model, tiny_data, "auto", "auto"))
+    with pytest.warns(RuntimeWarning, match=r"^--kernels auto: triton failed at step 1, torch from there on: .*grad_in"):
+        res = run_trial(spec(tmp_path, tiny_model, tiny_data, "auto", "auto"))
     assert res.state == "COMPLETE", res.error
     assert res.backend == "torch" and "triton kernel grad_in" in res.backend_reason
     plain = run_trial(spec(tmp_path, tiny_model, tiny_data, "torch", "torch"))
