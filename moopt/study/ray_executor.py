@@ -51,6 +51,11 @@ def largest_kind(gpus: list[tuple[float, str | None]]) -> str | None:
     return kind if any(g < gib and k != kind for g, k in gpus) else None
 
 
+def _on_kind(kind: str | None) -> dict:
+    """Ray task options that pin it to GPUs of ``kind`` (none where ``kind`` is None)."""
+    return {"accelerator_type": kind} if kind else {}
+
+
 def _node_gpu_gib() -> list[float]:
     """GiB of each NVIDIA GPU of the node this runs on, through NVML; [] without a driver."""
     try:
@@ -115,8 +120,8 @@ class RayExecutor(ExecutorBase):
         ``num_gpus`` and ``num_cpus`` free (the memory gate's probes: on the kind of node trials run on, which
         this machine may not be); blocks until it returns its result (raises what the task raised). With
         ``num_gpus`` on a cluster of mixed GPUs, on the kind of its largest (:meth:`gpu_memory`)."""
-        kind = {"accelerator_type": self.probe_kind} if num_gpus and self.probe_kind else {}
-        task = self.ray.remote(max_calls=1, max_retries=0)(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, **kind)
+        task = self.ray.remote(max_calls=1, max_retries=0)(fn).options(
+            num_cpus=num_cpus, num_gpus=num_gpus, **_on_kind(self.probe_kind if num_gpus else None))
         return self.ray.get(task.remote(*args, **kwargs))
 
     def submit(self, spec: TrialSpec, slot) -> None:
@@ -125,8 +130,8 @@ class RayExecutor(ExecutorBase):
         spec.threads = slot.threads
         if self._task is None:
             self._task = self.ray.remote(max_calls=1, max_retries=0)(_run_trial_task)
-        kind = {"accelerator_type": slot.gpu_kind} if on_gpu and slot.gpu_kind else {}
-        task = self._task.options(num_cpus=slot.threads, num_gpus=slot.gpu_share if on_gpu else 0, **kind)
+        task = self._task.options(num_cpus=slot.threads, num_gpus=slot.gpu_share if on_gpu else 0,
+                                  **_on_kind(slot.gpu_kind if on_gpu else None))
         ref = task.remote(spec.to_json(), self.channel, self.steady_heap and not on_gpu)
         with self._lock:
             self.active[spec.number] = ref
