@@ -257,3 +257,85 @@ def test_the_scheduler_takes_the_ray_executors_nodes(tiny_model, tiny_data, tmp_
 
     sched, said = scheduler([], ("memory_constraint_gb", 20.0))  # a set limit: the gate has it; the note is shorter
     assert sched.gate.constraint_gb == 20.0 and said.rstrip().endswith("each trial asks Ray for a whole GPU")
+
+
+def test_a_gpu_probe_runs_where_no_trial_holds_the_budgets_room_and_otherwise_waits(tiny_model, tiny_data, tmp_path,
+                                                                                   monkeypatch):
+    """--parallel_trials on GPUs with a memory gate: a probe beside running trials could run out of the memory they
+    hold, and its OOM would rule a configuration that fits out for good. It runs on a GPU whose room (95% of it, less
+    the placed trials' estimates) holds the budget, or waits, with the next configurations, until a trial ends; the
+    study neither stalls nor rules anything out."""
+    from moopt.study import gate as gate_mod
+    from moopt.study import placement
+    from moopt.study.gate import MemoryGate
+    from moopt.study.scheduler import Study
+    from moopt.train.probe import GIB, ProbeResult
+
+    monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(placement, "_gpu_capacities", lambda: [("0", 4.0), ("1", 4.0)])  # 3.8 GiB of room each
+    monkeypatch.setattr(Study, "estimate_gb", lambda self, tcfg, device="cuda": 1.0)  # what placing a trial reserves
+    monkeypatch.setattr(MemoryGate, "band", lambda self, t: (50.0, 0.0))  # every configuration is borderline: probed
+    seen = []
+
+    class GpuClock(ClockExecutor):
+        def submit(self, spec, slot):
+            self.devices = {**getattr(self, "devices", {}), spec.number: slot.device}
+            GpuClock.now_ = self
+            super().submit(spec, slot)
+
+        def next_result(self, timeout=None):
+            res = super().next_result(timeout)
+            self.devices.pop(res.number, None)
+            return res
+
+    def probe(model_path, t, cuda_visible=None, **kw):
+        ex = getattr(GpuClock, "now_", None)
+        seen.append((cuda_visible, sorted(ex.devices.values()) if ex else []))
+        return ProbeResult(int(1.5 * GIB), 0, 0, 0, 0, oom=False, error=None, seconds=1.0)
+
+    monkeypatch.setattr(gate_mod, "probe_peak", probe)
+    out = io.StringIO()
+    cfg = StudyConfig(base_model=str(tiny_model), model_path=str(tiny_model), train_file=str(tiny_data["train"]),
+                      validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "hpo"), num_trials=8,
+                      objectives=parse_objectives("eval_loss", None), space=parse_space(yaml.safe_load(SPACE), source="s"),
+                      seed=0, parallel_trials=3, baseline=False, memory_constraint_gb=3.0)
+    Study(cfg, console=Console(file=out, width=200), executor=GpuClock, write_results=lambda *a, **k: {}).run()
+
+    ends = list(replay(tmp_path / "hpo").finished.values())
+    assert len(ends) == 8 and all(e.state == "COMPLETE" for e in ends)  # nothing ruled out, no stall
+    assert len(seen) >= 3  # each new memory fingerprint probed once (the band keeps every one borderline)
+    for where, busy in seen:  # on a GPU no running trial is on (its 3.8 - 1.0 GiB left could not hold 3.0)
+        assert where in ("0", "1") and f"cuda:{where}" not in busy
+    assert any(busy for _, busy in seen)  # probes did run beside trials, on the other GPU
+    assert "its probe waits for a GPU with 3.00 GiB free of trials; it starts when running trials end" in out.getvalue()
+
+
+def test_probe_device_takes_the_gpu_with_room_else_the_largest_once_empty_and_the_probe_runs_there(monkeypatch):
+    import subprocess
+
+    from moopt.config import TrialConfig
+    from moopt.study.placement import DevicePlacer
+    from moopt.train import probe as probe_mod
+
+    placer = DevicePlacer(3, gpus=[("0", 40.0), ("1", 80.0)])  # 38 and 76 GiB of room
+    assert placer.probe_device(30.0) == "1"
+    placer.place(0, 50.0)  # on "1": 26 GiB left there
+    assert placer.probe_device(30.0) == "0" and placer.probe_device(39.0) is None
+    assert placer.probe_device(90.0) is None  # over any GPU's room: the largest, but a trial is on it
+    placer.release(0)
+    placer.place(1, 10.0)  # on "1", the most room: 66 GiB left there
+    assert placer.probe_device(38.0) == "1" and placer.probe_device(70.0) is None and placer.probe_device(90.0) is None
+    placer.release(1)
+    assert placer.probe_device(90.0) == "1"  # the largest, empty: its own OOM tells
+    assert DevicePlacer(1, gpus=[]).probe_device(1.0) is None
+
+    seen = {}
+
+    def run(cmd, env=None, **kw):
+        seen["env"] = env
+        return subprocess.CompletedProcess(cmd, 1, "", "boom")
+
+    monkeypatch.setattr(probe_mod.subprocess, "run", run)
+    monkeypatch.setattr("moopt.memory.nvml.device_used_bytes", lambda i: seen.setdefault("nvml", i))
+    probe_mod.probe_peak("m", TrialConfig(), device="cuda", cuda_visible="1")
+    assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "1" and seen["nvml"] == 1

@@ -29,7 +29,7 @@ from moopt.train.probe import GIB, ProbeResult, probe_peak
 
 @dataclass(frozen=True)
 class GateDecision:
-    verdict: str  # "fit" | "infeasible"
+    verdict: str  # "fit" | "infeasible" | "wait" (a probe must decide, and no GPU has the room for it now)
     predicted_gb: float  # analytic estimate (calibrated where the cache has a calibration), GiB
     measured_gb: float | None  # probe measurement (this call's or a cached one), GiB
     probed: bool  # True when this call ran a probe subprocess
@@ -170,7 +170,9 @@ class MemoryGate:
       cuda, wider for a key where a trial went further above its probe); its pair is stored and the calibration
       refitted. A configuration already measured is answered from the cache, never probed twice. A
       probe that OOMs means "infeasible"; one that fails otherwise falls back to the estimate with the
-      band (estimate × (1 + under) ≤ budget: "fit") and is not cached.
+      band (estimate × (1 + under) ≤ budget: "fit") and is not cached. On this machine's GPUs
+      (``probe_device``) a probe runs on a GPU that has the budget's room beside the study's running
+      trials; while none has, "wait" (nothing probed, nothing cached: ask again when a trial ends).
 
     Uncalibrated, the band is one-sided: ``under`` = the worst under-estimate seen for this device and
     quantization (memory.under_prior: ESTIMATE_UNDER_PRIOR, on cpu plus the runtime's spread between
@@ -186,7 +188,8 @@ class MemoryGate:
     def __init__(self, model_path: str | os.PathLike, device: str, kernels: str, constraint_gb: float,
                  cache_path: str | os.PathLike | None = None, margin: float | None = None, steps: int = 3,
                  threads: int = 0, timeout_s: float = 600, train_file: str | os.PathLike | None = None,
-                 probe_first: bool = True, budget_note: str | None = None, runner: Callable | None = None):
+                 probe_first: bool = True, budget_note: str | None = None, runner: Callable | None = None,
+                 probe_device: Callable[[float], str | None] | None = None):
         from moopt.memory.estimate import load_model_config
 
         problems = []
@@ -210,6 +213,9 @@ class MemoryGate:
         # where a probe runs: here, or (Ray) ``runner(fn, *args, num_gpus=, num_cpus=, **kwargs)`` on a node of the
         # cluster where trials run, which this machine (a head node without GPUs) may not be
         self.runner = runner
+        # on this machine's GPUs: ``probe_device(budget)``, the GPU a probe runs on now (its CUDA_VISIBLE_DEVICES),
+        # or None while the study's trials leave none the budget's room (DevicePlacer.probe_device)
+        self.probe_device = probe_device
         self.model_config = load_model_config(model_path)
         self.cache = CalibrationCache(cache_path or default_cache_path())
         # moopt's torch and Triton LoRA save the same tensors; "auto" is whichever runs on the device
@@ -298,6 +304,13 @@ class MemoryGate:
             return decision("fit", None, False, compared("estimate", predicted, "+", under, budget))
 
         # -- within the error band, or the first of its kind on CUDA: measure ------------------------
+        where = None
+        if self.device == "cuda" and self.runner is None and self.probe_device is not None:
+            # a probe beside the study's running trials could run out of memory that they hold, and an OOM rules the
+            # configuration out for good: it waits for a GPU with the budget's room
+            where = self.probe_device(budget)
+            if where is None:
+                return decision("wait", None, False, f"its probe waits for a GPU with {budget:.2f} GiB free of trials")
         probe_shape = est.shape  # the step the estimate peaks at (calibration scales, it does not move it)
         if probe_shape != shape:
             shown += f"; probed at {probe_shape[0]} x {probe_shape[1]}, its peak (eager attention)"
@@ -306,7 +319,7 @@ class MemoryGate:
         probe = dict(device=self.device, kernels=self.kernels, steps=self.steps, timeout_s=self.timeout_s,
                      threads=self.threads, shape=probe_shape)
         if self.runner is None:
-            res = probe_peak(self.model_path, trial, **probe)
+            res = probe_peak(self.model_path, trial, cuda_visible=where, **probe)
         else:
             try:
                 res = self.runner(probe_peak, self.model_path, trial, num_gpus=int(self.device == "cuda"),

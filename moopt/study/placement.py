@@ -77,10 +77,7 @@ class DevicePlacer:
             self.placed[number] = ("cpu", 0.0)
             return Slot("cpu", threads)
         need = need_gb or 0.0
-        used = {g: 0.0 for g in self.gpus}
-        for dev, gb in self.placed.values():
-            used[dev] += gb
-        room = {g: self.gpus[g] * self.HEADROOM - used[g] for g in self.gpus}
+        room = self.room()
         fits = [g for g in self.gpus if room[g] >= need]
         if not fits:
             if self.placed:
@@ -92,6 +89,28 @@ class DevicePlacer:
 
     def release(self, number: int) -> None:
         self.placed.pop(number, None)
+
+    def probe_device(self, need_gb: float) -> str | None:
+        """The GPU a memory probe of up to ``need_gb`` (the gate's budget) runs on now: the one with the most room
+        left beside the trials placed there (:meth:`room`) that holds it; where no GPU's room could, the largest
+        once no trial is on it. None while the trials leave no GPU that room: a probe that ran out of memory beside
+        them would rule its configuration out for good (the gate caches an OOM), though it fits the budget on a
+        GPU of its own."""
+        room = self.room()
+        fits = [g for g in self.gpus if room[g] >= need_gb]
+        if fits:
+            return max(fits, key=lambda g: room[g])
+        # a budget above every GPU's room: the largest, once no trial is on it
+        largest = max(self.gpus, key=lambda g: self.gpus[g], default=None)
+        return largest if largest is not None and largest not in {dev for dev, _ in self.placed.values()} else None
+
+    def room(self) -> dict[str, float]:
+        """GiB each GPU has left: 95% of its memory less the estimates of the trials placed on it."""
+        room = {g: self.gpus[g] * self.HEADROOM for g in self.gpus}
+        for dev, gb in self.placed.values():
+            if dev in room:
+                room[dev] -= gb
+        return room
 
 
 class ClusterPlacer(DevicePlacer):

@@ -762,7 +762,9 @@ class Scheduler:
             self.gate = MemoryGate(cfg.model_path, device=device, train_file=cfg.train_file,
                                    kernels=study.kernel_path(device), constraint_gb=study.memory_limit_gb,
                                    probe_first=budget_note is None, budget_note=budget_note,
-                                   runner=getattr(executor, "call", None))
+                                   runner=getattr(executor, "call", None),
+                                   probe_device=None if callable(nodes) else self.placer.probe_device)
+        self.waiting_for_probe: set[int] = set()  # individuals whose probe waits for a GPU (said once each)
         self.view = None  # the progress view, while run() runs
 
     @property
@@ -882,6 +884,15 @@ class Scheduler:
             decision = self.gate.decide(tcfg, announce=lambda shape: study.console.print(
                 f"Trial {shown}: measuring its peak memory ({shape[0]} x {shape[1]} tokens, a few steps in a fresh process) ...",
                 markup=False, highlight=False))
+            if decision.verdict == "wait":  # its probe needs a GPU the running trials leave no room on: the next
+                # configurations wait behind it (trials started meanwhile could keep every GPU from emptying)
+                if idx not in self.waiting_for_probe:
+                    self.waiting_for_probe.add(idx)
+                    study.console.print(f"Trial {shown}: {decision.reason.split('; shape')[0]}; it starts when "
+                                        "running trials end", markup=False, highlight=False)
+                self.queue.insert(0, (idx, number))
+                return False
+            self.waiting_for_probe.discard(idx)
             study.journal.append({"type": "memory_gate", "number": shown, **vars(decision)})
             if decision.verdict == "fit" and (decision.probed or decision.measured_gb is not None):
                 study.console.print(f"Trial {shown} fits: {decision.reason}", markup=False, highlight=False)

@@ -78,6 +78,7 @@ def probe_peak(
     threads: int = 0,
     seed: int = 0,
     shape: tuple[int, int] | None = None,
+    cuda_visible: str | None = None,
 ) -> ProbeResult:
     """Peak memory of ``steps`` training steps of ``trial`` on ``model_path`` in a fresh subprocess.
 
@@ -86,7 +87,8 @@ def probe_peak(
     failure or the timeout gives ``error``. ``threads``: torch intra-op threads as the trial's slot
     would set them (0 = torch's default); on CPU they change the RSS a little (per-thread arenas).
     ``shape``: (batch, sequence) of the batch to train on, e.g. the longest the trial's data builds
-    (:func:`moopt.study.gate.batch_shape`); default ``batch_size × max_seq_length``.
+    (:func:`moopt.study.gate.batch_shape`); default ``batch_size × max_seq_length``. ``cuda_visible``: the
+    GPU a cuda probe runs on (its ``CUDA_VISIBLE_DEVICES``, as a trial's slot sets it); None: this process's.
     """
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"probe_peak: device must be 'cpu' or 'cuda', got {device!r}")
@@ -99,13 +101,13 @@ def probe_peak(
         from moopt.memory.nvml import device_used_bytes, nvml_index
 
         try:
-            baseline = device_used_bytes(nvml_index())  # for the device-level fallback when NVML lacks per-process data
+            baseline = device_used_bytes(int(cuda_visible) if cuda_visible and cuda_visible.isdigit() else nvml_index())  # for the device-level fallback when NVML lacks per-process data
         except Exception:
             baseline = None
     spec = {"model_path": str(model_path), "trial": trial.to_dict(), "device": device, "kernels": kernels,
             "steps": int(steps), "threads": int(threads), "seed": int(seed), "nvml_baseline": baseline,
             "shape": [int(x) for x in shape] if shape else None}
-    env = child_env(threads, "" if device == "cpu" else None)  # a CPU probe hides GPUs, as a CPU slot does
+    env = child_env(threads, "" if device == "cpu" else cuda_visible)  # a CPU probe hides GPUs, as a CPU slot does
     if device == "cpu":
         env[STEADY_HEAP_ENV] = "1"  # as the trials it stands for (moopt.memory.rss.steady_heap)
     t0 = time.time()
