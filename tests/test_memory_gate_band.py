@@ -592,3 +592,24 @@ def test_without_a_memory_constraint_a_gpu_study_still_never_trains_what_cannot_
     # on a CPU without --memory_constraint: no gate (a warm worker's RSS carries earlier trials)
     monkeypatch.setattr(placement, "_gpu_capacities", lambda: [])
     assert scheduler(None)[1].gate is None
+
+
+def test_an_oom_beside_other_trials_lifts_the_calibration_but_is_probed_alone_not_ruled_out(tiny_model, tmp_path,
+                                                                                            monkeypatch):
+    """A trial that ran out of memory on a GPU it shared may have lacked what the others held: its peak at the
+    failure still lifts the calibration, but the configuration is probed alone before it is trained again, where
+    an OOM alone rules it out for good."""
+    gate = MemoryGate(tiny_model, "cuda", "torch", constraint_gb=50.0, cache_path=tmp_path / "cal.json")
+    t, alone = trial(b=8), trial(b=4)
+    raw = gate.estimate_bytes(t, calibrated=False)
+    gate.observe(t, int(raw * 1.4), oom=True, shared=True)
+    assert gate.estimate_bytes(t) >= int(raw * 1.4)  # lifted as by any OOM
+    probed = []
+    monkeypatch.setattr(gate_mod, "probe_peak", lambda *a, **k: probed.append(1) or
+                        ProbeResult(int(raw * 1.5), 0, 0, 0, 0, oom=False, error=None, seconds=1.0))
+    d = gate.decide(t)
+    assert probed and d.probed and d.verdict == "fit" and d.measured_gb == pytest.approx(raw * 1.5 / GIB)
+    assert gate.decide(t).reason.startswith("measured earlier")  # the probe's measurement replaced the OOM
+    gate.observe(alone, int(raw * 1.2), oom=True)  # alone on its GPU: ruled out, no probe
+    monkeypatch.setattr(gate_mod, "probe_peak", no_probe)
+    assert gate.decide(alone).verdict == "infeasible" and "ran out of memory earlier" in gate.decide(alone).reason

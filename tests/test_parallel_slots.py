@@ -339,3 +339,43 @@ def test_probe_device_takes_the_gpu_with_room_else_the_largest_once_empty_and_th
     monkeypatch.setattr("moopt.memory.nvml.device_used_bytes", lambda i: seen.setdefault("nvml", i))
     probe_mod.probe_peak("m", TrialConfig(), device="cuda", cuda_visible="1")
     assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "1" and seen["nvml"] == 1
+
+
+def test_a_trial_that_ran_out_of_memory_beside_others_on_its_gpu_is_not_ruled_out(tiny_model, tiny_data, tmp_path,
+                                                                                   monkeypatch):
+    """Two trials on one GPU (their estimates fit it): the one that runs out of memory says which trials it ran
+    beside, and the gate's cache keeps its OOM as shared (probed alone before it is trained again), not as proof
+    that the configuration cannot fit."""
+    from moopt.memory.calibration import CalibrationCache
+    from moopt.records import TrialState
+    from moopt.study import gate as gate_mod
+    from moopt.study import placement
+    from moopt.study.scheduler import Study
+    from moopt.train.probe import GIB, ProbeResult
+
+    monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(placement, "_gpu_capacities", lambda: [("0", 8.0)])
+    monkeypatch.setattr(Study, "estimate_gb", lambda self, tcfg, device="cuda": 1.0)
+    monkeypatch.setattr(gate_mod, "probe_peak", lambda *a, **k: ProbeResult(int(1.5 * GIB), 0, 0, 0, 0, oom=False,
+                                                                          error=None, seconds=1.0))
+
+    class OomClock(ClockExecutor):
+        def next_result(self, timeout=None):
+            res = super().next_result(timeout)
+            if res.number == LONG:  # started beside trial 0, on the same GPU
+                res.state, res.oom, res.error = TrialState.FAIL, True, "CUDA out of memory"
+                res.metrics = {"peak_memory_gb": 2.5}
+            return res
+
+    cfg = StudyConfig(base_model=str(tiny_model), model_path=str(tiny_model), train_file=str(tiny_data["train"]),
+                      validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "hpo"), num_trials=4,
+                      objectives=parse_objectives("eval_loss", None), space=parse_space(yaml.safe_load(SPACE), source="s"),
+                      seed=0, parallel_trials=2, baseline=False, memory_constraint_gb=6.0)
+    Study(cfg, console=Console(file=io.StringIO(), width=200), executor=OomClock, write_results=lambda *a, **k: {}).run()
+
+    oom = replay(tmp_path / "hpo").finished[LONG]
+    assert oom.state == TrialState.FAIL and oom.oom
+    assert "it ran beside trial(s) 0, 2, 3 on cuda:0, whose memory it may have lacked: not ruled out" in oom.error
+    entries = json.loads(CalibrationCache(tmp_path / "cache" / "calibration.json").path.read_text())["entries"]
+    ooms = [p for e in entries.values() for p in e["probes"].values() if p.get("oom")]
+    assert len(ooms) == 1 and ooms[0]["shared"] and ooms[0]["measured_bytes"] == int(2.5 * GIB)

@@ -291,7 +291,8 @@ class MemoryGate:
             return GateDecision(verdict, predicted, measured, probed, f"{reason}; shape {shown}{note}", shape, (under, over))
 
         cached = (entry.get("probes") or {}).get(fp)
-        if cached is not None:
+        alone = bool(cached and cached.get("shared"))  # it ran out of memory beside other trials: probe it alone
+        if cached is not None and not alone:
             if cached.get("oom"):
                 at = cached.get("measured_bytes")
                 return decision("infeasible", at / GIB if at else None, False,
@@ -300,7 +301,7 @@ class MemoryGate:
         if predicted * (1 - over) > budget:
             return decision("infeasible", None, False, compared("estimate", predicted, "-", over, budget))
         calibrated = bool(entry.get("pairs"))
-        if predicted * (1 + under) <= budget and (self.device != "cuda" or calibrated or not self.probe_first):
+        if predicted * (1 + under) <= budget and not alone and (self.device != "cuda" or calibrated or not self.probe_first):
             return decision("fit", None, False, compared("estimate", predicted, "+", under, budget))
 
         # -- within the error band, or the first of its kind on CUDA: measure ------------------------
@@ -337,10 +338,12 @@ class MemoryGate:
         self.cache.update(key, lambda e: add_pair(e, fp, raw, res.peak_bytes, res.num_alloc_retries, res.seconds))
         return self._on_measurement(decision, entry, res.peak_bytes / GIB, True, "probe measured")
 
-    def observe(self, trial: TrialConfig, peak_bytes: int, oom: bool = False) -> None:
+    def observe(self, trial: TrialConfig, peak_bytes: int, oom: bool = False, shared: bool = False) -> None:
         """A trained trial's measured peak (``peak_memory_gb``): a pair for the calibration; with
         ``oom`` the configuration is cached as infeasible and the calibration lifted so that its
-        estimate is at least ``peak_bytes`` (the peak at the failure, a lower bound of its need)."""
+        estimate is at least ``peak_bytes`` (the peak at the failure, a lower bound of its need).
+        ``shared``: it ran out beside other trials on its GPU, whose memory may be what it lacked: the
+        calibration is lifted as well, but the configuration is not ruled out; it is probed alone first."""
         if not peak_bytes or peak_bytes <= 0:
             return
         try:
@@ -348,7 +351,7 @@ class MemoryGate:
             fp = memory_fingerprint(trial, shape)
             raw = self.estimate_bytes(trial, calibrated=False)
             if oom:
-                self.cache.update(key, lambda e: add_oom(e, fp, raw, int(peak_bytes)))
+                self.cache.update(key, lambda e: add_oom(e, fp, raw, int(peak_bytes), shared))
             else:
                 self.cache.update(key, lambda e: add_pair(e, fp, raw, int(peak_bytes), 0, 0.0, source="trial"))
         except (OSError, ValueError, ConfigError) as e:  # a study goes on without this calibration point

@@ -765,6 +765,7 @@ class Scheduler:
                                    runner=getattr(executor, "call", None),
                                    probe_device=None if callable(nodes) else self.placer.probe_device)
         self.waiting_for_probe: set[int] = set()  # individuals whose probe waits for a GPU (said once each)
+        self.beside: dict[int, set[int]] = {}  # running trial -> the trials that shared its GPU meanwhile
         self.view = None  # the progress view, while run() runs
 
     @property
@@ -776,18 +777,33 @@ class Scheduler:
         self.ck.assigned[number] = idx
         self.ck.save(self.path)
         self.running[number] = Running(idx, tcfg, key, slot, _now(), time.time())
+        if slot.device.startswith("cuda:"):  # the trials that share its GPU while it runs
+            beside = {n for n, r in self.running.items() if r.slot.device == slot.device and n != number}
+            self.beside[number] = beside
+            for n in beside:
+                self.beside.setdefault(n, set()).add(number)
         self.study.start_trial(self.executor, number, tcfg, x, slot, self.deadline)
         self.n_started += 1
 
     def finish(self, res: TrialResult) -> None:
         trial = self.running.pop(res.number)
         self.placer.release(res.number)
+        beside = sorted(self.beside.pop(res.number, ()))
+        # Ray may have put a trial on a share of a GPU beside others (which, it does not say)
+        shared = bool(beside) or (trial.slot.device == "cuda" and getattr(trial.slot, "gpu_share", 1.0) < 1.0)
+        if res.oom and shared and self.gate is not None:
+            who = f"trial(s) {', '.join(map(str, beside))} on {trial.slot.device}" if beside else "other trials (a share of a GPU)"
+            res.error = (f"{res.error}; it ran beside {who}, whose memory it may have lacked: not ruled out, "
+                         "proposed again it is probed alone first")
         end = self.study.end_trial(res, trial)
         self.view.ended(end)
-        if self.gate is not None:  # each measured peak calibrates the gate; an OOM is never repeated
-            self.gate.observe(trial.config, int(end.metrics.get("peak_memory_gb", 0) * 2**30), oom=end.oom)
+        if self.gate is not None:  # each measured peak calibrates the gate; an OOM is never repeated (alone)
+            self.gate.observe(trial.config, int(end.metrics.get("peak_memory_gb", 0) * 2**30), oom=end.oom,
+                              shared=shared)
         self.study.completed(end)
-        self.finished[res.number] = self.evaluated[trial.key] = end
+        self.finished[res.number] = end
+        if not (end.oom and shared and self.gate is not None):  # else the gate decides it again, alone
+            self.evaluated[trial.key] = end
         self.durations += self.study.duration_sample(end)
         self.engine.tell_one(trial.idx, *self.study.told_values(end))
         if self.engine.generation_done:
