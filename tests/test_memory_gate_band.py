@@ -613,3 +613,21 @@ def test_an_oom_beside_other_trials_lifts_the_calibration_but_is_probed_alone_no
     gate.observe(alone, int(raw * 1.2), oom=True)  # alone on its GPU: ruled out, no probe
     monkeypatch.setattr(gate_mod, "probe_peak", no_probe)
     assert gate.decide(alone).verdict == "infeasible" and "ran out of memory earlier" in gate.decide(alone).reason
+
+
+def test_with_ray_a_probe_waits_while_no_whole_gpu_is_free_then_runs_as_a_ray_task(tiny_model, tmp_path):
+    calls = []
+
+    def runner(fn, *args, **kw):
+        calls.append(kw)
+        return ProbeResult(GIB, 0, 0, 0, 0, oom=False, error=None, seconds=1.0)
+
+    free = []
+    gate = MemoryGate(tiny_model, "cuda", "torch", constraint_gb=50.0, cache_path=tmp_path / "cal.json", runner=runner,
+                      probe_device=lambda budget: "" if free else None)
+    d = gate.decide(trial(b=2))  # the first of its kind on cuda: probed, once a GPU is free
+    assert d.verdict == "wait" and not d.probed and not calls and "its probe waits for a GPU" in d.reason
+    free.append(1)
+    d = gate.decide(trial(b=2))
+    assert d.verdict == "fit" and d.probed and len(calls) == 1 and calls[0]["num_gpus"] == 1
+    assert "cuda_visible" not in calls[0]  # Ray picks the GPU

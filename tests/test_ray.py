@@ -162,3 +162,29 @@ def test_on_mixed_gpus_trials_and_probes_ask_ray_for_the_kind_that_holds_them(mo
         ex.close()
     finally:
         ray.shutdown()
+
+
+def test_probe_room_says_whether_a_whole_gpu_is_free_for_a_probe():
+    """A probe asks Ray for a whole GPU: while trials hold a share of each, the study waits for one to end (and
+    takes their results meanwhile) instead of blocking on the probe."""
+    import time
+
+    from moopt.study.ray_executor import RayExecutor
+
+    def until(cond, timeout_s=20.0):
+        end = time.time() + timeout_s
+        while time.time() < end and not cond():
+            time.sleep(0.1)
+        return cond()
+
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        ex = RayExecutor()
+        assert until(ex.probe_room)
+        held = ray.remote(num_gpus=0.3, num_cpus=0)(lambda: time.sleep(3)).remote()  # a trial on 30% of the GPU
+        assert until(lambda: not ex.probe_room())
+        ray.get(held)
+        assert until(ex.probe_room)
+        ex.close()
+    finally:
+        ray.shutdown()

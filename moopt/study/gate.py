@@ -213,8 +213,8 @@ class MemoryGate:
         # where a probe runs: here, or (Ray) ``runner(fn, *args, num_gpus=, num_cpus=, **kwargs)`` on a node of the
         # cluster where trials run, which this machine (a head node without GPUs) may not be
         self.runner = runner
-        # on this machine's GPUs: ``probe_device(budget)``, the GPU a probe runs on now (its CUDA_VISIBLE_DEVICES),
-        # or None while the study's trials leave none the budget's room (DevicePlacer.probe_device)
+        # on GPUs: ``probe_device(budget)``, the GPU a probe runs on now (its CUDA_VISIBLE_DEVICES; "" with Ray, which
+        # picks it), or None while the study's trials leave none the room (DevicePlacer.probe_device, RayExecutor.probe_room)
         self.probe_device = probe_device
         self.model_config = load_model_config(model_path)
         self.cache = CalibrationCache(cache_path or default_cache_path())
@@ -306,7 +306,7 @@ class MemoryGate:
 
         # -- within the error band, or the first of its kind on CUDA: measure ------------------------
         where = None
-        if self.device == "cuda" and self.runner is None and self.probe_device is not None:
+        if self.device == "cuda" and self.probe_device is not None:
             # a probe beside the study's running trials could run out of memory that they hold, and an OOM rules the
             # configuration out for good: it waits for a GPU with the budget's room
             where = self.probe_device(budget)
@@ -320,7 +320,7 @@ class MemoryGate:
         probe = dict(device=self.device, kernels=self.kernels, steps=self.steps, timeout_s=self.timeout_s,
                      threads=self.threads, shape=probe_shape)
         if self.runner is None:
-            res = probe_peak(self.model_path, trial, cuda_visible=where, **probe)
+            res = probe_peak(self.model_path, trial, cuda_visible=where or None, **probe)
         else:
             try:
                 res = self.runner(probe_peak, self.model_path, trial, num_gpus=int(self.device == "cuda"),

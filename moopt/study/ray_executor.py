@@ -124,6 +124,12 @@ class RayExecutor(ExecutorBase):
             num_cpus=num_cpus, num_gpus=num_gpus, **_on_kind(self.probe_kind if num_gpus else None))
         return self.ray.get(task.remote(*args, **kwargs))
 
+    def probe_room(self) -> bool:
+        """Whether the cluster has a whole GPU free now, what a probe (:meth:`call` with ``num_gpus``) asks for:
+        while the study's trials hold a share of each, the study waits for one to end rather than block on the
+        probe (Ray's figure lags the cluster by a moment: the probe may still wait a little)."""
+        return self.ray.available_resources().get("GPU", 0.0) >= 1 - 1e-6
+
     def submit(self, spec: TrialSpec, slot) -> None:
         on_gpu = slot.device.startswith("cuda")
         spec.device = "cuda" if on_gpu else "cpu"

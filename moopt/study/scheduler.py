@@ -763,7 +763,7 @@ class Scheduler:
                                    kernels=study.kernel_path(device), constraint_gb=study.memory_limit_gb,
                                    probe_first=budget_note is None, budget_note=budget_note,
                                    runner=getattr(executor, "call", None),
-                                   probe_device=None if callable(nodes) else self.placer.probe_device)
+                                   probe_device=self.ray_probe_room if callable(nodes) else self.placer.probe_device)
         self.waiting_for_probe: set[int] = set()  # individuals whose probe waits for a GPU (said once each)
         self.beside: dict[int, set[int]] = {}  # running trial -> the trials that shared its GPU meanwhile
         self.view = None  # the progress view, while run() runs
@@ -771,6 +771,12 @@ class Scheduler:
     @property
     def engine(self) -> Engine:
         return self.ck.engine
+
+    def ray_probe_room(self, budget_gb: float) -> str | None:
+        """With Ray, a probe asks for a whole GPU: "" (Ray picks it) when one is free or no trial of the study runs,
+        else None (the gate says "wait": results go on being taken while the trials free one)."""
+        room = getattr(self.executor, "probe_room", None)
+        return "" if not self.running or room is None or room() else None
 
     # -- one trial ---------------------------------------------------------------------------------
     def start(self, idx: int, number: int, tcfg: TrialConfig, x: dict, key: str, slot) -> None:
