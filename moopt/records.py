@@ -96,6 +96,7 @@ class TrialResult:
     epochs: float | None = None  # training.num_train_epochs of that configuration
     taken_from: str | None = None  # "runs/hpo trial 4": an earlier study's result of the same configuration, not
     # trained again (--warm_start; moopt.study.outdir.reusable_trials)
+    shared_gpu: bool = False  # other trials of the study used its GPU while it ran (with Ray: it had a share of one)
 
     def __post_init__(self) -> None:
         self.state = TrialState(self.state)

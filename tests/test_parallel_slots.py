@@ -346,11 +346,12 @@ def test_a_trial_that_ran_out_of_memory_beside_others_on_its_gpu_is_not_ruled_ou
     """Two trials on one GPU (their estimates fit it): the one that runs out of memory says which trials it ran
     beside, and the gate's cache keeps its OOM as shared (probed alone before it is trained again), not as proof
     that the configuration cannot fit."""
+    from moopt.config import TrialConfig
     from moopt.memory.calibration import CalibrationCache
     from moopt.records import TrialState
     from moopt.study import gate as gate_mod
     from moopt.study import placement
-    from moopt.study.scheduler import Study
+    from moopt.study.scheduler import Scheduler, Study
     from moopt.train.probe import GIB, ProbeResult
 
     monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
@@ -379,3 +380,12 @@ def test_a_trial_that_ran_out_of_memory_beside_others_on_its_gpu_is_not_ruled_ou
     entries = json.loads(CalibrationCache(tmp_path / "cache" / "calibration.json").path.read_text())["entries"]
     ooms = [p for e in entries.values() for p in e["probes"].values() if p.get("oom")]
     assert len(ooms) == 1 and ooms[0]["shared"] and ooms[0]["measured_bytes"] == int(2.5 * GIB)
+    # the journal keeps it: a resumed study also leaves the configuration to the gate, the others are evaluated
+    record = replay(tmp_path / "hpo")
+    assert [n for n, e in sorted(record.finished.items()) if e.shared_gpu] == [0, 1, 2, 3]
+    study = Study(replace(cfg, resume=True), console=Console(file=io.StringIO()), executor=OomClock)
+    sched = Scheduler(study, study.make_executor())
+    sched.resume(record)
+    key = study.config_key(TrialConfig.from_dict(oom.config))
+    assert key not in sched.evaluated and len(sched.evaluated) == len({study.config_key(TrialConfig.from_dict(e.config))
+                                                                     for n, e in record.finished.items() if n != LONG})

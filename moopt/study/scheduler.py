@@ -772,6 +772,11 @@ class Scheduler:
     def engine(self) -> Engine:
         return self.ck.engine
 
+    def decide_again(self, end: TrialResult) -> bool:
+        """A trial that ran out of memory on a GPU it shared: its configuration is not taken as evaluated, so that,
+        proposed again, the gate decides it (a probe alone first)."""
+        return end.oom and end.shared_gpu and self.gate is not None
+
     def ray_probe_room(self, budget_gb: float) -> str | None:
         """With Ray, a probe asks for a whole GPU: "" (Ray picks it) when one is free or no trial of the study runs,
         else None (the gate says "wait": results go on being taken while the trials free one)."""
@@ -796,7 +801,7 @@ class Scheduler:
         self.placer.release(res.number)
         beside = sorted(self.beside.pop(res.number, ()))
         # Ray may have put a trial on a share of a GPU beside others (which, it does not say)
-        shared = bool(beside) or (trial.slot.device == "cuda" and getattr(trial.slot, "gpu_share", 1.0) < 1.0)
+        shared = res.shared_gpu = bool(beside) or (trial.slot.device == "cuda" and getattr(trial.slot, "gpu_share", 1.0) < 1.0)
         if res.oom and shared and self.gate is not None:
             who = f"trial(s) {', '.join(map(str, beside))} on {trial.slot.device}" if beside else "other trials (a share of a GPU)"
             res.error = (f"{res.error}; it ran beside {who}, whose memory it may have lacked: not ruled out, "
@@ -808,7 +813,7 @@ class Scheduler:
                               shared=shared)
         self.study.completed(end)
         self.finished[res.number] = end
-        if not (end.oom and shared and self.gate is not None):  # else the gate decides it again, alone
+        if not self.decide_again(end):
             self.evaluated[trial.key] = end
         self.durations += self.study.duration_sample(end)
         self.engine.tell_one(trial.idx, *self.study.told_values(end))
@@ -958,7 +963,7 @@ class Scheduler:
                 elif idx not in engine.results:
                     self.queue.append((idx, -1 if num is None else num))
         self.evaluated = {study.config_key(TrialConfig.from_dict(e.config)): e for e in self.finished.values()
-                          if e.config is not None}
+                          if e.config is not None and not self.decide_again(e)}
         if cfg.warm_start:
             known, differ = reusable_trials(cfg, study.eval_length, study.data_digest(),
                                             "cuda" if self.placer.on_gpu else "cpu")
