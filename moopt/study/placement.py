@@ -76,14 +76,12 @@ class DevicePlacer:
         if not self.gpus:
             self.placed[number] = ("cpu", 0.0)
             return Slot("cpu", threads)
-        need = need_gb or 0.0
-        room = self.room()
-        fits = [g for g in self.gpus if room[g] >= need]
-        if not fits:
+        need, room = need_gb or 0.0, self.room()
+        gpu = self._most_room(need, room)
+        if gpu is None:
             if self.placed:
                 return None  # wait for a trial to end
-            fits = [max(self.gpus, key=lambda g: room[g])]  # alone on the largest: its own OOM tells
-        gpu = max(fits, key=lambda g: room[g])
+            gpu = max(self.gpus, key=lambda g: room[g])  # alone on the largest: its own OOM tells
         self.placed[number] = (gpu, need)
         return Slot(f"cuda:{gpu}", threads)
 
@@ -96,13 +94,17 @@ class DevicePlacer:
         once no trial is on it. None while the trials leave no GPU that room: a probe that ran out of memory beside
         them would rule its configuration out for good (the gate caches an OOM), though it fits the budget on a
         GPU of its own."""
-        room = self.room()
-        fits = [g for g in self.gpus if room[g] >= need_gb]
-        if fits:
-            return max(fits, key=lambda g: room[g])
+        gpu = self._most_room(need_gb, self.room())
+        if gpu is not None:
+            return gpu
         # a budget above every GPU's room: the largest, once no trial is on it
         largest = max(self.gpus, key=lambda g: self.gpus[g], default=None)
         return largest if largest is not None and largest not in {dev for dev, _ in self.placed.values()} else None
+
+    def _most_room(self, need_gb: float, room: dict[str, float]) -> str | None:
+        """The GPU with the most room of those whose room holds ``need_gb``; None if none does."""
+        fits = [g for g in self.gpus if room[g] >= need_gb]
+        return max(fits, key=lambda g: room[g]) if fits else None
 
     def room(self) -> dict[str, float]:
         """GiB each GPU has left: 95% of its memory less the estimates of the trials placed on it."""

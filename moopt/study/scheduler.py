@@ -801,7 +801,7 @@ class Scheduler:
         self.placer.release(res.number)
         beside = sorted(self.beside.pop(res.number, ()))
         # Ray may have put a trial on a share of a GPU beside others (which, it does not say)
-        shared = res.shared_gpu = bool(beside) or (trial.slot.device == "cuda" and getattr(trial.slot, "gpu_share", 1.0) < 1.0)
+        shared = res.shared_gpu = bool(beside) or (trial.slot.device == "cuda" and trial.slot.gpu_share < 1.0)
         if res.oom and shared and self.gate is not None:
             who = f"trial(s) {', '.join(map(str, beside))} on {trial.slot.device}" if beside else "other trials (a share of a GPU)"
             res.error = (f"{res.error}; it ran beside {who}, whose memory it may have lacked: not ruled out, "
