@@ -19,6 +19,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the CI verdict) do not depend on which CPU runs them; tests/test_dtype.py covers the auto rule and bf16
 os.environ.setdefault("MOOPT_CPU_DTYPE", "float32")
 
+
+def _pin_xdist_worker() -> None:
+    """Under pytest-xdist (scripts/test.sh runs one worker per core), each worker keeps to its own share of the
+    cores, and so do the trial processes it starts (they inherit the mask; moopt sizes their threads from it).
+    Unpinned, two workers' trials each took both cores' threads and ran oversubscribed."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and count.isdigit()) or not hasattr(os, "sched_setaffinity"):
+        return
+    cores, i, n = sorted(os.sched_getaffinity(0)), int(worker[2:]), int(count)
+    if len(cores) >= n:
+        os.sched_setaffinity(0, cores[i * len(cores) // n:(i + 1) * len(cores) // n])
+
+
+_pin_xdist_worker()
+
 COLORS = ["red", "green", "blue", "yellow", "black", "white"]
 THINGS = ["apple", "leaf", "sky", "sun", "coal", "snow", "cherry", "grass", "sea", "banana", "ink", "milk"]
 RULE = {t: COLORS[i % len(COLORS)] for i, t in enumerate(THINGS)}
