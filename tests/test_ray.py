@@ -177,7 +177,8 @@ def test_probe_room_says_whether_a_whole_gpu_is_free_for_a_probe():
             time.sleep(0.1)
         return cond()
 
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+             resources={"accelerator_type:H100": 1})
     try:
         ex = RayExecutor()
         assert until(ex.probe_room)
@@ -185,6 +186,11 @@ def test_probe_room_says_whether_a_whole_gpu_is_free_for_a_probe():
         assert until(lambda: not ex.probe_room())
         ray.get(held)
         assert until(ex.probe_room)
+        # on a mixed cluster the probe asks for the largest GPUs' kind: a free GPU of another kind is no room
+        ex.probe_kind = "H100"
+        assert ex.probe_room()
+        ex.probe_kind = "A100"
+        assert not ex.probe_room()
         ex.close()
     finally:
         ray.shutdown()

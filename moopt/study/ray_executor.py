@@ -127,8 +127,20 @@ class RayExecutor(ExecutorBase):
     def probe_room(self) -> bool:
         """Whether the cluster has a whole GPU free now, what a probe (:meth:`call` with ``num_gpus``) asks for:
         while the study's trials hold a share of each, the study waits for one to end rather than block on the
-        probe (Ray's figure lags the cluster by a moment: the probe may still wait a little)."""
-        return self.ray.available_resources().get("GPU", 0.0) >= 1 - 1e-6
+        probe (Ray's figure lags the cluster by a moment: the probe may still wait a little).
+        On a cluster of mixed GPUs the probe asks for :attr:`probe_kind`: only a node of that kind with a whole GPU
+        free counts (a free smaller GPU would leave the probe blocked on Ray)."""
+        whole = 1 - 1e-6
+        if self.probe_kind is None:
+            return self.ray.available_resources().get("GPU", 0.0) >= whole
+        try:  # Ray has no public per-node figure of what is free
+            from ray._private.state import available_resources_per_node
+
+            free = available_resources_per_node()
+        except Exception:  # another Ray version: the cluster's total, as on one kind
+            return self.ray.available_resources().get("GPU", 0.0) >= whole
+        kinds = {n["NodeID"]: node_gpu_kind(n.get("Resources", {})) for n in self.ray.nodes() if n.get("Alive")}
+        return any(kinds.get(node) == self.probe_kind and res.get("GPU", 0.0) >= whole for node, res in free.items())
 
     def submit(self, spec: TrialSpec, slot) -> None:
         on_gpu = slot.device.startswith("cuda")
