@@ -38,6 +38,15 @@ def test_trial_line_shows_step_loss_speed_and_eta():
         b.event(3, prog(k, step_s=1.625))
     # 80 steps left at 1.625 s each
     assert b.trial_line(3) == "Trial 3: step 40/120 loss 1.2340 312 tok/s ETA 2m10s"
+    # the first step pays the warm-up (kernels compiled for a new shape): no ETA from it, and not in the mean
+    b.event(5, prog(1, step_s=40.0))
+    assert b.trial_line(5) == "Trial 5: step 1/120 loss 1.2340 312 tok/s"
+    b.event(5, prog(2, step_s=1.0))
+    assert b.trial_line(5).endswith("ETA 1m58s")  # 118 steps at 1 s
+    # resumed from a checkpoint at step 60: the mean is over the steps this process ran
+    b.event(6, prog(61, step_s=9.0))
+    b.event(6, prog(62, step_s=2.0))
+    assert b.trial_line(6).endswith("ETA 1m56s")  # 58 steps at 2 s
     # a slow trial's line printed again while its next step runs counts down, to the steps after that one
     for k in range(1, 6):
         b.event(4, prog(k, total=10, step_s=20.0))
@@ -120,11 +129,14 @@ def test_study_eta_waits_for_the_slowest_running_trial_once_none_is_left_to_star
     # left, and the study line said "about 37s to go"
     clock = Clock()
     b = ProgressBoard(total=2, objective="eval_loss", clock=clock)
-    b.event(0, prog(1, total=11, step_s=10.0))  # 10 steps left at 10 s: 100 s, 90 s after the running one
+    b.event(0, prog(1, total=12, step_s=40.0))  # the first step's warm-up is not the pace
+    b.event(0, prog(2, total=12, step_s=10.0))  # 10 steps left at 10 s: 100 s, 90 s after the running one
     b.event(1, {"event": "phase", "phase": "loading model"})
     clock.t += 60
     assert "to go" not in b.study_line()  # trial 1's pace is unknown and nothing has ended
-    b.event(1, prog(1, total=31, step_s=2.0))  # 30 steps left at 2 s: 60 s
+    b.event(1, prog(1, total=32, step_s=30.0))
+    assert "to go" not in b.study_line()  # its first step (warm-up) says nothing of its pace yet
+    b.event(1, prog(2, total=32, step_s=2.0))  # 30 steps left at 2 s: 60 s
     assert "about 1m30s to go" in b.study_line()  # both trials left are training: the slower one decides
     b.event(-1, prog(1, total=1000, step_s=100.0))  # the base model's evaluation is not a trial
     assert "about 1m30s to go" in b.study_line()
@@ -137,9 +149,10 @@ def test_study_eta_waits_for_the_slowest_running_trial_once_none_is_left_to_star
     c.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_loss": 1.0}))
     c.ended(TrialResult(number=1, state="PRUNED"))
     clock.t += 100
-    c.event(2, prog(1, total=401, step_s=1.0))  # 400 s of training left
+    c.event(2, prog(1, total=402, step_s=5.0))
+    c.event(2, prog(2, total=402, step_s=1.0))  # 400 s of training left
     assert "about 6m40s to go" in c.study_line()  # pace: 50 s a trial x 2 = 100 s, but trial 2 needs 400 s
-    c.event(2, prog(391, total=401, step_s=0.0))  # mean step now 1/391 s: trial 2 is about to end
+    c.event(2, prog(392, total=402, step_s=0.0))  # mean step now 0.5 s: trial 2 is about to end
     assert "about 1m40s to go" in c.study_line()  # 2 left at 50 s each
 
 
@@ -194,10 +207,12 @@ def test_terminal_view_is_live_and_prints_no_plain_lines():
     clock = Clock()
     with ProgressView(console, ProgressBoard(total=3, objective="eval_loss", clock=clock)) as view:
         assert view.live is not None
-        view.event(0, prog(1, total=10))
+        view.event(0, prog(1, total=10, step_s=3.0))
+        assert view._render().plain.splitlines()[1] == "  Trial 0: step 1/10 loss 1.2340 312 tok/s"  # warm-up: no ETA
+        view.event(0, prog(2, total=10))
         text = view._render().plain
         assert text.splitlines() == ["Study: 0/3 trials done, best eval_loss -, elapsed 0s",
-                                     "  Trial 0: step 1/10 loss 1.2340 312 tok/s ETA 9s"]
+                                     "  Trial 0: step 2/10 loss 1.2340 312 tok/s ETA 8s"]
         view.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_loss": 1.0}))
         assert view._render().plain == "Study: 1/3 trials done, best eval_loss 1.0000 (trial 0), elapsed 0s"
 
@@ -220,7 +235,8 @@ def test_a_study_in_a_log_says_what_it_does_and_how_far_each_trial_is(tiny_model
                   "Trial 0: tokenising ...", "Trial 0: training (12 optimizer steps) ..."):
         assert any(line.startswith(first) for line in lines), (first, r.output)
     steps = [line for line in lines if line.startswith("Trial 0: step ")]
-    assert steps[0].startswith("Trial 0: step 1/12 loss ") and " tok/s ETA " in steps[0]
+    assert steps[0].startswith("Trial 0: step 1/12 loss ") and steps[0].endswith(" tok/s")  # no ETA from warm-up
+    assert all(" tok/s ETA " in line for line in steps[1:])
     assert len(steps) >= 5  # the first step and the 10% marks
     assert not any(line.startswith("Trial 1: loading model") for line in lines)  # set-up known to work by then
     assert any(line.startswith("Trial 1: step 1/12 loss ") for line in lines)
