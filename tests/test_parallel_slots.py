@@ -389,3 +389,45 @@ def test_a_trial_that_ran_out_of_memory_beside_others_on_its_gpu_is_not_ruled_ou
     key = study.config_key(TrialConfig.from_dict(oom.config))
     assert key not in sched.evaluated and len(sched.evaluated) == len({study.config_key(TrialConfig.from_dict(e.config))
                                                                      for n, e in record.finished.items() if n != LONG})
+
+
+def test_a_trial_reserves_on_its_gpu_what_the_gate_measured_when_that_is_more_than_the_estimate(tiny_model, tiny_data,
+                                                                                               tmp_path, monkeypatch):
+    """Placed by the analytic estimate alone (1 GiB here), two trials whose probes measured 5 GiB would share an
+    8 GiB GPU and run out of memory; and a configuration that ran out beside another, then measured alone, would be
+    packed beside one again. A trial reserves the larger of its estimate and what the gate knows."""
+    from moopt.study import gate as gate_mod
+    from moopt.study import placement
+    from moopt.study.gate import MemoryGate
+    from moopt.study.scheduler import Study
+    from moopt.train.probe import GIB, ProbeResult
+
+    monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(placement, "_gpu_capacities", lambda: [("0", 8.0)])  # 7.6 GiB of room
+    monkeypatch.setattr(Study, "estimate_gb", lambda self, tcfg, device="cuda": 1.0)
+    monkeypatch.setattr(MemoryGate, "band", lambda self, t: (50.0, 0.0))  # every configuration probed
+    monkeypatch.setattr(gate_mod, "probe_peak", lambda *a, **k: ProbeResult(int(5.0 * GIB), 0, 0, 0, 0, oom=False,
+                                                                          error=None, seconds=1.0))
+    together = []
+
+    class GpuClock(ClockExecutor):
+        running: set = set()
+
+        def submit(self, spec, slot):
+            GpuClock.running.add(spec.number)
+            together.append(len(GpuClock.running))
+            super().submit(spec, slot)
+
+        def next_result(self, timeout=None):
+            res = super().next_result(timeout)
+            GpuClock.running.discard(res.number)
+            return res
+
+    cfg = StudyConfig(base_model=str(tiny_model), model_path=str(tiny_model), train_file=str(tiny_data["train"]),
+                      validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "hpo"), num_trials=4,
+                      objectives=parse_objectives("eval_loss", None), space=parse_space(yaml.safe_load(SPACE), source="s"),
+                      seed=0, parallel_trials=2, baseline=False, memory_constraint_gb=6.0)
+    Study(cfg, console=Console(file=io.StringIO(), width=200), executor=GpuClock, write_results=lambda *a, **k: {}).run()
+    ends = list(replay(tmp_path / "hpo").finished.values())
+    assert len(ends) == 4 and all(e.state == "COMPLETE" for e in ends)
+    assert together and max(together) == 1  # 5 + 5 GiB never on the 8 GiB GPU at once

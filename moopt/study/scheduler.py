@@ -906,6 +906,7 @@ class Scheduler:
                               "time budget: it ran out before the first trial could start (the set-up and the base "
                               "model's evaluation took it all)")
             return False
+        decision = None
         if self.gate is not None:  # --memory_constraint (or the GPU's memory): never train what cannot fit
             shown = number if number >= 0 else self.next_number
             decision = self.gate.decide(tcfg, announce=lambda shape: study.console.print(
@@ -932,12 +933,22 @@ class Scheduler:
                 self.n_started += 1
                 return True
         candidate = number if number >= 0 else self.next_number
-        slot = self.placer.place(candidate, study.estimate_gb(tcfg) if self.placer.on_gpu else None)
+        slot = self.placer.place(candidate, self.reserve_gb(tcfg, decision) if self.placer.on_gpu else None)
         if slot is None:  # no GPU has room for it now: wait for a running trial to end
             self.queue.insert(0, (idx, number))
             return False
         self.start(idx, number if number >= 0 else self.new_number(), tcfg, x, key, slot)
         return True
+
+    def reserve_gb(self, tcfg: TrialConfig, decision=None) -> float:
+        """GiB a trial reserves on its GPU: its analytic estimate at max_seq_length, or what the memory gate knows
+        to be more (a probe's measured peak, the calibrated estimate). Placed by the estimate alone, a
+        configuration that ran out of memory beside another trial, then measured alone over its estimate, would
+        be packed beside one again, and run out again."""
+        need = self.study.estimate_gb(tcfg)
+        if decision is not None:
+            need = max(need, decision.predicted_gb, decision.measured_gb or 0.0)
+        return need
 
     def new_number(self) -> int:
         self.next_number += 1
