@@ -613,6 +613,14 @@ def test_an_oom_beside_other_trials_lifts_the_calibration_but_is_probed_alone_no
     gate.observe(alone, int(raw * 1.2), oom=True)  # alone on its GPU: ruled out, no probe
     monkeypatch.setattr(gate_mod, "probe_peak", no_probe)
     assert gate.decide(alone).verdict == "infeasible" and "ran out of memory earlier" in gate.decide(alone).reason
+    # killed beside other trials with no peak read (the kernel's OOM killer): still probed alone before training
+    killed = trial(b=2)
+    gate.observe(killed, 0, oom=True, shared=True)
+    probed.clear()
+    monkeypatch.setattr(gate_mod, "probe_peak", lambda *a, **k: probed.append(1) or
+                        ProbeResult(int(raw * 0.5), 0, 0, 0, 0, oom=False, error=None, seconds=1.0))
+    d = gate.decide(killed)
+    assert probed and d.probed and d.verdict == "fit"
 
 
 def test_with_ray_a_probe_waits_while_no_whole_gpu_is_free_then_runs_as_a_ray_task(tiny_model, tmp_path):

@@ -343,9 +343,13 @@ class MemoryGate:
         ``oom`` the configuration is cached as infeasible and the calibration lifted so that its
         estimate is at least ``peak_bytes`` (the peak at the failure, a lower bound of its need).
         ``shared``: it ran out beside other trials on its GPU, whose memory may be what it lacked: the
-        calibration is lifted as well, but the configuration is not ruled out; it is probed alone first."""
+        calibration is lifted as well, but the configuration is not ruled out; it is probed alone first. A
+        shared OOM with no peak (the worker killed, as the kernel's OOM killer does) is kept too, so that it is
+        probed alone; an unshared one is not cached: a SIGKILL alone does not prove the configuration too large."""
         if not peak_bytes or peak_bytes <= 0:
-            return
+            if not (oom and shared):
+                return
+            peak_bytes = 0
         try:
             key, shape = self.key(trial), self.shape(trial)
             fp = memory_fingerprint(trial, shape)
