@@ -632,7 +632,7 @@ def test_with_ray_a_probe_waits_while_no_whole_gpu_is_free_then_runs_as_a_ray_ta
 
     free = []
     gate = MemoryGate(tiny_model, "cuda", "torch", constraint_gb=50.0, cache_path=tmp_path / "cal.json", runner=runner,
-                      probe_device=lambda budget: "" if free else None)
+                      probe_device=lambda budget, alone=False: "" if free else None)
     d = gate.decide(trial(b=2))  # the first of its kind on cuda: probed, once a GPU is free
     assert d.verdict == "wait" and not d.probed and not calls and "its probe waits for a GPU" in d.reason
     free.append(1)

@@ -36,6 +36,8 @@ class GateDecision:
     reason: str
     shape: tuple[int, int] | None = None  # (batch, sequence) estimated and, when probed, probed
     band: tuple[float, float] | None = None  # (under, over): the estimate's error band used
+    company: tuple[int, ...] = ()  # the study's trials that ran on the probe's GPU while it ran
+    shared_oom: bool = False  # the probe ran out of memory beside them: "infeasible" now, not ruled out for good
 
 
 # -- the data's real batch shape ---------------------------------------------------------------------
@@ -172,7 +174,9 @@ class MemoryGate:
       probe that OOMs means "infeasible"; one that fails otherwise falls back to the estimate with the
       band (estimate × (1 + under) ≤ budget: "fit") and is not cached. On this machine's GPUs
       (``probe_device``) a probe runs on a GPU that has the budget's room beside the study's running
-      trials; while none has, "wait" (nothing probed, nothing cached: ask again when a trial ends).
+      trials; while none has, "wait" (nothing probed, nothing cached: ask again when a trial ends). A probe
+      that ran out of memory beside trials (``probe_company``) is cached as shared: "infeasible" now, probed
+      again on a GPU no trial is on when proposed again.
 
     Uncalibrated, the band is one-sided: ``under`` = the worst under-estimate seen for this device and
     quantization (memory.under_prior: ESTIMATE_UNDER_PRIOR, on cpu plus the runtime's spread between
@@ -189,7 +193,8 @@ class MemoryGate:
                  cache_path: str | os.PathLike | None = None, margin: float | None = None, steps: int = 3,
                  threads: int = 0, timeout_s: float = 600, train_file: str | os.PathLike | None = None,
                  probe_first: bool = True, budget_note: str | None = None, runner: Callable | None = None,
-                 probe_device: Callable[[float], str | None] | None = None):
+                 probe_device: Callable[..., str | None] | None = None,
+                 probe_company: Callable[[str], list[int]] | None = None):
         from moopt.memory.estimate import load_model_config
 
         problems = []
@@ -216,6 +221,10 @@ class MemoryGate:
         # on GPUs: ``probe_device(budget)``, the GPU a probe runs on now (its CUDA_VISIBLE_DEVICES; "" with Ray, which
         # picks it), or None while the study's trials leave none the room (DevicePlacer.probe_device, RayExecutor.probe_room)
         self.probe_device = probe_device
+        # ``probe_company(gpu)``: the study's trials on that GPU (DevicePlacer.on). A probe that ran out of memory
+        # beside them may have lacked what they held: not ruled out, but probed alone (``probe_device(budget,
+        # alone=True)``: a GPU no trial is on) when proposed again; and they learn they ran beside a probe
+        self.probe_company = probe_company
         self.model_config = load_model_config(model_path)
         self.cache = CalibrationCache(cache_path or default_cache_path())
         # moopt's torch and Triton LoRA save the same tensors; "auto" is whichever runs on the device
@@ -286,9 +295,12 @@ class MemoryGate:
         if shape != (trial.training.batch_size, trial.data.max_seq_length):
             shown += f" (longest batch of the data; max_seq_length {trial.data.max_seq_length})"
 
-        def decision(verdict, measured, probed, reason):
+        company: tuple[int, ...] = ()
+
+        def decision(verdict, measured, probed, reason, shared_oom=False):
             note = f"; budget: {self.budget_note}" if self.budget_note else ""
-            return GateDecision(verdict, predicted, measured, probed, f"{reason}; shape {shown}{note}", shape, (under, over))
+            return GateDecision(verdict, predicted, measured, probed, f"{reason}; shape {shown}{note}", shape, (under, over),
+                                company, shared_oom)
 
         cached = (entry.get("probes") or {}).get(fp)
         alone = bool(cached and cached.get("shared"))  # it ran out of memory beside other trials: probe it alone
@@ -309,9 +321,12 @@ class MemoryGate:
         if self.device == "cuda" and self.probe_device is not None:
             # a probe beside the study's running trials could run out of memory that they hold, and an OOM rules the
             # configuration out for good: it waits for a GPU with the budget's room
-            where = self.probe_device(budget)
+            where = self.probe_device(budget, alone=True) if alone else self.probe_device(budget)
             if where is None:
-                return decision("wait", None, False, f"its probe waits for a GPU with {budget:.2f} GiB free of trials")
+                return decision("wait", None, False, "its probe waits for a GPU no trial is on (it ran out of memory "
+                                "beside others)" if alone else f"its probe waits for a GPU with {budget:.2f} GiB free of trials")
+            if where and self.probe_company is not None:
+                company = tuple(self.probe_company(where))  # the probe blocks the study: none start or end meanwhile
         probe_shape = est.shape  # the step the estimate peaks at (calibration scales, it does not move it)
         if probe_shape != shape:
             shown += f"; probed at {probe_shape[0]} x {probe_shape[1]}, its peak (eager attention)"
@@ -328,6 +343,11 @@ class MemoryGate:
             except Exception as e:  # the task itself failed (its node lost, the cluster shut down)
                 first = (str(e).splitlines() or [""])[0][:300]
                 res = ProbeResult(0, 0, 0, 0, 0, False, f"probe task failed: {type(e).__name__}: {first}", 0.0)
+        if res.oom and company:
+            self.cache.update(key, lambda e: add_oom(e, fp, None, 0, shared=True))
+            return decision("infeasible", None, True, f"probe ran out of memory beside trial(s) "
+                            f"{', '.join(map(str, company))} on its GPU, whose memory it may have lacked ({res.error}): "
+                            "not ruled out, proposed again it is probed alone first", shared_oom=True)
         if res.oom:
             self.cache.update(key, lambda e: add_oom(e, fp, None, 0))
             return decision("infeasible", None, True, f"probe ran out of memory: {res.error}")

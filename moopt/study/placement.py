@@ -88,18 +88,26 @@ class DevicePlacer:
     def release(self, number: int) -> None:
         self.placed.pop(number, None)
 
-    def probe_device(self, need_gb: float) -> str | None:
+    def probe_device(self, need_gb: float, alone: bool = False) -> str | None:
         """The GPU a memory probe of up to ``need_gb`` (the gate's budget) runs on now: the one with the most room
         left beside the trials placed there (:meth:`room`) that holds it; where no GPU's room could, the largest
         once no trial is on it. None while the trials leave no GPU that room: a probe that ran out of memory beside
         them would rule its configuration out for good (the gate caches an OOM), though it fits the budget on a
-        GPU of its own."""
+        GPU of its own. ``alone`` (a configuration that ran out of memory beside others): only a GPU no trial is
+        on, the largest of those."""
+        busy = {dev for dev, _ in self.placed.values()}
+        if alone:
+            return max((g for g in self.gpus if g not in busy), key=lambda g: self.gpus[g], default=None)
         gpu = self._most_room(need_gb, self.room())
         if gpu is not None:
             return gpu
         # a budget above every GPU's room: the largest, once no trial is on it
         largest = max(self.gpus, key=lambda g: self.gpus[g], default=None)
-        return largest if largest is not None and largest not in {dev for dev, _ in self.placed.values()} else None
+        return largest if largest is not None and largest not in busy else None
+
+    def on(self, gpu: str) -> list[int]:
+        """The trials placed on GPU ``gpu`` now."""
+        return sorted(n for n, (dev, _) in self.placed.items() if dev == gpu)
 
     def _most_room(self, need_gb: float, room: dict[str, float]) -> str | None:
         """The GPU with the most room of those whose room holds ``need_gb``; None if none does."""

@@ -531,7 +531,9 @@ class Study:
         write_yaml(d / "config.yaml", tcfg.to_dict())
         end = TrialResult(number=number, state=TrialState.INFEASIBLE, metrics={"peak_memory_gb": peak},
                           error=f"{NOT_TRAINED}{decision.reason}", datetime_start=now, datetime_complete=_now(),
-                          duration_s=0.0, config=tcfg.to_dict(), epochs=tcfg.training.num_train_epochs)
+                          duration_s=0.0, config=tcfg.to_dict(), epochs=tcfg.training.num_train_epochs,
+                          # its probe ran out of memory beside trials: decided again when proposed again (decide_again)
+                          oom=decision.shared_oom, shared_gpu=decision.shared_oom)
         self.journal.append(end)
         self.console.print(f"Trial {number} [red]INFEASIBLE[/] (not trained): {decision.reason}")
         return end
@@ -763,9 +765,11 @@ class Scheduler:
                                    kernels=study.kernel_path(device), constraint_gb=study.memory_limit_gb,
                                    probe_first=budget_note is None, budget_note=budget_note,
                                    runner=getattr(executor, "call", None),
-                                   probe_device=self.ray_probe_room if callable(nodes) else self.placer.probe_device)
+                                   probe_device=self.ray_probe_room if callable(nodes) else self.placer.probe_device,
+                                   probe_company=None if callable(nodes) else self.placer.on)
         self.waiting_for_probe: set[int] = set()  # individuals whose probe waits for a GPU (said once each)
         self.beside: dict[int, set[int]] = {}  # running trial -> the trials that shared its GPU meanwhile
+        self.probes_beside: dict[int, set[int]] = {}  # running trial -> trials whose memory probe ran on its GPU
         self.view = None  # the progress view, while run() runs
 
     @property
@@ -777,7 +781,7 @@ class Scheduler:
         proposed again, the gate decides it (a probe alone first)."""
         return end.oom and end.shared_gpu and self.gate is not None
 
-    def ray_probe_room(self, budget_gb: float) -> str | None:
+    def ray_probe_room(self, budget_gb: float, alone: bool = False) -> str | None:
         """With Ray, a probe asks for a whole GPU: "" (Ray picks it) when one is free or no trial of the study runs,
         else None (the gate says "wait": results go on being taken while the trials free one)."""
         room = getattr(self.executor, "probe_room", None)
@@ -800,10 +804,14 @@ class Scheduler:
         trial = self.running.pop(res.number)
         self.placer.release(res.number)
         beside = sorted(self.beside.pop(res.number, ()))
+        probes = sorted(self.probes_beside.pop(res.number, ()))
         # Ray may have put a trial on a share of a GPU beside others (which, it does not say)
-        shared = res.shared_gpu = bool(beside) or (trial.slot.device == "cuda" and trial.slot.gpu_share < 1.0)
+        shared = res.shared_gpu = bool(beside or probes) or (trial.slot.device == "cuda" and trial.slot.gpu_share < 1.0)
         if res.oom and shared and self.gate is not None:
-            who = f"trial(s) {', '.join(map(str, beside))} on {trial.slot.device}" if beside else "other trials (a share of a GPU)"
+            who = " and ".join(filter(None, [
+                f"trial(s) {', '.join(map(str, beside))}" if beside else "",
+                f"the memory probe of trial(s) {', '.join(map(str, probes))}" if probes else ""]))
+            who = f"{who} on {trial.slot.device}" if who else "other trials (a share of a GPU)"
             res.error = (f"{res.error}; it ran beside {who}, whose memory it may have lacked: not ruled out, "
                          "proposed again it is probed alone first")
         end = self.study.end_trial(res, trial)
@@ -921,6 +929,8 @@ class Scheduler:
                 self.queue.insert(0, (idx, number))
                 return False
             self.waiting_for_probe.discard(idx)
+            for n in decision.company:  # they ran beside the probe: an OOM of theirs meanwhile proves nothing alone
+                self.probes_beside.setdefault(n, set()).add(shown)
             study.journal.append({"type": "memory_gate", "number": shown, **vars(decision)})
             if decision.verdict == "fit" and (decision.probed or decision.measured_gb is not None):
                 study.console.print(f"Trial {shown} fits: {decision.reason}", markup=False, highlight=False)
@@ -928,7 +938,9 @@ class Scheduler:
                 number = number if number >= 0 else self.new_number()
                 end = study.record_infeasible(number, tcfg, x, decision)
                 self.view.ended(end)
-                self.finished[number] = self.evaluated[key] = end
+                self.finished[number] = end
+                if not self.decide_again(end):
+                    self.evaluated[key] = end
                 self.engine.tell_one(idx, *study.told_values(end))
                 self.n_started += 1
                 return True
