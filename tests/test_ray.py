@@ -194,3 +194,58 @@ def test_probe_room_says_whether_a_whole_gpu_is_free_for_a_probe():
         ex.close()
     finally:
         ray.shutdown()
+
+
+def test_probe_room_counts_whole_gpus_from_what_the_studys_trials_hold_not_rays_sum_of_fractions(monkeypatch):
+    """Ray's free GPU figure adds fractions: two GPUs each 30% held read as 1.4 free, yet a probe (a whole GPU)
+    would block the study on Ray. Each trial's task reports the GPUs Ray gave it; probe_room counts whole ones."""
+    import time
+    import types
+
+    from moopt.config import TrialConfig
+    from moopt.records import TrialSpec
+    from moopt.study import ray_executor
+    from moopt.study.placement import Slot
+    from moopt.study.ray_executor import RayExecutor
+
+    ex = object.__new__(RayExecutor)  # the arithmetic, on a faked cluster of one node with 2 GPUs
+    ray_executor.ExecutorBase.__init__(ex)
+    node = {"NodeID": "n1", "Alive": True, "Resources": {"CPU": 8.0, "GPU": 2.0, "accelerator_type:H100": 1.0}}
+    ex.ray = types.SimpleNamespace(available_resources=lambda: {"GPU": 1.4}, nodes=lambda: [node])
+    ex.probe_kind = None
+    monkeypatch.setattr("ray._private.state.available_resources_per_node", lambda: {"n1": {"GPU": 1.4}})
+    ex.gpus_held = {0: ("n1", ("0",)), 1: ("n1", ("1",))}
+    assert not ex.probe_room()  # 1.4 free, but no GPU whole
+    ex.gpus_held = {0: ("n1", ("0",)), 1: ("n1", ("0",))}
+    assert ex.probe_room()  # both on GPU 0: GPU 1 is whole
+    ex.gpus_held = {0: ("n1", ("0",)), 1: None}
+    assert not ex.probe_room()  # trial 1 has not said where it is: it may hold GPU 1
+    ex.gpus_held, ex.probe_kind = {}, "A100"
+    assert not ex.probe_room()  # free, but not of the probe's kind
+
+    monkeypatch.undo()  # Ray's own per-node figure from here on
+
+    # a real task reports the node and GPU it was given
+    def trial_task(spec_json, channel, steady_heap):
+        ray_executor.report_placement(channel, spec_json["number"])
+        time.sleep(3)
+        return {"number": spec_json["number"], "state": "COMPLETE", "metrics": {}}
+
+    monkeypatch.setattr(ray_executor, "_run_trial_task", trial_task)
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        ex = RayExecutor()
+        spec = TrialSpec(number=0, config=TrialConfig.from_dict({}), base_model="m", train_file="t", validation_file="v",
+                         output_dir="o")
+        ex.submit(spec, Slot("cuda", 1, 0.3))
+        assert ex.gpus_held[0] is None  # until the task says
+        end = time.time() + 20
+        while time.time() < end and ex.gpus_held.get(0) is None:
+            time.sleep(0.1)
+        node_id, gpus = ex.gpus_held[0]
+        assert node_id == ray.nodes()[0]["NodeID"] and len(gpus) == 1 and gpus[0] in ("0", "1")
+        assert ex.probe_room()  # the other GPU is whole
+        assert ex.next_result(timeout=30).number == 0 and 0 not in ex.gpus_held
+        ex.close()
+    finally:
+        ray.shutdown()

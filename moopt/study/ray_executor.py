@@ -78,6 +78,8 @@ class RayExecutor(ExecutorBase):
             ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, **kwargs)
         self.channel = ray.remote(_Channel).options(num_cpus=0).remote()
         self.probe_kind: str | None = None  # the kind of GPU a probe asks for (gpu_memory), on a mixed cluster
+        # the GPUs each running GPU trial holds, as its task reports them (node id, GPU ids); None until it has
+        self.gpus_held: dict[int, tuple[str, tuple[str, ...]] | None] = {}
         self._stop = False
         self._task = None
         self._pump_thread = threading.Thread(target=self._pump, daemon=True)
@@ -129,18 +131,34 @@ class RayExecutor(ExecutorBase):
         while the study's trials hold a share of each, the study waits for one to end rather than block on the
         probe (Ray's figure lags the cluster by a moment: the probe may still wait a little).
         On a cluster of mixed GPUs the probe asks for :attr:`probe_kind`: only a node of that kind with a whole GPU
-        free counts (a free smaller GPU would leave the probe blocked on Ray)."""
+        free counts (a free smaller GPU would leave the probe blocked on Ray).
+        Ray's free figure adds up fractions (two GPUs, each half-held by a trial, read as one GPU free), so a GPU
+        counts as free only where the study's own trials (each reports the GPUs it holds, :attr:`gpus_held`) leave
+        one of the node's GPUs untouched, a trial that has not reported yet counting as one on every node."""
         whole = 1 - 1e-6
-        if self.probe_kind is None:
-            return self.ray.available_resources().get("GPU", 0.0) >= whole
+        if self.ray.available_resources().get("GPU", 0.0) < whole:
+            return False
         try:  # Ray has no public per-node figure of what is free
             from ray._private.state import available_resources_per_node
 
             free = available_resources_per_node()
-        except Exception:  # another Ray version: the cluster's total, as on one kind
-            return self.ray.available_resources().get("GPU", 0.0) >= whole
-        kinds = {n["NodeID"]: node_gpu_kind(n.get("Resources", {})) for n in self.ray.nodes() if n.get("Alive")}
-        return any(kinds.get(node) == self.probe_kind and res.get("GPU", 0.0) >= whole for node, res in free.items())
+        except Exception:  # another Ray version: the cluster's total
+            free = None
+        with self._lock:
+            held = dict(self.gpus_held)
+        unknown = sum(1 for v in held.values() if v is None)
+        for node in self.ray.nodes():
+            res = node.get("Resources", {})
+            if not node.get("Alive") or res.get("GPU", 0) < 1:
+                continue
+            if self.probe_kind is not None and node_gpu_kind(res) != self.probe_kind:
+                continue
+            if free is not None and free.get(node["NodeID"], {}).get("GPU", 0.0) < whole:
+                continue
+            mine = {g for v in held.values() if v is not None and v[0] == node["NodeID"] for g in v[1]}
+            if int(res["GPU"]) - len(mine) - unknown >= 1:
+                return True
+        return False
 
     def submit(self, spec: TrialSpec, slot) -> None:
         on_gpu = slot.device.startswith("cuda")
@@ -153,6 +171,8 @@ class RayExecutor(ExecutorBase):
         ref = task.remote(spec.to_json(), self.channel, self.steady_heap and not on_gpu)
         with self._lock:
             self.active[spec.number] = ref
+            if on_gpu:
+                self.gpus_held[spec.number] = None  # until its task says which
         threading.Thread(target=self._wait, args=(spec, ref), daemon=True).start()
 
     def _wait(self, spec: TrialSpec, ref) -> None:
@@ -164,6 +184,7 @@ class RayExecutor(ExecutorBase):
             result = TrialResult(number=spec.number, state=TrialState.FAIL, error=error, oom="out of memory" in error.lower())
         with self._lock:
             self.active.pop(spec.number, None)
+            self.gpus_held.pop(spec.number, None)
         self._finish(result)
 
     def _pump(self) -> None:
@@ -176,6 +197,10 @@ class RayExecutor(ExecutorBase):
             for ev in events:
                 if ev["event"] in ("progress", "phase", "heartbeat"):
                     self._event(ev.pop("number"), ev)
+                elif ev["event"] == "placed":
+                    with self._lock:
+                        if ev["number"] in self.gpus_held:  # (not ended meanwhile)
+                            self.gpus_held[ev["number"]] = (ev["node"], tuple(ev["gpus"]))
                 elif ev["event"] == "rung":
                     go = self._rung(ev["number"], ev["step"], ev["metrics"], ev["rung"])
                     self.channel.set_reply.remote(f"{ev['number']}:{ev['step']}", go)
@@ -254,6 +279,14 @@ class _ChannelReporter:
             time.sleep(0.1)
 
 
+def report_placement(channel, number: int) -> None:
+    """From a trial's task: the node and GPU ids Ray gave it (RayExecutor.probe_room counts whole free GPUs)."""
+    import ray
+
+    channel.push_event.remote({"event": "placed", "number": number, "node": ray.get_runtime_context().get_node_id(),
+                               "gpus": [str(g) for g in ray.get_gpu_ids()]})
+
+
 def _run_trial_task(spec_json: dict, channel, steady_heap: bool = False) -> dict:
     """One trial in a Ray worker process (``max_calls=1``: a fresh one per trial). ``steady_heap``: the
     trial's peak RSS is compared with a budget; fix glibc's malloc thresholds first
@@ -265,6 +298,7 @@ def _run_trial_task(spec_json: dict, channel, steady_heap: bool = False) -> dict
     from moopt.records import TrialSpec
     from moopt.train.recipe import run_trial
 
+    report_placement(channel, int(spec_json["number"]))
     rss.bound_kernel_caches()  # before the trial's first matmul, as a local worker's environment does
     if steady_heap:
         rss.steady_heap()
