@@ -588,7 +588,7 @@ def test_steady_heap_reaches_ray_trials_on_a_cpu(tmp_path, monkeypatch):
 
     ex = object.__new__(rx.RayExecutor)  # no Ray instance: submit's plumbing only
     rx.ExecutorBase.__init__(ex)
-    ex._task, ex.channel = Task(), None
+    ex._task, ex.channel, ex.gpus_held = Task(), None, {}
     monkeypatch.setattr(rx.threading, "Thread", lambda **kw: types.SimpleNamespace(start=lambda: None))
     spec = TrialSpec(number=0, config=TrialConfig(), base_model="m", train_file="t", validation_file="v",
                      output_dir=str(tmp_path))
@@ -601,6 +601,7 @@ def test_steady_heap_reaches_ray_trials_on_a_cpu(tmp_path, monkeypatch):
     order = []
     monkeypatch.setattr(rss, "steady_heap", lambda: order.append("steady_heap") or True)
     monkeypatch.setattr(recipe, "run_trial", lambda s, rep: order.append("run_trial") or TrialResult(number=s.number, state=TrialState.COMPLETE))
+    spec.device = "cpu"  # (submit set it to cuda for the GPU slot; a CPU task reports no GPUs to the channel)
     rx._run_trial_task(spec.to_json(), None, True)
     rx._run_trial_task(spec.to_json(), None, False)
     assert order == ["steady_heap", "run_trial", "run_trial"]

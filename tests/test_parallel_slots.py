@@ -17,7 +17,7 @@ import yaml
 from rich.console import Console
 
 from moopt.journal import replay
-from moopt.records import TrialResult
+from moopt.records import TrialResult, TrialState
 from moopt.search.objectives import parse_objectives
 from moopt.search.space import parse_space
 from moopt.study.checkpoint import ENGINE_FILE, Checkpoint
@@ -87,6 +87,30 @@ def run_study(tmp_path, tiny_data):
         return tmp_path / "hpo"
 
     return run
+
+
+class OomClock(ClockExecutor):
+    """Trial LONG (started beside others on the one GPU) runs out of memory at a 2.5 GiB peak."""
+
+    def next_result(self, timeout=None):
+        res = super().next_result(timeout)
+        if res.number == LONG:
+            res.state, res.oom, res.error = TrialState.FAIL, True, "CUDA out of memory"
+            res.metrics = {"peak_memory_gb": 2.5}
+        return res
+
+
+def gpu_study(tiny_model, tiny_data, tmp_path, executor, constraint: float, num_trials: int = 4, parallel: int = 2,
+              console: Console | None = None) -> StudyConfig:
+    """A study of SPACE on the tiny model with a stand-in executor, under a memory limit (on GPUs where the test fakes
+    them), into tmp_path/hpo; its config."""
+    cfg = StudyConfig(base_model=str(tiny_model), model_path=str(tiny_model), train_file=str(tiny_data["train"]),
+                      validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "hpo"), num_trials=num_trials,
+                      objectives=parse_objectives("eval_loss", None), space=parse_space(yaml.safe_load(SPACE), source="s"),
+                      seed=0, parallel_trials=parallel, baseline=False, memory_constraint_gb=constraint)
+    Study(cfg, console=console or Console(file=io.StringIO(), width=200), executor=executor,
+          write_results=lambda *a, **k: {}).run()
+    return cfg
 
 
 def test_a_free_slot_takes_extra_individuals_while_a_long_trial_runs(run_study, tmp_path):
@@ -295,11 +319,7 @@ def test_a_gpu_probe_runs_where_no_trial_holds_the_budgets_room_and_otherwise_wa
 
     monkeypatch.setattr(gate_mod, "probe_peak", probe)
     out = io.StringIO()
-    cfg = StudyConfig(base_model=str(tiny_model), model_path=str(tiny_model), train_file=str(tiny_data["train"]),
-                      validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "hpo"), num_trials=8,
-                      objectives=parse_objectives("eval_loss", None), space=parse_space(yaml.safe_load(SPACE), source="s"),
-                      seed=0, parallel_trials=3, baseline=False, memory_constraint_gb=3.0)
-    Study(cfg, console=Console(file=out, width=200), executor=GpuClock, write_results=lambda *a, **k: {}).run()
+    gpu_study(tiny_model, tiny_data, tmp_path, GpuClock, 3.0, num_trials=8, parallel=3, console=Console(file=out, width=200))
 
     ends = list(replay(tmp_path / "hpo").finished.values())
     assert len(ends) == 8 and all(e.state == "COMPLETE" for e in ends)  # nothing ruled out, no stall
@@ -360,19 +380,7 @@ def test_a_trial_that_ran_out_of_memory_beside_others_on_its_gpu_is_not_ruled_ou
     monkeypatch.setattr(gate_mod, "probe_peak", lambda *a, **k: ProbeResult(int(1.5 * GIB), 0, 0, 0, 0, oom=False,
                                                                           error=None, seconds=1.0))
 
-    class OomClock(ClockExecutor):
-        def next_result(self, timeout=None):
-            res = super().next_result(timeout)
-            if res.number == LONG:  # started beside trial 0, on the same GPU
-                res.state, res.oom, res.error = TrialState.FAIL, True, "CUDA out of memory"
-                res.metrics = {"peak_memory_gb": 2.5}
-            return res
-
-    cfg = StudyConfig(base_model=str(tiny_model), model_path=str(tiny_model), train_file=str(tiny_data["train"]),
-                      validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "hpo"), num_trials=4,
-                      objectives=parse_objectives("eval_loss", None), space=parse_space(yaml.safe_load(SPACE), source="s"),
-                      seed=0, parallel_trials=2, baseline=False, memory_constraint_gb=6.0)
-    Study(cfg, console=Console(file=io.StringIO(), width=200), executor=OomClock, write_results=lambda *a, **k: {}).run()
+    cfg = gpu_study(tiny_model, tiny_data, tmp_path, OomClock, 6.0)
 
     oom = replay(tmp_path / "hpo").finished[LONG]
     assert oom.state == TrialState.FAIL and oom.oom
@@ -423,11 +431,7 @@ def test_a_trial_reserves_on_its_gpu_what_the_gate_measured_when_that_is_more_th
             GpuClock.running.discard(res.number)
             return res
 
-    cfg = StudyConfig(base_model=str(tiny_model), model_path=str(tiny_model), train_file=str(tiny_data["train"]),
-                      validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "hpo"), num_trials=4,
-                      objectives=parse_objectives("eval_loss", None), space=parse_space(yaml.safe_load(SPACE), source="s"),
-                      seed=0, parallel_trials=2, baseline=False, memory_constraint_gb=6.0)
-    Study(cfg, console=Console(file=io.StringIO(), width=200), executor=GpuClock, write_results=lambda *a, **k: {}).run()
+    gpu_study(tiny_model, tiny_data, tmp_path, GpuClock, 6.0)
     ends = list(replay(tmp_path / "hpo").finished.values())
     assert len(ends) == 4 and all(e.state == "COMPLETE" for e in ends)
     assert together and max(together) == 1  # 5 + 5 GiB never on the 8 GiB GPU at once
@@ -486,19 +490,7 @@ def test_a_probe_beside_trials_marks_them_and_its_own_oom_there_is_probed_again_
     monkeypatch.setattr(gate_mod, "probe_peak", lambda *a, **k: ProbeResult(int(1.5 * GIB), 0, 0, 0, 0, oom=False,
                                                                           error=None, seconds=1.0))
 
-    class OomClock(ClockExecutor):
-        def next_result(self, timeout=None):
-            res = super().next_result(timeout)
-            if res.number == LONG:
-                res.state, res.oom, res.error = TrialState.FAIL, True, "CUDA out of memory"
-                res.metrics = {"peak_memory_gb": 2.5}
-            return res
-
-    cfg = StudyConfig(base_model=str(tiny_model), model_path=str(tiny_model), train_file=str(tiny_data["train"]),
-                      validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "hpo"), num_trials=4,
-                      objectives=parse_objectives("eval_loss", None), space=parse_space(yaml.safe_load(SPACE), source="s"),
-                      seed=0, parallel_trials=2, baseline=False, memory_constraint_gb=3.0)
-    Study(cfg, console=Console(file=io.StringIO(), width=200), executor=OomClock, write_results=lambda *a, **k: {}).run()
+    gpu_study(tiny_model, tiny_data, tmp_path, OomClock, 3.0)
     oom = replay(tmp_path / "hpo").finished[LONG]
     assert oom.state == TrialState.FAIL and oom.oom and oom.shared_gpu
     assert "it ran beside trial(s) 0, 2, 3 and the memory probe of trial(s) 3 on cuda:0" in oom.error
@@ -536,11 +528,7 @@ def test_a_probe_that_ran_out_of_memory_beside_trials_leaves_its_configuration_t
     live = []
     init = Scheduler.__init__
     monkeypatch.setattr(Scheduler, "__init__", lambda self, *a, **k: live.append(self) or init(self, *a, **k))
-    cfg = StudyConfig(base_model=str(tiny_model), model_path=str(tiny_model), train_file=str(tiny_data["train"]),
-                      validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / "hpo"), num_trials=4,
-                      objectives=parse_objectives("eval_loss", None), space=parse_space(yaml.safe_load(SPACE), source="s"),
-                      seed=0, parallel_trials=2, baseline=False, memory_constraint_gb=3.0)
-    Study(cfg, console=Console(file=io.StringIO(), width=200), executor=Busy, write_results=lambda *a, **k: {}).run()
+    cfg = gpu_study(tiny_model, tiny_data, tmp_path, Busy, 3.0)
     record = replay(tmp_path / "hpo")
     shared = [e for e in record.finished.values() if e.state == TrialState.INFEASIBLE and e.shared_gpu and e.oom]
     assert shared and all("probe ran out of memory beside trial(s)" in e.error for e in shared)

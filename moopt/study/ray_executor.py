@@ -298,7 +298,8 @@ def _run_trial_task(spec_json: dict, channel, steady_heap: bool = False) -> dict
     from moopt.records import TrialSpec
     from moopt.train.recipe import run_trial
 
-    report_placement(channel, int(spec_json["number"]))
+    if spec_json.get("device") == "cuda":
+        report_placement(channel, int(spec_json["number"]))
     rss.bound_kernel_caches()  # before the trial's first matmul, as a local worker's environment does
     if steady_heap:
         rss.steady_heap()
