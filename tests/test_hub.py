@@ -181,3 +181,34 @@ def test_gated_repository_with_access_downloads_and_a_revoked_token_is_named(rep
         assert "refused the token (HTTP 401)" in msg and "check HF_TOKEN" in msg
     finally:
         hub.stop()
+
+
+def test_estimate_memory_of_a_hub_model_fetches_its_config_json_only(hub, env, tmp_path):
+    """"Does it fit?" must not cost the model's weights (a 70B model's are 140 GB): config.json alone, and the
+    hub's refusals are one line, exit 2, as for optimize."""
+    r = moopt(env, "estimate-memory", "--base_model", REPO, "--device", "cpu", "--fit", "8")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "GiB" in r.stdout and "Traceback" not in r.stderr
+    fetched = [p for m, p in hub.requests if "/resolve/" in p]
+    assert fetched and all(p.endswith("/config.json") for p in fetched), fetched
+    assert not list((tmp_path / "hf_home").rglob("*.safetensors"))
+    n = len(hub.requests)
+    hub.stop()  # unreachable: the cached config.json
+    again = moopt(env, "estimate-memory", "--base_model", REPO, "--device", "cpu")
+    assert again.returncode == 0 and hub.requests[n:] == [], again.stderr[-3000:]
+    for base_model, extra_env, fragment in [
+        ("moopt-test/never-fetched", {}, "cannot reach"),
+        ("moopt-test/never-fetched", {"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+    ]:
+        r = moopt(env, "estimate-memory", "--base_model", base_model, "--device", "cpu", **extra_env)
+        errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+        assert r.returncode == 2 and len(errors) == 1 and fragment in errors[0] and "has no copy of its config.json" in errors[0], r.stderr
+        assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("base_model, fragment", [(GATED, "a gated repository"), ("moopt-test/no-such-model", "no such repository")])
+def test_estimate_memory_hub_refusals_are_one_line(hub, env, base_model, fragment):
+    r = moopt(env, "estimate-memory", "--base_model", base_model, "--device", "cpu")
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert r.returncode == 2 and len(errors) == 1 and fragment in errors[0] and f"--base_model {base_model}" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr

@@ -25,7 +25,8 @@ def _cuda_available() -> bool:
 @click.command("estimate-memory")
 @click.option("--base_model", "--base-model", "base_model", default="smollm2-135m", show_default=True,
               help="A folder holding config.json, a built-in shape (llama-3.3-70b, llama-3.1-8b, llama-3.2-3b, "
-                   "llama-2-7b, llama-2-13b), or any name moopt.train.models.resolve_model accepts.")
+                   "llama-2-7b, llama-2-13b), a hub id (owner/name: its config.json only is downloaded, not the "
+                   "weights), a .gguf file, or the alias smollm2-135m.")
 @click.option("--config", "config_path", default=None, help="Trial YAML (best_config.yaml layout); defaults if omitted.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
               help="auto: cuda when this machine has a CUDA device, else cpu.")
@@ -107,9 +108,11 @@ def _config_path(base_model: str):
     path = Path(base_model).expanduser()
     if path.is_dir() or path.name == "config.json" or (not path.exists() and model_shape(base_model)):
         return path if path.exists() else base_model
-    from moopt.train.models import resolve_model
+    from moopt.train.models import _is_repo_id, hub_config, resolve_model
 
-    return Path(resolve_model(base_model))  # a hub id not built in is downloaded as for optimize
+    if not path.exists() and _is_repo_id(base_model):  # a hub id not built in: its config.json, not its weights
+        return hub_config(base_model)
+    return Path(resolve_model(base_model))  # a .gguf (converted once) or the alias
 
 
 def _load_trial(path: str) -> TrialConfig:

@@ -178,22 +178,8 @@ def resolve_hub_model(repo_id: str, revision: str | None = None) -> tuple[str, s
         # an offline run looks up
         folder = snapshot_download(repo_id, revision=revision, allow_patterns=patterns, ignore_patterns=list(HUB_SKIP))
         return folder, Path(folder).name
-    except hf.GatedRepoError:
-        raise ConfigError(
-            f"{where}: a gated repository this account has no access to; request access at {endpoint}/{repo_id}, "
-            "then set HF_TOKEN or run `hf auth login`"
-        ) from None
-    except hf.RevisionNotFoundError:
-        raise ConfigError(f"{where}: the repository has no revision {revision or 'main'} on {endpoint}; check the revision") from None
-    except hf.RepositoryNotFoundError:
-        raise ConfigError(
-            f"{where}: no such repository on {endpoint} (or it is private); check the id, or set HF_TOKEN for a private one"
-        ) from None
     except hf.HfHubHTTPError as e:
-        status = getattr(e.response, "status_code", "?")
-        if status == 401:  # a token the hub does not accept (expired, revoked, mistyped)
-            raise ConfigError(f"{where}: {endpoint} refused the token (HTTP 401); check HF_TOKEN or run `hf auth login`") from None
-        raise ConfigError(f"{where}: {endpoint} answered HTTP {status}; try again later, or check HF_ENDPOINT") from None
+        raise _hub_refusal(e, where, repo_id, revision) from None
     except _network_errors() as e:
         folder = _cached_snapshot(repo_id, revision)
         if folder is None:
@@ -207,6 +193,45 @@ def resolve_hub_model(repo_id: str, revision: str | None = None) -> tuple[str, s
     except OSError as e:  # after the network errors: LocalEntryNotFoundError is an OSError too
         raise ConfigError(f"{where}: cannot write into the HF cache {constants.HF_HUB_CACHE} ({e.strerror or e}); "
                           "free some space there, or set HF_HOME elsewhere") from None
+
+
+def _hub_refusal(e: Exception, where: str, repo_id: str, revision: str | None) -> ConfigError:
+    """The one line for an HTTP answer of the hub that refuses a repository (gated, missing, a bad token, ...)."""
+    from huggingface_hub import constants
+    from huggingface_hub import errors as hf
+
+    endpoint = constants.ENDPOINT
+    if isinstance(e, hf.GatedRepoError):
+        return ConfigError(f"{where}: a gated repository this account has no access to; request access at "
+                           f"{endpoint}/{repo_id}, then set HF_TOKEN or run `hf auth login`")
+    if isinstance(e, hf.RevisionNotFoundError):
+        return ConfigError(f"{where}: the repository has no revision {revision or 'main'} on {endpoint}; check the revision")
+    if isinstance(e, hf.RepositoryNotFoundError):
+        return ConfigError(f"{where}: no such repository on {endpoint} (or it is private); check the id, or set HF_TOKEN "
+                           "for a private one")
+    status = getattr(getattr(e, "response", None), "status_code", "?")
+    if status == 401:  # a token the hub does not accept (expired, revoked, mistyped)
+        return ConfigError(f"{where}: {endpoint} refused the token (HTTP 401); check HF_TOKEN or run `hf auth login`")
+    return ConfigError(f"{where}: {endpoint} answered HTTP {status}; try again later, or check HF_ENDPOINT")
+
+
+def hub_config(repo_id: str) -> Path:
+    """A hub model's config.json alone, into the HF cache (the cached one when the hub cannot be reached or
+    HF_HUB_OFFLINE is set): what a memory estimate needs, without the weights (a 70B model's are 140 GB)."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import errors as hf
+
+    where = f"--base_model {repo_id}"
+    try:
+        return Path(hf_hub_download(repo_id, "config.json"))
+    except hf.RemoteEntryNotFoundError:
+        raise ConfigError(f"{where}: the repository has no config.json at its root; not a transformers model") from None
+    except hf.HfHubHTTPError as e:
+        raise _hub_refusal(e, where, repo_id, None) from None
+    except _network_errors() as e:
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"cannot reach {constants.ENDPOINT} ({type(e).__name__})"
+        raise ConfigError(f"{where}: {why} and the HF cache ({constants.HF_HUB_CACHE}) has no copy of its config.json; "
+                          "fetch it once where the hub is reachable") from None
 
 
 def _cached_snapshot(repo_id: str, revision: str | None) -> str | None:
