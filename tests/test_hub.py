@@ -212,3 +212,20 @@ def test_estimate_memory_hub_refusals_are_one_line(hub, env, base_model, fragmen
     errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
     assert r.returncode == 2 and len(errors) == 1 and fragment in errors[0] and f"--base_model {base_model}" in errors[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_space_that_cannot_fit_the_limit_is_refused_before_the_weights_are_downloaded(hub, env, tiny_data, space,
+                                                                                         tmp_path):
+    """--memory_constraint under the smallest peak any configuration of the space could have (from config.json,
+    before any activation): one line, exit 2, config.json alone fetched, nothing written. A limit it fits runs."""
+    out = tmp_path / "hpo"
+    r = optimize(env, tiny_data, space, out, "--num_trials", "1", "--memory_constraint", "0.01")
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stderr[-3000:]
+    assert "--memory_constraint 0.01: no configuration of" in errors[0] and "the weights were not downloaded" in errors[0]
+    assert "Traceback" not in r.stderr and not out.exists()
+    fetched = [p for m, p in hub.requests if "/resolve/" in p]
+    assert fetched and all(p.endswith("/config.json") for p in fetched), fetched
+    r = optimize(env, tiny_data, space, out, "--num_trials", "1", "--memory_constraint", "8")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert any(p.endswith("/model.safetensors") for m, p in hub.requests if "/resolve/" in p)

@@ -639,3 +639,32 @@ def test_with_ray_a_probe_waits_while_no_whole_gpu_is_free_then_runs_as_a_ray_ta
     d = gate.decide(trial(b=2))
     assert d.verdict == "fit" and d.probed and len(calls) == 1 and calls[0]["num_gpus"] == 1
     assert "cuda_visible" not in calls[0]  # Ray picks the GPU
+
+
+def test_smallest_peak_is_a_lower_bound_of_every_configuration_of_the_space(tiny_model):
+    """What `moopt optimize` checks from a hub model's config.json before downloading its weights: no configuration
+    of the space, at any sequence length, is estimated under it, and it is one of the space's own choices."""
+    import random
+
+    from moopt.memory.estimate import estimate_peak, load_model_config
+    from moopt.search.space import parse_space
+    from moopt.study.gate import smallest_peak
+
+    space = parse_space({
+        "training": {"batch_size": {"type": "categorical", "values": [8, 2, 4]}},
+        "lora": {"r": {"type": "int", "min": 4, "max": 64, "step": 4},
+                 "target_modules": {"type": "categorical", "values": ["attention", "all_linear"]}},
+        "model": {"quantization": {"type": "categorical", "values": ["none", "4bit"]},
+                  "gradient_checkpointing": {"type": "categorical", "values": [False, True]}},
+        "data": {"max_seq_length": {"type": "categorical", "values": [64, 256]}},
+    }, source="<test>")
+    config = load_model_config(tiny_model)
+    gib, smallest = smallest_peak(config, space, "cpu", "torch")
+    assert smallest.training.batch_size == 2 and smallest.lora.r == 4
+    rng = random.Random(0)
+    for _ in range(40):
+        t = space.decode({p.name: p.encode(rng.choice(p.values) if p.type == "categorical" else
+                                           p.decode(p.encode(rng.uniform(p.low, p.high)))) for p in space.params})
+        s = rng.choice([1, 7, 64, t.data.max_seq_length])
+        peak = estimate_peak(config, t, device="cpu", kernels="torch", batch_shape=(t.training.batch_size, s))
+        assert peak.total_bytes / 2**30 >= gib - 1e-9

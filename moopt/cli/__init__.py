@@ -249,8 +249,42 @@ def build_study_config(kw: dict):
     pinned = None  # --resume loads the hub commit the study began with, wherever main has moved since
     if kw["resume"] and (Path(kw["output_dir"]) / JOURNAL).is_file():
         pinned = replay(kw["output_dir"]).header.get("model_revision")
+    if cfg.memory_constraint_gb and cfg.executor != "ray" and not pinned:
+        check_fits_before_download(kw["base_model"], cfg)
     model_path, revision = resolve_model_revision(kw["base_model"], revision=pinned)
     return replace(cfg, model_path=model_path, model_revision=revision)
+
+
+def check_fits_before_download(base_model: str, cfg) -> None:
+    """Before a hub model's weights are downloaded (not cached yet): from its config.json alone, the smallest peak
+    any configuration of the space could have (moopt.study.gate.smallest_peak, a lower bound); if it is over
+    --memory_constraint by more than the estimate's error, no trial could run: one line, exit 2, nothing fetched
+    but config.json."""
+    from moopt.train.models import ALIASES, _cached_snapshot, _is_repo_id, hub_config
+
+    if base_model in ALIASES or Path(base_model).expanduser().exists() or not _is_repo_id(base_model):
+        return
+    if _cached_snapshot(base_model, None):  # nothing to download
+        return
+    from moopt.memory.estimate import load_model_config
+    from moopt.study.gate import smallest_peak
+    from moopt.study.placement import _gpu_capacities
+    from moopt.study.scheduler import kernel_path
+
+    device = "cuda" if _gpu_capacities() else "cpu"
+    gib, trial = smallest_peak(load_model_config(hub_config(base_model)), cfg.space, device,
+                               kernel_path(cfg.kernels, device))
+    if gib * (1 - FIT_SLACK) > cfg.memory_constraint_gb:
+        m = trial.model
+        raise ConfigError(
+            f"--memory_constraint {cfg.memory_constraint_gb:g}: no configuration of {cfg.space.source} fits {base_model} "
+            f"on {device}: the smallest ({m.quantization} quantisation, gradient checkpointing "
+            f"{'on' if m.gradient_checkpointing else 'off'}, r {trial.lora.r}, batch {trial.training.batch_size}) is "
+            f"estimated at {gib:.1f} GiB from its config.json before any activation; raise the limit, add 4bit or "
+            "gradient checkpointing to the space, or pick a smaller model (the weights were not downloaded)")
+
+
+FIT_SLACK = 0.2  # the estimate's error allowed for before a space is refused (its measured errors: 3-14%)
 
 
 @main.command()

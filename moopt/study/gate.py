@@ -392,3 +392,33 @@ class MemoryGate:
         return decision("fit" if fits else "infeasible", measured, probed,
                         compared(source, measured, "+", spread, self.constraint_gb,
                                  " run-to-run spread"))
+
+
+# -- before the weights: can any configuration of the space fit? --------------------------------------
+
+MEMORY_PARAMS = ("training.batch_size", "model.quantization", "model.gradient_checkpointing", "lora.r",
+                 "lora.target_modules", "model.dtype")
+
+
+def smallest_peak(model_config, space, device: str, kernels: str) -> tuple[float, TrialConfig]:
+    """``(GiB, configuration)``: the smallest analytic peak over the space's memory choices (each combination of
+    its quantisation, checkpointing, rank, targets and dtype values, at its smallest batch) at a sequence of one
+    token, so before any activation: a lower bound of what any of its configurations holds."""
+    import itertools
+
+    from moopt.memory.estimate import estimate_peak
+
+    base = space.default_in_space()
+    choices = []
+    for p in space.params:
+        if p.name in MEMORY_PARAMS:
+            values = list(p.values) if p.type == "categorical" else [p.decode(p.encode(p.low))]
+            choices.append([(p.name, min(values) if p.name == "training.batch_size" else v) for v in values])
+    best = None
+    for combo in itertools.product(*choices):
+        trial = TrialConfig.from_flat(dict(combo), base=base)
+        gib = estimate_peak(model_config, trial, device=device, kernels=kernels,
+                            batch_shape=(int(trial.training.batch_size), 1)).total_bytes / GIB
+        if best is None or gib < best[0]:
+            best = (gib, trial)
+    return best
