@@ -275,10 +275,12 @@ def check_fits_before_download(base_model: str, cfg) -> None:
     gib, trial = smallest_peak(load_model_config(hub_config(base_model)), cfg.space, device,
                                kernel_path(cfg.kernels, device))
     if gib * (1 - FIT_SLACK) > cfg.memory_constraint_gb:
-        m = trial.model
+        m, source = trial.model, cfg.space.source
+        space = "the default search space" if source.startswith("<") else source
+        quant = "no quantisation" if m.quantization == "none" else f"{m.quantization} quantisation"
         raise ConfigError(
-            f"--memory_constraint {cfg.memory_constraint_gb:g}: no configuration of {cfg.space.source} fits {base_model} "
-            f"on {device}: the smallest ({m.quantization} quantisation, gradient checkpointing "
+            f"--memory_constraint {cfg.memory_constraint_gb:g}: no configuration of {space} fits {base_model} "
+            f"on {device}: the smallest ({quant}, gradient checkpointing "
             f"{'on' if m.gradient_checkpointing else 'off'}, r {trial.lora.r}, batch {trial.training.batch_size}) is "
             f"estimated at {gib:.1f} GiB from its config.json before any activation; raise the limit, add 4bit or "
             "gradient checkpointing to the space, or pick a smaller model (the weights were not downloaded)")
