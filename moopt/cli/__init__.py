@@ -260,11 +260,9 @@ def check_fits_before_download(base_model: str, cfg) -> None:
     any configuration of the space could have (moopt.study.gate.smallest_peak, a lower bound); if it is over
     --memory_constraint by more than the estimate's error, no trial could run: one line, exit 2, nothing fetched
     but config.json."""
-    from moopt.train.models import ALIASES, _cached_snapshot, _is_repo_id, hub_config
+    from moopt.train.models import _cached_snapshot, hub_config, is_hub_id
 
-    if base_model in ALIASES or Path(base_model).expanduser().exists() or not _is_repo_id(base_model):
-        return
-    if _cached_snapshot(base_model, None):  # nothing to download
+    if not is_hub_id(base_model) or _cached_snapshot(base_model, None):  # nothing to download
         return
     from moopt.memory.estimate import load_model_config
     from moopt.study.gate import smallest_peak

@@ -108,9 +108,9 @@ def _config_path(base_model: str):
     path = Path(base_model).expanduser()
     if path.is_dir() or path.name == "config.json" or (not path.exists() and model_shape(base_model)):
         return path if path.exists() else base_model
-    from moopt.train.models import _is_repo_id, hub_config, resolve_model
+    from moopt.train.models import hub_config, is_hub_id, resolve_model
 
-    if not path.exists() and _is_repo_id(base_model):  # a hub id not built in: its config.json, not its weights
+    if is_hub_id(base_model):  # a hub id not built in: its config.json, not its weights
         return hub_config(base_model)
     return Path(resolve_model(base_model))  # a .gguf (converted once) or the alias
 

@@ -413,7 +413,9 @@ def smallest_peak(model_config, space, device: str, kernels: str) -> tuple[float
     for p in space.params:
         if p.name in MEMORY_PARAMS:
             values = list(p.values) if p.type == "categorical" else [p.decode(p.encode(p.low))]
-            choices.append([(p.name, min(values) if p.name == "training.batch_size" else v) for v in values])
+            if p.name == "training.batch_size":  # memory grows with the batch: its smallest only
+                values = [min(values)]
+            choices.append([(p.name, v) for v in values])
     best = None
     for combo in itertools.product(*choices):
         trial = TrialConfig.from_flat(dict(combo), base=base)

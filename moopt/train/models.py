@@ -115,6 +115,11 @@ def resolve_model_revision(name: str, revision: str | None = None) -> tuple[str,
     return resolve_hub_model(name, revision)
 
 
+def is_hub_id(name: str) -> bool:
+    """``name`` is a hub repository id (owner/name), not an alias nor a local path."""
+    return name not in ALIASES and not Path(name).expanduser().exists() and _is_repo_id(name)
+
+
 def _is_repo_id(name: str) -> bool:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
