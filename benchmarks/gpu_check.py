@@ -125,7 +125,7 @@ class Check:
             ("models", 75, [py, "benchmarks/standin_models.py", str(models), "smollm2-135m", "llama-3.2-1b",
                             "--device", device] + (["--tiny"] if dry else [])),
             ("gpu_tests", 60, [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/kernels",
-                               "tests/test_quantization.py", f"--junitxml={res / 'gpu_tests.xml'}"]),
+                               "tests/test_quantization.py", "tests/test_probe.py", f"--junitxml={res / 'gpu_tests.xml'}"]),
             ("kernels", 45, [py, "benchmarks/check_kernels.py", "--device", device, "--out-dir", str(res)]),
             ("bench_lora", 60, [py, "benchmarks/bench_lora.py", "--quick", "--device", device, "--out-dir", str(res)]),
             ("bench_trial", 110, [py, "benchmarks/bench_trial.py", "--device", device, "--model", str(small if dry else big),

@@ -668,3 +668,72 @@ def test_smallest_peak_is_a_lower_bound_of_every_configuration_of_the_space(tiny
         s = rng.choice([1, 7, 64, t.data.max_seq_length])
         peak = estimate_peak(config, t, device="cpu", kernels="torch", batch_shape=(t.training.batch_size, s))
         assert peak.total_bytes / 2**30 >= gib - 1e-9
+
+
+def test_a_gpu_probe_is_held_to_its_cap_and_its_oom_at_the_cap_counts_for_budgets_up_to_it(tiny_model, tmp_path,
+                                                                                             monkeypatch):
+    """A probe placed beside running trials must not take the memory they hold: on a GPU its allocator is held to
+    PROBE_CAP x the budget. An OOM the cap refused rules the configuration out (even beside trials: the cap, not
+    they, refused it) for budgets up to the cap, lifts the calibration as a lower bound, and a larger budget probes
+    it again. A CPU probe has no cap."""
+    from moopt.study.gate import PROBE_CAP
+
+    kwargs = []
+
+    def capped(*a, **k):
+        kwargs.append(k)
+        return ProbeResult(0, 0, 0, 0, 0, oom=True, error="OutOfMemoryError: CUDA out of memory.", seconds=1.0,
+                           capped=True)
+
+    monkeypatch.setattr(gate_mod, "probe_peak", capped)
+    t = trial(b=8)
+    gate = MemoryGate(tiny_model, "cuda", "torch", constraint_gb=50.0, cache_path=tmp_path / "cal.json",
+                      probe_device=lambda budget, alone=False: "0", probe_company=lambda gpu: [3])
+    budget = round(gate.estimate_bytes(t) / GIB * 1.1, 2)
+    gate.constraint_gb = budget
+    d = gate.decide(t)  # the first of its kind on cuda: probed, beside trial 3
+    cap = kwargs[0]["cap_bytes"]
+    assert cap == int(budget * PROBE_CAP * GIB) and kwargs[0]["cuda_visible"] == "0"
+    assert d.verdict == "infeasible" and d.probed and not d.shared_oom, d.reason
+    assert f"at its cap of {cap / GIB:.2f} GiB" in d.reason
+    assert gate.estimate_bytes(t) >= cap  # a lower bound of its need lifts the calibration
+    monkeypatch.setattr(gate_mod, "probe_peak", no_probe)
+    again = gate.decide(t)  # the same budget: from the cache
+    assert again.verdict == "infeasible" and not again.probed and "(its probe's cap)" in again.reason
+    gate.constraint_gb = budget * 1.2  # still under the cap: still ruled out
+    assert gate.decide(t).verdict == "infeasible"
+    kwargs.clear()
+    monkeypatch.setattr(gate_mod, "probe_peak", lambda *a, **k: kwargs.append(k) or
+                        ProbeResult(int(budget * 1.3 * GIB), 0, 0, 0, 0, oom=False, error=None, seconds=1.0))
+    gate.constraint_gb = budget * 2  # over the cap the OOM was held to: says nothing, probed again
+    d = gate.decide(t)
+    assert d.probed and d.verdict == "fit" and kwargs[0]["cap_bytes"] == int(budget * 2 * PROBE_CAP * GIB)
+    # squeezed under the cap (the allocator freed its cache and retried) above the budget: a lower bound, not a pair
+    squeezed = trial(b=4)
+    high = int(budget * 1.1 * GIB)
+    monkeypatch.setattr(gate_mod, "probe_peak", lambda *a, **k: ProbeResult(high, high, high, 3, 0, oom=False,
+                                                                            error=None, seconds=1.0))
+    fresh = MemoryGate(tiny_model, "cuda", "torch", constraint_gb=budget, cache_path=tmp_path / "fresh.json")
+    d = fresh.decide(squeezed)  # the first of its kind: probed
+    assert d.verdict == "infeasible" and "held under its cap" in d.reason, d.reason
+    entry = fresh.cache.entry(fresh.key(squeezed))
+    assert [p.get("oom") for p in entry["probes"].values() if p["measured_bytes"] == high] == [True]
+    # a CPU probe has no cap
+    kwargs.clear()
+    monkeypatch.setattr(gate_mod, "probe_peak", lambda *a, **k: kwargs.append(k) or
+                        ProbeResult(int(0.1 * GIB), 0, 0, 0, 0, oom=False, error=None, seconds=1.0))
+    cpu = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=0.5, cache_path=tmp_path / "cpu.json", margin=0.9)
+    assert cpu.decide(t).probed and kwargs[0]["cap_bytes"] is None
+
+
+def test_an_oom_is_the_caps_refusal_when_what_was_held_and_asked_is_over_the_cap():
+    from moopt.train.probe import refused_by_cap
+
+    msg = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB of which 60.12 GiB "
+           "is free. Including non-PyTorch memory, this process has 9.50 GiB memory in use.")
+    assert refused_by_cap(msg, int(8.5 * GIB), 10 * GIB)
+    assert not refused_by_cap(msg, int(7.5 * GIB), 10 * GIB)  # the GPU, not the cap, refused 2 GiB
+    assert refused_by_cap("CUDA out of memory. Tried to allocate 512.00 MiB. GPU 0", int(9.6 * GIB), 10 * GIB)
+    assert not refused_by_cap("CUDA out of memory. Tried to allocate 512.00 MiB.", int(9.6 * GIB), None)
+    assert not refused_by_cap("cublas: CUBLAS_STATUS_ALLOC_FAILED out of memory", 10 * GIB, 10 * GIB)
+

@@ -280,3 +280,15 @@ def test_code_stamp_follows_sources_and_library_versions(tmp_path, monkeypatch):
     assert edited != first
     monkeypatch.setattr(cal_mod, "STAMPED_PACKAGES", ("torch", "numpy"))
     assert stamp() != edited
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_a_real_gpu_probe_runs_out_of_memory_at_its_cap(tiny_model):
+    """On the GPU check's machine: the tiny model's probe under an 8 MiB cap (its attention scores alone are more) runs
+    out of memory there, and says the cap refused it; without a cap it measures its peak."""
+    free = probe_peak(str(tiny_model), trial(b=8, s=64), device="cuda", kernels="torch", steps=2, timeout_s=120)
+    assert free.ok and free.peak_bytes > 0, free.error
+    held = probe_peak(str(tiny_model), trial(b=64, s=128, r=64), device="cuda", kernels="torch", steps=2,
+                      timeout_s=120, cap_bytes=8 * 2**20)
+    assert held.oom and held.capped, held.error

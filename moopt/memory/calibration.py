@@ -228,11 +228,14 @@ def add_pair(entry: dict, fp: str, raw_estimate: int, measured: int, retries: in
     return refit(entry, probes)
 
 
-def add_oom(entry: dict, fp: str, raw_estimate: int | None, peak_at_failure: int, shared: bool = False) -> dict:
+def add_oom(entry: dict, fp: str, raw_estimate: int | None, peak_at_failure: int, shared: bool = False,
+            cap_bytes: int | None = None) -> dict:
     """Store an out-of-memory (a probe's, or a trained trial's with its peak at the failure, a lower bound of what it
     needs, which lifts the calibration). ``shared``: it ran out beside other trials on its GPU, so it proves
-    nothing about the configuration alone (the gate probes it alone before it is trained again)."""
+    nothing about the configuration alone (the gate probes it alone before it is trained again). ``cap_bytes``: a
+    probe held to that cap: it proves the configuration infeasible for budgets up to the cap only."""
     probes = dict(entry.get("probes") or {})
     probes[fp] = {"oom": True, "estimate_bytes": raw_estimate, "measured_bytes": peak_at_failure or None,
-                  "when": time.time(), **({"shared": True} if shared else {})}
+                  "when": time.time(), **({"shared": True} if shared else {}),
+                  **({"cap_bytes": int(cap_bytes)} if cap_bytes else {})}
     return refit(entry, probes)

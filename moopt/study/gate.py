@@ -26,6 +26,11 @@ from moopt.memory.calibration import (
 )
 from moopt.train.probe import GIB, ProbeResult, probe_peak
 
+# A GPU probe's caching allocator may reserve at most this times the budget (probe_peak's cap_bytes). A peak that
+# reaches the cap is over the budget whatever the spread, so the cap changes no verdict; it only keeps a probe
+# placed beside running trials (DevicePlacer.probe_device) from taking the memory they hold.
+PROBE_CAP = 1.25
+
 
 @dataclass(frozen=True)
 class GateDecision:
@@ -304,16 +309,20 @@ class MemoryGate:
 
         cached = (entry.get("probes") or {}).get(fp)
         alone = bool(cached and cached.get("shared"))  # it ran out of memory beside other trials: probe it alone
-        if cached is not None and not alone:
+        # a probe held to a cap below this budget ran out of memory at the cap: that says nothing about this budget
+        stale = bool(cached and cached.get("oom") and (cached.get("cap_bytes") or budget * GIB) < budget * GIB)
+        if cached is not None and not alone and not stale:
             if cached.get("oom"):
                 at = cached.get("measured_bytes")
+                held = " (its probe's cap)" if cached.get("cap_bytes") else ""
                 return decision("infeasible", at / GIB if at else None, False,
-                                "ran out of memory earlier" + (f" at {at / GIB:.2f} GiB" if at else ""))
+                                "ran out of memory earlier" + (f" at {at / GIB:.2f} GiB{held}" if at else ""))
             return self._on_measurement(decision, entry, cached["measured_bytes"] / GIB, False, "measured earlier")
         if predicted * (1 - over) > budget:
             return decision("infeasible", None, False, compared("estimate", predicted, "-", over, budget))
         calibrated = bool(entry.get("pairs"))
-        if predicted * (1 + under) <= budget and not alone and (self.device != "cuda" or calibrated or not self.probe_first):
+        if predicted * (1 + under) <= budget and not alone and not stale and (self.device != "cuda" or calibrated
+                                                                             or not self.probe_first):
             return decision("fit", None, False, compared("estimate", predicted, "+", under, budget))
 
         # -- within the error band, or the first of its kind on CUDA: measure ------------------------
@@ -332,8 +341,11 @@ class MemoryGate:
             shown += f"; probed at {probe_shape[0]} x {probe_shape[1]}, its peak (eager attention)"
         if announce is not None:
             announce(probe_shape)
+        # on a GPU the probe's allocator is held to PROBE_CAP x the budget: beside running trials it cannot take what
+        # they hold, and whatever it would reserve past that is infeasible anyway
+        cap = int(budget * PROBE_CAP * GIB) if self.device == "cuda" else None
         probe = dict(device=self.device, kernels=self.kernels, steps=self.steps, timeout_s=self.timeout_s,
-                     threads=self.threads, shape=probe_shape)
+                     threads=self.threads, shape=probe_shape, cap_bytes=cap)
         if self.runner is None:
             res = probe_peak(self.model_path, trial, cuda_visible=where or None, **probe)
         else:
@@ -343,6 +355,16 @@ class MemoryGate:
             except Exception as e:  # the task itself failed (its node lost, the cluster shut down)
                 first = (str(e).splitlines() or [""])[0][:300]
                 res = ProbeResult(0, 0, 0, 0, 0, False, f"probe task failed: {type(e).__name__}: {first}", 0.0)
+        raw = self.estimate_bytes(trial, calibrated=False)
+        if cap and (res.capped or (res.ok and res.num_alloc_retries and res.max_reserved >= budget * GIB)):
+            # it needs more than the cap (an OOM the cap refused), or the allocator squeezed it under the cap (freed its
+            # cache and retried) above the budget: either way at least what it reached, kept as a lower bound that
+            # lifts the calibration (not as a pair: a squeezed peak is below what it would hold unheld)
+            at = cap if res.capped else res.peak_bytes
+            self.cache.update(key, lambda e: add_oom(e, fp, raw, at, cap_bytes=cap))
+            why = (f"probe ran out of memory at its cap of {cap / GIB:.2f} GiB ({PROBE_CAP:g} x the budget)" if res.capped
+                   else f"probe measured at least {at / GIB:.2f} GiB, held under its cap of {cap / GIB:.2f} GiB")
+            return decision("infeasible", at / GIB, True, f"{why}: needs more than the budget of {budget:.2f} GiB")
         if res.oom and company:
             self.cache.update(key, lambda e: add_oom(e, fp, None, 0, shared=True))
             return decision("infeasible", None, True, f"probe ran out of memory beside trial(s) "
@@ -354,7 +376,6 @@ class MemoryGate:
         if res.error is not None:
             verdict = "fit" if predicted * (1 + under) <= budget else "infeasible"
             return decision(verdict, None, True, f"probe failed ({res.error}); decided on the estimate ± its error band")
-        raw = self.estimate_bytes(trial, calibrated=False)
         self.cache.update(key, lambda e: add_pair(e, fp, raw, res.peak_bytes, res.num_alloc_retries, res.seconds))
         return self._on_measurement(decision, entry, res.peak_bytes / GIB, True, "probe measured")
 

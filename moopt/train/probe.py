@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -53,6 +54,7 @@ class ProbeResult:
     error: str | None
     seconds: float  # wall time of the whole probe, child start to result
     attention: str | None = None  # the trial's attention implementation, which the probe ran too
+    capped: bool = False  # cuda, an OOM: the probe's cap (``cap_bytes``) refused the allocation, not the GPU
 
     @property
     def peak_gb(self) -> float:
@@ -79,6 +81,7 @@ def probe_peak(
     seed: int = 0,
     shape: tuple[int, int] | None = None,
     cuda_visible: str | None = None,
+    cap_bytes: int | None = None,
 ) -> ProbeResult:
     """Peak memory of ``steps`` training steps of ``trial`` on ``model_path`` in a fresh subprocess.
 
@@ -89,6 +92,9 @@ def probe_peak(
     ``shape``: (batch, sequence) of the batch to train on, e.g. the longest the trial's data builds
     (:func:`moopt.study.gate.batch_shape`); default ``batch_size × max_seq_length``. ``cuda_visible``: the
     GPU a cuda probe runs on (its ``CUDA_VISIBLE_DEVICES``, as a trial's slot sets it); None: this process's.
+    ``cap_bytes`` (cuda): the most the probe's caching allocator may reserve
+    (``torch.cuda.set_per_process_memory_fraction``), so that a probe beside running trials cannot take the memory
+    they hold; an OOM that the cap, not the GPU, refused comes back with ``capped=True``: it needs more than the cap.
     """
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"probe_peak: device must be 'cpu' or 'cuda', got {device!r}")
@@ -106,7 +112,8 @@ def probe_peak(
             baseline = None
     spec = {"model_path": str(model_path), "trial": trial.to_dict(), "device": device, "kernels": kernels,
             "steps": int(steps), "threads": int(threads), "seed": int(seed), "nvml_baseline": baseline,
-            "shape": [int(x) for x in shape] if shape else None}
+            "shape": [int(x) for x in shape] if shape else None,
+            "cap_bytes": int(cap_bytes) if cap_bytes and device == "cuda" else None}
     env = child_env(threads, "" if device == "cpu" else cuda_visible)  # a CPU probe hides GPUs, as a CPU slot does
     if device == "cpu":
         env[STEADY_HEAP_ENV] = "1"  # as the trials it stands for (moopt.memory.rss.steady_heap)
@@ -206,6 +213,8 @@ def _child_run(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     device = pick_device(spec["device"])
+    if device.type == "cuda" and spec.get("cap_bytes"):
+        hold_to(int(spec["cap_bytes"]), device)
     seed = int(spec.get("seed", 0))
     torch.manual_seed(seed)
     rss_after_imports = peak_rss_bytes()
@@ -254,6 +263,29 @@ def _child_run(spec: dict) -> dict:
     return out
 
 
+def hold_to(cap_bytes: int, device) -> None:
+    """Let the caching allocator reserve at most ``cap_bytes`` on ``device``: past it an allocation raises CUDA's
+    OutOfMemoryError as a full GPU would (after the allocator has freed its cache and retried)."""
+    import torch
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_bytes / total), device)
+
+
+_SIZE = re.compile(r"Tried to allocate ([0-9.]+) (bytes|KiB|MiB|GiB|TiB)")
+_UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def refused_by_cap(message: str, reserved: int, cap_bytes: int | None) -> bool:
+    """Whether an out-of-memory with this ``message`` (torch's: "CUDA out of memory. Tried to allocate 2.00 GiB. GPU
+    0 has ...") was the cap's refusal: what the allocator held (``reserved``, read when it raised) plus what it was
+    asked for is over ``cap_bytes``. A message without the request size (another library's) is not taken as one."""
+    m = _SIZE.search(message)
+    if not cap_bytes or m is None:
+        return False
+    return reserved + float(m[1]) * _UNITS[m[2]] > cap_bytes
+
+
 def main() -> int:
     """``python -m moopt.train.probe``: spec on stdin, one result line on stdout, then exit."""
     steady_heap_if_asked()
@@ -267,6 +299,10 @@ def main() -> int:
     except BaseException as e:  # noqa: BLE001 - the parent gets a result line for every failure
         oom = is_out_of_memory(e)
         failure = {"oom": oom, "error": f"{type(e).__name__}: {e}".splitlines()[0][:500]}
+        if oom and spec.get("device") == "cuda" and spec.get("cap_bytes"):
+            import torch
+
+            failure["capped"] = refused_by_cap(str(e), torch.cuda.memory_reserved(), spec["cap_bytes"])
         import traceback
 
         traceback.print_exc(file=sys.stderr)
