@@ -5,6 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from moopt.cli import main
+from moopt.cli.final import FAILED
 from moopt.config import TrialConfig
 from moopt.search.engine import Engine
 from moopt.search.space import default_space
@@ -35,6 +36,21 @@ def test_train_final_model_reports_validation_and_test(tiny_model, tiny_data, tm
     assert "loading model" in r.output and "Loading weights" not in r.output  # transformers' bar: moopt's line says it
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 2 and "--overwrite" in r.output
+    # a failed --overwrite leaves the earlier final model whole: its files, not a mix, and keeps the attempt's beside
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = tmp_path / "other.yaml"
+    other.write_text(cfg.read_text().replace("r: 4, alpha: 8", "r: 8, alpha: 16"))
+    failing = [a if a != str(cfg) else str(other) for a in args] + ["--overwrite"]
+    r = CliRunner().invoke(main, failing, env={"MOOPT_INJECT_FAULT": "0:exception@1"})
+    assert r.exit_code == 1 and "Training failed" in r.output and "is untouched" in r.output, r.output
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and FAILED not in p.parts} == before
+    assert json.loads((out / FAILED / "metrics.json").read_text())["state"] == "FAIL"
+    assert "r: 8" in (out / FAILED / "config.yaml").read_text()
+    r = CliRunner().invoke(main, failing)  # then one that trains replaces it, files and all
+    assert r.exit_code == 0, r.output
+    assert "r: 8" in (out / "config.yaml").read_text() and not (out / FAILED).exists()
+    assert json.loads((out / "final_metrics.json").read_text())["adapter"] == str((out / "adapter").absolute())
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "config.yaml", "final_metrics.json", "metrics.json"]
 
 
 def test_warm_started_study_runs_the_earlier_best_first(tiny_model, tiny_data, tmp_path):
@@ -150,8 +166,8 @@ def test_a_warm_started_study_on_the_same_model_and_data_takes_over_the_earlier_
 
 
 def test_moopt_train_takes_the_studys_base_model_and_data_unless_given(tmp_path):
-    """--base_model, --train_file and --validation_file default to the study's (its journal header) when --config is
-    a study's; a base model other than the study's is said; a file neither given nor known is one clear error."""
+    """--base_model, --train_file, --validation_file and --seed default to the study's (its journal header) when
+    --config is a study's; a base model other than the study's is said; a file neither given nor known is one clear error."""
     from moopt.cli import study_defaults
     from moopt.errors import ConfigError
 
@@ -161,9 +177,15 @@ def test_moopt_train_takes_the_studys_base_model_and_data_unless_given(tmp_path)
     header = {"base_model": "org/model", "fingerprint": {"train_file": str(train), "validation_file": str(val)}}
     kw = {"base_model": None, "train_file": None, "validation_file": None}
     notes = study_defaults(kw, header)
-    assert kw == {"base_model": "org/model", "train_file": str(train), "validation_file": str(val)}
+    assert kw == {"base_model": "org/model", "train_file": str(train), "validation_file": str(val), "seed": 42}
     assert notes == ["Base model: org/model (the study's)", f"Training data: {train} (the study's)",
                      f"Validation data: {val} (the study's)"]
+    # the seed the study's trials trained with (a --seed 7 study's chosen trial is repeated), unless given
+    seeded = {**header, "fingerprint": {**header["fingerprint"], "seed": 7}}
+    kw = {"base_model": None, "train_file": None, "validation_file": None}
+    assert study_defaults(kw, seeded)[-1] == "Seed: 7 (the study's)" and kw["seed"] == 7
+    kw = {"base_model": None, "train_file": None, "validation_file": None, "seed": 3}
+    assert study_defaults(kw, seeded)[-1] != "Seed: 7 (the study's)" and kw["seed"] == 3
     kw = {"base_model": "other/model", "train_file": "mine.jsonl", "validation_file": None}
     assert study_defaults(kw, header)[0] == ("Note: the study searched these hyperparameters on org/model; "
                                              "training on other/model")

@@ -308,7 +308,8 @@ def report(output_dir: str) -> None:
 @opt("test_file", required=True, type=click.Path(), help="Held-out test data, same formats (never seen by the search).")
 @opt("output_dir", required=True, type=click.Path(), help="Where the final adapter and metrics go.")
 @opt("kernels", default="auto", show_default=True, type=click.Choice(["auto", "triton", "torch"]), help="LoRA kernel path.")
-@opt("seed", default=42, show_default=True, type=int, help="Seed of LoRA initialisation and data order.")
+@opt("seed", default=None, type=int, help="Seed of LoRA initialisation and data order. Default: the study's (its "
+     "trials' seed, so that the final run repeats the chosen trial), else 42.")
 @opt("overwrite", is_flag=True, help="Replace a final model already in output_dir.")
 def train(**kw) -> None:
     """Train the final adapter with a chosen configuration (full budget, no pruning) and test it."""
@@ -354,7 +355,7 @@ def train(**kw) -> None:
 
 
 def study_defaults(kw: dict, header: dict) -> list[str]:
-    """Fill ``moopt train``'s --base_model, --train_file and --validation_file left out from the study the config
+    """Fill ``moopt train``'s --base_model, --train_file, --validation_file and --seed left out from the study the config
     comes from (its journal header); the lines to say about it. A base model other than the study's is said too:
     the hyperparameters were searched for the study's. ConfigError where a file is neither given nor known."""
     notes = []
@@ -376,6 +377,11 @@ def study_defaults(kw: dict, header: dict) -> list[str]:
             raise ConfigError(f"--{f}: the study's {known} is not there any more; pass --{f}")
         kw[f] = known
         notes.append(f"{'Training' if f == 'train_file' else 'Validation'} data: {known} (the study's)")
+    if kw.get("seed") is None:  # the seed the study's trials trained with, so that the chosen trial is repeated
+        seed = (header.get("fingerprint") or {}).get("seed")
+        kw["seed"] = 42 if seed is None else int(seed)
+        if seed is not None and int(seed) != 42:
+            notes.append(f"Seed: {seed} (the study's)")
     return notes
 
 

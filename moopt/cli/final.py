@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -72,19 +73,42 @@ def study_validation_metrics(config_path: str | Path) -> dict[str, float] | None
     return {k: float(row.get(f"values_{k}", row.get(k))) for k in keys if f"values_{k}" in row or k in row}
 
 
+ATTEMPT = "attempt.partial"  # where a final run writes until it has trained (then its files move up)
+FAILED = "failed_attempt"  # a failed run's files, where a final model trained before is kept
+
+
+def _move_into(work: Path, out: Path) -> None:
+    """Move ``work``'s files into ``out``, each replacing the one of its name there; remove ``work``."""
+    for item in work.iterdir():
+        dest = out / item.name
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        elif dest.exists() or dest.is_symlink():
+            dest.unlink()
+        item.rename(dest)
+    work.rmdir()
+
+
 def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[str, Any]) -> bool:
+    """Train ``cfg`` in full on ``kw``'s data, test it, and print the metrics. Its files go to ``output_dir`` only
+    once it trained (a failed --overwrite leaves the earlier final model whole); False when it failed."""
     from rich.console import Console
+    from rich.markup import escape
 
     from moopt.records import TrialSpec, TrialState
     from moopt.train.recipe import run_trial
     from moopt.yamlio import write_json, write_yaml
 
     console = Console(highlight=False, soft_wrap=True)
-    out = Path(kw["output_dir"])
+    out = Path(kw["output_dir"]).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    write_yaml(out / "config.yaml", cfg.to_dict())
+    # the run writes into a folder of its own: an earlier final model (--overwrite) is replaced only by one that trained
+    work = out / ATTEMPT
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    write_yaml(work / "config.yaml", cfg.to_dict())
     spec = TrialSpec(number=0, config=cfg, base_model=model_path, train_file=os.path.abspath(kw["train_file"]),
-                     validation_file=os.path.abspath(kw["validation_file"]), output_dir=str(out), seed=kw["seed"],
+                     validation_file=os.path.abspath(kw["validation_file"]), output_dir=str(work), seed=kw["seed"],
                      kernels=kw["kernels"], test_file=os.path.abspath(kw["test_file"]),
                      eval_max_seq_length=kw.get("eval_max_seq_length", 0))
     if cfg.model.quantization == "none":  # as a study does (Study.prepare_model): moopt's own conversion
@@ -96,8 +120,19 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     console.print(f"Training the final adapter ({cfg.training.num_train_epochs:g} epoch(s)) ...")
     res = run_trial(spec, ConsoleReporter(console))
     if res.state != TrialState.COMPLETE:
-        console.print(f"[red]Training failed:[/] {res.error}  (see {out}/metrics.json)")
+        earlier = (out / "final_metrics.json").is_file()
+        if earlier:  # the model trained before stays whole; this attempt's files are kept beside it
+            shutil.rmtree(out / FAILED, ignore_errors=True)
+            work.rename(out / FAILED)
+            where = f"{out / FAILED}/metrics.json; the final model trained before in {out} is untouched"
+        else:
+            _move_into(work, out)
+            where = f"{out}/metrics.json"
+        console.print(f"[red]Training failed:[/] {escape(str(res.error))}  (see {escape(where)})")
         return False
+    (out / "final_metrics.json").unlink(missing_ok=True)  # the marker of a whole final model: written last
+    _move_into(work, out)
+    shutil.rmtree(out / FAILED, ignore_errors=True)
     m = res.metrics
     study_val = study_validation_metrics(config_path)
     rows = [("loss", "eval_loss", "test_loss"), ("accuracy", "eval_accuracy", "test_accuracy"),
@@ -111,9 +146,10 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     gap = (m["test_loss"] - m["eval_loss"]) / max(abs(m["eval_loss"]), 1e-12)
     warning = None
     if gap > GAP_WARN:
-        warning = (f"test loss is {gap:.0%} above validation loss: the search may have overfit the validation "
-                   "set; consider a larger validation set or fewer trials")
-        console.print(f"[yellow]Warning:[/] {warning}")
+        warning = f"test loss is {gap:.0%} above validation loss: " + (
+            "the search may have overfit the validation set; consider a larger validation set or fewer trials"
+            if study_val else "the validation set may not represent the test set")
+        console.print(f"[yellow]Warning:[/] {escape(warning)}")
     write_json(out / "final_metrics.json", {"validation": {k: m[k] for _, k, _ in rows},
                                             "test": {k: m[k] for _, _, k in rows}, "study_validation": study_val,
                                             "relative_gap": gap, "warning": warning,

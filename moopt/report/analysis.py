@@ -47,12 +47,12 @@ class Importance(dict):
     @property
     def at(self) -> str:
         """`` at pruning rung N`` for a title when computed at a rung, else empty."""
-        return "" if self.rung is None else f" at pruning rung {self.rung + 1}"
+        return "" if self.rung is None else f" at pruning rung {self.rung}"
 
     @property
     def basis(self) -> str:
-        """What the shares were computed on, for a table column: ``complete`` or ``rung 1``."""
-        return "complete" if self.rung is None else f"rung {self.rung + 1}"
+        """What the shares were computed on, for a table column: ``complete`` or ``rung 0`` (numbered from 0, as the pruning messages are)."""
+        return "complete" if self.rung is None else f"rung {self.rung}"
 
 
 @dataclass
@@ -202,7 +202,7 @@ def param_importance(data: StudyData, target: str, seed: int = 0, output_dir: st
         (done, rung), n_complete = at, n
         n = len(done)
     basis = {"rung": rung, "n_complete": n_complete} if rung is not None else {}
-    where = "COMPLETE trial" if rung is None else f"trial at pruning rung {rung + 1}"
+    where = "COMPLETE trial" if rung is None else f"trial at pruning rung {rung}"
     y = done[col].astype(float).to_numpy()
     if np.ptp(y) == 0:
         return Importance(target=target, n_trials=n, reason=f"{target} is the same in every {where}", **basis)
