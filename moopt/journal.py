@@ -55,6 +55,11 @@ class StudyRecord:
         return sorted(n for n in self.starts if n not in self.ends)
 
 
+# What a --resume may change of the study's header (Scheduler journals a "settings" event; replay merges it): the
+# weights that choose the best trial, the memory budget, the trial count and the recorded command-line options.
+RESUME_SETTINGS = ("weights", "memory_constraint_gb", "num_trials", "options")
+
+
 def replay(output_dir: str | Path) -> StudyRecord:
     rec = StudyRecord()
     path = Path(output_dir) / JOURNAL
@@ -69,6 +74,8 @@ def replay(output_dir: str | Path) -> StudyRecord:
             kind = ev.get("type")
             if kind == "study":
                 rec.header = ev
+            elif kind == "settings":  # a --resume with other weights, budget, trial count or options: they apply now
+                rec.header = {**rec.header, **{k: v for k, v in ev.items() if k in RESUME_SETTINGS}}
             elif kind == "trial_start":
                 rec.starts[ev["number"]] = ev
                 rec.ends.pop(ev["number"], None)  # a re-queued trial starts afresh

@@ -382,6 +382,46 @@ def test_when_no_trial_completed_the_summary_points_at_the_best_time_cut_trial_a
     assert cut_by_time_ahead(data) == [] and "was cut" not in said
 
 
+def test_no_configuration_fits_only_when_every_trial_was_ruled_out_by_the_budget(tmp_path):
+    """Two INFEASIBLE trials beside three the time budget cut (or one that failed) is not "no configuration fits":
+    the summary and the report say what became of each, and name the least infeasible one."""
+    import io
+
+    from rich.console import Console
+
+    from moopt.report.html import write_html_report
+    from moopt.report.results import print_summary
+
+    def study(name, states):
+        trials = synthetic_trials(len(states))
+        for n, state in enumerate(states):
+            if state == "INFEASIBLE":
+                trials[n] = {**trials[n], "state": state, "metrics": {"peak_memory_gb": 3.0 + n},
+                             "error": f"not trained: estimate {3.0 + n:.2f} GiB > budget 2.00 GiB"}
+            elif state == "CUT":
+                trials[n] = {**trials[n], "state": "PRUNED", "error": "time budget reached at step 5",
+                             "metrics": {"eval_loss": 3.0, "eval_accuracy": 0.5}}
+            else:
+                trials[n] = {**trials[n], "state": state, "error": "boom", "metrics": {}}
+        out = write_fake_study(tmp_path / name, trials)
+        data = load_study(out)
+        buf = io.StringIO()
+        print_summary(data, {}, Console(file=buf, width=400, highlight=False))
+        write_html_report(out, data)
+        return buf.getvalue(), (out / "report.html").read_text()
+
+    said, page = study("mixed", ["INFEASIBLE", "CUT", "INFEASIBLE", "CUT", "CUT"])
+    assert "No configuration fits" not in said and "No configuration fits" not in page, said
+    assert ("No trial completed; nothing to recommend: 3 cut by the time budget (a longer --time_budget_hours lets "
+            "trials finish); 2 infeasible under the memory budget.") in said
+    assert "Least infeasible: trial 0 (estimate 3.00 GiB > budget 2.00 GiB)" in said
+    assert "Least infeasible: trial 0" in page
+    said, _ = study("failed", ["INFEASIBLE", "FAIL"])
+    assert "No configuration fits" not in said and "1 failed (see trial_results/trial_1/log.txt)" in said
+    said, page = study("all", ["INFEASIBLE", "INFEASIBLE"])
+    assert "No configuration fits. Least infeasible: trial 0" in said and "No configuration fits" in page
+
+
 def test_keep_adapters_keeps_a_time_cut_trial_that_beats_the_best(tmp_path):
     """The summary points at the adapter of a trial the time budget cut when it scores above the best, so
     --keep_adapters pareto|best keeps it; until the study ends, every time-cut trial's (which is ahead can
@@ -486,3 +526,22 @@ def test_a_best_trial_at_the_edge_of_its_range_is_said_when_the_best_trials_lean
         t["params"]["batch_size"] = 16 if t["metrics"]["eval_loss"] < 2.0 else [4, 8][i % 2]
     edges = range_edges(load_study(write_fake_study(tmp_path / "cat", trials, weights=(1.0, 0.0))), load_space_spec(out))
     assert [e.text().split(", with")[0] for e in edges] == ["batch_size 16: the largest of its values [4, 8, 16]"]
+
+
+def test_weights_given_to_a_resume_choose_the_best_trial_from_then_on(tmp_path):
+    """--resume --optimization_weights 0.05,0.95 on a 0.7,0.3 study: the journal's "settings" event carries them,
+    and the results (best trial, scores) are computed with them, as the live progress lines were."""
+    from moopt.journal import Journal
+
+    trials = synthetic_trials(6)
+    trials[0] = {**trials[0], "metrics": {"eval_loss": 0.5, "eval_accuracy": 0.60, "peak_memory_gb": 1.0}}
+    trials[1] = {**trials[1], "metrics": {"eval_loss": 2.0, "eval_accuracy": 0.95, "peak_memory_gb": 1.0}}
+    out = write_fake_study(tmp_path / "s", trials[:2])
+    (out / "baseline.json").write_text(json.dumps({"state": "COMPLETE", "metrics": {"eval_loss": 7.0, "eval_accuracy": 0.1}}))
+    assert load_study(out).best == 0
+    j = Journal(out)
+    j.append({"type": "settings", "updated": "2026-01-02T00:00:00", "weights": [0.05, 0.95], "fingerprint": "ignored"})
+    j.close()
+    data = load_study(out)
+    assert data.objectives.weights == (0.05, 0.95) and data.best == 1
+    assert "fingerprint" not in data.header  # only what a resume may change is merged

@@ -219,6 +219,11 @@ def test_resume_does_not_rerun_finished_trials(tiny_model, tiny_data, space, tmp
     assert (f"Resuming with the study's --base_model {tiny_model}, --train_file {tiny_data['train']}, --validation_file "
             f"{tiny_data['val']}, --search_space {space}, --no-baseline") in r.output
     assert list(pd.read_csv(out / "trials_summary.csv").number) == [0, 1, 2, 3, 4] and not (out / "baseline.json").exists()
+    # what a resume changed is journaled ("settings") and said: the results go by this run's from now on
+    assert "Resumed with --num_trials 4 -> 5 (the study began with the first)" in r.output
+    from moopt.journal import replay
+
+    assert replay(out).header["num_trials"] == 5 and replay(out).header["options"]["num_trials"] == 5
     r = CliRunner().invoke(main, ["optimize", "--output_dir", str(tmp_path / "new"), "--validation_file", str(tiny_data["val"])])
     assert r.exit_code == 2 and "Missing option '--train_file'" in r.output and not (tmp_path / "new").exists()
     r = optimize(tiny_model, tiny_data, out, space, "--num_trials", "4", "--overwrite", "--no-baseline", "--seed", "3")

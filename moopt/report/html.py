@@ -28,7 +28,14 @@ from moopt.report.analysis import (
     format_importance,
 )
 from moopt.report.refine import Refinement, refined_command
-from moopt.report.table import StudyData, base_metrics, cut_by_time_ahead, nothing_fits_text
+from moopt.report.table import (
+    StudyData,
+    base_metrics,
+    cut_by_time_ahead,
+    least_infeasible_text,
+    nothing_fits,
+    nothing_fits_text,
+)
 
 REPORT = "report.html"
 # title -> file in the output dir, embedded when present (written by results.py and analysis.py).
@@ -95,13 +102,15 @@ def build_html(data: StudyData, analysis: Analysis, images: dict[str, bytes], re
 def _best_section(data: StudyData, edges=()) -> str:
     e = html.escape
     if data.best is None:
-        if data.least_infeasible is not None:
+        if nothing_fits(data):
             return f"<section><h2>Best configuration</h2><p class='warn'>{e(nothing_fits_text(data))}</p></section>"
         cut = "".join(f" Trial {n} was cut by the time budget at {e(where)}; on the whole validation set it scores "
                       + e(", ".join(f"{k} {_fmt(v)}" for k, v in m.items()))
                       + f": its adapter is <code>trial_results/trial_{n}/adapter</code>, and <code>moopt train --config "
                       f"trial_results/trial_{n}/config.yaml</code> trains its configuration to the end."
                       for n, _, m, where in cut_by_time_ahead(data))
+        if data.least_infeasible is not None:
+            cut += f" {e(least_infeasible_text(data))}"
         return f"<section><h2>Best configuration</h2><p class='warn'>No trial completed; nothing to recommend.{cut}</p></section>"
     row = data.table[data.table.number == data.best].iloc[0]
     metrics = [(n, row[f"values_{n}"]) for n in data.objectives.names]

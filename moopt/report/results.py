@@ -11,7 +11,16 @@ from typing import Any
 
 from moopt.records import TIME_BUDGET_CUT, TrialState
 from moopt.report.plots import plot_optimization, plot_pareto
-from moopt.report.table import StudyData, best_config, cut_by_time_ahead, load_study, nothing_fits_text, searched
+from moopt.report.table import (
+    StudyData,
+    best_config,
+    cut_by_time_ahead,
+    least_infeasible_text,
+    load_study,
+    nothing_fits,
+    nothing_fits_text,
+    searched,
+)
 
 
 def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> dict[str, Any]:
@@ -65,6 +74,12 @@ def _why_none_completed(table) -> str:
     if len(failed):
         first = int(failed.number.iloc[0])
         parts.append(f"{len(failed)} failed (see trial_results/trial_{first}/log.txt)")
+    infeasible = (table.state == TrialState.INFEASIBLE).sum()
+    if infeasible:
+        parts.append(f"{infeasible} infeasible under the memory budget")
+    running = (table.state == "RUNNING").sum()  # started, no end in the journal
+    if running:
+        parts.append(f"{running} not finished (still running, or the study was stopped)")
     return "; ".join(parts) or "see trial_results/*/log.txt"
 
 
@@ -82,7 +97,7 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
         + (f"; {len(taken)} of them taken over from {taken.iloc[0].rsplit(' trial ', 1)[0]} with their results, "
            "not trained again" if len(taken) else ""))
     if data.best is None:
-        if data.least_infeasible is not None:
+        if nothing_fits(data):
             say(nothing_fits_text(data))
         elif not len(data.table):
             say("No trial ran; nothing to recommend.")
@@ -96,6 +111,8 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
                        if any(k in base for k in metrics) else "")
                     + f": its adapter is trial_results/trial_{number}/adapter; moopt train --config "
                     f"trial_results/trial_{number}/config.yaml trains its configuration to the end")
+            if data.least_infeasible is not None:
+                say(f"  {least_infeasible_text(data)}")
         if output_dir is not None:
             say(f"Trials table: {Path(output_dir) / 'trials_summary.csv'}")
         return

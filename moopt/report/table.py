@@ -200,16 +200,27 @@ def searched(output_dir: Path) -> dict[str, list[str]]:
 def nothing_fits_text(data: StudyData) -> str:
     """What the summary says when no configuration fits the memory budget: the budget, the least infeasible
     trial with the gate's own reason (estimate or probe, the spread, the shape), and what would help."""
+    budget = data.header.get("memory_constraint_gb")
+    text = "No configuration fits" + (f" the budget of {float(budget):.2f} GiB" if budget else "") + "."
+    return f"{text} {least_infeasible_text(data)}"
+
+
+def nothing_fits(data: StudyData) -> bool:
+    """No trial completed, and every one was ruled out by the memory budget (none cut, pruned, failed or running)."""
+    return data.least_infeasible is not None and bool((data.table.state == TrialState.INFEASIBLE).all())
+
+
+def least_infeasible_text(data: StudyData) -> str:
+    """The least infeasible trial with the gate's own reason (estimate or probe, the spread, the shape), and what
+    would help."""
     row = data.table[data.table.number == data.least_infeasible].iloc[0]
     budget = data.header.get("memory_constraint_gb")
     error = row.get("error")
     reason = error.removeprefix(NOT_TRAINED).strip() if isinstance(error, str) else ""
-    text = "No configuration fits" + (f" the budget of {float(budget):.2f} GiB" if budget else "") + "."
-    text += f" Least infeasible: trial {data.least_infeasible} ({reason or f'peak {row.peak_memory_gb:.2f} GiB'})."
-    text += (" Raise --memory_constraint, or search" if budget else " Search") + (
+    text = f"Least infeasible: trial {data.least_infeasible} ({reason or f'peak {row.peak_memory_gb:.2f} GiB'})."
+    return text + (" Raise --memory_constraint, or search" if budget else " Search") + (
         " smaller batch_size, r, target_modules or max_seq_length (model.quantization and"
         " model.gradient_checkpointing lower the peak too).")
-    return text
 
 
 def base_metrics(data: StudyData) -> dict[str, float]:

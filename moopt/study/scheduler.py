@@ -32,7 +32,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from moopt.config import TrialConfig
-from moopt.journal import JOURNAL, Journal, replay
+from moopt.journal import JOURNAL, RESUME_SETTINGS, Journal, replay
 from moopt.records import NOT_TRAINED, TrialResult, TrialSpec, TrialState
 from moopt.search.engine import Engine
 from moopt.search.objectives import Objectives
@@ -356,6 +356,19 @@ class Study:
                                  "options": cfg.options, "data_digest": self.data_digest(),
                                  "training_code": training_code(), "kernels": cfg.kernels})
             write_yaml(self.out / "search_space.yaml", space_to_yaml(cfg.space))
+        else:  # resumed with other weights, budget, trial count or options: the results take this run's from now on
+            now = json.loads(json.dumps({"weights": list(cfg.objectives.weights), "num_trials": cfg.num_trials,
+                                         "memory_constraint_gb": cfg.memory_constraint_gb, "options": cfg.options}))
+            changed = {k: v for k, v in now.items() if k in RESUME_SETTINGS and record.header.get(k) != v
+                       and not (k == "options" and v is None)}
+            if changed:
+                self.journal.append({"type": "settings", "updated": _now(), **changed})
+                said = {"weights": "--optimization_weights", "num_trials": "--num_trials",
+                        "memory_constraint_gb": "--memory_constraint"}
+                shown = [f"{said[k]} {_shown(record.header.get(k))} -> {_shown(v)}" for k, v in changed.items() if k in said]
+                if shown:
+                    self.console.print(f"Resumed with {'; '.join(shown)} (the study began with the first): the results "
+                                       "use this run's from now on", markup=False, highlight=False)
         for r in record.rungs if record else []:  # what finished trials showed at each rung
             if r["number"] in record.finished:
                 self.pruner.record(r["rung"], r["number"], cfg.objectives.to_minimize(r["metrics"]), r.get("step"))
@@ -1017,6 +1030,11 @@ class Scheduler:
         self.next_number = max([*self.finished, *self.ck.assigned, -1]) + 1
         for e in self.finished.values():
             self.durations += study.duration_sample(e)
+
+
+def _shown(v: Any) -> str:
+    """A journaled setting as a command line gives it: weights ``0.7,0.3``, no budget ``none``."""
+    return ",".join(f"{x:g}" for x in v) if isinstance(v, list) else "none" if v is None else f"{v:g}"
 
 
 def _now() -> str:
