@@ -155,6 +155,10 @@ def test_the_summary_and_the_report_give_the_refined_study_s_command(tmp_path, m
                    "--output_dir runs/hpo_refined --num_trials 24 --search_space runs/hpo/refined_space.yaml "
                    "--warm_start runs/hpo --optimization_objective multi:eval_loss,eval_accuracy "
                    "--optimization_weights 0.7,0.3 --pruning_factor 2.0")
+    # a study with its own seed and kernel path: the refined one keeps them (--warm_start takes trials over only then)
+    seeded = {**data.header, "fingerprint": {**(data.header.get("fingerprint") or {}), "seed": 7},
+              "options": {**data.header["options"], "seed": 7, "kernels": "torch"}}
+    assert refined_command(seeded, out.relative_to(tmp_path)).endswith("--pruning_factor 2.0 --seed 7 --kernels torch")
     buf = io.StringIO()
     best = data.table[data.table.number == data.best].iloc[0]
     print_summary(data, {"best_config": {}, "best_metrics": {n: float(best[f"values_{n}"]) for n in data.objectives.names}},

@@ -123,8 +123,8 @@ def _best_section(data: StudyData, edges=()) -> str:
     params = "".join(f"<tr><th>{e(c[len('params_'):])}</th><td colspan='2'>{e(_fmt(row[c]))}</td></tr>"
                      for c in data.table.columns if c.startswith("params_"))
     return (f"<section><h2>Best configuration: trial {data.best}</h2>"
-            f"<p class='muted'>Chosen among the Pareto front by the weights, each objective scaled to the front's "
-            f"trials; full configuration in "
+            f"<p class='muted'>The Pareto front's trial with the highest weighted progress from "
+            f"{e(data.score_origin)} (0) to the ideal (1); full configuration in "
             f"<code>best_config.yaml</code>, adapter in <code>trial_results/trial_{data.best}/adapter</code>.</p>"
             f"<table class='kv'>{cells}{params}</table>"
             + ("<p class='warn'>At the edge of the searched range (the optimum may lie outside it):</p><ul>"

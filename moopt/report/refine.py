@@ -355,4 +355,8 @@ def refined_command(header: dict[str, Any], out: Path) -> str:
     args += [f"--{k} {shlex.quote(str(o[k]))}" for k in ("optimization_objective", "optimization_weights",
                                                          "memory_constraint", "pruning_factor") if o.get(k) is not None]
     args += [f"--parallel_trials {o['parallel_trials']}"] if (o.get("parallel_trials") or 1) > 1 else []
+    # --warm_start takes trials over only on the same seed and kernel path: keep them
+    seed = (header.get("fingerprint") or {}).get("seed", o.get("seed"))
+    args += [f"--seed {seed}"] if seed is not None and seed != 42 else []
+    args += [f"--kernels {o['kernels']}"] if o.get("kernels") not in (None, "auto") else []
     return " ".join(args)
