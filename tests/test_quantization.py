@@ -165,6 +165,13 @@ def test_quantisation_without_bitsandbytes_is_one_clear_line(tiny_model, tiny_da
         "--validation_file", str(tiny_data["val"]), "--output_dir", str(out), "--search_space", str(tmp_path / "space.yaml")])
     assert r.exit_code == 2 and "needs bitsandbytes" in r.output and "space.yaml" in r.output
     assert not out.exists()
+    (tmp_path / "best.yaml").write_text("model:\n  quantization: 4bit\n")  # moopt train: the same line
+    r = CliRunner().invoke(main, [
+        "train", "--config", str(tmp_path / "best.yaml"), "--base_model", str(tiny_model), "--train_file",
+        str(tiny_data["train"]), "--validation_file", str(tiny_data["val"]), "--test_file", str(tiny_data["val"]),
+        "--output_dir", str(out)])
+    assert r.exit_code == 2 and "needs bitsandbytes" in r.output and "best.yaml" in r.output, r.output
+    assert not out.exists()
 
 
 def _held_after_forward(tiny_model, q: str, targets: tuple[str, ...], ckpt: bool,

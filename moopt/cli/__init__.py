@@ -325,6 +325,8 @@ def train(**kw) -> None:
         cpu_dtype_override()
         check_kernels(kw["kernels"])
         cfg = load_trial_config(kw["config"])
+        if cfg.model.quantization != "none":
+            require_bitsandbytes(kw["config"])
         # a study's best_config.yaml (or a trial's config.yaml): its base model and data are the defaults, and the
         # final model trains on the hub commit that study searched on
         study_dir = study_of(kw["config"])[0]
