@@ -54,6 +54,100 @@ def test_messages_loss_only_on_assistant_turns(tiny_model):
     assert "what" not in tok.convert_ids_to_tokens(kept)
 
 
+def test_a_conversation_that_opens_with_an_assistant_turn_has_no_loss_on_the_template_before_it(tiny_model):
+    """SmolLM2's template puts a default system prompt before the first turn: the loss starts at the assistant's
+    content, not at the first token of the rendering."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = ("what is the color : {% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> "
+                         "{% endfor %}{% if add_generation_prompt %}assistant : {% endif %}")
+    rec = {"messages": [{"role": "assistant", "content": "red"}, {"role": "user", "content": "sky ?"},
+                        {"role": "assistant", "content": "blue"}]}
+    ex = tokenize_record(rec, tok)
+    kept = tok.convert_ids_to_tokens([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE])
+    assert kept == ["red", "</s>", "blue", "</s>"], kept
+
+
+def _bos_tokenizer(tiny_model, tmp_path):
+    """The tiny tokenizer with a Llama-3-style tokenizer.json: its post-processor puts BOS before every text, while
+    ``add_bos_token`` reads False (transformers 5)."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    fast = AutoTokenizer.from_pretrained(tiny_model)
+    inner = fast.backend_tokenizer
+    inner.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", fast.bos_token_id)])
+    PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                            eos_token="</s>").save_pretrained(tmp_path / "bos_tok")
+    return AutoTokenizer.from_pretrained(tmp_path / "bos_tok")
+
+
+def test_a_tokenizer_that_puts_bos_before_a_text_gets_it_in_every_example(tiny_model, tok, tmp_path):
+    """Llama's BOS: each example starts as ``tokenizer(text)`` does (TRL keeps it), whatever ``add_bos_token`` says;
+    a tokenizer without one (the tiny model's, SmolLM2's) adds nothing."""
+    from moopt.train.data import special_prefix
+
+    bos_tok = _bos_tokenizer(tiny_model, tmp_path)
+    bos = bos_tok.bos_token_id
+    assert bos_tok("the sky")["input_ids"][0] == bos and special_prefix(bos_tok) == [bos]
+    for rec in ({"prompt": "what is the color of sky ? answer :", "completion": " blue"}, {"text": "the sky is blue"},
+                {"instruction": "what is the color of sky ?", "output": "blue"}):
+        ex = tokenize_record(rec, bos_tok)
+        assert ex.input_ids[0] == bos and ex.input_ids.count(bos) == 1 and ex.labels[0] in (IGNORE, bos), rec
+        plain = tokenize_record(rec, tok)
+        assert ex.input_ids[1:] == plain.input_ids, rec  # the rest as before
+    assert special_prefix(tok) == [] and tokenize_record({"text": "the sky"}, tok).input_ids[0] != tok.bos_token_id
+
+
+def test_a_record_the_tokenizer_refuses_is_one_error_naming_file_and_record(tiny_model, tmp_path):
+    """Llama 2's chat template raises where roles do not alternate: one ConfigError with the file and the record."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('Conversation roles must "
+                         "alternate user/assistant/user/assistant/...') }}{% endif %}"
+                         "{% for m in messages %}{{ m['content'] }} </s> {% endfor %}")
+    p = tmp_path / "chat.jsonl"
+    ok = {"messages": [{"role": "user", "content": "sky ?"}, {"role": "assistant", "content": "blue"}]}
+    bad = {"messages": [{"role": "system", "content": "the"}, *ok["messages"]]}
+    p.write_text(json.dumps(ok) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ConfigError, match=r"chat.jsonl: record 2: the tokenizer cannot encode it \(TemplateError: "
+                                          "Conversation roles must alternate"):
+        tokenize_file(p, tok, 32)
+    tok.chat_template = None
+    with pytest.raises(ConfigError, match="chat.jsonl: record 1: records with `messages` need a tokenizer with a chat"):
+        tokenize_file(p, tok, 32)
+
+
+def test_text_that_is_not_unicode_is_refused_where_it_is(tmp_path):
+    """JSON's "\\ud800" escape is valid JSON but no text a tokenizer can take (it raised a TypeError)."""
+    p = tmp_path / "s.jsonl"
+    p.write_text('{"prompt": "what", "completion": " red"}\n{"prompt": "what\\ud800", "completion": " red"}\n'
+                 '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "\\udc00"}]}\n')
+    with pytest.raises(ConfigError) as e:
+        read_jsonl(p)
+    assert ":2: `prompt` is not valid Unicode text (a lone surrogate '\\ud800' at character 5)" in str(e.value)
+    assert ":3: messages[1].content is not valid Unicode text" in str(e.value)
+
+
+def test_records_with_dates_and_bytes_compare_for_the_overlap_check(tmp_path):
+    """A Parquet export with a timestamp column (HF datasets often have one): the train/validation overlap check
+    compared records through json.dumps, which raised on a datetime."""
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from moopt.train.data import shared_records
+
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    for name, rows in (("a", [("what", " red", when), ("who", " blue", when)]), ("b", [("what", " red", when)])):
+        pq.write_table(pa.table({"prompt": [r[0] for r in rows], "completion": [r[1] for r in rows],
+                                 "created": [r[2] for r in rows]}), tmp_path / f"{name}.parquet")
+    assert shared_records(tmp_path / "a.parquet", tmp_path / "b.parquet") == (1, 1)
+
+
 def test_truncation_is_counted(tmp_path, tok):
     p = tmp_path / "d.jsonl"
     p.write_text(json.dumps({"text": " ".join(["the"] * 40)}) + "\n" + json.dumps({"text": "the sky"}) + "\n")

@@ -135,6 +135,27 @@ def test_cli_refuses_a_broken_json_array_with_one_line_and_writes_nothing(tiny_m
     assert not out.exists()
 
 
+def test_cli_refuses_a_conversation_the_chat_template_refuses_with_one_line(tiny_model, tiny_data, tmp_path):
+    """A model whose chat template raises (Llama 2's, where roles do not alternate): one line naming the file and the
+    record, exit 2, nothing written (it was jinja2's traceback)."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    cfg = json.loads((model / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('Conversation roles must "
+                            "alternate') }}{% endif %}{% for m in messages %}{{ m['content'] }} </s> {% endfor %}")
+    (model / "tokenizer_config.json").write_text(json.dumps(cfg))
+    data = write(tmp_path / "chat.jsonl", RECORDS[4:6], "jsonl")
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(main, ["optimize", "--base_model", str(model), "--train_file", str(data),
+                                  "--validation_file", str(tiny_data["val"]), "--output_dir", str(out)])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip() == (f"Error: {data}: record 2: the tokenizer cannot encode it (TemplateError: Conversation "
+                                "roles must alternate)")
+    assert not out.exists()
+
+
 def test_study_runs_on_json_array_and_parquet_files(tiny_model, tiny_data, tmp_path):
     train = [json.loads(line) for line in tiny_data["train"].read_text().splitlines()]
     val = [json.loads(line) for line in tiny_data["val"].read_text().splitlines()]

@@ -56,14 +56,15 @@ def _profile_key(model_path: str, data_file: str | os.PathLike) -> tuple:
     return str(path.resolve()), st.st_size, st.st_mtime_ns, str(model_path)
 
 
-def _profile(model_path: str, records: list) -> tuple[list[int], list[int]]:
-    """(token count, first-label index) of each record, tokenised as a trial does."""
+def _profile(model_path: str, records: list, path, numbers=None) -> tuple[list[int], list[int]]:
+    """(token count, first-label index) of each record, tokenised as a trial does (``numbers``: the records' numbers
+    in ``path``, for the error of one the tokenizer refuses)."""
     from transformers import AutoTokenizer
 
-    from moopt.train.data import first_label, tokenize_record
+    from moopt.train.data import first_label, tokenize_records
 
     tok = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-    examples = [tokenize_record(rec, tok) for rec in records]
+    examples = list(tokenize_records(records, tok, path, numbers))
     return [len(ex.input_ids) for ex in examples], [first_label(ex) for ex in examples]
 
 
@@ -75,7 +76,7 @@ def data_profile(model_path: str, data_file: str | os.PathLike) -> tuple[list[in
     if key not in _PROFILES:
         from moopt.train.data import read_records
 
-        _PROFILES[key] = _profile(model_path, read_records(data_file))
+        _PROFILES[key] = _profile(model_path, read_records(data_file), data_file)
     return _PROFILES[key]
 
 
@@ -91,8 +92,10 @@ def completion_starts(model_path: str, data_file: str | os.PathLike, sample: int
 
         records = read_records(data_file)
         if len(records) > sample:
-            return _profile(model_path, random.Random(0).sample(records, sample))[1], len(records)
-        _PROFILES[key] = _profile(model_path, records)
+            picked = sorted(random.Random(0).sample(range(len(records)), sample))
+            return (_profile(model_path, [records[i] for i in picked], data_file, [i + 1 for i in picked])[1],
+                    len(records))
+        _PROFILES[key] = _profile(model_path, records, data_file)
     return _PROFILES[key][1], len(_PROFILES[key][1])
 
 

@@ -11,7 +11,8 @@ Record formats (TRL's conventions), detected per record:
   tokenizer's chat template (user = instruction + input, assistant = output) when it has one, else
   with the Alpaca template; loss on the output;
 - ``{"messages": [{"role": ..., "content": ...}, ...]}``: chat template, loss on assistant turns.
-An EOS token is appended after each completion so the model learns to stop.
+An EOS token is appended after each completion so the model learns to stop, and each example starts with the
+special tokens the tokenizer puts before a text (Llama's BOS: ``special_prefix``).
 """
 
 from __future__ import annotations
@@ -163,6 +164,16 @@ def record_format(rec: dict[str, Any]) -> str | None:
     return None
 
 
+def _not_unicode(text: str) -> str | None:
+    """Why ``text`` is no Unicode text a tokenizer can take (a lone surrogate, as JSON's "\\ud800" escape gives), or
+    None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"is not valid Unicode text (a lone surrogate {text[e.start]!r} at character {e.start + 1})"
+    return None
+
+
 def record_problem(rec: Any) -> str | None:
     if not isinstance(rec, dict):
         return f"expected a JSON object, got {type(rec).__name__}"
@@ -179,6 +190,8 @@ def record_problem(rec: Any) -> str | None:
         for i, m in enumerate(msgs):
             if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
                 return f"messages[{i}] must be {{'role': one of {list(ROLES)}, 'content': str}}"
+            if (bad := _not_unicode(m["content"])) is not None:
+                return f"messages[{i}].content {bad}"
         if not any(m["role"] == "assistant" for m in msgs):
             return "`messages` has no assistant turn to learn from"
         return None
@@ -186,6 +199,8 @@ def record_problem(rec: Any) -> str | None:
     for k in keys + (["input"] if fmt == "instruction" and "input" in rec else []):
         if not isinstance(rec[k], str):
             return f"`{k}` must be a string, got {type(rec[k]).__name__}"
+        if (bad := _not_unicode(rec[k])) is not None:
+            return f"`{k}` {bad}"
     if not rec[keys[-1]].strip():
         return f"`{keys[-1]}` is empty"
     return None
@@ -217,10 +232,31 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def special_prefix(tokenizer) -> list[int]:
+    """The special tokens the tokenizer itself puts before a text (Llama's BOS), as ``tokenizer(text)`` does: read
+    from an encoding with and without them, since a fast tokenizer adds BOS in its tokenizer.json post-processor while
+    ``add_bos_token`` reads False (transformers 5). Cached on the tokenizer."""
+    cached = getattr(tokenizer, "_moopt_prefix", None)
+    if cached is not None:
+        return cached
+    plain = _ids(tokenizer, "a")
+    full = list(tokenizer("a")["input_ids"])
+    at = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), 0)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    prefix = [t for t in full[:at] if t in special]
+    if not prefix and getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None:
+        prefix = [tokenizer.bos_token_id]
+    try:
+        tokenizer._moopt_prefix = prefix
+    except AttributeError:
+        pass
+    return prefix
+
+
 def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
     fmt = record_format(rec)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None else []
+    bos = special_prefix(tokenizer)
     if fmt == "text":
         ids = bos + _ids(tokenizer, rec["text"]) + eos
         return Example(ids, list(ids))
@@ -244,7 +280,11 @@ def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
-        start = len(_chat(tokenizer, msgs[:i], generation_prompt=True)) if i else 0
+        if i:
+            start = len(_chat(tokenizer, msgs[:i], generation_prompt=True))
+        else:  # it opens the conversation: its content starts where an empty turn's rendering parts from this one
+            empty = _chat(tokenizer, [{"role": "assistant", "content": ""}], generation_prompt=False)
+            start = next((k for k, (a, b) in enumerate(zip(empty, ids)) if a != b), min(len(empty), len(ids)))
         end = len(_chat(tokenizer, msgs[: i + 1], generation_prompt=False))
         labels[start:end] = ids[start:end]
     return Example(ids, labels)
@@ -256,11 +296,25 @@ def shared_records(reference: str | Path, other: str | Path) -> tuple[int, int]:
     import json
 
     def key(rec: dict[str, Any]) -> str:
-        return json.dumps(rec, sort_keys=True, ensure_ascii=False)
+        return json.dumps(rec, sort_keys=True, ensure_ascii=False, default=str)  # Parquet: dates, decimals, bytes
 
     seen = {key(r) for r in read_records(reference)}
     records = read_records(other)
     return sum(key(r) in seen for r in records), len(records)
+
+
+def tokenize_records(records, tokenizer, path: str | Path, numbers=None) -> Iterator[Example]:
+    """``tokenize_record`` of each record; a record the tokenizer or its chat template refuses (Llama 2's template
+    raises where roles do not alternate) is one ConfigError naming the file and the record (``numbers``: each record's
+    number in the file, from 1; default their order)."""
+    for n, rec in zip(numbers or range(1, len(records) + 1), records):
+        try:
+            yield tokenize_record(rec, tokenizer)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: record {n}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - jinja2's TemplateError, the tokenizer's TypeError, ...
+            first = (str(e).splitlines() or [""])[0][:200]
+            raise ConfigError(f"{path}: record {n}: the tokenizer cannot encode it ({type(e).__name__}: {first})") from None
 
 
 def first_label(ex: Example) -> int:
@@ -281,8 +335,7 @@ def tokenize_file(path: str | Path, tokenizer, max_seq_length: int) -> Tokenized
     once cut (its prompt fills max_seq_length) is left out: it would add nothing to the loss or to the
     per-token metrics, only compute (and a batch of nothing else would divide 0 by 0). None left: ConfigError."""
     examples, n_trunc, n_unlabelled = [], 0, 0
-    for rec in read_records(path):
-        ex = tokenize_record(rec, tokenizer)
+    for ex in tokenize_records(read_records(path), tokenizer, path):
         if first_label(ex) >= max_seq_length:
             n_unlabelled += 1
             continue
