@@ -32,6 +32,31 @@ def test_prompt_completion_loss_only_on_completion_plus_eos(tok):
     assert ex.input_ids[-1] == tok.eos_token_id
 
 
+class _SentencePieceLike:
+    """Llama 2's tokenizer in miniature: a text that starts with a space gets a lone word-start marker "▁" first, and
+    every word is "▁word", so " blue" alone is ["▁", "▁blue"] while "answer : blue" ends in "▁blue"."""
+
+    eos_token_id, bos_token_id, all_special_ids, chat_template = 3, 2, [2, 3], None
+
+    def __init__(self):
+        self.vocab = {"▁": 4}
+
+    def __call__(self, text, add_special_tokens=True):
+        pieces = (["▁"] if text.startswith(" ") else []) + ["▁" + w for w in text.split()]
+        return {"input_ids": [self.bos_token_id] * add_special_tokens + [self.vocab.setdefault(p, len(self.vocab) + 4)
+                                                                         for p in pieces]}
+
+
+def test_prompt_and_completion_are_tokenised_together_as_trl_does():
+    """Tokenised apart, a SentencePiece tokenizer's completion " blue" starts with a "▁" token the joined text has not:
+    the model would learn to say it. Together, the loss starts at the first token after the prompt's."""
+    sp = _SentencePieceLike()
+    ex = tokenize_record({"prompt": "what is it ? answer :", "completion": " blue"}, sp)
+    joined = sp("what is it ? answer : blue")["input_ids"]
+    assert ex.input_ids == joined + [sp.eos_token_id]  # BOS, the joined text, EOS: no lone "▁"
+    assert [t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE] == [sp.vocab["▁blue"], sp.eos_token_id]
+
+
 def test_text_records_train_on_every_token(tok):
     ex = tokenize_record({"text": "the sky is blue"}, tok)
     assert ex.labels == ex.input_ids

@@ -6,7 +6,8 @@ as Alpaca's ``alpaca_data.json``), or Parquet (``.parquet``, or any file startin
 one record per row with the keys as columns.
 Record formats (TRL's conventions), detected per record:
 - ``{"text": ...}``: language modelling, loss on every token;
-- ``{"prompt": ..., "completion": ...}``: the two strings concatenated as is, loss on the completion;
+- ``{"prompt": ..., "completion": ...}``: the two strings concatenated as is and tokenised together, loss on the
+  completion's tokens;
 - ``{"instruction": ..., "input": ..., "output": ...}`` (``input`` optional): rendered with the
   tokenizer's chat template (user = instruction + input, assistant = output) when it has one, else
   with the Alpaca template; loss on the output;
@@ -261,8 +262,13 @@ def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
         ids = bos + _ids(tokenizer, rec["text"]) + eos
         return Example(ids, list(ids))
     if fmt == "prompt_completion":
-        p, c = bos + _ids(tokenizer, rec["prompt"]), _ids(tokenizer, rec["completion"]) + eos
-        return Example(p + c, [IGNORE] * len(p) + c)
+        # tokenised together, as TRL does: a SentencePiece tokenizer (Llama 2, Mistral) encodes a completion alone with
+        # a word-start marker of its own that the joined text has not; the loss starts where the prompt's tokens end
+        # (where a merge crosses the join, at the first token that differs from the prompt's)
+        both, p = _ids(tokenizer, rec["prompt"] + rec["completion"]), _ids(tokenizer, rec["prompt"])
+        cut = next((i for i, (a, b) in enumerate(zip(p, both)) if a != b), min(len(p), len(both)))
+        ids = bos + both + eos
+        return Example(ids, [IGNORE] * (len(bos) + cut) + ids[len(bos) + cut:])
     if fmt == "instruction":
         user = rec["instruction"] + (("\n\n" + rec["input"]) if rec.get("input") else "")
         if getattr(tokenizer, "chat_template", None):
