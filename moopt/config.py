@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,6 +238,8 @@ def coerce(section: str, key: str, value: Any, typ: Any) -> Any:
             num = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(num):  # .inf, .nan, 1e400
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         if typ == "int":
             if num != int(num):
                 raise ConfigError(f"{where}: expected an integer, got {value!r}")

@@ -240,6 +240,14 @@ def test_guide_script_spelling_runs_the_same_command(tmp_path):
 
 
 BAD_INPUTS = [
+    ("space", "training:\n  learning_rate: {type: log_uniform, min: 1e-5, max: 1e-3}\nlora:\n  r: 8\ntraining:\n  batch_size: 4\n",
+     [], "`training` is given twice (lines 1 and 5)"),
+    ("space", "lora:\n  r: 8\n  r: 16\n", [], "`r` is given twice"),
+    ("space", "training:\n  batch_size: .inf\n", [], "training.batch_size: expected a finite number, got inf"),
+    ("space", "training:\n  learning_rate: {type: uniform, min: 1e-5, max: .nan}\n", [], "`max` must be a finite number"),
+    ("space", "lora:\n  r: {type: categorical, values: [4, 8], min: 4}\n", [], "lora.r: `min` only applies to types"),
+    ("space", "training:\n  num_train_epochs: {type: int, min: 1, max: 4, step: 2}\n", [],
+     "`max - min` must be a multiple of `step`"),
     ("space", "training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 1e-5}\n", [], "training.learning_rate: `min < max` must hold"),
     ("space", "lora:\n  r: {type: int, min: 0, max: 8}\n", [], "lora.r"),
     ("space", "training: {learning_rate: {type: uniform\n", [], "malformed YAML"),

@@ -72,8 +72,9 @@ def int_param(draw, lo, hi):
         values = draw(st.permutations(sorted(set(draw(st.lists(st.integers(lo, hi), min_size=1, max_size=5))))))
         return categorical(draw, list(values))
     spec = {"type": "int", "min": a, "max": b}
-    if kind == "int_step":
-        spec["step"] = draw(st.integers(1, max(1, b - a)))
+    if kind == "int_step":  # max - min a multiple of the step (else max is never tried: refused)
+        spec["step"] = step = draw(st.integers(1, max(1, b - a)))
+        spec["max"] = a + (b - a) // step * step
     return spec
 
 

@@ -199,10 +199,14 @@ def _num(where: str, key: str, value: Any, errors: list[str]) -> float | None:
         errors.append(f"{where}: `{key}` must be a number, got {value!r}")
         return None
     try:
-        return float(value)  # "1e-6" is a str to PyYAML; it is still a number to us
+        num = float(value)  # "1e-6" is a str to PyYAML; it is still a number to us
     except (TypeError, ValueError):
         errors.append(f"{where}: `{key}` must be a number, got {value!r}")
         return None
+    if not math.isfinite(num):  # .inf, .nan, 1e400
+        errors.append(f"{where}: `{key}` must be a finite number, got {value!r}")
+        return None
+    return num
 
 
 def parse_space(data: dict[str, Any], source: str = "<space>") -> SearchSpace:
@@ -285,6 +289,11 @@ def _parse_param(name: str, where: str, spec: dict, ftype: str, errors: list[str
         if len(set(out)) != len(out):
             errors.append(f"{where}: `values` must be distinct, got {values!r}")
             return None
+        extra = sorted(k for k in ("min", "max", "step") if k in spec)
+        if extra:
+            errors.append(f"{where}: {', '.join(f'`{k}`' for k in extra)} only appl{'ies' if len(extra) == 1 else 'y'} "
+                          "to types uniform, log_uniform and int, not categorical (its `values` are the choices)")
+            return None
         ordered = spec.get("ordered")
         if ordered is not None and not isinstance(ordered, bool):
             errors.append(f"{where}: `ordered` must be true or false, got {ordered!r}")
@@ -315,6 +324,10 @@ def _parse_param(name: str, where: str, spec: dict, ftype: str, errors: list[str
             return None
         if isinstance(step, bool) or not isinstance(step, int) or step < 1:
             errors.append(f"{where}: `step` must be an integer >= 1, got {step!r}")
+            return None
+        if (int(high) - int(low)) % step:  # else `max` is never tried: the values are min, min + step, ...
+            errors.append(f"{where}: `max - min` must be a multiple of `step` (min + k x step reaches max), got "
+                          f"min={low:g}, max={high:g}, step={step}")
             return None
         return Param(name, typ, low=int(low), high=int(high), step=step)
     if "step" in spec:
