@@ -737,3 +737,31 @@ def test_an_oom_is_the_caps_refusal_when_what_was_held_and_asked_is_over_the_cap
     assert not refused_by_cap("CUDA out of memory. Tried to allocate 512.00 MiB.", int(9.6 * GIB), None)
     assert not refused_by_cap("cublas: CUBLAS_STATUS_ALLOC_FAILED out of memory", 10 * GIB, 10 * GIB)
 
+
+
+@pytest.mark.parametrize("bad, said", [({"num_attention_heads": None}, "num_attention_heads=None"),
+                                       ({"hidden_size": "32"}, "hidden_size='32'"),
+                                       ({"num_hidden_layers": 2.5}, "num_hidden_layers=2.5"),
+                                       ({"num_attention_heads": 0}, "num_attention_heads=0"),
+                                       ({"vocab_size": -5}, "vocab_size=-5")])
+def test_a_malformed_config_json_is_one_line(tmp_path, bad, said):
+    """estimate-memory on a folder whose config.json has a shape value that is no whole number >= 1: one line
+    naming the file and the key (a null or 0 head count was a traceback, a negative vocabulary was estimated)."""
+    cfg = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+           "vocab_size": 64, **bad}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(estimate_memory, ["--base_model", str(tmp_path)])
+    assert r.exit_code == 2 and r.output.strip() == (f"Error: {tmp_path / 'config.json'}: {said}: each must be a whole "
+                                                     "number >= 1"), r.output
+
+
+def test_estimate_memory_on_a_gguf_path_that_is_not_there_says_so_without_asking_the_hub(tmp_path, monkeypatch):
+    """"models/llama.gguf" is a valid-looking hub id: it was looked up on the hub (25 s of retries) instead of
+    being the missing file it is."""
+    from moopt.train.models import is_hub_id
+
+    assert not is_hub_id("models/llama.gguf") and is_hub_id("meta-llama/Llama-3.1-8B")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # were it asked, nothing answers there
+    r = CliRunner().invoke(estimate_memory, ["--base_model", "models/llama.gguf"])
+    assert r.exit_code == 2 and "file not found" in r.output and "huggingface.co" not in r.output, r.output

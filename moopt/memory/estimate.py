@@ -300,14 +300,23 @@ def load_model_config(path_or_folder: str | Path):
         raise ConfigError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size") if k not in data]
+    shape = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+    missing = [k for k in shape if k not in data]
     if missing:
         raise ConfigError(f"{path}: missing {missing}; only Llama-family configs are supported")
+    wrong = [f"{k}={data[k]!r}" for k in (*shape, "num_key_value_heads")
+             if k in data and (isinstance(data[k], bool) or not isinstance(data[k], int) or data[k] < 1)]
+    if wrong:
+        raise ConfigError(f"{path}: {', '.join(wrong)}: each must be a whole number >= 1")
     model_type = data.get("model_type", "llama")
     try:
         cfg = AutoConfig.for_model(model_type, **{k: v for k, v in data.items() if k != "model_type"})
     except (ValueError, KeyError, TypeError):
-        cfg = LlamaConfig(**{k: v for k, v in data.items() if k != "model_type"})
+        try:
+            cfg = LlamaConfig(**{k: v for k, v in data.items() if k != "model_type"})
+        except Exception as e:  # noqa: BLE001 - transformers' strict dataclass validation, ZeroDivisionError, ...
+            first = (str(e).splitlines() or [""])[0][:200]
+            raise ConfigError(f"{path}: not a config transformers can read ({type(e).__name__}: {first})") from None
     cfg._name_or_path = str(path.parent)
     from moopt.model_files import is_conversion
 

@@ -116,8 +116,10 @@ def resolve_model_revision(name: str, revision: str | None = None) -> tuple[str,
 
 
 def is_hub_id(name: str) -> bool:
-    """``name`` is a hub repository id (owner/name), not an alias nor a local path."""
-    return name not in ALIASES and not Path(name).expanduser().exists() and _is_repo_id(name)
+    """``name`` is a hub repository id (owner/name), not an alias nor a local path (a ``.gguf`` name is a file,
+    there or not)."""
+    return (name not in ALIASES and not Path(name).expanduser().exists() and not name.lower().endswith(".gguf")
+            and _is_repo_id(name))
 
 
 def _is_repo_id(name: str) -> bool:
@@ -220,6 +222,21 @@ def _hub_refusal(e: Exception, where: str, repo_id: str, revision: str | None) -
     return ConfigError(f"{where}: {endpoint} answered HTTP {status}; try again later, or check HF_ENDPOINT")
 
 
+@contextlib.contextmanager
+def quiet_retries():
+    """huggingface_hub's retry warnings ("'...' thrown while requesting HEAD ...", "Retrying in 1s [Retry 1/5].") off
+    for a block: it still retries an unreachable hub, and the failure is moopt's one line."""
+    import logging
+
+    log = logging.getLogger("huggingface_hub.utils._http")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def hub_config(repo_id: str) -> Path:
     """A hub model's config.json alone, into the HF cache (the cached one when the hub cannot be reached or
     HF_HUB_OFFLINE is set): what a memory estimate needs, without the weights (a 70B model's are 140 GB)."""
@@ -228,7 +245,8 @@ def hub_config(repo_id: str) -> Path:
 
     where = f"--base_model {repo_id}"
     try:
-        return Path(hf_hub_download(repo_id, "config.json"))
+        with quiet_retries():
+            return Path(hf_hub_download(repo_id, "config.json"))
     except hf.RemoteEntryNotFoundError:
         raise ConfigError(f"{where}: the repository has no config.json at its root; not a transformers model") from None
     except hf.HfHubHTTPError as e:
