@@ -1,10 +1,13 @@
 import math
+from pathlib import Path
 
 import pytest
 
 from moopt.config import TrialConfig
 from moopt.errors import ConfigError
 from moopt.search.space import load_space, parse_space
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def write(tmp_path, text):
@@ -146,3 +149,21 @@ def test_the_space_a_study_writes_back_reads_as_the_same_space(tmp_path):
     again = parse_space(space_to_yaml(space))
     assert again.params == space.params
     assert [p.is_ordered for p in again.params] == [True, True, True, True, False, False]
+
+
+def test_a_studys_search_space_yaml_keeps_the_fixed_values_and_reads_back_as_the_same_space():
+    """The demo's space fixes max_seq_length 64; the study's search_space.yaml wrote only the searched parameters, so
+    the file given again as --search_space trained at the default 512. Every guide space reads back the same, in the
+    same order (the study's fingerprint compares it)."""
+    import glob
+
+    import yaml
+
+    from moopt.study.outdir import space_to_yaml
+
+    for f in sorted(glob.glob(str(ROOT / "config" / "*.yaml"))):
+        space = load_space(f)
+        again = parse_space(yaml.safe_load(yaml.safe_dump(space_to_yaml(space), sort_keys=False)), source="again")
+        assert again.fixed.to_dict() == space.fixed.to_dict() and again.params == space.params, f
+    demo = space_to_yaml(load_space(ROOT / "config" / "demo_search_space.yaml"))
+    assert demo["data"] == {"max_seq_length": 64}

@@ -237,6 +237,8 @@ def warm_start_configs(output_dir: str, limit: int = 24) -> list[TrialConfig]:
 
 
 def space_to_yaml(space: SearchSpace) -> dict[str, Any]:
+    """The study's search_space.yaml: each searched parameter's spec, and each value the space fixed (those that are
+    not moopt's defaults), so that the file given again as --search_space searches the same configurations."""
     out: dict[str, dict[str, Any]] = {}
     for p in space.params:
         section, key = p.name.split(".", 1)
@@ -247,4 +249,10 @@ def space_to_yaml(space: SearchSpace) -> dict[str, Any]:
         else:
             spec = {"type": p.type, "min": p.low, "max": p.high} | ({"step": p.step} if p.type == "int" and p.step != 1 else {})
         out.setdefault(section, {})[key] = spec
+    searched = {p.name for p in space.params}
+    defaults, fixed = TrialConfig().to_dict(), space.fixed.to_dict()
+    for section, body in fixed.items():  # after the searched ones: their order is the space's (the study's fingerprint)
+        for key, value in body.items():
+            if f"{section}.{key}" not in searched and value != defaults.get(section, {}).get(key):
+                out.setdefault(section, {})[key] = list(value) if isinstance(value, tuple) else value
     return out
