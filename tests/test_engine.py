@@ -384,3 +384,15 @@ def test_log_scale_integers_are_never_proposed_twice():
         eng.tell()
     assert len(asked) >= 20  # 9 x 6 = 54 configurations: the engine is not out of new ones
     assert len(set(asked)) == len(asked), asked
+
+
+@pytest.mark.parametrize("values", [[4, 8], [4, 8, 32], [8, 4], [4, 32, 8, 64]])
+def test_the_default_is_the_first_trial_on_a_small_space_too(values):
+    """The README's "the first trial is always the well-known default": on a space of a few configurations the initial
+    design repeats the default, and pymoo keeps the later of two equal individuals, which put it out of first place."""
+    from moopt.search.engine import Engine
+    from moopt.search.space import parse_space
+
+    space = parse_space({"lora": {"r": {"type": "categorical", "values": values}}}, source="<test>")
+    asked = [space.decode(x).lora.r for x in Engine(space, 2, 10, 0).ask()]
+    assert asked[0] == space.default_in_space().lora.r and len(set(asked)) == len(asked), asked

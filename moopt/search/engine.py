@@ -225,7 +225,12 @@ class Engine:
                 if x not in initial and len(initial) < self.pop_size:
                     initial.append(x)
             if len(initial) < self.pop_size:
-                initial += self._initial_design(self.pop_size - len(initial), initial, np.random.default_rng(seed))
+                design = self._initial_design(self.pop_size - len(initial), initial, np.random.default_rng(seed))
+                # pymoo drops the earlier of two equal individuals: on a small space a design point equal to the default
+                # would put it out of first place, so repeats are left out here, in order
+                for x in design:
+                    if x not in initial:
+                        initial.append(x)
         sampling = Population.new(X=np.array(initial, dtype=object)) if initial else rng_sampling
         self.algorithm = NSGA2(
             pop_size=self.pop_size,
