@@ -765,3 +765,24 @@ def test_estimate_memory_on_a_gguf_path_that_is_not_there_says_so_without_asking
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # were it asked, nothing answers there
     r = CliRunner().invoke(estimate_memory, ["--base_model", "models/llama.gguf"])
     assert r.exit_code == 2 and "file not found" in r.output and "huggingface.co" not in r.output, r.output
+
+
+def test_the_fit_table_does_not_depend_on_the_configurations_own_shape_and_agrees_with_the_plan(tmp_path):
+    """The --fit table applied the error band of the --config's own shape to every row (on a CPU the runtime's spread
+    is a fixed amount, so its share differs by shape): a 1 x 64 config and a 16 x 2048 one listed different rows, and
+    a row fed back as --config was told "fits only if the estimate is not low". Now: the same rows, each fits."""
+    import yaml
+
+    def run(b, s):
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump({"training": {"batch_size": b}, "data": {"max_seq_length": s}}))
+        r = CliRunner().invoke(estimate_memory, ["--base_model", "llama-3.2-3b", "--device", "cpu", "--config",
+                                                 str(tmp_path / "c.yaml"), "--fit", "24", "--json"])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.output)["fit"]
+
+    small, large = run(1, 64), run(16, 2048)
+    rows = [(x["batch"], x["seq"]) for x in small["longest_seq_by_batch"]]
+    assert rows and rows == [(x["batch"], x["seq"]) for x in large["longest_seq_by_batch"]]
+    for b, s in rows[:3]:
+        assert run(b, s)["plan"][0].startswith("fits"), (b, s)
+        assert not run(b, s + 1)["plan"][0].startswith("fits"), (b, s + 1)

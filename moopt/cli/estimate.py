@@ -41,6 +41,7 @@ def _cuda_available() -> bool:
 def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_json):
     """Estimate the peak memory (GiB) of one training step of a trial."""
     from moopt.memory.estimate import (
+        CPU_RUNTIME_SPREAD_BYTES,
         GIB,
         estimate_peak,
         fit_plan,
@@ -48,7 +49,7 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
         load_model_config,
         under_prior,
     )
-    margin = 0.0
+    margin, spread = 0.0, 0
     auto_device = device == "auto"
     if auto_device:
         device = "cuda" if _cuda_available() else "cpu"
@@ -63,8 +64,11 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
         table = plan = None
         if fit_gib is not None:
             kw = {"device": device, "kernels": kernels, "loss": loss}
-            margin = under_prior(device, trial.model.quantization, est.total_bytes)
-            table = fit_table(model_config, trial, fit_gib * GIB, margin=margin, **kw)
+            # each row as the plan judges it: estimate x (1 + the error band) + (cpu) the runtime's spread between
+            # machines, within the budget; the band is the same for every shape, the spread a fixed amount
+            margin = under_prior(device, trial.model.quantization)
+            spread = CPU_RUNTIME_SPREAD_BYTES if device == "cpu" else 0
+            table = fit_table(model_config, trial, fit_gib * GIB - spread, margin=margin, **kw)
             plan = fit_plan(model_config, trial, fit_gib * GIB, **kw)
     except ConfigError as e:  # one line, exit code 2, no traceback
         click.echo(f"Error: {e}", err=True)
@@ -80,7 +84,8 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
     if as_json:
         out = est.to_json()
         if table is not None:
-            out["fit"] = {"budget_gib": fit_gib, "error_band": margin, "longest_seq_by_batch": [{"batch": b, "seq": s} for b, s in table],
+            out["fit"] = {"budget_gib": fit_gib, "error_band": margin, "runtime_spread_gib": spread / GIB,
+                          "longest_seq_by_batch": [{"batch": b, "seq": s} for b, s in table],
                           "plan": plan}
         click.echo(json.dumps(out, indent=2))
         return
@@ -88,7 +93,9 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
     click.echo(est.render())
     if table is not None:
         click.echo(f"\nlargest batch x sequence within {fit_gib:g} GiB ({device}), keeping the estimate's "
-                   f"+{margin:.0%} error band for {device}/{trial.model.quantization}:")
+                   f"+{margin:.0%} error band for {device}/{trial.model.quantization}"
+                   + (f" and {spread / 2**20:.0f} MiB for the CPU runtime's spread between machines" if spread else "")
+                   + ":")
         if not table:
             click.echo("  none: even batch 1 x 1 token does not fit")
         for b, s in table:
