@@ -127,3 +127,25 @@ def test_a_failure_before_the_first_trial_leaves_no_study_behind(tiny_model, tin
     with pytest.raises(RuntimeError):
         CliRunner().invoke(main, args(tiny_model, tiny_data, out, space, 2), catch_exceptions=False)
     assert not out.exists()
+
+
+def test_an_interrupt_says_what_the_journal_kept_whichever_step_it_stopped(tmp_path):
+    """A Ctrl-C while the end's result files were written (or a second Ctrl-C) said "Interrupted before the first
+    trial; nothing was kept" of a study whose trials had all finished; and taken-over trials counted as trained."""
+    from types import SimpleNamespace
+
+    from moopt.cli import kept_text
+    from moopt.journal import Journal
+
+    cfg = SimpleNamespace(output_dir=str(tmp_path), num_trials=4)
+    assert kept_text(cfg) == "no trial had finished; nothing was kept."
+    j = Journal(tmp_path)
+    j.append({"type": "study", "num_trials": 4})
+    for n in range(4):
+        j.append({"type": "trial_start", "number": n, "params": {}})
+        j.append({"type": "trial_end", "number": n, "state": "COMPLETE", "metrics": {},
+                  **({"taken_from": "runs/a trial 0"} if n == 0 else {})})
+    j.close()
+    said = kept_text(cfg)
+    assert said.startswith("3 of 4 trials finished and kept (and 1 taken over from --warm_start)")
+    assert f"every trial had finished: `moopt report {tmp_path}` writes the result files" in said

@@ -140,3 +140,53 @@ def test_local_executor_kills_a_silent_worker_and_fails_it_with_the_reason(tmp_p
     assert res.number == 7 and res.state == "FAIL"
     assert res.error.startswith("stalled: no progress (starting) for 1 s before the first optimizer step")
     assert time.time() - t0 < 10 and ex.running() == 0
+
+
+def test_past_the_time_budget_a_trial_still_training_is_killed_and_one_evaluating_goes_on(clock):
+    """A trial cut by --time_budget_hours evaluates on the whole validation set; the executor's grace kill took every
+    worker 60 s after the deadline, evaluating or not, and the SIGKILL read as "likely out of memory"."""
+    live = Liveness(StallPolicy(), clock=clock)
+    for n in (0, 1, 2):
+        live.start(n)
+        step(live, n, 5)
+    live.saw(1, {"event": "phase", "phase": "evaluating", "detail": "40000 validation examples"})
+    live.saw(2, {"event": "phase", "phase": "saving", "detail": "adapter"})
+    assert live.overdue("killed: still training 60 s after the time budget ran out") == [0]
+    assert live.overdue("again") == []  # each once
+    assert live.end(0).killed == "killed: still training 60 s after the time budget ran out"
+
+
+def test_a_trial_that_ends_while_the_watchdog_looks_is_no_error(clock):
+    """stalled() lists the trials, then asks each one's limit: a trial ending in between raised KeyError in the
+    study's main thread."""
+    live = Liveness(StallPolicy(), clock=clock)
+    live.start(0)
+    live.end(0)
+    assert live.limit(0)[0] == float("inf")
+
+
+def test_wait_for_any_past_the_deadline_kills_only_the_trials_still_training(clock):
+    import time as real_time
+
+    from moopt.records import TrialResult, TrialState
+    from moopt.study.executor import ExecutorBase, wait_for_any
+
+    class Ex(ExecutorBase):
+        def __init__(self):
+            super().__init__()
+            self.killed = []
+            self.active = {0: 1, 1: 1}
+            for n in (0, 1):
+                self.liveness.start(n)
+            self._event(1, {"event": "phase", "phase": "evaluating"})
+
+        def kill(self, number):
+            self.killed.append(number)
+            self.active.pop(number)
+            self._finish(TrialResult(number=number, state=TrialState.FAIL, error="worker killed by SIGKILL "
+                                     "(likely out of memory)", oom=True))
+
+    ex = Ex()
+    res = wait_for_any(ex, poll=0.01, deadline=real_time.time() - 61)
+    assert ex.killed == [0] and res.number == 0 and not res.oom
+    assert res.error == "killed: still training 60 s after the time budget ran out"

@@ -112,14 +112,31 @@ def optimize(**kw) -> None:
         fail(str(e))
     except (KeyboardInterrupt, Stopped) as e:
         sigterm = isinstance(e, Stopped) and "SIGTERM" in str(e)
-        if isinstance(e, Stopped) and e.total:
-            rerun = f"; running, will rerun: {', '.join(map(str, e.running))}" if e.running else ""
-            click.echo(f"\n{'Stopped by SIGTERM' if sigterm else 'Interrupted'}: {e.finished} of {e.total} trials "
-                       f"finished and kept{rerun}.", err=True)
-        else:
-            click.echo("\nInterrupted before the first trial; nothing was kept.", err=True)
+        click.echo(f"\n{'Stopped by SIGTERM' if sigterm else 'Interrupted'}: {kept_text(cfg)}", err=True)
         click.echo(f"Continue with: {resume_command()}", err=True)
         sys.exit(143 if sigterm else 130)
+
+
+def kept_text(cfg) -> str:
+    """What an interrupted study kept, read from its journal (the truth whichever step a Ctrl-C, or a second one,
+    stopped): trials finished (those --warm_start took over said apart), those that will rerun, and whether the
+    result files may lack the end's analysis."""
+    from moopt.journal import replay
+
+    try:
+        rec = replay(cfg.output_dir)
+    except (OSError, ValueError):
+        rec = None
+    if rec is None or not rec.finished:
+        return "no trial had finished; nothing was kept."
+    total = int(rec.header.get("num_trials") or cfg.num_trials)
+    taken = sum(bool(e.taken_from) for e in rec.finished.values())
+    text = f"{len(rec.finished) - taken} of {total} trials finished and kept"
+    text += f" (and {taken} taken over from --warm_start)" if taken else ""
+    text += f"; running, will rerun: {', '.join(map(str, rec.running))}" if rec.running else ""
+    if len(rec.finished) >= total and not rec.running:  # stopped while the end's result files were being written
+        text += f"; every trial had finished: `moopt report {cfg.output_dir}` writes the result files"
+    return text + "."
 
 
 NOT_CARRIED = ("resume", "overwrite", "output_dir", "time_budget_hours")  # what --resume never takes from the study

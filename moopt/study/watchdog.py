@@ -102,7 +102,9 @@ class Liveness:
         """(seconds of silence allowed to trial ``number`` now, how that figure came about)."""
         p = self.policy
         with self._lock:
-            t = self.trials[number]
+            t = self.trials.get(number)
+            if t is None:  # it ended since it was listed (events arrive on other threads)
+                return float("inf"), "ended"
             stepped = t.steps > 0
         if not stepped:
             auto = max(p.setup_floor_s, p.setup_factor * self.slowest_setup_s)
@@ -117,6 +119,18 @@ class Liveness:
         if auto > p.floor_s:
             return auto, f"{p.factor:g} x the slowest step seen, floor {p.floor_s:g} s"
         return p.floor_s, f"the floor; {p.factor:g} x the slowest step seen is {auto:.0f} s"
+
+    def overdue(self, why: str) -> list[int]:
+        """The running trials still training (or setting up) when the time budget's grace has run out: each is marked
+        killed with ``why`` and listed (the caller kills it). One evaluating or saving what it trained goes on: that
+        evaluation is what a cut trial keeps, and the stall limit still watches it."""
+        out = []
+        with self._lock:
+            for n, t in self.trials.items():
+                if t.killed is None and t.phase not in ("evaluating", "saving"):
+                    t.killed = why
+                    out.append(n)
+        return out
 
     def stalled(self) -> list[tuple[int, str]]:
         """(trial, reason) for each running trial silent past its limit; each is reported once (it is
