@@ -2,6 +2,7 @@
 
 import io
 
+import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
@@ -345,3 +346,26 @@ def test_a_trial_imports_bitsandbytes_without_asking_the_hub(tmp_path):
     assert out.stdout.strip() == "offline False True"
     assert out.stderr.strip() == "", out.stderr
     assert connections == []
+
+
+def test_without_a_base_model_the_live_best_goes_by_the_weights_as_the_summary_does(tmp_path):
+    """multi:eval_accuracy,eval_loss with --no-baseline: the live "best" line ranked by the first objective alone
+    (no fixed start to score from), while the summary chose by the weights from the worst trial's values."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from moopt.records import TrialResult, TrialState
+    from moopt.search.objectives import parse_objectives
+    from moopt.study.scheduler import Study
+
+    cfg = SimpleNamespace(objectives=parse_objectives("multi:eval_accuracy,eval_loss", "0.5,0.5"), num_trials=3,
+                          memory_constraint_gb=None)
+    study = SimpleNamespace(cfg=cfg, out=tmp_path, console=Console(file=io.StringIO()))
+    board = Study.progress(study, [], None).board
+    for n, (acc, loss) in enumerate([(0.50, 3.0), (0.45, 0.5), (0.44, 2.9)]):
+        board.ended(TrialResult(number=n, state=TrialState.COMPLETE, metrics={"eval_accuracy": acc, "eval_loss": loss}))
+    assert board.best[1] == 1, board.best  # by accuracy alone it was trial 0
+    # the summary's score: progress from the worst COMPLETE trial's values (accuracy 0.44, loss 3.0)
+    assert board.best[0] == pytest.approx(0.5 * (0.45 - 0.44) / (1 - 0.44) + 0.5 * (3.0 - 0.5) / 3.0)

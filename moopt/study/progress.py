@@ -77,12 +77,15 @@ class ProgressBoard:
 
     def __init__(self, total: int = 0, objective: str | None = None, minimize: bool = True, done: int = 0,
                  deadline: float | None = None, clock: Callable[[], float] = time.time,
-                 score: Callable[[dict[str, float]], float] | None = None, shown: tuple[str, ...] = ()):
+                 score: Callable[[dict[str, float]], float] | None = None, shown: tuple[str, ...] = (),
+                 rescore: Callable[[list[dict[str, float]]], list[float]] | None = None):
         """``objective``: the best trial is the one best on it. ``score`` (several objectives): the best trial
         is the one with the highest weighted score (the summary's ``Best value``), shown with its ``shown``
-        metrics."""
+        metrics. ``rescore`` (several objectives and no fixed start, e.g. --no-baseline): the scores of all COMPLETE
+        trials' metrics at once, as the summary computes them (from the worst trial's values), after each end."""
         self.total, self.objective, self.minimize, self.done = total, objective, minimize, done
         self.deadline, self.clock, self.score, self.shown = deadline, clock, score, shown
+        self.rescore, self.complete = rescore, []  # [(trial, metrics)] of the COMPLETE trials, for rescore
         self.t0 = clock()
         self.best: tuple[float, int] | None = None  # (value of the objective, or score; trial)
         self.best_metrics: dict[str, float] = {}
@@ -131,6 +134,13 @@ class ProgressBoard:
             self.done_here += not earlier
             self.ran_here += ran and not earlier
             m = end.metrics or {}
+            if self.rescore is not None:
+                if end.state == TrialState.COMPLETE and all(n in m and math.isfinite(m[n]) for n in self.shown):
+                    self.complete.append((end.number, dict(m)))
+                    scores = self.rescore([x[1] for x in self.complete])
+                    i = max(range(len(scores)), key=lambda k: (scores[k], -self.complete[k][0]))
+                    self.best, self.best_metrics = (float(scores[i]), self.complete[i][0]), dict(self.complete[i][1])
+                return
             if self.score is not None:
                 v = self.score(m) if all(n in m for n in self.shown) else None
             else:

@@ -683,7 +683,7 @@ class Study:
         from moopt.study.progress import ProgressBoard, ProgressView
 
         objectives = self.cfg.objectives
-        score = None
+        score = rescore = None
         if objectives.multi:  # the best by the weights, as the summary picks it, once a trial's score is fixed
             import json
 
@@ -695,9 +695,23 @@ class Study:
             if start is not None:
                 s0 = objectives.to_minimize(start)
                 score = lambda m: float(objectives.score(objectives.to_minimize(m), s0)[0])  # noqa: E731
+            else:  # an objective the base model has no value for (--no-baseline): the summary's start, which takes
+                # the worst COMPLETE trial's value there, so every score moves as trials end
+                import pandas as pd
+
+                from moopt.report.table import score_start
+
+                header = {"memory_constraint_gb": self.cfg.memory_constraint_gb}
+
+                def rescore(ms: list[dict[str, float]]) -> list[float]:
+                    table = pd.DataFrame([{f"values_{n}": m[n] for n in objectives.names} for m in ms])
+                    at, _ = score_start(objectives, baseline, header, table.max(), table.min())
+                    F = np.array([objectives.to_minimize(m) for m in ms], dtype=float)
+                    return [float(x) for x in objectives.score(F, objectives.to_minimize(at))]
         taken = sum(bool(e.taken_from) for e in finished)  # --warm_start's, not trained: beyond --num_trials
         board = ProgressBoard(total=self.cfg.num_trials + taken, objective=objectives.names[0], deadline=deadline,
-                              minimize=objectives.directions()[0] == "minimize", score=score, shown=objectives.names)
+                              minimize=objectives.directions()[0] == "minimize", score=score, shown=objectives.names,
+                              rescore=rescore)
         for end in finished:
             board.ended(end, earlier=True)
         return ProgressView(self.console, board)
