@@ -149,3 +149,23 @@ def test_an_interrupt_says_what_the_journal_kept_whichever_step_it_stopped(tmp_p
     said = kept_text(cfg)
     assert said.startswith("3 of 4 trials finished and kept (and 1 taken over from --warm_start)")
     assert f"every trial had finished: `moopt report {tmp_path}` writes the result files" in said
+
+
+def test_the_printed_resume_command_runs_from_this_shell(tmp_path, monkeypatch):
+    """Started as .venv/bin/moopt outside an activated venv, the study printed `moopt optimize ... --resume`, which
+    that shell does not find; `python -m moopt.cli` printed the path of cli/__main__.py."""
+    import sys
+
+    from moopt.cli import program
+
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "moopt").write_text("#!/bin/sh\n")
+    (venv_bin / "moopt").chmod(0o755)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the venv not activated
+    assert program(str(venv_bin / "moopt")) == str(venv_bin / "moopt")
+    monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")  # activated: the short name finds the same program
+    assert program(str(venv_bin / "moopt")) == "moopt"
+    assert program("/x/moopt/cli/__main__.py").endswith(" -m moopt.cli")
+    assert program("scripts/run_hyperparameter_optimization.py").endswith(" scripts/run_hyperparameter_optimization.py")
+    assert program("scripts/run_hyperparameter_optimization.py").split()[0] in ("python", sys.executable)

@@ -185,8 +185,26 @@ def resume_command() -> str:
     import shlex
 
     args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")]
-    prog = "moopt" if Path(sys.argv[0]).name == "moopt" else f"python {shlex.quote(sys.argv[0])}"
-    return " ".join([prog, *map(shlex.quote, args), "--resume"])
+    return " ".join([program(), *map(shlex.quote, args), "--resume"])
+
+
+def program(argv0: str | None = None) -> str:
+    """How to run this command again from this shell: ``moopt`` where that name finds this very program, else the
+    path it was started by (``.venv/bin/moopt`` outside an activated venv); a script or ``-m`` with a ``python``
+    that is this interpreter, else this interpreter's path."""
+    import shlex
+    import shutil
+
+    argv0 = argv0 or sys.argv[0]
+    here = Path(argv0)
+    if here.name == "moopt":
+        found = shutil.which("moopt")
+        return "moopt" if found and Path(found).resolve() == here.resolve() else shlex.quote(argv0)
+    found = shutil.which("python")
+    python = "python" if found and Path(found).resolve() == Path(sys.executable).resolve() else shlex.quote(sys.executable)
+    if here.name == "__main__.py" and here.parent.name == "cli":
+        return f"{python} -m moopt.cli"
+    return f"{python} {shlex.quote(argv0)}"
 
 
 def require_bitsandbytes(source) -> None:
