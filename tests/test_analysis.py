@@ -545,3 +545,29 @@ def test_weights_given_to_a_resume_choose_the_best_trial_from_then_on(tmp_path):
     data = load_study(out)
     assert data.objectives.weights == (0.05, 0.95) and data.best == 1
     assert "fingerprint" not in data.header  # only what a resume may change is merged
+
+
+def test_without_a_base_model_the_best_time_cut_trial_is_named_and_its_adapter_kept(tmp_path):
+    """--no-baseline, every trial cut by the time budget: there was no start to score from, so no cut trial was named
+    and --keep_adapters pareto|best removed every adapter. Now the best of them, scored from their own worst values."""
+    import io
+
+    from rich.console import Console
+
+    from moopt.report.results import print_summary
+    from moopt.report.table import cut_by_time_ahead
+    from moopt.study.adapters import trim_adapters
+
+    trials = synthetic_trials(3)
+    for n, (loss, acc) in enumerate([(3.0, 0.5), (2.5, 0.6), (4.0, 0.4)]):
+        trials[n] = {**trials[n], "state": "PRUNED", "error": "time budget reached at step 5",
+                     "metrics": {"eval_loss": loss, "eval_accuracy": acc}}
+    out = write_fake_study(tmp_path / "s", trials)
+    for n in range(3):
+        (out / "trial_results" / f"trial_{n}" / "adapter").mkdir()
+    data = load_study(out)
+    assert [n for n, *_ in cut_by_time_ahead(data)] == [1]
+    buf = io.StringIO()
+    print_summary(data, {}, Console(file=buf, width=400, highlight=False))
+    assert "Trial 1 was cut by the time budget at step 5 of 10" in buf.getvalue()
+    assert trim_adapters(out, "best", final=True).kept == [1]

@@ -5,6 +5,7 @@ trial, the score and the hypervolume history. Needs neither GPU nor model.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,21 +235,28 @@ def cut_by_time_ahead(data: StudyData) -> list[tuple[int, float, dict[str, float
     on the whole validation set as a COMPLETE trial's are, score above the best COMPLETE trial: (number,
     score, metrics, where it was cut). The best stays a COMPLETE trial (a cut one's configuration was not
     trained to the end), but such a trial is the best model the study holds, which the user should hear.
-    When no trial completed, the best-scoring cut trial that is ahead of the base model (score > 0), if any."""
+    When no trial completed, the best-scoring cut trial that is ahead of the base model (score > 0), if any; with no
+    base model to score from (--no-baseline), the best of the cut trials, scored from their own worst values."""
     t = data.table
     none_completed = data.best_score is None
-    start = fixed_start(data.objectives, data.baseline, data.header) if none_completed else data.score_start
-    if not len(t) or "error" not in t.columns or start is None:
+    if not len(t) or "error" not in t.columns:
         return []
     cols = [f"values_{n}" for n in data.objectives.names]
     cut = t[(t.state == TrialState.PRUNED) & t.error.fillna("").str.startswith(TIME_BUDGET_CUT)].dropna(subset=cols)
     if not len(cut):
         return []
+    start = fixed_start(data.objectives, data.baseline, data.header) if none_completed else data.score_start
+    floor = 0.0 if none_completed else data.best_score
+    if start is None and none_completed:  # nothing to be ahead of: the best of them, from their own worst values
+        start, _ = score_start(data.objectives, data.baseline, data.header, cut[cols].max(), cut[cols].min())
+        floor = -math.inf
+    if start is None:
+        return []
     F = np.array([data.objectives.to_minimize(dict(zip(data.objectives.names, r))) for r in cut[cols].to_numpy()])
     scores = data.objectives.score(F, data.objectives.to_minimize(start))
     out = []
     for (_, row), score in zip(cut.iterrows(), scores):
-        if score > (0.0 if none_completed else data.best_score):
+        if score > floor:
             where = row.error.removeprefix(TIME_BUDGET_CUT + " at ")
             if pd.notna(row.get("total_steps")):
                 where += f" of {int(row.total_steps)}"
