@@ -369,3 +369,12 @@ def test_without_a_base_model_the_live_best_goes_by_the_weights_as_the_summary_d
     assert board.best[1] == 1, board.best  # by accuracy alone it was trial 0
     # the summary's score: progress from the worst COMPLETE trial's values (accuracy 0.44, loss 3.0)
     assert board.best[0] == pytest.approx(0.5 * (0.45 - 0.44) / (1 - 0.44) + 0.5 * (3.0 - 0.5) / 3.0)
+
+
+def test_a_trial_that_ends_while_the_display_draws_is_no_error():
+    """The live display lists the running trials, then draws each: a trial ending in between (on the study's thread)
+    raised KeyError in rich's refresh thread."""
+    board = ProgressBoard(total=2)
+    board.event(0, {"event": "phase", "phase": "training", "detail": "10 optimizer steps"})
+    board.ended(TrialResult(number=0, state="COMPLETE", metrics={}))
+    assert board.trial_line(0) == ""

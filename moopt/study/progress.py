@@ -194,7 +194,9 @@ class ProgressBoard:
         """Training: step/total, loss, tokens/s, ETA. Otherwise its phase (and for how long, ``timed``)."""
         now = self.clock()
         with self.lock:
-            t = self.trials[number]
+            t = self.trials.get(number)
+        if t is None:  # it ended since it was listed (events, ends and the live display run on different threads)
+            return ""
         if t.phase == "training" and t.step:
             eta = t.eta_s(now)
             loss = f" loss {t.loss:.4f}" if t.loss is not None else ""
@@ -239,7 +241,7 @@ class ProgressView:
         from rich.text import Text
 
         lines = [self.board.study_line()] if self.show_study else []
-        lines += [f"  {self.board.trial_line(n)}" for n in self.board.running()]
+        lines += [f"  {line}" for n in self.board.running() if (line := self.board.trial_line(n))]
         return Text("\n".join(lines))
 
     # -- feeding -------------------------------------------------------------------------------
@@ -259,7 +261,7 @@ class ProgressView:
             if line is not None:
                 t.printed_decile = decile
             self.board.stepped = True
-        if line is not None:
+        if line:
             t.printed_at = now
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
@@ -275,6 +277,6 @@ class ProgressView:
         now = self.board.clock()
         for n in self.board.running():
             t = self.board.trials.get(n)
-            if t is not None and now - t.printed_at >= self.quiet_s:
+            if t is not None and now - t.printed_at >= self.quiet_s and (line := self.board.trial_line(n)):
                 t.printed_at = now
-                self.console.print(self.board.trial_line(n), markup=False, highlight=False, soft_wrap=True)
+                self.console.print(line, markup=False, highlight=False, soft_wrap=True)
