@@ -571,3 +571,23 @@ def test_without_a_base_model_the_best_time_cut_trial_is_named_and_its_adapter_k
     print_summary(data, {}, Console(file=buf, width=400, highlight=False))
     assert "Trial 1 was cut by the time budget at step 5 of 10" in buf.getvalue()
     assert trim_adapters(out, "best", final=True).kept == [1]
+
+
+def test_the_summary_says_when_the_best_trials_adapter_is_not_kept(tmp_path):
+    """--keep_adapters best, then --resume with other weights picks another trial, whose adapter is gone (or a
+    --warm_start took it over with its result only): the summary says so and how to train it, instead of nothing."""
+    import io
+
+    from rich.console import Console
+
+    from moopt.report.results import print_summary
+
+    out = write_fake_study(tmp_path / "s", synthetic_trials(6))
+    data = load_study(out)
+    buf = io.StringIO()
+    print_summary(data, {"best_config": {}, "best_metrics": {}}, Console(file=buf, width=400), out)
+    assert f"(trial {data.best}'s adapter is not kept: moopt train --config {out}/best_config.yaml trains it)" in buf.getvalue()
+    (out / "trial_results" / f"trial_{data.best}" / "adapter").mkdir()
+    buf = io.StringIO()
+    print_summary(data, {"best_config": {}, "best_metrics": {}}, Console(file=buf, width=400), out)
+    assert "adapter is not kept" not in buf.getvalue()

@@ -167,6 +167,10 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
         for name, what in files:
             if (out / name).exists():
                 say(f"  {name:<34} {what}")
+        if data.best is not None and not (out / "trial_results" / f"trial_{data.best}" / "adapter").exists():
+            # --keep_adapters removed it while another trial was best (the weights changed on --resume), or a
+            # --warm_start took the trial over with its result only
+            say(f"  (trial {data.best}'s adapter is not kept: moopt train --config {out}/best_config.yaml trains it)")
     if refined is not None and output_dir is not None:
         say()
         say(f"Refined search space (the guide's coarse -> refined search; {Path(output_dir) / 'refined_space.yaml'}):")
