@@ -121,3 +121,32 @@ def test_a_script_error_would_be_caught(report, tmp_path):
     dom, console = dump_dom(with_script(report, tmp_path / "broken.html", "undefinedFunction();"), tmp_path)
     assert 'class="js-error"' in dom and "undefinedFunction" in dom
     assert any("undefinedFunction" in line for line in console)
+
+
+def test_an_infinite_metric_neither_breaks_the_tables_sort_nor_vanishes_from_the_plot(tmp_path, monkeypatch):
+    """An infinite eval_loss was written as data-v='Infinity', which the sort's JSON.parse throws on; the optimisation
+    plot dropped the trial without a mark (only NaN was marked) and the axis started past it. The Pareto zoom reached
+    past what a metric can be (a loss under 0, an accuracy over 1)."""
+    from moopt.report.plots import pareto_zoom
+    from moopt.report.table import load_study
+
+    trials = synthetic_trials(8)
+    trials[0] = {**trials[0], "metrics": {**trials[0]["metrics"], "eval_loss": float("inf")}}
+    out = write_fake_study(tmp_path / "s", trials)
+    data = load_study(out)
+    write_html_report(out, data)
+    keys = re.findall(r"data-v='([^']*)'", (out / REPORT).read_text())
+    for k in keys:
+        json.loads(html.unescape(k))  # what the page's JSON.parse does
+    assert not any("Infinity" in k for k in keys)
+    from moopt.report import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, plt: drawn.append(fig))
+    plot_optimization(data, out / "optimization_plot.png")
+    fig = drawn[0]
+    assert fig.axes[0].get_xlim()[0] < 0  # trial 0 (inf) on the axis, marked
+    assert any("no finite metric" in t.get_text() for t in fig.legends[0].texts)
+    trials[1] = {**trials[1], "metrics": {**trials[1]["metrics"], "eval_loss": 0.01, "eval_accuracy": 0.999}}
+    zoom = pareto_zoom(load_study(write_fake_study(tmp_path / "z", trials)))
+    assert zoom is None or (zoom[0][0] >= 0 and zoom[1][1] <= 1), zoom

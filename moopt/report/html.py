@@ -215,6 +215,8 @@ def _table_section(data: StudyData) -> str:
             if c == "duration":
                 v = v.total_seconds() if isinstance(v, pd.Timedelta) else None
             key = "" if _missing(v) else (float(v) if _is_num(v) else str(v))
+            if isinstance(key, float) and not math.isfinite(key):  # JSON has no Infinity: the sort's JSON.parse threw
+                key = math.copysign(1e308, key)
             cells.append(f"<td data-v='{html.escape(json.dumps(key))}'>{html.escape(_fmt(v))}</td>")
         cls = " class='best'" if r.number == data.best else ""
         rows.append(f"<tr{cls}>{''.join(cells)}</tr>")

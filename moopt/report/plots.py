@@ -10,7 +10,7 @@ import pandas as pd
 
 from moopt.records import TrialState
 from moopt.report.table import StudyData, base_metrics
-from moopt.search.objectives import KNOWN
+from moopt.search.objectives import IDEAL, KNOWN
 
 STATE_STYLE = {  # colour, marker for plots
     TrialState.COMPLETE: ("tab:blue", "o"),
@@ -71,12 +71,14 @@ def plot_optimization(data: StudyData, path: Path) -> None:
         col = f"values_{name}"
         if len(t):
             _scatter_states(ax, t, "number", col)
-            missing = t[t[col].isna() & (t.state != "RUNNING")]
-            if len(missing):  # FAIL (or no metrics): a mark on the bottom edge at its trial number
+            values = pd.to_numeric(t[col], errors="coerce")
+            missing = t[~np.isfinite(values) & (t.state != "RUNNING")]  # NaN, or an infinite loss
+            if len(missing):  # FAIL (or no finite metric): a mark on the bottom edge at its trial number
                 ax.scatter(missing.number, [0.0] * len(missing), marker="x", c="tab:gray", clip_on=False, zorder=3,
                            transform=ax.get_xaxis_transform(),
-                           label=f"{'/'.join(sorted(set(missing.state)))}, no metrics (x on the axis)")
-        done = t[t.state == TrialState.COMPLETE].dropna(subset=[col]) if len(t) else t
+                           label=f"{'/'.join(sorted(set(missing.state)))}, no finite metric (x on the axis)")
+            ax.set_xlim(float(t.number.min()) - 0.5, float(t.number.max()) + 0.5)  # every trial, marked ones included
+        done = t[(t.state == TrialState.COMPLETE) & np.isfinite(pd.to_numeric(t[col], errors="coerce"))] if len(t) else t
         if len(done):
             best = done[col].cummin() if KNOWN[name][0] == "minimize" else done[col].cummax()
             ax.step(done.number, best, where="post", c="k", lw=1.5, label="best so far (COMPLETE)")
@@ -145,7 +147,12 @@ def pareto_zoom(data: StudyData) -> tuple[tuple[float, float], tuple[float, floa
         pad = max(ZOOM_PAD[0] * (hi - lo), ZOOM_PAD[1] * full)
         if full <= 0 or (hi - lo + 2 * pad) > ZOOM_SPREAD * full:
             return None
-        out.append((float(lo - pad), float(hi + pad)))
+        name = col.removeprefix("values_")
+        # not past what the metric can be: a loss or memory under 0, an accuracy over 1 (the ideal)
+        low_end = IDEAL.get(name) if KNOWN.get(name, ("",))[0] == "minimize" else None
+        high_end = IDEAL.get(name) if KNOWN.get(name, ("",))[0] == "maximize" else None
+        out.append((float(max(lo - pad, low_end) if low_end is not None else lo - pad),
+                    float(min(hi + pad, high_end) if high_end is not None else hi + pad)))
     return out[0], out[1]
 
 
