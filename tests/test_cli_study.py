@@ -253,6 +253,8 @@ BAD_INPUTS = [
     ("space", "training: {learning_rate: {type: uniform\n", [], "malformed YAML"),
     ("train", '{"prompt": "a", "completion": "b"}\n{"prompt": \n', [], "train.jsonl:2: invalid JSON"),
     ("missing", None, [], "file not found"),
+    ("warm", "", [], "journal.jsonl records no study (no header line)"),  # an empty journal: was a traceback
+    ("warm", '{"type": "trial_start", "number": 0}\n', [], "records no study"),
     (None, None, ["--optimization_objective", "multi:eval_loss,eval_accuracy", "--optimization_weights", "1,2,3"], "3 weight(s) for 2 objective(s)"),
     (None, None, ["--ray_address", "auto"], "--ray_address needs --executor ray"),
     (None, None, ["--base_model", "/no/such/model"], "--base_model /no/such/model"),
@@ -271,6 +273,10 @@ def test_bad_input_one_line_exit_2_nothing_written(tiny_model, tiny_data, space,
         data["train"].write_text(content)
     elif what == "missing":
         data["val"] = tmp_path / "nope.jsonl"
+    elif what == "warm":
+        (tmp_path / "old").mkdir()
+        (tmp_path / "old" / "journal.jsonl").write_text(content)
+        extra = [*extra, "--warm_start", str(tmp_path / "old")]
     out = tmp_path / "out"
     r = optimize(tiny_model, data, out, sp, *extra)
     assert r.exit_code == 2, r.output
@@ -306,7 +312,19 @@ def test_numeric_options_refuse_nan_and_inf(tiny_model, tiny_data, space, tmp_pa
     study in which no trial could start."""
     out = tmp_path / "out"
     r = optimize(tiny_model, tiny_data, out, space, option, value)
-    assert r.exit_code == 2 and f"'{value}' is not a finite number" in r.output, r.output
+    said = f"'{value}' is not a finite number" in r.output or (option == "--pruning_factor" and value == "inf"
+                                                               and "is not in the range 1.5<=x<=10" in r.output)
+    assert r.exit_code == 2 and said, r.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("eta", ["1.01", "1.000000000001", "20"])
+def test_a_pruning_factor_outside_1_5_to_10_is_refused(tiny_model, tiny_data, space, tmp_path, eta):
+    """Just above 1 it built log(10)/log(eta) rungs (2e12 for 1 + 1e-12: the study hung building them; 1.01: a rung
+    evaluation at every step, 4x the training's tokens); above 10 the first rung fell under 1/10 of the steps."""
+    out = tmp_path / "out"
+    r = optimize(tiny_model, tiny_data, out, space, "--pruning_factor", eta)
+    assert r.exit_code == 2 and "is not in the range 1.5<=x<=10" in r.output, r.output
     assert not out.exists()
 
 

@@ -91,7 +91,18 @@ def test_a_trial_that_cannot_catch_a_completed_one_stops_though_it_ranks_in_the_
     p.record(1, 3, np.array([5.0, -0.1]))
     p.record(1, 4, np.array([6.0, -0.1]))
     go, why = p.judge(1, 2, np.array([1.1, -0.5]))
-    assert not go and why.startswith("cannot catch trial 0") and "[0.33, -0.9]" in why, why
+    assert not go and why.startswith("cannot catch trial 0") and "[0.3, -0.9]" in why, why
+    from moopt.search.objectives import parse_objectives
+
+    named = RungPruner(2, ideal=ideal, describe=parse_objectives("multi:eval_loss,eval_accuracy", None).describe)
+    named.record(1, 0, np.array([1.0, -0.5]))
+    named.complete(0, np.array([0.3, -0.9]))
+    named.record(1, 1, np.array([1.2, -0.5]))
+    named.complete(1, np.array([0.4, -0.85]))
+    named.record(1, 3, np.array([5.0, -0.1]))
+    named.record(1, 4, np.array([6.0, -0.1]))
+    go, why = named.judge(1, 2, np.array([1.1, -0.5]))  # in the objectives' own words: accuracy positive
+    assert not go and why.endswith("which trial 0's final eval_loss 0.3, eval_accuracy 0.9 dominates"), why
     go, why = p.judge(1, 5, np.array([0.9, -0.55]))  # best end (0.27, 0.09): could still join the front
     assert go and why == "rank 1 of 6 at rung 1", why
     # at the first rung (1/8 of the steps) the same arrival goes on: the bound does not act there

@@ -60,8 +60,8 @@ def main() -> None:
      help="Comma-separated weights (>= 0) for multi objectives; they pick the single best trial from the Pareto front. Default: equal.")
 @opt("search_space", default=None, type=click.Path(), help="Search space YAML (sections training/lora/data/model). Default: a built-in space.")
 @opt("time_budget_hours", default=None, type=FiniteRange(min=0, min_open=True), help="Wall-clock budget in hours; no trial starts that cannot finish in it. Default: none.")
-@opt("pruning_factor", default=None, type=FiniteRange(min=1, min_open=True),
-     help="Successive-halving factor eta (e.g. 2): rungs at 1/eta^k of each trial's optimizer steps, from >= 1/10 up to 1/eta "
+@opt("pruning_factor", default=None, type=FiniteRange(min=1.5, max=10),
+     help="Successive-halving factor eta, 1.5 to 10 (e.g. 2): rungs at 1/eta^k of each trial's optimizer steps, from >= 1/10 up to 1/eta "
           "(eta 2: 1/8, 1/4, 1/2); at each rung a trial goes on only if in the top 1/eta by Pareto rank, then crowding, "
           "and (from 1/5 on) only if its optimistic end is not dominated by a completed trial. Default: no pruning.")
 @opt("parallel_trials", default=1, show_default=True, type=click.IntRange(min=1), help="Trials run at once, one process each: on CPU the cores are split; on GPUs each goes where its memory estimate fits (several may share one).")
@@ -270,7 +270,11 @@ def build_study_config(kw: dict):
     from moopt.journal import JOURNAL, replay
 
     if kw["warm_start"]:
-        if not (Path(kw["warm_start"]) / JOURNAL).is_file():
+        journal = Path(kw["warm_start"]) / JOURNAL
+        if journal.is_file() and not replay(kw["warm_start"]).header:  # empty, or its study ended before it began
+            raise ConfigError(f"--warm_start {kw['warm_start']}: {journal} records no study (no header line): nothing "
+                              "to start from")
+        if not journal.is_file():
             if not (kw["resume"] and (Path(kw["output_dir"]) / JOURNAL).is_file()):
                 raise ConfigError(f"--warm_start {kw['warm_start']}: no study found there (no {JOURNAL})")
             # a study it seeded already goes on without it (its engine is checkpointed); nothing more is taken over

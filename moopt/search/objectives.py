@@ -55,6 +55,12 @@ class Objectives:
         gap = start - self.ideal()
         return np.where(gap > 0, (start - F) / np.where(gap > 0, gap, 1.0), 0.0)
 
+    def describe(self, F: np.ndarray) -> str:
+        """A minimisation-form vector (``to_minimize``'s) in the objectives' own words: "eval_loss 0.11,
+        eval_accuracy 0.89" (a maximised one's sign turned back)."""
+        return ", ".join(f"{n} {(-v if d == 'maximize' else v):.4g}"
+                         for n, d, v in zip(self.names, self.directions(), np.asarray(F, dtype=float)))
+
     def score(self, F: np.ndarray, start: np.ndarray) -> np.ndarray:
         """The weighted progress score of each row of F (higher is better; 1 = ideal on every
         objective, 0 = no better than ``start``): what the summary prints as ``Best value``."""

@@ -114,7 +114,10 @@ class RungPruner:
     (minimisation form, Objectives.ideal()); without it there is no dominance bound."""
 
     def __init__(self, eta: float, ideal: np.ndarray | None = None, *, bound_min_completed: int = BOUND_MIN_COMPLETED,
-                 bound_min_fraction: float = BOUND_MIN_FRACTION, bound_same_budget: bool = BOUND_SAME_BUDGET):
+                 bound_min_fraction: float = BOUND_MIN_FRACTION, bound_same_budget: bool = BOUND_SAME_BUDGET,
+                 describe=None):
+        """``describe(F)``: a minimisation-form vector in the objectives' own words for the reasons ("eval_loss 0.11,
+        eval_accuracy 0.89"; Objectives.describe); without it the vector as it is."""
         self.eta = eta
         # the dominance bound's rule (see the module constants): completed trials it needs, the earliest
         # rung (fraction of the steps) it acts at, whether it reads only trials at least as long
@@ -122,6 +125,7 @@ class RungPruner:
         self.bound_min_fraction = bound_min_fraction
         self.bound_same_budget = bound_same_budget
         self.fractions = rung_fractions(eta)  # rung k sits at fractions[k] of a trial's steps
+        self.describe = describe or (lambda F: str(np.round(F, 4).tolist()))
         self.ideal = None if ideal is None else np.asarray(ideal, dtype=float)
         self.pools: dict[int, dict[int, np.ndarray]] = {}  # rung -> {trial number: F}
         self.steps: dict[int, dict[int, int]] = {}  # rung -> {trial number: its optimizer step there}
@@ -216,8 +220,8 @@ class RungPruner:
         hit = self.bound(rung, number, F)
         if hit is not None:
             end, c = hit
-            return False, (f"cannot catch trial {c}: its best end {np.round(end, 4).tolist()} is dominated "
-                           f"by trial {c}'s final {np.round(self.finals[c], 4).tolist()}")
+            return False, (f"cannot catch trial {c}: at best it would end at {self.describe(end)}, which trial {c}'s "
+                           f"final {self.describe(self.finals[c])} dominates")
         return True, f"rank {rank} of {len(nums)} at rung {rung}"
 
     def decide(self, rung: int, number: int, F: np.ndarray, step: int | None = None) -> bool:

@@ -164,7 +164,7 @@ class Study:
         self.write_results = write_results
         self.fill_free_slots = fill_free_slots
         self.lock = threading.Lock()
-        self.pruner = RungPruner(cfg.pruning_factor or 0, ideal=cfg.objectives.ideal())
+        self.pruner = RungPruner(cfg.pruning_factor or 0, ideal=cfg.objectives.ideal(), describe=cfg.objectives.describe)
         self.rung_stops: dict[int, tuple[int, str]] = {}  # trial -> (step, why) of the rung decision that stopped it
         self.progress_view = None
         self.journal: Journal | None = None  # open while the study runs
