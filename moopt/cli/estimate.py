@@ -59,8 +59,9 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
         if fit_gib is not None and not 0 < fit_gib < math.inf:
             raise ConfigError(f"--fit: must be a finite number > 0 GiB, got {fit_gib:g}")
         trial = TrialConfig() if config_path is None else _load_trial(config_path)
-        model_config = load_model_config(_config_path(base_model))
-        if str(base_model).lower().endswith(".gguf") or base_model in _aliases():
+        path, from_gguf = _config_path(base_model)
+        model_config = load_model_config(path)
+        if from_gguf:
             model_config.moopt_dtype_copies = True  # a study trains from its conversion, which has a copy per dtype
         est = estimate_peak(model_config, trial, device=device, kernels=kernels, loss=loss)
         table = plan = None
@@ -110,27 +111,22 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
             click.echo(f"  {line}")
 
 
-def _aliases():
-    from moopt.train.models import ALIASES
-
-    return ALIASES
-
-
 def _config_path(base_model: str):
-    """A folder/config.json path, or a built-in shape name (moopt.memory.shapes), as load_model_config takes."""
+    """(a folder/config.json path, or a built-in shape name (moopt.memory.shapes), as load_model_config takes;
+    whether it stands for a GGUF, which a study trains from moopt's conversion)."""
     from moopt.memory.shapes import model_shape
 
     path = Path(base_model).expanduser()
     if path.is_dir() or path.name == "config.json" or (not path.exists() and model_shape(base_model)):
-        return path if path.exists() else base_model
+        return (path if path.exists() else base_model), False
     from moopt.train.models import gguf_config, gguf_source, hub_config, is_hub_id, resolve_model
 
     if is_hub_id(base_model):  # a hub id not built in: its config.json, not its weights
-        return hub_config(base_model)
+        return hub_config(base_model), False
     source = gguf_source(base_model)
     if source is not None:  # a .gguf or the alias: the config from its metadata, not its dequantised weights
-        return gguf_config(*source)
-    return Path(resolve_model(base_model))
+        return gguf_config(*source), True
+    return Path(resolve_model(base_model)), False
 
 
 def _load_trial(path: str) -> TrialConfig:

@@ -69,16 +69,16 @@ def plot_optimization(data: StudyData, path: Path) -> None:
     base = base_metrics(data)
     for ax, name in zip(axes[0], names):
         col = f"values_{name}"
+        finite = np.isfinite(pd.to_numeric(t[col], errors="coerce")) if len(t) else None
         if len(t):
             _scatter_states(ax, t, "number", col)
-            values = pd.to_numeric(t[col], errors="coerce")
-            missing = t[~np.isfinite(values) & (t.state != "RUNNING")]  # NaN, or an infinite loss
+            missing = t[~finite & (t.state != "RUNNING")]  # NaN, or an infinite loss
             if len(missing):  # FAIL (or no finite metric): a mark on the bottom edge at its trial number
                 ax.scatter(missing.number, [0.0] * len(missing), marker="x", c="tab:gray", clip_on=False, zorder=3,
                            transform=ax.get_xaxis_transform(),
                            label=f"{'/'.join(sorted(set(missing.state)))}, no finite metric (x on the axis)")
             ax.set_xlim(float(t.number.min()) - 0.5, float(t.number.max()) + 0.5)  # every trial, marked ones included
-        done = t[(t.state == TrialState.COMPLETE) & np.isfinite(pd.to_numeric(t[col], errors="coerce"))] if len(t) else t
+        done = t[(t.state == TrialState.COMPLETE) & finite] if len(t) else t
         if len(done):
             best = done[col].cummin() if KNOWN[name][0] == "minimize" else done[col].cummax()
             ax.step(done.number, best, where="post", c="k", lw=1.5, label="best so far (COMPLETE)")

@@ -314,7 +314,8 @@ class MemoryGate:
         alone = bool(cached and cached.get("shared"))  # it ran out of memory beside other trials: probe it alone
         # a probe held to a cap below this budget ran out of memory at the cap: that says nothing about this budget
         stale = bool(cached and cached.get("oom") and (cached.get("cap_bytes") or budget * GIB) < budget * GIB)
-        if cached is not None and not alone and not stale:
+        reprobe = alone or stale  # what the cache holds does not decide: measure again
+        if cached is not None and not reprobe:
             if cached.get("oom"):
                 at = cached.get("measured_bytes")
                 held = " (its probe's cap)" if cached.get("cap_bytes") else ""
@@ -324,8 +325,7 @@ class MemoryGate:
         if predicted * (1 - over) > budget:
             return decision("infeasible", None, False, compared("estimate", predicted, "-", over, budget))
         calibrated = bool(entry.get("pairs"))
-        if predicted * (1 + under) <= budget and not alone and not stale and (self.device != "cuda" or calibrated
-                                                                             or not self.probe_first):
+        if predicted * (1 + under) <= budget and not reprobe and (self.device != "cuda" or calibrated or not self.probe_first):
             return decision("fit", None, False, compared("estimate", predicted, "+", under, budget))
 
         # -- within the error band, or the first of its kind on CUDA: measure ------------------------

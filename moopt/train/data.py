@@ -233,6 +233,11 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _shared_start(a: list[int], b: list[int]) -> int:
+    """How many tokens ``a`` and ``b`` share at their start."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def special_prefix(tokenizer) -> list[int]:
     """The special tokens the tokenizer itself puts before a text (Llama's BOS), as ``tokenizer(text)`` does: read
     from an encoding with and without them, since a fast tokenizer adds BOS in its tokenizer.json post-processor while
@@ -266,7 +271,7 @@ def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
         # a word-start marker of its own that the joined text has not; the loss starts where the prompt's tokens end
         # (where a merge crosses the join, at the first token that differs from the prompt's)
         both, p = _ids(tokenizer, rec["prompt"] + rec["completion"]), _ids(tokenizer, rec["prompt"])
-        cut = next((i for i, (a, b) in enumerate(zip(p, both)) if a != b), min(len(p), len(both)))
+        cut = _shared_start(p, both)
         ids = bos + both + eos
         return Example(ids, [IGNORE] * (len(bos) + cut) + ids[len(bos) + cut:])
     if fmt == "instruction":
@@ -289,8 +294,7 @@ def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
         if i:
             start = len(_chat(tokenizer, msgs[:i], generation_prompt=True))
         else:  # it opens the conversation: its content starts where an empty turn's rendering parts from this one
-            empty = _chat(tokenizer, [{"role": "assistant", "content": ""}], generation_prompt=False)
-            start = next((k for k, (a, b) in enumerate(zip(empty, ids)) if a != b), min(len(empty), len(ids)))
+            start = _shared_start(_chat(tokenizer, [{"role": "assistant", "content": ""}], generation_prompt=False), ids)
         end = len(_chat(tokenizer, msgs[: i + 1], generation_prompt=False))
         labels[start:end] = ids[start:end]
     return Example(ids, labels)
