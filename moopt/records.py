@@ -97,6 +97,8 @@ class TrialResult:
     taken_from: str | None = None  # "runs/hpo trial 4": an earlier study's result of the same configuration, not
     # trained again (--warm_start; moopt.study.outdir.reusable_trials)
     shared_gpu: bool = False  # other trials of the study used its GPU while it ran (with Ray: it had a share of one)
+    peak_from: str | None = None  # where an untrained trial's peak_memory_gb came from: "measured" (a probe,
+    # or an earlier run of it) or "estimate"; None: the trial's own training measured it
 
     def __post_init__(self) -> None:
         self.state = TrialState(self.state)

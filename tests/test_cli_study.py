@@ -120,6 +120,9 @@ def test_trials_ran_in_parallel_with_overlapping_times(study):
     df = pd.read_csv(out / "trials_summary.csv", parse_dates=["datetime_start", "datetime_complete"])
     a, b = df.iloc[0], df.iloc[1]
     assert a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+    # seconds beside Optuna's Timedelta text, for a user's spreadsheet
+    assert df.duration_s.tolist() == pytest.approx([(e - s).total_seconds() for s, e in zip(df.datetime_start, df.datetime_complete)],
+                                                   abs=1e-3)
 
 
 def test_trial_folder_has_config_metrics_curve_and_adapter(study):

@@ -54,6 +54,9 @@ def test_gate_verdicts_steer_which_trials_train(tiny_model, tiny_data, tmp_path,
     assert len(df) == 5
     assert (df[df.params_r == 8].state == "INFEASIBLE").all() and (df[df.params_r == 4].state == "COMPLETE").all()
     assert (df[df.state == "INFEASIBLE"].peak_memory_gb == 9.0).all()
+    # an untrained trial's peak says where it came from (this verdict had no probe: the estimate)
+    assert (df[df.state == "INFEASIBLE"].peak_memory_from == "estimate").all()
+    assert (df[df.state == "COMPLETE"].peak_memory_from == "training").all()
     # the console says when a probe runs and why a measured configuration fits, before it trains
     for n in df[df.params_r == 4].number:
         assert f"Trial {n}: measuring its peak memory (1 x 32 tokens" in r.output
@@ -73,6 +76,7 @@ def test_a_trial_that_runs_out_of_memory_is_never_trained_again_and_the_probe_sh
     df = pd.read_csv(out / "trials_summary.csv")
     first = df[df.number == 0].iloc[0]
     assert first.state == "INFEASIBLE" and "out of memory" in first.error and first.peak_memory_gb > 0
+    assert first.peak_memory_from == "training"  # it trained and ran out of memory
     events = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
     gates = [e for e in events if e["type"] == "memory_gate"]
     longest = max(data_lengths(str(tiny_model), tiny_data["train"]))
@@ -92,4 +96,5 @@ def test_a_trial_that_runs_out_of_memory_is_never_trained_again_and_the_probe_sh
     again = df2[df2.number == 0].iloc[0]
     assert again.state == "INFEASIBLE" and "ran out of memory earlier" in again.error
     assert again.peak_memory_gb == pytest.approx(first.peak_memory_gb, rel=0.01)
+    assert again.peak_memory_from == "measured"
     assert not (out2 / "trial_results" / "trial_0" / "log.txt").exists()

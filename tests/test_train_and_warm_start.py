@@ -1,4 +1,5 @@
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -66,6 +67,15 @@ def test_warm_started_study_runs_the_earlier_best_first(tiny_model, tiny_data, t
     assert r.exit_code == 0, r.output
     second = pd.read_csv(tmp_path / "b" / "trials_summary.csv")
     assert any(abs(second.params_learning_rate - best.params_learning_rate) < 1e-9)
+    assert "lie outside this search space" not in r.output
+    # a refined space that leaves the earlier learning rates out: said, not "taken over"
+    narrow = tmp_path / "narrow.yaml"
+    narrow.write_text(space.read_text().replace("min: 1e-3, max: 3e-2", "min: 1e-4, max: 5e-4"))
+    r = CliRunner().invoke(main, [*base[:-5], "--search_space", str(narrow), "--num_trials", "1", "--no-baseline",
+                                  "--output_dir", str(tmp_path / "d"), "--warm_start", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert re.search(r"(\d+) of the \1 configurations it seeds lie outside this search space: each is moved to the "
+                     r"nearest configuration in it, which is trained", " ".join(r.output.split())), r.output
     r = CliRunner().invoke(main, [*base, "--output_dir", str(tmp_path / "c"), "--warm_start", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "no study found" in r.output
     r = CliRunner().invoke(main, [*base, "--output_dir", str(tmp_path / "a"), "--warm_start", str(tmp_path / "a"), "--overwrite"])

@@ -51,12 +51,15 @@ def load_study(output_dir: str | Path) -> StudyData:
         row["datetime_start"] = pd.Timestamp(s["datetime_start"])
         row["datetime_complete"] = pd.Timestamp(e.datetime_complete) if e else pd.NaT
         row["duration"] = (row["datetime_complete"] - row["datetime_start"]) if e else pd.NaT
+        row["duration_s"] = row["duration"].total_seconds() if e else np.nan
         for k, v in s["params"].items():
             row[f"params_{k}"] = v
         for k in ("eval_loss", "eval_accuracy", "eval_perplexity"):
             if k not in objectives.names:
                 row[k] = m.get(k, np.nan)
         row["peak_memory_gb"] = m.get("peak_memory_gb", np.nan)
+        # measured by the trial's training, by the memory gate's probe, or only estimated (an untrained trial)
+        row["peak_memory_from"] = (e.peak_from or "training") if e and "peak_memory_gb" in m else None
         row["steps"] = e.steps if e else None
         row["total_steps"] = e.total_steps if e else None
         row["train_tokens"] = e.train_tokens if e else None
@@ -72,7 +75,7 @@ def load_study(output_dir: str | Path) -> StudyData:
     obj_cols = [f"values_{n}" for n in objectives.names]
     # with no trial yet (a time budget spent on the set-up), the table still has its leading columns
     table = pd.DataFrame(rows) if rows else pd.DataFrame(
-        columns=["number", "state", *obj_cols, "datetime_start", "datetime_complete", "duration"])
+        columns=["number", "state", *obj_cols, "datetime_start", "datetime_complete", "duration", "duration_s"])
 
     baseline = None
     if (out / "baseline.json").is_file():

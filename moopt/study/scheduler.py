@@ -546,7 +546,8 @@ class Study:
                           error=f"{NOT_TRAINED}{decision.reason}", datetime_start=now, datetime_complete=_now(),
                           duration_s=0.0, config=tcfg.to_dict(), epochs=tcfg.training.num_train_epochs,
                           # its probe ran out of memory beside trials: decided again when proposed again (decide_again)
-                          oom=decision.shared_oom, shared_gpu=decision.shared_oom)
+                          oom=decision.shared_oom, shared_gpu=decision.shared_oom,
+                          peak_from="measured" if decision.measured_gb is not None else "estimate")
         self.journal.append(end)
         self.console.print(f"Trial {number} [red]INFEASIBLE[/] (not trained): {decision.reason}")
         return end
@@ -999,11 +1000,12 @@ class Scheduler:
         pending individuals that have no result, under their trial number if they had one."""
         cfg, study = self.cfg, self.study
         self.finished = dict(record.finished) if record else {}
+        seeds = warm_start_configs(cfg.warm_start) if cfg.warm_start else []
         if cfg.resume and self.path.is_file():
             self.ck = Checkpoint.load(self.path)
         else:
             self.ck = Checkpoint(Engine(cfg.space, len(cfg.objectives.names), cfg.num_trials, cfg.seed, cfg.parallel_trials,
-                                        warm_start=warm_start_configs(cfg.warm_start) if cfg.warm_start else None))
+                                        warm_start=seeds or None))
         engine = self.engine
         if engine.pending is not None:
             for idx in range(len(engine.pending)):
@@ -1027,7 +1029,8 @@ class Scheduler:
                        "kernels, device kind and dtype)"
                        if known else
                        f"each is trained again: not the same {differ}" if differ else
-                       "none of its trials can be taken over (none COMPLETE on this kind of device in the same dtype)"),
+                       "none of its trials can be taken over (none COMPLETE on this kind of device in the same dtype)")
+                    + _outside_text(cfg.space, seeds[:engine.pop_size]),
                     markup=False, highlight=False)
         if record is not None and record.header:
             rerun = [n for n in record.running if n not in self.finished]
@@ -1044,6 +1047,16 @@ class Scheduler:
         self.next_number = max([*self.finished, *self.ck.assigned, -1]) + 1
         for e in self.finished.values():
             self.durations += study.duration_sample(e)
+
+
+def _outside_text(space, seeds: list[TrialConfig]) -> str:
+    """What the console adds when some of a --warm_start study's best configurations lie outside this study's space
+    (another range, value or fixed setting): each seeds the nearest configuration in it, which is trained."""
+    moved = [c for c in seeds if config_key(space.decode(space.encode(c))) != config_key(c)]
+    if not moved:
+        return ""
+    return (f". {len(moved)} of the {len(seeds)} configurations it seeds lie outside this search space: each is moved "
+            "to the nearest configuration in it, which is trained (not the same configuration)")
 
 
 def _shown(v: Any) -> str:
