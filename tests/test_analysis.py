@@ -254,6 +254,9 @@ def test_write_analysis_writes_csvs_and_valid_pngs(study_dir):
     imp = pd.read_csv(study_dir / "param_importance.csv")
     if len(imp):  # empty without the optional deps
         assert imp.groupby("target").share.sum().to_dict() == pytest.approx({t: 1.0 for t in a.importance})
+        # the console's name beside the space's key
+        assert "lora_r" in set(imp.printed) and (imp.printed == imp.param.map(
+            lambda k: f"lora_{k}" if k in ("r", "alpha", "dropout", "target_modules") else k)).all()
         # the two most important parameters for the score, together (Optuna's contour)
         assert (study_dir / "interaction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

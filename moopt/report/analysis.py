@@ -23,7 +23,7 @@ import pandas as pd
 
 from moopt.records import TrialState
 from moopt.report.plots import BASE_STYLE, axis_label, legend_below, pyplot, save_figure
-from moopt.report.table import StudyData, base_metrics
+from moopt.report.table import StudyData, base_metrics, printed_name
 from moopt.search.objectives import KNOWN
 
 MIN_TRIALS = 3  # fANOVA on fewer COMPLETE trials says nothing
@@ -538,9 +538,11 @@ def write_analysis(output_dir: str | Path, data: StudyData, seed: int = 0) -> An
 
     out = Path(output_dir)
     a = analyze(out, data, seed=seed)
-    rows = [{"target": tg, "rank": i, "param": k, "share": v, "n_trials": imp.n_trials, "basis": imp.basis}
-            for tg, imp in a.importance.items() for i, (k, v) in enumerate(imp.items(), 1)]
-    columns = ["target", "rank", "param", "share", "n_trials", "basis"]  # basis: complete, or rung N (see param_importance)
+    shown = printed_name(out)  # the console's name beside the space's key: lora_r for r
+    rows = [{"target": tg, "rank": i, "param": k, "printed": shown(k), "share": v, "n_trials": imp.n_trials,
+             "basis": imp.basis} for tg, imp in a.importance.items() for i, (k, v) in enumerate(imp.items(), 1)]
+    # basis: complete, or rung N (see param_importance)
+    columns = ["target", "rank", "param", "printed", "share", "n_trials", "basis"]
     atomic_write_text(out / "param_importance.csv", pd.DataFrame(rows, columns=columns).to_csv(index=False))
     # columns say what + goes with: "better_eval_loss" (lower eval_loss), as the PNG shows
     atomic_write_text(out / "correlations.csv",

@@ -19,6 +19,7 @@ from moopt.report.table import (
     load_study,
     nothing_fits,
     nothing_fits_text,
+    printed_name,
     searched,
 )
 
@@ -150,9 +151,8 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
         from moopt.report.analysis import format_importance
 
         target = "score" if data.objectives.multi else data.objectives.names[0]
-        lora = set(searched(output_dir).get("lora", [])) if output_dir is not None else set()
         say()
-        say(format_importance(importance[target], rename=lambda k: f"lora_{k}" if k in lora else k))
+        say(format_importance(importance[target], rename=printed_name(output_dir)))
     if output_dir is not None:
         out = Path(output_dir)
         say()

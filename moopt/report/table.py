@@ -198,7 +198,11 @@ def searched(output_dir: Path) -> dict[str, list[str]]:
     return {section: [k for k, spec in body.items() if isinstance(spec, dict)]
             for section, body in raw.items() if isinstance(body, dict)}
 
-
+def printed_name(output_dir: Path | None):
+    """A parameter's name as the console prints it, the guide's: a searched LoRA parameter takes ``lora_`` (``r`` ->
+    ``lora_r``); the files name it by its key in the search space (``params_r``)."""
+    lora = set(searched(output_dir).get("lora", [])) if output_dir is not None else set()
+    return lambda k: f"lora_{k}" if k in lora else k
 
 
 def nothing_fits_text(data: StudyData) -> str:
