@@ -26,7 +26,7 @@ SHAPES = ["4x16", "16x16", "4x64", "16x64", "4x128", "8x256", "4x512"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"])
     ap.add_argument("--shapes", nargs="+", default=SHAPES, help="batch x seq")
     ap.add_argument("--tokens", type=int, default=2000, help="tokens timed per measurement (at least 2 steps)")

@@ -53,7 +53,7 @@ def variant_rows(variants: list[dict], arch: int, max_shared: int) -> list[dict]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80])
     ap.add_argument("--set", default="full", choices=("full", "ci"))
     ap.add_argument("--out-dir", type=Path, default=RESULTS)

@@ -589,7 +589,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 seeds, zdt1 + hpolib, 200-trial overhead")
     parser.add_argument("--problems", nargs="+", choices=list(PROBLEMS), help="default: all (quick: zdt1 hpolib)")
     parser.add_argument("--providers", nargs="+", choices=list(PROVIDERS), default=list(PROVIDERS))

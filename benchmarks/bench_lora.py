@@ -174,7 +174,7 @@ def plot(summary: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats on CPU (median reported)")
     parser.add_argument("--quick", action="store_true", help="M = 8192 and r 16, 64 only (CPU: tiny shapes)")

@@ -275,7 +275,7 @@ def main() -> int:
     global MODEL
     import torch
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--kernels", default="auto", choices=["auto", "torch", "triton"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],

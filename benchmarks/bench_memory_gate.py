@@ -141,7 +141,7 @@ def run_seed(seed: int, args, model_path: str, train: Path, val: Path, space: Pa
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--rows", type=int, default=48, help="training examples (the first N of data/train.jsonl)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one study per seed, each with a fresh calibration cache")

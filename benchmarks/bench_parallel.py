@@ -39,7 +39,7 @@ def study_row(label: str, folder: Path, slots: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("studies", nargs="+", help="LABEL=FOLDER")
     parser.add_argument("--slots", type=int, required=True, help="the studies' --parallel_trials")
     parser.add_argument("--out", type=Path, help="CSV to write")

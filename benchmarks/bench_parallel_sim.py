@@ -187,7 +187,7 @@ def summarize(df, out_png: Path | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=200)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--trials", type=int, default=12)

@@ -56,7 +56,7 @@ def replay_projections(study: Path, trials: set[int], eta: float) -> dict[int, t
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("calls", type=Path, help="bench_prune_calls' per-trial CSV (run with --all --twins --rerun-rest)")
     ap.add_argument("workdir", type=Path, help="the folder holding the studies named in it")
     ap.add_argument("--eta", type=float, default=2.0)

@@ -88,7 +88,7 @@ def twin_finals(study: Path) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("studies", nargs="+", type=Path, help="output folders of studies run with --pruning_factor")
     ap.add_argument("--all", action="store_true", help="every trial pruned at a rung, not only the bound's stops")
     ap.add_argument("--twins", action="store_true", help="read ends from the same seed's study without pruning, no retraining")

@@ -125,7 +125,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--append", action="store_true", help="add these seeds' rows to the CSV and summarise all")
@@ -139,9 +139,10 @@ def main() -> int:
                     help="read every finished study already in --workdir (pruned ones too) instead of rerunning it")
     ap.add_argument("--reuse-baselines", action="store_true",
                     help="read a finished no-pruning study already in --workdir instead of rerunning it")
-    ap.add_argument("--out", default=None, help="CSV (default benchmarks/results/pruning_{tiny,smollm2}_cpu.csv)")
+    ap.add_argument("--out", default=None, help="CSV (default benchmarks/results/pruning_{tiny,smollm2}[_t<trials>]_cpu.csv)")
     a = ap.parse_args()
-    name = ("smollm2" + (f"_{a.train_rows}rows" if a.train_rows else "")) if a.real else "tiny"
+    name = (("smollm2" + (f"_{a.train_rows}rows" if a.train_rows else "")) if a.real else "tiny") + (
+        f"_t{a.trials}" if a.trials != 12 else "")  # another trial count never lands in (or --append to) the 12-trial file
     out_csv = Path(a.out or RESULTS / f"pruning_{name}_cpu.csv")
 
     if a.summarize:

@@ -143,7 +143,7 @@ def summarize_calls(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--collect", nargs="+", metavar="DIR", help="rebuild the trial table from these study folders")
     ap.add_argument("--table", default=str(DATA), help="the trial table (default benchmarks/data/smollm2_demo_trials.csv)")
     ap.add_argument("--seeds", type=int, default=200)

@@ -1,6 +1,6 @@
 """moopt's analytic memory estimate vs published measured GPU peaks of other stacks (no GPU needed).
 
-    python benchmarks/bench_published.py
+    python benchmarks/bench_published.py [--out PATH]
 
 For each row of benchmarks/published_peaks.py: the estimate of the same setting, in the same measure
 (allocated / reserved / the whole process against the GPU's capacity), the signed error, and the
@@ -11,6 +11,7 @@ per term; then summary rows (median |error|, how many rows the estimate is under
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -70,7 +71,10 @@ def run() -> list[dict]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=RESULTS / "memory_published.csv", help="the CSV to write")
+    args = parser.parse_args(argv)
     rows = run()
     print(f"{'published peak':34s} {'published':>9s} {'estimate':>9s} {'error':>7s}   " +
           "  ".join(f"w/o {t}" for t in ABLATIONS))
@@ -89,7 +93,7 @@ def main() -> int:
     for t in ABLATIONS:
         print(f"  without {t}: median |error| {summary[f'without_{t}_median_abs_error']:.1f}%, under on "
               f"{summary[f'without_{t}_rows_under']}")
-    path = RESULTS / "memory_published.csv"
+    path = args.out
     out = []
     for r in rows:
         out.append({"what": "peak_memory", "problem": r["id"], "provider": "published", "device": "cuda",

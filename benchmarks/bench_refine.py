@@ -133,7 +133,7 @@ def summary(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: hpolib and nb201, 3 seeds")
     parser.add_argument("--problems", nargs="+", choices=list(PROBLEMS))
     parser.add_argument("--seeds", type=int, help="default 40 (quick: 3)")

@@ -102,7 +102,7 @@ def agreement(studies: list[dict[str, np.ndarray]], sizes: list[int], draws: int
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("studies", nargs="+", type=Path, help="finished study folders (with trial adapters)")
     ap.add_argument("--validation-file", type=Path, default=ROOT / "data" / "val.jsonl")
     ap.add_argument("--sizes", default="8,16,24,32")

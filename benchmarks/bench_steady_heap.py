@@ -45,7 +45,7 @@ def run_arm(arm: str, a: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=["8x128", "4x512"], help="batch x seq")
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per arm")
     parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per process (after one warm-up)")

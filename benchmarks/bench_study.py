@@ -342,7 +342,7 @@ def ratios(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     global MODEL
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("parts", nargs="+", choices=["overhead", "packing", "demo", "ttq", "release"])
     ap.add_argument("--trials", type=int, default=6, help="overhead: trials per study (default 6)")
     ap.add_argument("--demo-trials", type=int, default=10)

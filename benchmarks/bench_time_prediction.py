@@ -67,7 +67,7 @@ def replay_errors(folders: list[Path]) -> tuple[dict[str, list[float]], int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folders", nargs="+", type=Path, help="study output folders (each with its journal.jsonl)")
     ap.add_argument("--out", type=Path, default=RESULTS / "time_prediction_cpu.csv")
     a = ap.parse_args(argv)

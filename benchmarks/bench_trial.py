@@ -389,7 +389,7 @@ def plot(summary: list[dict], path: Path, device: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--shapes", nargs="+", default=None, help="batch x seq, e.g. 8x128 4x256")
     parser.add_argument("--targets", nargs="+", default=["attention", "all-linear"], choices=sorted(TARGETS))

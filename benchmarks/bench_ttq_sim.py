@@ -51,7 +51,7 @@ def parse_variant(v: str, eta: float) -> tuple[int, float | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variants", nargs="+", default=["pop10"])
     ap.add_argument("--seeds", type=int, default=60)
     ap.add_argument("--first-seed", type=int, default=1000)

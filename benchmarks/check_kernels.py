@@ -73,7 +73,7 @@ def run_case(m, k, ns, r, p, device, backend):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     ap.add_argument("--out-dir", type=Path, required=True)
     a = ap.parse_args()

@@ -8,16 +8,19 @@ as it ends (gpu_check.tar.gz with every step's files, summary.json, gpu_check.lo
   env          GPU name, driver, date, package versions (env.json); missing packages installed from the
                wheels in benchmarks/wheels/ (scripts/fetch_gpu_wheels.sh) into a local folder       30
   models       random-weight stand-ins from configs: SmolLM2-135M and Llama-3.2-1B shapes        75
-  gpu_tests    pytest -m gpu tests/kernels tests/test_quantization.py                              60
-  kernels      bf16 triton vs an fp64 reference at Llama-3-8B widths (check_kernels.py)            45
-  bench_lora   LoRA linear fwd+bwd vs PEFT vs the frozen base, M = 8192, r 16/64 (--quick)         60
-  bench_trial  one training step on the Llama-3.2-1B stand-in: moopt vs HF Trainer + PEFT          110
+  gpu_tests    pytest -m gpu tests/kernels tests/test_quantization.py tests/test_probe.py          60
   memory       estimator vs measured peaks (NVML), SmolLM2 shape, unquantised + 4/8-bit           150
   memory_gate  a --memory_constraint study, budget at the midpoint of the space's estimated peaks,
                10 trials on the SmolLM2-shaped stand-in: trainings over the budget (bench_memory_gate) 120
   warm_workers per-trial overhead (the base model's load) of the 1B stand-in, warm vs cold      100
+  kernels      bf16 triton vs an fp64 reference at Llama-3-8B widths (check_kernels.py)            45
+  bench_lora   LoRA linear fwd+bwd vs PEFT vs the frozen base, M = 8192, r 16/64 (--quick)         60
+  bench_trial  one training step on the Llama-3.2-1B stand-in: moopt vs HF Trainer + PEFT          110
 The whole check stops at --budget (520 s on a GPU): a step gets at most what is left, and one that
-has nothing left is recorded as skipped. The dry run triples each limit and has no budget.
+has nothing left is recorded as skipped. The limits add up to 750 s, but the H200 ran the first steps in
+far less (2026-12-04: env to bench_trial in ~200 s, memory 90 s); the steps no GPU has measured yet come
+first, the last three (measured on that H200) are the first a short budget skips. The dry run triples
+each limit and has no budget.
 
 The check uses the interpreter that runs it (``python3`` on the GPU machine) with ``-P`` and a
 PYTHONPATH folder holding links to moopt/ and kernels/moopt_kernels/ plus the installed wheels;
@@ -126,12 +129,6 @@ class Check:
                             "--device", device] + (["--tiny"] if dry else [])),
             ("gpu_tests", 60, [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/kernels",
                                "tests/test_quantization.py", "tests/test_probe.py", f"--junitxml={res / 'gpu_tests.xml'}"]),
-            ("kernels", 45, [py, "benchmarks/check_kernels.py", "--device", device, "--out-dir", str(res)]),
-            ("bench_lora", 60, [py, "benchmarks/bench_lora.py", "--quick", "--device", device, "--out-dir", str(res)]),
-            ("bench_trial", 110, [py, "benchmarks/bench_trial.py", "--device", device, "--model", str(small if dry else big),
-                                  "--targets", "all-linear", "--repeats", "1", "--warmup", "1",
-                                  "--out", str(res / f"trial_{device}.csv")]
-             + (["--shapes", "2x32", "--steps", "1", "--threads", "1"] if dry else ["--shapes", "4x1024", "--steps", "3"])),
             ("memory", 150, [py, "benchmarks/bench_memory.py", "--device", device, "--model", str(small),
                              "--out-dir", str(res), "--steps", "2"]
              + (["--n", "1", "--n-quant", "1", "--max-tokens", "64", "--threads", "1"] if dry else ["--n", "4", "--n-quant", "3"])),
@@ -145,6 +142,14 @@ class Check:
             ("warm_workers", 100, [py, "benchmarks/bench_study.py", "overhead", "--model", str(small if dry else big),
                                    "--trials", "2" if dry else "3", "--device", device,
                                    "--out", str(res / f"study_overhead_{device}.csv")]),
+            # measured on the H200 on 2026-12-04 already: after the steps no GPU has run yet, so a short
+            # --budget skips these first
+            ("kernels", 45, [py, "benchmarks/check_kernels.py", "--device", device, "--out-dir", str(res)]),
+            ("bench_lora", 60, [py, "benchmarks/bench_lora.py", "--quick", "--device", device, "--out-dir", str(res)]),
+            ("bench_trial", 110, [py, "benchmarks/bench_trial.py", "--device", device, "--model", str(small if dry else big),
+                                  "--targets", "all-linear", "--repeats", "1", "--warmup", "1",
+                                  "--out", str(res / f"trial_{device}.csv")]
+             + (["--shapes", "2x32", "--steps", "1", "--threads", "1"] if dry else ["--shapes", "4x1024", "--steps", "3"])),
         ]
         collect: dict[str, tuple[Path, ...]] = {}
         for name, limit, argv in steps:
@@ -175,16 +180,20 @@ def write_env(path: Path, site: Path) -> int:
             return False
 
     missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
-    installed = []
+    installed, install_error = [], None
     if missing and WHEELS.is_dir():
         # only distributions the interpreter lacks: the image's own packages stay first on the path
         wheels = sorted(str(p) for p in WHEELS.glob("*.whl") if not have(p.name.split("-")[0]))
-        if wheels:
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
-                            str(site), *wheels], check=True)
-        installed = [Path(w).name for w in wheels]
+        install_error = None
+        if wheels:  # built for CPython 3.12 (the image's); another interpreter is said in env.json, not a traceback
+            r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
+                                str(site), *wheels], capture_output=True, text=True, check=False)
+            install_error = r.stderr.strip()[-600:] if r.returncode else None
+        installed = [Path(w).name for w in wheels] if not install_error else []
     info = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "python": sys.version.split()[0],
             "executable": sys.executable, "wheels_installed": installed}
+    if missing and WHEELS.is_dir() and install_error:
+        info["wheels_install_error"] = install_error
     try:
         q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
                            capture_output=True, text=True, timeout=20, check=False)
@@ -217,7 +226,7 @@ def write_env(path: Path, site: Path) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU: tiny stand-ins, torch path, same steps and outputs")
     ap.add_argument("--work", type=Path, default=Path("/tmp/moopt-gpu-check"), help="scratch folder (models, results)")
     ap.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None,

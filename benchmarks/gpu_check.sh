@@ -5,8 +5,8 @@
 #   1. here, beforehand: bash scripts/fetch_gpu_wheels.sh   (pymoo, bitsandbytes, gguf -> benchmarks/wheels/, ~10 MiB)
 #   2. run(command="bash benchmarks/gpu_check.sh", carry=["benchmarks/wheels"], timeout_s=580)
 #      Results come back under files_at: gpu_check.tar.gz (every step's CSV/PNG/log), summary.json.
-#      Each step has its own limit (sum 525 s) and publishes to $OUT when it ends, so a timeout keeps
-#      what finished. Unpack into benchmarks/results/gpu/ and commit.
+#      Each step has its own limit, the whole check stops at --budget 520 s, and each step publishes to
+#      $OUT when it ends, so a timeout keeps what finished. Unpack into benchmarks/results/gpu/ and commit.
 # CPU dry run of the same steps (CI: tests/test_gpu_check.py): bash benchmarks/gpu_check.sh --dry-run
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -116,7 +116,7 @@ def reestimate(probe_json: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reestimate", type=Path, help="a mem_probe.json: compare the current estimator with it (CPU)")
     a = ap.parse_args()
     if a.reestimate:

@@ -29,7 +29,7 @@ T0 = time.time()
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="a local model folder (safetensors)")
     ap.add_argument("--train_file", required=True)
     ap.add_argument("--validation_file", required=True)

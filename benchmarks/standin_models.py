@@ -93,7 +93,7 @@ def build(name: str, out: Path, device: str = "cpu", tiny: bool = False) -> Path
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("names", nargs="+", choices=sorted(SHAPES))
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))

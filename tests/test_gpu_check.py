@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["env", "models", "gpu_tests", "kernels", "bench_lora", "bench_trial", "memory", "memory_gate", "warm_workers"]
+STEPS = ["env", "models", "gpu_tests", "memory", "memory_gate", "warm_workers", "kernels", "bench_lora", "bench_trial"]
 
 
 def test_dry_run_runs_every_step_and_publishes_results(tmp_path):
