@@ -49,6 +49,13 @@ class TrialSpec:
     # the validation set is cut to this many tokens, whatever the trial's own max_seq_length (0: that one), so
     # that trials searching max_seq_length are scored on the same tokens (the study: the space's longest)
     eval_max_seq_length: int = 0
+    hub_id: str | None = None  # the hub repository base_model was downloaded from, and its commit: the adapters
+    hub_revision: str | None = None  # name them (base_model_name_or_path, revision), as PEFT's do
+
+    @property
+    def model_name(self) -> str:
+        """What the adapters' base_model_name_or_path and the console name: the hub id, else the local folder."""
+        return self.hub_id or self.base_model
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -95,8 +95,10 @@ def header(out: Path) -> dict:
     return json.loads((out / "journal.jsonl").read_text().splitlines()[0])
 
 
-def adapter_base(out: Path, number: int) -> str:
-    return json.loads((out / "trial_results" / f"trial_{number}" / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+def adapter_base(out: Path, number: int) -> tuple[str, str]:
+    """An adapter's base model as PEFT reads it: the hub id and the commit (portable to any machine, and exact)."""
+    c = json.loads((out / "trial_results" / f"trial_{number}" / "adapter" / "adapter_config.json").read_text())
+    return c["base_model_name_or_path"], c["revision"]
 
 
 @pytest.mark.slow
@@ -110,7 +112,7 @@ def test_cold_download_then_study_then_resume_keeps_the_recorded_commit(hub, env
     snapshot = Path(env["HF_HOME"]) / "hub" / "models--moopt-test--tiny-llama" / "snapshots" / hub.first
     assert sorted(p.name for p in snapshot.iterdir()) == [
         "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
-    assert adapter_base(out, 0) == str(snapshot)
+    assert adapter_base(out, 0) == (REPO, hub.first)
     gets = [p for m, p in hub.requests if m == "GET" and "/resolve/" in p]
     assert sum(p.endswith("/model.safetensors") for p in gets) == 1
     assert not [p for p in gets if p.endswith((".bin", ".pth"))]
@@ -121,7 +123,7 @@ def test_cold_download_then_study_then_resume_keeps_the_recorded_commit(hub, env
     r = optimize(env, tiny_data, space, out, "--num_trials", "2", "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
     assert header(out)["model_revision"] == hub.first
-    assert adapter_base(out, 1) == str(snapshot)
+    assert adapter_base(out, 1) == (REPO, hub.first)
     assert hub.requests[n:] == []  # a recorded commit in the cache needs no request at all
     assert not (snapshot.parent / new).exists()
 
@@ -130,7 +132,8 @@ def test_cold_download_then_study_then_resume_keeps_the_recorded_commit(hub, env
     r = moopt(env, "train", "--config", out / "best_config.yaml", "--base_model", REPO, "--train_file", tiny_data["train"],
               "--validation_file", tiny_data["val"], "--test_file", tiny_data["val"], "--output_dir", final)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads((final / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(snapshot)
+    final_adapter = json.loads((final / "adapter" / "adapter_config.json").read_text())
+    assert (final_adapter["base_model_name_or_path"], final_adapter["revision"]) == (REPO, hub.first)
     assert hub.requests[n:] == []
 
     # a new study takes the new main

@@ -220,3 +220,137 @@ def test_a_second_process_waits_for_a_conversion_in_progress_and_does_not_repeat
         _converted(copy, None)
     waiter.join(10)
     assert got[1] == copy and "caching" not in capsys.readouterr().out
+
+
+# -- what --base_model may be: checked before anything is written ------------------------------------------------
+
+def _space(tmp_path):
+    p = tmp_path / "space.yaml"
+    p.write_text("training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}\n  num_train_epochs: 1\n"
+                 "  batch_size: 8\nlora:\n  r: {type: categorical, values: [4, 8]}\ndata:\n  max_seq_length: 32\n")
+    return p
+
+
+def _break_weights(d):
+    for f in d.glob("*.safetensors"):
+        f.unlink()
+
+
+def _break_tokenizer(d):
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (d / f).unlink(missing_ok=True)
+
+
+def _gpt2(d):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    for f in d.glob("*.safetensors"):
+        f.unlink()
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64)).save_pretrained(d)
+
+
+@pytest.mark.parametrize("spoil, fragment", [
+    (_break_weights, "has no weights (model.safetensors or pytorch_model.bin"),
+    (_break_tokenizer, "has no tokenizer (tokenizer.json, tokenizer.model)"),
+    (_gpt2, "only Llama-family configs are supported"),
+])
+def test_a_model_folder_trials_could_not_load_is_one_line_before_anything_is_written(
+        tiny_model, tiny_data, tmp_path, spoil, fragment):
+    """Before: every trial FAILed (a GPT-2 or weights-less folder) or a tokenizer-less folder was a traceback, and the
+    study exited 0; without --memory_constraint nothing checked the architecture."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from moopt.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    spoil(model)
+    out = tmp_path / "out"
+    for command in (["optimize", "--output_dir", str(out), "--search_space", str(_space(tmp_path)), "--num_trials", "1"],
+                    ["train", "--config", str(_space(tmp_path).with_name("cfg.yaml")), "--output_dir", str(out),
+                     "--test_file", str(tiny_data["val"])]):
+        _space(tmp_path).with_name("cfg.yaml").write_text("lora:\n  r: 4\n")
+        r = CliRunner().invoke(main, [*command, "--base_model", str(model), "--train_file", str(tiny_data["train"]),
+                                      "--validation_file", str(tiny_data["val"])])
+        assert r.exit_code == 2 and fragment in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+        assert not out.exists()
+
+
+def test_a_pytorch_model_bin_folder_loads_the_same_model(tiny_model, tmp_path):
+    """A folder (or a hub repository, README: *.bin only when it has no safetensors) with pytorch_model.bin: loaded,
+    not refused by a safetensors-only load in every trial."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from moopt.config import TrialConfig
+    from moopt.train.models import resolve_model_revision
+    from moopt.train.recipe import load_model_and_tokenizer
+
+    binary = tmp_path / "bin"
+    shutil.copytree(tiny_model, binary)
+    torch.save(load_file(binary / "model.safetensors"), binary / "pytorch_model.bin")
+    (binary / "model.safetensors").unlink()
+    assert resolve_model_revision(str(binary)) == (str(binary), None)
+    cfg = TrialConfig.from_dict({"model": {"dtype": "float32"}})
+    ids = torch.tensor([[2, 5, 9, 11, 3]])
+    logits = [load_model_and_tokenizer(str(p), cfg, torch.device("cpu"))[0](ids).logits for p in (tiny_model, binary)]
+    assert torch.equal(*logits)
+
+
+def test_a_relative_base_model_is_recorded_absolute_so_resume_and_adapters_work_from_elsewhere(
+        tiny_model, tiny_data, tmp_path, monkeypatch):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from moopt.cli import main
+    from moopt.journal import replay
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copytree(tiny_model, work / "tiny")
+    monkeypatch.chdir(work)
+    args = ["optimize", "--train_file", str(tiny_data["train"]), "--validation_file", str(tiny_data["val"]),
+            "--search_space", str(_space(tmp_path)), "--no-baseline", "--output_dir", str(tmp_path / "out")]
+    r = CliRunner().invoke(main, [*args, "--base_model", "tiny", "--num_trials", "1"])
+    assert r.exit_code == 0, r.output
+    header = replay(tmp_path / "out").header
+    assert header["base_model"] == str(work / "tiny") == header["options"]["base_model"]
+    adapter = json.loads((tmp_path / "out" / "trial_results" / "trial_0" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(work / "tiny")
+    monkeypatch.chdir(elsewhere)  # "tiny" here is no folder (it was sent to the hub before)
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(tmp_path / "out"), "--resume", "--num_trials", "2"])
+    assert r.exit_code == 0, r.output
+    assert len(replay(tmp_path / "out").finished) == 2
+
+
+def test_a_name_close_to_the_alias_says_so(monkeypatch):
+    from huggingface_hub import constants
+
+    from moopt.errors import ConfigError
+    from moopt.train.models import resolve_model_revision
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError, match=r"no file or folder Smollm2-135M here either; did you mean the alias smollm2-135m\?"):
+        resolve_model_revision("Smollm2-135M")
+    with pytest.raises(ConfigError) as e:
+        resolve_model_revision("owner/model")
+    assert "here either" not in str(e.value)
+
+
+def test_a_study_whose_every_trial_failed_exits_1(tiny_model, tiny_data, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from moopt.cli import main
+
+    r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+                                  "--validation_file", str(tiny_data["val"]), "--search_space", str(_space(tmp_path)),
+                                  "--no-baseline", "--num_trials", "2", "--output_dir", str(tmp_path / "out")],
+                           env={"MOOPT_INJECT_FAULT": "0:exception@1,1:exception@1"})
+    assert r.exit_code == 1 and "Every trial failed" in r.output, r.output
+    assert (tmp_path / "out" / "trials_summary.csv").is_file()

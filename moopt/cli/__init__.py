@@ -100,6 +100,9 @@ def optimize(**kw) -> None:
             raise click.UsageError(f"Missing option '--{f}'.")
     if taken:
         click.echo("Resuming with the study's " + ", ".join(shown_option(k, kw[k]) for k in taken))
+    from moopt.train.models import recorded_name
+
+    kw["base_model"] = recorded_name(kw["base_model"])
     try:
         cfg = build_study_config(kw)
     except ConfigError as e:
@@ -107,7 +110,7 @@ def optimize(**kw) -> None:
     from moopt.study.scheduler import Stopped, Study
 
     try:
-        Study(cfg).run()
+        summary = Study(cfg).run()
     except ConfigError as e:
         fail(str(e))
     except (KeyboardInterrupt, Stopped) as e:
@@ -115,6 +118,10 @@ def optimize(**kw) -> None:
         click.echo(f"\n{'Stopped by SIGTERM' if sigterm else 'Interrupted'}: {kept_text(cfg)}", err=True)
         click.echo(f"Continue with: {resume_command()}", err=True)
         sys.exit(143 if sigterm else 130)
+    if (summary or {}).get("all_failed"):  # a script running the study learns it trained nothing
+        click.echo(f"Every trial failed: their errors are in {Path(cfg.output_dir) / 'trials_summary.csv'} and "
+                   "trial_results/trial_N/log.txt", err=True)
+        sys.exit(1)
 
 
 def kept_text(cfg) -> str:
@@ -358,7 +365,7 @@ def train(**kw) -> None:
     from moopt.study.gate import require_completions
     from moopt.study.outdir import check_writable_dir
     from moopt.train.data import read_records, shared_records
-    from moopt.train.models import resolve_model_revision
+    from moopt.train.models import recorded_name, resolve_model_revision
 
     try:
         cpu_dtype_override()
@@ -372,6 +379,7 @@ def train(**kw) -> None:
         header = replay(study_dir).header if study_dir is not None else {}
         for note in study_defaults(kw, header):
             click.echo(note)
+        kw["base_model"] = recorded_name(kw["base_model"])
         for f in ("train_file", "validation_file", "test_file"):
             read_records(kw[f])
         out = Path(kw["output_dir"])
@@ -379,7 +387,8 @@ def train(**kw) -> None:
         if (out / "final_metrics.json").is_file() and not kw["overwrite"]:
             raise ConfigError(f"{out}: holds a trained model already; pass --overwrite to replace it")
         pinned = header.get("model_revision") if header.get("base_model") == kw["base_model"] else None
-        model_path, _ = resolve_model_revision(kw["base_model"], revision=pinned)
+        model_path, commit = resolve_model_revision(kw["base_model"], revision=pinned)
+        kw["hub_id"], kw["hub_revision"] = (kw["base_model"], commit) if commit else (None, None)  # the adapter names them
         # validation (and test) cut at the length the study evaluated every trial at
         kw["eval_max_seq_length"] = max(int(header.get("eval_max_seq_length") or 0), cfg.data.max_seq_length)
         for f in ("train_file", "validation_file", "test_file"):  # the study's check (Study.check_data)

@@ -110,7 +110,7 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     spec = TrialSpec(number=0, config=cfg, base_model=model_path, train_file=os.path.abspath(kw["train_file"]),
                      validation_file=os.path.abspath(kw["validation_file"]), output_dir=str(work), seed=kw["seed"],
                      kernels=kw["kernels"], test_file=os.path.abspath(kw["test_file"]),
-                     eval_max_seq_length=kw.get("eval_max_seq_length", 0))
+                     eval_max_seq_length=kw.get("eval_max_seq_length", 0), hub_id=kw.get("hub_id"), hub_revision=kw.get("hub_revision"))
     if cfg.model.quantization == "none":  # as a study does (Study.prepare_model): moopt's own conversion
         from moopt.config import resolve_dtype  # loads from its copy in the trial's dtype, not converted at load
         from moopt.train.models import prepare_dtype_copy

@@ -35,7 +35,9 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> 
     csv["duration"] = csv["duration"].astype(str)
     atomic_write_text(out / "trials_summary.csv", csv.to_csv(index=False))
     summary: dict[str, Any] = {"n_trials": int(len(table)), "best_trial": data.best, "best_score": data.best_score,
-                               "pareto": data.pareto}
+                               "pareto": data.pareto,
+                               # every trial failed (a model or data the trials cannot train on): the CLI exits 1
+                               "all_failed": bool(len(table)) and bool((table.state == TrialState.FAIL).all())}
     if data.best is not None:
         cfg = best_config(out, data.best)
         write_yaml(out / "best_config.yaml", cfg)

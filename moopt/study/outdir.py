@@ -58,6 +58,10 @@ def check_output_dir(cfg: Any) -> None:
         header = replay(out).header
         mine = study_fingerprint(cfg)
         theirs = dict(header.get("fingerprint", {}))
+        if isinstance(theirs.get("base_model"), str):  # recorded as typed before moopt made a local path absolute
+            from moopt.train.models import recorded_name
+
+            theirs["base_model"] = recorded_name(theirs["base_model"])
         if isinstance(theirs.get("fixed"), dict):  # a field added since (its default) is no change
             theirs["fixed"] = json.loads(json.dumps(TrialConfig.from_dict(theirs["fixed"]).to_dict()))
         changed = [k for k in mine if theirs.get(k) != mine[k]]

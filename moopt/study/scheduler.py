@@ -436,7 +436,8 @@ class Study:
         spec = TrialSpec(number=number, config=tcfg, base_model=cfg.model_path, train_file=os.path.abspath(cfg.train_file),
                          validation_file=os.path.abspath(cfg.validation_file), output_dir=str(d), seed=cfg.seed,
                          kernels=cfg.kernels, rung_fractions=rung_fractions(cfg.pruning_factor), deadline=deadline,
-                         eval_max_seq_length=self.eval_length)
+                         eval_max_seq_length=self.eval_length, hub_id=cfg.base_model if cfg.model_revision else None,
+                         hub_revision=cfg.model_revision)
         self.any_trial_started = True
         executor.submit(spec, slot)
 
@@ -647,8 +648,9 @@ class Study:
         d = self.out / "trial_results" / "baseline"
         spec = TrialSpec(number=-1, config=tcfg, base_model=self.cfg.model_path, train_file=os.path.abspath(self.cfg.train_file),
                          validation_file=os.path.abspath(self.cfg.validation_file), output_dir=str(d), seed=self.cfg.seed,
-                         kernels=self.cfg.kernels, save_adapter=False, baseline=True,
-                         eval_max_seq_length=self.eval_length)
+                         kernels=self.cfg.kernels, save_adapter=False, baseline=True, eval_max_seq_length=self.eval_length,
+                         hub_id=self.cfg.base_model if self.cfg.model_revision else None,
+                         hub_revision=self.cfg.model_revision)
         from moopt.study.progress import ProgressBoard, ProgressView
 
         on_cluster = placer is not None and callable(getattr(executor, "nodes", None))

@@ -244,6 +244,7 @@ def save_peft_adapter(
     alpha: float,
     dropout: float,
     target_modules: tuple[str, ...],
+    revision: str | None = None,
 ) -> Path:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` as PEFT saves a LoRA adapter, so
     ``peft.PeftModel.from_pretrained(base, out_dir)`` reproduces this model's outputs. Keys are
@@ -275,7 +276,8 @@ def save_peft_adapter(
         "r": int(r), "lora_alpha": alpha, "lora_dropout": float(dropout), "target_modules": sorted(target_modules),
         "bias": "none", "fan_in_fan_out": False, "inference_mode": False, "init_lora_weights": True,
         "use_rslora": False, "use_dora": False, "modules_to_save": None, "layers_to_transform": None,
-        "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {}, "revision": None,
+        "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
+        "revision": revision,  # a hub model's commit: PEFT loads the base at it
     }
     atomic_write_bytes(out / "adapter_config.json", (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
     # save_file writes from the tensors' own memory; save() would build the whole file as bytes first, a

@@ -95,14 +95,64 @@ def resolve_model_revision(name: str, revision: str | None = None) -> tuple[str,
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ConfigError(f"--base_model {name}: folder has no config.json")
+        check_model_folder(path, f"--base_model {name}")
         return str(path), None
     if path.exists():
         raise ConfigError(f"--base_model {name}: not a folder or a .gguf file")
     if not _is_repo_id(name):
         raise ConfigError(
             f"--base_model {name}: no such file or folder, and not a hub id (owner/name) or an alias {sorted(ALIASES)}"
+            + _alias_hint(name)
         )
-    return resolve_hub_model(name, revision)
+    try:
+        folder, commit = resolve_hub_model(name, revision)
+    except ConfigError as e:
+        raise ConfigError(str(e) + _not_here_hint(name)) from None
+    check_model_folder(Path(folder), f"--base_model {name}")
+    return folder, commit
+
+
+def recorded_name(name: str) -> str:
+    """``--base_model`` as a study records it: an existing folder or file as an absolute path (so that --resume,
+    ``moopt train`` and the adapters' base_model_name_or_path work from any directory, and a relative folder is never
+    taken for a hub id elsewhere); an alias or a hub id as given."""
+    if name in ALIASES:
+        return name
+    path = Path(name).expanduser()
+    return os.path.abspath(path) if path.exists() else name
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tiktoken.model", "vocab.json")  # fast, SentencePiece, BPE
+
+
+def check_model_folder(folder: Path, where: str) -> None:
+    """What a trial loads, there before any trial starts (each ConfigError one line): weights (safetensors or
+    pytorch_model.bin, whole or every shard of an index), a tokenizer, and a Llama-family config.json (the shape the
+    estimate and the LoRA targets q/k/v/o/gate/up/down_proj need; Mistral and Qwen2 have it, GPT-2 has not)."""
+    from moopt.memory.estimate import load_model_config
+
+    if not _has_weights(folder):
+        raise ConfigError(f"{where}: {folder} has no weights (model.safetensors or pytorch_model.bin, or every shard "
+                          "of their index.json)")
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES) and not any(folder.glob("*.tiktoken")):
+        raise ConfigError(f"{where}: {folder} has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}); save the "
+                          "model's tokenizer into it (tokenizer.save_pretrained)")
+    load_model_config(folder)
+
+
+def _alias_hint(name: str) -> str:
+    """"; did you mean the alias smollm2-135m?" for a name close to one (another case, a character off)."""
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), list(ALIASES), n=1, cutoff=0.8)
+    return f"; did you mean the alias {close[0]}?" if close else ""
+
+
+def _not_here_hint(name: str) -> str:
+    """A hub failure for a name with no owner/ (which the hub still takes): it was not a local path either."""
+    if "/" in name:
+        return ""
+    return f" (no file or folder {name} here either{_alias_hint(name)})"
 
 
 def gguf_source(name: str) -> tuple[Path, str | None] | None:
@@ -277,22 +327,33 @@ def quiet_retries():
 
 def hub_config(repo_id: str) -> Path:
     """A hub model's config.json alone, into the HF cache (the cached one when the hub cannot be reached or
-    HF_HUB_OFFLINE is set): what a memory estimate needs, without the weights (a 70B model's are 140 GB)."""
-    from huggingface_hub import constants, hf_hub_download
+    HF_HUB_OFFLINE is set): what a memory estimate needs, without the weights (a 70B model's are 140 GB).
+    The hub is asked once (model_info, as resolve_hub_model does): unreachable, it answers in seconds, where a
+    download's retries took ~25 s."""
+    from huggingface_hub import HfApi, constants, hf_hub_download
     from huggingface_hub import errors as hf
 
     where = f"--base_model {repo_id}"
+    why = "HF_HUB_OFFLINE is set"
     try:
-        with quiet_retries():
-            return Path(hf_hub_download(repo_id, "config.json"))
+        if not constants.HF_HUB_OFFLINE:
+            try:
+                sha = HfApi().model_info(repo_id).sha
+            except _network_errors() as e:
+                sha, why = None, f"cannot reach {constants.ENDPOINT} ({type(e).__name__})"
+            if sha:  # reachable; by branch (main), not sha: the cache then records what main is, for an offline run
+                with quiet_retries():
+                    return Path(hf_hub_download(repo_id, "config.json"))
+        return Path(hf_hub_download(repo_id, "config.json", local_files_only=True))
     except hf.RemoteEntryNotFoundError:
         raise ConfigError(f"{where}: the repository has no config.json at its root; not a transformers model") from None
     except hf.HfHubHTTPError as e:
         raise _hub_refusal(e, where, repo_id, None) from None
     except _network_errors() as e:
-        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"cannot reach {constants.ENDPOINT} ({type(e).__name__})"
+        if why == "HF_HUB_OFFLINE is set" and not constants.HF_HUB_OFFLINE:
+            why = f"cannot reach {constants.ENDPOINT} ({type(e).__name__})"
         raise ConfigError(f"{where}: {why} and the HF cache ({constants.HF_HUB_CACHE}) has no copy of its config.json; "
-                          "fetch it once where the hub is reachable") from None
+                          "fetch it once where the hub is reachable" + _not_here_hint(repo_id)) from None
 
 
 def _cached_snapshot(repo_id: str, revision: str | None) -> str | None:

@@ -156,7 +156,8 @@ def load_model_and_tokenizer(path: str, cfg: TrialConfig, device: torch.device):
     dtype_name = resolve_dtype(cfg.model.dtype, device.type)
     dtype = getattr(torch, dtype_name)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    kwargs = dict(dtype=dtype, local_files_only=True, use_safetensors=True, trust_remote_code=False,
+    # safetensors where the folder has them, else pytorch_model.bin (torch.load with weights_only, transformers' default)
+    kwargs = dict(dtype=dtype, local_files_only=True, trust_remote_code=False,
                   attn_implementation="sdpa")
     # transformers' "Loading weights" bar: the caller's "loading model ..." line already says what runs
     with no_transformers_bars():
@@ -301,10 +302,10 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
     try:
         # -- load model ---------------------------------------------------------------------------
         if warm is None:
-            reporter.phase("loading model", f"{Path(spec.base_model).name} on {device.type}")
+            reporter.phase("loading model", f"{spec.hub_id or Path(spec.base_model).name} on {device.type}")
             model, tok = load_model_and_tokenizer(spec.base_model, cfg, device)
         else:
-            reporter.phase("loading model", f"{Path(spec.base_model).name} on {device.type}, kept by this worker for the next trials")
+            reporter.phase("loading model", f"{spec.hub_id or Path(spec.base_model).name} on {device.type}, kept by this worker for the next trials")
             model, tok, loaded = warm.model_and_tokenizer(spec.base_model, cfg, device, load_model_and_tokenizer)
             result.warm = not loaded
             reset_peak(device.type)  # this trial's peak from here: the model, then what the trial adds
@@ -464,8 +465,9 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
 
             reporter.phase("saving", "adapter")
             save_peft_adapter(
-                model, out_dir / "adapter", base_model_name_or_path=spec.base_model, r=cfg.lora.r,
+                model, out_dir / "adapter", base_model_name_or_path=spec.model_name, r=cfg.lora.r,
                 alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules,
+                revision=spec.hub_revision,
             )
             metrics["peak_memory_gb"] = trial_peak_gb()  # the whole trial's, the save included
         extra = {"truncated_train": train.n_truncated, "truncated_val": val.n_truncated,
