@@ -229,6 +229,9 @@ def test_resume_does_not_rerun_finished_trials(tiny_model, tiny_data, space, tmp
     assert replay(out).header["num_trials"] == 5 and replay(out).header["options"]["num_trials"] == 5
     r = CliRunner().invoke(main, ["optimize", "--output_dir", str(tmp_path / "new"), "--validation_file", str(tiny_data["val"])])
     assert r.exit_code == 2 and "Missing option '--train_file'" in r.output and not (tmp_path / "new").exists()
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(tmp_path / "hp0"), "--resume"])  # a typo
+    assert r.exit_code == 2 and f"--resume: {tmp_path / 'hp0'} holds no study to resume" in r.output
+    assert not (tmp_path / "hp0").exists()
     r = optimize(tiny_model, tiny_data, out, space, "--num_trials", "4", "--overwrite", "--no-baseline", "--seed", "3")
     assert r.exit_code == 0, r.output
     assert list(pd.read_csv(out / "trials_summary.csv").datetime_start[:2]) != list(first.datetime_start)

@@ -378,3 +378,20 @@ def test_a_trial_that_ends_while_the_display_draws_is_no_error():
     board.event(0, {"event": "phase", "phase": "training", "detail": "10 optimizer steps"})
     board.ended(TrialResult(number=0, state="COMPLETE", metrics={}))
     assert board.trial_line(0) == ""
+
+
+def test_a_late_event_of_an_ended_trial_does_not_bring_it_back():
+    """Ray sends a trial's events asynchronously: some arrive after its result. They came back on the board as a
+    running trial ("Trial 0: saving (adapter), 1m01s" under "4/4 trials done"), counted in the ETA."""
+    clock = Clock()
+    console, buf = plain()
+    view = ProgressView(console, ProgressBoard(total=2, clock=clock))
+    view.event(0, prog(1, total=4))
+    view.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_loss": 1.0}))
+    before = buf.getvalue()
+    view.event(0, {"event": "phase", "phase": "saving", "detail": "adapter"})
+    view.event(0, prog(4, total=4))
+    assert view.board.running() == [] and buf.getvalue() == before
+    view.board.gone.discard(0)  # the scheduler starts that number again (a configuration decided again)
+    view.event(0, prog(1, total=4))
+    assert view.board.running() == [0]

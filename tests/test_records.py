@@ -176,3 +176,45 @@ def test_resume_accepts_a_study_written_before_a_config_field_existed(tmp_path):
     Journal(study.out).append({"type": "study", "fingerprint": old})
     with pytest.raises(ConfigError, match="fixed"):
         check_output_dir(study.cfg)
+
+
+def test_resume_compares_the_data_by_content_and_says_what_differs(tmp_path):
+    """Before: the data files were compared by path only, so an edited train file under the same name was resumed
+    (its later trials ranked against earlier ones on other data) and a moved copy was refused; the refusal was a
+    Python list of keys."""
+    import dataclasses
+    import shutil
+
+    from moopt.errors import ConfigError
+    from moopt.journal import Journal
+    from moopt.records import TrialResult, TrialState
+    from moopt.study.outdir import check_output_dir, data_digest, study_fingerprint
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in ("train.jsonl", "val.jsonl"):
+        shutil.copy(ROOT / "data" / f, data / f)
+    study = _study(tmp_path, resume=True)
+    cfg = dataclasses.replace(study.cfg, train_file=str(data / "train.jsonl"), validation_file=str(data / "val.jsonl"))
+    header = {"type": "study", "fingerprint": study_fingerprint(cfg),
+              "data_digest": {k: data_digest(getattr(cfg, k)) for k in ("train_file", "validation_file")}}
+    j = Journal(study.out)
+    j.append(header)
+    for n in range(2):
+        j.append({"type": "trial_start", "number": n, "datetime_start": "2026-12-06T10:00:00", "params": {}})
+        j.append(TrialResult(number=n, state=TrialState.COMPLETE, metrics={"eval_loss": 1.0}))
+    check_output_dir(cfg)  # the same study
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)  # the project folder moved: the same data, the same study
+    check_output_dir(dataclasses.replace(cfg, train_file=str(moved / "train.jsonl"), validation_file=str(moved / "val.jsonl")))
+    with open(data / "train.jsonl", "a") as f:  # edited in place
+        f.write('{"prompt": "one more", "completion": " record"}\n')
+    with pytest.raises(ConfigError) as e:
+        check_output_dir(dataclasses.replace(cfg, seed=cfg.seed + 1))
+    text = str(e.value)
+    assert f"--train_file {data / 'train.jsonl'}: its content is not the study's (SHA-256 " in text
+    assert f"--seed {cfg.seed} -> {cfg.seed + 1}" in text and "validation_file" not in text
+    assert "a new --output_dir (--warm_start" in text and "--overwrite" in text
+    shutil.copy(ROOT / "data" / "train.jsonl", data / "train.jsonl")
+    with pytest.raises(ConfigError, match=r"--num_trials 1: .* has 2 trials finished already; give 2 or more"):
+        check_output_dir(dataclasses.replace(cfg, num_trials=1))

@@ -95,9 +95,17 @@ def main() -> None:
 def optimize(**kw) -> None:
     """Search LoRA hyperparameters for a base model on your data; write results to --output_dir."""
     taken = resume_defaults(kw)
+    from moopt.journal import JOURNAL
+
+    no_study = kw["resume"] and kw["output_dir"] and not (Path(kw["output_dir"]) / JOURNAL).is_file()
     for f in ("train_file", "validation_file"):
         if kw[f] is None:
+            if no_study:  # a mistyped --output_dir, most likely
+                fail(f"--resume: {kw['output_dir']} holds no study to resume (no {JOURNAL}); check --output_dir, or "
+                     f"give --train_file and --validation_file to start one there")
             raise click.UsageError(f"Missing option '--{f}'.")
+    if no_study:  # a job script that always passes --resume: its first run starts the study
+        click.echo(f"Note: {kw['output_dir']} holds no study yet: --resume starts one")
     if taken:
         click.echo("Resuming with the study's " + ", ".join(shown_option(k, kw[k]) for k in taken))
     from moopt.train.models import recorded_name

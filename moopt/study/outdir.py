@@ -55,7 +55,8 @@ def check_output_dir(cfg: Any) -> None:
     if cfg.resume and cfg.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     if cfg.resume and holds_study:
-        header = replay(out).header
+        rec = replay(out)
+        header = rec.header
         mine = study_fingerprint(cfg)
         theirs = dict(header.get("fingerprint", {}))
         if isinstance(theirs.get("base_model"), str):  # recorded as typed before moopt made a local path absolute
@@ -64,9 +65,36 @@ def check_output_dir(cfg: Any) -> None:
             theirs["base_model"] = recorded_name(theirs["base_model"])
         if isinstance(theirs.get("fixed"), dict):  # a field added since (its default) is no change
             theirs["fixed"] = json.loads(json.dumps(TrialConfig.from_dict(theirs["fixed"]).to_dict()))
-        changed = [k for k in mine if theirs.get(k) != mine[k]]
+        digests = header.get("data_digest") or {}
+        changed = []
+        for k in mine:
+            if k in ("train_file", "validation_file") and k in digests:
+                # the data by content (journaled SHA-256): a moved or renamed copy is the same study, an edited file
+                # under the same name is not (the trials before and after would be ranked on different data)
+                if os.path.isfile(mine[k]) and data_digest(mine[k]) != digests[k]:
+                    changed.append(f"--{k} {mine[k]}: its content is not the study's (SHA-256 {digests[k][:12]}..., "
+                                   f"now {data_digest(mine[k])[:12]}...)")
+            elif theirs.get(k) != mine[k]:
+                changed.append(_difference(k, theirs.get(k), mine[k]))
         if changed:
-            raise ConfigError(f"{out}: --resume needs the same study; these differ from the stored one: {changed}")
+            raise ConfigError(f"{out}: --resume continues the same study, and this differs from the one it began: "
+                              + "; ".join(changed) + f". Start another with a new --output_dir (--warm_start {out} "
+                              "seeds it with this one's best), or replace this one with --overwrite")
+        trained = sum(not e.taken_from for e in rec.finished.values())
+        if cfg.num_trials < trained:
+            raise ConfigError(f"--num_trials {cfg.num_trials}: {out} has {trained} trials finished already; give "
+                              f"{trained} or more (--resume trains up to --num_trials in all)")
+
+
+def _difference(key: str, old: Any, new: Any) -> str:
+    """One --resume difference, as a user would name it."""
+    if key == "space":
+        return "the searched parameters or their ranges (--search_space)"
+    if key == "fixed":
+        return "the search space's fixed settings (--search_space)"
+    if key == "objectives":
+        return f"--optimization_objective {','.join(old or [])} -> {','.join(new)}"
+    return f"--{key} {old} -> {new}"
 
 
 def prepare_output_dir(cfg: Any) -> None:

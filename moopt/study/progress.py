@@ -92,6 +92,8 @@ class ProgressBoard:
         self.done_here = 0  # trials that ended in this run (a resumed study's earlier ones excluded): the pace
         self.ran_here = 0  # of those, the ones that ran (not ruled out by the memory gate before they started)
         self.trials: dict[int, TrialProgress] = {}
+        # a late event of an ended trial (Ray sends them asynchronously) must not bring it back on the board
+        self.gone: set[int] = set()
         self.stepped = False  # a trial of this run has made an optimizer step (set-up is known to work)
         self.lock = threading.Lock()
 
@@ -102,10 +104,12 @@ class ProgressBoard:
             t = self.trials[number] = TrialProgress(label=label, started=now, phase_since=now, printed_at=now)
         return t
 
-    def event(self, number: int, msg: dict) -> TrialProgress:
-        """Apply one worker event; the trial's state after it."""
+    def event(self, number: int, msg: dict) -> TrialProgress | None:
+        """Apply one worker event; the trial's state after it (None: the trial ended already, the event came late)."""
         now = self.clock()
         with self.lock:
+            if number in self.gone:
+                return None
             t = self._trial(number, now)
             ev = msg.get("event")
             if ev == "phase":
@@ -129,6 +133,7 @@ class ProgressBoard:
         ``earlier``: it ended in an earlier run of a resumed study (not part of this run's pace)."""
         with self.lock:
             self.trials.pop(end.number, None)
+            self.gone.add(end.number)
             ran = not (end.error or "").startswith(NOT_TRAINED)
             self.done += 1
             self.done_here += not earlier
@@ -247,7 +252,7 @@ class ProgressView:
     # -- feeding -------------------------------------------------------------------------------
     def event(self, number: int, msg: dict) -> None:
         t = self.board.event(number, msg)
-        if self.live is not None:
+        if self.live is not None or t is None:
             return
         now = self.board.clock()
         ev = msg.get("event")

@@ -461,7 +461,8 @@ class Study:
         vals = "  ".join(f"{k}={m[k]:.4f}" for k in cfg.objectives.names if k in m)
         colour = {TrialState.COMPLETE: "green", TrialState.PRUNED: "yellow"}.get(res.state, "red")
         extra = f" ({res.error})" if res.error else ""
-        self.console.print(f"Trial {res.number} [{colour}]{res.state}[/] in {res.duration_s:.0f}s: {vals}{extra}")
+        self.console.print(f"Trial {res.number} [{colour}]{res.state}[/] in {res.duration_s:.0f}s:"
+                           + (f" {vals}{extra}" if vals else extra))
         return res
 
     def data_digest(self) -> dict[str, str]:
@@ -822,6 +823,8 @@ class Scheduler:
         self.ck.assigned[number] = idx
         self.ck.save(self.path)
         self.running[number] = Running(idx, tcfg, key, slot, _now(), time.time())
+        if self.view is not None:  # a number that ended before (decided again) shows its events again
+            self.view.board.gone.discard(number)
         if slot.device.startswith("cuda:"):  # the trials that share its GPU while it runs
             beside = {n for n, r in self.running.items() if r.slot.device == slot.device and n != number}
             self.beside[number] = beside

@@ -151,11 +151,17 @@ class Liveness:
                 if silent <= limit:
                     continue
                 if t.steps == 0:
-                    what = f"no progress ({t.phase}) for {silent:.0f} s before the first optimizer step"
+                    what = f"no progress ({t.phase}) for {_secs(silent)} s before the first optimizer step"
                 elif t.phase == "evaluating":
-                    what = f"no progress in evaluation for {silent:.0f} s after step {t.step}/{t.total}"
+                    what = f"no progress in evaluation for {_secs(silent)} s after step {t.step}/{t.total}"
                 else:
-                    what = f"no optimizer step for {silent:.0f} s after step {t.step}/{t.total}"
-                t.killed = f"stalled: {what} (limit {limit:.0f} s: {how})"
+                    what = f"no optimizer step for {_secs(silent)} s after step {t.step}/{t.total}"
+                t.killed = f"stalled: {what} (limit {_secs(limit)} s: {how})"
                 out.append((n, t.killed))
         return out
+
+
+def _secs(s: float) -> str:
+    """Seconds as the stall reason says them: whole from 10 s on, else to a tenth (7.5, 8), under 1 s to two
+    digits (a 0.5 s limit read "0 s", which --stall_timeout takes for never)."""
+    return f"{s:.0f}" if s >= 10 else f"{s:.1f}".removesuffix(".0") if s >= 1 else f"{s:.2g}"
