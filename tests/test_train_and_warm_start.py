@@ -37,6 +37,15 @@ def test_train_final_model_reports_validation_and_test(tiny_model, tiny_data, tm
     assert "loading model" in r.output and "Loading weights" not in r.output  # transformers' bar: moopt's line says it
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 2 and "--overwrite" in r.output
+    # without a test set: validation metrics only (the guide's final model, for a user who keeps no test set)
+    no_test = [a for a in args if a not in ("--test_file",)]
+    no_test.remove(str(tiny_data["val"]))  # one of the two equal values: --validation_file keeps the other
+    no_test[no_test.index(str(out))] = str(tmp_path / "final_no_test")
+    r = CliRunner().invoke(main, no_test)
+    assert r.exit_code == 0, r.output
+    untested = json.loads((tmp_path / "final_no_test" / "final_metrics.json").read_text())
+    assert untested["test"] is None and untested["validation"] == m["validation"]
+    assert "validation" in r.output and " test" not in r.output
     # a failed --overwrite leaves the earlier final model whole: its files, not a mix, and keeps the attempt's beside
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     other = tmp_path / "other.yaml"
@@ -187,7 +196,8 @@ def test_moopt_train_takes_the_studys_base_model_and_data_unless_given(tmp_path)
     header = {"base_model": "org/model", "fingerprint": {"train_file": str(train), "validation_file": str(val)}}
     kw = {"base_model": None, "train_file": None, "validation_file": None}
     notes = study_defaults(kw, header)
-    assert kw == {"base_model": "org/model", "train_file": str(train), "validation_file": str(val), "seed": 42}
+    assert kw == {"base_model": "org/model", "train_file": str(train), "validation_file": str(val), "seed": 42,
+                  "kernels": "auto"}
     assert notes == ["Base model: org/model (the study's)", f"Training data: {train} (the study's)",
                      f"Validation data: {val} (the study's)"]
     # the seed the study's trials trained with (a --seed 7 study's chosen trial is repeated), unless given
@@ -196,6 +206,12 @@ def test_moopt_train_takes_the_studys_base_model_and_data_unless_given(tmp_path)
     assert study_defaults(kw, seeded)[-1] == "Seed: 7 (the study's)" and kw["seed"] == 7
     kw = {"base_model": None, "train_file": None, "validation_file": None, "seed": 3}
     assert study_defaults(kw, seeded)[-1] != "Seed: 7 (the study's)" and kw["seed"] == 3
+    # the study's LoRA kernel path (dropout masks differ between them), unless given
+    kernelled = {**header, "options": {"kernels": "triton"}}
+    kw = {"base_model": None, "train_file": None, "validation_file": None}
+    assert study_defaults(kw, kernelled)[-1] == "Kernels: triton (the study's)" and kw["kernels"] == "triton"
+    kw = {"base_model": None, "train_file": None, "validation_file": None, "kernels": "torch"}
+    assert "Kernels" not in " ".join(study_defaults(kw, kernelled)) and kw["kernels"] == "torch"
     kw = {"base_model": "other/model", "train_file": "mine.jsonl", "validation_file": None}
     assert study_defaults(kw, header)[0] == ("Note: the study searched these hyperparameters on org/model; "
                                              "training on other/model")

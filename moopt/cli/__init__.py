@@ -359,9 +359,11 @@ def report(output_dir: str) -> None:
      "best_config.yaml or trial config.yaml; else smollm2-135m.")
 @opt("train_file", default=None, type=click.Path(), help="Training data: JSONL, a JSON array or Parquet. Default: the study's.")
 @opt("validation_file", default=None, type=click.Path(), help="Validation data (same formats). Default: the study's.")
-@opt("test_file", required=True, type=click.Path(), help="Held-out test data, same formats (never seen by the search).")
+@opt("test_file", default=None, type=click.Path(), help="Held-out test data, same formats (never seen by the search): "
+     "its metrics beside validation's, and a warning where they part. Without one, validation metrics only.")
 @opt("output_dir", required=True, type=click.Path(), help="Where the final adapter and metrics go.")
-@opt("kernels", default="auto", show_default=True, type=click.Choice(["auto", "triton", "torch"]), help="LoRA kernel path.")
+@opt("kernels", default=None, type=click.Choice(["auto", "triton", "torch"]),
+     help="LoRA kernel path. Default: the study's (dropout masks differ between the paths), else auto.")
 @opt("seed", default=None, type=int, help="Seed of LoRA initialisation and data order. Default: the study's (its "
      "trials' seed, so that the final run repeats the chosen trial), else 42.")
 @opt("overwrite", is_flag=True, help="Replace a final model already in output_dir.")
@@ -377,7 +379,6 @@ def train(**kw) -> None:
 
     try:
         cpu_dtype_override()
-        check_kernels(kw["kernels"])
         cfg = load_trial_config(kw["config"])
         if cfg.model.quantization != "none":
             require_bitsandbytes(kw["config"])
@@ -387,8 +388,10 @@ def train(**kw) -> None:
         header = replay(study_dir).header if study_dir is not None else {}
         for note in study_defaults(kw, header):
             click.echo(note)
+        check_kernels(kw["kernels"])
         kw["base_model"] = recorded_name(kw["base_model"])
-        for f in ("train_file", "validation_file", "test_file"):
+        files = ("train_file", "validation_file", *(("test_file",) if kw["test_file"] else ()))
+        for f in files:
             read_records(kw[f])
         out = Path(kw["output_dir"])
         check_writable_dir(out)
@@ -399,11 +402,11 @@ def train(**kw) -> None:
         kw["hub_id"], kw["hub_revision"] = (kw["base_model"], commit) if commit else (None, None)  # the adapter names them
         # validation (and test) cut at the length the study evaluated every trial at
         kw["eval_max_seq_length"] = max(int(header.get("eval_max_seq_length") or 0), cfg.data.max_seq_length)
-        for f in ("train_file", "validation_file", "test_file"):  # the study's check (Study.check_data)
+        for f in files:  # the study's check (Study.check_data)
             require_completions(model_path, kw[f], cfg.data.max_seq_length if f == "train_file" else kw["eval_max_seq_length"])
     except ConfigError as e:
         fail(str(e))
-    for f in ("train_file", "validation_file"):  # the test set measures what the search never saw
+    for f in ("train_file", "validation_file") if kw["test_file"] else ():  # the test set: what the search never saw
         shared, n_test = shared_records(kw[f], kw["test_file"])
         if shared:
             click.echo(f"Note: {shared} of {n_test} examples of {kw['test_file']} also appear in "
@@ -440,6 +443,11 @@ def study_defaults(kw: dict, header: dict) -> list[str]:
         kw["seed"] = 42 if seed is None else int(seed)
         if seed is not None and int(seed) != 42:
             notes.append(f"Seed: {seed} (the study's)")
+    if kw.get("kernels") is None:  # the study's LoRA kernel path: dropout masks differ between triton and torch
+        kernels = (header.get("options") or {}).get("kernels")
+        kw["kernels"] = kernels or "auto"
+        if kernels and kernels != "auto":
+            notes.append(f"Kernels: {kernels} (the study's)")
     return notes
 
 

@@ -109,7 +109,7 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     write_yaml(work / "config.yaml", cfg.to_dict())
     spec = TrialSpec(number=0, config=cfg, base_model=model_path, train_file=os.path.abspath(kw["train_file"]),
                      validation_file=os.path.abspath(kw["validation_file"]), output_dir=str(work), seed=kw["seed"],
-                     kernels=kw["kernels"], test_file=os.path.abspath(kw["test_file"]),
+                     kernels=kw["kernels"], test_file=os.path.abspath(kw["test_file"]) if kw.get("test_file") else None,
                      eval_max_seq_length=kw.get("eval_max_seq_length", 0), hub_id=kw.get("hub_id"), hub_revision=kw.get("hub_revision"))
     if cfg.model.quantization == "none":  # as a study does (Study.prepare_model): moopt's own conversion
         from moopt.config import resolve_dtype  # loads from its copy in the trial's dtype, not converted at load
@@ -137,21 +137,24 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     study_val = study_validation_metrics(config_path)
     rows = [("loss", "eval_loss", "test_loss"), ("accuracy", "eval_accuracy", "test_accuracy"),
             ("perplexity", "eval_perplexity", "test_perplexity")]
-    console.print(f"\n{'metric':<12}{'validation':>12}{'test':>12}" + (f"{'study val':>12}" if study_val else ""))
+    tested = "test_loss" in m  # --test_file given
+    console.print(f"\n{'metric':<12}{'validation':>12}" + (f"{'test':>12}" if tested else "")
+                  + (f"{'study val':>12}" if study_val else ""))
     for name, v, t in rows:
-        line = f"{name:<12}{m[v]:>12.4f}{m[t]:>12.4f}"
+        line = f"{name:<12}{m[v]:>12.4f}" + (f"{m[t]:>12.4f}" if tested else "")
         if study_val and v in study_val:
             line += f"{study_val[v]:>12.4f}"
         console.print(line)
-    gap = (m["test_loss"] - m["eval_loss"]) / max(abs(m["eval_loss"]), 1e-12)
+    gap = (m["test_loss"] - m["eval_loss"]) / max(abs(m["eval_loss"]), 1e-12) if tested else None
     warning = None
-    if gap > GAP_WARN:
+    if gap is not None and gap > GAP_WARN:
         warning = f"test loss is {gap:.0%} above validation loss: " + (
             "the search may have overfit the validation set; consider a larger validation set or fewer trials"
             if study_val else "the validation set may not represent the test set")
         console.print(f"[yellow]Warning:[/] {escape(warning)}")
     write_json(out / "final_metrics.json", {"validation": {k: m[k] for _, k, _ in rows},
-                                            "test": {k: m[k] for _, _, k in rows}, "study_validation": study_val,
+                                            "test": {k: m[k] for _, _, k in rows} if tested else None,
+                                            "study_validation": study_val,
                                             "relative_gap": gap, "warning": warning,
                                             "peak_memory_gb": m.get("peak_memory_gb"), "adapter": str(out / "adapter")})
     console.print(f"Adapter (PEFT format): {out / 'adapter'}")
