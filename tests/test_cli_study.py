@@ -358,6 +358,11 @@ def test_trials_searching_max_seq_length_are_scored_on_the_same_validation_token
     r = optimize(tiny_model, data, out, sp, "--num_trials", "4")
     assert r.exit_code == 0, r.output
     assert "examples of " in r.output and "keep no completion token at max_seq_length 12 (0 at the space's longest, 32)" in r.output
+    # those whose completion (4 words and EOS, a token each) begins under 12 tokens and ends past them: said too
+    prompts = [len(json.loads(line)["prompt"].split()) for line in data["train"].read_text().splitlines()]
+    cut = sum(p < 12 < p + 5 for p in prompts)
+    assert cut and (f"{cut} of 24 examples of {data['train']} are cut inside their completion at max_seq_length 12 "
+                    "(0 at the space's longest, 32); the longest has") in " ".join(r.output.split()), r.output
     runs = {n: json.loads((out / "trial_results" / f"trial_{n}" / "metrics.json").read_text()) for n in range(4)}
     lengths = {n: load_trial_config(out / "trial_results" / f"trial_{n}" / "config.yaml").data.max_seq_length for n in runs}
     assert set(lengths.values()) == {12, 32}

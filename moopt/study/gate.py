@@ -84,8 +84,17 @@ def completion_starts(model_path: str, data_file: str | os.PathLike, sample: int
     """(``data_profile``'s first-label indices of a fixed random ``sample`` of the examples, or of all when there are
     no more, or when the whole profile is known already; how many examples the file has). Tokenising a chat data
     set runs at ~2,000 records/s on one core, so the study's data check reads a sample of a large one."""
+    _, starts, n = sampled_profile(model_path, data_file, sample)
+    return starts, n
+
+
+def sampled_profile(model_path: str, data_file: str | os.PathLike, sample: int = 5000) -> tuple[list[int], list[int], int]:
+    """``completion_starts``' sample with each example's token count too: (lengths, first-label indices, how many
+    examples the file has)."""
     key = _profile_key(model_path, data_file)
     if key not in _PROFILES:
+        if (key, sample) in _SAMPLES:
+            return _SAMPLES[key, sample]
         import random
 
         from moopt.train.data import read_records
@@ -93,10 +102,15 @@ def completion_starts(model_path: str, data_file: str | os.PathLike, sample: int
         records = read_records(data_file)
         if len(records) > sample:
             picked = sorted(random.Random(0).sample(range(len(records)), sample))
-            return (_profile(model_path, [records[i] for i in picked], data_file, [i + 1 for i in picked])[1],
-                    len(records))
+            lengths, starts = _profile(model_path, [records[i] for i in picked], data_file, [i + 1 for i in picked])
+            _SAMPLES[key, sample] = lengths, starts, len(records)
+            return _SAMPLES[key, sample]
         _PROFILES[key] = _profile(model_path, records, data_file)
-    return _PROFILES[key][1], len(_PROFILES[key][1])
+    lengths, starts = _PROFILES[key]
+    return lengths, starts, len(starts)
+
+
+_SAMPLES: dict[tuple, tuple[list[int], list[int], int]] = {}
 
 
 def require_completions(model_path: str, data_file: str | os.PathLike, max_seq_length: int) -> tuple[list[int], int]:

@@ -278,7 +278,7 @@ class Study:
         or be scored on nothing (a loss of 0). A large file is checked on a sample (``completion_starts``); the
         refusal is confirmed on every example. Validation records that also appear in the training file are
         said too (the objectives then reward memorising them)."""
-        from moopt.study.gate import require_completions
+        from moopt.study.gate import require_completions, sampled_profile
         from moopt.train.data import shared_records
 
         if not Path(self.cfg.model_path).is_dir():  # a simulation's stand-in model (benchmarks, tests): no tokenizer
@@ -287,19 +287,30 @@ class Study:
         checked = [(f, at, *require_completions(self.cfg.model_path, f, hi))  # every refusal before any note
                    for f, at in ((self.cfg.train_file, lo), (self.cfg.validation_file, hi))]
         for f, at, starts, n in checked:
+            def count(k: int, starts=starts, n=n) -> str:  # of the sample, scaled to the file
+                return str(k) if len(starts) == n or k == 0 else f"about {round(k * n / len(starts))}"
+
+            sampled = f" (estimated from {len(starts)} of them)" if len(starts) < n else ""
             lost = sum(s >= at for s in starts)
             if lost:
-                def count(k: int, starts=starts, n=n) -> str:  # of the sample, scaled to the file
-                    return str(k) if len(starts) == n or k == 0 else f"about {round(k * n / len(starts))}"
-
                 at_hi = sum(s >= hi for s in starts)
                 more = f" ({count(at_hi)} at the space's longest, {hi})" if hi != at else ""
-                sampled = f" (estimated from {len(starts)} of them)" if len(starts) < n else ""
                 what = ("trials at that length fail" if lost == len(starts) else
                         "trials train without them" if f == self.cfg.train_file else "the evaluation leaves them out")
                 self.console.print(
                     f"[yellow]Note:[/] {count(lost)} of {n} examples of {f}{sampled} keep no completion token at "
                     f"max_seq_length {at}{more}: the prompt fills it and sequences are cut on the right; {what}")
+            # cut inside the completion: its end, and the EOS token the model learns to stop at, are lost
+            lengths = sampled_profile(self.cfg.model_path, f)[0]
+            cut = sum(s < at < k for k, s in zip(lengths, starts)) if len(lengths) == len(starts) else 0
+            if cut:
+                at_hi = sum(s < hi < k for k, s in zip(lengths, starts))
+                more = f" ({count(at_hi)} at the space's longest, {hi})" if hi != at else ""
+                self.console.print(
+                    f"[yellow]Note:[/] {count(cut)} of {n} examples of {f}{sampled} are cut inside their completion at "
+                    f"max_seq_length {at}{more}; the longest has {max(lengths)} tokens: "
+                    f"{'trials train' if f == self.cfg.train_file else 'they are scored'} without its end and the EOS "
+                    "token")
         shared, n_val = shared_records(self.cfg.train_file, self.cfg.validation_file)
         if shared:
             self.console.print(
