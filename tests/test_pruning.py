@@ -509,3 +509,16 @@ def test_pruning_simulation_runs_moopts_own_study_on_a_surrogate_of_the_demo_tri
         else:  # the code's rule scales the gap by one completed trial's improvement, never above 1
             assert 0 <= r.projected_eval_loss <= r.rung_eval_loss
     assert proj.main([str(tmp_path / "none.csv"), str(w)]) == 2 and proj.main([str(tmp_path / "all.csv"), str(tmp_path)]) == 2
+
+
+def test_a_rung_falls_at_or_after_its_fraction_of_the_steps():
+    """Rounded down, the 1/4 rung of a 6-step trial fell on step 1 (17%), merged with the 1/8 one, and the bound,
+    which acts only from rungs at >= 1/5, stopped a trial at 17% of its steps (the guide's basic study)."""
+    from moopt.train.recipe import rung_steps
+
+    fractions = rung_fractions(2)
+    assert rung_steps(6, fractions) == {1: 0, 2: 1, 3: 2}
+    for total in range(2, 200):
+        for step, i in rung_steps(total, fractions).items():
+            assert step / total >= fractions[i] - 1e-12 and step < total
+    assert rung_steps(40, (0.1, 0.25, 0.5)) == {4: 0, 10: 1, 20: 2}  # exact products stay (0.1 * 40 is not 4.0000001)

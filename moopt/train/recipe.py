@@ -66,10 +66,14 @@ class NullReporter:
 
 def rung_steps(total_steps: int, fractions: tuple[float, ...]) -> dict[int, int]:
     """{optimizer step: rung index} for rungs at ``fractions`` of ``total_steps`` (none at the end: the
-    final evaluation decides). Two fractions that round to the same step keep the later rung."""
+    final evaluation decides). A rung's step is rounded up, so a trial has run at least its fraction there (the
+    pruner's bound acts only from rungs at >= 1/5: rounded down, the 1/4 rung of a 6-step trial fell on step 1, 17%).
+    Two fractions that round to the same step keep the later rung."""
+    import math
+
     at = {}
     for i, f in enumerate(fractions):
-        step = max(1, int(total_steps * f))
+        step = max(1, math.ceil(total_steps * f - 1e-9))
         if step < total_steps:
             at[step] = i
     return at
