@@ -257,6 +257,12 @@ def test_write_analysis_writes_csvs_and_valid_pngs(study_dir):
         # the console's name beside the space's key
         assert "lora_r" in set(imp.printed) and (imp.printed == imp.param.map(
             lambda k: f"lora_{k}" if k in ("r", "alpha", "dropout", "target_modules") else k)).all()
+        # and report.html's bars and text, as the console and param_importance.png name them
+        from moopt.report.html import write_html_report
+
+        page = write_html_report(study_dir, load_study(study_dir), a).read_text()
+        section = page[page.index("<h2>Parameter importance</h2>"):page.index("</section>", page.index("<h2>Parameter importance"))]
+        assert ". lora_r</span>" in section and ". r</span>" not in section and ". lora_r " in section
         # the two most important parameters for the score, together (Optuna's contour)
         assert (study_dir / "interaction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -547,7 +547,7 @@ def write_analysis(output_dir: str | Path, data: StudyData, seed: int = 0) -> An
     # columns say what + goes with: "better_eval_loss" (lower eval_loss), as the PNG shows
     atomic_write_text(out / "correlations.csv",
                       a.correlations.rename(columns=lambda c: f"better_{c}").rename_axis("param").to_csv())
-    plot_importance(a.importance, out / "param_importance.png")
+    plot_importance(a.importance, out / "param_importance.png", rename=shown)
     plot_correlations(a.correlations, out / "correlations.png")
     plot_learning_curves(a.curves, out / "learning_curves.png", best=data.best, pareto=data.pareto,
                          base_eval_loss=base_metrics(data).get("eval_loss"))
@@ -561,9 +561,9 @@ def write_analysis(output_dir: str | Path, data: StudyData, seed: int = 0) -> An
 # -- renderers (matplotlib, Agg) ------------------------------------------------------------------
 
 
-def plot_importance(importance: dict[str, Importance], path: Path) -> None:
+def plot_importance(importance: dict[str, Importance], path: Path, rename=lambda k: k) -> None:
     """One horizontal bar chart per target, largest share on top; the trial count in each title,
-    with a warning when it is below FEW_TRIALS."""
+    with a warning when it is below FEW_TRIALS. ``rename``: each parameter's name as the console prints it."""
     plt = pyplot()
     targets = list(importance) or ["(none)"]
     fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.8), squeeze=False)
@@ -576,7 +576,7 @@ def plot_importance(importance: dict[str, Importance], path: Path) -> None:
                     wrap=True, fontsize=8, transform=ax.transAxes)
             ax.set_axis_off()
             continue
-        names, shares = list(imp)[::-1], [imp[k] * 100 for k in list(imp)[::-1]]
+        names, shares = [rename(k) for k in list(imp)[::-1]], [imp[k] * 100 for k in list(imp)[::-1]]
         ax.barh(names, shares, color="tab:blue" if imp.n_trials >= FEW_TRIALS else "#9ab6d3")
         for i, s in enumerate(shares):
             ax.text(s, i, f" {s:.1f}%", va="center", fontsize=8)

@@ -35,6 +35,7 @@ from moopt.report.table import (
     least_infeasible_text,
     nothing_fits,
     nothing_fits_text,
+    printed_name,
 )
 
 REPORT = "report.html"
@@ -83,7 +84,7 @@ def build_html(data: StudyData, analysis: Analysis, images: dict[str, bytes], re
             _best_section(data, analysis.edges),
             _refined_section(data, refined, out),
             _pareto_section(data, analysis),
-            _importance_section(analysis),
+            _importance_section(analysis, printed_name(out)),
             _images_section(images),
             _table_section(data),
             _notes_section(analysis)]
@@ -166,7 +167,8 @@ def _pareto_section(data: StudyData, analysis: Analysis) -> str:
             + "</section>")
 
 
-def _importance_section(analysis: Analysis) -> str:
+def _importance_section(analysis: Analysis, rename=lambda k: k) -> str:
+    """``rename``: each parameter's name as the console prints it (lora_r)."""
     e = html.escape
     blocks = []
     for tg, imp in analysis.importance.items():
@@ -176,9 +178,9 @@ def _importance_section(analysis: Analysis) -> str:
             continue
         bars = "".join(f"<div class='bar'><span class='label'>{i}. {e(k)}</span><span class='track'>"
                        f"<span style='width:{v * 100:.1f}%'></span></span><span class='pct'>{v * 100:.1f}%</span></div>"
-                       for i, (k, v) in enumerate(imp.items(), 1))
+                       for i, (k, v) in enumerate(((rename(k), v) for k, v in imp.items()), 1))
         blocks.append(f"<div class='imp'><h3>{e(name)}</h3>{bars}</div>")
-    text = "\n\n".join(format_importance(imp) for imp in analysis.importance.values())
+    text = "\n\n".join(format_importance(imp, rename=rename) for imp in analysis.importance.values())
     n = min((imp.n_trials for imp in analysis.importance.values() if imp), default=None)
     few = (f"<p class='warn'>Only {n} trials: the shares are rough; run more trials before trusting them.</p>"
            if n is not None and n < FEW_TRIALS else "")

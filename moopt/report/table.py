@@ -227,8 +227,8 @@ def least_infeasible_text(data: StudyData) -> str:
     reason = error.removeprefix(NOT_TRAINED).strip() if isinstance(error, str) else ""
     text = f"Least infeasible: trial {data.least_infeasible} ({reason or f'peak {row.peak_memory_gb:.2f} GiB'})."
     return text + (" Raise --memory_constraint, or search" if budget else " Search") + (
-        " smaller batch_size, r, target_modules or max_seq_length (model.quantization and"
-        " model.gradient_checkpointing lower the peak too).")
+        " smaller batch_size, r, target_modules or max_seq_length (model.gradient_checkpointing lowers the peak"
+        " too; on a GPU, model.quantization as well: on a CPU it saves nothing).")
 
 
 def base_metrics(data: StudyData) -> dict[str, float]:
