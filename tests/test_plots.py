@@ -185,3 +185,22 @@ def test_pareto_labels_of_coinciding_trials_are_joined():
 
     pts = pd.DataFrame({"number": [1, 3, 7, 0], "x": [3.6942, 3.6975, 3.6960, 4.11], "y": [0.53125, 0.53125, 0.53125, 0.2]})
     assert list(_label_groups(pts, "x", "y").values()) == [["0"], ["1", "3", "7"]]
+
+
+def test_pareto_labels_of_nearby_groups_do_not_overlap():
+    """Two groups a few percent apart printed over each other ("7,914,10,11,12" in the guide's multi-objective
+    study): a label that would overlap one placed already moves up."""
+    from moopt.report.plots import _annotate_apart, pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    groups = {(0.30, 0.50): ["7", "9"], (0.33, 0.505): ["14", "10", "11", "12"], (0.31, 0.51): ["13", "16"],
+              (0.9, 0.1): ["2"]}
+    labels = _annotate_apart(ax, groups)
+    renderer = fig.canvas.get_renderer()
+    boxes = [lab.get_window_extent(renderer) for lab in labels]
+    assert len(boxes) == 4 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert sorted(lab.get_text() for lab in labels) == ["13,16", "14,10,11,12", "2", "7,9"]
+    plt.close(fig)

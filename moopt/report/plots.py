@@ -169,6 +169,23 @@ def _label_groups(points: pd.DataFrame, x: str, y: str, near: float = 0.02) -> d
     return groups
 
 
+def _annotate_apart(ax, groups: dict[tuple[float, float], list[str]]) -> list:
+    """Each group's trial numbers beside its point; a label that would overlap one already placed moves up in
+    steps of its own height (two nearby groups printed over each other as "7,914,10,11")."""
+    renderer = ax.figure.canvas.get_renderer()
+    placed, labels = [], []
+    for (x, y), numbers in sorted(groups.items(), key=lambda g: (g[0][1], g[0][0])):
+        label = ax.annotate(",".join(numbers), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        for lift in range(12):
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(b) for b in placed):
+                break
+            label.set_position((5, 4 + (lift + 1) * 9))
+        placed.append(label.get_window_extent(renderer))
+        labels.append(label)
+    return labels
+
+
 def plot_pareto(data: StudyData, path: Path) -> None:
     """First two objectives: trials by state, the Pareto front joined, the chosen trial starred,
     the base model as a diamond, trial numbers next to the points when there are few. When the
@@ -200,8 +217,7 @@ def plot_pareto(data: StudyData, path: Path) -> None:
         if k == 1:
             shown = shown[shown[xa].between(*zoom[0]) & shown[yb].between(*zoom[1])]
         if k == 1 or len(shown) <= LABEL_POINTS:
-            for (x, y), numbers in _label_groups(shown, xa, yb).items():
-                ax.annotate(",".join(numbers), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            _annotate_apart(ax, _label_groups(shown, xa, yb))
         if k == 1:
             ax.set_title("zoom on the front (trial numbers)", fontsize=10)
         else:
