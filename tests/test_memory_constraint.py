@@ -1,5 +1,7 @@
 """--memory_constraint in a study: what cannot fit is never trained, and NSGA-II is told why."""
 
+import re
+
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -77,6 +79,9 @@ def test_a_trial_that_runs_out_of_memory_is_never_trained_again_and_the_probe_sh
     first = df[df.number == 0].iloc[0]
     assert first.state == "INFEASIBLE" and "out of memory" in first.error and first.peak_memory_gb > 0
     assert first.peak_memory_from == "training"  # it trained and ran out of memory
+    # a configuration trusted from its estimate says why it fits too (README: why each fits or not)
+    trusted = [n for n in df.number if df[df.number == n].iloc[0].state == "COMPLETE"]
+    assert trusted and all(re.search(rf"Trial {n} fits: estimate \S+ GiB \+ ", r.output) for n in trusted), r.output
     events = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
     gates = [e for e in events if e["type"] == "memory_gate"]
     longest = max(data_lengths(str(tiny_model), tiny_data["train"]))

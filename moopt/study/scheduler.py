@@ -976,7 +976,9 @@ class Scheduler:
             for n in decision.company:  # they ran beside the probe: an OOM of theirs meanwhile proves nothing alone
                 self.probes_beside.setdefault(n, set()).add(shown)
             study.journal.append({"type": "memory_gate", "number": shown, **vars(decision)})
-            if decision.verdict == "fit" and (decision.probed or decision.measured_gb is not None):
+            # why it fits: measured, or (under --memory_constraint) trusted from the estimate outside its error band
+            if decision.verdict == "fit" and (decision.probed or decision.measured_gb is not None
+                                              or self.cfg.memory_constraint_gb):
                 study.console.print(f"Trial {shown} fits: {decision.reason}", markup=False, highlight=False)
             if decision.verdict == "infeasible":
                 number = number if number >= 0 else self.new_number()
