@@ -379,6 +379,8 @@ def train(**kw) -> None:
 
     try:
         cpu_dtype_override()
+        if kw["kernels"] is not None:  # given: refused before anything is read (else the study's, checked below)
+            check_kernels(kw["kernels"])
         cfg = load_trial_config(kw["config"])
         if cfg.model.quantization != "none":
             require_bitsandbytes(kw["config"])
