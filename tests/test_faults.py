@@ -187,3 +187,22 @@ def test_a_hanging_trial_is_killed_recorded_fail_with_the_reason_and_the_study_g
     assert df.loc[0, "state"] == "COMPLETE" and df.loc[2, "state"] == "COMPLETE"  # the study went on
     assert "Trial 1 FAIL" in r.output
     assert time.time() - t0 < 120
+
+
+def test_a_trial_past_the_deadline_after_its_last_step_is_complete_not_cut(tiny_model, tiny_data, tmp_path):
+    """The deadline was checked after every step, the last one too: a trial that ran 12 of 12 steps was PRUNED "time
+    budget reached at step 12", its configuration no candidate for best and the advice to train it "to the end"."""
+    from moopt.config import TrialConfig
+    from moopt.records import TrialSpec
+    from moopt.train.recipe import run_trial
+
+    cfg = TrialConfig.from_dict({"training": {"learning_rate": 1e-3, "batch_size": 48, "num_train_epochs": 1.0},
+                                 "lora": {"r": 4, "alpha": 8}, "data": {"max_seq_length": 32}})
+    spec = dict(number=0, config=cfg, base_model=str(tiny_model), train_file=str(tiny_data["train"]),
+                validation_file=str(tiny_data["val"]), kernels="torch", save_adapter=False, device="cpu")
+    whole = run_trial(TrialSpec(**spec, output_dir=str(tmp_path / "a"), deadline=time.time() - 1, rung_fractions=()))
+    assert whole.steps == whole.total_steps == 1  # the deadline passed before its one and last step ended
+    assert whole.state == "COMPLETE" and whole.error is None, whole.error
+    cut = run_trial(TrialSpec(**{**spec, "config": TrialConfig.from_dict({"training": {"num_train_epochs": 2.0}}, base=cfg)},
+                              output_dir=str(tmp_path / "b"), deadline=time.time() - 1))
+    assert cut.state == "PRUNED" and cut.steps == 1 and "time budget" in cut.error

@@ -438,7 +438,8 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
                     stop_reason = "pruned"
                     break
                 reporter.phase("training", f"{total_steps} optimizer steps")
-            if spec.deadline is not None and time.time() > spec.deadline:
+            # past the deadline with steps left: cut (after its last step the trial is whole: COMPLETE, evaluated as any)
+            if spec.deadline is not None and time.time() > spec.deadline and step < total_steps:
                 stop_reason = TIME_BUDGET_CUT
                 break
             t_step = time.time()
