@@ -23,6 +23,7 @@ class Journal:
     def __init__(self, output_dir: str | Path):
         self.path = Path(output_dir) / JOURNAL
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_torn_tail(self.path)
         self._f = open(self.path, "a", encoding="utf-8")
 
     def append(self, event: dict[str, Any] | TrialResult) -> None:
@@ -34,6 +35,21 @@ class Journal:
 
     def close(self) -> None:
         self._f.close()
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """A torn last line (``kill -9`` mid-write) is cut off before the journal is appended to again: the next event
+    would otherwise be glued onto it and lost with it (a --resume's new settings, a trial's start)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        f.truncate(f.read().rfind(b"\n") + 1)  # 0 when the torn line is the only one
+        f.flush()
+        os.fsync(f.fileno())
 
 
 @dataclass
@@ -65,12 +81,14 @@ def replay(output_dir: str | Path) -> StudyRecord:
     path = Path(output_dir) / JOURNAL
     if not path.is_file():
         return rec
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
                 ev = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a torn last line from a crash mid-write
+                continue  # a torn last line from a crash mid-write (or a line damaged since: skipped as well)
+            if not isinstance(ev, dict) or ("number" not in ev and ev.get("type") in ("trial_start", "trial_end", "rung")):
+                continue
             kind = ev.get("type")
             if kind == "study":
                 rec.header = ev
@@ -80,7 +98,7 @@ def replay(output_dir: str | Path) -> StudyRecord:
                 rec.starts[ev["number"]] = ev
                 rec.ends.pop(ev["number"], None)  # a re-queued trial starts afresh
                 rec.rungs = [r for r in rec.rungs if r["number"] != ev["number"]]
-            elif kind == "trial_end":
+            elif kind == "trial_end" and "state" in ev:
                 rec.ends[ev["number"]] = TrialResult.from_event(ev)
             elif kind == "rung":
                 rec.rungs.append(ev)

@@ -218,3 +218,27 @@ def test_resume_compares_the_data_by_content_and_says_what_differs(tmp_path):
     shutil.copy(ROOT / "data" / "train.jsonl", data / "train.jsonl")
     with pytest.raises(ConfigError, match=r"--num_trials 1: .* has 2 trials finished already; give 2 or more"):
         check_output_dir(dataclasses.replace(cfg, num_trials=1))
+
+
+def test_a_torn_last_line_is_cut_before_the_journal_is_appended_to_again(tmp_path):
+    """After kill -9 mid-write, the next run's first event was glued onto the torn line and lost with it (a --resume's
+    new weights: the live line used them, the results did not)."""
+    from moopt.journal import Journal, replay
+
+    j = Journal(tmp_path)
+    j.append({"type": "study", "weights": [0.5, 0.5]})
+    j.append(TrialResult(number=0, state="COMPLETE", metrics={"eval_loss": 1.0}))
+    j.close()
+    with open(tmp_path / "journal.jsonl", "a") as f:
+        f.write('{"type": "trial_start", "number": 1, "datetime_st')  # torn
+    j = Journal(tmp_path)
+    j.append({"type": "settings", "weights": [0.9, 0.1]})
+    j.close()
+    lines = (tmp_path / "journal.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(line) for line in lines)
+    assert replay(tmp_path).header["weights"] == [0.9, 0.1]
+    # damaged lines elsewhere are skipped, not a traceback: a bare number, undecodable bytes, an end without its state
+    with open(tmp_path / "journal.jsonl", "ab") as f:
+        f.write(b'42\n\xff\xfe\n{"type": "trial_end"}\n{"type": "trial_end", "number": 0}\n')
+    rec = replay(tmp_path)
+    assert list(rec.ends) == [0] and rec.ends[0].metrics == {"eval_loss": 1.0}
