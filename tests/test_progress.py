@@ -369,6 +369,9 @@ def test_without_a_base_model_the_live_best_goes_by_the_weights_as_the_summary_d
     assert board.best[1] == 1, board.best  # by accuracy alone it was trial 0
     # the summary's score: progress from the worst COMPLETE trial's values (accuracy 0.44, loss 3.0)
     assert board.best[0] == pytest.approx(0.5 * (0.45 - 0.44) / (1 - 0.44) + 0.5 * (3.0 - 0.5) / 3.0)
+    # and the line says it as the value it is (it read "best eval_accuracy 0.4256 (trial 1)")
+    assert (f"best value {board.best[0]:.3f} (trial 1: eval_accuracy 0.4500, eval_loss 0.5000)"
+            in board.study_line()), board.study_line()
 
 
 def test_a_trial_that_ends_while_the_display_draws_is_no_error():

@@ -163,7 +163,7 @@ class ProgressBoard:
     def study_line(self) -> str:
         now = self.clock()
         parts = [f"Study: {self.done}/{self.total} trials done"]
-        if self.score is not None:
+        if self.score is not None or self.rescore is not None:  # the weighted score (rescore: without a base model)
             shown = ", ".join(f"{n} {self.best_metrics[n]:.4f}" for n in self.shown) if self.best else ""
             parts.append(f"best value {self.best[0]:.3f} (trial {self.best[1]}: {shown})" if self.best else "best value -")
         elif self.objective:
