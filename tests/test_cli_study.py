@@ -472,3 +472,30 @@ def test_validation_or_test_records_that_also_appear_in_training_are_said(tiny_m
     assert f"Note: 5 of 8 examples of {copied} also appear in {tiny_data['train']}: the test metrics are not " \
            "held-out ones for them" in r.output
     assert f"also appear in {held_out}" in r.output  # the 3 held-out validation records are in the test file too
+
+
+def test_report_rebuilds_from_the_journal_without_the_trial_folders_and_says_when_it_cannot_write(study, tmp_path,
+                                                                                                    monkeypatch):
+    """The journal is the source of truth: with the best trial's folder removed, report read its config.yaml and
+    stopped ("No such file or directory"); on a read-only copy it was a PermissionError traceback."""
+    import shutil
+
+    out, _ = study
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("study.lock"))
+    best = int(pd.read_csv(out / "trials_summary.csv").sort_values("score").number.iloc[-1])
+    shutil.rmtree(copy / "trial_results" / f"trial_{best}")
+    (copy / "best_config.yaml").unlink()
+    r = CliRunner().invoke(main, ["report", str(copy)])
+    assert r.exit_code == 0, r.output
+    assert (copy / "best_config.yaml").read_text() == (out / "best_config.yaml").read_text()
+
+    import moopt.yamlio
+
+    def refuse(path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(moopt.yamlio, "atomic_write_text", refuse)
+    r = CliRunner().invoke(main, ["report", str(copy)])
+    assert r.exit_code == 2 and r.output.startswith(f"Error: {copy}: cannot write the result files (Permission denied")
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1

@@ -351,6 +351,9 @@ def report(output_dir: str) -> None:
         write_results(output_dir)
     except FileNotFoundError as e:
         fail(str(e))
+    except PermissionError as e:  # a read-only copy of a study: nothing is written, and it says so in one line
+        fail(f"{output_dir}: cannot write the result files ({e.strerror}: {e.filename}); copy the study somewhere "
+             "writable and run moopt report there")
 
 
 @main.command()

@@ -178,10 +178,20 @@ def hypervolume_history(table: pd.DataFrame, objectives: Objectives, start: dict
 
 
 def best_config(output_dir: Path, number: int) -> dict[str, Any]:
-    """The best trial's config.yaml, with whole epochs and alpha written as integers (2, not 2.0)."""
+    """The best trial's config.yaml, with whole epochs and alpha written as integers (2, not 2.0); the journal's copy
+    (its trial_start) when the trial's folder was removed: the journal is the study's source of truth."""
+    import copy
+
     import yaml
 
-    cfg = yaml.safe_load((Path(output_dir) / "trial_results" / f"trial_{number}" / "config.yaml").read_text())
+    path = Path(output_dir) / "trial_results" / f"trial_{number}" / "config.yaml"
+    if path.is_file():
+        cfg = yaml.safe_load(path.read_text())
+    else:
+        start = replay(output_dir).starts.get(number) or {}
+        if "config" not in start:
+            raise FileNotFoundError(f"{path}: not there, and the journal does not record trial {number}'s configuration")
+        cfg = copy.deepcopy(start["config"])
     for section, name in (("training", "num_train_epochs"), ("lora", "alpha")):
         v = cfg.get(section, {}).get(name)
         if isinstance(v, float) and v.is_integer():
