@@ -31,7 +31,7 @@ def test_nothing_fits_nothing_is_trained_and_the_least_infeasible_is_reported(ti
     assert len(df) == 4 and (df.state == "INFEASIBLE").all()
     assert df.error.str.contains("not trained").all()
     assert not any((out / "trial_results" / f"trial_{n}" / "log.txt").exists() for n in range(4))  # no worker ran
-    assert "No configuration fits the budget of 0.01 GiB. Least infeasible: trial" in r.output
+    assert "None of the 4 configurations tried fits the budget of 0.01 GiB. Least infeasible: trial" in r.output
     least = df.sort_values("peak_memory_gb").iloc[0]
     reason = least.error.removeprefix("not trained: ")
     assert f"trial {least.number} ({reason})" in r.output and "Raise --memory_constraint" in r.output  # the gate's why

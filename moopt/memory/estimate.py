@@ -260,6 +260,7 @@ class MemoryEstimate:
             "phase": self.phase,
             "assumed": {"device": self.device, "kernels": self.kernels, "loss": self.loss,
                         "batch": self.shape[0], "seq": self.shape[1]},
+            "notes": list(self.notes),
         }
 
     def render(self) -> str:

@@ -219,7 +219,9 @@ def nothing_fits_text(data: StudyData) -> str:
     """What the summary says when no configuration fits the memory budget: the budget, the least infeasible
     trial with the gate's own reason (estimate or probe, the spread, the shape), and what would help."""
     budget = data.header.get("memory_constraint_gb")
-    text = "No configuration fits" + (f" the budget of {float(budget):.2f} GiB" if budget else "") + "."
+    n = len(data.table)
+    text = (f"None of the {n} configurations tried fits" if n > 1 else "The configuration tried does not fit") + (
+        f" the budget of {float(budget):.2f} GiB" if budget else "") + "."
     return f"{text} {least_infeasible_text(data)}"
 
 
@@ -238,7 +240,8 @@ def least_infeasible_text(data: StudyData) -> str:
     text = f"Least infeasible: trial {data.least_infeasible} ({reason or f'peak {row.peak_memory_gb:.2f} GiB'})."
     return text + (" Raise --memory_constraint, or search" if budget else " Search") + (
         " smaller batch_size, r, target_modules or max_seq_length (model.gradient_checkpointing lowers the peak"
-        " too; on a GPU, model.quantization as well: on a CPU it saves nothing).")
+        " too; on a GPU, model.quantization as well: on a CPU it saves nothing); where the space holds smaller"
+        " settings not yet tried, more trials (--resume --num_trials) may find one that fits.")
 
 
 def base_metrics(data: StudyData) -> dict[str, float]:

@@ -575,7 +575,10 @@ class Study:
         if end.state in (TrialState.COMPLETE, TrialState.PRUNED) and have:
             G = (m.get("peak_memory_gb", 0.0) - c) if c else -1.0
         elif end.state == TrialState.INFEASIBLE and self.memory_limit_gb and "peak_memory_gb" in m:
-            G = max(m["peak_memory_gb"] - self.memory_limit_gb, 1e-3)
+            # over by how much, and above 0 even where the gate ruled out a peak just under the budget (its spread or
+            # error band): a larger peak is always "more infeasible" (it was 1e-3 for every one under the budget)
+            peak, limit = m["peak_memory_gb"], self.memory_limit_gb
+            G = max(peak - limit, 0.0) + 1e-3 * peak / limit
         else:
             G = 1.0
         return F, float(G), self.pruner.projected(end.number, F) if end.pruned_by_rung and have else F
