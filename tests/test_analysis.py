@@ -350,6 +350,10 @@ def test_a_trial_cut_by_the_time_budget_that_beats_the_best_is_named_in_the_summ
     said = buf.getvalue()
     assert "Trial 4 was cut by the time budget at step 5 of 10 and already scores" in said
     assert "trial_results/trial_4/adapter" in said and "Trial 6 was cut" not in said and "Trial 3 was cut" not in said
+    from moopt.report.html import write_html_report  # report.html says it too (it did only when none completed)
+
+    page = write_html_report(out, data).read_text()
+    assert "Trial 4 was cut by the time budget at step 5 of 10 and already scores" in page and "Trial 6 was cut" not in page
 
 
 def test_when_no_trial_completed_the_summary_points_at_the_best_time_cut_trial_ahead_of_the_base_model(tmp_path):

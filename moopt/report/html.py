@@ -128,6 +128,11 @@ def _best_section(data: StudyData, edges=()) -> str:
             f"{e(data.score_origin)} (0) to the ideal (1); full configuration in "
             f"<code>best_config.yaml</code>, adapter in <code>trial_results/trial_{data.best}/adapter</code>.</p>"
             f"<table class='kv'>{cells}{params}</table>"
+            + "".join(f"<p class='warn'>Trial {n} was cut by the time budget at {e(where)} and already scores "
+                      f"{score:.3f} (" + e(", ".join(f"{k} {_fmt(v)}" for k, v in m.items())) + ", on the whole "
+                      f"validation set), ahead of the best COMPLETE trial: its adapter is <code>trial_results/trial_{n}"
+                      f"/adapter</code>, and <code>moopt train --config trial_results/trial_{n}/config.yaml</code> "
+                      "trains its configuration to the end.</p>" for n, score, m, where in cut_by_time_ahead(data))
             + ("<p class='warn'>At the edge of the searched range (the optimum may lie outside it):</p><ul>"
                + "".join(f"<li>{e(x.text())}</li>" for x in edges) + "</ul>" if edges else "")
             + "</section>")
