@@ -112,8 +112,8 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
                     + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                     + (" (the base model: " + ", ".join(f"{k} {base[k]:.4f}" for k in metrics if k in base) + ")"
                        if any(k in base for k in metrics) else "")
-                    + f": its adapter is trial_results/trial_{number}/adapter; moopt train --config "
-                    f"trial_results/trial_{number}/config.yaml trains its configuration to the end")
+                    + f": its adapter is {_in(output_dir)}trial_results/trial_{number}/adapter; moopt train --config "
+                    f"{_in(output_dir)}trial_results/trial_{number}/config.yaml trains its configuration to the end")
             if data.least_infeasible is not None:
                 say(f"  {least_infeasible_text(data)}")
         if output_dir is not None:
@@ -142,8 +142,9 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
     for number, score, metrics, cut in cut_by_time_ahead(data):
         say(f"  Trial {number} was cut by the time budget at {cut} and already scores {score:.3f} ("
             + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + ", on the whole validation set), ahead of "
-            f"the best COMPLETE trial: its adapter is trial_results/trial_{number}/adapter; "
-            f"moopt train --config trial_results/trial_{number}/config.yaml trains its configuration to the end")
+            f"the best COMPLETE trial: its adapter is {_in(output_dir)}trial_results/trial_{number}/adapter; "
+            f"moopt train --config {_in(output_dir)}trial_results/trial_{number}/config.yaml trains its configuration "
+            "to the end")
     if edges:  # the guide's first pitfall: too narrow search ranges
         say()
         say("At the edge of the searched range (the optimum may lie outside it):")
@@ -195,3 +196,8 @@ def _short(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return target_alias(v) or ",".join(map(str, v))
     return v
+
+
+def _in(output_dir: Path | None) -> str:
+    """The study folder before a path inside it, so that a command said can be run from where the study was started."""
+    return f"{output_dir}/" if output_dir is not None else ""
