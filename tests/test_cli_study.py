@@ -243,6 +243,11 @@ def test_guide_script_spelling_runs_the_same_command(tmp_path):
 
     r = subprocess.run([sys.executable, "scripts/run_hyperparameter_optimization.py", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--optimization_objective" in r.stdout
+    # its usage names the script as typed (it said "... optimize [OPTIONS]", which the script refuses)
+    assert r.stdout.startswith("Usage: run_hyperparameter_optimization.py [OPTIONS]\n")
+    r = subprocess.run([sys.executable, "scripts/run_hyperparameter_optimization.py", "--num_trials", "0", "--output_dir",
+                        str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Try 'run_hyperparameter_optimization.py --help' for help." in r.stderr
 
 
 BAD_INPUTS = [
@@ -499,3 +504,69 @@ def test_report_rebuilds_from_the_journal_without_the_trial_folders_and_says_whe
     r = CliRunner().invoke(main, ["report", str(copy)])
     assert r.exit_code == 2 and r.output.startswith(f"Error: {copy}: cannot write the result files (Permission denied")
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_folder_with_files_named_as_a_studys_but_no_journal_is_not_written_over(tiny_model, tiny_data, space, tmp_path):
+    """A failed start (SIGTERM, a bad --seed) in such a folder removed the user's report.html, best_config.yaml and
+    trial_results/ (the clean-up of a study that never began), and a run that went on wrote over them."""
+    out = tmp_path / "mine"
+    (out / "trial_results" / "old").mkdir(parents=True)
+    (out / "trial_results" / "old" / "keep.txt").write_text("mine")
+    (out / "report.html").write_text("<html>mine</html>")
+    (out / "notes.txt").write_text("n")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    r = optimize(tiny_model, tiny_data, out, space, "--num_trials", "1")
+    assert r.exit_code == 2 and r.output.startswith(f"Error: {out}: holds report.html, trial_results but no study "
+                                                    "journal (journal.jsonl); moopt would write over them"), r.output
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # other files are no obstacle (and are left alone): a study runs beside notes.txt
+    (out / "report.html").unlink()
+    for p in (out / "trial_results").rglob("*"):
+        if p.is_file():
+            p.unlink()
+    import shutil
+
+    shutil.rmtree(out / "trial_results")
+    r = optimize(tiny_model, tiny_data, out, space, "--num_trials", "1", "--no_baseline")  # underscores, as every flag
+    assert r.exit_code == 0, r.output
+    assert (out / "notes.txt").read_text() == "n" and not (out / "baseline.json").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", "20000000000000000"])
+def test_a_seed_numpy_and_torch_cannot_take_is_refused(tiny_model, tiny_data, space, tmp_path, seed):
+    """-1 was numpy's traceback; 2e16 overflowed torch's seed in every trial (all FAIL)."""
+    for command in (["optimize", "--search_space", str(space)], ["train", "--config", str(space), "--test_file", str(tiny_data["val"])]):
+        r = CliRunner().invoke(main, [*command, "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+                                      "--validation_file", str(tiny_data["val"]), "--output_dir", str(tmp_path / "o"),
+                                      "--seed", seed])
+        assert r.exit_code == 2 and "Invalid value for '--seed'" in r.output and "Traceback" not in r.output, r.output
+        assert not (tmp_path / "o").exists()
+
+
+def test_an_empty_output_dir_is_refused(tiny_model, tiny_data, space, tmp_path, monkeypatch):
+    """An unset $OUT in a job script: the study went into the current directory."""
+    monkeypatch.chdir(tmp_path)
+    r = optimize(tiny_model, tiny_data, "", space)
+    assert r.exit_code == 2 and r.output.strip() == "Error: --output_dir: empty; give the folder the study writes into"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_training_file_as_validation_file_is_refused(tiny_model, tiny_data, space, tmp_path):
+    data = {"train": tiny_data["train"], "val": tiny_data["train"]}
+    r = optimize(tiny_model, data, tmp_path / "o", space)
+    assert r.exit_code == 2 and "the same file as --train_file" in r.output and not (tmp_path / "o").exists()
+
+
+def test_smaller_refusals_name_what_is_wrong(study, tiny_model, tiny_data, space, tmp_path):
+    out, _ = study
+    train = ["train", "--config", str(out / "best_config.yaml"), "--test_file", str(tiny_data["val"])]
+    for target in (out, out / "trial_results" / "trial_0"):  # it replaced the trial's metrics.json (its curve)
+        before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+        r = CliRunner().invoke(main, [*train, "--output_dir", str(target)])
+        assert r.exit_code == 2 and "a study's folder (or one of its trials')" in r.output, r.output
+        assert {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
+    r = optimize(tiny_model, {"train": tmp_path, "val": tiny_data["val"]}, tmp_path / "o", space)
+    assert r.exit_code == 2 and f"{tmp_path}: a folder, not a data file" in r.output
+    r = optimize(tiny_model, tiny_data, tmp_path / "o", space, "--optimization_objective", "multi:eval_loss,,eval_accuracy")
+    assert r.exit_code == 2 and "an empty name in 'multi:eval_loss,,eval_accuracy'" in r.output
+    assert not (tmp_path / "o").exists()

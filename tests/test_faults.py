@@ -206,3 +206,20 @@ def test_a_trial_past_the_deadline_after_its_last_step_is_complete_not_cut(tiny_
     cut = run_trial(TrialSpec(**{**spec, "config": TrialConfig.from_dict({"training": {"num_train_epochs": 2.0}}, base=cfg)},
                               output_dir=str(tmp_path / "b"), deadline=time.time() - 1))
     assert cut.state == "PRUNED" and cut.steps == 1 and "time budget" in cut.error
+
+
+def test_a_study_whose_reader_goes_away_goes_on_to_its_end(tiny_model, tiny_data, space, tmp_path):
+    """`moopt optimize ... | head -2`: rich raised SystemExit on the closed pipe in the thread that printed a trial's
+    progress; that thread also waited for the trial's result, which was lost, and the study hung forever."""
+    out = tmp_path / "hpo"
+    cmd = [sys.executable, "-m", "moopt.cli", *args(tiny_model, tiny_data, out, space, 2)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.stdout.readline()  # a first line, then the reader is gone
+    proc.stdout.close()
+    try:
+        rc = proc.wait(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the study hung once its output was closed") from None
+    assert rc == 0 and len(replay(out).finished) == 2
+    assert (out / "trials_summary.csv").is_file()

@@ -33,6 +33,9 @@ class FiniteRange(click.FloatRange):
         return v
 
 
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds (a negative one was a traceback, a huge one failed every trial)
+
+
 def fail(msg: str) -> None:
     click.echo(f"Error: {msg}", err=True)
     sys.exit(2)
@@ -47,7 +50,7 @@ def main() -> None:
     bound_kernel_caches()  # moopt train trains in this process (moopt.memory.rss)
 
 
-@main.command()
+@main.command(short_help="Search LoRA hyperparameters for a model on your data (writes --output_dir).")
 @opt("base_model", default="smollm2-135m", show_default=True,
      help="Hub id (owner/name; downloaded once into the HF cache, HF_TOKEN for gated ones), local HF folder, a .gguf file, or the alias smollm2-135m.")
 @opt("train_file", default=None, type=click.Path(), help="Training data: JSONL, a JSON array or Parquet; records text | prompt+completion | instruction+input+output | messages.  [required, except with --resume]")
@@ -72,7 +75,8 @@ def main() -> None:
      help="local: trials in worker processes on this machine; ray: each trial a Ray task on a local instance "
      "or a cluster (--ray_address), on GPUs asking for the share of a GPU its memory estimate needs.")
 @opt("ray_address", default=None, help="Ray cluster address (auto | host:port), with --executor ray.")
-@opt("seed", default=42, show_default=True, type=int, help="Seed of the search, LoRA initialisation and data order.")
+@opt("seed", default=42, show_default=True, type=click.IntRange(0, SEED_MAX),
+     help="Seed of the search, LoRA initialisation and data order.")
 @opt("stall_timeout", default=None, type=FiniteRange(min=0),
      help="Seconds a trial may go without an optimizer step (or evaluation progress) before it is killed and "
           "recorded FAIL; 0: never. Default: 10 x the slowest step seen, at least 120 s; before its first step a "
@@ -86,7 +90,7 @@ def main() -> None:
 @opt("keep_adapters", default="all", show_default=True, type=click.Choice(["all", "pareto", "best"]),
      help="Which trials keep their adapter on disk (r 64 on every linear of an 8B model: 0.6 GiB a trial): all; pareto (the Pareto "
           "front's, others removed as they fall off it); best (the chosen trial's, once the study ends).")
-@click.option("--baseline/--no-baseline", "baseline", default=True, show_default=True, help="Evaluate the base model first, for comparison.")
+@click.option("--baseline/--no-baseline", " /--no_baseline", "baseline", default=True, show_default=True, help="Evaluate the base model first, for comparison.")
 @click.option("--warm_workers/--no_warm_workers", "--warm-workers/--no-warm-workers", "warm_workers", default=True, show_default=True,
               help="A trial process keeps its loaded base model for the next trial with the same model, dtype and "
                    "quantisation (results are the same as in a fresh process); --no_warm_workers: a fresh process per trial "
@@ -104,7 +108,7 @@ def optimize(**kw) -> None:
                 fail(f"--resume: {kw['output_dir']} holds no study to resume (no {JOURNAL}); check --output_dir, or "
                      f"give --train_file and --validation_file to start one there")
             raise click.UsageError(f"Missing option '--{f}'.")
-    if no_study:  # a job script that always passes --resume: its first run starts the study
+    if no_study and not kw["overwrite"]:  # a job script that always passes --resume: its first run starts the study
         click.echo(f"Note: {kw['output_dir']} holds no study yet: --resume starts one")
     if taken:
         click.echo("Resuming with the study's " + ", ".join(shown_option(k, kw[k]) for k in taken))
@@ -271,6 +275,9 @@ def build_study_config(kw: dict):
         require_bitsandbytes(space.source)
     read_records(kw["train_file"])
     read_records(kw["validation_file"])
+    if os.path.samefile(kw["train_file"], kw["validation_file"]):  # every objective would reward memorising it
+        raise ConfigError(f"--validation_file {kw['validation_file']}: the same file as --train_file; the objectives "
+                          "are measured on it, so give held-out records (e.g. a tenth of the data, split off)")
     cfg = StudyConfig(
         base_model=kw["base_model"], model_path="", train_file=kw["train_file"], validation_file=kw["validation_file"],
         output_dir=kw["output_dir"], num_trials=kw["num_trials"], objectives=objectives, space=space, seed=kw["seed"],
@@ -341,7 +348,7 @@ def check_fits_before_download(base_model: str, cfg) -> None:
 FIT_SLACK = 0.2  # the estimate's error allowed for before a space is refused (its measured errors: 3-14%)
 
 
-@main.command()
+@main.command(short_help="Rebuild a study's result files from its journal.")
 @click.argument("output_dir", type=click.Path())
 def report(output_dir: str) -> None:
     """Rebuild every result file of a study from its journal (no GPU or model needed)."""
@@ -356,7 +363,7 @@ def report(output_dir: str) -> None:
              "writable and run moopt report there")
 
 
-@main.command()
+@main.command(short_help="Train the final adapter with a chosen configuration, and test it.")
 @opt("config", required=True, type=click.Path(), help="A best_config.yaml (sections training/lora/data[/model]).")
 @opt("base_model", default=None, help="As for optimize. Default: the study's, when --config is a study's "
      "best_config.yaml or trial config.yaml; else smollm2-135m.")
@@ -367,14 +374,14 @@ def report(output_dir: str) -> None:
 @opt("output_dir", required=True, type=click.Path(), help="Where the final adapter and metrics go.")
 @opt("kernels", default=None, type=click.Choice(["auto", "triton", "torch"]),
      help="LoRA kernel path. Default: the study's (dropout masks differ between the paths), else auto.")
-@opt("seed", default=None, type=int, help="Seed of LoRA initialisation and data order. Default: the study's (its "
+@opt("seed", default=None, type=click.IntRange(0, SEED_MAX), help="Seed of LoRA initialisation and data order. Default: the study's (its "
      "trials' seed, so that the final run repeats the chosen trial), else 42.")
 @opt("overwrite", is_flag=True, help="Replace a final model already in output_dir.")
 def train(**kw) -> None:
     """Train the final adapter with a chosen configuration (full budget, no pruning) and test it."""
     from moopt.cli.final import study_of, train_final
     from moopt.config import cpu_dtype_override, load_trial_config
-    from moopt.journal import replay
+    from moopt.journal import JOURNAL, replay
     from moopt.study.gate import require_completions
     from moopt.study.outdir import check_writable_dir
     from moopt.train.data import read_records, shared_records
@@ -400,6 +407,11 @@ def train(**kw) -> None:
             read_records(kw[f])
         out = Path(kw["output_dir"])
         check_writable_dir(out)
+        if (out / JOURNAL).is_file() or (out.absolute().parent.name == "trial_results"
+                                         and (out.absolute().parent.parent / JOURNAL).is_file()):
+            # its adapter, config.yaml and metrics.json would replace the study's or the trial's own
+            raise ConfigError(f"--output_dir {out}: a study's folder (or one of its trials'); give the final model a "
+                              "folder of its own")
         if (out / "final_metrics.json").is_file() and not kw["overwrite"]:
             raise ConfigError(f"{out}: holds a trained model already; pass --overwrite to replace it")
         pinned = header.get("model_revision") if header.get("base_model") == kw["base_model"] else None

@@ -22,7 +22,7 @@ def _cuda_available() -> bool:
         return False
 
 
-@click.command("estimate-memory")
+@click.command("estimate-memory", short_help="Peak memory (GiB) of a training step, by term; --fit G: what fits in G.")
 @click.option("--base_model", "--base-model", "base_model", default="smollm2-135m", show_default=True,
               help="A folder holding config.json, a built-in shape (llama-3.3-70b, llama-3.1-8b, llama-3.2-3b, "
                    "llama-2-7b, llama-2-13b), a hub id (owner/name: its config.json only is downloaded, not the "
@@ -32,12 +32,14 @@ def _cuda_available() -> bool:
               help="auto: cuda when this machine has a CUDA device, else cpu.")
 @click.option("--kernels", type=click.Choice(["auto", "torch", "triton"]), default="auto", show_default=True,
               help="auto: triton on cuda, torch on cpu (what a study's --kernels auto runs).")
-@click.option("--loss", type=click.Choice(["chunked", "hf"]), default="chunked", show_default=True)
+@click.option("--loss", type=click.Choice(["chunked", "hf"]), default="chunked", show_default=True,
+              help="The loss head estimated: moopt's chunked loss (what its trials run), or transformers' whole-logits "
+                   "loss (HF Trainer + PEFT), to compare with a peer stack's peak.")
 @click.option("--fit", "fit_gib", type=float, default=None,
               help="Memory budget in GiB (one GPU's memory on cuda, peak RSS on cpu): also print the longest "
                    "sequence that fits for each batch size, and whether the configuration fits (and what would, "
                    "when not).")
-@click.option("--json", "as_json", is_flag=True, help="Print {total_gib, breakdown, assumed[, fit]} as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print {total_gib, breakdown, phase, assumed, notes[, fit]} as JSON.")
 def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_json):
     """Estimate the peak memory (GiB) of one training step of a trial."""
     from moopt.memory.estimate import (

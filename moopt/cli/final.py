@@ -92,14 +92,14 @@ def _move_into(work: Path, out: Path) -> None:
 def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[str, Any]) -> bool:
     """Train ``cfg`` in full on ``kw``'s data, test it, and print the metrics. Its files go to ``output_dir`` only
     once it trained (a failed --overwrite leaves the earlier final model whole); False when it failed."""
-    from rich.console import Console
     from rich.markup import escape
 
     from moopt.records import TrialSpec, TrialState
+    from moopt.study.progress import study_console
     from moopt.train.recipe import run_trial
     from moopt.yamlio import write_json, write_yaml
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = study_console()
     out = Path(kw["output_dir"]).absolute()
     out.mkdir(parents=True, exist_ok=True)
     # the run writes into a folder of its own: an earlier final model (--overwrite) is replaced only by one that trained

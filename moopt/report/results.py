@@ -90,9 +90,9 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
                   importance: dict | None = None, edges: list | None = None, refined=None) -> None:
     """The guide's closing summary: the searched parameters of the best trial as JSON, ``Best value``,
     ``Parameter Importance`` and where the results are."""
-    from rich.console import Console
+    from moopt.study.progress import study_console
 
-    console = console or Console(highlight=False, soft_wrap=True)
+    console = console or study_console()
     say = lambda text="": console.print(text, markup=False, soft_wrap=True)  # noqa: E731
     counts = data.table.state.value_counts().to_dict() if len(data.table) else {}
     taken = data.table.taken_from.dropna() if "taken_from" in data.table else []

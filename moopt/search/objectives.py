@@ -70,7 +70,10 @@ class Objectives:
 def parse_objectives(objective: str, weights: str | None) -> Objectives:
     spec = objective.strip()
     if spec.startswith("multi:"):
-        names = tuple(n.strip() for n in spec[len("multi:"):].split(",") if n.strip())
+        names = tuple(n.strip() for n in spec[len("multi:"):].split(","))
+        if "" in names and len(names) > 1:  # "multi:eval_loss,,eval_accuracy": a typo, not two objectives
+            raise ConfigError(f"--optimization_objective: an empty name in {objective!r}")
+        names = tuple(n for n in names if n)
         if len(names) < 2:
             raise ConfigError(f"--optimization_objective: `multi:` needs at least two objectives, got {objective!r}")
     else:

@@ -50,7 +50,7 @@ class ExecutorBase:
         self.liveness.saw(number, msg)
         try:
             self.on_progress(number, msg)
-        except Exception as e:  # noqa: BLE001 - what is shown of a trial must not stop it
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - what is shown of a trial must not stop it
             if not self._display_failed:
                 self._display_failed = True
                 print(f"moopt: progress display failed ({type(e).__name__}: {e}); trials go on", file=sys.stderr, flush=True)
@@ -200,7 +200,7 @@ class LocalExecutor(ExecutorBase):
                     except (BrokenPipeError, OSError):
                         pass
                 elif ev == "result":
-                    result = TrialResult(**msg["result"])
+                    result = TrialResult.from_event(msg["result"])  # fields this process knows
                     reusable = bool(msg.get("reusable")) and self.warm
                     break
         except (OSError, ValueError):

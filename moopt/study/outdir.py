@@ -46,14 +46,23 @@ def check_writable_dir(out: Path, option: str = "--output_dir") -> None:
 
 def check_output_dir(cfg: Any) -> None:
     """Refuse to clobber an existing study unless --resume or --overwrite (writes nothing)."""
+    if not str(cfg.output_dir).strip():  # an unset $OUT in a job script: the study would fill the current directory
+        raise ConfigError("--output_dir: empty; give the folder the study writes into")
     out = Path(cfg.output_dir)
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
     check_writable_dir(out)
     StudyLock(out).check()  # a study running there: refused at once, whatever the flags
     holds_study = (out / JOURNAL).is_file()
     if holds_study and not (cfg.resume or cfg.overwrite):
         raise ConfigError(f"{out}: holds a study already; pass --resume to continue it or --overwrite to replace it")
-    if cfg.resume and cfg.overwrite:
-        raise ConfigError("--resume and --overwrite exclude each other")
+    if not holds_study and not cfg.overwrite and out.is_dir():
+        # files named as a study's but no journal: not moopt's to replace (a failed start would remove them too)
+        theirs = sorted(p.name for p in out.iterdir() if p.name in (*OUR_FILES, *RESULT_FILES, "trial_results"))
+        if theirs:
+            raise ConfigError(f"{out}: holds {', '.join(theirs[:4])}{' ...' if len(theirs) > 4 else ''} but no study "
+                              f"journal ({JOURNAL}); moopt would write over them: give another --output_dir, or "
+                              "--overwrite to replace them")
     if cfg.resume and holds_study:
         rec = replay(out)
         header = rec.header

@@ -155,11 +155,11 @@ class Study:
 
     def __init__(self, cfg: StudyConfig, console=None, executor: Callable[..., Any] | None = None,
                  write_results: Callable[..., dict] | None = None, fill_free_slots: bool = True):
-        from rich.console import Console
+        from moopt.study.progress import study_console
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        self.console = console or Console(highlight=False, soft_wrap=True)  # a log line is never cut at 80 columns
+        self.console = console or study_console()  # lines never cut at 80 columns; a closed pipe stops nothing
         self.executor_factory = executor
         self.write_results = write_results
         self.fill_free_slots = fill_free_slots
@@ -958,8 +958,8 @@ class Scheduler:
                     return self.admit(*self.queue.pop(j))
             self.stop_note = ("time budget: none of the next configurations could finish before the deadline"
                               if self.durations or time.time() < self.deadline else
-                              "time budget: it ran out before the first trial could start (the set-up and the base "
-                              "model's evaluation took it all)")
+                              "time budget: it ran out before the first trial could start (the set-up"
+                              + (" and the base model's evaluation" if self.cfg.baseline else "") + " took it all)")
             return False
         decision = None
         if self.gate is not None:  # --memory_constraint (or the GPU's memory): never train what cannot fit

@@ -40,7 +40,11 @@ _WS = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Read and validate every record; raise one ConfigError listing the first problems, each located as
     ``file:line`` (JSON Lines), ``file: record N (line L)`` (JSON array) or ``file: row N`` (Parquet), N from 1."""
+    if not str(path).strip():
+        raise ConfigError("a data file option is empty: give the file's path")
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a data file (JSONL, a JSON array or Parquet)")
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     rows, errors = [], []
