@@ -215,14 +215,10 @@ def test_a_failure_in_the_studys_watch_of_a_trial_fails_that_trial_with_the_reas
     """Not a hang, and not 'killed by SIGKILL (likely out of memory)': the watcher's own error."""
     from moopt.study import executor
 
-    real = executor.TrialResult
+    def result_that_breaks(cls, ev):  # reading the worker's result; the FAIL built in its place is built directly
+        raise TypeError("injected")
 
-    def result_that_breaks(**kw):
-        if "metrics" in kw:  # the worker's result; the FAIL built in its place has none
-            raise TypeError("injected")
-        return real(**kw)
-
-    monkeypatch.setattr(executor, "TrialResult", result_that_breaks)
+    monkeypatch.setattr(executor.TrialResult, "from_event", classmethod(result_that_breaks))
     res = _one_trial(tiny_model, tiny_data, tmp_path / "t")
     assert res.state == TrialState.FAIL and res.error == "the study's watch of this trial failed (TypeError: injected)"
     assert not res.oom

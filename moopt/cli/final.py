@@ -94,8 +94,8 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     once it trained (a failed --overwrite leaves the earlier final model whole); False when it failed."""
     from rich.markup import escape
 
+    from moopt.console import study_console
     from moopt.records import TrialSpec, TrialState
-    from moopt.study.progress import study_console
     from moopt.train.recipe import run_trial
     from moopt.yamlio import write_json, write_yaml
 

@@ -90,7 +90,7 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
                   importance: dict | None = None, edges: list | None = None, refined=None) -> None:
     """The guide's closing summary: the searched parameters of the best trial as JSON, ``Best value``,
     ``Parameter Importance`` and where the results are."""
-    from moopt.study.progress import study_console
+    from moopt.console import study_console
 
     console = console or study_console()
     say = lambda text="": console.print(text, markup=False, soft_wrap=True)  # noqa: E731

@@ -17,8 +17,6 @@ lines at a modest rate:
 from __future__ import annotations
 
 import math
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -37,21 +35,6 @@ def fmt_duration(s: float) -> str:
     return f"{s}s"
 
 
-
-def study_console():
-    """The console a study (and moopt train, moopt report) prints on: a log line is never cut at 80 columns, and a
-    reader that goes away (``| head``, a quit ``less``) does not stop the study. rich's Console raised SystemExit
-    there, in whichever thread printed: from a trial's watcher thread that lost the trial's result and the study
-    waited for it forever."""
-    from rich.console import Console
-
-    class StudyConsole(Console):
-        def on_broken_pipe(self) -> None:
-            self.quiet = True
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # later writes go nowhere, as rich's own handler does; no exit
-
-    return StudyConsole(highlight=False, soft_wrap=True)
 
 @dataclass
 class TrialProgress:

@@ -155,7 +155,7 @@ class Study:
 
     def __init__(self, cfg: StudyConfig, console=None, executor: Callable[..., Any] | None = None,
                  write_results: Callable[..., dict] | None = None, fill_free_slots: bool = True):
-        from moopt.study.progress import study_console
+        from moopt.console import study_console
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
