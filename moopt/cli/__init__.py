@@ -389,7 +389,8 @@ def train(**kw) -> None:
 
     try:
         cpu_dtype_override()
-        if kw["kernels"] is not None:  # given: refused before anything is read (else the study's, checked below)
+        given = kw["kernels"] is not None
+        if given:  # refused before anything is read (else the study's, checked once it is known)
             check_kernels(kw["kernels"])
         cfg = load_trial_config(kw["config"])
         if cfg.model.quantization != "none":
@@ -400,7 +401,8 @@ def train(**kw) -> None:
         header = replay(study_dir).header if study_dir is not None else {}
         for note in study_defaults(kw, header):
             click.echo(note)
-        check_kernels(kw["kernels"])
+        if not given:
+            check_kernels(kw["kernels"])
         kw["base_model"] = recorded_name(kw["base_model"])
         files = ("train_file", "validation_file", *(("test_file",) if kw["test_file"] else ()))
         for f in files:

@@ -100,15 +100,19 @@ def build_html(data: StudyData, analysis: Analysis, images: dict[str, bytes], re
 
 
 # -- sections ------------------------------------------------------------------------------------------
+def _train_it(n: int) -> str:
+    """Where a trial cut by the time budget left its adapter, and the command that trains its configuration through."""
+    return (f"its adapter is <code>trial_results/trial_{n}/adapter</code>, and <code>moopt train --config "
+            f"trial_results/trial_{n}/config.yaml</code> trains its configuration to the end.")
+
+
 def _best_section(data: StudyData, edges=()) -> str:
     e = html.escape
     if data.best is None:
         if nothing_fits(data):
             return f"<section><h2>Best configuration</h2><p class='warn'>{e(nothing_fits_text(data))}</p></section>"
         cut = "".join(f" Trial {n} was cut by the time budget at {e(where)}; on the whole validation set it scores "
-                      + e(", ".join(f"{k} {_fmt(v)}" for k, v in m.items()))
-                      + f": its adapter is <code>trial_results/trial_{n}/adapter</code>, and <code>moopt train --config "
-                      f"trial_results/trial_{n}/config.yaml</code> trains its configuration to the end."
+                      + e(", ".join(f"{k} {_fmt(v)}" for k, v in m.items())) + f": {_train_it(n)}"
                       for n, _, m, where in cut_by_time_ahead(data))
         if data.least_infeasible is not None:
             cut += f" {e(least_infeasible_text(data))}"
@@ -130,9 +134,8 @@ def _best_section(data: StudyData, edges=()) -> str:
             f"<table class='kv'>{cells}{params}</table>"
             + "".join(f"<p class='warn'>Trial {n} was cut by the time budget at {e(where)} and already scores "
                       f"{score:.3f} (" + e(", ".join(f"{k} {_fmt(v)}" for k, v in m.items())) + ", on the whole "
-                      f"validation set), ahead of the best COMPLETE trial: its adapter is <code>trial_results/trial_{n}"
-                      f"/adapter</code>, and <code>moopt train --config trial_results/trial_{n}/config.yaml</code> "
-                      "trains its configuration to the end.</p>" for n, score, m, where in cut_by_time_ahead(data))
+                      f"validation set), ahead of the best COMPLETE trial: {_train_it(n)}</p>"
+                      for n, score, m, where in cut_by_time_ahead(data))
             + ("<p class='warn'>At the edge of the searched range (the optimum may lie outside it):</p><ul>"
                + "".join(f"<li>{e(x.text())}</li>" for x in edges) + "</ul>" if edges else "")
             + "</section>")

@@ -80,9 +80,10 @@ def check_output_dir(cfg: Any) -> None:
             if k in ("train_file", "validation_file") and k in digests:
                 # the data by content (journaled SHA-256): a moved or renamed copy is the same study, an edited file
                 # under the same name is not (the trials before and after would be ranked on different data)
-                if os.path.isfile(mine[k]) and data_digest(mine[k]) != digests[k]:
+                now = data_digest(mine[k]) if os.path.isfile(mine[k]) else digests[k]
+                if now != digests[k]:
                     changed.append(f"--{k} {mine[k]}: its content is not the study's (SHA-256 {digests[k][:12]}..., "
-                                   f"now {data_digest(mine[k])[:12]}...)")
+                                   f"now {now[:12]}...)")
             elif theirs.get(k) != mine[k]:
                 changed.append(_difference(k, theirs.get(k), mine[k]))
         if changed:

@@ -284,9 +284,11 @@ class Study:
         if not Path(self.cfg.model_path).is_dir():  # a simulation's stand-in model (benchmarks, tests): no tokenizer
             return
         lo, hi = self.seq_range()
-        checked = [(f, at, *require_completions(self.cfg.model_path, f, hi))  # every refusal before any note
-                   for f, at in ((self.cfg.train_file, lo), (self.cfg.validation_file, hi))]
-        for f, at, starts, n in checked:
+        checked = ((self.cfg.train_file, lo), (self.cfg.validation_file, hi))
+        for f, _ in checked:  # every refusal before any note
+            require_completions(self.cfg.model_path, f, hi)
+        for f, at in checked:
+            lengths, starts, n = sampled_profile(self.cfg.model_path, f)  # what require_completions read (cached)
             def count(k: int, starts=starts, n=n) -> str:  # of the sample, scaled to the file
                 return str(k) if len(starts) == n or k == 0 else f"about {round(k * n / len(starts))}"
 
@@ -301,8 +303,7 @@ class Study:
                     f"[yellow]Note:[/] {count(lost)} of {n} examples of {f}{sampled} keep no completion token at "
                     f"max_seq_length {at}{more}: the prompt fills it and sequences are cut on the right; {what}")
             # cut inside the completion: its end, and the EOS token the model learns to stop at, are lost
-            lengths = sampled_profile(self.cfg.model_path, f)[0]
-            cut = sum(s < at < k for k, s in zip(lengths, starts)) if len(lengths) == len(starts) else 0
+            cut = sum(s < at < k for k, s in zip(lengths, starts))
             if cut:
                 at_hi = sum(s < hi < k for k, s in zip(lengths, starts))
                 more = f" ({count(at_hi)} at the space's longest, {hi})" if hi != at else ""
@@ -447,8 +448,7 @@ class Study:
         spec = TrialSpec(number=number, config=tcfg, base_model=cfg.model_path, train_file=os.path.abspath(cfg.train_file),
                          validation_file=os.path.abspath(cfg.validation_file), output_dir=str(d), seed=cfg.seed,
                          kernels=cfg.kernels, rung_fractions=rung_fractions(cfg.pruning_factor), deadline=deadline,
-                         eval_max_seq_length=self.eval_length, hub_id=cfg.base_model if cfg.model_revision else None,
-                         hub_revision=cfg.model_revision)
+                         eval_max_seq_length=self.eval_length, **self.hub_source())
         self.any_trial_started = True
         executor.submit(spec, slot)
 
@@ -475,6 +475,12 @@ class Study:
         self.console.print(f"Trial {res.number} [{colour}]{res.state}[/] in {res.duration_s:.0f}s:"
                            + (f" {vals}{extra}" if vals else extra))
         return res
+
+    def hub_source(self) -> dict[str, str | None]:
+        """A TrialSpec's hub_id and hub_revision: the repository and commit a hub model came from (its adapters name
+        them, as PEFT's do); None for a local model."""
+        hub = self.cfg.model_revision is not None
+        return {"hub_id": self.cfg.base_model if hub else None, "hub_revision": self.cfg.model_revision}
 
     def data_digest(self) -> dict[str, str]:
         """The train and validation files' SHA-256 (journaled: a later --warm_start takes over trials only on the
@@ -664,8 +670,7 @@ class Study:
         spec = TrialSpec(number=-1, config=tcfg, base_model=self.cfg.model_path, train_file=os.path.abspath(self.cfg.train_file),
                          validation_file=os.path.abspath(self.cfg.validation_file), output_dir=str(d), seed=self.cfg.seed,
                          kernels=self.cfg.kernels, save_adapter=False, baseline=True, eval_max_seq_length=self.eval_length,
-                         hub_id=self.cfg.base_model if self.cfg.model_revision else None,
-                         hub_revision=self.cfg.model_revision)
+                         **self.hub_source())
         from moopt.study.progress import ProgressBoard, ProgressView
 
         on_cluster = placer is not None and callable(getattr(executor, "nodes", None))

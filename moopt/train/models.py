@@ -334,7 +334,7 @@ def hub_config(repo_id: str) -> Path:
     from huggingface_hub import errors as hf
 
     where = f"--base_model {repo_id}"
-    why = "HF_HUB_OFFLINE is set"
+    why = None  # why the cache had to answer
     try:
         if not constants.HF_HUB_OFFLINE:
             try:
@@ -350,8 +350,8 @@ def hub_config(repo_id: str) -> Path:
     except hf.HfHubHTTPError as e:
         raise _hub_refusal(e, where, repo_id, None) from None
     except _network_errors() as e:
-        if why == "HF_HUB_OFFLINE is set" and not constants.HF_HUB_OFFLINE:
-            why = f"cannot reach {constants.ENDPOINT} ({type(e).__name__})"
+        why = why or ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE
+                      else f"cannot reach {constants.ENDPOINT} ({type(e).__name__})")
         raise ConfigError(f"{where}: {why} and the HF cache ({constants.HF_HUB_CACHE}) has no copy of its config.json; "
                           "fetch it once where the hub is reachable" + _not_here_hint(repo_id)) from None
 
