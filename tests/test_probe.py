@@ -292,3 +292,25 @@ def test_a_real_gpu_probe_runs_out_of_memory_at_its_cap(tiny_model):
     held = probe_peak(str(tiny_model), trial(b=64, s=128, r=64), device="cuda", kernels="torch", steps=2,
                       timeout_s=120, cap_bytes=8 * 2**20)
     assert held.oom and held.capped, held.error
+
+
+@pytest.mark.parametrize("device, index", [("cuda", 0), ("cuda:1", 1)])
+def test_the_probe_cap_names_a_device_index_as_torch_requires(monkeypatch, device, index):
+    """pick_device gives torch.device("cuda"), which set_per_process_memory_fraction refuses ("Expected a torch.device
+    with a specified index"): the cap then failed every GPU probe. Checked on the CPU with the CUDA calls mocked and
+    torch's own index check kept."""
+    import types
+
+    import torch
+    from torch.cuda._utils import _get_device_index
+
+    seen = {}
+
+    def set_fraction(fraction, dev=None):
+        seen["index"], seen["fraction"] = _get_device_index(dev), fraction  # raises as torch does without an index
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(total_memory=80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
+    probe_mod.hold_to(8 * 2**30, torch.device(device))
+    assert seen == {"index": index, "fraction": 0.1}

@@ -268,8 +268,12 @@ def hold_to(cap_bytes: int, device) -> None:
     OutOfMemoryError as a full GPU would (after the allocator has freed its cache and retried)."""
     import torch
 
-    total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_bytes / total), device)
+    # torch.device("cuda") (what pick_device gives) has no index; set_per_process_memory_fraction refuses one without
+    index = torch.device(device).index
+    if index is None:
+        index = torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_bytes / total), index)
 
 
 _SIZE = re.compile(r"Tried to allocate ([0-9.]+) (bytes|KiB|MiB|GiB|TiB)")
