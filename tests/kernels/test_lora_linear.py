@@ -132,6 +132,24 @@ def test_rejects_dropout_of_one():
         lora_linear(x, w, a, b, 1.0, dropout_p=1.0)
 
 
+@pytest.mark.parametrize("kernel", ["down", "grad_out", "grad_in"])
+def test_a_batch_past_int32_offsets_is_a_kernel_error_before_any_launch(kernel):
+    """150k tokens at Llama-8B's 14336-wide MLP: G (M×N) has more elements than the kernels' int32 offsets reach.
+    Only M×K was checked (and as a ValueError, which --kernels auto does not fall back on): grad_out's G would
+    wrap. Expanded tensors (no memory); the check raises before anything is allocated or launched."""
+    from moopt_kernels import TritonKernelError
+    from moopt_kernels.lora_linear import lora_down, lora_grad_in, lora_grad_out
+
+    m, wide, r = 150_000, 14336, 16
+    x = torch.zeros(1, 1).expand(m, wide)
+    a, b, s = torch.zeros(r, wide), torch.zeros(wide, r), torch.zeros(1, r).expand(m, r)
+    call = {"down": lambda: lora_down(x, a, 0, 0.0, "triton"),
+            "grad_out": lambda: lora_grad_out(x, b, s, 1.0, "triton"),
+            "grad_in": lambda: lora_grad_in(x, a, s, None, 0, 0.0, "triton")}[kernel]
+    with pytest.raises(TritonKernelError, match=f"triton kernel {kernel}: its offsets are int32"):
+        call()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_bf16_triton_on_gpu_matches_rule_at_llama_width(matches_reference):
