@@ -343,6 +343,8 @@ def fake_pynvml(v2=True, procs=(), mig=False, fail_init=None):
     mod.nvmlInit = init
     mod.nvmlDeviceGetCount = lambda: 1
     mod.nvmlDeviceGetHandleByIndex = lambda i: ("gpu", i)
+    mod.nvmlDeviceGetUUID = lambda h: (b"GPU-8f3c2a1e-0000-4000-8000-00000000000%d" % h[1] if h[0] == "gpu"
+                                       else "MIG-5b1d0000-0000-4000-8000-00000000000%d" % h[1])
     mod.nvmlDeviceGetName = lambda h: b"Fake H200" if h[0] == "gpu" else "MIG 1g.18gb"
     if v2:
         mod.nvmlMemory_v2 = object()
@@ -674,3 +676,22 @@ def test_a_bf16_trial_process_does_not_grow_with_each_new_batch_shape():
     bounded = growth(env)
     # measured: unbounded 221 + 219 MiB, bounded 70 + 85 (what is left is the heap's, not the caches')
     assert sum(unbounded) > 2 * sum(bounded), (bounded, unbounded)
+
+
+def test_a_gpu_named_by_uuid_in_cuda_visible_devices_is_placed_and_measured(monkeypatch):
+    """CUDA_VISIBLE_DEVICES may name GPUs by UUID (or a unique prefix of one), as job schedulers often do: placement
+    matched NVML's indices only, found no GPU and sent every trial to the CPU without a word; the trial's NVML
+    reading took GPU 0."""
+    from moopt.study import placement
+    from moopt.train.worker import child_env
+
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml())
+    for visible in ("GPU-8f3c2a1e-0000-4000-8000-000000000000", "GPU-8f3c2a1e"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        assert placement._gpu_capacities() == [(visible, 140.0)]
+        assert placement.DevicePlacer(1).on_gpu and nvml.nvml_index() == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-ffff")  # names no GPU here: none, as CUDA would see none
+    assert placement._gpu_capacities() == []
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    env = child_env(1, "GPU-8f3c2a1e")
+    assert env["CUDA_VISIBLE_DEVICES"] == "GPU-8f3c2a1e" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"

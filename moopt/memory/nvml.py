@@ -26,6 +26,7 @@ class GpuInfo:
     free_bytes: int
     used_bytes: int  # v2: excludes the driver's reserved memory; v1: includes it
     mig: bool = False
+    uuid: str = ""  # "GPU-..." / "MIG-...": what CUDA_VISIBLE_DEVICES may name instead of the index
 
 
 def _nvml() -> Any:
@@ -68,6 +69,14 @@ def _name(nv: Any, handle: Any) -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
+def _uuid(nv: Any, handle: Any) -> str:
+    try:
+        u = nv.nvmlDeviceGetUUID(handle)
+    except Exception:  # old bindings or driver
+        return ""
+    return u.decode() if isinstance(u, bytes) else str(u)
+
+
 def _mig_handles(nv: Any, handle: Any) -> list[Any]:
     try:
         current, _pending = nv.nvmlDeviceGetMigMode(handle)
@@ -96,7 +105,8 @@ def gpu_inventory() -> list[GpuInfo]:
         migs = _mig_handles(nv, handle)
         for h, is_mig in ([(m, True) for m in migs] or [(handle, False)]):
             total, free, used = _memory_info(nv, h)
-            out.append(GpuInfo(index=i, name=_name(nv, h), total_bytes=total, free_bytes=free, used_bytes=used, mig=is_mig))
+            out.append(GpuInfo(index=i, name=_name(nv, h), total_bytes=total, free_bytes=free, used_bytes=used, mig=is_mig,
+                               uuid=_uuid(nv, h)))
     return out
 
 
@@ -152,8 +162,12 @@ def device_used_bytes(index: int = 0) -> int | None:
     return sum(_memory_info(nv, h)[2] for h in handles)
 
 
-def nvml_index() -> int:
-    """NVML's index of the GPU this process uses: NVML ignores CUDA_VISIBLE_DEVICES, which the
-    executor sets to one physical index per slot; 0 when unset or not a plain index (UUIDs, MIG)."""
-    first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-    return int(first) if first.isdigit() else 0
+def nvml_index(visible: str | None = None) -> int:
+    """NVML's index of the GPU this process uses (or the first one ``visible`` names): NVML ignores
+    CUDA_VISIBLE_DEVICES, which the executor sets to one GPU per slot, by index or UUID; 0 when unset or unknown."""
+    first = (os.environ.get("CUDA_VISIBLE_DEVICES", "") if visible is None else visible).split(",")[0].strip()
+    if first.isdigit():
+        return int(first)
+    if first.startswith(("GPU-", "MIG-")):
+        return next((g.index for g in gpu_inventory() if g.uuid and g.uuid.startswith(first)), 0)  # CUDA takes a prefix
+    return 0

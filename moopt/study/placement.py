@@ -204,15 +204,22 @@ def plan_slots(parallel: int) -> list[Slot]:
 
 
 def _gpu_capacities() -> list[tuple[str, float]]:
-    """(CUDA id, GiB) of the visible GPUs, through NVML; [] without an NVIDIA driver."""
+    """(CUDA id, GiB) of the visible GPUs, through NVML; [] without an NVIDIA driver. CUDA_VISIBLE_DEVICES may
+    name a GPU by index or by UUID (or a UUID's unique prefix, as CUDA accepts): matched on both."""
     ids = _visible_gpus()
     try:
         from moopt.memory.nvml import gpu_inventory
 
-        inv = {str(g.index): g.total_bytes / 2**30 for g in gpu_inventory()}
+        gpus = gpu_inventory()
     except Exception:
         return []
-    return [(i, inv[i]) for i in ids if i in inv]
+    out = []
+    for i in ids:
+        gib = next((g.total_bytes / 2**30 for g in gpus
+                    if str(g.index) == i or (i.startswith(("GPU-", "MIG-")) and g.uuid.startswith(i))), None)
+        if gib is not None:
+            out.append((i, gib))
+    return out
 
 
 def _visible_gpus() -> list[str]:

@@ -107,7 +107,7 @@ def probe_peak(
         from moopt.memory.nvml import device_used_bytes, nvml_index
 
         try:
-            baseline = device_used_bytes(int(cuda_visible) if cuda_visible and cuda_visible.isdigit() else nvml_index())  # for the device-level fallback when NVML lacks per-process data
+            baseline = device_used_bytes(nvml_index(cuda_visible or None))  # for the device-level fallback when NVML lacks per-process data
         except Exception:
             baseline = None
     spec = {"model_path": str(model_path), "trial": trial.to_dict(), "device": device, "kernels": kernels,

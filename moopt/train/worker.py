@@ -40,6 +40,8 @@ def child_env(threads: int | None = None, cuda_visible: str | None = None) -> di
       package is installed (transformers >= 5.25 requires it): a request per worker, which breaks a
       resumed study's promise of no request at all and waits on the network when there is none.
       bitsandbytes falls back to its own kernels (that one serves batch-1 inference only).
+    - ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (unless set) with the slot's GPU: placement numbers GPUs as NVML does (PCI
+      order), CUDA fastest first by default, so on a machine of mixed GPUs an index named another device.
     - oneDNN's and ideep's kernel caches bounded (moopt.memory.rss.bound_kernel_caches): a bf16 trial's
       RSS otherwise grows with each new batch shape.
     """
@@ -52,6 +54,8 @@ def child_env(threads: int | None = None, cuda_visible: str | None = None) -> di
         env["OMP_NUM_THREADS"] = str(threads)
     if cuda_visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = cuda_visible
+        # the slot's GPU is NVML's index (PCI order); CUDA numbers devices fastest first unless told otherwise
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     return env
 
 
