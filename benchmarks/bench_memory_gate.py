@@ -97,9 +97,10 @@ def run_seed(seed: int, args, model_path: str, train: Path, val: Path, space: Pa
            "--validation_file", str(val), "--output_dir", str(out), "--search_space", str(space), "--num_trials",
            str(args.trials), "--no-baseline", "--memory_constraint", f"{budget:.4f}", "--seed", str(seed),
            "--optimization_objective", args.objective]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    sys.stdout.flush()  # the study's console goes to this script's output as it runs: a step killed by a time limit
+    proc = subprocess.run(cmd, env=env, check=False)  # (the GPU check's) still leaves each trial's line in its log
     if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+        print(f"the study of seed {seed} failed (exit {proc.returncode}): its output is above", file=sys.stderr)
         raise SystemExit(1)
     seconds = time.time() - t0
     df = pd.read_csv(out / "trials_summary.csv")
@@ -169,10 +170,12 @@ def main() -> int:
         space = work / "space.yaml"
         space.write_text(SPACE.format(batches=list(BATCHES), ranks=list(RANKS), targets=json.dumps(list(TARGETS.values()))))
         rows, summaries = [], []
+        path = args.out or RESULTS / f"memory_gate_{device}.csv"
         for seed in args.seeds:
             r, s = run_seed(seed, args, model_path, train, val, space, budget, est, work, device)
             rows += r
             summaries.append(s)
+            write_rows(rows, path)  # after every seed: a run stopped later keeps the seeds that finished
         total = {k: sum(s[k] for s in summaries) for k in ("trials", "trained", "trained_over_budget", "ruled_out_untrained", "probes",
                                                            "probed_then_trained")}
         print(f"over {len(summaries)} studies: " + ", ".join(f"{k} {v}" for k, v in total.items())
@@ -181,8 +184,6 @@ def main() -> int:
               + ", ".join(f"{s['trial_above_probe_max_pct']:+.1f}%" for s in summaries))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    path = args.out or RESULTS / f"memory_gate_{device}.csv"
-    write_rows(rows, path)
     print(f"wrote {path}")
     return 0
 

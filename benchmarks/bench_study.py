@@ -59,7 +59,8 @@ def optimize(out: Path, space: Path, train: Path, val: Path, trials: int, seed: 
            str(val), "--output_dir", str(out), "--num_trials", str(trials), "--seed", str(seed), "--search_space",
            str(space), "--overwrite", "--warm_workers" if warm else "--no_warm_workers", *extra]
     t0 = time.time()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+    sys.stdout.flush()  # the study's console goes to this script's output as it runs (a killed run's log keeps it)
+    subprocess.run(cmd, check=True, cwd=ROOT)
     return time.time() - t0
 
 
@@ -81,13 +82,15 @@ def space_file(tmp: Path, name: str, base: Path | None, packing: bool, fixed: di
     return path
 
 
-def part_overhead(tmp: Path, trials: int, seed: int, device: str = "cpu") -> list[dict]:
-    """``device``: the label of the rows (the studies pick the GPU themselves when there is one)."""
+def part_overhead(tmp: Path, trials: int, seed: int, device: str = "cpu", baseline: bool = True) -> list[dict]:
+    """``device``: the label of the rows (the studies pick the GPU themselves when there is one). ``baseline``
+    False: no base-model evaluation (the GPU check's time limit), so the warm arm's first trial loads cold too."""
     rows = []
     space = space_file(tmp, "overhead", DEMO_SPACE, True, {"training": {"num_train_epochs": 0.1}})
     for warm in (False, True):
         out = tmp / f"overhead_{warm}"
-        wall = optimize(out, space, ROOT / "data" / "train.jsonl", ROOT / "data" / "val.jsonl", trials, seed, warm)
+        wall = optimize(out, space, ROOT / "data" / "train.jsonl", ROOT / "data" / "val.jsonl", trials, seed, warm,
+                        *([] if baseline else ["--no-baseline"]))
         es = [e for e in ends(out) if e["state"] == "COMPLETE"]
         over = [e["duration_s"] - e["train_seconds"] - e.get("eval_seconds", 0.0) for e in es]
         prov = "warm" if warm else "cold"
@@ -97,7 +100,7 @@ def part_overhead(tmp: Path, trials: int, seed: int, device: str = "cpu") -> lis
         rows.append(row("study_wall", "demo space, 0.1 epoch", prov, device, round(wall, 1), "s", seed, trials,
                         {"model": Path(MODEL).name}))
         print(f"overhead {prov}: per trial median {statistics.median(over):.1f} s over {len(over)} trials "
-              f"(first {over[0]:.1f} s); study {wall:.0f} s")
+              f"(first {over[0]:.1f} s); study {wall:.0f} s", flush=True)
     return rows
 
 
@@ -345,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("parts", nargs="+", choices=["overhead", "packing", "demo", "ttq", "release"])
     ap.add_argument("--trials", type=int, default=6, help="overhead: trials per study (default 6)")
+    ap.add_argument("--no-baseline", action="store_true", help="overhead: no base-model evaluation in its studies")
     ap.add_argument("--demo-trials", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=1, help="demo, ttq: seeds --first-seed, +1, ...")
     ap.add_argument("--first-seed", type=int, default=42)
@@ -370,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         rows = []
         for part in a.parts:
-            got = {"overhead": lambda: part_overhead(tmp, a.trials, 42, a.device), "packing": lambda: part_packing(tmp, a.repeats, 42),
+            got = {"overhead": lambda: part_overhead(tmp, a.trials, 42, a.device, not a.no_baseline), "packing": lambda: part_packing(tmp, a.repeats, 42),
                    "demo": lambda: part_demo(tmp, a.demo_trials, [a.first_seed + i for i in range(a.seeds)]),
                    "release": lambda: part_release(tmp, a.release_trials, 42, a.device),
                    "ttq": lambda: part_ttq(tmp, a.peer_trials, [a.first_seed + i for i in range(a.seeds)], a.peer_samplers,

@@ -8,19 +8,22 @@ as it ends (gpu_check.tar.gz with every step's files, summary.json, gpu_check.lo
   env          GPU name, driver, date, package versions (env.json); missing packages installed from the
                wheels in benchmarks/wheels/ (scripts/fetch_gpu_wheels.sh) into a local folder       30
   models       random-weight stand-ins from configs: SmolLM2-135M and Llama-3.2-1B shapes        75
-  gpu_tests    pytest -m gpu tests/kernels tests/test_quantization.py tests/test_probe.py          60
+  gpu_tests    pytest -m gpu tests/kernels tests/test_quantization.py tests/test_probe.py          90
   memory       estimator vs measured peaks (NVML), SmolLM2 shape, unquantised + 4/8-bit           150
   memory_gate  a --memory_constraint study, budget at the midpoint of the space's estimated peaks,
-               10 trials on the SmolLM2-shaped stand-in: trainings over the budget (bench_memory_gate) 120
-  warm_workers per-trial overhead (the base model's load) of the 1B stand-in, warm vs cold      100
+               8 trials on the SmolLM2-shaped stand-in: trainings over the budget (bench_memory_gate) 170
+  warm_workers per-trial overhead (the base model's load) of the 1B stand-in, warm vs cold,
+               3 trials a study, no base-model evaluation                                      150
   kernels      bf16 triton vs an fp64 reference at Llama-3-8B widths (check_kernels.py)            45
   bench_lora   LoRA linear fwd+bwd vs PEFT vs the frozen base, M = 8192, r 16/64 (--quick)         60
   bench_trial  one training step on the Llama-3.2-1B stand-in: moopt vs HF Trainer + PEFT          110
-The whole check stops at --budget (520 s on a GPU): a step gets at most what is left, and one that
-has nothing left is recorded as skipped. The limits add up to 750 s, but the H200 ran the first steps in
-far less (2026-12-04: env to bench_trial in ~200 s, memory 90 s); the steps no GPU has measured yet come
-first, the last three (measured on that H200) are the first a short budget skips. The dry run triples
-each limit and has no budget.
+The whole check stops at --budget (550 s on a GPU): a step gets at most what is left, and one that
+has nothing left is recorded as skipped. The limits add up to 880 s, but the H200 ran the first steps in
+far less (2026-12-04: env to bench_trial in ~200 s, memory 90 s; a 3-trial SmolLM2 study 70 s, its cold
+first trial 27 s, the next 4-9 s, a memory probe 13-14 s); the steps no GPU has measured yet come
+first, the last three (measured on that H200) are the first a short budget skips. The studies' consoles
+go to their step's log as they run, so a step stopped by its limit still shows each trial it finished.
+The dry run triples each limit and has no budget.
 
 The check uses the interpreter that runs it (``python3`` on the GPU machine) with ``-P`` and a
 PYTHONPATH folder holding links to moopt/ and kernels/moopt_kernels/ plus the installed wheels;
@@ -71,9 +74,9 @@ class Check:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def step(self, name: str, limit: float, argv: list[str], collect: tuple[Path, ...] = ()) -> bool:
+    def step(self, name: str, limit: float, argv: list[str]) -> bool:
         """Run ``argv`` (a list; "PY" stands for the interpreter with -P) for at most ``limit`` s, log its
-        output to results/<name>.log, copy ``collect`` into results/, then publish to $OUT."""
+        output to results/<name>.log (each step writes its own files into results/), then publish to $OUT."""
         argv = [a for part in argv for a in ([self.python, "-P"] if part == "PY" else [part])]
         log_path = self.res / f"{name}.log"
         t0 = time.time()
@@ -90,9 +93,6 @@ class Check:
                 os.killpg(proc.pid, signal.SIGKILL)
                 rc = proc.wait()
                 status = "timeout"
-        for path in collect:
-            if path.is_file():
-                shutil.copy(path, self.res / path.name)
         tail = log_path.read_text(errors="replace").splitlines()[-12:]
         self.steps.append({"step": name, "status": status, "rc": rc, "seconds": round(time.time() - t0, 1),
                            "limit_s": limit, "log": f"results/{name}.log", "tail": tail})
@@ -127,20 +127,20 @@ class Check:
             ("env", 30, [py, str(Path(__file__)), "--env", str(res / "env.json"), "--site", str(self.site)]),
             ("models", 75, [py, "benchmarks/standin_models.py", str(models), "smollm2-135m", "llama-3.2-1b",
                             "--device", device] + (["--tiny"] if dry else [])),
-            ("gpu_tests", 60, [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/kernels",
+            ("gpu_tests", 90, [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/kernels",
                                "tests/test_quantization.py", "tests/test_probe.py", f"--junitxml={res / 'gpu_tests.xml'}"]),
             ("memory", 150, [py, "benchmarks/bench_memory.py", "--device", device, "--model", str(small),
                              "--out-dir", str(res), "--steps", "2"]
              + (["--n", "1", "--n-quant", "1", "--max-tokens", "64", "--threads", "1"] if dry else ["--n", "4", "--n-quant", "3"])),
             # issue 25: a --memory_constraint study (moopt optimize, through the CLI) with the budget at the
             # midpoint of the space's estimated peaks; counts trainings over the budget (must be 0)
-            ("memory_gate", 120, [py, "benchmarks/bench_memory_gate.py", "--device", device, "--model", str(small),
-                                  "--seeds", "0", "--trials", "4" if dry else "10", "--rows", "16" if dry else "48",
+            ("memory_gate", 170, [py, "benchmarks/bench_memory_gate.py", "--device", device, "--model", str(small),
+                                  "--seeds", "0", "--trials", "4" if dry else "8", "--rows", "16" if dry else "48",
                                   "--out", str(res / f"memory_gate_{device}.csv")]),
             # issue 27's GPU figure: per-trial overhead (mostly the base model's load) of the 1B stand-in,
             # a fresh process per trial against a warm worker
-            ("warm_workers", 100, [py, "benchmarks/bench_study.py", "overhead", "--model", str(small if dry else big),
-                                   "--trials", "2" if dry else "3", "--device", device,
+            ("warm_workers", 150, [py, "benchmarks/bench_study.py", "overhead", "--model", str(small if dry else big),
+                                   "--trials", "2" if dry else "3", "--no-baseline", "--device", device,
                                    "--out", str(res / f"study_overhead_{device}.csv")]),
             # measured on the H200 on 2026-12-04 already: after the steps no GPU has run yet, so a short
             # --budget skips these first
@@ -151,7 +151,6 @@ class Check:
                                   "--out", str(res / f"trial_{device}.csv")]
              + (["--shapes", "2x32", "--steps", "1", "--threads", "1"] if dry else ["--shapes", "4x1024", "--steps", "3"])),
         ]
-        collect: dict[str, tuple[Path, ...]] = {}
         for name, limit, argv in steps:
             if only and name not in only:
                 continue
@@ -163,7 +162,7 @@ class Check:
                                        "log": None, "tail": ["no time left in --budget"]})
                     self.publish()
                     continue
-            self.step(name, limit, argv, collect.get(name, ()))
+            self.step(name, limit, argv)
         return sum(s["status"] != "ok" for s in self.steps)
 
 
@@ -233,7 +232,7 @@ def main() -> int:
                     help="where results are copied after each step (default: $OUT)")
     ap.add_argument("--steps", default=None, help="comma-separated subset of the steps, e.g. env,kernels")
     ap.add_argument("--budget", type=float, default=None,
-                    help="seconds for the whole check; later steps get what is left (default: 520 on a GPU, none dry)")
+                    help="seconds for the whole check; later steps get what is left (default: 550 on a GPU, none dry)")
     ap.add_argument("--env", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--site", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -241,7 +240,7 @@ def main() -> int:
         return write_env(a.env, a.site)
     if a.work.exists():
         shutil.rmtree(a.work / "results", ignore_errors=True)
-    budget = a.budget if a.budget is not None else (None if a.dry_run else 520.0)
+    budget = a.budget if a.budget is not None else (None if a.dry_run else 550.0)
     check = Check(a.dry_run, a.work, a.out, sys.executable, budget)
     failed = check.run(set(a.steps.split(",")) if a.steps else None)
     print(f"[gpu_check] {len(check.steps) - failed}/{len(check.steps)} steps ok; results in {check.res}"

@@ -46,8 +46,11 @@ a.requires_grad_(); (a @ a).float().sum().backward(); torch.cuda.synchronize()
 r["backward"] = used(); r["backward_reserved"] = res()
 q = torch.randn(1, 4, 64, 64, device="cuda", dtype=torch.bfloat16)
 torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True); torch.cuda.synchronize(); r["sdpa"] = used()
-import moopt_kernels.lora_linear  # noqa: F401
-r["kernels_import"] = used()
+from moopt_kernels import lora_linear  # triton is imported, and its kernels compiled, at the first launch
+x, w = torch.randn(64, 128, device="cuda", dtype=torch.bfloat16), torch.randn(128, 128, device="cuda", dtype=torch.bfloat16)
+la, lb = torch.randn(16, 128, device="cuda", dtype=torch.bfloat16), torch.randn(128, 16, device="cuda", dtype=torch.bfloat16)
+lora_linear(x, w, la.requires_grad_(), lb.requires_grad_(), 1.0, backend="triton").float().sum().backward()
+torch.cuda.synchronize(); r["triton_lora_launch"] = used()
 print("CTXJSON" + json.dumps(r))
 '''
 

@@ -47,6 +47,10 @@ def test_dry_run_runs_every_step_and_publishes_results(tmp_path):
         assert any(r["problem"] == "trained_over_budget" for r in gate)
         overhead = rows("study_overhead_cpu.csv")
         assert {r["provider"] for r in overhead if r["what"] == "trial_overhead"} == {"warm", "cold"}
+        # the studies' consoles reach their step's log as they run: a step killed by its limit still shows its trials
+        for step in ("memory_gate", "warm_workers"):
+            log = tar.extractfile(f"gpu_check/{step}.log").read().decode()
+            assert "Trial 0 started" in log and "Trial 1 " in log, log[-2000:]
 
 
 def test_every_moopt_variable_the_benchmarks_set_is_one_moopt_reads():
