@@ -80,7 +80,8 @@ def write_fake_study(out: Path, trials: list[dict], objectives=("eval_loss", "ev
         total = 10
         steps = {"PRUNED": 5, "FAIL": 2}.get(t["state"], total)
         j.append({"type": "trial_end", "number": n, "datetime_start": start, "datetime_complete": end,
-                  "state": t["state"], "metrics": t["metrics"], "error": t["error"], "steps": steps, "total_steps": total})
+                  "state": t["state"], "metrics": t["metrics"], "error": t["error"], "steps": steps, "total_steps": total,
+                  **t.get("end", {})})
         curve = [{"step": s, "epoch": s / total, "train_loss": 3.0 - 0.1 * s, "lr": 1e-4} for s in range(1, steps + 1)]
         evals = [] if t["state"] == "FAIL" else [{"step": 5, "eval_loss": 2.5, "eval_accuracy": 0.3}]
         if t["state"] in ("COMPLETE", "INFEASIBLE"):
@@ -606,3 +607,26 @@ def test_the_summary_says_when_the_best_trials_adapter_is_not_kept(tmp_path):
     buf = io.StringIO()
     print_summary(data, {"best_config": {}, "best_metrics": {}}, Console(file=buf, width=400), out)
     assert "adapter is not kept" not in buf.getvalue()
+
+
+def test_a_trial_that_fell_back_to_torch_is_named_in_the_report(tmp_path):
+    """A Triton failure under --kernels auto moves one trial to the torch path: its tokens/s and peak memory are that
+    path's, and only its log said so. The report's notes name it (and which trials ran which path)."""
+    from moopt.report.analysis import kernel_notes
+    from moopt.report.html import write_html_report
+
+    trials = synthetic_trials(6)
+    reason = "--kernels auto: triton failed at step 1, torch from there on: triton kernel down failed: out of resource"
+    for i, t in enumerate(trials):
+        t["end"] = {"backend": "torch" if i == 2 else "triton",
+                    "backend_reason": reason if i == 2 else "--kernels auto: CUDA device and triton installed"}
+    out = write_fake_study(tmp_path / "s", trials)
+    data = load_study(out)
+    notes = kernel_notes(data)
+    assert notes == ["LoRA kernels: torch in trial(s) 2", "LoRA kernels: triton in trial(s) 0, 1, 3, 4, 5",
+                     f"Trial 2: {reason} (its speed and peak memory are the torch path's)"]
+    write_html_report(out, data)
+    assert "Trial 2: --kernels auto: triton failed at step 1" in (out / "report.html").read_text()
+    for t in trials:
+        t["end"] = {"backend": "triton", "backend_reason": "--kernels auto: CUDA device and triton installed"}
+    assert kernel_notes(load_study(write_fake_study(tmp_path / "same", trials))) == []

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 import moopt.train.lora
+import moopt.train.recipe
 from moopt.config import TrialConfig
 from moopt.records import TrialSpec
 from moopt.train.recipe import run_trial
@@ -138,3 +139,67 @@ def test_failure_inside_backward_falls_back_too(tmp_path, tiny_model, tiny_data,
     assert res.backend == "torch" and "triton kernel grad_in" in res.backend_reason
     plain = run_trial(spec(tmp_path, tiny_model, tiny_data, "torch", "torch"))
     assert res.metrics["eval_loss"] == pytest.approx(plain.metrics["eval_loss"], rel=1e-6)
+
+
+@pytest.fixture
+def triton_fails_when(monkeypatch):
+    """The kernels run torch math under the "triton" label; ``set(predicate)``: lora_down (every LoRA forward) raises
+    a TritonKernelError where ``predicate(state)`` holds. ``state``: whether a backward has run yet, whether an
+    evaluation runs (autograd runs a Function's forward without grad mode either way)."""
+    import moopt_kernels.lora_linear  # noqa: F401
+    from moopt_kernels import TritonKernelError
+
+    ll, lm = sys.modules["moopt_kernels.lora_linear"], sys.modules["moopt_kernels.lora_multi"]
+    real_down, real_in, real_out = ll.lora_down, ll.lora_grad_in, ll.lora_grad_out
+    state = {"backward_ran": False, "evaluating": False, "when": lambda s: False}
+    real_evaluate = moopt.train.recipe.evaluate
+
+    def evaluate(*args, **kw):
+        state["evaluating"] = True
+        try:
+            return real_evaluate(*args, **kw)
+        finally:
+            state["evaluating"] = False
+
+    monkeypatch.setattr(moopt.train.recipe, "evaluate", evaluate)
+
+    def down(x2, a, seed, p, backend):
+        if backend == "triton" and state["when"](state):
+            raise TritonKernelError(f"triton kernel down (BLOCK_R=4) failed: RuntimeError: {SHARED_MEMORY_ERROR}")
+        return real_down(x2, a, seed, p, "torch")
+
+    def grad_in(x2, a, ds, dx, seed, p, backend):
+        state["backward_ran"] = True
+        return real_in(x2, a, ds, dx, seed, p, "torch")
+
+    for module in (ll, lm, moopt.train.lora):
+        monkeypatch.setattr(module, "resolve_backend", lambda backend, device: "torch" if backend == "torch" else "triton")
+    for module in (ll, lm):
+        monkeypatch.setattr(module, "lora_down", down)
+        monkeypatch.setattr(module, "lora_grad_in", grad_in)
+        monkeypatch.setattr(module, "lora_grad_out", lambda g2, b, s, scaling, backend, ds_out=None:
+                            real_out(g2, b, s, scaling, "torch", ds_out))
+    return lambda predicate: state.update(when=predicate)
+
+
+def test_a_failure_in_the_second_micro_batch_redoes_the_step_from_clean_gradients(tmp_path, tiny_model, tiny_data,
+                                                                                  triton_fails_when):
+    """Accumulation over 2 micro-batches: the first trains on triton, the second's forward fails (as the int32-offset
+    check does on a longer batch). The step is redone on torch from zeroed gradients, or the first micro-batch's
+    gradient would count twice: the same eval_loss as a torch trial."""
+    triton_fails_when(lambda s: s["backward_ran"] and not s["evaluating"])
+    with pytest.warns(RuntimeWarning, match=r"^--kernels auto: triton failed at step 1, torch from there on"):
+        res = run_trial(spec(tmp_path, tiny_model, tiny_data, "auto", "auto"))
+    assert res.state == "COMPLETE" and res.backend == "torch", res.error
+    plain = run_trial(spec(tmp_path, tiny_model, tiny_data, "torch", "torch"))
+    assert res.metrics["eval_loss"] == pytest.approx(plain.metrics["eval_loss"], rel=1e-6)
+
+
+def test_a_failure_in_the_evaluation_says_so_and_that_training_ran_on_triton(tmp_path, tiny_model, tiny_data,
+                                                                           triton_fails_when):
+    """It read "triton failed at step 4" of 3 steps, as if training had moved to torch."""
+    triton_fails_when(lambda s: s["evaluating"])
+    with pytest.warns(RuntimeWarning, match=r"^--kernels auto: triton failed in the evaluation \(16 validation examples\) "
+                                            r"after 3 steps on triton, torch from there on: triton kernel down"):
+        res = run_trial(spec(tmp_path, tiny_model, tiny_data, "auto", "auto"))
+    assert res.state == "COMPLETE" and res.steps == 3 and res.backend == "torch", res.error

@@ -524,12 +524,27 @@ def range_edges(data: StudyData, spec: dict[str, dict[str, Any]]) -> list[RangeE
     return out
 
 
+def kernel_notes(data: StudyData) -> list[str]:
+    """Trials that ran another LoRA kernel path than the rest (a Triton failure under --kernels auto moves a trial
+    to torch): their tokens/s and peak memory are that path's, so the report says which they are."""
+    t = data.table
+    if "backend" not in t:
+        return []
+    ran = t.dropna(subset=["backend"])
+    failed = ran[ran["backend_reason"].astype("string").str.contains("triton failed", na=False)]
+    if ran.backend.nunique() < 2 and failed.empty:
+        return []
+    out = [f"LoRA kernels: {b} in trial(s) {', '.join(map(str, rows.number))}" for b, rows in ran.groupby("backend")]
+    out += [f"Trial {r.number}: {r.backend_reason} (its speed and peak memory are the torch path's)" for r in failed.itertuples()]
+    return out
+
+
 # -- all at once ----------------------------------------------------------------------------------
 def analyze(output_dir: str | Path, data: StudyData, seed: int = 0) -> Analysis:
     imp = {tg: param_importance(data, tg, seed=seed, output_dir=output_dir) for tg in importance_targets(data)}
     corr = correlations(data)
     return Analysis(imp, corr, corr.attrs.get("notes", []), learning_curves(output_dir), pareto_points(data),
-                    edges=range_edges(data, load_space_spec(output_dir)))
+                    notes=kernel_notes(data), edges=range_edges(data, load_space_spec(output_dir)))
 
 
 def write_analysis(output_dir: str | Path, data: StudyData, seed: int = 0) -> Analysis:

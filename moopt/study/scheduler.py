@@ -474,6 +474,9 @@ class Study:
         extra = f" ({res.error})" if res.error else ""
         self.console.print(f"Trial {res.number} [{colour}]{res.state}[/] in {res.duration_s:.0f}s:"
                            + (f" {vals}{extra}" if vals else extra))
+        if "triton failed" in (res.backend_reason or ""):  # its speed and memory are the torch path's: say so
+            self.console.print(f"  Trial {res.number} fell back to the torch path: {res.backend_reason}", markup=False,
+                               highlight=False)
         return res
 
     def hub_source(self) -> dict[str, str | None]:

@@ -375,10 +375,11 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.lr_scheduler_type, warmup, total_steps))
         reporter.phase("training", f"{total_steps} optimizer steps")
 
-        def with_fallback(fn):
+        def with_fallback(fn, where: str):
             """``fn()``; under --kernels auto a Triton compile/launch failure moves the whole model to the
-            torch path (one warning, recorded in backend/backend_reason) and runs ``fn`` again from clean
-            gradients. --kernels triton lets it fail the trial with the kernel's reason."""
+            torch path (one warning, recorded in backend/backend_reason, which say ``where`` it failed: a step or
+            an evaluation) and runs ``fn`` again from clean gradients. --kernels triton lets it fail the trial
+            with the kernel's reason."""
             try:
                 return fn()
             except TritonKernelError as e:
@@ -386,7 +387,8 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
                     raise
                 set_lora_backend(model, "torch")
                 result.backend = "torch"
-                result.backend_reason = f"--kernels auto: triton failed at step {step + 1}, torch from there on: {e}"
+                ran = f" after {step} step{'s' if step != 1 else ''} on triton" if step else ""
+                result.backend_reason = f"--kernels auto: triton failed {where}{ran}, torch from there on: {e}"
                 warnings.warn(result.backend_reason, RuntimeWarning, stacklevel=2)
                 opt.zero_grad(set_to_none=True)
                 return fn()
@@ -395,7 +397,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
             reporter.phase("evaluating", detail)
             t_eval = time.time()
             m = with_fallback(lambda: evaluate(model, data, tc.batch_size, pad_id, device, result.backend, reporter.heartbeat,
-                                                        attention, max_tokens=eval_tokens))
+                                               attention, max_tokens=eval_tokens), f"in the evaluation ({detail})")
             result.eval_seconds += time.time() - t_eval
             return m
 
@@ -421,7 +423,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
             step_loss = with_fallback(lambda p=pending: train_step(
                 model, p, params=params, opt=opt, sched=sched, max_grad_norm=tc.max_grad_norm, device=device,
                 backend=result.backend, before_update=before_update, attention=attention,
-            )).loss
+            ), f"at step {step + 1}").loss
             pending = []
             step += 1
             result.steps = step

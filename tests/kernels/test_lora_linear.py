@@ -86,8 +86,9 @@ def test_3d_noncontiguous_input_and_bias(backend, matches_reference):
 
 
 def test_dropout_mask_is_regenerated_not_redrawn(backend):
-    """Same seed: same mask in forward and backward (the reference gets that mask, dX/dA agree);
-    different seeds differ; the keep rate is 1-p (6 sigma bound at 32k elements)."""
+    """dropout_mask, the mask a seed gives: the same seed, the same mask (what lets backward regenerate forward's:
+    that lora_linear does is checked by the fp64 tests with p > 0, whose reference takes this mask); different seeds
+    differ; the keep rate is 1-p (6 sigma bound at 32k elements)."""
     m, k, p = 128, 256, 0.25
     d1 = dropout_mask(11, (m, k), p, "cpu", backend)
     assert torch.equal(d1, dropout_mask(11, (m, k), p, "cpu", backend))

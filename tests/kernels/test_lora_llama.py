@@ -113,6 +113,40 @@ def test_group_member_called_with_another_tensor_recomputes():
     torch.testing.assert_close(k_other, attn.k_proj(other))
 
 
+def test_a_group_member_asking_twice_recomputes():
+    """The contract's third case: q_proj called again with the same tensor (its sibling not served yet) gets a fresh
+    output, not the group's cached one: here its lora_B changed in between, so the cached one would be stale."""
+    model = tiny_llama()
+    attach_lora(model, R, ALPHA, 0.0, ("q_proj", "k_proj"), backend="torch")
+    randomize_b(model)
+    q = model.model.layers[0].self_attn.q_proj
+    x = torch.randn(1, 3, 64)
+    first = q(x)
+    with torch.no_grad():
+        q.lora_B.add_(1.0)
+    again = q(x)
+    assert not torch.allclose(first, again)
+    q.group = None
+    torch.testing.assert_close(again, q(x))
+
+
+def test_dropout_masks_differ_between_calls_and_repeat_under_a_seed():
+    """A fresh seed per training forward (each step, each layer sees a new mask); torch.manual_seed repeats them, so
+    a trial is reproducible. A constant seed (one mask for every step) passed every other test."""
+    model = tiny_llama()
+    attach_lora(model, R, ALPHA, 0.5, ALL, backend="torch")
+    randomize_b(model)
+    model.train()
+    ids = tokens()
+    torch.manual_seed(3)
+    a, b = model(ids).logits, model(ids).logits
+    assert not torch.allclose(a, b)
+    torch.manual_seed(3)
+    torch.testing.assert_close(model(ids).logits, a)
+    model.eval()
+    torch.testing.assert_close(model(ids).logits, model(ids).logits)
+
+
 def test_saving_an_adapter_does_not_import_peft(tmp_path):
     """A trial writes its PEFT-format adapter without importing peft: the import (and the bitsandbytes it
     pulls in) added ~254 MiB to the trial process's RSS after training, the peak of small trials on a CPU."""
@@ -221,9 +255,10 @@ def test_triton_backend_gives_the_torch_backend_gradients():
         attach_lora(model, R, ALPHA, 0.0, ALL, backend=backend)
         randomize_b(model)
     models["triton"].load_state_dict(models["torch"].state_dict())  # the same lora_A draws
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled on a GPU, interpreted on the CPU
     for model in models.values():
-        model.train()
-        model(tokens(length=8)).logits.square().mean().backward()
+        model.to(device).train()
+        model(tokens(length=8).to(device)).logits.square().mean().backward()
     for a, b in zip(lora_parameters(models["triton"]), lora_parameters(models["torch"])):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
 
