@@ -42,6 +42,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """Load a YAML file that must hold a mapping; every failure is a ConfigError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:

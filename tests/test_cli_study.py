@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -238,8 +240,6 @@ def test_resume_does_not_rerun_finished_trials(tiny_model, tiny_data, space, tmp
 
 
 def test_guide_script_spelling_runs_the_same_command(tmp_path):
-    import subprocess
-    import sys
 
     r = subprocess.run([sys.executable, "scripts/run_hyperparameter_optimization.py", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--optimization_objective" in r.stdout
@@ -570,3 +570,25 @@ def test_smaller_refusals_name_what_is_wrong(study, tiny_model, tiny_data, space
     r = optimize(tiny_model, tiny_data, tmp_path / "o", space, "--optimization_objective", "multi:eval_loss,,eval_accuracy")
     assert r.exit_code == 2 and "an empty name in 'multi:eval_loss,,eval_accuracy'" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_space_smaller_than_num_trials_is_trained_whole_then_the_study_ends(tmp_path, tiny_model, tiny_data):
+    """7 configurations and --num_trials 9: the study said nothing up front and, once the engine kept proposing
+    configurations tried already, re-told their results forever (a hang). Run in a subprocess with a time limit.
+    (Its objectives, loss and perplexity, are one in disguise: said too.)"""
+    space = tmp_path / "r7.yaml"
+    space.write_text("training:\n  learning_rate: 1e-2\n  num_train_epochs: 0.5\n  batch_size: 8\n"
+                     "lora:\n  r: {type: categorical, values: [1, 2, 4, 8, 16, 32, 64]}\ndata:\n  max_seq_length: 32\n")
+    out = tmp_path / "r7"
+    r = subprocess.run([sys.executable, "-P", "-m", "moopt.cli", "optimize", "--base_model", str(tiny_model),
+                        "--train_file", str(tiny_data["train"]), "--validation_file", str(tiny_data["val"]),
+                        "--output_dir", str(out), "--search_space", str(space), "--num_trials", "9", "--seed", "4",
+                        "--no-baseline", "--optimization_objective", "multi:eval_loss,eval_perplexity"],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Note: eval_perplexity is exp(eval_loss): the two rank every trial alike" in r.stdout
+    assert ("Note: the search space holds 7 configurations, fewer than --num_trials 9: the study ends once each has "
+            "been trained") in r.stdout
+    assert "Study stopped early: the search space has no new configurations left to propose (7 of 9 trials)" in r.stdout
+    trials = pd.read_csv(out / "trials_summary.csv")
+    assert sorted(trials.params_r) == [1, 2, 4, 8, 16, 32, 64]

@@ -396,3 +396,59 @@ def test_the_default_is_the_first_trial_on_a_small_space_too(values):
     space = parse_space({"lora": {"r": {"type": "categorical", "values": values}}}, source="<test>")
     asked = [space.decode(x).lora.r for x in Engine(space, 2, 10, 0).ask()]
     assert asked[0] == space.default_in_space().lora.r and len(set(asked)) == len(asked), asked
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_small_discrete_space_is_tried_whole_then_asks_come_back_empty(seed):
+    """7 configurations, 10 trials asked for, as the study drives it (a configuration tried already is told its
+    stored result again and costs no trial): pymoo's ask removed duplicates within its population only, so it kept
+    proposing tried configurations that had not survived, and the study re-told them forever. Now every
+    configuration is trained once, then the engine says it has none left."""
+    space = parse_space({"lora": {"r": {"type": "categorical", "values": [1, 2, 4, 8, 16, 32, 64]}}})
+    eng = Engine(space, 2, 10, seed)
+    results: dict[int, np.ndarray] = {}
+    for _ in range(50):  # asks; the old engine never stopped
+        X = eng.ask()
+        if not X:
+            break
+        for i, x in enumerate(X):
+            r = space.decode(x).lora.r
+            if r not in results and len(results) < 10:
+                results[r] = np.array([abs(np.log2(r) - 3), r / 64])
+            if r in results:
+                eng.tell_one(i, results[r], -1.0)
+        eng.tell()
+    else:
+        pytest.fail(f"50 asks and the engine still proposes: {sorted(results)} tried")
+    assert sorted(results) == [1, 2, 4, 8, 16, 32, 64]
+
+
+def test_failed_trials_reach_the_surrogate_as_the_worst_value_measured(monkeypatch):
+    """A trial with no objectives (FAIL, INFEASIBLE untrained) is told FAILED_F. The surrogate's trees were fitted on
+    it as a value, ~1e9 times the front's range, and their lower bounds ran to -2.5e8: the pick then turned on which
+    candidates shared a leaf with a failure (synthetic runs found configurations 2-5x worse). The objectives' trees
+    now see it as the worst value measured, nothing above Z_CAP."""
+    from moopt.search import engine as engine_mod
+
+    fitted = []
+    real_forest = Engine._forest
+
+    def forest(self, X, y, C, trend=0):
+        if trend:  # the objectives' models (the constraint's take no trend features)
+            fitted.append(np.asarray(y).copy())
+        return real_forest(self, X, y, C, trend=trend)
+
+    monkeypatch.setattr(Engine, "_forest", forest)
+    space = default_space()
+    eng = Engine(space, 2, 16, 0)
+    told = 0
+    while told < 16:
+        X = eng.ask()
+        for i, x in enumerate(X):
+            cfg = space.decode(x)
+            fail = cfg.training.learning_rate > 3e-4  # diverges: no metrics
+            eng.tell_one(i, np.full(2, engine_mod.FAILED_F) if fail else objective(cfg), 1.0 if fail else -1.0)
+            told += 1
+        eng.tell()
+    assert fitted and all(y.max() <= engine_mod.Z_CAP for y in fitted)
+    assert any((y == y.max()).sum() > 1 for y in fitted)  # the failures share the worst value measured

@@ -68,6 +68,7 @@ def test_decode_encode_roundtrip():
     ("training:\n  adam_beta1: 1\n", "training.adam_beta1: must be in [0, 1), got 1.0"),  # AdamW raised it in the trial
     ("training:\n  adam_beta2: {type: uniform, min: 0.9, max: 1.0}\n", "training.adam_beta2: value 1.0 is out of range"),
     ("training:\n  adam_epsilon: -1e-8\n", "training.adam_epsilon: must be >= 0"),
+    ("lora:\n  r: {type: int, min: 8, max: 8}\n", "got min=8, max=8 (to fix it at 8, give the plain value: `r: 8`)"),
 ])
 def test_bad_space_names_file_key_and_rule(tmp_path, text, fragment):
     p = write(tmp_path, text)
@@ -167,3 +168,8 @@ def test_a_studys_search_space_yaml_keeps_the_fixed_values_and_reads_back_as_the
         assert again.fixed.to_dict() == space.fixed.to_dict() and again.params == space.params, f
     demo = space_to_yaml(load_space(ROOT / "config" / "demo_search_space.yaml"))
     assert demo["data"] == {"max_seq_length": 64}
+
+
+def test_a_folder_given_as_the_space_says_so(tmp_path):
+    with pytest.raises(ConfigError, match=r": a folder, not a YAML file$"):
+        load_space(tmp_path)

@@ -4,9 +4,9 @@ pymoo ask/tell pitfalls handled: mixed variables with binary tournament
 kept; ``algorithm.evaluator`` used so n_eval counts; ``ask`` may return fewer individuals or none;
 seeded per algorithm; the whole state pickles, so the study checkpoints it after every ask/tell.
 
-Every individual carries one inequality constraint G <= 0 (feasible). Failed trials are told with
-the worst objective values seen and G = 1, infeasible ones with their memory violation, so NSGA-II
-learns from them instead of dropping them. Pruned trials are told with their last rung's values; the
+Every individual carries one inequality constraint G <= 0 (feasible). Failed trials are told FAILED_F
+and G = 1, infeasible ones with their memory violation, so NSGA-II learns from them instead of dropping
+them; the surrogate reads FAILED_F as the worst value measured (``_select``). Pruned trials are told with their last rung's values; the
 surrogate may be given other values for them (``tell_one(..., F_surrogate=)``: their projection to
 the end of training), so a configuration cut early does not read as a bad region.
 
@@ -48,6 +48,9 @@ from moopt.search.space import SearchSpace
 
 N_CANDIDATES = 30  # offspring bred per requested individual
 MAX_CANDIDATES = 600
+FAILED_F = 1e9  # what a trial without objective values (FAIL, INFEASIBLE untrained) is told: NSGA-II ranks it by G
+Z_CAP = 2.0  # the surrogate's objective values, normalised to the feasible front's range [0, 1], are capped here
+RANDOM_TRIES = 2000  # random draws an ask makes for never-tried configurations when NSGA-II's mating finds none
 MAX_TRAIN = 300  # surrogate training points (most recent evaluations + the current population)
 N_TREES = 48
 N_MC = 4096  # Monte-Carlo points for the hypervolume improvement
@@ -267,9 +270,28 @@ class Engine:
         for _ in range(tries):
             pop = self.algorithm.ask()
             if pop is not None and len(pop) > 0:
-                self.pending, self.results = pop, {}
-                return [dict(ind.X) for ind in pop]
-        return []
+                # pymoo removes duplicates within its population only: an evaluated configuration that did not
+                # survive comes back, and in a small discrete space nearly spent nothing else does (the study
+                # then re-told stored results forever). Only new ones, else random new ones, else none.
+                keep = self._new(pop)[0] if hasattr(self, "arch_X") else list(range(len(pop)))
+                if keep:
+                    self.pending, self.results = pop[keep], {}
+                    return [dict(ind.X) for ind in self.pending]
+        return self._ask_random()
+
+    def _ask_random(self) -> list[dict[str, Any]]:
+        """Up to pop_size configurations never tried, drawn at random (the rest of a small discrete space: NSGA-II's
+        mating rarely finds its last few); [] when none turns up in RANDOM_TRIES draws."""
+        from pymoo.core.mixed import MixedVariableSampling
+
+        if not hasattr(self, "arch_X"):
+            return []
+        cand = self._snap(MixedVariableSampling().do(self.problem, RANDOM_TRIES, random_state=self.rng))
+        keep = self._new(cand)[0][: self.pop_size]
+        if not keep:
+            return []
+        self.pending, self.results = cand[keep], {}
+        return [dict(ind.X) for ind in self.pending]
 
     def tell_one(self, index: int, F: np.ndarray, G: float | np.ndarray, F_surrogate: np.ndarray | None = None) -> None:
         """NSGA-II is told (F, G) (G: one value per constraint); the surrogate learns ``F_surrogate`` when
@@ -667,6 +689,14 @@ class Engine:
             lo, hi = Ff.min(0), Ff.max(0)
             hi = np.where(hi > lo, hi, lo + 1.0)
             Z = (F - lo) / (hi - lo)
+            # A failed trial (no objectives: FAIL, or INFEASIBLE untrained) is told FAILED_F. As a value it put the
+            # trees' predictions at ~1e9 times the front's range (lower bounds of -2.5e8 where the front spans [0, 1])
+            # and the pick turned on which candidates shared a leaf with a failure. The surrogate reads it as the
+            # worst value measured; every value is capped at Z_CAP (the hypervolume box ends at 1.1).
+            failed = (F >= FAILED_F).any(axis=1)
+            if failed.any():
+                Z[failed] = Z[~failed].max(0) if (~failed).any() else 1.0
+            Z = np.minimum(Z, Z_CAP)
             mu = np.empty((len(C), self.n_obj))
             sd = np.empty((len(C), self.n_obj))
             n_feat = X.shape[1] - len(self.problem.vars)  # LoRA feature columns (the objectives' trend)

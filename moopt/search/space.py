@@ -313,7 +313,9 @@ def _parse_param(name: str, where: str, spec: dict, ftype: str, errors: list[str
     if len(errors) > n_before:
         return None
     if not low < high:
-        errors.append(f"{where}: `min < max` must hold, got min={low:g}, max={high:g}")
+        errors.append(f"{where}: `min < max` must hold, got min={low:g}, max={high:g}"
+                      + (f" (to fix it at {low:g}, give the plain value: `{where.rsplit('.', 1)[-1]}: {low:g}`)"
+                         if low == high else ""))
         return None
     if typ == "log_uniform" and low <= 0:
         errors.append(f"{where}: log_uniform bounds must be > 0, got min={low:g}")

@@ -34,7 +34,7 @@ import numpy as np
 from moopt.config import TrialConfig
 from moopt.journal import JOURNAL, RESUME_SETTINGS, Journal, replay
 from moopt.records import NOT_TRAINED, TrialResult, TrialSpec, TrialState
-from moopt.search.engine import Engine
+from moopt.search.engine import FAILED_F, Engine
 from moopt.search.objectives import Objectives
 from moopt.search.pruner import RungPruner, rung_fractions
 from moopt.search.space import SearchSpace
@@ -580,7 +580,7 @@ class Study:
         surrogate their projection to the trial's end (RungPruner.projected)."""
         objs, m, c = self.cfg.objectives, end.metrics or {}, self.cfg.memory_constraint_gb
         have = all(k in m for k in objs.names)
-        F = objs.to_minimize(m) if have else np.full(len(objs.names), 1e9)
+        F = objs.to_minimize(m) if have else np.full(len(objs.names), FAILED_F)
         if end.state in (TrialState.COMPLETE, TrialState.PRUNED) and have:
             G = (m.get("peak_memory_gb", 0.0) - c) if c else -1.0
         elif end.state == TrialState.INFEASIBLE and self.memory_limit_gb and "peak_memory_gb" in m:
@@ -755,6 +755,11 @@ class Running:
     t0: float  # time.time() at the start
 
 
+# proposals in a row that all decode to configurations tried already: past it the space counts as spent (the engine
+# proposes only new encodings, but two encodings may decode to one configuration)
+REUSE_LIMIT = 200
+
+
 class Scheduler:
     """The study's loop, with its state in the open: NSGA-II individuals queue up, free slots start
     them, results come back in any order and are told to the engine.
@@ -781,6 +786,7 @@ class Scheduler:
         self.n_started = 0  # finished or started trials, toward cfg.num_trials
         self.next_number = 0
         self.stop_note: str | None = None  # why no more trials start (time budget, space exhausted)
+        self.reused_in_row = 0  # proposals in a row that were tried already (re-told, no trial): the space is spent
         self.deadline = time.time() + cfg.time_budget_hours * 3600 if cfg.time_budget_hours else None
         # Ray's trials run where the cluster has room (this machine may be a head node without GPUs); local ones here
         nodes = getattr(executor, "nodes", None)
@@ -790,6 +796,15 @@ class Scheduler:
             self.placer = ClusterPlacer(cfg.parallel_trials, live, gpu_gib)
         else:
             self.placer = DevicePlacer(cfg.parallel_trials)
+        if {"eval_loss", "eval_perplexity"} <= set(cfg.objectives.names):
+            study.console.print("Note: eval_perplexity is exp(eval_loss): the two rank every trial alike, so they add no "
+                                "trade-off to the Pareto front (keep one, beside another objective)", markup=False,
+                                highlight=False)
+        n_space = cfg.space.n_configurations()
+        if n_space < cfg.num_trials:
+            study.console.print(f"Note: the search space holds {n_space:.0f} configuration{'s' if n_space != 1 else ''}, "
+                                f"fewer than --num_trials {cfg.num_trials}: the study ends once each has been trained",
+                                markup=False, highlight=False)
         if not self.placer.on_gpu and cfg.parallel_trials > self.placer.cores:
             study.console.print(f"Note: --parallel_trials {cfg.parallel_trials} on {self.placer.cores} CPU core(s): the trials "
                                 "time-share the cores, one thread each, so more at once do not finish sooner, and each "
@@ -926,7 +941,7 @@ class Scheduler:
         if engine.pending is not None:
             self.ck.tell()
             self.ck.save(self.path)
-        X = engine.ask()
+        X = engine.ask() if self.reused_in_row < REUSE_LIMIT else []
         if not X:
             self.stop_note = "the search space has no new configurations left to propose"
             return False
@@ -944,7 +959,9 @@ class Scheduler:
         key = study.config_key(tcfg)
         if key in self.evaluated:  # same configuration as a finished trial: reuse, no new trial
             self.engine.tell_one(idx, *study.told_values(self.evaluated[key]))
+            self.reused_in_row += 1
             return True
+        self.reused_in_row = 0
         if key in self.known:  # the --warm_start study trained it on the same model and data: its result, at once
             number = number if number >= 0 else self.new_number()
             end = study.take_over(number, tcfg, x, self.known.pop(key))
