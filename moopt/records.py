@@ -83,7 +83,7 @@ class TrialResult:
     total_steps: int = 0  # optimizer steps planned
     train_tokens: int = 0  # real (non-pad) tokens seen in training
     eval_tokens: int = 0  # tokens run forward in evaluations (rungs and final; test set excluded)
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # in optimizer steps (evaluations, rung ones included, are eval_seconds)
     tokens_per_s: float | None = None  # train_tokens / train_seconds (evaluations excluded)
     backend: str | None = None  # which LoRA kernel path ran (at the end, after any fallback)
     backend_reason: str | None = None  # why that path: the --kernels choice, or the Triton failure

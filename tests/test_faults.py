@@ -223,3 +223,31 @@ def test_a_study_whose_reader_goes_away_goes_on_to_its_end(tiny_model, tiny_data
         raise AssertionError("the study hung once its output was closed") from None
     assert rc == 0 and len(replay(out).finished) == 2
     assert (out / "trials_summary.csv").is_file()
+
+
+def test_a_trials_tokens_per_s_leaves_its_rung_evaluations_out(tiny_model, tiny_data, tmp_path, monkeypatch):
+    """train_seconds ran from the first step to the last, rung evaluations included (which eval_seconds counts too):
+    tokens/s in trials_summary.csv and the report was 24% under the console's on a large validation set, and the
+    benchmarks' overhead (duration - train - eval) subtracted the rung evaluations twice."""
+    import moopt.train.recipe
+    from moopt.config import TrialConfig
+    from moopt.records import TrialSpec
+    from moopt.train.recipe import run_trial
+
+    real = moopt.train.recipe.evaluate
+
+    def slow_evaluate(*a, **kw):
+        time.sleep(0.5)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(moopt.train.recipe, "evaluate", slow_evaluate)
+    cfg = TrialConfig.from_dict({"training": {"learning_rate": 1e-3, "batch_size": 4, "num_train_epochs": 1.0},
+                                 "lora": {"r": 4, "alpha": 8}, "data": {"max_seq_length": 32}})
+    t0 = time.time()
+    res = run_trial(TrialSpec(number=0, config=cfg, base_model=str(tiny_model), train_file=str(tiny_data["train"]),
+                              validation_file=str(tiny_data["val"]), kernels="torch", save_adapter=False, device="cpu",
+                              output_dir=str(tmp_path / "t"), rung_fractions=(0.25, 0.5)))
+    wall = time.time() - t0
+    assert res.state == "COMPLETE" and res.eval_seconds >= 1.5  # two rungs and the final evaluation
+    assert res.setup_seconds + res.train_seconds + res.eval_seconds <= wall
+    assert res.tokens_per_s == pytest.approx(res.train_tokens / res.train_seconds)

@@ -124,3 +124,19 @@ def test_a_trial_trains_the_same_packed_or_padded(tiny_model, tiny_data, tmp_pat
     assert metrics[True].train_tokens == metrics[False].train_tokens
     assert metrics[True].metrics["eval_loss"] == pytest.approx(metrics[False].metrics["eval_loss"], rel=1e-4)
     assert metrics[True].metrics["eval_accuracy"] == pytest.approx(metrics[False].metrics["eval_accuracy"], abs=1e-3)
+
+
+
+def test_packed_rows_are_never_wider_than_the_batchs_longest_example():
+    """Packed into rows of max_seq_length (2048), a batch of 16 examples of 20-200 tokens became one row of ~1.9k
+    tokens: attention's cost grows with the square of the width, so it trained slower than padded rows of 200, and
+    the memory gate (which measures the padded batch) never saw that shape. Rows now end at the longest example."""
+    from moopt.train.data import micro_batches, tokenized_set
+
+    exs = examples(64, 3, lo=20, hi=200)
+    packed = 0
+    for k, (_, batch) in enumerate(micro_batches(tokenized_set(exs, 0), 16, 1.0, "sequential", 0, 0, pack_capacity=2048)):
+        rows, width = batch["input_ids"].shape
+        assert width <= max(len(e.input_ids) for e in exs[16 * k: 16 * (k + 1)])  # sequential: batch k is 16k..16k+15
+        packed += "position_ids" in batch and rows < 16
+    assert packed  # long-tailed batches still pack: fewer rows, none wider than padded

@@ -240,7 +240,7 @@ def least_infeasible_text(data: StudyData) -> str:
     text = f"Least infeasible: trial {data.least_infeasible} ({reason or f'peak {row.peak_memory_gb:.2f} GiB'})."
     return text + (" Raise --memory_constraint, or search" if budget else " Search") + (
         " smaller batch_size, r, target_modules or max_seq_length (model.gradient_checkpointing lowers the peak"
-        " too; on a GPU, model.quantization as well: on a CPU it saves nothing); where the space holds smaller"
+        " too; on a GPU, model.quantization as well: on a CPU it costs memory instead); where the space holds smaller"
         " settings not yet tried, more trials (--resume --num_trials) may find one that fits.")
 
 

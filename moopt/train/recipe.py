@@ -128,7 +128,9 @@ class BatchAttention:
     estimated and probed the trial's widest padded batch, ``batch × longest`` (``longest`` = the longest
     example after truncation), and :func:`moopt.memory.estimate.estimate_peak` counts eager's
     probabilities for ``batch × min(longest, EAGER_MAX_TOKENS)``; a batch whose eager probabilities would
-    exceed that (packed rows wider than the longest example) runs SDPA, so no batch holds more than the gate allowed.
+    exceed that runs SDPA. Packed rows are never wider than their batch's longest example, nor more than its
+    examples (:func:`moopt.train.data.micro_batches`), so a training batch stays within the padded shape the gate
+    measured.
     """
 
     def __init__(self, model, device: torch.device, dtype: str, batch: int, longest: int):
@@ -445,7 +447,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
                 stop_reason = TIME_BUDGET_CUT
                 break
             t_step = time.time()
-        result.train_seconds = time.time() - t0
+        result.train_seconds = busy_s  # the steps' time: the rung evaluations between them are in eval_seconds
 
         # -- evaluate -----------------------------------------------------------------------------
         if stop_reason == "pruned":
