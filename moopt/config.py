@@ -81,9 +81,10 @@ class LoraConfig:
 class DataConfig:
     max_seq_length: int = 512  # tokens; longer examples are truncated (and counted)
     sampling_strategy: str = "random"  # random | sequential | length_grouped
-    # each micro-batch's examples packed into as few rows of <= max_seq_length tokens as fit (first-fit
+    # each micro-batch's examples packed into as few rows as fit, none wider than its longest example (first-fit
     # decreasing), positions restarting and attention kept inside each example: the same examples and the
-    # same loss per step as padded rows, without the padding's compute (evaluation is never packed)
+    # same loss per step as padded rows (up to numerics: exactly in fp32 without dropout), without the padding's
+    # compute (evaluation is never packed)
     packing: bool = True
 
 

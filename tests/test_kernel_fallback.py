@@ -203,3 +203,23 @@ def test_a_failure_in_the_evaluation_says_so_and_that_training_ran_on_triton(tmp
                                             r"after 3 steps on triton, torch from there on: triton kernel down"):
         res = run_trial(spec(tmp_path, tiny_model, tiny_data, "auto", "auto"))
     assert res.state == "COMPLETE" and res.steps == 3 and res.backend == "torch", res.error
+
+
+def test_why_auto_runs_torch_and_which_path_a_study_records(monkeypatch):
+    """With TRITON_INTERPRET=1 on a CUDA machine, auto runs torch: the reason read "no CUDA device (cuda)"; and
+    without triton installed the study recorded the path of an auto trial on CUDA as triton (a warm start's key)."""
+    import moopt_kernels._backend as backend_mod
+    import torch
+
+    from moopt.study.outdir import kernel_path
+    from moopt.train.recipe import backend_reason
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert backend_reason("auto", "torch", torch.device("cuda")) == (
+        "--kernels auto: TRITON_INTERPRET=1 is set (the interpreter runs on CPU tensors)")
+    assert kernel_path("auto", "cuda") == "torch"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert backend_reason("auto", "torch", torch.device("cpu")) == "--kernels auto: no CUDA device (cpu)"
+    assert kernel_path("auto", "cuda") == ("triton" if backend_mod.HAS_TRITON else "torch")
+    monkeypatch.setattr(backend_mod, "HAS_TRITON", False)
+    assert kernel_path("auto", "cuda") == "torch" and kernel_path("triton", "cuda") == "triton"

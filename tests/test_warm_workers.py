@@ -14,7 +14,7 @@ from rich.console import Console
 from moopt.config import TrialConfig
 from moopt.records import TrialSpec, TrialState
 from moopt.train.recipe import run_trial
-from moopt.train.warm import WarmBase
+from moopt.train.warm import WarmBase, checkpointing_on
 
 CONFIGS = [  # different r, targets, dropout, checkpointing, packing: nothing may leak from one trial to the next
     {"training": {"learning_rate": 3e-3, "batch_size": 8, "num_train_epochs": 1},
@@ -65,7 +65,7 @@ def test_release_frees_what_the_trial_held(tiny_model, tiny_data, tmp_path):
     gc.collect()
     assert all(ref() is None for ref in loras)  # LoRA weights, their grads and AdamW's states are gone
     assert not any(isinstance(m, LoRALinear) for m in warm.model.modules())
-    assert not warm.model.is_gradient_checkpointing
+    assert not checkpointing_on(warm.model)
 
 
 def test_the_peak_restarts_for_each_trial():

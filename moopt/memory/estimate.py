@@ -42,7 +42,7 @@ GIB = 1024**3
 MIB = 1024**2
 
 DEVICES = ("cuda", "cpu")
-KERNELS = ("torch", "triton", "peft")  # torch/triton: moopt's LoRA (same saved tensors); peft: peers
+KERNELS = ("torch", "triton", "peft")  # torch/triton: moopt's LoRA (with dropout, torch keeps X̂ and a mask); peft: peers
 LOSSES = ("chunked", "hf")
 BREAKDOWN_KEYS = (
     "runtime",  # CUDA context (cuda) or the Python+torch process (cpu)

@@ -249,7 +249,8 @@ class MemoryGate:
         self.probe_company = probe_company
         self.model_config = load_model_config(model_path)
         self.cache = CalibrationCache(cache_path or default_cache_path())
-        # moopt's torch and Triton LoRA save the same tensors; "auto" is whichever runs on the device
+        # the estimate follows the path that runs ("auto": whichever runs on the device): with dropout the torch
+        # path keeps X̂ and a bool mask where Triton keeps X and a seed (moopt.memory.estimate counts each)
         from moopt_kernels import resolve_backend
 
         self.estimate_kernels = resolve_backend(kernels, device) if kernels != "triton" else "triton"

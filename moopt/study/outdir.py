@@ -189,7 +189,9 @@ def kernel_path(kernels: str, device: str) -> str:
     """The LoRA kernel path a trial takes on ``device`` ("cpu" or "cuda") under --kernels."""
     if kernels != "auto":
         return kernels
-    return "triton" if device == "cuda" else "torch"
+    from moopt_kernels import resolve_backend  # (triton installed, the interpreter off: what a trial's auto runs)
+
+    return resolve_backend("auto", device)
 
 
 def data_digest(path: str | Path) -> str:

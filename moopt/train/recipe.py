@@ -246,10 +246,15 @@ def backend_reason(kernels: str, backend: str, device: torch.device) -> str:
     if kernels != "auto":
         return f"--kernels {kernels}"
     from moopt_kernels import HAS_TRITON
+    from moopt_kernels._backend import interpreting
 
     if backend == "triton":
         return "--kernels auto: CUDA device and triton installed"
-    return "--kernels auto: " + ("triton is not installed" if not HAS_TRITON else f"no CUDA device ({device.type})")
+    if not HAS_TRITON:
+        return "--kernels auto: triton is not installed"
+    if device.type == "cuda" and interpreting():
+        return "--kernels auto: TRITON_INTERPRET=1 is set (the interpreter runs on CPU tensors)"
+    return f"--kernels auto: no CUDA device ({device.type})"
 
 
 def injected_fault(number: int, step: int) -> str | None:

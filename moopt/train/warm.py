@@ -79,7 +79,7 @@ class WarmBase:
         if self.model is None:
             return
         detach_lora(self.model)
-        if getattr(self.model, "is_gradient_checkpointing", False):
+        if checkpointing_on(self.model):
             self.model.gradient_checkpointing_disable()
         self.model.zero_grad(set_to_none=True)
         self.model.eval()
@@ -101,3 +101,10 @@ def free_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     trim_heap()
+
+
+def checkpointing_on(model) -> bool:
+    """Whether gradient checkpointing is on: transformers >= 5.2x names it ``is_activation_checkpointing`` (its old
+    name warns, a FutureWarning in every trial's log), earlier ones ``is_gradient_checkpointing``."""
+    on = getattr(model, "is_activation_checkpointing", None)
+    return bool(on if on is not None else getattr(model, "is_gradient_checkpointing", False))
