@@ -436,6 +436,7 @@ def test_no_configuration_fits_only_when_every_trial_was_ruled_out_by_the_budget
     # what was tried, not a verdict on the whole space (smaller settings may not have been tried yet)
     assert "None of the 2 configurations tried fits. Least infeasible: trial 0" in said
     assert "None of the 2 configurations tried fits" in page and "more trials (--resume --num_trials)" in said
+    assert "score" in load_study(tmp_path / "all").table  # the column a script reads is there, empty, as ever
 
 
 def test_keep_adapters_keeps_a_time_cut_trial_that_beats_the_best(tmp_path):

@@ -82,13 +82,13 @@ def load_study(output_dir: str | Path) -> StudyData:
         baseline = json.loads((out / "baseline.json").read_text())
     pareto, best, best_score, least_inf, start, origin = [], None, None, None, None, ""
     if len(table):
-        ok = table[(table.state == TrialState.COMPLETE)].dropna(subset=obj_cols)
+        table["score"] = np.nan  # progress from the base model toward the ideal: comparable across studies (a column
+        ok = table[(table.state == TrialState.COMPLETE)].dropna(subset=obj_cols)  # even when no trial has one)
         if len(ok):
             F = np.array([objectives.to_minimize(dict(zip(objectives.names, r))) for r in ok[obj_cols].to_numpy()])
             front = nondominated(F)
             pareto = sorted(int(ok.number.iloc[i]) for i in front)
             start, origin = score_start(objectives, baseline, rec.header, ok[obj_cols].max(), ok[obj_cols].min())
-            table["score"] = np.nan  # progress from the base model toward the ideal: comparable across studies
             score = objectives.score(F, objectives.to_minimize(start))
             table.loc[ok.index, "score"] = score
             # the weights pick one trial from the front: the highest score (the earliest on a tie)

@@ -76,3 +76,12 @@ def test_one_chunk_of_logits_alive_at_a_time(monkeypatch, dtype):
     loss, _ = linear_cross_entropy(hidden, weight, labels, chunk_size=8)
     loss.backward()
     assert len(alive) == 5
+
+
+def test_a_collapsed_model_whose_logits_all_tie_is_not_scored_perfect():
+    """Every tied maximum counted as correct: a model diverged to equal logits scored accuracy 1.0 (and a study picked
+    it as best). The label must be the argmax (the first of tied maxima, as argmax == label counts)."""
+    hidden, weight = torch.zeros(5, 8), torch.randn(11, 8)  # every logit 0
+    labels = torch.tensor([0, 3, 7, 10, 0])
+    _, n_correct = linear_cross_entropy(hidden, weight, labels, chunk_size=2)
+    assert n_correct.item() == 2  # the rows whose label is token 0, the argmax of a tie
