@@ -12,7 +12,7 @@ from pathlib import Path
 import moopt
 
 ROOT = Path(moopt.__file__).parent
-LAYERS = {"": 0, "search": 1, "memory": 2, "train": 3, "report": 4, "study": 5, "cli": 6}
+LAYERS = {"": 0, "search": 1, "memory": 2, "train": 3, "report": 4, "study": 5, "cli": 6, "__main__": 7}  # python -m moopt
 
 
 def module_name(path: Path) -> str:
