@@ -354,3 +354,16 @@ def test_a_study_whose_every_trial_failed_exits_1(tiny_model, tiny_data, tmp_pat
                            env={"MOOPT_INJECT_FAULT": "0:exception@1,1:exception@1"})
     assert r.exit_code == 1 and "Every trial failed" in r.output, r.output
     assert (tmp_path / "out" / "trials_summary.csv").is_file()
+
+
+def test_a_gguf_without_the_gguf_package_is_one_line(monkeypatch):
+    """gguf is a dependency, but an environment without it made the smollm2-135m alias a traceback."""
+    import sys
+
+    from moopt.errors import ConfigError
+    from moopt.train.models import gguf_read_once
+
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    with pytest.raises(ConfigError, match=r"needs the gguf package: pip install gguf$"):
+        with gguf_read_once():
+            pass

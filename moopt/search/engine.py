@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import pickle
-import warnings
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +188,8 @@ def _sklearn_available() -> bool:
     try:
         import sklearn.ensemble  # noqa: F401
     except ImportError:
-        warnings.warn("scikit-learn is missing: the search runs as plain NSGA-II (no surrogate pre-selection)")
+        print("Note: scikit-learn is missing, so the search runs as plain NSGA-II (no surrogate pre-selection): "
+              "pip install scikit-learn", file=sys.stderr)
         return False
     return True
 

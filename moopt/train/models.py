@@ -426,7 +426,11 @@ def gguf_read_once():
     field each time (~6 s for SmolLM2's 49k-token vocabulary), and builds gguf's tensor-name map once per module
     of the model (397 times, ~7 s). For a block: one reader per file and one map per (architecture, layers).
     Converting SmolLM2 took 28 s, and 12-14 s with this (2026-12-06, an Intel Xeon), byte for byte the same files."""
-    import gguf
+    try:
+        import gguf
+    except ImportError:  # a dependency of moopt: only a broken environment lacks it (it was a traceback)
+        raise ConfigError("reading a GGUF model (the smollm2-135m alias is one) needs the gguf package: "
+                          "pip install gguf") from None
 
     reader, name_map = getattr(gguf, "GGUFReader", None), getattr(gguf, "get_tensor_name_map", None)
     if reader is None or name_map is None:
