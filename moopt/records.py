@@ -29,6 +29,10 @@ class TrialState(StrEnum):
     INFEASIBLE = "INFEASIBLE"  # over the memory constraint (measured, predicted) or out of memory
 
 
+# in a TrialResult's backend_reason: --kernels auto moved the trial from Triton to torch (moopt.train.recipe)
+FALLBACK = "--kernels auto: triton failed"
+
+
 @dataclass
 class TrialSpec:
     number: int
@@ -86,7 +90,7 @@ class TrialResult:
     train_seconds: float = 0.0  # in optimizer steps (evaluations, rung ones included, are eval_seconds)
     tokens_per_s: float | None = None  # train_tokens / train_seconds (evaluations excluded)
     backend: str | None = None  # which LoRA kernel path ran (at the end, after any fallback)
-    backend_reason: str | None = None  # why that path: the --kernels choice, or the Triton failure
+    backend_reason: str | None = None  # why that path: the --kernels choice, or the Triton failure (FALLBACK)
     dtype: str | None = None  # what the base model ran in (model.dtype, "auto" resolved on the device)
     attention: str | None = None  # what the trial ran: eager, sdpa, or "eager N%+sdpa" (moopt.train.recipe.BatchAttention)
     pruned_at_step: int | None = None  # a rung decision stopped it after this optimizer step

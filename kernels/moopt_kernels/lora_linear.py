@@ -37,7 +37,7 @@ from moopt_kernels._backend import TritonKernelError, interpreting, next_pow2, r
 
 # The kernels' element offsets are int32 (offs_m * stride + k, and tl.rand's m*K + k): one launch covers at most
 # 2**31 elements of X (M×K) and of G (M×N), e.g. M = 149_796 tokens at Llama-8B's 14336-wide MLP.
-MAX_MASK_ELEMENTS = 2**31 - 1
+MAX_OFFSET_ELEMENTS = 2**31 - 1
 
 # Largest r-tile a launch takes: a larger rank (r > 256, or a fused q,k,v rank over 256) is split into
 # launches over column blocks of r, each one within _TILES below (fp32 grad_in: blocks of 64).
@@ -246,11 +246,11 @@ def _upcast(t: torch.Tensor) -> bool:
     return interpreting() and t.dtype == torch.bfloat16
 
 
-def _check_mask_size(m: int, k: int, kernel: str = "mask") -> None:
+def _check_offsets(m: int, k: int, kernel: str = "mask") -> None:
     """A TritonKernelError (so --kernels auto moves the trial to the torch path) where int32 offsets would wrap."""
-    if m * k > MAX_MASK_ELEMENTS:
+    if m * k > MAX_OFFSET_ELEMENTS:
         raise TritonKernelError(f"triton kernel {kernel}: its offsets are int32, so M x width must be <= "
-                                f"{MAX_MASK_ELEMENTS}, got {m} x {k} (a micro-batch of {m} tokens)")
+                                f"{MAX_OFFSET_ELEMENTS}, got {m} x {k} (a micro-batch of {m} tokens)")
 
 
 def dropout_mask(seed: int, shape: tuple[int, int], p: float, device, backend: str = "torch") -> torch.Tensor:
@@ -259,7 +259,7 @@ def dropout_mask(seed: int, shape: tuple[int, int], p: float, device, backend: s
     if backend == "torch":
         keep, scale = torch_keep(seed, shape, p, device)
         return keep.float() * scale if keep is not None else torch.ones((m, k), device=device)
-    _check_mask_size(m, k)
+    _check_offsets(m, k)
     out = torch.empty((m, k), device=device, dtype=torch.float32)
     grid = (_cdiv(m, BLOCK_M), _cdiv(k, BLOCK_K))
     _launch("mask", grid, out, m, k, seed, p, 1.0 / (1.0 - p), BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K)
@@ -324,7 +324,7 @@ def lora_down(x2: torch.Tensor, a: torch.Tensor, seed: int, p: float, backend: s
     if backend == "torch":
         return torch_down(x2, a, *torch_keep(seed, x2.shape, p, x2.device))[0]
     m, k = x2.shape
-    _check_mask_size(m, k, "down")
+    _check_offsets(m, k, "down")
     s = torch.empty((m, a.shape[0]), device=x2.device, dtype=torch.float32)
     for cols in _r_blocks(a.shape[0], "down", x2.dtype):
         a_c, s_c = a[cols], s[:, cols]
@@ -354,7 +354,7 @@ def lora_grad_out(
             ds = ds_out
         return ds, (g2.t() @ s.to(g2.dtype)) * scaling
     m, n = g2.shape
-    _check_mask_size(m, n, "grad_out")
+    _check_offsets(m, n, "grad_out")
     ds = ds_out if ds_out is not None else torch.empty((m, b.shape[1]), device=g2.device, dtype=torch.float32)
     db = torch.zeros((n, b.shape[1]), device=g2.device, dtype=torch.float32)
     for cols in _r_blocks(b.shape[1], "grad_out", g2.dtype):
@@ -381,7 +381,7 @@ def lora_grad_in(
         keep, scale = torch_keep(seed, x2.shape, p, x2.device)
         return torch_grad_in(_masked(x2, keep), a, ds, dx, keep, scale)
     m, k = x2.shape
-    _check_mask_size(m, k, "grad_in")
+    _check_offsets(m, k, "grad_in")
     da = torch.zeros((a.shape[0], k), device=x2.device, dtype=torch.float32)
     dx_arg = dx if dx is not None else x2  # never written when HAS_DX is False
     for cols in _r_blocks(a.shape[0], "grad_in", x2.dtype):  # each block adds its share of dX in place

@@ -28,6 +28,11 @@ class GpuInfo:
     mig: bool = False
     uuid: str = ""  # "GPU-..." / "MIG-...": what CUDA_VISIBLE_DEVICES may name instead of the index
 
+    def named_by(self, visible: str) -> bool:
+        """Whether a CUDA_VISIBLE_DEVICES entry names this GPU: its index, or its UUID or a prefix of it (as CUDA
+        takes)."""
+        return visible == str(self.index) or (visible.startswith(("GPU-", "MIG-")) and self.uuid.startswith(visible))
+
 
 def _nvml() -> Any:
     import pynvml  # provided by nvidia-ml-py
@@ -169,5 +174,5 @@ def nvml_index(visible: str | None = None) -> int:
     if first.isdigit():
         return int(first)
     if first.startswith(("GPU-", "MIG-")):
-        return next((g.index for g in gpu_inventory() if g.uuid and g.uuid.startswith(first)), 0)  # CUDA takes a prefix
+        return next((g.index for g in gpu_inventory() if g.named_by(first)), 0)
     return 0

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moopt.records import TrialState
+from moopt.records import FALLBACK, TrialState
 from moopt.report.plots import BASE_STYLE, axis_label, legend_below, pyplot, save_figure
 from moopt.report.table import StudyData, base_metrics, printed_name
 from moopt.search.objectives import KNOWN
@@ -531,7 +531,7 @@ def kernel_notes(data: StudyData) -> list[str]:
     if "backend" not in t:
         return []
     ran = t.dropna(subset=["backend"])
-    failed = ran[ran["backend_reason"].astype("string").str.contains("triton failed", na=False)]
+    failed = ran[ran["backend_reason"].astype("string").str.contains(FALLBACK, regex=False, na=False)]
     if ran.backend.nunique() < 2 and failed.empty:
         return []
     out = [f"LoRA kernels: {b} in trial(s) {', '.join(map(str, rows.number))}" for b, rows in ran.groupby("backend")]

@@ -278,21 +278,20 @@ class Engine:
                 if keep:
                     self.pending, self.results = pop[keep], {}
                     return [dict(ind.X) for ind in self.pending]
-        return self._ask_random()
+        # the rest of a small discrete space: NSGA-II's mating rarely finds its last few
+        pop = self._random_new(self.pop_size, RANDOM_TRIES) if hasattr(self, "arch_X") else None
+        if pop is None:
+            return []
+        self.pending, self.results = pop, {}
+        return [dict(ind.X) for ind in pop]
 
-    def _ask_random(self) -> list[dict[str, Any]]:
-        """Up to pop_size configurations never tried, drawn at random (the rest of a small discrete space: NSGA-II's
-        mating rarely finds its last few); [] when none turns up in RANDOM_TRIES draws."""
+    def _random_new(self, n: int, draws: int):
+        """Up to ``n`` configurations never tried (nor pending), from ``draws`` random ones; None when none is new."""
         from pymoo.core.mixed import MixedVariableSampling
 
-        if not hasattr(self, "arch_X"):
-            return []
-        cand = self._snap(MixedVariableSampling().do(self.problem, RANDOM_TRIES, random_state=self.rng))
-        keep = self._new(cand)[0][: self.pop_size]
-        if not keep:
-            return []
-        self.pending, self.results = cand[keep], {}
-        return [dict(ind.X) for ind in self.pending]
+        cand = self._snap(MixedVariableSampling().do(self.problem, draws, random_state=self.rng))
+        keep = self._new(cand)[0][:n]
+        return cand[keep] if keep else None
 
     def tell_one(self, index: int, F: np.ndarray, G: float | np.ndarray, F_surrogate: np.ndarray | None = None) -> None:
         """NSGA-II is told (F, G) (G: one value per constraint); the surrogate learns ``F_surrogate`` when
@@ -501,7 +500,6 @@ class Engine:
         did worse in benchmarks/bench_parallel_sim.py (12 trials: wall time 0.91x of waiting against
         0.85x, mean hypervolume change +6.2% against +6.8%; 30 trials: 0.94x against 0.88x, +0.5%
         against +0.9%), so there is no cap."""
-        from pymoo.core.mixed import MixedVariableSampling
         from pymoo.core.population import Population
 
         if self.pending is None or k < 1:
@@ -510,9 +508,7 @@ class Engine:
         if getattr(self, "surrogate", False) and len(self.arch_X) + len(self.results) >= MIN_SURROGATE:
             off = self._ask_assisted(k)
         elif parents is None or not len(parents):  # the first generation, too few told: random, as the rest of it
-            cand = self._snap(MixedVariableSampling().do(self.problem, 4 * k, random_state=self.rng))
-            keep = self._new(cand)[0][:k]
-            off = Population.new(X=np.array([dict(cand[i].X) for i in keep], dtype=object)) if keep else None
+            off = self._random_new(k, 4 * k)
         else:
             off = None
         if off is None or not len(off):

@@ -213,13 +213,8 @@ def _gpu_capacities() -> list[tuple[str, float]]:
         gpus = gpu_inventory()
     except Exception:
         return []
-    out = []
-    for i in ids:
-        gib = next((g.total_bytes / 2**30 for g in gpus
-                    if str(g.index) == i or (i.startswith(("GPU-", "MIG-")) and g.uuid.startswith(i))), None)
-        if gib is not None:
-            out.append((i, gib))
-    return out
+    named = {i: next((g for g in gpus if g.named_by(i)), None) for i in ids}
+    return [(i, g.total_bytes / 2**30) for i, g in named.items() if g is not None]
 
 
 def _visible_gpus() -> list[str]:

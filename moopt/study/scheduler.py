@@ -33,7 +33,7 @@ import numpy as np
 
 from moopt.config import TrialConfig
 from moopt.journal import JOURNAL, RESUME_SETTINGS, Journal, replay
-from moopt.records import NOT_TRAINED, TrialResult, TrialSpec, TrialState
+from moopt.records import FALLBACK, NOT_TRAINED, TrialResult, TrialSpec, TrialState
 from moopt.search.engine import FAILED_F, Engine
 from moopt.search.objectives import Objectives
 from moopt.search.pruner import RungPruner, rung_fractions
@@ -476,7 +476,7 @@ class Study:
         extra = f" ({res.error})" if res.error else ""
         self.console.print(f"Trial {res.number} [{colour}]{res.state}[/] in {res.duration_s:.0f}s:"
                            + (f" {vals}{extra}" if vals else extra))
-        if "triton failed" in (res.backend_reason or ""):  # its speed and memory are the torch path's: say so
+        if FALLBACK in (res.backend_reason or ""):  # its speed and memory are the torch path's: say so
             self.console.print(f"  Trial {res.number} fell back to the torch path: {res.backend_reason}", markup=False,
                                highlight=False)
         return res

@@ -22,7 +22,7 @@ import torch
 from moopt.config import EAGER_MAX_TOKENS, TrialConfig, attention_implementation, resolve_dtype
 from moopt.memory.measure import is_out_of_memory, peak_memory_gb, reset_peak
 from moopt.memory.rss import trim_heap_if_steady
-from moopt.records import TIME_BUDGET_CUT, TrialResult, TrialSpec, TrialState
+from moopt.records import FALLBACK, TIME_BUDGET_CUT, TrialResult, TrialSpec, TrialState
 from moopt.search.pruner import rung_eval_size
 from moopt.train.data import TokenizedSet, collate, micro_batches, n_micro_batches, subset, tokenize_file
 from moopt.train.models import import_bitsandbytes_offline, no_transformers_bars
@@ -395,7 +395,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
                 set_lora_backend(model, "torch")
                 result.backend = "torch"
                 ran = f" after {step} step{'s' if step != 1 else ''} on triton" if step else ""
-                result.backend_reason = f"--kernels auto: triton failed {where}{ran}, torch from there on: {e}"
+                result.backend_reason = f"{FALLBACK} {where}{ran}, torch from there on: {e}"
                 warnings.warn(result.backend_reason, RuntimeWarning, stacklevel=2)
                 opt.zero_grad(set_to_none=True)
                 return fn()
