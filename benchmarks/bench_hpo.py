@@ -1,11 +1,11 @@
 """Search quality: hypervolume vs trials of moopt's Engine against Optuna's NSGA-II and TPE and random search.
 
-    python benchmarks/bench_hpo.py            # full: 13 problems x 60 seeds x 5 providers x 30 trials (~6 min)
+    python benchmarks/bench_hpo.py            # full: 13 problems x 60 seeds x 6 providers x 30 trials (~20 min)
     python benchmarks/bench_hpo.py --quick    # smoke test: 2 problems x 2 seeds
     python benchmarks/bench_hpo.py --plot-only  # redraw the PNG and the summary from the CSV
     python benchmarks/bench_hpo.py --problems hpolib nb201 hpobench nb201-c100 hpolib-protein hpolib-naval \
-        hpobench-segment hpobench-kc1 hpobench-australian --providers moopt optuna-tpe --seeds 200 \
-        --overhead-trials 0 --out benchmarks/results/hpo_tables_200   # the tables, 200 seeds (~20 min)
+        hpobench-segment hpobench-kc1 hpobench-australian --providers moopt moopt-lora optuna-tpe \
+        --seeds 200 --overhead-trials 0 --out benchmarks/results/hpo_tables_200   # the tables, 200 seeds (~30 min)
 
 Problems (all offline, all minimised):
 - pymoo's ZDT1, ZDT2 (6 variables), DTLZ2 (3 objectives, 5 variables), OSY (6 variables, 6 inequality
@@ -19,6 +19,12 @@ moopt is measured through its real code path: each problem variable is a paramet
 by `parse_space` over an existing TrialConfig field (continuous -> `uniform`/`log_uniform` on a LoRA-sized
 range, mapped linearly in the engine's encoding onto the problem's bounds; categorical/int -> `categorical`
 over the values 1..k, with `ordered: false` where the table's options are names, as a user's file would say).
+Those fields are only where the variables sit: a table's depth or width is not a batch size or a LoRA rank. The
+engine's LoRA features (``moopt.search.engine.LORA_FEATURES``: lr * alpha / sqrt(r), epochs / batch, their
+product; its surrogate's trend and its first population's spread read them) are a prior on what those fields do
+to a LoRA trial, so provider ``moopt`` runs the engine with them off (``Engine(lora_features=False)``, as on a
+space that searches none of the fields they read), and ``moopt-lora`` with them on, reading the tables'
+variables as the LoRA fields they stand on: the cost of a prior that is wrong for the problem.
 The Engine proposes, `space.decode` builds the TrialConfig, the adapter reads the variables back and tells
 (F, G) like the study does: G = -1 on unconstrained problems (the study's trial that fits in memory), a
 configuration already evaluated is told its earlier result without spending a trial (moopt/study/scheduler.py's
@@ -62,7 +68,7 @@ from moopt.journal import Journal  # noqa: E402
 from moopt.search.engine import Engine  # noqa: E402
 from moopt.search.space import SearchSpace, parse_space  # noqa: E402
 
-PROVIDERS = ("moopt", "optuna-nsga2", "optuna-nsga2-p10", "optuna-tpe", "random")
+PROVIDERS = ("moopt", "moopt-lora", "optuna-nsga2", "optuna-nsga2-p10", "optuna-tpe", "random")
 BUDGETS = (10, 20, 30)
 
 # TrialConfig fields that carry a continuous problem variable, with LoRA-sized ranges (the engine
@@ -231,13 +237,15 @@ def expected_run(run: Run) -> Run:
 
 
 def run_moopt(prob: Problem, n_trials: int, seed: int, space: SearchSpace | None = None, cache: dict | None = None,
-              warm_start: list | None = None) -> Run:
+              warm_start: list | None = None, lora_features: bool = True) -> Run:
     """Drive the Engine as moopt/study/scheduler.py does (one slot). ``space``: another space over the problem's
     fields (a refined one); ``cache``: results known already (a configuration in it is told its result without
     counting, as the study reuses a finished trial's or takes an earlier study's over), filled as the run goes;
-    ``warm_start``: TrialConfigs for the first population, as --warm_start gives them."""
+    ``warm_start``: TrialConfigs for the first population, as --warm_start gives them; ``lora_features``: the
+    engine's LoRA features read the fields the variables stand on (provider ``moopt-lora``), or not (``moopt``)."""
     space = space or prob.space
-    eng = Engine(space, prob.n_obj, n_trials, seed, n_constr=max(prob.n_constr, 1), warm_start=warm_start)
+    eng = Engine(space, prob.n_obj, n_trials, seed, n_constr=max(prob.n_constr, 1), warm_start=warm_start,
+                 lora_features=lora_features)
     F, g, Fm, configs, dup, idle = [], [], [], [], 0, 0
     cache = {} if cache is None else cache
     while len(F) < n_trials and idle < 20:
@@ -310,7 +318,10 @@ def run_optuna(prob: Problem, n_trials: int, seed: int, provider: str) -> Run:
 def run_one(prob: Problem, provider: str, n_trials: int, seed: int) -> Run:
     prob.reseed(seed)  # tabular noise: the same stream of repeat draws for every provider
     t0 = time.perf_counter()
-    run = run_moopt(prob, n_trials, seed) if provider == "moopt" else run_optuna(prob, n_trials, seed, provider)
+    if provider.startswith("moopt"):
+        run = run_moopt(prob, n_trials, seed, lora_features=provider == "moopt-lora")
+    else:
+        run = run_optuna(prob, n_trials, seed, provider)
     run.seconds = time.perf_counter() - t0
     return run
 
@@ -473,16 +484,16 @@ def hv_table(rows: list[dict], what: str = "hypervolume") -> dict[tuple[str, str
     return out
 
 
-def tpe_cells_line(tab: dict, problems: list[str], budgets: list[int], label: str) -> str:
-    cells = [(q, b) for q in problems for b in budgets if (q, "moopt") in tab and (q, "optuna-tpe") in tab]
+def tpe_cells_line(tab: dict, problems: list[str], budgets: list[int], label: str, who: str = "moopt") -> str:
+    cells = [(q, b) for q in problems for b in budgets if (q, who) in tab and (q, "optuna-tpe") in tab]
     met = [(q, b) for q, b in cells
-           if statistics.median(tab[(q, "moopt")][b]) >= statistics.median(tab[(q, "optuna-tpe")][b])]
+           if statistics.median(tab[(q, who)][b]) >= statistics.median(tab[(q, "optuna-tpe")][b])]
     missed = []
     for q, b in cells:
         if (q, b) not in met:
-            lo, hi = median_gap_ci(tab[(q, "moopt")][b], tab[(q, "optuna-tpe")][b])
+            lo, hi = median_gap_ci(tab[(q, who)][b], tab[(q, "optuna-tpe")][b])
             missed.append(f"{q}@{b} (gap 95% CI {lo:+.4f} to {hi:+.4f})")
-    behind = sum(median_gap_ci(tab[(q, "moopt")][b], tab[(q, "optuna-tpe")][b])[1] < 0 for q, b in cells)
+    behind = sum(median_gap_ci(tab[(q, who)][b], tab[(q, "optuna-tpe")][b])[1] < 0 for q, b in cells)
     return (f"{label} >= Optuna TPE's in {len(met)} of {len(cells)} (problem, budget) cells"
             + (f"; below in: {', '.join(missed)}" if missed else "")
             + f"; TPE ahead beyond noise (the whole 95% CI of the gap below 0) in {behind}")
@@ -531,6 +542,9 @@ def summary(rows: list[dict]) -> str:
             verdict.append(f"{'>=' if ge else '< '} {p} (p={pval:.2f})")
         lines.append(f"{q:10s} moopt " + "; ".join(verdict))
     lines.append("\n" + tpe_cells_line(tab, problems, budgets, "moopt's median HV"))
+    if any(p == "moopt-lora" for _, p in tab):
+        lines.append(tpe_cells_line(tab, problems, budgets, "moopt-lora's (LoRA features reading the variables)",
+                                    who="moopt-lora"))
     tab_m = hv_table(rows, "hypervolume_expected")
     if tab_m:
         noisy = list(dict.fromkeys(p for p, _ in tab_m))
@@ -541,6 +555,8 @@ def summary(rows: list[dict]) -> str:
                      for p in providers]
             lines.append(f"{q:10s} " + " ".join(f"{c:>22s}" for c in cells))
         lines.append(tpe_cells_line(tab_m, noisy, budgets, "moopt's median expected HV"))
+        if any(p == "moopt-lora" for _, p in tab_m):
+            lines.append(tpe_cells_line(tab_m, noisy, budgets, "moopt-lora's median expected HV", who="moopt-lora"))
         lines.append(f"  (the same tables, observed draws: {tpe_cells_line(tab, noisy, budgets, 'moopt')})")
     for q in problems:  # constrained problems: a median of 0 means most runs found no feasible point in the box
         share = {p: np.mean([v > 0 for v in tab[(q, p)][n_max]]) for p in providers if (q, p) in tab}
@@ -564,7 +580,7 @@ def plot(rows: list[dict], path: Path) -> None:
     cols = min(4, len(problems))
     nrows = math.ceil(len(problems) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.2 * nrows), squeeze=False)
-    colors = dict(zip(PROVIDERS, ["C3", "C0", "C9", "C2", "C7"]))
+    colors = dict(zip(PROVIDERS, ["C3", "C1", "C0", "C9", "C2", "C7"]))
     for ax, q in zip(axes.flat, problems):
         for p in PROVIDERS:
             d = tab.get((q, p))

@@ -180,3 +180,18 @@ def test_the_first_population_spreads_the_lora_features_too(monkeypatch):
     (d_on, range_on), (d_off, range_off) = spread(True), spread(False)
     assert d_on < d_off
     assert range_on > range_off
+
+
+def test_without_lora_features_the_first_population_is_spread_over_the_parameters_only(monkeypatch):
+    """``lora_features=False`` (bench_hpo's provider moopt: variables that only sit on LoRA fields) keeps the
+    features out of the design as well as the surrogate: the same first population as a design judged over
+    the raw parameters, and another one than the engine's own, which spreads the features too."""
+    import moopt.search.engine as E
+
+    space = parse_space(SPACE)
+    pops = {}
+    for label, flag, features in (("off", True, False), ("raw", False, True), ("on", True, True)):
+        monkeypatch.setattr(E, "DESIGN_FEATURES", flag)
+        pops[label] = [[Engine(space, 2, 100, seed, lora_features=features).ask()] for seed in range(4)]
+    assert pops["off"] == pops["raw"]
+    assert pops["off"] != pops["on"]
