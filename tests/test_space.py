@@ -1,6 +1,7 @@
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from moopt.config import TrialConfig
@@ -132,6 +133,23 @@ def test_log_uniform_on_an_integer_parameter_draws_integers_on_a_log_scale(tmp_p
     assert cfg.lora.r == 16 and cfg.training.batch_size == 8  # the defaults, within both ranges
     assert sp.n_configurations() == 61 * 32
     assert TrialConfig.from_flat({"lora.r": r.decode(math.log(9.6))}).lora.r == 10
+
+
+def test_a_log_scale_integer_range_draws_its_ends_as_often_as_their_neighbours(tmp_path):
+    """Drawn uniformly over the engine's bounds, each integer's share is its whole rounding interval on the log
+    scale: r 64 about as often as 63 and r 4 a little more than 5 (log 4.5/3.5 against log 5.5/4.5). With the
+    bounds at log 4 and log 64 the ends got half their interval: 64 drawn ~0.5x as often as 63, 4 ~0.59x as 5."""
+    import collections
+
+    sp = load_space(write(tmp_path, "lora:\n  r: {type: log_uniform, min: 4, max: 64}\n"))
+    r = sp.params[0]
+    lo, hi = r.pymoo_var().bounds
+    rng = np.random.default_rng(0)
+    n = collections.Counter(r.decode(x) for x in rng.uniform(lo, hi, 200_000))
+    assert set(n) == set(range(4, 65))
+    assert 0.9 < n[64] / n[63] < 1.1
+    assert 1.1 < n[4] / n[5] < 1.4
+    assert r.decode(lo) == 4 and r.decode(hi) == 64 and r.decode(r.encode(64)) == 64
 
 
 def test_the_space_a_study_writes_back_reads_as_the_same_space(tmp_path):

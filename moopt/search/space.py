@@ -15,7 +15,8 @@ File layout (sections ``training``, ``lora``, ``data``, ``model``)::
 
 Parameters left out keep the defaults of :class:`moopt.config.TrialConfig`.
 Variables are encoded for pymoo as: log_uniform -> Real over log(value) (on an integer parameter such as
-lora.r or batch_size, rounded to the nearest integer: integers on a log scale); uniform -> Real;
+lora.r or batch_size, rounded to the nearest integer: integers on a log scale, the range's two ends with
+their whole rounding interval, as every other integer); uniform -> Real;
 int -> Integer over step indices; categorical -> Choice over option indices (so lists such as
 target_modules are hashable and duplicate elimination works).
 
@@ -102,6 +103,10 @@ class Param:
     def pymoo_var(self):
         from pymoo.core.variable import Choice, Integer, Real
 
+        if self.type == "log_uniform" and self.integer:
+            # each integer n decodes from log(n - 0.5) .. log(n + 0.5), the ends too: bounds at log(min) and
+            # log(max) gave min and max half of that, so they were drawn half as often as their neighbours
+            return Real(bounds=(math.log(self.low - 0.5), math.log(self.high + 0.5)))
         if self.type == "log_uniform":
             return Real(bounds=(math.log(self.low), math.log(self.high)))
         if self.type == "uniform":
