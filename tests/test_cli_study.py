@@ -72,6 +72,10 @@ def test_best_config_is_a_reusable_config_of_the_best_trial(study):
     cfg = load_trial_config(out / "best_config.yaml")  # sections training/lora/data parse back
     text = (out / "best_config.yaml").read_text()
     assert "num_train_epochs: 2\n" in text and f"alpha: {int(cfg.lora.alpha)}\n" in text  # not 2.0
+    # a copy kept elsewhere says what it was searched on: moopt train there cannot read the study's journal
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    assert len(header) == 3 and header[-1].endswith("--seed 42") and "--base_model " in header[-1]
+    assert "--train_file " in header[-1] and "--validation_file " in header[-1]
     df = pd.read_csv(out / "trials_summary.csv")
     best = df.loc[df[df.pareto].score.idxmax()]  # the weights pick one trial from the front
     assert bool(best.pareto)

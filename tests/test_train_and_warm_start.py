@@ -32,6 +32,9 @@ def test_train_final_model_reports_validation_and_test(tiny_model, tiny_data, tm
     assert r.exit_code == 0, r.output
     m = json.loads((out / "final_metrics.json").read_text())
     assert m["test"]["test_loss"] == m["validation"]["eval_loss"]  # same file as val and test: same figure
+    # what it trained from (a config outside a study's folder: the defaults, said on the console too)
+    assert m["seed"] == 42 and m["base_model"] == str(tiny_model) and m["train_file"] == str(tiny_data["train"])
+    assert "Seed: 42, the default (--config is not in a study's folder" in r.output
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert "test" in r.output and "validation" in r.output
     assert "loading model" in r.output and "Loading weights" not in r.output  # transformers' bar: moopt's line says it
@@ -199,7 +202,11 @@ def test_moopt_train_takes_the_studys_base_model_and_data_unless_given(tmp_path)
     assert kw == {"base_model": "org/model", "train_file": str(train), "validation_file": str(val), "seed": 42,
                   "kernels": "auto"}
     assert notes == ["Base model: org/model (the study's)", f"Training data: {train} (the study's)",
-                     f"Validation data: {val} (the study's)"]
+                     f"Validation data: {val} (the study's)", "Seed: 42, the default"]
+    # a best_config.yaml copied out of its study: the defaults it falls back on are said, not taken silently
+    kw = {"base_model": None, "train_file": str(train), "validation_file": str(val)}
+    away = " (--config is not in a study's folder, whose choices it would take)"
+    assert study_defaults(kw, {}) == [f"Base model: smollm2-135m, the default{away}", f"Seed: 42, the default{away}"]
     # the seed the study's trials trained with (a --seed 7 study's chosen trial is repeated), unless given
     seeded = {**header, "fingerprint": {**header["fingerprint"], "seed": 7}}
     kw = {"base_model": None, "train_file": None, "validation_file": None}

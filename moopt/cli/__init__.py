@@ -440,10 +440,10 @@ def study_defaults(kw: dict, header: dict) -> list[str]:
     the hyperparameters were searched for the study's. ConfigError where a file is neither given nor known."""
     notes = []
     searched = header.get("base_model")
+    away = "" if header else " (--config is not in a study's folder, whose choices it would take)"
     if kw["base_model"] is None:
         kw["base_model"] = searched or "smollm2-135m"
-        if searched:
-            notes.append(f"Base model: {searched} (the study's)")
+        notes.append(f"Base model: {searched} (the study's)" if searched else f"Base model: smollm2-135m, the default{away}")
     elif searched and kw["base_model"] != searched:
         notes.append(f"Note: the study searched these hyperparameters on {searched}; training on {kw['base_model']}")
     for f in ("train_file", "validation_file"):
@@ -460,8 +460,7 @@ def study_defaults(kw: dict, header: dict) -> list[str]:
     if kw.get("seed") is None:  # the seed the study's trials trained with, so that the chosen trial is repeated
         seed = (header.get("fingerprint") or {}).get("seed")
         kw["seed"] = 42 if seed is None else int(seed)
-        if seed is not None and int(seed) != 42:
-            notes.append(f"Seed: {seed} (the study's)")
+        notes.append(f"Seed: {seed} (the study's)" if seed is not None else f"Seed: 42, the default{away}")
     if kw.get("kernels") is None:  # the study's LoRA kernel path: dropout masks differ between triton and torch
         kernels = (header.get("options") or {}).get("kernels")
         kw["kernels"] = kernels or "auto"

@@ -156,6 +156,10 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
                                             "test": {k: m[k] for _, _, k in rows} if tested else None,
                                             "study_validation": study_val,
                                             "relative_gap": gap, "warning": warning,
-                                            "peak_memory_gb": m.get("peak_memory_gb"), "adapter": str(out / "adapter")})
+                                            "peak_memory_gb": m.get("peak_memory_gb"), "adapter": str(out / "adapter"),
+                                            # what it trained from: with the config, enough to train it again
+                                            "base_model": kw["base_model"], "seed": kw["seed"], "kernels": kw["kernels"],
+                                            "train_file": os.path.abspath(kw["train_file"]),
+                                            "validation_file": os.path.abspath(kw["validation_file"])})
     console.print(f"Adapter (PEFT format): {out / 'adapter'}")
     return True

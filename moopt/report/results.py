@@ -24,9 +24,29 @@ from moopt.report.table import (
 )
 
 
+def best_config_header(data) -> str:
+    """best_config.yaml's opening comment: what it was searched on, so that a copy kept elsewhere (where ``moopt
+    train`` cannot read the study's journal, and falls back on its defaults) says what to pass to repeat it."""
+    import shlex
+
+    h = data.header
+    fp = h.get("fingerprint") or {}
+    seed = fp.get("seed", 42)
+    args = [f"--base_model {shlex.quote(h['base_model'])}"] if h.get("base_model") else []
+    args += [f"--{f} {shlex.quote(fp[f])}" for f in ("train_file", "validation_file") if fp.get(f)]
+    kernels = (h.get("options") or {}).get("kernels")
+    args += [f"--kernels {kernels}"] if kernels and kernels != "auto" else []  # dropout masks differ between paths
+    args.append(f"--seed {seed}")
+    return (f"# moopt: trial {data.best} of the study in this folder, searched on {h.get('base_model', '?')} with seed {seed}.\n"
+            "# Here, `moopt train --config best_config.yaml` takes the study's base model, data and seed; a copy kept\n"
+            f"# elsewhere repeats the trial with: {' '.join(args)}\n")
+
+
 def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> dict[str, Any]:
     """Write every result file; unless quiet, print the best configuration as the guide shows."""
-    from moopt.yamlio import atomic_write_text, write_yaml
+    import yaml
+
+    from moopt.yamlio import atomic_write_text
 
     out = Path(output_dir)
     data = load_study(out)
@@ -40,7 +60,7 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> 
                                "all_failed": bool(len(table)) and bool((table.state == TrialState.FAIL).all())}
     if data.best is not None:
         cfg = best_config(out, data.best)
-        write_yaml(out / "best_config.yaml", cfg)
+        atomic_write_text(out / "best_config.yaml", best_config_header(data) + yaml.safe_dump(cfg, sort_keys=False))
         summary["best_config"] = cfg
         row = table[table.number == data.best].iloc[0]
         summary["best_metrics"] = {n: float(row[f"values_{n}"]) for n in data.objectives.names}
