@@ -631,3 +631,32 @@ def test_a_trial_that_fell_back_to_torch_is_named_in_the_report(tmp_path):
     for t in trials:
         t["end"] = {"backend": "triton", "backend_reason": "--kernels auto: CUDA device and triton installed"}
     assert kernel_notes(load_study(write_fake_study(tmp_path / "same", trials))) == []
+
+
+def test_the_base_model_is_not_drawn_at_its_evaluation_peak_on_a_memory_axis(tmp_path, monkeypatch):
+    """multi:eval_loss,peak_memory_gb: the base model's peak is an evaluation's (no optimizer, no adapter
+    gradients), below every trial's, and the score starts memory elsewhere (the worst trial here). Drawn at it, the
+    base read as a model that beats every trial on memory: the plots and the report leave that coordinate out
+    and keep the base model's eval_loss (a line in the Pareto plot)."""
+    import moopt.report.plots as plots
+    from moopt.report.analysis import write_analysis
+    from moopt.report.html import _payload
+    from moopt.report.plots import plot_pareto
+    from moopt.report.table import base_metrics
+
+    out = write_fake_study(tmp_path / "s", synthetic_trials(8), objectives=("eval_loss", "peak_memory_gb"), weights=(0.5, 0.5))
+    (out / "baseline.json").write_text(json.dumps({"state": "COMPLETE",
+                                                   "metrics": {"eval_loss": 8.0, "eval_accuracy": 0.2, "peak_memory_gb": 0.3}}))
+    data = load_study(out)
+    assert data.score_start["peak_memory_gb"] > 1.0  # the worst trial's, not the base model's 0.3
+    assert base_metrics(data) == {"eval_loss": 8.0, "eval_accuracy": 0.2}
+    payload = _payload(data, write_analysis(out, data))
+    assert payload["base"] == {"values_eval_loss": 8.0}
+    drawn = []
+    legend = plots.legend_below
+    monkeypatch.setattr(plots, "legend_below", lambda fig, h, labels: (drawn.extend(labels), legend(fig, h, labels)))
+    plot_pareto(data, out / "pareto_front.png")
+    assert (out / "pareto_front.png").stat().st_size > 0
+    assert "base model (eval_loss)" in drawn and "base model" not in drawn  # a line at its loss, no point
+    # the trials it cannot draw are counted in the legend (synthetic_trials: trial 5 FAILs, with no metrics)
+    assert "not drawn (no metrics): 1 FAIL" in drawn

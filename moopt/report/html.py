@@ -119,7 +119,7 @@ def _best_section(data: StudyData, edges=()) -> str:
         return f"<section><h2>Best configuration</h2><p class='warn'>No trial completed; nothing to recommend.{cut}</p></section>"
     row = data.table[data.table.number == data.best].iloc[0]
     metrics = [(n, row[f"values_{n}"]) for n in data.objectives.names]
-    base = (data.baseline or {}).get("metrics") if (data.baseline or {}).get("state") == TrialState.COMPLETE else None
+    base = base_metrics(data)
     cells = "".join(
         f"<tr><th>{e(n)}</th><td>{_fmt(v)}</td><td class='muted'>{'' if not base or n not in base else 'base model ' + _fmt(base[n])}</td></tr>"
         for n, v in metrics)
@@ -260,7 +260,7 @@ def _payload(data: StudyData, analysis: Analysis) -> dict[str, Any]:
             "values": {a["key"]: _num(r.get(a["key"])) for a in axes},
             "params": {c[len("params_"):]: _plain(r[c]) for c in pts.columns if c.startswith("params_")},
         })
-    # the base model on the objectives' axes only (its peak memory is that of evaluation, not training)
+    # the base model on the objectives' axes only (base_metrics: not its peak memory, an evaluation's)
     base = {f"values_{n}": _num(v) for n, v in base_metrics(data).items() if n in names}
     return {"axes": axes, "default": default, "colours": STATE_COLOURS, "points": points, "base": base}
 

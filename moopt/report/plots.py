@@ -40,7 +40,8 @@ BASE_STYLE = {"c": "tab:purple", "lw": 1, "ls": "--"}  # the base model, in ever
 def axis_label(name: str) -> str:
     """``eval_loss (lower is better ←)``: the arrow points toward better, along x and along a
     y label (matplotlib turns the y label a quarter, so → reads as up)."""
-    return f"{name} ({'lower is better ←' if KNOWN[name][0] == 'minimize' else 'higher is better →'})"
+    unit = ", GiB" if name == "peak_memory_gb" else ""  # 1024**3 bytes, as every memory figure of moopt's
+    return f"{name} ({'lower is better ←' if KNOWN[name][0] == 'minimize' else 'higher is better →'}{unit})"
 
 
 def _scatter_states(ax, t: pd.DataFrame, x: str, y: str) -> None:
@@ -210,6 +211,9 @@ def plot_pareto(data: StudyData, path: Path) -> None:
                        label=f"chosen trial {data.best}", zorder=5)
         if a in base and b in base:
             ax.scatter([base[a]], [base[b]], s=80, marker="D", c="tab:purple", label="base model", zorder=4)
+        elif a in base or b in base:  # the other axis is one the base model has no training value for (memory)
+            line, name = (ax.axvline, a) if a in base else (ax.axhline, b)
+            line(base[name], **BASE_STYLE, label=f"base model ({name})")
         if k == 1:
             ax.set_xlim(*zoom[0])
             ax.set_ylim(*zoom[1])
@@ -226,6 +230,12 @@ def plot_pareto(data: StudyData, path: Path) -> None:
         ax.set_xlabel(axis_label(a))
         ax.set_ylabel(axis_label(b))
         ax.grid(alpha=0.3)
+    if len(t):  # trials without both values (INFEASIBLE untrained, FAIL) are not points: say how many, as the report does
+        vals = t[[xa, yb]].apply(pd.to_numeric, errors="coerce")
+        left = t[~np.isfinite(vals).all(axis=1) & (t.state != "RUNNING")]
+        if len(left):
+            counts = ", ".join(f"{n} {s}" for s, n in left.state.value_counts().sort_index().items())
+            axes[0][0].plot([], [], ls="none", label=f"not drawn (no metrics): {counts}")
     legend_below(fig, *axes[0][0].get_legend_handles_labels())
     save_figure(fig, path, plt)
 

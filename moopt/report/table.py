@@ -245,9 +245,13 @@ def least_infeasible_text(data: StudyData) -> str:
 
 
 def base_metrics(data: StudyData) -> dict[str, float]:
-    """The base model's metrics when its evaluation completed, else {}."""
+    """The base model's metrics when its evaluation completed, else {}; without its peak memory, which is an
+    evaluation's, not a training's (the score starts memory at --memory_constraint or the worst trial): drawn
+    beside the trials' peaks it read as a model that beats every trial on memory."""
     b = data.baseline or {}
-    return dict(b.get("metrics") or {}) if b.get("state") == TrialState.COMPLETE else {}
+    m = dict(b.get("metrics") or {}) if b.get("state") == TrialState.COMPLETE else {}
+    m.pop("peak_memory_gb", None)
+    return m
 
 
 def cut_by_time_ahead(data: StudyData) -> list[tuple[int, float, dict[str, float], str]]:
