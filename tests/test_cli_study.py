@@ -50,6 +50,20 @@ def study(tiny_model, tiny_data, space, tmp_path_factory):
     return out, r.output
 
 
+def test_each_trials_metrics_file_agrees_with_the_journal(study):
+    """trial_results/trial_N/metrics.json holds the study's record of the trial (times, configuration, state), not
+    the worker's with those fields empty, as trials_summary.csv and the journal do."""
+    import json
+
+    out, _ = study
+    ends = {e["number"]: e for e in map(json.loads, (out / "journal.jsonl").read_text().splitlines())
+            if e["type"] == "trial_end"}
+    for n, end in ends.items():
+        m = json.loads((out / "trial_results" / f"trial_{n}" / "metrics.json").read_text())
+        assert m["curve"] and m["datetime_start"] and m["duration_s"] is not None and m["config"], n
+        assert {k: m[k] for k in end if k != "type"} == {k: v for k, v in end.items() if k != "type"}, n
+
+
 def test_study_writes_the_guides_result_layout(study):
     out, output = study
     for name in ("best_config.yaml", "trials_summary.csv", "optimization_plot.png", "pareto_front.png", "journal.jsonl"):

@@ -123,6 +123,8 @@ def test_a_warm_started_study_on_the_same_model_and_data_takes_over_the_earlier_
         assert (b / "trial_results" / f"trial_{row.number}" / "log.txt").read_text().startswith(
             f"[moopt] trial {row.number}: taken over from {a} trial {int(old.number)}")
         assert f"Trial {row.number} COMPLETE (taken over from {a} trial {int(old.number)}: the same configuration" in r.output
+        m = json.loads((b / "trial_results" / f"trial_{row.number}" / "metrics.json").read_text())
+        assert (m["number"], m["taken_from"], m["warm"]) == (row.number, row.taken_from, False) and m["curve"]
     assert f"of them taken over from {a} with their results, not trained again" in r.output
     assert "taken over from</th>" in (b / "report.html").read_text()
     # --resume counts the trials trained, and takes over nothing twice; it says when torch changed since (here faked)

@@ -471,6 +471,7 @@ class Study:
         res.duration_s = time.time() - trial.t0
         res.config, res.epochs = trial.config.to_dict(), trial.config.training.num_train_epochs
         self.journal.append(res)
+        self.sync_metrics_file(res)
         vals = "  ".join(f"{k}={m[k]:.4f}" for k in cfg.objectives.names if k in m)
         colour = {TrialState.COMPLETE: "green", TrialState.PRUNED: "yellow"}.get(res.state, "red")
         extra = f" ({res.error})" if res.error else ""
@@ -480,6 +481,21 @@ class Study:
             self.console.print(f"  Trial {res.number} fell back to the torch path: {res.backend_reason}", markup=False,
                                highlight=False)
         return res
+
+    def sync_metrics_file(self, res: TrialResult) -> None:
+        """The trial's metrics.json (its curves, written by the worker with the fields only the study fills left
+        empty: times, configuration, prune reason, take-over, a state the budget changed) takes the record the
+        study journaled, so that it agrees with trials_summary.csv and the journal."""
+        from dataclasses import asdict
+
+        from moopt.yamlio import write_json
+
+        path = self.trial_dir(res.number) / "metrics.json"
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, ValueError):  # no file (a trial that crashed before writing it): nothing to align
+            return
+        write_json(path, {**m, **asdict(res)})
 
     def hub_source(self) -> dict[str, str | None]:
         """A TrialSpec's hub_id and hub_revision: the repository and commit a hub model came from (its adapters name
@@ -532,13 +548,6 @@ class Study:
         if log.is_file():
             log.write_text(f"[moopt] trial {number}: taken over from {taken} (the same configuration, not trained "
                            f"again); what follows is that trial's log\n" + log.read_text(errors="replace"))
-        metrics = d / "metrics.json"
-        if metrics.is_file():  # the curves file names its trial
-            try:
-                m = json.loads(metrics.read_text())
-                metrics.write_text(json.dumps({**m, "number": number}))
-            except ValueError:
-                pass
         from moopt.yamlio import write_yaml
 
         write_yaml(d / "config.yaml", tcfg.to_dict())
@@ -549,6 +558,7 @@ class Study:
         res = replace(end, number=number, datetime_start=now, datetime_complete=now, duration_s=0.0,
                       config=tcfg.to_dict(), taken_from=taken, warm=False)
         self.journal.append(res)
+        self.sync_metrics_file(res)  # the copied file names this study's trial, and where it was taken from
         m = res.metrics
         vals = "  ".join(f"{k}={m[k]:.4f}" for k in self.cfg.objectives.names if k in m)
         self.console.print(f"Trial {number} [green]COMPLETE[/] (taken over from {taken}: the same configuration, "
