@@ -210,6 +210,30 @@ def test_a_probe_just_under_the_budget_is_not_proof_the_trial_stays_under(tiny_m
         assert (float(moved) > float(shown_budget)) == (verdict == "infeasible") == (op == ">"), d.reason
 
 
+def test_a_trial_stopped_early_does_not_lower_what_its_probe_measured(tiny_model, tmp_path, monkeypatch):
+    """A pruned (or time-cut, or failed) trial may stop before it meets the longest batch its probe ran: its
+    lower peak is a lower bound, not a measurement, so it does not replace the probe's pair (a later decision
+    on that configuration read "measured earlier" from it); a peak above the probe's does, as a whole trial's."""
+    cache = tmp_path / "cal.json"
+    t = trial(b=2)
+    est = MemoryGate(tiny_model, "cpu", "torch", 1.0, cache_path=cache).estimate_bytes(t)
+    monkeypatch.setattr(gate_mod, "probe_peak", lambda *a, **k: ProbeResult(int(est * 0.94), 0, 0, 0, 0, oom=False,
+                                                                            error=None, seconds=0.1))
+    gate = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=est / GIB, cache_path=cache)
+    assert gate.decide(t).probed
+
+    def stored():
+        entry = json.loads(cache.read_text())["entries"][gate.key(t)]
+        return [(p["source"], p["measured_bytes"]) for p in entry["probes"].values()]
+
+    gate.observe(t, int(est * 0.80), partial=True)  # pruned after a few short batches
+    assert stored() == [("probe", int(est * 0.94))]
+    gate.observe(t, int(est * 0.97), partial=True)  # stopped early, yet above its probe: that is evidence
+    assert stored() == [("trial", int(est * 0.97))]
+    gate.observe(t, int(est * 0.90))  # a whole trial's peak is the configuration's, whatever was stored
+    assert stored() == [("trial", int(est * 0.90))]
+
+
 def test_a_trial_seen_above_its_probe_widens_the_margin_for_its_key(tiny_model, tmp_path, monkeypatch):
     """The 5% is a prior: where a trial went further above its own probe, the next measured configuration of
     that (model, quantization, kernels) keeps that excess + 1% to spare; other keys keep the prior."""

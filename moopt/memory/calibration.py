@@ -214,12 +214,17 @@ PROBE_EXCESS_KEPT = 50
 
 
 def add_pair(entry: dict, fp: str, raw_estimate: int, measured: int, retries: int, seconds: float,
-              source: str = "probe") -> dict:
+              source: str = "probe", partial: bool = False) -> dict:
     """Store one (uncalibrated estimate, measured) pair and refit the key's calibration. A trained trial's
     peak replaces its probe's pair; how far it went above the probe is kept (``probe_excess``, the last
-    PROBE_EXCESS_KEPT), and widens the margin the gate leaves over a measured peak (estimate.measured_spread)."""
+    PROBE_EXCESS_KEPT), and widens the margin the gate leaves over a measured peak (estimate.measured_spread).
+    ``partial``: a trial stopped before its last step (pruned, cut by the time budget, failed), which may not
+    have met the longest batch its probe ran: its peak is a lower bound, stored only where it is above what is
+    known of the configuration (its probe's peak, else the uncalibrated estimate)."""
     probes = dict(entry.get("probes") or {})
     before = probes.get(fp) or {}
+    if partial and measured <= (before.get("measured_bytes") or raw_estimate):
+        return entry
     if source == "trial" and before.get("source") == "probe" and before.get("measured_bytes"):
         excess = measured / before["measured_bytes"] - 1
         entry = {**entry, "probe_excess": ([*(entry.get("probe_excess") or []), round(excess, 4)])[-PROBE_EXCESS_KEPT:]}

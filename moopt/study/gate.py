@@ -397,14 +397,16 @@ class MemoryGate:
         self.cache.update(key, lambda e: add_pair(e, fp, raw, res.peak_bytes, res.num_alloc_retries, res.seconds))
         return self._on_measurement(decision, entry, res.peak_bytes / GIB, True, "probe measured")
 
-    def observe(self, trial: TrialConfig, peak_bytes: int, oom: bool = False, shared: bool = False) -> None:
+    def observe(self, trial: TrialConfig, peak_bytes: int, oom: bool = False, shared: bool = False,
+                partial: bool = False) -> None:
         """A trained trial's measured peak (``peak_memory_gb``): a pair for the calibration; with
         ``oom`` the configuration is cached as infeasible and the calibration lifted so that its
         estimate is at least ``peak_bytes`` (the peak at the failure, a lower bound of its need).
         ``shared``: it ran out beside other trials on its GPU, whose memory may be what it lacked: the
         calibration is lifted as well, but the configuration is not ruled out; it is probed alone first. A
         shared OOM with no peak (the worker killed, as the kernel's OOM killer does) is kept too, so that it is
-        probed alone; an unshared one is not cached: a SIGKILL alone does not prove the configuration too large."""
+        probed alone; an unshared one is not cached: a SIGKILL alone does not prove the configuration too large.
+        ``partial``: the trial stopped before its last step; its peak is a lower bound (calibration.add_pair)."""
         if not peak_bytes or peak_bytes <= 0:
             if not (oom and shared):
                 return
@@ -416,7 +418,8 @@ class MemoryGate:
             if oom:
                 self.cache.update(key, lambda e: add_oom(e, fp, raw, int(peak_bytes), shared))
             else:
-                self.cache.update(key, lambda e: add_pair(e, fp, raw, int(peak_bytes), 0, 0.0, source="trial"))
+                self.cache.update(key, lambda e: add_pair(e, fp, raw, int(peak_bytes), 0, 0.0, source="trial",
+                                                          partial=partial))
         except (OSError, ValueError, ConfigError) as e:  # a study goes on without this calibration point
             print(f"memory gate: could not record trial peak ({e})", file=sys.stderr)
 

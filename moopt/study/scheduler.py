@@ -905,7 +905,7 @@ class Scheduler:
         self.view.ended(end)
         if self.gate is not None:  # each measured peak calibrates the gate; an OOM is never repeated (alone)
             self.gate.observe(trial.config, int(end.metrics.get("peak_memory_gb", 0) * 2**30), oom=end.oom,
-                              shared=shared)
+                              shared=shared, partial=end.steps < end.total_steps)
         self.study.completed(end)
         self.finished[res.number] = end
         if not self.decide_again(end):
