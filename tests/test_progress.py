@@ -110,6 +110,20 @@ def test_study_eta_goes_by_this_runs_pace_and_yields_to_the_time_budget():
     assert "to go" not in b.study_line()
 
 
+def test_trials_taken_over_count_beside_num_trials():
+    """--warm_start's take-overs are not trained and --num_trials does not count them: the line read "1/3, 2/4,
+    3/5, 4/6, 5/6, 6/6 trials done", a total that grew with each; now the trained ones against --num_trials."""
+    clock = Clock()
+    b = ProgressBoard(total=2, objective="eval_loss", clock=clock)
+    b.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_loss": 1.0}, taken_from="runs/a trial 3"), earlier=True)
+    assert b.study_line().startswith("Study: 0/2 trials done (+1 taken over), best eval_loss 1.0000 (trial 0)")
+    clock.t += 50
+    b.ended(TrialResult(number=1, state="COMPLETE", metrics={"eval_loss": 2.0}))
+    assert b.study_line().startswith("Study: 1/2 trials done (+1 taken over)") and "about 50s to go" in b.study_line()
+    b.ended(TrialResult(number=2, state="COMPLETE", metrics={"eval_loss": 2.0}))
+    assert b.study_line().startswith("Study: 2/2 trials done (+1 taken over)") and "to go" not in b.study_line()
+
+
 def test_no_pace_from_configurations_the_memory_gate_ruled_out():
     """Seen: "Study: 1/4 trials done, best value -, elapsed 0s, about 0s to go" after one INFEASIBLE (not
     trained) configuration: the gate's verdicts take no time, so they set no pace."""

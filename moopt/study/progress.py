@@ -85,6 +85,7 @@ class ProgressBoard:
         metrics. ``rescore`` (several objectives and no fixed start, e.g. --no-baseline): the scores of all COMPLETE
         trials' metrics at once, as the summary computes them (from the worst trial's values), after each end."""
         self.total, self.objective, self.minimize, self.done = total, objective, minimize, done
+        self.taken = 0  # ended trials --warm_start took over (not trained): counted beside --num_trials, not in it
         self.deadline, self.clock, self.score, self.shown = deadline, clock, score, shown
         self.rescore, self.complete = rescore, []  # [(trial, metrics)] of the COMPLETE trials, for rescore
         self.t0 = clock()
@@ -131,12 +132,14 @@ class ProgressBoard:
 
     def ended(self, end: TrialResult, earlier: bool = False) -> None:
         """A trial ended (any state): it leaves the board and counts as done; a COMPLETE one may be the best.
-        ``earlier``: it ended in an earlier run of a resumed study (not part of this run's pace)."""
+        ``earlier``: it ended in an earlier run of a resumed study (not part of this run's pace). A trial taken
+        over from --warm_start (``taken_from``) counts beside the total, as --num_trials does not count it."""
         with self.lock:
             self.trials.pop(end.number, None)
             self.gone.add(end.number)
             ran = not (end.error or "").startswith(NOT_TRAINED)
             self.done += 1
+            self.taken += bool(getattr(end, "taken_from", None))
             self.done_here += not earlier
             self.ran_here += ran and not earlier
             m = end.metrics or {}
@@ -163,7 +166,8 @@ class ProgressBoard:
     # -- lines -----------------------------------------------------------------------------------
     def study_line(self) -> str:
         now = self.clock()
-        parts = [f"Study: {self.done}/{self.total} trials done"]
+        parts = [f"Study: {self.done - self.taken}/{self.total} trials done"
+                 + (f" (+{self.taken} taken over)" if self.taken else "")]
         if self.score is not None or self.rescore is not None:  # the weighted score (rescore: without a base model)
             shown = ", ".join(f"{n} {self.best_metrics[n]:.4f}" for n in self.shown) if self.best else ""
             parts.append(f"best value {self.best[0]:.3f} (trial {self.best[1]}: {shown})" if self.best else "best value -")
@@ -184,7 +188,7 @@ class ProgressBoard:
         pruned trials as they came), but never less than a running trial's ETA. None before a trial of this
         run that ran has ended (the memory gate's INFEASIBLE ones take no time), unless every trial still to end
         is training."""
-        left = self.total - self.done
+        left = self.total - (self.done - self.taken)
         if left <= 0 or now <= self.t0:
             return None
         with self.lock:

@@ -746,8 +746,7 @@ class Study:
                     at, _ = score_start(objectives, baseline, header, table.max(), table.min())
                     F = np.array([objectives.to_minimize(m) for m in ms], dtype=float)
                     return [float(x) for x in objectives.score(F, objectives.to_minimize(at))]
-        taken = sum(bool(e.taken_from) for e in finished)  # --warm_start's, not trained: beyond --num_trials
-        board = ProgressBoard(total=self.cfg.num_trials + taken, objective=objectives.names[0], deadline=deadline,
+        board = ProgressBoard(total=self.cfg.num_trials, objective=objectives.names[0], deadline=deadline,
                               minimize=objectives.directions()[0] == "minimize", score=score, shown=objectives.names,
                               rescore=rescore)
         for end in finished:
@@ -982,7 +981,6 @@ class Scheduler:
         if key in self.known:  # the --warm_start study trained it on the same model and data: its result, at once
             number = number if number >= 0 else self.new_number()
             end = study.take_over(number, tcfg, x, self.known.pop(key))
-            self.view.board.total += 1  # --num_trials counts the trials trained: this one is not
             self.view.ended(end, earlier=True)
             study.completed(end)
             self.finished[number] = self.evaluated[key] = end
