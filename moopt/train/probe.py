@@ -292,6 +292,9 @@ def refused_by_cap(message: str, reserved: int, cap_bytes: int | None) -> bool:
 
 def main() -> int:
     """``python -m moopt.train.probe``: spec on stdin, one result line on stdout, then exit."""
+    from moopt.train.worker import die_with_parent
+
+    die_with_parent()  # a study killed (kill -9) mid-probe leaves no orphan holding memory beside its resumed run
     steady_heap_if_asked()
     proto = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # library prints go to stderr

@@ -109,8 +109,23 @@ def point_logs_at(path: Path) -> None:
     os.close(fd)
 
 
+def ignore_stop_signals() -> None:
+    """A stop meant for the study (SIGTERM from pkill or a job scheduler, SIGINT, SIGHUP) that reached this worker
+    first killed the trial, which the study then recorded as FAIL (worker killed by SIGTERM) and --resume did not
+    rerun. The study ends its workers itself (SIGKILL to their group; PR_SET_PDEATHSIG when it dies), so a worker
+    leaves these signals to it."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except (OSError, ValueError):
+            pass
+
+
 def main() -> int:
     die_with_parent()
+    ignore_stop_signals()
     from moopt.memory.rss import steady_heap_if_asked
 
     steady_heap_if_asked()  # before torch allocates anything
