@@ -236,14 +236,21 @@ def test_resume_does_not_rerun_finished_trials(tiny_model, tiny_data, space, tmp
     after = pd.read_csv(out / "trials_summary.csv")
     assert list(after.number) == [0, 1, 2, 3]
     assert list(after.datetime_start[:2]) == list(first.datetime_start)  # not rerun
-    # --resume with only the output folder: every option not given is the study's (not a time budget)
-    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume", "--num_trials", "5"])
+    # --resume with only the output folder: every option not given is the study's (not a time budget); the space
+    # from the study's own copy (the file it began with was edited here: refining a space means editing files)
+    original = space.read_text()
+    space.write_text(original.replace("max: 3e-2", "max: 9e-2"))
+    try:
+        r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume", "--num_trials", "5"])
+    finally:
+        space.write_text(original)
     assert r.exit_code == 0, r.output
     assert (f"Resuming with the study's --base_model {tiny_model}, --train_file {tiny_data['train']}, --validation_file "
-            f"{tiny_data['val']}, --search_space {space}, --no-baseline") in r.output
+            f"{tiny_data['val']}, --search_space {out / 'search_space.yaml'}, --no-baseline") in r.output
     assert list(pd.read_csv(out / "trials_summary.csv").number) == [0, 1, 2, 3, 4] and not (out / "baseline.json").exists()
     # what a resume changed is journaled ("settings") and said: the results go by this run's from now on
-    assert "Resumed with --num_trials 4 -> 5 (the study began with the first)" in r.output
+    assert "Resumed with --num_trials 4 -> 5 (the study had the first)" in r.output
+    assert "--search_space" not in r.output.split("Resumed with", 1)[1]  # the same space: not a change
     from moopt.journal import replay
 
     assert replay(out).header["num_trials"] == 5 and replay(out).header["options"]["num_trials"] == 5

@@ -184,6 +184,9 @@ def resume_defaults(kw: dict) -> list[str]:
         return []  # the study's own checks say what is wrong with it
     ctx = click.get_current_context()
     taken = []
+    own = Path(kw["output_dir"]) / "search_space.yaml"  # the study's own copy of the space it began with
+    if own.is_file() and recorded.get("search_space"):
+        recorded = {**recorded, "search_space": str(own)}  # the file it was read from may have been edited or moved since
     for k, v in recorded.items():
         if k in kw and k not in NOT_CARRIED and ctx.get_parameter_source(k) == ParameterSource.DEFAULT and kw[k] != v:
             kw[k] = v

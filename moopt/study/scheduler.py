@@ -381,7 +381,7 @@ class Study:
                         "memory_constraint_gb": "--memory_constraint"}
                 shown = [f"{said[k]} {_shown(record.header.get(k))} -> {_shown(v)}" for k, v in changed.items() if k in said]
                 if shown:
-                    self.console.print(f"Resumed with {'; '.join(shown)} (the study began with the first): the results "
+                    self.console.print(f"Resumed with {'; '.join(shown)} (the study had the first): the results "
                                        "use this run's from now on", markup=False, highlight=False)
         for r in record.rungs if record else []:  # what finished trials showed at each rung
             if r["number"] in record.finished:
