@@ -158,6 +158,20 @@ def test_an_interrupt_says_what_the_journal_kept_whichever_step_it_stopped(tmp_p
     said = kept_text(cfg)
     assert said.startswith("3 of 4 trials finished and kept (and 1 taken over from --warm_start)")
     assert f"every trial had finished: `moopt report {tmp_path}` writes the result files" in said
+    # a resumed study stopped mid-trial: the end's report is the earlier run's; a trial running and none finished
+    j = Journal(tmp_path)
+    j.append({"type": "settings", "num_trials": 6})
+    j.append({"type": "trial_start", "number": 4, "params": {}})
+    j.close()
+    (tmp_path / "report.html").write_text("<html>")
+    said = kept_text(cfg)
+    assert "running, will rerun: 4" in said and f"an earlier run's: `moopt report {tmp_path}` brings them up" in said
+    fresh = tmp_path / "fresh"
+    j = Journal(fresh)
+    j.append({"type": "study", "num_trials": 4})
+    j.append({"type": "trial_start", "number": 0, "params": {}})
+    j.close()
+    assert kept_text(SimpleNamespace(output_dir=str(fresh), num_trials=4)) == "no trial had finished; running, will rerun: 0."
 
 
 def test_the_printed_resume_command_runs_from_this_shell(tmp_path, monkeypatch):

@@ -146,15 +146,18 @@ def kept_text(cfg) -> str:
         rec = replay(cfg.output_dir)
     except (OSError, ValueError):
         rec = None
+    rerun = f"running, will rerun: {', '.join(map(str, rec.running))}" if rec is not None and rec.running else ""
     if rec is None or not rec.finished:
-        return "no trial had finished; nothing was kept."
+        return "no trial had finished" + (f"; {rerun}." if rerun else "; nothing was kept.")
     total = int(rec.header.get("num_trials") or cfg.num_trials)
     taken = sum(bool(e.taken_from) for e in rec.finished.values())
     text = f"{len(rec.finished) - taken} of {total} trials finished and kept"
     text += f" (and {taken} taken over from --warm_start)" if taken else ""
-    text += f"; running, will rerun: {', '.join(map(str, rec.running))}" if rec.running else ""
+    text += f"; {rerun}" if rerun else ""
     if len(rec.finished) >= total and not rec.running:  # stopped while the end's result files were being written
         text += f"; every trial had finished: `moopt report {cfg.output_dir}` writes the result files"
+    elif (Path(cfg.output_dir) / "report.html").is_file():  # written at an earlier run's end; the trials since are not in it
+        text += f"; report.html and the analysis are an earlier run's: `moopt report {cfg.output_dir}` brings them up to date"
     return text + "."
 
 
