@@ -1096,9 +1096,12 @@ class Scheduler:
         if record is not None and record.header:
             rerun = [n for n in record.running if n not in self.finished]
             taken = sum(bool(e.taken_from) for e in self.finished.values())
+            full = len(self.finished) - taken >= cfg.num_trials  # a lower --num_trials: nothing more runs
             study.console.print(f"Resuming {study.out}: {len(self.finished) - taken} of {cfg.num_trials} trials finished and kept"
                                 + (f" (and {taken} taken over from --warm_start)" if taken else "")
-                                + (f"; re-queued (were running): {', '.join(map(str, rerun))}" if rerun else ""))
+                                + (f"; re-queued (were running): {', '.join(map(str, rerun))}" if rerun and not full else "")
+                                + (f"; not rerun, --num_trials is reached (interrupted, they stay RUNNING in the results): "
+                                   f"{', '.join(map(str, rerun))}" if rerun and full else ""))
             began = record.header.get("training_code")  # (None: a study from before the record, nothing to compare)
             if record.finished and began is not None and (changed := training_code_changes(began)):
                 study.console.print(f"Note: since this study began, not the same {changed}: the trials trained from "
