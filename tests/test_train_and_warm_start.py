@@ -136,6 +136,7 @@ def test_a_warm_started_study_on_the_same_model_and_data_takes_over_the_earlier_
     assert r.exit_code == 0, r.output
     assert "Note: since this study began, not the same torch version (1.0 vs " in r.output
     assert f"2 of 3 trials finished and kept (and {len(taken)} taken over from --warm_start)" in r.output
+    assert f"Warm start from {a} on a resumed study: its configurations do not seed this study" in r.output
     third = pd.read_csv(b / "trials_summary.csv")
     assert third.taken_from.isna().sum() == 3 and third.taken_from.notna().sum() == len(taken)
     # another validation set (one example changed): nothing taken over, said once at the start

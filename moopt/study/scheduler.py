@@ -1093,6 +1093,13 @@ class Scheduler:
                        "none of its trials can be taken over (none COMPLETE on this kind of device in the same dtype)")
                     + _outside_text(cfg.space, seeds[:engine.pop_size]),
                     markup=False, highlight=False)
+            else:  # the engine comes from the study's checkpoint: its first generation was chosen when it began
+                study.console.print(
+                    f"Warm start from {cfg.warm_start} on a resumed study: its configurations do not seed this study "
+                    "(its first generation was chosen when it began); " + (
+                        f"any this study proposes again is taken over with its result ({len(self.known)} COMPLETE "
+                        "trials that can be)" if self.known else "none of its trials can be taken over" + (f": not the same {differ}" if differ else "")),
+                    markup=False, highlight=False)
         if record is not None and record.header:
             rerun = [n for n in record.running if n not in self.finished]
             taken = sum(bool(e.taken_from) for e in self.finished.values())
