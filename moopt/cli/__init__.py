@@ -405,8 +405,7 @@ def train(**kw) -> None:
         # final model trains on the hub commit that study searched on
         study_dir = study_of(kw["config"])[0]
         header = replay(study_dir).header if study_dir is not None else {}
-        for note in study_defaults(kw, header):
-            click.echo(note)
+        notes = study_defaults(kw, header)  # said once the input is checked: an error stays one line
         if not given:
             check_kernels(kw["kernels"])
         kw["base_model"] = recorded_name(kw["base_model"])
@@ -431,6 +430,8 @@ def train(**kw) -> None:
             require_completions(model_path, kw[f], cfg.data.max_seq_length if f == "train_file" else kw["eval_max_seq_length"])
     except ConfigError as e:
         fail(str(e))
+    for note in notes:
+        click.echo(note)
     for f in ("train_file", "validation_file") if kw["test_file"] else ():  # the test set: what the search never saw
         shared, n_test = shared_records(kw[f], kw["test_file"])
         if shared:
