@@ -251,6 +251,11 @@ def test_resume_does_not_rerun_finished_trials(tiny_model, tiny_data, space, tmp
     # what a resume changed is journaled ("settings") and said: the results go by this run's from now on
     assert "Resumed with --num_trials 4 -> 5 (the study had the first)" in r.output
     assert "--search_space" not in r.output.split("Resumed with", 1)[1]  # the same space: not a change
+    # another option changed on a resume is said too: from now on it is the study's (a later --resume takes it)
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume", "--num_trials", "5",
+                                  "--kernels", "torch"])
+    assert r.exit_code == 0, r.output
+    assert "Resumed with --kernels auto -> torch (the study had the first)" in r.output
     from moopt.journal import replay
 
     assert replay(out).header["num_trials"] == 5 and replay(out).header["options"]["num_trials"] == 5

@@ -380,6 +380,13 @@ class Study:
                 said = {"weights": "--optimization_weights", "num_trials": "--num_trials",
                         "memory_constraint_gb": "--memory_constraint"}
                 shown = [f"{said[k]} {_shown(record.header.get(k))} -> {_shown(v)}" for k, v in changed.items() if k in said]
+                # the other options a resume changed (pruning, kernels, slots, ...): from now on the study's, so said;
+                # not the ones shown above, nor files (their content is what the study checks: a copy may move)
+                was = record.header.get("options") or {}
+                quiet = ("num_trials", "optimization_weights", "memory_constraint", "base_model", "train_file",
+                         "validation_file", "search_space", "seed", "optimization_objective")
+                shown += [f"--{k} {_shown(was.get(k))} -> {_shown(v)}" for k, v in (changed.get("options") or {}).items()
+                          if k not in quiet and k in was and was.get(k) != v]
                 if shown:
                     self.console.print(f"Resumed with {'; '.join(shown)} (the study had the first): the results "
                                        "use this run's from now on", markup=False, highlight=False)
@@ -1132,7 +1139,11 @@ def _outside_text(space, seeds: list[TrialConfig]) -> str:
 
 def _shown(v: Any) -> str:
     """A journaled setting as a command line gives it: weights ``0.7,0.3``, no budget ``none``."""
-    return ",".join(f"{x:g}" for x in v) if isinstance(v, list) else "none" if v is None else f"{v:g}"
+    if isinstance(v, list):
+        return ",".join(f"{x:g}" for x in v)
+    if v is None or isinstance(v, (bool, str)):
+        return "none" if v is None else str(v).lower() if isinstance(v, bool) else v
+    return f"{v:g}"
 
 
 def _now() -> str:
