@@ -97,8 +97,9 @@ def atomic_write_with(path: str | Path, write: Callable[[str], None]) -> None:
         raise
 
 
-def write_yaml(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+def write_yaml(path: str | Path, data: Any, header: str = "") -> None:
+    """``header``: text put before the YAML (comment lines, each starting with #)."""
+    atomic_write_text(path, header + yaml.safe_dump(data, sort_keys=False))
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -44,6 +44,11 @@ def axis_label(name: str) -> str:
     return f"{name} ({'lower is better ←' if KNOWN[name][0] == 'minimize' else 'higher is better →'}{unit})"
 
 
+def _finite(t: pd.DataFrame, cols: list[str]) -> pd.Series:
+    """Rows with a finite value in each of ``cols`` (a point the plot can draw)."""
+    return np.isfinite(t[cols].apply(pd.to_numeric, errors="coerce")).all(axis=1)
+
+
 def _scatter_states(ax, t: pd.DataFrame, x: str, y: str) -> None:
     """Trials by state; PRUNED hollow (its values come from a rung, on part of the validation set)."""
     for state, (c, mk) in STATE_STYLE.items():
@@ -70,7 +75,7 @@ def plot_optimization(data: StudyData, path: Path) -> None:
     base = base_metrics(data)
     for ax, name in zip(axes[0], names):
         col = f"values_{name}"
-        finite = np.isfinite(pd.to_numeric(t[col], errors="coerce")) if len(t) else None
+        finite = _finite(t, [col]) if len(t) else None
         if len(t):
             _scatter_states(ax, t, "number", col)
             missing = t[~finite & (t.state != "RUNNING")]  # NaN, or an infinite loss
@@ -231,8 +236,7 @@ def plot_pareto(data: StudyData, path: Path) -> None:
         ax.set_ylabel(axis_label(b))
         ax.grid(alpha=0.3)
     if len(t):  # trials without both values (INFEASIBLE untrained, FAIL) are not points: say how many, as the report does
-        vals = t[[xa, yb]].apply(pd.to_numeric, errors="coerce")
-        left = t[~np.isfinite(vals).all(axis=1) & (t.state != "RUNNING")]
+        left = t[~_finite(t, [xa, yb]) & (t.state != "RUNNING")]
         if len(left):
             counts = ", ".join(f"{n} {s}" for s, n in left.state.value_counts().sort_index().items())
             axes[0][0].plot([], [], ls="none", label=f"not drawn (no metrics): {counts}")

@@ -44,9 +44,7 @@ def best_config_header(data) -> str:
 
 def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> dict[str, Any]:
     """Write every result file; unless quiet, print the best configuration as the guide shows."""
-    import yaml
-
-    from moopt.yamlio import atomic_write_text
+    from moopt.yamlio import atomic_write_text, write_yaml
 
     out = Path(output_dir)
     data = load_study(out)
@@ -60,7 +58,7 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> 
                                "all_failed": bool(len(table)) and bool((table.state == TrialState.FAIL).all())}
     if data.best is not None:
         cfg = best_config(out, data.best)
-        atomic_write_text(out / "best_config.yaml", best_config_header(data) + yaml.safe_dump(cfg, sort_keys=False))
+        write_yaml(out / "best_config.yaml", cfg, header=best_config_header(data))
         summary["best_config"] = cfg
         row = table[table.number == data.best].iloc[0]
         summary["best_metrics"] = {n: float(row[f"values_{n}"]) for n in data.objectives.names}

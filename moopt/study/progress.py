@@ -139,7 +139,7 @@ class ProgressBoard:
             self.gone.add(end.number)
             ran = not (end.error or "").startswith(NOT_TRAINED)
             self.done += 1
-            self.taken += bool(getattr(end, "taken_from", None))
+            self.taken += bool(end.taken_from)
             self.done_here += not earlier
             self.ran_here += ran and not earlier
             m = end.metrics or {}
