@@ -175,6 +175,10 @@ class TrialConfig:
         d["lora"]["target_modules"] = list(self.lora.target_modules)
         return d
 
+    def to_yaml(self) -> dict[str, dict[str, Any]]:
+        """:meth:`to_dict` as a person reads it in a config.yaml: whole epochs and alpha as integers (2, not 2.0)."""
+        return as_written(self.to_dict())
+
     @classmethod
     def from_flat(cls, values: dict[str, Any], base: "TrialConfig | None" = None) -> "TrialConfig":
         base = base or cls()
@@ -216,6 +220,19 @@ class TrialConfig:
         cfg = cls(**sections)
         check_trial(cfg, source)
         return cfg
+
+
+def as_written(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A configuration dict with whole epochs and alpha as integers (2, not 2.0), as every config.yaml and
+    best_config.yaml writes them (the journal keeps the floats it was given)."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    for section, name in (("training", "num_train_epochs"), ("lora", "alpha")):
+        v = cfg.get(section, {}).get(name)
+        if isinstance(v, float) and v.is_integer():
+            cfg[section][name] = int(v)
+    return cfg
 
 
 def coerce(section: str, key: str, value: Any, typ: Any) -> Any:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -122,7 +123,8 @@ def test_sigterm_ends_the_running_trials_keeps_what_finished_and_resume_complete
     rec = replay(out)
     assert rec.running, "the running trial has a start and no end: --resume reruns it"
     assert all(e.state != "FAIL" for e in rec.finished.values()), "a trial the stop reached first is not a FAIL"
-    assert (out / "trials_summary.csv").is_file()  # what finished is written
+    summary = pd.read_csv(out / "trials_summary.csv").set_index("number")  # what finished is written
+    assert set(summary.index[summary.state == "INTERRUPTED"]) == set(rec.running), "the stopped trial is not RUNNING"
     time.sleep(0.5)
     assert not [w for w in pids if os.path.exists(f"/proc/{w}")], "no worker outlives the study"
     r = CliRunner().invoke(main, [*args(tiny_model, tiny_data, out, space, 4), "--resume"])
@@ -197,3 +199,31 @@ def test_the_printed_resume_command_runs_from_this_shell(tmp_path, monkeypatch):
     assert program("/x/moopt/cli/__main__.py").endswith(" -m moopt.cli")
     assert program("scripts/run_hyperparameter_optimization.py").endswith(" scripts/run_hyperparameter_optimization.py")
     assert program("scripts/run_hyperparameter_optimization.py").split()[0] in ("python", sys.executable)
+
+
+def test_a_trial_with_no_end_is_running_while_the_study_lives_and_interrupted_once_it_stopped(tmp_path, holder):
+    """trials_summary.csv and report.html said RUNNING of the trial a Ctrl-C or kill stopped, days after: whether
+    it runs is whether a process holds the study's lock."""
+    from test_analysis import synthetic_trials, write_fake_study
+
+    from moopt.config import TrialConfig
+    from moopt.journal import Journal
+    from moopt.report.table import load_study
+    from moopt.yamlio import write_yaml
+
+    out = write_fake_study(tmp_path / "hpo", synthetic_trials(4))
+    for d in (out / "trial_results").iterdir():
+        write_yaml(d / "config.yaml", TrialConfig().to_yaml())
+    j = Journal(out)
+    j.append({"type": "trial_start", "number": 4, "datetime_start": "2026-01-01T00:05:00", "params": {}})
+    j.close()
+    r = CliRunner().invoke(main, ["report", str(out)])
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out / "trials_summary.csv").set_index("number")
+    assert df.loc[4, "state"] == "INTERRUPTED" and "INTERRUPTED" not in set(df.state.drop(4))
+    assert "1 INTERRUPTED" in r.output
+    owner = holder(out)  # the study runs in another process: its trial is running
+    assert load_study(out).table.set_index("number").loc[4, "state"] == "RUNNING"
+    owner.kill()
+    owner.wait()
+    assert load_study(out).table.set_index("number").loc[4, "state"] == "INTERRUPTED"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from moopt.records import TrialState
-from moopt.report.table import StudyData, base_metrics
+from moopt.report.table import UNFINISHED, StudyData, base_metrics
 from moopt.search.objectives import IDEAL, KNOWN
 
 STATE_STYLE = {  # colour, marker for plots
@@ -78,7 +78,7 @@ def plot_optimization(data: StudyData, path: Path) -> None:
         finite = _finite(t, [col]) if len(t) else None
         if len(t):
             _scatter_states(ax, t, "number", col)
-            missing = t[~finite & (t.state != "RUNNING")]  # NaN, or an infinite loss
+            missing = t[~finite & ~t.state.isin(UNFINISHED)]  # NaN, or an infinite loss
             if len(missing):  # FAIL (or no finite metric): a mark on the bottom edge at its trial number
                 ax.scatter(missing.number, [0.0] * len(missing), marker="x", c="tab:gray", clip_on=False, zorder=3,
                            transform=ax.get_xaxis_transform(),
@@ -236,7 +236,7 @@ def plot_pareto(data: StudyData, path: Path) -> None:
         ax.set_ylabel(axis_label(b))
         ax.grid(alpha=0.3)
     if len(t):  # trials without both values (INFEASIBLE untrained, FAIL) are not points: say how many, as the report does
-        left = t[~_finite(t, [xa, yb]) & (t.state != "RUNNING")]
+        left = t[~_finite(t, [xa, yb]) & ~t.state.isin(UNFINISHED)]
         if len(left):
             counts = ", ".join(f"{n} {s}" for s, n in left.state.value_counts().sort_index().items())
             axes[0][0].plot([], [], ls="none", label=f"not drawn (no metrics): {counts}")

@@ -12,6 +12,8 @@ from typing import Any
 from moopt.records import TIME_BUDGET_CUT, TrialState
 from moopt.report.plots import plot_optimization, plot_pareto
 from moopt.report.table import (
+    INTERRUPTED,
+    RUNNING,
     StudyData,
     best_config,
     cut_by_time_ahead,
@@ -42,12 +44,13 @@ def best_config_header(data) -> str:
             f"# elsewhere repeats the trial with: {' '.join(args)}\n")
 
 
-def write_results(output_dir: str | Path, quiet: bool = False, console=None) -> dict[str, Any]:
-    """Write every result file; unless quiet, print the best configuration as the guide shows."""
+def write_results(output_dir: str | Path, quiet: bool = False, console=None, stopped: bool | None = None) -> dict[str, Any]:
+    """Write every result file; unless quiet, print the best configuration as the guide shows. ``stopped``: the
+    study was stopped, its running trials are INTERRUPTED (load_study)."""
     from moopt.yamlio import atomic_write_text, write_yaml
 
     out = Path(output_dir)
-    data = load_study(out)
+    data = load_study(out, stopped)
     table = data.table
     csv = table.copy()
     csv["duration"] = csv["duration"].astype(str)
@@ -98,9 +101,12 @@ def _why_none_completed(table) -> str:
     infeasible = (table.state == TrialState.INFEASIBLE).sum()
     if infeasible:
         parts.append(f"{infeasible} infeasible under the memory budget")
-    running = (table.state == "RUNNING").sum()  # started, no end in the journal
+    running = (table.state == RUNNING).sum()  # started, no end in the journal, the study live
     if running:
-        parts.append(f"{running} not finished (still running, or the study was stopped)")
+        parts.append(f"{running} still running")
+    interrupted = (table.state == INTERRUPTED).sum()
+    if interrupted:
+        parts.append(f"{interrupted} interrupted (--resume reruns them)")
     return "; ".join(parts) or "see trial_results/*/log.txt"
 
 

@@ -18,6 +18,10 @@ from moopt.records import NOT_TRAINED, TIME_BUDGET_CUT, TrialState
 from moopt.search.objectives import KNOWN, Objectives
 from moopt.search.pareto import hypervolume, nondominated
 
+RUNNING = "RUNNING"  # a trial with a start and no end in the journal, of a study running now
+INTERRUPTED = "INTERRUPTED"  # the same, of a study that was stopped (Ctrl-C, SIGTERM, kill): --resume reruns it
+UNFINISHED = (RUNNING, INTERRUPTED)
+
 
 @dataclass
 class StudyData:
@@ -35,17 +39,24 @@ class StudyData:
     rungs: list[dict[str, Any]] = field(default_factory=list)  # the journal's rung events (number, rung, step, metrics)
 
 
-def load_study(output_dir: str | Path) -> StudyData:
+def load_study(output_dir: str | Path, stopped: bool | None = None) -> StudyData:
+    """``stopped``: whether a trial with no end was interrupted (INTERRUPTED) rather than running (RUNNING); by
+    default, whether no process holds the study's lock."""
     out = Path(output_dir)
     rec = replay(out)
     if not rec.header:
         raise FileNotFoundError(f"{out}: no study journal found")
+    if stopped is None:
+        from moopt.study.lock import is_live
+
+        stopped = not is_live(out)
+    unfinished = INTERRUPTED if stopped else RUNNING
     objectives = Objectives(tuple(rec.header["objectives"]), tuple(rec.header["weights"]))
     rows = []
     for n in sorted(rec.starts):
         s, e = rec.starts[n], rec.ends.get(n)
         m = (e.metrics if e else None) or {}
-        row: dict[str, Any] = {"number": n, "state": str(e.state) if e else "RUNNING"}
+        row: dict[str, Any] = {"number": n, "state": str(e.state) if e else unfinished}
         for name in objectives.names:
             row[f"values_{name}"] = m.get(name, np.nan)
         row["datetime_start"] = pd.Timestamp(s["datetime_start"])
@@ -159,9 +170,9 @@ def hypervolume_history(table: pd.DataFrame, objectives: Objectives, start: dict
     if not objectives.multi or not len(table):
         return HVHistory()
     if not start:  # no COMPLETE trial yet
-        return HVHistory([0.0] * int((table.state != "RUNNING").sum()))
+        return HVHistory([0.0] * int((~table.state.isin(UNFINISHED)).sum()))
     cols = [f"values_{n}" for n in objectives.names]
-    done = table[table.state != "RUNNING"].sort_values("datetime_complete", kind="stable")
+    done = table[~table.state.isin(UNFINISHED)].sort_values("datetime_complete", kind="stable")
     start_min = objectives.to_minimize(start)
     at_ideal = start_min <= objectives.ideal()  # nothing left to gain on it: full progress
 
@@ -180,9 +191,9 @@ def hypervolume_history(table: pd.DataFrame, objectives: Objectives, start: dict
 def best_config(output_dir: Path, number: int) -> dict[str, Any]:
     """The best trial's config.yaml, with whole epochs and alpha written as integers (2, not 2.0); the journal's copy
     (its trial_start) when the trial's folder was removed: the journal is the study's source of truth."""
-    import copy
-
     import yaml
+
+    from moopt.config import as_written
 
     path = Path(output_dir) / "trial_results" / f"trial_{number}" / "config.yaml"
     if path.is_file():
@@ -191,12 +202,8 @@ def best_config(output_dir: Path, number: int) -> dict[str, Any]:
         start = replay(output_dir).starts.get(number) or {}
         if "config" not in start:
             raise FileNotFoundError(f"{path}: not there, and the journal does not record trial {number}'s configuration")
-        cfg = copy.deepcopy(start["config"])
-    for section, name in (("training", "num_train_epochs"), ("lora", "alpha")):
-        v = cfg.get(section, {}).get(name)
-        if isinstance(v, float) and v.is_integer():
-            cfg[section][name] = int(v)
-    return cfg
+        cfg = start["config"]
+    return as_written(cfg)
 
 
 def searched(output_dir: Path) -> dict[str, list[str]]:

@@ -39,13 +39,13 @@ class Trimmed:
 def trim_adapters(output_dir: str | Path, keep: str, final: bool) -> Trimmed:
     """Remove the adapters ``keep`` does not keep, among trials the journal says have finished (a running
     trial's folder is never touched). ``final``: the study has ended (``best`` then keeps only the chosen)."""
-    from moopt.report.table import load_study
+    from moopt.report.table import UNFINISHED, load_study
 
     out = Path(output_dir)
     if keep not in KEEP_CHOICES:
         raise ValueError(f"keep_adapters: {keep!r} is not one of {', '.join(KEEP_CHOICES)}")
     data = load_study(out)
-    finished = [int(n) for n, s in zip(data.table.number, data.table.state) if s != "RUNNING"] if len(data.table) else []
+    finished = [int(n) for n, s in zip(data.table.number, data.table.state) if s not in UNFINISHED] if len(data.table) else []
     if keep == "all":
         wanted = set(finished)
     else:

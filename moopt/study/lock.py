@@ -80,6 +80,19 @@ class StudyLock:
         self.release()
 
 
+def is_live(output_dir: str | Path) -> bool:
+    """Whether a process (this one or another) holds the study's lock: a study running now. A stopped study's
+    started trials with no end were interrupted; a live one's are running."""
+    lock = StudyLock(output_dir)
+    if lock.path.resolve() in StudyLock.held:
+        return True
+    try:
+        lock.check()
+    except ConfigError:
+        return True
+    return False
+
+
 def _holder(fd: int) -> str:
     try:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")

@@ -410,7 +410,7 @@ class Study:
             self.journal.close()
             self.writer.close()
             if self.any_trial_started:
-                self.results(self.out, quiet=True)
+                self.results(self.out, quiet=True, stopped=True)
             raise Stopped(str(e) or "interrupted", finished=len(sched.finished), total=cfg.num_trials,
                           running=sorted(sched.running)) from None
         finally:
@@ -422,10 +422,11 @@ class Study:
         self.journal.close()
         return self.results(self.out, final=True)
 
-    def results(self, out: Path, quiet: bool = True, final: bool = False) -> dict[str, Any]:
+    def results(self, out: Path, quiet: bool = True, final: bool = False, stopped: bool = False) -> dict[str, Any]:
         """Write the result files (quiet: while the study runs), then drop the adapters --keep_adapters does
-        not keep; at the end, say what it removed."""
-        summary = self.write_results(out, quiet=quiet and not final)
+        not keep; at the end, say what it removed. ``stopped``: the study was stopped (its running trials are
+        INTERRUPTED in the files); at the end, a trial with no end is an earlier run's, interrupted, too."""
+        summary = self.write_results(out, quiet=quiet and not final, stopped=stopped or final)
         if self.cfg.keep_adapters != "all":
             from moopt.study.adapters import describe, trim_adapters
 
@@ -1114,7 +1115,7 @@ class Scheduler:
             study.console.print(f"Resuming {study.out}: {len(self.finished) - taken} of {cfg.num_trials} trials finished and kept"
                                 + (f" (and {taken} taken over from --warm_start)" if taken else "")
                                 + (f"; re-queued (were running): {', '.join(map(str, rerun))}" if rerun and not full else "")
-                                + (f"; not rerun, --num_trials is reached (interrupted, they stay RUNNING in the results): "
+                                + (f"; not rerun, --num_trials is reached (INTERRUPTED in the results): "
                                    f"{', '.join(map(str, rerun))}" if rerun and full else ""))
             began = record.header.get("training_code")  # (None: a study from before the record, nothing to compare)
             if record.finished and began is not None and (changed := training_code_changes(began)):
