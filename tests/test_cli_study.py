@@ -152,6 +152,8 @@ def test_trial_folder_has_config_metrics_curve_and_adapter(study):
     assert m["state"] == "COMPLETE" and math.isfinite(m["metrics"]["eval_loss"])
     assert len(m["curve"]) == m["steps"] > 0 and {"step", "train_loss", "lr"} <= set(m["curve"][0])
     assert (d / "config.yaml").is_file() and (d / "adapter" / "adapter_model.safetensors").is_file()
+    text = (d / "config.yaml").read_text()  # written as best_config.yaml is: the same numbers, no 2.0 beside its 2
+    assert "num_train_epochs: 2\n" in text and ("alpha: 8\n" in text or "alpha: 16\n" in text)
 
 
 def _with_adapter(out) -> set[int]:

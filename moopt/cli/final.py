@@ -106,7 +106,7 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     work = out / ATTEMPT
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    write_yaml(work / "config.yaml", cfg.to_dict())
+    write_yaml(work / "config.yaml", cfg.to_yaml())
     spec = TrialSpec(number=0, config=cfg, base_model=model_path, train_file=os.path.abspath(kw["train_file"]),
                      validation_file=os.path.abspath(kw["validation_file"]), output_dir=str(work), seed=kw["seed"],
                      kernels=kw["kernels"], test_file=os.path.abspath(kw["test_file"]) if kw.get("test_file") else None,

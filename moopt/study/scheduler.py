@@ -452,7 +452,7 @@ class Study:
         d = self.trial_dir(number)
         shutil.rmtree(d, ignore_errors=True)  # a re-queued trial starts clean
         self.pruner.forget(number)
-        write_yaml(d / "config.yaml", tcfg.to_dict())
+        write_yaml(d / "config.yaml", tcfg.to_yaml())
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
         self.console.print(f"Trial {number} started on {slot.device}: {shown or '(no parameter searched)'}")
         spec = TrialSpec(number=number, config=tcfg, base_model=cfg.model_path, train_file=os.path.abspath(cfg.train_file),
@@ -558,7 +558,7 @@ class Study:
                            f"again); what follows is that trial's log\n" + log.read_text(errors="replace"))
         from moopt.yamlio import write_yaml
 
-        write_yaml(d / "config.yaml", tcfg.to_dict())
+        write_yaml(d / "config.yaml", tcfg.to_yaml())
         for r in rungs:
             ev = {**r, "number": number}
             self.journal.append(ev)
@@ -583,7 +583,7 @@ class Study:
         d = self.trial_dir(number)
         from moopt.yamlio import write_yaml
 
-        write_yaml(d / "config.yaml", tcfg.to_dict())
+        write_yaml(d / "config.yaml", tcfg.to_yaml())
         end = TrialResult(number=number, state=TrialState.INFEASIBLE, metrics={"peak_memory_gb": peak},
                           error=f"{NOT_TRAINED}{decision.reason}", datetime_start=now, datetime_complete=_now(),
                           duration_s=0.0, config=tcfg.to_dict(), epochs=tcfg.training.num_train_epochs,
