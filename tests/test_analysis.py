@@ -126,6 +126,21 @@ def test_the_parameter_that_drives_the_objective_gets_the_top_share(study_dir):
     assert next(iter(imp)) == "learning_rate"
 
 
+def test_a_searched_parameter_with_one_value_in_every_trial_is_said_not_ranked(tmp_path):
+    """The console's list dropped a searched parameter every COMPLETE trial had the same value of, without a word:
+    a user read it as unimportant, though the study never told it apart."""
+    pytest.importorskip("optuna")
+    pytest.importorskip("sklearn")
+    trials = synthetic_trials(24)
+    for t in trials:
+        t["params"]["r"] = 8
+    out = write_fake_study(tmp_path / "s", trials)
+    imp = param_importance(load_study(out), "eval_loss", seed=0, output_dir=out)
+    assert "r" not in imp and imp.constant == ("r",)
+    text = format_importance(imp, rename=lambda k: f"lora_{k}" if k == "r" else k)
+    assert text.splitlines()[-1] == "(not ranked, one value in every one of these trials: lora_r)"
+
+
 def test_importance_only_uses_complete_trials_and_explains_why_when_too_few(tmp_path):
     trials = synthetic_trials(8)
     for t in trials[2:]:
@@ -222,7 +237,7 @@ def test_correlations_note_parameters_that_never_varied(tmp_path):
 # -- learning curves, Pareto points -----------------------------------------------------------------
 def test_learning_curves_include_pruned_and_failed_trials(study_dir):
     c = learning_curves(study_dir)
-    assert list(c.columns) == ["trial", "state", "step", "kind", "loss", "examples"]
+    assert list(c.columns) == ["trial", "state", "step", "epoch", "kind", "loss", "examples"]
     pruned = c[c.trial == 3]
     assert set(pruned.state) == {"PRUNED"}
     assert pruned[pruned.kind == "train"].step.tolist() == [1, 2, 3, 4, 5]

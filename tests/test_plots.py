@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 from test_analysis import TARGETS, write_fake_study
 
-from moopt.report.analysis import HIGHLIGHT, MUTED, correlations, curve_roles, learning_curves, write_analysis
+from moopt.report.analysis import (
+    HIGHLIGHT,
+    MUTED,
+    correlations,
+    curve_roles,
+    learning_curves,
+    plot_learning_curves,
+    write_analysis,
+)
 from moopt.report.plots import pareto_zoom, plot_optimization, plot_pareto
 from moopt.report.table import load_study
 
@@ -162,6 +170,37 @@ def test_learning_curves_record_how_many_validation_examples_each_eval_used(tmp_
     ev = c[c.kind == "eval"]
     assert ev.examples.tolist() == [8, 32, 8]
     assert c[c.kind == "train"].examples.isna().all()
+
+
+def test_learning_curves_put_trials_of_different_batch_sizes_on_one_epoch_axis(tmp_path, monkeypatch):
+    """Against optimizer steps a batch-16 trial's whole run ended where a batch-4 trial had done a quarter of its
+    epoch: the x-axis is epochs (passes over the training data); an evaluation sits at its step's epoch."""
+    from matplotlib.figure import Figure
+
+    out = write_fake_study(tmp_path / "s", [trial(3.0, 0.4), trial(2.0, 0.6)])
+    for n, steps in ((0, 40), (1, 10)):  # one epoch at batch 4, one at batch 16
+        f = out / "trial_results" / f"trial_{n}" / "metrics.json"
+        curve = [{"step": s, "epoch": round(s / steps, 4), "train_loss": 3.0 - s / steps, "lr": 1e-4} for s in range(1, steps + 1)]
+        f.write_text(json.dumps({**json.loads(f.read_text()), "curve": curve,
+                                 "evals": [{"step": steps // 2, "examples": 8, "eval_loss": 2.5},
+                                           {"step": steps, "examples": 32, "eval_loss": 2.0}]}))
+    c = learning_curves(out)
+    ends = c[c.kind == "train"].groupby("trial").epoch.max()
+    assert ends.tolist() == [1.0, 1.0]
+    assert c[c.kind == "eval"].epoch.tolist() == [0.5, 1.0, 0.5, 1.0]
+
+    drawn = {}
+    real = Figure.savefig
+
+    def keep(fig, *a, **k):
+        drawn["x"] = [ax.get_xlabel() for ax in fig.axes[:2]]
+        drawn["ends"] = sorted(max(line.get_xdata()) for line in fig.axes[0].get_lines() if len(line.get_xdata()) > 1)
+        return real(fig, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    plot_learning_curves(c, tmp_path / "lc.png", best=0)
+    assert drawn["x"] == ["epoch (passes over the training data)"] * 2
+    assert drawn["ends"] == [1.0, 1.0]
 
 
 def test_report_page_places_the_base_model_on_the_objectives_only(tmp_path):

@@ -23,7 +23,7 @@ import pandas as pd
 
 from moopt.records import FALLBACK, TrialState
 from moopt.report.plots import BASE_STYLE, axis_label, legend_below, pyplot, save_figure
-from moopt.report.table import StudyData, base_metrics, printed_name
+from moopt.report.table import UNFINISHED, StudyData, base_metrics, printed_name
 from moopt.search.objectives import KNOWN
 
 MIN_TRIALS = 3  # fANOVA on fewer COMPLETE trials says nothing
@@ -37,9 +37,11 @@ class Importance(dict):
     not be computed (too few trials, a constant target, optional dependencies missing)."""
 
     def __init__(self, shares: dict[str, float] | None = None, *, target: str, n_trials: int = 0,
-                 method: str = "fanova", reason: str | None = None, rung: int | None = None, n_complete: int | None = None):
+                 method: str = "fanova", reason: str | None = None, rung: int | None = None, n_complete: int | None = None,
+                 constant: tuple[str, ...] = ()):
         super().__init__(shares or {})
         self.target, self.n_trials, self.method, self.reason = target, n_trials, method, reason
+        self.constant = constant  # searched parameters that took one value in these trials: not ranked
         # rung: computed on the values the trials had at this pruning rung (0 = the first), because too few
         # trials COMPLETE; n_complete: how many did
         self.rung, self.n_complete = rung, n_complete
@@ -214,8 +216,9 @@ def param_importance(data: StudyData, target: str, seed: int = 0, output_dir: st
         return Importance(target=target, n_trials=n, reason=MISSING_DEPS, **basis)
 
     dists = _distributions(done, load_space_spec(output_dir))
-    # a parameter that took one value in these trials explains nothing (fANOVA would give it 0)
-    dists = {k: d for k, d in dists.items() if not d.single() and done[f"params_{k}"].nunique(dropna=True) > 1}
+    # a parameter that took one value in these trials explains nothing (fANOVA would give it 0): said, not ranked
+    constant = tuple(sorted(k for k, d in dists.items() if not d.single() and done[f"params_{k}"].nunique(dropna=True) <= 1))
+    dists = {k: d for k, d in dists.items() if not d.single() and k not in constant}
     if not dists:
         return Importance(target=target, n_trials=n, reason=f"no parameter varies across the {where}s", **basis)
     study = _optuna_study(done, y, dists, "minimize")  # direction does not matter for variance shares
@@ -227,7 +230,7 @@ def param_importance(data: StudyData, target: str, seed: int = 0, output_dir: st
     if not total or not np.isfinite(total):
         return Importance(target=target, n_trials=len(study.trials), reason="fANOVA found no explained variance", **basis)
     shares = {k: float(v) / total for k, v in sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))}
-    return Importance(shares, target=target, n_trials=len(study.trials), **basis)
+    return Importance(shares, target=target, n_trials=len(study.trials), constant=constant, **basis)
 
 
 def _optuna_study(done: pd.DataFrame, y, dists: dict, direction: str):
@@ -301,6 +304,8 @@ def format_importance(imp: Importance, top: int | None = None, rename=lambda k: 
     else:  # too few COMPLETE: the values at a pruning rung, which say what drove the early evaluations
         basis = (f"(fANOVA on {what}{imp.at}, {imp.n_trials} trials ({imp.n_complete} COMPLETE): "
                  f"what drove the early evaluations{'; too few to trust the order' if caution else ''})")
+    if imp.constant:  # searched, but every one of these trials had the same value: nothing to rank it by
+        basis += f"\n(not ranked, one value in every one of these trials: {', '.join(map(rename, imp.constant))})"
     return "\n".join(["Parameter Importance:", *lines, basis])
 
 
@@ -359,12 +364,13 @@ def _spearman(x: pd.Series, y: pd.Series) -> float:
 
 
 # -- learning curves ------------------------------------------------------------------------------
-CURVE_COLUMNS = ["trial", "state", "step", "kind", "loss", "examples"]
+CURVE_COLUMNS = ["trial", "state", "step", "epoch", "kind", "loss", "examples"]
 
 
 def learning_curves(output_dir: str | Path) -> pd.DataFrame:
-    """Long format, one row per point: trial, state, step, kind ("train" per optimizer step,
-    "eval" at each rung and at the end), loss, examples (validation examples of an eval point:
+    """Long format, one row per point: trial, state, step, epoch (passes over the training data at that step: what
+    trials of different batch sizes share), kind ("train" per optimizer step, "eval" at each rung and at the end),
+    loss, examples (validation examples of an eval point:
     rungs use a subset, so they can sit apart from the final eval; NaN for train points). Pruned
     and failed trials included: a pruned trial's last eval row is where it was stopped. State comes from the journal (which also
     knows INFEASIBLE), else from metrics.json."""
@@ -380,11 +386,16 @@ def learning_curves(output_dir: str | Path) -> pd.DataFrame:
         except (ValueError, json.JSONDecodeError):
             continue  # a baseline folder or a file being written
         state = str(ends[number].state) if number in ends else m.get("state", "RUNNING")
-        for p in m.get("curve") or []:
-            rows.append((number, state, int(p["step"]), "train", float(p["train_loss"]), np.nan))
+        curve = [p for p in m.get("curve") or [] if "step" in p]
+        steps = [int(p["step"]) for p in curve]
+        epochs = [float(p.get("epoch", np.nan)) for p in curve]
+        for p, s, e in zip(curve, steps, epochs):
+            rows.append((number, state, s, e, "train", float(p["train_loss"]), np.nan))
         for p in m.get("evals") or []:
-            if "eval_loss" in p:
-                rows.append((number, state, int(p["step"]), "eval", float(p["eval_loss"]), float(p.get("examples", np.nan))))
+            if "eval_loss" in p:  # an evaluation's epoch: that of its step on the training curve
+                e = float(np.interp(int(p["step"]), [0, *steps], [0.0, *epochs])) if steps else np.nan
+                rows.append((number, state, int(p["step"]), e, "eval", float(p["eval_loss"]),
+                             float(p.get("examples", np.nan))))
     df = pd.DataFrame(rows, columns=CURVE_COLUMNS)
     return df.sort_values(["trial", "kind", "step"], kind="stable").reset_index(drop=True)
 
@@ -401,7 +412,7 @@ def pareto_points(data: StudyData) -> pd.DataFrame:
             *[c for c in t.columns if c.startswith("params_")]]
     if not len(t):
         return pd.DataFrame(columns=[*keep, "plotted", "pareto", "best"])
-    pts = t[t.state != "RUNNING"].reindex(columns=keep).copy()
+    pts = t[~t.state.isin(UNFINISHED)].reindex(columns=keep).copy()
     pts["plotted"] = pts[obj].notna().all(axis=1) & np.isfinite(pts[obj].astype(float)).all(axis=1)
     pts["pareto"] = pts.number.isin(data.pareto)
     pts["best"] = pts.number == data.best if data.best is not None else False
@@ -667,7 +678,8 @@ def curve_roles(trials: list[int], best: int | None, pareto: list[int] | tuple[i
 
 def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = None,
                          pareto: list[int] | tuple[int, ...] = (), base_eval_loss: float | None = None) -> None:
-    """Train loss (left) and eval loss (right) against step, one line per trial: the chosen trial
+    """Train loss (left) and eval loss (right) against epoch (against step where a curve has no epoch), one line
+    per trial: trials of different batch sizes take different steps over the same data. The chosen trial
     and the Pareto front in colour and named in the legend, the others muted grey; line style by
     state (pruned dashed with an x where it was stopped). Eval points on part of the validation
     set (rungs) hollow; the base model's eval loss dashed purple."""
@@ -680,6 +692,7 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = No
     legend: dict[str, object] = {}  # label -> handle, one legend for both panels
     states_seen: set[str] = set()
     rung_evals = False
+    x = "epoch" if len(curves) and "epoch" in curves and curves.epoch.notna().all() else "step"
     for ax, kind in zip(axes, ("train", "eval")):
         sub = curves[curves.kind == kind] if len(curves) else curves
         for trial in order:
@@ -690,16 +703,16 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = No
             states_seen.add(state)
             colour, label = roles[trial]
             lit = colour != MUTED
-            ax.plot(g.step, g.loss, c=colour, ls=LINESTYLE.get(state, "-"), lw=(2.2 if trial == best else 1.6) if lit else 0.9,
+            ax.plot(g[x], g.loss, c=colour, ls=LINESTYLE.get(state, "-"), lw=(2.2 if trial == best else 1.6) if lit else 0.9,
                     alpha=1.0 if lit else 0.8, zorder=3 if lit else 2, label=label)
             if kind == "eval":
                 full = g.examples.max() if g.examples.notna().any() else np.nan
                 part = g.examples < full
-                ax.scatter(g.step[~part], g.loss[~part], c=colour, s=14 if lit else 8, zorder=4 if lit else 2)
-                ax.scatter(g.step[part], g.loss[part], facecolors="white", edgecolors=colour, s=18 if lit else 10,
+                ax.scatter(g[x][~part], g.loss[~part], c=colour, s=14 if lit else 8, zorder=4 if lit else 2)
+                ax.scatter(g[x][part], g.loss[part], facecolors="white", edgecolors=colour, s=18 if lit else 10,
                            zorder=4 if lit else 2)
             if state == TrialState.PRUNED:
-                ax.plot(g.step.iloc[-1], g.loss.iloc[-1], "x", c=colour if lit else "#999999",
+                ax.plot(g[x].iloc[-1], g.loss.iloc[-1], "x", c=colour if lit else "#999999",
                         ms=7 if lit else 5, mew=1.8 if lit else 1.2, zorder=4 if lit else 2)
         if kind == "eval" and base_eval_loss is not None and np.isfinite(base_eval_loss):
             ax.axhline(base_eval_loss, **BASE_STYLE, label="base model (no fine-tuning)")
@@ -708,7 +721,7 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = No
         legend.update({lb: h for h, lb in zip(*ax.get_legend_handles_labels())})
         if kind == "eval" and len(sub):
             rung_evals = bool((sub.examples < sub.groupby("trial").examples.transform("max")).any())
-        ax.set_xlabel("optimizer step")
+        ax.set_xlabel("epoch (passes over the training data)" if x == "epoch" else "optimizer step")
         ax.set_ylabel(f"{kind} loss (lower is better)")
         ax.set_title(f"{kind} loss" + (" (per optimizer step)" if kind == "train" else " (rungs and final)"), fontsize=10)
         ax.grid(alpha=0.3)
