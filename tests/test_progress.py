@@ -87,6 +87,9 @@ def test_study_line_counts_done_trials_keeps_the_best_and_the_time_left():
                               "to go, 54m58s left of the time budget")
     low = ProgressBoard(total=2, objective="eval_loss", clock=clock)
     assert low.study_line() == "Study: 0/2 trials done, best eval_loss -, elapsed 0s"
+    # the time budget's clock started before the base model's 2-minute evaluation: elapsed and left add up to it
+    late = ProgressBoard(total=2, objective="eval_loss", deadline=clock.t - 120 + 3600, began=clock.t - 120, clock=clock)
+    assert late.study_line() == "Study: 0/2 trials done, best eval_loss -, elapsed 2m00s, 58m00s left of the time budget"
     # a non-finite value is never the best (else no finite one could ever beat it)
     ppl = ProgressBoard(total=3, objective="eval_perplexity", clock=clock)
     ppl.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_perplexity": float("inf")}))

@@ -77,7 +77,7 @@ class ProgressBoard:
     """The state the progress view draws. Thread-safe: events arrive on executor threads."""
 
     def __init__(self, total: int = 0, objective: str | None = None, minimize: bool = True, done: int = 0,
-                 deadline: float | None = None, clock: Callable[[], float] = time.time,
+                 deadline: float | None = None, clock: Callable[[], float] = time.time, began: float | None = None,
                  score: Callable[[dict[str, float]], float] | None = None, shown: tuple[str, ...] = (),
                  rescore: Callable[[list[dict[str, float]]], list[float]] | None = None):
         """``objective``: the best trial is the one best on it. ``score`` (several objectives): the best trial
@@ -88,7 +88,8 @@ class ProgressBoard:
         self.taken = 0  # ended trials --warm_start took over (not trained): counted beside --num_trials, not in it
         self.deadline, self.clock, self.score, self.shown = deadline, clock, score, shown
         self.rescore, self.complete = rescore, []  # [(trial, metrics)] of the COMPLETE trials, for rescore
-        self.t0 = clock()
+        self.t0 = clock()  # the pace (eta_s) counts from here
+        self.began = self.t0 if began is None else began  # "elapsed": from where the time budget's clock starts
         self.best: tuple[float, int] | None = None  # (value of the objective, or score; trial)
         self.best_metrics: dict[str, float] = {}
         self.done_here = 0  # trials that ended in this run (a resumed study's earlier ones excluded): the pace
@@ -174,7 +175,7 @@ class ProgressBoard:
         elif self.objective:
             parts.append(f"best {self.objective} {self.best[0]:.4f} (trial {self.best[1]})" if self.best
                          else f"best {self.objective} -")
-        parts.append(f"elapsed {fmt_duration(now - self.t0)}")
+        parts.append(f"elapsed {fmt_duration(now - self.began)}")
         left = self.eta_s(now)
         if left is not None and (self.deadline is None or left < self.deadline - now):
             parts.append(f"about {fmt_duration(left)} to go")

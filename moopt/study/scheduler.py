@@ -724,8 +724,9 @@ class Study:
         else:
             self.console.print(f"[red]Base model evaluation failed:[/] {res.error}")
 
-    def progress(self, finished, deadline: float | None):
-        """The live progress view (moopt.study.progress): live on a terminal, plain lines in a log."""
+    def progress(self, finished, deadline: float | None, began: float | None = None):
+        """The live progress view (moopt.study.progress): live on a terminal, plain lines in a log. ``began``: when
+        the time budget's clock started (the base model's evaluation counts), what "elapsed" counts from."""
         from moopt.study.progress import ProgressBoard, ProgressView
 
         objectives = self.cfg.objectives
@@ -754,7 +755,7 @@ class Study:
                     at, _ = score_start(objectives, baseline, header, table.max(), table.min())
                     F = np.array([objectives.to_minimize(m) for m in ms], dtype=float)
                     return [float(x) for x in objectives.score(F, objectives.to_minimize(at))]
-        board = ProgressBoard(total=self.cfg.num_trials, objective=objectives.names[0], deadline=deadline,
+        board = ProgressBoard(total=self.cfg.num_trials, objective=objectives.names[0], deadline=deadline, began=began,
                               minimize=objectives.directions()[0] == "minimize", score=score, shown=objectives.names,
                               rescore=rescore)
         for end in finished:
@@ -806,7 +807,8 @@ class Scheduler:
         self.next_number = 0
         self.stop_note: str | None = None  # why no more trials start (time budget, space exhausted)
         self.reused_in_row = 0  # proposals in a row that were tried already (re-told, no trial): the space is spent
-        self.deadline = time.time() + cfg.time_budget_hours * 3600 if cfg.time_budget_hours else None
+        self.began = time.time()  # the time budget counts from here, the base model's evaluation included
+        self.deadline = self.began + cfg.time_budget_hours * 3600 if cfg.time_budget_hours else None
         # Ray's trials run where the cluster has room (this machine may be a head node without GPUs); local ones here
         nodes = getattr(executor, "nodes", None)
         if callable(nodes):
@@ -932,7 +934,7 @@ class Scheduler:
         """Until every trial has run (or a stop note says why not): fill the free slots, wait for a result."""
         from moopt.study.executor import wait_for_any
 
-        with self.study.progress(self.finished.values(), self.deadline) as view:
+        with self.study.progress(self.finished.values(), self.deadline, self.began) as view:
             self.view = self.study.progress_view = view
             while True:
                 self.fill_slots()
