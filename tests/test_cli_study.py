@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from moopt.cli import main
 from moopt.config import load_trial_config
+from moopt.journal import replay
 
 SPACE = """
 training:
@@ -258,8 +259,15 @@ def test_resume_does_not_rerun_finished_trials(tiny_model, tiny_data, space, tmp
                                   "--kernels", "torch"])
     assert r.exit_code == 0, r.output
     assert "Resumed with --kernels auto -> torch (the study had the first)" in r.output
-    from moopt.journal import replay
-
+    # a resume that keeps fewer adapters says it removes the earlier run's
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume", "--num_trials", "5",
+                                  "--keep_adapters", "best"])
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert "Resumed with --keep_adapters all -> best (the study had the first)" in said
+    assert ("Note: --keep_adapters best removes the adapters the earlier run kept under --keep_adapters all for the "
+            "finished trials it does not keep") in said
+    assert len(list(out.glob("trial_results/trial_*/adapter"))) == 1
     assert replay(out).header["num_trials"] == 5 and replay(out).header["options"]["num_trials"] == 5
     r = CliRunner().invoke(main, ["optimize", "--output_dir", str(tmp_path / "new"), "--validation_file", str(tiny_data["val"])])
     assert r.exit_code == 2 and "Missing option '--train_file'" in r.output and not (tmp_path / "new").exists()
@@ -269,6 +277,21 @@ def test_resume_does_not_rerun_finished_trials(tiny_model, tiny_data, space, tmp
     r = optimize(tiny_model, tiny_data, out, space, "--num_trials", "4", "--overwrite", "--no-baseline", "--seed", "3")
     assert r.exit_code == 0, r.output
     assert list(pd.read_csv(out / "trials_summary.csv").datetime_start[:2]) != list(first.datetime_start)
+
+
+def test_resume_where_no_study_is_starts_one_and_says_so_only_where_one_may_start(tiny_model, tiny_data, space, tmp_path):
+    """A job script that always passes --resume: its first run starts the study, with a note. Into a folder that
+    holds a study's files but no journal, the note came before the refusal, saying the opposite of it."""
+    other = tmp_path / "other"
+    (other / "trial_results" / "trial_0").mkdir(parents=True)
+    r = optimize(tiny_model, tiny_data, other, space, "--num_trials", "1", "--no-baseline", "--resume")
+    assert r.exit_code == 2 and "holds no study yet" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and "holds trial_results but no study journal" in r.output
+    out = tmp_path / "hpo"
+    r = optimize(tiny_model, tiny_data, out, space, "--num_trials", "1", "--no-baseline", "--resume")
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith(f"Note: {out} holds no study yet: --resume starts one\n")
+    assert len(replay(out).finished) == 1
 
 
 def test_guide_script_spelling_runs_the_same_command(tmp_path):

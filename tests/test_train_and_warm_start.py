@@ -235,3 +235,24 @@ def test_moopt_train_takes_the_studys_base_model_and_data_unless_given(tmp_path)
     train.unlink()
     with pytest.raises(ConfigError, match=f"--train_file: the study's {train} is not there any more; pass --train_file"):
         study_defaults({"base_model": None, "train_file": None, "validation_file": None}, header)
+
+
+def test_training_a_trial_config_that_did_not_complete_says_what_became_of_the_trial(tmp_path):
+    """`moopt train --config trial_results/trial_3/config.yaml` of a PRUNED (or failed, infeasible) trial trained it
+    without a word of it: its metrics then surprise, or an infeasible one runs out of memory."""
+    from test_analysis import synthetic_trials, write_fake_study
+
+    from moopt.cli import trial_outcome_note
+    from moopt.journal import Journal, replay
+
+    out = write_fake_study(tmp_path / "s", synthetic_trials(8))  # 3 PRUNED, 5 FAIL, 7 INFEASIBLE
+    j = Journal(out)
+    j.append({"type": "trial_start", "number": 8, "datetime_start": "2026-01-01T00:09:00", "params": {}})
+    j.close()
+    rec = replay(out)
+    assert trial_outcome_note(rec, 0) == []
+    assert trial_outcome_note(rec, 3) == [f"Note: trial 3 of the study was PRUNED ({rec.ends[3].error}); this trains "
+                                          "its configuration to the end"]
+    assert "was FAIL (" in trial_outcome_note(rec, 5)[0]
+    assert trial_outcome_note(rec, 7)[0].endswith("(it may not fit the memory it was refused for)")
+    assert "no result (it is running, or was when the study stopped)" in trial_outcome_note(rec, 8)[0]

@@ -108,8 +108,6 @@ def optimize(**kw) -> None:
                 fail(f"--resume: {kw['output_dir']} holds no study to resume (no {JOURNAL}); check --output_dir, or "
                      f"give --train_file and --validation_file to start one there")
             raise click.UsageError(f"Missing option '--{f}'.")
-    if no_study and not kw["overwrite"]:  # a job script that always passes --resume: its first run starts the study
-        click.echo(f"Note: {kw['output_dir']} holds no study yet: --resume starts one")
     if taken:
         click.echo("Resuming with the study's " + ", ".join(shown_option(k, kw[k]) for k in taken))
     from moopt.train.models import recorded_name
@@ -119,6 +117,8 @@ def optimize(**kw) -> None:
         cfg = build_study_config(kw)
     except ConfigError as e:
         fail(str(e))
+    if no_study and not kw["overwrite"]:  # a job script that always passes --resume: its first run starts the study
+        click.echo(f"Note: {kw['output_dir']} holds no study yet: --resume starts one")  # (once the folder may hold one)
     from moopt.study.scheduler import Stopped, Study
 
     try:
@@ -403,9 +403,12 @@ def train(**kw) -> None:
             require_bitsandbytes(kw["config"])
         # a study's best_config.yaml (or a trial's config.yaml): its base model and data are the defaults, and the
         # final model trains on the hub commit that study searched on
-        study_dir = study_of(kw["config"])[0]
-        header = replay(study_dir).header if study_dir is not None else {}
+        study_dir, number = study_of(kw["config"])
+        record = replay(study_dir) if study_dir is not None else None
+        header = record.header if record is not None else {}
         notes = study_defaults(kw, header)  # said once the input is checked: an error stays one line
+        if number is not None:
+            notes += trial_outcome_note(record, number)
         if not given:
             check_kernels(kw["kernels"])
         kw["base_model"] = recorded_name(kw["base_model"])
@@ -439,6 +442,21 @@ def train(**kw) -> None:
                        f"{kw[f]}: the test metrics are not held-out ones for them")
     ok = train_final(cfg, kw["config"], model_path, kw)
     sys.exit(0 if ok else 1)
+
+
+def trial_outcome_note(record, number: int) -> list[str]:
+    """What became of the study's trial N whose config.yaml is trained, where it did not complete: a pruned, cut,
+    failed or infeasible trial's configuration is trained to the end all the same, and the user should know it."""
+    end = record.ends.get(number)
+    if end is None:
+        return [f"Note: trial {number} of the study has no result (it is running, or was when the study stopped); "
+                "training its configuration"]
+    state = str(end.state)
+    if state == "COMPLETE":
+        return []
+    why = f" ({end.error})" if end.error else ""
+    return [f"Note: trial {number} of the study was {state}{why}; this trains its configuration to the end"
+            + (" (it may not fit the memory it was refused for)" if state == "INFEASIBLE" else "")]
 
 
 def study_defaults(kw: dict, header: dict) -> list[str]:

@@ -390,6 +390,14 @@ class Study:
                 if shown:
                     self.console.print(f"Resumed with {'; '.join(shown)} (the study had the first): the results "
                                        "use this run's from now on", markup=False, highlight=False)
+                from moopt.study.adapters import KEEP_CHOICES
+
+                keep_was, keep = was.get("keep_adapters"), (changed.get("options") or {}).get("keep_adapters")
+                if keep in KEEP_CHOICES and keep_was in KEEP_CHOICES and KEEP_CHOICES.index(keep) > KEEP_CHOICES.index(keep_was):
+                    self.console.print(f"Note: --keep_adapters {keep} removes the adapters the earlier run kept under "
+                                       f"--keep_adapters {keep_was} for the finished trials it does not keep "
+                                       "(their configurations stay: moopt train --config trains any again)",
+                                       markup=False, highlight=False)
         for r in record.rungs if record else []:  # what finished trials showed at each rung
             if r["number"] in record.finished:
                 self.pruner.record(r["rung"], r["number"], cfg.objectives.to_minimize(r["metrics"]), r.get("step"))
