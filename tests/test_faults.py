@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -106,6 +107,13 @@ def test_the_time_budget_predicts_a_trial_from_trials_of_its_batch_size_and_kind
     assert not Study.fits_time(long, durations, deadline)
     assert Study.fits_time(short, durations, deadline)
     assert Study.fits_time(long, durations, time.time() + 20 * 60)
+    # the overhead: a warm worker's trials load no model; the first (cold) trial's 60 s load is not every trial's
+    cold = end(8, 129.0)
+    cold.duration_s += 60
+    warm = Study.duration_sample(replace(end(8, 129.0), warm=True))
+    tight = time.time() + 5165 / 129.0 + 30  # an epoch at batch 8 and 30 s more
+    assert not Study.fits_time(short, Study.duration_sample(cold), tight)
+    assert Study.fits_time(short, Study.duration_sample(cold) + warm, tight)
     quant = TrialConfig.from_dict({"training": {"batch_size": 8}, "model": {"quantization": "8bit"}})
     assert Study.tokens_per_s(quant, durations) == pytest.approx(20.0)  # its own kind's one trial
 

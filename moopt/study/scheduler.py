@@ -120,6 +120,7 @@ class DurationSample(NamedTuple):
     r: int = 8  # LoRA rank
     steps: int = 0  # optimizer steps the tokens/s was measured over (a trial pruned early: a few, the first slower)
     max_seq_length: int = 0  # what tokens_per_epoch was truncated to
+    warm: bool = False  # the trial took its base model loaded from a warm worker (its overhead has no load)
 
 
 # Study.tokens_per_s: log tokens/s fitted, per kind, to log(micro-batch), log(LoRA targets) and log(r) by
@@ -650,7 +651,7 @@ class Study:
         cfg = TrialConfig.from_dict(end.config or {})
         batch, kind = _speed_key(cfg)
         return [DurationSample(per_epoch, tps, max(0.0, end.duration_s - secs), batch, kind, len(cfg.lora.target_modules),
-                               int(cfg.lora.r), int(end.steps), int(cfg.data.max_seq_length))]
+                               int(cfg.lora.r), int(end.steps), int(cfg.data.max_seq_length), bool(end.warm))]
 
     @staticmethod
     def tokens_per_s(tcfg: TrialConfig, durations: list[DurationSample]) -> float:
@@ -676,13 +677,15 @@ class Study:
     def fits_time(tcfg: TrialConfig, durations, deadline: float) -> bool:
         """Predicted duration: an epoch's training tokens (those of trials with the same ``max_seq_length``
         where there are some: truncation sets them) over the predicted tokens/s (:meth:`tokens_per_s`),
-        plus the trials' overhead. Can this trial end before the deadline?"""
+        plus the trials' overhead (the warm trials' once there are some: a warm worker's next trial loads no model,
+        so the first trial's cold start no longer stands for every later one). Can this trial end before the
+        deadline?"""
         if not durations:
             return time.time() < deadline
         seq = int(tcfg.data.max_seq_length)
         per_epoch = float(np.median([d.tokens_per_epoch for d in durations if d.max_seq_length == seq]
                                     or [d.tokens_per_epoch for d in durations]))
-        overhead = float(np.median([d.overhead_s for d in durations]))
+        overhead = float(np.median([d.overhead_s for d in durations if d.warm] or [d.overhead_s for d in durations]))
         predicted = per_epoch * tcfg.training.num_train_epochs / Study.tokens_per_s(tcfg, durations) + overhead
         return time.time() + predicted <= deadline
 
