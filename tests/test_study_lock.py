@@ -208,7 +208,6 @@ def test_a_trial_with_no_end_is_running_while_the_study_lives_and_interrupted_on
 
     from moopt.config import TrialConfig
     from moopt.journal import Journal
-    from moopt.report.table import load_study
     from moopt.yamlio import write_yaml
 
     out = write_fake_study(tmp_path / "hpo", synthetic_trials(4))
@@ -217,13 +216,17 @@ def test_a_trial_with_no_end_is_running_while_the_study_lives_and_interrupted_on
     j = Journal(out)
     j.append({"type": "trial_start", "number": 4, "datetime_start": "2026-01-01T00:05:00", "params": {}})
     j.close()
-    r = CliRunner().invoke(main, ["report", str(out)])
-    assert r.exit_code == 0, r.output
-    df = pd.read_csv(out / "trials_summary.csv").set_index("number")
-    assert df.loc[4, "state"] == "INTERRUPTED" and "INTERRUPTED" not in set(df.state.drop(4))
-    assert "1 INTERRUPTED" in r.output
+
+    def report():
+        r = CliRunner().invoke(main, ["report", str(out)])
+        assert r.exit_code == 0, r.output
+        return pd.read_csv(out / "trials_summary.csv").set_index("number").state, r.output
+
+    state, said = report()
+    assert state[4] == "INTERRUPTED" and "INTERRUPTED" not in set(state.drop(4))
+    assert "1 INTERRUPTED" in said
     owner = holder(out)  # the study runs in another process: its trial is running
-    assert load_study(out).table.set_index("number").loc[4, "state"] == "RUNNING"
+    assert report()[0][4] == "RUNNING"
     owner.kill()
     owner.wait()
-    assert load_study(out).table.set_index("number").loc[4, "state"] == "INTERRUPTED"
+    assert report()[0][4] == "INTERRUPTED"

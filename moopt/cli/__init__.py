@@ -359,9 +359,10 @@ FIT_SLACK = 0.2  # the estimate's error allowed for before a space is refused (i
 def report(output_dir: str) -> None:
     """Rebuild every result file of a study from its journal (no GPU or model needed)."""
     from moopt.report.results import write_results
+    from moopt.study.lock import is_live
 
     try:
-        write_results(output_dir)
+        write_results(output_dir, stopped=not is_live(output_dir))  # a trial with no end: running, or interrupted
     except FileNotFoundError as e:
         fail(str(e))
     except PermissionError as e:  # a read-only copy of a study: nothing is written, and it says so in one line

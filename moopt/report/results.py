@@ -44,7 +44,7 @@ def best_config_header(data) -> str:
             f"# elsewhere repeats the trial with: {' '.join(args)}\n")
 
 
-def write_results(output_dir: str | Path, quiet: bool = False, console=None, stopped: bool | None = None) -> dict[str, Any]:
+def write_results(output_dir: str | Path, quiet: bool = False, console=None, stopped: bool = False) -> dict[str, Any]:
     """Write every result file; unless quiet, print the best configuration as the guide shows. ``stopped``: the
     study was stopped, its running trials are INTERRUPTED (load_study)."""
     from moopt.yamlio import atomic_write_text, write_yaml

@@ -39,17 +39,13 @@ class StudyData:
     rungs: list[dict[str, Any]] = field(default_factory=list)  # the journal's rung events (number, rung, step, metrics)
 
 
-def load_study(output_dir: str | Path, stopped: bool | None = None) -> StudyData:
-    """``stopped``: whether a trial with no end was interrupted (INTERRUPTED) rather than running (RUNNING); by
-    default, whether no process holds the study's lock."""
+def load_study(output_dir: str | Path, stopped: bool = False) -> StudyData:
+    """``stopped``: the study is not running (its caller knows: the study's own last write, or ``moopt report``
+    asking the study's lock), so a trial with no end was interrupted (INTERRUPTED), not running (RUNNING)."""
     out = Path(output_dir)
     rec = replay(out)
     if not rec.header:
         raise FileNotFoundError(f"{out}: no study journal found")
-    if stopped is None:
-        from moopt.study.lock import is_live
-
-        stopped = not is_live(out)
     unfinished = INTERRUPTED if stopped else RUNNING
     objectives = Objectives(tuple(rec.header["objectives"]), tuple(rec.header["weights"]))
     rows = []
