@@ -244,10 +244,17 @@ def run_moopt(prob: Problem, n_trials: int, seed: int, space: SearchSpace | None
     ``warm_start``: TrialConfigs for the first population, as --warm_start gives them; ``lora_features``: the
     engine's LoRA features read the fields the variables stand on (provider ``moopt-lora``), or not (``moopt``)."""
     space = space or prob.space
-    eng = Engine(space, prob.n_obj, n_trials, seed, n_constr=max(prob.n_constr, 1), warm_start=warm_start,
-                 lora_features=lora_features)
-    F, g, Fm, configs, dup, idle = [], [], [], [], 0, 0
     cache = {} if cache is None else cache
+
+    def key_of(cfg):
+        values = prob.values_from_config(cfg)
+        return tuple(values[v.name] for v in prob.vars)
+
+    # the seeds the study would take over (moved into this space, a configuration known already): free
+    free = [i for i, c in enumerate(warm_start or []) if key_of(space.decode(space.encode(c))) in cache]
+    eng = Engine(space, prob.n_obj, n_trials, seed, n_constr=max(prob.n_constr, 1), warm_start=warm_start,
+                 lora_features=lora_features, free_seeds=free)
+    F, g, Fm, configs, dup, idle = [], [], [], [], 0, 0
     while len(F) < n_trials and idle < 20:
         X = eng.ask()
         if not X:

@@ -22,6 +22,24 @@ def test_warm_start_puts_earlier_best_configs_in_the_first_population():
     assert first[1].training.learning_rate == 2e-4
 
 
+def test_seeds_taken_over_do_not_crowd_the_first_generations_exploration_out():
+    """A refined study (9 trials, a population of 4) warm-started from 4 configurations it took over: they filled
+    the first generation, so it trained neither the default nor anything in the ranges refinement widened. Seeds
+    taken over (free) now join on top of a whole population of new ones; seeds to be trained take at most half."""
+    space = default_space()
+    seeds = [TrialConfig.from_dict({"training": {"learning_rate": lr, "batch_size": 4}, "lora": {"r": 8, "alpha": 16}})
+             for lr in (1e-4, 3e-4, 5e-4, 7e-4)]
+    default = space.encode(space.default_in_space())
+    eng = Engine(space, 2, 9, 0, warm_start=seeds, free_seeds=range(4))
+    first = eng.ask()
+    assert eng.pop_size == 4 and len(first) == 8 and eng.seeded == [0, 1, 2, 3]
+    assert first[:4] == [space.encode(c) for c in seeds] and first[4] == default
+    assert all(x not in first[:4] for x in first[5:])  # three design points: new configurations
+    paid = Engine(space, 2, 9, 0, warm_start=seeds)  # trained again (other data): two of the four
+    first = paid.ask()
+    assert len(first) == 4 and paid.seeded == [0, 1] and first[2] == default
+
+
 def test_train_final_model_reports_validation_and_test(tiny_model, tiny_data, tmp_path):
     cfg = tmp_path / "best_config.yaml"
     cfg.write_text("training: {learning_rate: 0.01, batch_size: 8, num_train_epochs: 1}\nlora: {r: 4, alpha: 8}\ndata: {max_seq_length: 32}\n")

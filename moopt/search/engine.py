@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import pickle
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -199,10 +200,16 @@ def _sklearn_available() -> bool:
 
 class Engine:
     def __init__(self, space: SearchSpace, n_obj: int, num_trials: int, seed: int, parallel: int = 1,
-                 warm_start: list | None = None, surrogate: bool = True, n_constr: int = 1, lora_features: bool = True):
+                 warm_start: list | None = None, surrogate: bool = True, n_constr: int = 1, lora_features: bool = True,
+                 free_seeds: Iterable[int] = ()):
         """``warm_start``: TrialConfigs (e.g. an earlier study's best, best first) that open the first population,
         moved into this space, before the default: the best known come first (a study that takes over what the
         earlier one trained has them at once, free, and a short study does not spend its trials before them).
+        ``free_seeds``: the indices in ``warm_start`` of those the study takes over with their results (the same
+        configuration trained on the same model and data): up to a population of them join the first generation on
+        top of a whole population of new ones, the default and the design; the others take at most half of it. So
+        the first generation explores as a fresh study's does: a refined study whose seeds filled it tried nothing
+        of the ranges refinement widened, nor the default.
         ``surrogate=False``: plain NSGA-II.
         ``n_constr``: inequality constraints told per individual (the study has one; feasible iff all <= 0).
         ``lora_features=False``: neither the surrogate nor the first population's design reads LORA_FEATURES, only
@@ -227,13 +234,27 @@ class Engine:
         # The first individuals: a warm start's, then the well-known good default moved into the space.
         rng_sampling = MixedVariableSampling()
         initial: list[dict[str, Any]] = []
+        self.seeded: list[int] = []  # the indices in warm_start of those in the first generation
         if space.params:
-            for cfg in [*(warm_start or []), space.default_in_space()]:
+            free, n_free, n_paid = set(free_seeds), 0, 0
+            for i, cfg in enumerate(warm_start or []):
                 x = space.encode(cfg)
-                if x not in initial and len(initial) < self.pop_size:
-                    initial.append(x)
-            if len(initial) < self.pop_size:
-                design = self._initial_design(self.pop_size - len(initial), initial, np.random.default_rng(seed))
+                if x in initial:
+                    continue
+                if i in free and n_free < self.pop_size:
+                    n_free += 1
+                elif i not in free and n_paid < max(1, self.pop_size // 2):
+                    n_paid += 1
+                else:
+                    continue
+                initial.append(x)
+                self.seeded.append(i)
+            size = n_free + self.pop_size  # those taken over cost no trial
+            x = space.encode(space.default_in_space())
+            if x not in initial:
+                initial.append(x)
+            if len(initial) < size:
+                design = self._initial_design(size - len(initial), initial, np.random.default_rng(seed))
                 # pymoo drops the earlier of two equal individuals: on a small space a design point equal to the default
                 # would put it out of first place, so repeats are left out here, in order
                 for x in design:

@@ -1083,11 +1083,17 @@ class Scheduler:
         cfg, study = self.cfg, self.study
         self.finished = dict(record.finished) if record else {}
         seeds = warm_start_configs(cfg.warm_start) if cfg.warm_start else []
+        known, differ = {}, None
+        if cfg.warm_start:
+            known, differ = reusable_trials(cfg, study.eval_length, study.data_digest(),
+                                            "cuda" if self.placer.on_gpu else "cpu")
         if cfg.resume and self.path.is_file():
             self.ck = Checkpoint.load(self.path)
         else:
+            # the seeds this study takes over (moved into its space, the same configuration): free, on top of the design
+            free = [i for i, s in enumerate(seeds) if study.config_key(cfg.space.decode(cfg.space.encode(s))) in known]
             self.ck = Checkpoint(Engine(cfg.space, len(cfg.objectives.names), cfg.num_trials, cfg.seed, cfg.parallel_trials,
-                                        warm_start=seeds or None))
+                                        warm_start=seeds or None, free_seeds=free))
         engine = self.engine
         if engine.pending is not None:
             for idx in range(len(engine.pending)):
@@ -1099,8 +1105,6 @@ class Scheduler:
         self.evaluated = {study.config_key(TrialConfig.from_dict(e.config)): e for e in self.finished.values()
                           if e.config is not None and not self.decide_again(e)}
         if cfg.warm_start:
-            known, differ = reusable_trials(cfg, study.eval_length, study.data_digest(),
-                                            "cuda" if self.placer.on_gpu else "cpu")
             self.warm_same = not differ
             self.known = {k: v for k, v in known.items() if k not in self.evaluated}
             if record is None or not record.finished:
@@ -1112,7 +1116,7 @@ class Scheduler:
                        if known else
                        f"each is trained again: not the same {differ}" if differ else
                        "none of its trials can be taken over (none COMPLETE on this kind of device in the same dtype)")
-                    + _outside_text(cfg.space, seeds[:engine.pop_size]),
+                    + _outside_text(cfg.space, [seeds[i] for i in getattr(engine, "seeded", range(min(len(seeds), engine.pop_size)))]),
                     markup=False, highlight=False)
             else:  # the engine comes from the study's checkpoint: its first generation was chosen when it began
                 study.console.print(
