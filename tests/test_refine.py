@@ -159,6 +159,18 @@ def test_the_summary_and_the_report_give_the_refined_study_s_command(tmp_path, m
     seeded = {**data.header, "fingerprint": {**(data.header.get("fingerprint") or {}), "seed": 7},
               "options": {**data.header["options"], "seed": 7, "kernels": "torch"}}
     assert refined_command(seeded, out.relative_to(tmp_path)).endswith("--pruning_factor 2.0 --seed 7 --kernels torch")
+    # every other option not at its default is carried: it dropped --keep_adapters best, --no-baseline and Ray
+    more = {**data.header, "options": {**data.header["options"], "keep_adapters": "best", "baseline": False,
+                                       "executor": "ray", "ray_address": "auto", "stall_timeout": 600.0,
+                                       "warm_workers": False, "time_budget_hours": 4.0, "seed": 42, "kernels": "auto"}}
+    assert refined_command(more, out.relative_to(tmp_path)).endswith(
+        "--pruning_factor 2.0 --keep_adapters best --no-baseline --executor ray --ray_address auto --stall_timeout 600.0 "
+        "--no_warm_workers")
+    from moopt.cli import main
+    from moopt.report.refine import OPTIMIZE_DEFAULTS
+
+    defaults = {p.name: p.default for p in main.commands["optimize"].params}
+    assert OPTIMIZE_DEFAULTS == {k: defaults[k] for k in OPTIMIZE_DEFAULTS}
     buf = io.StringIO()
     best = data.table[data.table.number == data.best].iloc[0]
     print_summary(data, {"best_config": {}, "best_metrics": {n: float(best[f"values_{n}"]) for n in data.objectives.names}},
@@ -208,3 +220,17 @@ def test_a_refined_space_that_does_not_parse_is_a_warning_not_a_failed_study(tmp
     with pytest.warns(RuntimeWarning, match="refined_space.yaml not written: .*injected"):
         assert write_refined(out, load_study(out), []) is None
     assert not (out / REFINED).exists()
+
+
+def test_a_value_added_past_a_categorical_end_is_written_as_the_list_is():
+    """1e-5, 1e-4, 1e-3 widened to 0.009999999999999998 (trials then trained at it), the common 1-3-10 list never
+    widened, and with its lowest value dropped the ratio came from the two values left (0.0033333333333333335)."""
+    from moopt.report.refine import _next_value
+
+    assert _next_value([1e-5, 1e-4, 1e-3], "high") == 0.01
+    assert _next_value([1e-4, 3e-4, 1e-3], "high") == 0.003 and _next_value([1e-4, 3e-4, 1e-3], "low") == 3e-5
+    assert _next_value([3e-4, 1e-3], "high", pattern=[1e-4, 3e-4, 1e-3]) == 0.003
+    assert _next_value([4, 8, 16], "high") == 32 and _next_value([4, 8, 16], "low") == 2
+    assert _next_value([8, 16, 24, 32], "high") == 40 and _next_value([0.0, 0.05, 0.1], "high") == 0.15
+    assert _next_value([16, 32, 64], "high") == 128
+    assert _next_value([1, 3, 4, 20], "high") is None  # neither kind of sequence: nothing guessed

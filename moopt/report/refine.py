@@ -153,22 +153,31 @@ def _numeric(name: str, spec: dict, top: list[float], sides: set[str], base: Tri
     return {**spec, "min": _plain(lo), "max": _plain(hi)}, why
 
 
-def _next_value(values: list, side: str) -> Any:
-    """The next value of an ordered numeric sequence past one end: x ratio for a geometric one, + step for an
-    arithmetic one; None for neither."""
+def _next_value(values: list, side: str, pattern: list | None = None) -> Any:
+    """The next value of an ordered numeric sequence past one end of ``values``: + step for an arithmetic one, x the
+    end's own ratio for a geometric one (also a roughly geometric one such as 1e-4, 3e-4, 1e-3: ratios within 1.5x of
+    each other), rounded to the significant digits the values are written with (1e-3 x 10 is 0.01, not
+    0.009999999999999998; after 1e-4, 3e-4, 1e-3 comes 3e-3); None for neither. ``pattern``: the space's whole list,
+    which tells the kind of sequence when an end was dropped from ``values``."""
     seq = [float(v) for v in values]
-    if len(seq) < 2:
+    pat = [float(v) for v in (pattern or values)]
+    if len(seq) < 2 or len(pat) < 2:
         return None
     end, inner = (seq[0], seq[1]) if side == "low" else (seq[-1], seq[-2])
-    ratios = {round(b / a, 6) for a, b in zip(seq, seq[1:]) if a}
-    diffs = {round(b - a, 9) for a, b in zip(seq, seq[1:])}
-    if len(ratios) == 1 and all(v > 0 for v in seq):
+    ratios = [b / a for a, b in zip(pat, pat[1:]) if a]
+    diffs = {round(b - a, 9) for a, b in zip(pat, pat[1:])}
+    ints = all(isinstance(v, int) for v in values)
+    geometric = len(ratios) == len(pat) - 1 and all(v > 0 for v in pat) and all(r > 1 for r in ratios)
+    if len(diffs) == 1 and not (geometric and len({round(r, 6) for r in ratios}) == 1):
+        out = float(f"{end + (end - inner):.12g}")
+    elif geometric and max(ratios) <= 1.5 * min(ratios):
         out = end * end / inner
-    elif len(diffs) == 1:
-        out = end + (end - inner)
+        if not ints:
+            digits = max(len(f"{v:.6e}".split("e")[0].replace(".", "").rstrip("0")) for v in pat)
+            out = float(f"{out:.{max(1, digits)}g}")
     else:
         return None
-    return int(out) if all(isinstance(v, int) for v in values) and float(out).is_integer() else out
+    return int(round(out)) if ints else out
 
 
 def _matches(col: pd.Series, value: Any) -> pd.Series:
@@ -201,7 +210,7 @@ def _categorical(name: str, spec: dict, done: pd.DataFrame, col: str, sides: set
     added = []
     floor, ceiling = LIMITS.get(name.split(".", 1)[1], (None, None))
     for side in sorted(sides):
-        nxt = _next_value(kept, side)
+        nxt = _next_value(kept, side, [_plain(v) for v in values])
         if (nxt is None or (floor is not None and nxt < floor) or (ceiling is not None and nxt > ceiling)
                 or not _valid(name, nxt, base)):
             continue
@@ -338,8 +347,19 @@ def write_refined(output_dir: str | Path, data: StudyData, edges: list[RangeEdge
     return r
 
 
+# moopt optimize's defaults (tests/test_refine.py checks them against the command's own): an option at its default is
+# left out of the refined study's command; the others are carried, as a user who ran the first study gave them
+OPTIMIZE_DEFAULTS = {"optimization_objective": "eval_loss", "parallel_trials": 1, "kernels": "auto", "executor": "local",
+                     "seed": 42, "keep_adapters": "all", "baseline": True, "warm_workers": True}
+# given by the refined command itself, or this run's own (a time budget)
+NOT_REPEATED = ("base_model", "train_file", "validation_file", "output_dir", "num_trials", "search_space", "warm_start",
+                "resume", "overwrite", "time_budget_hours", "seed")
+FLAGS = {"baseline": "--no-baseline", "warm_workers": "--no_warm_workers"}  # a flag's form when off
+
+
 def refined_command(header: dict[str, Any], out: Path) -> str:
-    """The command line of the refined study: this study's options, its refined space, warm-started from it."""
+    """The command line of the refined study: this study's options (every one not at its default: kept adapters,
+    no baseline, Ray, ...), its refined space, warm-started from it."""
     import os
     import shlex
 
@@ -359,4 +379,13 @@ def refined_command(header: dict[str, Any], out: Path) -> str:
     seed = (header.get("fingerprint") or {}).get("seed", o.get("seed"))
     args += [f"--seed {seed}"] if seed is not None and seed != 42 else []
     args += [f"--kernels {o['kernels']}"] if o.get("kernels") not in (None, "auto") else []
+    done = {"optimization_objective", "optimization_weights", "memory_constraint", "pruning_factor", "parallel_trials",
+            "kernels"}
+    for k, v in o.items():  # the rest, as given: a Ray study's refined one runs on Ray, kept adapters stay few, ...
+        if k in done or k in NOT_REPEATED or v is None or (k in OPTIMIZE_DEFAULTS and v == OPTIMIZE_DEFAULTS[k]):
+            continue
+        if isinstance(v, bool):
+            args += [f"--{k}" if v else FLAGS.get(k, f"--no_{k}")]
+        else:
+            args += [f"--{k} {shlex.quote(str(v))}"]
     return " ".join(args)
