@@ -110,6 +110,8 @@ class TrialResult:
     shared_gpu: bool = False  # other trials of the study used its GPU while it ran (with Ray: it had a share of one)
     peak_from: str | None = None  # where an untrained trial's peak_memory_gb came from: "measured" (a probe,
     # or an earlier run of it) or "estimate"; None: the trial's own training measured it
+    budget_gb: float | None = None  # the --memory_constraint the gate ruled an untrained trial out under (a --resume
+    # that raises it decides the configuration again)
 
     def __post_init__(self) -> None:
         self.state = TrialState(self.state)

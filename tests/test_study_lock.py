@@ -230,3 +230,36 @@ def test_a_trial_with_no_end_is_running_while_the_study_lives_and_interrupted_on
     owner.kill()
     owner.wait()
     assert report()[0][4] == "INTERRUPTED"
+
+
+def test_a_resume_with_another_memory_budget_judges_the_finished_trials_by_it(tmp_path):
+    """--resume --memory_constraint lower: trials that trained over it stayed COMPLETE, on the front, even named best;
+    higher: configurations ruled out untrained under the old one counted as evaluated and were never tried again."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from test_analysis import synthetic_trials, write_fake_study
+
+    from moopt.journal import Journal
+    from moopt.records import NOT_TRAINED, TrialResult
+    from moopt.report.table import load_study
+    from moopt.study.scheduler import Scheduler
+
+    out = write_fake_study(tmp_path / "hpo", synthetic_trials(12))
+    before = load_study(out).table.set_index("number")
+    j = Journal(out)
+    j.append({"type": "settings", "updated": "2026-01-01T01:00:00", "memory_constraint_gb": 1.2})
+    j.close()
+    data = load_study(out)
+    t = data.table.set_index("number")
+    over = before.index[(before.state == "COMPLETE") & (before.peak_memory_gb > 1.2)]
+    assert len(over) and (t.loc[over, "state"] == "INFEASIBLE").all()
+    assert t.loc[over, "error"].str.contains("> --memory_constraint 1.2 GiB, set on a --resume").all()
+    assert not set(over) & set(data.pareto) and data.best not in over
+
+    ruled_out = TrialResult(number=0, state="INFEASIBLE", metrics={"peak_memory_gb": 0.55}, budget_gb=0.3,
+                            error=f"{NOT_TRAINED}estimate 0.55 GiB > budget 0.30 GiB")
+    sched = lambda budget: SimpleNamespace(cfg=SimpleNamespace(memory_constraint_gb=budget), gate=None)  # noqa: E731
+    assert Scheduler.decide_again(sched(0.6), ruled_out)  # raised: proposed again, the gate decides it again
+    assert not Scheduler.decide_again(sched(0.3), ruled_out)  # the same budget: the decision stands
+    assert not Scheduler.decide_again(sched(0.6), replace(ruled_out, budget_gb=None))  # a journal from before

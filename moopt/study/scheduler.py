@@ -598,7 +598,8 @@ class Study:
                           duration_s=0.0, config=tcfg.to_dict(), epochs=tcfg.training.num_train_epochs,
                           # its probe ran out of memory beside trials: decided again when proposed again (decide_again)
                           oom=decision.shared_oom, shared_gpu=decision.shared_oom,
-                          peak_from="measured" if decision.measured_gb is not None else "estimate")
+                          peak_from="measured" if decision.measured_gb is not None else "estimate",
+                          budget_gb=self.cfg.memory_constraint_gb)
         self.journal.append(end)
         self.console.print(f"Trial {number} [red]INFEASIBLE[/] (not trained): {decision.reason}")
         return end
@@ -882,9 +883,14 @@ class Scheduler:
         return self.ck.engine
 
     def decide_again(self, end: TrialResult) -> bool:
-        """A trial that ran out of memory on a GPU it shared: its configuration is not taken as evaluated, so that,
-        proposed again, the gate decides it (a probe alone first)."""
-        return end.oom and end.shared_gpu and self.gate is not None
+        """A trial that ran out of memory on a GPU it shared, or one the gate ruled out untrained under a lower
+        --memory_constraint than a --resume set since (its estimate or probe is now under it): its configuration is
+        not taken as evaluated, so that, proposed again, the gate decides it (a probe alone first)."""
+        if end.oom and end.shared_gpu and self.gate is not None:
+            return True
+        budget, under = self.cfg.memory_constraint_gb, end.budget_gb
+        return (end.state == TrialState.INFEASIBLE and str(end.error or "").startswith(NOT_TRAINED) and bool(budget)
+                and under is not None and budget > under)
 
     def ray_probe_room(self, budget_gb: float, alone: bool = False) -> str | None:
         """With Ray, a probe asks for a whole GPU: "" (Ray picks it) when one is free or no trial of the study runs,
