@@ -23,8 +23,23 @@ def run(tiny_model, tiny_data, tmp_path, constraint, n=4):
     return r, out
 
 
+def test_a_budget_no_configuration_can_meet_is_refused_before_the_model_loads(tiny_model, tiny_data, tmp_path, monkeypatch):
+    """A local model under 0.01 GiB: the study evaluated the base model, ruled out every trial and advised more
+    trials; a local 70B model would have loaded 140 GB first. Refused at once, as a hub model's was before its
+    download: one line, exit 2, nothing written."""
+    monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
+    r, out = run(tiny_model, tiny_data, tmp_path, 0.01)
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert f"--memory_constraint 0.01: no configuration of {tmp_path / 'space.yaml'} fits {tiny_model} on cpu" in r.output
+    assert "add gradient checkpointing to the space, or pick a smaller model" in r.output  # not 4bit: on a CPU it costs
+    assert "not downloaded" not in r.output and not out.exists()
+
+
 def test_nothing_fits_nothing_is_trained_and_the_least_infeasible_is_reported(tiny_model, tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
+    import moopt.cli
+
+    monkeypatch.setattr(moopt.cli, "check_fits", lambda *a, **k: None)  # the gate's own verdicts, trial by trial
     r, out = run(tiny_model, tiny_data, tmp_path, 0.01)
     assert r.exit_code == 0, r.output
     df = pd.read_csv(out / "trials_summary.csv")

@@ -316,39 +316,60 @@ def build_study_config(kw: dict):
     pinned = None  # --resume loads the hub commit the study began with, wherever main has moved since
     if kw["resume"] and (Path(kw["output_dir"]) / JOURNAL).is_file():
         pinned = replay(kw["output_dir"]).header.get("model_revision")
+    checked = False
     if cfg.memory_constraint_gb and cfg.executor != "ray" and not pinned:
-        check_fits_before_download(kw["base_model"], cfg)
+        checked = check_fits_before_download(kw["base_model"], cfg)
     model_path, revision = resolve_model_revision(kw["base_model"], revision=pinned)
+    if cfg.memory_constraint_gb and cfg.executor != "ray" and not checked:  # a local or cached model: before it loads
+        check_fits(kw["base_model"], cfg, model_path, fetched=True)
     return replace(cfg, model_path=model_path, model_revision=revision)
 
 
-def check_fits_before_download(base_model: str, cfg) -> None:
-    """Before a hub model's weights are downloaded (not cached yet): from its config.json alone, the smallest peak
-    any configuration of the space could have (moopt.study.gate.smallest_peak, a lower bound); if it is over
-    --memory_constraint by more than the estimate's error, no trial could run: one line, exit 2, nothing fetched
-    but config.json."""
+def check_fits_before_download(base_model: str, cfg) -> bool:
+    """Before a hub model's weights are downloaded (not cached yet): :func:`check_fits` on its config.json alone
+    (nothing fetched but it); False where there is nothing to download."""
     from moopt.train.models import _cached_snapshot, hub_config, is_hub_id
 
     if not is_hub_id(base_model) or _cached_snapshot(base_model, None):  # nothing to download
-        return
+        return False
+    check_fits(base_model, cfg, hub_config(base_model), fetched=False)
+    return True
+
+
+def check_fits(base_model: str, cfg, config_source, fetched: bool) -> None:
+    """From the model's config.json alone, the smallest peak any configuration of the space could have
+    (moopt.study.gate.smallest_peak, a lower bound); if it is over --memory_constraint by more than the estimate's
+    error, no trial could run: one line, exit 2, before the base model is loaded (or downloaded). A model whose
+    config cannot be read here (a GGUF file) is left to the study's gate."""
     from moopt.memory.estimate import load_model_config
     from moopt.study.gate import smallest_peak
     from moopt.study.placement import _gpu_capacities
     from moopt.study.scheduler import kernel_path
 
+    try:
+        model_config = load_model_config(config_source)
+    except Exception:  # noqa: BLE001 (no config.json: the gate estimates from the loaded model)
+        if not fetched:
+            raise
+        return
     device = "cuda" if _gpu_capacities() else "cpu"
-    gib, trial = smallest_peak(load_model_config(hub_config(base_model)), cfg.space, device,
-                               kernel_path(cfg.kernels, device))
+    gib, trial = smallest_peak(model_config, cfg.space, device, kernel_path(cfg.kernels, device))
     if gib * (1 - FIT_SLACK) > cfg.memory_constraint_gb:
         m, source = trial.model, cfg.space.source
         space = "the default search space" if source.startswith("<") else source
         quant = "no quantisation" if m.quantization == "none" else f"{m.quantization} quantisation"
+        values = {p.name: (list(p.values) if p.type == "categorical" else []) for p in cfg.space.params}
+        lacks = [what for name, value, what in (("model.quantization", "4bit", "4bit"),
+                                                ("model.gradient_checkpointing", True, "gradient checkpointing"))
+                 if device == "cuda" or name != "model.quantization"  # 4bit costs memory on a CPU
+                 if value not in values.get(name, []) and getattr(m, name.split(".")[1]) != value]
         raise ConfigError(
             f"--memory_constraint {cfg.memory_constraint_gb:g}: no configuration of {space} fits {base_model} "
             f"on {device}: the smallest ({quant}, gradient checkpointing "
             f"{'on' if m.gradient_checkpointing else 'off'}, r {trial.lora.r}, batch {trial.training.batch_size}) is "
-            f"estimated at {gib:.1f} GiB from its config.json before any activation; raise the limit, add 4bit or "
-            "gradient checkpointing to the space, or pick a smaller model (the weights were not downloaded)")
+            f"estimated at {gib:.2f} GiB from its config.json before any activation; raise the limit, "
+            + (f"add {' or '.join(lacks)} to the space, " if lacks else "")
+            + "or pick a smaller model" + ("" if fetched else " (the weights were not downloaded)"))
 
 
 FIT_SLACK = 0.2  # the estimate's error allowed for before a space is refused (its measured errors: 3-14%)
