@@ -306,4 +306,8 @@ def load_trial_config(path: str | Path) -> TrialConfig:
                           f"{'is a search range' if len(ranges) == 1 else 'are search ranges'} ({{type: ...}}): this is a "
                           "search space; --config takes one configuration, such as a study's best_config.yaml or a "
                           "trial's trial_results/trial_N/config.yaml")
+    model_keys = [k for k in ("model_type", "architectures", "hidden_size", "num_hidden_layers") if k in data]
+    if model_keys and not any(k in SECTIONS for k in data):  # a model's config.json
+        raise ConfigError(f"{path}: {', '.join(model_keys)}: this is a model's config.json; give its folder as "
+                          "--base_model. --config takes one configuration, such as a study's best_config.yaml")
     return TrialConfig.from_dict(data, source=str(path))

@@ -784,6 +784,22 @@ def test_a_malformed_config_json_is_one_line(tmp_path, bad, said):
                                                      "number >= 1"), r.output
 
 
+@pytest.mark.parametrize("other, said", [
+    ({"model_type": "mixtral", "num_local_experts": 8, "architectures": ["MixtralForCausalLM"]},
+     "model_type mixtral, a mixture of 8 experts: moopt estimates and trains dense Llama-family decoders only"),
+    ({"model_type": "bert", "architectures": ["BertForMaskedLM"]},
+     "model_type bert, not a causal LM (BertForMaskedLM): moopt estimates"),
+    ({"hidden_size": 30, "num_attention_heads": 4}, "The hidden size (30) is not a multiple of the number of attention heads (4)")])
+def test_a_config_json_moopt_cannot_estimate_is_one_line(tmp_path, other, said):
+    """A Mixtral config was estimated at its 13 of 87 GiB of weights, a BERT one as a decoder (exit 0); a hidden size
+    no multiple of the heads was a 42-line traceback (transformers' validation error is no ValueError)."""
+    cfg = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+           "vocab_size": 64, **other}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(estimate_memory, ["--base_model", str(tmp_path)])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and said in r.output, r.output
+
+
 def test_estimate_memory_on_a_gguf_path_that_is_not_there_says_so_without_asking_the_hub(tmp_path, monkeypatch):
     """"models/llama.gguf" is a valid-looking hub id: it was looked up on the hub (25 s of retries) instead of
     being the missing file it is."""
@@ -832,3 +848,14 @@ def test_estimate_memory_on_a_gguf_reads_its_metadata_and_converts_nothing(tmp_p
     assert r.exit_code == 0, r.output
     assert json.loads(r.output) == converted
     assert not (tmp_path / "cache" / "models").exists() and list((tmp_path / "cache" / "gguf_configs").iterdir())
+
+
+def test_a_models_config_json_given_as_config_is_named_as_one(tmp_path):
+    """--config config.json printed 15 "X: unknown section" clauses on one line."""
+    cfg = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "intermediate_size": 64, "vocab_size": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(estimate_memory, ["--base_model", str(tmp_path), "--config", str(tmp_path / "config.json")])
+    assert r.exit_code == 2 and r.output.strip() == (
+        f"Error: {tmp_path / 'config.json'}: model_type, hidden_size, num_hidden_layers: this is a model's config.json; "
+        "give its folder as --base_model. --config takes one configuration, such as a study's best_config.yaml"), r.output

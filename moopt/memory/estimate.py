@@ -310,13 +310,22 @@ def load_model_config(path_or_folder: str | Path):
     if wrong:
         raise ConfigError(f"{path}: {', '.join(wrong)}: each must be a whole number >= 1")
     model_type = data.get("model_type", "llama")
+    # the estimate is a dense decoder's (Llama's q, k, v, o, gate, up, down in each layer): a mixture of experts holds
+    # several MLPs a layer (Mixtral's 8: its weights read as 13 GiB of its 87), an encoder is no causal LM
+    experts = max(int(data.get(k) or 0) for k in ("num_local_experts", "num_experts", "n_routed_experts")
+                  if isinstance(data.get(k) or 0, int))
+    causal = [a for a in data.get("architectures") or [] if isinstance(a, str)]
+    if experts > 1 or (causal and not any(a.endswith("ForCausalLM") for a in causal)):
+        what = f"a mixture of {experts} experts" if experts > 1 else f"not a causal LM ({', '.join(causal)})"
+        raise ConfigError(f"{path}: model_type {model_type}, {what}: moopt estimates and trains dense Llama-family "
+                          "decoders only")
     try:
         cfg = AutoConfig.for_model(model_type, **{k: v for k, v in data.items() if k != "model_type"})
-    except (ValueError, KeyError, TypeError):
+    except Exception:  # noqa: BLE001 - an unknown model_type, transformers' strict dataclass validation, ...
         try:
             cfg = LlamaConfig(**{k: v for k, v in data.items() if k != "model_type"})
         except Exception as e:  # noqa: BLE001 - transformers' strict dataclass validation, ZeroDivisionError, ...
-            first = (str(e).splitlines() or [""])[0][:200]
+            first = " ".join(str(e).split())[:240]
             raise ConfigError(f"{path}: not a config transformers can read ({type(e).__name__}: {first})") from None
     cfg._name_or_path = str(path.parent)
     from moopt.model_files import is_conversion
