@@ -605,9 +605,14 @@ def test_without_a_memory_constraint_a_gpu_study_still_never_trains_what_cannot_
              for p in (3.6, 3.7, 3.9)]
     assert 0 < under[0] < under[1] < under[2]
     # with --memory_constraint the budget is the user's, and the first of its kind is probed (issue 25)
+    study, sched = scheduler(3.0)
+    assert sched.gate.constraint_gb == 3.0 and sched.gate.probe_first and sched.gate.budget_note is None
+    assert study.memory_limit_gb == 3.0
+    # ... unless it is above what the largest GPU holds: trusted up to it, a configuration would load only to run
+    # out of memory
     study, sched = scheduler(8.0)
-    assert sched.gate.constraint_gb == 8.0 and sched.gate.probe_first and sched.gate.budget_note is None
-    assert study.memory_limit_gb == 8.0
+    assert sched.gate.constraint_gb == pytest.approx(3.8) == study.memory_limit_gb and sched.gate.probe_first
+    assert sched.gate.budget_note == "95% of the largest GPU's 4.0 GiB, under --memory_constraint 8"
     # Ray's trials run on the cluster's GPUs: this machine's are no limit for them (where the cluster's GPU nodes
     # report their memory, the largest is: tests/test_parallel_slots.py)
     class Cluster:

@@ -858,6 +858,14 @@ class Scheduler:
             study.memory_limit_gb = cap * DevicePlacer.HEADROOM
             where = " in the cluster" if callable(nodes) else ""
             budget_note = f"{DevicePlacer.HEADROOM:.0%} of the largest GPU's {cap:.1f} GiB{where}, no --memory_constraint"
+        elif cfg.memory_constraint_gb and self.placer.on_gpu and self.placer.gpus:
+            # a budget above what the largest GPU holds: the GPU is the limit (trusting the budget would load a
+            # configuration only to run out of memory)
+            cap = max(self.placer.gpus.values())
+            if cfg.memory_constraint_gb > cap * DevicePlacer.HEADROOM:
+                study.memory_limit_gb = cap * DevicePlacer.HEADROOM
+                budget_note = (f"{DevicePlacer.HEADROOM:.0%} of the largest GPU's {cap:.1f} GiB, under --memory_constraint "
+                               f"{cfg.memory_constraint_gb:g}")
         if self.placer.on_gpu and not self.placer.gpus:  # Ray, and NVML answered on none of its GPU nodes
             study.console.print("Note: the memory of the cluster's GPUs could not be read (NVML on its GPU nodes): each "
                                 "trial asks Ray for a whole GPU" + ("" if cfg.memory_constraint_gb else
@@ -869,7 +877,7 @@ class Scheduler:
             device = "cuda" if self.placer.on_gpu else "cpu"
             self.gate = MemoryGate(cfg.model_path, device=device, train_file=cfg.train_file,
                                    kernels=study.kernel_path(device), constraint_gb=study.memory_limit_gb,
-                                   probe_first=budget_note is None, budget_note=budget_note,
+                                   probe_first=bool(cfg.memory_constraint_gb), budget_note=budget_note,
                                    runner=getattr(executor, "call", None),
                                    probe_device=self.ray_probe_room if callable(nodes) else self.placer.probe_device,
                                    probe_company=None if callable(nodes) else self.placer.on)
