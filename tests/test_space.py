@@ -70,6 +70,11 @@ def test_decode_encode_roundtrip():
     ("training:\n  adam_beta2: {type: uniform, min: 0.9, max: 1.0}\n", "training.adam_beta2: value 1.0 is out of range"),
     ("training:\n  adam_epsilon: -1e-8\n", "training.adam_epsilon: must be >= 0"),
     ("lora:\n  r: {type: int, min: 8, max: 8}\n", "got min=8, max=8 (to fix it at 8, give the plain value: `r: 8`)"),
+    # shorthands a user reaches for: a plain list where values to search were meant, YAML 1.1's no as false
+    ("training:\n  batch_size: [4, 8, 16]\n",
+     "training.batch_size: a list fixes no single value; to search these, write {type: categorical, values: [4, 8, 16]}"),
+    ("training:\n  lr_scheduler_type: [linear, cosine]\n", "write {type: categorical, values: [linear, cosine]}"),
+    ("model:\n  quantization: no\n", "model.quantization: got false; YAML reads an unquoted no/yes/off/on as false"),
 ])
 def test_bad_space_names_file_key_and_rule(tmp_path, text, fragment):
     p = write(tmp_path, text)

@@ -237,6 +237,15 @@ def parse_space(data: dict[str, Any], source: str = "<space>") -> SearchSpace:
                 continue
             ftype = str(field_types[section][key])
             if not isinstance(spec, dict):  # a plain value fixes the parameter
+                if isinstance(spec, list) and "tuple" not in ftype and "list" not in ftype:
+                    # batch_size: [4, 8, 16], meant as the values to search
+                    errors.append(f"{where}: a list fixes no single value; to search these, write "
+                                  f"{{type: categorical, values: {_flow(spec)}}}")
+                    continue
+                if isinstance(spec, bool) and "bool" not in ftype:  # quantization: no (YAML 1.1 reads it as false)
+                    errors.append(f"{where}: got {str(spec).lower()}; YAML reads an unquoted no/yes/off/on as false "
+                                  "or true: quote the value")
+                    continue
                 try:
                     fixed.setdefault(section, {})[key] = coerce(section, key, spec, ftype)
                 except ConfigError as e:
@@ -267,6 +276,11 @@ def parse_space(data: dict[str, Any], source: str = "<space>") -> SearchSpace:
 
 def _show(v: Any) -> str:
     return ",".join(v) if isinstance(v, tuple) else repr(v)
+
+
+def _flow(values: list) -> str:
+    """A YAML list as a person writes it in a flow mapping: [4, 8, 16], [linear, cosine]."""
+    return "[" + ", ".join(str(v) for v in values) + "]"
 
 
 def _parse_param(name: str, where: str, spec: dict, ftype: str, errors: list[str]) -> Param | None:
