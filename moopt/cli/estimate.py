@@ -95,6 +95,10 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
         click.echo(json.dumps(out, indent=2))
         return
     click.echo(assumed)
+    # what a study's gate says of the same configuration differs: it estimates the longest batch its data builds
+    # (after truncation), and calibrates the estimate with the peaks this machine measured
+    click.echo("(uncalibrated, at batch x max_seq_length; a study estimates each trial at its data's longest batch "
+               "and calibrates with the peaks measured on this machine: its figures may be lower)")
     click.echo(est.render())
     if table is not None:
         click.echo(f"\nlargest batch x sequence within {fit_gib:g} GiB ({device}), keeping the estimate's "
@@ -102,7 +106,7 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
                    + (f" and {spread / 2**20:.0f} MiB for the CPU runtime's spread between machines" if spread else "")
                    + ":")
         if not table:
-            click.echo("  none: even batch 1 x 1 token does not fit")
+            click.echo("  none: even batch 1 x 1 token does not fit with the error band")
         for b, s in table:
             click.echo(f"  batch {b:>3} x seq {s:>7}  ({b * s:,} tokens)")
         if table:
