@@ -234,3 +234,13 @@ def test_a_value_added_past_a_categorical_end_is_written_as_the_list_is():
     assert _next_value([8, 16, 24, 32], "high") == 40 and _next_value([0.0, 0.05, 0.1], "high") == 0.15
     assert _next_value([16, 32, 64], "high") == 128
     assert _next_value([1, 3, 4, 20], "high") is None  # neither kind of sequence: nothing guessed
+
+
+def test_a_change_line_spells_module_lists_one_way_on_both_sides():
+    """'[q_proj,v_proj, q_proj,k_proj,v_proj,o_proj, ...] -> [attention, all-linear]': commas split both the modules
+    of one option and the options, and only the after side used aliases."""
+    from moopt.report.refine import _describe
+
+    spec = {"type": "categorical", "values": [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                              ["k_proj", "o_proj"]]}
+    assert _describe(spec) == "[qv, attention, k_proj+o_proj]"

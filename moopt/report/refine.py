@@ -218,7 +218,7 @@ def _categorical(name: str, spec: dict, done: pd.DataFrame, col: str, sides: set
         added.append(nxt)
     if not dropped and not added:
         return None
-    show = lambda vs: ", ".join(_fmt_value(v) if not isinstance(v, list) else ",".join(v) for v in vs)  # noqa: E731
+    show = lambda vs: ", ".join(_option_text(v) for v in vs)  # noqa: E731
     why = "; ".join(([f"dropped {show(dropped)}: every trial with it scored below the median"] if dropped else [])
                     + ([f"added {show(added)}: the best trials lean against that end"] if added else []))
     if len(kept) == 1:
@@ -313,12 +313,20 @@ def _plain_spec(spec: dict) -> dict:
             for k, v in spec.items()}
 
 
+def _option_text(v: Any) -> str:
+    """A categorical option in a change line: a number as written, a module list by its alias or joined with +
+    (q_proj+v_proj): commas separate the options."""
+    if isinstance(v, (list, tuple)):
+        return target_alias(v) or "+".join(map(str, v))
+    return str(_fmt_value(v))
+
+
 def _describe(spec: Any) -> str:
     """A spec in a few characters: ``1e-05 .. 0.003 (log)``, ``[4, 8, 16]``, ``cosine (fixed)``."""
     if not isinstance(spec, dict):
         return f"{_plain(spec)} (fixed)"
     if spec["type"] == "categorical":
-        return "[" + ", ".join(_fmt_value(v) if not isinstance(v, list) else ",".join(v) for v in spec["values"]) + "]"
+        return "[" + ", ".join(_option_text(v) for v in spec["values"]) + "]"
     scale = " (log)" if spec["type"] == "log_uniform" else ""
     return f"{_fmt_value(spec['min'])} .. {_fmt_value(spec['max'])}{scale}"
 
