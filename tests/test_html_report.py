@@ -150,3 +150,17 @@ def test_an_infinite_metric_neither_breaks_the_tables_sort_nor_vanishes_from_the
     trials[1] = {**trials[1], "metrics": {**trials[1]["metrics"], "eval_loss": 0.01, "eval_accuracy": 0.999}}
     zoom = pareto_zoom(load_study(write_fake_study(tmp_path / "z", trials)))
     assert zoom is None or (zoom[0][0] >= 0 and zoom[1][1] <= 1), zoom
+
+
+def test_the_trials_table_says_which_peaks_no_training_measured(tmp_path):
+    """An untrained INFEASIBLE trial's peak GiB (the gate's estimate) sat among training peaks unmarked; the CSV's
+    peak_memory_from told them apart, the page did not."""
+    trials = synthetic_trials(8)  # trial 7 is INFEASIBLE
+    trials[7]["end"] = {"peak_from": "estimate"}
+    trials[6]["state"], trials[6]["error"], trials[6]["end"] = "INFEASIBLE", "not trained: probe", {"peak_from": "measured"}
+    out = write_fake_study(tmp_path / "s", trials)
+    data = load_study(out)
+    text = write_html_report(out, data, write_analysis(out, data)).read_text()
+    rows = {int(m.group(1)): m.group(0) for m in re.finditer(r"<tr[^>]*><td data-v='(\d+)(?:\.0)?'>.*?</tr>", text)}
+    assert "(estimate)</td>" in rows[7] and "(measured, not trained)</td>" in rows[6]
+    assert "(estimate)" not in rows[0] and "not trained)" not in rows[0]

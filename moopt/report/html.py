@@ -227,7 +227,11 @@ def _table_section(data: StudyData) -> str:
             key = "" if _missing(v) else (float(v) if _is_num(v) else str(v))
             if isinstance(key, float) and not math.isfinite(key):  # JSON has no Infinity: the sort's JSON.parse threw
                 key = math.copysign(1e308, key)
-            cells.append(f"<td data-v='{html.escape(json.dumps(key))}'>{html.escape(_fmt(v))}</td>")
+            shown = _fmt(v)
+            if c == "peak_memory_gb" and shown and r.get("peak_memory_from") in ("estimate", "measured"):
+                # an untrained trial's: the gate's estimate, or a probe's measure, not a training's peak
+                shown += " (estimate)" if r.get("peak_memory_from") == "estimate" else " (measured, not trained)"
+            cells.append(f"<td data-v='{html.escape(json.dumps(key))}'>{html.escape(shown)}</td>")
         cls = " class='best'" if r.number == data.best else ""
         rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
     return (f"<section><h2>Trials</h2><p class='muted'>Click a header to sort. Also in <code>trials_summary.csv</code>.</p>"
