@@ -96,6 +96,11 @@ def test_a_memory_objective_under_a_budget_starts_at_the_budget_and_the_summary_
         {"eval_loss": 5.0, "peak_memory_gb": 2.0}, "the base model (peak_memory_gb: --memory_constraint)")
     assert score_start(o, None, {"memory_constraint_gb": 2.0}, worst, worst) == (
         {"eval_loss": 3.0, "peak_memory_gb": 2.0}, "the worst trial (no base model evaluation; peak_memory_gb: --memory_constraint)")
+    # peak_memory_gb alone: the base model starts nothing, and is not named as the origin
+    mem = parse_objectives("peak_memory_gb", None)
+    assert score_start(mem, base, {}, worst, worst) == ({"peak_memory_gb": 1.5}, "the worst trial")
+    assert score_start(mem, base, {"memory_constraint_gb": 2.0}, worst, worst) == (
+        {"peak_memory_gb": 2.0}, "--memory_constraint")
 
 
 # -- Pareto zoom ------------------------------------------------------------------------------------

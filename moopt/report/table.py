@@ -137,6 +137,11 @@ def score_start(objectives: Objectives, baseline: dict[str, Any] | None, header:
     at_budget = [f"{n}: --memory_constraint" for n in budget]  # where a memory objective's progress starts
     if not base:
         return start, "the worst trial (" + "; ".join(["no base model evaluation", *at_budget]) + ")"
+    if not any(n in base and n != "peak_memory_gb" and np.isfinite(base[n]) for n in objectives.names):
+        # no objective starts at the base model's value (peak_memory_gb alone): it is no origin here
+        if stand_ins:
+            return start, "the worst trial" + (f" ({'; '.join(at_budget)})" if at_budget else "")
+        return start, "--memory_constraint"
     notes = [f"{', '.join(stand_ins)}: the worst trial"] * bool(stand_ins) + at_budget
     return start, "the base model" + (f" ({'; '.join(notes)})" if notes else "")
 
