@@ -864,3 +864,26 @@ def test_a_models_config_json_given_as_config_is_named_as_one(tmp_path):
     assert r.exit_code == 2 and r.output.strip() == (
         f"Error: {tmp_path / 'config.json'}: model_type, hidden_size, num_hidden_layers: this is a model's config.json; "
         "give its folder as --base_model. --config takes one configuration, such as a study's best_config.yaml"), r.output
+
+
+def test_the_fit_plan_offers_only_what_lowers_the_estimate_and_reads_small_budgets(tmp_path):
+    """A 4bit configuration on a CPU was offered 8bit and 4bit (both above it there) and never 'none'; every figure
+    of a sub-GiB plan read 0.6; the smaller-batch line was the CPU's only."""
+    from transformers import LlamaConfig
+
+    from moopt.config import TrialConfig
+    from moopt.memory.estimate import GIB, estimate_peak, fit_plan
+
+    mc = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=4, vocab_size=1000)
+    q4 = TrialConfig.from_dict({"model": {"quantization": "4bit"}, "training": {"batch_size": 8},
+                                "data": {"max_seq_length": 256}})
+    est = estimate_peak(mc, q4, device="cpu", kernels="torch").total_bytes
+    lines = fit_plan(mc, q4, est * 0.9, device="cpu", kernels="torch")
+    text = "\n".join(lines)
+    assert "quantization none:" in text and "quantization 8bit" not in text, text
+    assert f"{est / GIB:.2f} GiB estimated" in lines[0]
+    assert lines[-1].startswith("  or a shorter max_seq_length / smaller batch")
+    gpu = fit_plan(mc, TrialConfig.from_dict({"training": {"batch_size": 8}, "data": {"max_seq_length": 256}}),
+                   1e6, device="cuda", kernels="torch")
+    assert "quantization none" not in "\n".join(gpu) and any("smaller batch" in line for line in gpu)

@@ -861,12 +861,15 @@ def fit_plan(model_config: Any, trial: TrialConfig, budget_bytes: float, max_gpu
     bare estimate is."""
     device = kw.get("device", "cuda")
 
+    def g(b: float) -> str:  # GiB, to two decimals under 10 GiB (a CPU's 0.55 and 0.6 read apart)
+        return f"{b / GIB:.2f}" if b < 10 * GIB else f"{b / GIB:.1f}"
+
     def verdict(t: TrialConfig, total: int) -> str:
         u = under_prior(device, t.model.quantization, total)
         if total * (1 + u) <= budget_bytes:
             return "fits"
         if total <= budget_bytes:
-            return f"fits only if the estimate is not low: +{u:.0%} error band -> {total * (1 + u) / GIB:.1f} GiB"
+            return f"fits only if the estimate is not low: +{u:.0%} error band -> {g(total * (1 + u))} GiB"
         return "does not fit"
 
     est = estimate_peak(model_config, trial, **kw)
@@ -875,27 +878,30 @@ def fit_plan(model_config: Any, trial: TrialConfig, budget_bytes: float, max_gpu
     where = f"one GPU of {budget_bytes / GIB:g} GiB" if gpu else f"a budget of {budget_bytes / GIB:g} GiB (peak RSS on the CPU)"
     on = " on one GPU" if gpu else ""
     if v == "fits":
-        return [f"fits {where}: {est.total_gib:.1f} GiB estimated"]
-    lines = [(f"{where}: {est.total_gib:.1f} GiB estimated, {v} "
-              f"(weights alone {est.breakdown.get('weights', 0) / GIB:.1f} GiB); alternatives:")]
+        return [f"fits {where}: {g(est.total_bytes)} GiB estimated"]
+    lines = [(f"{where}: {g(est.total_bytes)} GiB estimated, {v} "
+              f"(weights alone {g(est.breakdown.get('weights', 0))} GiB); alternatives:")]
     def variant(**model_fields) -> TrialConfig:  # this configuration with other model settings
         return _with_shape(trial, trial.training.batch_size, trial.data.max_seq_length, **model_fields)
 
     def alternative(label: str, **model_fields) -> bool:
+        """One more line for a setting that lowers the estimate (on a CPU quantising raises it: not offered)."""
         t = variant(**model_fields)
         alt = estimate_peak(model_config, t, **kw)
-        lines.append(f"  {label}: {alt.total_gib:.1f} GiB ({verdict(t, alt.total_bytes)})")
+        if alt.total_bytes >= est.total_bytes:
+            return False
+        lines.append(f"  {label}: {g(alt.total_bytes)} GiB ({verdict(t, alt.total_bytes)})")
         return lines[-1].endswith("(fits)")
 
-    fits = [alternative(f"quantization {q}{on}", quantization=q) for q in ("8bit", "4bit")
+    fits = [alternative(f"quantization {q}{on}", quantization=q) for q in ("none", "8bit", "4bit")
             if q != trial.model.quantization]
     if not trial.model.gradient_checkpointing:
         fits.append(alternative("gradient checkpointing on", gradient_checkpointing=True))
         if trial.model.quantization != "4bit" and not any(fits):  # QLoRA's recipe: both at once
             alternative(f"quantization 4bit and gradient checkpointing{on}", gradient_checkpointing=True,
                         quantization="4bit")
+    lines.append("  or a shorter max_seq_length / smaller batch: the table above gives the largest that fit")
     if not gpu:  # sharding spreads one run over GPUs; a CPU budget is one process's
-        lines.append("  or a shorter max_seq_length / smaller batch: the table above gives the largest that fit")
         return lines
     u = under_prior(device, trial.model.quantization, est.total_bytes)
 
@@ -906,7 +912,7 @@ def fit_plan(model_config: Any, trial: TrialConfig, budget_bytes: float, max_gpu
     n = fewest(trial)
     if n is not None:
         per = sharded_estimate(model_config, trial, n, **kw)
-        lines.append(f"  sharded (FSDP / ZeRO-3, not moopt's one-GPU trials) over {n} GPUs: {per / GIB:.1f} GiB per GPU")
+        lines.append(f"  sharded (FSDP / ZeRO-3, not moopt's one-GPU trials) over {n} GPUs: {g(per)} GiB per GPU")
         return lines
     if trial.model.gradient_checkpointing:
         lines.append(f"  sharded (FSDP / ZeRO-3) over up to {max_gpus} GPUs: does not fit (activations alone exceed it)")
@@ -919,5 +925,5 @@ def fit_plan(model_config: Any, trial: TrialConfig, budget_bytes: float, max_gpu
     else:
         per = sharded_estimate(model_config, t, n, **kw)
         lines.append(f"  sharded (FSDP / ZeRO-3, not moopt's one-GPU trials) over {n} GPUs, with gradient checkpointing "
-                     f"(without it, activations alone exceed a GPU): {per / GIB:.1f} GiB per GPU")
+                     f"(without it, activations alone exceed a GPU): {g(per)} GiB per GPU")
     return lines
