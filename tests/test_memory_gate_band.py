@@ -887,3 +887,19 @@ def test_the_fit_plan_offers_only_what_lowers_the_estimate_and_reads_small_budge
     gpu = fit_plan(mc, TrialConfig.from_dict({"training": {"batch_size": 8}, "data": {"max_seq_length": 256}}),
                    1e6, device="cuda", kernels="torch")
     assert "quantization none" not in "\n".join(gpu) and any("smaller batch" in line for line in gpu)
+
+
+def test_an_unreadable_calibration_file_is_kept_aside_and_said_not_silently_replaced(tmp_path, capsys):
+    from moopt.memory.calibration import CalibrationCache
+
+    path = tmp_path / "calibration.json"
+    path.write_text('{"version": 1, "entries": {"k": ')  # cut short (a full disk, an editor)
+    cache = CalibrationCache(path)
+    assert cache.read()["entries"] == {}
+    cache.update("k", lambda e: {**e, "pairs": [[1, 2]]})
+    assert (tmp_path / "calibration.json.unreadable").read_text() == '{"version": 1, "entries": {"k": '
+    assert cache.entry("k")["pairs"] == [[1, 2]]
+    err = capsys.readouterr().err
+    assert f"moopt: {path} could not be read; kept as calibration.json.unreadable" in err
+    cache.update("k", lambda e: e)  # a readable file: nothing more said
+    assert capsys.readouterr().err == ""

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,9 +91,12 @@ class CalibrationCache:
     def read(self) -> dict:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except FileNotFoundError:
             return {"version": 1, "entries": {}}
+        except (OSError, ValueError):
+            data = None
         if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
+            self.unreadable = True  # an update keeps it aside, and says so, before it writes a fresh one
             return {"version": 1, "entries": {}}
         return data
 
@@ -106,7 +110,13 @@ class CalibrationCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(str(self.path) + ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            self.unreadable = False
             data = self.read()
+            if self.unreadable and self.path.exists():  # a corrupt file: kept for a look, not silently replaced
+                aside = self.path.with_name(self.path.name + ".unreadable")
+                os.replace(self.path, aside)
+                print(f"moopt: {self.path} could not be read; kept as {aside.name}, and the memory calibration starts "
+                      "afresh", file=sys.stderr)
             data["entries"][key] = {**fn(dict(_current(data["entries"].get(key)))), "stamp": code_stamp()}
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
             try:
