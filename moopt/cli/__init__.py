@@ -359,9 +359,10 @@ def check_fits(base_model: str, cfg, config_source, fetched: bool) -> None:
         space = "the default search space" if source.startswith("<") else source
         quant = "no quantisation" if m.quantization == "none" else f"{m.quantization} quantisation"
         values = {p.name: (list(p.values) if p.type == "categorical" else []) for p in cfg.space.params}
-        lacks = [what for name, value, what in (("model.quantization", "4bit", "4bit"),
-                                                ("model.gradient_checkpointing", True, "gradient checkpointing"))
-                 if device == "cuda" or name != "model.quantization"  # 4bit costs memory on a CPU
+        helps = [("model.gradient_checkpointing", True, "gradient checkpointing")]
+        if device == "cuda":  # on a CPU 4bit costs memory
+            helps.insert(0, ("model.quantization", "4bit", "4bit"))
+        lacks = [what for name, value, what in helps
                  if value not in values.get(name, []) and getattr(m, name.split(".")[1]) != value]
         raise ConfigError(
             f"--memory_constraint {cfg.memory_constraint_gb:g}: no configuration of {space} fits {base_model} "

@@ -380,15 +380,14 @@ def refined_command(header: dict[str, Any], out: Path) -> str:
     args += [f"--{k} {path(o[k])}" for k in ("train_file", "validation_file") if o.get(k)]
     args += [f"--output_dir {path(str(out).rstrip('/') + '_refined')}", f"--num_trials {o.get('num_trials') or 10}",
              f"--search_space {path(out / 'refined_space.yaml')}", f"--warm_start {path(out)}"]
-    args += [f"--{k} {shlex.quote(str(o[k]))}" for k in ("optimization_objective", "optimization_weights",
-                                                         "memory_constraint", "pruning_factor") if o.get(k) is not None]
+    first = ("optimization_objective", "optimization_weights", "memory_constraint", "pruning_factor")
+    args += [f"--{k} {shlex.quote(str(o[k]))}" for k in first if o.get(k) is not None]
     args += [f"--parallel_trials {o['parallel_trials']}"] if (o.get("parallel_trials") or 1) > 1 else []
     # --warm_start takes trials over only on the same seed and kernel path: keep them
     seed = (header.get("fingerprint") or {}).get("seed", o.get("seed"))
     args += [f"--seed {seed}"] if seed is not None and seed != 42 else []
     args += [f"--kernels {o['kernels']}"] if o.get("kernels") not in (None, "auto") else []
-    done = {"optimization_objective", "optimization_weights", "memory_constraint", "pruning_factor", "parallel_trials",
-            "kernels"}
+    done = {*first, "parallel_trials", "kernels"}  # given above
     for k, v in o.items():  # the rest, as given: a Ray study's refined one runs on Ray, kept adapters stay few, ...
         if k in done or k in NOT_REPEATED or v is None or (k in OPTIMIZE_DEFAULTS and v == OPTIMIZE_DEFAULTS[k]):
             continue

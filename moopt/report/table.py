@@ -49,6 +49,7 @@ def load_study(output_dir: str | Path, stopped: bool = False) -> StudyData:
     unfinished = INTERRUPTED if stopped else RUNNING
     objectives = Objectives(tuple(rec.header["objectives"]), tuple(rec.header["weights"]))
     rows = []
+    budget = rec.header.get("memory_constraint_gb")  # the latest: a --resume may have lowered it
     for n in sorted(rec.starts):
         s, e = rec.starts[n], rec.ends.get(n)
         m = (e.metrics if e else None) or {}
@@ -78,7 +79,6 @@ def load_study(output_dir: str | Path, stopped: bool = False) -> StudyData:
         row["attention"] = e.attention if e else None  # eager, sdpa, or 'eager N%+sdpa' (moopt.train.recipe.BatchAttention)
         row["error"] = e.error if e else None
         row["taken_from"] = e.taken_from if e else None  # an earlier study's result, not trained again (--warm_start)
-        budget = rec.header.get("memory_constraint_gb")  # the latest: a --resume may have lowered it
         if row["state"] == TrialState.COMPLETE and budget and row["peak_memory_gb"] > budget:
             row["state"] = str(TrialState.INFEASIBLE)  # as the study judges a trial over the budget it has now
             row["error"] = (f"peak {row['peak_memory_gb']:.2f} GiB > --memory_constraint {float(budget):g} GiB, set on a "
