@@ -105,7 +105,10 @@ def test_smollm2_cpu_probe_measures_at_least_what_the_trial_holds(tmp_path, monk
     a step) a probe of one micro-batch a step measured 968 MiB where the trial peaked at 1000 (+3.3%); two
     micro-batches of different lengths a step, as the trial's: 994-1002 against 995-1000. ~40 s.
     With the heap trimmed as each evaluation starts (moopt.memory.rss.trim_heap_if_steady), three runs: b4 r64
-    probe 1131-1133, trial 1140-1143 (+0.6-1.1%); b1 r32 accumulating 973-974 against 973-975."""
+    probe 1131-1133, trial 1140-1143 (+0.6-1.1%); b1 r32 accumulating 973-974 against 973-975.
+    With the data's own shapes after the largest batch (MemoryGate.varied_shapes, 2026-12-07), on the whole bundled
+    data: b4 r64 probe 1130 against the trial's 1147 (+1.5%), b4 r8 on q,v 862 against 880 (+2.0%), b16 r8 on q,v 1123
+    against 1074 (the made-up shorter batches: 1134, 854, 1107)."""
     import os
     import sys
 
@@ -126,7 +129,10 @@ def test_smollm2_cpu_probe_measures_at_least_what_the_trial_holds(tmp_path, monk
     monkeypatch.setenv(STEADY_HEAP_ENV, "1")  # as a memory-constrained study runs probes and trials
     env = {**os.environ, STEADY_HEAP_ENV: "1"}
     bound_kernel_caches(env)  # as moopt.train.worker.child_env does for a trial
-    res = probe_peak(smollm2, t, device="cpu", steps=3, shape=shape)
+    # the other shapes of the trial's batches, as the gate gives its probe (the trial's seed: 0)
+    varied = MemoryGate(smollm2, "cpu", "auto", 50.0, cache_path=tmp_path / "cal.json", train_file=train,
+                        seed=0).varied_shapes(t, shape)
+    res = probe_peak(smollm2, t, device="cpu", steps=3, shape=shape, varied=varied)
     assert res.ok, res.error
     script = (
         "from moopt.memory.rss import steady_heap_if_asked; steady_heap_if_asked()\n"
@@ -314,3 +320,78 @@ def test_the_probe_cap_names_a_device_index_as_torch_requires(monkeypatch, devic
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
     probe_mod.hold_to(8 * 2**30, torch.device(device))
     assert seen == {"index": index, "fraction": 0.1}
+
+
+@pytest.mark.parametrize("packing, strategy", [(False, "random"), (True, "random"), (False, "sequential")])
+def test_gate_probes_the_batch_shapes_the_trial_builds(tiny_model, tmp_path, packing, strategy):
+    """A probe trains the trial's largest batch, then the other shapes its batches have: the ones the trial's own
+    micro_batches build from the data with the study's seed (packed rows, the last partial batch), not made-up
+    shorter ones. On a CPU each new shape grows the peak RSS, and the made-up ones measured the tiny model 8% above
+    a trial of one shape (530 MiB against 492); the data's own: 490-492."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from moopt.train.data import micro_batches, tokenize_file
+
+    rng = random.Random(1)
+    words = ["the", "color", "of", "is", "what", "answer", ":", "?", "red", "green", "blue", "sky", "sun", "leaf"]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"prompt": " ".join(rng.choice(words) for _ in range(rng.randint(2, 30))),
+                                         "completion": " red"}) + "\n" for _ in range(30)))
+    t = TrialConfig.from_dict({"training": {"batch_size": 4, "num_train_epochs": 2},
+                               "data": {"max_seq_length": 24, "packing": packing, "sampling_strategy": strategy}})
+    gate = MemoryGate(tiny_model, "cpu", "torch", 1.0, cache_path=tmp_path / "cal.json", train_file=train, seed=7)
+    main = gate.shape(t)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    built = {tuple(b["input_ids"].shape) for _, b in micro_batches(tokenize_file(train, tok, 24), 4, 2, strategy, 7, 0,
+                                                                     pack_capacity=24 if packing else None)}
+    # the largest padded batch (packed batches, fewer rows, may never build it: the probe stays on the safe side)
+    assert all(b * s <= main[0] * main[1] for b, s in built) and (packing or main in built)
+    varied = gate.varied_shapes(t, main)
+    assert set(varied) == set(sorted(built - {main}, key=lambda x: -x[0] * x[1])[:probe_mod.VARIED_STEPS])
+    assert varied == sorted(varied, key=lambda x: -x[0] * x[1]) and len(varied) == min(len(built) - 1, probe_mod.VARIED_STEPS)
+
+
+def test_the_probe_trains_the_shapes_it_is_given(monkeypatch):
+    """``varied``: one step on each shape given after the main steps (none given: no varied step); without it
+    VARIED_STEPS made-up shorter batches (a probe of no data: estimate_vs_probe, the GPU check)."""
+    seen = []
+    real = probe_mod.worst_case_batch
+
+    def spy(b, s, vocab, device, seed):
+        seen.append((b, s))
+        return real(b, s, vocab, device, seed)
+
+    monkeypatch.setattr(probe_mod, "worst_case_batch", spy)
+    import moopt.train.step as step_mod
+
+    monkeypatch.setattr(step_mod, "train_step", lambda *a, **k: None)
+    monkeypatch.setattr(step_mod, "causal_lm_loss", lambda *a, **k: None)
+    monkeypatch.setattr("moopt.train.recipe.load_model_and_tokenizer", lambda *a, **k: (_TinyModel(), None))
+    monkeypatch.setattr("moopt.train.recipe.use_attention", lambda *a, **k: "sdpa")
+    monkeypatch.setattr("moopt.train.lora.attach_lora", lambda *a, **k: {"backend": "torch"})
+    monkeypatch.setattr("moopt.train.lora.lora_parameters", lambda m: [__import__("torch").nn.Parameter(__import__("torch").zeros(1))])
+    spec = {"model_path": "x", "trial": trial(b=4, s=24).to_dict(), "device": "cpu", "kernels": "torch", "steps": 2}
+    probe_mod._child_run({**spec, "shape": [4, 24], "varied": [[4, 20], [3, 24]]})
+    assert seen == [(4, 24), (4, 20), (3, 24)]
+    seen.clear()
+    probe_mod._child_run({**spec, "shape": [4, 24], "varied": []})
+    assert seen == [(4, 24)]
+    seen.clear()
+    probe_mod._child_run({**spec, "shape": [4, 24]})
+    assert seen == [(4, 24)] + [(4, 24 - 3 * k) for k in range(1, probe_mod.VARIED_STEPS + 1)]
+
+
+class _TinyModel:
+    class config:  # noqa: N801 - what the probe reads of a model's config
+        vocab_size = 16
+
+    def train(self):
+        return self
+
+    def eval(self):
+        return self
+
+    def gradient_checkpointing_enable(self, **kwargs):
+        pass

@@ -128,6 +128,41 @@ def require_completions(model_path: str, data_file: str | os.PathLike, max_seq_l
     return starts, n
 
 
+def data_notes(model_path: str, data_file: str | os.PathLike, at: int, longest: int | None = None,
+               role: str = "training") -> list[str]:
+    """What sequences cut to max_seq_length ``at`` (and, where a space searches it, up to ``longest``) do to the
+    examples of ``data_file``: those that keep no completion token (their prompt fills it; trials leave them out)
+    and those cut inside their completion (trained or scored without their end and the EOS token). ``role``:
+    "training" or the evaluation's ("validation", "test"). One line each, or none; a large file is read on a sample
+    (``sampled_profile``), said with its counts. The study's start (Study.check_data) and ``moopt train`` say them."""
+    lengths, starts, n = sampled_profile(model_path, data_file)
+    hi = at if longest is None else longest
+
+    def count(k: int) -> str:  # of the sample, scaled to the file
+        return str(k) if len(starts) == n or k == 0 else f"about {round(k * n / len(starts))}"
+
+    def counted(k_at: int, k_hi: int) -> str:  # "3 ... at max_seq_length 24 (1 at the space's longest, 32)"
+        return f" at max_seq_length {at}" + (f" ({count(k_hi)} at the space's longest, {hi})" if hi != at else "")
+
+    sampled = f" (estimated from {len(starts)} of them)" if len(starts) < n else ""
+    notes = []
+    lost = sum(s >= at for s in starts)
+    if lost:
+        what = ("trials at that length fail" if lost == len(starts) else
+                "training leaves them out" if role == "training" else "the evaluation leaves them out")
+        notes.append(f"{count(lost)} of {n} examples of {data_file}{sampled} keep no completion token"
+                     f"{counted(lost, sum(s >= hi for s in starts))}: the prompt fills it and sequences are cut on the "
+                     f"right; {what}")
+    cut_at = [k for k, s in zip(lengths, starts) if s < at < k]
+    cut_hi = [k for k, s in zip(lengths, starts) if s < hi < k]
+    if cut_at or cut_hi:
+        longest_cut = max(cut_at + cut_hi)
+        notes.append(f"{count(len(cut_at))} of {n} examples of {data_file}{sampled} are cut inside their completion"
+                     f"{counted(len(cut_at), len(cut_hi))}; the longest of them has {longest_cut} tokens: "
+                     f"{'they are trained' if role == 'training' else 'they are scored'} without their end and the EOS token")
+    return notes
+
+
 def data_lengths(model_path: str, data_file: str | os.PathLike) -> list[int]:
     """Token count of every example of ``data_file`` (untruncated): ``data_profile``'s first list."""
     return data_profile(model_path, data_file)[0]
@@ -216,7 +251,7 @@ class MemoryGate:
                  threads: int = 0, timeout_s: float = 600, train_file: str | os.PathLike | None = None,
                  probe_first: bool = True, budget_note: str | None = None, runner: Callable | None = None,
                  probe_device: Callable[..., str | None] | None = None,
-                 probe_company: Callable[[str], list[int]] | None = None):
+                 probe_company: Callable[[str], list[int]] | None = None, seed: int = 42):
         from moopt.memory.estimate import load_model_config
 
         problems = []
@@ -234,6 +269,7 @@ class MemoryGate:
         self.constraint_gb = float(constraint_gb)
         self.margin = margin  # None: the band comes from the estimator's measured error (band())
         self.steps, self.threads, self.timeout_s = steps, threads, timeout_s
+        self.seed = seed  # the study's: the trials' data order, so the shapes of their batches (varied_shapes)
         self.train_file = str(train_file) if train_file else None
         self.probe_first = probe_first  # on cuda, probe the first configuration of each key before trusting any
         self.budget_note = budget_note  # where the budget comes from, said in each reason ("95% of the largest GPU's ...")
@@ -266,9 +302,34 @@ class MemoryGate:
         b, s = trial.training.batch_size, trial.data.max_seq_length
         if not self.train_file:
             return b, s
+        return batch_shape(self._trial_lengths(trial), b, s, trial.data.sampling_strategy)
+
+    def _trial_lengths(self, trial: TrialConfig) -> list[int]:
+        """Token count of each example the trial trains on, in file order: cut to max_seq_length, and without
+        those whose prompt fills it, which the trial leaves out (moopt.train.data.tokenize_file)."""
+        s = trial.data.max_seq_length
         lengths, starts = data_profile(self.model_path, self.train_file)
-        # an example whose prompt fills max_seq_length is left out by the trial (moopt.train.data.tokenize_file)
-        return batch_shape([n for n, first in zip(lengths, starts) if first < s], b, s, trial.data.sampling_strategy)
+        return [min(n, s) for n, first in zip(lengths, starts) if first < s]
+
+    def varied_shapes(self, trial: TrialConfig, main: tuple[int, int]) -> list[tuple[int, int]] | None:
+        """The other (rows, tokens) shapes of the micro-batches the trial will build (moopt.train.data.batch_plan
+        with the study's seed, packing included), the largest first, at most VARIED_STEPS: what its probe trains on
+        after ``main``. On a CPU each new shape grows the peak RSS (per-shape kernels, the heap), so the probe's
+        made-up shorter batches measured 4-8% above trials that met only two or three shapes. None without a
+        train file (the probe makes up shorter batches)."""
+        if not self.train_file:
+            return None
+        from moopt.train.data import batch_plan, plan_shape
+        from moopt.train.probe import VARIED_STEPS
+
+        lengths = self._trial_lengths(trial)
+        if not lengths:
+            return None
+        tc, data = trial.training, trial.data
+        plan = batch_plan(lengths, tc.batch_size, tc.num_train_epochs, data.sampling_strategy, self.seed,
+                          data.max_seq_length if data.packing else None)
+        shapes = {plan_shape(lengths, idx, rows) for _, idx, rows in plan} - {tuple(main)}
+        return sorted(shapes, key=lambda x: (-x[0] * x[1], -x[1]))[:VARIED_STEPS]
 
     def estimate(self, trial: TrialConfig, calibrated: bool = True):
         """The trial's MemoryEstimate at its data's largest batch (:meth:`shape`); calibrated with this
@@ -363,7 +424,8 @@ class MemoryGate:
         # they hold, and whatever it would reserve past that is infeasible anyway
         cap = int(budget * PROBE_CAP * GIB) if self.device == "cuda" else None
         probe = dict(device=self.device, kernels=self.kernels, steps=self.steps, timeout_s=self.timeout_s,
-                     threads=self.threads, shape=probe_shape, cap_bytes=cap)
+                     threads=self.threads, shape=probe_shape, cap_bytes=cap,
+                     varied=self.varied_shapes(trial, probe_shape))
         if self.runner is None:
             res = probe_peak(self.model_path, trial, cuda_visible=where or None, **probe)
         else:

@@ -481,15 +481,12 @@ def batch_order(lengths: list[int], batch_size: int, strategy: str, generator: t
     return batches
 
 
-def micro_batches(
-    data: TokenizedSet, batch_size: int, epochs: float, strategy: str, seed: int, pad_id: int,
-    pack_capacity: int | None = None,
-) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:
-    """Yield (epoch position, batch) for ``epochs`` passes (a fractional last pass is cut short); with
-    ``pack_capacity`` each batch's examples are packed into rows of at most that many tokens, and no wider than
-    the batch's longest example (:func:`collate_packed`), where that removes a fifth of its tokens or more
-    (:func:`worth_packing`), else padded rows (:func:`collate`)."""
-    lengths = [len(e.input_ids) for e in data.examples]
+def batch_plan(
+    lengths: list[int], batch_size: int, epochs: float, strategy: str, seed: int, pack_capacity: int | None = None,
+) -> Iterator[tuple[float, list[int], list[list[int]] | None]]:
+    """What :func:`micro_batches` builds from examples of these token counts, without the tensors: (epoch position,
+    the micro-batch's example indices, its packed rows or None where it stays padded). The memory gate's probe reads
+    the shapes a trial will meet from it (moopt.study.gate.MemoryGate.varied_shapes)."""
     per_epoch = math.ceil(len(lengths) / batch_size)
     total = max(1, math.ceil(per_epoch * epochs))
     done, epoch = 0, 0
@@ -499,7 +496,6 @@ def micro_batches(
             if done >= total:
                 return
             done += 1
-            examples = [data.examples[i] for i in idx]
             sizes = [lengths[i] for i in idx]
             # rows no wider than the batch's longest example (what its padded rows are): wider ones hold fewer rows
             # but attention's cost grows with the square of a row's width (a batch of 16 examples of 20-200 tokens
@@ -507,12 +503,32 @@ def micro_batches(
             # measures the padded batch
             capacity = min(pack_capacity, max(sizes)) if pack_capacity else None
             rows = pack_rows(sizes, capacity) if capacity else None
-            if rows is not None and packing_pays(rows, sizes):
-                batch = collate_packed(examples, pad_id, capacity, rows)
-            else:
-                batch = collate(examples, pad_id)
-            yield done / per_epoch, batch
+            yield done / per_epoch, idx, (rows if rows is not None and packing_pays(rows, sizes) else None)
         epoch += 1
+
+
+def plan_shape(lengths: list[int], idx: list[int], rows: list[list[int]] | None) -> tuple[int, int]:
+    """(rows, tokens per row) of one micro-batch of :func:`batch_plan`."""
+    if rows is None:
+        return len(idx), max(lengths[i] for i in idx)
+    return len(rows), max(sum(lengths[idx[i]] for i in row) for row in rows)
+
+
+def micro_batches(
+    data: TokenizedSet, batch_size: int, epochs: float, strategy: str, seed: int, pad_id: int,
+    pack_capacity: int | None = None,
+) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:
+    """Yield (epoch position, batch) for ``epochs`` passes (a fractional last pass is cut short); with
+    ``pack_capacity`` each batch's examples are packed into rows of at most that many tokens, and no wider than
+    the batch's longest example (:func:`collate_packed`), where that removes a fifth of its tokens or more
+    (:func:`worth_packing`), else padded rows (:func:`collate`). The order and rows: :func:`batch_plan`."""
+    lengths = [len(e.input_ids) for e in data.examples]
+    for pos, idx, rows in batch_plan(lengths, batch_size, epochs, strategy, seed, pack_capacity):
+        examples = [data.examples[i] for i in idx]
+        if rows is not None:
+            yield pos, collate_packed(examples, pad_id, min(pack_capacity, max(lengths[i] for i in idx)), rows)
+        else:
+            yield pos, collate(examples, pad_id)
 
 
 def n_micro_batches(n_examples: int, batch_size: int, epochs: float) -> int:

@@ -82,6 +82,7 @@ def probe_peak(
     shape: tuple[int, int] | None = None,
     cuda_visible: str | None = None,
     cap_bytes: int | None = None,
+    varied: list[tuple[int, int]] | None = None,
 ) -> ProbeResult:
     """Peak memory of ``steps`` training steps of ``trial`` on ``model_path`` in a fresh subprocess.
 
@@ -95,6 +96,8 @@ def probe_peak(
     ``cap_bytes`` (cuda): the most the probe's caching allocator may reserve
     (``torch.cuda.set_per_process_memory_fraction``), so that a probe beside running trials cannot take the memory
     they hold; an OOM that the cap, not the GPU, refused comes back with ``capped=True``: it needs more than the cap.
+    ``varied``: the (batch, sequence) shapes to train on after ``shape``, one step each (the other shapes the trial's
+    batches have, moopt.study.gate.MemoryGate.varied_shapes); None: VARIED_STEPS made-up shorter batches.
     """
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"probe_peak: device must be 'cpu' or 'cuda', got {device!r}")
@@ -113,7 +116,8 @@ def probe_peak(
     spec = {"model_path": str(model_path), "trial": trial.to_dict(), "device": device, "kernels": kernels,
             "steps": int(steps), "threads": int(threads), "seed": int(seed), "nvml_baseline": baseline,
             "shape": [int(x) for x in shape] if shape else None,
-            "cap_bytes": int(cap_bytes) if cap_bytes and device == "cuda" else None}
+            "cap_bytes": int(cap_bytes) if cap_bytes and device == "cuda" else None,
+            "varied": [[int(x) for x in v] for v in varied] if varied is not None else None}
     env = child_env(threads, "" if device == "cpu" else cuda_visible)  # a CPU probe hides GPUs, as a CPU slot does
     if device == "cpu":
         env[STEADY_HEAP_ENV] = "1"  # as the trials it stands for (moopt.memory.rss.steady_heap)
@@ -238,10 +242,13 @@ def _child_run(spec: dict) -> dict:
     for _ in range(int(spec["steps"])):
         train_step(model, [batch, batch] if accumulate else [batch], params=params, opt=opt, sched=None,
                    max_grad_norm=tc.max_grad_norm, device=device, backend=info["backend"])
-    # -- then as the trial goes on: shorter batches (each 1/8 of the sequence shorter), an evaluation --
+    # -- then as the trial goes on: its other batch shapes (made up: each 1/8 of the sequence shorter), an evaluation --
+    varied = spec.get("varied")
+    if varied is None:
+        varied = [(b, max(1, s - k * max(1, s // 8))) for k in range(1, VARIED_STEPS + 1)]
     previous = batch
-    for k in range(1, VARIED_STEPS + 1):
-        shorter = worst_case_batch(b, max(1, s - k * max(1, s // 8)), model.config.vocab_size, device, seed + k)
+    for k, (vb, vs) in enumerate(varied, 1):
+        shorter = worst_case_batch(int(vb), int(vs), model.config.vocab_size, device, seed + k)
         train_step(model, [previous, shorter] if accumulate else [shorter], params=params, opt=opt, sched=None,
                    max_grad_norm=tc.max_grad_norm, device=device, backend=info["backend"])
         previous = shorter
