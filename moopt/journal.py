@@ -94,6 +94,8 @@ def replay(output_dir: str | Path) -> StudyRecord:
                 rec.header = ev
             elif kind == "settings":  # a --resume with other weights, budget, trial count or options: they apply now
                 rec.header = {**rec.header, **{k: v for k, v in ev.items() if k in RESUME_SETTINGS}}
+            elif kind == "data":  # the data files a run read, and what its start said of them (the latest run's)
+                rec.header = {**rec.header, "data": {k: v for k, v in ev.items() if k != "type"}}
             elif kind == "trial_start":
                 rec.starts[ev["number"]] = ev
                 rec.ends.pop(ev["number"], None)  # a re-queued trial starts afresh

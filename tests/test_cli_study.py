@@ -422,7 +422,11 @@ def test_trials_searching_max_seq_length_are_scored_on_the_same_validation_token
     prompts = [len(json.loads(line)["prompt"].split()) for line in data["train"].read_text().splitlines()]
     cut = sum(p < 12 < p + 5 for p in prompts)
     assert cut and (f"{cut} of 24 examples of {data['train']} are cut inside their completion at max_seq_length 12 "
-                    "(0 at the space's longest, 32); the longest has") in " ".join(r.output.split()), r.output
+                    "(0 at the space's longest, 32); the longest of them has") in " ".join(r.output.split()), r.output
+    # the report keeps what the console said of the data, and names the files
+    report = (out / "report.html").read_text()
+    assert f"<dd>{data['train']} (24 examples)</dd>" in report and f"<dd>{data['val']} (12 examples)</dd>" in report
+    assert "keep no completion token at max_seq_length 12 (0 at the space&#x27;s longest, 32)" in report
     runs = {n: json.loads((out / "trial_results" / f"trial_{n}" / "metrics.json").read_text()) for n in range(4)}
     lengths = {n: load_trial_config(out / "trial_results" / f"trial_{n}" / "config.yaml").data.max_seq_length for n in runs}
     assert set(lengths.values()) == {12, 32}

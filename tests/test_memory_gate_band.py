@@ -550,6 +550,8 @@ def test_the_studys_data_check_reads_a_sample_of_a_large_file_and_confirms_a_ref
     study.cfg = SimpleNamespace(space=parse_space({"data": {"max_seq_length": 16}}), model_path=str(tiny_model),
                                 train_file=str(f), validation_file=str(f))
     study.console = Console(file=io.StringIO(), width=400)
+    events = []
+    study.journal = SimpleNamespace(append=events.append)
     real = gate_module.completion_starts
     gate_module.completion_starts = lambda m, p, sample=5000: ([36] * 5, 31)  # a sample without the short one
     try:
@@ -557,6 +559,9 @@ def test_the_studys_data_check_reads_a_sample_of_a_large_file_and_confirms_a_ref
     finally:
         gate_module.completion_starts = real
     assert "Note: 30 of 31 examples" in study.console.file.getvalue()  # counted on all of them
+    # and journalled for the report: the files, their sizes, the notes
+    assert [e["type"] for e in events] == ["data"] and events[0]["train_examples"] == 31
+    assert events[0]["notes"][0].startswith("30 of 31 examples")
 
 
 def test_without_a_memory_constraint_a_gpu_study_still_never_trains_what_cannot_fit_the_gpu(tiny_model, tiny_data,
@@ -903,3 +908,22 @@ def test_an_unreadable_calibration_file_is_kept_aside_and_said_not_silently_repl
     assert f"moopt: {path} could not be read; kept as calibration.json.unreadable" in err
     cache.update("k", lambda e: e)  # a readable file: nothing more said
     assert capsys.readouterr().err == ""
+
+
+def test_data_notes_count_cut_completions_at_both_ends_of_a_searched_length_and_name_the_longest_cut(tiny_model, tmp_path):
+    """A space searching max_seq_length 24..32: examples whose prompt fills 24 are left out there and cut inside their
+    completion at 32, so the note counts them at 32 too (it said nothing when none was cut at 24); "the longest" is the
+    longest of those cut, not of the file (which may be one left out whole)."""
+    from moopt.study.gate import data_notes
+
+    f = tmp_path / "d.jsonl"
+    rows = ([{"prompt": " ".join(["the color of"] * 10), "completion": " red green blue red"}] * 3  # 30 + 4 + EOS = 35
+            + [{"prompt": " ".join(["the color of"] * 15), "completion": " red"}] * 2  # 45 prompt tokens: lost at both
+            + [{"prompt": "what is the color of sky ?", "completion": " blue"}] * 5)
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    notes = data_notes(str(tiny_model), f, 24, 32)
+    assert notes[0].startswith(f"5 of 10 examples of {f} keep no completion token at max_seq_length 24 (2 at the space's "
+                               "longest, 32)"), notes
+    assert notes[1].startswith(f"0 of 10 examples of {f} are cut inside their completion at max_seq_length 24 (3 at the "
+                               "space's longest, 32); the longest of them has 35 tokens"), notes
+    assert data_notes(str(tiny_model), f, 48) == []

@@ -56,6 +56,7 @@ def test_train_final_model_reports_validation_and_test(tiny_model, tiny_data, tm
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert "test" in r.output and "validation" in r.output
     assert "loading model" in r.output and "Loading weights" not in r.output  # transformers' bar: moopt's line says it
+    assert f"Note: --test_file {tiny_data['val']} is the validation file: its metrics are not held-out ones" in r.output
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 2 and "--overwrite" in r.output
     # without a test set: validation metrics only (the guide's final model, for a user who keeps no test set)
@@ -82,6 +83,31 @@ def test_train_final_model_reports_validation_and_test(tiny_model, tiny_data, tm
     assert "r: 8" in (out / "config.yaml").read_text() and not (out / FAILED).exists()
     assert json.loads((out / "final_metrics.json").read_text())["adapter"] == str((out / "adapter").absolute())
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "config.yaml", "final_metrics.json", "metrics.json"]
+
+
+def test_moopt_train_says_what_max_seq_length_leaves_out_and_refuses_its_training_file_as_validation(tiny_model,
+                                                                                                   tiny_data, tmp_path):
+    """The final run says, as a study's start does, how many examples its max_seq_length leaves out (their prompt fills
+    it) or cuts inside their completion: it used to train on 13 of 20 examples without a word. The training file given
+    as --validation_file is refused, as moopt optimize refuses it: one line, exit 2, nothing written."""
+    train = tmp_path / "train.jsonl"
+    long_prompt = " ".join(["the color of"] * 10)  # 30 tokens and BOS: no completion token within 24
+    rows = [{"prompt": long_prompt, "completion": " red"}] * 3 + [{"prompt": "what is the color of sky ?", "completion": " blue"}] * 5
+    rows += [{"prompt": " ".join(["the color of"] * 7), "completion": " red green blue red"}] * 2  # 22 + 4 + EOS: cut
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("training: {learning_rate: 0.01, batch_size: 4, num_train_epochs: 1}\nlora: {r: 4}\ndata: {max_seq_length: 24}\n")
+    base = ["train", "--config", str(cfg), "--base_model", str(tiny_model), "--train_file", str(train)]
+    r = CliRunner().invoke(main, [*base, "--validation_file", str(tiny_data["val"]), "--output_dir", str(tmp_path / "f")])
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert (f"Note: 3 of 10 examples of {train} keep no completion token at max_seq_length 24: the prompt fills it and "
+            "sequences are cut on the right; training leaves them out") in said, r.output
+    assert f"Note: 2 of 10 examples of {train} are cut inside their completion at max_seq_length 24" in said, r.output
+    assert json.loads((tmp_path / "f" / "metrics.json").read_text())["unlabelled_train"] == 3
+    r = CliRunner().invoke(main, [*base, "--validation_file", str(train), "--output_dir", str(tmp_path / "g")])
+    assert r.exit_code == 2 and "the same file as --train_file" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "g").exists()
 
 
 def test_warm_started_study_runs_the_earlier_best_first(tiny_model, tiny_data, tmp_path):

@@ -411,7 +411,7 @@ def train(**kw) -> None:
     from moopt.cli.final import study_of, train_final
     from moopt.config import cpu_dtype_override, load_trial_config
     from moopt.journal import JOURNAL, replay
-    from moopt.study.gate import require_completions
+    from moopt.study.gate import data_notes, require_completions
     from moopt.study.outdir import check_writable_dir
     from moopt.train.data import read_records, shared_records
     from moopt.train.models import recorded_name, resolve_model_revision
@@ -438,6 +438,9 @@ def train(**kw) -> None:
         files = ("train_file", "validation_file", *(("test_file",) if kw["test_file"] else ()))
         for f in files:
             read_records(kw[f])
+        if os.path.samefile(kw["train_file"], kw["validation_file"]):  # as moopt optimize refuses it
+            raise ConfigError(f"--validation_file {kw['validation_file']}: the same file as --train_file; the validation "
+                              "metrics are measured on it, so give held-out records (the study's validation file)")
         out = Path(kw["output_dir"])
         check_writable_dir(out)
         if (out / JOURNAL).is_file() or (out.absolute().parent.name == "trial_results"
@@ -452,13 +455,23 @@ def train(**kw) -> None:
         kw["hub_id"], kw["hub_revision"] = (kw["base_model"], commit) if commit else (None, None)  # the adapter names them
         # validation (and test) cut at the length the study evaluated every trial at
         kw["eval_max_seq_length"] = max(int(header.get("eval_max_seq_length") or 0), cfg.data.max_seq_length)
-        for f in files:  # the study's check (Study.check_data)
-            require_completions(model_path, kw[f], cfg.data.max_seq_length if f == "train_file" else kw["eval_max_seq_length"])
+        for f in files:  # the study's check (Study.check_data), and its notes on what max_seq_length leaves out or cuts
+            at = cfg.data.max_seq_length if f == "train_file" else kw["eval_max_seq_length"]
+            require_completions(model_path, kw[f], at)
+        for f in files:
+            if f == "test_file" and os.path.samefile(kw[f], kw["validation_file"]):
+                continue  # said for the validation file
+            at = cfg.data.max_seq_length if f == "train_file" else kw["eval_max_seq_length"]
+            notes += [f"Note: {n}" for n in data_notes(model_path, kw[f], at, role="training" if f == "train_file" else "evaluation")]
     except ConfigError as e:
         fail(str(e))
     for note in notes:
         click.echo(note)
     for f in ("train_file", "validation_file") if kw["test_file"] else ():  # the test set: what the search never saw
+        if os.path.samefile(kw[f], kw["test_file"]):
+            click.echo(f"Note: --test_file {kw['test_file']} is the {f.removesuffix('_file')} file: its metrics are "
+                       "not held-out ones")
+            continue
         shared, n_test = shared_records(kw[f], kw["test_file"])
         if shared:
             click.echo(f"Note: {shared} of {n_test} examples of {kw['test_file']} also appear in "

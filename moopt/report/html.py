@@ -79,8 +79,13 @@ def build_html(data: StudyData, analysis: Analysis, images: dict[str, bytes], re
         ("Memory constraint", f"{h['memory_constraint_gb']:g} GiB" if h.get("memory_constraint_gb") else "none"),
         ("Started", h.get("created", "?")),
     ]
+    data_facts = h.get("data") or {}  # the journal's "data" event: files, sizes, the notes the study's start said
+    for role, name in (("train", "Training data"), ("validation", "Validation data")):
+        if data_facts.get(f"{role}_file"):
+            facts.insert(len(facts) - 1, (name, f"{data_facts[f'{role}_file']} ({data_facts.get(f'{role}_examples', '?')} examples)"))
+    notes = "".join(f"<p class='warn'>Note: {e(n)}</p>" for n in data_facts.get("notes") or [])
     body = ["<h1>moopt study report</h1>",
-            "<dl class='facts'>" + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in facts) + "</dl>",
+            "<dl class='facts'>" + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in facts) + "</dl>" + notes,
             _best_section(data, analysis.edges),
             _refined_section(data, refined, out),
             _pareto_section(data, analysis),

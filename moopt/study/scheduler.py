@@ -281,46 +281,29 @@ class Study:
         or be scored on nothing (a loss of 0). A large file is checked on a sample (``completion_starts``); the
         refusal is confirmed on every example. Validation records that also appear in the training file are
         said too (the objectives then reward memorising them)."""
-        from moopt.study.gate import require_completions, sampled_profile
+        from moopt.study.gate import data_notes, require_completions
         from moopt.train.data import shared_records
 
         if not Path(self.cfg.model_path).is_dir():  # a simulation's stand-in model (benchmarks, tests): no tokenizer
             return
         lo, hi = self.seq_range()
         checked = ((self.cfg.train_file, lo), (self.cfg.validation_file, hi))
-        for f, _ in checked:  # every refusal before any note
-            require_completions(self.cfg.model_path, f, hi)
-        for f, at in checked:
-            lengths, starts, n = sampled_profile(self.cfg.model_path, f)  # what require_completions read (cached)
-            def count(k: int, starts=starts, n=n) -> str:  # of the sample, scaled to the file
-                return str(k) if len(starts) == n or k == 0 else f"about {round(k * n / len(starts))}"
-
-            sampled = f" (estimated from {len(starts)} of them)" if len(starts) < n else ""
-            lost = sum(s >= at for s in starts)
-            if lost:
-                at_hi = sum(s >= hi for s in starts)
-                more = f" ({count(at_hi)} at the space's longest, {hi})" if hi != at else ""
-                what = ("trials at that length fail" if lost == len(starts) else
-                        "trials train without them" if f == self.cfg.train_file else "the evaluation leaves them out")
-                self.console.print(
-                    f"[yellow]Note:[/] {count(lost)} of {n} examples of {f}{sampled} keep no completion token at "
-                    f"max_seq_length {at}{more}: the prompt fills it and sequences are cut on the right; {what}")
-            # cut inside the completion: its end, and the EOS token the model learns to stop at, are lost
-            cut = sum(s < at < k for k, s in zip(lengths, starts))
-            if cut:
-                at_hi = sum(s < hi < k for k, s in zip(lengths, starts))
-                more = f" ({count(at_hi)} at the space's longest, {hi})" if hi != at else ""
-                self.console.print(
-                    f"[yellow]Note:[/] {count(cut)} of {n} examples of {f}{sampled} are cut inside their completion at "
-                    f"max_seq_length {at}{more}; the longest has {max(lengths)} tokens: "
-                    f"{'trials train' if f == self.cfg.train_file else 'they are scored'} without its end and the EOS "
-                    "token")
+        sizes = [require_completions(self.cfg.model_path, f, hi)[1] for f, _ in checked]  # every refusal before any note
+        notes = [note for f, at in checked
+                 for note in data_notes(self.cfg.model_path, f, at, hi, "training" if f == self.cfg.train_file else "validation")]
         shared, n_val = shared_records(self.cfg.train_file, self.cfg.validation_file)
         if shared:
-            self.console.print(
-                f"[yellow]Note:[/] {shared} of {n_val} examples of {self.cfg.validation_file} also appear in "
-                f"{self.cfg.train_file}: the objectives reward memorising them; a validation set held out from "
-                "training measures what a trial learnt")
+            notes.append(f"{shared} of {n_val} examples of {self.cfg.validation_file} also appear in "
+                         f"{self.cfg.train_file}: the objectives reward memorising them; a validation set held out from "
+                         "training measures what a trial learnt")
+        from rich.markup import escape
+
+        for note in notes:
+            self.console.print(f"[yellow]Note:[/] {escape(note)}")
+        # the report's data facts (moopt.report.html): the files this run read, their sizes and these notes
+        self.journal.append({"type": "data", "train_file": str(self.cfg.train_file), "train_examples": sizes[0],
+                             "validation_file": str(self.cfg.validation_file), "validation_examples": sizes[1],
+                             "notes": notes})
 
     # -- running it ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -880,7 +863,7 @@ class Scheduler:
                                    probe_first=bool(cfg.memory_constraint_gb), budget_note=budget_note,
                                    runner=getattr(executor, "call", None),
                                    probe_device=self.ray_probe_room if callable(nodes) else self.placer.probe_device,
-                                   probe_company=None if callable(nodes) else self.placer.on)
+                                   probe_company=None if callable(nodes) else self.placer.on, seed=cfg.seed)
         self.waiting_for_probe: set[int] = set()  # individuals whose probe waits for a GPU (said once each)
         self.beside: dict[int, set[int]] = {}  # running trial -> the trials that shared its GPU meanwhile
         self.probes_beside: dict[int, set[int]] = {}  # running trial -> trials whose memory probe ran on its GPU
