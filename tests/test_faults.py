@@ -83,6 +83,24 @@ def test_time_budget_stops_new_trials_and_still_writes_the_report(tiny_model, ti
     assert (out / "optimization_plot.png").is_file()
 
 
+def test_when_no_queued_configuration_can_finish_in_time_a_shorter_one_is_proposed(tiny_model, tiny_data, tmp_path):
+    """A generation whose remaining configurations are all too long for the time left ended the study (3 of 6 trials
+    here, with 52 of 60 s left): the engine is asked for one more of the generation that can finish (here: 1 epoch,
+    not 5000), until the budget or the trial count ends."""
+    sp = tmp_path / "space.yaml"
+    sp.write_text("training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}\n"
+                  "  num_train_epochs: {type: categorical, values: [1, 5000]}\n  batch_size: 8\n"
+                  "lora:\n  r: {type: categorical, values: [4, 8]}\ndata:\n  max_seq_length: 32\n")
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+                                  "--validation_file", str(tiny_data["val"]), "--output_dir", str(out), "--search_space",
+                                  str(sp), "--num_trials", "6", "--no-baseline", "--time_budget_hours", str(90 / 3600)])
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out / "trials_summary.csv")
+    assert len(df) == 6 and set(df.params_num_train_epochs) == {1.0} and set(df.state) == {"COMPLETE"}, r.output
+    assert "none of the next configurations" not in r.output
+
+
 def test_the_time_budget_predicts_a_trial_from_trials_of_its_batch_size_and_kind():
     """Tokens/s grows with the micro-batch (SmolLM2 on 2 CPU cores: 28 at batch 1, 130 at batch 8), so the
     median of a study's trials (58) read a batch-1 trial of 5 epochs as fitting 8 minutes: it started, and was
@@ -168,9 +186,17 @@ def test_a_queued_configuration_that_can_finish_runs_before_one_that_cannot():
         steps=10, total_steps=10, epochs=1.0, config={"training": {"batch_size": b}, "model": {}}))]
     sch = Scheduler.__new__(Scheduler)
     pending = [SimpleNamespace(X=space.encode(c)) for c in (long, short)]
-    sch.ck = SimpleNamespace(engine=SimpleNamespace(pending=pending))
+    offered = []  # what the engine's extend offers: one more of the generation, where the predicate accepts it
+
+    def extend(k, allowed=None):
+        more = [x for x in offered if allowed is None or allowed(x)][:k]
+        pending.extend(SimpleNamespace(X=x) for x in more)
+        return more
+
+    sch.ck = SimpleNamespace(engine=SimpleNamespace(pending=pending, extend=extend))
     sch.cfg = SimpleNamespace(space=space)
-    sch.study = SimpleNamespace(config_key=lambda t: repr(t.to_dict()), fits_time=Study.fits_time)
+    sch.study = SimpleNamespace(config_key=lambda t: repr(t.to_dict()), fits_time=Study.fits_time,
+                                predicted_seconds=Study.predicted_seconds)
     sch.evaluated, sch.known, sch.durations, sch.gate, sch.next_number, sch.stop_note = {}, {}, durations, None, 0, None
     sch.placer = SimpleNamespace(place=lambda number, gb: "cpu", on_gpu=False)
     sch.deadline = time.time() + 8 * 60
@@ -180,6 +206,10 @@ def test_a_queued_configuration_that_can_finish_runs_before_one_that_cannot():
     assert sch.admit(0, -1) and started == [(1, 8)] and sch.queue == [(0, -1)] and sch.stop_note is None
     assert not sch.admit(*sch.queue.pop(0)) and started == [(1, 8)]
     assert sch.stop_note.startswith("time budget: none of the next configurations could finish")
+    assert sch.stop_note.endswith("left)") and "the next needs about 13m" in sch.stop_note  # 5 epochs at batch 1
+    # where none queued can finish, the engine is asked for one more of the generation that can: it runs
+    sch.stop_note, offered[:] = None, [space.encode(long), space.encode(short)]
+    assert sch.admit(0, -1) and started == [(1, 8), (2, 8)] and sch.queue == [(0, -1)]
 
 
 def test_a_hanging_trial_is_killed_recorded_fail_with_the_reason_and_the_study_goes_on(tiny_model, tiny_data, space,

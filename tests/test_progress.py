@@ -54,8 +54,17 @@ def test_trial_line_shows_step_loss_speed_and_eta():
     assert b.trial_line(4).endswith("ETA 1m40s")
     clock.t += 15
     assert b.trial_line(4).endswith("ETA 1m25s")
-    clock.t += 600
+    clock.t += 60
     assert b.trial_line(4).endswith("ETA 1m20s")  # 4 steps x 20 s after the one running
+    # a step that runs 10 mean steps (and 10 s) or more: its pace says nothing of when it ends; how long it has run
+    clock.t += 150
+    assert b.trial_line(4) == "Trial 4: step 5/10 loss 1.2340 312 tok/s, step 6 running for 3m45s"
+    # a fast trial that hangs said "ETA 0s" for as long as it hung
+    for k in range(1, 3):
+        b.event(7, prog(k, total=12, step_s=0.1))
+    assert b.trial_line(7).endswith("ETA 1s")
+    clock.t += 11
+    assert b.trial_line(7).endswith(", step 3 running for 11s")
 
 
 def test_phases_and_evaluation_batches_are_shown_until_training_resumes():

@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import pickle
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -315,12 +315,13 @@ class Engine:
         self.pending, self.results = pop, {}
         return [dict(ind.X) for ind in pop]
 
-    def _random_new(self, n: int, draws: int):
-        """Up to ``n`` configurations never tried (nor pending), from ``draws`` random ones; None when none is new."""
+    def _random_new(self, n: int, draws: int, allowed: Callable[[dict[str, Any]], bool] | None = None):
+        """Up to ``n`` configurations never tried (nor pending), from ``draws`` random ones (that ``allowed`` accepts,
+        where given); None when none is new."""
         from pymoo.core.mixed import MixedVariableSampling
 
         cand = self._snap(MixedVariableSampling().do(self.problem, draws, random_state=self.rng))
-        keep = self._new(cand)[0][:n]
+        keep = [i for i in self._new(cand)[0] if allowed is None or allowed(dict(cand[i].X))][:n]
         return cand[keep] if keep else None
 
     def tell_one(self, index: int, F: np.ndarray, G: float | np.ndarray, F_surrogate: np.ndarray | None = None) -> None:
@@ -517,7 +518,7 @@ class Engine:
             out.append(x)
         return Population.new(X=np.array(out, dtype=object)) if out else None
 
-    def extend(self, k: int) -> list[dict[str, Any]]:
+    def extend(self, k: int, allowed: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
         """Up to k more individuals for the pending generation, chosen by the surrogate with everything
         told so far (this generation's results included), so that a free slot works while the
         generation's last trials run (parallel trials of uneven length: pruned ones end in seconds, full
@@ -529,16 +530,19 @@ class Engine:
         A generation grows for as long as its slowest trial runs. Capping it at twice its asked size
         did worse in benchmarks/bench_parallel_sim.py (12 trials: wall time 0.91x of waiting against
         0.85x, mean hypervolume change +6.2% against +6.8%; 30 trials: 0.94x against 0.88x, +0.5%
-        against +0.9%), so there is no cap."""
+        against +0.9%), so there is no cap.
+
+        ``allowed(x)``: only candidates it accepts (the time budget's: one that can finish before the deadline, where
+        none of the generation's can); here the first generation's random ones are drawn 16 times as many."""
         from pymoo.core.population import Population
 
         if self.pending is None or k < 1:
             return []
         parents = getattr(self.algorithm, "pop", None)
         if getattr(self, "surrogate", False) and len(self.arch_X) + len(self.results) >= MIN_SURROGATE:
-            off = self._ask_assisted(k)
+            off = self._ask_assisted(k, allowed)
         elif parents is None or not len(parents):  # the first generation, too few told: random, as the rest of it
-            off = self._random_new(k, 4 * k)
+            off = self._random_new(k, 4 * k if allowed is None else 64 * k, allowed)
         else:
             off = None
         if off is None or not len(off):
@@ -546,7 +550,7 @@ class Engine:
         self.pending = Population.merge(self.pending, off)
         return [dict(ind.X) for ind in off]
 
-    def _ask_assisted(self, k: int | None = None):
+    def _ask_assisted(self, k: int | None = None, allowed: Callable[[dict[str, Any]], bool] | None = None):
         from pymoo.core.mixed import MixedVariableSampling
         from pymoo.core.population import Population
 
@@ -564,6 +568,11 @@ class Engine:
         if nb is not None:
             off = Population.merge(off, nb)
         off = self._snap(off)  # mating._do skips the mating's repair
+        if allowed is not None:
+            ok = [i for i, ind in enumerate(off) if allowed(dict(ind.X))]
+            if not ok:
+                return None
+            off = off[ok]
         keep, C = self._new(off)
         if not keep:
             return None

@@ -36,6 +36,9 @@ def fmt_duration(s: float) -> str:
 
 
 
+STUCK_STEPS, STUCK_MIN_S = 10, 10.0  # a step running this many mean steps, and seconds, is shown as running that long
+
+
 @dataclass
 class TrialProgress:
     label: str  # "Trial 3" | "Base model"
@@ -70,7 +73,19 @@ class TrialProgress:
         left = (self.total - self.step) * mean
         if now is None or not self.step_at:
             return left
+        if self.stuck_s(now) is not None:  # its pace says nothing of when it ends: no ETA
+            return None
         return max(left - (now - self.step_at), (self.total - self.step - 1) * mean, 0.0)
+
+    def stuck_s(self, now: float) -> float | None:
+        """How long the running step has taken, once that is over STUCK_STEPS mean steps and STUCK_MIN_S seconds (a
+        stuck trial said "ETA 0s" for minutes; --stall_timeout decides when it is ended); else None. Not during an
+        evaluation, nor after the last step."""
+        if self.phase != "training" or not self.step_at or self.steps_seen < 2 or self.step >= self.total:
+            return None
+        mean = (self.busy_s - self.first_s) / (self.steps_seen - 1)
+        since = now - self.step_at
+        return since if since > max(STUCK_MIN_S, STUCK_STEPS * mean) else None
 
 
 class ProgressBoard:
@@ -212,6 +227,9 @@ class ProgressBoard:
             eta = t.eta_s(now)
             loss = f" loss {t.loss:.4f}" if t.loss is not None else ""
             tps = f" {t.tokens_per_s:.0f} tok/s" if t.tokens_per_s else ""
+            stuck = t.stuck_s(now)
+            if stuck is not None:
+                return f"{t.label}: step {t.step}/{t.total}{loss}{tps}, step {t.step + 1} running for {fmt_duration(stuck)}"
             return f"{t.label}: step {t.step}/{t.total}{loss}{tps}" + (f" ETA {fmt_duration(eta)}" if eta is not None else "")
         what = t.phase + (f" ({t.detail})" if t.detail else "")
         if t.eval_total:

@@ -56,6 +56,7 @@ from moopt.study.outdir import (  # noqa: F401  (re-exported: the CLI and tests 
     training_code_changes,
     warm_start_configs,
 )
+from moopt.study.progress import fmt_duration
 from moopt.study.writer import BackgroundWriter
 
 
@@ -474,9 +475,11 @@ class Study:
         self.sync_metrics_file(res)
         vals = "  ".join(f"{k}={m[k]:.4f}" for k in cfg.objectives.names if k in m)
         colour = {TrialState.COMPLETE: "green", TrialState.PRUNED: "yellow"}.get(res.state, "red")
-        extra = f" ({res.error})" if res.error else ""
-        self.console.print(f"Trial {res.number} [{colour}]{res.state}[/] in {res.duration_s:.0f}s:"
-                           + (f" {vals}{extra}" if vals else extra))
+        from rich.markup import escape
+
+        why = escape(res.error or "")
+        self.console.print(f"Trial {res.number} [{colour}]{res.state}[/] in {res.duration_s:.0f}s"
+                           + (f": {vals}" + (f" ({why})" if why else "") if vals else f": {why}" if why else ""))
         if FALLBACK in (res.backend_reason or ""):  # its speed and memory are the torch path's: say so
             self.console.print(f"  Trial {res.number} fell back to the torch path: {res.backend_reason}", markup=False,
                                highlight=False)
@@ -666,12 +669,16 @@ class Study:
         deadline?"""
         if not durations:
             return time.time() < deadline
+        return time.time() + Study.predicted_seconds(tcfg, durations) <= deadline
+
+    @staticmethod
+    def predicted_seconds(tcfg: TrialConfig, durations) -> float:
+        """:meth:`fits_time`'s prediction of a trial's duration (``durations`` not empty)."""
         seq = int(tcfg.data.max_seq_length)
         per_epoch = float(np.median([d.tokens_per_epoch for d in durations if d.max_seq_length == seq]
                                     or [d.tokens_per_epoch for d in durations]))
         overhead = float(np.median([d.overhead_s for d in durations if d.warm] or [d.overhead_s for d in durations]))
-        predicted = per_epoch * tcfg.training.num_train_epochs / Study.tokens_per_s(tcfg, durations) + overhead
-        return time.time() + predicted <= deadline
+        return per_epoch * tcfg.training.num_train_epochs / Study.tokens_per_s(tcfg, durations) + overhead
 
     def run_baseline(self, executor=None, placer=None) -> None:
         """Evaluate the base model (no training) so the report can say how much tuning helped. On the
@@ -983,6 +990,12 @@ class Scheduler:
         self.ck.save(self.path)
         return True
 
+    def time_left_note(self, tcfg: TrialConfig) -> str:
+        """" (the shortest predicted s, s left)" for the stop note: what the budget lacked."""
+        predicted = self.study.predicted_seconds(tcfg, self.durations) if self.durations else None
+        left = max(0.0, self.deadline - time.time())
+        return f" (the next needs about {fmt_duration(predicted)}, {fmt_duration(left)} left)" if predicted else ""
+
     def admit(self, idx: int, number: int) -> bool:
         """Start pending individual ``idx`` (as trial ``number``, or the next new number if -1) unless
         it was evaluated already (told again, no trial), the time budget cannot fit it, or the memory
@@ -1010,12 +1023,21 @@ class Scheduler:
         if self.deadline is not None and not study.fits_time(tcfg, self.durations, self.deadline):
             # another queued individual of this generation that can still finish runs first; this one waits
             # behind it (time only runs out, so it never becomes able to finish)
+            def fits(x) -> bool:
+                return study.fits_time(self.cfg.space.decode(dict(x)), self.durations, self.deadline)
+
             for j, (other, _) in enumerate(self.queue):
-                if study.fits_time(self.cfg.space.decode(dict(self.engine.pending[other].X)), self.durations, self.deadline):
+                if fits(self.engine.pending[other].X):
                     self.queue.append((idx, number))
                     return self.admit(*self.queue.pop(j))
+            # none of them can: one more for this generation that can (fewer epochs, a shorter sequence, ...): a
+            # generation of long configurations ended a 10 h study whose last hours shorter ones would have used
+            if self.durations and self.engine.extend(1, allowed=fits):
+                self.queue.append((idx, number))
+                return self.admit(len(self.engine.pending) - 1, -1)
             self.stop_note = ("time budget: none of the next configurations could finish before the deadline"
-                              if self.durations or time.time() < self.deadline else
+                              + self.time_left_note(tcfg)
+                              if self.durations or self.n_started or time.time() < self.deadline else
                               "time budget: it ran out before the first trial could start (the set-up"
                               + (" and the base model's evaluation" if self.cfg.baseline else "") + " took it all)")
             return False
