@@ -132,6 +132,8 @@ def test_the_time_budget_predicts_a_trial_from_trials_of_its_batch_size_and_kind
     tight = time.time() + 5165 / 129.0 + 30  # an epoch at batch 8 and 30 s more
     assert not Study.fits_time(short, Study.duration_sample(cold), tight)
     assert Study.fits_time(short, Study.duration_sample(cold) + warm, tight)
+    # but a trial that will start a worker (the first after a --resume, a second slot's) pays the cold start again
+    assert not Study.fits_time(short, Study.duration_sample(cold) + warm, tight, cold=True)
     quant = TrialConfig.from_dict({"training": {"batch_size": 8}, "model": {"quantization": "8bit"}})
     assert Study.tokens_per_s(quant, durations) == pytest.approx(20.0)  # its own kind's one trial
 
@@ -198,6 +200,7 @@ def test_a_queued_configuration_that_can_finish_runs_before_one_that_cannot():
     sch.study = SimpleNamespace(config_key=lambda t: repr(t.to_dict()), fits_time=Study.fits_time,
                                 predicted_seconds=Study.predicted_seconds)
     sch.evaluated, sch.known, sch.durations, sch.gate, sch.next_number, sch.stop_note = {}, {}, durations, None, 0, None
+    sch.executor = SimpleNamespace(warm_ready=lambda t: True)
     sch.placer = SimpleNamespace(place=lambda number, gb: "cpu", on_gpu=False)
     sch.deadline = time.time() + 8 * 60
     started = []

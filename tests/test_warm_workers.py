@@ -222,3 +222,26 @@ def test_a_failure_in_the_studys_watch_of_a_trial_fails_that_trial_with_the_reas
     res = _one_trial(tiny_model, tiny_data, tmp_path / "t")
     assert res.state == TrialState.FAIL and res.error == "the study's watch of this trial failed (TypeError: injected)"
     assert not res.oom
+
+
+def test_the_executor_says_whether_a_trial_would_find_its_base_model_warm(tiny_model, tiny_data, tmp_path):
+    """The time budget's prediction counts a process start and a model load for a trial that will pay them (the first
+    after a --resume; a slot of its own): before any trial none is warm; after one, its kind (dtype, quantisation) is,
+    another kind is not; with --no_warm_workers never."""
+    from moopt.records import TrialSpec
+    from moopt.study.executor import LocalExecutor, wait_for_any
+    from moopt.study.placement import plan_slots
+
+    cfg = TrialConfig.from_dict({"training": {"batch_size": 4, "num_train_epochs": 1}, "data": {"max_seq_length": 32}})
+    other = TrialConfig.from_dict({"model": {"dtype": "float32"}}, base=cfg)
+    for warm in (True, False):
+        ex = LocalExecutor(warm=warm)
+        try:
+            assert not ex.warm_ready(cfg)
+            ex.submit(TrialSpec(number=0, config=cfg, base_model=str(tiny_model), train_file=str(tiny_data["train"]),
+                                validation_file=str(tiny_data["val"]), output_dir=str(tmp_path / f"t{warm}"), seed=0,
+                                kernels="torch", save_adapter=False), plan_slots(1)[0])
+            assert wait_for_any(ex).state == TrialState.COMPLETE
+            assert ex.warm_ready(cfg) == warm and not ex.warm_ready(other)
+        finally:
+            ex.close()

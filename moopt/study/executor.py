@@ -142,6 +142,14 @@ class LocalExecutor(ExecutorBase):
         m = spec.config.model
         return (slot.device, slot.threads, spec.base_model, m.dtype, m.quantization)
 
+    def warm_ready(self, cfg) -> bool:
+        """Whether a trial of TrialConfig ``cfg`` would find an idle worker that holds its base model (its dtype and
+        quantisation; a study has one base model): else it pays a process start and a model load, which the time
+        budget's prediction counts (Study.fits_time)."""
+        m = cfg.model
+        with self._lock:
+            return self.warm and any(w.key[3:] == (m.dtype, m.quantization) and w.proc.poll() is None for w in self.idle)
+
     def submit(self, spec: TrialSpec, slot: Slot) -> None:
         self.liveness.start(spec.number)
         spec.device = "cuda" if slot.device.startswith("cuda:") else "cpu"

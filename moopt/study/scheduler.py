@@ -661,23 +661,24 @@ class Study:
         return float(np.exp(x @ beta))
 
     @staticmethod
-    def fits_time(tcfg: TrialConfig, durations, deadline: float) -> bool:
+    def fits_time(tcfg: TrialConfig, durations, deadline: float, cold: bool = False) -> bool:
         """Predicted duration: an epoch's training tokens (those of trials with the same ``max_seq_length``
         where there are some: truncation sets them) over the predicted tokens/s (:meth:`tokens_per_s`),
         plus the trials' overhead (the warm trials' once there are some: a warm worker's next trial loads no model,
-        so the first trial's cold start no longer stands for every later one). Can this trial end before the
-        deadline?"""
+        so the first trial's cold start no longer stands for every later one; ``cold``: this one starts a worker and
+        loads the model, as the first after a --resume does: the cold trials' overhead). Can this trial end before
+        the deadline?"""
         if not durations:
             return time.time() < deadline
-        return time.time() + Study.predicted_seconds(tcfg, durations) <= deadline
+        return time.time() + Study.predicted_seconds(tcfg, durations, cold) <= deadline
 
     @staticmethod
-    def predicted_seconds(tcfg: TrialConfig, durations) -> float:
+    def predicted_seconds(tcfg: TrialConfig, durations, cold: bool = False) -> float:
         """:meth:`fits_time`'s prediction of a trial's duration (``durations`` not empty)."""
         seq = int(tcfg.data.max_seq_length)
         per_epoch = float(np.median([d.tokens_per_epoch for d in durations if d.max_seq_length == seq]
                                     or [d.tokens_per_epoch for d in durations]))
-        overhead = float(np.median([d.overhead_s for d in durations if d.warm] or [d.overhead_s for d in durations]))
+        overhead = float(np.median([d.overhead_s for d in durations if d.warm != cold] or [d.overhead_s for d in durations]))
         return per_epoch * tcfg.training.num_train_epochs / Study.tokens_per_s(tcfg, durations) + overhead
 
     def run_baseline(self, executor=None, placer=None) -> None:
@@ -990,9 +991,15 @@ class Scheduler:
         self.ck.save(self.path)
         return True
 
+    def cold(self, tcfg: TrialConfig) -> bool:
+        """Whether the trial would start a worker and load the base model (no idle warm worker holds it; unknown with
+        Ray: warm, as the trials measured)."""
+        ready = getattr(self.executor, "warm_ready", None)
+        return ready is not None and not ready(tcfg)
+
     def time_left_note(self, tcfg: TrialConfig) -> str:
         """" (the shortest predicted s, s left)" for the stop note: what the budget lacked."""
-        predicted = self.study.predicted_seconds(tcfg, self.durations) if self.durations else None
+        predicted = self.study.predicted_seconds(tcfg, self.durations, self.cold(tcfg)) if self.durations else None
         left = max(0.0, self.deadline - time.time())
         return f" (the next needs about {fmt_duration(predicted)}, {fmt_duration(left)} left)" if predicted else ""
 
@@ -1020,11 +1027,12 @@ class Scheduler:
             self.ck.assigned[number] = idx
             self.ck.save(self.path)
             return True
-        if self.deadline is not None and not study.fits_time(tcfg, self.durations, self.deadline):
+        if self.deadline is not None and not study.fits_time(tcfg, self.durations, self.deadline, self.cold(tcfg)):
             # another queued individual of this generation that can still finish runs first; this one waits
             # behind it (time only runs out, so it never becomes able to finish)
             def fits(x) -> bool:
-                return study.fits_time(self.cfg.space.decode(dict(x)), self.durations, self.deadline)
+                t = self.cfg.space.decode(dict(x))
+                return study.fits_time(t, self.durations, self.deadline, self.cold(t))
 
             for j, (other, _) in enumerate(self.queue):
                 if fits(self.engine.pending[other].X):
