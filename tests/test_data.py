@@ -173,6 +173,56 @@ def test_records_with_dates_and_bytes_compare_for_the_overlap_check(tmp_path):
     assert shared_records(tmp_path / "a.parquet", tmp_path / "b.parquet") == (1, 1)
 
 
+def test_a_compressed_or_utf16_file_is_named_as_such(tmp_path):
+    import gzip
+
+    p = tmp_path / "d.jsonl.gz"
+    p.write_bytes(gzip.compress(b'{"prompt": "a", "completion": "b"}\n'))
+    with pytest.raises(ConfigError, match="gzip-compressed; decompress it first"):
+        read_jsonl(p)
+    p = tmp_path / "u.jsonl"
+    p.write_text('{"prompt": "a", "completion": "b"}\n', encoding="utf-16")
+    with pytest.raises(ConfigError, match="UTF-16 text; save it as UTF-8"):
+        read_jsonl(p)
+
+
+def test_a_null_input_is_no_input_in_json_as_in_parquet(tmp_path, tok):
+    p = tmp_path / "i.jsonl"
+    p.write_text(json.dumps({"instruction": "what is the color of sky ?", "input": None, "output": " blue"}) + "\n")
+    (rec,) = read_jsonl(p)
+    assert tokenize_record(rec, tok).input_ids == tokenize_record({k: v for k, v in rec.items() if k != "input"}, tok).input_ids
+
+
+def test_conversational_prompt_completion_learns_the_completion_turns_only(tiny_model):
+    """TRL's conversational prompt-completion: the prompt's turns (an assistant turn of a few-shot prompt included)
+    carry no loss; the completion's assistant turn does."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}{% if add_generation_prompt %}assistant : {% endif %}"
+    rec = {"prompt": [{"role": "user", "content": "what is the color of sky ?"}, {"role": "assistant", "content": "red"},
+                      {"role": "user", "content": "what is the color of sun ?"}],
+           "completion": [{"role": "assistant", "content": "yellow"}]}
+    ex = tokenize_record(rec, tok)
+    kept = tok.convert_ids_to_tokens([t for t, l in zip(ex.input_ids, ex.labels) if l != IGNORE])
+    assert kept[0] == "yellow" and "red" not in kept and "what" not in kept
+    as_messages = tokenize_record({"messages": rec["prompt"] + rec["completion"]}, tok)
+    assert as_messages.input_ids == ex.input_ids  # the same conversation; messages learns every assistant turn
+    assert "red" in tok.convert_ids_to_tokens([t for t, l in zip(as_messages.input_ids, as_messages.labels) if l != IGNORE])
+
+
+def test_the_overlap_check_compares_what_is_trained_on_not_ids(tmp_path):
+    """Validation records copied from the training file with an id of their own (most data sets carry one) are the
+    same examples: they were counted as different."""
+    from moopt.train.data import shared_records
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps({"id": i, "prompt": f"q{i}", "completion": " r"}) + "\n" for i in range(5)))
+    b.write_text("".join(json.dumps({"id": 100 + i, "prompt": f"q{i}", "completion": " r"}) + "\n" for i in range(3))
+                 + json.dumps({"id": 7, "prompt": "q9", "completion": " r"}) + "\n")
+    assert shared_records(a, b) == (3, 4)
+
+
 def test_truncation_is_counted(tmp_path, tok):
     p = tmp_path / "d.jsonl"
     p.write_text(json.dumps({"text": " ".join(["the"] * 40)}) + "\n" + json.dumps({"text": "the sky"}) + "\n")
@@ -188,6 +238,15 @@ def test_truncation_is_counted(tmp_path, tok):
     ('{"messages": [{"role": "user", "content": "hi"}]}\n', "no assistant turn"),
     ('[1, 2]\n', "expected a JSON object"),
     ('', "no records (empty file)"),
+    ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}\n',
+     ":1: messages[1].content is empty (an assistant turn the loss is taken on"),
+    ('{"prompt": [{"role": "user", "content": "hi"}], "completion": "b"}\n', "`completion` must be a list of messages"),
+    ('{"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "user", "content": "b"}]}\n',
+     "`completion` has no assistant turn"),
+    ('[\n  {"prompt": "a", "completion": "b"}\n]\n', "a JSON array, not JSON Lines (one record per line): name it .json"),
+    ('{\n  "data": [{"prompt": "a", "completion": "b"}]\n}\n', "one JSON object, not records (its records may be the list "
+     "under 'data')"),
+    ('prompt,completion\nwhat is it,red\n', "not JSON (its first line reads 'prompt,completion': CSV?)"),
 ])
 def test_bad_jsonl_names_file_and_line(tmp_path, content, fragment):
     p = tmp_path / "bad.jsonl"

@@ -118,6 +118,8 @@ def test_parquet_errors_name_the_row(tmp_path):
     assert error_of(p) == f"{p}: row 1: `messages` has no assistant turn to learn from"
     p = write(tmp_path / "n.parquet", [{"prompt": "a", "completion": 3}], "parquet_pandas")
     assert error_of(p) == f"{p}: row 1: `completion` must be a string, got int"
+    p = write(tmp_path / "t.parquet", [{"text": "a b"}, {"text": None}], "parquet_pyarrow")  # a null cell of its format
+    assert error_of(p) == f"{p}: row 2: `text` is null"
     p = tmp_path / "broken.parquet"
     p.write_text('{"prompt": "a", "completion": "b"}\n')
     assert error_of(p).startswith(f"{p}: not a readable Parquet file (")

@@ -7,13 +7,15 @@ one record per row with the keys as columns.
 Record formats (TRL's conventions), detected per record:
 - ``{"text": ...}``: language modelling, loss on every token;
 - ``{"prompt": ..., "completion": ...}``: the two strings concatenated as is and tokenised together, loss on the
-  completion's tokens;
+  completion's tokens; both lists of chat turns (TRL's conversational prompt-completion): the chat template over
+  both, loss on the completion's assistant turns;
 - ``{"instruction": ..., "input": ..., "output": ...}`` (``input`` optional): rendered with the
   tokenizer's chat template (user = instruction + input, assistant = output) when it has one, else
   with the Alpaca template; loss on the output;
 - ``{"messages": [{"role": ..., "content": ...}, ...]}``: chat template, loss on assistant turns.
-An EOS token is appended after each completion so the model learns to stop, and each example starts with the
-special tokens the tokenizer puts before a text (Llama's BOS: ``special_prefix``).
+An EOS token is appended after a plain-text completion so the model learns to stop (a chat template's turn ends with
+its own end-of-turn token, learnt as part of the turn), and each example starts with the special tokens the tokenizer
+puts before a text (Llama's BOS: ``special_prefix``).
 """
 
 from __future__ import annotations
@@ -85,6 +87,10 @@ def _records(path: Path) -> Iterator[tuple[str, Any, str | None]]:
         yield from _parquet_records(path)
         return
     raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raise ConfigError(f"{path}: gzip-compressed; decompress it first (gunzip -k {path})")
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise ConfigError(f"{path}: UTF-16 text; save it as UTF-8 (iconv -f UTF-16 -t UTF-8 {path})")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -93,6 +99,18 @@ def _records(path: Path) -> Iterator[tuple[str, Any, str | None]]:
     if fmt == "json_array":
         yield from _array_records(path, text)
         return
+    if (whole := _one_json_document(text)) is not None:  # a whole file of JSON that is not JSON Lines
+        if isinstance(whole, list):
+            raise ConfigError(f"{path}: a JSON array, not JSON Lines (one record per line): name it .json")
+        if isinstance(whole, dict) and record_format(whole) is None:
+            lists = [k for k, v in whole.items() if isinstance(v, list)]
+            where = f" (its records may be the list under {', '.join(repr(k) for k in lists[:3])})" if lists else ""
+            raise ConfigError(f"{path}: one JSON object, not records{where}: give a JSON array of records or JSON "
+                              "Lines (one record per line)")
+    first = text.lstrip("\ufeff \t\r\n").split("\n", 1)[0]
+    if first and first[0] not in "{[" and "," in first and not _parses(first):
+        raise ConfigError(f"{path}: not JSON (its first line reads {first[:60]!r}: CSV?); give JSON Lines, a JSON array "
+                          "or Parquet")
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
@@ -100,6 +118,25 @@ def _records(path: Path) -> Iterator[tuple[str, Any, str | None]]:
             yield f"{path}:{lineno}", json.loads(line), None
         except json.JSONDecodeError as e:
             yield f"{path}:{lineno}", None, f"invalid JSON ({e.msg} at column {e.colno})"
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _one_json_document(text: str) -> Any:
+    """The file's JSON value where the whole text is one value spread over several lines (a pretty-printed array or
+    object that JSON Lines would read as broken lines); None otherwise."""
+    if text.strip().count("\n") == 0:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
 
 
 def _array_records(path: Path, text: str) -> Iterator[tuple[str, Any, str | None]]:
@@ -145,7 +182,12 @@ def _parquet_records(path: Path) -> Iterator[tuple[str, Any, str | None]]:
     except (pa.ArrowException, OSError) as e:
         raise ConfigError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
     for i, row in enumerate(rows, 1):
-        yield f"{path}: row {i}", _without_nulls(row), None
+        clean = _without_nulls(row)
+        if record_format(clean) is None and (fmt := record_format(row)) is not None:  # its format's field is null
+            null = next(k for k in REQUIRED[fmt] if row.get(k) is None)
+            yield f"{path}: row {i}", None, f"`{null}` is null"
+            continue
+        yield f"{path}: row {i}", clean, None
 
 
 def _without_nulls(x: Any) -> Any:
@@ -179,6 +221,10 @@ def _not_unicode(text: str) -> str | None:
     return None
 
 
+REQUIRED = {"text": ["text"], "prompt_completion": ["prompt", "completion"], "instruction": ["instruction", "output"],
+            "messages": ["messages"]}
+
+
 def record_problem(rec: Any) -> str | None:
     if not isinstance(rec, dict):
         return f"expected a JSON object, got {type(rec).__name__}"
@@ -189,25 +235,36 @@ def record_problem(rec: Any) -> str | None:
             "instruction+input+output | messages"
         )
     if fmt == "messages":
-        msgs = rec["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            return "`messages` must be a non-empty list"
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                return f"messages[{i}] must be {{'role': one of {list(ROLES)}, 'content': str}}"
-            if (bad := _not_unicode(m["content"])) is not None:
-                return f"messages[{i}].content {bad}"
-        if not any(m["role"] == "assistant" for m in msgs):
-            return "`messages` has no assistant turn to learn from"
-        return None
-    keys = {"text": ["text"], "prompt_completion": ["prompt", "completion"], "instruction": ["instruction", "output"]}[fmt]
-    for k in keys + (["input"] if fmt == "instruction" and "input" in rec else []):
+        return _turns_problem(rec["messages"], "messages")
+    if fmt == "prompt_completion" and isinstance(rec["prompt"], list):  # TRL's conversational prompt-completion
+        if not isinstance(rec["completion"], list):
+            return f"`completion` must be a list of messages as `prompt` is, got {type(rec['completion']).__name__}"
+        return _turns_problem(rec["prompt"], "prompt", learn=False) or _turns_problem(rec["completion"], "completion")
+    keys = REQUIRED[fmt]
+    for k in keys + (["input"] if fmt == "instruction" and rec.get("input") is not None else []):
         if not isinstance(rec[k], str):
             return f"`{k}` must be a string, got {type(rec[k]).__name__}"
         if (bad := _not_unicode(rec[k])) is not None:
             return f"`{k}` {bad}"
     if not rec[keys[-1]].strip():
         return f"`{keys[-1]}` is empty"
+    return None
+
+
+def _turns_problem(msgs: Any, name: str, learn: bool = True) -> str | None:
+    """What is wrong with a list of chat turns (``messages``, or a conversational record's ``prompt``/``completion``);
+    ``learn``: it must hold an assistant turn, none of them empty (the loss is taken on them)."""
+    if not isinstance(msgs, list) or not msgs:
+        return f"`{name}` must be a non-empty list"
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            return f"{name}[{i}] must be {{'role': one of {list(ROLES)}, 'content': str}}"
+        if (bad := _not_unicode(m["content"])) is not None:
+            return f"{name}[{i}].content {bad}"
+        if learn and m["role"] == "assistant" and not m["content"].strip():
+            return f"{name}[{i}].content is empty (an assistant turn the loss is taken on: it would teach empty replies)"
+    if learn and not any(m["role"] == "assistant" for m in msgs):
+        return f"`{name}` has no assistant turn to learn from"
     return None
 
 
@@ -270,6 +327,8 @@ def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
     if fmt == "text":
         ids = bos + _ids(tokenizer, rec["text"]) + eos
         return Example(ids, list(ids))
+    if fmt == "prompt_completion" and isinstance(rec["prompt"], list):  # conversational: the completion's turns learnt
+        return _chat_example(rec["prompt"] + rec["completion"], tokenizer, learn_from=len(rec["prompt"]))
     if fmt == "prompt_completion":
         # tokenised together, as TRL does: a SentencePiece tokenizer (Llama 2, Mistral) encodes a completion alone with
         # a word-start marker of its own that the joined text has not; the loss starts where the prompt's tokens end
@@ -286,14 +345,19 @@ def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
             block = f"### Input:\n{rec['input']}\n\n" if rec.get("input") else ""
             prompt = ALPACA.format(instruction=rec["instruction"], input_block=block)
             return tokenize_record({"prompt": prompt, "completion": rec["output"]}, tokenizer)
-    # messages: loss on the tokens each assistant turn adds to the rendered conversation
-    msgs = rec["messages"]
+    return _chat_example(rec["messages"], tokenizer)
+
+
+def _chat_example(msgs: list[dict[str, str]], tokenizer, learn_from: int = 0) -> Example:
+    """A conversation rendered with the chat template, loss on the tokens each assistant turn (from turn ``learn_from``
+    on: a conversational record's completion) adds to it."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("records with `messages` need a tokenizer with a chat template")
+        what = "records with `messages`" if learn_from == 0 else "conversational prompt/completion records"
+        raise ConfigError(f"{what} need a tokenizer with a chat template")
     ids = _chat(tokenizer, msgs, generation_prompt=False)
     labels = [IGNORE] * len(ids)
     for i, m in enumerate(msgs):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" or i < learn_from:
             continue
         if i:
             start = len(_chat(tokenizer, msgs[:i], generation_prompt=True))
@@ -309,8 +373,9 @@ def shared_records(reference: str | Path, other: str | Path) -> tuple[int, int]:
     validation set copied from the training set, or overlapping it, makes its objectives reward memorising them."""
     import json
 
-    def key(rec: dict[str, Any]) -> str:
-        return json.dumps(rec, sort_keys=True, ensure_ascii=False, default=str)  # Parquet: dates, decimals, bytes
+    def key(rec: dict[str, Any]) -> str:  # what is trained on: the format's fields, not an id or other metadata
+        fields = REQUIRED[record_format(rec)] + ["input"]
+        return json.dumps({k: rec.get(k) for k in fields}, sort_keys=True, ensure_ascii=False, default=str)
 
     seen = {key(r) for r in read_records(reference)}
     records = read_records(other)
