@@ -359,6 +359,10 @@ def test_a_trial_cut_by_the_time_budget_that_beats_the_best_is_named_in_the_summ
     data = load_study(out)
     assert data.best not in (3, 4, 6)
     assert [n for n, *_ in cut_by_time_ahead(data)] == [4]
+    # trials_summary.csv's score: the time-cut trials' too, the one the summary names as it says it; a rung-pruned not
+    score = data.table.set_index("number").score
+    assert score[4] == pytest.approx(cut_by_time_ahead(data)[0][1]) and score[4] > data.best_score
+    assert score[6] < data.best_score and math.isnan(score[3])
     buf = io.StringIO()
     best = data.table[data.table.number == data.best].iloc[0]
     summary = {"best_config": {}, "best_metrics": {n: float(best[f"values_{n}"]) for n in data.objectives.names}}

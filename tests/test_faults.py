@@ -80,6 +80,7 @@ def test_time_budget_stops_new_trials_and_still_writes_the_report(tiny_model, ti
     df = pd.read_csv(out / "trials_summary.csv")
     assert 1 <= len(df) < 50
     assert "time budget" in r.output
+    assert f"moopt optimize --output_dir {out} --resume --time_budget_hours H goes on" in " ".join(r.output.split())
     assert (out / "optimization_plot.png").is_file()
 
 

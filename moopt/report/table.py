@@ -103,6 +103,13 @@ def load_study(output_dir: str | Path, stopped: bool = False) -> StudyData:
             start, origin = score_start(objectives, baseline, rec.header, ok[obj_cols].max(), ok[obj_cols].min())
             score = objectives.score(F, objectives.to_minimize(start))
             table.loc[ok.index, "score"] = score
+            # trials the time budget cut are evaluated on the whole validation set as COMPLETE ones are: their score
+            # too (the summary names one that scores above the best; it is never the best: not trained to its end)
+            cut = table[(table.state == TrialState.PRUNED)
+                        & table.error.fillna("").str.startswith(TIME_BUDGET_CUT)].dropna(subset=obj_cols)
+            if len(cut):
+                Fc = np.array([objectives.to_minimize(dict(zip(objectives.names, r))) for r in cut[obj_cols].to_numpy()])
+                table.loc[cut.index, "score"] = objectives.score(Fc, objectives.to_minimize(start))
             # the weights pick one trial from the front: the highest score (the earliest on a tie)
             front_score = {int(ok.number.iloc[i]): float(score[i]) for i in front}
             best = max(front_score, key=lambda k: (front_score[k], -k))

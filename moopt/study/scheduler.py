@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
+from rich.markup import escape
 
 from moopt.config import TrialConfig
 from moopt.journal import JOURNAL, RESUME_SETTINGS, Journal, replay
@@ -297,8 +298,6 @@ class Study:
             notes.append(f"{shared} of {n_val} examples of {self.cfg.validation_file} also appear in "
                          f"{self.cfg.train_file}: the objectives reward memorising them; a validation set held out from "
                          "training measures what a trial learnt")
-        from rich.markup import escape
-
         for note in notes:
             self.console.print(f"[yellow]Note:[/] {escape(note)}")
         # the report's data facts (moopt.report.html): the files this run read, their sizes and these notes
@@ -411,7 +410,11 @@ class Study:
             sched.executor.close()
             self.writer.close()
         if sched.stop_note:
-            self.console.print(f"[yellow]Study stopped early:[/] {sched.stop_note} ({len(sched.finished)} of {cfg.num_trials} trials)")
+            self.console.print(f"[yellow]Study stopped early:[/] {escape(sched.stop_note)} ({len(sched.finished)} of "
+                               f"{cfg.num_trials} trials)")
+            if sched.stop_note.startswith("time budget") and len(sched.finished) < cfg.num_trials:
+                self.console.print(f"  moopt optimize --output_dir {escape(str(self.out))} --resume --time_budget_hours H "
+                                   "goes on with a budget of H hours from its start", markup=True, highlight=False)
         self.journal.close()
         return self.results(self.out, final=True)
 
@@ -475,8 +478,6 @@ class Study:
         self.sync_metrics_file(res)
         vals = "  ".join(f"{k}={m[k]:.4f}" for k in cfg.objectives.names if k in m)
         colour = {TrialState.COMPLETE: "green", TrialState.PRUNED: "yellow"}.get(res.state, "red")
-        from rich.markup import escape
-
         why = escape(res.error or "")
         self.console.print(f"Trial {res.number} [{colour}]{res.state}[/] in {res.duration_s:.0f}s"
                            + (f": {vals}" + (f" ({why})" if why else "") if vals else f": {why}" if why else ""))
