@@ -140,7 +140,7 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
                     f"{_in(output_dir)}trial_results/trial_{number}/config.yaml trains its configuration to the end")
             if data.least_infeasible is not None:
                 say(f"  {least_infeasible_text(data)}")
-        if output_dir is not None:
+        if output_dir is not None and len(data.table):
             say(f"Trials table: {Path(output_dir) / 'trials_summary.csv'}")
         return
     cfg = summary["best_config"]
