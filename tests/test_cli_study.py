@@ -651,3 +651,19 @@ def test_a_space_smaller_than_num_trials_is_trained_whole_then_the_study_ends(tm
     assert "Study stopped early: the search space has no new configurations left to propose (7 of 9 trials)" in r.stdout
     trials = pd.read_csv(out / "trials_summary.csv")
     assert sorted(trials.params_r) == [1, 2, 4, 8, 16, 32, 64]
+
+
+def test_a_resume_with_another_objective_says_so_not_that_the_studys_weights_do_not_match(tiny_model, tiny_data,
+                                                                                         space, tmp_path):
+    """The study's weights belong to its objectives: a --resume that names other objectives took them anyway and was
+    refused for a weight count the user never typed; it is refused for the objective, as any change of the study."""
+    out = tmp_path / "hpo"
+    r = optimize(tiny_model, tiny_data, out, space, "--num_trials", "1", "--no-baseline", "--optimization_objective",
+                 "multi:eval_loss,eval_accuracy", "--optimization_weights", "0.7,0.3")
+    assert r.exit_code == 0, r.output
+    before = (out / "journal.jsonl").read_bytes()
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume", "--optimization_objective", "eval_loss"])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and "--resume continues the same study" in said and "--optimization_objective" in said, said
+    assert "--optimization_weights" not in said.split("Error:", 1)[1]
+    assert (out / "journal.jsonl").read_bytes() == before

@@ -41,9 +41,13 @@ def test_nothing_fits_nothing_is_trained_and_the_least_infeasible_is_reported(ti
 
     monkeypatch.setattr(moopt.cli, "check_fits", lambda *a, **k: None)  # the gate's own verdicts, trial by trial
     r, out = run(tiny_model, tiny_data, tmp_path, 0.01)
-    assert r.exit_code == 0, r.output
+    # a script running the study learns that nothing was trained (no best_config.yaml), as when every trial fails
+    assert r.exit_code == 1 and "No configuration fits --memory_constraint 0.01: nothing was trained" in r.output, r.output
+    assert not (out / "best_config.yaml").exists()
     df = pd.read_csv(out / "trials_summary.csv")
     assert len(df) == 4 and (df.state == "INFEASIBLE").all()
+    # an untrained configuration has no objective values: the gate's estimate or probe is its peak_memory_gb only
+    assert df[[c for c in df.columns if c.startswith("values_")]].isna().all().all() and df.peak_memory_gb.notna().all()
     assert df.error.str.contains("not trained").all()
     assert not any((out / "trial_results" / f"trial_{n}" / "log.txt").exists() for n in range(4))  # no worker ran
     assert "None of the 4 configurations tried fits the budget of 0.01 GiB. Least infeasible: trial" in r.output

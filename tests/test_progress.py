@@ -424,3 +424,28 @@ def test_a_late_event_of_an_ended_trial_does_not_bring_it_back():
     view.board.gone.discard(0)  # the scheduler starts that number again (a configuration decided again)
     view.event(0, prog(1, total=4))
     assert view.board.running() == [0]
+
+
+def test_with_a_weight_of_0_the_live_best_is_the_summarys_trial_on_the_front(tmp_path):
+    """Weights 0,1 on eval_loss, eval_accuracy: every trial tied on accuracy, so every score tied, and the live line kept
+    trial 0, which the others dominate (lower loss); the summary picks from the Pareto front (trial 2, the earliest of
+    the front's ties)."""
+    import io
+    import json
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from moopt.records import TrialResult, TrialState
+    from moopt.search.objectives import parse_objectives
+    from moopt.study.scheduler import Study
+
+    cfg = SimpleNamespace(objectives=parse_objectives("multi:eval_loss,eval_accuracy", "0,1"), num_trials=4,
+                          memory_constraint_gb=None)
+    (tmp_path / "baseline.json").write_text(json.dumps({"state": "COMPLETE", "metrics": {"eval_loss": 4.2, "eval_accuracy": 0.25}}))
+    study = SimpleNamespace(cfg=cfg, out=tmp_path, console=Console(file=io.StringIO()))
+    board = Study.progress(study, [], None).board
+    for n, loss in enumerate([4.0, 3.9, 3.7, 3.7]):
+        board.ended(TrialResult(number=n, state=TrialState.COMPLETE, metrics={"eval_loss": loss, "eval_accuracy": 0.5}))
+    assert board.best[1] == 2, board.best
+    assert board.best[0] == pytest.approx((0.5 - 0.25) / (1 - 0.25))

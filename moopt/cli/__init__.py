@@ -134,6 +134,10 @@ def optimize(**kw) -> None:
         click.echo(f"Every trial failed: their errors are in {Path(cfg.output_dir) / 'trials_summary.csv'} and "
                    "trial_results/trial_N/log.txt", err=True)
         sys.exit(1)
+    if (summary or {}).get("nothing_fits"):  # nor one that trained nothing: no best_config.yaml to train from
+        budget = f"--memory_constraint {cfg.memory_constraint_gb:g}" if cfg.memory_constraint_gb else "the GPU's memory"
+        click.echo(f"No configuration fits {budget}: nothing was trained", err=True)
+        sys.exit(1)
 
 
 def kept_text(cfg) -> str:
@@ -190,8 +194,11 @@ def resume_defaults(kw: dict) -> list[str]:
     own = Path(kw["output_dir"]) / "search_space.yaml"  # the study's own copy of the space it began with
     if own.is_file() and recorded.get("search_space"):
         recorded = {**recorded, "search_space": str(own)}  # the file it was read from may have been edited or moved since
+    given = {k for k in kw if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
     for k, v in recorded.items():
-        if k in kw and k not in NOT_CARRIED and ctx.get_parameter_source(k) == ParameterSource.DEFAULT and kw[k] != v:
+        if k in kw and k not in NOT_CARRIED and k not in given and kw[k] != v:
+            if k == "optimization_weights" and "optimization_objective" in given:
+                continue  # weights belong to the study's objectives: another objective is the study's check to say
             kw[k] = v
             taken.append(k)
     return taken

@@ -58,7 +58,9 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None, sto
     summary: dict[str, Any] = {"n_trials": int(len(table)), "best_trial": data.best, "best_score": data.best_score,
                                "pareto": data.pareto,
                                # every trial failed (a model or data the trials cannot train on): the CLI exits 1
-                               "all_failed": bool(len(table)) and bool((table.state == TrialState.FAIL).all())}
+                               "all_failed": bool(len(table)) and bool((table.state == TrialState.FAIL).all()),
+                               # every configuration was ruled out by the memory budget: nothing trained (exit 1 too)
+                               "nothing_fits": nothing_fits(data)}
     if data.best is not None:
         cfg = best_config(out, data.best)
         write_yaml(out / "best_config.yaml", cfg, header=best_config_header(data))

@@ -54,8 +54,9 @@ def load_study(output_dir: str | Path, stopped: bool = False) -> StudyData:
         s, e = rec.starts[n], rec.ends.get(n)
         m = (e.metrics if e else None) or {}
         row: dict[str, Any] = {"number": n, "state": str(e.state) if e else unfinished}
+        untrained = bool(e) and str(e.error or "").startswith(NOT_TRAINED)  # the gate's estimate or probe, not a result
         for name in objectives.names:
-            row[f"values_{name}"] = m.get(name, np.nan)
+            row[f"values_{name}"] = np.nan if untrained else m.get(name, np.nan)
         row["datetime_start"] = pd.Timestamp(s["datetime_start"])
         row["datetime_complete"] = pd.Timestamp(e.datetime_complete) if e else pd.NaT
         row["duration"] = (row["datetime_complete"] - row["datetime_start"]) if e else pd.NaT

@@ -21,7 +21,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
+
+import numpy as np
 
 from moopt.records import NOT_TRAINED, TrialResult, TrialState
 
@@ -94,7 +96,8 @@ class ProgressBoard:
     def __init__(self, total: int = 0, objective: str | None = None, minimize: bool = True, done: int = 0,
                  deadline: float | None = None, clock: Callable[[], float] = time.time, began: float | None = None,
                  score: Callable[[dict[str, float]], float] | None = None, shown: tuple[str, ...] = (),
-                 rescore: Callable[[list[dict[str, float]]], list[float]] | None = None):
+                 rescore: Callable[[list[dict[str, float]]], list[float]] | None = None,
+                 to_minimize: Callable[[dict[str, float]], Any] | None = None):
         """``objective``: the best trial is the one best on it. ``score`` (several objectives): the best trial
         is the one with the highest weighted score (the summary's ``Best value``), shown with its ``shown``
         metrics. ``rescore`` (several objectives and no fixed start, e.g. --no-baseline): the scores of all COMPLETE
@@ -103,6 +106,7 @@ class ProgressBoard:
         self.taken = 0  # ended trials --warm_start took over (not trained): counted beside --num_trials, not in it
         self.deadline, self.clock, self.score, self.shown = deadline, clock, score, shown
         self.rescore, self.complete = rescore, []  # [(trial, metrics)] of the COMPLETE trials, for rescore
+        self.to_minimize = to_minimize  # metrics -> objective vector (minimised): the best is picked on the front
         self.t0 = clock()  # the pace (eta_s) counts from here
         self.began = self.t0 if began is None else began  # "elapsed": from where the time budget's clock starts
         self.best: tuple[float, int] | None = None  # (value of the objective, or score; trial)
@@ -159,11 +163,20 @@ class ProgressBoard:
             self.done_here += not earlier
             self.ran_here += ran and not earlier
             m = end.metrics or {}
-            if self.rescore is not None:
+            if self.rescore is not None or (self.score is not None and self.to_minimize is not None):
+                # as the summary picks it: the highest score on the Pareto front of the COMPLETE trials, the earliest
+                # on a tie (a weight of 0 ties a dominated trial with the one that dominates it)
                 if end.state == TrialState.COMPLETE and all(n in m and math.isfinite(m[n]) for n in self.shown):
                     self.complete.append((end.number, dict(m)))
-                    scores = self.rescore([x[1] for x in self.complete])
-                    i = max(range(len(scores)), key=lambda k: (scores[k], -self.complete[k][0]))
+                    ms = [x[1] for x in self.complete]
+                    scores = self.rescore(ms) if self.rescore is not None else [self.score(x) for x in ms]
+                    front = range(len(ms))
+                    if self.to_minimize is not None:
+                        from moopt.search.pareto import nondominated_mask
+
+                        mask = nondominated_mask(np.array([self.to_minimize(x) for x in ms], dtype=float))
+                        front = [k for k in front if mask[k]]
+                    i = max(front, key=lambda k: (scores[k], -self.complete[k][0]))
                     self.best, self.best_metrics = (float(scores[i]), self.complete[i][0]), dict(self.complete[i][1])
                 return
             if self.score is not None:

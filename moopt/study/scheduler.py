@@ -761,7 +761,7 @@ class Study:
                     return [float(x) for x in objectives.score(F, objectives.to_minimize(at))]
         board = ProgressBoard(total=self.cfg.num_trials, objective=objectives.names[0], deadline=deadline, began=began,
                               minimize=objectives.directions()[0] == "minimize", score=score, shown=objectives.names,
-                              rescore=rescore)
+                              rescore=rescore, to_minimize=objectives.to_minimize if objectives.multi else None)
         for end in finished:
             board.ended(end, earlier=True)
         return ProgressView(self.console, board)
