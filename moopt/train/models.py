@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import sys
 import time
 from pathlib import Path
@@ -193,7 +194,7 @@ def gguf_config(gguf_path: Path, alias: str | None = None) -> Path:
     try:
         with gguf_read_once():
             cfg = AutoConfig.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    except (ValueError, KeyError, NotImplementedError) as e:
+    except (ValueError, KeyError, NotImplementedError, struct.error, EOFError) as e:
         raise ConfigError(f"--base_model {gguf_path}: transformers cannot read this GGUF: {e}") from None
     if hasattr(cfg, "quantization_config"):  # the GGUF's own quantisation: a conversion drops it too
         del cfg.quantization_config
@@ -520,7 +521,8 @@ def _prune_superseded(out: Path, gguf_path: Path, key: str) -> None:
         if source is None:
             continue  # not a conversion (a dtype copy goes with its conversion below), or unreadable: kept
         try:
-            superseded = not source.is_file() or source == gguf_path or gguf_key(source) == key
+            # (another file with this content keeps its folder: studies' adapters name it as their base)
+            superseded = not source.is_file() or source == gguf_path
         except OSError:
             continue
         if superseded:
@@ -583,6 +585,9 @@ def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:
 
     if converted():
         return out
+    same = _converted_elsewhere(out, key)
+    if same is not None:  # this content, converted from another path or under another name (the alias, a copy)
+        return same
     with open(gguf_path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise ConfigError(f"--base_model {gguf_path}: not a GGUF file (it does not start with the GGUF magic bytes)")
@@ -592,6 +597,18 @@ def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:
         _convert(gguf_path, out, mark)
     _prune_superseded(out, gguf_path, key)
     return out
+
+
+def _converted_elsewhere(out: Path, key: str) -> Path | None:
+    """A finished conversion of the GGUF content ``key`` under another name (``<name>-<key>``): the alias's folder for a
+    copy of the wheel's file, or the other way round. Reused, not converted again: a second copy cost a conversion, and
+    the prune of the one then removed the other, under the adapters of the studies that trained on it."""
+    if not out.parent.is_dir():
+        return None
+    for folder in sorted(out.parent.glob(f"*-{key}")):
+        if folder != out and (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
+            return folder
+    return None
 
 
 def _convert(gguf_path: Path, out: Path, mark: str) -> None:
@@ -612,7 +629,7 @@ def _convert(gguf_path: Path, out: Path, mark: str) -> None:
             model = AutoModelForCausalLM.from_pretrained(
                 str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
             )
-        except (ValueError, KeyError, NotImplementedError) as e:  # a truncated file, an architecture it lacks
+        except (ValueError, KeyError, NotImplementedError, struct.error, EOFError) as e:  # a truncated file, an architecture it lacks
             raise ConfigError(f"--base_model {gguf_path}: transformers cannot load this GGUF: {e}") from None
         # The dequantised weights are plain tensors now; forget the GGUF quantizer so they can be saved.
         model.hf_quantizer = None

@@ -331,6 +331,8 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
 
         torch.manual_seed(spec.seed)  # LoRA init and dropout draw the same numbers, loaded now or earlier
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        if pad_id is None:  # a tokenizer with neither: any id pads, as padded positions carry no loss and no attention
+            pad_id = 0
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
