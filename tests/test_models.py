@@ -434,3 +434,29 @@ def test_a_tokenizer_without_pad_or_eos_token_trains(tmp_path, tiny_data):
                                   "--validation_file", str(tiny_data["val"]), "--output_dir", str(tmp_path / "out"),
                                   "--search_space", str(space), "--num_trials", "1"])
     assert r.exit_code == 0 and "Trial 0 COMPLETE" in r.output, r.output
+
+
+@pytest.mark.parametrize("model_type, fragment", [
+    ("granite", "scales the logits"), ("gemma2", "soft-caps the logits"), ("phi3", "fused (qkv_proj, gate_up_proj)"),
+    ("gpt_neox", "its layers are not Llama's"), ("starcoder2", "its layers are not Llama's"),
+])
+def test_a_decoder_that_is_not_llama_family_is_refused_in_one_line(tmp_path, model_type, fragment):
+    """Configs with Llama's shape keys that moopt would mis-train: Granite's and Gemma 2's heads scale or cap the logits
+    (moopt's loss leaves it out: losses 3x off), Phi-3's fused projections left LoRA on o_proj alone, GPT-NeoX failed
+    every trial. Each is refused before anything loads: one line naming the model_type and why."""
+    from click.testing import CliRunner
+
+    from moopt.cli import main
+    from moopt.errors import ConfigError
+    from moopt.memory.estimate import load_model_config
+
+    cfg = {"model_type": model_type, "architectures": ["XForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 100}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=f"model_type {model_type}: moopt trains Llama-family decoders only"):
+        load_model_config(tmp_path)
+    r = CliRunner().invoke(main, ["estimate-memory", "--base_model", str(tmp_path)])
+    assert r.exit_code == 2 and fragment in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    for ok in ("llama", "mistral", "qwen2"):
+        (tmp_path / "config.json").write_text(json.dumps({**cfg, "model_type": ok}))
+        load_model_config(tmp_path)

@@ -277,6 +277,21 @@ class MemoryEstimate:
         return "\n".join(lines)
 
 
+# model_types whose layers, attention and head are Llama's as moopt trains them: LoRA on q/k/v/o_proj and
+# gate/up/down_proj under model.layers, and a loss computed from the last hidden state times lm_head's weight. Each one
+# trained here and its saved adapter reproduced moopt's eval_loss in PEFT to 0.001 (tiny random models, 2026-12-07).
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "gemma")
+NOT_LLAMA = {  # what a close relative does differently (what went wrong when it was let through)
+    "granite": "its head scales the logits (logits_scaling), which moopt's loss would leave out: wrong losses",
+    "gemma2": "its head soft-caps the logits and its attention needs eager softcapping: wrong losses or a failed trial",
+    "gemma3": "its head soft-caps the logits: wrong losses",
+    "cohere": "its head scales the logits (logit_scale): wrong losses",
+    "phi3": "its attention and MLP are fused (qkv_proj, gate_up_proj): LoRA would reach o_proj and down_proj only",
+    "gpt_neox": "its layers are not Llama's (gpt_neox.layers, query_key_value): no LoRA target would be found",
+    "gpt2": "its layers are not Llama's (transformer.h, c_attn): no LoRA target would be found",
+}
+
+
 def load_model_config(path_or_folder: str | Path):
     """A ``transformers.PretrainedConfig`` from ``config.json`` (or a folder holding it); no weights."""
     from transformers import AutoConfig, LlamaConfig
@@ -310,6 +325,11 @@ def load_model_config(path_or_folder: str | Path):
     if wrong:
         raise ConfigError(f"{path}: {', '.join(wrong)}: each must be a whole number >= 1")
     model_type = data.get("model_type", "llama")
+    if model_type not in LLAMA_FAMILY:
+        why = NOT_LLAMA.get(model_type, "its layers are not Llama's (q/k/v/o_proj and gate/up/down_proj under model.layers,"
+                                        " an lm_head moopt's loss computes as is)")
+        raise ConfigError(f"{path}: model_type {model_type}: moopt trains Llama-family decoders only "
+                          f"({', '.join(LLAMA_FAMILY)}); {why}")
     # the estimate is a dense decoder's (Llama's q, k, v, o, gate, up, down in each layer): a mixture of experts holds
     # several MLPs a layer (Mixtral's 8: its weights read as 13 GiB of its 87), an encoder is no causal LM
     experts = max(int(data.get(k) or 0) for k in ("num_local_experts", "num_experts", "n_routed_experts")
