@@ -232,3 +232,23 @@ def test_a_space_that_cannot_fit_the_limit_is_refused_before_the_weights_are_dow
     r = optimize(env, tiny_data, space, out, "--num_trials", "1", "--memory_constraint", "8")
     assert r.returncode == 0, r.stderr[-3000:]
     assert any(p.endswith("/model.safetensors") for m, p in hub.requests if "/resolve/" in p)
+
+
+@pytest.mark.parametrize("spoil, fragment", [
+    ("gpt_neox", "model_type gpt_neox: moopt trains Llama-family decoders only"),
+    ("no_tokenizer", "the repository has no tokenizer at its root"),
+])
+def test_a_hub_model_moopt_cannot_train_is_refused_before_its_weights_download(hub, env, repo_folder, tmp_path, spoil,
+                                                                            fragment):
+    """The refusal a study would give once the weights are in (another architecture, no tokenizer) comes from the
+    config.json and the file listing: a 70B repository cost its download for one line."""
+    if spoil == "gpt_neox":
+        cfg = json.loads((repo_folder / "config.json").read_text())
+        (repo_folder / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt_neox"}))
+    else:
+        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (repo_folder / f).unlink(missing_ok=True)
+    hub.push("moopt-test/other", repo_folder)
+    msg = resolve(env, "moopt-test/other")
+    assert isinstance(msg, str) and msg.startswith("--base_model moopt-test/other: ") and fragment in msg, msg
+    assert not any(p.endswith(".safetensors") for m, p in hub.requests if m == "GET"), hub.requests

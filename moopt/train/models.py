@@ -262,7 +262,18 @@ def resolve_hub_model(repo_id: str, revision: str | None = None) -> tuple[str, s
             )
         snapshot = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots" / info.sha
         cached = _has_weights(snapshot)
-        hf_hub_download(repo_id, "config.json", revision=info.sha)  # a gated repository without access stops here
+        config = hf_hub_download(repo_id, "config.json", revision=info.sha)  # a gated repository without access stops here
+        # what the study would refuse once it is downloaded, refused before the weights are: another architecture, no
+        # tokenizer (gigabytes for one line)
+        from moopt.memory.estimate import load_model_config
+
+        try:
+            load_model_config(config)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {str(e).replace(str(config), 'its config.json')}") from None
+        if not any(f in files for f in TOKENIZER_FILES) and not any(f.endswith(".tiktoken") and "/" not in f for f in files):
+            raise ConfigError(f"{where}: the repository has no tokenizer at its root ({', '.join(TOKENIZER_FILES[:2])}); "
+                              "trials need the model's tokenizer")
         if not cached:
             from fnmatch import fnmatch
 
