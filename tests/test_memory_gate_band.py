@@ -927,3 +927,18 @@ def test_data_notes_count_cut_completions_at_both_ends_of_a_searched_length_and_
     assert notes[1].startswith(f"0 of 10 examples of {f} are cut inside their completion at max_seq_length 24 (3 at the "
                                "space's longest, 32); the longest of them has 35 tokens"), notes
     assert data_notes(str(tiny_model), f, 48) == []
+
+
+def test_data_notes_say_when_examples_run_past_the_models_context(tiny_model, tmp_path):
+    """The tiny model's context is 128 tokens (max_position_embeddings); a max_seq_length of 512 kept examples of ~250
+    tokens whole and trained past it without a word."""
+    from moopt.study.gate import data_notes
+
+    f = tmp_path / "d.jsonl"
+    rows = [{"prompt": " ".join(["the color of"] * 80), "completion": " red"}] * 2 + [{"prompt": "what", "completion": " red"}] * 3
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    notes = [n for n in data_notes(str(tiny_model), f, 512) if "context" in n]
+    assert notes == [f"2 of 5 examples of {f} are longer than the model's context (128 tokens, its max_position_embeddings) "
+                     "and max_seq_length 512 keeps them whole: positions past 128 are ones the model was never trained "
+                     "on; a max_seq_length of at most 128 keeps to them"], notes
+    assert not [n for n in data_notes(str(tiny_model), f, 128) if "context" in n]

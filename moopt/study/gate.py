@@ -160,7 +160,25 @@ def data_notes(model_path: str, data_file: str | os.PathLike, at: int, longest: 
         notes.append(f"{count(len(cut_at))} of {n} examples of {data_file}{sampled} are cut inside their completion"
                      f"{counted(len(cut_at), len(cut_hi))}; the longest of them has {longest_cut} tokens: "
                      f"{'they are trained' if role == 'training' else 'they are scored'} without their end and the EOS token")
+    context = _context_length(model_path)
+    past = [k for k in lengths if min(k, hi) > context] if context else []
+    if past:
+        notes.append(f"{count(len(past))} of {n} examples of {data_file}{sampled} are longer than the model's context "
+                     f"({context} tokens, its max_position_embeddings) and max_seq_length {hi} keeps them whole: "
+                     f"positions past {context} are ones the model was never trained on; a max_seq_length of at most "
+                     f"{context} keeps to them")
     return notes
+
+
+def _context_length(model_path: str) -> int | None:
+    """The model's max_position_embeddings (its config.json), or None."""
+    import json
+
+    try:
+        value = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def data_lengths(model_path: str, data_file: str | os.PathLike) -> list[int]:
