@@ -667,3 +667,26 @@ def test_a_resume_with_another_objective_says_so_not_that_the_studys_weights_do_
     assert r.exit_code == 2 and "--resume continues the same study" in said and "--optimization_objective" in said, said
     assert "--optimization_weights" not in said.split("Error:", 1)[1]
     assert (out / "journal.jsonl").read_bytes() == before
+
+
+def test_a_model_folder_retrained_in_place_is_not_the_studys_model(tiny_model, tiny_data, space, tmp_path):
+    """Users retrain into the same ./my-model folder: the path alone said "the same base model", so a --resume trained
+    on the new weights beside trials of the old, and a --warm_start took over trials of the old weights as results of
+    the new. The study's header keeps a digest of the folder's config and weights."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "my-model"
+    shutil.copytree(tiny_model, model)
+    out = tmp_path / "hpo"
+    r = optimize(model, tiny_data, out, space, "--num_trials", "1", "--no-baseline")
+    assert r.exit_code == 0, r.output
+    weights = model / "model.safetensors"
+    save_file({k: v * 2 for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
+    r = optimize(model, tiny_data, out, space, "--num_trials", "2", "--no-baseline", "--resume")
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"--base_model {model}: its weights or config.json are not the ones the study began on" in said
+    r = optimize(model, tiny_data, tmp_path / "ws", space, "--num_trials", "1", "--no-baseline", "--warm_start", str(out))
+    said = " ".join(r.output.split())
+    assert r.exit_code == 0 and "not the same base model weights (the folder changed since)" in said, said

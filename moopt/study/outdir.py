@@ -14,6 +14,7 @@ from typing import Any
 from moopt.config import TrialConfig
 from moopt.errors import ConfigError
 from moopt.journal import JOURNAL, replay
+from moopt.model_files import model_digest
 from moopt.records import TrialState
 from moopt.search.space import SearchSpace
 from moopt.study.checkpoint import ENGINE_FILE
@@ -86,6 +87,10 @@ def check_output_dir(cfg: Any) -> None:
                                    f"now {now[:12]}...)")
             elif theirs.get(k) != mine[k]:
                 changed.append(_difference(k, theirs.get(k), mine[k]))
+        if header.get("model_digest") and getattr(cfg, "model_path", "") and os.path.isdir(cfg.model_path):
+            if model_digest(cfg.model_path) != header["model_digest"]:  # a folder retrained in place: same path
+                changed.append(f"--base_model {cfg.base_model}: its weights or config.json are not the ones the study "
+                               "began on (changed since)")
         if changed:
             raise ConfigError(f"{out}: --resume continues the same study, and this differs from the one it began: "
                               + "; ".join(changed) + f". Start another with a new --output_dir (--warm_start {out} "
@@ -224,6 +229,8 @@ def reusable_trials(cfg: Any, eval_length: int, digests: dict[str, str],
     differ = []
     if fp.get("base_model") != cfg.base_model or h.get("model_revision") != cfg.model_revision:
         differ.append("base model")
+    elif h.get("model_digest") and model_digest(cfg.model_path) != h["model_digest"]:
+        differ.append("base model weights (the folder changed since)")
     for k in ("train_file", "validation_file"):
         theirs = (h.get("data_digest") or {}).get(k)
         if theirs is None:  # a study from before digests: the same file, not modified since that study began

@@ -34,6 +34,7 @@ from rich.markup import escape
 
 from moopt.config import TrialConfig
 from moopt.journal import JOURNAL, RESUME_SETTINGS, Journal, replay
+from moopt.model_files import model_digest
 from moopt.records import FALLBACK, NOT_TRAINED, TrialResult, TrialSpec, TrialState
 from moopt.search.engine import FAILED_F, Engine
 from moopt.search.objectives import Objectives
@@ -352,6 +353,7 @@ class Study:
                                  "model_revision": cfg.model_revision, "memory_constraint_gb": cfg.memory_constraint_gb,
                                  "pruning_factor": cfg.pruning_factor, "eval_max_seq_length": self.eval_length,
                                  "options": cfg.options, "data_digest": self.data_digest(),
+                                 "model_digest": model_digest(cfg.model_path),
                                  "training_code": training_code(), "kernels": cfg.kernels})
             write_yaml(self.out / "search_space.yaml", space_to_yaml(cfg.space))
         else:  # resumed with other weights, budget, trial count or options: the results take this run's from now on
