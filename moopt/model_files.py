@@ -75,3 +75,13 @@ def model_digest(folder: str | Path) -> str | None:
                 fh.seek(at)
                 h.update(fh.read(WEIGHT_SAMPLE))
     return h.hexdigest()[:16]
+
+
+def adapter_hint(folder: Path) -> str:
+    """"; it is a PEFT adapter (of X): ..." for a folder that holds an adapter, not a model; else ""."""
+    try:
+        base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return (f"; it is a LoRA adapter (PEFT's adapter_config.json{f', of {base}' if base else ''}): give its base model "
+            "as --base_model")

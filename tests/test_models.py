@@ -460,3 +460,17 @@ def test_a_decoder_that_is_not_llama_family_is_refused_in_one_line(tmp_path, mod
     for ok in ("llama", "mistral", "qwen2"):
         (tmp_path / "config.json").write_text(json.dumps({**cfg, "model_type": ok}))
         load_model_config(tmp_path)
+
+
+def test_an_adapter_folder_given_as_the_base_model_is_named_as_one(tmp_path):
+    """A PEFT adapter folder (adapter_config.json, no config.json) given as --base_model: "folder has no config.json"
+    left the user guessing; the line says it is an adapter and names its base."""
+    from click.testing import CliRunner
+
+    from moopt.cli import main
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "meta-llama/Llama-3.2-1B"}))
+    for args in (["estimate-memory", "--base_model", str(tmp_path)],):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2 and "it is a LoRA adapter (PEFT's adapter_config.json, of meta-llama/Llama-3.2-1B): give " \
+            "its base model as --base_model" in " ".join(r.output.split()), r.output

@@ -307,9 +307,13 @@ def load_model_config(path_or_folder: str | Path):
         cfg._name_or_path = name
         return cfg
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            from moopt.model_files import adapter_hint
+
+            raise ConfigError(f"{path}: folder has no config.json{adapter_hint(path)}")
         path = path / "config.json"
     if not path.is_file():
-        raise ConfigError(f"{path}: config.json not found")
+        raise ConfigError(f"{path}: file not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
@@ -325,11 +329,6 @@ def load_model_config(path_or_folder: str | Path):
     if wrong:
         raise ConfigError(f"{path}: {', '.join(wrong)}: each must be a whole number >= 1")
     model_type = data.get("model_type", "llama")
-    if model_type not in LLAMA_FAMILY:
-        why = NOT_LLAMA.get(model_type, "its layers are not Llama's (q/k/v/o_proj and gate/up/down_proj under model.layers,"
-                                        " an lm_head moopt's loss computes as is)")
-        raise ConfigError(f"{path}: model_type {model_type}: moopt trains Llama-family decoders only "
-                          f"({', '.join(LLAMA_FAMILY)}); {why}")
     # the estimate is a dense decoder's (Llama's q, k, v, o, gate, up, down in each layer): a mixture of experts holds
     # several MLPs a layer (Mixtral's 8: its weights read as 13 GiB of its 87), an encoder is no causal LM
     experts = max(int(data.get(k) or 0) for k in ("num_local_experts", "num_experts", "n_routed_experts")
@@ -339,6 +338,11 @@ def load_model_config(path_or_folder: str | Path):
         what = f"a mixture of {experts} experts" if experts > 1 else f"not a causal LM ({', '.join(causal)})"
         raise ConfigError(f"{path}: model_type {model_type}, {what}: moopt estimates and trains dense Llama-family "
                           "decoders only")
+    if model_type not in LLAMA_FAMILY:
+        why = NOT_LLAMA.get(model_type, "its layers are not Llama's (q/k/v/o_proj and gate/up/down_proj under model.layers,"
+                                        " an lm_head moopt's loss computes as is)")
+        raise ConfigError(f"{path}: model_type {model_type}: moopt trains Llama-family decoders only "
+                          f"({', '.join(LLAMA_FAMILY)}); {why}")
     try:
         cfg = AutoConfig.for_model(model_type, **{k: v for k, v in data.items() if k != "model_type"})
     except Exception:  # noqa: BLE001 - an unknown model_type, transformers' strict dataclass validation, ...

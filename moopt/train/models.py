@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from moopt.errors import ConfigError
-from moopt.model_files import CONVERSION_MARK, dtype_copy_path, fmt_bytes, folder_bytes
+from moopt.model_files import CONVERSION_MARK, adapter_hint, dtype_copy_path, fmt_bytes, folder_bytes
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -95,7 +95,7 @@ def resolve_model_revision(name: str, revision: str | None = None) -> tuple[str,
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ConfigError(f"--base_model {name}: folder has no config.json")
+            raise ConfigError(f"--base_model {name}: folder has no config.json{adapter_hint(path)}")
         check_model_folder(path, f"--base_model {name}")
         return str(path), None
     if path.exists():
