@@ -252,3 +252,15 @@ def test_a_hub_model_moopt_cannot_train_is_refused_before_its_weights_download(h
     msg = resolve(env, "moopt-test/other")
     assert isinstance(msg, str) and msg.startswith("--base_model moopt-test/other: ") and fragment in msg, msg
     assert not any(p.endswith(".safetensors") for m, p in hub.requests if m == "GET"), hub.requests
+
+
+def test_a_recorded_commit_gone_from_the_hub_says_so(hub, env):
+    """A study's commit that the hub no longer has (a force-push) and the cache lacks: the line said "the repository
+    has no revision <sha>; check the revision" to a user who never gave one."""
+    code = ("import sys\nfrom moopt.config import ConfigError\nfrom moopt.train.models import resolve_model_revision\n"
+            "try:\n    resolve_model_revision(sys.argv[1], revision='0' * 40)\nexcept ConfigError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-P", "-c", code, REPO], check=False, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"--base_model {REPO}: the commit 000000000000 the study trained on is gone from "), r.stdout
+    assert "--warm_start" in r.stdout

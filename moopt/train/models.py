@@ -312,6 +312,11 @@ def _hub_refusal(e: Exception, where: str, repo_id: str, revision: str | None) -
         return ConfigError(f"{where}: a gated repository this account has no access to; request access at "
                            f"{endpoint}/{repo_id}, then set HF_TOKEN or run `hf auth login`")
     if isinstance(e, hf.RevisionNotFoundError):
+        if revision and COMMIT.fullmatch(revision):  # the commit a study recorded: never typed by the user
+            return ConfigError(f"--base_model {repo_id}: the commit {revision[:12]} the study trained on is gone from "
+                               f"{endpoint} (the branch was rewritten, or the repository replaced) and from the HF cache: "
+                               "its trials cannot be repeated on those weights; start a new study on the current ones "
+                               "(--warm_start seeds it with this one's best configurations)")
         return ConfigError(f"{where}: the repository has no revision {revision or 'main'} on {endpoint}; check the revision")
     if isinstance(e, hf.RepositoryNotFoundError):
         return ConfigError(f"{where}: no such repository on {endpoint} (or it is private); check the id, or set HF_TOKEN "
