@@ -690,3 +690,10 @@ def test_a_model_folder_retrained_in_place_is_not_the_studys_model(tiny_model, t
     r = optimize(model, tiny_data, tmp_path / "ws", space, "--num_trials", "1", "--no-baseline", "--warm_start", str(out))
     said = " ".join(r.output.split())
     assert r.exit_code == 0 and "not the same base model weights (the folder changed since)" in said, said
+
+
+def test_a_weight_for_one_objective_is_said_to_change_nothing(tiny_model, tiny_data, space, tmp_path):
+    r = optimize(tiny_model, tiny_data, tmp_path / "o", space, "--num_trials", "1", "--no-baseline",
+                 "--optimization_weights", "2")
+    assert r.exit_code == 0, r.output
+    assert "Note: --optimization_weights 2: one objective (eval_loss), so its weight changes nothing" in " ".join(r.output.split())

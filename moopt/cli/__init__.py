@@ -117,6 +117,10 @@ def optimize(**kw) -> None:
         cfg = build_study_config(kw)
     except ConfigError as e:
         fail(str(e))
+    if kw["optimization_weights"] and not cfg.objectives.multi:
+        click.echo(f"Note: --optimization_weights {kw['optimization_weights']}: one objective "
+                   f"({cfg.objectives.names[0]}), so its weight changes nothing; weights pick a trial from a Pareto "
+                   "front of several (multi:a,b)")
     if no_study and not kw["overwrite"]:  # a job script that always passes --resume: its first run starts the study
         click.echo(f"Note: {kw['output_dir']} holds no study yet: --resume starts one")  # (once the folder may hold one)
     from moopt.study.scheduler import Stopped, Study

@@ -133,8 +133,10 @@ def _best_section(data: StudyData, edges=()) -> str:
     params = "".join(f"<tr><th>{e(c[len('params_'):])}</th><td colspan='2'>{e(_fmt(row[c]))}</td></tr>"
                      for c in data.table.columns if c.startswith("params_"))
     return (f"<section><h2>Best configuration: trial {data.best}</h2>"
-            f"<p class='muted'>The Pareto front's trial with the highest weighted progress from "
-            f"{e(data.score_origin)} (0) to the ideal (1); full configuration in "
+            + ("<p class='muted'>The Pareto front's trial with the highest weighted progress from "
+               if data.objectives.multi else f"<p class='muted'>The trial with the best {e(data.objectives.names[0])}: "
+               "the most progress from ")
+            + f"{e(data.score_origin)} (0) to the ideal (1); full configuration in "
             f"<code>best_config.yaml</code>, adapter in <code>trial_results/trial_{data.best}/adapter</code>.</p>"
             f"<table class='kv'>{cells}{params}</table>"
             + "".join(f"<p class='warn'>Trial {n} was cut by the time budget at {e(where)} and already scores "

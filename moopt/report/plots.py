@@ -230,8 +230,9 @@ def plot_pareto(data: StudyData, path: Path) -> None:
         if k == 1:
             ax.set_title("zoom on the front (trial numbers)", fontsize=10)
         else:
-            ax.set_title("Pareto front" + (" (first two objectives)" if len(data.objectives.names) > 2 else ""),
-                         fontsize=10)
+            rest = ", ".join(data.objectives.names[2:])
+            ax.set_title("Pareto front" + (f" (first two objectives; a ringed trial that looks dominated is on the front "
+                                           f"by {rest})" if rest else ""), fontsize=10 if not rest else 8, wrap=True)
         ax.set_xlabel(axis_label(a))
         ax.set_ylabel(axis_label(b))
         ax.grid(alpha=0.3)
