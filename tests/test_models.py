@@ -408,20 +408,18 @@ def test_a_gguf_without_the_gguf_package_is_one_line(monkeypatch):
             pass
 
 
-def test_a_tokenizer_without_pad_or_eos_token_trains(tmp_path, tiny_data):
+def test_a_tokenizer_without_pad_or_eos_token_trains(tmp_path, tiny_model, tiny_data):
     """Neither a pad nor an EOS token (some base tokenizers): batches were padded with None, a TypeError in every
     trial and the base model's evaluation."""
-    import sys
+    import shutil
 
     from click.testing import CliRunner
     from transformers import AutoTokenizer
 
     from moopt.cli import main
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import build_tiny_llama
-
-    model = build_tiny_llama(tmp_path / "noeos")
+    model = tmp_path / "noeos"
+    shutil.copytree(tiny_model, model)
     tok = AutoTokenizer.from_pretrained(model)
     tok.eos_token = tok.pad_token = None
     tok.save_pretrained(model)

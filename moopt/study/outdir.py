@@ -229,7 +229,7 @@ def reusable_trials(cfg: Any, eval_length: int, digests: dict[str, str],
     differ = []
     if fp.get("base_model") != cfg.base_model or h.get("model_revision") != cfg.model_revision:
         differ.append("base model")
-    elif h.get("model_digest") and model_digest(cfg.model_path) != h["model_digest"]:
+    elif h.get("model_digest") and getattr(cfg, "model_path", None) and model_digest(cfg.model_path) != h["model_digest"]:
         differ.append("base model weights (the folder changed since)")
     for k in ("train_file", "validation_file"):
         theirs = (h.get("data_digest") or {}).get(k)
