@@ -635,7 +635,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = read_rows(csv_path)
     plot(rows, png_path)
     print(summary(rows))
-    print(f"wrote {csv_path} and {png_path}")
+    print(f"read {csv_path}, wrote {png_path}" if args.plot_only else f"wrote {csv_path} and {png_path}")
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats on CPU (median reported)")
-    parser.add_argument("--quick", action="store_true", help="M = 8192 and r 16, 64 only (CPU: tiny shapes)")
+    parser.add_argument("--quick", action="store_true", help="GPU: M = 8192 and r 16, 64 only; CPU: a dry run at M = 64, r 8 (the GPU check's smoke test)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """One full training step (fwd + bwd + grad clipping + AdamW step): moopt's trial loop vs HF Trainer + PEFT.
 
-    python benchmarks/bench_trial.py                   # CPU: SmolLM2-135M-Instruct, fp32
+    python benchmarks/bench_trial.py --dtype float32   # CPU: SmolLM2-135M-Instruct, fp32 (the committed figures; the default --dtype auto is bf16 where the CPU has it)
     python benchmarks/bench_trial.py --device cuda     # GPU: random-weight Llama (--gpu-model 1b|3b|8b), bf16
 
 Both providers train the same model, rows, batch, sequence length and LoRA config:
