@@ -574,7 +574,7 @@ def write_analysis(output_dir: str | Path, data: StudyData, seed: int = 0) -> An
     atomic_write_text(out / "correlations.csv",
                       a.correlations.rename(columns=lambda c: f"better_{c}").rename_axis("param").to_csv())
     plot_importance(a.importance, out / "param_importance.png", rename=shown)
-    plot_correlations(a.correlations, out / "correlations.png")
+    plot_correlations(a.correlations, out / "correlations.png", rename=shown)
     plot_learning_curves(a.curves, out / "learning_curves.png", best=data.best, pareto=data.pareto,
                          base_eval_loss=base_metrics(data).get("eval_loss"))
     try:
@@ -625,10 +625,11 @@ def plot_importance(importance: dict[str, Importance], path: Path, rename=lambda
     save_figure(fig, path, plt)
 
 
-def plot_correlations(corr: pd.DataFrame, path: Path) -> None:
+def plot_correlations(corr: pd.DataFrame, path: Path, rename=lambda k: k) -> None:
     """Heatmap of Spearman correlations with improvement (see correlations()), -1 .. +1 on a
     diverging map centred on 0: green = the parameter going up goes with a better objective,
-    pink = with a worse one, on every column alike. Values written in the cells."""
+    pink = with a worse one, on every column alike. Values written in the cells. ``rename``: each parameter's
+    name as the console prints it (lora_r), as param_importance.png names it."""
     plt = pyplot()
     n_rows, n_cols = max(len(corr.index), 1), max(len(corr.columns), 1)
     longest = max([len(str(i)) for i in corr.index] + [10])  # one-hot labels run long: ~0.07 in per char
@@ -640,7 +641,8 @@ def plot_correlations(corr: pd.DataFrame, path: Path) -> None:
     else:
         im = ax.imshow(corr.to_numpy(dtype=float), cmap="PiYG", vmin=-1, vmax=1, aspect="auto")
         ax.set_xticks(range(len(corr.columns)), [better_label(c) for c in corr.columns], fontsize=9)
-        ax.set_yticks(range(len(corr.index)), corr.index)
+        ax.set_yticks(range(len(corr.index)), [rename(str(i).split("=", 1)[0]) + (f"={str(i).split('=', 1)[1]}" if "="
+                                               in str(i) else "") for i in corr.index])
         for i in range(len(corr.index)):
             for j in range(len(corr.columns)):
                 v = corr.iat[i, j]
