@@ -245,3 +245,18 @@ def test_the_executor_says_whether_a_trial_would_find_its_base_model_warm(tiny_m
             assert ex.warm_ready(cfg) == warm and not ex.warm_ready(other)
         finally:
             ex.close()
+
+
+def test_a_checkpointed_trial_warns_nothing(tiny_model, tiny_data, tmp_path):
+    """transformers 5.2x deprecates gradient_checkpointing_enable/_disable: each checkpointed trial's log.txt and moopt
+    train's progress carried its FutureWarning. The trial and the warm worker's release use the new names."""
+    import warnings
+
+    warm = WarmBase()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        r = run_trial(spec(0, CONFIGS[0], tiny_model, tiny_data, tmp_path), warm=warm)
+        warm.release()
+    assert r.state == TrialState.COMPLETE, r.error
+    assert not checkpointing_on(warm.model)
+    assert not [w for w in seen if "checkpointing" in str(w.message)], [str(w.message) for w in seen]

@@ -228,7 +228,9 @@ def _child_run(spec: dict) -> dict:
     b, s = (int(x) for x in (spec.get("shape") or (tc.batch_size, cfg.data.max_seq_length)))
     attention = use_attention(model, device, resolve_dtype(cfg.model.dtype, device.type), s)  # as the trial
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        from moopt.train.warm import enable_checkpointing
+
+        enable_checkpointing(model)
     info = attach_lora(model, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
                        target_modules=cfg.lora.target_modules, backend=spec["kernels"])
     params = lora_parameters(model)

@@ -27,7 +27,7 @@ from moopt.search.pruner import rung_eval_size
 from moopt.train.data import TokenizedSet, collate, micro_batches, n_micro_batches, subset, tokenize_file
 from moopt.train.models import import_bitsandbytes_offline, no_transformers_bars
 from moopt.train.step import StepResult, causal_lm_loss, check_finite, train_step
-from moopt.train.warm import WarmBase
+from moopt.train.warm import WarmBase, enable_checkpointing
 
 
 class Reporter(Protocol):
@@ -334,7 +334,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
         if pad_id is None:  # a tokenizer with neither: any id pads, as padded positions carry no loss and no attention
             pad_id = 0
         if cfg.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model)
 
         if spec.baseline:
             reporter.phase("tokenising")

@@ -80,7 +80,7 @@ class WarmBase:
             return
         detach_lora(self.model)
         if checkpointing_on(self.model):
-            self.model.gradient_checkpointing_disable()
+            disable_checkpointing(self.model)
         self.model.zero_grad(set_to_none=True)
         self.model.eval()
         free_memory()
@@ -108,3 +108,19 @@ def checkpointing_on(model) -> bool:
     name warns, a FutureWarning in every trial's log), earlier ones ``is_gradient_checkpointing``."""
     on = getattr(model, "is_activation_checkpointing", None)
     return bool(on if on is not None else getattr(model, "is_gradient_checkpointing", False))
+
+
+def enable_checkpointing(model) -> None:
+    """Gradient checkpointing on, non-reentrant: transformers >= 5.2x names it ``activation_checkpointing_enable`` (its
+    old name, gradient_checkpointing_enable, warns: a FutureWarning in every checkpointed trial's log.txt and in the
+    middle of moopt train's progress), earlier ones ``gradient_checkpointing_enable``."""
+    on = getattr(model, "activation_checkpointing_enable", None)
+    if on is not None:
+        on(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def disable_checkpointing(model) -> None:
+    off = getattr(model, "activation_checkpointing_disable", None)
+    (off if off is not None else model.gradient_checkpointing_disable)()
