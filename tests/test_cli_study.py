@@ -697,3 +697,13 @@ def test_a_weight_for_one_objective_is_said_to_change_nothing(tiny_model, tiny_d
                  "--optimization_weights", "2")
     assert r.exit_code == 0, r.output
     assert "Note: --optimization_weights 2: one objective (eval_loss), so its weight changes nothing" in " ".join(r.output.split())
+
+
+def test_a_trials_start_line_names_target_modules_as_the_summary_does(tiny_model, tiny_data, tmp_path):
+    sp = tmp_path / "space.yaml"
+    sp.write_text("training: {batch_size: 8, num_train_epochs: 1}\ndata: {max_seq_length: 32}\n"
+                  "lora:\n  target_modules: {type: categorical, values: [qv, attention]}\n")
+    r = optimize(tiny_model, tiny_data, tmp_path / "o", sp, "--num_trials", "2", "--no-baseline")
+    assert r.exit_code == 0, r.output
+    starts = [line for line in r.output.splitlines() if " started on " in line]
+    assert len(starts) == 2 and all(line.endswith(("target_modules=qv", "target_modules=attention")) for line in starts), starts

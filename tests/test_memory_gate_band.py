@@ -942,3 +942,20 @@ def test_data_notes_say_when_examples_run_past_the_models_context(tiny_model, tm
                      "and max_seq_length 512 keeps them whole: positions past 128 are ones the model was never trained "
                      "on; a max_seq_length of at most 128 keeps to them"], notes
     assert not [n for n in data_notes(str(tiny_model), f, 128) if "context" in n]
+
+
+def test_fit_plan_points_at_the_table_only_where_it_lists_a_fit(tmp_path):
+    """70B in bf16 on an 80 GiB GPU: no batch x sequence fits, so "a shorter max_seq_length / smaller batch: the table
+    above gives the largest that fit" pointed at a table that says none does."""
+    from click.testing import CliRunner
+
+    from moopt.cli import main
+
+    r = CliRunner().invoke(main, ["estimate-memory", "--base_model", "llama-3.3-70b", "--device", "cuda", "--fit", "80"])
+    assert r.exit_code == 0 and "none: even batch 1 x 1 token does not fit" in r.output, r.output
+    assert "the table above gives the largest" not in r.output
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text("model: {quantization: 4bit}\n")
+    r = CliRunner().invoke(main, ["estimate-memory", "--base_model", "llama-3.3-70b", "--device", "cuda", "--fit", "80",
+                                  "--config", str(cfg)])
+    assert r.exit_code == 0 and "most tokens per step" in r.output, r.output

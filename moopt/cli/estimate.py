@@ -114,6 +114,8 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
             click.echo(f"  most tokens per step: batch {b} x seq {s}")
         click.echo(f"\nthis configuration (batch {est.shape[0]} x seq {est.shape[1]}):")
         for line in plan:
+            if not table and "shorter max_seq_length / smaller batch" in line:
+                continue  # the table above found none: no shorter sequence or smaller batch fits either
             click.echo(f"  {line}")
 
 

@@ -55,6 +55,19 @@ def study_of(config_path: str | Path) -> tuple[Path | None, int | None]:
     return None, None
 
 
+OVERFIT_TRIALS = 10  # a study picks from this many trials or more before a test gap is blamed on the search
+
+
+def _trials_searched(config_path: str | Path) -> int:
+    """How many trials of the study the config comes from ended COMPLETE (what the best was picked from)."""
+    out, _ = study_of(config_path)
+    if out is None:
+        return 0
+    from moopt.journal import replay
+
+    return sum(str(e.state) == "COMPLETE" for e in replay(out).finished.values())
+
+
 def study_validation_metrics(config_path: str | Path) -> dict[str, float] | None:
     """If the config is a study's (its best_config.yaml, or a trial's config.yaml), the validation metrics
     of the trial it holds (the chosen one for best_config.yaml), when that trial completed."""
@@ -148,8 +161,12 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     gap = (m["test_loss"] - m["eval_loss"]) / max(abs(m["eval_loss"]), 1e-12) if tested else None
     warning = None
     if gap is not None and gap > GAP_WARN:
+        searched = _trials_searched(config_path) if study_val else 0
         warning = f"test loss is {gap:.0%} above validation loss: " + (
             "the search may have overfit the validation set; consider a larger validation set or fewer trials"
+            if searched >= OVERFIT_TRIALS else
+            f"the study picked from {searched} trial(s), too few to overfit the validation set: the two sets differ "
+            "(on small sets a gap of this size can be chance); a larger validation set measures more surely"
             if study_val else "the validation set may not represent the test set")
         console.print(f"[yellow]Warning:[/] {escape(warning)}")
     write_json(out / "final_metrics.json", {"validation": {k: m[k] for _, k, _ in rows},

@@ -451,7 +451,7 @@ class Study:
         shutil.rmtree(d, ignore_errors=True)  # a re-queued trial starts clean
         self.pruner.forget(number)
         write_yaml(d / "config.yaml", tcfg.to_yaml())
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+        shown = ", ".join(f"{k}={_fmt(v, k)}" for k, v in params.items())
         self.console.print(f"Trial {number} started on {slot.device}: {shown or '(no parameter searched)'}")
         spec = TrialSpec(number=number, config=tcfg, base_model=cfg.model_path, train_file=os.path.abspath(cfg.train_file),
                          validation_file=os.path.abspath(cfg.validation_file), output_dir=str(d), seed=cfg.seed,
@@ -1206,5 +1206,14 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, name: str = "") -> str:
+    """A searched value on the console: 3 significant digits; target modules by their alias (``attention``), as the
+    summary's best configuration names them."""
+    if name == "target_modules":
+        from moopt.config import normalize_targets, target_alias
+
+        try:
+            return target_alias(normalize_targets(v)) or str(v)
+        except Exception:  # noqa: BLE001 - shown as it is
+            return str(v)
     return f"{v:.3g}" if isinstance(v, float) else str(v)

@@ -316,7 +316,13 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
             reporter.phase("loading model", f"{spec.hub_id or Path(spec.base_model).name} on {device.type}")
             model, tok = load_model_and_tokenizer(spec.base_model, cfg, device)
         else:
-            reporter.phase("loading model", f"{spec.hub_id or Path(spec.base_model).name} on {device.type}, kept by this worker for the next trials")
+            from moopt.train.warm import base_key
+
+            name = spec.hub_id or Path(spec.base_model).name
+            if warm.key == base_key(spec.base_model, cfg, device):  # loaded by this worker's earlier trial: nothing to load
+                reporter.phase("reusing the loaded model", f"{name} on {device.type}")
+            else:
+                reporter.phase("loading model", f"{name} on {device.type}, kept by this worker for the next trials")
             model, tok, loaded = warm.model_and_tokenizer(spec.base_model, cfg, device, load_model_and_tokenizer)
             result.warm = not loaded
             reset_peak(device.type)  # this trial's peak from here: the model, then what the trial adds
