@@ -260,3 +260,12 @@ def test_an_8bit_base_keeps_no_more_for_backward_than_a_4bit_one(tiny_model, ckp
     # against 66176) with it, so 16 KiB still tells them apart
     assert held_8 <= max(1.02 * held_4, held_4 + 16384), (held_8, held_4)
     assert _loss_phase_activations(tiny_model, t_8) == _loss_phase_activations(tiny_model, t_4)
+
+
+def test_moopt_train_of_a_quantised_configuration_on_a_cpu_says_what_it_costs(qstudy, tmp_path):
+    """The study says it at its start; the final run of its best configuration (minutes on SmolLM2, where the trial in
+    the study took 85 s) said nothing."""
+    r = CliRunner().invoke(main, ["train", "--config", str(qstudy / "best_config.yaml"), "--output_dir",
+                                  str(tmp_path / "final")])
+    assert r.exit_code == 0, r.output
+    assert "on a CPU: bitsandbytes' layers work here but cost memory instead of saving it" in " ".join(r.output.split())

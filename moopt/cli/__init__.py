@@ -474,6 +474,10 @@ def train(**kw) -> None:
                 continue  # said for the validation file
             at = cfg.data.max_seq_length if f == "train_file" else kw["eval_max_seq_length"]
             notes += [f"Note: {n}" for n in data_notes(model_path, kw[f], at, role="training" if f == "train_file" else "evaluation")]
+        if cfg.model.quantization != "none" and not _has_cuda():  # as a study says it at its start
+            notes.append(f"Note: model.quantization {cfg.model.quantization} on a CPU: bitsandbytes' layers work here "
+                         "but cost memory instead of saving it and train slower (minutes where unquantised takes "
+                         "seconds); they pay on a GPU")
     except ConfigError as e:
         fail(str(e))
     for note in notes:
@@ -489,6 +493,12 @@ def train(**kw) -> None:
                        f"{kw[f]}: the test metrics are not held-out ones for them")
     ok = train_final(cfg, kw["config"], model_path, kw)
     sys.exit(0 if ok else 1)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def trial_outcome_note(record, number: int) -> list[str]:
