@@ -690,6 +690,10 @@ def test_a_model_folder_retrained_in_place_is_not_the_studys_model(tiny_model, t
     r = optimize(model, tiny_data, tmp_path / "ws", space, "--num_trials", "1", "--no-baseline", "--warm_start", str(out))
     said = " ".join(r.output.split())
     assert r.exit_code == 0 and "not the same base model weights (the folder changed since)" in said, said
+    # and the final run of the study's best configuration says the weights are not the ones it was chosen for
+    r = CliRunner().invoke(main, ["train", "--config", str(out / "best_config.yaml"), "--output_dir", str(tmp_path / "f")])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 0 and f"Note: {model}'s weights or config.json changed since the study searched on it" in said, said
 
 
 def test_a_weight_for_one_objective_is_said_to_change_nothing(tiny_model, tiny_data, space, tmp_path):

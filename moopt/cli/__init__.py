@@ -464,6 +464,12 @@ def train(**kw) -> None:
         pinned = header.get("model_revision") if header.get("base_model") == kw["base_model"] else None
         model_path, commit = resolve_model_revision(kw["base_model"], revision=pinned)
         kw["hub_id"], kw["hub_revision"] = (kw["base_model"], commit) if commit else (None, None)  # the adapter names them
+        if header.get("model_digest") and header.get("base_model") == kw["base_model"]:
+            from moopt.model_files import model_digest
+
+            if model_digest(model_path) != header["model_digest"]:  # a folder retrained in place since the study
+                notes.append(f"Note: {kw['base_model']}'s weights or config.json changed since the study searched on "
+                             "it: these hyperparameters were chosen for the weights it had then")
         # validation (and test) cut at the length the study evaluated every trial at
         kw["eval_max_seq_length"] = max(int(header.get("eval_max_seq_length") or 0), cfg.data.max_seq_length)
         for f in files:  # the study's check (Study.check_data), and its notes on what max_seq_length leaves out or cuts
