@@ -474,12 +474,10 @@ def train(**kw) -> None:
         kw["eval_max_seq_length"] = max(int(header.get("eval_max_seq_length") or 0), cfg.data.max_seq_length)
         for f in files:  # the study's check (Study.check_data), and its notes on what max_seq_length leaves out or cuts
             at = cfg.data.max_seq_length if f == "train_file" else kw["eval_max_seq_length"]
-            require_completions(model_path, kw[f], at)
-        for f in files:
-            if f == "test_file" and os.path.samefile(kw[f], kw["validation_file"]):
-                continue  # said for the validation file
-            at = cfg.data.max_seq_length if f == "train_file" else kw["eval_max_seq_length"]
-            notes += [f"Note: {n}" for n in data_notes(model_path, kw[f], at, role="training" if f == "train_file" else "evaluation")]
+            require_completions(model_path, kw[f], at)  # a refusal raises before any note is said
+            if not (f == "test_file" and os.path.samefile(kw[f], kw["validation_file"])):  # (said for validation)
+                notes += [f"Note: {n}" for n in data_notes(model_path, kw[f], at,
+                                                           role="training" if f == "train_file" else "evaluation")]
         if cfg.model.quantization != "none" and not _has_cuda():  # as a study says it at its start
             notes.append(f"Note: model.quantization {cfg.model.quantization} on a CPU: bitsandbytes' layers work here "
                          "but cost memory instead of saving it and train slower (minutes where unquantised takes "

@@ -108,7 +108,7 @@ def _records(path: Path) -> Iterator[tuple[str, Any, str | None]]:
             raise ConfigError(f"{path}: one JSON object, not records{where}: give a JSON array of records or JSON "
                               "Lines (one record per line)")
     first = text.lstrip("\ufeff \t\r\n").split("\n", 1)[0]
-    if first and first[0] not in "{[" and "," in first and not _parses(first):
+    if first and first[0] not in "{[" and "," in first and _json_value(first) is None:
         raise ConfigError(f"{path}: not JSON (its first line reads {first[:60]!r}: CSV?); give JSON Lines, a JSON array "
                           "or Parquet")
     for lineno, line in enumerate(text.split("\n"), 1):
@@ -120,23 +120,18 @@ def _records(path: Path) -> Iterator[tuple[str, Any, str | None]]:
             yield f"{path}:{lineno}", None, f"invalid JSON ({e.msg} at column {e.colno})"
 
 
-def _parses(line: str) -> bool:
+def _json_value(text: str) -> Any:
+    """``text`` parsed as JSON; None where it is not JSON (or is JSON's null)."""
     try:
-        json.loads(line)
+        return json.loads(text)
     except json.JSONDecodeError:
-        return False
-    return True
+        return None
 
 
 def _one_json_document(text: str) -> Any:
     """The file's JSON value where the whole text is one value spread over several lines (a pretty-printed array or
     object that JSON Lines would read as broken lines); None otherwise."""
-    if text.strip().count("\n") == 0:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return None
+    return _json_value(text) if text.strip().count("\n") else None
 
 
 def _array_records(path: Path, text: str) -> Iterator[tuple[str, Any, str | None]]:
