@@ -296,6 +296,23 @@ def test_cli_prints_table_and_json(tmp_path):
     assert data["total_gib"] > 0 and "cuda_context" in data["breakdown"]
 
 
+def test_cli_says_a_max_seq_length_past_the_models_context(tmp_path):
+    """The model was never trained on positions past max_position_embeddings: estimate-memory says so (the
+    estimate itself is still given, as a study would train it)."""
+    folder = write_model(tmp_path)
+    context = json.loads((folder / "config.json").read_text())["max_position_embeddings"]
+    for seq, said in ((context, False), (context + 1, True)):
+        cfg = tmp_path / "trial.yaml"
+        cfg.write_text(f"data:\n  max_seq_length: {seq}\n")
+        r = CliRunner().invoke(estimate_memory, ["--base_model", str(folder), "--config", str(cfg), "--device", "cpu",
+                                                 "--json"])
+        assert r.exit_code == 0, r.output
+        notes = [n for n in json.loads(r.output)["notes"] if "past the model's context" in n]
+        assert bool(notes) == said, notes
+        if said:
+            assert f"at most {context}" in notes[0]
+
+
 @pytest.mark.parametrize("content, needle", [
     (None, "file not found"),
     ("training: [1, 2\n", "malformed YAML"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -66,6 +67,11 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
         if from_gguf:
             model_config.moopt_dtype_copies = True  # a study trains from its conversion, which has a copy per dtype
         est = estimate_peak(model_config, trial, device=device, kernels=kernels, loss=loss)
+        context = getattr(model_config, "max_position_embeddings", None)
+        if isinstance(context, int) and 0 < context < trial.data.max_seq_length:
+            est = dataclasses.replace(est, notes=(*est.notes, f"max_seq_length {trial.data.max_seq_length} is past the model's context ({context} tokens, "
+                             "its max_position_embeddings): positions past it are ones the model was never trained on; "
+                             f"a max_seq_length of at most {context} keeps to them"))
         table = plan = None
         if fit_gib is not None:
             kw = {"device": device, "kernels": kernels, "loss": loss}
