@@ -521,14 +521,18 @@ def test_validation_or_test_records_that_also_appear_in_training_are_said(tiny_m
     sp = tmp_path / "space.yaml"
     sp.write_text("training: {learning_rate: 0.01, num_train_epochs: 1}\ndata: {max_seq_length: 32}\n")
     held_out = tmp_path / "held_out.jsonl"
-    held_out.write_text("".join(json.dumps({"prompt": f"the color of {t} is", "completion": " red"}) + "\n"
+    held_out.write_text("".join(json.dumps({"prompt": f"the color of {t} is", "completion": " red"}
+                                           | ({"text": "red"} if t == "sky" else {})) + "\n"  # one of two formats
                                 for t in ("sky", "sun", "sea")))
+    mixed = (f"Note: 1 of 3 records of {held_out} have the fields of prompt+completion and text: they are read as "
+             "prompt+completion; their `text` is not trained on")
     copied = tmp_path / "copied.jsonl"
     copied.write_text("".join(tiny_data["train"].read_text().splitlines(keepends=True)[:5]) + held_out.read_text())
     for val, said in ((held_out, None), (copied, f"Note: 5 of 8 examples of {copied} also appear in {tiny_data['train']}")):
         r = optimize(tiny_model, {"train": tiny_data["train"], "val": val}, tmp_path / val.stem, sp, "--no-baseline")
         assert r.exit_code == 0, r.output
         assert (said in r.output) if said else ("also appear in" not in r.output), r.output
+        assert (mixed in r.output) == (val == held_out), r.output  # and a record with the fields of two formats
     r = CliRunner().invoke(main, ["train", "--config", str(tmp_path / "held_out" / "best_config.yaml"), "--base_model",
                                   str(tiny_model), "--train_file", str(tiny_data["train"]), "--validation_file",
                                   str(held_out), "--test_file", str(copied), "--output_dir", str(tmp_path / "final")])
@@ -536,6 +540,7 @@ def test_validation_or_test_records_that_also_appear_in_training_are_said(tiny_m
     assert f"Note: 5 of 8 examples of {copied} also appear in {tiny_data['train']}: the test metrics are not " \
            "held-out ones for them" in r.output
     assert f"also appear in {held_out}" in r.output  # the 3 held-out validation records are in the test file too
+    assert mixed in r.output
 
 
 def test_report_rebuilds_from_the_journal_without_the_trial_folders_and_says_when_it_cannot_write(study, tmp_path,

@@ -377,6 +377,32 @@ def shared_records(reference: str | Path, other: str | Path) -> tuple[int, int]:
     return sum(key(r) in seen for r in records), len(records)
 
 
+FORMAT_NAMES = {"messages": "messages", "prompt_completion": "prompt+completion", "instruction": "instruction+output",
+                "text": "text"}
+
+
+def mixed_formats(path: str | Path) -> str | None:
+    """A note when records of ``path`` have the fields of more than one format (Alpaca's own file has
+    instruction/input/output and a ``text`` that renders them): which format each is read as (``record_format``'s
+    order) and which fields are then not trained on; else None."""
+    counts: dict[tuple[str, ...], int] = {}
+    records = read_records(path)
+    for rec in records:
+        kinds = tuple(f for f, keys in REQUIRED.items() if all(k in rec for k in keys))
+        if len(kinds) > 1:
+            order = list(FORMAT_NAMES)
+            kinds = tuple(sorted(kinds, key=order.index))
+            counts[kinds] = counts.get(kinds, 0) + 1
+    if not counts:
+        return None
+    kinds, n = max(counts.items(), key=lambda kv: kv[1])
+    used, unused = kinds[0], [k for f in kinds[1:] for k in REQUIRED[f] if k not in REQUIRED[kinds[0]]]
+    more = f" (and {sum(counts.values()) - n} with other pairs of formats)" if len(counts) > 1 else ""
+    return (f"{n} of {len(records)} records of {path} have the fields of {' and '.join(FORMAT_NAMES[k] for k in kinds)}"
+            f"{more}: they are read as {FORMAT_NAMES[used]}; their {', '.join(f'`{k}`' for k in unused)} "
+            f"{'is' if len(unused) == 1 else 'are'} not trained on")
+
+
 def tokenize_records(records, tokenizer, path: str | Path, numbers=None) -> Iterator[Example]:
     """``tokenize_record`` of each record; a record the tokenizer or its chat template refuses (Llama 2's template
     raises where roles do not alternate) is one ConfigError naming the file and the record (``numbers``: each record's
