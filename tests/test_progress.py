@@ -212,6 +212,21 @@ def test_plain_lines_come_at_a_modest_rate():
     assert lines[-1].startswith("Study: 1/2 trials done, best eval_loss 0.9000 (trial 0)")
 
 
+def test_a_new_workers_load_after_the_first_step_is_shown():
+    """A second slot's first trial (or a worker replaced after a crash) loads the model after another trial made
+    its first step: that load can take minutes on a large model, and it was silent in plain mode."""
+    clock = Clock()
+    console, buf = plain()
+    with ProgressView(console, ProgressBoard(total=2, clock=clock)) as view:
+        view.event(0, {"event": "phase", "phase": "training", "detail": "10 optimizer steps"})
+        view.event(0, prog(1, total=10))
+        view.event(1, {"event": "phase", "phase": "starting", "detail": "importing torch"})
+        view.event(1, {"event": "phase", "phase": "loading model", "detail": "m on cpu, kept by this worker"})
+        view.event(1, {"event": "phase", "phase": "tokenising"})  # the quick phases stay unsaid
+        view.event(0, {"event": "phase", "phase": "reusing the loaded model"})
+    assert buf.getvalue().splitlines()[-1] == "Trial 1: loading model (m on cpu, kept by this worker) ..."
+
+
 def test_a_slow_trial_gets_a_line_each_30_seconds():
     clock = Clock()
     console, buf = plain()

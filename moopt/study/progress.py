@@ -8,7 +8,8 @@ lines at a modest rate:
 
 - each phase of a trial (loading model, tokenising, training, evaluating) until the first trial of
   the run has made its first optimizer step: the first set-up (cold disk cache, kernel compilation)
-  is the slow, silent part a user needs to see;
+  is the slow, silent part a user needs to see; after it, a new worker's "loading model" (a second
+  slot's first trial, a worker replaced after a crash), which can take minutes on a large model;
 - a trial's first step, then a line each 10% of its steps when at least ``min_gap_s`` passed since its
   last one, and a line whenever it has been quiet for ``quiet_s`` (slow steps, a long evaluation);
 - the study's line after each trial ends.
@@ -294,7 +295,8 @@ class ProgressView:
         now = self.board.clock()
         ev = msg.get("event")
         line = None
-        if ev == "phase" and not self.board.stepped and t.phase != "starting":  # the study says it started
+        if ev == "phase" and t.phase != "starting" and (not self.board.stepped or t.phase == "loading model"):
+            # (the study says it started) until a step was made; after, a new worker's load, the slow silent part
             line = self.board.trial_line(number, timed=False)
         elif ev == "progress":
             decile = 10 * t.step // max(t.total, 1)
