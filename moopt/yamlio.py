@@ -38,6 +38,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node):
+        """YAML 1.1 reads ``010`` as octal (8) and ``1:30`` as base 60 (90), where a user meant 10 or a time: an
+        error naming the line, not a silently different number."""
+        raw = str(self.construct_scalar(node)).replace("_", "")
+        sign, text = ("-" if raw.startswith("-") else ""), raw.lstrip("+-")
+        if ":" in text:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"`{node.value}` is a base-60 number in YAML 1.1 ({int(super().construct_yaml_int(node))}): "
+                "quote it, or write the number you mean", node.start_mark)
+        if len(text) > 1 and text[0] == "0" and text[1:].isdigit():
+            raise yaml.constructor.ConstructorError(
+                None, None, f"`{node.value}` is an octal number in YAML 1.1 (a leading 0): write "
+                f"{sign}{text.lstrip('0') or '0'}, or quote it", node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.construct_yaml_int)
+
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """Load a YAML file that must hold a mapping; every failure is a ConfigError naming the file."""

@@ -309,6 +309,8 @@ BAD_INPUTS = [
     ("space", "training:\n  learning_rate: {type: log_uniform, min: 1e-5, max: 1e-3}\nlora:\n  r: 8\ntraining:\n  batch_size: 4\n",
      [], "`training` is given twice (lines 1 and 5)"),
     ("space", "lora:\n  r: 8\n  r: 16\n", [], "`r` is given twice"),
+    ("space", "lora:\n  r: 016\n", [], "`016` is an octal number in YAML 1.1 (a leading 0): write 16, or quote it"),
+    ("space", "training:\n  batch_size: {type: categorical, values: [2, 1:30]}\n", [], "`1:30` is a base-60 number"),
     ("space", "training:\n  batch_size: .inf\n", [], "training.batch_size: expected a finite number, got inf"),
     ("space", "training:\n  learning_rate: {type: uniform, min: 1e-5, max: .nan}\n", [], "`max` must be a finite number"),
     ("space", "lora:\n  r: {type: categorical, values: [4, 8], min: 4}\n", [], "lora.r: `min` only applies to types"),
