@@ -345,3 +345,93 @@ def test_evaluation_runs_without_autograd(tiny_model, tok, tmp_path):
     model.model.register_forward_hook(lambda m, a, out: seen.append(out.last_hidden_state.requires_grad))
     m = evaluate(model, tokenize_file(path, tok, 32), 4, tok.pad_token_id, "cpu", "torch")
     assert m["eval_loss"] > 0 and seen == [False]
+
+
+def _chat_tok(tiny_model, template):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = template
+    return tok
+
+
+def _learnt(ex, tok):
+    return tok.convert_ids_to_tokens([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE])
+
+
+def test_a_template_that_adds_to_the_last_turn_only_ends_earlier_turns_where_they_end(tiny_model):
+    """Qwen3's template puts an empty think block only before an assistant turn after the last user message: rendered
+    as the conversation's last turn, an earlier turn is longer than it is within the whole, and counting that length
+    labelled the next user turn's first tokens (``the the`` stands in for the think block)."""
+    tok = _chat_tok(tiny_model, "{% for m in messages %}{{ m['role'] }} : {% if m['role'] == 'assistant' and loop.last %}"
+                                "the the {% endif %}{{ m['content'] }} </s> {% endfor %}"
+                                "{% if add_generation_prompt %}assistant : {% endif %}")
+    rec = {"messages": [{"role": "user", "content": "sky ?"}, {"role": "assistant", "content": "red"},
+                        {"role": "user", "content": "sea ?"}, {"role": "assistant", "content": "blue"}]}
+    assert _learnt(tokenize_record(rec, tok), tok) == ["red", "</s>", "the", "the", "blue", "</s>"]
+
+
+def test_a_template_that_renders_the_start_otherwise_in_the_whole_is_refused_by_record(tiny_model, tmp_path):
+    """Mistral v0.3's template renders the system prompt only before the last user turn: the conversation before the
+    assistant turn (with the system prompt) is no start of the whole (without it). Counting its tokens labelled part of
+    the answer, or nothing (a study then trained on nothing, with a loss of 0 and exit 0)."""
+    tok = _chat_tok(tiny_model, "{% for m in messages if m['role'] != 'system' %}{% if m['role'] == 'user' and loop.last "
+                                "and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }} {% endif %}"
+                                "{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+                                "{% if add_generation_prompt %}assistant : {% endif %}")
+    ok = {"messages": [{"role": "user", "content": "sky ?"}, {"role": "assistant", "content": "blue"}]}
+    assert _learnt(tokenize_record(ok, tok), tok) == ["blue", "</s>"]
+    f = tmp_path / "sys.jsonl"
+    f.write_text(json.dumps(ok) + "\n" + json.dumps({"messages": [{"role": "system", "content": "the color"}]
+                                                     + ok["messages"]}) + "\n")
+    with pytest.raises(ConfigError, match=r"sys.jsonl: record 2: turn 3 \(assistant\): the chat template renders the "
+                                          r"conversation before it differently .*\(Mistral v0\.3"):
+        tokenize_file(f, tok, 64)
+
+
+def test_a_prompt_with_its_bos_or_a_completion_with_its_eos_written_out_gets_no_second_one(tiny_model, tmp_path):
+    """A prompt rendered with a chat template as text starts with the BOS; a completion may end with the EOS token:
+    each was doubled."""
+    bos_tok = _bos_tokenizer(tiny_model, tmp_path)
+    bos, eos = bos_tok.bos_token_id, bos_tok.eos_token_id
+    for rec in ({"prompt": "<s> what is the color of sky ? answer :", "completion": " blue </s>"},
+                {"prompt": "what is the color of sky ? answer :", "completion": " blue"},
+                {"text": "<s> the sky is blue </s>"}, {"text": "the sky is blue"}):
+        ex = tokenize_record(rec, bos_tok)
+        assert ex.input_ids[0] == bos and ex.input_ids.count(bos) == 1, rec
+        assert ex.input_ids[-1] == eos and ex.input_ids.count(eos) == 1 and ex.labels[-1] == eos, rec
+
+
+class _SpaceJoiningTok:
+    """A BPE tokenizer in miniature: a space belongs to the word after it ("Route: Garden" is ["Route:", " Garden"]),
+    and a space at the end of a text is a token of its own."""
+
+    eos_token_id, bos_token_id, all_special_ids, chat_template, add_bos_token = 3, 2, [2, 3], None, False
+
+    def __init__(self):
+        self.vocab = {}
+
+    def __call__(self, text, add_special_tokens=True):
+        import re
+
+        return {"input_ids": [self.vocab.setdefault(p, len(self.vocab) + 4) for p in re.findall(r" ?\S+| +$", text)]}
+
+
+def test_a_prompt_whose_tokens_change_when_the_completion_is_appended_is_said(tmp_path, monkeypatch):
+    """"Route: " + "Garden" trains on " Garden" after "Route:", while the prompt alone (at inference) ends in a lone
+    space token the model never saw there: TRL warns of it, the study's start says how many examples do it."""
+    import transformers
+
+    from moopt.study.gate import data_notes
+
+    fake = _SpaceJoiningTok()
+    spaced = tokenize_record({"prompt": "Route: ", "completion": "Garden"}, fake)
+    plain = tokenize_record({"prompt": "Route:", "completion": " Garden"}, fake)
+    assert spaced.merged and not plain.merged and spaced.input_ids == plain.input_ids
+    f = tmp_path / "train.jsonl"
+    f.write_text("".join(json.dumps({"prompt": f"Item {i}\nRoute:" + " " * (i < 2), "completion": "Garden" if i < 2
+                                     else " Garden"}) + "\n" for i in range(5)))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: fake)
+    notes = data_notes(str(tmp_path), f, 64)
+    assert any(n.startswith(f"2 of 5 examples of {f} have a prompt whose last tokens change when the completion is "
+                            "appended (a prompt that ends in a space?)") for n in notes), notes

@@ -267,6 +267,7 @@ def _turns_problem(msgs: Any, name: str, learn: bool = True) -> str | None:
 class Example:
     input_ids: list[int]
     labels: list[int]  # IGNORE where no loss is taken
+    merged: bool = False  # a prompt/completion whose prompt tokenises otherwise alone (a merge across the join)
 
 
 @dataclass
@@ -315,12 +316,21 @@ def special_prefix(tokenizer) -> list[int]:
     return prefix
 
 
+def _framed(ids: list[int], bos: list[int], eos: list[int]) -> tuple[list[int], int]:
+    """``ids`` with the tokenizer's prefix before and EOS after, each unless the text has it already (a prompt
+    rendered with a chat template as text starts with <|begin_of_text|>; a completion may end with the EOS token
+    written out): no doubled BOS or EOS. (The ids, how many prefix tokens were put before.)"""
+    lead = bos if bos and ids[:len(bos)] != bos else []
+    end = eos if eos and ids[-len(eos):] != eos else []
+    return lead + ids + end, len(lead)
+
+
 def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
     fmt = record_format(rec)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     bos = special_prefix(tokenizer)
     if fmt == "text":
-        ids = bos + _ids(tokenizer, rec["text"]) + eos
+        ids = _framed(_ids(tokenizer, rec["text"]), bos, eos)[0]
         return Example(ids, list(ids))
     if fmt == "prompt_completion" and isinstance(rec["prompt"], list):  # conversational: the completion's turns learnt
         return _chat_example(rec["prompt"] + rec["completion"], tokenizer, learn_from=len(rec["prompt"]))
@@ -330,8 +340,8 @@ def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
         # (where a merge crosses the join, at the first token that differs from the prompt's)
         both, p = _ids(tokenizer, rec["prompt"] + rec["completion"]), _ids(tokenizer, rec["prompt"])
         cut = _shared_start(p, both)
-        ids = bos + both + eos
-        return Example(ids, [IGNORE] * (len(bos) + cut) + ids[len(bos) + cut:])
+        ids, lead = _framed(both, bos, eos)
+        return Example(ids, [IGNORE] * (lead + cut) + ids[lead + cut:], merged=cut < len(p))
     if fmt == "instruction":
         user = rec["instruction"] + (("\n\n" + rec["input"]) if rec.get("input") else "")
         if getattr(tokenizer, "chat_template", None):
@@ -345,7 +355,14 @@ def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
 
 def _chat_example(msgs: list[dict[str, str]], tokenizer, learn_from: int = 0) -> Example:
     """A conversation rendered with the chat template, loss on the tokens each assistant turn (from turn ``learn_from``
-    on: a conversational record's completion) adds to it."""
+    on: a conversational record's completion) adds to it.
+
+    A turn starts where the conversation before it, with the generation prompt, ends; that rendering must be the
+    whole conversation's start (Mistral v0.3's template renders a system prompt only before the last user turn, so it
+    is not: an error, where counting its tokens would label the wrong ones). A turn ends where its own rendering
+    (the conversation up to it) ends, as found in the whole: a template that adds to the last turn what it leaves out
+    of earlier ones (Qwen3's empty think block) makes that rendering longer than the turn is within the whole, and
+    the turn is the longest end of it that the whole has at its place."""
     if not getattr(tokenizer, "chat_template", None):
         what = "records with `messages`" if learn_from == 0 else "conversational prompt/completion records"
         raise ConfigError(f"{what} need a tokenizer with a chat template")
@@ -355,11 +372,23 @@ def _chat_example(msgs: list[dict[str, str]], tokenizer, learn_from: int = 0) ->
         if m["role"] != "assistant" or i < learn_from:
             continue
         if i:
-            start = len(_chat(tokenizer, msgs[:i], generation_prompt=True))
+            before = _chat(tokenizer, msgs[:i], generation_prompt=True)
+            if ids[:len(before)] != before:
+                raise ConfigError(
+                    f"turn {i + 1} (assistant): the chat template renders the conversation before it differently from "
+                    "the whole conversation, so its tokens cannot be told apart (Mistral v0.3's template, for one, "
+                    "renders a system prompt only before the last user turn: put the system text into the first user "
+                    "turn instead)")
+            start = len(before)
         else:  # it opens the conversation: its content starts where an empty turn's rendering parts from this one
             start = _shared_start(_chat(tokenizer, [{"role": "assistant", "content": ""}], generation_prompt=False), ids)
-        end = len(_chat(tokenizer, msgs[: i + 1], generation_prompt=False))
-        labels[start:end] = ids[start:end]
+        turn = _chat(tokenizer, msgs[: i + 1], generation_prompt=False)[start:]
+        rest = ids[start:]
+        k = next((k for k in range(min(len(turn), len(rest)), 0, -1) if turn[len(turn) - k:] == rest[:k]), 0)
+        if k == 0:
+            raise ConfigError(f"turn {i + 1} (assistant): the chat template renders it differently within the whole "
+                              "conversation than as its last turn, so its tokens cannot be told apart")
+        labels[start:start + k] = ids[start:start + k]
     return Example(ids, labels)
 
 
@@ -418,9 +447,12 @@ def tokenize_records(records, tokenizer, path: str | Path, numbers=None) -> Iter
 
 
 def first_label(ex: Example) -> int:
-    """Index of the example's first token that carries loss (never 0: no token predicts the first one);
-    len(labels) when none does. Truncated to max_seq_length, the example keeps a loss iff this is below it."""
-    return next((i for i, x in enumerate(ex.labels) if i and x != IGNORE), len(ex.labels))
+    """Index of the example's first token that carries loss (never 0: no token predicts the first one); NO_LABEL
+    (above any length) when none does. Truncated to max_seq_length, the example keeps a loss iff this is below it."""
+    return next((i for i, x in enumerate(ex.labels) if i and x != IGNORE), NO_LABEL)
+
+
+NO_LABEL = 2**62  # first_label of an example no token of which carries loss
 
 
 def no_completion_left(path: str | Path, n: int, max_seq_length: int) -> str:
