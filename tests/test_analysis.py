@@ -446,11 +446,13 @@ def test_no_configuration_fits_only_when_every_trial_was_ruled_out_by_the_budget
     said, page = study("mixed", ["INFEASIBLE", "CUT", "INFEASIBLE", "CUT", "CUT"])
     assert "configurations tried fits" not in said and "configurations tried fits" not in page, said
     assert ("No trial completed; nothing to recommend: 3 cut by the time budget (a longer --time_budget_hours lets "
-            "trials finish); 2 infeasible under the memory budget.") in said
+            "trials finish); 2 ruled out by the memory budget (not trained).") in said
     assert "Least infeasible: trial 0 (estimate 3.00 GiB > budget 2.00 GiB)" in said
     assert "Least infeasible: trial 0" in page
-    said, _ = study("failed", ["INFEASIBLE", "FAIL"])
+    said, page = study("failed", ["INFEASIBLE", "FAIL"])
     assert "configurations tried fits" not in said and "1 failed (see trial_results/trial_1/log.txt)" in said
+    # the report says what became of them as the console does (it gave only the memory advice)
+    assert "nothing to recommend: 1 failed (see trial_results/trial_1/log.txt); 1 ruled out by the memory" in page
     said, page = study("all", ["INFEASIBLE", "INFEASIBLE"])
     # what was tried, not a verdict on the whole space (smaller settings may not have been tried yet)
     assert "None of the 2 configurations tried fits. Least infeasible: trial 0" in said

@@ -393,6 +393,14 @@ def test_a_study_whose_every_trial_failed_exits_1(tiny_model, tiny_data, tmp_pat
                            env={"MOOPT_INJECT_FAULT": "0:exception@1,1:exception@1"})
     assert r.exit_code == 1 and "Every trial failed" in r.output, r.output
     assert (tmp_path / "out" / "trials_summary.csv").is_file()
+    # a mix of failed and out-of-memory trials, none COMPLETE: exit 1 too (it was 0, with no best_config.yaml to train)
+    r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+                                  "--validation_file", str(tiny_data["val"]), "--search_space", str(_space(tmp_path)),
+                                  "--no-baseline", "--num_trials", "2", "--output_dir", str(tmp_path / "mix")],
+                           env={"MOOPT_INJECT_FAULT": "0:exception@1,1:oom"})
+    assert r.exit_code == 1 and "No trial completed: there is no best_config.yaml to train from" in r.output, r.output
+    assert "1 failed (see trial_results/trial_0/log.txt); 1 ran out of memory" in r.output, r.output
+    assert not (tmp_path / "mix" / "best_config.yaml").exists()
 
 
 def test_a_gguf_without_the_gguf_package_is_one_line(monkeypatch):

@@ -54,6 +54,9 @@ def test_train_final_model_reports_validation_and_test(tiny_model, tiny_data, tm
     assert m["seed"] == 42 and m["base_model"] == str(tiny_model) and m["train_file"] == str(tiny_data["train"])
     assert "Seed: 42, the default (--config is not in a study's folder" in r.output
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    from transformers import AutoTokenizer  # the tokenizer beside the adapter, as TRL saves it
+
+    assert AutoTokenizer.from_pretrained(out / "adapter").get_vocab() == AutoTokenizer.from_pretrained(tiny_model).get_vocab()
     assert "test" in r.output and "validation" in r.output
     assert "loading model" in r.output and "Loading weights" not in r.output  # transformers' bar: moopt's line says it
     assert f"Note: --test_file {tiny_data['val']} is the validation file: its metrics are not held-out ones" in r.output

@@ -142,6 +142,9 @@ def optimize(**kw) -> None:
         budget = f"--memory_constraint {cfg.memory_constraint_gb:g}" if cfg.memory_constraint_gb else "the GPU's memory"
         click.echo(f"No configuration fits {budget}: nothing was trained", err=True)
         sys.exit(1)
+    if (summary or {}).get("none_completed"):  # a mix of failed, ruled-out and pruned trials: no best_config.yaml
+        click.echo("No trial completed: there is no best_config.yaml to train from", err=True)
+        sys.exit(1)
 
 
 def kept_text(cfg) -> str:

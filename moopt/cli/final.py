@@ -143,6 +143,10 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
             where = f"{out}/metrics.json"
         console.print(f"[red]Training failed:[/] {escape(str(res.error))}  (see {escape(where)})")
         return False
+    # the tokenizer beside the adapter, as TRL saves it: its chat template is the one the examples were rendered with
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(model_path), local_files_only=True).save_pretrained(work / "adapter")
     (out / "final_metrics.json").unlink(missing_ok=True)  # the marker of a whole final model: written last
     _move_into(work, out)
     shutil.rmtree(out / FAILED, ignore_errors=True)

@@ -36,6 +36,7 @@ from moopt.report.table import (
     nothing_fits,
     nothing_fits_text,
     printed_name,
+    why_none_completed,
 )
 
 REPORT = "report.html"
@@ -121,7 +122,9 @@ def _best_section(data: StudyData, edges=()) -> str:
                       for n, _, m, where in cut_by_time_ahead(data))
         if data.least_infeasible is not None:
             cut += f" {e(least_infeasible_text(data))}"
-        return f"<section><h2>Best configuration</h2><p class='warn'>No trial completed; nothing to recommend.{cut}</p></section>"
+        why = f": {e(why_none_completed(data.table))}" if len(data.table) else " (no trial ran)"
+        return (f"<section><h2>Best configuration</h2><p class='warn'>No trial completed; nothing to recommend{why}."
+                f"{cut}</p></section>")
     row = data.table[data.table.number == data.best].iloc[0]
     metrics = [(n, row[f"values_{n}"]) for n in data.objectives.names]
     base = base_metrics(data)

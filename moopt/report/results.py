@@ -9,11 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from moopt.records import TIME_BUDGET_CUT, TrialState
+from moopt.records import TrialState
 from moopt.report.plots import plot_optimization, plot_pareto
 from moopt.report.table import (
-    INTERRUPTED,
-    RUNNING,
     StudyData,
     best_config,
     cut_by_time_ahead,
@@ -23,6 +21,7 @@ from moopt.report.table import (
     nothing_fits_text,
     printed_name,
     searched,
+    why_none_completed,
 )
 
 
@@ -60,7 +59,10 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None, sto
                                # every trial failed (a model or data the trials cannot train on): the CLI exits 1
                                "all_failed": bool(len(table)) and bool((table.state == TrialState.FAIL).all()),
                                # every configuration was ruled out by the memory budget: nothing trained (exit 1 too)
-                               "nothing_fits": nothing_fits(data)}
+                               "nothing_fits": nothing_fits(data),
+                               # trials ran, none completed (failed, ruled out, pruned, in a mix): no best_config.yaml
+                               # to train from, so exit 1 as well
+                               "none_completed": bool(len(table)) and data.best is None}
     if data.best is not None:
         cfg = best_config(out, data.best)
         write_yaml(out / "best_config.yaml", cfg, header=best_config_header(data))
@@ -87,31 +89,6 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None, sto
     return summary
 
 
-def _why_none_completed(table) -> str:
-    """What became of the trials of a study in which none completed, in words, with where to look."""
-    cut = table[(table.state == TrialState.PRUNED) & table.error.fillna("").str.startswith(TIME_BUDGET_CUT)]
-    parts = []
-    if len(cut):
-        parts.append(f"{len(cut)} cut by the time budget (a longer --time_budget_hours lets trials finish)")
-    pruned = (table.state == TrialState.PRUNED).sum() - len(cut)
-    if pruned:
-        parts.append(f"{pruned} pruned")
-    failed = table[table.state == TrialState.FAIL]
-    if len(failed):
-        first = int(failed.number.iloc[0])
-        parts.append(f"{len(failed)} failed (see trial_results/trial_{first}/log.txt)")
-    infeasible = (table.state == TrialState.INFEASIBLE).sum()
-    if infeasible:
-        parts.append(f"{infeasible} infeasible under the memory budget")
-    running = (table.state == RUNNING).sum()  # started, no end in the journal, the study live
-    if running:
-        parts.append(f"{running} still running")
-    interrupted = (table.state == INTERRUPTED).sum()
-    if interrupted:
-        parts.append(f"{interrupted} interrupted (--resume reruns them)")
-    return "; ".join(parts) or "see trial_results/*/log.txt"
-
-
 def print_summary(data: StudyData, summary: dict[str, Any], console=None, output_dir: Path | None = None,
                   importance: dict | None = None, edges: list | None = None, refined=None) -> None:
     """The guide's closing summary: the searched parameters of the best trial as JSON, ``Best value``,
@@ -131,7 +108,7 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
         elif not len(data.table):
             say("No trial ran; nothing to recommend.")
         else:
-            say("No trial completed; nothing to recommend: " + _why_none_completed(data.table) + ".")
+            say("No trial completed; nothing to recommend: " + why_none_completed(data.table) + ".")
             for number, _, metrics, cut in cut_by_time_ahead(data):
                 base = (data.baseline or {}).get("metrics") or {}
                 say(f"  Trial {number} was cut by the time budget at {cut}; on the whole validation set it scores "

@@ -307,3 +307,31 @@ def cut_by_time_ahead(data: StudyData) -> list[tuple[int, float, dict[str, float
                 where += f" of {int(row.total_steps)}"
             out.append((int(row.number), float(score), {n: float(row[c]) for n, c in zip(data.objectives.names, cols)}, where))
     return sorted(out, key=lambda o: (-o[1], o[0]))[:1] if none_completed else out
+
+
+def why_none_completed(table) -> str:
+    """What became of the trials of a study in which none completed, in words, with where to look."""
+    cut = table[(table.state == TrialState.PRUNED) & table.error.fillna("").str.startswith(TIME_BUDGET_CUT)]
+    parts = []
+    if len(cut):
+        parts.append(f"{len(cut)} cut by the time budget (a longer --time_budget_hours lets trials finish)")
+    pruned = (table.state == TrialState.PRUNED).sum() - len(cut)
+    if pruned:
+        parts.append(f"{pruned} pruned")
+    failed = table[table.state == TrialState.FAIL]
+    if len(failed):
+        first = int(failed.number.iloc[0])
+        parts.append(f"{len(failed)} failed (see trial_results/trial_{first}/log.txt)")
+    infeasible = table[table.state == TrialState.INFEASIBLE]
+    ruled_out = infeasible.error.fillna("").str.startswith(NOT_TRAINED).sum()
+    if ruled_out:
+        parts.append(f"{ruled_out} ruled out by the memory budget (not trained)")
+    if len(infeasible) - ruled_out:
+        parts.append(f"{len(infeasible) - ruled_out} ran out of memory")
+    running = (table.state == RUNNING).sum()  # started, no end in the journal, the study live
+    if running:
+        parts.append(f"{running} still running")
+    interrupted = (table.state == INTERRUPTED).sum()
+    if interrupted:
+        parts.append(f"{interrupted} interrupted (--resume reruns them)")
+    return "; ".join(parts) or "see trial_results/*/log.txt"
