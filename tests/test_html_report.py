@@ -164,3 +164,19 @@ def test_the_trials_table_says_which_peaks_no_training_measured(tmp_path):
     rows = {int(m.group(1)): m.group(0) for m in re.finditer(r"<tr[^>]*><td data-v='(\d+)(?:\.0)?'>.*?</tr>", text)}
     assert "(estimate)</td>" in rows[7] and "(measured, not trained)</td>" in rows[6]
     assert "(estimate)" not in rows[0] and "not trained)" not in rows[0]
+
+
+def test_report_numbers_read_as_the_console_prints_them(tmp_path):
+    """Metrics to 4 decimals, the score to 3, parameters to 3 significant digits: at 4 significant digits two trials
+    of eval_loss 3.7856 and 3.7859 both read 3.786, and the chosen row looked like a dominated one."""
+    trials = synthetic_trials(4)
+    trials[1]["metrics"] = {**trials[1]["metrics"], "eval_loss": 3.78563, "eval_accuracy": 0.5}
+    trials[2]["metrics"] = {**trials[2]["metrics"], "eval_loss": 3.78591, "eval_accuracy": 0.5}
+    out = write_fake_study(tmp_path / "study", trials)
+    data = load_study(out)
+    text = write_html_report(out, data).read_text()
+    cells = re.findall(r"<td data-v='[^']*'>([^<]*)</td>", text)
+    assert "3.7856" in cells and "3.7859" in cells and "0.5000" in cells
+    lr = data.table.params_learning_rate.iloc[0]
+    assert f"{lr:.3g}" in cells and f"{lr:.4g}" not in cells or f"{lr:.3g}" == f"{lr:.4g}"
+    assert re.search(r"<th>best value</th><td>\d\.\d{3}</td>", text)

@@ -504,6 +504,7 @@ def test_the_gate_reason_reads_the_estimate_and_the_budget_apart(tiny_model, tmp
     assert gib_pair(1.2785, 1.0) == ("1.28", "1.00")
     assert gib_pair(0.53002, 0.53) == ("0.53002", "0.53000")  # read "0.5300 > 0.5300"
     assert gib_pair(1.0, 1.0) == ("1.00", "1.00")
+    assert gib_pair(0.5036, 0.505) == ("0.504", "0.505")  # the budget as typed: "0.50 <= budget 0.51" misread it
     t = trial()
     est = MemoryGate(tiny_model, "cpu", "torch", 1.0, cache_path=tmp_path / "x.json").estimate_bytes(t) / GIB
     monkeypatch.setattr(gate_mod, "probe_peak", no_probe)

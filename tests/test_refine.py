@@ -244,3 +244,25 @@ def test_a_change_line_spells_module_lists_one_way_on_both_sides():
     spec = {"type": "categorical", "values": [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"],
                                               ["k_proj", "o_proj"]]}
     assert _describe(spec) == "[qv, attention, k_proj+o_proj]"
+
+
+def test_a_study_with_nothing_to_refine_says_so_instead_of_a_silent_missing_file(tmp_path):
+    """The README promises refined_space.yaml from REFINE_MIN_TRIALS COMPLETE trials on; where nothing in the space
+    changes (here an ordered categorical whose worst value sits inside it) the summary says why there is none."""
+    from rich.console import Console
+
+    from moopt.report.results import print_summary
+
+    trials = synthetic_trials(24)
+    worst = _worst(trials, 8)
+    for t in trials:
+        t["params"]["batch_size"] = 8 if t["metrics"].get("eval_loss", 9) >= worst else 4
+    out = write_fake_study(tmp_path / "mid", trials, space="training:\n  batch_size: {type: categorical, values: [2, 4, 8, 16]}\n")
+    data = load_study(out)
+    assert write_refined(out, data, []) is None
+    row = data.table[data.table.number == data.best].iloc[0]
+    buf = io.StringIO()
+    print_summary(data, {"best_config": {}, "best_metrics": {n: float(row[f"values_{n}"]) for n in data.objectives.names}},
+                  Console(file=buf, width=400, highlight=False), out, None, [], None)
+    complete = int((data.table.state == "COMPLETE").sum())
+    assert f"Refined search space: none (on these {complete} COMPLETE trials no range moves" in buf.getvalue()

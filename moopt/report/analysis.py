@@ -277,8 +277,20 @@ def plot_interaction(data: StudyData, importance: dict[str, "Importance"], outpu
     ax = ax.flat[0] if isinstance(ax, np.ndarray) else ax
     fig = ax.figure
     fig.set_size_inches(7.5, 5.5)
-    ax.set_title(f"{label} over the two most important parameters\n({pair[0]} {imp[pair[0]]:.0%}, {pair[1]} "
-                 f"{imp[pair[1]]:.0%} by fANOVA; {len(study.trials)} COMPLETE trials, interpolated between them)", fontsize=9)
+    name = printed_name(Path(output_dir))  # lora_r, as the console and the other plots name it
+    ax.set_xlabel(name(pair[0]))
+    ax.set_ylabel(name(pair[1]))
+    chosen = done[done.number == data.best] if data.best is not None else done.iloc[:0]
+    if len(chosen) and all(f"params_{p}" in chosen for p in pair):
+        try:
+            ax.scatter([float(chosen[f"params_{pair[0]}"].iloc[0])], [float(chosen[f"params_{pair[1]}"].iloc[0])], s=220,
+                       marker="*", c="gold", edgecolors="k", zorder=6, label=f"chosen trial {data.best}")
+            ax.legend(loc="best", fontsize=8)
+        except (TypeError, ValueError):  # a categorical of strings (target_modules): Optuna's own axis positions
+            pass
+    ax.set_title(f"{label} over the two most important parameters\n({name(pair[0])} {imp[pair[0]]:.0%}, "
+                 f"{name(pair[1])} {imp[pair[1]]:.0%} by fANOVA; {len(study.trials)} COMPLETE trials, interpolated "
+                 "between them)", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path, plt)
     return True
@@ -652,8 +664,11 @@ def plot_correlations(corr: pd.DataFrame, path: Path, rename=lambda k: k) -> Non
         bar.set_label("Spearman ρ with the better direction\n+ green: higher parameter value, better objective\n"
                       "− pink: higher parameter value, worse objective", fontsize=8)
     onehot = any("=" in str(i) for i in corr.index)
+    few = bool(n) and n < FEW_TRIALS  # a ±1.00 from 3 trials, in full colour, read as evidence
     ax.set_title("Parameter vs objective (Spearman ρ" + (f", {n} COMPLETE trials" if n else "") + ")"
-                 + ("\nrows name=value: 1 when that value was chosen" if onehot else ""), fontsize=10)
+                 + ("\nrows name=value: 1 when that value was chosen" if onehot else "")
+                 + (f"\nonly {n} trials: a few trials give large ρ by chance" if few else ""),
+                 fontsize=10, color="#b42318" if few else "black")
     fig.tight_layout()
     save_figure(fig, path, plt)
 
@@ -706,7 +721,8 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = No
             colour, label = roles[trial]
             lit = colour != MUTED
             ax.plot(g[x], g.loss, c=colour, ls=LINESTYLE.get(state, "-"), lw=(2.2 if trial == best else 1.6) if lit else 0.9,
-                    alpha=1.0 if lit else 0.8, zorder=3 if lit else 2, label=label)
+                    alpha=1.0 if lit else 0.8, zorder=3 if lit else 2, label=label,
+                    marker="o" if len(g) == 1 and kind == "train" else None, ms=4)  # one step: a line of one point is none
             if kind == "eval":
                 full = g.examples.max() if g.examples.notna().any() else np.nan
                 part = g.examples < full

@@ -118,7 +118,7 @@ def _best_section(data: StudyData, edges=()) -> str:
         if nothing_fits(data):
             return f"<section><h2>Best configuration</h2><p class='warn'>{e(nothing_fits_text(data))}</p></section>"
         cut = "".join(f" Trial {n} was cut by the time budget at {e(where)}; on the whole validation set it scores "
-                      + e(", ".join(f"{k} {_fmt(v)}" for k, v in m.items())) + f": {_train_it(n)}"
+                      + e(", ".join(f"{k} {_fmt(v, 'metric')}" for k, v in m.items())) + f": {_train_it(n)}"
                       for n, _, m, where in cut_by_time_ahead(data))
         if data.least_infeasible is not None:
             cut += f" {e(least_infeasible_text(data))}"
@@ -129,11 +129,11 @@ def _best_section(data: StudyData, edges=()) -> str:
     metrics = [(n, row[f"values_{n}"]) for n in data.objectives.names]
     base = base_metrics(data)
     cells = "".join(
-        f"<tr><th>{e(n)}</th><td>{_fmt(v)}</td><td class='muted'>{'' if not base or n not in base else 'base model ' + _fmt(base[n])}</td></tr>"
+        f"<tr><th>{e(n)}</th><td>{_fmt(v, 'metric')}</td><td class='muted'>{'' if not base or n not in base else 'base model ' + _fmt(base[n], 'metric')}</td></tr>"
         for n, v in metrics)
-    cells += (f"<tr><th>best value</th><td>{_fmt(data.best_score)}</td><td class='muted'>weighted progress from "
+    cells += (f"<tr><th>best value</th><td>{_fmt(data.best_score, 'score')}</td><td class='muted'>weighted progress from "
               f"{e(data.score_origin)} (0) to the ideal (1)</td></tr>")
-    params = "".join(f"<tr><th>{e(c[len('params_'):])}</th><td colspan='2'>{e(_fmt(row[c]))}</td></tr>"
+    params = "".join(f"<tr><th>{e(c[len('params_'):])}</th><td colspan='2'>{e(_fmt(row[c], 'param'))}</td></tr>"
                      for c in data.table.columns if c.startswith("params_"))
     return (f"<section><h2>Best configuration: trial {data.best}</h2>"
             + ("<p class='muted'>The Pareto front's trial with the highest weighted progress from "
@@ -143,7 +143,7 @@ def _best_section(data: StudyData, edges=()) -> str:
             f"<code>best_config.yaml</code>, adapter in <code>trial_results/trial_{data.best}/adapter</code>.</p>"
             f"<table class='kv'>{cells}{params}</table>"
             + "".join(f"<p class='warn'>Trial {n} was cut by the time budget at {e(where)} and already scores "
-                      f"{score:.3f} (" + e(", ".join(f"{k} {_fmt(v)}" for k, v in m.items())) + ", on the whole "
+                      f"{score:.3f} (" + e(", ".join(f"{k} {_fmt(v, 'metric')}" for k, v in m.items())) + ", on the whole "
                       f"validation set), ahead of the best COMPLETE trial: {_train_it(n)}</p>"
                       for n, score, m, where in cut_by_time_ahead(data))
             + ("<p class='warn'>At the edge of the searched range (the optimum may lie outside it):</p><ul>"
@@ -237,7 +237,7 @@ def _table_section(data: StudyData) -> str:
             key = "" if _missing(v) else (float(v) if _is_num(v) else str(v))
             if isinstance(key, float) and not math.isfinite(key):  # JSON has no Infinity: the sort's JSON.parse threw
                 key = math.copysign(1e308, key)
-            shown = _fmt(v)
+            shown = _fmt(v, _kind(c))
             if c == "peak_memory_gb" and shown and r.get("peak_memory_from") in ("estimate", "measured"):
                 # an untrained trial's: the gate's estimate, or a probe's measure, not a training's peak
                 shown += " (estimate)" if r.get("peak_memory_from") == "estimate" else " (measured, not trained)"
@@ -312,15 +312,28 @@ def _plain(v: Any) -> Any:
     return v if isinstance(v, (int, float, str, bool)) else str(v)
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, kind: str = "") -> str:
+    """A cell as the console prints it: ``kind`` "metric" (objective values, peaks) to 4 decimals, "score" to 3,
+    "param" to 3 significant digits; else an integer as such, other numbers to 4 significant digits."""
     if _missing(v):
         return ""
     if isinstance(v, (bool,)) or (hasattr(v, "dtype") and v.dtype.kind == "b"):
         return "yes" if v else ""
     if _is_num(v):
         v = float(v)
-        return str(int(v)) if v.is_integer() and abs(v) < 1e6 else f"{v:.4g}"
+        if kind in ("metric", "score") and math.isfinite(v):
+            return f"{v:.{4 if kind == 'metric' else 3}f}"
+        if v.is_integer() and abs(v) < 1e6:
+            return str(int(v))
+        return f"{v:.3g}" if kind == "param" else f"{v:.4g}"
     return str(v)
+
+
+def _kind(column: str) -> str:
+    """_fmt's kind of a trials-table column."""
+    if column.startswith("values_") or column == "peak_memory_gb":
+        return "metric"
+    return "score" if column == "score" else "param" if column.startswith("params_") else ""
 
 
 ERROR_JS = r"""
@@ -365,7 +378,8 @@ MAIN_JS = r"""
   function fmt(v) {
     if (v === null || v === undefined) return '–';
     if (typeof v !== 'number') return String(v);
-    return Number.isInteger(v) ? String(v) : v.toPrecision(4);
+    // as the console and the tables: 4 decimals, or 3 significant digits under 0.01 (a learning rate)
+    return Number.isInteger(v) ? String(v) : Math.abs(v) >= 0.01 ? v.toFixed(4) : v.toPrecision(3);
   }
   function label(key) {
     for (var i = 0; i < D.axes.length; i++) if (D.axes[i].key === key) return D.axes[i].label;

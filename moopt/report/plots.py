@@ -60,12 +60,22 @@ def _scatter_states(ax, t: pd.DataFrame, x: str, y: str) -> None:
                    **({"facecolors": face, "edgecolors": c} if mk != "x" else {"c": c}))
 
 
+def _integer_ticks(ax, numbers) -> None:
+    """Trial numbers on an axis: each one where there are few (a 1-trial study read -0.5 ... 0.5 in tenths), else
+    integer ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    numbers = sorted({int(v) for v in numbers})
+    if 0 < len(numbers) <= 12:
+        ax.set_xticks(numbers)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_optimization(data: StudyData, path: Path) -> None:
     """Each objective against trial number with best-so-far and the chosen trial starred, plus
     the hypervolume of progress when multi."""
     import textwrap
-
-    from matplotlib.ticker import MaxNLocator
 
     plt = pyplot()
     names = data.objectives.names
@@ -95,7 +105,7 @@ def plot_optimization(data: StudyData, path: Path) -> None:
         if name in base:
             ax.axhline(base[name], **BASE_STYLE, label="base model")
         ax.set_xlabel("trial")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_ticks(ax, t.number if len(t) else [])
         ax.set_ylabel(axis_label(name))
         ax.grid(alpha=0.3)
     if data.objectives.multi:
@@ -103,14 +113,14 @@ def plot_optimization(data: StudyData, path: Path) -> None:
         x = range(1, len(hv) + 1)
         ax.plot(x, hv, marker=".", c="tab:green")
         top = max(hv, default=0.0)
-        ax.set_ylim(0, max(top * 1.25, 0.05))  # autoscaled: a study far from the ideal is still readable
+        ax.set_ylim(0, top * 1.25 if top > 0 else 0.05)  # autoscaled: a study far from the ideal still shows its rise
         basis = getattr(hv, "basis", "")
         if len(hv):
-            msg = (f"now {hv[-1]:.3g}" if top > 0 else "0: no COMPLETE trial yet" if not basis else
-                   "0: no COMPLETE trial beats the start\non every objective yet")
+            msg = (f"now {hv[-1]:.3g}" if top > 0 else "0: no COMPLETE trial" if not basis else
+                   "0: no COMPLETE trial beats the start\non every objective")
             ax.annotate(msg, (len(hv), hv[-1]), textcoords="offset points", xytext=(-6, 8), ha="right", fontsize=8)
         ax.set_xlabel("finished trials")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_ticks(ax, list(x))
         ax.set_ylabel("\n".join(["hypervolume of progress", *textwrap.wrap(basis, 48),
                                  "(0 = start, 1 = ideal on every objective)"]), fontsize=8)
         ax.set_title("hypervolume (higher is better)", fontsize=9)
@@ -264,6 +274,6 @@ def save_figure(fig, path: Path, plt) -> None:
     from moopt.yamlio import atomic_write_bytes
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", pad_inches=0.1)  # no label cut at an edge
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())

@@ -169,6 +169,10 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
                  ("trials_summary.csv", "every trial"),
                  ("optimization_plot.png", "progress of the search")]
         files += [("pareto_front.png", "the Pareto front")] if data.objectives.multi else []
+        files += [("learning_curves.png", "each trial's training and validation loss"),
+                  ("param_importance.png", "parameter importance (fANOVA), by objective"),
+                  ("correlations.png", "which way each parameter moves each objective"),
+                  ("interaction.png", "the two most important parameters together")]
         files += [("refined_space.yaml", "the search space for a refined study (below)")] if refined else []
         for name, what in files:
             if (out / name).exists():
@@ -177,6 +181,14 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
             # --keep_adapters removed it while another trial was best (the weights changed on --resume), or a
             # --warm_start took the trial over with its result only
             say(f"  (trial {data.best}'s adapter is not kept: moopt train --config {out}/best_config.yaml trains it)")
+    from moopt.report.refine import REFINE_MIN_TRIALS
+
+    complete = int((data.table.state == TrialState.COMPLETE).sum()) if len(data.table) else 0
+    if refined is None and output_dir is not None and data.best is not None and complete >= REFINE_MIN_TRIALS:
+        say()  # (the README promises the file from REFINE_MIN_TRIALS COMPLETE trials on: say why there is none)
+        say(f"Refined search space: none (on these {complete} COMPLETE trials no range moves, narrows or widens, no "
+            "categorical value is dropped and no parameter fixed): no refined_space.yaml; --resume --num_trials "
+            "searches on in the same space")
     if refined is not None and output_dir is not None:
         say()
         say(f"Refined search space (the guide's coarse -> refined search; {Path(output_dir) / 'refined_space.yaml'}):")

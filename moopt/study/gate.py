@@ -222,9 +222,12 @@ def batch_shape(lengths: list[int], batch_size: int, max_seq_length: int, strate
 
 
 def gib_pair(a: float, b: float) -> tuple[str, str]:
-    """Two sizes in GiB with 2 decimals, or as many more (up to 4) as it takes for them to read apart:
+    """Two sizes in GiB with 2 decimals, or as many more (up to 4) as the budget ``b`` has, or as it takes for them to
+    read apart:
     "estimate 1.0001 GiB > budget 1.0000 GiB", not "1.00 > 1.00" (up to 6: a few KiB)."""
     d = 2
+    while d < 4 and float(f"{b:.{d}f}") != b:  # the budget as typed (0.505, not 0.51), to 4 decimals
+        d += 1
     while d < 6 and f"{a:.{d}f}" == f"{b:.{d}f}" and a != b:
         d += 1
     return f"{a:.{d}f}", f"{b:.{d}f}"
