@@ -180,3 +180,24 @@ def test_report_numbers_read_as_the_console_prints_them(tmp_path):
     lr = data.table.params_learning_rate.iloc[0]
     assert f"{lr:.3g}" in cells and f"{lr:.4g}" not in cells or f"{lr:.3g}" == f"{lr:.4g}"
     assert re.search(r"<th>best value</th><td>\d\.\d{3}</td>", text)
+
+
+def test_a_screen_reader_gets_names_and_the_keyboard_sorts(report, tmp_path):
+    """Each point named (trial, state, its two values), the axis pickers labelled, plots described beyond their
+    caption, a header sorted by Space as by Enter, and a word where JavaScript is off."""
+    probe = """
+      var th = document.querySelector('#trials th[data-col="0"]');
+      th.dispatchEvent(new KeyboardEvent('keydown', {key: ' '}));
+      var out = document.createElement('pre'); out.id = 'probe'; out.textContent = th.getAttribute('aria-sort');
+      document.body.appendChild(out);
+    """
+    dom, console = dump_dom(with_script(report, tmp_path / "a11y.html", probe), tmp_path)
+    assert console == [] and 'class="js-error"' not in dom
+    assert re.search(r'<pre id="probe">ascending</pre>', dom)
+    names = re.findall(r'<circle [^>]*aria-label="([^"]*)"', dom)
+    assert len(names) == len(plotted_trials(report)) and any(", chosen" in n for n in names)
+    assert all(re.match(r"trial \d+ [A-Z]+.*: .+ [-\d.]+, .+ [-\d.]+$", n) for n in names), names[:3]
+    text = report.read_text()
+    assert "<label for='x-axis'>" in text and "<label for='y-axis'>" in text and "<noscript>" in text
+    alts = re.findall(r"<img alt='([^']*)'", text)
+    assert alts and all(len(a) > 60 for a in alts), alts  # more than the caption it sits under

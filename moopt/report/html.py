@@ -91,7 +91,7 @@ def build_html(data: StudyData, analysis: Analysis, images: dict[str, bytes], re
             _refined_section(data, refined, out),
             _pareto_section(data, analysis),
             _importance_section(analysis, printed_name(out)),
-            _images_section(images),
+            _images_section(images, data, analysis),
             _table_section(data),
             _notes_section(analysis)]
     payload = json.dumps(_payload(data, analysis), default=str, allow_nan=False).replace("</", "<\\/")
@@ -179,8 +179,11 @@ def _pareto_section(data: StudyData, analysis: Analysis) -> str:
     title = "Pareto front" if data.objectives.multi else "Objective by trial"
     return (f"<section><h2>{title}</h2><p class='muted'>Hover a point for its configuration and metrics. "
             f"Pruned trials show their values at the rung where they stopped.</p>"
-            f"<div class='axes'>x <select id='x-axis'></select> y <select id='y-axis'></select></div>"
-            f"<div id='pareto'></div><div class='legend'>{legend}</div>"
+            f"<div class='axes'><label for='x-axis'>x</label> <select id='x-axis'></select> "
+            f"<label for='y-axis'>y</label> <select id='y-axis'></select></div>"
+            f"<div id='pareto'></div><noscript><p class='warn'>This plot needs JavaScript: pareto_front.png next to this "
+            f"report shows the front, and the trials table below has every trial's values.</p></noscript>"
+            f"<div class='legend'>{legend}</div>"
             + (f"<details><summary>{len(left)} trial(s) not plotted (no metrics)</summary><ul>{missing}</ul></details>" if len(left) else "")
             + "</section>")
 
@@ -211,9 +214,32 @@ def _importance_section(analysis: Analysis, rename=lambda k: k) -> str:
             f"<div class='imps'>{''.join(blocks)}</div><details><summary>as text</summary><pre>{e(text)}</pre></details></section>")
 
 
-def _images_section(images: dict[str, bytes]) -> str:
+ALT = {  # what each plot shows, for a reader who cannot see it (the caption is its title); its numbers are in text below
+    "Optimisation history": "Each objective by trial number, with the best so far and the chosen trial starred{best}, "
+                            "and the hypervolume of progress by finished trials. The trials table below has every value.",
+    "Learning curves": "Training and validation loss of each trial by step or epoch{best}; pruned trials end in a cross. "
+                       "Each trial's final values are in the trials table below.",
+    "Correlations (Spearman)": "Heat map of the Spearman correlation of each parameter with each objective's better "
+                               "direction, -1 to +1. {corr}",
+    "The two most important parameters together": "Contour of the target over the two most important parameters, "
+                                                  "interpolated between the COMPLETE trials{best}.",
+}
+
+
+def _alt(title: str, data: StudyData, analysis: Analysis | None) -> str:
+    best = f" (the chosen trial is {data.best})" if data.best is not None else ""
+    corr = ""
+    if analysis is not None and len(analysis.correlations):
+        c = analysis.correlations.stack().dropna()
+        top = c.abs().sort_values(ascending=False).index[:4]
+        corr = "Strongest: " + "; ".join(f"{p} with {t} {c[(p, t)]:+.2f}" for p, t in top) + "."
+    return ALT.get(title, title).format(best=best, corr=corr)
+
+
+def _images_section(images: dict[str, bytes], data: StudyData | None = None, analysis: Analysis | None = None) -> str:
     figs = "".join(f"<figure><figcaption>{html.escape(t)}</figcaption>"
-                   f"<img alt='{html.escape(t)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'></figure>"
+                   f"<img alt='{html.escape(_alt(t, data, analysis) if data is not None else t)}' "
+                   f"src='data:image/png;base64,{base64.b64encode(b).decode()}'></figure>"
                    for t, b in images.items())
     return f"<section><h2>Plots</h2>{figs or '<p class=muted>No plots yet.</p>'}</section>"
 
@@ -404,7 +430,8 @@ MAIN_JS = r"""
   function draw(xk, yk) {
     var box = document.getElementById('pareto');
     box.innerHTML = '';
-    var svg = el('svg', {viewBox: '0 0 ' + W + ' ' + H, width: '100%', role: 'img', 'aria-label': 'trials scatter'}, box);
+    var svg = el('svg', {viewBox: '0 0 ' + W + ' ' + H, width: '100%', role: 'group',
+                         'aria-label': 'Trials: ' + label(yk) + ' against ' + label(xk) + '; each point is focusable'}, box);
     var pts = D.points.filter(function (p) { return p.values[xk] !== null && p.values[yk] !== null; });
     if (!pts.length) { var t = el('text', {x: W / 2, y: H / 2, 'text-anchor': 'middle'}, svg); t.textContent = 'no trial has these values yet'; return 0; }
     var base = (D.base && D.base[xk] != null && D.base[yk] != null) ? D.base : null;
@@ -439,7 +466,10 @@ MAIN_JS = r"""
       if (p.best) el('circle', {cx: x, cy: y, r: 11, 'class': 'best-ring'}, svg);
       var c = el('circle', {cx: x, cy: y, r: p.pareto ? 6.5 : 5, fill: D.colours[p.state] || '#999',
                             'class': 'pt' + (p.pareto ? ' pareto' : '') + (p.best ? ' best' : '') + (p.state === 'PRUNED' ? ' pruned' : ''),
-                            'data-trial': p.number, 'data-state': p.state, tabindex: 0}, svg);
+                            'data-trial': p.number, 'data-state': p.state, tabindex: 0, role: 'img',
+                            'aria-label': 'trial ' + p.number + ' ' + p.state + (p.best ? ', chosen' : '') +
+                              (p.pareto ? ', on the Pareto front' : '') + ': ' + label(xk) + ' ' + fmt(p.values[xk]) +
+                              ', ' + label(yk) + ' ' + fmt(p.values[yk])}, svg);
       c.addEventListener('mouseenter', function (ev) { showTip(p, ev); });
       c.addEventListener('mousemove', function (ev) { tip.style.left = (ev.pageX + 14) + 'px'; tip.style.top = (ev.pageY + 14) + 'px'; });
       c.addEventListener('mouseleave', function () { tip.hidden = true; });
@@ -480,7 +510,8 @@ MAIN_JS = r"""
         rows.forEach(function (r) { body.appendChild(r); });
       }
       th.addEventListener('click', sort);
-      th.addEventListener('keydown', function (ev) { if (ev.key === 'Enter') sort(); });
+      th.addEventListener('keydown', function (ev) {
+        if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); sort(); } });
     });
   }
 
