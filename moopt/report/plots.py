@@ -60,6 +60,15 @@ def _scatter_states(ax, t: pd.DataFrame, x: str, y: str) -> None:
                    **({"facecolors": face, "edgecolors": c} if mk != "x" else {"c": c}))
 
 
+def _budget_line(ax, data: StudyData, name: str, vertical: bool = False) -> None:
+    """The --memory_constraint on a peak_memory_gb axis: where the trials' peaks stand against it (and where the memory
+    objective's progress counts from)."""
+    budget = data.header.get("memory_constraint_gb")
+    if name == "peak_memory_gb" and budget:
+        (ax.axvline if vertical else ax.axhline)(float(budget), c="tab:red", ls=":", lw=1.2,
+                                                 label=f"--memory_constraint {float(budget):g} GiB")
+
+
 def _integer_ticks(ax, numbers) -> None:
     """Trial numbers on an axis: each one where there are few (a 1-trial study read -0.5 ... 0.5 in tenths), else
     integer ticks."""
@@ -104,6 +113,7 @@ def plot_optimization(data: StudyData, path: Path) -> None:
                        label=f"chosen trial {data.best}")
         if name in base:
             ax.axhline(base[name], **BASE_STYLE, label="base model")
+        _budget_line(ax, data, name)
         ax.set_xlabel("trial")
         _integer_ticks(ax, t.number if len(t) else [])
         ax.set_ylabel(axis_label(name))
@@ -229,6 +239,8 @@ def plot_pareto(data: StudyData, path: Path) -> None:
         elif a in base or b in base:  # the other axis is one the base model has no training value for (memory)
             line, name = (ax.axvline, a) if a in base else (ax.axhline, b)
             line(base[name], **BASE_STYLE, label=f"base model ({name})")
+        _budget_line(ax, data, a, vertical=True)
+        _budget_line(ax, data, b)
         if k == 1:
             ax.set_xlim(*zoom[0])
             ax.set_ylim(*zoom[1])
