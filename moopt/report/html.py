@@ -171,9 +171,12 @@ def _pareto_section(data: StudyData, analysis: Analysis) -> str:
     left = pts[~pts.plotted] if len(pts) else pts
     missing = "".join(f"<li>trial {int(r.number)} {html.escape(r.state)}: {html.escape(str(r.error or 'no metrics'))}</li>"
                       for r in left.itertuples())
+    present = set(pts[pts.plotted].state) if len(pts) else set()  # the states drawn, not every possible one
     legend = "".join(f"<span><i class='hollow' style='border-color:{c}'></i>{s} (hollow: values at its last rung)</span>"
-                     if s == TrialState.PRUNED else f"<span><i style='background:{c}'></i>{s}</span>" for s, c in STATE_COLOURS.items())
-    legend += "<span><i class='front'></i>Pareto front</span><span><i class='ring'></i>best (gold ring)</span>"
+                     if s == TrialState.PRUNED else f"<span><i style='background:{c}'></i>{s}</span>"
+                     for s, c in STATE_COLOURS.items() if s in present)
+    legend += ("<span><i class='front'></i>Pareto front</span>" if data.objectives.multi else "") + \
+        "<span><i class='ring'></i>best (gold ring)</span>"
     if base_metrics(data):
         legend += "<span><i class='base'></i>base model (no fine-tuning)</span>"
     title = "Pareto front" if data.objectives.multi else "Objective by trial"
