@@ -42,6 +42,8 @@ def test_ray_study_on_a_local_instance(tiny_model, tiny_data, tmp_path):
     assert pruned.error.astype(str).str.match(r"pruned at step \d+").all() and (pruned.steps < pruned.total_steps).all()
     assert (out / "trial_results" / "trial_0" / "adapter" / "adapter_model.safetensors").is_file()
     assert (out / "best_config.yaml").is_file()
+    # each trial's warnings and errors in its own log.txt, as with the local executor (they went to Ray's logs)
+    assert all((out / "trial_results" / f"trial_{n}" / "log.txt").is_file() for n in df.number)
 
 
 def test_ray_kills_a_hanging_trial_and_records_the_stall(tiny_model, tiny_data, tmp_path):
@@ -249,3 +251,46 @@ def test_probe_room_counts_whole_gpus_from_what_the_studys_trials_hold_not_rays_
         ex.close()
     finally:
         ray.shutdown()
+
+
+def test_a_ray_address_where_no_cluster_answers_is_one_line_in_seconds_and_writes_nothing(tiny_model, tiny_data,
+                                                                                         tmp_path):
+    """ray.init retried 127.0.0.1:1 for as long as it was let (5 minutes and more, through Ctrl-C), and the journal it
+    had written made --resume retry it."""
+    import time
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("{epochs}", "1"))
+    began = time.monotonic()
+    r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+                                  "--validation_file", str(tiny_data["val"]), "--output_dir", str(tmp_path / "out"),
+                                  "--search_space", str(space), "--executor", "ray", "--ray_address", "127.0.0.1:1"])
+    assert r.exit_code == 2 and "--ray_address 127.0.0.1:1: no Ray cluster answers at 127.0.0.1:1" in r.output, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "out").exists() and time.monotonic() - began < 30
+
+
+def test_the_memory_limit_is_the_largest_gpu_ray_can_be_asked_for():
+    """A100s of 40 and 80 GiB are one kind to Ray: a trial estimated at 60 GiB passed a limit of 95% of 80 GiB, asked
+    for a whole GPU of any kind, and could land on a 40 (its OOM then ruled it out for good)."""
+    from moopt.study.placement import ClusterPlacer
+
+    nodes = [{"CPU": 8, "GPU": 4}] * 2
+    one_kind = ClusterPlacer(2, nodes, [(80.0, "A100")] * 4 + [(40.0, "A100")] * 4)
+    assert one_kind.largest_placeable() == 40.0 and one_kind.fit(30) == (0.79, None)
+    two_kinds = ClusterPlacer(2, nodes, [(80.0, "H100")] * 4 + [(40.0, "A100")] * 4)
+    assert two_kinds.largest_placeable() == 80.0 and two_kinds.fit(60) == (0.79, "H100")
+    assert ClusterPlacer(2, nodes, [(80.0, None)] * 8).largest_placeable() == 80.0
+
+
+def test_cpu_peaks_measured_in_ray_workers_are_kept_apart(tiny_model, tmp_path):
+    """A Ray worker holds ~75 MiB more RSS than moopt's own: with one calibration cache, a probe measured locally
+    passed a Ray trial that then went over the budget, and a Ray measure ruled out a configuration that fits locally."""
+    from moopt.config import TrialConfig
+    from moopt.study.gate import MemoryGate
+
+    t = TrialConfig.from_dict({})
+    local = MemoryGate(tiny_model, "cpu", "torch", 1.0, cache_path=tmp_path / "c.json")
+    on_ray = MemoryGate(tiny_model, "cpu", "torch", 1.0, cache_path=tmp_path / "c.json", runtime="ray")
+    assert on_ray.key(t) == local.key(t) + "|ray"
+    assert MemoryGate(tiny_model, "cuda", "torch", 1.0, cache_path=tmp_path / "c.json", runtime="ray").key(t) == \
+        MemoryGate(tiny_model, "cuda", "torch", 1.0, cache_path=tmp_path / "c.json").key(t)  # the GPU's own memory

@@ -287,6 +287,9 @@ def build_study_config(kw: dict):
             import ray  # noqa: F401
         except ImportError:
             raise ConfigError("--executor ray needs Ray: pip install 'moopt[ray]'") from None
+        from moopt.study.ray_executor import check_ray_address
+
+        check_ray_address(kw["ray_address"])
     if kw["executor"] != "ray":  # Ray's trials may run on other machines, with GPUs this one lacks
         check_kernels(kw["kernels"])
     objectives = parse_objectives(kw["optimization_objective"], kw["optimization_weights"])

@@ -291,7 +291,7 @@ class MemoryGate:
                  threads: int = 0, timeout_s: float = 600, train_file: str | os.PathLike | None = None,
                  probe_first: bool = True, budget_note: str | None = None, runner: Callable | None = None,
                  probe_device: Callable[..., str | None] | None = None,
-                 probe_company: Callable[[str], list[int]] | None = None, seed: int = 42):
+                 probe_company: Callable[[str], list[int]] | None = None, seed: int = 42, runtime: str = ""):
         from moopt.memory.estimate import load_model_config
 
         problems = []
@@ -323,6 +323,9 @@ class MemoryGate:
         # beside them may have lacked what they held: not ruled out, but probed alone (``probe_device(budget,
         # alone=True)``: a GPU no trial is on) when proposed again; and they learn they ran beside a probe
         self.probe_company = probe_company
+        # what the trials run in beside the model, where it weighs in the peak: on a CPU a Ray worker process holds
+        # ~75 MiB (15% of a tiny model's peak) more RSS than moopt's own; its measures are kept apart ("ray")
+        self.runtime = runtime
         self.model_config = load_model_config(model_path)
         self.cache = CalibrationCache(cache_path or default_cache_path())
         # the estimate follows the path that runs ("auto": whichever runs on the device): with dropout the torch
@@ -334,7 +337,8 @@ class MemoryGate:
     def key(self, trial: TrialConfig) -> str:
         from moopt.memory.estimate import calibration_key
 
-        return calibration_key(self.model_config, trial, self.device, self.estimate_kernels)
+        key = calibration_key(self.model_config, trial, self.device, self.estimate_kernels)
+        return f"{key}|{self.runtime}" if self.runtime and self.device == "cpu" else key
 
     def shape(self, trial: TrialConfig) -> tuple[int, int]:
         """(batch, sequence) of the largest batch the trial builds: from ``train_file`` when the gate

@@ -169,6 +169,14 @@ class ClusterPlacer(DevicePlacer):
         the need are unknown."""
         return self.fit(need_gb)[0]
 
+    def largest_placeable(self) -> float:
+        """GiB of the largest GPU Ray can be asked to put a trial on: the smallest GPU's (any GPU will do) or, where a
+        kind's GPUs are all larger, that kind's smallest. On A100s of 40 and 80 GiB (both ``A100``) a whole-GPU ask
+        may land on a 40: 80 GiB minus the headroom passed the budget, and the trial ran out of memory there."""
+        if not self.gpus:
+            return 0.0
+        return max([min(self.gpus.values()), *(room / self.HEADROOM for room in self.kind_room.values())])
+
     def fit(self, need_gb: float | None) -> tuple[float, str | None]:
         """(share, kind): where a trial of ``need_gb`` fits every GPU's room, a share of the smallest and any kind;
         else the smallest kind of GPU whose room holds it and the share of that room; else a whole GPU, any kind."""

@@ -51,6 +51,36 @@ def largest_kind(gpus: list[tuple[float, str | None]]) -> str | None:
     return kind if any(g < gib and k != kind for g, k in gpus) else None
 
 
+def check_ray_address(address: str | None) -> None:
+    """One ConfigError, within seconds, where no Ray cluster answers at ``--ray_address`` (host:port, ray://host:port or
+    auto): ``ray.init`` retried an address that answers nothing for as long as it was let, through Ctrl-C. Checked
+    before the study writes anything."""
+    import socket
+
+    from moopt.errors import ConfigError
+
+    if not address:
+        return
+    target = address.removeprefix("ray://")
+    if address == "auto" or ":" not in target:
+        try:
+            from ray._private.services import canonicalize_bootstrap_address_or_die
+        except ImportError:  # Ray moved its private helper: ray.init says what it says
+            return
+        try:
+            target = canonicalize_bootstrap_address_or_die(address)
+        except (ConnectionError, ValueError) as e:
+            raise ConfigError(f"--ray_address {address}: {(str(e).splitlines() or [''])[0]}") from None
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            pass
+    except (OSError, ValueError) as e:
+        why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise ConfigError(f"--ray_address {address}: no Ray cluster answers at {target} ({why}); start one with "
+                          "`ray start --head`, or leave --ray_address out for a local Ray instance") from None
+
+
 def _on_kind(kind: str | None) -> dict:
     """Ray task options that pin it to GPUs of ``kind`` (none where ``kind`` is None)."""
     return {"accelerator_type": kind} if kind else {}
@@ -74,8 +104,20 @@ class RayExecutor(ExecutorBase):
         ray = _ray()
         self.ray = ray
         if not ray.is_initialized():
-            kwargs = {"address": address} if address else {}
-            ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, **kwargs)
+            import logging
+            import os
+
+            from moopt.errors import ConfigError
+            from moopt.study.placement import usable_cores
+
+            os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI codes in a log file from Ray's "(raylet)" lines
+            # a local instance gets the cores this process may use (a cpuset, a SLURM allocation), not the node's
+            kwargs = {"address": address} if address else {"num_cpus": usable_cores()}
+            try:  # logging_level: without Ray's start-up INFO/WARNING lines on the study's console
+                ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.ERROR, **kwargs)
+            except ConnectionError as e:  # --ray_address auto with no cluster: was a 48-line traceback
+                raise ConfigError(f"--ray_address {address}: {(str(e).splitlines() or [''])[0]}") from None
         self.channel = ray.remote(_Channel).options(num_cpus=0).remote()
         self.probe_kind: str | None = None  # the kind of GPU a probe asks for (gpu_memory), on a mixed cluster
         # the GPUs each running GPU trial holds, as its task reports them (node id, GPU ids); None until it has
@@ -181,7 +223,8 @@ class RayExecutor(ExecutorBase):
         except Exception as e:  # worker crash, OOM kill, cancelled (TaskCancelledError's text is empty)
             first = (str(e).splitlines() or [""])[0][:300]
             error = f"ray task failed: {type(e).__name__}: {first}"
-            result = TrialResult(number=spec.number, state=TrialState.FAIL, error=error, oom="out of memory" in error.lower())
+            oom = isinstance(e, getattr(self.ray.exceptions, "OutOfMemoryError", ())) or "out of memory" in error.lower()
+            result = TrialResult(number=spec.number, state=TrialState.FAIL, error=error, oom=oom)
         with self._lock:
             self.active.pop(spec.number, None)
             self.gpus_held.pop(spec.number, None)
@@ -293,11 +336,15 @@ def _run_trial_task(spec_json: dict, channel, steady_heap: bool = False) -> dict
     (moopt.memory.rss.steady_heap; later than in a local worker, after Ray's own imports, but before the
     model and the trial allocate)."""
     from dataclasses import asdict
+    from pathlib import Path
 
     from moopt.memory import rss
     from moopt.records import TrialSpec
     from moopt.train.recipe import run_trial
+    from moopt.train.worker import point_logs_at
 
+    if spec_json.get("output_dir"):  # the trial's warnings and errors in its log.txt, as a local worker's (not Ray's logs)
+        point_logs_at(Path(spec_json["output_dir"]) / "log.txt")
     if spec_json.get("device") == "cuda":
         report_placement(channel, int(spec_json["number"]))
     rss.bound_kernel_caches()  # before the trial's first matmul, as a local worker's environment does

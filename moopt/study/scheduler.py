@@ -62,6 +62,16 @@ from moopt.study.progress import fmt_duration
 from moopt.study.writer import BackgroundWriter
 
 
+def largest(placer) -> float:
+    """GiB of the largest GPU a trial can be placed on: here, the largest visible; with Ray, the largest it can be
+    asked for (ClusterPlacer.largest_placeable: on GPUs of one kind and two sizes, the smaller)."""
+    placeable = getattr(placer, "largest_placeable", None)
+    return placeable() if callable(placeable) else max(placer.gpus.values())
+
+
+LR_DIVERGES, LR_STILL = 0.1, 1e-7  # learning rates outside which a LoRA trial diverges or barely trains: noted
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     base_model: str  # as given on the command line (alias, folder, .gguf, hub id)
@@ -833,6 +843,14 @@ class Scheduler:
             study.console.print("Note: model.quantization on a CPU: bitsandbytes' 4-bit and 8-bit layers work here but "
                                 "cost memory instead of saving it (the checkpoint stays mapped beside them) and train "
                                 "slower; they pay on a GPU", markup=False, highlight=False)
+        lr = next((p for p in cfg.space.params if p.name == "training.learning_rate"), None)
+        lrs = ([float(v) for v in lr.values] if lr.type == "categorical" else [float(lr.low), float(lr.high)]) if lr \
+            else [float(cfg.space.fixed.training.learning_rate)]
+        if max(lrs) > LR_DIVERGES or min(lrs) < LR_STILL:  # a typo (1e4 for 1e-4): trials "COMPLETE" on garbage
+            study.console.print(f"Note: training.learning_rate reaches {max(lrs) if max(lrs) > LR_DIVERGES else min(lrs):g}: "
+                                "LoRA trains at about 1e-5 to 1e-2; above ~0.1 training diverges (the loss goes to "
+                                "ln(vocabulary size), a uniform guess, or NaN) and below 1e-7 it barely moves",
+                                markup=False, highlight=False)
         n_space = cfg.space.n_configurations()
         if n_space < cfg.num_trials:
             study.console.print(f"Note: the search space holds {n_space:.0f} configuration{'s' if n_space != 1 else ''}, "
@@ -849,14 +867,14 @@ class Scheduler:
             # clearly over what the largest GPU holds (visible here, or with Ray in the cluster) is not trained (for
             # a 70B model, loading it only to run out of memory costs minutes); a borderline one is probed; the rest
             # train on the estimate (their OOM, should one come, is recorded and never repeated).
-            cap = max(self.placer.gpus.values())
+            cap = largest(self.placer)
             study.memory_limit_gb = cap * DevicePlacer.HEADROOM
-            where = " in the cluster" if callable(nodes) else ""
+            where = " in the cluster Ray can be asked for" if callable(nodes) else ""
             budget_note = f"{DevicePlacer.HEADROOM:.0%} of the largest GPU's {cap:.1f} GiB{where}, no --memory_constraint"
         elif cfg.memory_constraint_gb and self.placer.on_gpu and self.placer.gpus:
             # a budget above what the largest GPU holds: the GPU is the limit (trusting the budget would load a
             # configuration only to run out of memory)
-            cap = max(self.placer.gpus.values())
+            cap = largest(self.placer)
             if cfg.memory_constraint_gb > cap * DevicePlacer.HEADROOM:
                 study.memory_limit_gb = cap * DevicePlacer.HEADROOM
                 budget_note = (f"{DevicePlacer.HEADROOM:.0%} of the largest GPU's {cap:.1f} GiB, under --memory_constraint "
@@ -875,7 +893,8 @@ class Scheduler:
                                    probe_first=bool(cfg.memory_constraint_gb), budget_note=budget_note,
                                    runner=getattr(executor, "call", None),
                                    probe_device=self.ray_probe_room if callable(nodes) else self.placer.probe_device,
-                                   probe_company=None if callable(nodes) else self.placer.on, seed=cfg.seed)
+                                   probe_company=None if callable(nodes) else self.placer.on, seed=cfg.seed,
+                                   runtime="ray" if cfg.executor == "ray" else "")
         self.waiting_for_probe: set[int] = set()  # individuals whose probe waits for a GPU (said once each)
         self.beside: dict[int, set[int]] = {}  # running trial -> the trials that shared its GPU meanwhile
         self.probes_beside: dict[int, set[int]] = {}  # running trial -> trials whose memory probe ran on its GPU
@@ -956,6 +975,7 @@ class Scheduler:
 
         with self.study.progress(self.finished.values(), self.deadline, self.began) as view:
             self.view = self.study.progress_view = view
+            view.board.gone.add(-1)  # the base model's evaluation ended: a late event of it (Ray's) brings back no row
             while True:
                 self.fill_slots()
                 if not self.running:
