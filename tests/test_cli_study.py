@@ -718,3 +718,19 @@ def test_a_trials_start_line_names_target_modules_as_the_summary_does(tiny_model
     assert r.exit_code == 0, r.output
     starts = [line for line in r.output.splitlines() if " started on " in line]
     assert len(starts) == 2 and all(line.endswith(("target_modules=qv", "target_modules=attention")) for line in starts), starts
+
+
+def test_a_learning_rate_range_where_lora_diverges_is_said_at_the_start(tiny_model, tiny_data, tmp_path):
+    """1e4 for 1e-4: every trial went to a uniform guess (eval_loss ln 64 on the tiny model) and was scored COMPLETE,
+    with no word."""
+    sp = tmp_path / "space.yaml"
+    sp.write_text("training: {learning_rate: {type: log_uniform, min: 1e4, max: 1e6}, num_train_epochs: 1}\n"
+                  "data: {max_seq_length: 32}\n")
+    r = optimize(tiny_model, tiny_data, tmp_path / "out", sp, "--num_trials", "1", "--no-baseline")
+    assert r.exit_code == 0, r.output
+    assert "Note: training.learning_rate reaches 1e+06: LoRA trains at about 1e-5 to 1e-2; above ~0.1 training " \
+           "diverges" in r.output, r.output
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(sp.read_text().replace("1e4", "1e-4").replace("1e6", "1e-2"))
+    r = optimize(tiny_model, tiny_data, tmp_path / "ok", ok, "--num_trials", "1", "--no-baseline")
+    assert r.exit_code == 0 and "training.learning_rate reaches" not in r.output, r.output
