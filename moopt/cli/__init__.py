@@ -56,9 +56,9 @@ def main() -> None:
 @opt("train_file", default=None, type=click.Path(), help="Training data: JSONL, a JSON array or Parquet; records text | prompt+completion | instruction+input+output | messages.  [required, except with --resume]")
 @opt("validation_file", default=None, type=click.Path(), help="Validation data (same formats); the objectives are measured on it.  [required, except with --resume]")
 @opt("output_dir", required=True, type=click.Path(), help="Where the study, its trials and its results are written.")
-@opt("num_trials", default=10, show_default=True, type=click.IntRange(min=1), help="Trials to train: this many, unless the time budget ends first or the space holds fewer configurations (said at the start); trials --warm_start takes over with their results come on top.")
+@opt("num_trials", default=10, show_default=True, type=click.IntRange(min=1), help="Trials: this many, unless the time budget ends first or the space holds fewer configurations (said at the start); configurations the memory gate rules out untrained count among them (INFEASIBLE); trials --warm_start takes over with their results come on top.")
 @opt("optimization_objective", default="eval_loss", show_default=True,
-     help="eval_loss | eval_accuracy | eval_perplexity | peak_memory_gb, or multi:a,b[,c].")
+     help="eval_loss | eval_accuracy | eval_perplexity | peak_memory_gb, or multi:a,b[,...].")
 @opt("optimization_weights", default=None,
      help="Comma-separated weights (>= 0) for multi objectives; they pick the single best trial from the Pareto front. Default: equal.")
 @opt("search_space", default=None, type=click.Path(), help="Search space YAML (sections training/lora/data/model). Default: a built-in space.")
