@@ -260,3 +260,25 @@ def test_a_checkpointed_trial_warns_nothing(tiny_model, tiny_data, tmp_path):
     assert r.state == TrialState.COMPLETE, r.error
     assert not checkpointing_on(warm.model)
     assert not [w for w in seen if "checkpointing" in str(w.message)], [str(w.message) for w in seen]
+
+
+def test_a_warm_worker_tokenises_a_file_once_whatever_the_trials_max_seq_length(tiny_model, tiny_data, monkeypatch):
+    """A space searching max_seq_length made a warm worker tokenise the whole training file again for each length
+    (6 s a trial on 100k records) and hold a copy per length: it keeps the untruncated examples once and cuts them."""
+    from transformers import AutoTokenizer
+
+    from moopt.train import warm as warm_mod
+    from moopt.train.data import tokenize_file
+
+    warm = WarmBase()
+    warm.key, warm.tokenizer = "k", AutoTokenizer.from_pretrained(tiny_model)
+    calls = []
+    real = warm_mod.tokenize_records
+    monkeypatch.setattr(warm_mod, "tokenize_records", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    for length in (10, 11, 32, 10):  # 10 cuts every example inside its completion; 11 keeps them whole
+        got, want = warm.tokenized(str(tiny_data["train"]), length), tokenize_file(tiny_data["train"], warm.tokenizer, length)
+        assert [e.input_ids for e in got.examples] == [e.input_ids for e in want.examples]
+        assert [e.labels for e in got.examples] == [e.labels for e in want.examples]
+        assert (got.n_truncated, got.n_tokens, got.n_label_tokens, got.n_unlabelled) == \
+            (want.n_truncated, want.n_tokens, want.n_label_tokens, want.n_unlabelled)
+    assert calls == [str(tiny_data["train"])]

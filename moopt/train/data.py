@@ -466,18 +466,24 @@ def tokenize_file(path: str | Path, tokenizer, max_seq_length: int) -> Tokenized
     """Tokenise every record, cut to max_seq_length on the right. An example that keeps no token carrying loss
     once cut (its prompt fills max_seq_length) is left out: it would add nothing to the loss or to the
     per-token metrics, only compute (and a batch of nothing else would divide 0 by 0). None left: ConfigError."""
-    examples, n_trunc, n_unlabelled = [], 0, 0
-    for ex in tokenize_records(read_records(path), tokenizer, path):
+    return cut_examples(list(tokenize_records(read_records(path), tokenizer, path)), max_seq_length, path)
+
+
+def cut_examples(examples: list[Example], max_seq_length: int, path: str | Path) -> TokenizedSet:
+    """``tokenize_file``'s cut of untruncated ``examples`` (of ``path``) to ``max_seq_length``: a warm worker keeps a
+    file's examples once and cuts them for each trial's length (it tokenised the whole file again for each)."""
+    kept, n_trunc, n_unlabelled = [], 0, 0
+    for ex in examples:
         if first_label(ex) >= max_seq_length:
             n_unlabelled += 1
             continue
         if len(ex.input_ids) > max_seq_length:
             n_trunc += 1
             ex = Example(ex.input_ids[:max_seq_length], ex.labels[:max_seq_length])
-        examples.append(ex)
-    if not examples and n_unlabelled:
+        kept.append(ex)
+    if not kept and n_unlabelled:
         raise ConfigError(no_completion_left(path, n_unlabelled, max_seq_length))
-    return tokenized_set(examples, n_trunc, n_unlabelled)
+    return tokenized_set(kept, n_trunc, n_unlabelled)
 
 
 def tokenized_set(examples: list[Example], n_truncated: int, n_unlabelled: int = 0) -> TokenizedSet:

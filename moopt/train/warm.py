@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from moopt.config import TrialConfig, resolve_dtype
-from moopt.train.data import TokenizedSet, tokenize_file
+from moopt.train.data import TokenizedSet, cut_examples, read_records, tokenize_records
 
 
 def base_key(base_model: str, cfg: TrialConfig, device: torch.device) -> tuple:
@@ -64,12 +64,14 @@ class WarmBase:
         return max(measure_peak(device.type).peak_bytes, self.load_peak_bytes) / GIB
 
     def tokenized(self, path: str, max_seq_length: int) -> TokenizedSet:
-        """``tokenize_file`` of ``path``, kept per (file, size, mtime, max_seq_length, tokenizer)."""
+        """``tokenize_file`` of ``path``: its untruncated examples kept per (file, size, mtime, tokenizer), cut for
+        each trial's ``max_seq_length`` (a space searching it made the worker tokenise the whole file again for each
+        length, and hold a copy per length)."""
         st = os.stat(path)
-        key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, max_seq_length, self.key)
+        key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, self.key)
         if key not in self._data:
-            self._data[key] = tokenize_file(path, self.tokenizer, max_seq_length)
-        return self._data[key]
+            self._data[key] = list(tokenize_records(read_records(path), self.tokenizer, path))
+        return cut_examples(self._data[key], max_seq_length, path)
 
     def release(self) -> None:
         """Undo a trial: its LoRA modules out (the base linears back in place), gradient checkpointing
