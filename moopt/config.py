@@ -54,6 +54,8 @@ def normalize_targets(value: Any) -> tuple[str, ...]:
     return tuple(n for n in LLAMA_LINEARS if n in names)  # canonical order, no duplicates
 
 
+LR_DIVERGES, LR_STILL = 0.1, 1e-7  # learning rates outside which a LoRA trial diverges or barely trains (noted)
+
 @dataclass(frozen=True)
 class TrainingConfig:
     learning_rate: float = 2e-4  # peak LR after warmup

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import sys
@@ -681,3 +682,33 @@ def test_the_base_model_is_not_drawn_at_its_evaluation_peak_on_a_memory_axis(tmp
     assert "base model (eval_loss)" in drawn and "base model" not in drawn  # a line at its loss, no point
     # the trials it cannot draw are counted in the legend (synthetic_trials: trial 5 FAILs, with no metrics)
     assert "not drawn (no metrics): 1 FAIL" in drawn
+
+
+def test_result_files_are_written_by_one_writer_at_a_time(tmp_path):
+    """A moopt report that read the journal before the study's final write and wrote after it left best_config.yaml,
+    the CSV and the report at the older state until the next report: writers take turns (a flock on the journal)."""
+    import fcntl
+    import threading
+    import time
+
+    from moopt.report.results import write_results
+
+    out = write_fake_study(tmp_path / "s", synthetic_trials(6))
+    fd = os.open(out / "journal.jsonl", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another writer is at it
+    done = threading.Event()
+
+    def write():
+        try:
+            write_results(out, quiet=True)
+        except FileNotFoundError:  # (the fake study has no trial config.yaml for best_config.yaml: the CSV came first)
+            pass
+        done.set()
+
+    t = threading.Thread(target=write)
+    t.start()
+    time.sleep(1.0)
+    waited = not done.is_set()
+    os.close(fd)
+    t.join(60)
+    assert waited and done.is_set() and (out / "trials_summary.csv").is_file()

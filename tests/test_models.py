@@ -241,7 +241,24 @@ def test_a_second_process_waits_for_a_conversion_in_progress_and_does_not_repeat
     waiter.join(10)
     assert got == [made]
     said = capsys.readouterr().out
-    assert "moopt: another process is converting m.gguf; waiting for it" in said and "converting m.gguf to" not in said
+    assert "moopt: another process is converting a model into the cache; waiting for it before converting m.gguf" \
+        in said and "converting m.gguf to" not in said
+    # the process it waited for converted the same content under another name (a copy of the file): reused, not
+    # converted a second time (~30 GB for an 8B model)
+    twin = tmp_path / "twin.gguf"
+    twin.write_bytes(gguf.read_bytes())
+    with open(tmp_path / "cache" / "models.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: got.append(convert_gguf(twin)))
+        for folder in (tmp_path / "cache" / "models").glob("m-*"):  # as if it were not there yet when the wait began
+            folder.rename(tmp_path / "held")
+        waiter.start()
+        waiter.join(2)
+        assert waiter.is_alive()
+        (tmp_path / "held").rename(made)
+    waiter.join(10)
+    assert got[-1] == made
+    got.pop()
 
     # the same for the copy in the dtype trials train in, made once before the first trial
     from moopt.model_files import dtype_copy_path

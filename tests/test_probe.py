@@ -225,6 +225,11 @@ def test_gate_crashed_probe_falls_back_to_the_estimate_and_is_not_cached(tiny_mo
 
 
 def test_cache_location_unreadable_file_and_fingerprint(tmp_path, monkeypatch):
+    from moopt.train.models import cache_root
+
+    monkeypatch.delenv("MOOPT_CACHE", raising=False)  # with XDG_CACHE_HOME, beside the converted models
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_path() == cache_root() / "calibration.json" == tmp_path / "xdg" / "moopt" / "calibration.json"
     monkeypatch.setenv("MOOPT_CACHE", str(tmp_path))
     assert default_cache_path() == tmp_path / "calibration.json"
     (tmp_path / "calibration.json").write_text("{not json")

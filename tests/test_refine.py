@@ -266,3 +266,14 @@ def test_a_study_with_nothing_to_refine_says_so_instead_of_a_silent_missing_file
                   Console(file=buf, width=400, highlight=False), out, None, [], None)
     complete = int((data.table.state == "COMPLETE").sum())
     assert f"Refined search space: none (on these {complete} COMPLETE trials no range moves" in buf.getvalue()
+
+
+def test_a_learning_rate_range_is_never_widened_to_where_lora_diverges():
+    """A 6-trial study widened 0.001 .. 0.03 to 0.0021 .. 0.17, which the refined study's own start then called
+    divergent (above 0.1)."""
+    from moopt.config import LR_DIVERGES, TrialConfig
+    from moopt.report.refine import _numeric
+
+    after, why = _numeric("training.learning_rate", {"type": "log_uniform", "min": 1e-3, "max": 3e-2}, [0.02, 0.025, 0.03],
+                          {"high"}, TrialConfig())
+    assert after["max"] <= LR_DIVERGES and after["min"] < 0.02, after

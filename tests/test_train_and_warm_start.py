@@ -140,6 +140,16 @@ def test_warm_started_study_runs_the_earlier_best_first(tiny_model, tiny_data, t
     r = CliRunner().invoke(main, [*base, "--output_dir", str(tmp_path / "a"), "--warm_start", str(tmp_path / "a"), "--overwrite"])
     assert r.exit_code == 2 and "is the study --overwrite would replace" in r.output
     assert (tmp_path / "a" / "journal.jsonl").is_file() and (tmp_path / "a" / "trials_summary.csv").is_file()  # untouched
+    # a study whose trial_results/ was removed still seeds one: the journal holds each trial's configuration (it was
+    # "trial_results/trial_2/config.yaml: file not found", exit 2, where report and --resume worked)
+    import shutil
+
+    shutil.copytree(tmp_path / "a", tmp_path / "a_bare")
+    shutil.rmtree(tmp_path / "a_bare" / "trial_results")
+    r = CliRunner().invoke(main, [*base[:-3], "--num_trials", "1", "--no-baseline", "--output_dir", str(tmp_path / "e"),
+                                  "--warm_start", str(tmp_path / "a_bare"), "--seed", "5"])
+    assert r.exit_code == 0, r.output
+    assert any(abs(pd.read_csv(tmp_path / "e" / "trials_summary.csv").params_learning_rate - best.params_learning_rate) < 1e-9)
 
 
 def test_a_warm_started_study_on_the_same_model_and_data_takes_over_the_earlier_results(tiny_model, tiny_data, tmp_path):

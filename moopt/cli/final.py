@@ -130,6 +130,10 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
         from moopt.train.recipe import pick_device
 
         prepare_dtype_copy(model_path, resolve_dtype(cfg.model.dtype, pick_device("auto").type))
+    # the study's figures for the trial this configuration is, read now: a study still running may name another trial
+    # best by the time training ends (its "study val" column showed a trial other than the one trained)
+    study_val = study_validation_metrics(config_path)
+    searched = _trials_searched(config_path) if study_val else 0
     console.print(f"Training the final adapter ({cfg.training.num_train_epochs:g} epoch(s)) ...")
     res = run_trial(spec, ConsoleReporter(console))
     if res.state != TrialState.COMPLETE:
@@ -151,7 +155,6 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     _move_into(work, out)
     shutil.rmtree(out / FAILED, ignore_errors=True)
     m = res.metrics
-    study_val = study_validation_metrics(config_path)
     rows = [("loss", "eval_loss", "test_loss"), ("accuracy", "eval_accuracy", "test_accuracy"),
             ("perplexity", "eval_perplexity", "test_perplexity")]
     tested = "test_loss" in m  # --test_file given
@@ -165,7 +168,6 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     gap = (m["test_loss"] - m["eval_loss"]) / max(abs(m["eval_loss"]), 1e-12) if tested else None
     warning = None
     if gap is not None and gap > GAP_WARN:
-        searched = _trials_searched(config_path) if study_val else 0
         warning = f"test loss is {gap:.0%} above validation loss: " + (
             "the search may have overfit the validation set; consider a larger validation set or fewer trials"
             if searched >= OVERFIT_TRIALS else

@@ -57,9 +57,11 @@ def code_stamp() -> str:
 
 
 def default_cache_path() -> Path:
-    """``$MOOPT_CACHE/calibration.json``, else ``~/.cache/moopt/calibration.json``."""
-    root = os.environ.get("MOOPT_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "moopt") / "calibration.json"
+    """``calibration.json`` in moopt's cache, where the converted models are (moopt.train.models.cache_root):
+    ``$MOOPT_CACHE``, else ``$XDG_CACHE_HOME/moopt``, else ``~/.cache/moopt``."""
+    root = os.environ.get("MOOPT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "moopt")
+    return Path(root) / "calibration.json"
 
 
 def memory_fingerprint(trial: TrialConfig, shape: tuple[int, int] | None = None) -> str:

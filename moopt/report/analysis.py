@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from moopt.config import LR_DIVERGES, LR_STILL
 from moopt.records import FALLBACK, TrialState
 from moopt.report.plots import BASE_STYLE, axis_label, legend_below, pyplot, save_figure
 from moopt.report.table import UNFINISHED, StudyData, base_metrics, printed_name
@@ -437,7 +438,9 @@ EDGE_MIN_TRIALS = 6  # COMPLETE trials: with fewer, the best sits at an edge by 
 # values a parameter cannot go beyond, whatever the range says: no note asks to widen past them
 LIMITS = {"dropout": (0.0, 1.0), "warmup_ratio": (0.0, 1.0), "adam_beta1": (0.0, 1.0), "adam_beta2": (0.0, 1.0),
           "weight_decay": (0.0, None), "adam_epsilon": (0.0, None), "max_grad_norm": (0.0, None),
-          "r": (1, None), "alpha": (1, None), "batch_size": (1, None), "gradient_accumulation_steps": (1, None)}
+          "r": (1, None), "alpha": (1, None), "batch_size": (1, None), "gradient_accumulation_steps": (1, None),
+          # where LoRA barely moves or diverges: a refined space widened to 0.17 that its own study's start calls so
+          "learning_rate": (LR_STILL, LR_DIVERGES)}
 EDGE_SKIPPED = ("max_seq_length",)  # bounded by the data and the memory, not an optimum to look past
 # ... and the trend over every COMPLETE trial must point outward: Spearman's rank correlation of the parameter
 # with the score, one-sided p below this. NSGA-II breeds the best trial's values into its next trials, so the best

@@ -6,6 +6,7 @@ study that is running or was interrupted.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,26 @@ def best_config_header(data) -> str:
 
 def write_results(output_dir: str | Path, quiet: bool = False, console=None, stopped: bool = False) -> dict[str, Any]:
     """Write every result file; unless quiet, print the best configuration as the guide shows. ``stopped``: the
-    study was stopped, its running trials are INTERRUPTED (load_study)."""
+    study was stopped, its running trials are INTERRUPTED (load_study).
+
+    One writer at a time (an exclusive ``flock`` on the journal, which its appends do not take): a ``moopt report``
+    that read the journal before the study's final write and wrote after it left best_config.yaml, the CSV and the
+    report at that older state (trial 0 best, trial 1 RUNNING) until the next report."""
+    import fcntl
+
+    journal = Path(output_dir) / "journal.jsonl"
+    try:
+        fd = os.open(journal, os.O_RDONLY)
+    except OSError:  # no journal (yet): nothing to keep in step with
+        return _write_results(output_dir, quiet, console, stopped)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _write_results(output_dir, quiet, console, stopped)
+    finally:
+        os.close(fd)  # (drops the lock)
+
+
+def _write_results(output_dir: str | Path, quiet: bool = False, console=None, stopped: bool = False) -> dict[str, Any]:
     from moopt.yamlio import atomic_write_text, write_yaml
 
     out = Path(output_dir)

@@ -37,12 +37,16 @@ def check_writable_dir(out: Path, option: str = "--output_dir") -> None:
         what = "is not writable" if where == out else f"cannot be created: {where} is not writable"
         raise ConfigError(f"{option} {out}: {what} by this user")
     if where != out:  # the OS may still refuse (a read-only mount, /proc; root passes os.access): make it, then remove it
-        top = next(p for p in (out, *out.absolute().parents) if p.parent.exists())
+        missing = [p for p in (out, *out.parents) if not p.exists()]  # the folders this call makes, deepest first
         try:
-            out.mkdir(parents=True)
+            out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"{option} {out}: cannot be created ({e.strerror})") from None
-        shutil.rmtree(top, ignore_errors=True)
+        for p in missing:  # only empty ones: another study started at the same moment may have made one of them its
+            try:          # own (rmtree of a shared new parent once removed that study's journal)
+                p.rmdir()
+            except OSError:
+                break
 
 
 def check_output_dir(cfg: Any) -> None:
@@ -284,7 +288,11 @@ def warm_start_configs(output_dir: str, limit: int = 24) -> list[TrialConfig]:
         return []
     done = t[t.state == TrialState.COMPLETE].sort_values(["pareto", "score"], ascending=[False, False])
     out = Path(output_dir) / "trial_results"
-    return [load_trial_config(out / f"trial_{n}" / "config.yaml") for n in done.number[:limit]]
+    from moopt.report.table import best_config
+
+    # each trial's config.yaml, or the journal's copy where trial_results/ was removed (report and --resume work so)
+    return [load_trial_config(out / f"trial_{n}" / "config.yaml") if (out / f"trial_{n}" / "config.yaml").is_file()
+            else TrialConfig.from_dict(best_config(output_dir, int(n))) for n in done.number[:limit]]
 
 
 def space_to_yaml(space: SearchSpace) -> dict[str, Any]:

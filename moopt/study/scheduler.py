@@ -32,7 +32,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 from rich.markup import escape
 
-from moopt.config import TrialConfig
+from moopt.config import LR_DIVERGES, LR_STILL, TrialConfig
 from moopt.journal import JOURNAL, RESUME_SETTINGS, Journal, replay
 from moopt.model_files import model_digest
 from moopt.records import FALLBACK, NOT_TRAINED, TrialResult, TrialSpec, TrialState
@@ -69,7 +69,6 @@ def largest(placer) -> float:
     return placeable() if callable(placeable) else max(placer.gpus.values())
 
 
-LR_DIVERGES, LR_STILL = 0.1, 1e-7  # learning rates outside which a LoRA trial diverges or barely trains: noted
 
 
 @dataclass(frozen=True)

@@ -478,7 +478,7 @@ def prepare_dtype_copy(folder: str | Path, dtype: str) -> Path:
     out = dtype_copy_path(folder, dtype)
     if out == folder or (out / "model.safetensors").is_file():
         return out
-    with models_lock(f"{folder.name} to {dtype}"):
+    with models_lock(f"converting {folder.name} to {dtype}"):
         if not (out / "model.safetensors").is_file():
             _copy_in_dtype(folder, out, dtype)
     return out
@@ -579,7 +579,8 @@ def models_lock(what: str):
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"moopt: another process is converting {what}; waiting for it", flush=True)
+            print(f"moopt: another process is converting a model into the cache; waiting for it before {what}",
+                  flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -607,9 +608,12 @@ def convert_gguf(gguf_path: Path, alias: str | None = None) -> Path:
     with open(gguf_path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise ConfigError(f"--base_model {gguf_path}: not a GGUF file (it does not start with the GGUF magic bytes)")
-    with models_lock(gguf_path.name):
+    with models_lock(f"converting {gguf_path.name}"):
         if converted():
             return out
+        same = _converted_elsewhere(out, key)  # (what the process it waited for converted: the same content)
+        if same is not None:
+            return same
         _convert(gguf_path, out, mark)
     _prune_superseded(out, gguf_path, key)
     return out
