@@ -113,9 +113,13 @@ def optimize(**kw) -> None:
     from moopt.train.models import recorded_name
 
     kw["base_model"] = recorded_name(kw["base_model"])
+    from moopt.train.data import forget_records, keep_records
+
     try:
+        keep_records()  # each data file parsed once for every check of the start (Study.check_data lets go of them)
         cfg = build_study_config(kw)
     except ConfigError as e:
+        forget_records()
         fail(str(e))
     if kw["optimization_weights"] and not cfg.objectives.multi:
         click.echo(f"Note: --optimization_weights {kw['optimization_weights']}: one objective "
@@ -126,7 +130,10 @@ def optimize(**kw) -> None:
     from moopt.study.scheduler import Stopped, Study
 
     try:
-        summary = Study(cfg).run()
+        try:
+            summary = Study(cfg).run()
+        finally:
+            forget_records()  # (a study that stopped before its data check let go of them)
     except ConfigError as e:
         fail(str(e))
     except (KeyboardInterrupt, Stopped) as e:
@@ -270,6 +277,9 @@ def check_kernels(kernels: str) -> None:
                           "here")
 
 
+BIG_DATA_BYTES = 20 * 2**20  # a data file this large gets a line before the start's checks read it
+
+
 def build_study_config(kw: dict):
     """Validate every flag and input file before anything is written."""
     from moopt.config import cpu_dtype_override
@@ -296,8 +306,11 @@ def build_study_config(kw: dict):
     space = load_space(kw["search_space"]) if kw["search_space"] else default_space()
     if space.fixed.model.quantization != "none" or any(p.name == "model.quantization" for p in space.params):
         require_bitsandbytes(space.source)
-    read_records(kw["train_file"])
-    read_records(kw["validation_file"])
+    for f in ("train_file", "validation_file"):
+        size = os.path.getsize(kw[f]) if os.path.isfile(kw[f]) else 0
+        if size >= BIG_DATA_BYTES:  # reading, checking and tokenising a sample take seconds to a minute: said
+            click.echo(f"Checking {kw[f]} ({size / 2**20:.0f} MB) ...")
+        read_records(kw[f])
     if os.path.samefile(kw["train_file"], kw["validation_file"]):  # every objective would reward memorising it
         raise ConfigError(f"--validation_file {kw['validation_file']}: the same file as --train_file; the objectives "
                           "are measured on it, so give held-out records (e.g. a tenth of the data, split off)")

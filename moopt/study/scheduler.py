@@ -293,6 +293,14 @@ class Study:
         or be scored on nothing (a loss of 0). A large file is checked on a sample (``completion_starts``); the
         refusal is confirmed on every example. Validation records that also appear in the training file are
         said too (the objectives then reward memorising them)."""
+        from moopt.train.data import forget_records
+
+        try:
+            self._check_data()
+        finally:
+            forget_records()  # the records the start's checks shared (moopt.train.data.keep_records): not held on
+
+    def _check_data(self) -> None:
         from moopt.study.gate import data_notes, require_completions
         from moopt.train.data import mixed_formats, shared_records
 

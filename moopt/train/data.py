@@ -49,6 +49,10 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         raise ConfigError(f"{path}: a folder, not a data file (JSONL, a JSON array or Parquet)")
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _READ:  # a study's start checks each file four ways (format, completions, formats, overlap)
+        return _READ[key]
     rows, errors = [], []
     for where, rec, problem in _records(path):
         problem = problem or record_problem(rec)
@@ -61,7 +65,27 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     if errors:
         more = f"; ... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
         raise ConfigError("; ".join(errors[:MAX_REPORTED]) + more)
+    if _KEEP_READ:
+        _READ[key] = rows
     return rows
+
+
+_READ: dict[tuple, list[dict[str, Any]]] = {}  # (path, size, mtime) -> records, while a study's start reads them
+_KEEP_READ = False
+
+
+def keep_records() -> None:
+    """From now on ``read_records`` of an unchanged file parses it once (a study's start read each file four times:
+    1 s and ~5x the file's size in RSS each for 300k records), until ``forget_records``."""
+    global _KEEP_READ
+    _KEEP_READ = True
+
+
+def forget_records() -> None:
+    """Let go of the records ``records_kept`` holds, and keep no more (a study's start does, once checked)."""
+    global _KEEP_READ
+    _KEEP_READ = False
+    _READ.clear()
 
 
 read_jsonl = read_records  # a second name for it (moopt.study.gate and tests/test_data.py use it)
