@@ -313,3 +313,33 @@ def test_training_a_trial_config_that_did_not_complete_says_what_became_of_the_t
     assert "was FAIL (" in trial_outcome_note(rec, 5)[0]
     assert trial_outcome_note(rec, 7)[0].endswith("(it may not fit the memory it was refused for)")
     assert "no result (it is running, or was when the study stopped)" in trial_outcome_note(rec, 8)[0]
+
+
+def test_a_study_whose_model_folder_moved_resumes_and_warm_starts_on_the_same_weights(tiny_model, tiny_data, tmp_path):
+    """A project folder moved (mv proj proj2): the data were accepted by content, the model refused by path
+    ("--base_model .../proj/tiny -> .../proj2/tiny"), and --warm_start trained every seed again. The journal records
+    the weights' digest: the same weights are the same model."""
+    import shutil
+
+    space = tmp_path / "space.yaml"
+    space.write_text("training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}\n  num_train_epochs: 1\n"
+                     "data:\n  max_seq_length: 32\n")
+    shutil.copytree(tiny_model, tmp_path / "proj" / "tiny")
+
+    def run(model, out, *extra):
+        return CliRunner().invoke(main, ["optimize", "--base_model", str(model), "--train_file", str(tiny_data["train"]),
+                                         "--validation_file", str(tiny_data["val"]), "--search_space", str(space),
+                                         "--no-baseline", "--output_dir", str(out), *extra])
+
+    r = run(tmp_path / "proj" / "tiny", tmp_path / "s", "--num_trials", "1")
+    assert r.exit_code == 0, r.output
+    (tmp_path / "proj").rename(tmp_path / "proj2")
+    r = run(tmp_path / "proj2" / "tiny", tmp_path / "s", "--num_trials", "2", "--resume")
+    assert r.exit_code == 0, r.output
+    r = run(tmp_path / "proj2" / "tiny", tmp_path / "w", "--num_trials", "1", "--warm_start", str(tmp_path / "s"))
+    assert r.exit_code == 0 and "not the same base model" not in r.output, r.output
+    # other weights in the moved folder are not the same model
+    (tmp_path / "proj2" / "tiny" / "config.json").write_text(
+        (tmp_path / "proj2" / "tiny" / "config.json").read_text().replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-05'))
+    r = run(tmp_path / "proj2" / "tiny", tmp_path / "s", "--num_trials", "3", "--resume")
+    assert r.exit_code == 2 and "--base_model" in r.output, r.output

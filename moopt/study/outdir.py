@@ -89,6 +89,8 @@ def check_output_dir(cfg: Any) -> None:
                 if now != digests[k]:
                     changed.append(f"--{k} {mine[k]}: its content is not the study's (SHA-256 {digests[k][:12]}..., "
                                    f"now {now[:12]}...)")
+            elif k == "base_model" and theirs.get(k) != mine[k] and _same_model_folder(header, cfg):
+                pass  # the study's model folder moved (its digest is the journaled one): the same weights
             elif theirs.get(k) != mine[k]:
                 changed.append(_difference(k, theirs.get(k), mine[k]))
         if header.get("model_digest") and getattr(cfg, "model_path", "") and os.path.isdir(cfg.model_path):
@@ -103,6 +105,15 @@ def check_output_dir(cfg: Any) -> None:
         if cfg.num_trials < trained:
             raise ConfigError(f"--num_trials {cfg.num_trials}: {out} has {trained} trials finished already; give "
                               f"{trained} or more (--resume trains up to --num_trials in all)")
+
+
+def _same_model_folder(header: dict, cfg: Any) -> bool:
+    """Whether --base_model is a local folder holding the weights and config.json the study recorded (its
+    ``model_digest``), wherever it is now: a moved project folder is the same model, as moved data files are the same
+    data (compared by content)."""
+    path = getattr(cfg, "model_path", None) or getattr(cfg, "base_model", None)  # (the CLI checks before resolving it)
+    return bool(header.get("model_digest") and path and os.path.isdir(path)
+                and model_digest(path) == header["model_digest"])
 
 
 def _difference(key: str, old: Any, new: Any) -> str:
@@ -231,7 +242,8 @@ def reusable_trials(cfg: Any, eval_length: int, digests: dict[str, str],
     rec = replay(src)
     h, fp = rec.header, rec.header.get("fingerprint") or {}
     differ = []
-    if fp.get("base_model") != cfg.base_model or h.get("model_revision") != cfg.model_revision:
+    if (fp.get("base_model") != cfg.base_model and not _same_model_folder(h, cfg)) \
+            or h.get("model_revision") != cfg.model_revision:
         differ.append("base model")
     elif h.get("model_digest") and getattr(cfg, "model_path", None) and model_digest(cfg.model_path) != h["model_digest"]:
         differ.append("base model weights (the folder changed since)")
