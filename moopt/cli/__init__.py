@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -173,9 +174,9 @@ def kept_text(cfg) -> str:
     text += f" (and {taken} taken over from --warm_start)" if taken else ""
     text += f"; {rerun}" if rerun else ""
     if len(rec.finished) >= total and not rec.running:  # stopped while the end's result files were being written
-        text += f"; every trial had finished: `moopt report {cfg.output_dir}` writes the result files"
+        text += f"; every trial had finished: `moopt report {shlex.quote(str(cfg.output_dir))}` writes the result files"
     elif (Path(cfg.output_dir) / "report.html").is_file():  # written at an earlier run's end; the trials since are not in it
-        text += f"; report.html and the analysis are an earlier run's: `moopt report {cfg.output_dir}` brings them up to date"
+        text += f"; report.html and the analysis are an earlier run's: `moopt report {shlex.quote(str(cfg.output_dir))}` brings them up to date"
     return text + "."
 
 
@@ -413,6 +414,9 @@ def report(output_dir: str) -> None:
     from moopt.report.results import write_results
     from moopt.study.lock import is_live
 
+    journal = Path(output_dir) / "journal.jsonl"
+    if journal.is_file() and journal.stat().st_size > 100_000:  # hundreds of trials: fANOVA and plots take seconds
+        click.echo(f"Writing the report of {output_dir} (importance, plots) ...")
     try:
         write_results(output_dir, stopped=not is_live(output_dir))  # a trial with no end: running, or interrupted
     except FileNotFoundError as e:

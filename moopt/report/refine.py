@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,8 @@ class Refinement:
         lines = [f"# Refined search space from the study in {study}: each searched range narrowed around its",
                  f"# {len(self.top)} best trials by {self.by} (trials {', '.join(map(str, self.top))}) of "
                  f"{self.n_complete} COMPLETE" + (", widened past an end they lean against." if widened else "."),
-                 f"# Next: moopt optimize ... --search_space {Path(study) / REFINED} --warm_start {study}"]
+                 f"# Next: moopt optimize ... --search_space {shlex.quote(str(Path(study) / REFINED))} "
+                 f"--warm_start {shlex.quote(study)}"]
         for section, body in self.space.items():
             lines.append(f"{section}:")
             for key, spec in body.items():

@@ -151,8 +151,8 @@ def data_notes(model_path: str, data_file: str | os.PathLike, at: int, longest: 
     lengths, starts, n = sampled_profile(model_path, data_file)
     hi = at if longest is None else longest
 
-    def count(k: int) -> str:  # of the sample, scaled to the file
-        return str(k) if len(starts) == n or k == 0 else f"about {round(k * n / len(starts))}"
+    def count(k: int) -> str:  # of the sample, scaled to the file ("about 10118 of 10118" read oddly: "all")
+        return str(k) if len(starts) == n or k == 0 else "all" if k == len(starts) else f"about {round(k * n / len(starts))}"
 
     def counted(k_at: int, k_hi: int) -> str:  # "3 ... at max_seq_length 24 (1 at the space's longest, 32)"
         return f" at max_seq_length {at}" + (f" ({count(k_hi)} at the space's longest, {hi})" if hi != at else "")
