@@ -457,3 +457,22 @@ def test_a_studys_start_parses_each_data_file_once(tmp_path, monkeypatch):
     data.read_records(f)
     data.read_records(f)
     assert len(parsed) == 4 and not data._READ  # not kept outside a start
+
+
+def test_records_encoded_in_batches_tokenise_as_one_by_one(tok, tmp_path, monkeypatch):
+    """tokenize_records encodes each chunk's plain texts in one call of the tokenizer (its per-call overhead was most of
+    a prompt/completion file's tokenising): the same examples as one by one, every format and chunk boundary."""
+    from moopt.train import data
+
+    monkeypatch.setattr(data, "ENCODE_CHUNK", 3)
+    f = tmp_path / "mix.jsonl"
+    rows = [{"prompt": f"what is the color of {t} ? answer :", "completion": " red"} for t in ("sky", "sun", "sea")]
+    rows += [{"text": "the sky is blue"}, {"instruction": "what is the color of sky ?", "output": "blue"},
+             {"prompt": "what is the color of sky ? answer :", "completion": " red"}] * 2
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    batched = tokenize_file(f, tok, 64)
+    assert getattr(tok, "_moopt_encoded", None) is None  # nothing kept on the tokenizer
+    monkeypatch.setattr(data, "_encode_batch", lambda tokenizer, records: None)
+    single = tokenize_file(f, tok, 64)
+    assert [(e.input_ids, e.labels, e.merged) for e in batched.examples] == \
+        [(e.input_ids, e.labels, e.merged) for e in single.examples]
