@@ -272,11 +272,15 @@ def test_the_scheduler_takes_the_ray_executors_nodes(tiny_model, tiny_data, tmp_
     assert sched.gate is None and "Note: the memory of the cluster's GPUs could not be read" in said
     assert "no configuration is ruled out as too large for one" in said
 
-    # known (no GPU on this machine): the largest GPU of the cluster is the implicit limit, as the local one is
+    # known (no GPU on this machine): the largest GPU of the cluster Ray can be asked for is the implicit limit. Of 40
+    # and 80 GiB GPUs of no known kind, the 40: a trial of 60 GiB asking for a whole GPU could land on one and run out
     sched, said = scheduler([40.0, 40.0, 80.0, 80.0])
     assert said == "" and sched.gate is not None and sched.gate.device == "cuda"
-    assert sched.gate.constraint_gb == pytest.approx(0.95 * 80.0) and not sched.gate.probe_first
-    assert sched.gate.budget_note == "95% of the largest GPU's 80.0 GiB in the cluster, no --memory_constraint"
+    assert sched.gate.constraint_gb == pytest.approx(0.95 * 40.0) and not sched.gate.probe_first
+    assert sched.gate.budget_note == ("95% of the largest GPU's 40.0 GiB in the cluster Ray can be asked for, "
+                                      "no --memory_constraint")
+    sched, said = scheduler([(40.0, "A100"), (40.0, "A100"), (80.0, "H100"), (80.0, "H100")])  # kinds: the 80s
+    assert sched.gate.constraint_gb == pytest.approx(0.95 * 80.0)
     assert sched.placer.place(0, 3.8) == placement.Slot("cuda", 1, 0.1)  # 3.8 GiB of the 40 GiB GPUs' 38; 12 CPUs x 0.1
 
     sched, said = scheduler([], ("memory_constraint_gb", 20.0))  # a set limit: the gate has it; the note is shorter
