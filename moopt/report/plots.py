@@ -123,7 +123,8 @@ def plot_optimization(data: StudyData, path: Path) -> None:
         x = range(1, len(hv) + 1)
         ax.plot(x, hv, marker=".", c="tab:green")
         top = max(hv, default=0.0)
-        ax.set_ylim(0, top * 1.25 if top > 0 else 0.05)  # autoscaled: a study far from the ideal still shows its rise
+        # autoscaled, so a study far from the ideal still shows its rise; never past a little above the ideal (1)
+        ax.set_ylim(0, min(top * 1.25, 1.05) if top > 0 else 0.05)
         basis = getattr(hv, "basis", "")
         if len(hv):
             msg = (f"now {hv[-1]:.3g}" if top > 0 else "0: no COMPLETE trial" if not basis else
