@@ -120,6 +120,7 @@ def _records(path: Path) -> Iterator[tuple[str, Any, str | None]]:
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
+    del raw  # the text alone from here: the bytes, the text and a list of its lines were held at once (~3x the file)
     if fmt == "json_array":
         yield from _array_records(path, text)
         return
@@ -135,13 +136,24 @@ def _records(path: Path) -> Iterator[tuple[str, Any, str | None]]:
     if first and first[0] not in "{[" and "," in first and _json_value(first) is None:
         raise ConfigError(f"{path}: not JSON (its first line reads {first[:60]!r}: CSV?); give JSON Lines, a JSON array "
                           "or Parquet")
-    for lineno, line in enumerate(text.split("\n"), 1):
+    for lineno, line in enumerate(_lines(text), 1):
         if not line.strip():
             continue
         try:
             yield f"{path}:{lineno}", json.loads(line), None
         except json.JSONDecodeError as e:
             yield f"{path}:{lineno}", None, f"invalid JSON ({e.msg} at column {e.colno})"
+
+
+def _lines(text: str) -> Iterator[str]:
+    """``text.split("\n")`` one line at a time: the list of them all held another copy of the file (io.StringIO
+    holds one of 4 bytes a character)."""
+    start = 0
+    while start <= len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        yield text[start:end]
+        start = end + 1
 
 
 def _json_value(text: str) -> Any:
