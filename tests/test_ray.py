@@ -267,6 +267,12 @@ def test_a_ray_address_where_no_cluster_answers_is_one_line_in_seconds_and_write
                                   "--search_space", str(space), "--executor", "ray", "--ray_address", "127.0.0.1:1"])
     assert r.exit_code == 2 and "--ray_address 127.0.0.1:1: no Ray cluster answers at 127.0.0.1:1" in r.output, r.output
     assert "Traceback" not in r.output and not (tmp_path / "out").exists() and time.monotonic() - began < 30
+    # RAY_ADDRESS, which ray.init joins without --ray_address, is checked the same way (it hung as well)
+    r = CliRunner().invoke(main, ["optimize", "--base_model", str(tiny_model), "--train_file", str(tiny_data["train"]),
+                                  "--validation_file", str(tiny_data["val"]), "--output_dir", str(tmp_path / "out"),
+                                  "--search_space", str(space), "--executor", "ray"], env={"RAY_ADDRESS": "127.0.0.1:1"})
+    assert r.exit_code == 2 and "RAY_ADDRESS 127.0.0.1:1: no Ray cluster answers" in r.output and "unset RAY_ADDRESS" \
+        in r.output and not (tmp_path / "out").exists(), r.output
 
 
 def test_the_memory_limit_is_the_largest_gpu_ray_can_be_asked_for():

@@ -300,7 +300,10 @@ def build_study_config(kw: dict):
             raise ConfigError("--executor ray needs Ray: pip install 'moopt[ray]'") from None
         from moopt.study.ray_executor import check_ray_address
 
-        check_ray_address(kw["ray_address"])
+        if kw["ray_address"]:
+            check_ray_address(kw["ray_address"])
+        elif os.environ.get("RAY_ADDRESS"):  # ray.init joins the cluster it names: the same check
+            check_ray_address(os.environ["RAY_ADDRESS"], option="RAY_ADDRESS")
     if kw["executor"] != "ray":  # Ray's trials may run on other machines, with GPUs this one lacks
         check_kernels(kw["kernels"])
     objectives = parse_objectives(kw["optimization_objective"], kw["optimization_weights"])

@@ -51,7 +51,7 @@ def largest_kind(gpus: list[tuple[float, str | None]]) -> str | None:
     return kind if any(g < gib and k != kind for g, k in gpus) else None
 
 
-def check_ray_address(address: str | None) -> None:
+def check_ray_address(address: str | None, option: str = "--ray_address") -> None:
     """One ConfigError, within seconds, where no Ray cluster answers at ``--ray_address`` (host:port, ray://host:port or
     auto): ``ray.init`` retried an address that answers nothing for as long as it was let, through Ctrl-C. Checked
     before the study writes anything."""
@@ -70,15 +70,16 @@ def check_ray_address(address: str | None) -> None:
         try:
             target = canonicalize_bootstrap_address_or_die(address)
         except (ConnectionError, ValueError) as e:
-            raise ConfigError(f"--ray_address {address}: {(str(e).splitlines() or [''])[0]}") from None
+            raise ConfigError(f"{option} {address}: {(str(e).splitlines() or [''])[0]}") from None
     host, _, port = target.rpartition(":")
     try:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
             pass
     except (OSError, ValueError) as e:
         why = getattr(e, "strerror", None) or str(e) or type(e).__name__
-        raise ConfigError(f"--ray_address {address}: no Ray cluster answers at {target} ({why}); start one with "
-                          "`ray start --head`, or leave --ray_address out for a local Ray instance") from None
+        raise ConfigError(f"{option} {address}: no Ray cluster answers at {target} ({why}); start one with "
+                          "`ray start --head`, or " + ("leave --ray_address out" if option == "--ray_address" else f"unset {option}")
+                          + " for a local Ray instance") from None
 
 
 def _on_kind(kind: str | None) -> dict:
@@ -111,13 +112,15 @@ class RayExecutor(ExecutorBase):
             from moopt.study.placement import usable_cores
 
             os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI codes in a log file from Ray's "(raylet)" lines
-            # a local instance gets the cores this process may use (a cpuset, a SLURM allocation), not the node's
-            kwargs = {"address": address} if address else {"num_cpus": usable_cores()}
+            # a local instance gets the cores this process may use (a cpuset, a SLURM allocation), not the node's; not
+            # where RAY_ADDRESS names a cluster to join (ray.init refuses num_cpus there)
+            kwargs = {"address": address} if address else {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": usable_cores()}
             try:  # logging_level: without Ray's start-up INFO/WARNING lines on the study's console
                 ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.ERROR, **kwargs)
             except ConnectionError as e:  # --ray_address auto with no cluster: was a 48-line traceback
-                raise ConfigError(f"--ray_address {address}: {(str(e).splitlines() or [''])[0]}") from None
+                where = f"--ray_address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS', '')}"
+                raise ConfigError(f"{where}: {(str(e).splitlines() or [''])[0]}") from None
         self.channel = ray.remote(_Channel).options(num_cpus=0).remote()
         self.probe_kind: str | None = None  # the kind of GPU a probe asks for (gpu_memory), on a mixed cluster
         # the GPUs each running GPU trial holds, as its task reports them (node id, GPU ids); None until it has
