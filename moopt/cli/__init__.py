@@ -414,10 +414,11 @@ FIT_SLACK = 0.2  # the estimate's error allowed for before a space is refused (i
 @click.argument("output_dir", type=click.Path())
 def report(output_dir: str) -> None:
     """Rebuild every result file of a study from its journal (no GPU or model needed)."""
+    from moopt.journal import JOURNAL
     from moopt.report.results import write_results
     from moopt.study.lock import is_live
 
-    journal = Path(output_dir) / "journal.jsonl"
+    journal = Path(output_dir) / JOURNAL
     if journal.is_file() and journal.stat().st_size > 100_000:  # hundreds of trials: fANOVA and plots take seconds
         click.echo(f"Writing the report of {output_dir} (importance, plots) ...")
     try:

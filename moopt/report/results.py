@@ -53,7 +53,9 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None, sto
     report at that older state (trial 0 best, trial 1 RUNNING) until the next report."""
     import fcntl
 
-    journal = Path(output_dir) / "journal.jsonl"
+    from moopt.journal import JOURNAL
+
+    journal = Path(output_dir) / JOURNAL
     try:
         fd = os.open(journal, os.O_RDONLY)
     except OSError:  # no journal (yet): nothing to keep in step with

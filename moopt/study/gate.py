@@ -72,13 +72,12 @@ def _profile(model_path: str, records: list, path, numbers=None) -> tuple[list[i
 _MERGED: dict[tuple, int] = {}  # (profile key, examples profiled) -> how many of them have a merged prompt
 
 
-def merged_prompts(model_path: str, data_file: str | os.PathLike) -> tuple[int, int, int]:
-    """(How many prompt/completion examples of ``sampled_profile``'s sample have a prompt whose tokens change when
-    the completion is appended (a prompt ending in a space: "Route: " + "Garden" trains on " Garden", while the
-    prompt alone, at inference, ends with a lone space token the model never saw there), the sample's size, the
-    file's)."""
-    lengths, _, n = sampled_profile(model_path, data_file)
-    return _MERGED.get((_profile_key(model_path, data_file), len(lengths)), 0), len(lengths), n
+def merged_prompts(model_path: str, data_file: str | os.PathLike) -> int:
+    """How many prompt/completion examples of ``sampled_profile``'s sample have a prompt whose tokens change when the
+    completion is appended (a prompt ending in a space: "Route: " + "Garden" trains on " Garden", while the prompt
+    alone, at inference, ends with a lone space token the model never saw there)."""
+    lengths, _, _ = sampled_profile(model_path, data_file)
+    return _MERGED.get((_profile_key(model_path, data_file), len(lengths)), 0)
 
 
 def data_profile(model_path: str, data_file: str | os.PathLike) -> tuple[list[int], list[int]]:
@@ -173,7 +172,7 @@ def data_notes(model_path: str, data_file: str | os.PathLike, at: int, longest: 
         notes.append(f"{count(len(cut_at))} of {n} examples of {data_file}{sampled} are cut inside their completion"
                      f"{counted(len(cut_at), len(cut_hi))}; the longest of them has {longest_cut} tokens: "
                      f"{'they are trained' if role == 'training' else 'they are scored'} without their end and the EOS token")
-    merged = merged_prompts(model_path, data_file)[0]
+    merged = merged_prompts(model_path, data_file)
     if merged:
         notes.append(f"{count(merged)} of {n} examples of {data_file}{sampled} have a prompt whose last tokens change "
                      "when the completion is appended (a prompt that ends in a space?): trained on the joined tokens, "

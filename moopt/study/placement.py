@@ -66,6 +66,10 @@ class DevicePlacer:
     def on_gpu(self) -> bool:
         return bool(self.gpus)
 
+    def largest_placeable(self) -> float:
+        """GiB of the largest GPU a trial can be placed on: here, the largest visible (trials are placed by memory)."""
+        return max(self.gpus.values(), default=0.0)
+
     def free(self) -> int:
         return self.parallel - len(self.placed)
 

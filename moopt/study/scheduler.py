@@ -62,15 +62,6 @@ from moopt.study.progress import fmt_duration
 from moopt.study.writer import BackgroundWriter
 
 
-def largest(placer) -> float:
-    """GiB of the largest GPU a trial can be placed on: here, the largest visible; with Ray, the largest it can be
-    asked for (ClusterPlacer.largest_placeable: on GPUs of one kind and two sizes, the smaller)."""
-    placeable = getattr(placer, "largest_placeable", None)
-    return placeable() if callable(placeable) else max(placer.gpus.values())
-
-
-
-
 @dataclass(frozen=True)
 class StudyConfig:
     base_model: str  # as given on the command line (alias, folder, .gguf, hub id)
@@ -874,14 +865,14 @@ class Scheduler:
             # clearly over what the largest GPU holds (visible here, or with Ray in the cluster) is not trained (for
             # a 70B model, loading it only to run out of memory costs minutes); a borderline one is probed; the rest
             # train on the estimate (their OOM, should one come, is recorded and never repeated).
-            cap = largest(self.placer)
+            cap = self.placer.largest_placeable()
             study.memory_limit_gb = cap * DevicePlacer.HEADROOM
             where = " in the cluster Ray can be asked for" if callable(nodes) else ""
             budget_note = f"{DevicePlacer.HEADROOM:.0%} of the largest GPU's {cap:.1f} GiB{where}, no --memory_constraint"
         elif cfg.memory_constraint_gb and self.placer.on_gpu and self.placer.gpus:
             # a budget above what the largest GPU holds: the GPU is the limit (trusting the budget would load a
             # configuration only to run out of memory)
-            cap = largest(self.placer)
+            cap = self.placer.largest_placeable()
             if cfg.memory_constraint_gb > cap * DevicePlacer.HEADROOM:
                 study.memory_limit_gb = cap * DevicePlacer.HEADROOM
                 budget_note = (f"{DevicePlacer.HEADROOM:.0%} of the largest GPU's {cap:.1f} GiB, under --memory_constraint "

@@ -82,7 +82,7 @@ def keep_records() -> None:
 
 
 def forget_records() -> None:
-    """Let go of the records ``records_kept`` holds, and keep no more (a study's start does, once checked)."""
+    """Let go of the records ``keep_records`` had kept, and keep no more (a study's start does, once checked)."""
     global _KEEP_READ
     _KEEP_READ = False
     _READ.clear()
