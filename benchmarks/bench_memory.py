@@ -120,8 +120,8 @@ def leave_one_out(pred: list[int], meas: list[int], groups: list[str] | None = N
 
 def gate_bands(pred: list[int], meas: list[int], quants: list[str], device: str) -> dict[str, list]:
     """Per config, the estimate and (under, over) band MemoryGate would use: ``gate`` uncalibrated (raw
-    estimate, memory.under_prior one-sided: ESTIMATE_UNDER_PRIOR, for CPU plus the runtime's spread
-    between machines relative to the estimate; the CPU priors come from these very probes, so this one
+    estimate, memory.under_prior and over_prior: ESTIMATE_UNDER_PRIOR and ESTIMATE_OVER_PRIOR, for CPU plus the
+    runtime's spread between machines relative to the estimate; the CPU priors come from these very probes, so this one
     is in-sample), ``gate_calibrated`` after every other config of its quantisation was
     measured (leave-one-out calibrated estimate and moopt.memory.calibration.error_band over those pairs)."""
     from moopt.memory.calibration import error_band
@@ -130,20 +130,21 @@ def gate_bands(pred: list[int], meas: list[int], quants: list[str], device: str)
         MIN_ERROR_BAND,
         apply_calibration,
         fit_calibration,
+        over_prior,
         under_prior,
     )
 
     out = {"gate": [], "gate_calibrated": []}
     for i, (p, q) in enumerate(zip(pred, quants)):
         prior = ESTIMATE_UNDER_PRIOR[(device, q)]  # calibrated: the machine's spread is measured
-        out["gate"].append((p, under_prior(device, q, p), 0.0))
+        out["gate"].append((p, under_prior(device, q, p), over_prior(device, q, p)))
         others = [[pred[j], meas[j]] for j in range(len(pred)) if j != i and quants[j] == q]
         if others:
             cal = fit_calibration([tuple(o) for o in others])
             under, over = error_band(others, cal, prior, MIN_ERROR_BAND, estimate_bytes=p)
             out["gate_calibrated"].append((apply_calibration(p, cal), under, over))
         else:
-            out["gate_calibrated"].append((p, under_prior(device, q, p), 0.0))
+            out["gate_calibrated"].append((p, under_prior(device, q, p), over_prior(device, q, p)))
     return out
 
 

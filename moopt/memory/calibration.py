@@ -139,8 +139,9 @@ def _current(entry) -> dict:
 
 
 def error_band(pairs: list, calibration: dict | None, prior_under: float, floor: float,
-               estimate_bytes: int | None = None, spread: float = 0.0) -> tuple[float, float]:
-    """(under, over) of the calibrated estimate: one-sided ``(prior_under, 0)`` with no pairs; else
+               estimate_bytes: int | None = None, spread: float = 0.0, prior_over: float = 0.0) -> tuple[float, float]:
+    """(under, over) of the calibrated estimate: ``(prior_under + spread, prior_over)`` with no pairs (the
+    worst errors measured each way, memory.estimate.under_prior and over_prior); else
     the worst residual each way of the calibrated estimate on the pairs (leave-one-out from 3 pairs
     on, so a pair does not vouch for itself), at least ``floor``, plus ``prior_under / sqrt(1 + n)`` on
     the under side, which fades as measurements accumulate; no wider than ``prior_under`` unless a
@@ -171,7 +172,7 @@ def error_band(pairs: list, calibration: dict | None, prior_under: float, floor:
     n = len(pairs)
     uncalibrated = prior_under + spread
     if n == 0:
-        return uncalibrated, 0.0
+        return uncalibrated, prior_over
     resid = []
     for i, (e, m) in enumerate(pairs):
         if n >= 3:

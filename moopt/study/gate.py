@@ -274,9 +274,10 @@ class MemoryGate:
       that ran out of memory beside trials (``probe_company``) is cached as shared: "infeasible" now, probed
       again on a GPU no trial is on when proposed again.
 
-    Uncalibrated, the band is one-sided: ``under`` = the worst under-estimate seen for this device and
-    quantization (memory.under_prior: ESTIMATE_UNDER_PRIOR, on cpu plus the runtime's spread between
-    machines relative to the estimate), ``over`` = 0. Each measurement (probe, or a trained
+    Uncalibrated, the band is the worst error measured each way for this device and quantization:
+    ``under`` (memory.under_prior: ESTIMATE_UNDER_PRIOR, on cpu plus the runtime's spread between machines
+    relative to the estimate) and ``over`` (memory.over_prior: ESTIMATE_OVER_PRIOR, likewise), so a
+    configuration estimated just over the budget is probed, not ruled out untrained. Each measurement (probe, or a trained
     trial through :meth:`observe`) narrows it: ``under`` = max(MIN_ERROR_BAND, the worst residual of
     the calibrated estimate on the measured pairs) + prior / sqrt(1 + n) + spread / (1 + n) (at most
     the uncalibrated band unless a measurement was further off), ``over`` likewise from the
@@ -394,7 +395,7 @@ class MemoryGate:
 
     def band(self, trial: TrialConfig) -> tuple[float, float]:
         """(under, over): relative error band of the calibrated estimate for this trial's key."""
-        from moopt.memory.estimate import MIN_ERROR_BAND, under_prior
+        from moopt.memory.estimate import MIN_ERROR_BAND, over_prior, under_prior
 
         if self.margin is not None:  # a fixed band, as asked
             return self.margin, self.margin
@@ -405,7 +406,8 @@ class MemoryGate:
         # key, then fades as measurements accumulate (error_band)
         prior = under_prior(self.device, trial.model.quantization)
         spread = under_prior(self.device, trial.model.quantization, raw) - prior
-        return error_band(pairs, entry.get("calibration"), prior, MIN_ERROR_BAND, estimate_bytes=raw, spread=spread)
+        return error_band(pairs, entry.get("calibration"), prior, MIN_ERROR_BAND, estimate_bytes=raw, spread=spread,
+                          prior_over=over_prior(self.device, trial.model.quantization, raw))
 
     def decide(self, trial: TrialConfig, announce=None) -> GateDecision:
         """Fit or infeasible, and why. ``announce(shape)`` is called before a probe runs (it takes
