@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 
 
 def _quiet_bitsandbytes_hub_kernel() -> None:
-    """bitsandbytes' CPU backend (on CPUs with avx512_bf16) logs a warning when it is imported, which
-    ``import peft`` does even for unquantised trials: "Failed to load CPU gemm_4bit_forward from
+    """bitsandbytes' CPU backend (on CPUs with avx512_bf16) logs a warning when it is imported (quantised
+    loading, the benchmarks' ``import peft``): "Failed to load CPU gemm_4bit_forward from
     kernels-community ... pip install kernels". That optional kernel would be downloaded from the Hub at
     run time, which moopt never does; bitsandbytes falls back to its own kernels. The warning was the
     first line of every study's console, so that one message is dropped; the logger's others pass."""

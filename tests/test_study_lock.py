@@ -197,6 +197,7 @@ def test_the_printed_resume_command_runs_from_this_shell(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")  # activated: the short name finds the same program
     assert program(str(venv_bin / "moopt")) == "moopt"
     assert program("/x/moopt/cli/__main__.py").endswith(" -m moopt.cli")
+    assert program("/x/moopt/__main__.py").endswith(" -m moopt")  # python -m moopt, as the README runs it
     assert program("scripts/run_hyperparameter_optimization.py").endswith(" scripts/run_hyperparameter_optimization.py")
     assert program("scripts/run_hyperparameter_optimization.py").split()[0] in ("python", sys.executable)
 

@@ -163,7 +163,8 @@ def config_key(cfg: TrialConfig) -> str:
 
 
 # The libraries a trial's numbers depend on besides moopt's own training code (their versions are journaled).
-TRAINING_LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "triton")
+# peft is not among them: moopt trains and saves its LoRA itself (moopt.train.lora); tokenizers cuts every example
+TRAINING_LIBRARIES = ("torch", "transformers", "tokenizers", "bitsandbytes", "triton")
 
 
 def training_code() -> dict[str, str]:

@@ -40,7 +40,7 @@ HUB_SKIP = ("*/*",)  # subfolders (Meta's original/ with *.pth, onnx/, ...): fro
 
 
 def import_bitsandbytes_offline() -> None:
-    """Import bitsandbytes (``import peft`` and quantised loading do) without its Hub request.
+    """Import bitsandbytes (quantised loading does) without its Hub request.
 
     On a CPU with avx512_bf16, importing bitsandbytes asks the Hub for a kernels-community kernel once
     Hugging Face's ``kernels`` package is installed (transformers >= 5.25 requires it): a publisher

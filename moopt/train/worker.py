@@ -35,7 +35,7 @@ def child_env(threads: int | None = None, cuda_visible: str | None = None) -> di
     - ``PYTHONSAFEPATH``: ``python -m`` would put the working directory first on sys.path, where a
       user's folder could shadow an installed package (Python >= 3.11 keeps it out).
     - ``HF_HUB_OFFLINE``: the study resolved the base model to a local folder before any trial, so a
-      trial never needs the Hub. Without it, importing bitsandbytes (``import peft`` does) on a CPU
+      trial never needs the Hub. Without it, importing bitsandbytes (quantised loading does) on a CPU
       with avx512_bf16 asks the Hub for a kernels-community kernel once Hugging Face's ``kernels``
       package is installed (transformers >= 5.25 requires it): a request per worker, which breaks a
       resumed study's promise of no request at all and waits on the network when there is none.
