@@ -443,11 +443,16 @@ def report(output_dir: str) -> None:
      help="LoRA kernel path. Default: the study's (dropout masks differ between the paths), else auto.")
 @opt("seed", default=None, type=click.IntRange(0, SEED_MAX), help="Seed of LoRA initialisation and data order. Default: the study's (its "
      "trials' seed, so that the final run repeats the chosen trial), else 42.")
+@opt("eval_max_seq_length", default=None, type=click.IntRange(1, None), help="Cut validation and test examples at "
+     "this many tokens. Default: what the study evaluated every trial at (the space's longest max_seq_length), else "
+     "the config's max_seq_length.")
+@opt("revision", default=None, help="A hub model's branch, tag or commit. Default: the commit the study searched on, "
+     "when --base_model is the study's; else the main branch.")
 @opt("overwrite", is_flag=True, help="Replace a final model already in output_dir.")
 def train(**kw) -> None:
     """Train the final adapter with a chosen configuration (full budget, no pruning) and test it."""
-    from moopt.cli.final import study_of, train_final
-    from moopt.config import cpu_dtype_override, load_trial_config
+    from moopt.cli.final import differences, study_of
+    from moopt.config import LR_DIVERGES, LR_STILL, cpu_dtype_override, load_trial_config
     from moopt.journal import JOURNAL, replay
     from moopt.study.gate import data_notes, require_completions
     from moopt.study.outdir import check_writable_dir
@@ -473,6 +478,11 @@ def train(**kw) -> None:
         if not given:
             check_kernels(kw["kernels"])
         kw["base_model"] = recorded_name(kw["base_model"])
+        lr = cfg.training.learning_rate
+        if lr > LR_DIVERGES or lr < LR_STILL:  # a typo (1e4 for 1e-4) trains to a uniform guess with exit 0
+            notes.append(f"Note: training.learning_rate {lr:g}: LoRA trains at about 1e-5 to 1e-2; above ~0.1 training "
+                         "diverges (the loss goes to ln(vocabulary size), a uniform guess, or NaN) and below 1e-7 it "
+                         "barely moves")
         files = ("train_file", "validation_file", *(("test_file",) if kw["test_file"] else ()))
         for f in files:
             read_records(kw[f])
@@ -489,16 +499,24 @@ def train(**kw) -> None:
         if (out / "final_metrics.json").is_file() and not kw["overwrite"]:
             raise ConfigError(f"{out}: holds a trained model already; pass --overwrite to replace it")
         pinned = header.get("model_revision") if header.get("base_model") == kw["base_model"] else None
-        model_path, commit = resolve_model_revision(kw["base_model"], revision=pinned)
+        model_path, commit = resolve_model_revision(kw["base_model"], revision=kw["revision"] or pinned)
         kw["hub_id"], kw["hub_revision"] = (kw["base_model"], commit) if commit else (None, None)  # the adapter names them
-        if header.get("model_digest") and header.get("base_model") == kw["base_model"]:
+        searched = header.get("base_model")
+        kw["same_weights"] = False
+        if header.get("model_digest") and searched:
             from moopt.model_files import model_digest
 
-            if model_digest(model_path) != header["model_digest"]:  # a folder retrained in place since the study
+            same = model_digest(model_path) == header["model_digest"]
+            if searched == kw["base_model"] and not same:  # a folder retrained in place since the study
                 notes.append(f"Note: {kw['base_model']}'s weights or config.json changed since the study searched on "
                              "it: these hyperparameters were chosen for the weights it had then")
+            elif searched != kw["base_model"] and same:  # the study's folder, moved or copied
+                kw["same_weights"] = True
+                notes = [n for n in notes if not n.startswith("Note: the study searched these hyperparameters on")]
+                notes.append(f"Base model: {kw['base_model']}, the same weights and config.json as the study's {searched}")
         # validation (and test) cut at the length the study evaluated every trial at
-        kw["eval_max_seq_length"] = max(int(header.get("eval_max_seq_length") or 0), cfg.data.max_seq_length)
+        kw["eval_max_seq_length"] = kw["eval_max_seq_length"] or max(int(header.get("eval_max_seq_length") or 0),
+                                                                     cfg.data.max_seq_length)
         for f in files:  # the study's check (Study.check_data), and its notes on what max_seq_length leaves out or cuts
             at = cfg.data.max_seq_length if f == "train_file" else kw["eval_max_seq_length"]
             require_completions(model_path, kw[f], at)  # a refusal raises before any note is said
@@ -510,10 +528,21 @@ def train(**kw) -> None:
             notes.append(f"Note: model.quantization {cfg.model.quantization} on a CPU: bitsandbytes' layers work here "
                          "but cost memory instead of saving it and train slower (minutes where unquantised takes "
                          "seconds); they pay on a GPU")
+        if record is not None:
+            if number is None:
+                from moopt.report.table import load_study
+
+                number = load_study(study_dir).best
+            kw["study_trial"] = number
+            kw["differs_from_trial"] = differences(cfg, kw, record, number)
     except ConfigError as e:
         fail(str(e))
     for note in notes:
         click.echo(note)
+    shared, n_val = shared_records(kw["train_file"], kw["validation_file"])
+    if shared:
+        click.echo(f"Note: {shared} of {n_val} examples of {kw['validation_file']} also appear in {kw['train_file']}: "
+                   "the validation metrics are not held-out ones for them")
     for f in ("train_file", "validation_file") if kw["test_file"] else ():  # the test set: what the search never saw
         if os.path.samefile(kw[f], kw["test_file"]):
             click.echo(f"Note: --test_file {kw['test_file']} is the {f.removesuffix('_file')} file: its metrics are "
@@ -523,8 +552,51 @@ def train(**kw) -> None:
         if shared:
             click.echo(f"Note: {shared} of {n_test} examples of {kw['test_file']} also appear in "
                        f"{kw[f]}: the test metrics are not held-out ones for them")
-    ok = train_final(cfg, kw["config"], model_path, kw)
-    sys.exit(0 if ok else 1)
+    sys.exit(_train_locked(cfg, kw, model_path))
+
+
+def _train_locked(cfg, kw: dict, model_path: str) -> int:
+    """train_final with ``--output_dir`` held (a second ``moopt train`` into it is refused, not mixed in), Ctrl-C and
+    SIGTERM ending it with nothing of the run kept, and a failed write (a full disk) said in one line. The exit code."""
+    import fcntl
+    import shutil
+    import signal
+
+    from moopt.cli.final import ATTEMPT, train_final
+
+    out = Path(kw["output_dir"]).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)  # the folder itself is locked: nothing is left behind
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fail(f"--output_dir {kw['output_dir']}: another moopt train is writing into it now; wait for it to end or give "
+             "another folder")
+    if (out / "final_metrics.json").is_file() and not kw["overwrite"]:  # one that ended since the check
+        fail(f"{kw['output_dir']}: holds a trained model already; pass --overwrite to replace it")
+    signals = []
+
+    def terminated(signum, frame):
+        signals.append(signum)
+        raise KeyboardInterrupt
+
+    earlier = signal.signal(signal.SIGTERM, terminated)
+    kept = f"; the final model trained before in {out} is untouched" if (out / "final_metrics.json").is_file() else ""
+    try:
+        return 0 if train_final(cfg, kw["config"], model_path, kw) else 1
+    except KeyboardInterrupt:
+        shutil.rmtree(out / ATTEMPT, ignore_errors=True)
+        click.echo(f"\nInterrupted: nothing of this run was kept{kept}.", err=True)
+        return 128 + (signals[0] if signals else signal.SIGINT)
+    except OSError as e:  # writing the adapter or the metrics (run_trial says a failure while training itself)
+        shutil.rmtree(out / ATTEMPT, ignore_errors=True)
+        where = f" {e.filename}" if e.filename else ""
+        click.echo(f"Error: writing the final model failed{where}: {e.strerror or e}; nothing of this run was kept{kept}",
+                   err=True)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, earlier)
+        os.close(fd)
 
 
 def _has_cuda() -> bool:
@@ -552,13 +624,17 @@ def study_defaults(kw: dict, header: dict) -> list[str]:
     """Fill ``moopt train``'s --base_model, --train_file, --validation_file and --seed left out from the study the config
     comes from (its journal header); the lines to say about it. A base model other than the study's is said too:
     the hyperparameters were searched for the study's. ConfigError where a file is neither given nor known."""
+    from moopt.train.models import recorded_name
+
     notes = []
     searched = header.get("base_model")
     away = "" if header else " (--config is not in a study's folder, whose choices it would take)"
     if kw["base_model"] is None:
+        if searched and os.path.isabs(searched) and not os.path.exists(searched):  # a local folder, moved since
+            raise ConfigError(f"--base_model: the study's {searched} is not there any more; pass --base_model")
         kw["base_model"] = searched or "smollm2-135m"
         notes.append(f"Base model: {searched} (the study's)" if searched else f"Base model: smollm2-135m, the default{away}")
-    elif searched and kw["base_model"] != searched:
+    elif searched and recorded_name(kw["base_model"]) != searched:  # ./tiny/ from where the study's tiny is, the same
         notes.append(f"Note: the study searched these hyperparameters on {searched}; training on {kw['base_model']}")
     for f in ("train_file", "validation_file"):
         if kw[f] is not None:

@@ -12,30 +12,63 @@ from moopt.config import TrialConfig
 GAP_WARN = 0.10  # relative test-vs-validation loss gap that is flagged as possible overfitting to validation
 
 
-class ConsoleReporter:
-    """moopt.train.recipe.Reporter on the console: a line each 10% of the optimizer steps, each phase;
-    nothing is pruned."""
+QUIET_S = 30.0  # a line at least this often while training or evaluating, whatever the 10% steps
 
-    def __init__(self, console):
-        self.console, self.last = console, -1
+
+class ConsoleReporter:
+    """moopt.train.recipe.Reporter on the console: a line each 10% of the optimizer steps, and one whenever
+    QUIET_S passed without one (a large data set's 10% can take hours), with the elapsed time, tokens per
+    second after the first step (its warm-up is not the rate) and the time left; during an evaluation, a
+    line each QUIET_S. Nothing is pruned."""
+
+    def __init__(self, console, clock=None):
+        import time
+
+        self.console, self.clock = console, clock or time.monotonic
+        self.last_pct, self.start = -1, self.clock()
+        self.last_line = self.start
+        self.busy = 0.0  # seconds in steps, as the recipe counts them (its tokens/s is tokens over this)
+        self.first: tuple[float, float] | None = None  # (busy seconds, tokens) after step 1
+
+    def _say(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
+        self.last_line = self.clock()
 
     def progress(self, step: int, total: int, loss: float, tokens_per_s: float | None = None,
                  step_s: float | None = None) -> None:
+        self.busy += step_s or 0.0
+        tokens = (tokens_per_s or 0.0) * self.busy
+        if self.first is None:
+            self.first = (self.busy, tokens)
         pct = int(100 * step / total)
-        if pct // 10 != self.last // 10 or step == total:
-            tps = f"  {tokens_per_s:.0f} tok/s" if tokens_per_s else ""
-            self.console.print(f"  step {step}/{total}  train_loss {loss:.4f}{tps}")
-            self.last = pct
+        now = self.clock()
+        if pct // 10 == self.last_pct // 10 and step != total and step != 1 and now - self.last_line < QUIET_S:
+            return
+        self.last_pct = pct
+        line = f"  step {step}/{total}  train_loss {loss:.4f}"
+        busy, done = self.busy - self.first[0], tokens - self.first[1]
+        if step > 1 and busy > 0:
+            line += f"  {done / busy:.0f} tok/s" if done > 0 else ""
+            if step < total:
+                line += f"  ~{_clock(busy / (step - 1) * (total - step))} left"
+        self._say(line + f"  ({_clock(now - self.start)} in)")
 
     def rung(self, step: int, metrics: dict[str, float], rung: int) -> bool:
         return True
 
     def phase(self, name: str, detail: str = "") -> None:
         if name != "training":  # its steps are printed
-            self.console.print(f"  {name}" + (f" ({detail})" if detail else "") + " ...")
+            self._say(f"  {name}" + (f" ({detail})" if detail else "") + " ...")
 
     def heartbeat(self, done: int, total: int) -> None:
-        pass
+        if self.clock() - self.last_line >= QUIET_S and done < total:
+            self._say(f"    evaluated {done}/{total} batches  ({_clock(self.clock() - self.start)} in)")
+
+
+def _clock(seconds: float) -> str:
+    """1h02m, 3m05s, 42s."""
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def study_of(config_path: str | Path) -> tuple[Path | None, int | None]:
@@ -66,6 +99,39 @@ def _trials_searched(config_path: str | Path) -> int:
     from moopt.journal import replay
 
     return sum(str(e.state) == "COMPLETE" for e in replay(out).finished.values())
+
+
+def differences(cfg: TrialConfig, kw: dict[str, Any], record, number: int | None) -> list[str]:
+    """How this run differs from the study's trial ``number`` as the study ran it (its configuration, seed, kernels,
+    base model, validation file and the length validation was cut at): its metrics are expected to match only where
+    none differs."""
+    end = record.ends.get(number) if record is not None and number is not None else None
+    if end is None:
+        return []
+    h = record.header
+    out = []
+    if end.config:
+        theirs, ours = TrialConfig.from_dict(end.config).flat(), cfg.flat()
+        def shown(v):
+            return f"{v:g}" if isinstance(v, float) else ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+        out += [f"{k} {shown(ours.get(k))} vs {shown(theirs.get(k))}" for k in sorted(set(ours) | set(theirs))
+                if ours.get(k) != theirs.get(k)]
+    fp = h.get("fingerprint") or {}
+    if fp.get("seed") is not None and int(fp["seed"]) != int(kw["seed"]):
+        out.append(f"seed {kw['seed']} vs {fp['seed']}")
+    kernels = (h.get("options") or {}).get("kernels") or "auto"
+    if kw["kernels"] != kernels:
+        out.append(f"kernels {kw['kernels']} vs {kernels}")
+    if h.get("base_model") and kw["base_model"] != h["base_model"] and not kw.get("same_weights"):
+        out.append(f"base model {kw['base_model']} vs {h['base_model']}")
+    val = fp.get("validation_file")
+    if val and os.path.abspath(kw["validation_file"]) != os.path.abspath(val):
+        out.append(f"validation file {kw['validation_file']} vs {val}")
+    at = int(h.get("eval_max_seq_length") or 0)
+    if at and kw.get("eval_max_seq_length") and int(kw["eval_max_seq_length"]) != at:
+        out.append(f"validation cut at {kw['eval_max_seq_length']} tokens vs {at}")
+    return out
 
 
 def study_validation_metrics(config_path: str | Path) -> dict[str, float] | None:
@@ -114,7 +180,6 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
 
     console = study_console()
     out = Path(kw["output_dir"]).absolute()
-    out.mkdir(parents=True, exist_ok=True)
     # the run writes into a folder of its own: an earlier final model (--overwrite) is replaced only by one that trained
     work = out / ATTEMPT
     shutil.rmtree(work, ignore_errors=True)
@@ -134,6 +199,12 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     # best by the time training ends (its "study val" column showed a trial other than the one trained)
     study_val = study_validation_metrics(config_path)
     searched = _trials_searched(config_path) if study_val else 0
+    differ = kw.get("differs_from_trial") or []
+    trial_no = kw.get("study_trial")
+    if study_val and differ:  # its figures are the trial's as the study ran it: not a reproduction to compare with
+        console.print(f"Note: this run differs from trial {trial_no} of the study in {'; '.join(differ)}: its validation "
+                      f"eval_loss {study_val.get('eval_loss', float('nan')):.4f} is not expected to match, so it is not "
+                      "shown beside this run's", markup=False, highlight=False)
     console.print(f"Training the final adapter ({cfg.training.num_train_epochs:g} epoch(s)) ...")
     res = run_trial(spec, ConsoleReporter(console))
     if res.state != TrialState.COMPLETE:
@@ -158,12 +229,13 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     rows = [("loss", "eval_loss", "test_loss"), ("accuracy", "eval_accuracy", "test_accuracy"),
             ("perplexity", "eval_perplexity", "test_perplexity")]
     tested = "test_loss" in m  # --test_file given
+    shown = study_val if study_val and not differ else None
     console.print(f"\n{'metric':<12}{'validation':>12}" + (f"{'test':>12}" if tested else "")
-                  + (f"{'study val':>12}" if study_val else ""))
+                  + (f"{'study val':>12}" if shown else ""))
     for name, v, t in rows:
         line = f"{name:<12}{m[v]:>12.4f}" + (f"{m[t]:>12.4f}" if tested else "")
-        if study_val and v in study_val:
-            line += f"{study_val[v]:>12.4f}"
+        if shown and v in shown:
+            line += f"{shown[v]:>12.4f}"
         console.print(line)
     gap = (m["test_loss"] - m["eval_loss"]) / max(abs(m["eval_loss"]), 1e-12) if tested else None
     warning = None
@@ -177,12 +249,21 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
         console.print(f"[yellow]Warning:[/] {escape(warning)}")
     write_json(out / "final_metrics.json", {"validation": {k: m[k] for _, k, _ in rows},
                                             "test": {k: m[k] for _, _, k in rows} if tested else None,
-                                            "study_validation": study_val,
+                                            "study_validation": study_val, "study_trial": trial_no,
+                                            "differs_from_study_trial": differ,
                                             "relative_gap": gap, "warning": warning,
                                             "peak_memory_gb": m.get("peak_memory_gb"), "adapter": str(out / "adapter"),
                                             # what it trained from: with the config, enough to train it again
                                             "base_model": kw["base_model"], "seed": kw["seed"], "kernels": kw["kernels"],
                                             "train_file": os.path.abspath(kw["train_file"]),
                                             "validation_file": os.path.abspath(kw["validation_file"])})
-    console.print(f"Adapter (PEFT format): {out / 'adapter'}")
+    base = kw.get("hub_id") or model_path
+    quant = cfg.model.quantization
+    console.print(f"\nAdapter (PEFT format, with the tokenizer): {out / 'adapter'}", markup=False, highlight=False)
+    console.print(f"Metrics: {out / 'final_metrics.json'}; base model: {base}"
+                  + (f" (trained on its {quant} quantisation: load the base the same way to serve it as trained)"
+                     if quant != "none" else ""), markup=False, highlight=False)
+    console.print(f"Load it: AutoPeftModelForCausalLM.from_pretrained({str(out / 'adapter')!r}) (peft), or "
+                  "PeftModel.from_pretrained(base, adapter) and merge_and_unload() for one merged model",
+                  markup=False, highlight=False)
     return True

@@ -26,9 +26,10 @@ from moopt.report.table import (
 )
 
 
-def best_config_header(data) -> str:
+def best_config_header(data, cfg: dict | None = None) -> str:
     """best_config.yaml's opening comment: what it was searched on, so that a copy kept elsewhere (where ``moopt
-    train`` cannot read the study's journal, and falls back on its defaults) says what to pass to repeat it."""
+    train`` cannot read the study's journal, and falls back on its defaults) says what to pass to repeat it.
+    ``cfg``: the configuration written below it (its max_seq_length against the length validation was cut at)."""
     import shlex
 
     h = data.header
@@ -39,6 +40,12 @@ def best_config_header(data) -> str:
     kernels = (h.get("options") or {}).get("kernels")
     args += [f"--kernels {kernels}"] if kernels and kernels != "auto" else []  # dropout masks differ between paths
     args.append(f"--seed {seed}")
+    if h.get("model_revision"):  # the hub commit searched on (the main branch may have moved since)
+        args.append(f"--revision {h['model_revision']}")
+    trained = ((cfg or {}).get("data") or {}).get("max_seq_length")
+    at = int(h.get("eval_max_seq_length") or 0)
+    if at and (trained is None or at > int(trained)):  # validation was cut at the space's longest, not at the trial's
+        args.append(f"--eval_max_seq_length {at}")
     return (f"# moopt: trial {data.best} of the study in this folder, searched on {h.get('base_model', '?')} with seed {seed}.\n"
             "# Here, `moopt train --config best_config.yaml` takes the study's base model, data and seed; a copy kept\n"
             f"# elsewhere repeats the trial with: {' '.join(args)}\n")
@@ -87,7 +94,7 @@ def _write_results(output_dir: str | Path, quiet: bool = False, console=None, st
                                "none_completed": bool(len(table)) and data.best is None}
     if data.best is not None:
         cfg = best_config(out, data.best)
-        write_yaml(out / "best_config.yaml", cfg, header=best_config_header(data))
+        write_yaml(out / "best_config.yaml", cfg, header=best_config_header(data, cfg))
         summary["best_config"] = cfg
         row = table[table.number == data.best].iloc[0]
         summary["best_metrics"] = {n: float(row[f"values_{n}"]) for n in data.objectives.names}
