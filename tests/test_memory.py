@@ -695,6 +695,21 @@ def test_a_bf16_trial_process_does_not_grow_with_each_new_batch_shape():
     assert sum(unbounded) > 2 * sum(bounded), (bounded, unbounded)
 
 
+def test_gpus_a_cpu_build_of_torch_cannot_use_are_not_planned_for_and_are_said(monkeypatch):
+    """NVML saw the GPUs, so the study planned CUDA trials (GPU placement, budgets, probes), but a CPU wheel of torch
+    (the CPU set-up path's, on a GPU machine) trained every trial on the CPU."""
+    from moopt.study import placement
+
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml())
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(placement, "torch_has_cuda", lambda: False)
+    assert placement._gpu_capacities() == [] and not placement.DevicePlacer(1).on_gpu
+    assert "this machine has 1 NVIDIA GPU(s), but this torch (" in placement.idle_gpus_note()
+    assert "was built without CUDA: trials run on the CPU" in placement.idle_gpus_note()
+    monkeypatch.setattr(placement, "torch_has_cuda", lambda: True)
+    assert placement._gpu_capacities() == [("0", 140.0)] and placement.idle_gpus_note() is None
+
+
 def test_a_gpu_named_by_uuid_in_cuda_visible_devices_is_placed_and_measured(monkeypatch):
     """CUDA_VISIBLE_DEVICES may name GPUs by UUID (or a unique prefix of one), as job schedulers often do: placement
     matched NVML's indices only, found no GPU and sent every trial to the CPU without a word; the trial's NVML
@@ -703,6 +718,7 @@ def test_a_gpu_named_by_uuid_in_cuda_visible_devices_is_placed_and_measured(monk
     from moopt.train.worker import child_env
 
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml())
+    monkeypatch.setattr(placement, "torch_has_cuda", lambda: True)  # this machine's torch is a CPU build
     for visible in ("GPU-8f3c2a1e-0000-4000-8000-000000000000", "GPU-8f3c2a1e"):
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
         assert placement._gpu_capacities() == [(visible, 140.0)]

@@ -215,16 +215,35 @@ def plan_slots(parallel: int) -> list[Slot]:
     return [Slot("cpu", max(1, cores // parallel)) for _ in range(parallel)]
 
 
-def _gpu_capacities() -> list[tuple[str, float]]:
-    """(CUDA id, GiB) of the visible GPUs, through NVML; [] without an NVIDIA driver. CUDA_VISIBLE_DEVICES may
-    name a GPU by index or by UUID (or a UUID's unique prefix, as CUDA accepts): matched on both."""
-    ids = _visible_gpus()
-    try:
-        from moopt.memory.nvml import gpu_inventory
+def torch_has_cuda() -> bool:
+    """Whether this torch was built with CUDA (a CPU wheel was not: its trials run on the CPU whatever GPUs NVML
+    sees). Asked of the build, not the driver: nothing is initialised in the study's process."""
+    import torch
 
-        gpus = gpu_inventory()
-    except Exception:
+    return bool(torch.backends.cuda.is_built())
+
+
+def idle_gpus_note() -> str | None:
+    """A note where NVML sees GPUs this torch cannot use (a CPU build), else None."""
+    ids = _visible_gpus()
+    if not ids or torch_has_cuda():
+        return None
+    import torch
+
+    return (f"this machine has {len(ids)} NVIDIA GPU(s), but this torch ({torch.__version__}) was built without CUDA: "
+            "trials run on the CPU; install a CUDA build of torch (pytorch.org) to train on them")
+
+
+def _gpu_capacities() -> list[tuple[str, float]]:
+    """(CUDA id, GiB) of the visible GPUs, through NVML; [] without an NVIDIA driver, or with a torch built without
+    CUDA (the trials could not use them). CUDA_VISIBLE_DEVICES may name a GPU by index or by UUID (or a UUID's
+    unique prefix, as CUDA accepts): matched on both."""
+    ids = _visible_gpus()
+    if not ids or not torch_has_cuda():
         return []
+    from moopt.memory.nvml import gpu_inventory
+
+    gpus = gpu_inventory()  # [] without NVML; an error past that is a bug, not "no GPU"
     named = {i: next((g for g in gpus if g.named_by(i)), None) for i in ids}
     return [(i, g.total_bytes / 2**30) for i, g in named.items() if g is not None]
 
@@ -233,9 +252,6 @@ def _visible_gpus() -> list[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    try:
-        from moopt.memory.nvml import gpu_inventory
+    from moopt.memory.nvml import gpu_inventory
 
-        return [str(g.index) for g in gpu_inventory()]
-    except Exception:
-        return []
+    return [str(g.index) for g in gpu_inventory()]  # [] without NVML

@@ -832,6 +832,10 @@ class Scheduler:
             self.placer = ClusterPlacer(cfg.parallel_trials, live, gpu_gib)
         else:
             self.placer = DevicePlacer(cfg.parallel_trials)
+        from moopt.study.placement import idle_gpus_note
+
+        if cfg.executor != "ray" and (note := idle_gpus_note()):
+            study.console.print(f"Note: {note}", markup=False, highlight=False)
         if {"eval_loss", "eval_perplexity"} <= set(cfg.objectives.names):
             study.console.print("Note: eval_perplexity is exp(eval_loss): the two rank every trial alike, so they add no "
                                 "trade-off to the Pareto front (keep one, beside another objective)", markup=False,
