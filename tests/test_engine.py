@@ -475,3 +475,28 @@ def test_the_two_picks_of_a_batch_are_not_near_copies_of_each_other(seed):
         if assisted:
             gaps.append(pdist(np.array([eng._vec(x) for x in X])).min())
     assert gaps and min(gaps) >= NOVELTY, gaps
+
+
+def test_a_resumed_studys_new_budget_resets_the_constraints_the_engine_was_told():
+    """--resume --memory_constraint lower: NSGA-II kept the survivors' G told under the old budget, bred from
+    configurations the new one rules out and ranked them as feasible."""
+    import pickle
+
+    space = default_space()
+    eng = Engine(space, 2, 24, 0)
+    X = eng.ask()
+    peaks = {i: 0.5 + 0.1 * i for i in range(len(X))}
+    for i, x in enumerate(X):
+        eng.tell_one(i, objective(space.decode(x)), peaks[i] - 8.0)  # all under the 8 GiB budget
+    eng.tell()
+    eng = pickle.loads(pickle.dumps(eng))  # as engine.pkl holds it
+    assert all(ind.CV[0] == 0 for ind in eng.algorithm.pop)
+    budget = 0.5 + 0.1 * (len(X) // 2)  # the resumed study's: the upper half of the peaks now over it
+    told = [(x, np.array([peaks[i] - budget])) for i, x in enumerate(X)]
+    assert eng.reset_constraints(told) > 0
+    over = {tuple(np.round(eng._vec(x), 9)) for i, x in enumerate(X) if peaks[i] > budget}
+    for ind in eng.algorithm.pop:
+        assert (ind.CV[0] > 0) == (tuple(np.round(eng._vec(dict(ind.X)), 9)) in over)
+    assert (eng.arch_G[:, 0] > 0).sum() == sum(p > budget for p in peaks.values())
+    assert eng.reset_constraints(told) == 0  # told again: nothing left to change
+    assert eng.ask()  # and it goes on

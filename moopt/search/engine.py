@@ -357,6 +357,29 @@ class Engine:
             self.arch_F = np.vstack([self.arch_F, FS])
             self.arch_G = np.vstack([self.arch_G, G])
 
+    def reset_constraints(self, told: list[tuple[dict[str, Any], np.ndarray]]) -> int:
+        """Set again the constraint values (G) of the evaluated individuals: ``told`` pairs an individual's X with
+        its G now. A study resumed under another --memory_constraint told its earlier trials' G against the old
+        budget, and NSGA-II kept breeding from survivors that the new one rules out (or passed over ones it
+        admits). The survivors' (and the surrogate's archive) rows whose X is in ``told`` take its G; the number
+        changed."""
+        if not told:
+            return 0
+        by = {tuple(np.round(self._vec(X), 9)): np.asarray(G, dtype=float).reshape(self.n_constr) for X, G in told}
+        changed = 0
+        pop = getattr(self.algorithm, "pop", None)
+        for ind in pop if pop is not None else []:
+            G = by.get(tuple(np.round(self._vec(dict(ind.X)), 9)))
+            if G is not None and ind.G is not None and not np.array_equal(np.asarray(ind.G, dtype=float), G):
+                ind.G, ind.CV = G, None  # CV is cached: recomputed from G on its next read
+                changed += 1
+        for i, row in enumerate(getattr(self, "arch_X", ())):
+            G = by.get(tuple(np.round(row, 9)))
+            if G is not None and not np.array_equal(self.arch_G[i], G):
+                self.arch_G[i] = G
+                changed += 1
+        return changed
+
     def random_individual(self) -> dict[str, Any]:
         from pymoo.core.mixed import MixedVariableSampling
 

@@ -1157,6 +1157,14 @@ class Scheduler:
                     self.queue.append((idx, -1 if num is None else num))
         self.evaluated = {study.config_key(TrialConfig.from_dict(e.config)): e for e in self.finished.values()
                           if e.config is not None and not self.decide_again(e)}
+        if cfg.resume and record is not None and self.path.is_file():  # the budget may differ from what they were told with
+            told = []
+            for e in self.evaluated.values():
+                try:
+                    told.append((cfg.space.encode(TrialConfig.from_dict(e.config)), study.told_values(e)[1]))
+                except (ValueError, KeyError, TypeError):  # a configuration outside this space: not in the engine
+                    continue
+            engine.reset_constraints(told)
         if cfg.warm_start:
             self.warm_same = not differ
             self.known = {k: v for k, v in known.items() if k not in self.evaluated}
