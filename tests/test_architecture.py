@@ -82,3 +82,17 @@ def test_every_imported_name_exists():
                     if not hasattr(mod, a.name) and importlib.util.find_spec(f"{node.module}.{a.name}") is None:
                         missing.append(f"{module_name(f)}: from {node.module} import {a.name}")
     assert missing == []
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject.toml lists the packages by hand (two roots: moopt/ and kernels/moopt_kernels/), and CI installs the
+    checkout editable: a new sub-package would pass every test here and be missing from a built wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT.parent).parts) for p in ROOT.rglob("*.py")
+             if "__pycache__" not in p.parts}
+    kernels = ROOT.parent / "kernels"
+    found |= {".".join(p.parent.relative_to(kernels).parts) for p in (kernels / "moopt_kernels").rglob("*.py")
+              if "__pycache__" not in p.parts}
+    assert found <= listed, sorted(found - listed)
