@@ -247,6 +247,35 @@ def test_learning_curves_include_pruned_and_failed_trials(study_dir):
     assert set(c[c.trial == 5].kind) == {"train"}  # FAIL: curve up to the crash, no evals
     assert set(c[c.trial == 7].state) == {"INFEASIBLE"}  # state from the journal, not metrics.json
     assert c.trial.nunique() == 24
+    assert c.attrs["missing"] == []
+
+
+def test_learning_curves_say_which_trained_trials_lost_their_metrics_file(study_dir, monkeypatch):
+    """trial_results/ removed (or a study copied without it): the journal keeps the results, not the curves, and
+    learning_curves.png showed fewer trials without a word."""
+    from moopt.report import analysis
+
+    (study_dir / "trial_results" / "trial_0" / "metrics.json").unlink()
+    (study_dir / "trial_results" / "trial_3" / "metrics.json").unlink()
+    c = learning_curves(study_dir)
+    assert c.attrs["missing"] == [0, 3] and 0 not in set(c.trial)
+    titles = []
+    real = analysis.pyplot
+
+    def spy():
+        plt = real()
+        fig_of = plt.subplots
+
+        def subplots(*a, **k):
+            fig, ax = fig_of(*a, **k)
+            orig = fig.suptitle
+            fig.suptitle = lambda t, **kw: titles.append(t) or orig(t, **kw)
+            return fig, ax
+        monkeypatch.setattr(plt, "subplots", subplots)
+        return plt
+    monkeypatch.setattr(analysis, "pyplot", spy)
+    analysis.plot_learning_curves(c, study_dir / "lc.png", best=1)
+    assert titles == ["2 trained trial(s) not drawn: no trial_results/trial_N/metrics.json for trial(s) 0, 3"]
 
 
 def test_pareto_points_distinguish_states_and_mark_the_best(study_dir):

@@ -410,7 +410,12 @@ def learning_curves(output_dir: str | Path) -> pd.DataFrame:
                 rows.append((number, state, int(p["step"]), e, "eval", float(p["eval_loss"]),
                              float(p.get("examples", np.nan))))
     df = pd.DataFrame(rows, columns=CURVE_COLUMNS)
-    return df.sort_values(["trial", "kind", "step"], kind="stable").reset_index(drop=True)
+    df = df.sort_values(["trial", "kind", "step"], kind="stable").reset_index(drop=True)
+    # trained trials whose metrics.json is gone (trial_results/ removed, or the study copied without it): the journal
+    # keeps their results but not their curves, which the plot then says, rather than showing fewer trials silently
+    drawn = set(df.trial)
+    df.attrs["missing"] = sorted(n for n, e in ends.items() if (e.steps or 0) > 0 and n not in drawn)
+    return df
 
 
 # -- Pareto points ---------------------------------------------------------------------------------
@@ -759,6 +764,11 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = No
     if rung_evals:
         handles.append(Line2D([], [], ls="", marker="o", mfc="white", mec="#666666"))
         labels.append("rung eval (on part of the validation set)")
+    missing = curves.attrs.get("missing") or []
+    if missing:  # their metrics.json is gone: said where the curves would be
+        shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+        fig.suptitle(f"{len(missing)} trained trial(s) not drawn: no trial_results/trial_N/metrics.json for trial(s) "
+                     f"{shown}", fontsize=9, color="#b35900")
     legend_below(fig, handles, labels)
     save_figure(fig, path, plt)
 
