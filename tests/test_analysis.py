@@ -741,3 +741,35 @@ def test_result_files_are_written_by_one_writer_at_a_time(tmp_path):
     os.close(fd)
     t.join(60)
     assert waited and done.is_set() and (out / "trials_summary.csv").is_file()
+
+
+def test_a_space_whose_every_configuration_was_tried_is_said_spent(tmp_path):
+    """A refined space of 3 configurations, all trained already: the summary told the user to run a refined study,
+    which took all 3 over and trained nothing ("0/6 trials done (+3 taken over)")."""
+    from moopt.report.results import spent_space
+    from moopt.search.space import load_space
+
+    space = "training:\n  lr_scheduler_type: {type: categorical, values: [linear, cosine, constant]}\nlora:\n  r: {type: categorical, values: [4, 8]}\n"
+    trials = []
+    for sched in ("linear", "cosine", "constant"):
+        for r in (4, 8):
+            cfg = {"training": {"lr_scheduler_type": sched}, "lora": {"r": r}}
+            trials.append({"params": {"lr_scheduler_type": sched, "r": r}, "state": "COMPLETE", "error": None,
+                           "metrics": {"eval_loss": 1.0, "eval_accuracy": 0.5},
+                           "end": {"config": load_space_config(space, cfg)}})
+    out = write_fake_study(tmp_path / "s", trials, space=space)
+    assert spent_space(out, load_space(out / "search_space.yaml")) == 6
+    out = write_fake_study(tmp_path / "t", trials[:5], space=space)
+    assert spent_space(out, load_space(out / "search_space.yaml")) == 0  # one never tried
+
+
+def load_space_config(space_text: str, values: dict) -> dict:
+    """The TrialConfig (as the journal keeps it) of ``values`` within the space."""
+    import yaml
+
+    from moopt.config import TrialConfig
+    from moopt.search.space import parse_space
+
+    sp = parse_space(yaml.safe_load(space_text))
+    flat = {f"{sec}.{k}": v for sec, kv in values.items() for k, v in kv.items()}
+    return TrialConfig.from_flat(flat, base=sp.fixed).to_dict()

@@ -78,6 +78,11 @@ def test_gate_verdicts_steer_which_trials_train(tiny_model, tiny_data, tmp_path,
     # an untrained trial's peak says where it came from (this verdict had no probe: the estimate)
     assert (df[df.state == "INFEASIBLE"].peak_memory_from == "estimate").all()
     assert (df[df.state == "COMPLETE"].peak_memory_from == "training").all()
+    # what was ruled out is named on the console (it showed only the gate's reason), as is what a probe measures
+    said = " ".join(r.output.split())
+    assert re.search(r"Trial \d+ INFEASIBLE \(not trained\): learning_rate=[\d.e-]+, r=8 test verdict: r=8 does not fit", said)
+    assert re.search(r"measuring its peak memory \(1 x 32 tokens, a few steps in a fresh process\): learning_rate=[\d.e-]+, "
+                     r"r=4 \.\.\.", said)
     # the console says when a probe runs and why a measured configuration fits, before it trains
     for n in df[df.params_r == 4].number:
         assert f"Trial {n}: measuring its peak memory (1 x 32 tokens" in r.output

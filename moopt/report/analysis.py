@@ -673,9 +673,9 @@ def plot_correlations(corr: pd.DataFrame, path: Path, rename=lambda k: k) -> Non
                       "− pink: higher parameter value, worse objective", fontsize=8)
     onehot = any("=" in str(i) for i in corr.index)
     few = bool(n) and n < FEW_TRIALS  # a ±1.00 from 3 trials, in full colour, read as evidence
-    ax.set_title("Parameter vs objective (Spearman ρ" + (f", {n} COMPLETE trials" if n else "") + ")"
+    ax.set_title("Parameter vs objective (Spearman ρ" + (f", {n} COMPLETE trial{'s' if n != 1 else ''}" if n else "") + ")"
                  + ("\nrows name=value: 1 when that value was chosen" if onehot else "")
-                 + (f"\nonly {n} trials: a few trials give large ρ by chance" if few else ""),
+                 + (f"\nonly {n} trial{'s' if n != 1 else ''}: a few trials give large ρ by chance" if few else ""),
                  fontsize=10, color="#b42318" if few else "black")
     fig.tight_layout()
     save_figure(fig, path, plt)

@@ -118,6 +118,39 @@ def _write_results(output_dir: str | Path, quiet: bool = False, console=None, st
     return summary
 
 
+def _study_space(output_dir):
+    """The study's own copy of its search space (search_space.yaml), or None."""
+    from moopt.search.space import load_space
+
+    try:
+        return load_space(Path(output_dir) / "search_space.yaml")
+    except Exception:  # noqa: BLE001 (a study written before the copy, or one edited by hand: no claim is made)
+        return None
+
+
+def spent_space(output_dir, space) -> int:
+    """How many configurations ``space`` holds where the study has tried every one of them (trained or ruled out:
+    NSGA-II proposes none again), else 0 (a continuous parameter, or some never tried)."""
+    from moopt.config import TrialConfig
+    from moopt.journal import replay
+
+    n = space.n_configurations() if space is not None else float("inf")
+    if not n or n == float("inf"):
+        return 0
+    tried = set()
+    for e in replay(output_dir).ends.values():
+        if not e.config:
+            continue
+        cfg = TrialConfig.from_dict(e.config)
+        try:
+            moved = space.decode(space.encode(cfg))
+        except (ValueError, KeyError, TypeError):
+            continue
+        if moved == cfg:  # it lies in the space
+            tried.add(json.dumps(cfg.to_dict(), sort_keys=True, default=str))
+    return int(n) if len(tried) >= n else 0
+
+
 def print_summary(data: StudyData, summary: dict[str, Any], console=None, output_dir: Path | None = None,
                   importance: dict | None = None, edges: list | None = None, refined=None) -> None:
     """The guide's closing summary: the searched parameters of the best trial as JSON, ``Best value``,
@@ -198,9 +231,15 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
                  ("trials_summary.csv", "every trial"),
                  ("optimization_plot.png", "progress of the search")]
         files += [("pareto_front.png", "the Pareto front")] if data.objectives.multi else []
+        complete = int((data.table.state == TrialState.COMPLETE).sum()) if len(data.table) else 0
+        from moopt.report.analysis import MIN_TRIALS
+
+        few = f" (not yet: {complete} COMPLETE trial{'s' if complete != 1 else ''}, it needs {MIN_TRIALS})"
         files += [("learning_curves.png", "each trial's training and validation loss"),
-                  ("param_importance.png", "parameter importance (fANOVA), by objective"),
-                  ("correlations.png", "which way each parameter moves each objective"),
+                  ("param_importance.png", "parameter importance (fANOVA), by objective"
+                   + (few if not any(len(i) for i in (importance or {}).values()) else "")),
+                  ("correlations.png", "which way each parameter moves each objective"
+                   + (few if complete < MIN_TRIALS else "")),
                   ("interaction.png", "the two most important parameters together")]
         files += [("refined_space.yaml", "the search space for a refined study (below)")] if refined else []
         for name, what in files:
@@ -215,19 +254,28 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
     complete = int((data.table.state == TrialState.COMPLETE).sum()) if len(data.table) else 0
     if refined is None and output_dir is not None and data.best is not None and complete >= REFINE_MIN_TRIALS:
         say()  # (the README promises the file from REFINE_MIN_TRIALS COMPLETE trials on: say why there is none)
+        spent = spent_space(output_dir, _study_space(output_dir))
         say(f"Refined search space: none (on these {complete} COMPLETE trials no range moves, narrows or widens, no "
-            "categorical value is dropped and no parameter fixed): no refined_space.yaml; --resume --num_trials "
-            "searches on in the same space")
+            "categorical value is dropped and no parameter fixed): no refined_space.yaml; "
+            + (f"every one of the space's {spent} configurations was tried: nothing is left to search" if spent else
+               "--resume --num_trials searches on in the same space"))
     if refined is not None and output_dir is not None:
         say()
         say(f"Refined search space (the guide's coarse -> refined search; {Path(output_dir) / 'refined_space.yaml'}):")
         width = max(len(c.name.split('.', 1)[1]) for c in refined.changes)
         for c in refined.changes:
             say(f"  {c.name.split('.', 1)[1]:<{width}}  {c.before} -> {c.after}: {c.why}")
-        say("Run it, the best trials so far seeding its first generation:")
-        from moopt.report.refine import refined_command
+        from moopt.search.space import parse_space
 
-        say("  " + refined_command(data.header, Path(output_dir)))
+        spent = spent_space(output_dir, parse_space(refined.space, source="refined_space.yaml"))
+        if spent:  # a warm-started study on it would take each over and train nothing
+            say(f"  Every one of its {spent} configurations was trained in this study: a refined study would take each "
+                "over and train none; widen a range or add values to search further")
+        else:
+            say("Run it, the best trials so far seeding its first generation:")
+            from moopt.report.refine import refined_command
+
+            say("  " + refined_command(data.header, Path(output_dir)))
 
 
 def _short(v: Any) -> Any:

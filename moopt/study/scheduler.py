@@ -421,8 +421,9 @@ class Study:
             sched.executor.close()
             self.writer.close()
         if sched.stop_note:
-            self.console.print(f"[yellow]Study stopped early:[/] {escape(sched.stop_note)} ({len(sched.finished)} of "
-                               f"{cfg.num_trials} trials)")
+            taken = sum(bool(e.taken_from) for e in sched.finished.values())  # as the study line counts them
+            self.console.print(f"[yellow]Study stopped early:[/] {escape(sched.stop_note)} ({len(sched.finished) - taken} of "
+                               f"{cfg.num_trials} trials" + (f", +{taken} taken over" if taken else "") + ")")
             if sched.stop_note.startswith("time budget") and len(sched.finished) < cfg.num_trials:
                 self.console.print(f"  moopt optimize --output_dir {escape(str(self.out))} --resume --time_budget_hours H "
                                    "goes on with a budget of H hours from its start", markup=True, highlight=False)
@@ -448,6 +449,10 @@ class Study:
         """An individual's searched values as the journal's ``params`` (and trials_summary.csv) give them."""
         return {p.short: _plain(p.decode(x[p.name])) for p in self.cfg.space.params}
 
+    def shown_params(self, x: dict) -> str:
+        """An individual's searched values as the console names a trial's configuration: "lr=..., r=..."."""
+        return ", ".join(f"{k}={_fmt(v, k)}" for k, v in self.params_of(x).items()) or "(no parameter searched)"
+
     def start_trial(self, executor, number: int, tcfg: TrialConfig, x: dict, slot, deadline) -> None:
         """Journal ``trial_start``, give the trial a clean folder, hand it to the executor."""
         cfg = self.cfg
@@ -460,8 +465,7 @@ class Study:
         shutil.rmtree(d, ignore_errors=True)  # a re-queued trial starts clean
         self.pruner.forget(number)
         write_yaml(d / "config.yaml", tcfg.to_yaml())
-        shown = ", ".join(f"{k}={_fmt(v, k)}" for k, v in params.items())
-        self.console.print(f"Trial {number} started on {slot.device}: {shown or '(no parameter searched)'}")
+        self.console.print(f"Trial {number} started on {slot.device}: {self.shown_params(x)}")
         spec = TrialSpec(number=number, config=tcfg, base_model=cfg.model_path, train_file=os.path.abspath(cfg.train_file),
                          validation_file=os.path.abspath(cfg.validation_file), output_dir=str(d), seed=cfg.seed,
                          kernels=cfg.kernels, rung_fractions=rung_fractions(cfg.pruning_factor), deadline=deadline,
@@ -599,7 +603,8 @@ class Study:
                           peak_from="measured" if decision.measured_gb is not None else "estimate",
                           budget_gb=self.cfg.memory_constraint_gb)
         self.journal.append(end)
-        self.console.print(f"Trial {number} [red]INFEASIBLE[/] (not trained): {decision.reason}")
+        self.console.print(f"Trial {number} [red]INFEASIBLE[/] (not trained): {escape(self.shown_params(x))}\n"
+                           f"  {escape(decision.reason)}")
         return end
 
     def told_values(self, end: TrialResult) -> tuple[np.ndarray, float, np.ndarray]:
@@ -1079,7 +1084,8 @@ class Scheduler:
         if self.gate is not None:  # --memory_constraint (or the GPU's memory): never train what cannot fit
             shown = number if number >= 0 else self.next_number
             decision = self.gate.decide(tcfg, announce=lambda shape: study.console.print(
-                f"Trial {shown}: measuring its peak memory ({shape[0]} x {shape[1]} tokens, a few steps in a fresh process) ...",
+                f"Trial {shown}: measuring its peak memory ({shape[0]} x {shape[1]} tokens, a few steps in a fresh process): "
+                f"{study.shown_params(x)} ...",
                 markup=False, highlight=False))
             if decision.verdict == "wait":  # its probe needs a GPU the running trials leave no room on: the next
                 # configurations wait behind it (trials started meanwhile could keep every GPU from emptying)
