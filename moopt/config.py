@@ -218,7 +218,7 @@ class TrialConfig:
             if key not in SECTIONS:
                 errors.append(f"{source}: {key}: unknown section; known sections: {list(SECTIONS)}")
         if errors:
-            raise ConfigError("; ".join(errors))
+            raise ConfigError("\n".join(errors))  # one line each (cli.fail)
         cfg = cls(**sections)
         check_trial(cfg, source)
         return cfg
@@ -293,7 +293,7 @@ def check_trial(cfg: TrialConfig, source: str = "<config>") -> None:
     ]
     errors = [f"{source}: {key}: {rule}, got {value!r}" for ok, key, rule, value in rules if not ok]
     if errors:
-        raise ConfigError("; ".join(errors))
+        raise ConfigError("\n".join(errors))  # one line each (cli.fail)
 
 
 def load_trial_config(path: str | Path) -> TrialConfig:

@@ -773,3 +773,24 @@ def load_space_config(space_text: str, values: dict) -> dict:
     sp = parse_space(yaml.safe_load(space_text))
     flat = {f"{sec}.{k}": v for sec, kv in values.items() for k, v in kv.items()}
     return TrialConfig.from_flat(flat, base=sp.fixed).to_dict()
+
+
+def test_when_the_base_model_alone_is_over_the_budget_the_advice_says_nothing_can_fit(tmp_path):
+    """Every configuration INFEASIBLE under a budget that the runtime and weights alone exceed: the advice was to
+    search smaller batches, ranks or sequences, none of which could help."""
+    from moopt.journal import Journal
+    from moopt.report.table import least_infeasible_text
+
+    trials = [{"params": t["params"], "state": "INFEASIBLE", "error": "not trained: estimate 0.55 GiB > budget 0.40 GiB",
+               "metrics": {"peak_memory_gb": 0.55}} for t in synthetic_trials(3)]
+    out = write_fake_study(tmp_path / "s", trials)
+    j = Journal(out)
+    j.append({"type": "settings", "updated": "2026-01-01T01:00:00", "memory_constraint_gb": 0.4})
+    j.close()
+    text = least_infeasible_text(load_study(out))
+    assert "Raise --memory_constraint, or search smaller" in text  # no base model evaluated: the usual advice
+    (out / "baseline.json").write_text(json.dumps({"state": "COMPLETE", "metrics": {"eval_loss": 7.0, "peak_memory_gb": 0.45}}))
+    text = least_infeasible_text(load_study(out))
+    assert ("The base model alone, evaluated without any training, peaked at 0.45 GiB (its weights and the runtime), "
+            "over the budget of 0.40 GiB: no configuration can fit it; raise --memory_constraint above 0.45 GiB") in text
+    assert "search smaller" not in text

@@ -38,7 +38,9 @@ SEED_MAX = 2**32 - 1  # numpy's and torch's seeds (a negative one was a tracebac
 
 
 def fail(msg: str) -> None:
-    click.echo(f"Error: {msg}", err=True)
+    """Each problem one line ("Error: file: key: rule"), exit 2: several found at once (a space file's) are listed."""
+    for line in str(msg).splitlines() or [""]:
+        click.echo(f"Error: {line}", err=True)
     sys.exit(2)
 
 
@@ -485,6 +487,9 @@ def train(**kw) -> None:
                          "barely moves")
         files = ("train_file", "validation_file", *(("test_file",) if kw["test_file"] else ()))
         for f in files:
+            size = os.path.getsize(kw[f]) if os.path.isfile(kw[f]) else 0
+            if size >= BIG_DATA_BYTES:  # as optimize says it: reading and checking take seconds to a minute
+                click.echo(f"Checking {kw[f]} ({size / 2**20:.0f} MB) ...")
             read_records(kw[f])
         if os.path.samefile(kw["train_file"], kw["validation_file"]):  # as moopt optimize refuses it
             raise ConfigError(f"--validation_file {kw['validation_file']}: the same file as --train_file; the validation "

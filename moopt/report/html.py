@@ -67,6 +67,16 @@ def write_html_report(output_dir: str | Path, data: StudyData, analysis: Analysi
     return path
 
 
+def _when(created) -> str:
+    """The journal's ISO time as trials_summary.csv writes its times: 2026-12-07 11:10:30."""
+    import pandas as pd
+
+    try:
+        return pd.Timestamp(created).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError):
+        return str(created or "?")
+
+
 def build_html(data: StudyData, analysis: Analysis, images: dict[str, bytes], refined: Refinement | None = None,
                out: Path | None = None) -> str:
     e = html.escape
@@ -78,7 +88,7 @@ def build_html(data: StudyData, analysis: Analysis, images: dict[str, bytes], re
         ("Objectives (weight)", objectives),
         ("Trials", f"{len(data.table)} (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"),
         ("Memory constraint", f"{h['memory_constraint_gb']:g} GiB" if h.get("memory_constraint_gb") else "none"),
-        ("Started", h.get("created", "?")),
+        ("Started", _when(h.get("created"))),
     ]
     data_facts = h.get("data") or {}  # the journal's "data" event: files, sizes, the notes the study's start said
     for role, name in (("train", "Training data"), ("validation", "Validation data")):

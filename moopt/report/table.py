@@ -259,6 +259,11 @@ def least_infeasible_text(data: StudyData) -> str:
     error = row.get("error")
     reason = error.removeprefix(NOT_TRAINED).strip() if isinstance(error, str) else ""
     text = f"Least infeasible: trial {data.least_infeasible} ({reason or f'peak {row.peak_memory_gb:.2f} GiB'})."
+    floor = ((data.baseline or {}).get("metrics") or {}).get("peak_memory_gb")
+    if budget and floor and float(floor) > float(budget):  # measured: no smaller setting can help
+        return (text + f" The base model alone, evaluated without any training, peaked at {float(floor):.2f} GiB "
+                f"(its weights and the runtime), over the budget of {float(budget):.2f} GiB: no configuration can "
+                f"fit it; raise --memory_constraint above {float(floor):.2f} GiB, or pick a smaller model.")
     return text + (" Raise --memory_constraint, or search" if budget else " Search") + (
         " smaller batch_size, r, target_modules or max_seq_length (model.gradient_checkpointing lowers the peak"
         " too; on a GPU, model.quantization as well: on a CPU it costs memory instead); where the space holds smaller"

@@ -270,7 +270,7 @@ def parse_space(data: dict[str, Any], source: str = "<space>") -> SearchSpace:
                 errors.append(f"{source}: {p.name}: value {_show(v)} is out of range ({msg.split(': ', 1)[-1]})")
                 break
     if errors:
-        raise ConfigError("; ".join(errors))
+        raise ConfigError("\n".join(errors))  # one line each (cli.fail)
     return SearchSpace(params=tuple(params), fixed=base, source=source)
 
 

@@ -234,7 +234,7 @@ class Study:
         if not self.cfg.warm_workers:
             return False
         if why := self.peak_rss_measured():
-            self.console.print(f"{why} on a CPU: a fresh process per trial, so that each trial's "
+            self.console.print(f"Note: {why} on a CPU: a fresh process per trial, so that each trial's "
                                "peak RSS is its own (a warm worker's grows with the trials before it), "
                                "with malloc's mmap threshold fixed so that it repeats (1-7% of tokens/s)")
             return False
