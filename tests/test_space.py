@@ -196,3 +196,20 @@ def test_a_studys_search_space_yaml_keeps_the_fixed_values_and_reads_back_as_the
 def test_a_folder_given_as_the_space_says_so(tmp_path):
     with pytest.raises(ConfigError, match=r": a folder, not a YAML file$"):
         load_space(tmp_path)
+
+
+def test_the_studys_copy_of_the_space_writes_whole_alphas_and_epochs_as_given():
+    """search_space.yaml ("the space as searched") read alpha values [16.0, 32.0] and num_train_epochs 2.0 where the
+    file said 16, 32 and 2; trials_summary.csv's params_alpha read 32.0 beside the console's and config.yaml's 32."""
+    from types import SimpleNamespace
+
+    from moopt.study.outdir import space_to_yaml
+    from moopt.study.scheduler import Study
+
+    sp = parse_space({"training": {"num_train_epochs": 2}, "lora": {"alpha": {"type": "categorical", "values": [16, 32]}}})
+    y = space_to_yaml(sp)
+    assert y["lora"]["alpha"]["values"] == [16, 32] and all(type(v) is int for v in y["lora"]["alpha"]["values"])
+    assert y["training"]["num_train_epochs"] == 2 and type(y["training"]["num_train_epochs"]) is int
+    assert parse_space(y).n_configurations() == sp.n_configurations()
+    params = Study.params_of(SimpleNamespace(cfg=SimpleNamespace(space=sp)), sp.encode(sp.fixed) | {"lora.alpha": 1})
+    assert params == {"alpha": 32} and type(params["alpha"]) is int

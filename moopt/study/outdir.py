@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from moopt.config import TrialConfig
+from moopt.config import TrialConfig, as_written
 from moopt.errors import ConfigError
 from moopt.journal import JOURNAL, replay
 from moopt.model_files import model_digest
@@ -315,14 +315,17 @@ def space_to_yaml(space: SearchSpace) -> dict[str, Any]:
     for p in space.params:
         section, key = p.name.split(".", 1)
         if p.type == "categorical":
-            spec = {"type": p.type, "values": [list(v) if isinstance(v, tuple) else v for v in p.values]}
+            whole = p.name in ("training.num_train_epochs", "lora.alpha")  # 32, not 32.0, as the file gave them
+            spec = {"type": p.type, "values": [list(v) if isinstance(v, tuple) else
+                                               int(v) if whole and isinstance(v, float) and v.is_integer() else v
+                                               for v in p.values]}
             if p.ordered is not None:  # as the file said it; else inferred again on reading
                 spec["ordered"] = p.ordered
         else:
             spec = {"type": p.type, "min": p.low, "max": p.high} | ({"step": p.step} if p.type == "int" and p.step != 1 else {})
         out.setdefault(section, {})[key] = spec
     searched = {p.name for p in space.params}
-    defaults, fixed = TrialConfig().to_dict(), space.fixed.to_dict()
+    defaults, fixed = TrialConfig().to_dict(), as_written(space.fixed.to_dict())  # epochs 2, not 2.0, as written
     for section, body in fixed.items():  # after the searched ones: their order is the space's (the study's fingerprint)
         for key, value in body.items():
             if f"{section}.{key}" not in searched and value != defaults.get(section, {}).get(key):

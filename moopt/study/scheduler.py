@@ -447,7 +447,9 @@ class Study:
     # -- per-trial steps (each journaled) ----------------------------------------------------------
     def params_of(self, x: dict) -> dict[str, Any]:
         """An individual's searched values as the journal's ``params`` (and trials_summary.csv) give them."""
-        return {p.short: _plain(p.decode(x[p.name])) for p in self.cfg.space.params}
+        whole = ("training.num_train_epochs", "lora.alpha")  # 32, not 32.0, as config.yaml and the console write them
+        return {p.short: int(v) if p.name in whole and isinstance(v, float) and v.is_integer() else v
+                for p in self.cfg.space.params for v in [_plain(p.decode(x[p.name]))]}
 
     def shown_params(self, x: dict) -> str:
         """An individual's searched values as the console names a trial's configuration: "lr=..., r=..."."""
