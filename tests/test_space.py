@@ -213,3 +213,20 @@ def test_the_studys_copy_of_the_space_writes_whole_alphas_and_epochs_as_given():
     assert parse_space(y).n_configurations() == sp.n_configurations()
     params = Study.params_of(SimpleNamespace(cfg=SimpleNamespace(space=sp)), sp.encode(sp.fixed) | {"lora.alpha": 1})
     assert params == {"alpha": 32} and type(params["alpha"]) is int
+
+
+def test_a_space_whose_largest_batch_leaves_a_trial_few_steps_on_the_data_is_noted():
+    """The guide's comprehensive space on the bundled 300 examples drew batch 32 x accumulation 4: 3 optimizer steps,
+    a trial worse than the base model, with no word of why."""
+    from types import SimpleNamespace
+
+    from moopt.study.scheduler import Study
+
+    comprehensive = load_space(Path(__file__).resolve().parent.parent / "config" / "hpo_comprehensive_search_space.yaml")
+    study = SimpleNamespace(cfg=SimpleNamespace(space=comprehensive))
+    note = Study.few_steps_note(study, 300)
+    assert note and "largest effective batch (256: batch_size x gradient_accumulation_steps)" in note
+    assert "a trial on the 300 training examples takes 2 optimizer step(s)" in note
+    assert Study.few_steps_note(study, 100_000) is None
+    small = SimpleNamespace(cfg=SimpleNamespace(space=parse_space({"training": {"batch_size": 8, "num_train_epochs": 1}})))
+    assert Study.few_steps_note(small, 300) is None  # 38 steps

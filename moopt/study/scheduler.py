@@ -91,6 +91,9 @@ class StudyConfig:
     options: dict | None = None  # the command's options, journaled: --resume fills in those not given (cli.resume_defaults)
 
 
+FEW_STEPS = 10  # optimizer steps under which a trial is noted at the start to train too little (few_steps_note)
+
+
 class Stopped(Exception):
     """The study was stopped (SIGTERM, Ctrl-C) with trials still to run; what finished is written."""
 
@@ -276,6 +279,29 @@ class Study:
             return int(min(p.values)), int(max(p.values))
         return int(p.low), int(p.decode(p.pymoo_var().bounds[1]))
 
+    def few_steps_note(self, n_train: int) -> str | None:
+        """Where the space's largest effective batch (batch_size x gradient_accumulation_steps) over its fewest epochs
+        leaves a trial fewer than FEW_STEPS optimizer steps on ``n_train`` examples: such a trial barely moves from
+        the base model (the guide's comprehensive space on the bundled 300 examples drew 32 x 4: 3 steps)."""
+        space = self.cfg.space
+
+        def most(name: str, least: bool = False) -> float:
+            p = next((q for q in space.params if q.name == name), None)
+            if p is None:
+                section, key = name.split(".")
+                return float(getattr(getattr(space.fixed, section), key))
+            values = [float(v) for v in p.values] if p.type == "categorical" else [float(p.low), float(p.high)]
+            return min(values) if least else max(values)
+
+        batch = int(most("training.batch_size") * most("training.gradient_accumulation_steps"))
+        epochs = most("training.num_train_epochs", least=True)
+        steps = int(math.ceil(n_train / batch) * epochs) if batch else 0
+        if not n_train or steps >= FEW_STEPS:
+            return None
+        return (f"with the space's largest effective batch ({batch}: batch_size x gradient_accumulation_steps) and "
+                f"{epochs:g} epoch(s), a trial on the {n_train} training examples takes {steps} optimizer step(s): too "
+                "few to move far from the base model; on data this small, smaller batches or more epochs train more")
+
     def check_data(self) -> None:
         """Sequences are cut to max_seq_length on the right, so an example whose prompt fills it keeps no
         completion token: trials leave it out (moopt.train.data.tokenize_file). Said here once, with how many;
@@ -308,6 +334,8 @@ class Study:
             notes.append(f"{shared} of {n_val} examples of {self.cfg.validation_file} also appear in "
                          f"{self.cfg.train_file}: the objectives reward memorising them; a validation set held out from "
                          "training measures what a trial learnt")
+        if note := self.few_steps_note(sizes[0]):
+            notes.append(note)
         for note in notes:
             self.console.print(f"[yellow]Note:[/] {escape(note)}")
         # the report's data facts (moopt.report.html): the files this run read, their sizes and these notes
