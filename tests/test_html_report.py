@@ -201,3 +201,20 @@ def test_a_screen_reader_gets_names_and_the_keyboard_sorts(report, tmp_path):
     assert "<label for='x-axis'>" in text and "<label for='y-axis'>" in text and "<noscript>" in text
     alts = re.findall(r"<img alt='([^']*)'", text)
     assert alts and all(len(a) > 60 for a in alts), alts  # more than the caption it sits under
+
+
+def test_an_empty_plot_has_no_key_of_what_it_does_not_draw(tmp_path):
+    """Every trial INFEASIBLE: the panel said "no trial has these values yet" under a legend of a gold-ringed best
+    and a base model."""
+    trials = synthetic_trials(3)
+    for t in trials:
+        t["state"], t["error"], t["metrics"] = "INFEASIBLE", "not trained: estimate 9 GiB > budget 8 GiB", {"peak_memory_gb": 9.0}
+    out = write_fake_study(tmp_path / "s", trials)
+    (out / "baseline.json").write_text(json.dumps({"state": "COMPLETE", "metrics": {"eval_loss": 7.0, "eval_accuracy": 0.1}}))
+    data = load_study(out)
+    text = write_html_report(out, data, write_analysis(out, data)).read_text()
+    legend = re.search(r"<div class='legend'>(.*?)</div>", text).group(1)
+    assert "gold ring" not in legend and "base model" not in legend and "Pareto front" not in legend
+    other = write_fake_study(tmp_path / "t", synthetic_trials(8))
+    full = write_html_report(other, load_study(other), write_analysis(other, load_study(other))).read_text()
+    assert "best (gold ring)" in re.search(r"<div class='legend'>(.*?)</div>", full).group(1)

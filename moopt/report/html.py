@@ -185,9 +185,10 @@ def _pareto_section(data: StudyData, analysis: Analysis) -> str:
     legend = "".join(f"<span><i class='hollow' style='border-color:{c}'></i>{s} (hollow: values at its last rung)</span>"
                      if s == TrialState.PRUNED else f"<span><i style='background:{c}'></i>{s}</span>"
                      for s, c in STATE_COLOURS.items() if s in present)
-    legend += ("<span><i class='front'></i>Pareto front</span>" if data.objectives.multi else "") + \
-        "<span><i class='ring'></i>best (gold ring)</span>"
-    if base_metrics(data):
+    if present:  # an empty plot (every trial infeasible or failed) gets no key of what it does not draw
+        legend += ("<span><i class='front'></i>Pareto front</span>" if data.objectives.multi else "") + \
+            ("<span><i class='ring'></i>best (gold ring)</span>" if data.best is not None else "")
+    if present and base_metrics(data):
         legend += "<span><i class='base'></i>base model (no fine-tuning)</span>"
     title = "Pareto front" if data.objectives.multi else "Objective by trial"
     return (f"<section><h2>{title}</h2><p class='muted'>Hover a point for its configuration and metrics. "
