@@ -794,3 +794,16 @@ def test_when_the_base_model_alone_is_over_the_budget_the_advice_says_nothing_ca
     assert ("The base model alone, evaluated without any training, peaked at 0.45 GiB (its weights and the runtime), "
             "over the budget of 0.40 GiB: no configuration can fit it; raise --memory_constraint above 0.45 GiB") in text
     assert "search smaller" not in text
+
+
+def test_a_resume_under_a_budget_every_trained_trial_exceeds_does_not_say_nothing_was_trained(tmp_path):
+    from moopt.journal import Journal
+    from moopt.report.results import write_results
+
+    trials = [t for t in synthetic_trials(6) if t["state"] == "COMPLETE"]
+    out = write_fake_study(tmp_path / "s", trials)
+    j = Journal(out)
+    j.append({"type": "settings", "updated": "2026-01-01T01:00:00", "memory_constraint_gb": 0.5})  # under every peak
+    j.close()
+    summary = write_results(out, quiet=True)
+    assert summary["nothing_fits"] and summary["trained_over"] == len(trials)

@@ -706,8 +706,32 @@ def test_gpus_a_cpu_build_of_torch_cannot_use_are_not_planned_for_and_are_said(m
     assert placement._gpu_capacities() == [] and not placement.DevicePlacer(1).on_gpu
     assert "this machine has 1 NVIDIA GPU(s), but this torch (" in placement.idle_gpus_note()
     assert "was built without CUDA: trials run on the CPU" in placement.idle_gpus_note()
+    assert [slot.device for slot in placement.plan_slots(2)] == ["cpu", "cpu"]  # the base model's slot too
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # names are not GPUs: the note counts what NVML sees
+    assert "this machine has 1 NVIDIA GPU(s)" in placement.idle_gpus_note()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.setattr(placement, "torch_has_cuda", lambda: True)
     assert placement._gpu_capacities() == [("0", 140.0)] and placement.idle_gpus_note() is None
+    assert placement.plan_slots(1)[0].device == "cuda:0"
+
+
+def test_an_nvml_error_is_one_line_and_a_cpu_build_of_torch_never_asks_nvml(monkeypatch):
+    from moopt.errors import ConfigError
+    from moopt.study import placement
+
+    class NVMLError_Unknown(Exception):
+        pass
+
+    def broken():
+        raise NVMLError_Unknown("Unknown Error")
+
+    monkeypatch.setattr(nvml, "gpu_inventory", broken)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(placement, "torch_has_cuda", lambda: True)
+    with pytest.raises(ConfigError, match=r"NVML: querying the GPUs failed \(Unknown Error\); check the driver"):
+        placement._gpu_capacities()
+    monkeypatch.setattr(placement, "torch_has_cuda", lambda: False)
+    assert placement._gpu_capacities() == [] and placement.idle_gpus_note() is None
 
 
 def test_a_gpu_named_by_uuid_in_cuda_visible_devices_is_placed_and_measured(monkeypatch):

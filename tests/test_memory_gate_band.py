@@ -549,9 +549,16 @@ def test_the_gate_reason_reads_the_estimate_and_the_budget_apart(tiny_model, tmp
     # the uncalibrated band's over side: the value compared is the estimate less it, and it adds up
     gate = MemoryGate(tiny_model, "cpu", "torch", constraint_gb=est * 0.4, cache_path=tmp_path / "d.json")
     d = gate.decide(t)
-    m = re.match(r"estimate ([\d.]+) GiB - (\d+)% = ([\d.]+) GiB > budget ([\d.]+) GiB", d.reason)
+    m = re.match(r"estimate ([\d.]+) GiB - ([\d.]+)% = ([\d.]+) GiB > budget ([\d.]+) GiB", d.reason)
     assert d.verdict == "infeasible" and not d.probed and m, d.reason
-    assert float(m[1]) * (1 - int(m[2]) / 100) == pytest.approx(float(m[3]), abs=0.01)
+    assert float(m[1]) * (1 - float(m[2]) / 100) == pytest.approx(float(m[3]), abs=0.01)
+    # at the edge the percent takes a decimal, so that the sum a reader checks lands on the side the gate decided
+    # (the README's "1.278 GiB - 18% = 1.051 GiB > budget 1.050", where 1.278 x 0.82 = 1.048 is under it)
+    from moopt.study.gate import compared
+
+    edge = compared("estimate", 1.27765, "-", 0.17778, 1.05)
+    assert edge == "estimate 1.278 GiB - 17.8% = 1.051 GiB > budget 1.050 GiB"
+    assert 1.278 * (1 - 0.178) > 1.050
 
 
 def test_the_gates_shape_leaves_out_examples_the_trial_leaves_out(tiny_model, tmp_path):

@@ -51,6 +51,9 @@ def test_train_repeats_the_chosen_trial_and_says_when_a_run_is_not_that_trial(st
     assert "differs from trial 0 of the study in seed 7 vs 42" in " ".join(r.output.split())
     assert "study val" not in r.output
     assert json.loads((tmp_path / "seed" / "final_metrics.json").read_text())["differs_from_study_trial"] == ["seed 7 vs 42"]
+    # --kernels torch on a CPU is the path the study's auto took: the same trial, its figures shown
+    r = train("--config", best, "--output_dir", tmp_path / "k", "--kernels", "torch")
+    assert r.exit_code == 0 and "differs from trial" not in r.output and "study val" in r.output, r.output
     # an edited configuration
     edited = tmp_path / "edited" / "best_config.yaml"
     edited.parent.mkdir()
@@ -179,3 +182,40 @@ def test_progress_lines_each_tenth_and_when_quiet_with_the_rate_after_warm_up_an
     now[0] += QUIET_S
     rep.heartbeat(2, 50)
     assert lines[-1].startswith("    evaluated 2/50 batches")
+
+
+def test_a_write_that_fails_keeps_the_earlier_model_or_says_it_is_no_longer_whole(study, tmp_path, monkeypatch):
+    """--overwrite with a disk that fills at the end: final_metrics.json failed after the new adapter had replaced the
+    old one, and the message said the earlier model was untouched."""
+    import moopt.cli.final as final
+    import moopt.yamlio as yamlio
+
+    out = tmp_path / "final"
+    assert train("--config", study / "best_config.yaml", "--output_dir", out).exit_code == 0
+    before = {f.name: f.read_bytes() for f in (out / "adapter").iterdir()} | {"m": (out / "final_metrics.json").read_bytes()}
+    real = yamlio.write_json
+
+    def full(path, obj, *a, **k):
+        if str(path).endswith("final_metrics.json"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, obj, *a, **k)
+
+    monkeypatch.setattr(yamlio, "write_json", full)
+    r = train("--config", study / "best_config.yaml", "--output_dir", out, "--overwrite", "--seed", 3)
+    assert r.exit_code == 1 and "No space left on device; nothing of this run was kept; the final model trained " \
+        "before" in " ".join(r.output.split()), r.output
+    assert {f.name: f.read_bytes() for f in (out / "adapter").iterdir()} | {"m": (out / "final_metrics.json").read_bytes()} \
+        == before  # truly untouched: every file is written before any moves in
+    monkeypatch.setattr(yamlio, "write_json", real)
+    moved = final._move_into
+
+    def fails_midway(work, dest):
+        next(work.iterdir()).rename(dest / "x")  # one file in, then the disk or a signal stops it
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(final, "_move_into", fails_midway)
+    r = train("--config", study / "best_config.yaml", "--output_dir", out, "--overwrite", "--seed", 3)
+    monkeypatch.setattr(final, "_move_into", moved)
+    assert r.exit_code == 1 and "which now holds neither model whole: train again with --overwrite" in " ".join(r.output.split())
+    assert not (out / "final_metrics.json").exists() and not (out / ATTEMPT).exists()
+    assert train("--config", study / "best_config.yaml", "--output_dir", out).exit_code == 0  # no --overwrite needed

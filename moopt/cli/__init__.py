@@ -150,7 +150,9 @@ def optimize(**kw) -> None:
         sys.exit(1)
     if (summary or {}).get("nothing_fits"):  # nor one that trained nothing: no best_config.yaml to train from
         budget = f"--memory_constraint {cfg.memory_constraint_gb:g}" if cfg.memory_constraint_gb else "the GPU's memory"
-        click.echo(f"No configuration fits {budget}: nothing was trained", err=True)
+        over = summary.get("trained_over") or 0
+        click.echo(f"No configuration fits {budget}: " + (f"the {over} trial(s) trained under the study's earlier budget "
+                   "peaked over it, and no other was trained" if over else "nothing was trained"), err=True)
         sys.exit(1)
     if (summary or {}).get("none_completed"):  # a mix of failed, ruled-out and pruned trials: no best_config.yaml
         click.echo("No trial completed: there is no best_config.yaml to train from", err=True)
@@ -506,6 +508,9 @@ def train(**kw) -> None:
         pinned = header.get("model_revision") if header.get("base_model") == kw["base_model"] else None
         model_path, commit = resolve_model_revision(kw["base_model"], revision=kw["revision"] or pinned)
         kw["hub_id"], kw["hub_revision"] = (kw["base_model"], commit) if commit else (None, None)  # the adapter names them
+        if kw["revision"] and not commit:
+            notes.append(f"Note: --revision {kw['revision']} is a hub model's branch, tag or commit; {kw['base_model']} is "
+                         "not a hub id, so it is ignored")
         searched = header.get("base_model")
         kw["same_weights"] = False
         if header.get("model_digest") and searched:
@@ -586,18 +591,24 @@ def _train_locked(cfg, kw: dict, model_path: str) -> int:
         raise KeyboardInterrupt
 
     earlier = signal.signal(signal.SIGTERM, terminated)
-    kept = f"; the final model trained before in {out} is untouched" if (out / "final_metrics.json").is_file() else ""
+    had = (out / "final_metrics.json").is_file()
+
+    def left() -> str:  # what the folder holds now
+        shutil.rmtree(out / ATTEMPT, ignore_errors=True)
+        (out / (ATTEMPT + ".final_metrics.json")).unlink(missing_ok=True)
+        if kw.get("_replacing"):  # stopped while its files replaced the earlier ones: neither model is whole
+            return (f"it stopped while replacing the files in {out}, which now holds neither model whole: train "
+                    "again with --overwrite")
+        return "nothing of this run was kept" + (f"; the final model trained before in {out} is untouched" if had else "")
+
     try:
         return 0 if train_final(cfg, kw["config"], model_path, kw) else 1
     except KeyboardInterrupt:
-        shutil.rmtree(out / ATTEMPT, ignore_errors=True)
-        click.echo(f"\nInterrupted: nothing of this run was kept{kept}.", err=True)
+        click.echo(f"\nInterrupted: {left()}.", err=True)
         return 128 + (signals[0] if signals else signal.SIGINT)
     except OSError as e:  # writing the adapter or the metrics (run_trial says a failure while training itself)
-        shutil.rmtree(out / ATTEMPT, ignore_errors=True)
         where = f" {e.filename}" if e.filename else ""
-        click.echo(f"Error: writing the final model failed{where}: {e.strerror or e}; nothing of this run was kept{kept}",
-                   err=True)
+        click.echo(f"Error: writing the final model failed{where}: {e.strerror or e}; {left()}", err=True)
         return 1
     finally:
         signal.signal(signal.SIGTERM, earlier)

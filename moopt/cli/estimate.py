@@ -81,8 +81,9 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
             spread = CPU_RUNTIME_SPREAD_BYTES if device == "cpu" else 0
             table = fit_table(model_config, trial, fit_gib * GIB - spread, margin=margin, **kw)
             plan = fit_plan(model_config, trial, fit_gib * GIB, **kw)
-    except ConfigError as e:  # one line, exit code 2, no traceback
-        click.echo(f"Error: {e}", err=True)
+    except ConfigError as e:  # one line each problem, exit code 2, no traceback (as cli.fail)
+        for line in str(e).splitlines() or [""]:
+            click.echo(f"Error: {line}", err=True)
         sys.exit(2)
     from moopt.config import resolve_dtype
 

@@ -120,9 +120,22 @@ def differences(cfg: TrialConfig, kw: dict[str, Any], record, number: int | None
     fp = h.get("fingerprint") or {}
     if fp.get("seed") is not None and int(fp["seed"]) != int(kw["seed"]):
         out.append(f"seed {kw['seed']} vs {fp['seed']}")
+    import torch
+
+    from moopt.study.outdir import kernel_path
+
+    ran = str((record.starts.get(number) or {}).get("device") or "")
+    theirs_dev = "cuda" if ran.startswith("cuda") else "cpu" if ran else None
+    ours_dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if theirs_dev and theirs_dev != ours_dev:  # other kernels, dtype and numerics
+        out.append(f"device {ours_dev} vs {theirs_dev}")
     kernels = (h.get("options") or {}).get("kernels") or "auto"
-    if kw["kernels"] != kernels:
-        out.append(f"kernels {kw['kernels']} vs {kernels}")
+    # the path each takes (auto is torch on a CPU): --kernels torch here repeats an auto trial on a CPU
+    if kernel_path(kw["kernels"], ours_dev) != kernel_path(kernels, theirs_dev or ours_dev):
+        out.append(f"kernels {kernel_path(kw['kernels'], ours_dev)} vs {kernel_path(kernels, theirs_dev or ours_dev)}")
+    revision = h.get("model_revision")
+    if revision and kw.get("hub_revision") and kw["hub_revision"] != revision:
+        out.append(f"hub commit {kw['hub_revision'][:12]} vs {revision[:12]}")
     if h.get("base_model") and kw["base_model"] != h["base_model"] and not kw.get("same_weights"):
         out.append(f"base model {kw['base_model']} vs {h['base_model']}")
     val = fp.get("validation_file")
@@ -222,21 +235,10 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(str(model_path), local_files_only=True).save_pretrained(work / "adapter")
-    (out / "final_metrics.json").unlink(missing_ok=True)  # the marker of a whole final model: written last
-    _move_into(work, out)
-    shutil.rmtree(out / FAILED, ignore_errors=True)
     m = res.metrics
     rows = [("loss", "eval_loss", "test_loss"), ("accuracy", "eval_accuracy", "test_accuracy"),
             ("perplexity", "eval_perplexity", "test_perplexity")]
     tested = "test_loss" in m  # --test_file given
-    shown = study_val if study_val and not differ else None
-    console.print(f"\n{'metric':<12}{'validation':>12}" + (f"{'test':>12}" if tested else "")
-                  + (f"{'study val':>12}" if shown else ""))
-    for name, v, t in rows:
-        line = f"{name:<12}{m[v]:>12.4f}" + (f"{m[t]:>12.4f}" if tested else "")
-        if shown and v in shown:
-            line += f"{shown[v]:>12.4f}"
-        console.print(line)
     gap = (m["test_loss"] - m["eval_loss"]) / max(abs(m["eval_loss"]), 1e-12) if tested else None
     warning = None
     if gap is not None and gap > GAP_WARN:
@@ -246,17 +248,36 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
             f"the study picked from {searched} trial(s), too few to overfit the validation set: the two sets differ "
             "(on small sets a gap of this size can be chance); a larger validation set measures more surely"
             if study_val else "the validation set may not represent the test set")
+    # every file is written in the attempt's folder first (a full disk fails there, the earlier model whole); then
+    # they move in, final_metrics.json, the marker of a whole final model, last
+    write_json(work / "final_metrics.json", {"validation": {k: m[k] for _, k, _ in rows},
+                                             "test": {k: m[k] for _, _, k in rows} if tested else None,
+                                             "study_validation": study_val, "study_trial": trial_no,
+                                             "differs_from_study_trial": differ,
+                                             "relative_gap": gap, "warning": warning,
+                                             "peak_memory_gb": m.get("peak_memory_gb"), "adapter": str(out / "adapter"),
+                                             # what it trained from: with the config, enough to train it again
+                                             "base_model": kw["base_model"], "seed": kw["seed"], "kernels": kw["kernels"],
+                                             "train_file": os.path.abspath(kw["train_file"]),
+                                             "validation_file": os.path.abspath(kw["validation_file"])})
+    marker = work / "final_metrics.json"
+    marker.rename(work.parent / (ATTEMPT + ".final_metrics.json"))  # out of the folder until the rest is in
+    kw["_replacing"] = True  # from here an interruption leaves a mix: said so (cli._train_locked)
+    (out / "final_metrics.json").unlink(missing_ok=True)
+    _move_into(work, out)
+    (work.parent / (ATTEMPT + ".final_metrics.json")).rename(out / "final_metrics.json")
+    kw["_replacing"] = False
+    shutil.rmtree(out / FAILED, ignore_errors=True)
+    shown = study_val if study_val and not differ else None
+    console.print(f"\n{'metric':<12}{'validation':>12}" + (f"{'test':>12}" if tested else "")
+                  + (f"{'study val':>12}" if shown else ""))
+    for name, v, t in rows:
+        line = f"{name:<12}{m[v]:>12.4f}" + (f"{m[t]:>12.4f}" if tested else "")
+        if shown and v in shown:
+            line += f"{shown[v]:>12.4f}"
+        console.print(line)
+    if warning:
         console.print(f"[yellow]Warning:[/] {escape(warning)}")
-    write_json(out / "final_metrics.json", {"validation": {k: m[k] for _, k, _ in rows},
-                                            "test": {k: m[k] for _, _, k in rows} if tested else None,
-                                            "study_validation": study_val, "study_trial": trial_no,
-                                            "differs_from_study_trial": differ,
-                                            "relative_gap": gap, "warning": warning,
-                                            "peak_memory_gb": m.get("peak_memory_gb"), "adapter": str(out / "adapter"),
-                                            # what it trained from: with the config, enough to train it again
-                                            "base_model": kw["base_model"], "seed": kw["seed"], "kernels": kw["kernels"],
-                                            "train_file": os.path.abspath(kw["train_file"]),
-                                            "validation_file": os.path.abspath(kw["validation_file"])})
     base = kw.get("hub_id") or model_path
     quant = cfg.model.quantization
     console.print(f"\nAdapter (PEFT format, with the tokenizer): {out / 'adapter'}", markup=False, highlight=False)

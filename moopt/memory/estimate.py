@@ -918,6 +918,10 @@ def fit_plan(model_config: Any, trial: TrialConfig, budget_bytes: float, max_gpu
             return "fits"
         if total <= budget_bytes:
             return f"fits only if the estimate is not low: +{u:.0%} error band -> {g(total * (1 + u))} GiB"
+        o = over_prior(device, t.model.quantization, total)
+        if total * (1 - o) <= budget_bytes:  # as the study's gate: measured (probed) before it is ruled out
+            return (f"does not fit unless the estimate is high (-{o:.0%}, the worst over-estimate measured -> "
+                    f"{g(total * (1 - o))} GiB): a study probes it before ruling it out")
         return "does not fit"
 
     est = estimate_peak(model_config, trial, **kw)

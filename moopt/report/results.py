@@ -89,6 +89,10 @@ def _write_results(output_dir: str | Path, quiet: bool = False, console=None, st
                                "all_failed": bool(len(table)) and bool((table.state == TrialState.FAIL).all()),
                                # every configuration was ruled out by the memory budget: nothing trained (exit 1 too)
                                "nothing_fits": nothing_fits(data),
+                               # of those, the ones that trained (under an earlier, larger --memory_constraint of a
+                               # --resume) and peaked over this one: "nothing was trained" would be untrue
+                               "trained_over": int((table.peak_memory_from == "training").sum()) if nothing_fits(data)
+                               and "peak_memory_from" in table else 0,
                                # trials ran, none completed (failed, ruled out, pruned, in a mix): no best_config.yaml
                                # to train from, so exit 1 as well
                                "none_completed": bool(len(table)) and data.best is None}
@@ -128,9 +132,10 @@ def _study_space(output_dir):
         return None
 
 
-def spent_space(output_dir, space) -> int:
+def spent_space(output_dir, space, complete_only: bool = False) -> int:
     """How many configurations ``space`` holds where the study has tried every one of them (trained or ruled out:
-    NSGA-II proposes none again), else 0 (a continuous parameter, or some never tried)."""
+    NSGA-II proposes none again; with ``complete_only``, COMPLETE: what a --warm_start study takes over), else 0 (a
+    continuous parameter, or some never tried)."""
     from moopt.config import TrialConfig
     from moopt.journal import replay
 
@@ -139,7 +144,7 @@ def spent_space(output_dir, space) -> int:
         return 0
     tried = set()
     for e in replay(output_dir).ends.values():
-        if not e.config:
+        if not e.config or (complete_only and str(e.state) != TrialState.COMPLETE):
             continue
         cfg = TrialConfig.from_dict(e.config)
         try:
@@ -237,7 +242,7 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
         few = f" (not yet: {complete} COMPLETE trial{'s' if complete != 1 else ''}, it needs {MIN_TRIALS})"
         files += [("learning_curves.png", "each trial's training and validation loss"),
                   ("param_importance.png", "parameter importance (fANOVA), by objective"
-                   + (few if not any(len(i) for i in (importance or {}).values()) else "")),
+                   + (few if complete < MIN_TRIALS else "")),
                   ("correlations.png", "which way each parameter moves each objective"
                    + (few if complete < MIN_TRIALS else "")),
                   ("interaction.png", "the two most important parameters together")]
@@ -267,7 +272,7 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
             say(f"  {c.name.split('.', 1)[1]:<{width}}  {c.before} -> {c.after}: {c.why}")
         from moopt.search.space import parse_space
 
-        spent = spent_space(output_dir, parse_space(refined.space, source="refined_space.yaml"))
+        spent = spent_space(output_dir, parse_space(refined.space, source="refined_space.yaml"), complete_only=True)
         if spent:  # a warm-started study on it would take each over and train nothing
             say(f"  Every one of its {spent} configurations was trained in this study: a refined study would take each "
                 "over and train none; widen a range or add values to search further")

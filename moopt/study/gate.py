@@ -238,13 +238,18 @@ def compared(what: str, value: float, sign: str, rel: float, budget: float, marg
     1.0021 GiB > budget 1.0000 GiB", where "0.97 GiB + 3% > 1.00" would not add up to the reader."""
     moved = value * (1 + rel) if sign == "+" else value * (1 - rel)
     op = "<=" if moved <= budget else ">"
-    rel_pct = round(rel * 100)
-    if not rel_pct:
+    if not round(rel * 100):
         a, b = gib_pair(value, budget)
         return f"{what} {a} GiB {op} budget {b} GiB"
     a, b = gib_pair(moved, budget)
     decimals = len(a.partition(".")[2])  # as many as gib_pair needed to read the two apart
-    return f"{what} {value:.{decimals}f} GiB {sign} {rel_pct}%{margin} = {a} GiB {op} budget {b} GiB"
+    shown = float(f"{value:.{decimals}f}")
+    for d in (0, 1, 2):  # the percent to as many decimals as it takes for the sum a reader checks to fall the same side
+        pct = round(rel * 100, d)
+        again = shown * (1 + pct / 100) if sign == "+" else shown * (1 - pct / 100)
+        if (round(again, decimals) <= budget) == (moved <= budget):
+            break
+    return f"{what} {value:.{decimals}f} GiB {sign} {pct:.{d}f}%{margin} = {a} GiB {op} budget {b} GiB"
 
 
 class MemoryGate:

@@ -201,7 +201,10 @@ def training_code_changes(theirs: dict | None) -> str:
     if theirs is None:
         return "moopt training code (that study predates its record)"
     mine = training_code()
-    changed = [k for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
+    # what this moopt records: a library an older study recorded and this one no longer tracks (peft) is no change,
+    # nor one that study did not record (tokenizers, tracked since): unknown, not different
+    tracked = {"moopt", "code", *TRAINING_LIBRARIES}
+    changed = [k for k in sorted(set(theirs) | set(mine)) if k in tracked and k in theirs and theirs.get(k) != mine.get(k)]
     return ", ".join([f"{k} version ({theirs.get(k, 'none')} vs {mine.get(k, 'none')})" for k in changed if k != "code"]
                      + ["moopt training code"] * ("code" in changed))
 

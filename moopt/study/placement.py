@@ -209,7 +209,7 @@ class ClusterPlacer(DevicePlacer):
 def plan_slots(parallel: int) -> list[Slot]:
     """N slots without memory estimates: round-robin over visible GPUs, or the CPU cores split N ways."""
     cores = usable_cores()
-    gpus = _visible_gpus()
+    gpus = [i for i, _ in _gpu_capacities()]  # GPUs this torch can use (a CPU build: none, whatever NVML sees)
     if gpus:
         return [Slot(f"cuda:{gpus[i % len(gpus)]}", max(1, cores // parallel)) for i in range(parallel)]
     return [Slot("cpu", max(1, cores // parallel)) for _ in range(parallel)]
@@ -225,12 +225,19 @@ def torch_has_cuda() -> bool:
 
 def idle_gpus_note() -> str | None:
     """A note where NVML sees GPUs this torch cannot use (a CPU build), else None."""
-    ids = _visible_gpus()
-    if not ids or torch_has_cuda():
+    if torch_has_cuda():
+        return None
+    try:
+        from moopt.memory.nvml import gpu_inventory
+
+        n = len({g.index for g in gpu_inventory()})  # the GPUs NVML sees (not CUDA_VISIBLE_DEVICES' names)
+    except Exception:  # noqa: BLE001 (a note only: an NVML error here must not stop a CPU study)
+        return None
+    if not n:
         return None
     import torch
 
-    return (f"this machine has {len(ids)} NVIDIA GPU(s), but this torch ({torch.__version__}) was built without CUDA: "
+    return (f"this machine has {n} NVIDIA GPU(s), but this torch ({torch.__version__}) was built without CUDA: "
             "trials run on the CPU; install a CUDA build of torch (pytorch.org) to train on them")
 
 
@@ -238,12 +245,14 @@ def _gpu_capacities() -> list[tuple[str, float]]:
     """(CUDA id, GiB) of the visible GPUs, through NVML; [] without an NVIDIA driver, or with a torch built without
     CUDA (the trials could not use them). CUDA_VISIBLE_DEVICES may name a GPU by index or by UUID (or a UUID's
     unique prefix, as CUDA accepts): matched on both."""
+    if not torch_has_cuda():  # before NVML: a CPU build trains on the CPU whatever NVML says or fails to say
+        return []
     ids = _visible_gpus()
-    if not ids or not torch_has_cuda():
+    if not ids:
         return []
     from moopt.memory.nvml import gpu_inventory
 
-    gpus = gpu_inventory()  # [] without NVML; an error past that is a bug, not "no GPU"
+    gpus = _nvml_call(gpu_inventory)  # [] without NVML; an error past that is said, not taken for "no GPU"
     named = {i: next((g for g in gpus if g.named_by(i)), None) for i in ids}
     return [(i, g.total_bytes / 2**30) for i, g in named.items() if g is not None]
 
@@ -254,4 +263,18 @@ def _visible_gpus() -> list[str]:
         return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
     from moopt.memory.nvml import gpu_inventory
 
-    return [str(g.index) for g in gpu_inventory()]  # [] without NVML
+    return [str(g.index) for g in _nvml_call(gpu_inventory)]  # [] without NVML
+
+
+def _nvml_call(fn):
+    """``fn()``, an NVML query: an NVML error (a GPU fallen off the bus, a driver mismatch) is one ConfigError line
+    naming it, not a traceback, nor taken for "no GPU" (the study would plan for the CPU on a GPU machine)."""
+    from moopt.errors import ConfigError
+
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 (pynvml.NVMLError and its many subclasses, imported only with NVML)
+        if type(e).__name__.startswith("NVMLError"):
+            raise ConfigError(f"NVML: querying the GPUs failed ({e}); check the driver with nvidia-smi, or hide the GPUs "
+                              "with CUDA_VISIBLE_DEVICES= to run on the CPU") from None
+        raise

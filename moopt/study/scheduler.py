@@ -452,7 +452,7 @@ class Study:
             taken = sum(bool(e.taken_from) for e in sched.finished.values())  # as the study line counts them
             self.console.print(f"[yellow]Study stopped early:[/] {escape(sched.stop_note)} ({len(sched.finished) - taken} of "
                                f"{cfg.num_trials} trials" + (f", +{taken} taken over" if taken else "") + ")")
-            if sched.stop_note.startswith("time budget") and len(sched.finished) < cfg.num_trials:
+            if sched.stop_note.startswith("time budget") and len(sched.finished) - taken < cfg.num_trials:
                 self.console.print(f"  moopt optimize --output_dir {escape(str(self.out))} --resume --time_budget_hours H "
                                    "goes on with a budget of H hours from its start", markup=True, highlight=False)
         self.journal.close()
