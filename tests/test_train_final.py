@@ -106,6 +106,7 @@ def test_a_second_train_into_the_same_folder_is_refused_while_the_first_runs(stu
     finally:
         os.close(fd)
     assert r.exit_code == 2 and "another moopt train is writing into it now" in r.output
+    assert r.output.startswith("Error: --output_dir")  # before the notes of a run that does not happen
     assert list(out.iterdir()) == []
 
 

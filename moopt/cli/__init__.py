@@ -498,6 +498,7 @@ def train(**kw) -> None:
                               "metrics are measured on it, so give held-out records (the study's validation file)")
         out = Path(kw["output_dir"])
         check_writable_dir(out)
+        busy_output_dir(out)  # refused before its notes are said (the run itself holds the lock: _train_locked)
         if (out / JOURNAL).is_file() or (out.absolute().parent.name == "trial_results"
                                          and (out.absolute().parent.parent / JOURNAL).is_file()):
             # its adapter, config.yaml and metrics.json would replace the study's or the trial's own
@@ -563,6 +564,22 @@ def train(**kw) -> None:
             click.echo(f"Note: {shared} of {n_test} examples of {kw['test_file']} also appear in "
                        f"{kw[f]}: the test metrics are not held-out ones for them")
     sys.exit(_train_locked(cfg, kw, model_path))
+
+
+def busy_output_dir(out: Path) -> None:
+    """ConfigError when another ``moopt train`` holds ``out`` (an flock on the folder, taken by _train_locked)."""
+    import fcntl
+
+    if not out.is_dir():
+        return
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(f"--output_dir {out}: another moopt train is writing into it now; wait for it to end or "
+                          "give another folder") from None
+    finally:
+        os.close(fd)  # closing releases it: the run takes it again for good
 
 
 def _train_locked(cfg, kw: dict, model_path: str) -> int:
