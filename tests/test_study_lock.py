@@ -264,3 +264,25 @@ def test_a_resume_with_another_memory_budget_judges_the_finished_trials_by_it(tm
     assert Scheduler.decide_again(sched(0.6), ruled_out)  # raised: proposed again, the gate decides it again
     assert not Scheduler.decide_again(sched(0.3), ruled_out)  # the same budget: the decision stands
     assert not Scheduler.decide_again(sched(0.6), replace(ruled_out, budget_gb=None))  # a journal from before
+
+
+def test_a_resume_under_a_lower_budget_shows_no_best_the_budget_rules_out(tmp_path):
+    """--resume --memory_constraint lower: the study line still named a trial over the new budget best while the
+    results called every trial INFEASIBLE."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from moopt.records import TrialResult
+    from moopt.search.objectives import parse_objectives
+    from moopt.study.scheduler import Study
+
+    study = SimpleNamespace(cfg=SimpleNamespace(objectives=parse_objectives("eval_loss", None), num_trials=3,
+                                                memory_constraint_gb=0.45), out=tmp_path,
+                            console=Console(file=None, force_terminal=False))
+    ends = [TrialResult(number=n, state="COMPLETE", metrics={"eval_loss": 3.8 + n / 10, "peak_memory_gb": peak})
+            for n, peak in ((0, 0.48), (1, 0.40))]
+    view = Study.progress(study, ends, None)
+    assert view.board.best[1] == 1  # trial 0 peaked over the new budget: not the best, whatever its loss
+    study.cfg.memory_constraint_gb = None
+    assert Study.progress(study, ends, None).board.best[1] == 0

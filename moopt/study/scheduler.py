@@ -24,7 +24,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -808,7 +808,10 @@ class Study:
         board = ProgressBoard(total=self.cfg.num_trials, objective=objectives.names[0], deadline=deadline, began=began,
                               minimize=objectives.directions()[0] == "minimize", score=score, shown=objectives.names,
                               rescore=rescore, to_minimize=objectives.to_minimize if objectives.multi else None)
+        budget = self.cfg.memory_constraint_gb
         for end in finished:
+            if budget and end.state == TrialState.COMPLETE and (end.metrics or {}).get("peak_memory_gb", 0) > budget:
+                end = replace(end, state=TrialState.INFEASIBLE)  # over a budget a --resume lowered: as the results judge it
             board.ended(end, earlier=True)
         return ProgressView(self.console, board)
 
