@@ -56,6 +56,24 @@ def normalize_targets(value: Any) -> tuple[str, ...]:
 
 LR_DIVERGES, LR_STILL = 0.1, 1e-7  # learning rates outside which a LoRA trial diverges or barely trains (noted)
 
+
+def lr_note(lrs: list[float], verb: str = "reaches") -> str | None:
+    """The note for learning rates outside [LR_STILL, LR_DIVERGES] (a typo: 1e4 for 1e-4 trains to a uniform guess
+    with exit 0), else None."""
+    if max(lrs) <= LR_DIVERGES and min(lrs) >= LR_STILL:
+        return None
+    return (f"training.learning_rate {verb + ' ' if verb else ''}{max(lrs) if max(lrs) > LR_DIVERGES else min(lrs):g}: LoRA trains at about "
+            "1e-5 to 1e-2; above ~0.1 training diverges (the loss goes to ln(vocabulary size), a uniform guess, or NaN) "
+            "and below 1e-7 it barely moves")
+
+
+WHOLE = ("training.num_train_epochs", "lora.alpha")  # written as integers where whole: 2, not 2.0, as the user did
+
+
+def whole(name: str, v: Any) -> Any:
+    """``v`` as an int where ``name`` is one of WHOLE and ``v`` a whole float; else ``v``."""
+    return int(v) if name in WHOLE and isinstance(v, float) and v.is_integer() else v
+
 @dataclass(frozen=True)
 class TrainingConfig:
     learning_rate: float = 2e-4  # peak LR after warmup
@@ -230,10 +248,10 @@ def as_written(cfg: dict[str, Any]) -> dict[str, Any]:
     import copy
 
     cfg = copy.deepcopy(cfg)
-    for section, name in (("training", "num_train_epochs"), ("lora", "alpha")):
-        v = cfg.get(section, {}).get(name)
-        if isinstance(v, float) and v.is_integer():
-            cfg[section][name] = int(v)
+    for key in WHOLE:
+        section, name = key.split(".")
+        if name in cfg.get(section, {}):
+            cfg[section][name] = whole(key, cfg[section][name])
     return cfg
 
 

@@ -285,13 +285,23 @@ def check_kernels(kernels: str) -> None:
 BIG_DATA_BYTES = 20 * 2**20  # a data file this large gets a line before the start's checks read it
 
 
+def check_records(path: str) -> None:
+    """Read and check a data file's every record (moopt.train.data.read_records); a large one is said first: reading,
+    checking and tokenising a sample take seconds to a minute."""
+    from moopt.train.data import read_records
+
+    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    if size >= BIG_DATA_BYTES:
+        click.echo(f"Checking {path} ({size / 2**20:.0f} MB) ...")
+    read_records(path)
+
+
 def build_study_config(kw: dict):
     """Validate every flag and input file before anything is written."""
     from moopt.config import cpu_dtype_override
     from moopt.search.objectives import parse_objectives
     from moopt.search.space import default_space, load_space
     from moopt.study.scheduler import StudyConfig, check_output_dir
-    from moopt.train.data import read_records
     from moopt.train.models import resolve_model_revision
 
     cpu_dtype_override()  # a wrong MOOPT_CPU_DTYPE fails here, not in every trial
@@ -315,10 +325,7 @@ def build_study_config(kw: dict):
     if space.fixed.model.quantization != "none" or any(p.name == "model.quantization" for p in space.params):
         require_bitsandbytes(space.source)
     for f in ("train_file", "validation_file"):
-        size = os.path.getsize(kw[f]) if os.path.isfile(kw[f]) else 0
-        if size >= BIG_DATA_BYTES:  # reading, checking and tokenising a sample take seconds to a minute: said
-            click.echo(f"Checking {kw[f]} ({size / 2**20:.0f} MB) ...")
-        read_records(kw[f])
+        check_records(kw[f])
     if os.path.samefile(kw["train_file"], kw["validation_file"]):  # every objective would reward memorising it
         raise ConfigError(f"--validation_file {kw['validation_file']}: the same file as --train_file; the objectives "
                           "are measured on it, so give held-out records (e.g. a tenth of the data, split off)")
@@ -456,11 +463,11 @@ def report(output_dir: str) -> None:
 def train(**kw) -> None:
     """Train the final adapter with a chosen configuration (full budget, no pruning) and test it."""
     from moopt.cli.final import differences, study_of
-    from moopt.config import LR_DIVERGES, LR_STILL, cpu_dtype_override, load_trial_config
+    from moopt.config import cpu_dtype_override, load_trial_config, lr_note
     from moopt.journal import JOURNAL, replay
     from moopt.study.gate import data_notes, require_completions
     from moopt.study.outdir import check_writable_dir
-    from moopt.train.data import mixed_formats, read_records, shared_records
+    from moopt.train.data import mixed_formats, shared_records
     from moopt.train.models import recorded_name, resolve_model_revision
 
     try:
@@ -482,17 +489,11 @@ def train(**kw) -> None:
         if not given:
             check_kernels(kw["kernels"])
         kw["base_model"] = recorded_name(kw["base_model"])
-        lr = cfg.training.learning_rate
-        if lr > LR_DIVERGES or lr < LR_STILL:  # a typo (1e4 for 1e-4) trains to a uniform guess with exit 0
-            notes.append(f"Note: training.learning_rate {lr:g}: LoRA trains at about 1e-5 to 1e-2; above ~0.1 training "
-                         "diverges (the loss goes to ln(vocabulary size), a uniform guess, or NaN) and below 1e-7 it "
-                         "barely moves")
+        if note := lr_note([cfg.training.learning_rate], verb=""):
+            notes.append(f"Note: {note}")
         files = ("train_file", "validation_file", *(("test_file",) if kw["test_file"] else ()))
         for f in files:
-            size = os.path.getsize(kw[f]) if os.path.isfile(kw[f]) else 0
-            if size >= BIG_DATA_BYTES:  # as optimize says it: reading and checking take seconds to a minute
-                click.echo(f"Checking {kw[f]} ({size / 2**20:.0f} MB) ...")
-            read_records(kw[f])
+            check_records(kw[f])
         if os.path.samefile(kw["train_file"], kw["validation_file"]):  # as moopt optimize refuses it
             raise ConfigError(f"--validation_file {kw['validation_file']}: the same file as --train_file; the validation "
                               "metrics are measured on it, so give held-out records (the study's validation file)")
@@ -566,39 +567,41 @@ def train(**kw) -> None:
     sys.exit(_train_locked(cfg, kw, model_path))
 
 
-def busy_output_dir(out: Path) -> None:
-    """ConfigError when another ``moopt train`` holds ``out`` (an flock on the folder, taken by _train_locked)."""
+def lock_output_dir(out: Path, shown: str | os.PathLike) -> int:
+    """An flock on the folder ``out`` itself (nothing left behind), its fd held until closed; ConfigError naming
+    ``shown`` when another ``moopt train`` holds it."""
     import fcntl
 
-    if not out.is_dir():
-        return
     fd = os.open(out, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise ConfigError(f"--output_dir {out}: another moopt train is writing into it now; wait for it to end or "
+        os.close(fd)
+        raise ConfigError(f"--output_dir {shown}: another moopt train is writing into it now; wait for it to end or "
                           "give another folder") from None
-    finally:
-        os.close(fd)  # closing releases it: the run takes it again for good
+    return fd
+
+
+def busy_output_dir(out: Path) -> None:
+    """ConfigError when another ``moopt train`` holds ``out`` (taken by _train_locked for the run)."""
+    if out.is_dir():
+        os.close(lock_output_dir(out, out))  # closing releases it: the run takes it again for good
 
 
 def _train_locked(cfg, kw: dict, model_path: str) -> int:
     """train_final with ``--output_dir`` held (a second ``moopt train`` into it is refused, not mixed in), Ctrl-C and
     SIGTERM ending it with nothing of the run kept, and a failed write (a full disk) said in one line. The exit code."""
-    import fcntl
     import shutil
     import signal
 
-    from moopt.cli.final import ATTEMPT, train_final
+    from moopt.cli.final import ASIDE, ATTEMPT, train_final
 
     out = Path(kw["output_dir"]).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out, os.O_RDONLY)  # the folder itself is locked: nothing is left behind
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fail(f"--output_dir {kw['output_dir']}: another moopt train is writing into it now; wait for it to end or give "
-             "another folder")
+        fd = lock_output_dir(out, kw["output_dir"])
+    except ConfigError as e:
+        fail(str(e))
     if (out / "final_metrics.json").is_file() and not kw["overwrite"]:  # one that ended since the check
         fail(f"{kw['output_dir']}: holds a trained model already; pass --overwrite to replace it")
     signals = []
@@ -612,7 +615,7 @@ def _train_locked(cfg, kw: dict, model_path: str) -> int:
 
     def left() -> str:  # what the folder holds now
         shutil.rmtree(out / ATTEMPT, ignore_errors=True)
-        (out / (ATTEMPT + ".final_metrics.json")).unlink(missing_ok=True)
+        (out / ASIDE).unlink(missing_ok=True)
         if kw.get("_replacing"):  # stopped while its files replaced the earlier ones: neither model is whole
             return (f"it stopped while replacing the files in {out}, which now holds neither model whole: train "
                     "again with --overwrite")

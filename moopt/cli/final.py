@@ -166,6 +166,7 @@ def study_validation_metrics(config_path: str | Path) -> dict[str, float] | None
 
 
 ATTEMPT = "attempt.partial"  # where a final run writes until it has trained (then its files move up)
+ASIDE = ATTEMPT + ".final_metrics.json"  # the attempt's final_metrics.json while the other files move in
 FAILED = "failed_attempt"  # a failed run's files, where a final model trained before is kept
 
 
@@ -260,12 +261,11 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
                                              "base_model": kw["base_model"], "seed": kw["seed"], "kernels": kw["kernels"],
                                              "train_file": os.path.abspath(kw["train_file"]),
                                              "validation_file": os.path.abspath(kw["validation_file"])})
-    marker = work / "final_metrics.json"
-    marker.rename(work.parent / (ATTEMPT + ".final_metrics.json"))  # out of the folder until the rest is in
+    (work / "final_metrics.json").rename(out / ASIDE)  # out of the folder until the rest is in
     kw["_replacing"] = True  # from here an interruption leaves a mix: said so (cli._train_locked)
     (out / "final_metrics.json").unlink(missing_ok=True)
     _move_into(work, out)
-    (work.parent / (ATTEMPT + ".final_metrics.json")).rename(out / "final_metrics.json")
+    (out / ASIDE).rename(out / "final_metrics.json")
     kw["_replacing"] = False
     shutil.rmtree(out / FAILED, ignore_errors=True)
     shown = study_val if study_val and not differ else None

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from moopt.config import TrialConfig, as_written
+from moopt.config import TrialConfig, as_written, whole
 from moopt.errors import ConfigError
 from moopt.journal import JOURNAL, replay
 from moopt.model_files import model_digest
@@ -318,9 +318,7 @@ def space_to_yaml(space: SearchSpace) -> dict[str, Any]:
     for p in space.params:
         section, key = p.name.split(".", 1)
         if p.type == "categorical":
-            whole = p.name in ("training.num_train_epochs", "lora.alpha")  # 32, not 32.0, as the file gave them
-            spec = {"type": p.type, "values": [list(v) if isinstance(v, tuple) else
-                                               int(v) if whole and isinstance(v, float) and v.is_integer() else v
+            spec = {"type": p.type, "values": [list(v) if isinstance(v, tuple) else whole(p.name, v)  # 32, not 32.0
                                                for v in p.values]}
             if p.ordered is not None:  # as the file said it; else inferred again on reading
                 spec["ordered"] = p.ordered

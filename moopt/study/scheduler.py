@@ -32,7 +32,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 from rich.markup import escape
 
-from moopt.config import LR_DIVERGES, LR_STILL, TrialConfig
+from moopt.config import TrialConfig, lr_note, whole
 from moopt.journal import JOURNAL, RESUME_SETTINGS, Journal, replay
 from moopt.model_files import model_digest
 from moopt.records import FALLBACK, NOT_TRAINED, TrialResult, TrialSpec, TrialState
@@ -475,9 +475,7 @@ class Study:
     # -- per-trial steps (each journaled) ----------------------------------------------------------
     def params_of(self, x: dict) -> dict[str, Any]:
         """An individual's searched values as the journal's ``params`` (and trials_summary.csv) give them."""
-        whole = ("training.num_train_epochs", "lora.alpha")  # 32, not 32.0, as config.yaml and the console write them
-        return {p.short: int(v) if p.name in whole and isinstance(v, float) and v.is_integer() else v
-                for p in self.cfg.space.params for v in [_plain(p.decode(x[p.name]))]}
+        return {p.short: whole(p.name, _plain(p.decode(x[p.name]))) for p in self.cfg.space.params}  # 32, not 32.0
 
     def shown_params(self, x: dict) -> str:
         """An individual's searched values as the console names a trial's configuration: "lr=..., r=..."."""
@@ -886,11 +884,8 @@ class Scheduler:
         lr = next((p for p in cfg.space.params if p.name == "training.learning_rate"), None)
         lrs = ([float(v) for v in lr.values] if lr.type == "categorical" else [float(lr.low), float(lr.high)]) if lr \
             else [float(cfg.space.fixed.training.learning_rate)]
-        if max(lrs) > LR_DIVERGES or min(lrs) < LR_STILL:  # a typo (1e4 for 1e-4): trials "COMPLETE" on garbage
-            study.console.print(f"Note: training.learning_rate reaches {max(lrs) if max(lrs) > LR_DIVERGES else min(lrs):g}: "
-                                "LoRA trains at about 1e-5 to 1e-2; above ~0.1 training diverges (the loss goes to "
-                                "ln(vocabulary size), a uniform guess, or NaN) and below 1e-7 it barely moves",
-                                markup=False, highlight=False)
+        if note := lr_note(lrs):  # a typo (1e4 for 1e-4): trials "COMPLETE" on garbage
+            study.console.print(f"Note: {note}", markup=False, highlight=False)
         n_space = cfg.space.n_configurations()
         if n_space < cfg.num_trials:
             study.console.print(f"Note: the search space holds {n_space:.0f} configuration{'s' if n_space != 1 else ''}, "
