@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 
 import click
@@ -80,10 +81,10 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
             spread = CPU_RUNTIME_SPREAD_BYTES if device == "cpu" else 0
             table = fit_table(model_config, trial, fit_gib * GIB - spread, margin=margin, **kw)
             plan = fit_plan(model_config, trial, fit_gib * GIB, **kw)
-    except ConfigError as e:  # one line each problem, exit code 2, no traceback
-        from moopt.cli import fail
-
-        fail(str(e))
+    except ConfigError as e:  # one line each problem, exit code 2, no traceback (as moopt.cli.fail, which imports this)
+        for line in str(e).splitlines() or [""]:
+            click.echo(f"Error: {line}", err=True)
+        sys.exit(2)
     from moopt.config import resolve_dtype
 
     why = " (auto: no CUDA device on this machine)" if auto_device and device == "cpu" else \
