@@ -109,7 +109,8 @@ def test_the_clusters_gpu_memory_is_read_on_each_gpu_node():
              resources={"accelerator_type:A100": 1})  # as Ray declares a node of A100s
     try:
         ex = RayExecutor()
-        assert ex.gpu_memory(reader=lambda: [79.6, 79.6]) == [(79.6, "A100"), (79.6, "A100")]
+        # NVML sees two GPUs, Ray was given one (ray start --num-gpus 1): trials can hold one
+        assert ex.gpu_memory(reader=lambda: [79.6, 39.5]) == [(79.6, "A100")]
         assert ex.probe_kind is None  # one kind: a probe runs on any GPU
         if not has_nvidia()[0]:
             assert ex.gpu_memory() == []  # no driver on the node: its GPUs stay unknown
@@ -126,6 +127,24 @@ def test_the_clusters_gpu_memory_is_read_on_each_gpu_node():
         ex.close()
     finally:
         ray.shutdown()
+
+
+def test_a_nodes_gpus_are_those_its_raylet_sees(monkeypatch):
+    """``CUDA_VISIBLE_DEVICES=2,GPU-bb ray start``: the node's Ray GPUs are those two, in that order, not all NVML
+    sees (a task asking for no GPU keeps the raylet's variable)."""
+    from moopt.memory import nvml
+    from moopt.memory.nvml import GpuInfo
+    from moopt.study.ray_executor import _node_gpu_gib
+
+    gib = 2**30
+    gpus = [GpuInfo(i, "H100", (80 + 10 * i) * gib, 0, 0, uuid=f"GPU-{c}{c}{c}") for i, c in enumerate("abcd")]
+    monkeypatch.setattr(nvml, "gpu_inventory", lambda: gpus)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert _node_gpu_gib() == [80, 90, 100, 110]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,GPU-bb")
+    assert _node_gpu_gib() == [100, 90]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert _node_gpu_gib() == []
 
 
 def test_on_mixed_gpus_trials_and_probes_ask_ray_for_the_kind_that_holds_them(monkeypatch):

@@ -88,13 +88,22 @@ def _on_kind(kind: str | None) -> dict:
 
 
 def _node_gpu_gib() -> list[float]:
-    """GiB of each NVIDIA GPU of the node this runs on, through NVML; [] without a driver."""
+    """GiB of each NVIDIA GPU Ray may hand out on the node this runs on, through NVML; [] without a driver. Ray's
+    GPUs are those of the raylet's CUDA_VISIBLE_DEVICES where ``ray start`` ran under one (a task asking for no GPU
+    keeps it), by index or UUID, in its order; else all NVML sees."""
+    import os
+
     try:
         from moopt.memory.nvml import gpu_inventory
 
-        return [g.total_bytes / 2**30 for g in gpu_inventory()]
+        gpus = gpu_inventory()
     except Exception:
         return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        named = [next((g for g in gpus if g.named_by(v.strip())), None) for v in visible.split(",") if v.strip()]
+        gpus = [g for g in named if g is not None]
+    return [g.total_bytes / 2**30 for g in gpus]
 
 
 class RayExecutor(ExecutorBase):
@@ -156,7 +165,9 @@ class RayExecutor(ExecutorBase):
             if ref not in ready:
                 continue
             try:
-                gpus += [(float(g), node_gpu_kind(node["Resources"])) for g in self.ray.get(ref)]
+                # as many as Ray gives trials there (``ray start --num-gpus 2`` on a node of 8 holds 2), from the first
+                gpus += [(float(g), node_gpu_kind(node["Resources"]))
+                         for g in self.ray.get(ref)[:int(node["Resources"]["GPU"])]]
             except Exception:  # the node went away, or its NVML failed: its GPUs stay unknown
                 pass
         self.probe_kind = largest_kind(gpus)
