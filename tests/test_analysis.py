@@ -807,3 +807,19 @@ def test_a_resume_under_a_budget_every_trained_trial_exceeds_does_not_say_nothin
     j.close()
     summary = write_results(out, quiet=True)
     assert summary["nothing_fits"] and summary["trained_over"] == len(trials)
+
+
+def test_the_interaction_plot_puts_numbers_spread_8x_or_more_on_a_log_axis():
+    """Batch sizes 2..128 on a linear axis crowd 2, 4, 8 and 16 into one edge: such categoricals and int ranges are
+    drawn on a log axis (ticked at the space's values); a narrow spread, strings and float ranges stay as they are."""
+    pytest.importorskip("optuna")
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from moopt.report.analysis import _on_plot_axis
+
+    assert _on_plot_axis(CategoricalDistribution([2, 4, 8, 16, 64, 128])) == FloatDistribution(2.0, 128.0, log=True)
+    assert _on_plot_axis(IntDistribution(4, 64, step=4)) == FloatDistribution(4.0, 64.0, log=True)
+    for same in (CategoricalDistribution([1, 2, 3]), CategoricalDistribution([4, 8, 16]), IntDistribution(4, 16),
+                 CategoricalDistribution(["q_proj,v_proj", "all"]), CategoricalDistribution([0, 8, 64]),
+                 FloatDistribution(0.0, 0.1)):
+        assert _on_plot_axis(same) is same

@@ -249,6 +249,23 @@ def _optuna_study(done: pd.DataFrame, y, dists: dict, direction: str):
     return study
 
 
+def _on_plot_axis(dist):
+    """``dist`` as the contour's axis shows it: numbers spread over 8x or more (batch sizes 2..128, ranks 4..64), a
+    categorical or an int range, on a log axis, where a linear one crowds the small values into one edge."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        numbers = [c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        if len(numbers) < len(dist.choices) or len(numbers) < 3:
+            return dist
+        low, high = min(numbers), max(numbers)
+    elif isinstance(dist, IntDistribution) and not dist.log:
+        low, high = dist.low, dist.high
+    else:
+        return dist
+    return FloatDistribution(float(low), float(high), log=True) if low > 0 and high >= 8 * low else dist
+
+
 def plot_interaction(data: StudyData, importance: dict[str, "Importance"], output_dir: str | Path, path: Path) -> bool:
     """How the two most important parameters (fANOVA, on the score or the single objective) act together: Optuna's
     contour of the target over them, each COMPLETE trial a dot (the guide's "relationships between
@@ -262,12 +279,14 @@ def plot_interaction(data: StudyData, importance: dict[str, "Importance"], outpu
         return False
     import warnings
 
+    from matplotlib.ticker import NullLocator
     from optuna.visualization.matplotlib import plot_contour
 
     col = _target_column(data, target)
     done = _complete(data, col)
     pair = list(imp)[:2]
-    dists = {k: d for k, d in _distributions(done, load_space_spec(output_dir)).items() if k in pair}
+    searched = {k: d for k, d in _distributions(done, load_space_spec(output_dir)).items() if k in pair}
+    dists = {k: _on_plot_axis(d) for k, d in searched.items()}
     higher = target == SCORE or KNOWN[target][0] == "maximize"
     study = _optuna_study(done, done[col].astype(float).to_numpy(), dists, "maximize" if higher else "minimize")
     label = f"{'weighted score' if target == SCORE else target} ({'higher' if higher else 'lower'} is better)"
@@ -281,6 +300,13 @@ def plot_interaction(data: StudyData, importance: dict[str, "Importance"], outpu
     name = printed_name(Path(output_dir))  # lora_r, as the console and the other plots name it
     ax.set_xlabel(name(pair[0]))
     ax.set_ylabel(name(pair[1]))
+    for p, axis in zip(pair, (ax.xaxis, ax.yaxis)):
+        if dists.get(p) is not searched.get(p):  # a log axis for numbers the space names: ticked at them, not 10^k
+            d = searched[p]
+            ticks = (sorted(d.choices) if hasattr(d, "choices") else
+                     [2**k for k in range(math.ceil(math.log2(d.low)), math.floor(math.log2(d.high)) + 1)])
+            axis.set_ticks([float(t) for t in ticks], [f"{t:g}" for t in ticks])
+            axis.set_minor_locator(NullLocator())
     chosen = done[done.number == data.best] if data.best is not None else done.iloc[:0]
     if len(chosen) and all(f"params_{p}" in chosen for p in pair):
         try:
