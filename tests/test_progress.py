@@ -86,11 +86,11 @@ def test_phases_and_evaluation_batches_are_shown_until_training_resumes():
 def test_study_line_counts_done_trials_keeps_the_best_and_the_time_left():
     clock = Clock()
     b = ProgressBoard(total=10, objective="eval_accuracy", minimize=False, deadline=clock.t + 3600, clock=clock)
+    clock.t += 302
     b.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_accuracy": 0.5}))
     b.ended(TrialResult(number=1, state="COMPLETE", metrics={"eval_accuracy": 0.7}))
     b.ended(TrialResult(number=2, state="COMPLETE", metrics={"eval_accuracy": 0.6}))
     b.ended(TrialResult(number=3, state="FAIL", metrics={"eval_accuracy": 0.9}))  # a failure is never the best
-    clock.t += 302
     # at 302 s for 4 trials, the 6 left take about 453 s, inside the budget's 54m58s
     assert b.study_line() == ("Study: 4/10 trials done, best eval_accuracy 0.7000 (trial 1), elapsed 5m02s, about 7m33s "
                               "to go, 54m58s left of the time budget")
@@ -171,16 +171,48 @@ def test_study_eta_waits_for_the_slowest_running_trial_once_none_is_left_to_star
     assert "about 1m30s to go" in b.study_line()  # the pace (60 s a trial) says less than trial 0's ETA
     b.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_loss": 0.5}))
     assert "to go" not in b.study_line()
-    # with a trial still to start, the pace counts it, and the study waits at least for the running one
+    # with a trial still to start: it comes after the running one, at the pace
     c = ProgressBoard(total=4, objective="eval_loss", clock=clock)
+    clock.t += 50
     c.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_loss": 1.0}))
-    c.ended(TrialResult(number=1, state="PRUNED"))
-    clock.t += 100
+    clock.t += 50
+    c.ended(TrialResult(number=1, state="PRUNED"))  # 50 s a trial
     c.event(2, prog(1, total=402, step_s=5.0))
     c.event(2, prog(2, total=402, step_s=1.0))  # 400 s of training left
-    assert "about 6m40s to go" in c.study_line()  # pace: 50 s a trial x 2 = 100 s, but trial 2 needs 400 s
+    assert "about 7m30s to go" in c.study_line()  # trial 2's 400 s, then trial 3's 50
     c.event(2, prog(392, total=402, step_s=0.0))  # mean step now 0.5 s: trial 2 is about to end
-    assert "about 1m40s to go" in c.study_line()  # 2 left at 50 s each
+    assert "about 55s to go" in c.study_line()  # trial 2's last 5 s, then trial 3's 50 (it was 2 x 50 s)
+
+
+def test_study_eta_does_not_count_a_running_trials_time_twice():
+    """Seen: at 1/3 trials, with trial 1 at step 37 of 38, "about 9m37s to go" grew to 10m47s in 35 s, then fell
+    to 22s when it ended: the pace counted the running trial's time, and then the trial again as one to go."""
+    clock = Clock()
+    b = ProgressBoard(total=3, objective="eval_loss", clock=clock)
+    b.event(0, {"event": "phase", "phase": "loading model"})
+    clock.t += 10
+    b.event(0, prog(1, total=10, step_s=5.0))
+    for k in range(2, 11):
+        clock.t += 5
+        b.event(0, prog(k, total=10, step_s=5.0))
+    clock.t += 15  # its last evaluation and saving
+    b.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_loss": 1.0}))  # 70 s, 15 after its last step
+    b.event(1, {"event": "phase", "phase": "loading model"})
+    clock.t += 5
+    assert "about 2m15s to go" in b.study_line()  # trial 1: its 65 s left of a mean 70, then trial 2's 70
+    b.event(1, prog(1, total=10, step_s=5.0))
+    for k in range(2, 10):
+        clock.t += 5
+        b.event(1, prog(k, total=10, step_s=5.0))
+    # trial 1 at step 9 of 10: 5 s of training, 15 of evaluation, then trial 2 at the pace (70 s a trial)
+    assert b.study_line().endswith("elapsed 1m55s, about 1m30s to go")
+    clock.t += 5
+    b.event(1, prog(10, total=10, step_s=5.0))
+    clock.t += 10
+    assert b.study_line().endswith("elapsed 2m10s, about 1m15s to go")  # its last 5 s of evaluation, then 70
+    clock.t += 5
+    b.ended(TrialResult(number=1, state="COMPLETE", metrics={"eval_loss": 0.5}))
+    assert b.study_line().endswith("elapsed 2m15s, about 1m08s to go")  # trial 2 at 135 / 2 s a trial
 
 
 def test_plain_lines_come_at_a_modest_rate():
@@ -465,3 +497,20 @@ def test_with_a_weight_of_0_the_live_best_is_the_summarys_trial_on_the_front(tmp
         board.ended(TrialResult(number=n, state=TrialState.COMPLETE, metrics={"eval_loss": loss, "eval_accuracy": 0.5}))
     assert board.best[1] == 2, board.best
     assert board.best[0] == pytest.approx((0.5 - 0.25) / (1 - 0.25))
+
+
+def test_a_rungs_evaluation_is_not_the_next_steps_time():
+    """Seen after a pruning rung: "Trial 0: step 5/38 ..., step 6 running for 10s", of which 7 s were the rung's
+    evaluation: the step after it is timed from the return to training."""
+    clock = Clock()
+    b = ProgressBoard(total=2, objective="eval_loss", clock=clock)
+    for k in range(1, 6):
+        clock.t += 1
+        b.event(0, prog(k, total=20, step_s=1.0))
+    b.event(0, {"event": "phase", "phase": "evaluating", "detail": "rung 0 at step 5, 8 examples"})
+    clock.t += 30
+    b.event(0, {"event": "phase", "phase": "training"})
+    clock.t += 3
+    assert b.trial_line(0).endswith("ETA 14s")  # 15 steps left at 1 s, the one running counted whole
+    clock.t += 20
+    assert b.trial_line(0).endswith("step 6 running for 23s")  # a step that is stuck still says so

@@ -114,6 +114,9 @@ class ProgressBoard:
         self.best_metrics: dict[str, float] = {}
         self.done_here = 0  # trials that ended in this run (a resumed study's earlier ones excluded): the pace
         self.ran_here = 0  # of those, the ones that ran (not ruled out by the memory gate before they started)
+        self.last_end = self.t0  # when the last of them ended: the pace counts up to here, not the running ones' time
+        self.durations: list[float] = []  # seconds from its first event to its end, of each of them on the board
+        self.tails: list[float] = []  # seconds from its last optimizer step to its end (the last evaluation, saving)
         self.trials: dict[int, TrialProgress] = {}
         # a late event of an ended trial (Ray sends them asynchronously) must not bring it back on the board
         self.gone: set[int] = set()
@@ -138,6 +141,8 @@ class ProgressBoard:
             if ev == "phase":
                 t.phase, t.detail, t.phase_since = msg.get("phase", ""), msg.get("detail", ""), now
                 t.eval_done = t.eval_total = 0
+                if t.phase == "training" and t.step:  # back from a rung's evaluation: the next step starts now (it
+                    t.step_at = now  # read "step 6 running for 10s" of 3 s of training after 7 of evaluation)
             elif ev == "progress":
                 t.phase = "training"
                 t.step, t.total, t.loss = int(msg["step"]), int(msg["total"]), msg.get("loss")
@@ -155,14 +160,21 @@ class ProgressBoard:
         """A trial ended (any state): it leaves the board and counts as done; a COMPLETE one may be the best.
         ``earlier``: it ended in an earlier run of a resumed study (not part of this run's pace). A trial taken
         over from --warm_start (``taken_from``) counts beside the total, as --num_trials does not count it."""
+        now = self.clock()
         with self.lock:
-            self.trials.pop(end.number, None)
+            t = self.trials.pop(end.number, None)
             self.gone.add(end.number)
             ran = not (end.error or "").startswith(NOT_TRAINED)
             self.done += 1
             self.taken += bool(end.taken_from)
             self.done_here += not earlier
             self.ran_here += ran and not earlier
+            if not earlier:
+                self.last_end = now
+                if t is not None and ran and end.number >= 0:
+                    self.durations.append(now - t.started)
+                    if t.step and t.step >= t.total and t.step_at:
+                        self.tails.append(now - t.step_at)
             m = end.metrics or {}
             if self.rescore is not None or (self.score is not None and self.to_minimize is not None):
                 # as the summary picks it: the highest score on the Pareto front of the COMPLETE trials, the earliest
@@ -213,22 +225,41 @@ class ProgressBoard:
         return ", ".join(parts)
 
     def eta_s(self, now: float) -> float | None:
-        """Seconds until the last trial ends. Once every trial still to end is training, the longest of their
-        ETAs; before, this run's pace so far (its wall time per ended trial, which counts parallel slots and
-        pruned trials as they came), but never less than a running trial's ETA. None before a trial of this
-        run that ran has ended (the memory gate's INFEASIBLE ones take no time), unless every trial still to end
-        is training."""
+        """Seconds until the last trial ends: the trials still to start at this run's pace, after the running ones.
+
+        The pace is this run's wall time per ended trial (which counts parallel slots and pruned trials as they
+        came), up to the last end; not up to now, which counted a running trial's time in the pace and then that
+        trial again as one still to go (the line said 2 s more for every second a trial ran, then dropped 10 minutes
+        when it ended). While nothing ends it is at least what one more end now would make it.
+        A running trial has its training ETA left, plus the time this run's trials took after their last step
+        (evaluation, saving); one not yet training, this run's mean trial time less its own so far.
+        None while that is unknown for a running trial, or before a trial of this run that ran has ended (the memory
+        gate's INFEASIBLE ones take no time) where trials are left to start."""
         left = self.total - (self.done - self.taken)
         if left <= 0 or now <= self.t0:
             return None
         with self.lock:
-            etas = [t.eta_s(now) for n, t in self.trials.items() if n >= 0]
-        known = [e for e in etas if e is not None]
-        if len(etas) >= left and len(known) == len(etas):
-            return max(known)  # nothing left to start: the slowest running trial ends the study
+            running = [t for n, t in self.trials.items() if n >= 0]
+        tail = sum(self.tails) / len(self.tails) if self.tails else 0.0
+        mean = sum(self.durations) / len(self.durations) if self.durations else None
+        rest: list[float | None] = []
+        for t in running:
+            eta = t.eta_s(now)
+            if t.step and t.step >= t.total and t.step_at:  # past its last step: evaluating, saving
+                rest.append(max(tail - (now - t.step_at), 0.0))
+            elif eta is not None:
+                rest.append(eta + tail)
+            else:  # loading, a rung's evaluation, a first step: not timed by its own pace yet
+                rest.append(max(mean - (now - t.started), 0.0) if mean is not None else None)
+        known = [r for r in rest if r is not None]
+        to_start = max(left - len(running), 0)
+        if not to_start:
+            return max(known) if known and len(known) == len(rest) else None
         if not self.ran_here:  # only trials the memory gate ruled out (0 s each) have ended: no pace yet
             return None
-        return max([(now - self.t0) / self.done_here * left] + known)
+        pace = max(self.last_end - self.t0, 0.0) / self.done_here
+        pace = max(pace, (now - self.t0) / (self.done_here + 1))
+        return to_start * pace + max(known, default=0.0)
 
     def trial_line(self, number: int, timed: bool = True) -> str:
         """Training: step/total, loss, tokens/s, ETA. Otherwise its phase (and for how long, ``timed``)."""
