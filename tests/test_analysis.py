@@ -182,6 +182,20 @@ def test_too_few_complete_trials_fall_back_to_the_values_at_a_pruning_rung(tmp_p
     assert set(csv.basis) == {"rung 0"}
     write_html_report(out, data)
     assert "pruning rung" in (out / "report.html").read_text()
+    # the closing list says what the plot holds: not "not yet" of importance it shows (correlations: not yet)
+    import io
+
+    from rich.console import Console
+
+    from moopt.report.results import write_results
+
+    for n in range(12):  # the configuration best_config.yaml is written from (a study writes each trial's)
+        (out / "trial_results" / f"trial_{n}" / "config.yaml").write_text("training: {learning_rate: 0.001}\n")
+    buf = io.StringIO()
+    write_results(out, console=Console(file=buf, width=300))
+    listed = {line.split()[0]: line for line in buf.getvalue().splitlines() if line.startswith("  ") and ".png" in line}
+    assert "(at pruning rung 0: 2 COMPLETE trials)" in listed["param_importance.png"], listed
+    assert "(not yet: 2 COMPLETE trials, it needs 3)" in listed["correlations.png"], listed
 
     # fewer than 3 at any rung: not computed, and the reason counts both
     few = write_fake_study(tmp_path / "few", [dict(t, rung_metrics=t["rung_metrics"] if i < 2 else None)

@@ -240,9 +240,13 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
         from moopt.report.analysis import MIN_TRIALS
 
         few = f" (not yet: {complete} COMPLETE trial{'s' if complete != 1 else ''}, it needs {MIN_TRIALS})"
+        shown = (importance or {}).get("score" if data.objectives.multi else data.objectives.names[0])
+        if shown and shown.rung is not None:  # too few COMPLETE, computed on the trials' values at a pruning rung
+            imp_note = f" (at pruning rung {shown.rung}: {complete} COMPLETE trial{'s' if complete != 1 else ''})"
+        else:
+            imp_note = few if complete < MIN_TRIALS else ""
         files += [("learning_curves.png", "each trial's training and validation loss"),
-                  ("param_importance.png", "parameter importance (fANOVA), by objective"
-                   + (few if complete < MIN_TRIALS else "")),
+                  ("param_importance.png", "parameter importance (fANOVA), by objective" + imp_note),
                   ("correlations.png", "which way each parameter moves each objective"
                    + (few if complete < MIN_TRIALS else "")),
                   ("interaction.png", "the two most important parameters together")]
