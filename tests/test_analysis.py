@@ -837,3 +837,22 @@ def test_the_interaction_plot_puts_numbers_spread_8x_or_more_on_a_log_axis():
                  CategoricalDistribution(["q_proj,v_proj", "all"]), CategoricalDistribution([0, 8, 64]),
                  FloatDistribution(0.0, 0.1)):
         assert _on_plot_axis(same) is same
+
+
+def test_counts_in_trials_summary_stay_whole_beside_a_running_trial(tmp_path):
+    """A RUNNING (or INTERRUPTED) row has no steps: pandas made the column float, and every trial read "38.0"."""
+    import csv as csvlib
+
+    from moopt.journal import Journal
+    from moopt.report.results import write_results
+
+    out = write_fake_study(tmp_path / "s", synthetic_trials(3))
+    for n in range(3):
+        (out / "trial_results" / f"trial_{n}" / "config.yaml").write_text("training: {learning_rate: 0.001}\n")
+    j = Journal(out)
+    j.append({"type": "trial_start", "number": 3, "datetime_start": "2026-01-01T00:09:00", "params": {"r": 8}})
+    j.close()
+    write_results(out, quiet=True)
+    rows = {r["number"]: r for r in csvlib.DictReader((out / "trials_summary.csv").open())}
+    assert rows["3"]["state"] == "RUNNING" and rows["3"]["steps"] == ""
+    assert rows["0"]["steps"] == "10" and rows["0"]["total_steps"] == "10", rows["0"]

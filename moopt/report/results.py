@@ -75,6 +75,8 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None, sto
 
 
 def _write_results(output_dir: str | Path, quiet: bool = False, console=None, stopped: bool = False) -> dict[str, Any]:
+    import pandas as pd
+
     from moopt.yamlio import atomic_write_text, write_yaml
 
     out = Path(output_dir)
@@ -82,6 +84,11 @@ def _write_results(output_dir: str | Path, quiet: bool = False, console=None, st
     table = data.table
     csv = table.copy()
     csv["duration"] = csv["duration"].astype(str)
+    # counts as 38, not 38.0 beside a RUNNING or INTERRUPTED row's empty cell (a column with a missing value is float
+    # in pandas); in the file only: pandas' NA compares to nothing, which the code reading the table would meet
+    for col in ("steps", "total_steps", "train_tokens", "eval_tokens"):
+        if col in csv:
+            csv[col] = pd.to_numeric(csv[col]).round().astype("Int64")
     atomic_write_text(out / "trials_summary.csv", csv.to_csv(index=False))
     summary: dict[str, Any] = {"n_trials": int(len(table)), "best_trial": data.best, "best_score": data.best_score,
                                "pareto": data.pareto,
