@@ -94,6 +94,10 @@ def replay(output_dir: str | Path) -> StudyRecord:
                 rec.header = ev
             elif kind == "settings":  # a --resume with other weights, budget, trial count or options: they apply now
                 rec.header = {**rec.header, **{k: v for k, v in ev.items() if k in RESUME_SETTINGS}}
+            elif kind == "moved":  # a --resume from a moved copy of the data files or model folder (the same content):
+                moved = {k: v for k, v in ev.items() if k in ("train_file", "validation_file", "base_model")}
+                rec.header = {**rec.header, "fingerprint": {**(rec.header.get("fingerprint") or {}), **moved},  # their
+                              **({"base_model": moved["base_model"]} if "base_model" in moved else {})}  # paths now
             elif kind == "data":  # the data files a run read, and what its start said of them (the latest run's)
                 rec.header = {**rec.header, "data": {k: v for k, v in ev.items() if k != "type"}}
             elif kind == "trial_start":

@@ -325,10 +325,13 @@ def test_a_study_whose_model_folder_moved_resumes_and_warm_starts_on_the_same_we
     space.write_text("training:\n  learning_rate: {type: log_uniform, min: 1e-3, max: 3e-2}\n  num_train_epochs: 1\n"
                      "data:\n  max_seq_length: 32\n")
     shutil.copytree(tiny_model, tmp_path / "proj" / "tiny")
+    for f in ("train", "val"):
+        shutil.copy(tiny_data[f], tmp_path / "proj" / f"{f}.jsonl")
 
     def run(model, out, *extra):
-        return CliRunner().invoke(main, ["optimize", "--base_model", str(model), "--train_file", str(tiny_data["train"]),
-                                         "--validation_file", str(tiny_data["val"]), "--search_space", str(space),
+        proj = model.parent
+        return CliRunner().invoke(main, ["optimize", "--base_model", str(model), "--train_file", str(proj / "train.jsonl"),
+                                         "--validation_file", str(proj / "val.jsonl"), "--search_space", str(space),
                                          "--no-baseline", "--output_dir", str(out), *extra])
 
     r = run(tmp_path / "proj" / "tiny", tmp_path / "s", "--num_trials", "1")
@@ -336,6 +339,17 @@ def test_a_study_whose_model_folder_moved_resumes_and_warm_starts_on_the_same_we
     (tmp_path / "proj").rename(tmp_path / "proj2")
     r = run(tmp_path / "proj2" / "tiny", tmp_path / "s", "--num_trials", "2", "--resume")
     assert r.exit_code == 0, r.output
+    assert f"--base_model {tmp_path / 'proj2' / 'tiny'} (was {tmp_path / 'proj' / 'tiny'})" in r.output
+    # from then on the study names the moved copies: best_config.yaml's line, and what moopt train takes (it said
+    # "the study's .../proj/train.jsonl is not there any more")
+    from moopt.cli import study_defaults
+    from moopt.journal import replay
+
+    header = (tmp_path / "s" / "best_config.yaml").read_text().splitlines()[2]
+    assert "/proj/" not in header and f"--train_file {tmp_path / 'proj2' / 'train.jsonl'}" in header, header
+    kw = {"base_model": None, "train_file": None, "validation_file": None, "seed": None, "kernels": None}
+    study_defaults(kw, replay(tmp_path / "s").header)
+    assert kw["base_model"] == str(tmp_path / "proj2" / "tiny") and kw["validation_file"] == str(tmp_path / "proj2" / "val.jsonl")
     r = run(tmp_path / "proj2" / "tiny", tmp_path / "w", "--num_trials", "1", "--warm_start", str(tmp_path / "s"))
     assert r.exit_code == 0 and "not the same base model" not in r.output, r.output
     # other weights in the moved folder are not the same model

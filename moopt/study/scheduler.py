@@ -411,7 +411,7 @@ class Study:
                 shown += [f"--{k} {_shown(was.get(k))} -> {_shown(v)}" for k, v in (changed.get("options") or {}).items()
                           if k not in quiet and k in was and was.get(k) != v]
                 if shown:
-                    self.console.print(f"Resumed with {'; '.join(shown)} (the study had the first): the results "
+                    self.console.print(f"Resumed with {'; '.join(shown)} (was -> now): the results "
                                        "use this run's from now on", markup=False, highlight=False)
                 from moopt.study.adapters import KEEP_CHOICES
 
@@ -421,6 +421,14 @@ class Study:
                                        f"--keep_adapters {keep_was} for the finished trials it does not keep "
                                        "(their configurations stay: moopt train --config trains any again)",
                                        markup=False, highlight=False)
+        if record is not None and record.header:  # a moved copy of the data or the model (check_output_dir compared
+            was, now = record.header.get("fingerprint") or {}, study_fingerprint(cfg)  # their content): from now on the
+            moved = {k: now[k] for k in ("train_file", "validation_file", "base_model")  # study's, where best_config.yaml,
+                     if was.get(k) is not None and was.get(k) != now[k]}  # the report and moopt train look for them
+            if moved:
+                self.journal.append({"type": "moved", "updated": _now(), **moved})
+                self.console.print("Resumed from " + "; ".join(f"--{k} {v} (was {was[k]})" for k, v in moved.items())
+                                   + ", the same content: the study names it from now on", markup=False, highlight=False)
         for r in record.rungs if record else []:  # what finished trials showed at each rung
             if r["number"] in record.finished:
                 self.pruner.record(r["rung"], r["number"], cfg.objectives.to_minimize(r["metrics"]), r.get("step"))
