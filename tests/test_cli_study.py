@@ -269,6 +269,13 @@ def test_resume_does_not_rerun_finished_trials(tiny_model, tiny_data, space, tmp
             "finished trials it does not keep") in said
     assert len(list(out.glob("trial_results/trial_*/adapter"))) == 1
     assert replay(out).header["num_trials"] == 5 and replay(out).header["options"]["num_trials"] == 5
+    # a damaged engine.pkl (a full disk, a copy cut short) is as good as none: the journal keeps the trials (it was a
+    # 30-line UnpicklingError traceback, after the resume's settings line had been journaled)
+    (out / "engine.pkl").write_bytes((out / "engine.pkl").read_bytes()[:100])
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume", "--num_trials", "6"])
+    assert r.exit_code == 0, r.output
+    assert f"Note: {out / 'engine.pkl'} cannot be read (UnpicklingError: " in " ".join(r.output.split())
+    assert "Traceback" not in r.output and sorted(replay(out).finished) == [0, 1, 2, 3, 4, 5]
     r = CliRunner().invoke(main, ["optimize", "--output_dir", str(tmp_path / "new"), "--validation_file", str(tiny_data["val"])])
     assert r.exit_code == 2 and "Missing option '--train_file'" in r.output and not (tmp_path / "new").exists()
     r = CliRunner().invoke(main, ["optimize", "--output_dir", str(tmp_path / "hp0"), "--resume"])  # a typo

@@ -1182,9 +1182,16 @@ class Scheduler:
         if cfg.warm_start:
             known, differ = reusable_trials(cfg, study.eval_length, study.data_digest(),
                                             "cuda" if self.placer.on_gpu else "cpu")
+        restored = False
         if cfg.resume and self.path.is_file():
-            self.ck = Checkpoint.load(self.path)
-        else:
+            try:
+                self.ck, restored = Checkpoint.load(self.path), True
+            except Exception as e:  # noqa: BLE001 (pickle raises many kinds: truncated, a class renamed by an upgrade)
+                study.console.print(f"Note: {self.path} cannot be read ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+                                    "); the search goes on with a new engine, as without the file: the trials finished "
+                                    "are kept (the journal holds them), and one it proposes again is not trained again",
+                                    markup=False, highlight=False)
+        if not restored:
             # the seeds this study takes over (moved into its space, the same configuration): free, on top of the design
             free = [i for i, s in enumerate(seeds) if study.config_key(cfg.space.decode(cfg.space.encode(s))) in known]
             self.ck = Checkpoint(Engine(cfg.space, len(cfg.objectives.names), cfg.num_trials, cfg.seed, cfg.parallel_trials,
@@ -1199,7 +1206,7 @@ class Scheduler:
                     self.queue.append((idx, -1 if num is None else num))
         self.evaluated = {study.config_key(TrialConfig.from_dict(e.config)): e for e in self.finished.values()
                           if e.config is not None and not self.decide_again(e)}
-        if cfg.resume and record is not None and self.path.is_file():  # the budget may differ from what they were told with
+        if restored and record is not None:  # the budget may differ from what they were told with
             told = []
             for e in self.evaluated.values():
                 try:
