@@ -286,3 +286,44 @@ def test_a_resume_under_a_lower_budget_shows_no_best_the_budget_rules_out(tmp_pa
     assert view.board.best[1] == 1  # trial 0 peaked over the new budget: not the best, whatever its loss
     study.cfg.memory_constraint_gb = None
     assert Study.progress(study, ends, None).board.best[1] == 0
+
+
+def test_an_overwrite_keeps_the_earlier_study_until_its_first_trial_starts(tiny_model, tiny_data, space, tmp_path,
+                                                                          monkeypatch):
+    """Ctrl-C during --overwrite's base-model evaluation deleted an 8-trial study ("nothing was kept"), and a failed
+    start did too: the earlier study is set aside, put back where no trial of the new one started, and removed once one
+    has."""
+    import moopt.study.scheduler
+    from moopt.study.outdir import REPLACED
+
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(main, args(tiny_model, tiny_data, out, space, 2))
+    assert r.exit_code == 0, r.output
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != LOCK_FILE}
+
+    def interrupted(self, *a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(moopt.study.scheduler.Study, "run_baseline", interrupted)
+        r = CliRunner().invoke(main, [a for a in args(tiny_model, tiny_data, out, space, 3, "--overwrite")
+                                      if a != "--no-baseline"])  # with a base-model evaluation
+    assert r.exit_code == 130, r.output
+    assert f"Interrupted before this run's first trial: the earlier study in {out} is kept as it was" in r.output
+    assert "Run again with: " in r.output and "Continue with" not in r.output  # (the command line: sys.argv)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != LOCK_FILE}
+    assert after == before and not (out / REPLACED).exists()
+
+    def broken(*a, **k):
+        raise ConfigError("the engine cannot start")
+
+    with monkeypatch.context() as m:
+        m.setattr(moopt.study.scheduler, "Engine", broken)
+        r = CliRunner().invoke(main, args(tiny_model, tiny_data, out, space, 3, "--overwrite"))
+    assert r.exit_code == 2 and "is kept as it was" in r.output, r.output
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != LOCK_FILE} == before
+
+    r = CliRunner().invoke(main, args(tiny_model, tiny_data, out, space, 1, "--overwrite", "--seed", "7"))
+    assert r.exit_code == 0, r.output
+    assert sorted(replay(out).finished) == [0] and not (out / REPLACED).exists()
+    assert not (out / "trial_results" / "trial_1").exists()  # the earlier study's second trial went with it

@@ -132,17 +132,26 @@ def optimize(**kw) -> None:
         click.echo(f"Note: {kw['output_dir']} holds no study yet: --resume starts one")  # (once the folder may hold one)
     from moopt.study.scheduler import Stopped, Study
 
+    study = None
     try:
         try:
-            summary = Study(cfg).run()
+            study = Study(cfg)
+            summary = study.run()
         finally:
             forget_records()  # (a study that stopped before its data check let go of them)
     except ConfigError as e:
-        fail(str(e))
+        fail(str(e) + (f" (the study --overwrite would replace in {cfg.output_dir} is kept as it was)"
+                       if getattr(study, "restored_earlier", False) else ""))
     except (KeyboardInterrupt, Stopped) as e:
         sigterm = isinstance(e, Stopped) and "SIGTERM" in str(e)
-        click.echo(f"\n{'Stopped by SIGTERM' if sigterm else 'Interrupted'}: {kept_text(cfg)}", err=True)
-        click.echo(f"Continue with: {resume_command()}", err=True)
+        stop = "Stopped by SIGTERM" if sigterm else "Interrupted"
+        if getattr(study, "restored_earlier", False):  # nothing of this run to resume: its command again
+            click.echo(f"\n{stop} before this run's first trial: the earlier study in {cfg.output_dir} is kept as it was "
+                       "(--overwrite replaces it once a trial starts)", err=True)
+            click.echo(f"Run again with: {program()} {' '.join(map(shlex.quote, sys.argv[1:]))}", err=True)
+        else:
+            click.echo(f"\n{stop}: {kept_text(cfg)}", err=True)
+            click.echo(f"Continue with: {resume_command()}", err=True)
         sys.exit(143 if sigterm else 130)
     if (summary or {}).get("all_failed"):  # a script running the study learns it trained nothing
         click.echo(f"Every trial failed: their errors are in {Path(cfg.output_dir) / 'trials_summary.csv'} and "

@@ -131,7 +131,44 @@ def prepare_output_dir(cfg: Any) -> None:
     check_output_dir(cfg)
     out = Path(cfg.output_dir)
     if cfg.overwrite and (out / JOURNAL).is_file():
-        discard_study(out, remove_dir=False)
+        set_aside_study(out)
+
+
+REPLACED = ".moopt_replaced"  # --overwrite's earlier study, until the new one starts a trial
+
+
+def set_aside_study(out: Path) -> None:
+    """--overwrite: the earlier study's files moved into ``out/REPLACED`` (renames, so instant), not removed yet: a
+    new study stopped or failed before its first trial puts them back (:func:`restore_study`), its first trial
+    removes them (:func:`drop_replaced`). Ctrl-C during the base model's evaluation deleted an 8-trial study."""
+    aside = out / REPLACED
+    if aside.is_dir():  # an --overwrite killed (kill -9) before it dropped them: what is here is that attempt's
+        if replay(out).starts:  # it started trials: it is the study to replace now, the one aside is older
+            shutil.rmtree(aside)
+        else:  # it started none: the one aside is still the study to keep until this one starts a trial
+            discard_study(out, remove_dir=False)
+            return
+    aside.mkdir()
+    for name in (*OUR_FILES, *RESULT_FILES, "trial_results"):
+        if os.path.lexists(out / name):
+            os.replace(out / name, aside / name)
+
+
+def restore_study(out: Path) -> bool:
+    """Put back the study --overwrite set aside (this run's files removed first); whether there was one."""
+    aside = out / REPLACED
+    if not aside.is_dir():
+        return False
+    discard_study(out, remove_dir=False)
+    for p in aside.iterdir():
+        os.replace(p, out / p.name)
+    aside.rmdir()
+    return True
+
+
+def drop_replaced(out: Path) -> None:
+    """The new study started a trial: the one --overwrite replaces goes."""
+    shutil.rmtree(out / REPLACED, ignore_errors=True)
 
 
 def discard_study(out: Path, remove_dir: bool) -> None:

@@ -49,8 +49,10 @@ from moopt.study.outdir import (  # noqa: F401  (re-exported: the CLI and tests 
     config_key,
     data_digest,
     discard_study,
+    drop_replaced,
     kernel_path,
     prepare_output_dir,
+    restore_study,
     reusable_trials,
     space_to_yaml,
     study_fingerprint,
@@ -354,12 +356,14 @@ class Study:
         lock = StudyLock(self.out)
         lock.acquire()
         self.any_trial_started = False
+        self.restored_earlier = False  # an --overwrite stopped before its first trial: the earlier study is back
         previous = _on_sigterm_raise()
         try:
             return self._run()
         except BaseException:
             if fresh and not self.any_trial_started:
                 discard_study(self.out, remove_dir=not existed)
+                self.restored_earlier = restore_study(self.out)
             raise
         finally:
             if previous is not None:
@@ -506,7 +510,9 @@ class Study:
                          validation_file=os.path.abspath(cfg.validation_file), output_dir=str(d), seed=cfg.seed,
                          kernels=cfg.kernels, rung_fractions=rung_fractions(cfg.pruning_factor), deadline=deadline,
                          eval_max_seq_length=self.eval_length, **self.hub_source())
-        self.any_trial_started = True
+        if not self.any_trial_started:
+            self.any_trial_started = True
+            drop_replaced(self.out)  # --overwrite's earlier study: this one has begun
         executor.submit(spec, slot)
 
     def end_trial(self, res: TrialResult, trial: Running) -> TrialResult:
