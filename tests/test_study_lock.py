@@ -173,6 +173,14 @@ def test_an_interrupt_says_what_the_journal_kept_whichever_step_it_stopped(tmp_p
     (tmp_path / "report.html").write_text("<html>")
     said = kept_text(cfg)
     assert "running, will rerun: 4" in said and f"an earlier run's: `moopt report {tmp_path}` brings them up" in said
+    # resumed with --num_trials at the trials finished: the one still running is not rerun, the end's files to write
+    j = Journal(tmp_path)
+    j.append({"type": "settings", "num_trials": 3})
+    j.close()
+    said = kept_text(cfg)
+    assert said.startswith("3 of 3 trials finished and kept (and 1 taken over from --warm_start); not rerun, "
+                           "--num_trials is reached (INTERRUPTED in the results): 4") and "will rerun" not in said
+    assert f"`moopt report {tmp_path}` writes the result files" in said
     fresh = tmp_path / "fresh"
     j = Journal(fresh)
     j.append({"type": "study", "num_trials": 4})
@@ -327,3 +335,34 @@ def test_an_overwrite_keeps_the_earlier_study_until_its_first_trial_starts(tiny_
     assert r.exit_code == 0, r.output
     assert sorted(replay(out).finished) == [0] and not (out / REPLACED).exists()
     assert not (out / "trial_results" / "trial_1").exists()  # the earlier study's second trial went with it
+
+
+def test_sighup_stops_the_study_as_sigterm_does_unless_ignored(tiny_model, tiny_data, space, tmp_path, monkeypatch):
+    """A closed terminal or ssh session (SIGHUP) killed the study with no word and result files a trial behind: it
+    is a stop like SIGTERM's (exit 129). Under nohup (SIGHUP ignored) it stays ignored."""
+    import moopt.study.scheduler
+    from moopt.study.scheduler import Stopped, _on_sigterm_raise
+
+    was = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        previous = _on_sigterm_raise()
+        with pytest.raises(Stopped, match="stopped by SIGHUP"):
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(1)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup
+        previous = _on_sigterm_raise()
+        assert signal.SIGHUP not in previous and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    finally:
+        signal.signal(signal.SIGHUP, was)
+
+    def hung_up(self):
+        raise Stopped("stopped by SIGHUP")
+
+    monkeypatch.setattr(moopt.study.scheduler.Study, "run", hung_up)
+    r = CliRunner().invoke(main, args(tiny_model, tiny_data, tmp_path / "hpo", space, 2))
+    assert r.exit_code == 129 and "Stopped by SIGHUP: " in r.output and "Continue with: " in r.output, r.output

@@ -143,8 +143,8 @@ def optimize(**kw) -> None:
         fail(str(e) + (f" (the study --overwrite would replace in {cfg.output_dir} is kept as it was)"
                        if getattr(study, "restored_earlier", False) else ""))
     except (KeyboardInterrupt, Stopped) as e:
-        sigterm = isinstance(e, Stopped) and "SIGTERM" in str(e)
-        stop = "Stopped by SIGTERM" if sigterm else "Interrupted"
+        by = next((n for n in ("SIGTERM", "SIGHUP") if isinstance(e, Stopped) and n in str(e)), None)
+        stop = f"Stopped by {by}" if by else "Interrupted"
         if getattr(study, "restored_earlier", False):  # nothing of this run to resume: its command again
             click.echo(f"\n{stop} before this run's first trial: the earlier study in {cfg.output_dir} is kept as it was "
                        "(--overwrite replaces it once a trial starts)", err=True)
@@ -152,7 +152,7 @@ def optimize(**kw) -> None:
         else:
             click.echo(f"\n{stop}: {kept_text(cfg)}", err=True)
             click.echo(f"Continue with: {resume_command()}", err=True)
-        sys.exit(143 if sigterm else 130)
+        sys.exit({"SIGTERM": 143, "SIGHUP": 129}.get(by, 130))
     if (summary or {}).get("all_failed"):  # a script running the study learns it trained nothing
         click.echo(f"Every trial failed: their errors are in {Path(cfg.output_dir) / 'trials_summary.csv'} and "
                    "trial_results/trial_N/log.txt", err=True)
@@ -183,10 +183,13 @@ def kept_text(cfg) -> str:
         return "no trial had finished" + (f"; {rerun}." if rerun else "; nothing was kept.")
     total = int(rec.header.get("num_trials") or cfg.num_trials)
     taken = sum(bool(e.taken_from) for e in rec.finished.values())
+    full = len(rec.finished) - taken >= total  # a --resume with a lower --num_trials: what still runs is not rerun
     text = f"{len(rec.finished) - taken} of {total} trials finished and kept"
     text += f" (and {taken} taken over from --warm_start)" if taken else ""
-    text += f"; {rerun}" if rerun else ""
-    if len(rec.finished) >= total and not rec.running:  # stopped while the end's result files were being written
+    if rerun:
+        text += (f"; not rerun, --num_trials is reached (INTERRUPTED in the results): {', '.join(map(str, rec.running))}"
+                 if full else f"; {rerun}")
+    if full or (len(rec.finished) >= total and not rec.running):  # stopped while the end's result files were written
         text += f"; every trial had finished: `moopt report {shlex.quote(str(cfg.output_dir))}` writes the result files"
     elif (Path(cfg.output_dir) / "report.html").is_file():  # written at an earlier run's end; the trials since are not in it
         text += f"; report.html and the analysis are an earlier run's: `moopt report {shlex.quote(str(cfg.output_dir))}` brings them up to date"

@@ -104,16 +104,21 @@ class Stopped(Exception):
         self.finished, self.total, self.running = finished, total, running or []
 
 
-def _on_sigterm_raise():
-    """SIGTERM raises Stopped in the main thread (so the study can end its trials and write what
-    finished); returns the handler it replaced, or None off the main thread."""
+def _on_sigterm_raise() -> dict:
+    """SIGTERM raises Stopped in the main thread (so the study can end its trials and write what finished), and so
+    does SIGHUP (the terminal or ssh session closed; it killed the study with no word and results a trial behind)
+    unless it is ignored (nohup); returns the handlers it replaced, to put back ({} off the main thread)."""
     def handler(signum, frame):
-        raise Stopped("stopped by SIGTERM")
+        raise Stopped(f"stopped by {signal.Signals(signum).name}")
 
+    previous = {}
     try:
-        return signal.signal(signal.SIGTERM, handler)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, handler)
+        if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, handler)
     except ValueError:  # not the main thread
-        return None
+        pass
+    return previous
 
 
 class DurationSample(NamedTuple):
@@ -366,8 +371,8 @@ class Study:
                 self.restored_earlier = restore_study(self.out)
             raise
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, was in previous.items():
+                signal.signal(signum, was)
             lock.release()
 
     def _run(self) -> dict[str, Any]:
