@@ -218,3 +218,13 @@ def test_an_empty_plot_has_no_key_of_what_it_does_not_draw(tmp_path):
     other = write_fake_study(tmp_path / "t", synthetic_trials(8))
     full = write_html_report(other, load_study(other), write_analysis(other, load_study(other))).read_text()
     assert "best (gold ring)" in re.search(r"<div class='legend'>(.*?)</div>", full).group(1)
+
+
+def test_without_javascript_the_report_names_a_plot_the_study_wrote(tmp_path):
+    """A single-objective study writes no pareto_front.png, which the no-JavaScript line pointed to."""
+    multi = write_fake_study(tmp_path / "m", synthetic_trials(4))
+    one = write_fake_study(tmp_path / "o", synthetic_trials(4), objectives=("eval_loss",), weights=(1.0,))
+    for out, plot in ((multi, "pareto_front.png"), (one, "optimization_plot.png")):
+        text = write_html_report(out, load_study(out), write_analysis(out, load_study(out))).read_text()
+        assert f"This plot needs JavaScript: {plot} next to this report" in re.search(r"<noscript>(.*?)</noscript>",
+                                                                                         text).group(1)

@@ -195,8 +195,10 @@ def _pareto_section(data: StudyData, analysis: Analysis) -> str:
             f"Pruned trials show their values at the rung where they stopped.</p>"
             f"<div class='axes'><label for='x-axis'>x</label> <select id='x-axis'></select> "
             f"<label for='y-axis'>y</label> <select id='y-axis'></select></div>"
-            f"<div id='pareto'></div><noscript><p class='warn'>This plot needs JavaScript: pareto_front.png next to this "
-            f"report shows the front, and the trials table below has every trial's values.</p></noscript>"
+            f"<div id='pareto'></div><noscript><p class='warn'>This plot needs JavaScript: "
+            + ("pareto_front.png next to this report shows the front" if data.objectives.multi else
+               "optimization_plot.png next to this report shows each trial's value")
+            + ", and the trials table below has every trial's values.</p></noscript>"
             f"<div class='legend'>{legend}</div>"
             + (f"<details><summary>{len(left)} trial(s) not plotted (no metrics)</summary><ul>{missing}</ul></details>" if len(left) else "")
             + "</section>")
