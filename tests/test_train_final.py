@@ -220,3 +220,24 @@ def test_a_write_that_fails_keeps_the_earlier_model_or_says_it_is_no_longer_whol
     assert r.exit_code == 1 and "which now holds neither model whole: train again with --overwrite" in " ".join(r.output.split())
     assert not (out / "final_metrics.json").exists() and not (out / ATTEMPT).exists()
     assert train("--config", study / "best_config.yaml", "--output_dir", out).exit_code == 0  # no --overwrite needed
+
+
+def test_a_trial_trained_on_fewer_cpu_threads_is_a_difference(study):
+    """One of --parallel_trials 3 trains on one thread; moopt train on all: its sums run in another order, and its
+    validation read 2.7766 beside the study's 2.7802 under a "study val" column that said they should match."""
+    import torch
+
+    from moopt.cli.final import differences
+    from moopt.config import TrialConfig
+    from moopt.journal import replay
+
+    record = replay(study)
+    kw = {"seed": 42, "kernels": "auto", "base_model": record.header["base_model"],
+          "validation_file": record.header["fingerprint"]["validation_file"]}
+    cfg = TrialConfig.from_dict(record.ends[0].config)
+    assert record.starts[0]["threads"] >= 1
+    record.starts[0]["threads"] = torch.get_num_threads()
+    assert differences(cfg, kw, record, 0) == []
+    record.starts[0]["threads"] = torch.get_num_threads() + 2
+    assert differences(cfg, kw, record, 0) == [f"CPU threads {torch.get_num_threads()} vs {torch.get_num_threads() + 2} "
+                                               "(sums in another order: the last digits differ)"]

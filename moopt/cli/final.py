@@ -129,6 +129,9 @@ def differences(cfg: TrialConfig, kw: dict[str, Any], record, number: int | None
     ours_dev = "cuda" if torch.cuda.is_available() else "cpu"
     if theirs_dev and theirs_dev != ours_dev:  # other kernels, dtype and numerics
         out.append(f"device {ours_dev} vs {theirs_dev}")
+    threads = int((record.starts.get(number) or {}).get("threads") or 0)  # (0: a study from before it was journaled)
+    if theirs_dev == ours_dev == "cpu" and threads and threads != torch.get_num_threads():  # one of --parallel_trials 3
+        out.append(f"CPU threads {torch.get_num_threads()} vs {threads} (sums in another order: the last digits differ)")
     kernels = (h.get("options") or {}).get("kernels") or "auto"
     # the path each takes (auto is torch on a CPU): --kernels torch here repeats an auto trial on a CPU
     if kernel_path(kw["kernels"], ours_dev) != kernel_path(kernels, theirs_dev or ours_dev):

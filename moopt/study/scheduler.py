@@ -503,7 +503,8 @@ class Study:
         cfg = self.cfg
         params = self.params_of(x)
         self.journal.append({"type": "trial_start", "number": number, "datetime_start": _now(),
-                             "params": params, "config": tcfg.to_dict(), "device": slot.device})
+                             "params": params, "config": tcfg.to_dict(), "device": slot.device,
+                             "threads": slot.threads})  # on a CPU, the order of float sums: moopt train compares
         from moopt.yamlio import write_yaml
 
         d = self.trial_dir(number)
