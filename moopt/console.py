@@ -20,3 +20,14 @@ def study_console():
             os.dup2(devnull, sys.stdout.fileno())  # later writes go nowhere, as rich's own handler does; no exit
 
     return StudyConsole(highlight=False, soft_wrap=True)
+
+
+def plural(n: float, word: str, many: str | None = None) -> str:
+    """``1 epoch``, ``2 epochs``, ``1.5 epochs``: a count and its noun, not "epoch(s)" where the count is known."""
+    return f"{n:g} {word if n == 1 else many or word + 's'}"
+
+
+def numbered(word: str, numbers) -> str:
+    """``trial 3`` or ``trials 3, 5``."""
+    numbers = list(numbers)
+    return f"{word if len(numbers) == 1 else word + 's'} {', '.join(map(str, numbers))}"

@@ -149,7 +149,7 @@ def test_importance_only_uses_complete_trials_and_explains_why_when_too_few(tmp_
     data = load_study(write_fake_study(tmp_path / "few", trials))
     imp = param_importance(data, "eval_loss", output_dir=tmp_path / "few")
     assert dict(imp) == {} and imp.n_trials == 2
-    assert "2 COMPLETE trial(s)" in imp.reason and "at least 3" in imp.reason
+    assert "2 COMPLETE trials" in imp.reason and "at least 3" in imp.reason
     assert "not computed" in format_importance(imp)
 
 
@@ -201,7 +201,7 @@ def test_too_few_complete_trials_fall_back_to_the_values_at_a_pruning_rung(tmp_p
     few = write_fake_study(tmp_path / "few", [dict(t, rung_metrics=t["rung_metrics"] if i < 2 else None)
                                               for i, t in enumerate(trials[:4])])
     imp = param_importance(load_study(few), "eval_loss", output_dir=few)
-    assert dict(imp) == {} and "2 COMPLETE trial(s), 2 reached a pruning rung" in imp.reason
+    assert dict(imp) == {} and "2 COMPLETE trials, 2 reached a pruning rung" in imp.reason
 
 
 def test_importance_without_optuna_degrades_with_an_install_hint(study_dir, monkeypatch):
@@ -289,7 +289,7 @@ def test_learning_curves_say_which_trained_trials_lost_their_metrics_file(study_
         return plt
     monkeypatch.setattr(analysis, "pyplot", spy)
     analysis.plot_learning_curves(c, study_dir / "lc.png", best=1)
-    assert titles == ["2 trained trial(s) not drawn: no trial_results/trial_N/metrics.json for trial(s) 0, 3"]
+    assert titles == ["2 trained trials not drawn: no trial_results/trial_N/metrics.json for trials 0, 3"]
 
 
 def test_pareto_points_distinguish_states_and_mark_the_best(study_dir):
@@ -689,7 +689,7 @@ def test_a_trial_that_fell_back_to_torch_is_named_in_the_report(tmp_path):
     out = write_fake_study(tmp_path / "s", trials)
     data = load_study(out)
     notes = kernel_notes(data)
-    assert notes == ["LoRA kernels: torch in trial(s) 2", "LoRA kernels: triton in trial(s) 0, 1, 3, 4, 5",
+    assert notes == ["LoRA kernels: torch in trial 2", "LoRA kernels: triton in trials 0, 1, 3, 4, 5",
                      f"Trial 2: {reason} (its speed and peak memory are the torch path's)"]
     write_html_report(out, data)
     assert "Trial 2: --kernels auto: triton failed at step 1" in (out / "report.html").read_text()

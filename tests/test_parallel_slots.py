@@ -388,7 +388,7 @@ def test_a_trial_that_ran_out_of_memory_beside_others_on_its_gpu_is_not_ruled_ou
 
     oom = replay(tmp_path / "hpo").finished[LONG]
     assert oom.state == TrialState.FAIL and oom.oom
-    assert "it ran beside trial(s) 0, 2, 3 on cuda:0, whose memory it may have lacked: not ruled out" in oom.error
+    assert "it ran beside trials 0, 2, 3 on cuda:0, whose memory it may have lacked: not ruled out" in oom.error
     entries = json.loads(CalibrationCache(tmp_path / "cache" / "calibration.json").path.read_text())["entries"]
     ooms = [p for e in entries.values() for p in e["probes"].values() if p.get("oom")]
     assert len(ooms) == 1 and ooms[0]["shared"] and ooms[0]["measured_bytes"] == int(2.5 * GIB)
@@ -476,7 +476,7 @@ def test_a_probe_beside_trials_marks_them_and_its_own_oom_there_is_probed_again_
     t = TrialConfig.from_dict({"training": {"batch_size": 8}})
     d = gate.decide(t)
     assert d.verdict == "infeasible" and d.probed and d.company == (4, 7)
-    assert "probe ran out of memory beside trial(s) 4, 7 on its GPU" in d.reason and "not ruled out" in d.reason
+    assert "probe ran out of memory beside trials 4, 7 on its GPU" in d.reason and "not ruled out" in d.reason
     where[0] = None  # no GPU without trials now: it waits for one
     d = gate.decide(t)
     assert d.verdict == "wait" and calls[-1] is True and "a GPU no trial is on" in d.reason
@@ -497,7 +497,7 @@ def test_a_probe_beside_trials_marks_them_and_its_own_oom_there_is_probed_again_
     gpu_study(tiny_model, tiny_data, tmp_path, OomClock, 3.0)
     oom = replay(tmp_path / "hpo").finished[LONG]
     assert oom.state == TrialState.FAIL and oom.oom and oom.shared_gpu
-    assert "it ran beside trial(s) 0, 2, 3 and the memory probe of trial(s) 3 on cuda:0" in oom.error
+    assert "it ran beside trials 0, 2, 3 and the memory probe of trial 3 on cuda:0" in oom.error
     assert "not ruled out" in oom.error
 
 
@@ -535,7 +535,7 @@ def test_a_probe_that_ran_out_of_memory_beside_trials_leaves_its_configuration_t
     cfg = gpu_study(tiny_model, tiny_data, tmp_path, Busy, 3.0)
     record = replay(tmp_path / "hpo")
     shared = [e for e in record.finished.values() if e.state == TrialState.INFEASIBLE and e.shared_gpu and e.oom]
-    assert shared and all("probe ran out of memory beside trial(s)" in e.error for e in shared)
+    assert shared and all("probe ran out of memory beside trial" in e.error for e in shared)
     keys = {live[0].study.config_key(TrialConfig.from_dict(e.config)) for e in shared}
     assert len(live) == 1 and keys and not keys & set(live[0].evaluated)  # in the study itself
     study = Study(replace(cfg, resume=True), console=Console(file=io.StringIO()), executor=Busy)

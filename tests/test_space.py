@@ -226,7 +226,7 @@ def test_a_space_whose_largest_batch_leaves_a_trial_few_steps_on_the_data_is_not
     study = SimpleNamespace(cfg=SimpleNamespace(space=comprehensive))
     note = Study.few_steps_note(study, 300)
     assert note and "largest effective batch (256: batch_size x gradient_accumulation_steps)" in note
-    assert "a trial on the 300 training examples takes 2 optimizer step(s)" in note
+    assert "a trial on the 300 training examples takes 2 optimizer steps" in note
     assert Study.few_steps_note(study, 100_000) is None
     small = SimpleNamespace(cfg=SimpleNamespace(space=parse_space({"training": {"batch_size": 8, "num_train_epochs": 1}})))
     assert Study.few_steps_note(small, 300) is None  # 38 steps

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from moopt.console import plural
 from moopt.errors import ConfigError
 
 
@@ -160,8 +161,8 @@ def optimize(**kw) -> None:
     if (summary or {}).get("nothing_fits"):  # nor one that trained nothing: no best_config.yaml to train from
         budget = f"--memory_constraint {cfg.memory_constraint_gb:g}" if cfg.memory_constraint_gb else "the GPU's memory"
         over = summary.get("trained_over") or 0
-        click.echo(f"No configuration fits {budget}: " + (f"the {over} trial(s) trained under the study's earlier budget "
-                   "peaked over it, and no other was trained" if over else "nothing was trained"), err=True)
+        click.echo(f"No configuration fits {budget}: " + (f"the {plural(over, 'trial')} trained under the study's earlier budget "
+                   f"peaked over it, and no other was trained" if over else "nothing was trained"), err=True)
         sys.exit(1)
     if (summary or {}).get("none_completed"):  # a mix of failed, ruled-out and pruned trials: no best_config.yaml
         click.echo("No trial completed: there is no best_config.yaml to train from", err=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from moopt.config import TrialConfig
+from moopt.console import plural
 
 GAP_WARN = 0.10  # relative test-vs-validation loss gap that is flagged as possible overfitting to validation
 
@@ -222,7 +223,7 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
         console.print(f"Note: this run differs from trial {trial_no} of the study in {'; '.join(differ)}: its validation "
                       f"eval_loss {study_val.get('eval_loss', float('nan')):.4f} is not expected to match, so it is not "
                       "shown beside this run's", markup=False, highlight=False)
-    console.print(f"Training the final adapter ({cfg.training.num_train_epochs:g} epoch(s)) ...")
+    console.print(f"Training the final adapter ({plural(cfg.training.num_train_epochs, 'epoch')}) ...")
     res = run_trial(spec, ConsoleReporter(console))
     if res.state != TrialState.COMPLETE:
         earlier = (out / "final_metrics.json").is_file()
@@ -249,7 +250,7 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
         warning = f"test loss is {gap:.0%} above validation loss: " + (
             "the search may have overfit the validation set; consider a larger validation set or fewer trials"
             if searched >= OVERFIT_TRIALS else
-            f"the study picked from {searched} trial(s), too few to overfit the validation set: the two sets differ "
+            f"the study picked from {plural(searched, 'trial')}, too few to overfit the validation set: the two sets differ "
             "(on small sets a gap of this size can be chance); a larger validation set measures more surely"
             if study_val else "the validation set may not represent the test set")
     # every file is written in the attempt's folder first (a full disk fails there, the earlier model whole); then

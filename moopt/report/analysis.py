@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from moopt.config import LR_DIVERGES, LR_STILL
+from moopt.console import numbered, plural
 from moopt.records import FALLBACK, TrialState
 from moopt.report.plots import BASE_STYLE, axis_label, legend_below, pyplot, save_figure
 from moopt.report.table import UNFINISHED, StudyData, base_metrics, printed_name
@@ -201,7 +202,7 @@ def param_importance(data: StudyData, target: str, seed: int = 0, output_dir: st
         if at is None or len(at[0]) < MIN_TRIALS:
             more = f", {len(at[0])} reached a pruning rung" if at is not None else ""
             return Importance(target=target, n_trials=n,
-                              reason=f"{n} COMPLETE trial(s){more}; importance needs at least {MIN_TRIALS}")
+                              reason=f"{plural(n, 'COMPLETE trial')}{more}; importance needs at least {MIN_TRIALS}")
         (done, rung), n_complete = at, n
         n = len(done)
     basis = {"rung": rung, "n_complete": n_complete} if rung is not None else {}
@@ -225,7 +226,7 @@ def param_importance(data: StudyData, target: str, seed: int = 0, output_dir: st
     study = _optuna_study(done, y, dists, "minimize")  # direction does not matter for variance shares
     if len(study.trials) < MIN_TRIALS:
         return Importance(target=target, n_trials=len(study.trials),
-                          reason=f"{len(study.trials)} trial(s) with every parameter inside the search space", **basis)
+                          reason=f"{plural(len(study.trials), 'trial')} with every parameter inside the search space", **basis)
     shares = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed), normalize=True)
     total = sum(shares.values())
     if not total or not np.isfinite(total):
@@ -364,7 +365,7 @@ def correlations(data: StudyData) -> pd.DataFrame:
     done = t[t.state == TrialState.COMPLETE] if len(t) else t
     notes: list[str] = []
     if len(done) < MIN_TRIALS:
-        notes.append(f"{len(done)} COMPLETE trial(s); correlations need at least {MIN_TRIALS}")
+        notes.append(f"{plural(len(done), 'COMPLETE trial')}; correlations need at least {MIN_TRIALS}")
         out = pd.DataFrame(columns=targets, dtype=float)
         out.attrs.update(notes=notes, n_trials=len(done))
         return out
@@ -591,7 +592,7 @@ def kernel_notes(data: StudyData) -> list[str]:
     failed = ran[ran["backend_reason"].astype("string").str.contains(FALLBACK, regex=False, na=False)]
     if ran.backend.nunique() < 2 and failed.empty:
         return []
-    out = [f"LoRA kernels: {b} in trial(s) {', '.join(map(str, rows.number))}" for b, rows in ran.groupby("backend")]
+    out = [f"LoRA kernels: {b} in {numbered('trial', rows.number)}" for b, rows in ran.groupby("backend")]
     out += [f"Trial {r.number}: {r.backend_reason} (its speed and peak memory are the torch path's)" for r in failed.itertuples()]
     return out
 
@@ -793,8 +794,8 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path, best: int | None = No
     missing = curves.attrs.get("missing") or []
     if missing:  # their metrics.json is gone: said where the curves would be
         shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
-        fig.suptitle(f"{len(missing)} trained trial(s) not drawn: no trial_results/trial_N/metrics.json for trial(s) "
-                     f"{shown}", fontsize=9, color="#b35900")
+        fig.suptitle(f"{plural(len(missing), 'trained trial')} not drawn: no trial_results/trial_N/metrics.json for "
+                     f"{'trial' if len(missing) == 1 else 'trials'} {shown}", fontsize=9, color="#b35900")
     legend_below(fig, handles, labels)
     save_figure(fig, path, plt)
 

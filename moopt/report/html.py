@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from moopt.console import plural
 from moopt.records import TrialState
 from moopt.report.analysis import (
     FEW_TRIALS,
@@ -200,7 +201,7 @@ def _pareto_section(data: StudyData, analysis: Analysis) -> str:
                "optimization_plot.png next to this report shows each trial's value")
             + ", and the trials table below has every trial's values.</p></noscript>"
             f"<div class='legend'>{legend}</div>"
-            + (f"<details><summary>{len(left)} trial(s) not plotted (no metrics)</summary><ul>{missing}</ul></details>" if len(left) else "")
+            + (f"<details><summary>{plural(len(left), 'trial')} not plotted (no metrics)</summary><ul>{missing}</ul></details>" if len(left) else "")
             + "</section>")
 
 

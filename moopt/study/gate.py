@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from moopt.config import TrialConfig
+from moopt.console import numbered
 from moopt.errors import ConfigError
 from moopt.memory.calibration import (
     CalibrationCache,
@@ -497,8 +498,8 @@ class MemoryGate:
             return decision("infeasible", at / GIB, True, f"{why}: needs more than the budget of {budget:.2f} GiB")
         if res.oom and company:
             self.cache.update(key, lambda e: add_oom(e, fp, None, 0, shared=True))
-            return decision("infeasible", None, True, f"probe ran out of memory beside trial(s) "
-                            f"{', '.join(map(str, company))} on its GPU, whose memory it may have lacked ({res.error}): "
+            return decision("infeasible", None, True, f"probe ran out of memory beside "
+                            f"{numbered('trial', company)} on its GPU, whose memory it may have lacked ({res.error}): "
                             "not ruled out, proposed again it is probed alone first", shared_oom=True)
         if res.oom:
             self.cache.update(key, lambda e: add_oom(e, fp, None, 0))

@@ -33,6 +33,7 @@ import numpy as np
 from rich.markup import escape
 
 from moopt.config import TrialConfig, lr_note, whole
+from moopt.console import numbered, plural
 from moopt.journal import JOURNAL, RESUME_SETTINGS, Journal, replay
 from moopt.model_files import model_digest
 from moopt.records import FALLBACK, NOT_TRAINED, TrialResult, TrialSpec, TrialState
@@ -306,7 +307,7 @@ class Study:
         if not n_train or steps >= FEW_STEPS:
             return None
         return (f"with the space's largest effective batch ({batch}: batch_size x gradient_accumulation_steps) and "
-                f"{epochs:g} epoch(s), a trial on the {n_train} training examples takes {steps} optimizer step(s): too "
+                f"{plural(epochs, 'epoch')}, a trial on the {n_train} training examples takes {plural(steps, 'optimizer step')}: too "
                 "few to move far from the base model; on data this small, smaller batches or more epochs train more")
 
     def check_data(self) -> None:
@@ -999,8 +1000,8 @@ class Scheduler:
         shared = res.shared_gpu = bool(beside or probes) or (trial.slot.device == "cuda" and trial.slot.gpu_share < 1.0)
         if res.oom and shared and self.gate is not None:
             who = " and ".join(filter(None, [
-                f"trial(s) {', '.join(map(str, beside))}" if beside else "",
-                f"the memory probe of trial(s) {', '.join(map(str, probes))}" if probes else ""]))
+                numbered("trial", beside) if beside else "",
+                f"the memory probe of {numbered('trial', probes)}" if probes else ""]))
             who = f"{who} on {trial.slot.device}" if who else "other trials (a share of a GPU)"
             res.error = (f"{res.error}; it ran beside {who}, whose memory it may have lacked: not ruled out, "
                          "proposed again it is probed alone first")
