@@ -330,7 +330,7 @@ BAD_INPUTS = [
     ("missing", None, [], "file not found"),
     ("warm", "", [], "journal.jsonl records no study (no header line)"),  # an empty journal: was a traceback
     ("warm", '{"type": "trial_start", "number": 0}\n', [], "records no study"),
-    (None, None, ["--optimization_objective", "multi:eval_loss,eval_accuracy", "--optimization_weights", "1,2,3"], "3 weight(s) for 2 objective(s)"),
+    (None, None, ["--optimization_objective", "multi:eval_loss,eval_accuracy", "--optimization_weights", "1,2,3"], "3 weights for 2 objectives"),
     (None, None, ["--ray_address", "auto"], "--ray_address needs --executor ray"),
     (None, None, ["--base_model", "/no/such/model"], "--base_model /no/such/model"),
 ]
@@ -359,6 +359,15 @@ def test_bad_input_one_line_exit_2_nothing_written(tiny_model, tiny_data, space,
     assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], r.output
     assert "Traceback" not in r.output
     assert not out.exists()
+
+
+def test_both_data_files_missing_are_both_said(tiny_model, space, tmp_path):
+    """A command copied with the guide's data/processed/dataset/ paths said only the first, then the second."""
+    data = {"train": tmp_path / "train.jsonl", "val": tmp_path / "val.jsonl"}
+    r = optimize(tiny_model, data, tmp_path / "out", space)
+    assert r.exit_code == 2 and r.output.splitlines() == [f"Error: {data['train']}: file not found",
+                                                          f"Error: {data['val']}: file not found"], r.output
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("where", ["file", "under_file", "unmakeable"])

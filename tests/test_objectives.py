@@ -13,7 +13,7 @@ def test_multi_objective_weights_are_normalised():
 
 
 @pytest.mark.parametrize("objective, weights, fragment", [
-    ("multi:eval_loss,eval_accuracy", "1", "1 weight(s) for 2 objective(s)"),
+    ("multi:eval_loss,eval_accuracy", "1", "1 weight for 2 objectives"),
     ("multi:eval_loss,eval_accuracy", "0.5,-1", "must be finite, >= 0"),
     ("multi:eval_loss", None, "at least two objectives"),
     ("multi:eval_loss,bleu", None, "unknown objective(s) ['bleu']"),

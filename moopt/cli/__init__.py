@@ -337,6 +337,9 @@ def build_study_config(kw: dict):
     space = load_space(kw["search_space"]) if kw["search_space"] else default_space()
     if space.fixed.model.quantization != "none" or any(p.name == "model.quantization" for p in space.params):
         require_bitsandbytes(space.source)
+    missing = [kw[f] for f in ("train_file", "validation_file") if not os.path.exists(kw[f])]
+    if len(missing) == 2:  # both said at once (a copied command with the guide's paths), one Error line each
+        raise ConfigError("\n".join(f"{path}: file not found" for path in missing))
     for f in ("train_file", "validation_file"):
         check_records(kw[f])
     if os.path.samefile(kw["train_file"], kw["validation_file"]):  # every objective would reward memorising it

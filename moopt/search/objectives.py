@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moopt.console import plural
 from moopt.errors import ConfigError
 
 # name -> (direction, description). pymoo minimises: maximised objectives are negated.
@@ -92,7 +93,8 @@ def parse_objectives(objective: str, weights: str | None) -> Objectives:
             raise ConfigError(f"--optimization_weights: expected comma-separated numbers, got {weights!r}") from None
         if len(w) != len(names):
             raise ConfigError(
-                f"--optimization_weights: {len(w)} weight(s) for {len(names)} objective(s) {list(names)}; counts must match"
+                f"--optimization_weights: {plural(len(w), 'weight')} for {plural(len(names), 'objective')} {list(names)}; counts "
+                "must match"
             )
         if any(x < 0 or not np.isfinite(x) for x in w) or sum(w) <= 0:
             raise ConfigError(f"--optimization_weights: weights must be finite, >= 0 and not all 0, got {weights!r}")
