@@ -366,3 +366,31 @@ def test_sighup_stops_the_study_as_sigterm_does_unless_ignored(tiny_model, tiny_
     monkeypatch.setattr(moopt.study.scheduler.Study, "run", hung_up)
     r = CliRunner().invoke(main, args(tiny_model, tiny_data, tmp_path / "hpo", space, 2))
     assert r.exit_code == 129 and "Stopped by SIGHUP: " in r.output and "Continue with: " in r.output, r.output
+
+
+def test_a_second_ctrl_c_does_not_cut_the_stop_short(tiny_model, tiny_data, space, tmp_path, monkeypatch):
+    """A second Ctrl-C while the stop ended the trials and wrote what finished left the results a trial behind (the
+    interrupted trial's row missing), and with Ray a 20-line traceback under the resume command: it is ignored until
+    the stop is done, and Ctrl-C's handler is put back after."""
+    from moopt.study.executor import LocalExecutor
+
+    submit, kill_all = LocalExecutor.submit, LocalExecutor.kill_all
+
+    def started_then_interrupted(self, *a, **k):  # Ctrl-C once the first trial runs
+        submit(self, *a, **k)
+        raise KeyboardInterrupt
+
+    def pressed_again(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)
+        kill_all(self)
+
+    monkeypatch.setattr(LocalExecutor, "submit", started_then_interrupted)
+    monkeypatch.setattr(LocalExecutor, "kill_all", pressed_again)
+    handler = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(main, args(tiny_model, tiny_data, out, space, 2))
+    assert r.exit_code == 130 and "Interrupted: " in r.output and "Continue with: " in r.output, r.output
+    assert signal.getsignal(signal.SIGINT) is handler
+    summary = pd.read_csv(out / "trials_summary.csv")  # the stop's write was not cut short
+    assert list(summary.state) == ["INTERRUPTED"] and replay(out).running == [0]

@@ -144,6 +144,12 @@ def optimize(**kw) -> None:
         fail(str(e) + (f" (the study --overwrite would replace in {cfg.output_dir} is kept as it was)"
                        if getattr(study, "restored_earlier", False) else ""))
     except (KeyboardInterrupt, Stopped) as e:
+        import atexit
+        import signal
+
+        # and while the process exits: Ray's own shutdown (atexit, seconds) printed a 20-line KeyboardInterrupt below
+        # the resume command on a second Ctrl-C (registered last, so run first)
+        atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
         by = next((n for n in ("SIGTERM", "SIGHUP") if isinstance(e, Stopped) and n in str(e)), None)
         stop = f"Stopped by {by}" if by else "Interrupted"
         if getattr(study, "restored_earlier", False):  # nothing of this run to resume: its command again

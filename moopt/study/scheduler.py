@@ -363,6 +363,7 @@ class Study:
         lock.acquire()
         self.any_trial_started = False
         self.restored_earlier = False  # an --overwrite stopped before its first trial: the earlier study is back
+        self.sigint_was = None  # Ctrl-C's handler while a stop ends the trials and writes what finished
         previous = _on_sigterm_raise()
         try:
             return self._run()
@@ -374,6 +375,8 @@ class Study:
         finally:
             for signum, was in previous.items():
                 signal.signal(signum, was)
+            if self.sigint_was is not None:
+                signal.signal(signal.SIGINT, self.sigint_was)
             lock.release()
 
     def _run(self) -> dict[str, Any]:
@@ -455,6 +458,13 @@ class Study:
                 self.run_baseline(sched.executor, sched.placer)
             sched.run()
         except (KeyboardInterrupt, Stopped) as e:
+            try:  # a second Ctrl-C cut the stop short: the results a trial behind, its row missing, a traceback
+                self.sigint_was = signal.signal(signal.SIGINT, signal.SIG_IGN)  # (put back when run() returns)
+            except ValueError:  # not the main thread
+                pass
+            if self.any_trial_started:
+                self.console.print("Stopping: ending the running trials and writing what finished ...", markup=False,
+                                   highlight=False)
             sched.executor.kill_all()  # their trial_start has no trial_end: --resume reruns them
             self.journal.close()
             self.writer.close()
