@@ -394,3 +394,16 @@ def test_a_second_ctrl_c_does_not_cut_the_stop_short(tiny_model, tiny_data, spac
     assert signal.getsignal(signal.SIGINT) is handler
     summary = pd.read_csv(out / "trials_summary.csv")  # the stop's write was not cut short
     assert list(summary.state) == ["INTERRUPTED"] and replay(out).running == [0]
+
+
+def test_a_resume_refused_for_the_spaces_fixed_settings_names_them(tiny_model, tiny_data, space, tmp_path):
+    """"the search space's fixed settings (--search_space)" did not say which (num_train_epochs 40 -> 2)."""
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(main, args(tiny_model, tiny_data, out, space, 1))
+    assert r.exit_code == 0, r.output
+    other = tmp_path / "other.yaml"
+    other.write_text(space.read_text().replace("num_train_epochs: 3", "num_train_epochs: 2"))
+    r = CliRunner().invoke(main, args(tiny_model, tiny_data, out, other, 2, "--resume"))
+    assert r.exit_code == 2, r.output
+    assert ("the search space's fixed settings (--search_space): training.num_train_epochs 3 -> 2"
+            in " ".join(r.output.split())), r.output

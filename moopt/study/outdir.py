@@ -93,6 +93,10 @@ def check_output_dir(cfg: Any) -> None:
                 pass  # the study's model folder moved (its digest is the journaled one): the same weights
             elif theirs.get(k) != mine[k]:
                 changed.append(_difference(k, theirs.get(k), mine[k]))
+                if k == "fixed" and isinstance(theirs.get(k), dict):  # which ones: the message named none
+                    was, now = TrialConfig.from_dict(theirs[k]).flat(), TrialConfig.from_dict(mine[k]).flat()
+                    changed[-1] += ": " + ", ".join(f"{n} {_shown_value(was.get(n))} -> {_shown_value(now.get(n))}"
+                                                    for n in sorted(set(was) | set(now)) if was.get(n) != now.get(n))
         if header.get("model_digest") and getattr(cfg, "model_path", "") and os.path.isdir(cfg.model_path):
             if model_digest(cfg.model_path) != header["model_digest"]:  # a folder retrained in place: same path
                 changed.append(f"--base_model {cfg.base_model}: its weights or config.json are not the ones the study "
@@ -114,6 +118,10 @@ def _same_model_folder(header: dict, cfg: Any) -> bool:
     path = getattr(cfg, "model_path", None) or getattr(cfg, "base_model", None)  # (the CLI checks before resolving it)
     return bool(header.get("model_digest") and path and os.path.isdir(path)
                 and model_digest(path) == header["model_digest"])
+
+
+def _shown_value(v: Any) -> str:
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _difference(key: str, old: Any, new: Any) -> str:
