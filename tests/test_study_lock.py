@@ -234,8 +234,13 @@ def test_a_trial_with_no_end_is_running_while_the_study_lives_and_interrupted_on
     state, said = report()
     assert state[4] == "INTERRUPTED" and "INTERRUPTED" not in set(state.drop(4))
     assert "1 INTERRUPTED" in said
+    # and what to do about it (the report said nothing of the study's stop)
+    assert said.splitlines()[-1].startswith("The study was stopped at 4 of 4 trials, 1 interrupted: `")
+    # (4 trials finished of --num_trials 4: a plain --resume would not rerun the interrupted one)
+    assert said.splitlines()[-1].endswith(f"optimize --output_dir {out} --resume --num_trials 5` reruns them")
     owner = holder(out)  # the study runs in another process: its trial is running
-    assert report()[0][4] == "RUNNING"
+    state, said = report()
+    assert state[4] == "RUNNING" and said.splitlines()[-1] == "The study is running (4 of 4 trials done): these files are its state now"
     owner.kill()
     owner.wait()
     assert report()[0][4] == "INTERRUPTED"

@@ -454,13 +454,34 @@ def report(output_dir: str) -> None:
     journal = Path(output_dir) / JOURNAL
     if journal.is_file() and journal.stat().st_size > 100_000:  # hundreds of trials: fANOVA and plots take seconds
         click.echo(f"Writing the report of {output_dir} (importance, plots) ...")
+    live = is_live(output_dir)
     try:
-        write_results(output_dir, stopped=not is_live(output_dir))  # a trial with no end: running, or interrupted
+        write_results(output_dir, stopped=not live)  # a trial with no end: running, or interrupted
     except FileNotFoundError as e:
         fail(str(e))
     except PermissionError as e:  # a read-only copy of a study: nothing is written, and it says so in one line
         fail(f"{output_dir}: cannot write the result files ({e.strerror}: {e.filename}); copy the study somewhere "
              "writable and run moopt report there")
+    if note := study_state_note(output_dir, live):
+        click.echo(note)
+
+
+def study_state_note(output_dir: str, live: bool) -> str | None:
+    """After ``moopt report``: a study still running, or one stopped short of --num_trials, is said, with how to go
+    on (the report read "Trials: 3 (2 COMPLETE, 1 INTERRUPTED)" and nothing of the study's end)."""
+    from moopt.journal import replay
+
+    rec = replay(output_dir)
+    total = int(rec.header.get("num_trials") or 0)
+    done = sum(not e.taken_from for e in rec.finished.values())
+    if live:
+        return f"The study is running ({done} of {total} trials done): these files are its state now"
+    if rec.running:  # (a time budget or a spent space stopped it with no trial under way: its end said why)
+        more = f" --num_trials {done + len(rec.running)}" if done >= total else ""  # else the interrupted stay so
+        return (f"The study was stopped at {done} of {total} trials, {len(rec.running)} interrupted: `{program()} "
+                f"optimize --output_dir {shlex.quote(str(output_dir))} --resume{more}` "
+                + ("reruns them" if more else "continues it"))
+    return None
 
 
 @main.command(short_help="Train the final adapter with a chosen configuration, and test it.")
