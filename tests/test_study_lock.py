@@ -412,3 +412,24 @@ def test_a_resume_refused_for_the_spaces_fixed_settings_names_them(tiny_model, t
     assert r.exit_code == 2, r.output
     assert ("the search space's fixed settings (--search_space): training.num_train_epochs 3 -> 2"
             in " ".join(r.output.split())), r.output
+
+
+def test_a_stop_after_the_base_models_evaluation_keeps_it(tiny_model, tiny_data, space, tmp_path, monkeypatch):
+    """Ctrl-C between the base model's evaluation and the first trial threw the evaluation away with the folder
+    (minutes on a large model), and the --resume it printed evaluated the base model again."""
+    import moopt.study.scheduler
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "hpo"
+    cmd = [a for a in args(tiny_model, tiny_data, out, space, 1) if a != "--no-baseline"]
+    with monkeypatch.context() as m:
+        m.setattr(moopt.study.scheduler.Scheduler, "run", interrupted)
+        r = CliRunner().invoke(main, cmd)
+    assert r.exit_code == 130, r.output
+    assert "Interrupted: no trial had started; the base model's evaluation is kept (--resume starts from it)." in r.output
+    assert (out / "baseline.json").is_file() and (out / "journal.jsonl").is_file()
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume"])
+    assert r.exit_code == 0 and "Base model (no fine-tuning" not in r.output, r.output
+    assert sorted(replay(out).finished) == [0]

@@ -187,6 +187,8 @@ def kept_text(cfg) -> str:
         rec = None
     rerun = f"running, will rerun: {', '.join(map(str, rec.running))}" if rec is not None and rec.running else ""
     if rec is None or not rec.finished:
+        if not rerun and rec is not None and rec.header and (Path(cfg.output_dir) / "baseline.json").is_file():
+            return "no trial had started; the base model's evaluation is kept (--resume starts from it)."
         return "no trial had finished" + (f"; {rerun}." if rerun else "; nothing was kept.")
     total = int(rec.header.get("num_trials") or cfg.num_trials)
     taken = sum(bool(e.taken_from) for e in rec.finished.values())

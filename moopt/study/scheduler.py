@@ -45,6 +45,7 @@ from moopt.study.checkpoint import ENGINE_FILE, Checkpoint
 from moopt.study.lock import StudyLock
 from moopt.study.outdir import (  # noqa: F401  (re-exported: the CLI and tests import them from here)
     OUR_FILES,
+    REPLACED,
     RESULT_FILES,
     check_output_dir,
     config_key,
@@ -364,11 +365,16 @@ class Study:
         self.any_trial_started = False
         self.restored_earlier = False  # an --overwrite stopped before its first trial: the earlier study is back
         self.sigint_was = None  # Ctrl-C's handler while a stop ends the trials and writes what finished
+        self.baseline_kept = False  # this run evaluated the base model (COMPLETE)
         previous = _on_sigterm_raise()
         try:
             return self._run()
-        except BaseException:
-            if fresh and not self.any_trial_started:
+        except BaseException as e:
+            # a stop after the base model's evaluation keeps it (minutes on a large model; --resume starts from it),
+            # unless an --overwrite's earlier study is to be put back
+            kept = (isinstance(e, (KeyboardInterrupt, Stopped)) and self.baseline_kept
+                    and not (self.out / REPLACED).is_dir())
+            if fresh and not self.any_trial_started and not kept:
                 discard_study(self.out, remove_dir=not existed)
                 self.restored_earlier = restore_study(self.out)
             raise
@@ -796,6 +802,7 @@ class Study:
         from moopt.yamlio import write_json
 
         write_json(self.out / "baseline.json", {"state": res.state, "metrics": res.metrics, "error": res.error})
+        self.baseline_kept = res.state == TrialState.COMPLETE
         if res.state == TrialState.COMPLETE:
             shown = "  ".join(f"{k}={v:.4f}" for k, v in res.metrics.items() if k.startswith("eval_"))
             how = f", {res.dtype}" if res.dtype else ""  # model.dtype auto resolves by device and CPU
