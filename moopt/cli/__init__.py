@@ -152,13 +152,16 @@ def optimize(**kw) -> None:
         atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
         by = next((n for n in ("SIGTERM", "SIGHUP") if isinstance(e, Stopped) and n in str(e)), None)
         stop = f"Stopped by {by}" if by else "Interrupted"
-        if getattr(study, "restored_earlier", False):  # nothing of this run to resume: its command again
-            click.echo(f"\n{stop} before this run's first trial: the earlier study in {cfg.output_dir} is kept as it was "
-                       "(--overwrite replaces it once a trial starts)", err=True)
-            click.echo(f"Run again with: {program()} {' '.join(map(shlex.quote, sys.argv[1:]))}", err=True)
-        else:
-            click.echo(f"\n{stop}: {kept_text(cfg)}", err=True)
-            click.echo(f"Continue with: {resume_command()}", err=True)
+        try:  # (after SIGHUP the terminal is gone: the exit code still says why)
+            if getattr(study, "restored_earlier", False):  # nothing of this run to resume: its command again
+                click.echo(f"\n{stop} before this run's first trial: the earlier study in {cfg.output_dir} is kept as it "
+                           "was (--overwrite replaces it once a trial starts)", err=True)
+                click.echo(f"Run again with: {program()} {' '.join(map(shlex.quote, sys.argv[1:]))}", err=True)
+            else:
+                click.echo(f"\n{stop}: {kept_text(cfg)}", err=True)
+                click.echo(f"Continue with: {resume_command()}", err=True)
+        except OSError:
+            pass
         sys.exit({"SIGTERM": 143, "SIGHUP": 129}.get(by, 130))
     if (summary or {}).get("all_failed"):  # a script running the study learns it trained nothing
         click.echo(f"Every trial failed: their errors are in {Path(cfg.output_dir) / 'trials_summary.csv'} and "

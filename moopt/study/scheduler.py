@@ -469,8 +469,11 @@ class Study:
             except ValueError:  # not the main thread
                 pass
             if self.any_trial_started:
-                self.console.print("Stopping: ending the running trials and writing what finished ...", markup=False,
-                                   highlight=False)
+                try:  # (after SIGHUP the terminal is gone: a write fails with EIO, and the stop must go on)
+                    self.console.print("Stopping: ending the running trials and writing what finished ...",
+                                       markup=False, highlight=False)
+                except OSError:
+                    pass
             sched.executor.kill_all()  # their trial_start has no trial_end: --resume reruns them
             self.journal.close()
             self.writer.close()
