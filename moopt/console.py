@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -18,6 +19,16 @@ def study_console():
             self.quiet = True
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())  # later writes go nowhere, as rich's own handler does; no exit
+
+        def _check_buffer(self) -> None:
+            """A terminal that hung up (closed, ssh dropped: SIGHUP) fails every write with EIO: as a broken pipe.
+            Raised from the live display's exit, it replaced the stop (SIGHUP) with a traceback and exit 1."""
+            try:
+                super()._check_buffer()
+            except OSError as e:
+                if e.errno not in (errno.EIO, errno.ENXIO):
+                    raise
+                self.on_broken_pipe()
 
     return StudyConsole(highlight=False, soft_wrap=True)
 

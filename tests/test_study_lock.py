@@ -433,3 +433,35 @@ def test_a_stop_after_the_base_models_evaluation_keeps_it(tiny_model, tiny_data,
     r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume"])
     assert r.exit_code == 0 and "Base model (no fine-tuning" not in r.output, r.output
     assert sorted(replay(out).finished) == [0]
+
+
+def test_closing_the_terminal_stops_the_study_as_sighup_should(tiny_model, tiny_data, tmp_path):
+    """The terminal closed for real (a pty's master side): SIGHUP, then every write fails with EIO. The live display's
+    exit raised OSError over the stop: exit 1, a traceback, and trials_summary.csv a trial behind."""
+    import pty
+    import select
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("num_train_epochs: 3", "num_train_epochs: 100"))
+    out = tmp_path / "hpo"
+    err = tmp_path / "err.txt"
+    cmd = [sys.executable, "-P", "-m", "moopt.cli", *args(tiny_model, tiny_data, out, space, 3)]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its terminal is the pty, stderr a file (to read what it said after the hangup)
+        os.dup2(os.open(str(err), os.O_WRONLY | os.O_CREAT), 2)
+        os.execv(sys.executable, cmd)
+    seen, deadline = b"", time.time() + 180
+    while b"Trial 1 started" not in seen and time.time() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:
+                break
+    assert b"Trial 1 started" in seen, seen[-2000:]
+    time.sleep(1.0)
+    os.close(fd)  # the terminal goes away
+    _, status = os.waitpid(pid, 0)
+    said = err.read_text()
+    assert os.waitstatus_to_exitcode(status) == 129 and "Traceback" not in said, said
+    summary = pd.read_csv(out / "trials_summary.csv").set_index("number")
+    assert summary.state[0] == "COMPLETE" and summary.state[1] == "INTERRUPTED", summary.state

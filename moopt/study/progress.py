@@ -308,8 +308,11 @@ class ProgressView:
 
     def __exit__(self, *exc) -> None:
         if self.live is not None:
-            self.live.__exit__(*exc)
-            self.live = None
+            live, self.live = self.live, None
+            try:
+                live.__exit__(*exc)
+            except OSError:  # the terminal went away (SIGHUP): the stop that brought us here goes on
+                pass
 
     def _render(self):
         from rich.text import Text
