@@ -61,6 +61,9 @@ class StudyRecord:
     starts: dict[int, dict[str, Any]] = field(default_factory=dict)
     ends: dict[int, TrialResult] = field(default_factory=dict)
     rungs: list[dict[str, Any]] = field(default_factory=list)
+    # the last run's "ended" event (its early stop's reason, if any) where it is the journal's last: the study ended
+    # rather than was stopped (None after a stop, a kill, or a run still going)
+    ended: dict[str, Any] | None = None
 
     @property
     def finished(self) -> dict[int, TrialResult]:
@@ -90,6 +93,7 @@ def replay(output_dir: str | Path) -> StudyRecord:
             if not isinstance(ev, dict) or ("number" not in ev and ev.get("type") in ("trial_start", "trial_end", "rung")):
                 continue
             kind = ev.get("type")
+            rec.ended = ev if kind == "ended" else None
             if kind == "study":
                 rec.header = ev
             elif kind == "settings":  # a --resume with other weights, budget, trial count or options: they apply now

@@ -514,3 +514,19 @@ def test_a_rungs_evaluation_is_not_the_next_steps_time():
     assert b.trial_line(0).endswith("ETA 14s")  # 15 steps left at 1 s, the one running counted whole
     clock.t += 20
     assert b.trial_line(0).endswith("step 6 running for 23s")  # a step that is stuck still says so
+
+
+def test_study_eta_with_parallel_slots_puts_the_last_trials_after_the_running_ones():
+    """5 trials of 100 s on 2 slots, at 150 s with trials 2 and 3 half done: trial 4 starts when one of them ends and
+    takes its 100 s (150 s to go); the pace per slot (50 s a trial) said 1m40s, and rose again after."""
+    clock = Clock()
+    b = ProgressBoard(total=5, objective="eval_loss", clock=clock)
+    for n in (0, 1):
+        b.event(n, {"event": "phase", "phase": "loading model"})
+    clock.t += 100
+    for n in (0, 1):
+        b.ended(TrialResult(number=n, state="COMPLETE", metrics={"eval_loss": 1.0}))
+    for n in (2, 3):
+        b.event(n, {"event": "phase", "phase": "loading model"})
+    clock.t += 50
+    assert b.study_line().endswith("elapsed 2m30s, about 2m30s to go")  # 50 s of trials 2 and 3, then trial 4's 100

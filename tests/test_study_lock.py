@@ -340,6 +340,13 @@ def test_an_overwrite_keeps_the_earlier_study_until_its_first_trial_starts(tiny_
     assert r.exit_code == 0, r.output
     assert sorted(replay(out).finished) == [0] and not (out / REPLACED).exists()
     assert not (out / "trial_results" / "trial_1").exists()  # the earlier study's second trial went with it
+    # a run that ends with no trial started (its time budget spent before the first) replaces it too: not left hidden
+    r = CliRunner().invoke(main, [a for a in args(tiny_model, tiny_data, out, space, 2, "--overwrite", "--time_budget_hours",
+                                                  "0.0001") if a != "--no-baseline"])  # the base model spends it
+    assert "before the first trial could start" in " ".join(r.output.split()), r.output
+    assert not (out / REPLACED).exists() and replay(out).finished == {} and not (out / "trial_results" / "trial_0").exists()
+    r = CliRunner().invoke(main, ["report", str(out)])
+    assert r.exit_code == 0 and r.output.splitlines()[-1].startswith("The study ended early at 0 of 2 trials: time budget"), r.output
 
 
 def test_sighup_stops_the_study_as_sigterm_does_unless_ignored(tiny_model, tiny_data, space, tmp_path, monkeypatch):
@@ -430,9 +437,14 @@ def test_a_stop_after_the_base_models_evaluation_keeps_it(tiny_model, tiny_data,
     assert r.exit_code == 130, r.output
     assert "Interrupted: no trial had started; the base model's evaluation is kept (--resume starts from it)." in r.output
     assert (out / "baseline.json").is_file() and (out / "journal.jsonl").is_file()
+    r = CliRunner().invoke(main, ["report", str(out)])  # stopped with nothing under way: said, and how to go on
+    assert r.exit_code == 0 and r.output.splitlines()[-1].startswith("The study was stopped at 0 of 1 trials: `"), r.output
+    assert r.output.splitlines()[-1].endswith(f"optimize --output_dir {out} --resume` continues it")
     r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume"])
     assert r.exit_code == 0 and "Base model (no fine-tuning" not in r.output, r.output
     assert sorted(replay(out).finished) == [0]
+    r = CliRunner().invoke(main, ["report", str(out)])  # it ended: nothing to add
+    assert r.exit_code == 0 and "The study" not in r.output, r.output
 
 
 def test_closing_the_terminal_stops_the_study_as_sighup_should(tiny_model, tiny_data, tmp_path):

@@ -241,3 +241,5 @@ def test_a_trial_trained_on_fewer_cpu_threads_is_a_difference(study):
     record.starts[0]["threads"] = torch.get_num_threads() + 2
     assert differences(cfg, kw, record, 0) == [f"CPU threads {torch.get_num_threads()} vs {torch.get_num_threads() + 2} "
                                                "(sums in another order: the last digits differ)"]
+    # more threads than torch's default (a study's one slot takes every logical CPU): moopt train takes the trial's
+    assert differences(cfg, {**kw, "threads": torch.get_num_threads() + 2}, record, 0) == []

@@ -481,11 +481,16 @@ def study_state_note(output_dir: str, live: bool) -> str | None:
     done = sum(not e.taken_from for e in rec.finished.values())
     if live:
         return f"The study is running ({done} of {total} trials done): these files are its state now"
-    if rec.running:  # (a time budget or a spent space stopped it with no trial under way: its end said why)
+    resume = f"`{program()} optimize --output_dir {shlex.quote(str(output_dir))} --resume"
+    if rec.running:
         more = f" --num_trials {done + len(rec.running)}" if done >= total else ""  # else the interrupted stay so
-        return (f"The study was stopped at {done} of {total} trials, {len(rec.running)} interrupted: `{program()} "
-                f"optimize --output_dir {shlex.quote(str(output_dir))} --resume{more}` "
+        return (f"The study was stopped at {done} of {total} trials, {len(rec.running)} interrupted: {resume}{more}` "
                 + ("reruns them" if more else "continues it"))
+    if rec.ended is not None:  # it ended: all its trials, or an early stop its end gave the reason for
+        note = rec.ended.get("stop_note")
+        return f"The study ended early at {done} of {total} trials: {note}" if note and done < total else None
+    if done < total:  # stopped between trials (or before the first), nothing under way
+        return f"The study was stopped at {done} of {total} trials: {resume}` continues it"
     return None
 
 
@@ -594,6 +599,13 @@ def train(**kw) -> None:
 
                 number = load_study(study_dir).best
             kw["study_trial"] = number
+            # on a CPU, the trial's threads where they are more than this process would take (a study's one slot
+            # takes every logical CPU, torch's default only the physical cores): the same sums, not slower
+            threads = int((record.starts.get(number) or {}).get("threads") or 0)
+            import torch
+
+            if not torch.cuda.is_available() and threads > torch.get_num_threads():
+                kw["threads"] = threads
             kw["differs_from_trial"] = differences(cfg, kw, record, number)
     except ConfigError as e:
         fail(str(e))

@@ -131,8 +131,9 @@ def differences(cfg: TrialConfig, kw: dict[str, Any], record, number: int | None
     if theirs_dev and theirs_dev != ours_dev:  # other kernels, dtype and numerics
         out.append(f"device {ours_dev} vs {theirs_dev}")
     threads = int((record.starts.get(number) or {}).get("threads") or 0)  # (0: a study from before it was journaled)
-    if theirs_dev == ours_dev == "cpu" and threads and threads != torch.get_num_threads():  # one of --parallel_trials 3
-        out.append(f"CPU threads {torch.get_num_threads()} vs {threads} (sums in another order: the last digits differ)")
+    ours_threads = int(kw.get("threads") or 0) or torch.get_num_threads()
+    if theirs_dev == ours_dev == "cpu" and threads and threads != ours_threads:  # one of --parallel_trials 3
+        out.append(f"CPU threads {ours_threads} vs {threads} (sums in another order: the last digits differ)")
     kernels = (h.get("options") or {}).get("kernels") or "auto"
     # the path each takes (auto is torch on a CPU): --kernels torch here repeats an auto trial on a CPU
     if kernel_path(kw["kernels"], ours_dev) != kernel_path(kernels, theirs_dev or ours_dev):
@@ -206,7 +207,8 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
     spec = TrialSpec(number=0, config=cfg, base_model=model_path, train_file=os.path.abspath(kw["train_file"]),
                      validation_file=os.path.abspath(kw["validation_file"]), output_dir=str(work), seed=kw["seed"],
                      kernels=kw["kernels"], test_file=os.path.abspath(kw["test_file"]) if kw.get("test_file") else None,
-                     eval_max_seq_length=kw.get("eval_max_seq_length", 0), hub_id=kw.get("hub_id"), hub_revision=kw.get("hub_revision"))
+                     eval_max_seq_length=kw.get("eval_max_seq_length", 0), hub_id=kw.get("hub_id"), hub_revision=kw.get("hub_revision"),
+                     threads=int(kw.get("threads") or 0))
     if cfg.model.quantization == "none":  # as a study does (Study.prepare_model): moopt's own conversion
         from moopt.config import resolve_dtype  # loads from its copy in the trial's dtype, not converted at load
         from moopt.train.models import prepare_dtype_copy

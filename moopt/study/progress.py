@@ -17,6 +17,7 @@ lines at a modest rate:
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 import time
@@ -117,6 +118,7 @@ class ProgressBoard:
         self.last_end = self.t0  # when the last of them ended: the pace counts up to here, not the running ones' time
         self.durations: list[float] = []  # seconds from its first event to its end, of each of them on the board
         self.tails: list[float] = []  # seconds from its last optimizer step to its end (the last evaluation, saving)
+        self.slots = 0  # the most trials seen running at once: the study's slots, as far as the board can tell
         self.trials: dict[int, TrialProgress] = {}
         # a late event of an ended trial (Ray sends them asynchronously) must not bring it back on the board
         self.gone: set[int] = set()
@@ -128,6 +130,7 @@ class ProgressBoard:
         if t is None:
             label = "Base model" if number < 0 else f"Trial {number}"
             t = self.trials[number] = TrialProgress(label=label, started=now, phase_since=now, printed_at=now)
+            self.slots = max(self.slots, sum(n >= 0 for n in self.trials))
         return t
 
     def event(self, number: int, msg: dict) -> TrialProgress | None:
@@ -259,7 +262,13 @@ class ProgressBoard:
             return None
         pace = max(self.last_end - self.t0, 0.0) / self.done_here
         pace = max(pace, (now - self.t0) / (self.done_here + 1))
-        return to_start * pace + max(known, default=0.0)
+        # each trial still to start takes a slot as one frees up, for the slots' time per trial (the pace is per slot):
+        # the last few, fewer than the slots, each take a whole trial's time, after a running one
+        slots = max(self.slots, len(running), 1)
+        free = sorted([*(r or 0.0 for r in rest), *[0.0] * (slots - len(running))])
+        for _ in range(to_start):
+            heapq.heappush(free, heapq.heappop(free) + pace * slots)
+        return max(free)
 
     def trial_line(self, number: int, timed: bool = True) -> str:
         """Training: step/total, loss, tokens/s, ETA. Otherwise its phase (and for how long, ``timed``)."""

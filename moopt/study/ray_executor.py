@@ -90,7 +90,9 @@ def _on_kind(kind: str | None) -> dict:
 def _node_gpu_gib() -> list[float]:
     """GiB of each NVIDIA GPU Ray may hand out on the node this runs on, through NVML; [] without a driver. Ray's
     GPUs are those of the raylet's CUDA_VISIBLE_DEVICES where ``ray start`` ran under one (a task asking for no GPU
-    keeps it), by index or UUID, in its order; else all NVML sees."""
+    keeps it in recent Rays), by index or UUID, in its order; else all NVML sees. An empty one is what older Rays set
+    in every task that asks for no GPU (as this one does), not the node's: all NVML sees, then (a node Ray gives no
+    GPU is never asked)."""
     import os
 
     try:
@@ -100,7 +102,7 @@ def _node_gpu_gib() -> list[float]:
     except Exception:
         return []
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
+    if visible:
         named = [next((g for g in gpus if g.named_by(v.strip())), None) for v in visible.split(",") if v.strip()]
         gpus = [g for g in named if g is not None]
     return [g.total_bytes / 2**30 for g in gpus]

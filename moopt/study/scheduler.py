@@ -368,7 +368,9 @@ class Study:
         self.baseline_kept = False  # this run evaluated the base model (COMPLETE)
         previous = _on_sigterm_raise()
         try:
-            return self._run()
+            summary = self._run()
+            drop_replaced(self.out)  # a study that ended with no trial started (a time budget spent on the base model,
+            return summary  # every configuration ruled out, all taken over) replaced --overwrite's earlier one as well
         except BaseException as e:
             # a stop after the base model's evaluation keeps it (minutes on a large model; --resume starts from it),
             # unless an --overwrite's earlier study is to be put back
@@ -492,6 +494,7 @@ class Study:
             if sched.stop_note.startswith("time budget") and len(sched.finished) - taken < cfg.num_trials:
                 self.console.print(f"  moopt optimize --output_dir {escape(str(self.out))} --resume --time_budget_hours H "
                                    "goes on with a budget of H hours from its start", markup=True, highlight=False)
+        self.journal.append({"type": "ended", "at": _now(), "stop_note": sched.stop_note})  # not stopped: moopt report
         self.journal.close()
         return self.results(self.out, final=True)
 
