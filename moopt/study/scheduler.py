@@ -449,7 +449,8 @@ class Study:
             if moved:
                 self.journal.append({"type": "moved", "updated": _now(), **moved})
                 self.console.print("Resumed from " + "; ".join(f"--{k} {v} (was {was[k]})" for k, v in moved.items())
-                                   + ", the same content: the study names it from now on", markup=False, highlight=False)
+                                   + f", the same content: the study names {'it' if len(moved) == 1 else 'them'} from now on",
+                                   markup=False, highlight=False)
         for r in record.rungs if record else []:  # what finished trials showed at each rung
             if r["number"] in record.finished:
                 self.pruner.record(r["rung"], r["number"], cfg.objectives.to_minimize(r["metrics"]), r.get("step"))
