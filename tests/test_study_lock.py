@@ -237,7 +237,7 @@ def test_a_trial_with_no_end_is_running_while_the_study_lives_and_interrupted_on
     # and what to do about it (the report said nothing of the study's stop)
     assert said.splitlines()[-1].startswith("The study was stopped at 4 of 4 trials, 1 interrupted: `")
     # (4 trials finished of --num_trials 4: a plain --resume would not rerun the interrupted one)
-    assert said.splitlines()[-1].endswith(f"optimize --output_dir {out} --resume --num_trials 5` reruns them")
+    assert said.splitlines()[-1].endswith(f"optimize --output_dir {out} --resume --num_trials 5` reruns it")
     owner = holder(out)  # the study runs in another process: its trial is running
     state, said = report()
     assert state[4] == "RUNNING" and said.splitlines()[-1] == "The study is running (4 of 4 trials done): these files are its state now"
@@ -477,3 +477,30 @@ def test_closing_the_terminal_stops_the_study_as_sighup_should(tiny_model, tiny_
     assert os.waitstatus_to_exitcode(status) == 129 and "Traceback" not in said, said
     summary = pd.read_csv(out / "trials_summary.csv").set_index("number")
     assert summary.state[0] == "COMPLETE" and summary.state[1] == "INTERRUPTED", summary.state
+
+
+def test_a_resume_after_an_overwrite_killed_before_its_first_trial_puts_the_earlier_study_back(tiny_model, tiny_data,
+                                                                                              space, tmp_path):
+    """kill -9 (an OOM killer) during --overwrite's base-model evaluation left the earlier study aside; the --resume
+    `moopt report` advised then continued the empty replacement and removed the earlier study without a word."""
+    from moopt.journal import Journal
+    from moopt.study.outdir import REPLACED, set_aside_study
+
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(main, args(tiny_model, tiny_data, out, space, 2))
+    assert r.exit_code == 0, r.output
+    first = pd.read_csv(out / "trials_summary.csv").datetime_start.tolist()
+    set_aside_study(out)  # what the killed --overwrite left: the earlier study aside, its own header only
+    j = Journal(out)
+    j.append({"type": "study", "num_trials": 2, "objectives": ["eval_loss"], "weights": [1.0]})
+    j.close()
+    r = CliRunner().invoke(main, ["report", str(out)])
+    assert r.exit_code == 0 and f"left the earlier study (2 trials finished) aside in {out / REPLACED}" in r.output, r.output
+    r = CliRunner().invoke(main, args(tiny_model, tiny_data, out, space, 2))
+    assert r.exit_code == 2 and "--resume puts it back and continues it" in r.output, r.output
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume", "--num_trials", "3"])
+    assert r.exit_code == 0, r.output
+    assert "left the earlier study aside; it is back (2 trials finished) and this --resume continues it" in \
+        " ".join(r.output.split())
+    assert not (out / REPLACED).exists() and sorted(replay(out).finished) == [0, 1, 2]
+    assert pd.read_csv(out / "trials_summary.csv").datetime_start.tolist()[:2] == first  # not trained again

@@ -102,6 +102,8 @@ def main() -> None:
                    "process's RSS carries earlier trials).")
 def optimize(**kw) -> None:
     """Search LoRA hyperparameters for a base model on your data; write results to --output_dir."""
+    if kw["resume"] and kw["output_dir"] and (note := put_back_replaced(kw["output_dir"])):
+        click.echo(f"Note: {note}")
     taken = resume_defaults(kw)
     from moopt.journal import JOURNAL
 
@@ -158,8 +160,10 @@ def optimize(**kw) -> None:
                            "was (--overwrite replaces it once a trial starts)", err=True)
                 click.echo(f"Run again with: {program()} {' '.join(map(shlex.quote, sys.argv[1:]))}", err=True)
             else:
-                click.echo(f"\n{stop}: {kept_text(cfg)}", err=True)
-                click.echo(f"Continue with: {resume_command()}", err=True)
+                said = kept_text(cfg)
+                click.echo(f"\n{stop}: {said}", err=True)
+                if "every trial had finished" not in said:  # else its `moopt report` line is what is left to do
+                    click.echo(f"Continue with: {resume_command()}", err=True)
         except OSError:
             pass
         sys.exit({"SIGTERM": 143, "SIGHUP": 129}.get(by, 130))
@@ -469,6 +473,44 @@ def report(output_dir: str) -> None:
              "writable and run moopt report there")
     if note := study_state_note(output_dir, live):
         click.echo(note)
+    if not live and (note := replaced_note(output_dir)):
+        click.echo(f"Note: {note}")
+
+
+def put_back_replaced(output_dir: str) -> str | None:
+    """--resume where an --overwrite was killed (kill -9, an OOM killer) before its first trial: the earlier study it
+    set aside is put back, as a Ctrl-C there would have, and this resume continues it (the replacement had trained
+    nothing; resuming it removed the earlier study without a word). What was done, or None."""
+    from moopt.errors import ConfigError
+    from moopt.journal import replay
+    from moopt.study.lock import StudyLock
+    from moopt.study.outdir import REPLACED, restore_study
+
+    out = Path(output_dir)
+    if not (out / REPLACED).is_dir() or replay(out).starts:
+        return None
+    try:
+        StudyLock(out).check()  # (that --overwrite still running: its own check says so)
+    except ConfigError:
+        return None
+    n = len(replay(out / REPLACED).finished)
+    restore_study(out)
+    return (f"an --overwrite of {output_dir} stopped before its first trial (killed) left the earlier study aside; it is "
+            f"back ({plural(n, 'trial')} finished) and this --resume continues it (--overwrite starts the new one)")
+
+
+def replaced_note(output_dir: str) -> str | None:
+    """What ``moopt report`` and a refusal say where an --overwrite was killed before its first trial."""
+    from moopt.journal import replay
+    from moopt.study.outdir import REPLACED
+
+    out = Path(output_dir)
+    if not (out / REPLACED).is_dir() or replay(out).starts:
+        return None
+    n = len(replay(out / REPLACED).finished)
+    return (f"an --overwrite stopped before its first trial (killed) left the earlier study ({plural(n, 'trial')} "
+            f"finished) aside in {out / REPLACED}: --resume puts it back and continues it, --overwrite starts the new "
+            "one again")
 
 
 def study_state_note(output_dir: str, live: bool) -> str | None:
@@ -485,7 +527,7 @@ def study_state_note(output_dir: str, live: bool) -> str | None:
     if rec.running:
         more = f" --num_trials {done + len(rec.running)}" if done >= total else ""  # else the interrupted stay so
         return (f"The study was stopped at {done} of {total} trials, {len(rec.running)} interrupted: {resume}{more}` "
-                + ("reruns them" if more else "continues it"))
+                + (("reruns it" if len(rec.running) == 1 else "reruns them") if more else "continues it"))
     if rec.ended is not None:  # it ended: all its trials, or an early stop its end gave the reason for
         note = rec.ended.get("stop_note")
         return f"The study ended early at {done} of {total} trials: {note}" if note and done < total else None

@@ -60,7 +60,10 @@ def check_output_dir(cfg: Any) -> None:
     StudyLock(out).check()  # a study running there: refused at once, whatever the flags
     holds_study = (out / JOURNAL).is_file()
     if holds_study and not (cfg.resume or cfg.overwrite):
-        raise ConfigError(f"{out}: holds a study already; pass --resume to continue it or --overwrite to replace it")
+        aside = (out / REPLACED).is_dir() and not replay(out).starts  # an --overwrite killed before its first trial
+        raise ConfigError(f"{out}: holds a study already; pass --resume to continue it or --overwrite to replace it"
+                          + (f" (an --overwrite stopped before its first trial left the earlier study aside in "
+                             f"{out / REPLACED}: --resume puts it back and continues it)" if aside else ""))
     if not holds_study and not cfg.overwrite and out.is_dir():
         # files named as a study's but no journal: not moopt's to replace (a failed start would remove them too)
         theirs = sorted(p.name for p in out.iterdir() if p.name in (*OUR_FILES, *RESULT_FILES, "trial_results"))

@@ -423,16 +423,16 @@ class Study:
                 self.journal.append({"type": "settings", "updated": _now(), **changed})
                 said = {"weights": "--optimization_weights", "num_trials": "--num_trials",
                         "memory_constraint_gb": "--memory_constraint"}
-                shown = [f"{said[k]} {_shown(record.header.get(k))} -> {_shown(v)}" for k, v in changed.items() if k in said]
+                shown = [f"{said[k]} {_shown(v)} (was {_shown(record.header.get(k))})" for k, v in changed.items() if k in said]
                 # the other options a resume changed (pruning, kernels, slots, ...): from now on the study's, so said;
                 # not the ones shown above, nor files (their content is what the study checks: a copy may move)
                 was = record.header.get("options") or {}
                 quiet = ("num_trials", "optimization_weights", "memory_constraint", "base_model", "train_file",
                          "validation_file", "search_space", "seed", "optimization_objective")
-                shown += [f"--{k} {_shown(was.get(k))} -> {_shown(v)}" for k, v in (changed.get("options") or {}).items()
+                shown += [f"--{k} {_shown(v)} (was {_shown(was.get(k))})" for k, v in (changed.get("options") or {}).items()
                           if k not in quiet and k in was and was.get(k) != v]
                 if shown:
-                    self.console.print(f"Resumed with {'; '.join(shown)} (was -> now): the results "
+                    self.console.print(f"Resumed with {'; '.join(shown)}: the results "
                                        "use this run's from now on", markup=False, highlight=False)
                 from moopt.study.adapters import KEEP_CHOICES
 
@@ -497,6 +497,10 @@ class Study:
                                    "goes on with a budget of H hours from its start", markup=True, highlight=False)
         self.journal.append({"type": "ended", "at": _now(), "stop_note": sched.stop_note})  # not stopped: moopt report
         self.journal.close()
+        try:  # every trial has ended: a Ctrl-C now would only cut the final write short (and once aborted the process,
+            self.sigint_was = signal.signal(signal.SIGINT, signal.SIG_IGN)  # exit -6, a native thread still running)
+        except ValueError:  # not the main thread
+            pass
         return self.results(self.out, final=True)
 
     def results(self, out: Path, quiet: bool = True, final: bool = False, stopped: bool = False) -> dict[str, Any]:
