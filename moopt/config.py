@@ -74,6 +74,12 @@ def whole(name: str, v: Any) -> Any:
     """``v`` as an int where ``name`` is one of WHOLE and ``v`` a whole float; else ``v``."""
     return int(v) if name in WHOLE and isinstance(v, float) and v.is_integer() else v
 
+
+def shown_value(v: Any) -> str:
+    """A configuration value as a difference names it: ``0.0002``, ``q_proj,v_proj``, ``cosine``."""
+    return f"{v:g}" if isinstance(v, float) else ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     learning_rate: float = 2e-4  # peak LR after warmup

@@ -481,19 +481,16 @@ def put_back_replaced(output_dir: str) -> str | None:
     """--resume where an --overwrite was killed (kill -9, an OOM killer) before its first trial: the earlier study it
     set aside is put back, as a Ctrl-C there would have, and this resume continues it (the replacement had trained
     nothing; resuming it removed the earlier study without a word). What was done, or None."""
-    from moopt.errors import ConfigError
-    from moopt.journal import replay
     from moopt.study.lock import StudyLock
-    from moopt.study.outdir import REPLACED, restore_study
+    from moopt.study.outdir import left_aside, restore_study
 
     out = Path(output_dir)
-    if not (out / REPLACED).is_dir() or replay(out).starts:
+    if (n := left_aside(out)) is None:
         return None
     try:
         StudyLock(out).check()  # (that --overwrite still running: its own check says so)
     except ConfigError:
         return None
-    n = len(replay(out / REPLACED).finished)
     restore_study(out)
     return (f"an --overwrite of {output_dir} stopped before its first trial (killed) left the earlier study aside; it is "
             f"back ({plural(n, 'trial')} finished) and this --resume continues it (--overwrite starts the new one)")
@@ -501,13 +498,11 @@ def put_back_replaced(output_dir: str) -> str | None:
 
 def replaced_note(output_dir: str) -> str | None:
     """What ``moopt report`` and a refusal say where an --overwrite was killed before its first trial."""
-    from moopt.journal import replay
-    from moopt.study.outdir import REPLACED
+    from moopt.study.outdir import REPLACED, left_aside
 
     out = Path(output_dir)
-    if not (out / REPLACED).is_dir() or replay(out).starts:
+    if (n := left_aside(out)) is None:
         return None
-    n = len(replay(out / REPLACED).finished)
     return (f"an --overwrite stopped before its first trial (killed) left the earlier study ({plural(n, 'trial')} "
             f"finished) aside in {out / REPLACED}: --resume puts it back and continues it, --overwrite starts the new "
             "one again")

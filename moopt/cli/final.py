@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from moopt.config import TrialConfig
+from moopt.config import TrialConfig, shown_value
 from moopt.console import plural
 
 GAP_WARN = 0.10  # relative test-vs-validation loss gap that is flagged as possible overfitting to validation
@@ -113,10 +113,7 @@ def differences(cfg: TrialConfig, kw: dict[str, Any], record, number: int | None
     out = []
     if end.config:
         theirs, ours = TrialConfig.from_dict(end.config).flat(), cfg.flat()
-        def shown(v):
-            return f"{v:g}" if isinstance(v, float) else ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-
-        out += [f"{k} {shown(ours.get(k))} vs {shown(theirs.get(k))}" for k in sorted(set(ours) | set(theirs))
+        out += [f"{k} {shown_value(ours.get(k))} vs {shown_value(theirs.get(k))}" for k in sorted(set(ours) | set(theirs))
                 if ours.get(k) != theirs.get(k)]
     fp = h.get("fingerprint") or {}
     if fp.get("seed") is not None and int(fp["seed"]) != int(kw["seed"]):

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from moopt.config import TrialConfig, as_written, whole
+from moopt.config import TrialConfig, as_written, shown_value, whole
 from moopt.errors import ConfigError
 from moopt.journal import JOURNAL, replay
 from moopt.model_files import model_digest
@@ -60,10 +60,10 @@ def check_output_dir(cfg: Any) -> None:
     StudyLock(out).check()  # a study running there: refused at once, whatever the flags
     holds_study = (out / JOURNAL).is_file()
     if holds_study and not (cfg.resume or cfg.overwrite):
-        aside = (out / REPLACED).is_dir() and not replay(out).starts  # an --overwrite killed before its first trial
         raise ConfigError(f"{out}: holds a study already; pass --resume to continue it or --overwrite to replace it"
                           + (f" (an --overwrite stopped before its first trial left the earlier study aside in "
-                             f"{out / REPLACED}: --resume puts it back and continues it)" if aside else ""))
+                             f"{out / REPLACED}: --resume puts it back and continues it)"
+                             if left_aside(out) is not None else ""))
     if not holds_study and not cfg.overwrite and out.is_dir():
         # files named as a study's but no journal: not moopt's to replace (a failed start would remove them too)
         theirs = sorted(p.name for p in out.iterdir() if p.name in (*OUR_FILES, *RESULT_FILES, "trial_results"))
@@ -98,7 +98,7 @@ def check_output_dir(cfg: Any) -> None:
                 changed.append(_difference(k, theirs.get(k), mine[k]))
                 if k == "fixed" and isinstance(theirs.get(k), dict):  # which ones: the message named none
                     was, now = TrialConfig.from_dict(theirs[k]).flat(), TrialConfig.from_dict(mine[k]).flat()
-                    changed[-1] += ": " + ", ".join(f"{n} {_shown_value(was.get(n))} -> {_shown_value(now.get(n))}"
+                    changed[-1] += ": " + ", ".join(f"{n} {shown_value(was.get(n))} -> {shown_value(now.get(n))}"
                                                     for n in sorted(set(was) | set(now)) if was.get(n) != now.get(n))
         if header.get("model_digest") and getattr(cfg, "model_path", "") and os.path.isdir(cfg.model_path):
             if model_digest(cfg.model_path) != header["model_digest"]:  # a folder retrained in place: same path
@@ -121,10 +121,6 @@ def _same_model_folder(header: dict, cfg: Any) -> bool:
     path = getattr(cfg, "model_path", None) or getattr(cfg, "base_model", None)  # (the CLI checks before resolving it)
     return bool(header.get("model_digest") and path and os.path.isdir(path)
                 and model_digest(path) == header["model_digest"])
-
-
-def _shown_value(v: Any) -> str:
-    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _difference(key: str, old: Any, new: Any) -> str:
@@ -163,6 +159,14 @@ def set_aside_study(out: Path) -> None:
     for name in (*OUR_FILES, *RESULT_FILES, "trial_results"):
         if os.path.lexists(out / name):
             os.replace(out / name, aside / name)
+
+
+def left_aside(out: Path) -> int | None:
+    """Where an --overwrite was killed (kill -9) before its first trial, the earlier study it set aside is still
+    whole: its finished trials' count; else None."""
+    if not (out / REPLACED).is_dir() or replay(out).starts:
+        return None
+    return len(replay(out / REPLACED).finished)
 
 
 def restore_study(out: Path) -> bool:
