@@ -160,9 +160,9 @@ def optimize(**kw) -> None:
                            "was (--overwrite replaces it once a trial starts)", err=True)
                 click.echo(f"Run again with: {program()} {' '.join(map(shlex.quote, sys.argv[1:]))}", err=True)
             else:
-                said = kept_text(cfg)
+                said, all_done = kept(cfg)
                 click.echo(f"\n{stop}: {said}", err=True)
-                if "every trial had finished" not in said:  # else its `moopt report` line is what is left to do
+                if not all_done:  # else its `moopt report` line is what is left to do
                     click.echo(f"Continue with: {resume_command()}", err=True)
         except OSError:
             pass
@@ -182,10 +182,10 @@ def optimize(**kw) -> None:
         sys.exit(1)
 
 
-def kept_text(cfg) -> str:
+def kept(cfg) -> tuple[str, bool]:
     """What an interrupted study kept, read from its journal (the truth whichever step a Ctrl-C, or a second one,
     stopped): trials finished (those --warm_start took over said apart), those that will rerun, and whether the
-    result files may lack the end's analysis."""
+    result files may lack the end's analysis; and whether every trial had finished (nothing is left for --resume)."""
     from moopt.journal import replay
 
     try:
@@ -195,8 +195,8 @@ def kept_text(cfg) -> str:
     rerun = f"running, will rerun: {', '.join(map(str, rec.running))}" if rec is not None and rec.running else ""
     if rec is None or not rec.finished:
         if not rerun and rec is not None and rec.header and (Path(cfg.output_dir) / "baseline.json").is_file():
-            return "no trial had started; the base model's evaluation is kept (--resume starts from it)."
-        return "no trial had finished" + (f"; {rerun}." if rerun else "; nothing was kept.")
+            return "no trial had started; the base model's evaluation is kept (--resume starts from it).", False
+        return "no trial had finished" + (f"; {rerun}." if rerun else "; nothing was kept."), False
     total = int(rec.header.get("num_trials") or cfg.num_trials)
     taken = sum(bool(e.taken_from) for e in rec.finished.values())
     full = len(rec.finished) - taken >= total  # a --resume with a lower --num_trials: what still runs is not rerun
@@ -205,11 +205,12 @@ def kept_text(cfg) -> str:
     if rerun:
         text += (f"; not rerun, --num_trials is reached (INTERRUPTED in the results): {', '.join(map(str, rec.running))}"
                  if full else f"; {rerun}")
-    if full or (len(rec.finished) >= total and not rec.running):  # stopped while the end's result files were written
+    all_done = full or (len(rec.finished) >= total and not rec.running)
+    if all_done:  # stopped while the end's result files were written
         text += f"; every trial had finished: `moopt report {shlex.quote(str(cfg.output_dir))}` writes the result files"
     elif (Path(cfg.output_dir) / "report.html").is_file():  # written at an earlier run's end; the trials since are not in it
         text += f"; report.html and the analysis are an earlier run's: `moopt report {shlex.quote(str(cfg.output_dir))}` brings them up to date"
-    return text + "."
+    return text + ".", all_done
 
 
 NOT_CARRIED = ("resume", "overwrite", "output_dir", "time_budget_hours")  # what --resume never takes from the study
