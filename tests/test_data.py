@@ -485,3 +485,43 @@ def test_json_lines_are_read_one_line_at_a_time_as_split_would():
 
     for text in ("", "a", "a\n", "a\nb", "\n\n", "a\r\nb\n", "{}\n\n{}"):
         assert list(_lines(text)) == text.split("\n"), text
+
+
+def test_chat_records_rendered_and_encoded_in_batches_tokenise_as_one_by_one(tiny_model, tmp_path, monkeypatch):
+    """A chat record's 3 to 5 renderings (the whole, and before and up to each assistant turn) were each encoded with
+    a call of their own, ~4x slower than a prompt/completion record: now rendered per chunk and encoded in one call,
+    with the same examples as one by one (a template that adds to the last turn only, every chat format), and a
+    record the template refuses still named by its number."""
+    from moopt.train import data
+
+    tok = _chat_tok(tiny_model, "{% for m in messages %}{{ m['role'] }} : {% if m['role'] == 'assistant' and loop.last %}"
+                                "the the {% endif %}{{ m['content'] }} </s> {% endfor %}"
+                                "{% if add_generation_prompt %}assistant : {% endif %}")
+    monkeypatch.setattr(data, "ENCODE_CHUNK", 4)
+    turns = [{"role": "user", "content": "sky ?"}, {"role": "assistant", "content": "red"},
+             {"role": "user", "content": "sea ?"}, {"role": "assistant", "content": "blue"}]
+    rows = [{"messages": turns}, {"messages": turns[:2]}, {"messages": [{"role": "assistant", "content": "red"}]},
+            {"prompt": turns[:3], "completion": turns[3:]}, {"instruction": "what is the color of sky ?", "output": "blue"},
+            {"instruction": "the color ?", "input": "sky", "output": "blue"}, {"text": "the sky is blue"}] * 2
+    f = tmp_path / "chat.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    calls = []
+    real_call = type(tok).__call__
+    monkeypatch.setattr(type(tok), "__call__", lambda self, *a, **k: calls.append(a) or real_call(self, *a, **k))
+    batched = tokenize_file(f, tok, 64)
+    assert len([a for a in calls if isinstance(a[0], list)]) == 4  # one call per chunk of 4 records
+    assert len(calls) <= 4 + 2, calls  # and special_prefix's two ("a"): no record encoded alone
+    monkeypatch.setattr(type(tok), "__call__", real_call)
+    assert getattr(tok, "_moopt_encoded", None) is None and getattr(tok, "_moopt_rendered", None) is None
+    assert _learnt(batched.examples[0], tok) == ["red", "</s>", "the", "the", "blue", "</s>"]
+    monkeypatch.setattr(data, "_encode_batch", lambda tokenizer, records: None)
+    single = tokenize_file(f, tok, 64)
+    assert [(e.input_ids, e.labels) for e in batched.examples] == [(e.input_ids, e.labels) for e in single.examples]
+    monkeypatch.undo()
+    monkeypatch.setattr(data, "ENCODE_CHUNK", 4)
+    tok.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+                         + tok.chat_template)
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows[:5])
+                 + json.dumps({"messages": [{"role": "system", "content": "be brief"}] + turns}) + "\n")
+    with pytest.raises(ConfigError, match=r"chat.jsonl: record 6: the tokenizer cannot encode it .*no system role"):
+        tokenize_file(f, tok, 64)

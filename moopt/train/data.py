@@ -315,11 +315,23 @@ class TokenizedSet:
     n_unlabelled: int = 0  # examples left out: cut to max_seq_length, they kept no token that carries loss
 
 
-def _chat(tokenizer, messages, generation_prompt: bool) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
-    if isinstance(out, dict) or hasattr(out, "keys"):  # BatchEncoding in newer transformers
-        out = out["input_ids"]
-    return list(out)
+def _render(tokenizer, messages, generation_prompt: bool) -> str:
+    """The chat template's text of ``messages``: ``apply_chat_template(tokenize=True)`` is this text encoded without
+    special tokens added (transformers' own call), which ``_ids`` does, in batches where it can."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def _chat_texts(tokenizer, msgs: list[dict[str, str]], learn_from: int = 0) -> dict[tuple, str]:
+    """Every rendering ``_chat_example`` compares: the whole conversation; for each assistant turn it learns, the
+    conversation before it with the generation prompt (an empty assistant turn, for one that opens it) and up to it."""
+    texts: dict[tuple, str] = {("all",): _render(tokenizer, msgs, False)}
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant" or i < learn_from:
+            continue
+        texts[("before", i)] = (_render(tokenizer, msgs[:i], True) if i else
+                                _render(tokenizer, [{"role": "assistant", "content": ""}], False))
+        texts[("upto", i)] = _render(tokenizer, msgs[: i + 1], False)
+    return texts
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -327,6 +339,20 @@ def _ids(tokenizer, text: str) -> list[int]:
     if memo is not None and text in memo:
         return memo[text]
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _as_chat(rec: Any, tokenizer) -> tuple[list[dict[str, str]], int] | None:
+    """A record that ``tokenize_record`` renders with the chat template, as (its turns, the first turn learnt from);
+    else None."""
+    fmt = record_format(rec) if isinstance(rec, dict) else None
+    if fmt == "messages":
+        return rec["messages"], 0
+    if fmt == "prompt_completion" and isinstance(rec["prompt"], list):  # conversational: the completion's turns learnt
+        return rec["prompt"] + rec["completion"], len(rec["prompt"])
+    if fmt == "instruction" and getattr(tokenizer, "chat_template", None):
+        user = rec["instruction"] + (("\n\n" + rec["input"]) if rec.get("input") else "")
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": rec["output"]}], 0
+    return None
 
 
 ENCODE_CHUNK = 1024  # records whose plain texts are encoded in one call of the tokenizer
@@ -346,10 +372,22 @@ def _plain_texts(rec: Any) -> list[str]:
 
 
 def _encode_batch(tokenizer, records: list) -> None:
-    """Encode the plain texts of ``records`` in one call (transformers' per-call overhead was ~85% of tokenising a
-    prompt/completion file: 13 s of 100k records' 15, where the Rust encoder took 2) and keep them on the tokenizer
-    for ``_ids``; a batch the tokenizer refuses is left to the records one by one (their error names the record)."""
-    texts = list(dict.fromkeys(t for rec in records for t in _plain_texts(rec)))
+    """Encode the texts of ``records`` in one call (transformers' per-call overhead was ~85% of tokenising a
+    prompt/completion file: 13 s of 100k records' 15, where the Rust encoder took 2; a chat record's 3 to 5 renderings,
+    encoded one by one, made it ~4x slower than a prompt/completion one) and keep them on the tokenizer for ``_ids``,
+    with each chat record's renderings (``_chat_texts``) for ``_chat_example``; a record whose template or text the
+    tokenizer refuses is left to the records one by one (their error names the record)."""
+    texts = [t for rec in records for t in _plain_texts(rec)]
+    rendered: dict[int, dict[tuple, str]] = {}
+    if getattr(tokenizer, "chat_template", None):
+        for rec in records:
+            if (chat := _as_chat(rec, tokenizer)) is not None:
+                try:
+                    rendered[id(rec)] = _chat_texts(tokenizer, *chat)
+                except Exception:  # noqa: BLE001 - jinja2's TemplateError, ...: said by that record's own call
+                    continue
+                texts.extend(rendered[id(rec)].values())
+    texts = list(dict.fromkeys(texts))
     memo = None
     if texts and getattr(tokenizer, "is_fast", False):
         try:
@@ -358,6 +396,7 @@ def _encode_batch(tokenizer, records: list) -> None:
             memo = None
     try:
         tokenizer._moopt_encoded = memo
+        tokenizer._moopt_rendered = rendered if records else None
     except AttributeError:
         pass
 
@@ -401,11 +440,12 @@ def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
     fmt = record_format(rec)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     bos = special_prefix(tokenizer)
+    if (chat := _as_chat(rec, tokenizer)) is not None:
+        texts = (getattr(tokenizer, "_moopt_rendered", None) or {}).get(id(rec))  # (rendered by _encode_batch)
+        return _chat_example(chat[0], tokenizer, chat[1], texts=texts)
     if fmt == "text":
         ids = _framed(_ids(tokenizer, rec["text"]), bos, eos)[0]
         return Example(ids, list(ids))
-    if fmt == "prompt_completion" and isinstance(rec["prompt"], list):  # conversational: the completion's turns learnt
-        return _chat_example(rec["prompt"] + rec["completion"], tokenizer, learn_from=len(rec["prompt"]))
     if fmt == "prompt_completion":
         # tokenised together, as TRL does: a SentencePiece tokenizer (Llama 2, Mistral) encodes a completion alone with
         # a word-start marker of its own that the joined text has not; the loss starts where the prompt's tokens end
@@ -414,18 +454,15 @@ def tokenize_record(rec: dict[str, Any], tokenizer) -> Example:
         cut = _shared_start(p, both)
         ids, lead = _framed(both, bos, eos)
         return Example(ids, [IGNORE] * (lead + cut) + ids[lead + cut:], merged=cut < len(p))
-    if fmt == "instruction":
-        user = rec["instruction"] + (("\n\n" + rec["input"]) if rec.get("input") else "")
-        if getattr(tokenizer, "chat_template", None):
-            rec = {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": rec["output"]}]}
-        else:
-            block = f"### Input:\n{rec['input']}\n\n" if rec.get("input") else ""
-            prompt = ALPACA.format(instruction=rec["instruction"], input_block=block)
-            return tokenize_record({"prompt": prompt, "completion": rec["output"]}, tokenizer)
+    if fmt == "instruction":  # no chat template: Alpaca's
+        block = f"### Input:\n{rec['input']}\n\n" if rec.get("input") else ""
+        prompt = ALPACA.format(instruction=rec["instruction"], input_block=block)
+        return tokenize_record({"prompt": prompt, "completion": rec["output"]}, tokenizer)
     return _chat_example(rec["messages"], tokenizer)
 
 
-def _chat_example(msgs: list[dict[str, str]], tokenizer, learn_from: int = 0) -> Example:
+def _chat_example(msgs: list[dict[str, str]], tokenizer, learn_from: int = 0,
+                  texts: dict[tuple, str] | None = None) -> Example:
     """A conversation rendered with the chat template, loss on the tokens each assistant turn (from turn ``learn_from``
     on: a conversational record's completion) adds to it.
 
@@ -438,13 +475,15 @@ def _chat_example(msgs: list[dict[str, str]], tokenizer, learn_from: int = 0) ->
     if not getattr(tokenizer, "chat_template", None):
         what = "records with `messages`" if learn_from == 0 else "conversational prompt/completion records"
         raise ConfigError(f"{what} need a tokenizer with a chat template")
-    ids = _chat(tokenizer, msgs, generation_prompt=False)
+    if texts is None:
+        texts = _chat_texts(tokenizer, msgs, learn_from)
+    ids = _ids(tokenizer, texts[("all",)])
     labels = [IGNORE] * len(ids)
     for i, m in enumerate(msgs):
         if m["role"] != "assistant" or i < learn_from:
             continue
         if i:
-            before = _chat(tokenizer, msgs[:i], generation_prompt=True)
+            before = _ids(tokenizer, texts[("before", i)])
             if ids[:len(before)] != before:
                 raise ConfigError(
                     f"turn {i + 1} (assistant): the chat template renders the conversation before it differently from "
@@ -453,8 +492,8 @@ def _chat_example(msgs: list[dict[str, str]], tokenizer, learn_from: int = 0) ->
                     "turn instead)")
             start = len(before)
         else:  # it opens the conversation: its content starts where an empty turn's rendering parts from this one
-            start = _shared_start(_chat(tokenizer, [{"role": "assistant", "content": ""}], generation_prompt=False), ids)
-        turn = _chat(tokenizer, msgs[: i + 1], generation_prompt=False)[start:]
+            start = _shared_start(_ids(tokenizer, texts[("before", i)]), ids)
+        turn = _ids(tokenizer, texts[("upto", i)])[start:]
         rest = ids[start:]
         k = next((k for k in range(min(len(turn), len(rest)), 0, -1) if turn[len(turn) - k:] == rest[:k]), 0)
         if k == 0:
