@@ -228,3 +228,45 @@ def test_without_javascript_the_report_names_a_plot_the_study_wrote(tmp_path):
         text = write_html_report(out, load_study(out), write_analysis(out, load_study(out))).read_text()
         assert f"This plot needs JavaScript: {plot} next to this report" in re.search(r"<noscript>(.*?)</noscript>",
                                                                                          text).group(1)
+
+
+def test_the_chosen_trial_is_drawn_over_a_later_trial_at_its_spot_and_each_tip_names_the_other(tmp_path):
+    """A later trial 0.0001 worse than the chosen one covered its point (drawn in trial order): hovering the gold ring
+    showed the other trial's configuration. The front and the chosen trial are drawn last; a tip names the trials at
+    its spot."""
+    trials = synthetic_trials(12)
+    first = write_fake_study(tmp_path / "a", trials)
+    best = int(load_study(first).best)
+    twin = {**trials[best], "metrics": {**trials[best]["metrics"], "eval_loss": trials[best]["metrics"]["eval_loss"] + 1e-4}}
+    out = write_fake_study(tmp_path / "b", [*trials, twin])
+    data = load_study(out)
+    assert int(data.best) == best
+    page = write_html_report(out, data, write_analysis(out, data))
+    probe = f"""
+      var r = {{}}, b = document.querySelector('circle.pt[data-trial="{best}"]');
+      b.scrollIntoView({{block: 'center', inline: 'center'}});
+      var box = b.getBoundingClientRect();
+      var hit = document.elementFromPoint(box.left + box.width / 2, box.top + box.height / 2);
+      r.top = hit && hit.getAttribute('data-trial');
+      var tip = document.getElementById('tooltip');
+      document.querySelector('circle.pt[data-trial="12"]').dispatchEvent(new MouseEvent('mouseenter'));
+      r.twinTip = tip.textContent;
+      b.dispatchEvent(new MouseEvent('mouseenter')); r.bestTip = tip.textContent;
+      var out = document.createElement('pre'); out.id = 'probe'; out.textContent = JSON.stringify(r); document.body.appendChild(out);
+    """
+    dom, console = dump_dom(with_script(page, tmp_path / "probe.html", probe), tmp_path)
+    assert console == [] and 'class="js-error"' not in dom
+    r = json.loads(html.unescape(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1)))
+    assert r["top"] == str(best), r
+    assert f"at the same spot: trial {best}" in r["twinTip"] and "at the same spot: trial 12" in r["bestTip"], r
+
+
+def test_a_front_of_one_trial_is_keyed_as_a_point_not_a_line(tmp_path):
+    trials = [t for t in synthetic_trials(8) if t["state"] == "COMPLETE"][:3]
+    for i, t in enumerate(trials):  # one dominates the others
+        t["metrics"] = {"eval_loss": 1.0 + i, "eval_accuracy": 0.9 - 0.1 * i, "peak_memory_gb": 1.0}
+    out = write_fake_study(tmp_path / "s", trials)
+    data = load_study(out)
+    text = write_html_report(out, data, write_analysis(out, data)).read_text()
+    legend = re.search(r"<div class='legend'>(.*?)</div>", text).group(1)
+    assert "Pareto front (1 trial: dark rim)" in legend and "class='front'" not in legend

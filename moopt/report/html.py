@@ -187,7 +187,9 @@ def _pareto_section(data: StudyData, analysis: Analysis) -> str:
                      if s == TrialState.PRUNED else f"<span><i style='background:{c}'></i>{s}</span>"
                      for s, c in STATE_COLOURS.items() if s in present)
     if present:  # an empty plot (every trial infeasible or failed) gets no key of what it does not draw
-        legend += ("<span><i class='front'></i>Pareto front</span>" if data.objectives.multi else "") + \
+        n_front = int((pts.plotted & pts.pareto).sum()) if len(pts) else 0  # (a front of one trial draws no line)
+        legend += ({0: "", 1: "<span><i class='pt-front'></i>Pareto front (1 trial: dark rim)</span>"}.get(
+                       n_front, "<span><i class='front'></i>Pareto front</span>") if data.objectives.multi else "") + \
             ("<span><i class='ring'></i>best (gold ring)</span>" if data.best is not None else "")
     if present and base_metrics(data):
         legend += "<span><i class='base'></i>base model (no fine-tuning)</span>"
@@ -429,9 +431,13 @@ MAIN_JS = r"""
     return key;
   }
 
+  var onPlot = [];  // the points drawn, with their positions: points at one spot are named in each one's tip
   function showTip(p, ev) {
     var rows = ['<b>trial ' + p.number + '</b> <span style="color:' + esc(D.colours[p.state] || '#999') + '">' + esc(p.state) + '</span>'
       + (p.best ? ' · best' : '') + (p.pareto ? ' · Pareto' : '')];
+    var here = onPlot.filter(function (q) { return q !== p && Math.abs(q.sx - p.sx) < 4 && Math.abs(q.sy - p.sy) < 4; });
+    if (here.length) rows.push('<i>at the same spot: trial' + (here.length > 1 ? 's ' : ' ') +
+                               here.map(function (q) { return q.number; }).join(', ') + '</i>');
     D.axes.forEach(function (a) { if (a.key !== 'number') rows.push(esc(a.key.replace('values_', '')) + ': ' + esc(fmt(p.values[a.key]))); });
     rows.push('<hr>');
     Object.keys(p.params).forEach(function (k) { rows.push(esc(k) + ': ' + esc(fmt(p.params[k]))); });
@@ -478,8 +484,12 @@ MAIN_JS = r"""
       el('rect', {x: bx - 5, y: by - 5, width: 10, height: 10, 'class': 'base', transform: 'rotate(45 ' + bx + ' ' + by + ')'}, svg)
         .appendChild(document.createElementNS(SVG, 'title')).textContent = 'base model (no fine-tuning)';
     }
-    pts.forEach(function (p) {
+    // the front's points over the others and the chosen one over all (a trial drawn later on the same spot hid it)
+    function rank(p) { return p.best ? 2 : p.pareto ? 1 : 0; }
+    onPlot = pts.slice().sort(function (a, b) { return rank(a) - rank(b) || a.number - b.number; });
+    onPlot.forEach(function (p) {
       var x = sx(p.values[xk]), y = sy(p.values[yk]);
+      p.sx = x; p.sy = y;
       if (p.best) el('circle', {cx: x, cy: y, r: 11, 'class': 'best-ring'}, svg);
       var c = el('circle', {cx: x, cy: y, r: p.pareto ? 6.5 : 5, fill: D.colours[p.state] || '#999',
                             'class': 'pt' + (p.pareto ? ' pareto' : '') + (p.best ? ' best' : '') + (p.state === 'PRUNED' ? ' pruned' : ''),
@@ -571,6 +581,7 @@ table.kv td { padding: 2px 12px 2px 0; }
 .legend { display: flex; flex-wrap: wrap; gap: 14px; color: var(--muted); font-size: 12px; margin-top: 6px; }
 .legend i { display: inline-block; width: 10px; height: 10px; border-radius: 50%; margin-right: 5px; vertical-align: middle; }
 .legend i.front { border-radius: 0; height: 0; width: 16px; border-top: 1.5px dashed #222; }
+.legend i.pt-front { background: #fff; border: 1.5px solid #222; width: 8px; height: 8px; }
 .legend i.ring { background: #ffd700; border: 1px solid #222; }
 .legend i.hollow { background: #fff; border: 2px solid; width: 7px; height: 7px; }
 .legend i.base { background: #9467bd; border-radius: 0; transform: rotate(45deg); }
