@@ -196,6 +196,11 @@ def test_too_few_complete_trials_fall_back_to_the_values_at_a_pruning_rung(tmp_p
     listed = {line.split()[0]: line for line in buf.getvalue().splitlines() if line.startswith("  ") and ".png" in line}
     assert "(at pruning rung 0: 2 COMPLETE trials)" in listed["param_importance.png"], listed
     assert "(not yet: 2 COMPLETE trials, it needs 3)" in listed["correlations.png"], listed
+    # what is not written yet is said, with what it needs (a 4-trial study said nothing of refined_space.yaml)
+    assert "not yet: 2 COMPLETE trials, it needs 10" in listed["interaction.png"], listed
+    said = {line.split()[0]: line for line in buf.getvalue().splitlines() if line.startswith("  ")}
+    assert "not yet: 2 COMPLETE trials, it needs 6" in said["refined_space.yaml"], said
+    assert "exact (printed above to 3 digits)" in said["best_config.yaml"]
 
     # fewer than 3 at any rung: not computed, and the reason counts both
     few = write_fake_study(tmp_path / "few", [dict(t, rung_metrics=t["rung_metrics"] if i < 2 else None)

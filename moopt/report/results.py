@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from moopt.console import plural
 from moopt.records import TrialState
 from moopt.report.plots import plot_optimization, plot_pareto
 from moopt.report.table import (
@@ -237,7 +238,8 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
         out = Path(output_dir)
         say()
         say(f"Results in {out}/:")
-        files = [("best_config.yaml", "the best configuration: moopt train --config ... trains the final adapter"),
+        files = [("best_config.yaml", "the best configuration, exact (printed above to 3 digits): moopt train --config "
+                                      "... trains the final adapter"),
                  ("report.html", "the report: Pareto front, trials table, plots (opens offline)"),
                  (f"trial_results/trial_{data.best}/adapter", "the best trial's adapter (PEFT format)"),
                  ("trials_summary.csv", "every trial"),
@@ -258,9 +260,17 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
                    + (few if complete < MIN_TRIALS else "")),
                   ("interaction.png", "the two most important parameters together")]
         files += [("refined_space.yaml", "the search space for a refined study (below)")] if refined else []
+        from moopt.report.analysis import FEW_TRIALS
+        from moopt.report.refine import REFINE_MIN_TRIALS
+
+        later = [(name, f"not yet: {plural(complete, 'COMPLETE trial')}, it needs {need}")  # said, not left to guess
+                 for name, need in (("interaction.png", FEW_TRIALS), ("refined_space.yaml", REFINE_MIN_TRIALS))
+                 if complete < need and not (out / name).exists()]
         for name, what in files:
             if (out / name).exists():
                 say(f"  {name:<34} {what}")
+        for name, what in later:
+            say(f"  {name:<34} {what}")
         if data.best is not None and not (out / "trial_results" / f"trial_{data.best}" / "adapter").exists():
             # --keep_adapters removed it while another trial was best (the weights changed on --resume), or a
             # --warm_start took the trial over with its result only
