@@ -586,6 +586,11 @@ def test_report_rebuilds_from_the_journal_without_the_trial_folders_and_says_whe
     r = CliRunner().invoke(main, ["report", str(copy)])
     assert r.exit_code == 2 and r.output.startswith(f"Error: {copy}: cannot write the result files (Permission denied")
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    # a file given for the folder: one line (it was a NotADirectoryError traceback from the study lock's check)
+    (tmp_path / "a_file").write_text("x")
+    r = CliRunner().invoke(main, ["report", str(tmp_path / "a_file")])
+    assert r.exit_code == 2 and r.output.strip() == f"Error: {tmp_path / 'a_file'}: a file, not a study folder (moopt " \
+        "report takes the --output_dir of a study)", r.output
 
 
 def test_a_folder_with_files_named_as_a_studys_but_no_journal_is_not_written_over(tiny_model, tiny_data, space, tmp_path):

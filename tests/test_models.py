@@ -292,6 +292,11 @@ def _break_weights(d):
         f.unlink()
 
 
+def _truncate_weights(d):  # a download cut short
+    for f in d.glob("*.safetensors"):
+        f.write_bytes(f.read_bytes()[:20_000])
+
+
 def _break_tokenizer(d):
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (d / f).unlink(missing_ok=True)
@@ -307,6 +312,8 @@ def _gpt2(d):
 
 @pytest.mark.parametrize("spoil, fragment", [
     (_break_weights, "has no weights (model.safetensors or pytorch_model.bin"),
+    (_truncate_weights, "model.safetensors (Error while deserializing header: incomplete metadata, file not fully "
+                        "covered): damaged weights; download or save the model again"),
     (_break_tokenizer, "has no tokenizer (tokenizer.json, tokenizer.model)"),
     (_gpt2, "only Llama-family configs are supported"),
 ])

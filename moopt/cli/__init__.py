@@ -461,6 +461,8 @@ def report(output_dir: str) -> None:
     from moopt.report.results import write_results
     from moopt.study.lock import is_live
 
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        fail(f"{output_dir}: a file, not a study folder (moopt report takes the --output_dir of a study)")
     journal = Path(output_dir) / JOURNAL
     if journal.is_file() and journal.stat().st_size > 100_000:  # hundreds of trials: fANOVA and plots take seconds
         click.echo(f"Writing the report of {output_dir} (importance, plots) ...")

@@ -52,7 +52,7 @@ class StudyLock:
             return
         try:
             fd = os.open(self.path, os.O_RDWR)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # (no study there: its own check says so)
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

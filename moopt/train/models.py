@@ -135,6 +135,8 @@ def check_model_folder(folder: Path, where: str) -> None:
     if not _has_weights(folder):
         raise ConfigError(f"{where}: {folder} has no weights (model.safetensors or pytorch_model.bin, or every shard "
                           "of their index.json)")
+    if damaged := _damaged_weights(folder):
+        raise ConfigError(f"{where}: {damaged}: damaged weights; download or save the model again")
     if not any((folder / f).is_file() for f in TOKENIZER_FILES) and not any(folder.glob("*.tiktoken")):
         raise ConfigError(f"{where}: {folder} has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}); save the "
                           "model's tokenizer into it (tokenizer.save_pretrained)")
@@ -396,6 +398,27 @@ def _has_weights(folder: Path) -> bool:
             shards = set(json.loads((folder / index).read_text()).get("weight_map", {}).values())
             return bool(shards) and all((folder / s).is_file() for s in shards)
     return False
+
+
+def _damaged_weights(folder: Path) -> str | None:
+    """The first safetensors file (whole or a shard) whose header does not parse or whose size its header does not
+    cover (a download cut short, a file overwritten), with safetensors' words; else None. Its header alone is read (a
+    memory map): milliseconds a shard. Otherwise a study evaluated the base model and failed every trial on it."""
+    index = folder / "model.safetensors.index.json"
+    files = ([folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else
+             [folder / f for f in sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))]
+             if index.is_file() else [])
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        return None
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: the file is not what a trial can load
+            return f"{f} ({(str(e).splitlines() or [type(e).__name__])[0][:160]})"
+    return None
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
