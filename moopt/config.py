@@ -325,6 +325,9 @@ def load_trial_config(path: str | Path) -> TrialConfig:
     from moopt.yamlio import read_yaml_mapping
 
     data = read_yaml_mapping(path)
+    if not data:  # a failed copy or the wrong file: not "every default"
+        raise ConfigError(f"{path}: empty (no training, lora or data section); --config takes one configuration, such "
+                          "as a study's best_config.yaml")
     ranges = [f"{section}.{key}" for section, fields in data.items() if isinstance(fields, dict)
               for key, v in fields.items() if isinstance(v, dict) and "type" in v]
     if ranges:  # a search space given where one configuration is expected

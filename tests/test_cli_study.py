@@ -531,6 +531,11 @@ def test_a_search_space_given_as_a_config_is_named_as_such(space, tmp_path):
         assert ": training.learning_rate, " in r.output and "are search ranges ({type: ...}): this is a search space; " \
                "--config takes one configuration" in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "out").exists()
+    empty = tmp_path / "empty.yaml"  # (a failed copy: it trained every default)
+    empty.write_text("# nothing\n")
+    r = CliRunner().invoke(main, ["estimate-memory", "--config", str(empty), "--device", "cpu"])
+    assert r.exit_code == 2 and r.output.strip() == f"Error: {empty}: empty (no training, lora or data section); " \
+        "--config takes one configuration, such as a study's best_config.yaml", r.output
 
 
 def test_validation_or_test_records_that_also_appear_in_training_are_said(tiny_model, tiny_data, tmp_path):
@@ -642,6 +647,14 @@ def test_the_training_file_as_validation_file_is_refused(tiny_model, tiny_data, 
     data = {"train": tiny_data["train"], "val": tiny_data["train"]}
     r = optimize(tiny_model, data, tmp_path / "o", space)
     assert r.exit_code == 2 and "the same file as --train_file" in r.output and not (tmp_path / "o").exists()
+    import shutil  # a copy of it: refused as well (it was a note, and the study ran)
+
+    shutil.copy(tiny_data["train"], tmp_path / "copy.jsonl")
+    r = optimize(tiny_model, {"train": tiny_data["train"], "val": tmp_path / "copy.jsonl"}, tmp_path / "o", space)
+    assert r.exit_code == 2 and r.output.strip() == (
+        f"Error: --validation_file {tmp_path / 'copy.jsonl'}: a copy of (the same bytes as) --train_file; the objectives "
+        "are measured on it, so give held-out records (e.g. a tenth of the data, split off)"), r.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_smaller_refusals_name_what_is_wrong(study, tiny_model, tiny_data, space, tmp_path):

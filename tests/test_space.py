@@ -75,6 +75,9 @@ def test_decode_encode_roundtrip():
      "training.batch_size: a list fixes no single value; to search these, write {type: categorical, values: [4, 8, 16]}"),
     ("training:\n  lr_scheduler_type: [linear, cosine]\n", "write {type: categorical, values: [linear, cosine]}"),
     ("model:\n  quantization: no\n", "model.quantization: got false; YAML reads an unquoted no/yes/off/on as false"),
+    # an empty file (a failed copy, the wrong path) searched nothing, not even the built-in space: a study ran on it
+    ("", "empty (no training, lora or data section); leave --search_space out for the built-in space"),
+    ("# only a comment\n", "empty (no training, lora or data section)"),
 ])
 def test_bad_space_names_file_key_and_rule(tmp_path, text, fragment):
     p = write(tmp_path, text)

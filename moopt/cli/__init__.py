@@ -213,6 +213,16 @@ def kept(cfg) -> tuple[str, bool]:
     return text + ".", all_done
 
 
+def same_data(a: str, b: str) -> str | None:
+    """"the same file as" / "a copy of (the same bytes as)" where data file ``b`` is ``a`` or a copy of it (a partial
+    overlap is a note: shared_records); else None."""
+    import filecmp
+
+    if os.path.samefile(a, b):
+        return "the same file as"
+    return "a copy of (the same bytes as)" if filecmp.cmp(a, b, shallow=False) else None
+
+
 NOT_CARRIED = ("resume", "overwrite", "output_dir", "time_budget_hours")  # what --resume never takes from the study
 PATH_OPTIONS = ("train_file", "validation_file", "search_space", "warm_start")  # recorded absolute
 
@@ -358,8 +368,8 @@ def build_study_config(kw: dict):
         raise ConfigError("\n".join(f"{path}: file not found" for path in missing))
     for f in ("train_file", "validation_file"):
         check_records(kw[f])
-    if os.path.samefile(kw["train_file"], kw["validation_file"]):  # every objective would reward memorising it
-        raise ConfigError(f"--validation_file {kw['validation_file']}: the same file as --train_file; the objectives "
+    if same := same_data(kw["train_file"], kw["validation_file"]):  # every objective would reward memorising it
+        raise ConfigError(f"--validation_file {kw['validation_file']}: {same} --train_file; the objectives "
                           "are measured on it, so give held-out records (e.g. a tenth of the data, split off)")
     cfg = StudyConfig(
         base_model=kw["base_model"], model_path="", train_file=kw["train_file"], validation_file=kw["validation_file"],
@@ -587,8 +597,8 @@ def train(**kw) -> None:
         files = ("train_file", "validation_file", *(("test_file",) if kw["test_file"] else ()))
         for f in files:
             check_records(kw[f])
-        if os.path.samefile(kw["train_file"], kw["validation_file"]):  # as moopt optimize refuses it
-            raise ConfigError(f"--validation_file {kw['validation_file']}: the same file as --train_file; the validation "
+        if same := same_data(kw["train_file"], kw["validation_file"]):  # as moopt optimize refuses it
+            raise ConfigError(f"--validation_file {kw['validation_file']}: {same} --train_file; the validation "
                               "metrics are measured on it, so give held-out records (the study's validation file)")
         out = Path(kw["output_dir"])
         check_writable_dir(out)

@@ -193,7 +193,11 @@ def default_space() -> SearchSpace:
 
 
 def load_space(path: str | Path) -> SearchSpace:
-    return parse_space(read_yaml_mapping(path), source=str(path))
+    data = read_yaml_mapping(path)
+    if not data:  # a failed copy or the wrong file: it searched nothing, not even the built-in space
+        raise ConfigError(f"{path}: empty (no training, lora or data section); leave --search_space out for the built-in "
+                          "space, or see config/hpo_search_space.yaml")
+    return parse_space(data, source=str(path))
 
 
 def _num(where: str, key: str, value: Any, errors: list[str]) -> float | None:
