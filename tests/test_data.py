@@ -525,3 +525,17 @@ def test_chat_records_rendered_and_encoded_in_batches_tokenise_as_one_by_one(tin
                  + json.dumps({"messages": [{"role": "system", "content": "be brief"}] + turns}) + "\n")
     with pytest.raises(ConfigError, match=r"chat.jsonl: record 6: the tokenizer cannot encode it .*no system role"):
         tokenize_file(f, tok, 64)
+
+
+def test_records_of_several_formats_in_one_file_are_said(tmp_path):
+    """A text record among prompt/completion ones trains on every token, its prompt included: it ran with no word."""
+    from moopt.train.data import formats_across
+
+    rows = [{"prompt": f"what is {i} ?", "completion": " red"} for i in range(99)]
+    rows.insert(56, {"text": "the sky is blue"})
+    f = tmp_path / "mixed.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert formats_across(f) == (f"the records of {f} are of 2 formats: 99 prompt+completion, 1 text (record 57); each "
+                                 "trains as its format does (loss on prompt+completion: the completion; text: every token)")
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows if "prompt" in r))
+    assert formats_across(f) is None

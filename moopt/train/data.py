@@ -543,6 +543,32 @@ def mixed_formats(path: str | Path) -> str | None:
             f"{'is' if len(unused) == 1 else 'are'} not trained on")
 
 
+LOSS_ON = {"messages": "the assistant turns", "prompt_completion": "the completion", "instruction": "the output",
+           "text": "every token"}
+
+
+def formats_across(path: str | Path) -> str | None:
+    """A note when the records of ``path`` are of more than one format (a text record among prompt/completion ones
+    trains on every token, its prompt included): how many of each, the fewer ones' record numbers, and what each
+    format's loss is on; else None."""
+    from collections import Counter
+
+    records = read_records(path)
+    kinds = [record_format(r) if isinstance(r, dict) else None for r in records]
+    counts = Counter(k for k in kinds if k is not None)
+    if len(counts) < 2:
+        return None
+    main_kind = counts.most_common(1)[0][0]
+    others = []
+    for kind, n in counts.most_common()[1:]:
+        at = [i + 1 for i, k in enumerate(kinds) if k == kind]
+        listed = ", ".join(map(str, at[:MAX_REPORTED])) + (f" and {len(at) - MAX_REPORTED} more" if len(at) > MAX_REPORTED else "")
+        others.append(f"{n} {FORMAT_NAMES[kind]} (record{'s' if n > 1 else ''} {listed})")
+    return (f"the records of {path} are of {len(counts)} formats: {counts[main_kind]} {FORMAT_NAMES[main_kind]}, "
+            + ", ".join(others) + "; each trains as its format does (loss on "
+            + "; ".join(f"{FORMAT_NAMES[k]}: {LOSS_ON[k]}" for k in counts) + ")")
+
+
 def tokenize_records(records, tokenizer, path: str | Path, numbers=None) -> Iterator[Example]:
     """``tokenize_record`` of each record; a record the tokenizer or its chat template refuses (Llama 2's template
     raises where roles do not alternate) is one ConfigError naming the file and the record (``numbers``: each record's
