@@ -76,6 +76,9 @@ def test_phases_and_evaluation_batches_are_shown_until_training_resumes():
     b.event(-1, {"event": "phase", "phase": "evaluating", "detail": "16 validation examples"})
     b.event(-1, {"event": "heartbeat", "done": 3, "total": 8})
     assert b.trial_line(-1, timed=False) == "Base model: evaluating (16 validation examples): batch 3/8 ..."
+    b.event(4, {"event": "phase", "phase": "tokenising", "detail": "chat.jsonl"})  # records, not batches
+    b.event(4, {"event": "heartbeat", "done": 5120, "total": 20000})
+    assert b.trial_line(4, timed=False) == "Trial 4: tokenising (chat.jsonl): record 5120/20000 ..."
     b.event(2, prog(5, total=10))
     b.event(2, {"event": "phase", "phase": "evaluating", "detail": "rung 0 at step 5, 8 examples"})
     assert b.trial_line(2).startswith("Trial 2: evaluating (rung 0 at step 5, 8 examples)")
@@ -304,10 +307,10 @@ def test_a_study_in_a_log_says_what_it_does_and_how_far_each_trial_is(tiny_model
                                   "--search_space", str(space), "--num_trials", "2"])
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
-    for first in ("Base model: loading model (", "Base model: tokenising ...",
+    for first in ("Base model: loading model (", "Base model: tokenising (val.jsonl) ...",
                   "Base model: evaluating (16 validation examples) ...",
                   "Trial 0: reusing the loaded model (",  # the base model's worker holds it: nothing to load
-                  "Trial 0: tokenising ...", "Trial 0: training (12 optimizer steps) ..."):
+                  "Trial 0: tokenising (train.jsonl) ...", "Trial 0: training (12 optimizer steps) ..."):
         assert any(line.startswith(first) for line in lines), (first, r.output)
     steps = [line for line in lines if line.startswith("Trial 0: step ")]
     assert steps[0].startswith("Trial 0: step 1/12 loss ") and steps[0].endswith(" tok/s")  # no ETA from warm-up
@@ -345,7 +348,10 @@ def test_progress_events_carry_tokens_per_second(tiny_model, tiny_data, tmp_path
                               device="cpu", kernels="torch"), rec)
     assert res.state == "COMPLETE", res.error
     names = [e[1] for e in rec.events if e[0] == "phase"]
-    assert names == ["loading model", "tokenising", "training", "evaluating"]
+    assert names == ["loading model", "tokenising", "tokenising", "training", "evaluating"]  # the training file, then validation's
+    n_train = sum(1 for line in tiny_data["train"].read_text().splitlines() if line.strip())
+    beats = [e[1:] for e in rec.events if e[0] == "heartbeat"]
+    assert beats[:2] == [(0, n_train), (n_train, n_train)], beats  # records tokenised, of how many
     steps = [e for e in rec.events if e[0] == "progress"]
     assert [e[1] for e in steps] == list(range(1, res.total_steps + 1))
     assert all(e[3] > 0 and e[4] > 0 for e in steps)

@@ -286,8 +286,8 @@ class ProgressBoard:
                 return f"{t.label}: step {t.step}/{t.total}{loss}{tps}, step {t.step + 1} running for {fmt_duration(stuck)}"
             return f"{t.label}: step {t.step}/{t.total}{loss}{tps}" + (f" ETA {fmt_duration(eta)}" if eta is not None else "")
         what = t.phase + (f" ({t.detail})" if t.detail else "")
-        if t.eval_total:
-            what += f": batch {t.eval_done}/{t.eval_total}"
+        if t.eval_total:  # (heartbeats: records while tokenising, batches while evaluating)
+            what += f": {'record' if t.phase == 'tokenising' else 'batch'} {t.eval_done}/{t.eval_total}"
         return f"{t.label}: {what}" + (f", {fmt_duration(now - t.phase_since)}" if timed else " ...")
 
     def running(self) -> list[int]:

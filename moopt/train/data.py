@@ -140,9 +140,29 @@ def _records(path: Path) -> Iterator[tuple[str, Any, str | None]]:
         if not line.strip():
             continue
         try:
-            yield f"{path}:{lineno}", json.loads(line), None
+            rec = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
-            yield f"{path}:{lineno}", None, f"invalid JSON ({e.msg} at column {e.colno})"
+            yield f"{path}:{lineno}", None, f"invalid JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
+        except _DuplicateKey as e:
+            yield f"{path}:{lineno}", None, f"`{e.key}` is given twice in one record; json keeps the last value only"
+        else:
+            yield f"{path}:{lineno}", rec, None
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook: a key given twice in one object is an error, as in a YAML file (json keeps the last
+    value and drops the other without a word)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
 
 
 def _lines(text: str) -> Iterator[str]:
@@ -178,7 +198,7 @@ def _array_records(path: Path, text: str) -> Iterator[tuple[str, Any, str | None
         line, col = text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
         return ConfigError(f"{path}: invalid JSON at line {line} column {col} ({msg})")
 
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_keys)
     pos = _WS.match(text, _WS.match(text).end() + 1).end()  # past "[" and the whitespace after it
     line, counted, n = 1, 0, 0
     if not text.startswith("]", pos):
@@ -187,6 +207,10 @@ def _array_records(path: Path, text: str) -> Iterator[tuple[str, Any, str | None
                 rec, end = decoder.raw_decode(text, pos)
             except json.JSONDecodeError as e:
                 raise malformed(e.msg, e.pos) from None
+            except _DuplicateKey as e:
+                line = line + text.count("\n", counted, pos)
+                raise ConfigError(f"{path}: record {n + 1} (line {line}): `{e.key}` is given twice in one record; json "
+                                  "keeps the last value only") from None
             n += 1
             line, counted = line + text.count("\n", counted, pos), pos
             yield f"{path}: record {n} (line {line})", rec, None
@@ -569,15 +593,18 @@ def formats_across(path: str | Path) -> str | None:
             + "; ".join(f"{FORMAT_NAMES[k]}: {LOSS_ON[k]}" for k in counts) + ")")
 
 
-def tokenize_records(records, tokenizer, path: str | Path, numbers=None) -> Iterator[Example]:
+def tokenize_records(records, tokenizer, path: str | Path, numbers=None, beat=None) -> Iterator[Example]:
     """``tokenize_record`` of each record; a record the tokenizer or its chat template refuses (Llama 2's template
     raises where roles do not alternate) is one ConfigError naming the file and the record (``numbers``: each record's
-    number in the file, from 1; default their order)."""
+    number in the file, from 1; default their order). ``beat(done, total)`` (a reporter's heartbeat) after each chunk
+    of records: 20k chat records took minutes with no count shown."""
     records = list(records)
     numbers = list(numbers or range(1, len(records) + 1))
     try:
         for at, (n, rec) in enumerate(zip(numbers, records)):
             if at % ENCODE_CHUNK == 0:
+                if beat is not None:
+                    beat(at, len(records))
                 _encode_batch(tokenizer, records[at:at + ENCODE_CHUNK])
             try:
                 yield tokenize_record(rec, tokenizer)
@@ -606,11 +633,15 @@ def no_completion_left(path: str | Path, n: int, max_seq_length: int) -> str:
             "data.max_seq_length or shorten the prompts")
 
 
-def tokenize_file(path: str | Path, tokenizer, max_seq_length: int) -> TokenizedSet:
+def tokenize_file(path: str | Path, tokenizer, max_seq_length: int, beat=None) -> TokenizedSet:
     """Tokenise every record, cut to max_seq_length on the right. An example that keeps no token carrying loss
     once cut (its prompt fills max_seq_length) is left out: it would add nothing to the loss or to the
     per-token metrics, only compute (and a batch of nothing else would divide 0 by 0). None left: ConfigError."""
-    return cut_examples(list(tokenize_records(read_records(path), tokenizer, path)), max_seq_length, path)
+    records = read_records(path)
+    examples = list(tokenize_records(records, tokenizer, path, beat=beat))
+    if beat is not None:
+        beat(len(records), len(records))
+    return cut_examples(examples, max_seq_length, path)
 
 
 def cut_examples(examples: list[Example], max_seq_length: int, path: str | Path) -> TokenizedSet:

@@ -330,9 +330,10 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
             reset_peak(device.type)  # this trial's peak from here: the model, then what the trial adds
 
         def tokenize(path: str, max_seq_length: int = cfg.data.max_seq_length) -> TokenizedSet:
+            reporter.phase("tokenising", Path(path).name)  # with a count of its records (heartbeats) as it goes
             if warm is None:
-                return tokenize_file(path, tok, max_seq_length)
-            return warm.tokenized(path, max_seq_length)
+                return tokenize_file(path, tok, max_seq_length, beat=reporter.heartbeat)
+            return warm.tokenized(path, max_seq_length, beat=reporter.heartbeat)
 
         eval_length = spec.eval_max_seq_length or cfg.data.max_seq_length
         eval_tokens = tc.batch_size * cfg.data.max_seq_length  # an evaluation batch is never wider than a training one
@@ -345,7 +346,6 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
             enable_checkpointing(model)
 
         if spec.baseline:
-            reporter.phase("tokenising")
             val = tokenize(spec.validation_file, eval_length)
             attention = BatchAttention(model, device, result.dtype, tc.batch_size, longest_row(val))
             reporter.phase("evaluating", f"{len(val.examples)} validation examples")
@@ -370,7 +370,6 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
         params = lora_parameters(model)
 
         # -- load data ----------------------------------------------------------------------------
-        reporter.phase("tokenising")
         peak_floor = trial_peak_gb()  # the model's load and LoRA: part of the trial's peak
         train = tokenize(spec.train_file)
         val = tokenize(spec.validation_file, eval_length)

@@ -63,14 +63,17 @@ class WarmBase:
 
         return max(measure_peak(device.type).peak_bytes, self.load_peak_bytes) / GIB
 
-    def tokenized(self, path: str, max_seq_length: int) -> TokenizedSet:
+    def tokenized(self, path: str, max_seq_length: int, beat=None) -> TokenizedSet:
         """``tokenize_file`` of ``path``: its untruncated examples kept per (file, size, mtime, tokenizer), cut for
         each trial's ``max_seq_length`` (a space searching it made the worker tokenise the whole file again for each
         length, and hold a copy per length)."""
         st = os.stat(path)
         key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, self.key)
         if key not in self._data:
-            self._data[key] = list(tokenize_records(read_records(path), self.tokenizer, path))
+            records = read_records(path)
+            self._data[key] = list(tokenize_records(records, self.tokenizer, path, beat=beat))
+            if beat is not None:
+                beat(len(records), len(records))
         return cut_examples(self._data[key], max_seq_length, path)
 
     def release(self) -> None:
