@@ -247,6 +247,12 @@ def test_truncation_is_counted(tmp_path, tok):
     ('{\n  "data": [{"prompt": "a", "completion": "b"}]\n}\n', "one JSON object, not records (its records may be the list "
      "under 'data')"),
     ('prompt,completion\nwhat is it,red\n', "not JSON (its first line reads 'prompt,completion': CSV?)"),
+    # a key given twice: json kept the last value without a word (a YAML file refuses it)
+    ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "prompt": "b", "completion": "c"}\n',
+     "bad.jsonl:2: `prompt` is given twice in one record; json keeps the last value only"),
+    ('{"messages": [{"role": "user", "content": "a", "content": "b"}, {"role": "assistant", "content": "c"}]}\n',
+     ":1: `content` is given twice in one record"),
+    ('{"prompt": "a", "completion": "b\n', ":1: invalid JSON (Unterminated string starting at column 31)"),  # not "at at"
 ])
 def test_bad_jsonl_names_file_and_line(tmp_path, content, fragment):
     p = tmp_path / "bad.jsonl"
@@ -539,3 +545,10 @@ def test_records_of_several_formats_in_one_file_are_said(tmp_path):
                                  "trains as its format does (loss on prompt+completion: the completion; text: every token)")
     f.write_text("".join(json.dumps(r) + "\n" for r in rows if "prompt" in r))
     assert formats_across(f) is None
+
+
+def test_a_key_given_twice_in_a_json_array_record_names_the_record_and_its_line(tmp_path):
+    f = tmp_path / "a.json"
+    f.write_text('[\n  {"prompt": "a", "completion": "b"},\n  {"prompt": "a",\n   "completion": "b", "completion": "c"}\n]\n')
+    with pytest.raises(ConfigError, match=r"a.json: record 2 \(line 3\): `completion` is given twice in one record"):
+        read_jsonl(f)
