@@ -157,7 +157,7 @@ def test_an_interrupt_says_what_the_journal_kept_whichever_step_it_stopped(tmp_p
     from moopt.journal import Journal
 
     cfg = SimpleNamespace(output_dir=str(tmp_path), num_trials=4)
-    assert kept(cfg) == ("no trial had finished; nothing was kept.", False)
+    assert kept(cfg) == ("no trial had finished; nothing was kept.", "again")  # the same command (no --resume)
     j = Journal(tmp_path)
     j.append({"type": "study", "num_trials": 4})
     for n in range(4):
@@ -165,8 +165,8 @@ def test_an_interrupt_says_what_the_journal_kept_whichever_step_it_stopped(tmp_p
         j.append({"type": "trial_end", "number": n, "state": "COMPLETE", "metrics": {},
                   **({"taken_from": "runs/a trial 0"} if n == 0 else {})})
     j.close()
-    said, done = kept(cfg)
-    assert done, "every trial had finished: no --resume line"
+    said, then = kept(cfg)
+    assert then == "report", "every trial had finished: no --resume line"
     assert said.startswith("3 of 4 trials finished and kept (and 1 taken over from --warm_start)")
     assert f"every trial had finished: `moopt report {tmp_path}` writes the result files" in said
     # a resumed study stopped mid-trial: the end's report is the earlier run's; a trial running and none finished
@@ -175,14 +175,14 @@ def test_an_interrupt_says_what_the_journal_kept_whichever_step_it_stopped(tmp_p
     j.append({"type": "trial_start", "number": 4, "params": {}})
     j.close()
     (tmp_path / "report.html").write_text("<html>")
-    said, done = kept(cfg)
-    assert not done and "running, will rerun: 4" in said and f"an earlier run's: `moopt report {tmp_path}` brings them up" in said
+    said, then = kept(cfg)
+    assert then == "resume" and "running, will rerun: 4" in said and f"an earlier run's: `moopt report {tmp_path}` brings them up" in said
     # resumed with --num_trials at the trials finished: the one still running is not rerun, the end's files to write
     j = Journal(tmp_path)
     j.append({"type": "settings", "num_trials": 3})
     j.close()
-    said, done = kept(cfg)
-    assert done and said.startswith("3 of 3 trials finished and kept (and 1 taken over from --warm_start); not rerun, "
+    said, then = kept(cfg)
+    assert then == "report" and said.startswith("3 of 3 trials finished and kept (and 1 taken over from --warm_start); not rerun, "
                            "--num_trials is reached (INTERRUPTED in the results): 4") and "will rerun" not in said
     assert f"`moopt report {tmp_path}` writes the result files" in said
     fresh = tmp_path / "fresh"
@@ -190,7 +190,8 @@ def test_an_interrupt_says_what_the_journal_kept_whichever_step_it_stopped(tmp_p
     j.append({"type": "study", "num_trials": 4})
     j.append({"type": "trial_start", "number": 0, "params": {}})
     j.close()
-    assert kept(SimpleNamespace(output_dir=str(fresh), num_trials=4)) == ("no trial had finished; running, will rerun: 0.", False)
+    assert kept(SimpleNamespace(output_dir=str(fresh), num_trials=4)) == ("no trial had finished; running, will rerun: 0.",
+                                                                          "resume")
 
 
 def test_the_printed_resume_command_runs_from_this_shell(tmp_path, monkeypatch):
@@ -449,6 +450,15 @@ def test_a_stop_after_the_base_models_evaluation_keeps_it(tiny_model, tiny_data,
     assert sorted(replay(out).finished) == [0]
     r = CliRunner().invoke(main, ["report", str(out)])  # it ended: nothing to add
     assert r.exit_code == 0 and "The study" not in r.output, r.output
+    # before the base model's evaluation (the study's checks): nothing kept, the folder gone, the same command again
+    # (it said "nothing was kept" and then "Continue with: ... --resume")
+    fresh = tmp_path / "fresh"
+    cmd = [a if a != str(out) else str(fresh) for a in args(tiny_model, tiny_data, out, space, 1)]
+    with monkeypatch.context() as m:
+        m.setattr(moopt.study.scheduler.Study, "check_data", interrupted)
+        r = CliRunner().invoke(main, cmd)
+    assert r.exit_code == 130 and "Interrupted: no trial had finished; nothing was kept.\nRun again with: " in r.output
+    assert "--resume" not in r.output and not fresh.exists(), r.output
 
 
 def test_closing_the_terminal_stops_the_study_as_sighup_should(tiny_model, tiny_data, tmp_path):

@@ -45,7 +45,39 @@ def fail(msg: str) -> None:
     sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class _OneLineErrors:
+    """A usage error (a value out of range, a misspelt or missing option) in one line, as moopt's own errors are:
+    "Error: Invalid value for '--num_trials' / '--num-trials': 0 is not in the range x>=1. (moopt optimize --help
+    lists the options)", exit 2; click printed the usage, a hint and a blank line above it."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as e:
+            what = "commands" if "No such command" in e.format_message() else "options"
+            hint = f" ({e.ctx.command_path} --help lists the {what})" if e.ctx is not None else ""
+            click.echo(f"Error: {' '.join(e.format_message().split())}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)  # (--help and --version return 0)
+
+
+class OneLineCommand(_OneLineErrors, click.Command):
+    pass
+
+
+class OneLineGroup(_OneLineErrors, click.Group):
+    command_class = OneLineCommand
+
+
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="moopt")
 def main() -> None:
     """moopt: multi-objective, memory-aware hyperparameter search for LoRA fine-tuning of Llama models."""
@@ -160,10 +192,12 @@ def optimize(**kw) -> None:
                            "was (--overwrite replaces it once a trial starts)", err=True)
                 click.echo(f"Run again with: {program()} {' '.join(map(shlex.quote, sys.argv[1:]))}", err=True)
             else:
-                said, all_done = kept(cfg)
+                said, then = kept(cfg)
                 click.echo(f"\n{stop}: {said}", err=True)
-                if not all_done:  # else its `moopt report` line is what is left to do
+                if then == "resume":  # (after "report", its `moopt report` line is what is left to do)
                     click.echo(f"Continue with: {resume_command()}", err=True)
+                elif then == "again":  # nothing to resume: "--resume" read as a contradiction of "nothing was kept"
+                    click.echo(f"Run again with: {program()} {' '.join(map(shlex.quote, sys.argv[1:]))}", err=True)
         except OSError:
             pass
         sys.exit({"SIGTERM": 143, "SIGHUP": 129}.get(by, 130))
@@ -182,10 +216,11 @@ def optimize(**kw) -> None:
         sys.exit(1)
 
 
-def kept(cfg) -> tuple[str, bool]:
+def kept(cfg) -> tuple[str, str]:
     """What an interrupted study kept, read from its journal (the truth whichever step a Ctrl-C, or a second one,
     stopped): trials finished (those --warm_start took over said apart), those that will rerun, and whether the
-    result files may lack the end's analysis; and whether every trial had finished (nothing is left for --resume)."""
+    result files may lack the end's analysis; and what to run then: "resume" (--resume continues it), "report" (every
+    trial had finished: `moopt report` writes the result files) or "again" (nothing was kept: the same command)."""
     from moopt.journal import replay
 
     try:
@@ -195,8 +230,8 @@ def kept(cfg) -> tuple[str, bool]:
     rerun = f"running, will rerun: {', '.join(map(str, rec.running))}" if rec is not None and rec.running else ""
     if rec is None or not rec.finished:
         if not rerun and rec is not None and rec.header and (Path(cfg.output_dir) / "baseline.json").is_file():
-            return "no trial had started; the base model's evaluation is kept (--resume starts from it).", False
-        return "no trial had finished" + (f"; {rerun}." if rerun else "; nothing was kept."), False
+            return "no trial had started; the base model's evaluation is kept (--resume starts from it).", "resume"
+        return "no trial had finished" + (f"; {rerun}." if rerun else "; nothing was kept."), "resume" if rerun else "again"
     total = int(rec.header.get("num_trials") or cfg.num_trials)
     taken = sum(bool(e.taken_from) for e in rec.finished.values())
     full = len(rec.finished) - taken >= total  # a --resume with a lower --num_trials: what still runs is not rerun
@@ -210,7 +245,7 @@ def kept(cfg) -> tuple[str, bool]:
         text += f"; every trial had finished: `moopt report {shlex.quote(str(cfg.output_dir))}` writes the result files"
     elif (Path(cfg.output_dir) / "report.html").is_file():  # written at an earlier run's end; the trials since are not in it
         text += f"; report.html and the analysis are an earlier run's: `moopt report {shlex.quote(str(cfg.output_dir))}` brings them up to date"
-    return text + ".", all_done
+    return text + ".", "report" if all_done else "resume"
 
 
 def same_data(a: str, b: str) -> str | None:
