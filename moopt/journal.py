@@ -64,6 +64,17 @@ class StudyRecord:
     # the last run's "ended" event (its early stop's reason, if any) where it is the journal's last: the study ended
     # rather than was stopped (None after a stop, a kill, or a run still going)
     ended: dict[str, Any] | None = None
+    # lines that are not JSON before the last one (a torn last line is a crash's normal leftover): damaged since
+    damaged: list[int] = field(default_factory=list)
+
+    def damaged_note(self) -> str | None:
+        """A note naming the damaged lines a replay skipped (what they recorded is not in the results), else None."""
+        if not self.damaged:
+            return None
+        lines = ", ".join(map(str, self.damaged[:5])) + (f" and {len(self.damaged) - 5} more" if len(self.damaged) > 5 else "")
+        many = len(self.damaged) > 1
+        return (f"{JOURNAL}: line{'s' if many else ''} {lines} {'are' if many else 'is'} damaged (not JSON) and skipped: "
+                f"what {'they' if many else 'it'} recorded is not in the results (a trial's end reads as interrupted)")
 
     @property
     def finished(self) -> dict[int, TrialResult]:
@@ -84,12 +95,15 @@ def replay(output_dir: str | Path) -> StudyRecord:
     path = Path(output_dir) / JOURNAL
     if not path.is_file():
         return rec
+    bad: list[int] = []
+    lineno = 0
     with path.open(encoding="utf-8", errors="replace") as f:
-        for line in f:
+        for lineno, line in enumerate(f, 1):
             try:
                 ev = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a torn last line from a crash mid-write (or a line damaged since: skipped as well)
+                bad += [lineno] if line.strip() else []  # a torn last line from a crash mid-write (or a line damaged since: skipped as well)
+                continue
             if not isinstance(ev, dict) or ("number" not in ev and ev.get("type") in ("trial_start", "trial_end", "rung")):
                 continue
             kind = ev.get("type")
@@ -112,4 +126,5 @@ def replay(output_dir: str | Path) -> StudyRecord:
                 rec.ends[ev["number"]] = TrialResult.from_event(ev)
             elif kind == "rung":
                 rec.rungs.append(ev)
+    rec.damaged = [n for n in bad if n < lineno]  # (lineno: the file's last line)
     return rec

@@ -242,3 +242,41 @@ def test_a_torn_last_line_is_cut_before_the_journal_is_appended_to_again(tmp_pat
         f.write(b'42\n\xff\xfe\n{"type": "trial_end"}\n{"type": "trial_end", "number": 0}\n')
     rec = replay(tmp_path)
     assert list(rec.ends) == [0] and rec.ends[0].metrics == {"eval_loss": 1.0}
+
+
+def test_a_damaged_line_inside_the_journal_is_said_where_a_torn_last_line_is_not(tmp_path):
+    """A line damaged in the middle of journal.jsonl (trial 0's end cut in half) was skipped without a word: moopt report
+    said the trial was INTERRUPTED and suggested --resume to train it again."""
+    from click.testing import CliRunner
+
+    from moopt.cli import main
+    from moopt.journal import Journal, replay
+
+    j = Journal(tmp_path)
+    j.append({"type": "study", "weights": [1.0], "objectives": ["eval_loss"], "num_trials": 2})
+    for n in range(2):
+        j.append({"type": "trial_start", "number": n, "params": {}})
+        j.append(TrialResult(number=n, state="COMPLETE", metrics={"eval_loss": 1.0 + n}))
+    j.close()
+    path = tmp_path / "journal.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    assert replay(tmp_path).damaged == [] and replay(tmp_path).damaged_note() is None
+    path.write_text("".join(lines) + '{"type": "trial_start", "numb')  # torn last line: a kill's leftover, not said
+    assert replay(tmp_path).damaged == []
+    lines[2] = lines[2][: len(lines[2]) // 2] + "\n"  # trial 0's end, cut in half
+    path.write_text("".join(lines))
+    rec = replay(tmp_path)
+    assert rec.damaged == [3] and rec.running == [0]
+    assert rec.damaged_note() == ("journal.jsonl: line 3 is damaged (not JSON) and skipped: what it recorded is not in "
+                                  "the results (a trial's end reads as interrupted)")
+    from test_analysis import synthetic_trials, write_fake_study
+
+    study = write_fake_study(tmp_path / "study", synthetic_trials(4))
+    for n in range(4):  # the configuration best_config.yaml is written from (a study writes each trial's)
+        (study / "trial_results" / f"trial_{n}" / "config.yaml").write_text("training: {learning_rate: 0.001}\n")
+    lines = (study / "journal.jsonl").read_text().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if '"trial_end"' in line)
+    lines[at] = lines[at][:40] + "\n"
+    (study / "journal.jsonl").write_text("".join(lines))
+    r = CliRunner().invoke(main, ["report", str(study)])
+    assert r.exit_code == 0 and f"Note: {study / 'journal.jsonl'}: line {at + 1} is damaged (not JSON)" in r.output, r.output

@@ -519,6 +519,10 @@ def report(output_dir: str) -> None:
     except PermissionError as e:  # a read-only copy of a study: nothing is written, and it says so in one line
         fail(f"{output_dir}: cannot write the result files ({e.strerror}: {e.filename}); copy the study somewhere "
              "writable and run moopt report there")
+    from moopt.journal import replay
+
+    if note := replay(output_dir).damaged_note():
+        click.echo(f"Note: {Path(output_dir) / note}")
     if note := study_state_note(output_dir, live):
         click.echo(note)
     if not live and (note := replaced_note(output_dir)):

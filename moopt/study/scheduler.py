@@ -442,6 +442,8 @@ class Study:
                                        f"--keep_adapters {keep_was} for the finished trials it does not keep "
                                        "(their configurations stay: moopt train --config trains any again)",
                                        markup=False, highlight=False)
+        if record is not None and (note := record.damaged_note()):
+            self.console.print(f"Note: {self.out / note}", markup=False, highlight=False)
         if record is not None and record.header:  # a moved copy of the data or the model (check_output_dir compared
             was, now = record.header.get("fingerprint") or {}, study_fingerprint(cfg)  # their content): from now on the
             moved = {k: now[k] for k in ("train_file", "validation_file", "base_model")  # study's, where best_config.yaml,
