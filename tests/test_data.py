@@ -253,6 +253,7 @@ def test_truncation_is_counted(tmp_path, tok):
     ('{"messages": [{"role": "user", "content": "a", "content": "b"}, {"role": "assistant", "content": "c"}]}\n',
      ":1: `content` is given twice in one record"),
     ('{"prompt": "a", "completion": "b\n', ":1: invalid JSON (Unterminated string starting at column 31)"),  # not "at at"
+    ('{"prompt": "a", "completion": "b"}\r{"prompt": "a", "completion": "b"}\r', "its lines end in a lone CR"),
 ])
 def test_bad_jsonl_names_file_and_line(tmp_path, content, fragment):
     p = tmp_path / "bad.jsonl"
@@ -545,6 +546,11 @@ def test_records_of_several_formats_in_one_file_are_said(tmp_path):
                                  "trains as its format does (loss on prompt+completion: the completion; text: every token)")
     f.write_text("".join(json.dumps(r) + "\n" for r in rows if "prompt" in r))
     assert formats_across(f) is None
+
+
+def test_a_device_given_as_a_data_file_is_not_said_to_be_missing():
+    with pytest.raises(ConfigError, match=r"^/dev/null: not a regular file \(a device, a pipe or a socket\)"):
+        read_jsonl("/dev/null")
 
 
 def test_a_key_given_twice_in_a_json_array_record_names_the_record_and_its_line(tmp_path):

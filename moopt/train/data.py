@@ -48,7 +48,8 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     if path.is_dir():
         raise ConfigError(f"{path}: a folder, not a data file (JSONL, a JSON array or Parquet)")
     if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
+        raise ConfigError(f"{path}: " + ("not a regular file (a device, a pipe or a socket); give a data file: a study "
+                                         "reads it more than once" if path.exists() else "file not found"))
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key in _READ:  # a study's start checks each file four ways (format, completions, formats, overlap)
@@ -142,7 +143,8 @@ def _records(path: Path) -> Iterator[tuple[str, Any, str | None]]:
         try:
             rec = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
-            yield f"{path}:{lineno}", None, f"invalid JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
+            cr = " (its lines end in a lone CR, old Mac style: convert them, e.g. tr '\\r' '\\n')" if "\r" in line.rstrip() else ""
+            yield f"{path}:{lineno}", None, f"invalid JSON ({e.msg.removesuffix(' at')} at column {e.colno}){cr}"
         except _DuplicateKey as e:
             yield f"{path}:{lineno}", None, f"`{e.key}` is given twice in one record; json keeps the last value only"
         else:
