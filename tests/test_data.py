@@ -1,5 +1,6 @@
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -558,3 +559,18 @@ def test_a_key_given_twice_in_a_json_array_record_names_the_record_and_its_line(
     f.write_text('[\n  {"prompt": "a", "completion": "b"},\n  {"prompt": "a",\n   "completion": "b", "completion": "c"}\n]\n')
     with pytest.raises(ConfigError, match=r"a.json: record 2 \(line 3\): `completion` is given twice in one record"):
         read_jsonl(f)
+
+
+def test_a_training_file_whose_records_repeat_is_said_from_a_twentieth_of_them(tmp_path):
+    """5% of a 20k chat file duplicated started with no word; short records repeating by chance (the bundled data: 10
+    of 300) are not said."""
+    from moopt.train.data import repeated_records
+
+    rows = [{"prompt": f"what is {i} ?", "completion": " red"} for i in range(95)]
+    f = tmp_path / "t.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows + rows[:5]))
+    assert repeated_records(f) == (f"5 of 100 records of {f} repeat an earlier record (records 96, 97, 98, 99, 100): "
+                                   "each copy is trained on, so they weigh more than the rest")
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows + rows[:4]))
+    assert repeated_records(f) is None
+    assert repeated_records(os.path.join(os.path.dirname(__file__), "..", "data", "train.jsonl")) is None

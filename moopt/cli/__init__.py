@@ -609,7 +609,7 @@ def train(**kw) -> None:
     from moopt.journal import JOURNAL, replay
     from moopt.study.gate import data_notes, require_completions
     from moopt.study.outdir import check_writable_dir
-    from moopt.train.data import formats_across, mixed_formats, shared_records
+    from moopt.train.data import formats_across, mixed_formats, repeated_records, shared_records
     from moopt.train.models import recorded_name, resolve_model_revision
 
     try:
@@ -678,6 +678,7 @@ def train(**kw) -> None:
                 notes += [f"Note: {n}" for n in data_notes(model_path, kw[f], at,
                                                            role="training" if f == "train_file" else "evaluation")]
                 notes += [f"Note: {n}" for n in (mixed_formats(kw[f]), formats_across(kw[f])) if n]
+                notes += [f"Note: {n}" for n in [repeated_records(kw[f])] if n and f == "train_file"]
         if cfg.model.quantization != "none" and not _has_cuda():  # as a study says it at its start
             notes.append(f"Note: model.quantization {cfg.model.quantization} on a CPU: bitsandbytes' layers work here "
                          "but cost memory instead of saving it and train slower (minutes where unquantised takes "

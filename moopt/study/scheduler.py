@@ -328,7 +328,7 @@ class Study:
 
     def _check_data(self) -> None:
         from moopt.study.gate import data_notes, require_completions
-        from moopt.train.data import formats_across, mixed_formats, shared_records
+        from moopt.train.data import formats_across, mixed_formats, repeated_records, shared_records
 
         if not Path(self.cfg.model_path).is_dir():  # a simulation's stand-in model (benchmarks, tests): no tokenizer
             return
@@ -338,6 +338,7 @@ class Study:
         notes = [note for f, at in checked
                  for note in data_notes(self.cfg.model_path, f, at, hi, "training" if f == self.cfg.train_file else "validation")]
         notes += [note for f, _ in checked for note in (mixed_formats(f), formats_across(f)) if note]
+        notes += [note for note in [repeated_records(self.cfg.train_file)] if note]
         shared, n_val = shared_records(self.cfg.train_file, self.cfg.validation_file)
         if shared:
             notes.append(f"{shared} of {n_val} examples of {self.cfg.validation_file} also appear in "

@@ -529,18 +529,41 @@ def _chat_example(msgs: list[dict[str, str]], tokenizer, learn_from: int = 0,
     return Example(ids, labels)
 
 
+def _trained_key(rec: dict[str, Any]) -> str:
+    """What a record trains on: its format's fields, not an id or other metadata."""
+    fields = REQUIRED[record_format(rec)] + ["input"]
+    return json.dumps({k: rec.get(k) for k in fields}, sort_keys=True, ensure_ascii=False, default=str)
+
+
 def shared_records(reference: str | Path, other: str | Path) -> tuple[int, int]:
     """(How many records of ``other`` also appear, identical, in ``reference``, how many records ``other`` has): a
     validation set copied from the training set, or overlapping it, makes its objectives reward memorising them."""
-    import json
-
-    def key(rec: dict[str, Any]) -> str:  # what is trained on: the format's fields, not an id or other metadata
-        fields = REQUIRED[record_format(rec)] + ["input"]
-        return json.dumps({k: rec.get(k) for k in fields}, sort_keys=True, ensure_ascii=False, default=str)
-
-    seen = {key(r) for r in read_records(reference)}
+    seen = {_trained_key(r) for r in read_records(reference)}
     records = read_records(other)
-    return sum(key(r) in seen for r in records), len(records)
+    return sum(_trained_key(r) in seen for r in records), len(records)
+
+
+REPEATED_NOTED = 0.05  # the share of a training file's records repeating earlier ones from which it is said: short
+# synthetic records repeat by chance (the bundled data: 10 of 300), a scrape or a concatenation twice repeats many
+
+
+def repeated_records(path: str | Path) -> str | None:
+    """A note when REPEATED_NOTED or more of the records of ``path`` repeat an earlier one (what they train on,
+    ``_trained_key``): how many, the first few record numbers; else None. Each copy is trained on, so they weigh more
+    than the rest."""
+    seen: set[str] = set()
+    records = read_records(path)
+    again = []
+    for i, rec in enumerate(records, 1):
+        k = _trained_key(rec)
+        if k in seen:
+            again.append(i)
+        seen.add(k)
+    if len(again) < REPEATED_NOTED * len(records):
+        return None
+    listed = ", ".join(map(str, again[:MAX_REPORTED])) + (f" and {len(again) - MAX_REPORTED} more" if len(again) > MAX_REPORTED else "")
+    return (f"{len(again)} of {len(records)} records of {path} repeat an earlier record ({'record' if len(again) == 1 else 'records'} "
+            f"{listed}): each copy is trained on, so {'it weighs' if len(again) == 1 else 'they weigh'} more than the rest")
 
 
 FORMAT_NAMES = {"messages": "messages", "prompt_completion": "prompt+completion", "instruction": "instruction+output",
