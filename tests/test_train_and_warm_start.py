@@ -218,7 +218,8 @@ def test_a_warm_started_study_on_the_same_model_and_data_takes_over_the_earlier_
                            pruning_factor=None, memory_constraint_gb=None,
                            objectives=parse_objectives("multi:eval_loss,eval_accuracy", None))
     digests = {k: data_digest(getattr(like, k)) for k in ("train_file", "validation_file")}
-    assert len(reusable_trials(like, h["eval_max_seq_length"], digests, "cpu")[0]) == 3
+    found, why = reusable_trials(like, h["eval_max_seq_length"], digests, "cpu")
+    assert len(found) == 3, why  # (why: "moopt's training code changed" where a checkout is edited while this runs)
     assert reusable_trials(like, h["eval_max_seq_length"], digests, "cuda") == ({}, "")
     # nor one trained by other training code, other library versions or another LoRA kernel path
     from moopt.journal import JOURNAL
