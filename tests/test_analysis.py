@@ -861,3 +861,14 @@ def test_counts_in_trials_summary_stay_whole_beside_a_running_trial(tmp_path):
     rows = {r["number"]: r for r in csvlib.DictReader((out / "trials_summary.csv").open())}
     assert rows["3"]["state"] == "RUNNING" and rows["3"]["steps"] == ""
     assert rows["0"]["steps"] == "10" and rows["0"]["total_steps"] == "10", rows["0"]
+
+
+def test_a_correlation_of_exactly_zero_is_written_as_zero():
+    """Rank correlation of ties in floating point: correlations.csv read 1.86e-17 where the value is 0."""
+    import pandas as pd
+
+    from moopt.report.analysis import _spearman
+
+    x, y = pd.Series([2.0, 1.0, 1.0, 2.0]), pd.Series([0.3259, 0.8377, 0.0499, 0.8227])
+    assert float(x.rank().corr(y.rank())) != 0.0  # what it was
+    assert _spearman(x, y) == 0.0

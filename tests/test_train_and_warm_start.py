@@ -52,6 +52,7 @@ def test_train_final_model_reports_validation_and_test(tiny_model, tiny_data, tm
     assert m["test"]["test_loss"] == m["validation"]["eval_loss"]  # same file as val and test: same figure
     # what it trained from (a config outside a study's folder: the defaults, said on the console too)
     assert m["seed"] == 42 and m["base_model"] == str(tiny_model) and m["train_file"] == str(tiny_data["train"])
+    assert m["test_file"] == str(tiny_data["val"])  # which test set gave test_loss
     assert "Seed: 42, the default (--config is not in a study's folder" in r.output
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     from transformers import AutoTokenizer  # the tokenizer beside the adapter, as TRL saves it

@@ -39,7 +39,7 @@ def test_train_repeats_the_chosen_trial_and_says_when_a_run_is_not_that_trial(st
     r = train("--config", best, "--output_dir", tmp_path / "same")
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "same" / "final_metrics.json").read_text())
-    assert m["differs_from_study_trial"] == [] and m["study_trial"] == 0
+    assert m["differs_from_study_trial"] == [] and m["study_trial"] == 0 and m["test_file"] is None  # (none given)
     assert "study val" in r.output and "differs from trial" not in r.output
     assert m["validation"]["eval_loss"] == pytest.approx(m["study_validation"]["eval_loss"], abs=1e-4)
     # what it says at the end: the files, the base model and how to load the adapter

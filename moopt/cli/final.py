@@ -263,7 +263,8 @@ def train_final(cfg: TrialConfig, config_path: str, model_path: str, kw: dict[st
                                              # what it trained from: with the config, enough to train it again
                                              "base_model": kw["base_model"], "seed": kw["seed"], "kernels": kw["kernels"],
                                              "train_file": os.path.abspath(kw["train_file"]),
-                                             "validation_file": os.path.abspath(kw["validation_file"])})
+                                             "validation_file": os.path.abspath(kw["validation_file"]),
+                                             "test_file": os.path.abspath(kw["test_file"]) if kw.get("test_file") else None})
     (work / "final_metrics.json").rename(out / ASIDE)  # out of the folder until the rest is in
     kw["_replacing"] = True  # from here an interruption leaves a mix: said so (cli._train_locked)
     (out / "final_metrics.json").unlink(missing_ok=True)

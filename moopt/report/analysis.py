@@ -400,7 +400,8 @@ def _spearman(x: pd.Series, y: pd.Series) -> float:
     ok = x.notna() & y.notna() & np.isfinite(y)
     if ok.sum() < MIN_TRIALS or x[ok].nunique() < 2 or y[ok].nunique() < 2:
         return float("nan")
-    return float(x[ok].rank().corr(y[ok].rank()))  # Pearson of ranks (ties averaged) = Spearman
+    rho = float(x[ok].rank().corr(y[ok].rank()))  # Pearson of ranks (ties averaged) = Spearman
+    return 0.0 if abs(rho) < 1e-12 else rho  # (an exact 0 came out as 1.86e-17 in correlations.csv)
 
 
 # -- learning curves ------------------------------------------------------------------------------
