@@ -356,7 +356,8 @@ def _chat_texts(tokenizer, msgs: list[dict[str, str]], learn_from: int = 0) -> d
             continue
         texts[("before", i)] = (_render(tokenizer, msgs[:i], True) if i else
                                 _render(tokenizer, [{"role": "assistant", "content": ""}], False))
-        texts[("upto", i)] = _render(tokenizer, msgs[: i + 1], False)
+        # (the conversation up to its last turn is the whole: the same call, not rendered twice)
+        texts[("upto", i)] = texts[("all",)] if i == len(msgs) - 1 else _render(tokenizer, msgs[: i + 1], False)
     return texts
 
 
