@@ -124,6 +124,12 @@ def test_a_trial_trains_the_same_packed_or_padded(tiny_model, tiny_data, tmp_pat
     assert metrics[True].train_tokens == metrics[False].train_tokens
     assert metrics[True].metrics["eval_loss"] == pytest.approx(metrics[False].metrics["eval_loss"], rel=1e-4)
     assert metrics[True].metrics["eval_accuracy"] == pytest.approx(metrics[False].metrics["eval_accuracy"], abs=1e-3)
+    # metrics.json says how many micro-batches packing packed (nothing said whether it was applied); none when off
+    import json
+
+    packed = json.loads((tmp_path / "True" / "metrics.json").read_text())
+    assert packed["packed_micro_batches"] == packed["micro_batches"] > 0
+    assert "packed_micro_batches" not in json.loads((tmp_path / "False" / "metrics.json").read_text())
 
 
 

@@ -436,9 +436,11 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
         batches = micro_batches(train, tc.batch_size, tc.num_train_epochs, cfg.data.sampling_strategy, spec.seed, pad_id,
                                 pack_capacity=cfg.data.max_seq_length if cfg.data.packing else None)
         pending: list[dict[str, torch.Tensor]] = []
+        packed = 0  # micro-batches packed (packing on: where it removes a fifth of the tokens or more), of ``micro``
         for epoch_pos, batch in batches:
             pending.append(batch)
             micro += 1
+            packed += "position_ids" in batch
             if len(pending) < tc.gradient_accumulation_steps and micro < n_micro:
                 continue
             step_loss = with_fallback(lambda p=pending: train_step(
@@ -500,7 +502,9 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, warm: WarmBase 
             metrics["peak_memory_gb"] = trial_peak_gb()  # the whole trial's, the save included
         extra = {"truncated_train": train.n_truncated, "truncated_val": val.n_truncated,
                  "unlabelled_train": train.n_unlabelled, "unlabelled_val": val.n_unlabelled,
-                 "train_label_tokens": train.n_label_tokens, "val_label_tokens": val.n_label_tokens}
+                 "train_label_tokens": train.n_label_tokens, "val_label_tokens": val.n_label_tokens,
+                 # packing on: how many of the micro-batches it packed (the others padded: packing would not pay)
+                 **({"packed_micro_batches": packed, "micro_batches": micro} if cfg.data.packing else {})}
     except Exception as e:  # recorded as a failed trial; the study goes on
         is_oom = is_out_of_memory(e)
         result.state, result.oom = (TrialState.INFEASIBLE if is_oom else TrialState.FAIL), is_oom
