@@ -233,3 +233,8 @@ def test_a_space_whose_largest_batch_leaves_a_trial_few_steps_on_the_data_is_not
     assert Study.few_steps_note(study, 100_000) is None
     small = SimpleNamespace(cfg=SimpleNamespace(space=parse_space({"training": {"batch_size": 8, "num_train_epochs": 1}})))
     assert Study.few_steps_note(small, 300) is None  # 38 steps
+    assert note.endswith("on data this small, smaller batches or more epochs train more")
+    # 20k examples and 0.001 epoch: the epochs, not the data, are small (it said "on data this small")
+    tiny = SimpleNamespace(cfg=SimpleNamespace(space=parse_space({"training": {"batch_size": 4, "num_train_epochs": 0.001}})))
+    assert Study.few_steps_note(tiny, 20_000).endswith("takes 5 optimizer steps: too few to move far from the base "
+                                                       "model; more epochs train more")

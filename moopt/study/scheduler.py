@@ -309,7 +309,8 @@ class Study:
             return None
         return (f"with the space's largest effective batch ({batch}: batch_size x gradient_accumulation_steps) and "
                 f"{plural(epochs, 'epoch')}, a trial on the {n_train} training examples takes {plural(steps, 'optimizer step')}: too "
-                "few to move far from the base model; on data this small, smaller batches or more epochs train more")
+                "few to move far from the base model; " + ("more epochs train more" if math.ceil(n_train / batch) >= FEW_STEPS
+                                                           else "on data this small, smaller batches or more epochs train more"))
 
     def check_data(self) -> None:
         """Sequences are cut to max_seq_length on the right, so an example whose prompt fills it keeps no
