@@ -872,3 +872,17 @@ def test_a_correlation_of_exactly_zero_is_written_as_zero():
     x, y = pd.Series([2.0, 1.0, 1.0, 2.0]), pd.Series([0.3259, 0.8377, 0.0499, 0.8227])
     assert float(x.rank().corr(y.rank())) != 0.0  # what it was
     assert _spearman(x, y) == 0.0
+
+
+def test_parameters_that_moved_together_in_every_trial_are_said_to_share_one_effect(tmp_path):
+    """A 4-trial study drew batch 8 with r 8, batch 4 with r 4: importance gave them 9.1% and 6.1% as if apart."""
+    trials = synthetic_trials(12)
+    for t in trials:
+        t["params"]["r"] = {4: 8, 8: 16, 16: 32}[t["params"]["batch_size"]]
+    out = write_fake_study(tmp_path / "s", trials)
+    imp = param_importance(load_study(out), SCORE, output_dir=out)
+    assert imp and [set(g) for g in imp.together] == [{"batch_size", "r"}], imp.together
+    assert "batch_size, r: moved together in every one of these trials, so their shares split one effect" \
+        in format_importance(imp)
+    free = write_fake_study(tmp_path / "free", synthetic_trials(12))  # drawn apart: nothing said
+    assert param_importance(load_study(free), SCORE, output_dir=free).together == ()

@@ -40,8 +40,11 @@ class Importance(dict):
 
     def __init__(self, shares: dict[str, float] | None = None, *, target: str, n_trials: int = 0,
                  method: str = "fanova", reason: str | None = None, rung: int | None = None, n_complete: int | None = None,
-                 constant: tuple[str, ...] = ()):
+                 constant: tuple[str, ...] = (), together: tuple[tuple[str, ...], ...] = ()):
         super().__init__(shares or {})
+        # groups of parameters whose values moved together in every one of these trials (each value of one always with
+        # the same value of the others): their shares split one effect between them
+        self.together = together
         self.target, self.n_trials, self.method, self.reason = target, n_trials, method, reason
         self.constant = constant  # searched parameters that took one value in these trials: not ranked
         # rung: computed on the values the trials had at this pruning rung (0 = the first), because too few
@@ -232,7 +235,18 @@ def param_importance(data: StudyData, target: str, seed: int = 0, output_dir: st
     if not total or not np.isfinite(total):
         return Importance(target=target, n_trials=len(study.trials), reason="fANOVA found no explained variance", **basis)
     shares = {k: float(v) / total for k, v in sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))}
-    return Importance(shares, target=target, n_trials=len(study.trials), constant=constant, **basis)
+    return Importance(shares, target=target, n_trials=len(study.trials), constant=constant,
+                      together=_moved_together(done, list(dists)), **basis)
+
+
+def _moved_together(done: pd.DataFrame, names: list[str]) -> tuple[tuple[str, ...], ...]:
+    """Groups (2 or more) of ``names`` whose values correspond one to one across the rows of ``done`` (a small study
+    drew batch 8 with r 8 and alpha 16, batch 4 with r 4 and alpha 8: three shares of one effect)."""
+    codes = {k: tuple(pd.factorize(done[f"params_{k}"].astype(str))[0]) for k in names}  # each row's value, as its
+    groups: dict[tuple, list[str]] = {}  # order of first appearance: equal codes = values in one-to-one correspondence
+    for k in names:
+        groups.setdefault(codes[k], []).append(k)
+    return tuple(tuple(g) for g in groups.values() if len(g) > 1)
 
 
 def _optuna_study(done: pd.DataFrame, y, dists: dict, direction: str):
@@ -346,6 +360,9 @@ def format_importance(imp: Importance, top: int | None = None, rename=lambda k: 
                  f"what drove the early evaluations{'; too few to trust the order' if caution else ''})")
     if imp.constant:  # searched, but every one of these trials had the same value: nothing to rank it by
         basis += f"\n(not ranked, one value in every one of these trials: {', '.join(map(rename, imp.constant))})"
+    for group in getattr(imp, "together", ()):
+        basis += (f"\n({', '.join(map(rename, group))}: moved together in every one of these trials, so their shares "
+                  "split one effect that these trials cannot tell apart)")
     return "\n".join(["Parameter Importance:", *lines, basis])
 
 
