@@ -574,3 +574,25 @@ def test_a_training_file_whose_records_repeat_is_said_from_a_twentieth_of_them(t
     f.write_text("".join(json.dumps(r) + "\n" for r in rows + rows[:4]))
     assert repeated_records(f) is None
     assert repeated_records(os.path.join(os.path.dirname(__file__), "..", "data", "train.jsonl")) is None
+
+
+def test_the_newline_a_chatml_template_writes_after_the_end_of_turn_token_is_not_learnt(tmp_path):
+    """ChatML (SmolLM2, Qwen) renders "<|im_end|>\\n" after each turn: the newline was learnt and counted in
+    eval_accuracy (a near-certain token a turn), though generation stops at <|im_end|>; TRL's assistant masks leave it
+    out. The end-of-turn token itself stays learnt."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>", "\n", ":", "user", "assistant", "sky", "?", "blue", "sea",
+             "green"]
+    tk = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", "isolated"), pre_tokenizers.Split(" ", "removed")])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>",
+                                  additional_special_tokens=["<|im_start|>"])
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }} : {{ m['content'] }}<|im_end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant : {% endif %}")
+    rec = {"messages": [{"role": "user", "content": "sky ?"}, {"role": "assistant", "content": "blue"},
+                        {"role": "user", "content": "sea ?"}, {"role": "assistant", "content": "green"}]}
+    ex = tokenize_record(rec, tok)
+    assert _learnt(ex, tok) == ["blue", "<|im_end|>", "green", "<|im_end|>"]
+    assert tok.convert_ids_to_tokens(ex.input_ids)[-2:] == ["<|im_end|>", "\n"]  # still there, not learnt

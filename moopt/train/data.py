@@ -526,8 +526,25 @@ def _chat_example(msgs: list[dict[str, str]], tokenizer, learn_from: int = 0,
         if k == 0:
             raise ConfigError(f"turn {i + 1} (assistant): the chat template renders it differently within the whole "
                               "conversation than as its last turn, so its tokens cannot be told apart")
-        labels[start:start + k] = ids[start:start + k]
+        end = start + k
+        while end - start > 1 and _blank_after_special(tokenizer, ids[end - 2], ids[end - 1]):
+            end -= 1  # ChatML's "\n" after <|im_end|>: never generated (generation stops at the end-of-turn token)
+        labels[start:end] = ids[start:end]
     return Example(ids, labels)
+
+
+def _blank_after_special(tokenizer, before: int, token: int) -> bool:
+    """Whether ``token`` is whitespace only and follows a special token (the end-of-turn token a template writes a
+    newline after): not learnt, as TRL's assistant masks leave it out; it counted in eval_accuracy as a near-certain
+    token per turn."""
+    special = getattr(tokenizer, "_moopt_special", None)
+    if special is None:
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        try:
+            tokenizer._moopt_special = special
+        except AttributeError:
+            pass
+    return before in special and token not in special and not tokenizer.decode([token]).strip()
 
 
 def _trained_key(rec: dict[str, Any]) -> str:
