@@ -311,13 +311,15 @@ def test_guide_script_spelling_runs_the_same_command(tmp_path):
                         str(tmp_path / "o")], capture_output=True, text=True)
     # a usage error is one line, as moopt's own errors are (click printed the usage, a hint and a blank line above it)
     assert r.returncode == 2 and r.stderr == ("Error: Invalid value for '--num_trials' / '--num-trials': 0 is not in the "
-                                              "range x>=1. (run_hyperparameter_optimization.py --help lists the options)\n")
+                                              "range x>=1. See run_hyperparameter_optimization.py --help.\n")
     r = CliRunner().invoke(main, ["optimize", "--num_trails", "3"], prog_name="moopt")
     assert r.exit_code == 2 and r.output == ("Error: No such option '--num_trails'. (Did you mean one of: '--num-trials', "
-                                             "'--num_trials'?) (moopt optimize --help lists the options)\n"), r.output
+                                             "'--num_trials'?) See moopt optimize --help.\n"), r.output
     r = CliRunner().invoke(main, ["optimise"], prog_name="moopt")
     assert r.exit_code == 2 and r.output.startswith("Error: No such command 'optimise'.") and \
-        r.output.endswith("(moopt --help lists the commands)\n"), r.output
+        r.output.endswith("See moopt --help.\n"), r.output
+    r = CliRunner().invoke(main, [], prog_name="moopt")  # `moopt` alone: its help, as before (not one squashed line)
+    assert r.output.startswith("Usage: moopt [OPTIONS] COMMAND [ARGS]...\n") and "Commands:\n" in r.output, r.output
 
 
 BAD_INPUTS = [

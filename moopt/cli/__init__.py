@@ -47,18 +47,21 @@ def fail(msg: str) -> None:
 
 class _OneLineErrors:
     """A usage error (a value out of range, a misspelt or missing option) in one line, as moopt's own errors are:
-    "Error: Invalid value for '--num_trials' / '--num-trials': 0 is not in the range x>=1. (moopt optimize --help
-    lists the options)", exit 2; click printed the usage, a hint and a blank line above it."""
+    "Error: Invalid value for '--num_trials' / '--num-trials': 0 is not in the range x>=1. See moopt optimize --help.",
+    exit 2; click printed the usage, a hint and a blank line above it. ``moopt`` alone still prints its help."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:  # `moopt` alone: its help, as click prints it
+            e.show()
+            sys.exit(e.exit_code)
         except click.UsageError as e:
-            what = "commands" if "No such command" in e.format_message() else "options"
-            hint = f" ({e.ctx.command_path} --help lists the {what})" if e.ctx is not None else ""
-            click.echo(f"Error: {' '.join(e.format_message().split())}{hint}", err=True)
+            said = " ".join(e.format_message().split())
+            hint = f" See {e.ctx.command_path} --help." if e.ctx is not None else ""
+            click.echo(f"Error: {said}{'' if said[-1:] in '.?)' else '.'}{hint}", err=True)
             sys.exit(e.exit_code)
         except click.ClickException as e:
             e.show()
