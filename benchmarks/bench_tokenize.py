@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     batched = data._encode_batch
 
     def moopt_way(recs, one_by_one: bool):
-        data._encode_batch = (lambda tokenizer, records: None) if one_by_one else batched
+        data._encode_batch = (lambda tokenizer, records: 1) if one_by_one else batched
         try:
             return [(e.input_ids, e.labels) for e in data.tokenize_records(recs, tok, "bench")]
         finally:

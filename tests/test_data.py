@@ -480,7 +480,7 @@ def test_records_encoded_in_batches_tokenise_as_one_by_one(tok, tmp_path, monkey
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     batched = tokenize_file(f, tok, 64)
     assert getattr(tok, "_moopt_encoded", None) is None  # nothing kept on the tokenizer
-    monkeypatch.setattr(data, "_encode_batch", lambda tokenizer, records: None)
+    monkeypatch.setattr(data, "_encode_batch", lambda tokenizer, records: 1)  # (one record, encoded alone)
     single = tokenize_file(f, tok, 64)
     assert [(e.input_ids, e.labels, e.merged) for e in batched.examples] == \
         [(e.input_ids, e.labels, e.merged) for e in single.examples]
@@ -522,7 +522,7 @@ def test_chat_records_rendered_and_encoded_in_batches_tokenise_as_one_by_one(tin
     monkeypatch.setattr(type(tok), "__call__", real_call)
     assert getattr(tok, "_moopt_encoded", None) is None and getattr(tok, "_moopt_rendered", None) is None
     assert _learnt(batched.examples[0], tok) == ["red", "</s>", "the", "the", "blue", "</s>"]
-    monkeypatch.setattr(data, "_encode_batch", lambda tokenizer, records: None)
+    monkeypatch.setattr(data, "_encode_batch", lambda tokenizer, records: 1)  # (one record, encoded alone)
     single = tokenize_file(f, tok, 64)
     assert [(e.input_ids, e.labels) for e in batched.examples] == [(e.input_ids, e.labels) for e in single.examples]
     monkeypatch.undo()
@@ -596,3 +596,26 @@ def test_the_newline_a_chatml_template_writes_after_the_end_of_turn_token_is_not
     ex = tokenize_record(rec, tok)
     assert _learnt(ex, tok) == ["blue", "<|im_end|>", "green", "<|im_end|>"]
     assert tok.convert_ids_to_tokens(ex.input_ids)[-2:] == ["<|im_end|>", "\n"]  # still there, not learnt
+
+
+def test_a_batch_of_texts_holds_at_most_its_character_budget(tiny_model, tmp_path, monkeypatch):
+    """Long multi-turn chats' renderings grow with the square of their turns: 1024 records of 30 turns held 4.6 GB at
+    once. A batch stops at ENCODE_CHARS (a record of more is a batch of its own), with the same examples."""
+    from moopt.train import data
+
+    tok = _chat_tok(tiny_model, "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+                                "{% if add_generation_prompt %}assistant : {% endif %}")
+    turns = [{"role": r, "content": "the sky is blue"} for _ in range(10) for r in ("user", "assistant")]
+    rows = [{"messages": turns[: 2 * (i % 10 + 1)]} for i in range(30)]
+    f = tmp_path / "long.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(data, "ENCODE_CHARS", 3000)
+    sizes = []
+    real = data._encode_batch
+    monkeypatch.setattr(data, "_encode_batch", lambda tokenizer, records: sizes.append(real(tokenizer, records)) or sizes[-1])
+    batched = tokenize_file(f, tok, 512)
+    covered = [n for n in sizes if n]
+    assert sum(covered) == 30 and len(covered) > 3, sizes  # several batches, every record in one
+    monkeypatch.setattr(data, "_encode_batch", lambda tokenizer, records: 1)
+    single = tokenize_file(f, tok, 512)
+    assert [(e.input_ids, e.labels) for e in batched.examples] == [(e.input_ids, e.labels) for e in single.examples]

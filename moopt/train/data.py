@@ -382,7 +382,9 @@ def _as_chat(rec: Any, tokenizer) -> tuple[list[dict[str, str]], int] | None:
     return None
 
 
-ENCODE_CHUNK = 1024  # records whose plain texts are encoded in one call of the tokenizer
+ENCODE_CHUNK = 1024  # records whose plain texts are encoded in one call of the tokenizer, at most
+ENCODE_CHARS = 2_000_000  # ... and texts of at most about this many characters (one record's more): long multi-turn
+# chats' renderings grow with the square of their turns, and 1024 of 30 turns held 4.6 GB at once
 
 
 def _plain_texts(rec: Any) -> list[str]:
@@ -398,27 +400,36 @@ def _plain_texts(rec: Any) -> list[str]:
     return []
 
 
-def _encode_batch(tokenizer, records: list) -> None:
-    """Encode the texts of ``records`` in one call (transformers' per-call overhead was ~85% of tokenising a
-    prompt/completion file: 13 s of 100k records' 15, where the Rust encoder took 2; a chat record's 3 to 5 renderings,
-    encoded one by one, made it ~4x slower than a prompt/completion one) and keep them on the tokenizer for ``_ids``,
-    with each chat record's renderings (``_chat_texts``) for ``_chat_example``; a record whose template or text the
-    tokenizer refuses is left to the records one by one (their error names the record)."""
-    texts = [t for rec in records for t in _plain_texts(rec)]
+def _encode_batch(tokenizer, records: list) -> int:
+    """Encode the texts of the first of ``records`` in one call (transformers' per-call overhead was ~85% of
+    tokenising a prompt/completion file: 13 s of 100k records' 15, where the Rust encoder took 2; a chat record's 3 to
+    5 renderings, encoded one by one, made it ~4x slower than a prompt/completion one) and keep them on the tokenizer
+    for ``_ids``, with each chat record's renderings (``_chat_texts``) for ``_chat_example``: as many records as
+    ENCODE_CHARS of text allow (at least one); how many. A record whose template or text the tokenizer refuses is left
+    to the records one by one (their error names the record)."""
+    texts: list[str] = []
     rendered: dict[int, dict[tuple, str]] = {}
-    if getattr(tokenizer, "chat_template", None):
-        for rec in records:
-            if (chat := _as_chat(rec, tokenizer)) is not None:
-                try:
-                    rendered[id(rec)] = _chat_texts(tokenizer, *chat)
-                except Exception:  # noqa: BLE001 - jinja2's TemplateError, ...: said by that record's own call
-                    continue
-                texts.extend(rendered[id(rec)].values())
+    chars, n = 0, 0
+    chat = getattr(tokenizer, "chat_template", None)
+    for rec in records:
+        if n and chars >= ENCODE_CHARS:
+            break
+        n += 1
+        mine = _plain_texts(rec)
+        if chat and (turns := _as_chat(rec, tokenizer)) is not None:
+            try:
+                rendered[id(rec)] = _chat_texts(tokenizer, *turns)
+            except Exception:  # noqa: BLE001 - jinja2's TemplateError, ...: said by that record's own call
+                continue
+            mine = list(rendered[id(rec)].values())
+        texts += mine
+        chars += sum(map(len, mine))
     texts = list(dict.fromkeys(texts))
     memo = None
     if texts and getattr(tokenizer, "is_fast", False):
         try:
-            memo = dict(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"]))
+            ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+            memo = dict(zip(texts, ids))
         except Exception:  # noqa: BLE001 - one text it cannot encode: said by that record's own call
             memo = None
     try:
@@ -426,6 +437,7 @@ def _encode_batch(tokenizer, records: list) -> None:
         tokenizer._moopt_rendered = rendered if records else None
     except AttributeError:
         pass
+    return n
 
 
 def _shared_start(a: list[int], b: list[int]) -> int:
@@ -643,12 +655,13 @@ def tokenize_records(records, tokenizer, path: str | Path, numbers=None, beat=No
     of records: 20k chat records took minutes with no count shown."""
     records = list(records)
     numbers = list(numbers or range(1, len(records) + 1))
+    next_batch = 0  # the record the next batch of texts starts at
     try:
         for at, (n, rec) in enumerate(zip(numbers, records)):
-            if at % ENCODE_CHUNK == 0:
+            if at == next_batch:
                 if beat is not None:
                     beat(at, len(records))
-                _encode_batch(tokenizer, records[at:at + ENCODE_CHUNK])
+                next_batch = at + _encode_batch(tokenizer, records[at:at + ENCODE_CHUNK])
             try:
                 yield tokenize_record(rec, tokenizer)
             except ConfigError as e:
