@@ -238,7 +238,8 @@ def test_the_chosen_trial_is_drawn_over_a_later_trial_at_its_spot_and_each_tip_n
     first = write_fake_study(tmp_path / "a", trials)
     best = int(load_study(first).best)
     twin = {**trials[best], "metrics": {**trials[best]["metrics"], "eval_loss": trials[best]["metrics"]["eval_loss"] + 1e-4}}
-    out = write_fake_study(tmp_path / "b", [*trials, twin])
+    near = {**twin, "metrics": {**twin["metrics"], "eval_loss": trials[best]["metrics"]["eval_loss"] + 0.016}}  # ~9 px off
+    out = write_fake_study(tmp_path / "b", [*trials, twin, near])
     data = load_study(out)
     assert int(data.best) == best
     page = write_html_report(out, data, write_analysis(out, data))
@@ -252,6 +253,17 @@ def test_the_chosen_trial_is_drawn_over_a_later_trial_at_its_spot_and_each_tip_n
       document.querySelector('circle.pt[data-trial="12"]').dispatchEvent(new MouseEvent('mouseenter'));
       r.twinTip = tip.textContent;
       b.dispatchEvent(new MouseEvent('mouseenter')); r.bestTip = tip.textContent;
+      var c13 = document.querySelector('circle.pt[data-trial="13"]').getBoundingClientRect(), cb = b.getBoundingClientRect();
+      r.gap = Math.hypot(c13.left + c13.width / 2 - cb.left - cb.width / 2, c13.top + c13.height / 2 - cb.top - cb.height / 2);
+      r.hidden = Array.from(document.querySelectorAll('circle.pt')).filter(function (c) {{
+        var n = c.getAttribute('data-trial');
+        c.scrollIntoView({{block: 'center', inline: 'center'}}); var q = c.getBoundingClientRect();
+        var h = document.elementFromPoint(q.left + q.width / 2, q.top + q.height / 2);
+        if (h === c) return false;
+        if (!h || !h.classList.contains('pt')) return true;  // the ring, or nothing
+        h.dispatchEvent(new MouseEvent('mouseenter'));  // a point over it: its tip names it
+        var m = tip.textContent.match(/at the same spot: trials? ([0-9, ]+)/);
+        return !(m && m[1].split(', ').indexOf(n) >= 0); }}).map(function (c) {{ return c.getAttribute('data-trial'); }});
       var out = document.createElement('pre'); out.id = 'probe'; out.textContent = JSON.stringify(r); document.body.appendChild(out);
     """
     dom, console = dump_dom(with_script(page, tmp_path / "probe.html", probe), tmp_path)
@@ -259,6 +271,9 @@ def test_the_chosen_trial_is_drawn_over_a_later_trial_at_its_spot_and_each_tip_n
     r = json.loads(html.unescape(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1)))
     assert r["top"] == str(best), r
     assert f"at the same spot: trial {best}" in r["twinTip"] and "at the same spot: trial 12" in r["bestTip"], r
+    # every point is on top at its own centre, or named in the tip of the one over it: the ring drawn over a neighbour
+    # 10 px away hid it from the mouse
+    assert 7 < r["gap"] < 11 and r["hidden"] == [], r  # (trial 13: under the 11 px ring, apart from the point)
 
 
 def test_a_front_of_one_trial_is_keyed_as_a_point_not_a_line(tmp_path):

@@ -435,7 +435,7 @@ MAIN_JS = r"""
   function showTip(p, ev) {
     var rows = ['<b>trial ' + p.number + '</b> <span style="color:' + esc(D.colours[p.state] || '#999') + '">' + esc(p.state) + '</span>'
       + (p.best ? ' · best' : '') + (p.pareto ? ' · Pareto' : '')];
-    var here = onPlot.filter(function (q) { return q !== p && Math.abs(q.sx - p.sx) < 4 && Math.abs(q.sy - p.sy) < 4; });
+    var here = onPlot.filter(function (q) { return q !== p && Math.hypot(q.sx - p.sx, q.sy - p.sy) < 7; });  // (points overlap)
     if (here.length) rows.push('<i>at the same spot: trial' + (here.length > 1 ? 's ' : ' ') +
                                here.map(function (q) { return q.number; }).join(', ') + '</i>');
     D.axes.forEach(function (a) { if (a.key !== 'number') rows.push(esc(a.key.replace('values_', '')) + ': ' + esc(fmt(p.values[a.key]))); });
@@ -487,10 +487,12 @@ MAIN_JS = r"""
     // the front's points over the others and the chosen one over all (a trial drawn later on the same spot hid it)
     function rank(p) { return p.best ? 2 : p.pareto ? 1 : 0; }
     onPlot = pts.slice().sort(function (a, b) { return rank(a) - rank(b) || a.number - b.number; });
+    onPlot.forEach(function (p) {  // the gold ring under every point: drawn over its neighbours it hid them from the mouse
+      if (p.best) el('circle', {cx: sx(p.values[xk]), cy: sy(p.values[yk]), r: 11, 'class': 'best-ring'}, svg);
+    });
     onPlot.forEach(function (p) {
       var x = sx(p.values[xk]), y = sy(p.values[yk]);
       p.sx = x; p.sy = y;
-      if (p.best) el('circle', {cx: x, cy: y, r: 11, 'class': 'best-ring'}, svg);
       var c = el('circle', {cx: x, cy: y, r: p.pareto ? 6.5 : 5, fill: D.colours[p.state] || '#999',
                             'class': 'pt' + (p.pareto ? ' pareto' : '') + (p.best ? ' best' : '') + (p.state === 'PRUNED' ? ' pruned' : ''),
                             'data-trial': p.number, 'data-state': p.state, tabindex: 0, role: 'img',
@@ -576,7 +578,7 @@ table.kv td { padding: 2px 12px 2px 0; }
 .front { fill: none; stroke: #222; stroke-width: 1.2; stroke-dasharray: 4 3; }
 .pt { stroke: #fff; stroke-width: 1; cursor: pointer; opacity: .9; } .pt.pareto { stroke: #222; stroke-width: 1.5; }
 .pt:hover, .pt:focus { stroke: #000; stroke-width: 2; outline: none; }
-.best-ring { fill: #ffd700; stroke: #222; stroke-width: 1; opacity: .85; }
+.best-ring { fill: #ffd700; stroke: #222; stroke-width: 1; opacity: .85; pointer-events: none; }
 .pt.pruned { fill: #fff; stroke: #ff7f0e; stroke-width: 2; } .base { fill: #9467bd; stroke: #fff; }
 .legend { display: flex; flex-wrap: wrap; gap: 14px; color: var(--muted); font-size: 12px; margin-top: 6px; }
 .legend i { display: inline-block; width: 10px; height: 10px; border-radius: 50%; margin-right: 5px; vertical-align: middle; }
