@@ -96,13 +96,14 @@ def replay(output_dir: str | Path) -> StudyRecord:
     if not path.is_file():
         return rec
     bad: list[int] = []
-    lineno = 0
+    lineno, torn = 0, False
     with path.open(encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             try:
                 ev = json.loads(line)
             except json.JSONDecodeError:
-                bad += [lineno] if line.strip() else []  # a torn last line from a crash mid-write (or a line damaged since: skipped as well)
+                bad += [lineno] if line.strip() else []
+                torn = not line.endswith("\n")  # torn by a crash mid-write: no newline at its end
                 continue
             if not isinstance(ev, dict) or ("number" not in ev and ev.get("type") in ("trial_start", "trial_end", "rung")):
                 continue
@@ -126,5 +127,5 @@ def replay(output_dir: str | Path) -> StudyRecord:
                 rec.ends[ev["number"]] = TrialResult.from_event(ev)
             elif kind == "rung":
                 rec.rungs.append(ev)
-    rec.damaged = [n for n in bad if n < lineno]  # (lineno: the file's last line)
+    rec.damaged = [n for n in bad if n < lineno or not torn]  # (lineno: the file's last line)
     return rec

@@ -280,3 +280,16 @@ def test_a_damaged_line_inside_the_journal_is_said_where_a_torn_last_line_is_not
     (study / "journal.jsonl").write_text("".join(lines))
     r = CliRunner().invoke(main, ["report", str(study)])
     assert r.exit_code == 0 and f"Note: {study / 'journal.jsonl'}: line {at + 1} is damaged (not JSON)" in r.output, r.output
+    # a whole last line damaged (it ends in a newline: no torn write) is said too
+    (tmp_path / "last").mkdir()
+    (tmp_path / "last" / "journal.jsonl").write_text("".join(lines[:3]) + lines[3][:10] + "\n")
+    assert replay(tmp_path / "last").damaged[-1] == 4  # (the last line, whole and damaged)
+    # the header damaged: one line naming it, not a KeyError traceback
+    lines[0] = lines[0][:30] + "\n"
+    (study / "journal.jsonl").write_text("".join(lines))
+    r = CliRunner().invoke(main, ["report", str(study)])
+    assert r.exit_code == 2 and r.output.strip() == f"Error: {study / 'journal.jsonl'}: the study's header (its first " \
+        "line) is damaged: the study's objectives and settings are lost", r.output
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(study), "--resume"])
+    assert r.exit_code == 2 and r.output.strip().endswith("the study's objectives and settings are lost, so --resume "
+                                                          "cannot continue it"), r.output

@@ -282,9 +282,13 @@ def resume_defaults(kw: dict) -> list[str]:
     if not kw.get("resume") or not kw.get("output_dir") or not (Path(kw["output_dir"]) / JOURNAL).is_file():
         return []
     try:
-        recorded = replay(kw["output_dir"]).header.get("options") or {}
+        rec = replay(kw["output_dir"])
     except (OSError, ValueError):
         return []  # the study's own checks say what is wrong with it
+    if 1 in rec.damaged:  # (it read "Missing option '--train_file'": the options it began with are in that line)
+        fail(f"{Path(kw['output_dir']) / JOURNAL}: the study's header (its first line) is damaged: the study's "
+             "objectives and settings are lost, so --resume cannot continue it")
+    recorded = rec.header.get("options") or {}
     ctx = click.get_current_context()
     taken = []
     own = Path(kw["output_dir"]) / "search_space.yaml"  # the study's own copy of the space it began with

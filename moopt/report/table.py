@@ -44,8 +44,11 @@ def load_study(output_dir: str | Path, stopped: bool = False) -> StudyData:
     asking the study's lock), so a trial with no end was interrupted (INTERRUPTED), not running (RUNNING)."""
     out = Path(output_dir)
     rec = replay(out)
-    if not rec.header:
+    if not rec.header and 1 not in rec.damaged:
         raise FileNotFoundError(f"{out}: no study journal found")
+    if "objectives" not in rec.header or "weights" not in rec.header:  # its first line, the study's header, is damaged
+        raise FileNotFoundError(f"{out / 'journal.jsonl'}: the study's header (its first line) is damaged: the study's "
+                                "objectives and settings are lost")
     unfinished = INTERRUPTED if stopped else RUNNING
     objectives = Objectives(tuple(rec.header["objectives"]), tuple(rec.header["weights"]))
     rows = []
