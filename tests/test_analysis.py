@@ -886,3 +886,24 @@ def test_parameters_that_moved_together_in_every_trial_are_said_to_share_one_eff
         in format_importance(imp)
     free = write_fake_study(tmp_path / "free", synthetic_trials(12))  # drawn apart: nothing said
     assert param_importance(load_study(free), SCORE, output_dir=free).together == ()
+
+
+def test_interaction_png_is_not_promised_to_a_study_that_searches_one_parameter(tmp_path):
+    """It plots two searched parameters: "not yet: ... it needs 10" promised it to a study that would never write it."""
+    import io
+
+    from rich.console import Console
+
+    from moopt.report.results import write_results
+
+    trials = synthetic_trials(4)
+    for t in trials:
+        t["params"] = {"learning_rate": t["params"]["learning_rate"]}
+    out = write_fake_study(tmp_path / "one", trials,
+                           space="training:\n  learning_rate: {type: log_uniform, min: 1.0e-05, max: 0.01}\n")
+    for n in range(4):
+        (out / "trial_results" / f"trial_{n}" / "config.yaml").write_text("training: {learning_rate: 0.001}\n")
+    buf = io.StringIO()
+    write_results(out, console=Console(file=buf, width=300))
+    text = buf.getvalue()
+    assert "interaction.png" not in text and "refined_space.yaml                 not yet" in text, text

@@ -250,9 +250,10 @@ def test_truncation_is_counted(tmp_path, tok):
     ('prompt,completion\nwhat is it,red\n', "not JSON (its first line reads 'prompt,completion': CSV?)"),
     # a key given twice: json kept the last value without a word (a YAML file refuses it)
     ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "prompt": "b", "completion": "c"}\n',
-     "bad.jsonl:2: `prompt` is given twice in one record; json keeps the last value only"),
+     "bad.jsonl:2: `prompt` is given twice in one object of the record (json would keep the last value without a word: "
+     "remove the other)"),
     ('{"messages": [{"role": "user", "content": "a", "content": "b"}, {"role": "assistant", "content": "c"}]}\n',
-     ":1: `content` is given twice in one record"),
+     ":1: `content` is given twice in one object of the record"),
     ('{"prompt": "a", "completion": "b\n', ":1: invalid JSON (Unterminated string starting at column 31)"),  # not "at at"
     ('{"prompt": "a", "completion": "b"}\r{"prompt": "a", "completion": "b"}\r', "its lines end in a lone CR"),
 ])
@@ -557,7 +558,7 @@ def test_a_device_given_as_a_data_file_is_not_said_to_be_missing():
 def test_a_key_given_twice_in_a_json_array_record_names_the_record_and_its_line(tmp_path):
     f = tmp_path / "a.json"
     f.write_text('[\n  {"prompt": "a", "completion": "b"},\n  {"prompt": "a",\n   "completion": "b", "completion": "c"}\n]\n')
-    with pytest.raises(ConfigError, match=r"a.json: record 2 \(line 3\): `completion` is given twice in one record"):
+    with pytest.raises(ConfigError, match=r"a.json: record 2 \(line 3\): `completion` is given twice in one object of the record"):
         read_jsonl(f)
 
 

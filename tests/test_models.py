@@ -297,6 +297,12 @@ def _truncate_weights(d):  # a download cut short
         f.write_bytes(f.read_bytes()[:20_000])
 
 
+def _damage_index(d):  # a sharded checkpoint whose index.json is cut short
+    for f in d.glob("*.safetensors"):
+        f.rename(d / "model-00001-of-00001.safetensors")
+    (d / "model.safetensors.index.json").write_text('{"metadata": {}, "weight_map": {"lm_head.wei')
+
+
 def _break_tokenizer(d):
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (d / f).unlink(missing_ok=True)
@@ -315,6 +321,7 @@ def _gpt2(d):
     (_truncate_weights, "model.safetensors (Error while deserializing header: incomplete metadata, file not fully "
                         "covered): damaged weights; download or save the model again"),
     (_break_tokenizer, "has no tokenizer (tokenizer.json, tokenizer.model)"),
+    (_damage_index, "model.safetensors.index.json: damaged (Unterminated string starting at"),
     (_gpt2, "only Llama-family configs are supported"),
 ])
 def test_a_model_folder_trials_could_not_load_is_one_line_before_anything_is_written(

@@ -263,9 +263,10 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
         from moopt.report.analysis import FEW_TRIALS
         from moopt.report.refine import REFINE_MIN_TRIALS
 
+        pair = sum(map(len, searched(out).values())) >= 2  # interaction.png plots two searched parameters
         later = [(name, f"not yet: {plural(complete, 'COMPLETE trial')}, it needs {need}")  # said, not left to guess
                  for name, need in (("interaction.png", FEW_TRIALS), ("refined_space.yaml", REFINE_MIN_TRIALS))
-                 if complete < need and not (out / name).exists()]
+                 if complete < need and not (out / name).exists() and (pair or name != "interaction.png")]
         for name, what in files:
             if (out / name).exists():
                 say(f"  {name:<34} {what}")

@@ -146,9 +146,12 @@ def _records(path: Path) -> Iterator[tuple[str, Any, str | None]]:
             cr = " (its lines end in a lone CR, old Mac style: convert them, e.g. tr '\\r' '\\n')" if "\r" in line.rstrip() else ""
             yield f"{path}:{lineno}", None, f"invalid JSON ({e.msg.removesuffix(' at')} at column {e.colno}){cr}"
         except _DuplicateKey as e:
-            yield f"{path}:{lineno}", None, f"`{e.key}` is given twice in one record; json keeps the last value only"
+            yield f"{path}:{lineno}", None, f"`{e.key}` is given twice in one object of the record ({TWICE})"
         else:
             yield f"{path}:{lineno}", rec, None
+
+
+TWICE = "json would keep the last value without a word: remove the other"
 
 
 class _DuplicateKey(ValueError):
@@ -211,8 +214,8 @@ def _array_records(path: Path, text: str) -> Iterator[tuple[str, Any, str | None
                 raise malformed(e.msg, e.pos) from None
             except _DuplicateKey as e:
                 line = line + text.count("\n", counted, pos)
-                raise ConfigError(f"{path}: record {n + 1} (line {line}): `{e.key}` is given twice in one record; json "
-                                  "keeps the last value only") from None
+                raise ConfigError(f"{path}: record {n + 1} (line {line}): `{e.key}` is given twice in one object of the "
+                                  f"record ({TWICE})") from None
             n += 1
             line, counted = line + text.count("\n", counted, pos), pos
             yield f"{path}: record {n} (line {line})", rec, None

@@ -395,9 +395,21 @@ def _has_weights(folder: Path) -> bool:
         if (folder / single).is_file():
             return True
         if (folder / index).is_file():
-            shards = set(json.loads((folder / index).read_text()).get("weight_map", {}).values())
+            shards = _index_shards(folder / index)
             return bool(shards) and all((folder / s).is_file() for s in shards)
     return False
+
+
+def _index_shards(index: Path) -> set[str]:
+    """The shard files a checkpoint's index.json maps its weights to; ConfigError where it is not such an index (cut
+    short, damaged: it was a JSONDecodeError or AttributeError traceback)."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError("no `weight_map` of weight names to shard files")
+    except (ValueError, AttributeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{index}: damaged ({str(e).splitlines()[0][:120]}); download or save the model again") from None
+    return set(weight_map.values())
 
 
 def _damaged_weights(folder: Path) -> str | None:
@@ -406,7 +418,7 @@ def _damaged_weights(folder: Path) -> str | None:
     memory map): milliseconds a shard. Otherwise a study evaluated the base model and failed every trial on it."""
     index = folder / "model.safetensors.index.json"
     files = ([folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else
-             [folder / f for f in sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))]
+             [folder / f for f in sorted(_index_shards(index))]
              if index.is_file() else [])
     try:
         from safetensors import safe_open
