@@ -886,6 +886,15 @@ def test_parameters_that_moved_together_in_every_trial_are_said_to_share_one_eff
         in format_importance(imp)
     free = write_fake_study(tmp_path / "free", synthetic_trials(12))  # drawn apart: nothing said
     assert param_importance(load_study(free), SCORE, output_dir=free).together == ()
+    # two continuous parameters, each with a value of its own in every trial, correspond one to one trivially: not said
+    # (it named learning_rate and warmup_ratio, or any two, in every study searching them)
+    import pandas as pd
+
+    from moopt.report.analysis import _moved_together
+
+    done = pd.DataFrame({"params_learning_rate": [1e-4, 2e-4, 3e-4, 5e-4], "params_warmup_ratio": [0.01, 0.05, 0.02, 0.07],
+                         "params_r": [4, 8, 4, 8], "params_alpha": [8, 16, 8, 16], "params_b": [4, 4, 8, 8]})
+    assert _moved_together(done, ["learning_rate", "warmup_ratio", "r", "alpha", "b"]) == (("r", "alpha"),)
 
 
 def test_interaction_png_is_not_promised_to_a_study_that_searches_one_parameter(tmp_path):

@@ -318,6 +318,8 @@ def test_guide_script_spelling_runs_the_same_command(tmp_path):
     r = CliRunner().invoke(main, ["optimise"], prog_name="moopt")
     assert r.exit_code == 2 and r.output.startswith("Error: No such command 'optimise'.") and \
         r.output.endswith("See moopt --help.\n"), r.output
+    r = CliRunner().invoke(main, ["report", "a", "b"], prog_name="moopt")
+    assert r.output == "Error: Got unexpected extra argument (b). See moopt report --help.\n", r.output
     r = CliRunner().invoke(main, [], prog_name="moopt")  # `moopt` alone: its help, as before (not one squashed line)
     assert r.output.startswith("Usage: moopt [OPTIONS] COMMAND [ARGS]...\n") and "Commands:\n" in r.output, r.output
 

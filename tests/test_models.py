@@ -303,6 +303,11 @@ def _damage_index(d):  # a sharded checkpoint whose index.json is cut short
     (d / "model.safetensors.index.json").write_text('{"metadata": {}, "weight_map": {"lm_head.wei')
 
 
+def _list_index(d):  # an index.json that is JSON, but no index
+    _damage_index(d)
+    (d / "model.safetensors.index.json").write_text("[1, 2]")
+
+
 def _break_tokenizer(d):
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (d / f).unlink(missing_ok=True)
@@ -322,6 +327,7 @@ def _gpt2(d):
                         "covered): damaged weights; download or save the model again"),
     (_break_tokenizer, "has no tokenizer (tokenizer.json, tokenizer.model)"),
     (_damage_index, "model.safetensors.index.json: damaged (Unterminated string starting at"),
+    (_list_index, "model.safetensors.index.json: damaged (no `weight_map` of weight names to shard files)"),
     (_gpt2, "only Llama-family configs are supported"),
 ])
 def test_a_model_folder_trials_could_not_load_is_one_line_before_anything_is_written(

@@ -293,3 +293,6 @@ def test_a_damaged_line_inside_the_journal_is_said_where_a_torn_last_line_is_not
     r = CliRunner().invoke(main, ["optimize", "--output_dir", str(study), "--resume"])
     assert r.exit_code == 2 and r.output.strip().endswith("the study's objectives and settings are lost, so --resume "
                                                           "cannot continue it"), r.output
+    (study / "journal.jsonl").write_text("".join(lines[1:]))  # the header gone (not damaged): the same
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(study), "--resume"])
+    assert r.exit_code == 2 and "so --resume cannot continue it" in r.output, r.output

@@ -61,7 +61,7 @@ class _OneLineErrors:
         except click.UsageError as e:
             said = " ".join(e.format_message().split())
             hint = f" See {e.ctx.command_path} --help." if e.ctx is not None else ""
-            click.echo(f"Error: {said}{'' if said[-1:] in '.?)' else '.'}{hint}", err=True)
+            click.echo(f"Error: {said}{'' if said.endswith(('.', '?', '.)', '?)')) else '.'}{hint}", err=True)
             sys.exit(e.exit_code)
         except click.ClickException as e:
             e.show()
@@ -285,7 +285,8 @@ def resume_defaults(kw: dict) -> list[str]:
         rec = replay(kw["output_dir"])
     except (OSError, ValueError):
         return []  # the study's own checks say what is wrong with it
-    if 1 in rec.damaged:  # (it read "Missing option '--train_file'": the options it began with are in that line)
+    if 1 in rec.damaged or not rec.header.get("objectives"):  # (it read "Missing option '--train_file'": the options
+        # it began with are in that line, gone or damaged)
         fail(f"{Path(kw['output_dir']) / JOURNAL}: the study's header (its first line) is damaged: the study's "
              "objectives and settings are lost, so --resume cannot continue it")
     recorded = rec.header.get("options") or {}

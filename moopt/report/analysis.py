@@ -245,6 +245,8 @@ def _moved_together(done: pd.DataFrame, names: list[str]) -> tuple[tuple[str, ..
     codes = {k: tuple(pd.factorize(done[f"params_{k}"].astype(str))[0]) for k in names}  # each row's value, as its
     groups: dict[tuple, list[str]] = {}  # order of first appearance: equal codes = values in one-to-one correspondence
     for k in names:
+        if len(set(codes[k])) == len(codes[k]):  # a value in each trial of its own (a continuous one): any two such
+            continue  # correspond one to one, which says nothing
         groups.setdefault(codes[k], []).append(k)
     return tuple(tuple(g) for g in groups.values() if len(g) > 1)
 

@@ -435,7 +435,7 @@ MAIN_JS = r"""
   function showTip(p, ev) {
     var rows = ['<b>trial ' + p.number + '</b> <span style="color:' + esc(D.colours[p.state] || '#999') + '">' + esc(p.state) + '</span>'
       + (p.best ? ' · best' : '') + (p.pareto ? ' · Pareto' : '')];
-    var here = onPlot.filter(function (q) { return q !== p && Math.hypot(q.sx - p.sx, q.sy - p.sy) < 7; });  // (points overlap)
+    var here = onPlot.filter(function (q) { return q !== p && Math.hypot(q.sx - p.sx, q.sy - p.sy) < 8; });  // (points overlap: 6.5 px and a rim)
     if (here.length) rows.push('<i>at the same spot: trial' + (here.length > 1 ? 's ' : ' ') +
                                here.map(function (q) { return q.number; }).join(', ') + '</i>');
     D.axes.forEach(function (a) { if (a.key !== 'number') rows.push(esc(a.key.replace('values_', '')) + ': ' + esc(fmt(p.values[a.key]))); });

@@ -404,7 +404,8 @@ def _index_shards(index: Path) -> set[str]:
     """The shard files a checkpoint's index.json maps its weights to; ConfigError where it is not such an index (cut
     short, damaged: it was a JSONDecodeError or AttributeError traceback)."""
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        index_json = json.loads(index.read_text(encoding="utf-8"))
+        weight_map = index_json.get("weight_map") if isinstance(index_json, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise ValueError("no `weight_map` of weight names to shard files")
     except (ValueError, AttributeError, UnicodeDecodeError) as e:
