@@ -382,7 +382,9 @@ def test_sighup_stops_the_study_as_sigterm_does_unless_ignored(tiny_model, tiny_
 
     monkeypatch.setattr(moopt.study.scheduler.Study, "run", hung_up)
     r = CliRunner().invoke(main, args(tiny_model, tiny_data, tmp_path / "hpo", space, 2))
-    assert r.exit_code == 129 and "Stopped by SIGHUP: " in r.output and "Continue with: " in r.output, r.output
+    # (stopped before anything was kept: the same command again, not --resume)
+    assert r.exit_code == 129 and "Stopped by SIGHUP: no trial had finished; nothing was kept.\nRun again with: " \
+        in r.output, r.output
 
 
 def test_a_second_ctrl_c_does_not_cut_the_stop_short(tiny_model, tiny_data, space, tmp_path, monkeypatch):
