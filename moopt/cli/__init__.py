@@ -529,9 +529,10 @@ def report(output_dir: str) -> None:
              "writable and run moopt report there")
     from moopt.journal import replay
 
-    if note := replay(output_dir).damaged_note():
+    rec = replay(output_dir)  # (read once for both notes: a long study's journal is megabytes)
+    if note := rec.damaged_note():
         click.echo(f"Note: {Path(output_dir) / note}")
-    if note := study_state_note(output_dir, live):
+    if note := study_state_note(output_dir, live, rec):
         click.echo(note)
     if not live and (note := replaced_note(output_dir)):
         click.echo(f"Note: {note}")
@@ -568,12 +569,13 @@ def replaced_note(output_dir: str) -> str | None:
             "one again")
 
 
-def study_state_note(output_dir: str, live: bool) -> str | None:
+def study_state_note(output_dir: str, live: bool, rec=None) -> str | None:
     """After ``moopt report``: a study still running, or one stopped short of --num_trials, is said, with how to go
-    on (the report read "Trials: 3 (2 COMPLETE, 1 INTERRUPTED)" and nothing of the study's end)."""
+    on (the report read "Trials: 3 (2 COMPLETE, 1 INTERRUPTED)" and nothing of the study's end). ``rec``: its
+    journal's replay, where the caller has it."""
     from moopt.journal import replay
 
-    rec = replay(output_dir)
+    rec = rec if rec is not None else replay(output_dir)
     total = int(rec.header.get("num_trials") or 0)
     done = sum(not e.taken_from for e in rec.finished.values())
     if live:

@@ -234,6 +234,10 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
         target = "score" if data.objectives.multi else data.objectives.names[0]
         say()
         say(format_importance(importance[target], rename=printed_name(output_dir)))
+    from moopt.report.analysis import FEW_TRIALS, MIN_TRIALS
+    from moopt.report.refine import REFINE_MIN_TRIALS
+
+    complete = int((data.table.state == TrialState.COMPLETE).sum()) if len(data.table) else 0
     if output_dir is not None:
         out = Path(output_dir)
         say()
@@ -245,13 +249,10 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
                  ("trials_summary.csv", "every trial"),
                  ("optimization_plot.png", "progress of the search")]
         files += [("pareto_front.png", "the Pareto front")] if data.objectives.multi else []
-        complete = int((data.table.state == TrialState.COMPLETE).sum()) if len(data.table) else 0
-        from moopt.report.analysis import MIN_TRIALS
-
-        few = f" (not yet: {complete} COMPLETE trial{'s' if complete != 1 else ''}, it needs {MIN_TRIALS})"
+        few = f" (not yet: {plural(complete, 'COMPLETE trial')}, it needs {MIN_TRIALS})"
         shown = (importance or {}).get("score" if data.objectives.multi else data.objectives.names[0])
         if shown and shown.rung is not None:  # too few COMPLETE, computed on the trials' values at a pruning rung
-            imp_note = f" (at pruning rung {shown.rung}: {complete} COMPLETE trial{'s' if complete != 1 else ''})"
+            imp_note = f" (at pruning rung {shown.rung}: {plural(complete, 'COMPLETE trial')})"
         else:
             imp_note = few if complete < MIN_TRIALS else ""
         files += [("learning_curves.png", "each trial's training and validation loss"),
@@ -260,9 +261,6 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
                    + (few if complete < MIN_TRIALS else "")),
                   ("interaction.png", "the two most important parameters together")]
         files += [("refined_space.yaml", "the search space for a refined study (below)")] if refined else []
-        from moopt.report.analysis import FEW_TRIALS
-        from moopt.report.refine import REFINE_MIN_TRIALS
-
         pair = sum(map(len, searched(out).values())) >= 2  # interaction.png plots two searched parameters
         later = [(name, f"not yet: {plural(complete, 'COMPLETE trial')}, it needs {need}")  # said, not left to guess
                  for name, need in (("interaction.png", FEW_TRIALS), ("refined_space.yaml", REFINE_MIN_TRIALS))
@@ -276,9 +274,6 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
             # --keep_adapters removed it while another trial was best (the weights changed on --resume), or a
             # --warm_start took the trial over with its result only
             say(f"  (trial {data.best}'s adapter is not kept: moopt train --config {out}/best_config.yaml trains it)")
-    from moopt.report.refine import REFINE_MIN_TRIALS
-
-    complete = int((data.table.state == TrialState.COMPLETE).sum()) if len(data.table) else 0
     if refined is None and output_dir is not None and data.best is not None and complete >= REFINE_MIN_TRIALS:
         say()  # (the README promises the file from REFINE_MIN_TRIALS COMPLETE trials on: say why there is none)
         spent = spent_space(output_dir, _study_space(output_dir))
