@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 outs[w] = ways[w](recs)
                 times[w].append(time.perf_counter() - t)
-        if outs["moopt"] != outs["moopt-one-by-one"]:
+        if [(i.tolist(), la.tolist()) for i, la in outs["moopt"]] != \
+                [(i.tolist(), la.tolist()) for i, la in outs["moopt-one-by-one"]]:
             raise SystemExit(f"{fmt}: the batched examples differ from the one-by-one ones")
         tokens = sum(len(ids) for ids, _ in outs["moopt"])
         rate = {w: a.records / min(ts) for w, ts in times.items()}  # the best repeat: the least disturbed

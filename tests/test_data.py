@@ -28,8 +28,8 @@ def tok(tiny_model):
 def test_prompt_completion_loss_only_on_completion_plus_eos(tok):
     ex = tokenize_record({"prompt": "what is the color of sky ? answer :", "completion": " blue"}, tok)
     n_prompt = len(tok("what is the color of sky ? answer :", add_special_tokens=False)["input_ids"])
-    assert ex.labels[:n_prompt] == [IGNORE] * n_prompt
-    assert ex.labels[n_prompt:] == ex.input_ids[n_prompt:]
+    assert ex.labels[:n_prompt].tolist() == [IGNORE] * n_prompt
+    assert ex.labels[n_prompt:].tolist() == ex.input_ids[n_prompt:].tolist()
     assert ex.input_ids[-1] == tok.eos_token_id
 
 
@@ -54,18 +54,18 @@ def test_prompt_and_completion_are_tokenised_together_as_trl_does():
     sp = _SentencePieceLike()
     ex = tokenize_record({"prompt": "what is it ? answer :", "completion": " blue"}, sp)
     joined = sp("what is it ? answer : blue")["input_ids"]
-    assert ex.input_ids == joined + [sp.eos_token_id]  # BOS, the joined text, EOS: no lone "▁"
-    assert [t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE] == [sp.vocab["▁blue"], sp.eos_token_id]
+    assert ex.input_ids.tolist() == joined + [sp.eos_token_id]  # BOS, the joined text, EOS: no lone "▁"
+    assert [t for t, lab in zip(ex.input_ids.tolist(), ex.labels.tolist()) if lab != IGNORE] == [sp.vocab["▁blue"], sp.eos_token_id]
 
 
 def test_text_records_train_on_every_token(tok):
     ex = tokenize_record({"text": "the sky is blue"}, tok)
-    assert ex.labels == ex.input_ids
+    assert ex.labels.tolist() == ex.input_ids.tolist()
 
 
 def test_instruction_records_mask_the_instruction(tok):
     ex = tokenize_record({"instruction": "what is the color of sky ?", "input": "", "output": "blue"}, tok)
-    assert ex.labels.count(IGNORE) > 0 and ex.labels[-1] == tok.eos_token_id
+    assert (ex.labels == IGNORE).any() and ex.labels[-1] == tok.eos_token_id
 
 
 def test_messages_loss_only_on_assistant_turns(tiny_model):
@@ -75,7 +75,7 @@ def test_messages_loss_only_on_assistant_turns(tiny_model):
     tok.chat_template = "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}{% if add_generation_prompt %}assistant : {% endif %}"
     rec = {"messages": [{"role": "user", "content": "what is the color of sky ?"}, {"role": "assistant", "content": "blue"}]}
     ex = tokenize_record(rec, tok)
-    kept = [t for t, l in zip(ex.input_ids, ex.labels) if l != IGNORE]
+    kept = [t for t, l in zip(ex.input_ids.tolist(), ex.labels.tolist()) if l != IGNORE]
     assert tok.convert_ids_to_tokens(kept)[0] == "blue"
     assert "what" not in tok.convert_ids_to_tokens(kept)
 
@@ -91,7 +91,7 @@ def test_a_conversation_that_opens_with_an_assistant_turn_has_no_loss_on_the_tem
     rec = {"messages": [{"role": "assistant", "content": "red"}, {"role": "user", "content": "sky ?"},
                         {"role": "assistant", "content": "blue"}]}
     ex = tokenize_record(rec, tok)
-    kept = tok.convert_ids_to_tokens([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE])
+    kept = tok.convert_ids_to_tokens([t for t, lab in zip(ex.input_ids.tolist(), ex.labels.tolist()) if lab != IGNORE])
     assert kept == ["red", "</s>", "blue", "</s>"], kept
 
 
@@ -120,9 +120,9 @@ def test_a_tokenizer_that_puts_bos_before_a_text_gets_it_in_every_example(tiny_m
     for rec in ({"prompt": "what is the color of sky ? answer :", "completion": " blue"}, {"text": "the sky is blue"},
                 {"instruction": "what is the color of sky ?", "output": "blue"}):
         ex = tokenize_record(rec, bos_tok)
-        assert ex.input_ids[0] == bos and ex.input_ids.count(bos) == 1 and ex.labels[0] in (IGNORE, bos), rec
+        assert ex.input_ids[0] == bos and (ex.input_ids == bos).sum() == 1 and ex.labels[0] in (IGNORE, bos), rec
         plain = tokenize_record(rec, tok)
-        assert ex.input_ids[1:] == plain.input_ids, rec  # the rest as before
+        assert ex.input_ids[1:].tolist() == plain.input_ids.tolist(), rec  # the rest as before
     assert special_prefix(tok) == [] and tokenize_record({"text": "the sky"}, tok).input_ids[0] != tok.bos_token_id
 
 
@@ -191,7 +191,7 @@ def test_a_null_input_is_no_input_in_json_as_in_parquet(tmp_path, tok):
     p = tmp_path / "i.jsonl"
     p.write_text(json.dumps({"instruction": "what is the color of sky ?", "input": None, "output": " blue"}) + "\n")
     (rec,) = read_jsonl(p)
-    assert tokenize_record(rec, tok).input_ids == tokenize_record({k: v for k, v in rec.items() if k != "input"}, tok).input_ids
+    assert tokenize_record(rec, tok).input_ids.tolist() == tokenize_record({k: v for k, v in rec.items() if k != "input"}, tok).input_ids.tolist()
 
 
 def test_conversational_prompt_completion_learns_the_completion_turns_only(tiny_model):
@@ -205,11 +205,11 @@ def test_conversational_prompt_completion_learns_the_completion_turns_only(tiny_
                       {"role": "user", "content": "what is the color of sun ?"}],
            "completion": [{"role": "assistant", "content": "yellow"}]}
     ex = tokenize_record(rec, tok)
-    kept = tok.convert_ids_to_tokens([t for t, l in zip(ex.input_ids, ex.labels) if l != IGNORE])
+    kept = tok.convert_ids_to_tokens([t for t, l in zip(ex.input_ids.tolist(), ex.labels.tolist()) if l != IGNORE])
     assert kept[0] == "yellow" and "red" not in kept and "what" not in kept
     as_messages = tokenize_record({"messages": rec["prompt"] + rec["completion"]}, tok)
-    assert as_messages.input_ids == ex.input_ids  # the same conversation; messages learns every assistant turn
-    assert "red" in tok.convert_ids_to_tokens([t for t, l in zip(as_messages.input_ids, as_messages.labels) if l != IGNORE])
+    assert as_messages.input_ids.tolist() == ex.input_ids.tolist()  # the same conversation; messages learns every assistant turn
+    assert "red" in tok.convert_ids_to_tokens([t for t, l in zip(as_messages.input_ids.tolist(), as_messages.labels.tolist()) if l != IGNORE])
 
 
 def test_the_overlap_check_compares_what_is_trained_on_not_ids(tmp_path):
@@ -365,7 +365,7 @@ def _chat_tok(tiny_model, template):
 
 
 def _learnt(ex, tok):
-    return tok.convert_ids_to_tokens([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE])
+    return tok.convert_ids_to_tokens([t for t, lab in zip(ex.input_ids.tolist(), ex.labels.tolist()) if lab != IGNORE])
 
 
 def test_a_template_that_adds_to_the_last_turn_only_ends_earlier_turns_where_they_end(tiny_model):
@@ -407,8 +407,8 @@ def test_a_prompt_with_its_bos_or_a_completion_with_its_eos_written_out_gets_no_
                 {"prompt": "what is the color of sky ? answer :", "completion": " blue"},
                 {"text": "<s> the sky is blue </s>"}, {"text": "the sky is blue"}):
         ex = tokenize_record(rec, bos_tok)
-        assert ex.input_ids[0] == bos and ex.input_ids.count(bos) == 1, rec
-        assert ex.input_ids[-1] == eos and ex.input_ids.count(eos) == 1 and ex.labels[-1] == eos, rec
+        assert ex.input_ids[0] == bos and (ex.input_ids == bos).sum() == 1, rec
+        assert ex.input_ids[-1] == eos and (ex.input_ids == eos).sum() == 1 and ex.labels[-1] == eos, rec
 
 
 class _SpaceJoiningTok:
@@ -436,7 +436,7 @@ def test_a_prompt_whose_tokens_change_when_the_completion_is_appended_is_said(tm
     fake = _SpaceJoiningTok()
     spaced = tokenize_record({"prompt": "Route: ", "completion": "Garden"}, fake)
     plain = tokenize_record({"prompt": "Route:", "completion": " Garden"}, fake)
-    assert spaced.merged and not plain.merged and spaced.input_ids == plain.input_ids
+    assert spaced.merged and not plain.merged and spaced.input_ids.tolist() == plain.input_ids.tolist()
     f = tmp_path / "train.jsonl"
     f.write_text("".join(json.dumps({"prompt": f"Item {i}\nRoute:" + " " * (i < 2), "completion": "Garden" if i < 2
                                      else " Garden"}) + "\n" for i in range(5)))
@@ -483,8 +483,8 @@ def test_records_encoded_in_batches_tokenise_as_one_by_one(tok, tmp_path, monkey
     assert getattr(tok, "_moopt_encoded", None) is None  # nothing kept on the tokenizer
     monkeypatch.setattr(data, "_encode_batch", lambda tokenizer, records: 1)  # (one record, encoded alone)
     single = tokenize_file(f, tok, 64)
-    assert [(e.input_ids, e.labels, e.merged) for e in batched.examples] == \
-        [(e.input_ids, e.labels, e.merged) for e in single.examples]
+    assert [(e.input_ids.tolist(), e.labels.tolist(), e.merged) for e in batched.examples] == \
+        [(e.input_ids.tolist(), e.labels.tolist(), e.merged) for e in single.examples]
 
 
 def test_json_lines_are_read_one_line_at_a_time_as_split_would():
@@ -525,7 +525,7 @@ def test_chat_records_rendered_and_encoded_in_batches_tokenise_as_one_by_one(tin
     assert _learnt(batched.examples[0], tok) == ["red", "</s>", "the", "the", "blue", "</s>"]
     monkeypatch.setattr(data, "_encode_batch", lambda tokenizer, records: 1)  # (one record, encoded alone)
     single = tokenize_file(f, tok, 64)
-    assert [(e.input_ids, e.labels) for e in batched.examples] == [(e.input_ids, e.labels) for e in single.examples]
+    assert [(e.input_ids.tolist(), e.labels.tolist()) for e in batched.examples] == [(e.input_ids.tolist(), e.labels.tolist()) for e in single.examples]
     monkeypatch.undo()
     monkeypatch.setattr(data, "ENCODE_CHUNK", 4)
     tok.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
@@ -619,4 +619,4 @@ def test_a_batch_of_texts_holds_at_most_its_character_budget(tiny_model, tmp_pat
     assert sum(covered) == 30 and len(covered) > 3, sizes  # several batches, every record in one
     monkeypatch.setattr(data, "_encode_batch", lambda tokenizer, records: 1)
     single = tokenize_file(f, tok, 512)
-    assert [(e.input_ids, e.labels) for e in batched.examples] == [(e.input_ids, e.labels) for e in single.examples]
+    assert [(e.input_ids.tolist(), e.labels.tolist()) for e in batched.examples] == [(e.input_ids.tolist(), e.labels.tolist()) for e in single.examples]

@@ -37,7 +37,7 @@ def test_rows_hold_every_example_once_within_capacity():
         for a, b in zip(starts, starts[1:]):
             if packed["attention_mask"][r, a]:
                 found.append(row[a:b])
-    assert sorted(found) == sorted(e.input_ids for e in batch)
+    assert sorted(found) == sorted(e.input_ids.tolist() for e in batch)
     # the same label tokens take loss as in padded rows
     assert int((packed["labels"][:, 1:] != IGNORE).sum()) == int((padded["labels"][:, 1:] != IGNORE).sum())
 

@@ -277,8 +277,8 @@ def test_a_warm_worker_tokenises_a_file_once_whatever_the_trials_max_seq_length(
     monkeypatch.setattr(warm_mod, "tokenize_records", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     for length in (10, 11, 32, 10):  # 10 cuts every example inside its completion; 11 keeps them whole
         got, want = warm.tokenized(str(tiny_data["train"]), length), tokenize_file(tiny_data["train"], warm.tokenizer, length)
-        assert [e.input_ids for e in got.examples] == [e.input_ids for e in want.examples]
-        assert [e.labels for e in got.examples] == [e.labels for e in want.examples]
+        assert [e.input_ids.tolist() for e in got.examples] == [e.input_ids.tolist() for e in want.examples]
+        assert [e.labels.tolist() for e in got.examples] == [e.labels.tolist() for e in want.examples]
         assert (got.n_truncated, got.n_tokens, got.n_label_tokens, got.n_unlabelled) == \
             (want.n_truncated, want.n_tokens, want.n_label_tokens, want.n_unlabelled)
     assert calls == [str(tiny_data["train"])]
