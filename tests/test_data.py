@@ -2,6 +2,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +11,7 @@ from moopt.train.data import (
     IGNORE,
     Example,
     batch_order,
+    collate,
     micro_batches,
     read_jsonl,
     tokenize_file,
@@ -620,3 +622,15 @@ def test_a_batch_of_texts_holds_at_most_its_character_budget(tiny_model, tmp_pat
     monkeypatch.setattr(data, "_encode_batch", lambda tokenizer, records: 1)
     single = tokenize_file(f, tok, 512)
     assert [(e.input_ids.tolist(), e.labels.tolist()) for e in batched.examples] == [(e.input_ids.tolist(), e.labels.tolist()) for e in single.examples]
+
+
+def test_examples_are_held_as_int32_arrays_not_lists_of_python_ints(tok, tmp_path):
+    # a list of Python ints took ~76 bytes a token held (20k chats: 522 MiB); an int32 array takes 8 for ids and labels
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"text": "what is the color of sky ? answer : blue"}) + "\n")
+    ds = tokenize_file(f, tok, 64)
+    ex = ds.examples[0]
+    assert ex.input_ids.dtype == ex.labels.dtype == np.int32 and ex.input_ids.nbytes == 4 * len(ex.input_ids)
+    cut = tokenize_file(f, tok, 3).examples[0]  # cut to length: a view of the same kind
+    assert cut.input_ids.dtype == np.int32 and len(cut.input_ids) == 3
+    assert collate([ex], 0)["input_ids"][0].tolist() == ex.input_ids.tolist()
