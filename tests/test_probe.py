@@ -108,7 +108,9 @@ def test_smollm2_cpu_probe_measures_at_least_what_the_trial_holds(tmp_path, monk
     probe 1131-1133, trial 1140-1143 (+0.6-1.1%); b1 r32 accumulating 973-974 against 973-975.
     With the data's own shapes after the largest batch (MemoryGate.varied_shapes, 2026-12-07), on the whole bundled
     data: b4 r64 probe 1130 against the trial's 1147 (+1.5%), b4 r8 on q,v 862 against 880 (+2.0%), b16 r8 on q,v 1123
-    against 1074 (the made-up shorter batches: 1134, 854, 1107)."""
+    against 1074 (the made-up shorter batches: 1134, 854, 1107).
+    The dtype is the machine's own (auto: bf16 where the CPU has native bf16, as trials train there; else fp32): on a
+    CPU without it, emulated bf16 took 273 s and 234 s for the two cases (stop 70's CI), fp32 ~2x less."""
     import os
     import sys
 
@@ -123,7 +125,7 @@ def test_smollm2_cpu_probe_measures_at_least_what_the_trial_holds(tmp_path, monk
     val.write_text("".join(data.joinpath("val.jsonl").read_text().splitlines(keepends=True)[:16]))
     d = {"training": {"batch_size": batch, "learning_rate": 1e-3, "num_train_epochs": 1,
                       "gradient_accumulation_steps": accumulate},
-         "data": {"max_seq_length": 256}, "lora": {"r": r, "target_modules": "all-linear"}, "model": {"dtype": "bfloat16"}}
+         "data": {"max_seq_length": 256}, "lora": {"r": r, "target_modules": "all-linear"}, "model": {"dtype": "auto"}}
     t = TrialConfig.from_dict(d)
     shape = batch_shape(data_lengths(smollm2, train), batch, 256)
     monkeypatch.setenv(STEADY_HEAP_ENV, "1")  # as a memory-constrained study runs probes and trials
