@@ -187,6 +187,26 @@ def test_study_eta_waits_for_the_slowest_running_trial_once_none_is_left_to_star
     assert "about 55s to go" in c.study_line()  # trial 2's last 5 s, then trial 3's 50 (it was 2 x 50 s)
 
 
+def test_study_eta_is_unknown_not_0s_for_a_trial_past_its_expected_time():
+    """Seen (3 trials at once, tiny model): trial 0 ended in 1 s; trials 1 and 2, still loading, had run longer than
+    that mean, and the line said "about 0s to go" for 20 s before they ended."""
+    clock = Clock()
+    b = ProgressBoard(total=3, objective="eval_loss", clock=clock)
+    for n in range(3):
+        b.event(n, {"event": "phase", "phase": "loading model"})
+    clock.t += 1
+    b.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_loss": 1.0}))
+    assert "about 0s to go" not in b.study_line()
+    clock.t += 10
+    assert "to go" not in b.study_line()  # both past trial 0's 1 s: unknown
+    b.event(1, prog(1, total=10, step_s=5.0))
+    b.event(1, prog(2, total=10, step_s=1.0))
+    assert "to go" not in b.study_line()  # trial 2's time is still unknown
+    b.event(2, prog(1, total=10, step_s=5.0))
+    b.event(2, prog(2, total=10, step_s=1.0))
+    assert "about 8s to go" in b.study_line()  # both training: 8 steps of 1 s each
+
+
 def test_study_eta_does_not_count_a_running_trials_time_twice():
     """Seen: at 1/3 trials, with trial 1 at step 37 of 38, "about 9m37s to go" grew to 10m47s in 35 s, then fell
     to 22s when it ended: the pace counted the running trial's time, and then the trial again as one to go."""

@@ -92,6 +92,11 @@ class TrialProgress:
         return since if since > max(STUCK_MIN_S, STUCK_STEPS * mean) else None
 
 
+def _left(expected: float, taken: float) -> float | None:
+    """What is left of ``expected`` seconds after ``taken``; None (unknown) once it ran past them."""
+    return expected - taken if taken < expected else None
+
+
 class ProgressBoard:
     """The state the progress view draws. Thread-safe: events arrive on executor threads."""
 
@@ -248,12 +253,14 @@ class ProgressBoard:
         rest: list[float | None] = []
         for t in running:
             eta = t.eta_s(now)
+            # a trial that has run past what it was expected to take has an unknown time left, not 0 (the line said
+            # "about 0s to go" for 20 s while two trials that took longer to load than trial 0 took in all still ran)
             if t.step and t.step >= t.total and t.step_at:  # past its last step: evaluating, saving
-                rest.append(max(tail - (now - t.step_at), 0.0))
+                rest.append(_left(tail, now - t.step_at))
             elif eta is not None:
                 rest.append(eta + tail)
             else:  # loading, a rung's evaluation, a first step: not timed by its own pace yet
-                rest.append(max(mean - (now - t.started), 0.0) if mean is not None else None)
+                rest.append(_left(mean, now - t.started) if mean is not None else None)
         known = [r for r in rest if r is not None]
         to_start = max(left - len(running), 0)
         if not to_start:
