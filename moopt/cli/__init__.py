@@ -137,6 +137,9 @@ def main() -> None:
                    "process's RSS carries earlier trials).")
 def optimize(**kw) -> None:
     """Search LoRA hyperparameters for a base model on your data; write results to --output_dir."""
+    if kw["resume"] and kw["overwrite"]:  # before "Resuming with ..." (it was said, then this refused)
+        fail("--resume and --overwrite exclude each other: --resume continues the study in --output_dir, "
+             "--overwrite replaces it; give one")
     if kw["resume"] and kw["output_dir"] and (note := put_back_replaced(kw["output_dir"])):
         click.echo(f"Note: {note}")
     taken = resume_defaults(kw)
