@@ -96,6 +96,34 @@ def test_a_copy_of_best_config_elsewhere_names_the_length_validation_was_cut_at(
                                                                                              "model_revision": "abc"}}))
 
 
+def test_a_copy_of_best_config_elsewhere_trains_on_what_its_first_lines_name(study, tiny_model, tiny_data, tmp_path):
+    """A copy kept outside the study's folder said "--train_file: required (--config is not a study's best_config.yaml
+    or trial config)", although its first lines named the study's model, data and seed (the first-hour review)."""
+    copy = tmp_path / "kept" / "bc.yaml"
+    copy.parent.mkdir()
+    shutil.copy(study / "best_config.yaml", copy)
+    r = train("--config", copy, "--output_dir", tmp_path / "final")
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert f"Base model: {tiny_model} (the study's, as bc.yaml's first lines name it)" in said
+    assert f"Training data: {tiny_data['train']} (the study's, as bc.yaml's first lines name it)" in said
+    m = json.loads((tmp_path / "final" / "final_metrics.json").read_text())
+    assert (m["base_model"], m["train_file"], m["validation_file"], m["seed"]) == \
+        (str(tiny_model), str(tiny_data["train"]), str(tiny_data["val"]), 42)
+    # what it names is gone: one line naming where the name came from
+    moved = tmp_path / "kept" / "moved.yaml"
+    moved.write_text(copy.read_text().replace(str(tiny_data["train"]), str(tmp_path / "gone.jsonl")))
+    r = train("--config", moved, "--output_dir", tmp_path / "f2")
+    assert r.exit_code == 2 and r.output.strip() == (
+        f"Error: --train_file: {tmp_path / 'gone.jsonl'} (the study's, as moved.yaml's first lines name it) is not "
+        "there any more; pass --train_file"), r.output
+    # a config with no such lines is as before: the data must be given
+    bare = tmp_path / "kept" / "bare.yaml"
+    bare.write_text("\n".join(x for x in copy.read_text().splitlines() if not x.startswith("#")) + "\n")
+    r = train("--config", bare, "--output_dir", tmp_path / "f3")
+    assert r.exit_code == 2 and "--train_file: required (--config is not a study's best_config.yaml" in r.output
+
+
 def test_a_second_train_into_the_same_folder_is_refused_while_the_first_runs(study, tmp_path):
     out = tmp_path / "final"
     out.mkdir()

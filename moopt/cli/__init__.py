@@ -617,7 +617,7 @@ def study_state_note(output_dir: str, live: bool, rec=None) -> str | None:
 @opt("overwrite", is_flag=True, help="Replace a final model already in output_dir.")
 def train(**kw) -> None:
     """Train the final adapter with a chosen configuration (full budget, no pruning) and test it."""
-    from moopt.cli.final import differences, study_of
+    from moopt.cli.final import copied_header, differences, study_of
     from moopt.config import cpu_dtype_override, load_trial_config, lr_note
     from moopt.journal import JOURNAL, replay
     from moopt.study.gate import data_notes, require_completions
@@ -637,7 +637,7 @@ def train(**kw) -> None:
         # final model trains on the hub commit that study searched on
         study_dir, number = study_of(kw["config"])
         record = replay(study_dir) if study_dir is not None else None
-        header = record.header if record is not None else {}
+        header = record.header if record is not None else copied_header(kw["config"])
         notes = study_defaults(kw, header)  # said once the input is checked: an error stays one line
         if number is not None:
             notes += trial_outcome_note(record, number)
@@ -828,11 +828,18 @@ def study_defaults(kw: dict, header: dict) -> list[str]:
     notes = []
     searched = header.get("base_model")
     away = "" if header else " (--config is not in a study's folder, whose choices it would take)"
+    # a copy of best_config.yaml outside its study: the choices its first lines name (moopt.cli.final.copied_header)
+    whose = f"the study's, as {Path(header['copied_from']).name}'s first lines name it" if header.get("copied_from") \
+        else "the study's"
+
+    def named(what: str) -> str:
+        return f"{what} ({whose})" if header.get("copied_from") else f"the study's {what}"
+
     if kw["base_model"] is None:
         if searched and os.path.isabs(searched) and not os.path.exists(searched):  # a local folder, moved since
-            raise ConfigError(f"--base_model: the study's {searched} is not there any more; pass --base_model")
+            raise ConfigError(f"--base_model: {named(searched)} is not there any more; pass --base_model")
         kw["base_model"] = searched or "smollm2-135m"
-        notes.append(f"Base model: {searched} (the study's)" if searched else f"Base model: smollm2-135m, the default{away}")
+        notes.append(f"Base model: {searched} ({whose})" if searched else f"Base model: smollm2-135m, the default{away}")
     elif searched and recorded_name(kw["base_model"]) != searched:  # ./tiny/ from where the study's tiny is, the same
         notes.append(f"Note: the study searched these hyperparameters on {searched}; training on {kw['base_model']}")
     for f in ("train_file", "validation_file"):
@@ -843,18 +850,18 @@ def study_defaults(kw: dict, header: dict) -> list[str]:
             raise ConfigError(f"--{f}: required" + (" (the study's journal does not name its data files)" if header else
                                                      " (--config is not a study's best_config.yaml or trial config)"))
         if not Path(known).is_file():
-            raise ConfigError(f"--{f}: the study's {known} is not there any more; pass --{f}")
+            raise ConfigError(f"--{f}: {named(known)} is not there any more; pass --{f}")
         kw[f] = known
-        notes.append(f"{'Training' if f == 'train_file' else 'Validation'} data: {known} (the study's)")
+        notes.append(f"{'Training' if f == 'train_file' else 'Validation'} data: {known} ({whose})")
     if kw.get("seed") is None:  # the seed the study's trials trained with, so that the chosen trial is repeated
         seed = (header.get("fingerprint") or {}).get("seed")
         kw["seed"] = 42 if seed is None else int(seed)
-        notes.append(f"Seed: {seed} (the study's)" if seed is not None else f"Seed: 42, the default{away}")
+        notes.append(f"Seed: {seed} ({whose})" if seed is not None else f"Seed: 42, the default{away}")
     if kw.get("kernels") is None:  # the study's LoRA kernel path: dropout masks differ between triton and torch
         kernels = (header.get("options") or {}).get("kernels")
         kw["kernels"] = kernels or "auto"
         if kernels and kernels != "auto":
-            notes.append(f"Kernels: {kernels} (the study's)")
+            notes.append(f"Kernels: {kernels} ({whose})")
     return notes
 
 

@@ -89,6 +89,40 @@ def study_of(config_path: str | Path) -> tuple[Path | None, int | None]:
     return None, None
 
 
+REPEATS_WITH = "# elsewhere repeats the trial with: "  # best_config.yaml's third line (best_config_header)
+
+
+def copied_header(config_path: str | Path) -> dict[str, Any]:
+    """For a best_config.yaml kept outside its study's folder (no journal beside it): the study's choices its opening
+    comment names (``--base_model ... --train_file ... --seed N``; moopt.report.results.best_config_header), as a
+    journal header's keys, with ``copied_from``; {} for a file without that line. (A copy said "--train_file: required
+    (--config is not a study's best_config.yaml ...)" although its first lines named the files.)"""
+    import shlex
+
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            line = next((x for _, x in zip(range(5), f) if x.startswith(REPEATS_WITH)), None)
+        words = shlex.split(line[len(REPEATS_WITH):]) if line else []
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    args = {k[2:]: v for k, v in zip(words[::2], words[1::2]) if k.startswith("--")}
+    if not args:
+        return {}
+    header: dict[str, Any] = {"copied_from": str(config_path),
+                              "fingerprint": {f: args[f] for f in ("train_file", "validation_file") if f in args}}
+    if "base_model" in args:
+        header["base_model"] = args["base_model"]
+    if args.get("seed", "").isdigit():
+        header["fingerprint"]["seed"] = int(args["seed"])
+    if "kernels" in args:
+        header["options"] = {"kernels": args["kernels"]}
+    if "revision" in args:
+        header["model_revision"] = args["revision"]
+    if args.get("eval_max_seq_length", "").isdigit():
+        header["eval_max_seq_length"] = int(args["eval_max_seq_length"])
+    return header
+
+
 OVERFIT_TRIALS = 10  # a study picks from this many trials or more before a test gap is blamed on the search
 
 
