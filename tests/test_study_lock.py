@@ -121,7 +121,7 @@ def test_sigterm_ends_the_running_trials_keeps_what_finished_and_resume_complete
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
-    assert "Stopped by SIGTERM:" in stderr and "trials finished and kept; running, will rerun: " in stderr
+    assert "Stopped by SIGTERM:" in stderr and "trials finished and kept; running, will rerun from the start: " in stderr
     assert "--resume" in stderr.splitlines()[-1] and "Traceback" not in stderr
     rec = replay(out)
     assert rec.running, "the running trial has a start and no end: --resume reruns it"
@@ -176,7 +176,7 @@ def test_an_interrupt_says_what_the_journal_kept_whichever_step_it_stopped(tmp_p
     j.close()
     (tmp_path / "report.html").write_text("<html>")
     said, then = kept(cfg)
-    assert then == "resume" and "running, will rerun: 4" in said and f"an earlier run's: `moopt report {tmp_path}` brings them up" in said
+    assert then == "resume" and "running, will rerun from the start: 4" in said and f"an earlier run's: `moopt report {tmp_path}` brings them up" in said
     # resumed with --num_trials at the trials finished: the one still running is not rerun, the end's files to write
     j = Journal(tmp_path)
     j.append({"type": "settings", "num_trials": 3})
@@ -190,7 +190,7 @@ def test_an_interrupt_says_what_the_journal_kept_whichever_step_it_stopped(tmp_p
     j.append({"type": "study", "num_trials": 4})
     j.append({"type": "trial_start", "number": 0, "params": {}})
     j.close()
-    assert kept(SimpleNamespace(output_dir=str(fresh), num_trials=4)) == ("no trial had finished; running, will rerun: 0.",
+    assert kept(SimpleNamespace(output_dir=str(fresh), num_trials=4)) == ("no trial had finished; running, will rerun from the start: 0.",
                                                                           "resume")
 
 

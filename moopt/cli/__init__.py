@@ -233,7 +233,7 @@ def kept(cfg) -> tuple[str, str]:
         rec = replay(cfg.output_dir)
     except (OSError, ValueError):
         rec = None
-    rerun = f"running, will rerun: {', '.join(map(str, rec.running))}" if rec is not None and rec.running else ""
+    rerun = f"running, will rerun from the start: {', '.join(map(str, rec.running))}" if rec is not None and rec.running else ""
     if rec is None or not rec.finished:
         if not rerun and rec is not None and rec.header and (Path(cfg.output_dir) / "baseline.json").is_file():
             return "no trial had started; the base model's evaluation is kept (--resume starts from it).", "resume"

@@ -244,7 +244,8 @@ def print_summary(data: StudyData, summary: dict[str, Any], console=None, output
         say(f"Results in {out}/:")
         files = [("best_config.yaml", "the best configuration, exact (printed above to 3 digits): moopt train --config "
                                       "... trains the final adapter"),
-                 ("report.html", "the report: Pareto front, trials table, plots (opens offline)"),
+                 ("report.html", "the report: " + ("Pareto front, " if data.objectives.multi else "the objective by trial, ")
+                  + "trials table, plots (opens offline)"),
                  (f"trial_results/trial_{data.best}/adapter", "the best trial's adapter (PEFT format)"),
                  ("trials_summary.csv", "every trial"),
                  ("optimization_plot.png", "progress of the search")]
