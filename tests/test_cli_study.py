@@ -326,6 +326,8 @@ def test_guide_script_spelling_runs_the_same_command(tmp_path):
         r.output.endswith("See moopt --help.\n"), r.output
     r = CliRunner().invoke(main, ["report", "a", "b"], prog_name="moopt")
     assert r.output == "Error: Got unexpected extra argument (b). See moopt report --help.\n", r.output
+    r = CliRunner().invoke(main, ["train", "--config"], prog_name="moopt")  # click gives this error no context
+    assert r.output == "Error: Option '--config' requires an argument. See moopt train --help.\n", r.output
     r = CliRunner().invoke(main, [], prog_name="moopt")  # `moopt` alone: its help, as before (not one squashed line)
     assert r.output.startswith("Usage: moopt [OPTIONS] COMMAND [ARGS]...\n") and "Commands:\n" in r.output, r.output
 

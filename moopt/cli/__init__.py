@@ -60,7 +60,7 @@ class _OneLineErrors:
             sys.exit(e.exit_code)
         except click.UsageError as e:
             said = " ".join(e.format_message().split())
-            hint = f" See {e.ctx.command_path} --help." if e.ctx is not None else ""
+            hint = f" See {e.ctx.command_path if e.ctx is not None else self._path(args, prog_name)} --help."
             click.echo(f"Error: {said}{'' if said.endswith(('.', '?', '.)', '?)')) else '.'}{hint}", err=True)
             sys.exit(e.exit_code)
         except click.ClickException as e:
@@ -70,6 +70,16 @@ class _OneLineErrors:
             click.echo("Aborted!", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)  # (--help and --version return 0)
+
+    def _path(self, args, prog_name) -> str:
+        """The command path for an error click gives no context for ("Option '--output_dir' requires an argument.")."""
+        args = list(sys.argv[1:] if args is None else args)
+        try:
+            prog = prog_name or click.utils._detect_program_name()
+        except Exception:  # noqa: BLE001 - a private helper of click's: its name as installed otherwise
+            prog = "moopt"
+        sub = args[0] if isinstance(self, click.Group) and args and args[0] in self.commands else None
+        return f"{prog} {sub}" if sub else prog
 
 
 class OneLineCommand(_OneLineErrors, click.Command):
