@@ -248,3 +248,19 @@ def test_pareto_labels_of_nearby_groups_do_not_overlap():
     assert len(boxes) == 4 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     assert sorted(lab.get_text() for lab in labels) == ["13,16", "14,10,11,12", "2", "7,9"]
     plt.close(fig)
+
+
+def test_the_history_plot_marks_trials_still_running_or_interrupted(tmp_path, monkeypatch):
+    """After a stop, the x axis ran to the interrupted trial with nothing at it and no word in the legend."""
+    from moopt.journal import Journal
+    from moopt.report import plots
+
+    out = write_fake_study(tmp_path / "s", [trial(3.0, 0.4), trial(2.5, 0.5)])
+    j = Journal(out)
+    j.append({"type": "trial_start", "number": 2, "datetime_start": "2026-01-01T00:03:00",
+              "params": trial(0, 0)["params"]})  # started, never ended: RUNNING, or INTERRUPTED once stopped
+    j.close()
+    labels = []
+    monkeypatch.setattr(plots, "legend_below", lambda fig, handles, names: labels.extend(names))
+    plot_optimization(load_study(out), tmp_path / "opt.png")
+    assert any(x.endswith(", no value yet (o on the axis)") for x in labels), labels

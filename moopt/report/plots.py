@@ -102,6 +102,11 @@ def plot_optimization(data: StudyData, path: Path) -> None:
                 ax.scatter(missing.number, [0.0] * len(missing), marker="x", c="tab:gray", clip_on=False, zorder=3,
                            transform=ax.get_xaxis_transform(),
                            label=f"{'/'.join(sorted(set(missing.state)))}, no finite metric (x on the axis)")
+            waiting = t[t.state.isin(UNFINISHED)]  # a study read mid-run or after a stop: said, not an empty column
+            if len(waiting):
+                ax.scatter(waiting.number, [0.0] * len(waiting), marker="o", facecolors="none", edgecolors="tab:gray",
+                           clip_on=False, zorder=3, transform=ax.get_xaxis_transform(),
+                           label=f"{'/'.join(sorted(set(map(str, waiting.state))))}, no value yet (o on the axis)")
             ax.set_xlim(float(t.number.min()) - 0.5, float(t.number.max()) + 0.5)  # every trial, marked ones included
         done = t[(t.state == TrialState.COMPLETE) & finite] if len(t) else t
         if len(done):
