@@ -201,10 +201,16 @@ def test_study_eta_is_unknown_not_0s_for_a_trial_past_its_expected_time():
     assert "to go" not in b.study_line()  # both past trial 0's 1 s: unknown
     b.event(1, prog(1, total=10, step_s=5.0))
     b.event(1, prog(2, total=10, step_s=1.0))
-    assert "to go" not in b.study_line()  # trial 2's time is still unknown
-    b.event(2, prog(1, total=10, step_s=5.0))
-    b.event(2, prog(2, total=10, step_s=1.0))
-    assert "about 8s to go" in b.study_line()  # both training: 8 steps of 1 s each
+    assert "about 8s to go" in b.study_line()  # at least trial 1's 8 steps of 1 s (trial 2, overdue, counts as 0)
+    # a trial timed by its own steps still gives the line where another is past its expected time (the review of the
+    # first fix: it hid the ETA whenever one trial was overdue, e.g. one in its last evaluation before any had ended)
+    a = ProgressBoard(total=2, objective="eval_loss", clock=clock)
+    a.event(0, prog(1, total=102, step_s=5.0))
+    a.event(0, prog(2, total=102, step_s=1.0))  # 100 steps of 1 s left
+    a.event(1, prog(1, total=3, step_s=5.0))
+    a.event(1, prog(3, total=3, step_s=1.0))  # past its last step, no trial ended: no tail known yet
+    clock.t += 2
+    assert "about 1m39s to go" in a.study_line()  # (as before the first fix)
 
 
 def test_study_eta_does_not_count_a_running_trials_time_twice():

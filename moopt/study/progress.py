@@ -92,9 +92,9 @@ class TrialProgress:
         return since if since > max(STUCK_MIN_S, STUCK_STEPS * mean) else None
 
 
-def _left(expected: float, taken: float) -> float | None:
-    """What is left of ``expected`` seconds after ``taken``; None (unknown) once it ran past them."""
-    return expected - taken if taken < expected else None
+def _left(expected: float, taken: float) -> tuple[float, bool]:
+    """What is left of ``expected`` seconds after ``taken`` (0 once it ran past them), and whether it did (overdue)."""
+    return max(expected - taken, 0.0), taken >= expected
 
 
 class ProgressBoard:
@@ -251,20 +251,27 @@ class ProgressBoard:
         tail = sum(self.tails) / len(self.tails) if self.tails else 0.0
         mean = sum(self.durations) / len(self.durations) if self.durations else None
         rest: list[float | None] = []
+        overdue = 0
         for t in running:
             eta = t.eta_s(now)
-            # a trial that has run past what it was expected to take has an unknown time left, not 0 (the line said
-            # "about 0s to go" for 20 s while two trials that took longer to load than trial 0 took in all still ran)
+            # a trial past what it was expected to take counts as ending now (OVERDUE), a lower bound: where only
+            # such trials are left, the time is unknown, not 0 (the line said "about 0s to go" for 20 s while two
+            # trials that took longer to load than trial 0 took in all still ran)
+            over = False
             if t.step and t.step >= t.total and t.step_at:  # past its last step: evaluating, saving
-                rest.append(_left(tail, now - t.step_at))
+                r, over = _left(tail, now - t.step_at)
             elif eta is not None:
-                rest.append(eta + tail)
-            else:  # loading, a rung's evaluation, a first step: not timed by its own pace yet
-                rest.append(_left(mean, now - t.started) if mean is not None else None)
+                r = eta + tail
+            elif mean is not None:  # loading, a rung's evaluation, a first step: not timed by its own pace yet
+                r, over = _left(mean, now - t.started)
+            else:
+                r = None
+            rest.append(r)
+            overdue += over
         known = [r for r in rest if r is not None]
         to_start = max(left - len(running), 0)
         if not to_start:
-            return max(known) if known and len(known) == len(rest) else None
+            return max(known) if known and len(known) == len(rest) and overdue < len(rest) else None
         if not self.ran_here:  # only trials the memory gate ruled out (0 s each) have ended: no pace yet
             return None
         pace = max(self.last_end - self.t0, 0.0) / self.done_here
