@@ -633,4 +633,5 @@ def test_examples_are_held_as_int32_arrays_not_lists_of_python_ints(tok, tmp_pat
     assert ex.input_ids.dtype == ex.labels.dtype == np.int32 and ex.input_ids.nbytes == 4 * len(ex.input_ids)
     cut = tokenize_file(f, tok, 3).examples[0]  # cut to length: a view of the same kind
     assert cut.input_ids.dtype == np.int32 and len(cut.input_ids) == 3
+    assert cut.input_ids.base is None and cut.labels.base is None  # its own 3 tokens, not a view of the uncut array
     assert collate([ex], 0)["input_ids"][0].tolist() == ex.input_ids.tolist()

@@ -286,7 +286,7 @@ def test_moopt_train_takes_the_studys_base_model_and_data_unless_given(tmp_path)
                                              "training on other/model")
     assert kw["train_file"] == "mine.jsonl" and kw["validation_file"] == str(val)
     kw = {"base_model": None, "train_file": None, "validation_file": "v.jsonl"}
-    with pytest.raises(ConfigError, match="--train_file: required .--config is not a study's"):
+    with pytest.raises(ConfigError, match="--train_file: required .--config is not in a study's folder, and its first lines do not name"):
         study_defaults(kw, {})
     assert kw["base_model"] == "smollm2-135m"
     with pytest.raises(ConfigError, match="--train_file: required .the study's journal does not name"):

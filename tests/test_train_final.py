@@ -116,12 +116,37 @@ def test_a_copy_of_best_config_elsewhere_trains_on_what_its_first_lines_name(stu
     r = train("--config", moved, "--output_dir", tmp_path / "f2")
     assert r.exit_code == 2 and r.output.strip() == (
         f"Error: --train_file: {tmp_path / 'gone.jsonl'} (the study's, as moved.yaml's first lines name it) is not "
-        "there any more; pass --train_file"), r.output
+        "there; pass --train_file"), r.output
     # a config with no such lines is as before: the data must be given
     bare = tmp_path / "kept" / "bare.yaml"
     bare.write_text("\n".join(x for x in copy.read_text().splitlines() if not x.startswith("#")) + "\n")
     r = train("--config", bare, "--output_dir", tmp_path / "f3")
-    assert r.exit_code == 2 and "--train_file: required (--config is not a study's best_config.yaml" in r.output
+    assert r.exit_code == 2 and r.output.strip() == ("Error: --train_file: required (--config is not in a study's "
+                                                     "folder, and its first lines do not name the study's data)")
+    # validation cut at the length the study evaluated every trial at, longer than this configuration's: said
+    import re
+
+    short = tmp_path / "kept" / "short.yaml"
+    lines = copy.read_text().splitlines()
+    lines = [x + " --eval_max_seq_length 32" if x.startswith("# elsewhere repeats") and "--eval_max" not in x else x
+             for x in lines]
+    short.write_text(re.sub(r"max_seq_length: \d+", "max_seq_length: 16", "\n".join(lines) + "\n"))
+    r = train("--config", short, "--output_dir", tmp_path / "f6")
+    assert r.exit_code == 0, r.output
+    assert ("Validation examples cut at 32 tokens, as the study evaluated every trial (the study's, as short.yaml's "
+            "first lines name it; this configuration trains at 16)") in " ".join(r.output.split()), r.output
+    # the line below other comments; a flag without a value among them; a line a shell could not split
+    text = copy.read_text()
+    extra = tmp_path / "kept" / "extra.yaml"
+    extra.write_text("# kept for the paper\n# (second run)\n\n" + text.replace("--train_file", "--dry --train_file"))
+    r = train("--config", extra, "--output_dir", tmp_path / "f4")
+    assert r.exit_code == 0 and "Training data:" in r.output and "(the study's, as extra.yaml's" in r.output, r.output
+    odd = tmp_path / "kept" / "odd.yaml"
+    odd.write_text(text.replace("--seed 42", "--seed '42"))
+    r = train("--config", odd, "--output_dir", tmp_path / "f5")
+    line = next(n for n, x in enumerate(text.splitlines(), 1) if x.startswith("# elsewhere repeats"))
+    assert r.exit_code == 2 and r.output.startswith(f"Error: {odd}: line {line} (the arguments that repeat the trial) "
+                                                    "cannot be read (No closing quotation)"), r.output
 
 
 def test_a_second_train_into_the_same_folder_is_refused_while_the_first_runs(study, tmp_path):

@@ -692,8 +692,12 @@ def train(**kw) -> None:
                 notes = [n for n in notes if not n.startswith("Note: the study searched these hyperparameters on")]
                 notes.append(f"Base model: {kw['base_model']}, the same weights and config.json as the study's {searched}")
         # validation (and test) cut at the length the study evaluated every trial at
-        kw["eval_max_seq_length"] = kw["eval_max_seq_length"] or max(int(header.get("eval_max_seq_length") or 0),
-                                                                     cfg.data.max_seq_length)
+        studied = int(header.get("eval_max_seq_length") or 0)
+        if not kw["eval_max_seq_length"] and studied > cfg.data.max_seq_length:  # said, as the other defaults are
+            notes.append(f"Validation{' and test' if kw['test_file'] else ''} examples cut at {studied} tokens, as the "
+                         f"study evaluated every trial ({whose_of(header)}; this configuration trains at "
+                         f"{cfg.data.max_seq_length})")
+        kw["eval_max_seq_length"] = kw["eval_max_seq_length"] or max(studied, cfg.data.max_seq_length)
         for f in files:  # the study's check (Study.check_data), and its notes on what max_seq_length leaves out or cuts
             at = cfg.data.max_seq_length if f == "train_file" else kw["eval_max_seq_length"]
             require_completions(model_path, kw[f], at)  # a refusal raises before any note is said
@@ -829,6 +833,14 @@ def trial_outcome_note(record, number: int) -> list[str]:
             + (" (it may not fit the memory it was refused for)" if state == "INFEASIBLE" else "")]
 
 
+def whose_of(header: dict) -> str:
+    """Where a default ``moopt train`` takes from the study came from: its journal, or a copy of best_config.yaml
+    outside the study whose first lines name it (moopt.cli.final.copied_header)."""
+    if header.get("copied_from"):
+        return f"the study's, as {Path(header['copied_from']).name}'s first lines name it"
+    return "the study's"
+
+
 def study_defaults(kw: dict, header: dict) -> list[str]:
     """Fill ``moopt train``'s --base_model, --train_file, --validation_file and --seed left out from the study the config
     comes from (its journal header); the lines to say about it. A base model other than the study's is said too:
@@ -838,16 +850,15 @@ def study_defaults(kw: dict, header: dict) -> list[str]:
     notes = []
     searched = header.get("base_model")
     away = "" if header else " (--config is not in a study's folder, whose choices it would take)"
-    # a copy of best_config.yaml outside its study: the choices its first lines name (moopt.cli.final.copied_header)
-    whose = f"the study's, as {Path(header['copied_from']).name}'s first lines name it" if header.get("copied_from") \
-        else "the study's"
+    whose = whose_of(header)
 
     def named(what: str) -> str:
         return f"{what} ({whose})" if header.get("copied_from") else f"the study's {what}"
 
     if kw["base_model"] is None:
         if searched and os.path.isabs(searched) and not os.path.exists(searched):  # a local folder, moved since
-            raise ConfigError(f"--base_model: {named(searched)} is not there any more; pass --base_model")
+            raise ConfigError(f"--base_model: {named(searched)} is not there"
+                              + ("" if header.get("copied_from") else " any more") + "; pass --base_model")
         kw["base_model"] = searched or "smollm2-135m"
         notes.append(f"Base model: {searched} ({whose})" if searched else f"Base model: smollm2-135m, the default{away}")
     elif searched and recorded_name(kw["base_model"]) != searched:  # ./tiny/ from where the study's tiny is, the same
@@ -857,10 +868,13 @@ def study_defaults(kw: dict, header: dict) -> list[str]:
             continue
         known = (header.get("fingerprint") or {}).get(f)  # what --resume checks: the study's own file
         if known is None:
-            raise ConfigError(f"--{f}: required" + (" (the study's journal does not name its data files)" if header else
-                                                     " (--config is not a study's best_config.yaml or trial config)"))
+            why = (f" ({Path(header['copied_from']).name}'s first lines do not name it)" if header.get("copied_from") else
+                   " (the study's journal does not name its data files)" if header else
+                   " (--config is not in a study's folder, and its first lines do not name the study's data)")
+            raise ConfigError(f"--{f}: required{why}")
         if not Path(known).is_file():
-            raise ConfigError(f"--{f}: {named(known)} is not there any more; pass --{f}")
+            raise ConfigError(f"--{f}: {named(known)} is not there" + ("" if header.get("copied_from") else " any more")
+                              + f"; pass --{f}")
         kw[f] = known
         notes.append(f"{'Training' if f == 'train_file' else 'Validation'} data: {known} ({whose})")
     if kw.get("seed") is None:  # the seed the study's trials trained with, so that the chosen trial is repeated

@@ -9,6 +9,7 @@ from typing import Any
 
 from moopt.config import TrialConfig, shown_value
 from moopt.console import plural
+from moopt.errors import ConfigError
 
 GAP_WARN = 0.10  # relative test-vs-validation loss gap that is flagged as possible overfitting to validation
 
@@ -95,17 +96,33 @@ REPEATS_WITH = "# elsewhere repeats the trial with: "  # best_config.yaml's thir
 def copied_header(config_path: str | Path) -> dict[str, Any]:
     """For a best_config.yaml kept outside its study's folder (no journal beside it): the study's choices its opening
     comment names (``--base_model ... --train_file ... --seed N``; moopt.report.results.best_config_header), as a
-    journal header's keys, with ``copied_from``; {} for a file without that line. (A copy said "--train_file: required
-    (--config is not a study's best_config.yaml ...)" although its first lines named the files.)"""
+    journal header's keys, with ``copied_from``; {} for a file without that line in its opening comment block. (A copy
+    said "--train_file: required (--config is not a study's best_config.yaml ...)" although its first lines named
+    the files.) A line there that cannot be split as a shell would (an unbalanced quote) is a ConfigError."""
     import shlex
 
+    line = None
     try:
         with open(config_path, encoding="utf-8") as f:
-            line = next((x for _, x in zip(range(5), f) if x.startswith(REPEATS_WITH)), None)
-        words = shlex.split(line[len(REPEATS_WITH):]) if line else []
-    except (OSError, UnicodeDecodeError, ValueError):
+            for n, x in enumerate(f, 1):
+                if x.startswith(REPEATS_WITH):
+                    line = (n, x[len(REPEATS_WITH):])
+                    break
+                if x.strip() and not x.lstrip().startswith("#"):  # the opening comment block ends
+                    break
+    except (OSError, UnicodeDecodeError):
         return {}
-    args = {k[2:]: v for k, v in zip(words[::2], words[1::2]) if k.startswith("--")}
+    if line is None:
+        return {}
+    try:
+        words = shlex.split(line[1])
+    except ValueError as e:
+        raise ConfigError(f"{config_path}: line {line[0]} (the arguments that repeat the trial) cannot be read ({e}); "
+                          "fix it, or give --base_model, --train_file and --validation_file") from None
+    args: dict[str, str] = {}
+    for k, v in zip(words, [*words[1:], None]):  # --key value; a --flag without a value stands alone
+        if k.startswith("--") and v is not None and not v.startswith("--"):
+            args[k[2:]] = v
     if not args:
         return {}
     header: dict[str, Any] = {"copied_from": str(config_path),

@@ -329,7 +329,7 @@ def _turns_problem(msgs: Any, name: str, learn: bool = True) -> str | None:
     return None
 
 
-@dataclass
+@dataclass(eq=False)  # (arrays: == would compare element by element; compare .tolist()s)
 class Example:
     """One tokenised record. Its ids and labels are held as int32 arrays (given as lists or arrays): as lists of
     Python ints they took ~76 bytes a token (20k multi-turn chats, 7.2M tokens: 522 MiB held, outside the memory
@@ -723,7 +723,9 @@ def cut_examples(examples: list[Example], max_seq_length: int, path: str | Path)
             continue
         if len(ex.input_ids) > max_seq_length:
             n_trunc += 1
-            ex = Example(ex.input_ids[:max_seq_length], ex.labels[:max_seq_length])
+            # copies: a view would keep the whole uncut arrays alive (100 examples of 20k tokens cut to 256: 80 kB
+            # each held for 1 kB used)
+            ex = Example(ex.input_ids[:max_seq_length].copy(), ex.labels[:max_seq_length].copy())
         kept.append(ex)
     if not kept and n_unlabelled:
         raise ConfigError(no_completion_left(path, n_unlabelled, max_seq_length))
