@@ -66,6 +66,9 @@ class StudyRecord:
     ended: dict[str, Any] | None = None
     # lines that are not JSON before the last one (a torn last line is a crash's normal leftover): damaged since
     damaged: list[int] = field(default_factory=list)
+    # the base model's evaluation ({"state", "metrics", "error"}), as baseline.json holds it: `moopt report` and
+    # --resume put a lost baseline.json back from it (every score starts from it)
+    baseline: dict[str, Any] | None = None
 
     def damaged_note(self) -> str | None:
         """A note naming the damaged lines a replay skipped (what they recorded is not in the results), else None."""
@@ -127,5 +130,7 @@ def replay(output_dir: str | Path) -> StudyRecord:
                 rec.ends[ev["number"]] = TrialResult.from_event(ev)
             elif kind == "rung":
                 rec.rungs.append(ev)
+            elif kind == "baseline":
+                rec.baseline = {k: ev.get(k) for k in ("state", "metrics", "error")}
     rec.damaged = [n for n in bad if n < lineno or not torn]  # (lineno: the file's last line)
     return rec

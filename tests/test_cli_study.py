@@ -292,6 +292,21 @@ def test_resume_does_not_rerun_finished_trials(tiny_model, tiny_data, space, tmp
     assert list(pd.read_csv(out / "trials_summary.csv").datetime_start[:2]) != list(first.datetime_start)
 
 
+def test_resume_puts_a_lost_baseline_back_from_the_journal_instead_of_evaluating_again(tiny_model, tiny_data, space,
+                                                                                      tmp_path, monkeypatch):
+    import moopt.study.scheduler
+
+    out = tmp_path / "hpo"
+    r = optimize(tiny_model, tiny_data, out, space, "--num_trials", "1")
+    assert r.exit_code == 0, r.output
+    kept = (out / "baseline.json").read_text()
+    (out / "baseline.json").unlink()
+    monkeypatch.setattr(moopt.study.scheduler.Study, "run_baseline", lambda *a, **k: pytest.fail("evaluated again"))
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume", "--num_trials", "2"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "baseline.json").read_text()) == json.loads(kept) and "the base model: eval_loss" in r.output
+
+
 def test_resume_where_no_study_is_starts_one_and_says_so_only_where_one_may_start(tiny_model, tiny_data, space, tmp_path):
     """A job script that always passes --resume: its first run starts the study, with a note. Into a folder that
     holds a study's files but no journal, the note came before the refusal, saying the opposite of it."""
@@ -601,6 +616,19 @@ def test_report_rebuilds_from_the_journal_without_the_trial_folders_and_says_whe
     r = CliRunner().invoke(main, ["report", str(copy)])
     assert r.exit_code == 0, r.output
     assert (copy / "best_config.yaml").read_text() == (out / "best_config.yaml").read_text()
+    # baseline.json lost: every score started from the worst trial instead, without a word (the README review);
+    # the journal keeps the base model's evaluation, and report writes the file back
+    (copy / "baseline.json").unlink()
+    r = CliRunner().invoke(main, ["report", str(copy)])
+    assert r.exit_code == 0 and "the base model: eval_loss" in r.output, r.output
+    assert json.loads((copy / "baseline.json").read_text()) == json.loads((out / "baseline.json").read_text())
+    assert pd.read_csv(copy / "trials_summary.csv").score.tolist() == pd.read_csv(out / "trials_summary.csv").score.tolist()
+    # a study from before the journal kept it: said, not silent
+    lines = (copy / "journal.jsonl").read_text().splitlines(keepends=True)
+    (copy / "journal.jsonl").write_text("".join(x for x in lines if '"type": "baseline"' not in x))
+    (copy / "baseline.json").unlink()
+    r = CliRunner().invoke(main, ["report", str(copy)])
+    assert r.exit_code == 0 and "no base model evaluation: baseline.json is missing" in r.output, r.output
 
     import moopt.yamlio
 

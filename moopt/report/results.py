@@ -78,10 +78,12 @@ def write_results(output_dir: str | Path, quiet: bool = False, console=None, sto
 def _write_results(output_dir: str | Path, quiet: bool = False, console=None, stopped: bool = False) -> dict[str, Any]:
     import pandas as pd
 
-    from moopt.yamlio import atomic_write_text, write_yaml
+    from moopt.yamlio import atomic_write_text, write_json, write_yaml
 
     out = Path(output_dir)
     data = load_study(out, stopped)
+    if data.baseline is not None and not (out / "baseline.json").is_file():  # lost: put back from the journal
+        write_json(out / "baseline.json", data.baseline)
     table = data.table
     csv = table.copy()
     csv["duration"] = csv["duration"].astype(str)

@@ -96,6 +96,8 @@ def load_study(output_dir: str | Path, stopped: bool = False) -> StudyData:
     baseline = None
     if (out / "baseline.json").is_file():
         baseline = json.loads((out / "baseline.json").read_text())
+    elif rec.baseline is not None:  # a lost baseline.json: the journal keeps the same (moopt report writes it back)
+        baseline = rec.baseline
     pareto, best, best_score, least_inf, start, origin = [], None, None, None, None, ""
     if len(table):
         table["score"] = np.nan  # progress from the base model toward the ideal: comparable across studies (a column
@@ -147,7 +149,9 @@ def score_start(objectives: Objectives, baseline: dict[str, Any] | None, header:
             stand_ins.append(n)
     at_budget = [f"{n}: --memory_constraint" for n in budget]  # where a memory objective's progress starts
     if not base:
-        return start, "the worst trial (" + "; ".join(["no base model evaluation", *at_budget]) + ")"
+        lost = baseline is None and (header.get("options") or {}).get("baseline")  # evaluated, its file gone since
+        why = "no base model evaluation" + (": baseline.json is missing" if lost else "")
+        return start, "the worst trial (" + "; ".join([why, *at_budget]) + ")"
     if not any(n in base and n != "peak_memory_gb" and np.isfinite(base[n]) for n in objectives.names):
         # no objective starts at the base model's value (peak_memory_gb alone): it is no origin here
         if stand_ins:

@@ -467,6 +467,11 @@ class Study:
         sched.resume(record)
         self.writer = BackgroundWriter(self.results, self.out)
         try:
+            if cfg.baseline and not (self.out / "baseline.json").is_file() and record is not None and record.baseline \
+                    and record.baseline.get("state") == TrialState.COMPLETE:  # lost since: put back from the journal
+                from moopt.yamlio import write_json
+
+                write_json(self.out / "baseline.json", record.baseline)
             if cfg.baseline and not (self.out / "baseline.json").is_file() and not self.take_baseline(sched.warm_same):
                 self.run_baseline(sched.executor, sched.placer)
             sched.run()
@@ -609,6 +614,14 @@ class Study:
             self._digest = {k: data_digest(getattr(self.cfg, k)) for k in ("train_file", "validation_file")}
         return self._digest
 
+    def keep_baseline(self, base: dict) -> None:
+        """baseline.json, and the same in the journal (the study's record: a lost baseline.json is put back from it;
+        without it, every score silently started from the worst trial instead)."""
+        from moopt.yamlio import write_json
+
+        write_json(self.out / "baseline.json", base)
+        self.journal.append({"type": "baseline", **base})
+
     def take_baseline(self, same: bool) -> bool:
         """The --warm_start study's base model evaluation, when it ran on the same model, validation data and
         length (``same``): copied, not run again. Whether it was."""
@@ -621,7 +634,7 @@ class Study:
             return False
         if base.get("state") != TrialState.COMPLETE:
             return False
-        shutil.copyfile(src, self.out / "baseline.json")
+        self.keep_baseline({k: base.get(k) for k in ("state", "metrics", "error")})
         shown = "  ".join(f"{k}={v:.4f}" for k, v in (base.get("metrics") or {}).items() if k.startswith("eval_"))
         self.console.print(f"Base model (no fine-tuning; evaluated by {self.cfg.warm_start}, on the same model and "
                            f"validation data): {shown}", markup=False, highlight=False)
@@ -814,9 +827,7 @@ class Study:
                 ex.close()
             if on_cluster:
                 placer.release(-1)
-        from moopt.yamlio import write_json
-
-        write_json(self.out / "baseline.json", {"state": res.state, "metrics": res.metrics, "error": res.error})
+        self.keep_baseline({"state": res.state, "metrics": res.metrics, "error": res.error})
         self.baseline_kept = res.state == TrialState.COMPLETE
         if res.state == TrialState.COMPLETE:
             shown = "  ".join(f"{k}={v:.4f}" for k, v in res.metrics.items() if k.startswith("eval_"))
