@@ -443,6 +443,21 @@ def test_70b_4bit_fits_one_h200_and_bf16_does_not_with_what_would(tmp_path):
     assert r.exit_code == 0, r.output
     assert "does not fit" in r.output and "quantization 4bit on one GPU" in r.output
     assert "sharded (FSDP / ZeRO-3" in r.output and "over 2 GPUs" in r.output
+    # the README's question, "the largest batch x sequence on an 80 GiB GPU", of 70B in bf16: it said only "none";
+    # now what each change would fit, and the table of the one that fits most (the README review)
+    r = CliRunner().invoke(estimate_memory, ["--base_model", "llama-3.3-70b", "--config", str(write_trial(tmp_path, "none")),
+                                             "--device", "cuda", "--fit", "80"])
+    assert r.exit_code == 0, r.output
+    fit = r.output.split("largest batch x sequence", 1)[1].split("this configuration", 1)[0]
+    assert "none: even batch 1 x 1 token does not fit" in fit
+    assert "with quantization 4bit (its error band" in fit and "batch   1 x seq" in fit, fit  # (checkpointing: on already)
+    assert "with quantization 8bit: none either" in fit and "gradient checkpointing on:" not in fit, fit
+    import json
+
+    r = CliRunner().invoke(estimate_memory, ["--base_model", "llama-3.3-70b", "--config", str(write_trial(tmp_path, "none")),
+                                             "--device", "cuda", "--fit", "80", "--json"])
+    alts = json.loads(r.output)["fit"]["alternatives"]
+    assert alts[0]["with"] == "quantization 4bit" and alts[0]["longest_seq_by_batch"], alts  # (checkpointing is on)
 
 
 def test_fit_table_sequences_fit_and_one_more_token_does_not():

@@ -72,7 +72,7 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
             est = dataclasses.replace(est, notes=(*est.notes, f"max_seq_length {trial.data.max_seq_length} is past the model's context ({context} tokens, "
                              "its max_position_embeddings): positions past it are ones the model was never trained on; "
                              f"a max_seq_length of at most {context} keeps to them"))
-        table = plan = None
+        table = plan = alt = None
         if fit_gib is not None:
             kw = {"device": device, "kernels": kernels, "loss": loss}
             # each row as the plan judges it: estimate x (1 + the error band) + (cpu) the runtime's spread between
@@ -81,6 +81,8 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
             spread = CPU_RUNTIME_SPREAD_BYTES if device == "cpu" else 0
             table = fit_table(model_config, trial, fit_gib * GIB - spread, margin=margin, **kw)
             plan = fit_plan(model_config, trial, fit_gib * GIB, **kw)
+            if not table:  # nothing fits as configured: the table of the first change that fits (70B in bf16 on 80 GiB
+                alt = _fitting_alternative(model_config, trial, fit_gib * GIB - spread, device, kw)  # said none, only)
     except ConfigError as e:  # one line each problem, exit code 2, no traceback (as moopt.cli.fail, which imports this)
         for line in str(e).splitlines() or [""]:
             click.echo(f"Error: {line}", err=True)
@@ -99,6 +101,9 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
             out["fit"] = {"budget_gib": fit_gib, "error_band": margin, "runtime_spread_gib": spread / GIB,
                           "longest_seq_by_batch": [{"batch": b, "seq": s} for b, s in table],
                           "plan": plan}
+            if alt is not None:  # nothing fits as configured: each change, the one that fits the most first
+                out["fit"]["alternatives"] = [{"with": n, "error_band": m, "longest_seq_by_batch": [
+                    {"batch": b, "seq": s} for b, s in t]} for n, m, t in alt]
         click.echo(json.dumps(out, indent=2))
         return
     click.echo(assumed)
@@ -114,16 +119,49 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
                    + ":")
         if not table:
             click.echo("  none: even batch 1 x 1 token does not fit with the error band")
-        for b, s in table:
+        if alt is not None:  # what each change would fit, then the table of the one that fits the most
+            for name, _, t in alt:
+                best = max(t, key=lambda x: x[0] * x[1]) if t else None
+                click.echo(f"  with {name}: " + (f"at most {best[0] * best[1]:,} tokens a step (batch {best[0]} x seq "
+                                                  f"{best[1]})" if best else "none either"))
+            click.echo(f"  with {alt[0][0]} (its error band +{alt[0][1]:.0%}):")
+        shown = table or (alt[0][2] if alt is not None else [])
+        for b, s in shown:
             click.echo(f"  batch {b:>3} x seq {s:>7}  ({b * s:,} tokens)")
-        if table:
-            b, s = max(table, key=lambda x: x[0] * x[1])
+        if shown:
+            b, s = max(shown, key=lambda x: x[0] * x[1])
             click.echo(f"  most tokens per step: batch {b} x seq {s}")
         click.echo(f"\nthis configuration (batch {est.shape[0]} x seq {est.shape[1]}):")
         for line in plan:
             if not table and "shorter max_seq_length / smaller batch" in line:
                 continue  # the table above found none: no shorter sequence or smaller batch fits either
             click.echo(f"  {line}")
+
+
+def _fitting_alternative(model_config, trial: TrialConfig, budget_bytes: float, device: str, kw: dict):
+    """Where nothing fits as configured: each of gradient checkpointing, 8-bit, 4-bit, and 4-bit with checkpointing (on
+    a CPU, checkpointing only: bitsandbytes costs memory there) that changes the configuration, with its error band and
+    fit table: [(what changes, band, table)], the one that fits the most tokens a step first; None when none fits."""
+    from moopt.memory.estimate import fit_table, under_prior
+
+    m = trial.model
+    changes = [{"gradient_checkpointing": True}]
+    if device != "cpu":
+        changes += [{"quantization": "8bit"}, {"quantization": "4bit"}, {"quantization": "4bit", "gradient_checkpointing": True}]
+    found, seen = [], set()
+    for change in changes:
+        change = {k: v for k, v in change.items() if getattr(m, k) != v}  # what it changes of the given configuration
+        if not change or tuple(change.items()) in seen or (m.quantization == "4bit" and "quantization" in change):
+            continue  # (4-bit is the least memory: 8-bit is no way down from it)
+        seen.add(tuple(change.items()))
+        name = " and ".join(([f"quantization {change['quantization']}"] if "quantization" in change else [])
+                            + (["gradient checkpointing on"] if "gradient_checkpointing" in change else []))
+        other = dataclasses.replace(trial, model=dataclasses.replace(m, **change))
+        margin = under_prior(device, other.model.quantization)
+        found.append((name, margin, fit_table(model_config, other, budget_bytes, margin=margin, **kw)))
+    most = lambda t: max((b * s for b, s in t), default=0)  # noqa: E731
+    found.sort(key=lambda f: -most(f[2]))  # (stable: the lesser change first among equals)
+    return found if found and found[0][2] else None
 
 
 def _config_path(base_model: str):
