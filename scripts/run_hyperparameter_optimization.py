@@ -9,6 +9,11 @@ from moopt.cli import optimize
 from moopt.memory.rss import bound_kernel_caches
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--version"]:  # as `moopt --version` says it
+        from importlib.metadata import version
+
+        print(f"{os.path.basename(sys.argv[0])} (moopt), version {version('moopt')}")
+        sys.exit(0)
     bound_kernel_caches()  # as the moopt command group does before any of its commands
     # the command itself, so that its usage and errors name this script ("Usage: run_hyperparameter_optimization.py
     # [OPTIONS]"), not the group's "... optimize", which this script does not take

@@ -328,6 +328,9 @@ def test_guide_script_spelling_runs_the_same_command(tmp_path):
     assert r.returncode == 0 and "--optimization_objective" in r.stdout
     # its usage names the script as typed (it said "... optimize [OPTIONS]", which the script refuses)
     assert r.stdout.startswith("Usage: run_hyperparameter_optimization.py [OPTIONS]\n")
+    r = subprocess.run([sys.executable, "scripts/run_hyperparameter_optimization.py", "--version"], capture_output=True,
+                       text=True)  # (it was "No such option '--version'")
+    assert r.returncode == 0 and r.stdout.startswith("run_hyperparameter_optimization.py (moopt), version "), r.stdout
     r = subprocess.run([sys.executable, "scripts/run_hyperparameter_optimization.py", "--num_trials", "0", "--output_dir",
                         str(tmp_path / "o")], capture_output=True, text=True)
     # a usage error is one line, as moopt's own errors are (click printed the usage, a hint and a blank line above it)
