@@ -305,6 +305,14 @@ def test_resume_puts_a_lost_baseline_back_from_the_journal_instead_of_evaluating
     r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume", "--num_trials", "2"])
     assert r.exit_code == 0, r.output
     assert json.loads((out / "baseline.json").read_text()) == json.loads(kept) and "the base model: eval_loss" in r.output
+    # one that failed is tried again (it was kept as failed, for good), and the summary says it failed
+    (out / "baseline.json").write_text(json.dumps({"state": "FAIL", "metrics": {}, "error": "RuntimeError: x"}))
+    r = CliRunner().invoke(main, ["report", str(out)])
+    assert "the worst trial (the base model's evaluation failed (--resume tries it again))" in " ".join(r.output.split())
+    tried = []
+    monkeypatch.setattr(moopt.study.scheduler.Study, "run_baseline", lambda *a, **k: tried.append(1))
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume", "--num_trials", "2"])
+    assert r.exit_code == 0 and tried == [1], r.output
 
 
 def test_resume_where_no_study_is_starts_one_and_says_so_only_where_one_may_start(tiny_model, tiny_data, space, tmp_path):
@@ -641,6 +649,15 @@ def test_report_rebuilds_from_the_journal_without_the_trial_folders_and_says_whe
     monkeypatch.setattr(moopt.yamlio, "atomic_write_text", refuse)
     r = CliRunner().invoke(main, ["report", str(copy)])
     assert r.exit_code == 2 and r.output.startswith(f"Error: {copy}: cannot write the result files (Permission denied")
+    import moopt.study.lock  # a read-only mount: the study lock's file cannot be opened (an OSError traceback)
+
+    def read_only(path, *a, **k):
+        raise OSError(30, "Read-only file system", str(path))
+
+    monkeypatch.setattr(moopt.study.lock, "is_live", read_only)
+    r = CliRunner().invoke(main, ["report", str(copy)])
+    assert r.exit_code == 2 and r.output.startswith(f"Error: {copy}: cannot write the result files (Read-only file "
+                                                    "system"), r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
     # a file given for the folder: one line (it was a NotADirectoryError traceback from the study lock's check)
     (tmp_path / "a_file").write_text("x")

@@ -211,6 +211,14 @@ def test_study_eta_is_unknown_not_0s_for_a_trial_past_its_expected_time():
     a.event(1, prog(3, total=3, step_s=1.0))  # past its last step, no trial ended: no tail known yet
     clock.t += 2
     assert "about 1m39s to go" in a.study_line()  # (as before the first fix)
+    # a stuck trial (its step running 10x its mean) is not "ending now": 97 steps are left (the re-check: "about 10s")
+    c = ProgressBoard(total=2, objective="eval_loss", clock=clock)
+    clock.t += 20
+    c.ended(TrialResult(number=0, state="COMPLETE", metrics={"eval_loss": 1.0}))
+    c.event(1, prog(1, total=100, step_s=5.0))
+    c.event(1, prog(3, total=100, step_s=1.0))
+    clock.t += 90
+    assert "to go" not in c.study_line(), c.study_line()
 
 
 def test_study_eta_does_not_count_a_running_trials_time_twice():

@@ -245,7 +245,7 @@ def kept(cfg) -> tuple[str, str]:
         rec = None
     rerun = f"running, will rerun from the start: {', '.join(map(str, rec.running))}" if rec is not None and rec.running else ""
     if rec is None or not rec.finished:
-        if not rerun and rec is not None and rec.header and (Path(cfg.output_dir) / "baseline.json").is_file():
+        if not rerun and rec is not None and rec.header and (rec.baseline or {}).get("state") == "COMPLETE":
             return "no trial had started; the base model's evaluation is kept (--resume starts from it).", "resume"
         return "no trial had finished" + (f"; {rerun}." if rerun else "; nothing was kept."), "resume" if rerun else "again"
     total = int(rec.header.get("num_trials") or cfg.num_trials)
@@ -532,12 +532,13 @@ def report(output_dir: str) -> None:
     journal = Path(output_dir) / JOURNAL
     if journal.is_file() and journal.stat().st_size > 100_000:  # hundreds of trials: fANOVA and plots take seconds
         click.echo(f"Writing the report of {output_dir} (importance, plots) ...")
-    live = is_live(output_dir)
     try:
+        live = is_live(output_dir)
         write_results(output_dir, stopped=not live)  # a trial with no end: running, or interrupted
     except FileNotFoundError as e:
         fail(str(e))
-    except PermissionError as e:  # a read-only copy of a study: nothing is written, and it says so in one line
+    except OSError as e:  # a read-only copy of a study (or file system): nothing is written, said in one line (a
+        # read-only mount was an OSError traceback from the study lock)
         fail(f"{output_dir}: cannot write the result files ({e.strerror}: {e.filename}); copy the study somewhere "
              "writable and run moopt report there")
     from moopt.journal import replay

@@ -101,7 +101,7 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
             out["fit"] = {"budget_gib": fit_gib, "error_band": margin, "runtime_spread_gib": spread / GIB,
                           "longest_seq_by_batch": [{"batch": b, "seq": s} for b, s in table],
                           "plan": plan}
-            if alt is not None:  # nothing fits as configured: each change, the one that fits the most first
+            if alt is not None:  # nothing fits as configured: each change tried, the one that fits the most first
                 out["fit"]["alternatives"] = [{"with": n, "error_band": m, "longest_seq_by_batch": [
                     {"batch": b, "seq": s} for b, s in t]} for n, m, t in alt]
         click.echo(json.dumps(out, indent=2))
@@ -119,13 +119,14 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
                    + ":")
         if not table:
             click.echo("  none: even batch 1 x 1 token does not fit with the error band")
-        if alt is not None:  # what each change would fit, then the table of the one that fits the most
+        if alt:  # what each change would fit, then the table of the one that fits the most
             for name, _, t in alt:
                 best = max(t, key=lambda x: x[0] * x[1]) if t else None
                 click.echo(f"  with {name}: " + (f"at most {best[0] * best[1]:,} tokens a step (batch {best[0]} x seq "
                                                   f"{best[1]})" if best else "none either"))
-            click.echo(f"  with {alt[0][0]} (its error band +{alt[0][1]:.0%}):")
-        shown = table or (alt[0][2] if alt is not None else [])
+            if alt[0][2]:
+                click.echo(f"  with {alt[0][0]} (its error band +{alt[0][1]:.0%}):")
+        shown = table or (alt[0][2] if alt else [])
         for b, s in shown:
             click.echo(f"  batch {b:>3} x seq {s:>7}  ({b * s:,} tokens)")
         if shown:
@@ -139,15 +140,14 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
 
 
 def _fitting_alternative(model_config, trial: TrialConfig, budget_bytes: float, device: str, kw: dict):
-    """Where nothing fits as configured: each of gradient checkpointing, 8-bit, 4-bit, and 4-bit with checkpointing (on
-    a CPU, checkpointing only: bitsandbytes costs memory there) that changes the configuration, with its error band and
-    fit table: [(what changes, band, table)], the one that fits the most tokens a step first; None when none fits."""
+    """Where nothing fits as configured: each of gradient checkpointing, 8-bit, 4-bit, and 4-bit with checkpointing
+    (the changes fit_plan weighs) that changes the configuration, with its error band and fit table: [(what changes,
+    band, table)], the one that fits the most tokens a step first (tables empty where none fits)."""
     from moopt.memory.estimate import fit_table, under_prior
 
     m = trial.model
-    changes = [{"gradient_checkpointing": True}]
-    if device != "cpu":
-        changes += [{"quantization": "8bit"}, {"quantization": "4bit"}, {"quantization": "4bit", "gradient_checkpointing": True}]
+    changes = [{"gradient_checkpointing": True}, {"quantization": "8bit"}, {"quantization": "4bit"},
+               {"quantization": "4bit", "gradient_checkpointing": True}]  # (the plan's changes, on a CPU too)
     found, seen = [], set()
     for change in changes:
         change = {k: v for k, v in change.items() if getattr(m, k) != v}  # what it changes of the given configuration
@@ -161,7 +161,7 @@ def _fitting_alternative(model_config, trial: TrialConfig, budget_bytes: float, 
         found.append((name, margin, fit_table(model_config, other, budget_bytes, margin=margin, **kw)))
     most = lambda t: max((b * s for b, s in t), default=0)  # noqa: E731
     found.sort(key=lambda f: -most(f[2]))  # (stable: the lesser change first among equals)
-    return found if found and found[0][2] else None
+    return found
 
 
 def _config_path(base_model: str):

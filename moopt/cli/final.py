@@ -103,7 +103,7 @@ def copied_header(config_path: str | Path) -> dict[str, Any]:
 
     line = None
     try:
-        with open(config_path, encoding="utf-8") as f:
+        with open(config_path, encoding="utf-8-sig") as f:  # (-sig: a copy an editor saved with a BOM)
             for n, x in enumerate(f, 1):
                 if x.startswith(REPEATS_WITH):
                     line = (n, x[len(REPEATS_WITH):])

@@ -150,7 +150,8 @@ def score_start(objectives: Objectives, baseline: dict[str, Any] | None, header:
     at_budget = [f"{n}: --memory_constraint" for n in budget]  # where a memory objective's progress starts
     if not base:
         lost = baseline is None and (header.get("options") or {}).get("baseline")  # evaluated, its file gone since
-        why = "no base model evaluation" + (": baseline.json is missing" if lost else "")
+        why = ("the base model's evaluation failed (--resume tries it again)" if baseline is not None else
+               "no base model evaluation" + (": baseline.json is missing" if lost else ""))
         return start, "the worst trial (" + "; ".join([why, *at_budget]) + ")"
     if not any(n in base and n != "peak_memory_gb" and np.isfinite(base[n]) for n in objectives.names):
         # no objective starts at the base model's value (peak_memory_gb alone): it is no origin here

@@ -262,8 +262,8 @@ class ProgressBoard:
                 r, over = _left(tail, now - t.step_at)
             elif eta is not None:
                 r = eta + tail
-            elif mean is not None:  # loading, a rung's evaluation, a first step: not timed by its own pace yet
-                r, over = _left(mean, now - t.started)
+            elif mean is not None and t.stuck_s(now) is None:  # loading, a first step: not timed by its own pace yet
+                r, over = _left(mean, now - t.started)  # (a stuck step: its time left is unknown, not the mean's)
             else:
                 r = None
             rest.append(r)

@@ -472,8 +472,8 @@ class Study:
                 from moopt.yamlio import write_json
 
                 write_json(self.out / "baseline.json", record.baseline)
-            if cfg.baseline and not (self.out / "baseline.json").is_file() and not self.take_baseline(sched.warm_same):
-                self.run_baseline(sched.executor, sched.placer)
+            if cfg.baseline and not self.baseline_done() and not self.take_baseline(sched.warm_same):
+                self.run_baseline(sched.executor, sched.placer)  # (one that failed is tried again: it is cheap)
             sched.run()
         except (KeyboardInterrupt, Stopped) as e:
             try:  # a second Ctrl-C cut the stop short: the results a trial behind, its row missing, a traceback
@@ -614,6 +614,13 @@ class Study:
             self._digest = {k: data_digest(getattr(self.cfg, k)) for k in ("train_file", "validation_file")}
         return self._digest
 
+    def baseline_done(self) -> bool:
+        """Whether baseline.json holds a COMPLETE evaluation of the base model."""
+        try:
+            return json.loads((self.out / "baseline.json").read_text()).get("state") == TrialState.COMPLETE
+        except (OSError, ValueError, AttributeError):
+            return False
+
     def keep_baseline(self, base: dict) -> None:
         """baseline.json, and the same in the journal (the study's record: a lost baseline.json is put back from it;
         without it, every score silently started from the worst trial instead)."""
@@ -626,13 +633,13 @@ class Study:
         """The --warm_start study's base model evaluation, when it ran on the same model, validation data and
         length (``same``): copied, not run again. Whether it was."""
         src = Path(self.cfg.warm_start or "") / "baseline.json"
-        if not same or not src.is_file():
+        if not same:
             return False
         try:
             base = json.loads(src.read_text())
-        except ValueError:
-            return False
-        if base.get("state") != TrialState.COMPLETE:
+        except (OSError, ValueError):  # (its baseline.json lost: the journal's copy)
+            base = replay(Path(self.cfg.warm_start)).baseline or {}
+        if not isinstance(base, dict) or base.get("state") != TrialState.COMPLETE:
             return False
         self.keep_baseline({k: base.get(k) for k in ("state", "metrics", "error")})
         shown = "  ".join(f"{k}={v:.4f}" for k, v in (base.get("metrics") or {}).items() if k.startswith("eval_"))
