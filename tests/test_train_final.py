@@ -123,6 +123,19 @@ def test_a_copy_of_best_config_elsewhere_trains_on_what_its_first_lines_name(stu
     r = train("--config", bare, "--output_dir", tmp_path / "f3")
     assert r.exit_code == 2 and r.output.strip() == ("Error: --train_file: required (--config is not in a study's "
                                                      "folder, and its first lines do not name the study's data)")
+    # a copy put into another study's folder (the re-check: it trained on that study's data and seed, without a word)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "journal.jsonl").write_text(json.dumps({"type": "study", "base_model": "another/model", "fingerprint": {
+        "train_file": str(tmp_path / "theirs.jsonl"), "validation_file": str(tmp_path / "theirs_val.jsonl"), "seed": 3}})
+        + "\n")
+    shutil.copy(copy, other / "from_s1.yaml")
+    r = train("--config", other / "from_s1.yaml", "--output_dir", tmp_path / "f7")
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert f"Note: from_s1.yaml's first lines name another study than the one in its folder ({other})" in said
+    assert f"Training data: {tiny_data['train']} (the study's, as from_s1.yaml's first lines name it)" in said
+    assert json.loads((tmp_path / "f7" / "final_metrics.json").read_text())["seed"] == 42
     # validation cut at the length the study evaluated every trial at, longer than this configuration's: said
     import re
 

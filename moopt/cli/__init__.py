@@ -650,6 +650,9 @@ def train(**kw) -> None:
         record = replay(study_dir) if study_dir is not None else None
         header = record.header if record is not None else copied_header(kw["config"])
         notes = study_defaults(kw, header)  # said once the input is checked: an error stays one line
+        if record is None and (Path(kw["config"]).resolve().parent / JOURNAL).is_file():  # (study_of: moved in)
+            notes.insert(0, f"Note: {Path(kw['config']).name}'s first lines name another study than the one in its "
+                            f"folder ({Path(kw['config']).resolve().parent}): taking what they name, not that study's")
         if number is not None:
             notes += trial_outcome_note(record, number)
         if not given:

@@ -80,6 +80,10 @@ def study_of(config_path: str | Path) -> tuple[Path | None, int | None]:
 
     here = Path(config_path).resolve().parent
     if (here / JOURNAL).is_file():
+        from moopt.journal import replay
+
+        if names_another_study(copied_header(config_path), replay(here).header):  # a copy put into another study's
+            return None, None  # folder: its own first lines say which study it comes from (it took the folder's data)
         return here, None
     study = here.parent.parent
     if here.parent.name == "trial_results" and here.name.startswith("trial_") and (study / JOURNAL).is_file():
@@ -91,6 +95,14 @@ def study_of(config_path: str | Path) -> tuple[Path | None, int | None]:
 
 
 REPEATS_WITH = "# elsewhere repeats the trial with: "  # best_config.yaml's third line (best_config_header)
+
+
+def names_another_study(own: dict, header: dict) -> bool:
+    """Whether a config's first lines (copied_header) name another base model or data file than the journal
+    ``header`` of the study in whose folder the config lies."""
+    fp, mine = header.get("fingerprint") or {}, own.get("fingerprint") or {}
+    return bool(own) and (("base_model" in own and own["base_model"] != header.get("base_model"))
+                          or any(mine[f] != fp.get(f) for f in ("train_file", "validation_file") if f in mine))
 
 
 def copied_header(config_path: str | Path) -> dict[str, Any]:
