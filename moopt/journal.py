@@ -134,3 +134,18 @@ def replay(output_dir: str | Path) -> StudyRecord:
                 rec.baseline = {k: ev.get(k) for k in ("state", "metrics", "error")}
     rec.damaged = [n for n in bad if n < lineno or not torn]  # (lineno: the file's last line)
     return rec
+
+
+BASELINE = "baseline.json"
+
+
+def read_baseline(output_dir: str | Path, rec: StudyRecord | None = None) -> dict[str, Any] | None:
+    """The study's base model evaluation ({"state", "metrics", "error"}): its baseline.json, else the journal's copy
+    (a lost file; ``rec``: the study's replayed journal, where the caller has it). None when it has neither."""
+    try:
+        base = json.loads((Path(output_dir) / BASELINE).read_text(encoding="utf-8"))
+        if isinstance(base, dict):
+            return base
+    except (OSError, ValueError):
+        pass
+    return (rec if rec is not None else replay(output_dir)).baseline

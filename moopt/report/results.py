@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from moopt.console import plural
+from moopt.journal import BASELINE
 from moopt.records import TrialState
 from moopt.report.plots import plot_optimization, plot_pareto
 from moopt.report.table import (
@@ -82,8 +83,8 @@ def _write_results(output_dir: str | Path, quiet: bool = False, console=None, st
 
     out = Path(output_dir)
     data = load_study(out, stopped)
-    if data.baseline is not None and not (out / "baseline.json").is_file():  # lost: put back from the journal
-        write_json(out / "baseline.json", data.baseline)
+    if data.baseline is not None and not (out / BASELINE).is_file():  # lost: put back from the journal
+        write_json(out / BASELINE, data.baseline)
     table = data.table
     csv = table.copy()
     csv["duration"] = csv["duration"].astype(str)

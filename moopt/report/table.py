@@ -4,7 +4,6 @@ trial, the score and the hypervolume history. Needs neither GPU nor model.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moopt.journal import replay
+from moopt.journal import read_baseline, replay
 from moopt.records import NOT_TRAINED, TIME_BUDGET_CUT, TrialState
 from moopt.search.objectives import KNOWN, Objectives
 from moopt.search.pareto import hypervolume, nondominated
@@ -93,11 +92,7 @@ def load_study(output_dir: str | Path, stopped: bool = False) -> StudyData:
     table = pd.DataFrame(rows) if rows else pd.DataFrame(
         columns=["number", "state", *obj_cols, "datetime_start", "datetime_complete", "duration", "duration_s"])
 
-    baseline = None
-    if (out / "baseline.json").is_file():
-        baseline = json.loads((out / "baseline.json").read_text())
-    elif rec.baseline is not None:  # a lost baseline.json: the journal keeps the same (moopt report writes it back)
-        baseline = rec.baseline
+    baseline = read_baseline(out, rec)  # (a lost baseline.json: the journal's copy; moopt report writes it back)
     pareto, best, best_score, least_inf, start, origin = [], None, None, None, None, ""
     if len(table):
         table["score"] = np.nan  # progress from the base model toward the ideal: comparable across studies (a column

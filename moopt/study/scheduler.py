@@ -34,7 +34,7 @@ from rich.markup import escape
 
 from moopt.config import TrialConfig, lr_note, whole
 from moopt.console import numbered, plural
-from moopt.journal import JOURNAL, RESUME_SETTINGS, Journal, replay
+from moopt.journal import BASELINE, JOURNAL, RESUME_SETTINGS, Journal, StudyRecord, read_baseline, replay
 from moopt.model_files import model_digest
 from moopt.records import FALLBACK, NOT_TRAINED, TrialResult, TrialSpec, TrialState
 from moopt.search.engine import FAILED_F, Engine
@@ -467,12 +467,7 @@ class Study:
         sched.resume(record)
         self.writer = BackgroundWriter(self.results, self.out)
         try:
-            if cfg.baseline and not (self.out / "baseline.json").is_file() and record is not None and record.baseline \
-                    and record.baseline.get("state") == TrialState.COMPLETE:  # lost since: put back from the journal
-                from moopt.yamlio import write_json
-
-                write_json(self.out / "baseline.json", record.baseline)
-            if cfg.baseline and not self.baseline_done() and not self.take_baseline(sched.warm_same):
+            if cfg.baseline and not self.baseline_done(record) and not self.take_baseline(sched.warm_same):
                 self.run_baseline(sched.executor, sched.placer)  # (one that failed is tried again: it is cheap)
             sched.run()
         except (KeyboardInterrupt, Stopped) as e:
@@ -614,31 +609,32 @@ class Study:
             self._digest = {k: data_digest(getattr(self.cfg, k)) for k in ("train_file", "validation_file")}
         return self._digest
 
-    def baseline_done(self) -> bool:
-        """Whether baseline.json holds a COMPLETE evaluation of the base model."""
-        try:
-            return json.loads((self.out / "baseline.json").read_text()).get("state") == TrialState.COMPLETE
-        except (OSError, ValueError, AttributeError):
+    def baseline_done(self, record: StudyRecord | None) -> bool:
+        """Whether the study holds a COMPLETE evaluation of the base model (a baseline.json lost since is put back
+        from the journal's copy)."""
+        base = read_baseline(self.out, record if record is not None else StudyRecord())
+        if not isinstance(base, dict) or base.get("state") != TrialState.COMPLETE:
             return False
+        if not (self.out / BASELINE).is_file():
+            from moopt.yamlio import write_json
+
+            write_json(self.out / BASELINE, base)
+        return True
 
     def keep_baseline(self, base: dict) -> None:
         """baseline.json, and the same in the journal (the study's record: a lost baseline.json is put back from it;
         without it, every score silently started from the worst trial instead)."""
         from moopt.yamlio import write_json
 
-        write_json(self.out / "baseline.json", base)
+        write_json(self.out / BASELINE, base)
         self.journal.append({"type": "baseline", **base})
 
     def take_baseline(self, same: bool) -> bool:
         """The --warm_start study's base model evaluation, when it ran on the same model, validation data and
         length (``same``): copied, not run again. Whether it was."""
-        src = Path(self.cfg.warm_start or "") / "baseline.json"
         if not same:
             return False
-        try:
-            base = json.loads(src.read_text())
-        except (OSError, ValueError):  # (its baseline.json lost: the journal's copy)
-            base = replay(Path(self.cfg.warm_start)).baseline or {}
+        base = read_baseline(self.cfg.warm_start)  # (its baseline.json lost: the journal's copy)
         if not isinstance(base, dict) or base.get("state") != TrialState.COMPLETE:
             return False
         self.keep_baseline({k: base.get(k) for k in ("state", "metrics", "error")})
@@ -851,12 +847,10 @@ class Study:
         objectives = self.cfg.objectives
         score = rescore = None
         if objectives.multi:  # the best by the weights, as the summary picks it, once a trial's score is fixed
-            import json
 
             from moopt.report.table import fixed_start
 
-            f = self.out / "baseline.json"
-            baseline = json.loads(f.read_text()) if f.is_file() else None
+            baseline = read_baseline(self.out, StudyRecord())  # (this run's file: no replay of the journal)
             start = fixed_start(objectives, baseline, {"memory_constraint_gb": self.cfg.memory_constraint_gb})
             if start is not None:
                 s0 = objectives.to_minimize(start)
