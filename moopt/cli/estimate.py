@@ -47,6 +47,7 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
         CPU_RUNTIME_SPREAD_BYTES,
         GIB,
         estimate_peak,
+        fit_alternatives,
         fit_plan,
         fit_table,
         load_model_config,
@@ -82,7 +83,7 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
             table = fit_table(model_config, trial, fit_gib * GIB - spread, margin=margin, **kw)
             plan = fit_plan(model_config, trial, fit_gib * GIB, **kw)
             if not table:  # nothing fits as configured: the table of the first change that fits (70B in bf16 on 80 GiB
-                alt = _fitting_alternative(model_config, trial, fit_gib * GIB - spread, device, kw)  # said none, only)
+                alt = fit_alternatives(model_config, trial, fit_gib * GIB - spread, **kw)  # said none, only)
     except ConfigError as e:  # one line each problem, exit code 2, no traceback (as moopt.cli.fail, which imports this)
         for line in str(e).splitlines() or [""]:
             click.echo(f"Error: {line}", err=True)
@@ -137,31 +138,6 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
             if not table and "shorter max_seq_length / smaller batch" in line:
                 continue  # the table above found none: no shorter sequence or smaller batch fits either
             click.echo(f"  {line}")
-
-
-def _fitting_alternative(model_config, trial: TrialConfig, budget_bytes: float, device: str, kw: dict):
-    """Where nothing fits as configured: each of gradient checkpointing, 8-bit, 4-bit, and 4-bit with checkpointing
-    (the changes fit_plan weighs) that changes the configuration, with its error band and fit table: [(what changes,
-    band, table)], the one that fits the most tokens a step first (tables empty where none fits)."""
-    from moopt.memory.estimate import fit_table, under_prior
-
-    m = trial.model
-    changes = [{"gradient_checkpointing": True}, {"quantization": "8bit"}, {"quantization": "4bit"},
-               {"quantization": "4bit", "gradient_checkpointing": True}]  # (the plan's changes, on a CPU too)
-    found, seen = [], set()
-    for change in changes:
-        change = {k: v for k, v in change.items() if getattr(m, k) != v}  # what it changes of the given configuration
-        if not change or tuple(change.items()) in seen or (m.quantization == "4bit" and "quantization" in change):
-            continue  # (4-bit is the least memory: 8-bit is no way down from it)
-        seen.add(tuple(change.items()))
-        name = " and ".join(([f"quantization {change['quantization']}"] if "quantization" in change else [])
-                            + (["gradient checkpointing on"] if "gradient_checkpointing" in change else []))
-        other = dataclasses.replace(trial, model=dataclasses.replace(m, **change))
-        margin = under_prior(device, other.model.quantization)
-        found.append((name, margin, fit_table(model_config, other, budget_bytes, margin=margin, **kw)))
-    most = lambda t: max((b * s for b, s in t), default=0)  # noqa: E731
-    found.sort(key=lambda f: -most(f[2]))  # (stable: the lesser change first among equals)
-    return found
 
 
 def _config_path(base_model: str):

@@ -902,6 +902,44 @@ def over_prior(device: str, quant: str, estimate_bytes: int | None = None) -> fl
     return min(prior, MAX_OVER_PRIOR)
 
 
+def lighter_settings(model: Any) -> list[dict[str, Any]]:
+    """The changes of the model settings ``model`` (a ModelConfig) that may lower a configuration's memory, each
+    the fields it changes: another quantization, gradient checkpointing, and QLoRA's recipe (4-bit with
+    checkpointing) where both are changes. Whether one does lower it is the estimate's to say (on a CPU,
+    quantising raises it)."""
+    out: list[dict[str, Any]] = [{"quantization": q} for q in ("none", "8bit", "4bit") if q != model.quantization]
+    if not model.gradient_checkpointing:
+        out.append({"gradient_checkpointing": True})
+        if model.quantization != "4bit":
+            out.append({"quantization": "4bit", "gradient_checkpointing": True})
+    return out
+
+
+def setting_label(change: dict[str, Any], on: str = "") -> str:
+    """How the console names a change of lighter_settings, e.g. "quantization 4bit and gradient checkpointing on"."""
+    quant = f"quantization {change['quantization']}" if "quantization" in change else ""
+    if "gradient_checkpointing" not in change:
+        return quant + on
+    return f"{quant} and gradient checkpointing {on.strip() or 'on'}" if quant else "gradient checkpointing on"
+
+
+def fit_alternatives(model_config: Any, trial: TrialConfig, budget_bytes: float, **kw) -> list[tuple[str, float, list]]:
+    """Where nothing fits as configured: each of lighter_settings that lowers the estimate, as [(its label, its
+    error band, its fit_table)], the one that fits the most tokens a step first (a table is empty where none
+    fits)."""
+    base = estimate_peak(model_config, trial, **kw).total_bytes
+    found = []
+    for change in lighter_settings(trial.model):
+        other = _with_shape(trial, trial.training.batch_size, trial.data.max_seq_length, **change)
+        if estimate_peak(model_config, other, **kw).total_bytes >= base:
+            continue  # no way down (on a CPU, quantising; from 4-bit, 8-bit)
+        margin = under_prior(kw.get("device", "cuda"), other.model.quantization)
+        found.append((setting_label(change), margin, fit_table(model_config, other, budget_bytes, margin=margin, **kw)))
+    most = lambda t: max((b * s for b, s in t), default=0)  # noqa: E731
+    found.sort(key=lambda f: -most(f[2]))  # (stable)
+    return found
+
+
 def fit_plan(model_config: Any, trial: TrialConfig, budget_bytes: float, max_gpus: int = 64, **kw) -> list[str]:
     """Lines saying whether ``trial`` fits one GPU of ``budget_bytes`` (on a CPU: a peak-RSS budget) and, when
     it does not, what would: a quantised model, checkpointing, or (on CUDA) the fewest GPUs a sharded run needs. "fits" means the estimate
@@ -945,13 +983,10 @@ def fit_plan(model_config: Any, trial: TrialConfig, budget_bytes: float, max_gpu
         lines.append(f"  {label}: {g(alt.total_bytes)} GiB ({verdict(t, alt.total_bytes)})")
         return lines[-1].endswith("(fits)")
 
-    fits = [alternative(f"quantization {q}{on}", quantization=q) for q in ("none", "8bit", "4bit")
-            if q != trial.model.quantization]
-    if not trial.model.gradient_checkpointing:
-        fits.append(alternative("gradient checkpointing on", gradient_checkpointing=True))
-        if trial.model.quantization != "4bit" and not any(fits):  # QLoRA's recipe: both at once
-            alternative(f"quantization 4bit and gradient checkpointing{on}", gradient_checkpointing=True,
-                        quantization="4bit")
+    fits = []
+    for change in lighter_settings(trial.model):
+        if len(change) == 1 or not any(fits):  # QLoRA's recipe (both at once) where neither alone fits
+            fits.append(alternative(setting_label(change, on if "quantization" in change else ""), **change))
     lines.append("  or a shorter max_seq_length / smaller batch: the table above gives the largest that fit")
     if not gpu:  # sharding spreads one run over GPUs; a CPU budget is one process's
         return lines
