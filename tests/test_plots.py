@@ -250,6 +250,26 @@ def test_pareto_labels_of_nearby_groups_do_not_overlap():
     plt.close(fig)
 
 
+def test_a_pareto_label_moves_off_the_base_models_diamond():
+    """A trial near the base model had its number printed under the diamond (drawn over it)."""
+    from matplotlib.transforms import Bbox
+
+    from moopt.report.plots import _annotate_apart, pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    ax.scatter([0.30, 0.9], [0.50, 0.1])  # autoscaled limits, as plot_pareto's first panel has
+    base = (0.305, 0.505)
+    labels = {lab.get_text(): lab for lab in _annotate_apart(ax, {(0.30, 0.50): ["4"], (0.9, 0.1): ["2"]}, [base])}
+    renderer = fig.canvas.get_renderer()
+    px, py = ax.transData.transform(base)
+    r = 4.5 * fig.dpi / 72  # the diamond's own half width (s=80: about 9 points across)
+    diamond = Bbox.from_extents(px - r, py - r, px + r, py + r)
+    assert not labels["4"].get_window_extent(renderer).overlaps(diamond)
+    assert _annotate_apart(ax, {(0.30, 0.50): ["4"]})[0].get_window_extent(renderer).overlaps(diamond)  # (without)
+    plt.close(fig)
+
+
 def test_the_history_plot_marks_trials_still_running_or_interrupted(tmp_path, monkeypatch):
     """After a stop, the x axis ran to the interrupted trial with nothing at it and no word in the legend."""
     from moopt.journal import Journal

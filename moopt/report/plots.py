@@ -201,11 +201,19 @@ def _label_groups(points: pd.DataFrame, x: str, y: str, near: float = 0.02) -> d
     return groups
 
 
-def _annotate_apart(ax, groups: dict[tuple[float, float], list[str]]) -> list:
-    """Each group's trial numbers beside its point; a label that would overlap one already placed moves up in
-    steps of its own height (two nearby groups printed over each other as "7,914,10,11")."""
+def _annotate_apart(ax, groups: dict[tuple[float, float], list[str]], avoid: list[tuple[float, float]] = ()) -> list:
+    """Each group's trial numbers beside its point; a label that would overlap one already placed, or a marker at
+    ``avoid`` (the base model's diamond, which hid a label under it), moves up in steps of its own height (two
+    nearby groups printed over each other as "7,914,10,11")."""
+    from matplotlib.transforms import Bbox
+
+    ax.get_xlim(), ax.get_ylim()  # (the autoscaled limits settled: the data-to-pixel transform as drawn)
     renderer = ax.figure.canvas.get_renderer()
+    half = 6 * ax.figure.dpi / 72  # a diamond of s=80 (about 9 points across), and a little room: in pixels
     placed, labels = [], []
+    for x, y in avoid:
+        px, py = ax.transData.transform((x, y))
+        placed.append(Bbox.from_extents(px - half, py - half, px + half, py + half))
     for (x, y), numbers in sorted(groups.items(), key=lambda g: (g[0][1], g[0][0])):
         label = ax.annotate(",".join(numbers), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
         for lift in range(12):
@@ -254,7 +262,7 @@ def plot_pareto(data: StudyData, path: Path) -> None:
         if k == 1:
             shown = shown[shown[xa].between(*zoom[0]) & shown[yb].between(*zoom[1])]
         if k == 1 or len(shown) <= LABEL_POINTS:
-            _annotate_apart(ax, _label_groups(shown, xa, yb))
+            _annotate_apart(ax, _label_groups(shown, xa, yb), [(base[a], base[b])] if a in base and b in base else [])
         if k == 1:
             ax.set_title("zoom on the front (trial numbers)", fontsize=10)
         else:
