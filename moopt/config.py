@@ -320,6 +320,16 @@ def check_trial(cfg: TrialConfig, source: str = "<config>") -> None:
         raise ConfigError("\n".join(errors))  # one line each (cli.fail)
 
 
+def absent_keys(path: str | Path) -> list[tuple[str, str]]:
+    """(``section.key``, moopt's default as shown) for each setting a configuration file does not give: for a study's
+    file (which gives every one), a line lost in an edit, trained at the default without a word."""
+    from moopt.yamlio import read_yaml_mapping
+
+    data = read_yaml_mapping(path)
+    return [(k, shown_value(v)) for k, v in TrialConfig().flat().items()
+            if k.split(".", 1)[1] not in (data.get(k.split(".", 1)[0]) or {})]
+
+
 def load_trial_config(path: str | Path) -> TrialConfig:
     """Read a ``best_config.yaml``-style file (sections training/lora/data[/model])."""
     from moopt.yamlio import read_yaml_mapping

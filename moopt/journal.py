@@ -64,20 +64,29 @@ class StudyRecord:
     # the last run's "ended" event (its early stop's reason, if any) where it is the journal's last: the study ended
     # rather than was stopped (None after a stop, a kill, or a run still going)
     ended: dict[str, Any] | None = None
-    # lines that are not JSON before the last one (a torn last line is a crash's normal leftover): damaged since
+    # lines that are not JSON, or not an event of the study, before the last one (a torn last line is a crash's normal
+    # leftover: ``torn``, its number): damaged since
     damaged: list[int] = field(default_factory=list)
+    torn: int | None = None
     # the base model's evaluation ({"state", "metrics", "error"}), as baseline.json holds it: `moopt report` and
     # --resume put a lost baseline.json back from it (every score starts from it)
     baseline: dict[str, Any] | None = None
 
-    def damaged_note(self) -> str | None:
-        """A note naming the damaged lines a replay skipped (what they recorded is not in the results), else None."""
-        if not self.damaged:
-            return None
-        lines = ", ".join(map(str, self.damaged[:5])) + (f" and {len(self.damaged) - 5} more" if len(self.damaged) > 5 else "")
-        many = len(self.damaged) > 1
-        return (f"{JOURNAL}: line{'s' if many else ''} {lines} {'are' if many else 'is'} damaged (not JSON) and skipped: "
-                f"what {'they' if many else 'it'} recorded is not in the results (a trial's end reads as interrupted)")
+    def damaged_note(self, live: bool = False) -> str | None:
+        """A note naming the damaged lines a replay skipped (what they recorded is not in the results), and a torn last
+        line (unless the study is ``live``: a line being written), else None."""
+        notes = []
+        if self.damaged:
+            lines = ", ".join(map(str, self.damaged[:5])) + (f" and {len(self.damaged) - 5} more" if len(self.damaged) > 5 else "")
+            many = len(self.damaged) > 1
+            notes.append(f"line{'s' if many else ''} {lines} {'are' if many else 'is'} damaged (not an event of the study) "
+                         f"and skipped: what {'they' if many else 'it'} recorded is missing from the results (a trial "
+                         "whose start it was is left out; one whose end it was reads as interrupted)")
+        if self.torn is not None and not live:
+            notes.append(f"its last line ({self.torn}) was cut off mid-write (a crash or a kill): what it recorded is "
+                         "missing from the results (a trial whose end it was reads as interrupted; --resume trains it "
+                         "again)")
+        return f"{JOURNAL}: " + "; ".join(notes) if notes else None
 
     @property
     def finished(self) -> dict[int, TrialResult]:
@@ -108,7 +117,10 @@ def replay(output_dir: str | Path) -> StudyRecord:
                 bad += [lineno] if line.strip() else []
                 torn = not line.endswith("\n")  # torn by a crash mid-write: no newline at its end
                 continue
-            if not isinstance(ev, dict) or ("number" not in ev and ev.get("type") in ("trial_start", "trial_end", "rung")):
+            if not isinstance(ev, dict) or "type" not in ev or \
+                    ("number" not in ev and ev["type"] in ("trial_start", "trial_end", "rung")):
+                bad.append(lineno)  # JSON, but no event of the study (an event of a newer moopt has a type: skipped)
+                torn = not line.endswith("\n")
                 continue
             kind = ev.get("type")
             rec.ended = ev if kind == "ended" else None
@@ -133,6 +145,7 @@ def replay(output_dir: str | Path) -> StudyRecord:
             elif kind == "baseline":
                 rec.baseline = {k: ev.get(k) for k in ("state", "metrics", "error")}
     rec.damaged = [n for n in bad if n < lineno or not torn]  # (lineno: the file's last line)
+    rec.torn = lineno if bad and bad[-1] == lineno and torn else None
     return rec
 
 

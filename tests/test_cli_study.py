@@ -407,12 +407,14 @@ def test_bad_input_one_line_exit_2_nothing_written(tiny_model, tiny_data, space,
     assert not out.exists()
 
 
-def test_both_data_files_missing_are_both_said(tiny_model, space, tmp_path):
-    """A command copied with the guide's data/processed/dataset/ paths said only the first, then the second."""
+def test_every_missing_file_is_said_at_once_by_its_option(tiny_model, space, tmp_path):
+    """A command copied with the guide's paths said only the first, then the next; and "data/x.jsonl: file not found"
+    named no option (the bad input review)."""
     data = {"train": tmp_path / "train.jsonl", "val": tmp_path / "val.jsonl"}
-    r = optimize(tiny_model, data, tmp_path / "out", space)
-    assert r.exit_code == 2 and r.output.splitlines() == [f"Error: {data['train']}: file not found",
-                                                          f"Error: {data['val']}: file not found"], r.output
+    r = optimize(tiny_model, data, tmp_path / "out", tmp_path / "space.yaml")
+    assert r.exit_code == 2 and r.output.splitlines() == [f"Error: --search_space {tmp_path / 'space.yaml'}: file not found",
+                                                          f"Error: --train_file {data['train']}: file not found",
+                                                          f"Error: --validation_file {data['val']}: file not found"], r.output
     assert not (tmp_path / "out").exists()
 
 
@@ -610,6 +612,32 @@ def test_validation_or_test_records_that_also_appear_in_training_are_said(tiny_m
            "held-out ones for them" in r.output
     assert f"also appear in {held_out}" in r.output  # the 3 held-out validation records are in the test file too
     assert mixed in r.output
+
+
+def test_report_checks_the_studys_space_file_before_writing_and_puts_a_lost_one_back(study, tmp_path):
+    """search_space.yaml edited into bad YAML (or a list): a traceback after half the result files were rewritten;
+    deleted: the summary said "nothing was searched" (the bad input review)."""
+    import shutil
+
+    import yaml
+
+    out, _ = study
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("study.lock"))
+    space = copy / "search_space.yaml"
+    kept = yaml.safe_load(space.read_text())
+    space.unlink()
+    r = CliRunner().invoke(main, ["report", str(copy)])
+    assert r.exit_code == 0 and f"Note: {space}: missing; put back from the journal" in r.output, r.output
+    assert yaml.safe_load(space.read_text()) == kept and "nothing was searched" not in r.output
+    assert "Best hyperparameter configuration:\n{\n" in r.output
+    for bad, said in (("training:\n  lr: [1\n", "malformed YAML"), ("- 1\n- 2\n", "")):
+        space.write_text(bad)
+        before = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
+        r = CliRunner().invoke(main, ["report", str(copy)])
+        assert r.exit_code == 2 and len(r.output.splitlines()) == 1, r.output
+        assert r.output.startswith(f"Error: {space}") and said in r.output and "puts it back from the journal" in r.output
+        assert {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()} == before  # nothing rewritten
 
 
 def test_report_rebuilds_from_the_journal_without_the_trial_folders_and_says_when_it_cannot_write(study, tmp_path,

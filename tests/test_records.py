@@ -244,7 +244,7 @@ def test_a_torn_last_line_is_cut_before_the_journal_is_appended_to_again(tmp_pat
     assert list(rec.ends) == [0] and rec.ends[0].metrics == {"eval_loss": 1.0}
 
 
-def test_a_damaged_line_inside_the_journal_is_said_where_a_torn_last_line_is_not(tmp_path):
+def test_a_damaged_line_inside_the_journal_is_said_and_a_torn_last_line_too(tmp_path):
     """A line damaged in the middle of journal.jsonl (trial 0's end cut in half) was skipped without a word: moopt report
     said the trial was INTERRUPTED and suggested --resume to train it again."""
     from click.testing import CliRunner
@@ -267,8 +267,12 @@ def test_a_damaged_line_inside_the_journal_is_said_where_a_torn_last_line_is_not
     path.write_text("".join(lines))
     rec = replay(tmp_path)
     assert rec.damaged == [3] and rec.running == [0]
-    assert rec.damaged_note() == ("journal.jsonl: line 3 is damaged (not JSON) and skipped: what it recorded is not in "
-                                  "the results (a trial's end reads as interrupted)")
+    assert rec.damaged_note() == ("journal.jsonl: line 3 is damaged (not an event of the study) and skipped: what it "
+                                  "recorded is missing from the results (a trial whose start it was is left out; one "
+                                  "whose end it was reads as interrupted)")
+    # JSON that is no event (a list, an event without its type) was skipped without a word (the bad input review)
+    path.write_text("".join(lines[:1]) + "[1, 2, 3]\n" + '{"number": 1, "state": "COMPLETE"}\n' + "".join(lines[1:]))
+    assert replay(tmp_path).damaged == [2, 3, 5]
     from test_analysis import synthetic_trials, write_fake_study
 
     study = write_fake_study(tmp_path / "study", synthetic_trials(4))
@@ -279,7 +283,17 @@ def test_a_damaged_line_inside_the_journal_is_said_where_a_torn_last_line_is_not
     lines[at] = lines[at][:40] + "\n"
     (study / "journal.jsonl").write_text("".join(lines))
     r = CliRunner().invoke(main, ["report", str(study)])
-    assert r.exit_code == 0 and f"Note: {study / 'journal.jsonl'}: line {at + 1} is damaged (not JSON)" in r.output, r.output
+    note = f"Note: {study / 'journal.jsonl'}: line {at + 1} is damaged (not an event of the study)"
+    assert r.exit_code == 0 and note in r.output, r.output
+    assert r.output.index(note) < r.output.index("Trials:"), r.output  # said before the summary that leaves it out
+    # a torn last line (a crash mid-write) is said by moopt report too: a COMPLETE trial read as interrupted without
+    # a word (the bad input review); a live study's last line may be one being written: not said
+    good = "".join(lines[:at] + lines[at + 1:])
+    (study / "journal.jsonl").write_text(good + '{"type": "trial_end", "number": 3, "sta')
+    r = CliRunner().invoke(main, ["report", str(study)])
+    assert r.exit_code == 0 and "is damaged" not in r.output and \
+        f"its last line ({good.count(chr(10)) + 1}) was cut off mid-write (a crash or a kill)" in r.output, r.output
+    assert replay(study).damaged_note(live=True) is None
     # a whole last line damaged (it ends in a newline: no torn write) is said too
     (tmp_path / "last").mkdir()
     (tmp_path / "last" / "journal.jsonl").write_text("".join(lines[:3]) + lines[3][:10] + "\n")

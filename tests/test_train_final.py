@@ -110,6 +110,13 @@ def test_a_copy_of_best_config_elsewhere_trains_on_what_its_first_lines_name(stu
     m = json.loads((tmp_path / "final" / "final_metrics.json").read_text())
     assert (m["base_model"], m["train_file"], m["validation_file"], m["seed"]) == \
         (str(tiny_model), str(tiny_data["train"]), str(tiny_data["val"]), 42)
+    assert "gives no" not in said  # (a study's file gives every setting)
+    # a line lost in an edit: trained at moopt's default without a word (the bad input review)
+    lost = tmp_path / "kept" / "lost.yaml"
+    lost.write_text("".join(x for x in copy.read_text().splitlines(keepends=True) if "learning_rate" not in x))
+    r = train("--config", lost, "--output_dir", tmp_path / "f0")
+    assert r.exit_code == 0 and "Note: lost.yaml gives no training.learning_rate: moopt's default (0.0002) is taken, " \
+        "which may not be what the study's trial trained with" in " ".join(r.output.split()), r.output
     # what it names is gone: one line naming where the name came from
     moved = tmp_path / "kept" / "moved.yaml"
     moved.write_text(copy.read_text().replace(str(tiny_data["train"]), str(tmp_path / "gone.jsonl")))

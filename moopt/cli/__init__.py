@@ -380,6 +380,15 @@ def check_kernels(kernels: str) -> None:
 BIG_DATA_BYTES = 2 * 2**20  # a data file this large gets a line before the start's checks read it (a 12 MB chat file took 20-90 s)
 
 
+def require_files(kw: dict, options: tuple[str, ...]) -> None:
+    """A ConfigError with one line for each of ``options`` (kw keys) that names a path where nothing is, naming the
+    option: ``--train_file data/train.jsonl: file not found``."""
+    missing = [f"--{k} {kw[k]}: file not found" for k in options
+               if kw.get(k) and str(kw[k]).strip() and not os.path.lexists(kw[k])]
+    if missing:
+        raise ConfigError("\n".join(missing))
+
+
 def check_records(path: str) -> None:
     """Read and check a data file's every record (moopt.train.data.read_records); a large one is said first: reading,
     checking and tokenising a sample take seconds to a minute."""
@@ -416,12 +425,11 @@ def build_study_config(kw: dict):
     if kw["executor"] != "ray":  # Ray's trials may run on other machines, with GPUs this one lacks
         check_kernels(kw["kernels"])
     objectives = parse_objectives(kw["optimization_objective"], kw["optimization_weights"])
+    # every file that is not there said at once (a copied command with the guide's paths), one Error line each
+    require_files(kw, ("search_space", "train_file", "validation_file"))
     space = load_space(kw["search_space"]) if kw["search_space"] else default_space()
     if space.fixed.model.quantization != "none" or any(p.name == "model.quantization" for p in space.params):
         require_bitsandbytes(space.source)
-    missing = [kw[f] for f in ("train_file", "validation_file") if not os.path.exists(kw[f])]
-    if len(missing) == 2:  # both said at once (a copied command with the guide's paths), one Error line each
-        raise ConfigError("\n".join(f"{path}: file not found" for path in missing))
     for f in ("train_file", "validation_file"):
         check_records(kw[f])
     if same := same_data(kw["train_file"], kw["validation_file"]):  # every objective would reward memorising it
@@ -529,23 +537,31 @@ def report(output_dir: str) -> None:
 
     if Path(output_dir).exists() and not Path(output_dir).is_dir():
         fail(f"{output_dir}: a file, not a study folder (moopt report takes the --output_dir of a study)")
+    from moopt.journal import replay
+    from moopt.report.results import SPACE_FILE, check_study_space
+
     journal = Path(output_dir) / JOURNAL
-    if journal.is_file() and journal.stat().st_size > 100_000:  # hundreds of trials: fANOVA and plots take seconds
-        click.echo(f"Writing the report of {output_dir} (importance, plots) ...")
+    rec = replay(output_dir)  # (read once for the notes: a long study's journal is megabytes)
     try:
         live = is_live(output_dir)
+        restored = check_study_space(output_dir, rec.header) if rec.header else None  # before any file is rewritten
+        if rec.header.get("objectives") and (note := rec.damaged_note(live)):  # said first: the summary below leaves
+            # out what those lines recorded (a damaged header is an Error of its own)
+            click.echo(f"Note: {Path(output_dir) / note}")
+        if restored:
+            click.echo(f"Note: {restored}")
+        if journal.is_file() and journal.stat().st_size > 100_000:  # hundreds of trials: fANOVA and plots take seconds
+            click.echo(f"Writing the report of {output_dir} (importance, plots) ...")
         write_results(output_dir, stopped=not live)  # a trial with no end: running, or interrupted
     except FileNotFoundError as e:
         fail(str(e))
+    except ConfigError as e:
+        fail(f"{e}; mend it (or delete it: moopt report puts it back from the journal)"
+             if SPACE_FILE in str(e).split(":")[0] else str(e))
     except OSError as e:  # a read-only copy of a study (or file system): nothing is written, said in one line (a
         # read-only mount was an OSError traceback from the study lock)
         fail(f"{output_dir}: cannot write the result files ({e.strerror}: {e.filename}); copy the study somewhere "
              "writable and run moopt report there")
-    from moopt.journal import replay
-
-    rec = replay(output_dir)  # (read once for both notes: a long study's journal is megabytes)
-    if note := rec.damaged_note():
-        click.echo(f"Note: {Path(output_dir) / note}")
     if note := study_state_note(output_dir, live, rec):
         click.echo(note)
     if not live and (note := replaced_note(output_dir)):
@@ -629,7 +645,7 @@ def study_state_note(output_dir: str, live: bool, rec=None) -> str | None:
 def train(**kw) -> None:
     """Train the final adapter with a chosen configuration (full budget, no pruning) and test it."""
     from moopt.cli.final import copied_header, differences, study_of
-    from moopt.config import cpu_dtype_override, load_trial_config, lr_note
+    from moopt.config import absent_keys, cpu_dtype_override, load_trial_config, lr_note
     from moopt.journal import JOURNAL, replay
     from moopt.study.gate import data_notes, require_completions
     from moopt.study.outdir import check_writable_dir
@@ -641,6 +657,7 @@ def train(**kw) -> None:
         given = kw["kernels"] is not None
         if given:  # refused before anything is read (else the study's, checked once it is known)
             check_kernels(kw["kernels"])
+        require_files(kw, ("config", "train_file", "validation_file", "test_file"))
         cfg = load_trial_config(kw["config"])
         if cfg.model.quantization != "none":
             require_bitsandbytes(kw["config"])
@@ -653,6 +670,11 @@ def train(**kw) -> None:
         if record is None and (Path(kw["config"]).resolve().parent / JOURNAL).is_file():  # (study_of: moved in)
             notes.insert(0, f"Note: {Path(kw['config']).name}'s first lines name another study than the one in its "
                             f"folder ({Path(kw['config']).resolve().parent}): taking what they name, not that study's")
+        if header and (gone := absent_keys(kw["config"])):  # a study's file gives every setting: a line lost in an edit
+            many = len(gone) > 1
+            notes.append(f"Note: {Path(kw['config']).name} gives no {', '.join(k for k, _ in gone)}: moopt's "
+                         f"default{'s' if many else ''} ({', '.join(v for _, v in gone)}) {'are' if many else 'is'} "
+                         "taken, which may not be what the study's trial trained with")
         if number is not None:
             notes += trial_outcome_note(record, number)
         if not given:

@@ -62,6 +62,8 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
     try:
         if fit_gib is not None and not 0 < fit_gib < math.inf:
             raise ConfigError(f"--fit: must be a finite number > 0 GiB, got {fit_gib:g}")
+        if config_path is not None and not Path(config_path).exists():
+            raise ConfigError(f"--config {config_path}: file not found")
         trial = TrialConfig() if config_path is None else _load_trial(config_path)
         path, from_gguf = _config_path(base_model)
         model_config = load_model_config(path)

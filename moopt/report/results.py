@@ -133,6 +133,51 @@ def _write_results(output_dir: str | Path, quiet: bool = False, console=None, st
     return summary
 
 
+SPACE_FILE = "search_space.yaml"
+
+
+def check_study_space(output_dir: str | Path, header: dict[str, Any]) -> str | None:
+    """Before any result file is rewritten: the study's search_space.yaml must load (one edited by hand into
+    something that does not was a traceback after half the files were rewritten: a ConfigError naming the file, key
+    and rule); a lost one is put back from the journal's record of the space (without it the summary said "nothing
+    was searched"). A note when it was put back, else None."""
+    from moopt.search.space import load_space
+    from moopt.yamlio import write_yaml
+
+    path = Path(output_dir) / SPACE_FILE
+    if path.exists():
+        load_space(path)
+        return None
+    spec = space_from_journal(header)
+    if spec is None:  # a study from before the journal recorded its space: nothing to put back
+        return None
+    write_yaml(path, spec)
+    load_space(path)
+    return f"{path}: missing; put back from the journal (what the study searched)"
+
+
+def space_from_journal(header: dict[str, Any]) -> dict[str, Any] | None:
+    """search_space.yaml as the study wrote it (moopt.study.outdir.space_to_yaml), from its journal header's record of
+    the space (its fingerprint), or None where the header has none."""
+    from moopt.config import TrialConfig
+
+    fp = header.get("fingerprint") or {}
+    if not isinstance(fp.get("space"), list):
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    for name, kind, low, high, step, values in fp["space"]:
+        section, key = name.split(".", 1)
+        out.setdefault(section, {})[key] = ({"type": kind, "values": values} if kind == "categorical" else
+                                            {"type": kind, "min": low, "max": high}
+                                            | ({"step": step} if kind == "int" and step not in (None, 1) else {}))
+    defaults = json.loads(json.dumps(TrialConfig().to_dict()))  # (lists, as the journal holds them)
+    for section, body in (fp.get("fixed") or {}).items():  # a value the space fixed, where not moopt's default
+        for key, value in body.items():
+            if key not in out.get(section, {}) and value != defaults.get(section, {}).get(key):
+                out.setdefault(section, {})[key] = value
+    return out
+
+
 def _study_space(output_dir):
     """The study's own copy of its search space (search_space.yaml), or None."""
     from moopt.search.space import load_space
