@@ -354,6 +354,10 @@ def test_guide_script_spelling_runs_the_same_command(tmp_path):
     assert r.output == "Error: Got unexpected extra argument (b). See moopt report --help.\n", r.output
     r = CliRunner().invoke(main, ["train", "--config"], prog_name="moopt")  # click gives this error no context
     assert r.output == "Error: Option '--config' requires an argument. See moopt train --help.\n", r.output
+    for flag, value, said in (("--num_trials", "ten", "'ten' is not a valid integer."),  # (click: "integer range")
+                              ("--time_budget_hours", "1h", "'1h' is not a valid number.")):  # ("float range")
+        r = CliRunner().invoke(main, ["optimize", "--output_dir", str(tmp_path / "o"), flag, value], prog_name="moopt")
+        assert r.exit_code == 2 and said in r.output and "range" not in r.output, r.output
     r = CliRunner().invoke(main, [], prog_name="moopt")  # `moopt` alone: its help, as before (not one squashed line)
     assert r.output.startswith("Usage: moopt [OPTIONS] COMMAND [ARGS]...\n") and "Commands:\n" in r.output, r.output
 

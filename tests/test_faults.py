@@ -62,7 +62,7 @@ def test_kill_9_of_the_optimizer_then_resume_loses_and_reruns_nothing(tiny_model
     r = CliRunner().invoke(main, [*args(tiny_model, tiny_data, out, space, 5), "--resume"])
     assert r.exit_code == 0, r.output
     said = " ".join(r.output.split())  # rich may wrap the line
-    assert f"{len(before.finished)} of 5 trials finished and kept; re-queued (were running): " in said
+    assert f"{len(before.finished)} of 5 trials finished and kept; trial" in said and "running: run again from the start" in said
     after = replay(out)
     assert sorted(after.finished) == [0, 1, 2, 3, 4] and not after.running
     for n, t in finished_before.items():
@@ -82,6 +82,71 @@ def test_time_budget_stops_new_trials_and_still_writes_the_report(tiny_model, ti
     assert "time budget" in r.output
     assert f"moopt optimize --output_dir {out} --resume --time_budget_hours H goes on" in " ".join(r.output.split())
     assert (out / "optimization_plot.png").is_file()
+
+
+def test_a_full_disk_stops_the_study_in_one_line_and_the_trial_it_failed_runs_again(tiny_model, tiny_data, space,
+                                                                                       tmp_path, monkeypatch):
+    """A full disk was a traceback, and the trial whose adapter could not be saved stayed FAIL for good (told to
+    NSGA-II as infeasible; --resume kept it) (the robustness review)."""
+    import errno
+
+    import moopt.study.checkpoint
+    import moopt.study.scheduler as sch
+    from moopt.records import TrialState
+
+    out = tmp_path / "hpo"
+    finish, hit = sch.Scheduler.finish, []
+
+    def full(self, res):
+        if res.number == 1 and not hit:
+            hit.append(1)
+            res = replace(res, state=TrialState.FAIL, error="SafetensorError: Error while serializing: I/O error: No "
+                                                             "space left on device (os error 28)")
+        return finish(self, res)
+
+    with monkeypatch.context() as m:
+        m.setattr(sch.Scheduler, "finish", full)
+        r = CliRunner().invoke(main, args(tiny_model, tiny_data, out, space, 3))
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    said = " ".join(r.output.split())
+    assert "Error: no space left on the device (trial 1 failed: SafetensorError" in said and "Traceback" not in said
+    assert "Free some space, then continue with:" in said and said.rstrip().endswith("--resume"), r.output
+    rec = replay(out)
+    assert 1 not in rec.finished and 1 in rec.running  # not ended: --resume trains it again
+    # the study's own write: the same line, naming the file
+    save, calls = moopt.study.checkpoint.Checkpoint.save, []
+
+    def no_room(self, path):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return save(self, path)
+
+    with monkeypatch.context() as m:
+        m.setattr(moopt.study.checkpoint.Checkpoint, "save", no_room)
+        r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume"])
+    assert r.exit_code == 1 and "Error: no space left on the device (writing " in r.output, r.output
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume"])
+    assert r.exit_code == 0, r.output
+    rec = replay(out)
+    assert sorted(rec.finished) == [0, 1, 2] and rec.finished[1].state == TrialState.COMPLETE
+
+
+def test_a_resume_names_the_trials_the_earlier_time_budget_cut(tiny_model, tiny_data, space, tmp_path):
+    """A --resume with more time left a trial cut at step 3 of 50 by the earlier budget (the study's best
+    configuration) as it was, without a word (the robustness review): it says so, and how to train it on."""
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(main, args(tiny_model, tiny_data, out, space, 1))
+    assert r.exit_code == 0, r.output
+    lines = (out / "journal.jsonl").read_text().splitlines()
+    end = next(i for i, x in enumerate(lines) if json.loads(x)["type"] == "trial_end")
+    ev = json.loads(lines[end])
+    lines[end] = json.dumps({**ev, "state": "PRUNED", "error": "time budget reached at step 3 of 50"})
+    (out / "journal.jsonl").write_text("\n".join(lines) + "\n")
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume", "--num_trials", "2"])
+    assert r.exit_code == 0, r.output
+    assert (f"Note: trial 0 was cut by the earlier run's time budget (PRUNED) and is kept as it is: moopt train --config "
+            f"{out}/trial_results/trial_0/config.yaml trains it to the end") in " ".join(r.output.split()), r.output
 
 
 def test_when_no_queued_configuration_can_finish_in_time_a_shorter_one_is_proposed(tiny_model, tiny_data, tmp_path):

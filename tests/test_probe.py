@@ -371,7 +371,8 @@ def test_the_probe_trains_the_shapes_it_is_given(monkeypatch):
         return real(b, s, vocab, device, seed)
 
     monkeypatch.setattr(probe_mod, "worst_case_batch", spy)
-    import moopt.train.step as step_mod
+    import moopt.train.recipe  # noqa: F401  (imported before the patches below: imported under them, it kept the stub
+    import moopt.train.step as step_mod  # train_step for good, and a later test's in-process trial failed on it)
 
     monkeypatch.setattr(step_mod, "train_step", lambda *a, **k: None)
     monkeypatch.setattr(step_mod, "causal_lm_loss", lambda *a, **k: None)

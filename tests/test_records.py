@@ -310,3 +310,21 @@ def test_a_damaged_line_inside_the_journal_is_said_and_a_torn_last_line_too(tmp_
     (study / "journal.jsonl").write_text("".join(lines[1:]))  # the header gone (not damaged): the same
     r = CliRunner().invoke(main, ["optimize", "--output_dir", str(study), "--resume"])
     assert r.exit_code == 2 and "so --resume cannot continue it" in r.output, r.output
+
+
+def test_report_on_a_missing_folder_an_empty_journal_or_another_folder_says_which(tmp_path):
+    """All three said "no study journal found" (the bad input review)."""
+    from click.testing import CliRunner
+
+    from moopt.cli import main
+
+    r = CliRunner().invoke(main, ["report", str(tmp_path / "nowhere")])
+    assert r.exit_code == 2 and r.output == f"Error: {tmp_path / 'nowhere'}: no such folder\n", r.output
+    (tmp_path / "journal.jsonl").write_text("")
+    r = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert r.exit_code == 2 and r.output == (f"Error: {tmp_path / 'journal.jsonl'}: empty (the study recorded nothing: "
+                                             "it stopped before it began)\n"), r.output
+    (tmp_path / "journal.jsonl").unlink()
+    r = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert r.exit_code == 2 and r.output.startswith(f"Error: {tmp_path}: not a study folder (no journal.jsonl"), r.output
+    assert not (tmp_path / "search_space.yaml").exists() and not list(tmp_path.iterdir())

@@ -349,6 +349,8 @@ def test_an_overwrite_keeps_the_earlier_study_until_its_first_trial_starts(tiny_
     r = CliRunner().invoke(main, [a for a in args(tiny_model, tiny_data, out, space, 2, "--overwrite", "--time_budget_hours",
                                                   "0.0001") if a != "--no-baseline"])  # the base model spends it
     assert "before the first trial could start" in " ".join(r.output.split()), r.output
+    # exit 1, as a study where none completed (it was 0: a job script took it for a success; the robustness review)
+    assert r.exit_code == 1 and r.output.splitlines()[-1] == "No trial ran: there is no best_config.yaml to train from"
     assert not (out / REPLACED).exists() and replay(out).finished == {} and not (out / "trial_results" / "trial_0").exists()
     r = CliRunner().invoke(main, ["report", str(out)])
     assert r.exit_code == 0 and r.output.splitlines()[-1].startswith("The study ended early at 0 of 2 trials: time budget"), r.output

@@ -60,6 +60,9 @@ class _OneLineErrors:
             sys.exit(e.exit_code)
         except click.UsageError as e:
             said = " ".join(e.format_message().split())
+            # click's type names: "'ten' is not a valid integer range" (an IntRange) means "not an integer"
+            said = said.replace("is not a valid integer range", "is not a valid integer").replace(
+                "is not a valid float range", "is not a valid number").replace("is not a valid float", "is not a valid number")
             hint = f" See {e.ctx.command_path if e.ctx is not None else self._path(args, prog_name)} --help."
             click.echo(f"Error: {said}{'' if said.endswith(('.', '?', '.)', '?)')) else '.'}{hint}", err=True)
             sys.exit(e.exit_code)
@@ -217,6 +220,12 @@ def optimize(**kw) -> None:
         except OSError:
             pass
         sys.exit({"SIGTERM": 143, "SIGHUP": 129}.get(by, 130))
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        disk_full(cfg, e)
     if (summary or {}).get("all_failed"):  # a script running the study learns it trained nothing
         click.echo(f"Every trial failed: their errors are in {Path(cfg.output_dir) / 'trials_summary.csv'} and "
                    "trial_results/trial_N/log.txt", err=True)
@@ -228,8 +237,28 @@ def optimize(**kw) -> None:
                    f"peaked over it, and no other was trained" if over else "nothing was trained"), err=True)
         sys.exit(1)
     if (summary or {}).get("none_completed"):  # a mix of failed, ruled-out and pruned trials: no best_config.yaml
-        click.echo("No trial completed: there is no best_config.yaml to train from", err=True)
+        click.echo(f"No trial {'completed' if summary.get('n_trials') else 'ran'}: there is no best_config.yaml to "
+                   "train from", err=True)
         sys.exit(1)
+
+
+def disk_full(cfg, e: OSError) -> None:
+    """A full disk (or quota) stopped the study: what it kept, what to run once there is room, exit 1 (it was a
+    traceback; a trial that failed for it stayed FAIL for good)."""
+    where = f" (writing {e.filename})" if e.filename else f" ({e.strerror})" if "trial" in str(e.strerror) else ""
+    try:
+        said, then = kept(cfg)
+    except OSError:  # (the journal itself cannot be read)
+        said, then = "see the journal", "resume"
+    click.echo(f"Error: no space left on the device{where}; the study stopped: {said}", err=True)
+    if then == "resume":
+        click.echo(f"Free some space, then continue with: {resume_command()}", err=True)
+    elif then == "report":
+        click.echo(f"Free some space, then write the result files with: moopt report {cfg.output_dir}", err=True)
+    else:
+        click.echo(f"Free some space, then run again with: {program()} {' '.join(map(shlex.quote, sys.argv[1:]))}",
+                   err=True)
+    sys.exit(1)
 
 
 def kept(cfg) -> tuple[str, str]:

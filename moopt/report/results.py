@@ -104,9 +104,9 @@ def _write_results(output_dir: str | Path, quiet: bool = False, console=None, st
                                # --resume) and peaked over this one: "nothing was trained" would be untrue
                                "trained_over": int((table.peak_memory_from == "training").sum()) if nothing_fits(data)
                                and "peak_memory_from" in table else 0,
-                               # trials ran, none completed (failed, ruled out, pruned, in a mix): no best_config.yaml
-                               # to train from, so exit 1 as well
-                               "none_completed": bool(len(table)) and data.best is None}
+                               # none completed (failed, ruled out, pruned, in a mix; or none ran: a time budget spent
+                               # on the set-up): no best_config.yaml to train from, so exit 1 as well
+                               "none_completed": data.best is None}
     if data.best is not None:
         cfg = best_config(out, data.best)
         write_yaml(out / "best_config.yaml", cfg, header=best_config_header(data, cfg))

@@ -44,7 +44,12 @@ def load_study(output_dir: str | Path, stopped: bool = False) -> StudyData:
     out = Path(output_dir)
     rec = replay(out)
     if not rec.header and 1 not in rec.damaged:
-        raise FileNotFoundError(f"{out}: no study journal found")
+        journal = out / "journal.jsonl"
+        raise FileNotFoundError(f"{out}: no such folder" if not out.exists() else
+                                f"{journal}: empty (the study recorded nothing: it stopped before it began)"
+                                if journal.is_file() and not journal.read_text(errors="replace").strip() else
+                                f"{out}: not a study folder (no journal.jsonl; moopt report takes the --output_dir of a "
+                                "moopt optimize study)")
     if "objectives" not in rec.header or "weights" not in rec.header:  # its first line, the study's header, is damaged
         raise FileNotFoundError(f"{out / 'journal.jsonl'}: the study's header (its first line) is damaged: the study's "
                                 "objectives and settings are lost")

@@ -228,7 +228,7 @@ class LocalExecutor(ExecutorBase):
                 oom = code == -signal.SIGKILL  # what the kernel's OOM killer sends
                 if code < 0:
                     name = signal.Signals(-code).name
-                    why = f"worker killed by {name}" + (" (likely out of memory)" if oom else "")
+                    why = f"worker killed by {name}" + (" (out of memory, or killed from outside)" if oom else "")
                 else:
                     why = f"worker exited with code {code} without a result; see {spec.output_dir}/log.txt"
                 result = TrialResult(number=spec.number, state=TrialState.FAIL, error=why, oom=oom)

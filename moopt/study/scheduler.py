@@ -36,7 +36,7 @@ from moopt.config import TrialConfig, lr_note, whole
 from moopt.console import numbered, plural
 from moopt.journal import BASELINE, JOURNAL, RESUME_SETTINGS, Journal, StudyRecord, read_baseline, replay
 from moopt.model_files import model_digest
-from moopt.records import FALLBACK, NOT_TRAINED, TrialResult, TrialSpec, TrialState
+from moopt.records import FALLBACK, NOT_TRAINED, TIME_BUDGET_CUT, TrialResult, TrialSpec, TrialState
 from moopt.search.engine import FAILED_F, Engine
 from moopt.search.objectives import Objectives
 from moopt.search.pruner import RungPruner, rung_fractions
@@ -96,6 +96,10 @@ class StudyConfig:
 
 
 FEW_STEPS = 10  # optimizer steps under which a trial is noted at the start to train too little (few_steps_note)
+
+
+# how a trial's error names a full disk (Python's OSError, a native library's, e.g. safetensors': "os error 28")
+DISK_FULL = ("No space left on device", "Disk quota exceeded")
 
 
 class Stopped(Exception):
@@ -1036,6 +1040,12 @@ class Scheduler:
         self.n_started += 1
 
     def finish(self, res: TrialResult) -> None:
+        if res.state == TrialState.FAIL and any(m in str(res.error or "") for m in DISK_FULL):
+            # the disk, not the configuration: not told to NSGA-II as infeasible, not ended in the journal (--resume
+            # trains it again); the study stops (a full disk stops the next write anyway)
+            import errno
+
+            raise OSError(errno.ENOSPC, f"trial {res.number} failed: {res.error}")
         trial = self.running.pop(res.number)
         self.placer.release(res.number)
         beside = sorted(self.beside.pop(res.number, ()))
@@ -1295,12 +1305,24 @@ class Scheduler:
         if record is not None and record.header:
             rerun = [n for n in record.running if n not in self.finished]
             taken = sum(bool(e.taken_from) for e in self.finished.values())
-            full = len(self.finished) - taken >= cfg.num_trials  # a lower --num_trials: nothing more runs
+            room = max(cfg.num_trials - (len(self.finished) - taken), 0)  # a lower --num_trials: fewer (or none) run
+            was = f"{numbered('trial', rerun)} {'was' if len(rerun) == 1 else 'were'} running"  # ("re-queued: 0" read
+            again = ("" if not rerun else f"; {was}: run again from the start" if room >= len(rerun) else  # as none)
+                     f"; {was}: not rerun, --num_trials is reached (INTERRUPTED in the results)" if not room else
+                     f"; {was}: {room} of them run{'s' if room == 1 else ''} again (--num_trials {cfg.num_trials}), the "
+                     "rest stay INTERRUPTED in the results")
             study.console.print(f"Resuming {study.out}: {len(self.finished) - taken} of {cfg.num_trials} trials finished and kept"
-                                + (f" (and {taken} taken over from --warm_start)" if taken else "")
-                                + (f"; re-queued (were running): {', '.join(map(str, rerun))}" if rerun and not full else "")
-                                + (f"; not rerun, --num_trials is reached (INTERRUPTED in the results): "
-                                   f"{', '.join(map(str, rerun))}" if rerun and full else ""))
+                                + (f" (and {taken} taken over from --warm_start)" if taken else "") + again)
+            cut = sorted(n for n, e in self.finished.items() if e.state == TrialState.PRUNED and not e.taken_from
+                         and str(e.error or "").startswith(TIME_BUDGET_CUT))
+            if cut:  # a resume with more time does not train them on (the robustness review: the best configuration of
+                # the study stayed at step 3 of 50, without a word)
+                study.console.print(f"Note: {numbered('trial', cut)} {'was' if len(cut) == 1 else 'were'} cut by the earlier "
+                                    f"run's time budget (PRUNED) and {'is' if len(cut) == 1 else 'are'} kept as "
+                                    f"{'it is' if len(cut) == 1 else 'they are'}: moopt train --config "
+                                    f"{study.out}/trial_results/trial_{cut[0]}/config.yaml trains "
+                                    f"{'it' if len(cut) == 1 else f'trial {cut[0]}'} to the end",
+                                    markup=False, highlight=False)
             began = record.header.get("training_code")  # (None: a study from before the record, nothing to compare)
             if record.finished and began is not None and (changed := training_code_changes(began)):
                 study.console.print(f"Note: since this study began, not the same {changed}: the trials trained from "

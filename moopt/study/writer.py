@@ -56,7 +56,8 @@ class BackgroundWriter:
             try:
                 self.write(self.out, quiet=True)
             except Exception as e:  # a plot that fails does not stop the study; the final write retries
-                print(f"writing results after a trial failed: {type(e).__name__}: {e}", file=sys.stderr)
+                print(f"Note: writing the result files failed (the study goes on; they are written again at its end): "
+                      f"{type(e).__name__}: {e}", file=sys.stderr)
             finally:
                 with self._cv:
                     self._busy = False

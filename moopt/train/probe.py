@@ -142,7 +142,7 @@ def probe_peak(
         return ProbeResult(**{k: v for k, v in result.items() if k in fields} | {"seconds": seconds})
     tail = " | ".join(proc.stderr.strip().splitlines()[-3:])[-500:]
     if proc.returncode == -9:
-        return _failed(f"probe killed by SIGKILL (likely out of memory); {tail}", oom=True, seconds=seconds)
+        return _failed(f"probe killed by SIGKILL (out of memory, or killed from outside); {tail}", oom=True, seconds=seconds)
     return _failed(f"probe exited with code {proc.returncode} without a result: {tail}", oom=False, seconds=seconds)
 
 
