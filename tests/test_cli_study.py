@@ -681,6 +681,15 @@ def test_report_rebuilds_from_the_journal_without_the_trial_folders_and_says_whe
     monkeypatch.setattr(moopt.yamlio, "atomic_write_text", refuse)
     r = CliRunner().invoke(main, ["report", str(copy)])
     assert r.exit_code == 2 and r.output.startswith(f"Error: {copy}: cannot write the result files (Permission denied")
+
+    def full(path, *a, **k):  # a full disk: "(No space left on device: None); copy the study somewhere writable"
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(moopt.yamlio, "atomic_write_text", full)
+    r = CliRunner().invoke(main, ["report", str(copy)])
+    assert r.exit_code == 2 and r.output == (f"Error: {copy}: cannot write the result files: no space left on the device; "
+                                             f"free some, then run moopt report {copy} again\n"), r.output
+    monkeypatch.setattr(moopt.yamlio, "atomic_write_text", refuse)
     import moopt.study.lock  # a read-only mount: the study lock's file cannot be opened (an OSError traceback)
 
     def read_only(path, *a, **k):

@@ -589,9 +589,16 @@ def report(output_dir: str) -> None:
              if SPACE_FILE in str(e).split(":")[0] else str(e))
     except OSError as e:  # a read-only copy of a study (or file system): nothing is written, said in one line (a
         # read-only mount was an OSError traceback from the study lock)
-        fail(f"{output_dir}: cannot write the result files ({e.strerror}: {e.filename}); copy the study somewhere "
-             "writable and run moopt report there")
-    if note := study_state_note(output_dir, live, rec):
+        import errno
+
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # ("copy the study somewhere writable" for a full disk)
+            fail(f"{output_dir}: cannot write the result files: no space left on the device"
+                 + (f" (writing {e.filename})" if e.filename else "") + f"; free some, then run moopt report {output_dir} "
+                 "again")
+        fail(f"{output_dir}: cannot write the result files ({e.strerror}" + (f": {e.filename}" if e.filename else "")
+             + "); copy the study somewhere writable and run moopt report there")
+    if note := study_state_note(output_dir, live, replay(output_dir)):  # (read again: the files' state, not the one
+        # before they were written: a trial that ended meanwhile was RUNNING in one and done in the other)
         click.echo(note)
     if not live and (note := replaced_note(output_dir)):
         click.echo(f"Note: {note}")
