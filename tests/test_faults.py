@@ -149,6 +149,21 @@ def test_a_resume_names_the_trials_the_earlier_time_budget_cut(tiny_model, tiny_
             f"{out}/trial_results/trial_0/config.yaml trains it to the end") in " ".join(r.output.split()), r.output
 
 
+def test_a_resume_says_which_running_trials_run_again_under_a_lower_trial_count(tiny_model, tiny_data, space, tmp_path):
+    """"re-queued (were running): 0" read as "none"; and "1, 2" were said re-queued where --num_trials 2 left room for
+    one of them (the robustness review)."""
+    out = tmp_path / "hpo"
+    r = CliRunner().invoke(main, args(tiny_model, tiny_data, out, space, 1))
+    assert r.exit_code == 0, r.output
+    with open(out / "journal.jsonl", "a") as f:  # as a kill -9 leaves them: started, no end
+        for n in (1, 2):
+            f.write(json.dumps({"type": "trial_start", "number": n, "params": {}}) + "\n")
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(out), "--resume", "--num_trials", "2"])
+    said = " ".join(r.output.split())
+    assert "1 of 2 trials finished and kept; trials 1, 2 were running: 1 of them runs again (--num_trials 2), the rest " \
+           "stay INTERRUPTED in the results" in said, r.output
+
+
 def test_when_no_queued_configuration_can_finish_in_time_a_shorter_one_is_proposed(tiny_model, tiny_data, tmp_path):
     """A generation whose remaining configurations are all too long for the time left ended the study (3 of 6 trials
     here, with 52 of 60 s left): the engine is asked for one more of the generation that can finish (here: 1 epoch,
