@@ -47,7 +47,17 @@ def _drop_torn_tail(path: Path) -> None:
         if f.read(1) == b"\n":
             return
         f.seek(0)
-        f.truncate(f.read().rfind(b"\n") + 1)  # 0 when the torn line is the only one
+        data = f.read()
+        start = data.rfind(b"\n") + 1  # 0 when the torn line is the only one
+        try:  # a whole event whose newline alone is missing (an editor's save; a copy): kept, as replay reads it
+            whole = isinstance(json.loads(data[start:]), dict)
+        except ValueError:
+            whole = False
+        if whole:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+        else:
+            f.truncate(start)
         f.flush()
         os.fsync(f.fileno())
 

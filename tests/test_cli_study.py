@@ -635,6 +635,34 @@ def test_report_checks_the_studys_space_file_before_writing_and_puts_a_lost_one_
     assert r.exit_code == 0 and f"Note: {space}: missing; put back from the journal" in r.output, r.output
     assert yaml.safe_load(space.read_text()) == kept and "nothing was searched" not in r.output
     assert "Best hyperparameter configuration:\n{\n" in r.output
+    # a study from before the journal kept the file: rebuilt from the space's record, 16 and 2 as written (the re-check:
+    # 16.0, 2.0)
+    journal = copy / "journal.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    head = json.loads(lines[0])
+    del head["space_file"]
+    journal.write_text(json.dumps(head) + "\n" + "".join(lines[1:]))
+    space.unlink()
+    r = CliRunner().invoke(main, ["report", str(copy)])
+    assert r.exit_code == 0 and yaml.safe_load(space.read_text()) == kept, space.read_text()
+    assert "the order of a categorical's values is inferred again" in " ".join(r.output.split())
+    journal.write_text("".join(lines))
+    # edited into another space that loads: refused, not followed (the importance took the edit's names)
+    edited = yaml.safe_load(space.read_text())
+    edited["training"]["learning_rate"]["max"] = 0.05
+    space.write_text(yaml.safe_dump(edited))
+    r = CliRunner().invoke(main, ["report", str(copy)])
+    assert r.exit_code == 2 and r.output.startswith(f"Error: {space}: not the space this study searched"), r.output
+    # --resume where the copy is gone and the file the study began from has moved: put back first (it said
+    # "--search_space <the original>: file not found")
+    space.unlink()
+    head = {**json.loads(lines[0])}
+    head["options"] = {**head["options"], "search_space": str(tmp_path / "moved_away.yaml")}
+    journal.write_text(json.dumps(head) + "\n" + "".join(lines[1:]))
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(copy), "--resume", "--num_trials", "6"])
+    assert r.exit_code == 0 and f"Note: {space}: missing; put back from the journal" in r.output, r.output
+    assert yaml.safe_load(space.read_text()) == kept
+    space.write_text(yaml.safe_dump(kept))
     for bad, said in (("training:\n  lr: [1\n", "malformed YAML"), ("- 1\n- 2\n", "")):
         space.write_text(bad)
         before = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}

@@ -92,7 +92,7 @@ def test_a_full_disk_stops_the_study_in_one_line_and_the_trial_it_failed_runs_ag
 
     import moopt.study.checkpoint
     import moopt.study.scheduler as sch
-    from moopt.records import TrialState
+    from moopt.records import TrialResult, TrialState
 
     out = tmp_path / "hpo"
     finish, hit = sch.Scheduler.finish, []
@@ -130,6 +130,21 @@ def test_a_full_disk_stops_the_study_in_one_line_and_the_trial_it_failed_runs_ag
     assert r.exit_code == 0, r.output
     rec = replay(out)
     assert sorted(rec.finished) == [0, 1, 2] and rec.finished[1].state == TrialState.COMPLETE
+    # a worker that died without a word, its log.txt on the full disk too: under 1 MiB free, the disk (the re-check:
+    # FAIL for good, "see log.txt", an empty file); with room, a failure of the trial's own
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    died = TrialResult(number=3, state=TrialState.FAIL, error="worker exited with code 1 without a result; see log.txt")
+    sched = sch.Scheduler.__new__(sch.Scheduler)
+    sched.study = type("S", (), {"out": out})()
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30 - 40 * 1024, 40 * 1024))
+        assert sched.disk_full(died) == f" ({out} has 40 KiB free)"
+        m.setattr(shutil, "disk_usage", lambda p: usage(10 * 2**30, 2**30, 9 * 2**30))
+        assert sched.disk_full(died) is None
+    assert sched.disk_full(replace(died, error="RuntimeError: No space left on device")) == ""
 
 
 def test_a_resume_names_the_trials_the_earlier_time_budget_cut(tiny_model, tiny_data, space, tmp_path):

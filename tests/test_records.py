@@ -328,3 +328,23 @@ def test_report_on_a_missing_folder_an_empty_journal_or_another_folder_says_whic
     r = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert r.exit_code == 2 and r.output.startswith(f"Error: {tmp_path}: not a study folder (no journal.jsonl"), r.output
     assert not (tmp_path / "search_space.yaml").exists() and not list(tmp_path.iterdir())
+
+
+def test_a_whole_last_event_without_its_newline_is_kept_when_the_journal_is_opened_again(tmp_path):
+    """A valid last event missing only its newline (an editor's save, a copy) was read by moopt report and then cut
+    off by --resume's Journal: the trial it ended read as interrupted, without a word (the re-check)."""
+    from moopt.journal import Journal, replay
+
+    j = Journal(tmp_path)
+    j.append({"type": "study", "weights": [1.0], "objectives": ["eval_loss"]})
+    j.append({"type": "trial_start", "number": 0})
+    j.append(TrialResult(number=0, state="COMPLETE", metrics={"eval_loss": 1.0}))
+    j.close()
+    path = tmp_path / "journal.jsonl"
+    path.write_text(path.read_text().rstrip("\n"))
+    assert replay(tmp_path).finished[0].state == "COMPLETE"
+    Journal(tmp_path).close()
+    assert path.read_text().endswith("}\n") and replay(tmp_path).finished[0].state == "COMPLETE"
+    path.write_text(path.read_text() + '{"type": "trial_start", "numb')  # a torn one: still cut off
+    Journal(tmp_path).close()
+    assert path.read_text().endswith("}\n") and len(path.read_text().splitlines()) == 3

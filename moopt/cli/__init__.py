@@ -335,6 +335,10 @@ def resume_defaults(kw: dict) -> list[str]:
     ctx = click.get_current_context()
     taken = []
     own = Path(kw["output_dir"]) / "search_space.yaml"  # the study's own copy of the space it began with
+    if not own.exists() and recorded.get("search_space") and rec.header.get("space_file"):  # lost: put back from the
+        from moopt.report.results import check_study_space  # journal ("--search_space <the original>: file not found"
+
+        click.echo(f"Note: {check_study_space(kw['output_dir'], rec.header)}")  # where that had moved)
     if own.is_file() and recorded.get("search_space"):
         recorded = {**recorded, "search_space": str(own)}  # the file it was read from may have been edited or moved since
     given = {k for k in kw if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}

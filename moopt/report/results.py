@@ -141,25 +141,31 @@ def check_study_space(output_dir: str | Path, header: dict[str, Any]) -> str | N
     something that does not was a traceback after half the files were rewritten: a ConfigError naming the file, key
     and rule); a lost one is put back from the journal's record of the space (without it the summary said "nothing
     was searched"). A note when it was put back, else None."""
+    from moopt.errors import ConfigError
     from moopt.search.space import load_space
-    from moopt.yamlio import write_yaml
+    from moopt.yamlio import read_yaml_mapping, write_yaml
 
     path = Path(output_dir) / SPACE_FILE
+    written = header.get("space_file")  # (a study from before the journal kept the file: None)
     if path.exists():
         load_space(path)
+        if written is not None and json.loads(json.dumps(read_yaml_mapping(path), default=str)) != written:
+            raise ConfigError(f"{path}: not the space this study searched (its journal's record): edited since?")
+            # (the importance, the refined space and the printed names would follow the edit)
         return None
-    spec = space_from_journal(header)
+    spec = written if written is not None else space_from_journal(header)
     if spec is None:  # a study from before the journal recorded its space: nothing to put back
         return None
     write_yaml(path, spec)
     load_space(path)
-    return f"{path}: missing; put back from the journal (what the study searched)"
+    return f"{path}: missing; put back from the journal (what the study searched)" + (
+        "" if written is not None else "; the order of a categorical's values is inferred again")
 
 
 def space_from_journal(header: dict[str, Any]) -> dict[str, Any] | None:
     """search_space.yaml as the study wrote it (moopt.study.outdir.space_to_yaml), from its journal header's record of
     the space (its fingerprint), or None where the header has none."""
-    from moopt.config import TrialConfig
+    from moopt.config import TrialConfig, whole
 
     fp = header.get("fingerprint") or {}
     if not isinstance(fp.get("space"), list):
@@ -167,14 +173,15 @@ def space_from_journal(header: dict[str, Any]) -> dict[str, Any] | None:
     out: dict[str, dict[str, Any]] = {}
     for name, kind, low, high, step, values in fp["space"]:
         section, key = name.split(".", 1)
-        out.setdefault(section, {})[key] = ({"type": kind, "values": values} if kind == "categorical" else
-                                            {"type": kind, "min": low, "max": high}
-                                            | ({"step": step} if kind == "int" and step not in (None, 1) else {}))
+        out.setdefault(section, {})[key] = (
+            {"type": kind, "values": [v if isinstance(v, list) else whole(name, v) for v in values]}  # 16, not 16.0
+            if kind == "categorical" else
+            {"type": kind, "min": low, "max": high} | ({"step": step} if kind == "int" and step not in (None, 1) else {}))
     defaults = json.loads(json.dumps(TrialConfig().to_dict()))  # (lists, as the journal holds them)
     for section, body in (fp.get("fixed") or {}).items():  # a value the space fixed, where not moopt's default
         for key, value in body.items():
             if key not in out.get(section, {}) and value != defaults.get(section, {}).get(key):
-                out.setdefault(section, {})[key] = value
+                out.setdefault(section, {})[key] = value if isinstance(value, list) else whole(f"{section}.{key}", value)
     return out
 
 

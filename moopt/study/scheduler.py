@@ -418,7 +418,9 @@ class Study:
                                  "pruning_factor": cfg.pruning_factor, "eval_max_seq_length": self.eval_length,
                                  "options": cfg.options, "data_digest": self.data_digest(),
                                  "model_digest": model_digest(cfg.model_path),
-                                 "training_code": training_code(), "kernels": cfg.kernels})
+                                 "training_code": training_code(), "kernels": cfg.kernels,
+                                 # search_space.yaml as written: moopt report puts a lost one back from it, exactly
+                                 "space_file": json.loads(json.dumps(space_to_yaml(cfg.space), default=str))})
             write_yaml(self.out / "search_space.yaml", space_to_yaml(cfg.space))
         else:  # resumed with other weights, budget, trial count or options: the results take this run's from now on
             now = json.loads(json.dumps({"weights": list(cfg.objectives.weights), "num_trials": cfg.num_trials,
@@ -1039,13 +1041,27 @@ class Scheduler:
         self.study.start_trial(self.executor, number, tcfg, x, slot, self.deadline)
         self.n_started += 1
 
+    def disk_full(self, res: TrialResult) -> str | None:
+        """Whether a failed trial failed for a full disk: its error says so, or its worker died without a word (its
+        error could not be written either: log.txt is on the same disk) where the study's disk has under 1 MiB free;
+        "" or what was found, else None."""
+        if any(m in str(res.error or "") for m in DISK_FULL):
+            return ""
+        if not str(res.error or "").startswith("worker exited with code"):
+            return None
+        try:
+            free = shutil.disk_usage(self.study.out).free
+        except OSError:
+            return None
+        return f" ({self.study.out} has {free // 1024} KiB free)" if free < 2**20 else None
+
     def finish(self, res: TrialResult) -> None:
-        if res.state == TrialState.FAIL and any(m in str(res.error or "") for m in DISK_FULL):
+        if res.state == TrialState.FAIL and (full := self.disk_full(res)) is not None:
             # the disk, not the configuration: not told to NSGA-II as infeasible, not ended in the journal (--resume
             # trains it again); the study stops (a full disk stops the next write anyway)
             import errno
 
-            raise OSError(errno.ENOSPC, f"trial {res.number} failed: {res.error}")
+            raise OSError(errno.ENOSPC, f"trial {res.number} failed: {res.error}{full}")
         trial = self.running.pop(res.number)
         self.placer.release(res.number)
         beside = sorted(self.beside.pop(res.number, ()))
