@@ -326,7 +326,7 @@ def absent_keys(path: str | Path) -> list[tuple[str, str]]:
     from moopt.yamlio import read_yaml_mapping
 
     data = read_yaml_mapping(path)
-    return [(k, shown_value(v)) for k, v in TrialConfig().flat().items()
+    return [(k, str(v).lower() if isinstance(v, bool) else shown_value(v)) for k, v in TrialConfig().flat().items()
             if k.split(".", 1)[1] not in (data.get(k.split(".", 1)[0]) or {})]
 
 

@@ -1016,6 +1016,14 @@ def test_fit_plan_points_at_the_table_only_where_it_lists_a_fit(tmp_path):
     r = CliRunner().invoke(main, ["estimate-memory", "--base_model", "llama-3.3-70b", "--device", "cuda", "--fit", "80"])
     assert r.exit_code == 0 and "none: even batch 1 x 1 token does not fit" in r.output, r.output
     assert "the table above gives the largest" not in r.output
+    # nor in --json's plan; and where no setting lowers it either, the plan's line ended in "alternatives:" (the re-check)
+    cfg = tmp_path / "q4ckpt.yaml"
+    cfg.write_text("model: {quantization: 4bit, gradient_checkpointing: true}\n")
+    for extra in ([], ["--json"]):
+        r = CliRunner().invoke(main, ["estimate-memory", "--base_model", "llama-3.1-8b", "--device", "cpu", "--fit", "4",
+                                      "--config", str(cfg), *extra])
+        assert r.exit_code == 0 and "the table above gives the largest" not in r.output, r.output
+        assert "alternatives:" not in r.output and "no other quantization or gradient checkpointing lowers it" in r.output
     cfg = tmp_path / "q.yaml"
     cfg.write_text("model: {quantization: 4bit}\n")
     r = CliRunner().invoke(main, ["estimate-memory", "--base_model", "llama-3.3-70b", "--device", "cuda", "--fit", "80",

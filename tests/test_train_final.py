@@ -117,6 +117,13 @@ def test_a_copy_of_best_config_elsewhere_trains_on_what_its_first_lines_name(stu
     r = train("--config", lost, "--output_dir", tmp_path / "f0")
     assert r.exit_code == 0 and "Note: lost.yaml gives no training.learning_rate: moopt's default (0.0002) is taken, " \
         "which may not be what the study's trial trained with" in " ".join(r.output.split()), r.output
+    inside = study / "lost_lr.yaml"  # in the study's folder: the differences from its trial say it, with its value
+    shutil.copy(lost, inside)
+    try:
+        r = train("--config", inside, "--output_dir", tmp_path / "f0b")
+    finally:
+        inside.unlink()
+    assert r.exit_code == 0 and "gives no" not in r.output, r.output
     # what it names is gone: one line naming where the name came from
     moved = tmp_path / "kept" / "moved.yaml"
     moved.write_text(copy.read_text().replace(str(tiny_data["train"]), str(tmp_path / "gone.jsonl")))

@@ -253,8 +253,8 @@ def disk_full(cfg, e: OSError) -> None:
     click.echo(f"Error: no space left on the device{where}; the study stopped: {said}", err=True)
     if then == "resume":
         click.echo(f"Free some space, then continue with: {resume_command()}", err=True)
-    elif then == "report":
-        click.echo(f"Free some space, then write the result files with: moopt report {cfg.output_dir}", err=True)
+    elif then == "report":  # (the line above names the moopt report command)
+        click.echo("Free some space first.", err=True)
     else:
         click.echo(f"Free some space, then run again with: {program()} {' '.join(map(shlex.quote, sys.argv[1:]))}",
                    err=True)
@@ -418,6 +418,9 @@ def require_files(kw: dict, options: tuple[str, ...]) -> None:
     option: ``--train_file data/train.jsonl: file not found``."""
     missing = [f"--{k} {kw[k]}: file not found" for k in options
                if kw.get(k) and str(kw[k]).strip() and not os.path.lexists(kw[k])]
+    shipped = Path(__file__).resolve().parents[2] / "config" / Path(str(kw.get("search_space") or "_")).name
+    if missing and missing[0].startswith("--search_space") and shipped.is_file():  # the guide's, run from elsewhere
+        missing[0] += f" (moopt's own copy of the guide's space: {shipped})"
     if missing:
         raise ConfigError("\n".join(missing))
 
@@ -710,7 +713,9 @@ def train(**kw) -> None:
         if record is None and (Path(kw["config"]).resolve().parent / JOURNAL).is_file():  # (study_of: moved in)
             notes.insert(0, f"Note: {Path(kw['config']).name}'s first lines name another study than the one in its "
                             f"folder ({Path(kw['config']).resolve().parent}): taking what they name, not that study's")
-        if header and (gone := absent_keys(kw["config"])):  # a study's file gives every setting: a line lost in an edit
+        # a study's file gives every setting: a line lost in an edit (in the study's folder, the differences from its
+        # trial are said instead, with the values it trained with)
+        if record is None and header and (gone := absent_keys(kw["config"])):
             many = len(gone) > 1
             notes.append(f"Note: {Path(kw['config']).name} gives no {', '.join(k for k, _ in gone)}: moopt's "
                          f"default{'s' if many else ''} ({', '.join(v for _, v in gone)}) {'are' if many else 'is'} "

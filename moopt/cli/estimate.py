@@ -84,6 +84,11 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
             spread = CPU_RUNTIME_SPREAD_BYTES if device == "cpu" else 0
             table = fit_table(model_config, trial, fit_gib * GIB - spread, margin=margin, **kw)
             plan = fit_plan(model_config, trial, fit_gib * GIB, **kw)
+            if not table:  # no shorter sequence or smaller batch fits either (the text and --json said the table had one)
+                plan = [x for x in plan if "shorter max_seq_length / smaller batch" not in x]
+                if plan[-1].endswith("; alternatives:"):  # (and no setting lowers it: a line ending in nothing)
+                    plan[-1] = plan[-1].removesuffix("; alternatives:") + ("; no other quantization or gradient "
+                                                                          "checkpointing lowers it")
             if not table:  # nothing fits as configured: the table of the first change that fits (70B in bf16 on 80 GiB
                 alt = fit_alternatives(model_config, trial, fit_gib * GIB - spread, **kw)  # said none, only)
     except ConfigError as e:  # one line each problem, exit code 2, no traceback (as moopt.cli.fail, which imports this)
@@ -137,8 +142,6 @@ def estimate_memory(base_model, config_path, device, kernels, loss, fit_gib, as_
             click.echo(f"  most tokens per step: batch {b} x seq {s}")
         click.echo(f"\nthis configuration (batch {est.shape[0]} x seq {est.shape[1]}):")
         for line in plan:
-            if not table and "shorter max_seq_length / smaller batch" in line:
-                continue  # the table above found none: no shorter sequence or smaller batch fits either
             click.echo(f"  {line}")
 
 

@@ -249,7 +249,8 @@ def plot_pareto(data: StudyData, path: Path) -> None:
             ax.scatter([r[xa]], [r[yb]], s=250, marker="*", c="gold", edgecolors="k",
                        label=f"chosen trial {data.best}", zorder=5)
         if a in base and b in base:
-            ax.scatter([base[a]], [base[b]], s=80, marker="D", c="tab:purple", label="base model", zorder=4)
+            ax.scatter([base[a]], [base[b]], s=80, marker="D", c="tab:purple", label="base model",
+                       zorder=2.5)  # under the trials' points: one on the base model's values stays in sight
         elif a in base or b in base:  # the other axis is one the base model has no training value for (memory)
             line, name = (ax.axvline, a) if a in base else (ax.axhline, b)
             line(base[name], **BASE_STYLE, label=f"base model ({name})")
