@@ -653,6 +653,9 @@ def test_report_checks_the_studys_space_file_before_writing_and_puts_a_lost_one_
     space.write_text(yaml.safe_dump(edited))
     r = CliRunner().invoke(main, ["report", str(copy)])
     assert r.exit_code == 2 and r.output.startswith(f"Error: {space}: not the space this study searched"), r.output
+    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(copy), "--resume"])
+    assert r.exit_code == 2 and r.output.startswith(f"Error: {space}: not the space this study searched") and \
+        "(--resume puts it back from the journal)" in r.output, r.output
     # --resume where the copy is gone and the file the study began from has moved: put back first (it said
     # "--search_space <the original>: file not found")
     space.unlink()

@@ -335,13 +335,17 @@ def resume_defaults(kw: dict) -> list[str]:
     ctx = click.get_current_context()
     taken = []
     own = Path(kw["output_dir"]) / "search_space.yaml"  # the study's own copy of the space it began with
-    if not own.exists() and recorded.get("search_space") and rec.header.get("space_file"):  # lost: put back from the
-        from moopt.report.results import check_study_space  # journal ("--search_space <the original>: file not found"
+    given = {k for k in kw if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
+    if recorded.get("search_space") and rec.header.get("space_file") and "search_space" not in given:
+        from moopt.report.results import check_study_space
 
-        click.echo(f"Note: {check_study_space(kw['output_dir'], rec.header)}")  # where that had moved)
+        try:  # a lost copy put back from the journal ("--search_space <the original>: file not found" where that had
+            if note := check_study_space(kw["output_dir"], rec.header):  # moved); one edited since: said as such
+                click.echo(f"Note: {note}")  # (it read "this differs from the one it began: ... (--search_space)")
+        except ConfigError as e:
+            fail(f"{e}; put it back as it was, or delete it (--resume puts it back from the journal)")
     if own.is_file() and recorded.get("search_space"):
         recorded = {**recorded, "search_space": str(own)}  # the file it was read from may have been edited or moved since
-    given = {k for k in kw if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
     for k, v in recorded.items():
         if k in kw and k not in NOT_CARRIED and k not in given and kw[k] != v:
             if k == "optimization_weights" and "optimization_objective" in given:
