@@ -420,6 +420,12 @@ def test_every_missing_file_is_said_at_once_by_its_option(tiny_model, space, tmp
                                                           f"Error: --train_file {data['train']}: file not found",
                                                           f"Error: --validation_file {data['val']}: file not found"], r.output
     assert not (tmp_path / "out").exists()
+    r = CliRunner().invoke(main, ["optimize", "--base_model", str(tmp_path / "no_model"), "--train_file", str(data["train"]),
+                                  "--validation_file", str(tiny_model / "config.json"), "--output_dir", str(tmp_path / "out")])
+    assert r.exit_code == 2 and r.output.splitlines() == [  # the model too (the re-check: said on the next run)
+        f"Error: --train_file {data['train']}: file not found",
+        f"Error: --base_model {tmp_path / 'no_model'}: no such file or folder, and not a hub id (owner/name) or an alias "
+        "['smollm2-135m']"], r.output
 
 
 @pytest.mark.parametrize("where", ["file", "under_file", "unmakeable"])
@@ -647,15 +653,25 @@ def test_report_checks_the_studys_space_file_before_writing_and_puts_a_lost_one_
     assert r.exit_code == 0 and yaml.safe_load(space.read_text()) == kept, space.read_text()
     assert "the order of a categorical's values is inferred again" in " ".join(r.output.split())
     journal.write_text("".join(lines))
+    # reformatted only (a comment, 1e-4 for 0.0001, which YAML 1.1 reads as a string): the same space, taken
+    text = yaml.safe_dump(kept)
+    assert "min: 0.0001" in text
+    space.write_text("# my notes\n" + text.replace("min: 0.0001", "min: 1e-4"))
+    r = CliRunner().invoke(main, ["report", str(copy)])
+    assert r.exit_code == 0 and f"Note: {space}: the same space as the study's, written otherwise: rewritten" in \
+        " ".join(r.output.split()), r.output
+    assert yaml.safe_load(space.read_text()) == kept
     # edited into another space that loads: refused, not followed (the importance took the edit's names)
     edited = yaml.safe_load(space.read_text())
     edited["training"]["learning_rate"]["max"] = 0.05
     space.write_text(yaml.safe_dump(edited))
     r = CliRunner().invoke(main, ["report", str(copy)])
     assert r.exit_code == 2 and r.output.startswith(f"Error: {space}: not the space this study searched"), r.output
-    r = CliRunner().invoke(main, ["optimize", "--output_dir", str(copy), "--resume"])
-    assert r.exit_code == 2 and r.output.startswith(f"Error: {space}: not the space this study searched") and \
-        "(--resume puts it back from the journal)" in r.output, r.output
+    for given in ([], ["--search_space", str(tmp_path / "same.yaml")]):  # (given the study's own space: checked too)
+        (tmp_path / "same.yaml").write_text(yaml.safe_dump(kept))
+        r = CliRunner().invoke(main, ["optimize", "--output_dir", str(copy), "--resume", *given])
+        assert r.exit_code == 2 and r.output.startswith(f"Error: {space}: not the space this study searched") and \
+            "(--resume puts it back from the journal)" in r.output, r.output
     # --resume where the copy is gone and the file the study began from has moved: put back first (it said
     # "--search_space <the original>: file not found")
     space.unlink()

@@ -139,9 +139,16 @@ def test_a_full_disk_stops_the_study_in_one_line_and_the_trial_it_failed_runs_ag
     died = TrialResult(number=3, state=TrialState.FAIL, error="worker exited with code 1 without a result; see log.txt")
     sched = sch.Scheduler.__new__(sch.Scheduler)
     sched.study = type("S", (), {"out": out})()
+    folder = out / "trial_results" / "trial_3"
+    folder.mkdir(parents=True)
     with monkeypatch.context() as m:
         m.setattr(shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30 - 40 * 1024, 40 * 1024))
-        assert sched.disk_full(died) == f" ({out} has 40 KiB free)"
+        assert sched.disk_full(died) == f" ({folder} has 40 KiB free, and its log.txt is empty)"
+        (folder / "log.txt").write_text("Traceback ...\nValueError: a bug of its own\n")  # it said why: not the disk
+        assert sched.disk_full(died) is None
+        (folder / "log.txt").write_text("OSError: [Errno 28] No space left on device\n")
+        assert sched.disk_full(died) == " (its log.txt says so)"
+        (folder / "log.txt").write_text("")
         m.setattr(shutil, "disk_usage", lambda p: usage(10 * 2**30, 2**30, 9 * 2**30))
         assert sched.disk_full(died) is None
     assert sched.disk_full(replace(died, error="RuntimeError: No space left on device")) == ""

@@ -336,7 +336,7 @@ def resume_defaults(kw: dict) -> list[str]:
     taken = []
     own = Path(kw["output_dir"]) / "search_space.yaml"  # the study's own copy of the space it began with
     given = {k for k in kw if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
-    if recorded.get("search_space") and rec.header.get("space_file") and "search_space" not in given:
+    if recorded.get("search_space"):  # (with --search_space given too: the copy is the study's own, checked as such)
         from moopt.report.results import check_study_space
 
         try:  # a lost copy put back from the journal ("--search_space <the original>: file not found" where that had
@@ -419,9 +419,13 @@ BIG_DATA_BYTES = 2 * 2**20  # a data file this large gets a line before the star
 
 def require_files(kw: dict, options: tuple[str, ...]) -> None:
     """A ConfigError with one line for each of ``options`` (kw keys) that names a path where nothing is, naming the
-    option: ``--train_file data/train.jsonl: file not found``."""
+    option: ``--train_file data/train.jsonl: file not found``; and --base_model's where it names nothing."""
+    from moopt.train.models import missing_model
+
     missing = [f"--{k} {kw[k]}: file not found" for k in options
                if kw.get(k) and str(kw[k]).strip() and not os.path.lexists(kw[k])]
+    if missing and kw.get("base_model") and (line := missing_model(str(kw["base_model"]))):
+        missing.append(line)
     shipped = Path(__file__).resolve().parents[2] / "config" / Path(str(kw.get("search_space") or "_")).name
     if missing and missing[0].startswith("--search_space") and shipped.is_file():  # the guide's, run from elsewhere
         missing[0] += f" (moopt's own copy of the guide's space: {shipped})"

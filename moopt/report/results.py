@@ -142,16 +142,23 @@ def check_study_space(output_dir: str | Path, header: dict[str, Any]) -> str | N
     and rule); a lost one is put back from the journal's record of the space (without it the summary said "nothing
     was searched"). A note when it was put back, else None."""
     from moopt.errors import ConfigError
-    from moopt.search.space import load_space
+    from moopt.search.space import load_space, parse_space
     from moopt.yamlio import read_yaml_mapping, write_yaml
 
     path = Path(output_dir) / SPACE_FILE
     written = header.get("space_file")  # (a study from before the journal kept the file: None)
     if path.exists():
-        load_space(path)
-        if written is not None and json.loads(json.dumps(read_yaml_mapping(path), default=str)) != written:
+        mine = load_space(path)
+        theirs = parse_space(written, "the journal") if written is not None else None
+        by_name = lambda sp: (sorted(sp.params, key=lambda p: p.name), sp.fixed)  # noqa: E731
+        if theirs is not None and by_name(mine) != by_name(theirs):  # the space it reads as (comments, key order,
+            # 1e-5 for 1.0e-05, qv for q_proj,v_proj: the same space, taken)
             raise ConfigError(f"{path}: not the space this study searched (its journal's record): edited since?")
             # (the importance, the refined space and the printed names would follow the edit)
+        if theirs is not None and json.loads(json.dumps(read_yaml_mapping(path), default=str)) != written:
+            write_yaml(path, written)  # the same space, written otherwise (1e-5 is a string to YAML 1.1: the report's
+            # readers of the file took it as one): as the study wrote it
+            return f"{path}: the same space as the study's, written otherwise: rewritten as the study wrote it"
         return None
     spec = written if written is not None else space_from_journal(header)
     if spec is None:  # a study from before the journal recorded its space: nothing to put back

@@ -1042,18 +1042,27 @@ class Scheduler:
         self.n_started += 1
 
     def disk_full(self, res: TrialResult) -> str | None:
-        """Whether a failed trial failed for a full disk: its error says so, or its worker died without a word (its
-        error could not be written either: log.txt is on the same disk) where the study's disk has under 1 MiB free;
-        "" or what was found, else None."""
+        """Whether a failed trial failed for a full disk: its error says so, or its worker died without a result and
+        its log.txt says so, or says nothing (its error could not be written either) where the trial's folder has
+        under 1 MiB free; "" or what was found, else None."""
         if any(m in str(res.error or "") for m in DISK_FULL):
             return ""
         if not str(res.error or "").startswith("worker exited with code"):
             return None
+        folder = self.study.out / "trial_results" / f"trial_{res.number}"
         try:
-            free = shutil.disk_usage(self.study.out).free
+            with open(folder / "log.txt", "rb") as f:
+                f.seek(max(f.seek(0, os.SEEK_END) - 8192, 0))
+                tail = f.read().decode(errors="replace")
+        except OSError:
+            tail = ""
+        if tail.strip():  # it said why: the disk only where it says so
+            return " (its log.txt says so)" if any(m in tail for m in DISK_FULL) else None
+        try:
+            free = shutil.disk_usage(folder if folder.is_dir() else self.study.out).free
         except OSError:
             return None
-        return f" ({self.study.out} has {free // 1024} KiB free)" if free < 2**20 else None
+        return f" ({folder} has {free // 1024} KiB free, and its log.txt is empty)" if free < 2**20 else None
 
     def finish(self, res: TrialResult) -> None:
         if res.state == TrialState.FAIL and (full := self.disk_full(res)) is not None:

@@ -100,11 +100,8 @@ def resolve_model_revision(name: str, revision: str | None = None) -> tuple[str,
         return str(path), None
     if path.exists():
         raise ConfigError(f"--base_model {name}: not a folder or a .gguf file")
-    if not _is_repo_id(name):
-        raise ConfigError(
-            f"--base_model {name}: no such file or folder, and not a hub id (owner/name) or an alias {sorted(ALIASES)}"
-            + _alias_hint(name)
-        )
+    if (line := missing_model(name)) is not None:
+        raise ConfigError(line)
     try:
         folder, commit = resolve_hub_model(name, revision)
     except ConfigError as e:
@@ -204,6 +201,15 @@ def gguf_config(gguf_path: Path, alias: str | None = None) -> Path:
     done.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(done, cfg.to_json_string())
     return done
+
+
+def missing_model(name: str) -> str | None:
+    """The error line for a --base_model that names nothing (no such file or folder, not a hub id nor an alias),
+    else None (the command's other missing files are said with it, at once)."""
+    if name in ALIASES or Path(name).expanduser().exists() or _is_repo_id(name):
+        return None
+    return (f"--base_model {name}: no such file or folder, and not a hub id (owner/name) or an alias {sorted(ALIASES)}"
+            + _alias_hint(name))
 
 
 def is_hub_id(name: str) -> bool:
