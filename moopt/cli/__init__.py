@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from moopt.console import plural
-from moopt.errors import ConfigError
+from moopt.errors import FULL_DISK_ERRNOS, ConfigError
 
 
 def opt(name: str, *args, **kwargs):
@@ -221,11 +221,9 @@ def optimize(**kw) -> None:
             pass
         sys.exit({"SIGTERM": 143, "SIGHUP": 129}.get(by, 130))
     except OSError as e:
-        import errno
-
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno not in FULL_DISK_ERRNOS:
             raise
-        disk_full(cfg, e)
+        stopped_by_full_disk(cfg, e)
     if (summary or {}).get("all_failed"):  # a script running the study learns it trained nothing
         click.echo(f"Every trial failed: their errors are in {Path(cfg.output_dir) / 'trials_summary.csv'} and "
                    "trial_results/trial_N/log.txt", err=True)
@@ -242,7 +240,7 @@ def optimize(**kw) -> None:
         sys.exit(1)
 
 
-def disk_full(cfg, e: OSError) -> None:
+def stopped_by_full_disk(cfg, e: OSError) -> None:
     """A full disk (or quota) stopped the study: what it kept, what to run once there is room, exit 1 (it was a
     traceback; a trial that failed for it stayed FAIL for good)."""
     where = f" (writing {e.filename})" if e.filename else f" ({e.strerror})" if "trial" in str(e.strerror) else ""
@@ -604,9 +602,7 @@ def report(output_dir: str) -> None:
              if SPACE_FILE in str(e).split(":")[0] else str(e))
     except OSError as e:  # a read-only copy of a study (or file system): nothing is written, said in one line (a
         # read-only mount was an OSError traceback from the study lock)
-        import errno
-
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # ("copy the study somewhere writable" for a full disk)
+        if e.errno in FULL_DISK_ERRNOS:  # ("copy the study somewhere writable" for a full disk)
             fail(f"{output_dir}: cannot write the result files: no space left on the device"
                  + (f" (writing {e.filename})" if e.filename else "") + f"; free some, then run moopt report {output_dir} "
                  "again")

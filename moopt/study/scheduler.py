@@ -34,6 +34,7 @@ from rich.markup import escape
 
 from moopt.config import TrialConfig, lr_note, whole
 from moopt.console import numbered, plural
+from moopt.errors import FULL_DISK_ERRNOS, FULL_DISK_TEXTS
 from moopt.journal import BASELINE, JOURNAL, RESUME_SETTINGS, Journal, StudyRecord, read_baseline, replay
 from moopt.model_files import model_digest
 from moopt.records import FALLBACK, NOT_TRAINED, TIME_BUDGET_CUT, TrialResult, TrialSpec, TrialState
@@ -96,10 +97,6 @@ class StudyConfig:
 
 
 FEW_STEPS = 10  # optimizer steps under which a trial is noted at the start to train too little (few_steps_note)
-
-
-# how a trial's error names a full disk (Python's OSError, a native library's, e.g. safetensors': "os error 28")
-DISK_FULL = ("No space left on device", "Disk quota exceeded")
 
 
 class Stopped(Exception):
@@ -1045,7 +1042,7 @@ class Scheduler:
         """Whether a failed trial failed for a full disk: its error says so, or its worker died without a result and
         its log.txt says so, or says nothing (its error could not be written either) where the trial's folder has
         under 1 MiB free; "" or what was found, else None."""
-        if any(m in str(res.error or "") for m in DISK_FULL):
+        if any(m in str(res.error or "") for m in FULL_DISK_TEXTS):
             return ""
         if not str(res.error or "").startswith("worker exited with code"):
             return None
@@ -1057,7 +1054,7 @@ class Scheduler:
         except OSError:
             tail = ""
         if tail.strip():  # it said why: the disk only where it says so
-            return " (its log.txt says so)" if any(m in tail for m in DISK_FULL) else None
+            return " (its log.txt says so)" if any(m in tail for m in FULL_DISK_TEXTS) else None
         try:
             free = shutil.disk_usage(folder if folder.is_dir() else self.study.out).free
         except OSError:
@@ -1068,9 +1065,7 @@ class Scheduler:
         if res.state == TrialState.FAIL and (full := self.disk_full(res)) is not None:
             # the disk, not the configuration: not told to NSGA-II as infeasible, not ended in the journal (--resume
             # trains it again); the study stops (a full disk stops the next write anyway)
-            import errno
-
-            raise OSError(errno.ENOSPC, f"trial {res.number} failed: {res.error}{full}")
+            raise OSError(FULL_DISK_ERRNOS[0], f"trial {res.number} failed: {res.error}{full}")
         trial = self.running.pop(res.number)
         self.placer.release(res.number)
         beside = sorted(self.beside.pop(res.number, ()))
